@@ -1,0 +1,42 @@
+"""Conveyor: durable background jobs for Python, on embedded SQLite or a shared Redis."""
+
+from conveyor.app import Conveyor
+from conveyor.context import JobContext
+from conveyor.errors import (
+    ConfigurationError,
+    ConveyorError,
+    InvalidArguments,
+    JobCancelled,
+    JobFailed,
+    JobNotFound,
+    JobTimeout,
+    PermanentError,
+    QueueFull,
+    Retry,
+    UnknownJob,
+)
+from conveyor.functions import JobFunction
+from conveyor.handle import JobHandle
+from conveyor.job import Backoff, JobRecord, JobState
+
+__all__ = [
+    "Backoff",
+    "ConfigurationError",
+    "Conveyor",
+    "ConveyorError",
+    "InvalidArguments",
+    "JobCancelled",
+    "JobContext",
+    "JobFailed",
+    "JobFunction",
+    "JobHandle",
+    "JobNotFound",
+    "JobRecord",
+    "JobState",
+    "JobTimeout",
+    "PermanentError",
+    "QueueFull",
+    "Retry",
+    "UnknownJob",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,312 @@
+"""``Conveyor``: the job registry, the settings and enqueueing (blocking and async)."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from datetime import datetime
+from typing import Any, TypeVar, overload
+
+from conveyor.backends import Broker, open_broker
+from conveyor.context import JobContext
+from conveyor.errors import ConfigurationError, InvalidArguments, UnknownJob
+from conveyor.functions import JobFunction, JobOptions, split_call
+from conveyor.handle import JobHandle
+from conveyor.ids import new_id
+from conveyor.job import Backoff, BackoffPolicy, JobRecord, JobState
+from conveyor.portal import Portal
+
+T = TypeVar("T")
+DEFAULT_URL = "sqlite:///conveyor.db"
+Middleware = Callable[[JobContext, Callable[[], Awaitable[Any]]], Awaitable[Any]]
+
+
+def _backoff(value: BackoffPolicy | float | None) -> BackoffPolicy:
+    if value is None:
+        return Backoff()
+    if isinstance(value, int | float):
+        return Backoff(base=float(value))
+    if callable(value):
+        return value
+    raise ConfigurationError("backoff is a number of seconds, a Backoff or a callable(attempt)")
+
+
+class Conveyor:
+    """A job system: register jobs with :meth:`job`, enqueue them, run workers on them.
+
+    ``url`` picks the backend (``sqlite:///conveyor.db`` by default, or the
+    ``CONVEYOR_URL`` environment variable); ``namespace`` keeps several apps apart in
+    one store; ``lease`` is how long a claimed job stays owned without a heartbeat.
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        namespace: str = "conveyor",
+        lease: float = 30.0,
+        *,
+        retention: float = 7 * 86400,
+        max_recoveries: int = 3,
+        max_queued: Mapping[str, int] | None = None,
+    ) -> None:
+        if lease <= 0:
+            raise ConfigurationError("lease must be a positive number of seconds")
+        if max_recoveries < 1:
+            raise ConfigurationError("max_recoveries must be at least 1")
+        self.url = url or os.environ.get("CONVEYOR_URL") or DEFAULT_URL
+        self.namespace = namespace
+        self.lease = float(lease)
+        self.retention = float(retention)
+        self.max_recoveries = max_recoveries
+        self.max_queued: dict[str, int] = dict(max_queued or {})
+        self.registry: dict[str, JobFunction] = {}
+        self.middlewares: list[Middleware] = []
+        self._broker: Broker | None = None
+        self._portal = Portal()
+
+    def __repr__(self) -> str:
+        return f"<Conveyor {self.url} namespace={self.namespace} jobs={len(self.registry)}>"
+
+    # -- configuration --------------------------------------------------------------------------
+    @property
+    def broker(self) -> Broker:
+        """The backend for :attr:`url`, made on first use."""
+        if self._broker is None:
+            self._broker = open_broker(self.url, self.namespace, self.retention)
+        return self._broker
+
+    def use_url(self, url: str) -> None:
+        """Point the app at another store (the CLI's ``--url``); only before first use."""
+        if self._broker is not None and url != self.url:
+            raise ConfigurationError("the app is already connected; set the URL before use")
+        self.url = url
+
+    def set_max_queued(self, queue: str, limit: int | None) -> None:
+        """Refuse enqueues that would leave more than ``limit`` jobs waiting in ``queue``."""
+        if limit is None:
+            self.max_queued.pop(queue, None)
+        elif limit < 1:
+            raise ConfigurationError("max_queued must be at least 1")
+        else:
+            self.max_queued[queue] = limit
+
+    # -- registration ---------------------------------------------------------------------------
+    @overload
+    def job(self, fn: Callable[..., Any], /) -> JobFunction: ...
+
+    @overload
+    def job(
+        self,
+        fn: None = None,
+        /,
+        *,
+        name: str | None = None,
+        queue: str = "default",
+        retries: int = 3,
+        timeout: float | None = None,
+        backoff: BackoffPolicy | float | None = None,
+        executor: str | None = None,
+        permanent_errors: Sequence[type[BaseException]] = (),
+    ) -> Callable[[Callable[..., Any]], JobFunction]: ...
+
+    def job(
+        self,
+        fn: Callable[..., Any] | None = None,
+        /,
+        *,
+        name: str | None = None,
+        queue: str = "default",
+        retries: int = 3,
+        timeout: float | None = None,
+        backoff: BackoffPolicy | float | None = None,
+        executor: str | None = None,
+        permanent_errors: Sequence[type[BaseException]] = (),
+    ) -> JobFunction | Callable[[Callable[..., Any]], JobFunction]:
+        """Register a function (plain or ``async def``) as a job; usable bare or with options.
+
+        ``executor`` is ``"async"`` (default for coroutine functions), ``"thread"`` (default
+        for plain functions) or ``"process"``. ``permanent_errors`` lists exception types
+        that send the job to the dead set at once, like :class:`PermanentError`.
+        """
+        if retries < 0:
+            raise ConfigurationError("retries must be 0 or more")
+        if timeout is not None and timeout <= 0:
+            raise ConfigurationError("timeout must be a positive number of seconds")
+
+        def register(func: Callable[..., Any]) -> JobFunction:
+            import inspect
+
+            job_name = name or func.__name__
+            if job_name in self.registry:
+                raise ConfigurationError(f"a job named {job_name!r} is registered already")
+            chosen = executor or ("async" if inspect.iscoroutinefunction(func) else "thread")
+            options = JobOptions(
+                queue=queue,
+                retries=retries,
+                timeout=timeout,
+                backoff=_backoff(backoff),
+                executor=chosen,
+                permanent_errors=tuple(permanent_errors),
+            )
+            job_fn = JobFunction(self, func, job_name, options)
+            self.registry[job_name] = job_fn
+            return job_fn
+
+        return register(fn) if fn is not None else register
+
+    def middleware(self, fn: Middleware) -> Middleware:
+        """Register ``async def mw(job, call_next)``; the first registered is the outermost.
+
+        ``job`` is the :class:`JobContext` of the attempt; ``await call_next()`` runs the rest
+        of the chain and returns the job's result.
+        """
+        self.middlewares.append(fn)
+        return fn
+
+    def get_job(self, name: str) -> JobFunction:
+        """The registered job called ``name``; raise :class:`UnknownJob` otherwise."""
+        try:
+            return self.registry[name]
+        except KeyError:
+            raise UnknownJob(f"no job named {name!r} is registered") from None
+
+    # -- building records -----------------------------------------------------------------------
+    def build(
+        self,
+        name: str,
+        args: Sequence[Any],
+        kwargs: Mapping[str, Any],
+        *,
+        delay: float | None = None,
+        at: datetime | None = None,
+        queue: str | None = None,
+        now: float | None = None,
+    ) -> JobRecord:
+        """Check a call against its job and make the record to store (nothing stored yet).
+
+        A name that is not registered here is accepted as is (the CLI enqueues by name
+        for workers elsewhere); its arguments are then only checked to be JSON.
+        """
+        job_fn = self.registry.get(name)
+        if job_fn is not None:
+            job_fn.check(args, kwargs)
+        else:
+            JobFunction.check_json(name, args, kwargs)
+        if delay is not None and at is not None:
+            raise InvalidArguments("give delay or at, not both")
+        created = time.time() if now is None else now
+        run_at = created
+        if delay is not None:
+            if delay < 0:
+                raise InvalidArguments("delay must not be negative")
+            run_at = created + delay
+        elif at is not None:
+            if at.tzinfo is None:
+                raise InvalidArguments("at must be a timezone-aware datetime")
+            run_at = max(created, at.timestamp())
+        state = JobState.SCHEDULED if run_at > created else JobState.QUEUED
+        chosen_queue = queue or (job_fn.options.queue if job_fn else "default")
+        return JobRecord(
+            id=new_id(created),
+            name=name,
+            queue=chosen_queue,
+            state=state,
+            args=list(args),
+            kwargs=dict(kwargs),
+            created_at=created,
+            run_at=run_at,
+        )
+
+    # -- enqueueing -----------------------------------------------------------------------------
+    def run_sync(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run a coroutine of this app from blocking code."""
+        return self._portal.call(coro)
+
+    def _store(self, records: list[JobRecord]) -> list[JobHandle]:
+        try:
+            self.broker.enqueue_blocking(records, self.max_queued)
+        except NotImplementedError:
+            self.run_sync(self._store_async(records))
+        return [JobHandle(self, r.id) for r in records]
+
+    async def _store_async(self, records: list[JobRecord]) -> list[JobHandle]:
+        await self.broker.open()
+        await self.broker.enqueue(records, self.max_queued)
+        return [JobHandle(self, r.id) for r in records]
+
+    def enqueue(self, name: str, *args: Any, delay: float | None = None,
+                at: datetime | None = None, **kwargs: Any) -> JobHandle:
+        """Store a call of job ``name``; return once it is durable."""
+        return self.enqueue_call(name, args, kwargs, delay=delay, at=at)
+
+    def enqueue_call(self, name: str, args: Sequence[Any], kwargs: Mapping[str, Any], *,
+                     delay: float | None = None, at: datetime | None = None,
+                     queue: str | None = None) -> JobHandle:
+        """:meth:`enqueue` with explicit argument containers and an optional queue."""
+        record = self.build(name, args, kwargs, delay=delay, at=at, queue=queue)
+        return self._store([record])[0]
+
+    async def enqueue_async(self, name: str, *args: Any, delay: float | None = None,
+                            at: datetime | None = None, **kwargs: Any) -> JobHandle:
+        """Awaitable :meth:`enqueue`."""
+        return await self.enqueue_call_async(name, args, kwargs, delay=delay, at=at)
+
+    async def enqueue_call_async(self, name: str, args: Sequence[Any],
+                                 kwargs: Mapping[str, Any], *, delay: float | None = None,
+                                 at: datetime | None = None,
+                                 queue: str | None = None) -> JobHandle:
+        """Awaitable :meth:`enqueue_call`."""
+        record = self.build(name, args, kwargs, delay=delay, at=at, queue=queue)
+        return (await self._store_async([record]))[0]
+
+    def _build_many(self, name: str, items: Sequence[Sequence[Any] | Mapping[str, Any]],
+                    delay: float | None) -> list[JobRecord]:
+        now = time.time()
+        records = []
+        for item in items:
+            args, kwargs = split_call(item)
+            records.append(self.build(name, args, kwargs, delay=delay, now=now))
+        return records
+
+    def enqueue_many(self, name: str, items: Sequence[Sequence[Any] | Mapping[str, Any]], *,
+                     delay: float | None = None) -> list[JobHandle]:
+        """Enqueue one job per item in one durable write: all are stored or none.
+
+        An item is a tuple or list of positional arguments, or a dict of keyword arguments.
+        """
+        return self._store(self._build_many(name, items, delay)) if items else []
+
+    async def enqueue_many_async(self, name: str,
+                                 items: Sequence[Sequence[Any] | Mapping[str, Any]], *,
+                                 delay: float | None = None) -> list[JobHandle]:
+        """Awaitable :meth:`enqueue_many`."""
+        if not items:
+            return []
+        return await self._store_async(self._build_many(name, items, delay))
+
+    # -- reading and admin ----------------------------------------------------------------------
+    def handle(self, job_id: str) -> JobHandle:
+        """A handle for a job id (it is not checked to exist)."""
+        return JobHandle(self, job_id)
+
+    async def cancel_async(self, job_id: str) -> JobRecord:
+        """Cancel a waiting job at once, or ask the worker of a running job to stop it."""
+        from conveyor.errors import JobNotFound
+
+        await self.broker.open()
+        record = await self.broker.cancel(job_id)
+        if record is None:
+            raise JobNotFound(f"no job with id {job_id}")
+        return record
+
+    def cancel(self, job_id: str) -> JobRecord:
+        """Blocking :meth:`cancel_async`."""
+        return self.run_sync(self.cancel_async(job_id))
+
+    def close(self) -> None:
+        """Release the backend and the helper thread. The app can be used again afterwards."""
+        if self._broker is not None:
+            self.run_sync(self._broker.close())
+            self._broker = None
+        self._portal.close()

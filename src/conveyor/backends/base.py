@@ -1,0 +1,146 @@
+"""What a storage backend must do: the hot path (``Broker``) and the admin side (``Inspector``).
+
+Every method is a coroutine. Backends see JSON text and plain records; the rules of retries,
+timeouts and middleware live above them, in the app and the worker. One contract test suite
+(``tests/contract``) runs against every backend.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping, Sequence
+
+from conveyor.job import JobRecord, JobState, Outcome, WorkerInfo
+
+
+class Broker(abc.ABC):
+    """Storage for jobs. One instance may be used from several event loops and threads."""
+
+    url: str
+    #: seconds a finished job (succeeded, dead, cancelled) is kept
+    retention: float
+
+    # -- life cycle -------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Connect and create what is missing (tables, scripts). Safe to call twice."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Release connections and threads."""
+
+    # -- producers --------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def enqueue(self, jobs: Sequence[JobRecord], limits: Mapping[str, int]) -> None:
+        """Store ``jobs`` durably, all or none.
+
+        ``limits`` maps a queue name to its ``max_queued``; when storing the jobs would leave
+        more waiting jobs in such a queue, raise :class:`~conveyor.errors.QueueFull` and store
+        nothing.
+        """
+
+    def enqueue_blocking(self, jobs: Sequence[JobRecord], limits: Mapping[str, int]) -> None:
+        """The blocking twin of :meth:`enqueue`, for backends that can do it without a loop.
+
+        Raise ``NotImplementedError`` to have the caller go through an event loop instead.
+        """
+        raise NotImplementedError
+
+    # -- workers: the hot path --------------------------------------------------------------
+    @abc.abstractmethod
+    async def claim(
+        self, worker_id: str, queues: Sequence[str], limit: int, lease: float
+    ) -> list[JobRecord]:
+        """Move up to ``limit`` ready jobs of ``queues`` to running, owned by ``worker_id``.
+
+        Ready means queued, or scheduled with ``run_at`` passed; oldest ``run_at`` first.
+        Each claimed job's ``attempts`` grows by one and its lease runs ``lease`` seconds.
+        """
+
+    @abc.abstractmethod
+    async def settle(self, outcomes: Sequence[Outcome]) -> None:
+        """Record the ends of attempts. An outcome for a job the worker no longer owns
+        (its lease was taken over) is ignored. Final states expire after ``retention``."""
+
+    @abc.abstractmethod
+    async def heartbeat(
+        self, worker: WorkerInfo, job_ids: Sequence[str], lease: float
+    ) -> set[str]:
+        """Extend the leases of ``job_ids`` held by ``worker`` and record the worker as alive.
+
+        Return the ids among them whose cancellation was requested.
+        """
+
+    @abc.abstractmethod
+    async def set_progress(self, updates: Sequence[tuple[str, float, str | None]]) -> None:
+        """Store ``(job_id, progress, message)`` for running jobs."""
+
+    @abc.abstractmethod
+    async def ready_count(self, queues: Sequence[str], limit: int) -> int:
+        """How many jobs of ``queues`` are ready to run now, counting at most ``limit``."""
+
+    @abc.abstractmethod
+    async def wait_for_work(self, queues: Sequence[str], timeout: float) -> None:
+        """Return when work may have arrived for ``queues``, or after ``timeout`` seconds."""
+
+    @abc.abstractmethod
+    async def unregister_worker(self, worker_id: str) -> None:
+        """Forget a worker that stopped cleanly."""
+
+    # -- maintenance ------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def recover_expired(self, max_recoveries: int) -> tuple[int, int]:
+        """Requeue running jobs whose lease expired; a job lost ``max_recoveries`` times goes
+        to the dead set instead. Also forget workers whose heartbeat lapsed.
+        Return ``(requeued, dead)``."""
+
+    @abc.abstractmethod
+    async def promote_scheduled(self) -> int:
+        """Mark scheduled jobs whose time has come as queued. Return how many."""
+
+    @abc.abstractmethod
+    async def purge_expired(self) -> int:
+        """Delete finished jobs past their retention. Return how many."""
+
+    # -- inspection and admin ---------------------------------------------------------------
+    @abc.abstractmethod
+    async def get(self, job_id: str) -> JobRecord | None:
+        """The job with this id, or ``None``."""
+
+    @abc.abstractmethod
+    async def list_jobs(
+        self,
+        state: JobState | None = None,
+        queue: str | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+        name: str | None = None,
+    ) -> list[JobRecord]:
+        """Jobs newest first; ``cursor`` is the last id of the previous page."""
+
+    @abc.abstractmethod
+    async def counts(self) -> dict[str, dict[str, int]]:
+        """``{queue: {state: count}}`` with every state present for every known queue."""
+
+    @abc.abstractmethod
+    async def cancel(self, job_id: str) -> JobRecord | None:
+        """Cancel a waiting job at once, or ask the worker of a running one to stop it.
+
+        Final jobs are left as they are. Return the job after the change, or ``None``.
+        """
+
+    @abc.abstractmethod
+    async def retry(self, job_id: str) -> JobRecord | None:
+        """Put a dead or cancelled job back in its queue, with fresh retries."""
+
+    @abc.abstractmethod
+    async def retry_dead(self, queue: str | None = None) -> int:
+        """Put every dead job (of ``queue``) back; return how many."""
+
+    @abc.abstractmethod
+    async def delete(self, job_id: str) -> bool:
+        """Delete a job that is not running; return whether it existed and was deleted."""
+
+    @abc.abstractmethod
+    async def workers(self) -> list[WorkerInfo]:
+        """The workers whose heartbeat is current."""

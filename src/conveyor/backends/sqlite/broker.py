@@ -1,0 +1,422 @@
+"""The embedded backend: one SQLite file in WAL mode, shared by every process on a machine."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
+
+from conveyor.backends.base import Broker
+from conveyor.backends.sqlite.schema import (
+    JOB_COLUMNS,
+    WORKER_COLUMNS,
+    Settings,
+    check_namespace,
+    connect,
+    ddl,
+    job_from_row,
+    worker_from_row,
+)
+from conveyor.backends.sqlite.writer import Writer
+from conveyor.errors import QueueFull
+from conveyor.job import JobRecord, JobState, Outcome, OutcomeKind, WorkerInfo
+from conveyor.serialization import dumps
+
+T = TypeVar("T")
+
+WAITING = "state IN ('queued', 'scheduled')"
+#: SQLite's default limit on bound parameters is 32766; stay far below it
+CHUNK = 500
+#: how often an idle worker looks for new commits by other connections (cheap, no I/O)
+POLL_INTERVAL = 0.002
+
+
+def _chunks(items: Sequence[T], size: int = CHUNK) -> list[Sequence[T]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def _marks(n: int) -> str:
+    return ",".join("?" * n)
+
+
+class SQLiteBroker(Broker):
+    """Jobs in ``{namespace}_jobs`` of one SQLite file; see :mod:`.writer` for the commits."""
+
+    def __init__(self, url: str, namespace: str = "conveyor", retention: float = 7 * 86400):
+        self.url = url
+        self.retention = retention
+        self.settings = Settings.from_url(url)
+        self.ns = check_namespace(namespace)
+        self._writer = Writer(self._open_writer)
+        self._local = threading.local()
+        self._opened = False
+        self._open_lock = threading.Lock()
+        t = self.ns
+        self._sql_claim = (
+            f"UPDATE {t}_jobs SET state='running', worker_id=?, attempts=attempts+1, "
+            f"started_at=?, lease_expires_at=?, progress=NULL, progress_message=NULL "
+            f"WHERE id IN (SELECT id FROM {t}_jobs WHERE {WAITING} AND queue IN ({{marks}}) "
+            f"AND run_at <= ? ORDER BY run_at, id LIMIT ?) RETURNING {JOB_COLUMNS}"
+        )
+        self._sql_insert = (
+            f"INSERT INTO {t}_jobs (id, name, queue, state, args, kwargs, created_at, run_at) "
+            f"VALUES (?,?,?,?,?,?,?,?)"
+        )
+
+    # -- life cycle ---------------------------------------------------------------------------
+    def _open_writer(self) -> sqlite3.Connection:
+        conn = connect(self.settings)
+        conn.execute("BEGIN IMMEDIATE")
+        for statement in ddl(self.ns):
+            conn.execute(statement)
+        conn.execute("COMMIT")
+        return conn
+
+    def open_blocking(self) -> None:
+        """Open the database and start the writer thread (idempotent)."""
+        with self._open_lock:
+            if not self._opened:
+                self._writer.start()
+                self._opened = True
+
+    async def open(self) -> None:
+        if not self._opened:
+            await asyncio.to_thread(self.open_blocking)
+
+    async def close(self) -> None:
+        self.close_blocking()
+
+    def close_blocking(self) -> None:
+        """Stop the writer thread after it committed what it was given."""
+        with self._open_lock:
+            if self._opened:
+                self._writer.stop()
+                self._opened = False
+
+    def _reader(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = connect(self.settings)
+            self._local.conn = conn
+            self._local.data_version = -1
+        return conn
+
+    async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        self.open_blocking()
+        return await asyncio.to_thread(lambda: fn(self._reader()))
+
+    async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        if not self._opened:
+            await self.open()
+        result: T = await self._writer.run(fn)
+        return result
+
+    # -- producers ----------------------------------------------------------------------------
+    def _enqueue_fn(
+        self, jobs: Sequence[JobRecord], limits: Mapping[str, int]
+    ) -> Callable[[sqlite3.Connection], None]:
+        rows = [
+            (j.id, j.name, j.queue, str(j.state), dumps(j.args), dumps(j.kwargs), j.created_at,
+             j.run_at)
+            for j in jobs
+        ]
+        adding: dict[str, int] = defaultdict(int)
+        for job in jobs:
+            if job.queue in limits:
+                adding[job.queue] += 1
+
+        def fn(conn: sqlite3.Connection) -> None:
+            for queue, count in adding.items():
+                (waiting,) = conn.execute(
+                    f"SELECT count(*) FROM {self.ns}_jobs WHERE {WAITING} AND queue=?", (queue,)
+                ).fetchone()
+                if waiting + count > limits[queue]:
+                    raise QueueFull(queue, limits[queue])
+            conn.executemany(self._sql_insert, rows)
+
+        return fn
+
+    async def enqueue(self, jobs: Sequence[JobRecord], limits: Mapping[str, int]) -> None:
+        await self._write(self._enqueue_fn(jobs, limits))
+
+    def enqueue_blocking(self, jobs: Sequence[JobRecord], limits: Mapping[str, int]) -> None:
+        self.open_blocking()
+        self._writer.run_blocking(self._enqueue_fn(jobs, limits))
+
+    # -- workers ------------------------------------------------------------------------------
+    async def claim(
+        self, worker_id: str, queues: Sequence[str], limit: int, lease: float
+    ) -> list[JobRecord]:
+        sql = self._sql_claim.format(marks=_marks(len(queues)))
+
+        def fn(conn: sqlite3.Connection) -> list[JobRecord]:
+            now = time.time()
+            rows = conn.execute(sql, (worker_id, now, now + lease, *queues, now, limit))
+            jobs = [job_from_row(r) for r in rows]
+            jobs.sort(key=lambda j: (j.run_at, j.id))
+            return jobs
+
+        return await self._write(fn)
+
+    async def settle(self, outcomes: Sequence[Outcome]) -> None:
+        t, keep = self.ns, self.retention
+        guard = "WHERE id=? AND worker_id=? AND state='running'"
+        final = (
+            f"UPDATE {t}_jobs SET state=?, finished_at=?, expires_at=?, result=?, error=?, "
+            f"traceback=?, lease_expires_at=NULL {guard}"
+        )
+        back = (
+            f"UPDATE {t}_jobs SET state=?, run_at=coalesce(?, run_at), error=?, traceback=?, "
+            f"attempts=attempts-?, worker_id=NULL, lease_expires_at=NULL {guard}"
+        )
+        final_rows, back_rows = [], []
+        for o in outcomes:
+            if o.kind in (OutcomeKind.RETRY, OutcomeKind.REQUEUE):
+                requeue = o.kind is OutcomeKind.REQUEUE
+                state = "queued" if requeue else "scheduled"
+                back_rows.append(
+                    (state, o.run_at, o.error, o.traceback, int(requeue), o.job_id, o.worker_id)
+                )
+            else:
+                final_rows.append(
+                    (str(o.kind), o.finished_at, o.finished_at + keep, o.result_json, o.error,
+                     o.traceback, o.job_id, o.worker_id)
+                )
+
+        def fn(conn: sqlite3.Connection) -> None:
+            if final_rows:
+                conn.executemany(final, final_rows)
+            if back_rows:
+                conn.executemany(back, back_rows)
+
+        await self._write(fn)
+
+    async def heartbeat(
+        self, worker: WorkerInfo, job_ids: Sequence[str], lease: float
+    ) -> set[str]:
+        t = self.ns
+
+        def fn(conn: sqlite3.Connection) -> set[str]:
+            now = time.time()
+            conn.execute(
+                f"INSERT OR REPLACE INTO {t}_workers ({WORKER_COLUMNS}, lease_expires_at) "
+                f"VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (worker.id, worker.host, worker.pid, dumps(worker.queues), worker.concurrency,
+                 worker.min_concurrency, worker.max_concurrency, worker.busy, worker.processed,
+                 worker.failed, worker.started_at, now, now + lease),
+            )
+            cancel: set[str] = set()
+            for chunk in _chunks(job_ids):
+                rows = conn.execute(
+                    f"UPDATE {t}_jobs SET lease_expires_at=? WHERE id IN ({_marks(len(chunk))}) "
+                    f"AND worker_id=? AND state='running' RETURNING id, cancel_requested",
+                    (now + lease, *chunk, worker.id),
+                )
+                cancel.update(job_id for job_id, wanted in rows if wanted)
+            return cancel
+
+        return await self._write(fn)
+
+    async def set_progress(self, updates: Sequence[tuple[str, float, str | None]]) -> None:
+        sql = (
+            f"UPDATE {self.ns}_jobs SET progress=?, progress_message=? "
+            f"WHERE id=? AND state='running'"
+        )
+        rows = [(value, message, job_id) for job_id, value, message in updates]
+        await self._write(lambda conn: conn.executemany(sql, rows))
+
+    def _ready_count(self, conn: sqlite3.Connection, queues: Sequence[str], limit: int) -> int:
+        (count,) = conn.execute(
+            f"SELECT count(*) FROM (SELECT 1 FROM {self.ns}_jobs WHERE {WAITING} AND "
+            f"queue IN ({_marks(len(queues))}) AND run_at <= ? LIMIT ?)",
+            (*queues, time.time(), limit),
+        ).fetchone()
+        return int(count)
+
+    async def ready_count(self, queues: Sequence[str], limit: int) -> int:
+        return await self._read(lambda conn: self._ready_count(conn, queues, limit))
+
+    def _next_due(self, conn: sqlite3.Connection, queues: Sequence[str]) -> float | None:
+        due: float | None = None
+        for queue in queues:
+            (at,) = conn.execute(
+                f"SELECT min(run_at) FROM {self.ns}_jobs WHERE {WAITING} AND queue=?", (queue,)
+            ).fetchone()
+            if at is not None and (due is None or at < due):
+                due = at
+        return due
+
+    async def wait_for_work(self, queues: Sequence[str], timeout: float) -> None:
+        """Poll ``PRAGMA data_version`` (in memory, no I/O) until another connection commits,
+        the next scheduled job falls due, or ``timeout`` passes."""
+        self.open_blocking()
+        conn = self._reader()
+        deadline = time.time() + timeout
+        due = self._next_due(conn, queues)
+        if due is not None:
+            deadline = min(deadline, due)
+        version = conn.execute("PRAGMA data_version").fetchone()[0]
+        while time.time() < deadline:
+            await asyncio.sleep(POLL_INTERVAL)
+            now_version = conn.execute("PRAGMA data_version").fetchone()[0]
+            if now_version != version:
+                if self._ready_count(conn, queues, 1):
+                    return
+                version = now_version
+                due = self._next_due(conn, queues)
+                if due is not None:
+                    deadline = min(deadline, due)
+
+    async def unregister_worker(self, worker_id: str) -> None:
+        await self._write(
+            lambda conn: conn.execute(f"DELETE FROM {self.ns}_workers WHERE id=?", (worker_id,))
+        )
+
+    # -- maintenance --------------------------------------------------------------------------
+    async def recover_expired(self, max_recoveries: int) -> tuple[int, int]:
+        t, keep = self.ns, self.retention
+
+        def fn(conn: sqlite3.Connection) -> tuple[int, int]:
+            now = time.time()
+            rows = conn.execute(
+                f"SELECT id, recoveries, cancel_requested FROM {t}_jobs "
+                f"WHERE state='running' AND lease_expires_at < ?",
+                (now,),
+            ).fetchall()
+            requeue, dead, cancelled = [], [], []
+            for job_id, recoveries, cancel in rows:
+                if cancel:
+                    cancelled.append((now, now + keep, job_id))
+                elif recoveries + 1 >= max_recoveries:
+                    error = f"worker lost {recoveries + 1} times (lease expired); giving up"
+                    dead.append((error, now, now + keep, job_id))
+                else:
+                    requeue.append((job_id,))
+            conn.executemany(
+                f"UPDATE {t}_jobs SET state='queued', recoveries=recoveries+1, worker_id=NULL, "
+                f"lease_expires_at=NULL, error='worker lost (lease expired); requeued' "
+                f"WHERE id=?",
+                requeue,
+            )
+            conn.executemany(
+                f"UPDATE {t}_jobs SET state='dead', recoveries=recoveries+1, error=?, "
+                f"finished_at=?, expires_at=?, lease_expires_at=NULL WHERE id=?",
+                dead,
+            )
+            conn.executemany(
+                f"UPDATE {t}_jobs SET state='cancelled', finished_at=?, expires_at=?, "
+                f"lease_expires_at=NULL WHERE id=?",
+                cancelled,
+            )
+            conn.execute(f"DELETE FROM {t}_workers WHERE lease_expires_at < ?", (now,))
+            return len(requeue), len(dead)
+
+        return await self._write(fn)
+
+    async def promote_scheduled(self) -> int:
+        sql = (
+            f"UPDATE {self.ns}_jobs SET state='queued' WHERE state='scheduled' AND run_at <= ?"
+        )
+        return await self._write(lambda conn: conn.execute(sql, (time.time(),)).rowcount)
+
+    async def purge_expired(self) -> int:
+        sql = (
+            f"DELETE FROM {self.ns}_jobs WHERE state IN ('succeeded', 'dead', 'cancelled') "
+            f"AND expires_at < ?"
+        )
+        return await self._write(lambda conn: conn.execute(sql, (time.time(),)).rowcount)
+
+    # -- inspection and admin -----------------------------------------------------------------
+    def _get(self, conn: sqlite3.Connection, job_id: str) -> JobRecord | None:
+        row = conn.execute(
+            f"SELECT {JOB_COLUMNS} FROM {self.ns}_jobs WHERE id=?", (job_id,)
+        ).fetchone()
+        return job_from_row(row) if row else None
+
+    async def get(self, job_id: str) -> JobRecord | None:
+        return await self._read(lambda conn: self._get(conn, job_id))
+
+    async def list_jobs(
+        self,
+        state: JobState | None = None,
+        queue: str | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+        name: str | None = None,
+    ) -> list[JobRecord]:
+        where, params = [], []
+        for column, value in (("state", state), ("queue", queue), ("name", name)):
+            if value is not None:
+                where.append(f"{column}=?")
+                params.append(str(value))
+        if cursor:
+            where.append("id < ?")
+            params.append(cursor)
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        sql = f"SELECT {JOB_COLUMNS} FROM {self.ns}_jobs {clause} ORDER BY id DESC LIMIT ?"
+        rows = await self._read(lambda conn: conn.execute(sql, (*params, limit)).fetchall())
+        return [job_from_row(r) for r in rows]
+
+    async def counts(self) -> dict[str, dict[str, int]]:
+        sql = f"SELECT queue, state, count(*) FROM {self.ns}_jobs GROUP BY queue, state"
+        rows = await self._read(lambda conn: conn.execute(sql).fetchall())
+        result: dict[str, dict[str, int]] = {}
+        for queue, state, count in rows:
+            result.setdefault(queue, {str(s): 0 for s in JobState})[state] = count
+        return result
+
+    async def cancel(self, job_id: str) -> JobRecord | None:
+        t, keep = self.ns, self.retention
+
+        def fn(conn: sqlite3.Connection) -> JobRecord | None:
+            now = time.time()
+            conn.execute(
+                f"UPDATE {t}_jobs SET state='cancelled', finished_at=?, expires_at=? "
+                f"WHERE id=? AND {WAITING}",
+                (now, now + keep, job_id),
+            )
+            conn.execute(
+                f"UPDATE {t}_jobs SET cancel_requested=1 WHERE id=? AND state='running'",
+                (job_id,),
+            )
+            return self._get(conn, job_id)
+
+        return await self._write(fn)
+
+    def _retry_sql(self, where: str) -> str:
+        return (
+            f"UPDATE {self.ns}_jobs SET state='queued', attempts=0, recoveries=0, run_at=?, "
+            f"finished_at=NULL, expires_at=NULL, result=NULL, cancel_requested=0, "
+            f"worker_id=NULL, progress=NULL, progress_message=NULL WHERE {where}"
+        )
+
+    async def retry(self, job_id: str) -> JobRecord | None:
+        sql = self._retry_sql("id=? AND state IN ('dead', 'cancelled')")
+
+        def fn(conn: sqlite3.Connection) -> JobRecord | None:
+            conn.execute(sql, (time.time(), job_id))
+            return self._get(conn, job_id)
+
+        return await self._write(fn)
+
+    async def retry_dead(self, queue: str | None = None) -> int:
+        where = "state='dead'" + (" AND queue=?" if queue is not None else "")
+        sql = self._retry_sql(where)
+        params: tuple[Any, ...] = (queue,) if queue is not None else ()
+        return await self._write(lambda conn: conn.execute(sql, (time.time(), *params)).rowcount)
+
+    async def delete(self, job_id: str) -> bool:
+        sql = f"DELETE FROM {self.ns}_jobs WHERE id=? AND state != 'running'"
+        return await self._write(lambda conn: conn.execute(sql, (job_id,)).rowcount > 0)
+
+    async def workers(self) -> list[WorkerInfo]:
+        sql = (
+            f"SELECT {WORKER_COLUMNS} FROM {self.ns}_workers WHERE lease_expires_at >= ? "
+            f"ORDER BY started_at"
+        )
+        rows = await self._read(lambda conn: conn.execute(sql, (time.time(),)).fetchall())
+        return [worker_from_row(r) for r in rows]

@@ -1,0 +1,183 @@
+"""Tables, indexes, connection settings and row mapping of the SQLite backend."""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from conveyor.errors import ConfigurationError
+from conveyor.job import JobRecord, JobState, WorkerInfo
+from conveyor.serialization import loads
+
+_NAMESPACE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+
+JOB_COLUMNS = (
+    "id, name, queue, state, args, kwargs, created_at, run_at, attempts, recoveries, "
+    "started_at, finished_at, result, error, traceback, progress, progress_message, "
+    "worker_id, lease_expires_at, cancel_requested, expires_at"
+)
+
+WORKER_COLUMNS = (
+    "id, host, pid, queues, concurrency, min_concurrency, max_concurrency, busy, processed, "
+    "failed, started_at, heartbeat_at"
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What a ``sqlite:///PATH?synchronous=FULL&busy_timeout=5000`` URL asks for."""
+
+    path: Path
+    synchronous: str = "FULL"
+    busy_timeout_ms: int = 10_000
+
+    @classmethod
+    def from_url(cls, url: str) -> Settings:
+        """Parse a ``sqlite:///relative.db`` or ``sqlite:////absolute.db`` URL."""
+        parts = urlsplit(url)
+        if parts.scheme != "sqlite" or parts.netloc:
+            raise ConfigurationError(f"expected sqlite:///PATH, got {url!r}")
+        raw = unquote(parts.path)
+        if raw.startswith("/"):
+            raw = raw[1:]
+        if not raw or raw == ":memory:":
+            raise ConfigurationError(
+                "the SQLite backend needs a file (workers and producers share it): "
+                "sqlite:///conveyor.db"
+            )
+        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        synchronous = query.pop("synchronous", "FULL").upper()
+        if synchronous not in ("FULL", "NORMAL", "EXTRA"):
+            raise ConfigurationError("synchronous must be FULL, NORMAL or EXTRA")
+        try:
+            busy = int(query.pop("busy_timeout", "10000"))
+        except ValueError:
+            raise ConfigurationError("busy_timeout must be whole milliseconds") from None
+        if query:
+            raise ConfigurationError(f"unknown SQLite URL options: {', '.join(sorted(query))}")
+        return cls(Path(raw), synchronous, busy)
+
+
+def check_namespace(namespace: str) -> str:
+    """The namespace prefixes table names, so it must be a plain identifier."""
+    if not _NAMESPACE.fullmatch(namespace):
+        raise ConfigurationError(
+            f"namespace {namespace!r} must be letters, digits and underscores (at most 63)"
+        )
+    return namespace
+
+
+def connect(settings: Settings) -> sqlite3.Connection:
+    """Open a connection with WAL, the busy timeout and the chosen durability."""
+    settings.path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(
+        settings.path,
+        isolation_level=None,
+        check_same_thread=False,
+        timeout=settings.busy_timeout_ms / 1000,
+        cached_statements=256,
+    )
+    conn.execute(f"PRAGMA busy_timeout={settings.busy_timeout_ms}")
+    mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+    if str(mode).lower() != "wal":
+        raise ConfigurationError(f"could not switch {settings.path} to WAL (got {mode})")
+    conn.execute(f"PRAGMA synchronous={settings.synchronous}")
+    return conn
+
+
+def ddl(ns: str) -> list[str]:
+    """The statements that create the namespace's tables and indexes."""
+    return [
+        f"""CREATE TABLE IF NOT EXISTS {ns}_jobs (
+            id TEXT PRIMARY KEY,
+            name TEXT NOT NULL,
+            queue TEXT NOT NULL,
+            state TEXT NOT NULL,
+            args TEXT NOT NULL,
+            kwargs TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            run_at REAL NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            recoveries INTEGER NOT NULL DEFAULT 0,
+            started_at REAL,
+            finished_at REAL,
+            result TEXT,
+            error TEXT,
+            traceback TEXT,
+            progress REAL,
+            progress_message TEXT,
+            worker_id TEXT,
+            lease_expires_at REAL,
+            cancel_requested INTEGER NOT NULL DEFAULT 0,
+            expires_at REAL
+        ) WITHOUT ROWID""",
+        f"""CREATE INDEX IF NOT EXISTS {ns}_jobs_ready ON {ns}_jobs (queue, run_at)
+            WHERE state IN ('queued', 'scheduled')""",
+        f"""CREATE INDEX IF NOT EXISTS {ns}_jobs_leases ON {ns}_jobs (lease_expires_at)
+            WHERE state = 'running'""",
+        f"CREATE INDEX IF NOT EXISTS {ns}_jobs_state ON {ns}_jobs (state, queue, id)",
+        f"""CREATE TABLE IF NOT EXISTS {ns}_workers (
+            id TEXT PRIMARY KEY,
+            host TEXT NOT NULL,
+            pid INTEGER NOT NULL,
+            queues TEXT NOT NULL,
+            concurrency INTEGER NOT NULL,
+            min_concurrency INTEGER NOT NULL,
+            max_concurrency INTEGER NOT NULL,
+            busy INTEGER NOT NULL,
+            processed INTEGER NOT NULL,
+            failed INTEGER NOT NULL,
+            started_at REAL NOT NULL,
+            heartbeat_at REAL NOT NULL,
+            lease_expires_at REAL NOT NULL
+        )""",
+    ]
+
+
+def job_from_row(row: tuple[Any, ...]) -> JobRecord:
+    """Build a record from a row selected with :data:`JOB_COLUMNS`."""
+    return JobRecord(
+        id=row[0],
+        name=row[1],
+        queue=row[2],
+        state=JobState(row[3]),
+        args=loads(row[4]),
+        kwargs=loads(row[5]),
+        created_at=row[6],
+        run_at=row[7],
+        attempts=row[8],
+        recoveries=row[9],
+        started_at=row[10],
+        finished_at=row[11],
+        result=loads(row[12]),
+        error=row[13],
+        traceback=row[14],
+        progress=row[15],
+        progress_message=row[16],
+        worker_id=row[17],
+        lease_expires_at=row[18],
+        cancel_requested=bool(row[19]),
+        expires_at=row[20],
+    )
+
+
+def worker_from_row(row: tuple[Any, ...]) -> WorkerInfo:
+    """Build a worker from a row selected with :data:`WORKER_COLUMNS`."""
+    return WorkerInfo(
+        id=row[0],
+        host=row[1],
+        pid=row[2],
+        queues=loads(row[3]),
+        concurrency=row[4],
+        min_concurrency=row[5],
+        max_concurrency=row[6],
+        busy=row[7],
+        processed=row[8],
+        failed=row[9],
+        started_at=row[10],
+        heartbeat_at=row[11],
+    )

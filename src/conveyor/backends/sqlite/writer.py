@@ -1,0 +1,178 @@
+"""One thread per process owns the SQLite write connection and commits in groups.
+
+Every write (enqueue, claim, settle, heartbeat, admin) is a small function of the connection.
+The thread takes all the functions waiting, runs each inside its own savepoint within one
+``BEGIN IMMEDIATE`` transaction, commits once, and only then answers the callers. So many
+concurrent enqueues share one fsync (group commit), and a failing function (a full queue,
+say) rolls back alone without touching its neighbours.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import queue
+import sqlite3
+import threading
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+WriteFn = Callable[[sqlite3.Connection], Any]
+
+#: how many waiting writes one transaction takes at most
+MAX_GROUP = 512
+
+
+class _Stop:
+    """Sentinel that ends the writer thread."""
+
+
+_STOP = _Stop()
+
+
+class _Pending:
+    __slots__ = ("fn", "future", "loop")
+
+    def __init__(
+        self,
+        fn: WriteFn,
+        future: asyncio.Future[Any] | concurrent.futures.Future[Any],
+        loop: asyncio.AbstractEventLoop | None,
+    ) -> None:
+        self.fn = fn
+        self.future = future
+        self.loop = loop
+
+
+def _resolve(items: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
+    for future, value, error in items:
+        if future.done():
+            continue
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(value)
+
+
+class Writer:
+    """The write thread of one database file in this process."""
+
+    def __init__(self, connect: Callable[[], sqlite3.Connection]) -> None:
+        self._connect = connect
+        self._queue: queue.SimpleQueue[_Pending | _Stop] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._ready = threading.Event()
+        self._startup_error: BaseException | None = None
+
+    def start(self) -> None:
+        """Start the thread (idempotent); raise what opening the connection raised."""
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="conveyor-sqlite-writer", daemon=True
+                )
+                self._thread.start()
+        self._ready.wait()
+        if self._startup_error is not None:
+            raise self._startup_error
+
+    def stop(self) -> None:
+        """Finish what was submitted, then end the thread."""
+        with self._lock:
+            thread, self._thread = self._thread, None
+        if thread is not None:
+            self._queue.put(_STOP)
+            thread.join()
+            self._ready.clear()
+
+    async def run(self, fn: WriteFn) -> Any:
+        """Run ``fn`` in the next group and await its committed result."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._queue.put(_Pending(fn, future, loop))
+        return await future
+
+    def run_blocking(self, fn: WriteFn) -> Any:
+        """Run ``fn`` in the next group and block until it is committed."""
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        self._queue.put(_Pending(fn, future, None))
+        return future.result()
+
+    # -- the thread ---------------------------------------------------------------------------
+    def _run(self) -> None:
+        try:
+            conn = self._connect()
+        except BaseException as exc:  # reported to the caller of start()
+            self._startup_error = exc
+            self._ready.set()
+            return
+        self._ready.set()
+        try:
+            while True:
+                first = self._queue.get()
+                if isinstance(first, _Stop):
+                    return
+                group = [first]
+                stop = False
+                while len(group) < MAX_GROUP:
+                    try:
+                        item = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if isinstance(item, _Stop):
+                        stop = True
+                        break
+                    group.append(item)
+                self._commit_group(conn, group)
+                if stop:
+                    return
+        finally:
+            conn.close()
+
+    def _commit_group(self, conn: sqlite3.Connection, group: list[_Pending]) -> None:
+        results: list[tuple[_Pending, Any, BaseException | None]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            self._answer([(p, None, exc) for p in group])
+            return
+        for pending in group:
+            conn.execute("SAVEPOINT op")
+            try:
+                value = pending.fn(conn)
+            except Exception as exc:
+                conn.execute("ROLLBACK TO op")
+                conn.execute("RELEASE op")
+                results.append((pending, None, exc))
+            else:
+                conn.execute("RELEASE op")
+                results.append((pending, value, None))
+        try:
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            results = [(p, None, exc) for p in group]
+        self._answer(results)
+
+    @staticmethod
+    def _answer(results: list[tuple[_Pending, Any, BaseException | None]]) -> None:
+        by_loop: dict[asyncio.AbstractEventLoop, list[Any]] = defaultdict(list)
+        for pending, value, error in results:
+            if pending.loop is None:
+                fut = pending.future
+                assert isinstance(fut, concurrent.futures.Future)
+                if error is not None:
+                    fut.set_exception(error)
+                else:
+                    fut.set_result(value)
+            else:
+                by_loop[pending.loop].append((pending.future, value, error))
+        for loop, items in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_resolve, items)
+            except RuntimeError:  # the caller's loop has closed; nobody is waiting
+                pass

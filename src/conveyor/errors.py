@@ -1,0 +1,71 @@
+"""Exceptions raised by Conveyor and the ones a job raises to steer its own fate."""
+
+from __future__ import annotations
+
+
+class ConveyorError(Exception):
+    """Base class of every error Conveyor raises."""
+
+
+class InvalidArguments(ConveyorError, TypeError):
+    """The arguments do not fit the job's signature or are not JSON-serializable.
+
+    Raised at enqueue time; nothing is stored.
+    """
+
+
+class UnknownJob(ConveyorError, LookupError):
+    """No job is registered under the given name."""
+
+
+class JobNotFound(ConveyorError, LookupError):
+    """No job with the given id exists (it never did, or its retention ran out)."""
+
+
+class QueueFull(ConveyorError):
+    """The queue holds ``max_queued`` waiting jobs already; the enqueue stored nothing."""
+
+    def __init__(self, queue: str, limit: int) -> None:
+        super().__init__(f"queue {queue!r} is full ({limit} jobs waiting); try again later")
+        self.queue = queue
+        self.limit = limit
+
+
+class ConfigurationError(ConveyorError, ValueError):
+    """A setting (URL, namespace, option) is malformed or unsupported."""
+
+
+class PermanentError(Exception):
+    """Raise from a job to send it to the dead set at once, without retrying."""
+
+
+class Retry(Exception):  # noqa: N818 - the name reads as an instruction: ``raise Retry(delay=5)``
+    """Raise from a job to ask for another attempt, optionally after ``delay`` seconds.
+
+    The attempt still counts against the job's ``retries``.
+    """
+
+    def __init__(self, delay: float | None = None, reason: str = "") -> None:
+        super().__init__(reason or (f"retry requested in {delay}s" if delay else "retry requested"))
+        self.delay = delay
+
+
+class JobTimeout(ConveyorError, TimeoutError):
+    """An attempt ran longer than the job's ``timeout``."""
+
+
+class JobFailed(ConveyorError):
+    """Raised by ``handle.result()`` when the job ended in the dead set."""
+
+    def __init__(self, job_id: str, error: str | None) -> None:
+        super().__init__(f"job {job_id} failed: {error}")
+        self.job_id = job_id
+        self.error = error
+
+
+class JobCancelled(ConveyorError):
+    """Raised by ``handle.result()`` when the job was cancelled."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"job {job_id} was cancelled")
+        self.job_id = job_id

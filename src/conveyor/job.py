@@ -1,0 +1,171 @@
+"""Job records, states, options and outcomes: pure data, no I/O."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+
+class JobState(StrEnum):
+    """The states of a job, named the same in Python, the CLI, HTTP and the dashboard."""
+
+    QUEUED = "queued"
+    SCHEDULED = "scheduled"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    DEAD = "dead"
+    CANCELLED = "cancelled"
+
+
+WAITING_STATES = (JobState.QUEUED, JobState.SCHEDULED)
+FINAL_STATES = (JobState.SUCCEEDED, JobState.DEAD, JobState.CANCELLED)
+ALL_STATES = tuple(JobState)
+
+
+def iso(ts: float | None) -> str | None:
+    """Seconds since the epoch as an ISO 8601 UTC string (``None`` stays ``None``)."""
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
+
+
+@dataclass(slots=True)
+class JobRecord:
+    """Everything stored about one job. Timestamps are seconds since the epoch."""
+
+    id: str
+    name: str
+    queue: str
+    state: JobState
+    args: list[Any]
+    kwargs: dict[str, Any]
+    created_at: float
+    run_at: float
+    attempts: int = 0
+    recoveries: int = 0
+    started_at: float | None = None
+    finished_at: float | None = None
+    result: Any = None
+    error: str | None = None
+    traceback: str | None = None
+    progress: float | None = None
+    progress_message: str | None = None
+    worker_id: str | None = None
+    lease_expires_at: float | None = None
+    cancel_requested: bool = False
+    expires_at: float | None = None
+
+    @property
+    def is_final(self) -> bool:
+        """True once the job has succeeded, died or been cancelled."""
+        return self.state in FINAL_STATES
+
+    def to_dict(self) -> dict[str, Any]:
+        """The job's info as JSON-ready data, the same shape the CLI and HTTP API print."""
+        return {
+            "id": self.id,
+            "name": self.name,
+            "queue": self.queue,
+            "state": str(self.state),
+            "attempts": self.attempts,
+            "recoveries": self.recoveries,
+            "args": self.args,
+            "kwargs": self.kwargs,
+            "result": self.result,
+            "error": self.error,
+            "traceback": self.traceback,
+            "progress": self.progress,
+            "progress_message": self.progress_message,
+            "worker_id": self.worker_id,
+            "cancel_requested": self.cancel_requested,
+            "created_at": iso(self.created_at),
+            "run_at": iso(self.run_at),
+            "started_at": iso(self.started_at),
+            "finished_at": iso(self.finished_at),
+            "expires_at": iso(self.expires_at),
+        }
+
+
+class OutcomeKind(StrEnum):
+    """What a worker reports when an attempt ends."""
+
+    SUCCEEDED = "succeeded"
+    RETRY = "retry"  # back to scheduled at ``run_at``
+    DEAD = "dead"
+    CANCELLED = "cancelled"
+    REQUEUE = "requeue"  # shutdown: back to queued now, the attempt not charged
+
+
+@dataclass(slots=True)
+class Outcome:
+    """The end of one attempt, as the worker hands it to the backend."""
+
+    job_id: str
+    worker_id: str
+    kind: OutcomeKind
+    finished_at: float
+    result_json: str | None = None
+    error: str | None = None
+    traceback: str | None = None
+    run_at: float | None = None
+
+
+@dataclass(slots=True, frozen=True)
+class Backoff:
+    """Exponential backoff with jitter: ``base * factor**(attempt-1)``, capped at ``maximum``.
+
+    ``jitter`` is the share of the delay that is random: 0.5 means the delay is drawn
+    uniformly from the upper half of the exponential value.
+    """
+
+    base: float = 1.0
+    factor: float = 2.0
+    maximum: float = 300.0
+    jitter: float = 0.5
+
+    def __call__(self, attempt: int) -> float:
+        raw = min(self.maximum, self.base * self.factor ** max(0, attempt - 1))
+        return raw * (1 - self.jitter * random.random())
+
+
+BackoffPolicy = Callable[[int], float]
+
+
+@dataclass(slots=True)
+class WorkerInfo:
+    """A live worker process as it reports itself on every heartbeat."""
+
+    id: str
+    host: str
+    pid: int
+    queues: list[str]
+    concurrency: int
+    min_concurrency: int
+    max_concurrency: int
+    busy: int = 0
+    processed: int = 0
+    failed: int = 0
+    started_at: float = 0.0
+    heartbeat_at: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready data for the CLI and HTTP API."""
+        return {
+            "id": self.id,
+            "host": self.host,
+            "pid": self.pid,
+            "queues": self.queues,
+            "concurrency": self.concurrency,
+            "min_concurrency": self.min_concurrency,
+            "max_concurrency": self.max_concurrency,
+            "busy": self.busy,
+            "processed": self.processed,
+            "failed": self.failed,
+            "started_at": iso(self.started_at),
+            "heartbeat_at": iso(self.heartbeat_at),
+        }

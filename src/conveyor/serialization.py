@@ -1,0 +1,30 @@
+"""The one codec for arguments and results: strict JSON, never pickle."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+_encoder = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+_decoder = json.JSONDecoder()
+
+
+class NotSerializable(TypeError):
+    """The value cannot be written as strict JSON."""
+
+
+def dumps(value: Any) -> str:
+    """Encode ``value`` as compact JSON text; raise :class:`NotSerializable` if it is not JSON."""
+    try:
+        return _encoder.encode(value)
+    except (TypeError, ValueError) as exc:
+        raise NotSerializable(str(exc)) from None
+
+
+def loads(text: str | bytes | None) -> Any:
+    """Decode JSON text (``None`` stays ``None``)."""
+    if text is None:
+        return None
+    if isinstance(text, bytes):
+        text = text.decode()
+    return _decoder.decode(text)
