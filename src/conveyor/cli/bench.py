@@ -1,0 +1,257 @@
+"""``conveyor bench``: enqueue and drain jobs against a real store and print the figures.
+
+Phases: single-call enqueue (one caller, then many concurrent callers sharing commits),
+bulk enqueue, drain by a worker process started like ``conveyor worker``, and
+enqueue-to-start latency with the worker running and jobs offered at a steady rate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+from rich.table import Table
+
+from conveyor.app import Conveyor
+from conveyor.cli.loading import CLIError
+from conveyor.cli.output import console, errors
+from conveyor.ids import new_id
+from conveyor.job import JobState
+
+
+@dataclass
+class BenchResult:
+    """The figures of one run."""
+
+    url: str
+    kind: str
+    jobs: int
+    max_workers: int
+    processes: int
+    single_enqueue_per_s: float = 0.0
+    concurrent_enqueue_per_s: float = 0.0
+    concurrent_callers: int = 0
+    bulk_enqueue_per_s: float = 0.0
+    drain_per_s: float = 0.0
+    latency_rate_per_s: float = 0.0
+    latency_p50_ms: float = 0.0
+    latency_p99_ms: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+
+def add_bench_parser(sub: Any) -> None:
+    """Register ``conveyor bench`` and its options."""
+    p = sub.add_parser("bench", help="measure enqueue, drain and latency on a store")
+    p.add_argument("--url", help="store to measure (default: a fresh SQLite file in a temp dir)")
+    p.add_argument("--jobs", type=int, default=20_000, help="jobs to bulk-enqueue and drain")
+    p.add_argument("--kind", default="noop", help="noop or sleep:MS")
+    p.add_argument("--max-workers", type=int, default=100, help="concurrency per process")
+    p.add_argument("--min-workers", type=int, help="default: --max-workers")
+    p.add_argument("--processes", type=int, default=1, help="worker processes")
+    p.add_argument("--single", type=int, default=3000, help="jobs for the single-call phases")
+    p.add_argument("--callers", type=int, default=32, help="concurrent single-call producers")
+    p.add_argument("--rate", type=float, default=1000.0, help="jobs/s for the latency phase")
+    p.add_argument("--latency-jobs", type=int, default=2000, help="jobs in the latency phase")
+    p.add_argument("--json", action="store_true", help="print the figures as JSON")
+
+
+def _parse_kind(kind: str) -> tuple[str, list[Any]]:
+    if kind == "noop":
+        return "noop", []
+    if kind.startswith("sleep:"):
+        try:
+            return "sleep", [float(kind.split(":", 1)[1])]
+        except ValueError:
+            pass
+    raise CLIError("--kind is noop or sleep:MS, e.g. sleep:10")
+
+
+def _progress() -> Progress:
+    return Progress(TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("{task.fields[rate]}"), console=errors, transient=True)
+
+
+class Bench:
+    """One benchmark run against ``url`` in a namespace of its own."""
+
+    def __init__(self, args: argparse.Namespace, url: str) -> None:
+        self.args = args
+        self.url = url
+        self.namespace = f"bench_{new_id()[-8:].lower()}"
+        self.app = Conveyor(url=url, namespace=self.namespace)
+        self.job, self.job_args = _parse_kind(args.kind)
+        self.result = BenchResult(url, args.kind, args.jobs, args.max_workers, args.processes)
+        self.worker: subprocess.Popen[bytes] | None = None
+
+    async def single(self) -> None:
+        n = self.args.single
+        with _progress() as bar:
+            task = bar.add_task("single-call, 1 caller", total=n, rate="")
+            start = time.perf_counter()
+            for i in range(n):
+                await self.app.enqueue_call_async(self.job, self.job_args, {})
+                if i % 100 == 0:
+                    bar.update(task, completed=i, rate=f"{i / (time.perf_counter() - start):,.0f}/s")
+            self.result.single_enqueue_per_s = n / (time.perf_counter() - start)
+        callers = max(1, self.args.callers)
+        per_caller = max(1, n // callers)
+
+        async def producer() -> None:
+            for _ in range(per_caller):
+                await self.app.enqueue_call_async(self.job, self.job_args, {})
+
+        with console.status(f"single-call, {callers} concurrent callers"):
+            start = time.perf_counter()
+            await asyncio.gather(*(producer() for _ in range(callers)))
+            self.result.concurrent_enqueue_per_s = callers * per_caller / (
+                time.perf_counter() - start)
+        self.result.concurrent_callers = callers
+
+    async def bulk(self) -> None:
+        n, batch = self.args.jobs, 1000
+        items = [self.job_args] * batch
+        with _progress() as bar:
+            task = bar.add_task("bulk enqueue", total=n, rate="")
+            start = time.perf_counter()
+            done = 0
+            while done < n:
+                size = min(batch, n - done)
+                await self.app.enqueue_many_async(self.job, items[:size])
+                done += size
+                bar.update(task, completed=done,
+                           rate=f"{done / (time.perf_counter() - start):,.0f}/s")
+            self.result.bulk_enqueue_per_s = n / (time.perf_counter() - start)
+
+    def start_worker(self) -> None:
+        minimum = self.args.min_workers or self.args.max_workers
+        command = [sys.executable, "-m", "conveyor", "--log-level", "WARNING", "worker",
+                   "conveyor.bench_app:app", "--url", self.url, "--namespace", self.namespace,
+                   "--min-workers", str(minimum), "--max-workers", str(self.args.max_workers),
+                   "--processes", str(self.args.processes), "--grace", "10"]
+        self.worker = subprocess.Popen(command)
+
+    def stop_worker(self) -> None:
+        if self.worker is not None and self.worker.poll() is None:
+            self.worker.send_signal(signal.SIGTERM)
+            try:
+                self.worker.wait(30)
+            except subprocess.TimeoutExpired:
+                self.worker.kill()
+                self.worker.wait()
+
+    async def _finished(self) -> int:
+        counts = await self.app.broker.counts()
+        final = (JobState.SUCCEEDED, JobState.DEAD, JobState.CANCELLED)
+        return sum(per.get(str(s), 0) for per in counts.values() for s in final)
+
+    async def drain(self) -> None:
+        counts = await self.app.broker.counts()
+        total = sum(sum(per.values()) for per in counts.values())
+        self.start_worker()
+        with _progress() as bar:
+            task = bar.add_task("drain", total=total, rate="")
+            first = None
+            done = 0
+            while done < total:
+                await asyncio.sleep(0.02)
+                done = await self._finished()
+                now = time.perf_counter()
+                if first is None and done:
+                    first, first_done = now, done
+                if first is not None and now > first:
+                    rate = (done - first_done) / (now - first)
+                    bar.update(task, completed=done, rate=f"{rate:,.0f}/s")
+                if self.worker is not None and self.worker.poll() is not None:
+                    raise CLIError(f"the worker exited with {self.worker.returncode}", code=1)
+            assert first is not None
+            elapsed = time.perf_counter() - first
+            self.result.drain_per_s = (done - first_done) / elapsed if elapsed > 0 else 0.0
+
+    async def latency(self) -> None:
+        n, rate = self.args.latency_jobs, self.args.rate
+        handles = []
+        with _progress() as bar:
+            task = bar.add_task(f"latency at {rate:,.0f}/s", total=n, rate="")
+            start = time.perf_counter()
+            for i in range(n):
+                delay = start + i / rate - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                handles.append(await self.app.enqueue_call_async(self.job, self.job_args, {}))
+                if i % 100 == 0:
+                    bar.update(task, completed=i, rate="")
+            achieved = n / (time.perf_counter() - start)
+        latencies = []
+        for handle in handles:
+            await handle.result_async(timeout=60)
+            record = await handle.info_async()
+            if record.started_at is not None:
+                latencies.append((record.started_at - record.created_at) * 1000)
+        latencies.sort()
+        self.result.latency_rate_per_s = achieved
+        self.result.latency_p50_ms = statistics.median(latencies)
+        self.result.latency_p99_ms = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
+
+    async def run(self) -> BenchResult:
+        await self.app.broker.open()
+        try:
+            await self.single()
+            await self.bulk()
+            await self.drain()
+            await self.latency()
+        finally:
+            self.stop_worker()
+            await self.app.broker.close()
+        return self.result
+
+
+def _table(result: BenchResult) -> Table:
+    table = Table(title=f"conveyor bench: {result.kind}, {result.jobs:,} jobs, "
+                  f"{result.processes} process(es) x {result.max_workers} max workers",
+                  caption=result.url)
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    table.add_row("single-call enqueue, 1 caller", f"{result.single_enqueue_per_s:,.0f} jobs/s")
+    table.add_row(f"single-call enqueue, {result.concurrent_callers} callers",
+                  f"{result.concurrent_enqueue_per_s:,.0f} jobs/s")
+    table.add_row("bulk enqueue", f"{result.bulk_enqueue_per_s:,.0f} jobs/s")
+    table.add_row("drain", f"{result.drain_per_s:,.0f} jobs/s")
+    table.add_row(f"enqueue-to-start p50 at {result.latency_rate_per_s:,.0f}/s",
+                  f"{result.latency_p50_ms:.1f} ms")
+    table.add_row(f"enqueue-to-start p99 at {result.latency_rate_per_s:,.0f}/s",
+                  f"{result.latency_p99_ms:.1f} ms")
+    return table
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    """Entry point of ``conveyor bench``."""
+    if args.jobs < 1 or args.single < 1 or args.latency_jobs < 1 or args.rate <= 0:
+        raise CLIError("--jobs, --single, --latency-jobs and --rate must be positive")
+    _parse_kind(args.kind)
+    tmp = None
+    url = args.url or os.environ.get("CONVEYOR_URL")
+    if url is None:
+        tmp = tempfile.mkdtemp(prefix="conveyor-bench-")
+        url = f"sqlite:///{tmp}/bench.db"
+    try:
+        result = asyncio.run(Bench(args, url).run())
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+    if args.json:
+        print(json.dumps(asdict(result), indent=2))
+    else:
+        console.print(_table(result))
+    return 0

@@ -1,0 +1,150 @@
+"""The admin commands: enqueue, status, jobs, retry, cancel, stats."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+from typing import Any
+
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+from conveyor.app import Conveyor
+from conveyor.cli.loading import CLIError
+from conveyor.cli.output import (
+    console,
+    counts_table,
+    job_summary,
+    jobs_table,
+    print_json,
+    workers_table,
+)
+from conveyor.errors import InvalidArguments, QueueFull
+from conveyor.job import FINAL_STATES, JobRecord, JobState
+
+
+def _json_arg(text: str, expected: type, option: str) -> Any:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise CLIError(f"{option} is not valid JSON: {exc}") from None
+    if not isinstance(value, expected):
+        kind = "an array" if expected is list else "an object"
+        raise CLIError(f"{option} must be {kind}, got {type(value).__name__}")
+    return value
+
+
+async def _get(app: Conveyor, job_id: str) -> JobRecord:
+    await app.broker.open()
+    record = await app.broker.get(job_id)
+    if record is None:
+        raise CLIError(f"no job with id {job_id}", code=1)
+    return record
+
+
+async def enqueue(app: Conveyor, args: argparse.Namespace) -> int:
+    """``conveyor enqueue NAME --args JSON --kwargs JSON``."""
+    call_args = _json_arg(args.args, list, "--args")
+    call_kwargs = _json_arg(args.kwargs, dict, "--kwargs")
+    try:
+        handle = await app.enqueue_call_async(
+            args.name, call_args, call_kwargs, delay=args.delay, queue=args.queue
+        )
+    except InvalidArguments as exc:
+        raise CLIError(str(exc)) from None
+    except QueueFull as exc:
+        raise CLIError(str(exc), code=3) from None
+    if args.json:
+        print_json((await _get(app, handle.id)).to_dict())
+    else:
+        print(handle.id)
+    return 0
+
+
+async def _wait(app: Conveyor, job_id: str, timeout: float | None) -> JobRecord:
+    deadline = None if timeout is None else time.monotonic() + timeout
+    record = await _get(app, job_id)
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+               TextColumn("{task.percentage:>3.0f}%"), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task(f"{record.name} {record.state}", total=1.0)
+        while record.state not in FINAL_STATES:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise CLIError(f"job {job_id} is still {record.state} after {timeout}s", code=4)
+            await asyncio.sleep(0.1)
+            record = await _get(app, job_id)
+            label = f"{record.name} {record.state} {record.progress_message or ''}".strip()
+            bar.update(task, completed=record.progress or 0.0, description=label)
+    return record
+
+
+async def status(app: Conveyor, args: argparse.Namespace) -> int:
+    """``conveyor status ID [--json] [--wait]``: exit 0, or 1 when a waited job failed."""
+    if args.wait:
+        record = await _wait(app, args.id, args.timeout)
+    else:
+        record = await _get(app, args.id)
+    if args.json:
+        print_json(record.to_dict())
+    else:
+        job_summary(record)
+    failed = record.state in (JobState.DEAD, JobState.CANCELLED)
+    return 1 if args.wait and failed else 0
+
+
+async def jobs(app: Conveyor, args: argparse.Namespace) -> int:
+    """``conveyor jobs [--state S] [--queue Q] [--name N] [--limit N] [--json]``."""
+    await app.broker.open()
+    state = JobState(args.state) if args.state else None
+    records = await app.broker.list_jobs(state=state, queue=args.queue, name=args.name,
+                                         limit=args.limit, cursor=args.cursor)
+    if args.json:
+        print_json([r.to_dict() for r in records])
+    else:
+        console.print(jobs_table(records))
+    return 0
+
+
+async def retry(app: Conveyor, args: argparse.Namespace) -> int:
+    """``conveyor retry ID`` or ``conveyor retry --all-dead [--queue Q]``."""
+    await app.broker.open()
+    if args.all_dead:
+        with console.status("re-enqueueing dead jobs..."):
+            count = await app.broker.retry_dead(args.queue)
+        print(f"re-enqueued {count} dead jobs")
+        return 0
+    if not args.id:
+        raise CLIError("give a job ID or --all-dead")
+    before = await _get(app, args.id)
+    if before.state not in (JobState.DEAD, JobState.CANCELLED):
+        raise CLIError(f"job {args.id} is {before.state}; only dead or cancelled jobs can be "
+                       "retried", code=1)
+    after = await app.broker.retry(args.id)
+    print(f"{args.id} {after.state if after else 'gone'}")
+    return 0
+
+
+async def cancel(app: Conveyor, args: argparse.Namespace) -> int:
+    """``conveyor cancel ID``: waiting jobs end at once, running ones are asked to stop."""
+    before = await _get(app, args.id)
+    if before.state in FINAL_STATES:
+        raise CLIError(f"job {args.id} is already {before.state}", code=1)
+    after = await app.cancel_async(args.id)
+    note = " (cancellation requested; its worker stops it)" if after.cancel_requested and \
+        after.state is JobState.RUNNING else ""
+    print(f"{args.id} {after.state}{note}")
+    return 0
+
+
+async def stats(app: Conveyor, args: argparse.Namespace) -> int:
+    """``conveyor stats [--json]``: jobs per queue and state, and the live workers."""
+    await app.broker.open()
+    counts = await app.broker.counts()
+    workers = await app.broker.workers()
+    if args.json:
+        print_json({"queues": counts, "workers": [w.to_dict() for w in workers]})
+        return 0
+    console.print(counts_table(counts))
+    console.print(workers_table(workers))
+    return 0

@@ -1,0 +1,52 @@
+"""Finding the app: ``module:attribute`` specs and the ``--url`` fallbacks."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+from conveyor.app import DEFAULT_URL, Conveyor
+
+
+class CLIError(Exception):
+    """A problem to report in one line, exiting with ``code``."""
+
+    def __init__(self, message: str, code: int = 2) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def load_app(spec: str) -> Conveyor:
+    """Import ``module:attribute`` (the current directory importable) and return the app."""
+    module_name, _, attribute = spec.partition(":")
+    if not module_name or not attribute:
+        raise CLIError(f"APP must look like module:attribute (as with uvicorn), got {spec!r}")
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise CLIError(f"cannot import {module_name!r}: {exc}") from None
+    target: object = module
+    for part in attribute.split("."):
+        try:
+            target = getattr(target, part)
+        except AttributeError:
+            raise CLIError(f"{module_name!r} has no attribute {attribute!r}") from None
+    if not isinstance(target, Conveyor):
+        raise CLIError(f"{spec} is a {type(target).__name__}, not a Conveyor app")
+    return target
+
+
+def resolve_app(spec: str | None, url: str | None, namespace: str | None) -> Conveyor:
+    """The app to work with: ``--url``, then ``CONVEYOR_URL``, then the APP's own URL."""
+    chosen = url or os.environ.get("CONVEYOR_URL")
+    if spec:
+        app = load_app(spec)
+        if chosen:
+            app.use_url(chosen)
+        if namespace:
+            app.namespace = namespace
+        return app
+    return Conveyor(url=chosen or DEFAULT_URL, namespace=namespace or "conveyor")

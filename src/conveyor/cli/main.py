@@ -1,0 +1,157 @@
+"""``conveyor``: run workers, enqueue and inspect jobs, benchmark. ``conveyor --help``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+
+from conveyor.app import Conveyor
+from conveyor.cli import commands
+from conveyor.cli.loading import CLIError, resolve_app
+from conveyor.cli.output import errors
+from conveyor.errors import ConveyorError
+from conveyor.job import ALL_STATES
+
+Command = Callable[[Conveyor, argparse.Namespace], Awaitable[int]]
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _store_options(parser: argparse.ArgumentParser, with_app: bool = True) -> None:
+    parser.add_argument("--url", help="store URL (default: $CONVEYOR_URL, then the APP's URL, "
+                        "then sqlite:///conveyor.db)")
+    parser.add_argument("--namespace", help="namespace inside the store (default: conveyor)")
+    if with_app:
+        parser.add_argument("--app", help="module:attribute of your app, to check arguments "
+                            "and take its URL")
+
+
+def _worker_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--queues", help="comma-separated queues (default: the app's queues)")
+    parser.add_argument("--min-workers", type=_positive_int, default=1,
+                        help="least concurrent jobs per process (default 1)")
+    parser.add_argument("--max-workers", type=_positive_int, default=10,
+                        help="most concurrent jobs per process (default 10)")
+    parser.add_argument("--grace", type=float, default=30.0,
+                        help="seconds running jobs get to finish on shutdown (default 30)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command-line grammar."""
+    parser = argparse.ArgumentParser(prog="conveyor", description=__doc__)
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("worker", help="run workers for an app")
+    p.add_argument("app_spec", metavar="APP", help="module:attribute, e.g. myproject.jobs:app")
+    _store_options(p, with_app=False)
+    _worker_options(p)
+    p.add_argument("--processes", type=_positive_int, default=1,
+                   help="worker processes on this machine (default 1)")
+
+    p = sub.add_parser("enqueue", help="enqueue a job by name")
+    p.add_argument("name")
+    p.add_argument("--args", default="[]", help="JSON array of positional arguments")
+    p.add_argument("--kwargs", default="{}", help="JSON object of keyword arguments")
+    p.add_argument("--queue", help="queue (default: the job's own, or 'default')")
+    p.add_argument("--delay", type=float, help="seconds to wait before it may run")
+    p.add_argument("--json", action="store_true", help="print the job's info as JSON")
+    _store_options(p)
+
+    p = sub.add_parser("status", help="show one job")
+    p.add_argument("id")
+    p.add_argument("--json", action="store_true", help="print the job's info as JSON")
+    p.add_argument("--wait", action="store_true", help="wait until the job is final")
+    p.add_argument("--timeout", type=float, help="with --wait: give up after this many seconds")
+    _store_options(p)
+
+    p = sub.add_parser("jobs", help="list jobs, newest first")
+    p.add_argument("--state", choices=[str(s) for s in ALL_STATES])
+    p.add_argument("--queue")
+    p.add_argument("--name")
+    p.add_argument("--limit", type=_positive_int, default=50)
+    p.add_argument("--cursor", help="last id of the previous page")
+    p.add_argument("--json", action="store_true")
+    _store_options(p)
+
+    p = sub.add_parser("retry", help="re-enqueue a dead (or cancelled) job, or all dead jobs")
+    p.add_argument("id", nargs="?")
+    p.add_argument("--all-dead", action="store_true")
+    p.add_argument("--queue", help="with --all-dead: only this queue")
+    _store_options(p)
+
+    p = sub.add_parser("cancel", help="cancel a job")
+    p.add_argument("id")
+    _store_options(p)
+
+    p = sub.add_parser("stats", help="jobs per queue and state, live workers")
+    p.add_argument("--json", action="store_true")
+    _store_options(p)
+
+    from conveyor.cli.bench import add_bench_parser
+
+    add_bench_parser(sub)
+    return parser
+
+
+COMMANDS: dict[str, Command] = {
+    "enqueue": commands.enqueue,
+    "status": commands.status,
+    "jobs": commands.jobs,
+    "retry": commands.retry,
+    "cancel": commands.cancel,
+    "stats": commands.stats,
+}
+
+
+def _run_worker(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from conveyor.worker.supervisor import Supervisor, run_worker, worker_command
+
+    app = resolve_app(args.app_spec, args.url, args.namespace)
+    if args.min_workers > args.max_workers:
+        raise CLIError("--min-workers must not exceed --max-workers")
+    if args.processes > 1:
+        return Supervisor(worker_command(argv), args.processes, args.grace).run()
+    queues = [q.strip() for q in args.queues.split(",") if q.strip()] if args.queues else None
+    return run_worker(app, queues=queues, min_workers=args.min_workers,
+                      max_workers=args.max_workers, grace=args.grace)
+
+
+async def _run_command(command: Command, app: Conveyor, args: argparse.Namespace) -> int:
+    try:
+        return await command(app, args)
+    finally:
+        await app.broker.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``conveyor`` command; returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        if args.command == "worker":
+            return _run_worker(args, argv)
+        if args.command == "bench":
+            from conveyor.cli.bench import run_bench
+
+            return run_bench(args)
+        app = resolve_app(getattr(args, "app", None), args.url, args.namespace)
+        return asyncio.run(_run_command(COMMANDS[args.command], app, args))
+    except CLIError as exc:
+        errors.print(f"error: {exc}")
+        return exc.code
+    except ConveyorError as exc:
+        errors.print(f"error: {exc}")
+        return 1
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,1 @@
+"""Workers: claim jobs, run them on their executors, report outcomes."""

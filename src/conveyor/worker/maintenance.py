@@ -1,0 +1,122 @@
+"""The background chores of a worker process, each a small loop of its own.
+
+* heartbeat: every ``min(lease / 3, 1 s)`` extend the leases of running jobs, publish the
+  worker's size and counters, and pick up cancellation requests;
+* autoscale: ten times a second, resize from the backlog;
+* recovery: every second requeue jobs whose lease expired (their worker died) and promote
+  due scheduled jobs; every minute purge finished jobs past their retention;
+* progress: store the latest progress report of each running job a few times a second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from conveyor.worker.pool import Worker
+
+log = logging.getLogger("conveyor.worker")
+
+AUTOSCALE_INTERVAL = 0.1
+RECOVERY_INTERVAL = 1.0
+PURGE_INTERVAL = 60.0
+PROGRESS_INTERVAL = 0.25
+
+
+class Maintenance:
+    """Starts and stops the chores of one :class:`Worker`."""
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self.heartbeat_interval = min(worker.app.lease / 3, 1.0)
+        self._tasks: list[asyncio.Task[None]] = []
+        self._progress: dict[str, tuple[float, str | None]] = {}
+        self._last_purge = 0.0
+
+    def start(self) -> None:
+        """Start every loop on the running event loop."""
+        chores: list[tuple[str, float, Callable[[], Awaitable[None]]]] = [
+            ("heartbeat", self.heartbeat_interval, self.heartbeat_once),
+            ("autoscale", AUTOSCALE_INTERVAL, self.autoscale_once),
+            ("recovery", RECOVERY_INTERVAL, self.recover_once),
+            ("progress", PROGRESS_INTERVAL, self.flush_progress),
+        ]
+        for name, interval, chore in chores:
+            task = asyncio.create_task(self._every(name, interval, chore), name=f"conveyor-{name}")
+            self._tasks.append(task)
+
+    async def stop(self) -> None:
+        """Cancel the loops and store the last progress reports."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        await self.flush_progress()
+
+    @staticmethod
+    async def _every(name: str, interval: float, chore: Callable[[], Awaitable[None]]) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await chore()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("%s failed; trying again in %.1fs", name, interval)
+
+    # -- the chores ---------------------------------------------------------------------------
+    async def heartbeat_once(self) -> None:
+        """Extend leases, publish this worker, and act on cancellation requests."""
+        worker = self.worker
+        worker.info.concurrency = worker.scaler.size
+        worker.info.busy = len(worker.running)
+        to_cancel = await worker.broker.heartbeat(
+            worker.info, list(worker.running), worker.app.lease
+        )
+        for job_id in to_cancel:
+            worker.cancel_job(job_id, "cancel")
+
+    async def autoscale_once(self) -> None:
+        """Grow while all slots are busy and jobs wait; shrink after a quiet cooldown."""
+        worker = self.worker
+        scaler = worker.scaler
+        busy = len(worker.running)
+        backlog = False
+        if busy >= scaler.size and not worker.stopping:
+            backlog = await worker.broker.ready_count(worker.queues, 1) > 0
+        before = scaler.size
+        after = scaler.observe(busy, backlog, time.monotonic())
+        if after != before:
+            log.debug("concurrency %d -> %d", before, after)
+            worker.info.concurrency = after
+            if after > before:
+                worker.wake()
+
+    async def recover_once(self) -> None:
+        """Requeue jobs of dead workers, promote due jobs, and now and then purge old ones."""
+        broker = self.worker.broker
+        requeued, dead = await broker.recover_expired(self.worker.app.max_recoveries)
+        if requeued or dead:
+            log.warning("recovered jobs of lost workers: %d requeued, %d dead", requeued, dead)
+        await broker.promote_scheduled()
+        now = time.monotonic()
+        if now - self._last_purge >= PURGE_INTERVAL:
+            self._last_purge = now
+            await broker.purge_expired()
+
+    def report_progress(self, job_id: str, value: float, message: str | None) -> None:
+        """Progress sink of job contexts: keep the latest report (any thread)."""
+        self._progress[job_id] = (value, message)
+
+    async def flush_progress(self) -> None:
+        """Store the latest reports gathered since the last flush."""
+        if not self._progress:
+            return
+        reports, self._progress = self._progress, {}
+        await self.worker.broker.set_progress(
+            [(job_id, value, message) for job_id, (value, message) in reports.items()]
+        )

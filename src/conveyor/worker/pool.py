@@ -1,0 +1,309 @@
+"""One worker process: claim a batch, run each job in its own task, settle in batches.
+
+The claim loop fetches up to the free slots in one call. Finished attempts are collected
+and written back in groups by a settler task, so a busy worker makes a few writes per batch
+rather than one per job. Heartbeats, lease recovery and progress live in
+:mod:`conveyor.worker.maintenance`; sizing lives in :mod:`conveyor.worker.autoscale`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from conveyor.context import JobContext
+from conveyor.ids import new_id
+from conveyor.job import JobRecord, Outcome, OutcomeKind, WorkerInfo
+from conveyor.worker import outcomes
+from conveyor.worker.autoscale import Autoscaler
+from conveyor.worker.executors import Executors
+from conveyor.worker.maintenance import Maintenance
+
+if TYPE_CHECKING:
+    from conveyor.app import Conveyor
+
+log = logging.getLogger("conveyor.worker")
+
+
+class _Running:
+    """A job in flight: its task, its context and why it is being stopped, if it is."""
+
+    __slots__ = ("ctx", "stop_reason", "task")
+
+    def __init__(self, ctx: JobContext) -> None:
+        self.ctx = ctx
+        self.task: asyncio.Task[None] | None = None
+        self.stop_reason: str | None = None
+
+
+class Worker:
+    """Runs the jobs of ``app`` from ``queues`` with a concurrency between min and max."""
+
+    def __init__(
+        self,
+        app: Conveyor,
+        queues: Sequence[str] | None = None,
+        *,
+        min_workers: int = 1,
+        max_workers: int = 10,
+        grace: float = 30.0,
+        cooldown: float = 10.0,
+        max_processes: int | None = None,
+    ) -> None:
+        self.app = app
+        self.broker = app.broker
+        self.queues = list(queues) if queues else sorted(
+            {fn.options.queue for fn in app.registry.values()} or {"default"}
+        )
+        self.scaler = Autoscaler(min_workers, max_workers, cooldown=cooldown)
+        self.grace = grace
+        self.id = f"{socket.gethostname()}-{os.getpid()}-{new_id()[-6:].lower()}"
+        self.executors = Executors(max_workers, max_processes or os.cpu_count() or 1)
+        self.info = WorkerInfo(
+            id=self.id,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            queues=self.queues,
+            concurrency=self.scaler.size,
+            min_concurrency=min_workers,
+            max_concurrency=max_workers,
+            started_at=time.time(),
+        )
+        self.running: dict[str, _Running] = {}
+        self.maintenance = Maintenance(self)
+        self._outcomes: list[Outcome] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping: asyncio.Event | None = None
+        self._wake: asyncio.Event | None = None
+        self._settled: asyncio.Event | None = None
+        self._middleware_chain = self._build_chain()
+
+    # -- control ------------------------------------------------------------------------------
+    @property
+    def stopping(self) -> bool:
+        """True once a stop was requested."""
+        return self._stopping is not None and self._stopping.is_set()
+
+    def request_stop(self) -> None:
+        """Stop claiming and shut down gracefully; safe to call from any thread."""
+        loop = self._loop
+        if loop is None or self._stopping is None:
+            return
+        if loop.is_closed():
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            self._stopping.set()
+            self.wake()
+        else:
+            loop.call_soon_threadsafe(self._stopping.set)
+            loop.call_soon_threadsafe(self.wake)
+
+    def wake(self) -> None:
+        """Make the claim loop look again (a slot freed, the size grew, a stop came)."""
+        if self._wake is not None:
+            self._wake.set()
+
+    def cancel_job(self, job_id: str, reason: str) -> None:
+        """Stop a running job: ``"cancel"`` ends it as cancelled, ``"shutdown"`` requeues it."""
+        entry = self.running.get(job_id)
+        if entry is None or entry.task is None or entry.stop_reason is not None:
+            return
+        entry.stop_reason = reason
+        entry.ctx.mark_cancelled()
+        entry.task.cancel()
+
+    # -- the main loop ------------------------------------------------------------------------
+    async def run(self) -> None:
+        """Work until :meth:`request_stop`, then finish or requeue what runs, and return."""
+        self._loop = asyncio.get_running_loop()
+        self._stopping = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._settled = asyncio.Event()
+        await self.broker.open()
+        await self.maintenance.heartbeat_once()
+        settler = asyncio.create_task(self._settle_loop(), name="conveyor-settler")
+        self.maintenance.start()
+        log.info("worker %s on queues %s (concurrency %d..%d)", self.id, ",".join(self.queues),
+                 self.scaler.minimum, self.scaler.maximum)
+        try:
+            await self._claim_loop()
+        finally:
+            await self._drain()
+            await self.maintenance.stop()
+            self._settled.set()
+            settler.cancel()
+            await asyncio.gather(settler, return_exceptions=True)
+            await self._flush()
+            await self.broker.unregister_worker(self.id)
+            await self.executors.close()
+            log.info("worker %s stopped", self.id)
+
+    async def _claim_loop(self) -> None:
+        assert self._stopping is not None and self._wake is not None
+        lease = self.app.lease
+        while not self._stopping.is_set():
+            free = self.scaler.size - len(self.running)
+            if free <= 0:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            try:
+                jobs = await self.broker.claim(self.id, self.queues, free, lease)
+            except Exception:
+                log.exception("claim failed; retrying in 1s")
+                await self._sleep(1.0)
+                continue
+            for record in jobs:
+                self._start(record)
+            if jobs:
+                if len(jobs) == free:
+                    self.scaler.observe(len(self.running), True, time.monotonic())
+                await asyncio.sleep(0)
+                continue
+            await self._idle()
+
+    async def _idle(self) -> None:
+        """Wait for new work, a stop request or a wake-up, whichever comes first."""
+        assert self._wake is not None
+        self._wake.clear()
+        waiter = asyncio.create_task(self.broker.wait_for_work(self.queues, 1.0))
+        woken = asyncio.create_task(self._wake.wait())
+        try:
+            await asyncio.wait((waiter, woken), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (waiter, woken):
+                task.cancel()
+            await asyncio.gather(waiter, woken, return_exceptions=True)
+
+    async def _sleep(self, seconds: float) -> None:
+        assert self._stopping is not None
+        try:
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+        except TimeoutError:
+            pass
+
+    # -- running jobs -------------------------------------------------------------------------
+    def _start(self, record: JobRecord) -> None:
+        entry = _Running(JobContext(record, self.maintenance.report_progress))
+        self.running[record.id] = entry
+        entry.task = asyncio.create_task(self._execute(record, entry))
+
+    async def _execute(self, record: JobRecord, entry: _Running) -> None:
+        try:
+            outcome = await self._attempt(record, entry)
+        finally:
+            del self.running[record.id]
+            if self._wake is not None:
+                self._wake.set()
+        self._outcomes.append(outcome)
+        if self._settled is not None:
+            self._settled.set()
+
+    async def _attempt(self, record: JobRecord, entry: _Running) -> Outcome:
+        job_fn = self.app.registry.get(record.name)
+        if job_fn is None:
+            return outcomes.dead(record, self.id, f"no job named {record.name!r} is registered "
+                                 f"in worker {self.id}")
+        try:
+            result = await self._middleware_chain(entry.ctx, job_fn)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if entry.stop_reason is None or task is None:
+                raise
+            task.uncancel()
+            if entry.stop_reason == "shutdown":
+                return outcomes.requeued(record, self.id)
+            return outcomes.cancelled(record, self.id)
+        except Exception as exc:
+            return self._failure(record, job_fn, exc)
+        return outcomes.succeeded(record, self.id, result)
+
+    def _failure(self, record: JobRecord, job_fn: Any, exc: Exception) -> Outcome:
+        from conveyor.worker.process_pool import RemoteError
+
+        if isinstance(exc, RemoteError):
+            return outcomes.failed(
+                record, self.id, job_fn, exc,
+                error=f"{exc.type_name}: {exc.message}" if exc.message else exc.type_name,
+                tb=exc.traceback, permanent=exc.permanent,
+                retry_delay=exc.retry_delay if exc.retry else None,
+            )
+        return outcomes.failed(record, self.id, job_fn, exc)
+
+    def _build_chain(self) -> Callable[[JobContext, Any], Awaitable[Any]]:
+        """Compose the middlewares once: the first registered is the outermost layer."""
+        middlewares = list(self.app.middlewares)
+        executors = self.executors
+        if not middlewares:
+
+            async def direct(ctx: JobContext, job_fn: Any) -> Any:
+                return await executors.run(job_fn, ctx)
+
+            return direct
+
+        async def chain(ctx: JobContext, job_fn: Any) -> Any:
+            async def innermost() -> Any:
+                return await executors.run(job_fn, ctx)
+
+            call: Callable[[], Awaitable[Any]] = innermost
+            for middleware in reversed(middlewares):
+                call = _bind(middleware, ctx, call)
+            return await call()
+
+        return chain
+
+    # -- settling -----------------------------------------------------------------------------
+    async def _settle_loop(self) -> None:
+        assert self._settled is not None
+        while True:
+            await self._settled.wait()
+            self._settled.clear()
+            await self._flush()
+
+    async def _flush(self) -> None:
+        while self._outcomes:
+            batch, self._outcomes = self._outcomes, []
+            try:
+                await self.broker.settle(batch)
+            except Exception:
+                log.exception("could not record %d outcomes; retrying", len(batch))
+                self._outcomes[:0] = batch
+                await asyncio.sleep(0.5)
+                continue
+            for outcome in batch:
+                if outcome.kind is OutcomeKind.SUCCEEDED:
+                    self.info.processed += 1
+                elif outcome.kind in (OutcomeKind.DEAD, OutcomeKind.RETRY):
+                    self.info.failed += 1
+
+    async def _drain(self) -> None:
+        """Give running jobs ``grace`` seconds, then requeue the rest without charging them."""
+        tasks = [e.task for e in self.running.values() if e.task is not None]
+        if tasks:
+            log.info("waiting up to %.0fs for %d running jobs", self.grace, len(tasks))
+            _, pending = await asyncio.wait(tasks, timeout=self.grace)
+            if pending:
+                log.warning("grace period over: requeueing %d jobs", len(pending))
+                for job_id in list(self.running):
+                    self.cancel_job(job_id, "shutdown")
+                await asyncio.wait(pending, timeout=5.0)
+
+
+def _bind(
+    middleware: Callable[[JobContext, Callable[[], Awaitable[Any]]], Awaitable[Any]],
+    ctx: JobContext,
+    call_next: Callable[[], Awaitable[Any]],
+) -> Callable[[], Awaitable[Any]]:
+    async def layer() -> Any:
+        return await middleware(ctx, call_next)
+
+    return layer

@@ -1,0 +1,311 @@
+"""The ``process`` executor: a pool of long-lived child processes with hard timeouts.
+
+Children are started with the ``spawn`` method and reused from job to job. Everything
+crossing the pipe is JSON text (never pickle): the parent sends
+``["run", module, qualname, record]``; a child answers ``["ready"]`` once after booting,
+``["progress", job_id, value, message]`` while a job runs, then ``["ok", result]`` or
+``["error", type_name, message, traceback, permanent, retry_delay, retry]``. A child that
+overruns its timeout, or whose caller is cancelled, is killed with SIGKILL (which works
+even inside C code) and replaced lazily on the next run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import importlib
+import inspect
+import logging
+import multiprocessing
+import os
+import signal
+import sys
+import threading
+import traceback
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+from typing import Any
+
+from conveyor.context import JobContext
+from conveyor.errors import JobTimeout, PermanentError, Retry
+from conveyor.functions import JobFunction
+from conveyor.job import JobRecord, JobState
+from conveyor.serialization import NotSerializable, dumps, loads
+
+log = logging.getLogger(__name__)
+_RECORD_FIELDS = tuple(f.name for f in dataclasses.fields(JobRecord) if f.name != "result")
+_REAP_TIMEOUT = 5.0
+
+
+class RemoteError(Exception):
+    """The job function raised in the child (or the child died: ``WorkerProcessDied``)."""
+
+    def __init__(self, type_name: str, message: str, traceback: str, permanent: bool,
+                 retry_delay: float | None, retry: bool) -> None:
+        super().__init__(f"{type_name}: {message}" if message else type_name)
+        self.type_name = type_name
+        self.message = message
+        self.traceback = traceback
+        self.permanent = permanent
+        self.retry_delay = retry_delay
+        self.retry = retry
+
+
+class _ChildDied(Exception):
+    """The pipe to the child hit end-of-file or broke."""
+
+
+def _encode(message: list[Any]) -> bytes:
+    # Lone surrogates become \\udcxx escapes, which are still valid JSON for the same text.
+    return dumps(message).encode("utf-8", "backslashreplace")
+
+
+# -- the child side ---------------------------------------------------------------------------
+def _resolve(module: str, qualname: str) -> tuple[Callable[..., Any], str | None,
+                                                   tuple[type[BaseException], ...]]:
+    obj: Any = importlib.import_module(module)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    if isinstance(obj, JobFunction):
+        return obj.fn, obj.context_parameter, obj.options.permanent_errors
+    return obj, None, ()
+
+
+def _run_one(conn: Connection[Any, Any], lock: threading.Lock, module: str, qualname: str,
+             fields: dict[str, Any], cache: dict[tuple[str, str], Any]) -> list[Any]:
+    """Run one job in the child and build the reply message."""
+    permanent_errors: tuple[type[BaseException], ...] = ()
+    try:
+        key = (module, qualname)
+        if key not in cache:
+            cache[key] = _resolve(module, qualname)
+        fn, context_parameter, permanent_errors = cache[key]
+        record = JobRecord(**{**fields, "state": JobState(fields["state"])})
+        kwargs = dict(record.kwargs)
+        if context_parameter is not None:
+
+            def sink(job_id: str, value: float, message: str | None) -> None:
+                data = _encode(["progress", job_id, value, message])
+                with lock:
+                    conn.send_bytes(data)
+
+            kwargs[context_parameter] = JobContext(record, sink)
+        result = fn(*record.args, **kwargs)
+        if inspect.iscoroutine(result):
+            result = asyncio.run(result)
+        try:
+            dumps(result)
+        except NotSerializable as exc:
+            return ["error", "NotSerializable",
+                    f"the job's result is not JSON-serializable: {exc}", "", True, None, False]
+        return ["ok", result]
+    except BaseException as exc:  # the job's own failure, reported rather than fatal
+        retry = isinstance(exc, Retry)
+        permanent = isinstance(exc, (PermanentError, *permanent_errors))
+        delay = float(exc.delay) if isinstance(exc, Retry) and exc.delay is not None else None
+        return ["error", type(exc).__name__, str(exc), "".join(traceback.format_exception(exc)),
+                permanent, delay, retry]
+
+
+def _child_main(conn: Connection[Any, Any], paths: list[str]) -> None:
+    """Entry point of a child: boot, say ready, then run jobs until the pipe closes."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when children die
+    sys.path[:0] = [p for p in dict.fromkeys(paths) if p not in sys.path]
+    lock = threading.Lock()
+    cache: dict[tuple[str, str], Any] = {}
+    with lock:
+        conn.send_bytes(_encode(["ready"]))
+    while True:
+        try:
+            message = loads(conn.recv_bytes())
+        except (EOFError, OSError):
+            return
+        if message[0] != "run":
+            return
+        reply = _run_one(conn, lock, message[1], message[2], message[3], cache)
+        data = _encode(reply)
+        with lock:
+            conn.send_bytes(data)
+
+
+# -- the parent side --------------------------------------------------------------------------
+@dataclasses.dataclass(eq=False, slots=True)
+class _Child:
+    process: BaseProcess
+    conn: Connection[Any, Any]
+
+
+def _reap(process: BaseProcess) -> int | None:
+    """Wait (in a thread) for a killed or dead child; return its exit code."""
+    process.join(_REAP_TIMEOUT)
+    return process.exitcode
+
+
+def _describe_exit(code: int | None) -> str:
+    if code is None:
+        return "an unknown exit code"
+    if code < 0:
+        try:
+            return f"exit code {code} (signal {signal.Signals(-code).name})"
+        except ValueError:
+            pass
+    return f"exit code {code}"
+
+
+class ProcessPool:
+    """Up to ``max_processes`` reusable child processes that run jobs with hard timeouts."""
+
+    def __init__(self, max_processes: int) -> None:
+        self.max_processes = max(1, max_processes)
+        self._ctx = multiprocessing.get_context("spawn")
+        self._slots = asyncio.Semaphore(self.max_processes)
+        self._idle: list[_Child] = []
+        self._children: set[_Child] = set()
+        self._reaping: set[asyncio.Future[int | None]] = set()
+        self._closed = False
+
+    async def run(self, module: str, qualname: str, record: JobRecord, *,
+                  timeout: float | None, on_progress: Callable[[float, str | None], None]) -> Any:
+        """Run the job ``module:qualname`` with ``record``'s arguments in a child; return its
+        result. Raise :class:`RemoteError` if it raised or its process died,
+        :class:`JobTimeout` past ``timeout`` (the child is killed)."""
+        try:
+            payload = _encode(["run", module, qualname,
+                               {name: getattr(record, name) for name in _RECORD_FIELDS}])
+        except NotSerializable as exc:
+            raise RemoteError("NotSerializable", f"the job's record is not JSON: {exc}", "",
+                              True, None, False) from None
+        child = await self._acquire()
+        try:
+            try:
+                async with asyncio.timeout(timeout):
+                    reply = await self._exchange(child, payload, record.id, on_progress)
+            except TimeoutError:
+                await self._kill(child)
+                raise JobTimeout(f"job {record.name!r} timed out after {timeout}s; "
+                                 "its process was killed") from None
+            except _ChildDied:
+                raise await self._died(child, "while running the job") from None
+            except BaseException:  # cancelled: kill now, reap in the background
+                self._kill(child)
+                raise
+            self._idle.append(child)
+        finally:
+            self._slots.release()
+        if reply[0] == "ok":
+            return reply[1]
+        _, type_name, message, tb, permanent, retry_delay, retry = reply
+        raise RemoteError(type_name, message, tb, permanent, retry_delay, retry)
+
+    async def close(self) -> None:
+        """Terminate every child (idle or busy) and wait for them to exit."""
+        self._closed = True
+        children = list(self._children)
+        for child in children:
+            if child.process.exitcode is None:
+                child.process.terminate()
+        loop = asyncio.get_running_loop()
+        await asyncio.gather(*(loop.run_in_executor(None, self._stop, child)
+                               for child in children), *self._reaping)
+        for child in self._idle:
+            child.conn.close()
+        self._idle.clear()
+        self._children.clear()
+
+    @staticmethod
+    def _stop(child: _Child) -> None:
+        child.process.join(2.0)
+        if child.process.exitcode is None:
+            child.process.kill()
+            child.process.join(_REAP_TIMEOUT)
+
+    # -- internals --------------------------------------------------------------------------
+    async def _acquire(self) -> _Child:
+        if self._closed:
+            raise RuntimeError("the process pool is closed")
+        await self._slots.acquire()
+        try:
+            if self._closed:
+                raise RuntimeError("the process pool is closed")
+            while self._idle:
+                child = self._idle.pop()
+                if child.process.is_alive():
+                    return child
+                self._kill(child)
+            return await self._spawn()
+        except BaseException:
+            self._slots.release()
+            raise
+
+    async def _spawn(self) -> _Child:
+        parent_conn, child_conn = self._ctx.Pipe()
+        process = self._ctx.Process(target=_child_main, name="conveyor-process-job",
+                                    args=(child_conn, [*sys.path, os.getcwd()]), daemon=True)
+        process.start()
+        child_conn.close()
+        child = _Child(process, parent_conn)
+        self._children.add(child)
+        try:
+            await self._exchange(child, None, None, None)
+        except _ChildDied:
+            raise await self._died(child, "while starting") from None
+        except BaseException:
+            self._kill(child)
+            raise
+        return child
+
+    async def _exchange(self, child: _Child, payload: bytes | None, job_id: str | None,
+                        on_progress: Callable[[float, str | None], None] | None) -> list[Any]:
+        """Send ``payload`` (if any) and wait, without blocking the loop, for the final reply;
+        progress reports for ``job_id`` go to ``on_progress`` on the way."""
+        loop = asyncio.get_running_loop()
+        reply: asyncio.Future[list[Any]] = loop.create_future()
+        conn = child.conn
+
+        def readable() -> None:
+            try:
+                while not reply.done():
+                    message = loads(conn.recv_bytes())
+                    if message[0] != "progress":
+                        reply.set_result(message)
+                    elif on_progress is not None and message[1] == job_id:
+                        try:
+                            on_progress(message[2], message[3])
+                        except Exception:
+                            log.exception("progress callback of job %s failed", job_id)
+                    if not conn.poll():
+                        return
+            except (EOFError, OSError):
+                if not reply.done():
+                    reply.set_exception(_ChildDied())
+
+        fd = conn.fileno()
+        loop.add_reader(fd, readable)
+        try:
+            if payload is not None:
+                try:
+                    conn.send_bytes(payload)
+                except OSError:
+                    raise _ChildDied() from None
+            return await reply
+        finally:
+            loop.remove_reader(fd)
+
+    def _kill(self, child: _Child) -> asyncio.Future[int | None]:
+        """SIGKILL a child, forget it, and reap it in a thread; the future gives the exit code."""
+        self._children.discard(child)
+        if child.process.exitcode is None:
+            child.process.kill()
+        child.conn.close()
+        future = asyncio.get_running_loop().run_in_executor(None, _reap, child.process)
+        self._reaping.add(future)
+        future.add_done_callback(self._reaping.discard)
+        return future
+
+    async def _died(self, child: _Child, when: str) -> RemoteError:
+        pid = child.process.pid
+        code = await self._kill(child)
+        return RemoteError("WorkerProcessDied",
+                           f"worker process {pid} died {when} with {_describe_exit(code)}",
+                           "", False, None, False)

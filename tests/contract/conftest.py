@@ -1,0 +1,161 @@
+"""Fixtures of the backend contract suite: the same tests run against every backend.
+
+The tests talk to the abstract :class:`~conveyor.backends.base.Broker` only. To add a backend,
+write a factory like :func:`_sqlite_factory` and add it to :data:`FACTORIES`; every test then
+runs once more, with ``[name]`` in its id.
+
+The Broker API is async and pytest-asyncio is not used: each test gets its own event loop and
+a ``run(coro)`` helper that drives a coroutine to completion on it. The broker is opened and
+closed on that same loop, so backends whose clients are bound to a loop work too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from conveyor.backends.base import Broker
+from conveyor.backends.sqlite import SQLiteBroker
+from conveyor.ids import new_id
+from conveyor.job import JobRecord, JobState, WorkerInfo
+
+T = TypeVar("T")
+
+#: retention of the default ``broker``: long enough that nothing expires during a test
+RETENTION = 3600.0
+
+Run = Callable[[Awaitable[T]], T]
+#: ``make(retention=...)`` builds a broker (not yet opened) on the test's storage
+Factory = Callable[..., Broker]
+#: ``make_broker(retention=...)`` builds and opens another broker on the same storage
+MakeBroker = Callable[..., Broker]
+
+
+def _sqlite_factory(tmp_path: Path) -> Factory:
+    # tmp_path is absolute, so this reads sqlite:////abs/path/contract.db
+    url = f"sqlite:///{tmp_path.resolve() / 'contract.db'}"
+
+    def make(retention: float = RETENTION) -> Broker:
+        return SQLiteBroker(url, namespace="t", retention=retention)
+
+    return make
+
+
+#: backend name -> function of the test's ``tmp_path`` returning a broker factory.
+#: Every broker a factory makes for one test must share that test's storage (and namespace).
+FACTORIES: dict[str, Callable[[Path], Factory]] = {
+    "sqlite": _sqlite_factory,
+}
+
+
+@pytest.fixture
+def run() -> Iterator[Run[Any]]:
+    """``run(coro)`` runs a coroutine on the test's own event loop and returns its result."""
+    loop = asyncio.new_event_loop()
+
+    def run_(awaitable: Awaitable[T]) -> T:
+        async def main() -> T:
+            return await awaitable
+
+        return loop.run_until_complete(main())
+
+    try:
+        yield run_
+    finally:
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.run_until_complete(loop.shutdown_default_executor())
+        loop.close()
+
+
+@pytest.fixture(params=sorted(FACTORIES))
+def backend(request: pytest.FixtureRequest) -> str:
+    """The name of the backend under test."""
+    return str(request.param)
+
+
+@pytest.fixture
+def make_broker(backend: str, tmp_path: Path, run: Run[Any]) -> Iterator[MakeBroker]:
+    """Build and open brokers of the backend under test that share one storage.
+
+    A second broker stands for a second connection (or process); one with a tiny
+    ``retention`` serves the purge tests. All are closed after the test.
+    """
+    factory = FACTORIES[backend](tmp_path)
+    opened: list[Broker] = []
+
+    def make(retention: float = RETENTION) -> Broker:
+        broker = factory(retention=retention)
+        run(broker.open())
+        opened.append(broker)
+        return broker
+
+    yield make
+    for broker in reversed(opened):
+        run(broker.close())
+
+
+@pytest.fixture
+def broker(make_broker: MakeBroker) -> Broker:
+    """An opened broker of the backend under test, with ``retention=3600``."""
+    return make_broker()
+
+
+# -- helpers --------------------------------------------------------------------------------
+
+
+def make_job(
+    name: str = "tasks.work",
+    queue: str = "default",
+    args: list[Any] | None = None,
+    kwargs: dict[str, Any] | None = None,
+    run_at: float | None = None,
+    delay: float | None = None,
+    created_at: float | None = None,
+) -> JobRecord:
+    """A fresh job record as the app would build it: queued, or scheduled when it runs later.
+
+    ``delay`` is a shortcut for ``run_at = now + delay``.
+    """
+    now = time.time()
+    if created_at is None:
+        created_at = now
+    if run_at is None:
+        run_at = now + delay if delay is not None else created_at
+    state = JobState.SCHEDULED if run_at > now else JobState.QUEUED
+    return JobRecord(
+        id=new_id(created_at),
+        name=name,
+        queue=queue,
+        state=state,
+        args=[] if args is None else args,
+        kwargs={} if kwargs is None else kwargs,
+        created_at=created_at,
+        run_at=run_at,
+    )
+
+
+def make_jobs(count: int, **options: Any) -> list[JobRecord]:
+    """``count`` jobs made with :func:`make_job`, oldest id first."""
+    return [make_job(**options) for _ in range(count)]
+
+
+def make_worker(worker_id: str | None = None, queues: list[str] | None = None) -> WorkerInfo:
+    """A worker as it reports itself on a heartbeat."""
+    return WorkerInfo(
+        id=worker_id or f"w-{new_id()}",
+        host="test-host",
+        pid=4242,
+        queues=["default"] if queues is None else queues,
+        concurrency=4,
+        min_concurrency=1,
+        max_concurrency=8,
+        busy=2,
+        processed=10,
+        failed=1,
+        started_at=time.time() - 5,
+    )
