@@ -14,9 +14,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # so children can import procjobs
 
-from conveyor.errors import JobTimeout  # noqa: E402
-from conveyor.job import JobRecord, JobState  # noqa: E402
-from conveyor.worker.process_pool import ProcessPool, RemoteError  # noqa: E402
+from conveyor.errors import JobTimeout
+from conveyor.job import JobRecord, JobState
+from conveyor.worker.process_pool import ProcessPool, RemoteError
 
 MODULE = "procjobs"
 

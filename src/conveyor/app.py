@@ -190,9 +190,9 @@ class Conveyor:
         """
         job_fn = self.registry.get(name)
         if job_fn is not None:
-            job_fn.check(args, kwargs)
+            payload = job_fn.check(args, kwargs)
         else:
-            JobFunction.check_json(name, args, kwargs)
+            payload = JobFunction.check_json(name, args, kwargs)
         if delay is not None and at is not None:
             raise InvalidArguments("give delay or at, not both")
         created = time.time() if now is None else now
@@ -216,6 +216,7 @@ class Conveyor:
             kwargs=dict(kwargs),
             created_at=created,
             run_at=run_at,
+            payload=payload,
         )
 
     # -- enqueueing -----------------------------------------------------------------------------

@@ -75,6 +75,7 @@ class JobFunction:
             p for n, p in inspect.signature(fn).parameters.items() if n != self.context_parameter
         ]
         self.signature = inspect.Signature(params)
+        self._fitting_shapes: set[object] = set()
         self.__doc__ = fn.__doc__
         self.__name__ = getattr(fn, "__name__", name)
         self.__qualname__ = getattr(fn, "__qualname__", name)
@@ -95,21 +96,29 @@ class JobFunction:
     def __repr__(self) -> str:
         return f"<JobFunction {self.name} queue={self.options.queue}>"
 
-    def check(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
-        """Raise :class:`InvalidArguments` unless the call fits the signature and is JSON."""
-        try:
-            self.signature.bind(*args, **kwargs)
-        except TypeError as exc:
-            raise InvalidArguments(f"job {self.name!r}: {exc}") from None
-        self.check_json(self.name, args, kwargs)
+    def check(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> tuple[str, str]:
+        """Raise :class:`InvalidArguments` unless the call fits the signature and is JSON;
+        return the arguments as JSON text."""
+        # Binding depends only on how many positional and which keyword arguments there
+        # are, so shapes that fitted once are remembered (bulk enqueues repeat them).
+        shape = (len(args), *kwargs) if kwargs else len(args)
+        if shape not in self._fitting_shapes:
+            try:
+                self.signature.bind(*args, **kwargs)
+            except TypeError as exc:
+                raise InvalidArguments(f"job {self.name!r}: {exc}") from None
+            if len(self._fitting_shapes) < 64:
+                self._fitting_shapes.add(shape)
+        return self.check_json(self.name, args, kwargs)
 
     @staticmethod
-    def check_json(name: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
-        """Raise :class:`InvalidArguments` unless the arguments are strict JSON."""
+    def check_json(name: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -> tuple[str, str]:
+        """Raise :class:`InvalidArguments` unless the arguments are strict JSON; return them
+        as JSON text."""
         if not isinstance(kwargs, Mapping) or not all(isinstance(k, str) for k in kwargs):
             raise InvalidArguments(f"job {name!r}: keyword arguments need string names")
         try:
-            dumps([list(args), dict(kwargs)])
+            return dumps(list(args)), dumps(dict(kwargs))
         except NotSerializable as exc:
             raise InvalidArguments(
                 f"job {name!r}: arguments must be JSON-serializable ({exc})"

@@ -1,6 +1,6 @@
 """Job ids: 26 characters of Crockford base32, unique, URL-safe and sorted by creation time.
 
-The first 10 characters are the creation time in milliseconds, the other 16 are random.
+An id is 128 bits: the creation time in milliseconds (48 bits), then 80 random bits.
 Within one millisecond a process increments the random part, so ids made by one process
 also sort in the order they were made.
 """
@@ -12,18 +12,19 @@ import threading
 import time
 
 _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+# Two characters per table entry: 13 look-ups encode an id.
+_PAIRS = [a + b for a in _ALPHABET for b in _ALPHABET]
 _RANDOM_BITS = 80
 _lock = threading.Lock()
 _last_ms = -1
 _last_random = 0
 
 
-def _encode(value: int, length: int) -> str:
-    chars = []
-    for _ in range(length):
-        chars.append(_ALPHABET[value & 31])
-        value >>= 5
-    return "".join(reversed(chars))
+def _encode(value: int) -> str:
+    """128 bits as 26 characters, most significant first (the last one holds 3 bits)."""
+    value <<= 2
+    pairs = _PAIRS
+    return "".join([pairs[(value >> shift) & 1023] for shift in range(120, -1, -10)])
 
 
 def new_id(now: float | None = None) -> str:
@@ -38,15 +39,15 @@ def new_id(now: float | None = None) -> str:
             _last_ms = ms
             _last_random = int.from_bytes(os.urandom(10), "big") >> 1
         rand = _last_random
-    return _encode(ms, 10) + _encode(rand, 16)
+    return _encode((ms << _RANDOM_BITS) | rand)
 
 
 def id_time(job_id: str) -> float:
     """The creation time (seconds since the epoch) encoded in ``job_id``."""
-    ms = 0
+    bits = 0
     for char in job_id[:10]:
-        ms = ms * 32 + _ALPHABET.index(char)
-    return ms / 1000
+        bits = bits * 32 + _ALPHABET.index(char)
+    return (bits >> 2) / 1000  # 10 characters are 50 bits: the 48-bit time and 2 more
 
 
 def is_valid_id(text: str) -> bool:

@@ -9,6 +9,8 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
+from conveyor.serialization import dumps
+
 
 class JobState(StrEnum):
     """The states of a job, named the same in Python, the CLI, HTTP and the dashboard."""
@@ -58,11 +60,19 @@ class JobRecord:
     lease_expires_at: float | None = None
     cancel_requested: bool = False
     expires_at: float | None = None
+    #: ``(args, kwargs)`` as JSON text, made once at enqueue time and reused by the backend
+    payload: tuple[str, str] | None = field(default=None, repr=False, compare=False)
 
     @property
     def is_final(self) -> bool:
         """True once the job has succeeded, died or been cancelled."""
         return self.state in FINAL_STATES
+
+    def encoded(self) -> tuple[str, str]:
+        """``(args, kwargs)`` as JSON text."""
+        if self.payload is None:
+            self.payload = (dumps(self.args), dumps(self.kwargs))
+        return self.payload
 
     def to_dict(self) -> dict[str, Any]:
         """The job's info as JSON-ready data, the same shape the CLI and HTTP API print."""

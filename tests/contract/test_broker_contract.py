@@ -343,13 +343,15 @@ def test_two_claims_never_return_the_same_job(run: Run[Any], broker: Broker) -> 
 
 
 async def _drain(broker: Broker, worker_id: str, batch: int) -> list[str]:
+    """Claim until nothing is left, pausing between claims like a worker running its jobs
+    (so that a claimer on another connection gets its turn at the storage)."""
     seen: list[str] = []
     while True:
         jobs = await broker.claim(worker_id, ["default"], batch, LEASE)
         if not jobs:
             return seen
         seen.extend(ids(jobs))
-        await asyncio.sleep(0)
+        await asyncio.sleep(0.005)
 
 
 def _assert_disjoint_cover(first: list[str], second: list[str], jobs: list[JobRecord]) -> None:

@@ -120,8 +120,7 @@ class SQLiteBroker(Broker):
         self, jobs: Sequence[JobRecord], limits: Mapping[str, int]
     ) -> Callable[[sqlite3.Connection], None]:
         rows = [
-            (j.id, j.name, j.queue, str(j.state), dumps(j.args), dumps(j.kwargs), j.created_at,
-             j.run_at)
+            (j.id, j.name, j.queue, j.state.value, *j.encoded(), j.created_at, j.run_at)
             for j in jobs
         ]
         adding: dict[str, int] = defaultdict(int)
