@@ -39,7 +39,7 @@ class PermanentError(Exception):
     """Raise from a job to send it to the dead set at once, without retrying."""
 
 
-class Retry(Exception):  # noqa: N818 - the name reads as an instruction: ``raise Retry(delay=5)``
+class Retry(Exception):
     """Raise from a job to ask for another attempt, optionally after ``delay`` seconds.
 
     The attempt still counts against the job's ``retries``.

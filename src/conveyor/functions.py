@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from conveyor.handle import JobHandle
 
 EXECUTORS = ("async", "thread", "process")
+DEFAULT_BACKOFF = Backoff()
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,7 +30,7 @@ class JobOptions:
     queue: str = "default"
     retries: int = 3
     timeout: float | None = None
-    backoff: BackoffPolicy = Backoff()
+    backoff: BackoffPolicy = DEFAULT_BACKOFF
     executor: str = "async"
     permanent_errors: tuple[type[BaseException], ...] = ()
 

@@ -103,7 +103,8 @@ class Bench:
             for i in range(n):
                 await self.app.enqueue_call_async(self.job, self.job_args, {})
                 if i % 100 == 0:
-                    bar.update(task, completed=i, rate=f"{i / (time.perf_counter() - start):,.0f}/s")
+                    rate = i / (time.perf_counter() - start)
+                    bar.update(task, completed=i, rate=f"{rate:,.0f}/s")
             self.result.single_enqueue_per_s = n / (time.perf_counter() - start)
         callers = max(1, self.args.callers)
         per_caller = max(1, n // callers)

@@ -9,6 +9,7 @@ rather than one per job. Heartbeats, lease recovery and progress live in
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -186,10 +187,8 @@ class Worker:
 
     async def _sleep(self, seconds: float) -> None:
         assert self._stopping is not None
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stopping.wait(), seconds)
-        except TimeoutError:
-            pass
 
     # -- running jobs -------------------------------------------------------------------------
     def _start(self, record: JobRecord) -> None:

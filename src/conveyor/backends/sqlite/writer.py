@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import queue
 import sqlite3
 import threading
@@ -172,7 +173,6 @@ class Writer:
             else:
                 by_loop[pending.loop].append((pending.future, value, error))
         for loop, items in by_loop.items():
-            try:
+            # RuntimeError: the caller's loop has closed, so nobody is waiting any more
+            with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(_resolve, items)
-            except RuntimeError:  # the caller's loop has closed; nobody is waiting
-                pass
