@@ -67,7 +67,7 @@ def failed(
     if tb is None:
         tb = "".join(traceback.format_exception(exc))
     if permanent is None:
-        permanent = isinstance(exc, PermanentError | job_fn.options.permanent_errors)
+        permanent = isinstance(exc, (PermanentError, *job_fn.options.permanent_errors))
     if retry_delay is None and isinstance(exc, Retry):
         retry_delay = exc.delay
     if permanent:

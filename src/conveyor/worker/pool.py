@@ -199,6 +199,9 @@ class Worker:
     async def _execute(self, record: JobRecord, entry: _Running) -> None:
         try:
             outcome = await self._attempt(record, entry)
+        except Exception as exc:  # a fault in Conveyor itself: still settle the job
+            log.exception("internal error while running job %s", record.id)
+            outcome = outcomes.dead(record, self.id, f"internal error in the worker: {exc!r}")
         finally:
             del self.running[record.id]
             if self._wake is not None:

@@ -168,15 +168,24 @@ class SQLiteBroker(Broker):
             f"UPDATE {t}_jobs SET state=?, finished_at=?, expires_at=?, result=?, error=?, "
             f"traceback=?, lease_expires_at=NULL {guard}"
         )
+        # A job whose cancellation was asked for does not go back to waiting: it ends here.
+        cancel_instead = (
+            f"UPDATE {t}_jobs SET state='cancelled', finished_at=?, expires_at=?, error=?, "
+            f"traceback=?, lease_expires_at=NULL {guard} AND cancel_requested=1"
+        )
         back = (
             f"UPDATE {t}_jobs SET state=?, run_at=coalesce(?, run_at), error=?, traceback=?, "
             f"attempts=attempts-?, worker_id=NULL, lease_expires_at=NULL {guard}"
         )
-        final_rows, back_rows = [], []
+        final_rows, cancel_rows, back_rows = [], [], []
         for o in outcomes:
             if o.kind in (OutcomeKind.RETRY, OutcomeKind.REQUEUE):
                 requeue = o.kind is OutcomeKind.REQUEUE
                 state = "queued" if requeue else "scheduled"
+                cancel_rows.append(
+                    (o.finished_at, o.finished_at + keep, o.error, o.traceback, o.job_id,
+                     o.worker_id)
+                )
                 back_rows.append(
                     (state, o.run_at, o.error, o.traceback, int(requeue), o.job_id, o.worker_id)
                 )
@@ -190,6 +199,7 @@ class SQLiteBroker(Broker):
             if final_rows:
                 conn.executemany(final, final_rows)
             if back_rows:
+                conn.executemany(cancel_instead, cancel_rows)
                 conn.executemany(back, back_rows)
 
         await self._write(fn)

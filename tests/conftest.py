@@ -1,0 +1,104 @@
+"""Shared fixtures: a real SQLite file per test, apps, and workers on real threads."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conveyor import Conveyor
+from conveyor.worker.pool import Worker
+
+TESTS = Path(__file__).parent
+ROOT = TESTS.parent
+# Modules of test jobs (tests/procjobs.py, ...) must be importable by child processes too.
+if str(TESTS) not in sys.path:
+    sys.path.insert(0, str(TESTS))
+
+
+@pytest.fixture(autouse=True)
+def _no_ambient_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests choose their store explicitly; a CONVEYOR_URL from the shell must not leak in."""
+    monkeypatch.delenv("CONVEYOR_URL", raising=False)
+
+
+@pytest.fixture
+def db_url(tmp_path: Path) -> str:
+    """A fresh SQLite file for this test."""
+    return f"sqlite:///{tmp_path / 'conveyor.db'}"
+
+
+@pytest.fixture
+def app(db_url: str) -> Iterator[Conveyor]:
+    """An app on the test's own database with a short lease."""
+    application = Conveyor(url=db_url, lease=2.0)
+    yield application
+    application.close()
+
+
+class WorkerThread:
+    """A :class:`Worker` running on its own event loop in a thread, for in-process tests."""
+
+    def __init__(self, app: Conveyor, **options: Any) -> None:
+        self.worker = Worker(app, **options)
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._main, daemon=True)
+        self._started = threading.Event()
+
+    def _main(self) -> None:
+        async def body() -> None:
+            task = asyncio.create_task(self.worker.run())
+            await asyncio.sleep(0)
+            self._started.set()
+            await task
+
+        try:
+            asyncio.run(body())
+        except BaseException as exc:  # surfaced by stop()
+            self.error = exc
+        finally:
+            self._started.set()
+
+    def start(self) -> WorkerThread:
+        self._thread.start()
+        self._started.wait(10)
+        return self
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Graceful stop (as on SIGTERM); raise what the worker raised, if anything."""
+        self.worker.request_stop()
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            raise AssertionError("worker did not stop in time")
+        if self.error is not None:
+            raise self.error
+
+
+@pytest.fixture
+def start_worker() -> Iterator[Callable[..., WorkerThread]]:
+    """``start_worker(app, max_workers=4, ...)`` runs a worker until the test ends."""
+    started: list[WorkerThread] = []
+
+    def start(app: Conveyor, **options: Any) -> WorkerThread:
+        thread = WorkerThread(app, **options).start()
+        started.append(thread)
+        return thread
+
+    yield start
+    for thread in started:
+        if thread._thread.is_alive():
+            thread.stop()
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    """Environment for ``conveyor`` subprocesses: tests/ importable, no ambient URL."""
+    env = {k: v for k, v in os.environ.items() if k != "CONVEYOR_URL"}
+    env["PYTHONPATH"] = os.pathsep.join([str(TESTS), env.get("PYTHONPATH", "")]).strip(os.pathsep)
+    env.update(extra)
+    return env
