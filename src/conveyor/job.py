@@ -122,6 +122,8 @@ class Outcome:
     error: str | None = None
     traceback: str | None = None
     run_at: float | None = None
+    #: the job's queue, when the worker knows it (saves a backend a look-up)
+    queue: str | None = None
 
 
 @dataclass(slots=True, frozen=True)

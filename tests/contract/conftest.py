@@ -46,10 +46,25 @@ def _sqlite_factory(tmp_path: Path) -> Factory:
     return make
 
 
+def _redis_factory(tmp_path: Path) -> Factory:
+    from redis_server import shared_redis_url
+
+    from conveyor.backends.redis import RedisBroker
+
+    url = shared_redis_url()
+    namespace = f"t{new_id().lower()}"  # a namespace per test: no test sees another's keys
+
+    def make(retention: float = RETENTION) -> Broker:
+        return RedisBroker(url, namespace=namespace, retention=retention)
+
+    return make
+
+
 #: backend name -> function of the test's ``tmp_path`` returning a broker factory.
 #: Every broker a factory makes for one test must share that test's storage (and namespace).
 FACTORIES: dict[str, Callable[[Path], Factory]] = {
     "sqlite": _sqlite_factory,
+    "redis": _redis_factory,
 }
 
 

@@ -14,10 +14,12 @@ def open_broker(url: str, namespace: str, retention: float) -> Broker:
 
         return SQLiteBroker(url, namespace, retention)
     if scheme in ("redis", "rediss"):
-        raise ConfigurationError(
-            "the Redis backend is not available in this version; use a sqlite:/// URL"
-        )
-    raise ConfigurationError(f"unsupported URL scheme {scheme!r} in {url!r}; use sqlite:///PATH")
+        from conveyor.backends.redis import RedisBroker
+
+        return RedisBroker(url, namespace, retention)
+    raise ConfigurationError(
+        f"unsupported URL scheme {scheme!r} in {url!r}; use sqlite:///PATH or redis://HOST"
+    )
 
 
 __all__ = ["Broker", "open_broker"]

@@ -160,6 +160,7 @@ class Bench:
     async def drain(self) -> None:
         counts = await self.app.broker.counts()
         total = sum(sum(per.values()) for per in counts.values())
+        started = time.perf_counter()
         self.start_worker()
         with _progress() as bar:
             task = bar.add_task("drain", total=total, rate="")
@@ -177,8 +178,12 @@ class Bench:
                 if self.worker is not None and self.worker.poll() is not None:
                     raise CLIError(f"the worker exited with {self.worker.returncode}", code=1)
             assert first is not None
-            elapsed = time.perf_counter() - first
-            self.result.drain_per_s = (done - first_done) / elapsed if elapsed > 0 else 0.0
+            if done > first_done:
+                self.result.drain_per_s = (done - first_done) / (time.perf_counter() - first)
+            else:  # all done by the first look: only the time since the worker's start is known
+                self.result.drain_per_s = done / (time.perf_counter() - started)
+                self.result.notes.append("the drain ended within one poll, so its rate includes "
+                                         "the worker's start-up; use more --jobs")
 
     async def latency(self) -> None:
         n, rate = self.args.latency_jobs, self.args.rate
@@ -255,4 +260,6 @@ def run_bench(args: argparse.Namespace) -> int:
         print(json.dumps(asdict(result), indent=2))
     else:
         console.print(_table(result))
+        for note in result.notes:
+            console.print(f"note: {note}")
     return 0

@@ -47,6 +47,9 @@ async def enqueue(app: Conveyor, args: argparse.Namespace) -> int:
     """``conveyor enqueue NAME --args JSON --kwargs JSON``."""
     call_args = _json_arg(args.args, list, "--args")
     call_kwargs = _json_arg(args.kwargs, dict, "--kwargs")
+    if args.app and args.name not in app.registry:
+        known = ", ".join(sorted(app.registry)) or "none"
+        raise CLIError(f"{args.app} has no job named {args.name!r} (its jobs: {known})")
     try:
         handle = await app.enqueue_call_async(
             args.name, call_args, call_kwargs, delay=args.delay, queue=args.queue
@@ -65,7 +68,7 @@ async def enqueue(app: Conveyor, args: argparse.Namespace) -> int:
 async def _wait(app: Conveyor, job_id: str, timeout: float | None) -> JobRecord:
     deadline = None if timeout is None else time.monotonic() + timeout
     record = await _get(app, job_id)
-    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+    columns = (SpinnerColumn(), TextColumn("{task.description}", markup=False), BarColumn(),
                TextColumn("{task.percentage:>3.0f}%"), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=True) as bar:
         task = bar.add_task(f"{record.name} {record.state}", total=1.0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import sqlite3
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 
@@ -19,7 +20,10 @@ Command = Callable[[Conveyor, argparse.Namespace], Awaitable[int]]
 
 
 def _positive_int(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError("must be at least 1")
     return value
@@ -148,10 +152,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         app = resolve_app(getattr(args, "app", None), args.url, args.namespace)
         return asyncio.run(_run_command(COMMANDS[args.command], app, args))
     except CLIError as exc:
-        errors.print(f"error: {exc}")
+        errors.print(f"error: {exc}", soft_wrap=True)
         return exc.code
     except ConveyorError as exc:
-        errors.print(f"error: {exc}")
+        errors.print(f"error: {exc}", soft_wrap=True)
+        return 1
+    except sqlite3.Error as exc:  # not a database, unwritable path, ...
+        errors.print(f"error: cannot use the store: {type(exc).__name__}: {exc}", soft_wrap=True)
         return 1
     except KeyboardInterrupt:
         return 130

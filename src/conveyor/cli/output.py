@@ -8,12 +8,14 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
+from rich.text import Text
 
 from conveyor.job import ALL_STATES, JobRecord, WorkerInfo
 
-console = Console(highlight=False)
-errors = Console(stderr=True, highlight=False)
+# No markup: job names, queues, errors and messages are user data ("[/x]" must print as is).
+console = Console(highlight=False, markup=False)
+errors = Console(stderr=True, highlight=False, markup=False)
 
 
 def print_json(data: Any) -> None:
@@ -47,12 +49,14 @@ def job_summary(record: JobRecord) -> None:
     if record.error:
         rows.append(("error", record.error))
     for key, value in rows:
-        console.print(f"[bold]{key:>9}[/bold]  {value}", markup=True, soft_wrap=True)
+        console.print(Text.assemble((f"{key:>9}", "bold"), "  ", value), soft_wrap=True)
 
 
 def jobs_table(records: Iterable[JobRecord]) -> Table:
     """Jobs one per row."""
-    table = Table("id", "name", "queue", "state", "attempts", "created", "error")
+    # ids and states are never shortened, even on a narrow or piped (80 columns) output
+    table = Table(Column("id", no_wrap=True, min_width=26), "name", "queue",
+                  Column("state", no_wrap=True, min_width=9), "attempts", "created", "error")
     for r in records:
         table.add_row(r.id, r.name, r.queue, str(r.state), str(r.attempts),
                       _ago(r.created_at), (r.error or "")[:60])

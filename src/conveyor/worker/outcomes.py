@@ -21,25 +21,27 @@ def succeeded(record: JobRecord, worker_id: str, result: Any) -> Outcome:
         result_json = dumps(result)
     except NotSerializable as exc:
         return Outcome(record.id, worker_id, OutcomeKind.DEAD, now,
-                       error=f"result is not JSON-serializable: {exc}")
-    return Outcome(record.id, worker_id, OutcomeKind.SUCCEEDED, now, result_json=result_json)
+                       error=f"result is not JSON-serializable: {exc}", queue=record.queue)
+    return Outcome(record.id, worker_id, OutcomeKind.SUCCEEDED, now, result_json=result_json,
+                   queue=record.queue)
 
 
 def dead(record: JobRecord, worker_id: str, error: str, tb: str | None = None) -> Outcome:
     """Give up on the job now."""
-    return Outcome(record.id, worker_id, OutcomeKind.DEAD, time.time(), error=error, traceback=tb)
+    return Outcome(record.id, worker_id, OutcomeKind.DEAD, time.time(), error=error, traceback=tb,
+                   queue=record.queue)
 
 
 def cancelled(record: JobRecord, worker_id: str) -> Outcome:
     """The job was cancelled while it ran."""
     return Outcome(record.id, worker_id, OutcomeKind.CANCELLED, time.time(),
-                   error="cancelled while running")
+                   error="cancelled while running", queue=record.queue)
 
 
 def requeued(record: JobRecord, worker_id: str) -> Outcome:
     """Shutdown interrupted the attempt: back to the queue, the attempt not charged."""
     return Outcome(record.id, worker_id, OutcomeKind.REQUEUE, time.time(),
-                   error="interrupted by worker shutdown; requeued")
+                   error="interrupted by worker shutdown; requeued", queue=record.queue)
 
 
 def _describe(exc: BaseException) -> str:
@@ -78,4 +80,4 @@ def failed(
     now = time.time()
     delay = retry_delay if retry_delay is not None else job_fn.options.backoff(failures)
     return Outcome(record.id, worker_id, OutcomeKind.RETRY, now, error=error, traceback=tb,
-                   run_at=now + max(0.0, delay))
+                   run_at=now + max(0.0, delay), queue=record.queue)

@@ -1,0 +1,427 @@
+"""The Redis backend: many machines share one Redis; every multi-step change is a Lua script.
+
+The hot path is batched: one script call claims up to the free slots, one settles a batch,
+one stores a bulk enqueue. Idle workers block on a wake-up list (BLPOP) instead of polling.
+Leases and delays use Redis's clock (TIME inside the scripts), so workers with skewed
+clocks do not steal each other's jobs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, TypeVar
+
+from conveyor.backends.base import Broker
+from conveyor.backends.redis import codec
+from conveyor.backends.redis.keys import Keys
+from conveyor.backends.redis.scripts import register_all
+from conveyor.errors import ConfigurationError, ConveyorError, QueueFull
+from conveyor.job import ALL_STATES, JobRecord, JobState, Outcome, WorkerInfo
+
+try:
+    import redis.asyncio as aioredis
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise ConfigurationError(
+        "the Redis backend needs the redis package: pip install 'conveyor[redis]'"
+    ) from exc
+
+T = TypeVar("T")
+log = logging.getLogger("conveyor.redis")
+
+#: connection errors worth retrying: Redis restarting, a dropped connection
+TRANSIENT = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
+#: how long one operation keeps retrying through connection trouble before it gives up
+RETRY_FOR = 30.0
+#: ids handed to one script call at most
+BATCH = 1000
+
+
+class _Connection:
+    """A client and its scripts, bound to one event loop (redis-py clients are)."""
+
+    def __init__(self, url: str) -> None:
+        self.client = aioredis.Redis.from_url(
+            url, decode_responses=True, health_check_interval=10, socket_keepalive=True
+        )
+        self.scripts = register_all(self.client)
+
+
+class RedisBroker(Broker):
+    """Jobs of one namespace in Redis, under the hash tag ``{namespace}``."""
+
+    def __init__(self, url: str, namespace: str = "conveyor", retention: float = 7 * 86400):
+        self.url = url
+        self.retention = retention
+        self.keys = Keys(namespace)
+        self._connections: dict[asyncio.AbstractEventLoop, _Connection] = {}
+        self._checked = False
+
+    # -- connections --------------------------------------------------------------------------
+    def _conn(self) -> _Connection:
+        loop = asyncio.get_running_loop()
+        conn = self._connections.get(loop)
+        if conn is None:
+            for old in [lp for lp in self._connections if lp.is_closed()]:
+                del self._connections[old]
+            conn = self._connections[loop] = _Connection(self.url)
+        return conn
+
+    async def _retrying(self, operation: Callable[[_Connection], Awaitable[T]]) -> T:
+        """Run ``operation``, reconnecting with backoff through connection trouble."""
+        deadline = time.monotonic() + RETRY_FOR
+        pause = 0.05
+        while True:
+            try:
+                return await operation(self._conn())
+            except TRANSIENT as exc:
+                if time.monotonic() + pause > deadline:
+                    raise
+                log.warning("Redis unreachable (%s); retrying in %.2fs", exc, pause)
+                await asyncio.sleep(pause * (0.5 + random.random() / 2))
+                pause = min(pause * 2, 2.0)
+
+    async def _cmd(self, command: str, *args: Any, **kwargs: Any) -> Any:
+        """One Redis command, retried through connection trouble."""
+        return await self._retrying(lambda c: getattr(c.client, command)(*args, **kwargs))
+
+    async def _script(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """One Lua script by name, retried through connection trouble."""
+        return await self._retrying(lambda c: c.scripts[name](keys=keys, args=args))
+
+    async def open(self) -> None:
+        await self._cmd("ping")
+        if not self._checked:
+            self._checked = True
+            await self._warn_about_settings()
+
+    async def _warn_about_settings(self) -> None:
+        client = self._conn().client
+        try:
+            policy = (await client.config_get("maxmemory-policy")).get("maxmemory-policy")
+            aof = (await client.config_get("appendonly")).get("appendonly")
+            save = (await client.config_get("save")).get("save")
+        except Exception:  # CONFIG is often disabled on managed Redis: nothing to check
+            return
+        if policy and policy != "noeviction":
+            log.warning("Redis maxmemory-policy is %r: under memory pressure Redis may evict "
+                        "jobs. Set it to noeviction.", policy)
+        if aof != "yes" and not save:
+            log.warning("Redis persistence is off (no AOF, no RDB): a Redis restart loses "
+                        "every job. Use appendonly yes with appendfsync always (or everysec).")
+
+    async def close(self) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        conns, self._connections = self._connections, {}
+        for conn_loop, conn in conns.items():
+            if conn_loop is loop:
+                await conn.client.aclose()
+
+    def _group_keys(self, queues: Sequence[str]) -> list[str]:
+        keys: list[str] = []
+        for queue in queues:
+            keys.extend(self.keys.queue_group(queue))
+        return keys
+
+    async def _queues(self) -> list[str]:
+        members: set[str] = await self._cmd("smembers", self.keys.queues)
+        return sorted(members)
+
+    async def _queue_of(self, ids: Sequence[str]) -> dict[str, list[str]]:
+        """Group job ids by their queue (ids that do not exist are left out)."""
+        if not ids:
+            return {}
+        raws = await self._cmd("hmget", self.keys.jobs, list(ids))
+        groups: dict[str, list[str]] = defaultdict(list)
+        for job_id, raw in zip(ids, raws, strict=True):
+            if raw is not None:
+                groups[codec.job_from_json(raw).queue].append(job_id)
+        return groups
+
+    # -- producers ----------------------------------------------------------------------------
+    async def enqueue(self, jobs: Sequence[JobRecord], limits: Mapping[str, int]) -> None:
+        if not jobs:
+            return
+        by_queue: dict[str, list[JobRecord]] = defaultdict(list)
+        for job in jobs:
+            by_queue[job.queue].append(job)
+        k = self.keys
+        keys = [k.jobs, k.queues, k.all, *self._group_keys(list(by_queue))]
+        argv: list[Any] = [len(by_queue)]
+        for queue, members in by_queue.items():
+            argv += [queue, limits.get(queue, -1), len(members)]
+        for members in by_queue.values():
+            for job in members:
+                argv += [job.id, codec.job_fields(job), job.run_at - job.created_at]
+        attempts = 0
+
+        async def call(conn: _Connection) -> Any:
+            nonlocal attempts
+            attempts += 1
+            return await conn.scripts["enqueue"](keys=keys, args=argv)
+
+        reply = await self._retrying(call)
+        if reply[0] == "full":
+            raise QueueFull(reply[1], int(reply[2]))
+        if reply[0] == "exists" and attempts == 1:
+            raise ConveyorError(f"a job with id {reply[1]} exists already")
+        # 'exists' on a later attempt: the earlier attempt was stored, only its reply was lost
+
+    # -- workers ------------------------------------------------------------------------------
+    async def claim(
+        self, worker_id: str, queues: Sequence[str], limit: int, lease: float
+    ) -> list[JobRecord]:
+        keys = [self.keys.jobs, self.keys.leases, *self._group_keys(queues)]
+        raws = await self._script("claim", keys, [worker_id, lease, limit])
+        return [codec.job_from_json(raw) for raw in raws]
+
+    async def settle(self, outcomes: Sequence[Outcome]) -> None:
+        if not outcomes:
+            return
+        unknown = [o.job_id for o in outcomes if o.queue is None]
+        queue_of = {i: q for q, ids in (await self._queue_of(unknown)).items() for i in ids}
+        by_queue: dict[str, list[Any]] = defaultdict(list)
+        for o in outcomes:
+            queue = o.queue or queue_of.get(o.job_id)
+            if queue is None:
+                continue
+            delay = "" if o.run_at is None else max(0.0, o.run_at - o.finished_at)
+            by_queue[queue] += [o.job_id, o.worker_id, o.kind.value, o.result_json or "",
+                                o.error or "", o.traceback or "", delay]
+        k = self.keys
+
+        async def call(conn: _Connection) -> None:
+            async with conn.client.pipeline(transaction=False) as pipe:
+                for queue, argv in by_queue.items():
+                    await conn.scripts["settle"](
+                        keys=[k.jobs, k.leases, k.expiry, k.cancel, *k.queue_group(queue)],
+                        args=[self.retention, *argv], client=pipe,
+                    )
+                await pipe.execute()
+
+        await self._retrying(call)
+
+    async def heartbeat(
+        self, worker: WorkerInfo, job_ids: Sequence[str], lease: float
+    ) -> set[str]:
+        k = self.keys
+        keys = [k.jobs, k.leases, k.cancel, k.workers, k.winfo]
+        args = [worker.id, codec.worker_to_json(worker), lease, *job_ids]
+        cancel = await self._script("heartbeat", keys, args)
+        return set(cancel)
+
+    async def set_progress(self, updates: Sequence[tuple[str, float, str | None]]) -> None:
+        args: list[Any] = []
+        for job_id, value, message in updates:
+            args += [job_id, value, message or ""]
+        await self._script("progress", [self.keys.jobs], args)
+
+    async def ready_count(self, queues: Sequence[str], limit: int) -> int:
+        now = await self._server_time()
+
+        async def call(conn: _Connection) -> int:
+            async with conn.client.pipeline(transaction=False) as pipe:
+                for queue in queues:
+                    pipe.zcount(self.keys.waiting(queue), "-inf", now)
+                return int(sum(await pipe.execute()))
+
+        return min(limit, await self._retrying(call))
+
+    async def wait_for_work(self, queues: Sequence[str], timeout: float) -> None:
+        """Block on the queues' wake-up lists (BLPOP) until work arrives, the next delayed
+        job falls due, or ``timeout`` passes."""
+
+        async def next_due(conn: _Connection) -> tuple[float, list[Any]]:
+            async with conn.client.pipeline(transaction=False) as pipe:
+                pipe.time()
+                for queue in queues:
+                    pipe.zrange(self.keys.waiting(queue), 0, 0, withscores=True)
+                server_time, *heads = await pipe.execute()
+            return server_time[0] + server_time[1] / 1e6, heads
+
+        now, heads = await self._retrying(next_due)
+        wait = timeout
+        for head in heads:
+            if head:
+                wait = min(wait, head[0][1] - now)
+        if wait <= 0:
+            return
+        wake_keys = [self.keys.wake(q) for q in queues]
+        await self._cmd("blpop", wake_keys, timeout=max(0.01, wait))
+
+    async def unregister_worker(self, worker_id: str) -> None:
+        async def call(conn: _Connection) -> None:
+            async with conn.client.pipeline(transaction=True) as pipe:
+                pipe.zrem(self.keys.workers, worker_id)
+                pipe.hdel(self.keys.winfo, worker_id)
+                await pipe.execute()
+
+        await self._retrying(call)
+
+    # -- maintenance --------------------------------------------------------------------------
+    async def _server_time(self) -> float:
+        seconds, micros = await self._cmd("time")
+        return float(seconds) + float(micros) / 1e6
+
+    async def recover_expired(self, max_recoveries: int) -> tuple[int, int]:
+        k = self.keys
+        now = await self._server_time()
+        expired = await self._cmd("zrangebyscore", k.leases, "-inf", now, start=0, num=BATCH)
+        requeued = dead = 0
+        for queue, ids in (await self._queue_of(expired)).items():
+            keys = [k.jobs, k.leases, k.expiry, k.cancel, *k.queue_group(queue)]
+            r, d = await self._script("recover", keys, [max_recoveries, self.retention, *ids])
+            requeued, dead = requeued + int(r), dead + int(d)
+        await self._script("expire_workers", [k.workers, k.winfo], [])
+        return requeued, dead
+
+    async def promote_scheduled(self) -> int:
+        queues = await self._queues()
+
+        async def call(conn: _Connection) -> int:
+            async with conn.client.pipeline(transaction=False) as pipe:
+                for queue in queues:
+                    await conn.scripts["promote"](
+                        keys=[self.keys.jobs, *self.keys.queue_group(queue)], args=[BATCH],
+                        client=pipe,
+                    )
+                return int(sum(await pipe.execute()))
+
+        return await self._retrying(call) if queues else 0
+
+    async def purge_expired(self) -> int:
+        k = self.keys
+        total = 0
+        while True:
+            now = await self._server_time()
+            ids = await self._cmd("zrangebyscore", k.expiry, "-inf", now, start=0, num=BATCH)
+            deleted = 0
+            grouped = await self._queue_of(ids)
+            for queue, members in grouped.items():
+                keys = [k.jobs, k.expiry, k.all, *k.queue_group(queue)]
+                deleted += int(await self._script("purge", keys, members))
+            missing = set(ids) - {i for m in grouped.values() for i in m}
+            if missing:
+                await self._cmd("zrem", k.expiry, *missing)
+            total += deleted
+            if len(ids) < BATCH or not deleted:
+                return total
+
+    # -- inspection and admin -----------------------------------------------------------------
+    async def get(self, job_id: str) -> JobRecord | None:
+        raw = await self._cmd("hget", self.keys.jobs, job_id)
+        return codec.job_from_json(raw) if raw is not None else None
+
+    async def _index_keys(self, state: JobState | None, queue: str | None) -> list[str]:
+        if queue is None and state is None:
+            return [self.keys.all]
+        queues = [queue] if queue is not None else await self._queues()
+        states = [state] if state is not None else list(ALL_STATES)
+        return [self.keys.state(q, s) for q in queues for s in states]
+
+    async def list_jobs(
+        self,
+        state: JobState | None = None,
+        queue: str | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+        name: str | None = None,
+    ) -> list[JobRecord]:
+        index = await self._index_keys(state, queue)
+        found: list[JobRecord] = []
+        page = max(limit, 50)
+        while len(found) < limit:
+            upper = f"({cursor}" if cursor else "+"
+
+            async def fetch(conn: _Connection, upper: str = upper) -> list[str]:
+                async with conn.client.pipeline(transaction=False) as pipe:
+                    for key in index:
+                        pipe.zrevrangebylex(key, upper, "-", start=0, num=page)
+                    pages = await pipe.execute()
+                return sorted({i for p in pages for i in p}, reverse=True)[:page]
+
+            ids = await self._retrying(fetch)
+            if not ids:
+                break
+            raws = await self._cmd("hmget", self.keys.jobs, ids)
+            for raw in raws:
+                if raw is None:
+                    continue
+                record = codec.job_from_json(raw)
+                if name is None or record.name == name:
+                    found.append(record)
+                    if len(found) == limit:
+                        break
+            cursor = ids[-1]
+            if len(ids) < page:
+                break
+        return found
+
+    async def counts(self) -> dict[str, dict[str, int]]:
+        queues = await self._queues()
+
+        async def call(conn: _Connection) -> list[int]:
+            async with conn.client.pipeline(transaction=False) as pipe:
+                for queue in queues:
+                    for key in self.keys.states(queue):
+                        pipe.zcard(key)
+                return list(await pipe.execute())
+
+        values = iter(await self._retrying(call))
+        return {q: {str(s): int(next(values)) for s in ALL_STATES} for q in queues}
+
+    async def _by_id(self, script: str, job_id: str, extra: Sequence[Any],
+                     leading: Callable[[str], list[str]]) -> Any:
+        """Run a single-job script with the keys of the job's queue; ``None`` if no job."""
+        record = await self.get(job_id)
+        if record is None:
+            return None
+        keys = [*leading(record.queue), *self.keys.queue_group(record.queue)]
+        return await self._script(script, keys, [job_id, *extra])
+
+    async def cancel(self, job_id: str) -> JobRecord | None:
+        k = self.keys
+        raw = await self._by_id("cancel", job_id, [self.retention],
+                                lambda q: [k.jobs, k.leases, k.expiry, k.cancel])
+        return codec.job_from_json(raw) if raw else None
+
+    async def retry(self, job_id: str) -> JobRecord | None:
+        k = self.keys
+        await self._by_id("retry", job_id, [], lambda q: [k.jobs, k.expiry, k.cancel])
+        return await self.get(job_id)
+
+    async def retry_dead(self, queue: str | None = None) -> int:
+        k = self.keys
+        total = 0
+        for name in [queue] if queue is not None else await self._queues():
+            keys = [k.jobs, k.expiry, k.cancel, *k.queue_group(name)]
+            while True:
+                ids = await self._cmd("zrange", k.state(name, JobState.DEAD), 0, BATCH - 1)
+                if not ids:
+                    break
+                total += int(await self._script("retry", keys, ids))
+        return total
+
+    async def delete(self, job_id: str) -> bool:
+        k = self.keys
+        done = await self._by_id("delete", job_id, [],
+                                 lambda q: [k.jobs, k.expiry, k.all, k.cancel])
+        return bool(done)
+
+    async def workers(self) -> list[WorkerInfo]:
+        now = await self._server_time()
+        ids = await self._cmd("zrangebyscore", self.keys.workers, now, "+inf")
+        if not ids:
+            return []
+        raws = await self._cmd("hmget", self.keys.winfo, ids)
+        workers = [codec.worker_from_json(raw) for raw in raws if raw is not None]
+        return sorted(workers, key=lambda w: w.started_at)

@@ -1,0 +1,76 @@
+"""Jobs and workers to and from the JSON the scripts keep in Redis."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from conveyor.job import JobRecord, JobState, WorkerInfo
+from conveyor.serialization import loads
+
+
+def job_fields(job: JobRecord) -> str:
+    """The JSON the enqueue script completes (it adds created_at, run_at and the state)."""
+    args, kwargs = job.encoded()
+    return json.dumps({
+        "id": job.id, "name": job.name, "queue": job.queue, "args": args, "kwargs": kwargs,
+        "attempts": 0, "recoveries": 0, "started_at": None, "finished_at": None,
+        "result": None, "error": None, "traceback": None, "progress": None,
+        "progress_message": None, "worker_id": None, "lease_expires_at": None,
+        "cancel_requested": False, "expires_at": None,
+    }, separators=(",", ":"))
+
+
+def _number(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def job_from_json(raw: str | bytes) -> JobRecord:
+    """A job as the scripts stored it."""
+    data = json.loads(raw)
+    return JobRecord(
+        id=data["id"],
+        name=data["name"],
+        queue=data["queue"],
+        state=JobState(data["state"]),
+        args=loads(data["args"]),
+        kwargs=loads(data["kwargs"]),
+        created_at=float(data["created_at"]),
+        run_at=float(data["run_at"]),
+        attempts=int(data["attempts"]),
+        recoveries=int(data["recoveries"]),
+        started_at=_number(data.get("started_at")),
+        finished_at=_number(data.get("finished_at")),
+        result=loads(data.get("result")),
+        error=data.get("error"),
+        traceback=data.get("traceback"),
+        progress=_number(data.get("progress")),
+        progress_message=data.get("progress_message"),
+        worker_id=data.get("worker_id"),
+        lease_expires_at=_number(data.get("lease_expires_at")),
+        cancel_requested=bool(data.get("cancel_requested")),
+        expires_at=_number(data.get("expires_at")),
+    )
+
+
+def worker_to_json(worker: WorkerInfo) -> str:
+    """A worker's heartbeat record (the script sets heartbeat_at from the server clock)."""
+    return json.dumps({
+        "id": worker.id, "host": worker.host, "pid": worker.pid, "queues": worker.queues,
+        "concurrency": worker.concurrency, "min_concurrency": worker.min_concurrency,
+        "max_concurrency": worker.max_concurrency, "busy": worker.busy,
+        "processed": worker.processed, "failed": worker.failed,
+        "started_at": worker.started_at,
+    })
+
+
+def worker_from_json(raw: str | bytes) -> WorkerInfo:
+    """A worker as its last heartbeat stored it."""
+    data = json.loads(raw)
+    return WorkerInfo(
+        id=data["id"], host=data["host"], pid=int(data["pid"]), queues=list(data["queues"]),
+        concurrency=int(data["concurrency"]), min_concurrency=int(data["min_concurrency"]),
+        max_concurrency=int(data["max_concurrency"]), busy=int(data["busy"]),
+        processed=int(data["processed"]), failed=int(data["failed"]),
+        started_at=float(data["started_at"]), heartbeat_at=float(data["heartbeat_at"]),
+    )

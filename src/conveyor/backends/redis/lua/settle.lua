@@ -1,0 +1,44 @@
+-- Record the ends of attempts in one queue. An outcome for a job that is no longer running
+-- under that worker (its lease was taken over) is ignored. A retry or requeue of a job whose
+-- cancellation was asked for ends it as cancelled instead.
+-- KEYS: 1 jobs hash, 2 leases zset, 3 expiry zset, 4 cancel set, 5.. the queue group.
+-- ARGV: 1 retention seconds; then 7 per outcome: id, worker id, kind (succeeded, retry,
+--       dead, cancelled, requeue), result JSON, error, traceback, retry delay seconds
+--       ('' stands for none).
+-- Returns: how many outcomes were applied.
+local retention = tonumber(ARGV[1])
+local now = server_now()
+local base = 5
+local applied = 0
+local function text(value)
+  if value == '' then return cjson.null end
+  return value
+end
+for i = 2, #ARGV, 7 do
+  local id, worker, kind = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local job = load_job(KEYS[1], id)
+  if job and job.state == 'running' and job.worker_id == worker then
+    applied = applied + 1
+    job.error = text(ARGV[i + 4])
+    job.traceback = text(ARGV[i + 5])
+    local back = kind == 'retry' or kind == 'requeue'
+    if back and redis.call('SISMEMBER', KEYS[4], id) == 1 then kind = 'cancelled' end
+    if kind == 'succeeded' or kind == 'dead' or kind == 'cancelled' then
+      if kind == 'succeeded' then job.result = text(ARGV[i + 3]) end
+      finish(job, kind, base, now, KEYS[2], KEYS[3], KEYS[4], retention)
+    else
+      job.worker_id = cjson.null
+      job.lease_expires_at = cjson.null
+      redis.call('ZREM', KEYS[2], id)
+      if kind == 'retry' then
+        schedule(base, job, now + (tonumber(ARGV[i + 6]) or 0), now)
+      else
+        -- shutdown: back at its old place in the queue, the attempt not charged
+        job.attempts = job.attempts - 1
+        put_waiting(base, job, math.min(job.run_at, now), now)
+      end
+    end
+    save_job(KEYS[1], job)
+  end
+end
+return applied

@@ -1,0 +1,96 @@
+"""Private ``redis-server`` processes for tests: free port, temp dir, AOF with fsync always.
+
+Tests start and stop their own servers so they can kill and restart them; ``REDIS_URL``, when
+set, is used instead for tests that do not need to control the server.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class RedisServer:
+    """One ``redis-server`` on 127.0.0.1, its data in a directory of its own."""
+
+    def __init__(self, directory: Path | None = None, port: int | None = None) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            pytest.skip("redis-server is not installed")
+        self.binary = binary
+        self.directory = directory or Path(tempfile.mkdtemp(prefix="conveyor-redis-"))
+        self.port = port or free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        command = [
+            self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir",
+            str(self.directory), "--appendonly", "yes", "--appendfsync", "always",
+            "--save", "", "--maxmemory-policy", "noeviction", "--protected-mode", "no",
+            "--daemonize", "no", "--logfile", str(self.directory / "redis.log"),
+        ]
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as sock:
+                    sock.sendall(b"PING\r\n")
+                    if sock.recv(64).startswith(b"+PONG"):
+                        return self
+            except OSError:
+                pass
+            if self.process.poll() is not None:
+                break
+            time.sleep(0.02)
+        raise RuntimeError(f"redis-server did not start; see {self.directory / 'redis.log'}")
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait()
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def restart(self) -> None:
+        self.kill()
+        self.start()
+
+
+_shared: RedisServer | None = None
+
+
+def shared_redis_url() -> str:
+    """``REDIS_URL`` if given, else one private server for the whole test run."""
+    global _shared
+    if os.environ.get("REDIS_URL"):
+        return os.environ["REDIS_URL"]
+    if _shared is None:
+        _shared = RedisServer().start()
+        atexit.register(_shared.stop)
+    return _shared.url
