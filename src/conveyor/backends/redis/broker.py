@@ -96,6 +96,8 @@ class RedisBroker(Broker):
         return await self._retrying(lambda c: c.scripts[name](keys=keys, args=args))
 
     async def open(self) -> None:
+        if asyncio.get_running_loop() in self._connections:
+            return  # open on this loop already: the hot path must not pay a round trip
         await self._cmd("ping")
         if not self._checked:
             self._checked = True

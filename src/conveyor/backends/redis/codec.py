@@ -10,7 +10,8 @@ from conveyor.serialization import loads
 
 
 def job_fields(job: JobRecord) -> str:
-    """The JSON the enqueue script completes (it adds created_at, run_at and the state)."""
+    """The job as JSON without its closing brace: the enqueue script appends the state,
+    created_at and run_at, all from the server's clock."""
     args, kwargs = job.encoded()
     return json.dumps({
         "id": job.id, "name": job.name, "queue": job.queue, "args": args, "kwargs": kwargs,
@@ -18,7 +19,7 @@ def job_fields(job: JobRecord) -> str:
         "result": None, "error": None, "traceback": None, "progress": None,
         "progress_message": None, "worker_id": None, "lease_expires_at": None,
         "cancel_requested": False, "expires_at": None,
-    }, separators=(",", ":"))
+    }, separators=(",", ":"))[:-1]
 
 
 def _number(value: Any) -> float | None:

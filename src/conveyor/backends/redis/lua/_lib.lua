@@ -6,14 +6,74 @@
 --   base+3 .. base+8 the state indexes: queued, scheduled, running, succeeded, dead, cancelled.
 -- Jobs are JSON objects in the jobs hash; their args, kwargs and result stay JSON text,
 -- opaque to these scripts. Times are seconds from Redis's own clock (TIME).
+--
+-- Writes go through a batch: set_state, schedule, finish, ... record them, and flush()
+-- sends one variadic command per key, so a script over 500 jobs makes a few dozen calls
+-- rather than thousands.
 
 local GROUP = 9
 local STATE_OFFSET = {queued = 3, scheduled = 4, running = 5, succeeded = 6, dead = 7,
                       cancelled = 8}
+-- Redis's Lua stack allows about 8000 values per call; stay well below
+local CHUNK = 4000
 
 local function server_now()
   local t = redis.call('TIME')
   return tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
+
+local function fmt(seconds)
+  return string.format('%.6f', seconds)
+end
+
+local pending = {zrem = {}, zadd = {}, srem = {}, hset = {}, keys = {}}
+
+local function record(kind, key, a, b)
+  local list = pending[kind][key]
+  if not list then
+    list = {}
+    pending[kind][key] = list
+    pending.keys[#pending.keys + 1] = {kind, key}
+  end
+  list[#list + 1] = a
+  if b ~= nil then list[#list + 1] = b end
+end
+
+local function zadd(key, score, member) record('zadd', key, score, member) end
+local function zrem(key, member) record('zrem', key, member) end
+local function srem(key, member) record('srem', key, member) end
+
+local function call_chunked(command, key, args, per)
+  local step = CHUNK - (CHUNK % per)
+  for i = 1, #args, step do
+    redis.call(command, key, unpack(args, i, math.min(#args, i + step - 1)))
+  end
+end
+
+-- Send the recorded writes: removals first, then additions, one command per key.
+local function flush()
+  for _, kind in ipairs({'zrem', 'srem', 'zadd', 'hset'}) do
+    for _, entry in ipairs(pending.keys) do
+      if entry[1] == kind then
+        local command = ({zrem = 'ZREM', srem = 'SREM', zadd = 'ZADD', hset = 'HSET'})[kind]
+        local per = (kind == 'zadd' or kind == 'hset') and 2 or 1
+        call_chunked(command, entry[2], pending[kind][entry[2]], per)
+      end
+    end
+  end
+  pending = {zrem = {}, zadd = {}, srem = {}, hset = {}, keys = {}}
+end
+
+-- The jobs of `ids` decoded (false where there is none), with one HMGET per chunk.
+local function load_jobs(jobs_key, ids)
+  local jobs = {}
+  for i = 1, #ids, CHUNK do
+    local raws = redis.call('HMGET', jobs_key, unpack(ids, i, math.min(#ids, i + CHUNK - 1)))
+    for j = 1, #raws do
+      jobs[i + j - 1] = raws[j] and cjson.decode(raws[j]) or false
+    end
+  end
+  return jobs
 end
 
 local function load_job(jobs_key, id)
@@ -23,7 +83,7 @@ local function load_job(jobs_key, id)
 end
 
 local function save_job(jobs_key, job)
-  redis.call('HSET', jobs_key, job.id, cjson.encode(job))
+  record('hset', jobs_key, job.id, cjson.encode(job))
 end
 
 local function state_key(base, state)
@@ -33,8 +93,8 @@ end
 -- Move `job` to `state`, keeping the queue's state indexes in step.
 local function set_state(base, job, state)
   if job.state ~= state then
-    if STATE_OFFSET[job.state] then redis.call('ZREM', state_key(base, job.state), job.id) end
-    redis.call('ZADD', state_key(base, state), 0, job.id)
+    if STATE_OFFSET[job.state] then zrem(state_key(base, job.state), job.id) end
+    zadd(state_key(base, state), 0, job.id)
     job.state = state
   end
 end
@@ -49,8 +109,8 @@ end
 -- Make a job wait as scheduled (delayed, or waiting to retry) until `run_at`.
 local function schedule(base, job, run_at, now)
   job.run_at = run_at
-  redis.call('ZADD', KEYS[base], run_at, job.id)
-  redis.call('ZADD', KEYS[base + 1], run_at, job.id)
+  zadd(KEYS[base], run_at, job.id)
+  zadd(KEYS[base + 1], run_at, job.id)
   set_state(base, job, 'scheduled')
   if run_at <= now then wake(base) end
 end
@@ -59,15 +119,15 @@ end
 local function put_waiting(base, job, run_at, now)
   if run_at > now then return schedule(base, job, run_at, now) end
   job.run_at = run_at
-  redis.call('ZADD', KEYS[base], run_at, job.id)
+  zadd(KEYS[base], run_at, job.id)
   set_state(base, job, 'queued')
   wake(base)
 end
 
 -- Take a job out of the waiting ones (claimed, cancelled or deleted).
 local function remove_waiting(base, id)
-  redis.call('ZREM', KEYS[base], id)
-  redis.call('ZREM', KEYS[base + 1], id)
+  zrem(KEYS[base], id)
+  zrem(KEYS[base + 1], id)
 end
 
 -- A finished job: leave the lease set, start the retention clock.
@@ -76,18 +136,19 @@ local function finish(job, state, base, now, leases_key, expiry_key, cancel_key,
   job.finished_at = now
   job.expires_at = now + retention
   job.lease_expires_at = cjson.null
-  redis.call('ZREM', leases_key, job.id)
-  redis.call('SREM', cancel_key, job.id)
-  redis.call('ZADD', expiry_key, job.expires_at, job.id)
+  zrem(leases_key, job.id)
+  srem(cancel_key, job.id)
+  zadd(expiry_key, job.expires_at, job.id)
 end
 
 -- Mark up to `limit` scheduled jobs whose time has come as queued (claims take due jobs
 -- either way; this keeps the counts right). Returns how many.
 local function promote(jobs_key, base, now, limit)
   local due = redis.call('ZRANGEBYSCORE', KEYS[base + 1], '-inf', now, 'LIMIT', 0, limit)
-  for _, id in ipairs(due) do
-    redis.call('ZREM', KEYS[base + 1], id)
-    local job = load_job(jobs_key, id)
+  local jobs = load_jobs(jobs_key, due)
+  for i, id in ipairs(due) do
+    zrem(KEYS[base + 1], id)
+    local job = jobs[i]
     if job and job.state == 'scheduled' then
       set_state(base, job, 'queued')
       save_job(jobs_key, job)

@@ -15,4 +15,5 @@ elseif job.state == 'running' then
   job.cancel_requested = true
 end
 save_job(KEYS[1], job)
+flush()
 return cjson.encode(job)

@@ -22,26 +22,31 @@ if groups > 1 then
     return x.at < y.at
   end)
 end
+local chosen = {}
+for i = 1, math.min(limit, #candidates) do chosen[i] = candidates[i].id end
+local jobs = load_jobs(KEYS[1], chosen)
 
 local claimed = {}
-for i = 1, math.min(limit, #candidates) do
-  local c = candidates[i]
-  remove_waiting(c.base, c.id)
-  local job = load_job(KEYS[1], c.id)
+local lease_until = now + lease
+for i, id in ipairs(chosen) do
+  local base = candidates[i].base
+  remove_waiting(base, id)
+  local job = jobs[i]
   if job then
-    set_state(c.base, job, 'running')
+    set_state(base, job, 'running')
     job.worker_id = worker
     job.attempts = job.attempts + 1
     job.started_at = now
-    job.lease_expires_at = now + lease
+    job.lease_expires_at = lease_until
     job.progress = cjson.null
     job.progress_message = cjson.null
     local raw = cjson.encode(job)
-    redis.call('HSET', KEYS[1], c.id, raw)
-    redis.call('ZADD', KEYS[2], job.lease_expires_at, c.id)
+    record('hset', KEYS[1], id, raw)
+    zadd(KEYS[2], lease_until, id)
     claimed[#claimed + 1] = raw
   end
 end
+flush()
 -- due work is left: pass the wake-up on to the next idle worker
 for g = 1, groups do
   local base = 3 + (g - 1) * GROUP

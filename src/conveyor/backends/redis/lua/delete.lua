@@ -12,4 +12,5 @@ redis.call('ZREM', KEYS[2], id)
 redis.call('ZREM', KEYS[3], id)
 redis.call('SREM', KEYS[4], id)
 redis.call('HDEL', KEYS[1], id)
+flush()
 return 1

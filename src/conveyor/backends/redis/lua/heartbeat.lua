@@ -8,15 +8,18 @@ local info = cjson.decode(ARGV[2])
 info.heartbeat_at = now
 redis.call('ZADD', KEYS[4], now + lease, worker)
 redis.call('HSET', KEYS[5], worker, cjson.encode(info))
+local ids = {}
+for i = 4, #ARGV do ids[#ids + 1] = ARGV[i] end
+local jobs = load_jobs(KEYS[1], ids)
 local cancel = {}
-for i = 4, #ARGV do
-  local id = ARGV[i]
-  local job = load_job(KEYS[1], id)
+for n, id in ipairs(ids) do
+  local job = jobs[n]
   if job and job.state == 'running' and job.worker_id == worker then
     job.lease_expires_at = now + lease
     save_job(KEYS[1], job)
-    redis.call('ZADD', KEYS[2], job.lease_expires_at, id)
+    zadd(KEYS[2], job.lease_expires_at, id)
     if redis.call('SISMEMBER', KEYS[3], id) == 1 then cancel[#cancel + 1] = id end
   end
 end
+flush()
 return cancel

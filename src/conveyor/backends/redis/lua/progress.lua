@@ -13,4 +13,5 @@ for i = 1, #ARGV, 3 do
     updated = updated + 1
   end
 end
+flush()
 return updated

@@ -4,5 +4,6 @@
 -- ARGV: 1 most jobs to move.
 -- Returns: how many were moved.
 local moved = promote(KEYS[1], 2, server_now(), tonumber(ARGV[1]))
+flush()
 if moved > 0 then wake(2) end
 return moved

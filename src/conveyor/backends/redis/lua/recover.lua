@@ -36,4 +36,5 @@ for i = 3, #ARGV do
     end
   end
 end
+flush()
 return {requeued, dead}

@@ -20,4 +20,5 @@ for i = 1, #ARGV do
     count = count + 1
   end
 end
+flush()
 return count

@@ -14,9 +14,13 @@ local function text(value)
   if value == '' then return cjson.null end
   return value
 end
-for i = 2, #ARGV, 7 do
-  local id, worker, kind = ARGV[i], ARGV[i + 1], ARGV[i + 2]
-  local job = load_job(KEYS[1], id)
+local ids = {}
+for i = 2, #ARGV, 7 do ids[#ids + 1] = ARGV[i] end
+local jobs = load_jobs(KEYS[1], ids)
+for n, id in ipairs(ids) do
+  local i = 2 + (n - 1) * 7
+  local worker, kind = ARGV[i + 1], ARGV[i + 2]
+  local job = jobs[n]
   if job and job.state == 'running' and job.worker_id == worker then
     applied = applied + 1
     job.error = text(ARGV[i + 4])
@@ -29,7 +33,7 @@ for i = 2, #ARGV, 7 do
     else
       job.worker_id = cjson.null
       job.lease_expires_at = cjson.null
-      redis.call('ZREM', KEYS[2], id)
+      zrem(KEYS[2], id)
       if kind == 'retry' then
         schedule(base, job, now + (tonumber(ARGV[i + 6]) or 0), now)
       else
@@ -41,4 +45,5 @@ for i = 2, #ARGV, 7 do
     save_job(KEYS[1], job)
   end
 end
+flush()
 return applied
