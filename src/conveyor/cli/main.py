@@ -136,6 +136,14 @@ async def _run_command(command: Command, app: Conveyor, args: argparse.Namespace
         await app.broker.close()
 
 
+def _store_error(exc: BaseException) -> bool:
+    """An error of the store's driver (not a database, no server, ...): one line, no trace."""
+    if isinstance(exc, sqlite3.Error):
+        return True
+    redis_errors = sys.modules.get("redis.exceptions")  # only loaded if a redis URL was used
+    return redis_errors is not None and isinstance(exc, redis_errors.RedisError)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``conveyor`` command; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -157,7 +165,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConveyorError as exc:
         errors.print(f"error: {exc}", soft_wrap=True)
         return 1
-    except sqlite3.Error as exc:  # not a database, unwritable path, ...
+    except Exception as exc:
+        if not _store_error(exc):
+            raise
         errors.print(f"error: cannot use the store: {type(exc).__name__}: {exc}", soft_wrap=True)
         return 1
     except KeyboardInterrupt:
