@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -22,7 +21,9 @@ class JobContext:
     def __init__(self, record: JobRecord, sink: ProgressSink | None = None) -> None:
         self.record = record
         self._sink = sink
-        self._cancelled = threading.Event()
+        # A plain flag: set once from the event loop, read from any thread (atomic under the
+        # GIL); a threading.Event per job would cost more than a no-op job itself.
+        self._cancelled = False
 
     @property
     def id(self) -> str:
@@ -57,7 +58,7 @@ class JobContext:
     @property
     def cancelled(self) -> bool:
         """True once cancellation (or a timeout, or shutdown) was asked for this attempt."""
-        return self._cancelled.is_set()
+        return self._cancelled
 
     def progress(self, value: float, message: str | None = None) -> None:
         """Report progress, ``value`` from 0.0 to 1.0, with an optional short message.
@@ -74,4 +75,4 @@ class JobContext:
 
     def mark_cancelled(self) -> None:
         """Called by the worker when the attempt should stop."""
-        self._cancelled.set()
+        self._cancelled = True

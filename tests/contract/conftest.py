@@ -47,9 +47,8 @@ def _sqlite_factory(tmp_path: Path) -> Factory:
 
 
 def _redis_factory(tmp_path: Path) -> Factory:
-    from redis_server import shared_redis_url
-
     from conveyor.backends.redis import RedisBroker
+    from redis_server import shared_redis_url
 
     url = shared_redis_url()
     namespace = f"t{new_id().lower()}"  # a namespace per test: no test sees another's keys

@@ -9,6 +9,7 @@ clocks do not steal each other's jobs.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import random
 import time
@@ -196,9 +197,9 @@ class RedisBroker(Broker):
             queue = o.queue or queue_of.get(o.job_id)
             if queue is None:
                 continue
-            delay = "" if o.run_at is None else max(0.0, o.run_at - o.finished_at)
-            by_queue[queue] += [o.job_id, o.worker_id, o.kind.value, o.result_json or "",
-                                o.error or "", o.traceback or "", delay]
+            delay = None if o.run_at is None else max(0.0, o.run_at - o.finished_at)
+            by_queue[queue].append([o.job_id, o.worker_id, o.kind.value, o.result_json,
+                                    o.error, o.traceback, delay])
         k = self.keys
 
         async def call(conn: _Connection) -> None:
@@ -206,7 +207,7 @@ class RedisBroker(Broker):
                 for queue, argv in by_queue.items():
                     await conn.scripts["settle"](
                         keys=[k.jobs, k.leases, k.expiry, k.cancel, *k.queue_group(queue)],
-                        args=[self.retention, *argv], client=pipe,
+                        args=[self.retention, json.dumps(argv)], client=pipe,
                     )
                 await pipe.execute()
 
