@@ -129,8 +129,8 @@ class Worker:
         self._stopping = asyncio.Event()
         self._wake = asyncio.Event()
         self._settled = asyncio.Event()
-        await self.broker.open()
-        await self.maintenance.heartbeat_once()
+        if not await self._connect():
+            return
         settler = asyncio.create_task(self._settle_loop(), name="conveyor-settler")
         self.maintenance.start()
         log.info("worker %s on queues %s (concurrency %d..%d)", self.id, ",".join(self.queues),
@@ -147,6 +147,21 @@ class Worker:
             await self.broker.unregister_worker(self.id)
             await self.executors.close()
             log.info("worker %s stopped", self.id)
+
+    async def _connect(self) -> bool:
+        """Reach the store and register, retrying with backoff (a store that is down at
+        start must not make workers crash-loop). False if a stop came first."""
+        pause = 0.5
+        while not self.stopping:
+            try:
+                await self.broker.open()
+                await self.maintenance.heartbeat_once()
+                return True
+            except Exception as exc:
+                log.warning("cannot reach the store (%s); trying again in %.0fs", exc, pause)
+                await self._sleep(pause)
+                pause = min(pause * 2, 30.0)
+        return False
 
     async def _claim_loop(self) -> None:
         assert self._stopping is not None and self._wake is not None

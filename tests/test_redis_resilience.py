@@ -1,0 +1,217 @@
+"""The Redis backend under real trouble: crashes, restarts, dropped connections, many workers.
+
+Every test starts its own ``redis-server`` (AOF with ``appendfsync always``) on a free port,
+so it can kill and restart it without touching any other Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from conftest import TESTS, cli_env
+from redis_server import RedisServer
+
+from conveyor import Conveyor, JobState
+from conveyor.backends.redis import RedisBroker
+from conveyor.ids import new_id
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what or predicate}")
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[RedisServer]:
+    directory = tmp_path / "redis"
+    directory.mkdir()
+    srv = RedisServer(directory).start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def app(server: RedisServer) -> Iterator[Conveyor]:
+    import rjobs
+
+    rjobs.app.use_url(server.url)
+    rjobs.app.namespace = f"t{new_id().lower()}"
+    yield rjobs.app
+    rjobs.app.close()
+    rjobs.app._broker = None
+
+
+class Workers:
+    """``conveyor worker rjobs:app`` processes, killed at the end of the test."""
+
+    def __init__(self, app: Conveyor, logs: Path) -> None:
+        self.app = app
+        self.logs = logs
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self, *options: str) -> subprocess.Popen[bytes]:
+        log = (self.logs / f"worker-{len(self.procs)}.log").open("wb")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "conveyor", "worker", "rjobs:app", "--url", self.app.url,
+             "--namespace", self.app.namespace, *options],
+            cwd=TESTS, env=cli_env(), stdout=log, stderr=subprocess.STDOUT,
+        )
+        self.procs.append(proc)
+        return proc
+
+    def cleanup(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+@pytest.fixture
+def workers(app: Conveyor, tmp_path: Path) -> Iterator[Workers]:
+    pool = Workers(app, tmp_path)
+    yield pool
+    pool.cleanup()
+
+
+def states(app: Conveyor, ids: list[str]) -> dict[str, JobState]:
+    async def read() -> dict[str, JobState]:
+        records = [await app.broker.get(i) for i in ids]
+        return {r.id: r.state for r in records if r is not None}
+
+    return app.run_sync(read())
+
+
+def all_succeeded(app: Conveyor, ids: list[str]) -> bool:
+    found = states(app, ids)
+    return len(found) == len(ids) and all(s is JobState.SUCCEEDED for s in found.values())
+
+
+def test_two_worker_processes_share_one_queue(app: Conveyor, workers: Workers) -> None:
+    handles = app.enqueue_many("pause", [(n, 0.01) for n in range(300)])
+    first, second = workers.start("--max-workers", "8"), workers.start("--max-workers", "8")
+    ids = [h.id for h in handles]
+    wait_until(lambda: all_succeeded(app, ids), what="all jobs to succeed")
+    owners = {h.info().worker_id for h in handles}
+    assert len(owners) == 2, f"both workers should have run jobs, got {owners}"
+    assert sorted(h.result() for h in handles) == list(range(300))
+    for proc in (first, second):
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+
+
+def test_worker_killed_mid_job_the_job_completes_elsewhere(
+    app: Conveyor, workers: Workers, tmp_path: Path
+) -> None:
+    marker = tmp_path / "marker"
+    handle = app.enqueue("marked_nap", str(marker), 30.0)
+    victim = workers.start()
+    wait_until(marker.exists, what="the job to start")
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    workers.start()
+    assert handle.result(timeout=30) == 2
+    info = handle.info()
+    assert (info.attempts, info.recoveries) == (2, 1)
+
+
+def test_redis_killed_and_restarted_mid_run_loses_no_acknowledged_job(
+    app: Conveyor, workers: Workers, server: RedisServer
+) -> None:
+    worker = workers.start("--max-workers", "20")
+    acknowledged: list[str] = []
+    stop = threading.Event()
+
+    def produce() -> None:
+        n = 0
+        while not stop.is_set():
+            acknowledged.append(app.enqueue("pause", n, 0.005).id)
+            n += 1
+            time.sleep(0.002)
+
+    producer = threading.Thread(target=produce)
+    producer.start()
+    wait_until(lambda: len(acknowledged) > 100, what="some enqueues")
+    server.kill()  # SIGKILL: only what AOF (appendfsync always) holds survives
+    time.sleep(0.5)
+    server.start()
+    wait_until(lambda: len(acknowledged) > 300, what="enqueues after the restart")
+    stop.set()
+    producer.join(30)
+    wait_until(lambda: all_succeeded(app, acknowledged), timeout=60,
+               what="every acknowledged job to succeed")
+    assert worker.poll() is None, "the worker must ride out the restart"
+
+
+def test_dropped_client_connections_mid_run(app: Conveyor, workers: Workers,
+                                            server: RedisServer) -> None:
+    worker = workers.start("--max-workers", "10")
+    handles = app.enqueue_many("pause", [(n, 0.01) for n in range(400)])
+    ids = [h.id for h in handles]
+    wait_until(lambda: sum(s is JobState.SUCCEEDED for s in states(app, ids).values()) > 50)
+    admin = redis.Redis.from_url(server.url)
+    killed = admin.client_kill_filter(_type="normal", skipme=True)
+    assert killed >= 1
+    wait_until(lambda: all_succeeded(app, ids), what="all jobs after CLIENT KILL")
+    assert worker.poll() is None
+
+
+def test_worker_started_before_redis_waits_for_it(app: Conveyor, workers: Workers,
+                                                  server: RedisServer) -> None:
+    server.stop()
+    worker = workers.start()
+    time.sleep(1.5)
+    assert worker.poll() is None, "a worker must not exit (or crash-loop) while Redis is down"
+    server.start()
+    handle = app.enqueue("pause", 7, 0.0)
+    assert handle.result(timeout=30) == 7
+
+
+def test_warns_about_eviction_and_missing_persistence(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    srv = RedisServer(tmp_path).start()
+    try:
+        admin = redis.Redis.from_url(srv.url)
+        admin.config_set("appendonly", "no")
+        admin.config_set("maxmemory-policy", "allkeys-lru")
+        broker = RedisBroker(srv.url, namespace="warn")
+
+        async def open_and_close() -> None:
+            await broker.open()
+            await broker.close()
+
+        with caplog.at_level(logging.WARNING, logger="conveyor.redis"):
+            asyncio.run(open_and_close())
+        text = caplog.text
+        assert "maxmemory-policy is 'allkeys-lru'" in text
+        assert "persistence is off" in text
+    finally:
+        srv.stop()
+
+
+def test_keys_share_one_hash_tag(app: Conveyor) -> None:
+    """Every key of a namespace carries its hash tag, so Redis Cluster keeps them together."""
+    app.enqueue_many("pause", [(1, 0.0), (2, 0.0)])
+    client = redis.Redis.from_url(app.url, decode_responses=True)
+    keys = list(client.scan_iter(match=f"*{app.namespace}*"))
+    assert keys, "the enqueue should have created keys"
+    assert all(k.startswith(f"{{{app.namespace}}}:") for k in keys), keys
+    assert not os.environ.get("CONVEYOR_URL")
