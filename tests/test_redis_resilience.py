@@ -20,12 +20,12 @@ from typing import Any
 
 import pytest
 import redis
-from conftest import TESTS, cli_env
-from redis_server import RedisServer
 
+from conftest import TESTS, cli_env
 from conveyor import Conveyor, JobState
 from conveyor.backends.redis import RedisBroker
 from conveyor.ids import new_id
+from redis_server import RedisServer
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "") -> Any:

@@ -14,7 +14,10 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
-from concurrent.futures import ThreadPoolExecutor
+import queue
+import threading
+from collections.abc import Callable
+from concurrent.futures import Executor, Future
 from typing import TYPE_CHECKING, Any
 
 from conveyor.context import JobContext
@@ -32,13 +35,92 @@ def _call_args(job_fn: JobFunction, ctx: JobContext) -> tuple[list[Any], dict[st
     return ctx.record.args, kwargs
 
 
+class JobThreads(Executor):
+    """Daemon threads for thread jobs, reused from job to job; a new one starts whenever
+    none is idle, so the worker's slots, not this pool, bound how many jobs run.
+
+    Not a ``ThreadPoolExecutor``: with a fixed size, a timed-out thread that runs on would
+    keep holding the thread its freed slot needs; and its threads are joined at interpreter
+    exit, so such a thread would keep a stopped worker process from exiting.
+    """
+
+    def __init__(self, name_prefix: str = "conveyor-job") -> None:
+        self._name_prefix = name_prefix
+        self._tasks: queue.SimpleQueue[tuple[Future[Any], Callable[[], Any]] | None] = (
+            queue.SimpleQueue()
+        )
+        self._lock = threading.Lock()
+        self._idle = 0
+        self._threads = 0
+        self._closed = False
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        future: Future[Any] = Future()
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("cannot run new jobs after shutdown")
+            spawn = self._idle == 0
+            if spawn:
+                self._threads += 1
+            else:
+                self._idle -= 1
+            number = self._threads
+        self._tasks.put((future, functools.partial(fn, *args, **kwargs)))
+        if spawn:
+            threading.Thread(target=self._work, name=f"{self._name_prefix}_{number}",
+                             daemon=True).start()
+        return future
+
+    def _work(self) -> None:
+        while True:
+            item = self._tasks.get()
+            if item is None:
+                return
+            future, call = item
+            result: Any = None
+            error: BaseException | None = None
+            started = future.set_running_or_notify_cancel()
+            if started:
+                try:
+                    result = call()
+                except BaseException as exc:
+                    error = exc
+            with self._lock:  # idle before the caller hears back and submits again
+                self._idle += 1
+            if error is not None:
+                future.set_exception(error)
+            elif started:
+                future.set_result(result)
+            del item, future, call, result, error
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Let every thread end after its current job; never waits (``wait`` is ignored)."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            threads = self._threads
+        if cancel_futures:
+            pending: list[Future[Any]] = []
+            while True:
+                try:
+                    item = self._tasks.get_nowait()
+                except queue.Empty:
+                    break
+                if item is not None:
+                    pending.append(item[0])
+            for future in pending:
+                future.cancel()
+        for _ in range(threads):
+            self._tasks.put(None)
+
+
 class Executors:
     """Runs attempts with the executor and timeout each job asks for."""
 
     def __init__(self, max_threads: int, max_processes: int) -> None:
-        self._threads = ThreadPoolExecutor(
-            max_workers=max(1, max_threads), thread_name_prefix="conveyor-job"
-        )
+        # ``max_threads`` is kept for callers; the worker's slots bound thread jobs.
+        self._threads = JobThreads()
         self._max_processes = max(1, max_processes)
         self._processes: ProcessPool | None = None
 
