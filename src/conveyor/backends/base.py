@@ -29,6 +29,11 @@ class Broker(abc.ABC):
     async def close(self) -> None:
         """Release connections and threads."""
 
+    def is_transient(self, error: BaseException) -> bool:
+        """True when ``error`` may pass by itself (a store restarting, a dropped connection),
+        so waiting and trying again makes sense; False for errors of configuration."""
+        return False
+
     # -- producers --------------------------------------------------------------------------
     @abc.abstractmethod
     async def enqueue(self, jobs: Sequence[JobRecord], limits: Mapping[str, int]) -> None:

@@ -158,6 +158,8 @@ class Worker:
                 await self.maintenance.heartbeat_once()
                 return True
             except Exception as exc:
+                if not self.broker.is_transient(exc):
+                    raise
                 log.warning("cannot reach the store (%s); trying again in %.0fs", exc, pause)
                 await self._sleep(pause)
                 pause = min(pause * 2, 30.0)
@@ -181,8 +183,6 @@ class Worker:
             for record in jobs:
                 self._start(record)
             if jobs:
-                if len(jobs) == free:
-                    self.scaler.observe(len(self.running), True, time.monotonic())
                 await asyncio.sleep(0)
                 continue
             await self._idle()

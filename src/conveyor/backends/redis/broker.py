@@ -88,6 +88,9 @@ class RedisBroker(Broker):
                 await asyncio.sleep(pause * (0.5 + random.random() / 2))
                 pause = min(pause * 2, 2.0)
 
+    def is_transient(self, error: BaseException) -> bool:
+        return isinstance(error, TRANSIENT)
+
     async def _cmd(self, command: str, *args: Any, **kwargs: Any) -> Any:
         """One Redis command, retried through connection trouble."""
         return await self._retrying(lambda c: getattr(c.client, command)(*args, **kwargs))
