@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import random
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -20,11 +21,12 @@ from typing import Any, TypeVar
 from conveyor.backends.base import Broker
 from conveyor.backends.redis import codec
 from conveyor.backends.redis.keys import Keys
-from conveyor.backends.redis.scripts import register_all
+from conveyor.backends.redis.scripts import register_all, source
 from conveyor.errors import ConfigurationError, ConveyorError, QueueFull
 from conveyor.job import ALL_STATES, JobRecord, JobState, Outcome, WorkerInfo
 
 try:
+    import redis as syncredis
     import redis.asyncio as aioredis
     from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -63,6 +65,8 @@ class RedisBroker(Broker):
         self.keys = Keys(namespace)
         self._connections: dict[asyncio.AbstractEventLoop, _Connection] = {}
         self._checked = False
+        self._blocking: Any = None
+        self._blocking_lock = threading.Lock()
 
     # -- connections --------------------------------------------------------------------------
     def _conn(self) -> _Connection:
@@ -127,6 +131,10 @@ class RedisBroker(Broker):
             loop = asyncio.get_running_loop()
         except RuntimeError:
             loop = None
+        with self._blocking_lock:
+            if self._blocking is not None:
+                self._blocking.registered_client.close()
+                self._blocking = None
         conns, self._connections = self._connections, {}
         for conn_loop, conn in conns.items():
             if conn_loop is loop:
@@ -154,9 +162,10 @@ class RedisBroker(Broker):
         return groups
 
     # -- producers ----------------------------------------------------------------------------
-    async def enqueue(self, jobs: Sequence[JobRecord], limits: Mapping[str, int]) -> None:
-        if not jobs:
-            return
+    def _enqueue_call(
+        self, jobs: Sequence[JobRecord], limits: Mapping[str, int]
+    ) -> tuple[list[str], list[Any]]:
+        """KEYS and ARGV of the enqueue script for ``jobs``."""
         by_queue: dict[str, list[JobRecord]] = defaultdict(list)
         for job in jobs:
             by_queue[job.queue].append(job)
@@ -168,6 +177,20 @@ class RedisBroker(Broker):
         for members in by_queue.values():
             for job in members:
                 argv += [job.id, codec.job_fields(job), job.run_at - job.created_at]
+        return keys, argv
+
+    @staticmethod
+    def _enqueue_reply(reply: list[Any], attempts: int) -> None:
+        if reply[0] == "full":
+            raise QueueFull(reply[1], int(reply[2]))
+        if reply[0] == "exists" and attempts == 1:
+            raise ConveyorError(f"a job with id {reply[1]} exists already")
+        # 'exists' on a later attempt: the earlier attempt was stored, only its reply was lost
+
+    async def enqueue(self, jobs: Sequence[JobRecord], limits: Mapping[str, int]) -> None:
+        if not jobs:
+            return
+        keys, argv = self._enqueue_call(jobs, limits)
         attempts = 0
 
         async def call(conn: _Connection) -> Any:
@@ -175,12 +198,38 @@ class RedisBroker(Broker):
             attempts += 1
             return await conn.scripts["enqueue"](keys=keys, args=argv)
 
-        reply = await self._retrying(call)
-        if reply[0] == "full":
-            raise QueueFull(reply[1], int(reply[2]))
-        if reply[0] == "exists" and attempts == 1:
-            raise ConveyorError(f"a job with id {reply[1]} exists already")
-        # 'exists' on a later attempt: the earlier attempt was stored, only its reply was lost
+        self._enqueue_reply(await self._retrying(call), attempts)
+
+    def enqueue_blocking(self, jobs: Sequence[JobRecord], limits: Mapping[str, int]) -> None:
+        """Enqueue on a plain (thread-safe, blocking) client: no event loop in the way."""
+        if not jobs:
+            return
+        keys, argv = self._enqueue_call(jobs, limits)
+        script = self._blocking_script()
+        deadline = time.monotonic() + RETRY_FOR
+        pause, attempts = 0.05, 0
+        while True:
+            attempts += 1
+            try:
+                reply = script(keys=keys, args=argv)
+                break
+            except TRANSIENT as exc:
+                if time.monotonic() + pause > deadline:
+                    raise
+                log.warning("Redis unreachable (%s); retrying in %.2fs", exc, pause)
+                time.sleep(pause * (0.5 + random.random() / 2))
+                pause = min(pause * 2, 2.0)
+        self._enqueue_reply(reply, attempts)
+
+    def _blocking_script(self) -> Any:
+        with self._blocking_lock:
+            if self._blocking is None:
+                client = syncredis.Redis.from_url(
+                    self.url, decode_responses=True, health_check_interval=10,
+                    socket_keepalive=True,
+                )
+                self._blocking = client.register_script(source("enqueue"))
+            return self._blocking
 
     # -- workers ------------------------------------------------------------------------------
     async def claim(

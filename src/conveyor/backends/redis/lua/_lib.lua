@@ -51,14 +51,13 @@ local function call_chunked(command, key, args, per)
 end
 
 -- Send the recorded writes: removals first, then additions, one command per key.
+local FLUSH_ORDER = {{'zrem', 'ZREM', 1}, {'srem', 'SREM', 1}, {'zadd', 'ZADD', 2},
+                     {'hset', 'HSET', 2}}
 local function flush()
-  for _, kind in ipairs({'zrem', 'srem', 'zadd', 'hset'}) do
+  for _, step in ipairs(FLUSH_ORDER) do
+    local lists = pending[step[1]]
     for _, entry in ipairs(pending.keys) do
-      if entry[1] == kind then
-        local command = ({zrem = 'ZREM', srem = 'SREM', zadd = 'ZADD', hset = 'HSET'})[kind]
-        local per = (kind == 'zadd' or kind == 'hset') and 2 or 1
-        call_chunked(command, entry[2], pending[kind][entry[2]], per)
-      end
+      if entry[1] == step[1] then call_chunked(step[2], entry[2], lists[entry[2]], step[3]) end
     end
   end
   pending = {zrem = {}, zadd = {}, srem = {}, hset = {}, keys = {}}
