@@ -64,6 +64,12 @@ def add_bench_parser(sub: Any) -> None:
     p.add_argument("--callers", type=int, default=32, help="concurrent single-call producers")
     p.add_argument("--rate", type=float, default=1000.0, help="jobs/s for the latency phase")
     p.add_argument("--latency-jobs", type=int, default=2000, help="jobs in the latency phase")
+    p.add_argument("--open-loop", action="store_true",
+                   help="instead: offer jobs at fixed rates and report the backlog and latency")
+    p.add_argument("--rates", default="1000,2500,5000,10000,15000,20000",
+                   help="with --open-loop: comma-separated jobs/s to offer in turn")
+    p.add_argument("--duration", type=float, default=10.0,
+                   help="with --open-loop: seconds per rate")
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
 
 
@@ -99,13 +105,18 @@ class Bench:
         n = self.args.single
         with _progress() as bar:
             task = bar.add_task("single-call, 1 caller", total=n, rate="")
-            start = time.perf_counter()
-            for i in range(n):
-                await self.app.enqueue_call_async(self.job, self.job_args, {})
-                if i % 100 == 0:
-                    rate = i / (time.perf_counter() - start)
-                    bar.update(task, completed=i, rate=f"{rate:,.0f}/s")
-            self.result.single_enqueue_per_s = n / (time.perf_counter() - start)
+
+            def one_caller() -> float:
+                """The plain blocking ``enqueue`` a web view would call, one after another."""
+                start = time.perf_counter()
+                for i in range(n):
+                    self.app.enqueue_call(self.job, self.job_args, {})
+                    if i % 100 == 0:
+                        rate = i / (time.perf_counter() - start)
+                        bar.update(task, completed=i, rate=f"{rate:,.0f}/s")
+                return float(n / (time.perf_counter() - start))
+
+            self.result.single_enqueue_per_s = await asyncio.to_thread(one_caller)
         callers = max(1, self.args.callers)
         per_caller = max(1, n // callers)
 
@@ -252,6 +263,8 @@ def run_bench(args: argparse.Namespace) -> int:
         tmp = tempfile.mkdtemp(prefix="conveyor-bench-")
         url = f"sqlite:///{tmp}/bench.db"
     try:
+        if args.open_loop:
+            return _run_open_loop(args, url)
         result = asyncio.run(Bench(args, url).run())
     finally:
         if tmp is not None:
@@ -262,4 +275,32 @@ def run_bench(args: argparse.Namespace) -> int:
         console.print(_table(result))
         for note in result.notes:
             console.print(f"note: {note}")
+    return 0
+
+
+def _run_open_loop(args: argparse.Namespace, url: str) -> int:
+    from conveyor.cli.openloop import open_loop, open_loop_table
+
+    try:
+        rates = [float(r) for r in args.rates.split(",") if r.strip()]
+    except ValueError:
+        raise CLIError("--rates is a comma-separated list of jobs/s, e.g. 1000,5000") from None
+    if not rates or min(rates) <= 0 or args.duration <= 0:
+        raise CLIError("--rates and --duration must be positive")
+    bench = Bench(args, url)
+
+    async def main() -> dict[str, Any]:
+        await bench.app.broker.open()
+        try:
+            return await open_loop(bench, rates, args.duration)
+        finally:
+            bench.stop_worker()
+            await bench.app.broker.close()
+
+    summary = asyncio.run(main())
+    if args.json:
+        print(json.dumps({"url": url, "kind": args.kind, **summary}, indent=2))
+    else:
+        console.print(open_loop_table(summary, f"conveyor bench --open-loop: {args.kind}, "
+                                      f"{args.processes} process(es) x {args.max_workers}"))
     return 0
