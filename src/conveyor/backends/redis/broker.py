@@ -170,7 +170,7 @@ class RedisBroker(Broker):
         for job in jobs:
             by_queue[job.queue].append(job)
         k = self.keys
-        keys = [k.jobs, k.queues, k.all, *self._group_keys(list(by_queue))]
+        keys = [k.jobs, k.queues, *self._group_keys(list(by_queue))]
         argv: list[Any] = [len(by_queue)]
         for queue, members in by_queue.items():
             argv += [queue, limits.get(queue, -1), len(members)]
@@ -362,7 +362,7 @@ class RedisBroker(Broker):
             deleted = 0
             grouped = await self._queue_of(ids)
             for queue, members in grouped.items():
-                keys = [k.jobs, k.expiry, k.all, *k.queue_group(queue)]
+                keys = [k.jobs, k.expiry, *k.queue_group(queue)]
                 deleted += int(await self._script("purge", keys, members))
             missing = set(ids) - {i for m in grouped.values() for i in m}
             if missing:
@@ -377,8 +377,6 @@ class RedisBroker(Broker):
         return codec.job_from_json(raw) if raw is not None else None
 
     async def _index_keys(self, state: JobState | None, queue: str | None) -> list[str]:
-        if queue is None and state is None:
-            return [self.keys.all]
         queues = [queue] if queue is not None else await self._queues()
         states = [state] if state is not None else list(ALL_STATES)
         return [self.keys.state(q, s) for q in queues for s in states]
@@ -469,7 +467,7 @@ class RedisBroker(Broker):
     async def delete(self, job_id: str) -> bool:
         k = self.keys
         done = await self._by_id("delete", job_id, [],
-                                 lambda q: [k.jobs, k.expiry, k.all, k.cancel])
+                                 lambda q: [k.jobs, k.expiry, k.cancel])
         return bool(done)
 
     async def workers(self) -> list[WorkerInfo]:

@@ -3,23 +3,28 @@
 from __future__ import annotations
 
 import json
+from json.encoder import encode_basestring as _quote
 from typing import Any
 
 from conveyor.job import JobRecord, JobState, WorkerInfo
 from conveyor.serialization import loads
 
+_NEW_JOB_TAIL = (
+    '"attempts":0,"recoveries":0,"started_at":null,"finished_at":null,"result":null,'
+    '"error":null,"traceback":null,"progress":null,"progress_message":null,'
+    '"worker_id":null,"lease_expires_at":null,"cancel_requested":false,"expires_at":null'
+)
+
 
 def job_fields(job: JobRecord) -> str:
     """The job as JSON without its closing brace: the enqueue script appends the state,
-    created_at and run_at, all from the server's clock."""
+    created_at and run_at, all from the server's clock. (Built from a template: this runs
+    once per enqueued job.)"""
     args, kwargs = job.encoded()
-    return json.dumps({
-        "id": job.id, "name": job.name, "queue": job.queue, "args": args, "kwargs": kwargs,
-        "attempts": 0, "recoveries": 0, "started_at": None, "finished_at": None,
-        "result": None, "error": None, "traceback": None, "progress": None,
-        "progress_message": None, "worker_id": None, "lease_expires_at": None,
-        "cancel_requested": False, "expires_at": None,
-    }, separators=(",", ":"))[:-1]
+    return (
+        f'{{"id":{_quote(job.id)},"name":{_quote(job.name)},"queue":{_quote(job.queue)},'
+        f'"args":{_quote(args)},"kwargs":{_quote(kwargs)},{_NEW_JOB_TAIL}'
+    )
 
 
 def _number(value: Any) -> float | None:

@@ -10,7 +10,6 @@ Layout (``ns`` is the namespace, ``q`` a queue):
 ``{ns}:jobs``                   hash     job id -> the job as JSON (args, kwargs and result
                                          kept as JSON text inside it, opaque to the scripts)
 ``{ns}:queues``                 set      queue names ever used
-``{ns}:all``                    zset     every job id, score 0 (ordered by id = by creation)
 ``{ns}:leases``                 zset     running job id -> lease expiry (server time)
 ``{ns}:expiry``                 zset     finished job id -> when it is purged
 ``{ns}:cancel``                 set      running jobs whose cancellation was asked for
@@ -40,7 +39,6 @@ class Keys:
         p = self.prefix
         self.jobs = f"{p}:jobs"
         self.queues = f"{p}:queues"
-        self.all = f"{p}:all"
         self.leases = f"{p}:leases"
         self.expiry = f"{p}:expiry"
         self.cancel = f"{p}:cancel"

@@ -1,6 +1,5 @@
 -- Store new jobs, all or none, in one or more queues.
--- KEYS: 1 jobs hash, 2 queues set, 3 all-jobs index, then one queue group (9 keys, see
---       _lib.lua) per queue.
+-- KEYS: 1 jobs hash, 2 queues set, then one queue group (9 keys, see _lib.lua) per queue.
 -- ARGV: 1 number of queues G; then per queue: name, max_queued (-1: no limit), job count;
 --       then per job, queue by queue: id, the job's JSON without its last '}' and without
 --       state, created_at and run_at (this script adds them), run_at offset in seconds
@@ -10,7 +9,7 @@ local groups = tonumber(ARGV[1])
 local a = 2
 local plan = {}
 for g = 1, groups do
-  local base = 4 + (g - 1) * GROUP
+  local base = 3 + (g - 1) * GROUP
   local queue, limit, count = ARGV[a], tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
   a = a + 3
   if limit >= 0 and redis.call('ZCARD', KEYS[base]) + count > limit then
@@ -45,7 +44,6 @@ for g = 1, groups do
       ready = true
     end
     zadd(state_key(base, state), 0, id)
-    zadd(KEYS[3], 0, id)
     record('hset', KEYS[1], id,
            ARGV[a + 1] .. ',"state":"' .. state .. '"' .. created .. ',"run_at":' ..
            fmt(run_at) .. '}')

@@ -1,5 +1,5 @@
 -- Delete finished jobs of one queue whose retention ran out.
--- KEYS: 1 jobs hash, 2 expiry zset, 3 all-jobs index, 4.. the queue group.
+-- KEYS: 1 jobs hash, 2 expiry zset, 3.. the queue group.
 -- ARGV: candidate job ids (checked again here).
 -- Returns: how many were deleted.
 local now = server_now()
@@ -13,8 +13,7 @@ for i = 1, #ARGV do
       and job.expires_at ~= cjson.null and job.expires_at < now then
     redis.call('HDEL', KEYS[1], id)
     redis.call('ZREM', KEYS[2], id)
-    redis.call('ZREM', KEYS[3], id)
-    redis.call('ZREM', state_key(4, job.state), id)
+    redis.call('ZREM', state_key(3, job.state), id)
     deleted = deleted + 1
   end
 end
