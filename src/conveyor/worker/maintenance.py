@@ -75,7 +75,7 @@ class Maintenance:
         worker.info.concurrency = worker.scaler.size
         worker.info.busy = len(worker.running)
         to_cancel = await worker.broker.heartbeat(
-            worker.info, list(worker.running), worker.app.lease
+            worker.info, worker.held_ids(), worker.app.lease
         )
         for job_id in to_cancel:
             worker.cancel_job(job_id, "cancel")
@@ -87,7 +87,7 @@ class Maintenance:
         busy = len(worker.running)
         backlog = False
         if busy >= scaler.size and not worker.stopping:
-            backlog = await worker.broker.ready_count(worker.queues, 1) > 0
+            backlog = bool(worker.buffered) or await worker.broker.ready_count(worker.queues, 1) > 0
         before = scaler.size
         after = scaler.observe(busy, backlog, time.monotonic())
         if after != before:

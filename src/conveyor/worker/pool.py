@@ -9,6 +9,7 @@ rather than one per job. Heartbeats, lease recovery and progress live in
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import os
@@ -55,6 +56,7 @@ class Worker:
         grace: float = 30.0,
         cooldown: float = 10.0,
         max_processes: int | None = None,
+        prefetch: int | None = None,
     ) -> None:
         self.app = app
         self.broker = app.broker
@@ -76,6 +78,10 @@ class Worker:
             started_at=time.time(),
         )
         self.running: dict[str, _Running] = {}
+        #: claimed jobs waiting for a slot: claiming the next batch while this one runs keeps
+        #: the store's round trip off the critical path. None: one batch (the current size).
+        self.prefetch = prefetch
+        self.buffered: collections.deque[JobRecord] = collections.deque()
         self.maintenance = Maintenance(self)
         self._outcomes: list[Outcome] = []
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -113,8 +119,18 @@ class Worker:
         if self._wake is not None:
             self._wake.set()
 
+    def held_ids(self) -> list[str]:
+        """Ids of the jobs this worker holds leases on: running and buffered."""
+        return [*self.running, *(r.id for r in self.buffered)]
+
     def cancel_job(self, job_id: str, reason: str) -> None:
         """Stop a running job: ``"cancel"`` ends it as cancelled, ``"shutdown"`` requeues it."""
+        for record in self.buffered:
+            if record.id == job_id:  # not started yet: settle it without running it
+                self.buffered.remove(record)
+                done = outcomes.requeued if reason == "shutdown" else outcomes.cancelled
+                self._record(done(record, self.id))
+                return
         entry = self.running.get(job_id)
         if entry is None or entry.task is None or entry.stop_reason is not None:
             return
@@ -169,23 +185,34 @@ class Worker:
         assert self._stopping is not None and self._wake is not None
         lease = self.app.lease
         while not self._stopping.is_set():
-            free = self.scaler.size - len(self.running)
-            if free <= 0:
+            self._fill_slots()
+            size = self.scaler.size
+            ahead = size if self.prefetch is None else self.prefetch
+            want = size - len(self.running) + ahead - len(self.buffered)
+            if want <= 0 or len(self.running) + len(self.buffered) >= size + ahead:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
             try:
-                jobs = await self.broker.claim(self.id, self.queues, free, lease)
+                jobs = await self.broker.claim(self.id, self.queues, want, lease)
             except Exception:
                 log.exception("claim failed; retrying in 1s")
                 await self._sleep(1.0)
                 continue
-            for record in jobs:
-                self._start(record)
+            self.buffered.extend(jobs)
+            self._fill_slots()
             if jobs:
                 await asyncio.sleep(0)
-                continue
-            await self._idle()
+            elif self.buffered or len(self.running) >= size:
+                self._wake.clear()
+                await self._wake.wait()
+            else:
+                await self._idle()
+
+    def _fill_slots(self) -> None:
+        """Start buffered jobs while slots are free."""
+        while self.buffered and len(self.running) < self.scaler.size and not self.stopping:
+            self._start(self.buffered.popleft())
 
     async def _idle(self) -> None:
         """Wait for new work, a stop request or a wake-up, whichever comes first."""
@@ -219,8 +246,13 @@ class Worker:
             outcome = outcomes.dead(record, self.id, f"internal error in the worker: {exc!r}")
         finally:
             del self.running[record.id]
+            self._fill_slots()
             if self._wake is not None:
                 self._wake.set()
+        self._record(outcome)
+
+    def _record(self, outcome: Outcome) -> None:
+        """Queue an outcome for the settler."""
         self._outcomes.append(outcome)
         if self._settled is not None:
             self._settled.set()
@@ -304,6 +336,8 @@ class Worker:
 
     async def _drain(self) -> None:
         """Give running jobs ``grace`` seconds, then requeue the rest without charging them."""
+        while self.buffered:  # claimed but never started: straight back
+            self._record(outcomes.requeued(self.buffered.popleft(), self.id))
         tasks = [e.task for e in self.running.values() if e.task is not None]
         if tasks:
             log.info("waiting up to %.0fs for %d running jobs", self.grace, len(tasks))

@@ -176,7 +176,7 @@ class RedisBroker(Broker):
             argv += [queue, limits.get(queue, -1), len(members)]
         for members in by_queue.values():
             for job in members:
-                argv += [job.id, codec.job_fields(job), job.run_at - job.created_at]
+                argv.append(f"{job.run_at - job.created_at!r}{codec.job_fields(job)}")
         return keys, argv
 
     @staticmethod

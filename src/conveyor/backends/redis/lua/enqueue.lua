@@ -1,9 +1,10 @@
 -- Store new jobs, all or none, in one or more queues.
 -- KEYS: 1 jobs hash, 2 queues set, then one queue group (9 keys, see _lib.lua) per queue.
 -- ARGV: 1 number of queues G; then per queue: name, max_queued (-1: no limit), job count;
---       then per job, queue by queue: id, the job's JSON without its last '}' and without
---       state, created_at and run_at (this script adds them), run_at offset in seconds
---       from now (0: ready now; negative: overdue).
+--       then one value per job, queue by queue: its run_at offset in seconds from now
+--       (0: ready now; negative: overdue) directly followed by the job's JSON, which
+--       starts with its id and lacks its last '}' as well as state, created_at and
+--       run_at (this script adds them). One value per job keeps bulk calls cheap.
 -- Returns: {'ok'}, {'full', queue, limit} or {'exists', id}; nothing is stored unless 'ok'.
 local groups = tonumber(ARGV[1])
 local a = 2
@@ -18,8 +19,15 @@ for g = 1, groups do
   plan[g] = {base = base, queue = queue, count = count}
 end
 local first = a
-local ids = {}
-for i = first, #ARGV, 3 do ids[#ids + 1] = ARGV[i] end
+local ids, texts, offsets = {}, {}, {}
+for i = first, #ARGV do
+  local value = ARGV[i]
+  local brace = string.find(value, '{', 1, true)
+  local n = #ids + 1
+  offsets[n] = tonumber(string.sub(value, 1, brace - 1))
+  texts[n] = string.sub(value, brace)
+  ids[n] = string.match(texts[n], '^{"id":"([^"]+)"')
+end
 for i = 1, #ids, CHUNK do
   local found = redis.call('HMGET', KEYS[1], unpack(ids, i, math.min(#ids, i + CHUNK - 1)))
   for j = 1, #found do
@@ -28,13 +36,14 @@ for i = 1, #ids, CHUNK do
 end
 local now = server_now()
 local created = ',"created_at":' .. fmt(now)
-a = first
+local n = 0
 for g = 1, groups do
   local base = plan[g].base
   redis.call('SADD', KEYS[2], plan[g].queue)
   local ready = false
   for i = 1, plan[g].count do
-    local id, run_at = ARGV[a], now + tonumber(ARGV[a + 2])
+    n = n + 1
+    local id, run_at = ids[n], now + offsets[n]
     local state = 'queued'
     zadd(KEYS[base], run_at, id)
     if run_at > now then
@@ -45,9 +54,8 @@ for g = 1, groups do
     end
     zadd(state_key(base, state), 0, id)
     record('hset', KEYS[1], id,
-           ARGV[a + 1] .. ',"state":"' .. state .. '"' .. created .. ',"run_at":' ..
+           texts[n] .. ',"state":"' .. state .. '"' .. created .. ',"run_at":' ..
            fmt(run_at) .. '}')
-    a = a + 3
   end
   if ready then wake(base) end
 end
