@@ -46,14 +46,50 @@ RETRY_FOR = 30.0
 BATCH = 1000
 
 
+Segment = tuple[Sequence[JobRecord], Mapping[str, int]]
+
+
+class _Coalescer:
+    """Gathers the enqueue calls made while one script call is under way into the next.
+
+    The calls are stored by a task of its own, so a caller that is cancelled while waiting
+    does not strand the calls that joined its group.
+    """
+
+    def __init__(self, store: Callable[[list[Segment]], Awaitable[list[Exception | None]]]):
+        self._store = store
+        self._waiting: list[tuple[Segment, asyncio.Future[Exception | None]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+
+    async def submit(self, segment: Segment) -> Exception | None:
+        future: asyncio.Future[Exception | None] = asyncio.get_running_loop().create_future()
+        self._waiting.append((segment, future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush())
+        return await future
+
+    async def _flush(self) -> None:
+        while self._waiting:
+            group, self._waiting = self._waiting, []
+            try:
+                errors = await self._store([segment for segment, _ in group])
+            except Exception as exc:
+                errors = [exc] * len(group)
+            for (_, waiter), error in zip(group, errors, strict=True):
+                if not waiter.done():
+                    waiter.set_result(error)
+
+
 class _Connection:
     """A client and its scripts, bound to one event loop (redis-py clients are)."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, store: Callable[[list[Segment]],
+                                                 Awaitable[list[Exception | None]]]) -> None:
         self.client = aioredis.Redis.from_url(
             url, decode_responses=True, health_check_interval=10, socket_keepalive=True
         )
         self.scripts = register_all(self.client)
+        self.enqueues = _Coalescer(store)
 
 
 class RedisBroker(Broker):
@@ -75,7 +111,7 @@ class RedisBroker(Broker):
         if conn is None:
             for old in [lp for lp in self._connections if lp.is_closed()]:
                 del self._connections[old]
-            conn = self._connections[loop] = _Connection(self.url)
+            conn = self._connections[loop] = _Connection(self.url, self._store_segments)
         return conn
 
     async def _retrying(self, operation: Callable[[_Connection], Awaitable[T]]) -> T:
@@ -163,34 +199,41 @@ class RedisBroker(Broker):
 
     # -- producers ----------------------------------------------------------------------------
     def _enqueue_call(
-        self, jobs: Sequence[JobRecord], limits: Mapping[str, int]
+        self, segments: Sequence[tuple[Sequence[JobRecord], Mapping[str, int]]]
     ) -> tuple[list[str], list[Any]]:
-        """KEYS and ARGV of the enqueue script for ``jobs``."""
-        by_queue: dict[str, list[JobRecord]] = defaultdict(list)
-        for job in jobs:
-            by_queue[job.queue].append(job)
-        k = self.keys
-        keys = [k.jobs, k.queues, *self._group_keys(list(by_queue))]
-        argv: list[Any] = [len(by_queue)]
-        for queue, members in by_queue.items():
-            argv += [queue, limits.get(queue, -1), len(members)]
-        for members in by_queue.values():
-            for job in members:
-                argv.append(f"{job.run_at - job.created_at!r}{codec.job_fields(job)}")
+        """KEYS and ARGV of one enqueue script call storing ``segments`` (each is the jobs
+        and queue limits of one enqueue call, stored all or none on its own)."""
+        numbers: dict[str, int] = {}
+        argv: list[Any] = [len(segments)]
+        for jobs, limits in segments:
+            by_queue: dict[str, list[JobRecord]] = defaultdict(list)
+            for job in jobs:
+                by_queue[job.queue].append(job)
+            argv.append(len(by_queue))
+            for queue, members in by_queue.items():
+                number = numbers.setdefault(queue, len(numbers) + 1)
+                argv += [number, queue, limits.get(queue, -1), len(members)]
+            for members in by_queue.values():
+                argv += [f"{j.run_at - j.created_at!r}{codec.job_fields(j)}" for j in members]
+        keys = [self.keys.jobs, self.keys.queues, *self._group_keys(list(numbers))]
         return keys, argv
 
     @staticmethod
-    def _enqueue_reply(reply: list[Any], attempts: int) -> None:
-        if reply[0] == "full":
-            raise QueueFull(reply[1], int(reply[2]))
-        if reply[0] == "exists" and attempts == 1:
-            raise ConveyorError(f"a job with id {reply[1]} exists already")
+    def _segment_error(status: str, attempts: int) -> Exception | None:
+        """The error of one segment's status, or None when it was stored."""
+        kind, _, detail = status.partition(" ")
+        if kind == "full":
+            queue, _, limit = detail.rpartition(" ")
+            return QueueFull(queue, int(limit))
+        if kind == "exists" and attempts == 1:
+            return ConveyorError(f"a job with id {detail} exists already")
         # 'exists' on a later attempt: the earlier attempt was stored, only its reply was lost
+        return None
 
-    async def enqueue(self, jobs: Sequence[JobRecord], limits: Mapping[str, int]) -> None:
-        if not jobs:
-            return
-        keys, argv = self._enqueue_call(jobs, limits)
+    async def _store_segments(
+        self, segments: Sequence[tuple[Sequence[JobRecord], Mapping[str, int]]]
+    ) -> list[Exception | None]:
+        keys, argv = self._enqueue_call(segments)
         attempts = 0
 
         async def call(conn: _Connection) -> Any:
@@ -198,20 +241,30 @@ class RedisBroker(Broker):
             attempts += 1
             return await conn.scripts["enqueue"](keys=keys, args=argv)
 
-        self._enqueue_reply(await self._retrying(call), attempts)
+        statuses = await self._retrying(call)
+        return [self._segment_error(status, attempts) for status in statuses]
+
+    async def enqueue(self, jobs: Sequence[JobRecord], limits: Mapping[str, int]) -> None:
+        """Concurrent calls on one event loop are coalesced into one script call (as SQLite
+        commits them in groups), each still stored all or none on its own."""
+        if not jobs:
+            return
+        error = await self._conn().enqueues.submit((jobs, limits))
+        if error is not None:
+            raise error
 
     def enqueue_blocking(self, jobs: Sequence[JobRecord], limits: Mapping[str, int]) -> None:
         """Enqueue on a plain (thread-safe, blocking) client: no event loop in the way."""
         if not jobs:
             return
-        keys, argv = self._enqueue_call(jobs, limits)
+        keys, argv = self._enqueue_call([(jobs, limits)])
         script = self._blocking_script()
         deadline = time.monotonic() + RETRY_FOR
         pause, attempts = 0.05, 0
         while True:
             attempts += 1
             try:
-                reply = script(keys=keys, args=argv)
+                (status,) = script(keys=keys, args=argv)
                 break
             except TRANSIENT as exc:
                 if time.monotonic() + pause > deadline:
@@ -219,7 +272,9 @@ class RedisBroker(Broker):
                 log.warning("Redis unreachable (%s); retrying in %.2fs", exc, pause)
                 time.sleep(pause * (0.5 + random.random() / 2))
                 pause = min(pause * 2, 2.0)
-        self._enqueue_reply(reply, attempts)
+        error = self._segment_error(status, attempts)
+        if error is not None:
+            raise error
 
     def _blocking_script(self) -> Any:
         with self._blocking_lock:
