@@ -14,8 +14,7 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -121,13 +120,3 @@ def stop(proc: subprocess.Popen[str], timeout: float = 20) -> tuple[int, str]:
     return proc.returncode, err
 
 
-def wait_until(check: Callable[[], Any], timeout: float = 15, what: str = "condition") -> Any:
-    """Poll ``check`` until it returns something truthy; return that."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from clijobs import CLI, register, stop, wait_until
+from clijobs import CLI, register, stop
 from conftest import WorkerThread
 from conveyor import Conveyor, JobState
+from polling import wait_until
 
 STATES = {"queued", "scheduled", "running", "succeeded", "dead", "cancelled"}
 

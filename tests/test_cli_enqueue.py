@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from clijobs import CLI, register, wait_until
+from clijobs import CLI, register
 from conftest import WorkerThread
 from conveyor import Conveyor
+from polling import wait_until
 
 ID = re.compile(r"^[0-9A-HJKMNP-TV-Z]{26}$")
 INFO_KEYS = {"id", "name", "queue", "state", "attempts", "result", "error", "progress",

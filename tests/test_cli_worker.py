@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from clijobs import CLI, stop, wait_until
+from clijobs import CLI, stop
 from conftest import cli_env
 from conveyor import Conveyor
 from conveyor.job import JobRecord
+from polling import wait_until
 
 
 @pytest.fixture

@@ -26,17 +26,7 @@ from conveyor import (
     QueueFull,
 )
 from conveyor.worker.autoscale import Autoscaler
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what or predicate}")
-        time.sleep(0.02)
+from polling import wait_until
 
 
 def stored(app: Conveyor) -> list[JobRecord]:

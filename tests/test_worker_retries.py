@@ -25,17 +25,7 @@ from conveyor import (
 )
 from conveyor.job import OutcomeKind
 from conveyor.worker import outcomes
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what or predicate}")
-        time.sleep(0.02)
+from polling import wait_until
 
 
 def wait_final(handle: Any, timeout: float = 10.0) -> JobRecord:

@@ -16,17 +16,7 @@ import wjobs_process
 from conftest import WorkerThread
 from conveyor import Conveyor, JobContext, JobRecord, JobState
 from conveyor.worker.executors import JobThreads
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what or predicate}")
-        time.sleep(0.02)
+from polling import wait_until
 
 
 def wait_final(handle: Any, timeout: float = 15.0) -> JobRecord:

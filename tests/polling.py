@@ -1,0 +1,22 @@
+"""Waiting in tests: poll a condition with a deadline instead of sleeping a fixed time."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+
+def wait_until(
+    predicate: Callable[[], Any], timeout: float = 30.0, what: str = "", interval: float = 0.02
+) -> Any:
+    """Poll ``predicate`` until it returns something truthy and return that; fail the test
+    with ``what`` in the message after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what or predicate}")
+        time.sleep(interval)
