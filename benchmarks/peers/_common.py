@@ -16,6 +16,7 @@ Only the standard library and redis-py (a dependency of every peer) are used her
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import signal
@@ -65,6 +66,22 @@ class Recorder:
 
     def start(self) -> float:
         return time.time()
+
+    def noop(self) -> None:
+        """The body of every peer's no-op job."""
+        self.end(self.start())
+
+    def sleep(self, ms: float) -> None:
+        """The body of every thread-based peer's sleep job."""
+        started = self.start()
+        time.sleep(ms / 1000)
+        self.end(started)
+
+    async def async_sleep(self, ms: float) -> None:
+        """The body of every asyncio peer's sleep job."""
+        started = self.start()
+        await asyncio.sleep(ms / 1000)
+        self.end(started)
 
     def end(self, started: float) -> None:
         ended = time.time()

@@ -24,13 +24,11 @@ rec = bench.Recorder()
 
 
 async def noop(ctx: dict[str, Any]) -> None:
-    rec.end(rec.start())
+    rec.noop()
 
 
 async def sleep(ctx: dict[str, Any], ms: float) -> None:
-    started = rec.start()
-    await asyncio.sleep(ms / 1000)
-    rec.end(started)
+    await rec.async_sleep(ms)
 
 
 class WorkerSettings:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-import time
 
 import _common as bench
 from huey import RedisHuey
@@ -18,14 +17,12 @@ rec = bench.Recorder()
 
 @huey.task()
 def noop() -> None:
-    rec.end(rec.start())
+    rec.noop()
 
 
 @huey.task()
 def sleep(ms: float) -> None:
-    started = rec.start()
-    time.sleep(ms / 1000)
-    rec.end(started)
+    rec.sleep(ms)
 
 
 def enqueue(n: int, sleep_ms: float | None) -> None:

@@ -9,7 +9,6 @@ that instead (the recorder then has to write at every job: ``Recorder(direct=Tru
 from __future__ import annotations
 
 import sys
-import time
 
 import _common as bench
 from redis import Redis
@@ -24,13 +23,11 @@ rec = bench.Recorder()
 
 
 def noop() -> None:
-    rec.end(rec.start())
+    rec.noop()
 
 
 def sleep(ms: float) -> None:
-    started = rec.start()
-    time.sleep(ms / 1000)
-    rec.end(started)
+    rec.sleep(ms)
 
 
 def enqueue(n: int, sleep_ms: float | None) -> None:

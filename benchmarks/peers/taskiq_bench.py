@@ -18,14 +18,12 @@ rec = bench.Recorder()
 
 @broker.task(task_name="noop")
 async def noop() -> None:
-    rec.end(rec.start())
+    rec.noop()
 
 
 @broker.task(task_name="sleep")
 async def sleep(ms: float) -> None:
-    started = rec.start()
-    await asyncio.sleep(ms / 1000)
-    rec.end(started)
+    await rec.async_sleep(ms)
 
 
 async def _enqueue(n: int, sleep_ms: float | None) -> None:
