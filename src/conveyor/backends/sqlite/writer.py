@@ -5,6 +5,9 @@ The thread takes all the functions waiting, runs each inside its own savepoint w
 ``BEGIN IMMEDIATE`` transaction, commits once, and only then answers the callers. So many
 concurrent enqueues share one fsync (group commit), and a failing function (a full queue,
 say) rolls back alone without touching its neighbours.
+
+A blocking caller that finds the connection idle commits on its own thread instead (taking
+whatever else waits along): a lone producer then pays no thread hand-offs, only its fsync.
 """
 
 from __future__ import annotations
@@ -67,6 +70,9 @@ class Writer:
         self._lock = threading.Lock()
         self._ready = threading.Event()
         self._startup_error: BaseException | None = None
+        self._conn: sqlite3.Connection | None = None
+        #: held by whoever uses the connection: the writer thread or a blocking caller
+        self._conn_lock = threading.Lock()
 
     def start(self) -> None:
         """Start the thread (idempotent); raise what opening the connection raised."""
@@ -99,8 +105,32 @@ class Writer:
     def run_blocking(self, fn: WriteFn) -> Any:
         """Run ``fn`` in the next group and block until it is committed."""
         future: concurrent.futures.Future[Any] = concurrent.futures.Future()
-        self._queue.put(_Pending(fn, future, None))
+        pending = _Pending(fn, future, None)
+        if self._conn_lock.acquire(blocking=False):
+            try:
+                conn = self._conn
+                if conn is not None and self._thread is not None:
+                    group, stop = self._take([pending])
+                    self._commit_group(conn, group)
+                    if stop:
+                        self._queue.put(_STOP)
+                    return future.result()
+            finally:
+                self._conn_lock.release()
+        self._queue.put(pending)
         return future.result()
+
+    def _take(self, group: list[_Pending]) -> tuple[list[_Pending], bool]:
+        """Add what waits in the queue to ``group``; also say whether a stop came."""
+        while len(group) < MAX_GROUP:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(item, _Stop):
+                return group, True
+            group.append(item)
+        return group, False
 
     # -- the thread ---------------------------------------------------------------------------
     def _run(self) -> None:
@@ -110,28 +140,22 @@ class Writer:
             self._startup_error = exc
             self._ready.set()
             return
+        self._conn = conn
         self._ready.set()
         try:
             while True:
                 first = self._queue.get()
                 if isinstance(first, _Stop):
                     return
-                group = [first]
-                stop = False
-                while len(group) < MAX_GROUP:
-                    try:
-                        item = self._queue.get_nowait()
-                    except queue.Empty:
-                        break
-                    if isinstance(item, _Stop):
-                        stop = True
-                        break
-                    group.append(item)
-                self._commit_group(conn, group)
+                with self._conn_lock:
+                    group, stop = self._take([first])
+                    self._commit_group(conn, group)
                 if stop:
                     return
         finally:
-            conn.close()
+            with self._conn_lock:
+                self._conn = None
+                conn.close()
 
     def _commit_group(self, conn: sqlite3.Connection, group: list[_Pending]) -> None:
         results: list[tuple[_Pending, Any, BaseException | None]] = []
@@ -140,16 +164,25 @@ class Writer:
         except sqlite3.Error as exc:
             self._answer([(p, None, exc) for p in group])
             return
+        # A lone write needs no savepoint: if it fails, the whole transaction rolls back.
+        isolate = len(group) > 1
         for pending in group:
-            conn.execute("SAVEPOINT op")
+            if isolate:
+                conn.execute("SAVEPOINT op")
             try:
                 value = pending.fn(conn)
             except Exception as exc:
-                conn.execute("ROLLBACK TO op")
-                conn.execute("RELEASE op")
+                if isolate:
+                    conn.execute("ROLLBACK TO op")
+                    conn.execute("RELEASE op")
+                else:
+                    conn.execute("ROLLBACK")
+                    self._answer([(pending, None, exc)])
+                    return
                 results.append((pending, None, exc))
             else:
-                conn.execute("RELEASE op")
+                if isolate:
+                    conn.execute("RELEASE op")
                 results.append((pending, value, None))
         try:
             conn.execute("COMMIT")
