@@ -33,6 +33,7 @@ class RedisServer:
         if binary is None:
             pytest.skip("redis-server is not installed")
         self.binary = binary
+        self.own_directory = directory is None
         self.directory = directory or Path(tempfile.mkdtemp(prefix="conveyor-redis-"))
         self.port = port or free_port()
         self.process: subprocess.Popen[bytes] | None = None
@@ -77,6 +78,12 @@ class RedisServer:
             except subprocess.TimeoutExpired:
                 self.kill()
 
+    def remove(self) -> None:
+        """Stop the server and delete its directory, if this object made it."""
+        self.stop()
+        if self.own_directory:
+            shutil.rmtree(self.directory, ignore_errors=True)
+
     def restart(self) -> None:
         self.kill()
         self.start()
@@ -92,5 +99,5 @@ def shared_redis_url() -> str:
         return os.environ["REDIS_URL"]
     if _shared is None:
         _shared = RedisServer().start()
-        atexit.register(_shared.stop)
+        atexit.register(_shared.remove)
     return _shared.url
