@@ -18,6 +18,7 @@ from conveyor.errors import (
 from conveyor.functions import JobFunction
 from conveyor.handle import JobHandle
 from conveyor.job import Backoff, JobRecord, JobState
+from conveyor.uploads import Upload
 
 __all__ = [
     "Backoff",
@@ -38,5 +39,6 @@ __all__ = [
     "QueueFull",
     "Retry",
     "UnknownJob",
+    "Upload",
 ]
 __version__ = "0.1.0"

@@ -16,6 +16,7 @@ from conveyor.handle import JobHandle
 from conveyor.ids import new_id
 from conveyor.job import Backoff, BackoffPolicy, JobRecord, JobState
 from conveyor.portal import Portal
+from conveyor.uploads import StagingArea
 
 T = TypeVar("T")
 DEFAULT_URL = "sqlite:///conveyor.db"
@@ -49,6 +50,7 @@ class Conveyor:
         retention: float = 7 * 86400,
         max_recoveries: int = 3,
         max_queued: Mapping[str, int] | None = None,
+        staging_dir: str | None = None,
     ) -> None:
         if lease <= 0:
             raise ConfigurationError("lease must be a positive number of seconds")
@@ -60,6 +62,10 @@ class Conveyor:
         self.retention = float(retention)
         self.max_recoveries = max_recoveries
         self.max_queued: dict[str, int] = dict(max_queued or {})
+        #: where uploaded files wait for their jobs (``CONVEYOR_STAGING``, else ./conveyor-staging)
+        self.staging = StagingArea(
+            staging_dir or os.environ.get("CONVEYOR_STAGING") or "conveyor-staging"
+        )
         self.registry: dict[str, JobFunction] = {}
         self.middlewares: list[Middleware] = []
         self._broker: Broker | None = None
@@ -108,6 +114,7 @@ class Conveyor:
         backoff: BackoffPolicy | float | None = None,
         executor: str | None = None,
         permanent_errors: Sequence[type[BaseException]] = (),
+        staged: bool = False,
     ) -> Callable[[Callable[..., Any]], JobFunction]: ...
 
     def job(
@@ -122,12 +129,14 @@ class Conveyor:
         backoff: BackoffPolicy | float | None = None,
         executor: str | None = None,
         permanent_errors: Sequence[type[BaseException]] = (),
+        staged: bool = False,
     ) -> JobFunction | Callable[[Callable[..., Any]], JobFunction]:
         """Register a function (plain or ``async def``) as a job; usable bare or with options.
 
         ``executor`` is ``"async"`` (default for coroutine functions), ``"thread"`` (default
         for plain functions) or ``"process"``. ``permanent_errors`` lists exception types
-        that send the job to the dead set at once, like :class:`PermanentError`.
+        that send the job to the dead set at once, like :class:`PermanentError`. ``staged``
+        says the job owns the staged upload named by its id (see :mod:`conveyor.uploads`).
         """
         if retries < 0:
             raise ConfigurationError("retries must be 0 or more")
@@ -148,6 +157,7 @@ class Conveyor:
                 backoff=_backoff(backoff),
                 executor=chosen,
                 permanent_errors=tuple(permanent_errors),
+                staged=staged,
             )
             job_fn = JobFunction(self, func, job_name, options)
             self.registry[job_name] = job_fn
@@ -182,6 +192,7 @@ class Conveyor:
         at: datetime | None = None,
         queue: str | None = None,
         now: float | None = None,
+        job_id: str | None = None,
     ) -> JobRecord:
         """Check a call against its job and make the record to store (nothing stored yet).
 
@@ -208,7 +219,7 @@ class Conveyor:
         state = JobState.SCHEDULED if run_at > created else JobState.QUEUED
         chosen_queue = queue or (job_fn.options.queue if job_fn else "default")
         return JobRecord(
-            id=new_id(created),
+            id=job_id or new_id(created),
             name=name,
             queue=chosen_queue,
             state=state,
@@ -243,9 +254,10 @@ class Conveyor:
 
     def enqueue_call(self, name: str, args: Sequence[Any], kwargs: Mapping[str, Any], *,
                      delay: float | None = None, at: datetime | None = None,
-                     queue: str | None = None) -> JobHandle:
-        """:meth:`enqueue` with explicit argument containers and an optional queue."""
-        record = self.build(name, args, kwargs, delay=delay, at=at, queue=queue)
+                     queue: str | None = None, job_id: str | None = None) -> JobHandle:
+        """:meth:`enqueue` with explicit argument containers, an optional queue and an id
+        made beforehand (with :func:`conveyor.ids.new_id`, e.g. to name a staged upload)."""
+        record = self.build(name, args, kwargs, delay=delay, at=at, queue=queue, job_id=job_id)
         return self._store([record])[0]
 
     async def enqueue_async(self, name: str, *args: Any, delay: float | None = None,
@@ -255,10 +267,10 @@ class Conveyor:
 
     async def enqueue_call_async(self, name: str, args: Sequence[Any],
                                  kwargs: Mapping[str, Any], *, delay: float | None = None,
-                                 at: datetime | None = None,
-                                 queue: str | None = None) -> JobHandle:
+                                 at: datetime | None = None, queue: str | None = None,
+                                 job_id: str | None = None) -> JobHandle:
         """Awaitable :meth:`enqueue_call`."""
-        record = self.build(name, args, kwargs, delay=delay, at=at, queue=queue)
+        record = self.build(name, args, kwargs, delay=delay, at=at, queue=queue, job_id=job_id)
         return (await self._store_async([record]))[0]
 
     def _build_many(self, name: str, items: Sequence[Sequence[Any] | Mapping[str, Any]],

@@ -12,6 +12,7 @@ from conveyor.context import JobContext
 from conveyor.errors import ConfigurationError, InvalidArguments
 from conveyor.job import Backoff, BackoffPolicy
 from conveyor.serialization import NotSerializable, dumps
+from conveyor.uploads import Upload
 
 if TYPE_CHECKING:
     from datetime import datetime
@@ -33,19 +34,28 @@ class JobOptions:
     backoff: BackoffPolicy = DEFAULT_BACKOFF
     executor: str = "async"
     permanent_errors: tuple[type[BaseException], ...] = ()
+    #: the job owns the staged upload named by its id (removed once the job is final)
+    staged: bool = False
 
 
-def _context_parameter(fn: Callable[..., Any]) -> str | None:
-    """The name of the parameter annotated ``JobContext``, if there is one."""
+def _parameters_of_type(fn: Callable[..., Any], kind: type) -> list[str]:
+    """The names of the parameters annotated ``kind`` (also as text, e.g. in quotes)."""
     try:
         hints = typing.get_type_hints(fn)
     except Exception:  # unresolvable annotations: fall back to their text
         hints = {}
+    found = []
     for name, param in inspect.signature(fn).parameters.items():
         hint = hints.get(name, param.annotation)
-        if hint is JobContext or (isinstance(hint, str) and hint.split(".")[-1] == "JobContext"):
-            return name
-    return None
+        if hint is kind or (isinstance(hint, str) and hint.split(".")[-1] == kind.__name__):
+            found.append(name)
+    return found
+
+
+def _context_parameter(fn: Callable[..., Any]) -> str | None:
+    """The name of the parameter annotated ``JobContext``, if there is one."""
+    names = _parameters_of_type(fn, JobContext)
+    return names[0] if names else None
 
 
 def split_call(item: Sequence[Any] | Mapping[str, Any]) -> tuple[list[Any], dict[str, Any]]:
@@ -72,6 +82,11 @@ class JobFunction:
         self.options = options
         self.is_async = inspect.iscoroutinefunction(fn)
         self.context_parameter = _context_parameter(fn)
+        #: parameters annotated ``Upload``: they receive the job's staged file
+        self.upload_parameters = _parameters_of_type(fn, Upload)
+        if len(self.upload_parameters) > 1:
+            raise ConfigurationError(f"job {name!r}: at most one parameter can be an Upload")
+        self.uses_staging = bool(self.upload_parameters) or options.staged
         params = [
             p for n, p in inspect.signature(fn).parameters.items() if n != self.context_parameter
         ]

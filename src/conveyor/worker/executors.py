@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from conveyor.context import JobContext
 from conveyor.errors import JobTimeout
+from conveyor.uploads import Upload
 
 if TYPE_CHECKING:
     from conveyor.functions import JobFunction
@@ -32,6 +33,10 @@ def _call_args(job_fn: JobFunction, ctx: JobContext) -> tuple[list[Any], dict[st
     kwargs = ctx.record.kwargs
     if job_fn.context_parameter is not None:
         kwargs = {**kwargs, job_fn.context_parameter: ctx}
+    for name in job_fn.upload_parameters:  # stored as a description; the bytes are staged
+        if isinstance(kwargs.get(name), dict):
+            path = job_fn.app.staging.path_of(ctx.id)
+            kwargs = {**kwargs, name: Upload.from_json(kwargs[name], path)}
     return ctx.record.args, kwargs
 
 

@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("conveyor.worker")
 
+FINAL_KINDS = (OutcomeKind.SUCCEEDED, OutcomeKind.DEAD, OutcomeKind.CANCELLED)
+
 
 class _Running:
     """A job in flight: its task, its context and why it is being stopped, if it is."""
@@ -82,6 +84,8 @@ class Worker:
         #: the store's round trip off the critical path. None: one batch (the current size).
         self.prefetch = prefetch
         self.buffered: collections.deque[JobRecord] = collections.deque()
+        #: running jobs that own a staged upload, removed once their end is recorded
+        self._staged: set[str] = set()
         self.maintenance = Maintenance(self)
         self._outcomes: list[Outcome] = []
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -234,6 +238,9 @@ class Worker:
 
     # -- running jobs -------------------------------------------------------------------------
     def _start(self, record: JobRecord) -> None:
+        job_fn = self.app.registry.get(record.name)
+        if job_fn is not None and job_fn.uses_staging:
+            self._staged.add(record.id)
         entry = _Running(JobContext(record, self.maintenance.report_progress))
         self.running[record.id] = entry
         entry.task = asyncio.create_task(self._execute(record, entry))
@@ -329,6 +336,10 @@ class Worker:
                 await asyncio.sleep(0.5)
                 continue
             for outcome in batch:
+                if outcome.job_id in self._staged:
+                    self._staged.discard(outcome.job_id)
+                    if outcome.kind in FINAL_KINDS:
+                        self.app.staging.remove(outcome.job_id)
                 if outcome.kind is OutcomeKind.SUCCEEDED:
                     self.info.processed += 1
                 elif outcome.kind in (OutcomeKind.DEAD, OutcomeKind.RETRY):
