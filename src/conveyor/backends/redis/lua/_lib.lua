@@ -136,7 +136,7 @@ local function finish(job, state, base, now, leases_key, expiry_key, cancel_key,
   job.expires_at = now + retention
   job.lease_expires_at = cjson.null
   zrem(leases_key, job.id)
-  srem(cancel_key, job.id)
+  if job.cancel_requested then srem(cancel_key, job.id) end
   zadd(expiry_key, job.expires_at, job.id)
 end
 

@@ -30,8 +30,9 @@ local claimed = {}
 local lease_until = now + lease
 for i, id in ipairs(chosen) do
   local base = candidates[i].base
-  remove_waiting(base, id)
   local job = jobs[i]
+  zrem(KEYS[base], id)
+  if not job or job.state == 'scheduled' then zrem(KEYS[base + 1], id) end
   if job then
     set_state(base, job, 'running')
     job.worker_id = worker
