@@ -329,6 +329,8 @@ class Worker:
         while self._outcomes:
             batch, self._outcomes = self._outcomes, []
             try:
+                # the last progress reports first, so a finished job shows where it ended
+                await self.maintenance.flush_progress()
                 await self.broker.settle(batch)
             except Exception:
                 log.exception("could not record %d outcomes; retrying", len(batch))
