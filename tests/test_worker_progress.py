@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from conftest import WorkerThread
-
 from conveyor import Conveyor, JobContext, JobState
 
 

@@ -101,8 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
     _store_options(p)
 
     from conveyor.cli.bench import add_bench_parser
+    from conveyor.cli.serve import add_serve_parser
 
     add_bench_parser(sub)
+    add_serve_parser(sub)
     return parser
 
 
@@ -153,6 +155,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "worker":
             return _run_worker(args, argv)
+        if args.command == "serve":
+            from conveyor.cli.serve import run_serve
+
+            return run_serve(args)
         if args.command == "bench":
             from conveyor.cli.bench import run_bench
 

@@ -1,0 +1,226 @@
+"""``conveyor serve [APP]``: the HTTP API and a worker pool in one process, on one event loop.
+
+uvicorn (httptools, on uvloop) answers the API while a :class:`~conveyor.worker.pool.Worker`
+runs the jobs of the app's queues and ``uploads``. The first SIGTERM or SIGINT stops
+accepting connections, lets requests in flight finish, and stops the worker gracefully
+(running jobs get ``--grace`` seconds, then go back to the queue), then exits 0; a second
+signal exits at once with status 1, as ``conveyor worker`` does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import os
+import signal
+import socket
+from collections.abc import Generator
+from typing import TYPE_CHECKING, Any
+
+from conveyor.cli.loading import CLIError, resolve_app
+from conveyor.errors import ConfigurationError
+from conveyor.uploads import StagingArea
+
+if TYPE_CHECKING:
+    from starlette.applications import Starlette
+
+    from conveyor.app import Conveyor
+    from conveyor.worker.pool import Worker
+
+log = logging.getLogger("conveyor.serve")
+UPLOAD_QUEUE = "uploads"
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 0 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}")
+    return int(text)
+
+
+def add_serve_parser(sub: Any) -> None:
+    """Register ``conveyor serve`` and its options."""
+    p = sub.add_parser("serve", help="run the HTTP API and a worker pool in one process")
+    p.add_argument("app_spec", metavar="APP", nargs="?",
+                   help="module:attribute of your app (default: only the built-in jobs)")
+    p.add_argument("--url", help="store URL (default: $CONVEYOR_URL, then the APP's URL, "
+                   "then sqlite:///./conveyor.db)")
+    p.add_argument("--namespace", help="namespace inside the store (default: conveyor)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
+    p.add_argument("--port", type=_port, default=8000, help="port to listen on (8000)")
+    p.add_argument("--containers", default="dir:./containers",
+                   help="where uploads are pushed: dir:PATH, incus or incus:SOCKET "
+                   "(default dir:./containers)")
+    p.add_argument("--staging", help="directory uploads wait in (default: the app's)")
+    p.add_argument("--max-upload-bytes", type=_positive_int, default=1 << 30,
+                   help="largest request body accepted (default 1 GiB)")
+    p.add_argument("--token", help="bearer token required by every route but /healthz "
+                   "(default: $CONVEYOR_TOKEN)")
+    p.add_argument("--insecure", action="store_true",
+                   help="allow a non-loopback address without a token")
+    p.add_argument("--no-worker", action="store_true", help="serve the API only")
+    p.add_argument("--min-workers", type=_positive_int, default=1,
+                   help="least concurrent jobs (default 1)")
+    p.add_argument("--max-workers", type=_positive_int, default=10,
+                   help="most concurrent jobs (default 10)")
+    p.add_argument("--grace", type=float, default=30.0,
+                   help="seconds running jobs get to finish on shutdown (default 30)")
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and the loopback addresses (127.0.0.0/8, ::1)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host:port`` (uvicorn listens on it); one-line errors."""
+    try:
+        infos = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE)
+        family, kind, proto, _, address = infos[0]
+        sock = socket.socket(family, kind, proto)
+    except OSError as exc:
+        raise CLIError(f"cannot listen on {host}:{port}: {exc}", code=1) from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        raise CLIError(f"cannot listen on {host}:{port}: {exc.strerror or exc}", code=1) from None
+    return sock
+
+
+def _prepare(args: argparse.Namespace) -> tuple[Conveyor, Starlette, str | None]:
+    """The app with the built-in jobs installed, and its HTTP API."""
+    from conveyor import builtin
+    from conveyor.containers import open_target
+    from conveyor.http import create_app
+
+    token = args.token or os.environ.get("CONVEYOR_TOKEN") or None
+    if token is None and not is_loopback(args.host) and not args.insecure:
+        raise CLIError(f"refusing to listen on {args.host} without a token: anyone who can "
+                       "reach it could run jobs. Set --token (or CONVEYOR_TOKEN), or pass "
+                       "--insecure if that is really meant")
+    if args.min_workers > args.max_workers:
+        raise CLIError("--min-workers must not exceed --max-workers")
+    app = resolve_app(args.app_spec, args.url, args.namespace)
+    if args.staging:
+        app.staging = StagingArea(args.staging)
+    try:
+        target = open_target(args.containers)
+    except ConfigurationError as exc:
+        raise CLIError(f"--containers: {exc}") from None
+    builtin.install(app, target)
+    return app, create_app(app, token=token, max_upload_bytes=args.max_upload_bytes), token
+
+
+class _Server:
+    """uvicorn's server (httptools, JSON errors for malformed requests) without its own
+    signal handling (``serve`` handles signals)."""
+
+    def __init__(self, api: Starlette, grace: float) -> None:
+        import uvicorn
+
+        from conveyor.http.protocol import JsonHttpToolsProtocol
+
+        class Server(uvicorn.Server):
+            @contextlib.contextmanager
+            def capture_signals(self) -> Generator[None, None, None]:
+                yield
+
+        config = uvicorn.Config(api, http=JsonHttpToolsProtocol, lifespan="off", log_config=None,
+                                timeout_graceful_shutdown=max(1, int(grace)),
+                                server_header=False)
+        self.server = Server(config)
+
+    def stop(self) -> None:
+        """Stop accepting, finish the requests in flight, return from :meth:`run`."""
+        self.server.should_exit = True
+
+    async def run(self, sock: socket.socket) -> None:
+        """Serve on ``sock`` until :meth:`stop`."""
+        await self.server.serve(sockets=[sock])
+
+
+async def _serve(app: Conveyor, server: _Server, worker: Worker | None,
+                 sock: socket.socket) -> int:
+    from conveyor import builtin
+
+    loop = asyncio.get_running_loop()
+    signals = 0
+    removed = await builtin.sweep(app)
+    if removed:
+        log.info("removed %d orphan staged files", removed)
+
+    def on_signal(signum: int) -> None:
+        nonlocal signals
+        signals += 1
+        if signals == 1:
+            log.info("%s: shutting down (running jobs get up to %.0fs; again to exit at once)",
+                     signal.Signals(signum).name, worker.grace if worker else 0)
+            server.stop()
+            if worker is not None:
+                worker.request_stop()
+        else:
+            log.warning("second signal: exiting now; leases will recover running jobs")
+            os._exit(1)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal, sig)
+    tasks = {asyncio.create_task(server.run(sock), name="conveyor-http")}
+    if worker is not None:
+        tasks.add(asyncio.create_task(worker.run(), name="conveyor-worker"))
+    host, port = sock.getsockname()[:2]
+    log.info("serving http://%s:%d/ (docs at /docs)%s", host, port,
+             f"; worker on queues {','.join(worker.queues)}" if worker else "; no worker")
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        if signals == 0:  # one half ended by itself: take the other down too
+            log.error("%s stopped on its own; shutting down", next(iter(done)).get_name())
+            server.stop()
+            if worker is not None:
+                worker.request_stop()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        await app.broker.close()
+    failed = [r for r in results if isinstance(r, BaseException)]
+    for exc in failed:
+        log.error("serve failed: %r", exc, exc_info=exc)
+    return 0 if signals and not failed else 1
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    """Entry point of ``conveyor serve``; returns the exit code."""
+    import uvloop
+
+    from conveyor.worker.pool import Worker
+
+    app, api, _ = _prepare(args)
+    sock = listen(args.host, args.port)
+    worker = None
+    if not args.no_worker:
+        queues = sorted({fn.options.queue for fn in app.registry.values()} | {UPLOAD_QUEUE})
+        worker = Worker(app, queues, min_workers=args.min_workers,
+                        max_workers=args.max_workers, grace=args.grace)
+    server = _Server(api, args.grace)
+    with sock, asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(_serve(app, server, worker, sock))

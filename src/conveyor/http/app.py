@@ -1,0 +1,164 @@
+"""``create_app``: the Starlette application of the HTTP API, mountable in any ASGI app.
+
+Routes come from the table in :mod:`conveyor.http.routes`; every error becomes a JSON body
+``{"error": "..."}`` with its status code; a bearer token, when set, guards every route but
+``/healthz``.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from conveyor.http.errors import ApiError
+from conveyor.http.openapi import Operation
+from conveyor.http.routes import Routes
+from conveyor.http.services import DEFAULT_MAX_UPLOAD, Services
+
+if TYPE_CHECKING:
+    from conveyor.app import Conveyor
+    from conveyor.containers import ContainerTarget
+
+log = logging.getLogger("conveyor.http")
+PUBLIC_PATHS = frozenset({"/healthz"})
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+def error_response(status: int, message: str,
+                   headers: dict[str, str] | None = None) -> JSONResponse:
+    """The JSON body every error has: ``{"error": message}``."""
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+def route_path(scope: Scope) -> str:
+    """The request's path below the point the API is mounted at."""
+    path = str(scope.get("path", ""))
+    root = str(scope.get("root_path", ""))
+    if root and path.startswith(root):
+        path = path[len(root):]
+    return path or "/"
+
+
+class BearerAuth:
+    """ASGI middleware: a request needs ``Authorization: Bearer TOKEN`` (compared in
+    constant time), except for the public paths; otherwise 401 with ``WWW-Authenticate``."""
+
+    def __init__(self, app: ASGIApp, token: str) -> None:
+        self.app = app
+        self.token = token.encode()
+
+    def _authorized(self, scope: Scope) -> bool | None:
+        """True if the token matches, False if a wrong one came, None if none came."""
+        for key, value in scope.get("headers", ()):
+            if key == b"authorization":
+                scheme, _, given = value.partition(b" ")
+                if scheme.lower() != b"bearer":
+                    return False
+                return hmac.compare_digest(given.strip(), self.token)
+        return None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or route_path(scope) in PUBLIC_PATHS:
+            await self.app(scope, receive, send)
+            return
+        verdict = self._authorized(scope)
+        if verdict:
+            await self.app(scope, receive, send)
+            return
+        challenge = 'Bearer realm="conveyor"'
+        if verdict is False:
+            challenge += ', error="invalid_token"'
+        message = "a bearer token is required" if verdict is None else "wrong bearer token"
+        response = error_response(401, message, {"WWW-Authenticate": challenge})
+        await response(scope, receive, send)
+
+
+def _dispatch(handlers: dict[str, Endpoint]) -> Endpoint:
+    """One endpoint for the methods of one path (HEAD is answered like GET)."""
+
+    async def endpoint(request: Request) -> Response:
+        method = "GET" if request.method == "HEAD" else request.method
+        return await handlers[method](request)
+
+    return endpoint
+
+
+def build_routes(operations: list[Operation]) -> list[Route]:
+    """Starlette routes from the table: one per path, dispatching on the method."""
+    by_path: dict[str, dict[str, Endpoint]] = {}
+    for op in operations:
+        by_path.setdefault(op.path, {})[op.method] = op.handler
+    return [Route(path, _dispatch(handlers), methods=list(handlers))
+            for path, handlers in by_path.items()]
+
+
+async def _api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return error_response(exc.status, exc.message, exc.headers)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    headers = dict(exc.headers or {})
+    if exc.status_code == 404:
+        message = f"no such endpoint: {route_path(request.scope)}"
+    elif exc.status_code == 405:
+        message = f"method {request.method} is not allowed here (allowed: {headers.get('Allow')})"
+    else:
+        message = str(exc.detail)
+    return error_response(exc.status_code, message, headers)
+
+
+async def _disconnected(request: Request, exc: Exception) -> Response:
+    log.info("client went away during %s %s", request.method, route_path(request.scope))
+    return error_response(400, "the client disconnected before the body was complete")
+
+
+async def _internal(request: Request, exc: Exception) -> Response:
+    return error_response(500, "internal server error")
+
+
+def create_app(
+    conveyor_app: Conveyor,
+    *,
+    token: str | None = None,
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD,
+    target: ContainerTarget | None = None,
+) -> Starlette:
+    """The HTTP API of ``conveyor_app`` as an ASGI app (see the README's "HTTP API").
+
+    ``token`` guards every route but ``/healthz`` with ``Authorization: Bearer``;
+    ``max_upload_bytes`` caps request bodies; with ``target`` (a container target from
+    :func:`conveyor.containers.open_target`) the built-in jobs are installed into the app
+    (those it lacks: see :func:`conveyor.builtin.install`). Mount it in your own app with
+    ``Mount("/conveyor", create_app(app))``.
+    """
+    if target is not None:
+        from conveyor import builtin
+
+        builtin.install(conveyor_app, target)
+    routes = Routes(Services(conveyor_app, max_upload_bytes), token or None)
+    middleware = [Middleware(BearerAuth, token=token)] if token else []
+    api = Starlette(
+        routes=build_routes(routes.operations()),
+        middleware=middleware,
+        exception_handlers={
+            ApiError: _api_error,
+            HTTPException: _http_error,
+            ClientDisconnect: _disconnected,
+            Exception: _internal,
+        },
+    )
+    api.state.conveyor = conveyor_app
+    api.state.services = routes.services
+    return api

@@ -1,0 +1,127 @@
+"""Reading what clients send: JSON job calls, query-string arguments, paging parameters.
+
+Each function raises :class:`~conveyor.http.errors.ApiError` with the status that says what
+is wrong (400 for a malformed value, 415 for a body that is not JSON).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from conveyor.http.errors import ApiError
+
+#: the fields of a JSON job call
+CALL_FIELDS = ("args", "kwargs", "delay", "queue")
+MAX_QUEUE_NAME = 200
+
+
+@dataclass(frozen=True)
+class JobCall:
+    """A job call as the client sent it."""
+
+    args: list[Any] = field(default_factory=list)
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    delay: float | None = None
+    queue: str | None = None
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def strict_json(raw: bytes | str) -> Any:
+    """Parse strict JSON (no NaN or Infinity); ``ValueError`` otherwise."""
+    return json.loads(raw, parse_constant=_no_constants)
+
+
+def media_type(content_type: str | None) -> str:
+    """``"application/json"`` from ``"Application/JSON; charset=utf-8"``; ``""`` if none."""
+    return (content_type or "").split(";", 1)[0].strip().lower()
+
+
+def is_json_type(content_type: str | None) -> bool:
+    """True for ``application/json`` and ``application/*+json``."""
+    kind = media_type(content_type)
+    return kind == "application/json" or (kind.startswith("application/") and
+                                           kind.endswith("+json"))
+
+
+def finite_number(value: object) -> bool:
+    """True for an int or float that is not a bool, NaN or infinite."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and \
+        math.isfinite(value)
+
+
+def job_call(raw: bytes, content_type: str | None) -> JobCall:
+    """The body of ``POST /jobs/{name}``: a JSON object with the optional fields ``args``
+    (array), ``kwargs`` (object), ``delay`` (seconds, 0 or more) and ``queue`` (string).
+
+    An empty body without a content type is a call without arguments.
+    """
+    if not raw.strip() and not media_type(content_type):
+        return JobCall()
+    if not is_json_type(content_type):
+        raise ApiError(415, "the body must be JSON (Content-Type: application/json)")
+    try:
+        body = strict_json(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ApiError(400, f"the body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "the body must be a JSON object with args, kwargs, delay, queue")
+    unknown = sorted(set(body) - set(CALL_FIELDS))
+    if unknown:
+        raise ApiError(400, f"unknown field {unknown[0]!r}; the fields are "
+                       f"{', '.join(CALL_FIELDS)}")
+    args = body.get("args", [])
+    kwargs = body.get("kwargs", {})
+    delay = body.get("delay")
+    queue = body.get("queue")
+    if not isinstance(args, list):
+        raise ApiError(400, "args must be a JSON array")
+    if not isinstance(kwargs, dict):
+        raise ApiError(400, "kwargs must be a JSON object")
+    if delay is not None and (not finite_number(delay) or delay < 0):
+        raise ApiError(400, "delay must be a number of seconds, 0 or more")
+    if queue is not None and (not isinstance(queue, str) or not queue
+                              or len(queue) > MAX_QUEUE_NAME):
+        raise ApiError(400, f"queue must be a non-empty string of at most {MAX_QUEUE_NAME} "
+                       "characters")
+    return JobCall(args, kwargs, None if delay is None else float(delay), queue)
+
+
+def query_arguments(query: Sequence[tuple[str, str]], upload_parameter: str) -> dict[str, Any]:
+    """Keyword arguments from a query string: each value JSON-decoded when it parses as
+    JSON, else kept as a string. A repeated name or the upload parameter itself is a 400."""
+    kwargs: dict[str, Any] = {}
+    for key, value in query:
+        if key == upload_parameter:
+            raise ApiError(400, f"{key!r} is the uploaded file (the body), not a query parameter")
+        if key in kwargs:
+            raise ApiError(400, f"query parameter {key!r} is given more than once")
+        try:
+            kwargs[key] = strict_json(value)
+        except ValueError:
+            kwargs[key] = value
+    return kwargs
+
+
+def filename_of(host_path: str | None) -> str | None:
+    """The last part of a client's path (``C:\\data\\a.csv`` or ``/data/a.csv`` -> ``a.csv``)."""
+    if not host_path:
+        return None
+    name = host_path.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
+    return name or None
+
+
+def page_limit(text: str | None, default: int, maximum: int) -> int:
+    """The ``limit`` query parameter: a whole number from 1 to ``maximum``."""
+    if text is None or text == "":
+        return default
+    if not (text.isascii() and text.isdigit() and len(text) <= 9) or \
+            not 1 <= int(text) <= maximum:
+        raise ApiError(400, f"limit must be a whole number from 1 to {maximum}")
+    return int(text)

@@ -1,0 +1,196 @@
+"""The OpenAPI 3 document, generated from the route table.
+
+Each route of :mod:`conveyor.http.routes` is an :class:`Operation`: its method, path and
+handler, plus a small declaration of its parameters, body and responses. The web layer makes
+its routes from the same list, so the document cannot drift from what is served.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from conveyor.job import ALL_STATES
+
+OPENAPI_VERSION = "3.0.3"
+Schema = dict[str, Any]
+Handler = Callable[..., Awaitable[Any]]
+
+
+def ref(name: str) -> Schema:
+    """A reference to a schema of :data:`COMPONENTS`."""
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+@dataclass(frozen=True)
+class Param:
+    """A path, query or header parameter."""
+
+    name: str
+    where: str  # "path", "query" or "header"
+    description: str
+    schema: Schema = field(default_factory=lambda: {"type": "string"})
+    required: bool = False
+
+    def to_openapi(self) -> Schema:
+        """The parameter object."""
+        return {"name": self.name, "in": self.where, "description": self.description,
+                "required": self.required or self.where == "path", "schema": self.schema}
+
+
+@dataclass(frozen=True)
+class Operation:
+    """One method on one path: what it does, what it takes and what it answers."""
+
+    method: str
+    path: str
+    handler: Handler
+    summary: str
+    #: status code -> (description, schema of the JSON body or None)
+    responses: dict[int, tuple[str, Schema | None]]
+    params: Sequence[Param] = ()
+    #: media type -> schema of the request body
+    body: dict[str, Schema] | None = None
+    description: str = ""
+    tag: str = "jobs"
+    auth: bool = True
+    #: False for routes that are not part of the API (the docs' own files)
+    documented: bool = True
+
+
+JOB_ID = Param("id", "path", "the job id (26 characters of Crockford base32)")
+
+JSON_ANY: Schema = {"description": "any JSON value"}
+
+COMPONENTS: dict[str, Schema] = {
+    "Error": {
+        "type": "object", "required": ["error"],
+        "properties": {"error": {"type": "string", "description": "what went wrong"}},
+    },
+    "Accepted": {
+        "type": "object", "required": ["id", "status_url"],
+        "properties": {
+            "id": {"type": "string", "description": "the new job's id"},
+            "status_url": {"type": "string", "description": "where to read the job"},
+            "message": {"type": "string"},
+        },
+    },
+    "JobCall": {
+        "type": "object", "additionalProperties": False,
+        "properties": {
+            "args": {"type": "array", "items": JSON_ANY, "description": "positional arguments"},
+            "kwargs": {"type": "object", "additionalProperties": JSON_ANY,
+                       "description": "keyword arguments"},
+            "delay": {"type": "number", "minimum": 0, "description": "seconds to wait"},
+            "queue": {"type": "string", "description": "another queue than the job's own"},
+        },
+    },
+    "Job": {
+        "type": "object",
+        "required": ["id", "name", "queue", "state", "attempts", "created_at"],
+        "properties": {
+            "id": {"type": "string"},
+            "name": {"type": "string"},
+            "queue": {"type": "string"},
+            "state": {"type": "string", "enum": [str(s) for s in ALL_STATES]},
+            "attempts": {"type": "integer"},
+            "recoveries": {"type": "integer"},
+            "args": {"type": "array", "items": JSON_ANY},
+            "kwargs": {"type": "object", "additionalProperties": JSON_ANY},
+            "result": JSON_ANY,
+            "error": {"type": "string", "nullable": True},
+            "traceback": {"type": "string", "nullable": True},
+            "progress": {"type": "number", "nullable": True},
+            "progress_message": {"type": "string", "nullable": True},
+            "worker_id": {"type": "string", "nullable": True},
+            "cancel_requested": {"type": "boolean"},
+            **{name: {"type": "string", "format": "date-time", "nullable": True}
+               for name in ("created_at", "run_at", "started_at", "finished_at", "expires_at")},
+        },
+    },
+    "JobPage": {
+        "type": "object", "required": ["jobs", "next_cursor"],
+        "properties": {
+            "jobs": {"type": "array", "items": ref("Job")},
+            "next_cursor": {"type": "string", "nullable": True,
+                            "description": "pass as cursor for the next page; null at the end"},
+        },
+    },
+    "Queues": {
+        "type": "object", "required": ["queues"],
+        "properties": {"queues": {
+            "type": "object", "description": "queue -> state -> number of jobs",
+            "additionalProperties": {"type": "object",
+                                     "additionalProperties": {"type": "integer"}},
+        }},
+    },
+    "Health": {"type": "object", "properties": {"status": {"type": "string", "enum": ["ok"]}}},
+}
+
+_ERRORS = {
+    400: "malformed request",
+    401: "missing or wrong bearer token",
+    404: "not found",
+    405: "method not allowed",
+    409: "the job is not in a state that allows this",
+    413: "the body is larger than the limit",
+    415: "unsupported content type",
+    503: "the queue is full or the store unavailable; see Retry-After",
+    507: "no space left to stage the upload",
+}
+
+
+def error(status: int, description: str | None = None) -> tuple[int, tuple[str, Schema]]:
+    """A response entry for an error status, with the shared Error body."""
+    return status, (description or _ERRORS.get(status, "error"), ref("Error"))
+
+
+def _operation(op: Operation, secured: bool) -> Schema:
+    responses: dict[str, Any] = {}
+    codes = dict(op.responses)
+    if secured and op.auth:
+        codes.setdefault(*error(401))
+    for status, (description, schema) in sorted(codes.items()):
+        entry: Schema = {"description": description}
+        if schema is not None:
+            entry["content"] = {"application/json": {"schema": schema}}
+        responses[str(status)] = entry
+    doc: Schema = {
+        "operationId": op.handler.__name__.strip("_"),
+        "summary": op.summary,
+        "tags": [op.tag],
+        "responses": responses,
+    }
+    if op.description:
+        doc["description"] = op.description
+    if op.params:
+        doc["parameters"] = [p.to_openapi() for p in op.params]
+    if op.body:
+        doc["requestBody"] = {"required": False, "content": {
+            media: {"schema": schema} for media, schema in op.body.items()}}
+    if secured and not op.auth:
+        doc["security"] = []
+    return doc
+
+
+def build(operations: Sequence[Operation], *, title: str, version: str, server_url: str,
+          secured: bool) -> Schema:
+    """The OpenAPI document of ``operations``; ``secured`` adds the bearer scheme."""
+    paths: dict[str, dict[str, Schema]] = {}
+    for op in operations:
+        if op.documented:
+            paths.setdefault(op.path, {})[op.method.lower()] = _operation(op, secured)
+    document: Schema = {
+        "openapi": OPENAPI_VERSION,
+        "info": {"title": title, "version": version,
+                 "description": "Enqueue jobs, upload files for them and follow their state."},
+        "servers": [{"url": server_url or "/"}],
+        "paths": paths,
+        "components": {"schemas": COMPONENTS},
+    }
+    if secured:
+        document["components"]["securitySchemes"] = {
+            "bearer": {"type": "http", "scheme": "bearer"}}
+        document["security"] = [{"bearer": []}]
+    return document

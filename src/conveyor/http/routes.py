@@ -1,0 +1,218 @@
+"""The route table: each endpoint's handler next to its OpenAPI declaration.
+
+Handlers only translate between HTTP and :class:`~conveyor.http.services.Services`: they read
+headers, query strings and bodies, call one service and shape the JSON answer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from conveyor.http import docs
+from conveyor.http.errors import ApiError
+from conveyor.http.openapi import JOB_ID, Operation, Param, error, ref
+from conveyor.http.services import MAX_JSON_BYTES, BodyInfo, Services
+
+JOB_PATH = "/jobs/{job}"
+JOB = Param("job", "path", "the job id (for POST: the registered name of the job to run)")
+BINARY = {"type": "string", "format": "binary"}
+HOST_PATH = Param("X-Host-Path", "header", "where the file came from (kept as metadata; its "
+                  "last part is the Upload's filename)")
+
+
+def header(request: Request, name: str) -> str | None:
+    """A header's value as UTF-8 text (clients send file paths in UTF-8); 400 otherwise."""
+    value = request.headers.get(name)
+    if value is None:
+        return None
+    try:
+        return value.encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        raise ApiError(400, f"{name} is not valid UTF-8") from None
+
+
+def content_length(request: Request) -> int | None:
+    """The declared body length, if there is one (uvicorn refuses malformed ones)."""
+    length = request.headers.get("content-length")
+    return int(length) if length is not None and length.isascii() and length.isdigit() else None
+
+
+def body_info(request: Request) -> BodyInfo:
+    """Content-Length, Content-Type and X-Host-Path of a raw body."""
+    return BodyInfo(content_length(request), request.headers.get("content-type"),
+                    header(request, "X-Host-Path"))
+
+
+def prefix(request: Request) -> str:
+    """The path this API is mounted under (``""`` at the root)."""
+    return str(request.scope.get("root_path", "")).rstrip("/")
+
+
+def accepted(request: Request, job_id: str, message: str | None = None) -> JSONResponse:
+    """202 with the job's id, its status URL, and that URL as ``Location``."""
+    url = f"{prefix(request)}/jobs/{job_id}"
+    content: dict[str, Any] = {"id": job_id, "status_url": url}
+    if message:
+        content["message"] = message
+    return JSONResponse(content, status_code=202, headers={"Location": url})
+
+
+async def limited_body(request: Request, limit: int) -> bytes:
+    """The whole body, or 413 once it grows past ``limit`` bytes."""
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, f"the body is larger than the limit of {limit} bytes")
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+class Routes:
+    """The handlers, bound to one :class:`Services`."""
+
+    def __init__(self, services: Services, token: str | None) -> None:
+        self.services = services
+        self.secured = token is not None
+
+    async def _chunks(self, request: Request) -> AsyncIterator[bytes]:
+        async for chunk in request.stream():
+            if chunk:
+                yield chunk
+
+    async def upload(self, request: Request) -> Response:
+        """POST /uploads."""
+        job_id = await self.services.upload(
+            self._chunks(request), header(request, "X-Container-Name"),
+            header(request, "X-File-Path"), body_info(request))
+        return accepted(request, job_id, "upload stored; the job pushes it to the container")
+
+    async def submit(self, request: Request) -> Response:
+        """POST /jobs/{name}: JSON arguments, or the raw file for a job with an Upload."""
+        name = request.path_params["job"]
+        if self.services.upload_parameter(name) is not None:
+            job_id = await self.services.submit_upload(
+                name, self._chunks(request), request.query_params.multi_items(),
+                body_info(request))
+        else:
+            limit = min(MAX_JSON_BYTES, self.services.max_upload_bytes)
+            self.services.check_length(content_length(request), limit)
+            raw = await limited_body(request, limit)
+            job_id = await self.services.submit(name, raw, request.headers.get("content-type"))
+        return accepted(request, job_id)
+
+    async def get_job(self, request: Request) -> Response:
+        """GET /jobs/{id}."""
+        record = await self.services.get(request.path_params["job"])
+        return JSONResponse(record.to_dict())
+
+    async def list_jobs(self, request: Request) -> Response:
+        """GET /jobs."""
+        return JSONResponse(await self.services.list_jobs(dict(request.query_params)))
+
+    async def cancel(self, request: Request) -> Response:
+        """DELETE /jobs/{id}."""
+        record = await self.services.cancel(request.path_params["job"])
+        return JSONResponse(record.to_dict())
+
+    async def retry(self, request: Request) -> Response:
+        """POST /jobs/{id}/retry."""
+        record = await self.services.retry(request.path_params["id"])
+        url = f"{prefix(request)}/jobs/{record.id}"
+        return JSONResponse(record.to_dict(), status_code=202, headers={"Location": url})
+
+    async def queues(self, request: Request) -> Response:
+        """GET /queues."""
+        return JSONResponse({"queues": await self.services.queues()})
+
+    async def healthz(self, request: Request) -> Response:
+        """GET /healthz."""
+        return JSONResponse({"status": "ok"})
+
+    async def openapi(self, request: Request) -> Response:
+        """GET /openapi.json."""
+        from conveyor.http.openapi import build
+
+        return JSONResponse(build(self.operations(), title="Conveyor", version=_version(),
+                                  server_url=prefix(request), secured=self.secured))
+
+    async def docs_page(self, request: Request) -> Response:
+        """GET /docs."""
+        return docs.page(prefix(request))
+
+    async def docs_static(self, request: Request) -> Response:
+        """GET /docs/static/{file}."""
+        return docs.static(request.path_params["file"])
+
+    def operations(self) -> list[Operation]:
+        """Every route, in the order of the OpenAPI document."""
+        created = (202, ("the job is stored; follow status_url", ref("Accepted")))
+        job = (200, ("the job's info", ref("Job")))
+        return [
+            Operation(
+                "POST", "/uploads", self.upload, "Upload a file and push it to a container",
+                dict([created, error(400), error(413), error(500, "the upload could not be "
+                     "stored"), error(503), error(507)]),
+                params=(
+                    Param("X-Container-Name", "header", "the target container",
+                          {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"},
+                          required=True),
+                    Param("X-File-Path", "header", "absolute destination path inside the "
+                          "container", required=True),
+                    HOST_PATH),
+                body={"application/octet-stream": BINARY},
+                description="The body is the raw file. It is staged on disk (fsynced) under a "
+                "new job id, then the push job is enqueued; the answer comes once both are "
+                "durable.", tag="uploads"),
+            Operation("GET", "/jobs", self.list_jobs, "List jobs, newest first",
+                      dict([(200, ("a page of jobs", ref("JobPage"))), error(400)]),
+                      params=(
+                          Param("state", "query", "only jobs in this state",
+                                {"type": "string", "enum": ["queued", "scheduled", "running",
+                                                            "succeeded", "dead", "cancelled"]}),
+                          Param("queue", "query", "only jobs of this queue"),
+                          Param("name", "query", "only jobs of this name"),
+                          Param("limit", "query", "page size (1-1000, default 50)",
+                                {"type": "integer", "minimum": 1, "maximum": 1000}),
+                          Param("cursor", "query", "next_cursor of the previous page"))),
+            Operation(
+                "POST", JOB_PATH, self.submit, "Enqueue a job by name",
+                dict([created, error(400), error(404, "no job of that name"), error(413),
+                      error(415), error(503), error(507)]),
+                params=(JOB, HOST_PATH),
+                body={"application/json": ref("JobCall"), "application/octet-stream": BINARY},
+                description="The body is a JSON JobCall. For a job with an Upload parameter "
+                "the body is the raw file instead and the other arguments are query "
+                "parameters (JSON-decoded when they parse as JSON, else strings)."),
+            Operation("GET", JOB_PATH, self.get_job, "Read a job",
+                      dict([job, error(404)]), params=(JOB,)),
+            Operation("DELETE", JOB_PATH, self.cancel, "Cancel a job",
+                      dict([(200, ("the job after the cancellation (a running job stops at its "
+                                   "next heartbeat)", ref("Job"))),
+                            error(404), error(409, "the job is final already")]),
+                      params=(JOB,)),
+            Operation("POST", "/jobs/{id}/retry", self.retry, "Re-enqueue a dead or cancelled "
+                      "job", dict([(202, ("the job, back in its queue", ref("Job"))),
+                                   error(404), error(409)]), params=(JOB_ID,)),
+            Operation("GET", "/queues", self.queues, "Jobs per queue and state",
+                      {200: ("counts", ref("Queues"))}, tag="admin"),
+            Operation("GET", "/healthz", self.healthz, "Liveness (no token needed)",
+                      {200: ("the server is up", ref("Health"))}, tag="admin", auth=False),
+            Operation("GET", "/openapi.json", self.openapi, "This document",
+                      {200: ("the OpenAPI document", None)}, tag="admin"),
+            Operation("GET", "/docs", self.docs_page, "Interactive documentation",
+                      {200: ("an HTML page", None)}, tag="admin", documented=False),
+            Operation("GET", "/docs/static/{file}", self.docs_static, "Swagger UI files",
+                      {200: ("a file", None)}, tag="admin", documented=False),
+        ]
+
+
+def _version() -> str:
+    from conveyor import __version__
+
+    return __version__

@@ -1,0 +1,240 @@
+"""What the HTTP API does, without HTTP: plain coroutines over a :class:`Conveyor` app.
+
+Every failure is an :class:`ApiError` carrying the status code and message the web layer
+answers with, so the rules (what is a 400, a 404, a 409, a 413, a 503) live here and can be
+tested or reused without a web framework. Request bodies arrive as async iterators of bytes
+and are streamed to the staging area, never held in memory.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from conveyor.builtin import PUSH_JOB
+from conveyor.errors import InvalidArguments, JobNotFound, QueueFull, UnknownJob
+from conveyor.http import decoding
+from conveyor.http.errors import ApiError
+from conveyor.ids import is_valid_id, new_id
+from conveyor.job import ALL_STATES, JobRecord, JobState
+from conveyor.uploads import (
+    StagedFile,
+    Upload,
+    UploadError,
+    UploadTooLarge,
+    check_container_name,
+    normalize_destination,
+)
+
+if TYPE_CHECKING:
+    from conveyor.app import Conveyor
+
+log = logging.getLogger("conveyor.http")
+
+#: default for ``max_upload_bytes``: 1 GiB
+DEFAULT_MAX_UPLOAD = 1 << 30
+#: the largest JSON body ``POST /jobs/{name}`` reads
+MAX_JSON_BYTES = 1 << 20
+#: seconds a client is told to wait when a queue is full
+RETRY_AFTER = 5
+MAX_PAGE = 1000
+DEFAULT_PAGE = 50
+
+
+@dataclass(frozen=True)
+class BodyInfo:
+    """What the headers say about a raw request body."""
+
+    content_length: int | None = None
+    content_type: str | None = None
+    host_path: str | None = None
+
+
+def _not_found(job_id: str) -> ApiError:
+    return ApiError(404, f"no job with id {job_id}")
+
+
+class Services:
+    """The operations of the HTTP API over one app (see the module docstring)."""
+
+    def __init__(self, app: Conveyor, max_upload_bytes: int = DEFAULT_MAX_UPLOAD) -> None:
+        if max_upload_bytes < 1:
+            raise ValueError("max_upload_bytes must be at least 1")
+        self.app = app
+        self.max_upload_bytes = max_upload_bytes
+
+    async def _broker_ready(self) -> None:
+        """Connect on first use (a no-op once open; the app may be mounted without a
+        lifespan, so there is no start-up hook to rely on)."""
+        await self.app.broker.open()
+
+    # -- bodies -------------------------------------------------------------------------------
+    def check_length(self, content_length: int | None, limit: int | None = None) -> None:
+        """413 at once when the declared length is past the limit (nothing read yet)."""
+        limit = self.max_upload_bytes if limit is None else limit
+        if content_length is not None and content_length > limit:
+            raise ApiError(413, str(UploadTooLarge(limit)))
+
+    async def _stage(self, chunks: AsyncIterator[bytes], job_id: str) -> StagedFile:
+        """Stream a body to the staging area; the staging area removes what it wrote on any
+        error or cancellation, so a failure here leaves nothing behind."""
+        try:
+            return await self.app.staging.receive(chunks, job_id, self.max_upload_bytes)
+        except UploadTooLarge as exc:
+            raise ApiError(413, str(exc)) from None
+        except OSError as exc:
+            log.error("cannot stage upload %s: %s", job_id, exc)
+            full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+            status, why = (507, "no space left to store") if full else (500, "cannot store")
+            raise ApiError(status, f"{why} the upload: {exc.strerror or exc}") from None
+
+    async def _enqueue(self, name: str, args: Sequence[Any], kwargs: Mapping[str, Any], *,
+                       job_id: str | None = None, delay: float | None = None,
+                       queue: str | None = None) -> str:
+        """Store the job; map the app's refusals to statuses. A staged file of ``job_id``
+        is removed when nothing was stored."""
+        try:
+            await self._broker_ready()
+            handle = await self.app.enqueue_call_async(
+                name, args, kwargs, job_id=job_id, delay=delay, queue=queue
+            )
+        except QueueFull as exc:
+            self._discard(job_id)
+            raise ApiError(503, str(exc), {"Retry-After": str(RETRY_AFTER)}) from None
+        except (InvalidArguments, UploadError) as exc:
+            self._discard(job_id)
+            raise ApiError(400, str(exc)) from None
+        except UnknownJob as exc:
+            self._discard(job_id)
+            raise ApiError(404, str(exc)) from None
+        except Exception as exc:
+            self._discard(job_id)
+            log.exception("cannot enqueue %s", name)
+            raise ApiError(503, f"cannot store the job: {type(exc).__name__}",
+                           {"Retry-After": str(RETRY_AFTER)}) from None
+        return handle.id
+
+    def _discard(self, job_id: str | None) -> None:
+        if job_id is not None:
+            self.app.staging.remove(job_id)
+
+    # -- uploads ------------------------------------------------------------------------------
+    async def upload(self, chunks: AsyncIterator[bytes], container: str | None,
+                     destination: str | None, body: BodyInfo) -> str:
+        """``POST /uploads``: stage the body, then enqueue the push job; return its id."""
+        try:
+            name = check_container_name(container)
+            path = normalize_destination(destination)
+        except UploadError as exc:
+            raise ApiError(exc.status, str(exc)) from None
+        self.check_length(body.content_length)
+        job_id = new_id()
+        await self._stage(chunks, job_id)
+        return await self._enqueue(PUSH_JOB, [name, path, body.host_path], {}, job_id=job_id)
+
+    # -- jobs ---------------------------------------------------------------------------------
+    def upload_parameter(self, name: str) -> str | None:
+        """The ``Upload`` parameter of job ``name``, if it has one (404 for unknown jobs)."""
+        job_fn = self.app.registry.get(name)
+        if job_fn is None:
+            raise ApiError(404, f"no job named {name!r} is registered")
+        return job_fn.upload_parameters[0] if job_fn.upload_parameters else None
+
+    async def submit(self, name: str, raw: bytes, content_type: str | None) -> str:
+        """``POST /jobs/{name}`` with a JSON body ``{"args", "kwargs", "delay", "queue"}``."""
+        job_fn = self.app.registry.get(name)
+        if job_fn is None:
+            raise ApiError(404, f"no job named {name!r} is registered")
+        if job_fn.options.staged:
+            raise ApiError(400, f"job {name!r} takes its file from POST /uploads")
+        call = decoding.job_call(raw, content_type)
+        return await self._enqueue(name, call.args, call.kwargs, delay=call.delay,
+                                   queue=call.queue)
+
+    async def submit_upload(self, name: str, chunks: AsyncIterator[bytes],
+                            query: Sequence[tuple[str, str]], body: BodyInfo) -> str:
+        """``POST /jobs/{name}`` for a job with an ``Upload`` parameter: the body is the file,
+        the other arguments come from the query string. The call is checked before the body
+        is read, so a bad call costs no upload."""
+        param = self.upload_parameter(name)
+        assert param is not None
+        kwargs = decoding.query_arguments(query, param)
+        filename = decoding.filename_of(body.host_path)
+        job_fn = self.app.get_job(name)
+        try:
+            job_fn.check([], {**kwargs, param: Upload.describe(0, filename, body.content_type)})
+        except InvalidArguments as exc:
+            raise ApiError(400, str(exc)) from None
+        self.check_length(body.content_length)
+        job_id = new_id()
+        staged = await self._stage(chunks, job_id)
+        kwargs[param] = Upload.describe(staged.size, filename, body.content_type)
+        return await self._enqueue(name, [], kwargs, job_id=job_id)
+
+    async def get(self, job_id: str) -> JobRecord:
+        """The job's record (404 unless it exists)."""
+        if not is_valid_id(job_id):
+            raise _not_found(job_id)
+        await self._broker_ready()
+        record = await self.app.broker.get(job_id)
+        if record is None:
+            raise _not_found(job_id)
+        return record
+
+    async def list_jobs(self, params: Mapping[str, str]) -> dict[str, Any]:
+        """``GET /jobs``: a page of jobs, newest first, and the cursor of the next page."""
+        unknown = sorted(set(params) - {"state", "queue", "name", "limit", "cursor"})
+        if unknown:
+            raise ApiError(400, f"unknown query parameter {unknown[0]!r}")
+        state = params.get("state") or None
+        if state is not None and state not in {str(s) for s in ALL_STATES}:
+            raise ApiError(400, f"state must be one of {', '.join(ALL_STATES)}")
+        limit = decoding.page_limit(params.get("limit"), DEFAULT_PAGE, MAX_PAGE)
+        cursor = params.get("cursor") or None
+        if cursor is not None and not is_valid_id(cursor):
+            raise ApiError(400, "cursor must be a job id (the next_cursor of a page)")
+        await self._broker_ready()
+        records = await self.app.broker.list_jobs(
+            state=JobState(state) if state else None, queue=params.get("queue") or None,
+            name=params.get("name") or None, limit=limit + 1, cursor=cursor,
+        )
+        page = records[:limit]
+        more = len(records) > limit
+        return {"jobs": [r.to_dict() for r in page], "next_cursor": page[-1].id if more else None}
+
+    async def cancel(self, job_id: str) -> JobRecord:
+        """``DELETE /jobs/{id}``: cancel; a job final afterwards loses its staged file."""
+        before = await self.get(job_id)
+        if before.is_final:
+            raise ApiError(409, f"job {job_id} is already {before.state}")
+        try:
+            after = await self.app.cancel_async(job_id)
+        except JobNotFound:
+            raise _not_found(job_id) from None
+        if after.is_final:
+            self.app.staging.remove(job_id)
+        return after
+
+    async def retry(self, job_id: str) -> JobRecord:
+        """``POST /jobs/{id}/retry``: put a dead or cancelled job back in its queue."""
+        before = await self.get(job_id)
+        if before.state not in (JobState.DEAD, JobState.CANCELLED):
+            raise ApiError(409, f"job {job_id} is {before.state}; only dead or cancelled jobs "
+                           "can be retried")
+        job_fn = self.app.registry.get(before.name)
+        if job_fn is not None and job_fn.uses_staging and \
+                not self.app.staging.path_of(job_id).exists():
+            raise ApiError(409, f"the uploaded file of job {job_id} is gone; upload it again")
+        after = await self.app.broker.retry(job_id)
+        if after is None:
+            raise _not_found(job_id)
+        return after
+
+    async def queues(self) -> dict[str, dict[str, int]]:
+        """``GET /queues``: ``{queue: {state: count}}``."""
+        await self._broker_ready()
+        return await self.app.broker.counts()
+

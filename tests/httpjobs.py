@@ -1,0 +1,53 @@
+"""Jobs for tests/test_http_*.py: ``conveyor serve httpjobs:app`` imports this module.
+
+The server process gets its store with ``--url`` and its staging directory with
+``--staging``, so the app's own settings here are never used.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from conveyor import Conveyor, JobContext, PermanentError, Upload
+
+app = Conveyor(url="sqlite:///httpjobs-unused.db")
+
+
+@app.job
+async def add(a: int, b: int = 0) -> int:
+    return a + b
+
+
+@app.job(retries=0)
+async def boom(message: str = "boom") -> None:
+    raise PermanentError(message)
+
+
+@app.job(queue="naps")
+async def nap(seconds: float, ctx: JobContext) -> float:
+    await asyncio.sleep(seconds)
+    return seconds
+
+
+@app.job
+def count(upload: Upload, label: str = "", times: int = 1) -> dict[str, Any]:
+    """Read the uploaded file: its size, what it starts with, and the other arguments."""
+    with upload.open() as handle:
+        data = handle.read()
+    return {"size": len(data), "head": data[:16].decode("latin-1"), "label": label,
+            "times": times, "filename": upload.filename, "content_type": upload.content_type,
+            "declared_size": upload.size}
+
+
+app.set_max_queued("capped", 1)
+
+
+@app.job(queue="capped")
+async def hold() -> None:
+    """Enqueued with a long delay, it keeps the capped queue full."""
+
+
+@app.job(queue="capped")
+def capped_count(upload: Upload) -> int:
+    return upload.size
