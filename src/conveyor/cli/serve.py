@@ -75,6 +75,8 @@ def add_serve_parser(sub: Any) -> None:
                    help="least concurrent jobs (default 1)")
     p.add_argument("--max-workers", type=_positive_int, default=10,
                    help="most concurrent jobs (default 10)")
+    p.add_argument("--access-log", action="store_true",
+                   help="log every request (off by default: it costs throughput)")
     p.add_argument("--grace", type=float, default=30.0,
                    help="seconds running jobs get to finish on shutdown (default 30)")
 
@@ -135,7 +137,7 @@ class _Server:
     """uvicorn's server (httptools, JSON errors for malformed requests) without its own
     signal handling (``serve`` handles signals)."""
 
-    def __init__(self, api: Starlette, grace: float) -> None:
+    def __init__(self, api: Starlette, grace: float, access_log: bool = False) -> None:
         import uvicorn
 
         from conveyor.http.protocol import JsonHttpToolsProtocol
@@ -147,7 +149,7 @@ class _Server:
 
         config = uvicorn.Config(api, http=JsonHttpToolsProtocol, lifespan="off", log_config=None,
                                 timeout_graceful_shutdown=max(1, int(grace)),
-                                server_header=False)
+                                server_header=False, access_log=access_log)
         self.server = Server(config)
 
     def stop(self) -> None:
@@ -221,6 +223,6 @@ def run_serve(args: argparse.Namespace) -> int:
         queues = sorted({fn.options.queue for fn in app.registry.values()} | {UPLOAD_QUEUE})
         worker = Worker(app, queues, min_workers=args.min_workers,
                         max_workers=args.max_workers, grace=args.grace)
-    server = _Server(api, args.grace)
+    server = _Server(api, args.grace, args.access_log)
     with sock, asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         return runner.run(_serve(app, server, worker, sock))
