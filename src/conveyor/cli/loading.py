@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import os
 import sys
 
 from conveyor.app import DEFAULT_URL, Conveyor
+
+
+def positive_int(text: str) -> int:
+    """argparse type: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
 
 
 class CLIError(Exception):

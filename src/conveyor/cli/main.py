@@ -11,22 +11,12 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from conveyor.app import Conveyor
 from conveyor.cli import commands
-from conveyor.cli.loading import CLIError, resolve_app
+from conveyor.cli.loading import CLIError, positive_int, resolve_app
 from conveyor.cli.output import errors
 from conveyor.errors import ConveyorError
 from conveyor.job import ALL_STATES
 
 Command = Callable[[Conveyor, argparse.Namespace], Awaitable[int]]
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
 
 
 def _store_options(parser: argparse.ArgumentParser, with_app: bool = True) -> None:
@@ -40,9 +30,9 @@ def _store_options(parser: argparse.ArgumentParser, with_app: bool = True) -> No
 
 def _worker_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--queues", help="comma-separated queues (default: the app's queues)")
-    parser.add_argument("--min-workers", type=_positive_int, default=1,
+    parser.add_argument("--min-workers", type=positive_int, default=1,
                         help="least concurrent jobs per process (default 1)")
-    parser.add_argument("--max-workers", type=_positive_int, default=10,
+    parser.add_argument("--max-workers", type=positive_int, default=10,
                         help="most concurrent jobs per process (default 10)")
     parser.add_argument("--grace", type=float, default=30.0,
                         help="seconds running jobs get to finish on shutdown (default 30)")
@@ -58,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("app_spec", metavar="APP", help="module:attribute, e.g. myproject.jobs:app")
     _store_options(p, with_app=False)
     _worker_options(p)
-    p.add_argument("--processes", type=_positive_int, default=1,
+    p.add_argument("--processes", type=positive_int, default=1,
                    help="worker processes on this machine (default 1)")
 
     p = sub.add_parser("enqueue", help="enqueue a job by name")
@@ -81,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state", choices=[str(s) for s in ALL_STATES])
     p.add_argument("--queue")
     p.add_argument("--name")
-    p.add_argument("--limit", type=_positive_int, default=50)
+    p.add_argument("--limit", type=positive_int, default=50)
     p.add_argument("--cursor", help="last id of the previous page")
     p.add_argument("--json", action="store_true")
     _store_options(p)

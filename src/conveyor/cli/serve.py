@@ -15,12 +15,11 @@ import contextlib
 import ipaddress
 import logging
 import os
-import signal
 import socket
 from collections.abc import Generator
 from typing import TYPE_CHECKING, Any
 
-from conveyor.cli.loading import CLIError, resolve_app
+from conveyor.cli.loading import CLIError, positive_int, resolve_app
 from conveyor.errors import ConfigurationError
 from conveyor.uploads import StagingArea
 
@@ -32,16 +31,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("conveyor.serve")
 UPLOAD_QUEUE = "uploads"
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
 
 
 def _port(text: str) -> int:
@@ -64,16 +53,16 @@ def add_serve_parser(sub: Any) -> None:
                    help="where uploads are pushed: dir:PATH, incus or incus:SOCKET "
                    "(default dir:./containers)")
     p.add_argument("--staging", help="directory uploads wait in (default: the app's)")
-    p.add_argument("--max-upload-bytes", type=_positive_int, default=1 << 30,
+    p.add_argument("--max-upload-bytes", type=positive_int, default=1 << 30,
                    help="largest request body accepted (default 1 GiB)")
     p.add_argument("--token", help="bearer token required by every route but /healthz "
                    "(default: $CONVEYOR_TOKEN)")
     p.add_argument("--insecure", action="store_true",
                    help="allow a non-loopback address without a token")
     p.add_argument("--no-worker", action="store_true", help="serve the API only")
-    p.add_argument("--min-workers", type=_positive_int, default=1,
+    p.add_argument("--min-workers", type=positive_int, default=1,
                    help="least concurrent jobs (default 1)")
-    p.add_argument("--max-workers", type=_positive_int, default=10,
+    p.add_argument("--max-workers", type=positive_int, default=10,
                    help="most concurrent jobs (default 10)")
     p.add_argument("--access-log", action="store_true",
                    help="log every request (off by default: it costs throughput)")
@@ -164,28 +153,20 @@ class _Server:
 async def _serve(app: Conveyor, server: _Server, worker: Worker | None,
                  sock: socket.socket) -> int:
     from conveyor import builtin
+    from conveyor.worker.supervisor import ShutdownSignals
 
-    loop = asyncio.get_running_loop()
-    signals = 0
     removed = await builtin.sweep(app)
     if removed:
         log.info("removed %d orphan staged files", removed)
 
-    def on_signal(signum: int) -> None:
-        nonlocal signals
-        signals += 1
-        if signals == 1:
-            log.info("%s: shutting down (running jobs get up to %.0fs; again to exit at once)",
-                     signal.Signals(signum).name, worker.grace if worker else 0)
-            server.stop()
-            if worker is not None:
-                worker.request_stop()
-        else:
-            log.warning("second signal: exiting now; leases will recover running jobs")
-            os._exit(1)
+    def stop(name: str) -> None:
+        log.info("%s: shutting down (running jobs get up to %.0fs; again to exit at once)",
+                 name, worker.grace if worker else 0)
+        server.stop()
+        if worker is not None:
+            worker.request_stop()
 
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, on_signal, sig)
+    signals = ShutdownSignals(stop)
     tasks = {asyncio.create_task(server.run(sock), name="conveyor-http")}
     if worker is not None:
         tasks.add(asyncio.create_task(worker.run(), name="conveyor-worker"))
@@ -194,20 +175,19 @@ async def _serve(app: Conveyor, server: _Server, worker: Worker | None,
              f"; worker on queues {','.join(worker.queues)}" if worker else "; no worker")
     try:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        if signals == 0:  # one half ended by itself: take the other down too
+        if signals.count == 0:  # one half ended by itself: take the other down too
             log.error("%s stopped on its own; shutting down", next(iter(done)).get_name())
             server.stop()
             if worker is not None:
                 worker.request_stop()
         results = await asyncio.gather(*tasks, return_exceptions=True)
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)
+        signals.remove()
         await app.broker.close()
     failed = [r for r in results if isinstance(r, BaseException)]
     for exc in failed:
         log.error("serve failed: %r", exc, exc_info=exc)
-    return 0 if signals and not failed else 1
+    return 0 if signals.count and not failed else 1
 
 
 def run_serve(args: argparse.Namespace) -> int:

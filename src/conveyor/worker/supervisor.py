@@ -16,7 +16,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from conveyor.worker.pool import Worker
@@ -38,24 +38,40 @@ async def _watch_parent(worker: Worker, parent: int) -> None:
     worker.request_stop()
 
 
-async def serve_worker(worker: Worker) -> None:
-    """Run ``worker`` until the first signal, as described in the module docstring."""
-    loop = asyncio.get_running_loop()
-    seen = 0
+class ShutdownSignals:
+    """SIGTERM and SIGINT on the running loop: the first calls ``on_first`` (a graceful stop),
+    a second exits the process at once (status 1), leaving running jobs to their leases."""
 
-    def on_signal(signum: int) -> None:
-        nonlocal seen
-        seen += 1
-        if seen == 1:
-            log.info("%s: finishing running jobs (up to %.0fs; again to exit at once)",
-                     signal.Signals(signum).name, worker.grace)
-            worker.request_stop()
+    def __init__(self, on_first: Callable[[str], None]) -> None:
+        self.on_first = on_first
+        self.count = 0
+        self._loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._loop.add_signal_handler(sig, self._received, sig)
+
+    def _received(self, signum: int) -> None:
+        self.count += 1
+        if self.count == 1:
+            self.on_first(signal.Signals(signum).name)
         else:
             log.warning("second signal: exiting now; leases will recover running jobs")
             os._exit(1)
 
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, on_signal, sig)
+    def remove(self) -> None:
+        """Give the signals back to their defaults."""
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._loop.remove_signal_handler(sig)
+
+
+async def serve_worker(worker: Worker) -> None:
+    """Run ``worker`` until the first signal, as described in the module docstring."""
+
+    def stop(name: str) -> None:
+        log.info("%s: finishing running jobs (up to %.0fs; again to exit at once)",
+                 name, worker.grace)
+        worker.request_stop()
+
+    signals = ShutdownSignals(stop)
     watchers: list[asyncio.Task[None]] = []
     parent = os.environ.get(PARENT_ENV)
     if parent and parent.isdigit():
@@ -65,8 +81,7 @@ async def serve_worker(worker: Worker) -> None:
     finally:
         for task in watchers:
             task.cancel()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)
+        signals.remove()
 
 
 def run_worker(app: Conveyor, **options: Any) -> int:
