@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 
 from conftest import WorkerThread
 from conveyor import Conveyor, JobContext, JobState
+from polling import wait_until
 
 
 def test_last_progress_of_a_quick_job_is_kept(
@@ -23,3 +25,23 @@ def test_last_progress_of_a_quick_job_is_kept(
     info = handle.info()
     assert info.state is JobState.SUCCEEDED
     assert (info.progress, info.progress_message) == (1.0, "all done")
+
+
+def test_a_job_finishing_during_shutdown_is_recorded(
+    app: Conveyor, start_worker: Callable[..., WorkerThread]
+) -> None:
+    """A graceful stop must write the outcome of a job that ends in the grace period, even
+    when the settler is busy at that moment (a last progress report makes that likely)."""
+
+    @app.job
+    async def steady(ctx: JobContext) -> str:
+        await asyncio.sleep(0.3)
+        ctx.progress(1.0, "done")
+        return "done"
+
+    for _ in range(3):
+        handle = steady.enqueue()
+        worker = start_worker(app, max_workers=2, grace=10.0)
+        wait_until(lambda h=handle: h.info().state is JobState.RUNNING, what="the job to run")
+        worker.stop()
+        assert handle.info().state is JobState.SUCCEEDED

@@ -124,6 +124,7 @@ class StagingArea:
             await asyncio.to_thread(_fsync_directory, self.root)
         except BaseException:
             partial.unlink(missing_ok=True)
+            final.unlink(missing_ok=True)  # renamed already, but not durable: no job gets it
             raise
         return StagedFile(job_id, final, size)
 

@@ -111,7 +111,8 @@ class Services:
             self._discard(job_id)
             raise ApiError(404, str(exc)) from None
         except Exception as exc:
-            self._discard(job_id)
+            # Whether the job was stored is unknown (a reply lost with the connection): keep
+            # its staged file; the start-up sweep removes it if no job owns it.
             log.exception("cannot enqueue %s", name)
             raise ApiError(503, f"cannot store the job: {type(exc).__name__}",
                            {"Retry-After": str(RETRY_AFTER)}) from None

@@ -143,10 +143,13 @@ class Executors:
         timeout = job_fn.options.timeout
         if timeout is None:
             return await job_fn.fn(*args, **kwargs)
+        deadline = asyncio.timeout(timeout)
         try:
-            async with asyncio.timeout(timeout):
+            async with deadline:
                 return await job_fn.fn(*args, **kwargs)
         except TimeoutError:
+            if not deadline.expired():  # the job's own TimeoutError: an ordinary failure
+                raise
             ctx.mark_cancelled()
             raise JobTimeout(f"job {job_fn.name!r} timed out after {timeout}s") from None
 

@@ -86,6 +86,7 @@ class Worker:
         self.buffered: collections.deque[JobRecord] = collections.deque()
         #: running jobs that own a staged upload, removed once their end is recorded
         self._staged: set[str] = set()
+        self._closing = False
         self.maintenance = Maintenance(self)
         self._outcomes: list[Outcome] = []
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -160,10 +161,12 @@ class Worker:
         finally:
             await self._drain()
             await self.maintenance.stop()
+            self._closing = True  # the settler writes what is left, then returns
             self._settled.set()
-            settler.cancel()
-            await asyncio.gather(settler, return_exceptions=True)
-            await self._flush()
+            _, stuck = await asyncio.wait({settler}, timeout=max(30.0, self.grace))
+            if stuck:  # the store refuses them: their leases will bring the jobs back
+                log.error("could not record %d outcomes before exiting", len(self._outcomes))
+                settler.cancel()
             await self.broker.unregister_worker(self.id)
             await self.executors.close()
             log.info("worker %s stopped", self.id)
@@ -251,6 +254,9 @@ class Worker:
         except Exception as exc:  # a fault in Conveyor itself: still settle the job
             log.exception("internal error while running job %s", record.id)
             outcome = outcomes.dead(record, self.id, f"internal error in the worker: {exc!r}")
+        except BaseException:  # cancelled from outside: back to the queue, not charged
+            self._record(outcomes.requeued(record, self.id))
+            raise
         finally:
             del self.running[record.id]
             self._fill_slots()
@@ -319,11 +325,15 @@ class Worker:
 
     # -- settling -----------------------------------------------------------------------------
     async def _settle_loop(self) -> None:
+        """Write outcomes as they come; never cancelled (a batch it holds would be lost), it
+        returns once the worker is closing and nothing is left to write."""
         assert self._settled is not None
         while True:
             await self._settled.wait()
             self._settled.clear()
             await self._flush()
+            if self._closing and not self._outcomes:
+                return
 
     async def _flush(self) -> None:
         while self._outcomes:
@@ -341,11 +351,18 @@ class Worker:
                 if outcome.job_id in self._staged:
                     self._staged.discard(outcome.job_id)
                     if outcome.kind in FINAL_KINDS:
-                        self.app.staging.remove(outcome.job_id)
+                        await self._remove_staged(outcome.job_id)
                 if outcome.kind is OutcomeKind.SUCCEEDED:
                     self.info.processed += 1
                 elif outcome.kind in (OutcomeKind.DEAD, OutcomeKind.RETRY):
                     self.info.failed += 1
+
+    async def _remove_staged(self, job_id: str) -> None:
+        """Remove a finished job's staged file, unless the job has moved on without this
+        worker (its lease ran out and another worker owns it now)."""
+        record = await self.broker.get(job_id)
+        if record is None or (record.is_final and record.worker_id == self.id):
+            self.app.staging.remove(job_id)
 
     async def _drain(self) -> None:
         """Give running jobs ``grace`` seconds, then requeue the rest without charging them."""

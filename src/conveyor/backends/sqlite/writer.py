@@ -158,12 +158,24 @@ class Writer:
                 conn.close()
 
     def _commit_group(self, conn: sqlite3.Connection, group: list[_Pending]) -> None:
+        """Run and commit ``group``; every caller gets an answer, whatever fails."""
+        try:
+            results = self._run_group(conn, group)
+        except BaseException as exc:  # e.g. a rollback after SQLite already rolled back
+            with contextlib.suppress(sqlite3.Error):
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+            results = [(p, None, exc) for p in group]
+        self._answer(results)
+
+    def _run_group(
+        self, conn: sqlite3.Connection, group: list[_Pending]
+    ) -> list[tuple[_Pending, Any, BaseException | None]]:
         results: list[tuple[_Pending, Any, BaseException | None]] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
-            self._answer([(p, None, exc) for p in group])
-            return
+            return [(p, None, exc) for p in group]
         # A lone write needs no savepoint: if it fails, the whole transaction rolls back.
         isolate = len(group) > 1
         for pending in group:
@@ -172,13 +184,12 @@ class Writer:
             try:
                 value = pending.fn(conn)
             except Exception as exc:
-                if isolate:
-                    conn.execute("ROLLBACK TO op")
-                    conn.execute("RELEASE op")
-                else:
-                    conn.execute("ROLLBACK")
-                    self._answer([(pending, None, exc)])
-                    return
+                if not isolate:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    return [(pending, None, exc)]
+                conn.execute("ROLLBACK TO op")
+                conn.execute("RELEASE op")
                 results.append((pending, None, exc))
             else:
                 if isolate:
@@ -189,8 +200,8 @@ class Writer:
         except sqlite3.Error as exc:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
-            results = [(p, None, exc) for p in group]
-        self._answer(results)
+            return [(p, None, exc) for p in group]
+        return results
 
     @staticmethod
     def _answer(results: list[tuple[_Pending, Any, BaseException | None]]) -> None:
@@ -199,6 +210,8 @@ class Writer:
             if pending.loop is None:
                 fut = pending.future
                 assert isinstance(fut, concurrent.futures.Future)
+                if fut.done():
+                    continue
                 if error is not None:
                     fut.set_exception(error)
                 else:

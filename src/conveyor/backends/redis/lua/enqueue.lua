@@ -21,20 +21,22 @@ local function parse(value)
   return string.match(text, '^{"id":"([^"]+)"'), tonumber(string.sub(value, 1, brace - 1)), text
 end
 
+-- An id that exists means a retry of a call whose reply was lost: report that first, so
+-- a queue cap that the first attempt's jobs now fill is not mistaken for a full queue.
 local function check(plan, first, total)
-  for _, entry in ipairs(plan) do
-    local waiting = KEYS[entry.base]
-    if entry.limit >= 0 and redis.call('ZCARD', waiting) + (added[waiting] or 0) + entry.count
-        > entry.limit then
-      return 'full ' .. entry.queue .. ' ' .. entry.limit
-    end
-  end
   local ids = {}
   for i = first, first + total - 1 do ids[#ids + 1] = parse(ARGV[i]) end
   for i = 1, #ids, CHUNK do
     local found = redis.call('HMGET', KEYS[1], unpack(ids, i, math.min(#ids, i + CHUNK - 1)))
     for j = 1, #found do
       if found[j] then return 'exists ' .. ids[i + j - 1] end
+    end
+  end
+  for _, entry in ipairs(plan) do
+    local waiting = KEYS[entry.base]
+    if entry.limit >= 0 and redis.call('ZCARD', waiting) + (added[waiting] or 0) + entry.count
+        > entry.limit then
+      return 'full ' .. entry.queue .. ' ' .. entry.limit
     end
   end
   return 'ok'
