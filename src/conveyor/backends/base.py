@@ -29,6 +29,9 @@ class Broker(abc.ABC):
     async def close(self) -> None:
         """Release connections and threads."""
 
+    #: seconds an operation keeps retrying through connection trouble (backends that retry)
+    retry_for: float = 30.0
+
     def is_transient(self, error: BaseException) -> bool:
         """True when ``error`` may pass by itself (a store restarting, a dropped connection),
         so waiting and trying again makes sense; False for errors of configuration."""

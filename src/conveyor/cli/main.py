@@ -121,7 +121,12 @@ def _run_worker(args: argparse.Namespace, argv: Sequence[str]) -> int:
                       max_workers=args.max_workers, grace=args.grace)
 
 
+#: an admin command facing an unreachable store gives up after this many seconds
+ADMIN_RETRY_FOR = 5.0
+
+
 async def _run_command(command: Command, app: Conveyor, args: argparse.Namespace) -> int:
+    app.broker.retry_for = ADMIN_RETRY_FOR
     try:
         return await command(app, args)
     finally:

@@ -101,6 +101,8 @@ class RedisBroker(Broker):
         self.keys = Keys(namespace)
         self._connections: dict[asyncio.AbstractEventLoop, _Connection] = {}
         self._checked = False
+        #: how long an operation keeps retrying through connection trouble
+        self.retry_for = RETRY_FOR
         self._blocking: Any = None
         self._blocking_lock = threading.Lock()
 
@@ -116,7 +118,7 @@ class RedisBroker(Broker):
 
     async def _retrying(self, operation: Callable[[_Connection], Awaitable[T]]) -> T:
         """Run ``operation``, reconnecting with backoff through connection trouble."""
-        deadline = time.monotonic() + RETRY_FOR
+        deadline = time.monotonic() + self.retry_for
         pause = 0.05
         while True:
             try:
@@ -259,7 +261,7 @@ class RedisBroker(Broker):
             return
         keys, argv = self._enqueue_call([(jobs, limits)])
         script = self._blocking_script()
-        deadline = time.monotonic() + RETRY_FOR
+        deadline = time.monotonic() + self.retry_for
         pause, attempts = 0.05, 0
         while True:
             attempts += 1
