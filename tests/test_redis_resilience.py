@@ -204,3 +204,35 @@ def test_keys_share_one_hash_tag(app: Conveyor) -> None:
     assert keys, "the enqueue should have created keys"
     assert all(k.startswith(f"{{{app.namespace}}}:") for k in keys), keys
     assert not os.environ.get("CONVEYOR_URL")
+
+
+def test_a_claim_retried_with_its_token_gets_the_same_jobs(server: RedisServer) -> None:
+    """A claim whose reply was lost is sent again with the same token: it must return the
+    jobs it leased the first time, not lease a second batch and strand the first."""
+    import json
+
+    from conveyor.job import JobRecord
+
+    broker = RedisBroker(server.url, namespace=f"t{new_id().lower()}")
+
+    def job() -> JobRecord:
+        now = time.time()
+        return JobRecord(id=new_id(), name="n", queue="default", state=JobState.QUEUED,
+                         args=[], kwargs={}, created_at=now, run_at=now)
+
+    async def scenario() -> tuple[list[str], list[str], list[str]]:
+        await broker.enqueue([job() for _ in range(5)], {})
+        k = broker.keys
+        keys = [k.jobs, k.leases, k.claims, *k.queue_group("default")]
+
+        async def claim(token: str) -> list[str]:
+            raws = await broker._script("claim", keys, ["w1", 30, 3, token])
+            return sorted(json.loads(raw)["id"] for raw in raws)
+
+        first, again, other = await claim("a"), await claim("a"), await claim("b")
+        await broker.close()
+        return first, again, other
+
+    first, again, other = asyncio.run(scenario())
+    assert len(first) == 3 and again == first
+    assert len(other) == 2 and not set(other) & set(first)

@@ -23,6 +23,7 @@ from conveyor.backends.redis import codec
 from conveyor.backends.redis.keys import Keys
 from conveyor.backends.redis.scripts import register_all, source
 from conveyor.errors import ConfigurationError, ConveyorError, QueueFull
+from conveyor.ids import new_id
 from conveyor.job import ALL_STATES, JobRecord, JobState, Outcome, WorkerInfo
 
 try:
@@ -292,8 +293,10 @@ class RedisBroker(Broker):
     async def claim(
         self, worker_id: str, queues: Sequence[str], limit: int, lease: float
     ) -> list[JobRecord]:
-        keys = [self.keys.jobs, self.keys.leases, *self._group_keys(queues)]
-        raws = await self._script("claim", keys, [worker_id, lease, limit])
+        keys = [self.keys.jobs, self.keys.leases, self.keys.claims, *self._group_keys(queues)]
+        # one token for every retry of this claim: a retry after a lost reply gets the
+        # same jobs back instead of leasing a second batch
+        raws = await self._script("claim", keys, [worker_id, lease, limit, new_id()])
         return [codec.job_from_json(raw) for raw in raws]
 
     async def settle(self, outcomes: Sequence[Outcome]) -> None:
@@ -375,6 +378,7 @@ class RedisBroker(Broker):
             async with conn.client.pipeline(transaction=True) as pipe:
                 pipe.zrem(self.keys.workers, worker_id)
                 pipe.hdel(self.keys.winfo, worker_id)
+                pipe.hdel(self.keys.claims, worker_id)
                 await pipe.execute()
 
         await self._retrying(call)
@@ -393,7 +397,7 @@ class RedisBroker(Broker):
             keys = [k.jobs, k.leases, k.expiry, k.cancel, *k.queue_group(queue)]
             r, d = await self._script("recover", keys, [max_recoveries, self.retention, *ids])
             requeued, dead = requeued + int(r), dead + int(d)
-        await self._script("expire_workers", [k.workers, k.winfo], [])
+        await self._script("expire_workers", [k.workers, k.winfo, k.claims], [])
         return requeued, dead
 
     async def promote_scheduled(self) -> int:

@@ -15,6 +15,7 @@ Layout (``ns`` is the namespace, ``q`` a queue):
 ``{ns}:cancel``                 set      running jobs whose cancellation was asked for
 ``{ns}:workers``                zset     worker id -> heartbeat expiry
 ``{ns}:winfo``                  hash     worker id -> the worker as JSON
+``{ns}:claims``                 hash     worker id -> its last claim's token and job ids
 ``{ns}:q:q:waiting``            zset     waiting (queued, delayed, retrying) job id ->
                                          run_at; claims take the due ones, oldest first
 ``{ns}:q:q:sched``              zset     the scheduled ones among them -> run_at, so due
@@ -44,6 +45,7 @@ class Keys:
         self.cancel = f"{p}:cancel"
         self.workers = f"{p}:workers"
         self.winfo = f"{p}:winfo"
+        self.claims = f"{p}:claims"
 
     def waiting(self, queue: str) -> str:
         """Waiting job ids of ``queue`` scored by run_at."""
