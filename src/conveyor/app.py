@@ -6,7 +6,7 @@ import os
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from datetime import datetime
-from typing import Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from conveyor.backends import Broker, open_broker
 from conveyor.context import JobContext
@@ -17,6 +17,9 @@ from conveyor.ids import new_id
 from conveyor.job import Backoff, BackoffPolicy, JobRecord, JobState
 from conveyor.portal import Portal
 from conveyor.uploads import StagingArea
+
+if TYPE_CHECKING:
+    from conveyor.metrics import Metrics
 
 T = TypeVar("T")
 DEFAULT_URL = "sqlite:///conveyor.db"
@@ -70,6 +73,8 @@ class Conveyor:
         self.middlewares: list[Middleware] = []
         self._broker: Broker | None = None
         self._portal = Portal()
+        #: counts enqueues when set (``create_app`` sets one; see :mod:`conveyor.metrics`)
+        self.metrics: Metrics | None = None
 
     def __repr__(self) -> str:
         return f"<Conveyor {self.url} namespace={self.namespace} jobs={len(self.registry)}>"
@@ -240,11 +245,16 @@ class Conveyor:
             self.broker.enqueue_blocking(records, self.max_queued)
         except NotImplementedError:
             self.run_sync(self._store_async(records))
+            return [JobHandle(self, r.id) for r in records]
+        if self.metrics is not None:
+            self.metrics.jobs_enqueued(records)
         return [JobHandle(self, r.id) for r in records]
 
     async def _store_async(self, records: list[JobRecord]) -> list[JobHandle]:
         await self.broker.open()
         await self.broker.enqueue(records, self.max_queued)
+        if self.metrics is not None:
+            self.metrics.jobs_enqueued(records)
         return [JobHandle(self, r.id) for r in records]
 
     def enqueue(self, name: str, *args: Any, delay: float | None = None,

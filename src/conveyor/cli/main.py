@@ -50,6 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
     _worker_options(p)
     p.add_argument("--processes", type=positive_int, default=1,
                    help="worker processes on this machine (default 1)")
+    from conveyor.cli.serve import _port
+
+    p.add_argument("--metrics-port", type=_port,
+                   help="serve Prometheus metrics on this port (one process only)")
+    p.add_argument("--metrics-host", default="127.0.0.1",
+                   help="address of the metrics server (default 127.0.0.1)")
 
     p = sub.add_parser("enqueue", help="enqueue a job by name")
     p.add_argument("name")
@@ -92,9 +98,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     from conveyor.cli.bench import add_bench_parser
     from conveyor.cli.serve import add_serve_parser
+    from conveyor.cli.top import add_top_parser
 
     add_bench_parser(sub)
     add_serve_parser(sub)
+    add_top_parser(sub)
     return parser
 
 
@@ -114,11 +122,14 @@ def _run_worker(args: argparse.Namespace, argv: Sequence[str]) -> int:
     app = resolve_app(args.app_spec, args.url, args.namespace)
     if args.min_workers > args.max_workers:
         raise CLIError("--min-workers must not exceed --max-workers")
+    if args.processes > 1 and args.metrics_port is not None:
+        raise CLIError("--metrics-port needs --processes 1 (each process has its own metrics)")
     if args.processes > 1:
         return Supervisor(worker_command(argv), args.processes, args.grace).run()
     queues = [q.strip() for q in args.queues.split(",") if q.strip()] if args.queues else None
     return run_worker(app, queues=queues, min_workers=args.min_workers,
-                      max_workers=args.max_workers, grace=args.grace)
+                      max_workers=args.max_workers, grace=args.grace,
+                      metrics_port=args.metrics_port, metrics_host=args.metrics_host)
 
 
 #: an admin command facing an unreachable store gives up after this many seconds
@@ -158,6 +169,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from conveyor.cli.bench import run_bench
 
             return run_bench(args)
+        if args.command == "top":
+            from conveyor.cli.top import run_top
+
+            return run_top(args)
         app = resolve_app(getattr(args, "app", None), args.url, args.namespace)
         return asyncio.run(_run_command(COMMANDS[args.command], app, args))
     except CLIError as exc:

@@ -202,7 +202,7 @@ def run_serve(args: argparse.Namespace) -> int:
     if not args.no_worker:
         queues = sorted({fn.options.queue for fn in app.registry.values()} | {UPLOAD_QUEUE})
         worker = Worker(app, queues, min_workers=args.min_workers,
-                        max_workers=args.max_workers, grace=args.grace)
+                        max_workers=args.max_workers, grace=args.grace, metrics=app.metrics)
     server = _Server(api, args.grace, args.access_log)
     with sock, asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         return runner.run(_serve(app, server, worker, sock))

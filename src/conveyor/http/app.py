@@ -2,13 +2,14 @@
 
 Routes come from the table in :mod:`conveyor.http.routes`; every error becomes a JSON body
 ``{"error": "..."}`` with its status code; a bearer token, when set, guards every route but
-``/healthz``.
+``/healthz``. Every request is counted for ``GET /metrics`` by route template and status.
 """
 
 from __future__ import annotations
 
 import hmac
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
@@ -17,8 +18,8 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.routing import Match, Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from conveyor.http.errors import ApiError
 from conveyor.http.openapi import Operation
@@ -28,6 +29,7 @@ from conveyor.http.services import DEFAULT_MAX_UPLOAD, Services
 if TYPE_CHECKING:
     from conveyor.app import Conveyor
     from conveyor.containers import ContainerTarget
+    from conveyor.metrics import Metrics
 
 log = logging.getLogger("conveyor.http")
 PUBLIC_PATHS = frozenset({"/healthz"})
@@ -83,6 +85,51 @@ class BearerAuth:
         await response(scope, receive, send)
 
 
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+class RequestMetrics:
+    """ASGI middleware: count requests by route template (not the raw path, to bound the
+    labels), method and status, for ``conveyor_http_requests_total``."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics, routes: list[Route]) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.routes = routes  # to name requests refused before routing (401)
+
+    def _route(self, scope: Scope) -> str:
+        route = scope.get("route")
+        path = getattr(route, "path", None)
+        if isinstance(path, str):
+            return path
+        for candidate in self.routes:
+            match, _ = candidate.matches(scope)
+            if match is not Match.NONE:
+                return str(candidate.path)
+        return "<unmatched>"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        began = time.perf_counter()
+        status = 500
+
+        async def sending(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            method = scope.get("method", "GET")
+            self.metrics.http_request(self._route(scope),
+                                      method if method in METHODS else "OTHER",
+                                      status, time.perf_counter() - began)
+
+
 def _dispatch(handlers: dict[str, Endpoint]) -> Endpoint:
     """One endpoint for the methods of one path (HEAD is answered like GET)."""
 
@@ -134,6 +181,7 @@ def create_app(
     token: str | None = None,
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD,
     target: ContainerTarget | None = None,
+    metrics: Metrics | None = None,
 ) -> Starlette:
     """The HTTP API of ``conveyor_app`` as an ASGI app (see the README's "HTTP API").
 
@@ -142,15 +190,28 @@ def create_app(
     :func:`conveyor.containers.open_target`) the built-in jobs are installed into the app
     (those it lacks: see :func:`conveyor.builtin.install`). Mount it in your own app with
     ``Mount("/conveyor", create_app(app))``.
+
+    ``metrics`` (default: ``conveyor_app.metrics``, else a new :class:`Metrics`, which then
+    becomes ``conveyor_app.metrics`` so enqueues are counted) is served on ``GET /metrics``;
+    give the same one to the app's workers to count their jobs too.
     """
     if target is not None:
         from conveyor import builtin
 
         builtin.install(conveyor_app, target)
-    routes = Routes(Services(conveyor_app, max_upload_bytes), token or None)
-    middleware = [Middleware(BearerAuth, token=token)] if token else []
+    if metrics is None:
+        from conveyor.metrics import Metrics
+
+        metrics = conveyor_app.metrics or Metrics()
+    if conveyor_app.metrics is None:
+        conveyor_app.metrics = metrics
+    routes = Routes(Services(conveyor_app, max_upload_bytes), token or None, metrics)
+    table = build_routes(routes.operations())
+    middleware = [Middleware(RequestMetrics, metrics=metrics, routes=table)]
+    if token:
+        middleware.append(Middleware(BearerAuth, token=token))
     api = Starlette(
-        routes=build_routes(routes.operations()),
+        routes=table,
         middleware=middleware,
         exception_handlers={
             ApiError: _api_error,
@@ -161,4 +222,5 @@ def create_app(
     )
     api.state.conveyor = conveyor_app
     api.state.services = routes.services
+    api.state.metrics = metrics
     return api

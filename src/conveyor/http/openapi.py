@@ -57,6 +57,8 @@ class Operation:
     auth: bool = True
     #: False for routes that are not part of the API (the docs' own files)
     documented: bool = True
+    #: the media type of the success responses' bodies
+    media: str = "application/json"
 
 
 JOB_ID = Param("id", "path", "the job id (26 characters of Crockford base32)")
@@ -154,7 +156,8 @@ def _operation(op: Operation, secured: bool) -> Schema:
     for status, (description, schema) in sorted(codes.items()):
         entry: Schema = {"description": description}
         if schema is not None:
-            entry["content"] = {"application/json": {"schema": schema}}
+            media = op.media if status < 400 else "application/json"
+            entry["content"] = {media: {"schema": schema}}
         responses[str(status)] = entry
     doc: Schema = {
         "operationId": op.handler.__name__.strip("_"),

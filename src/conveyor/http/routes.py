@@ -7,7 +7,7 @@ headers, query strings and bodies, call one service and shape the JSON answer.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -16,6 +16,9 @@ from conveyor.http import docs
 from conveyor.http.errors import ApiError
 from conveyor.http.openapi import JOB_ID, Operation, Param, error, ref
 from conveyor.http.services import MAX_JSON_BYTES, BodyInfo, Services
+
+if TYPE_CHECKING:
+    from conveyor.metrics import Metrics
 
 JOB_PATH = "/jobs/{job}"
 JOB = Param("job", "path", "the job id (for POST: the registered name of the job to run)")
@@ -76,9 +79,11 @@ async def limited_body(request: Request, limit: int) -> bytes:
 class Routes:
     """The handlers, bound to one :class:`Services`."""
 
-    def __init__(self, services: Services, token: str | None) -> None:
+    def __init__(self, services: Services, token: str | None,
+                 metrics: Metrics | None = None) -> None:
         self.services = services
         self.secured = token is not None
+        self.metrics = metrics
 
     async def _chunks(self, request: Request) -> AsyncIterator[bytes]:
         async for chunk in request.stream():
@@ -133,6 +138,23 @@ class Routes:
     async def healthz(self, request: Request) -> Response:
         """GET /healthz."""
         return JSONResponse({"status": "ok"})
+
+    async def metrics_text(self, request: Request) -> Response:
+        """GET /metrics."""
+        from conveyor.metrics import CONTENT_TYPE_LATEST
+
+        metrics = self.metrics
+        if metrics is None:
+            raise ApiError(404, "metrics are not enabled")
+        broker = self.services.app.broker
+        try:
+            if metrics.queue_counts_stale():
+                await broker.open()
+                await metrics.refresh_queues(broker)
+        except Exception as exc:  # the store is down: serve the other metrics anyway
+            if not broker.is_transient(exc):
+                raise
+        return Response(metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def openapi(self, request: Request) -> Response:
         """GET /openapi.json."""
@@ -203,6 +225,12 @@ class Routes:
                       {200: ("counts", ref("Queues"))}, tag="admin"),
             Operation("GET", "/healthz", self.healthz, "Liveness (no token needed)",
                       {200: ("the server is up", ref("Health"))}, tag="admin", auth=False),
+            Operation("GET", "/metrics", self.metrics_text, "Prometheus metrics",
+                      {200: ("the metrics in the Prometheus text format", {"type": "string"})},
+                      tag="admin", media="text/plain",
+                      description="Job counters, durations and start latencies, queue depths "
+                      "(a snapshot at most a few seconds old), worker sizes and HTTP requests "
+                      "by route template."),
             Operation("GET", "/openapi.json", self.openapi, "This document",
                       {200: ("the OpenAPI document", None)}, tag="admin"),
             Operation("GET", "/docs", self.docs_page, "Interactive documentation",

@@ -5,7 +5,8 @@
 * autoscale: ten times a second, resize from the backlog;
 * recovery: every second requeue jobs whose lease expired (their worker died) and promote
   due scheduled jobs; every minute purge finished jobs past their retention;
-* progress: store the latest progress report of each running job a few times a second.
+* progress: store the latest progress report of each running job a few times a second;
+* metrics (with ``Worker(metrics=...)``): snapshot the queue depths every ``queue_refresh``.
 """
 
 from __future__ import annotations
@@ -45,6 +46,9 @@ class Maintenance:
             ("recovery", RECOVERY_INTERVAL, self.recover_once),
             ("progress", PROGRESS_INTERVAL, self.flush_progress),
         ]
+        metrics = self.worker.metrics
+        if metrics is not None:
+            chores.append(("metrics", metrics.queue_refresh, self.refresh_metrics))
         for name, interval, chore in chores:
             task = asyncio.create_task(self._every(name, interval, chore), name=f"conveyor-{name}")
             self._tasks.append(task)
@@ -107,6 +111,12 @@ class Maintenance:
         if now - self._last_purge >= PURGE_INTERVAL:
             self._last_purge = now
             await broker.purge_expired()
+
+    async def refresh_metrics(self) -> None:
+        """Take a new snapshot of the queue depths for ``conveyor_queue_jobs``."""
+        metrics = self.worker.metrics
+        if metrics is not None:
+            await metrics.refresh_queues(self.worker.broker, force=True)
 
     def report_progress(self, job_id: str, value: float, message: str | None) -> None:
         """Progress sink of job contexts: keep the latest report (any thread)."""

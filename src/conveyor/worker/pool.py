@@ -28,6 +28,7 @@ from conveyor.worker.maintenance import Maintenance
 
 if TYPE_CHECKING:
     from conveyor.app import Conveyor
+    from conveyor.metrics import Metrics
 
 log = logging.getLogger("conveyor.worker")
 
@@ -59,6 +60,7 @@ class Worker:
         cooldown: float = 10.0,
         max_processes: int | None = None,
         prefetch: int | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.app = app
         self.broker = app.broker
@@ -94,6 +96,8 @@ class Worker:
         self._wake: asyncio.Event | None = None
         self._settled: asyncio.Event | None = None
         self._middleware_chain = self._build_chain()
+        #: counts starts and outcomes, if given (None: no cost at all)
+        self.metrics = metrics
 
     # -- control ------------------------------------------------------------------------------
     @property
@@ -134,7 +138,10 @@ class Worker:
             if record.id == job_id:  # not started yet: settle it without running it
                 self.buffered.remove(record)
                 done = outcomes.requeued if reason == "shutdown" else outcomes.cancelled
-                self._record(done(record, self.id))
+                outcome = done(record, self.id)
+                if self.metrics is not None:
+                    self.metrics.job_ended(record, outcome, None)
+                self._record(outcome)
                 return
         entry = self.running.get(job_id)
         if entry is None or entry.task is None or entry.stop_reason is not None:
@@ -152,6 +159,9 @@ class Worker:
         self._settled = asyncio.Event()
         if not await self._connect():
             return
+        if self.metrics is not None:
+            self.metrics.watch_worker(self.id, lambda: self.scaler.size,
+                                      lambda: len(self.running))
         settler = asyncio.create_task(self._settle_loop(), name="conveyor-settler")
         self.maintenance.start()
         log.info("worker %s on queues %s (concurrency %d..%d)", self.id, ",".join(self.queues),
@@ -169,6 +179,8 @@ class Worker:
                 settler.cancel()
             await self.broker.unregister_worker(self.id)
             await self.executors.close()
+            if self.metrics is not None:
+                self.metrics.forget_worker(self.id)
             log.info("worker %s stopped", self.id)
 
     async def _connect(self) -> bool:
@@ -246,9 +258,13 @@ class Worker:
             self._staged.add(record.id)
         entry = _Running(JobContext(record, self.maintenance.report_progress))
         self.running[record.id] = entry
+        if self.metrics is not None:
+            self.metrics.job_started(record)
         entry.task = asyncio.create_task(self._execute(record, entry))
 
     async def _execute(self, record: JobRecord, entry: _Running) -> None:
+        metrics = self.metrics
+        began = time.perf_counter() if metrics is not None else 0.0
         try:
             outcome = await self._attempt(record, entry)
         except Exception as exc:  # a fault in Conveyor itself: still settle the job
@@ -262,6 +278,8 @@ class Worker:
             self._fill_slots()
             if self._wake is not None:
                 self._wake.set()
+        if metrics is not None:
+            metrics.job_ended(record, outcome, time.perf_counter() - began)
         self._record(outcome)
 
     def _record(self, outcome: Outcome) -> None:

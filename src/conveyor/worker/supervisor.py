@@ -84,10 +84,34 @@ async def serve_worker(worker: Worker) -> None:
         signals.remove()
 
 
-def run_worker(app: Conveyor, **options: Any) -> int:
-    """Run one worker in this process until it is told to stop; return the exit code."""
+def run_worker(app: Conveyor, *, metrics_port: int | None = None,
+               metrics_host: str = "127.0.0.1", **options: Any) -> int:
+    """Run one worker in this process until it is told to stop; return the exit code.
+
+    With ``metrics_port`` the worker's Prometheus metrics are served on
+    ``http://metrics_host:metrics_port/metrics`` (see :mod:`conveyor.metrics`).
+    """
+    stop_metrics = None
+    if metrics_port is not None:
+        from conveyor.metrics import Metrics, start_server
+
+        metrics = app.metrics or Metrics()
+        app.metrics = metrics
+        options["metrics"] = metrics
+        try:
+            stop_metrics = start_server(metrics, metrics_port, metrics_host)
+        except OSError as exc:
+            from conveyor.cli.loading import CLIError
+
+            raise CLIError(f"cannot serve metrics on {metrics_host}:{metrics_port}: "
+                           f"{exc.strerror or exc}", code=1) from None
+        log.info("metrics on http://%s:%d/metrics", metrics_host, metrics_port)
     worker = Worker(app, **options)
-    asyncio.run(serve_worker(worker))
+    try:
+        asyncio.run(serve_worker(worker))
+    finally:
+        if stop_metrics is not None:
+            stop_metrics()
     return 0
 
 

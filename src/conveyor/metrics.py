@@ -1,0 +1,219 @@
+"""Prometheus metrics: job counters, durations, queue depths, workers and HTTP requests.
+
+A :class:`Metrics` owns its own ``CollectorRegistry`` (never the global one), so several apps
+or tests in one process do not share counters. Give it to a :class:`~conveyor.worker.pool.Worker`
+(``metrics=``) to count what the worker runs, and set it as ``app.metrics`` to count enqueues;
+``create_app`` does the latter and serves ``GET /metrics``.
+
+The per-job cost is a dict look-up and a few increments: the label children of each
+``(name, queue)`` pair are bound once and cached.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
+
+from conveyor.job import JobRecord, Outcome, OutcomeKind
+
+if TYPE_CHECKING:
+    from prometheus_client.metrics import MetricWrapperBase
+
+    from conveyor.backends import Broker
+
+__all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
+
+JOB_LABELS = ("name", "queue")
+#: job durations: from a millisecond to an hour
+DURATION_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                    30.0, 60.0, 300.0, 900.0, 3600.0)
+HTTP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
+
+
+class _JobChildren:
+    """The label children of one ``(name, queue)`` pair, bound once."""
+
+    __slots__ = ("cancelled", "dead", "duration", "enqueued", "failed", "latency", "retried",
+                 "started", "succeeded")
+
+    def __init__(self, metrics: Metrics, name: str, queue: str) -> None:
+        self.enqueued = metrics.enqueued.labels(name, queue)
+        self.started = metrics.started.labels(name, queue)
+        self.succeeded = metrics.succeeded.labels(name, queue)
+        self.failed = metrics.failed.labels(name, queue)
+        self.retried = metrics.retried.labels(name, queue)
+        self.dead = metrics.dead.labels(name, queue)
+        self.cancelled = metrics.cancelled.labels(name, queue)
+        self.duration = metrics.duration.labels(name, queue)
+        self.latency = metrics.start_latency.labels(name, queue)
+
+
+class _QueueCollector(Collector):
+    """``conveyor_queue_jobs{queue,state}`` from the last snapshot of ``broker.counts()``."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, dict[str, int]] = {}
+        self.taken_at = 0.0  # monotonic; 0: never
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily("conveyor_queue_jobs", "Jobs per queue and state "
+                                   "(refreshed every few seconds)", labels=("queue", "state"))
+        for queue, states in sorted(self.counts.items()):
+            for state, count in states.items():
+                family.add_metric((queue, state), count)
+        yield family
+
+
+class Metrics:
+    """The metrics of one Conveyor process, in a registry of their own.
+
+    ``queue_refresh`` is how old (in seconds) the queue-depth snapshot may get before a
+    worker or a scrape of ``/metrics`` takes a new one.
+    """
+
+    def __init__(self, *, queue_refresh: float = 5.0) -> None:
+        self.registry = CollectorRegistry()
+        self.queue_refresh = queue_refresh
+        r = self.registry
+        self.enqueued = Counter("conveyor_jobs_enqueued_total", "Jobs enqueued", JOB_LABELS,
+                                registry=r)
+        self.started = Counter("conveyor_jobs_started_total", "Attempts started", JOB_LABELS,
+                               registry=r)
+        self.succeeded = Counter("conveyor_jobs_succeeded_total", "Attempts that succeeded",
+                                 JOB_LABELS, registry=r)
+        self.failed = Counter("conveyor_jobs_failed_total", "Attempts that failed (the job "
+                              "is retried or dead)", JOB_LABELS, registry=r)
+        self.retried = Counter("conveyor_jobs_retried_total", "Failed attempts scheduled for "
+                               "a retry", JOB_LABELS, registry=r)
+        self.dead = Counter("conveyor_jobs_dead_total", "Jobs sent to the dead set by a worker",
+                            JOB_LABELS, registry=r)
+        self.cancelled = Counter("conveyor_jobs_cancelled_total", "Jobs a worker stopped on "
+                                 "cancellation", JOB_LABELS, registry=r)
+        self.duration = Histogram("conveyor_job_duration_seconds", "Run time of an attempt",
+                                  JOB_LABELS, registry=r, buckets=DURATION_BUCKETS)
+        self.start_latency = Histogram("conveyor_job_start_latency_seconds", "From enqueue to "
+                                       "the start of the first attempt", JOB_LABELS,
+                                       registry=r, buckets=DURATION_BUCKETS)
+        self.worker_concurrency = Gauge("conveyor_worker_concurrency", "Current concurrency "
+                                        "of a worker", ("worker",), registry=r)
+        self.worker_busy = Gauge("conveyor_worker_busy", "Jobs a worker is running",
+                                 ("worker",), registry=r)
+        self.http_requests = Counter("conveyor_http_requests_total", "HTTP requests by route "
+                                     "template", ("route", "method", "status"), registry=r)
+        self.http_duration = Histogram("conveyor_http_request_duration_seconds", "HTTP request "
+                                       "duration by route template", ("route", "method"),
+                                       registry=r, buckets=HTTP_BUCKETS)
+        self._queues = _QueueCollector()
+        r.register(self._queues)
+        self._jobs: dict[tuple[str, str], _JobChildren] = {}
+        self._http: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+    # -- jobs -----------------------------------------------------------------------------------
+    def _children(self, name: str, queue: str) -> _JobChildren:
+        children = self._jobs.get((name, queue))
+        if children is None:
+            children = self._jobs[name, queue] = _JobChildren(self, name, queue)
+        return children
+
+    def jobs_enqueued(self, records: Iterable[JobRecord]) -> None:
+        """Count stored records (one increment per ``(name, queue)``)."""
+        pairs = collections.Counter((r.name, r.queue) for r in records)
+        for (name, queue), count in pairs.items():
+            self._children(name, queue).enqueued.inc(count)
+
+    def job_started(self, record: JobRecord) -> None:
+        """An attempt starts; the first one also measures the wait since the enqueue."""
+        children = self._children(record.name, record.queue)
+        children.started.inc()
+        if record.attempts <= 1 and record.started_at is not None:
+            children.latency.observe(max(0.0, record.started_at - record.created_at))
+
+    def job_ended(self, record: JobRecord, outcome: Outcome, seconds: float | None) -> None:
+        """An attempt ended with ``outcome`` after ``seconds`` (None: it never ran)."""
+        children = self._children(record.name, record.queue)
+        kind = outcome.kind
+        if kind is OutcomeKind.REQUEUE:  # shutdown: not an end, not charged
+            return
+        if kind is OutcomeKind.SUCCEEDED:
+            children.succeeded.inc()
+        elif kind is OutcomeKind.RETRY:
+            children.failed.inc()
+            children.retried.inc()
+        elif kind is OutcomeKind.DEAD:
+            children.failed.inc()
+            children.dead.inc()
+        elif kind is OutcomeKind.CANCELLED:
+            children.cancelled.inc()
+        if seconds is not None:
+            children.duration.observe(seconds)
+
+    # -- workers and queues ---------------------------------------------------------------------
+    def watch_worker(self, worker_id: str, concurrency: Callable[[], float],
+                     busy: Callable[[], float]) -> None:
+        """Report a worker's size and busy slots, read at scrape time."""
+        self.worker_concurrency.labels(worker_id).set_function(concurrency)
+        self.worker_busy.labels(worker_id).set_function(busy)
+
+    def forget_worker(self, worker_id: str) -> None:
+        """Stop reporting a worker (it stopped)."""
+        for gauge in (self.worker_concurrency, self.worker_busy):
+            _remove(gauge, worker_id)
+
+    def set_queue_counts(self, counts: dict[str, dict[str, int]]) -> None:
+        """Replace the queue-depth snapshot."""
+        self._queues.counts = counts
+        self._queues.taken_at = time.monotonic()
+
+    def queue_counts_stale(self) -> bool:
+        """True when the snapshot is older than ``queue_refresh``."""
+        taken = self._queues.taken_at
+        return taken == 0.0 or time.monotonic() - taken >= self.queue_refresh
+
+    async def refresh_queues(self, broker: Broker, *, force: bool = False) -> None:
+        """Take a new snapshot of ``broker.counts()`` if the last one is stale."""
+        if force or self.queue_counts_stale():
+            self.set_queue_counts(await broker.counts())
+
+    # -- HTTP -----------------------------------------------------------------------------------
+    def http_request(self, route: str, method: str, status: int, seconds: float) -> None:
+        """Count one answered request."""
+        key = (route, method, status)
+        children = self._http.get(key)
+        if children is None:
+            children = self._http[key] = (
+                self.http_requests.labels(route, method, str(status)),
+                self.http_duration.labels(route, method))
+        children[0].inc()
+        children[1].observe(seconds)
+
+    # -- exposition -----------------------------------------------------------------------------
+    def render(self) -> bytes:
+        """The registry in the Prometheus text format."""
+        return generate_latest(self.registry)
+
+
+def _remove(metric: MetricWrapperBase, *labels: str) -> None:
+    with contextlib.suppress(KeyError):
+        metric.remove(*labels)
+
+
+def start_server(metrics: Metrics, port: int, host: str = "127.0.0.1") -> Callable[[], None]:
+    """Serve ``metrics`` over HTTP on ``host:port`` from a daemon thread; return a stop."""
+    from prometheus_client import start_http_server
+
+    server, thread = start_http_server(port, host, registry=metrics.registry)
+
+    def stop() -> None:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+    return stop

@@ -1,0 +1,185 @@
+"""Prometheus metrics: counters match the jobs run, histograms, queue gauges, HTTP, worker port."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from clijobs import CLI, stop
+from conveyor import Conveyor
+from conveyor.metrics import Metrics
+from http_server import Server, free_port
+from polling import wait_until
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def parse(text: str) -> Samples:
+    """Every sample of an exposition, keyed by sample name and labels."""
+    return {(s.name, frozenset(s.labels.items())): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def value(samples: Samples, sample: str, /, **labels: str) -> float | None:
+    return samples.get((sample, frozenset(labels.items())))
+
+
+def job(samples: Samples, metric: str, name: str, queue: str = "default") -> float | None:
+    return value(samples, metric, name=name, queue=queue)
+
+
+def test_worker_counts_what_it_runs(app: Conveyor, start_worker: Callable[..., Any]) -> None:
+    @app.job
+    async def ok(n: int) -> int:
+        return n
+
+    @app.job(retries=1, backoff=0)
+    async def bad() -> None:
+        raise ValueError("nope")
+
+    metrics = Metrics(queue_refresh=0.2)
+    app.metrics = metrics
+    ok_ids = [app.enqueue("ok", i).id for i in range(5)]
+    bad_ids = [h.id for h in app.enqueue_many("bad", [(), ()])]
+    thread = start_worker(app, max_workers=4, metrics=metrics)
+
+    def finished() -> bool:
+        return all(app.handle(i).info().is_final for i in ok_ids + bad_ids)
+
+    wait_until(finished, timeout=30, what="all jobs to end")
+    counts = app.run_sync(app.broker.counts())
+
+    def settled() -> Samples | None:  # outcomes are recorded before they are written
+        s = parse(metrics.render().decode())
+        gauges = {(q, st): value(s, "conveyor_queue_jobs", queue=q, state=st)
+                  for q, states in counts.items() for st in states}
+        want = {(q, st): float(n) for q, states in counts.items() for st, n in states.items()}
+        return s if gauges == want else None
+
+    s = wait_until(settled, timeout=10, what="the queue gauge to catch up")
+    assert counts["default"]["succeeded"] == 5 and counts["default"]["dead"] == 2
+
+    assert job(s, "conveyor_jobs_enqueued_total", "ok") == 5
+    assert job(s, "conveyor_jobs_enqueued_total", "bad") == 2
+    # ok: 5 attempts, all succeed; bad: 2 jobs x (1 try + 1 retry), all fail, both die
+    assert job(s, "conveyor_jobs_started_total", "ok") == 5
+    assert job(s, "conveyor_jobs_started_total", "bad") == 4
+    assert job(s, "conveyor_jobs_succeeded_total", "ok") == 5
+    assert job(s, "conveyor_jobs_succeeded_total", "bad") == 0
+    assert job(s, "conveyor_jobs_failed_total", "bad") == 4
+    assert job(s, "conveyor_jobs_retried_total", "bad") == 2
+    assert job(s, "conveyor_jobs_dead_total", "bad") == 2
+    assert job(s, "conveyor_jobs_failed_total", "ok") == 0
+    assert job(s, "conveyor_jobs_cancelled_total", "ok") == 0
+    # one duration per attempt; one start latency per job (its first attempt)
+    assert job(s, "conveyor_job_duration_seconds_count", "ok") == 5
+    assert job(s, "conveyor_job_duration_seconds_count", "bad") == 4
+    assert job(s, "conveyor_job_start_latency_seconds_count", "ok") == 5
+    assert job(s, "conveyor_job_start_latency_seconds_count", "bad") == 2
+    assert value(s, "conveyor_job_duration_seconds_bucket", name="ok", queue="default",
+                 le="+Inf") == 5
+    assert (job(s, "conveyor_job_start_latency_seconds_sum", "ok") or 0) >= 0
+
+    worker_id = thread.worker.id
+    assert (value(s, "conveyor_worker_concurrency", worker=worker_id) or 0) >= 1
+    assert value(s, "conveyor_worker_busy", worker=worker_id) == 0
+    thread.stop()
+    after = parse(metrics.render().decode())
+    assert value(after, "conveyor_worker_busy", worker=worker_id) is None
+
+
+def test_cancelled_before_start_is_counted_without_a_duration(app: Conveyor) -> None:
+    from conveyor.worker.pool import Worker
+
+    @app.job
+    async def idle() -> None:
+        return None
+
+    metrics = Metrics()
+    worker = Worker(app, metrics=metrics)
+    record = app.build("idle", (), {})
+    worker.buffered.append(record)
+    worker.cancel_job(record.id, "cancel")
+    worker.buffered.append(record)
+    worker.cancel_job(record.id, "shutdown")  # requeued: not an end, not counted
+    s = parse(metrics.render().decode())
+    assert job(s, "conveyor_jobs_cancelled_total", "idle") == 1
+    assert job(s, "conveyor_job_duration_seconds_count", "idle") == 0
+
+
+def test_serve_exposes_metrics(tmp_path: Path) -> None:
+    server = Server(tmp_path).start()
+    try:
+        ids = [server.client.post("/jobs/add", json={"args": [i, 1]}).json()["id"]
+               for i in range(2)]
+        for job_id in ids:
+            assert server.wait_job(job_id)["state"] == "succeeded"
+        assert server.client.get("/jobs/nope-not-an-id").status_code == 404
+        assert httpx.get(f"{server.url}/metrics").status_code == 401  # token, as elsewhere
+
+        def scraped() -> Samples | None:
+            response = server.client.get("/metrics")
+            assert response.status_code == 200
+            assert response.headers["content-type"].startswith("text/plain")
+            s = parse(response.text)
+            return s if job(s, "conveyor_jobs_succeeded_total", "add") == 2 else None
+
+        s = wait_until(scraped, timeout=10, what="the succeeded counter")
+        requests = "conveyor_http_requests_total"
+        assert value(s, requests, route="/jobs/{job}", method="POST", status="202") == 2
+        assert value(s, requests, route="/jobs/{job}", method="GET", status="404") == 1
+        assert value(s, requests, route="/metrics", method="GET", status="401") == 1
+        assert (value(s, requests, route="/jobs/{job}", method="GET", status="200") or 0) >= 2
+        assert not [k for k in s if k[0] == requests and ("route", f"/jobs/{ids[0]}") in k[1]]
+        assert job(s, "conveyor_jobs_enqueued_total", "add") == 2
+        assert job(s, "conveyor_jobs_started_total", "add") == 2
+        assert job(s, "conveyor_job_duration_seconds_count", "add") == 2
+        assert value(s, "conveyor_queue_jobs", queue="default", state="succeeded") == 2
+
+        doc = server.client.get("/openapi.json").json()
+        answer = doc["paths"]["/metrics"]["get"]["responses"]["200"]
+        assert list(answer["content"]) == ["text/plain"]
+    finally:
+        assert server.stop() == 0
+
+
+def test_worker_metrics_port(db_url: str, tmp_path: Path) -> None:
+    import clijobs
+
+    port = free_port()
+    cli = CLI(db_url, tmp_path)
+    proc = cli.start_worker("--metrics-port", str(port))
+    enqueuer = clijobs.register(Conveyor(url=db_url))
+    try:
+        ids = [enqueuer.enqueue("add", i, 1).id for i in range(3)]
+
+        def scraped() -> Samples | None:
+            if proc.poll() is not None:
+                raise AssertionError(f"worker exited: {proc.communicate()[1]}")
+            try:
+                response = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2)
+            except httpx.TransportError:
+                return None
+            s = parse(response.text)
+            return s if job(s, "conveyor_jobs_succeeded_total", "add") == 3 else None
+
+        s = wait_until(scraped, timeout=30, what="the worker's metrics")
+        assert job(s, "conveyor_jobs_started_total", "add") == 3
+        assert job(s, "conveyor_job_start_latency_seconds_count", "add") == 3
+        assert all(enqueuer.handle(i).info().state == "succeeded" for i in ids)
+    finally:
+        enqueuer.close()
+        code, err = stop(proc)
+    assert code == 0, err
+
+
+def test_metrics_port_needs_one_process(db_url: str, tmp_path: Path) -> None:
+    result = CLI(db_url, tmp_path)("worker", "clijobs:app", "--processes", "2",
+                                   "--metrics-port", "9999")
+    assert result.returncode == 2
+    assert "--metrics-port needs --processes 1" in result.stderr
+

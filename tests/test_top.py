@@ -1,0 +1,161 @@
+"""``conveyor top``: one frame with ``--once``, the live view in a pseudo-terminal, and job
+text that is shown literally, never as markup."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+import select
+import socket
+import struct
+import subprocess
+import sys
+import termios
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from clijobs import CLI, register, stop
+from conftest import WorkerThread, cli_env
+from conveyor import Conveyor
+from conveyor.cli.top import clean, sparkline
+from polling import wait_until
+
+
+@pytest.fixture
+def cli(db_url: str, tmp_path: Path) -> CLI:
+    return CLI(db_url, tmp_path)
+
+
+@pytest.fixture
+def jobs_app(app: Conveyor) -> Conveyor:
+    return register(app)
+
+
+def row(frame: str, first: str) -> list[str]:
+    """The cells of the table row whose first cell is ``first``."""
+    for line in frame.splitlines():
+        cells = [c.strip() for c in re.split("[│┃]", line.strip().strip("│┃"))]
+        if cells and cells[0] == first:
+            return cells
+    raise AssertionError(f"no row {first!r} in:\n{frame}")
+
+
+def test_sparkline_and_clean() -> None:
+    assert sparkline([]) == ""
+    assert sparkline([0, 0]) == "▁▁"
+    assert sparkline([0, 1, 2, 4, 8]) == "▁▂▃▅█"
+    assert clean("a\nb\x1b[31m\tc") == "a b?[31m c"
+    assert clean("x" * 10, 5) == "xxxx…"
+
+
+def test_once_shows_queue_counts_and_the_worker(cli: CLI, jobs_app: Conveyor,
+                                                start_worker: Callable[..., WorkerThread]
+                                                ) -> None:
+    # dead, succeeded and cancelled jobs in "default", one queued in "mail", one scheduled
+    ok = cli.enqueue("add", [1, 2])
+    dead = cli.enqueue("fail", ["boom"])
+    worker = start_worker(jobs_app, queues=["default"], max_workers=4)
+    wait_until(lambda: all(jobs_app.handle(i).info().is_final for i in (ok, dead)),
+               what="the jobs to finish")
+    worker.stop()
+    cli.ok("cancel", cli.enqueue("add", [1, 2]))
+    cli.enqueue("add", [1, 2], "--delay", "600")
+    cli.enqueue("greet", ["x"], "--queue", "mail")
+
+    proc = cli.start_worker("--min-workers", "2", "--max-workers", "5", "--queues", "mail")
+    try:
+        wait_until(lambda: cli.json("stats")["workers"], what="the worker to register")
+        frame = cli.ok("top", "--once", COLUMNS="160")
+    finally:
+        code, err = stop(proc)
+    assert code == 0, err
+    assert row(frame, "queue") == ["queue", "queued", "scheduled", "running", "succeeded",
+                                   "dead", "cancelled"]
+    assert row(frame, "default") == ["default", "0", "1", "0", "1", "1", "1"]
+    assert sum(int(n) for n in row(frame, "mail")[1:]) == 1  # its worker may have run it
+    assert "workers (1)" in frame
+    pid, queues, cur, low, high = row(frame, socket.gethostname())[1:6]
+    assert pid == str(proc.pid) and queues == "mail"
+    assert (low, high) == ("2", "5") and 2 <= int(cur) <= 5
+    # the recent failures list the dead job
+    assert row(frame, dead)[1:] == ["fail", "PermanentError: boom"]
+
+
+def test_job_text_is_shown_literally(cli: CLI, jobs_app: Conveyor,
+                                     start_worker: Callable[..., WorkerThread]) -> None:
+    message = "[bold]loud[/bold] <script>alert(1)</script> [/nope] \x1b[31mred"
+    dead = cli.enqueue("fail", [message])
+    worker = start_worker(jobs_app, max_workers=1)
+    wait_until(lambda: jobs_app.handle(dead).info().is_final, what="the job to die")
+    worker.stop()
+    done = cli("top", "--once", COLUMNS="200")
+    assert done.returncode == 0, done.stderr
+    assert "[bold]loud[/bold] <script>alert(1)</script> [/nope] ?[31mred" in done.stdout
+    assert "\x1b" not in done.stdout
+
+
+# -- the live view in a pseudo-terminal ---------------------------------------------------------
+ANSI = re.compile(r"\x1b(\[[0-9;?]*[ -/]*[@-~]|\][^\x07]*\x07|[()][0-9A-Za-z]|[=>78])")
+
+
+def _screen_text(raw: bytes) -> str:
+    return ANSI.sub("", raw.decode(errors="replace"))
+
+
+def test_live_view_in_a_terminal_quits_on_q(cli: CLI, tmp_path: Path) -> None:
+    cli.enqueue("add", [1, 2])
+    cli.enqueue("add", [3, 4])
+    master, slave = os.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    env = cli_env(TERM="xterm-256color")
+    for name in ("COLUMNS", "LINES", "NO_COLOR", "TERM_PROGRAM"):
+        env.pop(name, None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "conveyor", "top", "--url", cli.url, "--interval", "0.2"],
+        stdin=slave, stdout=slave, stderr=slave, cwd=tmp_path, env=env,
+        start_new_session=True)
+    os.close(slave)
+    raw = b""
+
+    def read_for(seconds: float) -> None:
+        nonlocal raw
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 0.05)
+            if ready:
+                try:
+                    chunk = os.read(master, 65536)
+                except OSError:  # the child closed the terminal
+                    return
+                if not chunk:
+                    return
+                raw += chunk
+
+    try:
+        deadline = time.monotonic() + 20
+        pattern = re.compile(r"default\s*│\s*2\s*│\s*0\s*│")
+        while not pattern.search(_screen_text(raw)):
+            assert proc.poll() is None, _screen_text(raw)
+            assert time.monotonic() < deadline, _screen_text(raw)
+            read_for(0.1)
+        text = _screen_text(raw)
+        assert "workers (0)" in text and "rates (jobs/s)" in text
+        assert b"\x1b[?1049h" in raw  # the alternate screen
+        # a few refreshes later the enqueue rate has samples
+        cli.enqueue("add", [5, 6])
+        read_for(0.6)
+        os.write(master, b"q")
+        deadline = time.monotonic() + 5
+        while proc.poll() is None and time.monotonic() < deadline:
+            read_for(0.1)
+        assert proc.poll() == 0, _screen_text(raw)[-2000:]
+        assert b"\x1b[?1049l" in raw  # and back to the normal screen
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(master)
