@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import os
-from pathlib import Path
 
+import wjobs_crash
 from conveyor import Conveyor
 
 app = Conveyor(lease=1.0, max_recoveries=3)
@@ -18,13 +17,5 @@ async def pause(n: int, seconds: float) -> int:
     return n
 
 
-@app.job
-async def marked_nap(marker: str, seconds: float) -> int:
-    """Append this process's pid to ``marker``; only the first run sleeps ``seconds``."""
-    path = Path(marker)
-    first = not path.exists()
-    with path.open("a") as f:
-        f.write(f"{os.getpid()}\n")
-    if first:
-        await asyncio.sleep(seconds)
-    return len(path.read_text().split())
+# the same job as in tests/wjobs_crash.py, registered on this app
+marked_nap = app.job(wjobs_crash.marked_nap.fn)

@@ -20,15 +20,7 @@ import pytest
 import wjobs_crash
 from conftest import TESTS, cli_env
 from conveyor import Conveyor, JobRecord, JobState
-from polling import wait_until
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+from polling import pid_alive, wait_until
 
 
 class Workers:

@@ -16,19 +16,11 @@ import wjobs_process
 from conftest import WorkerThread
 from conveyor import Conveyor, JobContext, JobRecord, JobState
 from conveyor.worker.executors import JobThreads
-from polling import wait_until
+from polling import pid_alive, wait_until
 
 
 def wait_final(handle: Any, timeout: float = 15.0) -> JobRecord:
     return wait_until(lambda: (r := handle.info()).is_final and r, timeout, f"{handle} final")
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 # -- async ----------------------------------------------------------------------------------------
