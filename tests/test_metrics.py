@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from clijobs import CLI, stop
@@ -183,3 +184,21 @@ def test_metrics_port_needs_one_process(db_url: str, tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "--metrics-port needs --processes 1" in result.stderr
 
+
+
+def test_label_sets_stay_bounded_whatever_queue_names_come_in() -> None:
+    """Queue names come from HTTP clients too: thousands of them must not grow the registry."""
+    import time
+
+    from conveyor.job import JobRecord, JobState
+
+    metrics = Metrics()
+    now = time.time()
+    records = [JobRecord(id=f"{i:026d}", name="n", queue=f"q{i}", state=JobState.QUEUED,
+                         args=[], kwargs={}, created_at=now, run_at=now) for i in range(1000)]
+    metrics.jobs_enqueued(records)
+    assert len(metrics._jobs) <= Metrics.MAX_JOB_LABELS + 1
+    total = sum(c.enqueued._value.get() for c in metrics._jobs.values())
+    assert total == 1000  # nothing is lost: the overflow is counted under queue="other"
+    with pytest.raises(ValueError):
+        Metrics(queue_refresh=0)

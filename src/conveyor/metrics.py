@@ -79,7 +79,12 @@ class Metrics:
     worker or a scrape of ``/metrics`` takes a new one.
     """
 
+    #: distinct (name, queue) label pairs at most; later ones share the label queue="other"
+    MAX_JOB_LABELS = 200
+
     def __init__(self, *, queue_refresh: float = 5.0) -> None:
+        if queue_refresh <= 0:
+            raise ValueError("queue_refresh must be a positive number of seconds")
         self.registry = CollectorRegistry()
         self.queue_refresh = queue_refresh
         r = self.registry
@@ -120,7 +125,13 @@ class Metrics:
     def _children(self, name: str, queue: str) -> _JobChildren:
         children = self._jobs.get((name, queue))
         if children is None:
-            children = self._jobs[name, queue] = _JobChildren(self, name, queue)
+            # Queue names come from callers (HTTP clients too): bound the label sets so
+            # random names cannot grow the registry without end.
+            if len(self._jobs) >= self.MAX_JOB_LABELS:
+                queue = "other"
+                children = self._jobs.get((name, queue))
+            if children is None:
+                children = self._jobs[name, queue] = _JobChildren(self, name, queue)
         return children
 
     def jobs_enqueued(self, records: Iterable[JobRecord]) -> None:
@@ -133,8 +144,10 @@ class Metrics:
         """An attempt starts; the first one also measures the wait since the enqueue."""
         children = self._children(record.name, record.queue)
         children.started.inc()
-        if record.attempts <= 1 and record.started_at is not None:
-            children.latency.observe(max(0.0, record.started_at - record.created_at))
+        if record.attempts - record.recoveries <= 1:
+            # from when the job could first run (a delayed job waits by design) to now
+            ready = max(record.created_at, record.run_at)
+            children.latency.observe(max(0.0, time.time() - ready))
 
     def job_ended(self, record: JobRecord, outcome: Outcome, seconds: float | None) -> None:
         """An attempt ended with ``outcome`` after ``seconds`` (None: it never ran)."""
