@@ -159,3 +159,31 @@ def test_live_view_in_a_terminal_quits_on_q(cli: CLI, tmp_path: Path) -> None:
             proc.kill()
             proc.wait()
         os.close(master)
+
+
+def test_recent_failures_are_ordered_by_when_they_died(app: Conveyor) -> None:
+    """A job created long ago that died just now comes before newer jobs that died earlier."""
+    import asyncio
+
+    from conveyor.cli.top import take_snapshot
+    from conveyor.job import Outcome, OutcomeKind
+
+    @app.job(retries=0)
+    async def doomed(n: int) -> None:
+        raise ValueError(n)
+
+    old, *newer = doomed.enqueue_many([(0,), (1,), (2,)])
+
+    async def kill_in_order() -> None:
+        broker = app.broker
+        await broker.open()
+        claimed = {r.id: r for r in await broker.claim("w", ["default"], 3, 30)}
+        for handle in [*newer, old]:  # the oldest-created one dies last
+            record = claimed[handle.id]
+            await broker.settle([Outcome(record.id, "w", OutcomeKind.DEAD, time.time(),
+                                         error=f"boom {record.args[0]}", queue="default")])
+            await asyncio.sleep(0.01)
+
+    app.run_sync(kill_in_order())
+    snap = app.run_sync(take_snapshot(app))
+    assert [r.id for r in snap.failures][:3] == [old.id, newer[1].id, newer[0].id]

@@ -125,7 +125,10 @@ async def take_snapshot(app: Conveyor) -> Snapshot:
     broker = app.broker
     counts = await broker.counts()
     workers = await broker.workers()
-    failures = await broker.list_jobs(state=JobState.DEAD, limit=RECENT_FAILURES)
+    # listed newest-created first; a page of them re-sorted by when they died
+    dead = await broker.list_jobs(state=JobState.DEAD, limit=RECENT_FAILURES * 20)
+    dead.sort(key=lambda r: r.finished_at or 0.0, reverse=True)
+    failures = dead[:RECENT_FAILURES]
     return Snapshot(time.monotonic(), counts, workers, failures)
 
 
