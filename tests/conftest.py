@@ -102,3 +102,19 @@ def cli_env(**extra: str) -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join([str(TESTS), env.get("PYTHONPATH", "")]).strip(os.pathsep)
     env.update(extra)
     return env
+
+
+@pytest.fixture
+def cli(db_url: str, tmp_path: Path) -> Any:
+    """Runs ``python -m conveyor`` against the test's database (see tests/clijobs.py)."""
+    from clijobs import CLI
+
+    return CLI(db_url, tmp_path)
+
+
+@pytest.fixture
+def jobs_app(app: Conveyor) -> Conveyor:
+    """The test's app on the same store, with the clijobs jobs, to run and read jobs."""
+    from clijobs import register
+
+    return register(app)

@@ -3,26 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 
-import pytest
-
-from clijobs import CLI, register, stop
+from clijobs import CLI, stop
 from conftest import WorkerThread
 from conveyor import Conveyor, JobState
 from polling import wait_until
 
 STATES = {"queued", "scheduled", "running", "succeeded", "dead", "cancelled"}
-
-
-@pytest.fixture
-def cli(db_url: str, tmp_path: Path) -> CLI:
-    return CLI(db_url, tmp_path)
-
-
-@pytest.fixture
-def jobs_app(app: Conveyor) -> Conveyor:
-    return register(app)
 
 
 def state(app: Conveyor, job_id: str) -> str:

@@ -15,11 +15,6 @@ FIGURES = ("single_enqueue_per_s", "concurrent_enqueue_per_s", "bulk_enqueue_per
            "drain_per_s", "latency_p50_ms", "latency_p99_ms", "latency_rate_per_s")
 
 
-@pytest.fixture
-def cli(db_url: str, tmp_path: Path) -> CLI:
-    return CLI(db_url, tmp_path)
-
-
 def test_bench_json_has_every_figure(cli: CLI) -> None:
     result = cli.json("bench", *SMALL, url=None, timeout=120)
     for figure in FIGURES:

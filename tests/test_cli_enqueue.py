@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -17,17 +17,6 @@ from polling import wait_until
 ID = re.compile(r"^[0-9A-HJKMNP-TV-Z]{26}$")
 INFO_KEYS = {"id", "name", "queue", "state", "attempts", "result", "error", "progress",
              "created_at", "run_at", "started_at", "finished_at"}
-
-
-@pytest.fixture
-def cli(db_url: str, tmp_path: Path) -> CLI:
-    return CLI(db_url, tmp_path)
-
-
-@pytest.fixture
-def jobs_app(app: Conveyor) -> Iterator[Conveyor]:
-    """The test's app on the same store, with the clijobs jobs, to run and read jobs."""
-    yield register(app)
 
 
 @pytest.fixture

@@ -17,11 +17,6 @@ from polling import wait_until
 
 
 @pytest.fixture
-def cli(db_url: str, tmp_path: Path) -> CLI:
-    return CLI(db_url, tmp_path)
-
-
-@pytest.fixture
 def reader(db_url: str) -> Iterator[Conveyor]:
     """Reads the test's store in-process."""
     app = Conveyor(url=db_url)

@@ -16,23 +16,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import pytest
-
-from clijobs import CLI, register, stop
+from clijobs import CLI, stop
 from conftest import WorkerThread, cli_env
 from conveyor import Conveyor
 from conveyor.cli.top import clean, sparkline
 from polling import wait_until
-
-
-@pytest.fixture
-def cli(db_url: str, tmp_path: Path) -> CLI:
-    return CLI(db_url, tmp_path)
-
-
-@pytest.fixture
-def jobs_app(app: Conveyor) -> Conveyor:
-    return register(app)
 
 
 def row(frame: str, first: str) -> list[str]:
