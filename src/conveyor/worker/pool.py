@@ -28,6 +28,7 @@ from conveyor.worker.maintenance import Maintenance
 
 if TYPE_CHECKING:
     from conveyor.app import Conveyor
+    from conveyor.functions import JobFunction
     from conveyor.metrics import Metrics
 
 log = logging.getLogger("conveyor.worker")
@@ -36,12 +37,14 @@ FINAL_KINDS = (OutcomeKind.SUCCEEDED, OutcomeKind.DEAD, OutcomeKind.CANCELLED)
 
 
 class _Running:
-    """A job in flight: its task, its context and why it is being stopped, if it is."""
+    """A job in flight: its function (None if not registered here), its task, its context
+    and why it is being stopped, if it is."""
 
-    __slots__ = ("ctx", "stop_reason", "task")
+    __slots__ = ("ctx", "job_fn", "stop_reason", "task")
 
-    def __init__(self, ctx: JobContext) -> None:
+    def __init__(self, ctx: JobContext, job_fn: JobFunction | None) -> None:
         self.ctx = ctx
+        self.job_fn = job_fn
         self.task: asyncio.Task[None] | None = None
         self.stop_reason: str | None = None
 
@@ -256,7 +259,7 @@ class Worker:
         job_fn = self.app.registry.get(record.name)
         if job_fn is not None and job_fn.uses_staging:
             self._staged.add(record.id)
-        entry = _Running(JobContext(record, self.maintenance.report_progress))
+        entry = _Running(JobContext(record, self.maintenance.report_progress), job_fn)
         self.running[record.id] = entry
         if self.metrics is not None:
             self.metrics.job_started(record)
@@ -289,7 +292,7 @@ class Worker:
             self._settled.set()
 
     async def _attempt(self, record: JobRecord, entry: _Running) -> Outcome:
-        job_fn = self.app.registry.get(record.name)
+        job_fn = entry.job_fn
         if job_fn is None:
             return outcomes.dead(record, self.id, f"no job named {record.name!r} is registered "
                                  f"in worker {self.id}")
