@@ -18,6 +18,7 @@ from conveyor.backends.base import Broker
 from conveyor.errors import QueueFull
 from conveyor.ids import new_id
 from conveyor.job import JobRecord, JobState, Outcome, OutcomeKind
+from conveyor.stats import STATS_KEEP, MinuteStats, minute_of
 
 from .conftest import RETENTION, MakeBroker, Run, make_job, make_jobs, make_worker
 
@@ -1163,3 +1164,95 @@ def test_set_progress_ignores_jobs_that_are_not_running(run: Run[Any], broker: B
     stored = get(run, broker, queued.id)
     assert (stored.progress, stored.progress_message) == (None, None)
     assert run(broker.list_jobs()) == [stored]
+
+
+# -- statistics -----------------------------------------------------------------------------
+
+
+def stats_by_key(rows: list[MinuteStats]) -> dict[tuple[int, str], MinuteStats]:
+    keyed = {(r.minute, r.queue): r for r in rows}
+    assert len(keyed) == len(rows), f"more than one row per minute and queue: {rows}"
+    return keyed
+
+
+def test_stats_start_empty(run: Run[Any], broker: Broker) -> None:
+    assert run(broker.stats(0)) == []
+    run(broker.add_stats([]))
+    run(broker.add_stats([MinuteStats(minute_of(time.time()), "default")]))  # nothing counted
+    assert run(broker.stats(0)) == []
+
+
+def test_add_stats_sums_rows_and_calls(run: Run[Any], make_broker: MakeBroker) -> None:
+    broker, other = make_broker(), make_broker()  # two workers adding to the same minute
+    now = minute_of(time.time())
+    run(broker.add_stats([
+        MinuteStats(now, "default", succeeded=3, failed=1, started=2, wait_total=0.5),
+        MinuteStats(now, "default", succeeded=1, dead=2, cancelled=1, started=1,
+                    wait_total=0.25),
+    ]))
+    run(other.add_stats([MinuteStats(now, "default", succeeded=10, wait_total=1.125)]))
+    assert run(broker.stats(0)) == [
+        MinuteStats(now, "default", succeeded=14, failed=1, dead=2, cancelled=1, started=3,
+                    wait_total=1.875)
+    ]
+
+
+def test_stats_keep_queues_and_minutes_apart_oldest_first(
+    run: Run[Any], broker: Broker
+) -> None:
+    now = minute_of(time.time())
+    added = [
+        MinuteStats(now, "b", succeeded=1),
+        MinuteStats(now - 120, "a", failed=2),
+        MinuteStats(now, "a", dead=3),
+        MinuteStats(now - 60, "b", cancelled=4),
+        MinuteStats(now - 120, "b", started=5, wait_total=2.5),
+    ]
+    run(broker.add_stats(added[:2]))
+    run(broker.add_stats(added[2:]))
+    rows = run(broker.stats(0))
+    minutes = [r.minute for r in rows]
+    assert minutes == sorted(minutes)
+    assert stats_by_key(rows) == {(r.minute, r.queue): r for r in added}
+
+
+def test_stats_since_takes_minutes_starting_at_or_after_it(
+    run: Run[Any], broker: Broker
+) -> None:
+    now = minute_of(time.time())
+    run(broker.add_stats([MinuteStats(m, "default", succeeded=1)
+                          for m in (now - 180, now - 120, now - 60, now)]))
+    assert [r.minute for r in run(broker.stats(now - 120))] == [now - 120, now - 60, now]
+    assert [r.minute for r in run(broker.stats(now - 119.5))] == [now - 60, now]
+    assert [r.minute for r in run(broker.stats(now))] == [now]
+    assert run(broker.stats(now + 1)) == []
+
+
+@pytest.mark.parametrize("queue", [
+    "with spaces", "a:b:c", "{braces}", "ünïcödé 🚀", "tab\there", "succeeded", "x\x01started",
+    "a" * 300,
+])
+def test_stats_queue_names_with_odd_characters(
+    run: Run[Any], broker: Broker, queue: str
+) -> None:
+    now = minute_of(time.time())
+    rows = [MinuteStats(now, queue, succeeded=2, dead=1, started=3, wait_total=0.75),
+            MinuteStats(now, queue + ":", failed=1)]  # a neighbour that shares a prefix
+    run(broker.add_stats(rows))
+    run(broker.add_stats(rows[:1]))
+    assert stats_by_key(run(broker.stats(now))) == {
+        (now, queue): MinuteStats(now, queue, succeeded=4, dead=2, started=6, wait_total=1.5),
+        (now, queue + ":"): rows[1],
+    }
+
+
+def test_stats_older_than_keeping_are_dropped(run: Run[Any], broker: Broker) -> None:
+    """SQLite deletes them on purge_expired; Redis lets their keys expire."""
+    now = minute_of(time.time())
+    old = minute_of(time.time() - STATS_KEEP) - 120
+    recent = minute_of(time.time() - STATS_KEEP) + 300
+    job = settled(run, broker, OutcomeKind.SUCCEEDED)  # within retention: stays
+    run(broker.add_stats([MinuteStats(m, "default", succeeded=1) for m in (old, recent, now)]))
+    assert run(broker.purge_expired()) == 0  # statistics rows are not counted as jobs
+    assert [r.minute for r in run(broker.stats(0))] == [recent, now]
+    assert get(run, broker, job.id).state is JobState.SUCCEEDED

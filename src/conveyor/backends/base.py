@@ -11,6 +11,7 @@ import abc
 from collections.abc import Mapping, Sequence
 
 from conveyor.job import JobRecord, JobState, Outcome, WorkerInfo
+from conveyor.stats import MinuteStats
 
 
 class Broker(abc.ABC):
@@ -152,3 +153,13 @@ class Broker(abc.ABC):
     @abc.abstractmethod
     async def workers(self) -> list[WorkerInfo]:
         """The workers whose heartbeat is current."""
+
+    # -- statistics ---------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def add_stats(self, rows: Sequence[MinuteStats]) -> None:
+        """Add ``rows`` to the stored per-minute statistics (summing with what is there)."""
+
+    @abc.abstractmethod
+    async def stats(self, since: float) -> list[MinuteStats]:
+        """Stored statistics of the minutes starting at or after ``since``, one row per
+        minute and queue (summed over workers), oldest first."""

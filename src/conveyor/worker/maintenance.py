@@ -6,6 +6,8 @@
 * recovery: every second requeue jobs whose lease expired (their worker died) and promote
   due scheduled jobs; every minute purge finished jobs past their retention;
 * progress: store the latest progress report of each running job a few times a second;
+* stats: every five seconds add the per-minute job statistics to the store (the worker
+  adds the last ones itself once its final outcomes are written);
 * metrics (with ``Worker(metrics=...)``): snapshot the queue depths every ``queue_refresh``.
 """
 
@@ -26,6 +28,7 @@ AUTOSCALE_INTERVAL = 0.1
 RECOVERY_INTERVAL = 1.0
 PURGE_INTERVAL = 60.0
 PROGRESS_INTERVAL = 0.25
+STATS_INTERVAL = 5.0
 
 
 class Maintenance:
@@ -45,6 +48,7 @@ class Maintenance:
             ("autoscale", AUTOSCALE_INTERVAL, self.autoscale_once),
             ("recovery", RECOVERY_INTERVAL, self.recover_once),
             ("progress", PROGRESS_INTERVAL, self.flush_progress),
+            ("stats", STATS_INTERVAL, self.flush_stats),
         ]
         metrics = self.worker.metrics
         if metrics is not None:
@@ -117,6 +121,10 @@ class Maintenance:
         metrics = self.worker.metrics
         if metrics is not None:
             await metrics.refresh_queues(self.worker.broker, force=True)
+
+    async def flush_stats(self) -> None:
+        """Add the statistics counted since the last flush (kept if the store refuses)."""
+        await self.worker.stats.flush(self.worker.broker)
 
     def report_progress(self, job_id: str, value: float, message: str | None) -> None:
         """Progress sink of job contexts: keep the latest report (any thread)."""

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from conveyor.context import JobContext
 from conveyor.ids import new_id
 from conveyor.job import JobRecord, Outcome, OutcomeKind, WorkerInfo
+from conveyor.stats import StatsRecorder
 from conveyor.worker import outcomes
 from conveyor.worker.autoscale import Autoscaler
 from conveyor.worker.executors import Executors
@@ -101,6 +102,8 @@ class Worker:
         self._middleware_chain = self._build_chain()
         #: counts starts and outcomes, if given (None: no cost at all)
         self.metrics = metrics
+        #: per-minute statistics for the dashboard, always on; flushed by the maintenance
+        self.stats = StatsRecorder()
 
     # -- control ------------------------------------------------------------------------------
     @property
@@ -144,6 +147,7 @@ class Worker:
                 outcome = done(record, self.id)
                 if self.metrics is not None:
                     self.metrics.job_ended(record, outcome, None)
+                self.stats.ended(record, outcome)
                 self._record(outcome)
                 return
         entry = self.running.get(job_id)
@@ -180,6 +184,8 @@ class Worker:
             if stuck:  # the store refuses them: their leases will bring the jobs back
                 log.error("could not record %d outcomes before exiting", len(self._outcomes))
                 settler.cancel()
+            elif not await self.stats.flush(self.broker):
+                log.error("could not store the last job statistics before exiting")
             await self.broker.unregister_worker(self.id)
             await self.executors.close()
             if self.metrics is not None:
@@ -263,6 +269,7 @@ class Worker:
         self.running[record.id] = entry
         if self.metrics is not None:
             self.metrics.job_started(record)
+        self.stats.started(record)
         entry.task = asyncio.create_task(self._execute(record, entry))
 
     async def _execute(self, record: JobRecord, entry: _Running) -> None:
@@ -283,6 +290,7 @@ class Worker:
                 self._wake.set()
         if metrics is not None:
             metrics.job_ended(record, outcome, time.perf_counter() - began)
+        self.stats.ended(record, outcome)
         self._record(outcome)
 
     def _record(self, outcome: Outcome) -> None:

@@ -25,6 +25,7 @@ from conveyor.backends.redis.scripts import register_all, source
 from conveyor.errors import ConfigurationError, ConveyorError, QueueFull
 from conveyor.ids import new_id
 from conveyor.job import ALL_STATES, JobRecord, JobState, Outcome, WorkerInfo
+from conveyor.stats import STATS_KEEP, MinuteStats
 
 try:
     import redis as syncredis
@@ -539,3 +540,40 @@ class RedisBroker(Broker):
         raws = await self._cmd("hmget", self.keys.winfo, ids)
         workers = [codec.worker_from_json(raw) for raw in raws if raw is not None]
         return sorted(workers, key=lambda w: w.started_at)
+
+    # -- statistics ---------------------------------------------------------------------------
+    async def add_stats(self, rows: Sequence[MinuteStats]) -> None:
+        """One script call; its marker makes a retry after a lost reply add nothing."""
+        k = self.keys
+        keys = [k.stats_call(new_id()), k.stats]
+        #: minute -> the KEYS index (from 1, as in Lua) of its hash; in KEYS order
+        slots: dict[int, int] = {}
+        increments: list[Any] = []
+        for row in rows:
+            changes = codec.stats_increments(row)
+            if not changes:
+                continue
+            index = slots.get(row.minute)
+            if index is None:
+                keys.append(k.stats_minute(row.minute))
+                index = slots[row.minute] = len(keys)
+            for field, increment in changes:
+                increments += [index, field, increment]
+        if increments:
+            marker_lives = int(self.retry_for) + 60  # outlives every retry of this call
+            await self._script("stats", keys, [int(STATS_KEEP), marker_lives, *slots,
+                                               *increments])
+
+    async def stats(self, since: float) -> list[MinuteStats]:
+        minutes = [int(m) for m in await self._cmd("zrangebyscore", self.keys.stats, since,
+                                                   "+inf")]
+
+        async def call(conn: _Connection) -> list[dict[str, str]]:
+            async with conn.client.pipeline(transaction=False) as pipe:
+                for minute in minutes:
+                    pipe.hgetall(self.keys.stats_minute(minute))
+                return list(await pipe.execute())
+
+        hashes = await self._retrying(call) if minutes else []
+        return [row for minute, fields in zip(minutes, hashes, strict=True)
+                for row in codec.stats_rows(minute, fields)]

@@ -1,4 +1,5 @@
-"""Jobs and workers to and from the JSON the scripts keep in Redis."""
+"""Jobs and workers to and from the JSON the scripts keep in Redis; statistics to and from
+the fields of the per-minute hashes."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 
 from conveyor.job import JobRecord, JobState, WorkerInfo
 from conveyor.serialization import loads
+from conveyor.stats import SUMS, MinuteStats
 
 _NEW_JOB_TAIL = (
     '"attempts":0,"recoveries":0,"started_at":null,"finished_at":null,"result":null,'
@@ -80,3 +82,37 @@ def worker_from_json(raw: str | bytes) -> WorkerInfo:
         processed=int(data["processed"]), failed=int(data["failed"]),
         started_at=float(data["started_at"]), heartbeat_at=float(data["heartbeat_at"]),
     )
+
+
+def stats_field(queue: str, name: str) -> str:
+    """A field of a minute's statistics hash: the queue, NUL, then the sum's name.
+
+    The names never contain NUL, so splitting at the last NUL gives back any queue name.
+    """
+    return f"{queue}\x00{name}"
+
+
+def stats_increments(row: MinuteStats) -> list[tuple[str, str]]:
+    """``(field, increment)`` of the row's non-zero sums. Counts are whole numbers; the
+    wait total always has a decimal point (the script adds it with HINCRBYFLOAT)."""
+    increments = []
+    for name in SUMS:
+        value = getattr(row, name)
+        if value:
+            text = f"{value:.6f}" if name == "wait_total" else str(int(value))
+            increments.append((stats_field(row.queue, name), text))
+    return increments
+
+
+def stats_rows(minute: int, fields: dict[str, str]) -> list[MinuteStats]:
+    """The rows of one minute's statistics hash, by queue name."""
+    rows: dict[str, MinuteStats] = {}
+    for field, value in fields.items():
+        queue, _, name = field.rpartition("\x00")
+        if name not in SUMS:
+            continue
+        row = rows.get(queue)
+        if row is None:
+            row = rows[queue] = MinuteStats(minute, queue)
+        setattr(row, name, float(value) if name == "wait_total" else int(value))
+    return [rows[queue] for queue in sorted(rows)]

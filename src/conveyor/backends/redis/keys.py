@@ -24,6 +24,12 @@ Layout (``ns`` is the namespace, ``q`` a queue):
                                          block on it (BLPOP)
 ``{ns}:q:q:s:STATE``            zset     job ids of the queue in STATE, score 0, for counts
                                          and listing
+``{ns}:stats``                  zset     minute -> minute: the minutes that have statistics
+``{ns}:stats:M``                hash     the statistics of minute M (seconds since the
+                                         epoch): ``q NUL succeeded`` -> count, ... (see
+                                         ``codec.stats_field``); expires STATS_KEEP after M
+``{ns}:stats:call:T``           string   marks the add_stats call with token T as done, so
+                                         a retry after a lost reply adds nothing twice
 ==============================  =======  ===================================================
 """
 
@@ -46,6 +52,7 @@ class Keys:
         self.workers = f"{p}:workers"
         self.winfo = f"{p}:winfo"
         self.claims = f"{p}:claims"
+        self.stats = f"{p}:stats"
 
     def waiting(self, queue: str) -> str:
         """Waiting job ids of ``queue`` scored by run_at."""
@@ -71,3 +78,11 @@ class Keys:
         """The keys of one queue that most scripts take, in a fixed order:
         waiting, sched, wake, then the six state indexes."""
         return [self.waiting(queue), self.sched(queue), self.wake(queue), *self.states(queue)]
+
+    def stats_minute(self, minute: int) -> str:
+        """The statistics hash of the minute starting at ``minute``."""
+        return f"{self.prefix}:stats:{minute}"
+
+    def stats_call(self, token: str) -> str:
+        """The marker of one add_stats call."""
+        return f"{self.prefix}:stats:call:{token}"

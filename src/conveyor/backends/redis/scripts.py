@@ -21,7 +21,7 @@ _WORD = re.compile(r"\w+")
 
 NAMES = (
     "enqueue", "claim", "settle", "heartbeat", "recover", "expire_workers", "promote",
-    "purge", "cancel", "retry", "delete", "progress",
+    "purge", "cancel", "retry", "delete", "progress", "stats",
 )
 
 

@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 from conveyor.backends.base import Broker
 from conveyor.backends.sqlite.schema import (
     JOB_COLUMNS,
+    STATS_COLUMNS,
     WORKER_COLUMNS,
     Settings,
     check_namespace,
@@ -25,6 +26,7 @@ from conveyor.backends.sqlite.writer import Writer
 from conveyor.errors import QueueFull
 from conveyor.job import JobRecord, JobState, Outcome, OutcomeKind, WorkerInfo
 from conveyor.serialization import dumps
+from conveyor.stats import STATS_KEEP, SUMS, MinuteStats
 
 T = TypeVar("T")
 
@@ -333,11 +335,20 @@ class SQLiteBroker(Broker):
         return await self._write(lambda conn: conn.execute(sql, (time.time(),)).rowcount)
 
     async def purge_expired(self) -> int:
-        sql = (
+        """Delete finished jobs past their retention (counted) and statistics older than
+        :data:`~conveyor.stats.STATS_KEEP` (not counted)."""
+        jobs = (
             f"DELETE FROM {self.ns}_jobs WHERE state IN ('succeeded', 'dead', 'cancelled') "
             f"AND expires_at < ?"
         )
-        return await self._write(lambda conn: conn.execute(sql, (time.time(),)).rowcount)
+        stats = f"DELETE FROM {self.ns}_stats WHERE minute < ?"
+
+        def fn(conn: sqlite3.Connection) -> int:
+            now = time.time()
+            conn.execute(stats, (now - STATS_KEEP,))
+            return conn.execute(jobs, (now,)).rowcount
+
+        return await self._write(fn)
 
     # -- inspection and admin -----------------------------------------------------------------
     def _get(self, conn: sqlite3.Connection, job_id: str) -> JobRecord | None:
@@ -429,3 +440,23 @@ class SQLiteBroker(Broker):
         )
         rows = await self._read(lambda conn: conn.execute(sql, (time.time(),)).fetchall())
         return [worker_from_row(r) for r in rows]
+
+    # -- statistics ---------------------------------------------------------------------------
+    async def add_stats(self, rows: Sequence[MinuteStats]) -> None:
+        sums = ", ".join(f"{c}={c}+excluded.{c}" for c in SUMS)
+        sql = (
+            f"INSERT INTO {self.ns}_stats ({STATS_COLUMNS}) VALUES ({_marks(2 + len(SUMS))}) "
+            f"ON CONFLICT (minute, queue) DO UPDATE SET {sums}"
+        )
+        params = [(r.minute, r.queue, r.succeeded, r.failed, r.dead, r.cancelled, r.started,
+                   r.wait_total) for r in rows if not r.empty]
+        if params:
+            await self._write(lambda conn: conn.executemany(sql, params))
+
+    async def stats(self, since: float) -> list[MinuteStats]:
+        sql = (
+            f"SELECT {STATS_COLUMNS} FROM {self.ns}_stats WHERE minute >= ? "
+            f"ORDER BY minute, queue"
+        )
+        rows = await self._read(lambda conn: conn.execute(sql, (since,)).fetchall())
+        return [MinuteStats(*row) for row in rows]

@@ -12,6 +12,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from conveyor.errors import ConfigurationError
 from conveyor.job import JobRecord, JobState, WorkerInfo
 from conveyor.serialization import loads
+from conveyor.stats import SUMS
 
 _NAMESPACE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 
@@ -135,7 +136,23 @@ def ddl(ns: str) -> list[str]:
             heartbeat_at REAL NOT NULL,
             lease_expires_at REAL NOT NULL
         )""",
+        # per-minute statistics summed over workers (see conveyor.stats); a database made
+        # before they existed gains the table here, when it is next opened
+        f"""CREATE TABLE IF NOT EXISTS {ns}_stats (
+            minute INTEGER NOT NULL,
+            queue TEXT NOT NULL,
+            succeeded INTEGER NOT NULL,
+            failed INTEGER NOT NULL,
+            dead INTEGER NOT NULL,
+            cancelled INTEGER NOT NULL,
+            started INTEGER NOT NULL,
+            wait_total REAL NOT NULL,
+            PRIMARY KEY (minute, queue)
+        ) WITHOUT ROWID""",
     ]
+
+
+STATS_COLUMNS = "minute, queue, " + ", ".join(SUMS)
 
 
 def job_from_row(row: tuple[Any, ...]) -> JobRecord:

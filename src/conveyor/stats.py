@@ -1,0 +1,172 @@
+"""Per-minute job statistics: what the dashboard draws as throughput, failure rate and
+enqueue-to-start latency over the last hour.
+
+Workers count their attempts in a :class:`StatsRecorder` and add them to the backend every few
+seconds (:meth:`~conveyor.backends.base.Broker.add_stats`); the backend sums what every worker
+added, per minute and queue, and keeps it for :data:`STATS_KEEP` seconds.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from conveyor.job import JobRecord, Outcome, OutcomeKind
+
+if TYPE_CHECKING:
+    from conveyor.backends.base import Broker
+
+log = logging.getLogger("conveyor.stats")
+
+#: seconds a minute's statistics are kept by the backend
+STATS_KEEP = 24 * 3600.0
+
+
+def minute_of(ts: float) -> int:
+    """The start of the minute ``ts`` falls in, in whole seconds since the epoch."""
+    return int(ts // 60) * 60
+
+
+@dataclass(slots=True)
+class MinuteStats:
+    """What happened in one queue during one minute (counts are attempts, not jobs)."""
+
+    #: the start of the minute, seconds since the epoch (a multiple of 60)
+    minute: int
+    queue: str
+    succeeded: int = 0
+    #: attempts that failed and will be tried again (a timeout is a failure)
+    failed: int = 0
+    #: attempts that failed for good: the job went to the dead set
+    dead: int = 0
+    cancelled: int = 0
+    #: first attempts that started; ``wait_total`` is the sum of their enqueue-to-start waits
+    started: int = 0
+    wait_total: float = 0.0
+
+    @property
+    def empty(self) -> bool:
+        """True when nothing was counted (backends need not store such a row)."""
+        return not (self.succeeded or self.failed or self.dead or self.cancelled
+                    or self.started or self.wait_total)
+
+
+#: the summed fields of :class:`MinuteStats`, in declaration order
+SUMS = ("succeeded", "failed", "dead", "cancelled", "started", "wait_total")
+
+
+# -- recording on a worker --------------------------------------------------------------------
+# Positions in a recorder's per-(minute, queue) counters: a plain list is the cheapest thing
+# to bump on the hot path; MinuteStats are built only when the counts are flushed.
+_SUCCEEDED, _FAILED, _DEAD, _CANCELLED, _STARTED, _WAIT = range(6)
+
+
+class StatsRecorder:
+    """Counts one worker's attempts per minute and queue until they are added to the store.
+
+    :meth:`started` and :meth:`ended` run on the worker's hot path (thousands of times a
+    second, on its event loop): within the current minute each is a dict look-up and an
+    increment or two. :meth:`flush` runs every few seconds from the maintenance loop and
+    once more when the worker stops; what it cannot store is kept for the next flush.
+    """
+
+    def __init__(self) -> None:
+        #: (minute, queue) -> counters, indexed by _SUCCEEDED ... _WAIT
+        self._counts: dict[tuple[int, str], list[float]] = {}
+        #: the fast path: the counters of the newest minute seen, by queue
+        self._current: dict[str, list[float]] = {}
+        self._start = 0
+        self._end = 0
+        self._failing = False
+
+    def _counters(self, at: float, queue: str) -> list[float]:
+        """The counters of ``queue`` in the minute of ``at``, made on first use."""
+        minute = minute_of(at)
+        key = (minute, queue)
+        counters = self._counts.get(key)
+        if counters is None:
+            counters = self._counts[key] = [0, 0, 0, 0, 0, 0.0]
+        if minute >= self._start:  # a late report of an earlier minute takes this slow path
+            if minute > self._start:
+                self._start, self._end, self._current = minute, minute + 60, {}
+            self._current[queue] = counters
+        return counters
+
+    def started(self, record: JobRecord) -> None:
+        """An attempt of ``record`` starts now; only a job's first attempt is counted, with
+        its wait from when it could first run (as :meth:`Metrics.job_started` measures)."""
+        if record.attempts - record.recoveries > 1:
+            return
+        now = time.time()
+        counters = self._current.get(record.queue) if self._start <= now < self._end else None
+        if counters is None:
+            counters = self._counters(now, record.queue)
+        counters[_STARTED] += 1
+        # max(0, now - max(created_at, run_at)), without the calls: this runs for every job
+        ready = record.run_at if record.run_at > record.created_at else record.created_at
+        if now > ready:
+            counters[_WAIT] += now - ready
+
+    def ended(self, record: JobRecord, outcome: Outcome) -> None:
+        """An attempt of ``record`` ended with ``outcome``; a shutdown requeue is no end."""
+        kind = outcome.kind
+        if kind is OutcomeKind.SUCCEEDED:
+            slot = _SUCCEEDED
+        elif kind is OutcomeKind.RETRY:
+            slot = _FAILED
+        elif kind is OutcomeKind.DEAD:
+            slot = _DEAD
+        elif kind is OutcomeKind.CANCELLED:
+            slot = _CANCELLED
+        else:
+            return
+        at = outcome.finished_at
+        counters = self._current.get(record.queue) if self._start <= at < self._end else None
+        if counters is None:
+            counters = self._counters(at, record.queue)
+        counters[slot] += 1
+
+    def pending(self) -> list[MinuteStats]:
+        """What was counted and not yet stored, oldest minute first."""
+        return [
+            MinuteStats(minute, queue, succeeded=int(c[_SUCCEEDED]), failed=int(c[_FAILED]),
+                        dead=int(c[_DEAD]), cancelled=int(c[_CANCELLED]),
+                        started=int(c[_STARTED]), wait_total=c[_WAIT])
+            for (minute, queue), c in sorted(self._counts.items())
+        ]
+
+    async def flush(self, broker: Broker) -> bool:
+        """Add what was counted to ``broker``'s statistics. Return False if the store
+        refused: the counts are kept for the next flush (a warning is logged once until a
+        flush succeeds again)."""
+        if not self._counts:
+            return True
+        rows = self.pending()
+        taken, self._counts, self._current = self._counts, {}, {}
+        try:
+            await broker.add_stats(rows)
+        except BaseException as exc:
+            # Cancelled or refused: keep the counts. (A write cancelled after the store took
+            # it may then be added twice: statistics are at least once, like jobs.)
+            self._merge(taken)
+            if not isinstance(exc, Exception):
+                raise
+            if not self._failing:
+                log.warning("could not store job statistics (%s); keeping them to try again",
+                            exc)
+            self._failing = True
+            return False
+        self._failing = False
+        return True
+
+    def _merge(self, counts: dict[tuple[int, str], list[float]]) -> None:
+        """Put counts that were not stored back, adding to those counted since."""
+        for key, counters in counts.items():
+            mine = self._counts.get(key)
+            if mine is None:
+                self._counts[key] = counters
+            else:
+                for slot, value in enumerate(counters):
+                    mine[slot] += value
