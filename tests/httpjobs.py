@@ -7,6 +7,7 @@ The server process gets its store with ``--url`` and its staging directory with
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 from conveyor import Conveyor, JobContext, PermanentError, Upload
@@ -51,3 +52,13 @@ async def hold() -> None:
 @app.job(queue="capped")
 def capped_count(upload: Upload) -> int:
     return upload.size
+
+
+@app.job(retries=0)
+def fail_first(marker: str) -> str:
+    """Dies the first time (leaving ``marker`` behind) and succeeds once retried."""
+    path = Path(marker)
+    if not path.exists():
+        path.write_text("tried")
+        raise PermanentError("the first try fails on purpose")
+    return "second try worked"

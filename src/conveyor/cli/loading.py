@@ -21,6 +21,14 @@ def positive_int(text: str) -> int:
     return value
 
 
+def queue_list(text: str) -> list[str]:
+    """argparse type: comma-separated queue names (at least one)."""
+    queues = [q.strip() for q in text.split(",") if q.strip()]
+    if not queues:
+        raise argparse.ArgumentTypeError("name at least one queue")
+    return queues
+
+
 class CLIError(Exception):
     """A problem to report in one line, exiting with ``code``."""
 

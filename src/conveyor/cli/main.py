@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from conveyor.app import Conveyor
 from conveyor.cli import commands
-from conveyor.cli.loading import CLIError, positive_int, resolve_app
+from conveyor.cli.loading import CLIError, positive_int, queue_list, resolve_app
 from conveyor.cli.output import errors
 from conveyor.errors import ConveyorError
 from conveyor.job import ALL_STATES
@@ -29,7 +29,8 @@ def _store_options(parser: argparse.ArgumentParser, with_app: bool = True) -> No
 
 
 def _worker_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--queues", help="comma-separated queues (default: the app's queues)")
+    parser.add_argument("--queues", type=queue_list,
+                        help="comma-separated queues (default: the app's queues)")
     parser.add_argument("--min-workers", type=positive_int, default=1,
                         help="least concurrent jobs per process (default 1)")
     parser.add_argument("--max-workers", type=positive_int, default=10,
@@ -126,8 +127,7 @@ def _run_worker(args: argparse.Namespace, argv: Sequence[str]) -> int:
         raise CLIError("--metrics-port needs --processes 1 (each process has its own metrics)")
     if args.processes > 1:
         return Supervisor(worker_command(argv), args.processes, args.grace).run()
-    queues = [q.strip() for q in args.queues.split(",") if q.strip()] if args.queues else None
-    return run_worker(app, queues=queues, min_workers=args.min_workers,
+    return run_worker(app, queues=args.queues, min_workers=args.min_workers,
                       max_workers=args.max_workers, grace=args.grace,
                       metrics_port=args.metrics_port, metrics_host=args.metrics_host)
 

@@ -19,7 +19,7 @@ import socket
 from collections.abc import Generator
 from typing import TYPE_CHECKING, Any
 
-from conveyor.cli.loading import CLIError, positive_int, resolve_app
+from conveyor.cli.loading import CLIError, positive_int, queue_list, resolve_app
 from conveyor.errors import ConfigurationError
 from conveyor.uploads import StagingArea
 
@@ -60,6 +60,9 @@ def add_serve_parser(sub: Any) -> None:
     p.add_argument("--insecure", action="store_true",
                    help="allow a non-loopback address without a token")
     p.add_argument("--no-worker", action="store_true", help="serve the API only")
+    p.add_argument("--queues", type=queue_list,
+                   help="comma-separated queues the worker takes jobs from (default: the "
+                   "app's queues and uploads)")
     p.add_argument("--min-workers", type=positive_int, default=1,
                    help="least concurrent jobs (default 1)")
     p.add_argument("--max-workers", type=positive_int, default=10,
@@ -171,7 +174,7 @@ async def _serve(app: Conveyor, server: _Server, worker: Worker | None,
     if worker is not None:
         tasks.add(asyncio.create_task(worker.run(), name="conveyor-worker"))
     host, port = sock.getsockname()[:2]
-    log.info("serving http://%s:%d/ (docs at /docs)%s", host, port,
+    log.info("serving http://%s:%d/ (dashboard at /, API docs at /docs)%s", host, port,
              f"; worker on queues {','.join(worker.queues)}" if worker else "; no worker")
     try:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
@@ -200,7 +203,8 @@ def run_serve(args: argparse.Namespace) -> int:
     sock = listen(args.host, args.port)
     worker = None
     if not args.no_worker:
-        queues = sorted({fn.options.queue for fn in app.registry.values()} | {UPLOAD_QUEUE})
+        queues = args.queues or sorted(
+            {fn.options.queue for fn in app.registry.values()} | {UPLOAD_QUEUE})
         worker = Worker(app, queues, min_workers=args.min_workers,
                         max_workers=args.max_workers, grace=args.grace, metrics=app.metrics)
     server = _Server(api, args.grace, args.access_log)

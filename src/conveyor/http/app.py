@@ -55,9 +55,12 @@ class BearerAuth:
     """ASGI middleware: a request needs ``Authorization: Bearer TOKEN`` (compared in
     constant time), except for the public paths; otherwise 401 with ``WWW-Authenticate``."""
 
-    def __init__(self, app: ASGIApp, token: str) -> None:
+    def __init__(self, app: ASGIApp, token: str,
+                 exempt: Callable[[str], bool] | None = None) -> None:
         self.app = app
         self.token = token.encode()
+        #: paths that check access themselves (the dashboard's, with its login)
+        self.exempt = exempt
 
     def _authorized(self, scope: Scope) -> bool | None:
         """True if the token matches, False if a wrong one came, None if none came."""
@@ -70,7 +73,9 @@ class BearerAuth:
         return None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or route_path(scope) in PUBLIC_PATHS:
+        path = route_path(scope)
+        if scope["type"] != "http" or path in PUBLIC_PATHS or \
+                (self.exempt is not None and self.exempt(path)):
             await self.app(scope, receive, send)
             return
         verdict = self._authorized(scope)
@@ -182,6 +187,7 @@ def create_app(
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD,
     target: ContainerTarget | None = None,
     metrics: Metrics | None = None,
+    dashboard: bool = True,
 ) -> Starlette:
     """The HTTP API of ``conveyor_app`` as an ASGI app (see the README's "HTTP API").
 
@@ -194,6 +200,9 @@ def create_app(
     ``metrics`` (default: ``conveyor_app.metrics``, else a new :class:`Metrics`, which then
     becomes ``conveyor_app.metrics`` so enqueues are counted) is served on ``GET /metrics``;
     give the same one to the app's workers to count their jobs too.
+
+    ``dashboard`` adds the web dashboard (:mod:`conveyor.dashboard`) at ``/`` and under
+    ``/ui/``; with a token it has a login form of its own.
     """
     if target is not None:
         from conveyor import builtin
@@ -207,9 +216,15 @@ def create_app(
         conveyor_app.metrics = metrics
     routes = Routes(Services(conveyor_app, max_upload_bytes), token or None, metrics)
     table = build_routes(routes.operations())
+    exempt = None
+    if dashboard:
+        from conveyor.dashboard import Dashboard, is_dashboard_path
+
+        table += Dashboard(routes.services, token or None).routes()
+        exempt = is_dashboard_path
     middleware = [Middleware(RequestMetrics, metrics=metrics, routes=table)]
     if token:
-        middleware.append(Middleware(BearerAuth, token=token))
+        middleware.append(Middleware(BearerAuth, token=token, exempt=exempt))
     api = Starlette(
         routes=table,
         middleware=middleware,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import errno
 import logging
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -66,7 +66,7 @@ class Services:
         self.app = app
         self.max_upload_bytes = max_upload_bytes
 
-    async def _broker_ready(self) -> None:
+    async def broker_ready(self) -> None:
         """Connect on first use (a no-op once open; the app may be mounted without a
         lifespan, so there is no start-up hook to rely on)."""
         await self.app.broker.open()
@@ -97,7 +97,7 @@ class Services:
         """Store the job; map the app's refusals to statuses. A staged file of ``job_id``
         is removed when nothing was stored."""
         try:
-            await self._broker_ready()
+            await self.broker_ready()
             handle = await self.app.enqueue_call_async(
                 name, args, kwargs, job_id=job_id, delay=delay, queue=queue
             )
@@ -179,14 +179,18 @@ class Services:
         """The job's record (404 unless it exists)."""
         if not is_valid_id(job_id):
             raise _not_found(job_id)
-        await self._broker_ready()
+        await self.broker_ready()
         record = await self.app.broker.get(job_id)
         if record is None:
             raise _not_found(job_id)
         return record
 
-    async def list_jobs(self, params: Mapping[str, str]) -> dict[str, Any]:
-        """``GET /jobs``: a page of jobs, newest first, and the cursor of the next page."""
+    async def list_jobs(
+        self, params: Mapping[str, str],
+        shape: Callable[[JobRecord], dict[str, Any]] = JobRecord.to_dict,
+    ) -> dict[str, Any]:
+        """``GET /jobs``: a page of jobs, newest first, each as ``shape`` makes it, and the
+        cursor of the next page."""
         unknown = sorted(set(params) - {"state", "queue", "name", "limit", "cursor"})
         if unknown:
             raise ApiError(400, f"unknown query parameter {unknown[0]!r}")
@@ -197,14 +201,14 @@ class Services:
         cursor = params.get("cursor") or None
         if cursor is not None and not is_valid_id(cursor):
             raise ApiError(400, "cursor must be a job id (the next_cursor of a page)")
-        await self._broker_ready()
+        await self.broker_ready()
         records = await self.app.broker.list_jobs(
             state=JobState(state) if state else None, queue=params.get("queue") or None,
             name=params.get("name") or None, limit=limit + 1, cursor=cursor,
         )
         page = records[:limit]
         more = len(records) > limit
-        return {"jobs": [r.to_dict() for r in page], "next_cursor": page[-1].id if more else None}
+        return {"jobs": [shape(r) for r in page], "next_cursor": page[-1].id if more else None}
 
     async def cancel(self, job_id: str) -> JobRecord:
         """``DELETE /jobs/{id}``: cancel; a job final afterwards loses its staged file."""
@@ -234,8 +238,25 @@ class Services:
             raise _not_found(job_id)
         return after
 
+    async def delete(self, job_id: str) -> None:
+        """Delete a job that is not running, and its staged file (409 while it runs)."""
+        before = await self.get(job_id)
+        if before.state is JobState.RUNNING:
+            raise ApiError(409, f"job {job_id} is running; cancel it first")
+        if not await self.app.broker.delete(job_id):
+            after = await self.app.broker.get(job_id)
+            if after is None:
+                raise _not_found(job_id)
+            raise ApiError(409, f"job {job_id} is {after.state}; it cannot be deleted now")
+        self.app.staging.remove(job_id)
+
+    async def retry_dead(self, queue: str | None) -> int:
+        """Put every dead job of ``queue`` (of every queue when ``None``) back; how many."""
+        await self.broker_ready()
+        return await self.app.broker.retry_dead(queue)
+
     async def queues(self) -> dict[str, dict[str, int]]:
         """``GET /queues``: ``{queue: {state: count}}``."""
-        await self._broker_ready()
+        await self.broker_ready()
         return await self.app.broker.counts()
 

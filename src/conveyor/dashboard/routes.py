@@ -1,0 +1,215 @@
+"""The dashboard's routes: pages, their JSON data, the actions, login and static files.
+
+Everything lives under ``/ui/`` except the overview, which is the root page ``/``. Pages
+need a login when a token is set (see :mod:`conveyor.dashboard.auth`); a page asked for
+without one redirects to the login form, a data or action request gets 401.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from functools import cache
+from importlib import resources
+from typing import Any
+from urllib.parse import parse_qs, quote
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.routing import Route
+
+from conveyor.dashboard import data, pages
+from conveyor.dashboard.auth import SESSION_COOKIE, DashboardAuth, same_origin
+from conveyor.http.errors import ApiError
+from conveyor.http.services import Services
+from conveyor.ids import is_valid_id
+
+Handler = Callable[[Request], Awaitable[Response]]
+#: the static files of the dashboard and their media types
+STATIC = {"app.js": "text/javascript", "app.css": "text/css", "favicon.svg": "image/svg+xml"}
+#: the largest login form read
+MAX_LOGIN_BODY = 4096
+#: seconds the session cookie lives
+SESSION_AGE = 7 * 24 * 3600
+
+
+def prefix(request: Request) -> str:
+    """The path the dashboard is mounted under (``""`` at the root)."""
+    return str(request.scope.get("root_path", "")).rstrip("/")
+
+
+def is_dashboard_path(path: str) -> bool:
+    """True for the paths the dashboard serves (it checks their access itself)."""
+    return path == "/" or path.startswith("/ui/")
+
+
+@cache
+def static_file(name: str) -> bytes:
+    """The bytes of one of the dashboard's static files."""
+    return resources.files("conveyor.dashboard").joinpath("static", name).read_bytes()
+
+
+def _json(content: Any, status: int = 200) -> JSONResponse:
+    return JSONResponse(content, status_code=status, headers=pages.SECURITY_HEADERS)
+
+
+class Dashboard:
+    """The handlers of one dashboard over one :class:`Services`."""
+
+    def __init__(self, services: Services, token: str | None) -> None:
+        self.services = services
+        self.auth = DashboardAuth(token)
+
+    # -- guards -------------------------------------------------------------------------------
+    def _page(self, name: str) -> Handler:
+        async def handler(request: Request) -> Response:
+            if not self.auth.logged_in(request):
+                return RedirectResponse(f"{prefix(request)}/ui/login", status_code=303)
+            job = request.path_params.get("job", "")
+            return pages.shell(prefix(request), name, self.auth.csrf_token(), job=job,
+                               secured=self.auth.required)
+
+        return handler
+
+    def _data(self, read: Handler) -> Handler:
+        async def handler(request: Request) -> Response:
+            if not self.auth.logged_in(request):
+                raise ApiError(401, "log in to the dashboard first")
+            return await read(request)
+
+        return handler
+
+    def _action(self, act: Handler) -> Handler:
+        async def handler(request: Request) -> Response:
+            if not self.auth.logged_in(request):
+                raise ApiError(401, "log in to the dashboard first")
+            if not self.auth.csrf_ok(request):
+                raise ApiError(403, "missing or wrong CSRF token; reload the page")
+            return await act(request)
+
+        return handler
+
+    # -- login ------------------------------------------------------------------------------
+    async def login_form(self, request: Request) -> Response:
+        """GET /ui/login."""
+        if not self.auth.required or self.auth.logged_in(request):
+            return RedirectResponse(f"{prefix(request)}/", status_code=303)
+        return pages.login(prefix(request))
+
+    async def login(self, request: Request) -> Response:
+        """POST /ui/login: check the token, set the session cookie, go to the overview."""
+        if not same_origin(request):
+            raise ApiError(403, "the login form was sent from another site")
+        body = b""
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_LOGIN_BODY:
+                raise ApiError(413, "the login form is too large")
+        fields = parse_qs(body.decode("utf-8", "replace"))
+        given = (fields.get("token") or [""])[0]
+        if not self.auth.check_token(given):
+            return pages.login(prefix(request), "Wrong token.", status=401)
+        response = RedirectResponse(f"{prefix(request)}/", status_code=303)
+        if self.auth.required:
+            response.set_cookie(SESSION_COOKIE, self.auth.session_value(),
+                                max_age=SESSION_AGE, path=f"{prefix(request)}/",
+                                httponly=True, samesite="strict",
+                                secure=request.url.scheme == "https")
+        return response
+
+    async def logout(self, request: Request) -> Response:
+        """POST /ui/logout: forget the session cookie."""
+        response = _json({"logged_out": True})
+        response.delete_cookie(SESSION_COOKIE, path=f"{prefix(request)}/", httponly=True,
+                               samesite="strict")
+        return response
+
+    # -- data ---------------------------------------------------------------------------------
+    async def _broker(self) -> Any:
+        await self.services.broker_ready()
+        return self.services.app.broker
+
+    async def overview(self, request: Request) -> Response:
+        """GET /ui/api/overview[?queue=]."""
+        queue = request.query_params.get("queue") or None
+        return _json(await data.overview(await self._broker(), queue))
+
+    async def workers(self, request: Request) -> Response:
+        """GET /ui/api/workers."""
+        return _json(await data.workers(await self._broker()))
+
+    async def jobs(self, request: Request) -> Response:
+        """GET /ui/api/jobs?state=&queue=&q=&cursor=&limit=: a page of job summaries.
+
+        ``q`` is a job id (that job alone) or a job name (jobs of that name)."""
+        params = dict(request.query_params)
+        search = (params.pop("q", "") or "").strip()
+        if search and is_valid_id(search.upper()):
+            try:
+                record = await self.services.get(search.upper())
+            except ApiError:
+                return _json({"jobs": [], "next_cursor": None})
+            return _json({"jobs": [data.job_summary(record)], "next_cursor": None})
+        if search:
+            params["name"] = search
+        page = await self.services.list_jobs(params, shape=data.job_summary)
+        return _json(page)
+
+    async def job(self, request: Request) -> Response:
+        """GET /ui/api/jobs/{job}: everything about one job."""
+        record = await self.services.get(request.path_params["job"])
+        return _json(record.to_dict())
+
+    # -- actions ------------------------------------------------------------------------------
+    async def retry(self, request: Request) -> Response:
+        """POST /ui/api/jobs/{job}/retry."""
+        record = await self.services.retry(request.path_params["job"])
+        return _json(record.to_dict())
+
+    async def cancel(self, request: Request) -> Response:
+        """POST /ui/api/jobs/{job}/cancel."""
+        record = await self.services.cancel(request.path_params["job"])
+        return _json(record.to_dict())
+
+    async def delete(self, request: Request) -> Response:
+        """POST /ui/api/jobs/{job}/delete."""
+        await self.services.delete(request.path_params["job"])
+        return _json({"deleted": request.path_params["job"]})
+
+    async def retry_dead(self, request: Request) -> Response:
+        """POST /ui/api/retry-dead?queue=: every dead job of the queue back in it."""
+        queue = request.query_params.get("queue")
+        if not queue:
+            raise ApiError(400, "name the queue whose dead jobs to retry (?queue=)")
+        return _json({"queue": queue, "retried": await self.services.retry_dead(queue)})
+
+    # -- static ---------------------------------------------------------------------------
+    async def static(self, request: Request) -> Response:
+        """GET /ui/static/{file}."""
+        name = request.path_params["file"]
+        media_type = STATIC.get(name)
+        if media_type is None:
+            raise ApiError(404, f"no such file: {quote(name)}")
+        headers = {**pages.SECURITY_HEADERS, "Cache-Control": "no-cache"}
+        return Response(static_file(name), media_type=media_type, headers=headers)
+
+    def routes(self) -> list[Route]:
+        """The dashboard's Starlette routes."""
+        job = "/ui/api/jobs/{job}"
+        return [
+            Route("/", self._page("overview"), methods=["GET"]),
+            Route("/ui/workers", self._page("workers"), methods=["GET"]),
+            Route("/ui/jobs", self._page("jobs"), methods=["GET"]),
+            Route("/ui/jobs/{job}", self._page("job"), methods=["GET"]),
+            Route("/ui/login", self.login_form, methods=["GET"]),
+            Route("/ui/login", self.login, methods=["POST"]),
+            Route("/ui/logout", self._action(self.logout), methods=["POST"]),
+            Route("/ui/static/{file}", self.static, methods=["GET"]),
+            Route("/ui/api/overview", self._data(self.overview), methods=["GET"]),
+            Route("/ui/api/workers", self._data(self.workers), methods=["GET"]),
+            Route("/ui/api/jobs", self._data(self.jobs), methods=["GET"]),
+            Route(job, self._data(self.job), methods=["GET"]),
+            Route(f"{job}/retry", self._action(self.retry), methods=["POST"]),
+            Route(f"{job}/cancel", self._action(self.cancel), methods=["POST"]),
+            Route(f"{job}/delete", self._action(self.delete), methods=["POST"]),
+            Route("/ui/api/retry-dead", self._action(self.retry_dead), methods=["POST"]),
+        ]
