@@ -20,8 +20,10 @@ from starlette.routing import Mount
 
 from conveyor import Conveyor
 from conveyor.http import create_app
+from conveyor.ids import new_id
 from http_server import TOKEN, Server
 from polling import wait_until
+from redis_server import shared_redis_url
 
 STATIC = Path(__file__).resolve().parent.parent / "src" / "conveyor" / "dashboard" / "static"
 
@@ -289,8 +291,14 @@ def test_without_a_token_there_is_no_login_but_csrf_stays(tmp_path: Path) -> Non
         assert server.stop() == 0, server.output()
 
 
-def test_mounted_under_a_path(tmp_path: Path) -> None:
-    app = Conveyor(url=f"sqlite:///{tmp_path / 'db'}")
+@pytest.mark.parametrize("store", ["sqlite", "redis"])
+def test_mounted_under_a_path(tmp_path: Path, store: str) -> None:
+    if store == "redis":
+        app = Conveyor(url=shared_redis_url(), namespace=f"t{new_id().lower()}")
+    else:
+        app = Conveyor(url=f"sqlite:///{tmp_path / 'db'}")
+    app.job(lambda: None, name="noop")
+    [job_id] = [h.id for h in app.enqueue_many("noop", [()])]
     outer = Starlette(routes=[Mount("/conveyor", app=create_app(app, token="tok"))])
 
     async def scenario() -> None:
@@ -307,7 +315,13 @@ def test_mounted_under_a_path(tmp_path: Path) -> None:
             assert 'src="/conveyor/ui/static/app.js"' in page.text
             assert 'data-prefix="/conveyor"' in page.text
             data = await client.get("/conveyor/ui/api/overview")
-            assert data.status_code == 200 and data.json()["queues"] == []
+            assert data.status_code == 200
+            assert data.json()["queues"] == [{"name": "default", "counts": {
+                "queued": 1, "scheduled": 0, "running": 0, "succeeded": 0, "dead": 0,
+                "cancelled": 0}}]
+            assert len(data.json()["history"]["minutes"]) == 60
+            found = (await client.get("/conveyor/ui/api/jobs", params={"q": "noop"})).json()
+            assert [j["id"] for j in found["jobs"]] == [job_id]
         await app.broker.close()
 
     asyncio.run(scenario())
