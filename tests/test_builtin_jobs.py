@@ -8,6 +8,7 @@ unix socket (no Incus daemon can run on these machines).
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import hashlib
 import io
@@ -221,7 +222,7 @@ def test_sweep_removes_orphans_and_keeps_waiting_jobs(uploads: Conveyor) -> None
     uploads.enqueue_call(PUSH_JOB, ["web", "/x", None], {}, job_id=waiting, delay=3600)
     cancelled = stage(uploads, b"cancelled before it ran")
     uploads.enqueue_call(PUSH_JOB, ["web", "/y", None], {}, job_id=cancelled, delay=3600)
-    uploads.cancel(cancelled)
+    uploads.run_sync(uploads.broker.cancel(cancelled))  # as from a machine without the file
     assert uploads.handle(cancelled).info().state is JobState.CANCELLED
     (uploads.staging.incoming / f"{new_id()}.part").write_bytes(b"half an upload")
     (uploads.staging.root / "README").write_text("not a staged file: left alone")
@@ -231,6 +232,51 @@ def test_sweep_removes_orphans_and_keeps_waiting_jobs(uploads: Conveyor) -> None
     assert list(uploads.staging.incoming.iterdir()) == []
     assert (uploads.staging.root / "README").exists()
     assert uploads.run_sync(sweep(uploads)) == 0
+
+
+def test_cancel_removes_the_staged_file(uploads: Conveyor) -> None:
+    job_id = stage(uploads, b"cancelled before it ran")
+    uploads.enqueue_call(PUSH_JOB, ["web", "/y", None], {}, job_id=job_id, delay=3600)
+    assert uploads.staging.staged_ids() == [job_id]
+    assert uploads.cancel(job_id).state is JobState.CANCELLED
+    assert uploads.staging.staged_ids() == []
+
+
+def test_sweep_while_serving_looks_only_at_old_files(uploads: Conveyor) -> None:
+    young = stage(uploads, b"its job is being enqueued right now")
+    old = stage(uploads, b"its job ended through lease recovery")
+    uploads.enqueue_call(PUSH_JOB, ["web", "/y", None], {}, job_id=old, delay=3600)
+    uploads.run_sync(uploads.broker.cancel(old))
+    partial = uploads.staging.incoming / f"{new_id()}.part"
+    partial.write_bytes(b"an upload in flight")
+    assert uploads.run_sync(sweep(uploads, min_age=600)) == 0  # nothing is old enough yet
+    an_hour_ago = os.stat(uploads.staging.path_of(old)).st_mtime - 3600
+    for job_id in (young, old):
+        os.utime(uploads.staging.path_of(job_id), (an_hour_ago, an_hour_ago))
+    os.utime(partial, (an_hour_ago, an_hour_ago))
+    fresh = stage(uploads, b"staged a moment ago, no job yet")
+    assert uploads.run_sync(sweep(uploads, min_age=600)) == 2  # young (now old) and old
+    assert uploads.staging.staged_ids() == [fresh]
+    assert partial.exists()  # partial uploads are left to the start-up sweep
+
+
+def test_serve_sweeps_now_and_then(uploads: Conveyor) -> None:
+    from conveyor.cli.serve import _sweep_staging
+
+    orphan = stage(uploads, b"nobody will ever push me")
+    kept = stage(uploads, b"pushed in an hour")
+    uploads.enqueue_call(PUSH_JOB, ["web", "/x", None], {}, job_id=kept, delay=3600)
+    an_hour_ago = os.stat(uploads.staging.path_of(orphan)).st_mtime - 3600
+    for job_id in (orphan, kept):
+        os.utime(uploads.staging.path_of(job_id), (an_hour_ago, an_hour_ago))
+
+    async def a_few_sweeps() -> None:
+        task = asyncio.create_task(_sweep_staging(uploads, interval=0.05))
+        await asyncio.sleep(0.5)
+        task.cancel()
+
+    uploads.run_sync(a_few_sweeps())
+    assert uploads.staging.staged_ids() == [kept]
 
 
 def test_install_is_idempotent_and_keeps_jobs_of_the_same_name(tmp_path: Path) -> None:

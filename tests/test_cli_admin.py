@@ -77,6 +77,9 @@ def test_retry_all_dead(cli: CLI, jobs_app: Conveyor,
 
 def test_retry_needs_an_id_or_all_dead(cli: CLI) -> None:
     assert "give a job ID or --all-dead" in cli.fail("retry", code=2)
+    assert "not both" in cli.fail("retry", "06H0HQQS1DPDNNKJ7KG6WTC19R", "--all-dead", code=2)
+    assert "--queue goes with --all-dead" in cli.fail(
+        "retry", "06H0HQQS1DPDNNKJ7KG6WTC19R", "--queue", "q", code=2)
 
 
 # -- cancel -------------------------------------------------------------------------------------

@@ -7,12 +7,14 @@ import hashlib
 import os
 import resource
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 
 import pytest
 
-from http_server import Server, post_uploads_head
+from http_server import Server, post_uploads_head, server_env
 from polling import wait_until
 
 LIMIT = 16 * 1024 * 1024
@@ -150,6 +152,22 @@ def test_cancelling_a_waiting_upload_job_removes_its_file(server: Server) -> Non
         assert server.client.delete(f"/jobs/{nap}").status_code == 200
     for nap in naps:
         assert server.wait_job(nap)["state"] == "cancelled"
+
+
+def test_cancelling_from_the_cli_removes_the_file_too(server: Server) -> None:
+    nap = server.client.post("/jobs/nap", json={"args": [30]}).json()["id"]
+    server.wait_job(nap, states=["running"])
+    job_id = server.client.post("/jobs/count", content=b"cancelled elsewhere").json()["id"]
+    assert server.staged() == [job_id]
+    done = subprocess.run(
+        [sys.executable, "-m", "conveyor", "cancel", job_id, "--url", f"sqlite:///{server.db}"],
+        env={**server_env(), "CONVEYOR_STAGING": str(server.staging)},
+        capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"{job_id} cancelled"
+    assert server.staged() == []
+    assert server.client.delete(f"/jobs/{nap}").status_code == 200
+    assert server.wait_job(nap)["state"] == "cancelled"
 
 
 def _small_files() -> None:

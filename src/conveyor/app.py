@@ -314,13 +314,18 @@ class Conveyor:
         return JobHandle(self, job_id)
 
     async def cancel_async(self, job_id: str) -> JobRecord:
-        """Cancel a waiting job at once, or ask the worker of a running job to stop it."""
+        """Cancel a waiting job at once, or ask the worker of a running job to stop it.
+
+        A job cancelled at once loses its staged upload, if it has one here (the worker of a
+        running job removes it when the job stops)."""
         from conveyor.errors import JobNotFound
 
         await self.broker.open()
         record = await self.broker.cancel(job_id)
         if record is None:
             raise JobNotFound(f"no job with id {job_id}")
+        if record.is_final:
+            self.staging.remove(job_id)
         return record
 
     def cancel(self, job_id: str) -> JobRecord:

@@ -17,6 +17,7 @@ alone, so installing twice, or over your own ``analyze``, is harmless):
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import TYPE_CHECKING, Any
 
 from conveyor.analysis import analyze_file
@@ -81,18 +82,25 @@ def analyze(upload: Upload, ctx: JobContext) -> dict[str, Any]:
     return {"filename": upload.filename, "content_type": upload.content_type, **result}
 
 
-async def sweep(app: Conveyor) -> int:
-    """Remove partial uploads and the staged files whose job is missing or final (their
-    worker died before it could, or the job was cancelled before it ran); returns how many.
+async def sweep(app: Conveyor, min_age: float | None = None) -> int:
+    """Remove the staged files whose job is missing or final (their worker died before it
+    could, or the job ended through lease recovery or was cancelled elsewhere); returns how
+    many.
 
-    Meant for start-up, before uploads are received: a body is staged before its job is
-    enqueued, so a sweep running at the same time could take an upload in flight for an
-    orphan. Files staged after the sweep read the job states are kept.
+    Without ``min_age`` it is meant for start-up, before uploads are received, and removes
+    partial uploads too: a body is staged before its job is enqueued, so a sweep running at
+    the same time could take an upload in flight for an orphan. With ``min_age`` (seconds) it
+    is safe while uploads arrive: it looks only at staged files at least that old and leaves
+    partial uploads alone. Files staged after the sweep read the job states are kept.
     """
     await app.broker.open()
+    before = None if min_age is None else time.time() - min_age
     orphans: set[str] = set()
-    for job_id in app.staging.staged_ids():
+    for job_id in app.staging.staged_ids(before):
         record = await app.broker.get(job_id)
         if record is None or record.is_final:
             orphans.add(job_id)
-    return await asyncio.to_thread(app.staging.sweep, lambda job_id: job_id not in orphans)
+    if not orphans and min_age is not None:
+        return 0
+    return await asyncio.to_thread(app.staging.sweep, lambda job_id: job_id not in orphans,
+                                   partials=min_age is None)

@@ -136,17 +136,20 @@ class StagingArea:
             return False
         return True
 
-    def staged_ids(self) -> list[str]:
-        """The job ids that have a staged file."""
+    def staged_ids(self, before: float | None = None) -> list[str]:
+        """The job ids that have a staged file (last written before ``before``, if given)."""
         if not self.root.is_dir():
             return []
-        return sorted(p.name for p in self.root.iterdir() if p.is_file() and is_valid_id(p.name))
+        return sorted(p.name for p in self.root.iterdir()
+                      if is_valid_id(p.name) and p.is_file()
+                      and (before is None or _mtime(p) < before))
 
-    def sweep(self, owned: Callable[[str], bool]) -> int:
-        """Remove partial files and the staged files whose job does not own them any more
-        (``owned(job_id)`` is False: the job is gone or final). Returns how many."""
+    def sweep(self, owned: Callable[[str], bool], *, partials: bool = True) -> int:
+        """Remove the staged files whose job does not own them any more (``owned(job_id)``
+        is False: the job is gone or final) and, with ``partials``, every partial upload.
+        Returns how many."""
         removed = 0
-        if self.incoming.is_dir():
+        if partials and self.incoming.is_dir():
             for partial in self.incoming.iterdir():
                 partial.unlink(missing_ok=True)
                 removed += 1
@@ -154,6 +157,14 @@ class StagingArea:
             if not owned(job_id) and self.remove(job_id):
                 removed += 1
         return removed
+
+
+def _mtime(path: Path) -> float:
+    """When ``path`` was last written; +inf if it is gone (so it is never taken as old)."""
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:
+        return float("inf")
 
 
 def _fsync_directory(path: Path) -> None:

@@ -111,6 +111,10 @@ async def jobs(app: Conveyor, args: argparse.Namespace) -> int:
 
 async def retry(app: Conveyor, args: argparse.Namespace) -> int:
     """``conveyor retry ID`` or ``conveyor retry --all-dead [--queue Q]``."""
+    if args.all_dead and args.id:
+        raise CLIError("give a job ID or --all-dead, not both")
+    if args.queue and not args.all_dead:
+        raise CLIError("--queue goes with --all-dead")
     await app.broker.open()
     if args.all_dead:
         with console.status("re-enqueueing dead jobs..."):

