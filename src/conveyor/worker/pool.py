@@ -35,6 +35,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("conveyor.worker")
 
 FINAL_KINDS = (OutcomeKind.SUCCEEDED, OutcomeKind.DEAD, OutcomeKind.CANCELLED)
+#: times one outcome the store refuses (not for a passing reason) is tried before its job is
+#: left to its lease
+SETTLE_TRIES = 3
 
 
 class _Running:
@@ -367,16 +370,7 @@ class Worker:
     async def _flush(self) -> None:
         while self._outcomes:
             batch, self._outcomes = self._outcomes, []
-            try:
-                # the last progress reports first, so a finished job shows where it ended
-                await self.maintenance.flush_progress()
-                await self.broker.settle(batch)
-            except Exception:
-                log.exception("could not record %d outcomes; retrying", len(batch))
-                self._outcomes[:0] = batch
-                await asyncio.sleep(0.5)
-                continue
-            for outcome in batch:
+            for outcome in await self._write(batch):
                 if outcome.job_id in self._staged:
                     self._staged.discard(outcome.job_id)
                     if outcome.kind in FINAL_KINDS:
@@ -385,6 +379,55 @@ class Worker:
                     self.info.processed += 1
                 elif outcome.kind in (OutcomeKind.DEAD, OutcomeKind.RETRY):
                     self.info.failed += 1
+
+    async def _write(self, batch: list[Outcome]) -> list[Outcome]:
+        """Settle ``batch``; return the outcomes written.
+
+        Through trouble that passes (the store restarting), the batch goes back to be tried
+        again after a pause. A batch the store refuses otherwise is written one outcome at a
+        time, so one bad outcome cannot hold back the others; an outcome refused alone
+        :data:`SETTLE_TRIES` times is given up, and its job's lease brings it back as if this
+        worker had died (at least once, bounded by ``max_recoveries``)."""
+        try:
+            # the last progress reports first, so a finished job shows where it ended
+            await self.maintenance.flush_progress()
+            await self.broker.settle(batch)
+        except Exception as exc:
+            if self._passing(exc, batch):
+                await asyncio.sleep(0.5)
+                return []
+            log.exception("could not record %d outcomes; writing them one at a time",
+                          len(batch))
+            return [done for outcome in batch for done in await self._write_alone(outcome)]
+        return batch
+
+    def _passing(self, exc: Exception, batch: list[Outcome]) -> bool:
+        """True (and ``batch`` back in line) when ``exc`` is trouble that may pass."""
+        if not self.broker.is_transient(exc):
+            return False
+        log.warning("could not record %d outcomes (%s); retrying", len(batch), exc)
+        self._outcomes[:0] = batch
+        return True
+
+    async def _write_alone(self, outcome: Outcome) -> list[Outcome]:
+        """Settle one outcome, trying it :data:`SETTLE_TRIES` times before giving it up."""
+        for tries in range(1, SETTLE_TRIES + 1):
+            try:
+                await self.broker.settle([outcome])
+            except Exception as exc:
+                if self._passing(exc, [outcome]):
+                    await asyncio.sleep(0.5)
+                    return []
+                if tries == SETTLE_TRIES:
+                    log.exception("gave up recording the outcome of job %s; its lease will "
+                                  "bring it back", outcome.job_id)
+                    return []
+                log.exception("could not record the outcome of job %s (try %d of %d)",
+                              outcome.job_id, tries, SETTLE_TRIES)
+                await asyncio.sleep(0.5 * tries)
+            else:
+                return [outcome]
+        return []
 
     async def _remove_staged(self, job_id: str) -> None:
         """Remove a finished job's staged file, unless the job has moved on without this
