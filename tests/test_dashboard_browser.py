@@ -61,10 +61,15 @@ def page(browser: Any, server: Server) -> Iterator[Any]:
     tab.set_default_timeout(WAIT)
     errors: list[str] = []
     tab.on("pageerror", lambda error: errors.append(str(error)))
-    tab.errors = errors
+    # (the wrong token tried on purpose in log_in() is a 401 of the login page)
+    tab.on("console", lambda message: message.type == "error" and not message.location[
+        "url"].endswith("/ui/login") and errors.append(message.text))
+    posts: list[str] = []
+    tab.on("request", lambda request: request.method == "POST" and posts.append(request.url))
+    tab.posts = posts
     yield tab
     context.close()
-    assert not errors, errors
+    assert not errors, errors  # script errors, refused requests, CSP violations
 
 
 def log_in(page: Any) -> None:
@@ -80,6 +85,7 @@ def log_in(page: Any) -> None:
     session = next(c for c in cookies if c["name"] == "conveyor_session")
     assert session["httpOnly"] and session["sameSite"] == "Strict"
     assert page.evaluate("document.cookie") == ""  # the script cannot read the session
+    page.posts.clear()
 
 
 def submit(server: Server, name: str, **call: Any) -> str:
@@ -105,13 +111,14 @@ def test_counts_change_live_while_jobs_run(page: Any, server: Server) -> None:
     # 12 jobs of 1.5 s on 4 slots take 4.5 s: the page refreshes (every 2 s) while they run
     ids = [submit(server, "nap", args=[1.5], queue="shown") for _ in range(12)]
     page.locator('#queues tr[data-queue="shown"]').wait_for()  # no reload: it appears
-    page.wait_for_function(
+    seen = page.wait_for_function(
         """() => {
             const row = document.querySelector('#queues tr[data-queue="shown"]');
             const n = (s) => Number(row.querySelector(`td[data-state="${s}"]`).textContent);
-            return n("queued") + n("running") > 0 && n("succeeded") < 12;
-        }""")
-    before = int(cell(page, "shown", "succeeded").inner_text())
+            return n("queued") + n("running") > 0 && n("succeeded") < 12 &&
+                {waiting: n("queued") + n("running"), succeeded: n("succeeded")};
+        }""").json_value()
+    before = seen["succeeded"]
     page.wait_for_function(
         """() => document.querySelector('#queues tr[data-queue="shown"] td[data-state="succeeded"]')
                  .textContent === "12" """)
@@ -151,6 +158,9 @@ def test_open_a_dead_job_retry_it_and_watch_it_succeed(page: Any, server: Server
     assert page.locator("#confirm").is_visible()
     assert job_id in page.locator("#confirm-text").inner_text()
     page.click("#confirm-no")
+    page.locator("#confirm").wait_for(state="hidden")
+    page.wait_for_timeout(500)
+    assert page.posts == []
     assert server.client.get(f"/jobs/{job_id}").json()["state"] == "dead"
     page.click("#retry")
     page.click("#confirm-yes")
@@ -187,6 +197,9 @@ def test_cancel_and_delete_ask_first(page: Any, server: Server) -> None:
     assert page.locator(".job-head .badge").inner_text() == "scheduled"
     page.click("#cancel")
     page.keyboard.press("Escape")  # closing the dialog is a no
+    page.locator("#confirm").wait_for(state="hidden")
+    page.wait_for_timeout(500)
+    assert page.posts == []
     assert server.client.get(f"/jobs/{job_id}").json()["state"] == "scheduled"
     page.click("#cancel")
     page.click("#confirm-yes")
@@ -234,3 +247,42 @@ def test_workers_and_search(page: Any, server: Server) -> None:
     page.wait_for_selector("pre.data")
     assert page.locator("pre.data").last.inner_text() == "42"
     shoot(page, "dashboard-job")
+
+
+def test_a_queue_name_with_markup_shows_as_text(page: Any, server: Server) -> None:
+    queue = '<img src=x onerror="window.__xss = 3">'
+    submit(server, "add", args=[1, 1], queue=queue, delay=3600)
+    log_in(page)
+    row = page.locator("#queues tbody tr").filter(has_text="onerror")
+    row.wait_for()
+    assert row.locator("td").first.inner_text() == queue
+    assert page.locator("#queues img").count() == 0
+    page.click(f'#queues td >> text={queue}')
+    page.wait_for_selector("#jobs tbody tr[data-job]")
+    assert page.locator("#jobs tbody td").nth(2).inner_text() == queue
+    assert page.evaluate("window.__xss") is None
+
+
+def test_pages_of_jobs(page: Any, server: Server) -> None:
+    ids = [submit(server, "add", args=[i, 0], queue="paged", delay=3600) for i in range(30)]
+    newest = ids[::-1]
+    log_in(page)
+    page.goto("/ui/jobs?queue=paged")
+    rows = page.locator("#jobs tbody tr[data-job]")
+    page.wait_for_function("() => document.querySelectorAll('#jobs tr[data-job]').length === 25")
+    assert rows.first.get_attribute("data-job") == newest[0]
+    page.click("#older")
+    page.wait_for_function("() => document.querySelectorAll('#jobs tr[data-job]').length === 5")
+    assert rows.first.get_attribute("data-job") == newest[25]
+    assert "cursor=" in page.url
+    page.click("#newer")
+    page.wait_for_function("() => document.querySelectorAll('#jobs tr[data-job]').length === 25")
+    assert rows.first.get_attribute("data-job") == newest[0]
+    # a page opened from its address: "Newer" goes to the newest page, not out of the site
+    page.goto(f"/ui/jobs?queue=paged&cursor={newest[24]}")
+    page.wait_for_function("() => document.querySelectorAll('#jobs tr[data-job]').length === 5")
+    page.click("#newer")
+    page.wait_for_function("() => document.querySelectorAll('#jobs tr[data-job]').length === 25")
+    assert "/ui/jobs?queue=paged" in page.url and "cursor" not in page.url
+    for job_id in ids:
+        assert server.client.delete(f"/jobs/{job_id}").status_code == 200

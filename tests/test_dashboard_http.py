@@ -31,7 +31,7 @@ STATIC = Path(__file__).resolve().parent.parent / "src" / "conveyor" / "dashboar
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     srv = Server(tmp_path_factory.mktemp("dashboard-http"), "--max-workers", "4",
-                 "--queues", "default,naps,doomed,paged,charted")
+                 "--queues", "default,naps,doomed,paged,charted,uploads")
     srv.start()
     yield srv
     assert srv.stop() == 0, srv.output()
@@ -200,10 +200,23 @@ def test_retry_all_dead_of_a_queue(server: Server) -> None:
         response = client.post("/ui/api/retry-dead", params={"queue": "doomed"},
                                headers=headers)
     assert response.status_code == 200
-    assert response.json() == {"queue": "doomed", "retried": 3}
+    assert response.json() == {"queue": "doomed", "retried": 3, "skipped": 0}
     for job_id in ids:  # they ran again, and died again
         wait_until(lambda i=job_id: server.wait_job(i)["finished_at"] > died[i],
                    timeout=20, what=f"job {job_id} to run again")
+
+
+def test_retry_all_dead_skips_uploads_whose_file_is_gone(server: Server) -> None:
+    response = server.client.post("/uploads", content=b"x", headers={
+        "X-Container-Name": "ghost", "X-File-Path": "/x"})
+    job_id = response.json()["id"]
+    assert server.wait_job(job_id)["state"] == "dead"
+    wait_until(lambda: server.staged() == [], timeout=10, what="the staged file to go")
+    with logged_in(server) as client:
+        response = client.post("/ui/api/retry-dead", params={"queue": "uploads"},
+                               headers={"X-CSRF-Token": csrf_of(client)})
+    assert response.json() == {"queue": "uploads", "retried": 0, "skipped": 1}
+    assert server.client.get(f"/jobs/{job_id}").json()["state"] == "dead"
 
 
 def test_job_lists_search_and_pages(server: Server) -> None:
@@ -266,13 +279,57 @@ def test_workers_data(server: Server) -> None:
     assert set(worker["queues"]) >= {"default", "naps"}
 
 
-def test_logout_needs_csrf_and_forgets_the_cookie(server: Server) -> None:
+def test_logout_needs_csrf_and_revokes_the_session(server: Server) -> None:
     with logged_in(server) as client:
+        session = client.cookies["conveyor_session"]
         assert client.post("/ui/logout").status_code == 403
         response = client.post("/ui/logout", headers={"X-CSRF-Token": csrf_of(client)})
         assert response.status_code == 200
         assert 'conveyor_session=""' in response.headers["set-cookie"]
         assert client.get("/").status_code == 303
+    with visitor(server) as replay:  # the old cookie, sent again, opens nothing
+        replay.cookies.set("conveyor_session", session)
+        assert replay.get("/ui/api/overview").status_code == 401
+
+
+def test_sessions_are_signed_expire_and_differ(server: Server) -> None:
+    from conveyor.dashboard.auth import SESSION_AGE, _key_of, _mac
+
+    with logged_in(server) as one, logged_in(server) as two:
+        first, second = one.cookies["conveyor_session"], two.cookies["conveyor_session"]
+        assert first != second
+        assert csrf_of(one) != csrf_of(two)  # a CSRF token belongs to its session
+    issued, nonce, mac = first.split(".")
+    key = _key_of(TOKEN)
+    old = f"{int(issued) - SESSION_AGE - 60}.{nonce}"
+    forged = {
+        "tampered": f"{issued}.{nonce}.{'0' * len(mac)}",
+        "expired": f"{old}.{_mac(key, old)}",
+        "unsigned": f"{issued}.{nonce}",
+        "garbage": "x" * 40,
+    }
+    for what, value in forged.items():
+        with visitor(server) as client:
+            client.cookies.set("conveyor_session", value)
+            assert client.get("/ui/api/overview").status_code == 401, what
+    with visitor(server) as client:
+        client.cookies.set("conveyor_session", first)
+        assert client.get("/ui/api/overview").status_code == 200
+
+
+def test_another_origin_named_by_the_server_may_log_in(tmp_path: Path) -> None:
+    server = Server(tmp_path, "--allow-origin", "https://jobs.example.com").start()
+    try:
+        with visitor(server) as client:
+            # as behind a proxy that sends its own upstream name as Host
+            headers = {"Origin": "https://jobs.example.com", "Host": "backend:8000"}
+            login = client.post("/ui/login", data={"token": TOKEN}, headers=headers)
+            assert login.status_code == 303, login.text
+            other = client.post("/ui/login", data={"token": TOKEN},
+                                headers={**headers, "Origin": "https://evil.example.com"})
+            assert other.status_code == 403
+    finally:
+        assert server.stop() == 0, server.output()
 
 
 def test_without_a_token_there_is_no_login_but_csrf_stays(tmp_path: Path) -> None:
@@ -287,6 +344,22 @@ def test_without_a_token_there_is_no_login_but_csrf_stays(tmp_path: Path) -> Non
             csrf = csrf_of(client)
             done = client.post(f"/ui/api/jobs/{job_id}/cancel", headers={"X-CSRF-Token": csrf})
             assert done.status_code == 200 and done.json()["state"] == "cancelled"
+            assert client.get("/", headers={"Host": "[::1]"}).status_code == 200
+            # DNS rebinding: another site's name resolving to this server
+            port = server.port
+            for path in ("/", "/ui/api/overview", "/jobs", "/healthz"):
+                refused = client.get(path, headers={"Host": f"rebind.example:{port}"})
+                assert refused.status_code == 403, path
+                assert "loopback host names" in refused.json()["error"]
+            # a form on another site posting to the API
+            other = submit(server, "add", args=[1, 1], delay=3600)
+            cross = client.delete(f"/jobs/{other}", headers={"Origin": "http://evil.example"})
+            assert cross.status_code == 403
+            assert "another site" in cross.json()["error"]
+            forms = client.post("/jobs/add", content=b'{"args": [1, 2]}', headers={
+                "Origin": "null", "Content-Type": "application/json"})
+            assert forms.status_code == 403
+            assert client.delete(f"/jobs/{other}").status_code == 200  # no Origin: a script
     finally:
         assert server.stop() == 0, server.output()
 

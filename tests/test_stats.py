@@ -17,7 +17,7 @@ import pytest
 import redis
 
 from conftest import WorkerThread
-from conveyor import Conveyor, JobCancelled, JobContext, JobRecord, JobState
+from conveyor import Conveyor, JobCancelled, JobContext, JobNotFound, JobRecord, JobState
 from conveyor.backends.redis import RedisBroker, codec
 from conveyor.backends.redis.scripts import source
 from conveyor.backends.sqlite import SQLiteBroker
@@ -209,6 +209,51 @@ def test_worker_records_what_it_runs(
     assert counts(by_queue[ODD_QUEUE]) == (1, 0, 0, 0, 1)
     assert 0.0 <= by_queue["default"].wait_total < 6 * 20.0
     assert all(r.minute % 60 == 0 and r.minute >= minute_of(since) for r in rows)
+
+
+def test_a_job_requeued_at_shutdown_starts_once(
+    store_app: Conveyor, start_worker: Callable[..., WorkerThread]
+) -> None:
+    app = store_app
+    running = threading.Event()
+
+    @app.job
+    async def slow(seconds: float) -> float:
+        running.set()
+        await asyncio.sleep(seconds)
+        return seconds
+
+    since = time.time()
+    handle = slow.enqueue(3.0)
+    first = start_worker(app, max_workers=1, grace=0.2)
+    assert running.wait(10)
+    first.stop()  # the job outlives the grace: it goes back to its queue, uncharged
+    assert handle.info().state is JobState.QUEUED
+    rows = app.run_sync(app.broker.stats(minute_of(since)))
+    assert sum(r.started for r in rows) == 0 and abs(sum(r.wait_total for r in rows)) < 1e-6
+    running.clear()
+    second = start_worker(app, max_workers=1)
+    assert handle.result(timeout=20) == 3.0
+    second.stop()
+    rows = app.run_sync(app.broker.stats(minute_of(since)))
+    assert counts(totals(rows)["default"]) == (1, 0, 0, 0, 1)
+
+
+def test_a_waiting_job_cancelled_counts(store_app: Conveyor) -> None:
+    app = store_app
+
+    @app.job
+    def later() -> None:
+        """Never runs here."""
+
+    since = time.time()
+    handle = later.enqueue(delay=3600)
+    assert app.cancel(handle.id).state is JobState.CANCELLED
+    with pytest.raises(JobNotFound):
+        app.cancel("06H0HQQS1DPDNNKJ7KG6WTC19R")
+    app.cancel(handle.id)  # cancelled already: not counted again
+    rows = app.run_sync(app.broker.stats(minute_of(since)))
+    assert counts(totals(rows)["default"]) == (0, 0, 0, 1, 0)
 
 
 # -- the store is down when the recorder flushes --------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
@@ -16,10 +17,13 @@ from conveyor.handle import JobHandle
 from conveyor.ids import new_id
 from conveyor.job import Backoff, BackoffPolicy, JobRecord, JobState
 from conveyor.portal import Portal
+from conveyor.stats import MinuteStats, minute_of
 from conveyor.uploads import StagingArea
 
 if TYPE_CHECKING:
     from conveyor.metrics import Metrics
+
+log = logging.getLogger("conveyor")
 
 T = TypeVar("T")
 DEFAULT_URL = "sqlite:///conveyor.db"
@@ -317,16 +321,27 @@ class Conveyor:
         """Cancel a waiting job at once, or ask the worker of a running job to stop it.
 
         A job cancelled at once loses its staged upload, if it has one here (the worker of a
-        running job removes it when the job stops)."""
+        running job removes it when the job stops), and counts in the minute's statistics."""
         from conveyor.errors import JobNotFound
 
         await self.broker.open()
-        record = await self.broker.cancel(job_id)
-        if record is None:
+        before = await self.broker.get(job_id)
+        record = await self.broker.cancel(job_id) if before is not None else None
+        if before is None or record is None:
             raise JobNotFound(f"no job with id {job_id}")
         if record.is_final:
             self.staging.remove(job_id)
+            if not before.is_final and record.state is JobState.CANCELLED:
+                await self._count_cancel(record)
         return record
+
+    async def _count_cancel(self, record: JobRecord) -> None:
+        """Add a cancel no worker saw to the statistics (a failure here is only logged)."""
+        try:
+            await self.broker.add_stats([MinuteStats(minute_of(time.time()), record.queue,
+                                                     cancelled=1)])
+        except Exception as exc:
+            log.warning("could not count the cancel of job %s: %s", record.id, exc)
 
     def cancel(self, job_id: str) -> JobRecord:
         """Blocking :meth:`cancel_async`."""

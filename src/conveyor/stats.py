@@ -80,6 +80,8 @@ class StatsRecorder:
         self._start = 0
         self._end = 0
         self._failing = False
+        #: job id -> (minute, wait) of first attempts running now, taken back on a requeue
+        self._first: dict[str, tuple[float, float]] = {}
 
     def _counters(self, at: float, queue: str) -> list[float]:
         """The counters of ``queue`` in the minute of ``at``, made on first use."""
@@ -106,11 +108,14 @@ class StatsRecorder:
         counters[_STARTED] += 1
         # max(0, now - max(created_at, run_at)), without the calls: this runs for every job
         ready = record.run_at if record.run_at > record.created_at else record.created_at
-        if now > ready:
-            counters[_WAIT] += now - ready
+        wait = now - ready if now > ready else 0.0
+        counters[_WAIT] += wait
+        self._first[record.id] = (now, wait)
 
     def ended(self, record: JobRecord, outcome: Outcome) -> None:
-        """An attempt of ``record`` ended with ``outcome``; a shutdown requeue is no end."""
+        """An attempt of ``record`` ended with ``outcome``. A shutdown requeue is no end, and
+        takes back the start it counted: the job starts afresh elsewhere."""
+        first = self._first.pop(record.id, None) if self._first else None
         kind = outcome.kind
         if kind is OutcomeKind.SUCCEEDED:
             slot = _SUCCEEDED
@@ -121,6 +126,10 @@ class StatsRecorder:
         elif kind is OutcomeKind.CANCELLED:
             slot = _CANCELLED
         else:
+            if first is not None:  # counted where it started (in a later flush if need be)
+                origin = self._counters(first[0], record.queue)
+                origin[_STARTED] -= 1
+                origin[_WAIT] -= first[1]
             return
         at = outcome.finished_at
         counters = self._current.get(record.queue) if self._start <= at < self._end else None

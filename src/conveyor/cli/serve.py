@@ -59,6 +59,13 @@ def add_serve_parser(sub: Any) -> None:
                    "(default: $CONVEYOR_TOKEN)")
     p.add_argument("--insecure", action="store_true",
                    help="allow a non-loopback address without a token")
+    p.add_argument("--allow-origin", action="append", metavar="ORIGIN",
+                   help="a site (https://jobs.example.com) whose browser requests may change "
+                   "things besides the request's own Host, for a proxy that rewrites Host; "
+                   "repeatable")
+    p.add_argument("--allow-host", action="append", metavar="NAME",
+                   help="without a token: a host name to answer to besides the loopback "
+                   "names (default: any name when listening beyond loopback); repeatable")
     p.add_argument("--no-worker", action="store_true", help="serve the API only")
     p.add_argument("--queues", type=queue_list,
                    help="comma-separated queues the worker takes jobs from (default: the "
@@ -122,7 +129,10 @@ def _prepare(args: argparse.Namespace) -> tuple[Conveyor, Starlette, str | None]
     except ConfigurationError as exc:
         raise CLIError(f"--containers: {exc}") from None
     builtin.install(app, target)
-    return app, create_app(app, token=token, max_upload_bytes=args.max_upload_bytes), token
+    hosts = args.allow_host or (["*"] if not is_loopback(args.host) else [])
+    api = create_app(app, token=token, max_upload_bytes=args.max_upload_bytes,
+                     origins=args.allow_origin or (), hosts=hosts)
+    return app, api, token
 
 
 class _Server:

@@ -58,18 +58,25 @@ def history(rows: Iterable[MinuteStats], now: float, queue: str | None = None,
     }
 
 
+async def counts(broker: Broker) -> dict[str, Any]:
+    """Jobs per queue and state, and per state over every queue."""
+    per_queue = await broker.counts()
+    totals = {str(s): sum(per.get(str(s), 0) for per in per_queue.values()) for s in ALL_STATES}
+    return {
+        "states": [str(s) for s in ALL_STATES],
+        "queues": [{"name": name, "counts": per_queue[name]} for name in sorted(per_queue)],
+        "totals": totals,
+    }
+
+
 async def overview(broker: Broker, queue: str | None = None) -> dict[str, Any]:
     """The overview page: counts per queue and state, the last hour's history, workers."""
     now = time.time()
-    counts = await broker.counts()
     rows = await broker.stats(minute_of(now) - 60 * (HISTORY_MINUTES - 1))
     workers = await broker.workers()
-    totals = {str(s): sum(per.get(str(s), 0) for per in counts.values()) for s in ALL_STATES}
     return {
         "now": now,
-        "states": [str(s) for s in ALL_STATES],
-        "queues": [{"name": name, "counts": counts[name]} for name in sorted(counts)],
-        "totals": totals,
+        **await counts(broker),
         "queue": queue,
         "history": history(rows, now, queue),
         "workers": {"count": len(workers), "busy": sum(w.busy for w in workers),

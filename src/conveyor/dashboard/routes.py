@@ -18,8 +18,9 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from conveyor.dashboard import data, pages
-from conveyor.dashboard.auth import SESSION_COOKIE, DashboardAuth, same_origin
+from conveyor.dashboard.auth import SESSION_AGE, SESSION_COOKIE, DashboardAuth
 from conveyor.http.errors import ApiError
+from conveyor.http.origin import Origins
 from conveyor.http.services import Services
 from conveyor.ids import is_valid_id
 
@@ -28,8 +29,6 @@ Handler = Callable[[Request], Awaitable[Response]]
 STATIC = {"app.js": "text/javascript", "app.css": "text/css", "favicon.svg": "image/svg+xml"}
 #: the largest login form read
 MAX_LOGIN_BODY = 4096
-#: seconds the session cookie lives
-SESSION_AGE = 7 * 24 * 3600
 
 
 def prefix(request: Request) -> str:
@@ -55,9 +54,10 @@ def _json(content: Any, status: int = 200) -> JSONResponse:
 class Dashboard:
     """The handlers of one dashboard over one :class:`Services`."""
 
-    def __init__(self, services: Services, token: str | None) -> None:
+    def __init__(self, services: Services, token: str | None,
+                 origins: Origins | None = None) -> None:
         self.services = services
-        self.auth = DashboardAuth(token)
+        self.auth = DashboardAuth(token, origins)
 
     # -- guards -------------------------------------------------------------------------------
     def _page(self, name: str) -> Handler:
@@ -65,7 +65,7 @@ class Dashboard:
             if not self.auth.logged_in(request):
                 return RedirectResponse(f"{prefix(request)}/ui/login", status_code=303)
             job = request.path_params.get("job", "")
-            return pages.shell(prefix(request), name, self.auth.csrf_token(), job=job,
+            return pages.shell(prefix(request), name, self.auth.csrf_token(request), job=job,
                                secured=self.auth.required)
 
         return handler
@@ -97,7 +97,7 @@ class Dashboard:
 
     async def login(self, request: Request) -> Response:
         """POST /ui/login: check the token, set the session cookie, go to the overview."""
-        if not same_origin(request):
+        if not self.auth.origins.same_site(request.scope):
             raise ApiError(403, "the login form was sent from another site")
         body = b""
         async for chunk in request.stream():
@@ -110,14 +110,15 @@ class Dashboard:
             return pages.login(prefix(request), "Wrong token.", status=401)
         response = RedirectResponse(f"{prefix(request)}/", status_code=303)
         if self.auth.required:
-            response.set_cookie(SESSION_COOKIE, self.auth.session_value(),
+            response.set_cookie(SESSION_COOKIE, self.auth.new_session(),
                                 max_age=SESSION_AGE, path=f"{prefix(request)}/",
                                 httponly=True, samesite="strict",
                                 secure=request.url.scheme == "https")
         return response
 
     async def logout(self, request: Request) -> Response:
-        """POST /ui/logout: forget the session cookie."""
+        """POST /ui/logout: revoke the session and forget its cookie."""
+        self.auth.revoke(request)
         response = _json({"logged_out": True})
         response.delete_cookie(SESSION_COOKIE, path=f"{prefix(request)}/", httponly=True,
                                samesite="strict")
@@ -132,6 +133,10 @@ class Dashboard:
         """GET /ui/api/overview[?queue=]."""
         queue = request.query_params.get("queue") or None
         return _json(await data.overview(await self._broker(), queue))
+
+    async def counts(self, request: Request) -> Response:
+        """GET /ui/api/counts: jobs per queue and state (the jobs page's tabs)."""
+        return _json(await data.counts(await self._broker()))
 
     async def workers(self, request: Request) -> Response:
         """GET /ui/api/workers."""
@@ -180,7 +185,8 @@ class Dashboard:
         queue = request.query_params.get("queue")
         if not queue:
             raise ApiError(400, "name the queue whose dead jobs to retry (?queue=)")
-        return _json({"queue": queue, "retried": await self.services.retry_dead(queue)})
+        retried, skipped = await self.services.retry_dead(queue)
+        return _json({"queue": queue, "retried": retried, "skipped": skipped})
 
     # -- static ---------------------------------------------------------------------------
     async def static(self, request: Request) -> Response:
@@ -205,6 +211,7 @@ class Dashboard:
             Route("/ui/logout", self._action(self.logout), methods=["POST"]),
             Route("/ui/static/{file}", self.static, methods=["GET"]),
             Route("/ui/api/overview", self._data(self.overview), methods=["GET"]),
+            Route("/ui/api/counts", self._data(self.counts), methods=["GET"]),
             Route("/ui/api/workers", self._data(self.workers), methods=["GET"]),
             Route("/ui/api/jobs", self._data(self.jobs), methods=["GET"]),
             Route(job, self._data(self.job), methods=["GET"]),

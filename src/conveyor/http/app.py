@@ -10,19 +10,20 @@ from __future__ import annotations
 import hmac
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from conveyor.http.errors import ApiError
+from conveyor.http.errors import ApiError, error_response
 from conveyor.http.openapi import Operation
+from conveyor.http.origin import Origins, SameSiteOnly
 from conveyor.http.routes import Routes
 from conveyor.http.services import DEFAULT_MAX_UPLOAD, Services
 
@@ -34,12 +35,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("conveyor.http")
 PUBLIC_PATHS = frozenset({"/healthz"})
 Endpoint = Callable[[Request], Awaitable[Response]]
-
-
-def error_response(status: int, message: str,
-                   headers: dict[str, str] | None = None) -> JSONResponse:
-    """The JSON body every error has: ``{"error": message}``."""
-    return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
 def route_path(scope: Scope) -> str:
@@ -188,6 +183,8 @@ def create_app(
     target: ContainerTarget | None = None,
     metrics: Metrics | None = None,
     dashboard: bool = True,
+    origins: Sequence[str] = (),
+    hosts: Sequence[str] = (),
 ) -> Starlette:
     """The HTTP API of ``conveyor_app`` as an ASGI app (see the README's "HTTP API").
 
@@ -203,6 +200,11 @@ def create_app(
 
     ``dashboard`` adds the web dashboard (:mod:`conveyor.dashboard`) at ``/`` and under
     ``/ui/``; with a token it has a login form of its own.
+
+    ``origins`` (``https://jobs.example.com``) are sites besides the request's own ``Host``
+    whose browser requests may change things, for a proxy that rewrites ``Host``. Without a
+    token the app answers only to loopback host names and those of ``origins`` and ``hosts``
+    (``["*"]``: any), and refuses changes sent from other sites (:mod:`conveyor.http.origin`).
     """
     if target is not None:
         from conveyor import builtin
@@ -216,15 +218,18 @@ def create_app(
         conveyor_app.metrics = metrics
     routes = Routes(Services(conveyor_app, max_upload_bytes), token or None, metrics)
     table = build_routes(routes.operations())
+    allowed = Origins(origins, hosts)
     exempt = None
     if dashboard:
         from conveyor.dashboard import Dashboard, is_dashboard_path
 
-        table += Dashboard(routes.services, token or None).routes()
+        table += Dashboard(routes.services, token or None, allowed).routes()
         exempt = is_dashboard_path
     middleware = [Middleware(RequestMetrics, metrics=metrics, routes=table)]
     if token:
         middleware.append(Middleware(BearerAuth, token=token, exempt=exempt))
+    else:
+        middleware.append(Middleware(SameSiteOnly, origins=allowed))
     api = Starlette(
         routes=table,
         middleware=middleware,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from starlette.responses import JSONResponse
+
 
 @dataclass
 class ApiError(Exception):
@@ -15,3 +17,9 @@ class ApiError(Exception):
 
     def __str__(self) -> str:
         return f"{self.status}: {self.message}"
+
+
+def error_response(status: int, message: str,
+                   headers: dict[str, str] | None = None) -> JSONResponse:
+    """The JSON body every error has: ``{"error": message}``."""
+    return JSONResponse({"error": message}, status_code=status, headers=headers)

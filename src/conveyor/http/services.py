@@ -41,6 +41,8 @@ MAX_JSON_BYTES = 1 << 20
 #: seconds a client is told to wait when a queue is full
 RETRY_AFTER = 5
 MAX_PAGE = 1000
+#: dead jobs read at a time when they are put back one by one
+RETRY_PAGE = 500
 DEFAULT_PAGE = 50
 
 
@@ -248,10 +250,31 @@ class Services:
             raise ApiError(409, f"job {job_id} is {after.state}; it cannot be deleted now")
         self.app.staging.remove(job_id)
 
-    async def retry_dead(self, queue: str | None) -> int:
-        """Put every dead job of ``queue`` (of every queue when ``None``) back; how many."""
+    async def retry_dead(self, queue: str | None) -> tuple[int, int]:
+        """Put every dead job of ``queue`` (of every queue when ``None``) back. Jobs whose
+        uploaded file is gone are skipped, as :meth:`retry` refuses them. Return how many
+        were put back and how many skipped."""
         await self.broker_ready()
-        return await self.app.broker.retry_dead(queue)
+        broker = self.app.broker
+        staged = {name for name, fn in self.app.registry.items() if fn.uses_staging}
+        for name in sorted(staged):
+            if await broker.list_jobs(state=JobState.DEAD, queue=queue, name=name, limit=1):
+                break
+        else:  # no dead job has a staged file to check: one bulk write
+            return await broker.retry_dead(queue), 0
+        retried = skipped = 0
+        cursor = None
+        while True:
+            page = await broker.list_jobs(state=JobState.DEAD, queue=queue,
+                                          limit=RETRY_PAGE, cursor=cursor)
+            for record in page:
+                if record.name in staged and not self.app.staging.path_of(record.id).exists():
+                    skipped += 1
+                elif await broker.retry(record.id) is not None:
+                    retried += 1
+            if len(page) < RETRY_PAGE:
+                return retried, skipped
+            cursor = page[-1].id
 
     async def queues(self) -> dict[str, dict[str, int]]:
         """``GET /queues``: ``{queue: {state: count}}``."""

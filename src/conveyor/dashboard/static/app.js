@@ -193,9 +193,9 @@ function chart(id, title, unit, minutes, series, fixedMax, frame) {
       svg("text", { class: "axis", x: left - 6, y: y(value) + 4, "text-anchor": "end",
         text: `${Number(value.toPrecision(3))}${unit}` }));
   }
-  [[0, "−60 min"], [Math.floor(n / 2), "−30 min"], [n - 1, "now"]].forEach(([i, label]) => {
+  [0, n - 31, n - 1].filter((i) => i >= 0).forEach((i) => {
     root.append(svg("text", { class: "axis", x: left + step * (i + 0.5), y: height - 6,
-      "text-anchor": "middle", text: label }));
+      "text-anchor": "middle", text: i === n - 1 ? "now" : `−${n - 1 - i} min` }));
   });
   const base = new Array(n).fill(0);
   for (const s of series) {
@@ -246,9 +246,10 @@ pages.overview = {
       el("section", { id: "charts", class: "charts" }),
     ];
   },
-  async refresh() {
+  async refresh(stale) {
     const params = chartQueue ? `?queue=${encodeURIComponent(chartQueue)}` : "";
     const data = await api(`/ui/api/overview${params}`);
+    if (stale() || !changed("overview", { ...data, now: 0 })) return;
     const totals = data.totals;
     const h = data.history;
     const done = h.succeeded.reduce((a, b) => a + b, 0);
@@ -271,7 +272,8 @@ pages.overview = {
         ? el("button", { class: "small danger", "data-action": "retry-dead",
           onclick: () => act(`Retry all ${q.counts.dead} dead jobs of queue “${q.name}”?`,
             `/ui/api/retry-dead?queue=${encodeURIComponent(q.name)}`,
-            (r) => flash(`${r.retried} dead jobs of ${r.queue} are queued again.`)) }, "Retry dead")
+            (r) => flash(`${r.retried} dead jobs of ${r.queue} are queued again.` +
+              (r.skipped ? ` ${r.skipped} were left: their uploaded files are gone.` : ""))) }, "Retry dead")
         : null)));
     replace("queues", el("thead", {}, head),
       el("tbody", {}, rows.length ? rows : el("tr", {}, el("td", { colspan: STATES.length + 2, text: "No jobs yet." }))));
@@ -300,8 +302,9 @@ pages.workers = {
   frame() {
     return [el("h2", { text: "Workers" }), el("table", { id: "workers", class: "grid" })];
   },
-  async refresh() {
+  async refresh(stale) {
     const data = await api("/ui/api/workers");
+    if (stale()) return;
     const cols = ["host", "pid", "queues", "concurrency", "min", "max", "busy", "done", "failed", "started", "heartbeat"];
     const rows = data.workers.map((w) => el("tr", { "data-worker": w.id },
       el("td", { text: w.host }), el("td", { class: "num", text: w.pid }),
@@ -335,11 +338,18 @@ function jobsUrl(filters) {
   return `${PREFIX}/ui/jobs${text ? `?${text}` : ""}`;
 }
 
-function goJobs(filters, push) {
-  const url = jobsUrl(filters);
-  if (push) window.history.pushState(null, "", url);
-  else window.history.replaceState(null, "", url);
+// the cursors of the newer pages, so "Newer" can go back one page (not one history entry)
+function newerCursors() {
+  return (window.history.state && window.history.state.cursors) || [];
+}
+
+function goJobs(filters, cursors) {
+  window.history.pushState({ cursors: cursors || [] }, "", jobsUrl(filters));
   refreshNow();
+}
+
+function plainClick(event) {
+  return event.button === 0 && !(event.ctrlKey || event.metaKey || event.shiftKey || event.altKey);
 }
 
 pages.jobs = {
@@ -348,7 +358,7 @@ pages.jobs = {
     const submit = (event) => {
       event.preventDefault();
       const form = event.target;
-      goJobs({ state: form.state.value, queue: form.queue.value, q: form.q.value.trim(), cursor: "" }, true);
+      goJobs({ state: form.state.value, queue: form.queue.value, q: form.q.value.trim(), cursor: "" });
     };
     return [
       el("div", { id: "flash" }),
@@ -364,15 +374,22 @@ pages.jobs = {
       el("div", { class: "pager", id: "pager" }),
     ];
   },
-  async refresh() {
+  async refresh(stale) {
     const f = jobFilters();
     const params = new URLSearchParams({ limit: "25" });
     for (const key of ["state", "queue", "q", "cursor"]) if (f[key]) params.set(key, f[key]);
-    const [page, overview] = await Promise.all([api(`/ui/api/jobs?${params}`), api("/ui/api/overview")]);
+    const [page, overview] = await Promise.all([api(`/ui/api/jobs?${params}`), api("/ui/api/counts")]);
+    if (stale() || !changed("jobs", { page, overview, f })) return;
+    const form = document.getElementById("job-filters");
+    if (form && !form.contains(document.activeElement)) { // the filters follow tabs and history
+      form.state.value = f.state;
+      form.queue.value = f.queue;
+      form.q.value = f.q;
+    }
     const counts = f.queue ? (overview.queues.find((q) => q.name === f.queue) || { counts: {} }).counts : overview.totals;
     replace("state-tabs", ["", ...STATES].map((s) => el("a", {
       href: jobsUrl({ ...f, state: s, cursor: "" }), class: s === f.state ? "active" : null,
-      onclick: (e) => { e.preventDefault(); goJobs({ ...f, state: s, cursor: "" }, true); },
+      onclick: (e) => { if (plainClick(e)) { e.preventDefault(); goJobs({ ...f, state: s, cursor: "" }); } },
     }, s || "all", s ? el("span", { class: "count", text: number(counts[s] || 0) }) : null)));
     replace("queue-names", overview.queues.map((q) => el("option", { value: q.name })));
     const head = el("tr", {}, ["id", "name", "queue", "state", "attempts", "created", "finished", "error"].map((c) => el("th", { text: c })));
@@ -383,10 +400,15 @@ pages.jobs = {
       el("td", {}, when(j.finished_at)), el("td", { class: "error-cell", text: j.error || "" })));
     replace("jobs", el("thead", {}, head),
       el("tbody", {}, rows.length ? rows : el("tr", {}, el("td", { colspan: 8, text: "No jobs match." }))));
+    const newer = () => {
+      const cursors = newerCursors().slice();
+      goJobs({ ...f, cursor: cursors.pop() || "" }, cursors);
+    };
     replace("pager",
-      f.cursor ? el("button", { type: "button", id: "newest", onclick: () => goJobs({ ...f, cursor: "" }, true) }, "⇤ Newest") : null,
-      f.cursor ? el("button", { type: "button", id: "newer", onclick: () => window.history.back() }, "← Newer") : null,
-      page.next_cursor ? el("button", { type: "button", id: "older", onclick: () => goJobs({ ...f, cursor: page.next_cursor }, true) }, "Older →") : null);
+      f.cursor ? el("button", { type: "button", id: "newest", onclick: () => goJobs({ ...f, cursor: "" }) }, "⇤ Newest") : null,
+      f.cursor ? el("button", { type: "button", id: "newer", onclick: newer }, "← Newer") : null,
+      page.next_cursor ? el("button", { type: "button", id: "older",
+        onclick: () => goJobs({ ...f, cursor: page.next_cursor }, [...newerCursors(), f.cursor]) }, "Older →") : null);
   },
 };
 
@@ -394,18 +416,22 @@ pages.job = {
   frame() {
     return [el("div", { id: "flash" }), el("article", { id: "job" })];
   },
-  async refresh() {
+  async refresh(stale) {
     const id = body.dataset.job;
     let j;
     try {
       j = await api(`/ui/api/jobs/${encodeURIComponent(id)}`);
     } catch (error) {
       if (error.status === 404) {
-        replace("job", el("h2", { text: "No such job" }), el("p", { text: `There is no job with id ${id}.` }));
+        if (changed("job", null)) {
+          replace("job", el("h2", { text: "No such job" }), el("p", { text: `There is no job with id ${id}.` }));
+        }
         return;
       }
       throw error;
     }
+    // redrawn only when something changed, so a selection (a traceback being copied) stays
+    if (stale() || !changed("job", j)) return;
     const path = `/ui/api/jobs/${j.id}`;
     const actions = [];
     if (j.state === "dead" || j.state === "cancelled") {
@@ -451,21 +477,37 @@ pages.job = {
 // -- the refresh loop -------------------------------------------------------------------------
 let timer = null;
 let running = false;
+// refreshes asked for; one asked for while another runs makes that one's answer stale
+let asked = 0;
+const drawn = {};
+
+// true when data differs from what the page last drew under this name
+function changed(name, data) {
+  const key = JSON.stringify(data);
+  if (drawn[name] === key) return false;
+  drawn[name] = key;
+  return true;
+}
 
 async function refreshNow() {
+  asked += 1;
   if (timer) clearTimeout(timer);
-  if (running) return;
+  timer = null;
+  if (running) return; // the running refresh sees it was overtaken and runs again
   running = true;
   const live = document.getElementById("live");
-  try {
-    await pages[PAGE].refresh();
-    if (live) { live.textContent = "live"; live.className = "live"; }
-  } catch (error) {
-    if (live) { live.textContent = `offline: ${error.message}`; live.className = "live offline"; }
-  } finally {
-    running = false;
-    timer = setTimeout(refreshNow, REFRESH_MS);
-  }
+  let ticket;
+  do {
+    ticket = asked;
+    try {
+      await pages[PAGE].refresh(() => ticket !== asked);
+      if (live) { live.textContent = "live"; live.className = "live"; }
+    } catch (error) {
+      if (live) { live.textContent = `offline: ${error.message}`; live.className = "live offline"; }
+    }
+  } while (ticket !== asked);
+  running = false;
+  timer = setTimeout(refreshNow, REFRESH_MS);
 }
 
 function start() {
@@ -478,7 +520,10 @@ function start() {
     });
   }
   window.addEventListener("popstate", () => {
-    if (PAGE === "jobs") replace("main", pages.jobs.frame());
+    if (PAGE === "jobs") {
+      replace("main", pages.jobs.frame());
+      delete drawn.jobs;
+    }
     refreshNow();
   });
   refreshNow();
