@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Callable
 
 from conftest import WorkerThread
@@ -45,3 +46,28 @@ def test_a_job_finishing_during_shutdown_is_recorded(
         wait_until(lambda h=handle: h.info().state is JobState.RUNNING, what="the job to run")
         worker.stop()
         assert handle.info().state is JobState.SUCCEEDED
+
+
+def test_a_stop_during_a_claim_is_not_lost(
+    app: Conveyor, start_worker: Callable[..., WorkerThread]
+) -> None:
+    """With its one slot busy, the worker claims ahead while the stop arrives: the stop must
+    still end the grace period on time, and the job go back to its queue uncharged."""
+
+    started = threading.Event()
+
+    @app.job
+    async def long(ctx: JobContext) -> str:
+        started.set()  # the worker's claim of the next batch is under way right now
+        await asyncio.sleep(5)
+        return "finished"
+
+    for _ in range(3):
+        started.clear()
+        handle = long.enqueue()
+        worker = start_worker(app, max_workers=1, grace=0.2)
+        assert started.wait(10)
+        worker.stop()
+        info = handle.info()
+        assert info.state is JobState.QUEUED and info.attempts == 0  # not left to finish
+        assert app.cancel(handle.id).state is JobState.CANCELLED

@@ -216,12 +216,14 @@ class Worker:
         assert self._stopping is not None and self._wake is not None
         lease = self.app.lease
         while not self._stopping.is_set():
+            # cleared before the state is read, never after: a wake-up (a stop, a freed slot)
+            # that comes while this pass claims is kept for the wait below
+            self._wake.clear()
             self._fill_slots()
             size = self.scaler.size
             ahead = size if self.prefetch is None else self.prefetch
             want = size - len(self.running) + ahead - len(self.buffered)
             if want <= 0 or len(self.running) + len(self.buffered) >= size + ahead:
-                self._wake.clear()
                 await self._wake.wait()
                 continue
             try:
@@ -235,7 +237,6 @@ class Worker:
             if jobs:
                 await asyncio.sleep(0)
             elif self.buffered or len(self.running) >= size:
-                self._wake.clear()
                 await self._wake.wait()
             else:
                 await self._idle()
@@ -248,7 +249,6 @@ class Worker:
     async def _idle(self) -> None:
         """Wait for new work, a stop request or a wake-up, whichever comes first."""
         assert self._wake is not None
-        self._wake.clear()
         waiter = asyncio.create_task(self.broker.wait_for_work(self.queues, 1.0))
         woken = asyncio.create_task(self._wake.wait())
         try:
