@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -202,3 +203,35 @@ def test_label_sets_stay_bounded_whatever_queue_names_come_in() -> None:
     assert total == 1000  # nothing is lost: the overflow is counted under queue="other"
     with pytest.raises(ValueError):
         Metrics(queue_refresh=0)
+
+
+def test_a_mounted_api_names_routes_by_its_own_templates(tmp_path: Path) -> None:
+    from starlette.applications import Starlette
+    from starlette.routing import Mount
+
+    from conveyor.http import create_app
+
+    app = Conveyor(url=f"sqlite:///{tmp_path / 'db'}")
+    metrics = Metrics()
+    api = create_app(app, token="tok", metrics=metrics)
+    outer = Starlette(routes=[Mount("/conveyor", app=api)])
+
+    async def scenario() -> None:
+        transport = httpx.ASGITransport(app=outer)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            assert (await client.get("/conveyor/jobs")).status_code == 401
+            missing = await client.get("/conveyor/jobs/06H0HQQS1DPDNNKJ7KG6WTC19R",
+                                       headers={"Authorization": "Bearer tok"})
+            assert missing.status_code == 404
+            nowhere = await client.get("/conveyor/nowhere",
+                                       headers={"Authorization": "Bearer tok"})
+            assert nowhere.status_code == 404
+        await app.broker.close()
+
+    asyncio.run(scenario())
+    s = parse(metrics.render().decode())
+    requests = "conveyor_http_requests_total"
+    assert value(s, requests, route="/jobs", method="GET", status="401") == 1
+    assert value(s, requests, route="/jobs/{job}", method="GET", status="404") == 1
+    assert value(s, requests, route="<unmatched>", method="GET", status="404") == 1
+    assert not [k for k in s if k[0] == requests and ("route", "/conveyor") in k[1]]

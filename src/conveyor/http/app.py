@@ -96,12 +96,12 @@ class RequestMetrics:
         self.app = app
         self.metrics = metrics
         self.routes = routes  # to name requests refused before routing (401)
+        self._own = frozenset(id(route) for route in routes)
 
     def _route(self, scope: Scope) -> str:
-        route = scope.get("route")
-        path = getattr(route, "path", None)
-        if isinstance(path, str):
-            return path
+        route = scope.get("route")  # an app this one is mounted in sets its own Mount here
+        if route is not None and id(route) in self._own:
+            return str(route.path)
         for candidate in self.routes:
             match, _ = candidate.matches(scope)
             if match is not Match.NONE:
