@@ -209,8 +209,7 @@ def test_keys_share_one_hash_tag(app: Conveyor) -> None:
 def test_a_claim_retried_with_its_token_gets_the_same_jobs(server: RedisServer) -> None:
     """A claim whose reply was lost is sent again with the same token: it must return the
     jobs it leased the first time, not lease a second batch and strand the first."""
-    import json
-
+    from conveyor.backends.redis import codec
     from conveyor.job import JobRecord
 
     broker = RedisBroker(server.url, namespace=f"t{new_id().lower()}")
@@ -223,11 +222,11 @@ def test_a_claim_retried_with_its_token_gets_the_same_jobs(server: RedisServer) 
     async def scenario() -> tuple[list[str], list[str], list[str]]:
         await broker.enqueue([job() for _ in range(5)], {})
         k = broker.keys
-        keys = [k.jobs, k.leases, k.claims, *k.queue_group("default")]
+        keys = [*k.job_block, k.claims, *k.queue_group("default")]
 
         async def claim(token: str) -> list[str]:
-            raws = await broker._script("claim", keys, ["w1", 30, 3, token])
-            return sorted(json.loads(raw)["id"] for raw in raws)
+            reply = await broker._script("claim", keys, ["w1", 30, 3, token])
+            return sorted(job.id for job in codec.claimed_jobs(reply, "w1"))
 
         first, again, other = await claim("a"), await claim("a"), await claim("b")
         await broker.close()
