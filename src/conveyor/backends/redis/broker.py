@@ -19,14 +19,14 @@ from typing import Any, TypeVar
 
 from conveyor.backends.base import Broker
 from conveyor.backends.redis import codec
+from conveyor.backends.redis.client import BlockingScripts, pack_with_hiredis
 from conveyor.backends.redis.keys import Keys
-from conveyor.backends.redis.scripts import register_all, source
+from conveyor.backends.redis.scripts import register_all
 from conveyor.errors import ConfigurationError, ConveyorError, QueueFull
 from conveyor.ids import new_id
 from conveyor.job import ALL_STATES, JobRecord, JobState, Outcome, OutcomeKind, WorkerInfo
 
 try:
-    import redis as syncredis
     import redis.asyncio as aioredis
     from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -88,6 +88,7 @@ class _Connection:
         self.client = aioredis.Redis.from_url(
             url, decode_responses=True, health_check_interval=10, socket_keepalive=True
         )
+        pack_with_hiredis(self.client)
         self.scripts = register_all(self.client)
         self.enqueues = _Coalescer(store)
 
@@ -103,7 +104,7 @@ class RedisBroker(Broker):
         self._checked = False
         #: how long an operation keeps retrying through connection trouble
         self.retry_for = RETRY_FOR
-        self._blocking: Any = None
+        self._blocking: BlockingScripts | None = None
         self._blocking_lock = threading.Lock()
 
     # -- connections --------------------------------------------------------------------------
@@ -171,7 +172,7 @@ class RedisBroker(Broker):
             loop = None
         with self._blocking_lock:
             if self._blocking is not None:
-                self._blocking.registered_client.close()
+                self._blocking.close()
                 self._blocking = None
         conns, self._connections = self._connections, {}
         for conn_loop, conn in conns.items():
@@ -243,9 +244,15 @@ class RedisBroker(Broker):
     # -- producers ----------------------------------------------------------------------------
     def _enqueue_call(
         self, segments: Sequence[tuple[Sequence[JobRecord], Mapping[str, int]]]
-    ) -> tuple[list[str], list[Any]]:
-        """KEYS and ARGV of one enqueue script call storing ``segments`` (each is the jobs
-        and queue limits of one enqueue call, stored all or none on its own)."""
+    ) -> tuple[str, list[str], list[Any]]:
+        """The script, KEYS and ARGV of one enqueue call storing ``segments`` (each is the
+        jobs and queue limits of one enqueue call, stored all or none on its own)."""
+        if len(segments) == 1 and len(segments[0][0]) == 1:
+            (job,), limits = segments[0]
+            keys = [self.keys.jobs, self.keys.field("state"), self.keys.queues,
+                    *self.keys.queue_group(job.queue)]
+            value = f"{job.run_at - job.created_at!r}{codec.job_spec(job)}"
+            return "enqueue_one", keys, [job.queue, limits.get(job.queue, -1), value]
         numbers: dict[str, int] = {}
         argv: list[Any] = [len(segments)]
         for jobs, limits in segments:
@@ -260,7 +267,7 @@ class RedisBroker(Broker):
                 argv += [f"{j.run_at - j.created_at!r}{codec.job_spec(j)}" for j in members]
         keys = [self.keys.jobs, self.keys.field("state"), self.keys.queues,
                 *self._group_keys(list(numbers))]
-        return keys, argv
+        return "enqueue", keys, argv
 
     @staticmethod
     def _segment_error(status: str, attempts: int) -> Exception | None:
@@ -277,15 +284,17 @@ class RedisBroker(Broker):
     async def _store_segments(
         self, segments: Sequence[tuple[Sequence[JobRecord], Mapping[str, int]]]
     ) -> list[Exception | None]:
-        keys, argv = self._enqueue_call(segments)
+        script, keys, argv = self._enqueue_call(segments)
         attempts = 0
 
         async def call(conn: _Connection) -> Any:
             nonlocal attempts
             attempts += 1
-            return await conn.scripts["enqueue"](keys=keys, args=argv)
+            return await conn.scripts[script](keys=keys, args=argv)
 
         statuses = await self._retrying(call)
+        if isinstance(statuses, str):  # enqueue_one
+            statuses = [statuses]
         return [self._segment_error(status, attempts) for status in statuses]
 
     async def enqueue(self, jobs: Sequence[JobRecord], limits: Mapping[str, int]) -> None:
@@ -301,14 +310,15 @@ class RedisBroker(Broker):
         """Enqueue on a plain (thread-safe, blocking) client: no event loop in the way."""
         if not jobs:
             return
-        keys, argv = self._enqueue_call([(jobs, limits)])
-        script = self._blocking_script()
+        script, keys, argv = self._enqueue_call([(jobs, limits)])
+        scripts = self._blocking_scripts()
         deadline = time.monotonic() + self.retry_for
         pause, attempts = 0.05, 0
         while True:
             attempts += 1
             try:
-                (status,) = script(keys=keys, args=argv)
+                reply = scripts.call(script, keys, argv)
+                status = reply if isinstance(reply, str) else reply[0]
                 break
             except TRANSIENT as exc:
                 if time.monotonic() + pause > deadline:
@@ -320,14 +330,10 @@ class RedisBroker(Broker):
         if error is not None:
             raise error
 
-    def _blocking_script(self) -> Any:
+    def _blocking_scripts(self) -> BlockingScripts:
         with self._blocking_lock:
             if self._blocking is None:
-                client = syncredis.Redis.from_url(
-                    self.url, decode_responses=True, health_check_interval=10,
-                    socket_keepalive=True,
-                )
-                self._blocking = client.register_script(source("enqueue"))
+                self._blocking = BlockingScripts(self.url)
             return self._blocking
 
     # -- workers ------------------------------------------------------------------------------
