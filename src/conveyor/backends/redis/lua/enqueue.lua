@@ -47,7 +47,9 @@ local function store(plan, first)
   local specs, states = {}, {}
   for _, entry in ipairs(plan) do
     local base = entry.base
-    redis.call('SADD', KEYS[3], entry.queue)
+    if redis.call('SISMEMBER', KEYS[3], entry.queue) == 0 then
+      redis.call('SADD', KEYS[3], entry.queue)
+    end
     added[KEYS[base]] = (added[KEYS[base]] or 0) + entry.count
     local waiting, sched, queued, scheduled = {}, {}, {}, {}
     for _ = 1, entry.count do

@@ -24,7 +24,8 @@ if limit >= 0 and redis.call('ZCARD', KEYS[4]) >= limit then
   redis.call('HDEL', KEYS[2], id)
   return 'full ' .. ARGV[1] .. ' ' .. limit
 end
-redis.call('SADD', KEYS[3], ARGV[1])
+-- a read first: writes cost more, and the queue is almost always known
+if redis.call('SISMEMBER', KEYS[3], ARGV[1]) == 0 then redis.call('SADD', KEYS[3], ARGV[1]) end
 redis.call('ZADD', KEYS[4], at, id)
 if state == 'scheduled' then
   redis.call('ZADD', KEYS[5], at, id)
