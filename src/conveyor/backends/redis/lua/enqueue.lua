@@ -17,17 +17,22 @@ local added = {}  -- jobs this call added per waiting key, not yet visible to ZC
 local statuses = {}
 local a = 2
 
-local function parse(value)
-  local brace = string.find(value, '{', 1, true)
-  return string.match(value, '^{"id":"([^"]+)"', brace), tonumber(string.sub(value, 1, brace - 1)),
-         string.sub(value, brace)
+-- The segment's jobs from ARGV[first] on: their ids, run_at offsets and JSON texts.
+local function parse(first, total)
+  local ids, offsets, texts = {}, {}, {}
+  for n = 1, total do
+    local value = ARGV[first + n - 1]
+    local brace = string.find(value, '{', 1, true)
+    ids[n] = string.match(value, '^{"id":"([^"]+)"', brace)
+    offsets[n] = tonumber(string.sub(value, 1, brace - 1))
+    texts[n] = string.sub(value, brace)
+  end
+  return ids, offsets, texts
 end
 
 -- An id that exists means a retry of a call whose reply was lost: report that first, so
 -- a queue cap that the first attempt's jobs now fill is not mistaken for a full queue.
-local function check(plan, first, total)
-  local ids = {}
-  for i = first, first + total - 1 do ids[#ids + 1] = parse(ARGV[i]) end
+local function check(plan, ids)
   local found = hmget(KEYS[2], ids)
   for j = 1, #ids do
     if found[j] then return 'exists ' .. ids[j] end
@@ -42,8 +47,8 @@ local function check(plan, first, total)
   return 'ok'
 end
 
-local function store(plan, first)
-  local v = first
+local function store(plan, ids, offsets, texts)
+  local n = 0
   local specs, states = {}, {}
   for _, entry in ipairs(plan) do
     local base = entry.base
@@ -53,7 +58,8 @@ local function store(plan, first)
     added[KEYS[base]] = (added[KEYS[base]] or 0) + entry.count
     local waiting, sched, queued, scheduled = {}, {}, {}, {}
     for _ = 1, entry.count do
-      local id, offset, text = parse(ARGV[v])
+      n = n + 1
+      local id, offset = ids[n], offsets[n]
       local run_at, at = now, stamp
       if offset ~= 0 then
         run_at = now + offset
@@ -61,21 +67,20 @@ local function store(plan, first)
       end
       waiting[#waiting + 1] = at
       waiting[#waiting + 1] = id
-      specs[#specs + 1] = id
-      specs[#specs + 1] = text .. created .. at .. '}'
-      states[#states + 1] = id
+      specs[2 * n - 1] = id
+      specs[2 * n] = texts[n] .. created .. at .. '}'
+      states[2 * n - 1] = id
       if run_at > now then
         sched[#sched + 1] = at
         sched[#sched + 1] = id
         scheduled[#scheduled + 1] = 0
         scheduled[#scheduled + 1] = id
-        states[#states + 1] = 'scheduled'
+        states[2 * n] = 'scheduled'
       else
         queued[#queued + 1] = 0
         queued[#queued + 1] = id
-        states[#states + 1] = 'queued'
+        states[2 * n] = 'queued'
       end
-      v = v + 1
     end
     many('ZADD', KEYS[base], waiting, 2)
     if #sched > 0 then
@@ -102,8 +107,9 @@ for s = 1, tonumber(ARGV[1]) do
     total = total + count
     a = a + 4
   end
-  local status = check(plan, a, total)
-  if status == 'ok' then store(plan, a) end
+  local ids, offsets, texts = parse(a, total)
+  local status = check(plan, ids)
+  if status == 'ok' then store(plan, ids, offsets, texts) end
   statuses[s] = status
   a = a + total
 end
