@@ -209,8 +209,7 @@ def test_keys_share_one_hash_tag(app: Conveyor) -> None:
 def test_a_claim_retried_with_its_token_gets_the_same_jobs(server: RedisServer) -> None:
     """A claim whose reply was lost is sent again with the same token: it must return the
     jobs it leased the first time, not lease a second batch and strand the first."""
-    import json
-
+    from conveyor.backends.redis import codec
     from conveyor.job import JobRecord
 
     broker = RedisBroker(server.url, namespace=f"t{new_id().lower()}")
@@ -223,11 +222,11 @@ def test_a_claim_retried_with_its_token_gets_the_same_jobs(server: RedisServer) 
     async def scenario() -> tuple[list[str], list[str], list[str]]:
         await broker.enqueue([job() for _ in range(5)], {})
         k = broker.keys
-        keys = [k.jobs, k.leases, k.claims, *k.queue_group("default")]
+        keys = [*k.job_block, k.claims, *k.queue_group("default")]
 
         async def claim(token: str) -> list[str]:
-            raws = await broker._script("claim", keys, ["w1", 30, 3, token])
-            return sorted(json.loads(raw)["id"] for raw in raws)
+            reply = await broker._script("claim", keys, ["w1", 30, 3, token])
+            return sorted(job.id for job in codec.claimed_jobs(reply, "w1"))
 
         first, again, other = await claim("a"), await claim("a"), await claim("b")
         await broker.close()
@@ -236,3 +235,32 @@ def test_a_claim_retried_with_its_token_gets_the_same_jobs(server: RedisServer) 
     first, again, other = asyncio.run(scenario())
     assert len(first) == 3 and again == first
     assert len(other) == 2 and not set(other) & set(first)
+
+
+def test_a_single_enqueue_sent_again_reports_exists_before_full(server: RedisServer) -> None:
+    """An enqueue whose reply was lost is sent again: the second call must see its own job
+    (and report it as stored), not a queue its first call filled to the limit."""
+    from conveyor.backends.redis.client import BlockingScripts
+    from conveyor.errors import ConveyorError
+    from conveyor.job import JobRecord
+
+    broker = RedisBroker(server.url, namespace=f"t{new_id().lower()}")
+    now = time.time()
+    job = JobRecord(id=new_id(), name="n", queue="default", state=JobState.QUEUED,
+                    args=[], kwargs={}, created_at=now, run_at=now)
+    script, keys, argv = broker._enqueue_call([([job], {"default": 1})])
+    assert script == "enqueue_one"
+    scripts = BlockingScripts(server.url)
+    try:
+        assert scripts.call(script, keys, argv) == "ok"
+        assert scripts.call(script, keys, argv) == f"exists {job.id}"
+        with pytest.raises(redis.ResponseError):  # a script error ...
+            scripts.call("enqueue_one", keys, [])
+        # ... leaves the next call's reply intact
+        assert scripts.call(script, keys, argv) == f"exists {job.id}"
+    finally:
+        scripts.close()
+    # a first attempt that finds the id is an error, not a success
+    with pytest.raises(ConveyorError, match="exists already"):
+        broker.enqueue_blocking([job], {"default": 1})
+

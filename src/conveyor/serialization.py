@@ -15,6 +15,11 @@ class NotSerializable(TypeError):
 
 def dumps(value: Any) -> str:
     """Encode ``value`` as compact JSON text; raise :class:`NotSerializable` if it is not JSON."""
+    # the commonest values (no result, no arguments) without the encoder's machinery
+    if value is None:
+        return "null"
+    if not value and (type(value) is list or type(value) is dict):
+        return "[]" if type(value) is list else "{}"
     try:
         return _encoder.encode(value)
     except (TypeError, ValueError) as exc:

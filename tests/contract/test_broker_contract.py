@@ -188,6 +188,20 @@ def test_bulk_enqueue_is_all_or_nothing_on_duplicate_id(run: Run[Any], broker: B
     assert get(run, broker, existing.id).args == ["original"]
 
 
+def test_single_enqueue_of_an_existing_id_changes_nothing(
+    run: Run[Any], broker: Broker
+) -> None:
+    existing = make_job(args=["original"])
+    run(broker.enqueue([existing], {}))
+    clash = make_job(args=["impostor"], delay=60)
+    clash.id = existing.id
+    with pytest.raises(Exception):  # noqa: B017 - the error type is the backend's own
+        run(broker.enqueue([clash], {}))
+    stored = get(run, broker, existing.id)
+    assert (stored.args, stored.state) == (["original"], JobState.QUEUED)
+    assert run(broker.counts())["default"]["scheduled"] == 0
+
+
 def test_enqueue_nothing_is_a_no_op(run: Run[Any], broker: Broker) -> None:
     run(broker.enqueue([], {"default": 0}))
     assert run(broker.list_jobs()) == []

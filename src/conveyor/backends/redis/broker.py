@@ -9,7 +9,6 @@ clocks do not steal each other's jobs.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import random
 import threading
@@ -20,15 +19,15 @@ from typing import Any, TypeVar
 
 from conveyor.backends.base import Broker
 from conveyor.backends.redis import codec
+from conveyor.backends.redis.client import BlockingScripts, pack_with_hiredis
 from conveyor.backends.redis.keys import Keys
-from conveyor.backends.redis.scripts import register_all, source
+from conveyor.backends.redis.scripts import register_all
 from conveyor.errors import ConfigurationError, ConveyorError, QueueFull
 from conveyor.ids import new_id
-from conveyor.job import ALL_STATES, JobRecord, JobState, Outcome, WorkerInfo
+from conveyor.job import ALL_STATES, JobRecord, JobState, Outcome, OutcomeKind, WorkerInfo
 from conveyor.stats import STATS_KEEP, MinuteStats
 
 try:
-    import redis as syncredis
     import redis.asyncio as aioredis
     from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -90,6 +89,7 @@ class _Connection:
         self.client = aioredis.Redis.from_url(
             url, decode_responses=True, health_check_interval=10, socket_keepalive=True
         )
+        pack_with_hiredis(self.client)
         self.scripts = register_all(self.client)
         self.enqueues = _Coalescer(store)
 
@@ -105,7 +105,7 @@ class RedisBroker(Broker):
         self._checked = False
         #: how long an operation keeps retrying through connection trouble
         self.retry_for = RETRY_FOR
-        self._blocking: Any = None
+        self._blocking: BlockingScripts | None = None
         self._blocking_lock = threading.Lock()
 
     # -- connections --------------------------------------------------------------------------
@@ -173,7 +173,7 @@ class RedisBroker(Broker):
             loop = None
         with self._blocking_lock:
             if self._blocking is not None:
-                self._blocking.registered_client.close()
+                self._blocking.close()
                 self._blocking = None
         conns, self._connections = self._connections, {}
         for conn_loop, conn in conns.items():
@@ -198,15 +198,62 @@ class RedisBroker(Broker):
         groups: dict[str, list[str]] = defaultdict(list)
         for job_id, raw in zip(ids, raws, strict=True):
             if raw is not None:
-                groups[codec.job_from_json(raw).queue].append(job_id)
+                groups[codec.queue_of(raw)].append(job_id)
         return groups
+
+    async def _records(self, ids: Sequence[str]) -> list[JobRecord | None]:
+        """The jobs of ``ids`` (None where there is none): their fields read in one
+        transaction, then the leases of the running ones."""
+        if not ids:
+            return []
+        k = self.keys
+        ids = list(ids)
+
+        async def fields(conn: _Connection) -> list[Any]:
+            async with conn.client.pipeline(transaction=True) as pipe:
+                for key in k.job_block[:-2]:
+                    pipe.hmget(key, ids)
+                pipe.zmscore(k.expiry, ids)
+                pipe.smismember(k.cancel, ids)
+                return list(await pipe.execute())
+
+        *hashes, expiry, cancel = await self._retrying(fields)
+        rows = list(zip(*hashes, expiry, cancel, strict=True))
+        running: dict[str, list[int]] = defaultdict(list)
+        for n, row in enumerate(rows):
+            if row[0] is not None and row[1] == JobState.RUNNING:
+                running[codec.queue_of(row[0])].append(n)
+        leases: dict[int, float | None] = {}
+        if running:
+
+            async def lease_scores(conn: _Connection) -> list[Any]:
+                async with conn.client.pipeline(transaction=False) as pipe:
+                    for queue, members in running.items():
+                        pipe.zmscore(k.leases(queue), [ids[n] for n in members])
+                    return list(await pipe.execute())
+
+            for members, scores in zip(running.values(), await self._retrying(lease_scores),
+                                       strict=True):
+                leases.update(zip(members, scores, strict=True))
+        return [
+            None if row[0] is None
+            else codec.job_from_fields(row[:-2], _number(row[-2]), bool(row[-1]),
+                                       _number(leases.get(n)))
+            for n, row in enumerate(rows)
+        ]
 
     # -- producers ----------------------------------------------------------------------------
     def _enqueue_call(
         self, segments: Sequence[tuple[Sequence[JobRecord], Mapping[str, int]]]
-    ) -> tuple[list[str], list[Any]]:
-        """KEYS and ARGV of one enqueue script call storing ``segments`` (each is the jobs
-        and queue limits of one enqueue call, stored all or none on its own)."""
+    ) -> tuple[str, list[str], list[Any]]:
+        """The script, KEYS and ARGV of one enqueue call storing ``segments`` (each is the
+        jobs and queue limits of one enqueue call, stored all or none on its own)."""
+        if len(segments) == 1 and len(segments[0][0]) == 1:
+            (job,), limits = segments[0]
+            keys = [self.keys.jobs, self.keys.field("state"), self.keys.queues,
+                    *self.keys.queue_group(job.queue)]
+            value = f"{job.run_at - job.created_at!r}{codec.job_spec(job)}"
+            return "enqueue_one", keys, [job.queue, limits.get(job.queue, -1), value]
         numbers: dict[str, int] = {}
         argv: list[Any] = [len(segments)]
         for jobs, limits in segments:
@@ -218,9 +265,10 @@ class RedisBroker(Broker):
                 number = numbers.setdefault(queue, len(numbers) + 1)
                 argv += [number, queue, limits.get(queue, -1), len(members)]
             for members in by_queue.values():
-                argv += [f"{j.run_at - j.created_at!r}{codec.job_fields(j)}" for j in members]
-        keys = [self.keys.jobs, self.keys.queues, *self._group_keys(list(numbers))]
-        return keys, argv
+                argv += [f"{j.run_at - j.created_at!r}{codec.job_spec(j)}" for j in members]
+        keys = [self.keys.jobs, self.keys.field("state"), self.keys.queues,
+                *self._group_keys(list(numbers))]
+        return "enqueue", keys, argv
 
     @staticmethod
     def _segment_error(status: str, attempts: int) -> Exception | None:
@@ -237,15 +285,17 @@ class RedisBroker(Broker):
     async def _store_segments(
         self, segments: Sequence[tuple[Sequence[JobRecord], Mapping[str, int]]]
     ) -> list[Exception | None]:
-        keys, argv = self._enqueue_call(segments)
+        script, keys, argv = self._enqueue_call(segments)
         attempts = 0
 
         async def call(conn: _Connection) -> Any:
             nonlocal attempts
             attempts += 1
-            return await conn.scripts["enqueue"](keys=keys, args=argv)
+            return await conn.scripts[script](keys=keys, args=argv)
 
         statuses = await self._retrying(call)
+        if isinstance(statuses, str):  # enqueue_one
+            statuses = [statuses]
         return [self._segment_error(status, attempts) for status in statuses]
 
     async def enqueue(self, jobs: Sequence[JobRecord], limits: Mapping[str, int]) -> None:
@@ -261,14 +311,15 @@ class RedisBroker(Broker):
         """Enqueue on a plain (thread-safe, blocking) client: no event loop in the way."""
         if not jobs:
             return
-        keys, argv = self._enqueue_call([(jobs, limits)])
-        script = self._blocking_script()
+        script, keys, argv = self._enqueue_call([(jobs, limits)])
+        scripts = self._blocking_scripts()
         deadline = time.monotonic() + self.retry_for
         pause, attempts = 0.05, 0
         while True:
             attempts += 1
             try:
-                (status,) = script(keys=keys, args=argv)
+                reply = scripts.call(script, keys, argv)
+                status = reply if isinstance(reply, str) else reply[0]
                 break
             except TRANSIENT as exc:
                 if time.monotonic() + pause > deadline:
@@ -280,48 +331,55 @@ class RedisBroker(Broker):
         if error is not None:
             raise error
 
-    def _blocking_script(self) -> Any:
+    def _blocking_scripts(self) -> BlockingScripts:
         with self._blocking_lock:
             if self._blocking is None:
-                client = syncredis.Redis.from_url(
-                    self.url, decode_responses=True, health_check_interval=10,
-                    socket_keepalive=True,
-                )
-                self._blocking = client.register_script(source("enqueue"))
+                self._blocking = BlockingScripts(self.url)
             return self._blocking
 
     # -- workers ------------------------------------------------------------------------------
     async def claim(
         self, worker_id: str, queues: Sequence[str], limit: int, lease: float
     ) -> list[JobRecord]:
-        keys = [self.keys.jobs, self.keys.leases, self.keys.claims, *self._group_keys(queues)]
+        keys = [*self.keys.job_block, self.keys.claims, *self._group_keys(queues)]
         # one token for every retry of this claim: a retry after a lost reply gets the
         # same jobs back instead of leasing a second batch
-        raws = await self._script("claim", keys, [worker_id, lease, limit, new_id()])
-        return [codec.job_from_json(raw) for raw in raws]
+        reply = await self._script("claim", keys, [worker_id, lease, limit, new_id()])
+        return codec.claimed_jobs(reply, worker_id)
 
     async def settle(self, outcomes: Sequence[Outcome]) -> None:
         if not outcomes:
             return
         unknown = [o.job_id for o in outcomes if o.queue is None]
         queue_of = {i: q for q, ids in (await self._queue_of(unknown)).items() for i in ids}
-        by_queue: dict[str, list[Any]] = defaultdict(list)
+        # per queue and worker: the successes (id, result), then the others
+        wins: dict[tuple[str, str], list[Any]] = defaultdict(list)
+        others: dict[tuple[str, str], list[Any]] = defaultdict(list)
         for o in outcomes:
             queue = o.queue or queue_of.get(o.job_id)
             if queue is None:
                 continue
-            delay = None if o.run_at is None else max(0.0, o.run_at - o.finished_at)
-            by_queue[queue].append([o.job_id, o.worker_id, o.kind.value, o.result_json,
-                                    o.error, o.traceback, delay])
+            if o.kind is OutcomeKind.SUCCEEDED:
+                wins[queue, o.worker_id] += (o.job_id, o.result_json or "null")
+            else:
+                delay = "" if o.run_at is None else max(0.0, o.run_at - o.finished_at)
+                others[queue, o.worker_id] += (o.job_id, o.kind.value, o.error or "",
+                                               o.traceback or "", delay)
         k = self.keys
+        calls = [
+            ([*k.job_block, *k.queue_group(queue)],
+             [self.retention, worker, len(wins[queue, worker]) // 2, *wins[queue, worker],
+              *others[queue, worker]])
+            for queue, worker in {**wins, **others}
+        ]
 
         async def call(conn: _Connection) -> None:
+            if len(calls) == 1:
+                await conn.scripts["settle"](keys=calls[0][0], args=calls[0][1])
+                return
             async with conn.client.pipeline(transaction=False) as pipe:
-                for queue, argv in by_queue.items():
-                    await conn.scripts["settle"](
-                        keys=[k.jobs, k.leases, k.expiry, k.cancel, *k.queue_group(queue)],
-                        args=[self.retention, json.dumps(argv)], client=pipe,
-                    )
+                for keys, args in calls:
+                    await conn.scripts["settle"](keys=keys, args=args, client=pipe)
                 await pipe.execute()
 
         await self._retrying(call)
@@ -330,7 +388,8 @@ class RedisBroker(Broker):
         self, worker: WorkerInfo, job_ids: Sequence[str], lease: float
     ) -> set[str]:
         k = self.keys
-        keys = [k.jobs, k.leases, k.cancel, k.workers, k.winfo]
+        queues = sorted(set(worker.queues) | set(await self._queues())) if job_ids else []
+        keys = [*k.job_block, k.workers, k.winfo, *(k.leases(q) for q in queues)]
         args = [worker.id, codec.worker_to_json(worker), lease, *job_ids]
         cancel = await self._script("heartbeat", keys, args)
         return set(cancel)
@@ -339,7 +398,7 @@ class RedisBroker(Broker):
         args: list[Any] = []
         for job_id, value, message in updates:
             args += [job_id, value, message or ""]
-        await self._script("progress", [self.keys.jobs], args)
+        await self._script("progress", self.keys.job_block, args)
 
     async def ready_count(self, queues: Sequence[str], limit: int) -> int:
         now = await self._server_time()
@@ -391,11 +450,21 @@ class RedisBroker(Broker):
 
     async def recover_expired(self, max_recoveries: int) -> tuple[int, int]:
         k = self.keys
+        queues = await self._queues()
         now = await self._server_time()
-        expired = await self._cmd("zrangebyscore", k.leases, "-inf", now, start=0, num=BATCH)
+
+        async def expired(conn: _Connection) -> list[list[str]]:
+            async with conn.client.pipeline(transaction=False) as pipe:
+                for queue in queues:
+                    pipe.zrangebyscore(k.leases(queue), "-inf", now, start=0, num=BATCH)
+                return list(await pipe.execute())
+
         requeued = dead = 0
-        for queue, ids in (await self._queue_of(expired)).items():
-            keys = [k.jobs, k.leases, k.expiry, k.cancel, *k.queue_group(queue)]
+        for queue, ids in zip(queues, await self._retrying(expired) if queues else [],
+                              strict=True):
+            if not ids:
+                continue
+            keys = [*k.job_block, *k.queue_group(queue)]
             r, d = await self._script("recover", keys, [max_recoveries, self.retention, *ids])
             requeued, dead = requeued + int(r), dead + int(d)
         await self._script("expire_workers", [k.workers, k.winfo, k.claims], [])
@@ -408,8 +477,8 @@ class RedisBroker(Broker):
             async with conn.client.pipeline(transaction=False) as pipe:
                 for queue in queues:
                     await conn.scripts["promote"](
-                        keys=[self.keys.jobs, *self.keys.queue_group(queue)], args=[BATCH],
-                        client=pipe,
+                        keys=[*self.keys.job_block, *self.keys.queue_group(queue)],
+                        args=[BATCH], client=pipe,
                     )
                 return int(sum(await pipe.execute()))
 
@@ -424,7 +493,7 @@ class RedisBroker(Broker):
             deleted = 0
             grouped = await self._queue_of(ids)
             for queue, members in grouped.items():
-                keys = [k.jobs, k.expiry, *k.queue_group(queue)]
+                keys = [*k.job_block, *k.queue_group(queue)]
                 deleted += int(await self._script("purge", keys, members))
             missing = set(ids) - {i for m in grouped.values() for i in m}
             if missing:
@@ -435,13 +504,15 @@ class RedisBroker(Broker):
 
     # -- inspection and admin -----------------------------------------------------------------
     async def get(self, job_id: str) -> JobRecord | None:
-        raw = await self._cmd("hget", self.keys.jobs, job_id)
-        return codec.job_from_json(raw) if raw is not None else None
+        return (await self._records([job_id]))[0]
 
-    async def _index_keys(self, state: JobState | None, queue: str | None) -> list[str]:
+    async def _index_keys(self, state: JobState | None,
+                          queue: str | None) -> list[tuple[str, bool]]:
+        """The indexes to list from, each with whether it is a lease set (scored by lease
+        expiry rather than listable by id)."""
         queues = [queue] if queue is not None else await self._queues()
         states = [state] if state is not None else list(ALL_STATES)
-        return [self.keys.state(q, s) for q in queues for s in states]
+        return [(self.keys.state(q, s), s is JobState.RUNNING) for q in queues for s in states]
 
     async def list_jobs(
         self,
@@ -457,21 +528,26 @@ class RedisBroker(Broker):
         while len(found) < limit:
             upper = f"({cursor}" if cursor else "+"
 
-            async def fetch(conn: _Connection, upper: str = upper) -> list[str]:
+            async def fetch(conn: _Connection, upper: str = upper,
+                            cursor: str | None = cursor) -> list[str]:
                 async with conn.client.pipeline(transaction=False) as pipe:
-                    for key in index:
-                        pipe.zrevrangebylex(key, upper, "-", start=0, num=page)
+                    for key, is_lease_set in index:
+                        if is_lease_set:  # running jobs: never many
+                            pipe.zrange(key, 0, -1)
+                        else:
+                            pipe.zrevrangebylex(key, upper, "-", start=0, num=page)
                     pages = await pipe.execute()
-                return sorted({i for p in pages for i in p}, reverse=True)[:page]
+                found = {i for p in pages for i in p}
+                if cursor:
+                    found = {i for i in found if i < cursor}
+                return sorted(found, reverse=True)[:page]
 
             ids = await self._retrying(fetch)
             if not ids:
                 break
-            raws = await self._cmd("hmget", self.keys.jobs, ids)
-            for raw in raws:
-                if raw is None:
+            for record in await self._records(ids):
+                if record is None:
                     continue
-                record = codec.job_from_json(raw)
                 if name is None or record.name == name:
                     found.append(record)
                     if len(found) == limit:
@@ -487,38 +563,34 @@ class RedisBroker(Broker):
         async def call(conn: _Connection) -> list[int]:
             async with conn.client.pipeline(transaction=False) as pipe:
                 for queue in queues:
-                    for key in self.keys.states(queue):
-                        pipe.zcard(key)
+                    for s in ALL_STATES:
+                        pipe.zcard(self.keys.state(queue, s))
                 return list(await pipe.execute())
 
         values = iter(await self._retrying(call))
         return {q: {str(s): int(next(values)) for s in ALL_STATES} for q in queues}
 
-    async def _by_id(self, script: str, job_id: str, extra: Sequence[Any],
-                     leading: Callable[[str], list[str]]) -> Any:
+    async def _by_id(self, script: str, job_id: str, extra: Sequence[Any]) -> Any:
         """Run a single-job script with the keys of the job's queue; ``None`` if no job."""
-        record = await self.get(job_id)
-        if record is None:
+        spec = await self._cmd("hget", self.keys.jobs, job_id)
+        if spec is None:
             return None
-        keys = [*leading(record.queue), *self.keys.queue_group(record.queue)]
+        keys = [*self.keys.job_block, *self.keys.queue_group(codec.queue_of(spec))]
         return await self._script(script, keys, [job_id, *extra])
 
     async def cancel(self, job_id: str) -> JobRecord | None:
-        k = self.keys
-        raw = await self._by_id("cancel", job_id, [self.retention],
-                                lambda q: [k.jobs, k.leases, k.expiry, k.cancel])
-        return codec.job_from_json(raw) if raw else None
+        found = await self._by_id("cancel", job_id, [self.retention])
+        return await self.get(job_id) if found else None
 
     async def retry(self, job_id: str) -> JobRecord | None:
-        k = self.keys
-        await self._by_id("retry", job_id, [], lambda q: [k.jobs, k.expiry, k.cancel])
+        await self._by_id("retry", job_id, [])
         return await self.get(job_id)
 
     async def retry_dead(self, queue: str | None = None) -> int:
         k = self.keys
         total = 0
         for name in [queue] if queue is not None else await self._queues():
-            keys = [k.jobs, k.expiry, k.cancel, *k.queue_group(name)]
+            keys = [*k.job_block, *k.queue_group(name)]
             while True:
                 ids = await self._cmd("zrange", k.state(name, JobState.DEAD), 0, BATCH - 1)
                 if not ids:
@@ -527,10 +599,7 @@ class RedisBroker(Broker):
         return total
 
     async def delete(self, job_id: str) -> bool:
-        k = self.keys
-        done = await self._by_id("delete", job_id, [],
-                                 lambda q: [k.jobs, k.expiry, k.cancel])
-        return bool(done)
+        return bool(await self._by_id("delete", job_id, []))
 
     async def workers(self) -> list[WorkerInfo]:
         now = await self._server_time()
@@ -577,3 +646,6 @@ class RedisBroker(Broker):
         hashes = await self._retrying(call) if minutes else []
         return [row for minute, fields in zip(minutes, hashes, strict=True)
                 for row in codec.stats_rows(minute, fields)]
+
+def _number(value: Any) -> float | None:
+    return None if value is None else float(value)

@@ -1,63 +1,101 @@
-"""Jobs and workers to and from the JSON the scripts keep in Redis; statistics to and from
-the fields of the per-minute hashes."""
+"""Jobs and workers to and from what the scripts keep in Redis.
+
+A job is its immutable JSON (see :mod:`conveyor.backends.redis.keys`) plus one plain value
+per field that changes; these functions put them together again.
+Statistics go to and from the fields of the per-minute hashes.
+"""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from json.encoder import encode_basestring as _quote
 from typing import Any
 
 from conveyor.job import JobRecord, JobState, WorkerInfo
-from conveyor.serialization import loads
 from conveyor.stats import SUMS, MinuteStats
 
-_NEW_JOB_TAIL = (
-    '"attempts":0,"recoveries":0,"started_at":null,"finished_at":null,"result":null,'
-    '"error":null,"traceback":null,"progress":null,"progress_message":null,'
-    '"worker_id":null,"lease_expires_at":null,"cancel_requested":false,"expires_at":null'
-)
+_loads = json.JSONDecoder().decode
+_RUNNING = JobState.RUNNING
+_STATES = {str(s): s for s in JobState}
 
 
-def job_fields(job: JobRecord) -> str:
-    """The job as JSON without its closing brace: the enqueue script appends the state,
-    created_at and run_at, all from the server's clock. (Built from a template: this runs
-    once per enqueued job.)"""
+def job_spec(job: JobRecord) -> str:
+    """The job's immutable JSON without created_at, run_at and the closing brace: the
+    enqueue script adds those from the server's clock. Arguments are embedded as JSON
+    values, so reading a job back decodes one document. (Built from a template: this
+    runs once per enqueued job.)"""
     args, kwargs = job.encoded()
     return (
         f'{{"id":{_quote(job.id)},"name":{_quote(job.name)},"queue":{_quote(job.queue)},'
-        f'"args":{_quote(args)},"kwargs":{_quote(kwargs)},{_NEW_JOB_TAIL}'
+        f'"args":{args},"kwargs":{kwargs}'
     )
+
+
+def queue_of(spec: str) -> str:
+    """The queue named in a job's JSON."""
+    return str(_loads(spec)["queue"])
 
 
 def _number(value: Any) -> float | None:
     return None if value is None else float(value)
 
 
-def job_from_json(raw: str | bytes) -> JobRecord:
-    """A job as the scripts stored it."""
-    data = json.loads(raw)
+def claimed_jobs(reply: Sequence[Any], worker_id: str) -> list[JobRecord]:
+    """The jobs of a claim script's reply: ``[started_at, lease expiry, then per job its
+    JSON, run_at ('' for the one it was enqueued with), attempts, recoveries]``."""
+    if len(reply) < 3:
+        return []
+    started, lease = float(reply[0]), float(reply[1])
+    jobs = []
+    for i in range(2, len(reply), 4):
+        spec = _loads(reply[i])
+        run_at = reply[i + 1]
+        jobs.append(JobRecord(
+            spec["id"], spec["name"], spec["queue"], _RUNNING, spec["args"], spec["kwargs"],
+            spec["created_at"], float(run_at) if run_at else spec["run_at"],
+            int(reply[i + 2]), int(reply[i + 3]), started,
+            worker_id=worker_id, lease_expires_at=lease,
+        ))
+    return jobs
+
+
+def job_from_fields(
+    values: Sequence[str | None], expires_at: float | None, cancel_requested: bool,
+    lease_expires_at: float | None,
+) -> JobRecord:
+    """A job from its JSON and its fields, as read from the jobs hash and the field hashes
+    in :data:`~conveyor.backends.redis.keys.FIELDS` order (None where a field is absent)."""
+    (spec, state, run_at, attempts, recoveries, worker, started, finished, result, error,
+     traceback, progress) = values
+    assert spec is not None
+    data = _loads(spec)
+    value = message = None
+    if progress is not None:
+        number, _, text = progress.partition(" ")
+        value, message = float(number), text or None
     return JobRecord(
         id=data["id"],
         name=data["name"],
         queue=data["queue"],
-        state=JobState(data["state"]),
-        args=loads(data["args"]),
-        kwargs=loads(data["kwargs"]),
+        state=_STATES[state] if state is not None else JobState.QUEUED,
+        args=data["args"],
+        kwargs=data["kwargs"],
         created_at=float(data["created_at"]),
-        run_at=float(data["run_at"]),
-        attempts=int(data["attempts"]),
-        recoveries=int(data["recoveries"]),
-        started_at=_number(data.get("started_at")),
-        finished_at=_number(data.get("finished_at")),
-        result=loads(data.get("result")),
-        error=data.get("error"),
-        traceback=data.get("traceback"),
-        progress=_number(data.get("progress")),
-        progress_message=data.get("progress_message"),
-        worker_id=data.get("worker_id"),
-        lease_expires_at=_number(data.get("lease_expires_at")),
-        cancel_requested=bool(data.get("cancel_requested")),
-        expires_at=_number(data.get("expires_at")),
+        run_at=float(run_at) if run_at is not None else float(data["run_at"]),
+        attempts=int(attempts or 0),
+        recoveries=int(recoveries or 0),
+        started_at=_number(started),
+        finished_at=_number(finished),
+        result=None if result is None else _loads(result),
+        error=error,
+        traceback=traceback,
+        progress=value,
+        progress_message=message,
+        worker_id=worker,
+        lease_expires_at=lease_expires_at,
+        cancel_requested=cancel_requested,
+        expires_at=expires_at,
     )
 
 

@@ -4,15 +4,32 @@ All keys carry the hash tag ``{namespace}``, so on Redis Cluster a namespace liv
 slot and every script can touch all the keys it is given. Scripts receive every key they
 touch in KEYS and never build key names themselves.
 
+A job is spread over hashes keyed by its id, one per field, so that claiming and settling a
+job writes the few fields that change and never decodes or re-encodes the rest: the
+immutable part (name, queue, arguments, creation time, first run_at) is JSON written once
+at enqueue; everything the life of a job changes is a plain value of its own. A field that
+is absent has its default (0 attempts, no worker, no result, ...).
+
 Layout (``ns`` is the namespace, ``q`` a queue):
 
 ==============================  =======  ===================================================
-``{ns}:jobs``                   hash     job id -> the job as JSON (args, kwargs and result
-                                         kept as JSON text inside it, opaque to the scripts)
+``{ns}:jobs``                   hash     job id -> {"id", "name", "queue", "args",
+                                         "kwargs", "created_at", "run_at"} as JSON, written
+                                         once (args and kwargs are JSON values inside it)
+``{ns}:f:state``                hash     job id -> state
+``{ns}:f:run_at``               hash     job id -> run_at, once it differs from the first
+``{ns}:f:attempts``             hash     job id -> attempts
+``{ns}:f:recoveries``           hash     job id -> times its worker was lost
+``{ns}:f:worker``               hash     job id -> id of the worker that ran it last
+``{ns}:f:started``              hash     job id -> started_at of the last attempt
+``{ns}:f:finished``             hash     job id -> finished_at
+``{ns}:f:result``               hash     job id -> result as JSON (absent: null)
+``{ns}:f:error``                hash     job id -> error of the last attempt
+``{ns}:f:traceback``            hash     job id -> its traceback
+``{ns}:f:progress``             hash     job id -> "PROGRESS MESSAGE" of the running attempt
+``{ns}:expiry``                 zset     finished job id -> expires_at (when it is purged)
+``{ns}:cancel``                 set      jobs whose cancellation was asked while they ran
 ``{ns}:queues``                 set      queue names ever used
-``{ns}:leases``                 zset     running job id -> lease expiry (server time)
-``{ns}:expiry``                 zset     finished job id -> when it is purged
-``{ns}:cancel``                 set      running jobs whose cancellation was asked for
 ``{ns}:workers``                zset     worker id -> heartbeat expiry
 ``{ns}:winfo``                  hash     worker id -> the worker as JSON
 ``{ns}:claims``                 hash     worker id -> its last claim's token and job ids
@@ -22,8 +39,10 @@ Layout (``ns`` is the namespace, ``q`` a queue):
                                          ones can be marked queued without a scan
 ``{ns}:q:q:wake``               list     a token pushed when work arrives; idle workers
                                          block on it (BLPOP)
-``{ns}:q:q:s:STATE``            zset     job ids of the queue in STATE, score 0, for counts
-                                         and listing
+``{ns}:q:q:leases``             zset     running job id -> lease expiry (server time); it is
+                                         also the index of the queue's running jobs
+``{ns}:q:q:s:STATE``            zset     job ids of the queue in STATE (all but running),
+                                         score 0, for counts and listing by id
 ``{ns}:stats``                  zset     minute -> minute: the minutes that have statistics
 ``{ns}:stats:M``                hash     the statistics of minute M (seconds since the
                                          epoch): ``q NUL succeeded`` -> count, ... (see
@@ -35,7 +54,17 @@ Layout (``ns`` is the namespace, ``q`` a queue):
 
 from __future__ import annotations
 
-from conveyor.job import ALL_STATES, JobState
+from conveyor.job import JobState
+
+#: the per-field hashes of a job, in the order scripts receive them (see :attr:`Keys.fields`)
+FIELDS = (
+    "state", "run_at", "attempts", "recoveries", "worker", "started", "finished", "result",
+    "error", "traceback", "progress",
+)
+#: the states that have a score-0 index of their own (running jobs are the lease set)
+INDEXED_STATES = (
+    JobState.QUEUED, JobState.SCHEDULED, JobState.SUCCEEDED, JobState.DEAD, JobState.CANCELLED,
+)
 
 
 class Keys:
@@ -46,13 +75,20 @@ class Keys:
         p = self.prefix
         self.jobs = f"{p}:jobs"
         self.queues = f"{p}:queues"
-        self.leases = f"{p}:leases"
         self.expiry = f"{p}:expiry"
         self.cancel = f"{p}:cancel"
         self.workers = f"{p}:workers"
         self.winfo = f"{p}:winfo"
         self.claims = f"{p}:claims"
         self.stats = f"{p}:stats"
+        #: the keys that hold a job, in the order most scripts take them first: the jobs
+        #: hash, the field hashes (in :data:`FIELDS` order), the expiry zset, the cancel set
+        self.job_block = [self.jobs, *(f"{p}:f:{name}" for name in FIELDS), self.expiry,
+                          self.cancel]
+
+    def field(self, name: str) -> str:
+        """The hash of one job field (one of :data:`FIELDS`)."""
+        return f"{self.prefix}:f:{name}"
 
     def waiting(self, queue: str) -> str:
         """Waiting job ids of ``queue`` scored by run_at."""
@@ -66,18 +102,21 @@ class Keys:
         """The wake-up token list of ``queue``."""
         return f"{self.prefix}:q:{queue}:wake"
 
+    def leases(self, queue: str) -> str:
+        """The running job ids of ``queue`` scored by lease expiry."""
+        return f"{self.prefix}:q:{queue}:leases"
+
     def state(self, queue: str, state: JobState | str) -> str:
-        """The index of ``queue``'s jobs in ``state``."""
+        """The index of ``queue``'s jobs in ``state`` (the lease set for running)."""
+        if state == JobState.RUNNING:
+            return self.leases(queue)
         return f"{self.prefix}:q:{queue}:s:{state}"
 
-    def states(self, queue: str) -> list[str]:
-        """The six state indexes of ``queue``, in :data:`ALL_STATES` order."""
-        return [self.state(queue, s) for s in ALL_STATES]
-
     def queue_group(self, queue: str) -> list[str]:
-        """The keys of one queue that most scripts take, in a fixed order:
-        waiting, sched, wake, then the six state indexes."""
-        return [self.waiting(queue), self.sched(queue), self.wake(queue), *self.states(queue)]
+        """The keys of one queue that most scripts take, in a fixed order: waiting, sched,
+        wake, leases, then the indexes of :data:`INDEXED_STATES`."""
+        return [self.waiting(queue), self.sched(queue), self.wake(queue), self.leases(queue),
+                *(self.state(queue, s) for s in INDEXED_STATES)]
 
     def stats_minute(self, minute: int) -> str:
         """The statistics hash of the minute starting at ``minute``."""

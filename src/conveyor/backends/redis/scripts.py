@@ -20,8 +20,8 @@ _DEFINES = re.compile(r"^local (?:function )?(\w+)", re.MULTILINE)
 _WORD = re.compile(r"\w+")
 
 NAMES = (
-    "enqueue", "claim", "settle", "heartbeat", "recover", "expire_workers", "promote",
-    "purge", "cancel", "retry", "delete", "progress", "stats",
+    "enqueue", "enqueue_one", "claim", "settle", "heartbeat", "recover", "expire_workers",
+    "promote", "purge", "cancel", "retry", "delete", "progress", "stats",
 )
 
 

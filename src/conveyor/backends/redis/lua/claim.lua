@@ -2,70 +2,119 @@
 -- A claim is idempotent per token: the same worker calling again with the same token (its
 -- reply was lost with the connection) gets the same jobs back, not a second batch that
 -- would leave the first one leased to nobody.
--- KEYS: 1 jobs hash, 2 leases zset, 3 last claims hash (worker id -> token and ids),
---       then one queue group (9 keys, see _lib.lua) per queue.
+-- KEYS: 1..14 the job block (see _lib.lua), 15 last claims hash (worker id -> token, start,
+--       lease expiry and job ids), then one queue group (9 keys) per queue.
 -- ARGV: 1 worker id, 2 lease seconds, 3 limit, 4 claim token.
--- Returns: the claimed jobs as JSON strings.
+-- Returns: {started_at, lease expiry, then 4 per claimed job: its JSON, run_at, attempts,
+--       recoveries}.
 local worker, lease, limit, token = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
-local last = redis.call('HGET', KEYS[3], worker)
+local CLAIMS = BLOCK + 1
+local FIRST = BLOCK + 2
+
+local last = redis.call('HGET', KEYS[CLAIMS], worker)
 if last and string.sub(last, 1, #token + 1) == token .. ' ' then
-  local again = {}
-  for id in string.gmatch(string.sub(last, #token + 2), '[^ ]+') do
-    local raw = redis.call('HGET', KEYS[1], id)
-    if raw and cjson.decode(raw).worker_id == worker then again[#again + 1] = raw end
+  local words = {}
+  for word in string.gmatch(string.sub(last, #token + 2), '[^ ]+') do words[#words + 1] = word end
+  local again = {words[1], words[2]}
+  for i = 3, #words do
+    local id = words[i]
+    if redis.call('HGET', F.state, id) == 'running' and redis.call('HGET', F.worker, id) == worker then
+      again[#again + 1] = redis.call('HGET', F.jobs, id)
+      again[#again + 1] = redis.call('HGET', F.run_at, id) or ''
+      again[#again + 1] = redis.call('HGET', F.attempts, id)
+      again[#again + 1] = redis.call('HGET', F.recoveries, id) or 0
+    end
   end
   return again
 end
+
 local now = server_now()
-local groups = (#KEYS - 3) / GROUP
+local stamp = fmt(now)
+local lease_until = now + lease
+local lease_stamp = fmt(lease_until)
+local groups = (#KEYS - FIRST + 1) / GROUP
 
 -- the due ids of every queue, then the oldest `limit` of them all
-local candidates = {}
-for g = 1, groups do
-  local base = 4 + (g - 1) * GROUP
-  local due = redis.call('ZRANGEBYSCORE', KEYS[base], '-inf', now, 'WITHSCORES',
+local ids, ats, bases = {}, {}, {}
+if groups == 1 then
+  local due = redis.call('ZRANGEBYSCORE', KEYS[FIRST], '-inf', now, 'WITHSCORES',
                          'LIMIT', 0, limit)
   for i = 1, #due, 2 do
-    candidates[#candidates + 1] = {id = due[i], at = tonumber(due[i + 1]), base = base}
+    ids[#ids + 1] = due[i]
+    ats[#ats + 1] = due[i + 1]
+    bases[#bases + 1] = FIRST
   end
-end
-if groups > 1 then
+else
+  local candidates = {}
+  for g = 1, groups do
+    local base = FIRST + (g - 1) * GROUP
+    local due = redis.call('ZRANGEBYSCORE', KEYS[base], '-inf', now, 'WITHSCORES',
+                           'LIMIT', 0, limit)
+    for i = 1, #due, 2 do
+      candidates[#candidates + 1] = {id = due[i], at = due[i + 1], base = base}
+    end
+  end
   table.sort(candidates, function(x, y)
-    if x.at == y.at then return x.id < y.id end
-    return x.at < y.at
+    local xa, ya = tonumber(x.at), tonumber(y.at)
+    if xa == ya then return x.id < y.id end
+    return xa < ya
   end)
-end
-local chosen = {}
-for i = 1, math.min(limit, #candidates) do chosen[i] = candidates[i].id end
-local jobs = load_jobs(KEYS[1], chosen)
-
-local claimed, taken = {}, {}
-local lease_until = now + lease
-for i, id in ipairs(chosen) do
-  local base = candidates[i].base
-  local job = jobs[i]
-  zrem(KEYS[base], id)
-  if not job or job.state == 'scheduled' then zrem(KEYS[base + 1], id) end
-  if job then
-    set_state(base, job, 'running')
-    job.worker_id = worker
-    job.attempts = job.attempts + 1
-    job.started_at = now
-    job.lease_expires_at = lease_until
-    job.progress = cjson.null
-    job.progress_message = cjson.null
-    local raw = cjson.encode(job)
-    record('hset', KEYS[1], id, raw)
-    zadd(KEYS[2], lease_until, id)
-    claimed[#claimed + 1] = raw
-    taken[#taken + 1] = id
+  for i = 1, math.min(limit, #candidates) do
+    ids[i], ats[i], bases[i] = candidates[i].id, candidates[i].at, candidates[i].base
   end
 end
-redis.call('HSET', KEYS[3], worker, token .. ' ' .. table.concat(taken, ' '))
-flush()
+
+local reply = {stamp, lease_stamp}
+local taken = {}
+if #ids > 0 then
+  local specs = hmget(F.jobs, ids)
+  local attempts = hmget(F.attempts, ids)
+  local recoveries = hmget(F.recoveries, ids)
+  local states, counts, workers, starts = {}, {}, {}, {}
+  local per = {}  -- base -> the ids leaving its waiting set, and its new leases
+  for i, id in ipairs(ids) do
+    local group = per[bases[i]]
+    if not group then
+      group = {ids = {}, leases = {}}
+      per[bases[i]] = group
+    end
+    group.ids[#group.ids + 1] = id
+    local spec = specs[i]
+    if spec then
+      -- positions from the count taken so far: cheaper than #t on every append
+      local k = #taken + 1
+      local tries = (tonumber(attempts[i]) or 0) + 1
+      group.leases[#group.leases + 1] = lease_stamp
+      group.leases[#group.leases + 1] = id
+      taken[k] = id
+      states[2 * k - 1], states[2 * k] = id, 'running'
+      counts[2 * k - 1], counts[2 * k] = id, tries
+      workers[2 * k - 1], workers[2 * k] = id, worker
+      starts[2 * k - 1], starts[2 * k] = id, stamp
+      reply[4 * k - 1], reply[4 * k], reply[4 * k + 1], reply[4 * k + 2] =
+        spec, ats[i], tries, recoveries[i] or 0
+    end
+  end
+  for base, group in pairs(per) do
+    many('ZREM', KEYS[base], group.ids, 1)
+    many('ZREM', KEYS[base + 1], group.ids, 1)
+    many('ZREM', KEYS[base + INDEX_OFFSET.queued], group.ids, 1)
+    many('ZREM', KEYS[base + INDEX_OFFSET.scheduled], group.ids, 1)
+    many('ZADD', KEYS[base + LEASES], group.leases, 2)
+  end
+  if #taken > 0 then
+    many('HSET', F.state, states, 2)
+    many('HSET', F.attempts, counts, 2)
+    many('HSET', F.worker, workers, 2)
+    many('HSET', F.started, starts, 2)
+    many('HDEL', F.progress, taken, 1)
+  end
+end
+redis.call('HSET', KEYS[CLAIMS], worker,
+           token .. ' ' .. stamp .. ' ' .. lease_stamp .. ' ' .. table.concat(taken, ' '))
 -- due work is left: pass the wake-up on to the next idle worker
 for g = 1, groups do
-  local base = 4 + (g - 1) * GROUP
+  local base = FIRST + (g - 1) * GROUP
   if redis.call('ZCOUNT', KEYS[base], '-inf', now) > 0 then wake(base) end
 end
-return claimed
+return reply

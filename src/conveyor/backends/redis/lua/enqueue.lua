@@ -1,36 +1,41 @@
 -- Store new jobs. The jobs come in segments (one per enqueue call the client coalesced into
 -- this script call); each segment is stored all or none, on its own.
--- KEYS: 1 jobs hash, 2 queues set, then one queue group (9 keys, see _lib.lua) per queue.
+-- KEYS: 1 jobs hash, 2 state hash, 3 queues set, then one queue group (9 keys, see _lib.lua)
+--       per queue.
 -- ARGV: 1 number of segments S; then per segment: the number of its queues G, then per
 --       queue: its group number (1-based, in KEYS order), its name, max_queued (-1: no
---       limit), job count; then one value per job, queue by queue: its run_at offset in seconds from
---       now (0: ready now; negative: overdue) directly followed by the job's JSON, which
---       starts with its id and lacks its last '}' as well as state, created_at and run_at
---       (this script adds them). One value per job keeps bulk calls cheap.
+--       limit), job count; then one value per job, queue by queue: its run_at offset in
+--       seconds from now (0: ready now; negative: overdue) directly followed by the job's
+--       JSON, which starts with its id and lacks created_at, run_at and its last '}' (this
+--       script adds them). One value per job keeps bulk calls cheap.
 -- Returns: one status per segment: 'ok', 'full <queue> <limit>' or 'exists <id>'; a
 --       segment that is not 'ok' stored nothing.
 local now = server_now()
-local created = ',"created_at":' .. fmt(now)
+local stamp = fmt(now)
+local created = ',"created_at":' .. stamp .. ',"run_at":'
 local added = {}  -- jobs this call added per waiting key, not yet visible to ZCARD
 local statuses = {}
 local a = 2
 
-local function parse(value)
-  local brace = string.find(value, '{', 1, true)
-  local text = string.sub(value, brace)
-  return string.match(text, '^{"id":"([^"]+)"'), tonumber(string.sub(value, 1, brace - 1)), text
+-- The segment's jobs from ARGV[first] on: their ids, run_at offsets and JSON texts.
+local function parse(first, total)
+  local ids, offsets, texts = {}, {}, {}
+  for n = 1, total do
+    local value = ARGV[first + n - 1]
+    local brace = string.find(value, '{', 1, true)
+    ids[n] = string.match(value, '^{"id":"([^"]+)"', brace)
+    offsets[n] = tonumber(string.sub(value, 1, brace - 1))
+    texts[n] = string.sub(value, brace)
+  end
+  return ids, offsets, texts
 end
 
 -- An id that exists means a retry of a call whose reply was lost: report that first, so
 -- a queue cap that the first attempt's jobs now fill is not mistaken for a full queue.
-local function check(plan, first, total)
-  local ids = {}
-  for i = first, first + total - 1 do ids[#ids + 1] = parse(ARGV[i]) end
-  for i = 1, #ids, CHUNK do
-    local found = redis.call('HMGET', KEYS[1], unpack(ids, i, math.min(#ids, i + CHUNK - 1)))
-    for j = 1, #found do
-      if found[j] then return 'exists ' .. ids[i + j - 1] end
-    end
+local function check(plan, ids)
+  local found = hmget(KEYS[2], ids)
+  for j = 1, #ids do
+    if found[j] then return 'exists ' .. ids[j] end
   end
   for _, entry in ipairs(plan) do
     local waiting = KEYS[entry.base]
@@ -42,30 +47,53 @@ local function check(plan, first, total)
   return 'ok'
 end
 
-local function store(plan, first)
-  local v = first
+local function store(plan, ids, offsets, texts)
+  local n = 0
+  local specs, states = {}, {}
   for _, entry in ipairs(plan) do
     local base = entry.base
-    redis.call('SADD', KEYS[2], entry.queue)
-    added[KEYS[base]] = (added[KEYS[base]] or 0) + entry.count
-    local ready = false
-    for _ = 1, entry.count do
-      local id, offset, text = parse(ARGV[v])
-      local run_at, state = now + offset, 'queued'
-      zadd(KEYS[base], run_at, id)
-      if run_at > now then
-        state = 'scheduled'
-        zadd(KEYS[base + 1], run_at, id)
-      else
-        ready = true
-      end
-      zadd(state_key(base, state), 0, id)
-      record('hset', KEYS[1], id, text .. ',"state":"' .. state .. '"' .. created ..
-             ',"run_at":' .. fmt(run_at) .. '}')
-      v = v + 1
+    if redis.call('SISMEMBER', KEYS[3], entry.queue) == 0 then
+      redis.call('SADD', KEYS[3], entry.queue)
     end
-    if ready then wake(base) end
+    added[KEYS[base]] = (added[KEYS[base]] or 0) + entry.count
+    local waiting, sched, queued, scheduled = {}, {}, {}, {}
+    for _ = 1, entry.count do
+      n = n + 1
+      local id, offset = ids[n], offsets[n]
+      local run_at, at = now, stamp
+      if offset ~= 0 then
+        run_at = now + offset
+        at = fmt(run_at)
+      end
+      waiting[#waiting + 1] = at
+      waiting[#waiting + 1] = id
+      specs[2 * n - 1] = id
+      specs[2 * n] = texts[n] .. created .. at .. '}'
+      states[2 * n - 1] = id
+      if run_at > now then
+        sched[#sched + 1] = at
+        sched[#sched + 1] = id
+        scheduled[#scheduled + 1] = 0
+        scheduled[#scheduled + 1] = id
+        states[2 * n] = 'scheduled'
+      else
+        queued[#queued + 1] = 0
+        queued[#queued + 1] = id
+        states[2 * n] = 'queued'
+      end
+    end
+    many('ZADD', KEYS[base], waiting, 2)
+    if #sched > 0 then
+      many('ZADD', KEYS[base + 1], sched, 2)
+      many('ZADD', KEYS[base + 5], scheduled, 2)
+    end
+    if #queued > 0 then
+      many('ZADD', KEYS[base + 4], queued, 2)
+      wake(base)
+    end
   end
+  many('HSET', KEYS[1], specs, 2)
+  many('HSET', KEYS[2], states, 2)
 end
 
 for s = 1, tonumber(ARGV[1]) do
@@ -74,15 +102,15 @@ for s = 1, tonumber(ARGV[1]) do
   local plan, total = {}, 0
   for g = 1, groups do
     local count = tonumber(ARGV[a + 3])
-    plan[g] = {base = 3 + (tonumber(ARGV[a]) - 1) * GROUP, queue = ARGV[a + 1],
+    plan[g] = {base = 4 + (tonumber(ARGV[a]) - 1) * GROUP, queue = ARGV[a + 1],
                limit = tonumber(ARGV[a + 2]), count = count}
     total = total + count
     a = a + 4
   end
-  local status = check(plan, a, total)
-  if status == 'ok' then store(plan, a) end
+  local ids, offsets, texts = parse(a, total)
+  local status = check(plan, ids)
+  if status == 'ok' then store(plan, ids, offsets, texts) end
   statuses[s] = status
   a = a + total
 end
-flush()
 return statuses

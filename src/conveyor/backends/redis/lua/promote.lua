@@ -1,9 +1,16 @@
--- Mark due scheduled jobs of one queue as queued (claims do this too; this keeps counts
--- right while no worker claims).
--- KEYS: 1 jobs hash, 2.. the queue group.
+-- Mark due scheduled jobs of one queue as queued (claims take due jobs either way; this
+-- keeps the counts right while no worker claims).
+-- KEYS: 1..14 the job block (see _lib.lua), 15.. the queue group.
 -- ARGV: 1 most jobs to move.
 -- Returns: how many were moved.
-local moved = promote(KEYS[1], 2, server_now(), tonumber(ARGV[1]))
-flush()
-if moved > 0 then wake(2) end
-return moved
+local base = BLOCK + 1
+local due = redis.call('ZRANGEBYSCORE', KEYS[base + 1], '-inf', server_now(), 'LIMIT', 0,
+                       tonumber(ARGV[1]))
+for _, id in ipairs(due) do
+  redis.call('ZREM', KEYS[base + 1], id)
+  if redis.call('HGET', F.state, id) == 'scheduled' then
+    set_state(base, id, 'scheduled', 'queued')
+  end
+end
+if #due > 0 then wake(base) end
+return #due

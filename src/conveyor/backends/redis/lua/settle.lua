@@ -1,47 +1,82 @@
--- Record the ends of attempts in one queue. An outcome for a job that is no longer running
--- under that worker (its lease was taken over) is ignored. A retry or requeue of a job whose
--- cancellation was asked for ends it as cancelled instead.
--- KEYS: 1 jobs hash, 2 leases zset, 3 expiry zset, 4 cancel set, 5.. the queue group.
--- ARGV: 1 retention seconds, 2 JSON array of outcomes, each [id, worker id, kind
---       (succeeded, retry, dead, cancelled, requeue), result JSON, error, traceback,
---       retry delay seconds] with null for none.
+-- Record the ends of attempts of one worker in one queue. An outcome for a job that is no
+-- longer running under that worker (its lease was taken over) is ignored. A retry or
+-- requeue of a job whose cancellation was asked for ends it as cancelled instead.
+-- KEYS: 1..14 the job block (see _lib.lua), 15.. the queue group.
+-- ARGV: 1 retention seconds, 2 worker id, 3 number S of successes, then 2 per success:
+--       job id, result JSON; then 5 per other outcome: job id, kind (retry, dead,
+--       cancelled, requeue), error, traceback, retry delay seconds ('' for none).
 -- Returns: how many outcomes were applied.
-local retention = tonumber(ARGV[1])
-local outcomes = cjson.decode(ARGV[2])
+local retention, worker, wins = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
 local now = server_now()
-local base = 5
+local base = BLOCK + 1
 local applied = 0
-local ids = {}
-for n, o in ipairs(outcomes) do ids[n] = o[1] end
-local jobs = load_jobs(KEYS[1], ids)
-for n, o in ipairs(outcomes) do
-  local id, worker, kind = o[1], o[2], o[3]
-  local job = jobs[n]
-  if job and job.state == 'running' and job.worker_id == worker then
-    applied = applied + 1
-    job.error = o[5]
-    job.traceback = o[6]
-    local back = kind == 'retry' or kind == 'requeue'
-    if back and redis.call('SISMEMBER', KEYS[4], id) == 1 then kind = 'cancelled' end
-    if kind == 'succeeded' or kind == 'dead' or kind == 'cancelled' then
-      if kind == 'succeeded' then job.result = o[4] end
-      finish(job, kind, base, now, KEYS[2], KEYS[3], KEYS[4], retention)
-    else
-      job.worker_id = cjson.null
-      job.lease_expires_at = cjson.null
-      zrem(KEYS[2], id)
-      if kind == 'retry' then
-        local delay = o[7]
-        if delay == cjson.null then delay = 0 end
-        schedule(base, job, now + delay, now)
-      else
-        -- shutdown: back at its old place in the queue, the attempt not charged
-        job.attempts = job.attempts - 1
-        put_waiting(base, job, math.min(job.run_at, now), now)
+
+-- the successes, in bulk
+if wins > 0 then
+  local ids = {}
+  for i = 1, wins do ids[i] = ARGV[2 + 2 * i] end
+  local states = hmget(F.state, ids)
+  local owners = hmget(F.worker, ids)
+  local stamp = fmt(now)
+  local expires = fmt(now + retention)
+  local done, fields, finished, results, expiry, index = {}, {}, {}, {}, {}, {}
+  for i, id in ipairs(ids) do
+    if states[i] == 'running' and owners[i] == worker then
+      done[#done + 1] = id
+      fields[#fields + 1] = id
+      fields[#fields + 1] = 'succeeded'
+      finished[#finished + 1] = id
+      finished[#finished + 1] = stamp
+      expiry[#expiry + 1] = expires
+      expiry[#expiry + 1] = id
+      index[#index + 1] = 0
+      index[#index + 1] = id
+      local result = ARGV[3 + 2 * i]
+      if result ~= 'null' then
+        results[#results + 1] = id
+        results[#results + 1] = result
       end
     end
-    save_job(KEYS[1], job)
+  end
+  if #done > 0 then
+    many('ZREM', KEYS[base + LEASES], done, 1)
+    many('ZADD', KEYS[base + INDEX_OFFSET.succeeded], index, 2)
+    many('ZADD', F.expiry, expiry, 2)
+    many('HSET', F.state, fields, 2)
+    many('HSET', F.finished, finished, 2)
+    many('HSET', F.result, results, 2)
+    many('HDEL', F.error, done, 1)
+    many('HDEL', F.traceback, done, 1)
+    applied = #done
   end
 end
-flush()
+
+-- the others, one by one
+local function store_text(key, id, value)
+  if value == '' then redis.call('HDEL', key, id) else redis.call('HSET', key, id, value) end
+end
+
+for a = 4 + 2 * wins, #ARGV, 5 do
+  local id, kind = ARGV[a], ARGV[a + 1]
+  if redis.call('HGET', F.state, id) == 'running' and redis.call('HGET', F.worker, id) == worker then
+    applied = applied + 1
+    store_text(F.error, id, ARGV[a + 2])
+    store_text(F.traceback, id, ARGV[a + 3])
+    local back = kind == 'retry' or kind == 'requeue'
+    if back and redis.call('SISMEMBER', F.cancel, id) == 1 then kind = 'cancelled' end
+    if kind == 'dead' or kind == 'cancelled' then
+      finish(base, id, 'running', kind, now, retention)
+    else
+      redis.call('ZREM', KEYS[base + LEASES], id)
+      redis.call('HDEL', F.worker, id)
+      if kind == 'retry' then
+        schedule(base, id, 'running', now + (tonumber(ARGV[a + 4]) or 0), now)
+      else
+        -- shutdown: back at its old place in the queue, the attempt not charged
+        redis.call('HINCRBY', F.attempts, id, -1)
+        put_waiting(base, id, 'running', math.min(run_at_of(id), now), now)
+      end
+    end
+  end
+end
 return applied

@@ -1,0 +1,116 @@
+"""redis-py clients made cheaper for the hot path.
+
+* :func:`pack_with_hiredis`: redis-py's asyncio connections pack commands in Python, which
+  for a settle or claim of small jobs costs more than the rest of the client's work on
+  them; hiredis packs them in C (the blocking client already does).
+* :class:`BlockingScripts`: the blocking enqueue (a web view calling ``enqueue``) runs its
+  script on a connection of its own, without the per-command bookkeeping of redis-py's
+  client and pool (a readiness poll of the socket, retry and metrics wrappers), which cost
+  about as much as the script itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from collections.abc import Callable, Sequence
+from functools import cache
+from typing import Any
+
+import redis as syncredis
+from redis.exceptions import NoScriptError
+
+from conveyor.backends.redis.scripts import source
+
+_pack: Callable[[tuple[Any, ...]], bytes] | None
+try:
+    from hiredis import pack_command as _pack
+except ImportError:  # pragma: no cover - hiredis comes with the redis extra
+    _pack = None
+
+
+def pack_with_hiredis(client: Any) -> None:
+    """Make the connections of ``client`` (a redis-py asyncio client) pack with hiredis."""
+    if _pack is not None:
+        pool = client.connection_pool
+        pool.connection_class = _hiredis_packing(pool.connection_class)
+
+
+@cache
+def _hiredis_packing(base: type) -> type:
+    assert _pack is not None
+    pack: Callable[[tuple[Any, ...]], bytes] = _pack
+
+    class HiredisPacking(base):  # type: ignore[misc]
+        def pack_command(self, *args: Any) -> list[bytes]:
+            if isinstance(args[0], str) and " " in args[0]:  # "SCRIPT LOAD" and the like
+                args = (*args[0].split(), *args[1:])
+            try:
+                return [pack(args)]
+            except TypeError:  # a value Redis cannot take: let redis-py say which
+                return list(super().pack_command(*args))
+
+    HiredisPacking.__name__ = HiredisPacking.__qualname__ = f"HiredisPacking{base.__name__}"
+    return HiredisPacking
+
+
+class BlockingScripts:
+    """Runs scripts with EVALSHA (loading them on NOSCRIPT) on blocking connections; safe
+    to use from several threads at once: a call takes an idle connection or opens one.
+
+    A connection is reused only after a call read its whole reply; one that failed in any
+    way is closed, so what it may still hold is never read as another call's reply.
+    """
+
+    def __init__(self, url: str) -> None:
+        pool = syncredis.ConnectionPool.from_url(
+            url, decode_responses=True, health_check_interval=10, socket_keepalive=True
+        )
+        self._connection_class = pool.connection_class
+        self._connection_kwargs = pool.connection_kwargs
+        self._idle: list[Any] = []
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+
+    def _take(self) -> Any:
+        with self._lock:
+            if self._pid != os.getpid():  # a forked child must not share the parent's sockets
+                self._idle, self._pid = [], os.getpid()
+            if self._idle:
+                return self._idle.pop()
+        return self._connection_class(**self._connection_kwargs)
+
+    def call(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """Run script ``name`` and return its reply (errors raise as redis-py raises them)."""
+        text = source(name)
+        sha = _sha(text)
+        conn = self._take()
+        try:
+            conn.send_command("EVALSHA", sha, len(keys), *keys, *args)
+            try:
+                reply = conn.read_response()
+            except NoScriptError:  # Redis restarted or its scripts were flushed
+                conn.send_command("SCRIPT", "LOAD", text)
+                conn.read_response()
+                conn.send_command("EVALSHA", sha, len(keys), *keys, *args)
+                reply = conn.read_response()
+        except BaseException:
+            conn.disconnect()
+            raise
+        with self._lock:
+            if self._pid == os.getpid():
+                self._idle.append(conn)
+        return reply
+
+    def close(self) -> None:
+        """Close the idle connections (the object stays usable)."""
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.disconnect()
+
+
+@cache
+def _sha(text: str) -> str:
+    return hashlib.sha1(text.encode()).hexdigest()

@@ -1,0 +1,39 @@
+-- Store one new job: what enqueue.lua does for a call of one job, in fewer steps (single
+-- enqueues are the commonest call, and each step here is paid once per job).
+-- KEYS: 1 jobs hash, 2 state hash, 3 queues set, 4.. the job's queue group (9 keys, see
+--       _lib.lua).
+-- ARGV: 1 queue name, 2 max_queued (-1: no limit), 3 the job as enqueue.lua takes it: its
+--       run_at offset in seconds from now directly followed by its JSON.
+-- Returns: 'ok', 'full <queue> <limit>' or 'exists <id>' (then nothing was stored).
+local value = ARGV[3]
+local brace = string.find(value, '{', 1, true)
+local id = string.match(value, '^{"id":"([^"]+)"', brace)
+local offset = tonumber(string.sub(value, 1, brace - 1))
+local now = server_now()
+local stamp = fmt(now)
+local run_at, at, state = now, stamp, 'queued'
+if offset ~= 0 then
+  run_at = now + offset
+  at = fmt(run_at)
+  if run_at > now then state = 'scheduled' end
+end
+-- an id that exists is reported before a full queue (see enqueue.lua)
+if redis.call('HSETNX', KEYS[2], id, state) == 0 then return 'exists ' .. id end
+local limit = tonumber(ARGV[2])
+if limit >= 0 and redis.call('ZCARD', KEYS[4]) >= limit then
+  redis.call('HDEL', KEYS[2], id)
+  return 'full ' .. ARGV[1] .. ' ' .. limit
+end
+-- a read first: writes cost more, and the queue is almost always known
+if redis.call('SISMEMBER', KEYS[3], ARGV[1]) == 0 then redis.call('SADD', KEYS[3], ARGV[1]) end
+redis.call('ZADD', KEYS[4], at, id)
+if state == 'scheduled' then
+  redis.call('ZADD', KEYS[5], at, id)
+  redis.call('ZADD', KEYS[4 + INDEX_OFFSET.scheduled], 0, id)
+else
+  redis.call('ZADD', KEYS[4 + INDEX_OFFSET.queued], 0, id)
+  wake(4)
+end
+redis.call('HSET', KEYS[1], id,
+           string.sub(value, brace) .. ',"created_at":' .. stamp .. ',"run_at":' .. at .. '}')
+return 'ok'
