@@ -102,6 +102,19 @@ def shoot(page: Any, name: str) -> Path:
     return path
 
 
+def said_no(page: Any) -> None:
+    """The confirmation closed without a yes: no request that changes anything was sent."""
+    page.locator("#confirm").wait_for(state="hidden")
+    page.wait_for_timeout(500)
+    assert page.posts == []
+
+
+def badge_becomes(page: Any, state: str) -> None:
+    """Wait for the job page to show ``state`` (it refreshes by itself)."""
+    page.wait_for_function(f"() => document.querySelector('.job-head .badge')"
+                           f".textContent === '{state}'")
+
+
 def cell(page: Any, queue: str, state: str) -> Any:
     return page.locator(f'#queues tr[data-queue="{queue}"] td[data-state="{state}"]')
 
@@ -158,14 +171,11 @@ def test_open_a_dead_job_retry_it_and_watch_it_succeed(page: Any, server: Server
     assert page.locator("#confirm").is_visible()
     assert job_id in page.locator("#confirm-text").inner_text()
     page.click("#confirm-no")
-    page.locator("#confirm").wait_for(state="hidden")
-    page.wait_for_timeout(500)
-    assert page.posts == []
+    said_no(page)
     assert server.client.get(f"/jobs/{job_id}").json()["state"] == "dead"
     page.click("#retry")
     page.click("#confirm-yes")
-    page.wait_for_function("() => document.querySelector('.job-head .badge')"
-                           ".textContent === 'succeeded'")
+    badge_becomes(page, "succeeded")
     assert '"second try worked"' in page.locator("pre.data").last.inner_text()
     assert server.client.get(f"/jobs/{job_id}").json()["state"] == "succeeded"
 
@@ -197,14 +207,11 @@ def test_cancel_and_delete_ask_first(page: Any, server: Server) -> None:
     assert page.locator(".job-head .badge").inner_text() == "scheduled"
     page.click("#cancel")
     page.keyboard.press("Escape")  # closing the dialog is a no
-    page.locator("#confirm").wait_for(state="hidden")
-    page.wait_for_timeout(500)
-    assert page.posts == []
+    said_no(page)
     assert server.client.get(f"/jobs/{job_id}").json()["state"] == "scheduled"
     page.click("#cancel")
     page.click("#confirm-yes")
-    page.wait_for_function("() => document.querySelector('.job-head .badge')"
-                           ".textContent === 'cancelled'")
+    badge_becomes(page, "cancelled")
     page.click("#delete")
     page.click("#confirm-yes")
     page.wait_for_url("**/ui/jobs")
