@@ -264,3 +264,30 @@ def test_a_single_enqueue_sent_again_reports_exists_before_full(server: RedisSer
     with pytest.raises(ConveyorError, match="exists already"):
         broker.enqueue_blocking([job], {"default": 1})
 
+
+
+def test_blocking_enqueues_after_a_restart_do_not_trip_on_dead_connections(
+    app: Conveyor, server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Threads that enqueued leave idle connections behind; after Redis restarts they are
+    all dead, and the next enqueue must go through on a fresh one, not try them in turn."""
+    threads = [threading.Thread(target=lambda: [app.enqueue("pause", i, 0) for i in range(3)])
+               for _ in range(20)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    server.restart()
+    time.sleep(1.5)  # idle long enough to be checked before reuse
+    with caplog.at_level(logging.WARNING, "conveyor"):
+        for n in range(5):
+            app.enqueue("pause", n, 0)
+    retries = [r for r in caplog.records if "retrying" in r.getMessage()]
+    assert retries == []
+    server.restart()  # and right after a restart, before any check: one retry at most
+    with caplog.at_level(logging.WARNING, "conveyor"):
+        caplog.clear()
+        for n in range(5):
+            app.enqueue("pause", n, 0)
+    retries = [r for r in caplog.records if "retrying" in r.getMessage()]
+    assert len(retries) <= 1, [r.getMessage() for r in retries]

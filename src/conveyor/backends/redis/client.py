@@ -14,12 +14,15 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+import time
 from collections.abc import Callable, Sequence
 from functools import cache
 from typing import Any
 
 import redis as syncredis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from conveyor.backends.redis.scripts import source
 
@@ -55,12 +58,24 @@ def _hiredis_packing(base: type) -> type:
     return HiredisPacking
 
 
+#: seconds a connection may sit idle before it is checked on reuse
+IDLE_CHECK = 1.0
+#: errors that mean the connection is gone
+LOST = (RedisConnectionError, RedisTimeoutError, OSError)
+#: idle connections kept (one per thread that enqueues at the same time, up to this)
+MAX_IDLE = 64
+
+
 class BlockingScripts:
     """Runs scripts with EVALSHA (loading them on NOSCRIPT) on blocking connections; safe
     to use from several threads at once: a call takes an idle connection or opens one.
 
     A connection is reused only after a call read its whole reply; one that failed in any
-    way is closed, so what it may still hold is never read as another call's reply.
+    way is closed, so what it may still hold is never read as another call's reply. One that
+    sat idle for :data:`IDLE_CHECK` seconds is first checked without blocking (the server
+    may have closed it: a restart, its ``timeout``); when a call fails on a connection, the
+    other idle ones are dropped too (after a restart they are all dead), so a retry opens a
+    fresh one. At most :data:`MAX_IDLE` connections are kept.
     """
 
     def __init__(self, url: str) -> None:
@@ -69,17 +84,28 @@ class BlockingScripts:
         )
         self._connection_class = pool.connection_class
         self._connection_kwargs = pool.connection_kwargs
-        self._idle: list[Any] = []
+        self._idle: list[tuple[Any, float]] = []  # (connection, idle since)
         self._lock = threading.Lock()
         self._pid = os.getpid()
 
     def _take(self) -> Any:
-        with self._lock:
-            if self._pid != os.getpid():  # a forked child must not share the parent's sockets
-                self._idle, self._pid = [], os.getpid()
-            if self._idle:
-                return self._idle.pop()
+        while True:
+            with self._lock:
+                if self._pid != os.getpid():  # a forked child must not use the parent's
+                    self._idle, self._pid = [], os.getpid()
+                if not self._idle:
+                    break
+                conn, since = self._idle.pop()
+            if time.monotonic() - since < IDLE_CHECK or _quiet(conn):
+                return conn
+            conn.disconnect()
         return self._connection_class(**self._connection_kwargs)
+
+    def _drop_idle(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for conn, _ in idle:
+            conn.disconnect()
 
     def call(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         """Run script ``name`` and return its reply (errors raise as redis-py raises them)."""
@@ -95,20 +121,29 @@ class BlockingScripts:
                 conn.read_response()
                 conn.send_command("EVALSHA", sha, len(keys), *keys, *args)
                 reply = conn.read_response()
-        except BaseException:
+        except BaseException as exc:
             conn.disconnect()
+            if isinstance(exc, LOST):
+                self._drop_idle()
             raise
         with self._lock:
-            if self._pid == os.getpid():
-                self._idle.append(conn)
+            if self._pid == os.getpid() and len(self._idle) < MAX_IDLE:
+                self._idle.append((conn, time.monotonic()))
+                return reply
+        conn.disconnect()
         return reply
 
     def close(self) -> None:
         """Close the idle connections (the object stays usable)."""
-        with self._lock:
-            idle, self._idle = self._idle, []
-        for conn in idle:
-            conn.disconnect()
+        self._drop_idle()
+
+
+def _quiet(conn: Any) -> bool:
+    """True when an idle connection is still open and holds nothing unread."""
+    try:
+        return not conn.can_read(timeout=0)
+    except LOST:
+        return False
 
 
 @cache

@@ -13,7 +13,6 @@
 local now = server_now()
 local stamp = fmt(now)
 local created = ',"created_at":' .. stamp .. ',"run_at":'
-local added = {}  -- jobs this call added per waiting key, not yet visible to ZCARD
 local statuses = {}
 local a = 2
 
@@ -39,8 +38,8 @@ local function check(plan, ids)
   end
   for _, entry in ipairs(plan) do
     local waiting = KEYS[entry.base]
-    if entry.limit >= 0 and redis.call('ZCARD', waiting) + (added[waiting] or 0) + entry.count
-        > entry.limit then
+    -- (earlier segments of this call are in ZCARD already: store() writes at once)
+    if entry.limit >= 0 and redis.call('ZCARD', waiting) + entry.count > entry.limit then
       return 'full ' .. entry.queue .. ' ' .. entry.limit
     end
   end
@@ -55,7 +54,6 @@ local function store(plan, ids, offsets, texts)
     if redis.call('SISMEMBER', KEYS[3], entry.queue) == 0 then
       redis.call('SADD', KEYS[3], entry.queue)
     end
-    added[KEYS[base]] = (added[KEYS[base]] or 0) + entry.count
     local waiting, sched, queued, scheduled = {}, {}, {}, {}
     for _ = 1, entry.count do
       n = n + 1
