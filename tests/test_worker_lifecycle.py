@@ -89,7 +89,12 @@ def test_bad_schedules_are_refused(app: Conveyor) -> None:
         nothing.enqueue(delay=-1)
     with pytest.raises(InvalidArguments, match="not both"):
         nothing.enqueue(delay=1, at=datetime.now(UTC))
+    for bad in ('a"b', "c\\d", "with space", "", "-lead", "x" * 129, "é"):
+        with pytest.raises(InvalidArguments, match="not a valid id"):
+            app.enqueue_call("nothing", [], {}, job_id=bad)
     assert stored(app) == []
+    chosen = app.enqueue_call("nothing", [], {}, job_id="order-42:resize.v2_b")
+    assert chosen.id == "order-42:resize.v2_b" and chosen.info().name == "nothing"
 
 
 # -- cancellation ---------------------------------------------------------------------------------

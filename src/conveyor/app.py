@@ -14,7 +14,7 @@ from conveyor.context import JobContext
 from conveyor.errors import ConfigurationError, InvalidArguments, UnknownJob
 from conveyor.functions import JobFunction, JobOptions, split_call
 from conveyor.handle import JobHandle
-from conveyor.ids import new_id
+from conveyor.ids import is_acceptable_id, new_id
 from conveyor.job import Backoff, BackoffPolicy, JobRecord, JobState
 from conveyor.portal import Portal
 from conveyor.stats import MinuteStats, minute_of
@@ -213,6 +213,9 @@ class Conveyor:
             payload = job_fn.check(args, kwargs)
         else:
             payload = JobFunction.check_json(name, args, kwargs)
+        if job_id is not None and not is_acceptable_id(job_id):
+            raise InvalidArguments(f"job_id {job_id!r} is not a valid id: use 1 to 128 letters, "
+                                   "digits, '_', '.', ':' or '-', starting with a letter or digit")
         if delay is not None and at is not None:
             raise InvalidArguments("give delay or at, not both")
         created = time.time() if now is None else now

@@ -8,6 +8,7 @@ also sort in the order they were made.
 from __future__ import annotations
 
 import os
+import re
 import threading
 import time
 
@@ -53,3 +54,14 @@ def id_time(job_id: str) -> float:
 def is_valid_id(text: str) -> bool:
     """True when ``text`` has the shape of a job id."""
     return len(text) == 26 and all(c in _ALPHABET for c in text)
+
+
+#: ids a caller may choose (``enqueue_call(job_id=...)``): plain text every store, URL and
+#: log line takes as it is
+_CHOSEN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
+
+
+def is_acceptable_id(text: str) -> bool:
+    """True when ``text`` may be a job id: 1 to 128 letters, digits, ``_ . : -``, starting
+    with a letter or digit."""
+    return _CHOSEN_ID.fullmatch(text) is not None
