@@ -112,6 +112,19 @@ def test_recorder_puts_late_reports_in_their_own_minute() -> None:
     ]
 
 
+def test_recorder_counts_jobs_that_died_in_recovery_in_their_minute() -> None:
+    recorder = StatsRecorder()
+    job = record()
+    now = time.time()
+    recorder.ended(job, outcomes.succeeded(job, "w1", None))
+    recorder.died("default", now)
+    recorder.died("other", now - 60, 2)  # in an earlier minute
+    recorder.ended(job, outcomes.succeeded(job, "w1", None))  # the fast path still counts
+    rows = {(r.minute, r.queue): counts(r) for r in recorder.pending()}
+    assert rows == {(minute_of(now), "default"): (2, 0, 1, 0, 0),
+                    (minute_of(now - 60), "other"): (0, 0, 2, 0, 0)}
+
+
 def test_recorder_flush_adds_to_the_store_and_starts_over(app: Conveyor) -> None:
     recorder = StatsRecorder()
     job = record()
@@ -254,6 +267,46 @@ def test_a_waiting_job_cancelled_counts(store_app: Conveyor) -> None:
     app.cancel(handle.id)  # cancelled already: not counted again
     rows = app.run_sync(app.broker.stats(minute_of(since)))
     assert counts(totals(rows)["default"]) == (0, 0, 0, 1, 0)
+
+
+def test_jobs_lost_too_often_count_as_dead_once(
+    store_app: Conveyor, start_worker: Callable[..., WorkerThread]
+) -> None:
+    app = store_app
+    app.max_recoveries = 1  # the first lost worker sends its jobs to the dead set
+
+    @app.job(queue="fragile")
+    def fragile() -> None:
+        """Never runs here: its worker is gone."""
+
+    @app.job(queue=ODD_QUEUE)
+    def elsewhere() -> None:
+        """Never runs here either."""
+
+    since = time.time()
+    handles = [fragile.enqueue(), fragile.enqueue(), elsewhere.enqueue()]
+    # a worker claims them and dies at once: it never extends their leases
+    claimed = app.run_sync(app.broker.claim("crashed", ["fragile", ODD_QUEUE], 10, 0.3))
+    assert len(claimed) == 3
+    # two live workers on another queue, both recovering every second
+    workers = [start_worker(app, queues=["default"]) for _ in range(2)]
+    wait_until(lambda: all(h.info().state is JobState.DEAD for h in handles), timeout=20,
+               what="the recovery")
+    for worker in workers:
+        worker.stop()  # graceful: the last statistics are added
+
+    died: dict[tuple[int, str], int] = {}
+    for handle in handles:
+        info = handle.info()
+        assert info.finished_at is not None
+        key = (minute_of(info.finished_at), info.queue)
+        died[key] = died.get(key, 0) + 1
+    rows = app.run_sync(app.broker.stats(minute_of(since)))
+    # counted once (not by both workers), in the minute each job died, as dead only
+    assert {(r.minute, r.queue): counts(r) for r in rows} == {
+        key: (0, 0, count, 0, 0) for key, count in died.items()
+    }
+    assert sorted(died.values()) == [1, 2]
 
 
 # -- the store is down when the recorder flushes --------------------------------------------------

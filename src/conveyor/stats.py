@@ -39,7 +39,8 @@ class MinuteStats:
     succeeded: int = 0
     #: attempts that failed and will be tried again (a timeout is a failure)
     failed: int = 0
-    #: attempts that failed for good: the job went to the dead set
+    #: attempts that failed for good, and jobs lost with their worker ``max_recoveries``
+    #: times: the job went to the dead set
     dead: int = 0
     cancelled: int = 0
     #: first attempts that started; ``wait_total`` is the sum of their enqueue-to-start waits
@@ -68,8 +69,10 @@ class StatsRecorder:
 
     :meth:`started` and :meth:`ended` run on the worker's hot path (thousands of times a
     second, on its event loop): within the current minute each is a dict look-up and an
-    increment or two. :meth:`flush` runs every few seconds from the maintenance loop and
-    once more when the worker stops; what it cannot store is kept for the next flush.
+    increment or two. :meth:`died` counts the jobs the worker's lease recovery sent to the
+    dead set (no attempt of theirs ended anywhere). :meth:`flush` runs every few seconds
+    from the maintenance loop and once more when the worker stops; what it cannot store is
+    kept for the next flush.
     """
 
     def __init__(self) -> None:
@@ -136,6 +139,17 @@ class StatsRecorder:
         if counters is None:
             counters = self._counters(at, record.queue)
         counters[slot] += 1
+
+    def died(self, queue: str, at: float, count: int = 1) -> None:
+        """``count`` jobs of ``queue`` went to the dead set at ``at`` with no attempt ending:
+        their workers were lost once too often, and this worker's lease recovery gave up on
+        them. Rare and off the hot path: the fast path's minute is left alone, so a backend
+        clock a little ahead of this one does not move it."""
+        key = (minute_of(at), queue)
+        counters = self._counts.get(key)
+        if counters is None:
+            counters = self._counts[key] = [0, 0, 0, 0, 0, 0.0]
+        counters[_DEAD] += count
 
     def pending(self) -> list[MinuteStats]:
         """What was counted and not yet stored, oldest minute first."""

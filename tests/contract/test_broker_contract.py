@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from conveyor.backends.base import Broker
+from conveyor.backends.base import Broker, Recovery
 from conveyor.errors import QueueFull
 from conveyor.ids import new_id
 from conveyor.job import JobRecord, JobState, Outcome, OutcomeKind
@@ -82,12 +82,12 @@ def settled(run: Run[Any], broker: Broker, kind: OutcomeKind, **options: Any) ->
 
 def expire_and_recover(
     run: Run[Any], broker: Broker, job_id: str, max_recoveries: int
-) -> tuple[int, int]:
+) -> Recovery:
     """Claim ``job_id`` with a short lease, let the lease lapse, then recover."""
     claimed = run(broker.claim("lost-worker", [get(run, broker, job_id).queue], 1, SHORT))
     assert ids(claimed) == [job_id]
     time.sleep(PAST_SHORT)
-    result: tuple[int, int] = run(broker.recover_expired(max_recoveries))
+    result: Recovery = run(broker.recover_expired(max_recoveries))
     return result
 
 
@@ -257,6 +257,19 @@ def test_queue_limit_can_be_filled_exactly(run: Run[Any], broker: Broker) -> Non
     assert len(run(broker.list_jobs(queue="q"))) == 3
     with pytest.raises(QueueFull):
         run(broker.enqueue([make_job(queue="q")], {"q": 3}))
+
+
+def test_concurrent_enqueues_fill_a_capped_queue_exactly(run: Run[Any], broker: Broker) -> None:
+    """Calls made at once (which a backend may store in one go) each count the others."""
+
+    async def at_once() -> list[BaseException | None]:
+        calls = [broker.enqueue(make_jobs(2, queue="q"), {"q": 4}) for _ in range(2)]
+        calls += [broker.enqueue([make_job(queue="q")], {"q": 4}) for _ in range(3)]
+        return await asyncio.gather(*calls, return_exceptions=True)
+
+    results = run(at_once())
+    assert all(r is None or isinstance(r, QueueFull) for r in results), results
+    assert len(run(broker.list_jobs(queue="q"))) == 4  # full, not more, not less
 
 
 def test_queue_full_leaves_other_queues_alone(run: Run[Any], broker: Broker) -> None:
@@ -578,7 +591,7 @@ def test_settle_from_a_worker_that_does_not_own_the_job_is_ignored(
 def test_settle_after_lease_taken_over_is_ignored(run: Run[Any], broker: Broker) -> None:
     job = enqueue_and_claim(run, broker, worker_id="slow", lease=SHORT)
     time.sleep(PAST_SHORT)
-    assert run(broker.recover_expired(5)) == (1, 0)
+    assert run(broker.recover_expired(5)) == Recovery(requeued=1)
     # the slow worker reports after its lease was taken away: nothing happens
     run(broker.settle([outcome(job, OutcomeKind.DEAD, error="late")]))
     stored = get(run, broker, job.id)
@@ -624,7 +637,7 @@ def test_heartbeat_keeps_a_short_lease_alive(run: Run[Any], broker: Broker) -> N
     job = enqueue_and_claim(run, broker, worker_id="w1", lease=SHORT)
     run(broker.heartbeat(make_worker("w1"), [job.id], 60.0))
     time.sleep(PAST_SHORT)
-    assert run(broker.recover_expired(5)) == (0, 0)
+    assert run(broker.recover_expired(5)) == Recovery()
     assert get(run, broker, job.id).state is JobState.RUNNING
 
 
@@ -659,7 +672,7 @@ def test_heartbeat_with_many_jobs(run: Run[Any], broker: Broker) -> None:
     cancels = run(broker.heartbeat(make_worker("w1"), ids(claimed), 60.0))
     assert cancels == {claimed[-1].id, claimed[3].id}
     time.sleep(PAST_SHORT)
-    assert run(broker.recover_expired(5)) == (0, 0)
+    assert run(broker.recover_expired(5)) == Recovery()
 
 
 def test_heartbeat_registers_the_worker(run: Run[Any], broker: Broker) -> None:
@@ -711,7 +724,7 @@ def test_recover_expired_requeues_lost_jobs(run: Run[Any], broker: Broker) -> No
     lost = enqueue_and_claim(run, broker, worker_id="lost", lease=SHORT)
     healthy = enqueue_and_claim(run, broker, worker_id="alive", lease=LEASE)
     time.sleep(PAST_SHORT)
-    assert run(broker.recover_expired(3)) == (1, 0)
+    assert run(broker.recover_expired(3)) == Recovery(requeued=1)
     stored = get(run, broker, lost.id)
     assert stored.state is JobState.QUEUED
     assert stored.recoveries == 1
@@ -722,20 +735,23 @@ def test_recover_expired_requeues_lost_jobs(run: Run[Any], broker: Broker) -> No
     again = claim_one(run, broker, worker_id="w2")
     assert (again.id, again.worker_id, again.recoveries) == (lost.id, "w2", 1)
     # nothing more to do
-    assert run(broker.recover_expired(3)) == (0, 0)
+    assert run(broker.recover_expired(3)) == Recovery()
 
 
 def test_recover_expired_gives_up_after_max_recoveries(run: Run[Any], broker: Broker) -> None:
     job = make_job()
     run(broker.enqueue([job], {}))
-    assert expire_and_recover(run, broker, job.id, max_recoveries=2) == (1, 0)
+    assert expire_and_recover(run, broker, job.id, max_recoveries=2) == Recovery(requeued=1)
     assert get(run, broker, job.id).state is JobState.QUEUED
-    assert expire_and_recover(run, broker, job.id, max_recoveries=2) == (0, 1)
+    recovery = expire_and_recover(run, broker, job.id, max_recoveries=2)
+    assert (recovery.requeued, recovery.dead, recovery.dead_total) == (0, {"default": 1}, 1)
     stored = get(run, broker, job.id)
     assert stored.state is JobState.DEAD
     assert stored.recoveries == 2
     assert stored.error
     assert stored.finished_at is not None
+    # reported in the minute the job died, by the backend's clock
+    assert recovery.died_at == pytest.approx(stored.finished_at, abs=1e-3)
     assert stored.expires_at == pytest.approx(stored.finished_at + RETENTION, abs=1)
     assert run(broker.claim("w1", ["default"], 1, LEASE)) == []
     assert ids(run(broker.list_jobs(state=JobState.DEAD))) == [job.id]
@@ -746,8 +762,63 @@ def test_recover_expired_with_one_allowed_loss_kills_at_once(
 ) -> None:
     job = make_job()
     run(broker.enqueue([job], {}))
-    assert expire_and_recover(run, broker, job.id, max_recoveries=1) == (0, 1)
+    recovery = expire_and_recover(run, broker, job.id, max_recoveries=1)
+    assert (recovery.requeued, recovery.dead) == (0, {"default": 1})
     assert get(run, broker, job.id).state is JobState.DEAD
+
+
+def test_recover_expired_reports_dead_jobs_by_queue(run: Run[Any], broker: Broker) -> None:
+    # max_recoveries 2: jobs lost for the first time are requeued, jobs lost before die
+    veterans = [make_job(queue="emails"), make_job(queue="emails"), make_job(queue="reports")]
+    run(broker.enqueue(veterans, {}))
+    assert len(run(broker.claim("lost", ["emails", "reports"], 10, SHORT))) == 3
+    time.sleep(PAST_SHORT)
+    assert run(broker.recover_expired(2)) == Recovery(requeued=3)
+    fresh = [make_job(queue="emails"), make_job(queue="reports")]
+    run(broker.enqueue(fresh, {}))
+    lost = run(broker.claim("lost", ["emails", "reports"], 10, SHORT))
+    assert sorted(ids(lost)) == sorted(ids([*veterans, *fresh]))
+    healthy = enqueue_and_claim(run, broker, worker_id="alive", queue="emails")
+    cancelled = enqueue_and_claim(run, broker, worker_id="lost", queue="reports", lease=SHORT)
+    run(broker.cancel(cancelled.id))
+    before = time.time()
+    time.sleep(PAST_SHORT)
+    recovery = run(broker.recover_expired(2))
+    assert recovery.requeued == 2  # the fresh ones
+    assert recovery.dead == {"emails": 2, "reports": 1}  # a cancel is not a death
+    assert recovery.dead_total == 3
+    assert before - SLACK <= recovery.died_at <= time.time() + SLACK
+    for job in veterans:
+        stored = get(run, broker, job.id)
+        assert (stored.state, stored.recoveries) == (JobState.DEAD, 2)
+        assert stored.finished_at == pytest.approx(recovery.died_at, abs=1.0)
+    assert get(run, broker, cancelled.id).state is JobState.CANCELLED
+    assert get(run, broker, healthy.id).state is JobState.RUNNING
+    # what was moved is not reported again
+    assert run(broker.recover_expired(2)) == Recovery()
+
+
+def test_recover_expired_at_once_from_two_workers_counts_each_job_once(
+    run: Run[Any], broker: Broker, make_broker: MakeBroker
+) -> None:
+    other = make_broker()  # another worker process on the same store
+    jobs = [make_job(queue=q) for q in ("emails", "emails", "reports")]
+    run(broker.enqueue(jobs, {}))
+    run(broker.claim("lost", ["emails", "reports"], 10, SHORT))
+    time.sleep(PAST_SHORT)
+
+    async def both() -> list[Recovery]:
+        return list(await asyncio.gather(broker.recover_expired(1), other.recover_expired(1),
+                                         broker.recover_expired(1)))
+
+    recoveries = run(both())
+    totals: dict[str, int] = {}
+    for recovery in recoveries:
+        assert recovery.requeued == 0
+        for queue, count in recovery.dead.items():
+            totals[queue] = totals.get(queue, 0) + count
+    assert totals == {"emails": 2, "reports": 1}
+    assert all(get(run, broker, j.id).state is JobState.DEAD for j in jobs)
 
 
 def test_recover_expired_cancels_jobs_whose_cancel_was_requested(
@@ -758,7 +829,7 @@ def test_recover_expired_cancels_jobs_whose_cancel_was_requested(
     cancelled = run(broker.cancel(job.id))
     assert cancelled is not None and cancelled.cancel_requested
     time.sleep(PAST_SHORT)
-    assert run(broker.recover_expired(3)) == (0, 0)
+    assert run(broker.recover_expired(3)) == Recovery()
     stored = get(run, broker, job.id)
     assert stored.state is JobState.CANCELLED
     assert stored.finished_at is not None
@@ -993,7 +1064,7 @@ def test_retry_puts_a_finished_job_back(
 def test_retry_of_a_recovered_dead_job_resets_recoveries(run: Run[Any], broker: Broker) -> None:
     job = make_job()
     run(broker.enqueue([job], {}))
-    assert expire_and_recover(run, broker, job.id, max_recoveries=1) == (0, 1)
+    assert expire_and_recover(run, broker, job.id, max_recoveries=1).dead == {"default": 1}
     result = run(broker.retry(job.id))
     assert result is not None
     assert (result.state, result.attempts, result.recoveries) == (JobState.QUEUED, 0, 0)

@@ -9,9 +9,29 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 from conveyor.job import JobRecord, JobState, Outcome, WorkerInfo
 from conveyor.stats import MinuteStats
+
+
+@dataclass(slots=True)
+class Recovery:
+    """What one :meth:`Broker.recover_expired` call did. Only the jobs this call moved are
+    counted: when two workers recover the same job at once, one of them counts it."""
+
+    #: jobs put back in their queue
+    requeued: int = 0
+    #: jobs that went to the dead set, by queue (queues without any are left out)
+    dead: dict[str, int] = field(default_factory=dict)
+    #: when those jobs died, by the backend's clock (their ``finished_at``, to within the
+    #: milliseconds one call takes); 0.0 when none did
+    died_at: float = 0.0
+
+    @property
+    def dead_total(self) -> int:
+        """How many jobs went to the dead set, over all queues."""
+        return sum(self.dead.values())
 
 
 class Broker(abc.ABC):
@@ -98,10 +118,15 @@ class Broker(abc.ABC):
 
     # -- maintenance ------------------------------------------------------------------------
     @abc.abstractmethod
-    async def recover_expired(self, max_recoveries: int) -> tuple[int, int]:
+    async def recover_expired(self, max_recoveries: int) -> Recovery:
         """Requeue running jobs whose lease expired; a job lost ``max_recoveries`` times goes
-        to the dead set instead. Also forget workers whose heartbeat lapsed.
-        Return ``(requeued, dead)``."""
+        to the dead set instead, and one whose cancellation was requested ends cancelled.
+        Also forget workers whose heartbeat lapsed.
+
+        Return what this call moved: how many jobs it requeued, and how many went to the dead
+        set per queue and when (workers add those to the statistics: no attempt of theirs
+        ended, so no worker counted them otherwise).
+        """
 
     @abc.abstractmethod
     async def promote_scheduled(self) -> int:

@@ -3,8 +3,9 @@
 * heartbeat: every ``min(lease / 3, 1 s)`` extend the leases of running jobs, publish the
   worker's size and counters, and pick up cancellation requests;
 * autoscale: ten times a second, resize from the backlog;
-* recovery: every second requeue jobs whose lease expired (their worker died) and promote
-  due scheduled jobs; every minute purge finished jobs past their retention;
+* recovery: every second requeue jobs whose lease expired (their worker died), counting in
+  the statistics those lost too often, which go to the dead set; promote due scheduled jobs;
+  every minute purge finished jobs past their retention;
 * progress: store the latest progress report of each running job a few times a second;
 * stats: every five seconds add the per-minute job statistics to the store (the worker
   adds the last ones itself once its final outcomes are written);
@@ -107,9 +108,12 @@ class Maintenance:
     async def recover_once(self) -> None:
         """Requeue jobs of dead workers, promote due jobs, and now and then purge old ones."""
         broker = self.worker.broker
-        requeued, dead = await broker.recover_expired(self.worker.app.max_recoveries)
-        if requeued or dead:
-            log.warning("recovered jobs of lost workers: %d requeued, %d dead", requeued, dead)
+        recovery = await broker.recover_expired(self.worker.app.max_recoveries)
+        for queue, count in recovery.dead.items():  # flushed with the rest of the statistics
+            self.worker.stats.died(queue, recovery.died_at, count)
+        if recovery.requeued or recovery.dead:
+            log.warning("recovered jobs of lost workers: %d requeued, %d dead",
+                        recovery.requeued, recovery.dead_total)
         await broker.promote_scheduled()
         now = time.monotonic()
         if now - self._last_purge >= PURGE_INTERVAL:

@@ -17,7 +17,7 @@ from collections import defaultdict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
-from conveyor.backends.base import Broker
+from conveyor.backends.base import Broker, Recovery
 from conveyor.backends.redis import codec
 from conveyor.backends.redis.client import BlockingScripts, pack_with_hiredis
 from conveyor.backends.redis.keys import Keys
@@ -448,7 +448,7 @@ class RedisBroker(Broker):
         seconds, micros = await self._cmd("time")
         return float(seconds) + float(micros) / 1e6
 
-    async def recover_expired(self, max_recoveries: int) -> tuple[int, int]:
+    async def recover_expired(self, max_recoveries: int) -> Recovery:
         k = self.keys
         queues = await self._queues()
         now = await self._server_time()
@@ -459,16 +459,23 @@ class RedisBroker(Broker):
                     pipe.zrangebyscore(k.leases(queue), "-inf", now, start=0, num=BATCH)
                 return list(await pipe.execute())
 
-        requeued = dead = 0
+        recovery = Recovery()
         for queue, ids in zip(queues, await self._retrying(expired) if queues else [],
                               strict=True):
             if not ids:
                 continue
             keys = [*k.job_block, *k.queue_group(queue)]
-            r, d = await self._script("recover", keys, [max_recoveries, self.retention, *ids])
-            requeued, dead = requeued + int(r), dead + int(d)
+            # the script checks each candidate again: of two workers that recover the same
+            # job at once, only the one whose call moved it counts it
+            requeued, dead, at = await self._script(
+                "recover", keys, [max_recoveries, self.retention, *ids]
+            )
+            recovery.requeued += int(requeued)
+            if int(dead):
+                recovery.dead[queue] = recovery.dead.get(queue, 0) + int(dead)
+                recovery.died_at = float(at)
         await self._script("expire_workers", [k.workers, k.winfo, k.claims], [])
-        return requeued, dead
+        return recovery
 
     async def promote_scheduled(self) -> int:
         queues = await self._queues()

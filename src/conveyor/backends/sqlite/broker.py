@@ -10,7 +10,7 @@ from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
-from conveyor.backends.base import Broker
+from conveyor.backends.base import Broker, Recovery
 from conveyor.backends.sqlite.schema import (
     JOB_COLUMNS,
     STATS_COLUMNS,
@@ -288,23 +288,26 @@ class SQLiteBroker(Broker):
         )
 
     # -- maintenance --------------------------------------------------------------------------
-    async def recover_expired(self, max_recoveries: int) -> tuple[int, int]:
+    async def recover_expired(self, max_recoveries: int) -> Recovery:
         t, keep = self.ns, self.retention
 
-        def fn(conn: sqlite3.Connection) -> tuple[int, int]:
+        def fn(conn: sqlite3.Connection) -> Recovery:
+            # one write transaction: a job two workers see expire is moved (and counted) once
             now = time.time()
             rows = conn.execute(
-                f"SELECT id, recoveries, cancel_requested FROM {t}_jobs "
+                f"SELECT id, queue, recoveries, cancel_requested FROM {t}_jobs "
                 f"WHERE state='running' AND lease_expires_at < ?",
                 (now,),
             ).fetchall()
             requeue, dead, cancelled = [], [], []
-            for job_id, recoveries, cancel in rows:
+            dead_by_queue: dict[str, int] = {}
+            for job_id, queue, recoveries, cancel in rows:
                 if cancel:
                     cancelled.append((now, now + keep, job_id))
                 elif recoveries + 1 >= max_recoveries:
                     error = f"worker lost {recoveries + 1} times (lease expired); giving up"
                     dead.append((error, now, now + keep, job_id))
+                    dead_by_queue[queue] = dead_by_queue.get(queue, 0) + 1
                 else:
                     requeue.append((job_id,))
             conn.executemany(
@@ -324,7 +327,7 @@ class SQLiteBroker(Broker):
                 cancelled,
             )
             conn.execute(f"DELETE FROM {t}_workers WHERE lease_expires_at < ?", (now,))
-            return len(requeue), len(dead)
+            return Recovery(len(requeue), dead_by_queue, now if dead else 0.0)
 
         return await self._write(fn)
 

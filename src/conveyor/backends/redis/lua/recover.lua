@@ -3,7 +3,8 @@
 -- cancelled. Candidates come from the client; each is checked again here.
 -- KEYS: 1..14 the job block (see _lib.lua), 15.. the queue group.
 -- ARGV: 1 max_recoveries, 2 retention seconds, 3.. candidate job ids.
--- Returns: {requeued, dead}.
+-- Returns: {requeued, dead, now}: how many of the candidates this call requeued and sent
+-- to the dead set, and the time it used (the dead jobs' finished_at, as text).
 local max_recoveries, retention = tonumber(ARGV[1]), tonumber(ARGV[2])
 local now = server_now()
 local base = BLOCK + 1
@@ -33,4 +34,4 @@ for i = 3, #ARGV do
     end
   end
 end
-return {requeued, dead}
+return {requeued, dead, fmt(now)}
