@@ -105,7 +105,7 @@ async function api(path, options) {
     ...(options || {}),
   });
   if (response.status === 401) {
-    window.location.assign(`${PREFIX}/ui/login`);
+    leave(`${PREFIX}/ui/login`);
     throw new HttpError(401, "logged out");
   }
   let data = null;
@@ -139,6 +139,14 @@ function confirmAction(question) {
     dialog.returnValue = "";
     dialog.showModal();
   });
+}
+
+// set once the page is being left: no more refreshes (they would ask for what is gone)
+let leaving = false;
+
+function leave(url) {
+  leaving = true;
+  window.location.assign(url);
 }
 
 async function act(question, path, done) {
@@ -444,7 +452,7 @@ pages.job = {
     }
     if (j.state !== "running") {
       actions.push(el("button", { id: "delete", class: "danger", onclick: () => act(`Delete job ${j.name} (${j.id}) for good?`, `${path}/delete`,
-        () => window.location.assign(`${PREFIX}/ui/jobs`)) }, "Delete"));
+        () => leave(`${PREFIX}/ui/jobs`)) }, "Delete"));
     }
     const progress = j.progress === null ? null : Math.max(0, Math.min(1, j.progress));
     const facts = [
@@ -490,6 +498,7 @@ function changed(name, data) {
 }
 
 async function refreshNow() {
+  if (leaving) return;
   asked += 1;
   if (timer) clearTimeout(timer);
   timer = null;
@@ -505,9 +514,9 @@ async function refreshNow() {
     } catch (error) {
       if (live) { live.textContent = `offline: ${error.message}`; live.className = "live offline"; }
     }
-  } while (ticket !== asked);
+  } while (ticket !== asked && !leaving);
   running = false;
-  timer = setTimeout(refreshNow, REFRESH_MS);
+  if (!leaving) timer = setTimeout(refreshNow, REFRESH_MS);
 }
 
 function start() {
@@ -516,7 +525,7 @@ function start() {
   const logout = document.getElementById("logout");
   if (logout) {
     logout.addEventListener("click", async () => {
-      try { await post("/ui/logout"); } finally { window.location.assign(`${PREFIX}/ui/login`); }
+      try { await post("/ui/logout"); } finally { leave(`${PREFIX}/ui/login`); }
     });
   }
   window.addEventListener("popstate", () => {
