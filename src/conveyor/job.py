@@ -124,6 +124,9 @@ class Outcome:
     run_at: float | None = None
     #: the job's queue, when the worker knows it (saves a backend a look-up)
     queue: str | None = None
+    #: the attempt this ends (the job's ``attempts`` when it was claimed), when known: a
+    #: backend that may apply a settle twice (a retry after a lost reply) checks it
+    attempt: int | None = None
 
 
 @dataclass(slots=True, frozen=True)

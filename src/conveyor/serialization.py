@@ -33,3 +33,15 @@ def loads(text: str | bytes | None) -> Any:
     if isinstance(text, bytes):
         text = text.decode()
     return _decoder.decode(text)
+
+
+def storable(text: str | None) -> str | None:
+    """Text as a store takes it: characters UTF-8 cannot encode (lone surrogates, as from
+    undecodable file names in an error message) become backslash escapes."""
+    if not text:
+        return text
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode()
+    return text

@@ -575,6 +575,43 @@ def test_settle_many_outcomes_at_once(run: Run[Any], broker: Broker) -> None:
                       JobState.CANCELLED, JobState.QUEUED]
 
 
+@pytest.mark.parametrize("kind", [OutcomeKind.RETRY, OutcomeKind.SUCCEEDED, OutcomeKind.DEAD])
+def test_a_late_copy_of_an_outcome_does_not_touch_the_next_attempt(
+    run: Run[Any], broker: Broker, kind: OutcomeKind
+) -> None:
+    """A settle sent again after its reply was lost may arrive once the same worker holds
+    the job's next attempt: it names the attempt it ends, and is ignored."""
+    run(broker.enqueue([make_job()], {}))
+    first = claim_one(run, broker)
+    assert first.attempts == 1
+    retry = outcome(first, OutcomeKind.RETRY, run_at=time.time() - 1, attempt=1,
+                    error="first try")
+    run(broker.settle([retry]))
+    second = claim_one(run, broker)
+    assert (second.id, second.attempts) == (first.id, 2)
+    late = outcome(first, kind, attempt=1, result_json='"late"', error="late copy")
+    run(broker.settle([retry, late]))
+    now = run(broker.get(first.id))
+    assert now is not None and (now.state, now.attempts) == (JobState.RUNNING, 2)
+    run(broker.settle([outcome(second, OutcomeKind.SUCCEEDED, attempt=2,
+                               result_json='"second"')]))
+    done = run(broker.get(first.id))
+    assert done is not None and done.state is JobState.SUCCEEDED and done.result == "second"
+
+
+def test_error_text_that_utf8_cannot_encode_is_stored_escaped(
+    run: Run[Any], broker: Broker
+) -> None:
+    job = enqueue_and_claim(run, broker)
+    name = b"report-\xff.csv".decode("utf-8", "surrogateescape")  # an undecodable file name
+    run(broker.settle([outcome(job, OutcomeKind.DEAD, error=f"FileNotFoundError: {name}",
+                               traceback=f"Traceback: {name}")]))
+    stored = run(broker.get(job.id))
+    assert stored is not None and stored.state is JobState.DEAD
+    assert stored.error == "FileNotFoundError: report-\\udcff.csv"
+    assert stored.traceback == "Traceback: report-\\udcff.csv"
+
+
 def test_settle_from_a_worker_that_does_not_own_the_job_is_ignored(
     run: Run[Any], broker: Broker
 ) -> None:

@@ -14,34 +14,37 @@ if TYPE_CHECKING:
     from conveyor.functions import JobFunction
 
 
+def _outcome(record: JobRecord, worker_id: str, kind: OutcomeKind, **fields: Any) -> Outcome:
+    """The outcome of ``record``'s current attempt (it names the attempt, so a store can
+    tell a late copy of it from the outcome of a later attempt)."""
+    return Outcome(record.id, worker_id, kind, fields.pop("at", None) or time.time(),
+                   queue=record.queue, attempt=record.attempts, **fields)
+
+
 def succeeded(record: JobRecord, worker_id: str, result: Any) -> Outcome:
     """A finished attempt; a result that is not JSON sends the job to the dead set."""
-    now = time.time()
     try:
         result_json = dumps(result)
     except NotSerializable as exc:
-        return Outcome(record.id, worker_id, OutcomeKind.DEAD, now,
-                       error=f"result is not JSON-serializable: {exc}", queue=record.queue)
-    return Outcome(record.id, worker_id, OutcomeKind.SUCCEEDED, now, result_json=result_json,
-                   queue=record.queue)
+        return _outcome(record, worker_id, OutcomeKind.DEAD,
+                        error=f"result is not JSON-serializable: {exc}")
+    return _outcome(record, worker_id, OutcomeKind.SUCCEEDED, result_json=result_json)
 
 
 def dead(record: JobRecord, worker_id: str, error: str, tb: str | None = None) -> Outcome:
     """Give up on the job now."""
-    return Outcome(record.id, worker_id, OutcomeKind.DEAD, time.time(), error=error, traceback=tb,
-                   queue=record.queue)
+    return _outcome(record, worker_id, OutcomeKind.DEAD, error=error, traceback=tb)
 
 
 def cancelled(record: JobRecord, worker_id: str) -> Outcome:
     """The job was cancelled while it ran."""
-    return Outcome(record.id, worker_id, OutcomeKind.CANCELLED, time.time(),
-                   error="cancelled while running", queue=record.queue)
+    return _outcome(record, worker_id, OutcomeKind.CANCELLED, error="cancelled while running")
 
 
 def requeued(record: JobRecord, worker_id: str) -> Outcome:
     """Shutdown interrupted the attempt: back to the queue, the attempt not charged."""
-    return Outcome(record.id, worker_id, OutcomeKind.REQUEUE, time.time(),
-                   error="interrupted by worker shutdown; requeued", queue=record.queue)
+    return _outcome(record, worker_id, OutcomeKind.REQUEUE,
+                    error="interrupted by worker shutdown; requeued")
 
 
 def _describe(exc: BaseException) -> str:
@@ -79,5 +82,5 @@ def failed(
         return dead(record, worker_id, f"{error} (gave up after {failures} attempts)", tb)
     now = time.time()
     delay = retry_delay if retry_delay is not None else job_fn.options.backoff(failures)
-    return Outcome(record.id, worker_id, OutcomeKind.RETRY, now, error=error, traceback=tb,
-                   run_at=now + max(0.0, delay), queue=record.queue)
+    return _outcome(record, worker_id, OutcomeKind.RETRY, at=now, error=error, traceback=tb,
+                    run_at=now + max(0.0, delay))

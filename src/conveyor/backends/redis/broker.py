@@ -25,6 +25,7 @@ from conveyor.backends.redis.scripts import register_all
 from conveyor.errors import ConfigurationError, ConveyorError, QueueFull
 from conveyor.ids import new_id
 from conveyor.job import ALL_STATES, JobRecord, JobState, Outcome, OutcomeKind, WorkerInfo
+from conveyor.serialization import storable
 from conveyor.stats import STATS_KEEP, MinuteStats
 
 try:
@@ -359,16 +360,18 @@ class RedisBroker(Broker):
             queue = o.queue or queue_of.get(o.job_id)
             if queue is None:
                 continue
+            attempt = "" if o.attempt is None else o.attempt
             if o.kind is OutcomeKind.SUCCEEDED:
-                wins[queue, o.worker_id] += (o.job_id, o.result_json or "null")
+                wins[queue, o.worker_id] += (o.job_id, attempt, o.result_json or "null")
             else:
                 delay = "" if o.run_at is None else max(0.0, o.run_at - o.finished_at)
-                others[queue, o.worker_id] += (o.job_id, o.kind.value, o.error or "",
-                                               o.traceback or "", delay)
+                others[queue, o.worker_id] += (o.job_id, attempt, o.kind.value,
+                                               storable(o.error) or "",
+                                               storable(o.traceback) or "", delay)
         k = self.keys
         calls = [
             ([*k.job_block, *k.queue_group(queue)],
-             [self.retention, worker, len(wins[queue, worker]) // 2, *wins[queue, worker],
+             [self.retention, worker, len(wins[queue, worker]) // 3, *wins[queue, worker],
               *others[queue, worker]])
             for queue, worker in {**wins, **others}
         ]
@@ -553,7 +556,9 @@ class RedisBroker(Broker):
             if not ids:
                 break
             for record in await self._records(ids):
-                if record is None:
+                # read after the index: a job that moved on in between is left out
+                if record is None or (state is not None and record.state is not state) or \
+                        (queue is not None and record.queue != queue):
                     continue
                 if name is None or record.name == name:
                     found.append(record)
@@ -602,7 +607,10 @@ class RedisBroker(Broker):
                 ids = await self._cmd("zrange", k.state(name, JobState.DEAD), 0, BATCH - 1)
                 if not ids:
                     break
-                total += int(await self._script("retry", keys, ids))
+                retried = int(await self._script("retry", keys, ids))
+                total += retried
+                if retried == 0:  # ids the index holds but that are not dead any more
+                    break
         return total
 
     async def delete(self, job_id: str) -> bool:
@@ -656,3 +664,4 @@ class RedisBroker(Broker):
 
 def _number(value: Any) -> float | None:
     return None if value is None else float(value)
+

@@ -25,7 +25,7 @@ from conveyor.backends.sqlite.schema import (
 from conveyor.backends.sqlite.writer import Writer
 from conveyor.errors import QueueFull
 from conveyor.job import JobRecord, JobState, Outcome, OutcomeKind, WorkerInfo
-from conveyor.serialization import dumps
+from conveyor.serialization import dumps, storable
 from conveyor.stats import STATS_KEEP, SUMS, MinuteStats
 
 T = TypeVar("T")
@@ -165,7 +165,9 @@ class SQLiteBroker(Broker):
 
     async def settle(self, outcomes: Sequence[Outcome]) -> None:
         t, keep = self.ns, self.retention
-        guard = "WHERE id=? AND worker_id=? AND state='running'"
+        # the attempt check (when the outcome names one) ignores a late copy of an outcome
+        guard = ("WHERE id=? AND worker_id=? AND state='running' "
+                 "AND (? IS NULL OR attempts=?)")
         final = (
             f"UPDATE {t}_jobs SET state=?, finished_at=?, expires_at=?, result=?, error=?, "
             f"traceback=?, lease_expires_at=NULL {guard}"
@@ -181,20 +183,22 @@ class SQLiteBroker(Broker):
         )
         final_rows, cancel_rows, back_rows = [], [], []
         for o in outcomes:
+            error, tb = storable(o.error), storable(o.traceback)
             if o.kind in (OutcomeKind.RETRY, OutcomeKind.REQUEUE):
                 requeue = o.kind is OutcomeKind.REQUEUE
                 state = "queued" if requeue else "scheduled"
                 cancel_rows.append(
-                    (o.finished_at, o.finished_at + keep, o.error, o.traceback, o.job_id,
-                     o.worker_id)
+                    (o.finished_at, o.finished_at + keep, error, tb, o.job_id, o.worker_id,
+                     o.attempt, o.attempt)
                 )
                 back_rows.append(
-                    (state, o.run_at, o.error, o.traceback, int(requeue), o.job_id, o.worker_id)
+                    (state, o.run_at, error, tb, int(requeue), o.job_id, o.worker_id,
+                     o.attempt, o.attempt)
                 )
             else:
                 final_rows.append(
-                    (str(o.kind), o.finished_at, o.finished_at + keep, o.result_json, o.error,
-                     o.traceback, o.job_id, o.worker_id)
+                    (str(o.kind), o.finished_at, o.finished_at + keep, o.result_json, error,
+                     tb, o.job_id, o.worker_id, o.attempt, o.attempt)
                 )
 
         def fn(conn: sqlite3.Connection) -> None:

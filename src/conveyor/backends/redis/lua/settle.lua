@@ -1,10 +1,12 @@
 -- Record the ends of attempts of one worker in one queue. An outcome for a job that is no
--- longer running under that worker (its lease was taken over) is ignored. A retry or
+-- longer running under that worker (its lease was taken over), or whose attempt is not the
+-- job's current one (a copy of this call re-sent after a lost reply), is ignored. A retry or
 -- requeue of a job whose cancellation was asked for ends it as cancelled instead.
 -- KEYS: 1..14 the job block (see _lib.lua), 15.. the queue group.
--- ARGV: 1 retention seconds, 2 worker id, 3 number S of successes, then 2 per success:
---       job id, result JSON; then 5 per other outcome: job id, kind (retry, dead,
---       cancelled, requeue), error, traceback, retry delay seconds ('' for none).
+-- ARGV: 1 retention seconds, 2 worker id, 3 number S of successes, then 3 per success:
+--       job id, attempt ('' when unknown), result JSON; then 6 per other outcome: job id,
+--       attempt, kind (retry, dead, cancelled, requeue), error, traceback, retry delay
+--       seconds ('' for none).
 -- Returns: how many outcomes were applied.
 local retention, worker, wins = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
 local now = server_now()
@@ -14,14 +16,17 @@ local applied = 0
 -- the successes, in bulk
 if wins > 0 then
   local ids = {}
-  for i = 1, wins do ids[i] = ARGV[2 + 2 * i] end
+  for i = 1, wins do ids[i] = ARGV[1 + 3 * i] end
   local states = hmget(F.state, ids)
   local owners = hmget(F.worker, ids)
+  local attempts = hmget(F.attempts, ids)
   local stamp = fmt(now)
   local expires = fmt(now + retention)
   local done, fields, finished, results, expiry, index = {}, {}, {}, {}, {}, {}
   for i, id in ipairs(ids) do
-    if states[i] == 'running' and owners[i] == worker then
+    local attempt = ARGV[2 + 3 * i]
+    if states[i] == 'running' and owners[i] == worker
+        and (attempt == '' or attempts[i] == attempt) then
       done[#done + 1] = id
       fields[#fields + 1] = id
       fields[#fields + 1] = 'succeeded'
@@ -31,7 +36,7 @@ if wins > 0 then
       expiry[#expiry + 1] = id
       index[#index + 1] = 0
       index[#index + 1] = id
-      local result = ARGV[3 + 2 * i]
+      local result = ARGV[3 + 3 * i]
       if result ~= 'null' then
         results[#results + 1] = id
         results[#results + 1] = result
@@ -56,12 +61,13 @@ local function store_text(key, id, value)
   if value == '' then redis.call('HDEL', key, id) else redis.call('HSET', key, id, value) end
 end
 
-for a = 4 + 2 * wins, #ARGV, 5 do
-  local id, kind = ARGV[a], ARGV[a + 1]
-  if redis.call('HGET', F.state, id) == 'running' and redis.call('HGET', F.worker, id) == worker then
+for a = 4 + 3 * wins, #ARGV, 6 do
+  local id, attempt, kind = ARGV[a], ARGV[a + 1], ARGV[a + 2]
+  if redis.call('HGET', F.state, id) == 'running' and redis.call('HGET', F.worker, id) == worker
+      and (attempt == '' or redis.call('HGET', F.attempts, id) == attempt) then
     applied = applied + 1
-    store_text(F.error, id, ARGV[a + 2])
-    store_text(F.traceback, id, ARGV[a + 3])
+    store_text(F.error, id, ARGV[a + 3])
+    store_text(F.traceback, id, ARGV[a + 4])
     local back = kind == 'retry' or kind == 'requeue'
     if back and redis.call('SISMEMBER', F.cancel, id) == 1 then kind = 'cancelled' end
     if kind == 'dead' or kind == 'cancelled' then
@@ -70,7 +76,7 @@ for a = 4 + 2 * wins, #ARGV, 5 do
       redis.call('ZREM', KEYS[base + LEASES], id)
       redis.call('HDEL', F.worker, id)
       if kind == 'retry' then
-        schedule(base, id, 'running', now + (tonumber(ARGV[a + 4]) or 0), now)
+        schedule(base, id, 'running', now + (tonumber(ARGV[a + 5]) or 0), now)
       else
         -- shutdown: back at its old place in the queue, the attempt not charged
         redis.call('HINCRBY', F.attempts, id, -1)
