@@ -113,7 +113,7 @@ class BlockingScripts:
         sha = _sha(text)
         conn = self._take()
         try:
-            conn.send_command("EVALSHA", sha, len(keys), *keys, *args)
+            _send(conn, ("EVALSHA", sha, len(keys), *keys, *args))
             try:
                 reply = conn.read_response()
             except NoScriptError:  # Redis restarted or its scripts were flushed
@@ -136,6 +136,20 @@ class BlockingScripts:
     def close(self) -> None:
         """Close the idle connections (the object stays usable)."""
         self._drop_idle()
+
+
+def _send(conn: Any, command: tuple[Any, ...]) -> None:
+    """Send one command, packed by hiredis in one call when it can (redis-py's own packing
+    walks the arguments in Python, which costs as much as the rest of a one-job enqueue)."""
+    if _pack is not None:
+        try:
+            packed = _pack(command)
+        except TypeError:  # a value hiredis cannot pack: let redis-py say which
+            pass
+        else:
+            conn.send_packed_command([packed])
+            return
+    conn.send_command(*command)
 
 
 def _quiet(conn: Any) -> bool:

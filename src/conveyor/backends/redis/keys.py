@@ -67,6 +67,10 @@ INDEXED_STATES = (
 )
 
 
+#: queues whose key groups are kept made (more are made again as needed)
+MAX_CACHED_GROUPS = 1024
+
+
 class Keys:
     """Key names of one namespace."""
 
@@ -81,6 +85,7 @@ class Keys:
         self.winfo = f"{p}:winfo"
         self.claims = f"{p}:claims"
         self.stats = f"{p}:stats"
+        self._groups: dict[str, list[str]] = {}
         #: the keys that hold a job, in the order most scripts take them first: the jobs
         #: hash, the field hashes (in :data:`FIELDS` order), the expiry zset, the cancel set
         self.job_block = [self.jobs, *(f"{p}:f:{name}" for name in FIELDS), self.expiry,
@@ -114,9 +119,16 @@ class Keys:
 
     def queue_group(self, queue: str) -> list[str]:
         """The keys of one queue that most scripts take, in a fixed order: waiting, sched,
-        wake, leases, then the indexes of :data:`INDEXED_STATES`."""
-        return [self.waiting(queue), self.sched(queue), self.wake(queue), self.leases(queue),
+        wake, leases, then the indexes of :data:`INDEXED_STATES`. (Made once per queue: they
+        are built for every enqueue, claim and settle; callers must not change the list.)"""
+        group = self._groups.get(queue)
+        if group is None:
+            if len(self._groups) >= MAX_CACHED_GROUPS:
+                self._groups.clear()
+            group = self._groups[queue] = [
+                self.waiting(queue), self.sched(queue), self.wake(queue), self.leases(queue),
                 *(self.state(queue, s) for s in INDEXED_STATES)]
+        return group
 
     def stats_minute(self, minute: int) -> str:
         """The statistics hash of the minute starting at ``minute``."""
