@@ -148,8 +148,19 @@ def test_stats_counts_per_queue_and_state(cli: CLI) -> None:
 
 def test_stats_shows_a_running_worker(cli: CLI, jobs_app: Conveyor) -> None:
     proc = cli.start_worker("--min-workers", "2", "--max-workers", "5", "--queues", "default,mail")
+
+    def registered() -> list[dict[str, object]]:
+        if proc.poll() is not None:  # it died: say why
+            raise AssertionError(f"worker exited with {proc.returncode}: {stop(proc)[1]}")
+        listed: list[dict[str, object]] = cli.json("stats")["workers"]
+        return listed
+
     try:
-        workers = wait_until(lambda: cli.json("stats")["workers"], what="the worker to register")
+        try:
+            workers = wait_until(registered, what="the worker to register")
+        except AssertionError as exc:
+            code, err = stop(proc)
+            raise AssertionError(f"{exc}; the worker exited with {code}: {err}") from None
         assert len(workers) == 1
         worker = workers[0]
         assert worker["pid"] == proc.pid
