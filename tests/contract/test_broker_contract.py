@@ -1268,12 +1268,12 @@ def test_wait_for_work_returns_after_the_timeout(run: Run[Any], broker: Broker) 
 def test_set_progress(run: Run[Any], broker: Broker) -> None:
     job = enqueue_and_claim(run, broker)
     other = enqueue_and_claim(run, broker)
-    run(broker.set_progress([(job.id, 0.25, "a quarter"), (other.id, 0.5, None)]))
+    run(broker.set_progress("w1", [(job.id, 0.25, "a quarter"), (other.id, 0.5, None)]))
     stored = get(run, broker, job.id)
     assert (stored.progress, stored.progress_message) == (0.25, "a quarter")
     assert get(run, broker, other.id).progress == 0.5
     assert get(run, broker, other.id).progress_message is None
-    run(broker.set_progress([(job.id, 0.75, "three quarters")]))
+    run(broker.set_progress("w1", [(job.id, 0.75, "three quarters")]))
     stored = get(run, broker, job.id)
     assert (stored.progress, stored.progress_message) == (0.75, "three quarters")
     assert stored.state is JobState.RUNNING
@@ -1282,10 +1282,20 @@ def test_set_progress(run: Run[Any], broker: Broker) -> None:
 def test_set_progress_ignores_jobs_that_are_not_running(run: Run[Any], broker: Broker) -> None:
     queued = make_job()
     run(broker.enqueue([queued], {}))
-    run(broker.set_progress([(queued.id, 0.5, "nope"), (new_id(), 0.5, "unknown")]))
+    run(broker.set_progress("w1", [(queued.id, 0.5, "nope"), (new_id(), 0.5, "unknown")]))
     stored = get(run, broker, queued.id)
     assert (stored.progress, stored.progress_message) == (None, None)
     assert run(broker.list_jobs()) == [stored]
+
+
+def test_set_progress_ignores_another_workers_job(run: Run[Any], broker: Broker) -> None:
+    """A worker whose lease was taken over must not write over the new attempt's progress."""
+    job = enqueue_and_claim(run, broker, worker_id="w2")
+    run(broker.set_progress("w1", [(job.id, 0.9, "from a worker that lost the job")]))
+    stored = get(run, broker, job.id)
+    assert (stored.progress, stored.progress_message) == (None, None)
+    run(broker.set_progress("w2", [(job.id, 0.1, "its own")]))
+    assert get(run, broker, job.id).progress_message == "its own"
 
 
 # -- statistics -----------------------------------------------------------------------------

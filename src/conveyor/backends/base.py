@@ -101,8 +101,11 @@ class Broker(abc.ABC):
         """
 
     @abc.abstractmethod
-    async def set_progress(self, updates: Sequence[tuple[str, float, str | None]]) -> None:
-        """Store ``(job_id, progress, message)`` for running jobs."""
+    async def set_progress(
+        self, worker_id: str, updates: Sequence[tuple[str, float, str | None]]
+    ) -> None:
+        """Store ``(job_id, progress, message)`` for jobs running under ``worker_id`` (a
+        worker whose lease was taken over must not write over the new attempt's)."""
 
     @abc.abstractmethod
     async def ready_count(self, queues: Sequence[str], limit: int) -> int:

@@ -140,5 +140,6 @@ class Maintenance:
             return
         reports, self._progress = self._progress, {}
         await self.worker.broker.set_progress(
-            [(job_id, value, message) for job_id, (value, message) in reports.items()]
+            self.worker.id,
+            [(job_id, value, message) for job_id, (value, message) in reports.items()],
         )

@@ -397,8 +397,10 @@ class RedisBroker(Broker):
         cancel = await self._script("heartbeat", keys, args)
         return set(cancel)
 
-    async def set_progress(self, updates: Sequence[tuple[str, float, str | None]]) -> None:
-        args: list[Any] = []
+    async def set_progress(
+        self, worker_id: str, updates: Sequence[tuple[str, float, str | None]]
+    ) -> None:
+        args: list[Any] = [worker_id]
         for job_id, value, message in updates:
             args += [job_id, value, message or ""]
         await self._script("progress", self.keys.job_block, args)

@@ -236,12 +236,14 @@ class SQLiteBroker(Broker):
 
         return await self._write(fn)
 
-    async def set_progress(self, updates: Sequence[tuple[str, float, str | None]]) -> None:
+    async def set_progress(
+        self, worker_id: str, updates: Sequence[tuple[str, float, str | None]]
+    ) -> None:
         sql = (
             f"UPDATE {self.ns}_jobs SET progress=?, progress_message=? "
-            f"WHERE id=? AND state='running'"
+            f"WHERE id=? AND state='running' AND worker_id=?"
         )
-        rows = [(value, message, job_id) for job_id, value, message in updates]
+        rows = [(value, message, job_id, worker_id) for job_id, value, message in updates]
         await self._write(lambda conn: conn.executemany(sql, rows))
 
     def _ready_count(self, conn: sqlite3.Connection, queues: Sequence[str], limit: int) -> int:
