@@ -26,12 +26,15 @@ class RefusingBroker(SQLiteBroker):
         super().__init__(*args)  # type: ignore[arg-type]
         self.poison = ""
         self.refusals = refusals
+        #: job ids in the order their outcomes were written
+        self.written: list[str] = []
 
     async def settle(self, outcomes: Sequence[Outcome]) -> None:
         if self.refusals and any(o.job_id == self.poison for o in outcomes):
             self.refusals -= 1
             raise ValueError(f"the store cannot take the outcome of {self.poison}")
         await super().settle(outcomes)
+        self.written += [o.job_id for o in outcomes]
 
 
 @pytest.mark.parametrize("refusals", [2, 5])
@@ -64,4 +67,7 @@ def test_one_refused_outcome_holds_back_no_other(
         # it ran again, and was refused once more in a batch before it was written alone
         assert info.recoveries == 1 and info.attempts == 2
         assert any("its lease will bring it back" in m for m in messages)
+        # and every other outcome was written while the refused one waited for its lease
+        first_poison = broker.written.index(poison.id)
+        assert {h.id for h in others} <= set(broker.written[:first_poison])
     assert broker.refusals == 0

@@ -100,7 +100,5 @@ async def sweep(app: Conveyor, min_age: float | None = None) -> int:
         record = await app.broker.get(job_id)
         if record is None or record.is_final:
             orphans.add(job_id)
-    if not orphans and min_age is not None:
-        return 0
     return await asyncio.to_thread(app.staging.sweep, lambda job_id: job_id not in orphans,
                                    partials=min_age is None)

@@ -62,6 +62,12 @@ SUMS = ("succeeded", "failed", "dead", "cancelled", "started", "wait_total")
 # Positions in a recorder's per-(minute, queue) counters: a plain list is the cheapest thing
 # to bump on the hot path; MinuteStats are built only when the counts are flushed.
 _SUCCEEDED, _FAILED, _DEAD, _CANCELLED, _STARTED, _WAIT = range(6)
+#: the counter an attempt's end bumps (a shutdown requeue is no end)
+_SLOT_OF = {OutcomeKind.SUCCEEDED: _SUCCEEDED, OutcomeKind.RETRY: _FAILED,
+            OutcomeKind.DEAD: _DEAD, OutcomeKind.CANCELLED: _CANCELLED}
+#: what :meth:`StatsRecorder.started` hands back for a first attempt: when it started and
+#: its wait, so a requeue can take the start back
+StartMark = tuple[float, float]
 
 
 class StatsRecorder:
@@ -83,73 +89,63 @@ class StatsRecorder:
         self._start = 0
         self._end = 0
         self._failing = False
-        #: job id -> (minute, wait) of first attempts running now, taken back on a requeue
-        self._first: dict[str, tuple[float, float]] = {}
 
-    def _counters(self, at: float, queue: str) -> list[float]:
-        """The counters of ``queue`` in the minute of ``at``, made on first use."""
-        minute = minute_of(at)
+    def _slot(self, minute: int, queue: str) -> list[float]:
+        """The counters of ``queue`` in ``minute``, made on first use."""
         key = (minute, queue)
         counters = self._counts.get(key)
         if counters is None:
             counters = self._counts[key] = [0, 0, 0, 0, 0, 0.0]
-        if minute >= self._start:  # a late report of an earlier minute takes this slow path
+        return counters
+
+    def _counters(self, at: float, queue: str) -> list[float]:
+        """The counters of ``queue`` in the minute of ``at``: those of the newest minute
+        seen come from the fast path; a new minute becomes the fast path's."""
+        if self._start <= at < self._end:
+            counters = self._current.get(queue)
+            if counters is not None:
+                return counters
+        minute = minute_of(at)
+        counters = self._slot(minute, queue)
+        if minute >= self._start:  # a late report of an earlier minute takes the slow path
             if minute > self._start:
                 self._start, self._end, self._current = minute, minute + 60, {}
             self._current[queue] = counters
         return counters
 
-    def started(self, record: JobRecord) -> None:
+    def started(self, record: JobRecord) -> StartMark | None:
         """An attempt of ``record`` starts now; only a job's first attempt is counted, with
-        its wait from when it could first run (as :meth:`Metrics.job_started` measures)."""
+        its wait from when it could first run (as :meth:`Metrics.job_started` measures).
+        Return the mark to hand to :meth:`ended` (None for a later attempt)."""
         if record.attempts - record.recoveries > 1:
-            return
+            return None
         now = time.time()
-        counters = self._current.get(record.queue) if self._start <= now < self._end else None
-        if counters is None:
-            counters = self._counters(now, record.queue)
+        counters = self._counters(now, record.queue)
         counters[_STARTED] += 1
         # max(0, now - max(created_at, run_at)), without the calls: this runs for every job
         ready = record.run_at if record.run_at > record.created_at else record.created_at
         wait = now - ready if now > ready else 0.0
         counters[_WAIT] += wait
-        self._first[record.id] = (now, wait)
+        return now, wait
 
-    def ended(self, record: JobRecord, outcome: Outcome) -> None:
-        """An attempt of ``record`` ended with ``outcome``. A shutdown requeue is no end, and
-        takes back the start it counted: the job starts afresh elsewhere."""
-        first = self._first.pop(record.id, None) if self._first else None
-        kind = outcome.kind
-        if kind is OutcomeKind.SUCCEEDED:
-            slot = _SUCCEEDED
-        elif kind is OutcomeKind.RETRY:
-            slot = _FAILED
-        elif kind is OutcomeKind.DEAD:
-            slot = _DEAD
-        elif kind is OutcomeKind.CANCELLED:
-            slot = _CANCELLED
-        else:
-            if first is not None:  # counted where it started (in a later flush if need be)
-                origin = self._counters(first[0], record.queue)
-                origin[_STARTED] -= 1
-                origin[_WAIT] -= first[1]
-            return
-        at = outcome.finished_at
-        counters = self._current.get(record.queue) if self._start <= at < self._end else None
-        if counters is None:
-            counters = self._counters(at, record.queue)
-        counters[slot] += 1
+    def ended(self, record: JobRecord, outcome: Outcome, start: StartMark | None = None) -> None:
+        """An attempt of ``record`` ended with ``outcome``. A shutdown requeue is no end; with
+        the ``start`` mark of the attempt it takes back the start it counted (the job starts
+        afresh elsewhere)."""
+        slot = _SLOT_OF.get(outcome.kind)
+        if slot is not None:
+            self._counters(outcome.finished_at, record.queue)[slot] += 1
+        elif start is not None:  # counted where it started (in a later flush if need be)
+            origin = self._slot(minute_of(start[0]), record.queue)
+            origin[_STARTED] -= 1
+            origin[_WAIT] -= start[1]
 
     def died(self, queue: str, at: float, count: int = 1) -> None:
         """``count`` jobs of ``queue`` went to the dead set at ``at`` with no attempt ending:
         their workers were lost once too often, and this worker's lease recovery gave up on
         them. Rare and off the hot path: the fast path's minute is left alone, so a backend
         clock a little ahead of this one does not move it."""
-        key = (minute_of(at), queue)
-        counters = self._counts.get(key)
-        if counters is None:
-            counters = self._counts[key] = [0, 0, 0, 0, 0, 0.0]
-        counters[_DEAD] += count
+        self._slot(minute_of(at), queue)[_DEAD] += count
 
     def pending(self) -> list[MinuteStats]:
         """What was counted and not yet stored, oldest minute first."""

@@ -22,6 +22,7 @@ import time
 
 from starlette.requests import Request
 
+from conveyor.http.app import bearer_verdict
 from conveyor.http.origin import Origins
 
 SESSION_COOKIE = "conveyor_session"
@@ -90,17 +91,13 @@ class DashboardAuth:
                 self._revoked.clear()
             self._revoked.add(nonce)
 
-    def _bearer_ok(self, request: Request) -> bool:
-        scheme, _, given = request.headers.get("authorization", "").partition(" ")
-        return self.token is not None and scheme.lower() == "bearer" and \
-            hmac.compare_digest(given.strip().encode(), self.token.encode())
-
     def logged_in(self, request: Request) -> bool:
         """True when the request may see the dashboard: no token is set, or it carries a
         valid session cookie or the bearer token."""
         if self.token is None:
             return True
-        return self.session_nonce(request) is not None or self._bearer_ok(request)
+        return self.session_nonce(request) is not None or \
+            bearer_verdict(request.scope, self.token.encode()) is True
 
     def csrf_token(self, request: Request) -> str:
         """The token a page's script sends back with every action of this session."""

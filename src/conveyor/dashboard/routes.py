@@ -21,6 +21,7 @@ from conveyor.dashboard import data, pages
 from conveyor.dashboard.auth import SESSION_AGE, SESSION_COOKIE, DashboardAuth
 from conveyor.http.errors import ApiError
 from conveyor.http.origin import Origins
+from conveyor.http.routes import limited_body, prefix
 from conveyor.http.services import Services
 from conveyor.ids import is_valid_id
 
@@ -29,11 +30,6 @@ Handler = Callable[[Request], Awaitable[Response]]
 STATIC = {"app.js": "text/javascript", "app.css": "text/css", "favicon.svg": "image/svg+xml"}
 #: the largest login form read
 MAX_LOGIN_BODY = 4096
-
-
-def prefix(request: Request) -> str:
-    """The path the dashboard is mounted under (``""`` at the root)."""
-    return str(request.scope.get("root_path", "")).rstrip("/")
 
 
 def is_dashboard_path(path: str) -> bool:
@@ -99,11 +95,7 @@ class Dashboard:
         """POST /ui/login: check the token, set the session cookie, go to the overview."""
         if not self.auth.origins.same_site(request.scope):
             raise ApiError(403, "the login form was sent from another site")
-        body = b""
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > MAX_LOGIN_BODY:
-                raise ApiError(413, "the login form is too large")
+        body = await limited_body(request, MAX_LOGIN_BODY)
         fields = parse_qs(body.decode("utf-8", "replace"))
         given = (fields.get("token") or [""])[0]
         if not self.auth.check_token(given):

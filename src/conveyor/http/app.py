@@ -46,6 +46,18 @@ def route_path(scope: Scope) -> str:
     return path or "/"
 
 
+def bearer_verdict(scope: Scope, token: bytes) -> bool | None:
+    """Whether the request's ``Authorization: Bearer`` carries ``token`` (compared in
+    constant time): True if it does, False if a wrong one came, None if none came."""
+    for key, value in scope.get("headers", ()):
+        if key == b"authorization":
+            scheme, _, given = value.partition(b" ")
+            if scheme.lower() != b"bearer":
+                return False
+            return hmac.compare_digest(given.strip(), token)
+    return None
+
+
 class BearerAuth:
     """ASGI middleware: a request needs ``Authorization: Bearer TOKEN`` (compared in
     constant time), except for the public paths; otherwise 401 with ``WWW-Authenticate``."""
@@ -57,23 +69,13 @@ class BearerAuth:
         #: paths that check access themselves (the dashboard's, with its login)
         self.exempt = exempt
 
-    def _authorized(self, scope: Scope) -> bool | None:
-        """True if the token matches, False if a wrong one came, None if none came."""
-        for key, value in scope.get("headers", ()):
-            if key == b"authorization":
-                scheme, _, given = value.partition(b" ")
-                if scheme.lower() != b"bearer":
-                    return False
-                return hmac.compare_digest(given.strip(), self.token)
-        return None
-
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = route_path(scope)
         if scope["type"] != "http" or path in PUBLIC_PATHS or \
                 (self.exempt is not None and self.exempt(path)):
             await self.app(scope, receive, send)
             return
-        verdict = self._authorized(scope)
+        verdict = bearer_verdict(scope, self.token)
         if verdict:
             await self.app(scope, receive, send)
             return

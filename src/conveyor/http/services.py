@@ -229,14 +229,18 @@ class Services:
         if before.state not in (JobState.DEAD, JobState.CANCELLED):
             raise ApiError(409, f"job {job_id} is {before.state}; only dead or cancelled jobs "
                            "can be retried")
-        job_fn = self.app.registry.get(before.name)
-        if job_fn is not None and job_fn.uses_staging and \
-                not self.app.staging.path_of(job_id).exists():
+        if self._upload_gone(before):
             raise ApiError(409, f"the uploaded file of job {job_id} is gone; upload it again")
         after = await self.app.broker.retry(job_id)
         if after is None:
             raise _not_found(job_id)
         return after
+
+    def _upload_gone(self, record: JobRecord) -> bool:
+        """True when the job takes an uploaded file and its staged copy is gone."""
+        job_fn = self.app.registry.get(record.name)
+        return job_fn is not None and job_fn.uses_staging and \
+            not self.app.staging.path_of(record.id).exists()
 
     async def delete(self, job_id: str) -> None:
         """Delete a job that is not running, and its staged file (409 while it runs)."""
@@ -268,7 +272,7 @@ class Services:
             page = await broker.list_jobs(state=JobState.DEAD, queue=queue,
                                           limit=RETRY_PAGE, cursor=cursor)
             for record in page:
-                if record.name in staged and not self.app.staging.path_of(record.id).exists():
+                if self._upload_gone(record):
                     skipped += 1
                 elif await broker.retry(record.id) is not None:
                     retried += 1

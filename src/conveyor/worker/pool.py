@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from conveyor.context import JobContext
 from conveyor.ids import new_id
 from conveyor.job import JobRecord, Outcome, OutcomeKind, WorkerInfo
-from conveyor.stats import StatsRecorder
+from conveyor.stats import StartMark, StatsRecorder
 from conveyor.worker import outcomes
 from conveyor.worker.autoscale import Autoscaler
 from conveyor.worker.executors import Executors
@@ -41,16 +41,17 @@ SETTLE_TRIES = 3
 
 
 class _Running:
-    """A job in flight: its function (None if not registered here), its task, its context
-    and why it is being stopped, if it is."""
+    """A job in flight: its function (None if not registered here), its task, its context,
+    why it is being stopped, if it is, and its start as the statistics counted it."""
 
-    __slots__ = ("ctx", "job_fn", "stop_reason", "task")
+    __slots__ = ("ctx", "job_fn", "start", "stop_reason", "task")
 
     def __init__(self, ctx: JobContext, job_fn: JobFunction | None) -> None:
         self.ctx = ctx
         self.job_fn = job_fn
         self.task: asyncio.Task[None] | None = None
         self.stop_reason: str | None = None
+        self.start: StartMark | None = None
 
 
 class Worker:
@@ -272,7 +273,7 @@ class Worker:
         self.running[record.id] = entry
         if self.metrics is not None:
             self.metrics.job_started(record)
-        self.stats.started(record)
+        entry.start = self.stats.started(record)
         entry.task = asyncio.create_task(self._execute(record, entry))
 
     async def _execute(self, record: JobRecord, entry: _Running) -> None:
@@ -284,7 +285,9 @@ class Worker:
             log.exception("internal error while running job %s", record.id)
             outcome = outcomes.dead(record, self.id, f"internal error in the worker: {exc!r}")
         except BaseException:  # cancelled from outside: back to the queue, not charged
-            self._record(outcomes.requeued(record, self.id))
+            outcome = outcomes.requeued(record, self.id)
+            self.stats.ended(record, outcome, entry.start)
+            self._record(outcome)
             raise
         finally:
             del self.running[record.id]
@@ -293,7 +296,7 @@ class Worker:
                 self._wake.set()
         if metrics is not None:
             metrics.job_ended(record, outcome, time.perf_counter() - began)
-        self.stats.ended(record, outcome)
+        self.stats.ended(record, outcome, entry.start)
         self._record(outcome)
 
     def _record(self, outcome: Outcome) -> None:

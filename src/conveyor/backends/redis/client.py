@@ -40,19 +40,24 @@ def pack_with_hiredis(client: Any) -> None:
         pool.connection_class = _hiredis_packing(pool.connection_class)
 
 
+def _packed(args: tuple[Any, ...]) -> list[bytes] | None:
+    """``args`` packed by hiredis in one call; None without hiredis, or for a value it cannot
+    pack (redis-py's own packing then says which)."""
+    if _pack is None:
+        return None
+    if isinstance(args[0], str) and " " in args[0]:  # "SCRIPT LOAD" and the like
+        args = (*args[0].split(), *args[1:])
+    try:
+        return [_pack(args)]
+    except TypeError:
+        return None
+
+
 @cache
 def _hiredis_packing(base: type) -> type:
-    assert _pack is not None
-    pack: Callable[[tuple[Any, ...]], bytes] = _pack
-
     class HiredisPacking(base):  # type: ignore[misc]
         def pack_command(self, *args: Any) -> list[bytes]:
-            if isinstance(args[0], str) and " " in args[0]:  # "SCRIPT LOAD" and the like
-                args = (*args[0].split(), *args[1:])
-            try:
-                return [pack(args)]
-            except TypeError:  # a value Redis cannot take: let redis-py say which
-                return list(super().pack_command(*args))
+            return _packed(args) or list(super().pack_command(*args))
 
     HiredisPacking.__name__ = HiredisPacking.__qualname__ = f"HiredisPacking{base.__name__}"
     return HiredisPacking
@@ -141,15 +146,11 @@ class BlockingScripts:
 def _send(conn: Any, command: tuple[Any, ...]) -> None:
     """Send one command, packed by hiredis in one call when it can (redis-py's own packing
     walks the arguments in Python, which costs as much as the rest of a one-job enqueue)."""
-    if _pack is not None:
-        try:
-            packed = _pack(command)
-        except TypeError:  # a value hiredis cannot pack: let redis-py say which
-            pass
-        else:
-            conn.send_packed_command([packed])
-            return
-    conn.send_command(*command)
+    packed = _packed(command)
+    if packed is None:
+        conn.send_command(*command)
+    else:
+        conn.send_packed_command(packed)
 
 
 def _quiet(conn: Any) -> bool:

@@ -51,6 +51,20 @@ function link(path, text, attrs) {
   return el("a", { href: PREFIX + path, ...(attrs || {}) }, text);
 }
 
+// a bar filled to `fraction` (0..1); the width is set through the CSSOM, which the
+// Content-Security-Policy allows (a style attribute it would refuse)
+function fill(fraction) {
+  const bar = el("span", { class: "fill" });
+  bar.style.width = `${Math.max(0, Math.min(1, fraction)) * 100}%`;
+  return bar;
+}
+
+// the table `id` with a header row of `heads` and `rows`, or one row saying `empty`
+function fillTable(id, heads, rows, empty) {
+  replace(id, el("thead", {}, el("tr", {}, heads.map((h) => el("th", { text: h })))),
+    el("tbody", {}, rows.length ? rows : el("tr", {}, el("td", { colspan: heads.length, text: empty }))));
+}
+
 function badge(state) {
   return el("span", { class: `badge ${state}`, text: state });
 }
@@ -271,7 +285,6 @@ pages.overview = {
       el("div", { class: "card latency", id: "latency" },
         el("span", { class: "value", text: duration(h.recent_wait_ms) }),
         el("span", { class: "label", text: "enqueue → start, last 5 min" })));
-    const head = el("tr", {}, el("th", { text: "queue" }), STATES.map((s) => el("th", { text: s })), el("th", {}));
     const rows = data.queues.map((q) => el("tr", { "data-queue": q.name },
       el("td", {}, link(`/ui/jobs?queue=${encodeURIComponent(q.name)}`, q.name)),
       STATES.map((s) => el("td", { class: "num", "data-state": s },
@@ -283,8 +296,7 @@ pages.overview = {
             (r) => flash(`${r.retried} dead jobs of ${r.queue} are queued again.` +
               (r.skipped ? ` ${r.skipped} were left: their uploaded files are gone.` : ""))) }, "Retry dead")
         : null)));
-    replace("queues", el("thead", {}, head),
-      el("tbody", {}, rows.length ? rows : el("tr", {}, el("td", { colspan: STATES.length + 2, text: "No jobs yet." }))));
+    fillTable("queues", ["queue", ...STATES, ""], rows, "No jobs yet.");
     const select = document.getElementById("chart-queue");
     const names = ["", ...data.queues.map((q) => q.name)];
     if (chartQueue && !names.includes(chartQueue)) names.push(chartQueue);
@@ -320,16 +332,10 @@ pages.workers = {
       el("td", { class: "num", text: w.concurrency }), el("td", { class: "num", text: w.min_concurrency }),
       el("td", { class: "num", text: w.max_concurrency }),
       el("td", { class: "num" }, el("span", { class: "meter", title: `${w.busy} of ${w.concurrency} slots busy` },
-        el("span", { style: null, "data-fill": "", class: "fill" })), ` ${w.busy}`),
+        fill(w.concurrency ? w.busy / w.concurrency : 0)), ` ${w.busy}`),
       el("td", { class: "num", text: number(w.processed) }), el("td", { class: "num", text: number(w.failed) }),
       el("td", {}, when(w.started_at)), el("td", { text: `${w.heartbeat_age} s ago` })));
-    replace("workers", el("thead", {}, el("tr", {}, cols.map((c) => el("th", { text: c })))),
-      el("tbody", {}, rows.length ? rows : el("tr", {}, el("td", { colspan: cols.length, text: "No live workers." }))));
-    // widths are set through the CSSOM (allowed by the CSP, unlike style attributes)
-    document.querySelectorAll("#workers tr[data-worker]").forEach((tr, i) => {
-      const w = data.workers[i];
-      tr.querySelector(".fill").style.width = `${w.concurrency ? (100 * w.busy) / w.concurrency : 0}%`;
-    });
+    fillTable("workers", cols, rows, "No live workers.");
   },
 };
 
@@ -400,14 +406,13 @@ pages.jobs = {
       onclick: (e) => { if (plainClick(e)) { e.preventDefault(); goJobs({ ...f, state: s, cursor: "" }); } },
     }, s || "all", s ? el("span", { class: "count", text: number(counts[s] || 0) }) : null)));
     replace("queue-names", overview.queues.map((q) => el("option", { value: q.name })));
-    const head = el("tr", {}, ["id", "name", "queue", "state", "attempts", "created", "finished", "error"].map((c) => el("th", { text: c })));
     const rows = page.jobs.map((j) => el("tr", { "data-job": j.id },
       el("td", { class: "mono" }, link(`/ui/jobs/${j.id}`, j.id)),
       el("td", { text: j.name }), el("td", { text: j.queue }), el("td", {}, badge(j.state)),
       el("td", { class: "num", text: j.attempts }), el("td", {}, when(j.created_at)),
       el("td", {}, when(j.finished_at)), el("td", { class: "error-cell", text: j.error || "" })));
-    replace("jobs", el("thead", {}, head),
-      el("tbody", {}, rows.length ? rows : el("tr", {}, el("td", { colspan: 8, text: "No jobs match." }))));
+    fillTable("jobs", ["id", "name", "queue", "state", "attempts", "created", "finished", "error"], rows,
+      "No jobs match.");
     const newer = () => {
       const cursors = newerCursors().slice();
       goJobs({ ...f, cursor: cursors.pop() || "" }, cursors);
@@ -467,7 +472,7 @@ pages.job = {
       j.cancel_requested && j.state === "running" ? el("p", { class: "note", text: "Cancellation asked for; the worker stops the job at its next heartbeat." }) : null,
       progress === null ? null : el("div", { class: "progress", id: "progress" },
         el("div", { class: "bar", role: "progressbar", "aria-valuemin": 0, "aria-valuemax": 100, "aria-valuenow": Math.round(progress * 100) },
-          el("span", { class: "fill" })),
+          fill(progress)),
         el("span", { class: "progress-text", text: `${Math.round(progress * 100)} %${j.progress_message ? ` · ${j.progress_message}` : ""}` })),
       el("dl", { class: "facts" }, facts.map(([k, v]) => [el("dt", { text: k }), el("dd", {}, v)])),
       el("h3", { text: "Arguments" }), pretty(j.args),
@@ -477,8 +482,6 @@ pages.job = {
       j.traceback ? [el("h3", { text: "Traceback" }), el("pre", { class: "traceback", id: "traceback", text: j.traceback })] : null,
     ];
     replace("job", parts);
-    const fill = document.querySelector("#progress .fill");
-    if (fill) fill.style.width = `${progress * 100}%`;
   },
 };
 
