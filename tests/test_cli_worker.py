@@ -132,7 +132,7 @@ def test_bad_store_urls(cli: CLI, tmp_path: Path) -> None:
     junk = tmp_path / "junk.db"
     junk.write_text("this is not SQLite " * 100)
     assert "not a database" in cli.fail("stats", url=f"sqlite:///{junk}", code=1)
-    assert "unable to open" in cli.fail("jobs", url=f"sqlite:///{tmp_path}", code=1)
+    assert "store unavailable" in cli.fail("jobs", url=f"sqlite:///{tmp_path}", code=1)
     err = cli.fail("stats", url="ftp://somewhere/x", code=1)
     assert "unsupported URL scheme 'ftp'" in err
 

@@ -2,15 +2,22 @@
 
 The Incus tests talk real HTTP over a real unix socket to :class:`fake_incus.FakeIncus`, a
 FAKE of the daemon's file API written for these tests, because no Incus daemon can run on
-these machines. Everything else is real: files, directories, symlinks, sockets.
+these machines; it is the only test double. Everything else is real: files, directories,
+symlinks, sockets, locks, and a child process SIGKILLed in the middle of a copy.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
+import fcntl
 import os
+import signal
 import socket
-from collections.abc import Iterator
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -24,8 +31,10 @@ from conveyor.containers import (
     UnsafeDestination,
     open_target,
 )
+from conveyor.containers.directory import CHUNK, STALE_TEMPORARY_AGE, temporary_name
 from conveyor.containers.incus import DEFAULT_SOCKET
 from conveyor.errors import ConfigurationError, PermanentError
+from conveyor.ids import new_id
 from fake_incus import FakeIncus
 
 
@@ -307,3 +316,172 @@ def test_incus_that_never_answers_times_out(fake: FakeIncus, source: Path) -> No
     fake.hang = True
     with pytest.raises(PushFailed):
         push(IncusTarget(str(fake.socket_path), timeout=0.3), "web", source, "/root/x")
+
+
+# -- dir: temporary files ---------------------------------------------------------------------
+#: a child process that pushes ARGV[2] (a FIFO here) to container "web" for job ARGV[4]
+PUSH_CHILD = """
+import asyncio, sys
+from pathlib import Path
+from conveyor.containers import DirectoryTarget
+root, source, destination, job_id = sys.argv[1:]
+asyncio.run(DirectoryTarget(root).push("web", Path(source), destination, job_id=job_id))
+"""
+
+
+def push_job(target: DirectoryTarget, source: Path, destination: str, job_id: str) -> None:
+    asyncio.run(target.push("web", source, destination, job_id=job_id))
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+def open_fifo_for_writing(fifo: Path, child: subprocess.Popen[bytes]) -> int:
+    """The write end of ``fifo`` once the child opened the read end (no hang if it died)."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError as exc:
+            if exc.errno != errno.ENXIO:  # ENXIO: no reader yet
+                raise
+            assert child.poll() is None, child.communicate()[1].decode()
+            assert time.monotonic() < deadline, "the child never opened the pipe"
+            time.sleep(0.01)
+            continue
+        os.set_blocking(fd, True)
+        return fd
+
+
+def age(path: Path, seconds: float) -> None:
+    """Make ``path`` last written ``seconds`` ago (a symlink itself, not its target)."""
+    when = time.time() - seconds
+    os.utime(path, (when, when), follow_symlinks=False)
+
+
+def test_a_push_sigkilled_mid_copy_is_taken_over_by_its_retry(root: Path, tmp_path: Path) -> None:
+    job_id = new_id()
+    staged = tmp_path / "staging" / job_id  # staged uploads are named after their job
+    staged.parent.mkdir()
+    content = os.urandom(8 * CHUNK + 123)
+    staged.write_bytes(content)
+    (root / "web" / "srv").mkdir()
+    final = root / "web" / "srv" / "data.bin"
+    final.write_bytes(b"the old version")
+    temporary = root / "web" / "srv" / f".conveyor-{job_id}.tmp"
+
+    # The first attempt reads from a FIFO, so it is stopped for sure in the middle of the copy.
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    child = subprocess.Popen(
+        [sys.executable, "-c", PUSH_CHILD, str(root), str(fifo), "/srv/data.bin", job_id],
+        stderr=subprocess.PIPE)
+    try:
+        pipe = open_fifo_for_writing(fifo, child)
+        try:
+            with open(pipe, "wb", closefd=False) as writer:
+                writer.write(content[: 3 * CHUNK])  # returns once the child has read it all
+            wait_for(lambda: temporary.exists() and temporary.stat().st_size == 3 * CHUNK,
+                     "the child to write 3 MiB to its temporary file")
+            child.send_signal(signal.SIGKILL)  # no except, no finally: nothing cleans up
+            child.wait(30)
+        finally:
+            os.close(pipe)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert child.returncode == -signal.SIGKILL
+
+    leftover = temporary.stat()  # what the bug report saw: the temporary file stays ...
+    assert leftover.st_size == 3 * CHUNK
+    assert final.read_bytes() == b"the old version"  # ... and the destination is untouched
+
+    # The retry (same job, the staged file itself) takes the leftover over, truncated.
+    push(DirectoryTarget(root), "web", staged, "/srv/data.bin")
+    assert final.read_bytes() == content
+    assert final.stat().st_ino == leftover.st_ino  # reused and renamed into place
+    assert files_under(root) == ["web/srv/data.bin"]
+
+
+def test_a_leftover_longer_than_the_file_is_truncated(root: Path, source: Path) -> None:
+    job_id = new_id()
+    temporary = root / "web" / f".conveyor-{job_id}.tmp"
+    temporary.write_bytes(b"x" * 300_000)  # a killed attempt of a bigger file, say
+    push_job(DirectoryTarget(root), source, "/f", job_id)
+    assert (root / "web" / "f").read_bytes() == source.read_bytes()
+    assert files_under(root) == ["web/f"]
+
+
+def test_a_live_attempt_of_the_same_job_is_left_alone(root: Path, source: Path) -> None:
+    job_id = new_id()
+    temporary = root / "web" / f".conveyor-{job_id}.tmp"
+    temporary.write_bytes(b"being written")
+    age(temporary, STALE_TEMPORARY_AGE * 2)  # stalled, even: the lock is what counts
+    target = DirectoryTarget(root)
+    with temporary.open("rb") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # as the push copying into it holds it
+        with pytest.raises(PushFailed, match="another attempt of this job"):
+            push_job(target, source, "/f", job_id)
+        push(target, "web", source, "/g")  # another job's push sweeps the same directory
+        assert temporary.read_bytes() == b"being written"
+    push_job(target, source, "/f", job_id)  # the holder is gone: now it is taken over
+    assert files_under(root) == ["web/f", "web/g"]
+
+
+def test_stale_temporary_files_are_swept_fresh_ones_kept(
+    root: Path, source: Path, tmp_path: Path
+) -> None:
+    web = root / "web"
+    (web / "etc").mkdir()
+    stale = web / "etc" / f".conveyor-{new_id()}.tmp"  # a job killed an hour ago, gone
+    fresh = web / "etc" / f".conveyor-{new_id()}.tmp"  # another job's copy in flight
+    recent = web / "etc" / f".conveyor-{new_id()}.tmp"  # idle, but not for long enough
+    elsewhere = web / f".conveyor-{new_id()}.tmp"  # stale, in a directory not pushed to
+    not_ours = web / "etc" / ".conveyor-notes.txt"
+    for path in (stale, fresh, recent, elsewhere, not_ours):
+        path.write_bytes(b"partial copy")
+    victim = tmp_path / "outside" / "victim"
+    victim.write_text("keep me")
+    link = web / "etc" / ".conveyor-link.tmp"
+    link.symlink_to(victim)
+    for path in (stale, elsewhere, not_ours, link):
+        age(path, STALE_TEMPORARY_AGE + 60)
+    age(recent, STALE_TEMPORARY_AGE - 60)
+
+    push(DirectoryTarget(root), "web", source, "/etc/app.conf")
+    assert not stale.exists()
+    assert fresh.read_bytes() == recent.read_bytes() == b"partial copy"
+    assert elsewhere.exists() and not_ours.exists()
+    assert link.is_symlink() and victim.read_text() == "keep me"  # not followed
+    assert (web / "etc" / "app.conf").read_bytes() == source.read_bytes()
+
+
+def test_a_planted_temporary_name_is_never_written_through(
+    root: Path, source: Path, tmp_path: Path
+) -> None:
+    victim = tmp_path / "outside" / "victim"
+    victim.write_text("keep me")
+    target = DirectoryTarget(root)
+    hard, soft = new_id(), new_id()
+    os.link(victim, root / "web" / f".conveyor-{hard}.tmp")
+    with pytest.raises(UnsafeDestination, match="not a file of ours"):
+        push_job(target, source, "/f", hard)
+    (root / "web" / f".conveyor-{soft}.tmp").symlink_to(victim)
+    with pytest.raises(PermanentError):
+        push_job(target, source, "/f", soft)
+    assert victim.read_text() == "keep me"
+    assert not (root / "web" / "f").exists()
+
+
+def test_temporary_names_derive_from_the_job_id() -> None:
+    job_id = new_id()
+    assert temporary_name(job_id) == f".conveyor-{job_id}.tmp"
+    assert temporary_name("report-2024.csv") == ".conveyor-report-2024.csv.tmp"
+    odd = temporary_name("../a b/" + "n" * 300)
+    assert odd == temporary_name("../a b/" + "n" * 300)  # a digest, deterministic
+    assert "/" not in odd and len(odd) == len(".conveyor-.tmp") + 32

@@ -142,9 +142,13 @@ def test_bulk_jobs_survive_kill_9_mid_run(
     final = counts(capp)
     assert sum(final.values()) == 200  # nothing lost, nothing duplicated
     assert [h.result(timeout=1) for h in handles] == list(range(200))
+    # a job that had started is charged a recovery; one only claimed ahead goes back free
+    charged = 0
     for job_id in interrupted:
         record = info(capp, job_id)
-        assert (record.attempts, record.recoveries) == (2, 1)
+        assert (record.attempts, record.recoveries) in ((2, 1), (1, 0))
+        charged += record.recoveries
+    assert charged <= 2, "only the jobs running in the 2 slots had started"
     assert workers.stop(second) == 0
 
 

@@ -13,6 +13,7 @@ from conveyor.errors import (
     PermanentError,
     QueueFull,
     Retry,
+    StoreUnavailable,
     UnknownJob,
 )
 from conveyor.functions import JobFunction
@@ -38,6 +39,7 @@ __all__ = [
     "PermanentError",
     "QueueFull",
     "Retry",
+    "StoreUnavailable",
     "UnknownJob",
     "Upload",
 ]

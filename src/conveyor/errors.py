@@ -35,6 +35,36 @@ class ConfigurationError(ConveyorError, ValueError):
     """A setting (URL, namespace, option) is malformed or unsupported."""
 
 
+class StoreUnavailable(ConveyorError):
+    """The store cannot be used now: its disk is full, its database locked, its server
+    unreachable. Trouble that may pass: try again later. The driver's error is the cause.
+
+    ``url`` is the store's URL without credentials; ``reason`` says what is wrong in a few
+    words (no URL, no exception names), for messages shown to clients.
+    """
+
+    def __init__(self, url: str, reason: str) -> None:
+        self.url = redact_url(url)
+        self.reason = reason
+        super().__init__(f"store unavailable ({self.url}): {reason}")
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any password (and user name) left out, for messages and logs."""
+    import re
+    from urllib.parse import urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # not a URL we can take apart: show none of it
+        return "<store URL>"
+    query = re.sub(r"(?i)((?:^|&)password=)[^&]*", r"\1***", parts.query)
+    if "@" not in parts.netloc and query == parts.query:
+        return url  # nothing to hide (and sqlite:////path would not survive a round trip)
+    netloc = "***@" + parts.netloc.rpartition("@")[2] if "@" in parts.netloc else parts.netloc
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
 class PermanentError(Exception):
     """Raise from a job to send it to the dead set at once, without retrying."""
 

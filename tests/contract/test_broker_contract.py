@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from conveyor.backends.base import Broker, Recovery
+from conveyor.backends.base import Beat, Broker, Recovery
 from conveyor.errors import QueueFull
 from conveyor.ids import new_id
 from conveyor.job import JobRecord, JobState, Outcome, OutcomeKind
@@ -661,8 +661,8 @@ def test_heartbeat_extends_leases(run: Run[Any], broker: Broker) -> None:
     job = enqueue_and_claim(run, broker, worker_id="w1", lease=1.0)
     assert job.lease_expires_at is not None
     before = time.time()
-    cancels = run(broker.heartbeat(worker, [job.id], 60.0))
-    assert cancels == set()
+    beat = run(broker.heartbeat(worker, {job.id: job.attempts}, 60.0))
+    assert beat == Beat()
     stored = get(run, broker, job.id)
     assert stored.lease_expires_at is not None
     assert stored.lease_expires_at > job.lease_expires_at + 50
@@ -672,7 +672,7 @@ def test_heartbeat_extends_leases(run: Run[Any], broker: Broker) -> None:
 
 def test_heartbeat_keeps_a_short_lease_alive(run: Run[Any], broker: Broker) -> None:
     job = enqueue_and_claim(run, broker, worker_id="w1", lease=SHORT)
-    run(broker.heartbeat(make_worker("w1"), [job.id], 60.0))
+    run(broker.heartbeat(make_worker("w1"), {job.id: job.attempts}, 60.0))
     time.sleep(PAST_SHORT)
     assert run(broker.recover_expired(5)) == Recovery()
     assert get(run, broker, job.id).state is JobState.RUNNING
@@ -681,7 +681,8 @@ def test_heartbeat_keeps_a_short_lease_alive(run: Run[Any], broker: Broker) -> N
 def test_heartbeat_does_not_extend_another_workers_lease(run: Run[Any], broker: Broker) -> None:
     job = enqueue_and_claim(run, broker, worker_id="owner", lease=SHORT)
     run(broker.cancel(job.id))
-    assert run(broker.heartbeat(make_worker("other"), [job.id], 60.0)) == set()
+    assert run(broker.heartbeat(make_worker("other"), {job.id: job.attempts}, 60.0)).lost == {
+        job.id}
     assert get(run, broker, job.id).lease_expires_at == pytest.approx(
         job.lease_expires_at, abs=1e-3
     )
@@ -691,13 +692,86 @@ def test_heartbeat_reports_cancel_requests(run: Run[Any], broker: Broker) -> Non
     worker = make_worker("w1")
     keep = enqueue_and_claim(run, broker, worker_id="w1")
     stop = enqueue_and_claim(run, broker, worker_id="w1")
-    assert run(broker.heartbeat(worker, [keep.id, stop.id], LEASE)) == set()
+    held = {keep.id: keep.attempts, stop.id: stop.attempts}
+    assert run(broker.heartbeat(worker, held, LEASE)) == Beat()
     run(broker.cancel(stop.id))
-    assert run(broker.heartbeat(worker, [keep.id, stop.id], LEASE)) == {stop.id}
+    assert run(broker.heartbeat(worker, held, LEASE)) == Beat(cancel={stop.id})
     # asked again until the worker settles it
-    assert run(broker.heartbeat(worker, [keep.id, stop.id], LEASE)) == {stop.id}
+    assert run(broker.heartbeat(worker, held, LEASE)) == Beat(cancel={stop.id})
     run(broker.settle([outcome(stop, OutcomeKind.CANCELLED)]))
-    assert run(broker.heartbeat(worker, [keep.id, stop.id], LEASE)) == set()
+    # settled: no longer this worker's attempt
+    assert run(broker.heartbeat(worker, held, LEASE)) == Beat(lost={stop.id})
+
+
+def test_heartbeat_reports_an_attempt_recovered_meanwhile(run: Run[Any], broker: Broker) -> None:
+    """Fencing: a worker cut off past its lease learns that its attempt was taken over, and
+    its heartbeat neither extends the new attempt's lease nor keeps the old one alive."""
+    old = enqueue_and_claim(run, broker, worker_id="cut-off", lease=SHORT)
+    time.sleep(PAST_SHORT)
+    run(broker.recover_expired(5))
+    new = claim_one(run, broker, "w2", lease=SHORT)
+    assert new.id == old.id and new.attempts == old.attempts + 1
+    beat = run(broker.heartbeat(make_worker("cut-off"), {old.id: old.attempts}, 60.0))
+    assert beat == Beat(lost={old.id})
+    assert get(run, broker, old.id).lease_expires_at == pytest.approx(
+        new.lease_expires_at, abs=1e-3
+    )
+
+
+def test_heartbeat_reports_an_older_attempt_of_the_same_worker(
+    run: Run[Any], broker: Broker
+) -> None:
+    first = enqueue_and_claim(run, broker, worker_id="w1", lease=SHORT)
+    time.sleep(PAST_SHORT)
+    run(broker.recover_expired(5))
+    again = claim_one(run, broker, "w1")
+    assert again.attempts == first.attempts + 1
+    assert run(broker.heartbeat(make_worker("w1"), {first.id: first.attempts}, LEASE)) == Beat(
+        lost={first.id}
+    )
+    assert run(broker.heartbeat(make_worker("w1"), {again.id: again.attempts}, LEASE)) == Beat()
+
+
+def test_set_progress_ignores_a_stale_attempt(run: Run[Any], broker: Broker) -> None:
+    job = enqueue_and_claim(run, broker, worker_id="w1")
+    run(broker.set_progress("w1", [(job.id, job.attempts - 1, 0.5, "an older attempt")]))
+    assert get(run, broker, job.id).progress is None
+    run(broker.set_progress("w1", [(job.id, job.attempts, 0.5, "this attempt")]))
+    assert get(run, broker, job.id).progress_message == "this attempt"
+
+
+def test_recovery_charges_only_started_jobs(run: Run[Any], broker: Broker) -> None:
+    """Jobs claimed ahead of a free slot and never started go back uncharged."""
+    run(broker.enqueue(make_jobs(3), {}))
+    started, *held = run(broker.claim("lost", ["default"], 3, SHORT, start=1))
+    time.sleep(PAST_SHORT)
+    assert run(broker.recover_expired(1)).dead == {"default": 1}
+    assert get(run, broker, started.id).state is JobState.DEAD
+    for job in held:
+        stored = get(run, broker, job.id)
+        assert (stored.state, stored.recoveries, stored.attempts) == (JobState.QUEUED, 0, 0)
+
+
+def test_a_heartbeat_marks_held_jobs_started(run: Run[Any], broker: Broker) -> None:
+    run(broker.enqueue(make_jobs(2), {}))
+    first, second = run(broker.claim("lost", ["default"], 2, SHORT, start=0))
+    held = {first.id: first.attempts, second.id: second.attempts}
+    run(broker.heartbeat(make_worker("lost"), held, SHORT, [first.id]))
+    time.sleep(PAST_SHORT)
+    run(broker.recover_expired(5))
+    assert get(run, broker, first.id).recoveries == 1
+    assert get(run, broker, second.id).recoveries == 0
+
+
+def test_recovery_does_not_charge_a_job_whose_worker_is_alive(
+    run: Run[Any], broker: Broker
+) -> None:
+    job = enqueue_and_claim(run, broker, worker_id="alive", lease=SHORT)
+    run(broker.heartbeat(make_worker("alive"), {}, LEASE))  # registered, the job not renewed
+    time.sleep(PAST_SHORT)
+    assert run(broker.recover_expired(1)) == Recovery(requeued=1)
+    stored = get(run, broker, job.id)
+    assert (stored.state, stored.recoveries, stored.attempts) == (JobState.QUEUED, 0, 0)
 
 
 def test_heartbeat_with_many_jobs(run: Run[Any], broker: Broker) -> None:
@@ -706,8 +780,9 @@ def test_heartbeat_with_many_jobs(run: Run[Any], broker: Broker) -> None:
     assert len(claimed) == 1200
     run(broker.cancel(claimed[-1].id))
     run(broker.cancel(claimed[3].id))
-    cancels = run(broker.heartbeat(make_worker("w1"), ids(claimed), 60.0))
-    assert cancels == {claimed[-1].id, claimed[3].id}
+    beat = run(broker.heartbeat(make_worker("w1"), {j.id: j.attempts for j in claimed}, 60.0))
+    assert beat.lost == set()
+    assert beat.cancel == {claimed[-1].id, claimed[3].id}
     time.sleep(PAST_SHORT)
     assert run(broker.recover_expired(5)) == Recovery()
 
@@ -716,7 +791,7 @@ def test_heartbeat_registers_the_worker(run: Run[Any], broker: Broker) -> None:
     assert run(broker.workers()) == []
     worker = make_worker("w1", queues=["default", "emails"])
     before = time.time()
-    run(broker.heartbeat(worker, [], LEASE))
+    run(broker.heartbeat(worker, {}, LEASE))
     (seen,) = run(broker.workers())
     assert seen.id == "w1"
     assert seen.host == "test-host" and seen.pid == 4242
@@ -729,18 +804,18 @@ def test_heartbeat_registers_the_worker(run: Run[Any], broker: Broker) -> None:
 
 def test_heartbeat_updates_the_worker(run: Run[Any], broker: Broker) -> None:
     worker = make_worker("w1")
-    run(broker.heartbeat(worker, [], LEASE))
+    run(broker.heartbeat(worker, {}, LEASE))
     worker.busy, worker.processed, worker.concurrency = 5, 99, 6
-    run(broker.heartbeat(worker, [], LEASE))
-    run(broker.heartbeat(make_worker("w2"), [], LEASE))
+    run(broker.heartbeat(worker, {}, LEASE))
+    run(broker.heartbeat(make_worker("w2"), {}, LEASE))
     seen = {w.id: w for w in run(broker.workers())}
     assert set(seen) == {"w1", "w2"}
     assert (seen["w1"].busy, seen["w1"].processed, seen["w1"].concurrency) == (5, 99, 6)
 
 
 def test_unregister_worker(run: Run[Any], broker: Broker) -> None:
-    run(broker.heartbeat(make_worker("w1"), [], LEASE))
-    run(broker.heartbeat(make_worker("w2"), [], LEASE))
+    run(broker.heartbeat(make_worker("w1"), {}, LEASE))
+    run(broker.heartbeat(make_worker("w2"), {}, LEASE))
     run(broker.unregister_worker("w1"))
     assert [w.id for w in run(broker.workers())] == ["w2"]
     run(broker.unregister_worker("never-seen"))  # harmless
@@ -748,8 +823,8 @@ def test_unregister_worker(run: Run[Any], broker: Broker) -> None:
 
 
 def test_workers_lists_only_current_heartbeats(run: Run[Any], broker: Broker) -> None:
-    run(broker.heartbeat(make_worker("gone"), [], SHORT))
-    run(broker.heartbeat(make_worker("alive"), [], LEASE))
+    run(broker.heartbeat(make_worker("gone"), {}, SHORT))
+    run(broker.heartbeat(make_worker("alive"), {}, LEASE))
     time.sleep(PAST_SHORT)
     assert [w.id for w in run(broker.workers())] == ["alive"]
 
@@ -875,13 +950,13 @@ def test_recover_expired_cancels_jobs_whose_cancel_was_requested(
 
 
 def test_recover_expired_forgets_lapsed_workers(run: Run[Any], broker: Broker) -> None:
-    run(broker.heartbeat(make_worker("gone"), [], SHORT))
-    run(broker.heartbeat(make_worker("alive"), [], LEASE))
+    run(broker.heartbeat(make_worker("gone"), {}, SHORT))
+    run(broker.heartbeat(make_worker("alive"), {}, LEASE))
     time.sleep(PAST_SHORT)
     run(broker.recover_expired(3))
     assert [w.id for w in run(broker.workers())] == ["alive"]
     # a worker that comes back registers again
-    run(broker.heartbeat(make_worker("gone"), [], LEASE))
+    run(broker.heartbeat(make_worker("gone"), {}, LEASE))
     assert {w.id for w in run(broker.workers())} == {"gone", "alive"}
 
 
@@ -1268,12 +1343,12 @@ def test_wait_for_work_returns_after_the_timeout(run: Run[Any], broker: Broker) 
 def test_set_progress(run: Run[Any], broker: Broker) -> None:
     job = enqueue_and_claim(run, broker)
     other = enqueue_and_claim(run, broker)
-    run(broker.set_progress("w1", [(job.id, 0.25, "a quarter"), (other.id, 0.5, None)]))
+    run(broker.set_progress("w1", [(job.id, 1, 0.25, "a quarter"), (other.id, 1, 0.5, None)]))
     stored = get(run, broker, job.id)
     assert (stored.progress, stored.progress_message) == (0.25, "a quarter")
     assert get(run, broker, other.id).progress == 0.5
     assert get(run, broker, other.id).progress_message is None
-    run(broker.set_progress("w1", [(job.id, 0.75, "three quarters")]))
+    run(broker.set_progress("w1", [(job.id, 1, 0.75, "three quarters")]))
     stored = get(run, broker, job.id)
     assert (stored.progress, stored.progress_message) == (0.75, "three quarters")
     assert stored.state is JobState.RUNNING
@@ -1282,7 +1357,7 @@ def test_set_progress(run: Run[Any], broker: Broker) -> None:
 def test_set_progress_ignores_jobs_that_are_not_running(run: Run[Any], broker: Broker) -> None:
     queued = make_job()
     run(broker.enqueue([queued], {}))
-    run(broker.set_progress("w1", [(queued.id, 0.5, "nope"), (new_id(), 0.5, "unknown")]))
+    run(broker.set_progress("w1", [(queued.id, 0, 0.5, "nope"), (new_id(), 1, 0.5, "unknown")]))
     stored = get(run, broker, queued.id)
     assert (stored.progress, stored.progress_message) == (None, None)
     assert run(broker.list_jobs()) == [stored]
@@ -1291,10 +1366,10 @@ def test_set_progress_ignores_jobs_that_are_not_running(run: Run[Any], broker: B
 def test_set_progress_ignores_another_workers_job(run: Run[Any], broker: Broker) -> None:
     """A worker whose lease was taken over must not write over the new attempt's progress."""
     job = enqueue_and_claim(run, broker, worker_id="w2")
-    run(broker.set_progress("w1", [(job.id, 0.9, "from a worker that lost the job")]))
+    run(broker.set_progress("w1", [(job.id, 1, 0.9, "from a worker that lost the job")]))
     stored = get(run, broker, job.id)
     assert (stored.progress, stored.progress_message) == (None, None)
-    run(broker.set_progress("w2", [(job.id, 0.1, "its own")]))
+    run(broker.set_progress("w2", [(job.id, 1, 0.1, "its own")]))
     assert get(run, broker, job.id).progress_message == "its own"
 
 

@@ -34,6 +34,17 @@ class Recovery:
         return sum(self.dead.values())
 
 
+@dataclass(slots=True)
+class Beat:
+    """What one :meth:`Broker.heartbeat` found about the attempts the worker holds."""
+
+    #: held attempts whose cancellation was requested
+    cancel: set[str] = field(default_factory=set)
+    #: held attempts the worker no longer owns (recovered meanwhile, settled, deleted): they
+    #: run elsewhere or not at all, so the worker must stop them at once
+    lost: set[str] = field(default_factory=set)
+
+
 class Broker(abc.ABC):
     """Storage for jobs. One instance may be used from several event loops and threads."""
 
@@ -52,6 +63,10 @@ class Broker(abc.ABC):
 
     #: seconds an operation keeps retrying through connection trouble (backends that retry)
     retry_for: float = 30.0
+    #: ``time.monotonic()`` when an operation last met trouble that may pass (the store
+    #: unreachable, locked or full); 0.0 if never. Lease recovery waits one lease after it,
+    #: so that workers cut off by the same outage renew their leases first.
+    last_trouble: float = 0.0
 
     def is_transient(self, error: BaseException) -> bool:
         """True when ``error`` may pass by itself (a store restarting, a dropped connection),
@@ -78,12 +93,16 @@ class Broker(abc.ABC):
     # -- workers: the hot path --------------------------------------------------------------
     @abc.abstractmethod
     async def claim(
-        self, worker_id: str, queues: Sequence[str], limit: int, lease: float
+        self, worker_id: str, queues: Sequence[str], limit: int, lease: float,
+        start: int | None = None,
     ) -> list[JobRecord]:
         """Move up to ``limit`` ready jobs of ``queues`` to running, owned by ``worker_id``.
 
         Ready means queued, or scheduled with ``run_at`` passed; oldest ``run_at`` first.
-        Each claimed job's ``attempts`` grows by one and its lease runs ``lease`` seconds.
+        Each claimed job's ``attempts`` grows by one (the attempt's fencing token) and its
+        lease runs ``lease`` seconds. The first ``start`` jobs (all when ``None``) start at
+        once; the others are held unstarted until a heartbeat names them started, and a
+        recovery of an unstarted job charges it nothing.
         """
 
     @abc.abstractmethod
@@ -93,19 +112,23 @@ class Broker(abc.ABC):
 
     @abc.abstractmethod
     async def heartbeat(
-        self, worker: WorkerInfo, job_ids: Sequence[str], lease: float
-    ) -> set[str]:
-        """Extend the leases of ``job_ids`` held by ``worker`` and record the worker as alive.
+        self, worker: WorkerInfo, held: Mapping[str, int], lease: float,
+        started: Sequence[str] = (),
+    ) -> Beat:
+        """Record ``worker`` as alive and extend the leases of the attempts it holds.
 
-        Return the ids among them whose cancellation was requested.
+        ``held`` maps a job id to the attempt the worker runs (or holds unstarted); only a
+        lease whose job is still running under this worker and attempt is extended, the
+        others come back in :attr:`Beat.lost`. ``started`` names held jobs that started
+        since the last heartbeat.
         """
 
     @abc.abstractmethod
     async def set_progress(
-        self, worker_id: str, updates: Sequence[tuple[str, float, str | None]]
+        self, worker_id: str, updates: Sequence[tuple[str, int, float, str | None]]
     ) -> None:
-        """Store ``(job_id, progress, message)`` for jobs running under ``worker_id`` (a
-        worker whose lease was taken over must not write over the new attempt's)."""
+        """Store ``(job_id, attempt, progress, message)`` for attempts running under
+        ``worker_id`` (a stale attempt must not write over the new one's)."""
 
     @abc.abstractmethod
     async def ready_count(self, queues: Sequence[str], limit: int) -> int:
@@ -125,6 +148,9 @@ class Broker(abc.ABC):
         """Requeue running jobs whose lease expired; a job lost ``max_recoveries`` times goes
         to the dead set instead, and one whose cancellation was requested ends cancelled.
         Also forget workers whose heartbeat lapsed.
+
+        Only a job that had started and whose worker's registration lapsed too is charged a
+        recovery: one held unstarted, or held by a worker still alive, goes back uncharged.
 
         Return what this call moved: how many jobs it requeued, and how many went to the dead
         set per queue and when (workers add those to the statistics: no attempt of theirs

@@ -189,7 +189,13 @@ async def _serve(app: Conveyor, server: _Server, worker: Worker | None,
     from conveyor import builtin
     from conveyor.worker.supervisor import ShutdownSignals
 
-    removed = await builtin.sweep(app)
+    try:
+        removed = await builtin.sweep(app)
+    except Exception as trouble:  # the store is full or down: serve anyway (503s meanwhile)
+        if not app.broker.is_transient(trouble):
+            raise
+        log.warning("could not sweep the staging area at start: %s", trouble)
+        removed = 0
     if removed:
         log.info("removed %d orphan staged files", removed)
 

@@ -6,6 +6,12 @@ resolved (symlinks followed) and checked to stay inside, missing parents are cre
 the file is written through a descriptor of the directory that was checked. It is copied
 to a temporary file next to the destination, fsynced and renamed over it, so a reader sees
 the old file or the new one, never a part.
+
+The temporary file is named after the job, ``.conveyor-<job id>.tmp``, and locked (``flock``)
+while it is written. A push killed mid-copy (even by SIGKILL) leaves it behind; the job's
+retry takes it over, truncated, and renames it into place. Each push also sweeps the directory
+it writes to of the ``.conveyor-*.tmp`` files no push holds and none wrote to for
+:data:`STALE_TEMPORARY_AGE` (an hour): those of jobs that will not come back.
 """
 
 from __future__ import annotations
@@ -13,20 +19,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import fcntl
+import hashlib
 import os
-import secrets
 import shutil
 import stat
+import time
 from pathlib import Path
 
 from conveyor.containers.base import ContainerNotFound, PushFailed, UnsafeDestination
 from conveyor.errors import PermanentError
+from conveyor.ids import is_acceptable_id
 from conveyor.uploads import UploadError, check_container_name, normalize_destination
 
 CHUNK = 1 << 20
 #: errors that another attempt would meet again
 PERMANENT_OS_ERRORS = (IsADirectoryError, NotADirectoryError, PermissionError)
 PERMANENT_ERRNOS = (errno.ENAMETOOLONG, errno.ELOOP)
+TEMPORARY_PREFIX, TEMPORARY_SUFFIX = ".conveyor-", ".tmp"
+#: seconds since its last write after which an unlocked ``.conveyor-*.tmp`` file is swept: a
+#: live copy writes every few milliseconds and holds its lock, so an hour is far on the safe side
+STALE_TEMPORARY_AGE = 3600.0
 
 
 class DirectoryTarget:
@@ -42,12 +55,18 @@ class DirectoryTarget:
         """``dir:`` and the absolute root."""
         return f"dir:{self.root}"
 
-    async def push(self, container: str, source: Path, destination: str) -> None:
-        """Copy ``source`` to ``root/container/destination`` (blocking I/O in a thread)."""
-        await asyncio.to_thread(self.push_blocking, container, Path(source), destination)
+    async def push(self, container: str, source: Path, destination: str, *,
+                   job_id: str | None = None) -> None:
+        """Copy ``source`` to ``root/container/destination`` (blocking I/O in a thread),
+        through the temporary file of ``job_id`` (by default the name of ``source``: a staged
+        upload is named after its job's id)."""
+        await asyncio.to_thread(self.push_blocking, container, Path(source), destination,
+                                job_id=job_id)
 
-    def push_blocking(self, container: str, source: Path, destination: str) -> None:
+    def push_blocking(self, container: str, source: Path, destination: str, *,
+                      job_id: str | None = None) -> None:
         """:meth:`push`, on the calling thread."""
+        temporary = temporary_name(source.name if job_id is None else job_id)
         base = self.container_path(container)
         try:
             normal = normalize_destination(destination)
@@ -60,7 +79,7 @@ class DirectoryTarget:
             directory = base
             for part in parts[:-1]:
                 directory = _enter(base, directory, part, normal)
-            _replace(base, directory, parts[-1], source, normal)
+            _replace(base, directory, parts[-1], source, normal, temporary)
         except PermanentError:
             raise
         except OSError as exc:
@@ -101,8 +120,89 @@ def _enter(base: Path, directory: Path, part: str, destination: str) -> Path:
     return real
 
 
-def _replace(base: Path, directory: Path, name: str, source: Path, destination: str) -> None:
-    """Write ``source`` to ``directory/name`` atomically, through a checked descriptor."""
+def temporary_name(job_id: str) -> str:
+    """The temporary file of the push of ``job_id``: ``.conveyor-<job_id>.tmp`` (a digest of
+    ``job_id`` stands in for it when it is not a plain id)."""
+    key = job_id
+    if not is_acceptable_id(job_id):
+        key = hashlib.sha256(job_id.encode("utf-8", "surrogateescape")).hexdigest()[:32]
+    return f"{TEMPORARY_PREFIX}{key}{TEMPORARY_SUFFIX}"
+
+
+def sweep_temporaries(dir_fd: int, keep: str = "") -> int:
+    """Remove the ``.conveyor-*.tmp`` files (but ``keep``) of the directory ``dir_fd`` that no
+    push holds and none wrote to for :data:`STALE_TEMPORARY_AGE` seconds; returns how many."""
+    cutoff = time.time() - STALE_TEMPORARY_AGE
+    with os.scandir(dir_fd) as entries:
+        names = [entry.name for entry in entries if entry.name != keep
+                 and entry.name.startswith(TEMPORARY_PREFIX)
+                 and entry.name.endswith(TEMPORARY_SUFFIX)]
+    removed = 0
+    for name in names:
+        with contextlib.suppress(OSError):  # gone meanwhile, or a symlink (not followed)
+            removed += _remove_if_stale(dir_fd, name, cutoff)
+    return removed
+
+
+def _remove_if_stale(dir_fd: int, name: str, cutoff: float) -> bool:
+    fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
+    try:
+        found = os.fstat(fd)
+        if (not stat.S_ISREG(found.st_mode) or found.st_mtime >= cutoff
+                or not _lock(fd) or not _is_named(dir_fd, name, fd)):
+            return False
+        os.unlink(name, dir_fd=dir_fd)  # while locked: no push can have claimed it
+        return True
+    finally:
+        os.close(fd)
+
+
+def _claim(dir_fd: int, temporary: str, destination: str) -> int:
+    """The temporary file, opened, locked and empty: a new one, or the one a killed attempt of
+    the same job left. :class:`PushFailed` while a live attempt of the job holds it."""
+    # O_NONBLOCK: a FIFO planted under that name must not hang the open
+    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    for _ in range(3):
+        fd = os.open(temporary, flags, 0o644, dir_fd=dir_fd)
+        try:
+            if not _lock(fd):
+                raise PushFailed(f"{destination}: another attempt of this job is writing it")
+            if _is_named(dir_fd, temporary, fd):
+                found = os.fstat(fd)
+                if not stat.S_ISREG(found.st_mode) or found.st_nlink != 1:
+                    raise UnsafeDestination(f"{destination}: {temporary} is not a file of ours")
+                os.ftruncate(fd, 0)  # what a killed attempt wrote is never appended to
+                return fd
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)  # renamed into place or swept before we locked it: open the name anew
+    raise PushFailed(f"{destination}: {temporary} kept changing while being claimed")
+
+
+def _lock(fd: int) -> bool:
+    """Take the exclusive ``flock`` of ``fd`` without waiting; False if another holds it."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def _is_named(dir_fd: int, name: str, fd: int) -> bool:
+    """True if ``name`` in ``dir_fd`` is still the file open as ``fd``."""
+    try:
+        named = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    opened = os.fstat(fd)
+    return (named.st_dev, named.st_ino) == (opened.st_dev, opened.st_ino)
+
+
+def _replace(base: Path, directory: Path, name: str, source: Path, destination: str,
+             temporary: str) -> None:
+    """Write ``source`` to ``directory/name`` atomically, through a checked descriptor and
+    the temporary file ``temporary``; sweep stale temporary files there first."""
     try:
         src = source.open("rb")
     except FileNotFoundError:
@@ -119,20 +219,22 @@ def _replace(base: Path, directory: Path, name: str, source: Path, destination: 
                     raise UnsafeDestination(f"{destination} is a directory")
             except FileNotFoundError:
                 pass
-            temporary = f".conveyor-{secrets.token_hex(8)}.tmp"
-            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-            fd = os.open(temporary, flags, 0o644, dir_fd=dir_fd)
-            try:
-                with os.fdopen(fd, "wb") as out:
+            with contextlib.suppress(OSError):  # housekeeping: never fails the push
+                sweep_temporaries(dir_fd, keep=temporary)
+            fd = _claim(dir_fd, temporary, destination)
+            # Renamed or removed while still locked (closing the file releases the lock), so
+            # another attempt of the job never truncates a file this one is moving.
+            with os.fdopen(fd, "wb") as out:
+                try:
                     shutil.copyfileobj(src, out, CHUNK)
                     out.flush()
                     os.fsync(out.fileno())
-                # A symlink at the destination is replaced, not followed.
-                os.rename(temporary, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(temporary, dir_fd=dir_fd)
-                raise
+                    # A symlink at the destination is replaced, not followed.
+                    os.rename(temporary, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+                except BaseException:
+                    with contextlib.suppress(OSError):
+                        os.unlink(temporary, dir_fd=dir_fd)
+                    raise
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)

@@ -8,6 +8,10 @@ for a directory that exists), then the file goes up as the body of
 for the daemon's ``100 Continue`` (``Expect: 100-continue``, for at most a second): Incus
 answers 404 for a missing instance before reading the body, so nothing is sent in vain.
 
+No temporary file is made in the instance: the file API has no rename to move one into
+place, so the file goes straight to its destination and nothing is left to sweep. A push
+killed mid-copy may leave that destination partial; the job's retry overwrites it whole.
+
 The HTTP/1.1 client is a small one on asyncio streams (one connection per request,
 ``Connection: close``). Incus answers ``{"type": "sync", "status_code": 200, ...}`` or
 ``{"type": "error", "error_code": 404, "error": "Instance not found"}``. A missing instance

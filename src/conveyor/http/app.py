@@ -21,11 +21,12 @@ from starlette.responses import Response
 from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from conveyor.errors import StoreUnavailable
 from conveyor.http.errors import ApiError, error_response
 from conveyor.http.openapi import Operation
 from conveyor.http.origin import Origins, SameSiteOnly
 from conveyor.http.routes import Routes
-from conveyor.http.services import DEFAULT_MAX_UPLOAD, Services
+from conveyor.http.services import DEFAULT_MAX_UPLOAD, Services, store_unavailable
 
 if TYPE_CHECKING:
     from conveyor.app import Conveyor
@@ -168,6 +169,12 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return error_response(exc.status_code, message, headers)
 
 
+async def _store_unavailable(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StoreUnavailable)
+    log.warning("%s %s: %s", request.method, route_path(request.scope), exc)
+    return await _api_error(request, store_unavailable(exc))
+
+
 async def _disconnected(request: Request, exc: Exception) -> Response:
     log.info("client went away during %s %s", request.method, route_path(request.scope))
     return error_response(400, "the client disconnected before the body was complete")
@@ -237,6 +244,7 @@ def create_app(
         middleware=middleware,
         exception_handlers={
             ApiError: _api_error,
+            StoreUnavailable: _store_unavailable,
             HTTPException: _http_error,
             ClientDisconnect: _disconnected,
             Exception: _internal,

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from conveyor.builtin import PUSH_JOB
-from conveyor.errors import InvalidArguments, JobNotFound, QueueFull, UnknownJob
+from conveyor.errors import InvalidArguments, JobNotFound, QueueFull, StoreUnavailable, UnknownJob
 from conveyor.http import decoding
 from conveyor.http.errors import ApiError
 from conveyor.ids import is_valid_id, new_id
@@ -57,6 +57,12 @@ class BodyInfo:
 
 def _not_found(job_id: str) -> ApiError:
     return ApiError(404, f"no job with id {job_id}")
+
+
+def store_unavailable(exc: StoreUnavailable) -> ApiError:
+    """503 with ``Retry-After`` for a store that cannot be used now (its reason only: no
+    URL, no exception names)."""
+    return ApiError(503, f"store unavailable: {exc.reason}", {"Retry-After": str(RETRY_AFTER)})
 
 
 class Services:
@@ -112,11 +118,14 @@ class Services:
         except UnknownJob as exc:
             self._discard(job_id)
             raise ApiError(404, str(exc)) from None
-        except Exception as exc:
-            # Whether the job was stored is unknown (a reply lost with the connection): keep
-            # its staged file; the start-up sweep removes it if no job owns it.
+        # Whether the job was stored may be unknown (a reply lost with the connection): keep
+        # its staged file; the start-up sweep removes it if no job owns it.
+        except StoreUnavailable as exc:
+            log.warning("cannot enqueue %s: %s", name, exc)
+            raise store_unavailable(exc) from None
+        except Exception:
             log.exception("cannot enqueue %s", name)
-            raise ApiError(503, f"cannot store the job: {type(exc).__name__}",
+            raise ApiError(503, "cannot store the job; see the server's log",
                            {"Retry-After": str(RETRY_AFTER)}) from None
         return handle.id
 

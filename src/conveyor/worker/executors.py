@@ -188,7 +188,8 @@ class Executors:
 
     async def close(self) -> None:
         """Stop the child processes; leave running threads to finish on their own."""
-        if self._processes is not None:
-            await self._processes.close()
-            self._processes = None
+        # threads first: a stopping worker may give up waiting for the processes
         self._threads.shutdown(wait=False, cancel_futures=True)
+        if self._processes is not None:
+            processes, self._processes = self._processes, None
+            await processes.close()

@@ -1,26 +1,38 @@
 """The background chores of a worker process, each a small loop of its own.
 
-* heartbeat: every ``min(lease / 3, 1 s)`` extend the leases of running jobs, publish the
-  worker's size and counters, and pick up cancellation requests;
+* heartbeat: every ``min(lease / 3, 1 s)`` extend the leases of the attempts held, publish
+  the worker's size and counters, pick up cancellation requests, stop at once the attempts
+  the store no longer counts as this worker's, and send long-buffered jobs back;
 * autoscale: ten times a second, resize from the backlog;
 * recovery: every second requeue jobs whose lease expired (their worker died), counting in
-  the statistics those lost too often, which go to the dead set; promote due scheduled jobs;
+  the statistics those lost too often, which go to the dead set; promote due scheduled jobs.
+  Recovery waits one lease after this worker last met trouble with the store: an outage
+  cuts off every worker alike, and their heartbeats must land before anyone takes over;
   every minute purge finished jobs past their retention;
 * progress: store the latest progress report of each running job a few times a second;
 * stats: every five seconds add the per-minute job statistics to the store (the worker
   adds the last ones itself once its final outcomes are written);
 * metrics (with ``Worker(metrics=...)``): snapshot the queue depths every ``queue_refresh``.
+
+The loops stop on an event, between two runs of their chore, not by cancellation alone: a
+cancellation can be swallowed inside a store call (see :mod:`conveyor.worker.shutdown`), so
+:meth:`Maintenance.stop` sets the event, waits a bounded time, and only then cancels the
+loops still busy, never waiting without a deadline.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
+from conveyor.worker import shutdown
+
 if TYPE_CHECKING:
+    from conveyor.backends.base import Broker
     from conveyor.worker.pool import Worker
 
 log = logging.getLogger("conveyor.worker")
@@ -30,6 +42,11 @@ RECOVERY_INTERVAL = 1.0
 PURGE_INTERVAL = 60.0
 PROGRESS_INTERVAL = 0.25
 STATS_INTERVAL = 5.0
+#: seconds :meth:`Maintenance.stop` takes by default, at most (give or take a cancellation)
+STOP_TIMEOUT = 2.0
+#: at a stop, a chore in progress gets at most this many seconds (and half the stop's time)
+#: to finish before its loop is cancelled
+CHORE_STOP_WAIT = 1.0
 
 
 class Maintenance:
@@ -39,11 +56,13 @@ class Maintenance:
         self.worker = worker
         self.heartbeat_interval = min(worker.app.lease / 3, 1.0)
         self._tasks: list[asyncio.Task[None]] = []
-        self._progress: dict[str, tuple[float, str | None]] = {}
+        self._stop_event = asyncio.Event()
+        self._progress: dict[str, tuple[int, float, str | None]] = {}
         self._last_purge = 0.0
 
     def start(self) -> None:
         """Start every loop on the running event loop."""
+        self._stop_event = asyncio.Event()
         chores: list[tuple[str, float, Callable[[], Awaitable[None]]]] = [
             ("heartbeat", self.heartbeat_interval, self.heartbeat_once),
             ("autoscale", AUTOSCALE_INTERVAL, self.autoscale_once),
@@ -58,24 +77,53 @@ class Maintenance:
             task = asyncio.create_task(self._every(name, interval, chore), name=f"conveyor-{name}")
             self._tasks.append(task)
 
-    async def stop(self) -> None:
-        """Cancel the loops and store the last progress reports."""
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks.clear()
-        await self.flush_progress()
+    async def stop(self, timeout: float = STOP_TIMEOUT) -> None:
+        """Stop the loops and store the last progress reports, within about ``timeout``
+        seconds whatever state the store is in.
 
-    @staticmethod
-    async def _every(name: str, interval: float, chore: Callable[[], Awaitable[None]]) -> None:
-        while True:
-            await asyncio.sleep(interval)
+        The loops end by themselves at the stop event. A chore still busy after
+        :data:`CHORE_STOP_WAIT` (the store is slow or down) is cancelled, again and again
+        while it goes on; a loop still running after that is abandoned with a log line. The
+        last progress write gets what is left of ``timeout`` (at least
+        :data:`~conveyor.worker.shutdown.STEP_MIN`).
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        self._stop_event.set()
+        tasks, self._tasks = self._tasks, []
+        if tasks:
+            _, busy = await asyncio.wait(tasks, timeout=min(CHORE_STOP_WAIT, timeout / 2))
+            if busy:
+                names = ", ".join(sorted(task.get_name() for task in busy))
+                log.warning("stopping: %s still busy; cancelling", names)
+                left = max(shutdown.CANCEL_WAIT, (deadline - loop.time()) / 2)
+                for task in await shutdown.finish(busy, left):
+                    log.error("stopping: %s did not end when cancelled; abandoning it",
+                              task.get_name())
+        await shutdown.bounded(self.flush_progress(),
+                               max(shutdown.STEP_MIN, deadline - loop.time()),
+                               "storing the last progress reports")
+
+    async def _every(self, name: str, interval: float,
+                     chore: Callable[[], Awaitable[None]]) -> None:
+        """Run ``chore`` every ``interval`` seconds until the stop event is set, or the task
+        is cancelled (even by a cancellation the chore swallowed)."""
+        task = asyncio.current_task()
+        stop = self._stop_event
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(interval):
+                    await stop.wait()
+            if stop.is_set() or (task is not None and task.cancelling()):
+                return
             try:
                 await chore()
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("%s failed; trying again in %.1fs", name, interval)
+            if task is not None and task.cancelling():
+                return  # cancelled, but the chore's store call swallowed it
 
     # -- the chores ---------------------------------------------------------------------------
     async def heartbeat_once(self) -> None:
@@ -83,10 +131,19 @@ class Maintenance:
         worker = self.worker
         worker.info.concurrency = worker.scaler.size
         worker.info.busy = len(worker.running)
-        to_cancel = await worker.broker.heartbeat(
-            worker.info, worker.held_ids(), worker.app.lease
-        )
-        for job_id in to_cancel:
+        worker.release_stale()
+        begun, worker.begun = worker.begun, []
+        try:
+            beat = await worker.broker.heartbeat(
+                worker.info, worker.held(), worker.app.lease, begun
+            )
+        except BaseException:
+            worker.begun[:0] = begun
+            worker.broker.last_trouble = time.monotonic()
+            raise
+        for job_id in beat.lost:
+            worker.lose(job_id)
+        for job_id in beat.cancel:
             worker.cancel_job(job_id, "cancel")
 
     async def autoscale_once(self) -> None:
@@ -108,17 +165,23 @@ class Maintenance:
     async def recover_once(self) -> None:
         """Requeue jobs of dead workers, promote due jobs, and now and then purge old ones."""
         broker = self.worker.broker
+        lease = self.worker.app.lease
+        # others cut off by the same trouble renew their leases first
+        if not broker.last_trouble or time.monotonic() - broker.last_trouble >= lease:
+            await self._recover(broker)
+        await broker.promote_scheduled()
+        now = time.monotonic()
+        if now - self._last_purge >= PURGE_INTERVAL:
+            self._last_purge = now
+            await broker.purge_expired()
+
+    async def _recover(self, broker: Broker) -> None:
         recovery = await broker.recover_expired(self.worker.app.max_recoveries)
         for queue, count in recovery.dead.items():  # flushed with the rest of the statistics
             self.worker.stats.died(queue, recovery.died_at, count)
         if recovery.requeued or recovery.dead:
             log.warning("recovered jobs of lost workers: %d requeued, %d dead",
                         recovery.requeued, recovery.dead_total)
-        await broker.promote_scheduled()
-        now = time.monotonic()
-        if now - self._last_purge >= PURGE_INTERVAL:
-            self._last_purge = now
-            await broker.purge_expired()
 
     async def refresh_metrics(self) -> None:
         """Take a new snapshot of the queue depths for ``conveyor_queue_jobs``."""
@@ -131,8 +194,11 @@ class Maintenance:
         await self.worker.stats.flush(self.worker.broker)
 
     def report_progress(self, job_id: str, value: float, message: str | None) -> None:
-        """Progress sink of job contexts: keep the latest report (any thread)."""
-        self._progress[job_id] = (value, message)
+        """Progress sink of job contexts: keep the latest report (any thread), with the
+        attempt it belongs to."""
+        entry = self.worker.running.get(job_id)
+        if entry is not None:
+            self._progress[job_id] = (entry.ctx.record.attempts, value, message)
 
     async def flush_progress(self) -> None:
         """Store the latest reports gathered since the last flush."""
@@ -141,5 +207,6 @@ class Maintenance:
         reports, self._progress = self._progress, {}
         await self.worker.broker.set_progress(
             self.worker.id,
-            [(job_id, value, message) for job_id, (value, message) in reports.items()],
+            [(job_id, attempt, value, message)
+             for job_id, (attempt, value, message) in reports.items()],
         )

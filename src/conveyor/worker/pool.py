@@ -22,7 +22,7 @@ from conveyor.context import JobContext
 from conveyor.ids import new_id
 from conveyor.job import JobRecord, Outcome, OutcomeKind, WorkerInfo
 from conveyor.stats import StartMark, StatsRecorder
-from conveyor.worker import outcomes
+from conveyor.worker import outcomes, shutdown
 from conveyor.worker.autoscale import Autoscaler
 from conveyor.worker.executors import Executors
 from conveyor.worker.maintenance import Maintenance
@@ -38,6 +38,25 @@ FINAL_KINDS = (OutcomeKind.SUCCEEDED, OutcomeKind.DEAD, OutcomeKind.CANCELLED)
 #: times one outcome the store refuses (not for a passing reason) is tried before its job is
 #: left to its lease
 SETTLE_TRIES = 3
+#: claimed jobs are buffered ahead of free slots only as many as the slots are expected to
+#: take within this many seconds, judged from the recent rate of attempts ending
+PREFETCH_HORIZON = 0.5
+#: a job buffered longer than this goes back to its queue (uncharged), so that idle
+#: workers elsewhere can take it
+BUFFER_MAX_AGE = 2.0
+#: seconds a stopping worker gives the store, in all, once its jobs have ended (or been
+#: cancelled at the end of the grace period): for the chores' last calls, the last outcomes,
+#: progress reports and statistics, and signing off. A store that is down or locked cannot
+#: hold a stop longer: what is not written by then is logged, and the leases bring those
+#: jobs back. A stop so lasts at most ``grace`` + this + about a second (+
+#: :data:`CANCELLED_WAIT` when jobs outlive the grace period), whatever state the store is in.
+SHUTDOWN_STORE_WAIT = 3.0
+#: seconds the jobs cancelled at the end of the grace period get to end (an async job ends
+#: at its next await; a thread or process job is let go at once)
+CANCELLED_WAIT = 1.0
+#: a claim in flight when a stop comes gets until the grace period ends, and at least this
+#: many seconds, before it is cancelled (its jobs then come back with their leases)
+CLAIM_STOP_WAIT = 0.5
 
 
 class _Running:
@@ -91,9 +110,24 @@ class Worker:
         )
         self.running: dict[str, _Running] = {}
         #: claimed jobs waiting for a slot: claiming the next batch while this one runs keeps
-        #: the store's round trip off the critical path. None: one batch (the current size).
+        #: the store's round trip off the critical path. None: as many as the slots will
+        #: take within :data:`PREFETCH_HORIZON` (at most the current size).
         self.prefetch = prefetch
         self.buffered: collections.deque[JobRecord] = collections.deque()
+        #: when each buffered job was claimed (``time.monotonic()``)
+        self._buffered_at: dict[str, float] = {}
+        #: claimed unstarted (the store was told so), and those of them started since the
+        #: last heartbeat (it is told at the next one)
+        self._unstarted: set[str] = set()
+        self.begun: list[str] = []
+        #: a suspect job (one whose worker was lost before) runs alone: its id while it runs
+        self._alone: str | None = None
+        #: attempts ended, and the rate per second they end at (for the prefetch bound)
+        self._ends = 0
+        self._rate = 0.0
+        self._rate_at = time.monotonic()
+        #: attempts stopped because the store gave their job to another owner
+        self.lost = 0
         #: running jobs that own a staged upload, removed once their end is recorded
         self._staged: set[str] = set()
         self._closing = False
@@ -103,6 +137,8 @@ class Worker:
         self._stopping: asyncio.Event | None = None
         self._wake: asyncio.Event | None = None
         self._settled: asyncio.Event | None = None
+        #: ``loop.time()`` when this worker saw the stop request: the grace period starts
+        self._stopped_at: float | None = None
         self._middleware_chain = self._build_chain()
         #: counts starts and outcomes, if given (None: no cost at all)
         self.metrics = metrics
@@ -138,15 +174,53 @@ class Worker:
         if self._wake is not None:
             self._wake.set()
 
-    def held_ids(self) -> list[str]:
-        """Ids of the jobs this worker holds leases on: running and buffered."""
-        return [*self.running, *(r.id for r in self.buffered)]
+    def held(self) -> dict[str, int]:
+        """The attempts this worker holds leases on, running and buffered: job id -> attempt
+        (the fencing token every write of the attempt carries)."""
+        held = {job_id: entry.ctx.record.attempts for job_id, entry in self.running.items()}
+        held.update((record.id, record.attempts) for record in self.buffered)
+        return held
+
+    def lose(self, job_id: str) -> None:
+        """The store no longer counts this worker as the job's owner (its lease was
+        recovered while this worker was cut off, or the job was deleted): stop the attempt at
+        once without recording anything, since another attempt may be running elsewhere."""
+        for record in self.buffered:
+            if record.id == job_id:
+                self._unbuffer(record)
+                log.warning("job %s (attempt %d) is no longer this worker's; dropped unstarted",
+                            job_id, record.attempts)
+                self.lost += 1
+                return
+        entry = self.running.get(job_id)
+        if entry is None or entry.task is None or entry.stop_reason is not None:
+            return
+        log.warning("job %s (attempt %d) is no longer this worker's (its lease was recovered "
+                    "meanwhile); stopping it", job_id, entry.ctx.record.attempts)
+        self.lost += 1
+        entry.stop_reason = "lost"
+        entry.ctx.mark_cancelled()
+        entry.task.cancel()
+
+    def _unbuffer(self, record: JobRecord) -> None:
+        self.buffered.remove(record)
+        self._buffered_at.pop(record.id, None)
+        self._unstarted.discard(record.id)
+
+    def release_stale(self) -> None:
+        """Send jobs buffered longer than :data:`BUFFER_MAX_AGE` back to their queue."""
+        if not self.buffered:
+            return
+        too_old = time.monotonic() - BUFFER_MAX_AGE
+        for record in [r for r in self.buffered if self._buffered_at.get(r.id, 0) < too_old]:
+            self._unbuffer(record)
+            self._record(outcomes.requeued(record, self.id))
 
     def cancel_job(self, job_id: str, reason: str) -> None:
         """Stop a running job: ``"cancel"`` ends it as cancelled, ``"shutdown"`` requeues it."""
         for record in self.buffered:
             if record.id == job_id:  # not started yet: settle it without running it
-                self.buffered.remove(record)
+                self._unbuffer(record)
                 done = outcomes.requeued if reason == "shutdown" else outcomes.cancelled
                 outcome = done(record, self.id)
                 if self.metrics is not None:
@@ -168,6 +242,7 @@ class Worker:
         self._stopping = asyncio.Event()
         self._wake = asyncio.Event()
         self._settled = asyncio.Event()
+        self._stopped_at = None
         if not await self._connect():
             return
         if self.metrics is not None:
@@ -177,33 +252,81 @@ class Worker:
         self.maintenance.start()
         log.info("worker %s on queues %s (concurrency %d..%d)", self.id, ",".join(self.queues),
                  self.scaler.minimum, self.scaler.maximum)
+        claimer = asyncio.create_task(self._claim_loop(), name="conveyor-claimer")
         try:
-            await self._claim_loop()
+            if await self._until_stop(claimer, max(self.grace, CLAIM_STOP_WAIT)):
+                claimer.result()  # what the claim loop raised, if it did
+            else:
+                log.warning("a claim was still waiting for the store; its jobs, if any, will "
+                            "come back with their leases")
         finally:
-            await self._drain()
-            await self.maintenance.stop()
-            self._closing = True  # the settler writes what is left, then returns
-            self._settled.set()
-            _, stuck = await asyncio.wait({settler}, timeout=max(30.0, self.grace))
-            if stuck:  # the store refuses them: their leases will bring the jobs back
-                log.error("could not record %d outcomes before exiting", len(self._outcomes))
-                settler.cancel()
-            elif not await self.stats.flush(self.broker):
-                log.error("could not store the last job statistics before exiting")
-            await self.broker.unregister_worker(self.id)
-            await self.executors.close()
-            if self.metrics is not None:
-                self.metrics.forget_worker(self.id)
-            log.info("worker %s stopped", self.id)
+            await self._shut_down(settler)
+
+    async def _shut_down(self, settler: asyncio.Task[None]) -> None:
+        """Drain, stop the chores, write what is left and sign off; every wait on the store
+        is bounded (see :data:`SHUTDOWN_STORE_WAIT`)."""
+        assert self._settled is not None
+        loop = asyncio.get_running_loop()
+        stopped_at = self._stopped_at if self._stopped_at is not None else loop.time()
+        await self._drain(stopped_at + self.grace)
+        end = loop.time() + SHUTDOWN_STORE_WAIT
+
+        def left() -> float:
+            return max(shutdown.STEP_MIN, end - loop.time())
+
+        await self.maintenance.stop(left() / 2)
+        self._closing = True  # the settler writes what is left, then returns
+        self._settled.set()
+        _, stuck = await asyncio.wait({settler}, timeout=left())
+        if stuck:  # the store refuses them: their leases will bring the jobs back
+            log.error("could not record the last outcomes before exiting; their leases will "
+                      "bring those jobs back")
+            if await shutdown.finish(stuck):
+                log.error("the settler did not end when cancelled; abandoning it")
+        elif await shutdown.bounded(self.stats.flush(self.broker), left(),
+                                    "storing the last job statistics") is False:
+            log.error("could not store the last job statistics before exiting")
+        await shutdown.bounded(self.broker.unregister_worker(self.id), left(),
+                               "signing off from the store")
+        await shutdown.bounded(self.executors.close(), left(), "closing the executors")
+        if self.metrics is not None:
+            self.metrics.forget_worker(self.id)
+        log.info("worker %s stopped", self.id)
+
+    async def _until_stop(self, task: asyncio.Task[Any], linger: float = 0.0) -> bool:
+        """Wait for ``task`` to end; once a stop is requested, give it ``linger`` more
+        seconds, then cancel it (a bounded wait). True if it ended by itself."""
+        assert self._stopping is not None
+        loop = asyncio.get_running_loop()
+        stop = asyncio.create_task(self._stopping.wait())
+        try:
+            await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+            if self.stopping and self._stopped_at is None:
+                self._stopped_at = loop.time()
+            if not task.done():
+                await asyncio.wait({task}, timeout=linger)
+        except BaseException:  # run() itself was cancelled
+            await shutdown.finish({task})
+            raise
+        finally:
+            stop.cancel()
+        if task.done():
+            return True
+        if await shutdown.finish({task}):
+            log.error("%s did not end when cancelled; abandoning it", task.get_name())
+        return False
 
     async def _connect(self) -> bool:
         """Reach the store and register, retrying with backoff (a store that is down at
-        start must not make workers crash-loop). False if a stop came first."""
+        start must not make workers crash-loop). False if a stop came first (a stop does
+        not wait for a store that does not answer)."""
         pause = 0.5
         while not self.stopping:
+            attempt = asyncio.create_task(self._register(), name="conveyor-connect")
+            if not await self._until_stop(attempt):
+                return False
             try:
-                await self.broker.open()
-                await self.maintenance.heartbeat_once()
+                attempt.result()
                 return True
             except Exception as exc:
                 if not self.broker.is_transient(exc):
@@ -212,6 +335,11 @@ class Worker:
                 await self._sleep(pause)
                 pause = min(pause * 2, 30.0)
         return False
+
+    async def _register(self) -> None:
+        """Open the store and publish this worker (its first heartbeat)."""
+        await self.broker.open()
+        await self.maintenance.heartbeat_once()
 
     async def _claim_loop(self) -> None:
         assert self._stopping is not None and self._wake is not None
@@ -222,18 +350,20 @@ class Worker:
             self._wake.clear()
             self._fill_slots()
             size = self.scaler.size
-            ahead = size if self.prefetch is None else self.prefetch
+            ahead = self._ahead(size)
             want = size - len(self.running) + ahead - len(self.buffered)
-            if want <= 0 or len(self.running) + len(self.buffered) >= size + ahead:
+            if (want <= 0 or len(self.running) + len(self.buffered) >= size + ahead
+                    or self._isolating()):
                 await self._wake.wait()
                 continue
+            free = max(0, size - len(self.running) - len(self.buffered))
             try:
-                jobs = await self.broker.claim(self.id, self.queues, want, lease)
+                jobs = await self.broker.claim(self.id, self.queues, want, lease, start=free)
             except Exception:
                 log.exception("claim failed; retrying in 1s")
                 await self._sleep(1.0)
                 continue
-            self.buffered.extend(jobs)
+            self._take(jobs, free)
             self._fill_slots()
             if jobs:
                 await asyncio.sleep(0)
@@ -242,10 +372,53 @@ class Worker:
             else:
                 await self._idle()
 
+    def _ahead(self, size: int) -> int:
+        """How many jobs to buffer beyond the free slots: the fixed ``prefetch``, or what
+        the slots take within :data:`PREFETCH_HORIZON` at the recent rate of ends."""
+        if self.prefetch is not None:
+            return self.prefetch
+        now = time.monotonic()
+        if now - self._rate_at >= 0.1:
+            self._rate = 0.5 * self._rate + 0.5 * self._ends / (now - self._rate_at)
+            self._ends, self._rate_at = 0, now
+        return min(size, int(self._rate * PREFETCH_HORIZON))
+
+    def _take(self, jobs: list[JobRecord], free: int) -> None:
+        """Buffer claimed jobs; a job this worker already holds (an older attempt the store
+        has moved on from) replaces the old attempt, which is stopped."""
+        now = time.monotonic()
+        for n, record in enumerate(jobs):
+            if record.id in self.running:
+                self.lose(record.id)
+            for old in [r for r in self.buffered if r.id == record.id]:
+                self._unbuffer(old)
+            self.buffered.append(record)
+            self._buffered_at[record.id] = now
+            if n >= free:
+                self._unstarted.add(record.id)
+
+    def _isolating(self) -> bool:
+        """True while a suspect job runs alone or waits for the others to end."""
+        return self._alone is not None or bool(
+            self.buffered and self.buffered[0].recoveries > 0 and self.running)
+
     def _fill_slots(self) -> None:
-        """Start buffered jobs while slots are free."""
+        """Start buffered jobs while slots are free. A suspect job (its worker was lost
+        while it ran) starts only once nothing else runs, and nothing starts beside it: if
+        it kills its process again, no other job pays for it."""
         while self.buffered and len(self.running) < self.scaler.size and not self.stopping:
-            self._start(self.buffered.popleft())
+            if self._alone is not None:
+                return
+            if self.buffered[0].recoveries > 0:
+                if self.running:
+                    return
+                self._alone = self.buffered[0].id
+            record = self.buffered.popleft()
+            self._buffered_at.pop(record.id, None)
+            if record.id in self._unstarted:
+                self._unstarted.discard(record.id)
+                self.begun.append(record.id)
+            self._start(record)
 
     async def _idle(self) -> None:
         """Wait for new work, a stop request or a wake-up, whichever comes first."""
@@ -261,8 +434,9 @@ class Worker:
 
     async def _sleep(self, seconds: float) -> None:
         assert self._stopping is not None
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stopping.wait(), seconds)
+        with contextlib.suppress(TimeoutError):  # not wait_for: it may swallow a cancellation
+            async with asyncio.timeout(seconds):
+                await self._stopping.wait()
 
     # -- running jobs -------------------------------------------------------------------------
     def _start(self, record: JobRecord) -> None:
@@ -290,14 +464,19 @@ class Worker:
             self._record(outcome)
             raise
         finally:
-            del self.running[record.id]
+            self._ends += 1
+            if self.running.get(record.id) is entry:
+                del self.running[record.id]
+            if self._alone == record.id:
+                self._alone = None
             self._fill_slots()
             if self._wake is not None:
                 self._wake.set()
         if metrics is not None:
             metrics.job_ended(record, outcome, time.perf_counter() - began)
         self.stats.ended(record, outcome, entry.start)
-        self._record(outcome)
+        if entry.stop_reason != "lost":  # the store gave the job to another attempt
+            self._record(outcome)
 
     def _record(self, outcome: Outcome) -> None:
         """Queue an outcome for the settler."""
@@ -317,7 +496,7 @@ class Worker:
             if entry.stop_reason is None or task is None:
                 raise
             task.uncancel()
-            if entry.stop_reason == "shutdown":
+            if entry.stop_reason in ("shutdown", "lost"):
                 return outcomes.requeued(record, self.id)
             return outcomes.cancelled(record, self.id)
         except Exception as exc:
@@ -439,19 +618,23 @@ class Worker:
         if record is None or (record.is_final and record.worker_id == self.id):
             self.app.staging.remove(job_id)
 
-    async def _drain(self) -> None:
-        """Give running jobs ``grace`` seconds, then requeue the rest without charging them."""
+    async def _drain(self, grace_end: float) -> None:
+        """Give running jobs until ``grace_end`` (``loop.time()``), then requeue the rest
+        without charging them, waiting :data:`CANCELLED_WAIT` at most for them to end."""
         while self.buffered:  # claimed but never started: straight back
-            self._record(outcomes.requeued(self.buffered.popleft(), self.id))
+            record = self.buffered[0]
+            self._unbuffer(record)
+            self._record(outcomes.requeued(record, self.id))
         tasks = [e.task for e in self.running.values() if e.task is not None]
         if tasks:
-            log.info("waiting up to %.0fs for %d running jobs", self.grace, len(tasks))
-            _, pending = await asyncio.wait(tasks, timeout=self.grace)
+            left = max(0.0, grace_end - asyncio.get_running_loop().time())
+            log.info("waiting up to %.0fs for %d running jobs", left, len(tasks))
+            _, pending = await asyncio.wait(tasks, timeout=left)
             if pending:
                 log.warning("grace period over: requeueing %d jobs", len(pending))
                 for job_id in list(self.running):
                     self.cancel_job(job_id, "shutdown")
-                await asyncio.wait(pending, timeout=5.0)
+                await asyncio.wait(pending, timeout=CANCELLED_WAIT)
 
 
 def _bind(

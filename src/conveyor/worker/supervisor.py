@@ -4,19 +4,24 @@ One process (``--processes 1``) runs a :class:`Worker` on its own event loop. Th
 SIGTERM or SIGINT starts a graceful shutdown (stop claiming, wait up to ``grace`` seconds,
 requeue the rest, exit 0); a second one exits at once, leaving the leases to recover the
 jobs. With ``--processes N`` a supervisor starts N such processes, restarts any that
-crash, and passes shutdown on to them.
+die (each on its own backoff, reset once a process has run :data:`STABLE_AFTER` seconds),
+and passes shutdown on to them at once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+import select
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from conveyor.worker.pool import Worker
@@ -115,60 +120,207 @@ def run_worker(app: Conveyor, *, metrics_port: int | None = None,
     return 0
 
 
+#: a child that ran this many seconds before it died was not crash-looping: the backoff of its
+#: slot starts over, so the slot is refilled at once
+STABLE_AFTER = 10.0
+#: a slot whose previous child also died young waits this long before its restart; the wait
+#: doubles with each further quick death in a row, up to RESTART_BACKOFF_MAX
+RESTART_BACKOFF = 1.0
+RESTART_BACKOFF_MAX = 30.0
+#: on a stop, children get ``grace`` plus this many seconds to exit before they are killed
+#: (above a worker's own worst case: its store budget and the wait for cancelled jobs)
+STOP_MARGIN = 7.0
+#: the monitor loop looks at its children at least this often (signals, child deaths and
+#: restarts that fall due wake it at once)
+TICK = 0.5
+#: how a child that was told to stop may end: on its own, or by the SIGTERM itself when it
+#: arrived before the child had set up its handlers (it had claimed nothing yet)
+CLEAN_EXITS = (0, -signal.SIGTERM)
+
+
+def restart_delay(quick_deaths: int) -> float:
+    """Seconds before a slot is refilled, after ``quick_deaths`` earlier deaths in a row each
+    within :data:`STABLE_AFTER` of its start: 0, then 1, 2, 4, ... up to 30."""
+    if quick_deaths <= 0:
+        return 0.0
+    return min(RESTART_BACKOFF * 2.0 ** min(quick_deaths - 1, 16), RESTART_BACKOFF_MAX)
+
+
+def describe_exit(code: int | None) -> str:
+    """How a child ended, for the logs: ``exited with code 1``, ``was killed by SIGKILL (-9)``."""
+    if code is None:
+        return "is still running"
+    if code >= 0:
+        return f"exited with code {code}"
+    try:
+        name = signal.Signals(-code).name
+    except ValueError:
+        name = f"signal {-code}"
+    return f"was killed by {name} ({code})"
+
+
+@dataclass
+class _Slot:
+    """One of the supervisor's places for a worker process, with its own restart backoff."""
+
+    index: int
+    child: subprocess.Popen[bytes] | None = None
+    started: float = 0.0  # monotonic time of the last start
+    quick_deaths: int = 0  # deaths in a row, each within STABLE_AFTER of its start
+    due: float | None = None  # when the empty slot is to be refilled
+
+
 class Supervisor:
-    """Keeps ``processes`` copies of a worker command running until told to stop."""
+    """Keeps ``processes`` copies of a worker command running until told to stop.
+
+    Each slot restarts its own child, never holding up the others: at once after a death, or
+    after :func:`restart_delay` while its children keep dying within :data:`STABLE_AFTER`
+    seconds. The first SIGTERM or SIGINT is acted on at once, even while slots wait: the
+    children get SIGTERM and ``grace`` + :data:`STOP_MARGIN` seconds to exit before SIGKILL; a
+    second signal kills them at once. :meth:`run` returns 0 when every child running at the
+    stop ended cleanly (whatever happened to earlier children), else 1.
+    """
 
     def __init__(self, command: Sequence[str], processes: int, grace: float) -> None:
         self.command = list(command)
         self.processes = processes
         self.grace = grace
-        self.children: list[subprocess.Popen[bytes] | None] = [None] * processes
-        self._stopping = False
+        self.slots = [_Slot(index) for index in range(processes)]
         self._signals = 0
+        self._signal_name = ""
+        self._wake_r = self._wake_w = -1
 
-    def _spawn(self, slot: int) -> None:
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        # Only note it and wake the loop, which does the work (no races with its own calls).
+        if signum != signal.SIGCHLD:
+            self._signals += 1
+            self._signal_name = self._signal_name or signal.Signals(signum).name
+        with contextlib.suppress(OSError):
+            os.write(self._wake_w, b"\0")
+
+    def _stop_requested(self) -> bool:
+        return self._signals > 0
+
+    def _sleep(self, timeout: float) -> None:
+        """Wait up to ``timeout`` seconds, or less if a signal (or a child's death) came."""
+        if timeout > 0:
+            select.select([self._wake_r], [], [], timeout)
+        with contextlib.suppress(BlockingIOError):
+            while os.read(self._wake_r, 512):
+                pass
+
+    def _schedule_restart(self, slot: _Slot, now: float) -> float:
+        """Set when the emptied ``slot`` is refilled; return the delay."""
+        if now - slot.started >= STABLE_AFTER:
+            slot.quick_deaths = 0
+        delay = restart_delay(slot.quick_deaths)
+        slot.quick_deaths += 1
+        slot.due = now + delay
+        return delay
+
+    def _spawn(self, slot: _Slot) -> None:
         env = {**os.environ, PARENT_ENV: str(os.getpid())}
-        # A session of its own, so a Ctrl-C in the terminal reaches only the supervisor,
-        # which then passes one SIGTERM on (two signals would make a child exit at once).
-        child = subprocess.Popen(self.command, env=env, start_new_session=True)
-        self.children[slot] = child
-        log.info("started worker process %d (pid %d)", slot, child.pid)
+        slot.due = None
+        slot.started = time.monotonic()
+        try:
+            # A session of its own, so a Ctrl-C in the terminal reaches only the supervisor,
+            # which then passes one SIGTERM on (two signals would make a child exit at once).
+            child = subprocess.Popen(self.command, env=env, start_new_session=True)
+        except OSError as exc:
+            delay = self._schedule_restart(slot, slot.started)
+            log.error("cannot start worker process %d: %s; retrying in %.0fs",
+                      slot.index, exc, delay)
+            return
+        slot.child = child
+        log.info("started worker process %d (pid %d)", slot.index, child.pid)
 
-    def _on_signal(self, signum: int, _frame: object) -> None:
-        self._signals += 1
-        self._stopping = True
-        sig = signal.SIGTERM if self._signals == 1 else signal.SIGKILL
-        for child in self.children:
-            if child is not None and child.poll() is None:
-                child.send_signal(sig)
+    def _reap(self, slot: _Slot, child: subprocess.Popen[bytes], now: float,
+              stopping: bool = False) -> None:
+        """Log the death of ``slot``'s child and, unless stopping, schedule the restart."""
+        slot.child = None
+        uptime = now - slot.started
+        if stopping:
+            when = "not restarted: stopping"
+        else:
+            delay = self._schedule_restart(slot, now)
+            when = "restarting now" if delay == 0 else f"restarting in {delay:.0f}s"
+        log.warning("worker process %d (pid %d) %s after %.1fs; %s", slot.index, child.pid,
+                    describe_exit(child.returncode), uptime, when)
 
     def run(self) -> int:
-        """Start the children, restart crashed ones with backoff, and wait for a stop."""
-        signal.signal(signal.SIGTERM, self._on_signal)
-        signal.signal(signal.SIGINT, self._on_signal)
-        for slot in range(self.processes):
-            self._spawn(slot)
-        backoff = [1.0] * self.processes
-        while True:
-            alive = 0
-            for slot, child in enumerate(self.children):
-                if child is None or child.poll() is None:
-                    alive += child is not None
-                    continue
-                if self._stopping:
-                    continue
-                log.error("worker process pid %d exited with %s; restarting in %.0fs",
-                          child.pid, child.returncode, backoff[slot])
-                time.sleep(backoff[slot])
-                backoff[slot] = min(backoff[slot] * 2, 30.0)
-                if not self._stopping:
-                    self._spawn(slot)
-                    alive += 1
-            if self._stopping and alive == 0:
+        """Start the children, restart the ones that die, and stop on a signal; return the
+        exit code."""
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        handled = (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD)
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in handled}
+        try:
+            while not self._stop_requested():
+                now = time.monotonic()
+                wake = now + TICK
+                for slot in self.slots:
+                    if slot.child is not None and slot.child.poll() is not None:
+                        self._reap(slot, slot.child, now)
+                    if slot.child is None and (slot.due is None or slot.due <= now):
+                        if self._stop_requested():
+                            break
+                        self._spawn(slot)
+                    if slot.child is None and slot.due is not None:
+                        wake = min(wake, slot.due)
+                else:
+                    self._sleep(wake - time.monotonic())
+            return self._stop()
+        finally:
+            for sig, handler in previous.items():
+                if handler is not None:
+                    signal.signal(sig, handler)
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+
+    def _stop(self) -> int:
+        """Pass the stop on to the children, wait for them, and return the exit code."""
+        now = time.monotonic()
+        for slot in self.slots:  # deaths from before the signal: not part of the stop
+            slot.due = None
+            if slot.child is not None and slot.child.poll() is not None:
+                self._reap(slot, slot.child, now, stopping=True)
+        stopping = [(slot.index, slot.child) for slot in self.slots if slot.child is not None]
+        log.info("%s: stopping %d worker processes (up to %.0fs; again to kill them at once)",
+                 self._signal_name, len(stopping), self.grace)
+        for _, child in stopping:
+            child.send_signal(signal.SIGTERM)
+        deadline = now + self.grace + STOP_MARGIN
+        forced = False
+        while any(child.poll() is None for _, child in stopping):
+            if self._signals > 1 or time.monotonic() >= deadline:
+                forced = True
+                self._kill([child for _, child in stopping])
                 break
-            time.sleep(0.2)
-        codes = [c.returncode for c in self.children if c is not None]
-        return 0 if self._signals <= 1 and all(code == 0 for code in codes) else 1
+            self._sleep(min(TICK, deadline - time.monotonic()))
+        for index, child in stopping:
+            if child.returncode not in CLEAN_EXITS:
+                log.error("worker process %d (pid %d) %s while stopping", index, child.pid,
+                          describe_exit(child.returncode))
+        for slot in self.slots:
+            slot.child = None
+        clean = all(child.returncode in CLEAN_EXITS for _, child in stopping)
+        return 0 if clean and not forced and self._signals == 1 else 1
+
+    def _kill(self, children: list[subprocess.Popen[bytes]]) -> None:
+        """SIGKILL the children still running and wait (a bounded time) for them to go."""
+        running = [child for child in children if child.poll() is None]
+        why = ("second signal" if self._signals > 1
+               else f"still running {self.grace + STOP_MARGIN:.0f}s after the signal")
+        log.error("%s: killing %d worker processes; leases will recover their jobs",
+                  why, len(running))
+        for child in running:
+            child.kill()
+        for child in running:
+            try:
+                child.wait(STOP_MARGIN)
+            except subprocess.TimeoutExpired:
+                log.error("worker process pid %d did not die on SIGKILL", child.pid)
 
 
 def worker_command(argv: Sequence[str]) -> list[str]:

@@ -17,12 +17,12 @@ from collections import defaultdict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
-from conveyor.backends.base import Broker, Recovery
+from conveyor.backends.base import Beat, Broker, Recovery
 from conveyor.backends.redis import codec
 from conveyor.backends.redis.client import BlockingScripts, pack_with_hiredis
 from conveyor.backends.redis.keys import Keys
 from conveyor.backends.redis.scripts import register_all
-from conveyor.errors import ConfigurationError, ConveyorError, QueueFull
+from conveyor.errors import ConfigurationError, ConveyorError, QueueFull, StoreUnavailable
 from conveyor.ids import new_id
 from conveyor.job import ALL_STATES, JobRecord, JobState, Outcome, OutcomeKind, WorkerInfo
 from conveyor.serialization import storable
@@ -87,6 +87,15 @@ class _Connection:
 
     def __init__(self, url: str, store: Callable[[list[Segment]],
                                                  Awaitable[list[Exception | None]]]) -> None:
+        # redis-py's default socket_timeout (5 s) is kept: it bounds a read from a server
+        # that vanished without closing the connection. With it, redis-py sends commands
+        # through asyncio.wait_for, which on Python 3.11 swallows a cancellation that lands
+        # as the send completes (CPython issue 86296; about a third of cancellations of a
+        # command in flight). Rather than patch redis-py's connection class, Conveyor never
+        # relies on such a cancellation: a worker's loops stop on an event, and every wait
+        # of a stopping worker is bounded (conveyor.worker.shutdown), so a swallowed
+        # cancellation only lets the call in flight finish. Python 3.12's wait_for does
+        # not swallow cancellations.
         self.client = aioredis.Redis.from_url(
             url, decode_responses=True, health_check_interval=10, socket_keepalive=True
         )
@@ -127,14 +136,21 @@ class RedisBroker(Broker):
             try:
                 return await operation(self._conn())
             except TRANSIENT as exc:
+                self.last_trouble = time.monotonic()
                 if time.monotonic() + pause > deadline:
-                    raise
+                    raise self._unavailable(exc) from exc
                 log.warning("Redis unreachable (%s); retrying in %.2fs", exc, pause)
                 await asyncio.sleep(pause * (0.5 + random.random() / 2))
                 pause = min(pause * 2, 2.0)
 
+    def _unavailable(self, error: BaseException) -> StoreUnavailable:
+        """What callers see once retrying through ``error`` is given up."""
+        timed_out = isinstance(error, (RedisTimeoutError, TimeoutError))
+        return StoreUnavailable(self.url, "Redis timed out" if timed_out else
+                                "Redis is unreachable")
+
     def is_transient(self, error: BaseException) -> bool:
-        return isinstance(error, TRANSIENT)
+        return isinstance(error, (*TRANSIENT, StoreUnavailable))
 
     async def _cmd(self, command: str, *args: Any, **kwargs: Any) -> Any:
         """One Redis command, retried through connection trouble."""
@@ -212,7 +228,7 @@ class RedisBroker(Broker):
 
         async def fields(conn: _Connection) -> list[Any]:
             async with conn.client.pipeline(transaction=True) as pipe:
-                for key in k.job_block[:-2]:
+                for key in k.job_block[:-3]:
                     pipe.hmget(key, ids)
                 pipe.zmscore(k.expiry, ids)
                 pipe.smismember(k.cancel, ids)
@@ -323,8 +339,9 @@ class RedisBroker(Broker):
                 status = reply if isinstance(reply, str) else reply[0]
                 break
             except TRANSIENT as exc:
+                self.last_trouble = time.monotonic()
                 if time.monotonic() + pause > deadline:
-                    raise
+                    raise self._unavailable(exc) from exc
                 log.warning("Redis unreachable (%s); retrying in %.2fs", exc, pause)
                 time.sleep(pause * (0.5 + random.random() / 2))
                 pause = min(pause * 2, 2.0)
@@ -340,12 +357,14 @@ class RedisBroker(Broker):
 
     # -- workers ------------------------------------------------------------------------------
     async def claim(
-        self, worker_id: str, queues: Sequence[str], limit: int, lease: float
+        self, worker_id: str, queues: Sequence[str], limit: int, lease: float,
+        start: int | None = None,
     ) -> list[JobRecord]:
         keys = [*self.keys.job_block, self.keys.claims, *self._group_keys(queues)]
         # one token for every retry of this claim: a retry after a lost reply gets the
         # same jobs back instead of leasing a second batch
-        reply = await self._script("claim", keys, [worker_id, lease, limit, new_id()])
+        reply = await self._script("claim", keys, [worker_id, lease, limit, new_id(),
+                                                   "" if start is None else start])
         return codec.claimed_jobs(reply, worker_id)
 
     async def settle(self, outcomes: Sequence[Outcome]) -> None:
@@ -388,21 +407,25 @@ class RedisBroker(Broker):
         await self._retrying(call)
 
     async def heartbeat(
-        self, worker: WorkerInfo, job_ids: Sequence[str], lease: float
-    ) -> set[str]:
+        self, worker: WorkerInfo, held: Mapping[str, int], lease: float,
+        started: Sequence[str] = (),
+    ) -> Beat:
         k = self.keys
-        queues = sorted(set(worker.queues) | set(await self._queues())) if job_ids else []
+        queues = sorted(set(worker.queues) | set(await self._queues())) if held else []
         keys = [*k.job_block, k.workers, k.winfo, *(k.leases(q) for q in queues)]
-        args = [worker.id, codec.worker_to_json(worker), lease, *job_ids]
-        cancel = await self._script("heartbeat", keys, args)
-        return set(cancel)
+        args: list[Any] = [worker.id, codec.worker_to_json(worker), lease, len(started),
+                           *started]
+        for job_id, attempt in held.items():
+            args += (job_id, attempt)
+        cancel, lost = await self._script("heartbeat", keys, args)
+        return Beat(cancel=set(cancel), lost=set(lost))
 
     async def set_progress(
-        self, worker_id: str, updates: Sequence[tuple[str, float, str | None]]
+        self, worker_id: str, updates: Sequence[tuple[str, int, float, str | None]]
     ) -> None:
         args: list[Any] = [worker_id]
-        for job_id, value, message in updates:
-            args += [job_id, value, message or ""]
+        for job_id, attempt, value, message in updates:
+            args += [job_id, attempt, value, message or ""]
         await self._script("progress", self.keys.job_block, args)
 
     async def ready_count(self, queues: Sequence[str], limit: int) -> int:
@@ -469,7 +492,7 @@ class RedisBroker(Broker):
                               strict=True):
             if not ids:
                 continue
-            keys = [*k.job_block, *k.queue_group(queue)]
+            keys = [*k.job_block, *k.queue_group(queue), k.workers]
             # the script checks each candidate again: of two workers that recover the same
             # job at once, only the one whose call moved it counts it
             requeued, dead, at = await self._script(

@@ -87,9 +87,11 @@ class Keys:
         self.stats = f"{p}:stats"
         self._groups: dict[str, list[str]] = {}
         #: the keys that hold a job, in the order most scripts take them first: the jobs
-        #: hash, the field hashes (in :data:`FIELDS` order), the expiry zset, the cancel set
+        #: hash, the field hashes (in :data:`FIELDS` order), the expiry zset, the cancel set,
+        #: the set of running jobs claimed ahead and not started yet
+        self.unstarted = f"{p}:unstarted"
         self.job_block = [self.jobs, *(f"{p}:f:{name}" for name in FIELDS), self.expiry,
-                          self.cancel]
+                          self.cancel, self.unstarted]
 
     def field(self, name: str) -> str:
         """The hash of one job field (one of :data:`FIELDS`)."""

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
-from conveyor.backends.base import Broker, Recovery
+from conveyor.backends.base import Beat, Broker, Recovery
+from conveyor.backends.sqlite.clock import boot_id, lease_now
 from conveyor.backends.sqlite.schema import (
     JOB_COLUMNS,
     STATS_COLUMNS,
@@ -20,10 +22,12 @@ from conveyor.backends.sqlite.schema import (
     connect,
     ddl,
     job_from_row,
+    migrate,
     worker_from_row,
 )
+from conveyor.backends.sqlite.trouble import unavailable_reason
 from conveyor.backends.sqlite.writer import Writer
-from conveyor.errors import QueueFull
+from conveyor.errors import QueueFull, StoreUnavailable
 from conveyor.job import JobRecord, JobState, Outcome, OutcomeKind, WorkerInfo
 from conveyor.serialization import dumps, storable
 from conveyor.stats import STATS_KEEP, SUMS, MinuteStats
@@ -57,10 +61,16 @@ class SQLiteBroker(Broker):
         self._local = threading.local()
         self._opened = False
         self._open_lock = threading.Lock()
+        #: every reader connection (one per thread that reads), with its thread
+        self._readers: list[tuple[threading.Thread, sqlite3.Connection]] = []
+        self._readers_lock = threading.Lock()
+        #: grows on each close(): a thread whose reader is older opens a new one
+        self._generation = 0
         t = self.ns
         self._sql_claim = (
             f"UPDATE {t}_jobs SET state='running', worker_id=?, attempts=attempts+1, "
-            f"started_at=?, lease_expires_at=?, progress=NULL, progress_message=NULL "
+            f"started_at=?, lease_expires_at=?, progress=NULL, progress_message=NULL, "
+            f"unstarted=0 "
             f"WHERE id IN (SELECT id FROM {t}_jobs WHERE {WAITING} AND queue IN ({{marks}}) "
             f"AND run_at <= ? ORDER BY run_at, id LIMIT ?) RETURNING {JOB_COLUMNS}"
         )
@@ -72,17 +82,24 @@ class SQLiteBroker(Broker):
     # -- life cycle ---------------------------------------------------------------------------
     def _open_writer(self) -> sqlite3.Connection:
         conn = connect(self.settings)
-        conn.execute("BEGIN IMMEDIATE")
-        for statement in ddl(self.ns):
-            conn.execute(statement)
-        conn.execute("COMMIT")
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for statement in ddl(self.ns):
+                conn.execute(statement)
+            migrate(conn, self.ns, boot_id(), lease_now())
+            conn.execute("COMMIT")
+        except BaseException:  # a full disk, say: nothing left half-open; a later open retries
+            conn.close()
+            raise
         return conn
 
     def open_blocking(self) -> None:
-        """Open the database and start the writer thread (idempotent)."""
+        """Open the database and start the writer thread (idempotent; after a failure, the
+        next call tries again)."""
         with self._open_lock:
             if not self._opened:
-                self._writer.start()
+                with self._guarded():
+                    self._writer.start()
                 self._opened = True
 
     async def open(self) -> None:
@@ -93,28 +110,63 @@ class SQLiteBroker(Broker):
         self.close_blocking()
 
     def close_blocking(self) -> None:
-        """Stop the writer thread after it committed what it was given."""
+        """Stop the writer thread after it committed what it was given, and close every
+        reader connection (a later use opens them again)."""
         with self._open_lock:
             if self._opened:
                 self._writer.stop()
                 self._opened = False
+        with self._readers_lock:
+            readers, self._readers = self._readers, []
+            self._generation += 1
+        for _, conn in readers:
+            conn.close()
+
+    def is_transient(self, error: BaseException) -> bool:
+        return isinstance(error, StoreUnavailable) or \
+            unavailable_reason(error, self.settings.path) is not None
+
+    @contextlib.contextmanager
+    def _guarded(self) -> Iterator[None]:
+        """Raise trouble that may pass (a full disk, a lock, an I/O error) as
+        :class:`StoreUnavailable`, and note it in :attr:`last_trouble`."""
+        try:
+            yield
+        except (sqlite3.Error, OSError) as exc:
+            reason = unavailable_reason(exc, self.settings.path)
+            if reason is None:
+                raise
+            self.last_trouble = time.monotonic()
+            raise StoreUnavailable(self.url, reason) from exc
 
     def _reader(self) -> sqlite3.Connection:
+        """This thread's read connection, opened on first use and again after a close."""
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
+        if conn is None or self._local.generation != self._generation:
             conn = connect(self.settings)
+            with self._readers_lock:
+                # the connections of threads that ended are nobody's any more: close them
+                gone = [c for t, c in self._readers if not t.is_alive()]
+                self._readers = [(t, c) for t, c in self._readers if t.is_alive()]
+                self._readers.append((threading.current_thread(), conn))
+                self._local.generation = self._generation
+            for old in gone:
+                old.close()
             self._local.conn = conn
             self._local.data_version = -1
         return conn
 
     async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        self.open_blocking()
-        return await asyncio.to_thread(lambda: fn(self._reader()))
+        with self._guarded():
+            if not self._opened:
+                await self.open()
+            return await asyncio.to_thread(lambda: fn(self._reader()))
 
     async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        if not self._opened:
-            await self.open()
-        result: T = await self._writer.run(fn)
+        with self._guarded():
+            if not self._opened:
+                await self.open()
+            result: T = await self._writer.run(fn)
         return result
 
     # -- producers ----------------------------------------------------------------------------
@@ -146,19 +198,24 @@ class SQLiteBroker(Broker):
 
     def enqueue_blocking(self, jobs: Sequence[JobRecord], limits: Mapping[str, int]) -> None:
         self.open_blocking()
-        self._writer.run_blocking(self._enqueue_fn(jobs, limits))
+        with self._guarded():
+            self._writer.run_blocking(self._enqueue_fn(jobs, limits))
 
     # -- workers ------------------------------------------------------------------------------
     async def claim(
-        self, worker_id: str, queues: Sequence[str], limit: int, lease: float
+        self, worker_id: str, queues: Sequence[str], limit: int, lease: float,
+        start: int | None = None,
     ) -> list[JobRecord]:
         sql = self._sql_claim.format(marks=_marks(len(queues)))
+        hold = f"UPDATE {self.ns}_jobs SET unstarted=1 WHERE id=?"
 
         def fn(conn: sqlite3.Connection) -> list[JobRecord]:
             now = time.time()
-            rows = conn.execute(sql, (worker_id, now, now + lease, *queues, now, limit))
+            rows = conn.execute(sql, (worker_id, now, lease_now() + lease, *queues, now, limit))
             jobs = [job_from_row(r) for r in rows]
             jobs.sort(key=lambda j: (j.run_at, j.id))
+            if start is not None and len(jobs) > start:
+                conn.executemany(hold, [(j.id,) for j in jobs[start:]])
             return jobs
 
         return await self._write(fn)
@@ -211,39 +268,55 @@ class SQLiteBroker(Broker):
         await self._write(fn)
 
     async def heartbeat(
-        self, worker: WorkerInfo, job_ids: Sequence[str], lease: float
-    ) -> set[str]:
+        self, worker: WorkerInfo, held: Mapping[str, int], lease: float,
+        started: Sequence[str] = (),
+    ) -> Beat:
         t = self.ns
+        ids = list(held)
+        begun = [(job_id,) for job_id in started]
 
-        def fn(conn: sqlite3.Connection) -> set[str]:
-            now = time.time()
+        def fn(conn: sqlite3.Connection) -> Beat:
+            now, until = time.time(), lease_now() + lease
             conn.execute(
                 f"INSERT OR REPLACE INTO {t}_workers ({WORKER_COLUMNS}, lease_expires_at) "
                 f"VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (worker.id, worker.host, worker.pid, dumps(worker.queues), worker.concurrency,
                  worker.min_concurrency, worker.max_concurrency, worker.busy, worker.processed,
-                 worker.failed, worker.started_at, now, now + lease),
+                 worker.failed, worker.started_at, now, until),
             )
-            cancel: set[str] = set()
-            for chunk in _chunks(job_ids):
+            if begun:
+                conn.executemany(
+                    f"UPDATE {t}_jobs SET unstarted=0 WHERE id=? AND worker_id=? "
+                    f"AND state='running'", [(job_id, worker.id) for (job_id,) in begun]
+                )
+            beat = Beat()
+            owned: set[str] = set()
+            for chunk in _chunks(ids):
                 rows = conn.execute(
                     f"UPDATE {t}_jobs SET lease_expires_at=? WHERE id IN ({_marks(len(chunk))}) "
-                    f"AND worker_id=? AND state='running' RETURNING id, cancel_requested",
-                    (now + lease, *chunk, worker.id),
+                    f"AND worker_id=? AND state='running' RETURNING id, attempts, "
+                    f"cancel_requested",
+                    (until, *chunk, worker.id),
                 )
-                cancel.update(job_id for job_id, wanted in rows if wanted)
-            return cancel
+                for job_id, attempt, wanted in rows:
+                    if attempt == held[job_id]:
+                        owned.add(job_id)
+                        if wanted:
+                            beat.cancel.add(job_id)
+            beat.lost = set(ids) - owned
+            return beat
 
         return await self._write(fn)
 
     async def set_progress(
-        self, worker_id: str, updates: Sequence[tuple[str, float, str | None]]
+        self, worker_id: str, updates: Sequence[tuple[str, int, float, str | None]]
     ) -> None:
         sql = (
             f"UPDATE {self.ns}_jobs SET progress=?, progress_message=? "
-            f"WHERE id=? AND state='running' AND worker_id=?"
+            f"WHERE id=? AND state='running' AND worker_id=? AND attempts=?"
         )
-        rows = [(value, message, job_id, worker_id) for job_id, value, message in updates]
+        rows = [(value, message, job_id, worker_id, attempt)
+                for job_id, attempt, value, message in updates]
         await self._write(lambda conn: conn.executemany(sql, rows))
 
     def _ready_count(self, conn: sqlite3.Connection, queues: Sequence[str], limit: int) -> int:
@@ -299,27 +372,33 @@ class SQLiteBroker(Broker):
 
         def fn(conn: sqlite3.Connection) -> Recovery:
             # one write transaction: a job two workers see expire is moved (and counted) once
-            now = time.time()
+            now, clock = time.time(), lease_now()
             rows = conn.execute(
-                f"SELECT id, queue, recoveries, cancel_requested FROM {t}_jobs "
-                f"WHERE state='running' AND lease_expires_at < ?",
-                (now,),
+                f"SELECT j.id, j.queue, j.recoveries, j.cancel_requested, j.unstarted, "
+                f"w.id IS NOT NULL FROM {t}_jobs j LEFT JOIN {t}_workers w "
+                f"ON w.id = j.worker_id AND w.lease_expires_at >= ? "
+                f"WHERE j.state='running' AND j.lease_expires_at < ?",
+                (clock, clock),
             ).fetchall()
             requeue, dead, cancelled = [], [], []
             dead_by_queue: dict[str, int] = {}
-            for job_id, queue, recoveries, cancel in rows:
+            for job_id, queue, recoveries, cancel, unstarted, owner_alive in rows:
                 if cancel:
                     cancelled.append((now, now + keep, job_id))
+                elif unstarted or owner_alive:  # not this job's doing: the attempt is void
+                    requeue.append((0, 1, "requeued unstarted (its worker was lost)"
+                                    if unstarted else "lease expired while its worker lived; "
+                                    "requeued", job_id))
                 elif recoveries + 1 >= max_recoveries:
                     error = f"worker lost {recoveries + 1} times (lease expired); giving up"
                     dead.append((error, now, now + keep, job_id))
                     dead_by_queue[queue] = dead_by_queue.get(queue, 0) + 1
                 else:
-                    requeue.append((job_id,))
+                    requeue.append((1, 0, "worker lost (lease expired); requeued", job_id))
             conn.executemany(
-                f"UPDATE {t}_jobs SET state='queued', recoveries=recoveries+1, worker_id=NULL, "
-                f"lease_expires_at=NULL, error='worker lost (lease expired); requeued' "
-                f"WHERE id=?",
+                f"UPDATE {t}_jobs SET state='queued', recoveries=recoveries+?, "
+                f"attempts=attempts-?, worker_id=NULL, lease_expires_at=NULL, unstarted=0, "
+                f"error=? WHERE id=?",
                 requeue,
             )
             conn.executemany(
@@ -332,7 +411,7 @@ class SQLiteBroker(Broker):
                 f"lease_expires_at=NULL WHERE id=?",
                 cancelled,
             )
-            conn.execute(f"DELETE FROM {t}_workers WHERE lease_expires_at < ?", (now,))
+            conn.execute(f"DELETE FROM {t}_workers WHERE lease_expires_at < ?", (clock,))
             return Recovery(len(requeue), dead_by_queue, now if dead else 0.0)
 
         return await self._write(fn)
@@ -447,7 +526,7 @@ class SQLiteBroker(Broker):
             f"SELECT {WORKER_COLUMNS} FROM {self.ns}_workers WHERE lease_expires_at >= ? "
             f"ORDER BY started_at"
         )
-        rows = await self._read(lambda conn: conn.execute(sql, (time.time(),)).fetchall())
+        rows = await self._read(lambda conn: conn.execute(sql, (lease_now(),)).fetchall())
         return [worker_from_row(r) for r in rows]
 
     # -- statistics ---------------------------------------------------------------------------

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import re
 import sqlite3
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from conveyor.backends.sqlite.clock import lease_now
 from conveyor.errors import ConfigurationError
 from conveyor.job import JobRecord, JobState, WorkerInfo
 from conveyor.serialization import loads
@@ -82,11 +84,15 @@ def connect(settings: Settings) -> sqlite3.Connection:
         timeout=settings.busy_timeout_ms / 1000,
         cached_statements=256,
     )
-    conn.execute(f"PRAGMA busy_timeout={settings.busy_timeout_ms}")
-    mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-    if str(mode).lower() != "wal":
-        raise ConfigurationError(f"could not switch {settings.path} to WAL (got {mode})")
-    conn.execute(f"PRAGMA synchronous={settings.synchronous}")
+    try:
+        conn.execute(f"PRAGMA busy_timeout={settings.busy_timeout_ms}")
+        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise ConfigurationError(f"could not switch {settings.path} to WAL (got {mode})")
+        conn.execute(f"PRAGMA synchronous={settings.synchronous}")
+    except BaseException:  # a full disk, a lock: no half-open connection left behind
+        conn.close()
+        raise
     return conn
 
 
@@ -114,7 +120,8 @@ def ddl(ns: str) -> list[str]:
             worker_id TEXT,
             lease_expires_at REAL,
             cancel_requested INTEGER NOT NULL DEFAULT 0,
-            expires_at REAL
+            expires_at REAL,
+            unstarted INTEGER NOT NULL DEFAULT 0
         ) WITHOUT ROWID""",
         f"""CREATE INDEX IF NOT EXISTS {ns}_jobs_ready ON {ns}_jobs (queue, run_at)
             WHERE state IN ('queued', 'scheduled')""",
@@ -149,7 +156,31 @@ def ddl(ns: str) -> list[str]:
             wait_total REAL NOT NULL,
             PRIMARY KEY (minute, queue)
         ) WITHOUT ROWID""",
+        f"""CREATE TABLE IF NOT EXISTS {ns}_meta (
+            key TEXT PRIMARY KEY,
+            value TEXT NOT NULL
+        ) WITHOUT ROWID""",
     ]
+
+
+def migrate(conn: sqlite3.Connection, ns: str, boot: str, now: float) -> None:
+    """Bring a namespace made by an older version (or on another boot) up to date, inside
+    the caller's write transaction.
+
+    * a jobs table without ``unstarted`` gains it;
+    * leases follow the boot clock (:mod:`.clock`): when the database last saw another boot,
+      or leases of the wall clock (made before), running jobs' leases expire now and the
+      workers table is emptied, so the jobs are recovered at once.
+    """
+    columns = {row[1] for row in conn.execute(f"PRAGMA table_info({ns}_jobs)")}
+    if "unstarted" not in columns:
+        conn.execute(f"ALTER TABLE {ns}_jobs ADD COLUMN unstarted INTEGER NOT NULL DEFAULT 0")
+    row = conn.execute(f"SELECT value FROM {ns}_meta WHERE key='boot'").fetchone()
+    if row is None or row[0] != boot:
+        conn.execute(f"UPDATE {ns}_jobs SET lease_expires_at=? WHERE state='running'", (now,))
+        conn.execute(f"DELETE FROM {ns}_workers")
+        conn.execute(f"INSERT OR REPLACE INTO {ns}_meta (key, value) VALUES ('boot', ?)",
+                     (boot,))
 
 
 STATS_COLUMNS = "minute, queue, " + ", ".join(SUMS)
@@ -176,10 +207,15 @@ def job_from_row(row: tuple[Any, ...]) -> JobRecord:
         progress=row[15],
         progress_message=row[16],
         worker_id=row[17],
-        lease_expires_at=row[18],
+        lease_expires_at=None if row[18] is None else wall_time(row[18]),
         cancel_requested=bool(row[19]),
         expires_at=row[20],
     )
+
+
+def wall_time(lease_clock: float) -> float:
+    """A time of the lease clock as seconds since the epoch, for display."""
+    return lease_clock - lease_now() + time.time()
 
 
 def worker_from_row(row: tuple[Any, ...]) -> WorkerInfo:

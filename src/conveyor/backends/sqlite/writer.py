@@ -68,32 +68,30 @@ class Writer:
         self._queue: queue.SimpleQueue[_Pending | _Stop] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
-        self._ready = threading.Event()
-        self._startup_error: BaseException | None = None
         self._conn: sqlite3.Connection | None = None
         #: held by whoever uses the connection: the writer thread or a blocking caller
         self._conn_lock = threading.Lock()
 
     def start(self) -> None:
-        """Start the thread (idempotent); raise what opening the connection raised."""
+        """Open the connection and start the thread (idempotent). Raise what opening the
+        connection raised, leaving the writer stopped: a later call tries again."""
         with self._lock:
             if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._run, name="conveyor-sqlite-writer", daemon=True
+                conn = self._connect()
+                thread = threading.Thread(
+                    target=self._run, args=(conn,), name="conveyor-sqlite-writer", daemon=True
                 )
-                self._thread.start()
-        self._ready.wait()
-        if self._startup_error is not None:
-            raise self._startup_error
+                self._conn = conn
+                thread.start()
+                self._thread = thread
 
     def stop(self) -> None:
-        """Finish what was submitted, then end the thread."""
-        with self._lock:
+        """Finish what was submitted, then end the thread and close the connection."""
+        with self._lock:  # held until the thread is gone: a start() waits for the stop
             thread, self._thread = self._thread, None
-        if thread is not None:
-            self._queue.put(_STOP)
-            thread.join()
-            self._ready.clear()
+            if thread is not None:
+                self._queue.put(_STOP)
+                thread.join()
 
     async def run(self, fn: WriteFn) -> Any:
         """Run ``fn`` in the next group and await its committed result."""
@@ -133,15 +131,7 @@ class Writer:
         return group, False
 
     # -- the thread ---------------------------------------------------------------------------
-    def _run(self) -> None:
-        try:
-            conn = self._connect()
-        except BaseException as exc:  # reported to the caller of start()
-            self._startup_error = exc
-            self._ready.set()
-            return
-        self._conn = conn
-        self._ready.set()
+    def _run(self, conn: sqlite3.Connection) -> None:
         try:
             while True:
                 first = self._queue.get()
@@ -154,7 +144,8 @@ class Writer:
                     return
         finally:
             with self._conn_lock:
-                self._conn = None
+                if self._conn is conn:
+                    self._conn = None
                 conn.close()
 
     def _commit_group(self, conn: sqlite3.Connection, group: list[_Pending]) -> None:
@@ -184,10 +175,12 @@ class Writer:
             try:
                 value = pending.fn(conn)
             except Exception as exc:
-                if not isolate:
+                if not isolate or not conn.in_transaction:
+                    # alone, or SQLite ended the transaction itself (a full disk, an I/O
+                    # error): the whole group is undone, and every caller learns why
                     if conn.in_transaction:
                         conn.execute("ROLLBACK")
-                    return [(pending, None, exc)]
+                    return [(p, None, exc) for p in group]
                 conn.execute("ROLLBACK TO op")
                 conn.execute("RELEASE op")
                 results.append((pending, None, exc))

@@ -4,7 +4,8 @@
 -- Most scripts take the keys of the jobs first, the "job block" (Keys.job_block in keys.py):
 --   1 jobs hash (job id -> its immutable JSON), 2..12 one hash per field (state, run_at,
 --   attempts, recoveries, worker, started, finished, result, error, traceback, progress),
---   13 expiry zset, 14 cancel set.
+--   13 expiry zset, 14 cancel set, 15 unstarted set (running jobs claimed ahead of a free
+--   slot and not started yet: a recovery does not charge them).
 -- A "queue group" is nine consecutive KEYS of one queue, starting at index `base`:
 --   base+0 waiting zset (queued and scheduled job id -> run_at), base+1 sched zset (the
 --   scheduled ones -> run_at), base+2 wake list, base+3 leases zset (running job id ->
@@ -16,10 +17,10 @@
 local F = {jobs = KEYS[1], state = KEYS[2], run_at = KEYS[3], attempts = KEYS[4],
            recoveries = KEYS[5], worker = KEYS[6], started = KEYS[7], finished = KEYS[8],
            result = KEYS[9], error = KEYS[10], traceback = KEYS[11], progress = KEYS[12],
-           expiry = KEYS[13], cancel = KEYS[14]}
+           expiry = KEYS[13], cancel = KEYS[14], unstarted = KEYS[15]}
 -- the jobs hash and the field hashes: KEYS[1] .. KEYS[HASHES]
 local HASHES = 12
-local BLOCK = 14
+local BLOCK = 15
 
 local GROUP = 9
 local LEASES = 3
@@ -117,5 +118,6 @@ local function forget(base, id, state)
   if INDEX_OFFSET[state] then redis.call('ZREM', KEYS[base + INDEX_OFFSET[state]], id) end
   redis.call('ZREM', F.expiry, id)
   redis.call('SREM', F.cancel, id)
+  redis.call('SREM', F.unstarted, id)
   for k = 1, HASHES do redis.call('HDEL', KEYS[k], id) end
 end

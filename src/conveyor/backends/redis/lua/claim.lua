@@ -2,12 +2,14 @@
 -- A claim is idempotent per token: the same worker calling again with the same token (its
 -- reply was lost with the connection) gets the same jobs back, not a second batch that
 -- would leave the first one leased to nobody.
--- KEYS: 1..14 the job block (see _lib.lua), 15 last claims hash (worker id -> token, start,
+-- KEYS: 1..15 the job block (see _lib.lua), 16 last claims hash (worker id -> token, start,
 --       lease expiry and job ids), then one queue group (9 keys) per queue.
--- ARGV: 1 worker id, 2 lease seconds, 3 limit, 4 claim token.
+-- ARGV: 1 worker id, 2 lease seconds, 3 limit, 4 claim token, 5 how many of the claimed
+--       jobs start at once ('' for all; the others are marked unstarted).
 -- Returns: {started_at, lease expiry, then 4 per claimed job: its JSON, run_at, attempts,
 --       recoveries}.
 local worker, lease, limit, token = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
+local start = tonumber(ARGV[5])
 local CLAIMS = BLOCK + 1
 local FIRST = BLOCK + 2
 
@@ -108,6 +110,12 @@ if #ids > 0 then
     many('HSET', F.worker, workers, 2)
     many('HSET', F.started, starts, 2)
     many('HDEL', F.progress, taken, 1)
+    many('SREM', F.unstarted, taken, 1)
+    if start and #taken > start then
+      local held = {}
+      for i = start + 1, #taken do held[#held + 1] = taken[i] end
+      many('SADD', F.unstarted, held, 1)
+    end
   end
 end
 redis.call('HSET', KEYS[CLAIMS], worker,

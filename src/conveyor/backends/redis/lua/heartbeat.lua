@@ -1,27 +1,41 @@
--- Record a worker as alive and extend the leases of the jobs it runs.
--- KEYS: 1..14 the job block (see _lib.lua), 15 workers zset, 16 worker info hash, then the
+-- Record a worker as alive and extend the leases of the attempts it holds.
+-- KEYS: 1..15 the job block (see _lib.lua), 16 workers zset, 17 worker info hash, then the
 --       lease zsets of every queue the jobs may come from.
--- ARGV: 1 worker id, 2 worker JSON, 3 lease seconds, 4.. ids of the jobs it runs.
--- Returns: the ids among them whose cancellation was asked for.
-local worker, lease = ARGV[1], tonumber(ARGV[3])
+-- ARGV: 1 worker id, 2 worker JSON, 3 lease seconds, 4 number S of started ids, then the S
+--       ids of held jobs that started since the last heartbeat, then 2 per held attempt:
+--       job id, attempt.
+-- Returns: {ids whose cancellation was asked for, ids of the attempts the worker no longer
+--       owns (not running, another owner, or another attempt)}.
+local worker, lease, begun = ARGV[1], tonumber(ARGV[3]), tonumber(ARGV[4])
 local now = server_now()
 local info = cjson.decode(ARGV[2])
 info.heartbeat_at = now
 redis.call('ZADD', KEYS[BLOCK + 1], now + lease, worker)
 redis.call('HSET', KEYS[BLOCK + 2], worker, cjson.encode(info))
-local ids = {}
-for i = 4, #ARGV do ids[#ids + 1] = ARGV[i] end
+if begun > 0 then
+  local started = {}
+  for i = 5, 4 + begun do started[#started + 1] = ARGV[i] end
+  many('SREM', F.unstarted, started, 1)
+end
+local ids, held = {}, {}
+for i = 5 + begun, #ARGV, 2 do
+  ids[#ids + 1] = ARGV[i]
+  held[#held + 1] = ARGV[i + 1]
+end
 local states = hmget(F.state, ids)
 local owners = hmget(F.worker, ids)
+local attempts = hmget(F.attempts, ids)
 local lease_stamp = fmt(now + lease)
-local cancel = {}
+local cancel, lost = {}, {}
 for n, id in ipairs(ids) do
-  if states[n] == 'running' and owners[n] == worker then
+  if states[n] == 'running' and owners[n] == worker and attempts[n] == held[n] then
     -- XX: only the lease set that holds the job changes
     for k = BLOCK + 3, #KEYS do
       if redis.call('ZADD', KEYS[k], 'XX', 'CH', lease_stamp, id) == 1 then break end
     end
     if redis.call('SISMEMBER', F.cancel, id) == 1 then cancel[#cancel + 1] = id end
+  else
+    lost[#lost + 1] = id
   end
 end
-return cancel
+return {cancel, lost}

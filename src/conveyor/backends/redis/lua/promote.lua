@@ -1,6 +1,6 @@
 -- Mark due scheduled jobs of one queue as queued (claims take due jobs either way; this
 -- keeps the counts right while no worker claims).
--- KEYS: 1..14 the job block (see _lib.lua), 15.. the queue group.
+-- KEYS: 1..15 the job block (see _lib.lua), 16.. the queue group.
 -- ARGV: 1 most jobs to move.
 -- Returns: how many were moved.
 local base = BLOCK + 1
