@@ -348,6 +348,7 @@ class Worker:
             # cleared before the state is read, never after: a wake-up (a stop, a freed slot)
             # that comes while this pass claims is kept for the wait below
             self._wake.clear()
+            await self._isolate()
             self._fill_slots()
             size = self.scaler.size
             ahead = self._ahead(size)
@@ -397,6 +398,25 @@ class Worker:
             if n >= free:
                 self._unstarted.add(record.id)
 
+    async def _isolate(self) -> None:
+        """Before a suspect starts alone, hand the other buffered jobs back to the store
+        (and wait until it has them): if the suspect kills the process, none of them is held
+        by it, so none is charged."""
+        if not (self.buffered and self.buffered[0].recoveries > 0 and not self.running
+                and len(self.buffered) > 1):
+            return
+        others = list(self.buffered)[1:]
+        for record in others:
+            self._unbuffer(record)
+        released = [outcomes.requeued(record, self.id) for record in others]
+        try:
+            await self.broker.settle(released)
+        except Exception:
+            log.warning("could not hand %d jobs back before a suspect job; the settler "
+                        "retries", len(released))
+            for outcome in released:
+                self._record(outcome)
+
     def _isolating(self) -> bool:
         """True while a suspect job runs alone or waits for the others to end."""
         return self._alone is not None or bool(
@@ -410,7 +430,7 @@ class Worker:
             if self._alone is not None:
                 return
             if self.buffered[0].recoveries > 0:
-                if self.running:
+                if self.running or len(self.buffered) > 1:  # see _isolate
                     return
                 self._alone = self.buffered[0].id
             record = self.buffered.popleft()
