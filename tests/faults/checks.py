@@ -39,8 +39,8 @@ def common(report: Report) -> list[str]:
     if report.duplicates > report.duplicate_bound:
         found.append(f"{report.duplicates} duplicate attempts, over the bound of "
                      f"{report.duplicate_bound} (faults x slots); {report.rerun_after_ok} of "
-                     "them re-ran an attempt that had ended ok but whose outcome died "
-                     "unwritten with its process")
+                     "them re-ran a job whose earlier attempt had ended ok, its outcome never "
+                     "recorded (its process died first, or the store refused it)")
     if report.recoveries and max(report.recoveries) > report.recovery_bound:
         slow = sorted(r for r in report.recoveries if r > report.recovery_bound)
         found.append(f"{len(slow)} recoveries over {report.recovery_bound:.1f}s "
@@ -117,8 +117,8 @@ def poison(report: Report) -> list[str]:
     # again (at least once); besides those, only the first death's other slots may rerun
     if report.duplicates - report.rerun_after_ok > slots - 1:
         found.append(f"innocent jobs ran {report.duplicates} extra times "
-                     f"({report.rerun_after_ok} of them after ending ok, their outcome "
-                     f"unwritten when the poison killed the process); only the poison's first "
+                     f"({report.rerun_after_ok} of them after ending ok, their outcome not "
+                     f"yet written when the poison killed the process); only the poison's first "
                      f"death may cost innocent jobs an interrupted run, at most {slots - 1}")
     return found
 

@@ -99,8 +99,8 @@ class Report:
     dead_innocents: list[str] = field(default_factory=list)
     duplicates: int = 0
     duplicate_bound: int = 0
-    #: duplicates whose earlier attempt had ended ok: its outcome was not stored yet when its
-    #: process died, so the job ran again
+    #: duplicates whose earlier attempt had ended ok: its outcome was never recorded (its
+    #: process died before writing it, or the store refused it), so the job ran again
     rerun_after_ok: int = 0
     thrown_away: list[str] = field(default_factory=list)
     superseded: list[str] = field(default_factory=list)
@@ -328,7 +328,8 @@ class Producer(threading.Thread):
 def kill_loop(kind: str, workdir: Path, *, jobs: int = 60, kills: int = 4, processes: int = 2,
               slots: int = 2, job_seconds: float = 0.3, seed: int = 1) -> Report:
     """``conveyor worker --processes N``: SIGKILL one of its worker processes, again and again
-    (one kill every lease + 1 s or so, so that each kill's recovery is measured apart), while
+    (one kill every lease + 1 s or so, and not before the jobs the last kill interrupted
+    started again, so that each kill's recovery is measured apart), while
     a producer keeps enqueuing short jobs (at least ``jobs``, and on until the last kill).
     The killer only kills a process that runs something, only while every other process is
     up (so a sibling takes the jobs over), and never a process running a job that was
@@ -345,13 +346,14 @@ def kill_loop(kind: str, workdir: Path, *, jobs: int = 60, kills: int = 4, proce
         gap = LEASE + 1.0
         done: list[L.Kill] = []
         hits: Counter[str] = Counter()
+        born: dict[int, float] = {}
         next_kill = time.monotonic() + rng.uniform(0.5, 1.0) * gap
         give_up = time.monotonic() + kills * gap * 3 + 60
         while len(done) < kills and time.monotonic() < give_up:
-            if time.monotonic() < next_kill:
+            if time.monotonic() < next_kill or not _recovered(run, done, LEASE + RECOVERY_SLACK):
                 time.sleep(0.01)
                 continue
-            victim = _victim(run, supervisor, processes, hits, rng)
+            victim = _victim(run, supervisor, processes, hits, born)
             if victim is None:
                 time.sleep(0.02)
                 continue
@@ -379,14 +381,32 @@ def kill_loop(kind: str, workdir: Path, *, jobs: int = 60, kills: int = 4, proce
         return run.finish(report)
 
 
+def _recovered(run: Run, kills: Sequence[L.Kill], bound: float) -> bool:
+    """True once every job the last kill interrupted started again (or ``bound`` passed):
+    the next kill then does not hold up the recovery being measured."""
+    if not kills:
+        return True
+    last = kills[-1]
+    if time.time() > last.at + bound:
+        return True
+    run.ledger.read()
+    return all(any(a.started > last.at for a in run.ledger.attempts(hit.job_id))
+               for hit in last.interrupted)
+
+
 def gone(pid: int) -> bool:
     return not pid_alive(pid)
 
 
 def _victim(run: Run, supervisor: Proc, processes: int, hits: Counter[str],
-            rng: random.Random) -> int | None:
-    """A worker process to kill now, or None (see :func:`kill_loop`)."""
+            born: dict[int, float]) -> int | None:
+    """A worker process to kill now, or None (see :func:`kill_loop`): of those that run
+    something, the one up the longest (the kills spread over the supervisor's slots, whose
+    restart backoff grows with deaths in quick succession)."""
     ready = run.ready_children(supervisor)
+    now = time.monotonic()
+    for pid in ready:
+        born.setdefault(pid, now)
     if len(ready) < processes:
         return None
     run.ledger.read()
@@ -396,7 +416,7 @@ def _victim(run: Run, supervisor: Proc, processes: int, hits: Counter[str],
         running = run.ledger.open_in(pid)
         if running and all(hits[a.job_id] < limit for a in running):
             fit.append(pid)
-    return rng.choice(fit) if fit else None
+    return min(fit, key=born.__getitem__) if fit else None
 
 
 def _all_final(run: Run, ids: Sequence[str]) -> bool:
@@ -546,10 +566,11 @@ def poison(workdir: Path, *, variant: str = "async", innocents: int = 30, proces
         report.extra["poison runs (ledger)"] = len(deaths)
         # after its first death the poison is a suspect: nothing else may run beside it
         beside = []
-        for a in deaths[1:]:
+        for n, a in enumerate(deaths[1:], start=2):
             others = [o for o in led.all() if o.pid == a.pid and o.job_id != bad.id
                       and o.open_at(a.started)]
-            beside += [f"run {a.attempt} in pid {a.pid} beside {o.job_id}" for o in others]
+            beside += [f"run {n} (attempt {a.attempt}) in pid {a.pid} beside {o.job_id}"
+                       for o in others]
         report.extra["innocents beside the suspect"] = beside
         report.extra["innocents interrupted"] = sorted(
             {o.job_id for k in kills for o in k.interrupted if o.job_id != bad.id})
