@@ -60,6 +60,9 @@ class JobRecord:
     lease_expires_at: float | None = None
     cancel_requested: bool = False
     expires_at: float | None = None
+    #: set by a claim: the job ran before in a worker that was lost (``recoveries``), or was
+    #: held by one unstarted and may have started just before it died; it runs alone
+    suspect: bool = field(default=False, compare=False)
     #: ``(args, kwargs)`` as JSON text, made once at enqueue time and reused by the backend
     payload: tuple[str, str] | None = field(default=None, repr=False, compare=False)
 

@@ -763,6 +763,35 @@ def test_a_heartbeat_marks_held_jobs_started(run: Run[Any], broker: Broker) -> N
     assert get(run, broker, second.id).recoveries == 0
 
 
+def test_a_job_held_unstarted_by_a_lost_worker_comes_back_suspect(
+    run: Run[Any], broker: Broker
+) -> None:
+    """It may have started just before its worker died: uncharged, but it runs alone next,
+    held unstarted until a heartbeat marks it started, so its next death is charged."""
+    job = make_job()
+    run(broker.enqueue([job], {}))
+    run(broker.claim("lost", ["default"], 1, SHORT, start=0))
+    time.sleep(PAST_SHORT)
+    run(broker.recover_expired(5))
+    assert get(run, broker, job.id).recoveries == 0
+    (again,) = run(broker.claim("w2", ["default"], 1, SHORT, start=1))
+    assert again.suspect, "the next claim must make it a suspect"
+    time.sleep(PAST_SHORT)  # held unstarted although a slot was free: still uncharged
+    run(broker.recover_expired(5))
+    assert get(run, broker, job.id).recoveries == 0
+    (third,) = run(broker.claim("w3", ["default"], 1, SHORT, start=1))
+    assert third.suspect
+    run(broker.heartbeat(make_worker("w3"), {third.id: third.attempts}, SHORT, [third.id]))
+    time.sleep(PAST_SHORT)
+    run(broker.recover_expired(5))
+    assert get(run, broker, job.id).recoveries == 1
+
+
+def test_a_plain_job_is_no_suspect(run: Run[Any], broker: Broker) -> None:
+    job = enqueue_and_claim(run, broker)
+    assert not job.suspect
+
+
 def test_recovery_does_not_charge_a_job_whose_worker_is_alive(
     run: Run[Any], broker: Broker
 ) -> None:

@@ -212,7 +212,9 @@ class Worker:
         if not self.buffered:
             return
         too_old = time.monotonic() - BUFFER_MAX_AGE
-        for record in [r for r in self.buffered if self._buffered_at.get(r.id, 0) < too_old]:
+        # a suspect waits for the others to end before it runs alone: it stays
+        for record in [r for r in self.buffered
+                       if self._buffered_at.get(r.id, 0) < too_old and not r.suspect]:
             self._unbuffer(record)
             self._record(outcomes.requeued(record, self.id))
 
@@ -395,32 +397,42 @@ class Worker:
                 self._unbuffer(old)
             self.buffered.append(record)
             self._buffered_at[record.id] = now
-            if n >= free:
+            if n >= free or record.suspect:  # as the claim marked them
                 self._unstarted.add(record.id)
 
     async def _isolate(self) -> None:
         """Before a suspect starts alone, hand the other buffered jobs back to the store
-        (and wait until it has them): if the suspect kills the process, none of them is held
-        by it, so none is charged."""
-        if not (self.buffered and self.buffered[0].recoveries > 0 and not self.running
-                and len(self.buffered) > 1):
+        and mark the suspect started there (waiting until the store has both): if it kills
+        the process, it is charged and no other job is."""
+        if not (self.buffered and self.buffered[0].suspect and not self.running):
             return
+        suspect = self.buffered[0]
         others = list(self.buffered)[1:]
-        for record in others:
-            self._unbuffer(record)
-        released = [outcomes.requeued(record, self.id) for record in others]
-        try:
-            await self.broker.settle(released)
-        except Exception:
-            log.warning("could not hand %d jobs back before a suspect job; the settler "
-                        "retries", len(released))
-            for outcome in released:
-                self._record(outcome)
+        if others:
+            for record in others:
+                self._unbuffer(record)
+            released = [outcomes.requeued(record, self.id) for record in others]
+            try:
+                await self.broker.settle(released)
+            except Exception:
+                log.warning("could not hand %d jobs back before a suspect job; the settler "
+                            "retries", len(released))
+                for outcome in released:
+                    self._record(outcome)
+        if suspect.id in self._unstarted:
+            self.begun.append(suspect.id)
+            try:
+                await self.maintenance.heartbeat_once()
+            except Exception:
+                log.warning("could not mark suspect job %s started; trying again", suspect.id)
+                await self._sleep(0.5)
+                return
+            self._unstarted.discard(suspect.id)
 
     def _isolating(self) -> bool:
         """True while a suspect job runs alone or waits for the others to end."""
         return self._alone is not None or bool(
-            self.buffered and self.buffered[0].recoveries > 0 and self.running)
+            self.buffered and self.buffered[0].suspect and self.running)
 
     def _fill_slots(self) -> None:
         """Start buffered jobs while slots are free. A suspect job (its worker was lost
@@ -429,8 +441,9 @@ class Worker:
         while self.buffered and len(self.running) < self.scaler.size and not self.stopping:
             if self._alone is not None:
                 return
-            if self.buffered[0].recoveries > 0:
-                if self.running or len(self.buffered) > 1:  # see _isolate
+            if self.buffered[0].suspect:
+                if (self.running or len(self.buffered) > 1
+                        or self.buffered[0].id in self._unstarted):  # see _isolate
                     return
                 self._alone = self.buffered[0].id
             record = self.buffered.popleft()

@@ -43,19 +43,20 @@ def _number(value: Any) -> float | None:
 
 def claimed_jobs(reply: Sequence[Any], worker_id: str) -> list[JobRecord]:
     """The jobs of a claim script's reply: ``[started_at, lease expiry, then per job its
-    JSON, run_at ('' for the one it was enqueued with), attempts, recoveries]``."""
+    JSON, run_at ('' for the one it was enqueued with), attempts, recoveries, suspect (1 or
+    0)]``."""
     if len(reply) < 3:
         return []
     started, lease = float(reply[0]), float(reply[1])
     jobs = []
-    for i in range(2, len(reply), 4):
+    for i in range(2, len(reply), 5):
         spec = _loads(reply[i])
         run_at = reply[i + 1]
         jobs.append(JobRecord(
             spec["id"], spec["name"], spec["queue"], _RUNNING, spec["args"], spec["kwargs"],
             spec["created_at"], float(run_at) if run_at else spec["run_at"],
             int(reply[i + 2]), int(reply[i + 3]), started,
-            worker_id=worker_id, lease_expires_at=lease,
+            worker_id=worker_id, lease_expires_at=lease, suspect=int(reply[i + 4]) == 1,
         ))
     return jobs
 

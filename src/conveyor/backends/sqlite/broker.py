@@ -39,6 +39,14 @@ WAITING = "state IN ('queued', 'scheduled')"
 CHUNK = 500
 #: how often an idle worker looks for new commits by other connections (cheap, no I/O)
 POLL_INTERVAL = 0.002
+# values of the jobs' ``unstarted`` column: 0 started (or not running)
+#: running, claimed ahead of a free slot or held as a suspect: a recovery does not charge it
+UNSTARTED = 1
+#: went back uncharged from a lost worker that held it unstarted; it may have started just
+#: before the worker died, so the next claim makes it a suspect
+MAYBE_STARTED = 2
+#: claimed from MAYBE_STARTED by a caller that starts it at once (counts as started)
+SUSPECT = 3
 
 
 def _chunks(items: Sequence[T], size: int = CHUNK) -> list[Sequence[T]]:
@@ -70,9 +78,9 @@ class SQLiteBroker(Broker):
         self._sql_claim = (
             f"UPDATE {t}_jobs SET state='running', worker_id=?, attempts=attempts+1, "
             f"started_at=?, lease_expires_at=?, progress=NULL, progress_message=NULL, "
-            f"unstarted=0 "
+            f"unstarted=CASE unstarted WHEN {MAYBE_STARTED} THEN {SUSPECT} ELSE 0 END "
             f"WHERE id IN (SELECT id FROM {t}_jobs WHERE {WAITING} AND queue IN ({{marks}}) "
-            f"AND run_at <= ? ORDER BY run_at, id LIMIT ?) RETURNING {JOB_COLUMNS}"
+            f"AND run_at <= ? ORDER BY run_at, id LIMIT ?) RETURNING {JOB_COLUMNS}, unstarted"
         )
         self._sql_insert = (
             f"INSERT INTO {t}_jobs (id, name, queue, state, args, kwargs, created_at, run_at) "
@@ -207,15 +215,20 @@ class SQLiteBroker(Broker):
         start: int | None = None,
     ) -> list[JobRecord]:
         sql = self._sql_claim.format(marks=_marks(len(queues)))
-        hold = f"UPDATE {self.ns}_jobs SET unstarted=1 WHERE id=?"
+        hold = f"UPDATE {self.ns}_jobs SET unstarted={UNSTARTED} WHERE id=?"
 
         def fn(conn: sqlite3.Connection) -> list[JobRecord]:
             now = time.time()
             rows = conn.execute(sql, (worker_id, now, lease_now() + lease, *queues, now, limit))
-            jobs = [job_from_row(r) for r in rows]
+            jobs = []
+            for row in rows:
+                job = job_from_row(row)
+                job.suspect = row[-1] == SUSPECT or job.recoveries > 0
+                jobs.append(job)
             jobs.sort(key=lambda j: (j.run_at, j.id))
-            if start is not None and len(jobs) > start:
-                conn.executemany(hold, [(j.id,) for j in jobs[start:]])
+            if start is not None:  # the others, and every suspect, wait for a start mark
+                conn.executemany(hold, [(j.id,) for n, j in enumerate(jobs)
+                                        if n >= start or j.suspect])
             return jobs
 
         return await self._write(fn)
@@ -383,21 +396,25 @@ class SQLiteBroker(Broker):
             requeue, dead, cancelled = [], [], []
             dead_by_queue: dict[str, int] = {}
             for job_id, queue, recoveries, cancel, unstarted, owner_alive in rows:
+                held = unstarted == UNSTARTED
                 if cancel:
                     cancelled.append((now, now + keep, job_id))
-                elif unstarted or owner_alive:  # not this job's doing: the attempt is void
-                    requeue.append((0, 1, "requeued unstarted (its worker was lost)"
-                                    if unstarted else "lease expired while its worker lived; "
-                                    "requeued", job_id))
+                elif held or owner_alive:  # not this job's doing: the attempt is void
+                    # held unstarted by a lost worker, it may have started just before the
+                    # worker died: it runs alone next time
+                    requeue.append((0, 1, MAYBE_STARTED if held and not owner_alive else 0,
+                                    "requeued unstarted (its worker was lost)" if held
+                                    else "lease expired while its worker lived; requeued",
+                                    job_id))
                 elif recoveries + 1 >= max_recoveries:
                     error = f"worker lost {recoveries + 1} times (lease expired); giving up"
                     dead.append((error, now, now + keep, job_id))
                     dead_by_queue[queue] = dead_by_queue.get(queue, 0) + 1
                 else:
-                    requeue.append((1, 0, "worker lost (lease expired); requeued", job_id))
+                    requeue.append((1, 0, 0, "worker lost (lease expired); requeued", job_id))
             conn.executemany(
                 f"UPDATE {t}_jobs SET state='queued', recoveries=recoveries+?, "
-                f"attempts=attempts-?, worker_id=NULL, lease_expires_at=NULL, unstarted=0, "
+                f"attempts=attempts-?, worker_id=NULL, lease_expires_at=NULL, unstarted=?, "
                 f"error=? WHERE id=?",
                 requeue,
             )

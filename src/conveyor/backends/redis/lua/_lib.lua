@@ -4,8 +4,10 @@
 -- Most scripts take the keys of the jobs first, the "job block" (Keys.job_block in keys.py):
 --   1 jobs hash (job id -> its immutable JSON), 2..12 one hash per field (state, run_at,
 --   attempts, recoveries, worker, started, finished, result, error, traceback, progress),
---   13 expiry zset, 14 cancel set, 15 unstarted set (running jobs claimed ahead of a free
---   slot and not started yet: a recovery does not charge them).
+--   13 expiry zset, 14 cancel set, 15 unstarted hash (job id -> '1': running, claimed
+--   ahead of a free slot or held as a suspect, not started yet, so a recovery does not
+--   charge it; '2': went back so from a lost worker, and may have started just before: the
+--   next claim makes it a suspect).
 -- A "queue group" is nine consecutive KEYS of one queue, starting at index `base`:
 --   base+0 waiting zset (queued and scheduled job id -> run_at), base+1 sched zset (the
 --   scheduled ones -> run_at), base+2 wake list, base+3 leases zset (running job id ->
@@ -118,6 +120,6 @@ local function forget(base, id, state)
   if INDEX_OFFSET[state] then redis.call('ZREM', KEYS[base + INDEX_OFFSET[state]], id) end
   redis.call('ZREM', F.expiry, id)
   redis.call('SREM', F.cancel, id)
-  redis.call('SREM', F.unstarted, id)
+  redis.call('HDEL', F.unstarted, id)
   for k = 1, HASHES do redis.call('HDEL', KEYS[k], id) end
 end

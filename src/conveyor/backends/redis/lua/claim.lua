@@ -5,9 +5,10 @@
 -- KEYS: 1..15 the job block (see _lib.lua), 16 last claims hash (worker id -> token, start,
 --       lease expiry and job ids), then one queue group (9 keys) per queue.
 -- ARGV: 1 worker id, 2 lease seconds, 3 limit, 4 claim token, 5 how many of the claimed
---       jobs start at once ('' for all; the others are marked unstarted).
--- Returns: {started_at, lease expiry, then 4 per claimed job: its JSON, run_at, attempts,
---       recoveries}.
+--       jobs start at once ('' for all; when given, the others and every suspect are marked
+--       unstarted: suspects start alone, once a heartbeat marks them started).
+-- Returns: {started_at, lease expiry, then 5 per claimed job: its JSON, run_at, attempts,
+--       recoveries, suspect (1 or 0)}.
 local worker, lease, limit, token = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
 local start = tonumber(ARGV[5])
 local CLAIMS = BLOCK + 1
@@ -24,7 +25,9 @@ if last and string.sub(last, 1, #token + 1) == token .. ' ' then
       again[#again + 1] = redis.call('HGET', F.jobs, id)
       again[#again + 1] = redis.call('HGET', F.run_at, id) or ''
       again[#again + 1] = redis.call('HGET', F.attempts, id)
-      again[#again + 1] = redis.call('HGET', F.recoveries, id) or 0
+      local lost = redis.call('HGET', F.recoveries, id) or 0
+      again[#again + 1] = lost
+      again[#again + 1] = tonumber(lost) > 0 and 1 or 0
     end
   end
   return again
@@ -72,6 +75,8 @@ if #ids > 0 then
   local specs = hmget(F.jobs, ids)
   local attempts = hmget(F.attempts, ids)
   local recoveries = hmget(F.recoveries, ids)
+  local marks = hmget(F.unstarted, ids)
+  local held = {}
   local states, counts, workers, starts = {}, {}, {}, {}
   local per = {}  -- base -> the ids leaving its waiting set, and its new leases
   for i, id in ipairs(ids) do
@@ -93,8 +98,13 @@ if #ids > 0 then
       counts[2 * k - 1], counts[2 * k] = id, tries
       workers[2 * k - 1], workers[2 * k] = id, worker
       starts[2 * k - 1], starts[2 * k] = id, stamp
-      reply[4 * k - 1], reply[4 * k], reply[4 * k + 1], reply[4 * k + 2] =
-        spec, ats[i], tries, recoveries[i] or 0
+      local suspect = marks[i] == '2' or (tonumber(recoveries[i]) or 0) > 0
+      reply[5 * k - 2], reply[5 * k - 1], reply[5 * k], reply[5 * k + 1], reply[5 * k + 2] =
+        spec, ats[i], tries, recoveries[i] or 0, suspect and 1 or 0
+      if start and (suspect or k > start) then
+        held[#held + 1] = id
+        held[#held + 1] = '1'
+      end
     end
   end
   for base, group in pairs(per) do
@@ -110,12 +120,8 @@ if #ids > 0 then
     many('HSET', F.worker, workers, 2)
     many('HSET', F.started, starts, 2)
     many('HDEL', F.progress, taken, 1)
-    many('SREM', F.unstarted, taken, 1)
-    if start and #taken > start then
-      local held = {}
-      for i = start + 1, #taken do held[#held + 1] = taken[i] end
-      many('SADD', F.unstarted, held, 1)
-    end
+    many('HDEL', F.unstarted, taken, 1)
+    if #held > 0 then many('HSET', F.unstarted, held, 2) end
   end
 end
 redis.call('HSET', KEYS[CLAIMS], worker,

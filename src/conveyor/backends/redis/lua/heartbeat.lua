@@ -15,7 +15,7 @@ redis.call('HSET', KEYS[BLOCK + 2], worker, cjson.encode(info))
 if begun > 0 then
   local started = {}
   for i = 5, 4 + begun do started[#started + 1] = ARGV[i] end
-  many('SREM', F.unstarted, started, 1)
+  many('HDEL', F.unstarted, started, 1)
 end
 local ids, held = {}, {}
 for i = 5 + begun, #ARGV, 2 do

@@ -20,10 +20,14 @@ for i = 3, #ARGV do
       redis.call('ZREM', KEYS[base + LEASES], id)
     elseif redis.call('SISMEMBER', F.cancel, id) == 1 then
       finish(base, id, 'running', 'cancelled', now, retention)
-    elseif redis.call('SREM', F.unstarted, id) == 1
+    elseif redis.call('HGET', F.unstarted, id) == '1'
         or tonumber(redis.call('ZSCORE', workers, redis.call('HGET', F.worker, id) or '')
                     or 0) >= now then
-      -- not this job's doing: held unstarted, or its worker is alive
+      -- not this job's doing: held unstarted, or its worker is alive. One held unstarted by
+      -- a lost worker may have started just before it died: it runs alone next time.
+      if redis.call('HGET', F.unstarted, id) == '1' then
+        redis.call('HSET', F.unstarted, id, '2')
+      end
       redis.call('HSET', F.error, id, 'lease expired without a charge (not started, or its '
                  .. 'worker alive); requeued')
       redis.call('HINCRBY', F.attempts, id, -1)
@@ -32,6 +36,7 @@ for i = 3, #ARGV do
       put_waiting(base, id, 'running', math.min(run_at_of(id), now), now)
       requeued = requeued + 1
     else
+      redis.call('HDEL', F.unstarted, id)
       local lost = redis.call('HINCRBY', F.recoveries, id, 1)
       if lost >= max_recoveries then
         redis.call('HSET', F.error, id,
