@@ -45,8 +45,11 @@ UNSTARTED = 1
 #: went back uncharged from a lost worker that held it unstarted; it may have started just
 #: before the worker died, so the next claim makes it a suspect
 MAYBE_STARTED = 2
-#: claimed from MAYBE_STARTED by a caller that starts it at once (counts as started)
+#: claimed from MAYBE_STARTED or HELD_SUSPECT by a caller that starts it at once (counts as
+#: started)
 SUSPECT = 3
+#: a suspect held unstarted (like UNSTARTED; and it stays a suspect if handed back)
+HELD_SUSPECT = 4
 
 
 def _chunks(items: Sequence[T], size: int = CHUNK) -> list[Sequence[T]]:
@@ -78,7 +81,8 @@ class SQLiteBroker(Broker):
         self._sql_claim = (
             f"UPDATE {t}_jobs SET state='running', worker_id=?, attempts=attempts+1, "
             f"started_at=?, lease_expires_at=?, progress=NULL, progress_message=NULL, "
-            f"unstarted=CASE unstarted WHEN {MAYBE_STARTED} THEN {SUSPECT} ELSE 0 END "
+            f"unstarted=CASE WHEN unstarted IN ({MAYBE_STARTED}, {HELD_SUSPECT}) "
+            f"THEN {SUSPECT} ELSE 0 END "
             f"WHERE id IN (SELECT id FROM {t}_jobs WHERE {WAITING} AND queue IN ({{marks}}) "
             f"AND run_at <= ? ORDER BY run_at, id LIMIT ?) RETURNING {JOB_COLUMNS}, unstarted"
         )
@@ -215,7 +219,7 @@ class SQLiteBroker(Broker):
         start: int | None = None,
     ) -> list[JobRecord]:
         sql = self._sql_claim.format(marks=_marks(len(queues)))
-        hold = f"UPDATE {self.ns}_jobs SET unstarted={UNSTARTED} WHERE id=?"
+        hold = f"UPDATE {self.ns}_jobs SET unstarted=? WHERE id=?"
 
         def fn(conn: sqlite3.Connection) -> list[JobRecord]:
             now = time.time()
@@ -227,8 +231,8 @@ class SQLiteBroker(Broker):
                 jobs.append(job)
             jobs.sort(key=lambda j: (j.run_at, j.id))
             if start is not None:  # the others, and every suspect, wait for a start mark
-                conn.executemany(hold, [(j.id,) for n, j in enumerate(jobs)
-                                        if n >= start or j.suspect])
+                conn.executemany(hold, [(HELD_SUSPECT if j.suspect else UNSTARTED, j.id)
+                                        for n, j in enumerate(jobs) if n >= start or j.suspect])
             return jobs
 
         return await self._write(fn)
@@ -396,7 +400,7 @@ class SQLiteBroker(Broker):
             requeue, dead, cancelled = [], [], []
             dead_by_queue: dict[str, int] = {}
             for job_id, queue, recoveries, cancel, unstarted, owner_alive in rows:
-                held = unstarted == UNSTARTED
+                held = unstarted in (UNSTARTED, HELD_SUSPECT)
                 if cancel:
                     cancelled.append((now, now + keep, job_id))
                 elif held or owner_alive:  # not this job's doing: the attempt is void

@@ -98,12 +98,12 @@ if #ids > 0 then
       counts[2 * k - 1], counts[2 * k] = id, tries
       workers[2 * k - 1], workers[2 * k] = id, worker
       starts[2 * k - 1], starts[2 * k] = id, stamp
-      local suspect = marks[i] == '2' or (tonumber(recoveries[i]) or 0) > 0
+      local suspect = marks[i] == '2' or marks[i] == '3' or (tonumber(recoveries[i]) or 0) > 0
       reply[5 * k - 2], reply[5 * k - 1], reply[5 * k], reply[5 * k + 1], reply[5 * k + 2] =
         spec, ats[i], tries, recoveries[i] or 0, suspect and 1 or 0
       if start and (suspect or k > start) then
         held[#held + 1] = id
-        held[#held + 1] = '1'
+        held[#held + 1] = suspect and '3' or '1'
       end
     end
   end

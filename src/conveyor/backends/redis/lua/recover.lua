@@ -15,17 +15,19 @@ local requeued, dead = 0, 0
 for i = 3, #ARGV do
   local id = ARGV[i]
   local expires = redis.call('ZSCORE', KEYS[base + LEASES], id)
+  local mark = redis.call('HGET', F.unstarted, id)
   if expires and tonumber(expires) < now then
     if redis.call('HGET', F.state, id) ~= 'running' then
       redis.call('ZREM', KEYS[base + LEASES], id)
     elseif redis.call('SISMEMBER', F.cancel, id) == 1 then
       finish(base, id, 'running', 'cancelled', now, retention)
-    elseif redis.call('HGET', F.unstarted, id) == '1'
+      redis.call('HDEL', F.unstarted, id)
+    elseif mark == '1' or mark == '3'
         or tonumber(redis.call('ZSCORE', workers, redis.call('HGET', F.worker, id) or '')
                     or 0) >= now then
       -- not this job's doing: held unstarted, or its worker is alive. One held unstarted by
       -- a lost worker may have started just before it died: it runs alone next time.
-      if redis.call('HGET', F.unstarted, id) == '1' then
+      if mark == '1' or mark == '3' then
         redis.call('HSET', F.unstarted, id, '2')
       end
       redis.call('HSET', F.error, id, 'lease expired without a charge (not started, or its '
