@@ -342,3 +342,29 @@ def test_close_leaves_no_descriptor_of_the_database(tmp_path: Path) -> None:
     assert db_descriptors(db)
     asyncio.run(broker.close())
     assert db_descriptors(db) == []
+
+
+def test_refused_redis_credentials_are_a_configuration_error(tmp_path: Path) -> None:
+    """Waiting does not fix a wrong password: the caller hears at once, and never the
+    password (redis-py reports it as a connection error, which would be retried)."""
+    import redis as redis_client
+
+    from redis_server import RedisServer
+
+    directory = tmp_path / "redis"
+    directory.mkdir()
+    server = RedisServer(directory).start()
+    try:
+        redis_client.Redis(port=server.port).config_set("requirepass", "right-one")
+        app = Conveyor(url=f"redis://:not-this-one@127.0.0.1:{server.port}/0")
+        try:
+            began = time.monotonic()
+            with pytest.raises(ConfigurationError, match="refused the credentials") as raised:
+                app.enqueue("anything")
+            assert time.monotonic() - began < app.broker.retry_for / 2
+            assert "not-this-one" not in str(raised.value)
+            assert not app.broker.is_transient(raised.value.__cause__ or raised.value)
+        finally:
+            app.close()
+    finally:
+        server.stop()

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from polling import wait_until
+
 TESTS = Path(__file__).resolve().parent.parent
 ROOT = TESTS.parent
 JOBS_APP = "faults.faultjobs:app"
@@ -73,15 +75,8 @@ def children_of(pid: int) -> list[int]:
 
 def wait_for(predicate: Callable[[], Any], timeout: float, what: str,
              interval: float = 0.02) -> Any:
-    """Poll ``predicate`` until truthy and return its value; AssertionError after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)
+    """Poll ``predicate`` until truthy and return its value (:func:`polling.wait_until`)."""
+    return wait_until(predicate, timeout, what, interval)
 
 
 @dataclass

@@ -128,6 +128,9 @@ class Worker:
         self._rate_at = time.monotonic()
         #: attempts stopped because the store gave their job to another owner
         self.lost = 0
+        #: attempts that ended but whose outcome the store does not have yet: each keeps its
+        #: slot until then, so a process that dies re-runs at most its slots' worth of jobs
+        self._settling: set[str] = set()
         #: running jobs that own a staged upload, removed once their end is recorded
         self._staged: set[str] = set()
         self._closing = False
@@ -354,12 +357,13 @@ class Worker:
             self._fill_slots()
             size = self.scaler.size
             ahead = self._ahead(size)
-            want = size - len(self.running) + ahead - len(self.buffered)
-            if (want <= 0 or len(self.running) + len(self.buffered) >= size + ahead
+            busy = self.busy
+            want = size - busy + ahead - len(self.buffered)
+            if (want <= 0 or busy + len(self.buffered) >= size + ahead
                     or self._isolating()):
                 await self._wake.wait()
                 continue
-            free = max(0, size - len(self.running) - len(self.buffered))
+            free = max(0, size - busy - len(self.buffered))
             try:
                 jobs = await self.broker.claim(self.id, self.queues, want, lease, start=free)
             except Exception:
@@ -370,7 +374,7 @@ class Worker:
             self._fill_slots()
             if jobs:
                 await asyncio.sleep(0)
-            elif self.buffered or len(self.running) >= size:
+            elif self.buffered or self.busy >= size:
                 await self._wake.wait()
             else:
                 await self._idle()
@@ -429,6 +433,11 @@ class Worker:
                 return
             self._unstarted.discard(suspect.id)
 
+    @property
+    def busy(self) -> int:
+        """Slots taken: attempts running, and those ended whose outcome is not stored yet."""
+        return len(self.running) + len(self._settling)
+
     def _isolating(self) -> bool:
         """True while a suspect job runs alone or waits for the others to end."""
         return self._alone is not None or bool(
@@ -438,7 +447,7 @@ class Worker:
         """Start buffered jobs while slots are free. A suspect job (its worker was lost
         while it ran) starts only once nothing else runs, and nothing starts beside it: if
         it kills its process again, no other job pays for it."""
-        while self.buffered and len(self.running) < self.scaler.size and not self.stopping:
+        while self.buffered and self.busy < self.scaler.size and not self.stopping:
             if self._alone is not None:
                 return
             if self.buffered[0].suspect:
@@ -498,6 +507,8 @@ class Worker:
             raise
         finally:
             self._ends += 1
+            if entry.stop_reason != "lost":  # its slot stays taken until the store has it
+                self._settling.add(record.id)
             if self.running.get(record.id) is entry:
                 del self.running[record.id]
             if self._alone == record.id:
@@ -585,7 +596,10 @@ class Worker:
     async def _flush(self) -> None:
         while self._outcomes:
             batch, self._outcomes = self._outcomes, []
-            for outcome in await self._write(batch):
+            written = await self._write(batch)
+            if self._settling:
+                self._free_settled(batch)
+            for outcome in written:
                 if outcome.job_id in self._staged:
                     self._staged.discard(outcome.job_id)
                     if outcome.kind in FINAL_KINDS:
@@ -594,6 +608,16 @@ class Worker:
                     self.info.processed += 1
                 elif outcome.kind in (OutcomeKind.DEAD, OutcomeKind.RETRY):
                     self.info.failed += 1
+
+    def _free_settled(self, batch: list[Outcome]) -> None:
+        """Free the slots of the outcomes of ``batch`` the store now has, or that were given
+        up (their leases bring the jobs back); those put back to try again keep theirs."""
+        waiting = {o.job_id for o in self._outcomes}
+        freed = {o.job_id for o in batch} - waiting
+        if freed & self._settling:
+            self._settling -= freed
+            self._fill_slots()
+            self.wake()
 
     async def _write(self, batch: list[Outcome]) -> list[Outcome]:
         """Settle ``batch``; return the outcomes written.

@@ -19,7 +19,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from types import FrameType
 from typing import TYPE_CHECKING, Any
@@ -89,6 +89,33 @@ async def serve_worker(worker: Worker) -> None:
         signals.remove()
 
 
+def _run_bounded(main: Coroutine[Any, Any, None]) -> None:
+    """``asyncio.run(main)``, but the tasks left over at the end (a store call that swallowed
+    its cancellation, say) get :data:`LEFTOVER_WAIT` seconds, not for ever: the process must
+    exit within the bound a graceful stop promises."""
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(main)
+    finally:
+        try:
+            leftover = asyncio.all_tasks(loop)
+            for task in leftover:
+                task.cancel()
+            if leftover:
+                _, stuck = loop.run_until_complete(asyncio.wait(leftover, timeout=LEFTOVER_WAIT))
+                if stuck:
+                    log.warning("%d tasks did not end after their cancellation; exiting anyway",
+                                len(stuck))
+            loop.run_until_complete(
+                asyncio.wait_for(loop.shutdown_asyncgens(), LEFTOVER_WAIT))
+            loop.run_until_complete(
+                asyncio.wait_for(loop.shutdown_default_executor(), LEFTOVER_WAIT))
+        except Exception:
+            log.exception("while closing the event loop")
+        finally:
+            loop.close()
+
+
 def run_worker(app: Conveyor, *, metrics_port: int | None = None,
                metrics_host: str = "127.0.0.1", **options: Any) -> int:
     """Run one worker in this process until it is told to stop; return the exit code.
@@ -113,7 +140,7 @@ def run_worker(app: Conveyor, *, metrics_port: int | None = None,
         log.info("metrics on http://%s:%d/metrics", metrics_host, metrics_port)
     worker = Worker(app, **options)
     try:
-        asyncio.run(serve_worker(worker))
+        _run_bounded(serve_worker(worker))
     finally:
         if stop_metrics is not None:
             stop_metrics()
@@ -127,6 +154,8 @@ STABLE_AFTER = 10.0
 #: doubles with each further quick death in a row, up to RESTART_BACKOFF_MAX
 RESTART_BACKOFF = 1.0
 RESTART_BACKOFF_MAX = 30.0
+#: seconds the tasks left over when a worker's loop ends get to finish their cancellation
+LEFTOVER_WAIT = 1.0
 #: on a stop, children get ``grace`` plus this many seconds to exit before they are killed
 #: (above a worker's own worst case: its store budget and the wait for cancelled jobs)
 STOP_MARGIN = 7.0

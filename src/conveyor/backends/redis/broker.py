@@ -22,7 +22,13 @@ from conveyor.backends.redis import codec
 from conveyor.backends.redis.client import BlockingScripts, pack_with_hiredis
 from conveyor.backends.redis.keys import Keys
 from conveyor.backends.redis.scripts import register_all
-from conveyor.errors import ConfigurationError, ConveyorError, QueueFull, StoreUnavailable
+from conveyor.errors import (
+    ConfigurationError,
+    ConveyorError,
+    QueueFull,
+    StoreUnavailable,
+    redact_url,
+)
 from conveyor.ids import new_id
 from conveyor.job import ALL_STATES, JobRecord, JobState, Outcome, OutcomeKind, WorkerInfo
 from conveyor.serialization import storable
@@ -30,6 +36,7 @@ from conveyor.stats import STATS_KEEP, MinuteStats
 
 try:
     import redis.asyncio as aioredis
+    from redis.exceptions import AuthenticationError, AuthenticationWrongNumberOfArgsError
     from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.exceptions import TimeoutError as RedisTimeoutError
 except ImportError as exc:  # pragma: no cover - depends on the environment
@@ -42,6 +49,8 @@ log = logging.getLogger("conveyor.redis")
 
 #: connection errors worth retrying: Redis restarting, a dropped connection
 TRANSIENT = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
+#: refused credentials: redis-py makes them connection errors, but waiting will not help
+REFUSED = (AuthenticationError, AuthenticationWrongNumberOfArgsError)
 #: how long one operation keeps retrying through connection trouble before it gives up
 RETRY_FOR = 30.0
 #: ids handed to one script call at most
@@ -135,6 +144,8 @@ class RedisBroker(Broker):
         while True:
             try:
                 return await operation(self._conn())
+            except REFUSED as exc:
+                raise self._refused(exc) from exc
             except TRANSIENT as exc:
                 self.last_trouble = time.monotonic()
                 if time.monotonic() + pause > deadline:
@@ -143,6 +154,11 @@ class RedisBroker(Broker):
                 await asyncio.sleep(pause * (0.5 + random.random() / 2))
                 pause = min(pause * 2, 2.0)
 
+    def _refused(self, error: BaseException) -> ConfigurationError:
+        """What callers see when Redis refuses the URL's credentials."""
+        return ConfigurationError(f"Redis refused the credentials of {redact_url(self.url)}: "
+                                  f"{error}")
+
     def _unavailable(self, error: BaseException) -> StoreUnavailable:
         """What callers see once retrying through ``error`` is given up."""
         timed_out = isinstance(error, (RedisTimeoutError, TimeoutError))
@@ -150,7 +166,8 @@ class RedisBroker(Broker):
                                 "Redis is unreachable")
 
     def is_transient(self, error: BaseException) -> bool:
-        return isinstance(error, (*TRANSIENT, StoreUnavailable))
+        return (isinstance(error, (*TRANSIENT, StoreUnavailable))
+                and not isinstance(error, REFUSED))
 
     async def _cmd(self, command: str, *args: Any, **kwargs: Any) -> Any:
         """One Redis command, retried through connection trouble."""
@@ -338,6 +355,8 @@ class RedisBroker(Broker):
                 reply = scripts.call(script, keys, argv)
                 status = reply if isinstance(reply, str) else reply[0]
                 break
+            except REFUSED as exc:
+                raise self._refused(exc) from exc
             except TRANSIENT as exc:
                 self.last_trouble = time.monotonic()
                 if time.monotonic() + pause > deadline:
