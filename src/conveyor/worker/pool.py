@@ -130,7 +130,7 @@ class Worker:
         self.lost = 0
         #: attempts that ended but whose outcome the store does not have yet: each keeps its
         #: slot until then, so a process that dies re-runs at most its slots' worth of jobs
-        self._settling: set[str] = set()
+        self._settling: dict[str, int] = {}
         #: running jobs that own a staged upload, removed once their end is recorded
         self._staged: set[str] = set()
         self._closing = False
@@ -178,9 +178,12 @@ class Worker:
             self._wake.set()
 
     def held(self) -> dict[str, int]:
-        """The attempts this worker holds leases on, running and buffered: job id -> attempt
-        (the fencing token every write of the attempt carries)."""
-        held = {job_id: entry.ctx.record.attempts for job_id, entry in self.running.items()}
+        """The attempts this worker holds leases on, running, buffered, and ended with their
+        outcome not stored yet: job id -> attempt (the fencing token every write of the
+        attempt carries)."""
+        held = dict(self._settling)  # ended: their leases hold until the outcome is stored
+        held.update((job_id, entry.ctx.record.attempts)
+                    for job_id, entry in self.running.items())
         held.update((record.id, record.attempts) for record in self.buffered)
         return held
 
@@ -508,7 +511,7 @@ class Worker:
         finally:
             self._ends += 1
             if entry.stop_reason != "lost":  # its slot stays taken until the store has it
-                self._settling.add(record.id)
+                self._settling[record.id] = record.attempts
             if self.running.get(record.id) is entry:
                 del self.running[record.id]
             if self._alone == record.id:
@@ -614,8 +617,9 @@ class Worker:
         up (their leases bring the jobs back); those put back to try again keep theirs."""
         waiting = {o.job_id for o in self._outcomes}
         freed = {o.job_id for o in batch} - waiting
-        if freed & self._settling:
-            self._settling -= freed
+        if not freed.isdisjoint(self._settling):
+            for job_id in freed:
+                self._settling.pop(job_id, None)
             self._fill_slots()
             self.wake()
 
