@@ -14,6 +14,7 @@ import pytest
 
 from conveyor import Conveyor
 from conveyor.worker.pool import Worker
+from redis_server import RedisServer
 
 TESTS = Path(__file__).parent
 ROOT = TESTS.parent
@@ -94,6 +95,17 @@ def start_worker() -> Iterator[Callable[..., WorkerThread]]:
     for thread in started:
         if thread._thread.is_alive():
             thread.stop()
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A private ``redis-server`` (AOF, ``appendfsync always``) that the test may kill and
+    restart; stopped at the end."""
+    directory = tmp_path / "redis"
+    directory.mkdir()
+    srv = RedisServer(directory).start()
+    yield srv
+    srv.stop()
 
 
 def cli_env(**extra: str) -> dict[str, str]:

@@ -38,15 +38,6 @@ MARGIN = 5.0
 ROUNDS = 20
 
 
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[RedisServer]:
-    directory = tmp_path / "redis"
-    directory.mkdir()
-    srv = RedisServer(directory).start()
-    yield srv
-    srv.stop()
-
-
 class Store:
     """The store of one test: the URL the worker gets, and an app on it to read and enqueue."""
 

@@ -29,15 +29,6 @@ from redis_server import RedisServer
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[RedisServer]:
-    directory = tmp_path / "redis"
-    directory.mkdir()
-    srv = RedisServer(directory).start()
-    yield srv
-    srv.stop()
-
-
-@pytest.fixture
 def app(server: RedisServer) -> Iterator[Conveyor]:
     import rjobs
 
