@@ -792,6 +792,23 @@ def test_a_plain_job_is_no_suspect(run: Run[Any], broker: Broker) -> None:
     assert not job.suspect
 
 
+def test_a_stale_start_mark_leaves_another_workers_held_job_alone(
+    run: Run[Any], broker: Broker
+) -> None:
+    """A worker cut off reports a start of a job another worker now holds unstarted: that
+    worker's job stays unstarted (uncharged if it is lost with its worker)."""
+    job = make_job()
+    run(broker.enqueue([job], {}))
+    run(broker.claim("cut-off", ["default"], 1, SHORT, start=0))
+    time.sleep(PAST_SHORT)
+    run(broker.recover_expired(5))
+    (held,) = run(broker.claim("holder", ["default"], 1, SHORT, start=0))
+    run(broker.heartbeat(make_worker("cut-off"), {}, LEASE, [held.id]))
+    time.sleep(PAST_SHORT)
+    run(broker.recover_expired(5))
+    assert get(run, broker, job.id).recoveries == 0
+
+
 def test_recovery_does_not_charge_a_job_whose_worker_is_alive(
     run: Run[Any], broker: Broker
 ) -> None:

@@ -137,9 +137,10 @@ class Maintenance:
             beat = await worker.broker.heartbeat(
                 worker.info, worker.held(), worker.app.lease, begun
             )
-        except BaseException:
-            worker.begun[:0] = begun
-            worker.broker.last_trouble = time.monotonic()
+        except BaseException as exc:
+            worker.begun[:0] = begun  # told at the next heartbeat
+            if not isinstance(exc, asyncio.CancelledError):  # leases may lapse: see recovery
+                worker.broker.last_trouble = time.monotonic()
             raise
         for job_id in beat.lost:
             worker.lose(job_id)
@@ -150,7 +151,7 @@ class Maintenance:
         """Grow while all slots are busy and jobs wait; shrink after a quiet cooldown."""
         worker = self.worker
         scaler = worker.scaler
-        busy = len(worker.running)
+        busy = worker.busy  # slots taken, those waiting for their outcome to be stored too
         backlog = False
         if busy >= scaler.size and not worker.stopping:
             backlog = bool(worker.buffered) or await worker.broker.ready_count(worker.queues, 1) > 0

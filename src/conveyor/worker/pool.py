@@ -191,13 +191,13 @@ class Worker:
         """The store no longer counts this worker as the job's owner (its lease was
         recovered while this worker was cut off, or the job was deleted): stop the attempt at
         once without recording anything, since another attempt may be running elsewhere."""
-        for record in self.buffered:
-            if record.id == job_id:
-                self._unbuffer(record)
-                log.warning("job %s (attempt %d) is no longer this worker's; dropped unstarted",
-                            job_id, record.attempts)
-                self.lost += 1
-                return
+        record = self._buffered(job_id)
+        if record is not None:
+            self._unbuffer(record)
+            log.warning("job %s (attempt %d) is no longer this worker's; dropped unstarted",
+                        job_id, record.attempts)
+            self.lost += 1
+            return
         entry = self.running.get(job_id)
         if entry is None or entry.task is None or entry.stop_reason is not None:
             return
@@ -208,10 +208,24 @@ class Worker:
         entry.ctx.mark_cancelled()
         entry.task.cancel()
 
+    def _buffered(self, job_id: str) -> JobRecord | None:
+        """The buffered (claimed, not started) job with this id, if any."""
+        for record in self.buffered:
+            if record.id == job_id:
+                return record
+        return None
+
     def _unbuffer(self, record: JobRecord) -> None:
         self.buffered.remove(record)
         self._buffered_at.pop(record.id, None)
         self._unstarted.discard(record.id)
+
+    def _hand_back(self, records: Sequence[JobRecord]) -> list[Outcome]:
+        """Take ``records`` out of the buffer; return the outcomes that put them back in
+        their queue, uncharged."""
+        for record in records:
+            self._unbuffer(record)
+        return [outcomes.requeued(record, self.id) for record in records]
 
     def release_stale(self) -> None:
         """Send jobs buffered longer than :data:`BUFFER_MAX_AGE` back to their queue."""
@@ -219,23 +233,23 @@ class Worker:
             return
         too_old = time.monotonic() - BUFFER_MAX_AGE
         # a suspect waits for the others to end before it runs alone: it stays
-        for record in [r for r in self.buffered
-                       if self._buffered_at.get(r.id, 0) < too_old and not r.suspect]:
-            self._unbuffer(record)
-            self._record(outcomes.requeued(record, self.id))
+        stale = [r for r in self.buffered
+                 if self._buffered_at.get(r.id, 0) < too_old and not r.suspect]
+        for outcome in self._hand_back(stale):
+            self._record(outcome)
 
     def cancel_job(self, job_id: str, reason: str) -> None:
         """Stop a running job: ``"cancel"`` ends it as cancelled, ``"shutdown"`` requeues it."""
-        for record in self.buffered:
-            if record.id == job_id:  # not started yet: settle it without running it
-                self._unbuffer(record)
-                done = outcomes.requeued if reason == "shutdown" else outcomes.cancelled
-                outcome = done(record, self.id)
-                if self.metrics is not None:
-                    self.metrics.job_ended(record, outcome, None)
-                self.stats.ended(record, outcome)
-                self._record(outcome)
-                return
+        record = self._buffered(job_id)
+        if record is not None:  # not started yet: settle it without running it
+            self._unbuffer(record)
+            done = outcomes.requeued if reason == "shutdown" else outcomes.cancelled
+            outcome = done(record, self.id)
+            if self.metrics is not None:
+                self.metrics.job_ended(record, outcome, None)
+            self.stats.ended(record, outcome)
+            self._record(outcome)
+            return
         entry = self.running.get(job_id)
         if entry is None or entry.task is None or entry.stop_reason is not None:
             return
@@ -416,9 +430,7 @@ class Worker:
         suspect = self.buffered[0]
         others = list(self.buffered)[1:]
         if others:
-            for record in others:
-                self._unbuffer(record)
-            released = [outcomes.requeued(record, self.id) for record in others]
+            released = self._hand_back(others)
             try:
                 await self.broker.settle(released)
             except Exception:
@@ -682,10 +694,8 @@ class Worker:
     async def _drain(self, grace_end: float) -> None:
         """Give running jobs until ``grace_end`` (``loop.time()``), then requeue the rest
         without charging them, waiting :data:`CANCELLED_WAIT` at most for them to end."""
-        while self.buffered:  # claimed but never started: straight back
-            record = self.buffered[0]
-            self._unbuffer(record)
-            self._record(outcomes.requeued(record, self.id))
+        for outcome in self._hand_back(list(self.buffered)):  # never started: straight back
+            self._record(outcome)
         tasks = [e.task for e in self.running.values() if e.task is not None]
         if tasks:
             left = max(0.0, grace_end - asyncio.get_running_loop().time())

@@ -42,8 +42,8 @@ POLL_INTERVAL = 0.002
 # values of the jobs' ``unstarted`` column: 0 started (or not running)
 #: running, claimed ahead of a free slot or held as a suspect: a recovery does not charge it
 UNSTARTED = 1
-#: went back uncharged from a lost worker that held it unstarted; it may have started just
-#: before the worker died, so the next claim makes it a suspect
+#: went back uncharged, held unstarted when its lease ran out; it may have started just
+#: before its worker died, so the next claim makes it a suspect
 MAYBE_STARTED = 2
 #: claimed from MAYBE_STARTED or HELD_SUSPECT by a caller that starts it at once (counts as
 #: started)
@@ -290,7 +290,7 @@ class SQLiteBroker(Broker):
     ) -> Beat:
         t = self.ns
         ids = list(held)
-        begun = [(job_id,) for job_id in started]
+        begun = [(job_id, worker.id) for job_id in started]
 
         def fn(conn: sqlite3.Connection) -> Beat:
             now, until = time.time(), lease_now() + lease
@@ -304,7 +304,7 @@ class SQLiteBroker(Broker):
             if begun:
                 conn.executemany(
                     f"UPDATE {t}_jobs SET unstarted=0 WHERE id=? AND worker_id=? "
-                    f"AND state='running'", [(job_id, worker.id) for (job_id,) in begun]
+                    f"AND state='running'", begun
                 )
             beat = Beat()
             owned: set[str] = set()
@@ -404,9 +404,9 @@ class SQLiteBroker(Broker):
                 if cancel:
                     cancelled.append((now, now + keep, job_id))
                 elif held or owner_alive:  # not this job's doing: the attempt is void
-                    # held unstarted by a lost worker, it may have started just before the
-                    # worker died: it runs alone next time
-                    requeue.append((0, 1, MAYBE_STARTED if held and not owner_alive else 0,
+                    # one held unstarted may have started just before its worker died: it
+                    # runs alone next time
+                    requeue.append((0, 1, MAYBE_STARTED if held else 0,
                                     "requeued unstarted (its worker was lost)" if held
                                     else "lease expired while its worker lived; requeued",
                                     job_id))

@@ -6,9 +6,9 @@
 --   attempts, recoveries, worker, started, finished, result, error, traceback, progress),
 --   13 expiry zset, 14 cancel set, 15 unstarted hash (job id -> '1': running, claimed
 --   ahead of a free slot, not started yet, so a recovery does not charge it; '3': the same
---   for a suspect, which stays one if handed back; '2': went back from a lost worker that
---   held it unstarted, and may have started just before: the next claim makes it a
---   suspect).
+--   for a suspect, which stays one if handed back; '2': went back uncharged, held
+--   unstarted when its lease ran out, and may have started just before its worker died:
+--   the next claim makes it a suspect).
 -- A "queue group" is nine consecutive KEYS of one queue, starting at index `base`:
 --   base+0 waiting zset (queued and scheduled job id -> run_at), base+1 sched zset (the
 --   scheduled ones -> run_at), base+2 wake list, base+3 leases zset (running job id ->

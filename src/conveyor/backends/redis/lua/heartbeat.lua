@@ -13,9 +13,16 @@ info.heartbeat_at = now
 redis.call('ZADD', KEYS[BLOCK + 1], now + lease, worker)
 redis.call('HSET', KEYS[BLOCK + 2], worker, cjson.encode(info))
 if begun > 0 then
+  -- only marks of jobs still running under this worker: another may hold one unstarted now
   local started = {}
   for i = 5, 4 + begun do started[#started + 1] = ARGV[i] end
-  many('HDEL', F.unstarted, started, 1)
+  local now_states = hmget(F.state, started)
+  local now_owners = hmget(F.worker, started)
+  local mine = {}
+  for n, id in ipairs(started) do
+    if now_states[n] == 'running' and now_owners[n] == worker then mine[#mine + 1] = id end
+  end
+  if #mine > 0 then many('HDEL', F.unstarted, mine, 1) end
 end
 local ids, held = {}, {}
 for i = 5 + begun, #ARGV, 2 do

@@ -12,31 +12,36 @@ local now = server_now()
 local base = BLOCK + 1
 local workers = KEYS[base + GROUP]
 local requeued, dead = 0, 0
+
+-- back among the waiting jobs, with `error` saying why
+local function back(id, error)
+  redis.call('HSET', F.error, id, error)
+  redis.call('HDEL', F.worker, id)
+  redis.call('ZREM', KEYS[base + LEASES], id)
+  put_waiting(base, id, 'running', math.min(run_at_of(id), now), now)
+  requeued = requeued + 1
+end
+
 for i = 3, #ARGV do
   local id = ARGV[i]
   local expires = redis.call('ZSCORE', KEYS[base + LEASES], id)
-  local mark = redis.call('HGET', F.unstarted, id)
   if expires and tonumber(expires) < now then
+    local mark = redis.call('HGET', F.unstarted, id)
+    local held = mark == '1' or mark == '3'
+    local owner = redis.call('HGET', F.worker, id)
+    local alive = owner and tonumber(redis.call('ZSCORE', workers, owner) or 0) >= now
     if redis.call('HGET', F.state, id) ~= 'running' then
       redis.call('ZREM', KEYS[base + LEASES], id)
     elseif redis.call('SISMEMBER', F.cancel, id) == 1 then
       finish(base, id, 'running', 'cancelled', now, retention)
       redis.call('HDEL', F.unstarted, id)
-    elseif mark == '1' or mark == '3'
-        or tonumber(redis.call('ZSCORE', workers, redis.call('HGET', F.worker, id) or '')
-                    or 0) >= now then
-      -- not this job's doing: held unstarted, or its worker is alive. One held unstarted by
-      -- a lost worker may have started just before it died: it runs alone next time.
-      if mark == '1' or mark == '3' then
-        redis.call('HSET', F.unstarted, id, '2')
-      end
-      redis.call('HSET', F.error, id, 'lease expired without a charge (not started, or its '
-                 .. 'worker alive); requeued')
+    elseif held or alive then
+      -- not this job's doing: the attempt is void. One held unstarted may have started
+      -- just before its worker died: it runs alone next time.
+      if held then redis.call('HSET', F.unstarted, id, '2') end
       redis.call('HINCRBY', F.attempts, id, -1)
-      redis.call('HDEL', F.worker, id)
-      redis.call('ZREM', KEYS[base + LEASES], id)
-      put_waiting(base, id, 'running', math.min(run_at_of(id), now), now)
-      requeued = requeued + 1
+      back(id, held and 'requeued unstarted (its worker was lost)'
+               or 'lease expired while its worker lived; requeued')
     else
       redis.call('HDEL', F.unstarted, id)
       local lost = redis.call('HINCRBY', F.recoveries, id, 1)
@@ -46,11 +51,7 @@ for i = 3, #ARGV do
         finish(base, id, 'running', 'dead', now, retention)
         dead = dead + 1
       else
-        redis.call('HSET', F.error, id, 'worker lost (lease expired); requeued')
-        redis.call('HDEL', F.worker, id)
-        redis.call('ZREM', KEYS[base + LEASES], id)
-        put_waiting(base, id, 'running', math.min(run_at_of(id), now), now)
-        requeued = requeued + 1
+        back(id, 'worker lost (lease expired); requeued')
       end
     end
   end
