@@ -53,6 +53,19 @@ not_an_app = {"url": "sqlite:///nowhere.db"}
 
 
 # -- helpers for the tests (not used by the subprocesses) ---------------------------------------
+def publish(url: str, namespace: str = "conveyor") -> None:
+    """Publish the clijobs jobs to the store at ``url``, as a worker of ``clijobs:app`` does
+    when it starts: ``conveyor enqueue`` without ``--app`` then accepts their names."""
+    from conveyor.known import KnownJob
+
+    producer = register(Conveyor(url=url, namespace=namespace))
+    try:
+        jobs = [KnownJob.of(job_fn) for job_fn in producer.registry.values()]
+        producer.run_sync(producer.broker.publish_jobs("clijobs-worker", jobs))
+    finally:
+        producer.close()
+
+
 class CLI:
     """Runs ``python -m conveyor`` against one store, in a directory of the test's own."""
 

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import sys
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -13,7 +11,7 @@ from typing import Any
 import pytest
 
 from conveyor import Conveyor
-from conveyor.worker.pool import Worker
+from conveyor.testing import WorkerThread
 from redis_server import RedisServer
 
 TESTS = Path(__file__).parent
@@ -41,44 +39,6 @@ def app(db_url: str) -> Iterator[Conveyor]:
     application = Conveyor(url=db_url, lease=2.0)
     yield application
     application.close()
-
-
-class WorkerThread:
-    """A :class:`Worker` running on its own event loop in a thread, for in-process tests."""
-
-    def __init__(self, app: Conveyor, **options: Any) -> None:
-        self.worker = Worker(app, **options)
-        self.error: BaseException | None = None
-        self._thread = threading.Thread(target=self._main, daemon=True)
-        self._started = threading.Event()
-
-    def _main(self) -> None:
-        async def body() -> None:
-            task = asyncio.create_task(self.worker.run())
-            await asyncio.sleep(0)
-            self._started.set()
-            await task
-
-        try:
-            asyncio.run(body())
-        except BaseException as exc:  # surfaced by stop()
-            self.error = exc
-        finally:
-            self._started.set()
-
-    def start(self) -> WorkerThread:
-        self._thread.start()
-        self._started.wait(10)
-        return self
-
-    def stop(self, timeout: float = 30.0) -> None:
-        """Graceful stop (as on SIGTERM); raise what the worker raised, if anything."""
-        self.worker.request_stop()
-        self._thread.join(timeout)
-        if self._thread.is_alive():
-            raise AssertionError("worker did not stop in time")
-        if self.error is not None:
-            raise self.error
 
 
 @pytest.fixture

@@ -59,11 +59,15 @@ class Server:
             "--grace", "5", *(["--token", token] if token else []), *options,
         ]
         self.preexec = preexec
+        self.expect_healthy = True
         self.proc: subprocess.Popen[bytes] | None = None
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.client = httpx.Client(base_url=self.url, headers=headers, timeout=20)
 
-    def start(self) -> Server:
+    def start(self, healthy: bool = True) -> Server:
+        """Start serve and wait until ``/healthz`` says ok (any answer with ``healthy=False``:
+        a server whose store is down listens, answering 503)."""
+        self.expect_healthy = healthy
         self.containers.mkdir(parents=True, exist_ok=True)
         with self.log.open("wb") as log:
             self.proc = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT,
@@ -77,7 +81,8 @@ class Server:
         if self.proc.poll() is not None:
             raise AssertionError(f"serve exited with {self.proc.returncode}:\n{self.output()}")
         try:
-            return httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200
+            status = httpx.get(f"{self.url}/healthz", timeout=1).status_code
+            return status == 200 or not self.expect_healthy
         except httpx.TransportError:
             return False
 

@@ -106,7 +106,7 @@ def test_push_delivers_the_staged_file(
 
 
 def test_missing_container_is_dead_at_once_and_the_file_removed(
-    uploads: Conveyor, start_worker: Callable[..., WorkerThread]
+    uploads: Conveyor, containers: Path, start_worker: Callable[..., WorkerThread]
 ) -> None:
     job_id = stage(uploads, b"hello\n")
     uploads.enqueue_call(PUSH_JOB, ["db", "/etc/x", None], {}, job_id=job_id)
@@ -114,7 +114,8 @@ def test_missing_container_is_dead_at_once_and_the_file_removed(
     info = wait_final(uploads, job_id)
     assert info.state is JobState.DEAD
     assert info.attempts == 1  # permanent: not retried
-    assert info.error == "ContainerNotFound: container not found: db"
+    assert info.error == ("ContainerNotFound: container 'db' does not exist: no directory "
+                          f"{containers / 'db'}")
     wait_until(lambda: gone(uploads.staging.path_of(job_id)), 10, "the staged file removed")
 
 

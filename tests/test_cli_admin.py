@@ -4,12 +4,21 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from clijobs import CLI, stop
+import pytest
+
+from clijobs import CLI, publish, stop
 from conftest import WorkerThread
 from conveyor import Conveyor, JobState
 from polling import wait_until
 
 STATES = {"queued", "scheduled", "running", "succeeded", "dead", "cancelled"}
+
+
+@pytest.fixture(autouse=True)
+def _workers_published(cli: CLI) -> None:
+    """The test's store has workers of clijobs:app: they published its jobs, so ``conveyor
+    enqueue`` takes their names without ``--app``."""
+    publish(cli.url)
 
 
 def state(app: Conveyor, job_id: str) -> str:
@@ -102,7 +111,7 @@ def test_cancel_a_final_job_exits_1(cli: CLI, jobs_app: Conveyor,
                                     start_worker: Callable[..., WorkerThread]) -> None:
     done = cli.enqueue("add", [1, 2])
     run_all(jobs_app, start_worker, [done])
-    assert f"job {done} is already succeeded" in cli.fail("cancel", done, code=1)
+    assert f"job {done} has already succeeded" in cli.fail("cancel", done, code=1)
     assert state(jobs_app, done) == "succeeded"
 
     cancelled = cli.enqueue("add", [1, 2])

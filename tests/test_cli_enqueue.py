@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from clijobs import CLI, register
+from clijobs import CLI, publish, register
 from conftest import WorkerThread
 from conveyor import Conveyor
 from polling import wait_until
@@ -17,6 +17,13 @@ from polling import wait_until
 ID = re.compile(r"^[0-9A-HJKMNP-TV-Z]{26}$")
 INFO_KEYS = {"id", "name", "queue", "state", "attempts", "result", "error", "progress",
              "created_at", "run_at", "started_at", "finished_at"}
+
+
+@pytest.fixture(autouse=True)
+def _workers_published(cli: CLI) -> None:
+    """The test's store has workers of clijobs:app: they published its jobs, so ``conveyor
+    enqueue`` takes their names without ``--app``."""
+    publish(cli.url)
 
 
 @pytest.fixture
@@ -50,8 +57,8 @@ def test_enqueue_kwargs_queue_and_json(cli: CLI) -> None:
 def test_enqueue_with_app_uses_the_jobs_own_queue(cli: CLI) -> None:
     info = cli.json("enqueue", "greet", "--args", '["bob"]', "--app", "clijobs:app")
     assert info["queue"] == "mail"
-    # without the app the CLI cannot know the job's queue: the default one
-    assert cli.json("enqueue", "greet", "--args", '["bob"]')["queue"] == "default"
+    # without the app, the queue its workers published
+    assert cli.json("enqueue", "greet", "--args", '["bob"]')["queue"] == "mail"
 
 
 def test_enqueue_delay_schedules(cli: CLI, jobs_app: Conveyor) -> None:
@@ -96,9 +103,14 @@ def test_enqueue_with_app_refuses_an_unknown_name(cli: CLI,
     assert stored() == []
 
 
-def test_enqueue_without_app_takes_any_name(cli: CLI, stored: Callable[[], list[str]]) -> None:
-    # workers elsewhere may know the job: only JSON is checked
-    job_id = cli.enqueue("elsewhere.job", [1, "x", None])
+def test_enqueue_without_app_refuses_a_name_no_worker_published(
+        cli: CLI, stored: Callable[[], list[str]]) -> None:
+    err = cli.fail("enqueue", "elsewhere.job", "--args", '[1, "x", null]', code=2)
+    assert "no job named 'elsewhere.job'" in err and "add, fail, greet, slow" in err
+    assert "--force" in err
+    assert stored() == []
+    # --force stores it anyway: only JSON is checked
+    job_id = cli.enqueue("elsewhere.job", [1, "x", None], "--force")
     assert stored() == [job_id]
 
 
@@ -290,7 +302,7 @@ def test_jobs_table_shows_whole_ids(seeded: Seeded) -> None:
 
 
 def test_jobs_table_prints_user_data_as_is(cli: CLI) -> None:
-    job_id = cli.enqueue("[/x]", [])
+    job_id = cli.enqueue("[/x]", [], "--force")
     out = cli.ok("jobs")
     assert job_id in out and "[/x]" in out
 

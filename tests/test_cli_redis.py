@@ -29,7 +29,7 @@ def test_enqueue_and_status_over_redis(tmp_path: Path) -> None:
         url = server.url
         enq = subprocess.run(
             [sys.executable, "-m", "conveyor", "enqueue", "anything", "--args", "[1]",
-             "--url", url],
+             "--url", url, "--force"],
             env=cli_env(), capture_output=True, text=True, timeout=60,
         )
         assert enq.returncode == 0, enq.stderr

@@ -76,7 +76,7 @@ def test_worker_counts_must_be_positive(cli: CLI, option: str) -> None:
 
 def test_worker_runs_jobs_and_exits_0_on_sigterm(cli: CLI, reader: Conveyor,
                                                  tmp_path: Path) -> None:
-    ids = [cli.enqueue("add", [i, 10]) for i in range(3)]
+    ids = [cli.enqueue("add", [i, 10], "--app", "clijobs:app") for i in range(3)]
     ids.append(cli.enqueue("greet", ["ann"], "--app", "clijobs:app"))  # queue "mail"
     decoy = tmp_path / "decoy.db"
     proc = cli.start_worker(CLIJOBS_URL=f"sqlite:///{decoy}")  # --url wins over the app's URL
@@ -93,8 +93,8 @@ def test_worker_runs_jobs_and_exits_0_on_sigterm(cli: CLI, reader: Conveyor,
 
 
 def test_worker_only_takes_its_queues(cli: CLI, reader: Conveyor) -> None:
-    add = cli.enqueue("add", [1, 2])
-    greet = cli.enqueue("greet", ["bo"], "--queue", "mail")
+    add = cli.enqueue("add", [1, 2], "--app", "clijobs:app")
+    greet = cli.enqueue("greet", ["bo"], "--app", "clijobs:app")
     proc = cli.start_worker("--queues", " mail, ")
     try:
         wait_until(lambda: all_final(reader, [greet]), what="greet")
@@ -106,6 +106,9 @@ def test_worker_only_takes_its_queues(cli: CLI, reader: Conveyor) -> None:
 
 
 def test_worker_processes_supervised(cli: CLI) -> None:
+    store = Conveyor(url=cli.url)  # made before stats reads it (stats never makes a store)
+    store.run_sync(store.broker.open())
+    store.close()
     proc = cli.start_worker("--processes", "2", "--max-workers", "3")
     try:
         workers = wait_until(lambda: len(w := cli.json("stats")["workers"]) == 2 and w,
@@ -157,18 +160,19 @@ def test_url_option_beats_env_beats_app(cli: CLI, tmp_path: Path) -> None:
 
 def test_url_without_app(cli: CLI, tmp_path: Path) -> None:
     env = f"sqlite:///{tmp_path / 'env.db'}"
-    from_env = cli.ok("enqueue", "add", url=None, CONVEYOR_URL=env).strip()
+    # no worker has published its jobs to these stores yet: --force
+    from_env = cli.ok("enqueue", "add", "--force", url=None, CONVEYOR_URL=env).strip()
     assert job(env, from_env) is not None
     # the option beats the environment
-    from_option = cli.ok("enqueue", "add", CONVEYOR_URL=env).strip()
+    from_option = cli.ok("enqueue", "add", "--force", CONVEYOR_URL=env).strip()
     assert job(cli.url, from_option) is not None and job(env, from_option) is None
     # neither: conveyor.db in the current directory
-    default = cli.ok("enqueue", "add", url=None).strip()
+    default = cli.ok("enqueue", "add", "--force", url=None).strip()
     assert job(f"sqlite:///{tmp_path / 'conveyor.db'}", default) is not None
 
 
 def test_worker_takes_conveyor_url_over_the_apps(cli: CLI, tmp_path: Path) -> None:
-    job_id = cli.enqueue("add", [5, 6])
+    job_id = cli.enqueue("add", [5, 6], "--app", "clijobs:app")
     own = tmp_path / "own.db"
     command = [sys.executable, "-m", "conveyor", "--log-level", "WARNING", "worker",
                "clijobs:app", "--grace", "5"]
@@ -184,7 +188,7 @@ def test_worker_takes_conveyor_url_over_the_apps(cli: CLI, tmp_path: Path) -> No
 
 
 def test_namespace_keeps_stores_apart(cli: CLI) -> None:
-    mine = cli.enqueue("add", [1, 2], "--namespace", "team_a")
+    mine = cli.enqueue("add", [1, 2], "--app", "clijobs:app", "--namespace", "team_a")
     assert [j["id"] for j in cli.json("jobs", "--namespace", "team_a")] == [mine]
     assert cli.json("jobs") == []
     assert "no job with id" in cli.fail("status", mine, code=1)

@@ -89,7 +89,8 @@ def test_directory_push_replaces_an_existing_file(root: Path, tmp_path: Path) ->
 
 
 def test_missing_container_is_permanent(root: Path, source: Path) -> None:
-    with pytest.raises(ContainerNotFound, match=r"^container not found: db$") as caught:
+    with pytest.raises(ContainerNotFound,
+                       match=r"^container 'db' does not exist: no directory .*/db$") as caught:
         push(DirectoryTarget(root), "db", source, "/x")
     assert isinstance(caught.value, PermanentError)
     (root / "file").write_text("not a directory")
@@ -254,7 +255,8 @@ def test_incus_unknown_instance_is_container_not_found(
     fake: FakeIncus, source: Path, tmp_path: Path
 ) -> None:
     target = IncusTarget(str(fake.socket_path))
-    with pytest.raises(ContainerNotFound, match=r"^container not found: gone$"):
+    with pytest.raises(ContainerNotFound, match=r"^container 'gone' does not exist: "
+                       r"no instance of that name in Incus at "):
         push(target, "gone", source, "/x")  # the file push itself gets the 404
     with pytest.raises(ContainerNotFound):
         push(target, "gone", source, "/a/b/x")  # the first directory does

@@ -207,6 +207,7 @@ def test_retry_all_dead_of_a_queue(server: Server) -> None:
 
 
 def test_retry_all_dead_skips_uploads_whose_file_is_gone(server: Server) -> None:
+    (server.containers / "ghost" / "x").mkdir(parents=True)  # a directory in the way: permanent
     response = server.client.post("/uploads", content=b"x", headers={
         "X-Container-Name": "ghost", "X-File-Path": "/x"})
     job_id = response.json()["id"]
@@ -395,6 +396,56 @@ def test_mounted_under_a_path(tmp_path: Path, store: str) -> None:
             assert len(data.json()["history"]["minutes"]) == 60
             found = (await client.get("/conveyor/ui/api/jobs", params={"q": "noop"})).json()
             assert [j["id"] for j in found["jobs"]] == [job_id]
+        await app.broker.close()
+
+    asyncio.run(scenario())
+
+
+def test_jobs_known_lists_what_the_workers_published(server: Server) -> None:
+    with visitor(server) as client:
+        assert client.get("/ui/api/known").status_code == 401
+    with logged_in(server) as client:
+        # the server's worker published the app's jobs when it started
+        listed = wait_until(lambda: client.get("/ui/api/known").json()["jobs"],
+                            what="the server's worker to publish its jobs")
+        jobs = {j["name"]: j for j in listed}
+        assert {"add", "nap", "count", "conveyor.push"} <= set(jobs)
+        assert jobs["nap"]["queue"] == "naps"
+        assert [p["name"] for p in jobs["nap"]["parameters"]] == ["seconds"]  # no JobContext
+        assert jobs["add"]["signature"] == "add(a, b=…)"
+        assert jobs["count"]["parameters"][0] == {"name": "upload", "kind":
+                                                  "POSITIONAL_OR_KEYWORD", "default": False,
+                                                  "upload": True}
+        assert jobs["add"]["seen_at"].endswith("Z") and jobs["add"]["seen_age"] >= 0
+        assert client.get("/ui/workers").status_code == 200
+
+
+@pytest.mark.parametrize("store", ["sqlite", "redis"])
+def test_jobs_known_carry_hostile_names_as_data(tmp_path: Path, store: str) -> None:
+    from conveyor.known import KnownJob, KnownParameter
+
+    if store == "redis":
+        app = Conveyor(url=shared_redis_url(), namespace=f"t{new_id().lower()}")
+    else:
+        app = Conveyor(url=f"sqlite:///{tmp_path / 'db'}")
+    hostile = '<img src=x onerror="alert(1)">'
+    app.run_sync(app.broker.publish_jobs("w<script>", [
+        KnownJob(hostile, "<b>q</b>", "thread", (KnownParameter("x", default=True),))]))
+    outer = Starlette(routes=[Mount("/c", app=create_app(app))])
+
+    async def scenario() -> None:
+        transport = httpx.ASGITransport(app=outer)
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+            response = await client.get("/c/ui/api/known")
+            assert response.status_code == 200
+            assert response.headers["content-type"].startswith("application/json")
+            assert "default-src 'none'" in response.headers["content-security-policy"]
+            [job] = response.json()["jobs"]
+            assert (job["name"], job["queue"], job["worker_id"]) == (hostile, "<b>q</b>",
+                                                                     "w<script>")
+            assert job["signature"] == hostile + "(x=…)"
+            page = await client.get("/c/ui/workers")
+            assert page.status_code == 200 and hostile not in page.text
         await app.broker.close()
 
     asyncio.run(scenario())

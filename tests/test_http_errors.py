@@ -23,6 +23,7 @@ ID = "06H0HQQS1DPDNNKJ7KG6WTC19R"  # well formed, never made
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     srv = Server(tmp_path_factory.mktemp("http-errors"), "--max-upload-bytes", str(LIMIT))
     srv.start()
+    (srv.containers / "web").mkdir(exist_ok=True)
     yield srv
     assert srv.stop() == 0, srv.output()
 
@@ -32,7 +33,8 @@ def nothing_left(server: Server) -> Iterator[None]:
     yield
     assert server.job_ids() == []
     assert server.staged() == []
-    assert not any(server.containers.iterdir())
+    assert [p.name for p in server.containers.iterdir()] == ["web"]  # the empty container
+    assert not any((server.containers / "web").iterdir())
 
 
 def check_error(response: Any, status: int, *words: str) -> dict[str, Any]:

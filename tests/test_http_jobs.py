@@ -157,7 +157,7 @@ def test_openapi_document(server: Server) -> None:
     paths = doc["paths"]
     expected = {"/uploads": {"post"}, "/jobs": {"get"}, "/jobs/{job}": {"get", "post", "delete"},
                 "/jobs/{id}/retry": {"post"}, "/queues": {"get"}, "/healthz": {"get"},
-                "/metrics": {"get"}, "/openapi.json": {"get"}}
+                "/metrics": {"get"}, "/openapi.json": {"get"}, "/jobs-known": {"get"}}
     assert {path: set(ops) for path, ops in paths.items()} == expected
     operation_ids = []
     for path, operations in paths.items():

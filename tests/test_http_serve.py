@@ -72,6 +72,7 @@ def test_no_worker_and_sigint(tmp_path: Path) -> None:
 
 def test_mounted_in_another_app(tmp_path: Path) -> None:
     app = Conveyor(url=f"sqlite:///{tmp_path / 'db'}", staging_dir=str(tmp_path / "staging"))
+    (tmp_path / "containers" / "web").mkdir(parents=True)
     api = create_app(app, token="tok", max_upload_bytes=1000,
                      target=open_target(f"dir:{tmp_path / 'containers'}"))
     outer = Starlette(routes=[Mount("/conveyor", app=api)])

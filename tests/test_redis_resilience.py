@@ -176,6 +176,7 @@ def test_warns_about_eviction_and_missing_persistence(
 
         async def open_and_close() -> None:
             await broker.open()
+            await broker.check_settings()  # what a worker and serve do; commands do not
             await broker.close()
 
         with caplog.at_level(logging.WARNING, logger="conveyor.redis"):

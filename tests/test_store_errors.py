@@ -26,6 +26,7 @@ from typing import Any
 
 import pytest
 
+from clijobs import register
 from conftest import cli_env
 from conveyor import Conveyor, ConveyorError, JobState, StoreUnavailable
 from conveyor.backends.sqlite import SQLiteBroker
@@ -99,7 +100,7 @@ def check_503(response: Any, reason: str) -> None:
 # -- a full disk ------------------------------------------------------------------------------
 def test_enqueue_on_a_full_disk_raises_store_unavailable_and_works_once_freed(
         disk: Disk) -> None:
-    app = Conveyor(url=disk.url)
+    app = register(Conveyor(url=disk.url))  # a producer with the job's code
     accepted = [app.enqueue("add", n, 1).id for n in range(3)]
     app.close()  # no connection left: the next open meets the full disk
     disk.fill()
@@ -135,14 +136,14 @@ def test_enqueue_on_a_full_disk_raises_store_unavailable_and_works_once_freed(
 
 
 def test_http_enqueue_on_a_full_disk_answers_503(disk: Disk, tmp_path: Path) -> None:
-    app = Conveyor(url=disk.url)
+    app = register(Conveyor(url=disk.url))
     accepted = app.enqueue("add", 1, 1).id
     app.close()
     disk.fill()
     root = tmp_path / "serve"
     root.mkdir()
     # serve starts on the full disk (its start-up sweep waits for a later one)
-    server = Server(root, "--url", disk.url, "--no-worker").start()
+    server = Server(root, "--url", disk.url, "--no-worker").start(healthy=False)
     try:
         check_503(server.client.post("/jobs/add", json={"args": [1, 2]}), "the disk is full")
         disk.free()
@@ -163,7 +164,7 @@ def test_http_enqueue_on_a_full_disk_answers_503(disk: Disk, tmp_path: Path) -> 
 
 
 def test_worker_started_on_a_full_disk_waits_then_works(disk: Disk, tmp_path: Path) -> None:
-    app = Conveyor(url=disk.url)
+    app = register(Conveyor(url=disk.url))
     accepted = [app.enqueue("add", n, 1).id for n in range(5)]
     app.close()
     disk.fill()
@@ -212,7 +213,7 @@ def test_worker_started_on_a_full_disk_waits_then_works(disk: Disk, tmp_path: Pa
 def test_a_locked_database_reaches_the_caller_as_store_unavailable(tmp_path: Path) -> None:
     db = tmp_path / "locked.db"
     url = f"sqlite:///{db}?busy_timeout=100"
-    app = Conveyor(url=url)
+    app = register(Conveyor(url=url))
     accepted = app.enqueue("add", 1, 1).id
     holder = sqlite3.connect(db, isolation_level=None)
     holder.execute("BEGIN EXCLUSIVE")
@@ -229,7 +230,8 @@ def test_a_locked_database_reaches_the_caller_as_store_unavailable(tmp_path: Pat
         # the CLI: one line on stderr, exit 1
         done = subprocess.run(
             [sys.executable, "-m", "conveyor", "enqueue", "add", "--args", "[1, 2]",
-             "--url", url], capture_output=True, text=True, cwd=tmp_path, env=cli_env(),
+             "--app", "clijobs:app", "--url", url], capture_output=True, text=True,
+            cwd=tmp_path, env=cli_env(),
             timeout=60, check=False)
         assert done.returncode == 1, (done.stdout, done.stderr)
         assert done.stderr.strip() == f"error: store unavailable ({url}): the database is locked"
@@ -309,7 +311,7 @@ def test_close_leaves_no_descriptor_of_the_database(tmp_path: Path) -> None:
         pytest.skip("needs /proc/self/fd to count open files")
     db = tmp_path / "c.db"
     assert db_descriptors(db) == []
-    app = Conveyor(url=f"sqlite:///{db}")
+    app = register(Conveyor(url=f"sqlite:///{db}"))
     job_id = app.enqueue("add", 1, 2).id
     # readers on several threads: the app's own loop, and loops of threads that then end
     assert app.run_sync(app.broker.get(job_id)) is not None

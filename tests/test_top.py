@@ -16,11 +16,20 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from clijobs import CLI, stop
+import pytest
+
+from clijobs import CLI, publish, stop
 from conftest import WorkerThread, cli_env
 from conveyor import Conveyor
 from conveyor.cli.top import clean, sparkline
 from polling import wait_until
+
+
+@pytest.fixture(autouse=True)
+def _workers_published(cli: CLI) -> None:
+    """The test's store has workers of clijobs:app: they published its jobs, so ``conveyor
+    enqueue`` takes their names without ``--app``."""
+    publish(cli.url)
 
 
 def row(frame: str, first: str) -> list[str]:

@@ -262,9 +262,9 @@ def test_supervisor_runs_processes_and_stops_them(capp: Conveyor, workers: Worke
 PRODUCER = textwrap.dedent(
     """
     import os, signal, sys
-    from conveyor import Conveyor
+    from wjobs_crash import app  # a producer with the jobs' code
 
-    app = Conveyor(url=sys.argv[1])
+    app.use_url(sys.argv[1])
     handle = app.enqueue("quick", 7)
     bulk = app.enqueue_many("quick", [(n,) for n in range(100)])
     print(handle.id, *[h.id for h in bulk], flush=True)

@@ -6,16 +6,19 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from conveyor.backends import Broker, open_broker
+from conveyor.backends.outage import outage_for
 from conveyor.context import JobContext
 from conveyor.errors import ConfigurationError, InvalidArguments, UnknownJob
 from conveyor.functions import JobFunction, JobOptions, split_call
 from conveyor.handle import JobHandle
 from conveyor.ids import is_acceptable_id, new_id
 from conveyor.job import Backoff, BackoffPolicy, JobRecord, JobState
+from conveyor.known import KnownJob
 from conveyor.portal import Portal
 from conveyor.stats import MinuteStats, minute_of
 from conveyor.uploads import StagingArea
@@ -27,6 +30,11 @@ log = logging.getLogger("conveyor")
 
 T = TypeVar("T")
 DEFAULT_URL = "sqlite:///conveyor.db"
+#: seconds the jobs workers published are cached by an app (a name not among them is looked
+#: up again at once)
+KNOWN_CACHE = 5.0
+#: names listed at most in the message of an unknown job
+KNOWN_SHOWN = 20
 Middleware = Callable[[JobContext, Callable[[], Awaitable[Any]]], Awaitable[Any]]
 
 
@@ -43,8 +51,9 @@ def _backoff(value: BackoffPolicy | float | None) -> BackoffPolicy:
 class Conveyor:
     """A job system: register jobs with :meth:`job`, enqueue them, run workers on them.
 
-    ``url`` picks the backend (``sqlite:///conveyor.db`` by default, or the
-    ``CONVEYOR_URL`` environment variable); ``namespace`` keeps several apps apart in
+    ``url`` picks the backend: the ``CONVEYOR_URL`` environment variable when it is set (as
+    for the CLI, so one setting moves producers and workers together), else ``url``, else
+    ``sqlite:///conveyor.db``; ``namespace`` keeps several apps apart in
     one store; ``lease`` is how long a claimed job stays owned without a heartbeat.
     """
 
@@ -58,12 +67,19 @@ class Conveyor:
         max_recoveries: int = 3,
         max_queued: Mapping[str, int] | None = None,
         staging_dir: str | None = None,
+        store_timeout: float = 5.0,
+        eager: bool = False,
     ) -> None:
         if lease <= 0:
             raise ConfigurationError("lease must be a positive number of seconds")
         if max_recoveries < 1:
             raise ConfigurationError("max_recoveries must be at least 1")
-        self.url = url or os.environ.get("CONVEYOR_URL") or DEFAULT_URL
+        if store_timeout <= 0:
+            raise ConfigurationError("store_timeout must be a positive number of seconds")
+        #: seconds a call keeps retrying a store that cannot be used (Redis unreachable)
+        #: before it raises :class:`~conveyor.errors.StoreUnavailable`; workers wait longer
+        self.store_timeout = float(store_timeout)
+        self.url = os.environ.get("CONVEYOR_URL") or url or DEFAULT_URL
         self.namespace = namespace
         self.lease = float(lease)
         self.retention = float(retention)
@@ -77,8 +93,14 @@ class Conveyor:
         self.middlewares: list[Middleware] = []
         self._broker: Broker | None = None
         self._portal = Portal()
+        #: the jobs workers published (by name) and when they were read (time.monotonic())
+        self._known: dict[str, KnownJob] = {}
+        self._known_at: float | None = None
         #: counts enqueues when set (``create_app`` sets one; see :mod:`conveyor.metrics`)
         self.metrics: Metrics | None = None
+        #: run each job when it is enqueued, in the caller (see :mod:`conveyor.eager`)
+        self.eager = eager
+        self._eager_runner: object = None
 
     def __repr__(self) -> str:
         return f"<Conveyor {self.url} namespace={self.namespace} jobs={len(self.registry)}>"
@@ -89,6 +111,7 @@ class Conveyor:
         """The backend for :attr:`url`, made on first use."""
         if self._broker is None:
             self._broker = open_broker(self.url, self.namespace, self.retention)
+            self._broker.retry_for = self.store_timeout
         return self._broker
 
     def use_url(self, url: str) -> None:
@@ -206,7 +229,8 @@ class Conveyor:
         """Check a call against its job and make the record to store (nothing stored yet).
 
         A name that is not registered here is accepted as is (the CLI enqueues by name
-        for workers elsewhere); its arguments are then only checked to be JSON.
+        for workers elsewhere); its arguments are then only checked to be JSON here, and
+        against the jobs workers published when it is stored (see :meth:`known_jobs`).
         """
         job_fn = self.registry.get(name)
         if job_fn is not None:
@@ -248,18 +272,28 @@ class Conveyor:
         return self._portal.call(coro)
 
     def _store(self, records: list[JobRecord]) -> list[JobHandle]:
+        if self.eager:
+            from conveyor.eager import store_and_run
+
+            return store_and_run(self, records)
         try:
             self.broker.enqueue_blocking(records, self.max_queued)
         except NotImplementedError:
             self.run_sync(self._store_async(records))
             return [JobHandle(self, r.id) for r in records]
+        outage_for(self.broker).recovered()  # logs the end of an outage, if one was under way
         if self.metrics is not None:
             self.metrics.jobs_enqueued(records)
         return [JobHandle(self, r.id) for r in records]
 
     async def _store_async(self, records: list[JobRecord]) -> list[JobHandle]:
+        if self.eager:
+            from conveyor.eager import store_and_run_async
+
+            return await store_and_run_async(self, records)
         await self.broker.open()
         await self.broker.enqueue(records, self.max_queued)
+        outage_for(self.broker).recovered()
         if self.metrics is not None:
             self.metrics.jobs_enqueued(records)
         return [JobHandle(self, r.id) for r in records]
@@ -271,10 +305,16 @@ class Conveyor:
 
     def enqueue_call(self, name: str, args: Sequence[Any], kwargs: Mapping[str, Any], *,
                      delay: float | None = None, at: datetime | None = None,
-                     queue: str | None = None, job_id: str | None = None) -> JobHandle:
+                     queue: str | None = None, job_id: str | None = None,
+                     force: bool = False) -> JobHandle:
         """:meth:`enqueue` with explicit argument containers, an optional queue and an id
-        made beforehand (with :func:`conveyor.ids.new_id`, e.g. to name a staged upload)."""
+        made beforehand (with :func:`conveyor.ids.new_id`, e.g. to name a staged upload).
+
+        A name not registered here must have been published by a worker (see
+        :meth:`known_jobs`), which also checks the arguments; ``force=True`` skips that."""
         record = self.build(name, args, kwargs, delay=delay, at=at, queue=queue, job_id=job_id)
+        if not force and name not in self.registry:
+            self.run_sync(self._check_known([record], queue is None))
         return self._store([record])[0]
 
     async def enqueue_async(self, name: str, *args: Any, delay: float | None = None,
@@ -285,9 +325,11 @@ class Conveyor:
     async def enqueue_call_async(self, name: str, args: Sequence[Any],
                                  kwargs: Mapping[str, Any], *, delay: float | None = None,
                                  at: datetime | None = None, queue: str | None = None,
-                                 job_id: str | None = None) -> JobHandle:
+                                 job_id: str | None = None, force: bool = False) -> JobHandle:
         """Awaitable :meth:`enqueue_call`."""
         record = self.build(name, args, kwargs, delay=delay, at=at, queue=queue, job_id=job_id)
+        if not force and name not in self.registry:
+            await self._check_known([record], queue is None)
         return (await self._store_async([record]))[0]
 
     def _build_many(self, name: str, items: Sequence[Sequence[Any] | Mapping[str, Any]],
@@ -300,20 +342,86 @@ class Conveyor:
         return records
 
     def enqueue_many(self, name: str, items: Sequence[Sequence[Any] | Mapping[str, Any]], *,
-                     delay: float | None = None) -> list[JobHandle]:
+                     delay: float | None = None, force: bool = False) -> list[JobHandle]:
         """Enqueue one job per item in one durable write: all are stored or none.
 
         An item is a tuple or list of positional arguments, or a dict of keyword arguments.
+        ``force`` is as for :meth:`enqueue_call`.
         """
-        return self._store(self._build_many(name, items, delay)) if items else []
+        if not items:
+            return []
+        records = self._build_many(name, items, delay)
+        if not force and name not in self.registry:
+            self.run_sync(self._check_known(records, True))
+        return self._store(records)
 
     async def enqueue_many_async(self, name: str,
                                  items: Sequence[Sequence[Any] | Mapping[str, Any]], *,
-                                 delay: float | None = None) -> list[JobHandle]:
+                                 delay: float | None = None,
+                                 force: bool = False) -> list[JobHandle]:
         """Awaitable :meth:`enqueue_many`."""
         if not items:
             return []
-        return await self._store_async(self._build_many(name, items, delay))
+        records = self._build_many(name, items, delay)
+        if not force and name not in self.registry:
+            await self._check_known(records, True)
+        return await self._store_async(records)
+
+    # -- known jobs -----------------------------------------------------------------------------
+    async def known_jobs_async(self) -> list[KnownJob]:
+        """The jobs workers published to this store within :attr:`retention`, by name
+        (read now; the enqueue checks reuse it for :data:`KNOWN_CACHE` seconds)."""
+        await self.broker.open()
+        oldest = time.time() - self.retention
+        found = [job for job in await self.broker.known_jobs() if job.seen_at >= oldest]
+        self._known = {job.name: job for job in found}
+        self._known_at = time.monotonic()
+        return found
+
+    def known_jobs(self) -> list[KnownJob]:
+        """Blocking :meth:`known_jobs_async`."""
+        return self.run_sync(self.known_jobs_async())
+
+    def known_names(self) -> list[str]:
+        """The names among the known jobs as last read (by :meth:`known_jobs_async` or an
+        enqueue's check), sorted."""
+        return sorted(self._known)
+
+    async def known_job_async(self, name: str) -> KnownJob:
+        """Job ``name`` as a worker published it: from the cache while it is fresh, else
+        (or when the cache lacks it) read again; :class:`UnknownJob` when no worker did."""
+        fresh = self._known_at is not None and time.monotonic() - self._known_at < KNOWN_CACHE
+        job = self._known.get(name) if fresh else None
+        if job is None:
+            await self.known_jobs_async()
+            job = self._known.get(name)
+        if job is None:
+            raise self._unknown(name)
+        return job
+
+    def _unknown(self, name: str) -> UnknownJob:
+        force = "force the enqueue (--force, force=True) to store it anyway"
+        if not self._known:
+            return UnknownJob(
+                f"no job named {name!r} is registered here, and no worker has published its "
+                f"jobs to this store yet: start a worker of the app that has the job, pass "
+                f"that app (--app) to check the call here, or {force}")
+        names = sorted(self._known)
+        shown = ", ".join(names[:KNOWN_SHOWN])
+        if len(names) > KNOWN_SHOWN:
+            shown += f", ... ({len(names)} in all)"
+        return UnknownJob(f"no job named {name!r} is registered here or was published by a "
+                          f"worker of this store in the last {_span(self.retention)} "
+                          f"(known jobs: {shown}); {force}")
+
+    async def _check_known(self, records: Sequence[JobRecord], own_queue: bool) -> None:
+        """Refuse calls of a name no worker published, or that do not fit its published
+        parameters; with ``own_queue`` (no queue was asked for) send them to its queue."""
+        for record in records:
+            job = await self.known_job_async(record.name)
+            job.check(record.args, record.kwargs)
+            if own_queue:
+                record.queue = job.queue
 
     # -- reading and admin ----------------------------------------------------------------------
     def handle(self, job_id: str) -> JobHandle:
@@ -350,9 +458,33 @@ class Conveyor:
         """Blocking :meth:`cancel_async`."""
         return self.run_sync(self.cancel_async(job_id))
 
+    def testing(self, url: str | None = "memory://", *,
+                eager: bool = True) -> AbstractContextManager[Conveyor]:
+        """For tests: ``with app.testing():`` runs each job at enqueue (see
+        :mod:`conveyor.eager`) on a fresh private ``memory://`` store, and puts the app's
+        store and mode back afterwards. ``url`` names another store (None: keep the app's);
+        ``eager=False`` only swaps the store."""
+        from conveyor.eager import testing
+
+        return testing(self, url, eager=eager)
+
     def close(self) -> None:
         """Release the backend and the helper thread. The app can be used again afterwards."""
+        if self._eager_runner is not None:
+            from conveyor.eager import close_runner
+
+            close_runner(self)
         if self._broker is not None:
             self.run_sync(self._broker.close())
             self._broker = None
         self._portal.close()
+
+
+def _span(seconds: float) -> str:
+    """A duration in words: ``7 days``, ``2 hours``, ``90 seconds``."""
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds >= size:
+            value = seconds / size
+            value = round(value, 1)
+            return f"{value:g} {unit}{'' if value == 1 else 's'}"
+    return f"{seconds:g} seconds"

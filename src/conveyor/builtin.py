@@ -45,7 +45,9 @@ def install(app: Conveyor, target: ContainerTarget, *,
     if PUSH_JOB not in app.registry:
         _install_push(app, target, PUSH_BACKOFF if push_backoff is None else push_backoff)
     if ANALYZE_JOB not in app.registry:
-        app.job(name=ANALYZE_JOB, executor="thread")(analyze)
+        # in the uploads queue too: a serve without APP then takes jobs from no queue that
+        # other apps' workers (whose jobs it does not have) publish to
+        app.job(name=ANALYZE_JOB, queue=PUSH_QUEUE, executor="thread")(analyze)
 
 
 def _install_push(app: Conveyor, target: ContainerTarget,

@@ -10,12 +10,13 @@ from typing import TYPE_CHECKING, Any
 
 from conveyor.context import JobContext
 from conveyor.errors import ConfigurationError, InvalidArguments
-from conveyor.job import Backoff, BackoffPolicy
+from conveyor.job import Backoff, BackoffPolicy, JobRecord
 from conveyor.serialization import NotSerializable, dumps
 from conveyor.uploads import Upload
 
 if TYPE_CHECKING:
     from datetime import datetime
+    from pathlib import Path
 
     from conveyor.app import Conveyor
     from conveyor.handle import JobHandle
@@ -58,6 +59,66 @@ def _context_parameter(fn: Callable[..., Any]) -> str | None:
     return names[0] if names else None
 
 
+@dataclass(frozen=True, slots=True)
+class CallBinding:
+    """How a stored call becomes the arguments of a job function: the one binding that every
+    executor (async, thread and the process child) uses.
+
+    The stored arguments fit the signature without the ``JobContext`` parameter (that is what
+    :meth:`JobFunction.check` binds at enqueue time); an ``Upload`` parameter is stored as the
+    JSON of :meth:`Upload.describe`.
+    """
+
+    #: the parameter annotated ``JobContext``, if any
+    context_parameter: str | None = None
+    #: its index among the positional parameters, None if it is keyword-only
+    context_position: int | None = None
+    #: the parameters annotated ``Upload``, with their index among the positional parameters
+    #: of the signature without the context (None if keyword-only)
+    upload_parameters: tuple[tuple[str, int | None], ...] = ()
+
+    @classmethod
+    def of(cls, fn: Callable[..., Any]) -> CallBinding:
+        """The binding of ``fn``, read from its signature and annotations."""
+        context = _context_parameter(fn)
+        uploads = _parameters_of_type(fn, Upload)
+        params = list(inspect.signature(fn).parameters.values())
+        positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+
+        def position(name: str, among: list[inspect.Parameter]) -> int | None:
+            for index, param in enumerate(among):
+                if param.name == name:
+                    return index if param.kind in positional else None
+            return None
+
+        rest = [p for p in params if p.name != context]
+        return cls(context, position(context, params) if context else None,
+                   tuple((name, position(name, rest)) for name in uploads))
+
+    def arguments(self, record: JobRecord, context: JobContext | None,
+                  staged: Path | None) -> tuple[list[Any], dict[str, Any]]:
+        """The positional and keyword arguments to call the function with: the record's,
+        with each ``Upload`` parameter rebuilt from its stored description and the file at
+        ``staged``, and ``context`` passed to the ``JobContext`` parameter."""
+        args: list[Any] = record.args
+        kwargs: dict[str, Any] = record.kwargs
+        if staged is not None:
+            for name, index in self.upload_parameters:
+                if index is not None and index < len(args):
+                    if isinstance(args[index], dict):
+                        args = [*args[:index], Upload.from_json(args[index], staged),
+                                *args[index + 1:]]
+                elif isinstance(kwargs.get(name), dict):
+                    kwargs = {**kwargs, name: Upload.from_json(kwargs[name], staged)}
+        if self.context_parameter is not None and context is not None:
+            index = self.context_position
+            if index is not None and index <= len(args):  # the arguments after it are positional
+                args = [*args[:index], context, *args[index:]]
+            else:
+                kwargs = {**kwargs, self.context_parameter: context}
+        return args, kwargs
+
+
 def split_call(item: Sequence[Any] | Mapping[str, Any]) -> tuple[list[Any], dict[str, Any]]:
     """One bulk item: a list or tuple is positional arguments, a mapping is keyword ones."""
     if isinstance(item, Mapping):
@@ -81,9 +142,11 @@ class JobFunction:
         self.name = name
         self.options = options
         self.is_async = inspect.iscoroutinefunction(fn)
-        self.context_parameter = _context_parameter(fn)
+        #: how a stored call becomes the function's arguments (see :class:`CallBinding`)
+        self.binding = CallBinding.of(fn)
+        self.context_parameter = self.binding.context_parameter
         #: parameters annotated ``Upload``: they receive the job's staged file
-        self.upload_parameters = _parameters_of_type(fn, Upload)
+        self.upload_parameters = [name for name, _ in self.binding.upload_parameters]
         if len(self.upload_parameters) > 1:
             raise ConfigurationError(f"job {name!r}: at most one parameter can be an Upload")
         self.uses_staging = bool(self.upload_parameters) or options.staged
@@ -108,6 +171,14 @@ class JobFunction:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.fn(*args, **kwargs)
+
+    def staged_path(self, job_id: str) -> Path | None:
+        """Where the uploaded file of job ``job_id`` is staged, if this job takes one."""
+        return self.app.staging.path_of(job_id) if self.upload_parameters else None
+
+    def call_arguments(self, ctx: JobContext) -> tuple[list[Any], dict[str, Any]]:
+        """The arguments of the attempt ``ctx`` runs (see :meth:`CallBinding.arguments`)."""
+        return self.binding.arguments(ctx.record, ctx, self.staged_path(ctx.id))
 
     def __repr__(self) -> str:
         return f"<JobFunction {self.name} queue={self.options.queue}>"

@@ -628,7 +628,9 @@ def test_settle_from_a_worker_that_does_not_own_the_job_is_ignored(
 def test_settle_after_lease_taken_over_is_ignored(run: Run[Any], broker: Broker) -> None:
     job = enqueue_and_claim(run, broker, worker_id="slow", lease=SHORT)
     time.sleep(PAST_SHORT)
-    assert run(broker.recover_expired(5)) == Recovery(requeued=1)
+    recovery = run(broker.recover_expired(5))
+    assert recovery == Recovery(requeued=1)
+    assert recovery.jobs == [(job.id, "default", "charged")]
     # the slow worker reports after its lease was taken away: nothing happens
     run(broker.settle([outcome(job, OutcomeKind.DEAD, error="late")]))
     stored = get(run, broker, job.id)
@@ -745,7 +747,10 @@ def test_recovery_charges_only_started_jobs(run: Run[Any], broker: Broker) -> No
     run(broker.enqueue(make_jobs(3), {}))
     started, *held = run(broker.claim("lost", ["default"], 3, SHORT, start=1))
     time.sleep(PAST_SHORT)
-    assert run(broker.recover_expired(1)).dead == {"default": 1}
+    recovery = run(broker.recover_expired(1))
+    assert recovery.dead == {"default": 1}
+    assert sorted(recovery.jobs) == sorted([(started.id, "default", "dead"),
+                                            *((job.id, "default", "uncharged") for job in held)])
     assert get(run, broker, started.id).state is JobState.DEAD
     for job in held:
         stored = get(run, broker, job.id)

@@ -17,9 +17,34 @@ def open_broker(url: str, namespace: str, retention: float) -> Broker:
         from conveyor.backends.redis import RedisBroker
 
         return RedisBroker(url, namespace, retention)
+    if scheme == "memory":  # tests in one process: see conveyor.backends.sqlite.memory
+        from conveyor.backends.sqlite.memory import MemoryBroker
+
+        return MemoryBroker(url, namespace, retention)
     raise ConfigurationError(
-        f"unsupported URL scheme {scheme!r} in {url!r}; use sqlite:///PATH or redis://HOST"
+        f"unsupported URL scheme {scheme!r} in {url!r}; "
+        "use sqlite:///PATH, redis://HOST or memory://"
     )
 
 
-__all__ = ["Broker", "open_broker"]
+class MissingStore(ConfigurationError):
+    """The store's file (or its directory) does not exist, and was not to be created: see
+    :func:`require_existing`; directories are never created."""
+
+    def __init__(self, path: str, message: str = "") -> None:
+        super().__init__(message or f"no SQLite database at {path}")
+        self.path = path
+
+
+def require_existing(broker: Broker) -> Broker:
+    """Make ``broker`` (before it opens) use only a store that exists already: for read-only
+    tools. An SQLite file is then never created; a missing one raises :class:`MissingStore`.
+    Other backends are unchanged (a Redis database always exists)."""
+    from conveyor.backends.sqlite import SQLiteBroker
+
+    if isinstance(broker, SQLiteBroker) and broker.url.lower().startswith("sqlite:"):
+        broker.create = False
+    return broker
+
+
+__all__ = ["Broker", "MissingStore", "open_broker", "require_existing"]

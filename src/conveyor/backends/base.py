@@ -12,7 +12,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from conveyor.job import JobRecord, JobState, Outcome, WorkerInfo
+from conveyor.known import KnownJob
 from conveyor.stats import MinuteStats
+
+#: what a lease recovery did to a job: requeued and charged a recovery (its worker died while
+#: it ran); requeued uncharged (held unstarted, or its worker still lived); sent to the dead
+#: set (lost too many times); ended cancelled (its cancellation had been asked for)
+FATES = ("charged", "uncharged", "dead", "cancelled")
 
 
 @dataclass(slots=True)
@@ -27,6 +33,8 @@ class Recovery:
     #: when those jobs died, by the backend's clock (their ``finished_at``, to within the
     #: milliseconds one call takes); 0.0 when none did
     died_at: float = 0.0
+    #: each job this call moved: (job id, queue, fate), the fate one of :data:`FATES`
+    jobs: list[tuple[str, str, str]] = field(default_factory=list, compare=False)
 
     @property
     def dead_total(self) -> int:
@@ -67,6 +75,11 @@ class Broker(abc.ABC):
     #: unreachable, locked or full); 0.0 if never. Lease recovery waits one lease after it,
     #: so that workers cut off by the same outage renew their leases first.
     last_trouble: float = 0.0
+
+    async def check_settings(self) -> None:
+        """Warn (once per process) about store settings that can lose jobs; workers and
+        ``conveyor serve`` call it. Nothing to check by default."""
+        return
 
     def is_transient(self, error: BaseException) -> bool:
         """True when ``error`` may pass by itself (a store restarting, a dropped connection),
@@ -207,6 +220,18 @@ class Broker(abc.ABC):
     @abc.abstractmethod
     async def workers(self) -> list[WorkerInfo]:
         """The workers whose heartbeat is current."""
+
+    # -- known jobs ---------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def publish_jobs(self, worker_id: str, jobs: Sequence[KnownJob]) -> None:
+        """Record ``jobs`` as run by ``worker_id``, each stamped with the store's clock as
+        its ``seen_at`` (replacing what was stored under the same name), in one write.
+        Entries not published again within :attr:`retention` are dropped."""
+
+    @abc.abstractmethod
+    async def known_jobs(self) -> list[KnownJob]:
+        """Every stored known job, by name. A stored record that cannot be read is left
+        out, never raised."""
 
     # -- statistics ---------------------------------------------------------------------------
     @abc.abstractmethod

@@ -96,7 +96,10 @@ class Bench:
         self.args = args
         self.url = url
         self.namespace = f"bench_{new_id()[-8:].lower()}"
-        self.app = Conveyor(url=url, namespace=self.namespace)
+        from conveyor.bench_app import register
+
+        self.app = register(Conveyor(namespace=self.namespace))
+        self.app.use_url(url)  # --url beats CONVEYOR_URL, which Conveyor() reads
         self.job, self.job_args = _parse_kind(args.kind)
         self.result = BenchResult(url, args.kind, args.jobs, args.max_workers, args.processes)
         self.worker: subprocess.Popen[bytes] | None = None

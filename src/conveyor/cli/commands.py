@@ -11,16 +11,17 @@ from typing import Any
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from conveyor.app import Conveyor
+from conveyor.backends import require_existing
 from conveyor.cli.loading import CLIError
 from conveyor.cli.output import (
     console,
-    counts_table,
     job_summary,
-    jobs_table,
+    print_counts,
+    print_jobs,
     print_json,
-    workers_table,
+    print_workers,
 )
-from conveyor.errors import InvalidArguments, QueueFull
+from conveyor.errors import InvalidArguments, QueueFull, UnknownJob, redact_url
 from conveyor.job import FINAL_STATES, JobRecord, JobState
 
 
@@ -35,26 +36,52 @@ def _json_arg(text: str, expected: type, option: str) -> Any:
     return value
 
 
+def store_name(app: Conveyor) -> str:
+    """The app's store for messages: its URL without password, and its namespace."""
+    return f"{redact_url(app.url)} (namespace {app.namespace})"
+
+
+#: the commands that only read the store or change jobs already in it: they never create it
+READ_ONLY = frozenset({"status", "jobs", "retry", "cancel", "stats", "jobs-known", "top"})
+
+
+def read_only(app: Conveyor) -> Conveyor:
+    """For commands that only read (or change existing jobs): never create the store; a
+    missing SQLite file is an error (see :func:`conveyor.backends.require_existing`)."""
+    require_existing(app.broker)
+    return app
+
+
+def state_phrase(state: JobState) -> str:
+    """``is queued``, ``has already succeeded``, ``is already dead``: a state in a sentence."""
+    if state is JobState.SUCCEEDED:
+        return "has already succeeded"
+    return f"is already {state}" if state in FINAL_STATES else f"is {state}"
+
+
 async def _get(app: Conveyor, job_id: str) -> JobRecord:
     await app.broker.open()
     record = await app.broker.get(job_id)
     if record is None:
-        raise CLIError(f"no job with id {job_id}", code=1)
+        raise CLIError(f"no job with id {job_id} in {store_name(app)}", code=1)
     return record
 
 
 async def enqueue(app: Conveyor, args: argparse.Namespace) -> int:
-    """``conveyor enqueue NAME --args JSON --kwargs JSON``."""
+    """``conveyor enqueue NAME --args JSON --kwargs JSON [--force]``: a name the app (or,
+    without ``--app``, any worker of the store) does not know is refused unless forced."""
     call_args = _json_arg(args.args, list, "--args")
     call_kwargs = _json_arg(args.kwargs, dict, "--kwargs")
-    if args.app and args.name not in app.registry:
+    force = bool(getattr(args, "force", False))
+    if args.app and args.name not in app.registry and not force:
         known = ", ".join(sorted(app.registry)) or "none"
-        raise CLIError(f"{args.app} has no job named {args.name!r} (its jobs: {known})")
+        raise CLIError(f"{args.app} has no job named {args.name!r} (its jobs: {known}); "
+                       "--force stores it anyway")
     try:
         handle = await app.enqueue_call_async(
-            args.name, call_args, call_kwargs, delay=args.delay, queue=args.queue
+            args.name, call_args, call_kwargs, delay=args.delay, queue=args.queue, force=force
         )
-    except InvalidArguments as exc:
+    except (InvalidArguments, UnknownJob) as exc:
         raise CLIError(str(exc)) from None
     except QueueFull as exc:
         raise CLIError(str(exc), code=3) from None
@@ -105,7 +132,7 @@ async def jobs(app: Conveyor, args: argparse.Namespace) -> int:
     if args.json:
         print_json([r.to_dict() for r in records])
     else:
-        console.print(jobs_table(records))
+        print_jobs(records)
     return 0
 
 
@@ -125,8 +152,8 @@ async def retry(app: Conveyor, args: argparse.Namespace) -> int:
         raise CLIError("give a job ID or --all-dead")
     before = await _get(app, args.id)
     if before.state not in (JobState.DEAD, JobState.CANCELLED):
-        raise CLIError(f"job {args.id} is {before.state}; only dead or cancelled jobs can be "
-                       "retried", code=1)
+        raise CLIError(f"job {args.id} {state_phrase(before.state)}; only dead or cancelled "
+                       "jobs can be retried", code=1)
     after = await app.broker.retry(args.id)
     print(f"{args.id} {after.state if after else 'gone'}")
     return 0
@@ -136,7 +163,7 @@ async def cancel(app: Conveyor, args: argparse.Namespace) -> int:
     """``conveyor cancel ID``: waiting jobs end at once, running ones are asked to stop."""
     before = await _get(app, args.id)
     if before.state in FINAL_STATES:
-        raise CLIError(f"job {args.id} is already {before.state}", code=1)
+        raise CLIError(f"job {args.id} {state_phrase(before.state)}", code=1)
     after = await app.cancel_async(args.id)
     note = " (cancellation requested; its worker stops it)" if after.cancel_requested and \
         after.state is JobState.RUNNING else ""
@@ -152,6 +179,7 @@ async def stats(app: Conveyor, args: argparse.Namespace) -> int:
     if args.json:
         print_json({"queues": counts, "workers": [w.to_dict() for w in workers]})
         return 0
-    console.print(counts_table(counts))
-    console.print(workers_table(workers))
+    print_counts(counts)
+    console.print()
+    print_workers(workers)
     return 0

@@ -69,4 +69,6 @@ def resolve_app(spec: str | None, url: str | None, namespace: str | None) -> Con
         if namespace:
             app.namespace = namespace
         return app
-    return Conveyor(url=chosen or DEFAULT_URL, namespace=namespace or "conveyor")
+    app = Conveyor(namespace=namespace or "conveyor")
+    app.use_url(chosen or DEFAULT_URL)  # --url beats CONVEYOR_URL, which Conveyor() reads
+    return app

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import sqlite3
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 
 from conveyor.app import Conveyor
-from conveyor.cli import commands
+from conveyor.cli import commands, known
 from conveyor.cli.loading import CLIError, positive_int, queue_list, resolve_app
 from conveyor.cli.output import errors
 from conveyor.errors import ConveyorError
 from conveyor.job import ALL_STATES
+from conveyor.logs import FORMATS, LEVELS, log_level, setup_logging
 
 Command = Callable[[Conveyor, argparse.Namespace], Awaitable[int]]
 
@@ -39,10 +39,27 @@ def _worker_options(parser: argparse.ArgumentParser) -> None:
                         help="seconds running jobs get to finish on shutdown (default 30)")
 
 
+def logging_options(parser: argparse.ArgumentParser, top: bool = False) -> None:
+    """``--log-level`` and ``--log-format``: on the top parser with their defaults, and on
+    each command's parser without any (a value given before the command is kept)."""
+    group = parser.add_argument_group("logging (before or after the command)")
+    group.add_argument("--log-level", type=log_level, metavar="LEVEL",
+                       default="INFO" if top else argparse.SUPPRESS,
+                       help=f"least level logged to stderr: {', '.join(LEVELS)} "
+                       "(default INFO)")
+    group.add_argument("--log-format", choices=FORMATS,
+                       default="text" if top else argparse.SUPPRESS,
+                       help="text lines, or one JSON object per line with time, level, logger, "
+                       "message and job fields (default text)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The whole command-line grammar."""
+    from conveyor import __version__
+
     parser = argparse.ArgumentParser(prog="conveyor", description=__doc__)
-    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
+    parser.add_argument("--version", action="version", version=f"conveyor {__version__}")
+    logging_options(parser, top=True)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("worker", help="run workers for an app")
@@ -65,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--queue", help="queue (default: the job's own, or 'default')")
     p.add_argument("--delay", type=float, help="seconds to wait before it may run")
     p.add_argument("--json", action="store_true", help="print the job's info as JSON")
+    p.add_argument("--force", action="store_true", help="store it even if no worker has "
+                   "published a job of that name (arguments unchecked)")
     _store_options(p)
 
     p = sub.add_parser("status", help="show one job")
@@ -97,6 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     _store_options(p)
 
+    _store_options(known.add_known_parser(sub), with_app=False)
+
     from conveyor.cli.bench import add_bench_parser
     from conveyor.cli.serve import add_serve_parser
     from conveyor.cli.top import add_top_parser
@@ -104,6 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_bench_parser(sub)
     add_serve_parser(sub)
     add_top_parser(sub)
+    for command in {id(p): p for p in sub.choices.values()}.values():  # aliases: once
+        logging_options(command)
     return parser
 
 
@@ -114,6 +137,7 @@ COMMANDS: dict[str, Command] = {
     "retry": commands.retry,
     "cancel": commands.cancel,
     "stats": commands.stats,
+    "jobs-known": known.jobs_known,
 }
 
 
@@ -126,6 +150,7 @@ def _run_worker(args: argparse.Namespace, argv: Sequence[str]) -> int:
     if args.processes > 1 and args.metrics_port is not None:
         raise CLIError("--metrics-port needs --processes 1 (each process has its own metrics)")
     if args.processes > 1:
+        _ = app.broker  # a bad store URL (a missing directory) fails here, not in each child
         return Supervisor(worker_command(argv), args.processes, args.grace).run()
     return run_worker(app, queues=args.queues, min_workers=args.min_workers,
                       max_workers=args.max_workers, grace=args.grace,
@@ -137,7 +162,11 @@ ADMIN_RETRY_FOR = 5.0
 
 
 async def _run_command(command: Command, app: Conveyor, args: argparse.Namespace) -> int:
-    app.broker.retry_for = ADMIN_RETRY_FOR
+    import logging
+
+    app.broker.retry_for = min(app.store_timeout, ADMIN_RETRY_FOR)
+    # a store that cannot be used is the command's one error line, not a warning before it
+    logging.getLogger("conveyor.store").setLevel(logging.ERROR)
     try:
         return await command(app, args)
     finally:
@@ -152,12 +181,43 @@ def _store_error(exc: BaseException) -> bool:
     return redis_errors is not None and isinstance(exc, redis_errors.RedisError)
 
 
+def _store_url(args: argparse.Namespace) -> str:
+    """The store URL the command used: ``--url``, ``CONVEYOR_URL``, the APP's, the default."""
+    import os
+
+    from conveyor.app import DEFAULT_URL
+    from conveyor.cli.loading import load_app
+
+    url = getattr(args, "url", None) or os.environ.get("CONVEYOR_URL")
+    spec = getattr(args, "app", None) or getattr(args, "app_spec", None)
+    if not url and spec:
+        try:  # already imported by the command: no new side effects
+            url = load_app(spec).url
+        except (CLIError, ConveyorError):
+            url = None
+    return url or DEFAULT_URL
+
+
+def _error_line(message: str, args: argparse.Namespace) -> str:
+    """``error: MESSAGE`` on one line, without the store's password."""
+    from urllib.parse import unquote, urlsplit
+
+    line = "error: " + " ".join(part.strip() for part in message.splitlines() if part.strip())
+    try:
+        password = urlsplit(_store_url(args)).password
+    except ValueError:
+        password = None
+    for secret in {password, unquote(password or "")} - {None, ""}:
+        assert secret is not None
+        line = line.replace(secret, "***")
+    return line
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``conveyor`` command; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(args.log_level, args.log_format)
     try:
         if args.command == "worker":
             return _run_worker(args, argv)
@@ -174,17 +234,25 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return run_top(args)
         app = resolve_app(getattr(args, "app", None), args.url, args.namespace)
+        if args.command in commands.READ_ONLY:  # they never create a store
+            commands.read_only(app)
         return asyncio.run(_run_command(COMMANDS[args.command], app, args))
     except CLIError as exc:
-        errors.print(f"error: {exc}", soft_wrap=True)
+        errors.print(_error_line(str(exc), args), soft_wrap=True)
         return exc.code
     except ConveyorError as exc:
-        errors.print(f"error: {exc}", soft_wrap=True)
+        from conveyor.backends import MissingStore
+
+        hint = " (check --url or CONVEYOR_URL)" if isinstance(exc, MissingStore) else ""
+        errors.print(_error_line(f"{exc}{hint}", args), soft_wrap=True)
         return 1
     except Exception as exc:
         if not _store_error(exc):
             raise
-        errors.print(f"error: cannot use the store: {type(exc).__name__}: {exc}", soft_wrap=True)
+        from conveyor.errors import redact_url
+
+        store = redact_url(_store_url(args))
+        errors.print(_error_line(f"cannot use the store {store}: {exc}", args), soft_wrap=True)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from conveyor.cli.loading import CLIError, positive_int, queue_list, resolve_app
 from conveyor.errors import ConfigurationError
+from conveyor.logs import duration, plural
 from conveyor.uploads import StagingArea
 
 if TYPE_CHECKING:
@@ -49,8 +50,9 @@ def add_serve_parser(sub: Any) -> None:
     p.add_argument("--namespace", help="namespace inside the store (default: conveyor)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
     p.add_argument("--port", type=_port, default=8000, help="port to listen on (8000)")
-    p.add_argument("--containers", default="dir:./containers",
-                   help="where uploads are pushed: dir:PATH, incus or incus:SOCKET "
+    p.add_argument("--containers",
+                   help="where uploads are pushed: dir:PATH (PATH must exist; a container "
+                   "NAME is the directory PATH/NAME), incus or incus:SOCKET "
                    "(default dir:./containers)")
     p.add_argument("--staging", help="directory uploads wait in (default: the app's)")
     p.add_argument("--max-upload-bytes", type=positive_int, default=1 << 30,
@@ -111,7 +113,7 @@ def listen(host: str, port: int) -> socket.socket:
 def _prepare(args: argparse.Namespace) -> tuple[Conveyor, Starlette, str | None]:
     """The app with the built-in jobs installed, and its HTTP API."""
     from conveyor import builtin
-    from conveyor.containers import open_target
+    from conveyor.containers import DEFAULT_TARGET, DirectoryTarget, IncusTarget, open_target
     from conveyor.http import create_app
 
     token = args.token or os.environ.get("CONVEYOR_TOKEN") or None
@@ -122,16 +124,28 @@ def _prepare(args: argparse.Namespace) -> tuple[Conveyor, Starlette, str | None]
     if args.min_workers > args.max_workers:
         raise CLIError("--min-workers must not exceed --max-workers")
     app = resolve_app(args.app_spec, args.url, args.namespace)
+    app.broker  # noqa: B018 -- made now: a store that cannot be (no such directory) stops here
     if args.staging:
         app.staging = StagingArea(args.staging)
     try:
-        target = open_target(args.containers)
+        target = open_target(args.containers or DEFAULT_TARGET)
     except ConfigurationError as exc:
         raise CLIError(f"--containers: {exc}") from None
+    if isinstance(target, DirectoryTarget):  # a missing root is a typo, or a step skipped
+        try:
+            target.check_root()
+        except ConfigurationError as exc:
+            if args.containers:
+                raise CLIError(f"--containers {args.containers}: {exc}") from None
+            log.warning("uploads have nowhere to go: %s, or pass --containers; until then "
+                        "POST /uploads answers 404", exc)
+    elif isinstance(target, IncusTarget) and not os.path.exists(target.socket_path):
+        log.warning("no Incus socket at %s (is incus running?): pushes are retried until "
+                    "it answers", target.socket_path)
     builtin.install(app, target)
     hosts = args.allow_host or (["*"] if not is_loopback(args.host) else [])
     api = create_app(app, token=token, max_upload_bytes=args.max_upload_bytes,
-                     origins=args.allow_origin or (), hosts=hosts)
+                     target=target, origins=args.allow_origin or (), hosts=hosts)
     return app, api, token
 
 
@@ -181,27 +195,44 @@ async def _sweep_staging(app: Conveyor, interval: float = SWEEP_INTERVAL) -> Non
             log.warning("could not sweep the staging area: %s", exc)
             continue
         if removed:
-            log.info("removed %d orphan staged files", removed)
+            log.info("removed %s", plural(removed, "orphan staged file"))
+
+
+async def _start_up(app: Conveyor, check: bool) -> None:
+    """Once the store answers (waiting quietly while it is down): with ``check``, warn about
+    store settings that lose jobs (a worker does it itself), then sweep the staging area."""
+    from conveyor import builtin
+
+    pause = 0.5
+    while True:
+        try:
+            await app.broker.open()
+            if check:
+                await app.broker.check_settings()
+            removed = await builtin.sweep(app)
+        except Exception as trouble:
+            if not app.broker.is_transient(trouble):
+                log.error("could not sweep the staging area at start: %s", trouble)
+                return
+            await asyncio.sleep(pause)  # logged once per outage, by the store
+            pause = min(pause * 2, 5.0)
+            continue
+        if removed:
+            log.info("removed %s", plural(removed, "orphan staged file"))
+        return
 
 
 async def _serve(app: Conveyor, server: _Server, worker: Worker | None,
                  sock: socket.socket) -> int:
-    from conveyor import builtin
+    from conveyor.worker import shutdown
     from conveyor.worker.supervisor import ShutdownSignals
 
-    try:
-        removed = await builtin.sweep(app)
-    except Exception as trouble:  # the store is full or down: serve anyway (503s meanwhile)
-        if not app.broker.is_transient(trouble):
-            raise
-        log.warning("could not sweep the staging area at start: %s", trouble)
-        removed = 0
-    if removed:
-        log.info("removed %d orphan staged files", removed)
+    # serve at once, even while the store is down: /healthz says so (503) until it is back
+    starting = asyncio.create_task(_start_up(app, check=worker is None), name="conveyor-start")
 
     def stop(name: str) -> None:
-        log.info("%s: shutting down (running jobs get up to %.0fs; again to exit at once)",
-                 name, worker.grace if worker else 0)
+        log.info("%s: shutting down (running jobs get up to %s; again to exit at once)",
+                 name, duration(worker.grace if worker else 0))
         server.stop()
         if worker is not None:
             worker.request_stop()
@@ -226,6 +257,7 @@ async def _serve(app: Conveyor, server: _Server, worker: Worker | None,
         signals.remove()
         sweeper.cancel()
         await asyncio.gather(sweeper, return_exceptions=True)
+        await shutdown.finish({starting})
         await app.broker.close()
     failed = [r for r in results if isinstance(r, BaseException)]
     for exc in failed:

@@ -14,7 +14,6 @@ import os
 import select
 import sys
 import time
-import unicodedata
 from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -26,7 +25,10 @@ from rich.table import Column, Table
 from rich.text import Text
 
 from conveyor.app import Conveyor
+from conveyor.backends import require_existing
 from conveyor.cli.loading import resolve_app
+from conveyor.cli.output import printable
+from conveyor.errors import redact_url
 from conveyor.job import ALL_STATES, FINAL_STATES, JobRecord, JobState, WorkerInfo
 
 #: samples kept for the sparklines
@@ -67,15 +69,7 @@ def _positive_float(text: str) -> float:
 def clean(value: object, width: int | None = None) -> str:
     """``value`` as one line of printable text: control characters become ``?``, runs of
     whitespace one space, and it is cut to ``width`` characters with an ellipsis."""
-    out = []
-    for char in str(value):
-        if char.isspace():
-            out.append(" ")
-        elif unicodedata.category(char) in ("Cc", "Cf", "Cs", "Co", "Cn"):
-            out.append("?")
-        else:
-            out.append(char)
-    text = " ".join("".join(out).split())
+    text = " ".join(printable(str(value)).split())
     if width is not None and len(text) > width:
         text = text[: max(width - 1, 0)] + "…"
     return text
@@ -220,10 +214,10 @@ def failures_table(failures: Sequence[JobRecord]) -> Table:
     return table
 
 
-def render(snap: Snapshot, rates: Rates, source: str) -> RenderableType:
-    """One frame of ``conveyor top``."""
+def render(snap: Snapshot, rates: Rates, source: str, live: bool = True) -> RenderableType:
+    """One frame of ``conveyor top`` (``live``: on the live screen, which ``q`` quits)."""
     header = Text.assemble(("conveyor top", "bold"), "  ", Text(clean(source)), "  ",
-                           time.strftime("%H:%M:%S"), ("   q: quit", "dim"))
+                           time.strftime("%H:%M:%S"), ("   q: quit" if live else "", "dim"))
     now = time.time()
     return Group(header, queues_table(snap.counts), rates_table(rates),
                  workers_table(snap.workers, now), failures_table(snap.failures))
@@ -280,13 +274,13 @@ async def _wait_for_quit(fd: int | None, seconds: float) -> bool:
 
 async def top(app: Conveyor, interval: float, once: bool, console: Console) -> int:
     """Run the view until ``q`` (or print one frame with ``once``)."""
-    source = f"{app.url} ({app.namespace})"
+    source = f"{redact_url(app.url)} ({app.namespace})"
     await app.broker.open()
     rates = Rates()
     if once:
         rates.add(await take_snapshot(app))
         assert rates.previous is not None
-        console.print(render(rates.previous, rates, source))
+        console.print(render(rates.previous, rates, source, live=False))
         return 0
     with cbreak(_stdin_fd()) as keys:
         fd = _stdin_fd() if keys else None
@@ -303,7 +297,12 @@ async def top(app: Conveyor, interval: float, once: bool, console: Console) -> i
 def run_top(args: argparse.Namespace) -> int:
     """``conveyor top``; Ctrl-C quits like ``q``."""
     app = resolve_app(args.app, args.url, args.namespace)
-    app.broker.retry_for = RETRY_FOR
+    require_existing(app.broker)  # a view: it never creates a store
+    app.broker.retry_for = min(app.store_timeout, RETRY_FOR)
+    # a store that cannot be used is the one error line, not a warning before it
+    import logging
+
+    logging.getLogger("conveyor.store").setLevel(logging.ERROR)
     console = Console(highlight=False, markup=False, emoji=False)
     once = args.once or not console.is_terminal
 

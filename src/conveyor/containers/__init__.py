@@ -3,6 +3,11 @@
 ``open_target(spec)`` makes one from its spec: ``dir:PATH`` (containers are the directories
 ``PATH/NAME``; ``conveyor serve`` uses ``dir:./containers`` by default), ``incus`` (the local
 Incus daemon at its usual socket) or ``incus:SOCKET``.
+
+Neither creates containers: a ``dir:`` container is a directory someone made, and ``conveyor
+serve`` refuses to start on a ``dir:PATH`` whose PATH is missing. A target may tell cheaply that
+a container is missing (:func:`missing_container`), so ``POST /uploads`` answers 404 instead of
+accepting a file whose push could only fail.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from conveyor.containers.base import (
     ContainerTarget,
     PushFailed,
     UnsafeDestination,
+    missing_container,
 )
 from conveyor.containers.directory import DirectoryTarget
 from conveyor.containers.incus import DEFAULT_SOCKET, IncusTarget
@@ -27,6 +33,7 @@ __all__ = [
     "IncusTarget",
     "PushFailed",
     "UnsafeDestination",
+    "missing_container",
     "open_target",
 ]
 

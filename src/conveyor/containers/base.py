@@ -14,11 +14,14 @@ from conveyor.errors import PermanentError
 
 
 class ContainerNotFound(PermanentError):
-    """No container of that name exists; retrying will not make one."""
+    """No container of that name exists; retrying will not make one. ``where`` says where
+    the target looked (``no directory /srv/containers/web``)."""
 
-    def __init__(self, container: str) -> None:
-        super().__init__(f"container not found: {container}")
+    def __init__(self, container: str, where: str = "") -> None:
+        message = f"container {container!r} does not exist"
+        super().__init__(f"{message}: {where}" if where else message)
         self.container = container
+        self.where = where
 
 
 class UnsafeDestination(PermanentError):
@@ -40,3 +43,17 @@ class ContainerTarget(Protocol):
     def describe(self) -> str:
         """The target as its spec (``dir:/srv/containers``, ``incus:/path/to/socket``)."""
         ...
+
+
+async def missing_container(target: ContainerTarget, container: str) -> ContainerNotFound | None:
+    """:class:`ContainerNotFound` if ``target`` can tell at once, cheaply, that ``container``
+    does not exist; None if it exists or the target cannot tell (then the push finds out).
+
+    A target tells through an optional ``async def missing(container)`` method returning the
+    error or None; targets without one are never asked.
+    """
+    missing = getattr(target, "missing", None)
+    if missing is None:
+        return None
+    found = await missing(container)
+    return found if isinstance(found, ContainerNotFound) else None

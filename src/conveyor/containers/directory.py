@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 from conveyor.containers.base import ContainerNotFound, PushFailed, UnsafeDestination
-from conveyor.errors import PermanentError
+from conveyor.errors import ConfigurationError, PermanentError
 from conveyor.ids import is_acceptable_id
 from conveyor.uploads import UploadError, check_container_name, normalize_destination
 
@@ -88,15 +88,37 @@ class DirectoryTarget:
             # a full disk, an I/O error: may well pass
             raise PushFailed(f"writing {normal} in {container} failed: {exc}") from exc
 
+    def check_root(self) -> None:
+        """:class:`~conveyor.errors.ConfigurationError` unless the root is a directory."""
+        if not self.root.is_dir():
+            why = f"{self.root} is not a directory" if self.root.exists() else \
+                f"no directory {self.root}"
+            raise ConfigurationError(f"{why}: make it, with one directory per container "
+                                     f"in it (mkdir -p {self.root}/NAME)")
+
+    async def missing(self, container: str) -> ContainerNotFound | None:
+        """:class:`ContainerNotFound` unless ``root/container`` is a directory (asked by
+        ``POST /uploads`` before it accepts a file)."""
+        try:
+            self.container_path(container)
+        except ContainerNotFound as exc:
+            return exc
+        return None
+
     def container_path(self, container: str) -> Path:
         """The real directory of ``container``; :class:`ContainerNotFound` if there is none."""
         try:
             name = check_container_name(container)
-            base = (self.root / name).resolve(strict=True)
-        except (UploadError, OSError, RuntimeError):  # RuntimeError: a symlink loop
-            raise ContainerNotFound(container) from None
+        except UploadError as exc:
+            raise ContainerNotFound(container, str(exc)) from None
+        path = self.root / name
+        where = f"no directory {path}"
+        try:
+            base = path.resolve(strict=True)
+        except (OSError, RuntimeError):  # RuntimeError: a symlink loop
+            raise ContainerNotFound(container, where) from None
         if not base.is_dir():
-            raise ContainerNotFound(container)
+            raise ContainerNotFound(container, f"{path} is not a directory")
         return base
 
 

@@ -17,6 +17,9 @@ The HTTP/1.1 client is a small one on asyncio streams (one connection per reques
 ``{"type": "error", "error_code": 404, "error": "Instance not found"}``. A missing instance
 is :class:`ContainerNotFound`; a missing or refusing socket, a time-out or a 5xx is
 :class:`PushFailed` (retried); any other 4xx is a :class:`PermanentError`.
+
+Before an upload is accepted, :meth:`IncusTarget.missing` asks ``GET /1.0/instances/NAME``
+(within ``check_timeout``): only a 404 refuses it; a daemon that cannot be asked lets it in.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import asyncio
 import contextlib
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -82,6 +86,7 @@ class IncusTarget:
         timeout: float = 60.0,
         connect_timeout: float = 5.0,
         continue_timeout: float = 1.0,
+        check_timeout: float = 2.0,
         uid: int = 0,
         gid: int = 0,
         mode: int = 0o644,
@@ -92,6 +97,8 @@ class IncusTarget:
         self.connect_timeout = connect_timeout
         #: how long to wait for ``100 Continue`` before sending the body regardless
         self.continue_timeout = continue_timeout
+        #: how long :meth:`missing` may take before it gives up and lets the push decide
+        self.check_timeout = check_timeout
         self.uid = uid
         self.gid = gid
         self.mode = mode
@@ -103,13 +110,33 @@ class IncusTarget:
         """``incus:`` and the socket path."""
         return f"incus:{self.socket_path}"
 
+    def _not_found(self, container: str) -> ContainerNotFound:
+        return ContainerNotFound(container, f"no instance of that name in Incus at "
+                                            f"{self.socket_path}")
+
+    async def missing(self, container: str) -> ContainerNotFound | None:
+        """:class:`ContainerNotFound` if Incus answers 404 to ``GET /1.0/instances/NAME``
+        (asked by ``POST /uploads`` before it accepts a file); None if the instance exists or
+        the daemon cannot be asked now (down, slow: the push job retries and finds out)."""
+        try:
+            name = check_container_name(container)
+        except UploadError as exc:
+            return ContainerNotFound(container, str(exc))
+        head = (f"GET /1.0/instances/{quote(name, safe='')} HTTP/1.1\r\nHost: unix.socket\r\n"
+                f"User-Agent: conveyor\r\nConnection: close\r\n\r\n").encode("latin-1")
+        try:
+            reply = await asyncio.wait_for(self._exchange(head, None, 0), self.check_timeout)
+        except (PushFailed, TimeoutError, OSError):
+            return None
+        return self._not_found(container) if reply.code == 404 else None
+
     async def push(self, container: str, source: Path, destination: str) -> None:
         """Create the parents of ``destination`` in instance ``container``, then upload
         ``source`` there, replacing the file that is there."""
         try:
             name = check_container_name(container)
-        except UploadError:
-            raise ContainerNotFound(container) from None
+        except UploadError as exc:
+            raise ContainerNotFound(container, str(exc)) from None
         try:
             normal = normalize_destination(destination)
         except UploadError as exc:
@@ -119,11 +146,13 @@ class IncusTarget:
             reply = await self.request(name, directory, "directory")
             if not reply.ok:
                 # "/x" can only be missing with its instance; the root always exists
-                raise _failure(reply, container, directory, instance_missing=index == 0)
+                raise _failure(reply, container, directory, instance_missing=index == 0,
+                               not_found=self._not_found)
         with _open_source(Path(source)) as body:
             reply = await self.request(name, normal, "file", body)
         if not reply.ok:
-            raise _failure(reply, container, normal, instance_missing=not parents)
+            raise _failure(reply, container, normal, instance_missing=not parents,
+                           not_found=self._not_found)
 
     async def request(
         self, container: str, path: str, kind: str, body: IO[bytes] | None = None
@@ -224,11 +253,12 @@ def _size_of(body: IO[bytes]) -> int:
     return os.fstat(body.fileno()).st_size
 
 
-def _failure(reply: Reply, container: str, path: str, *, instance_missing: bool) -> Exception:
+def _failure(reply: Reply, container: str, path: str, *, instance_missing: bool,
+             not_found: Callable[[str], ContainerNotFound]) -> Exception:
     """The exception for an Incus error: permanent, transient or a missing instance."""
     code, message = reply.code, reply.message
     if code == 404 and (instance_missing or "instance" in message.lower()):
-        return ContainerNotFound(container)
+        return not_found(container)
     if code >= 500 or code < 400:
         return PushFailed(f"Incus could not write {path} in {container}: {message} ({code})")
     return PermanentError(f"Incus refused to write {path} in {container}: {message} ({code})")

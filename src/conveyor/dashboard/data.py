@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from conveyor.backends.base import Broker
 from conveyor.job import ALL_STATES, JobRecord
 from conveyor.stats import MinuteStats, minute_of
+
+if TYPE_CHECKING:
+    from conveyor.app import Conveyor
 
 #: minutes drawn by the overview's charts
 HISTORY_MINUTES = 60
@@ -91,6 +94,15 @@ async def workers(broker: Broker) -> dict[str, Any]:
     return {"now": now, "workers": [
         {**w.to_dict(), "heartbeat_age": round(max(0.0, now - w.heartbeat_at), 1)}
         for w in found]}
+
+
+async def known_jobs(app: Conveyor) -> dict[str, Any]:
+    """The "Jobs known" listing: the jobs workers published within the app's retention,
+    with their parameters and how long ago a worker last published each."""
+    now = time.time()
+    return {"now": now, "jobs": [
+        {**job.to_display(), "seen_age": round(max(0.0, now - job.seen_at), 1)}
+        for job in await app.known_jobs_async()]}
 
 
 def job_summary(record: JobRecord) -> dict[str, Any]:

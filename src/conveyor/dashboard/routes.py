@@ -134,6 +134,11 @@ class Dashboard:
         """GET /ui/api/workers."""
         return _json(await data.workers(await self._broker()))
 
+    async def known(self, request: Request) -> Response:
+        """GET /ui/api/known: the jobs workers published (the workers page lists them)."""
+        await self.services.broker_ready()
+        return _json(await data.known_jobs(self.services.app))
+
     async def jobs(self, request: Request) -> Response:
         """GET /ui/api/jobs?state=&queue=&q=&cursor=&limit=: a page of job summaries.
 
@@ -205,6 +210,7 @@ class Dashboard:
             Route("/ui/api/overview", self._data(self.overview), methods=["GET"]),
             Route("/ui/api/counts", self._data(self.counts), methods=["GET"]),
             Route("/ui/api/workers", self._data(self.workers), methods=["GET"]),
+            Route("/ui/api/known", self._data(self.known), methods=["GET"]),
             Route("/ui/api/jobs", self._data(self.jobs), methods=["GET"]),
             Route(job, self._data(self.job), methods=["GET"]),
             Route(f"{job}/retry", self._action(self.retry), methods=["POST"]),

@@ -23,6 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from conveyor.errors import StoreUnavailable
 from conveyor.http.errors import ApiError, error_response
+from conveyor.http.health import StoreGate, StoreHealth
 from conveyor.http.openapi import Operation
 from conveyor.http.origin import Origins, SameSiteOnly
 from conveyor.http.routes import Routes
@@ -200,7 +201,8 @@ def create_app(
     ``token`` guards every route but ``/healthz`` with ``Authorization: Bearer``;
     ``max_upload_bytes`` caps request bodies; with ``target`` (a container target from
     :func:`conveyor.containers.open_target`) the built-in jobs are installed into the app
-    (those it lacks: see :func:`conveyor.builtin.install`). Mount it in your own app with
+    (those it lacks: see :func:`conveyor.builtin.install`), and ``POST /uploads`` answers 404
+    for a container the target can tell is missing. Mount it in your own app with
     ``Mount("/conveyor", create_app(app))``.
 
     ``metrics`` (default: ``conveyor_app.metrics``, else a new :class:`Metrics`, which then
@@ -225,7 +227,7 @@ def create_app(
         metrics = conveyor_app.metrics or Metrics()
     if conveyor_app.metrics is None:
         conveyor_app.metrics = metrics
-    routes = Routes(Services(conveyor_app, max_upload_bytes), token or None, metrics)
+    routes = Routes(Services(conveyor_app, max_upload_bytes, target), token or None, metrics)
     table = build_routes(routes.operations())
     allowed = Origins(origins, hosts)
     exempt = None
@@ -239,6 +241,8 @@ def create_app(
         middleware.append(Middleware(BearerAuth, token=token, exempt=exempt))
     else:
         middleware.append(Middleware(SameSiteOnly, origins=allowed))
+    # after the access checks: 503 while the store is down (/healthz says why)
+    middleware.append(Middleware(StoreGate, health=StoreHealth(conveyor_app)))
     api = Starlette(
         routes=table,
         middleware=middleware,

@@ -127,7 +127,36 @@ COMPONENTS: dict[str, Schema] = {
                                      "additionalProperties": {"type": "integer"}},
         }},
     },
-    "Health": {"type": "object", "properties": {"status": {"type": "string", "enum": ["ok"]}}},
+    "Health": {"type": "object", "properties": {
+        "status": {"type": "string", "enum": ["ok", "unavailable"]},
+        "error": {"type": "string", "description": "why the store cannot be used"}}},
+    "KnownJobs": {
+        "type": "object", "required": ["jobs"],
+        "properties": {"jobs": {"type": "array", "items": {
+            "type": "object", "required": ["name", "queue", "parameters", "seen_at"],
+            "properties": {
+                "name": {"type": "string"},
+                "queue": {"type": "string"},
+                "executor": {"type": "string"},
+                "parameters": {"type": "array", "items": {
+                    "type": "object",
+                    "properties": {
+                        "name": {"type": "string"},
+                        "kind": {"type": "string", "enum": [
+                            "POSITIONAL_ONLY", "POSITIONAL_OR_KEYWORD", "VAR_POSITIONAL",
+                            "KEYWORD_ONLY", "VAR_KEYWORD"]},
+                        "default": {"type": "boolean"},
+                        "upload": {"type": "boolean",
+                                   "description": "receives the uploaded file"},
+                    }}},
+                "staged": {"type": "boolean",
+                           "description": "takes its file from POST /uploads"},
+                "signature": {"type": "string", "example": "send(to, subject=…, *, cc=…)"},
+                "seen_at": {"type": "string", "format": "date-time",
+                            "description": "when a worker last published it"},
+                "worker_id": {"type": "string", "nullable": True},
+            }}}},
+    },
 }
 
 _ERRORS = {

@@ -100,7 +100,7 @@ class Routes:
     async def submit(self, request: Request) -> Response:
         """POST /jobs/{name}: JSON arguments, or the raw file for a job with an Upload."""
         name = request.path_params["job"]
-        if self.services.upload_parameter(name) is not None:
+        if await self.services.upload_parameter(name) is not None:
             job_id = await self.services.submit_upload(
                 name, self._chunks(request), request.query_params.multi_items(),
                 body_info(request))
@@ -130,6 +130,10 @@ class Routes:
         record = await self.services.retry(request.path_params["id"])
         url = f"{prefix(request)}/jobs/{record.id}"
         return JSONResponse(record.to_dict(), status_code=202, headers={"Location": url})
+
+    async def known_jobs(self, request: Request) -> Response:
+        """GET /jobs-known."""
+        return JSONResponse(await self.services.known_jobs())
 
     async def queues(self, request: Request) -> Response:
         """GET /queues."""
@@ -178,7 +182,8 @@ class Routes:
         return [
             Operation(
                 "POST", "/uploads", self.upload, "Upload a file and push it to a container",
-                dict([created, error(400), error(413), error(500, "the upload could not be "
+                dict([created, error(400), error(404, "the target says no container of that "
+                     "name exists"), error(413), error(500, "the upload could not be "
                      "stored"), error(503), error(507)]),
                 params=(
                     Param("X-Container-Name", "header", "the target container",
@@ -204,7 +209,8 @@ class Routes:
                           Param("cursor", "query", "next_cursor of the previous page"))),
             Operation(
                 "POST", JOB_PATH, self.submit, "Enqueue a job by name",
-                dict([created, error(400), error(404, "no job of that name"), error(413),
+                dict([created, error(400), error(404, "no job of that name is registered or "
+                      "published by a worker (see GET /jobs-known)"), error(413),
                       error(415), error(503), error(507)]),
                 params=(JOB, HOST_PATH),
                 body={"application/json": ref("JobCall"), "application/octet-stream": BINARY},
@@ -221,10 +227,19 @@ class Routes:
             Operation("POST", "/jobs/{id}/retry", self.retry, "Re-enqueue a dead or cancelled "
                       "job", dict([(202, ("the job, back in its queue", ref("Job"))),
                                    error(404), error(409)]), params=(JOB_ID,)),
+            Operation("GET", "/jobs-known", self.known_jobs, "Jobs that workers run",
+                      {200: ("the jobs workers published within the retention, by name",
+                             ref("KnownJobs"))},
+                      description="Each worker publishes the names, queues and parameters of "
+                      "its jobs when it starts and every minute. POST /jobs/{job} accepts "
+                      "these names (and the server's own jobs) and checks the arguments "
+                      "against the published parameters."),
             Operation("GET", "/queues", self.queues, "Jobs per queue and state",
                       {200: ("counts", ref("Queues"))}, tag="admin"),
             Operation("GET", "/healthz", self.healthz, "Liveness (no token needed)",
-                      {200: ("the server is up", ref("Health"))}, tag="admin", auth=False),
+                      {200: ("the server is up and its store usable", ref("Health")),
+                       503: ("the store cannot be used now (see error)", ref("Health"))},
+                      tag="admin", auth=False),
             Operation("GET", "/metrics", self.metrics_text, "Prometheus metrics",
                       {200: ("the metrics in the Prometheus text format", {"type": "string"})},
                       tag="admin", media="text/plain",

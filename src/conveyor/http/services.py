@@ -14,7 +14,9 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from conveyor.app import KNOWN_SHOWN
 from conveyor.builtin import PUSH_JOB
+from conveyor.containers.base import missing_container
 from conveyor.errors import InvalidArguments, JobNotFound, QueueFull, StoreUnavailable, UnknownJob
 from conveyor.http import decoding
 from conveyor.http.errors import ApiError
@@ -31,6 +33,8 @@ from conveyor.uploads import (
 
 if TYPE_CHECKING:
     from conveyor.app import Conveyor
+    from conveyor.containers.base import ContainerTarget
+    from conveyor.known import KnownJob
 
 log = logging.getLogger("conveyor.http")
 
@@ -59,6 +63,13 @@ def _not_found(job_id: str) -> ApiError:
     return ApiError(404, f"no job with id {job_id}")
 
 
+def _state_phrase(state: JobState) -> str:
+    """``is queued``, ``has already succeeded``, ``is already dead``: a state in a sentence."""
+    if state is JobState.SUCCEEDED:
+        return "has already succeeded"
+    return f"is already {state}" if state in (JobState.DEAD, JobState.CANCELLED) else f"is {state}"
+
+
 def store_unavailable(exc: StoreUnavailable) -> ApiError:
     """503 with ``Retry-After`` for a store that cannot be used now (its reason only: no
     URL, no exception names)."""
@@ -68,11 +79,15 @@ def store_unavailable(exc: StoreUnavailable) -> ApiError:
 class Services:
     """The operations of the HTTP API over one app (see the module docstring)."""
 
-    def __init__(self, app: Conveyor, max_upload_bytes: int = DEFAULT_MAX_UPLOAD) -> None:
+    def __init__(self, app: Conveyor, max_upload_bytes: int = DEFAULT_MAX_UPLOAD,
+                 target: ContainerTarget | None = None) -> None:
         if max_upload_bytes < 1:
             raise ValueError("max_upload_bytes must be at least 1")
         self.app = app
         self.max_upload_bytes = max_upload_bytes
+        #: the push job's container target, asked whether a container exists before an
+        #: upload is accepted (None: not asked; the push job finds out)
+        self.target = target
 
     async def broker_ready(self) -> None:
         """Connect on first use (a no-op once open; the app may be mounted without a
@@ -143,24 +158,51 @@ class Services:
         except UploadError as exc:
             raise ApiError(exc.status, str(exc)) from None
         self.check_length(body.content_length)
+        if self.target is not None:  # before the body is read: refuse what could only die
+            missing = await missing_container(self.target, name)
+            if missing is not None:
+                raise ApiError(404, str(missing))
         job_id = new_id()
         await self._stage(chunks, job_id)
         return await self._enqueue(PUSH_JOB, [name, path, body.host_path], {}, job_id=job_id)
 
     # -- jobs ---------------------------------------------------------------------------------
-    def upload_parameter(self, name: str) -> str | None:
+    async def published(self, name: str) -> KnownJob:
+        """Job ``name`` as a worker published it (for names the app does not register);
+        404 naming the known jobs when no worker did."""
+        await self.broker_ready()
+        try:
+            return await self.app.known_job_async(name)
+        except UnknownJob:
+            known = sorted({*self.app.registry, *self.app.known_names()})
+            if not known:
+                raise ApiError(404, f"no job named {name!r} is registered here, and no worker "
+                               "has published its jobs to this store yet: start a worker of "
+                               "the app that has the job, or serve that app (conveyor serve "
+                               "APP)") from None
+            shown = ", ".join(known[:KNOWN_SHOWN]) + (
+                f", ... ({len(known)} in all)" if len(known) > KNOWN_SHOWN else "")
+            raise ApiError(404, f"no job named {name!r} is registered here or published by a "
+                           f"worker (known jobs: {shown})") from None
+
+    async def known_jobs(self) -> dict[str, Any]:
+        """``GET /jobs-known``: the jobs workers published within the retention."""
+        await self.broker_ready()
+        return {"jobs": [job.to_display() for job in await self.app.known_jobs_async()]}
+
+    async def upload_parameter(self, name: str) -> str | None:
         """The ``Upload`` parameter of job ``name``, if it has one (404 for unknown jobs)."""
         job_fn = self.app.registry.get(name)
         if job_fn is None:
-            raise ApiError(404, f"no job named {name!r} is registered")
+            return (await self.published(name)).upload_parameter
         return job_fn.upload_parameters[0] if job_fn.upload_parameters else None
 
     async def submit(self, name: str, raw: bytes, content_type: str | None) -> str:
-        """``POST /jobs/{name}`` with a JSON body ``{"args", "kwargs", "delay", "queue"}``."""
+        """``POST /jobs/{name}`` with a JSON body ``{"args", "kwargs", "delay", "queue"}``;
+        a name the app does not register must have been published by a worker."""
         job_fn = self.app.registry.get(name)
-        if job_fn is None:
-            raise ApiError(404, f"no job named {name!r} is registered")
-        if job_fn.options.staged:
+        staged = job_fn.options.staged if job_fn else (await self.published(name)).staged
+        if staged:
             raise ApiError(400, f"job {name!r} takes its file from POST /uploads")
         call = decoding.job_call(raw, content_type)
         return await self._enqueue(name, call.args, call.kwargs, delay=call.delay,
@@ -171,13 +213,17 @@ class Services:
         """``POST /jobs/{name}`` for a job with an ``Upload`` parameter: the body is the file,
         the other arguments come from the query string. The call is checked before the body
         is read, so a bad call costs no upload."""
-        param = self.upload_parameter(name)
+        param = await self.upload_parameter(name)
         assert param is not None
         kwargs = decoding.query_arguments(query, param)
         filename = decoding.filename_of(body.host_path)
-        job_fn = self.app.get_job(name)
+        job_fn = self.app.registry.get(name)
+        call = {**kwargs, param: Upload.describe(0, filename, body.content_type)}
         try:
-            job_fn.check([], {**kwargs, param: Upload.describe(0, filename, body.content_type)})
+            if job_fn is not None:
+                job_fn.check([], call)
+            else:
+                (await self.published(name)).check([], call)
         except InvalidArguments as exc:
             raise ApiError(400, str(exc)) from None
         self.check_length(body.content_length)
@@ -225,7 +271,7 @@ class Services:
         """``DELETE /jobs/{id}``: cancel (a job final afterwards loses its staged file)."""
         before = await self.get(job_id)
         if before.is_final:
-            raise ApiError(409, f"job {job_id} is already {before.state}")
+            raise ApiError(409, f"job {job_id} {_state_phrase(before.state)}")
         try:
             after = await self.app.cancel_async(job_id)
         except JobNotFound:
@@ -236,8 +282,8 @@ class Services:
         """``POST /jobs/{id}/retry``: put a dead or cancelled job back in its queue."""
         before = await self.get(job_id)
         if before.state not in (JobState.DEAD, JobState.CANCELLED):
-            raise ApiError(409, f"job {job_id} is {before.state}; only dead or cancelled jobs "
-                           "can be retried")
+            raise ApiError(409, f"job {job_id} {_state_phrase(before.state)}; only dead or "
+                           "cancelled jobs can be retried")
         if self._upload_gone(before):
             raise ApiError(409, f"the uploaded file of job {job_id} is gone; upload it again")
         after = await self.app.broker.retry(job_id)

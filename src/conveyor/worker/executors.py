@@ -22,22 +22,10 @@ from typing import TYPE_CHECKING, Any
 
 from conveyor.context import JobContext
 from conveyor.errors import JobTimeout
-from conveyor.uploads import Upload
 
 if TYPE_CHECKING:
     from conveyor.functions import JobFunction
     from conveyor.worker.process_pool import ProcessPool
-
-
-def _call_args(job_fn: JobFunction, ctx: JobContext) -> tuple[list[Any], dict[str, Any]]:
-    kwargs = ctx.record.kwargs
-    if job_fn.context_parameter is not None:
-        kwargs = {**kwargs, job_fn.context_parameter: ctx}
-    for name in job_fn.upload_parameters:  # stored as a description; the bytes are staged
-        if isinstance(kwargs.get(name), dict):
-            path = job_fn.app.staging.path_of(ctx.id)
-            kwargs = {**kwargs, name: Upload.from_json(kwargs[name], path)}
-    return ctx.record.args, kwargs
 
 
 class JobThreads(Executor):
@@ -139,7 +127,7 @@ class Executors:
         return await self._run_process(job_fn, ctx)
 
     async def _run_async(self, job_fn: JobFunction, ctx: JobContext) -> Any:
-        args, kwargs = _call_args(job_fn, ctx)
+        args, kwargs = job_fn.call_arguments(ctx)
         timeout = job_fn.options.timeout
         if timeout is None:
             return await job_fn.fn(*args, **kwargs)
@@ -154,7 +142,7 @@ class Executors:
             raise JobTimeout(f"job {job_fn.name!r} timed out after {timeout}s") from None
 
     async def _run_thread(self, job_fn: JobFunction, ctx: JobContext) -> Any:
-        args, kwargs = _call_args(job_fn, ctx)
+        args, kwargs = job_fn.call_arguments(ctx)
         loop = asyncio.get_running_loop()
         call = functools.partial(contextvars.copy_context().run, job_fn.fn, *args, **kwargs)
         future = loop.run_in_executor(self._threads, call)
@@ -178,12 +166,14 @@ class Executors:
             from conveyor.worker.process_pool import ProcessPool
 
             self._processes = ProcessPool(self._max_processes)
+        staged = job_fn.staged_path(ctx.id)
         return await self._processes.run(
             job_fn.fn.__module__,
             job_fn.__qualname__,
             ctx.record,
             timeout=job_fn.options.timeout,
             on_progress=ctx.progress,
+            staged=None if staged is None else str(staged),
         )
 
     async def close(self) -> None:

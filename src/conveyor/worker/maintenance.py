@@ -12,6 +12,8 @@
 * progress: store the latest progress report of each running job a few times a second;
 * stats: every five seconds add the per-minute job statistics to the store (the worker
   adds the last ones itself once its final outcomes are written);
+* known jobs: every minute publish the names and parameters of the app's jobs again (the
+  worker publishes them first when it starts), so producers without the app can check calls;
 * metrics (with ``Worker(metrics=...)``): snapshot the queue depths every ``queue_refresh``.
 
 The loops stop on an event, between two runs of their chore, not by cancellation alone: a
@@ -29,7 +31,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
-from conveyor.worker import shutdown
+from conveyor import logs
+from conveyor.worker import outcomes, shutdown
 
 if TYPE_CHECKING:
     from conveyor.backends.base import Broker
@@ -42,6 +45,8 @@ RECOVERY_INTERVAL = 1.0
 PURGE_INTERVAL = 60.0
 PROGRESS_INTERVAL = 0.25
 STATS_INTERVAL = 5.0
+#: seconds between two publications of the worker's jobs (see :mod:`conveyor.known`)
+KNOWN_INTERVAL = 60.0
 #: seconds :meth:`Maintenance.stop` takes by default, at most (give or take a cancellation)
 STOP_TIMEOUT = 2.0
 #: at a stop, a chore in progress gets at most this many seconds (and half the stop's time)
@@ -69,6 +74,7 @@ class Maintenance:
             ("recovery", RECOVERY_INTERVAL, self.recover_once),
             ("progress", PROGRESS_INTERVAL, self.flush_progress),
             ("stats", STATS_INTERVAL, self.flush_stats),
+            ("known", KNOWN_INTERVAL, self.publish_jobs),
         ]
         metrics = self.worker.metrics
         if metrics is not None:
@@ -120,8 +126,12 @@ class Maintenance:
                 await chore()
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.exception("%s failed; trying again in %.1fs", name, interval)
+            except Exception as exc:
+                if self.worker.broker.is_transient(exc):  # the outage is logged once elsewhere
+                    log.debug("%s failed: %s", name, exc)
+                else:
+                    log.exception("%s failed; trying again in %s", name,
+                                  logs.duration(interval))
             if task is not None and task.cancelling():
                 return  # cancelled, but the chore's store call swallowed it
 
@@ -180,15 +190,21 @@ class Maintenance:
         recovery = await broker.recover_expired(self.worker.app.max_recoveries)
         for queue, count in recovery.dead.items():  # flushed with the rest of the statistics
             self.worker.stats.died(queue, recovery.died_at, count)
-        if recovery.requeued or recovery.dead:
-            log.warning("recovered jobs of lost workers: %d requeued, %d dead",
-                        recovery.requeued, recovery.dead_total)
+        outcomes.log_recovery(recovery.jobs, self.worker.app.max_recoveries)
 
     async def refresh_metrics(self) -> None:
         """Take a new snapshot of the queue depths for ``conveyor_queue_jobs``."""
         metrics = self.worker.metrics
         if metrics is not None:
             await metrics.refresh_queues(self.worker.broker, force=True)
+
+    async def publish_jobs(self) -> None:
+        """Publish the app's jobs (names, queues, parameters) with the store's time."""
+        from conveyor.known import KnownJob
+
+        worker = self.worker
+        jobs = [KnownJob.of(job_fn) for job_fn in worker.app.registry.values()]
+        await worker.broker.publish_jobs(worker.id, jobs)
 
     async def flush_stats(self) -> None:
         """Add the statistics counted since the last flush (kept if the store refuses)."""

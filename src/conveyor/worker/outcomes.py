@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import logging
 import time
 import traceback
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from conveyor.errors import PermanentError, Retry
 from conveyor.job import JobRecord, Outcome, OutcomeKind
+from conveyor.logs import duration, iso_time, json_lines, plural
 from conveyor.serialization import NotSerializable, dumps
 
 if TYPE_CHECKING:
     from conveyor.functions import JobFunction
+
+log = logging.getLogger("conveyor.worker")
+
+NOT_JSON = "result is not JSON-serializable"
+INTERNAL = "internal error in the worker"
 
 
 def _outcome(record: JobRecord, worker_id: str, kind: OutcomeKind, **fields: Any) -> Outcome:
@@ -27,7 +35,7 @@ def succeeded(record: JobRecord, worker_id: str, result: Any) -> Outcome:
         result_json = dumps(result)
     except NotSerializable as exc:
         return _outcome(record, worker_id, OutcomeKind.DEAD,
-                        error=f"result is not JSON-serializable: {exc}")
+                        error=f"{NOT_JSON}: {exc}")
     return _outcome(record, worker_id, OutcomeKind.SUCCEEDED, result_json=result_json)
 
 
@@ -45,6 +53,10 @@ def requeued(record: JobRecord, worker_id: str) -> Outcome:
     """Shutdown interrupted the attempt: back to the queue, the attempt not charged."""
     return _outcome(record, worker_id, OutcomeKind.REQUEUE,
                     error="interrupted by worker shutdown; requeued")
+
+
+def _gave_up(failures: int) -> str:
+    return f" (gave up after {failures} attempts)"
 
 
 def _describe(exc: BaseException) -> str:
@@ -79,8 +91,96 @@ def failed(
         return dead(record, worker_id, error, tb)
     failures = record.attempts - record.recoveries
     if failures > job_fn.options.retries:
-        return dead(record, worker_id, f"{error} (gave up after {failures} attempts)", tb)
+        return dead(record, worker_id, f"{error}{_gave_up(failures)}", tb)
     now = time.time()
     delay = retry_delay if retry_delay is not None else job_fn.options.backoff(failures)
     return _outcome(record, worker_id, OutcomeKind.RETRY, at=now, error=error, traceback=tb,
                     run_at=now + max(0.0, delay))
+
+
+# -- log lines ----------------------------------------------------------------------------------
+def _fields(record: JobRecord, worker_id: str, **more: Any) -> dict[str, Any]:
+    """The structured fields of a job's log record (see :data:`conveyor.logs.FIELDS`); the
+    attempt is counted as retries count it (recoveries aside), as the message says."""
+    return {"job_id": record.id, "job_name": record.name, "queue": record.queue,
+            "attempt": record.attempts - record.recoveries, "worker_id": worker_id, **more}
+
+
+def _dead_reason(record: JobRecord, error: str, job_fn: JobFunction | None) -> tuple[str, str]:
+    """Why the attempt sent the job to the dead set, and its error without the tally."""
+    if job_fn is None:
+        return "no job of that name is registered in this worker", error
+    if error.startswith(NOT_JSON):
+        return "its result is not JSON-serializable", error
+    if error.startswith(INTERNAL):
+        return "internal error in the worker", error
+    suffix = _gave_up(record.attempts - record.recoveries)
+    timed_out = error.startswith("JobTimeout")
+    if error.endswith(suffix):
+        return ("timed out, retries exhausted" if timed_out else "retries exhausted",
+                error[: -len(suffix)])
+    return ("timed out (a permanent error for this job)" if timed_out
+            else "permanent error"), error
+
+
+def log_end(record: JobRecord, outcome: Outcome, job_fn: JobFunction | None,
+            started: bool = True) -> None:
+    """Log the end of an attempt once the worker has its outcome for the store: a failed
+    attempt (WARNING), a job gone dead (ERROR, its traceback in the JSON record's
+    ``traceback`` field and, in text, on a DEBUG line of its own), a cancelled one (INFO), a
+    success (DEBUG). Shutdown requeues are logged by the drain."""
+    kind, worker_id = outcome.kind, outcome.worker_id
+    if kind is OutcomeKind.REQUEUE or (kind is OutcomeKind.SUCCEEDED
+                                       and not log.isEnabledFor(logging.DEBUG)):
+        return  # the common case costs one check
+    failures = record.attempts - record.recoveries
+    allowed = job_fn.options.retries + 1 if job_fn is not None else None
+    tally = f"attempt {failures} of {allowed}" if allowed else f"attempt {failures}"
+    if kind is OutcomeKind.SUCCEEDED:
+        log.debug("job %s (%s) succeeded (%s)", record.id, record.name, tally,
+                  extra=_fields(record, worker_id))
+    elif kind is OutcomeKind.RETRY:
+        run_at = outcome.run_at or outcome.finished_at
+        wait = run_at - outcome.finished_at
+        when = f"retrying in {duration(wait)}"
+        if wait >= 60:
+            when += f" (at {iso_time(run_at)})"
+        log.warning("job %s (%s) failed, %s: %s; %s", record.id, record.name, tally,
+                    outcome.error, when,
+                    extra=_fields(record, worker_id, max_attempts=allowed, error=outcome.error,
+                                  next_run_at=iso_time(run_at)))
+    elif kind is OutcomeKind.DEAD:
+        reason, error = _dead_reason(record, outcome.error or "", job_fn)
+        log.error("job %s (%s) is dead after %s: %s: %s", record.id, record.name, tally,
+                  reason, error,
+                  extra=_fields(record, worker_id, max_attempts=allowed, error=error,
+                                reason=reason, traceback=outcome.traceback))
+        if outcome.traceback and not json_lines():  # JSON: in the record above
+            log.debug("traceback of job %s (%s), %s:\n%s", record.id, record.name, tally,
+                      outcome.traceback.rstrip(), extra=_fields(record, worker_id))
+    elif kind is OutcomeKind.CANCELLED:
+        log.info("job %s (%s) cancelled %s (attempt %d)", record.id, record.name,
+                 "while running" if started else "before it started", failures,
+                 extra=_fields(record, worker_id))
+
+
+#: per fate of a recovered job: log level, and what happened to it
+_RECOVERED = {
+    "charged": (logging.WARNING, "its worker was lost while it ran (lease lapsed): "
+                "back in the queue, charged a recovery (at most {max})"),
+    "uncharged": (logging.WARNING, "its lease lapsed before it started or while its worker "
+                  "lived: back in the queue, uncharged"),
+    "dead": (logging.ERROR, "its worker was lost while it ran (lease lapsed): dead, too many "
+             "recoveries (its workers were lost {max})"),
+    "cancelled": (logging.INFO, "its worker was lost (lease lapsed): cancelled, as asked"),
+}
+
+
+def log_recovery(jobs: Sequence[tuple[str, str, str]], max_recoveries: int) -> None:
+    """Log each job one lease recovery moved, ``(job id, queue, fate)``: taken back from a
+    lost worker and requeued (charged or not), sent to the dead set, or cancelled."""
+    for job_id, queue, fate in jobs:
+        level, text = _RECOVERED.get(fate, (logging.WARNING, "recovered ({fate})"))
+        message = text.format(max=plural(max_recoveries, "time"), fate=fate)
+        log.log(level, "job %s in queue %s: %s", job_id, queue, message,
+                extra={"job_id": job_id, "queue": queue, "reason": f"recovered: {fate}"})

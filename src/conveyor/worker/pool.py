@@ -18,7 +18,10 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from conveyor import logs
+from conveyor.backends.outage import outage_for
 from conveyor.context import JobContext
+from conveyor.errors import redact_url
 from conveyor.ids import new_id
 from conveyor.job import JobRecord, Outcome, OutcomeKind, WorkerInfo
 from conveyor.stats import StartMark, StatsRecorder
@@ -51,6 +54,8 @@ BUFFER_MAX_AGE = 2.0
 #: jobs back. A stop so lasts at most ``grace`` + this + about a second (+
 #: :data:`CANCELLED_WAIT` when jobs outlive the grace period), whatever state the store is in.
 SHUTDOWN_STORE_WAIT = 3.0
+#: the same, when the store is down as the stop comes (a stop acts within about a second)
+STORE_DOWN_WAIT = 0.5
 #: seconds the jobs cancelled at the end of the grace period get to end (an async job ends
 #: at its next await; a thread or process job is let go at once)
 CANCELLED_WAIT = 1.0
@@ -248,6 +253,7 @@ class Worker:
             if self.metrics is not None:
                 self.metrics.job_ended(record, outcome, None)
             self.stats.ended(record, outcome)
+            outcomes.log_end(record, outcome, self.app.registry.get(record.name), started=False)
             self._record(outcome)
             return
         entry = self.running.get(job_id)
@@ -272,7 +278,8 @@ class Worker:
                                       lambda: len(self.running))
         settler = asyncio.create_task(self._settle_loop(), name="conveyor-settler")
         self.maintenance.start()
-        log.info("worker %s on queues %s (concurrency %d..%d)", self.id, ",".join(self.queues),
+        log.info("worker %s on %s (namespace %s), queues %s (concurrency %d..%d)", self.id,
+                 redact_url(self.app.url), self.app.namespace, ",".join(self.queues),
                  self.scaler.minimum, self.scaler.maximum)
         claimer = asyncio.create_task(self._claim_loop(), name="conveyor-claimer")
         try:
@@ -291,7 +298,9 @@ class Worker:
         loop = asyncio.get_running_loop()
         stopped_at = self._stopped_at if self._stopped_at is not None else loop.time()
         await self._drain(stopped_at + self.grace)
-        end = loop.time() + SHUTDOWN_STORE_WAIT
+        # a store known to be down gets a token wait: the leases bring back what is unwritten
+        down = outage_for(self.broker).down
+        end = loop.time() + (STORE_DOWN_WAIT if down else SHUTDOWN_STORE_WAIT)
 
         def left() -> float:
             return max(shutdown.STEP_MIN, end - loop.time())
@@ -325,6 +334,8 @@ class Worker:
             await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
             if self.stopping and self._stopped_at is None:
                 self._stopped_at = loop.time()
+            if outage_for(self.broker).down:  # the task waits for a store that is down
+                linger = min(linger, CLAIM_STOP_WAIT)
             if not task.done():
                 await asyncio.wait({task}, timeout=linger)
         except BaseException:  # run() itself was cancelled
@@ -349,19 +360,25 @@ class Worker:
                 return False
             try:
                 attempt.result()
-                return True
             except Exception as exc:
                 if not self.broker.is_transient(exc):
                     raise
-                log.warning("cannot reach the store (%s); trying again in %.0fs", exc, pause)
+                # logged once per outage, not at each try (see conveyor.backends.outage)
+                outage_for(self.broker).trouble(getattr(exc, "reason", "") or str(exc),
+                                                str(exc))
                 await self._sleep(pause)
-                pause = min(pause * 2, 30.0)
+                pause = min(pause * 2, 5.0)
+            else:
+                outage_for(self.broker).recovered()
+                return True
         return False
 
     async def _register(self) -> None:
-        """Open the store and publish this worker (its first heartbeat)."""
+        """Open the store and publish this worker (its first heartbeat) and its jobs."""
         await self.broker.open()
+        await self.broker.check_settings()  # once per process: settings that lose jobs
         await self.maintenance.heartbeat_once()
+        await self.maintenance.publish_jobs()
 
     async def _claim_loop(self) -> None:
         assert self._stopping is not None and self._wake is not None
@@ -383,10 +400,15 @@ class Worker:
             free = max(0, size - busy - len(self.buffered))
             try:
                 jobs = await self.broker.claim(self.id, self.queues, want, lease, start=free)
-            except Exception:
-                log.exception("claim failed; retrying in 1s")
+            except Exception as exc:
+                if self.broker.is_transient(exc):  # logged once per outage, by the store
+                    outage_for(self.broker).trouble(getattr(exc, "reason", "") or str(exc),
+                                                    str(exc))
+                else:
+                    log.exception("claim failed; retrying in 1s")
                 await self._sleep(1.0)
                 continue
+            outage_for(self.broker).recovered()
             self._take(jobs, free)
             self._fill_slots()
             if jobs:
@@ -434,8 +456,8 @@ class Worker:
             try:
                 await self.broker.settle(released)
             except Exception:
-                log.warning("could not hand %d jobs back before a suspect job; the settler "
-                            "retries", len(released))
+                log.warning("could not hand %s back before a suspect job; the settler "
+                            "retries", logs.plural(len(released), "job"))
                 for outcome in released:
                     self._record(outcome)
         if suspect.id in self._unstarted:
@@ -535,6 +557,7 @@ class Worker:
             metrics.job_ended(record, outcome, time.perf_counter() - began)
         self.stats.ended(record, outcome, entry.start)
         if entry.stop_reason != "lost":  # the store gave the job to another attempt
+            outcomes.log_end(record, outcome, entry.job_fn)
             self._record(outcome)
 
     def _record(self, outcome: Outcome) -> None:
@@ -542,6 +565,17 @@ class Worker:
         self._outcomes.append(outcome)
         if self._settled is not None:
             self._settled.set()
+
+    async def run_attempt(self, record: JobRecord, job_fn: JobFunction) -> Outcome:
+        """Run one claimed attempt here and now, as the claim loop would (middleware,
+        executor, timeout, outcome rules), and return its outcome unsettled: for eager mode.
+        The job counts as running (heartbeat, cancellation) while it runs."""
+        entry = _Running(JobContext(record, self.maintenance.report_progress), job_fn)
+        self.running[record.id] = entry
+        try:
+            return await self._attempt(record, entry)
+        finally:
+            self.running.pop(record.id, None)
 
     async def _attempt(self, record: JobRecord, entry: _Running) -> Outcome:
         job_fn = entry.job_fn
@@ -651,8 +685,8 @@ class Worker:
             if self._passing(exc, batch):
                 await asyncio.sleep(0.5)
                 return []
-            log.exception("could not record %d outcomes; writing them one at a time",
-                          len(batch))
+            log.exception("could not record %s; writing them one at a time",
+                          logs.plural(len(batch), "outcome"))
             return [done for outcome in batch for done in await self._write_alone(outcome)]
         return batch
 
@@ -660,7 +694,9 @@ class Worker:
         """True (and ``batch`` back in line) when ``exc`` is trouble that may pass."""
         if not self.broker.is_transient(exc):
             return False
-        log.warning("could not record %d outcomes (%s); retrying", len(batch), exc)
+        # the store's trouble is logged once per outage (conveyor.backends.outage), not at
+        # each retry; the outcomes wait for it
+        outage_for(self.broker).trouble(getattr(exc, "reason", "") or str(exc), str(exc))
         self._outcomes[:0] = batch
         return True
 
@@ -699,10 +735,12 @@ class Worker:
         tasks = [e.task for e in self.running.values() if e.task is not None]
         if tasks:
             left = max(0.0, grace_end - asyncio.get_running_loop().time())
-            log.info("waiting up to %.0fs for %d running jobs", left, len(tasks))
+            log.info("waiting up to %s for %s", logs.duration(left),
+                     logs.plural(len(tasks), "running job"))
             _, pending = await asyncio.wait(tasks, timeout=left)
             if pending:
-                log.warning("grace period over: requeueing %d jobs", len(pending))
+                log.warning("grace period over: requeueing %s",
+                            logs.plural(len(pending), "job"))
                 for job_id in list(self.running):
                     self.cancel_job(job_id, "shutdown")
                 await asyncio.wait(pending, timeout=CANCELLED_WAIT)

@@ -2,7 +2,8 @@
 
 Children are started with the ``spawn`` method and reused from job to job. Everything
 crossing the pipe is JSON text (never pickle): the parent sends
-``["run", module, qualname, record]``; a child answers ``["ready"]`` once after booting,
+``["run", module, qualname, record, staged]`` (``staged``: the path of the job's uploaded
+file, or null); a child answers ``["ready"]`` once after booting,
 ``["progress", job_id, value, message]`` while a job runs, then ``["ok", result]`` or
 ``["error", type_name, message, traceback, permanent, retry_delay, retry]``. A child that
 overruns its timeout, or whose caller is cancelled, is killed with SIGKILL (which works
@@ -25,11 +26,12 @@ import traceback
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
+from pathlib import Path
 from typing import Any
 
 from conveyor.context import JobContext
 from conveyor.errors import JobTimeout, PermanentError, Retry
-from conveyor.functions import JobFunction
+from conveyor.functions import CallBinding, JobFunction
 from conveyor.job import JobRecord, JobState
 from conveyor.serialization import NotSerializable, dumps, loads
 
@@ -62,36 +64,39 @@ def _encode(message: list[Any]) -> bytes:
 
 
 # -- the child side ---------------------------------------------------------------------------
-def _resolve(module: str, qualname: str) -> tuple[Callable[..., Any], str | None,
+def _resolve(module: str, qualname: str) -> tuple[Callable[..., Any], CallBinding,
                                                    tuple[type[BaseException], ...]]:
+    """The function ``module:qualname``, how its arguments are bound, its permanent errors."""
     obj: Any = importlib.import_module(module)
     for part in qualname.split("."):
         obj = getattr(obj, part)
     if isinstance(obj, JobFunction):
-        return obj.fn, obj.context_parameter, obj.options.permanent_errors
-    return obj, None, ()
+        return obj.fn, obj.binding, obj.options.permanent_errors
+    return obj, CallBinding.of(obj), ()
 
 
 def _run_one(conn: Connection[Any, Any], lock: threading.Lock, module: str, qualname: str,
-             fields: dict[str, Any], cache: dict[tuple[str, str], Any]) -> list[Any]:
+             fields: dict[str, Any], staged: str | None,
+             cache: dict[tuple[str, str], Any]) -> list[Any]:
     """Run one job in the child and build the reply message."""
     permanent_errors: tuple[type[BaseException], ...] = ()
     try:
         key = (module, qualname)
         if key not in cache:
             cache[key] = _resolve(module, qualname)
-        fn, context_parameter, permanent_errors = cache[key]
+        fn, binding, permanent_errors = cache[key]
         record = JobRecord(**{**fields, "state": JobState(fields["state"])})
-        kwargs = dict(record.kwargs)
-        if context_parameter is not None:
+        context = None
+        if binding.context_parameter is not None:
 
             def sink(job_id: str, value: float, message: str | None) -> None:
                 data = _encode(["progress", job_id, value, message])
                 with lock:
                     conn.send_bytes(data)
 
-            kwargs[context_parameter] = JobContext(record, sink)
-        result = fn(*record.args, **kwargs)
+            context = JobContext(record, sink)
+        args, kwargs = binding.arguments(record, context, None if staged is None else Path(staged))
+        result = fn(*args, **kwargs)
         if inspect.iscoroutine(result):
             result = asyncio.run(result)
         try:
@@ -123,7 +128,8 @@ def _child_main(conn: Connection[Any, Any], paths: list[str]) -> None:
             return
         if message[0] != "run":
             return
-        reply = _run_one(conn, lock, message[1], message[2], message[3], cache)
+        staged = message[4] if len(message) > 4 else None
+        reply = _run_one(conn, lock, message[1], message[2], message[3], staged, cache)
         data = _encode(reply)
         with lock:
             conn.send_bytes(data)
@@ -166,13 +172,15 @@ class ProcessPool:
         self._closed = False
 
     async def run(self, module: str, qualname: str, record: JobRecord, *,
-                  timeout: float | None, on_progress: Callable[[float, str | None], None]) -> Any:
+                  timeout: float | None, on_progress: Callable[[float, str | None], None],
+                  staged: str | None = None) -> Any:
         """Run the job ``module:qualname`` with ``record``'s arguments in a child; return its
-        result. Raise :class:`RemoteError` if it raised or its process died,
-        :class:`JobTimeout` past ``timeout`` (the child is killed)."""
+        result (``staged``: where the file of its ``Upload`` parameter is). Raise
+        :class:`RemoteError` if it raised or its process died, :class:`JobTimeout` past
+        ``timeout`` (the child is killed)."""
         try:
             payload = _encode(["run", module, qualname,
-                               {name: getattr(record, name) for name in _RECORD_FIELDS}])
+                               {name: getattr(record, name) for name in _RECORD_FIELDS}, staged])
         except NotSerializable as exc:
             raise RemoteError("NotSerializable", f"the job's record is not JSON: {exc}", "",
                               True, None, False) from None

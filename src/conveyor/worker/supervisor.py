@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
+from conveyor.logs import duration, plural
 from conveyor.worker.pool import Worker
 
 if TYPE_CHECKING:
@@ -72,8 +73,8 @@ async def serve_worker(worker: Worker) -> None:
     """Run ``worker`` until the first signal, as described in the module docstring."""
 
     def stop(name: str) -> None:
-        log.info("%s: finishing running jobs (up to %.0fs; again to exit at once)",
-                 name, worker.grace)
+        log.info("%s: finishing running jobs (up to %s; again to exit at once)",
+                 name, duration(worker.grace))
         worker.request_stop()
 
     signals = ShutdownSignals(stop)
@@ -104,8 +105,8 @@ def _run_bounded(main: Coroutine[Any, Any, None]) -> None:
             if leftover:
                 _, stuck = loop.run_until_complete(asyncio.wait(leftover, timeout=LEFTOVER_WAIT))
                 if stuck:
-                    log.warning("%d tasks did not end after their cancellation; exiting anyway",
-                                len(stuck))
+                    log.warning("%s did not end after their cancellation; exiting anyway",
+                                plural(len(stuck), "task"))
             loop.run_until_complete(
                 asyncio.wait_for(loop.shutdown_asyncgens(), LEFTOVER_WAIT))
             loop.run_until_complete(
@@ -138,6 +139,8 @@ def run_worker(app: Conveyor, *, metrics_port: int | None = None,
             raise CLIError(f"cannot serve metrics on {metrics_host}:{metrics_port}: "
                            f"{exc.strerror or exc}", code=1) from None
         log.info("metrics on http://%s:%d/metrics", metrics_host, metrics_port)
+    # a worker waits for a store that is down (its calls retry longer than a producer's)
+    app.broker.retry_for = max(app.broker.retry_for, WORKER_RETRY_FOR)
     worker = Worker(app, **options)
     try:
         _run_bounded(serve_worker(worker))
@@ -147,6 +150,9 @@ def run_worker(app: Conveyor, *, metrics_port: int | None = None,
     return 0
 
 
+#: seconds each store call of a ``conveyor worker`` process retries through trouble before
+#: its loop takes over (which waits for ever, logging once per outage)
+WORKER_RETRY_FOR = 30.0
 #: a child that ran this many seconds before it died was not crash-looping: the backoff of its
 #: slot starts over, so the slot is refilled at once
 STABLE_AFTER = 10.0
@@ -257,8 +263,8 @@ class Supervisor:
             child = subprocess.Popen(self.command, env=env, start_new_session=True)
         except OSError as exc:
             delay = self._schedule_restart(slot, slot.started)
-            log.error("cannot start worker process %d: %s; retrying in %.0fs",
-                      slot.index, exc, delay)
+            log.error("cannot start worker process %d: %s; retrying %s", slot.index, exc,
+                      f"in {duration(delay)}" if delay else "now")
             return
         slot.child = child
         log.info("started worker process %d (pid %d)", slot.index, child.pid)
@@ -315,8 +321,9 @@ class Supervisor:
             if slot.child is not None and slot.child.poll() is not None:
                 self._reap(slot, slot.child, now, stopping=True)
         stopping = [(slot.index, slot.child) for slot in self.slots if slot.child is not None]
-        log.info("%s: stopping %d worker processes (up to %.0fs; again to kill them at once)",
-                 self._signal_name, len(stopping), self.grace)
+        log.info("%s: stopping %s (up to %s; again to kill them at once)",
+                 self._signal_name, plural(len(stopping), "worker process", "worker processes"),
+                 duration(self.grace))
         for _, child in stopping:
             child.send_signal(signal.SIGTERM)
         deadline = now + self.grace + STOP_MARGIN
@@ -341,8 +348,8 @@ class Supervisor:
         running = [child for child in children if child.poll() is None]
         why = ("second signal" if self._signals > 1
                else f"still running {self.grace + STOP_MARGIN:.0f}s after the signal")
-        log.error("%s: killing %d worker processes; leases will recover their jobs",
-                  why, len(running))
+        log.error("%s: killing %s; leases will recover their jobs",
+                  why, plural(len(running), "worker process", "worker processes"))
         for child in running:
             child.kill()
         for child in running:

@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from conveyor.backends.base import Beat, Broker, Recovery
+from conveyor.backends.outage import outage
 from conveyor.backends.redis import codec
 from conveyor.backends.redis.client import BlockingScripts, pack_with_hiredis
 from conveyor.backends.redis.keys import Keys
@@ -31,12 +32,17 @@ from conveyor.errors import (
 )
 from conveyor.ids import new_id
 from conveyor.job import ALL_STATES, JobRecord, JobState, Outcome, OutcomeKind, WorkerInfo
-from conveyor.serialization import storable
+from conveyor.known import KnownJob, read_known
+from conveyor.serialization import dumps, storable
 from conveyor.stats import STATS_KEEP, MinuteStats
 
 try:
     import redis.asyncio as aioredis
-    from redis.exceptions import AuthenticationError, AuthenticationWrongNumberOfArgsError
+    from redis.exceptions import (
+        AuthenticationError,
+        AuthenticationWrongNumberOfArgsError,
+        ResponseError,
+    )
     from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.exceptions import TimeoutError as RedisTimeoutError
 except ImportError as exc:  # pragma: no cover - depends on the environment
@@ -51,6 +57,18 @@ log = logging.getLogger("conveyor.redis")
 TRANSIENT = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
 #: refused credentials: redis-py makes them connection errors, but waiting will not help
 REFUSED = (AuthenticationError, AuthenticationWrongNumberOfArgsError)
+#: replies of a Redis that answers but cannot do the work now, by their first word
+BUSY_REPLIES = {
+    "MISCONF": "Redis cannot persist to disk",
+    "OOM": "Redis is out of memory",
+    "READONLY": "Redis is a read-only replica",
+    "LOADING": "Redis is loading its data",
+    "BUSY": "Redis is busy running a script",
+    "MASTERDOWN": "Redis has lost its primary",
+    "TRYAGAIN": "Redis asks to try again",
+}
+#: stores (by URL, without credentials) whose settings this process checked already
+_settings_checked: set[str] = set()
 #: how long one operation keeps retrying through connection trouble before it gives up
 RETRY_FOR = 30.0
 #: ids handed to one script call at most
@@ -58,6 +76,27 @@ BATCH = 1000
 
 
 Segment = tuple[Sequence[JobRecord], Mapping[str, int]]
+
+#: publish known jobs: KEYS[1] the known hash; ARGV[1] the retention, then pairs of a name
+#: and its JSON object without the opening brace. Each is stored with the server's time as
+#: ``seen_at``; entries older than the retention are dropped (odd ones are left alone).
+PUBLISH_KNOWN = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+for i = 2, #ARGV, 2 do
+  redis.call('HSET', KEYS[1], ARGV[i], '{"seen_at":' .. string.format('%.6f', now) .. ','
+             .. ARGV[i + 1])
+end
+local oldest = now - tonumber(ARGV[1])
+local all = redis.call('HGETALL', KEYS[1])
+for i = 1, #all, 2 do
+  local ok, job = pcall(cjson.decode, all[i + 1])
+  if ok and type(job) == 'table' and type(job.seen_at) == 'number' and job.seen_at < oldest then
+    redis.call('HDEL', KEYS[1], all[i])
+  end
+end
+return now
+"""
 
 
 class _Coalescer:
@@ -111,6 +150,7 @@ class _Connection:
         pack_with_hiredis(self.client)
         self.scripts = register_all(self.client)
         self.enqueues = _Coalescer(store)
+        self.publish_known = self.client.register_script(PUBLISH_KNOWN)
 
 
 class RedisBroker(Broker):
@@ -121,7 +161,8 @@ class RedisBroker(Broker):
         self.retention = retention
         self.keys = Keys(namespace)
         self._connections: dict[asyncio.AbstractEventLoop, _Connection] = {}
-        self._checked = False
+        #: this store's outages as this process sees them (one log line each)
+        self.outage = outage(url)
         #: how long an operation keeps retrying through connection trouble
         self.retry_for = RETRY_FOR
         self._blocking: BlockingScripts | None = None
@@ -138,21 +179,33 @@ class RedisBroker(Broker):
         return conn
 
     async def _retrying(self, operation: Callable[[_Connection], Awaitable[T]]) -> T:
-        """Run ``operation``, reconnecting with backoff through connection trouble."""
+        """Run ``operation``, reconnecting with backoff through connection trouble for up to
+        :attr:`retry_for` seconds (logged once per outage, see :attr:`outage`)."""
         deadline = time.monotonic() + self.retry_for
         pause = 0.05
         while True:
             try:
-                return await operation(self._conn())
+                result = await operation(self._conn())
             except REFUSED as exc:
                 raise self._refused(exc) from exc
-            except TRANSIENT as exc:
-                self.last_trouble = time.monotonic()
-                if time.monotonic() + pause > deadline:
+            except (*TRANSIENT, ResponseError) as exc:
+                if not self._trouble(exc) or time.monotonic() + pause > deadline:
                     raise self._unavailable(exc) from exc
-                log.warning("Redis unreachable (%s); retrying in %.2fs", exc, pause)
                 await asyncio.sleep(pause * (0.5 + random.random() / 2))
                 pause = min(pause * 2, 2.0)
+            else:
+                self.outage.recovered()
+                return result
+
+    def _trouble(self, error: BaseException) -> bool:
+        """Note trouble that may pass (and return True); False for an error reply that is
+        not such trouble, which is raised as it is."""
+        reason = _reason(error)
+        if reason is None:
+            raise error
+        self.last_trouble = time.monotonic()
+        self.outage.trouble(reason, str(error))
+        return True
 
     def _refused(self, error: BaseException) -> ConfigurationError:
         """What callers see when Redis refuses the URL's credentials."""
@@ -161,13 +214,13 @@ class RedisBroker(Broker):
 
     def _unavailable(self, error: BaseException) -> StoreUnavailable:
         """What callers see once retrying through ``error`` is given up."""
-        timed_out = isinstance(error, (RedisTimeoutError, TimeoutError))
-        return StoreUnavailable(self.url, "Redis timed out" if timed_out else
-                                "Redis is unreachable")
+        return StoreUnavailable(self.url, _reason(error) or "Redis is unreachable")
 
     def is_transient(self, error: BaseException) -> bool:
-        return (isinstance(error, (*TRANSIENT, StoreUnavailable))
-                and not isinstance(error, REFUSED))
+        if isinstance(error, REFUSED):
+            return False
+        return isinstance(error, (*TRANSIENT, StoreUnavailable)) or (
+            isinstance(error, ResponseError) and _reason(error) is not None)
 
     async def _cmd(self, command: str, *args: Any, **kwargs: Any) -> Any:
         """One Redis command, retried through connection trouble."""
@@ -181,18 +234,28 @@ class RedisBroker(Broker):
         if asyncio.get_running_loop() in self._connections:
             return  # open on this loop already: the hot path must not pay a round trip
         await self._cmd("ping")
-        if not self._checked:
-            self._checked = True
-            await self._warn_about_settings()
 
-    async def _warn_about_settings(self) -> None:
-        client = self._conn().client
-        try:
-            policy = (await client.config_get("maxmemory-policy")).get("maxmemory-policy")
-            aof = (await client.config_get("appendonly")).get("appendonly")
-            save = (await client.config_get("save")).get("save")
-        except Exception:  # CONFIG is often disabled on managed Redis: nothing to check
+    async def ping(self) -> None:
+        """One round trip to Redis (retried as any command is): a health check."""
+        await self._cmd("ping")
+
+    async def check_settings(self) -> None:
+        """Warn about Redis settings that lose jobs (eviction, no persistence), once per
+        process and store. Workers and ``conveyor serve`` call it, not commands that only
+        read or enqueue (their users cannot change the server's settings)."""
+        key = redact_url(self.url)
+        if key in _settings_checked:
             return
+        try:
+            policy = (await self._cmd("config_get", "maxmemory-policy")).get(
+                "maxmemory-policy")
+            aof = (await self._cmd("config_get", "appendonly")).get("appendonly")
+            save = (await self._cmd("config_get", "save")).get("save")
+        except ResponseError:  # CONFIG is often disabled on managed Redis: nothing to check
+            return
+        if key in _settings_checked:  # another loop of this process checked meanwhile
+            return
+        _settings_checked.add(key)
         if policy and policy != "noeviction":
             log.warning("Redis maxmemory-policy is %r: under memory pressure Redis may evict "
                         "jobs. Set it to noeviction.", policy)
@@ -357,13 +420,12 @@ class RedisBroker(Broker):
                 break
             except REFUSED as exc:
                 raise self._refused(exc) from exc
-            except TRANSIENT as exc:
-                self.last_trouble = time.monotonic()
-                if time.monotonic() + pause > deadline:
+            except (*TRANSIENT, ResponseError) as exc:
+                if not self._trouble(exc) or time.monotonic() + pause > deadline:
                     raise self._unavailable(exc) from exc
-                log.warning("Redis unreachable (%s); retrying in %.2fs", exc, pause)
                 time.sleep(pause * (0.5 + random.random() / 2))
                 pause = min(pause * 2, 2.0)
+        self.outage.recovered()
         error = self._segment_error(status, attempts)
         if error is not None:
             raise error
@@ -514,9 +576,11 @@ class RedisBroker(Broker):
             keys = [*k.job_block, *k.queue_group(queue), k.workers]
             # the script checks each candidate again: of two workers that recover the same
             # job at once, only the one whose call moved it counts it
-            requeued, dead, at = await self._script(
+            requeued, dead, at, *moved = await self._script(
                 "recover", keys, [max_recoveries, self.retention, *ids]
             )
+            recovery.jobs.extend((str(job_id), queue, str(fate))
+                                 for job_id, fate in zip(moved[::2], moved[1::2], strict=True))
             recovery.requeued += int(requeued)
             if int(dead):
                 recovery.dead[queue] = recovery.dead.get(queue, 0) + int(dead)
@@ -669,6 +733,23 @@ class RedisBroker(Broker):
         workers = [codec.worker_from_json(raw) for raw in raws if raw is not None]
         return sorted(workers, key=lambda w: w.started_at)
 
+    # -- known jobs ---------------------------------------------------------------------------
+    async def publish_jobs(self, worker_id: str, jobs: Sequence[KnownJob]) -> None:
+        """One script call: every job stamped with the server's time, old ones dropped."""
+        argv: list[Any] = [self.retention]
+        for job in jobs:
+            data = {key: value for key, value in job.to_dict().items() if key != "seen_at"}
+            argv += [job.name, dumps({**data, "worker_id": worker_id})[1:]]
+        await self._retrying(lambda c: c.publish_known(keys=[self.keys.known], args=argv))
+
+    async def known_jobs(self) -> list[KnownJob]:
+        # raw bytes: a record that is not UTF-8 is skipped, not a decoding error of the read
+        stored: dict[bytes, bytes] = await self._retrying(
+            lambda c: c.client.execute_command(  # type: ignore[no-untyped-call]
+                "HGETALL", self.keys.known, NEVER_DECODE=[]))
+        found = [read_known(raw) for _, raw in sorted(stored.items())]
+        return sorted((job for job in found if job is not None), key=lambda job: job.name)
+
     # -- statistics ---------------------------------------------------------------------------
     async def add_stats(self, rows: Sequence[MinuteStats]) -> None:
         """One script call; its marker makes a retry after a lost reply add nothing."""
@@ -708,4 +789,17 @@ class RedisBroker(Broker):
 
 def _number(value: Any) -> float | None:
     return None if value is None else float(value)
+
+
+def _reason(error: BaseException) -> str | None:
+    """What ``error`` says about Redis in a few words, if it is trouble that may pass: the
+    connection failing, or a reply refusing the work for now (out of memory, cannot
+    persist, ...); None for any other error."""
+    if isinstance(error, ResponseError):
+        return BUSY_REPLIES.get(str(error).split(" ", 1)[0].upper())
+    if isinstance(error, (RedisTimeoutError, TimeoutError)):
+        return "Redis timed out"
+    if isinstance(error, TRANSIENT):
+        return "Redis is unreachable"
+    return None
 

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import threading
 import time
@@ -29,15 +30,26 @@ from conveyor.backends.redis.scripts import source
 _pack: Callable[[tuple[Any, ...]], bytes] | None
 try:
     from hiredis import pack_command as _pack
-except ImportError:  # pragma: no cover - hiredis comes with the redis extra
+except ImportError:  # hiredis>=2.2.1 comes with the redis extra; installed by hand, it may not
     _pack = None
+
+log = logging.getLogger("conveyor.redis")
 
 
 def pack_with_hiredis(client: Any) -> None:
-    """Make the connections of ``client`` (a redis-py asyncio client) pack with hiredis."""
-    if _pack is not None:
-        pool = client.connection_pool
-        pool.connection_class = _hiredis_packing(pool.connection_class)
+    """Make the connections of ``client`` (a redis-py asyncio client) pack with hiredis;
+    without it, say so once (commands are then packed, more slowly, in Python)."""
+    if _pack is None:
+        _say_packing_is_slow()
+        return
+    pool = client.connection_pool
+    pool.connection_class = _hiredis_packing(pool.connection_class)
+
+
+@cache
+def _say_packing_is_slow() -> None:
+    log.warning("hiredis>=2.2.1 is not installed: Redis commands are packed in Python, "
+                "which is slower (pip install 'conveyor[redis]')")
 
 
 def _packed(args: tuple[Any, ...]) -> list[bytes] | None:

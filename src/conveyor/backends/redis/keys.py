@@ -49,6 +49,9 @@ Layout (``ns`` is the namespace, ``q`` a queue):
                                          ``codec.stats_field``); expires STATS_KEEP after M
 ``{ns}:stats:call:T``           string   marks the add_stats call with token T as done, so
                                          a retry after a lost reply adds nothing twice
+``{ns}:known``                  hash     job name -> the job as its workers publish it
+                                         (JSON, see ``conveyor.known``; ``seen_at`` is
+                                         server time)
 ==============================  =======  ===================================================
 """
 
@@ -85,6 +88,7 @@ class Keys:
         self.winfo = f"{p}:winfo"
         self.claims = f"{p}:claims"
         self.stats = f"{p}:stats"
+        self.known = f"{p}:known"
         self._groups: dict[str, list[str]] = {}
         #: the keys that hold a job, in the order most scripts take them first: the jobs
         #: hash, the field hashes (in :data:`FIELDS` order), the expiry zset, the cancel set,

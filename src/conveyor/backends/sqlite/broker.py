@@ -18,6 +18,7 @@ from conveyor.backends.sqlite.schema import (
     STATS_COLUMNS,
     WORKER_COLUMNS,
     Settings,
+    check_directory,
     check_namespace,
     connect,
     ddl,
@@ -29,6 +30,7 @@ from conveyor.backends.sqlite.trouble import unavailable_reason
 from conveyor.backends.sqlite.writer import Writer
 from conveyor.errors import QueueFull, StoreUnavailable
 from conveyor.job import JobRecord, JobState, Outcome, OutcomeKind, WorkerInfo
+from conveyor.known import KnownJob, read_known
 from conveyor.serialization import dumps, storable
 from conveyor.stats import STATS_KEEP, SUMS, MinuteStats
 
@@ -67,7 +69,10 @@ class SQLiteBroker(Broker):
         self.url = url
         self.retention = retention
         self.settings = Settings.from_url(url)
+        check_directory(self.settings.path)
         self.ns = check_namespace(namespace)
+        #: False: open only an existing file (see conveyor.backends.require_existing)
+        self.create = True
         self._writer = Writer(self._open_writer)
         self._local = threading.local()
         self._opened = False
@@ -93,7 +98,7 @@ class SQLiteBroker(Broker):
 
     # -- life cycle ---------------------------------------------------------------------------
     def _open_writer(self) -> sqlite3.Connection:
-        conn = connect(self.settings)
+        conn = connect(self.settings, self.create)
         try:
             conn.execute("BEGIN IMMEDIATE")
             for statement in ddl(self.ns):
@@ -155,7 +160,7 @@ class SQLiteBroker(Broker):
         """This thread's read connection, opened on first use and again after a close."""
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None or self._local.generation != self._generation:
-            conn = connect(self.settings)
+            conn = connect(self.settings, self.create)
             with self._readers_lock:
                 # the connections of threads that ended are nobody's any more: close them
                 gone = [c for t, c in self._readers if not t.is_alive()]
@@ -399,11 +404,15 @@ class SQLiteBroker(Broker):
             ).fetchall()
             requeue, dead, cancelled = [], [], []
             dead_by_queue: dict[str, int] = {}
+            fates: list[tuple[str, str, str]] = []
             for job_id, queue, recoveries, cancel, unstarted, owner_alive in rows:
                 held = unstarted in (UNSTARTED, HELD_SUSPECT)
                 if cancel:
                     cancelled.append((now, now + keep, job_id))
-                elif held or owner_alive:  # not this job's doing: the attempt is void
+                    fates.append((job_id, queue, "cancelled"))
+                elif held or owner_alive:
+                    # not this job's doing: the attempt is void
+                    fates.append((job_id, queue, "uncharged"))
                     # one held unstarted may have started just before its worker died: it
                     # runs alone next time
                     requeue.append((0, 1, MAYBE_STARTED if held else 0,
@@ -414,8 +423,10 @@ class SQLiteBroker(Broker):
                     error = f"worker lost {recoveries + 1} times (lease expired); giving up"
                     dead.append((error, now, now + keep, job_id))
                     dead_by_queue[queue] = dead_by_queue.get(queue, 0) + 1
+                    fates.append((job_id, queue, "dead"))
                 else:
                     requeue.append((1, 0, 0, "worker lost (lease expired); requeued", job_id))
+                    fates.append((job_id, queue, "charged"))
             conn.executemany(
                 f"UPDATE {t}_jobs SET state='queued', recoveries=recoveries+?, "
                 f"attempts=attempts-?, worker_id=NULL, lease_expires_at=NULL, unstarted=?, "
@@ -433,7 +444,7 @@ class SQLiteBroker(Broker):
                 cancelled,
             )
             conn.execute(f"DELETE FROM {t}_workers WHERE lease_expires_at < ?", (clock,))
-            return Recovery(len(requeue), dead_by_queue, now if dead else 0.0)
+            return Recovery(len(requeue), dead_by_queue, now if dead else 0.0, fates)
 
         return await self._write(fn)
 
@@ -549,6 +560,31 @@ class SQLiteBroker(Broker):
         )
         rows = await self._read(lambda conn: conn.execute(sql, (lease_now(),)).fetchall())
         return [worker_from_row(r) for r in rows]
+
+    # -- known jobs ---------------------------------------------------------------------------
+    async def publish_jobs(self, worker_id: str, jobs: Sequence[KnownJob]) -> None:
+        upsert = (f"INSERT OR REPLACE INTO {self.ns}_known (name, record, seen_at) "
+                  f"VALUES (?,?,?)")
+        prune = f"DELETE FROM {self.ns}_known WHERE seen_at < ?"
+        records = [(job.name, dumps({**job.to_dict(), "worker_id": worker_id}))
+                   for job in jobs]
+
+        def fn(conn: sqlite3.Connection) -> None:
+            now = time.time()
+            conn.executemany(upsert, [(name, record, now) for name, record in records])
+            conn.execute(prune, (now - self.retention,))
+
+        await self._write(fn)
+
+    async def known_jobs(self) -> list[KnownJob]:
+        sql = f"SELECT record, seen_at FROM {self.ns}_known ORDER BY name"
+        rows = await self._read(lambda conn: conn.execute(sql).fetchall())
+        found = []
+        for record, seen_at in rows:
+            job = read_known(record, seen_at if isinstance(seen_at, float | int) else None)
+            if job is not None:
+                found.append(job)
+        return found
 
     # -- statistics ---------------------------------------------------------------------------
     async def add_stats(self, rows: Sequence[MinuteStats]) -> None:

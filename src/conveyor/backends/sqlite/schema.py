@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import re
 import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 from conveyor.backends.sqlite.clock import lease_now
 from conveyor.errors import ConfigurationError
@@ -74,26 +76,89 @@ def check_namespace(namespace: str) -> str:
     return namespace
 
 
-def connect(settings: Settings) -> sqlite3.Connection:
-    """Open a connection with WAL, the busy timeout and the chosen durability."""
-    settings.path.parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(
-        settings.path,
-        isolation_level=None,
-        check_same_thread=False,
-        timeout=settings.busy_timeout_ms / 1000,
-        cached_statements=256,
-    )
+def connect(settings: Settings, create: bool = True) -> sqlite3.Connection:
+    """Open a connection with WAL, the busy timeout and the chosen durability.
+
+    The file's directory is never made (a mistyped path fails); without ``create`` the file
+    must exist too. Failures to open name the path: :class:`ConfigurationError` for a path
+    that cannot be right, an :class:`OSError` (a directory in the way, no permission) that
+    the broker reports as unavailable, or SQLite's error when nothing better is known.
+    """
+    where = settings.path.absolute()
+    target = f"file:{quote(str(where))}?mode={'rwc' if create else 'rw'}"
+    try:
+        conn = sqlite3.connect(
+            target,
+            uri=True,
+            isolation_level=None,
+            check_same_thread=False,
+            timeout=settings.busy_timeout_ms / 1000,
+            cached_statements=256,
+        )
+    except sqlite3.DatabaseError as exc:
+        better = _open_error(where, create, exc)
+        if better is exc:
+            raise
+        raise better from exc
     try:
         conn.execute(f"PRAGMA busy_timeout={settings.busy_timeout_ms}")
         mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
         if str(mode).lower() != "wal":
             raise ConfigurationError(f"could not switch {settings.path} to WAL (got {mode})")
         conn.execute(f"PRAGMA synchronous={settings.synchronous}")
+    except sqlite3.DatabaseError as exc:
+        conn.close()
+        better = _open_error(where, create, exc)
+        if better is exc:
+            raise
+        raise better from exc
     except BaseException:  # a full disk, a lock: no half-open connection left behind
         conn.close()
         raise
     return conn
+
+
+def _no_directory(where: Path) -> ConfigurationError:
+    from conveyor.backends import MissingStore
+
+    parent = where.parent
+    if parent.exists():
+        return ConfigurationError(
+            f"cannot create the SQLite database {where}: {parent} is not a directory")
+    return MissingStore(str(where), f"no directory {parent} for the SQLite database {where}")
+
+
+def check_directory(path: Path) -> None:
+    """Raise :class:`ConfigurationError` naming the directory of ``path`` if it is missing
+    (a mistyped path is found when the broker is made, not at its first use)."""
+    where = path.absolute()
+    if not where.parent.is_dir():
+        raise _no_directory(where)
+
+
+def _open_error(where: Path, create: bool, error: sqlite3.DatabaseError) -> BaseException:
+    """Why SQLite could not open the database file at ``where``, as a typed error naming
+    the path; ``error`` itself when that is all there is to say (a lock, a full disk)."""
+    from conveyor.backends import MissingStore
+
+    code = (getattr(error, "sqlite_errorcode", None) or 0) & 0xFF
+    if code == sqlite3.SQLITE_NOTADB:
+        return ConfigurationError(f"cannot use the store at {where}: file is not a database")
+    if code != sqlite3.SQLITE_CANTOPEN:
+        return error
+    parent = where.parent
+    if not parent.is_dir():
+        return _no_directory(where)
+    if where.is_dir():
+        return IsADirectoryError(errno.EISDIR, "the database path is a directory", str(where))
+    if not where.exists():
+        if not create:
+            return MissingStore(str(where))
+        if not os.access(parent, os.W_OK | os.X_OK):
+            return PermissionError(errno.EACCES, "permission denied", str(where))
+    elif not os.access(where, os.R_OK | os.W_OK) or not os.access(parent, os.W_OK | os.X_OK):
+        return PermissionError(errno.EACCES, "permission denied", str(where))
+    return error
 
 
 def ddl(ns: str) -> list[str]:
@@ -159,6 +224,12 @@ def ddl(ns: str) -> list[str]:
         f"""CREATE TABLE IF NOT EXISTS {ns}_meta (
             key TEXT PRIMARY KEY,
             value TEXT NOT NULL
+        ) WITHOUT ROWID""",
+        # the jobs workers run, as they publish them (see conveyor.known): name -> JSON
+        f"""CREATE TABLE IF NOT EXISTS {ns}_known (
+            name TEXT PRIMARY KEY,
+            record TEXT NOT NULL,
+            seen_at REAL NOT NULL
         ) WITHOUT ROWID""",
     ]
 

@@ -1,7 +1,8 @@
 """Which SQLite failures mean the store cannot be used for now: a full disk, a locked
 database, an I/O error, a file that cannot be opened or written. Callers see those as
 :class:`~conveyor.errors.StoreUnavailable`; any other error (a bad statement, a constraint,
-a setting) stays what it is.
+a setting) stays what it is. Such trouble is logged once per outage (see
+:mod:`conveyor.backends.outage`): the first time it is met, not at every failed call.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import errno
 import os
 import sqlite3
 from pathlib import Path
+
+from conveyor.backends.outage import outage_of, sqlite_key
 
 FULL = "the disk is full"
 LOCKED = "the database is locked"
@@ -34,12 +37,15 @@ _MESSAGES = {
     "database or disk is full": FULL,
     "unable to open database": "cannot open the database file",
 }
-#: errors of the file system around the database (making its directory)
+#: errors of the file system around the database (opening its file)
 _ERRNOS = {
     errno.ENOSPC: FULL,
     errno.EDQUOT: FULL,
     errno.EIO: IO,
     errno.EROFS: "the file system is read-only",
+    errno.EISDIR: "the database path is a directory",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
 }
 
 
@@ -58,6 +64,8 @@ def unavailable_reason(error: BaseException, path: Path) -> str | None:
         reason = _ERRNOS.get(error.errno)
     if reason == IO and _disk_full(path):  # e.g. no room to grow the shared-memory file
         reason = FULL
+    if reason is not None:
+        outage_of(sqlite_key(path)).trouble(reason, str(error))
     return reason
 
 

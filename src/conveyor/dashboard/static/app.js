@@ -320,11 +320,21 @@ pages.overview = {
 
 pages.workers = {
   frame() {
-    return [el("h2", { text: "Workers" }), el("table", { id: "workers", class: "grid" })];
+    return [el("h2", { text: "Workers" }), el("table", { id: "workers", class: "grid" }),
+      el("h2", { text: "Jobs known" }),
+      el("p", { class: "hint", text: "The jobs workers run, as they publish them when they start and every minute." }),
+      el("table", { id: "known", class: "grid" })];
   },
   async refresh(stale) {
-    const data = await api("/ui/api/workers");
+    const [data, known] = await Promise.all([api("/ui/api/workers"), api("/ui/api/known")]);
     if (stale()) return;
+    fillTable("known", ["name", "queue", "parameters", "executor", "last seen"],
+      known.jobs.map((j) => el("tr", { "data-known": j.name },
+        el("td", { text: j.name }), el("td", { text: j.queue }),
+        el("td", { class: "mono", text: j.signature.slice(j.name.length) }),
+        el("td", { text: j.executor }),
+        el("td", {}, when(j.seen_at)))),
+      "No worker has published its jobs to this store yet.");
     const cols = ["host", "pid", "queues", "concurrency", "min", "max", "busy", "done", "failed", "started", "heartbeat"];
     const rows = data.workers.map((w) => el("tr", { "data-worker": w.id },
       el("td", { text: w.host }), el("td", { class: "num", text: w.pid }),

@@ -5,13 +5,19 @@
 -- from the client; each is checked again here.
 -- KEYS: 1..15 the job block (see _lib.lua), 16.. the queue group, then the workers zset.
 -- ARGV: 1 max_recoveries, 2 retention seconds, 3.. candidate job ids.
--- Returns: {requeued, dead, now}: how many of the candidates this call requeued and sent
--- to the dead set, and the time it used (the dead jobs' finished_at, as text).
+-- Returns: {requeued, dead, now, id, fate, id, fate, ...}: how many of the candidates this
+-- call requeued and sent to the dead set, the time it used (the dead jobs' finished_at, as
+-- text), then each job it moved with its fate: charged, uncharged, dead or cancelled.
 local max_recoveries, retention = tonumber(ARGV[1]), tonumber(ARGV[2])
 local now = server_now()
 local base = BLOCK + 1
 local workers = KEYS[base + GROUP]
 local requeued, dead = 0, 0
+local moved = {}
+local function moved_as(id, fate)
+  moved[#moved + 1] = id
+  moved[#moved + 1] = fate
+end
 
 -- back among the waiting jobs, with `error` saying why
 local function back(id, error)
@@ -35,6 +41,7 @@ for i = 3, #ARGV do
     elseif redis.call('SISMEMBER', F.cancel, id) == 1 then
       finish(base, id, 'running', 'cancelled', now, retention)
       redis.call('HDEL', F.unstarted, id)
+      moved_as(id, 'cancelled')
     elseif held or alive then
       -- not this job's doing: the attempt is void. One held unstarted may have started
       -- just before its worker died: it runs alone next time.
@@ -42,6 +49,7 @@ for i = 3, #ARGV do
       redis.call('HINCRBY', F.attempts, id, -1)
       back(id, held and 'requeued unstarted (its worker was lost)'
                or 'lease expired while its worker lived; requeued')
+      moved_as(id, 'uncharged')
     else
       redis.call('HDEL', F.unstarted, id)
       local lost = redis.call('HINCRBY', F.recoveries, id, 1)
@@ -50,10 +58,14 @@ for i = 3, #ARGV do
                    'worker lost ' .. lost .. ' times (lease expired); giving up')
         finish(base, id, 'running', 'dead', now, retention)
         dead = dead + 1
+        moved_as(id, 'dead')
       else
         back(id, 'worker lost (lease expired); requeued')
+        moved_as(id, 'charged')
       end
     end
   end
 end
-return {requeued, dead, fmt(now)}
+local reply = {requeued, dead, fmt(now)}
+for i = 1, #moved do reply[#reply + 1] = moved[i] end
+return reply

@@ -1,0 +1,107 @@
+"""One log line per outage of a store, not one per retry.
+
+Every part of a process that uses a store (its broker's retries, a worker waiting for it, a
+health check) reports trouble and success to the store's :class:`Outage`: the first trouble
+logs a WARNING naming the store and the cause; the first success after it logs an INFO
+saying how long the store was unavailable. What comes in between is not logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import TYPE_CHECKING
+
+from conveyor.errors import ConfigurationError, redact_url
+
+if TYPE_CHECKING:
+    from conveyor.backends.base import Broker
+
+log = logging.getLogger("conveyor.store")
+
+
+class Outage:
+    """The state of one store as this process sees it: available, or down since when and
+    why. Safe to use from any thread."""
+
+    def __init__(self, name: str) -> None:
+        #: the store's URL, without credentials
+        self.name = name
+        self._lock = threading.Lock()
+        self._since: float | None = None
+        #: why the store is unavailable, in a few words (None while it is available)
+        self.reason: str | None = None
+
+    @property
+    def down(self) -> bool:
+        """True from the first trouble until the next success."""
+        return self._since is not None
+
+    def trouble(self, reason: str, detail: str = "") -> None:
+        """Note that the store could not be used (``reason`` in a few words, ``detail`` the
+        driver's message); log it if it starts an outage."""
+        with self._lock:
+            self.reason = reason
+            if self._since is not None:
+                return
+            self._since = time.monotonic()
+        log.warning("cannot reach the store %s: %s%s", self.name, reason,
+                    f" ({detail})" if detail and detail != reason else "")
+
+    def recovered(self) -> None:
+        """Note that the store answered; log the end of an outage, if one was under way."""
+        if self._since is None:  # the common case: no lock
+            return
+        with self._lock:
+            since, self._since, self.reason = self._since, None, None
+        if since is not None:
+            log.info("store %s is reachable again (unavailable for %.1fs)", self.name,
+                     time.monotonic() - since)
+
+
+_outages: dict[str, Outage] = {}
+_lock = threading.Lock()
+
+
+def store_key(url: str) -> str:
+    """What identifies the store of ``url`` in this process: the URL without credentials
+    and options, or for SQLite the database's absolute path."""
+    if url.split(":", 1)[0].lower() == "sqlite":
+        from conveyor.backends.sqlite.schema import Settings
+
+        return sqlite_key(Settings.from_url(url).path)
+    return redact_url(url.split("?", 1)[0])
+
+
+def sqlite_key(path: object) -> str:
+    """The key of the SQLite database at ``path`` (a :class:`pathlib.Path`)."""
+    from pathlib import Path
+
+    return f"sqlite:///{Path(str(path)).absolute()}"
+
+
+def outage_of(key: str) -> Outage:
+    """The one :class:`Outage` of the store ``key`` (see :func:`store_key`) in this process."""
+    found = _outages.get(key)
+    if found is None:
+        with _lock:
+            found = _outages.setdefault(key, Outage(key))
+    return found
+
+
+def outage(url: str) -> Outage:
+    """The one :class:`Outage` of the store of ``url`` in this process."""
+    return outage_of(store_key(url))
+
+
+def outage_for(broker: Broker) -> Outage:
+    """The :class:`Outage` of ``broker``'s store (kept on the broker after the first call)."""
+    found = getattr(broker, "outage", None)
+    if not isinstance(found, Outage):
+        try:
+            found = outage(broker.url)
+        except ConfigurationError:  # a URL only its backend understands: key it as it is
+            found = outage_of(redact_url(broker.url))
+        broker.outage = found  # type: ignore[attr-defined]
+    return found

@@ -1,0 +1,134 @@
+"""The store's health as the HTTP API sees it: ``GET /healthz`` answers 503 while the store
+cannot be used, and the routes that need the store answer 503 at once while it is known to
+be down, instead of each waiting for it.
+
+One bounded probe (a ``PING`` on Redis; on SQLite a read, or while the store is known to be
+down a write, since a locked or full database still reads) is shared by the requests
+that come while it runs; a request waits :data:`PROBE_WAIT` seconds for it at most.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from conveyor.backends.outage import outage_for
+from conveyor.errors import StoreUnavailable
+
+if TYPE_CHECKING:
+    from conveyor.app import Conveyor
+
+log = logging.getLogger("conveyor.http")
+
+#: seconds a request waits for the probe of the store at most
+PROBE_WAIT = 1.0
+#: seconds a client is told to wait before trying again
+RETRY_AFTER = 5
+#: paths of routes that need the store (below the point the API is mounted at)
+STORE_PATHS = ("/jobs", "/uploads", "/queues", "/ui/api/")
+#: the worker id and queue the probe uses (no worker or queue has them: nothing changes)
+PROBE_ID = "conveyor-health-probe"
+
+
+class StoreHealth:
+    """Checks that the store of ``app`` can be used, one probe at a time."""
+
+    def __init__(self, app: Conveyor) -> None:
+        self.app = app
+        self._probe: asyncio.Task[None] | None = None
+
+    def known_down(self) -> bool:
+        """True while this process knows the store to be down (no round trip)."""
+        return outage_for(self.app.broker).down
+
+    async def trouble(self) -> str | None:
+        """Why the store cannot be used now, in a few words; None when it can."""
+        task = self._probe
+        loop = asyncio.get_running_loop()
+        if task is None or task.done() or task.get_loop() is not loop:
+            task = self._probe = loop.create_task(self._run(), name="conveyor-health-probe")
+            task.add_done_callback(_retrieve)  # a probe no request waited for to its end
+        done, _ = await asyncio.wait({task}, timeout=PROBE_WAIT)
+        outage = outage_for(self.app.broker)
+        if not done:
+            return outage.reason or "the store does not answer"
+        error = task.exception()
+        if error is None:
+            return None
+        if isinstance(error, StoreUnavailable):
+            return error.reason
+        if self.app.broker.is_transient(error):
+            return outage.reason or "the store cannot be used now"
+        return "the store failed; see the server's log"
+
+    async def _run(self) -> None:
+        broker = self.app.broker
+        outage = outage_for(broker)
+        try:
+            await broker.open()
+            ping = getattr(broker, "ping", None)
+            if ping is not None:
+                await ping()
+            elif outage.down:  # a write: a database that is locked or full still reads
+                await self._write_probe()
+            else:
+                await broker.ready_count([PROBE_ID], 1)
+        except Exception as exc:
+            if isinstance(exc, StoreUnavailable) or broker.is_transient(exc):
+                outage.trouble(getattr(exc, "reason", "") or str(exc), str(exc))
+            else:
+                log.error("checking the store failed: %s: %s", type(exc).__name__, exc)
+            raise
+        outage.recovered()
+
+    async def _write_probe(self) -> None:
+        """Write a row and take it away again: what a worker's heartbeat does (its lease
+        lapses at once, so no listing of workers shows it)."""
+        import os
+
+        from conveyor.job import WorkerInfo
+
+        broker = self.app.broker
+        info = WorkerInfo(id=PROBE_ID, host="health-probe", pid=os.getpid(), queues=[],
+                          concurrency=0, min_concurrency=0, max_concurrency=0)
+        try:
+            await broker.heartbeat(info, {}, 0.001)
+        finally:
+            await broker.unregister_worker(PROBE_ID)
+
+
+def _retrieve(task: asyncio.Task[None]) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
+class StoreGate:
+    """ASGI middleware: ``GET /healthz`` answers 503 with the reason while the store cannot
+    be used; the routes of :data:`STORE_PATHS` answer 503 at once while it is known to be
+    down (after one bounded probe). Other routes pass as they are."""
+
+    def __init__(self, app: ASGIApp, health: StoreHealth) -> None:
+        self.app = app
+        self.health = health
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            from conveyor.http.app import route_path
+
+            path = route_path(scope)
+            check = path == "/healthz" or (
+                path.startswith(STORE_PATHS) and self.health.known_down())
+            reason = await self.health.trouble() if check else None
+            if reason is not None:
+                message = f"store unavailable: {reason}"
+                body = {"status": "unavailable", "error": message} if path == "/healthz" \
+                    else {"error": message}
+                response = JSONResponse(body, status_code=503,
+                                        headers={"Retry-After": str(RETRY_AFTER)})
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)

@@ -1,0 +1,345 @@
+"""A store that is down: producers and commands give up after a bounded time with one
+``StoreUnavailable``, an outage is logged once (a WARNING when it starts, an INFO when the
+store is back), workers wait for the store and still stop at once on a signal, and the
+Redis persistence warning comes from workers only, once per process.
+
+Redis is real: a port nobody listens on, or a private server killed and started again.
+SQLite is a real file locked by another connection holding ``BEGIN EXCLUSIVE``.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conftest import cli_env
+from conveyor import Conveyor, StoreUnavailable
+from polling import wait_until
+from redis_server import RedisServer, free_port
+
+PASSWORD = "pw-never-in-logs"
+#: the bound the tests allow beyond a timeout: generous, this is no speed test
+MARGIN = 10.0
+STORE_LOG = "conveyor.store"
+
+redis = pytest.importorskip("redis")
+
+
+def store_records(caplog: pytest.LogCaptureFixture, level: int) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == STORE_LOG and r.levelno == level]
+
+
+def retry_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    """Records logged per retry (there must be none)."""
+    return [r for r in caplog.records if "retrying in" in r.getMessage()]
+
+
+def closed_redis_url() -> str:
+    return f"redis://:{PASSWORD}@127.0.0.1:{free_port()}/0"
+
+
+def app_with_add(url: str, store_timeout: float = 5.0) -> Conveyor:
+    app = Conveyor(url=url, store_timeout=store_timeout)
+
+    @app.job
+    def add(a: int, b: int) -> int:
+        return a + b
+
+    return app
+
+
+# -- producers --------------------------------------------------------------------------------
+@pytest.fixture
+def locked_db(tmp_path: Path) -> Iterator[tuple[str, sqlite3.Connection]]:
+    """A SQLite store (made and closed) and another connection holding it locked."""
+    url = f"sqlite:///{tmp_path / 'locked.db'}?busy_timeout=1000"
+    maker = Conveyor(url=url)
+    maker.run_sync(maker.broker.open())
+    maker.close()
+    holder = sqlite3.connect(tmp_path / "locked.db", isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    yield url, holder
+    if holder.in_transaction:
+        holder.execute("ROLLBACK")
+    holder.close()
+
+
+def test_enqueue_to_an_unreachable_redis_raises_once_logged(
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger=STORE_LOG)
+    url = closed_redis_url()
+    shown = url.replace(f":{PASSWORD}@", "***@")
+    app = app_with_add(url, store_timeout=1.0)
+    assert app.broker.retry_for == 1.0
+    try:
+        began = time.monotonic()
+        with pytest.raises(StoreUnavailable) as blocking:
+            app.enqueue("add", 1, 2)
+        assert time.monotonic() - began < 1.0 + MARGIN
+        assert str(blocking.value) == f"store unavailable ({shown}): Redis is unreachable"
+        assert isinstance(blocking.value.__cause__, redis.ConnectionError)
+        with pytest.raises(StoreUnavailable):
+            app.run_sync(app.enqueue_async("add", 1, 2))
+        with pytest.raises(StoreUnavailable):
+            app.run_sync(app.broker.list_jobs())
+    finally:
+        app.close()
+    warnings = store_records(caplog, logging.WARNING)
+    assert len(warnings) == 1, caplog.text  # one outage: one line, however many retries
+    assert shown in warnings[0].getMessage()
+    assert "Redis is unreachable" in warnings[0].getMessage()
+    assert not retry_records(caplog)
+    assert PASSWORD not in caplog.text
+
+
+def test_a_redis_restart_is_one_warning_then_one_info(
+        server: RedisServer, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger=STORE_LOG)
+    app = app_with_add(server.url, store_timeout=30.0)
+    try:
+        app.enqueue("add", 1, 1)
+        server.kill()
+        restart = threading.Timer(1.5, server.start)
+        restart.start()
+        try:
+            handle = app.enqueue("add", 2, 2)  # waits through the outage
+        finally:
+            restart.join()
+        assert app.run_sync(app.broker.get(handle.id)) is not None
+        app.enqueue("add", 3, 3)
+    finally:
+        app.close()
+    warnings = store_records(caplog, logging.WARNING)
+    infos = [r for r in store_records(caplog, logging.INFO) if "reachable again" in r.message]
+    assert len(warnings) == 1, caplog.text
+    assert len(infos) == 1, caplog.text
+    assert "unavailable for" in infos[0].getMessage()
+    assert not retry_records(caplog)
+
+
+def test_a_locked_sqlite_database_raises_once_logged(
+        locked_db: tuple[str, sqlite3.Connection], caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger=STORE_LOG)
+    url, holder = locked_db
+    app = app_with_add(url)
+    try:
+        for _ in range(2):
+            began = time.monotonic()
+            with pytest.raises(StoreUnavailable) as raised:
+                app.enqueue("add", 1, 2)
+            assert time.monotonic() - began < 1.0 + MARGIN  # the URL's busy_timeout
+            assert raised.value.reason == "the database is locked"
+            assert str(raised.value) == f"store unavailable ({url}): the database is locked"
+        with pytest.raises(StoreUnavailable):
+            app.run_sync(app.enqueue_async("add", 1, 2))
+        assert len(store_records(caplog, logging.WARNING)) == 1, caplog.text
+        holder.execute("ROLLBACK")
+        handle = app.enqueue("add", 2, 3)
+        assert app.run_sync(app.broker.get(handle.id)) is not None
+    finally:
+        app.close()
+    infos = [r for r in store_records(caplog, logging.INFO) if "reachable again" in r.message]
+    assert len(infos) == 1, caplog.text
+    assert len(store_records(caplog, logging.WARNING)) == 1
+
+
+def test_store_timeout_must_be_positive() -> None:
+    from conveyor.errors import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="store_timeout"):
+        Conveyor(url="sqlite:///unused.db", store_timeout=0)
+
+
+# -- commands ---------------------------------------------------------------------------------
+COMMANDS = [
+    ["stats"],
+    ["jobs"],
+    ["status", "06H0HQQS1DPDNNKJ7KG6WTC19R"],
+    ["enqueue", "add", "--args", "[1, 2]", "--force"],
+    ["cancel", "06H0HQQS1DPDNNKJ7KG6WTC19R"],
+]
+
+
+def test_commands_print_one_error_line_when_redis_is_unreachable(tmp_path: Path) -> None:
+    url = closed_redis_url()
+    shown = url.replace(f":{PASSWORD}@", "***@")
+    began = time.monotonic()
+    running = [
+        subprocess.Popen([sys.executable, "-m", "conveyor", *command, "--url", url],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         cwd=tmp_path, env=cli_env())
+        for command in COMMANDS
+    ]
+    for command, proc in zip(COMMANDS, running, strict=True):
+        out, err = proc.communicate(timeout=60)
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert proc.returncode == 1, (command, out, err)
+        assert lines == [f"error: store unavailable ({shown}): Redis is unreachable"], \
+            (command, err)
+        assert PASSWORD not in out + err
+    assert time.monotonic() - began < 5.0 + MARGIN  # the commands' bound, run side by side
+
+
+def test_a_command_stops_on_ctrl_c_while_waiting(tmp_path: Path) -> None:
+    """``conveyor status --wait`` on a job that never ends: SIGINT ends it (exit 130)."""
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    done = subprocess.run([sys.executable, "-m", "conveyor", "enqueue", "add", "--args",
+                           "[1, 2]", "--force", "--url", url], capture_output=True, text=True,
+                          cwd=tmp_path, env=cli_env(), timeout=60, check=True)
+    job_id = done.stdout.strip()
+    proc = subprocess.Popen([sys.executable, "-m", "conveyor", "status", job_id, "--wait",
+                             "--url", url], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, cwd=tmp_path, env=cli_env())
+    time.sleep(1.5)
+    assert proc.poll() is None, proc.communicate()
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=10)
+    assert proc.returncode == 130, (out, err)
+    assert "Traceback" not in err
+
+
+# -- workers ----------------------------------------------------------------------------------
+class WorkerProcess:
+    """``conveyor worker rjobs:app`` with its log in a file, to read while it runs."""
+
+    def __init__(self, tmp_path: Path, url: str) -> None:
+        self.log = tmp_path / f"worker-{time.monotonic_ns()}.log"
+        with self.log.open("wb") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "conveyor", "worker", "rjobs:app", "--url", url],
+                stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path, env=cli_env())
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def wait_for(self, needle: str, timeout: float = 30.0) -> None:
+        def seen() -> bool:
+            assert self.proc.poll() is None, f"the worker exited:\n{self.text()}"
+            return needle in self.text()
+
+        wait_until(seen, timeout=timeout, what=f"{needle!r} in the worker's log")
+
+    def terminate(self, within: float) -> int:
+        """SIGTERM; the exit code, which must come within ``within`` seconds."""
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(within)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError(f"no exit {within}s after SIGTERM:\n{self.text()}") from None
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def test_a_worker_waits_for_an_unreachable_redis_and_stops_on_sigterm(tmp_path: Path) -> None:
+    worker = WorkerProcess(tmp_path, closed_redis_url())
+    try:
+        worker.wait_for("cannot reach the store")
+        time.sleep(2.0)  # several retries later
+        assert worker.proc.poll() is None, "a worker waits for the store"
+        assert worker.terminate(within=5.0) == 0, worker.text()
+    finally:
+        worker.kill()
+    text = worker.text()
+    assert text.count("cannot reach the store") == 1, text
+    assert "retrying in" not in text and "trying again" not in text, text
+    assert "Traceback" not in text, text
+    assert PASSWORD not in text
+
+
+def test_a_worker_cut_off_by_an_outage_stops_on_sigterm(
+        server: RedisServer, tmp_path: Path) -> None:
+    worker = WorkerProcess(tmp_path, server.url)
+    try:
+        worker.wait_for("queues")  # registered: it runs
+        server.kill()
+        worker.wait_for("cannot reach the store")
+        time.sleep(1.0)
+        assert worker.terminate(within=5.0) == 0, worker.text()
+    finally:
+        worker.kill()
+    assert worker.text().count("cannot reach the store") == 1, worker.text()
+
+
+def test_persistence_warning_once_per_worker_and_never_for_commands(
+        server: RedisServer, tmp_path: Path) -> None:
+    def no_persistence() -> None:
+        client = redis.Redis.from_url(server.url)
+        client.config_set("appendonly", "no")
+        client.config_set("save", "")
+        client.close()
+
+    no_persistence()
+    worker = WorkerProcess(tmp_path, server.url)
+    try:
+        worker.wait_for("persistence is off")
+        for command in (["stats"], ["jobs"], ["enqueue", "add", "--args", "[1, 2]",
+                                              "--force"]):
+            done = subprocess.run([sys.executable, "-m", "conveyor", *command, "--url",
+                                   server.url], capture_output=True, text=True, cwd=tmp_path,
+                                  env=cli_env(), timeout=60, check=False)
+            assert done.returncode == 0, (command, done.stderr)
+            assert "persistence" not in done.stderr + done.stdout, command
+        # an outage and a reconnection later, the worker does not say it again
+        server.kill()
+        worker.wait_for("cannot reach the store")
+        server.start()
+        no_persistence()
+        worker.wait_for("reachable again")
+        time.sleep(1.0)
+        assert worker.terminate(within=10.0) == 0, worker.text()
+    finally:
+        worker.kill()
+    assert worker.text().count("persistence is off") == 1, worker.text()
+
+
+def test_a_worker_waits_for_a_locked_sqlite_database_and_stops_on_sigterm(
+        locked_db: tuple[str, sqlite3.Connection], tmp_path: Path) -> None:
+    url, holder = locked_db
+    worker = WorkerProcess(tmp_path, url)
+    try:
+        worker.wait_for("the database is locked")
+        time.sleep(1.5)
+        assert worker.proc.poll() is None
+        holder.execute("ROLLBACK")
+        worker.wait_for("reachable again")
+        worker.wait_for("queues")
+        assert worker.terminate(within=10.0) == 0, worker.text()
+    finally:
+        worker.kill()
+    assert worker.text().count("cannot reach the store") == 1, worker.text()
+
+
+def test_a_worker_on_a_port_that_later_answers_goes_to_work(tmp_path: Path) -> None:
+    directory = tmp_path / "redis"
+    directory.mkdir()
+    server = RedisServer(directory)
+    worker = WorkerProcess(tmp_path, server.url)
+    try:
+        worker.wait_for("cannot reach the store")
+        server.start()
+        worker.wait_for("reachable again")
+        app = Conveyor(url=server.url)
+        try:
+            handle = app.enqueue_call("pause", [5, 0.0], {}, force=True)
+            assert handle.result(timeout=30) == 5
+        finally:
+            app.close()
+        assert worker.terminate(within=10.0) == 0, worker.text()
+    finally:
+        worker.kill()
+        server.stop()
+    assert worker.text().count("cannot reach the store") == 1, worker.text()
