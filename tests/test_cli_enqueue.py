@@ -79,7 +79,7 @@ def test_enqueue_negative_delay_is_refused(cli: CLI, stored: Callable[[], list[s
     [
         ("[1]", "{}", "missing a required argument: 'b'"),
         ("[1, 2, 3]", "{}", "too many positional arguments"),
-        ("[1, 2]", '{"c": 3}', "unexpected keyword argument 'c'"),
+        ("[1, 2]", '{"c": 3}', "no parameter named 'c'"),
         ("[]", '{"a": 1}', "missing a required argument: 'b'"),
     ],
 )

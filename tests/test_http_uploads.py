@@ -185,3 +185,14 @@ def test_disk_error_removes_the_partial_file(tmp_path_factory: pytest.TempPathFa
         assert server.staged() == [small.json()["id"]]
     finally:
         assert server.stop() == 0, server.output()
+
+
+def test_query_values_of_text_parameters_stay_text(server: Server) -> None:
+    """``label: str`` gets "123" as written; ``times: int`` gets the number."""
+    response = server.client.post("/jobs/count", params={"label": "123", "times": "2"},
+                                  content=b"x")
+    assert response.status_code == 202, response.text
+    info = server.wait_job(response.json()["id"])
+    assert info["state"] == "succeeded", info
+    assert info["kwargs"]["label"] == "123" and info["kwargs"]["times"] == 2
+    assert info["result"]["label"] == "123"

@@ -177,7 +177,7 @@ def test_published_jobs_are_accepted_checked_and_go_to_their_queue(
     assert producer.enqueue("add", 1, 2).result(timeout=20) == 3  # ctx is not an argument
     bulk = producer.enqueue_many("send", [("a",), {"to": "b", "cc": ["c"]}])
     assert [h.info().queue for h in bulk] == ["mail", "mail"]
-    with pytest.raises(InvalidArguments, match="unexpected keyword argument 'bcc'") as caught:
+    with pytest.raises(InvalidArguments, match="no parameter named 'bcc'") as caught:
         producer.enqueue("send", "ann", bcc=["x"])
     assert "send(to, subject=…, *, cc=…)" in str(caught.value)
     with pytest.raises(InvalidArguments, match="missing a required argument: 'b'"):
@@ -297,6 +297,10 @@ def test_cli_enqueue_and_jobs_known(apps: Callable[..., Conveyor], producer: Con
     assert refused.returncode == 2, refused.stderr
     assert refused.stderr.count("\n") == 1 and "Traceback" not in refused.stderr
     assert "no worker has published its jobs to this store yet" in refused.stderr
+    if url.startswith("sqlite:"):  # a refused enqueue made no store
+        assert "no SQLite database at" in refused.stderr
+        assert not list(Path(url.removeprefix("sqlite:///")).parent.glob("*.db"))
+    producer.known_jobs()  # the store made, as a first worker would
     listing = run_cli("jobs-known", *store, cwd=tmp_path)
     assert listing.returncode == 0 and listing.stdout == ""
     assert "no worker has published" in listing.stderr
@@ -308,7 +312,9 @@ def test_cli_enqueue_and_jobs_known(apps: Callable[..., Conveyor], producer: Con
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["queue"] == "mail"
     bad = run_cli("enqueue", "send", "--kwargs", '{"bcc": 1}', *store, cwd=tmp_path)
-    assert bad.returncode == 2 and "missing a required argument: 'to'" in bad.stderr
+    assert bad.returncode == 2 and "no parameter named 'bcc'" in bad.stderr
+    missing = run_cli("enqueue", "send", "--kwargs", '{"cc": []}', *store, cwd=tmp_path)
+    assert missing.returncode == 2 and "missing a required argument: 'to'" in missing.stderr
     typo = run_cli("enqueue", "sned", *store, cwd=tmp_path)
     assert typo.returncode == 2 and "known jobs: add, measure, send" in typo.stderr
     forced = run_cli("enqueue", "sned", "--force", *store, cwd=tmp_path)

@@ -22,6 +22,8 @@ def test_environment_beats_the_url_in_the_code(tmp_path: Path,
     monkeypatch.delenv("CONVEYOR_URL")
     assert Conveyor(url=f"sqlite:///{tmp_path / 'in-code.db'}").url.endswith("in-code.db")
     assert Conveyor().url == "sqlite:///conveyor.db"
+    monkeypatch.setenv("CONVEYOR_URL", chosen)
+    assert Conveyor(url="memory://").url == "memory://"  # a test's own store stays its own
 
 
 def test_producer_and_worker_follow_one_setting(tmp_path: Path,
@@ -62,3 +64,14 @@ def test_serve_on_a_missing_directory_stops_in_one_line(tmp_path: Path,
                      f"{tmp_path / 'nowhere' / 'x.db'} (check --url or CONVEYOR_URL)"]
     assert "Traceback" not in done.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("command", [("jobs",), ("enqueue", "add", "--force"),
+                                     ("worker", "clijobs:app")])
+def test_commands_refuse_an_in_process_store(tmp_path: Path, command: tuple[str, ...]) -> None:
+    done = subprocess.run([sys.executable, "-m", "conveyor", *command, "--url", "memory://"],
+                          capture_output=True, text=True, timeout=60, cwd=tmp_path,
+                          env=cli_env())
+    assert done.returncode == 2
+    assert done.stderr.startswith("error: memory:// is a store inside one process")
+    assert done.stderr.count("\n") == 1

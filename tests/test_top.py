@@ -184,3 +184,28 @@ def test_recent_failures_are_ordered_by_when_they_died(app: Conveyor) -> None:
     app.run_sync(kill_in_order())
     snap = app.run_sync(take_snapshot(app))
     assert [r.id for r in snap.failures][:3] == [old.id, newer[1].id, newer[0].id]
+
+
+def test_recent_failures_take_one_line_each_at_80_columns() -> None:
+    from io import StringIO
+
+    from rich.console import Console
+
+    from conveyor.cli.top import failures_table
+    from conveyor.job import JobRecord, JobState
+
+    records = [JobRecord(id=f"06H1H4W2CWXJGEPY1KVF7V0RG{n}", name="a_rather_long_job_name_" * 3,
+                         queue="default", state=JobState.DEAD, args=[], kwargs={},
+                         created_at=0.0, run_at=0.0,
+                         error="PermanentError: first line\nsecond line of a long error " * 5)
+               for n in range(3)]
+    out = StringIO()
+    Console(file=out, width=80, force_terminal=False).print(failures_table(records))
+    lines = out.getvalue().splitlines()
+    body = [line for line in lines if "06H1H4W2" in line]
+    assert len(body) == 3, out.getvalue()
+    assert all(len(line) <= 80 for line in lines)
+    assert all(r.id in line for r, line in zip(records, body, strict=True))
+    # no wrapped continuation of a name or an error under a row
+    assert not [line for line in lines if "06H1H4W2" not in line and ("line" in line or "job"
+                                                                      in line)]

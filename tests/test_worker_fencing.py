@@ -149,7 +149,8 @@ def test_sqlite_leases_ignore_a_worker_clock_ahead(tmp_path: Path, db_url: str) 
     env = cli_env(CLIJOBS_URL=db_url, FENCING_LEDGER=str(ledger))
     app = Conveyor(url=db_url, lease=5.0)
     try:
-        handles = app.enqueue_many("record", [(n, 4.0) for n in range(20)])
+        # the jobs' code is in the workers (fencingjobs): stored for them before they start
+        handles = app.enqueue_many("record", [(n, 4.0) for n in range(20)], force=True)
         command = [sys.executable, "-m", "conveyor", "worker", "fencingjobs:app",
                    "--min-workers", "20", "--max-workers", "20", "--grace", "10"]
         logs = [(tmp_path / f"w{n}.log").open("wb") for n in range(2)]

@@ -258,10 +258,13 @@ def test_grace_period_over_in_the_singular(store: tuple[str, str], client: Conve
 
 
 def test_waits_and_counts_read_right() -> None:
-    from conveyor.logs import duration, plural
+    from conveyor.logs import duration, one_line, plural
 
     assert [duration(s) for s in (0.5, 4.0, 42.4, 185, 7800)] == [
         "0.5s", "4.0s", "42s", "3m 05s", "2h 10m"]
     assert [plural(n, "job") for n in (0, 1, 2)] == ["0 jobs", "1 job", "2 jobs"]
     assert plural(1, "worker process", "worker processes") == "1 worker process"
     assert plural(3, "worker process", "worker processes") == "3 worker processes"
+    # a job's error cannot break a log line up, nor forge another one
+    assert one_line("boom\n2026-01-01 ERROR forged\tline") == "boom 2026-01-01 ERROR forged line"
+    assert one_line("plain") == "plain"

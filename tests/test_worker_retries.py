@@ -176,7 +176,7 @@ def test_no_retries_means_one_attempt(
     start_worker(app)
     info = wait_final(handle)
     assert (info.state, info.attempts) == (JobState.DEAD, 1)
-    assert "gave up after 1 attempts" in (info.error or "")
+    assert "gave up after 1 attempt)" in (info.error or "")
 
 
 def test_dead_job_retried_by_admin_runs_again(

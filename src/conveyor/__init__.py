@@ -1,5 +1,7 @@
 """Conveyor: durable background jobs for Python, on embedded SQLite or a shared Redis."""
 
+import logging
+
 from conveyor.app import Conveyor
 from conveyor.context import JobContext
 from conveyor.errors import (
@@ -44,3 +46,6 @@ __all__ = [
     "Upload",
 ]
 __version__ = "0.1.0"
+
+# a library logs only where its user configured logging (the CLI does): no stray lines
+logging.getLogger("conveyor").addHandler(logging.NullHandler())

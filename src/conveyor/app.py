@@ -53,7 +53,8 @@ class Conveyor:
 
     ``url`` picks the backend: the ``CONVEYOR_URL`` environment variable when it is set (as
     for the CLI, so one setting moves producers and workers together), else ``url``, else
-    ``sqlite:///conveyor.db``; ``namespace`` keeps several apps apart in
+    ``sqlite:///conveyor.db`` (a ``memory://`` URL, a test's own store, is never
+    overridden); ``namespace`` keeps several apps apart in
     one store; ``lease`` is how long a claimed job stays owned without a heartbeat.
     """
 
@@ -79,7 +80,10 @@ class Conveyor:
         #: seconds a call keeps retrying a store that cannot be used (Redis unreachable)
         #: before it raises :class:`~conveyor.errors.StoreUnavailable`; workers wait longer
         self.store_timeout = float(store_timeout)
-        self.url = os.environ.get("CONVEYOR_URL") or url or DEFAULT_URL
+        if url is not None and url.lower().startswith("memory:"):  # a test's own store
+            self.url = url
+        else:
+            self.url = os.environ.get("CONVEYOR_URL") or url or DEFAULT_URL
         self.namespace = namespace
         self.lease = float(lease)
         self.retention = float(retention)
@@ -396,17 +400,20 @@ class Conveyor:
             await self.known_jobs_async()
             job = self._known.get(name)
         if job is None:
-            raise self._unknown(name)
+            raise self.unknown_job(name)
         return job
 
-    def _unknown(self, name: str) -> UnknownJob:
+    def unknown_job(self, name: str) -> UnknownJob:
+        """The error for an enqueue of ``name``, which neither this app nor a worker knows."""
         force = "force the enqueue (--force, force=True) to store it anyway"
         if not self._known:
+            own = (f" (this app registers: {', '.join(sorted(self.registry))})"
+                   if self.registry else "")
             return UnknownJob(
-                f"no job named {name!r} is registered here, and no worker has published its "
-                f"jobs to this store yet: start a worker of the app that has the job, pass "
-                f"that app (--app) to check the call here, or {force}")
-        names = sorted(self._known)
+                f"no job named {name!r} is registered here{own}, and no worker has published "
+                f"its jobs to this store yet: start a worker of the app that has the job, "
+                f"pass that app (--app) to check the call here, or {force}")
+        names = sorted({*self._known, *self.registry})
         shown = ", ".join(names[:KNOWN_SHOWN])
         if len(names) > KNOWN_SHOWN:
             shown += f", ... ({len(names)} in all)"
@@ -487,4 +494,4 @@ def _span(seconds: float) -> str:
             value = seconds / size
             value = round(value, 1)
             return f"{value:g} {unit}{'' if value == 1 else 's'}"
-    return f"{seconds:g} seconds"
+    return f"{seconds:g} second{'' if seconds == 1 else 's'}"

@@ -26,7 +26,8 @@ class QueueFull(ConveyorError):
     """The queue holds ``max_queued`` waiting jobs already; the enqueue stored nothing."""
 
     def __init__(self, queue: str, limit: int) -> None:
-        super().__init__(f"queue {queue!r} is full ({limit} jobs waiting); try again later")
+        waiting = f"{limit} job{'' if limit == 1 else 's'} waiting"
+        super().__init__(f"queue {queue!r} is full ({waiting}); try again later")
         self.queue = queue
         self.limit = limit
 

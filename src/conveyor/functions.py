@@ -12,6 +12,7 @@ from conveyor.context import JobContext
 from conveyor.errors import ConfigurationError, InvalidArguments
 from conveyor.job import Backoff, BackoffPolicy, JobRecord
 from conveyor.serialization import NotSerializable, dumps
+from conveyor.signatures import misfit
 from conveyor.uploads import Upload
 
 if TYPE_CHECKING:
@@ -147,6 +148,8 @@ class JobFunction:
         self.context_parameter = self.binding.context_parameter
         #: parameters annotated ``Upload``: they receive the job's staged file
         self.upload_parameters = [name for name, _ in self.binding.upload_parameters]
+        #: parameters annotated ``str``: an HTTP query value for them is never JSON-decoded
+        self.text_parameters = frozenset(_parameters_of_type(fn, str))
         if len(self.upload_parameters) > 1:
             raise ConfigurationError(f"job {name!r}: at most one parameter can be an Upload")
         self.uses_staging = bool(self.upload_parameters) or options.staged
@@ -190,10 +193,9 @@ class JobFunction:
         # are, so shapes that fitted once are remembered (bulk enqueues repeat them).
         shape = (len(args), *kwargs) if kwargs else len(args)
         if shape not in self._fitting_shapes:
-            try:
-                self.signature.bind(*args, **kwargs)
-            except TypeError as exc:
-                raise InvalidArguments(f"job {self.name!r}: {exc}") from None
+            why = misfit(self.signature, args, kwargs)
+            if why is not None:
+                raise InvalidArguments(f"job {self.name!r}: {why}")
             if len(self._fitting_shapes) < 64:
                 self._fitting_shapes.add(shape)
         return self.check_json(self.name, args, kwargs)

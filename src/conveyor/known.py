@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from conveyor.errors import InvalidArguments
 from conveyor.job import iso
+from conveyor.signatures import misfit
 
 if TYPE_CHECKING:
     from conveyor.functions import JobFunction
@@ -183,11 +184,10 @@ class KnownJob:
 
     def check(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
         """Raise :class:`InvalidArguments` unless the call fits the published parameters."""
-        try:
-            self.signature.bind(*args, **kwargs)
-        except TypeError as exc:
-            raise InvalidArguments(f"job {self.name!r}: {exc} (published signature: "
-                                   f"{self.signature_text})") from None
+        why = misfit(self.signature, args, kwargs)
+        if why is not None:
+            raise InvalidArguments(f"job {self.name!r}: {why} (published signature: "
+                                   f"{self.signature_text})")
 
 
 def read_known(raw: Any, seen_at: float | None = None) -> KnownJob | None:

@@ -79,6 +79,12 @@ def duration(seconds: float) -> str:
     return f"{whole // 3600}h {whole % 3600 // 60:02d}m"
 
 
+def one_line(text: str) -> str:
+    """``text`` (a job's error, user data) on one line, so it cannot break a log line up or
+    forge another: line breaks and tabs become spaces."""
+    return " ".join(text.split()) if any(c in text for c in "\r\n\t\v\f") else text
+
+
 def plural(count: int, noun: str, nouns: str | None = None) -> str:
     """``1 job``, ``3 jobs``."""
     return f"{count} {noun if count == 1 else nouns or noun + 's'}"

@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from conveyor.logs import plural
+
 if TYPE_CHECKING:
     from conveyor.app import Conveyor
     from conveyor.worker.pool import Worker
@@ -123,9 +125,10 @@ class WorkerThread:
             if left == 0:
                 return
             if not self._thread.is_alive():
-                raise RuntimeError(f"the worker stopped with {left} jobs left")
+                raise RuntimeError(f"the worker stopped with {plural(left, 'job')} left")
             if time.monotonic() >= deadline:
-                raise TimeoutError(f"{left} jobs of queues {', '.join(self.worker.queues)} "
+                raise TimeoutError(f"{plural(left, 'job')} of queues "
+                                   f"{', '.join(self.worker.queues)} "
                                    f"still pending after {timeout}s")
             time.sleep(pause)
             pause = min(pause * 1.5, 0.1)

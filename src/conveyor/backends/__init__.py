@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from conveyor.backends.base import Broker
-from conveyor.errors import ConfigurationError
+from conveyor.errors import ConfigurationError, redact_url
 
 
 def open_broker(url: str, namespace: str, retention: float) -> Broker:
@@ -14,7 +14,12 @@ def open_broker(url: str, namespace: str, retention: float) -> Broker:
 
         return SQLiteBroker(url, namespace, retention)
     if scheme in ("redis", "rediss"):
-        from conveyor.backends.redis import RedisBroker
+        try:
+            from conveyor.backends.redis import RedisBroker
+        except ImportError as exc:  # the plain install has no redis-py
+            raise ConfigurationError(
+                f"{scheme}:// needs the Redis extra: pip install 'conveyor[redis]' "
+                f"({exc})") from None
 
         return RedisBroker(url, namespace, retention)
     if scheme == "memory":  # tests in one process: see conveyor.backends.sqlite.memory
@@ -22,7 +27,7 @@ def open_broker(url: str, namespace: str, retention: float) -> Broker:
 
         return MemoryBroker(url, namespace, retention)
     raise ConfigurationError(
-        f"unsupported URL scheme {scheme!r} in {url!r}; "
+        f"unsupported URL scheme {scheme!r} in {redact_url(url)!r}; "
         "use sqlite:///PATH, redis://HOST or memory://"
     )
 
@@ -47,4 +52,14 @@ def require_existing(broker: Broker) -> Broker:
     return broker
 
 
-__all__ = ["Broker", "MissingStore", "open_broker", "require_existing"]
+def missing_store(broker: Broker) -> str | None:
+    """The path of ``broker``'s SQLite database when the file does not exist yet, else None
+    (a store that exists, or one that is not a file)."""
+    from conveyor.backends.sqlite import SQLiteBroker
+
+    if isinstance(broker, SQLiteBroker) and not broker.settings.path.exists():
+        return str(broker.settings.path.absolute())
+    return None
+
+
+__all__ = ["Broker", "MissingStore", "missing_store", "open_broker", "require_existing"]

@@ -11,7 +11,7 @@ from typing import Any
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from conveyor.app import Conveyor
-from conveyor.backends import require_existing
+from conveyor.backends import missing_store, require_existing
 from conveyor.cli.loading import CLIError
 from conveyor.cli.output import (
     console,
@@ -77,6 +77,9 @@ async def enqueue(app: Conveyor, args: argparse.Namespace) -> int:
         known = ", ".join(sorted(app.registry)) or "none"
         raise CLIError(f"{args.app} has no job named {args.name!r} (its jobs: {known}); "
                        "--force stores it anyway")
+    missing = None if force or args.name in app.registry else missing_store(app.broker)
+    if missing is not None:  # no worker published anything there: refused, creating nothing
+        raise CLIError(f"{app.unknown_job(args.name)} (no SQLite database at {missing} yet)")
     try:
         handle = await app.enqueue_call_async(
             args.name, call_args, call_kwargs, delay=args.delay, queue=args.queue, force=force

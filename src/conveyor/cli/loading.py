@@ -68,7 +68,11 @@ def resolve_app(spec: str | None, url: str | None, namespace: str | None) -> Con
             app.use_url(chosen)
         if namespace:
             app.namespace = namespace
-        return app
-    app = Conveyor(namespace=namespace or "conveyor")
-    app.use_url(chosen or DEFAULT_URL)  # --url beats CONVEYOR_URL, which Conveyor() reads
+    else:
+        app = Conveyor(namespace=namespace or "conveyor")
+        app.use_url(chosen or DEFAULT_URL)  # --url beats CONVEYOR_URL, which Conveyor() reads
+    if app.url.lower().startswith("memory:"):
+        raise CLIError(f"{app.url} is a store inside one process (for tests): a command "
+                       "cannot share it with workers or other commands; use sqlite:///PATH "
+                       "or redis://HOST")
     return app

@@ -57,7 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     """The whole command-line grammar."""
     from conveyor import __version__
 
-    parser = argparse.ArgumentParser(prog="conveyor", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="conveyor", description="Durable background jobs: run workers and the HTTP API, "
+        "enqueue and inspect jobs, measure.")
     parser.add_argument("--version", action="version", version=f"conveyor {__version__}")
     logging_options(parser, top=True)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

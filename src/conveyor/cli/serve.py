@@ -267,7 +267,10 @@ async def _serve(app: Conveyor, server: _Server, worker: Worker | None,
 
 def run_serve(args: argparse.Namespace) -> int:
     """Entry point of ``conveyor serve``; returns the exit code."""
-    import uvloop
+    try:
+        import uvloop
+    except ImportError:  # not installed on Windows: asyncio's own loop
+        uvloop = None  # type: ignore[assignment]
 
     from conveyor.worker.pool import Worker
 
@@ -280,5 +283,6 @@ def run_serve(args: argparse.Namespace) -> int:
         worker = Worker(app, queues, min_workers=args.min_workers,
                         max_workers=args.max_workers, grace=args.grace, metrics=app.metrics)
     server = _Server(api, args.grace, args.access_log)
-    with sock, asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+    loop_factory = None if uvloop is None else uvloop.new_event_loop
+    with sock, asyncio.Runner(loop_factory=loop_factory) as runner:
         return runner.run(_serve(app, server, worker, sock))

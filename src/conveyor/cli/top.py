@@ -204,8 +204,10 @@ def workers_table(workers: Sequence[WorkerInfo], now: float) -> Table:
 
 def failures_table(failures: Sequence[JobRecord]) -> Table:
     """The last dead jobs, newest first."""
-    table = Table(Column("id", no_wrap=True, min_width=26), Column("name", no_wrap=True),
-                  Column("error", overflow="ellipsis"),
+    # one line per job at any width: name and error are cut, never wrapped
+    table = Table(Column("id", no_wrap=True, min_width=26),
+                  Column("name", no_wrap=True, overflow="ellipsis", max_width=24),
+                  Column("error", no_wrap=True, overflow="ellipsis", ratio=1),
                   title="recent failures", title_justify="left")
     for r in failures:
         table.add_row(Text(r.id), plain(r.name, 40), plain(r.error or "", ERROR_WIDTH))

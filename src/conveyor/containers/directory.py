@@ -91,10 +91,11 @@ class DirectoryTarget:
     def check_root(self) -> None:
         """:class:`~conveyor.errors.ConfigurationError` unless the root is a directory."""
         if not self.root.is_dir():
-            why = f"{self.root} is not a directory" if self.root.exists() else \
-                f"no directory {self.root}"
-            raise ConfigurationError(f"{why}: make it, with one directory per container "
-                                     f"in it (mkdir -p {self.root}/NAME)")
+            if self.root.exists():
+                raise ConfigurationError(f"{self.root} is not a directory: name a directory "
+                                         "with one directory per container in it")
+            raise ConfigurationError(f"no directory {self.root}: make it, with one directory "
+                                     f"per container in it (mkdir -p {self.root}/NAME)")
 
     async def missing(self, container: str) -> ContainerNotFound | None:
         """:class:`ContainerNotFound` unless ``root/container`` is a directory (asked by

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -93,15 +93,20 @@ def job_call(raw: bytes, content_type: str | None) -> JobCall:
     return JobCall(args, kwargs, None if delay is None else float(delay), queue)
 
 
-def query_arguments(query: Sequence[tuple[str, str]], upload_parameter: str) -> dict[str, Any]:
+def query_arguments(query: Sequence[tuple[str, str]], upload_parameter: str,
+                    text_parameters: Collection[str] = ()) -> dict[str, Any]:
     """Keyword arguments from a query string: each value JSON-decoded when it parses as
-    JSON, else kept as a string. A repeated name or the upload parameter itself is a 400."""
+    JSON, else kept as a string; always a string for ``text_parameters`` (annotated ``str``:
+    ``?tag=123`` is ``"123"``). A repeated name or the upload parameter itself is a 400."""
     kwargs: dict[str, Any] = {}
     for key, value in query:
         if key == upload_parameter:
             raise ApiError(400, f"{key!r} is the uploaded file (the body), not a query parameter")
         if key in kwargs:
             raise ApiError(400, f"query parameter {key!r} is given more than once")
+        if key in text_parameters:
+            kwargs[key] = value
+            continue
         try:
             kwargs[key] = strict_json(value)
         except ValueError:

@@ -215,9 +215,10 @@ class Services:
         is read, so a bad call costs no upload."""
         param = await self.upload_parameter(name)
         assert param is not None
-        kwargs = decoding.query_arguments(query, param)
-        filename = decoding.filename_of(body.host_path)
         job_fn = self.app.registry.get(name)
+        kwargs = decoding.query_arguments(query, param,
+                                          job_fn.text_parameters if job_fn else ())
+        filename = decoding.filename_of(body.host_path)
         call = {**kwargs, param: Upload.describe(0, filename, body.content_type)}
         try:
             if job_fn is not None:

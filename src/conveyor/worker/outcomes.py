@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from conveyor.errors import PermanentError, Retry
 from conveyor.job import JobRecord, Outcome, OutcomeKind
-from conveyor.logs import duration, iso_time, json_lines, plural
+from conveyor.logs import duration, iso_time, json_lines, one_line, plural
 from conveyor.serialization import NotSerializable, dumps
 
 if TYPE_CHECKING:
@@ -56,7 +56,7 @@ def requeued(record: JobRecord, worker_id: str) -> Outcome:
 
 
 def _gave_up(failures: int) -> str:
-    return f" (gave up after {failures} attempts)"
+    return f" (gave up after {plural(failures, 'attempt')})"
 
 
 def _describe(exc: BaseException) -> str:
@@ -142,17 +142,21 @@ def log_end(record: JobRecord, outcome: Outcome, job_fn: JobFunction | None,
     elif kind is OutcomeKind.RETRY:
         run_at = outcome.run_at or outcome.finished_at
         wait = run_at - outcome.finished_at
-        when = f"retrying in {duration(wait)}"
+        when = f"retrying in {duration(wait)}" if wait >= 0.05 else "retrying now"
         if wait >= 60:
             when += f" (at {iso_time(run_at)})"
-        log.warning("job %s (%s) failed, %s: %s; %s", record.id, record.name, tally,
-                    outcome.error, when,
-                    extra=_fields(record, worker_id, max_attempts=allowed, error=outcome.error,
-                                  next_run_at=iso_time(run_at)))
+        fields = _fields(record, worker_id, max_attempts=allowed, error=outcome.error,
+                         next_run_at=iso_time(run_at))
+        if (outcome.error or "").startswith(f"{Retry.__name__}:"):  # asked for, not a failure
+            log.info("job %s (%s) asked to run again, %s; %s", record.id, record.name, tally,
+                     when, extra=fields)
+        else:
+            log.warning("job %s (%s) failed, %s: %s; %s", record.id, record.name, tally,
+                        one_line(outcome.error or ""), when, extra=fields)
     elif kind is OutcomeKind.DEAD:
         reason, error = _dead_reason(record, outcome.error or "", job_fn)
         log.error("job %s (%s) is dead after %s: %s: %s", record.id, record.name, tally,
-                  reason, error,
+                  reason, one_line(error),
                   extra=_fields(record, worker_id, max_attempts=allowed, error=error,
                                 reason=reason, traceback=outcome.traceback))
         if outcome.traceback and not json_lines():  # JSON: in the record above

@@ -61,7 +61,7 @@ async def bounded(awaitable: Awaitable[T], timeout: float, what: str) -> T | Non
                   what, timeout)
         return None
     if task.cancelled():
-        log.error("%s did not finish within %.1fs; gave up on it", what, timeout)
+        log.warning("%s did not finish within %.1fs; gave up on it", what, timeout)
         return None
     error = task.exception()
     if error is not None:

@@ -420,7 +420,9 @@ class SQLiteBroker(Broker):
                                     else "lease expired while its worker lived; requeued",
                                     job_id))
                 elif recoveries + 1 >= max_recoveries:
-                    error = f"worker lost {recoveries + 1} times (lease expired); giving up"
+                    lost = recoveries + 1
+                    error = (f"worker lost {lost} time{'' if lost == 1 else 's'} (lease "
+                             "expired); giving up")
                     dead.append((error, now, now + keep, job_id))
                     dead_by_queue[queue] = dead_by_queue.get(queue, 0) + 1
                     fates.append((job_id, queue, "dead"))

@@ -55,7 +55,8 @@ for i = 3, #ARGV do
       local lost = redis.call('HINCRBY', F.recoveries, id, 1)
       if lost >= max_recoveries then
         redis.call('HSET', F.error, id,
-                   'worker lost ' .. lost .. ' times (lease expired); giving up')
+                   'worker lost ' .. lost .. (lost == 1 and ' time' or ' times') ..
+                   ' (lease expired); giving up')
         finish(base, id, 'running', 'dead', now, retention)
         dead = dead + 1
         moved_as(id, 'dead')
