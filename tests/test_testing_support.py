@@ -364,7 +364,7 @@ def test_drain_times_out_on_a_job_that_does_not_end(pytester: pytest.Pytester) -
 
         def test_drain(conveyor_worker):
             forever.enqueue()
-            with pytest.raises(TimeoutError, match="1 jobs of queues default still pending"):
+            with pytest.raises(TimeoutError, match="1 job of queues default still pending"):
                 conveyor_worker.drain(timeout=0.5)
     """)
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider")

@@ -59,23 +59,11 @@ def _redis_factory(tmp_path: Path) -> Factory:
     return make
 
 
-def _memory_factory(tmp_path: Path) -> Factory:
-    from conveyor.backends.sqlite.memory import MemoryBroker
-
-    url = f"memory://contract-{new_id().lower()}"  # a named store per test, shared by its brokers
-
-    def make(retention: float = RETENTION) -> Broker:
-        return MemoryBroker(url, namespace="t", retention=retention)
-
-    return make
-
-
 #: backend name -> function of the test's ``tmp_path`` returning a broker factory.
 #: Every broker a factory makes for one test must share that test's storage (and namespace).
 FACTORIES: dict[str, Callable[[Path], Factory]] = {
     "sqlite": _sqlite_factory,
     "redis": _redis_factory,
-    "memory": _memory_factory,
 }
 
 

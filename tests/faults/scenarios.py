@@ -820,7 +820,7 @@ class Sizes:
     default), the benchmark from its options."""
 
     kill_jobs: int = 60
-    kills: int = 4
+    kills: int = 3
     redis_jobs: int = 60
     redis_kills: int = 3
     outage_jobs: int = 4

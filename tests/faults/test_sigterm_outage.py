@@ -1,7 +1,7 @@
 """SIGTERM during a store outage, 10 rounds on each store (40 in benchmarks/faults.py):
-Redis killed, or SQLite's write lock held by another connection. Each round's worker runs an async job and a stubborn thread
-job (it ignores cancellation) past the grace period and is told to stop at a varying delay
-into the outage: it must exit 0 within the grace plus
+Redis killed, or SQLite's write lock held by another connection. Each round's worker runs an
+async job and a stubborn thread job (it ignores cancellation) past the grace period and is
+told to stop at a varying delay into the outage: it must exit 0 within the grace plus
 :data:`~faults.scenarios.STOP_SLACK`. Afterwards one worker drains every round's jobs:
 nothing acknowledged lost, none dead, duplicates within (rounds x slots)."""
 
