@@ -200,7 +200,9 @@ def test_recovery_of_a_killed_workers_job(store: tuple[str, str], client: Convey
     assert line["level"] == "WARNING"
     assert line["logger"] == "conveyor.worker"
     assert line["job_id"] == job_id and line["queue"] == "default"
-    assert line["message"] == (f"job {job_id} in queue default: its worker was lost while it "
+    assert line["job_name"] == "hang_once"
+    assert line["message"] == (f"job {job_id} (hang_once) in queue default: its worker was "
+                               "lost while it "
                                "ran (lease lapsed): back in the queue, charged a recovery "
                                "(at most 3 times)")
     assert line["reason"] == "recovered: charged"
@@ -217,9 +219,9 @@ def test_too_many_recoveries(store: tuple[str, str], client: Conveyor, tmp_path:
     assert code == 0, err
     (line,) = [line for line in err.splitlines() if "too many recoveries" in line]
     assert " ERROR conveyor.worker: " in line
-    assert line.endswith(f"job {job_id} in queue default: its worker was lost while it ran "
-                         "(lease lapsed): dead, too many recoveries (its workers were lost "
-                         "1 time)"), line
+    assert line.endswith(f"job {job_id} (hang_once) in queue default: its worker was lost "
+                         "while it ran (lease lapsed): dead, too many recoveries (its workers "
+                         "were lost 1 time)"), line
 
 
 def test_cancel_of_a_running_job(store: tuple[str, str], client: Conveyor,

@@ -39,6 +39,8 @@ if TYPE_CHECKING:
     from conveyor.worker.pool import Worker
 
 log = logging.getLogger("conveyor.worker")
+#: recovered jobs whose names one recovery looks up for its log lines (more are logged by id)
+NAMED_RECOVERIES = 50
 
 AUTOSCALE_INTERVAL = 0.1
 RECOVERY_INTERVAL = 1.0
@@ -190,7 +192,12 @@ class Maintenance:
         recovery = await broker.recover_expired(self.worker.app.max_recoveries)
         for queue, count in recovery.dead.items():  # flushed with the rest of the statistics
             self.worker.stats.died(queue, recovery.died_at, count)
-        outcomes.log_recovery(recovery.jobs, self.worker.app.max_recoveries)
+        names: dict[str, str] = {}
+        for job_id, _, _ in recovery.jobs[:NAMED_RECOVERIES]:  # rare: a read each is cheap
+            record = await broker.get(job_id)
+            if record is not None:
+                names[job_id] = record.name
+        outcomes.log_recovery(recovery.jobs, self.worker.app.max_recoveries, names)
 
     async def refresh_metrics(self) -> None:
         """Take a new snapshot of the queue depths for ``conveyor_queue_jobs``."""

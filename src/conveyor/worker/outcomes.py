@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from conveyor.errors import PermanentError, Retry
@@ -180,11 +180,15 @@ _RECOVERED = {
 }
 
 
-def log_recovery(jobs: Sequence[tuple[str, str, str]], max_recoveries: int) -> None:
+def log_recovery(jobs: Sequence[tuple[str, str, str]], max_recoveries: int,
+                 names: Mapping[str, str]) -> None:
     """Log each job one lease recovery moved, ``(job id, queue, fate)``: taken back from a
-    lost worker and requeued (charged or not), sent to the dead set, or cancelled."""
+    lost worker and requeued (charged or not), sent to the dead set, or cancelled; ``names``
+    holds the names of those it could read."""
     for job_id, queue, fate in jobs:
         level, text = _RECOVERED.get(fate, (logging.WARNING, "recovered ({fate})"))
         message = text.format(max=plural(max_recoveries, "time"), fate=fate)
-        log.log(level, "job %s in queue %s: %s", job_id, queue, message,
-                extra={"job_id": job_id, "queue": queue, "reason": f"recovered: {fate}"})
+        name = names.get(job_id)
+        log.log(level, "job %s%s in queue %s: %s", job_id, f" ({name})" if name else "",
+                queue, message, extra={"job_id": job_id, "job_name": name, "queue": queue,
+                                       "reason": f"recovered: {fate}"})
