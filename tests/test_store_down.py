@@ -343,3 +343,23 @@ def test_a_worker_on_a_port_that_later_answers_goes_to_work(tmp_path: Path) -> N
         worker.kill()
         server.stop()
     assert worker.text().count("cannot reach the store") == 1, worker.text()
+
+
+def test_store_timeout_bounds_the_wait_for_a_locked_sqlite_database(tmp_path: Path) -> None:
+    """The URL asks for 60 s of lock waits; a producer's store_timeout of 1 s wins."""
+    url = f"sqlite:///{tmp_path / 'slow.db'}?busy_timeout=60000"
+    maker = Conveyor(url=url)
+    maker.run_sync(maker.broker.open())
+    maker.close()
+    holder = sqlite3.connect(tmp_path / "slow.db", isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    app = app_with_add(url, store_timeout=1.0)
+    try:
+        began = time.monotonic()
+        with pytest.raises(StoreUnavailable, match="the database is locked"):
+            app.enqueue("add", 1, 2)
+        assert time.monotonic() - began < 1.0 + MARGIN  # not the URL's 60 s
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+        app.close()

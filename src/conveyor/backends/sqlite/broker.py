@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import sqlite3
 import threading
 import time
@@ -97,8 +98,14 @@ class SQLiteBroker(Broker):
         )
 
     # -- life cycle ---------------------------------------------------------------------------
+    def _connect(self) -> sqlite3.Connection:
+        """A connection whose lock waits last the URL's ``busy_timeout``, or :attr:`retry_for`
+        when that is shorter (a producer's or a command's ``store_timeout``)."""
+        busy = min(self.settings.busy_timeout_ms, max(1, int(self.retry_for * 1000)))
+        return connect(dataclasses.replace(self.settings, busy_timeout_ms=busy), self.create)
+
     def _open_writer(self) -> sqlite3.Connection:
-        conn = connect(self.settings, self.create)
+        conn = self._connect()
         try:
             conn.execute("BEGIN IMMEDIATE")
             for statement in ddl(self.ns):
@@ -160,7 +167,7 @@ class SQLiteBroker(Broker):
         """This thread's read connection, opened on first use and again after a close."""
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None or self._local.generation != self._generation:
-            conn = connect(self.settings, self.create)
+            conn = self._connect()
             with self._readers_lock:
                 # the connections of threads that ended are nobody's any more: close them
                 gone = [c for t, c in self._readers if not t.is_alive()]
