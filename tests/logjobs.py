@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from conveyor import Conveyor, PermanentError
+from conveyor import Conveyor, PermanentError, Retry
 
 #: seconds a failed attempt of ``kaput`` waits before the next one
 BACKOFF = 0.2
@@ -46,6 +46,15 @@ def register(app: Conveyor) -> Conveyor:
         Path(marker).touch()
         await asyncio.sleep(seconds)
         return "slept"
+
+    @app.job
+    async def again_once(marker: str) -> str:
+        """Asks to run again (``Retry``) the first time, then succeeds."""
+        path = Path(marker)
+        if path.exists():
+            return "again"
+        path.touch()
+        raise Retry(delay=0.1)
 
     @app.job
     async def hang_once(marker: str) -> str:

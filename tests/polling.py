@@ -30,3 +30,18 @@ def pid_alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def exit_after_sigterm(proc: Any, within: float, log: Callable[[], str]) -> int:
+    """SIGTERM ``proc`` (a ``subprocess.Popen``) and return its exit code, which must come
+    within ``within`` seconds; otherwise kill it and fail with ``log()``."""
+    import signal
+    import subprocess
+
+    proc.send_signal(signal.SIGTERM)
+    try:
+        return int(proc.wait(within))
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise AssertionError(f"no exit {within}s after SIGTERM:\n{log()}") from None

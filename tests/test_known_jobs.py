@@ -212,6 +212,18 @@ def test_a_job_published_after_the_last_read_is_found_at_once(
     assert producer.enqueue("late", 5).result(timeout=20) == 5
 
 
+def test_what_one_store_published_is_not_taken_for_another(
+        apps: Callable[..., Conveyor], producer: Conveyor) -> None:
+    worker_side = register(apps())
+    jobs = [KnownJob.of(fn) for fn in worker_side.registry.values()]
+    worker_side.run_sync(worker_side.broker.publish_jobs("w1", jobs))
+    producer.enqueue("send", "ann")  # reads and caches the known jobs of this store
+    # a fresh store, where no worker published
+    with producer.testing(eager=False), pytest.raises(UnknownJob, match="no worker has"):
+        producer.enqueue("send", "bo")
+    assert producer.enqueue("send", "cy").info().name == "send"
+
+
 def test_a_job_not_published_within_the_retention_is_refused(
         apps: Callable[..., Conveyor]) -> None:
     worker_side = register(apps())

@@ -229,6 +229,34 @@ def test_a_claim_retried_with_its_token_gets_the_same_jobs(server: RedisServer) 
     assert len(other) == 2 and not set(other) & set(first)
 
 
+def test_a_claim_retried_with_its_token_keeps_a_suspect_a_suspect(server: RedisServer) -> None:
+    """A job its dead worker held unstarted comes back a suspect; the reply of a claim sent
+    again after a lost reply must say so too, or the job would not run alone."""
+    from conveyor.backends.redis import codec
+    from conveyor.job import JobRecord
+
+    broker = RedisBroker(server.url, namespace=f"t{new_id().lower()}")
+    now = time.time()
+    record = JobRecord(id=new_id(), name="n", queue="default", state=JobState.QUEUED,
+                       args=[], kwargs={}, created_at=now, run_at=now)
+
+    async def scenario() -> list[bool]:
+        await broker.enqueue([record], {})
+        await broker.claim("lost", ["default"], 1, 0.2, start=0)  # held unstarted
+        await asyncio.sleep(0.5)
+        await broker.recover_expired(5)  # back uncharged, maybe started: a suspect
+        k = broker.keys
+        keys = [*k.job_block, k.claims, *k.queue_group("default")]
+        flags = []
+        for _ in range(2):  # the same token twice, as after a lost reply
+            reply = await broker._script("claim", keys, ["w1", 30, 1, "tok", 1])
+            flags += [job.suspect for job in codec.claimed_jobs(reply, "w1")]
+        await broker.close()
+        return flags
+
+    assert asyncio.run(scenario()) == [True, True]
+
+
 def test_a_single_enqueue_sent_again_reports_exists_before_full(server: RedisServer) -> None:
     """An enqueue whose reply was lost is sent again: the second call must see its own job
     (and report it as stored), not a queue its first call filled to the limit."""

@@ -9,7 +9,6 @@ real SQLite file that another connection holds locked.
 
 from __future__ import annotations
 
-import signal
 import sqlite3
 import subprocess
 from collections.abc import Iterator
@@ -20,7 +19,7 @@ import pytest
 
 from conveyor import Conveyor
 from http_server import Server, server_env
-from polling import wait_until
+from polling import exit_after_sigterm, wait_until
 from redis_server import RedisServer, free_port
 
 pytest.importorskip("redis")
@@ -52,13 +51,7 @@ class DownServer(Server):
 
     def terminate(self, within: float) -> int:
         assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(within)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            raise AssertionError(f"no exit {within}s after SIGTERM:\n{self.output()}") from None
+        return exit_after_sigterm(self.proc, within, self.output)
 
 
 @pytest.fixture

@@ -75,3 +75,29 @@ def test_commands_refuse_an_in_process_store(tmp_path: Path, command: tuple[str,
     assert done.returncode == 2
     assert done.stderr.startswith("error: memory:// is a store inside one process")
     assert done.stderr.count("\n") == 1
+
+
+def test_the_environment_does_not_override_an_apps_in_process_store(tmp_path: Path) -> None:
+    (tmp_path / "memapp.py").write_text(
+        "from conveyor import Conveyor\napp = Conveyor(url='memory://')\n\n\n@app.job\n"
+        "def add(a: int, b: int) -> int:\n    return a + b\n")
+    done = subprocess.run([sys.executable, "-m", "conveyor", "enqueue", "add", "--args",
+                           "[1, 2]", "--app", "memapp:app"], capture_output=True, text=True,
+                          timeout=60, cwd=tmp_path,
+                          env=cli_env(CONVEYOR_URL=f"sqlite:///{tmp_path / 'env.db'}"))
+    assert done.returncode == 2
+    assert done.stderr.startswith("error: memory:// is a store inside one process")
+    assert not (tmp_path / "env.db").exists()
+
+
+def test_serve_stops_on_a_store_it_can_never_use(tmp_path: Path) -> None:
+    """A file that is no database will not get better: serve (no worker of its own to
+    notice) says so and exits, instead of answering 503 for ever."""
+    (tmp_path / "bad.db").write_text("not a database")
+    (tmp_path / "containers").mkdir()
+    done = subprocess.run(
+        [sys.executable, "-m", "conveyor", "serve", "--url", "sqlite:///bad.db", "--port", "0",
+         "--no-worker"], capture_output=True, text=True, timeout=60, cwd=tmp_path, env=cli_env())
+    assert done.returncode == 1, done.stderr
+    assert "cannot use the store: cannot use the store at " in done.stderr
+    assert "file is not a database; shutting down" in done.stderr

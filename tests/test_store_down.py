@@ -23,7 +23,7 @@ import pytest
 
 from conftest import cli_env
 from conveyor import Conveyor, StoreUnavailable
-from polling import wait_until
+from polling import exit_after_sigterm, wait_until
 from redis_server import RedisServer, free_port
 
 PASSWORD = "pw-never-in-logs"
@@ -230,13 +230,7 @@ class WorkerProcess:
 
     def terminate(self, within: float) -> int:
         """SIGTERM; the exit code, which must come within ``within`` seconds."""
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(within)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            raise AssertionError(f"no exit {within}s after SIGTERM:\n{self.text()}") from None
+        return exit_after_sigterm(self.proc, within, self.text)
 
     def kill(self) -> None:
         if self.proc.poll() is None:

@@ -111,6 +111,22 @@ def test_failures_retries_and_dead_jobs_in_text(store: tuple[str, str], client: 
     assert "Traceback" not in err
 
 
+def test_a_retry_asked_for_and_a_multi_line_error(store: tuple[str, str], client: Conveyor,
+                                                  tmp_path: Path) -> None:
+    again = enqueue(client, "again_once", str(tmp_path / "asked"))
+    forged = enqueue(client, "refuse", "first line\n2026-01-01 ERROR forged: line")
+    proc = start(store, tmp_path)
+    wait_final(client, [again, forged], proc)
+    code, err = stop(proc)
+    assert code == 0, err
+    (line,) = lines_of(err, again)
+    assert " INFO " in line and "asked to run again, attempt 1 of 4" in line, line
+    assert "failed" not in line
+    (line,) = lines_of(err, forged)  # the error's line break did not make a second line
+    assert line.endswith("PermanentError: first line 2026-01-01 ERROR forged: line"), line
+    assert not [n for n in err.splitlines() if n.startswith("2026-01-01 ERROR forged")]
+
+
 def test_traceback_on_a_debug_line_in_text(store: tuple[str, str], client: Conveyor,
                                            tmp_path: Path) -> None:
     refuse = enqueue(client, "refuse", "no way")
@@ -202,9 +218,8 @@ def test_recovery_of_a_killed_workers_job(store: tuple[str, str], client: Convey
     assert line["job_id"] == job_id and line["queue"] == "default"
     assert line["job_name"] == "hang_once"
     assert line["message"] == (f"job {job_id} (hang_once) in queue default: its worker was "
-                               "lost while it "
-                               "ran (lease lapsed): back in the queue, charged a recovery "
-                               "(at most 3 times)")
+                               "lost while it ran (lease lapsed): back in the queue, charged a "
+                               "recovery (at most 3 times)")
     assert line["reason"] == "recovered: charged"
 
 

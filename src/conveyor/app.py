@@ -100,6 +100,7 @@ class Conveyor:
         #: the jobs workers published (by name) and when they were read (time.monotonic())
         self._known: dict[str, KnownJob] = {}
         self._known_at: float | None = None
+        self._known_from: Broker | None = None
         #: counts enqueues when set (``create_app`` sets one; see :mod:`conveyor.metrics`)
         self.metrics: Metrics | None = None
         #: run each job when it is enqueued, in the caller (see :mod:`conveyor.eager`)
@@ -379,7 +380,7 @@ class Conveyor:
         oldest = time.time() - self.retention
         found = [job for job in await self.broker.known_jobs() if job.seen_at >= oldest]
         self._known = {job.name: job for job in found}
-        self._known_at = time.monotonic()
+        self._known_at, self._known_from = time.monotonic(), self.broker
         return found
 
     def known_jobs(self) -> list[KnownJob]:
@@ -394,7 +395,8 @@ class Conveyor:
     async def known_job_async(self, name: str) -> KnownJob:
         """Job ``name`` as a worker published it: from the cache while it is fresh, else
         (or when the cache lacks it) read again; :class:`UnknownJob` when no worker did."""
-        fresh = self._known_at is not None and time.monotonic() - self._known_at < KNOWN_CACHE
+        fresh = (self._known_at is not None and self._known_from is self._broker
+                 and time.monotonic() - self._known_at < KNOWN_CACHE)  # of this store
         job = self._known.get(name) if fresh else None
         if job is None:
             await self.known_jobs_async()
@@ -403,8 +405,9 @@ class Conveyor:
             raise self.unknown_job(name)
         return job
 
-    def unknown_job(self, name: str) -> UnknownJob:
-        """The error for an enqueue of ``name``, which neither this app nor a worker knows."""
+    def unknown_job(self, name: str, remedy: str = "") -> UnknownJob:
+        """The error for an enqueue of ``name``, which neither this app nor a worker knows;
+        ``remedy`` replaces the advice for Python and the CLI (the HTTP API has its own)."""
         force = "force the enqueue (--force, force=True) to store it anyway"
         if not self._known:
             own = (f" (this app registers: {', '.join(sorted(self.registry))})"
@@ -412,14 +415,14 @@ class Conveyor:
             return UnknownJob(
                 f"no job named {name!r} is registered here{own}, and no worker has published "
                 f"its jobs to this store yet: start a worker of the app that has the job, "
-                f"pass that app (--app) to check the call here, or {force}")
+                + (remedy or f"pass that app (--app) to check the call here, or {force}"))
         names = sorted({*self._known, *self.registry})
         shown = ", ".join(names[:KNOWN_SHOWN])
         if len(names) > KNOWN_SHOWN:
             shown += f", ... ({len(names)} in all)"
         return UnknownJob(f"no job named {name!r} is registered here or was published by a "
                           f"worker of this store in the last {_span(self.retention)} "
-                          f"(known jobs: {shown}); {force}")
+                          f"(known jobs: {shown}); {remedy or force}")
 
     async def _check_known(self, records: Sequence[JobRecord], own_queue: bool) -> None:
         """Refuse calls of a name no worker published, or that do not fit its published

@@ -15,7 +15,8 @@ What differs from a worker:
 * ``process`` jobs run on a thread of this process (debuggers and coverage see them);
 * there is no heartbeat: cancelling a running eager job has no effect, and a job that runs
   longer than the app's lease could be taken over by a worker serving the same store;
-* a job whose name is not registered in this app is stored and left for a worker;
+* a job whose name is not registered in this app is checked like any enqueue by name (it
+  must have been published by a worker of the store, or be forced) and left for a worker;
 * an exception of the job does not propagate from ``enqueue``: it is recorded like a
   worker records it (``handle.result()`` raises :class:`~conveyor.errors.JobFailed`).
 """

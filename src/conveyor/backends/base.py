@@ -10,10 +10,14 @@ from __future__ import annotations
 import abc
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from conveyor.job import JobRecord, JobState, Outcome, WorkerInfo
 from conveyor.known import KnownJob
 from conveyor.stats import MinuteStats
+
+if TYPE_CHECKING:
+    from conveyor.backends.outage import Outage
 
 #: what a lease recovery did to a job: requeued and charged a recovery (its worker died while
 #: it ran); requeued uncharged (held unstarted, or its worker still lived); sent to the dead
@@ -75,6 +79,9 @@ class Broker(abc.ABC):
     #: unreachable, locked or full); 0.0 if never. Lease recovery waits one lease after it,
     #: so that workers cut off by the same outage renew their leases first.
     last_trouble: float = 0.0
+    #: this store's :class:`~conveyor.backends.outage.Outage` in this process (set on first
+    #: use by :func:`~conveyor.backends.outage.outage_for`)
+    outage: Outage | None = None
 
     async def check_settings(self) -> None:
         """Warn (once per process) about store settings that can lose jobs; workers and

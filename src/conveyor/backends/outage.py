@@ -49,6 +49,10 @@ class Outage:
         log.warning("cannot reach the store %s: %s%s", self.name, reason,
                     f" ({detail})" if detail and detail != reason else "")
 
+    def note(self, error: BaseException) -> None:
+        """:meth:`trouble` for an error the store raised (its ``reason``, when it has one)."""
+        self.trouble(getattr(error, "reason", "") or str(error), str(error))
+
     def recovered(self) -> None:
         """Note that the store answered; log the end of an outage, if one was under way."""
         if self._since is None:  # the common case: no lock
@@ -97,11 +101,11 @@ def outage(url: str) -> Outage:
 
 def outage_for(broker: Broker) -> Outage:
     """The :class:`Outage` of ``broker``'s store (kept on the broker after the first call)."""
-    found = getattr(broker, "outage", None)
-    if not isinstance(found, Outage):
+    found = broker.outage
+    if found is None:
         try:
             found = outage(broker.url)
         except ConfigurationError:  # a URL only its backend understands: key it as it is
             found = outage_of(redact_url(broker.url))
-        broker.outage = found  # type: ignore[attr-defined]
+        broker.outage = found
     return found

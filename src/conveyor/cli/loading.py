@@ -64,6 +64,8 @@ def resolve_app(spec: str | None, url: str | None, namespace: str | None) -> Con
     chosen = url or os.environ.get("CONVEYOR_URL")
     if spec:
         app = load_app(spec)
+        if not url and app.url.lower().startswith("memory:"):
+            chosen = None  # as in Conveyor(): CONVEYOR_URL does not override a test's store
         if chosen:
             app.use_url(chosen)
         if namespace:

@@ -112,7 +112,6 @@ def listen(host: str, port: int) -> socket.socket:
 
 def _prepare(args: argparse.Namespace) -> tuple[Conveyor, Starlette, str | None]:
     """The app with the built-in jobs installed, and its HTTP API."""
-    from conveyor import builtin
     from conveyor.containers import DEFAULT_TARGET, DirectoryTarget, IncusTarget, open_target
     from conveyor.http import create_app
 
@@ -142,7 +141,6 @@ def _prepare(args: argparse.Namespace) -> tuple[Conveyor, Starlette, str | None]
     elif isinstance(target, IncusTarget) and not os.path.exists(target.socket_path):
         log.warning("no Incus socket at %s (is incus running?): pushes are retried until "
                     "it answers", target.socket_path)
-    builtin.install(app, target)
     hosts = args.allow_host or (["*"] if not is_loopback(args.host) else [])
     api = create_app(app, token=token, max_upload_bytes=args.max_upload_bytes,
                      target=target, origins=args.allow_origin or (), hosts=hosts)
@@ -200,7 +198,8 @@ async def _sweep_staging(app: Conveyor, interval: float = SWEEP_INTERVAL) -> Non
 
 async def _start_up(app: Conveyor, check: bool) -> None:
     """Once the store answers (waiting quietly while it is down): with ``check``, warn about
-    store settings that lose jobs (a worker does it itself), then sweep the staging area."""
+    store settings that lose jobs (a worker does it itself), then sweep the staging area.
+    Raise what cannot pass by itself (a wrong password, a file that is no database)."""
     from conveyor import builtin
 
     pause = 0.5
@@ -212,8 +211,7 @@ async def _start_up(app: Conveyor, check: bool) -> None:
             removed = await builtin.sweep(app)
         except Exception as trouble:
             if not app.broker.is_transient(trouble):
-                log.error("could not sweep the staging area at start: %s", trouble)
-                return
+                raise
             await asyncio.sleep(pause)  # logged once per outage, by the store
             pause = min(pause * 2, 5.0)
             continue
@@ -237,6 +235,15 @@ async def _serve(app: Conveyor, server: _Server, worker: Worker | None,
         if worker is not None:
             worker.request_stop()
 
+    def started(task: asyncio.Task[None]) -> None:
+        error = None if task.cancelled() else task.exception()
+        if error is not None:  # the store cannot be used as configured: no point serving
+            log.error("cannot use the store: %s; shutting down", error)
+            server.stop()
+            if worker is not None:
+                worker.request_stop()
+
+    starting.add_done_callback(started)
     signals = ShutdownSignals(stop)
     sweeper = asyncio.create_task(_sweep_staging(app), name="conveyor-sweep")
     tasks = {asyncio.create_task(server.run(sock), name="conveyor-http")}

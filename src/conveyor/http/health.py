@@ -79,7 +79,7 @@ class StoreHealth:
                 await broker.ready_count([PROBE_ID], 1)
         except Exception as exc:
             if isinstance(exc, StoreUnavailable) or broker.is_transient(exc):
-                outage.trouble(getattr(exc, "reason", "") or str(exc), str(exc))
+                outage.note(exc)
             else:
                 log.error("checking the store failed: %s: %s", type(exc).__name__, exc)
             raise

@@ -14,7 +14,6 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from conveyor.app import KNOWN_SHOWN
 from conveyor.builtin import PUSH_JOB
 from conveyor.containers.base import missing_container
 from conveyor.errors import InvalidArguments, JobNotFound, QueueFull, StoreUnavailable, UnknownJob
@@ -174,16 +173,8 @@ class Services:
         try:
             return await self.app.known_job_async(name)
         except UnknownJob:
-            known = sorted({*self.app.registry, *self.app.known_names()})
-            if not known:
-                raise ApiError(404, f"no job named {name!r} is registered here, and no worker "
-                               "has published its jobs to this store yet: start a worker of "
-                               "the app that has the job, or serve that app (conveyor serve "
-                               "APP)") from None
-            shown = ", ".join(known[:KNOWN_SHOWN]) + (
-                f", ... ({len(known)} in all)" if len(known) > KNOWN_SHOWN else "")
-            raise ApiError(404, f"no job named {name!r} is registered here or published by a "
-                           f"worker (known jobs: {shown})") from None
+            error = self.app.unknown_job(name, "or serve that app (conveyor serve APP)")
+            raise ApiError(404, str(error)) from None
 
     async def known_jobs(self) -> dict[str, Any]:
         """``GET /jobs-known``: the jobs workers published within the retention."""

@@ -364,8 +364,7 @@ class Worker:
                 if not self.broker.is_transient(exc):
                     raise
                 # logged once per outage, not at each try (see conveyor.backends.outage)
-                outage_for(self.broker).trouble(getattr(exc, "reason", "") or str(exc),
-                                                str(exc))
+                outage_for(self.broker).note(exc)
                 await self._sleep(pause)
                 pause = min(pause * 2, 5.0)
             else:
@@ -402,8 +401,7 @@ class Worker:
                 jobs = await self.broker.claim(self.id, self.queues, want, lease, start=free)
             except Exception as exc:
                 if self.broker.is_transient(exc):  # logged once per outage, by the store
-                    outage_for(self.broker).trouble(getattr(exc, "reason", "") or str(exc),
-                                                    str(exc))
+                    outage_for(self.broker).note(exc)
                 else:
                     log.exception("claim failed; retrying in 1s")
                 await self._sleep(1.0)
@@ -436,8 +434,9 @@ class Worker:
         for n, record in enumerate(jobs):
             if record.id in self.running:
                 self.lose(record.id)
-            for old in [r for r in self.buffered if r.id == record.id]:
-                self._unbuffer(old)
+            if record.id in self._buffered_at:  # rare: most claims are new to this worker
+                for old in [r for r in self.buffered if r.id == record.id]:
+                    self._unbuffer(old)
             self.buffered.append(record)
             self._buffered_at[record.id] = now
             if n >= free or record.suspect:  # as the claim marked them
@@ -696,7 +695,7 @@ class Worker:
             return False
         # the store's trouble is logged once per outage (conveyor.backends.outage), not at
         # each retry; the outcomes wait for it
-        outage_for(self.broker).trouble(getattr(exc, "reason", "") or str(exc), str(exc))
+        outage_for(self.broker).note(exc)
         self._outcomes[:0] = batch
         return True
 

@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from conveyor.backends.base import Beat, Broker, Recovery
-from conveyor.backends.outage import outage
+from conveyor.backends.outage import Outage, outage
 from conveyor.backends.redis import codec
 from conveyor.backends.redis.client import BlockingScripts, pack_with_hiredis
 from conveyor.backends.redis.keys import Keys
@@ -80,23 +80,6 @@ Segment = tuple[Sequence[JobRecord], Mapping[str, int]]
 #: publish known jobs: KEYS[1] the known hash; ARGV[1] the retention, then pairs of a name
 #: and its JSON object without the opening brace. Each is stored with the server's time as
 #: ``seen_at``; entries older than the retention are dropped (odd ones are left alone).
-PUBLISH_KNOWN = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-for i = 2, #ARGV, 2 do
-  redis.call('HSET', KEYS[1], ARGV[i], '{"seen_at":' .. string.format('%.6f', now) .. ','
-             .. ARGV[i + 1])
-end
-local oldest = now - tonumber(ARGV[1])
-local all = redis.call('HGETALL', KEYS[1])
-for i = 1, #all, 2 do
-  local ok, job = pcall(cjson.decode, all[i + 1])
-  if ok and type(job) == 'table' and type(job.seen_at) == 'number' and job.seen_at < oldest then
-    redis.call('HDEL', KEYS[1], all[i])
-  end
-end
-return now
-"""
 
 
 class _Coalescer:
@@ -150,7 +133,6 @@ class _Connection:
         pack_with_hiredis(self.client)
         self.scripts = register_all(self.client)
         self.enqueues = _Coalescer(store)
-        self.publish_known = self.client.register_script(PUBLISH_KNOWN)
 
 
 class RedisBroker(Broker):
@@ -162,7 +144,7 @@ class RedisBroker(Broker):
         self.keys = Keys(namespace)
         self._connections: dict[asyncio.AbstractEventLoop, _Connection] = {}
         #: this store's outages as this process sees them (one log line each)
-        self.outage = outage(url)
+        self.outage: Outage = outage(url)
         #: how long an operation keeps retrying through connection trouble
         self.retry_for = RETRY_FOR
         self._blocking: BlockingScripts | None = None
@@ -740,7 +722,7 @@ class RedisBroker(Broker):
         for job in jobs:
             data = {key: value for key, value in job.to_dict().items() if key != "seen_at"}
             argv += [job.name, dumps({**data, "worker_id": worker_id})[1:]]
-        await self._retrying(lambda c: c.publish_known(keys=[self.keys.known], args=argv))
+        await self._script("known", [self.keys.known], argv)
 
     async def known_jobs(self) -> list[KnownJob]:
         # raw bytes: a record that is not UTF-8 is skipped, not a decoding error of the read

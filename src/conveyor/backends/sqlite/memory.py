@@ -27,6 +27,7 @@ from dataclasses import replace
 from pathlib import Path
 from urllib.parse import quote
 
+from conveyor.backends.outage import outage_of, sqlite_key
 from conveyor.backends.sqlite.broker import SQLiteBroker
 from conveyor.errors import ConfigurationError
 from conveyor.ids import new_id
@@ -84,6 +85,8 @@ class MemoryBroker(SQLiteBroker):
         super().__init__(f"sqlite:///{quote(str(path))}", namespace, retention)
         self.settings = replace(self.settings, synchronous="OFF")
         self.url = url
+        # one outage record with the file's, under which the SQLite code reports trouble
+        self.outage = outage_of(sqlite_key(path))
 
     def close_blocking(self) -> None:
         """Close as the SQLite backend does; a private store's files go with it."""

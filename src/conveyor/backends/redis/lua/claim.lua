@@ -27,7 +27,9 @@ if last and string.sub(last, 1, #token + 1) == token .. ' ' then
       again[#again + 1] = redis.call('HGET', F.attempts, id)
       local lost = redis.call('HGET', F.recoveries, id) or 0
       again[#again + 1] = lost
-      again[#again + 1] = tonumber(lost) > 0 and 1 or 0
+      -- suspect as the first reply said: a held suspect keeps its mark until it starts
+      local held_suspect = redis.call('HGET', F.unstarted, id) == '3'
+      again[#again + 1] = (held_suspect or tonumber(lost) > 0) and 1 or 0
     end
   end
   return again
