@@ -8,7 +8,6 @@ from collections.abc import Callable
 
 from conftest import WorkerThread
 from conveyor import Conveyor, JobContext, JobState
-from polling import wait_until
 
 
 def test_last_progress_of_a_quick_job_is_kept(
@@ -34,16 +33,22 @@ def test_a_job_finishing_during_shutdown_is_recorded(
     """A graceful stop must write the outcome of a job that ends in the grace period, even
     when the settler is busy at that moment (a last progress report makes that likely)."""
 
+    began = threading.Event()
+
     @app.job
     async def steady(ctx: JobContext) -> str:
+        began.set()
         await asyncio.sleep(0.3)
         ctx.progress(1.0, "done")
         return "done"
 
     for _ in range(3):
+        began.clear()
         handle = steady.enqueue()
         worker = start_worker(app, max_workers=2, grace=10.0)
-        wait_until(lambda h=handle: h.info().state is JobState.RUNNING, what="the job to run")
+        # the job's own mark: a claimed job is "running" in the store before it starts, and
+        # a stop in that gap rightly puts it back unstarted
+        assert began.wait(10), "the job did not start"
         worker.stop()
         assert handle.info().state is JobState.SUCCEEDED
 
