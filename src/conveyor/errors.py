@@ -32,6 +32,27 @@ class QueueFull(ConveyorError):
         self.limit = limit
 
 
+class DuplicateJob(ConveyorError):
+    """A job with this id exists already (or, for a unique job asked to raise, one holding
+    its unique key is under way); nothing was stored. ``job_id`` is the existing job's id."""
+
+    def __init__(self, job_id: str, message: str | None = None) -> None:
+        super().__init__(message or f"a job with id {job_id} exists already")
+        self.job_id = job_id
+
+
+class NewerStore(ConveyorError):
+    """The store was written by a newer version of Conveyor (its layout is ahead of the one
+    this version knows): upgrade Conveyor before using it. Nothing was changed."""
+
+    def __init__(self, where: str, found: int, known: int) -> None:
+        super().__init__(
+            f"{where} has storage layout {found}, newer than this Conveyor knows "
+            f"(up to {known}): upgrade Conveyor to use it")
+        self.found = found
+        self.known = known
+
+
 class ConfigurationError(ConveyorError, ValueError):
     """A setting (URL, namespace, option) is malformed or unsupported."""
 

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from conveyor.backends.base import Beat, Broker, Recovery
-from conveyor.errors import QueueFull
+from conveyor.errors import ConveyorError, DuplicateJob, QueueFull
 from conveyor.ids import new_id
 from conveyor.job import JobRecord, JobState, Outcome, OutcomeKind
 from conveyor.stats import STATS_KEEP, MinuteStats, minute_of
@@ -181,8 +181,9 @@ def test_bulk_enqueue_is_all_or_nothing_on_duplicate_id(run: Run[Any], broker: B
     clash = make_job(args=["impostor"])
     clash.id = existing.id
     fresh = make_jobs(3)
-    with pytest.raises(Exception):  # noqa: B017 - the error type is the backend's own
+    with pytest.raises(DuplicateJob) as raised:
         run(broker.enqueue([*fresh, clash], {}))
+    assert raised.value.job_id == existing.id
     for job in fresh:
         assert run(broker.get(job.id)) is None
     assert get(run, broker, existing.id).args == ["original"]
@@ -195,8 +196,10 @@ def test_single_enqueue_of_an_existing_id_changes_nothing(
     run(broker.enqueue([existing], {}))
     clash = make_job(args=["impostor"], delay=60)
     clash.id = existing.id
-    with pytest.raises(Exception):  # noqa: B017 - the error type is the backend's own
+    with pytest.raises(DuplicateJob) as raised:
         run(broker.enqueue([clash], {}))
+    assert raised.value.job_id == existing.id
+    assert isinstance(raised.value, ConveyorError)
     stored = get(run, broker, existing.id)
     assert (stored.args, stored.state) == (["original"], JobState.QUEUED)
     assert run(broker.counts())["default"]["scheduled"] == 0

@@ -19,13 +19,14 @@ from typing import Any, TypeVar
 
 from conveyor.backends.base import Beat, Broker, Recovery
 from conveyor.backends.outage import Outage, outage
-from conveyor.backends.redis import codec
+from conveyor.backends.redis import codec, layout
 from conveyor.backends.redis.client import BlockingScripts, pack_with_hiredis
 from conveyor.backends.redis.keys import Keys
+from conveyor.backends.redis.layout import LAYOUT
 from conveyor.backends.redis.scripts import register_all
 from conveyor.errors import (
     ConfigurationError,
-    ConveyorError,
+    DuplicateJob,
     QueueFull,
     StoreUnavailable,
     redact_url,
@@ -141,7 +142,10 @@ class RedisBroker(Broker):
     def __init__(self, url: str, namespace: str = "conveyor", retention: float = 7 * 86400):
         self.url = url
         self.retention = retention
+        self.namespace = namespace
         self.keys = Keys(namespace)
+        #: the namespace's layout was checked (and raised to this version's) by this broker
+        self._layout_checked = False
         self._connections: dict[asyncio.AbstractEventLoop, _Connection] = {}
         #: this store's outages as this process sees them (one log line each)
         self.outage: Outage = outage(url)
@@ -213,9 +217,18 @@ class RedisBroker(Broker):
         return await self._retrying(lambda c: c.scripts[name](keys=keys, args=args))
 
     async def open(self) -> None:
-        if asyncio.get_running_loop() in self._connections:
-            return  # open on this loop already: the hot path must not pay a round trip
-        await self._cmd("ping")
+        if self._layout_checked:
+            if asyncio.get_running_loop() in self._connections:
+                return  # open on this loop already: the hot path must not pay a round trip
+            await self._cmd("ping")
+            return
+        found = await self._script("layout", [self.keys.layout, self.keys.jobs], [LAYOUT])
+        self._layout_found(found)
+
+    def _layout_found(self, found: Any) -> None:
+        """Refuse a namespace of a newer layout; else remember that it is checked."""
+        layout.check(int(found), self.namespace, self.url)
+        self._layout_checked = True
 
     async def ping(self) -> None:
         """One round trip to Redis (retried as any command is): a health check."""
@@ -357,7 +370,7 @@ class RedisBroker(Broker):
             queue, _, limit = detail.rpartition(" ")
             return QueueFull(queue, int(limit))
         if kind == "exists" and attempts == 1:
-            return ConveyorError(f"a job with id {detail} exists already")
+            return DuplicateJob(detail)
         # 'exists' on a later attempt: the earlier attempt was stored, only its reply was lost
         return None
 
@@ -390,7 +403,20 @@ class RedisBroker(Broker):
         """Enqueue on a plain (thread-safe, blocking) client: no event loop in the way."""
         if not jobs:
             return
+        if not self._layout_checked:
+            found, _ = self._blocking_call("layout", [self.keys.layout, self.keys.jobs],
+                                           [LAYOUT])
+            self._layout_found(found)
         script, keys, argv = self._enqueue_call([(jobs, limits)])
+        reply, attempts = self._blocking_call(script, keys, argv)
+        error = self._segment_error(reply if isinstance(reply, str) else reply[0], attempts)
+        if error is not None:
+            raise error
+
+    def _blocking_call(self, script: str, keys: Sequence[str],
+                       argv: Sequence[Any]) -> tuple[Any, int]:
+        """Run ``script`` on the blocking client, retried through connection trouble as
+        :meth:`_retrying` does; return its reply and how many attempts it took."""
         scripts = self._blocking_scripts()
         deadline = time.monotonic() + self.retry_for
         pause, attempts = 0.05, 0
@@ -398,7 +424,6 @@ class RedisBroker(Broker):
             attempts += 1
             try:
                 reply = scripts.call(script, keys, argv)
-                status = reply if isinstance(reply, str) else reply[0]
                 break
             except REFUSED as exc:
                 raise self._refused(exc) from exc
@@ -408,9 +433,7 @@ class RedisBroker(Broker):
                 time.sleep(pause * (0.5 + random.random() / 2))
                 pause = min(pause * 2, 2.0)
         self.outage.recovered()
-        error = self._segment_error(status, attempts)
-        if error is not None:
-            raise error
+        return reply, attempts
 
     def _blocking_scripts(self) -> BlockingScripts:
         with self._blocking_lock:

@@ -52,6 +52,8 @@ Layout (``ns`` is the namespace, ``q`` a queue):
 ``{ns}:known``                  hash     job name -> the job as its workers publish it
                                          (JSON, see ``conveyor.known``; ``seen_at`` is
                                          server time)
+``{ns}:layout``                 string   the storage layout of the namespace (see
+                                         ``layout.py``)
 ==============================  =======  ===================================================
 """
 
@@ -89,6 +91,7 @@ class Keys:
         self.claims = f"{p}:claims"
         self.stats = f"{p}:stats"
         self.known = f"{p}:known"
+        self.layout = f"{p}:layout"
         self._groups: dict[str, list[str]] = {}
         #: the keys that hold a job, in the order most scripts take them first: the jobs
         #: hash, the field hashes (in :data:`FIELDS` order), the expiry zset, the cancel set,

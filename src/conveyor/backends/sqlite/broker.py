@@ -14,22 +14,22 @@ from typing import Any, TypeVar
 
 from conveyor.backends.base import Beat, Broker, Recovery
 from conveyor.backends.sqlite.clock import boot_id, lease_now
+from conveyor.backends.sqlite.migrations import upgrade
 from conveyor.backends.sqlite.schema import (
     JOB_COLUMNS,
     STATS_COLUMNS,
     WORKER_COLUMNS,
     Settings,
+    check_boot,
     check_directory,
     check_namespace,
     connect,
-    ddl,
     job_from_row,
-    migrate,
     worker_from_row,
 )
 from conveyor.backends.sqlite.trouble import unavailable_reason
 from conveyor.backends.sqlite.writer import Writer
-from conveyor.errors import QueueFull, StoreUnavailable
+from conveyor.errors import DuplicateJob, QueueFull, StoreUnavailable
 from conveyor.job import JobRecord, JobState, Outcome, OutcomeKind, WorkerInfo
 from conveyor.known import KnownJob, read_known
 from conveyor.serialization import dumps, storable
@@ -108,9 +108,8 @@ class SQLiteBroker(Broker):
         conn = self._connect()
         try:
             conn.execute("BEGIN IMMEDIATE")
-            for statement in ddl(self.ns):
-                conn.execute(statement)
-            migrate(conn, self.ns, boot_id(), lease_now())
+            upgrade(conn, self.ns, str(self.settings.path.absolute()))
+            check_boot(conn, self.ns, boot_id(), lease_now())
             conn.execute("COMMIT")
         except BaseException:  # a full disk, say: nothing left half-open; a later open retries
             conn.close()
@@ -213,9 +212,27 @@ class SQLiteBroker(Broker):
                 ).fetchone()
                 if waiting + count > limits[queue]:
                     raise QueueFull(queue, limits[queue])
-            conn.executemany(self._sql_insert, rows)
+            try:
+                conn.executemany(self._sql_insert, rows)
+            except sqlite3.IntegrityError:
+                raise self._duplicate(conn, [row[0] for row in rows]) from None
 
         return fn
+
+    def _duplicate(self, conn: sqlite3.Connection, ids: list[str]) -> DuplicateJob:
+        """The error for an insert that met an existing id among ``ids`` (or, for ids
+        repeated within one call, the first one repeated)."""
+        for chunk in _chunks(ids):
+            row = conn.execute(f"SELECT id FROM {self.ns}_jobs WHERE id IN "
+                               f"({_marks(len(chunk))}) LIMIT 1", chunk).fetchone()
+            if row is not None:
+                return DuplicateJob(row[0])
+        seen: set[str] = set()
+        for job_id in ids:
+            if job_id in seen:
+                return DuplicateJob(job_id)
+            seen.add(job_id)
+        return DuplicateJob(ids[0])
 
     async def enqueue(self, jobs: Sequence[JobRecord], limits: Mapping[str, int]) -> None:
         await self._write(self._enqueue_fn(jobs, limits))

@@ -8,7 +8,7 @@ sleep, so a lease runs out across a suspend as it would have). Displayed times
 
 A boot clock starts again at zero after a reboot, so the database remembers the boot it
 saw (:func:`boot_id`); on the first open after another boot, leases are reset to the new
-clock (see ``schema.migrate``).
+clock (see ``schema.check_boot``).
 """
 
 from __future__ import annotations

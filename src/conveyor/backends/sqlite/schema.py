@@ -162,7 +162,8 @@ def _open_error(where: Path, create: bool, error: sqlite3.DatabaseError) -> Base
 
 
 def ddl(ns: str) -> list[str]:
-    """The statements that create the namespace's tables and indexes."""
+    """The statements that create the namespace's tables and indexes of layout 1 (later
+    layouts add to them: see :mod:`.migrations`)."""
     return [
         f"""CREATE TABLE IF NOT EXISTS {ns}_jobs (
             id TEXT PRIMARY KEY,
@@ -234,18 +235,11 @@ def ddl(ns: str) -> list[str]:
     ]
 
 
-def migrate(conn: sqlite3.Connection, ns: str, boot: str, now: float) -> None:
-    """Bring a namespace made by an older version (or on another boot) up to date, inside
-    the caller's write transaction.
-
-    * a jobs table without ``unstarted`` gains it;
-    * leases follow the boot clock (:mod:`.clock`): when the database last saw another boot,
-      or leases of the wall clock (made before), running jobs' leases expire now and the
-      workers table is emptied, so the jobs are recovered at once.
-    """
-    columns = {row[1] for row in conn.execute(f"PRAGMA table_info({ns}_jobs)")}
-    if "unstarted" not in columns:
-        conn.execute(f"ALTER TABLE {ns}_jobs ADD COLUMN unstarted INTEGER NOT NULL DEFAULT 0")
+def check_boot(conn: sqlite3.Connection, ns: str, boot: str, now: float) -> None:
+    """Inside the caller's write transaction: leases follow the boot clock (:mod:`.clock`);
+    when the database last saw another boot, or leases of the wall clock (made before),
+    running jobs' leases expire now and the workers table is emptied, so the jobs are
+    recovered at once."""
     row = conn.execute(f"SELECT value FROM {ns}_meta WHERE key='boot'").fetchone()
     if row is None or row[0] != boot:
         conn.execute(f"UPDATE {ns}_jobs SET lease_expires_at=? WHERE state='running'", (now,))

@@ -1,0 +1,25 @@
+"""The storage layout of a Redis namespace, numbered so that it can grow.
+
+``{ns}:layout`` holds the layout a namespace was last opened with. Layout 1 is the keys of
+:mod:`.keys` as they were before layouts were numbered (a namespace with jobs and no layout
+key); layout 2 adds the keys of job control (queue settings, unique and idempotency keys,
+schedules), which are made as they are first written, so no data moves. A later layout
+that must move data adds a step here: a script run before the layout key is raised,
+guarded by the layout it starts from so that processes opening the namespace at once apply
+it once. A namespace of a newer layout is refused (:class:`~conveyor.errors.NewerStore`).
+"""
+
+from __future__ import annotations
+
+from conveyor.errors import NewerStore
+
+#: the layout this version writes
+LAYOUT = 2
+
+
+def check(found: int, namespace: str, url: str) -> None:
+    """Raise :class:`NewerStore` when the layout ``found`` is newer than :data:`LAYOUT`."""
+    if found > LAYOUT:
+        from conveyor.errors import redact_url
+
+        raise NewerStore(f"Redis namespace {namespace!r} at {redact_url(url)}", found, LAYOUT)

@@ -1,0 +1,99 @@
+"""Ordered migrations of a namespace's tables: the storage layout can grow.
+
+Each step brings a namespace from one layout to the next, inside the opening connection's
+write transaction (``BEGIN IMMEDIATE``), so processes that open the same file at once apply
+it once: the first takes the write lock and upgrades, the others find it done. A namespace
+records its layout in its ``meta`` table; ``PRAGMA user_version`` holds the newest layout of
+any namespace in the file, so a file written by a newer Conveyor is refused at once.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+
+from conveyor.backends.sqlite.schema import ddl
+from conveyor.errors import NewerStore
+
+Step = Callable[[sqlite3.Connection, str], None]
+
+
+def _columns(conn: sqlite3.Connection, table: str) -> set[str]:
+    return {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+
+
+def _layout_1(conn: sqlite3.Connection, ns: str) -> None:
+    """The jobs, workers, statistics, meta and known-jobs tables (a namespace made before
+    layouts were numbered has them, perhaps without the ``unstarted`` column)."""
+    for statement in ddl(ns):
+        conn.execute(statement)
+    if "unstarted" not in _columns(conn, f"{ns}_jobs"):
+        conn.execute(f"ALTER TABLE {ns}_jobs ADD COLUMN unstarted INTEGER NOT NULL DEFAULT 0")
+
+
+def _layout_2(conn: sqlite3.Connection, ns: str) -> None:
+    """Job control: queue settings kept in the store (paused, max_queued), unique keys,
+    idempotency keys of HTTP enqueues, and schedules."""
+    conn.execute(f"""CREATE TABLE IF NOT EXISTS {ns}_queues (
+        name TEXT PRIMARY KEY,
+        paused INTEGER NOT NULL DEFAULT 0,
+        max_queued INTEGER
+    ) WITHOUT ROWID""")
+    conn.execute(f"""CREATE TABLE IF NOT EXISTS {ns}_unique (
+        key TEXT PRIMARY KEY,
+        job_id TEXT NOT NULL,
+        until REAL
+    ) WITHOUT ROWID""")
+    conn.execute(f"""CREATE TABLE IF NOT EXISTS {ns}_idempotency (
+        key TEXT PRIMARY KEY,
+        digest TEXT NOT NULL,
+        job_id TEXT NOT NULL,
+        expires_at REAL NOT NULL
+    ) WITHOUT ROWID""")
+    conn.execute(f"""CREATE TABLE IF NOT EXISTS {ns}_schedules (
+        name TEXT PRIMARY KEY,
+        record TEXT NOT NULL,
+        paused INTEGER NOT NULL DEFAULT 0,
+        last_tick REAL,
+        next_tick REAL,
+        last_job TEXT,
+        seen_at REAL NOT NULL
+    ) WITHOUT ROWID""")
+
+
+#: the steps, in order: ``STEPS[n]`` brings a namespace from layout ``n`` to ``n + 1``
+STEPS: tuple[Step, ...] = (_layout_1, _layout_2)
+#: the layout this version writes
+LAYOUT = len(STEPS)
+
+
+def layout_of(conn: sqlite3.Connection, ns: str) -> int:
+    """The layout of namespace ``ns``: 0 when it has no tables, 1 when it was made before
+    layouts were numbered."""
+    tables = {row[0] for row in conn.execute(
+        "SELECT name FROM sqlite_master WHERE type='table' AND name IN (?, ?)",
+        (f"{ns}_jobs", f"{ns}_meta"))}
+    if f"{ns}_meta" not in tables:
+        return 1 if f"{ns}_jobs" in tables else 0
+    row = conn.execute(f"SELECT value FROM {ns}_meta WHERE key='layout'").fetchone()
+    return int(row[0]) if row is not None else 1
+
+
+def upgrade(conn: sqlite3.Connection, ns: str, where: str) -> int:
+    """Bring namespace ``ns`` up to :data:`LAYOUT` inside the caller's write transaction;
+    return the layout it had. Raise :class:`NewerStore` (changing nothing) for a file or a
+    namespace written by a newer version."""
+    (file_layout,) = conn.execute("PRAGMA user_version").fetchone()
+    if file_layout > LAYOUT:
+        raise NewerStore(where, file_layout, LAYOUT)
+    found = layout_of(conn, ns)
+    if found > LAYOUT:
+        raise NewerStore(f"{where} (namespace {ns})", found, LAYOUT)
+    for step in STEPS[found:]:
+        step(conn, ns)
+    if found < LAYOUT:
+        conn.execute(f"INSERT OR REPLACE INTO {ns}_meta (key, value) VALUES ('layout', ?)",
+                     (str(LAYOUT),))
+    if file_layout < LAYOUT:
+        conn.execute(f"PRAGMA user_version={LAYOUT}")
+    return found

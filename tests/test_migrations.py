@@ -1,0 +1,265 @@
+"""Versioned storage: a store written by the release before layouts were numbered is
+upgraded in place with every job intact; a store of a newer layout is refused; processes
+opening one store at once upgrade it once.
+
+The old stores are built here, with the tables and keys that release wrote (layout 1),
+not with today's code, so the test keeps checking the upgrade path as the code moves on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import multiprocessing
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from conveyor.backends.redis import RedisBroker
+from conveyor.backends.redis import layout as redis_layout
+from conveyor.backends.sqlite import SQLiteBroker
+from conveyor.backends.sqlite.migrations import LAYOUT
+from conveyor.errors import NewerStore
+from conveyor.job import JobState
+from redis_server import shared_redis_url
+
+NOW = time.time()
+
+#: the jobs of the old store: id -> (state, args, kwargs, result, error)
+OLD_JOBS: dict[str, tuple[str, list[Any], dict[str, Any], Any, str | None]] = {
+    "q1": ("queued", [1, "two"], {"three": 3.5}, None, None),
+    "s1": ("scheduled", [], {"when": "later"}, None, None),
+    "ok1": ("succeeded", [7], {}, {"sum": 14}, None),
+    "dead1": ("dead", ["x"], {}, None, "ValueError: no"),
+    "c1": ("cancelled", [], {}, None, None),
+}
+
+#: the tables of a namespace as the release before numbered layouts created them
+LAYOUT_1_SQL = """
+CREATE TABLE old_jobs (
+    id TEXT PRIMARY KEY, name TEXT NOT NULL, queue TEXT NOT NULL, state TEXT NOT NULL,
+    args TEXT NOT NULL, kwargs TEXT NOT NULL, created_at REAL NOT NULL, run_at REAL NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0, recoveries INTEGER NOT NULL DEFAULT 0,
+    started_at REAL, finished_at REAL, result TEXT, error TEXT, traceback TEXT,
+    progress REAL, progress_message TEXT, worker_id TEXT, lease_expires_at REAL,
+    cancel_requested INTEGER NOT NULL DEFAULT 0, expires_at REAL,
+    unstarted INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID;
+CREATE INDEX old_jobs_ready ON old_jobs (queue, run_at) WHERE state IN ('queued', 'scheduled');
+CREATE INDEX old_jobs_leases ON old_jobs (lease_expires_at) WHERE state = 'running';
+CREATE INDEX old_jobs_state ON old_jobs (state, queue, id);
+CREATE TABLE old_workers (
+    id TEXT PRIMARY KEY, host TEXT NOT NULL, pid INTEGER NOT NULL, queues TEXT NOT NULL,
+    concurrency INTEGER NOT NULL, min_concurrency INTEGER NOT NULL,
+    max_concurrency INTEGER NOT NULL, busy INTEGER NOT NULL, processed INTEGER NOT NULL,
+    failed INTEGER NOT NULL, started_at REAL NOT NULL, heartbeat_at REAL NOT NULL,
+    lease_expires_at REAL NOT NULL
+);
+CREATE TABLE old_stats (
+    minute INTEGER NOT NULL, queue TEXT NOT NULL, succeeded INTEGER NOT NULL,
+    failed INTEGER NOT NULL, dead INTEGER NOT NULL, cancelled INTEGER NOT NULL,
+    started INTEGER NOT NULL, wait_total REAL NOT NULL, PRIMARY KEY (minute, queue)
+) WITHOUT ROWID;
+CREATE TABLE old_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE old_known (
+    name TEXT PRIMARY KEY, record TEXT NOT NULL, seen_at REAL NOT NULL
+) WITHOUT ROWID;
+"""
+
+
+def _old_sqlite(path: Path) -> None:
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.executescript(LAYOUT_1_SQL)
+    for job_id, (state, args, kwargs, result, error) in OLD_JOBS.items():
+        final = state in ("succeeded", "dead", "cancelled")
+        run_at = NOW + 3600 if state == "scheduled" else NOW - 10
+        conn.execute(
+            "INSERT INTO old_jobs (id, name, queue, state, args, kwargs, created_at, run_at, "
+            "attempts, finished_at, result, error, expires_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (job_id, "work", "default", state, json.dumps(args), json.dumps(kwargs), NOW - 20,
+             run_at, 1 if final else 0, NOW - 5 if final else None,
+             None if result is None else json.dumps(result), error,
+             NOW + 3600 if final else None))
+    conn.close()
+
+
+def _check_intact(broker: Any) -> None:
+    async def read() -> None:
+        await broker.open()
+        for job_id, (state, args, kwargs, result, error) in OLD_JOBS.items():
+            record = await broker.get(job_id)
+            assert record is not None, job_id
+            assert (record.state, record.name, record.queue) == (JobState(state), "work",
+                                                                 "default")
+            assert (record.args, record.kwargs, record.result, record.error) == (
+                args, kwargs, result, error)
+        counts = (await broker.counts())["default"]
+        assert counts["queued"] == 1 and counts["succeeded"] == 1 and counts["dead"] == 1
+        claimed = await broker.claim("w1", ["default"], 10, 30.0)
+        assert [job.id for job in claimed] == ["q1"]  # the old queue still works
+        await broker.close()
+
+    asyncio.run(read())
+
+
+def test_a_sqlite_store_of_layout_1_is_upgraded_with_every_job_intact(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    _old_sqlite(path)
+    _check_intact(SQLiteBroker(f"sqlite:///{path}", namespace="old"))
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == LAYOUT
+    assert conn.execute("SELECT value FROM old_meta WHERE key='layout'").fetchone() == (
+        str(LAYOUT),)
+    tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+    assert {"old_queues", "old_unique", "old_schedules", "old_idempotency"} <= tables
+    conn.close()
+    _check_reopened(f"sqlite:///{path}")
+
+
+def _check_reopened(url: str) -> None:
+    """A second open of the upgraded store changes nothing and reads the same jobs."""
+    async def again() -> None:
+        broker = SQLiteBroker(url, namespace="old")
+        await broker.open()
+        record = await broker.get("ok1")
+        assert record is not None and record.result == {"sum": 14}
+        await broker.close()
+
+    asyncio.run(again())
+
+
+def test_a_sqlite_store_of_a_newer_layout_is_refused_untouched(tmp_path: Path) -> None:
+    path = tmp_path / "new.db"
+    _old_sqlite(path)
+    conn = sqlite3.connect(path)
+    conn.execute(f"PRAGMA user_version={LAYOUT + 1}")
+    conn.close()
+    broker = SQLiteBroker(f"sqlite:///{path}", namespace="old")
+    with pytest.raises(NewerStore, match=f"layout {LAYOUT + 1}, newer.*upgrade Conveyor"):
+        asyncio.run(broker.open())
+    conn = sqlite3.connect(path)
+    tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+    assert "old_queues" not in tables  # nothing was changed
+    assert conn.execute("SELECT count(*) FROM old_jobs").fetchone()[0] == len(OLD_JOBS)
+    conn.close()
+
+
+def test_a_namespace_of_a_newer_layout_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "ns.db"
+    _old_sqlite(path)
+    conn = sqlite3.connect(path)
+    conn.execute("INSERT INTO old_meta (key, value) VALUES ('layout', ?)", (str(LAYOUT + 3),))
+    conn.commit()
+    conn.close()
+    with pytest.raises(NewerStore, match="namespace old"):
+        asyncio.run(SQLiteBroker(f"sqlite:///{path}", namespace="old").open())
+
+
+def _open_and_enqueue(url: str, index: int) -> None:
+    from conveyor import Conveyor
+
+    app = Conveyor(url, namespace="race")
+    app.enqueue_call("work", [index], {}, force=True)
+    app.close()
+
+
+def test_processes_opening_a_new_sqlite_store_at_once_upgrade_it_once(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'race.db'}"
+    context = multiprocessing.get_context("spawn")
+    procs = [context.Process(target=_open_and_enqueue, args=(url, n)) for n in range(4)]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(60)
+        assert proc.exitcode == 0
+    conn = sqlite3.connect(tmp_path / "race.db")
+    assert conn.execute("SELECT count(*) FROM race_jobs").fetchone()[0] == 4
+    assert conn.execute("SELECT value FROM race_meta WHERE key='layout'").fetchone() == (
+        str(LAYOUT),)
+    conn.close()
+
+
+# -- Redis -----------------------------------------------------------------------------------
+
+def _old_redis(client: redis.Redis, ns: str) -> None:
+    """The keys the release before numbered layouts wrote for :data:`OLD_JOBS`."""
+    p = f"{{{ns}}}"
+    for job_id, (state, args, kwargs, result, error) in OLD_JOBS.items():
+        run_at = NOW + 3600 if state == "scheduled" else NOW - 10
+        spec = {"id": job_id, "name": "work", "queue": "default", "args": args,
+                "kwargs": kwargs, "created_at": NOW - 20, "run_at": run_at}
+        client.hset(f"{p}:jobs", job_id, json.dumps(spec))
+        client.hset(f"{p}:f:state", job_id, state)
+        client.zadd(f"{p}:q:default:s:{state}", {job_id: 0})
+        if state in ("queued", "scheduled"):
+            client.zadd(f"{p}:q:default:waiting", {job_id: run_at})
+        if state == "scheduled":
+            client.zadd(f"{p}:q:default:sched", {job_id: run_at})
+        if state in ("succeeded", "dead", "cancelled"):
+            client.hset(f"{p}:f:attempts", job_id, 1)
+            client.hset(f"{p}:f:finished", job_id, NOW - 5)
+            client.zadd(f"{p}:expiry", {job_id: NOW + 3600})
+        if result is not None:
+            client.hset(f"{p}:f:result", job_id, json.dumps(result))
+        if error is not None:
+            client.hset(f"{p}:f:error", job_id, error)
+    client.sadd(f"{p}:queues", "default")
+
+
+def test_a_redis_namespace_of_layout_1_is_upgraded_with_every_job_intact() -> None:
+    url = shared_redis_url()
+    ns = f"old{time.monotonic_ns()}"
+    client = redis.Redis.from_url(url, decode_responses=True)
+    _old_redis(client, ns)
+    assert client.get(f"{{{ns}}}:layout") is None
+    _check_intact(RedisBroker(url, namespace=ns))
+    assert client.get(f"{{{ns}}}:layout") == str(redis_layout.LAYOUT)
+    _check_intact_again(url, ns)
+    client.close()
+
+
+def _check_intact_again(url: str, ns: str) -> None:
+    async def again() -> None:
+        broker = RedisBroker(url, namespace=ns)
+        await broker.open()
+        record = await broker.get("dead1")
+        assert record is not None and record.error == "ValueError: no"
+        await broker.close()
+
+    asyncio.run(again())
+
+
+def test_a_redis_namespace_of_a_newer_layout_is_refused() -> None:
+    url = shared_redis_url()
+    ns = f"new{time.monotonic_ns()}"
+    client = redis.Redis.from_url(url, decode_responses=True)
+    client.set(f"{{{ns}}}:layout", redis_layout.LAYOUT + 1)
+    with pytest.raises(NewerStore, match=f"namespace '{ns}'"):
+        asyncio.run(RedisBroker(url, namespace=ns).open())
+    from conveyor import Conveyor
+
+    app = Conveyor(url, namespace=ns)
+    with pytest.raises(NewerStore):  # the blocking enqueue checks it too
+        app.enqueue_call("work", [], {}, force=True)
+    app.close()
+    assert client.get(f"{{{ns}}}:layout") == str(redis_layout.LAYOUT + 1)
+    assert client.hlen(f"{{{ns}}}:jobs") == 0
+    client.close()
+
+
+def test_a_new_redis_namespace_starts_at_the_current_layout() -> None:
+    url = shared_redis_url()
+    ns = f"fresh{time.monotonic_ns()}"
+    from conveyor import Conveyor
+
+    app = Conveyor(url, namespace=ns)
+    app.enqueue_call("work", [1], {}, force=True)
+    app.close()
+    client = redis.Redis.from_url(url, decode_responses=True)
+    assert client.get(f"{{{ns}}}:layout") == str(redis_layout.LAYOUT)
+    client.close()
