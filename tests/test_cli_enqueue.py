@@ -68,6 +68,15 @@ def test_enqueue_delay_schedules(cli: CLI, jobs_app: Conveyor) -> None:
     assert record.run_at - record.created_at == pytest.approx(3600, abs=1)
 
 
+def test_enqueue_with_a_chosen_id_and_a_duplicate(cli: CLI, jobs_app: Conveyor) -> None:
+    assert cli.enqueue("add", [1, 1], "--id", "nightly-2026-11-26") == "nightly-2026-11-26"
+    err = cli.fail("enqueue", "add", "--args", "[2, 2]", "--id", "nightly-2026-11-26", code=1)
+    assert err.strip() == "error: a job with id nightly-2026-11-26 exists already"
+    assert jobs_app.handle("nightly-2026-11-26").info().args == [1, 1]
+    err = cli.fail("enqueue", "add", "--args", "[2, 2]", "--id", "bad id", code=2)
+    assert "not a valid id" in err
+
+
 def test_enqueue_negative_delay_is_refused(cli: CLI, stored: Callable[[], list[str]]) -> None:
     err = cli.fail("enqueue", "add", "--args", "[1, 2]", "--delay", "-1", code=2)
     assert "delay must not be negative" in err

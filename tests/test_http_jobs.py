@@ -201,3 +201,14 @@ def test_docs_are_served_locally(server: Server) -> None:
     assert "/openapi.json" in html
     assert server.client.get("/docs/static/index.html").status_code == 404
     assert server.client.get("/docs/static/..%2F__init__.py").status_code == 404
+
+
+def test_an_id_chosen_by_the_client_and_a_duplicate(server: Server) -> None:
+    job_id = submit(server, "add", args=[1, 1], id="order-7:add")
+    assert job_id == "order-7:add"
+    again = server.client.post("/jobs/add", json={"args": [5, 5], "id": "order-7:add"})
+    assert again.status_code == 409, again.text
+    assert "order-7:add" in again.json()["error"]
+    assert server.wait_job(job_id)["result"] == 2  # the first is kept
+    bad = server.client.post("/jobs/add", json={"args": [1, 1], "id": "no spaces"})
+    assert bad.status_code == 400 and "not a valid id" in bad.json()["error"]

@@ -260,7 +260,7 @@ def test_a_waiting_job_cancelled_counts(store_app: Conveyor) -> None:
         """Never runs here."""
 
     since = time.time()
-    handle = later.enqueue(delay=3600)
+    handle = later.enqueue_with(delay=3600)
     assert app.cancel(handle.id).state is JobState.CANCELLED
     with pytest.raises(JobNotFound):
         app.cancel("06H0HQQS1DPDNNKJ7KG6WTC19R")

@@ -177,7 +177,7 @@ def test_delays_are_not_waited_for(eager_app: Conveyor) -> None:
     async def later() -> str:
         return "done"
 
-    assert later.enqueue(delay=3600).info().state is JobState.SUCCEEDED
+    assert later.enqueue_with(delay=3600).info().state is JobState.SUCCEEDED
 
 
 def pid() -> int:

@@ -46,7 +46,7 @@ def test_delay_does_not_start_early(
 
     start_worker(app)
     before = time.time()
-    handle = stamp.enqueue(delay=0.5)
+    handle = stamp.enqueue_with(delay=0.5)
     info = handle.info()
     assert info.state is JobState.SCHEDULED
     assert info.run_at == pytest.approx(info.created_at + 0.5)
@@ -66,13 +66,13 @@ def test_at_does_not_start_early(app: Conveyor, start_worker: Callable[..., Work
 
     start_worker(app)
     when = datetime.now(UTC) + timedelta(seconds=0.6)
-    handle = stamp.enqueue("at", at=when)
+    handle = stamp.enqueue_with(["at"], at=when)
     assert handle.info().state is JobState.SCHEDULED
     assert handle.info().run_at == pytest.approx(when.timestamp())
     assert handle.result(timeout=10) == "at"
     assert started[0] >= when.timestamp() - 0.005
 
-    past = stamp.enqueue("past", at=datetime.now(UTC) - timedelta(hours=1))
+    past = stamp.enqueue_with(["past"], at=datetime.now(UTC) - timedelta(hours=1))
     info = past.info()
     assert info.state is JobState.QUEUED and info.run_at == info.created_at
     assert past.result(timeout=10) == "past"
@@ -84,11 +84,11 @@ def test_bad_schedules_are_refused(app: Conveyor) -> None:
         return None
 
     with pytest.raises(InvalidArguments, match="timezone-aware"):
-        nothing.enqueue(at=datetime.now() + timedelta(seconds=5))
+        nothing.enqueue_with(at=datetime.now() + timedelta(seconds=5))
     with pytest.raises(InvalidArguments, match="negative"):
-        nothing.enqueue(delay=-1)
+        nothing.enqueue_with(delay=-1)
     with pytest.raises(InvalidArguments, match="not both"):
-        nothing.enqueue(delay=1, at=datetime.now(UTC))
+        nothing.enqueue_with(delay=1, at=datetime.now(UTC))
     for bad in ('a"b', "c\\d", "with space", "", "-lead", "x" * 129, "é"):
         with pytest.raises(InvalidArguments, match="not a valid id"):
             app.enqueue_call("nothing", [], {}, job_id=bad)
@@ -109,7 +109,7 @@ def test_cancelled_queued_job_never_starts(
         return label
 
     queued = record_run.enqueue("queued")
-    scheduled = record_run.enqueue("scheduled", delay=0.3)
+    scheduled = record_run.enqueue_with(["scheduled"], delay=0.3)
     for handle in (queued, scheduled):
         record = handle.cancel()
         assert record.state is JobState.CANCELLED
@@ -311,7 +311,7 @@ def test_max_queued_refuses_the_fourth(limited_app: Conveyor) -> None:
         work.enqueue(3)
     assert (caught.value.queue, caught.value.limit) == ("default", 3)
     with pytest.raises(QueueFull):
-        work.enqueue(4, delay=10)  # scheduled jobs wait too
+        work.enqueue_with([4], delay=10)  # scheduled jobs wait too
     with pytest.raises(QueueFull):
         work.enqueue_many([(5,)])
     assert sorted(r.args[0] for r in stored(limited_app)) == [0, 1, 2]

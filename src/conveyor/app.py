@@ -8,17 +8,18 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar, Unpack, cast, overload
 
 from conveyor.backends import Broker, open_broker
 from conveyor.backends.outage import outage_for
 from conveyor.context import JobContext
-from conveyor.errors import ConfigurationError, InvalidArguments, UnknownJob
-from conveyor.functions import JobFunction, JobOptions, split_call
+from conveyor.errors import ConfigurationError, DuplicateJob, InvalidArguments, UnknownJob
+from conveyor.functions import JobDecorator, JobFunction, JobOptions, split_call
 from conveyor.handle import JobHandle
-from conveyor.ids import is_acceptable_id, new_id
+from conveyor.ids import new_id
 from conveyor.job import Backoff, BackoffPolicy, JobRecord, JobState
 from conveyor.known import KnownJob
+from conveyor.options import DEFAULT, EnqueueKwargs, EnqueueOptions, options_of
 from conveyor.portal import Portal
 from conveyor.stats import MinuteStats, minute_of
 from conveyor.uploads import StagingArea
@@ -29,6 +30,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("conveyor")
 
 T = TypeVar("T")
+P = ParamSpec("P")
+R = TypeVar("R")
 DEFAULT_URL = "sqlite:///conveyor.db"
 #: seconds the jobs workers published are cached by an app (a name not among them is looked
 #: up again at once)
@@ -93,7 +96,7 @@ class Conveyor:
         self.staging = StagingArea(
             staging_dir or os.environ.get("CONVEYOR_STAGING") or "conveyor-staging"
         )
-        self.registry: dict[str, JobFunction] = {}
+        self.registry: dict[str, JobFunction[..., Any]] = {}
         self.middlewares: list[Middleware] = []
         self._broker: Broker | None = None
         self._portal = Portal()
@@ -136,7 +139,20 @@ class Conveyor:
 
     # -- registration ---------------------------------------------------------------------------
     @overload
-    def job(self, fn: Callable[..., Any], /) -> JobFunction: ...
+    def job(
+        self, fn: Callable[Concatenate[JobContext, P], Awaitable[R]], /
+    ) -> JobFunction[P, R]: ...
+
+    @overload
+    def job(self, fn: Callable[Concatenate[JobContext, P], R], /) -> JobFunction[P, R]: ...
+
+    @overload
+    def job(
+        self, fn: Callable[P, Awaitable[R]], /
+    ) -> JobFunction[P, R]: ...
+
+    @overload
+    def job(self, fn: Callable[P, R], /) -> JobFunction[P, R]: ...
 
     @overload
     def job(
@@ -152,7 +168,7 @@ class Conveyor:
         executor: str | None = None,
         permanent_errors: Sequence[type[BaseException]] = (),
         staged: bool = False,
-    ) -> Callable[[Callable[..., Any]], JobFunction]: ...
+    ) -> JobDecorator: ...
 
     def job(
         self,
@@ -167,7 +183,7 @@ class Conveyor:
         executor: str | None = None,
         permanent_errors: Sequence[type[BaseException]] = (),
         staged: bool = False,
-    ) -> JobFunction | Callable[[Callable[..., Any]], JobFunction]:
+    ) -> JobFunction[..., Any] | JobDecorator:
         """Register a function (plain or ``async def``) as a job; usable bare or with options.
 
         ``executor`` is ``"async"`` (default for coroutine functions), ``"thread"`` (default
@@ -180,7 +196,7 @@ class Conveyor:
         if timeout is not None and timeout <= 0:
             raise ConfigurationError("timeout must be a positive number of seconds")
 
-        def register(func: Callable[..., Any]) -> JobFunction:
+        def register(func: Callable[..., Any]) -> JobFunction[..., Any]:
             import inspect
 
             job_name = name or func.__name__
@@ -196,11 +212,11 @@ class Conveyor:
                 permanent_errors=tuple(permanent_errors),
                 staged=staged,
             )
-            job_fn = JobFunction(self, func, job_name, options)
+            job_fn: JobFunction[..., Any] = JobFunction(self, func, job_name, options)
             self.registry[job_name] = job_fn
             return job_fn
 
-        return register(fn) if fn is not None else register
+        return register(fn) if fn is not None else cast(JobDecorator, register)
 
     def middleware(self, fn: Middleware) -> Middleware:
         """Register ``async def mw(job, call_next)``; the first registered is the outermost.
@@ -211,7 +227,7 @@ class Conveyor:
         self.middlewares.append(fn)
         return fn
 
-    def get_job(self, name: str) -> JobFunction:
+    def get_job(self, name: str) -> JobFunction[..., Any]:
         """The registered job called ``name``; raise :class:`UnknownJob` otherwise."""
         try:
             return self.registry[name]
@@ -219,19 +235,10 @@ class Conveyor:
             raise UnknownJob(f"no job named {name!r} is registered") from None
 
     # -- building records -----------------------------------------------------------------------
-    def build(
-        self,
-        name: str,
-        args: Sequence[Any],
-        kwargs: Mapping[str, Any],
-        *,
-        delay: float | None = None,
-        at: datetime | None = None,
-        queue: str | None = None,
-        now: float | None = None,
-        job_id: str | None = None,
-    ) -> JobRecord:
-        """Check a call against its job and make the record to store (nothing stored yet).
+    def build(self, name: str, args: Sequence[Any], kwargs: Mapping[str, Any],
+              options: EnqueueOptions = DEFAULT, *, now: float | None = None) -> JobRecord:
+        """Check a call against its job and make the record to store (nothing stored yet);
+        ``options`` are checked already (see :func:`~conveyor.options.options_of`).
 
         A name that is not registered here is accepted as is (the CLI enqueues by name
         for workers elsewhere); its arguments are then only checked to be JSON here, and
@@ -242,28 +249,13 @@ class Conveyor:
             payload = job_fn.check(args, kwargs)
         else:
             payload = JobFunction.check_json(name, args, kwargs)
-        if job_id is not None and not is_acceptable_id(job_id):
-            raise InvalidArguments(f"job_id {job_id!r} is not a valid id: use 1 to 128 letters, "
-                                   "digits, '_', '.', ':' or '-', starting with a letter or digit")
-        if delay is not None and at is not None:
-            raise InvalidArguments("give delay or at, not both")
         created = time.time() if now is None else now
-        run_at = created
-        if delay is not None:
-            if delay < 0:
-                raise InvalidArguments("delay must not be negative")
-            run_at = created + delay
-        elif at is not None:
-            if at.tzinfo is None:
-                raise InvalidArguments("at must be a timezone-aware datetime")
-            run_at = max(created, at.timestamp())
-        state = JobState.SCHEDULED if run_at > created else JobState.QUEUED
-        chosen_queue = queue or (job_fn.options.queue if job_fn else "default")
+        run_at = options.run_at(created)
         return JobRecord(
-            id=job_id or new_id(created),
+            id=options.job_id or new_id(created),
             name=name,
-            queue=chosen_queue,
-            state=state,
+            queue=options.queue or (job_fn.options.queue if job_fn else "default"),
+            state=JobState.SCHEDULED if run_at > created else JobState.QUEUED,
             args=list(args),
             kwargs=dict(kwargs),
             created_at=created,
@@ -271,12 +263,32 @@ class Conveyor:
             payload=payload,
         )
 
+    def _build_many(self, name: str, items: Sequence[Sequence[Any] | Mapping[str, Any]],
+                    options: EnqueueOptions,
+                    job_ids: Sequence[str] | None) -> list[JobRecord]:
+        if options.job_id is not None:
+            raise InvalidArguments("job_id names one job: give job_ids=[...] for a bulk "
+                                   "enqueue, one per item")
+        if job_ids is not None:
+            if len(job_ids) != len(items):
+                raise InvalidArguments(f"job_ids has {len(job_ids)} ids for {len(items)} items")
+            if len(set(job_ids)) != len(job_ids):
+                raise DuplicateJob(_first_repeated(job_ids),
+                                   "job_ids names one id twice; nothing was stored")
+        now = time.time()
+        records = []
+        for n, item in enumerate(items):
+            args, kwargs = split_call(item)
+            each = options.with_id(job_ids[n]) if job_ids is not None else options
+            records.append(self.build(name, args, kwargs, each.checked(), now=now))
+        return records
+
     # -- enqueueing -----------------------------------------------------------------------------
     def run_sync(self, coro: Coroutine[Any, Any, T]) -> T:
         """Run a coroutine of this app from blocking code."""
         return self._portal.call(coro)
 
-    def _store(self, records: list[JobRecord]) -> list[JobHandle]:
+    def _store(self, records: list[JobRecord]) -> list[JobHandle[Any]]:
         if self.eager:
             from conveyor.eager import store_and_run
 
@@ -284,14 +296,13 @@ class Conveyor:
         try:
             self.broker.enqueue_blocking(records, self.max_queued)
         except NotImplementedError:
-            self.run_sync(self._store_async(records))
-            return [JobHandle(self, r.id) for r in records]
+            return self.run_sync(self._store_async(records))
         outage_for(self.broker).recovered()  # logs the end of an outage, if one was under way
         if self.metrics is not None:
             self.metrics.jobs_enqueued(records)
         return [JobHandle(self, r.id) for r in records]
 
-    async def _store_async(self, records: list[JobRecord]) -> list[JobHandle]:
+    async def _store_async(self, records: list[JobRecord]) -> list[JobHandle[Any]]:
         if self.eager:
             from conveyor.eager import store_and_run_async
 
@@ -304,72 +315,70 @@ class Conveyor:
         return [JobHandle(self, r.id) for r in records]
 
     def enqueue(self, name: str, *args: Any, delay: float | None = None,
-                at: datetime | None = None, **kwargs: Any) -> JobHandle:
+                at: datetime | None = None, **kwargs: Any) -> JobHandle[Any]:
         """Store a call of job ``name``; return once it is durable."""
         return self.enqueue_call(name, args, kwargs, delay=delay, at=at)
 
-    def enqueue_call(self, name: str, args: Sequence[Any], kwargs: Mapping[str, Any], *,
-                     delay: float | None = None, at: datetime | None = None,
-                     queue: str | None = None, job_id: str | None = None,
-                     force: bool = False) -> JobHandle:
-        """:meth:`enqueue` with explicit argument containers, an optional queue and an id
-        made beforehand (with :func:`conveyor.ids.new_id`, e.g. to name a staged upload).
+    def enqueue_call(self, name: str, args: Sequence[Any], kwargs: Mapping[str, Any],
+                     options: EnqueueOptions | None = None,
+                     **given: Unpack[EnqueueKwargs]) -> JobHandle[Any]:
+        """:meth:`enqueue` with explicit argument containers and per-call options (an
+        :class:`~conveyor.options.EnqueueOptions`, or its fields as keywords): ``delay`` or
+        ``at``, ``queue``, ``job_id`` (an id that exists raises :class:`DuplicateJob`),
+        ``unique_key``/``unique_for``/``on_conflict`` and ``force``.
 
         A name not registered here must have been published by a worker (see
         :meth:`known_jobs`), which also checks the arguments; ``force=True`` skips that."""
-        record = self.build(name, args, kwargs, delay=delay, at=at, queue=queue, job_id=job_id)
-        if not force and name not in self.registry:
-            self.run_sync(self._check_known([record], queue is None))
+        opts = options_of(options, given)
+        record = self.build(name, args, kwargs, opts)
+        if not opts.force and name not in self.registry:
+            self.run_sync(self._check_known([record], opts.queue is None))
         return self._store([record])[0]
 
     async def enqueue_async(self, name: str, *args: Any, delay: float | None = None,
-                            at: datetime | None = None, **kwargs: Any) -> JobHandle:
+                            at: datetime | None = None, **kwargs: Any) -> JobHandle[Any]:
         """Awaitable :meth:`enqueue`."""
         return await self.enqueue_call_async(name, args, kwargs, delay=delay, at=at)
 
     async def enqueue_call_async(self, name: str, args: Sequence[Any],
-                                 kwargs: Mapping[str, Any], *, delay: float | None = None,
-                                 at: datetime | None = None, queue: str | None = None,
-                                 job_id: str | None = None, force: bool = False) -> JobHandle:
+                                 kwargs: Mapping[str, Any],
+                                 options: EnqueueOptions | None = None,
+                                 **given: Unpack[EnqueueKwargs]) -> JobHandle[Any]:
         """Awaitable :meth:`enqueue_call`."""
-        record = self.build(name, args, kwargs, delay=delay, at=at, queue=queue, job_id=job_id)
-        if not force and name not in self.registry:
-            await self._check_known([record], queue is None)
+        opts = options_of(options, given)
+        record = self.build(name, args, kwargs, opts)
+        if not opts.force and name not in self.registry:
+            await self._check_known([record], opts.queue is None)
         return (await self._store_async([record]))[0]
 
-    def _build_many(self, name: str, items: Sequence[Sequence[Any] | Mapping[str, Any]],
-                    delay: float | None) -> list[JobRecord]:
-        now = time.time()
-        records = []
-        for item in items:
-            args, kwargs = split_call(item)
-            records.append(self.build(name, args, kwargs, delay=delay, now=now))
-        return records
-
     def enqueue_many(self, name: str, items: Sequence[Sequence[Any] | Mapping[str, Any]], *,
-                     delay: float | None = None, force: bool = False) -> list[JobHandle]:
+                     job_ids: Sequence[str] | None = None,
+                     **given: Unpack[EnqueueKwargs]) -> list[JobHandle[Any]]:
         """Enqueue one job per item in one durable write: all are stored or none.
 
         An item is a tuple or list of positional arguments, or a dict of keyword arguments.
-        ``force`` is as for :meth:`enqueue_call`.
+        The options (as for :meth:`enqueue_call`) apply to every item; ``job_ids`` names
+        the jobs, one id per item.
         """
         if not items:
             return []
-        records = self._build_many(name, items, delay)
-        if not force and name not in self.registry:
-            self.run_sync(self._check_known(records, True))
+        opts = options_of(None, given)
+        records = self._build_many(name, items, opts, job_ids)
+        if not opts.force and name not in self.registry:
+            self.run_sync(self._check_known(records, opts.queue is None))
         return self._store(records)
 
     async def enqueue_many_async(self, name: str,
                                  items: Sequence[Sequence[Any] | Mapping[str, Any]], *,
-                                 delay: float | None = None,
-                                 force: bool = False) -> list[JobHandle]:
+                                 job_ids: Sequence[str] | None = None,
+                                 **given: Unpack[EnqueueKwargs]) -> list[JobHandle[Any]]:
         """Awaitable :meth:`enqueue_many`."""
         if not items:
             return []
-        records = self._build_many(name, items, delay)
-        if not force and name not in self.registry:
-            await self._check_known(records, True)
+        opts = options_of(None, given)
+        records = self._build_many(name, items, opts, job_ids)
+        if not opts.force and name not in self.registry:
+            await self._check_known(records, opts.queue is None)
         return await self._store_async(records)
 
     # -- known jobs -----------------------------------------------------------------------------
@@ -434,7 +443,7 @@ class Conveyor:
                 record.queue = job.queue
 
     # -- reading and admin ----------------------------------------------------------------------
-    def handle(self, job_id: str) -> JobHandle:
+    def handle(self, job_id: str) -> JobHandle[Any]:
         """A handle for a job id (it is not checked to exist)."""
         return JobHandle(self, job_id)
 
@@ -488,6 +497,15 @@ class Conveyor:
             self.run_sync(self._broker.close())
             self._broker = None
         self._portal.close()
+
+
+def _first_repeated(ids: Sequence[str]) -> str:
+    seen: set[str] = set()
+    for job_id in ids:
+        if job_id in seen:
+            return job_id
+        seen.add(job_id)
+    return ids[0]
 
 
 def _span(seconds: float) -> str:

@@ -6,9 +6,9 @@ the epoch. Daylight-saving time follows two rules:
 
 * a local time that does not exist (the clock springs forward over it) is skipped that day;
 * a local time that happens twice (the clock falls back) fires once, at its first
-  occurrence, unless the expression matches every hour (its hour field is ``*``): such
-  expressions follow real time and fire in both copies of the repeated hour, which are
-  different instants an hour apart.
+  occurrence, unless the expression matches every hour (its hour field is ``*`` or covers
+  0-23): such expressions follow real time and fire in both copies of the repeated hour,
+  which are different instants an hour apart.
 
 ``every=N`` ticks are the multiples of N seconds since the Unix epoch, so every process
 computes the same ticks without talking to the others; the time zone plays no part.

@@ -52,7 +52,7 @@ class _Runner:
         self.worker: Worker | None = None
         self.middlewares: tuple[Any, ...] = ()
         #: thread twins of ``process`` jobs, by name
-        self.threaded: dict[str, JobFunction] = {}
+        self.threaded: dict[str, JobFunction[..., Any]] = {}
         self.lock = threading.Lock()
         #: the loop of blocking enqueues (not the app's: a job on it may call the blocking
         #: API, ``handle.result()`` say, which runs on the app's loop)
@@ -86,7 +86,7 @@ class _Runner:
         self.portal.call(self._close_worker())
         self.portal.close()
 
-    def in_process(self, job_fn: JobFunction) -> JobFunction:
+    def in_process(self, job_fn: JobFunction[..., Any]) -> JobFunction[..., Any]:
         """``job_fn``, with a ``process`` executor swapped for a thread."""
         if job_fn.options.executor != "process":
             return job_fn
@@ -129,7 +129,7 @@ def _due_now(records: Sequence[JobRecord]) -> list[JobRecord]:
     ]
 
 
-async def store_and_run_async(app: Conveyor, records: Sequence[JobRecord]) -> list[JobHandle]:
+async def store_and_run_async(app: Conveyor, records: Sequence[JobRecord]) -> list[JobHandle[Any]]:
     """Store ``records`` (one write), then run each job to its end; return their handles."""
     from conveyor.handle import JobHandle
 
@@ -145,7 +145,7 @@ async def store_and_run_async(app: Conveyor, records: Sequence[JobRecord]) -> li
     return [JobHandle(app, r.id) for r in due]
 
 
-def store_and_run(app: Conveyor, records: Sequence[JobRecord]) -> list[JobHandle]:
+def store_and_run(app: Conveyor, records: Sequence[JobRecord]) -> list[JobHandle[Any]]:
     """Blocking :func:`store_and_run_async`."""
     return _run_blocking(app, store_and_run_async(app, records))
 
@@ -198,7 +198,7 @@ async def _claim(worker: Worker, record: JobRecord) -> JobRecord | None:
     return None
 
 
-async def run_job(app: Conveyor, job_fn: JobFunction, record: JobRecord) -> None:
+async def run_job(app: Conveyor, job_fn: JobFunction[..., Any], record: JobRecord) -> None:
     """Run the stored job ``record`` attempt after attempt until it is final."""
     from conveyor.worker import outcomes
 

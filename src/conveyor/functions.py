@@ -4,24 +4,36 @@ from __future__ import annotations
 
 import inspect
 import typing
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Concatenate,
+    Generic,
+    ParamSpec,
+    Protocol,
+    TypeVar,
+    Unpack,
+    overload,
+)
 
 from conveyor.context import JobContext
 from conveyor.errors import ConfigurationError, InvalidArguments
 from conveyor.job import Backoff, BackoffPolicy, JobRecord
+from conveyor.options import EnqueueKwargs, EnqueueOptions
 from conveyor.serialization import NotSerializable, dumps
 from conveyor.signatures import misfit
 from conveyor.uploads import Upload
 
 if TYPE_CHECKING:
-    from datetime import datetime
     from pathlib import Path
 
     from conveyor.app import Conveyor
     from conveyor.handle import JobHandle
 
+P = ParamSpec("P")
+R = TypeVar("R")
 EXECUTORS = ("async", "thread", "process")
 DEFAULT_BACKOFF = Backoff()
 
@@ -132,8 +144,13 @@ def split_call(item: Sequence[Any] | Mapping[str, Any]) -> tuple[list[Any], dict
     )
 
 
-class JobFunction:
-    """What ``@app.job`` returns: call it to run the function now, ``.enqueue`` to run it later."""
+class JobFunction(Generic[P, R]):
+    """What ``@app.job`` returns: call it to run the function now, ``.enqueue`` to run it later.
+
+    It is generic in the job's parameters (without a leading ``JobContext``) and its result
+    (awaited, for ``async def``), so a type checker checks ``fn.enqueue(...)`` against the
+    function and types ``handle.result()``.
+    """
 
     def __init__(
         self, app: Conveyor, fn: Callable[..., Any], name: str, options: JobOptions
@@ -214,30 +231,65 @@ class JobFunction:
             ) from None
 
     # -- enqueueing -----------------------------------------------------------------------------
-    def enqueue(self, *args: Any, delay: float | None = None, at: datetime | None = None,
-                **kwargs: Any) -> JobHandle:
-        """Store a call of this job and return its handle. Blocks until it is durable."""
-        return self.app.enqueue(self.name, *args, delay=delay, at=at, **kwargs)
+    def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> JobHandle[R]:
+        """Store a call of this job and return its handle. Blocks until it is durable.
 
-    async def enqueue_async(self, *args: Any, delay: float | None = None,
-                            at: datetime | None = None, **kwargs: Any) -> JobHandle:
+        Every argument goes to the job; per-call options go through :meth:`enqueue_with`."""
+        return self.app.enqueue_call(self.name, args, kwargs)
+
+    async def enqueue_async(self, *args: P.args, **kwargs: P.kwargs) -> JobHandle[R]:
         """Awaitable :meth:`enqueue`."""
-        return await self.app.enqueue_async(self.name, *args, delay=delay, at=at, **kwargs)
+        return await self.app.enqueue_call_async(self.name, args, kwargs)
 
-    def enqueue_with(self, args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None = None, *,
-                     delay: float | None = None, at: datetime | None = None,
-                     queue: str | None = None) -> JobHandle:
-        """Enqueue with explicit ``args``/``kwargs`` (for parameters named ``delay`` or ``at``)
-        and, optionally, another queue."""
-        return self.app.enqueue_call(self.name, args, kwargs or {}, delay=delay, at=at,
-                                     queue=queue)
+    def enqueue_with(self, args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None = None,
+                     options: EnqueueOptions | None = None,
+                     **given: Unpack[EnqueueKwargs]) -> JobHandle[R]:
+        """Enqueue with explicit ``args``/``kwargs`` and per-call options (see
+        :meth:`Conveyor.enqueue_call`): ``delay``, ``at``, ``queue``, ``job_id``,
+        ``unique_key``, ``unique_for``, ``on_conflict``."""
+        return self.app.enqueue_call(self.name, args, kwargs or {}, options, **given)
+
+    async def enqueue_with_async(self, args: Sequence[Any] = (),
+                                 kwargs: Mapping[str, Any] | None = None,
+                                 options: EnqueueOptions | None = None,
+                                 **given: Unpack[EnqueueKwargs]) -> JobHandle[R]:
+        """Awaitable :meth:`enqueue_with`."""
+        return await self.app.enqueue_call_async(self.name, args, kwargs or {}, options,
+                                                 **given)
 
     def enqueue_many(self, items: Sequence[Sequence[Any] | Mapping[str, Any]], *,
-                     delay: float | None = None) -> list[JobHandle]:
-        """Enqueue one job per item in one durable write (see :func:`split_call`)."""
-        return self.app.enqueue_many(self.name, items, delay=delay)
+                     job_ids: Sequence[str] | None = None,
+                     **given: Unpack[EnqueueKwargs]) -> list[JobHandle[R]]:
+        """Enqueue one job per item in one durable write (see :func:`split_call`); the
+        options apply to every item, ``job_ids`` names them."""
+        return self.app.enqueue_many(self.name, items, job_ids=job_ids, **given)
 
     async def enqueue_many_async(self, items: Sequence[Sequence[Any] | Mapping[str, Any]], *,
-                                 delay: float | None = None) -> list[JobHandle]:
+                                 job_ids: Sequence[str] | None = None,
+                                 **given: Unpack[EnqueueKwargs]) -> list[JobHandle[R]]:
         """Awaitable :meth:`enqueue_many`."""
-        return await self.app.enqueue_many_async(self.name, items, delay=delay)
+        return await self.app.enqueue_many_async(self.name, items, job_ids=job_ids, **given)
+
+
+class JobDecorator(Protocol):
+    """What ``@app.job(...)`` with options returns: it registers a function and types the
+    :class:`JobFunction` from its signature (a leading ``JobContext`` parameter is not the
+    caller's to give; an ``async def`` job's result is what it returns, awaited)."""
+
+    @overload
+    def __call__(
+        self, fn: Callable[Concatenate[JobContext, P], Awaitable[R]], /
+    ) -> JobFunction[P, R]: ...
+
+    @overload
+    def __call__(self, fn: Callable[Concatenate[JobContext, P], R], /) -> JobFunction[P, R]: ...
+
+    @overload
+    def __call__(
+        self, fn: Callable[P, Awaitable[R]], /
+    ) -> JobFunction[P, R]: ...
+
+    @overload
+    def __call__(self, fn: Callable[P, R], /) -> JobFunction[P, R]: ...
+
+    def __call__(self, fn: Callable[..., Any], /) -> JobFunction[..., Any]: ...

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 from conveyor.errors import JobCancelled, JobFailed, JobNotFound
 from conveyor.job import JobRecord, JobState
@@ -13,14 +13,23 @@ if TYPE_CHECKING:
     from conveyor.app import Conveyor
 
 
-class JobHandle:
-    """A job by id. ``info()`` reads its record, ``result()`` waits for its outcome."""
+R = TypeVar("R")
 
-    __slots__ = ("app", "id")
 
-    def __init__(self, app: Conveyor, job_id: str) -> None:
+class JobHandle(Generic[R]):
+    """A job by id. ``info()`` reads its record, ``result()`` waits for its outcome (typed
+    as the job function's return value when the handle came from one).
+
+    ``deduplicated`` is True when the enqueue that returned it stored nothing, because a job
+    holding the same unique key was under way: the handle is that job's.
+    """
+
+    __slots__ = ("app", "deduplicated", "id")
+
+    def __init__(self, app: Conveyor, job_id: str, deduplicated: bool = False) -> None:
         self.app = app
         self.id = job_id
+        self.deduplicated = deduplicated
 
     def __repr__(self) -> str:
         return f"<JobHandle {self.id}>"
@@ -43,7 +52,7 @@ class JobHandle:
         """Blocking :meth:`info_async`."""
         return self.app.run_sync(self.info_async())
 
-    async def result_async(self, timeout: float | None = None) -> Any:
+    async def result_async(self, timeout: float | None = None) -> R:
         """Wait until the job is final and return its result.
 
         Raise :class:`JobFailed` if it died, :class:`JobCancelled` if it was cancelled,
@@ -54,7 +63,8 @@ class JobHandle:
         while True:
             record = await self.info_async()
             if record.state is JobState.SUCCEEDED:
-                return record.result
+                result: R = record.result
+                return result
             if record.state is JobState.DEAD:
                 raise JobFailed(self.id, record.error)
             if record.state is JobState.CANCELLED:
@@ -65,7 +75,7 @@ class JobHandle:
             await asyncio.sleep(max(0.0, wait))
             pause = min(pause * 1.5, 0.25)
 
-    def result(self, timeout: float | None = None) -> Any:
+    def result(self, timeout: float | None = None) -> R:
         """Blocking :meth:`result_async`."""
         return self.app.run_sync(self.result_async(timeout))
 

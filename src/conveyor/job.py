@@ -63,6 +63,10 @@ class JobRecord:
     #: set by a claim: the job ran before in a worker that was lost (``recoveries``), or was
     #: held by one unstarted and may have started just before it died; it runs alone
     suspect: bool = field(default=False, compare=False)
+    #: while this job is not final (and until ``unique_until``, if set) another enqueue with
+    #: the same key stores nothing (see ``EnqueueOptions.unique_key``); set at enqueue only
+    unique_key: str | None = field(default=None, compare=False)
+    unique_until: float | None = field(default=None, compare=False)
     #: ``(args, kwargs)`` as JSON text, made once at enqueue time and reused by the backend
     payload: tuple[str, str] | None = field(default=None, repr=False, compare=False)
 

@@ -88,7 +88,7 @@ class KnownJob:
     _signature: inspect.Signature | None = field(default=None, compare=False, repr=False)
 
     @classmethod
-    def of(cls, job_fn: JobFunction) -> KnownJob:
+    def of(cls, job_fn: JobFunction[..., Any]) -> KnownJob:
         """Describe a registered job (``seen_at`` is set by the store)."""
         uploads = set(job_fn.upload_parameters)
         params = tuple(

@@ -21,8 +21,9 @@ from conveyor.cli.output import (
     print_json,
     print_workers,
 )
-from conveyor.errors import InvalidArguments, QueueFull, UnknownJob, redact_url
+from conveyor.errors import DuplicateJob, InvalidArguments, QueueFull, UnknownJob, redact_url
 from conveyor.job import FINAL_STATES, JobRecord, JobState
+from conveyor.options import EnqueueOptions
 
 
 def _json_arg(text: str, expected: type, option: str) -> Any:
@@ -81,11 +82,13 @@ async def enqueue(app: Conveyor, args: argparse.Namespace) -> int:
     if missing is not None:  # no worker published anything there: refused, creating nothing
         raise CLIError(f"{app.unknown_job(args.name)} (no SQLite database at {missing} yet)")
     try:
-        handle = await app.enqueue_call_async(
-            args.name, call_args, call_kwargs, delay=args.delay, queue=args.queue, force=force
-        )
+        options = EnqueueOptions(delay=args.delay, queue=args.queue, job_id=args.job_id,
+                                 force=force)
+        handle = await app.enqueue_call_async(args.name, call_args, call_kwargs, options)
     except (InvalidArguments, UnknownJob) as exc:
         raise CLIError(str(exc)) from None
+    except DuplicateJob as exc:
+        raise CLIError(str(exc), code=1) from None
     except QueueFull as exc:
         raise CLIError(str(exc), code=3) from None
     if args.json:

@@ -83,6 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kwargs", default="{}", help="JSON object of keyword arguments")
     p.add_argument("--queue", help="queue (default: the job's own, or 'default')")
     p.add_argument("--delay", type=float, help="seconds to wait before it may run")
+    p.add_argument("--id", dest="job_id", help="the job's id, instead of a new one "
+                   "(an id that exists is refused)")
     p.add_argument("--json", action="store_true", help="print the job's info as JSON")
     p.add_argument("--force", action="store_true", help="store it even if no worker has "
                    "published a job of that name (arguments unchecked)")

@@ -23,7 +23,7 @@ from conveyor.http.errors import ApiError
 from conveyor.http.origin import Origins
 from conveyor.http.routes import limited_body, prefix
 from conveyor.http.services import Services
-from conveyor.ids import is_valid_id
+from conveyor.ids import is_acceptable_id, is_valid_id
 
 Handler = Callable[[Request], Awaitable[Response]]
 #: the static files of the dashboard and their media types
@@ -142,15 +142,18 @@ class Dashboard:
     async def jobs(self, request: Request) -> Response:
         """GET /ui/api/jobs?state=&queue=&q=&cursor=&limit=: a page of job summaries.
 
-        ``q`` is a job id (that job alone) or a job name (jobs of that name)."""
+        ``q`` is a job id (that job alone) or else a job name (jobs of that name)."""
         params = dict(request.query_params)
         search = (params.pop("q", "") or "").strip()
-        if search and is_valid_id(search.upper()):
-            try:
-                record = await self.services.get(search.upper())
-            except ApiError:
-                return _json({"jobs": [], "next_cursor": None})
-            return _json({"jobs": [data.job_summary(record)], "next_cursor": None})
+        for job_id in ((search, search.upper()) if search else ()):
+            if is_acceptable_id(job_id):  # an id (typed in any case when generated)
+                try:
+                    record = await self.services.get(job_id)
+                except ApiError:
+                    continue
+                return _json({"jobs": [data.job_summary(record)], "next_cursor": None})
+        if search and is_valid_id(search.upper()):  # a generated id that is not there
+            return _json({"jobs": [], "next_cursor": None})
         if search:
             params["name"] = search
         page = await self.services.list_jobs(params, shape=data.job_summary)

@@ -12,10 +12,12 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from conveyor.errors import InvalidArguments
 from conveyor.http.errors import ApiError
+from conveyor.options import DEFAULT, EnqueueOptions
 
 #: the fields of a JSON job call
-CALL_FIELDS = ("args", "kwargs", "delay", "queue")
+CALL_FIELDS = ("args", "kwargs", "delay", "queue", "id")
 MAX_QUEUE_NAME = 200
 
 
@@ -25,8 +27,7 @@ class JobCall:
 
     args: list[Any] = field(default_factory=list)
     kwargs: dict[str, Any] = field(default_factory=dict)
-    delay: float | None = None
-    queue: str | None = None
+    options: EnqueueOptions = DEFAULT
 
 
 def _no_constants(name: str) -> Any:
@@ -58,7 +59,8 @@ def finite_number(value: object) -> bool:
 
 def job_call(raw: bytes, content_type: str | None) -> JobCall:
     """The body of ``POST /jobs/{name}``: a JSON object with the optional fields ``args``
-    (array), ``kwargs`` (object), ``delay`` (seconds, 0 or more) and ``queue`` (string).
+    (array), ``kwargs`` (object), ``delay`` (seconds, 0 or more), ``queue`` (string) and
+    ``id`` (the job's id, instead of a new one).
 
     An empty body without a content type is a call without arguments.
     """
@@ -71,7 +73,8 @@ def job_call(raw: bytes, content_type: str | None) -> JobCall:
     except (ValueError, UnicodeDecodeError) as exc:
         raise ApiError(400, f"the body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
-        raise ApiError(400, "the body must be a JSON object with args, kwargs, delay, queue")
+        raise ApiError(400, "the body must be a JSON object with "
+                       f"{', '.join(CALL_FIELDS)}")
     unknown = sorted(set(body) - set(CALL_FIELDS))
     if unknown:
         raise ApiError(400, f"unknown field {unknown[0]!r}; the fields are "
@@ -90,7 +93,15 @@ def job_call(raw: bytes, content_type: str | None) -> JobCall:
                               or len(queue) > MAX_QUEUE_NAME):
         raise ApiError(400, f"queue must be a non-empty string of at most {MAX_QUEUE_NAME} "
                        "characters")
-    return JobCall(args, kwargs, None if delay is None else float(delay), queue)
+    job_id = body.get("id")
+    if job_id is not None and not isinstance(job_id, str):
+        raise ApiError(400, "id must be a string")
+    options = EnqueueOptions(delay=None if delay is None else float(delay), queue=queue,
+                             job_id=job_id)
+    try:
+        return JobCall(args, kwargs, options.checked())
+    except InvalidArguments as exc:
+        raise ApiError(400, str(exc)) from None
 
 
 def query_arguments(query: Sequence[tuple[str, str]], upload_parameter: str,

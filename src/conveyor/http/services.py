@@ -16,11 +16,19 @@ from typing import TYPE_CHECKING, Any
 
 from conveyor.builtin import PUSH_JOB
 from conveyor.containers.base import missing_container
-from conveyor.errors import InvalidArguments, JobNotFound, QueueFull, StoreUnavailable, UnknownJob
+from conveyor.errors import (
+    DuplicateJob,
+    InvalidArguments,
+    JobNotFound,
+    QueueFull,
+    StoreUnavailable,
+    UnknownJob,
+)
 from conveyor.http import decoding
 from conveyor.http.errors import ApiError
-from conveyor.ids import is_valid_id, new_id
+from conveyor.ids import is_acceptable_id, new_id
 from conveyor.job import ALL_STATES, JobRecord, JobState
+from conveyor.options import DEFAULT, EnqueueOptions
 from conveyor.uploads import (
     StagedFile,
     Upload,
@@ -113,16 +121,17 @@ class Services:
             status, why = (507, "no space left to store") if full else (500, "cannot store")
             raise ApiError(status, f"{why} the upload: {exc.strerror or exc}") from None
 
-    async def _enqueue(self, name: str, args: Sequence[Any], kwargs: Mapping[str, Any], *,
-                       job_id: str | None = None, delay: float | None = None,
-                       queue: str | None = None) -> str:
-        """Store the job; map the app's refusals to statuses. A staged file of ``job_id``
-        is removed when nothing was stored."""
+    async def _enqueue(self, name: str, args: Sequence[Any], kwargs: Mapping[str, Any],
+                       options: EnqueueOptions = DEFAULT, *, staged: bool = False) -> str:
+        """Store the job; map the app's refusals to statuses. With ``staged``, the staged
+        file of the job's id is removed when nothing was stored."""
+        job_id = options.job_id if staged else None
         try:
             await self.broker_ready()
-            handle = await self.app.enqueue_call_async(
-                name, args, kwargs, job_id=job_id, delay=delay, queue=queue
-            )
+            handle = await self.app.enqueue_call_async(name, args, kwargs, options)
+        except DuplicateJob as exc:
+            self._discard(job_id)
+            raise ApiError(409, str(exc)) from None
         except QueueFull as exc:
             self._discard(job_id)
             raise ApiError(503, str(exc), {"Retry-After": str(RETRY_AFTER)}) from None
@@ -163,7 +172,8 @@ class Services:
                 raise ApiError(404, str(missing))
         job_id = new_id()
         await self._stage(chunks, job_id)
-        return await self._enqueue(PUSH_JOB, [name, path, body.host_path], {}, job_id=job_id)
+        return await self._enqueue(PUSH_JOB, [name, path, body.host_path], {},
+                                   EnqueueOptions(job_id=job_id), staged=True)
 
     # -- jobs ---------------------------------------------------------------------------------
     async def published(self, name: str) -> KnownJob:
@@ -196,8 +206,7 @@ class Services:
         if staged:
             raise ApiError(400, f"job {name!r} takes its file from POST /uploads")
         call = decoding.job_call(raw, content_type)
-        return await self._enqueue(name, call.args, call.kwargs, delay=call.delay,
-                                   queue=call.queue)
+        return await self._enqueue(name, call.args, call.kwargs, call.options)
 
     async def submit_upload(self, name: str, chunks: AsyncIterator[bytes],
                             query: Sequence[tuple[str, str]], body: BodyInfo) -> str:
@@ -222,11 +231,12 @@ class Services:
         job_id = new_id()
         staged = await self._stage(chunks, job_id)
         kwargs[param] = Upload.describe(staged.size, filename, body.content_type)
-        return await self._enqueue(name, [], kwargs, job_id=job_id)
+        return await self._enqueue(name, [], kwargs, EnqueueOptions(job_id=job_id),
+                                   staged=True)
 
     async def get(self, job_id: str) -> JobRecord:
         """The job's record (404 unless it exists)."""
-        if not is_valid_id(job_id):
+        if not is_acceptable_id(job_id):
             raise _not_found(job_id)
         await self.broker_ready()
         record = await self.app.broker.get(job_id)
@@ -248,7 +258,7 @@ class Services:
             raise ApiError(400, f"state must be one of {', '.join(ALL_STATES)}")
         limit = decoding.page_limit(params.get("limit"), DEFAULT_PAGE, MAX_PAGE)
         cursor = params.get("cursor") or None
-        if cursor is not None and not is_valid_id(cursor):
+        if cursor is not None and not is_acceptable_id(cursor):
             raise ApiError(400, "cursor must be a job id (the next_cursor of a page)")
         await self.broker_ready()
         records = await self.app.broker.list_jobs(

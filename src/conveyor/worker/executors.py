@@ -117,7 +117,7 @@ class Executors:
         self._max_processes = max(1, max_processes)
         self._processes: ProcessPool | None = None
 
-    async def run(self, job_fn: JobFunction, ctx: JobContext) -> Any:
+    async def run(self, job_fn: JobFunction[..., Any], ctx: JobContext) -> Any:
         """Run one attempt; raise :class:`JobTimeout` past the job's timeout."""
         executor = job_fn.options.executor
         if executor == "async":
@@ -126,7 +126,7 @@ class Executors:
             return await self._run_thread(job_fn, ctx)
         return await self._run_process(job_fn, ctx)
 
-    async def _run_async(self, job_fn: JobFunction, ctx: JobContext) -> Any:
+    async def _run_async(self, job_fn: JobFunction[..., Any], ctx: JobContext) -> Any:
         args, kwargs = job_fn.call_arguments(ctx)
         timeout = job_fn.options.timeout
         if timeout is None:
@@ -141,7 +141,7 @@ class Executors:
             ctx.mark_cancelled()
             raise JobTimeout(f"job {job_fn.name!r} timed out after {timeout}s") from None
 
-    async def _run_thread(self, job_fn: JobFunction, ctx: JobContext) -> Any:
+    async def _run_thread(self, job_fn: JobFunction[..., Any], ctx: JobContext) -> Any:
         args, kwargs = job_fn.call_arguments(ctx)
         loop = asyncio.get_running_loop()
         call = functools.partial(contextvars.copy_context().run, job_fn.fn, *args, **kwargs)
@@ -161,7 +161,7 @@ class Executors:
             ctx.mark_cancelled()
             raise
 
-    async def _run_process(self, job_fn: JobFunction, ctx: JobContext) -> Any:
+    async def _run_process(self, job_fn: JobFunction[..., Any], ctx: JobContext) -> Any:
         if self._processes is None:
             from conveyor.worker.process_pool import ProcessPool
 

@@ -67,7 +67,7 @@ def _describe(exc: BaseException) -> str:
 def failed(
     record: JobRecord,
     worker_id: str,
-    job_fn: JobFunction,
+    job_fn: JobFunction[..., Any],
     exc: BaseException,
     *,
     error: str | None = None,
@@ -106,7 +106,8 @@ def _fields(record: JobRecord, worker_id: str, **more: Any) -> dict[str, Any]:
             "attempt": record.attempts - record.recoveries, "worker_id": worker_id, **more}
 
 
-def _dead_reason(record: JobRecord, error: str, job_fn: JobFunction | None) -> tuple[str, str]:
+def _dead_reason(record: JobRecord, error: str,
+                 job_fn: JobFunction[..., Any] | None) -> tuple[str, str]:
     """Why the attempt sent the job to the dead set, and its error without the tally."""
     if job_fn is None:
         return "no job of that name is registered in this worker", error
@@ -123,7 +124,7 @@ def _dead_reason(record: JobRecord, error: str, job_fn: JobFunction | None) -> t
             else "permanent error"), error
 
 
-def log_end(record: JobRecord, outcome: Outcome, job_fn: JobFunction | None,
+def log_end(record: JobRecord, outcome: Outcome, job_fn: JobFunction[..., Any] | None,
             started: bool = True) -> None:
     """Log the end of an attempt once the worker has its outcome for the store: a failed
     attempt (WARNING), a job gone dead (ERROR, its traceback in the JSON record's

@@ -70,7 +70,7 @@ class _Running:
 
     __slots__ = ("ctx", "job_fn", "start", "stop_reason", "task")
 
-    def __init__(self, ctx: JobContext, job_fn: JobFunction | None) -> None:
+    def __init__(self, ctx: JobContext, job_fn: JobFunction[..., Any] | None) -> None:
         self.ctx = ctx
         self.job_fn = job_fn
         self.task: asyncio.Task[None] | None = None
@@ -565,7 +565,7 @@ class Worker:
         if self._settled is not None:
             self._settled.set()
 
-    async def run_attempt(self, record: JobRecord, job_fn: JobFunction) -> Outcome:
+    async def run_attempt(self, record: JobRecord, job_fn: JobFunction[..., Any]) -> Outcome:
         """Run one claimed attempt here and now, as the claim loop would (middleware,
         executor, timeout, outcome rules), and return its outcome unsettled: for eager mode.
         The job counts as running (heartbeat, cancellation) while it runs."""

@@ -1,0 +1,105 @@
+"""The options of one enqueue, as one value that every entry point (Python, CLI, HTTP) builds
+once and hands down: when the job runs, where, under which id, and how it is deduplicated.
+
+To add an option: a field here and in :class:`EnqueueKwargs`, its check in
+:meth:`EnqueueOptions.checked`, and its use where the record is built (``Conveyor.build``)
+and stored (the backends).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Literal, TypedDict
+
+from conveyor.errors import InvalidArguments
+from conveyor.ids import is_acceptable_id
+
+OnConflict = Literal["return", "raise"]
+ON_CONFLICT = ("return", "raise")
+#: the longest unique key (it is stored with the job and in an index)
+MAX_UNIQUE_KEY = 512
+
+
+class EnqueueKwargs(TypedDict, total=False):
+    """The options as keyword arguments (``fn.enqueue_with(args, delay=5, job_id=...)``)."""
+
+    delay: float | None
+    at: datetime | None
+    queue: str | None
+    job_id: str | None
+    unique_key: str | None
+    unique_for: float | None
+    on_conflict: OnConflict
+    force: bool
+
+
+@dataclass(frozen=True, slots=True)
+class EnqueueOptions:
+    """How one call is enqueued. Every field is optional."""
+
+    #: seconds from now until the job may run (not with ``at``)
+    delay: float | None = None
+    #: when the job may run, a timezone-aware datetime (not with ``delay``)
+    at: datetime | None = None
+    #: the queue, instead of the job's own
+    queue: str | None = None
+    #: the job's id, instead of a new one: an id that exists raises DuplicateJob
+    job_id: str | None = None
+    #: while a job holding this key is not final, another enqueue with it stores nothing
+    unique_key: str | None = None
+    #: seconds the unique key is held at most (None: until the job is final)
+    unique_for: float | None = None
+    #: what an enqueue meeting a held unique key does: return the existing job's handle
+    #: (``deduplicated``), or raise DuplicateJob
+    on_conflict: OnConflict = "return"
+    #: store a call of a job name no worker published (no check of its arguments)
+    force: bool = False
+
+    def checked(self) -> EnqueueOptions:
+        """These options, or :class:`InvalidArguments` naming the first that is wrong."""
+        if self.delay is not None and self.at is not None:
+            raise InvalidArguments("give delay or at, not both")
+        if self.delay is not None and (isinstance(self.delay, bool) or self.delay < 0):
+            raise InvalidArguments("delay must not be negative")
+        if self.at is not None and self.at.tzinfo is None:
+            raise InvalidArguments("at must be a timezone-aware datetime")
+        if self.job_id is not None and not is_acceptable_id(self.job_id):
+            raise InvalidArguments(
+                f"job_id {self.job_id!r} is not a valid id: use 1 to 128 letters, digits, "
+                "'_', '.', ':' or '-', starting with a letter or digit")
+        if self.unique_key is not None and not (
+                isinstance(self.unique_key, str) and 0 < len(self.unique_key) <= MAX_UNIQUE_KEY):
+            raise InvalidArguments(
+                f"unique_key must be a non-empty string of at most {MAX_UNIQUE_KEY} characters")
+        if self.unique_for is not None and not self.unique_for > 0:
+            raise InvalidArguments("unique_for must be a positive number of seconds")
+        if self.on_conflict not in ON_CONFLICT:
+            raise InvalidArguments(f"on_conflict must be 'return' or 'raise', "
+                                   f"not {self.on_conflict!r}")
+        return self
+
+    def run_at(self, created: float) -> float:
+        """When the job may first run, for a job created at ``created``."""
+        if self.delay is not None:
+            return created + self.delay
+        if self.at is not None:
+            return max(created, self.at.timestamp())
+        return created
+
+    def with_id(self, job_id: str | None) -> EnqueueOptions:
+        """These options for one item of a bulk enqueue, named ``job_id``."""
+        return self if job_id is None else replace(self, job_id=job_id)
+
+
+#: the options of a plain enqueue
+DEFAULT = EnqueueOptions()
+
+
+def options_of(options: EnqueueOptions | None, given: EnqueueKwargs) -> EnqueueOptions:
+    """One value from an :class:`EnqueueOptions` or keyword options (not both), checked."""
+    if options is None:
+        return EnqueueOptions(**given).checked() if given else DEFAULT
+    if given:
+        raise InvalidArguments("give an EnqueueOptions or keyword options, not both")
+    return options.checked()
