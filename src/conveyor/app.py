@@ -168,6 +168,8 @@ class Conveyor:
         executor: str | None = None,
         permanent_errors: Sequence[type[BaseException]] = (),
         staged: bool = False,
+        unique: bool = False,
+        cron: str | None = None,
     ) -> JobDecorator: ...
 
     def job(
@@ -183,6 +185,8 @@ class Conveyor:
         executor: str | None = None,
         permanent_errors: Sequence[type[BaseException]] = (),
         staged: bool = False,
+        unique: bool = False,
+        cron: str | None = None,
     ) -> JobFunction[..., Any] | JobDecorator:
         """Register a function (plain or ``async def``) as a job; usable bare or with options.
 
@@ -190,6 +194,9 @@ class Conveyor:
         for plain functions) or ``"process"``. ``permanent_errors`` lists exception types
         that send the job to the dead set at once, like :class:`PermanentError`. ``staged``
         says the job owns the staged upload named by its id (see :mod:`conveyor.uploads`).
+        ``unique`` derives each call's unique key from the job's name and its arguments (see
+        :class:`~conveyor.options.EnqueueOptions`); ``cron`` schedules a job without
+        arguments under its own name (see :meth:`schedule`).
         """
         if retries < 0:
             raise ConfigurationError("retries must be 0 or more")
@@ -211,6 +218,7 @@ class Conveyor:
                 executor=chosen,
                 permanent_errors=tuple(permanent_errors),
                 staged=staged,
+                unique=unique,
             )
             job_fn: JobFunction[..., Any] = JobFunction(self, func, job_name, options)
             self.registry[job_name] = job_fn

@@ -50,6 +50,9 @@ class JobOptions:
     permanent_errors: tuple[type[BaseException], ...] = ()
     #: the job owns the staged upload named by its id (removed once the job is final)
     staged: bool = False
+    #: each call's unique key is derived from the name and the canonical JSON of its
+    #: arguments (see ``EnqueueOptions.unique_key``)
+    unique: bool = False
 
 
 def _parameters_of_type(fn: Callable[..., Any], kind: type) -> list[str]:
