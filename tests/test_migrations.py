@@ -263,3 +263,23 @@ def test_a_new_redis_namespace_starts_at_the_current_layout() -> None:
     client = redis.Redis.from_url(url, decode_responses=True)
     assert client.get(f"{{{ns}}}:layout") == str(redis_layout.LAYOUT)
     client.close()
+
+
+def test_the_cli_and_a_worker_refuse_a_newer_store_in_one_line(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    path = tmp_path / "newer.db"
+    conn = sqlite3.connect(path)
+    conn.execute(f"PRAGMA user_version={LAYOUT + 1}")
+    conn.close()
+    env = {k: v for k, v in os.environ.items() if k != "CONVEYOR_URL"}
+    for command in (["jobs"], ["worker", "conveyor.bench_app:app"]):
+        done = subprocess.run([sys.executable, "-m", "conveyor", *command, "--url",
+                               f"sqlite:///{path}"], capture_output=True, text=True,
+                              timeout=60, env=env, cwd=tmp_path)
+        assert done.returncode == 1, done.stderr
+        lines = [line for line in done.stderr.splitlines() if "newer than" in line]
+        assert len(lines) == 1 and "upgrade Conveyor" in lines[0], done.stderr
+        assert "Traceback" not in done.stderr
