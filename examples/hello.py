@@ -24,7 +24,7 @@ async def add(a: float, b: float) -> float:
 
 
 @app.job(timeout=60)
-async def count_words(text: str, ctx: JobContext) -> dict[str, int]:
+async def count_words(ctx: JobContext, text: str) -> dict[str, int]:
     """Count words, reporting progress as it goes."""
     words = text.split()
     counts: Counter[str] = Counter()
@@ -53,7 +53,7 @@ def crunch(n: int) -> int:
 
 
 @app.job(queue="slow", retries=1)
-def slow_report(seconds: float, ctx: JobContext) -> str:
+def slow_report(ctx: JobContext, seconds: float) -> str:
     """Blocking work in a thread; checks ``ctx.cancelled`` so cancellation can stop it."""
     start = time.monotonic()
     while time.monotonic() - start < seconds:

@@ -250,7 +250,7 @@ def test_push_job_takes_files_from_uploads_only(server: Server) -> None:
 
 @pytest.mark.parametrize("query", [
     {"state": "bogus"}, {"limit": "0"}, {"limit": "abc"}, {"limit": "100000"},
-    {"limit": "-1"}, {"limit": "²"}, {"cursor": "not-an-id"}, {"page": "2"}])
+    {"limit": "-1"}, {"limit": "²"}, {"cursor": "not an id"}, {"page": "2"}])
 def test_list_parameters(server: Server, query: dict[str, str]) -> None:
     check_error(server.client.get("/jobs", params=query), 400)
 

@@ -40,6 +40,7 @@ IMPORTED_AS = {
     "prometheus-client": "prometheus_client",
     "redis": "redis",
     "hiredis": "hiredis",
+    "cronsim": "cronsim",
 }
 #: what ``uvicorn[standard]`` used to pull in, none of it used
 UNUSED = {"watchfiles", "websockets", "pyyaml", "python-dotenv"}
@@ -53,7 +54,7 @@ app = Conveyor(url="sqlite:///user.db")
 
 
 @app.job(retries=2, executor="thread")
-def resize(path: str, width: int, ctx: JobContext) -> str:
+def resize(ctx: JobContext, path: str, width: int) -> str:
     ctx.progress(1.0, "done")
     return f"{path}@{width}"
 
@@ -64,7 +65,7 @@ async def count(upload: Upload) -> int:
 
 
 def submit() -> str:
-    handle: JobHandle = resize.enqueue("a.png", width=100)
+    handle: JobHandle[str] = resize.enqueue("a.png", width=100)
     result: str = handle.result(timeout=10)
     return result
 '''
@@ -192,7 +193,7 @@ def test_mypy_strict_accepts_correct_user_code(tmp_path: Path) -> None:
 def test_mypy_strict_catches_wrong_user_code(tmp_path: Path) -> None:
     done = run_mypy(tmp_path, WRONG_USER_CODE)
     assert done.returncode == 1, done.stdout + done.stderr
-    assert 'expression has type "JobHandle", variable has type "int"' in done.stdout
+    assert 'expression has type "JobHandle[str]", variable has type "int"' in done.stdout
     assert "import-untyped" not in done.stdout
 
 
@@ -216,7 +217,7 @@ def test_the_wheel_is_typed_because_of_py_typed(wheel: Path, tmp_path: Path) -> 
     typed = run_mypy(work, GOOD_USER_CODE, "--python-executable", str(python))
     assert typed.returncode == 0, typed.stdout + typed.stderr
     wrong = run_mypy(work, WRONG_USER_CODE, "--python-executable", str(python))
-    assert wrong.returncode == 1 and '"JobHandle"' in wrong.stdout, wrong.stdout
+    assert wrong.returncode == 1 and '"JobHandle[str]"' in wrong.stdout, wrong.stdout
 
     (site / "conveyor" / "py.typed").unlink()
     untyped = run_mypy(work, GOOD_USER_CODE, "--python-executable", str(python))

@@ -68,15 +68,15 @@ LAYOUT = len(STEPS)
 
 
 def layout_of(conn: sqlite3.Connection, ns: str) -> int:
-    """The layout of namespace ``ns``: 0 when it has no tables, 1 when it was made before
-    layouts were numbered."""
-    tables = {row[0] for row in conn.execute(
-        "SELECT name FROM sqlite_master WHERE type='table' AND name IN (?, ?)",
-        (f"{ns}_jobs", f"{ns}_meta"))}
-    if f"{ns}_meta" not in tables:
-        return 1 if f"{ns}_jobs" in tables else 0
+    """The layout recorded for namespace ``ns``; 0 when none is (a new namespace, or one
+    made before layouts were numbered, which may lack some tables of layout 1: its first
+    step, which only adds what is missing, runs for both)."""
+    has_meta = conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?",
+                            (f"{ns}_meta",)).fetchone()
+    if has_meta is None:
+        return 0
     row = conn.execute(f"SELECT value FROM {ns}_meta WHERE key='layout'").fetchone()
-    return int(row[0]) if row is not None else 1
+    return int(row[0]) if row is not None else 0
 
 
 def upgrade(conn: sqlite3.Connection, ns: str, where: str) -> int:
