@@ -115,7 +115,8 @@ class ScheduleState:
             "queue": self.definition.get("queue"),
             "overlap": self.definition.get("overlap", "allow"),
             "paused": self.paused, "next_run": iso(self.next_tick),
-            "last_run": iso(self.last_tick), "last_job": self.last_job,
+            "last_run": iso(tick_of(self.last_job)), "last_job": self.last_job,
+            "last_tick": iso(self.last_tick),
             "last_job_state": last_state, "seen_at": iso(self.seen_at),
             "orphaned": self.orphaned(now),
         }
