@@ -157,7 +157,10 @@ def test_openapi_document(server: Server) -> None:
     paths = doc["paths"]
     expected = {"/uploads": {"post"}, "/jobs": {"get"}, "/jobs/{job}": {"get", "post", "delete"},
                 "/jobs/{id}/retry": {"post"}, "/queues": {"get"}, "/healthz": {"get"},
-                "/metrics": {"get"}, "/openapi.json": {"get"}, "/jobs-known": {"get"}}
+                "/metrics": {"get"}, "/openapi.json": {"get"}, "/jobs-known": {"get"},
+                "/schedules": {"get"}, "/schedules/{name}": {"delete"},
+                "/schedules/{name}/pause": {"post"}, "/schedules/{name}/resume": {"post"},
+                "/schedules/{name}/run": {"post"}}
     assert {path: set(ops) for path, ops in paths.items()} == expected
     operation_ids = []
     for path, operations in paths.items():

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar, Unpack, 
 from conveyor.backends import Broker, open_broker
 from conveyor.backends.outage import outage_for
 from conveyor.context import JobContext
+from conveyor.cron import GRACE, Timing
 from conveyor.errors import ConfigurationError, DuplicateJob, InvalidArguments, UnknownJob
 from conveyor.functions import JobDecorator, JobFunction, JobOptions, split_call
 from conveyor.handle import JobHandle
@@ -21,6 +22,7 @@ from conveyor.job import Backoff, BackoffPolicy, JobRecord, JobState
 from conveyor.known import KnownJob
 from conveyor.options import DEFAULT, EnqueueKwargs, EnqueueOptions, options_of
 from conveyor.portal import Portal
+from conveyor.schedules import Overlap, Schedule, check_name
 from conveyor.stats import MinuteStats, minute_of
 from conveyor.uploads import StagingArea
 
@@ -97,6 +99,8 @@ class Conveyor:
             staging_dir or os.environ.get("CONVEYOR_STAGING") or "conveyor-staging"
         )
         self.registry: dict[str, JobFunction[..., Any]] = {}
+        #: the schedules this app's workers fire, by name (see :meth:`schedule`)
+        self.schedules: dict[str, Schedule] = {}
         self.middlewares: list[Middleware] = []
         self._broker: Broker | None = None
         self._portal = Portal()
@@ -221,10 +225,53 @@ class Conveyor:
                 unique=unique,
             )
             job_fn: JobFunction[..., Any] = JobFunction(self, func, job_name, options)
+            if cron is not None:
+                self.schedule(job_name, job_fn, cron=cron)
             self.registry[job_name] = job_fn
             return job_fn
 
         return register(fn) if fn is not None else cast(JobDecorator, register)
+
+    def schedule(
+        self,
+        name: str,
+        job: JobFunction[..., Any] | str,
+        *,
+        cron: str | None = None,
+        every: float | None = None,
+        args: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        queue: str | None = None,
+        tz: str = "UTC",
+        overlap: Overlap = "allow",
+        grace: float = GRACE,
+    ) -> Schedule:
+        """Enqueue ``job(*args, **kwargs)`` at each tick of ``cron`` (in time zone ``tz``)
+        or ``every`` N seconds, once per tick whatever the number of workers.
+
+        ``overlap="skip"`` fires no tick while the job of the previous tick waits or runs;
+        ``grace`` is how old the latest missed tick may be and still fire (see
+        :func:`conveyor.cron.due_ticks`). Every worker of the app fires the schedule."""
+        check_name(name)
+        if name in self.schedules:
+            raise ConfigurationError(f"a schedule named {name!r} is registered already")
+        timing = Timing.parse(cron=cron, every=every, tz=tz)
+        call_kwargs = dict(kwargs or {})
+        job_fn = job if isinstance(job, JobFunction) else self.registry.get(job)
+        if isinstance(job, JobFunction) and job.app is not self:
+            raise ConfigurationError(f"schedule {name!r}: job {job.name!r} is another app's")
+        try:
+            if job_fn is not None:
+                job_fn.check(tuple(args), call_kwargs)
+            else:
+                JobFunction.check_json(str(job), tuple(args), call_kwargs)
+        except InvalidArguments as exc:
+            raise ConfigurationError(f"schedule {name!r}: {exc}") from None
+        job_name = job.name if isinstance(job, JobFunction) else job
+        sched = Schedule(name, job_name, timing, tuple(args), call_kwargs, queue, overlap,
+                         grace)
+        self.schedules[name] = sched
+        return sched
 
     def middleware(self, fn: Middleware) -> Middleware:
         """Register ``async def mw(job, call_next)``; the first registered is the outermost.

@@ -116,6 +116,10 @@ class Metrics:
         self.http_duration = Histogram("conveyor_http_request_duration_seconds", "HTTP request "
                                        "duration by route template", ("route", "method"),
                                        registry=r, buckets=HTTP_BUCKETS)
+        self.schedule_ticks = Counter("conveyor_schedule_ticks_total", "Schedule ticks this "
+                                      "process fired (stored the job of) or skipped (missed, "
+                                      "paused, overlapping)", ("schedule", "outcome"),
+                                      registry=r)
         self._queues = _QueueCollector()
         r.register(self._queues)
         self._jobs: dict[tuple[str, str], _JobChildren] = {}
@@ -206,6 +210,14 @@ class Metrics:
                 self.http_duration.labels(route, method))
         children[0].inc()
         children[1].observe(seconds)
+
+    # -- schedules ------------------------------------------------------------------------------
+    def schedule_counted(self, schedule: str, fired: int, skipped: int) -> None:
+        """Count the ticks of ``schedule`` one round fired and skipped."""
+        if fired:
+            self.schedule_ticks.labels(schedule, "fired").inc(fired)
+        if skipped:
+            self.schedule_ticks.labels(schedule, "skipped").inc(skipped)
 
     # -- exposition -----------------------------------------------------------------------------
     def render(self) -> bytes:

@@ -18,6 +18,7 @@ from conveyor.stats import MinuteStats
 
 if TYPE_CHECKING:
     from conveyor.backends.outage import Outage
+    from conveyor.schedules import Schedule, ScheduleState
 
 #: what a lease recovery did to a job: requeued and charged a recovery (its worker died while
 #: it ran); requeued uncharged (held unstarted, or its worker still lived); sent to the dead
@@ -249,3 +250,34 @@ class Broker(abc.ABC):
     async def stats(self, since: float) -> list[MinuteStats]:
         """Stored statistics of the minutes starting at or after ``since``, one row per
         minute and queue (summed over workers), oldest first."""
+
+    # -- schedules ----------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def schedule_clock(self) -> float:
+        """Now, by the clock schedules tick on: the store's where it has one (Redis), else
+        this machine's wall clock."""
+
+    @abc.abstractmethod
+    async def publish_schedules(self, schedules: Sequence[Schedule]) -> list[ScheduleState]:
+        """Record the definitions of ``schedules`` (replacing those stored under the same
+        names, keeping their state), stamped with the store's clock as ``seen_at``, in one
+        write; return the stored state of those schedules, by name."""
+
+    @abc.abstractmethod
+    async def schedules(self) -> list[ScheduleState]:
+        """Every stored schedule, by name."""
+
+    @abc.abstractmethod
+    async def advance_schedule(self, name: str, last: float, next_tick: float | None,
+                               last_job: str | None = None) -> None:
+        """Move schedule ``name``'s ``last_tick`` to ``last`` (with ``next_tick``) if that is
+        later than the stored one, and its ``last_job`` to ``last_job`` if that job's tick
+        is later than the stored one's; atomically. A schedule not stored is left alone."""
+
+    @abc.abstractmethod
+    async def set_schedule_paused(self, name: str, paused: bool) -> ScheduleState | None:
+        """Pause or resume schedule ``name``; return it after the change, or ``None``."""
+
+    @abc.abstractmethod
+    async def delete_schedule(self, name: str) -> bool:
+        """Forget schedule ``name`` and its state; return whether it was stored."""

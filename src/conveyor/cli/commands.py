@@ -43,7 +43,8 @@ def store_name(app: Conveyor) -> str:
 
 
 #: the commands that only read the store or change jobs already in it: they never create it
-READ_ONLY = frozenset({"status", "jobs", "retry", "cancel", "stats", "jobs-known", "top"})
+READ_ONLY = frozenset({"status", "jobs", "retry", "cancel", "stats", "jobs-known", "top",
+                       "schedules"})
 
 
 def read_only(app: Conveyor) -> Conveyor:

@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from conveyor.app import Conveyor
 from conveyor.cli import commands, known
+from conveyor.cli import schedules as cli_schedules
 from conveyor.cli.loading import CLIError, positive_int, queue_list, resolve_app
 from conveyor.cli.output import errors
 from conveyor.errors import ConveyorError
@@ -121,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     _store_options(p)
 
     _store_options(known.add_known_parser(sub), with_app=False)
+    _store_options(cli_schedules.add_schedules_parser(sub), with_app=False)
 
     from conveyor.cli.bench import add_bench_parser
     from conveyor.cli.serve import add_serve_parser
@@ -142,6 +144,7 @@ COMMANDS: dict[str, Command] = {
     "cancel": commands.cancel,
     "stats": commands.stats,
     "jobs-known": known.jobs_known,
+    "schedules": cli_schedules.schedules,
 }
 
 

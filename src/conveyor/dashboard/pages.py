@@ -22,7 +22,7 @@ SECURITY_HEADERS = {
 }
 
 NAV = (("overview", "/", "Overview"), ("workers", "/ui/workers", "Workers"),
-       ("jobs", "/ui/jobs", "Jobs"))
+       ("jobs", "/ui/jobs", "Jobs"), ("schedules", "/ui/schedules", "Schedules"))
 
 SHELL = """<!DOCTYPE html>
 <html lang="en">

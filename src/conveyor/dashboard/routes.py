@@ -19,6 +19,7 @@ from starlette.routing import Route
 
 from conveyor.dashboard import data, pages
 from conveyor.dashboard.auth import SESSION_AGE, SESSION_COOKIE, DashboardAuth
+from conveyor.dashboard.schedules import schedule_routes
 from conveyor.http.errors import ApiError
 from conveyor.http.origin import Origins
 from conveyor.http.routes import limited_body, prefix
@@ -220,4 +221,10 @@ class Dashboard:
             Route(f"{job}/cancel", self._action(self.cancel), methods=["POST"]),
             Route(f"{job}/delete", self._action(self.delete), methods=["POST"]),
             Route("/ui/api/retry-dead", self._action(self.retry_dead), methods=["POST"]),
+            *schedule_routes(self),
         ]
+
+    # the guards, for the routes of other modules (see :mod:`conveyor.dashboard.schedules`)
+    page = _page
+    data = _data
+    action = _action

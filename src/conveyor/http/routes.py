@@ -15,6 +15,7 @@ from starlette.responses import JSONResponse, Response
 from conveyor.http import docs
 from conveyor.http.errors import ApiError
 from conveyor.http.openapi import JOB_ID, Operation, Param, error, ref
+from conveyor.http.schedules import ScheduleRoutes
 from conveyor.http.services import MAX_JSON_BYTES, BodyInfo, Services
 
 if TYPE_CHECKING:
@@ -234,6 +235,7 @@ class Routes:
                       "its jobs when it starts and every minute. POST /jobs/{job} accepts "
                       "these names (and the server's own jobs) and checks the arguments "
                       "against the published parameters."),
+            *ScheduleRoutes(self.services).operations(),
             Operation("GET", "/queues", self.queues, "Jobs per queue and state",
                       {200: ("counts", ref("Queues"))}, tag="admin"),
             Operation("GET", "/healthz", self.healthz, "Liveness (no token needed)",

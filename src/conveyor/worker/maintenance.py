@@ -14,7 +14,9 @@
   adds the last ones itself once its final outcomes are written);
 * known jobs: every minute publish the names and parameters of the app's jobs again (the
   worker publishes them first when it starts), so producers without the app can check calls;
-* metrics (with ``Worker(metrics=...)``): snapshot the queue depths every ``queue_refresh``.
+* metrics (with ``Worker(metrics=...)``): snapshot the queue depths every ``queue_refresh``;
+* schedules (when the app has some): every second store the jobs of their due ticks (see
+  :mod:`conveyor.worker.scheduler`).
 
 The loops stop on an event, between two runs of their chore, not by cancellation alone: a
 cancellation can be swallowed inside a store call (see :mod:`conveyor.worker.shutdown`), so
@@ -37,6 +39,7 @@ from conveyor.worker import outcomes, shutdown
 if TYPE_CHECKING:
     from conveyor.backends.base import Broker
     from conveyor.worker.pool import Worker
+    from conveyor.worker.scheduler import Scheduler
 
 log = logging.getLogger("conveyor.worker")
 #: recovered jobs whose names one recovery looks up for its log lines (more are logged by id)
@@ -49,6 +52,8 @@ PROGRESS_INTERVAL = 0.25
 STATS_INTERVAL = 5.0
 #: seconds between two publications of the worker's jobs (see :mod:`conveyor.known`)
 KNOWN_INTERVAL = 60.0
+#: seconds between two rounds of the schedules (an ``every=1`` schedule fires each tick)
+SCHEDULE_INTERVAL = 1.0
 #: seconds :meth:`Maintenance.stop` takes by default, at most (give or take a cancellation)
 STOP_TIMEOUT = 2.0
 #: at a stop, a chore in progress gets at most this many seconds (and half the stop's time)
@@ -66,6 +71,7 @@ class Maintenance:
         self._stop_event = asyncio.Event()
         self._progress: dict[str, tuple[int, float, str | None]] = {}
         self._last_purge = 0.0
+        self._scheduler: Scheduler | None = None
 
     def start(self) -> None:
         """Start every loop on the running event loop."""
@@ -81,6 +87,8 @@ class Maintenance:
         metrics = self.worker.metrics
         if metrics is not None:
             chores.append(("metrics", metrics.queue_refresh, self.refresh_metrics))
+        if self.worker.app.schedules:
+            chores.append(("schedules", SCHEDULE_INTERVAL, self._schedules_round))
         for name, interval, chore in chores:
             task = asyncio.create_task(self._every(name, interval, chore), name=f"conveyor-{name}")
             self._tasks.append(task)
@@ -212,6 +220,19 @@ class Maintenance:
         worker = self.worker
         jobs = [KnownJob.of(job_fn) for job_fn in worker.app.registry.values()]
         await worker.broker.publish_jobs(worker.id, jobs)
+
+    async def _schedules_round(self) -> None:
+        await self.fire_schedules()
+
+    async def fire_schedules(self, now: float | None = None) -> list[str]:
+        """Store the jobs of the app's due schedule ticks (``now``: the store's clock by
+        default); return the ids this call stored."""
+        if self._scheduler is None:
+            from conveyor.worker.scheduler import Scheduler
+
+            worker = self.worker
+            self._scheduler = Scheduler(worker.app, worker.broker, worker.metrics)
+        return await self._scheduler.run_once(now)
 
     async def flush_stats(self) -> None:
         """Add the statistics counted since the last flush (kept if the store refuses)."""

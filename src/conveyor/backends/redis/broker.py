@@ -34,6 +34,7 @@ from conveyor.errors import (
 from conveyor.ids import new_id
 from conveyor.job import ALL_STATES, JobRecord, JobState, Outcome, OutcomeKind, WorkerInfo
 from conveyor.known import KnownJob, read_known
+from conveyor.schedules import Schedule, ScheduleState, read_definition
 from conveyor.serialization import dumps, storable
 from conveyor.stats import STATS_KEEP, MinuteStats
 
@@ -791,6 +792,68 @@ class RedisBroker(Broker):
         hashes = await self._retrying(call) if minutes else []
         return [row for minute, fields in zip(minutes, hashes, strict=True)
                 for row in codec.stats_rows(minute, fields)]
+
+    # -- schedules ----------------------------------------------------------------------------
+    async def schedule_clock(self) -> float:
+        return await self._server_time()
+
+    async def _read_schedules(self, names: Sequence[str] | None = None) -> list[ScheduleState]:
+        """The stored schedules (only ``names`` when given), by name, from one pipeline."""
+        block = self.keys.schedule_block
+
+        async def call(conn: _Connection) -> list[dict[str, str]]:
+            async with conn.client.pipeline(transaction=False) as pipe:
+                for key in block:
+                    pipe.hgetall(key)
+                return list(await pipe.execute())
+
+        defs, paused, last, nxt, job, seen = await self._retrying(call)
+        wanted = sorted(defs) if names is None else sorted(set(names) & set(defs))
+        return [ScheduleState(name, read_definition(defs[name]), paused.get(name) == "1",
+                              _number(last.get(name)), _number(nxt.get(name)),
+                              job.get(name), _number(seen.get(name)) or 0.0)
+                for name in wanted]
+
+    async def publish_schedules(self, schedules: Sequence[Schedule]) -> list[ScheduleState]:
+        argv: list[Any] = []
+        for schedule in schedules:
+            argv += [schedule.name, dumps(schedule.definition())]
+        if argv:
+            await self._script("schedules_publish", self.keys.schedule_block, argv)
+        return await self._read_schedules([s.name for s in schedules])
+
+    async def schedules(self) -> list[ScheduleState]:
+        return await self._read_schedules()
+
+    async def advance_schedule(self, name: str, last: float, next_tick: float | None,
+                               last_job: str | None = None) -> None:
+        await self._script("schedule_advance", self.keys.schedule_block,
+                           [name, repr(float(last)),
+                            "" if next_tick is None else repr(float(next_tick)),
+                            last_job or ""])
+
+    async def set_schedule_paused(self, name: str, paused: bool) -> ScheduleState | None:
+        block = self.keys.schedule_block
+        if not await self._cmd("hexists", block[0], name):
+            return None
+        if paused:
+            await self._cmd("hset", block[1], name, "1")
+        else:
+            await self._cmd("hdel", block[1], name)
+        found = await self._read_schedules([name])
+        return found[0] if found else None
+
+    async def delete_schedule(self, name: str) -> bool:
+        block = self.keys.schedule_block
+
+        async def call(conn: _Connection) -> list[Any]:
+            async with conn.client.pipeline(transaction=True) as pipe:
+                for key in block:
+                    pipe.hdel(key, name)
+                return list(await pipe.execute())
+
+        return bool((await self._retrying(call))[0])
+
 
 def _number(value: Any) -> float | None:
     return None if value is None else float(value)

@@ -54,6 +54,15 @@ Layout (``ns`` is the namespace, ``q`` a queue):
                                          server time)
 ``{ns}:layout``                 string   the storage layout of the namespace (see
                                          ``layout.py``)
+``{ns}:sched:def``              hash     schedule name -> its definition as JSON (see
+                                         ``conveyor.schedules``), as workers publish it
+``{ns}:sched:paused``           hash     schedule name -> 1 while it is paused
+``{ns}:sched:last``             hash     schedule name -> the instant its ticks were dealt
+                                         with up to (only grows)
+``{ns}:sched:next``             hash     schedule name -> its next tick
+``{ns}:sched:job``              hash     schedule name -> id of the job of its latest tick
+``{ns}:sched:seen``             hash     schedule name -> when a worker last registered it
+                                         (server time)
 ==============================  =======  ===================================================
 """
 
@@ -92,6 +101,10 @@ class Keys:
         self.stats = f"{p}:stats"
         self.known = f"{p}:known"
         self.layout = f"{p}:layout"
+        #: the hashes of schedules, in the order their scripts take them: definitions,
+        #: paused, last, next, last job, seen
+        self.schedule_block = [f"{p}:sched:{part}"
+                               for part in ("def", "paused", "last", "next", "job", "seen")]
         self._groups: dict[str, list[str]] = {}
         #: the keys that hold a job, in the order most scripts take them first: the jobs
         #: hash, the field hashes (in :data:`FIELDS` order), the expiry zset, the cancel set,

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 from conveyor.backends.base import Beat, Broker, Recovery
+from conveyor.backends.sqlite import schedules as sqlite_schedules
 from conveyor.backends.sqlite.clock import boot_id, lease_now
 from conveyor.backends.sqlite.migrations import upgrade
 from conveyor.backends.sqlite.schema import (
@@ -32,6 +33,7 @@ from conveyor.backends.sqlite.writer import Writer
 from conveyor.errors import DuplicateJob, QueueFull, StoreUnavailable
 from conveyor.job import JobRecord, JobState, Outcome, OutcomeKind, WorkerInfo
 from conveyor.known import KnownJob, read_known
+from conveyor.schedules import Schedule, ScheduleState
 from conveyor.serialization import dumps, storable
 from conveyor.stats import STATS_KEEP, SUMS, MinuteStats
 
@@ -631,3 +633,26 @@ class SQLiteBroker(Broker):
         )
         rows = await self._read(lambda conn: conn.execute(sql, (since,)).fetchall())
         return [MinuteStats(*row) for row in rows]
+
+    # -- schedules ----------------------------------------------------------------------------
+    async def schedule_clock(self) -> float:
+        return time.time()
+
+    async def publish_schedules(self, schedules: Sequence[Schedule]) -> list[ScheduleState]:
+        return await self._write(lambda conn: sqlite_schedules.publish(conn, self.ns, schedules))
+
+    async def schedules(self) -> list[ScheduleState]:
+        return await self._read(lambda conn: sqlite_schedules.read(conn, self.ns))
+
+    async def advance_schedule(self, name: str, last: float, next_tick: float | None,
+                               last_job: str | None = None) -> None:
+        await self._write(lambda conn: sqlite_schedules.advance(
+            conn, self.ns, name, last, next_tick, last_job))
+
+    async def set_schedule_paused(self, name: str, paused: bool) -> ScheduleState | None:
+        return await self._write(
+            lambda conn: sqlite_schedules.set_paused(conn, self.ns, name, paused))
+
+    async def delete_schedule(self, name: str) -> bool:
+        sql = f"DELETE FROM {self.ns}_schedules WHERE name=?"
+        return bool(await self._write(lambda conn: conn.execute(sql, (name,)).rowcount))

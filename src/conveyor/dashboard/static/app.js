@@ -349,6 +349,35 @@ pages.workers = {
   },
 };
 
+pages.schedules = {
+  frame() {
+    return [el("div", { id: "flash" }), el("h2", { text: "Schedules" }),
+      el("p", { class: "hint", text: "Workers store their app's schedules when they start and every minute; one no live worker registered for 5 minutes is orphaned (never fired)." }),
+      el("table", { id: "schedules", class: "grid" })];
+  },
+  async refresh(stale) {
+    const data = await api("/ui/api/schedules");
+    if (stale()) return;
+    const path = (s, verb) => `/ui/api/schedules/${encodeURIComponent(s.name)}/${verb}`;
+    const rows = data.schedules.map((s) => el("tr", { "data-schedule": s.name },
+      el("td", { text: s.name }), el("td", { class: "mono", text: s.timing }),
+      el("td", { text: s.job }), el("td", {}, s.paused ? "paused" : when(s.next_run)),
+      el("td", {}, when(s.last_run)),
+      el("td", {}, s.last_job ? link(`/ui/jobs/${encodeURIComponent(s.last_job)}`, s.last_job) : "–",
+        " ", s.last_job_state ? badge(s.last_job_state) : ""),
+      el("td", { text: s.orphaned ? "orphaned" : s.paused ? "paused" : "active" }),
+      el("td", {},
+        s.paused
+          ? el("button", { class: "small", "data-action": "resume", onclick: () => act(`Resume schedule “${s.name}”?`, path(s, "resume"), () => flash(`Schedule ${s.name} resumed.`)) }, "Resume")
+          : el("button", { class: "small", "data-action": "pause", onclick: () => act(`Pause schedule “${s.name}”?`, path(s, "pause"), () => flash(`Schedule ${s.name} paused.`)) }, "Pause"),
+        " ",
+        el("button", { class: "small", "data-action": "run", onclick: () => act(`Run the job of schedule “${s.name}” now?`, path(s, "run"), (r) => flash(`Enqueued job ${r.id}.`)) }, "Run now"),
+        s.orphaned ? el("button", { class: "small danger", "data-action": "delete", onclick: () => act(`Delete schedule “${s.name}”?`, path(s, "delete"), () => flash(`Schedule ${s.name} deleted.`)) }, "Delete") : "")));
+    fillTable("schedules", ["name", "timing", "job", "next run", "last run", "last job", "status", ""], rows,
+      "No schedule is stored yet: workers store their app's schedules when they start.");
+  },
+};
+
 function jobFilters() {
   const params = new URLSearchParams(window.location.search);
   return { state: params.get("state") || "", queue: params.get("queue") || "",

@@ -1,0 +1,141 @@
+"""Schedules: a job enqueued at the ticks of a :class:`~conveyor.cron.Timing`, as data.
+
+A :class:`Schedule` is what an app registers (``app.schedule(...)`` or
+``@app.job(cron=...)``); its definition goes to the store as JSON, next to the state the
+workers keep there (:class:`ScheduleState`): the last instant dealt with, the next tick, the
+id of the last job fired, whether it is paused, and when a worker last registered it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from conveyor.cron import GRACE, SCHEDULE_NAME, Timing
+from conveyor.errors import ConfigurationError
+from conveyor.job import iso
+
+Overlap = Literal["allow", "skip"]
+OVERLAPS = ("allow", "skip")
+#: a schedule no worker registered for this many seconds is shown as orphaned
+ORPHAN_AFTER = 300.0
+
+
+def check_name(name: str) -> str:
+    """``name`` if it is a valid schedule name, else :class:`ConfigurationError`."""
+    if not isinstance(name, str) or SCHEDULE_NAME.fullmatch(name) is None:
+        raise ConfigurationError(
+            f"schedule name {name!r} must be 1 to 64 letters, digits, '_', '.', '-',"
+            " starting with a letter or digit")
+    return name
+
+
+@dataclass(frozen=True, slots=True)
+class Schedule:
+    """Job ``job`` called with ``args``/``kwargs`` (in ``queue``, or the job's own) at each
+    tick of ``timing``; ``overlap="skip"`` fires no tick while the previous tick's job waits
+    or runs; ``grace`` is how old the latest missed tick may be and still fire."""
+
+    name: str
+    job: str
+    timing: Timing
+    args: tuple[Any, ...] = ()
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    queue: str | None = None
+    overlap: Overlap = "allow"
+    grace: float = GRACE
+
+    def __post_init__(self) -> None:
+        check_name(self.name)
+        if not isinstance(self.job, str) or not self.job:
+            raise ConfigurationError(f"schedule {self.name!r}: job must be a job or its name")
+        if self.overlap not in OVERLAPS:
+            raise ConfigurationError(
+                f"schedule {self.name!r}: overlap must be 'allow' or 'skip', got "
+                f"{self.overlap!r}")
+        if isinstance(self.grace, bool) or not isinstance(self.grace, int | float) or \
+                not math.isfinite(self.grace) or self.grace < 0:
+            raise ConfigurationError(
+                f"schedule {self.name!r}: grace must be a number of seconds >= 0")
+        if self.queue is not None and (not isinstance(self.queue, str) or not self.queue):
+            raise ConfigurationError(f"schedule {self.name!r}: queue must be a name")
+
+    def definition(self) -> dict[str, Any]:
+        """The JSON-ready definition kept in the store."""
+        return {"job": self.job, "cron": self.timing.cron, "every": self.timing.every,
+                "tz": self.timing.tz, "args": list(self.args), "kwargs": dict(self.kwargs),
+                "queue": self.queue, "overlap": self.overlap, "grace": self.grace}
+
+
+@dataclass(slots=True)
+class ScheduleState:
+    """A schedule as the store keeps it: its definition (as published, see
+    :meth:`Schedule.definition`) and its state. Times are seconds since the epoch."""
+
+    name: str
+    definition: dict[str, Any]
+    paused: bool = False
+    #: the instant up to which ticks were dealt with (None: no worker ran it yet)
+    last_tick: float | None = None
+    #: the next tick after ``last_tick``
+    next_tick: float | None = None
+    #: the id of the job of the latest tick fired
+    last_job: str | None = None
+    #: when a worker last registered the schedule, by the store's clock
+    seen_at: float = 0.0
+
+    def orphaned(self, now: float, after: float = ORPHAN_AFTER) -> bool:
+        """No live worker has registered the schedule for ``after`` seconds."""
+        return now - self.seen_at > after
+
+    @property
+    def timing_text(self) -> str:
+        """``cron */5 * * * * (UTC)`` or ``every 30s`` (or ``?`` for an odd definition)."""
+        d = self.definition
+        if isinstance(d.get("every"), int):
+            return f"every {d['every']}s"
+        if isinstance(d.get("cron"), str):
+            return f"cron {d['cron']} ({d.get('tz', 'UTC')})"
+        return "?"
+
+    @property
+    def job(self) -> str:
+        """The name of the job it enqueues."""
+        return str(self.definition.get("job", "?"))
+
+    def to_dict(self, now: float, last_state: str | None = None) -> dict[str, Any]:
+        """JSON-ready data for people and programs (times as ISO 8601 text)."""
+        return {
+            "name": self.name, "job": self.job, "timing": self.timing_text,
+            "cron": self.definition.get("cron"), "every": self.definition.get("every"),
+            "tz": self.definition.get("tz", "UTC"), "args": self.definition.get("args", []),
+            "kwargs": self.definition.get("kwargs", {}),
+            "queue": self.definition.get("queue"),
+            "overlap": self.definition.get("overlap", "allow"),
+            "paused": self.paused, "next_run": iso(self.next_tick),
+            "last_run": iso(tick_of(self.last_job)), "last_job": self.last_job,
+            "last_tick": iso(self.last_tick),
+            "last_job_state": last_state, "seen_at": iso(self.seen_at),
+            "orphaned": self.orphaned(now),
+        }
+
+
+def read_definition(raw: Any) -> dict[str, Any]:
+    """A stored definition from its JSON text (an odd one reads as ``{}``, never raises)."""
+    from conveyor.serialization import loads
+
+    try:
+        data = loads(raw) if isinstance(raw, str | bytes) else raw
+    except ValueError:
+        return {}
+    return dict(data) if isinstance(data, Mapping) else {}
+
+
+def tick_of(job_id: str | None) -> int | None:
+    """The tick in a tick job id (``cron:NAME:TICK``), or None."""
+    if not job_id or not job_id.startswith("cron:"):
+        return None
+    tail = job_id.rsplit(":", 1)[-1]
+    return int(tail) if tail.isdigit() else None

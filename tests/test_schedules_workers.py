@@ -1,0 +1,132 @@
+"""Schedules fired by several real worker processes at once, with no leader: exactly one job
+per tick while a worker is SIGKILLed and started again, on SQLite and on Redis (the workers
+of ``conveyor serve`` among them).
+
+The workers run tests/cronjobs.py: an ``every=1`` schedule whose job appends its tick and
+attempt to a ledger file.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conftest import TESTS, cli_env
+from conveyor import Conveyor, JobState
+from polling import wait_until
+from redis_server import RedisServer, free_port
+
+#: seconds the schedule runs before and after the kill
+PHASE = 5.0
+
+
+class Fleet:
+    """``conveyor worker`` and ``conveyor serve`` processes on one store, killed at the end."""
+
+    def __init__(self, url: str, tmp: Path) -> None:
+        self.url, self.tmp = url, tmp
+        self.ledger = tmp / "ledger.txt"
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self, serve: bool = False) -> subprocess.Popen[bytes]:
+        command = (["serve", "cronjobs:app", "--port", str(free_port())] if serve
+                   else ["worker", "cronjobs:app"])
+        log = (self.tmp / f"proc-{len(self.procs)}.log").open("wb")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "conveyor", *command, "--url", self.url],
+            cwd=TESTS, env=cli_env(CRON_LEDGER=str(self.ledger)), stdout=log,
+            stderr=subprocess.STDOUT)
+        self.procs.append(proc)
+        return proc
+
+    def logs(self) -> str:
+        return "\n".join(p.read_text(errors="replace") for p in sorted(self.tmp.glob("*.log")))
+
+    def ledger_ticks(self) -> list[tuple[int, int]]:
+        if not self.ledger.exists():
+            return []
+        lines = self.ledger.read_text().splitlines()
+        return [(int(tick), int(attempt)) for tick, attempt, _ in
+                (line.split() for line in lines)]
+
+    def stop_all(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+
+
+def run_fleet(url: str, tmp: Path, serve: bool) -> None:
+    fleet = Fleet(url, tmp)
+    app = Conveyor(url=url)
+    try:
+        doomed = fleet.start()
+        fleet.start()
+        fleet.start(serve=serve)
+        wait_until(lambda: len(fleet.ledger_ticks()) >= 2, 30, "the first ticks")
+        time.sleep(PHASE)
+        doomed.send_signal(signal.SIGKILL)
+        doomed.wait(10)
+        time.sleep(1.0)
+        fleet.start()  # the killed worker comes back
+        time.sleep(PHASE)
+        paused = app.run_sync(app.broker.set_schedule_paused("pulse", True))
+        assert paused is not None
+        time.sleep(1.5)  # a round already under way stores its ticks
+
+        def jobs() -> list[str]:
+            return [r.id for r in app.run_sync(app.broker.list_jobs(limit=1000))]
+
+        def all_done() -> bool:
+            return all(r.state is JobState.SUCCEEDED
+                       for r in app.run_sync(app.broker.list_jobs(limit=1000)))
+
+        wait_until(all_done, 30, "every tick's job to succeed")
+        ids = jobs()
+    except BaseException:
+        print(fleet.logs())
+        raise
+    finally:
+        fleet.stop_all()
+        app.close()
+    assert all(job_id.startswith("cron:pulse:") for job_id in ids)
+    ticks = sorted(int(job_id.rsplit(":", 1)[-1]) for job_id in ids)
+    assert len(ticks) >= 2 * PHASE
+    assert ticks == list(range(ticks[0], ticks[-1] + 1)), "a tick is missing"
+    ran = fleet.ledger_ticks()
+    first_attempts = Counter(tick for tick, attempt in ran if attempt == 1)
+    assert sorted(first_attempts) == ticks, "the ledger and the store disagree"
+    assert set(first_attempts.values()) == {1}, "a tick's job ran twice as a new job"
+    # a job the killed worker was running ran again as the same job, a later attempt
+    assert all(attempt > 1 for tick, attempt in ran if first_attempts[tick] and attempt != 1)
+
+
+def test_three_workers_on_sqlite_fire_each_tick_once(db_url: str, tmp_path: Path) -> None:
+    run_fleet(db_url, tmp_path, serve=False)
+
+
+@pytest.fixture
+def redis_url(tmp_path: Path) -> Iterator[str]:
+    directory = tmp_path / "redis"
+    directory.mkdir()
+    server = RedisServer(directory).start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+def test_workers_and_serve_on_redis_fire_each_tick_once(redis_url: str, tmp_path: Path) -> None:
+    run_fleet(redis_url, tmp_path, serve=True)
