@@ -824,10 +824,10 @@ class Sizes:
     redis_jobs: int = 60
     redis_kills: int = 3
     outage_jobs: int = 4
-    outage_job_seconds: float = 30.0
+    outage_job_seconds: float = 12.0
     outage_down: float = 3.0
     innocents: int = 30
-    rounds: int = 10
+    rounds: int = 8
     uploads: int = 40
     serve_kills: int = 3
 

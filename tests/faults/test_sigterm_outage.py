@@ -1,4 +1,5 @@
-"""SIGTERM during a store outage, 10 rounds on each store (40 in benchmarks/faults.py):
+"""SIGTERM during a store outage, 8 rounds on each store, each stop delay twice (40 rounds in
+benchmarks/faults.py):
 Redis killed, or SQLite's write lock held by another connection. Each round's worker runs an
 async job and a stubborn thread job (it ignores cancellation) past the grace period and is
 told to stop at a varying delay into the outage: it must exit 0 within the grace plus
