@@ -127,7 +127,8 @@ def test_queues(server: Server) -> None:
     queues = response.json()["queues"]
     assert queues["counted"]["scheduled"] == 1
     assert set(queues["counted"]) == {"queued", "scheduled", "running", "succeeded", "dead",
-                                      "cancelled"}
+                                      "cancelled", "paused", "max_queued"}
+    assert queues["counted"]["paused"] is False and queues["counted"]["max_queued"] is None
     assert queues["default"]["succeeded"] >= 1
 
 
@@ -157,7 +158,8 @@ def test_openapi_document(server: Server) -> None:
     paths = doc["paths"]
     expected = {"/uploads": {"post"}, "/jobs": {"get"}, "/jobs/{job}": {"get", "post", "delete"},
                 "/jobs/{id}/retry": {"post"}, "/queues": {"get"}, "/healthz": {"get"},
-                "/metrics": {"get"}, "/openapi.json": {"get"}, "/jobs-known": {"get"}}
+                "/metrics": {"get"}, "/openapi.json": {"get"}, "/jobs-known": {"get"},
+                "/queues/{queue}/pause": {"post"}, "/queues/{queue}/resume": {"post"}}
     assert {path: set(ops) for path, ops in paths.items()} == expected
     operation_ids = []
     for path, operations in paths.items():

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Awaitable, Callable, Sequence
 
 from conveyor.app import Conveyor
-from conveyor.cli import commands, known
+from conveyor.cli import commands, known, queues
 from conveyor.cli.loading import CLIError, positive_int, queue_list, resolve_app
 from conveyor.cli.output import errors
 from conveyor.errors import ConveyorError
@@ -121,6 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     _store_options(p)
 
     _store_options(known.add_known_parser(sub), with_app=False)
+    for queue_parser in queues.add_queue_parsers(sub):
+        _store_options(queue_parser, with_app=False)
 
     from conveyor.cli.bench import add_bench_parser
     from conveyor.cli.serve import add_serve_parser
@@ -142,6 +144,9 @@ COMMANDS: dict[str, Command] = {
     "cancel": commands.cancel,
     "stats": commands.stats,
     "jobs-known": known.jobs_known,
+    "pause": queues.pause,
+    "resume": queues.resume,
+    "cap": queues.cap,
 }
 
 
