@@ -85,3 +85,12 @@ def test_a_worker_process_stops_on_pause_and_goes_on_after_resume(
     finally:
         code, err = stop(proc)
     assert code == 0, err
+
+
+def test_stats_columns_of_settings_only_when_a_queue_has_some(cli: CLI) -> None:
+    cli.enqueue("add", [1, 2])
+    assert "paused" not in cli.ok("stats").splitlines()[0]
+    cli.ok("cap", "mail", "3")
+    header, *rows = cli.ok("stats").split("\n\n")[0].splitlines()
+    assert header.split("\t")[-2:] == ["paused", "max_queued"]
+    assert sorted(rows) == ["default\t1\t0\t0\t0\t0\t0\tno\t-", "mail\t0\t0\t0\t0\t0\t0\tno\t3"]

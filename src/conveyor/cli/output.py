@@ -245,11 +245,12 @@ def print_jobs(records: Iterable[JobRecord]) -> None:
 
 
 def print_counts(counts: Mapping[str, Mapping[str, Any]]) -> None:
-    """Jobs per queue and state; with ``paused`` and ``max_queued`` columns when the rows
-    have them (see :func:`conveyor.queues.with_settings`)."""
-    settings = any("paused" in row for row in counts.values())
+    """Jobs per queue and state; with ``paused`` and ``max_queued`` columns when a queue is
+    paused or capped (see :func:`conveyor.queues.with_settings`)."""
+    settings = any(row.get("paused") or row.get("max_queued") is not None
+                   for row in counts.values())
     cols = (Col("queue", fit=8), *(Col(str(s), right=True) for s in ALL_STATES),
-            *((Col("paused"), Col("max_queued", right=True)) if settings else ()))
+            *((Col("paused"), Col("max_queued", right=True, drop=1)) if settings else ()))
 
     def row(queue: str) -> list[Any]:
         values: list[Any] = [queue, *(counts[queue].get(str(s), 0) for s in ALL_STATES)]
