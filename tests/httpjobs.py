@@ -12,7 +12,7 @@ from typing import Any
 
 from conveyor import Conveyor, JobContext, PermanentError, Upload
 
-app = Conveyor(url="sqlite:///httpjobs-unused.db")
+app = Conveyor(url="sqlite:///httpjobs-unused.db", max_queued={"capped": 1})
 
 
 @app.job
@@ -39,9 +39,6 @@ def count(upload: Upload, label: str = "", times: int = 1) -> dict[str, Any]:
     return {"size": len(data), "head": data[:16].decode("latin-1"), "label": label,
             "times": times, "filename": upload.filename, "content_type": upload.content_type,
             "declared_size": upload.size}
-
-
-app.set_max_queued("capped", 1)
 
 
 @app.job(queue="capped")

@@ -144,11 +144,12 @@ def test_stats_counts_per_queue_and_state(cli: CLI) -> None:
     stats = cli.json("stats")
     assert set(stats["queues"]) == {"default", "mail"}
     for per_state in stats["queues"].values():
-        assert set(per_state) == STATES
+        assert set(per_state) == STATES | {"paused", "max_queued"}
     assert stats["queues"]["default"] == {"queued": 1, "scheduled": 1, "running": 0,
-                                          "succeeded": 0, "dead": 0, "cancelled": 1}
+                                          "succeeded": 0, "dead": 0, "cancelled": 1,
+                                          "paused": False, "max_queued": None}
     assert stats["queues"]["mail"]["queued"] == 1
-    assert sum(stats["queues"]["mail"].values()) == 1
+    assert sum(stats["queues"]["mail"][s] for s in STATES) == 1
     assert stats["workers"] == []
 
     table = cli.ok("stats")

@@ -293,3 +293,33 @@ def test_pages_of_jobs(page: Any, server: Server) -> None:
     assert "/ui/jobs?queue=paged" in page.url and "cursor" not in page.url
     for job_id in ids:
         assert server.client.delete(f"/jobs/{job_id}").status_code == 200
+
+
+def test_pause_cap_and_resume_a_queue(page: Any, server: Server) -> None:
+    server.wait_job(submit(server, "nap", args=[0]))  # the naps queue is listed
+    log_in(page)
+    row = page.locator('#queues tr[data-queue="naps"]')
+    row.locator('button[data-action="pause"]').click()
+    assert "Pause queue “naps”?" in page.locator("#confirm-text").inner_text()
+    page.click("#confirm-yes")
+    page.wait_for_selector("#flash .flash")
+    assert page.locator("#flash").inner_text() == "Queue naps is paused."
+    row.locator('td[data-field="paused"] .badge').wait_for()
+    assert server.client.get("/queues").json()["queues"]["naps"]["paused"] is True
+    page.once("dialog", lambda dialog: dialog.accept("5"))
+    row.locator('button[data-action="cap"]').click()
+    page.wait_for_function("() => document.querySelector("
+                           "'#queues tr[data-queue=\"naps\"] td[data-field=\"max_queued\"]')"
+                           ".textContent === '5'")
+    assert server.client.get("/queues").json()["queues"]["naps"]["max_queued"] == 5
+    shoot(page, "dashboard-queue-paused")
+    page.once("dialog", lambda dialog: dialog.accept("none"))
+    row.locator('button[data-action="cap"]').click()
+    page.wait_for_function("() => document.querySelector("
+                           "'#queues tr[data-queue=\"naps\"] td[data-field=\"max_queued\"]')"
+                           ".textContent === '\u2013'")
+    row.locator('button[data-action="resume"]').click()
+    page.click("#confirm-yes")
+    row.locator('button[data-action="pause"]').wait_for()
+    queues = server.client.get("/queues").json()["queues"]
+    assert queues["naps"]["paused"] is False and queues["naps"]["max_queued"] is None

@@ -392,7 +392,7 @@ def test_mounted_under_a_path(tmp_path: Path, store: str) -> None:
             assert data.status_code == 200
             assert data.json()["queues"] == [{"name": "default", "counts": {
                 "queued": 1, "scheduled": 0, "running": 0, "succeeded": 0, "dead": 0,
-                "cancelled": 0}}]
+                "cancelled": 0}, "paused": False, "max_queued": None}]
             assert len(data.json()["history"]["minutes"]) == 60
             found = (await client.get("/conveyor/ui/api/jobs", params={"q": "noop"})).json()
             assert [j["id"] for j in found["jobs"]] == [job_id]

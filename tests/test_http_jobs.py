@@ -127,7 +127,8 @@ def test_queues(server: Server) -> None:
     queues = response.json()["queues"]
     assert queues["counted"]["scheduled"] == 1
     assert set(queues["counted"]) == {"queued", "scheduled", "running", "succeeded", "dead",
-                                      "cancelled"}
+                                      "cancelled", "paused", "max_queued"}
+    assert queues["counted"]["paused"] is False and queues["counted"]["max_queued"] is None
     assert queues["default"]["succeeded"] >= 1
 
 
@@ -160,7 +161,8 @@ def test_openapi_document(server: Server) -> None:
                 "/metrics": {"get"}, "/openapi.json": {"get"}, "/jobs-known": {"get"},
                 "/schedules": {"get"}, "/schedules/{name}": {"delete"},
                 "/schedules/{name}/pause": {"post"}, "/schedules/{name}/resume": {"post"},
-                "/schedules/{name}/run": {"post"}}
+                "/schedules/{name}/run": {"post"},
+                "/queues/{queue}/pause": {"post"}, "/queues/{queue}/resume": {"post"}}
     assert {path: set(ops) for path, ops in paths.items()} == expected
     operation_ids = []
     for path, operations in paths.items():

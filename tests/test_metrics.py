@@ -235,3 +235,25 @@ def test_a_mounted_api_names_routes_by_its_own_templates(tmp_path: Path) -> None
     assert value(s, requests, route="/jobs/{job}", method="GET", status="404") == 1
     assert value(s, requests, route="<unmatched>", method="GET", status="404") == 1
     assert not [k for k in s if k[0] == requests and ("route", "/conveyor") in k[1]]
+
+
+def test_queue_settings_are_gauges(app: Conveyor) -> None:
+    """``conveyor_queue_paused`` for every listed queue (0 or 1) and
+    ``conveyor_queue_max_queued`` for the capped ones, from the store's settings."""
+    app.enqueue_call("anything", [], {}, queue="open", force=True)
+    app.pause("held")
+    app.set_max_queued("held", 4)
+    app.set_max_queued("capped", 9)
+    metrics = Metrics()
+    app.run_sync(metrics.refresh_queues(app.broker, force=True))
+    s = parse(metrics.render().decode())
+    assert value(s, "conveyor_queue_paused", queue="held") == 1
+    assert value(s, "conveyor_queue_paused", queue="open") == 0
+    assert value(s, "conveyor_queue_paused", queue="capped") == 0
+    assert value(s, "conveyor_queue_max_queued", queue="held") == 4
+    assert value(s, "conveyor_queue_max_queued", queue="capped") == 9
+    assert value(s, "conveyor_queue_max_queued", queue="open") is None
+    app.resume("held")
+    app.run_sync(metrics.refresh_queues(app.broker, force=True))
+    s = parse(metrics.render().decode())
+    assert value(s, "conveyor_queue_paused", queue="held") == 0

@@ -214,10 +214,10 @@ def test_a_claim_retried_with_its_token_gets_the_same_jobs(server: RedisServer) 
     async def scenario() -> tuple[list[str], list[str], list[str]]:
         await broker.enqueue([job() for _ in range(5)], {})
         k = broker.keys
-        keys = [*k.job_block, k.claims, *k.queue_group("default")]
+        keys = [*k.job_block, k.claims, k.paused, *k.queue_group("default")]
 
         async def claim(token: str) -> list[str]:
-            reply = await broker._script("claim", keys, ["w1", 30, 3, token])
+            reply = await broker._script("claim", keys, ["w1", 30, 3, token, "", "default"])
             return sorted(job.id for job in codec.claimed_jobs(reply, "w1"))
 
         first, again, other = await claim("a"), await claim("a"), await claim("b")
@@ -246,10 +246,10 @@ def test_a_claim_retried_with_its_token_keeps_a_suspect_a_suspect(server: RedisS
         await asyncio.sleep(0.5)
         await broker.recover_expired(5)  # back uncharged, maybe started: a suspect
         k = broker.keys
-        keys = [*k.job_block, k.claims, *k.queue_group("default")]
+        keys = [*k.job_block, k.claims, k.paused, *k.queue_group("default")]
         flags = []
         for _ in range(2):  # the same token twice, as after a lost reply
-            reply = await broker._script("claim", keys, ["w1", 30, 1, "tok", 1])
+            reply = await broker._script("claim", keys, ["w1", 30, 1, "tok", 1, "default"])
             flags += [job.suspect for job in codec.claimed_jobs(reply, "w1")]
         await broker.close()
         return flags

@@ -22,6 +22,7 @@ from conveyor.job import Backoff, BackoffPolicy, JobRecord, JobState
 from conveyor.known import KnownJob
 from conveyor.options import DEFAULT, EnqueueKwargs, EnqueueOptions, options_of
 from conveyor.portal import Portal
+from conveyor.queues import QueueSettings, check_limit, check_queue_name
 from conveyor.schedules import Overlap, Schedule, check_name
 from conveyor.stats import MinuteStats, minute_of
 from conveyor.uploads import StagingArea
@@ -60,7 +61,9 @@ class Conveyor:
     for the CLI, so one setting moves producers and workers together), else ``url``, else
     ``sqlite:///conveyor.db`` (a ``memory://`` URL, a test's own store, is never
     overridden); ``namespace`` keeps several apps apart in
-    one store; ``lease`` is how long a claimed job stays owned without a heartbeat.
+    one store; ``lease`` is how long a claimed job stays owned without a heartbeat;
+    ``max_queued`` is this app's own caps (queue -> jobs waiting at most), checked beside
+    the caps kept in the store (:meth:`set_max_queued`): the smaller wins.
     """
 
     def __init__(
@@ -93,7 +96,10 @@ class Conveyor:
         self.lease = float(lease)
         self.retention = float(retention)
         self.max_recoveries = max_recoveries
-        self.max_queued: dict[str, int] = dict(max_queued or {})
+        #: this app's own caps (queue -> jobs waiting at most), checked beside the store's
+        #: (see :meth:`set_max_queued`): the smaller wins
+        self.max_queued: dict[str, int] = {
+            check_queue_name(q): cast(int, check_limit(n)) for q, n in (max_queued or {}).items()}
         #: where uploaded files wait for their jobs (``CONVEYOR_STAGING``, else ./conveyor-staging)
         self.staging = StagingArea(
             staging_dir or os.environ.get("CONVEYOR_STAGING") or "conveyor-staging"
@@ -132,14 +138,47 @@ class Conveyor:
             raise ConfigurationError("the app is already connected; set the URL before use")
         self.url = url
 
+    # -- queue control (kept in the store, see conveyor.queues) ---------------------------------
+    async def set_max_queued_async(self, queue: str, limit: int | None) -> None:
+        """Cap ``queue`` in the store: every producer's enqueue that would leave more than
+        ``limit`` jobs waiting in it is refused with :class:`~conveyor.errors.QueueFull`
+        (``None`` removes the cap). The app's own caps (``max_queued=``) hold beside it:
+        the smaller wins."""
+        queue, limit = check_queue_name(queue), check_limit(limit)
+        await self.broker.open()
+        await self.broker.set_max_queued(queue, limit)
+
     def set_max_queued(self, queue: str, limit: int | None) -> None:
-        """Refuse enqueues that would leave more than ``limit`` jobs waiting in ``queue``."""
-        if limit is None:
-            self.max_queued.pop(queue, None)
-        elif limit < 1:
-            raise ConfigurationError("max_queued must be at least 1")
-        else:
-            self.max_queued[queue] = limit
+        """Blocking :meth:`set_max_queued_async`."""
+        self.run_sync(self.set_max_queued_async(queue, limit))
+
+    async def pause_async(self, queue: str) -> None:
+        """Pause ``queue``: workers claim nothing more from it (running jobs finish);
+        enqueues are still accepted."""
+        await self.broker.open()
+        await self.broker.set_paused(check_queue_name(queue), True)
+
+    def pause(self, queue: str) -> None:
+        """Blocking :meth:`pause_async`."""
+        self.run_sync(self.pause_async(queue))
+
+    async def resume_async(self, queue: str) -> None:
+        """Resume a paused ``queue`` (its idle workers are woken)."""
+        await self.broker.open()
+        await self.broker.set_paused(check_queue_name(queue), False)
+
+    def resume(self, queue: str) -> None:
+        """Blocking :meth:`resume_async`."""
+        self.run_sync(self.resume_async(queue))
+
+    async def queue_settings_async(self) -> dict[str, QueueSettings]:
+        """The queues paused or capped in the store, by name."""
+        await self.broker.open()
+        return await self.broker.queue_settings()
+
+    def queue_settings(self) -> dict[str, QueueSettings]:
+        """Blocking :meth:`queue_settings_async`."""
+        return self.run_sync(self.queue_settings_async())
 
     # -- registration ---------------------------------------------------------------------------
     @overload

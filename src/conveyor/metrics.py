@@ -23,6 +23,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
 from conveyor.job import JobRecord, Outcome, OutcomeKind
+from conveyor.queues import QueueSettings
 
 if TYPE_CHECKING:
     from prometheus_client.metrics import MetricWrapperBase
@@ -57,10 +58,13 @@ class _JobChildren:
 
 
 class _QueueCollector(Collector):
-    """``conveyor_queue_jobs{queue,state}`` from the last snapshot of ``broker.counts()``."""
+    """``conveyor_queue_jobs{queue,state}`` from the last snapshot of ``broker.counts()``;
+    ``conveyor_queue_paused{queue}`` and ``conveyor_queue_max_queued{queue}`` from the
+    queue settings read with it."""
 
     def __init__(self) -> None:
         self.counts: dict[str, dict[str, int]] = {}
+        self.settings: dict[str, QueueSettings] = {}
         self.taken_at = 0.0  # monotonic; 0: never
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
@@ -70,6 +74,18 @@ class _QueueCollector(Collector):
             for state, count in states.items():
                 family.add_metric((queue, state), count)
         yield family
+        paused = GaugeMetricFamily("conveyor_queue_paused", "1 when workers claim nothing "
+                                   "from the queue (refreshed with the queue depths)",
+                                   labels=("queue",))
+        caps = GaugeMetricFamily("conveyor_queue_max_queued", "The cap on waiting jobs "
+                                 "kept in the store (capped queues only)", labels=("queue",))
+        for queue in sorted(set(self.counts) | set(self.settings)):
+            settings = self.settings.get(queue)
+            paused.add_metric((queue,), 1 if settings is not None and settings.paused else 0)
+            if settings is not None and settings.max_queued is not None:
+                caps.add_metric((queue,), settings.max_queued)
+        yield paused
+        yield caps
 
 
 class Metrics:
@@ -184,9 +200,12 @@ class Metrics:
         for gauge in (self.worker_concurrency, self.worker_busy):
             _remove(gauge, worker_id)
 
-    def set_queue_counts(self, counts: dict[str, dict[str, int]]) -> None:
-        """Replace the queue-depth snapshot."""
+    def set_queue_counts(self, counts: dict[str, dict[str, int]],
+                         settings: dict[str, QueueSettings] | None = None) -> None:
+        """Replace the queue-depth snapshot (and the queue settings, when given)."""
         self._queues.counts = counts
+        if settings is not None:
+            self._queues.settings = settings
         self._queues.taken_at = time.monotonic()
 
     def queue_counts_stale(self) -> bool:
@@ -197,7 +216,7 @@ class Metrics:
     async def refresh_queues(self, broker: Broker, *, force: bool = False) -> None:
         """Take a new snapshot of ``broker.counts()`` if the last one is stale."""
         if force or self.queue_counts_stale():
-            self.set_queue_counts(await broker.counts())
+            self.set_queue_counts(await broker.counts(), await broker.queue_settings())
 
     # -- HTTP -----------------------------------------------------------------------------------
     def http_request(self, route: str, method: str, status: int, seconds: float) -> None:

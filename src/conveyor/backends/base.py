@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from conveyor.job import JobRecord, JobState, Outcome, WorkerInfo
 from conveyor.known import KnownJob
+from conveyor.queues import QueueSettings
 from conveyor.stats import MinuteStats
 
 if TYPE_CHECKING:
@@ -100,7 +101,8 @@ class Broker(abc.ABC):
         """Store ``jobs`` durably, all or none.
 
         ``limits`` maps a queue name to its ``max_queued``; when storing the jobs would leave
-        more waiting jobs in such a queue, raise :class:`~conveyor.errors.QueueFull` and store
+        more waiting jobs in such a queue, or more than the queue's cap in the store (see
+        :meth:`set_max_queued`), raise :class:`~conveyor.errors.QueueFull` and store
         nothing.
         """
 
@@ -119,7 +121,8 @@ class Broker(abc.ABC):
     ) -> list[JobRecord]:
         """Move up to ``limit`` ready jobs of ``queues`` to running, owned by ``worker_id``.
 
-        Ready means queued, or scheduled with ``run_at`` passed; oldest ``run_at`` first.
+        Ready means queued, or scheduled with ``run_at`` passed; oldest ``run_at`` first. A
+        paused queue (see :meth:`set_paused`) gives nothing.
         Each claimed job's ``attempts`` grows by one (the attempt's fencing token) and its
         lease runs ``lease`` seconds. The first ``start`` jobs (all when ``None``) start at
         once; the others are held unstarted until a heartbeat names them started, and a
@@ -153,7 +156,8 @@ class Broker(abc.ABC):
 
     @abc.abstractmethod
     async def ready_count(self, queues: Sequence[str], limit: int) -> int:
-        """How many jobs of ``queues`` are ready to run now, counting at most ``limit``."""
+        """How many jobs of ``queues`` are ready to run now, counting at most ``limit``
+        (a paused queue has none)."""
 
     @abc.abstractmethod
     async def wait_for_work(self, queues: Sequence[str], timeout: float) -> None:
@@ -228,6 +232,25 @@ class Broker(abc.ABC):
     @abc.abstractmethod
     async def workers(self) -> list[WorkerInfo]:
         """The workers whose heartbeat is current."""
+
+    # -- queue settings -----------------------------------------------------------------------
+    @abc.abstractmethod
+    async def set_paused(self, queue: str, paused: bool) -> None:
+        """Pause or resume ``queue``. Claims skip a paused queue (and :meth:`ready_count`
+        and :meth:`wait_for_work` do not count its jobs); enqueues and the jobs running
+        already go on. Resuming wakes the queue's idle workers."""
+
+    @abc.abstractmethod
+    async def set_max_queued(self, queue: str, limit: int | None) -> None:
+        """Store the cap of ``queue`` (``None`` removes it): :meth:`enqueue` refuses jobs
+        that would leave more than ``limit`` waiting in it, whatever ``limits`` it is given
+        (the smaller of the two caps holds)."""
+
+    @abc.abstractmethod
+    async def queue_settings(self) -> dict[str, QueueSettings]:
+        """The queues that are paused or capped, by name (a queue resumed and uncapped is
+        left out). :meth:`counts` lists only queues that have had jobs: listings merge the
+        two (see :func:`conveyor.queues.with_settings`)."""
 
     # -- known jobs ---------------------------------------------------------------------------
     @abc.abstractmethod

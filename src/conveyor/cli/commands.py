@@ -22,8 +22,9 @@ from conveyor.cli.output import (
     print_workers,
 )
 from conveyor.errors import DuplicateJob, InvalidArguments, QueueFull, UnknownJob, redact_url
-from conveyor.job import FINAL_STATES, JobRecord, JobState
+from conveyor.job import ALL_STATES, FINAL_STATES, JobRecord, JobState
 from conveyor.options import EnqueueOptions
+from conveyor.queues import with_settings
 
 
 def _json_arg(text: str, expected: type, option: str) -> Any:
@@ -179,14 +180,17 @@ async def cancel(app: Conveyor, args: argparse.Namespace) -> int:
 
 
 async def stats(app: Conveyor, args: argparse.Namespace) -> int:
-    """``conveyor stats [--json]``: jobs per queue and state, and the live workers."""
+    """``conveyor stats [--json]``: jobs per queue and state (with each queue's paused and
+    max_queued), and the live workers."""
     await app.broker.open()
     counts = await app.broker.counts()
+    queues = with_settings(counts, await app.broker.queue_settings(),
+                           tuple(str(s) for s in ALL_STATES))
     workers = await app.broker.workers()
     if args.json:
-        print_json({"queues": counts, "workers": [w.to_dict() for w in workers]})
+        print_json({"queues": queues, "workers": [w.to_dict() for w in workers]})
         return 0
-    print_counts(counts)
+    print_counts(queues)
     console.print()
     print_workers(workers)
     return 0

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Awaitable, Callable, Sequence
 
 from conveyor.app import Conveyor
-from conveyor.cli import commands, known
+from conveyor.cli import commands, known, queues
 from conveyor.cli import schedules as cli_schedules
 from conveyor.cli.loading import CLIError, positive_int, queue_list, resolve_app
 from conveyor.cli.output import errors
@@ -123,6 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     _store_options(known.add_known_parser(sub), with_app=False)
     _store_options(cli_schedules.add_schedules_parser(sub), with_app=False)
+    for queue_parser in queues.add_queue_parsers(sub):
+        _store_options(queue_parser, with_app=False)
 
     from conveyor.cli.bench import add_bench_parser
     from conveyor.cli.serve import add_serve_parser
@@ -145,6 +147,9 @@ COMMANDS: dict[str, Command] = {
     "stats": commands.stats,
     "jobs-known": known.jobs_known,
     "schedules": cli_schedules.schedules,
+    "pause": queues.pause,
+    "resume": queues.resume,
+    "cap": queues.cap,
 }
 
 

@@ -244,11 +244,24 @@ def print_jobs(records: Iterable[JobRecord]) -> None:
                 empty="(no jobs)")
 
 
-def print_counts(counts: Mapping[str, Mapping[str, int]]) -> None:
-    """Jobs per queue and state."""
-    cols = (Col("queue", fit=8), *(Col(str(s), right=True) for s in ALL_STATES))
-    print_table(cols, ([queue, *(counts[queue].get(str(s), 0) for s in ALL_STATES)]
-                       for queue in sorted(counts)), title="queues", empty="(no jobs)")
+def print_counts(counts: Mapping[str, Mapping[str, Any]]) -> None:
+    """Jobs per queue and state; with ``paused`` and ``max_queued`` columns when a queue is
+    paused or capped (see :func:`conveyor.queues.with_settings`)."""
+    settings = any(row.get("paused") or row.get("max_queued") is not None
+                   for row in counts.values())
+    cols = (Col("queue", fit=8), *(Col(str(s), right=True) for s in ALL_STATES),
+            *((Col("paused"), Col("max_queued", right=True, drop=1)) if settings else ()))
+
+    def row(queue: str) -> list[Any]:
+        values: list[Any] = [queue, *(counts[queue].get(str(s), 0) for s in ALL_STATES)]
+        if settings:
+            cap = counts[queue].get("max_queued")
+            values += ["yes" if counts[queue].get("paused") else "no",
+                       "-" if cap is None else cap]
+        return values
+
+    print_table(cols, (row(queue) for queue in sorted(counts)), title="queues",
+                empty="(no jobs)")
 
 
 # the worker's id holds its host and pid: those go first on a narrow terminal

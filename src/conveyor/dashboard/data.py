@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from conveyor.backends.base import Broker
 from conveyor.job import ALL_STATES, JobRecord
+from conveyor.queues import QueueSettings
 from conveyor.stats import MinuteStats, minute_of
 
 if TYPE_CHECKING:
@@ -64,10 +65,14 @@ def history(rows: Iterable[MinuteStats], now: float, queue: str | None = None,
 async def counts(broker: Broker) -> dict[str, Any]:
     """Jobs per queue and state, and per state over every queue."""
     per_queue = await broker.counts()
+    settings = await broker.queue_settings()
     totals = {str(s): sum(per.get(str(s), 0) for per in per_queue.values()) for s in ALL_STATES}
+    empty = {str(s): 0 for s in ALL_STATES}
     return {
         "states": [str(s) for s in ALL_STATES],
-        "queues": [{"name": name, "counts": per_queue[name]} for name in sorted(per_queue)],
+        "queues": [{"name": name, "counts": per_queue.get(name, empty),
+                    **(settings.get(name) or QueueSettings(name)).to_dict()}
+                   for name in sorted(set(per_queue) | set(settings))],
         "totals": totals,
     }
 

@@ -189,6 +189,19 @@ class Dashboard:
         retried, skipped = await self.services.retry_dead(queue)
         return _json({"queue": queue, "retried": retried, "skipped": skipped})
 
+    async def pause_queue(self, request: Request) -> Response:
+        """POST /ui/api/queues/{queue}/pause."""
+        return _json(await self.services.set_paused(request.path_params["queue"], True))
+
+    async def resume_queue(self, request: Request) -> Response:
+        """POST /ui/api/queues/{queue}/resume."""
+        return _json(await self.services.set_paused(request.path_params["queue"], False))
+
+    async def cap_queue(self, request: Request) -> Response:
+        """POST /ui/api/queues/{queue}/cap?max_queued=N|none."""
+        return _json(await self.services.set_max_queued(
+            request.path_params["queue"], request.query_params.get("max_queued")))
+
     # -- static ---------------------------------------------------------------------------
     async def static(self, request: Request) -> Response:
         """GET /ui/static/{file}."""
@@ -202,6 +215,7 @@ class Dashboard:
     def routes(self) -> list[Route]:
         """The dashboard's Starlette routes."""
         job = "/ui/api/jobs/{job}"
+        queue = "/ui/api/queues/{queue}"
         return [
             Route("/", self._page("overview"), methods=["GET"]),
             Route("/ui/workers", self._page("workers"), methods=["GET"]),
@@ -222,6 +236,9 @@ class Dashboard:
             Route(f"{job}/delete", self._action(self.delete), methods=["POST"]),
             Route("/ui/api/retry-dead", self._action(self.retry_dead), methods=["POST"]),
             *schedule_routes(self),
+            Route(f"{queue}/pause", self._action(self.pause_queue), methods=["POST"]),
+            Route(f"{queue}/resume", self._action(self.resume_queue), methods=["POST"]),
+            Route(f"{queue}/cap", self._action(self.cap_queue), methods=["POST"]),
         ]
 
     # the guards, for the routes of other modules (see :mod:`conveyor.dashboard.schedules`)

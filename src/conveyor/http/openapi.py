@@ -122,10 +122,27 @@ COMPONENTS: dict[str, Schema] = {
     "Queues": {
         "type": "object", "required": ["queues"],
         "properties": {"queues": {
-            "type": "object", "description": "queue -> state -> number of jobs",
-            "additionalProperties": {"type": "object",
-                                     "additionalProperties": {"type": "integer"}},
+            "type": "object", "description": "queue -> its jobs per state and its settings",
+            "additionalProperties": {
+                "type": "object",
+                "required": [*(str(s) for s in ALL_STATES), "paused", "max_queued"],
+                "properties": {
+                    **{str(s): {"type": "integer"} for s in ALL_STATES},
+                    "paused": {"type": "boolean",
+                               "description": "workers claim nothing from it"},
+                    "max_queued": {"type": "integer", "nullable": True,
+                                   "description": "the store's cap on waiting jobs"},
+                }},
         }},
+    },
+    "QueueSettings": {
+        "type": "object", "required": ["queue", "paused", "max_queued"],
+        "properties": {
+            "queue": {"type": "string"},
+            "paused": {"type": "boolean", "description": "workers claim nothing from it"},
+            "max_queued": {"type": "integer", "nullable": True,
+                           "description": "the store's cap on waiting jobs (null: none)"},
+        },
     },
     "Health": {"type": "object", "properties": {
         "status": {"type": "string", "enum": ["ok", "unavailable"]},

@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 
 JOB_PATH = "/jobs/{job}"
 JOB = Param("job", "path", "the job id (for POST: the registered name of the job to run)")
+QUEUE = Param("queue", "path", "the queue's name (1 to 200 characters)",
+              {"type": "string", "minLength": 1, "maxLength": 200})
 BINARY = {"type": "string", "format": "binary"}
 HOST_PATH = Param("X-Host-Path", "header", "where the file came from (kept as metadata; its "
                   "last part is the Upload's filename)")
@@ -140,6 +142,15 @@ class Routes:
         """GET /queues."""
         return JSONResponse({"queues": await self.services.queues()})
 
+    async def pause_queue(self, request: Request) -> Response:
+        """POST /queues/{queue}/pause."""
+        return JSONResponse(await self.services.set_paused(request.path_params["queue"], True))
+
+    async def resume_queue(self, request: Request) -> Response:
+        """POST /queues/{queue}/resume."""
+        return JSONResponse(await self.services.set_paused(request.path_params["queue"],
+                                                           False))
+
     async def healthz(self, request: Request) -> Response:
         """GET /healthz."""
         return JSONResponse({"status": "ok"})
@@ -236,8 +247,21 @@ class Routes:
                       "these names (and the server's own jobs) and checks the arguments "
                       "against the published parameters."),
             *ScheduleRoutes(self.services).operations(),
-            Operation("GET", "/queues", self.queues, "Jobs per queue and state",
-                      {200: ("counts", ref("Queues"))}, tag="admin"),
+            Operation("GET", "/queues", self.queues, "Jobs per queue and state, and each "
+                      "queue's settings", {200: ("counts and settings", ref("Queues"))},
+                      tag="admin", description="Lists the queues that have jobs and those "
+                      "that are only paused or capped."),
+            Operation("POST", "/queues/{queue}/pause", self.pause_queue, "Pause a queue",
+                      dict([(200, ("the queue's settings", ref("QueueSettings"))),
+                            error(400), error(503)]),
+                      params=(QUEUE,), tag="admin",
+                      description="Workers claim nothing more from the queue (within a "
+                      "second); enqueues are still accepted and running jobs finish."),
+            Operation("POST", "/queues/{queue}/resume", self.resume_queue, "Resume a queue",
+                      dict([(200, ("the queue's settings", ref("QueueSettings"))),
+                            error(400), error(503)]),
+                      params=(QUEUE,), tag="admin",
+                      description="Workers claim from the queue again; idle ones are woken."),
             Operation("GET", "/healthz", self.healthz, "Liveness (no token needed)",
                       {200: ("the server is up and its store usable", ref("Health")),
                        503: ("the store cannot be used now (see error)", ref("Health"))},

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from conveyor.builtin import PUSH_JOB
 from conveyor.containers.base import missing_container
 from conveyor.errors import (
+    ConfigurationError,
     DuplicateJob,
     InvalidArguments,
     JobNotFound,
@@ -29,6 +30,7 @@ from conveyor.http.errors import ApiError
 from conveyor.ids import is_acceptable_id, new_id
 from conveyor.job import ALL_STATES, JobRecord, JobState
 from conveyor.options import DEFAULT, EnqueueOptions
+from conveyor.queues import QueueSettings, parse_limit, with_settings
 from conveyor.uploads import (
     StagedFile,
     Upload,
@@ -337,8 +339,36 @@ class Services:
                 return retried, skipped
             cursor = page[-1].id
 
-    async def queues(self) -> dict[str, dict[str, int]]:
-        """``GET /queues``: ``{queue: {state: count}}``."""
+    async def queues(self) -> dict[str, dict[str, Any]]:
+        """``GET /queues``: ``{queue: {state: count, ..., "paused": bool, "max_queued": n or
+        null}}``, with the queues that only have settings (no jobs yet)."""
         await self.broker_ready()
-        return await self.app.broker.counts()
+        broker = self.app.broker
+        return with_settings(await broker.counts(), await broker.queue_settings(),
+                             tuple(str(s) for s in ALL_STATES))
+
+    async def queue_settings(self, queue: str) -> dict[str, Any]:
+        """``{"queue": name, "paused": bool, "max_queued": n or null}`` of one queue."""
+        settings = (await self.app.queue_settings_async()).get(queue) or QueueSettings(queue)
+        return {"queue": queue, **settings.to_dict()}
+
+    async def set_paused(self, queue: str, paused: bool) -> dict[str, Any]:
+        """Pause or resume ``queue``; its settings afterwards (400 for a bad name)."""
+        try:
+            await (self.app.pause_async(queue) if paused else self.app.resume_async(queue))
+        except ConfigurationError as exc:
+            raise ApiError(400, str(exc)) from None
+        return await self.queue_settings(queue)
+
+    async def set_max_queued(self, queue: str, limit: str | None) -> dict[str, Any]:
+        """Cap ``queue`` in the store (``limit`` as typed: a whole number or ``none``);
+        its settings afterwards (400 for a bad name or limit)."""
+        try:
+            if limit is None:
+                raise ConfigurationError("give max_queued: a whole number of at least 1, "
+                                         "or none")
+            await self.app.set_max_queued_async(queue, parse_limit(limit))
+        except ConfigurationError as exc:
+            raise ApiError(400, str(exc)) from None
+        return await self.queue_settings(queue)
 

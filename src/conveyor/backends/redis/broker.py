@@ -34,6 +34,7 @@ from conveyor.errors import (
 from conveyor.ids import new_id
 from conveyor.job import ALL_STATES, JobRecord, JobState, Outcome, OutcomeKind, WorkerInfo
 from conveyor.known import KnownJob, read_known
+from conveyor.queues import QueueSettings
 from conveyor.schedules import Schedule, ScheduleState, read_definition
 from conveyor.serialization import dumps, storable
 from conveyor.stats import STATS_KEEP, MinuteStats
@@ -344,7 +345,7 @@ class RedisBroker(Broker):
         if len(segments) == 1 and len(segments[0][0]) == 1:
             (job,), limits = segments[0]
             keys = [self.keys.jobs, self.keys.field("state"), self.keys.queues,
-                    *self.keys.queue_group(job.queue)]
+                    *self.keys.queue_group(job.queue), self.keys.caps]
             value = f"{job.run_at - job.created_at!r}{codec.job_spec(job)}"
             return "enqueue_one", keys, [job.queue, limits.get(job.queue, -1), value]
         numbers: dict[str, int] = {}
@@ -360,7 +361,7 @@ class RedisBroker(Broker):
             for members in by_queue.values():
                 argv += [f"{j.run_at - j.created_at!r}{codec.job_spec(j)}" for j in members]
         keys = [self.keys.jobs, self.keys.field("state"), self.keys.queues,
-                *self._group_keys(list(numbers))]
+                *self._group_keys(list(numbers)), self.keys.caps]
         return "enqueue", keys, argv
 
     @staticmethod
@@ -447,11 +448,12 @@ class RedisBroker(Broker):
         self, worker_id: str, queues: Sequence[str], limit: int, lease: float,
         start: int | None = None,
     ) -> list[JobRecord]:
-        keys = [*self.keys.job_block, self.keys.claims, *self._group_keys(queues)]
+        keys = [*self.keys.job_block, self.keys.claims, self.keys.paused,
+                *self._group_keys(queues)]
         # one token for every retry of this claim: a retry after a lost reply gets the
         # same jobs back instead of leasing a second batch
         reply = await self._script("claim", keys, [worker_id, lease, limit, new_id(),
-                                                   "" if start is None else start])
+                                                   "" if start is None else start, *queues])
         return codec.claimed_jobs(reply, worker_id)
 
     async def settle(self, outcomes: Sequence[Outcome]) -> None:
@@ -520,9 +522,12 @@ class RedisBroker(Broker):
 
         async def call(conn: _Connection) -> int:
             async with conn.client.pipeline(transaction=False) as pipe:
+                pipe.smembers(self.keys.paused)
                 for queue in queues:
                     pipe.zcount(self.keys.waiting(queue), "-inf", now)
-                return int(sum(await pipe.execute()))
+                paused, *ready = await pipe.execute()
+            return sum(int(n) for queue, n in zip(queues, ready, strict=True)
+                       if queue not in paused)
 
         return min(limit, await self._retrying(call))
 
@@ -530,23 +535,34 @@ class RedisBroker(Broker):
         """Block on the queues' wake-up lists (BLPOP) until work arrives, the next delayed
         job falls due, or ``timeout`` passes."""
 
-        async def next_due(conn: _Connection) -> tuple[float, list[Any]]:
+        async def next_due(conn: _Connection) -> tuple[float, set[str], list[Any]]:
             async with conn.client.pipeline(transaction=False) as pipe:
                 pipe.time()
+                pipe.smembers(self.keys.paused)
                 for queue in queues:
                     pipe.zrange(self.keys.waiting(queue), 0, 0, withscores=True)
-                server_time, *heads = await pipe.execute()
-            return server_time[0] + server_time[1] / 1e6, heads
+                server_time, paused, *heads = await pipe.execute()
+            return server_time[0] + server_time[1] / 1e6, paused, heads
 
-        now, heads = await self._retrying(next_due)
+        now, paused, heads = await self._retrying(next_due)
         wait = timeout
-        for head in heads:
-            if head:
+        for queue, head in zip(queues, heads, strict=True):
+            if head and queue not in paused:  # a paused queue's due jobs wait for a resume
                 wait = min(wait, head[0][1] - now)
         if wait <= 0:
             return
-        wake_keys = [self.keys.wake(q) for q in queues]
-        await self._cmd("blpop", wake_keys, timeout=max(0.01, wait))
+        wake_keys = {self.keys.wake(q): q for q in queues}
+        deadline = time.monotonic() + wait
+        while (left := deadline - time.monotonic()) > 0:
+            popped = await self._cmd("blpop", list(wake_keys), timeout=max(0.01, left))
+            if popped is None:
+                return
+            woken = wake_keys.get(popped[0])
+            # a token left by an enqueue into a paused queue is no work: wait on (a resume
+            # removes the queue from the set before it pushes its token)
+            if woken not in paused or not await self._cmd("sismember", self.keys.paused,
+                                                          woken):
+                return
 
     async def unregister_worker(self, worker_id: str) -> None:
         async def call(conn: _Connection) -> None:
@@ -738,6 +754,42 @@ class RedisBroker(Broker):
         raws = await self._cmd("hmget", self.keys.winfo, ids)
         workers = [codec.worker_from_json(raw) for raw in raws if raw is not None]
         return sorted(workers, key=lambda w: w.started_at)
+
+    # -- queue settings -----------------------------------------------------------------------
+    async def set_paused(self, queue: str, paused: bool) -> None:
+        k = self.keys
+
+        async def call(conn: _Connection) -> None:
+            async with conn.client.pipeline(transaction=True) as pipe:
+                if paused:
+                    pipe.sadd(k.paused, queue)
+                else:
+                    pipe.srem(k.paused, queue)
+                    # wake the queue's idle workers, as an enqueue does (one token at most)
+                    pipe.rpush(k.wake(queue), "1")
+                    pipe.ltrim(k.wake(queue), 0, 0)
+                await pipe.execute()
+
+        await self._retrying(call)
+
+    async def set_max_queued(self, queue: str, limit: int | None) -> None:
+        if limit is None:
+            await self._cmd("hdel", self.keys.caps, queue)
+        else:
+            await self._cmd("hset", self.keys.caps, queue, str(limit))
+
+    async def queue_settings(self) -> dict[str, QueueSettings]:
+        async def call(conn: _Connection) -> tuple[set[str], dict[str, str]]:
+            async with conn.client.pipeline(transaction=True) as pipe:
+                pipe.smembers(self.keys.paused)
+                pipe.hgetall(self.keys.caps)
+                paused, caps = await pipe.execute()
+            return paused, caps
+
+        paused, caps = await self._retrying(call)
+        return {name: QueueSettings(name, name in paused,
+                                    int(caps[name]) if name in caps else None)
+                for name in sorted(set(paused) | set(caps))}
 
     # -- known jobs ---------------------------------------------------------------------------
     async def publish_jobs(self, worker_id: str, jobs: Sequence[KnownJob]) -> None:

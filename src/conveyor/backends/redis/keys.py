@@ -30,6 +30,9 @@ Layout (``ns`` is the namespace, ``q`` a queue):
 ``{ns}:expiry``                 zset     finished job id -> expires_at (when it is purged)
 ``{ns}:cancel``                 set      jobs whose cancellation was asked while they ran
 ``{ns}:queues``                 set      queue names ever used
+``{ns}:paused``                 set      paused queue names: claims skip them (claim.lua)
+``{ns}:caps``                   hash     queue -> max_queued, the store's cap, enforced by
+                                         enqueue.lua and enqueue_one.lua for every producer
 ``{ns}:workers``                zset     worker id -> heartbeat expiry
 ``{ns}:winfo``                  hash     worker id -> the worker as JSON
 ``{ns}:claims``                 hash     worker id -> its last claim's token and job ids
@@ -93,6 +96,8 @@ class Keys:
         p = self.prefix
         self.jobs = f"{p}:jobs"
         self.queues = f"{p}:queues"
+        self.paused = f"{p}:paused"
+        self.caps = f"{p}:caps"
         self.expiry = f"{p}:expiry"
         self.cancel = f"{p}:cancel"
         self.workers = f"{p}:workers"

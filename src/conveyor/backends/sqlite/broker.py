@@ -33,6 +33,7 @@ from conveyor.backends.sqlite.writer import Writer
 from conveyor.errors import DuplicateJob, QueueFull, StoreUnavailable
 from conveyor.job import JobRecord, JobState, Outcome, OutcomeKind, WorkerInfo
 from conveyor.known import KnownJob, read_known
+from conveyor.queues import QueueSettings
 from conveyor.schedules import Schedule, ScheduleState
 from conveyor.serialization import dumps, storable
 from conveyor.stats import STATS_KEEP, SUMS, MinuteStats
@@ -40,6 +41,8 @@ from conveyor.stats import STATS_KEEP, SUMS, MinuteStats
 T = TypeVar("T")
 
 WAITING = "state IN ('queued', 'scheduled')"
+#: the queues claims skip (see Broker.set_paused), as a condition on {ns}_jobs rows
+NOT_PAUSED = "queue NOT IN (SELECT name FROM {ns}_queues WHERE paused=1)"
 #: SQLite's default limit on bound parameters is 32766; stay far below it
 CHUNK = 500
 #: how often an idle worker looks for new commits by other connections (cheap, no I/O)
@@ -86,13 +89,15 @@ class SQLiteBroker(Broker):
         #: grows on each close(): a thread whose reader is older opens a new one
         self._generation = 0
         t = self.ns
+        self._not_paused = NOT_PAUSED.format(ns=t)
         self._sql_claim = (
             f"UPDATE {t}_jobs SET state='running', worker_id=?, attempts=attempts+1, "
             f"started_at=?, lease_expires_at=?, progress=NULL, progress_message=NULL, "
             f"unstarted=CASE WHEN unstarted IN ({MAYBE_STARTED}, {HELD_SUSPECT}) "
             f"THEN {SUSPECT} ELSE 0 END "
             f"WHERE id IN (SELECT id FROM {t}_jobs WHERE {WAITING} AND queue IN ({{marks}}) "
-            f"AND run_at <= ? ORDER BY run_at, id LIMIT ?) RETURNING {JOB_COLUMNS}, unstarted"
+            f"AND {self._not_paused} AND run_at <= ? ORDER BY run_at, id LIMIT ?) "
+            f"RETURNING {JOB_COLUMNS}, unstarted"
         )
         self._sql_insert = (
             f"INSERT INTO {t}_jobs (id, name, queue, state, args, kwargs, created_at, run_at) "
@@ -204,16 +209,25 @@ class SQLiteBroker(Broker):
         ]
         adding: dict[str, int] = defaultdict(int)
         for job in jobs:
-            if job.queue in limits:
-                adding[job.queue] += 1
+            adding[job.queue] += 1
+        # the table holds only the queues with settings: a few rows, read whole
+        caps_sql = f"SELECT name, max_queued FROM {self.ns}_queues WHERE max_queued IS NOT NULL"
 
         def fn(conn: sqlite3.Connection) -> None:
+            # the store's caps (every producer's) and this producer's own: the smaller holds
+            caps = dict(limits)
+            for queue, cap in conn.execute(caps_sql):
+                if queue in adding:
+                    caps[queue] = min(cap, caps.get(queue, cap))
             for queue, count in adding.items():
+                limit = caps.get(queue)
+                if limit is None:
+                    continue
                 (waiting,) = conn.execute(
                     f"SELECT count(*) FROM {self.ns}_jobs WHERE {WAITING} AND queue=?", (queue,)
                 ).fetchone()
-                if waiting + count > limits[queue]:
-                    raise QueueFull(queue, limits[queue])
+                if waiting + count > limit:
+                    raise QueueFull(queue, limit)
             try:
                 conn.executemany(self._sql_insert, rows)
             except sqlite3.IntegrityError:
@@ -370,7 +384,8 @@ class SQLiteBroker(Broker):
     def _ready_count(self, conn: sqlite3.Connection, queues: Sequence[str], limit: int) -> int:
         (count,) = conn.execute(
             f"SELECT count(*) FROM (SELECT 1 FROM {self.ns}_jobs WHERE {WAITING} AND "
-            f"queue IN ({_marks(len(queues))}) AND run_at <= ? LIMIT ?)",
+            f"queue IN ({_marks(len(queues))}) AND {self._not_paused} AND run_at <= ? "
+            f"LIMIT ?)",
             (*queues, time.time(), limit),
         ).fetchone()
         return int(count)
@@ -382,7 +397,8 @@ class SQLiteBroker(Broker):
         due: float | None = None
         for queue in queues:
             (at,) = conn.execute(
-                f"SELECT min(run_at) FROM {self.ns}_jobs WHERE {WAITING} AND queue=?", (queue,)
+                f"SELECT min(run_at) FROM {self.ns}_jobs WHERE {WAITING} AND queue=? "
+                f"AND {self._not_paused}", (queue,)
             ).fetchone()
             if at is not None and (due is None or at < due):
                 due = at
@@ -588,6 +604,31 @@ class SQLiteBroker(Broker):
         )
         rows = await self._read(lambda conn: conn.execute(sql, (lease_now(),)).fetchall())
         return [worker_from_row(r) for r in rows]
+
+    # -- queue settings -----------------------------------------------------------------------
+    async def set_paused(self, queue: str, paused: bool) -> None:
+        # idle workers see the commit (PRAGMA data_version) and look again
+        await self._write(lambda conn: self._set_queue(conn, queue, "paused", int(paused)))
+
+    async def set_max_queued(self, queue: str, limit: int | None) -> None:
+        await self._write(lambda conn: self._set_queue(conn, queue, "max_queued", limit))
+
+    def _set_queue(self, conn: sqlite3.Connection, queue: str, column: str,
+                   value: int | None) -> None:
+        """Set one setting of ``queue``; a queue left with none loses its row."""
+        t = self.ns
+        conn.execute(f"INSERT INTO {t}_queues (name, {column}) VALUES (?, ?) "
+                     f"ON CONFLICT (name) DO UPDATE SET {column}=excluded.{column}",
+                     (queue, value))
+        conn.execute(f"DELETE FROM {t}_queues WHERE name=? AND paused=0 AND max_queued IS NULL",
+                     (queue,))
+
+    async def queue_settings(self) -> dict[str, QueueSettings]:
+        sql = (f"SELECT name, paused, max_queued FROM {self.ns}_queues "
+               f"WHERE paused=1 OR max_queued IS NOT NULL ORDER BY name")
+        rows = await self._read(lambda conn: conn.execute(sql).fetchall())
+        return {name: QueueSettings(name, bool(paused), max_queued)
+                for name, paused, max_queued in rows}
 
     # -- known jobs ---------------------------------------------------------------------------
     async def publish_jobs(self, worker_id: str, jobs: Sequence[KnownJob]) -> None:

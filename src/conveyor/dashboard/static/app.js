@@ -174,6 +174,31 @@ async function act(question, path, done) {
   refreshNow();
 }
 
+// -- queue control ----------------------------------------------------------------------------
+function queueButtons(q) {
+  const base = `/ui/api/queues/${encodeURIComponent(q.name)}`;
+  const toggle = q.paused
+    ? el("button", { class: "small", "data-action": "resume",
+      onclick: () => act(`Resume queue “${q.name}”? Workers take its jobs again.`, `${base}/resume`,
+        () => flash(`Queue ${q.name} is running again.`)) }, "Resume")
+    : el("button", { class: "small", "data-action": "pause",
+      onclick: () => act(`Pause queue “${q.name}”? Workers stop taking its jobs (running ones finish); enqueues go on.`,
+        `${base}/pause`, () => flash(`Queue ${q.name} is paused.`)) }, "Pause");
+  const cap = el("button", { class: "small", "data-action": "cap", onclick: async () => {
+    const value = window.prompt(`Most jobs waiting in queue “${q.name}” (a number, or none):`,
+      q.max_queued === null || q.max_queued === undefined ? "none" : String(q.max_queued));
+    if (value === null) return;
+    try {
+      const r = await post(`${base}/cap?max_queued=${encodeURIComponent(value.trim())}`);
+      flash(r.max_queued === null ? `Queue ${q.name} has no cap.` : `Queue ${q.name} takes at most ${r.max_queued} waiting jobs.`);
+    } catch (error) {
+      flash(error.message, "error");
+    }
+    refreshNow();
+  } }, "Cap…");
+  return [toggle, cap];
+}
+
 // -- charts -----------------------------------------------------------------------------------
 const CHART = { width: 560, height: 170, left: 48, right: 8, top: 10, bottom: 22 };
 const WIDE = { ...CHART, width: 1140, height: 200 };
@@ -289,14 +314,16 @@ pages.overview = {
       el("td", {}, link(`/ui/jobs?queue=${encodeURIComponent(q.name)}`, q.name)),
       STATES.map((s) => el("td", { class: "num", "data-state": s },
         link(`/ui/jobs?queue=${encodeURIComponent(q.name)}&state=${s}`, number(q.counts[s])))),
-      el("td", {}, q.counts.dead > 0
+      el("td", { "data-field": "paused" }, q.paused ? badge("paused") : "–"),
+      el("td", { class: "num", "data-field": "max_queued" }, number(q.max_queued)),
+      el("td", {}, queueButtons(q), q.counts.dead > 0
         ? el("button", { class: "small danger", "data-action": "retry-dead",
           onclick: () => act(`Retry all ${q.counts.dead} dead jobs of queue “${q.name}”?`,
             `/ui/api/retry-dead?queue=${encodeURIComponent(q.name)}`,
             (r) => flash(`${r.retried} dead jobs of ${r.queue} are queued again.` +
               (r.skipped ? ` ${r.skipped} were left: their uploaded files are gone.` : ""))) }, "Retry dead")
         : null)));
-    fillTable("queues", ["queue", ...STATES, ""], rows, "No jobs yet.");
+    fillTable("queues", ["queue", ...STATES, "paused", "max queued", ""], rows, "No jobs yet.");
     const select = document.getElementById("chart-queue");
     const names = ["", ...data.queues.map((q) => q.name)];
     if (chartQueue && !names.includes(chartQueue)) names.push(chartQueue);

@@ -3,16 +3,19 @@
 -- reply was lost with the connection) gets the same jobs back, not a second batch that
 -- would leave the first one leased to nobody.
 -- KEYS: 1..15 the job block (see _lib.lua), 16 last claims hash (worker id -> token, start,
---       lease expiry and job ids), then one queue group (9 keys) per queue.
+--       lease expiry and job ids), 17 the set of paused queues, then one queue group (9
+--       keys) per queue.
 -- ARGV: 1 worker id, 2 lease seconds, 3 limit, 4 claim token, 5 how many of the claimed
 --       jobs start at once ('' for all; when given, the others and every suspect are marked
---       unstarted: suspects start alone, once a heartbeat marks them started).
+--       unstarted: suspects start alone, once a heartbeat marks them started), then the
+--       queues' names in the order of their groups (a paused one gives nothing).
 -- Returns: {started_at, lease expiry, then 5 per claimed job: its JSON, run_at, attempts,
 --       recoveries, suspect (1 or 0)}.
 local worker, lease, limit, token = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
 local start = tonumber(ARGV[5])
 local CLAIMS = BLOCK + 1
-local FIRST = BLOCK + 2
+local PAUSED = BLOCK + 2
+local FIRST = BLOCK + 3
 
 local last = redis.call('HGET', KEYS[CLAIMS], worker)
 if last and string.sub(last, 1, #token + 1) == token .. ' ' then
@@ -40,21 +43,29 @@ local stamp = fmt(now)
 local lease_until = now + lease
 local lease_stamp = fmt(lease_until)
 local groups = (#KEYS - FIRST + 1) / GROUP
+-- the groups of the queues that are not paused (decided here, so every worker stops at once)
+local unpaused = {}
+local any_paused = redis.call('SCARD', KEYS[PAUSED]) > 0
+for g = 1, groups do
+  if not any_paused or redis.call('SISMEMBER', KEYS[PAUSED], ARGV[5 + g]) == 0 then
+    unpaused[#unpaused + 1] = FIRST + (g - 1) * GROUP
+  end
+end
 
 -- the due ids of every queue, then the oldest `limit` of them all
 local ids, ats, bases = {}, {}, {}
-if groups == 1 then
-  local due = redis.call('ZRANGEBYSCORE', KEYS[FIRST], '-inf', now, 'WITHSCORES',
+if #unpaused == 1 then
+  local base = unpaused[1]
+  local due = redis.call('ZRANGEBYSCORE', KEYS[base], '-inf', now, 'WITHSCORES',
                          'LIMIT', 0, limit)
   for i = 1, #due, 2 do
     ids[#ids + 1] = due[i]
     ats[#ats + 1] = due[i + 1]
-    bases[#bases + 1] = FIRST
+    bases[#bases + 1] = base
   end
-else
+elseif #unpaused > 1 then
   local candidates = {}
-  for g = 1, groups do
-    local base = FIRST + (g - 1) * GROUP
+  for _, base in ipairs(unpaused) do
     local due = redis.call('ZRANGEBYSCORE', KEYS[base], '-inf', now, 'WITHSCORES',
                            'LIMIT', 0, limit)
     for i = 1, #due, 2 do
@@ -128,9 +139,8 @@ if #ids > 0 then
 end
 redis.call('HSET', KEYS[CLAIMS], worker,
            token .. ' ' .. stamp .. ' ' .. lease_stamp .. ' ' .. table.concat(taken, ' '))
--- due work is left: pass the wake-up on to the next idle worker
-for g = 1, groups do
-  local base = FIRST + (g - 1) * GROUP
+-- due work is left: pass the wake-up on to the next idle worker (not for a paused queue)
+for _, base in ipairs(unpaused) do
   if redis.call('ZCOUNT', KEYS[base], '-inf', now) > 0 then wake(base) end
 end
 return reply

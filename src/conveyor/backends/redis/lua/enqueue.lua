@@ -1,10 +1,11 @@
 -- Store new jobs. The jobs come in segments (one per enqueue call the client coalesced into
 -- this script call); each segment is stored all or none, on its own.
 -- KEYS: 1 jobs hash, 2 state hash, 3 queues set, then one queue group (9 keys, see _lib.lua)
---       per queue.
+--       per queue, then the caps hash (queue -> the store's max_queued).
 -- ARGV: 1 number of segments S; then per segment: the number of its queues G, then per
---       queue: its group number (1-based, in KEYS order), its name, max_queued (-1: no
---       limit), job count; then one value per job, queue by queue: its run_at offset in
+--       queue: its group number (1-based, in KEYS order), its name, the producer's
+--       max_queued (-1: no limit; the store's cap holds as well, the smaller wins), job
+--       count; then one value per job, queue by queue: its run_at offset in
 --       seconds from now (0: ready now; negative: overdue) directly followed by the job's
 --       JSON, which starts with its id and lacks created_at, run_at and its last '}' (this
 --       script adds them). One value per job keeps bulk calls cheap.
@@ -15,6 +16,8 @@ local stamp = fmt(now)
 local created = ',"created_at":' .. stamp .. ',"run_at":'
 local statuses = {}
 local a = 2
+local CAPS = KEYS[#KEYS]
+local caps = {}  -- queue -> the store's cap (false: none), read once per call
 
 -- The segment's jobs from ARGV[first] on: their ids, run_at offsets and JSON texts.
 local function parse(first, total)
@@ -38,9 +41,16 @@ local function check(plan, ids)
   end
   for _, entry in ipairs(plan) do
     local waiting = KEYS[entry.base]
+    local cap = caps[entry.queue]
+    if cap == nil then
+      cap = tonumber(redis.call('HGET', CAPS, entry.queue)) or false
+      caps[entry.queue] = cap
+    end
+    local limit = entry.limit
+    if cap and (limit < 0 or cap < limit) then limit = cap end
     -- (earlier segments of this call are in ZCARD already: store() writes at once)
-    if entry.limit >= 0 and redis.call('ZCARD', waiting) + entry.count > entry.limit then
-      return 'full ' .. entry.queue .. ' ' .. entry.limit
+    if limit >= 0 and redis.call('ZCARD', waiting) + entry.count > limit then
+      return 'full ' .. entry.queue .. ' ' .. limit
     end
   end
   return 'ok'

@@ -1,8 +1,9 @@
 -- Store one new job: what enqueue.lua does for a call of one job, in fewer steps (single
 -- enqueues are the commonest call, and each step here is paid once per job).
 -- KEYS: 1 jobs hash, 2 state hash, 3 queues set, 4.. the job's queue group (9 keys, see
---       _lib.lua).
--- ARGV: 1 queue name, 2 max_queued (-1: no limit), 3 the job as enqueue.lua takes it: its
+--       _lib.lua), then the caps hash (queue -> the store's max_queued).
+-- ARGV: 1 queue name, 2 the producer's max_queued (-1: no limit; the store's cap holds as
+--       well, the smaller wins), 3 the job as enqueue.lua takes it: its
 --       run_at offset in seconds from now directly followed by its JSON.
 -- Returns: 'ok', 'full <queue> <limit>' or 'exists <id>' (then nothing was stored).
 local value = ARGV[3]
@@ -20,6 +21,11 @@ end
 -- an id that exists is reported before a full queue (see enqueue.lua)
 if redis.call('HSETNX', KEYS[2], id, state) == 0 then return 'exists ' .. id end
 local limit = tonumber(ARGV[2])
+local cap = redis.call('HGET', KEYS[4 + GROUP], ARGV[1])
+if cap then
+  cap = tonumber(cap)
+  if limit < 0 or cap < limit then limit = cap end
+end
 if limit >= 0 and redis.call('ZCARD', KEYS[4]) >= limit then
   redis.call('HDEL', KEYS[2], id)
   return 'full ' .. ARGV[1] .. ' ' .. limit
