@@ -52,6 +52,14 @@ Layout (``ns`` is the namespace, ``q`` a queue):
 ``{ns}:known``                  hash     job name -> the job as its workers publish it
                                          (JSON, see ``conveyor.known``; ``seen_at`` is
                                          server time)
+``{ns}:unique``                 hash     unique key -> id of the last job stored with it;
+                                         the key is held while that job exists and is not
+                                         final (checked at enqueue, inside the script)
+``{ns}:unique:until``           hash     unique key -> when its hold ends (server time),
+                                         for keys held for a time (absent: until final)
+``{ns}:idem:KEY``               string   idempotency key KEY of an HTTP enqueue -> JSON
+                                         ``[request digest, job id]``; expires 24 h after
+                                         the first request
 ``{ns}:layout``                 string   the storage layout of the namespace (see
                                          ``layout.py``)
 ==============================  =======  ===================================================
@@ -92,6 +100,8 @@ class Keys:
         self.stats = f"{p}:stats"
         self.known = f"{p}:known"
         self.layout = f"{p}:layout"
+        self.unique = f"{p}:unique"
+        self.unique_until = f"{p}:unique:until"
         self._groups: dict[str, list[str]] = {}
         #: the keys that hold a job, in the order most scripts take them first: the jobs
         #: hash, the field hashes (in :data:`FIELDS` order), the expiry zset, the cancel set,
@@ -138,6 +148,10 @@ class Keys:
                 self.waiting(queue), self.sched(queue), self.wake(queue), self.leases(queue),
                 *(self.state(queue, s) for s in INDEXED_STATES)]
         return group
+
+    def idempotency(self, key: str) -> str:
+        """The record of one idempotency key of an HTTP enqueue."""
+        return f"{self.prefix}:idem:{key}"
 
     def stats_minute(self, minute: int) -> str:
         """The statistics hash of the minute starting at ``minute``."""

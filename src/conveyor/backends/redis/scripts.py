@@ -22,6 +22,7 @@ _WORD = re.compile(r"\w+")
 NAMES = (
     "enqueue", "enqueue_one", "claim", "settle", "heartbeat", "recover", "expire_workers",
     "promote", "purge", "cancel", "retry", "delete", "progress", "stats", "known", "layout",
+    "prune_unique", "forget_idempotency",
 )
 
 
