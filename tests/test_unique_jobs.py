@@ -171,3 +171,30 @@ def test_eager_mode_runs_a_deduplicated_job_once(tmp_path: Path) -> None:
         assert not count.enqueue(1).deduplicated
         assert sorted(ran) == [1, 1, 2]
     app.close()
+
+
+@pytest.mark.parametrize("bulk", [False, True])
+def test_a_keyed_enqueue_sent_again_after_a_lost_reply_is_stored(bulk: bool) -> None:
+    """Redis: a call whose reply was lost is sent again and finds its own job holding the
+    key; that is the first call's success, not a deduplication (a first attempt finding a
+    holder is one)."""
+    from conveyor.backends.redis import RedisBroker
+    from conveyor.backends.redis.client import BlockingScripts
+
+    broker = RedisBroker(shared_redis_url(), namespace=f"t{new_id().lower()}")
+    app = Conveyor("memory://")
+    jobs = [app.build("n", [n], {}) for n in range(2 if bulk else 1)]
+    for job in jobs:
+        job.unique_key = f"key-{job.args[0]}"
+    script, keys, argv, orders = broker._enqueue_call([(jobs, {})])
+    assert script == ("enqueue" if bulk else "enqueue_one")
+    scripts = BlockingScripts(shared_redis_url())
+    try:
+        scripts.call(script, keys, argv)
+        reply = scripts.call(script, keys, argv)  # sent again
+    finally:
+        scripts.close()
+    first = reply if isinstance(reply, str) else reply[0]
+    assert broker._segment_result(first, 2, jobs, orders[0]) == [None] * len(jobs)
+    assert broker._segment_result(first, 1, jobs, orders[0]) == [j.id for j in jobs]
+    app.close()
