@@ -74,7 +74,7 @@ def test_a_chosen_id_is_kept(server: Server) -> None:
 @pytest.mark.parametrize("key", ["", "x" * 201, "naïve", "tab\there"])
 def test_malformed_keys_are_400(server: Server, key: str) -> None:
     response = server.client.post("/jobs/add", json={"args": [1]},
-                                  headers={"Idempotency-Key": key.encode("utf-8")})  # type: ignore[dict-item]
+                                  headers={b"Idempotency-Key": key.encode("utf-8")})
     assert response.status_code == 400, response.text
     assert "Idempotency-Key" in response.json()["error"]
     assert server.job_ids() == []

@@ -144,7 +144,8 @@ def test_async_producers_on_one_loop_store_one_job(store_app: Conveyor) -> None:
     sync = store_app.get_job("sync")
 
     async def at_once() -> list[Any]:
-        return await asyncio.gather(*(sync.enqueue_with_async([42]) for _ in range(PRODUCERS)))
+        return list(await asyncio.gather(*(sync.enqueue_with_async([42])
+                                           for _ in range(PRODUCERS))))
 
     handles = store_app.run_sync(at_once())
     assert sum(not h.deduplicated for h in handles) == 1
