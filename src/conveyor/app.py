@@ -384,11 +384,14 @@ class Conveyor:
     def enqueue_many(self, name: str, items: Sequence[Sequence[Any] | Mapping[str, Any]], *,
                      job_ids: Sequence[str] | None = None,
                      **given: Unpack[EnqueueKwargs]) -> list[JobHandle[Any]]:
-        """Enqueue one job per item in one durable write: all are stored or none.
+        """Enqueue one job per item in one durable write: all are stored or none, but for
+        items whose unique key is held, which store nothing and come back as deduplicated
+        handles of the holders (of two items with one key, the second is deduplicated to
+        the first).
 
         An item is a tuple or list of positional arguments, or a dict of keyword arguments.
-        The options (as for :meth:`enqueue_call`) apply to every item; ``job_ids`` names
-        the jobs, one id per item.
+        The options (as for :meth:`enqueue_call`; not ``on_conflict="raise"``) apply to
+        every item; ``job_ids`` names the jobs, one id per item.
         """
         if not items:
             return []
