@@ -268,7 +268,7 @@ def test_a_single_enqueue_sent_again_reports_exists_before_full(server: RedisSer
     now = time.time()
     job = JobRecord(id=new_id(), name="n", queue="default", state=JobState.QUEUED,
                     args=[], kwargs={}, created_at=now, run_at=now)
-    script, keys, argv = broker._enqueue_call([([job], {"default": 1})])
+    script, keys, argv, _ = broker._enqueue_call([([job], {"default": 1})])
     assert script == "enqueue_one"
     scripts = BlockingScripts(server.url)
     try:

@@ -20,11 +20,12 @@ from conveyor.handle import JobHandle
 from conveyor.ids import new_id
 from conveyor.job import Backoff, BackoffPolicy, JobRecord, JobState
 from conveyor.known import KnownJob
-from conveyor.options import DEFAULT, EnqueueKwargs, EnqueueOptions, options_of
+from conveyor.options import DEFAULT, EnqueueKwargs, EnqueueOptions, OnConflict, options_of
 from conveyor.portal import Portal
 from conveyor.queues import QueueSettings, check_limit, check_queue_name
 from conveyor.schedules import Overlap, Schedule, check_name
 from conveyor.stats import MinuteStats, minute_of
+from conveyor.unique import derived_key
 from conveyor.uploads import StagingArea
 
 if TYPE_CHECKING:
@@ -345,6 +346,12 @@ class Conveyor:
             payload = JobFunction.check_json(name, args, kwargs)
         created = time.time() if now is None else now
         run_at = options.run_at(created)
+        unique_key = options.unique_key
+        if unique_key is None and job_fn is not None and job_fn.options.unique:
+            unique_key = derived_key(name, args, kwargs)
+        if options.unique_for is not None and unique_key is None:
+            raise InvalidArguments("unique_for needs a unique_key (or a job registered "
+                                   "with unique=True)")
         return JobRecord(
             id=options.job_id or new_id(created),
             name=name,
@@ -354,6 +361,8 @@ class Conveyor:
             kwargs=dict(kwargs),
             created_at=created,
             run_at=run_at,
+            unique_key=unique_key,
+            unique_until=None if options.unique_for is None else created + options.unique_for,
             payload=payload,
         )
 
@@ -363,6 +372,9 @@ class Conveyor:
         if options.job_id is not None:
             raise InvalidArguments("job_id names one job: give job_ids=[...] for a bulk "
                                    "enqueue, one per item")
+        if options.on_conflict == "raise":
+            raise InvalidArguments("on_conflict='raise' is for single enqueues: a bulk "
+                                   "enqueue returns deduplicated handles per item")
         if job_ids is not None:
             if len(job_ids) != len(items):
                 raise InvalidArguments(f"job_ids has {len(job_ids)} ids for {len(items)} items")
@@ -382,31 +394,41 @@ class Conveyor:
         """Run a coroutine of this app from blocking code."""
         return self._portal.call(coro)
 
-    def _store(self, records: list[JobRecord]) -> list[JobHandle[Any]]:
+    def _store(self, records: list[JobRecord],
+               on_conflict: OnConflict = "return") -> list[JobHandle[Any]]:
         if self.eager:
             from conveyor.eager import store_and_run
 
-            return store_and_run(self, records)
+            return _conflicts(store_and_run(self, records), on_conflict)
         try:
-            self.broker.enqueue_blocking(records, self.max_queued)
+            held = self.broker.enqueue_blocking(records, self.max_queued)
         except NotImplementedError:
-            return self.run_sync(self._store_async(records))
+            return self.run_sync(self._store_async(records, on_conflict))
         outage_for(self.broker).recovered()  # logs the end of an outage, if one was under way
-        if self.metrics is not None:
-            self.metrics.jobs_enqueued(records)
-        return [JobHandle(self, r.id) for r in records]
+        return self._stored(records, held, on_conflict)
 
-    async def _store_async(self, records: list[JobRecord]) -> list[JobHandle[Any]]:
+    async def _store_async(self, records: list[JobRecord],
+                           on_conflict: OnConflict = "return") -> list[JobHandle[Any]]:
         if self.eager:
             from conveyor.eager import store_and_run_async
 
-            return await store_and_run_async(self, records)
+            return _conflicts(await store_and_run_async(self, records), on_conflict)
         await self.broker.open()
-        await self.broker.enqueue(records, self.max_queued)
+        held = await self.broker.enqueue(records, self.max_queued)
         outage_for(self.broker).recovered()
+        return self._stored(records, held, on_conflict)
+
+    def _stored(self, records: list[JobRecord], held: list[str | None],
+                on_conflict: OnConflict) -> list[JobHandle[Any]]:
+        """The handles of an enqueue whose store answered ``held`` (per record: None when
+        it was stored, else the id of the job holding its unique key); only stored records
+        count as enqueued."""
         if self.metrics is not None:
-            self.metrics.jobs_enqueued(records)
-        return [JobHandle(self, r.id) for r in records]
+            self.metrics.jobs_enqueued(
+                [r for r, holder in zip(records, held, strict=True) if holder is None])
+        return _conflicts([JobHandle(self, r.id) if holder is None
+                           else JobHandle(self, holder, deduplicated=True)
+                           for r, holder in zip(records, held, strict=True)], on_conflict)
 
     def enqueue(self, name: str, *args: Any, delay: float | None = None,
                 at: datetime | None = None, **kwargs: Any) -> JobHandle[Any]:
@@ -427,7 +449,7 @@ class Conveyor:
         record = self.build(name, args, kwargs, opts)
         if not opts.force and name not in self.registry:
             self.run_sync(self._check_known([record], opts.queue is None))
-        return self._store([record])[0]
+        return self._store([record], opts.on_conflict)[0]
 
     async def enqueue_async(self, name: str, *args: Any, delay: float | None = None,
                             at: datetime | None = None, **kwargs: Any) -> JobHandle[Any]:
@@ -443,16 +465,19 @@ class Conveyor:
         record = self.build(name, args, kwargs, opts)
         if not opts.force and name not in self.registry:
             await self._check_known([record], opts.queue is None)
-        return (await self._store_async([record]))[0]
+        return (await self._store_async([record], opts.on_conflict))[0]
 
     def enqueue_many(self, name: str, items: Sequence[Sequence[Any] | Mapping[str, Any]], *,
                      job_ids: Sequence[str] | None = None,
                      **given: Unpack[EnqueueKwargs]) -> list[JobHandle[Any]]:
-        """Enqueue one job per item in one durable write: all are stored or none.
+        """Enqueue one job per item in one durable write: all are stored or none, but for
+        items whose unique key is held, which store nothing and come back as deduplicated
+        handles of the holders (of two items with one key, the second is deduplicated to
+        the first).
 
         An item is a tuple or list of positional arguments, or a dict of keyword arguments.
-        The options (as for :meth:`enqueue_call`) apply to every item; ``job_ids`` names
-        the jobs, one id per item.
+        The options (as for :meth:`enqueue_call`; not ``on_conflict="raise"``) apply to
+        every item; ``job_ids`` names the jobs, one id per item.
         """
         if not items:
             return []
@@ -591,6 +616,18 @@ class Conveyor:
             self.run_sync(self._broker.close())
             self._broker = None
         self._portal.close()
+
+
+def _conflicts(handles: list[JobHandle[Any]],
+               on_conflict: OnConflict) -> list[JobHandle[Any]]:
+    """``handles``, or with ``on_conflict="raise"`` :class:`DuplicateJob` naming the job
+    that holds the key of a deduplicated one."""
+    if on_conflict == "raise":
+        for handle in handles:
+            if handle.deduplicated:
+                raise DuplicateJob(handle.id, f"job {handle.id} holds the same unique key "
+                                   "and is not final; nothing was stored")
+    return handles
 
 
 def _first_repeated(ids: Sequence[str]) -> str:

@@ -135,14 +135,16 @@ async def store_and_run_async(app: Conveyor, records: Sequence[JobRecord]) -> li
 
     due = _due_now(records)
     await app.broker.open()
-    await app.broker.enqueue(due, app.max_queued)
+    held = await app.broker.enqueue(due, app.max_queued)
+    stored = [r for r, holder in zip(due, held, strict=True) if holder is None]
     if app.metrics is not None:
-        app.metrics.jobs_enqueued(due)
-    for record in due:
+        app.metrics.jobs_enqueued(stored)
+    for record in stored:  # a deduplicated job runs (or ran) as the job holding its key
         job_fn = app.registry.get(record.name)
         if job_fn is not None:
             await run_job(app, job_fn, record)
-    return [JobHandle(app, r.id) for r in due]
+    return [JobHandle(app, r.id) if holder is None else JobHandle(app, holder, deduplicated=True)
+            for r, holder in zip(due, held, strict=True)]
 
 
 def store_and_run(app: Conveyor, records: Sequence[JobRecord]) -> list[JobHandle[Any]]:

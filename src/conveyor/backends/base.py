@@ -97,21 +97,47 @@ class Broker(abc.ABC):
 
     # -- producers --------------------------------------------------------------------------
     @abc.abstractmethod
-    async def enqueue(self, jobs: Sequence[JobRecord], limits: Mapping[str, int]) -> None:
-        """Store ``jobs`` durably, all or none.
+    async def enqueue(
+        self, jobs: Sequence[JobRecord], limits: Mapping[str, int]
+    ) -> list[str | None]:
+        """Store ``jobs`` durably; return, per job, ``None`` when it was stored, or the id
+        of the job holding its unique key when it was not (deduplicated).
 
-        ``limits`` maps a queue name to its ``max_queued``; when storing the jobs would leave
-        more waiting jobs in such a queue, or more than the queue's cap in the store (see
-        :meth:`set_max_queued`), raise :class:`~conveyor.errors.QueueFull` and store
-        nothing.
+        A job with a ``unique_key`` is deduplicated while a stored job holding that key is
+        not final and its hold has not run out. A job stored with a key holds it until it is
+        final, or for ``unique_until - created_at`` seconds by the backend's clock when
+        ``unique_until`` is set, whichever is shorter. Of two jobs of one call with the same
+        key, the first is stored and the second deduplicated to it. Finishing, cancelling
+        or deleting the holder frees a key; a lease recovery keeps it.
+
+        The jobs not deduplicated are stored all or none: an id that exists raises
+        :class:`~conveyor.errors.DuplicateJob`; ``limits`` maps a queue name to its
+        ``max_queued``, and when storing them would leave more waiting jobs in such a queue, or
+        more than the queue's cap in the store (see :meth:`set_max_queued`; the smaller
+        holds), :class:`~conveyor.errors.QueueFull` is raised. Either way nothing is stored.
         """
 
-    def enqueue_blocking(self, jobs: Sequence[JobRecord], limits: Mapping[str, int]) -> None:
+    def enqueue_blocking(
+        self, jobs: Sequence[JobRecord], limits: Mapping[str, int]
+    ) -> list[str | None]:
         """The blocking twin of :meth:`enqueue`, for backends that can do it without a loop.
 
         Raise ``NotImplementedError`` to have the caller go through an event loop instead.
         """
         raise NotImplementedError
+
+    @abc.abstractmethod
+    async def remember_idempotency(
+        self, key: str, digest: str, job_id: str, ttl: float
+    ) -> tuple[str, str] | None:
+        """Record, atomically, that idempotency key ``key`` answers job ``job_id`` for a
+        request whose identity is ``digest``, for ``ttl`` seconds; return ``None``. When a
+        record of ``key`` is current, change nothing and return its ``(digest, job_id)``."""
+
+    @abc.abstractmethod
+    async def forget_idempotency(self, key: str, job_id: str) -> None:
+        """Drop the record of idempotency key ``key`` if it names ``job_id`` (its request
+        stored no job)."""
 
     # -- workers: the hot path --------------------------------------------------------------
     @abc.abstractmethod

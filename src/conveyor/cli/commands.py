@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import sys
 import time
 from typing import Any
 
@@ -71,8 +72,11 @@ async def _get(app: Conveyor, job_id: str) -> JobRecord:
 
 
 async def enqueue(app: Conveyor, args: argparse.Namespace) -> int:
-    """``conveyor enqueue NAME --args JSON --kwargs JSON [--force]``: a name the app (or,
-    without ``--app``, any worker of the store) does not know is refused unless forced."""
+    """``conveyor enqueue NAME --args JSON --kwargs JSON [--force] [--unique-key KEY
+    [--unique-for SECONDS]]``: a name the app (or, without ``--app``, any worker of the
+    store) does not know is refused unless forced. A call deduplicated by its unique key
+    prints the holding job (its id, or its info with ``--json``), says so on stderr and
+    exits 0."""
     call_args = _json_arg(args.args, list, "--args")
     call_kwargs = _json_arg(args.kwargs, dict, "--kwargs")
     force = bool(getattr(args, "force", False))
@@ -85,7 +89,8 @@ async def enqueue(app: Conveyor, args: argparse.Namespace) -> int:
         raise CLIError(f"{app.unknown_job(args.name)} (no SQLite database at {missing} yet)")
     try:
         options = EnqueueOptions(delay=args.delay, queue=args.queue, job_id=args.job_id,
-                                 force=force)
+                                 force=force, unique_key=getattr(args, "unique_key", None),
+                                 unique_for=getattr(args, "unique_for", None)).checked()
         handle = await app.enqueue_call_async(args.name, call_args, call_kwargs, options)
     except (InvalidArguments, UnknownJob) as exc:
         raise CLIError(str(exc)) from None
@@ -93,6 +98,10 @@ async def enqueue(app: Conveyor, args: argparse.Namespace) -> int:
         raise CLIError(str(exc), code=1) from None
     except QueueFull as exc:
         raise CLIError(str(exc), code=3) from None
+    if handle.deduplicated:
+        key = f"unique key {options.unique_key}" if options.unique_key else "the same unique key"
+        print(f"deduplicated: job {handle.id} holds {key} and is not final; nothing was "
+              "stored", file=sys.stderr)
     if args.json:
         print_json((await _get(app, handle.id)).to_dict())
     else:

@@ -86,6 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--delay", type=float, help="seconds to wait before it may run")
     p.add_argument("--id", dest="job_id", help="the job's id, instead of a new one "
                    "(an id that exists is refused)")
+    p.add_argument("--unique-key", metavar="KEY", help="store nothing while a job holding "
+                   "KEY is not final: print that job's id instead (and say so on stderr)")
+    p.add_argument("--unique-for", metavar="SECONDS", type=float,
+                   help="hold the unique key at most this long (default: until final)")
     p.add_argument("--json", action="store_true", help="print the job's info as JSON")
     p.add_argument("--force", action="store_true", help="store it even if no worker has "
                    "published a job of that name (arguments unchecked)")

@@ -184,9 +184,21 @@ _ERRORS = {
     409: "the job is not in a state that allows this",
     413: "the body is larger than the limit",
     415: "unsupported content type",
+    422: "the Idempotency-Key was used within 24 hours by a different request",
     503: "the queue is full or the store unavailable; see Retry-After",
     507: "no space left to stage the upload",
 }
+
+
+#: the header that makes an enqueue safe to send again (see conveyor.http.idempotency)
+IDEMPOTENCY_KEY = Param(
+    "Idempotency-Key", "header",
+    "a key naming this request (1 to 200 printable ASCII characters): sent again within 24 "
+    "hours, the same request stores nothing and is answered the first one's job id (202, the "
+    "same body); a different request with the key is answered 422. For a file, the key is "
+    "checked before the body is read, and the request is known by its declared properties "
+    "(Content-Length, Content-Type, X-Host-Path) with its target or query arguments",
+    {"type": "string", "minLength": 1, "maxLength": 200, "pattern": "^[ -~]+$"})
 
 
 def error(status: int, description: str | None = None) -> tuple[int, tuple[str, Schema]]:

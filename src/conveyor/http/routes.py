@@ -14,7 +14,9 @@ from starlette.responses import JSONResponse, Response
 
 from conveyor.http import docs
 from conveyor.http.errors import ApiError
-from conveyor.http.openapi import JOB_ID, Operation, Param, error, ref
+from conveyor.http.idempotency import HEADER as IDEMPOTENCY_HEADER
+from conveyor.http.idempotency import check_key
+from conveyor.http.openapi import IDEMPOTENCY_KEY, JOB_ID, Operation, Param, error, ref
 from conveyor.http.schedules import ScheduleRoutes
 from conveyor.http.services import MAX_JSON_BYTES, BodyInfo, Services
 
@@ -51,6 +53,11 @@ def body_info(request: Request) -> BodyInfo:
     """Content-Length, Content-Type and X-Host-Path of a raw body."""
     return BodyInfo(content_length(request), request.headers.get("content-type"),
                     header(request, "X-Host-Path"))
+
+
+def idempotency_key(request: Request) -> str | None:
+    """The ``Idempotency-Key`` header, checked (400 when it is not a valid key)."""
+    return check_key(request.headers.get(IDEMPOTENCY_HEADER))
 
 
 def prefix(request: Request) -> str:
@@ -97,21 +104,23 @@ class Routes:
         """POST /uploads."""
         job_id = await self.services.upload(
             self._chunks(request), header(request, "X-Container-Name"),
-            header(request, "X-File-Path"), body_info(request))
+            header(request, "X-File-Path"), body_info(request), idempotency_key(request))
         return accepted(request, job_id, "upload stored; the job pushes it to the container")
 
     async def submit(self, request: Request) -> Response:
         """POST /jobs/{name}: JSON arguments, or the raw file for a job with an Upload."""
         name = request.path_params["job"]
+        key = idempotency_key(request)
         if await self.services.upload_parameter(name) is not None:
             job_id = await self.services.submit_upload(
                 name, self._chunks(request), request.query_params.multi_items(),
-                body_info(request))
+                body_info(request), key)
         else:
             limit = min(MAX_JSON_BYTES, self.services.max_upload_bytes)
             self.services.check_length(content_length(request), limit)
             raw = await limited_body(request, limit)
-            job_id = await self.services.submit(name, raw, request.headers.get("content-type"))
+            job_id = await self.services.submit(name, raw, request.headers.get("content-type"),
+                                                key)
         return accepted(request, job_id)
 
     async def get_job(self, request: Request) -> Response:
@@ -195,15 +204,15 @@ class Routes:
             Operation(
                 "POST", "/uploads", self.upload, "Upload a file and push it to a container",
                 dict([created, error(400), error(404, "the target says no container of that "
-                     "name exists"), error(413), error(500, "the upload could not be "
-                     "stored"), error(503), error(507)]),
+                     "name exists"), error(413), error(422), error(500, "the upload could not "
+                     "be stored"), error(503), error(507)]),
                 params=(
                     Param("X-Container-Name", "header", "the target container",
                           {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"},
                           required=True),
                     Param("X-File-Path", "header", "absolute destination path inside the "
                           "container", required=True),
-                    HOST_PATH),
+                    HOST_PATH, IDEMPOTENCY_KEY),
                 body={"application/octet-stream": BINARY},
                 description="The body is the raw file. It is staged on disk (fsynced) under a "
                 "new job id, then the push job is enqueued; the answer comes once both are "
@@ -223,8 +232,8 @@ class Routes:
                 "POST", JOB_PATH, self.submit, "Enqueue a job by name",
                 dict([created, error(400), error(404, "no job of that name is registered or "
                       "published by a worker (see GET /jobs-known)"), error(413),
-                      error(415), error(503), error(507)]),
-                params=(JOB, HOST_PATH),
+                      error(415), error(422), error(503), error(507)]),
+                params=(JOB, HOST_PATH, IDEMPOTENCY_KEY),
                 body={"application/json": ref("JobCall"), "application/octet-stream": BINARY},
                 description="The body is a JSON JobCall. For a job with an Upload parameter "
                 "the body is the raw file instead and the other arguments are query "

@@ -11,7 +11,7 @@ from __future__ import annotations
 import errno
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from conveyor.builtin import PUSH_JOB
@@ -25,9 +25,9 @@ from conveyor.errors import (
     StoreUnavailable,
     UnknownJob,
 )
-from conveyor.http import decoding
+from conveyor.http import decoding, idempotency
 from conveyor.http.errors import ApiError
-from conveyor.ids import is_acceptable_id, new_id
+from conveyor.ids import is_acceptable_id
 from conveyor.job import ALL_STATES, JobRecord, JobState
 from conveyor.options import DEFAULT, EnqueueOptions
 from conveyor.queues import QueueSettings, parse_limit, with_settings
@@ -160,8 +160,10 @@ class Services:
 
     # -- uploads ------------------------------------------------------------------------------
     async def upload(self, chunks: AsyncIterator[bytes], container: str | None,
-                     destination: str | None, body: BodyInfo) -> str:
-        """``POST /uploads``: stage the body, then enqueue the push job; return its id."""
+                     destination: str | None, body: BodyInfo,
+                     idempotency_key: str | None = None) -> str:
+        """``POST /uploads``: stage the body, then enqueue the push job; return its id (see
+        :mod:`conveyor.http.idempotency` for ``idempotency_key``)."""
         try:
             name = check_container_name(container)
             path = normalize_destination(destination)
@@ -172,10 +174,14 @@ class Services:
             missing = await missing_container(self.target, name)
             if missing is not None:
                 raise ApiError(404, str(missing))
-        job_id = new_id()
-        await self._stage(chunks, job_id)
-        return await self._enqueue(PUSH_JOB, [name, path, body.host_path], {},
-                                   EnqueueOptions(job_id=job_id), staged=True)
+
+        async def enqueue(job_id: str) -> str:
+            await self._stage(chunks, job_id)
+            return await self._enqueue(PUSH_JOB, [name, path, body.host_path], {},
+                                       EnqueueOptions(job_id=job_id), staged=True)
+
+        digest = idempotency.digest_of("upload", name, path, *astuple(body))
+        return await idempotency.once(self.app, idempotency_key, digest, None, enqueue)
 
     # -- jobs ---------------------------------------------------------------------------------
     async def published(self, name: str) -> KnownJob:
@@ -200,7 +206,8 @@ class Services:
             return (await self.published(name)).upload_parameter
         return job_fn.upload_parameters[0] if job_fn.upload_parameters else None
 
-    async def submit(self, name: str, raw: bytes, content_type: str | None) -> str:
+    async def submit(self, name: str, raw: bytes, content_type: str | None,
+                     idempotency_key: str | None = None) -> str:
         """``POST /jobs/{name}`` with a JSON body ``{"args", "kwargs", "delay", "queue"}``;
         a name the app does not register must have been published by a worker."""
         job_fn = self.app.registry.get(name)
@@ -208,10 +215,17 @@ class Services:
         if staged:
             raise ApiError(400, f"job {name!r} takes its file from POST /uploads")
         call = decoding.job_call(raw, content_type)
-        return await self._enqueue(name, call.args, call.kwargs, call.options)
+        asked = call.options
+        digest = idempotency.digest_of("job", name, call.args, call.kwargs, asked.delay,
+                                       asked.queue, asked.job_id)
+        return await idempotency.once(
+            self.app, idempotency_key, digest, asked.job_id,
+            lambda job_id: self._enqueue(name, call.args, call.kwargs,
+                                         replace(asked, job_id=job_id)))
 
     async def submit_upload(self, name: str, chunks: AsyncIterator[bytes],
-                            query: Sequence[tuple[str, str]], body: BodyInfo) -> str:
+                            query: Sequence[tuple[str, str]], body: BodyInfo,
+                            idempotency_key: str | None = None) -> str:
         """``POST /jobs/{name}`` for a job with an ``Upload`` parameter: the body is the file,
         the other arguments come from the query string. The call is checked before the body
         is read, so a bad call costs no upload."""
@@ -230,11 +244,15 @@ class Services:
         except InvalidArguments as exc:
             raise ApiError(400, str(exc)) from None
         self.check_length(body.content_length)
-        job_id = new_id()
-        staged = await self._stage(chunks, job_id)
-        kwargs[param] = Upload.describe(staged.size, filename, body.content_type)
-        return await self._enqueue(name, [], kwargs, EnqueueOptions(job_id=job_id),
-                                   staged=True)
+
+        async def enqueue(job_id: str) -> str:
+            staged = await self._stage(chunks, job_id)
+            kwargs[param] = Upload.describe(staged.size, filename, body.content_type)
+            return await self._enqueue(name, [], kwargs, EnqueueOptions(job_id=job_id),
+                                       staged=True)
+
+        digest = idempotency.digest_of("job-upload", name, kwargs, *astuple(body))
+        return await idempotency.once(self.app, idempotency_key, digest, None, enqueue)
 
     async def get(self, job_id: str) -> JobRecord:
         """The job's record (404 unless it exists)."""

@@ -36,7 +36,7 @@ from conveyor.job import ALL_STATES, JobRecord, JobState, Outcome, OutcomeKind, 
 from conveyor.known import KnownJob, read_known
 from conveyor.queues import QueueSettings
 from conveyor.schedules import Schedule, ScheduleState, read_definition
-from conveyor.serialization import dumps, storable
+from conveyor.serialization import dumps, loads, storable
 from conveyor.stats import STATS_KEEP, MinuteStats
 
 try:
@@ -76,9 +76,14 @@ _settings_checked: set[str] = set()
 RETRY_FOR = 30.0
 #: ids handed to one script call at most
 BATCH = 1000
+#: unique keys looked at by one pruning step (see ``RedisBroker._prune_keys``)
+PRUNE_STEP = 500
 
 
 Segment = tuple[Sequence[JobRecord], Mapping[str, int]]
+#: what storing one segment came to: its error, or per job None (stored) or the id of the
+#: job holding its unique key (deduplicated)
+Stored = Exception | list[str | None]
 
 #: publish known jobs: KEYS[1] the known hash; ARGV[1] the retention, then pairs of a name
 #: and its JSON object without the opening brace. Each is stored with the server's time as
@@ -92,13 +97,13 @@ class _Coalescer:
     does not strand the calls that joined its group.
     """
 
-    def __init__(self, store: Callable[[list[Segment]], Awaitable[list[Exception | None]]]):
+    def __init__(self, store: Callable[[list[Segment]], Awaitable[list[Stored]]]):
         self._store = store
-        self._waiting: list[tuple[Segment, asyncio.Future[Exception | None]]] = []
+        self._waiting: list[tuple[Segment, asyncio.Future[Stored]]] = []
         self._flusher: asyncio.Task[None] | None = None
 
-    async def submit(self, segment: Segment) -> Exception | None:
-        future: asyncio.Future[Exception | None] = asyncio.get_running_loop().create_future()
+    async def submit(self, segment: Segment) -> Stored:
+        future: asyncio.Future[Stored] = asyncio.get_running_loop().create_future()
         self._waiting.append((segment, future))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush())
@@ -108,19 +113,19 @@ class _Coalescer:
         while self._waiting:
             group, self._waiting = self._waiting, []
             try:
-                errors = await self._store([segment for segment, _ in group])
+                results: list[Stored] = await self._store([segment for segment, _ in group])
             except Exception as exc:
-                errors = [exc] * len(group)
-            for (_, waiter), error in zip(group, errors, strict=True):
+                results = [exc] * len(group)
+            for (_, waiter), result in zip(group, results, strict=True):
                 if not waiter.done():
-                    waiter.set_result(error)
+                    waiter.set_result(result)
 
 
 class _Connection:
     """A client and its scripts, bound to one event loop (redis-py clients are)."""
 
-    def __init__(self, url: str, store: Callable[[list[Segment]],
-                                                 Awaitable[list[Exception | None]]]) -> None:
+    def __init__(self, url: str,
+                 store: Callable[[list[Segment]], Awaitable[list[Stored]]]) -> None:
         # redis-py's default socket_timeout (5 s) is kept: it bounds a read from a server
         # that vanished without closing the connection. With it, redis-py sends commands
         # through asyncio.wait_for, which on Python 3.11 swallows a cancellation that lands
@@ -155,6 +160,8 @@ class RedisBroker(Broker):
         self.retry_for = RETRY_FOR
         self._blocking: BlockingScripts | None = None
         self._blocking_lock = threading.Lock()
+        #: where the next pruning step of the unique keys starts (an HSCAN cursor)
+        self._prune_cursor = "0"
 
     # -- connections --------------------------------------------------------------------------
     def _conn(self) -> _Connection:
@@ -338,35 +345,64 @@ class RedisBroker(Broker):
 
     # -- producers ----------------------------------------------------------------------------
     def _enqueue_call(
-        self, segments: Sequence[tuple[Sequence[JobRecord], Mapping[str, int]]]
-    ) -> tuple[str, list[str], list[Any]]:
+        self, segments: Sequence[Segment]
+    ) -> tuple[str, list[str], list[Any], list[list[int]]]:
         """The script, KEYS and ARGV of one enqueue call storing ``segments`` (each is the
-        jobs and queue limits of one enqueue call, stored all or none on its own)."""
+        jobs and queue limits of one enqueue call, stored all or none on its own), and per
+        segment the indexes of its jobs in the order the script numbers them."""
+        k = self.keys
         if len(segments) == 1 and len(segments[0][0]) == 1:
             (job,), limits = segments[0]
-            keys = [self.keys.jobs, self.keys.field("state"), self.keys.queues,
-                    *self.keys.queue_group(job.queue), self.keys.caps]
+            keys = [k.jobs, k.field("state"), k.queues, *k.queue_group(job.queue),
+                    k.caps, k.unique, k.unique_until]
             value = f"{job.run_at - job.created_at!r}{codec.job_spec(job)}"
-            return "enqueue_one", keys, [job.queue, limits.get(job.queue, -1), value]
+            argv: list[Any] = [job.queue, limits.get(job.queue, -1), value]
+            if job.unique_key is not None:
+                argv += [job.unique_key, _hold(job)]
+            return "enqueue_one", keys, argv, [[0]]
         numbers: dict[str, int] = {}
-        argv: list[Any] = [len(segments)]
+        argv = [len(segments)]
+        orders: list[list[int]] = []
         for jobs, limits in segments:
-            by_queue: dict[str, list[JobRecord]] = defaultdict(list)
-            for job in jobs:
-                by_queue[job.queue].append(job)
+            by_queue: dict[str, list[int]] = defaultdict(list)
+            for n, job in enumerate(jobs):
+                by_queue[job.queue].append(n)
             argv.append(len(by_queue))
             for queue, members in by_queue.items():
                 number = numbers.setdefault(queue, len(numbers) + 1)
                 argv += [number, queue, limits.get(queue, -1), len(members)]
-            for members in by_queue.values():
-                argv += [f"{j.run_at - j.created_at!r}{codec.job_spec(j)}" for j in members]
-        keys = [self.keys.jobs, self.keys.field("state"), self.keys.queues,
-                *self._group_keys(list(numbers)), self.keys.caps]
-        return "enqueue", keys, argv
+            order = [n for members in by_queue.values() for n in members]
+            keyed = [(place, jobs[n]) for place, n in enumerate(order, 1)
+                     if jobs[n].unique_key is not None]
+            argv.append(len(keyed))
+            for place, job in keyed:
+                argv += [place, job.unique_key, _hold(job)]
+            argv += [f"{jobs[n].run_at - jobs[n].created_at!r}{codec.job_spec(jobs[n])}"
+                     for n in order]
+            orders.append(order)
+        keys = [k.jobs, k.field("state"), k.queues, k.unique, k.unique_until,
+                *self._group_keys(list(numbers)), k.caps]
+        return "enqueue", keys, argv, orders
 
     @staticmethod
-    def _segment_error(status: str, attempts: int) -> Exception | None:
-        """The error of one segment's status, or None when it was stored."""
+    def _segment_result(reply: Any, attempts: int, jobs: Sequence[JobRecord],
+                        order: list[int]) -> Stored:
+        """What one segment's reply says: its error, or per job None when it was stored
+        and the holder's id when its unique key was held."""
+        holders: list[Any]
+        if isinstance(reply, str):  # enqueue_one: 'ok', 'full ...', 'exists ID', 'held ID'
+            status, holders = reply, []
+            if reply.startswith("held "):
+                status, holders = "ok", [1, reply[5:]]
+        else:
+            status, holders = reply[0], reply[1:]
+        result: list[str | None] = [None] * len(jobs)
+        for place, holder in zip(holders[::2], holders[1::2], strict=True):
+            n = order[int(place) - 1]
+            # held by this very job on a later attempt: the earlier one stored it, and only
+            # its reply was lost
+            if not (attempts > 1 and holder == jobs[n].id):
+                result[n] = str(holder)
         kind, _, detail = status.partition(" ")
         if kind == "full":
             queue, _, limit = detail.rpartition(" ")
@@ -374,12 +410,10 @@ class RedisBroker(Broker):
         if kind == "exists" and attempts == 1:
             return DuplicateJob(detail)
         # 'exists' on a later attempt: the earlier attempt was stored, only its reply was lost
-        return None
+        return result
 
-    async def _store_segments(
-        self, segments: Sequence[tuple[Sequence[JobRecord], Mapping[str, int]]]
-    ) -> list[Exception | None]:
-        script, keys, argv = self._enqueue_call(segments)
+    async def _store_segments(self, segments: Sequence[Segment]) -> list[Stored]:
+        script, keys, argv, orders = self._enqueue_call(segments)
         attempts = 0
 
         async def call(conn: _Connection) -> Any:
@@ -387,33 +421,65 @@ class RedisBroker(Broker):
             attempts += 1
             return await conn.scripts[script](keys=keys, args=argv)
 
-        statuses = await self._retrying(call)
-        if isinstance(statuses, str):  # enqueue_one
-            statuses = [statuses]
-        return [self._segment_error(status, attempts) for status in statuses]
+        replies = await self._retrying(call)
+        if isinstance(replies, str):  # enqueue_one
+            replies = [replies]
+        return [self._segment_result(reply, attempts, jobs, order)
+                for reply, (jobs, _), order in zip(replies, segments, orders, strict=True)]
 
-    async def enqueue(self, jobs: Sequence[JobRecord], limits: Mapping[str, int]) -> None:
+    async def enqueue(
+        self, jobs: Sequence[JobRecord], limits: Mapping[str, int]
+    ) -> list[str | None]:
         """Concurrent calls on one event loop are coalesced into one script call (as SQLite
         commits them in groups), each still stored all or none on its own."""
         if not jobs:
-            return
-        error = await self._conn().enqueues.submit((jobs, limits))
-        if error is not None:
-            raise error
+            return []
+        result = await self._conn().enqueues.submit((jobs, limits))
+        if isinstance(result, Exception):
+            raise result
+        return result
 
-    def enqueue_blocking(self, jobs: Sequence[JobRecord], limits: Mapping[str, int]) -> None:
+    def enqueue_blocking(
+        self, jobs: Sequence[JobRecord], limits: Mapping[str, int]
+    ) -> list[str | None]:
         """Enqueue on a plain (thread-safe, blocking) client: no event loop in the way."""
         if not jobs:
-            return
+            return []
         if not self._layout_checked:
             found, _ = self._blocking_call("layout", [self.keys.layout, self.keys.jobs],
                                            [LAYOUT])
             self._layout_found(found)
-        script, keys, argv = self._enqueue_call([(jobs, limits)])
+        script, keys, argv, orders = self._enqueue_call([(jobs, limits)])
         reply, attempts = self._blocking_call(script, keys, argv)
-        error = self._segment_error(reply if isinstance(reply, str) else reply[0], attempts)
-        if error is not None:
-            raise error
+        result = self._segment_result(reply if isinstance(reply, str) else reply[0],
+                                      attempts, jobs, orders[0])
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    async def remember_idempotency(
+        self, key: str, digest: str, job_id: str, ttl: float
+    ) -> tuple[str, str] | None:
+        stored = await self._cmd("set", self.keys.idempotency(key), dumps([digest, job_id]),
+                                 nx=True, px=max(1, int(ttl * 1000)))
+        if stored:
+            return None
+        raw = await self._cmd("get", self.keys.idempotency(key))
+        if raw is None:  # expired in between: try again
+            return await self.remember_idempotency(key, digest, job_id, ttl)
+        found_digest, found_id = loads(raw)
+        return str(found_digest), str(found_id)
+
+    async def forget_idempotency(self, key: str, job_id: str) -> None:
+        await self._script("forget_idempotency", [self.keys.idempotency(key)], [job_id])
+
+    async def _prune_keys(self) -> None:
+        """One step through the unique keys, dropping those no longer held (each purge
+        takes the next step; the cursor lives in this broker)."""
+        k = self.keys
+        self._prune_cursor = str(await self._script(
+            "prune_unique", [k.unique, k.unique_until, k.field("state")],
+            [self._prune_cursor, PRUNE_STEP]))
 
     def _blocking_call(self, script: str, keys: Sequence[str],
                        argv: Sequence[Any]) -> tuple[Any, int]:
@@ -640,6 +706,7 @@ class RedisBroker(Broker):
                 await self._cmd("zrem", k.expiry, *missing)
             total += deleted
             if len(ids) < BATCH or not deleted:
+                await self._prune_keys()
                 return total
 
     # -- inspection and admin -----------------------------------------------------------------
@@ -905,6 +972,12 @@ class RedisBroker(Broker):
                 return list(await pipe.execute())
 
         return bool((await self._retrying(call))[0])
+
+
+def _hold(job: JobRecord) -> str:
+    """Seconds job's unique key is held at most, as the enqueue scripts take it ('': until
+    the job is final)."""
+    return "" if job.unique_until is None else repr(job.unique_until - job.created_at)
 
 
 def _number(value: Any) -> float | None:

@@ -55,6 +55,14 @@ Layout (``ns`` is the namespace, ``q`` a queue):
 ``{ns}:known``                  hash     job name -> the job as its workers publish it
                                          (JSON, see ``conveyor.known``; ``seen_at`` is
                                          server time)
+``{ns}:unique``                 hash     unique key -> id of the last job stored with it;
+                                         the key is held while that job exists and is not
+                                         final (checked at enqueue, inside the script)
+``{ns}:unique:until``           hash     unique key -> when its hold ends (server time),
+                                         for keys held for a time (absent: until final)
+``{ns}:idem:KEY``               string   idempotency key KEY of an HTTP enqueue -> JSON
+                                         ``[request digest, job id]``; expires 24 h after
+                                         the first request
 ``{ns}:layout``                 string   the storage layout of the namespace (see
                                          ``layout.py``)
 ``{ns}:sched:def``              hash     schedule name -> its definition as JSON (see
@@ -110,6 +118,8 @@ class Keys:
         #: paused, last, next, last job, seen
         self.schedule_block = [f"{p}:sched:{part}"
                                for part in ("def", "paused", "last", "next", "job", "seen")]
+        self.unique = f"{p}:unique"
+        self.unique_until = f"{p}:unique:until"
         self._groups: dict[str, list[str]] = {}
         #: the keys that hold a job, in the order most scripts take them first: the jobs
         #: hash, the field hashes (in :data:`FIELDS` order), the expiry zset, the cancel set,
@@ -156,6 +166,10 @@ class Keys:
                 self.waiting(queue), self.sched(queue), self.wake(queue), self.leases(queue),
                 *(self.state(queue, s) for s in INDEXED_STATES)]
         return group
+
+    def idempotency(self, key: str) -> str:
+        """The record of one idempotency key of an HTTP enqueue."""
+        return f"{self.prefix}:idem:{key}"
 
     def stats_minute(self, minute: int) -> str:
         """The statistics hash of the minute starting at ``minute``."""

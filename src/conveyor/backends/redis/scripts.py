@@ -23,6 +23,7 @@ NAMES = (
     "enqueue", "enqueue_one", "claim", "settle", "heartbeat", "recover", "expire_workers",
     "promote", "purge", "cancel", "retry", "delete", "progress", "stats", "known", "layout",
     "schedules_publish", "schedule_advance",
+    "prune_unique", "forget_idempotency",
 )
 
 

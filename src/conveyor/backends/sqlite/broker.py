@@ -202,18 +202,22 @@ class SQLiteBroker(Broker):
     # -- producers ----------------------------------------------------------------------------
     def _enqueue_fn(
         self, jobs: Sequence[JobRecord], limits: Mapping[str, int]
-    ) -> Callable[[sqlite3.Connection], None]:
-        rows = [
+    ) -> Callable[[sqlite3.Connection], list[str | None]]:
+        keyed = any(j.unique_key is not None for j in jobs)
+        all_rows = [
             (j.id, j.name, j.queue, j.state.value, *j.encoded(), j.created_at, j.run_at)
             for j in jobs
         ]
-        adding: dict[str, int] = defaultdict(int)
-        for job in jobs:
-            adding[job.queue] += 1
         # the table holds only the queues with settings: a few rows, read whole
         caps_sql = f"SELECT name, max_queued FROM {self.ns}_queues WHERE max_queued IS NOT NULL"
 
-        def fn(conn: sqlite3.Connection) -> None:
+        def fn(conn: sqlite3.Connection) -> list[str | None]:
+            held: list[str | None] = (self._held_keys(conn, jobs) if keyed
+                                      else [None] * len(jobs))
+            stored = [j for j, holder in zip(jobs, held, strict=True) if holder is None]
+            adding: dict[str, int] = defaultdict(int)
+            for job in stored:
+                adding[job.queue] += 1
             # the store's caps (every producer's) and this producer's own: the smaller holds
             caps = dict(limits)
             for queue, cap in conn.execute(caps_sql):
@@ -228,12 +232,49 @@ class SQLiteBroker(Broker):
                 ).fetchone()
                 if waiting + count > limit:
                     raise QueueFull(queue, limit)
+            rows = all_rows if not keyed else [
+                row for row, holder in zip(all_rows, held, strict=True) if holder is None]
             try:
                 conn.executemany(self._sql_insert, rows)
             except sqlite3.IntegrityError:
                 raise self._duplicate(conn, [row[0] for row in rows]) from None
+            if keyed:
+                self._hold_keys(conn, stored)
+            return held
 
         return fn
+
+    def _held_keys(self, conn: sqlite3.Connection, jobs: Sequence[JobRecord]) -> list[str | None]:
+        """Per job, the id of the job holding its unique key (None: not held); a key met
+        twice in ``jobs`` is held by the first job that has it."""
+        t = self.ns
+        sql = (f"SELECT u.job_id FROM {t}_unique u JOIN {t}_jobs j ON j.id = u.job_id "
+               f"WHERE u.key=? AND (u.until IS NULL OR u.until > ?) "
+               f"AND j.state NOT IN ('succeeded', 'dead', 'cancelled')")
+        now = time.time()
+        taken: dict[str, str] = {}
+        held: list[str | None] = []
+        for job in jobs:
+            key = job.unique_key
+            holder = None
+            if key is not None:
+                holder = taken.get(key)
+                if holder is None:
+                    row = conn.execute(sql, (key, now)).fetchone()
+                    holder = row[0] if row is not None else None
+                    taken[key] = holder if holder is not None else job.id
+            held.append(holder)
+        return held
+
+    def _hold_keys(self, conn: sqlite3.Connection, stored: Sequence[JobRecord]) -> None:
+        """Record the unique keys of the ``stored`` jobs (replacing rows that no longer
+        hold), each until now plus its hold, by this machine's clock."""
+        now = time.time()
+        conn.executemany(
+            f"INSERT OR REPLACE INTO {self.ns}_unique (key, job_id, until) VALUES (?,?,?)",
+            [(j.unique_key, j.id,
+              None if j.unique_until is None else now + (j.unique_until - j.created_at))
+             for j in stored if j.unique_key is not None])
 
     def _duplicate(self, conn: sqlite3.Connection, ids: list[str]) -> DuplicateJob:
         """The error for an insert that met an existing id among ``ids`` (or, for ids
@@ -250,13 +291,49 @@ class SQLiteBroker(Broker):
             seen.add(job_id)
         return DuplicateJob(ids[0])
 
-    async def enqueue(self, jobs: Sequence[JobRecord], limits: Mapping[str, int]) -> None:
-        await self._write(self._enqueue_fn(jobs, limits))
+    async def enqueue(
+        self, jobs: Sequence[JobRecord], limits: Mapping[str, int]
+    ) -> list[str | None]:
+        result: list[str | None] = await self._write(self._enqueue_fn(jobs, limits))
+        return result
 
-    def enqueue_blocking(self, jobs: Sequence[JobRecord], limits: Mapping[str, int]) -> None:
+    def enqueue_blocking(
+        self, jobs: Sequence[JobRecord], limits: Mapping[str, int]
+    ) -> list[str | None]:
         self.open_blocking()
         with self._guarded():
-            self._writer.run_blocking(self._enqueue_fn(jobs, limits))
+            result: list[str | None] = self._writer.run_blocking(self._enqueue_fn(jobs, limits))
+        return result
+
+    async def remember_idempotency(
+        self, key: str, digest: str, job_id: str, ttl: float
+    ) -> tuple[str, str] | None:
+        t = self.ns
+
+        def fn(conn: sqlite3.Connection) -> tuple[str, str] | None:
+            now = time.time()
+            row = conn.execute(f"SELECT digest, job_id FROM {t}_idempotency "
+                               f"WHERE key=? AND expires_at > ?", (key, now)).fetchone()
+            if row is not None:
+                return str(row[0]), str(row[1])
+            conn.execute(f"INSERT OR REPLACE INTO {t}_idempotency (key, digest, job_id, "
+                         f"expires_at) VALUES (?,?,?,?)", (key, digest, job_id, now + ttl))
+            return None
+
+        found: tuple[str, str] | None = await self._write(fn)
+        return found
+
+    async def forget_idempotency(self, key: str, job_id: str) -> None:
+        sql = f"DELETE FROM {self.ns}_idempotency WHERE key=? AND job_id=?"
+        await self._write(lambda conn: conn.execute(sql, (key, job_id)))
+
+    def _purge_keys(self, conn: sqlite3.Connection, now: float) -> None:
+        """Drop unique keys no longer held and idempotency records past their time."""
+        t = self.ns
+        conn.execute(f"DELETE FROM {t}_unique WHERE (until IS NOT NULL AND until <= ?) OR "
+                     f"NOT EXISTS (SELECT 1 FROM {t}_jobs j WHERE j.id = job_id AND "
+                     f"j.state NOT IN ('succeeded', 'dead', 'cancelled'))", (now,))
+        conn.execute(f"DELETE FROM {t}_idempotency WHERE expires_at <= ?", (now,))
 
     # -- workers ------------------------------------------------------------------------------
     async def claim(
@@ -510,7 +587,9 @@ class SQLiteBroker(Broker):
         def fn(conn: sqlite3.Connection) -> int:
             now = time.time()
             conn.execute(stats, (now - STATS_KEEP,))
-            return conn.execute(jobs, (now,)).rowcount
+            purged: int = conn.execute(jobs, (now,)).rowcount
+            self._purge_keys(conn, now)
+            return purged
 
         return await self._write(fn)
 

@@ -124,3 +124,28 @@ local function forget(base, id, state)
   redis.call('HDEL', F.unstarted, id)
   for k = 1, HASHES do redis.call('HDEL', KEYS[k], id) end
 end
+
+-- The job holding unique key `key` (false if none): its holder in hash `unique`, while the
+-- holder exists and is not final and the hold in hash `ends_at` (absent: none) has not run
+-- out. `state` is the state hash.
+local function key_holder(unique, ends_at, state, key, now)
+  local holder = redis.call('HGET', unique, key)
+  if not holder then return false end
+  local current = redis.call('HGET', state, holder)
+  if not current or current == 'succeeded' or current == 'dead' or current == 'cancelled' then
+    return false
+  end
+  local ends = redis.call('HGET', ends_at, key)
+  if ends and tonumber(ends) <= now then return false end
+  return holder
+end
+
+-- Make job `id` hold unique key `key`, for `hold` seconds from `now` ('' : until it is final).
+local function hold_key(unique, ends_at, key, id, hold, now)
+  redis.call('HSET', unique, key, id)
+  if hold == '' then
+    redis.call('HDEL', ends_at, key)
+  else
+    redis.call('HSET', ends_at, key, fmt(now + tonumber(hold)))
+  end
+end

@@ -1,20 +1,27 @@
 -- Store new jobs. The jobs come in segments (one per enqueue call the client coalesced into
--- this script call); each segment is stored all or none, on its own.
--- KEYS: 1 jobs hash, 2 state hash, 3 queues set, then one queue group (9 keys, see _lib.lua)
---       per queue, then the caps hash (queue -> the store's max_queued).
+-- this script call); each segment is stored all or none, on its own, but for its jobs whose
+-- unique key is held: those are not stored (deduplicated).
+-- KEYS: 1 jobs hash, 2 state hash, 3 queues set, 4 unique keys hash, 5 their holds hash,
+--       then one queue group (9 keys, see _lib.lua) per queue, then the caps hash (queue ->
+--       the store's max_queued).
 -- ARGV: 1 number of segments S; then per segment: the number of its queues G, then per
 --       queue: its group number (1-based, in KEYS order), its name, the producer's
 --       max_queued (-1: no limit; the store's cap holds as well, the smaller wins), job
---       count; then one value per job, queue by queue: its run_at offset in
---       seconds from now (0: ready now; negative: overdue) directly followed by the job's
---       JSON, which starts with its id and lacks created_at, run_at and its last '}' (this
---       script adds them). One value per job keeps bulk calls cheap.
--- Returns: one status per segment: 'ok', 'full <queue> <limit>' or 'exists <id>'; a
---       segment that is not 'ok' stored nothing.
+--       count; then the number U of its jobs with a unique key, then per such
+--       job: its number in the segment (1-based, in the order of the values below), its
+--       key and its hold in seconds ('': until the job is final); then one value per job,
+--       queue by queue: its run_at offset in seconds from now (0: ready now; negative:
+--       overdue) directly followed by the job's JSON, which starts with its id and lacks
+--       created_at, run_at and its last '}' (this script adds them). One value per job
+--       keeps bulk calls cheap.
+-- Returns: one reply per segment: its status ('ok', 'full <queue> <limit>' or
+--       'exists <id>'; a segment that is not 'ok' stored nothing), then, per job of it
+--       whose key was held, its number and the id of the key's holder. Of two jobs of a
+--       segment with one key, the second is held by the first.
 local now = server_now()
 local stamp = fmt(now)
 local created = ',"created_at":' .. stamp .. ',"run_at":'
-local statuses = {}
+local replies = {}
 local a = 2
 local CAPS = KEYS[#KEYS]
 local caps = {}  -- queue -> the store's cap (false: none), read once per call
@@ -32,12 +39,30 @@ local function parse(first, total)
   return ids, offsets, texts
 end
 
+-- The holders of the keyed jobs' keys (job number -> holder id), a key met twice in the
+-- segment being held by its first job.
+local function holders(keyed, ids, total)
+  local held, taken = {}, {}
+  for n = 1, total do
+    local spec = keyed[n]
+    if spec then
+      local holder = taken[spec[1]] or key_holder(KEYS[4], KEYS[5], KEYS[2], spec[1], now)
+      if holder then held[n] = holder else taken[spec[1]] = ids[n] end
+    end
+  end
+  return held
+end
+
 -- An id that exists means a retry of a call whose reply was lost: report that first, so
 -- a queue cap that the first attempt's jobs now fill is not mistaken for a full queue.
-local function check(plan, ids)
-  local found = hmget(KEYS[2], ids)
-  for j = 1, #ids do
-    if found[j] then return 'exists ' .. ids[j] end
+local function check(plan, ids, held)
+  local fresh = {}
+  for n = 1, #ids do
+    if not held[n] then fresh[#fresh + 1] = ids[n] end
+  end
+  local found = hmget(KEYS[2], fresh)
+  for j = 1, #fresh do
+    if found[j] then return 'exists ' .. fresh[j] end
   end
   for _, entry in ipairs(plan) do
     local waiting = KEYS[entry.base]
@@ -49,45 +74,48 @@ local function check(plan, ids)
     local limit = entry.limit
     if cap and (limit < 0 or cap < limit) then limit = cap end
     -- (earlier segments of this call are in ZCARD already: store() writes at once)
-    if limit >= 0 and redis.call('ZCARD', waiting) + entry.count > limit then
+    if limit >= 0 and redis.call('ZCARD', waiting) + entry.adding > limit then
       return 'full ' .. entry.queue .. ' ' .. limit
     end
   end
   return 'ok'
 end
 
-local function store(plan, ids, offsets, texts)
+local function store(plan, ids, offsets, texts, held, keyed)
   local n = 0
   local specs, states = {}, {}
   for _, entry in ipairs(plan) do
     local base = entry.base
-    if redis.call('SISMEMBER', KEYS[3], entry.queue) == 0 then
+    if entry.adding > 0 and redis.call('SISMEMBER', KEYS[3], entry.queue) == 0 then
       redis.call('SADD', KEYS[3], entry.queue)
     end
     local waiting, sched, queued, scheduled = {}, {}, {}, {}
     for _ = 1, entry.count do
       n = n + 1
-      local id, offset = ids[n], offsets[n]
-      local run_at, at = now, stamp
-      if offset ~= 0 then
-        run_at = now + offset
-        at = fmt(run_at)
-      end
-      waiting[#waiting + 1] = at
-      waiting[#waiting + 1] = id
-      specs[2 * n - 1] = id
-      specs[2 * n] = texts[n] .. created .. at .. '}'
-      states[2 * n - 1] = id
-      if run_at > now then
-        sched[#sched + 1] = at
-        sched[#sched + 1] = id
-        scheduled[#scheduled + 1] = 0
-        scheduled[#scheduled + 1] = id
-        states[2 * n] = 'scheduled'
-      else
-        queued[#queued + 1] = 0
-        queued[#queued + 1] = id
-        states[2 * n] = 'queued'
+      if not held[n] then
+        local id, offset = ids[n], offsets[n]
+        local run_at, at = now, stamp
+        if offset ~= 0 then
+          run_at = now + offset
+          at = fmt(run_at)
+        end
+        waiting[#waiting + 1] = at
+        waiting[#waiting + 1] = id
+        specs[#specs + 1] = id
+        specs[#specs + 1] = texts[n] .. created .. at .. '}'
+        states[#states + 1] = id
+        if run_at > now then
+          sched[#sched + 1] = at
+          sched[#sched + 1] = id
+          scheduled[#scheduled + 1] = 0
+          scheduled[#scheduled + 1] = id
+          states[#states + 1] = 'scheduled'
+        else
+          queued[#queued + 1] = 0
+          queued[#queued + 1] = id
+          states[#states + 1] = 'queued'
+        end
+        if keyed[n] then hold_key(KEYS[4], KEYS[5], keyed[n][1], id, keyed[n][2], now) end
       end
     end
     many('ZADD', KEYS[base], waiting, 2)
@@ -110,15 +138,34 @@ for s = 1, tonumber(ARGV[1]) do
   local plan, total = {}, 0
   for g = 1, groups do
     local count = tonumber(ARGV[a + 3])
-    plan[g] = {base = 4 + (tonumber(ARGV[a]) - 1) * GROUP, queue = ARGV[a + 1],
-               limit = tonumber(ARGV[a + 2]), count = count}
+    plan[g] = {base = 6 + (tonumber(ARGV[a]) - 1) * GROUP, queue = ARGV[a + 1],
+               limit = tonumber(ARGV[a + 2]), count = count, first = total + 1}
     total = total + count
     a = a + 4
   end
+  local keyed = {}
+  local uniques = tonumber(ARGV[a])
+  a = a + 1
+  for _ = 1, uniques do
+    keyed[tonumber(ARGV[a])] = {ARGV[a + 1], ARGV[a + 2]}
+    a = a + 3
+  end
   local ids, offsets, texts = parse(a, total)
-  local status = check(plan, ids)
-  if status == 'ok' then store(plan, ids, offsets, texts) end
-  statuses[s] = status
+  local held = uniques > 0 and holders(keyed, ids, total) or {}
+  local reply = {'ok'}
+  for _, entry in ipairs(plan) do
+    entry.adding = entry.count
+    for n = entry.first, entry.first + entry.count - 1 do
+      if held[n] then
+        entry.adding = entry.adding - 1
+        reply[#reply + 1] = n
+        reply[#reply + 1] = held[n]
+      end
+    end
+  end
+  reply[1] = check(plan, ids, held)
+  if reply[1] == 'ok' then store(plan, ids, offsets, texts, held, keyed) end
+  replies[s] = reply
   a = a + total
 end
-return statuses
+return replies

@@ -1,11 +1,14 @@
 -- Store one new job: what enqueue.lua does for a call of one job, in fewer steps (single
 -- enqueues are the commonest call, and each step here is paid once per job).
 -- KEYS: 1 jobs hash, 2 state hash, 3 queues set, 4.. the job's queue group (9 keys, see
---       _lib.lua), then the caps hash (queue -> the store's max_queued).
+--       _lib.lua), 13 the caps hash (queue -> the store's max_queued), 14 unique keys hash,
+--       15 their holds hash.
 -- ARGV: 1 queue name, 2 the producer's max_queued (-1: no limit; the store's cap holds as
 --       well, the smaller wins), 3 the job as enqueue.lua takes it: its
---       run_at offset in seconds from now directly followed by its JSON.
--- Returns: 'ok', 'full <queue> <limit>' or 'exists <id>' (then nothing was stored).
+--       run_at offset in seconds from now directly followed by its JSON; with a unique key
+--       only: 4 the key, 5 its hold in seconds ('': until the job is final).
+-- Returns: 'ok', 'full <queue> <limit>', 'exists <id>' or 'held <id of its holder>' (then
+--       nothing was stored).
 local value = ARGV[3]
 local brace = string.find(value, '{', 1, true)
 local id = string.match(value, '^{"id":"([^"]+)"', brace)
@@ -17,6 +20,11 @@ if offset ~= 0 then
   run_at = now + offset
   at = fmt(run_at)
   if run_at > now then state = 'scheduled' end
+end
+local key = ARGV[4]
+if key then
+  local holder = key_holder(KEYS[14], KEYS[15], KEYS[2], key, now)
+  if holder then return 'held ' .. holder end
 end
 -- an id that exists is reported before a full queue (see enqueue.lua)
 if redis.call('HSETNX', KEYS[2], id, state) == 0 then return 'exists ' .. id end
@@ -40,6 +48,7 @@ else
   redis.call('ZADD', KEYS[4 + INDEX_OFFSET.queued], 0, id)
   wake(4)
 end
+if key then hold_key(KEYS[14], KEYS[15], key, id, ARGV[5], now) end
 redis.call('HSET', KEYS[1], id,
            string.sub(value, brace) .. ',"created_at":' .. stamp .. ',"run_at":' .. at .. '}')
 return 'ok'
