@@ -117,6 +117,7 @@ def test_a_sqlite_store_of_layout_1_is_upgraded_with_every_job_intact(tmp_path: 
         str(LAYOUT),)
     tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
     assert {"old_queues", "old_unique", "old_schedules", "old_idempotency"} <= tables
+    assert "unique_key" in {row[1] for row in conn.execute("PRAGMA table_info(old_jobs)")}
     conn.close()
     _check_reopened(f"sqlite:///{path}")
 

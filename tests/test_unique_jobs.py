@@ -128,6 +128,17 @@ def test_a_deduplicated_enqueue_is_not_counted(store_app: Conveyor) -> None:
                for f in text_string_to_metric_families(store_app.metrics.render().decode())
                for s in f.samples}
     assert samples[("conveyor_jobs_enqueued_total", "sync")] == 2
+    assert samples[("conveyor_jobs_deduplicated_total", "sync")] == 3
+
+
+def test_a_job_shows_its_unique_key(store_app: Conveyor) -> None:
+    sync = store_app.get_job("sync")
+    keyed = sync.enqueue_with([7], unique_key="sync:user:7").info()
+    assert keyed.unique_key == "sync:user:7" and keyed.to_dict()["unique_key"] == "sync:user:7"
+    derived = sync.enqueue(8).info()  # @app.job(unique=True): the key is derived
+    assert derived.unique_key is not None and derived.unique_key.startswith("sync:")
+    assert store_app.enqueue_call("sync", [9], {}, force=True,
+                                  unique_key=None).info().unique_key is not None
 
 
 def test_threads_enqueueing_one_key_store_one_job(store_app: Conveyor) -> None:

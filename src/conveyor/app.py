@@ -424,8 +424,7 @@ class Conveyor:
         it was stored, else the id of the job holding its unique key); only stored records
         count as enqueued."""
         if self.metrics is not None:
-            self.metrics.jobs_enqueued(
-                [r for r, holder in zip(records, held, strict=True) if holder is None])
+            self.metrics.jobs_enqueued(records, held)
         return _conflicts([JobHandle(self, r.id) if holder is None
                            else JobHandle(self, holder, deduplicated=True)
                            for r, holder in zip(records, held, strict=True)], on_conflict)

@@ -138,7 +138,7 @@ async def store_and_run_async(app: Conveyor, records: Sequence[JobRecord]) -> li
     held = await app.broker.enqueue(due, app.max_queued)
     stored = [r for r, holder in zip(due, held, strict=True) if holder is None]
     if app.metrics is not None:
-        app.metrics.jobs_enqueued(stored)
+        app.metrics.jobs_enqueued(due, held)
     for record in stored:  # a deduplicated job runs (or ran) as the job holding its key
         job_fn = app.registry.get(record.name)
         if job_fn is not None:

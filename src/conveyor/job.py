@@ -104,6 +104,7 @@ class JobRecord:
             "started_at": iso(self.started_at),
             "finished_at": iso(self.finished_at),
             "expires_at": iso(self.expires_at),
+            "unique_key": self.unique_key,
         }
 
 

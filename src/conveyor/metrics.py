@@ -14,7 +14,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -106,6 +106,9 @@ class Metrics:
         r = self.registry
         self.enqueued = Counter("conveyor_jobs_enqueued_total", "Jobs enqueued", JOB_LABELS,
                                 registry=r)
+        self.deduplicated = Counter("conveyor_jobs_deduplicated_total", "Enqueues that stored "
+                                    "nothing because a job held their unique key",
+                                    JOB_LABELS, registry=r)
         self.started = Counter("conveyor_jobs_started_total", "Attempts started", JOB_LABELS,
                                registry=r)
         self.succeeded = Counter("conveyor_jobs_succeeded_total", "Attempts that succeeded",
@@ -154,11 +157,20 @@ class Metrics:
                 children = self._jobs[name, queue] = _JobChildren(self, name, queue)
         return children
 
-    def jobs_enqueued(self, records: Iterable[JobRecord]) -> None:
-        """Count stored records (one increment per ``(name, queue)``)."""
-        pairs = collections.Counter((r.name, r.queue) for r in records)
-        for (name, queue), count in pairs.items():
+    def jobs_enqueued(self, records: Sequence[JobRecord],
+                      held: Sequence[str | None] | None = None) -> None:
+        """Count an enqueue of ``records`` (one increment per ``(name, queue)``): with
+        ``held`` (the store's answer, see ``Broker.enqueue``), a record whose unique key was
+        held counts as deduplicated, not enqueued."""
+        stored = collections.Counter[tuple[str, str]]()
+        deduplicated = collections.Counter[tuple[str, str]]()
+        for n, record in enumerate(records):
+            kept = held is None or held[n] is None
+            (stored if kept else deduplicated)[(record.name, record.queue)] += 1
+        for (name, queue), count in stored.items():
             self._children(name, queue).enqueued.inc(count)
+        for (name, queue), count in deduplicated.items():
+            self.deduplicated.labels(name, queue).inc(count)
 
     def job_started(self, record: JobRecord) -> None:
         """An attempt starts; the first one also measures the wait since the enqueue."""

@@ -107,6 +107,7 @@ COMPONENTS: dict[str, Schema] = {
             "progress_message": {"type": "string", "nullable": True},
             "worker_id": {"type": "string", "nullable": True},
             "cancel_requested": {"type": "boolean"},
+            "unique_key": {"type": "string", "nullable": True},
             **{name: {"type": "string", "format": "date-time", "nullable": True}
                for name in ("created_at", "run_at", "started_at", "finished_at", "expires_at")},
         },

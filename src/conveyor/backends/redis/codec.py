@@ -26,10 +26,12 @@ def job_spec(job: JobRecord) -> str:
     values, so reading a job back decodes one document. (Built from a template: this
     runs once per enqueued job.)"""
     args, kwargs = job.encoded()
-    return (
+    spec = (
         f'{{"id":{_quote(job.id)},"name":{_quote(job.name)},"queue":{_quote(job.queue)},'
         f'"args":{args},"kwargs":{kwargs}'
     )
+    return spec if job.unique_key is None else f'{spec},"unique_key":{_quote(job.unique_key)}'
+
 
 
 def queue_of(spec: str) -> str:
@@ -97,7 +99,12 @@ def job_from_fields(
         lease_expires_at=lease_expires_at,
         cancel_requested=cancel_requested,
         expires_at=expires_at,
+        unique_key=_text(data.get("unique_key")),
     )
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
 
 
 def worker_to_json(worker: WorkerInfo) -> str:

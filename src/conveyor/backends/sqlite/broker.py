@@ -100,8 +100,8 @@ class SQLiteBroker(Broker):
             f"RETURNING {JOB_COLUMNS}, unstarted"
         )
         self._sql_insert = (
-            f"INSERT INTO {t}_jobs (id, name, queue, state, args, kwargs, created_at, run_at) "
-            f"VALUES (?,?,?,?,?,?,?,?)"
+            f"INSERT INTO {t}_jobs (id, name, queue, state, args, kwargs, created_at, run_at, "
+            f"unique_key) VALUES (?,?,?,?,?,?,?,?,?)"
         )
 
     # -- life cycle ---------------------------------------------------------------------------
@@ -205,7 +205,8 @@ class SQLiteBroker(Broker):
     ) -> Callable[[sqlite3.Connection], list[str | None]]:
         keyed = any(j.unique_key is not None for j in jobs)
         all_rows = [
-            (j.id, j.name, j.queue, j.state.value, *j.encoded(), j.created_at, j.run_at)
+            (j.id, j.name, j.queue, j.state.value, *j.encoded(), j.created_at, j.run_at,
+             j.unique_key)
             for j in jobs
         ]
         # the table holds only the queues with settings: a few rows, read whole

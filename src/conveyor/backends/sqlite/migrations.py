@@ -32,8 +32,10 @@ def _layout_1(conn: sqlite3.Connection, ns: str) -> None:
 
 
 def _layout_2(conn: sqlite3.Connection, ns: str) -> None:
-    """Job control: queue settings kept in the store (paused, max_queued), unique keys,
-    idempotency keys of HTTP enqueues, and schedules."""
+    """Job control: queue settings kept in the store (paused, max_queued), unique keys (and
+    each job's own, shown with it), idempotency keys of HTTP enqueues, and schedules."""
+    if "unique_key" not in _columns(conn, f"{ns}_jobs"):
+        conn.execute(f"ALTER TABLE {ns}_jobs ADD COLUMN unique_key TEXT")
     conn.execute(f"""CREATE TABLE IF NOT EXISTS {ns}_queues (
         name TEXT PRIMARY KEY,
         paused INTEGER NOT NULL DEFAULT 0,

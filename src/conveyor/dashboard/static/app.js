@@ -532,6 +532,7 @@ pages.job = {
       ["worker", j.worker_id || "–"], ["created", when(j.created_at)], ["runs at", when(j.run_at)],
       ["started", when(j.started_at)], ["finished", when(j.finished_at)], ["kept until", when(j.expires_at)],
     ];
+    if (j.unique_key) facts.push(["unique key", j.unique_key]);
     const parts = [
       el("header", { class: "job-head" }, el("h2", {}, el("span", { class: "job-name", text: j.name }), " ", badge(j.state)),
         el("div", { class: "mono", text: j.id }), el("div", { class: "actions" }, actions)),
