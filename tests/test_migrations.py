@@ -161,9 +161,11 @@ def test_a_namespace_of_a_newer_layout_is_refused(tmp_path: Path) -> None:
         asyncio.run(SQLiteBroker(f"sqlite:///{path}", namespace="old").open())
 
 
-def _open_and_enqueue(url: str, index: int) -> None:
+def _open_and_enqueue(url: str, index: int, start: float) -> None:
     from conveyor import Conveyor
 
+    while time.time() < start:  # every process opens at the same moment
+        pass
     app = Conveyor(url, namespace="race")
     app.enqueue_call("work", [index], {}, force=True)
     app.close()
@@ -172,14 +174,15 @@ def _open_and_enqueue(url: str, index: int) -> None:
 def test_processes_opening_a_new_sqlite_store_at_once_upgrade_it_once(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'race.db'}"
     context = multiprocessing.get_context("spawn")
-    procs = [context.Process(target=_open_and_enqueue, args=(url, n)) for n in range(4)]
+    start = time.time() + 2.0
+    procs = [context.Process(target=_open_and_enqueue, args=(url, n, start)) for n in range(8)]
     for proc in procs:
         proc.start()
     for proc in procs:
         proc.join(60)
         assert proc.exitcode == 0
     conn = sqlite3.connect(tmp_path / "race.db")
-    assert conn.execute("SELECT count(*) FROM race_jobs").fetchone()[0] == 4
+    assert conn.execute("SELECT count(*) FROM race_jobs").fetchone()[0] == 8
     assert conn.execute("SELECT value FROM race_meta WHERE key='layout'").fetchone() == (
         str(LAYOUT),)
     conn.close()

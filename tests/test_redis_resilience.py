@@ -261,7 +261,7 @@ def test_a_single_enqueue_sent_again_reports_exists_before_full(server: RedisSer
     """An enqueue whose reply was lost is sent again: the second call must see its own job
     (and report it as stored), not a queue its first call filled to the limit."""
     from conveyor.backends.redis.client import BlockingScripts
-    from conveyor.errors import ConveyorError
+    from conveyor.errors import ConveyorError, DuplicateJob
     from conveyor.job import JobRecord
 
     broker = RedisBroker(server.url, namespace=f"t{new_id().lower()}")
@@ -273,16 +273,27 @@ def test_a_single_enqueue_sent_again_reports_exists_before_full(server: RedisSer
     scripts = BlockingScripts(server.url)
     try:
         assert scripts.call(script, keys, argv) == "ok"
-        assert scripts.call(script, keys, argv) == f"exists {job.id}"
+        assert scripts.call(script, keys, argv) == f"same {job.id}"
         with pytest.raises(redis.ResponseError):  # a script error ...
             scripts.call("enqueue_one", keys, [])
         # ... leaves the next call's reply intact
-        assert scripts.call(script, keys, argv) == f"exists {job.id}"
+        assert scripts.call(script, keys, argv) == f"same {job.id}"
+        other = JobRecord(id=job.id, name="n", queue="default", state=JobState.QUEUED,
+                          args=["another job"], kwargs={}, created_at=now, run_at=now)
+        _, _, other_argv, _ = broker._enqueue_call([([other], {"default": 1})])
+        assert scripts.call(script, keys, other_argv) == f"exists {job.id}"
     finally:
         scripts.close()
     # a first attempt that finds the id is an error, not a success
     with pytest.raises(ConveyorError, match="exists already"):
         broker.enqueue_blocking([job], {"default": 1})
+    # a later attempt that finds this very job was stored by the first; another job under
+    # the id is someone else's, whichever attempt meets it
+    result = RedisBroker._segment_result
+    assert result(f"same {job.id}", 2, [job], [0]) == [None]
+    assert isinstance(result(f"same {job.id}", 1, [job], [0]), DuplicateJob)
+    assert isinstance(result(f"exists {job.id}", 2, [job], [0]), DuplicateJob)
+    assert isinstance(result([f"exists {job.id}"], 3, [job], [0]), DuplicateJob)
 
 
 

@@ -99,8 +99,12 @@ class Conveyor:
         self.max_recoveries = max_recoveries
         #: this app's own caps (queue -> jobs waiting at most), checked beside the store's
         #: (see :meth:`set_max_queued`): the smaller wins
-        self.max_queued: dict[str, int] = {
-            check_queue_name(q): cast(int, check_limit(n)) for q, n in (max_queued or {}).items()}
+        self.max_queued: dict[str, int] = {}
+        for queue, limit in (max_queued or {}).items():
+            if limit is None:
+                raise ConfigurationError(f"max_queued of queue {queue!r} must be a whole "
+                                         "number of at least 1")
+            self.max_queued[check_queue_name(queue)] = cast(int, check_limit(limit))
         #: where uploaded files wait for their jobs (``CONVEYOR_STAGING``, else ./conveyor-staging)
         self.staging = StagingArea(
             staging_dir or os.environ.get("CONVEYOR_STAGING") or "conveyor-staging"

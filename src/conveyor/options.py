@@ -12,8 +12,9 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Literal, TypedDict
 
-from conveyor.errors import InvalidArguments
+from conveyor.errors import ConfigurationError, InvalidArguments
 from conveyor.ids import is_acceptable_id
+from conveyor.queues import check_queue_name
 
 OnConflict = Literal["return", "raise"]
 ON_CONFLICT = ("return", "raise")
@@ -64,6 +65,11 @@ class EnqueueOptions:
             raise InvalidArguments("delay must not be negative")
         if self.at is not None and self.at.tzinfo is None:
             raise InvalidArguments("at must be a timezone-aware datetime")
+        if self.queue is not None:
+            try:
+                check_queue_name(self.queue)
+            except ConfigurationError as exc:
+                raise InvalidArguments(str(exc)) from None
         if self.job_id is not None and not is_acceptable_id(self.job_id):
             raise InvalidArguments(
                 f"job_id {self.job_id!r} is not a valid id: use 1 to 128 letters, digits, "

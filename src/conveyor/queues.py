@@ -49,6 +49,20 @@ def check_limit(limit: object) -> int | None:
     return limit
 
 
+def stored_limit(value: object) -> int | None:
+    """A cap as a store holds it (an int, or its text on Redis): the number when it is a
+    whole number of at least 1, else ``None`` (no cap; a value no command writes is
+    ignored, never raised)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str | bytes):
+        try:
+            value = int(value)
+        except ValueError:
+            return None
+    return value if isinstance(value, int) and value >= 1 else None
+
+
 def parse_limit(text: str) -> int | None:
     """A cap as typed: a whole number of at least 1, or ``none``."""
     if text.strip().lower() == "none":

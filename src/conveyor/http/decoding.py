@@ -18,7 +18,6 @@ from conveyor.options import DEFAULT, EnqueueOptions
 
 #: the fields of a JSON job call
 CALL_FIELDS = ("args", "kwargs", "delay", "queue", "id")
-MAX_QUEUE_NAME = 200
 
 
 @dataclass(frozen=True)
@@ -89,10 +88,8 @@ def job_call(raw: bytes, content_type: str | None) -> JobCall:
         raise ApiError(400, "kwargs must be a JSON object")
     if delay is not None and (not finite_number(delay) or delay < 0):
         raise ApiError(400, "delay must be a number of seconds, 0 or more")
-    if queue is not None and (not isinstance(queue, str) or not queue
-                              or len(queue) > MAX_QUEUE_NAME):
-        raise ApiError(400, f"queue must be a non-empty string of at most {MAX_QUEUE_NAME} "
-                       "characters")
+    if queue is not None and not isinstance(queue, str):
+        raise ApiError(400, "queue must be a string")
     job_id = body.get("id")
     if job_id is not None and not isinstance(job_id, str):
         raise ApiError(400, "id must be a string")

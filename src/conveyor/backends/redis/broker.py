@@ -34,7 +34,7 @@ from conveyor.errors import (
 from conveyor.ids import new_id
 from conveyor.job import ALL_STATES, JobRecord, JobState, Outcome, OutcomeKind, WorkerInfo
 from conveyor.known import KnownJob, read_known
-from conveyor.queues import QueueSettings
+from conveyor.queues import QueueSettings, stored_limit
 from conveyor.schedules import Schedule, ScheduleState, read_definition
 from conveyor.serialization import dumps, loads, storable
 from conveyor.stats import STATS_KEEP, MinuteStats
@@ -390,7 +390,8 @@ class RedisBroker(Broker):
         """What one segment's reply says: its error, or per job None when it was stored
         and the holder's id when its unique key was held."""
         holders: list[Any]
-        if isinstance(reply, str):  # enqueue_one: 'ok', 'full ...', 'exists ID', 'held ID'
+        if isinstance(reply, str):  # enqueue_one: 'ok', 'full ...', 'exists ID', 'same ID',
+            # 'held ID'
             status, holders = reply, []
             if reply.startswith("held "):
                 status, holders = "ok", [1, reply[5:]]
@@ -407,9 +408,10 @@ class RedisBroker(Broker):
         if kind == "full":
             queue, _, limit = detail.rpartition(" ")
             return QueueFull(queue, int(limit))
-        if kind == "exists" and attempts == 1:
+        if kind == "exists" or (kind == "same" and attempts == 1):
             return DuplicateJob(detail)
-        # 'exists' on a later attempt: the earlier attempt was stored, only its reply was lost
+        # 'same' on a later attempt: the earlier attempt stored this very job, and only its
+        # reply was lost
         return result
 
     async def _store_segments(self, segments: Sequence[Segment]) -> list[Stored]:
@@ -854,9 +856,9 @@ class RedisBroker(Broker):
             return paused, caps
 
         paused, caps = await self._retrying(call)
-        return {name: QueueSettings(name, name in paused,
-                                    int(caps[name]) if name in caps else None)
-                for name in sorted(set(paused) | set(caps))}
+        found = {name: QueueSettings(name, name in paused, stored_limit(caps.get(name)))
+                 for name in sorted(set(paused) | set(caps))}
+        return {name: s for name, s in found.items() if s.paused or s.max_queued is not None}
 
     # -- known jobs ---------------------------------------------------------------------------
     async def publish_jobs(self, worker_id: str, jobs: Sequence[KnownJob]) -> None:

@@ -33,7 +33,7 @@ from conveyor.backends.sqlite.writer import Writer
 from conveyor.errors import DuplicateJob, QueueFull, StoreUnavailable
 from conveyor.job import JobRecord, JobState, Outcome, OutcomeKind, WorkerInfo
 from conveyor.known import KnownJob, read_known
-from conveyor.queues import QueueSettings
+from conveyor.queues import QueueSettings, stored_limit
 from conveyor.schedules import Schedule, ScheduleState
 from conveyor.serialization import dumps, storable
 from conveyor.stats import STATS_KEEP, SUMS, MinuteStats
@@ -210,7 +210,8 @@ class SQLiteBroker(Broker):
             for j in jobs
         ]
         # the table holds only the queues with settings: a few rows, read whole
-        caps_sql = f"SELECT name, max_queued FROM {self.ns}_queues WHERE max_queued IS NOT NULL"
+        caps_sql = (f"SELECT name, max_queued FROM {self.ns}_queues "
+                    f"WHERE typeof(max_queued)='integer' AND max_queued >= 1")
 
         def fn(conn: sqlite3.Connection) -> list[str | None]:
             held: list[str | None] = (self._held_keys(conn, jobs) if keyed
@@ -219,26 +220,33 @@ class SQLiteBroker(Broker):
             adding: dict[str, int] = defaultdict(int)
             for job in stored:
                 adding[job.queue] += 1
-            # the store's caps (every producer's) and this producer's own: the smaller holds
+            rows = all_rows if not keyed else [
+                row for row, holder in zip(all_rows, held, strict=True) if holder is None]
+            before = conn.total_changes
+            try:  # first, so that an id that exists is reported before a full queue
+                conn.executemany(self._sql_insert, rows)
+            except sqlite3.IntegrityError as exc:
+                # the rows go in in order, up to the one whose id exists (or repeats one of
+                # this call): the rows inserted before it tell which
+                failed = conn.total_changes - before
+                if "UNIQUE" not in str(exc) or failed >= len(rows):
+                    raise
+                raise DuplicateJob(rows[failed][0]) from exc
+            # the store's caps (every producer's) and this producer's own: the smaller holds;
+            # a full queue raises, and the writer rolls the inserts back
             caps = dict(limits)
             for queue, cap in conn.execute(caps_sql):
                 if queue in adding:
                     caps[queue] = min(cap, caps.get(queue, cap))
-            for queue, count in adding.items():
+            for queue in adding:
                 limit = caps.get(queue)
                 if limit is None:
                     continue
                 (waiting,) = conn.execute(
                     f"SELECT count(*) FROM {self.ns}_jobs WHERE {WAITING} AND queue=?", (queue,)
                 ).fetchone()
-                if waiting + count > limit:
+                if waiting > limit:
                     raise QueueFull(queue, limit)
-            rows = all_rows if not keyed else [
-                row for row, holder in zip(all_rows, held, strict=True) if holder is None]
-            try:
-                conn.executemany(self._sql_insert, rows)
-            except sqlite3.IntegrityError:
-                raise self._duplicate(conn, [row[0] for row in rows]) from None
             if keyed:
                 self._hold_keys(conn, stored)
             return held
@@ -276,21 +284,6 @@ class SQLiteBroker(Broker):
             [(j.unique_key, j.id,
               None if j.unique_until is None else now + (j.unique_until - j.created_at))
              for j in stored if j.unique_key is not None])
-
-    def _duplicate(self, conn: sqlite3.Connection, ids: list[str]) -> DuplicateJob:
-        """The error for an insert that met an existing id among ``ids`` (or, for ids
-        repeated within one call, the first one repeated)."""
-        for chunk in _chunks(ids):
-            row = conn.execute(f"SELECT id FROM {self.ns}_jobs WHERE id IN "
-                               f"({_marks(len(chunk))}) LIMIT 1", chunk).fetchone()
-            if row is not None:
-                return DuplicateJob(row[0])
-        seen: set[str] = set()
-        for job_id in ids:
-            if job_id in seen:
-                return DuplicateJob(job_id)
-            seen.add(job_id)
-        return DuplicateJob(ids[0])
 
     async def enqueue(
         self, jobs: Sequence[JobRecord], limits: Mapping[str, int]
@@ -707,8 +700,9 @@ class SQLiteBroker(Broker):
         sql = (f"SELECT name, paused, max_queued FROM {self.ns}_queues "
                f"WHERE paused=1 OR max_queued IS NOT NULL ORDER BY name")
         rows = await self._read(lambda conn: conn.execute(sql).fetchall())
-        return {name: QueueSettings(name, bool(paused), max_queued)
-                for name, paused, max_queued in rows}
+        found = {name: QueueSettings(name, paused == 1, stored_limit(max_queued))
+                 for name, paused, max_queued in rows}
+        return {name: s for name, s in found.items() if s.paused or s.max_queued is not None}
 
     # -- known jobs ---------------------------------------------------------------------------
     async def publish_jobs(self, worker_id: str, jobs: Sequence[KnownJob]) -> None:

@@ -102,7 +102,7 @@ def connect(settings: Settings, create: bool = True) -> sqlite3.Connection:
         raise better from exc
     try:
         conn.execute(f"PRAGMA busy_timeout={settings.busy_timeout_ms}")
-        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        mode = _switch_to_wal(conn, settings.busy_timeout_ms / 1000)
         if str(mode).lower() != "wal":
             raise ConfigurationError(f"could not switch {settings.path} to WAL (got {mode})")
         conn.execute(f"PRAGMA synchronous={settings.synchronous}")
@@ -116,6 +116,23 @@ def connect(settings: Settings, create: bool = True) -> sqlite3.Connection:
         conn.close()
         raise
     return conn
+
+
+def _switch_to_wal(conn: sqlite3.Connection, patience: float) -> str:
+    """Put the database in WAL mode; return the mode it is in. SQLite answers "locked" at
+    once, without its busy timeout, while another connection makes a new file WAL: that is
+    waited out here, for up to ``patience`` seconds."""
+    deadline = time.monotonic() + patience
+    pause = 0.001
+    while True:
+        try:
+            return str(conn.execute("PRAGMA journal_mode=WAL").fetchone()[0])
+        except sqlite3.OperationalError as exc:
+            locked = (getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF == sqlite3.SQLITE_BUSY
+            if not locked or time.monotonic() + pause > deadline:
+                raise
+            time.sleep(pause)
+            pause = min(pause * 2, 0.05)
 
 
 def _no_directory(where: Path) -> ConfigurationError:

@@ -14,8 +14,9 @@
 --       overdue) directly followed by the job's JSON, which starts with its id and lacks
 --       created_at, run_at and its last '}' (this script adds them). One value per job
 --       keeps bulk calls cheap.
--- Returns: one reply per segment: its status ('ok', 'full <queue> <limit>' or
---       'exists <id>'; a segment that is not 'ok' stored nothing), then, per job of it
+-- Returns: one reply per segment: its status ('ok', 'full <queue> <limit>', 'exists <id>'
+--       or 'same <id>', an id that holds this very job already; a segment that is not 'ok'
+--       stored nothing), then, per job of it
 --       whose key was held, its number and the id of the key's holder. Of two jobs of a
 --       segment with one key, the second is held by the first.
 local now = server_now()
@@ -53,22 +54,34 @@ local function holders(keyed, ids, total)
   return held
 end
 
--- An id that exists means a retry of a call whose reply was lost: report that first, so
--- a queue cap that the first attempt's jobs now fill is not mistaken for a full queue.
-local function check(plan, ids, held)
-  local fresh = {}
+-- An id that exists is reported first: 'same' when it holds this very job (a retry of a
+-- call whose reply was lost: a queue cap that the first attempt's jobs now fill must not be
+-- mistaken for a full queue), else 'exists' (as for an id given twice in the segment).
+local function check(plan, ids, held, texts)
+  local fresh, texts_of, seen = {}, {}, {}
   for n = 1, #ids do
-    if not held[n] then fresh[#fresh + 1] = ids[n] end
+    if not held[n] then
+      if seen[ids[n]] then return 'exists ' .. ids[n] end
+      seen[ids[n]] = true
+      fresh[#fresh + 1] = ids[n]
+      texts_of[#fresh] = texts[n]
+    end
   end
   local found = hmget(KEYS[2], fresh)
   for j = 1, #fresh do
-    if found[j] then return 'exists ' .. fresh[j] end
+    if found[j] then
+      local stored = redis.call('HGET', KEYS[1], fresh[j])
+      local text = texts_of[j]
+      if stored and string.sub(stored, 1, #text) == text then return 'same ' .. fresh[j] end
+      return 'exists ' .. fresh[j]
+    end
   end
   for _, entry in ipairs(plan) do
     local waiting = KEYS[entry.base]
     local cap = caps[entry.queue]
     if cap == nil then
       cap = tonumber(redis.call('HGET', CAPS, entry.queue)) or false
+      if cap and (cap < 1 or cap % 1 ~= 0) then cap = false end  -- as stored_limit() reads it
       caps[entry.queue] = cap
     end
     local limit = entry.limit
@@ -163,7 +176,7 @@ for s = 1, tonumber(ARGV[1]) do
       end
     end
   end
-  reply[1] = check(plan, ids, held)
+  reply[1] = check(plan, ids, held, texts)
   if reply[1] == 'ok' then store(plan, ids, offsets, texts, held, keyed) end
   replies[s] = reply
   a = a + total

@@ -7,8 +7,8 @@
 --       well, the smaller wins), 3 the job as enqueue.lua takes it: its
 --       run_at offset in seconds from now directly followed by its JSON; with a unique key
 --       only: 4 the key, 5 its hold in seconds ('': until the job is final).
--- Returns: 'ok', 'full <queue> <limit>', 'exists <id>' or 'held <id of its holder>' (then
---       nothing was stored).
+-- Returns: 'ok', 'full <queue> <limit>', 'exists <id>', 'same <id>' (the id holds this
+--       very job: see enqueue.lua) or 'held <id of its holder>' (then nothing was stored).
 local value = ARGV[3]
 local brace = string.find(value, '{', 1, true)
 local id = string.match(value, '^{"id":"([^"]+)"', brace)
@@ -26,18 +26,20 @@ if key then
   local holder = key_holder(KEYS[14], KEYS[15], KEYS[2], key, now)
   if holder then return 'held ' .. holder end
 end
--- an id that exists is reported before a full queue (see enqueue.lua)
-if redis.call('HSETNX', KEYS[2], id, state) == 0 then return 'exists ' .. id end
-local limit = tonumber(ARGV[2])
-local cap = redis.call('HGET', KEYS[4 + GROUP], ARGV[1])
-if cap then
-  cap = tonumber(cap)
-  if limit < 0 or cap < limit then limit = cap end
+-- an id that exists is reported before a full queue, 'same' when it holds this very job
+-- (see enqueue.lua)
+if redis.call('HEXISTS', KEYS[2], id) == 1 then
+  local stored, text = redis.call('HGET', KEYS[1], id), string.sub(value, brace)
+  if stored and string.sub(stored, 1, #text) == text then return 'same ' .. id end
+  return 'exists ' .. id
 end
+local limit = tonumber(ARGV[2])
+local cap = tonumber(redis.call('HGET', KEYS[4 + GROUP], ARGV[1]))
+if cap and cap >= 1 and cap % 1 == 0 and (limit < 0 or cap < limit) then limit = cap end
 if limit >= 0 and redis.call('ZCARD', KEYS[4]) >= limit then
-  redis.call('HDEL', KEYS[2], id)
   return 'full ' .. ARGV[1] .. ' ' .. limit
 end
+redis.call('HSET', KEYS[2], id, state)
 -- a read first: writes cost more, and the queue is almost always known
 if redis.call('SISMEMBER', KEYS[3], ARGV[1]) == 0 then redis.call('SADD', KEYS[3], ARGV[1]) end
 redis.call('ZADD', KEYS[4], at, id)
