@@ -287,3 +287,24 @@ def test_the_cli_and_a_worker_refuse_a_newer_store_in_one_line(tmp_path: Path) -
         lines = [line for line in done.stderr.splitlines() if "newer than" in line]
         assert len(lines) == 1 and "upgrade Conveyor" in lines[0], done.stderr
         assert "Traceback" not in done.stderr
+
+
+def test_a_layout_that_is_no_number_is_refused_untouched(tmp_path: Path) -> None:
+    from conveyor.errors import ConfigurationError
+
+    path = tmp_path / "odd.db"
+    _old_sqlite(path)
+    conn = sqlite3.connect(path)
+    conn.execute("INSERT INTO old_meta (key, value) VALUES ('layout', 'two')")
+    conn.commit()
+    conn.close()
+    with pytest.raises(ConfigurationError, match="not a number"):
+        asyncio.run(SQLiteBroker(f"sqlite:///{path}", namespace="old").open())
+    url = shared_redis_url()
+    ns = f"odd{time.monotonic_ns()}"
+    client = redis.Redis.from_url(url, decode_responses=True)
+    client.set(f"{{{ns}}}:layout", "two")
+    with pytest.raises(ConfigurationError, match="no layout number"):
+        asyncio.run(RedisBroker(url, namespace=ns).open())
+    assert client.get(f"{{{ns}}}:layout") == "two"
+    client.close()

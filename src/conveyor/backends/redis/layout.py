@@ -11,15 +11,18 @@ it once. A namespace of a newer layout is refused (:class:`~conveyor.errors.Newe
 
 from __future__ import annotations
 
-from conveyor.errors import NewerStore
+from conveyor.errors import ConfigurationError, NewerStore, redact_url
 
 #: the layout this version writes
 LAYOUT = 2
 
 
 def check(found: int, namespace: str, url: str) -> None:
-    """Raise :class:`NewerStore` when the layout ``found`` is newer than :data:`LAYOUT`."""
+    """Raise :class:`NewerStore` when the layout ``found`` is newer than :data:`LAYOUT`, and
+    :class:`ConfigurationError` when the layout key holds no number (``found`` -1)."""
+    where = f"Redis namespace {namespace!r} at {redact_url(url)}"
+    if found < 0:
+        raise ConfigurationError(f"{where}: its layout key holds no layout number; it was "
+                                 "not written by Conveyor")
     if found > LAYOUT:
-        from conveyor.errors import redact_url
-
-        raise NewerStore(f"Redis namespace {namespace!r} at {redact_url(url)}", found, LAYOUT)
+        raise NewerStore(where, found, LAYOUT)

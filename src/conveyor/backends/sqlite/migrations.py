@@ -13,7 +13,7 @@ import sqlite3
 from collections.abc import Callable
 
 from conveyor.backends.sqlite.schema import ddl
-from conveyor.errors import NewerStore
+from conveyor.errors import ConfigurationError, NewerStore
 
 Step = Callable[[sqlite3.Connection, str], None]
 
@@ -78,7 +78,13 @@ def layout_of(conn: sqlite3.Connection, ns: str) -> int:
     if has_meta is None:
         return 0
     row = conn.execute(f"SELECT value FROM {ns}_meta WHERE key='layout'").fetchone()
-    return int(row[0]) if row is not None else 0
+    if row is None:
+        return 0
+    try:
+        return int(row[0])
+    except (TypeError, ValueError):
+        raise ConfigurationError(f"namespace {ns}: its stored layout {row[0]!r} is not a "
+                                 "number; it was not written by Conveyor") from None
 
 
 def upgrade(conn: sqlite3.Connection, ns: str, where: str) -> int:
