@@ -129,13 +129,16 @@ class ScheduleState:
 
 def read_definition(raw: Any) -> dict[str, Any]:
     """A stored definition from its JSON text (an odd one reads as ``{}``, never raises)."""
-    from conveyor.serialization import loads
+    from conveyor.serialization import dumps, loads
 
     try:
         data = loads(raw) if isinstance(raw, str | bytes) else raw
+        if not isinstance(data, Mapping):
+            return {}
+        dumps(data)  # strict JSON only (no NaN): it is written out again as it is
     except (ValueError, TypeError, RecursionError):
         return {}
-    return dict(data) if isinstance(data, Mapping) else {}
+    return dict(data)
 
 
 def definition_problem(definition: Mapping[str, Any]) -> str | None:

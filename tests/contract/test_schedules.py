@@ -282,6 +282,7 @@ def test_odd_stored_values_never_break_a_read_or_a_worker(
     run(scheduler.run_once(T0))
     plant(broker, "odd", ODD)
     plant(broker, "words", {"record": '{"job": "x", "args": 5, "every": "x"}'})
+    plant(broker, "nan", {"record": '{"job": "x", "args": [NaN]}'})
     found = {s.name: s for s in run(broker.schedules())}
     assert found["odd"].unreadable == ("definition", "last_tick", "next_tick", "seen_at")
     assert (found["odd"].definition, found["odd"].last_tick, found["odd"].next_tick,
@@ -289,9 +290,12 @@ def test_odd_stored_values_never_break_a_read_or_a_worker(
     assert found["odd"].to_dict(T0)["last_run"] is None
     assert found["words"].unreadable == ("definition",)
     assert found["words"].timing_text == "?"
+    assert (found["nan"].definition, found["nan"].unreadable) == ({}, ("definition",))
     assert found["beat"].unreadable == ()
+    plant(broker, "beat", {"last_job": "cron:beat:" + "9" * 30})  # not a tick
     assert run(scheduler.run_once(T0 + 1.5)) == ["cron:beat:1800000001"]
     assert [s.name for s in run(broker.schedules(["beat", "missing"]))] == ["beat"]
+    assert state(broker, run, "beat").last_job == "cron:beat:1800000001"
 
 
 def test_a_worker_skips_a_schedule_whose_last_tick_cannot_be_read(
