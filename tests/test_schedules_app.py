@@ -93,6 +93,23 @@ def test_the_job_decorator_schedules_a_job_without_arguments(app: Conveyor) -> N
     assert "needs" not in app.registry and "needs" not in app.schedules
 
 
+def test_the_job_decorator_takes_the_time_zone_of_cron(app: Conveyor) -> None:
+    @app.job(cron="0 3 * * *", cron_tz="Europe/Berlin")
+    def nightly() -> None:
+        pass
+
+    assert app.schedules["nightly"].timing.tz == "Europe/Berlin"
+    assert app.schedules["nightly"].definition()["tz"] == "Europe/Berlin"
+    with pytest.raises(ConfigurationError, match="Mars/Olympus"):
+        @app.job(cron="0 3 * * *", cron_tz="Mars/Olympus")
+        def lost() -> None:
+            pass
+    with pytest.raises(ConfigurationError, match="give cron too"):
+        @app.job(cron_tz="Europe/Berlin")
+        def untimed() -> None:
+            pass
+
+
 def test_scheduled_jobs_go_to_the_jobs_queue_or_the_schedules(sapp: Conveyor) -> None:
     @sapp.job(queue="cron")
     def sweep() -> None:
