@@ -335,6 +335,19 @@ def test_a_changed_definition_takes_its_next_tick_at_once(
     assert state(broker, run, "s").next_tick == T0 + 3600
 
 
+def test_two_versions_side_by_side_fire_their_own_ticks(broker: Broker, run: Run[Any]) -> None:
+    minutely = Scheduler(make_app(every("s", 60)), broker)
+    shifted = Scheduler(make_app(Schedule("s", "tasks.work", Timing.parse(
+        cron="30 * * * * *", every=None))), broker)
+    run(minutely.run_once(T0))
+    run(shifted.run_once(T0 + 0.5))  # the newer version: its definition is stored
+    fired: list[str] = []
+    for n in range(1, 181):
+        fired += run(minutely.run_once(T0 + n)) + run(shifted.run_once(T0 + n + 0.5))
+    assert fired == [f"cron:s:{int(T0) + n}" for n in (30, 60, 90, 120, 150, 180)]
+    assert state(broker, run, "s").next_tick == T0 + 210
+
+
 def test_a_changed_definition_is_warned_about_once(
         broker: Broker, run: Run[Any], caplog: pytest.LogCaptureFixture) -> None:
     old, new = Scheduler(make_app(every("s", 60)), broker), \

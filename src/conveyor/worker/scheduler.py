@@ -12,7 +12,8 @@ Workers publish the definitions of their schedules (with the store's time as ``s
 when they start and every minute; a schedule deleted from the store is published again at
 the next round by any worker that still registers it. Each worker reads only the schedules
 its app registers, and fires them by its own definitions: while two versions of an app run
-side by side, each fires its own (a warning is logged once per definition it differs from).
+side by side, each fires its own (a warning is logged once per definition it differs from);
+the stored next tick follows the stored definition.
 
 A schedule whose stored ``last`` is more than :data:`AHEAD` seconds ahead of the clock (set
 from a clock that ran ahead, or the clock stepped back) is set back to now, with a warning:
@@ -88,27 +89,30 @@ class Scheduler:
             stored += await self._fire(schedule, state, clock)
         return stored
 
-    def _check(self, schedule: Schedule, state: ScheduleState) -> bool:
-        """Whether the worker can fire ``schedule`` from ``state``; warn (once per change)
-        of a definition another worker stored."""
+    def _check(self, schedule: Schedule, state: ScheduleState) -> bool | None:
+        """None if the worker cannot fire ``schedule`` from ``state`` (its last tick cannot
+        be read), else whether the stored definition is the worker's own; warn (once per
+        change) of one another worker stored."""
         if "last_tick" in state.unreadable:
             if schedule.name not in self._unreadable:
                 log.warning("schedule %s: its stored last tick cannot be read; skipped "
                             "(pause and resume it to set it to now)", schedule.name)
                 self._unreadable.add(schedule.name)
-            return False
+            return None
         self._unreadable.discard(schedule.name)
         stored = dumps(state.definition)
-        if loads(stored) != loads(dumps(schedule.definition())) and \
-                self._warned.get(schedule.name) != stored:
+        if loads(stored) == loads(dumps(schedule.definition())):
+            return True
+        if self._warned.get(schedule.name) != stored:
             log.warning("schedule %s: the stored definition (%s) differs from this worker's "
                         "(%s): another version of the app runs; each fires its own",
                         schedule.name, state.timing_text, schedule.timing.describe())
             self._warned[schedule.name] = stored
-        return True
+        return False
 
     async def _fire(self, schedule: Schedule, state: ScheduleState, now: float) -> list[str]:
-        if not self._check(schedule, state):
+        own = self._check(schedule, state)
+        if own is None:
             return []
         timing = schedule.timing
         last = state.last_tick
@@ -120,8 +124,11 @@ class Scheduler:
             return []
         ticks, skipped = due_ticks(timing, last, now, grace=schedule.grace)
         if last is not None and not ticks and not skipped and \
-                state.next_tick == _next(timing, last):
-            return []  # nothing due: ``last`` may stay where it is
+                (not own or state.next_tick == _next(timing, last)):
+            # nothing due: ``last`` may stay where it is (but a next tick that does not
+            # follow from the worker's own stored definition, just changed, is rewritten;
+            # while another version's is stored, each fires its own and leaves it be)
+            return []
         if state.paused:
             ticks, skipped = [], skipped + len(ticks)
         stored: list[str] = []
