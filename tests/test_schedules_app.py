@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from typing import Any
 
 import pytest
@@ -92,6 +93,23 @@ def test_the_job_decorator_schedules_a_job_without_arguments(app: Conveyor) -> N
     assert "needs" not in app.registry and "needs" not in app.schedules
 
 
+def test_the_job_decorator_takes_the_time_zone_of_cron(app: Conveyor) -> None:
+    @app.job(cron="0 3 * * *", cron_tz="Europe/Berlin")
+    def nightly() -> None:
+        pass
+
+    assert app.schedules["nightly"].timing.tz == "Europe/Berlin"
+    assert app.schedules["nightly"].definition()["tz"] == "Europe/Berlin"
+    with pytest.raises(ConfigurationError, match="Mars/Olympus"):
+        @app.job(cron="0 3 * * *", cron_tz="Mars/Olympus")
+        def lost() -> None:
+            pass
+    with pytest.raises(ConfigurationError, match="give cron too"):
+        @app.job(cron_tz="Europe/Berlin")
+        def untimed() -> None:
+            pass
+
+
 def test_scheduled_jobs_go_to_the_jobs_queue_or_the_schedules(sapp: Conveyor) -> None:
     @sapp.job(queue="cron")
     def sweep() -> None:
@@ -146,5 +164,32 @@ def test_the_schedules_command(sapp: Conveyor, db_url: str, tmp_path: Any) -> No
     missing = cli("schedules", "pause", "nope")
     assert missing.returncode == 1 and "no schedule named 'nope'" in missing.stderr
     assert cli("schedules", "run").returncode != 0
-    assert "deleted" in cli.ok("schedules", "delete", "adder")
+    live = cli("schedules", "delete", "adder")  # its worker registered it just now
+    assert (live.returncode, live.stdout) == (1, "")
+    assert "'adder' is not orphaned" in live.stderr and live.stderr.count("\n") == 1
+    with sqlite3.connect(db_url.removeprefix("sqlite:///")) as conn:  # no worker for an hour
+        conn.execute("UPDATE conveyor_schedules SET seen_at=seen_at-3600 WHERE name='adder'")
+    conn.close()
+    assert cli.ok("schedules", "delete", "adder").strip() == "schedule adder deleted"
     assert [s["name"] for s in cli.json("schedules")] == ["nightly"]
+
+
+def test_odd_stored_values_are_listed_as_unreadable(sapp: Conveyor, db_url: str,
+                                                    tmp_path: Any) -> None:
+    sapp.schedule("adder", "add", every=10, args=(1,))
+    sapp.run_sync(Scheduler(sapp, sapp.broker).run_once(T0))
+    with sqlite3.connect(db_url.removeprefix("sqlite:///")) as conn:
+        conn.execute("INSERT INTO conveyor_schedules (name, record, last_tick, next_tick, "
+                     "last_job, seen_at) VALUES ('odd', X'FFFE', 'oops', 1e300, "
+                     "'cron:odd:\u00b2', 'soon')")
+    conn.close()
+    cli = CLI(db_url, tmp_path)
+    odd = cli.ok("schedules").splitlines()[2].split("\t")
+    assert odd[:5] == ["odd", "?", "?", "?", "-"]
+    listed = {s["name"]: s for s in cli.json("schedules")}
+    assert listed["odd"]["unreadable"] == ["definition", "last_tick", "next_tick", "seen_at"]
+    assert listed["adder"]["unreadable"] == []
+    refused = cli("schedules", "run", "odd")
+    assert (refused.returncode, refused.stdout) == (1, "")
+    assert "its stored definition cannot be read" in refused.stderr
+    assert refused.stderr.count("\n") == 1

@@ -1,7 +1,8 @@
 """Cron schedules across daylight-saving changes, in two time zones, through the worker's
 maintenance (``Maintenance.fire_schedules``) with a fake clock stepped over the change: a
 local time the clock skips fires nothing that day, a repeated one fires once, and an hourly
-expression fires in both copies of the repeated hour."""
+expression fires in both copies of the repeated hour. Long steps go through the missed-tick
+path; steps shorter than the late window through the normal one."""
 
 from __future__ import annotations
 
@@ -11,19 +12,24 @@ from pathlib import Path
 import pytest
 
 from conveyor import Conveyor
+from conveyor.cron import LATE
 from conveyor.worker.pool import Worker
 
 #: seconds between two rounds of the fake clock (at most one tick of these schedules each)
 STEP = 240
+#: a step shorter than the late window (``conveyor.cron.LATE``): each tick fires on time
+SHORT_STEP = 5
 
 
 def utc(text: str) -> datetime:
     return datetime.fromisoformat(text).replace(tzinfo=UTC)
 
 
-def fired(tmp_path: Path, cron: str, tz: str, start: str, end: str) -> list[str]:
+def fired(tmp_path: Path, cron: str, tz: str, start: str, end: str,
+          step: float = STEP) -> list[str]:
     """The ticks (UTC, ISO 8601) a worker fires for ``cron`` in ``tz`` with its clock
-    stepped from ``start`` to ``end`` (UTC)."""
+    stepped from ``start`` to ``end`` (UTC) by ``step`` seconds; each tick must fire in
+    the first round at or after it when ``step`` is shorter than the late window."""
     app = Conveyor(url=f"sqlite:///{tmp_path / 'dst.db'}")
     app.job(name="work")(lambda: None)
     app.schedule("dst", "work", cron=cron, tz=tz)
@@ -32,8 +38,11 @@ def fired(tmp_path: Path, cron: str, tz: str, start: str, end: str) -> list[str]
     try:
         now, until = utc(start).timestamp(), utc(end).timestamp()
         while now <= until:
-            stored += app.run_sync(worker.maintenance.fire_schedules(now))
-            now += STEP
+            this_round = app.run_sync(worker.maintenance.fire_schedules(now))
+            if step < LATE:
+                assert all(now - step < int(i.rsplit(":", 1)[-1]) <= now for i in this_round)
+            stored += this_round
+            now += step
         in_store = sorted(r.id for r in app.run_sync(app.broker.list_jobs(limit=1000)))
     finally:
         app.close()
@@ -74,3 +83,16 @@ def test_a_berlin_hourly_schedule_skips_nothing_when_the_clock_springs(tmp_path:
     assert fired(tmp_path, "0 * * * *", "Europe/Berlin", "2026-03-28T23:50",
                  "2026-03-29T02:10") == [
         "2026-03-29T00:00", "2026-03-29T01:00", "2026-03-29T02:00"]
+
+
+@pytest.mark.parametrize(("tz", "start", "end", "expected"), [
+    # New York falls back at 06:00 UTC: 01:00 EDT, then 01:00 EST one hour later
+    ("America/New_York", "2026-11-01T04:59", "2026-11-01T06:01",
+     ["2026-11-01T05:00", "2026-11-01T06:00"]),
+    # Berlin springs forward at 01:00 UTC: 02:00 CET is 03:00 CEST
+    ("Europe/Berlin", "2026-03-28T23:59", "2026-03-29T01:01",
+     ["2026-03-29T00:00", "2026-03-29T01:00"]),
+])
+def test_short_steps_over_the_change_fire_each_tick_on_time(
+        tmp_path: Path, tz: str, start: str, end: str, expected: list[str]) -> None:
+    assert fired(tmp_path, "0 * * * *", tz, start, end, step=SHORT_STEP) == expected

@@ -3,6 +3,8 @@ by a real ``conveyor serve`` whose worker fires the schedules of tests/schedjobs
 
 from __future__ import annotations
 
+import json
+import sqlite3
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -50,14 +52,27 @@ def test_pause_stops_the_ticks_and_resume_starts_them_again(server: Server) -> N
     paused = server.client.post("/schedules/often/pause")
     assert paused.status_code == 200 and paused.json()["paused"] is True
     time.sleep(1.5)  # a round that read the schedule before the pause may still fire
+    quiet_from = time.time()
     last = schedules(server)["often"]["last_job"]
     time.sleep(2.5)
     assert schedules(server)["often"]["last_job"] == last
+    quiet_until = time.time()
     resumed = server.client.post("/schedules/often/resume")
     assert resumed.status_code == 200 and resumed.json()["paused"] is False
     wait_until(lambda: schedules(server)["often"]["last_job"] != last, 10, "a new tick")
-    newest = int(schedules(server)["often"]["last_job"].rsplit(":", 1)[-1])
-    assert newest > int(last.rsplit(":", 1)[-1]) + 3  # the paused ticks did not catch up
+    # the paused ticks did not catch up: no tick job stored between the pause and the resume
+    ticks = tick_jobs(server, "often")
+    assert min(ticks) < quiet_from and max(ticks) >= quiet_until  # the listing sees them
+    assert [tick for tick in ticks if quiet_from < tick < quiet_until] == []
+
+
+def tick_jobs(server: Server, schedule: str) -> list[int]:
+    """The ticks of the stored tick jobs of ``schedule``."""
+    response = server.client.get("/jobs", params={"name": "noop", "limit": 1000})
+    assert response.status_code == 200, response.text
+    prefix = f"cron:{schedule}:"
+    return sorted(int(j["id"].removeprefix(prefix)) for j in response.json()["jobs"]
+                  if j["id"].startswith(prefix))
 
 
 def test_run_now_enqueues_under_a_new_id(server: Server) -> None:
@@ -81,10 +96,40 @@ def test_unknown_schedules_and_no_token(server: Server) -> None:
         assert client.post("/schedules/often/pause").status_code == 401
 
 
-def test_a_deleted_schedule_its_worker_still_registers_comes_back(server: Server) -> None:
+def test_only_an_orphaned_schedule_can_be_deleted(server: Server) -> None:
     wait_until(lambda: "yearly" in schedules(server), 20, "the schedules")
-    assert server.client.delete("/schedules/yearly").json() == {"deleted": "yearly"}
-    wait_until(lambda: "yearly" in schedules(server), 10, "the worker to store it again")
+    live = server.client.delete("/schedules/yearly")
+    assert live.status_code == 409 and "'yearly' is not orphaned" in live.json()["error"]
+    assert "yearly" in schedules(server)
+    with sqlite3.connect(server.db) as conn:  # as if no worker registered it for an hour
+        conn.execute("INSERT INTO conveyor_schedules (name, record, seen_at) VALUES "
+                     "('gone', ?, strftime('%s','now') - 3600)",
+                     (json.dumps({"job": "noop", "every": 5}),))
+    conn.close()
+    assert schedules(server)["gone"]["orphaned"] is True
+    assert server.client.delete("/schedules/gone").json() == {"deleted": "gone"}
+    assert "gone" not in schedules(server)
+
+
+def test_a_schedule_whose_definition_cannot_be_read_is_listed_and_not_run(
+        server: Server) -> None:
+    with sqlite3.connect(server.db) as conn:
+        conn.execute("INSERT INTO conveyor_schedules (name, record, last_tick, seen_at) "
+                     "VALUES ('odd', X'FFFE7B', 'oops', 0)")
+    conn.close()
+    odd = schedules(server)["odd"]
+    assert (odd["job"], odd["timing"], odd["last_tick"]) == ("?", "?", None)
+    assert odd["unreadable"] == ["definition", "last_tick"]
+    refused = server.client.post("/schedules/odd/run")
+    assert refused.status_code == 409
+    assert "its stored definition cannot be read" in refused.json()["error"]
+    with logged_in(server) as client:
+        assert any(s["name"] == "odd"
+                   for s in client.get("/ui/api/schedules").json()["schedules"])
+        denied = client.post("/ui/api/schedules/odd/run",
+                             headers={"X-CSRF-Token": csrf_of(client), "Origin": server.url})
+        assert denied.status_code == 409
+    assert server.client.delete("/schedules/odd").json() == {"deleted": "odd"}
 
 
 def test_the_openapi_document_has_the_schedule_routes(server: Server) -> None:
@@ -113,6 +158,9 @@ def test_the_dashboard_lists_and_acts(server: Server) -> None:
                           headers={"X-CSRF-Token": csrf, "Origin": server.url})
         assert run.status_code == 200 and run.json()["name"] == "yearly"
         assert server.wait_job(run.json()["id"])["name"] == "yearly"
+        live = client.post("/ui/api/schedules/often/delete",
+                           headers={"X-CSRF-Token": csrf, "Origin": server.url})
+        assert live.status_code == 409 and "not orphaned" in live.json()["error"]
         missing = client.post("/ui/api/schedules/nope/run",
                               headers={"X-CSRF-Token": csrf, "Origin": server.url})
         assert missing.status_code == 404

@@ -218,6 +218,7 @@ class Conveyor:
         staged: bool = False,
         unique: bool = False,
         cron: str | None = None,
+        cron_tz: str = "UTC",
     ) -> JobDecorator: ...
 
     def job(
@@ -235,6 +236,7 @@ class Conveyor:
         staged: bool = False,
         unique: bool = False,
         cron: str | None = None,
+        cron_tz: str = "UTC",
     ) -> JobFunction[..., Any] | JobDecorator:
         """Register a function (plain or ``async def``) as a job; usable bare or with options.
 
@@ -244,12 +246,14 @@ class Conveyor:
         says the job owns the staged upload named by its id (see :mod:`conveyor.uploads`).
         ``unique`` derives each call's unique key from the job's name and its arguments (see
         :class:`~conveyor.options.EnqueueOptions`); ``cron`` schedules a job without
-        arguments under its own name (see :meth:`schedule`).
+        arguments under its own name, in time zone ``cron_tz`` (see :meth:`schedule`).
         """
         if retries < 0:
             raise ConfigurationError("retries must be 0 or more")
         if timeout is not None and timeout <= 0:
             raise ConfigurationError("timeout must be a positive number of seconds")
+        if cron is None and cron_tz != "UTC":
+            raise ConfigurationError("cron_tz is the time zone of cron: give cron too")
 
         def register(func: Callable[..., Any]) -> JobFunction[..., Any]:
             import inspect
@@ -270,7 +274,7 @@ class Conveyor:
             )
             job_fn: JobFunction[..., Any] = JobFunction(self, func, job_name, options)
             if cron is not None:
-                self.schedule(job_name, job_fn, cron=cron)
+                self.schedule(job_name, job_fn, cron=cron, tz=cron_tz)
             self.registry[job_name] = job_fn
             return job_fn
 

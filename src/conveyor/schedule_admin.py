@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from conveyor.cron import SCHEDULE_NAME
 from conveyor.errors import ConveyorError
-from conveyor.schedules import ScheduleState
+from conveyor.schedules import ORPHAN_AFTER, ScheduleState, definition_problem
 
 if TYPE_CHECKING:
     from conveyor.app import Conveyor
@@ -19,6 +19,11 @@ if TYPE_CHECKING:
 
 class ScheduleNotFound(ConveyorError, LookupError):
     """No schedule of that name is stored."""
+
+
+class ScheduleConflict(ConveyorError):
+    """The schedule cannot take the action in its present state: its stored definition
+    cannot be read (run now), or a live worker still registers it (delete)."""
 
 
 def _missing(app: Conveyor, name: str) -> ScheduleNotFound:
@@ -41,13 +46,21 @@ async def list_schedules(app: Conveyor) -> list[dict[str, Any]]:
     return found
 
 
+def unreadable_text(data: dict[str, Any], key: str, text: str) -> str:
+    """``text`` for field ``key`` of a listed schedule, or ``?`` if it could not be read."""
+    stored = {"next_run": "next_tick", "last_run": "last_job", "last_job": "last_job",
+              "timing": "definition", "job": "definition", "seen_at": "seen_at",
+              "last_tick": "last_tick"}.get(key, key)
+    return "?" if stored in data.get("unreadable", ()) else text
+
+
 async def get_schedule(app: Conveyor, name: str) -> ScheduleState:
     """The stored schedule ``name``; :class:`ScheduleNotFound` otherwise."""
     await app.broker.open()
-    for state in await app.broker.schedules():
-        if state.name == name:
-            return state
-    raise _missing(app, name)
+    found = await app.broker.schedules([name]) if SCHEDULE_NAME.fullmatch(name) else []
+    if not found:
+        raise _missing(app, name)
+    return found[0]
 
 
 async def set_paused(app: Conveyor, name: str, paused: bool) -> dict[str, Any]:
@@ -63,20 +76,27 @@ async def set_paused(app: Conveyor, name: str, paused: bool) -> dict[str, Any]:
 async def run_now(app: Conveyor, name: str) -> str:
     """Enqueue the job of schedule ``name`` now, under a new id (not a tick's); its id.
     The schedule's ticks go on as before."""
-    state = await get_schedule(app, name) if SCHEDULE_NAME.fullmatch(name) else None
-    if state is None:
-        raise _missing(app, name)
+    state = await get_schedule(app, name)
     d = state.definition
+    problem = definition_problem(d)
+    if problem is not None:
+        raise ScheduleConflict(f"schedule {name!r} cannot run now: its stored definition "
+                               f"cannot be read ({problem}); a worker that registers it "
+                               "stores it again within a minute")
     args, kwargs, queue = d.get("args", []), d.get("kwargs", {}), d.get("queue")
-    if not isinstance(args, list) or not isinstance(kwargs, dict) or \
-            not (queue is None or isinstance(queue, str)):
-        raise ConveyorError(f"the stored definition of schedule {name!r} cannot be read")
     handle = await app.enqueue_call_async(state.job, args, kwargs, queue=queue, force=True)
     return handle.id
 
 
 async def delete(app: Conveyor, name: str) -> None:
-    """Forget schedule ``name`` (a worker that still registers it stores it again)."""
-    await app.broker.open()
-    if not SCHEDULE_NAME.fullmatch(name) or not await app.broker.delete_schedule(name):
+    """Forget the orphaned schedule ``name`` (see :meth:`ScheduleState.orphaned`); one a
+    live worker still registers is refused (:class:`ScheduleConflict`): remove it from the
+    app and deploy, or pause it."""
+    state = await get_schedule(app, name)
+    if not state.orphaned(await app.broker.schedule_clock()):
+        raise ScheduleConflict(
+            f"schedule {name!r} is not orphaned: a live worker registered it in the last "
+            f"{ORPHAN_AFTER:.0f} s and would store it again; remove it from the app (or "
+            "pause it) instead")
+    if not await app.broker.delete_schedule(name):
         raise _missing(app, name)

@@ -21,6 +21,8 @@ Overlap = Literal["allow", "skip"]
 OVERLAPS = ("allow", "skip")
 #: a schedule no worker registered for this many seconds is shown as orphaned
 ORPHAN_AFTER = 300.0
+#: the latest instant a stored time may be (the end of year 9999); later reads as unreadable
+MAX_TIME = 253_402_300_799.0
 
 
 def check_name(name: str) -> str:
@@ -85,6 +87,8 @@ class ScheduleState:
     last_job: str | None = None
     #: when a worker last registered the schedule, by the store's clock
     seen_at: float = 0.0
+    #: the stored fields that could not be read (their values read as None, ``{}`` or 0)
+    unreadable: tuple[str, ...] = ()
 
     def orphaned(self, now: float, after: float = ORPHAN_AFTER) -> bool:
         """No live worker has registered the schedule for ``after`` seconds."""
@@ -106,7 +110,8 @@ class ScheduleState:
         return str(self.definition.get("job", "?"))
 
     def to_dict(self, now: float, last_state: str | None = None) -> dict[str, Any]:
-        """JSON-ready data for people and programs (times as ISO 8601 text)."""
+        """JSON-ready data for people and programs (times as ISO 8601 text); the fields
+        that could not be read are listed in ``unreadable``."""
         return {
             "name": self.name, "job": self.job, "timing": self.timing_text,
             "cron": self.definition.get("cron"), "every": self.definition.get("every"),
@@ -118,24 +123,88 @@ class ScheduleState:
             "last_run": iso(tick_of(self.last_job)), "last_job": self.last_job,
             "last_tick": iso(self.last_tick),
             "last_job_state": last_state, "seen_at": iso(self.seen_at),
-            "orphaned": self.orphaned(now),
+            "orphaned": self.orphaned(now), "unreadable": list(self.unreadable),
         }
 
 
 def read_definition(raw: Any) -> dict[str, Any]:
     """A stored definition from its JSON text (an odd one reads as ``{}``, never raises)."""
-    from conveyor.serialization import loads
+    from conveyor.serialization import dumps, loads
 
     try:
         data = loads(raw) if isinstance(raw, str | bytes) else raw
-    except ValueError:
+        if not isinstance(data, Mapping):
+            return {}
+        dumps(data)  # strict JSON only (no NaN): it is written out again as it is
+    except (ValueError, TypeError, RecursionError):
         return {}
-    return dict(data) if isinstance(data, Mapping) else {}
+    return dict(data)
+
+
+def definition_problem(definition: Mapping[str, Any]) -> str | None:
+    """Why a stored definition cannot be run as it is, or None when it can."""
+    d = definition
+    if not isinstance(d.get("job"), str) or not d["job"]:
+        return "it names no job"
+    if not isinstance(d.get("args", []), list) or not isinstance(d.get("kwargs", {}), dict):
+        return "its arguments are not a list and an object"
+    if not (d.get("queue") is None or isinstance(d.get("queue"), str)):
+        return "its queue is not a name"
+    return None
+
+
+def read_time(raw: Any) -> float | None:
+    """A stored time (a number, or its text as str or bytes), or None if it is not one
+    between the epoch and :data:`MAX_TIME`; never raises."""
+    if isinstance(raw, bytes):
+        raw = raw.decode("ascii", "replace")
+    if isinstance(raw, bool) or not isinstance(raw, int | float | str):
+        return None
+    try:
+        value = float(raw)
+    except (ValueError, OverflowError):
+        return None
+    return value if 0.0 <= value <= MAX_TIME else None
+
+
+def _text(raw: Any) -> str | None:
+    if isinstance(raw, bytes):
+        try:
+            return raw.decode()
+        except UnicodeDecodeError:
+            return None
+    return raw if isinstance(raw, str) else None
+
+
+def read_state(name: str, definition: Any, paused: bool, last_tick: Any, next_tick: Any,
+               last_job: Any, seen_at: Any) -> ScheduleState:
+    """A :class:`ScheduleState` from stored values as a backend reads them (text, bytes,
+    numbers or None); a value that cannot be read is named in ``unreadable``, never
+    raised."""
+    odd: list[str] = []
+    found = read_definition(_text(definition))
+    if definition is not None and (not found or definition_problem(found) is not None):
+        odd.append("definition")
+    times: dict[str, float | None] = {}
+    for field_name, raw in (("last_tick", last_tick), ("next_tick", next_tick),
+                            ("seen_at", seen_at)):
+        times[field_name] = read_time(raw)
+        if raw is not None and times[field_name] is None:
+            odd.append(field_name)
+    job = _text(last_job)
+    if last_job is not None and job is None:
+        odd.append("last_job")
+    return ScheduleState(name, found, paused, times["last_tick"], times["next_tick"], job,
+                         times["seen_at"] or 0.0, tuple(odd))
+
+
 
 
 def tick_of(job_id: str | None) -> int | None:
     """The tick in a tick job id (``cron:NAME:TICK``), or None."""
-    if not job_id or not job_id.startswith("cron:"):
+    if not isinstance(job_id, str) or not job_id.startswith("cron:"):
         return None
     tail = job_id.rsplit(":", 1)[-1]
-    return int(tail) if tail.isdigit() else None
+    if not (tail.isascii() and tail.isdigit() and len(tail) <= len(str(int(MAX_TIME)))):
+        return None
+    return int(tail) if int(tail) <= MAX_TIME else None

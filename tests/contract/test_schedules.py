@@ -7,15 +7,21 @@ Like the rest of the contract suite these tests run against every backend in
 
 from __future__ import annotations
 
+import logging
+import sqlite3
 import time
 from typing import Any
 
 import pytest
+import redis
 
 from conveyor import Conveyor
 from conveyor.backends.base import Broker
+from conveyor.backends.redis import RedisBroker
+from conveyor.backends.sqlite import SQLiteBroker
 from conveyor.cron import Timing
 from conveyor.job import Outcome, OutcomeKind
+from conveyor.metrics import Metrics
 from conveyor.schedules import ORPHAN_AFTER, Schedule, ScheduleState
 from conveyor.worker.scheduler import Scheduler
 
@@ -239,3 +245,157 @@ def test_the_definition_carries_the_timing(broker: Broker, run: Run[Any], kind: 
     run(broker.publish_schedules([Schedule("s", "tasks.work", timing)]))
     d = state(broker, run, "s").definition
     assert (d["cron"], d["every"], d["tz"]) == (timing.cron, timing.every, timing.tz)
+
+
+# -- odd stored values, clocks, changed definitions ---------------------------------------------
+#: stored values no worker writes (field of the state -> value), as a buggy writer might
+ODD: dict[str, Any] = {"record": b"\xff\xfe{", "last_tick": "oops", "next_tick": "1e300",
+                       "last_job": "cron:odd:\u00b2", "seen_at": "-5"}
+
+
+def plant(broker: Broker, name: str, values: dict[str, Any]) -> None:
+    """Store ``values`` (state fields: record, paused, last_tick, next_tick, last_job,
+    seen_at) for schedule ``name`` as they are, behind the broker's back."""
+    if isinstance(broker, SQLiteBroker):
+        conn = sqlite3.connect(broker.url.removeprefix("sqlite:///"))
+        with conn:
+            conn.execute(f"INSERT INTO {broker.ns}_schedules (name, record, seen_at) "
+                         "VALUES (?, '{}', 0) ON CONFLICT (name) DO NOTHING", (name,))
+            for column, value in values.items():
+                conn.execute(f"UPDATE {broker.ns}_schedules SET {column}=? WHERE name=?",
+                             (value, name))
+        conn.close()
+        return
+    assert isinstance(broker, RedisBroker)
+    parts = dict(zip(("record", "paused", "last_tick", "next_tick", "last_job", "seen_at"),
+                     broker.keys.schedule_block, strict=True))
+    client = redis.Redis.from_url(broker.url)
+    for column, value in values.items():
+        client.hset(parts[column], name, value)
+    client.close()
+
+
+def test_odd_stored_values_never_break_a_read_or_a_worker(
+        broker: Broker, run: Run[Any]) -> None:
+    beat = every("beat", 1)
+    scheduler = Scheduler(make_app(beat), broker)
+    run(scheduler.run_once(T0))
+    plant(broker, "odd", ODD)
+    plant(broker, "words", {"record": '{"job": "x", "args": 5, "every": "x"}'})
+    plant(broker, "nan", {"record": '{"job": "x", "args": [NaN]}'})
+    found = {s.name: s for s in run(broker.schedules())}
+    assert found["odd"].unreadable == ("definition", "last_tick", "next_tick", "seen_at")
+    assert (found["odd"].definition, found["odd"].last_tick, found["odd"].next_tick,
+            found["odd"].seen_at) == ({}, None, None, 0.0)
+    assert found["odd"].to_dict(T0)["last_run"] is None
+    assert found["words"].unreadable == ("definition",)
+    assert found["words"].timing_text == "?"
+    assert (found["nan"].definition, found["nan"].unreadable) == ({}, ("definition",))
+    assert found["beat"].unreadable == ()
+    plant(broker, "beat", {"last_job": "cron:beat:" + "9" * 30})  # not a tick
+    assert run(scheduler.run_once(T0 + 1.5)) == ["cron:beat:1800000001"]
+    assert [s.name for s in run(broker.schedules(["beat", "missing"]))] == ["beat"]
+    assert state(broker, run, "beat").last_job == "cron:beat:1800000001"
+
+
+def test_a_worker_skips_a_schedule_whose_last_tick_cannot_be_read(
+        broker: Broker, run: Run[Any]) -> None:
+    beat, other = every("beat", 1), every("other", 1)
+    scheduler = Scheduler(make_app(beat, other), broker)
+    run(scheduler.run_once(T0))
+    plant(broker, "beat", {"last_tick": "oops"})
+    assert run(scheduler.run_once(T0 + 1.5)) == ["cron:other:1800000001"]
+    assert "last_tick" in state(broker, run, "beat").unreadable
+    # pausing (or resuming) sets it to now again
+    resumed = run(broker.set_schedule_paused("beat", False))
+    assert resumed is not None and resumed.unreadable == ()
+    assert resumed.last_tick is not None and abs(resumed.last_tick - time.time()) < SLACK
+
+
+def test_a_last_tick_ahead_of_the_clock_is_set_back(broker: Broker, run: Run[Any]) -> None:
+    beat = every("beat", 1)
+    scheduler = Scheduler(make_app(beat), broker)
+    run(scheduler.run_once(T0))
+    fired = run(scheduler.run_once(T0 + 600))  # a clock ten minutes ahead
+    assert fired[-1] == "cron:beat:1800000600"
+    assert run(scheduler.run_once(T0 + 1)) == []  # the right clock: set back to T0 + 1
+    assert state(broker, run, "beat").last_tick == T0 + 1
+    assert run(scheduler.run_once(T0 + 2.5)) == ["cron:beat:1800000002"]
+    assert run(broker.rewind_schedule("beat", T0 + 1, T0, None)) is False  # moved on
+
+
+def test_a_changed_definition_takes_its_next_tick_at_once(
+        broker: Broker, run: Run[Any]) -> None:
+    yearly = Schedule("s", "tasks.work", Timing.parse(cron="0 0 1 1 *", every=None))
+    old = Scheduler(make_app(yearly), broker)
+    run(old.run_once(T0))
+    run(old.run_once(T0 + 1))
+    new = Scheduler(make_app(every("s", 3600)), broker)
+    run(new.run_once(T0 + 2))
+    assert state(broker, run, "s").next_tick == T0 + 3600
+
+
+def test_two_versions_side_by_side_fire_their_own_ticks(broker: Broker, run: Run[Any]) -> None:
+    minutely = Scheduler(make_app(every("s", 60)), broker)
+    shifted = Scheduler(make_app(Schedule("s", "tasks.work", Timing.parse(
+        cron="30 * * * * *", every=None))), broker)
+    run(minutely.run_once(T0))
+    run(shifted.run_once(T0 + 0.5))  # the newer version: its definition is stored
+    fired: list[str] = []
+    for n in range(1, 181):
+        fired += run(minutely.run_once(T0 + n)) + run(shifted.run_once(T0 + n + 0.5))
+    assert fired == [f"cron:s:{int(T0) + n}" for n in (30, 60, 90, 120, 150, 180)]
+    assert state(broker, run, "s").next_tick == T0 + 210
+
+
+def test_a_changed_definition_is_warned_about_once(
+        broker: Broker, run: Run[Any], caplog: pytest.LogCaptureFixture) -> None:
+    old, new = Scheduler(make_app(every("s", 60)), broker), \
+        Scheduler(make_app(every("s", 30)), broker)
+    run(old.run_once(T0))
+    run(new.run_once(T0 + 0.5))  # publishes its own
+    with caplog.at_level(logging.WARNING, "conveyor.worker"):
+        for n in range(1, 5):
+            run(old.run_once(T0 + n))
+    assert [r.getMessage() for r in caplog.records if "differs" in r.getMessage()] == [
+        "schedule s: the stored definition (every 30s) differs from this worker's "
+        "(every 60s): another version of the app runs; each fires its own"]
+
+
+def test_pause_and_resume_move_the_last_tick_up_to_now(broker: Broker, run: Run[Any]) -> None:
+    beat = every("beat", 60)
+    scheduler = Scheduler(make_app(beat), broker)
+    start = run(broker.schedule_clock())
+    run(scheduler.run_once(start - 600))  # its workers stop; ten minutes of ticks pass
+    run(broker.set_schedule_paused("beat", True))
+    resumed_at = run(broker.schedule_clock())
+    run(broker.set_schedule_paused("beat", False))
+    fired = run(scheduler.run_once(resumed_at + 0.5))
+    assert all(int(job_id.rsplit(":", 1)[1]) > resumed_at for job_id in fired), fired
+    assert state(broker, run, "beat").last_tick == resumed_at + 0.5
+
+
+def test_a_tick_stored_by_another_worker_in_a_full_queue_is_a_duplicate(
+        broker: Broker, run: Run[Any]) -> None:
+    app = make_app(every("beat", 1))
+    app.max_queued = {"default": 1}
+    scheduler = Scheduler(app, broker)
+    run(scheduler.run_once(T0))
+    # another worker stored the tick T0+1 and died before advancing: the queue is full
+    run(broker.enqueue([app.build("tasks.work", [], {}, _opts("cron:beat:1800000001",
+                                                             "default"))], {}))
+    metrics = Metrics()
+    scheduler.metrics = metrics
+    assert run(scheduler.run_once(T0 + 1.5)) == []
+    assert state(broker, run, "beat").last_job == "cron:beat:1800000001"
+    assert 'outcome="skipped"' not in metrics.render().decode()
+
+
+def test_tick_jobs_count_as_enqueued(broker: Broker, run: Run[Any]) -> None:
+    app = make_app(every("beat", 1))
+    app.metrics = Metrics()
+    scheduler = Scheduler(app, broker)
+    run(scheduler.run_once(T0))
+    run(scheduler.run_once(T0 + 2.5))
+    assert 'conveyor_jobs_enqueued_total{name="tasks.work",queue="default"} 2.0' in \
+        app.metrics.render().decode()

@@ -313,8 +313,9 @@ class Broker(abc.ABC):
         write; return the stored state of those schedules, by name."""
 
     @abc.abstractmethod
-    async def schedules(self) -> list[ScheduleState]:
-        """Every stored schedule, by name."""
+    async def schedules(self, names: Sequence[str] | None = None) -> list[ScheduleState]:
+        """Every stored schedule (or only those called ``names``), by name. A stored value
+        that cannot be read is named in :attr:`ScheduleState.unreadable`, never raised."""
 
     @abc.abstractmethod
     async def advance_schedule(self, name: str, last: float, next_tick: float | None,
@@ -324,8 +325,17 @@ class Broker(abc.ABC):
         is later than the stored one's; atomically. A schedule not stored is left alone."""
 
     @abc.abstractmethod
+    async def rewind_schedule(self, name: str, expected: float, last: float,
+                              next_tick: float | None) -> bool:
+        """Set schedule ``name``'s ``last_tick`` back to ``last`` (with ``next_tick``) if it
+        still is ``expected``, atomically; return whether it did (for a clock that stepped
+        back)."""
+
+    @abc.abstractmethod
     async def set_schedule_paused(self, name: str, paused: bool) -> ScheduleState | None:
-        """Pause or resume schedule ``name``; return it after the change, or ``None``."""
+        """Pause or resume schedule ``name`` and move its ``last_tick`` up to the store's
+        now (a later one stays; an unreadable one is replaced), atomically; return it after
+        the change, or ``None``."""
 
     @abc.abstractmethod
     async def delete_schedule(self, name: str) -> bool:

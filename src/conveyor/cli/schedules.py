@@ -28,12 +28,17 @@ def add_schedules_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser
         "schedules", help="list schedules; pause, resume, run now or delete one",
         description="Without an action: list the schedules workers stored (name, timing, "
         "job, next and last run, the last job's state, paused, orphaned: no live worker "
-        "registered it for 5 minutes). 'run NAME' enqueues the schedule's job now under a "
-        "new id.")
+        "registered it for 5 minutes; '?' marks a stored value that cannot be read). 'run "
+        "NAME' enqueues the schedule's job now under a new id; 'delete NAME' forgets an "
+        "orphaned schedule (one a live worker registers is refused).")
     p.add_argument("action", nargs="?", choices=ACTIONS, default="list")
     p.add_argument("name", nargs="?", help="the schedule (for every action but list)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     return p
+
+
+def _cell(data: dict[str, Any], key: str, text: str) -> str:
+    return schedule_admin.unreadable_text(data, key, text)
 
 
 def _when(text: Any) -> str:
@@ -51,9 +56,12 @@ async def schedules(app: Conveyor, args: argparse.Namespace) -> int:
         elif not found:
             print(NONE_YET, file=sys.stderr)
         else:
-            print_table(COLUMNS, ([s["name"], s["timing"], s["job"], _when(s["next_run"]),
-                                   _when(s["last_run"]),
-                                   f"{s['last_job'] or '-'} ({s['last_job_state'] or '-'})",
+            print_table(COLUMNS, ([s["name"], _cell(s, "timing", s["timing"]),
+                                   _cell(s, "job", s["job"]),
+                                   _cell(s, "next_run", _when(s["next_run"])),
+                                   _cell(s, "last_run", _when(s["last_run"])),
+                                   _cell(s, "last_job", f"{s['last_job'] or '-'} "
+                                                        f"({s['last_job_state'] or '-'})"),
                                    "yes" if s["paused"] else "no",
                                    "yes" if s["orphaned"] else "no"] for s in found))
         return 0
@@ -68,8 +76,7 @@ async def schedules(app: Conveyor, args: argparse.Namespace) -> int:
         return 0
     if args.action == "delete":
         await schedule_admin.delete(app, args.name)
-        print(f"schedule {args.name} deleted (a worker that still registers it stores it "
-              "again)")
+        print(f"schedule {args.name} deleted")
         return 0
     state = await schedule_admin.set_paused(app, args.name, args.action == "pause")
     if args.json:

@@ -46,6 +46,8 @@ def schedule_routes(dashboard: Dashboard) -> list[Route]:
                 return _json(await schedule_admin.set_paused(app, name, verb == "pause"))
             except schedule_admin.ScheduleNotFound as exc:
                 raise ApiError(404, str(exc)) from None
+            except schedule_admin.ScheduleConflict as exc:
+                raise ApiError(409, str(exc)) from None
 
         return handler
 

@@ -39,6 +39,9 @@ SCHEMAS: dict[str, Any] = {
             "seen_at": {**_TIME, "description": "when a worker last registered it"},
             "orphaned": {"type": "boolean",
                          "description": "no live worker registered it for 5 minutes"},
+            "unreadable": {"type": "array", "items": {"type": "string"},
+                           "description": "the stored fields that cannot be read (shown as "
+                           "null, or as '?' in timing and job)"},
         }},
     "Schedules": {"type": "object", "required": ["schedules"],
                   "properties": {"schedules": {"type": "array", "items": ref("Schedule")}}},
@@ -48,6 +51,10 @@ COMPONENTS.update(SCHEMAS)
 
 def _not_found(exc: schedule_admin.ScheduleNotFound) -> ApiError:
     return ApiError(404, str(exc))
+
+
+def _conflict(exc: schedule_admin.ScheduleConflict) -> ApiError:
+    return ApiError(409, str(exc))
 
 
 class ScheduleRoutes:
@@ -86,6 +93,8 @@ class ScheduleRoutes:
                                                   request.path_params["name"])
         except schedule_admin.ScheduleNotFound as exc:
             raise _not_found(exc) from None
+        except schedule_admin.ScheduleConflict as exc:
+            raise _conflict(exc) from None
         return accepted(request, job_id, "the schedule's job is enqueued")
 
     async def delete_schedule(self, request: Request) -> Response:
@@ -94,6 +103,8 @@ class ScheduleRoutes:
             await schedule_admin.delete(self.services.app, request.path_params["name"])
         except schedule_admin.ScheduleNotFound as exc:
             raise _not_found(exc) from None
+        except schedule_admin.ScheduleConflict as exc:
+            raise _conflict(exc) from None
         return JSONResponse({"deleted": request.path_params["name"]})
 
     def operations(self) -> list[Operation]:
@@ -110,22 +121,24 @@ class ScheduleRoutes:
             Operation("POST", "/schedules/{name}/pause", self.pause_schedule,
                       "Pause a schedule", dict([one, missing]), params=(NAME,),
                       tag="schedules", description="A paused schedule fires nothing; its "
-                      "ticks pass as skipped."),
+                      "ticks pass as skipped. Its last tick moves up to now."),
             Operation("POST", "/schedules/{name}/resume", self.resume_schedule,
                       "Resume a schedule", dict([one, missing]), params=(NAME,),
                       tag="schedules", description="The ticks that passed while it was "
-                      "paused do not fire; the next one does."),
+                      "paused do not fire (its last tick moves up to now); the next one "
+                      "does."),
             Operation("POST", "/schedules/{name}/run", self.run_schedule,
                       "Run a schedule's job now",
                       dict([(202, ("the job is stored (under a new id, not a tick's)",
-                                   ref("Accepted"))), missing, error(503)]),
+                                   ref("Accepted"))), missing,
+                            error(409, "its stored definition cannot be read"), error(503)]),
                       params=(NAME,), tag="schedules"),
             Operation("DELETE", "/schedules/{name}", self.delete_schedule,
                       "Delete a schedule",
                       dict([(200, ("the schedule is forgotten", {
                           "type": "object", "properties": {"deleted": {"type": "string"}}})),
-                          missing]),
+                          missing, error(409, "a live worker still registers it")]),
                       params=(NAME,), tag="schedules",
-                      description="For orphans: a worker that still registers the schedule "
-                      "stores it again."),
+                      description="For orphans only (no live worker registered it for 5 "
+                      "minutes): one a live worker registers is refused with 409."),
         ]

@@ -35,7 +35,7 @@ from conveyor.ids import new_id
 from conveyor.job import ALL_STATES, JobRecord, JobState, Outcome, OutcomeKind, WorkerInfo
 from conveyor.known import KnownJob, read_known
 from conveyor.queues import QueueSettings, stored_limit
-from conveyor.schedules import Schedule, ScheduleState, read_definition
+from conveyor.schedules import Schedule, ScheduleState, read_state
 from conveyor.serialization import dumps, loads, storable
 from conveyor.stats import STATS_KEEP, MinuteStats
 
@@ -919,21 +919,34 @@ class RedisBroker(Broker):
         return await self._server_time()
 
     async def _read_schedules(self, names: Sequence[str] | None = None) -> list[ScheduleState]:
-        """The stored schedules (only ``names`` when given), by name, from one pipeline."""
+        """The stored schedules (only ``names`` when given), by name, from one pipeline.
+        Raw bytes: a value that is not UTF-8 reads as unreadable, not as a decoding error."""
         block = self.keys.schedule_block
+        wanted = None if names is None else sorted(set(names))
+        if wanted == []:
+            return []
 
-        async def call(conn: _Connection) -> list[dict[str, str]]:
+        async def call(conn: _Connection) -> list[Any]:
             async with conn.client.pipeline(transaction=False) as pipe:
                 for key in block:
-                    pipe.hgetall(key)
+                    if wanted is None:
+                        pipe.execute_command("HGETALL", key, NEVER_DECODE=[])
+                    else:
+                        pipe.execute_command("HMGET", key, *wanted, NEVER_DECODE=[])
                 return list(await pipe.execute())
 
-        defs, paused, last, nxt, job, seen = await self._retrying(call)
-        wanted = sorted(defs) if names is None else sorted(set(names) & set(defs))
-        return [ScheduleState(name, read_definition(defs[name]), paused.get(name) == "1",
-                              _number(last.get(name)), _number(nxt.get(name)),
-                              job.get(name), _number(seen.get(name)) or 0.0)
-                for name in wanted]
+        replies = await self._retrying(call)
+        if wanted is None:
+            fields: list[bytes] = sorted(replies[0])
+            rows = [{f: reply.get(f) for f in fields} for reply in replies]
+        else:
+            fields = [name.encode() for name in wanted]
+            rows = [dict(zip(fields, reply, strict=True)) for reply in replies]
+        defs, paused, last, nxt, job, seen = rows
+        return [read_state(field.decode("utf-8", "replace"), defs[field],
+                           paused[field] == b"1", last[field], nxt[field], job[field],
+                           seen[field])
+                for field in fields if defs[field] is not None]
 
     async def publish_schedules(self, schedules: Sequence[Schedule]) -> list[ScheduleState]:
         argv: list[Any] = []
@@ -943,8 +956,8 @@ class RedisBroker(Broker):
             await self._script("schedules_publish", self.keys.schedule_block, argv)
         return await self._read_schedules([s.name for s in schedules])
 
-    async def schedules(self) -> list[ScheduleState]:
-        return await self._read_schedules()
+    async def schedules(self, names: Sequence[str] | None = None) -> list[ScheduleState]:
+        return await self._read_schedules(names)
 
     async def advance_schedule(self, name: str, last: float, next_tick: float | None,
                                last_job: str | None = None) -> None:
@@ -953,14 +966,17 @@ class RedisBroker(Broker):
                             "" if next_tick is None else repr(float(next_tick)),
                             last_job or ""])
 
+    async def rewind_schedule(self, name: str, expected: float, last: float,
+                              next_tick: float | None) -> bool:
+        return bool(await self._script(
+            "schedule_rewind", self.keys.schedule_block,
+            [name, repr(float(expected)), repr(float(last)),
+             "" if next_tick is None else repr(float(next_tick))]))
+
     async def set_schedule_paused(self, name: str, paused: bool) -> ScheduleState | None:
-        block = self.keys.schedule_block
-        if not await self._cmd("hexists", block[0], name):
+        if not await self._script("schedule_pause", self.keys.schedule_block,
+                                  [name, "1" if paused else "0"]):
             return None
-        if paused:
-            await self._cmd("hset", block[1], name, "1")
-        else:
-            await self._cmd("hdel", block[1], name)
         found = await self._read_schedules([name])
         return found[0] if found else None
 

@@ -22,7 +22,7 @@ _WORD = re.compile(r"\w+")
 NAMES = (
     "enqueue", "enqueue_one", "claim", "settle", "heartbeat", "recover", "expire_workers",
     "promote", "purge", "cancel", "retry", "delete", "progress", "stats", "known", "layout",
-    "schedules_publish", "schedule_advance",
+    "schedules_publish", "schedule_advance", "schedule_rewind", "schedule_pause",
     "prune_unique", "forget_idempotency",
 )
 

@@ -756,13 +756,18 @@ class SQLiteBroker(Broker):
     async def publish_schedules(self, schedules: Sequence[Schedule]) -> list[ScheduleState]:
         return await self._write(lambda conn: sqlite_schedules.publish(conn, self.ns, schedules))
 
-    async def schedules(self) -> list[ScheduleState]:
-        return await self._read(lambda conn: sqlite_schedules.read(conn, self.ns))
+    async def schedules(self, names: Sequence[str] | None = None) -> list[ScheduleState]:
+        return await self._read(lambda conn: sqlite_schedules.read(conn, self.ns, names))
 
     async def advance_schedule(self, name: str, last: float, next_tick: float | None,
                                last_job: str | None = None) -> None:
         await self._write(lambda conn: sqlite_schedules.advance(
             conn, self.ns, name, last, next_tick, last_job))
+
+    async def rewind_schedule(self, name: str, expected: float, last: float,
+                              next_tick: float | None) -> bool:
+        return await self._write(lambda conn: sqlite_schedules.rewind(
+            conn, self.ns, name, expected, last, next_tick))
 
     async def set_schedule_paused(self, name: str, paused: bool) -> ScheduleState | None:
         return await self._write(

@@ -21,6 +21,9 @@ if ARGV[4] ~= '' then
   local old_tick = -1
   if old then
     old_tick = tonumber(string.match(old, '^cron:.*:(%d+)$') or '') or -1
+    if old_tick > 253402300799 then
+      old_tick = -1  -- not a tick (past the year 9999): replaced
+    end
   end
   local new_tick = tonumber(string.match(ARGV[4], '^cron:.*:(%d+)$') or '') or 0
   if old_tick < new_tick then
