@@ -35,7 +35,7 @@ GRACE = 2.0
 #: a stop must be over within the grace period plus this many seconds
 MARGIN = 5.0
 #: SIGTERMs to an idle worker, on each store
-ROUNDS = 20
+ROUNDS = 12
 
 
 class Store:

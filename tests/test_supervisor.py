@@ -110,13 +110,14 @@ def test_restart_delays() -> None:
 
 
 def test_backoff_resets_once_a_child_ran_a_while(supervised: Supervised) -> None:
-    supervised.kill_young(0, 4)  # restarted now, in 1s, 2s; the 4th waits 4s
-    pid = supervised.started(0, 5, timeout=10)
+    last = supervised.kill_young(0, 2)  # restarted now, then in 1s
+    assert supervised.death(last)[1] == "restarting in 1s"
+    pid = supervised.started(0, 3, timeout=10)
     time.sleep(STABLE_AFTER + 0.5)
     assert pid_alive(pid), supervised.log()
     os.kill(pid, signal.SIGKILL)
-    # Without the reset this restart would wait 8s.
-    supervised.started(0, 6, timeout=5)
+    # Without the reset this restart would wait 2s.
+    supervised.started(0, 4, timeout=5)
     assert supervised.death(pid) == ("was killed by SIGKILL (-9)", "restarting now")
     assert supervised.proc.poll() is None
 

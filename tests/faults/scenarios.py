@@ -827,7 +827,7 @@ class Sizes:
     outage_job_seconds: float = 12.0
     outage_down: float = 3.0
     innocents: int = 30
-    rounds: int = 8
+    rounds: int = 4
     uploads: int = 40
     serve_kills: int = 3
 

@@ -1,4 +1,4 @@
-"""SIGTERM during a store outage, 8 rounds on each store, each stop delay twice (40 rounds in
+"""SIGTERM during a store outage, 4 rounds on each store, one per stop delay (40 rounds in
 benchmarks/faults.py):
 Redis killed, or SQLite's write lock held by another connection. Each round's worker runs an
 async job and a stubborn thread job (it ignores cancellation) past the grace period and is
