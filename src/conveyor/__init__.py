@@ -23,6 +23,8 @@ from conveyor.errors import (
 from conveyor.functions import JobFunction
 from conveyor.handle import JobHandle
 from conveyor.job import Backoff, JobRecord, JobState
+from conveyor.options import EnqueueOptions
+from conveyor.schedules import Schedule
 from conveyor.uploads import Upload
 
 __all__ = [
@@ -31,6 +33,7 @@ __all__ = [
     "Conveyor",
     "ConveyorError",
     "DuplicateJob",
+    "EnqueueOptions",
     "InvalidArguments",
     "JobCancelled",
     "JobContext",
@@ -45,6 +48,7 @@ __all__ = [
     "PermanentError",
     "QueueFull",
     "Retry",
+    "Schedule",
     "StoreUnavailable",
     "UnknownJob",
     "Upload",

@@ -8,7 +8,6 @@ import dataclasses
 import sqlite3
 import threading
 import time
-from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -209,22 +208,27 @@ class SQLiteBroker(Broker):
              j.unique_key)
             for j in jobs
         ]
+        none_held: list[str | None] = [None] * len(jobs)
+        all_queues = {j.queue for j in jobs}
         # the table holds only the queues with settings: a few rows, read whole
         caps_sql = (f"SELECT name, max_queued FROM {self.ns}_queues "
                     f"WHERE typeof(max_queued)='integer' AND max_queued >= 1")
+        count_sql = f"SELECT count(*) FROM {self.ns}_jobs WHERE {WAITING} AND queue=?"
 
         def fn(conn: sqlite3.Connection) -> list[str | None]:
-            held: list[str | None] = (self._held_keys(conn, jobs) if keyed
-                                      else [None] * len(jobs))
-            stored = [j for j, holder in zip(jobs, held, strict=True) if holder is None]
-            adding: dict[str, int] = defaultdict(int)
-            for job in stored:
-                adding[job.queue] += 1
-            rows = all_rows if not keyed else [
-                row for row, holder in zip(all_rows, held, strict=True) if holder is None]
+            held, rows, queues, stored = none_held, all_rows, all_queues, jobs
+            if keyed:  # the jobs whose key is held are not stored
+                held = self._held_keys(conn, jobs)
+                stored = [j for j, holder in zip(jobs, held, strict=True) if holder is None]
+                rows = [row for row, holder in zip(all_rows, held, strict=True)
+                        if holder is None]
+                queues = {j.queue for j in stored}
             before = conn.total_changes
             try:  # first, so that an id that exists is reported before a full queue
-                conn.executemany(self._sql_insert, rows)
+                if len(rows) == 1:
+                    conn.execute(self._sql_insert, rows[0])
+                else:
+                    conn.executemany(self._sql_insert, rows)
             except sqlite3.IntegrityError as exc:
                 # the rows go in in order, up to the one whose id exists (or repeats one of
                 # this call): the rows inserted before it tell which
@@ -234,17 +238,12 @@ class SQLiteBroker(Broker):
                 raise DuplicateJob(rows[failed][0]) from exc
             # the store's caps (every producer's) and this producer's own: the smaller holds;
             # a full queue raises, and the writer rolls the inserts back
-            caps = dict(limits)
+            caps = {queue: limits[queue] for queue in queues if queue in limits}
             for queue, cap in conn.execute(caps_sql):
-                if queue in adding:
+                if queue in queues:
                     caps[queue] = min(cap, caps.get(queue, cap))
-            for queue in adding:
-                limit = caps.get(queue)
-                if limit is None:
-                    continue
-                (waiting,) = conn.execute(
-                    f"SELECT count(*) FROM {self.ns}_jobs WHERE {WAITING} AND queue=?", (queue,)
-                ).fetchone()
+            for queue, limit in caps.items():
+                (waiting,) = conn.execute(count_sql, (queue,)).fetchone()
                 if waiting > limit:
                     raise QueueFull(queue, limit)
             if keyed:

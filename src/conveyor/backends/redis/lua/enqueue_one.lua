@@ -27,8 +27,9 @@ if key then
   if holder then return 'held ' .. holder end
 end
 -- an id that exists is reported before a full queue, 'same' when it holds this very job
--- (see enqueue.lua)
-if redis.call('HEXISTS', KEYS[2], id) == 1 then
+-- (see enqueue.lua); the state is written at once, as the common case wants, and taken
+-- back on the rare refusal
+if redis.call('HSETNX', KEYS[2], id, state) == 0 then
   local stored, text = redis.call('HGET', KEYS[1], id), string.sub(value, brace)
   if stored and string.sub(stored, 1, #text) == text then return 'same ' .. id end
   return 'exists ' .. id
@@ -37,9 +38,9 @@ local limit = tonumber(ARGV[2])
 local cap = tonumber(redis.call('HGET', KEYS[4 + GROUP], ARGV[1]))
 if cap and cap >= 1 and cap % 1 == 0 and (limit < 0 or cap < limit) then limit = cap end
 if limit >= 0 and redis.call('ZCARD', KEYS[4]) >= limit then
+  redis.call('HDEL', KEYS[2], id)
   return 'full ' .. ARGV[1] .. ' ' .. limit
 end
-redis.call('HSET', KEYS[2], id, state)
 -- a read first: writes cost more, and the queue is almost always known
 if redis.call('SISMEMBER', KEYS[3], ARGV[1]) == 0 then redis.call('SADD', KEYS[3], ARGV[1]) end
 redis.call('ZADD', KEYS[4], at, id)
