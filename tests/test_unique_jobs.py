@@ -207,6 +207,8 @@ def test_a_keyed_enqueue_sent_again_after_a_lost_reply_is_stored(bulk: bool) -> 
     finally:
         scripts.close()
     first = reply if isinstance(reply, str) else reply[0]
+    # the id is met before the key: a retry finds its own job even if the key moved on
+    assert (first if isinstance(first, str) else first[0]) == f"same {jobs[0].id}"
     assert broker._segment_result(first, 2, jobs, orders[0]) == [None] * len(jobs)
-    assert broker._segment_result(first, 1, jobs, orders[0]) == [j.id for j in jobs]
+    assert isinstance(broker._segment_result(first, 1, jobs, orders[0]), DuplicateJob)
     app.close()

@@ -139,6 +139,11 @@ class Broker(abc.ABC):
         """Drop the record of idempotency key ``key`` if it names ``job_id`` (its request
         stored no job)."""
 
+    @abc.abstractmethod
+    async def replace_idempotency(self, key: str, job_id: str, new_id: str) -> None:
+        """Make the record of idempotency key ``key`` name ``new_id`` instead, if it still
+        names ``job_id`` (its request was answered by another job), in one step."""
+
     # -- workers: the hot path --------------------------------------------------------------
     @abc.abstractmethod
     async def claim(

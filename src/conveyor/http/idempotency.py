@@ -68,9 +68,16 @@ def _refused(exc: ApiError) -> bool:
 
 
 async def once(app: Conveyor, key: str | None, digest: str, job_id: str | None,
-               enqueue: Callable[[str], Awaitable[str]]) -> str:
+               enqueue: Callable[[str], Awaitable[str]], *, body: bool = False) -> str:
     """Run ``enqueue(job_id)`` (``job_id``: the id asked for, else a new one) once per
-    ``key`` and return the job's id; without a key, just run it."""
+    ``key`` and return the job's id; without a key, just run it. ``body`` says the request
+    streams a body that ``enqueue`` reads (an upload): it is never read for a key in use.
+
+    A request that finds the key recorded for the same request answers the recorded job's
+    id once that job exists. While it does not, the first request is still under way, or
+    failed without knowing whether it stored its job: a JSON request then stores the job
+    under the recorded id itself (whichever stores it first, the other meets the id and
+    answers it); an upload is answered 409 with ``Retry-After``."""
     proposed = job_id or new_id()
     if key is None:
         return await enqueue(proposed)
@@ -80,14 +87,26 @@ async def once(app: Conveyor, key: str | None, digest: str, job_id: str | None,
         if found[0] != digest:
             raise ApiError(422, f"{HEADER} {key!r} was used within the last 24 hours by a "
                            "different request; use a new key for a new request")
-        return found[1]
+        if await app.broker.get(found[1]) is not None:
+            return found[1]
+        if body:
+            raise ApiError(409, f"the request with {HEADER} {key!r} is still under way; try "
+                           "again shortly", {"Retry-After": "1"})
+        try:
+            return await enqueue(found[1])
+        except ApiError as exc:
+            if exc.status == 409 and await app.broker.get(found[1]) is not None:
+                return found[1]  # the first request stored it meanwhile
+            raise
     try:
         stored = await enqueue(proposed)
     except ApiError as exc:
-        if _refused(exc):
+        if _refused(exc) or (body and exc.status in (500, 507)):  # nothing stored
             await app.broker.forget_idempotency(key, proposed)
         raise
-    if stored != proposed:  # deduplicated to the job holding its unique key
+    except Exception:  # the client went away while its upload was read: nothing stored
         await app.broker.forget_idempotency(key, proposed)
-        await app.broker.remember_idempotency(key, digest, stored, TTL)
+        raise
+    if stored != proposed:  # deduplicated to the job holding its unique key
+        await app.broker.replace_idempotency(key, proposed, stored)
     return stored

@@ -152,6 +152,8 @@ class Services:
             log.exception("cannot enqueue %s", name)
             raise ApiError(503, "cannot store the job; see the server's log",
                            {"Retry-After": str(RETRY_AFTER)}) from None
+        if staged and handle.deduplicated:  # answered by the job holding its unique key
+            self._discard(job_id)
         return handle.id
 
     def _discard(self, job_id: str | None) -> None:
@@ -181,7 +183,8 @@ class Services:
                                        EnqueueOptions(job_id=job_id), staged=True)
 
         digest = idempotency.digest_of("upload", name, path, *astuple(body))
-        return await idempotency.once(self.app, idempotency_key, digest, None, enqueue)
+        return await idempotency.once(self.app, idempotency_key, digest, None, enqueue,
+                                      body=True)
 
     # -- jobs ---------------------------------------------------------------------------------
     async def published(self, name: str) -> KnownJob:
@@ -252,7 +255,8 @@ class Services:
                                        staged=True)
 
         digest = idempotency.digest_of("job-upload", name, kwargs, *astuple(body))
-        return await idempotency.once(self.app, idempotency_key, digest, None, enqueue)
+        return await idempotency.once(self.app, idempotency_key, digest, None, enqueue,
+                                      body=True)
 
     async def get(self, job_id: str) -> JobRecord:
         """The job's record (404 unless it exists)."""

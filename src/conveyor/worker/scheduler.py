@@ -141,7 +141,7 @@ class Scheduler:
             options = EnqueueOptions(queue=schedule.queue, job_id=job_id).checked()
             record = self.app.build(schedule.job, schedule.args, schedule.kwargs, options)
             try:
-                await self.broker.enqueue([record], self.app.max_queued)
+                held = (await self.broker.enqueue([record], self.app.max_queued))[0]
             except DuplicateJob:
                 pass  # another worker stored it first
             except QueueFull as exc:
@@ -151,8 +151,14 @@ class Scheduler:
                     continue
                 # another worker stored it first (the cap is checked before the id)
             else:
+                self._count(record, held)
+                if held is not None:  # a unique job: the job holding its key stands for it
+                    log.info("schedule %s: tick %d deduplicated to job %s", schedule.name,
+                             tick, held)
+                    skipped += 1
+                    last_job = held
+                    continue
                 stored.append(job_id)
-                self._count(record)
                 log.debug("schedule %s: enqueued %s", schedule.name, job_id)
             last_job = job_id
         await self.broker.advance_schedule(schedule.name, now, _next(timing, now), last_job)
@@ -160,12 +166,13 @@ class Scheduler:
             self.metrics.schedule_counted(schedule.name, len(stored), skipped)
         return stored
 
-    def _count(self, record: JobRecord) -> None:
-        """Count a stored tick job in ``conveyor_jobs_enqueued_total``: on the app's metrics
-        (as the app counts its enqueues), else on the worker's."""
+    def _count(self, record: JobRecord, held: str | None) -> None:
+        """Count a tick job's enqueue (stored, or deduplicated when ``held`` names the job
+        holding its unique key): on the app's metrics (as the app counts its enqueues), else
+        on the worker's."""
         metrics = self.app.metrics or self.metrics
         if metrics is not None:
-            metrics.jobs_enqueued([record])
+            metrics.jobs_enqueued([record], [held])
 
     async def _busy(self, job_id: str | None) -> bool:
         if job_id is None:

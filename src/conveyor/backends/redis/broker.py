@@ -78,6 +78,8 @@ RETRY_FOR = 30.0
 BATCH = 1000
 #: unique keys looked at by one pruning step (see ``RedisBroker._prune_keys``)
 PRUNE_STEP = 500
+#: steps through the unique keys at most per purge (a purge runs about once a minute)
+PRUNE_STEPS = 200
 
 
 Segment = tuple[Sequence[JobRecord], Mapping[str, int]]
@@ -469,19 +471,30 @@ class RedisBroker(Broker):
         raw = await self._cmd("get", self.keys.idempotency(key))
         if raw is None:  # expired in between: try again
             return await self.remember_idempotency(key, digest, job_id, ttl)
-        found_digest, found_id = loads(raw)
+        try:
+            found_digest, found_id = loads(raw)
+        except (ValueError, TypeError):  # no record this version writes: another request's
+            return "", ""
         return str(found_digest), str(found_id)
 
     async def forget_idempotency(self, key: str, job_id: str) -> None:
-        await self._script("forget_idempotency", [self.keys.idempotency(key)], [job_id])
+        await self._script("forget_idempotency", [self.keys.idempotency(key)], [job_id, ""])
+
+    async def replace_idempotency(self, key: str, job_id: str, new_id: str) -> None:
+        await self._script("forget_idempotency", [self.keys.idempotency(key)],
+                           [job_id, new_id])
 
     async def _prune_keys(self) -> None:
-        """One step through the unique keys, dropping those no longer held (each purge
-        takes the next step; the cursor lives in this broker)."""
+        """Steps through the unique keys, dropping those no longer held: a whole pass, or
+        :data:`PRUNE_STEPS` steps of :data:`PRUNE_STEP` keys (the next purge goes on from
+        there; the cursor lives in this broker)."""
         k = self.keys
-        self._prune_cursor = str(await self._script(
-            "prune_unique", [k.unique, k.unique_until, k.field("state")],
-            [self._prune_cursor, PRUNE_STEP]))
+        for _ in range(PRUNE_STEPS):
+            self._prune_cursor = str(await self._script(
+                "prune_unique", [k.unique, k.unique_until, k.field("state")],
+                [self._prune_cursor, PRUNE_STEP]))
+            if self._prune_cursor == "0":
+                return
 
     def _blocking_call(self, script: str, keys: Sequence[str],
                        argv: Sequence[Any]) -> tuple[Any, int]:

@@ -257,7 +257,7 @@ class SQLiteBroker(Broker):
         twice in ``jobs`` is held by the first job that has it."""
         t = self.ns
         sql = (f"SELECT u.job_id FROM {t}_unique u JOIN {t}_jobs j ON j.id = u.job_id "
-               f"WHERE u.key=? AND (u.until IS NULL OR u.until > ?) "
+               f"AND j.unique_key = u.key WHERE u.key=? AND (u.until IS NULL OR u.until > ?) "
                f"AND j.state NOT IN ('succeeded', 'dead', 'cancelled')")
         now = time.time()
         taken: dict[str, str] = {}
@@ -320,11 +320,16 @@ class SQLiteBroker(Broker):
         sql = f"DELETE FROM {self.ns}_idempotency WHERE key=? AND job_id=?"
         await self._write(lambda conn: conn.execute(sql, (key, job_id)))
 
+    async def replace_idempotency(self, key: str, job_id: str, new_id: str) -> None:
+        sql = f"UPDATE {self.ns}_idempotency SET job_id=? WHERE key=? AND job_id=?"
+        await self._write(lambda conn: conn.execute(sql, (new_id, key, job_id)))
+
     def _purge_keys(self, conn: sqlite3.Connection, now: float) -> None:
         """Drop unique keys no longer held and idempotency records past their time."""
         t = self.ns
         conn.execute(f"DELETE FROM {t}_unique WHERE (until IS NOT NULL AND until <= ?) OR "
                      f"NOT EXISTS (SELECT 1 FROM {t}_jobs j WHERE j.id = job_id AND "
+                     f"j.unique_key = key AND "
                      f"j.state NOT IN ('succeeded', 'dead', 'cancelled'))", (now,))
         conn.execute(f"DELETE FROM {t}_idempotency WHERE expires_at <= ?", (now,))
 

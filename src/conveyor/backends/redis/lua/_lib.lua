@@ -135,8 +135,8 @@ local function key_holder(unique, ends_at, state, key, now)
   if not current or current == 'succeeded' or current == 'dead' or current == 'cancelled' then
     return false
   end
-  local ends = redis.call('HGET', ends_at, key)
-  if ends and tonumber(ends) <= now then return false end
+  local ends = tonumber(redis.call('HGET', ends_at, key))  -- no number: no end
+  if ends and ends <= now then return false end
   return holder
 end
 

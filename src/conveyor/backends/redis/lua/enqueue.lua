@@ -41,11 +41,14 @@ local function parse(first, total)
 end
 
 -- The holders of the keyed jobs' keys (job number -> holder id), a key met twice in the
--- segment being held by its first job.
-local function holders(keyed, ids, total)
+-- segment being held by its first job. A job stored already (a retry of a call whose reply
+-- was lost) holds nothing: check() reports it.
+local function holders(keyed, ids, texts, total)
   local held, taken = {}, {}
   for n = 1, total do
     local spec = keyed[n]
+    local stored = spec and redis.call('HGET', KEYS[1], ids[n])
+    if stored and string.sub(stored, 1, #texts[n]) == texts[n] then spec = nil end
     if spec then
       local holder = taken[spec[1]] or key_holder(KEYS[4], KEYS[5], KEYS[2], spec[1], now)
       if holder then held[n] = holder else taken[spec[1]] = ids[n] end
@@ -164,7 +167,7 @@ for s = 1, tonumber(ARGV[1]) do
     a = a + 3
   end
   local ids, offsets, texts = parse(a, total)
-  local held = uniques > 0 and holders(keyed, ids, total) or {}
+  local held = uniques > 0 and holders(keyed, ids, texts, total) or {}
   local reply = {'ok'}
   for _, entry in ipairs(plan) do
     entry.adding = entry.count

@@ -21,11 +21,6 @@ if offset ~= 0 then
   at = fmt(run_at)
   if run_at > now then state = 'scheduled' end
 end
-local key = ARGV[4]
-if key then
-  local holder = key_holder(KEYS[14], KEYS[15], KEYS[2], key, now)
-  if holder then return 'held ' .. holder end
-end
 -- an id that exists is reported before a full queue, 'same' when it holds this very job
 -- (see enqueue.lua); the state is written at once, as the common case wants, and taken
 -- back on the rare refusal
@@ -33,6 +28,15 @@ if redis.call('HSETNX', KEYS[2], id, state) == 0 then
   local stored, text = redis.call('HGET', KEYS[1], id), string.sub(value, brace)
   if stored and string.sub(stored, 1, #text) == text then return 'same ' .. id end
   return 'exists ' .. id
+end
+-- then a held key (after the id: a retry finds its own job even if the key moved on since)
+local key = ARGV[4]
+if key then
+  local holder = key_holder(KEYS[14], KEYS[15], KEYS[2], key, now)
+  if holder then
+    redis.call('HDEL', KEYS[2], id)
+    return 'held ' .. holder
+  end
 end
 local limit = tonumber(ARGV[2])
 local cap = tonumber(redis.call('HGET', KEYS[4 + GROUP], ARGV[1]))
