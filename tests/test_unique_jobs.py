@@ -53,7 +53,17 @@ def test_a_derived_key_is_the_name_and_the_digest_of_the_canonical_call() -> Non
 
 def test_unique_job_records_carry_the_derived_key(store_app: Conveyor) -> None:
     record = store_app.build("sync", [42], {"full": True})
-    assert record.unique_key == derived_key("sync", [42], {"full": True})
+    sync_fn = store_app.get_job("sync")
+    bound = hashlib.sha256(b'{"full":true,"user":42}').hexdigest()
+    assert record.unique_key == derived_key("sync", [42], {"full": True},
+                                            sync_fn.signature) == f"sync:{bound}"
+    # the call's shape does not matter: bound to the parameters, defaults applied
+    same = [store_app.build("sync", args, kwargs).unique_key
+            for args, kwargs in (([42, True], {}), ([], {"user": 42, "full": True}))]
+    assert same == [record.unique_key] * 2
+    default = hashlib.sha256(b'{"full":false,"user":42}').hexdigest()
+    assert store_app.build("sync", [42], {}).unique_key == f"sync:{default}" == \
+        store_app.build("sync", [], {"user": 42, "full": False}).unique_key
     assert record.unique_until is None
     plain = store_app.build("work", [1], {})
     assert plain.unique_key is None

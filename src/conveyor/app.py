@@ -356,7 +356,7 @@ class Conveyor:
         run_at = options.run_at(created)
         unique_key = options.unique_key
         if unique_key is None and job_fn is not None and job_fn.options.unique:
-            unique_key = derived_key(name, args, kwargs)
+            unique_key = derived_key(name, args, kwargs, job_fn.signature)
         if options.unique_for is not None and unique_key is None:
             raise InvalidArguments("unique_for needs a unique_key (or a job registered "
                                    "with unique=True)")
