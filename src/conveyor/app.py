@@ -433,6 +433,8 @@ class Conveyor:
         count as enqueued."""
         if self.metrics is not None:
             self.metrics.jobs_enqueued(records, held)
+        if len(records) == 1 and held[0] is None:  # the commonest answer
+            return [JobHandle(self, records[0].id)]
         return _conflicts([JobHandle(self, r.id) if holder is None
                            else JobHandle(self, holder, deduplicated=True)
                            for r, holder in zip(records, held, strict=True)], on_conflict)

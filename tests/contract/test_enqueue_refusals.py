@@ -81,3 +81,22 @@ def test_a_malformed_stored_cap_is_no_cap(run: Run[Any], broker: Broker, raw: st
     assert run(broker.counts())["odd"]["queued"] == 4
     with pytest.raises(QueueFull):  # the producer's own cap still holds
         run(broker.enqueue([make_job(queue="odd")], {"odd": 4}))
+
+
+def test_a_cap_set_between_two_enqueues_of_one_commit_holds_for_the_second(
+        run: Run[Any], broker: Broker) -> None:
+    """SQLite commits concurrent writes together: an enqueue after a cap change in the same
+    commit must see the new cap."""
+    import asyncio
+
+    async def together() -> list[Any]:
+        return list(await asyncio.gather(
+            broker.enqueue([make_job(queue="q")], {}),
+            broker.set_max_queued("q", 1),
+            broker.enqueue(make_jobs(2, queue="q"), {}),
+            return_exceptions=True))
+
+    first, _, last = run(together())
+    assert first == [None]
+    assert isinstance(last, QueueFull)
+    assert run(broker.counts())["q"]["queued"] == 1

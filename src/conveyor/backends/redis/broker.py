@@ -76,6 +76,9 @@ _settings_checked: set[str] = set()
 RETRY_FOR = 30.0
 #: ids handed to one script call at most
 BATCH = 1000
+#: the order of a segment of one job, and the reply that stored a segment with nothing held
+ONLY = [0]
+OK = ["ok"]
 #: unique keys looked at by one pruning step (see ``RedisBroker._prune_keys``)
 PRUNE_STEP = 500
 #: steps through the unique keys at most per purge (a purge runs about once a minute)
@@ -366,6 +369,17 @@ class RedisBroker(Broker):
         argv = [len(segments)]
         orders: list[list[int]] = []
         for jobs, limits in segments:
+            if len(jobs) == 1:  # the commonest segment: one call of one job
+                job = jobs[0]
+                number = numbers.setdefault(job.queue, len(numbers) + 1)
+                argv += [1, number, job.queue, limits.get(job.queue, -1), 1]
+                if job.unique_key is None:
+                    argv.append(0)
+                else:
+                    argv += [1, 1, job.unique_key, _hold(job)]
+                argv.append(f"{job.run_at - job.created_at!r}{codec.job_spec(job)}")
+                orders.append(ONLY)
+                continue
             by_queue: dict[str, list[int]] = defaultdict(list)
             for n, job in enumerate(jobs):
                 by_queue[job.queue].append(n)
@@ -391,6 +405,8 @@ class RedisBroker(Broker):
                         order: list[int]) -> Stored:
         """What one segment's reply says: its error, or per job None when it was stored
         and the holder's id when its unique key was held."""
+        if reply == OK or reply == "ok":  # stored, nothing held: the common answer
+            return [None] * len(jobs)
         holders: list[Any]
         if isinstance(reply, str):  # enqueue_one: 'ok', 'full ...', 'exists ID', 'same ID',
             # 'held ID'

@@ -239,7 +239,10 @@ class SQLiteBroker(Broker):
             # the store's caps (every producer's) and this producer's own: the smaller holds;
             # a full queue raises, and the writer rolls the inserts back
             caps = {queue: limits[queue] for queue in queues if queue in limits}
-            for queue, cap in conn.execute(caps_sql):
+            stored_caps = self._writer.group_cache.get("caps")
+            if stored_caps is None:  # read once per transaction: no one else can change them
+                stored_caps = self._writer.group_cache["caps"] = conn.execute(caps_sql).fetchall()
+            for queue, cap in stored_caps:
                 if queue in queues:
                     caps[queue] = min(cap, caps.get(queue, cap))
             for queue, limit in caps.items():
@@ -694,6 +697,7 @@ class SQLiteBroker(Broker):
                    value: int | None) -> None:
         """Set one setting of ``queue``; a queue left with none loses its row."""
         t = self.ns
+        self._writer.group_cache.pop("caps", None)  # later writes of the group read them anew
         conn.execute(f"INSERT INTO {t}_queues (name, {column}) VALUES (?, ?) "
                      f"ON CONFLICT (name) DO UPDATE SET {column}=excluded.{column}",
                      (queue, value))

@@ -71,6 +71,9 @@ class Writer:
         self._conn: sqlite3.Connection | None = None
         #: held by whoever uses the connection: the writer thread or a blocking caller
         self._conn_lock = threading.Lock()
+        #: what the writes of one group (one transaction, holding the write lock) may share:
+        #: emptied when each group begins; a write that changes what is kept drops it
+        self.group_cache: dict[str, Any] = {}
 
     def start(self) -> None:
         """Open the connection and start the thread (idempotent). Raise what opening the
@@ -163,6 +166,7 @@ class Writer:
         self, conn: sqlite3.Connection, group: list[_Pending]
     ) -> list[tuple[_Pending, Any, BaseException | None]]:
         results: list[tuple[_Pending, Any, BaseException | None]] = []
+        self.group_cache.clear()
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
