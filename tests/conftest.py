@@ -38,7 +38,16 @@ def app(db_url: str) -> Iterator[Conveyor]:
     """An app on the test's own database with a short lease."""
     application = Conveyor(url=db_url, lease=2.0)
     yield application
-    application.close()
+    try:  # workers started on it stop first, whatever the order of the test's fixtures
+        for thread in list(_RUNNING):
+            if thread.app is application and thread._thread.is_alive():
+                thread.stop()
+    finally:
+        application.close()
+
+
+#: the worker threads ``start_worker`` started and not yet stopped (see the ``app`` fixture)
+_RUNNING: list[WorkerThread] = []
 
 
 @pytest.fixture
@@ -49,12 +58,15 @@ def start_worker() -> Iterator[Callable[..., WorkerThread]]:
     def start(app: Conveyor, **options: Any) -> WorkerThread:
         thread = WorkerThread(app, **options).start()
         started.append(thread)
+        _RUNNING.append(thread)
         return thread
 
     yield start
     for thread in started:
         if thread._thread.is_alive():
             thread.stop()
+        if thread in _RUNNING:
+            _RUNNING.remove(thread)
 
 
 @pytest.fixture

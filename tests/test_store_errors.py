@@ -370,3 +370,21 @@ def test_refused_redis_credentials_are_a_configuration_error(tmp_path: Path) -> 
             app.close()
     finally:
         server.stop()
+
+
+def test_closing_the_store_under_a_polling_worker_thread_is_safe(
+        tmp_path: Path, start_worker: Any) -> None:
+    """Closes from one thread while a worker thread polls its reader connection: each waits
+    for the statement running on it (closing a connection under a statement can crash the
+    process), and the worker opens the store again and goes on."""
+    app = register(Conveyor(url=f"sqlite:///{tmp_path / 'poll.db'}", lease=2.0))
+    try:
+        app.enqueue("add", 0, 0)  # the store exists
+        start_worker(app, max_workers=1)
+        until = time.monotonic() + 1.0
+        while time.monotonic() < until:  # the idle worker polls every 2 ms meanwhile
+            app.broker.close_blocking()  # type: ignore[attr-defined]
+            time.sleep(0.0005)
+        assert app.enqueue("add", 2, 3).result(timeout=10) == 5
+    finally:
+        app.close()

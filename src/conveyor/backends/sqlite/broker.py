@@ -82,8 +82,9 @@ class SQLiteBroker(Broker):
         self._local = threading.local()
         self._opened = False
         self._open_lock = threading.Lock()
-        #: every reader connection (one per thread that reads), with its thread
-        self._readers: list[tuple[threading.Thread, sqlite3.Connection]] = []
+        #: every reader connection (one per thread that reads), with its thread and the lock
+        #: held while it runs a statement (a close() waits for it: see :meth:`_using`)
+        self._readers: list[tuple[threading.Thread, sqlite3.Connection, threading.Lock]] = []
         self._readers_lock = threading.Lock()
         #: grows on each close(): a thread whose reader is older opens a new one
         self._generation = 0
@@ -148,8 +149,9 @@ class SQLiteBroker(Broker):
         with self._readers_lock:
             readers, self._readers = self._readers, []
             self._generation += 1
-        for _, conn in readers:
-            conn.close()
+        for _, conn, lock in readers:
+            with lock:  # never under a statement another thread runs on it
+                conn.close()
 
     def is_transient(self, error: BaseException) -> bool:
         return isinstance(error, StoreUnavailable) or \
@@ -173,23 +175,42 @@ class SQLiteBroker(Broker):
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None or self._local.generation != self._generation:
             conn = self._connect()
+            lock = threading.Lock()
             with self._readers_lock:
                 # the connections of threads that ended are nobody's any more: close them
-                gone = [c for t, c in self._readers if not t.is_alive()]
-                self._readers = [(t, c) for t, c in self._readers if t.is_alive()]
-                self._readers.append((threading.current_thread(), conn))
+                gone = [c for t, c, _ in self._readers if not t.is_alive()]
+                self._readers = [r for r in self._readers if r[0].is_alive()]
+                self._readers.append((threading.current_thread(), conn, lock))
                 self._local.generation = self._generation
             for old in gone:
                 old.close()
             self._local.conn = conn
+            self._local.lock = lock
             self._local.data_version = -1
         return conn
+
+    @contextlib.contextmanager
+    def _using(self) -> Iterator[sqlite3.Connection]:
+        """This thread's read connection, held while the caller runs statements on it: a
+        close() from another thread (an app closed under a worker thread) waits for them
+        instead of closing the connection under them, which would crash the process."""
+        while True:
+            conn = self._reader()
+            lock: threading.Lock = self._local.lock
+            with lock:
+                if self._local.generation == self._generation:  # not closed meanwhile
+                    yield conn
+                    return
+
+    def _read_now(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        with self._using() as conn:
+            return fn(conn)
 
     async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         with self._guarded():
             if not self._opened:
                 await self.open()
-            return await asyncio.to_thread(lambda: fn(self._reader()))
+            return await asyncio.to_thread(self._read_now, fn)
 
     async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         with self._guarded():
@@ -486,22 +507,26 @@ class SQLiteBroker(Broker):
         """Poll ``PRAGMA data_version`` (in memory, no I/O) until another connection commits,
         the next scheduled job falls due, or ``timeout`` passes."""
         self.open_blocking()
-        conn = self._reader()
         deadline = time.time() + timeout
-        due = self._next_due(conn, queues)
+        with self._using() as conn:
+            due = self._next_due(conn, queues)
+            version = conn.execute("PRAGMA data_version").fetchone()[0]
         if due is not None:
             deadline = min(deadline, due)
-        version = conn.execute("PRAGMA data_version").fetchone()[0]
         while time.time() < deadline:
             await asyncio.sleep(POLL_INTERVAL)
-            now_version = conn.execute("PRAGMA data_version").fetchone()[0]
-            if now_version != version:
+            with self._using() as now:
+                if now is not conn:  # the store was closed and opened again: look anew
+                    return
+                now_version = conn.execute("PRAGMA data_version").fetchone()[0]
+                if now_version == version:
+                    continue
                 if self._ready_count(conn, queues, 1):
                     return
                 version = now_version
                 due = self._next_due(conn, queues)
-                if due is not None:
-                    deadline = min(deadline, due)
+            if due is not None:
+                deadline = min(deadline, due)
 
     async def unregister_worker(self, worker_id: str) -> None:
         await self._write(
