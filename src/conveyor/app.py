@@ -407,7 +407,7 @@ class Conveyor:
         if self.eager:
             from conveyor.eager import store_and_run
 
-            return _conflicts(store_and_run(self, records), on_conflict)
+            return self._stored(records, store_and_run(self, records), on_conflict)
         try:
             held = self.broker.enqueue_blocking(records, self.max_queued)
         except NotImplementedError:
@@ -420,7 +420,7 @@ class Conveyor:
         if self.eager:
             from conveyor.eager import store_and_run_async
 
-            return _conflicts(await store_and_run_async(self, records), on_conflict)
+            return self._stored(records, await store_and_run_async(self, records), on_conflict)
         await self.broker.open()
         held = await self.broker.enqueue(records, self.max_queued)
         outage_for(self.broker).recovered()

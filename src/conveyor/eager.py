@@ -38,7 +38,6 @@ if TYPE_CHECKING:
 
     from conveyor.app import Conveyor
     from conveyor.functions import JobFunction
-    from conveyor.handle import JobHandle
     from conveyor.worker.pool import Worker
 
 T = TypeVar("T")
@@ -129,25 +128,22 @@ def _due_now(records: Sequence[JobRecord]) -> list[JobRecord]:
     ]
 
 
-async def store_and_run_async(app: Conveyor, records: Sequence[JobRecord]) -> list[JobHandle[Any]]:
-    """Store ``records`` (one write), then run each job to its end; return their handles."""
-    from conveyor.handle import JobHandle
-
+async def store_and_run_async(app: Conveyor,
+                              records: Sequence[JobRecord]) -> list[str | None]:
+    """Store ``records`` (one write), then run each job to its end; return the store's
+    answer (see ``Broker.enqueue``: per record None, or the id of the job holding its key)."""
     due = _due_now(records)
     await app.broker.open()
     held = await app.broker.enqueue(due, app.max_queued)
-    stored = [r for r, holder in zip(due, held, strict=True) if holder is None]
-    if app.metrics is not None:
-        app.metrics.jobs_enqueued(due, held)
-    for record in stored:  # a deduplicated job runs (or ran) as the job holding its key
+    for record, holder in zip(due, held, strict=True):
         job_fn = app.registry.get(record.name)
-        if job_fn is not None:
+        # a deduplicated job runs (or ran) as the job holding its key
+        if holder is None and job_fn is not None:
             await run_job(app, job_fn, record)
-    return [JobHandle(app, r.id) if holder is None else JobHandle(app, holder, deduplicated=True)
-            for r, holder in zip(due, held, strict=True)]
+    return held
 
 
-def store_and_run(app: Conveyor, records: Sequence[JobRecord]) -> list[JobHandle[Any]]:
+def store_and_run(app: Conveyor, records: Sequence[JobRecord]) -> list[str | None]:
     """Blocking :func:`store_and_run_async`."""
     return _run_blocking(app, store_and_run_async(app, records))
 

@@ -149,3 +149,14 @@ local function hold_key(unique, ends_at, key, id, hold, now)
     redis.call('HSET', ends_at, key, fmt(now + tonumber(hold)))
   end
 end
+
+-- Set schedule `name`'s last instant in hash `last_key` and its next tick in `next_key`
+-- ('' for none: the field is dropped).
+local function set_last_and_next(last_key, next_key, name, last, next_tick)
+  redis.call('HSET', last_key, name, last)
+  if next_tick == '' then
+    redis.call('HDEL', next_key, name)
+  else
+    redis.call('HSET', next_key, name, next_tick)
+  end
+end

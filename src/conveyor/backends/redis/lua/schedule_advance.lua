@@ -9,12 +9,7 @@ end
 local stored = tonumber(redis.call('HGET', KEYS[3], name) or '')
 local last = tonumber(ARGV[2])
 if stored == nil or last > stored then
-  redis.call('HSET', KEYS[3], name, ARGV[2])
-  if ARGV[3] == '' then
-    redis.call('HDEL', KEYS[4], name)
-  else
-    redis.call('HSET', KEYS[4], name, ARGV[3])
-  end
+  set_last_and_next(KEYS[3], KEYS[4], name, ARGV[2], ARGV[3])
 end
 if ARGV[4] ~= '' then
   local old = redis.call('HGET', KEYS[5], name)

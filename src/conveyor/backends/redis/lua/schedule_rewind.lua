@@ -8,10 +8,5 @@ if redis.call('HEXISTS', KEYS[1], name) == 0 or stored == nil or
     stored ~= tonumber(ARGV[2]) then
   return 0
 end
-redis.call('HSET', KEYS[3], name, ARGV[3])
-if ARGV[4] == '' then
-  redis.call('HDEL', KEYS[4], name)
-else
-  redis.call('HSET', KEYS[4], name, ARGV[4])
-end
+set_last_and_next(KEYS[3], KEYS[4], name, ARGV[3], ARGV[4])
 return 1
