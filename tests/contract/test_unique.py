@@ -143,8 +143,32 @@ def test_a_purge_keeps_held_keys_and_drops_free_ones(run: Run[Any], broker: Brok
     held, freed = keyed("held"), keyed("freed")
     run(broker.enqueue([held, freed], {}))
     run(broker.cancel(freed.id))
+    assert _key_records(run, broker) == 2
     run(broker.purge_expired())
+    assert _key_records(run, broker) == 1  # the freed key's record is gone, the held one kept
     assert run(broker.enqueue([keyed("held"), keyed("freed")], {})) == [held.id, None]
+
+
+def _key_records(run: Run[Any], broker: Broker) -> int:
+    """How many unique-key records the store keeps, read behind the broker's back."""
+    import sqlite3
+
+    from conveyor.backends.sqlite import SQLiteBroker
+
+    if isinstance(broker, SQLiteBroker):
+        conn = sqlite3.connect(broker.settings.path)
+        try:
+            return int(conn.execute(f"SELECT count(*) FROM {broker.ns}_unique").fetchone()[0])
+        finally:
+            conn.close()
+    from conveyor.backends.redis import RedisBroker
+
+    assert isinstance(broker, RedisBroker)
+
+    async def count() -> int:
+        return int(await broker._cmd("hlen", broker.keys.unique))
+
+    return run(count())
 
 
 def test_bulk_reports_per_item(run: Run[Any], broker: Broker) -> None:
