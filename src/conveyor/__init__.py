@@ -12,6 +12,7 @@ from conveyor.errors import (
     JobCancelled,
     JobFailed,
     JobNotFound,
+    JobNotWaiting,
     JobTimeout,
     NewerStore,
     PermanentError,
@@ -24,6 +25,7 @@ from conveyor.functions import JobFunction
 from conveyor.handle import JobHandle
 from conveyor.job import Backoff, JobRecord, JobState
 from conveyor.options import EnqueueOptions
+from conveyor.priority import QueueWeights
 from conveyor.schedules import Schedule
 from conveyor.uploads import Upload
 
@@ -41,12 +43,14 @@ __all__ = [
     "JobFunction",
     "JobHandle",
     "JobNotFound",
+    "JobNotWaiting",
     "JobRecord",
     "JobState",
     "JobTimeout",
     "NewerStore",
     "PermanentError",
     "QueueFull",
+    "QueueWeights",
     "Retry",
     "Schedule",
     "StoreUnavailable",

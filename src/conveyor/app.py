@@ -22,6 +22,7 @@ from conveyor.job import Backoff, BackoffPolicy, JobRecord, JobState
 from conveyor.known import KnownJob
 from conveyor.options import DEFAULT, EnqueueKwargs, EnqueueOptions, OnConflict, options_of
 from conveyor.portal import Portal
+from conveyor.priority import DEFAULT_AGING, check_aging, check_priority
 from conveyor.queues import QueueSettings, check_limit, check_queue_name
 from conveyor.schedules import Overlap, Schedule, check_name
 from conveyor.stats import MinuteStats, minute_of
@@ -63,6 +64,7 @@ class Conveyor:
     ``sqlite:///conveyor.db`` (a ``memory://`` URL, a test's own store, is never
     overridden); ``namespace`` keeps several apps apart in
     one store; ``lease`` is how long a claimed job stays owned without a heartbeat;
+    ``aging`` is how many seconds of waiting raise a job's effective priority by one;
     ``max_queued`` is this app's own caps (queue -> jobs waiting at most), checked beside
     the caps kept in the store (:meth:`set_max_queued`): the smaller wins.
     """
@@ -78,6 +80,7 @@ class Conveyor:
         max_queued: Mapping[str, int] | None = None,
         staging_dir: str | None = None,
         store_timeout: float = 5.0,
+        aging: float = DEFAULT_AGING,
         eager: bool = False,
     ) -> None:
         if lease <= 0:
@@ -97,6 +100,9 @@ class Conveyor:
         self.lease = float(lease)
         self.retention = float(retention)
         self.max_recoveries = max_recoveries
+        #: seconds of waiting that raise a job's effective priority by one (see
+        #: :mod:`conveyor.priority`)
+        self.aging = check_aging(aging)
         #: this app's own caps (queue -> jobs waiting at most), checked beside the store's
         #: (see :meth:`set_max_queued`): the smaller wins
         self.max_queued: dict[str, int] = {}
@@ -135,6 +141,7 @@ class Conveyor:
         if self._broker is None:
             self._broker = open_broker(self.url, self.namespace, self.retention)
             self._broker.retry_for = self.store_timeout
+            self._broker.aging = self.aging
         return self._broker
 
     def use_url(self, url: str) -> None:
@@ -219,6 +226,7 @@ class Conveyor:
         unique: bool = False,
         cron: str | None = None,
         cron_tz: str = "UTC",
+        priority: int = 0,
     ) -> JobDecorator: ...
 
     def job(
@@ -237,6 +245,7 @@ class Conveyor:
         unique: bool = False,
         cron: str | None = None,
         cron_tz: str = "UTC",
+        priority: int = 0,
     ) -> JobFunction[..., Any] | JobDecorator:
         """Register a function (plain or ``async def``) as a job; usable bare or with options.
 
@@ -247,6 +256,7 @@ class Conveyor:
         ``unique`` derives each call's unique key from the job's name and its arguments (see
         :class:`~conveyor.options.EnqueueOptions`); ``cron`` schedules a job without
         arguments under its own name, in time zone ``cron_tz`` (see :meth:`schedule`).
+        ``priority`` (-10 .. 10, higher runs sooner) is each call's default priority.
         """
         if retries < 0:
             raise ConfigurationError("retries must be 0 or more")
@@ -254,6 +264,10 @@ class Conveyor:
             raise ConfigurationError("timeout must be a positive number of seconds")
         if cron is None and cron_tz != "UTC":
             raise ConfigurationError("cron_tz is the time zone of cron: give cron too")
+        try:
+            check_priority(priority)
+        except InvalidArguments as exc:
+            raise ConfigurationError(str(exc)) from None
 
         def register(func: Callable[..., Any]) -> JobFunction[..., Any]:
             import inspect
@@ -271,6 +285,7 @@ class Conveyor:
                 permanent_errors=tuple(permanent_errors),
                 staged=staged,
                 unique=unique,
+                priority=priority,
             )
             job_fn: JobFunction[..., Any] = JobFunction(self, func, job_name, options)
             if cron is not None:
@@ -371,6 +386,8 @@ class Conveyor:
             run_at=run_at,
             unique_key=unique_key,
             unique_until=None if options.unique_for is None else created + options.unique_for,
+            priority=(options.priority if options.priority is not None
+                      else job_fn.options.priority if job_fn else 0),
             payload=payload,
         )
 
@@ -604,6 +621,25 @@ class Conveyor:
     def cancel(self, job_id: str) -> JobRecord:
         """Blocking :meth:`cancel_async`."""
         return self.run_sync(self.cancel_async(job_id))
+
+    async def set_priority_async(self, job_id: str, priority: int) -> JobRecord:
+        """Give a waiting job another priority (-10 .. 10); its boost is taken from this
+        app's :attr:`aging`. Raise :class:`~conveyor.errors.JobNotFound`, or
+        :class:`~conveyor.errors.JobNotWaiting` when the job is running or final."""
+        from conveyor.errors import JobNotFound, JobNotWaiting
+
+        check_priority(priority)
+        await self.broker.open()
+        record = await self.broker.set_priority(job_id, priority)
+        if record is None:
+            raise JobNotFound(f"no job with id {job_id}")
+        if record.state not in (JobState.QUEUED, JobState.SCHEDULED):
+            raise JobNotWaiting(job_id, str(record.state))
+        return record
+
+    def set_priority(self, job_id: str, priority: int) -> JobRecord:
+        """Blocking :meth:`set_priority_async`."""
+        return self.run_sync(self.set_priority_async(job_id, priority))
 
     def testing(self, url: str | None = "memory://", *,
                 eager: bool = True) -> AbstractContextManager[Conveyor]:

@@ -41,6 +41,15 @@ class DuplicateJob(ConveyorError):
         self.job_id = job_id
 
 
+class JobNotWaiting(ConveyorError):
+    """The job is not waiting (queued or scheduled), so its priority cannot change."""
+
+    def __init__(self, job_id: str, state: str) -> None:
+        super().__init__(f"job {job_id} is {state}, not waiting: its priority cannot change")
+        self.job_id = job_id
+        self.state = state
+
+
 class NewerStore(ConveyorError):
     """The store was written by a newer version of Conveyor (its layout is ahead of the one
     this version knows): upgrade Conveyor before using it. Nothing was changed."""

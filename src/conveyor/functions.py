@@ -53,6 +53,8 @@ class JobOptions:
     #: each call's unique key is derived from the name and the canonical JSON of its
     #: arguments (see ``EnqueueOptions.unique_key``)
     unique: bool = False
+    #: each call's priority unless the enqueue gives one (-10 .. 10, higher runs sooner)
+    priority: int = 0
 
 
 def _parameters_of_type(fn: Callable[..., Any], kind: type) -> list[str]:

@@ -86,3 +86,11 @@ class JobHandle(Generic[R]):
     def cancel(self) -> JobRecord:
         """Blocking :meth:`cancel_async`."""
         return self.app.run_sync(self.cancel_async())
+
+    async def set_priority_async(self, priority: int) -> JobRecord:
+        """Change the waiting job's priority (see :meth:`Conveyor.set_priority`)."""
+        return await self.app.set_priority_async(self.id, priority)
+
+    def set_priority(self, priority: int) -> JobRecord:
+        """Blocking :meth:`set_priority_async`."""
+        return self.app.run_sync(self.set_priority_async(priority))

@@ -60,6 +60,8 @@ class JobRecord:
     lease_expires_at: float | None = None
     cancel_requested: bool = False
     expires_at: float | None = None
+    #: -10 .. 10, higher runs sooner (see :mod:`conveyor.priority`)
+    priority: int = 0
     #: set by a claim: the job ran before in a worker that was lost (``recoveries``), or was
     #: held by one unstarted and may have started just before it died; it runs alone
     suspect: bool = field(default=False, compare=False)

@@ -1,5 +1,6 @@
 """The options of one enqueue, as one value that every entry point (Python, CLI, HTTP) builds
-once and hands down: when the job runs, where, under which id, and how it is deduplicated.
+once and hands down: when the job runs, where, under which id, at which priority, and how
+it is deduplicated.
 
 To add an option: a field here and in :class:`EnqueueKwargs`, its check in
 :meth:`EnqueueOptions.checked`, and its use where the record is built (``Conveyor.build``)
@@ -14,6 +15,7 @@ from typing import Literal, TypedDict
 
 from conveyor.errors import ConfigurationError, InvalidArguments
 from conveyor.ids import is_acceptable_id
+from conveyor.priority import check_priority
 from conveyor.queues import check_queue_name
 
 OnConflict = Literal["return", "raise"]
@@ -33,6 +35,7 @@ class EnqueueKwargs(TypedDict, total=False):
     unique_for: float | None
     on_conflict: OnConflict
     force: bool
+    priority: int | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +59,8 @@ class EnqueueOptions:
     on_conflict: OnConflict = "return"
     #: store a call of a job name no worker published (no check of its arguments)
     force: bool = False
+    #: -10 .. 10, higher runs sooner, instead of the job's own (see :mod:`conveyor.priority`)
+    priority: int | None = None
 
     def checked(self) -> EnqueueOptions:
         """These options, or :class:`InvalidArguments` naming the first that is wrong."""
@@ -80,6 +85,8 @@ class EnqueueOptions:
                 f"unique_key must be a non-empty string of at most {MAX_UNIQUE_KEY} characters")
         if self.unique_for is not None and not self.unique_for > 0:
             raise InvalidArguments("unique_for must be a positive number of seconds")
+        if self.priority is not None:
+            check_priority(self.priority)
         if self.on_conflict not in ON_CONFLICT:
             raise InvalidArguments(f"on_conflict must be 'return' or 'raise', "
                                    f"not {self.on_conflict!r}")

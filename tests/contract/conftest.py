@@ -130,6 +130,7 @@ def make_job(
     run_at: float | None = None,
     delay: float | None = None,
     created_at: float | None = None,
+    priority: int = 0,
 ) -> JobRecord:
     """A fresh job record as the app would build it: queued, or scheduled when it runs later.
 
@@ -150,6 +151,7 @@ def make_job(
         kwargs={} if kwargs is None else kwargs,
         created_at=created_at,
         run_at=run_at,
+        priority=priority,
     )
 
 

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from conveyor.job import JobRecord, JobState, Outcome, WorkerInfo
 from conveyor.known import KnownJob
+from conveyor.priority import DEFAULT_AGING, QueueWeights
 from conveyor.queues import QueueSettings
 from conveyor.stats import MinuteStats
 
@@ -77,6 +78,10 @@ class Broker(abc.ABC):
 
     #: seconds an operation keeps retrying through connection trouble (backends that retry)
     retry_for: float = 30.0
+    #: seconds of waiting that raise a job's effective priority by one (the app's
+    #: ``aging``): a job's boost is ``priority * aging``, fixed at enqueue or when its
+    #: priority is changed
+    aging: float = DEFAULT_AGING
     #: ``time.monotonic()`` when an operation last met trouble that may pass (the store
     #: unreachable, locked or full); 0.0 if never. Lease recovery waits one lease after it,
     #: so that workers cut off by the same outage renew their leases first.
@@ -148,17 +153,27 @@ class Broker(abc.ABC):
     @abc.abstractmethod
     async def claim(
         self, worker_id: str, queues: Sequence[str], limit: int, lease: float,
-        start: int | None = None,
+        start: int | None = None, weights: QueueWeights | None = None,
     ) -> list[JobRecord]:
         """Move up to ``limit`` ready jobs of ``queues`` to running, owned by ``worker_id``.
 
-        Ready means queued, or scheduled with ``run_at`` passed; oldest ``run_at`` first. A
-        paused queue (see :meth:`set_paused`) gives nothing.
+        Ready means queued, or scheduled with ``run_at`` passed. Within a queue, lowest rank
+        first (``run_at - priority * aging``, see :mod:`conveyor.priority`), then oldest
+        ``run_at``, then id. Across queues: without ``weights`` the same order over all of
+        them; with ``weights`` the queues are shared by :meth:`QueueWeights.pick` (decided in
+        the claim, and ``weights.credits`` updated after it). A paused queue (see
+        :meth:`set_paused`) gives nothing.
         Each claimed job's ``attempts`` grows by one (the attempt's fencing token) and its
         lease runs ``lease`` seconds. The first ``start`` jobs (all when ``None``) start at
         once; the others are held unstarted until a heartbeat names them started, and a
         recovery of an unstarted job charges it nothing.
         """
+
+    @abc.abstractmethod
+    async def set_priority(self, job_id: str, priority: int) -> JobRecord | None:
+        """Give a waiting (queued or scheduled) job ``priority``, its boost taken from
+        :attr:`aging`, and return it; a job in another state is returned unchanged, and
+        ``None`` means there is no such job."""
 
     @abc.abstractmethod
     async def settle(self, outcomes: Sequence[Outcome]) -> None:

@@ -21,9 +21,10 @@ from typing import TYPE_CHECKING, Any
 from conveyor import logs
 from conveyor.backends.outage import outage_for
 from conveyor.context import JobContext
-from conveyor.errors import redact_url
+from conveyor.errors import ConfigurationError, redact_url
 from conveyor.ids import new_id
 from conveyor.job import JobRecord, Outcome, OutcomeKind, WorkerInfo
+from conveyor.priority import QueueWeights
 from conveyor.stats import StartMark, StatsRecorder
 from conveyor.worker import outcomes, shutdown
 from conveyor.worker.autoscale import Autoscaler
@@ -93,9 +94,16 @@ class Worker:
         max_processes: int | None = None,
         prefetch: int | None = None,
         metrics: Metrics | None = None,
+        weights: QueueWeights | None = None,
     ) -> None:
         self.app = app
         self.broker = app.broker
+        #: how claims are shared among the queues (None: oldest rank first over all of them)
+        self.weights = weights
+        if weights is not None:
+            if queues is not None and list(queues) != weights.queues:
+                raise ConfigurationError("weights name other queues than queues")
+            queues = weights.queues
         self.queues = list(queues) if queues else sorted(
             {fn.options.queue for fn in app.registry.values()} or {"default"}
         )
@@ -398,7 +406,8 @@ class Worker:
                 continue
             free = max(0, size - busy - len(self.buffered))
             try:
-                jobs = await self.broker.claim(self.id, self.queues, want, lease, start=free)
+                jobs = await self.broker.claim(self.id, self.queues, want, lease, start=free,
+                                               weights=self.weights)
             except Exception as exc:
                 if self.broker.is_transient(exc):  # logged once per outage, by the store
                     outage_for(self.broker).note(exc)
