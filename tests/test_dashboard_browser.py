@@ -323,3 +323,19 @@ def test_pause_cap_and_resume_a_queue(page: Any, server: Server) -> None:
     row.locator('button[data-action="pause"]').wait_for()
     queues = server.client.get("/queues").json()["queues"]
     assert queues["naps"]["paused"] is False and queues["naps"]["max_queued"] is None
+
+
+def test_change_a_waiting_job_s_priority(page: Any, server: Server) -> None:
+    job_id = submit(server, "nap", args=[0], delay=3600, priority=2)
+    log_in(page)
+    page.goto(f"/ui/jobs/{job_id}")
+    fact = page.locator("dl.facts dt:text-is('priority') + dd")
+    assert fact.inner_text() == "2"
+    page.once("dialog", lambda dialog: dialog.accept("7"))
+    page.click("#priority")
+    page.wait_for_function("() => [...document.querySelectorAll('dl.facts dt')].some("
+                           "(dt) => dt.textContent === 'priority' && "
+                           "dt.nextElementSibling.textContent === '7')")
+    assert page.locator("#flash").inner_text() == "The job's priority is 7."
+    assert server.client.get(f"/jobs/{job_id}").json()["priority"] == 7
+    assert server.client.delete(f"/jobs/{job_id}").status_code == 200

@@ -180,6 +180,24 @@ def test_retry_cancel_and_delete(server: Server, tmp_path: Path) -> None:
         assert gone.status_code == 404
 
 
+def test_change_a_job_s_priority(server: Server) -> None:
+    waiting = submit(server, "add", args=[1, 2], delay=3600)
+    with logged_in(server) as client:
+        headers = {"X-CSRF-Token": csrf_of(client)}
+        path = f"/ui/api/jobs/{waiting}/priority"
+        assert client.post(f"{path}?priority=5").status_code == 403  # no CSRF token
+        changed = client.post(f"{path}?priority=5", headers=headers)
+        assert changed.status_code == 200 and changed.json()["priority"] == 5
+        for bad in ("11", "x", ""):
+            refused = client.post(f"{path}?priority={bad}", headers=headers)
+            assert refused.status_code == 400
+            assert "a priority is a whole number from -10 to 10" in refused.json()["error"]
+        assert client.post(f"/ui/api/jobs/{waiting}/cancel", headers=headers).status_code == 200
+        final = client.post(f"{path}?priority=1", headers=headers)
+        assert final.status_code == 409
+    assert server.client.get(f"/jobs/{waiting}").json()["priority"] == 5
+
+
 def test_delete_refuses_a_running_job(server: Server) -> None:
     job_id = submit(server, "nap", args=[3])
     server.wait_job(job_id, states=("running",))

@@ -90,6 +90,7 @@ class JobRecord:
             "name": self.name,
             "queue": self.queue,
             "state": str(self.state),
+            "priority": self.priority,
             "attempts": self.attempts,
             "recoveries": self.recoveries,
             "args": self.args,

@@ -37,6 +37,18 @@ def check_priority(value: object, what: str = "priority") -> int:
     return value
 
 
+def parse_priority(text: str) -> int:
+    """A priority written as text (a command's argument, a query parameter)."""
+    try:
+        value = int(text.strip())
+    except ValueError:
+        value = None
+    if value is None or not MIN_PRIORITY <= value <= MAX_PRIORITY:
+        raise InvalidArguments(f"a priority is a whole number from {MIN_PRIORITY} to "
+                               f"{MAX_PRIORITY}, not {text!r}")
+    return value
+
+
 def check_aging(value: object) -> float:
     """``value`` if it is a positive, finite number of seconds, else ConfigurationError."""
     if (isinstance(value, bool) or not isinstance(value, int | float)
@@ -101,34 +113,40 @@ class QueueWeights:
         return picks, credits
 
 
-def parse_queues(text: str, strict: bool = False) -> tuple[list[str], QueueWeights | None]:
-    """``"critical:6,default:3,low:1"`` (weights) or ``"a,b"`` (no weights): the queue
-    names, and their weights when any is given (a queue without one weighs 1) or when
-    ``strict``. Raise ConfigurationError naming what is wrong."""
+def parse_queues(text: str) -> tuple[list[str], dict[str, int] | None]:
+    """``"critical:6,default:3,low:1"`` or ``"a,b"``: the queue names in order, and their
+    weights when any is given (a queue without one then weighs 1). A name may hold ``:``
+    (only a final ``:DIGITS`` is a weight). Raise ConfigurationError naming what is wrong."""
     names: list[str] = []
     weights: dict[str, int] = {}
     weighted = False
-    for part in text.split(","):
-        part = part.strip()
+    for part in (p.strip() for p in text.split(",")):
         if not part:
             continue
         name, sep, weight = part.rpartition(":")
-        if not sep or not weight.isdigit():
-            name, weight = part, "1"
-        else:
+        if sep and weight.isdigit():
             weighted = True
+        else:
+            name, weight = part, "1"
         if not name:
-            raise ConfigurationError(f"--queues: {part!r} names no queue")
+            raise ConfigurationError(f"{part!r} names no queue")
         if name in weights:
-            raise ConfigurationError(f"--queues: queue {name!r} is given twice")
-        value = int(weight)
-        if value < 1:
-            raise ConfigurationError(f"--queues: the weight of {name!r} must be at least 1")
+            raise ConfigurationError(f"queue {name!r} is given twice")
+        if int(weight) < 1:
+            raise ConfigurationError(f"the weight of queue {name!r} must be at least 1")
         names.append(name)
-        weights[name] = value
+        weights[name] = int(weight)
     if not names:
-        raise ConfigurationError("--queues names no queue")
-    if weighted and strict:
-        raise ConfigurationError("--strict takes queues in order: give them without weights")
-    return names, (QueueWeights(weights, strict=strict) if weighted or strict else None)
+        raise ConfigurationError("name at least one queue")
+    return names, (weights if weighted else None)
 
+
+def weighing(names: list[str], weights: dict[str, int] | None,
+             strict: bool) -> QueueWeights | None:
+    """How a worker of ``names`` shares its claims: by ``weights``, in order (``strict``), or
+    ``None`` (oldest rank first over all of them)."""
+    if strict and weights is not None:
+        raise ConfigurationError("strict takes the queues in the order given: give no weights")
+    if strict:
+        return QueueWeights(dict.fromkeys(names, 1), strict=True)
+    return None if weights is None else QueueWeights(weights)

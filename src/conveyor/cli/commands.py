@@ -22,7 +22,14 @@ from conveyor.cli.output import (
     print_json,
     print_workers,
 )
-from conveyor.errors import DuplicateJob, InvalidArguments, QueueFull, UnknownJob, redact_url
+from conveyor.errors import (
+    DuplicateJob,
+    InvalidArguments,
+    JobNotWaiting,
+    QueueFull,
+    UnknownJob,
+    redact_url,
+)
 from conveyor.job import ALL_STATES, FINAL_STATES, JobRecord, JobState
 from conveyor.options import EnqueueOptions
 from conveyor.queues import with_settings
@@ -90,7 +97,8 @@ async def enqueue(app: Conveyor, args: argparse.Namespace) -> int:
     try:
         options = EnqueueOptions(delay=args.delay, queue=args.queue, job_id=args.job_id,
                                  force=force, unique_key=getattr(args, "unique_key", None),
-                                 unique_for=getattr(args, "unique_for", None)).checked()
+                                 unique_for=getattr(args, "unique_for", None),
+                                 priority=getattr(args, "priority", None)).checked()
         handle = await app.enqueue_call_async(args.name, call_args, call_kwargs, options)
     except (InvalidArguments, UnknownJob) as exc:
         raise CLIError(str(exc)) from None
@@ -185,6 +193,24 @@ async def cancel(app: Conveyor, args: argparse.Namespace) -> int:
     note = " (cancellation requested; its worker stops it)" if after.cancel_requested and \
         after.state is JobState.RUNNING else ""
     print(f"{args.id} {after.state}{note}")
+    return 0
+
+
+async def priority(app: Conveyor, args: argparse.Namespace) -> int:
+    """``conveyor priority ID N [--json]``: only a waiting (queued or scheduled) job's
+    priority changes; exit 1 for a job in another state."""
+    before = await _get(app, args.id)
+    if before.state not in (JobState.QUEUED, JobState.SCHEDULED):
+        raise CLIError(f"job {args.id} {state_phrase(before.state)}; only a waiting job's "
+                       "priority can change", code=1)
+    try:
+        after = await app.set_priority_async(args.id, args.priority)
+    except JobNotWaiting as exc:  # it started in between
+        raise CLIError(str(exc), code=1) from None
+    if args.json:
+        print_json(after.to_dict())
+    else:
+        print(f"{args.id} priority {after.priority} ({after.state})")
     return 0
 
 

@@ -8,6 +8,8 @@ import os
 import sys
 
 from conveyor.app import DEFAULT_URL, Conveyor
+from conveyor.errors import ConfigurationError, InvalidArguments
+from conveyor.priority import QueueWeights, parse_priority, parse_queues, weighing
 
 
 def positive_int(text: str) -> int:
@@ -21,12 +23,34 @@ def positive_int(text: str) -> int:
     return value
 
 
-def queue_list(text: str) -> list[str]:
-    """argparse type: comma-separated queue names (at least one)."""
-    queues = [q.strip() for q in text.split(",") if q.strip()]
-    if not queues:
-        raise argparse.ArgumentTypeError("name at least one queue")
-    return queues
+def priority_arg(text: str) -> int:
+    """argparse type: a priority, a whole number from -10 to 10."""
+    try:
+        return parse_priority(text)
+    except InvalidArguments as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def queue_spec(text: str) -> tuple[list[str], dict[str, int] | None]:
+    """argparse type: comma-separated queue names, each with an optional ``:WEIGHT``."""
+    try:
+        return parse_queues(text)
+    except ConfigurationError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def worker_queues(args: argparse.Namespace) -> tuple[list[str] | None, QueueWeights | None]:
+    """The queues of ``--queues`` (None: the app's) and how claims weigh them (``--strict``
+    and weights)."""
+    if args.queues is None:
+        if args.strict:
+            raise CLIError("--strict needs --queues, in the order to drain them")
+        return None, None
+    names, weights = args.queues
+    try:
+        return names, weighing(names, weights, args.strict)
+    except ConfigurationError as exc:
+        raise CLIError(f"--strict: {exc}") from None
 
 
 class CLIError(Exception):

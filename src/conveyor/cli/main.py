@@ -11,7 +11,14 @@ from collections.abc import Awaitable, Callable, Sequence
 from conveyor.app import Conveyor
 from conveyor.cli import commands, known, queues
 from conveyor.cli import schedules as cli_schedules
-from conveyor.cli.loading import CLIError, positive_int, queue_list, resolve_app
+from conveyor.cli.loading import (
+    CLIError,
+    positive_int,
+    priority_arg,
+    queue_spec,
+    resolve_app,
+    worker_queues,
+)
 from conveyor.cli.output import errors
 from conveyor.errors import ConveyorError
 from conveyor.job import ALL_STATES
@@ -30,8 +37,12 @@ def _store_options(parser: argparse.ArgumentParser, with_app: bool = True) -> No
 
 
 def _worker_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--queues", type=queue_list,
-                        help="comma-separated queues (default: the app's queues)")
+    parser.add_argument("--queues", type=queue_spec, metavar="QUEUE[:WEIGHT],...",
+                        help="comma-separated queues (default: the app's queues); with "
+                        "weights (critical:6,default:3,low:1) claims are shared in those "
+                        "proportions among the queues with ready jobs")
+    parser.add_argument("--strict", action="store_true",
+                        help="drain the --queues in the order given, each before the next")
     parser.add_argument("--min-workers", type=positive_int, default=1,
                         help="least concurrent jobs per process (default 1)")
     parser.add_argument("--max-workers", type=positive_int, default=10,
@@ -90,6 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "KEY is not final: print that job's id instead (and say so on stderr)")
     p.add_argument("--unique-for", metavar="SECONDS", type=float,
                    help="hold the unique key at most this long (default: until final)")
+    p.add_argument("--priority", type=priority_arg, metavar="-10..10",
+                   help="higher runs sooner (default: the job's own, else 0)")
     p.add_argument("--json", action="store_true", help="print the job's info as JSON")
     p.add_argument("--force", action="store_true", help="store it even if no worker has "
                    "published a job of that name (arguments unchecked)")
@@ -121,6 +134,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("id")
     _store_options(p)
 
+    p = sub.add_parser("priority", help="change the priority of a waiting job")
+    p.add_argument("id")
+    p.add_argument("priority", type=priority_arg, metavar="-10..10")
+    p.add_argument("--json", action="store_true", help="print the job's info as JSON")
+    _store_options(p)  # --app: its aging gives the boost
+
     p = sub.add_parser("stats", help="jobs per queue and state, live workers")
     p.add_argument("--json", action="store_true")
     _store_options(p)
@@ -148,6 +167,7 @@ COMMANDS: dict[str, Command] = {
     "jobs": commands.jobs,
     "retry": commands.retry,
     "cancel": commands.cancel,
+    "priority": commands.priority,
     "stats": commands.stats,
     "jobs-known": known.jobs_known,
     "schedules": cli_schedules.schedules,
@@ -161,6 +181,7 @@ def _run_worker(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from conveyor.worker.supervisor import Supervisor, run_worker, worker_command
 
     app = resolve_app(args.app_spec, args.url, args.namespace)
+    queues, weights = worker_queues(args)
     if args.min_workers > args.max_workers:
         raise CLIError("--min-workers must not exceed --max-workers")
     if args.processes > 1 and args.metrics_port is not None:
@@ -168,7 +189,7 @@ def _run_worker(args: argparse.Namespace, argv: Sequence[str]) -> int:
     if args.processes > 1:
         _ = app.broker  # a bad store URL (a missing directory) fails here, not in each child
         return Supervisor(worker_command(argv), args.processes, args.grace).run()
-    return run_worker(app, queues=args.queues, min_workers=args.min_workers,
+    return run_worker(app, queues=queues, weights=weights, min_workers=args.min_workers,
                       max_workers=args.max_workers, grace=args.grace,
                       metrics_port=args.metrics_port, metrics_host=args.metrics_host)
 

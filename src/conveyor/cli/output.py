@@ -200,7 +200,8 @@ def job_summary(record: JobRecord) -> None:
     """A job's info as aligned lines, then its traceback (verbatim) if it has one."""
     rows = [
         ("id", record.id), ("name", record.name), ("queue", record.queue),
-        ("state", str(record.state)), ("attempts", str(record.attempts)),
+        ("state", str(record.state)), ("priority", str(record.priority)),
+        ("attempts", str(record.attempts)),
         ("args", json.dumps(record.args)), ("kwargs", json.dumps(record.kwargs)),
         ("created", _when(record.created_at)), ("run at", _when(record.run_at)),
         ("started", _when(record.started_at)), ("finished", _when(record.finished_at)),

@@ -19,7 +19,13 @@ import socket
 from collections.abc import Generator
 from typing import TYPE_CHECKING, Any
 
-from conveyor.cli.loading import CLIError, positive_int, queue_list, resolve_app
+from conveyor.cli.loading import (
+    CLIError,
+    positive_int,
+    queue_spec,
+    resolve_app,
+    worker_queues,
+)
 from conveyor.errors import ConfigurationError
 from conveyor.logs import duration, plural
 from conveyor.uploads import StagingArea
@@ -69,9 +75,11 @@ def add_serve_parser(sub: Any) -> None:
                    help="without a token: a host name to answer to besides the loopback "
                    "names (default: any name when listening beyond loopback); repeatable")
     p.add_argument("--no-worker", action="store_true", help="serve the API only")
-    p.add_argument("--queues", type=queue_list,
+    p.add_argument("--queues", type=queue_spec, metavar="QUEUE[:WEIGHT],...",
                    help="comma-separated queues the worker takes jobs from (default: the "
-                   "app's queues and uploads)")
+                   "app's queues and uploads), optionally weighted as for conveyor worker")
+    p.add_argument("--strict", action="store_true",
+                   help="drain the --queues in the order given, each before the next")
     p.add_argument("--min-workers", type=positive_int, default=1,
                    help="least concurrent jobs (default 1)")
     p.add_argument("--max-workers", type=positive_int, default=10,
@@ -285,9 +293,10 @@ def run_serve(args: argparse.Namespace) -> int:
     sock = listen(args.host, args.port)
     worker = None
     if not args.no_worker:
-        queues = args.queues or sorted(
+        queues, weights = worker_queues(args)
+        queues = queues or sorted(
             {fn.options.queue for fn in app.registry.values()} | {UPLOAD_QUEUE})
-        worker = Worker(app, queues, min_workers=args.min_workers,
+        worker = Worker(app, queues, weights=weights, min_workers=args.min_workers,
                         max_workers=args.max_workers, grace=args.grace, metrics=app.metrics)
     server = _Server(api, args.grace, args.access_log)
     loop_factory = None if uvloop is None else uvloop.new_event_loop

@@ -20,11 +20,13 @@ from starlette.routing import Route
 from conveyor.dashboard import data, pages
 from conveyor.dashboard.auth import SESSION_AGE, SESSION_COOKIE, DashboardAuth
 from conveyor.dashboard.schedules import schedule_routes
+from conveyor.errors import InvalidArguments
 from conveyor.http.errors import ApiError
 from conveyor.http.origin import Origins
 from conveyor.http.routes import limited_body, prefix
 from conveyor.http.services import Services
 from conveyor.ids import is_acceptable_id, is_valid_id
+from conveyor.priority import parse_priority
 
 Handler = Callable[[Request], Awaitable[Response]]
 #: the static files of the dashboard and their media types
@@ -176,6 +178,15 @@ class Dashboard:
         record = await self.services.cancel(request.path_params["job"])
         return _json(record.to_dict())
 
+    async def set_priority(self, request: Request) -> Response:
+        """POST /ui/api/jobs/{job}/priority?priority=N."""
+        try:
+            priority = parse_priority(request.query_params.get("priority", ""))
+        except InvalidArguments as exc:
+            raise ApiError(400, str(exc)) from None
+        record = await self.services.set_priority(request.path_params["job"], priority)
+        return _json(record.to_dict())
+
     async def delete(self, request: Request) -> Response:
         """POST /ui/api/jobs/{job}/delete."""
         await self.services.delete(request.path_params["job"])
@@ -234,6 +245,7 @@ class Dashboard:
             Route(f"{job}/retry", self._action(self.retry), methods=["POST"]),
             Route(f"{job}/cancel", self._action(self.cancel), methods=["POST"]),
             Route(f"{job}/delete", self._action(self.delete), methods=["POST"]),
+            Route(f"{job}/priority", self._action(self.set_priority), methods=["POST"]),
             Route("/ui/api/retry-dead", self._action(self.retry_dead), methods=["POST"]),
             *schedule_routes(self),
             Route(f"{queue}/pause", self._action(self.pause_queue), methods=["POST"]),

@@ -15,9 +15,10 @@ from typing import Any
 from conveyor.errors import InvalidArguments
 from conveyor.http.errors import ApiError
 from conveyor.options import DEFAULT, EnqueueOptions
+from conveyor.priority import check_priority
 
 #: the fields of a JSON job call
-CALL_FIELDS = ("args", "kwargs", "delay", "queue", "id")
+CALL_FIELDS = ("args", "kwargs", "delay", "queue", "id", "priority")
 
 
 @dataclass(frozen=True)
@@ -58,8 +59,8 @@ def finite_number(value: object) -> bool:
 
 def job_call(raw: bytes, content_type: str | None) -> JobCall:
     """The body of ``POST /jobs/{name}``: a JSON object with the optional fields ``args``
-    (array), ``kwargs`` (object), ``delay`` (seconds, 0 or more), ``queue`` (string) and
-    ``id`` (the job's id, instead of a new one).
+    (array), ``kwargs`` (object), ``delay`` (seconds, 0 or more), ``queue`` (string),
+    ``id`` (the job's id, instead of a new one) and ``priority`` (-10 .. 10).
 
     An empty body without a content type is a call without arguments.
     """
@@ -93,10 +94,27 @@ def job_call(raw: bytes, content_type: str | None) -> JobCall:
     job_id = body.get("id")
     if job_id is not None and not isinstance(job_id, str):
         raise ApiError(400, "id must be a string")
+    priority = body.get("priority")
     options = EnqueueOptions(delay=None if delay is None else float(delay), queue=queue,
-                             job_id=job_id)
+                             job_id=job_id, priority=priority)
     try:
         return JobCall(args, kwargs, options.checked())
+    except InvalidArguments as exc:
+        raise ApiError(400, str(exc)) from None
+
+
+def priority_change(raw: bytes, content_type: str | None) -> int:
+    """The body of ``POST /jobs/{id}/priority``: ``{"priority": N}``, N from -10 to 10."""
+    if not is_json_type(content_type):
+        raise ApiError(415, "the body must be JSON (Content-Type: application/json)")
+    try:
+        body = strict_json(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ApiError(400, f"the body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict) or set(body) != {"priority"}:
+        raise ApiError(400, 'the body must be {"priority": N}')
+    try:
+        return check_priority(body["priority"])
     except InvalidArguments as exc:
         raise ApiError(400, str(exc)) from None
 

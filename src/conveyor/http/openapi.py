@@ -86,6 +86,15 @@ COMPONENTS: dict[str, Schema] = {
                        "description": "keyword arguments"},
             "delay": {"type": "number", "minimum": 0, "description": "seconds to wait"},
             "queue": {"type": "string", "description": "another queue than the job's own"},
+            "priority": {"type": "integer", "minimum": -10, "maximum": 10,
+                         "description": "higher runs sooner (default: the job's own)"},
+        },
+    },
+    "PriorityChange": {
+        "type": "object", "additionalProperties": False, "required": ["priority"],
+        "properties": {
+            "priority": {"type": "integer", "minimum": -10, "maximum": 10,
+                         "description": "the waiting job's new priority"},
         },
     },
     "Job": {
@@ -96,6 +105,7 @@ COMPONENTS: dict[str, Schema] = {
             "name": {"type": "string"},
             "queue": {"type": "string"},
             "state": {"type": "string", "enum": [str(s) for s in ALL_STATES]},
+            "priority": {"type": "integer", "minimum": -10, "maximum": 10},
             "attempts": {"type": "integer"},
             "recoveries": {"type": "integer"},
             "args": {"type": "array", "items": JSON_ANY},

@@ -13,6 +13,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from conveyor.http import docs
+from conveyor.http.decoding import priority_change
 from conveyor.http.errors import ApiError
 from conveyor.http.idempotency import HEADER as IDEMPOTENCY_HEADER
 from conveyor.http.idempotency import check_key
@@ -143,6 +144,13 @@ class Routes:
         url = f"{prefix(request)}/jobs/{record.id}"
         return JSONResponse(record.to_dict(), status_code=202, headers={"Location": url})
 
+    async def set_priority(self, request: Request) -> Response:
+        """POST /jobs/{id}/priority."""
+        raw = await limited_body(request, 1024)
+        priority = priority_change(raw, request.headers.get("content-type"))
+        record = await self.services.set_priority(request.path_params["id"], priority)
+        return JSONResponse(record.to_dict())
+
     async def known_jobs(self, request: Request) -> Response:
         """GET /jobs-known."""
         return JSONResponse(await self.services.known_jobs())
@@ -248,6 +256,15 @@ class Routes:
             Operation("POST", "/jobs/{id}/retry", self.retry, "Re-enqueue a dead or cancelled "
                       "job", dict([(202, ("the job, back in its queue", ref("Job"))),
                                    error(404), error(409)]), params=(JOB_ID,)),
+            Operation("POST", "/jobs/{id}/priority", self.set_priority, "Change a waiting "
+                      "job's priority", dict([(200, ("the job with its new priority",
+                                                     ref("Job"))),
+                                              error(400), error(404), error(409),
+                                              error(415)]),
+                      params=(JOB_ID,), body={"application/json": ref("PriorityChange")},
+                      description="Only a queued or scheduled job's priority changes (409 "
+                      "for a running or final one). Its boost is the priority times the "
+                      "server app's aging."),
             Operation("GET", "/jobs-known", self.known_jobs, "Jobs that workers run",
                       {200: ("the jobs workers published within the retention, by name",
                              ref("KnownJobs"))},

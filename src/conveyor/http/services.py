@@ -21,6 +21,7 @@ from conveyor.errors import (
     DuplicateJob,
     InvalidArguments,
     JobNotFound,
+    JobNotWaiting,
     QueueFull,
     StoreUnavailable,
     UnknownJob,
@@ -303,6 +304,17 @@ class Services:
         except JobNotFound:
             raise _not_found(job_id) from None
         return after
+
+    async def set_priority(self, job_id: str, priority: int) -> JobRecord:
+        """``POST /jobs/{id}/priority``: a waiting job's new priority (409 for another)."""
+        before = await self.get(job_id)
+        try:
+            return await self.app.set_priority_async(before.id, priority)
+        except JobNotFound:
+            raise _not_found(job_id) from None
+        except JobNotWaiting as exc:
+            raise ApiError(409, f"job {job_id} {_state_phrase(JobState(exc.state))}; only a "
+                           "waiting job's priority can change") from None
 
     async def retry(self, job_id: str) -> JobRecord:
         """``POST /jobs/{id}/retry``: put a dead or cancelled job back in its queue."""

@@ -521,6 +521,19 @@ pages.job = {
       actions.push(el("button", { id: "cancel", class: "danger", onclick: () => act(`Cancel job ${j.name} (${j.id})?`, `${path}/cancel`,
         () => flash("Cancellation asked for.")) }, "Cancel"));
     }
+    if (j.state === "queued" || j.state === "scheduled") {
+      actions.push(el("button", { id: "priority", onclick: async () => {
+        const value = window.prompt(`Priority of job ${j.name} (-10 to 10, higher runs sooner):`, String(j.priority));
+        if (value === null) return;
+        try {
+          const r = await post(`${path}/priority?priority=${encodeURIComponent(value.trim())}`);
+          flash(`The job's priority is ${r.priority}.`);
+        } catch (error) {
+          flash(error.message, "error");
+        }
+        refreshNow();
+      } }, "Priority…"));
+    }
     if (j.state !== "running") {
       actions.push(el("button", { id: "delete", class: "danger", onclick: () => act(`Delete job ${j.name} (${j.id}) for good?`, `${path}/delete`,
         () => leave(`${PREFIX}/ui/jobs`)) }, "Delete"));
@@ -528,6 +541,7 @@ pages.job = {
     const progress = j.progress === null ? null : Math.max(0, Math.min(1, j.progress));
     const facts = [
       ["queue", link(`/ui/jobs?queue=${encodeURIComponent(j.queue)}`, j.queue)],
+      ["priority", String(j.priority)],
       ["attempts", `${j.attempts}${j.recoveries ? ` (${j.recoveries} recovered after a lost worker)` : ""}`],
       ["worker", j.worker_id || "–"], ["created", when(j.created_at)], ["runs at", when(j.run_at)],
       ["started", when(j.started_at)], ["finished", when(j.finished_at)], ["kept until", when(j.expires_at)],
