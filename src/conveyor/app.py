@@ -20,6 +20,7 @@ from conveyor.handle import JobHandle
 from conveyor.ids import new_id
 from conveyor.job import Backoff, BackoffPolicy, JobRecord, JobState
 from conveyor.known import KnownJob
+from conveyor.limits import JobLimits, usage_rows
 from conveyor.options import DEFAULT, EnqueueKwargs, EnqueueOptions, OnConflict, options_of
 from conveyor.portal import Portal
 from conveyor.priority import DEFAULT_AGING, check_aging, check_priority
@@ -227,6 +228,12 @@ class Conveyor:
         cron: str | None = None,
         cron_tz: str = "UTC",
         priority: int = 0,
+        concurrency: int | None = None,
+        group_by: str | None = None,
+        group_concurrency: int | None = None,
+        rate_limit: str | None = None,
+        burst: int | None = None,
+        group_rate_limit: str | None = None,
     ) -> JobDecorator: ...
 
     def job(
@@ -246,6 +253,12 @@ class Conveyor:
         cron: str | None = None,
         cron_tz: str = "UTC",
         priority: int = 0,
+        concurrency: int | None = None,
+        group_by: str | None = None,
+        group_concurrency: int | None = None,
+        rate_limit: str | None = None,
+        burst: int | None = None,
+        group_rate_limit: str | None = None,
     ) -> JobFunction[..., Any] | JobDecorator:
         """Register a function (plain or ``async def``) as a job; usable bare or with options.
 
@@ -257,6 +270,11 @@ class Conveyor:
         :class:`~conveyor.options.EnqueueOptions`); ``cron`` schedules a job without
         arguments under its own name, in time zone ``cron_tz`` (see :meth:`schedule`).
         ``priority`` (-10 .. 10, higher runs sooner) is each call's default priority.
+        ``concurrency`` caps the attempts running at once across every worker;
+        ``group_by`` names the argument whose value is a call's group, with
+        ``group_concurrency`` its cap per group; ``rate_limit`` / ``group_rate_limit``
+        (``"100/m"``, ``"10/s"``, ``"5/h"``) and ``burst`` limit how often attempts start
+        (see :mod:`conveyor.limits`).
         """
         if retries < 0:
             raise ConfigurationError("retries must be 0 or more")
@@ -276,6 +294,11 @@ class Conveyor:
             if job_name in self.registry:
                 raise ConfigurationError(f"a job named {job_name!r} is registered already")
             chosen = executor or ("async" if inspect.iscoroutinefunction(func) else "thread")
+            limits = JobLimits.build(
+                job_name, concurrency=concurrency, group_by=group_by,
+                group_concurrency=group_concurrency, rate_limit=rate_limit, burst=burst,
+                group_rate_limit=group_rate_limit,
+                parameters=list(inspect.signature(func).parameters))
             options = JobOptions(
                 queue=queue,
                 retries=retries,
@@ -286,6 +309,7 @@ class Conveyor:
                 staged=staged,
                 unique=unique,
                 priority=priority,
+                limits=limits,
             )
             job_fn: JobFunction[..., Any] = JobFunction(self, func, job_name, options)
             if cron is not None:
@@ -294,6 +318,22 @@ class Conveyor:
             return job_fn
 
         return register(fn) if fn is not None else cast(JobDecorator, register)
+
+    def limited_jobs(self) -> dict[str, JobLimits]:
+        """The limits of the registered jobs that have any, by job name."""
+        return {name: fn.options.limits for name, fn in self.registry.items()
+                if fn.options.limits is not None}
+
+    async def limit_usage_async(self) -> list[dict[str, Any]]:
+        """The running attempts and ready jobs of every job with limits, registered here
+        or published by a worker (see :func:`conveyor.limits.usage_rows`)."""
+        await self.broker.open()
+        limits = {job.name: job.limits for job in await self.known_jobs_async()
+                  if job.limits is not None}
+        limits.update(self.limited_jobs())
+        if not limits:
+            return []
+        return usage_rows(limits, await self.broker.limit_usage(sorted(limits)))
 
     def schedule(
         self,
@@ -388,6 +428,8 @@ class Conveyor:
             unique_until=None if options.unique_for is None else created + options.unique_for,
             priority=(options.priority if options.priority is not None
                       else job_fn.options.priority if job_fn else 0),
+            group=(job_fn.options.limits.group_of(args, kwargs, job_fn.signature)
+                   if job_fn is not None and job_fn.options.limits is not None else None),
             payload=payload,
         )
 
@@ -586,6 +628,9 @@ class Conveyor:
             job.check(record.args, record.kwargs)
             if own_queue:
                 record.queue = job.queue
+            if job.limits is not None:  # the group, as the job's own app would find it
+                record.group = job.limits.group_of(record.args, record.kwargs, job.signature,
+                                                   defaults=False)
 
     # -- reading and admin ----------------------------------------------------------------------
     def handle(self, job_id: str) -> JobHandle[Any]:

@@ -111,6 +111,19 @@ class Retry(Exception):
         self.delay = delay
 
 
+class RateLimited(Exception):
+    """Raise from a job when an upstream says "too many requests": the job goes back to wait
+    ``retry_after`` seconds without charging the attempt (at most
+    :data:`conveyor.limits.MAX_DEFERRALS` times in a row; after that it counts as a failed
+    attempt, retried after ``retry_after``)."""
+
+    def __init__(self, retry_after: float = 1.0, reason: str = "") -> None:
+        if isinstance(retry_after, bool) or not retry_after >= 0:
+            raise ValueError("retry_after must be a number of seconds, 0 or more")
+        super().__init__(reason or f"rate limited; retry in {retry_after}s")
+        self.retry_after = float(retry_after)
+
+
 class JobTimeout(ConveyorError, TimeoutError):
     """An attempt ran longer than the job's ``timeout``."""
 

@@ -21,6 +21,7 @@ from typing import (
 from conveyor.context import JobContext
 from conveyor.errors import ConfigurationError, InvalidArguments
 from conveyor.job import Backoff, BackoffPolicy, JobRecord
+from conveyor.limits import JobLimits
 from conveyor.options import EnqueueKwargs, EnqueueOptions
 from conveyor.serialization import NotSerializable, dumps
 from conveyor.signatures import misfit
@@ -55,6 +56,8 @@ class JobOptions:
     unique: bool = False
     #: each call's priority unless the enqueue gives one (-10 .. 10, higher runs sooner)
     priority: int = 0
+    #: caps on running attempts and rate limits, per name and per group (None: none)
+    limits: JobLimits | None = None
 
 
 def _parameters_of_type(fn: Callable[..., Any], kind: type) -> list[str]:

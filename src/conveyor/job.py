@@ -62,6 +62,11 @@ class JobRecord:
     expires_at: float | None = None
     #: -10 .. 10, higher runs sooner (see :mod:`conveyor.priority`)
     priority: int = 0
+    #: the job's group when its name has limits (see :mod:`conveyor.limits`): ``""``
+    #: without ``group_by``; ``None``: a job without limits (set at enqueue only)
+    group: str | None = None
+    #: times the job was put back uncharged after raising RateLimited
+    deferrals: int = 0
     #: set by a claim: the job ran before in a worker that was lost (``recoveries``), or was
     #: held by one unstarted and may have started just before it died; it runs alone
     suspect: bool = field(default=False, compare=False)
@@ -91,6 +96,7 @@ class JobRecord:
             "queue": self.queue,
             "state": str(self.state),
             "priority": self.priority,
+            "group": self.group,
             "attempts": self.attempts,
             "recoveries": self.recoveries,
             "args": self.args,
@@ -138,6 +144,9 @@ class Outcome:
     #: the attempt this ends (the job's ``attempts`` when it was claimed), when known: a
     #: backend that may apply a settle twice (a retry after a lost reply) checks it
     attempt: int | None = None
+    #: with RETRY: the attempt is not charged (``attempts`` back by one) and the job's
+    #: ``deferrals`` grow by one (a job that raised RateLimited)
+    deferred: bool = False
 
 
 @dataclass(slots=True, frozen=True)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from conveyor.errors import InvalidArguments
 from conveyor.job import iso
+from conveyor.limits import JobLimits, limits_from_dict
 from conveyor.signatures import misfit
 
 if TYPE_CHECKING:
@@ -85,6 +86,8 @@ class KnownJob:
     staged: bool = False
     seen_at: float = 0.0
     worker_id: str | None = None
+    #: the job's caps and rate limits (see :mod:`conveyor.limits`), if it has any
+    limits: JobLimits | None = None
     _signature: inspect.Signature | None = field(default=None, compare=False, repr=False)
 
     @classmethod
@@ -97,7 +100,7 @@ class KnownJob:
             for p in job_fn.signature.parameters.values()
         )
         return cls(job_fn.name, job_fn.options.queue, job_fn.options.executor, params,
-                   job_fn.options.staged)
+                   job_fn.options.staged, limits=job_fn.options.limits)
 
     # -- JSON ---------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -110,6 +113,7 @@ class KnownJob:
             "staged": self.staged,
             "seen_at": self.seen_at,
             "worker_id": self.worker_id,
+            "limits": None if self.limits is None else self.limits.to_dict(),
         }
 
     def to_display(self) -> dict[str, Any]:
@@ -139,7 +143,7 @@ class KnownJob:
             raise ValueError("worker_id is text")
         params = tuple(KnownParameter.from_dict(p) for p in raw_params)
         job = cls(str(name), str(queue), str(executor), params, data.get("staged") is True,
-                  float(stamp), worker)
+                  float(stamp), worker, limits_from_dict(data.get("limits")))
         object.__setattr__(job, "_signature", job._build_signature())  # checks the order too
         return job
 

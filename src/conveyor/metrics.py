@@ -14,7 +14,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -23,6 +23,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
 from conveyor.job import JobRecord, Outcome, OutcomeKind
+from conveyor.limits import LimitUsage
 from conveyor.queues import QueueSettings
 
 if TYPE_CHECKING:
@@ -65,6 +66,7 @@ class _QueueCollector(Collector):
     def __init__(self) -> None:
         self.counts: dict[str, dict[str, int]] = {}
         self.settings: dict[str, QueueSettings] = {}
+        self.usage: list[LimitUsage] = []
         self.taken_at = 0.0  # monotonic; 0: never
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
@@ -86,6 +88,13 @@ class _QueueCollector(Collector):
                 caps.add_metric((queue,), settings.max_queued)
         yield paused
         yield caps
+        running = GaugeMetricFamily("conveyor_limit_running", "Running attempts of a job "
+                                    "with limits, in all (group=\"\") and per group (the "
+                                    "busiest groups only; refreshed with the queue depths)",
+                                    labels=("name", "group"))
+        for usage in self.usage:
+            running.add_metric((usage.name, usage.group or ""), usage.running)
+        yield running
 
 
 class Metrics:
@@ -135,6 +144,13 @@ class Metrics:
         self.http_duration = Histogram("conveyor_http_request_duration_seconds", "HTTP request "
                                        "duration by route template", ("route", "method"),
                                        registry=r, buckets=HTTP_BUCKETS)
+        self.throttled = Counter("conveyor_jobs_throttled_total", "Claims that held ready "
+                                 "jobs of a name back for a limit (concurrency, "
+                                 "group_concurrency, rate, group_rate), and attempts put back "
+                                 "uncharged because the job raised RateLimited (upstream)",
+                                 ("name", "reason"), registry=r)
+        #: the job names with limits whose running attempts refresh_queues reads
+        self.limited_names: list[str] = []
         self.schedule_ticks = Counter("conveyor_schedule_ticks_total", "Schedule ticks this "
                                       "process fired (stored the job of) or skipped (missed, "
                                       "paused, overlapping)", ("schedule", "outcome"),
@@ -189,6 +205,8 @@ class Metrics:
             return
         if kind is OutcomeKind.SUCCEEDED:
             children.succeeded.inc()
+        elif outcome.deferred:  # RateLimited: put back uncharged, not a failure
+            self.throttled.labels(record.name, "upstream").inc()
         elif kind is OutcomeKind.RETRY:
             children.failed.inc()
             children.retried.inc()
@@ -199,6 +217,15 @@ class Metrics:
             children.cancelled.inc()
         if seconds is not None:
             children.duration.observe(seconds)
+
+    def watch_limits(self, names: Iterable[str]) -> None:
+        """Report the running attempts of these job names (names with limits)."""
+        self.limited_names = sorted({*self.limited_names, *names})
+
+    def jobs_throttled(self, counts: Mapping[tuple[str, str], int]) -> None:
+        """Count claims that held jobs back, per (job name, reason)."""
+        for (name, reason), count in counts.items():
+            self.throttled.labels(name, reason).inc(count)
 
     # -- workers and queues ---------------------------------------------------------------------
     def watch_worker(self, worker_id: str, concurrency: Callable[[], float],
@@ -229,6 +256,8 @@ class Metrics:
         """Take a new snapshot of ``broker.counts()`` if the last one is stale."""
         if force or self.queue_counts_stale():
             self.set_queue_counts(await broker.counts(), await broker.queue_settings())
+            if self.limited_names:
+                self._queues.usage = await broker.limit_usage(self.limited_names)
 
     # -- HTTP -----------------------------------------------------------------------------------
     def http_request(self, route: str, method: str, status: int, seconds: float) -> None:

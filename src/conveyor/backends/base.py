@@ -8,12 +8,14 @@ timeouts and middleware live above them, in the app and the worker. One contract
 from __future__ import annotations
 
 import abc
+import collections
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from conveyor.job import JobRecord, JobState, Outcome, WorkerInfo
 from conveyor.known import KnownJob
+from conveyor.limits import JobLimits, LimitUsage
 from conveyor.priority import DEFAULT_AGING, QueueWeights
 from conveyor.queues import QueueSettings
 from conveyor.stats import MinuteStats
@@ -154,6 +156,7 @@ class Broker(abc.ABC):
     async def claim(
         self, worker_id: str, queues: Sequence[str], limit: int, lease: float,
         start: int | None = None, weights: QueueWeights | None = None,
+        limits: Mapping[str, JobLimits] | None = None,
     ) -> list[JobRecord]:
         """Move up to ``limit`` ready jobs of ``queues`` to running, owned by ``worker_id``.
 
@@ -163,11 +166,35 @@ class Broker(abc.ABC):
         them; with ``weights`` the queues are shared by :meth:`QueueWeights.pick` (decided in
         the claim, and ``weights.credits`` updated after it). A paused queue (see
         :meth:`set_paused`) gives nothing.
+
+        ``limits`` (job name -> its limits, see :mod:`conveyor.limits`) hold back laned jobs
+        (``group`` not None) whose name or group is at its cap (live leases) or whose
+        bucket has no token; a claim spends a token per job it takes, and takes a grouped
+        name's jobs round robin over its groups (in the order of their names, from the
+        group after the one it served last). Each (name, reason) it held jobs back for is
+        noted (:meth:`note_throttled`).
         Each claimed job's ``attempts`` grows by one (the attempt's fencing token) and its
         lease runs ``lease`` seconds. The first ``start`` jobs (all when ``None``) start at
         once; the others are held unstarted until a heartbeat names them started, and a
         recovery of an unstarted job charges it nothing.
         """
+
+    def note_throttled(self, name: str, reason: str) -> None:
+        """Count a claim that held ready jobs of ``name`` back for ``reason``."""
+        counter = self.__dict__.setdefault("_throttled", collections.Counter())
+        counter[(name, reason)] += 1
+
+    def take_throttled(self) -> collections.Counter[tuple[str, str]]:
+        """The throttles noted since the last call, and forget them."""
+        taken: collections.Counter[tuple[str, str]] = self.__dict__.pop(
+            "_throttled", collections.Counter())
+        return taken
+
+    @abc.abstractmethod
+    async def limit_usage(self, names: Sequence[str], max_groups: int = 20) -> list[LimitUsage]:
+        """For each job name of ``names`` (names with limits): its running attempts (live
+        leases) and ready jobs, in all (``group`` None) and for up to ``max_groups`` of its
+        groups (those with the most running, then the most ready)."""
 
     @abc.abstractmethod
     async def set_priority(self, job_id: str, priority: int) -> JobRecord | None:

@@ -20,6 +20,7 @@ from conveyor.cli.output import (
     print_counts,
     print_jobs,
     print_json,
+    print_limits,
     print_workers,
 )
 from conveyor.errors import (
@@ -222,10 +223,15 @@ async def stats(app: Conveyor, args: argparse.Namespace) -> int:
     queues = with_settings(counts, await app.broker.queue_settings(),
                            tuple(str(s) for s in ALL_STATES))
     workers = await app.broker.workers()
+    limits = await app.limit_usage_async()
     if args.json:
-        print_json({"queues": queues, "workers": [w.to_dict() for w in workers]})
+        print_json({"queues": queues, "workers": [w.to_dict() for w in workers],
+                    "limits": limits})
         return 0
     print_counts(queues)
     console.print()
     print_workers(workers)
+    if limits:
+        console.print()
+        print_limits(limits)
     return 0

@@ -279,3 +279,17 @@ def print_workers(workers: Iterable[WorkerInfo]) -> None:
                   f"{w.min_concurrency}..{w.max_concurrency}", w.busy, w.processed, w.failed,
                   Stamp(w.heartbeat_at)] for w in workers),
                 title="workers", empty="(no live workers)")
+
+
+LIMIT_COLUMNS = (Col("job", fit=8), Col("group", fit=8), Col("running", right=True),
+                 Col("cap", right=True), Col("ready", right=True),
+                 Col("throttled", right=True), Col("rate", drop=1))
+
+
+def print_limits(rows: Iterable[Mapping[str, Any]]) -> None:
+    """Jobs with limits: running vs cap, ready and throttled, in all and per busy group."""
+    print_table(LIMIT_COLUMNS,
+                ([r["name"], "(all)" if r["group"] is None else r["group"], r["running"],
+                  "-" if r["cap"] is None else r["cap"], r["ready"], r["throttled"],
+                  r["rate"] or "-"] for r in rows),
+                title="limits", empty="(no jobs with limits)")

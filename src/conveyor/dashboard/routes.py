@@ -127,7 +127,8 @@ class Dashboard:
     async def overview(self, request: Request) -> Response:
         """GET /ui/api/overview[?queue=]."""
         queue = request.query_params.get("queue") or None
-        return _json(await data.overview(await self._broker(), queue))
+        return _json({**await data.overview(await self._broker(), queue),
+                      "limits": await self.services.limits()})
 
     async def counts(self, request: Request) -> Response:
         """GET /ui/api/counts: jobs per queue and state (the jobs page's tabs)."""

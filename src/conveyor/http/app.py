@@ -227,6 +227,7 @@ def create_app(
         metrics = conveyor_app.metrics or Metrics()
     if conveyor_app.metrics is None:
         conveyor_app.metrics = metrics
+    metrics.watch_limits(conveyor_app.limited_jobs())
     routes = Routes(Services(conveyor_app, max_upload_bytes, target), token or None, metrics)
     table = build_routes(routes.operations())
     allowed = Origins(origins, hosts)

@@ -157,7 +157,8 @@ class Routes:
 
     async def queues(self, request: Request) -> Response:
         """GET /queues."""
-        return JSONResponse({"queues": await self.services.queues()})
+        return JSONResponse({"queues": await self.services.queues(),
+                             "limits": await self.services.limits()})
 
     async def pause_queue(self, request: Request) -> Response:
         """POST /queues/{queue}/pause."""

@@ -381,6 +381,12 @@ class Services:
         return with_settings(await broker.counts(), await broker.queue_settings(),
                              tuple(str(s) for s in ALL_STATES))
 
+    async def limits(self) -> list[dict[str, Any]]:
+        """The ``limits`` of ``GET /queues``: running vs cap, ready and throttled jobs per
+        job with limits and per busy group."""
+        await self.broker_ready()
+        return await self.app.limit_usage_async()
+
     async def queue_settings(self, queue: str) -> dict[str, Any]:
         """``{"queue": name, "paused": bool, "max_queued": n or null}`` of one queue."""
         settings = (await self.app.queue_settings_async()).get(queue) or QueueSettings(queue)

@@ -8,8 +8,9 @@ import traceback
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from conveyor.errors import PermanentError, Retry
+from conveyor.errors import PermanentError, RateLimited, Retry
 from conveyor.job import JobRecord, Outcome, OutcomeKind
+from conveyor.limits import MAX_DEFERRALS
 from conveyor.logs import duration, iso_time, json_lines, one_line, plural
 from conveyor.serialization import NotSerializable, dumps
 
@@ -74,11 +75,16 @@ def failed(
     tb: str | None = None,
     permanent: bool | None = None,
     retry_delay: float | None = None,
+    rate_limited: bool | None = None,
 ) -> Outcome:
     """A failed attempt: retry after a backoff while retries remain, else the dead set.
 
-    ``error``, ``tb``, ``permanent`` and ``retry_delay`` override what is read off ``exc``
-    (the process executor reports them from the child).
+    A job that raised :class:`RateLimited` goes back to wait its ``retry_after`` without
+    charging the attempt, at most :data:`MAX_DEFERRALS` times; after that it fails as
+    any other error, retried after ``retry_after``.
+
+    ``error``, ``tb``, ``permanent``, ``retry_delay`` and ``rate_limited`` override what is
+    read off ``exc`` (the process executor reports them from the child).
     """
     error = error or _describe(exc)
     if tb is None:
@@ -87,6 +93,15 @@ def failed(
         permanent = isinstance(exc, (PermanentError, *job_fn.options.permanent_errors))
     if retry_delay is None and isinstance(exc, Retry):
         retry_delay = exc.delay
+    if rate_limited is None:
+        rate_limited = isinstance(exc, RateLimited)
+        if isinstance(exc, RateLimited):
+            retry_delay = exc.retry_after
+    if rate_limited and not permanent and record.deferrals < MAX_DEFERRALS:
+        now = time.time()
+        return _outcome(record, worker_id, OutcomeKind.RETRY, at=now, error=error,
+                        traceback=tb, run_at=now + max(0.0, retry_delay or 0.0),
+                        deferred=True)
     if permanent:
         return dead(record, worker_id, error, tb)
     failures = record.attempts - record.recoveries
@@ -148,7 +163,11 @@ def log_end(record: JobRecord, outcome: Outcome, job_fn: JobFunction[..., Any] |
             when += f" (at {iso_time(run_at)})"
         fields = _fields(record, worker_id, max_attempts=allowed, error=outcome.error,
                          next_run_at=iso_time(run_at))
-        if (outcome.error or "").startswith(f"{Retry.__name__}:"):  # asked for, not a failure
+        if outcome.deferred:
+            log.info("job %s (%s) was rate limited upstream, %s (not charged; deferred %d "
+                     "of %d times): %s", record.id, record.name, when, record.deferrals + 1,
+                     MAX_DEFERRALS, one_line(outcome.error or ""), extra=fields)
+        elif (outcome.error or "").startswith(f"{Retry.__name__}:"):  # asked for
             log.info("job %s (%s) asked to run again, %s; %s", record.id, record.name, tally,
                      when, extra=fields)
         else:

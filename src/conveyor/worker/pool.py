@@ -24,6 +24,7 @@ from conveyor.context import JobContext
 from conveyor.errors import ConfigurationError, redact_url
 from conveyor.ids import new_id
 from conveyor.job import JobRecord, Outcome, OutcomeKind, WorkerInfo
+from conveyor.limits import JobLimits, throttle_poll
 from conveyor.priority import QueueWeights
 from conveyor.stats import StartMark, StatsRecorder
 from conveyor.worker import outcomes, shutdown
@@ -107,6 +108,11 @@ class Worker:
         self.queues = list(queues) if queues else sorted(
             {fn.options.queue for fn in app.registry.values()} or {"default"}
         )
+        #: the limits of the app's jobs that have any, handed to every claim (None: none)
+        self.limits: dict[str, JobLimits] | None = app.limited_jobs() or None
+        #: how long an idle worker waits before it claims again when a claim held jobs back
+        #: for a limit (a slot frees, a token comes: no one wakes it for those)
+        self.throttle_poll = throttle_poll(self.limits)
         self.scaler = Autoscaler(min_workers, max_workers, cooldown=cooldown)
         self.grace = grace
         self.id = f"{socket.gethostname()}-{os.getpid()}-{new_id()[-6:].lower()}"
@@ -158,6 +164,8 @@ class Worker:
         self._middleware_chain = self._build_chain()
         #: counts starts and outcomes, if given (None: no cost at all)
         self.metrics = metrics
+        if metrics is not None and self.limits:
+            metrics.watch_limits(self.limits)
         #: per-minute statistics for the dashboard, always on; flushed by the maintenance
         self.stats = StatsRecorder()
 
@@ -407,7 +415,7 @@ class Worker:
             free = max(0, size - busy - len(self.buffered))
             try:
                 jobs = await self.broker.claim(self.id, self.queues, want, lease, start=free,
-                                               weights=self.weights)
+                                               weights=self.weights, limits=self.limits)
             except Exception as exc:
                 if self.broker.is_transient(exc):  # logged once per outage, by the store
                     outage_for(self.broker).note(exc)
@@ -416,12 +424,17 @@ class Worker:
                 await self._sleep(1.0)
                 continue
             outage_for(self.broker).recovered()
+            throttled = self.broker.take_throttled() if self.limits else None
+            if throttled and self.metrics is not None:
+                self.metrics.jobs_throttled(throttled)
             self._take(jobs, free)
             self._fill_slots()
             if jobs:
                 await asyncio.sleep(0)
             elif self.buffered or self.busy >= size:
                 await self._wake.wait()
+            elif throttled:
+                await self._nap(self.throttle_poll)
             else:
                 await self._idle()
 
@@ -519,6 +532,13 @@ class Worker:
                 task.cancel()
             await asyncio.gather(waiter, woken, return_exceptions=True)
 
+    async def _nap(self, seconds: float) -> None:
+        """Wait ``seconds``, or less when woken (a stop, a freed slot)."""
+        assert self._wake is not None
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._wake.wait()
+
     async def _sleep(self, seconds: float) -> None:
         assert self._stopping is not None
         with contextlib.suppress(TimeoutError):  # not wait_for: it may swallow a cancellation
@@ -613,6 +633,7 @@ class Worker:
                 error=f"{exc.type_name}: {exc.message}" if exc.message else exc.type_name,
                 tb=exc.traceback, permanent=exc.permanent,
                 retry_delay=exc.retry_delay if exc.retry else None,
+                rate_limited=exc.rate_limited,
             )
         return outcomes.failed(record, self.id, job_fn, exc)
 

@@ -5,9 +5,9 @@ crossing the pipe is JSON text (never pickle): the parent sends
 ``["run", module, qualname, record, staged]`` (``staged``: the path of the job's uploaded
 file, or null); a child answers ``["ready"]`` once after booting,
 ``["progress", job_id, value, message]`` while a job runs, then ``["ok", result]`` or
-``["error", type_name, message, traceback, permanent, retry_delay, retry]``. A child that
-overruns its timeout, or whose caller is cancelled, is killed with SIGKILL (which works
-even inside C code) and replaced lazily on the next run.
+``["error", type_name, message, traceback, permanent, retry_delay, retry,
+rate_limited]``. A child that overruns its timeout, or whose caller is cancelled, is
+killed with SIGKILL (which works even inside C code) and replaced lazily on the next run.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from conveyor.context import JobContext
-from conveyor.errors import JobTimeout, PermanentError, Retry
+from conveyor.errors import JobTimeout, PermanentError, RateLimited, Retry
 from conveyor.functions import CallBinding, JobFunction
 from conveyor.job import JobRecord, JobState
 from conveyor.serialization import NotSerializable, dumps, loads
@@ -44,8 +44,9 @@ class RemoteError(Exception):
     """The job function raised in the child (or the child died: ``WorkerProcessDied``)."""
 
     def __init__(self, type_name: str, message: str, traceback: str, permanent: bool,
-                 retry_delay: float | None, retry: bool) -> None:
+                 retry_delay: float | None, retry: bool, rate_limited: bool = False) -> None:
         super().__init__(f"{type_name}: {message}" if message else type_name)
+        self.rate_limited = rate_limited
         self.type_name = type_name
         self.message = message
         self.traceback = traceback
@@ -103,14 +104,17 @@ def _run_one(conn: Connection[Any, Any], lock: threading.Lock, module: str, qual
             dumps(result)
         except NotSerializable as exc:
             return ["error", "NotSerializable",
-                    f"the job's result is not JSON-serializable: {exc}", "", True, None, False]
+                    f"the job's result is not JSON-serializable: {exc}", "", True, None, False,
+                    False]
         return ["ok", result]
     except BaseException as exc:  # the job's own failure, reported rather than fatal
-        retry = isinstance(exc, Retry)
+        retry = isinstance(exc, Retry | RateLimited)
         permanent = isinstance(exc, (PermanentError, *permanent_errors))
         delay = float(exc.delay) if isinstance(exc, Retry) and exc.delay is not None else None
+        if isinstance(exc, RateLimited):
+            delay = exc.retry_after
         return ["error", type(exc).__name__, str(exc), "".join(traceback.format_exception(exc)),
-                permanent, delay, retry]
+                permanent, delay, retry, isinstance(exc, RateLimited)]
 
 
 def _child_main(conn: Connection[Any, Any], paths: list[str]) -> None:
@@ -203,8 +207,8 @@ class ProcessPool:
             self._slots.release()
         if reply[0] == "ok":
             return reply[1]
-        _, type_name, message, tb, permanent, retry_delay, retry = reply
-        raise RemoteError(type_name, message, tb, permanent, retry_delay, retry)
+        _, type_name, message, tb, permanent, retry_delay, retry, limited = reply
+        raise RemoteError(type_name, message, tb, permanent, retry_delay, retry, limited)
 
     async def close(self) -> None:
         """Terminate every child (idle or busy) and wait for them to exit."""

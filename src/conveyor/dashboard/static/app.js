@@ -286,6 +286,7 @@ pages.overview = {
       el("section", { class: "cards", id: "cards" }),
       el("h2", { text: "Queues" }),
       el("table", { id: "queues", class: "grid" }),
+      el("section", { id: "limits-section" }),
       el("div", { class: "chart-head" },
         el("h2", { text: "Last hour" }),
         el("label", { for: "chart-queue", text: "Queue " }),
@@ -324,6 +325,18 @@ pages.overview = {
               (r.skipped ? ` ${r.skipped} were left: their uploaded files are gone.` : ""))) }, "Retry dead")
         : null)));
     fillTable("queues", ["queue", ...STATES, "paused", "max queued", ""], rows, "No jobs yet.");
+    const limits = data.limits || [];
+    replace("limits-section", limits.length ? [
+      el("h2", { text: "Limits" }),
+      el("table", { id: "limits", class: "grid" },
+        el("thead", {}, el("tr", {}, ["job", "group", "running / cap", "ready", "throttled", "rate"].map((h) => el("th", { text: h })))),
+        el("tbody", {}, limits.map((l) => el("tr", { "data-name": l.name, "data-group": l.group === null ? "" : l.group },
+          el("td", { text: l.name }), el("td", { text: l.group === null ? "(all)" : l.group }),
+          el("td", { class: "num", "data-field": "running" }, `${number(l.running)} / ${l.cap === null ? "–" : number(l.cap)}`),
+          el("td", { class: "num" }, number(l.ready)),
+          el("td", { class: "num", "data-field": "throttled" }, number(l.throttled)),
+          el("td", { text: l.rate || "–" }))))),
+    ] : []);
     const select = document.getElementById("chart-queue");
     const names = ["", ...data.queues.map((q) => q.name)];
     if (chartQueue && !names.includes(chartQueue)) names.push(chartQueue);
