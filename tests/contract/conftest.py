@@ -131,6 +131,7 @@ def make_job(
     delay: float | None = None,
     created_at: float | None = None,
     priority: int = 0,
+    group: str | None = None,
 ) -> JobRecord:
     """A fresh job record as the app would build it: queued, or scheduled when it runs later.
 
@@ -152,6 +153,7 @@ def make_job(
         created_at=created_at,
         run_at=run_at,
         priority=priority,
+        group=group,
     )
 
 
