@@ -27,6 +27,15 @@ def test_bench_json_has_every_figure(cli: CLI) -> None:
     assert not Path(result["url"].removeprefix("sqlite:///")).exists()
 
 
+@pytest.mark.parametrize("kind", ["capped", "grouped"])
+def test_bench_limited_kinds(cli: CLI, kind: str) -> None:
+    result = cli.json("bench", "--kind", kind, "--jobs", "400", "--single", "50",
+                      "--latency-jobs", "50", "--rate", "200", timeout=180)
+    for figure in FIGURES:
+        assert result[figure] > 0, (figure, result)
+    assert result["kind"] == kind
+
+
 def test_bench_sleep_kind_on_a_given_store(cli: CLI) -> None:
     result = cli.json("bench", "--kind", "sleep:1", "--jobs", "300", "--single", "100",
                       "--latency-jobs", "100", "--rate", "500", "--callers", "4", timeout=120)
@@ -54,8 +63,8 @@ def test_bench_table_output(cli: CLI) -> None:
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        (["--kind", "bogus"], "--kind is noop or sleep:MS"),
-        (["--kind", "sleep:x"], "--kind is noop or sleep:MS"),
+        (["--kind", "bogus"], "--kind is noop, sleep:MS"),
+        (["--kind", "sleep:x"], "--kind is noop, sleep:MS"),
         (["--jobs", "0"], "must be positive"),
         (["--rate", "0"], "must be positive"),
     ],

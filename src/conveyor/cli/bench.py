@@ -25,6 +25,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
 from conveyor.app import Conveyor
+from conveyor.bench_app import TENANTS
 from conveyor.cli.loading import CLIError
 from conveyor.cli.output import console, errors
 from conveyor.ids import new_id
@@ -56,7 +57,9 @@ def add_bench_parser(sub: Any) -> None:
     p = sub.add_parser("bench", help="measure enqueue, drain and latency on a store")
     p.add_argument("--url", help="store to measure (default: a fresh SQLite file in a temp dir)")
     p.add_argument("--jobs", type=int, default=20_000, help="jobs to bulk-enqueue and drain")
-    p.add_argument("--kind", default="noop", help="noop or sleep:MS")
+    p.add_argument("--kind", default="noop",
+                   help="noop, sleep:MS, capped (no-ops, at most 8 running at once) or "
+                   "grouped (no-ops over 32 tenants, at most 2 of one running at once)")
     p.add_argument("--max-workers", type=int, default=100, help="concurrency per process")
     p.add_argument("--min-workers", type=int, help="default: --max-workers")
     p.add_argument("--processes", type=int, default=1, help="worker processes")
@@ -76,12 +79,16 @@ def add_bench_parser(sub: Any) -> None:
 def _parse_kind(kind: str) -> tuple[str, list[Any]]:
     if kind == "noop":
         return "noop", []
+    if kind == "capped":
+        return "capped_noop", []
+    if kind == "grouped":
+        return "tenant_noop", ["t0"]
     if kind.startswith("sleep:"):
         try:
             return "sleep", [float(kind.split(":", 1)[1])]
         except ValueError:
             pass
-    raise CLIError("--kind is noop or sleep:MS, e.g. sleep:10")
+    raise CLIError("--kind is noop, sleep:MS (e.g. sleep:10), capped or grouped")
 
 
 def _progress() -> Progress:
@@ -103,6 +110,12 @@ class Bench:
         self.job, self.job_args = _parse_kind(args.kind)
         self.result = BenchResult(url, args.kind, args.jobs, args.max_workers, args.processes)
         self.worker: subprocess.Popen[bytes] | None = None
+
+    def items(self, count: int) -> list[list[Any]]:
+        """The arguments of ``count`` jobs (``grouped``: the tenants take turns)."""
+        if self.job == "tenant_noop":
+            return [[f"t{i % TENANTS}"] for i in range(count)]
+        return [self.job_args] * count
 
     async def single(self) -> None:
         n = self.args.single
@@ -136,7 +149,7 @@ class Bench:
 
     async def bulk(self) -> None:
         n, batch = self.args.jobs, 1000
-        items = [self.job_args] * batch
+        items = self.items(batch)
         with _progress() as bar:
             task = bar.add_task("bulk enqueue", total=n, rate="")
             start = time.perf_counter()

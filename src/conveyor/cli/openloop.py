@@ -55,7 +55,7 @@ async def _offer(bench: Bench, rate: float, duration: float) -> tuple[float, lis
     while (elapsed := time.perf_counter() - start) < duration:
         due = int(rate * elapsed) - sent
         if due > 0:
-            handles = await bench.app.enqueue_many_async(bench.job, [bench.job_args] * due)
+            handles = await bench.app.enqueue_many_async(bench.job, bench.items(due))
             sampled.extend(h.id for h in handles if random.random() < keep)
             sent += due
         await asyncio.sleep(max(0.0, TICK - (time.perf_counter() - start - elapsed)))
