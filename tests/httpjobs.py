@@ -31,6 +31,13 @@ async def nap(seconds: float, ctx: JobContext) -> float:
     return seconds
 
 
+@app.job(queue="naps", group_by="tenant", group_concurrency=1)
+async def tenant_nap(tenant: str, seconds: float) -> float:
+    """One nap per tenant at once."""
+    await asyncio.sleep(seconds)
+    return seconds
+
+
 @app.job
 def count(upload: Upload, label: str = "", times: int = 1) -> dict[str, Any]:
     """Read the uploaded file: its size, what it starts with, and the other arguments."""

@@ -137,3 +137,17 @@ def test_dashboard_pause_resume_and_cap(server: Server) -> None:
     finally:
         client.close()
     assert server.client.get("/queues").json()["queues"]["naps"]["paused"] is False
+
+
+def test_queues_show_the_limits(server: Server) -> None:
+    ids = [submit(server, "tenant_nap", kwargs={"tenant": "acme", "seconds": 1.5}).json()["id"]
+           for _ in range(3)]
+    server.wait_job(ids[0], states=("running",))
+    limits = server.client.get("/queues").json()["limits"]
+    rows = {(r["name"], r["group"]): r for r in limits}
+    assert rows[("tenant_nap", "acme")] == {
+        "name": "tenant_nap", "group": "acme", "running": 1, "cap": 1, "ready": 2,
+        "throttled": 2, "rate": None}
+    assert rows[("tenant_nap", None)]["running"] == 1
+    for job_id in ids:
+        assert server.wait_job(job_id)["state"] == "succeeded"

@@ -114,7 +114,7 @@ class Retry(Exception):
 class RateLimited(Exception):
     """Raise from a job when an upstream says "too many requests": the job goes back to wait
     ``retry_after`` seconds without charging the attempt (at most
-    :data:`conveyor.limits.MAX_DEFERRALS` times in a row; after that it counts as a failed
+    :data:`conveyor.limits.MAX_DEFERRALS` times in all; after that it counts as a failed
     attempt, retried after ``retry_after``)."""
 
     def __init__(self, retry_after: float = 1.0, reason: str = "") -> None:
