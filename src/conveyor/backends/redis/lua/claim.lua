@@ -67,6 +67,9 @@ for g = 1, groups do
   end
 end
 
+-- no job of the namespace has a priority field: no job to look up
+local any_priority = redis.call('EXISTS', F.priority) == 1
+
 -- A candidate's run_at, for ties of rank: its rank when it has no boost, else its field.
 local function run_at_for(item)
   if not item.run then
@@ -93,7 +96,7 @@ local function head(base, n)
   if #got == 0 then return items end
   local ids = {}
   for i = 1, #got, 2 do ids[#ids + 1] = got[i] end
-  local marks = hmget(F.priority, ids)
+  local marks = any_priority and hmget(F.priority, ids) or {}
   local boosted = false
   for k, id in ipairs(ids) do
     items[k] = {id = id, at = got[2 * k], mark = marks[k], base = base}
