@@ -223,6 +223,9 @@ def test_a_redis_namespace_of_layout_1_is_upgraded_with_every_job_intact() -> No
     assert client.get(f"{{{ns}}}:layout") is None
     _check_intact(RedisBroker(url, namespace=ns))
     assert client.get(f"{{{ns}}}:layout") == str(redis_layout.LAYOUT)
+    # layout 3: the scheduled job waits in sched only; q1 was claimed
+    assert client.zrange(f"{{{ns}}}:q:default:waiting", 0, -1) == []
+    assert client.zrange(f"{{{ns}}}:q:default:sched", 0, -1) == ["s1"]
     _check_intact_again(url, ns)
     client.close()
 

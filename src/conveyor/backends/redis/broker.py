@@ -34,6 +34,7 @@ from conveyor.errors import (
 from conveyor.ids import new_id
 from conveyor.job import ALL_STATES, JobRecord, JobState, Outcome, OutcomeKind, WorkerInfo
 from conveyor.known import KnownJob, read_known
+from conveyor.priority import QueueWeights, boost
 from conveyor.queues import QueueSettings, stored_limit
 from conveyor.schedules import Schedule, ScheduleState, read_state
 from conveyor.serialization import dumps, loads, storable
@@ -236,8 +237,22 @@ class RedisBroker(Broker):
                 return  # open on this loop already: the hot path must not pay a round trip
             await self._cmd("ping")
             return
-        found = await self._script("layout", [self.keys.layout, self.keys.jobs], [LAYOUT])
+        queues: list[str] = []
+        while True:
+            found = await self._script("layout", *self._layout_call(queues))
+            if not isinstance(found, list):
+                break
+            queues = found  # the layout step needs these queues' keys
         self._layout_found(found)
+
+    def _layout_call(self, queues: Sequence[str]) -> tuple[list[str], list[Any]]:
+        """The KEYS and ARGV of the layout script, given the namespace's queues (the
+        script answers with their names when a step needs them and they differ)."""
+        k = self.keys
+        keys = [k.layout, k.jobs, k.queues]
+        for queue in queues:
+            keys += [k.waiting(queue), k.sched(queue)]
+        return keys, [LAYOUT, *queues]
 
     def _layout_found(self, found: Any) -> None:
         """Refuse a namespace of a newer layout; else remember that it is checked."""
@@ -359,8 +374,8 @@ class RedisBroker(Broker):
         if len(segments) == 1 and len(segments[0][0]) == 1:
             (job,), limits = segments[0]
             keys = [k.jobs, k.field("state"), k.queues, *k.queue_group(job.queue),
-                    k.caps, k.unique, k.unique_until]
-            value = f"{job.run_at - job.created_at!r}{codec.job_spec(job)}"
+                    k.caps, k.unique, k.unique_until, k.field("priority")]
+            value = self._value(job)
             argv: list[Any] = [job.queue, limits.get(job.queue, -1), value]
             if job.unique_key is not None:
                 argv += [job.unique_key, _hold(job)]
@@ -377,7 +392,7 @@ class RedisBroker(Broker):
                     argv.append(0)
                 else:
                     argv += [1, 1, job.unique_key, _hold(job)]
-                argv.append(f"{job.run_at - job.created_at!r}{codec.job_spec(job)}")
+                argv.append(self._value(job))
                 orders.append(ONLY)
                 continue
             by_queue: dict[str, list[int]] = defaultdict(list)
@@ -393,12 +408,19 @@ class RedisBroker(Broker):
             argv.append(len(keyed))
             for place, job in keyed:
                 argv += [place, job.unique_key, _hold(job)]
-            argv += [f"{jobs[n].run_at - jobs[n].created_at!r}{codec.job_spec(jobs[n])}"
-                     for n in order]
+            argv += [self._value(jobs[n]) for n in order]
             orders.append(order)
         keys = [k.jobs, k.field("state"), k.queues, k.unique, k.unique_until,
-                *self._group_keys(list(numbers)), k.caps]
+                *self._group_keys(list(numbers)), k.caps, k.field("priority")]
         return "enqueue", keys, argv, orders
+
+    def _value(self, job: JobRecord) -> str:
+        """One job as the enqueue scripts take it: its run_at offset from now, for a job of
+        another priority than 0 a space and its priority field, then its JSON."""
+        offset = repr(job.run_at - job.created_at)
+        if job.priority:
+            offset += " " + codec.priority_field(job.priority, boost(job.priority, self.aging))
+        return offset + codec.job_spec(job)
 
     @staticmethod
     def _segment_result(reply: Any, attempts: int, jobs: Sequence[JobRecord],
@@ -466,8 +488,12 @@ class RedisBroker(Broker):
         if not jobs:
             return []
         if not self._layout_checked:
-            found, _ = self._blocking_call("layout", [self.keys.layout, self.keys.jobs],
-                                           [LAYOUT])
+            queues: list[str] = []
+            while True:
+                found, _ = self._blocking_call("layout", *self._layout_call(queues))
+                if not isinstance(found, list):
+                    break
+                queues = [q.decode() if isinstance(q, bytes) else str(q) for q in found]
             self._layout_found(found)
         script, keys, argv, orders = self._enqueue_call([(jobs, limits)])
         reply, attempts = self._blocking_call(script, keys, argv)
@@ -543,15 +569,31 @@ class RedisBroker(Broker):
     # -- workers ------------------------------------------------------------------------------
     async def claim(
         self, worker_id: str, queues: Sequence[str], limit: int, lease: float,
-        start: int | None = None,
+        start: int | None = None, weights: QueueWeights | None = None,
     ) -> list[JobRecord]:
+        if weights is not None:
+            queues = weights.queues
         keys = [*self.keys.job_block, self.keys.claims, self.keys.paused,
                 *self._group_keys(queues)]
         # one token for every retry of this claim: a retry after a lost reply gets the
         # same jobs back instead of leasing a second batch
-        reply = await self._script("claim", keys, [worker_id, lease, limit, new_id(),
-                                                   "" if start is None else start, *queues])
+        argv: list[Any] = [worker_id, lease, limit, new_id(), "" if start is None else start,
+                           *queues]
+        if weights is not None:
+            argv += ["strict" if weights.strict else "weighted",
+                     *(weights.weights[q] for q in queues),
+                     *(weights.credits.get(q, 0) for q in queues)]
+        reply = await self._script("claim", keys, argv)
+        if weights is not None:
+            credits = codec.claimed_credits(reply)
+            if credits is not None:
+                weights.credits = dict(zip(queues, credits, strict=True))
         return codec.claimed_jobs(reply, worker_id)
+
+    async def set_priority(self, job_id: str, priority: int) -> JobRecord | None:
+        found = await self._by_id("set_priority", job_id,
+                                  [priority, repr(boost(priority, self.aging))])
+        return await self.get(job_id) if found else None
 
     async def settle(self, outcomes: Sequence[Outcome]) -> None:
         if not outcomes:
@@ -621,10 +663,11 @@ class RedisBroker(Broker):
             async with conn.client.pipeline(transaction=False) as pipe:
                 pipe.smembers(self.keys.paused)
                 for queue in queues:
-                    pipe.zcount(self.keys.waiting(queue), "-inf", now)
+                    pipe.zcard(self.keys.waiting(queue))
+                    pipe.zcount(self.keys.sched(queue), "-inf", now)
                 paused, *ready = await pipe.execute()
-            return sum(int(n) for queue, n in zip(queues, ready, strict=True)
-                       if queue not in paused)
+            return sum(int(ready[2 * n]) + int(ready[2 * n + 1])
+                       for n, queue in enumerate(queues) if queue not in paused)
 
         return min(limit, await self._retrying(call))
 
@@ -637,14 +680,20 @@ class RedisBroker(Broker):
                 pipe.time()
                 pipe.smembers(self.keys.paused)
                 for queue in queues:
-                    pipe.zrange(self.keys.waiting(queue), 0, 0, withscores=True)
+                    pipe.exists(self.keys.waiting(queue))
+                    pipe.zrange(self.keys.sched(queue), 0, 0, withscores=True)
                 server_time, paused, *heads = await pipe.execute()
             return server_time[0] + server_time[1] / 1e6, paused, heads
 
         now, paused, heads = await self._retrying(next_due)
         wait = timeout
-        for queue, head in zip(queues, heads, strict=True):
-            if head and queue not in paused:  # a paused queue's due jobs wait for a resume
+        for n, queue in enumerate(queues):
+            if queue in paused:  # a paused queue's due jobs wait for a resume
+                continue
+            ready, head = heads[2 * n], heads[2 * n + 1]
+            if ready:
+                wait = 0
+            elif head:
                 wait = min(wait, head[0][1] - now)
         if wait <= 0:
             return

@@ -43,15 +43,31 @@ def _number(value: Any) -> float | None:
     return None if value is None else float(value)
 
 
+def priority_of(field: str | None) -> int:
+    """The priority in a job's priority field (``"PRIORITY BOOST"``; None: 0)."""
+    return int(field.partition(" ")[0]) if field else 0
+
+
+def priority_field(priority: int, boost: float) -> str:
+    """A job's priority field as the scripts write it: ``"PRIORITY BOOST"``."""
+    return f"{priority} {boost!r}"
+
+
+def claimed_credits(reply: Sequence[Any]) -> list[int] | None:
+    """The weighted queues' new credits in a claim script's reply (None: unchanged)."""
+    text = reply[2] if len(reply) > 2 else ""
+    return [int(float(word)) for word in text.split()] if text else None
+
+
 def claimed_jobs(reply: Sequence[Any], worker_id: str) -> list[JobRecord]:
-    """The jobs of a claim script's reply: ``[started_at, lease expiry, then per job its
-    JSON, run_at ('' for the one it was enqueued with), attempts, recoveries, suspect (1 or
-    0)]``."""
-    if len(reply) < 3:
+    """The jobs of a claim script's reply: ``[started_at, lease expiry, credits, then per
+    job its JSON, run_at ('' for the one it was enqueued with), attempts, recoveries,
+    suspect (1 or 0), priority field ('' for none)]``."""
+    if len(reply) < 4:
         return []
     started, lease = float(reply[0]), float(reply[1])
     jobs = []
-    for i in range(2, len(reply), 5):
+    for i in range(3, len(reply), 6):
         spec = _loads(reply[i])
         run_at = reply[i + 1]
         jobs.append(JobRecord(
@@ -59,6 +75,7 @@ def claimed_jobs(reply: Sequence[Any], worker_id: str) -> list[JobRecord]:
             spec["created_at"], float(run_at) if run_at else spec["run_at"],
             int(reply[i + 2]), int(reply[i + 3]), started,
             worker_id=worker_id, lease_expires_at=lease, suspect=int(reply[i + 4]) == 1,
+            priority=priority_of(reply[i + 5]),
         ))
     return jobs
 
@@ -70,7 +87,7 @@ def job_from_fields(
     """A job from its JSON and its fields, as read from the jobs hash and the field hashes
     in :data:`~conveyor.backends.redis.keys.FIELDS` order (None where a field is absent)."""
     (spec, state, run_at, attempts, recoveries, worker, started, finished, result, error,
-     traceback, progress) = values
+     traceback, progress, priority) = values
     assert spec is not None
     data = _loads(spec)
     value = message = None
@@ -100,6 +117,7 @@ def job_from_fields(
         cancel_requested=cancel_requested,
         expires_at=expires_at,
         unique_key=_text(data.get("unique_key")),
+        priority=priority_of(priority),
     )
 
 

@@ -27,6 +27,9 @@ Layout (``ns`` is the namespace, ``q`` a queue):
 ``{ns}:f:error``                hash     job id -> error of the last attempt
 ``{ns}:f:traceback``            hash     job id -> its traceback
 ``{ns}:f:progress``             hash     job id -> "PROGRESS MESSAGE" of the running attempt
+``{ns}:f:priority``             hash     job id -> "PRIORITY BOOST" (boost in seconds, see
+                                         ``conveyor.priority``); absent: 0 and 0, so a
+                                         job of the default priority writes nothing
 ``{ns}:expiry``                 zset     finished job id -> expires_at (when it is purged)
 ``{ns}:cancel``                 set      jobs whose cancellation was asked while they ran
 ``{ns}:queues``                 set      queue names ever used
@@ -36,10 +39,11 @@ Layout (``ns`` is the namespace, ``q`` a queue):
 ``{ns}:workers``                zset     worker id -> heartbeat expiry
 ``{ns}:winfo``                  hash     worker id -> the worker as JSON
 ``{ns}:claims``                 hash     worker id -> its last claim's token and job ids
-``{ns}:q:q:waiting``            zset     waiting (queued, delayed, retrying) job id ->
-                                         run_at; claims take the due ones, oldest first
-``{ns}:q:q:sched``              zset     the scheduled ones among them -> run_at, so due
-                                         ones can be marked queued without a scan
+``{ns}:q:q:waiting``            zset     queued (ready) job id -> rank (run_at - boost);
+                                         claims take the lowest ranks first
+``{ns}:q:q:sched``              zset     scheduled (delayed, retrying) job id -> run_at;
+                                         claims and promotions move the due ones to
+                                         ``waiting`` (marked queued) without a scan
 ``{ns}:q:q:wake``               list     a token pushed when work arrives; idle workers
                                          block on it (BLPOP)
 ``{ns}:q:q:leases``             zset     running job id -> lease expiry (server time); it is
@@ -84,7 +88,7 @@ from conveyor.job import JobState
 #: the per-field hashes of a job, in the order scripts receive them (see :attr:`Keys.fields`)
 FIELDS = (
     "state", "run_at", "attempts", "recoveries", "worker", "started", "finished", "result",
-    "error", "traceback", "progress",
+    "error", "traceback", "progress", "priority",
 )
 #: the states that have a score-0 index of their own (running jobs are the lease set)
 INDEXED_STATES = (
@@ -133,7 +137,7 @@ class Keys:
         return f"{self.prefix}:f:{name}"
 
     def waiting(self, queue: str) -> str:
-        """Waiting job ids of ``queue`` scored by run_at."""
+        """Queued (ready) job ids of ``queue`` scored by rank (run_at - boost)."""
         return f"{self.prefix}:q:{queue}:waiting"
 
     def sched(self, queue: str) -> str:

@@ -3,7 +3,12 @@
 ``{ns}:layout`` holds the layout a namespace was last opened with. Layout 1 is the keys of
 :mod:`.keys` as they were before layouts were numbered (a namespace with jobs and no layout
 key); layout 2 adds the keys of job control (queue settings, unique and idempotency keys,
-schedules), which are made as they are first written, so no data moves. A later layout
+schedules), which are made as they are first written, so no data moves. Layout 3 adds
+priorities: ``{ns}:f:priority`` (absent: priority 0, boost 0, so jobs stored before have
+them), and ``{ns}:q:Q:waiting`` holds only the queued jobs, ranked by run_at less their
+boost, while the scheduled ones are only in ``{ns}:q:Q:sched``: its step removes the
+scheduled jobs from every queue's waiting set (the queued ones keep their score, run_at,
+their rank at boost 0). A later layout
 that must move data adds a step here: a script run before the layout key is raised,
 guarded by the layout it starts from so that processes opening the namespace at once apply
 it once. A namespace of a newer layout is refused (:class:`~conveyor.errors.NewerStore`).
@@ -14,7 +19,7 @@ from __future__ import annotations
 from conveyor.errors import ConfigurationError, NewerStore, redact_url
 
 #: the layout this version writes
-LAYOUT = 2
+LAYOUT = 3
 
 
 def check(found: int, namespace: str, url: str) -> None:

@@ -2,16 +2,16 @@
 -- a script gets only the blocks it uses.
 --
 -- Most scripts take the keys of the jobs first, the "job block" (Keys.job_block in keys.py):
---   1 jobs hash (job id -> its immutable JSON), 2..12 one hash per field (state, run_at,
---   attempts, recoveries, worker, started, finished, result, error, traceback, progress),
---   13 expiry zset, 14 cancel set, 15 unstarted hash (job id -> '1': running, claimed
---   ahead of a free slot, not started yet, so a recovery does not charge it; '3': the same
---   for a suspect, which stays one if handed back; '2': went back uncharged, held
+--   1 jobs hash (job id -> its immutable JSON), 2..13 one hash per field (state, run_at,
+--   attempts, recoveries, worker, started, finished, result, error, traceback, progress,
+--   priority), 14 expiry zset, 15 cancel set, 16 unstarted hash (job id -> '1': running,
+--   claimed ahead of a free slot, not started yet, so a recovery does not charge it; '3':
+--   the same for a suspect, which stays one if handed back; '2': went back uncharged, held
 --   unstarted when its lease ran out, and may have started just before its worker died:
 --   the next claim makes it a suspect).
 -- A "queue group" is nine consecutive KEYS of one queue, starting at index `base`:
---   base+0 waiting zset (queued and scheduled job id -> run_at), base+1 sched zset (the
---   scheduled ones -> run_at), base+2 wake list, base+3 leases zset (running job id ->
+--   base+0 waiting zset (queued job id -> rank, run_at - boost), base+1 sched zset (the
+--   scheduled job ids -> run_at), base+2 wake list, base+3 leases zset (running job id ->
 --   lease expiry), base+4 .. base+8 the score-0 indexes of the queued, scheduled,
 --   succeeded, dead and cancelled jobs.
 -- No script decodes a job's JSON: they read and write the fields that change. Times are
@@ -20,10 +20,10 @@
 local F = {jobs = KEYS[1], state = KEYS[2], run_at = KEYS[3], attempts = KEYS[4],
            recoveries = KEYS[5], worker = KEYS[6], started = KEYS[7], finished = KEYS[8],
            result = KEYS[9], error = KEYS[10], traceback = KEYS[11], progress = KEYS[12],
-           expiry = KEYS[13], cancel = KEYS[14], unstarted = KEYS[15]}
+           priority = KEYS[13], expiry = KEYS[14], cancel = KEYS[15], unstarted = KEYS[16]}
 -- the jobs hash and the field hashes: KEYS[1] .. KEYS[HASHES]
-local HASHES = 12
-local BLOCK = 15
+local HASHES = 13
+local BLOCK = 16
 
 local GROUP = 9
 local LEASES = 3
@@ -88,22 +88,65 @@ local function run_at_of(id)
   return tonumber(string.match(spec, '"run_at":([^,}]+)}$'))
 end
 
+-- A job's boost in seconds (its priority field is "PRIORITY BOOST"; absent: 0).
+local function boost_of(id)
+  local value = redis.call('HGET', F.priority, id)
+  if not value then return 0 end
+  return tonumber(string.match(value, ' (%S+)$')) or 0
+end
+
 -- Make a job wait as scheduled (delayed, or waiting to retry) until `run_at`.
 local function schedule(base, id, old, run_at, now)
   redis.call('HSET', F.run_at, id, fmt(run_at))
-  redis.call('ZADD', KEYS[base], run_at, id)
   redis.call('ZADD', KEYS[base + 1], run_at, id)
   set_state(base, id, old, 'scheduled')
   if run_at <= now then wake(base) end
 end
 
--- Put a job (back) among the waiting ones: queued, or scheduled when run_at is ahead.
+-- Put a job (back) among the waiting ones: queued, ranked by run_at less its boost, or
+-- scheduled when run_at is ahead.
 local function put_waiting(base, id, old, run_at, now)
   if run_at > now then return schedule(base, id, old, run_at, now) end
   redis.call('HSET', F.run_at, id, fmt(run_at))
-  redis.call('ZADD', KEYS[base], run_at, id)
+  redis.call('ZADD', KEYS[base], fmt(run_at - boost_of(id)), id)
   set_state(base, id, old, 'queued')
   wake(base)
+end
+
+-- Mark up to `most` due scheduled jobs of a queue queued: out of sched, into waiting at
+-- their rank. Returns how many moved.
+local function promote_due(base, now, most)
+  local due = redis.call('ZRANGEBYSCORE', KEYS[base + 1], '-inf', now, 'WITHSCORES',
+                         'LIMIT', 0, most)
+  if #due == 0 then return 0 end
+  local ids = {}
+  for i = 1, #due, 2 do ids[#ids + 1] = due[i] end
+  local states = hmget(F.state, ids)
+  local marks = hmget(F.priority, ids)
+  local ranked, indexed, fields, moved = {}, {}, {}, {}
+  for n, id in ipairs(ids) do
+    if states[n] == 'scheduled' then
+      local at = due[2 * n]
+      if marks[n] then
+        at = fmt(tonumber(at) - (tonumber(string.match(marks[n], ' (%S+)$')) or 0))
+      end
+      ranked[#ranked + 1] = at
+      ranked[#ranked + 1] = id
+      indexed[#indexed + 1] = 0
+      indexed[#indexed + 1] = id
+      fields[#fields + 1] = id
+      fields[#fields + 1] = 'queued'
+      moved[#moved + 1] = id
+    end
+  end
+  many('ZREM', KEYS[base + 1], ids, 1)
+  if #moved > 0 then
+    many('ZREM', KEYS[base + INDEX_OFFSET.scheduled], moved, 1)
+    many('ZADD', KEYS[base + INDEX_OFFSET.queued], indexed, 2)
+    many('ZADD', KEYS[base], ranked, 2)
+    many('HSET', F.state, fields, 2)
+  end
+  return #moved
 end
 
 -- A finished job: out of the lease set, its retention clock started.

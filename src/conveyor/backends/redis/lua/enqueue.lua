@@ -3,7 +3,7 @@
 -- unique key is held: those are not stored (deduplicated).
 -- KEYS: 1 jobs hash, 2 state hash, 3 queues set, 4 unique keys hash, 5 their holds hash,
 --       then one queue group (9 keys, see _lib.lua) per queue, then the caps hash (queue ->
---       the store's max_queued).
+--       the store's max_queued), then the priority hash (see keys.py).
 -- ARGV: 1 number of segments S; then per segment: the number of its queues G, then per
 --       queue: its group number (1-based, in KEYS order), its name, the producer's
 --       max_queued (-1: no limit; the store's cap holds as well, the smaller wins), job
@@ -11,7 +11,8 @@
 --       job: its number in the segment (1-based, in the order of the values below), its
 --       key and its hold in seconds ('': until the job is final); then one value per job,
 --       queue by queue: its run_at offset in seconds from now (0: ready now; negative:
---       overdue) directly followed by the job's JSON, which starts with its id and lacks
+--       overdue), for a job of another priority than 0 a space, its priority, a space and
+--       its boost in seconds, directly followed by the job's JSON, which starts with its id and lacks
 --       created_at, run_at and its last '}' (this script adds them). One value per job
 --       keeps bulk calls cheap.
 -- Returns: one reply per segment: its status ('ok', 'full <queue> <limit>', 'exists <id>'
@@ -24,20 +25,28 @@ local stamp = fmt(now)
 local created = ',"created_at":' .. stamp .. ',"run_at":'
 local replies = {}
 local a = 2
-local CAPS = KEYS[#KEYS]
+local CAPS = KEYS[#KEYS - 1]
+local PRIORITY = KEYS[#KEYS]
 local caps = {}  -- queue -> the store's cap (false: none), read once per call
 
--- The segment's jobs from ARGV[first] on: their ids, run_at offsets and JSON texts.
+-- The segment's jobs from ARGV[first] on: their ids, run_at offsets, JSON texts, and
+-- priority fields ("PRIORITY BOOST", for the jobs that have one).
 local function parse(first, total)
-  local ids, offsets, texts = {}, {}, {}
+  local ids, offsets, texts, priorities = {}, {}, {}, {}
   for n = 1, total do
     local value = ARGV[first + n - 1]
     local brace = string.find(value, '{', 1, true)
     ids[n] = string.match(value, '^{"id":"([^"]+)"', brace)
-    offsets[n] = tonumber(string.sub(value, 1, brace - 1))
+    local head = string.sub(value, 1, brace - 1)
+    local space = string.find(head, ' ', 1, true)
+    if space then
+      priorities[n] = string.sub(head, space + 1)
+      head = string.sub(head, 1, space - 1)
+    end
+    offsets[n] = tonumber(head)
     texts[n] = string.sub(value, brace)
   end
-  return ids, offsets, texts
+  return ids, offsets, texts, priorities
 end
 
 -- The holders of the keyed jobs' keys (job number -> holder id), a key met twice in the
@@ -90,16 +99,17 @@ local function check(plan, ids, held, texts)
     local limit = entry.limit
     if cap and (limit < 0 or cap < limit) then limit = cap end
     -- (earlier segments of this call are in ZCARD already: store() writes at once)
-    if limit >= 0 and redis.call('ZCARD', waiting) + entry.adding > limit then
+    if limit >= 0 and redis.call('ZCARD', waiting) + redis.call('ZCARD', KEYS[entry.base + 1])
+        + entry.adding > limit then
       return 'full ' .. entry.queue .. ' ' .. limit
     end
   end
   return 'ok'
 end
 
-local function store(plan, ids, offsets, texts, held, keyed)
+local function store(plan, ids, offsets, texts, held, keyed, priorities)
   local n = 0
-  local specs, states = {}, {}
+  local specs, states, marks = {}, {}, {}
   for _, entry in ipairs(plan) do
     local base = entry.base
     if entry.adding > 0 and redis.call('SISMEMBER', KEYS[3], entry.queue) == 0 then
@@ -115,8 +125,11 @@ local function store(plan, ids, offsets, texts, held, keyed)
           run_at = now + offset
           at = fmt(run_at)
         end
-        waiting[#waiting + 1] = at
-        waiting[#waiting + 1] = id
+        local mark = priorities[n]
+        if mark then
+          marks[#marks + 1] = id
+          marks[#marks + 1] = mark
+        end
         specs[#specs + 1] = id
         specs[#specs + 1] = texts[n] .. created .. at .. '}'
         states[#states + 1] = id
@@ -127,6 +140,10 @@ local function store(plan, ids, offsets, texts, held, keyed)
           scheduled[#scheduled + 1] = id
           states[#states + 1] = 'scheduled'
         else
+          -- ranked by run_at less the boost
+          waiting[#waiting + 1] = mark and fmt(run_at - tonumber(string.match(mark, ' (%S+)$')))
+                                  or at
+          waiting[#waiting + 1] = id
           queued[#queued + 1] = 0
           queued[#queued + 1] = id
           states[#states + 1] = 'queued'
@@ -134,7 +151,7 @@ local function store(plan, ids, offsets, texts, held, keyed)
         if keyed[n] then hold_key(KEYS[4], KEYS[5], keyed[n][1], id, keyed[n][2], now) end
       end
     end
-    many('ZADD', KEYS[base], waiting, 2)
+    if #waiting > 0 then many('ZADD', KEYS[base], waiting, 2) end
     if #sched > 0 then
       many('ZADD', KEYS[base + 1], sched, 2)
       many('ZADD', KEYS[base + 5], scheduled, 2)
@@ -146,6 +163,7 @@ local function store(plan, ids, offsets, texts, held, keyed)
   end
   many('HSET', KEYS[1], specs, 2)
   many('HSET', KEYS[2], states, 2)
+  if #marks > 0 then many('HSET', PRIORITY, marks, 2) end
 end
 
 for s = 1, tonumber(ARGV[1]) do
@@ -166,7 +184,7 @@ for s = 1, tonumber(ARGV[1]) do
     keyed[tonumber(ARGV[a])] = {ARGV[a + 1], ARGV[a + 2]}
     a = a + 3
   end
-  local ids, offsets, texts = parse(a, total)
+  local ids, offsets, texts, priorities = parse(a, total)
   local held = uniques > 0 and holders(keyed, ids, texts, total) or {}
   local reply = {'ok'}
   for _, entry in ipairs(plan) do
@@ -180,7 +198,7 @@ for s = 1, tonumber(ARGV[1]) do
     end
   end
   reply[1] = check(plan, ids, held, texts)
-  if reply[1] == 'ok' then store(plan, ids, offsets, texts, held, keyed) end
+  if reply[1] == 'ok' then store(plan, ids, offsets, texts, held, keyed, priorities) end
   replies[s] = reply
   a = a + total
 end

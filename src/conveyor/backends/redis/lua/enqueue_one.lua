@@ -2,17 +2,25 @@
 -- enqueues are the commonest call, and each step here is paid once per job).
 -- KEYS: 1 jobs hash, 2 state hash, 3 queues set, 4.. the job's queue group (9 keys, see
 --       _lib.lua), 13 the caps hash (queue -> the store's max_queued), 14 unique keys hash,
---       15 their holds hash.
+--       15 their holds hash, 16 the priority hash.
 -- ARGV: 1 queue name, 2 the producer's max_queued (-1: no limit; the store's cap holds as
 --       well, the smaller wins), 3 the job as enqueue.lua takes it: its
---       run_at offset in seconds from now directly followed by its JSON; with a unique key
+--       run_at offset in seconds from now (and its priority and boost) directly followed
+--       by its JSON; with a unique key
 --       only: 4 the key, 5 its hold in seconds ('': until the job is final).
 -- Returns: 'ok', 'full <queue> <limit>', 'exists <id>', 'same <id>' (the id holds this
 --       very job: see enqueue.lua) or 'held <id of its holder>' (then nothing was stored).
 local value = ARGV[3]
 local brace = string.find(value, '{', 1, true)
 local id = string.match(value, '^{"id":"([^"]+)"', brace)
-local offset = tonumber(string.sub(value, 1, brace - 1))
+local head = string.sub(value, 1, brace - 1)
+local space = string.find(head, ' ', 1, true)
+local mark  -- "PRIORITY BOOST" of a job of another priority than 0
+if space then
+  mark = string.sub(head, space + 1)
+  head = string.sub(head, 1, space - 1)
+end
+local offset = tonumber(head)
 local now = server_now()
 local stamp = fmt(now)
 local run_at, at, state = now, stamp, 'queued'
@@ -41,20 +49,23 @@ end
 local limit = tonumber(ARGV[2])
 local cap = tonumber(redis.call('HGET', KEYS[4 + GROUP], ARGV[1]))
 if cap and cap >= 1 and cap % 1 == 0 and (limit < 0 or cap < limit) then limit = cap end
-if limit >= 0 and redis.call('ZCARD', KEYS[4]) >= limit then
+if limit >= 0 and redis.call('ZCARD', KEYS[4]) + redis.call('ZCARD', KEYS[5]) >= limit then
   redis.call('HDEL', KEYS[2], id)
   return 'full ' .. ARGV[1] .. ' ' .. limit
 end
 -- a read first: writes cost more, and the queue is almost always known
 if redis.call('SISMEMBER', KEYS[3], ARGV[1]) == 0 then redis.call('SADD', KEYS[3], ARGV[1]) end
-redis.call('ZADD', KEYS[4], at, id)
 if state == 'scheduled' then
   redis.call('ZADD', KEYS[5], at, id)
   redis.call('ZADD', KEYS[4 + INDEX_OFFSET.scheduled], 0, id)
 else
+  -- ranked by run_at less the boost
+  redis.call('ZADD', KEYS[4],
+             mark and fmt(run_at - tonumber(string.match(mark, ' (%S+)$'))) or at, id)
   redis.call('ZADD', KEYS[4 + INDEX_OFFSET.queued], 0, id)
   wake(4)
 end
+if mark then redis.call('HSET', KEYS[16], id, mark) end
 if key then hold_key(KEYS[14], KEYS[15], key, id, ARGV[5], now) end
 redis.call('HSET', KEYS[1], id,
            string.sub(value, brace) .. ',"created_at":' .. stamp .. ',"run_at":' .. at .. '}')

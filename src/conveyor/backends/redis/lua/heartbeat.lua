@@ -1,5 +1,5 @@
 -- Record a worker as alive and extend the leases of the attempts it holds.
--- KEYS: 1..15 the job block (see _lib.lua), 16 workers zset, 17 worker info hash, then the
+-- KEYS: 1..16 the job block (see _lib.lua), 17 workers zset, 18 worker info hash, then the
 --       lease zsets of every queue the jobs may come from.
 -- ARGV: 1 worker id, 2 worker JSON, 3 lease seconds, 4 number S of started ids, then the S
 --       ids of held jobs that started since the last heartbeat, then 2 per held attempt:

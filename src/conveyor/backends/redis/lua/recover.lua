@@ -3,7 +3,7 @@
 -- cancelled. Only a job that had started and whose worker's registration lapsed too is
 -- charged a recovery; the others go back uncharged, their attempt void. Candidates come
 -- from the client; each is checked again here.
--- KEYS: 1..15 the job block (see _lib.lua), 16.. the queue group, then the workers zset.
+-- KEYS: 1..16 the job block (see _lib.lua), 17.. the queue group, then the workers zset.
 -- ARGV: 1 max_recoveries, 2 retention seconds, 3.. candidate job ids.
 -- Returns: {requeued, dead, now, id, fate, id, fate, ...}: how many of the candidates this
 -- call requeued and sent to the dead set, the time it used (the dead jobs' finished_at, as

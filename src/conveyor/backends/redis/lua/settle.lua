@@ -2,7 +2,7 @@
 -- longer running under that worker (its lease was taken over), or whose attempt is not the
 -- job's current one (a copy of this call re-sent after a lost reply), is ignored. A retry or
 -- requeue of a job whose cancellation was asked for ends it as cancelled instead.
--- KEYS: 1..15 the job block (see _lib.lua), 16.. the queue group.
+-- KEYS: 1..16 the job block (see _lib.lua), 17.. the queue group.
 -- ARGV: 1 retention seconds, 2 worker id, 3 number S of successes, then 3 per success:
 --       job id, attempt ('' when unknown), result JSON; then 6 per other outcome: job id,
 --       attempt, kind (retry, dead, cancelled, requeue), error, traceback, retry delay
