@@ -717,19 +717,18 @@ class SQLiteBroker(Broker):
         return await self._write(fn)
 
     async def promote_scheduled(self) -> int:
+        return await self._write(lambda conn: self._promote_all(conn, time.time()))
+
+    def _promote_all(self, conn: sqlite3.Connection, now: float) -> int:
+        """Make every due scheduled job queued; return how many. The queues that have
+        scheduled jobs are found one index look each, not by a scan of the jobs."""
         t = self.ns
-        # the queues that have scheduled jobs, one index look each (not a scan of the jobs)
-        queues_sql = (
+        queues = [name for (name,) in conn.execute(
             f"WITH RECURSIVE q(name) AS (SELECT min(queue) FROM {t}_jobs "
             f"WHERE state='scheduled' UNION ALL SELECT (SELECT min(queue) FROM {t}_jobs "
             f"WHERE state='scheduled' AND queue > q.name) FROM q WHERE q.name IS NOT NULL) "
-            f"SELECT name FROM q WHERE name IS NOT NULL")
-
-        def fn(conn: sqlite3.Connection) -> int:
-            queues = [name for (name,) in conn.execute(queues_sql)]
-            return self._promote(conn, queues, time.time())
-
-        return await self._write(fn)
+            f"SELECT name FROM q WHERE name IS NOT NULL")]
+        return self._promote(conn, queues, now)
 
     async def purge_expired(self) -> int:
         """Delete finished jobs past their retention (counted) and statistics older than
