@@ -254,3 +254,35 @@ def test_many_queues_in_one_claim(brokers: Callable[[], SQLiteBroker]) -> None:
     taken = run(broker.claim("w1", queues, 3, 30.0))
     assert taken[0].id == later.id  # promoted, and ranked 600 s ahead
     assert [j.queue for j in taken][1:] == [queues[-1], queues[-2]]
+
+
+def test_a_worker_with_weights_shares_its_runs(url: str) -> None:
+    """A worker on the SQLite store, one job at a time: the runs follow the weights while
+    both queues have work, and priorities within each queue."""
+    from conveyor import Conveyor
+    from conveyor.testing import WorkerThread
+
+    app = Conveyor(url=url, lease=5.0)
+    runs: list[tuple[str, int]] = []
+
+    @app.job
+    def step(queue: str, n: int) -> None:
+        runs.append((queue, n))
+
+    for queue in ("a", "b"):
+        for n in range(40):
+            step.enqueue_with((queue, n), queue=queue, priority=n % 2)
+    weights = QueueWeights({"a": 3, "b": 1})
+    worker = WorkerThread(app, weights=weights, min_workers=1, max_workers=1,
+                          prefetch=0).start()
+    try:
+        worker.drain(30)
+    finally:
+        worker.stop()
+        app.close()
+    assert len(runs) == 80
+    first = [queue for queue, _ in runs[:40]]
+    assert first.count("a") == 30 and first.count("b") == 10
+    for queue in ("a", "b"):  # the odd numbers (priority 1) first, each in order
+        order = [n for q, n in runs if q == queue]
+        assert order == [*range(1, 40, 2), *range(0, 40, 2)]
