@@ -206,6 +206,7 @@ def ddl(ns: str) -> list[str]:
             expires_at REAL,
             unstarted INTEGER NOT NULL DEFAULT 0
         ) WITHOUT ROWID""",
+        # layout 3 replaces it with one index of queued jobs and one of scheduled jobs
         f"""CREATE INDEX IF NOT EXISTS {ns}_jobs_ready ON {ns}_jobs (queue, run_at)
             WHERE state IN ('queued', 'scheduled')""",
         f"""CREATE INDEX IF NOT EXISTS {ns}_jobs_leases ON {ns}_jobs (lease_expires_at)
