@@ -188,6 +188,66 @@ def test_processes_opening_a_new_sqlite_store_at_once_upgrade_it_once(tmp_path: 
     conn.close()
 
 
+#: what layout 2 (job control) added to layout 1, as that release wrote it
+LAYOUT_2_SQL = """
+ALTER TABLE old_jobs ADD COLUMN unique_key TEXT;
+CREATE TABLE old_queues (
+    name TEXT PRIMARY KEY, paused INTEGER NOT NULL DEFAULT 0, max_queued INTEGER
+) WITHOUT ROWID;
+CREATE TABLE old_unique (key TEXT PRIMARY KEY, job_id TEXT NOT NULL, until REAL) WITHOUT ROWID;
+CREATE TABLE old_idempotency (
+    key TEXT PRIMARY KEY, digest TEXT NOT NULL, job_id TEXT NOT NULL, expires_at REAL NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE old_schedules (
+    name TEXT PRIMARY KEY, record TEXT NOT NULL, paused INTEGER NOT NULL DEFAULT 0,
+    last_tick REAL, next_tick REAL, last_job TEXT, seen_at REAL NOT NULL
+) WITHOUT ROWID;
+INSERT INTO old_meta (key, value) VALUES ('layout', '2');
+PRAGMA user_version=2;
+"""
+
+
+def test_a_sqlite_store_of_layout_2_gains_priorities_with_every_job_intact(
+        tmp_path: Path) -> None:
+    """Jobs stored before priorities get priority 0 and boost 0 and keep their order; a
+    scheduled job that fell due while the store was older is claimed."""
+    path = tmp_path / "two.db"
+    _old_sqlite(path)
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.executescript(LAYOUT_2_SQL)
+    conn.execute("INSERT INTO old_jobs (id, name, queue, state, args, kwargs, created_at, "
+                 "run_at) VALUES ('s0', 'work', 'default', 'scheduled', '[]', '{}', ?, ?)",
+                 (NOW - 20, NOW - 15))
+    conn.close()
+    url = f"sqlite:///{path}"
+
+    async def use() -> None:
+        broker = SQLiteBroker(url, namespace="old")
+        await broker.open()
+        for job_id in (*OLD_JOBS, "s0"):
+            record = await broker.get(job_id)
+            assert record is not None and record.priority == 0, job_id
+        changed = await broker.set_priority("s1", 4)
+        assert changed is not None and changed.priority == 4
+        claimed = await broker.claim("w1", ["default"], 10, 30.0)
+        assert [job.id for job in claimed] == ["s0", "q1"]  # oldest run_at first
+        await broker.close()
+
+    asyncio.run(use())
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == LAYOUT
+    assert conn.execute("SELECT value FROM old_meta WHERE key='layout'").fetchone() == (
+        str(LAYOUT),)
+    assert dict(conn.execute("SELECT id, boost FROM old_jobs WHERE id IN ('q1', 's1')")) == {
+        "q1": 0.0, "s1": 240.0}
+    indexes = {row[0] for row in conn.execute(
+        "SELECT name FROM sqlite_master WHERE type='index' AND tbl_name='old_jobs'")}
+    assert {"old_jobs_queued", "old_jobs_scheduled"} <= indexes
+    assert "old_jobs_ready" not in indexes
+    conn.close()
+    _check_reopened(url)
+
+
 # -- Redis -----------------------------------------------------------------------------------
 
 def _old_redis(client: redis.Redis, ns: str) -> None:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import heapq
+import itertools
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 from conveyor.backends.base import Beat, Broker, Recovery
@@ -32,6 +34,7 @@ from conveyor.backends.sqlite.writer import Writer
 from conveyor.errors import DuplicateJob, QueueFull, StoreUnavailable
 from conveyor.job import JobRecord, JobState, Outcome, OutcomeKind, WorkerInfo
 from conveyor.known import KnownJob, read_known
+from conveyor.priority import QueueWeights, boost, check_priority
 from conveyor.queues import QueueSettings, stored_limit
 from conveyor.schedules import Schedule, ScheduleState
 from conveyor.serialization import dumps, storable
@@ -40,6 +43,8 @@ from conveyor.stats import STATS_KEEP, SUMS, MinuteStats
 T = TypeVar("T")
 
 WAITING = "state IN ('queued', 'scheduled')"
+#: a job's rank (see conveyor.priority), the very expression of the jobs_queued index
+RANK = "run_at - boost"
 #: the queues claims skip (see Broker.set_paused), as a condition on {ns}_jobs rows
 NOT_PAUSED = "queue NOT IN (SELECT name FROM {ns}_queues WHERE paused=1)"
 #: SQLite's default limit on bound parameters is 32766; stay far below it
@@ -90,18 +95,37 @@ class SQLiteBroker(Broker):
         self._generation = 0
         t = self.ns
         self._not_paused = NOT_PAUSED.format(ns=t)
-        self._sql_claim = (
+        # A claim takes queued jobs only, in the order of the jobs_queued index (rank, then
+        # run_at, then id), after promoting the due scheduled jobs of its queues. Every
+        # queued job is due: ``run_at <= ?`` only guards that, at no cost (run_at is in the
+        # index).
+        take = (
             f"UPDATE {t}_jobs SET state='running', worker_id=?, attempts=attempts+1, "
             f"started_at=?, lease_expires_at=?, progress=NULL, progress_message=NULL, "
             f"unstarted=CASE WHEN unstarted IN ({MAYBE_STARTED}, {HELD_SUSPECT}) "
-            f"THEN {SUSPECT} ELSE 0 END "
-            f"WHERE id IN (SELECT id FROM {t}_jobs WHERE {WAITING} AND queue IN ({{marks}}) "
-            f"AND {self._not_paused} AND run_at <= ? ORDER BY run_at, id LIMIT ?) "
-            f"RETURNING {JOB_COLUMNS}, unstarted"
+            f"THEN {SUSPECT} ELSE 0 END WHERE id IN ({{ids}}) "
+            f"RETURNING {JOB_COLUMNS}, unstarted, boost"
         )
+        #: the jobs of ``ids``: (worker, now, lease until, *ids)
+        self._sql_take = take
+        #: one queue, one statement: (worker, now, lease until, queue, now, limit)
+        self._sql_claim_one = take.format(ids=(
+            f"SELECT id FROM {t}_jobs WHERE state='queued' AND queue=? AND run_at <= ? "
+            f"AND {self._not_paused} ORDER BY {RANK}, run_at, id LIMIT ?"))
+        #: a queue's ready jobs in claim order, with their sort key: (queue, now, limit)
+        self._sql_ranked = (
+            f"SELECT {RANK}, run_at, id FROM {t}_jobs WHERE state='queued' AND queue=? "
+            f"AND run_at <= ? ORDER BY {RANK}, run_at, id LIMIT ?")
+        #: the due scheduled jobs of some queues become queued: (*queues, now)
+        self._sql_promote = (f"UPDATE {t}_jobs SET state='queued' WHERE state='scheduled' "
+                             f"AND queue IN ({{marks}}) AND run_at <= ?")
         self._sql_insert = (
             f"INSERT INTO {t}_jobs (id, name, queue, state, args, kwargs, created_at, run_at, "
             f"unique_key) VALUES (?,?,?,?,?,?,?,?,?)"
+        )
+        self._sql_insert_ranked = (
+            f"INSERT INTO {t}_jobs (id, name, queue, state, args, kwargs, created_at, run_at, "
+            f"unique_key, priority, boost) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
         )
 
     # -- life cycle ---------------------------------------------------------------------------
@@ -224,11 +248,17 @@ class SQLiteBroker(Broker):
         self, jobs: Sequence[JobRecord], limits: Mapping[str, int]
     ) -> Callable[[sqlite3.Connection], list[str | None]]:
         keyed = any(j.unique_key is not None for j in jobs)
-        all_rows = [
+        all_rows: list[tuple[Any, ...]] = [
             (j.id, j.name, j.queue, j.state.value, *j.encoded(), j.created_at, j.run_at,
              j.unique_key)
             for j in jobs
         ]
+        insert = self._sql_insert
+        if any(j.priority for j in jobs):  # else the columns' defaults: priority 0, boost 0
+            insert = self._sql_insert_ranked
+            aging = self.aging
+            all_rows = [(*row, j.priority, boost(j.priority, aging))
+                        for row, j in zip(all_rows, jobs, strict=True)]
         none_held: list[str | None] = [None] * len(jobs)
         all_queues = {j.queue for j in jobs}
         # the table holds only the queues with settings: a few rows, read whole
@@ -247,9 +277,9 @@ class SQLiteBroker(Broker):
             before = conn.total_changes
             try:  # first, so that an id that exists is reported before a full queue
                 if len(rows) == 1:
-                    conn.execute(self._sql_insert, rows[0])
+                    conn.execute(insert, rows[0])
                 else:
-                    conn.executemany(self._sql_insert, rows)
+                    conn.executemany(insert, rows)
             except sqlite3.IntegrityError as exc:
                 # the rows go in in order, up to the one whose id exists (or repeats one of
                 # this call): the rows inserted before it tell which
@@ -360,24 +390,108 @@ class SQLiteBroker(Broker):
     # -- workers ------------------------------------------------------------------------------
     async def claim(
         self, worker_id: str, queues: Sequence[str], limit: int, lease: float,
-        start: int | None = None,
+        start: int | None = None, weights: QueueWeights | None = None,
     ) -> list[JobRecord]:
-        sql = self._sql_claim.format(marks=_marks(len(queues)))
         hold = f"UPDATE {self.ns}_jobs SET unstarted=? WHERE id=?"
 
-        def fn(conn: sqlite3.Connection) -> list[JobRecord]:
+        def fn(conn: sqlite3.Connection) -> tuple[list[JobRecord], dict[str, int] | None]:
             now = time.time()
-            rows = conn.execute(sql, (worker_id, now, lease_now() + lease, *queues, now, limit))
-            jobs = []
-            for row in rows:
-                job = job_from_row(row)
-                job.suspect = row[-1] == SUSPECT or job.recoveries > 0
-                jobs.append(job)
-            jobs.sort(key=lambda j: (j.run_at, j.id))
+            until = lease_now() + lease
+            credits = None
+            if weights is not None:
+                jobs, credits = self._claim_weighted(conn, worker_id, queues, limit, now,
+                                                     until, weights)
+            elif len(queues) == 1:
+                jobs = self._claim_one(conn, worker_id, queues[0], limit, now, until)
+            else:
+                jobs = self._claim_merged(conn, worker_id, queues, limit, now, until)
             if start is not None:  # the others, and every suspect, wait for a start mark
                 conn.executemany(hold, [(HELD_SUSPECT if j.suspect else UNSTARTED, j.id)
                                         for n, j in enumerate(jobs) if n >= start or j.suspect])
-            return jobs
+            return jobs, credits
+
+        jobs, credits = await self._write(fn)
+        if weights is not None and credits is not None:  # committed: the picks hold
+            weights.credits = credits
+        return jobs
+
+    def _promote(self, conn: sqlite3.Connection, queues: Sequence[str], now: float) -> int:
+        """Make the due scheduled jobs of ``queues`` queued; return how many."""
+        promoted = 0
+        for chunk in _chunks(queues):
+            sql = self._sql_promote.format(marks=_marks(len(chunk)))
+            promoted += conn.execute(sql, (*chunk, now)).rowcount
+        return promoted
+
+    def _claimed(self, rows: Iterable[tuple[Any, ...]]) -> list[JobRecord]:
+        """The jobs of claim ``rows`` (:data:`JOB_COLUMNS`, unstarted, boost), in claim
+        order: rank, then run_at, then id."""
+        ranked = []
+        for row in rows:
+            job = job_from_row(row)
+            job.suspect = row[-2] == SUSPECT or job.recoveries > 0
+            ranked.append((job.run_at - row[-1], job.run_at, job.id, job))
+        ranked.sort(key=lambda item: item[:3])
+        return [item[3] for item in ranked]
+
+    def _take(self, conn: sqlite3.Connection, worker_id: str, ids: Sequence[str],
+              now: float, until: float) -> list[JobRecord]:
+        """Claim the jobs of ``ids`` (queued, as the caller found them), in claim order."""
+        rows: list[tuple[Any, ...]] = []
+        for chunk in _chunks(ids):
+            sql = self._sql_take.format(ids=_marks(len(chunk)))
+            rows.extend(conn.execute(sql, (worker_id, now, until, *chunk)))
+        return self._claimed(rows)
+
+    def _claim_one(self, conn: sqlite3.Connection, worker_id: str, queue: str, limit: int,
+                   now: float, until: float) -> list[JobRecord]:
+        """One queue: its due scheduled jobs promoted, then one statement."""
+        self._promote(conn, (queue,), now)
+        rows = conn.execute(self._sql_claim_one, (worker_id, now, until, queue, now, limit))
+        return self._claimed(rows)
+
+    def _ranked(self, conn: sqlite3.Connection, queues: Sequence[str], limit: int,
+                now: float) -> dict[str, list[tuple[float, float, str]]]:
+        """Per queue that is not paused, up to ``limit`` of its ready jobs as ``(rank,
+        run_at, id)`` in claim order, after promoting the due scheduled ones. One indexed
+        look per queue: cheaper than one ORDER BY over all of them."""
+        self._promote(conn, queues, now)
+        paused = {name for (name,) in conn.execute(
+            f"SELECT name FROM {self.ns}_queues WHERE paused=1")}
+        return {queue: conn.execute(self._sql_ranked, (queue, now, limit)).fetchall()
+                for queue in dict.fromkeys(queues) if queue not in paused}
+
+    def _claim_merged(self, conn: sqlite3.Connection, worker_id: str, queues: Sequence[str],
+                      limit: int, now: float, until: float) -> list[JobRecord]:
+        """Several queues without weights: the lowest ranks over all of them."""
+        found = self._ranked(conn, queues, limit, now)
+        best = heapq.nsmallest(limit, itertools.chain.from_iterable(found.values()))
+        return self._take(conn, worker_id, [job_id for _, _, job_id in best], now, until)
+
+    def _claim_weighted(
+        self, conn: sqlite3.Connection, worker_id: str, queues: Sequence[str], limit: int,
+        now: float, until: float, weights: QueueWeights,
+    ) -> tuple[list[JobRecord], dict[str, int]]:
+        """Queues shared by ``weights.pick`` (the queues of ``weights`` that ``queues``
+        names; others have nothing ready); the jobs in the picks' order, each queue's in
+        claim order. Return them and the credits after the picks (``weights`` is left
+        as it is: the caller sets them once the claim is committed)."""
+        wanted = [q for q in weights.queues if q in queues]
+        found = self._ranked(conn, wanted, limit, now)
+        picks, credits = weights.pick({q: len(rows) for q, rows in found.items()}, limit)
+        nexts = {q: iter(rows) for q, rows in found.items()}
+        ids = [next(nexts[q])[2] for q in picks]
+        jobs = {job.id: job for job in self._take(conn, worker_id, ids, now, until)}
+        return [jobs[job_id] for job_id in ids], credits
+
+    async def set_priority(self, job_id: str, priority: int) -> JobRecord | None:
+        check_priority(priority)
+        sql = f"UPDATE {self.ns}_jobs SET priority=?, boost=? WHERE id=? AND {WAITING}"
+        gained = boost(priority, self.aging)
+
+        def fn(conn: sqlite3.Connection) -> JobRecord | None:
+            conn.execute(sql, (priority, gained, job_id))
+            return self._get(conn, job_id)
 
         return await self._write(fn)
 
@@ -481,11 +595,14 @@ class SQLiteBroker(Broker):
         await self._write(lambda conn: conn.executemany(sql, rows))
 
     def _ready_count(self, conn: sqlite3.Connection, queues: Sequence[str], limit: int) -> int:
+        marks, t, now = _marks(len(queues)), self.ns, time.time()
+        # queued and due scheduled jobs apart, each from its own index
         (count,) = conn.execute(
-            f"SELECT count(*) FROM (SELECT 1 FROM {self.ns}_jobs WHERE {WAITING} AND "
-            f"queue IN ({_marks(len(queues))}) AND {self._not_paused} AND run_at <= ? "
-            f"LIMIT ?)",
-            (*queues, time.time(), limit),
+            f"SELECT count(*) FROM (SELECT 1 FROM {t}_jobs WHERE state='queued' AND "
+            f"queue IN ({marks}) AND {self._not_paused} AND run_at <= ? UNION ALL "
+            f"SELECT 1 FROM {t}_jobs WHERE state='scheduled' AND queue IN ({marks}) "
+            f"AND {self._not_paused} AND run_at <= ? LIMIT ?)",
+            (*queues, now, *queues, now, limit),
         ).fetchone()
         return int(count)
 
@@ -493,12 +610,16 @@ class SQLiteBroker(Broker):
         return await self._read(lambda conn: self._ready_count(conn, queues, limit))
 
     def _next_due(self, conn: sqlite3.Connection, queues: Sequence[str]) -> float | None:
+        """When the first waiting job of ``queues`` (not paused) is due: a queued job's
+        ``run_at`` (it is due already), else the earliest of the scheduled ones."""
+        t = self.ns
+        sql = (f"SELECT min(at) FROM (SELECT * FROM (SELECT run_at AS at FROM {t}_jobs "
+               f"WHERE state='queued' AND queue=?1 LIMIT 1) UNION ALL SELECT min(run_at) "
+               f"FROM {t}_jobs WHERE state='scheduled' AND queue=?1) "
+               f"WHERE ?1 NOT IN (SELECT name FROM {t}_queues WHERE paused=1)")
         due: float | None = None
         for queue in queues:
-            (at,) = conn.execute(
-                f"SELECT min(run_at) FROM {self.ns}_jobs WHERE {WAITING} AND queue=? "
-                f"AND {self._not_paused}", (queue,)
-            ).fetchone()
+            (at,) = conn.execute(sql, (queue,)).fetchone()
             if at is not None and (due is None or at < due):
                 due = at
         return due
@@ -596,10 +717,18 @@ class SQLiteBroker(Broker):
         return await self._write(fn)
 
     async def promote_scheduled(self) -> int:
-        sql = (
-            f"UPDATE {self.ns}_jobs SET state='queued' WHERE state='scheduled' AND run_at <= ?"
-        )
-        return await self._write(lambda conn: conn.execute(sql, (time.time(),)).rowcount)
+        return await self._write(lambda conn: self._promote_all(conn, time.time()))
+
+    def _promote_all(self, conn: sqlite3.Connection, now: float) -> int:
+        """Make every due scheduled job queued; return how many. The queues that have
+        scheduled jobs are found one index look each, not by a scan of the jobs."""
+        t = self.ns
+        queues = [name for (name,) in conn.execute(
+            f"WITH RECURSIVE q(name) AS (SELECT min(queue) FROM {t}_jobs "
+            f"WHERE state='scheduled' UNION ALL SELECT (SELECT min(queue) FROM {t}_jobs "
+            f"WHERE state='scheduled' AND queue > q.name) FROM q WHERE q.name IS NOT NULL) "
+            f"SELECT name FROM q WHERE name IS NOT NULL")]
+        return self._promote(conn, queues, now)
 
     async def purge_expired(self) -> int:
         """Delete finished jobs past their retention (counted) and statistics older than

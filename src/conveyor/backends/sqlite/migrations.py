@@ -63,8 +63,26 @@ def _layout_2(conn: sqlite3.Connection, ns: str) -> None:
     ) WITHOUT ROWID""")
 
 
+def _layout_3(conn: sqlite3.Connection, ns: str) -> None:
+    """Priorities: each job's ``priority`` and ``boost`` (the seconds its rank runs ahead of
+    its ``run_at``; jobs stored before get 0 and 0). Claims take queued jobs by rank from
+    the ``queued`` index and promote scheduled jobs once due (the ``scheduled`` index): the
+    index of all waiting jobs by ``run_at`` goes."""
+    columns = _columns(conn, f"{ns}_jobs")
+    if "priority" not in columns:
+        conn.execute(f"ALTER TABLE {ns}_jobs ADD COLUMN priority INTEGER NOT NULL DEFAULT 0")
+    if "boost" not in columns:
+        conn.execute(f"ALTER TABLE {ns}_jobs ADD COLUMN boost REAL NOT NULL DEFAULT 0")
+    # the claim's ORDER BY names the same expression, so that the index serves it
+    conn.execute(f"""CREATE INDEX IF NOT EXISTS {ns}_jobs_queued
+        ON {ns}_jobs (queue, run_at - boost, run_at) WHERE state = 'queued'""")
+    conn.execute(f"""CREATE INDEX IF NOT EXISTS {ns}_jobs_scheduled
+        ON {ns}_jobs (queue, run_at) WHERE state = 'scheduled'""")
+    conn.execute(f"DROP INDEX IF EXISTS {ns}_jobs_ready")
+
+
 #: the steps, in order: ``STEPS[n]`` brings a namespace from layout ``n`` to ``n + 1``
-STEPS: tuple[Step, ...] = (_layout_1, _layout_2)
+STEPS: tuple[Step, ...] = (_layout_1, _layout_2, _layout_3)
 #: the layout this version writes
 LAYOUT = len(STEPS)
 

@@ -23,7 +23,7 @@ _NAMESPACE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 JOB_COLUMNS = (
     "id, name, queue, state, args, kwargs, created_at, run_at, attempts, recoveries, "
     "started_at, finished_at, result, error, traceback, progress, progress_message, "
-    "worker_id, lease_expires_at, cancel_requested, expires_at, unique_key"
+    "worker_id, lease_expires_at, cancel_requested, expires_at, unique_key, priority"
 )
 
 WORKER_COLUMNS = (
@@ -206,6 +206,7 @@ def ddl(ns: str) -> list[str]:
             expires_at REAL,
             unstarted INTEGER NOT NULL DEFAULT 0
         ) WITHOUT ROWID""",
+        # layout 3 replaces it with one index of queued jobs and one of scheduled jobs
         f"""CREATE INDEX IF NOT EXISTS {ns}_jobs_ready ON {ns}_jobs (queue, run_at)
             WHERE state IN ('queued', 'scheduled')""",
         f"""CREATE INDEX IF NOT EXISTS {ns}_jobs_leases ON {ns}_jobs (lease_expires_at)
@@ -293,6 +294,7 @@ def job_from_row(row: tuple[Any, ...]) -> JobRecord:
         cancel_requested=bool(row[19]),
         expires_at=row[20],
         unique_key=row[21],
+        priority=row[22],
     )
 
 
