@@ -135,7 +135,7 @@ def test_cancel_a_running_job_asks_its_worker(cli: CLI, jobs_app: Conveyor,
 
 # -- stats --------------------------------------------------------------------------------------
 def test_stats_counts_per_queue_and_state(cli: CLI) -> None:
-    assert cli.json("stats") == {"queues": {}, "workers": []}
+    assert cli.json("stats") == {"queues": {}, "workers": [], "limits": []}
     cli.enqueue("add", [1, 2])
     cancelled = cli.enqueue("add", [1, 2])
     cli.ok("cancel", cancelled)

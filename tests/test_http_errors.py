@@ -199,7 +199,8 @@ def test_wrong_content_types(server: Server, content_type: str | None) -> None:
     (b'{"delay": 1e999}', ["delay"]),
     (b'{"queue": 5}', ["queue"]),
     (b'{"queue": ""}', ["queue"]),
-    (b'{"args": [1], "priority": 5}', ["priority"]),
+    (b'{"args": [1], "priority": 11}', ["priority"]),
+    (b'{"args": [1], "nice": 5}', ["unknown field"]),
 ])
 def test_invalid_json(server: Server, body: bytes, words: list[str]) -> None:
     response = server.client.post("/jobs/add", content=body,

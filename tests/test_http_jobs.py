@@ -157,7 +157,8 @@ def test_openapi_document(server: Server) -> None:
     assert doc["info"]["title"] and doc["info"]["version"]
     paths = doc["paths"]
     expected = {"/uploads": {"post"}, "/jobs": {"get"}, "/jobs/{job}": {"get", "post", "delete"},
-                "/jobs/{id}/retry": {"post"}, "/queues": {"get"}, "/healthz": {"get"},
+                "/jobs/{id}/retry": {"post"}, "/jobs/{id}/priority": {"post"},
+                "/queues": {"get"}, "/healthz": {"get"},
                 "/metrics": {"get"}, "/openapi.json": {"get"}, "/jobs-known": {"get"},
                 "/schedules": {"get"}, "/schedules/{name}": {"delete"},
                 "/schedules/{name}/pause": {"post"}, "/schedules/{name}/resume": {"post"},
