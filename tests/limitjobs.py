@@ -60,3 +60,10 @@ def upstream(ctx: JobContext, refusals: int) -> int:
     if ctx.record.deferrals < refusals:
         raise RateLimited(retry_after=0.05)
     return ctx.record.attempts
+
+
+@app.job(retries=0, queue="upstream", executor="process")
+def always_limited(marker: str) -> None:
+    """Told "too many requests" every time, in a child process."""
+    _note("start", marker, "")
+    raise RateLimited(retry_after=0)

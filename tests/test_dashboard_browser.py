@@ -339,3 +339,17 @@ def test_change_a_waiting_job_s_priority(page: Any, server: Server) -> None:
     assert page.locator("#flash").inner_text() == "The job's priority is 7."
     assert server.client.get(f"/jobs/{job_id}").json()["priority"] == 7
     assert server.client.delete(f"/jobs/{job_id}").status_code == 200
+
+
+def test_the_limits_of_a_busy_tenant_show(page: Any, server: Server) -> None:
+    ids = [submit(server, "tenant_nap", kwargs={"tenant": "zeta", "seconds": 2}, queue="naps")
+           for _ in range(3)]
+    server.wait_job(ids[0], states=("running",))
+    log_in(page)
+    row = page.locator('#limits tr[data-name="tenant_nap"][data-group="zeta"]')
+    row.wait_for()
+    assert row.locator('td[data-field="running"]').inner_text() == "1 / 1"
+    assert row.locator('td[data-field="throttled"]').inner_text() == "2"
+    shoot(page, "dashboard-limits")
+    for job_id in ids:
+        server.wait_job(job_id)

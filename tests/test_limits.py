@@ -190,6 +190,24 @@ def test_rate_limited_jobs_go_back_uncharged(url: str, tmp_path: Path) -> None:
     assert (record.attempts, record.deferrals, handle.result(timeout=1)) == (1, 3, 1)
 
 
+def test_rate_limited_deferrals_are_bounded_in_a_child_process(url: str,
+                                                               tmp_path: Path) -> None:
+    """Put back uncharged 20 times, then the 21st RateLimited is a failed attempt: with no
+    retries left the job is dead after 21 runs."""
+    fleet = Workers(url, tmp_path)
+    try:
+        handle = fleet.producer.enqueue("always_limited", "m")
+        fleet.start("upstream", processes=1, slots=1)
+        record = wait_until(lambda: (r := handle.info()).is_final and r, timeout=120,
+                            what="the always rate-limited job to die")
+        runs = sum(1 for mark, _, job, _ in fleet.ledger() if mark == "start" and job == "m")
+    finally:
+        fleet.stop()
+    assert record.state is JobState.DEAD, record
+    assert (record.deferrals, record.attempts, runs) == (20, 1, 21)
+    assert "RateLimited" in (record.error or "")
+
+
 def test_wrong_limits_are_refused() -> None:
     app = Conveyor(url="memory://")
     for options, message in (
