@@ -177,6 +177,7 @@ class Lane:
         self.count = 0
         self.done = False
         self._head: tuple[str, Head] | None = None
+        self._after: dict[str | None, str | None] = {}
         self._version = -1
         t = limiter.ns
         where = f"FROM {t}_jobs WHERE {LANED} AND queue=? AND name=?"
@@ -209,13 +210,19 @@ class Lane:
         return self.limiter.take(self.queue, self.name, group, head)
 
     def _next_group(self, after: str | None) -> str | None:
+        """The group after ``after`` with ready jobs, wrapping around (remembered: the
+        jobs a claim takes stay queued until its end, so the groups do not change)."""
+        if after in self._after:
+            return self._after[after]
         conn, key = self.limiter.conn, (self.queue, self.name)
+        found = None
         if after is not None:
             (found,) = conn.execute(self._sql_after, (*key, after)).fetchone()
-            if found is not None:
-                return str(found)
-        (found,) = conn.execute(self._sql_first, key).fetchone()
-        return None if found is None else str(found)
+        if found is None:
+            (found,) = conn.execute(self._sql_first, key).fetchone()
+        group = None if found is None else str(found)
+        self._after[after] = group
+        return group
 
     def _group_head(self, group: str) -> Head | None:
         conn, key = self.limiter.conn, (self.queue, self.name, group)
