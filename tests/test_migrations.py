@@ -248,6 +248,70 @@ def test_a_sqlite_store_of_layout_2_gains_priorities_with_every_job_intact(
     _check_reopened(url)
 
 
+#: what layout 3 (priorities) added to layout 2, as that release wrote it
+LAYOUT_3_SQL = """
+ALTER TABLE old_jobs ADD COLUMN priority INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE old_jobs ADD COLUMN boost REAL NOT NULL DEFAULT 0;
+CREATE INDEX old_jobs_queued ON old_jobs (queue, run_at - boost, run_at) WHERE state = 'queued';
+CREATE INDEX old_jobs_scheduled ON old_jobs (queue, run_at) WHERE state = 'scheduled';
+DROP INDEX old_jobs_ready;
+UPDATE old_meta SET value='3' WHERE key='layout';
+PRAGMA user_version=3;
+"""
+
+
+def test_a_sqlite_store_of_layout_3_gains_limits_with_every_job_intact(
+        tmp_path: Path) -> None:
+    """Jobs stored before limits are unlaned (group None, deferrals 0) and claimed as before;
+    the queued index keeps only unlaned jobs, laned ones get theirs, and the tables of
+    buckets and round-robin cursors are made."""
+    from conveyor.job import JobRecord
+    from conveyor.limits import JobLimits
+
+    path = tmp_path / "three.db"
+    _old_sqlite(path)
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.executescript(LAYOUT_2_SQL)
+    conn.executescript(LAYOUT_3_SQL)
+    conn.execute("UPDATE old_jobs SET priority=2, boost=200 WHERE id='s1'")
+    conn.close()
+    url = f"sqlite:///{path}"
+
+    async def use() -> None:
+        broker = SQLiteBroker(url, namespace="old")
+        await broker.open()
+        for job_id in OLD_JOBS:
+            record = await broker.get(job_id)
+            assert record is not None and (record.group, record.deferrals) == (None, 0), job_id
+        s1 = await broker.get("s1")
+        assert s1 is not None and s1.priority == 2
+        now = time.time()
+        laned = JobRecord(id="l1", name="capped", queue="default", state=JobState.QUEUED,
+                          args=[], kwargs={}, created_at=now, run_at=now - 1, group="a")
+        await broker.enqueue([laned], {})
+        limits = {"capped": JobLimits("capped", concurrency=1)}
+        claimed = await broker.claim("w1", ["default"], 10, 30.0, limits=limits)
+        assert [job.id for job in claimed] == ["q1", "l1"]  # the older run_at first
+        assert claimed[1].group == "a"
+        await broker.close()
+
+    asyncio.run(use())
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == LAYOUT
+    assert conn.execute("SELECT value FROM old_meta WHERE key='layout'").fetchone() == (
+        str(LAYOUT),)
+    indexes = dict(conn.execute(
+        "SELECT name, sql FROM sqlite_master WHERE type='index' AND tbl_name='old_jobs'"))
+    assert {"old_jobs_queued", "old_jobs_lanes", "old_jobs_running",
+            "old_jobs_scheduled"} <= set(indexes)
+    assert "grp IS NULL" in indexes["old_jobs_queued"]
+    tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master "
+                                             "WHERE type='table'")}
+    assert {"old_buckets", "old_turns"} <= tables
+    conn.close()
+    _check_reopened(url)
+
+
 # -- Redis -----------------------------------------------------------------------------------
 
 def _old_redis(client: redis.Redis, ns: str) -> None:

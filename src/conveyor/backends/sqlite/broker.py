@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 from conveyor.backends.base import Beat, Broker, Recovery
 from conveyor.backends.sqlite import schedules as sqlite_schedules
 from conveyor.backends.sqlite.clock import boot_id, lease_now
+from conveyor.backends.sqlite.lanes import Head, Lane, Limiter, Taken, cursors, laned_names, usage
 from conveyor.backends.sqlite.migrations import upgrade
 from conveyor.backends.sqlite.schema import (
     JOB_COLUMNS,
@@ -34,6 +35,7 @@ from conveyor.backends.sqlite.writer import Writer
 from conveyor.errors import DuplicateJob, QueueFull, StoreUnavailable
 from conveyor.job import JobRecord, JobState, Outcome, OutcomeKind, WorkerInfo
 from conveyor.known import KnownJob, read_known
+from conveyor.limits import JobLimits, LimitUsage
 from conveyor.priority import QueueWeights, boost, check_priority
 from conveyor.queues import QueueSettings, stored_limit
 from conveyor.schedules import Schedule, ScheduleState
@@ -98,7 +100,8 @@ class SQLiteBroker(Broker):
         # A claim takes queued jobs only, in the order of the jobs_queued index (rank, then
         # run_at, then id), after promoting the due scheduled jobs of its queues. Every
         # queued job is due: ``run_at <= ?`` only guards that, at no cost (run_at is in the
-        # index).
+        # index). Laned jobs (grp not NULL) wait in the jobs_lanes index instead (see
+        # .lanes).
         take = (
             f"UPDATE {t}_jobs SET state='running', worker_id=?, attempts=attempts+1, "
             f"started_at=?, lease_expires_at=?, progress=NULL, progress_message=NULL, "
@@ -110,12 +113,12 @@ class SQLiteBroker(Broker):
         self._sql_take = take
         #: one queue, one statement: (worker, now, lease until, queue, now, limit)
         self._sql_claim_one = take.format(ids=(
-            f"SELECT id FROM {t}_jobs WHERE state='queued' AND queue=? AND run_at <= ? "
-            f"AND {self._not_paused} ORDER BY {RANK}, run_at, id LIMIT ?"))
+            f"SELECT id FROM {t}_jobs WHERE state='queued' AND grp IS NULL AND queue=? "
+            f"AND run_at <= ? AND {self._not_paused} ORDER BY {RANK}, run_at, id LIMIT ?"))
         #: a queue's ready jobs in claim order, with their sort key: (queue, now, limit)
         self._sql_ranked = (
-            f"SELECT {RANK}, run_at, id FROM {t}_jobs WHERE state='queued' AND queue=? "
-            f"AND run_at <= ? ORDER BY {RANK}, run_at, id LIMIT ?")
+            f"SELECT {RANK}, run_at, id FROM {t}_jobs WHERE state='queued' AND grp IS NULL "
+            f"AND queue=? AND run_at <= ? ORDER BY {RANK}, run_at, id LIMIT ?")
         #: the due scheduled jobs of some queues become queued: (*queues, now)
         self._sql_promote = (f"UPDATE {t}_jobs SET state='queued' WHERE state='scheduled' "
                              f"AND queue IN ({{marks}}) AND run_at <= ?")
@@ -126,6 +129,10 @@ class SQLiteBroker(Broker):
         self._sql_insert_ranked = (
             f"INSERT INTO {t}_jobs (id, name, queue, state, args, kwargs, created_at, run_at, "
             f"unique_key, priority, boost) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
+        )
+        self._sql_insert_laned = (
+            f"INSERT INTO {t}_jobs (id, name, queue, state, args, kwargs, created_at, run_at, "
+            f"unique_key, priority, boost, grp) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
         )
 
     # -- life cycle ---------------------------------------------------------------------------
@@ -254,10 +261,12 @@ class SQLiteBroker(Broker):
             for j in jobs
         ]
         insert = self._sql_insert
-        if any(j.priority for j in jobs):  # else the columns' defaults: priority 0, boost 0
-            insert = self._sql_insert_ranked
+        laned = any(j.group is not None for j in jobs)
+        if laned or any(j.priority for j in jobs):  # else the defaults: priority 0, boost 0
+            insert = self._sql_insert_laned if laned else self._sql_insert_ranked
             aging = self.aging
             all_rows = [(*row, j.priority, boost(j.priority, aging))
+                        + ((j.group,) if laned else ())
                         for row, j in zip(all_rows, jobs, strict=True)]
         none_held: list[str | None] = [None] * len(jobs)
         all_queues = {j.queue for j in jobs}
@@ -391,29 +400,39 @@ class SQLiteBroker(Broker):
     async def claim(
         self, worker_id: str, queues: Sequence[str], limit: int, lease: float,
         start: int | None = None, weights: QueueWeights | None = None,
+        limits: Mapping[str, JobLimits] | None = None,
     ) -> list[JobRecord]:
         hold = f"UPDATE {self.ns}_jobs SET unstarted=? WHERE id=?"
+        known = limits or {}
 
-        def fn(conn: sqlite3.Connection) -> tuple[list[JobRecord], dict[str, int] | None]:
-            now = time.time()
-            until = lease_now() + lease
+        def fn(conn: sqlite3.Connection) -> tuple[list[JobRecord], dict[str, int] | None,
+                                                  set[tuple[str, str]]]:
+            now, clock = time.time(), lease_now()
+            until = clock + lease
+            limiter = Limiter(conn, self.ns, now, clock, known)
             credits = None
             if weights is not None:
                 jobs, credits = self._claim_weighted(conn, worker_id, queues, limit, now,
-                                                     until, weights)
+                                                     until, weights, limiter)
             elif len(queues) == 1:
-                jobs = self._claim_one(conn, worker_id, queues[0], limit, now, until)
+                jobs = self._claim_one(conn, worker_id, queues[0], limit, now, until, limiter)
             else:
-                jobs = self._claim_merged(conn, worker_id, queues, limit, now, until)
+                jobs = self._claim_merged(conn, worker_id, queues, limit, now, until, limiter)
             if start is not None:  # the others, and every suspect, wait for a start mark
                 conn.executemany(hold, [(HELD_SUSPECT if j.suspect else UNSTARTED, j.id)
                                         for n, j in enumerate(jobs) if n >= start or j.suspect])
-            return jobs, credits
+            return jobs, credits, limiter.held
 
-        jobs, credits = await self._write(fn)
+        jobs, credits, held = await self._write(fn)
         if weights is not None and credits is not None:  # committed: the picks hold
             weights.credits = credits
+        for name, reason in sorted(held):
+            self.note_throttled(name, reason)
         return jobs
+
+    async def limit_usage(self, names: Sequence[str], max_groups: int = 20) -> list[LimitUsage]:
+        return await self._read(lambda conn: usage(conn, self.ns, names, max_groups,
+                                                   time.time(), lease_now()))
 
     def _promote(self, conn: sqlite3.Connection, queues: Sequence[str], now: float) -> int:
         """Make the due scheduled jobs of ``queues`` queued; return how many."""
@@ -443,46 +462,134 @@ class SQLiteBroker(Broker):
             rows.extend(conn.execute(sql, (worker_id, now, until, *chunk)))
         return self._claimed(rows)
 
+    def _take_in_order(self, conn: sqlite3.Connection, worker_id: str, ids: Sequence[str],
+                       now: float, until: float) -> list[JobRecord]:
+        """Claim the jobs of ``ids``, in the order of ``ids``."""
+        jobs = {job.id: job for job in self._take(conn, worker_id, ids, now, until)}
+        return [jobs[job_id] for job_id in ids]
+
+    def _limiter(self, conn: sqlite3.Connection, now: float,
+                 limiter: Limiter | None) -> Limiter:
+        return limiter if limiter is not None else Limiter(conn, self.ns, now, lease_now(), {})
+
     def _claim_one(self, conn: sqlite3.Connection, worker_id: str, queue: str, limit: int,
-                   now: float, until: float) -> list[JobRecord]:
-        """One queue: its due scheduled jobs promoted, then one statement."""
+                   now: float, until: float, limiter: Limiter | None = None) -> list[JobRecord]:
+        """One queue: its due scheduled jobs promoted, then one statement when the queue
+        has no laned jobs ready (one index seek tells), else the merge of
+        :meth:`_claim_merged`."""
         self._promote(conn, (queue,), now)
+        if laned_names(conn, self.ns, queue):
+            return self._claim_merged(conn, worker_id, (queue,), limit, now, until, limiter,
+                                      promoted=True)
         rows = conn.execute(self._sql_claim_one, (worker_id, now, until, queue, now, limit))
         return self._claimed(rows)
 
     def _ranked(self, conn: sqlite3.Connection, queues: Sequence[str], limit: int,
-                now: float) -> dict[str, list[tuple[float, float, str]]]:
-        """Per queue that is not paused, up to ``limit`` of its ready jobs as ``(rank,
-        run_at, id)`` in claim order, after promoting the due scheduled ones. One indexed
-        look per queue: cheaper than one ORDER BY over all of them."""
-        self._promote(conn, queues, now)
+                now: float, promoted: bool = False) -> dict[str, list[Head]]:
+        """Per queue that is not paused, up to ``limit`` of its unlaned ready jobs as
+        ``(rank, run_at, id)`` in claim order, after promoting the due scheduled ones. One
+        indexed look per queue: cheaper than one ORDER BY over all of them."""
+        if not promoted:
+            self._promote(conn, queues, now)
         paused = {name for (name,) in conn.execute(
             f"SELECT name FROM {self.ns}_queues WHERE paused=1")}
         return {queue: conn.execute(self._sql_ranked, (queue, now, limit)).fetchall()
                 for queue in dict.fromkeys(queues) if queue not in paused}
 
+    def _lanes(self, conn: sqlite3.Connection, queue: str, limiter: Limiter) -> list[Lane]:
+        """The lanes of ``queue``'s laned names with ready jobs, each from its cursor."""
+        names = laned_names(conn, self.ns, queue)
+        if not names:
+            return []
+        turns = cursors(conn, self.ns, queue, names)
+        return [Lane(limiter, queue, name, turns.get(name)) for name in names]
+
+    @staticmethod
+    def _merge(plain: Sequence[Head], lanes: Sequence[Lane],
+               limit: int) -> tuple[list[Head], list[Taken]]:
+        """Up to ``limit`` jobs: repeatedly the best of the heads of the unlaned jobs
+        (``plain``, in claim order) and of each lane; the laned ones also as taken."""
+        chosen: list[Head] = []
+        taken: list[Taken] = []
+        heap = [(head, n) for n, lane in enumerate(lanes) if (head := lane.head()) is not None]
+        heapq.heapify(heap)
+        at = 0
+        while len(chosen) < limit:
+            while heap:  # a take of a name moves its other lanes' heads: look again
+                head, n = heap[0]
+                now_head = lanes[n].head()
+                if now_head == head:
+                    break
+                if now_head is None:
+                    heapq.heappop(heap)
+                else:
+                    heapq.heapreplace(heap, (now_head, n))
+            best = plain[at] if at < len(plain) else None
+            if heap and (best is None or heap[0][0] < best):
+                head, n = heap[0]
+                taken.append(lanes[n].take())
+                chosen.append(head)
+                following = lanes[n].head()
+                if following is None:
+                    heapq.heappop(heap)
+                else:
+                    heapq.heapreplace(heap, (following, n))
+            elif best is not None:
+                chosen.append(best)
+                at += 1
+            else:
+                break
+        return chosen, taken
+
     def _claim_merged(self, conn: sqlite3.Connection, worker_id: str, queues: Sequence[str],
-                      limit: int, now: float, until: float) -> list[JobRecord]:
-        """Several queues without weights: the lowest ranks over all of them."""
-        found = self._ranked(conn, queues, limit, now)
+                      limit: int, now: float, until: float, limiter: Limiter | None = None,
+                      promoted: bool = False) -> list[JobRecord]:
+        """Several queues without weights: the lowest ranks over all of them, each laned
+        name's jobs taking turns over its groups within that order."""
+        found = self._ranked(conn, queues, limit, now, promoted)
+        limiter = self._limiter(conn, now, limiter)
+        lanes = [lane for queue in found for lane in self._lanes(conn, queue, limiter)]
         best = heapq.nsmallest(limit, itertools.chain.from_iterable(found.values()))
-        return self._take(conn, worker_id, [job_id for _, _, job_id in best], now, until)
+        if not lanes:
+            return self._take(conn, worker_id, [job_id for _, _, job_id in best], now, until)
+        chosen, taken = self._merge(best, lanes, limit)
+        limiter.save(taken)
+        return self._take_in_order(conn, worker_id, [job_id for _, _, job_id in chosen],
+                                   now, until)
 
     def _claim_weighted(
         self, conn: sqlite3.Connection, worker_id: str, queues: Sequence[str], limit: int,
-        now: float, until: float, weights: QueueWeights,
+        now: float, until: float, weights: QueueWeights, limiter: Limiter | None = None,
     ) -> tuple[list[JobRecord], dict[str, int]]:
         """Queues shared by ``weights.pick`` (the queues of ``weights`` that ``queues``
         names; others have nothing ready); the jobs in the picks' order, each queue's in
-        claim order. Return them and the credits after the picks (``weights`` is left
+        claim order. A queue's ready count is what it could give now: its laned jobs as
+        their limits allow (queues looked at in turn, each seeing what the ones before
+        would take). Return the jobs and the credits after the picks (``weights`` is left
         as it is: the caller sets them once the claim is committed)."""
         wanted = [q for q in weights.queues if q in queues]
         found = self._ranked(conn, wanted, limit, now)
-        picks, credits = weights.pick({q: len(rows) for q, rows in found.items()}, limit)
-        nexts = {q: iter(rows) for q, rows in found.items()}
-        ids = [next(nexts[q])[2] for q in picks]
-        jobs = {job.id: job for job in self._take(conn, worker_id, ids, now, until)}
-        return [jobs[job_id] for job_id in ids], credits
+        limiter = self._limiter(conn, now, limiter)
+        offers: dict[str, list[Head]] = {}
+        laned: dict[str, dict[str, Taken]] = {}
+        for queue, rows in found.items():
+            lanes = self._lanes(conn, queue, limiter)
+            if lanes:
+                offers[queue], taken = self._merge(rows, lanes, limit)
+                laned[queue] = {job.head[2]: job for job in taken}
+            else:
+                offers[queue] = rows
+        picks, credits = weights.pick({q: len(rows) for q, rows in offers.items()}, limit)
+        nexts = {q: iter(rows) for q, rows in offers.items()}
+        ids: list[str] = []
+        kept: list[Taken] = []
+        for queue in picks:
+            job_id = next(nexts[queue])[2]
+            ids.append(job_id)
+            if job_id in laned.get(queue, {}):
+                kept.append(laned[queue][job_id])
+        limiter.save(kept)
+        return self._take_in_order(conn, worker_id, ids, now, until), credits
 
     async def set_priority(self, job_id: str, priority: int) -> JobRecord | None:
         check_priority(priority)
@@ -511,7 +618,8 @@ class SQLiteBroker(Broker):
         )
         back = (
             f"UPDATE {t}_jobs SET state=?, run_at=coalesce(?, run_at), error=?, traceback=?, "
-            f"attempts=attempts-?, worker_id=NULL, lease_expires_at=NULL {guard}"
+            f"attempts=attempts-?, deferrals=deferrals+?, worker_id=NULL, "
+            f"lease_expires_at=NULL {guard}"
         )
         final_rows, cancel_rows, back_rows = [], [], []
         for o in outcomes:
@@ -523,9 +631,11 @@ class SQLiteBroker(Broker):
                     (o.finished_at, o.finished_at + keep, error, tb, o.job_id, o.worker_id,
                      o.attempt, o.attempt)
                 )
+                # a deferred retry is not charged: its attempt is given back
+                deferred = int(o.deferred and not requeue)
                 back_rows.append(
-                    (state, o.run_at, error, tb, int(requeue), o.job_id, o.worker_id,
-                     o.attempt, o.attempt)
+                    (state, o.run_at, error, tb, int(requeue) + deferred, deferred, o.job_id,
+                     o.worker_id, o.attempt, o.attempt)
                 )
             else:
                 final_rows.append(
@@ -738,10 +848,13 @@ class SQLiteBroker(Broker):
             f"AND expires_at < ?"
         )
         stats = f"DELETE FROM {self.ns}_stats WHERE minute < ?"
+        # a bucket that has filled up again is the same as none
+        buckets = f"DELETE FROM {self.ns}_buckets WHERE full_at <= ?"
 
         def fn(conn: sqlite3.Connection) -> int:
             now = time.time()
             conn.execute(stats, (now - STATS_KEEP,))
+            conn.execute(buckets, (now,))
             purged: int = conn.execute(jobs, (now,)).rowcount
             self._purge_keys(conn, now)
             return purged

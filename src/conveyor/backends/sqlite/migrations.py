@@ -81,8 +81,43 @@ def _layout_3(conn: sqlite3.Connection, ns: str) -> None:
     conn.execute(f"DROP INDEX IF EXISTS {ns}_jobs_ready")
 
 
+def _layout_4(conn: sqlite3.Connection, ns: str) -> None:
+    """Limits: each job's group (``grp``; NULL for a job without limits, as every job stored
+    before) and ``deferrals``. Queued laned jobs wait in their own index (``lanes``: queue,
+    name, group, rank) and the ``queued`` index keeps the unlaned ones only; running laned
+    jobs are counted from the ``running`` index. Token buckets and the round-robin cursors
+    of grouped names get their tables (see :mod:`.lanes`)."""
+    columns = _columns(conn, f"{ns}_jobs")
+    if "grp" not in columns:
+        conn.execute(f"ALTER TABLE {ns}_jobs ADD COLUMN grp TEXT")
+    if "deferrals" not in columns:
+        conn.execute(f"ALTER TABLE {ns}_jobs ADD COLUMN deferrals INTEGER NOT NULL DEFAULT 0")
+    conn.execute(f"DROP INDEX IF EXISTS {ns}_jobs_queued")
+    conn.execute(f"""CREATE INDEX {ns}_jobs_queued ON {ns}_jobs (queue, run_at - boost, run_at)
+        WHERE state = 'queued' AND grp IS NULL""")
+    conn.execute(f"""CREATE INDEX IF NOT EXISTS {ns}_jobs_lanes
+        ON {ns}_jobs (queue, name, grp, run_at - boost, run_at)
+        WHERE state = 'queued' AND grp IS NOT NULL""")
+    conn.execute(f"""CREATE INDEX IF NOT EXISTS {ns}_jobs_running
+        ON {ns}_jobs (name, grp, lease_expires_at)
+        WHERE state = 'running' AND grp IS NOT NULL""")
+    # full_at: when the bucket is full again (a purge drops it then)
+    conn.execute(f"""CREATE TABLE IF NOT EXISTS {ns}_buckets (
+        key TEXT PRIMARY KEY,
+        tokens REAL NOT NULL,
+        at REAL NOT NULL,
+        full_at REAL NOT NULL
+    ) WITHOUT ROWID""")
+    conn.execute(f"""CREATE TABLE IF NOT EXISTS {ns}_turns (
+        queue TEXT NOT NULL,
+        name TEXT NOT NULL,
+        grp TEXT NOT NULL,
+        PRIMARY KEY (queue, name)
+    ) WITHOUT ROWID""")
+
+
 #: the steps, in order: ``STEPS[n]`` brings a namespace from layout ``n`` to ``n + 1``
-STEPS: tuple[Step, ...] = (_layout_1, _layout_2, _layout_3)
+STEPS: tuple[Step, ...] = (_layout_1, _layout_2, _layout_3, _layout_4)
 #: the layout this version writes
 LAYOUT = len(STEPS)
 

@@ -23,7 +23,8 @@ _NAMESPACE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 JOB_COLUMNS = (
     "id, name, queue, state, args, kwargs, created_at, run_at, attempts, recoveries, "
     "started_at, finished_at, result, error, traceback, progress, progress_message, "
-    "worker_id, lease_expires_at, cancel_requested, expires_at, unique_key, priority"
+    "worker_id, lease_expires_at, cancel_requested, expires_at, unique_key, priority, grp, "
+    "deferrals"
 )
 
 WORKER_COLUMNS = (
@@ -295,6 +296,8 @@ def job_from_row(row: tuple[Any, ...]) -> JobRecord:
         expires_at=row[20],
         unique_key=row[21],
         priority=row[22],
+        group=row[23],
+        deferrals=row[24],
     )
 
 
