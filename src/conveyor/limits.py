@@ -5,7 +5,8 @@ worker sharing the store; ``group_by="tenant_id", group_concurrency=M`` at most 
 group (the value of that argument). Both count live leases: a dead worker's slots come back
 when its leases run out. ``rate_limit="100/m"`` (and ``group_rate_limit``) is a token
 bucket kept in the store, on the store's clock, spent when an attempt starts; ``burst`` is
-its size (default 1: evenly spaced starts). Within a job with ``group_by``, claims go
+its size (default: one second's worth of starts, at least 1, so that a claim that comes
+a little late loses no token). Within a job with ``group_by``, claims go
 round robin over the groups with ready jobs (in the order of their names, from where the
 last claim left off), so a group with a long backlog delays another by at most a round.
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -39,7 +41,8 @@ MAX_DEFERRALS = 20
 
 @dataclass(frozen=True, slots=True)
 class Rate:
-    """``count`` starts per ``per`` seconds, from a bucket of ``burst`` tokens."""
+    """``count`` starts per ``per`` seconds, from a bucket of ``burst`` tokens (see
+:func:`parse_rate` for the default)."""
 
     count: float
     per: float
@@ -71,7 +74,7 @@ def parse_rate(text: str, burst: int | None = None, what: str = "rate_limit") ->
     if burst is not None and (isinstance(burst, bool) or not isinstance(burst, int)
                               or burst < 1):
         raise ConfigurationError("burst must be a whole number of at least 1")
-    return Rate(count, per, burst or 1)
+    return Rate(count, per, burst or max(1, math.ceil(count / per)))
 
 
 def _positive(value: object, what: str) -> int | None:

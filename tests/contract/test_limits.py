@@ -29,9 +29,8 @@ def capped(concurrency: int | None = None, group_concurrency: int | None = None,
 
 
 def laned(count: int, group: str = "", name: str = "capped", **options: Any) -> list[JobRecord]:
-    now = time.time()
-    return [make_job(name=name, group=group, run_at=options.pop("run_at", now - 1),
-                     **options) for _ in range(count)]
+    options.setdefault("run_at", time.time() - 1)
+    return [make_job(name=name, group=group, **options) for _ in range(count)]
 
 
 def take(broker: Broker, run: Run[Any], limits: dict[str, JobLimits] | None, limit: int = 10,
