@@ -169,6 +169,8 @@ class RedisBroker(Broker):
         self._blocking_lock = threading.Lock()
         #: where the next pruning step of the unique keys starts (an HSCAN cursor)
         self._prune_cursor = "0"
+        #: where the next pruning step of the token buckets starts
+        self._bucket_cursor = "0"
         #: the limits of the last claim and their text for claim.lua
         self._limits_cache: tuple[dict[str, JobLimits], str] | None = None
 
@@ -550,6 +552,15 @@ class RedisBroker(Broker):
             if self._prune_cursor == "0":
                 return
 
+    async def _prune_buckets(self) -> None:
+        """Steps through the token buckets, dropping those full again (as
+        :meth:`_prune_keys` steps through the unique keys)."""
+        for _ in range(PRUNE_STEPS):
+            self._bucket_cursor = str(await self._script(
+                "prune_buckets", [self.keys.buckets], [self._bucket_cursor, PRUNE_STEP]))
+            if self._bucket_cursor == "0":
+                return
+
     def _blocking_call(self, script: str, keys: Sequence[str],
                        argv: Sequence[Any]) -> tuple[Any, int]:
         """Run ``script`` on the blocking client, retried through connection trouble as
@@ -834,6 +845,7 @@ class RedisBroker(Broker):
             total += deleted
             if len(ids) < BATCH or not deleted:
                 await self._prune_keys()
+                await self._prune_buckets()
                 return total
 
     # -- inspection and admin -----------------------------------------------------------------

@@ -74,8 +74,10 @@ Layout (``ns`` is the namespace, ``q`` a queue):
 ``{ns}:run:N``                  zset     running laned job id of name N -> lease expiry;
                                          running(N) counts the live leases (score > now)
 ``{ns}:run:N:G``                zset     the same for group G of name N
-``{ns}:buckets``                hash     N, or N G -> "TOKENS AT": a token bucket of a
-                                         rate limit at server time AT (absent: full)
+``{ns}:buckets``                hash     N, or N G -> "TOKENS AT RATE BURST": a token
+                                         bucket of a rate limit at server time AT, refilled
+                                         at RATE per second up to BURST (absent: full;
+                                         purges drop full ones)
 ``{ns}:stats``                  zset     minute -> minute: the minutes that have statistics
 ``{ns}:stats:M``                hash     the statistics of minute M (seconds since the
                                          epoch): ``q NUL succeeded`` -> count, ... (see

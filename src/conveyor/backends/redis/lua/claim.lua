@@ -133,16 +133,24 @@ if any_laned and limits_text ~= '' then LIMITS = cjson.decode(limits_text) end
 local BUCKETS = PREFIX .. ':buckets'
 local CURSORS = PREFIX .. ':cursors'
 local after_now = '(' .. stamp
+-- groups of a name read at once by a claim's round robin
+local LANE_PAGE = 64
 
--- The tokens of bucket `field` now (one never seen, or unreadable, is full).
+-- The tokens of bucket `field` now (one never seen, or unreadable, is full). A record is
+-- "TOKENS AT RATE BURST" (RATE per second): purges drop full ones (prune_buckets.lua).
 local function tokens_of(field, rate, burst)
   local value = redis.call('HGET', BUCKETS, field)
   local left, at
-  if value then left, at = string.match(value, '^(%S+) (%S+)$') end
+  if value then left, at = string.match(value, '^(%S+) (%S+) ') end
   left, at = tonumber(left), tonumber(at)
   if not left or not at then return burst end
   if now > at then left = left + (now - at) * rate end
   return math.min(burst, left)
+end
+
+-- A bucket's record: its tokens now, now, its rate and its burst.
+local function bucket(left, rate, burst)
+  return fmt(left) .. ' ' .. stamp .. ' ' .. string.format('%.17g', rate) .. ' ' .. burst
 end
 
 -- What this claim knows of a job name: its limits, running attempts, tokens, and what it
@@ -200,44 +208,65 @@ local function lane_stream(base, name, want)
   stream.root = root
   stream.cursor = enc(string.sub(KEYS[base], #PREFIX + 4, -9)) .. enc(name)
   local last = redis.call('HGET', CURSORS, stream.cursor)
-  local order
-  if last then
-    order = redis.call('ZRANGEBYLEX', root, '(' .. last, '+')
-    for _, group in ipairs(redis.call('ZRANGEBYLEX', root, '-', '[' .. last)) do
-      order[#order + 1] = group
-    end
-  else
-    order = redis.call('ZRANGE', root, 0, -1)
-  end
   local items, offset = stream.items, {}
-  while #items < want and #order > 0 do
-    local kept = {}
-    for _, group in ipairs(order) do
-      if #items >= want then break end
-      local k = offset[group] or 0
-      local got = redis.call('ZRANGE', root .. enc(group), k, k, 'WITHSCORES')
-      if #got > 0 then
-        why = name_held(s)
-        if why then
-          stream.notes[#stream.notes + 1] = {#items, why}
-          return stream
-        end
-        local g = group_state(s, group)
-        why = group_held(s, g)
-        if why then
-          stream.notes[#stream.notes + 1] = {#items, why}
-        else
-          local mark = any_priority and redis.call('HGET', F.priority, got[1]) or nil
-          items[#items + 1] = {id = got[1], at = got[2], mark = mark, base = base,
-                               stream = stream, group = group, gstate = g}
-          offset[group] = k + 1
-          s.used = s.used + 1
-          g.used = g.used + 1
-          kept[#kept + 1] = group
-        end
-      end
+
+  -- One visit of `group`: takes its next job unless it or the name is held; returns
+  -- 'stop' (the name is held), true (took one) or false (held or out of jobs).
+  local function visit(group)
+    local k = offset[group] or 0
+    local got = redis.call('ZRANGE', root .. enc(group), k, k, 'WITHSCORES')
+    if #got == 0 then return false end
+    why = name_held(s)
+    if why then
+      stream.notes[#stream.notes + 1] = {#items, why}
+      return 'stop'
     end
-    order = kept
+    local g = group_state(s, group)
+    why = group_held(s, g)
+    if why then
+      stream.notes[#stream.notes + 1] = {#items, why}
+      return false
+    end
+    local mark = any_priority and redis.call('HGET', F.priority, got[1]) or nil
+    items[#items + 1] = {id = got[1], at = got[2], mark = mark, base = base,
+                         stream = stream, group = group, gstate = g}
+    offset[group] = k + 1
+    s.used = s.used + 1
+    g.used = g.used + 1
+    return true
+  end
+
+  -- the first pass: the groups after the cursor, then from the first one up to it, fetched
+  -- a page at a time (a claim that is served early reads no more of them)
+  local kept = {}
+  local from, upto, wrapped = last and '(' .. last or '-', '+', not last
+  while #items < want do
+    local page = redis.call('ZRANGEBYLEX', root, from, upto, 'LIMIT', 0, LANE_PAGE)
+    for _, group in ipairs(page) do
+      if #items >= want then return stream end
+      local took = visit(group)
+      if took == 'stop' then return stream end
+      if took then kept[#kept + 1] = group end
+    end
+    if #page == LANE_PAGE then
+      from = '(' .. page[#page]
+    elseif not wrapped then
+      wrapped = true
+      from, upto = '-', '[' .. last
+    else
+      break
+    end
+  end
+  -- more passes over the groups that gave a job, while the claim wants more
+  while #items < want and #kept > 0 do
+    local again = {}
+    for _, group in ipairs(kept) do
+      if #items >= want then return stream end
+      local took = visit(group)
+      if took == 'stop' then return stream end
+      if took then again[#again + 1] = group end
+    end
+    kept = again
   end
   return stream
 end
@@ -369,13 +398,13 @@ if any_laned then
   end
   for name, s in pairs(names) do
     if s.r > 0 and s.taken > 0 then
-      redis.call('HSET', BUCKETS, enc(name), fmt(s.tokens - s.taken) .. ' ' .. stamp)
+      redis.call('HSET', BUCKETS, enc(name), bucket(s.tokens - s.taken, s.r, s.b))
     end
     if s.gr > 0 then
       for group, g in pairs(s.groups) do
         local field = enc(name) .. enc(group)
         if g.taken > 0 then
-          redis.call('HSET', BUCKETS, field, fmt(g.tokens - g.taken) .. ' ' .. stamp)
+          redis.call('HSET', BUCKETS, field, bucket(g.tokens - g.taken, s.gr, s.gb))
         elseif g.tokens >= s.gb then
           redis.call('HDEL', BUCKETS, field)  -- full: the same as no record
         end
