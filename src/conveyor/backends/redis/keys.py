@@ -225,19 +225,6 @@ class Keys:
         """The names of laned jobs that have queued jobs in ``queue``."""
         return f"{self.prefix}:q:{queue}:lanes"
 
-    def lane_groups(self, queue: str, name: str) -> str:
-        """The groups of job name ``name`` with queued jobs in ``queue``."""
-        return f"{self.prefix}:lane:{part(queue)}{part(name)}"
-
-    def lane_jobs(self, queue: str, name: str, group: str) -> str:
-        """The queued jobs of one group of ``name`` in ``queue``, by rank."""
-        return self.lane_groups(queue, name) + part(group)
-
-    def running(self, name: str, group: str | None = None) -> str:
-        """The running laned jobs of ``name`` (of one group when given) by lease expiry."""
-        key = f"{self.prefix}:run:{part(name)}"
-        return key if group is None else key + part(group)
-
     def idempotency(self, key: str) -> str:
         """The record of one idempotency key of an HTTP enqueue."""
         return f"{self.prefix}:idem:{key}"
