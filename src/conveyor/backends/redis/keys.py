@@ -8,8 +8,8 @@ name them from the namespace's prefix (``{ns}``, taken from the jobs hash's name
 KEYS[1]); carrying the hash tag, they live in the same slot.
 
 In the keys of limits, Q, N and G (a queue, a job name, a group) are each written as their
-byte length, ':' and themselves (``7:default``), so a ':' inside one cannot make two keys
-the same.
+byte length, ':' and themselves, one after the other (``{ns}:lane:Q:N`` in the table is
+``{ns}:lane:7:default6:report``), so a ':' inside one cannot make two keys the same.
 
 A job is spread over hashes keyed by its id, one per field, so that claiming and settling a
 job writes the few fields that change and never decodes or re-encodes the rest: the
@@ -69,12 +69,12 @@ Layout (``ns`` is the namespace, ``q`` a queue):
                                          round robin of claims)
 ``{ns}:lane:Q:N:G``             zset     queued job id of name N and group G in queue Q ->
                                          rank (laned jobs are never in ``waiting``)
-``{ns}:cursors``                hash     Q N -> the group a claim served last (where the
-                                         next claim's round robin starts after)
+``{ns}:cursors``                hash     QN (parts as in keys) -> the group a claim served
+                                         last (the next claim's round robin starts after it)
 ``{ns}:run:N``                  zset     running laned job id of name N -> lease expiry;
                                          running(N) counts the live leases (score > now)
 ``{ns}:run:N:G``                zset     the same for group G of name N
-``{ns}:buckets``                hash     N, or N G -> "TOKENS AT RATE BURST": a token
+``{ns}:buckets``                hash     N, or NG (parts) -> "TOKENS AT RATE BURST": a token
                                          bucket of a rate limit at server time AT, refilled
                                          at RATE per second up to BURST (absent: full;
                                          purges drop full ones)
