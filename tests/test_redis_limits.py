@@ -307,3 +307,28 @@ def test_a_queue_without_lanes_writes_no_key_of_limits(client: redis.Redis) -> N
     assert _run(scenario, ns) == 3
     assert _lane_keys(client, ns) == []
     assert not client.exists(f"{p}:buckets", f"{p}:cursors", f"{p}:f:lane")
+
+
+def test_a_claim_among_many_held_groups_stops_and_the_next_goes_on(
+        client: redis.Redis) -> None:
+    """400 groups with empty buckets: a claim visits a bounded number of them, and the
+    next one starts after the last group visited, so a group further on is reached."""
+    ns = _namespace()
+    groups = [f"g{n:03d}" for n in range(400)]
+
+    async def scenario(broker: RedisBroker) -> list[list[str]]:
+        await broker.enqueue([_job(g) for g in groups for _ in range(2)], {})
+        limits = _limits(group_rate=Rate(1, 3600.0))
+        first = await broker.claim("w1", ["default"], 400, 30.0, limits=limits)
+        assert sorted(j.group or "" for j in first) == groups  # every bucket spent
+        late = _job("g300x")  # after the cursor (g399) wraps, beyond a claim's visits
+        await broker.enqueue([late], {})
+        broker.take_throttled()
+        taken = []
+        for _ in range(2):
+            got = await broker.claim("w1", ["default"], 1, 30.0, limits=limits)
+            taken.append([j.group or "" for j in got])
+        assert broker.take_throttled()[(NAME, "group_rate")] == 2
+        return taken
+
+    assert _run(scenario, ns) == [[], ["g300x"]]

@@ -135,6 +135,10 @@ local CURSORS = PREFIX .. ':cursors'
 local after_now = '(' .. stamp
 -- groups of a name read at once by a claim's round robin
 local LANE_PAGE = 64
+-- group visits of one name's stream per claim at most, beyond twice what it wants: a
+-- claim among many held groups (empty buckets) stops there, and the next one goes on
+-- after the last group it visited
+local LANE_VISITS = 256
 
 -- The tokens of bucket `field` now (one never seen, or unreadable, is full). A record is
 -- "TOKENS AT RATE BURST" (RATE per second): purges drop full ones (prune_buckets.lua).
@@ -209,10 +213,13 @@ local function lane_stream(base, name, want)
   stream.cursor = enc(string.sub(KEYS[base], #PREFIX + 4, -9)) .. enc(name)
   local last = redis.call('HGET', CURSORS, stream.cursor)
   local items, offset = stream.items, {}
+  local visits = LANE_VISITS + 2 * want
 
   -- One visit of `group`: takes its next job unless it or the name is held; returns
   -- 'stop' (the name is held), true (took one) or false (held or out of jobs).
   local function visit(group)
+    visits = visits - 1
+    stream.visited = group
     local k = offset[group] or 0
     local got = redis.call('ZRANGE', root .. enc(group), k, k, 'WITHSCORES')
     if #got == 0 then return false end
@@ -244,6 +251,10 @@ local function lane_stream(base, name, want)
     local page = redis.call('ZRANGEBYLEX', root, from, upto, 'LIMIT', 0, LANE_PAGE)
     for _, group in ipairs(page) do
       if #items >= want then return stream end
+      if visits <= 0 then
+        stream.cut = true
+        return stream
+      end
       local took = visit(group)
       if took == 'stop' then return stream end
       if took then kept[#kept + 1] = group end
@@ -261,7 +272,7 @@ local function lane_stream(base, name, want)
   while #items < want and #kept > 0 do
     local again = {}
     for _, group in ipairs(kept) do
-      if #items >= want then return stream end
+      if #items >= want or visits <= 0 then return stream end
       local took = visit(group)
       if took == 'stop' then return stream end
       if took then again[#again + 1] = group end
@@ -386,7 +397,12 @@ if any_laned then
   end
   local noted = {}
   for _, stream in ipairs(streams) do
-    if stream.taken > 0 then redis.call('HSET', CURSORS, stream.cursor, stream.last) end
+    if stream.cut and stream.taken == #stream.items then
+      -- cut short among held groups: the next claim starts after the last one visited
+      redis.call('HSET', CURSORS, stream.cursor, stream.visited)
+    elseif stream.taken > 0 then
+      redis.call('HSET', CURSORS, stream.cursor, stream.last)
+    end
     for _, note in ipairs(stream.notes) do
       local key = stream.state.name .. '\0' .. note[2]
       if note[1] <= stream.taken and not noted[key] then
