@@ -354,6 +354,67 @@ def test_a_redis_namespace_of_layout_1_is_upgraded_with_every_job_intact() -> No
     client.close()
 
 
+def _layout_3_redis(client: redis.Redis, ns: str) -> None:
+    """A namespace as layout 3 wrote it: the queued job ranked in waiting, the scheduled one
+    in sched, a running one in its lease set (no lanes, deferrals or running zsets)."""
+    p = f"{{{ns}}}"
+    rows = {"q3": ("queued", NOW - 10), "s3": ("scheduled", NOW + 3600),
+            "r3": ("running", NOW - 30)}
+    for job_id, (state, run_at) in rows.items():
+        spec = {"id": job_id, "name": "work", "queue": "default", "args": [], "kwargs": {},
+                "created_at": NOW - 40, "run_at": run_at}
+        client.hset(f"{p}:jobs", job_id, json.dumps(spec))
+        client.hset(f"{p}:f:state", job_id, state)
+        if state == "running":
+            client.hset(f"{p}:f:attempts", job_id, 1)
+            client.hset(f"{p}:f:worker", job_id, "w0")
+            client.zadd(f"{p}:q:default:leases", {job_id: NOW + 3600})
+        else:
+            client.zadd(f"{p}:q:default:s:{state}", {job_id: 0})
+            client.zadd(f"{p}:q:default:{'waiting' if state == 'queued' else 'sched'}",
+                        {job_id: run_at})
+    client.sadd(f"{p}:queues", "default")
+    client.set(f"{p}:layout", 3)
+
+
+def test_a_redis_namespace_of_layout_3_takes_limits_with_its_jobs_unlaned() -> None:
+    """Layout 4 moves no data: the old jobs read back unlaned with no deferrals, claims and
+    settles go on as before, and a laned job joins the old queue."""
+    from conveyor.ids import new_id
+    from conveyor.job import JobRecord, Outcome, OutcomeKind
+    from conveyor.limits import JobLimits
+
+    url = shared_redis_url()
+    ns = f"l3{time.monotonic_ns()}"
+    client = redis.Redis.from_url(url, decode_responses=True)
+    _layout_3_redis(client, ns)
+
+    async def scenario() -> tuple[list[Any], list[str], list[str]]:
+        broker = RedisBroker(url, namespace=ns)
+        await broker.open()
+        records = [await broker.get(i) for i in ("q3", "s3", "r3")]
+        await broker.settle([Outcome("r3", "w0", OutcomeKind.SUCCEEDED, time.time(),
+                                     result_json="null", attempt=1)])
+        laned = JobRecord(new_id(), "capped", "default", JobState.QUEUED, [], {},
+                          time.time(), time.time(), group="a")
+        await broker.enqueue([laned], {})
+        limits = {"capped": JobLimits("capped", concurrency=1)}
+        claimed = [j.id for j in await broker.claim("w1", ["default"], 5, 30.0,
+                                                    limits=limits)]
+        states = [str(r.state) for r in [await broker.get(i) for i in ("r3", laned.id)]
+                  if r is not None]
+        await broker.close()
+        return records, claimed, states
+
+    records, claimed, states = asyncio.run(scenario())
+    assert client.get(f"{{{ns}}}:layout") == str(redis_layout.LAYOUT) == "4"
+    assert [(r.id, str(r.state), r.group, r.deferrals) for r in records] == [
+        ("q3", "queued", None, 0), ("s3", "scheduled", None, 0), ("r3", "running", None, 0)]
+    assert len(claimed) == 2 and claimed[0] == "q3"  # the old job first: it ranks first
+    assert states == ["succeeded", "running"]
+    client.close()
+
+
 def _check_intact_again(url: str, ns: str) -> None:
     async def again() -> None:
         broker = RedisBroker(url, namespace=ns)

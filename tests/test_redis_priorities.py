@@ -1,6 +1,6 @@
 """How the Redis store keeps priorities: what it writes, how due scheduled jobs join the
-ready ones, and the upgrade of a layout-2 namespace to layout 3 (the contract suite holds
-the behaviour common to both stores)."""
+ready ones, and the upgrade of a layout-2 namespace to layout 3 and on (the contract suite
+holds the behaviour common to both stores)."""
 
 from __future__ import annotations
 
@@ -131,7 +131,7 @@ def test_a_weighted_claim_sent_again_leaves_the_credits_alone() -> None:
         await broker.enqueue(jobs, {})
         k = broker.keys
         keys = [*k.job_block, k.claims, k.paused, *k.queue_group("a"), *k.queue_group("b")]
-        args = ["w1", 30, 2, "tok", "", "a", "b", "weighted", 2, 1, 0, 0]
+        args = ["w1", 30, 2, "tok", "", "", "a", "b", "weighted", 2, 1, 0, 0]
         return (await broker._script("claim", keys, args),
                 await broker._script("claim", keys, args))
 
@@ -167,7 +167,7 @@ def _layout_2(client: redis.Redis, ns: str) -> dict[str, float]:
     return runs
 
 
-def test_a_layout_2_namespace_is_upgraded_to_layout_3(client: redis.Redis) -> None:
+def test_a_layout_2_namespace_is_upgraded_to_the_current_layout(client: redis.Redis) -> None:
     ns = _namespace()
     _layout_2(client, ns)
     p = f"{{{ns}}}"
@@ -177,7 +177,7 @@ def test_a_layout_2_namespace_is_upgraded_to_layout_3(client: redis.Redis) -> No
         return before, await broker.claim("w1", ["default"], 10, 30.0)
 
     before, claimed = _run(scenario, ns)
-    assert client.get(f"{p}:layout") == str(redis_layout.LAYOUT) == "3"
+    assert client.get(f"{p}:layout") == str(redis_layout.LAYOUT) == "4"
     assert {r.id: (r.state, r.priority) for r in before} == {
         "q-old": (JobState.QUEUED, 0), "q-new": (JobState.QUEUED, 0),
         "s-due": (JobState.SCHEDULED, 0), "s-later": (JobState.SCHEDULED, 0)}
@@ -195,6 +195,6 @@ def test_the_blocking_enqueue_upgrades_a_namespace_too(client: redis.Redis) -> N
     p = f"{{{ns}}}"
     broker = RedisBroker(shared_redis_url(), namespace=ns)
     assert broker.enqueue_blocking([_job()], {}) == [None]  # the blocking path upgrades
-    assert client.get(f"{p}:layout") == "3"
+    assert client.get(f"{p}:layout") == str(redis_layout.LAYOUT)
     assert "s-due" not in client.zrange(f"{p}:q:default:waiting", 0, -1)
     asyncio.run(broker.close())

@@ -217,7 +217,7 @@ def test_a_claim_retried_with_its_token_gets_the_same_jobs(server: RedisServer) 
         keys = [*k.job_block, k.claims, k.paused, *k.queue_group("default")]
 
         async def claim(token: str) -> list[str]:
-            reply = await broker._script("claim", keys, ["w1", 30, 3, token, "", "default"])
+            reply = await broker._script("claim", keys, ["w1", 30, 3, token, "", "", "default"])
             return sorted(job.id for job in codec.claimed_jobs(reply, "w1"))
 
         first, again, other = await claim("a"), await claim("a"), await claim("b")
@@ -249,7 +249,7 @@ def test_a_claim_retried_with_its_token_keeps_a_suspect_a_suspect(server: RedisS
         keys = [*k.job_block, k.claims, k.paused, *k.queue_group("default")]
         flags = []
         for _ in range(2):  # the same token twice, as after a lost reply
-            reply = await broker._script("claim", keys, ["w1", 30, 1, "tok", 1, "default"])
+            reply = await broker._script("claim", keys, ["w1", 30, 1, "tok", 1, "", "default"])
             flags += [job.suspect for job in codec.claimed_jobs(reply, "w1")]
         await broker.close()
         return flags

@@ -21,7 +21,7 @@ from conveyor.backends.base import Beat, Broker, Recovery
 from conveyor.backends.outage import Outage, outage
 from conveyor.backends.redis import codec, layout
 from conveyor.backends.redis.client import BlockingScripts, pack_with_hiredis
-from conveyor.backends.redis.keys import Keys
+from conveyor.backends.redis.keys import Keys, lane_field
 from conveyor.backends.redis.layout import LAYOUT
 from conveyor.backends.redis.scripts import register_all
 from conveyor.errors import (
@@ -34,6 +34,7 @@ from conveyor.errors import (
 from conveyor.ids import new_id
 from conveyor.job import ALL_STATES, JobRecord, JobState, Outcome, OutcomeKind, WorkerInfo
 from conveyor.known import KnownJob, read_known
+from conveyor.limits import JobLimits, LimitUsage
 from conveyor.priority import QueueWeights, boost
 from conveyor.queues import QueueSettings, stored_limit
 from conveyor.schedules import Schedule, ScheduleState, read_state
@@ -168,6 +169,10 @@ class RedisBroker(Broker):
         self._blocking_lock = threading.Lock()
         #: where the next pruning step of the unique keys starts (an HSCAN cursor)
         self._prune_cursor = "0"
+        #: where the next pruning step of the token buckets starts
+        self._bucket_cursor = "0"
+        #: the limits of the last claim and their text for claim.lua
+        self._limits_cache: tuple[dict[str, JobLimits], str] | None = None
 
     # -- connections --------------------------------------------------------------------------
     def _conn(self) -> _Connection:
@@ -374,9 +379,9 @@ class RedisBroker(Broker):
         if len(segments) == 1 and len(segments[0][0]) == 1:
             (job,), limits = segments[0]
             keys = [k.jobs, k.field("state"), k.queues, *k.queue_group(job.queue),
-                    k.caps, k.unique, k.unique_until, k.field("priority")]
+                    k.caps, k.unique, k.unique_until, k.field("priority"), k.field("lane")]
             value = self._value(job)
-            argv: list[Any] = [job.queue, limits.get(job.queue, -1), value]
+            argv: list[Any] = [job.queue, limits.get(job.queue, -1), value, _lane(job)]
             if job.unique_key is not None:
                 argv += [job.unique_key, _hold(job)]
             return "enqueue_one", keys, argv, [[0]]
@@ -392,6 +397,10 @@ class RedisBroker(Broker):
                     argv.append(0)
                 else:
                     argv += [1, 1, job.unique_key, _hold(job)]
+                if job.group is None:
+                    argv.append(0)
+                else:
+                    argv += [1, 1, _lane(job)]
                 argv.append(self._value(job))
                 orders.append(ONLY)
                 continue
@@ -408,10 +417,15 @@ class RedisBroker(Broker):
             argv.append(len(keyed))
             for place, job in keyed:
                 argv += [place, job.unique_key, _hold(job)]
+            lanes = [(place, jobs[n]) for place, n in enumerate(order, 1)
+                     if jobs[n].group is not None]
+            argv.append(len(lanes))
+            for place, job in lanes:
+                argv += [place, _lane(job)]
             argv += [self._value(jobs[n]) for n in order]
             orders.append(order)
         keys = [k.jobs, k.field("state"), k.queues, k.unique, k.unique_until,
-                *self._group_keys(list(numbers)), k.caps, k.field("priority")]
+                *self._group_keys(list(numbers)), k.caps, k.field("priority"), k.field("lane")]
         return "enqueue", keys, argv, orders
 
     def _value(self, job: JobRecord) -> str:
@@ -538,6 +552,15 @@ class RedisBroker(Broker):
             if self._prune_cursor == "0":
                 return
 
+    async def _prune_buckets(self) -> None:
+        """Steps through the token buckets, dropping those full again (as
+        :meth:`_prune_keys` steps through the unique keys)."""
+        for _ in range(PRUNE_STEPS):
+            self._bucket_cursor = str(await self._script(
+                "prune_buckets", [self.keys.buckets], [self._bucket_cursor, PRUNE_STEP]))
+            if self._bucket_cursor == "0":
+                return
+
     def _blocking_call(self, script: str, keys: Sequence[str],
                        argv: Sequence[Any]) -> tuple[Any, int]:
         """Run ``script`` on the blocking client, retried through connection trouble as
@@ -570,6 +593,7 @@ class RedisBroker(Broker):
     async def claim(
         self, worker_id: str, queues: Sequence[str], limit: int, lease: float,
         start: int | None = None, weights: QueueWeights | None = None,
+        limits: Mapping[str, JobLimits] | None = None,
     ) -> list[JobRecord]:
         if weights is not None:
             queues = weights.queues
@@ -578,7 +602,7 @@ class RedisBroker(Broker):
         # one token for every retry of this claim: a retry after a lost reply gets the
         # same jobs back instead of leasing a second batch
         argv: list[Any] = [worker_id, lease, limit, new_id(), "" if start is None else start,
-                           *queues]
+                           self._limits_text(limits), *queues]
         if weights is not None:
             argv += ["strict" if weights.strict else "weighted",
                      *(weights.weights[q] for q in queues),
@@ -588,7 +612,39 @@ class RedisBroker(Broker):
             credits = codec.claimed_credits(reply)
             if credits is not None:
                 weights.credits = dict(zip(queues, credits, strict=True))
+        for name, reason in codec.claimed_throttles(reply):
+            self.note_throttled(name, reason)
         return codec.claimed_jobs(reply, worker_id)
+
+    def _limits_text(self, limits: Mapping[str, JobLimits] | None) -> str:
+        """The limits as claim.lua takes them ('' for none), made again only when they
+        differ from the last claim's (a worker hands the same ones to every claim)."""
+        if not limits:
+            return ""
+        cached = self._limits_cache
+        if cached is not None and cached[0] == limits:
+            return cached[1]
+        text = dumps({name: _limit_values(limit) for name, limit in limits.items()})
+        self._limits_cache = (dict(limits), text)
+        return text
+
+    async def limit_usage(self, names: Sequence[str], max_groups: int = 20) -> list[LimitUsage]:
+        if not names:
+            return []
+        queues = await self._queues()
+        reply = await self._script("limit_usage",
+                                   [*self.keys.job_block, *self._group_keys(queues)],
+                                   list(names))
+        usage = []
+        for name, (running, ready, flat) in zip(names, reply, strict=True):
+            usage.append(LimitUsage(name, None, int(running), int(ready)))
+            rows = [LimitUsage(name, str(group), int(run), int(wait))
+                    for group, run, wait in zip(flat[::3], flat[1::3], flat[2::3],
+                                                strict=True)
+                    if int(run) > 0 or int(wait) > 0]
+            rows.sort(key=lambda u: (-u.running, -u.ready, u.group or ""))
+            usage.extend(rows[:max_groups])
+        return usage
 
     async def set_priority(self, job_id: str, priority: int) -> JobRecord | None:
         found = await self._by_id("set_priority", job_id,
@@ -612,7 +668,9 @@ class RedisBroker(Broker):
                 wins[queue, o.worker_id] += (o.job_id, attempt, o.result_json or "null")
             else:
                 delay = "" if o.run_at is None else max(0.0, o.run_at - o.finished_at)
-                others[queue, o.worker_id] += (o.job_id, attempt, o.kind.value,
+                kind = "deferred" if o.deferred and o.kind is OutcomeKind.RETRY \
+                    else o.kind.value
+                others[queue, o.worker_id] += (o.job_id, attempt, kind,
                                                storable(o.error) or "",
                                                storable(o.traceback) or "", delay)
         k = self.keys
@@ -662,8 +720,8 @@ class RedisBroker(Broker):
         async def call(conn: _Connection) -> int:
             async with conn.client.pipeline(transaction=False) as pipe:
                 pipe.smembers(self.keys.paused)
-                for queue in queues:
-                    pipe.zcard(self.keys.waiting(queue))
+                for queue in queues:  # queued, laned or not, and due
+                    pipe.zcard(self.keys.state(queue, JobState.QUEUED))
                     pipe.zcount(self.keys.sched(queue), "-inf", now)
                 paused, *ready = await pipe.execute()
             return sum(int(ready[2 * n]) + int(ready[2 * n + 1])
@@ -680,7 +738,7 @@ class RedisBroker(Broker):
                 pipe.time()
                 pipe.smembers(self.keys.paused)
                 for queue in queues:
-                    pipe.exists(self.keys.waiting(queue))
+                    pipe.exists(self.keys.waiting(queue), self.keys.lanes(queue))
                     pipe.zrange(self.keys.sched(queue), 0, 0, withscores=True)
                 server_time, paused, *heads = await pipe.execute()
             return server_time[0] + server_time[1] / 1e6, paused, heads
@@ -787,6 +845,7 @@ class RedisBroker(Broker):
             total += deleted
             if len(ids) < BATCH or not deleted:
                 await self._prune_keys()
+                await self._prune_buckets()
                 return total
 
     # -- inspection and admin -----------------------------------------------------------------
@@ -1074,6 +1133,20 @@ def _hold(job: JobRecord) -> str:
     """Seconds job's unique key is held at most, as the enqueue scripts take it ('': until
     the job is final)."""
     return "" if job.unique_until is None else repr(job.unique_until - job.created_at)
+
+
+def _lane(job: JobRecord) -> str:
+    """A job's lane field as the enqueue scripts take it ('': not laned)."""
+    return "" if job.group is None else lane_field(job.name, job.group)
+
+
+def _limit_values(limit: JobLimits) -> list[float]:
+    """One name's limits as claim.lua reads them (0: none)."""
+    rate, group_rate = limit.rate, limit.group_rate
+    return [limit.concurrency or 0, limit.group_concurrency or 0,
+            0 if rate is None else rate.per_second, 1 if rate is None else rate.burst,
+            0 if group_rate is None else group_rate.per_second,
+            1 if group_rate is None else group_rate.burst]
 
 
 def _number(value: Any) -> float | None:

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from json.encoder import encode_basestring as _quote
 from typing import Any
 
+from conveyor.backends.redis.keys import group_of_lane
 from conveyor.job import JobRecord, JobState, WorkerInfo
 from conveyor.stats import SUMS, MinuteStats
 
@@ -59,15 +60,22 @@ def claimed_credits(reply: Sequence[Any]) -> list[int] | None:
     return [int(float(word)) for word in text.split()] if text else None
 
 
+def claimed_throttles(reply: Sequence[Any]) -> list[tuple[str, str]]:
+    """The (job name, reason) pairs a claim held ready jobs back for, from its reply."""
+    notes = reply[3] if len(reply) > 3 else []
+    return list(zip(notes[::2], notes[1::2], strict=True))
+
+
 def claimed_jobs(reply: Sequence[Any], worker_id: str) -> list[JobRecord]:
-    """The jobs of a claim script's reply: ``[started_at, lease expiry, credits, then per
-    job its JSON, run_at ('' for the one it was enqueued with), attempts, recoveries,
-    suspect (1 or 0), priority field ('' for none)]``."""
-    if len(reply) < 4:
+    """The jobs of a claim script's reply: ``[started_at, lease expiry, credits, throttles
+    (name, reason, ...), then per job its JSON, run_at ('' for the one it was enqueued
+    with), attempts, recoveries, suspect (1 or 0), priority field ('' for none), deferrals,
+    lane field ('' for none)]``."""
+    if len(reply) < 5:
         return []
     started, lease = float(reply[0]), float(reply[1])
     jobs = []
-    for i in range(3, len(reply), 6):
+    for i in range(4, len(reply), 8):
         spec = _loads(reply[i])
         run_at = reply[i + 1]
         jobs.append(JobRecord(
@@ -75,7 +83,8 @@ def claimed_jobs(reply: Sequence[Any], worker_id: str) -> list[JobRecord]:
             spec["created_at"], float(run_at) if run_at else spec["run_at"],
             int(reply[i + 2]), int(reply[i + 3]), started,
             worker_id=worker_id, lease_expires_at=lease, suspect=int(reply[i + 4]) == 1,
-            priority=priority_of(reply[i + 5]),
+            priority=priority_of(reply[i + 5]), deferrals=int(reply[i + 6] or 0),
+            group=group_of_lane(reply[i + 7] or None),
         ))
     return jobs
 
@@ -87,7 +96,7 @@ def job_from_fields(
     """A job from its JSON and its fields, as read from the jobs hash and the field hashes
     in :data:`~conveyor.backends.redis.keys.FIELDS` order (None where a field is absent)."""
     (spec, state, run_at, attempts, recoveries, worker, started, finished, result, error,
-     traceback, progress, priority) = values
+     traceback, progress, priority, deferrals, lane) = values
     assert spec is not None
     data = _loads(spec)
     value = message = None
@@ -118,6 +127,8 @@ def job_from_fields(
         expires_at=expires_at,
         unique_key=_text(data.get("unique_key")),
         priority=priority_of(priority),
+        group=group_of_lane(lane),
+        deferrals=int(deferrals or 0),
     )
 
 

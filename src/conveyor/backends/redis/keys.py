@@ -2,7 +2,14 @@
 
 All keys carry the hash tag ``{namespace}``, so on Redis Cluster a namespace lives in one
 slot and every script can touch all the keys it is given. Scripts receive every key they
-touch in KEYS and never build key names themselves.
+touch in KEYS, but for the keys of limits (``lane``, ``cursors``, ``run``, ``buckets``):
+those are per job name and group, not known before the script reads a job, so scripts
+name them from the namespace's prefix (``{ns}``, taken from the jobs hash's name in
+KEYS[1]); carrying the hash tag, they live in the same slot.
+
+In the keys of limits, Q, N and G (a queue, a job name, a group) are each written as their
+byte length, ':' and themselves, one after the other (``{ns}:lane:Q:N`` in the table is
+``{ns}:lane:7:default6:report``), so a ':' inside one cannot make two keys the same.
 
 A job is spread over hashes keyed by its id, one per field, so that claiming and settling a
 job writes the few fields that change and never decodes or re-encodes the rest: the
@@ -30,6 +37,12 @@ Layout (``ns`` is the namespace, ``q`` a queue):
 ``{ns}:f:priority``             hash     job id -> "PRIORITY BOOST" (boost in seconds, see
                                          ``conveyor.priority``); absent: 0 and 0, so a
                                          job of the default priority writes nothing
+``{ns}:f:deferrals``            hash     job id -> times it was put back uncharged after
+                                         RateLimited (absent: 0)
+``{ns}:f:lane``                 hash     laned job id -> its name as a key part (see
+                                         below) directly followed by its group (see
+                                         ``conveyor.limits``), written once at enqueue;
+                                         absent: the job is not laned (group None)
 ``{ns}:expiry``                 zset     finished job id -> expires_at (when it is purged)
 ``{ns}:cancel``                 set      jobs whose cancellation was asked while they ran
 ``{ns}:queues``                 set      queue names ever used
@@ -50,6 +63,21 @@ Layout (``ns`` is the namespace, ``q`` a queue):
                                          also the index of the queue's running jobs
 ``{ns}:q:q:s:STATE``            zset     job ids of the queue in STATE (all but running),
                                          score 0, for counts and listing by id
+``{ns}:q:q:lanes``              set      names of laned jobs with queued jobs in the queue
+``{ns}:lane:Q:N``               zset     the groups of job name N with queued jobs in queue
+                                         Q (score 0: in the order of their names, the
+                                         round robin of claims)
+``{ns}:lane:Q:N:G``             zset     queued job id of name N and group G in queue Q ->
+                                         rank (laned jobs are never in ``waiting``)
+``{ns}:cursors``                hash     QN (parts as in keys) -> the group a claim served
+                                         last (the next claim's round robin starts after it)
+``{ns}:run:N``                  zset     running laned job id of name N -> lease expiry;
+                                         running(N) counts the live leases (score > now)
+``{ns}:run:N:G``                zset     the same for group G of name N
+``{ns}:buckets``                hash     N, or NG (parts) -> "TOKENS AT RATE BURST": a token
+                                         bucket of a rate limit at server time AT, refilled
+                                         at RATE per second up to BURST (absent: full;
+                                         purges drop full ones)
 ``{ns}:stats``                  zset     minute -> minute: the minutes that have statistics
 ``{ns}:stats:M``                hash     the statistics of minute M (seconds since the
                                          epoch): ``q NUL succeeded`` -> count, ... (see
@@ -88,12 +116,31 @@ from conveyor.job import JobState
 #: the per-field hashes of a job, in the order scripts receive them (see :attr:`Keys.fields`)
 FIELDS = (
     "state", "run_at", "attempts", "recoveries", "worker", "started", "finished", "result",
-    "error", "traceback", "progress", "priority",
+    "error", "traceback", "progress", "priority", "deferrals", "lane",
 )
 #: the states that have a score-0 index of their own (running jobs are the lease set)
 INDEXED_STATES = (
     JobState.QUEUED, JobState.SCHEDULED, JobState.SUCCEEDED, JobState.DEAD, JobState.CANCELLED,
 )
+
+
+def part(text: str) -> str:
+    """A queue, job name or group as a part of a key of limits: its byte length, ':' and
+    itself (as ``enc`` in _lib.lua)."""
+    return f"{len(text.encode('utf-8', 'surrogatepass'))}:{text}"
+
+
+def lane_field(name: str, group: str) -> str:
+    """A laned job's lane field: its name as a key part, then its group."""
+    return part(name) + group
+
+
+def group_of_lane(field: str | None) -> str | None:
+    """The group in a lane field (None: the job is not laned)."""
+    if field is None:
+        return None
+    digits, _, rest = field.partition(":")
+    return rest.encode("utf-8", "surrogatepass")[int(digits):].decode("utf-8", "surrogatepass")
 
 
 #: queues whose key groups are kept made (more are made again as needed)
@@ -124,6 +171,8 @@ class Keys:
                                for part in ("def", "paused", "last", "next", "job", "seen")]
         self.unique = f"{p}:unique"
         self.unique_until = f"{p}:unique:until"
+        self.cursors = f"{p}:cursors"
+        self.buckets = f"{p}:buckets"
         self._groups: dict[str, list[str]] = {}
         #: the keys that hold a job, in the order most scripts take them first: the jobs
         #: hash, the field hashes (in :data:`FIELDS` order), the expiry zset, the cancel set,
@@ -160,16 +209,21 @@ class Keys:
 
     def queue_group(self, queue: str) -> list[str]:
         """The keys of one queue that most scripts take, in a fixed order: waiting, sched,
-        wake, leases, then the indexes of :data:`INDEXED_STATES`. (Made once per queue: they
-        are built for every enqueue, claim and settle; callers must not change the list.)"""
+        wake, leases, then the indexes of :data:`INDEXED_STATES`, then the lanes set. (Made
+        once per queue: they are built for every enqueue, claim and settle; callers must
+        not change the list.)"""
         group = self._groups.get(queue)
         if group is None:
             if len(self._groups) >= MAX_CACHED_GROUPS:
                 self._groups.clear()
             group = self._groups[queue] = [
                 self.waiting(queue), self.sched(queue), self.wake(queue), self.leases(queue),
-                *(self.state(queue, s) for s in INDEXED_STATES)]
+                *(self.state(queue, s) for s in INDEXED_STATES), self.lanes(queue)]
         return group
+
+    def lanes(self, queue: str) -> str:
+        """The names of laned jobs that have queued jobs in ``queue``."""
+        return f"{self.prefix}:q:{queue}:lanes"
 
     def idempotency(self, key: str) -> str:
         """The record of one idempotency key of an HTTP enqueue."""

@@ -8,7 +8,11 @@ priorities: ``{ns}:f:priority`` (absent: priority 0, boost 0, so jobs stored bef
 them), and ``{ns}:q:Q:waiting`` holds only the queued jobs, ranked by run_at less their
 boost, while the scheduled ones are only in ``{ns}:q:Q:sched``: its step removes the
 scheduled jobs from every queue's waiting set (the queued ones keep their score, run_at,
-their rank at boost 0). A later layout
+their rank at boost 0). Layout 4 adds limits: ``{ns}:f:deferrals`` and ``{ns}:f:lane``
+(absent: no deferrals, not laned, as every job stored before), the lanes of laned jobs,
+their running zsets, the claims' cursors and the token buckets, all made as they are first
+written, so no data moves (the queue group grows by its lanes key, which is absent for an
+old queue: a queue without laned jobs). A later layout
 that must move data adds a step here: a script run before the layout key is raised,
 guarded by the layout it starts from so that processes opening the namespace at once apply
 it once. A namespace of a newer layout is refused (:class:`~conveyor.errors.NewerStore`).
@@ -19,7 +23,7 @@ from __future__ import annotations
 from conveyor.errors import ConfigurationError, NewerStore, redact_url
 
 #: the layout this version writes
-LAYOUT = 3
+LAYOUT = 4
 
 
 def check(found: int, namespace: str, url: str) -> None:

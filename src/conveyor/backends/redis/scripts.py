@@ -23,7 +23,8 @@ NAMES = (
     "enqueue", "enqueue_one", "claim", "settle", "heartbeat", "recover", "expire_workers",
     "promote", "purge", "cancel", "retry", "delete", "progress", "stats", "known", "layout",
     "schedules_publish", "schedule_advance", "schedule_rewind", "schedule_pause",
-    "prune_unique", "forget_idempotency", "set_priority",
+    "prune_unique", "forget_idempotency", "set_priority", "limit_usage",
+    "prune_buckets",
 )
 
 

@@ -2,31 +2,39 @@
 -- a script gets only the blocks it uses.
 --
 -- Most scripts take the keys of the jobs first, the "job block" (Keys.job_block in keys.py):
---   1 jobs hash (job id -> its immutable JSON), 2..13 one hash per field (state, run_at,
+--   1 jobs hash (job id -> its immutable JSON), 2..15 one hash per field (state, run_at,
 --   attempts, recoveries, worker, started, finished, result, error, traceback, progress,
---   priority), 14 expiry zset, 15 cancel set, 16 unstarted hash (job id -> '1': running,
---   claimed ahead of a free slot, not started yet, so a recovery does not charge it; '3':
---   the same for a suspect, which stays one if handed back; '2': went back uncharged, held
---   unstarted when its lease ran out, and may have started just before its worker died:
---   the next claim makes it a suspect).
--- A "queue group" is nine consecutive KEYS of one queue, starting at index `base`:
---   base+0 waiting zset (queued job id -> rank, run_at - boost), base+1 sched zset (the
---   scheduled job ids -> run_at), base+2 wake list, base+3 leases zset (running job id ->
---   lease expiry), base+4 .. base+8 the score-0 indexes of the queued, scheduled,
---   succeeded, dead and cancelled jobs.
+--   priority, deferrals, lane), 16 expiry zset, 17 cancel set, 18 unstarted hash (job id ->
+--   '1': running, claimed ahead of a free slot, not started yet, so a recovery does not
+--   charge it; '3': the same for a suspect, which stays one if handed back; '2': went back
+--   uncharged, held unstarted when its lease ran out, and may have started just before its
+--   worker died: the next claim makes it a suspect).
+-- A "queue group" is ten consecutive KEYS of one queue, starting at index `base`:
+--   base+0 waiting zset (queued job id -> rank, run_at - boost; unlaned jobs only), base+1
+--   sched zset (the scheduled job ids -> run_at), base+2 wake list, base+3 leases zset
+--   (running job id -> lease expiry), base+4 .. base+8 the score-0 indexes of the queued,
+--   scheduled, succeeded, dead and cancelled jobs, base+9 the lanes set (names of laned
+--   jobs with queued jobs in the queue).
+-- A laned job (its lane field "LEN:NAME" followed by its group) waits, when queued, in its
+-- lane: the zset of its group's queued jobs by rank, its group in the zset of the name's
+-- groups with queued jobs, its name in the queue's lanes set. These keys, the running
+-- zsets of names and groups, the claims' cursors and the token buckets are named here from
+-- the namespace's prefix (see keys.py): they depend on the job.
 -- No script decodes a job's JSON: they read and write the fields that change. Times are
 -- seconds from Redis's own clock (TIME).
 
 local F = {jobs = KEYS[1], state = KEYS[2], run_at = KEYS[3], attempts = KEYS[4],
            recoveries = KEYS[5], worker = KEYS[6], started = KEYS[7], finished = KEYS[8],
            result = KEYS[9], error = KEYS[10], traceback = KEYS[11], progress = KEYS[12],
-           priority = KEYS[13], expiry = KEYS[14], cancel = KEYS[15], unstarted = KEYS[16]}
+           priority = KEYS[13], deferrals = KEYS[14], lane = KEYS[15], expiry = KEYS[16],
+           cancel = KEYS[17], unstarted = KEYS[18]}
 -- the jobs hash and the field hashes: KEYS[1] .. KEYS[HASHES]
-local HASHES = 13
-local BLOCK = 16
+local HASHES = 15
+local BLOCK = 18
 
-local GROUP = 9
+local GROUP = 10
 local LEASES = 3
+local LANES = 9
 local INDEX_OFFSET = {queued = 4, scheduled = 5, succeeded = 6, dead = 7, cancelled = 8}
 -- Redis's Lua stack allows about 8000 values per call; stay well below
 local CHUNK = 4000
@@ -72,6 +80,69 @@ local function set_state(base, id, old, new)
   redis.call('HSET', F.state, id, new)
 end
 
+-- The namespace's prefix '{ns}', from the name of the jobs hash ('{ns}:jobs'), KEYS[1] of
+-- every script that queues jobs.
+local PREFIX = string.sub(KEYS[1], 1, -6)
+
+-- A queue, job name or group as a part of a key: its byte length, ':' and itself.
+local function enc(text)
+  return #text .. ':' .. text
+end
+
+-- The name and group of a lane field ("LEN:NAME" then the group); nil for none.
+local function split_lane(lane)
+  if not lane then return nil end
+  local digits = string.match(lane, '^(%d+):')
+  local size = tonumber(digits)
+  return string.sub(lane, #digits + 2, #digits + 1 + size), string.sub(lane, #digits + 2 + size)
+end
+
+-- The zset of the groups of job name `name` with queued jobs in the queue at `base` (the
+-- queue's name is in its waiting key, '{ns}:q:' .. queue .. ':waiting').
+local function lane_groups(base, name)
+  return PREFIX .. ':lane:' .. enc(string.sub(KEYS[base], #PREFIX + 4, -9)) .. enc(name)
+end
+
+-- The running laned jobs of name `name` (with a group: of that group) by lease expiry.
+local function run_key(name, group)
+  local key = PREFIX .. ':run:' .. enc(name)
+  if group then return key .. enc(group) end
+  return key
+end
+
+-- Queue a laned job at `rank` in its lane (the queued index is kept by the callers).
+local function lane_add(base, lane, id, rank)
+  local name, group = split_lane(lane)
+  local groups = lane_groups(base, name)
+  redis.call('ZADD', groups .. enc(group), rank, id)
+  redis.call('ZADD', groups, 0, group)
+  redis.call('SADD', KEYS[base + LANES], name)
+end
+
+-- Take a laned job out of its lane (dropping its group and name once they have no jobs).
+local function lane_remove(base, lane, id)
+  local name, group = split_lane(lane)
+  local groups = lane_groups(base, name)
+  local jobs = groups .. enc(group)
+  if redis.call('ZREM', jobs, id) == 1 and redis.call('EXISTS', jobs) == 0 then
+    redis.call('ZREM', groups, group)
+    if redis.call('EXISTS', groups) == 0 then redis.call('SREM', KEYS[base + LANES], name) end
+  end
+end
+
+-- A laned job's attempt ended: its slots are free.
+local function run_remove(lane, id)
+  local name, group = split_lane(lane)
+  redis.call('ZREM', run_key(name), id)
+  redis.call('ZREM', run_key(name, group), id)
+end
+
+-- Queue a job at `rank`: in its lane when it has one, else in the waiting zset.
+local function queue_at(base, id, rank)
+  local lane = redis.call('HGET', F.lane, id)
+  if lane then lane_add(base, lane, id, rank) else redis.call('ZADD', KEYS[base], rank, id) end
+end
+
 -- Leave one wake-up token for idle workers of the queue (never more than one).
 local function wake(base)
   if redis.call('LLEN', KEYS[base + 2]) == 0 then
@@ -108,7 +179,7 @@ end
 local function put_waiting(base, id, old, run_at, now)
   if run_at > now then return schedule(base, id, old, run_at, now) end
   redis.call('HSET', F.run_at, id, fmt(run_at))
-  redis.call('ZADD', KEYS[base], fmt(run_at - boost_of(id)), id)
+  queue_at(base, id, fmt(run_at - boost_of(id)))
   set_state(base, id, old, 'queued')
   wake(base)
 end
@@ -123,6 +194,8 @@ local function promote_due(base, now, most)
   for i = 1, #due, 2 do ids[#ids + 1] = due[i] end
   local states = hmget(F.state, ids)
   local marks = hmget(F.priority, ids)
+  -- laned jobs go to their lanes (no look-up while the namespace has none)
+  local lanes = redis.call('EXISTS', F.lane) == 1 and hmget(F.lane, ids) or {}
   local ranked, indexed, fields, moved = {}, {}, {}, {}
   for n, id in ipairs(ids) do
     if states[n] == 'scheduled' then
@@ -130,8 +203,12 @@ local function promote_due(base, now, most)
       if marks[n] then
         at = fmt(tonumber(at) - (tonumber(string.match(marks[n], ' (%S+)$')) or 0))
       end
-      ranked[#ranked + 1] = at
-      ranked[#ranked + 1] = id
+      if lanes[n] then
+        lane_add(base, lanes[n], id, at)
+      else
+        ranked[#ranked + 1] = at
+        ranked[#ranked + 1] = id
+      end
       indexed[#indexed + 1] = 0
       indexed[#indexed + 1] = id
       fields[#fields + 1] = id
@@ -143,7 +220,7 @@ local function promote_due(base, now, most)
   if #moved > 0 then
     many('ZREM', KEYS[base + INDEX_OFFSET.scheduled], moved, 1)
     many('ZADD', KEYS[base + INDEX_OFFSET.queued], indexed, 2)
-    many('ZADD', KEYS[base], ranked, 2)
+    if #ranked > 0 then many('ZADD', KEYS[base], ranked, 2) end
     many('HSET', F.state, fields, 2)
   end
   return #moved
@@ -159,6 +236,8 @@ end
 
 -- Remove every trace of a job that is not running.
 local function forget(base, id, state)
+  local lane = redis.call('HGET', F.lane, id)
+  if lane then lane_remove(base, lane, id) end
   redis.call('ZREM', KEYS[base], id)
   redis.call('ZREM', KEYS[base + 1], id)
   if INDEX_OFFSET[state] then redis.call('ZREM', KEYS[base + INDEX_OFFSET[state]], id) end

@@ -1,6 +1,6 @@
 -- Cancel one job: a waiting one at once, a running one by asking its worker (the cancel
 -- set, read by heartbeats). Finished jobs are left as they are.
--- KEYS: 1..16 the job block (see _lib.lua), 17.. the job's queue group.
+-- KEYS: 1..18 the job block (see _lib.lua), 19.. the job's queue group.
 -- ARGV: 1 job id, 2 retention seconds.
 -- Returns: 1, or 0 if there is no such job.
 local id, retention = ARGV[1], tonumber(ARGV[2])
@@ -10,6 +10,8 @@ local base = BLOCK + 1
 if state == 'queued' or state == 'scheduled' then
   redis.call('ZREM', KEYS[base], id)
   redis.call('ZREM', KEYS[base + 1], id)
+  local lane = redis.call('HGET', F.lane, id)
+  if lane then lane_remove(base, lane, id) end
   finish(base, id, state, 'cancelled', server_now(), retention)
 elseif state == 'running' then
   redis.call('SADD', F.cancel, id)

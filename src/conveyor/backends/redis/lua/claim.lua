@@ -2,29 +2,40 @@
 -- less the job's boost) first, then oldest run_at, then id; across queues the same order,
 -- or with weights the queues' shares by smooth weighted round robin (QueueWeights.pick in
 -- priority.py: the same rule). Due scheduled jobs are first moved among the ready ones.
+-- Laned jobs (see _lib.lua) come from one stream per job name with queued jobs in the
+-- queue: its groups in the order of their names from the group after the one it served
+-- last (the cursor), each visit taking the group's best-ranked job, in passes while the
+-- claim wants more; a name or group at its cap (live leases in the running zsets) or with
+-- an empty token bucket gives nothing more. The streams and the unlaned jobs are merged by
+-- rank (the best head first), so a name competes with the queue while its groups take
+-- turns. Tokens, slots and cursors are spent for the jobs taken only.
 -- A claim is idempotent per token: the same worker calling again with the same token (its
 -- reply was lost with the connection) gets the same jobs back, not a second batch that
 -- would leave the first one leased to nobody.
--- KEYS: 1..16 the job block (see _lib.lua), 17 last claims hash (worker id -> token, start,
---       lease expiry and job ids), 18 the set of paused queues, then one queue group (9
+-- KEYS: 1..18 the job block (see _lib.lua), 19 last claims hash (worker id -> token, start,
+--       lease expiry and job ids), 20 the set of paused queues, then one queue group (10
 --       keys) per queue.
 -- ARGV: 1 worker id, 2 lease seconds, 3 limit, 4 claim token, 5 how many of the claimed
 --       jobs start at once ('' for all; when given, the others and every suspect are marked
---       unstarted: suspects start alone, once a heartbeat marks them started), then the
---       queues' names in the order of their groups (a paused one gives nothing); then,
---       with weights only: 'weighted' or 'strict', then per queue its weight, then per
---       queue its credit.
+--       unstarted: suspects start alone, once a heartbeat marks them started), 6 the
+--       limits as JSON ('' for none): {name: [concurrency, group_concurrency, rate per
+--       second, its burst, group rate per second, its burst]} (0: none), then the queues'
+--       names in the order of their groups (a paused one gives nothing); then, with
+--       weights only: 'weighted' or 'strict', then per queue its weight, then per queue its
+--       credit.
 -- Returns: {started_at, lease expiry, the queues' new credits ('' without weights, or for
---       a claim sent again: unchanged), then 6 per claimed job: its JSON, run_at ('' for
---       the one it was enqueued with), attempts, recoveries, suspect (1 or 0), its
---       priority field ('' for none)}.
+--       a claim sent again: unchanged), {name, reason, ...} the throttles (each job name
+--       and reason that held a ready job back), then 8 per claimed job: its JSON, run_at
+--       ('' for the one it was enqueued with), attempts, recoveries, suspect (1 or 0), its
+--       priority field ('' for none), its deferrals, its lane field ('' for none)}.
 local worker, lease, limit, token = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
 local start = tonumber(ARGV[5])
+local limits_text = ARGV[6]
 local CLAIMS = BLOCK + 1
 local PAUSED = BLOCK + 2
 local FIRST = BLOCK + 3
 local groups = (#KEYS - FIRST + 1) / GROUP
-local mode = ARGV[6 + groups] or ''
+local mode = ARGV[7 + groups] or ''
 -- due scheduled jobs moved to the ready ones per queue and claim at most (at least `limit`)
 local PROMOTE = 256
 
@@ -32,7 +43,7 @@ local last = redis.call('HGET', KEYS[CLAIMS], worker)
 if last and string.sub(last, 1, #token + 1) == token .. ' ' then
   local words = {}
   for word in string.gmatch(string.sub(last, #token + 2), '[^ ]+') do words[#words + 1] = word end
-  local again = {words[1], words[2], ''}
+  local again = {words[1], words[2], '', {}}
   for i = 3, #words do
     local id = words[i]
     if redis.call('HGET', F.state, id) == 'running' and redis.call('HGET', F.worker, id) == worker then
@@ -45,6 +56,8 @@ if last and string.sub(last, 1, #token + 1) == token .. ' ' then
       local held_suspect = redis.call('HGET', F.unstarted, id) == '3'
       again[#again + 1] = (held_suspect or tonumber(lost) > 0) and 1 or 0
       again[#again + 1] = redis.call('HGET', F.priority, id) or ''
+      again[#again + 1] = redis.call('HGET', F.deferrals, id) or 0
+      again[#again + 1] = redis.call('HGET', F.lane, id) or ''
     end
   end
   return again
@@ -59,7 +72,7 @@ local unpaused = {}
 local live = {}  -- group number -> its base, for the queues not paused
 local any_paused = redis.call('SCARD', KEYS[PAUSED]) > 0
 for g = 1, groups do
-  if not any_paused or redis.call('SISMEMBER', KEYS[PAUSED], ARGV[5 + g]) == 0 then
+  if not any_paused or redis.call('SISMEMBER', KEYS[PAUSED], ARGV[6 + g]) == 0 then
     local base = FIRST + (g - 1) * GROUP
     unpaused[#unpaused + 1] = base
     live[g] = base
@@ -106,15 +119,220 @@ local function head(base, n)
   return items
 end
 
+-- Queues with laned jobs (one look-up per queue: a queue without any pays nothing more).
+local laned = {}
+local any_laned = false
+for _, base in ipairs(unpaused) do
+  if redis.call('EXISTS', KEYS[base + LANES]) == 1 then
+    laned[base] = true
+    any_laned = true
+  end
+end
+local LIMITS = {}
+if any_laned and limits_text ~= '' then LIMITS = cjson.decode(limits_text) end
+local BUCKETS = PREFIX .. ':buckets'
+local CURSORS = PREFIX .. ':cursors'
+local after_now = '(' .. stamp
+-- groups of a name read at once by a claim's round robin
+local LANE_PAGE = 64
+-- group visits of one name's stream per claim at most, beyond twice what it wants: a
+-- claim among many held groups (empty buckets) stops there, and the next one goes on
+-- after the last group it visited
+local LANE_VISITS = 256
+
+-- The tokens of bucket `field` now (one never seen, or unreadable, is full). A record is
+-- "TOKENS AT RATE BURST" (RATE per second): purges drop full ones (prune_buckets.lua).
+local function tokens_of(field, rate, burst)
+  local value = redis.call('HGET', BUCKETS, field)
+  local left, at
+  if value then left, at = string.match(value, '^(%S+) (%S+) ') end
+  left, at = tonumber(left), tonumber(at)
+  if not left or not at then return burst end
+  if now > at then left = left + (now - at) * rate end
+  return math.min(burst, left)
+end
+
+-- A bucket's record: its tokens now, now, its rate and its burst.
+local function bucket(left, rate, burst)
+  return fmt(left) .. ' ' .. stamp .. ' ' .. string.format('%.17g', rate) .. ' ' .. burst
+end
+
+-- What this claim knows of a job name: its limits, running attempts, tokens, and what it
+-- has set aside for the streams so far (`used`; `taken`: what the claim took).
+local names = {}
+local function name_state(name)
+  local s = names[name]
+  if s then return s end
+  local l = LIMITS[name]
+  if type(l) ~= 'table' then l = {} end
+  s = {name = name, c = tonumber(l[1]) or 0, gc = tonumber(l[2]) or 0,
+       r = tonumber(l[3]) or 0, b = tonumber(l[4]) or 1, gr = tonumber(l[5]) or 0,
+       gb = tonumber(l[6]) or 1, used = 0, taken = 0, running = 0, groups = {}}
+  if s.c > 0 then s.running = redis.call('ZCOUNT', run_key(name), after_now, '+inf') end
+  if s.r > 0 then s.tokens = tokens_of(enc(name), s.r, s.b) end
+  names[name] = s
+  return s
+end
+
+local function group_state(s, group)
+  local g = s.groups[group]
+  if g then return g end
+  g = {used = 0, taken = 0, running = 0}
+  if s.gc > 0 then g.running = redis.call('ZCOUNT', run_key(s.name, group), after_now, '+inf') end
+  if s.gr > 0 then g.tokens = tokens_of(enc(s.name) .. enc(group), s.gr, s.gb) end
+  s.groups[group] = g
+  return g
+end
+
+-- Why a name (or one of its groups) gives no more jobs now, or nil.
+local function name_held(s)
+  if s.c > 0 and s.running + s.used >= s.c then return 'concurrency' end
+  if s.r > 0 and s.tokens - s.used < 1 then return 'rate' end
+end
+
+local function group_held(s, g)
+  if s.gc > 0 and g.running + g.used >= s.gc then return 'group_concurrency' end
+  if s.gr > 0 and g.tokens - g.used < 1 then return 'group_rate' end
+end
+
+-- The stream of job name `name` in the queue at `base`: up to `want` of its queued jobs in
+-- round-robin order over its groups, within its limits; `notes` are the reasons it held a
+-- job back, each with how many of its items came before ({position, reason}).
+local streams = {}
+local function lane_stream(base, name, want)
+  local s = name_state(name)
+  local stream = {items = {}, notes = {}, state = s, taken = 0}
+  streams[#streams + 1] = stream
+  local why = name_held(s)
+  if why then
+    stream.notes[1] = {0, why}
+    return stream
+  end
+  local root = lane_groups(base, name)
+  stream.root = root
+  stream.cursor = enc(string.sub(KEYS[base], #PREFIX + 4, -9)) .. enc(name)
+  local last = redis.call('HGET', CURSORS, stream.cursor)
+  local items, offset = stream.items, {}
+  local visits = LANE_VISITS + 2 * want
+
+  -- One visit of `group`: takes its next job unless it or the name is held; returns
+  -- 'stop' (the name is held), true (took one) or false (held or out of jobs).
+  local function visit(group)
+    visits = visits - 1
+    stream.visited = group
+    local k = offset[group] or 0
+    local got = redis.call('ZRANGE', root .. enc(group), k, k, 'WITHSCORES')
+    if #got == 0 then return false end
+    why = name_held(s)
+    if why then
+      stream.notes[#stream.notes + 1] = {#items, why}
+      return 'stop'
+    end
+    local g = group_state(s, group)
+    why = group_held(s, g)
+    if why then
+      stream.notes[#stream.notes + 1] = {#items, why}
+      return false
+    end
+    local mark = any_priority and redis.call('HGET', F.priority, got[1]) or nil
+    items[#items + 1] = {id = got[1], at = got[2], mark = mark, base = base,
+                         stream = stream, group = group, gstate = g}
+    offset[group] = k + 1
+    s.used = s.used + 1
+    g.used = g.used + 1
+    return true
+  end
+
+  -- the first pass: the groups after the cursor, then from the first one up to it, fetched
+  -- a page at a time (a claim that is served early reads no more of them)
+  local kept = {}
+  local from, upto, wrapped = last and '(' .. last or '-', '+', not last
+  while #items < want do
+    local page = redis.call('ZRANGEBYLEX', root, from, upto, 'LIMIT', 0, LANE_PAGE)
+    for _, group in ipairs(page) do
+      if #items >= want then return stream end
+      if visits <= 0 then
+        stream.cut = true
+        return stream
+      end
+      local took = visit(group)
+      if took == 'stop' then return stream end
+      if took then kept[#kept + 1] = group end
+    end
+    if #page == LANE_PAGE then
+      from = '(' .. page[#page]
+    elseif not wrapped then
+      wrapped = true
+      from, upto = '-', '[' .. last
+    else
+      break
+    end
+  end
+  -- more passes over the groups that gave a job, while the claim wants more
+  while #items < want and #kept > 0 do
+    local again = {}
+    for _, group in ipairs(kept) do
+      if #items >= want or visits <= 0 then return stream end
+      local took = visit(group)
+      if took == 'stop' then return stream end
+      if took then again[#again + 1] = group end
+    end
+    kept = again
+  end
+  return stream
+end
+
+-- The first `n` items of ordered `lists`, best head first.
+local function merge(lists, n)
+  if #lists == 1 then
+    local out = {}
+    for i = 1, math.min(n, #lists[1]) do out[i] = lists[1][i] end
+    return out
+  end
+  local out, pos = {}, {}
+  for i = 1, #lists do pos[i] = 1 end
+  while #out < n do
+    local best, top
+    for i, list in ipairs(lists) do
+      local item = list[pos[i]]
+      if item and (not top or before(item, top)) then best, top = i, item end
+    end
+    if not best then break end
+    out[#out + 1] = top
+    pos[best] = pos[best] + 1
+  end
+  return out
+end
+
+-- The ordered lists of the queue at `base`: its unlaned jobs, then one stream per laned
+-- name (in name order), `n` each at most.
+local function queue_lists(base, n, lists)
+  lists[#lists + 1] = head(base, n)
+  if laned[base] then
+    local lane_names = redis.call('SMEMBERS', KEYS[base + LANES])
+    table.sort(lane_names)
+    for _, name in ipairs(lane_names) do
+      lists[#lists + 1] = lane_stream(base, name, n).items
+    end
+  end
+  return lists
+end
+
 local chosen = {}
 local credits = ''
 if mode ~= '' then
-  -- weights: the picks of QueueWeights.pick, from each queue's ready count (up to limit)
-  local weight, credit, left = {}, {}, {}
+  -- weights: the picks of QueueWeights.pick, from each queue's claimable count (up to
+  -- limit; a queue with lanes counts what its limits let a claim take)
+  local weight, credit, left, avail = {}, {}, {}, {}
   for g = 1, groups do
-    weight[g] = tonumber(ARGV[6 + groups + g])
-    credit[g] = tonumber(ARGV[6 + 2 * groups + g]) or 0
-    left[g] = live[g] and math.min(limit, redis.call('ZCARD', KEYS[live[g]])) or 0
+    weight[g] = tonumber(ARGV[7 + groups + g])
+    credit[g] = tonumber(ARGV[7 + 2 * groups + g]) or 0
+    if live[g] and laned[live[g]] then
+      avail[g] = merge(queue_lists(live[g], limit, {}), limit)
+      left[g] = #avail[g]
+    else
+      left[g] = live[g] and math.min(limit, redis.call('ZCARD', KEYS[live[g]])) or 0
+    end
   end
   local picks, wanted = {}, {}
   while #picks < limit do
@@ -138,7 +356,7 @@ if mode ~= '' then
   end
   local taken_of, next_of = {}, {}
   for g, n in pairs(wanted) do
-    taken_of[g] = head(live[g], n)
+    taken_of[g] = avail[g] or head(live[g], n)
     next_of[g] = 1
   end
   for _, g in ipairs(picks) do
@@ -149,15 +367,66 @@ if mode ~= '' then
   local parts = {}
   for g = 1, groups do parts[g] = tostring(credit[g]) end
   credits = table.concat(parts, ' ')
-elseif #unpaused == 1 then
+elseif #unpaused == 1 and not any_laned then
   chosen = head(unpaused[1], limit)
-elseif #unpaused > 1 then
-  local candidates = {}
-  for _, base in ipairs(unpaused) do
-    for _, item in ipairs(head(base, limit)) do candidates[#candidates + 1] = item end
+elseif #unpaused > 0 then
+  local lists = {}
+  for _, base in ipairs(unpaused) do queue_lists(base, limit, lists) end
+  chosen = merge(lists, limit)
+end
+
+-- the laned jobs taken: out of their lanes, their slots and tokens spent, cursors moved
+local throttles = {}
+if any_laned then
+  for _, item in ipairs(chosen) do
+    local stream = item.stream
+    if stream then
+      stream.taken = stream.taken + 1
+      stream.last = item.group
+      stream.state.taken = stream.state.taken + 1
+      item.gstate.taken = item.gstate.taken + 1
+      local jobs = stream.root .. enc(item.group)
+      redis.call('ZREM', jobs, item.id)
+      if redis.call('EXISTS', jobs) == 0 then
+        redis.call('ZREM', stream.root, item.group)
+        if redis.call('EXISTS', stream.root) == 0 then
+          redis.call('SREM', KEYS[item.base + LANES], stream.state.name)
+        end
+      end
+    end
   end
-  table.sort(candidates, before)
-  for i = 1, math.min(limit, #candidates) do chosen[i] = candidates[i] end
+  local noted = {}
+  for _, stream in ipairs(streams) do
+    if stream.cut and stream.taken == #stream.items then
+      -- cut short among held groups: the next claim starts after the last one visited
+      redis.call('HSET', CURSORS, stream.cursor, stream.visited)
+    elseif stream.taken > 0 then
+      redis.call('HSET', CURSORS, stream.cursor, stream.last)
+    end
+    for _, note in ipairs(stream.notes) do
+      local key = stream.state.name .. '\0' .. note[2]
+      if note[1] <= stream.taken and not noted[key] then
+        noted[key] = true
+        throttles[#throttles + 1] = stream.state.name
+        throttles[#throttles + 1] = note[2]
+      end
+    end
+  end
+  for name, s in pairs(names) do
+    if s.r > 0 and s.taken > 0 then
+      redis.call('HSET', BUCKETS, enc(name), bucket(s.tokens - s.taken, s.r, s.b))
+    end
+    if s.gr > 0 then
+      for group, g in pairs(s.groups) do
+        local field = enc(name) .. enc(group)
+        if g.taken > 0 then
+          redis.call('HSET', BUCKETS, field, bucket(g.tokens - g.taken, s.gr, s.gb))
+        elseif g.tokens >= s.gb then
+          redis.call('HDEL', BUCKETS, field)  -- full: the same as no record
+        end
+      end
+    end
+  end
 end
 
 local ids, ats, bases, prios = {}, {}, {}, {}
@@ -167,23 +436,26 @@ for i, item in ipairs(chosen) do
   ats[i] = item.mark and (redis.call('HGET', F.run_at, item.id) or '') or item.at
 end
 
-local reply = {stamp, lease_stamp, credits}
+local reply = {stamp, lease_stamp, credits, throttles}
 local taken = {}
 if #ids > 0 then
   local specs = hmget(F.jobs, ids)
   local attempts = hmget(F.attempts, ids)
   local recoveries = hmget(F.recoveries, ids)
   local marks = hmget(F.unstarted, ids)
+  local deferred = redis.call('EXISTS', F.deferrals) == 1 and hmget(F.deferrals, ids) or {}
+  local lanes = any_laned and hmget(F.lane, ids) or {}
   local held = {}
   local states, counts, workers, starts = {}, {}, {}, {}
   local per = {}  -- base -> the ids leaving its waiting set, and its new leases
   for i, id in ipairs(ids) do
     local group = per[bases[i]]
     if not group then
-      group = {ids = {}, leases = {}}
+      group = {ids = {}, plain = {}, leases = {}}
       per[bases[i]] = group
     end
     group.ids[#group.ids + 1] = id
+    if not chosen[i].stream then group.plain[#group.plain + 1] = id end
     local spec = specs[i]
     if spec then
       -- positions from the count taken so far: cheaper than #t on every append
@@ -197,9 +469,15 @@ if #ids > 0 then
       workers[2 * k - 1], workers[2 * k] = id, worker
       starts[2 * k - 1], starts[2 * k] = id, stamp
       local suspect = marks[i] == '2' or marks[i] == '3' or (tonumber(recoveries[i]) or 0) > 0
-      local r = 6 * k - 2
+      local r = 8 * k - 3
       reply[r], reply[r + 1], reply[r + 2], reply[r + 3], reply[r + 4], reply[r + 5] =
         spec, ats[i], tries, recoveries[i] or 0, suspect and 1 or 0, prios[i] or ''
+      reply[r + 6], reply[r + 7] = deferred[i] or 0, lanes[i] or ''
+      if lanes[i] then
+        local name, lane_group = split_lane(lanes[i])
+        redis.call('ZADD', run_key(name), lease_stamp, id)
+        redis.call('ZADD', run_key(name, lane_group), lease_stamp, id)
+      end
       if start and (suspect or k > start) then
         held[#held + 1] = id
         held[#held + 1] = suspect and '3' or '1'
@@ -207,9 +485,9 @@ if #ids > 0 then
     end
   end
   for base, group in pairs(per) do
-    many('ZREM', KEYS[base], group.ids, 1)
+    if #group.plain > 0 then many('ZREM', KEYS[base], group.plain, 1) end
     many('ZREM', KEYS[base + INDEX_OFFSET.queued], group.ids, 1)
-    many('ZADD', KEYS[base + LEASES], group.leases, 2)
+    if #group.leases > 0 then many('ZADD', KEYS[base + LEASES], group.leases, 2) end
   end
   if #taken > 0 then
     many('HSET', F.state, states, 2)
@@ -223,9 +501,12 @@ if #ids > 0 then
 end
 redis.call('HSET', KEYS[CLAIMS], worker,
            token .. ' ' .. stamp .. ' ' .. lease_stamp .. ' ' .. table.concat(taken, ' '))
--- ready work is left: pass the wake-up on to the next idle worker (not for a paused queue)
+-- ready work is left: pass the wake-up on to the next idle worker (not for a paused queue;
+-- for laned jobs only when nothing held any back and the claim took all it wanted)
+local full = #chosen >= limit and #throttles == 0
 for _, base in ipairs(unpaused) do
-  if redis.call('EXISTS', KEYS[base]) == 1 then
+  if redis.call('EXISTS', KEYS[base]) == 1
+      or (full and laned[base] and redis.call('EXISTS', KEYS[base + LANES]) == 1) then
     wake(base)
   else
     local due = redis.call('ZRANGE', KEYS[base + 1], 0, 0, 'WITHSCORES')

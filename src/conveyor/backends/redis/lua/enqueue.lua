@@ -2,14 +2,15 @@
 -- this script call); each segment is stored all or none, on its own, but for its jobs whose
 -- unique key is held: those are not stored (deduplicated).
 -- KEYS: 1 jobs hash, 2 state hash, 3 queues set, 4 unique keys hash, 5 their holds hash,
---       then one queue group (9 keys, see _lib.lua) per queue, then the caps hash (queue ->
---       the store's max_queued), then the priority hash (see keys.py).
+--       then one queue group (10 keys, see _lib.lua) per queue, then the caps hash (queue ->
+--       the store's max_queued), then the priority hash, then the lane hash (see keys.py).
 -- ARGV: 1 number of segments S; then per segment: the number of its queues G, then per
 --       queue: its group number (1-based, in KEYS order), its name, the producer's
 --       max_queued (-1: no limit; the store's cap holds as well, the smaller wins), job
 --       count; then the number U of its jobs with a unique key, then per such
 --       job: its number in the segment (1-based, in the order of the values below), its
---       key and its hold in seconds ('': until the job is final); then one value per job,
+--       key and its hold in seconds ('': until the job is final); then the number V of its
+--       laned jobs, then per such job: its number and its lane field; then one value per job,
 --       queue by queue: its run_at offset in seconds from now (0: ready now; negative:
 --       overdue), for a job of another priority than 0 a space, its priority, a space and
 --       its boost in seconds, directly followed by the job's JSON, which starts with its id and lacks
@@ -25,8 +26,9 @@ local stamp = fmt(now)
 local created = ',"created_at":' .. stamp .. ',"run_at":'
 local replies = {}
 local a = 2
-local CAPS = KEYS[#KEYS - 1]
-local PRIORITY = KEYS[#KEYS]
+local CAPS = KEYS[#KEYS - 2]
+local PRIORITY = KEYS[#KEYS - 1]
+local LANE = KEYS[#KEYS]
 local caps = {}  -- queue -> the store's cap (false: none), read once per call
 
 -- The segment's jobs from ARGV[first] on: their ids, run_at offsets, JSON texts, and
@@ -89,7 +91,7 @@ local function check(plan, ids, held, texts)
     end
   end
   for _, entry in ipairs(plan) do
-    local waiting = KEYS[entry.base]
+    local queued = KEYS[entry.base + INDEX_OFFSET.queued]
     local cap = caps[entry.queue]
     if cap == nil then
       cap = tonumber(redis.call('HGET', CAPS, entry.queue)) or false
@@ -99,7 +101,7 @@ local function check(plan, ids, held, texts)
     local limit = entry.limit
     if cap and (limit < 0 or cap < limit) then limit = cap end
     -- (earlier segments of this call are in ZCARD already: store() writes at once)
-    if limit >= 0 and redis.call('ZCARD', waiting) + redis.call('ZCARD', KEYS[entry.base + 1])
+    if limit >= 0 and redis.call('ZCARD', queued) + redis.call('ZCARD', KEYS[entry.base + 1])
         + entry.adding > limit then
       return 'full ' .. entry.queue .. ' ' .. limit
     end
@@ -107,9 +109,9 @@ local function check(plan, ids, held, texts)
   return 'ok'
 end
 
-local function store(plan, ids, offsets, texts, held, keyed, priorities)
+local function store(plan, ids, offsets, texts, held, keyed, priorities, laned)
   local n = 0
-  local specs, states, marks = {}, {}, {}
+  local specs, states, marks, lanes = {}, {}, {}, {}
   for _, entry in ipairs(plan) do
     local base = entry.base
     if entry.adding > 0 and redis.call('SISMEMBER', KEYS[3], entry.queue) == 0 then
@@ -130,6 +132,11 @@ local function store(plan, ids, offsets, texts, held, keyed, priorities)
           marks[#marks + 1] = id
           marks[#marks + 1] = mark
         end
+        local lane = laned[n]
+        if lane then
+          lanes[#lanes + 1] = id
+          lanes[#lanes + 1] = lane
+        end
         specs[#specs + 1] = id
         specs[#specs + 1] = texts[n] .. created .. at .. '}'
         states[#states + 1] = id
@@ -140,10 +147,14 @@ local function store(plan, ids, offsets, texts, held, keyed, priorities)
           scheduled[#scheduled + 1] = id
           states[#states + 1] = 'scheduled'
         else
-          -- ranked by run_at less the boost
-          waiting[#waiting + 1] = mark and fmt(run_at - tonumber(string.match(mark, ' (%S+)$')))
-                                  or at
-          waiting[#waiting + 1] = id
+          -- ranked by run_at less the boost; a laned job in its lane
+          local rank = mark and fmt(run_at - tonumber(string.match(mark, ' (%S+)$'))) or at
+          if lane then
+            lane_add(base, lane, id, rank)
+          else
+            waiting[#waiting + 1] = rank
+            waiting[#waiting + 1] = id
+          end
           queued[#queued + 1] = 0
           queued[#queued + 1] = id
           states[#states + 1] = 'queued'
@@ -164,6 +175,7 @@ local function store(plan, ids, offsets, texts, held, keyed, priorities)
   many('HSET', KEYS[1], specs, 2)
   many('HSET', KEYS[2], states, 2)
   if #marks > 0 then many('HSET', PRIORITY, marks, 2) end
+  if #lanes > 0 then many('HSET', LANE, lanes, 2) end
 end
 
 for s = 1, tonumber(ARGV[1]) do
@@ -184,6 +196,13 @@ for s = 1, tonumber(ARGV[1]) do
     keyed[tonumber(ARGV[a])] = {ARGV[a + 1], ARGV[a + 2]}
     a = a + 3
   end
+  local laned = {}
+  local lanes = tonumber(ARGV[a])
+  a = a + 1
+  for _ = 1, lanes do
+    laned[tonumber(ARGV[a])] = ARGV[a + 1]
+    a = a + 2
+  end
   local ids, offsets, texts, priorities = parse(a, total)
   local held = uniques > 0 and holders(keyed, ids, texts, total) or {}
   local reply = {'ok'}
@@ -198,7 +217,7 @@ for s = 1, tonumber(ARGV[1]) do
     end
   end
   reply[1] = check(plan, ids, held, texts)
-  if reply[1] == 'ok' then store(plan, ids, offsets, texts, held, keyed, priorities) end
+  if reply[1] == 'ok' then store(plan, ids, offsets, texts, held, keyed, priorities, laned) end
   replies[s] = reply
   a = a + total
 end

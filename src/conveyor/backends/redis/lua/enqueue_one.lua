@@ -1,16 +1,16 @@
 -- Store one new job: what enqueue.lua does for a call of one job, in fewer steps (single
 -- enqueues are the commonest call, and each step here is paid once per job).
--- KEYS: 1 jobs hash, 2 state hash, 3 queues set, 4.. the job's queue group (9 keys, see
---       _lib.lua), 13 the caps hash (queue -> the store's max_queued), 14 unique keys hash,
---       15 their holds hash, 16 the priority hash.
+-- KEYS: 1 jobs hash, 2 state hash, 3 queues set, 4.. the job's queue group (10 keys, see
+--       _lib.lua), 14 the caps hash (queue -> the store's max_queued), 15 unique keys hash,
+--       16 their holds hash, 17 the priority hash, 18 the lane hash.
 -- ARGV: 1 queue name, 2 the producer's max_queued (-1: no limit; the store's cap holds as
 --       well, the smaller wins), 3 the job as enqueue.lua takes it: its
 --       run_at offset in seconds from now (and its priority and boost) directly followed
---       by its JSON; with a unique key
---       only: 4 the key, 5 its hold in seconds ('': until the job is final).
+--       by its JSON; 4 its lane field ('': not laned); with a unique key only: 5 the key,
+--       6 its hold in seconds ('': until the job is final).
 -- Returns: 'ok', 'full <queue> <limit>', 'exists <id>', 'same <id>' (the id holds this
 --       very job: see enqueue.lua) or 'held <id of its holder>' (then nothing was stored).
-local value = ARGV[3]
+local value, lane = ARGV[3], ARGV[4]
 local brace = string.find(value, '{', 1, true)
 local id = string.match(value, '^{"id":"([^"]+)"', brace)
 local head = string.sub(value, 1, brace - 1)
@@ -38,9 +38,9 @@ if redis.call('HSETNX', KEYS[2], id, state) == 0 then
   return 'exists ' .. id
 end
 -- then a held key (after the id: a retry finds its own job even if the key moved on since)
-local key = ARGV[4]
+local key = ARGV[5]
 if key then
-  local holder = key_holder(KEYS[14], KEYS[15], KEYS[2], key, now)
+  local holder = key_holder(KEYS[15], KEYS[16], KEYS[2], key, now)
   if holder then
     redis.call('HDEL', KEYS[2], id)
     return 'held ' .. holder
@@ -49,7 +49,8 @@ end
 local limit = tonumber(ARGV[2])
 local cap = tonumber(redis.call('HGET', KEYS[4 + GROUP], ARGV[1]))
 if cap and cap >= 1 and cap % 1 == 0 and (limit < 0 or cap < limit) then limit = cap end
-if limit >= 0 and redis.call('ZCARD', KEYS[4]) + redis.call('ZCARD', KEYS[5]) >= limit then
+if limit >= 0 and redis.call('ZCARD', KEYS[4 + INDEX_OFFSET.queued])
+    + redis.call('ZCARD', KEYS[5]) >= limit then
   redis.call('HDEL', KEYS[2], id)
   return 'full ' .. ARGV[1] .. ' ' .. limit
 end
@@ -59,14 +60,15 @@ if state == 'scheduled' then
   redis.call('ZADD', KEYS[5], at, id)
   redis.call('ZADD', KEYS[4 + INDEX_OFFSET.scheduled], 0, id)
 else
-  -- ranked by run_at less the boost
-  redis.call('ZADD', KEYS[4],
-             mark and fmt(run_at - tonumber(string.match(mark, ' (%S+)$'))) or at, id)
+  -- ranked by run_at less the boost; a laned job in its lane
+  local rank = mark and fmt(run_at - tonumber(string.match(mark, ' (%S+)$'))) or at
+  if lane ~= '' then lane_add(4, lane, id, rank) else redis.call('ZADD', KEYS[4], rank, id) end
   redis.call('ZADD', KEYS[4 + INDEX_OFFSET.queued], 0, id)
   wake(4)
 end
-if mark then redis.call('HSET', KEYS[16], id, mark) end
-if key then hold_key(KEYS[14], KEYS[15], key, id, ARGV[5], now) end
+if mark then redis.call('HSET', KEYS[17], id, mark) end
+if lane ~= '' then redis.call('HSET', KEYS[18], id, lane) end
+if key then hold_key(KEYS[15], KEYS[16], key, id, ARGV[6], now) end
 redis.call('HSET', KEYS[1], id,
            string.sub(value, brace) .. ',"created_at":' .. stamp .. ',"run_at":' .. at .. '}')
 return 'ok'

@@ -1,5 +1,6 @@
 -- Record a worker as alive and extend the leases of the attempts it holds.
--- KEYS: 1..16 the job block (see _lib.lua), 17 workers zset, 18 worker info hash, then the
+-- A laned job's slots (the running zsets of its name and group) are kept with its lease.
+-- KEYS: 1..18 the job block (see _lib.lua), 19 workers zset, 20 worker info hash, then the
 --       lease zsets of every queue the jobs may come from.
 -- ARGV: 1 worker id, 2 worker JSON, 3 lease seconds, 4 number S of started ids, then the S
 --       ids of held jobs that started since the last heartbeat, then 2 per held attempt:
@@ -34,11 +35,17 @@ local owners = hmget(F.worker, ids)
 local attempts = hmget(F.attempts, ids)
 local lease_stamp = fmt(now + lease)
 local cancel, lost = {}, {}
+local lanes = redis.call('EXISTS', F.lane) == 1 and hmget(F.lane, ids) or {}
 for n, id in ipairs(ids) do
   if states[n] == 'running' and owners[n] == worker and attempts[n] == held[n] then
     -- XX: only the lease set that holds the job changes
     for k = BLOCK + 3, #KEYS do
       if redis.call('ZADD', KEYS[k], 'XX', 'CH', lease_stamp, id) == 1 then break end
+    end
+    if lanes[n] then
+      local name, group = split_lane(lanes[n])
+      redis.call('ZADD', run_key(name), 'XX', lease_stamp, id)
+      redis.call('ZADD', run_key(name, group), 'XX', lease_stamp, id)
     end
     if redis.call('SISMEMBER', F.cancel, id) == 1 then cancel[#cancel + 1] = id end
   else

@@ -1,5 +1,5 @@
 -- Delete finished jobs of one queue whose retention ran out.
--- KEYS: 1..16 the job block (see _lib.lua), 17.. the queue group.
+-- KEYS: 1..18 the job block (see _lib.lua), 19.. the queue group.
 -- ARGV: candidate job ids (checked again here).
 -- Returns: how many were deleted.
 local now = server_now()

@@ -3,7 +3,8 @@
 -- cancelled. Only a job that had started and whose worker's registration lapsed too is
 -- charged a recovery; the others go back uncharged, their attempt void. Candidates come
 -- from the client; each is checked again here.
--- KEYS: 1..16 the job block (see _lib.lua), 17.. the queue group, then the workers zset.
+-- A laned job's slots are freed (a lease that ran out holds none already).
+-- KEYS: 1..18 the job block (see _lib.lua), 19.. the queue group, then the workers zset.
 -- ARGV: 1 max_recoveries, 2 retention seconds, 3.. candidate job ids.
 -- Returns: {requeued, dead, now, id, fate, id, fate, ...}: how many of the candidates this
 -- call requeued and sent to the dead set, the time it used (the dead jobs' finished_at, as
@@ -32,6 +33,8 @@ for i = 3, #ARGV do
   local id = ARGV[i]
   local expires = redis.call('ZSCORE', KEYS[base + LEASES], id)
   if expires and tonumber(expires) < now then
+    local lane = redis.call('HGET', F.lane, id)
+    if lane then run_remove(lane, id) end
     local mark = redis.call('HGET', F.unstarted, id)
     local held = mark == '1' or mark == '3'
     local owner = redis.call('HGET', F.worker, id)

@@ -1,5 +1,5 @@
 -- Put dead or cancelled jobs of one queue back in the queue, due now, with fresh retries.
--- KEYS: 1..16 the job block (see _lib.lua), 17.. the queue group.
+-- KEYS: 1..18 the job block (see _lib.lua), 19.. the queue group.
 -- ARGV: job ids (others are left as they are).
 -- Returns: how many were put back.
 local now = server_now()

@@ -1,6 +1,6 @@
 -- Give a waiting (queued or scheduled) job another priority and boost; a queued one takes
 -- its new rank at once, a scheduled one when it falls due.
--- KEYS: 1..16 the job block (see _lib.lua), 17.. the job's queue group.
+-- KEYS: 1..18 the job block (see _lib.lua), 19.. the job's queue group.
 -- ARGV: 1 job id, 2 priority, 3 boost in seconds.
 -- Returns: 1 when it was changed, 2 when the job is in another state (left as it is), 0 if
 --       there is no such job.
@@ -15,6 +15,13 @@ else
 end
 local base = BLOCK + 1
 if state == 'queued' then
-  redis.call('ZADD', KEYS[base], 'XX', fmt(run_at_of(id) - boost), id)
+  local rank = fmt(run_at_of(id) - boost)
+  local lane = redis.call('HGET', F.lane, id)
+  if lane then
+    local name, group = split_lane(lane)
+    redis.call('ZADD', lane_groups(base, name) .. enc(group), 'XX', rank, id)
+  else
+    redis.call('ZADD', KEYS[base], 'XX', rank, id)
+  end
 end
 return 1

@@ -2,16 +2,21 @@
 -- longer running under that worker (its lease was taken over), or whose attempt is not the
 -- job's current one (a copy of this call re-sent after a lost reply), is ignored. A retry or
 -- requeue of a job whose cancellation was asked for ends it as cancelled instead.
--- KEYS: 1..16 the job block (see _lib.lua), 17.. the queue group.
+-- A laned job's attempt frees its slots (see run_remove); a deferred retry (the job raised
+-- RateLimited) is a retry whose attempt is not charged, counted in its deferrals.
+-- KEYS: 1..18 the job block (see _lib.lua), 19.. the queue group.
 -- ARGV: 1 retention seconds, 2 worker id, 3 number S of successes, then 3 per success:
 --       job id, attempt ('' when unknown), result JSON; then 6 per other outcome: job id,
---       attempt, kind (retry, dead, cancelled, requeue), error, traceback, retry delay
---       seconds ('' for none).
+--       attempt, kind (retry, deferred, dead, cancelled, requeue), error, traceback, retry
+--       delay seconds ('' for none).
 -- Returns: how many outcomes were applied.
 local retention, worker, wins = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
 local now = server_now()
 local base = BLOCK + 1
 local applied = 0
+-- no laned job in the namespace: no lane look-ups
+local any_lane = redis.call('EXISTS', F.lane) == 1
+local freed = false  -- a laned attempt ended: wake a worker waiting for a slot
 
 -- the successes, in bulk
 if wins > 0 then
@@ -53,6 +58,15 @@ if wins > 0 then
     many('HDEL', F.error, done, 1)
     many('HDEL', F.traceback, done, 1)
     applied = #done
+    if any_lane then
+      local lanes = hmget(F.lane, done)
+      for n, id in ipairs(done) do
+        if lanes[n] then
+          run_remove(lanes[n], id)
+          freed = true
+        end
+      end
+    end
   end
 end
 
@@ -68,14 +82,23 @@ for a = 4 + 3 * wins, #ARGV, 6 do
     applied = applied + 1
     store_text(F.error, id, ARGV[a + 3])
     store_text(F.traceback, id, ARGV[a + 4])
-    local back = kind == 'retry' or kind == 'requeue'
+    local lane = any_lane and redis.call('HGET', F.lane, id)
+    if lane then
+      run_remove(lane, id)
+      freed = true
+    end
+    local back = kind == 'retry' or kind == 'requeue' or kind == 'deferred'
     if back and redis.call('SISMEMBER', F.cancel, id) == 1 then kind = 'cancelled' end
     if kind == 'dead' or kind == 'cancelled' then
       finish(base, id, 'running', kind, now, retention)
     else
       redis.call('ZREM', KEYS[base + LEASES], id)
       redis.call('HDEL', F.worker, id)
-      if kind == 'retry' then
+      if kind == 'retry' or kind == 'deferred' then
+        if kind == 'deferred' then
+          redis.call('HINCRBY', F.attempts, id, -1)
+          redis.call('HINCRBY', F.deferrals, id, 1)
+        end
         schedule(base, id, 'running', now + (tonumber(ARGV[a + 5]) or 0), now)
       else
         -- shutdown: back at its old place in the queue, the attempt not charged
@@ -85,4 +108,5 @@ for a = 4 + 3 * wins, #ARGV, 6 do
     end
   end
 end
+if freed and redis.call('SCARD', KEYS[base + LANES]) > 0 then wake(base) end
 return applied
