@@ -264,3 +264,39 @@ def test_the_throttled_claim_writes_nothing(url: str, brokers: Callable[[], SQLi
         f"SELECT * FROM {NS}_turns").fetchall()
     conn.close()
     assert before == after
+
+
+def test_a_wait_without_lanes_passes_over_held_laned_jobs(
+        brokers: Callable[[], SQLiteBroker]) -> None:
+    """A held laned job and nothing else: a wait with ``lanes=False`` lasts its timeout
+    (a wait with lanes returns at once), and an unlaned job enqueued by another connection
+    ends it early."""
+    broker, producer = brokers(), brokers()
+    run(broker.enqueue(laned(2, "a"), {}))
+    limits = {"capped": JobLimits("capped", concurrency=1)}
+    assert len(run(broker.claim("w", ["default"], 5, 30.0, limits=limits))) == 1
+    assert run(broker.claim("w", ["default"], 5, 30.0, limits=limits)) == []
+    started = time.monotonic()
+    run(broker.wait_for_work(["default"], 5.0))
+    assert time.monotonic() - started < 2.0
+    started = time.monotonic()
+    run(broker.wait_for_work(["default"], 0.5, lanes=False))
+    assert time.monotonic() - started >= 0.45
+
+    async def enqueue_later() -> None:
+        await asyncio.sleep(0.2)
+        await producer.enqueue([make_job()], {})
+
+    async def both() -> None:
+        await asyncio.gather(broker.wait_for_work(["default"], 10.0, lanes=False),
+                             enqueue_later())
+
+    started = time.monotonic()
+    run(both())
+    assert time.monotonic() - started < 5.0
+    # a laned job coming due ends it too
+    run(broker.claim("w", ["default"], 5, 30.0, limits=limits))
+    run(producer.enqueue(laned(1, "b", run_at=time.time() + 0.3), {}))
+    started = time.monotonic()
+    run(broker.wait_for_work(["default"], 10.0, lanes=False))
+    assert time.monotonic() - started < 5.0

@@ -233,8 +233,14 @@ class Broker(abc.ABC):
         (a paused queue has none)."""
 
     @abc.abstractmethod
-    async def wait_for_work(self, queues: Sequence[str], timeout: float) -> None:
-        """Return when work may have arrived for ``queues``, or after ``timeout`` seconds."""
+    async def wait_for_work(self, queues: Sequence[str], timeout: float,
+                            lanes: bool = True) -> None:
+        """Return when work may have arrived for ``queues``, or after ``timeout`` seconds.
+
+        With ``lanes=False`` queued laned jobs (``group`` not None) are no work ready now,
+        neither ready at once nor as a past due time: a worker whose claim a limit held
+        back waits so, without spinning on the held jobs. Unlaned ready jobs, scheduled
+        jobs coming due (laned or not) and new enqueues still end the wait."""
 
     @abc.abstractmethod
     async def unregister_worker(self, worker_id: str) -> None:

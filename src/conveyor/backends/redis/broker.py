@@ -729,7 +729,8 @@ class RedisBroker(Broker):
 
         return min(limit, await self._retrying(call))
 
-    async def wait_for_work(self, queues: Sequence[str], timeout: float) -> None:
+    async def wait_for_work(self, queues: Sequence[str], timeout: float,
+                            lanes: bool = True) -> None:
         """Block on the queues' wake-up lists (BLPOP) until work arrives, the next delayed
         job falls due, or ``timeout`` passes."""
 

@@ -704,11 +704,15 @@ class SQLiteBroker(Broker):
                 for job_id, attempt, value, message in updates]
         await self._write(lambda conn: conn.executemany(sql, rows))
 
-    def _ready_count(self, conn: sqlite3.Connection, queues: Sequence[str], limit: int) -> int:
+    def _ready_count(self, conn: sqlite3.Connection, queues: Sequence[str], limit: int,
+                     lanes: bool = True) -> int:
+        """Up to ``limit`` jobs of ``queues`` (not paused) ready now: queued (laned ones only
+        with ``lanes``) or scheduled and due (laned or not)."""
         marks, t, now = _marks(len(queues)), self.ns, time.time()
+        queued = "state='queued'" if lanes else "state='queued' AND grp IS NULL"
         # queued and due scheduled jobs apart, each from its own index
         (count,) = conn.execute(
-            f"SELECT count(*) FROM (SELECT 1 FROM {t}_jobs WHERE state='queued' AND "
+            f"SELECT count(*) FROM (SELECT 1 FROM {t}_jobs WHERE {queued} AND "
             f"queue IN ({marks}) AND {self._not_paused} AND run_at <= ? UNION ALL "
             f"SELECT 1 FROM {t}_jobs WHERE state='scheduled' AND queue IN ({marks}) "
             f"AND {self._not_paused} AND run_at <= ? LIMIT ?)",
@@ -719,12 +723,15 @@ class SQLiteBroker(Broker):
     async def ready_count(self, queues: Sequence[str], limit: int) -> int:
         return await self._read(lambda conn: self._ready_count(conn, queues, limit))
 
-    def _next_due(self, conn: sqlite3.Connection, queues: Sequence[str]) -> float | None:
+    def _next_due(self, conn: sqlite3.Connection, queues: Sequence[str],
+                  lanes: bool = True) -> float | None:
         """When the first waiting job of ``queues`` (not paused) is due: a queued job's
-        ``run_at`` (it is due already), else the earliest of the scheduled ones."""
+        ``run_at`` (it is due already; laned ones only with ``lanes``), else the earliest
+        of the scheduled ones."""
         t = self.ns
+        queued = "state='queued'" if lanes else "state='queued' AND grp IS NULL"
         sql = (f"SELECT min(at) FROM (SELECT * FROM (SELECT run_at AS at FROM {t}_jobs "
-               f"WHERE state='queued' AND queue=?1 LIMIT 1) UNION ALL SELECT min(run_at) "
+               f"WHERE {queued} AND queue=?1 LIMIT 1) UNION ALL SELECT min(run_at) "
                f"FROM {t}_jobs WHERE state='scheduled' AND queue=?1) "
                f"WHERE ?1 NOT IN (SELECT name FROM {t}_queues WHERE paused=1)")
         due: float | None = None
@@ -734,13 +741,15 @@ class SQLiteBroker(Broker):
                 due = at
         return due
 
-    async def wait_for_work(self, queues: Sequence[str], timeout: float) -> None:
-        """Poll ``PRAGMA data_version`` (in memory, no I/O) until another connection commits,
-        the next scheduled job falls due, or ``timeout`` passes."""
+    async def wait_for_work(self, queues: Sequence[str], timeout: float,
+                            lanes: bool = True) -> None:
+        """Poll ``PRAGMA data_version`` (in memory, no I/O) until another connection commits
+        work that is ready (queued laned jobs count only with ``lanes``), the next
+        scheduled job falls due, or ``timeout`` passes."""
         self.open_blocking()
         deadline = time.time() + timeout
         with self._using() as conn:
-            due = self._next_due(conn, queues)
+            due = self._next_due(conn, queues, lanes)
             version = conn.execute("PRAGMA data_version").fetchone()[0]
         if due is not None:
             deadline = min(deadline, due)
@@ -752,10 +761,10 @@ class SQLiteBroker(Broker):
                 now_version = conn.execute("PRAGMA data_version").fetchone()[0]
                 if now_version == version:
                     continue
-                if self._ready_count(conn, queues, 1):
+                if self._ready_count(conn, queues, 1, lanes):
                     return
                 version = now_version
-                due = self._next_due(conn, queues)
+                due = self._next_due(conn, queues, lanes)
             if due is not None:
                 deadline = min(deadline, due)
 
