@@ -300,3 +300,32 @@ def test_a_wait_without_lanes_passes_over_held_laned_jobs(
     started = time.monotonic()
     run(broker.wait_for_work(["default"], 10.0, lanes=False))
     assert time.monotonic() - started < 5.0
+
+
+def test_a_claim_among_many_held_groups_stops_and_the_next_goes_on(
+        url: str, brokers: Callable[[], SQLiteBroker]) -> None:
+    """300 groups with empty buckets: a claim of one job visits 64 + 2 of them, and the
+    next one starts after the last group visited, so a group further on is reached; an
+    ordinary job is taken all the same."""
+    broker = brokers()
+    groups = [f"g{n:03d}" for n in range(300)]
+    run(broker.enqueue([job for g in groups for job in laned(2, g)], {}))
+    limits = {"capped": JobLimits("capped", group_by="t", group_rate=Rate(1, 3600.0))}
+    first = run(broker.claim("w", ["default"], 300, 30.0, limits=limits))
+    assert sorted(j.group or "" for j in first) == groups  # every bucket spent
+    run(broker.enqueue(laned(1, "g200x"), {}))
+    broker.take_throttled()
+    taken = [[j.group for j in run(broker.claim("w", ["default"], 1, 30.0, limits=limits))]
+             for _ in range(4)]
+    assert taken == [[], [], [], ["g200x"]]
+    assert broker.take_throttled()[("capped", "group_rate")] == 4
+    conn = sqlite3.connect(url.removeprefix("sqlite:///"))
+    assert conn.execute(f"SELECT grp FROM {NS}_turns").fetchall() == [("g200x",)]
+    conn.close()
+    plain = make_job()
+    run(broker.enqueue([plain], {}))
+    assert [j.id for j in run(broker.claim("w", ["default"], 1, 30.0, limits=limits))] == [
+        plain.id]
+    conn = sqlite3.connect(url.removeprefix("sqlite:///"))
+    assert conn.execute(f"SELECT grp FROM {NS}_turns").fetchall() == [("g266",)]
+    conn.close()

@@ -496,13 +496,15 @@ class SQLiteBroker(Broker):
         return {queue: conn.execute(self._sql_ranked, (queue, now, limit)).fetchall()
                 for queue in dict.fromkeys(queues) if queue not in paused}
 
-    def _lanes(self, conn: sqlite3.Connection, queue: str, limiter: Limiter) -> list[Lane]:
-        """The lanes of ``queue``'s laned names with ready jobs, each from its cursor."""
+    def _lanes(self, conn: sqlite3.Connection, queue: str, limiter: Limiter,
+               want: int) -> list[Lane]:
+        """The lanes of ``queue``'s laned names with ready jobs, each from its cursor, for
+        a claim of up to ``want`` jobs."""
         names = laned_names(conn, self.ns, queue)
         if not names:
             return []
         turns = cursors(conn, self.ns, queue, names)
-        return [Lane(limiter, queue, name, turns.get(name)) for name in names]
+        return [Lane(limiter, queue, name, turns.get(name), want) for name in names]
 
     @staticmethod
     def _merge(plain: Sequence[Head], lanes: Sequence[Lane],
@@ -529,6 +531,8 @@ class SQLiteBroker(Broker):
                 head, n = heap[0]
                 taken.append(lanes[n].take())
                 chosen.append(head)
+                if len(chosen) >= limit:  # no look further: the lane's cursor stays here
+                    break
                 following = lanes[n].head()
                 if following is None:
                     heapq.heappop(heap)
@@ -548,12 +552,12 @@ class SQLiteBroker(Broker):
         name's jobs taking turns over its groups within that order."""
         found = self._ranked(conn, queues, limit, now, promoted)
         limiter = self._limiter(conn, now, limiter)
-        lanes = [lane for queue in found for lane in self._lanes(conn, queue, limiter)]
+        lanes = [lane for queue in found for lane in self._lanes(conn, queue, limiter, limit)]
         best = heapq.nsmallest(limit, itertools.chain.from_iterable(found.values()))
         if not lanes:
             return self._take(conn, worker_id, [job_id for _, _, job_id in best], now, until)
         chosen, taken = self._merge(best, lanes, limit)
-        limiter.save(taken)
+        limiter.save(taken, lanes)
         return self._take_in_order(conn, worker_id, [job_id for _, _, job_id in chosen],
                                    now, until)
 
@@ -572,8 +576,10 @@ class SQLiteBroker(Broker):
         limiter = self._limiter(conn, now, limiter)
         offers: dict[str, list[Head]] = {}
         laned: dict[str, dict[str, Taken]] = {}
+        every_lane: list[Lane] = []
         for queue, rows in found.items():
-            lanes = self._lanes(conn, queue, limiter)
+            lanes = self._lanes(conn, queue, limiter, limit)
+            every_lane.extend(lanes)
             if lanes:
                 offers[queue], taken = self._merge(rows, lanes, limit)
                 laned[queue] = {job.head[2]: job for job in taken}
@@ -588,7 +594,7 @@ class SQLiteBroker(Broker):
             ids.append(job_id)
             if job_id in laned.get(queue, {}):
                 kept.append(laned[queue][job_id])
-        limiter.save(kept)
+        limiter.save(kept, every_lane)
         return self._take_in_order(conn, worker_id, ids, now, until), credits
 
     async def set_priority(self, job_id: str, priority: int) -> JobRecord | None:

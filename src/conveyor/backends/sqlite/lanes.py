@@ -7,10 +7,11 @@ that state (enqueue, promotion, settle, recovery, retry, set_priority, claim, ca
 delete, purge) keeps the lanes right by itself: there is no lane record to keep apart.
 
 A claim makes one :class:`Lane` per (queue, laned name) with ready jobs; each yields its
-name's jobs in round-robin order over the groups while the name's limits allow, and the
-broker merges them with the queue's unlaned jobs by rank. What the claim decides is kept
-in :class:`Limiter` (running counts, tokens) and written back by :meth:`Limiter.save` for
-the jobs actually taken: the round-robin cursors (``turns``) and the buckets.
+name's jobs in round-robin order over the groups while the name's limits allow (visiting
+a bounded number of groups: see :data:`VISITS`), and the broker merges them with the
+queue's unlaned jobs by rank. What the claim decides is kept in :class:`Limiter` (running
+counts, tokens) and written back by :meth:`Limiter.save` for the jobs actually taken: the
+round-robin cursors (``turns``) and the buckets.
 """
 
 from __future__ import annotations
@@ -26,6 +27,10 @@ from conveyor.limits import JobLimits, LimitUsage, Rate, tokens_after
 Head = tuple[float, float, str]
 
 LANED = "state='queued' AND grp IS NOT NULL"
+#: group visits of one lane per claim at most, beyond twice what the claim wants: a claim
+#: among many held groups (empty buckets, full caps) stops there, and the next one goes on
+#: after the last group it visited
+VISITS = 64
 
 
 def bucket_key(name: str, group: str | None = None) -> str:
@@ -128,16 +133,23 @@ class Limiter:
         self.versions[name] = self.versions.get(name, 0) + 1
         return Taken(queue, name, group, head, tuple(spends))
 
-    def save(self, taken: Sequence[Taken]) -> None:
+    def save(self, taken: Sequence[Taken], lanes: Sequence[Lane] = ()) -> None:
         """Write back the cursors and buckets of the jobs of ``taken`` (those the claim
-        keeps, in claim order): each lane's cursor on the last group it served, each
-        bucket spent from its level at the claim's time."""
+        keeps, in claim order): each lane's cursor on the last group it served (or, for a
+        lane of ``lanes`` cut short whose jobs the claim all keeps, on the last group it
+        visited), each bucket spent from its level at the claim's time."""
         turns: dict[tuple[str, str], str] = {}
+        kept: dict[tuple[str, str], int] = {}
         spent: dict[str, tuple[Rate, int]] = {}
         for job in taken:
             turns[(job.queue, job.name)] = job.group
+            kept[(job.queue, job.name)] = kept.get((job.queue, job.name), 0) + 1
             for key, rate in job.spends:
                 spent[key] = (rate, spent.get(key, (rate, 0))[1] + 1)
+        for lane in lanes:
+            at = (lane.queue, lane.name)
+            if lane.cut is not None and kept.get(at, 0) == lane.count:
+                turns[at] = lane.cut
         if turns:
             self.conn.executemany(
                 f"INSERT OR REPLACE INTO {self.ns}_turns (queue, name, grp) VALUES (?,?,?)",
@@ -164,7 +176,8 @@ class Lane:
     """The ready jobs of one laned name in one queue, in round-robin order over its groups
     (by group name, from the group after the one served last), as its limits allow."""
 
-    def __init__(self, limiter: Limiter, queue: str, name: str, cursor: str | None):
+    def __init__(self, limiter: Limiter, queue: str, name: str, cursor: str | None,
+                 want: int = 1):
         self.limiter = limiter
         self.queue = queue
         self.name = name
@@ -172,8 +185,13 @@ class Lane:
         self.pos = cursor
         #: per group, the last job taken from it in this claim
         self.last: dict[str, Head] = {}
-        #: groups held for the rest of the claim (holds only grow within a claim)
-        self.held_groups: set[str] = set()
+        #: groups that give nothing more in this claim: held (holds only grow within a
+        #: claim), or out of ready jobs
+        self.closed: set[str] = set()
+        #: visits of groups left (see :data:`VISITS`)
+        self.visits = VISITS + 2 * want
+        #: the last group visited, when the visits ran out among groups giving nothing
+        self.cut: str | None = None
         self.count = 0
         self.done = False
         self._head: tuple[str, Head] | None = None
@@ -231,6 +249,20 @@ class Lane:
                else conn.execute(self._sql_head_after, (*key, *last))).fetchone()
         return None if row is None else (float(row[0]), float(row[1]), str(row[2]))
 
+    def _next_open(self, after: str | None) -> str | None:
+        """The group after ``after`` (wrapping around) not closed in this claim; None when
+        every group is closed. The groups passed over are skipped at once next time."""
+        group = self._next_group(after)
+        passed: set[str] = set()
+        while group is not None and group in self.closed:
+            if group in passed:
+                group = None
+                break
+            passed.add(group)
+            group = self._next_group(group)
+        self._after[after] = group
+        return group
+
     def _any_left(self) -> bool:
         (left,) = self.limiter.conn.execute(
             self._sql_left, (self.queue, self.name, self.count + 1)).fetchone()
@@ -247,23 +279,27 @@ class Lane:
         visited: set[str] = set()
         at = self.pos
         while True:
-            group = self._next_group(at)
+            group = self._next_open(at)
             if group is None or group in visited:
                 self.done = True
                 return None
+            if self.visits <= 0:  # the next claim goes on after the last group visited
+                self.done = True
+                self.cut = at
+                return None
+            self.visits -= 1
             visited.add(group)
             at = group
-            if group in self.held_groups:
-                continue
             reason = limiter.group_held(self.name, group)
             if reason is not None:
-                self.held_groups.add(group)
+                self.closed.add(group)
                 if group not in self.last or self._group_head(group) is not None:
                     limiter.held.add((self.name, reason))
                 continue
             head = self._group_head(group)
             if head is not None:
                 return group, head
+            self.closed.add(group)
 
 
 def laned_names(conn: sqlite3.Connection, ns: str, queue: str) -> list[str]:
