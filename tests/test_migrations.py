@@ -303,13 +303,46 @@ def test_a_sqlite_store_of_layout_3_gains_limits_with_every_job_intact(
     indexes = dict(conn.execute(
         "SELECT name, sql FROM sqlite_master WHERE type='index' AND tbl_name='old_jobs'"))
     assert {"old_jobs_queued", "old_jobs_lanes", "old_jobs_running",
-            "old_jobs_scheduled"} <= set(indexes)
+            "old_jobs_scheduled", "old_jobs_laned_scheduled"} <= set(indexes)
     assert "grp IS NULL" in indexes["old_jobs_queued"]
     tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master "
                                              "WHERE type='table'")}
     assert {"old_buckets", "old_turns"} <= tables
     conn.close()
     _check_reopened(url)
+
+
+def test_the_sqlite_limits_step_can_run_again(tmp_path: Path) -> None:
+    """The step of layout 4 only adds what is missing: run on a store that has it all (or
+    part of it), it changes nothing and loses no job."""
+    from conveyor.backends.sqlite.migrations import STEPS
+
+    path = tmp_path / "again.db"
+    asyncio.run(_use_once(f"sqlite:///{path}"))
+    conn = sqlite3.connect(path, isolation_level=None)
+
+    def layout() -> list[tuple[str, str]]:
+        return sorted(conn.execute("SELECT name, sql FROM sqlite_master WHERE sql NOT NULL"))
+
+    before = layout()
+    conn.execute("DROP INDEX again_jobs_laned_scheduled")
+    STEPS[3](conn, "again")
+    STEPS[3](conn, "again")
+    assert layout() == before
+    assert conn.execute("SELECT count(*) FROM again_jobs").fetchone() == (1,)
+    conn.close()
+
+
+async def _use_once(url: str) -> None:
+    from conveyor.job import JobRecord
+
+    broker = SQLiteBroker(url, namespace="again")
+    await broker.open()
+    now = time.time()
+    await broker.enqueue([JobRecord(id="l1", name="capped", queue="default",
+                                    state=JobState.QUEUED, args=[], kwargs={}, created_at=now,
+                                    run_at=now, group="a")], {})
+    await broker.close()
 
 
 # -- Redis -----------------------------------------------------------------------------------

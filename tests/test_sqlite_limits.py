@@ -23,7 +23,7 @@ import pytest
 from contract.conftest import make_job
 from conveyor.backends.sqlite import SQLiteBroker
 from conveyor.backends.sqlite.clock import lease_now
-from conveyor.backends.sqlite.lanes import Limiter
+from conveyor.backends.sqlite.lanes import Limiter, usage
 from conveyor.job import JobRecord, JobState, Outcome, OutcomeKind
 from conveyor.limits import JobLimits, Rate
 from conveyor.priority import QueueWeights
@@ -329,3 +329,24 @@ def test_a_claim_among_many_held_groups_stops_and_the_next_goes_on(
     conn = sqlite3.connect(url.removeprefix("sqlite:///"))
     assert conn.execute(f"SELECT grp FROM {NS}_turns").fetchall() == [("g266",)]
     conn.close()
+
+
+def test_limit_usage_reads_only_the_name_s_jobs_through_indexes(
+        url: str, brokers: Callable[[], SQLiteBroker]) -> None:
+    """Unrelated queued and scheduled jobs: every statement of limit_usage reads through an
+    index (the queues with laned jobs, then the name's lanes in each; its scheduled laned
+    jobs), without a scan or a sort."""
+    broker = brokers()
+    fill(broker)
+    run(broker.enqueue(laned(2, "x", queue="other") + laned(3, "y", name="elsewhere"), {}))
+    now = time.time()
+    seen = statements(url, lambda conn: usage(conn, NS, ["capped", "elsewhere"], 20, now,
+                                               lease_now()))
+    assert any("state='scheduled'" in s for s in seen), seen
+    for statement in seen:
+        assert_no_scan(url, statement)
+        steps = plan(url, statement)
+        assert not any(f"{NS}_jobs_state" in step for step in steps), (statement, steps)
+    found = run(broker.limit_usage(["capped", "elsewhere"]))
+    totals = {u.name: u.ready for u in found if u.group is None}
+    assert totals == {"capped": 80 - 6 + 2, "elsewhere": 3}

@@ -323,23 +323,37 @@ def cursors(conn: sqlite3.Connection, ns: str, queue: str,
     return {str(name): str(group) for name, group in rows}
 
 
+def laned_queues(conn: sqlite3.Connection, ns: str) -> list[str]:
+    """The queues with laned ready jobs: one seek each in the ``lanes`` index (named: the
+    planner would rather walk the queued jobs of the ``state`` index)."""
+    where = f"FROM {ns}_jobs INDEXED BY {ns}_jobs_lanes WHERE {LANED}"
+    rows = conn.execute(
+        f"WITH RECURSIVE q(queue) AS (SELECT min(queue) {where} UNION ALL "
+        f"SELECT (SELECT min(queue) {where} AND queue > q.queue) FROM q "
+        f"WHERE q.queue IS NOT NULL) SELECT queue FROM q WHERE queue IS NOT NULL").fetchall()
+    return [str(queue) for (queue,) in rows]
+
+
 def usage(conn: sqlite3.Connection, ns: str, names: Sequence[str], max_groups: int,
           now: float, lease_now: float) -> list[LimitUsage]:
     """Running attempts (live leases) and ready jobs (queued, or scheduled and due) of each
-    of ``names``: a total row, then up to ``max_groups`` of its busiest groups."""
+    of ``names``: a total row, then up to ``max_groups`` of its busiest groups. Each count
+    reads the name's own jobs through an index (``running``, ``lanes`` per queue with
+    laned jobs, ``laned_scheduled``), nothing of other names."""
     found: list[LimitUsage] = []
+    queues = laned_queues(conn, ns) if names else []
+    queued = (f"SELECT grp, count(*) FROM {ns}_jobs WHERE {LANED} AND queue=? AND name=? "
+              f"GROUP BY grp")
+    due = (f"SELECT grp, count(*) FROM {ns}_jobs WHERE state='scheduled' "
+           f"AND grp IS NOT NULL AND name=? AND run_at <= ? GROUP BY grp")
     for name in dict.fromkeys(names):
         running = dict(conn.execute(
             f"SELECT grp, count(*) FROM {ns}_jobs WHERE state='running' AND grp IS NOT NULL "
             f"AND name=? AND lease_expires_at > ? GROUP BY grp", (name, lease_now)))
         ready: dict[str, int] = {}
-        for sql, params in (
-                (f"SELECT grp, count(*) FROM {ns}_jobs WHERE {LANED} AND name=? GROUP BY grp",
-                 (name,)),
-                (f"SELECT grp, count(*) FROM {ns}_jobs WHERE state='scheduled' "
-                 f"AND grp IS NOT NULL AND name=? AND run_at <= ? GROUP BY grp",
-                 (name, now))):
-            for group, count in conn.execute(sql, params):
+        counts = [conn.execute(queued, (queue, name)) for queue in queues]
+        for rows in (*counts, conn.execute(due, (name, now))):
+            for group, count in rows:
                 ready[group] = ready.get(group, 0) + count
         found.append(LimitUsage(name, None, sum(running.values()), sum(ready.values())))
         groups = sorted(set(running) | set(ready),

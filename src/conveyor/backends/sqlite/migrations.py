@@ -85,7 +85,8 @@ def _layout_4(conn: sqlite3.Connection, ns: str) -> None:
     """Limits: each job's group (``grp``; NULL for a job without limits, as every job stored
     before) and ``deferrals``. Queued laned jobs wait in their own index (``lanes``: queue,
     name, group, rank) and the ``queued`` index keeps the unlaned ones only; running laned
-    jobs are counted from the ``running`` index. Token buckets and the round-robin cursors
+    jobs are counted from the ``running`` index, scheduled laned ones from the
+    ``laned_scheduled`` index. Token buckets and the round-robin cursors
     of grouped names get their tables (see :mod:`.lanes`)."""
     columns = _columns(conn, f"{ns}_jobs")
     if "grp" not in columns:
@@ -98,6 +99,9 @@ def _layout_4(conn: sqlite3.Connection, ns: str) -> None:
     conn.execute(f"""CREATE INDEX IF NOT EXISTS {ns}_jobs_lanes
         ON {ns}_jobs (queue, name, grp, run_at - boost, run_at)
         WHERE state = 'queued' AND grp IS NOT NULL""")
+    # limit_usage counts a name's scheduled laned jobs that are due
+    conn.execute(f"""CREATE INDEX IF NOT EXISTS {ns}_jobs_laned_scheduled
+        ON {ns}_jobs (name, grp, run_at) WHERE state = 'scheduled' AND grp IS NOT NULL""")
     conn.execute(f"""CREATE INDEX IF NOT EXISTS {ns}_jobs_running
         ON {ns}_jobs (name, grp, lease_expires_at)
         WHERE state = 'running' AND grp IS NOT NULL""")
