@@ -350,3 +350,20 @@ def test_limit_usage_reads_only_the_name_s_jobs_through_indexes(
     found = run(broker.limit_usage(["capped", "elsewhere"]))
     totals = {u.name: u.ready for u in found if u.group is None}
     assert totals == {"capped": 80 - 6 + 2, "elsewhere": 3}
+
+
+def test_an_admin_retry_starts_the_deferrals_afresh(
+        brokers: Callable[[], SQLiteBroker]) -> None:
+    broker = brokers()
+    one, other = make_job(), make_job()
+    run(broker.enqueue([one, other], {}))
+    for _ in range(2):  # each deferred once, then dead
+        for job in run(broker.claim("w", ["default"], 2, 30.0)):
+            kind, deferred = ((OutcomeKind.RETRY, True) if job.deferrals == 0
+                              else (OutcomeKind.DEAD, False))
+            run(broker.settle([Outcome(job.id, "w", kind, time.time(), run_at=time.time(),
+                                       attempt=job.attempts, deferred=deferred)]))
+    assert [run(broker.get(j.id)).deferrals for j in (one, other)] == [1, 1]
+    assert run(broker.retry(one.id)).deferrals == 0
+    assert run(broker.retry_dead("default")) == 1
+    assert run(broker.get(other.id)).deferrals == 0

@@ -935,9 +935,10 @@ class SQLiteBroker(Broker):
 
     def _retry_sql(self, where: str) -> str:
         return (
-            f"UPDATE {self.ns}_jobs SET state='queued', attempts=0, recoveries=0, run_at=?, "
-            f"finished_at=NULL, expires_at=NULL, result=NULL, cancel_requested=0, "
-            f"worker_id=NULL, progress=NULL, progress_message=NULL WHERE {where}"
+            f"UPDATE {self.ns}_jobs SET state='queued', attempts=0, recoveries=0, "
+            f"deferrals=0, run_at=?, finished_at=NULL, expires_at=NULL, result=NULL, "
+            f"cancel_requested=0, worker_id=NULL, progress=NULL, progress_message=NULL "
+            f"WHERE {where}"
         )
 
     async def retry(self, job_id: str) -> JobRecord | None:
