@@ -269,12 +269,13 @@ def test_the_throttled_claim_writes_nothing(url: str, brokers: Callable[[], SQLi
 def test_a_wait_without_lanes_passes_over_held_laned_jobs(
         brokers: Callable[[], SQLiteBroker]) -> None:
     """A held laned job and nothing else: a wait with ``lanes=False`` lasts its timeout
-    (a wait with lanes returns at once), and an unlaned job enqueued by another connection
-    ends it early."""
-    broker, producer = brokers(), brokers()
+    (a wait with lanes returns at once). Another connection ends it early when it enqueues
+    an unlaned job or a laned one, or ends a running laned job; so does a laned job coming
+    due."""
+    broker, other = brokers(), brokers()
     run(broker.enqueue(laned(2, "a"), {}))
     limits = {"capped": JobLimits("capped", concurrency=1)}
-    assert len(run(broker.claim("w", ["default"], 5, 30.0, limits=limits))) == 1
+    (running,) = run(broker.claim("w", ["default"], 5, 30.0, limits=limits))
     assert run(broker.claim("w", ["default"], 5, 30.0, limits=limits)) == []
     started = time.monotonic()
     run(broker.wait_for_work(["default"], 5.0))
@@ -283,20 +284,28 @@ def test_a_wait_without_lanes_passes_over_held_laned_jobs(
     run(broker.wait_for_work(["default"], 0.5, lanes=False))
     assert time.monotonic() - started >= 0.45
 
-    async def enqueue_later() -> None:
-        await asyncio.sleep(0.2)
-        await producer.enqueue([make_job()], {})
+    def ended_early(change: Callable[[], Any]) -> bool:
+        async def later() -> None:
+            await asyncio.sleep(0.2)
+            await asyncio.to_thread(change)
 
-    async def both() -> None:
-        await asyncio.gather(broker.wait_for_work(["default"], 10.0, lanes=False),
-                             enqueue_later())
+        async def both() -> None:
+            await asyncio.gather(broker.wait_for_work(["default"], 10.0, lanes=False),
+                                 later())
 
-    started = time.monotonic()
-    run(both())
-    assert time.monotonic() - started < 5.0
-    # a laned job coming due ends it too
-    run(broker.claim("w", ["default"], 5, 30.0, limits=limits))
-    run(producer.enqueue(laned(1, "b", run_at=time.time() + 0.3), {}))
+        started = time.monotonic()
+        run(both())
+        return time.monotonic() - started < 5.0
+
+    assert ended_early(lambda: run(other.enqueue([make_job()], {})))
+    assert [j.group for j in run(broker.claim("w", ["default"], 5, 30.0, limits=limits))] == [
+        None]
+    assert ended_early(lambda: run(other.enqueue(laned(1, "b"), {})))
+    assert ended_early(lambda: run(other.settle([Outcome(
+        running.id, "w", OutcomeKind.SUCCEEDED, time.time(), result_json="null",
+        attempt=1)])))
+    assert len(run(broker.claim("w", ["default"], 1, 30.0, limits=limits))) == 1
+    run(other.enqueue(laned(1, "c", run_at=time.time() + 0.3), {}))
     started = time.monotonic()
     run(broker.wait_for_work(["default"], 10.0, lanes=False))
     assert time.monotonic() - started < 5.0

@@ -747,16 +747,28 @@ class SQLiteBroker(Broker):
                 due = at
         return due
 
+    def _lane_marks(self, conn: sqlite3.Connection) -> tuple[str, int]:
+        """What tells a wait without lanes that a laned job may start now: the newest job
+        id (ids grow with time: a job was enqueued) and the running laned jobs (fewer: one
+        ended and freed its slot). Two index seeks."""
+        t = self.ns
+        (newest,) = conn.execute(f"SELECT max(id) FROM {t}_jobs").fetchone()
+        (running,) = conn.execute(f"SELECT count(*) FROM {t}_jobs INDEXED BY {t}_jobs_running "
+                                  f"WHERE state='running' AND grp IS NOT NULL").fetchone()
+        return str(newest or ""), int(running)
+
     async def wait_for_work(self, queues: Sequence[str], timeout: float,
                             lanes: bool = True) -> None:
         """Poll ``PRAGMA data_version`` (in memory, no I/O) until another connection commits
-        work that is ready (queued laned jobs count only with ``lanes``), the next
-        scheduled job falls due, or ``timeout`` passes."""
+        work that is ready, the next scheduled job falls due, or ``timeout`` passes.
+        Without ``lanes``, queued laned jobs are no work ready; a commit that enqueues a
+        job or ends a running laned one ends the wait all the same."""
         self.open_blocking()
         deadline = time.time() + timeout
         with self._using() as conn:
             due = self._next_due(conn, queues, lanes)
             version = conn.execute("PRAGMA data_version").fetchone()[0]
+            marks = None if lanes else self._lane_marks(conn)
         if due is not None:
             deadline = min(deadline, due)
         while time.time() < deadline:
@@ -769,6 +781,11 @@ class SQLiteBroker(Broker):
                     continue
                 if self._ready_count(conn, queues, 1, lanes):
                     return
+                if marks is not None:
+                    newest, running = self._lane_marks(conn)
+                    if newest > marks[0] or running < marks[1]:
+                        return
+                    marks = (newest, running)
                 version = now_version
                 due = self._next_due(conn, queues, lanes)
             if due is not None:
