@@ -298,7 +298,7 @@ class Conveyor:
                 job_name, concurrency=concurrency, group_by=group_by,
                 group_concurrency=group_concurrency, rate_limit=rate_limit, burst=burst,
                 group_rate_limit=group_rate_limit,
-                parameters=list(inspect.signature(func).parameters))
+                parameters=inspect.signature(func).parameters)
             options = JobOptions(
                 queue=queue,
                 retries=retries,
@@ -515,8 +515,8 @@ class Conveyor:
         :meth:`known_jobs`), which also checks the arguments; ``force=True`` skips that."""
         opts = options_of(options, given)
         record = self.build(name, args, kwargs, opts)
-        if not opts.force and name not in self.registry:
-            self.run_sync(self._check_known([record], opts.queue is None))
+        if name not in self.registry:
+            self.run_sync(self._check_known([record], opts))
         return self._store([record], opts.on_conflict)[0]
 
     async def enqueue_async(self, name: str, *args: Any, delay: float | None = None,
@@ -531,8 +531,8 @@ class Conveyor:
         """Awaitable :meth:`enqueue_call`."""
         opts = options_of(options, given)
         record = self.build(name, args, kwargs, opts)
-        if not opts.force and name not in self.registry:
-            await self._check_known([record], opts.queue is None)
+        if name not in self.registry:
+            await self._check_known([record], opts)
         return (await self._store_async([record], opts.on_conflict))[0]
 
     def enqueue_many(self, name: str, items: Sequence[Sequence[Any] | Mapping[str, Any]], *,
@@ -551,8 +551,8 @@ class Conveyor:
             return []
         opts = options_of(None, given)
         records = self._build_many(name, items, opts, job_ids)
-        if not opts.force and name not in self.registry:
-            self.run_sync(self._check_known(records, opts.queue is None))
+        if name not in self.registry:
+            self.run_sync(self._check_known(records, opts))
         return self._store(records)
 
     async def enqueue_many_async(self, name: str,
@@ -564,8 +564,8 @@ class Conveyor:
             return []
         opts = options_of(None, given)
         records = self._build_many(name, items, opts, job_ids)
-        if not opts.force and name not in self.registry:
-            await self._check_known(records, opts.queue is None)
+        if name not in self.registry:
+            await self._check_known(records, opts)
         return await self._store_async(records)
 
     # -- known jobs -----------------------------------------------------------------------------
@@ -620,14 +620,24 @@ class Conveyor:
                           f"worker of this store in the last {_span(self.retention)} "
                           f"(known jobs: {shown}); {remedy or force}")
 
-    async def _check_known(self, records: Sequence[JobRecord], own_queue: bool) -> None:
+    async def _check_known(self, records: Sequence[JobRecord], options: EnqueueOptions) -> None:
         """Refuse calls of a name no worker published, or that do not fit its published
-        parameters; with ``own_queue`` (no queue was asked for) send them to its queue."""
+        parameters (unless ``options.force``: then only what is published is used, if
+        anything); take the job's queue and priority when the call gives none, and its
+        group when it has limits."""
         for record in records:
-            job = await self.known_job_async(record.name)
-            job.check(record.args, record.kwargs)
-            if own_queue:
+            try:
+                job = await self.known_job_async(record.name)
+            except UnknownJob:
+                if options.force:
+                    return
+                raise
+            if not options.force:
+                job.check(record.args, record.kwargs)
+            if options.queue is None:
                 record.queue = job.queue
+            if options.priority is None:
+                record.priority = job.priority
             if job.limits is not None:  # the group, as the job's own app would find it
                 record.group = job.limits.group_of(record.args, record.kwargs, job.signature,
                                                    defaults=False)

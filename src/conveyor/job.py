@@ -98,6 +98,7 @@ class JobRecord:
             "priority": self.priority,
             "group": self.group,
             "attempts": self.attempts,
+            "deferrals": self.deferrals,
             "recoveries": self.recoveries,
             "args": self.args,
             "kwargs": self.kwargs,

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from conveyor.errors import InvalidArguments
 from conveyor.job import iso
 from conveyor.limits import JobLimits, limits_from_dict
+from conveyor.priority import MAX_PRIORITY, MIN_PRIORITY
 from conveyor.signatures import misfit
 
 if TYPE_CHECKING:
@@ -88,6 +89,8 @@ class KnownJob:
     worker_id: str | None = None
     #: the job's caps and rate limits (see :mod:`conveyor.limits`), if it has any
     limits: JobLimits | None = None
+    #: the job's default priority (see :mod:`conveyor.priority`)
+    priority: int = 0
     _signature: inspect.Signature | None = field(default=None, compare=False, repr=False)
 
     @classmethod
@@ -100,7 +103,8 @@ class KnownJob:
             for p in job_fn.signature.parameters.values()
         )
         return cls(job_fn.name, job_fn.options.queue, job_fn.options.executor, params,
-                   job_fn.options.staged, limits=job_fn.options.limits)
+                   job_fn.options.staged, limits=job_fn.options.limits,
+                   priority=job_fn.options.priority)
 
     # -- JSON ---------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -114,6 +118,7 @@ class KnownJob:
             "seen_at": self.seen_at,
             "worker_id": self.worker_id,
             "limits": None if self.limits is None else self.limits.to_dict(),
+            "priority": self.priority,
         }
 
     def to_display(self) -> dict[str, Any]:
@@ -142,8 +147,12 @@ class KnownJob:
         if worker is not None and not isinstance(worker, str):
             raise ValueError("worker_id is text")
         params = tuple(KnownParameter.from_dict(p) for p in raw_params)
+        priority = data.get("priority", 0)
+        if (isinstance(priority, bool) or not isinstance(priority, int)
+                or not MIN_PRIORITY <= priority <= MAX_PRIORITY):
+            priority = 0  # an odd record is read as the default, never refused
         job = cls(str(name), str(queue), str(executor), params, data.get("staged") is True,
-                  float(stamp), worker, limits_from_dict(data.get("limits")))
+                  float(stamp), worker, limits_from_dict(data.get("limits")), priority)
         object.__setattr__(job, "_signature", job._build_signature())  # checks the order too
         return job
 

@@ -95,14 +95,17 @@ class JobLimits:
     group_concurrency: int | None = None
     rate: Rate | None = None
     group_rate: Rate | None = None
+    #: the group of a call that leaves ``group_by`` to its default (None: no default)
+    group_default: str | None = None
 
     @classmethod
     def build(cls, name: str, *, concurrency: int | None = None, group_by: str | None = None,
               group_concurrency: int | None = None, rate_limit: str | None = None,
               burst: int | None = None, group_rate_limit: str | None = None,
-              parameters: Sequence[str] = ()) -> JobLimits | None:
+              parameters: Mapping[str, inspect.Parameter] | None = None) -> JobLimits | None:
         """The checked limits of a job, or None when it has none. ``parameters`` are the
-        job's parameter names (``group_by`` must be one)."""
+        job's parameters (``group_by`` must name one)."""
+        parameters = parameters or {}
         _positive(concurrency, "concurrency")
         _positive(group_concurrency, "group_concurrency")
         if group_by is not None and group_by not in parameters:
@@ -117,7 +120,10 @@ class JobLimits:
         rate = None if rate_limit is None else parse_rate(rate_limit, burst)
         group_rate = (None if group_rate_limit is None
                       else parse_rate(group_rate_limit, burst, "group_rate_limit"))
-        limits = cls(name, concurrency, group_by, group_concurrency, rate, group_rate)
+        default = None
+        if group_by is not None and parameters[group_by].default is not inspect.Parameter.empty:
+            default = group_text(parameters[group_by].default)
+        limits = cls(name, concurrency, group_by, group_concurrency, rate, group_rate, default)
         return limits if limits.any else None
 
     @property
@@ -133,21 +139,19 @@ class JobLimits:
         not give it and no default is known, or without ``group_by``."""
         if self.group_by is None:
             return ""
-        value: Any = kwargs.get(self.group_by, "")
+        missing = object()
+        value: Any = kwargs.get(self.group_by, missing)
         if signature is not None:
             try:
                 bound = signature.bind(*args, **kwargs)
                 if defaults:
                     bound.apply_defaults()
-                value = bound.arguments.get(self.group_by, "")
+                value = bound.arguments.get(self.group_by, missing)
             except TypeError:
                 pass
-        text = value if isinstance(value, str) else json.dumps(
-            value, sort_keys=True, separators=(",", ":"), default=str)
-        if len(text) > MAX_GROUP:
-            digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
-            text = f"{text[:MAX_GROUP - 17]}~{digest}"
-        return text
+        if value is missing:
+            return self.group_default or ""
+        return group_text(value)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready data (for the store's scripts and the stats)."""
@@ -156,10 +160,25 @@ class JobLimits:
             "concurrency": self.concurrency,
             "group_by": self.group_by,
             "group_concurrency": self.group_concurrency,
-            "rate": None if self.rate is None else [self.rate.per_second, self.rate.burst],
-            "group_rate": (None if self.group_rate is None
-                           else [self.group_rate.per_second, self.group_rate.burst]),
+            "rate": None if self.rate is None else _rate_dict(self.rate),
+            "group_rate": None if self.group_rate is None else _rate_dict(self.group_rate),
+            "group_default": self.group_default,
         }
+
+
+def _rate_dict(rate: Rate) -> list[float | int]:
+    return [rate.count, rate.per, rate.burst]
+
+
+def group_text(value: Any) -> str:
+    """A group value as text: strings as they are, other values as compact JSON; longer
+    than :data:`MAX_GROUP`: cut, with a digest of the whole."""
+    text = value if isinstance(value, str) else json.dumps(
+        value, sort_keys=True, separators=(",", ":"), default=str)
+    if len(text) > MAX_GROUP:
+        digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+        text = f"{text[:MAX_GROUP - 17]}~{digest}"
+    return text
 
 
 #: why a claim held ready jobs back (the ``reason`` label of conveyor_jobs_throttled_total;
@@ -186,21 +205,22 @@ def limits_from_dict(data: Any) -> JobLimits | None:
         return None
 
     def rate(value: Any) -> Rate | None:
-        if (isinstance(value, list) and len(value) == 2
+        if (isinstance(value, list) and len(value) == 3
                 and all(isinstance(v, int | float) and not isinstance(v, bool) for v in value)
-                and value[0] > 0 and value[1] >= 1):
-            return Rate(float(value[0]), 1.0, int(value[1]))
+                and value[0] > 0 and value[1] > 0 and value[2] >= 1):
+            return Rate(float(value[0]), float(value[1]), int(value[2]))
         return None
 
     def count(value: Any) -> int | None:
         return value if isinstance(value, int) and not isinstance(value, bool) \
             and value >= 1 else None
 
-    group_by = data.get("group_by")
+    group_by, default = data.get("group_by"), data.get("group_default")
     limits = JobLimits(data["name"], count(data.get("concurrency")),
                        group_by if isinstance(group_by, str) else None,
                        count(data.get("group_concurrency")), rate(data.get("rate")),
-                       rate(data.get("group_rate")))
+                       rate(data.get("group_rate")),
+                       default if isinstance(default, str) else None)
     return limits if limits.any else None
 
 

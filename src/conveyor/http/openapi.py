@@ -106,7 +106,11 @@ COMPONENTS: dict[str, Schema] = {
             "queue": {"type": "string"},
             "state": {"type": "string", "enum": [str(s) for s in ALL_STATES]},
             "priority": {"type": "integer", "minimum": -10, "maximum": 10},
+            "group": {"type": "string", "nullable": True,
+                      "description": "the group of a job with limits"},
             "attempts": {"type": "integer"},
+            "deferrals": {"type": "integer",
+                          "description": "times put back uncharged after RateLimited"},
             "recoveries": {"type": "integer"},
             "args": {"type": "array", "items": JSON_ANY},
             "kwargs": {"type": "object", "additionalProperties": JSON_ANY},
@@ -132,19 +136,33 @@ COMPONENTS: dict[str, Schema] = {
     },
     "Queues": {
         "type": "object", "required": ["queues"],
-        "properties": {"queues": {
-            "type": "object", "description": "queue -> its jobs per state and its settings",
-            "additionalProperties": {
-                "type": "object",
-                "required": [*(str(s) for s in ALL_STATES), "paused", "max_queued"],
-                "properties": {
-                    **{str(s): {"type": "integer"} for s in ALL_STATES},
-                    "paused": {"type": "boolean",
-                               "description": "workers claim nothing from it"},
-                    "max_queued": {"type": "integer", "nullable": True,
-                                   "description": "the store's cap on waiting jobs"},
-                }},
-        }},
+        "properties": {
+            "queues": {
+                "type": "object", "description": "queue -> its jobs per state and its settings",
+                "additionalProperties": {
+                    "type": "object",
+                    "required": [*(str(s) for s in ALL_STATES), "paused", "max_queued"],
+                    "properties": {
+                        **{str(s): {"type": "integer"} for s in ALL_STATES},
+                        "paused": {"type": "boolean",
+                                   "description": "workers claim nothing from it"},
+                        "max_queued": {"type": "integer", "nullable": True,
+                                       "description": "the store's cap on waiting jobs"},
+                    }}},
+            "limits": {
+                "type": "array", "description": "jobs with limits, in all (group null) and "
+                "per busy group: running attempts against the cap, ready jobs, and those a "
+                "full cap holds back",
+                "items": {"type": "object", "properties": {
+                    "name": {"type": "string"},
+                    "group": {"type": "string", "nullable": True},
+                    "running": {"type": "integer"},
+                    "cap": {"type": "integer", "nullable": True},
+                    "ready": {"type": "integer"},
+                    "throttled": {"type": "integer"},
+                    "rate": {"type": "string", "nullable": True},
+                }}},
+        },
     },
     "QueueSettings": {
         "type": "object", "required": ["queue", "paused", "max_queued"],

@@ -433,8 +433,8 @@ class Worker:
                 await asyncio.sleep(0)
             elif self.buffered or self.busy >= size:
                 await self._wake.wait()
-            elif throttled:
-                await self._nap(self.throttle_poll)
+            elif throttled:  # held jobs are no work; new ones or a due token/slot are
+                await self._idle(self.throttle_poll, lanes=False)
             else:
                 await self._idle()
 
@@ -520,10 +520,11 @@ class Worker:
                 self.begun.append(record.id)
             self._start(record)
 
-    async def _idle(self) -> None:
-        """Wait for new work, a stop request or a wake-up, whichever comes first."""
+    async def _idle(self, timeout: float = 1.0, lanes: bool = True) -> None:
+        """Wait for new work, a stop request or a wake-up, whichever comes first (see
+        :meth:`Broker.wait_for_work` for ``lanes``)."""
         assert self._wake is not None
-        waiter = asyncio.create_task(self.broker.wait_for_work(self.queues, 1.0))
+        waiter = asyncio.create_task(self.broker.wait_for_work(self.queues, timeout, lanes))
         woken = asyncio.create_task(self._wake.wait())
         try:
             await asyncio.wait((waiter, woken), return_when=asyncio.FIRST_COMPLETED)
@@ -531,13 +532,6 @@ class Worker:
             for task in (waiter, woken):
                 task.cancel()
             await asyncio.gather(waiter, woken, return_exceptions=True)
-
-    async def _nap(self, seconds: float) -> None:
-        """Wait ``seconds``, or less when woken (a stop, a freed slot)."""
-        assert self._wake is not None
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(seconds):
-                await self._wake.wait()
 
     async def _sleep(self, seconds: float) -> None:
         assert self._stopping is not None
