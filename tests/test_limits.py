@@ -244,3 +244,32 @@ def test_stats_show_the_limits(url: str, tmp_path: Path) -> None:
         assert rows[("per_tenant", None)]["ready"] == 2
     finally:
         fleet.stop()
+
+
+def test_producers_without_the_code_follow_what_workers_publish(url: str) -> None:
+    """The group (its default too), the default priority and the rate as workers publish
+    them; a forced enqueue takes them as well."""
+    from conveyor.known import KnownJob
+
+    namespace = f"t{new_id().lower()}"
+    worker_app = Conveyor(url=url, namespace=namespace)
+    producer = Conveyor(url=url, namespace=namespace)
+    try:
+        @worker_app.job(group_by="tenant", group_rate_limit="20/m", priority=7)
+        def send(text: str, tenant: str = "acme") -> None: ...
+
+        worker_app.run_sync(worker_app.broker.publish_jobs(
+            "w-1", [KnownJob.of(send)]))
+        plain = producer.enqueue_call("send", ["hi"], {}).info()
+        other = producer.enqueue_call("send", ["hi"], {"tenant": "zeta"}, priority=1).info()
+        forced = producer.enqueue_call("send", ["hi"], {}, force=True).info()
+        assert (plain.group, plain.priority) == ("acme", 7)
+        assert (other.group, other.priority) == ("zeta", 1)
+        assert (forced.group, forced.priority) == ("acme", 7)
+        own = send.enqueue("hi").info()
+        assert (own.group, own.priority) == ("acme", 7)
+        rows = producer.run_sync(producer.limit_usage_async())
+        assert {r["rate"] for r in rows if r["group"] is not None} == {"20/m"}
+    finally:
+        producer.close()
+        worker_app.close()
