@@ -332,3 +332,53 @@ def test_a_claim_among_many_held_groups_stops_and_the_next_goes_on(
         return taken
 
     assert _run(scenario, ns) == [[], ["g300x"]]
+
+
+def test_waiting_without_lanes_sees_held_laned_jobs_as_no_work(client: redis.Redis) -> None:
+    """A laned job held by its cap and nothing else: a wait without lanes lasts its timeout
+    (a wait with lanes returns at once); an unlaned enqueue, a laned enqueue (one job or
+    more) and the end of a laned attempt each end it early, through their wake-up token."""
+    ns = _namespace()
+    wake = f"{{{ns}}}:q:default:wake"
+    limits = _limits(concurrency=1)
+
+    async def waited(broker: RedisBroker, lanes: bool, timeout: float,
+                     meanwhile: Callable[[], Awaitable[Any]] | None = None) -> float:
+        assert client.llen(wake) == 0  # no token left over: only what happens wakes it
+
+        async def later() -> None:
+            if meanwhile is not None:
+                await asyncio.sleep(0.2)
+                await meanwhile()
+
+        start = time.monotonic()
+        await asyncio.gather(broker.wait_for_work(["default"], timeout, lanes=lanes), later())
+        return time.monotonic() - start
+
+    async def scenario(broker: RedisBroker) -> None:
+        producer = RedisBroker(shared_redis_url(), namespace=ns)
+        await producer.open()
+        try:
+            await broker.enqueue([_job("a"), _job("b")], {})
+            (running,) = await broker.claim("w1", ["default"], 5, 30.0, limits=limits)
+            assert broker.take_throttled() == {(NAME, "concurrency"): 1}
+            client.delete(wake)  # the enqueue's token, which an idle worker would take
+            assert await waited(broker, False, 0.5) >= 0.45
+            assert await waited(broker, True, 5.0) < 2.5
+            plain = _job(None)
+            assert await waited(broker, False, 5.0,
+                                lambda: producer.enqueue([plain], {})) < 2.5
+            assert [j.id for j in await broker.claim("w1", ["default"], 5, 30.0,
+                                                     limits=limits)] == [plain.id]
+            assert await waited(broker, False, 0.5) >= 0.45
+            assert await waited(broker, False, 5.0,
+                                lambda: producer.enqueue([_job("c")], {})) < 2.5
+            assert await waited(broker, False, 5.0,
+                                lambda: producer.enqueue([_job("d"), _job("e")], {})) < 2.5
+            done = Outcome(running.id, "w1", OutcomeKind.SUCCEEDED, time.time(),
+                           result_json="null", attempt=1)
+            assert await waited(broker, False, 5.0, lambda: producer.settle([done])) < 2.5
+        finally:
+            await producer.close()
+
+    _run(scenario, ns)
