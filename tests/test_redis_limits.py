@@ -382,3 +382,32 @@ def test_waiting_without_lanes_sees_held_laned_jobs_as_no_work(client: redis.Red
             await producer.close()
 
     _run(scenario, ns)
+
+
+def test_an_admin_retry_resets_the_deferrals(client: redis.Redis) -> None:
+    """Jobs put back twice after RateLimited, then dead: retry and retry_dead give each a
+    fresh start, deferrals included (the field is dropped, not left at 2)."""
+    ns = _namespace()
+    p = f"{{{ns}}}"
+    jobs = [_job("a"), _job("b")]
+
+    async def scenario(broker: RedisBroker) -> list[tuple[int, int]]:
+        await broker.enqueue(jobs, {})
+        for _ in range(2):
+            await asyncio.sleep(0.01)
+            got = await broker.claim("w1", ["default"], 5, 30.0, limits=_limits())
+            await broker.settle([Outcome(j.id, "w1", OutcomeKind.RETRY, time.time(),
+                                         run_at=time.time(), attempt=j.attempts,
+                                         deferred=True) for j in got])
+        await asyncio.sleep(0.01)
+        got = await broker.claim("w1", ["default"], 5, 30.0, limits=_limits())
+        assert sorted(j.deferrals for j in got) == [2, 2]
+        await broker.settle([Outcome(j.id, "w1", OutcomeKind.DEAD, time.time(), error="x",
+                                     attempt=j.attempts) for j in got])
+        assert await broker.retry(jobs[0].id) is not None
+        assert await broker.retry_dead() == 1
+        assert not client.exists(f"{p}:f:deferrals")
+        found = [await broker.get(j.id) for j in jobs]
+        return [(r.attempts, r.deferrals) for r in found if r is not None]
+
+    assert _run(scenario, ns) == [(0, 0), (0, 0)]
