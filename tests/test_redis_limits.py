@@ -64,10 +64,10 @@ def _limits(**options: Any) -> dict[str, JobLimits]:
 
 
 def _lane_keys(client: redis.Redis, ns: str) -> list[str]:
-    """Every key of lanes, running attempts and cursors of the namespace."""
+    """Every key of lanes, scheduled laned jobs and running attempts of the namespace."""
     p = f"{{{ns}}}"
     found: list[str] = []
-    for pattern in (f"{p}:lane:*", f"{p}:run:*", f"{p}:q:*:lanes"):
+    for pattern in (f"{p}:lane:*", f"{p}:delayed:*", f"{p}:run:*", f"{p}:q:*:lanes"):
         found += client.keys(pattern)
     return sorted(found)
 
@@ -254,7 +254,9 @@ def test_a_heartbeat_extends_the_slot_and_a_deferral_frees_it(client: redis.Redi
         assert before is not None and after is not None and after > before + 50
         await broker.settle([Outcome(job.id, "w1", OutcomeKind.RETRY, time.time(),
                                      run_at=time.time(), attempt=1, deferred=True)])
-        assert _lane_keys(client, ns) == []  # scheduled: not in its lane until due
+        # scheduled: not in its lane until due, among its name's scheduled laned jobs
+        assert _lane_keys(client, ns) == [f"{p}:delayed:{part(NAME)}"]
+        assert client.zrange(f"{p}:delayed:{part(NAME)}", 0, -1) == [job.id]
         await asyncio.sleep(0.01)
         (again,) = await broker.claim("w1", ["default"], 1, 5.0, limits=_limits())
         assert (again.attempts, again.deferrals, again.group) == (1, 1, "a")
@@ -413,3 +415,60 @@ def test_an_admin_retry_resets_the_deferrals(client: redis.Redis) -> None:
         return [(r.attempts, r.deferrals) for r in found if r is not None]
 
     assert _run(scenario, ns) == [(0, 0), (0, 0)]
+
+
+def test_scheduled_laned_jobs_are_indexed_by_name_on_every_path(client: redis.Redis) -> None:
+    """A laned job is among its name's scheduled laned jobs exactly while it is scheduled:
+    enqueued (alone or with others), put back to retry, then cancelled, deleted, promoted
+    or claimed once due."""
+    ns = _namespace()
+    delayed = f"{{{ns}}}:delayed:{part(NAME)}"
+    later = [_job("a", delay=60, back=0), _job("b", delay=60, back=0)]
+    alone = _job("c", delay=60, back=0)
+    soon = [_job("d", delay=0.2, back=0), _job("e", delay=0.2, back=0)]
+    plain = _job(None, delay=60, back=0)
+
+    def indexed() -> set[str]:
+        return set(client.zrange(delayed, 0, -1))
+
+    async def scenario(broker: RedisBroker) -> None:
+        await broker.enqueue([*later, plain], {})
+        await broker.enqueue([alone], {})
+        await broker.enqueue(soon, {})
+        assert indexed() == {j.id for j in [*later, alone, *soon]}
+        await broker.cancel(later[0].id)
+        assert await broker.delete(later[1].id)
+        assert indexed() == {alone.id, *(j.id for j in soon)}
+        await asyncio.sleep(0.3)
+        assert await broker.promote_scheduled() == 2
+        assert indexed() == {alone.id}
+        (got,) = await broker.claim("w1", ["default"], 1, 30.0, limits=_limits())
+        await broker.settle([Outcome(got.id, "w1", OutcomeKind.RETRY, time.time(),
+                                     run_at=time.time() + 0.2, attempt=1)])
+        assert indexed() == {alone.id, got.id}
+        await asyncio.sleep(0.3)
+        taken = await broker.claim("w1", ["default"], 5, 30.0, limits=_limits())
+        assert {j.id for j in taken} == {j.id for j in soon} and indexed() == {alone.id}
+        await broker.cancel(alone.id)
+        assert indexed() == set()
+
+    _run(scenario, ns)
+    assert not client.exists(delayed)
+
+
+def test_usage_reads_no_other_scheduled_jobs(client: redis.Redis) -> None:
+    """Due scheduled laned jobs are counted from their name's own index: 10 001 due
+    scheduled jobs of another name ahead of them in the queue change nothing."""
+    ns = _namespace()
+    others = [_job(None, name="other", delay=0.05, back=0) for _ in range(10_001)]
+
+    async def scenario(broker: RedisBroker) -> list[Any]:
+        for start in range(0, len(others), 1000):
+            await broker.enqueue(others[start:start + 1000], {})
+        await broker.enqueue([_job("a", delay=0.1, back=0), _job("b", delay=0.1, back=0)], {})
+        await asyncio.sleep(0.6)  # all due, and no claim or promotion moved them
+        return await broker.limit_usage([NAME])
+
+    usage = _run(scenario, ns)
+    assert [(u.group, u.running, u.ready) for u in usage] == [
+        (None, 0, 2), ("a", 0, 1), ("b", 0, 1)]
