@@ -64,10 +64,10 @@ def _limits(**options: Any) -> dict[str, JobLimits]:
 
 
 def _lane_keys(client: redis.Redis, ns: str) -> list[str]:
-    """Every key of lanes, running attempts and cursors of the namespace."""
+    """Every key of lanes, scheduled laned jobs and running attempts of the namespace."""
     p = f"{{{ns}}}"
     found: list[str] = []
-    for pattern in (f"{p}:lane:*", f"{p}:run:*", f"{p}:q:*:lanes"):
+    for pattern in (f"{p}:lane:*", f"{p}:delayed:*", f"{p}:run:*", f"{p}:q:*:lanes"):
         found += client.keys(pattern)
     return sorted(found)
 
@@ -254,7 +254,9 @@ def test_a_heartbeat_extends_the_slot_and_a_deferral_frees_it(client: redis.Redi
         assert before is not None and after is not None and after > before + 50
         await broker.settle([Outcome(job.id, "w1", OutcomeKind.RETRY, time.time(),
                                      run_at=time.time(), attempt=1, deferred=True)])
-        assert _lane_keys(client, ns) == []  # scheduled: not in its lane until due
+        # scheduled: not in its lane until due, among its name's scheduled laned jobs
+        assert _lane_keys(client, ns) == [f"{p}:delayed:{part(NAME)}"]
+        assert client.zrange(f"{p}:delayed:{part(NAME)}", 0, -1) == [job.id]
         await asyncio.sleep(0.01)
         (again,) = await broker.claim("w1", ["default"], 1, 5.0, limits=_limits())
         assert (again.attempts, again.deferrals, again.group) == (1, 1, "a")
@@ -325,10 +327,148 @@ def test_a_claim_among_many_held_groups_stops_and_the_next_goes_on(
         await broker.enqueue([late], {})
         broker.take_throttled()
         taken = []
-        for _ in range(2):
+        while len(taken) < 10 and not any(taken):
             got = await broker.claim("w1", ["default"], 1, 30.0, limits=limits)
             taken.append([j.group or "" for j in got])
-        assert broker.take_throttled()[(NAME, "group_rate")] == 2
+        assert broker.take_throttled()[(NAME, "group_rate")] == len(taken)
         return taken
 
-    assert _run(scenario, ns) == [[], ["g300x"]]
+    taken = _run(scenario, ns)
+    # each claim goes on where the last one stopped: the late group comes within a few
+    assert len(taken) > 1 and taken[-1] == ["g300x"] and not any(taken[:-1])
+
+
+def test_waiting_without_lanes_sees_held_laned_jobs_as_no_work(client: redis.Redis) -> None:
+    """A laned job held by its cap and nothing else: a wait without lanes lasts its timeout
+    (a wait with lanes returns at once); an unlaned enqueue, a laned enqueue (one job or
+    more) and the end of a laned attempt each end it early, through their wake-up token."""
+    ns = _namespace()
+    wake = f"{{{ns}}}:q:default:wake"
+    limits = _limits(concurrency=1)
+
+    async def waited(broker: RedisBroker, lanes: bool, timeout: float,
+                     meanwhile: Callable[[], Awaitable[Any]] | None = None) -> float:
+        assert client.llen(wake) == 0  # no token left over: only what happens wakes it
+
+        async def later() -> None:
+            if meanwhile is not None:
+                await asyncio.sleep(0.2)
+                await meanwhile()
+
+        start = time.monotonic()
+        await asyncio.gather(broker.wait_for_work(["default"], timeout, lanes=lanes), later())
+        return time.monotonic() - start
+
+    async def scenario(broker: RedisBroker) -> None:
+        producer = RedisBroker(shared_redis_url(), namespace=ns)
+        await producer.open()
+        try:
+            await broker.enqueue([_job("a"), _job("b")], {})
+            (running,) = await broker.claim("w1", ["default"], 5, 30.0, limits=limits)
+            assert broker.take_throttled() == {(NAME, "concurrency"): 1}
+            client.delete(wake)  # the enqueue's token, which an idle worker would take
+            assert await waited(broker, False, 0.5) >= 0.45
+            assert await waited(broker, True, 5.0) < 2.5
+            plain = _job(None)
+            assert await waited(broker, False, 5.0,
+                                lambda: producer.enqueue([plain], {})) < 2.5
+            assert [j.id for j in await broker.claim("w1", ["default"], 5, 30.0,
+                                                     limits=limits)] == [plain.id]
+            assert await waited(broker, False, 0.5) >= 0.45
+            assert await waited(broker, False, 5.0,
+                                lambda: producer.enqueue([_job("c")], {})) < 2.5
+            assert await waited(broker, False, 5.0,
+                                lambda: producer.enqueue([_job("d"), _job("e")], {})) < 2.5
+            done = Outcome(running.id, "w1", OutcomeKind.SUCCEEDED, time.time(),
+                           result_json="null", attempt=1)
+            assert await waited(broker, False, 5.0, lambda: producer.settle([done])) < 2.5
+        finally:
+            await producer.close()
+
+    _run(scenario, ns)
+
+
+def test_an_admin_retry_resets_the_deferrals(client: redis.Redis) -> None:
+    """Jobs put back twice after RateLimited, then dead: retry and retry_dead give each a
+    fresh start, deferrals included (the field is dropped, not left at 2)."""
+    ns = _namespace()
+    p = f"{{{ns}}}"
+    jobs = [_job("a"), _job("b")]
+
+    async def scenario(broker: RedisBroker) -> list[tuple[int, int]]:
+        await broker.enqueue(jobs, {})
+        for _ in range(2):
+            await asyncio.sleep(0.01)
+            got = await broker.claim("w1", ["default"], 5, 30.0, limits=_limits())
+            await broker.settle([Outcome(j.id, "w1", OutcomeKind.RETRY, time.time(),
+                                         run_at=time.time(), attempt=j.attempts,
+                                         deferred=True) for j in got])
+        await asyncio.sleep(0.01)
+        got = await broker.claim("w1", ["default"], 5, 30.0, limits=_limits())
+        assert sorted(j.deferrals for j in got) == [2, 2]
+        await broker.settle([Outcome(j.id, "w1", OutcomeKind.DEAD, time.time(), error="x",
+                                     attempt=j.attempts) for j in got])
+        assert await broker.retry(jobs[0].id) is not None
+        assert await broker.retry_dead() == 1
+        assert not client.exists(f"{p}:f:deferrals")
+        found = [await broker.get(j.id) for j in jobs]
+        return [(r.attempts, r.deferrals) for r in found if r is not None]
+
+    assert _run(scenario, ns) == [(0, 0), (0, 0)]
+
+
+def test_scheduled_laned_jobs_are_indexed_by_name_on_every_path(client: redis.Redis) -> None:
+    """A laned job is among its name's scheduled laned jobs exactly while it is scheduled:
+    enqueued (alone or with others), put back to retry, then cancelled, deleted, promoted
+    or claimed once due."""
+    ns = _namespace()
+    delayed = f"{{{ns}}}:delayed:{part(NAME)}"
+    later = [_job("a", delay=60, back=0), _job("b", delay=60, back=0)]
+    alone = _job("c", delay=60, back=0)
+    soon = [_job("d", delay=0.2, back=0), _job("e", delay=0.2, back=0)]
+    plain = _job(None, delay=60, back=0)
+
+    def indexed() -> set[str]:
+        return set(client.zrange(delayed, 0, -1))
+
+    async def scenario(broker: RedisBroker) -> None:
+        await broker.enqueue([*later, plain], {})
+        await broker.enqueue([alone], {})
+        await broker.enqueue(soon, {})
+        assert indexed() == {j.id for j in [*later, alone, *soon]}
+        await broker.cancel(later[0].id)
+        assert await broker.delete(later[1].id)
+        assert indexed() == {alone.id, *(j.id for j in soon)}
+        await asyncio.sleep(0.3)
+        assert await broker.promote_scheduled() == 2
+        assert indexed() == {alone.id}
+        (got,) = await broker.claim("w1", ["default"], 1, 30.0, limits=_limits())
+        await broker.settle([Outcome(got.id, "w1", OutcomeKind.RETRY, time.time(),
+                                     run_at=time.time() + 0.2, attempt=1)])
+        assert indexed() == {alone.id, got.id}
+        await asyncio.sleep(0.3)
+        taken = await broker.claim("w1", ["default"], 5, 30.0, limits=_limits())
+        assert {j.id for j in taken} == {j.id for j in soon} and indexed() == {alone.id}
+        await broker.cancel(alone.id)
+        assert indexed() == set()
+
+    _run(scenario, ns)
+    assert not client.exists(delayed)
+
+
+def test_usage_reads_no_other_scheduled_jobs(client: redis.Redis) -> None:
+    """Due scheduled laned jobs are counted from their name's own index: 10 001 due
+    scheduled jobs of another name ahead of them in the queue change nothing."""
+    ns = _namespace()
+    others = [_job(None, name="other", delay=0.05, back=0) for _ in range(10_001)]
+
+    async def scenario(broker: RedisBroker) -> list[Any]:
+        for start in range(0, len(others), 1000):
+            await broker.enqueue(others[start:start + 1000], {})
+        await broker.enqueue([_job("a", delay=0.1, back=0), _job("b", delay=0.1, back=0)], {})
+        await asyncio.sleep(0.6)  # all due, and no claim or promotion moved them
+        return await broker.limit_usage([NAME])
+
+    usage = _run(scenario, ns)
+    assert [(u.group, u.running, u.ready) for u in usage] == [
+        (None, 0, 2), ("a", 0, 1), ("b", 0, 1)]

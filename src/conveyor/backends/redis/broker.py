@@ -732,14 +732,17 @@ class RedisBroker(Broker):
     async def wait_for_work(self, queues: Sequence[str], timeout: float,
                             lanes: bool = True) -> None:
         """Block on the queues' wake-up lists (BLPOP) until work arrives, the next delayed
-        job falls due, or ``timeout`` passes."""
+        job falls due, or ``timeout`` passes. With ``lanes`` False, queued laned jobs are
+        not ready work (only the unlaned ones in ``waiting`` are); wake-up tokens, which
+        enqueues and the ends of laned attempts leave, still end the wait."""
+        ready_keys = [self.keys.waiting, *([self.keys.lanes] if lanes else [])]
 
         async def next_due(conn: _Connection) -> tuple[float, set[str], list[Any]]:
             async with conn.client.pipeline(transaction=False) as pipe:
                 pipe.time()
                 pipe.smembers(self.keys.paused)
                 for queue in queues:
-                    pipe.exists(self.keys.waiting(queue), self.keys.lanes(queue))
+                    pipe.exists(*(key(queue) for key in ready_keys))
                     pipe.zrange(self.keys.sched(queue), 0, 0, withscores=True)
                 server_time, paused, *heads = await pipe.execute()
             return server_time[0] + server_time[1] / 1e6, paused, heads

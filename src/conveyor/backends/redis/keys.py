@@ -2,10 +2,10 @@
 
 All keys carry the hash tag ``{namespace}``, so on Redis Cluster a namespace lives in one
 slot and every script can touch all the keys it is given. Scripts receive every key they
-touch in KEYS, but for the keys of limits (``lane``, ``cursors``, ``run``, ``buckets``):
-those are per job name and group, not known before the script reads a job, so scripts
-name them from the namespace's prefix (``{ns}``, taken from the jobs hash's name in
-KEYS[1]); carrying the hash tag, they live in the same slot.
+touch in KEYS, but for the keys of limits (``lane``, ``delayed``, ``cursors``, ``run``,
+``buckets``): those are per job name and group, not known before the script reads a job,
+so scripts name them from the namespace's prefix (``{ns}``, taken from the jobs hash's
+name in KEYS[1]); carrying the hash tag, they live in the same slot.
 
 In the keys of limits, Q, N and G (a queue, a job name, a group) are each written as their
 byte length, ':' and themselves, one after the other (``{ns}:lane:Q:N`` in the table is
@@ -69,6 +69,9 @@ Layout (``ns`` is the namespace, ``q`` a queue):
                                          round robin of claims)
 ``{ns}:lane:Q:N:G``             zset     queued job id of name N and group G in queue Q ->
                                          rank (laned jobs are never in ``waiting``)
+``{ns}:delayed:N``              zset     scheduled laned job id of name N (any queue) ->
+                                         run_at: its due ones are counted by limit_usage
+                                         without reading other jobs
 ``{ns}:cursors``                hash     QN (parts as in keys) -> the group a claim served
                                          last (the next claim's round robin starts after it)
 ``{ns}:run:N``                  zset     running laned job id of name N -> lease expiry;

@@ -17,7 +17,8 @@
 --   jobs with queued jobs in the queue).
 -- A laned job (its lane field "LEN:NAME" followed by its group) waits, when queued, in its
 -- lane: the zset of its group's queued jobs by rank, its group in the zset of the name's
--- groups with queued jobs, its name in the queue's lanes set. These keys, the running
+-- groups with queued jobs, its name in the queue's lanes set; when scheduled, in the zset of
+-- its name's scheduled laned jobs (besides the queue's sched zset). These keys, the running
 -- zsets of names and groups, the claims' cursors and the token buckets are named here from
 -- the namespace's prefix (see keys.py): they depend on the job.
 -- No script decodes a job's JSON: they read and write the fields that change. Times are
@@ -110,6 +111,21 @@ local function run_key(name, group)
   return key
 end
 
+-- The scheduled laned jobs of job name `name` (in every queue) by run_at, so that its due
+-- ones are counted without reading other jobs (limit_usage.lua).
+local function delayed_key(name)
+  return PREFIX .. ':delayed:' .. enc(name)
+end
+
+-- Note a laned job as scheduled at `run_at` (not laned: nothing to do), or as no longer so.
+local function delayed_add(lane, id, run_at)
+  if lane then redis.call('ZADD', delayed_key((split_lane(lane))), run_at, id) end
+end
+
+local function delayed_remove(lane, id)
+  if lane then redis.call('ZREM', delayed_key((split_lane(lane))), id) end
+end
+
 -- Queue a laned job at `rank` in its lane (the queued index is kept by the callers).
 local function lane_add(base, lane, id, rank)
   local name, group = split_lane(lane)
@@ -170,6 +186,7 @@ end
 local function schedule(base, id, old, run_at, now)
   redis.call('HSET', F.run_at, id, fmt(run_at))
   redis.call('ZADD', KEYS[base + 1], run_at, id)
+  delayed_add(redis.call('HGET', F.lane, id), id, run_at)
   set_state(base, id, old, 'scheduled')
   if run_at <= now then wake(base) end
 end
@@ -198,6 +215,7 @@ local function promote_due(base, now, most)
   local lanes = redis.call('EXISTS', F.lane) == 1 and hmget(F.lane, ids) or {}
   local ranked, indexed, fields, moved = {}, {}, {}, {}
   for n, id in ipairs(ids) do
+    delayed_remove(lanes[n], id)
     if states[n] == 'scheduled' then
       local at = due[2 * n]
       if marks[n] then
@@ -238,6 +256,7 @@ end
 local function forget(base, id, state)
   local lane = redis.call('HGET', F.lane, id)
   if lane then lane_remove(base, lane, id) end
+  delayed_remove(lane, id)
   redis.call('ZREM', KEYS[base], id)
   redis.call('ZREM', KEYS[base + 1], id)
   if INDEX_OFFSET[state] then redis.call('ZREM', KEYS[base + INDEX_OFFSET[state]], id) end

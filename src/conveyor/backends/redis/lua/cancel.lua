@@ -12,6 +12,7 @@ if state == 'queued' or state == 'scheduled' then
   redis.call('ZREM', KEYS[base + 1], id)
   local lane = redis.call('HGET', F.lane, id)
   if lane then lane_remove(base, lane, id) end
+  delayed_remove(lane, id)
   finish(base, id, state, 'cancelled', server_now(), retention)
 elseif state == 'running' then
   redis.call('SADD', F.cancel, id)

@@ -138,7 +138,7 @@ local LANE_PAGE = 64
 -- group visits of one name's stream per claim at most, beyond twice what it wants: a
 -- claim among many held groups (empty buckets) stops there, and the next one goes on
 -- after the last group it visited
-local LANE_VISITS = 256
+local LANE_VISITS = 64
 
 -- The tokens of bucket `field` now (one never seen, or unreadable, is full). A record is
 -- "TOKENS AT RATE BURST" (RATE per second): purges drop full ones (prune_buckets.lua).
@@ -217,12 +217,17 @@ local function lane_stream(base, name, want)
 
   -- One visit of `group`: takes its next job unless it or the name is held; returns
   -- 'stop' (the name is held), true (took one) or false (held or out of jobs).
+  -- A group's first visit reads its job only once the group is not held: the groups zset
+  -- lists only groups with queued jobs, so a held one is known to hold a job back.
   local function visit(group)
     visits = visits - 1
     stream.visited = group
-    local k = offset[group] or 0
-    local got = redis.call('ZRANGE', root .. enc(group), k, k, 'WITHSCORES')
-    if #got == 0 then return false end
+    local k = offset[group]
+    local got
+    if k then  -- visited before by this claim: it may have no job left
+      got = redis.call('ZRANGE', root .. enc(group), k, k, 'WITHSCORES')
+      if #got == 0 then return false end
+    end
     why = name_held(s)
     if why then
       stream.notes[#stream.notes + 1] = {#items, why}
@@ -233,6 +238,11 @@ local function lane_stream(base, name, want)
     if why then
       stream.notes[#stream.notes + 1] = {#items, why}
       return false
+    end
+    if not k then
+      k = 0
+      got = redis.call('ZRANGE', root .. enc(group), 0, 0, 'WITHSCORES')
+      if #got == 0 then return false end
     end
     local mark = any_priority and redis.call('HGET', F.priority, got[1]) or nil
     items[#items + 1] = {id = got[1], at = got[2], mark = mark, base = base,

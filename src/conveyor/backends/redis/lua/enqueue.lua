@@ -146,6 +146,7 @@ local function store(plan, ids, offsets, texts, held, keyed, priorities, laned)
           scheduled[#scheduled + 1] = 0
           scheduled[#scheduled + 1] = id
           states[#states + 1] = 'scheduled'
+          delayed_add(lane, id, at)
         else
           -- ranked by run_at less the boost; a laned job in its lane
           local rank = mark and fmt(run_at - tonumber(string.match(mark, ' (%S+)$'))) or at

@@ -59,6 +59,7 @@ if redis.call('SISMEMBER', KEYS[3], ARGV[1]) == 0 then redis.call('SADD', KEYS[3
 if state == 'scheduled' then
   redis.call('ZADD', KEYS[5], at, id)
   redis.call('ZADD', KEYS[4 + INDEX_OFFSET.scheduled], 0, id)
+  if lane ~= '' then delayed_add(lane, id, at) end
 else
   -- ranked by run_at less the boost; a laned job in its lane
   local rank = mark and fmt(run_at - tonumber(string.match(mark, ' (%S+)$'))) or at

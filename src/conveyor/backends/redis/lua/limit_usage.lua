@@ -1,6 +1,7 @@
 -- Running and ready jobs of job names with limits, in all and per group: running counts
 -- the live leases in the name's running zset, ready the queued jobs in its lanes and the
--- due scheduled ones (a claim would queue them), in every queue. Reads only.
+-- due scheduled ones (a claim would queue them), in every queue. Reads only, and only the
+-- name's own keys and jobs (no other job's).
 -- KEYS: 1..18 the job block (see _lib.lua), then one queue group per queue.
 -- ARGV: the job names.
 -- Returns: per name {running, ready, {group, running, ready, ...}} (groups with either).
@@ -8,23 +9,6 @@ local now = server_now()
 local after_now = '(' .. fmt(now)
 local bases = {}
 for base = BLOCK + 1, #KEYS, GROUP do bases[#bases + 1] = base end
-
--- due scheduled laned jobs: name -> group -> how many (a bounded look per queue)
-local due_of = {}
-if redis.call('EXISTS', F.lane) == 1 then
-  for _, base in ipairs(bases) do
-    local due = redis.call('ZRANGEBYSCORE', KEYS[base + 1], '-inf', now, 'LIMIT', 0, 10000)
-    local lanes = hmget(F.lane, due)
-    for n = 1, #due do
-      if lanes[n] then
-        local name, group = split_lane(lanes[n])
-        local groups = due_of[name] or {}
-        due_of[name] = groups
-        groups[group] = (groups[group] or 0) + 1
-      end
-    end
-  end
-end
 
 local reply = {}
 for i = 1, #ARGV do
@@ -60,10 +44,15 @@ for i = 1, #ARGV do
       end
     end
   end
-  for group, count in pairs(due_of[name] or {}) do
-    local r = row(group)
-    r[2] = r[2] + count
-    ready = ready + count
+  local due = redis.call('ZRANGEBYSCORE', delayed_key(name), '-inf', now)
+  lanes = hmget(F.lane, due)
+  for n = 1, #due do
+    if lanes[n] then
+      local _, group = split_lane(lanes[n])
+      local r = row(group)
+      r[2] = r[2] + 1
+      ready = ready + 1
+    end
   end
   local flat = {}
   for _, group in ipairs(order) do

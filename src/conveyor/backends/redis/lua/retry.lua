@@ -1,4 +1,5 @@
--- Put dead or cancelled jobs of one queue back in the queue, due now, with fresh retries.
+-- Put dead or cancelled jobs of one queue back in the queue, due now, with a fresh start:
+-- no attempts, recoveries or deferrals.
 -- KEYS: 1..18 the job block (see _lib.lua), 19.. the queue group.
 -- ARGV: job ids (others are left as they are).
 -- Returns: how many were put back.
@@ -11,8 +12,8 @@ for i = 1, #ARGV do
   if state == 'dead' or state == 'cancelled' then
     redis.call('ZREM', F.expiry, id)
     redis.call('SREM', F.cancel, id)
-    for _, key in ipairs({F.attempts, F.recoveries, F.finished, F.result, F.worker,
-                          F.progress}) do
+    for _, key in ipairs({F.attempts, F.recoveries, F.deferrals, F.finished, F.result,
+                          F.worker, F.progress}) do
       redis.call('HDEL', key, id)
     end
     put_waiting(base, id, state, now, now)
