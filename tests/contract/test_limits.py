@@ -260,3 +260,19 @@ def test_weights_and_limits_together(broker: Broker, run: Run[Any]) -> None:
     got = take(broker, run, capped(concurrency=1), limit=6, queues=["a", "b"],
                weights=weights)
     assert collections.Counter(j.queue for j in got) == {"a": 1, "b": 5}
+
+
+def test_an_admin_retry_resets_deferrals(broker: Broker, run: Run[Any]) -> None:
+    job = make_job()
+    run(broker.enqueue([job], {}))
+    (claimed,) = run(broker.claim("w1", ["default"], 1, LEASE))
+    run(broker.settle([Outcome(job.id, "w1", OutcomeKind.RETRY, time.time(),
+                               run_at=time.time(), attempt=1, deferred=True)]))
+    time.sleep(0.01)
+    (again,) = run(broker.claim("w1", ["default"], 1, LEASE))
+    run(broker.settle([Outcome(job.id, "w1", OutcomeKind.DEAD, time.time(),
+                               error="gave up", attempt=again.attempts)]))
+    assert run(broker.get(job.id)).deferrals == 1
+    retried = run(broker.retry(job.id))
+    assert retried is not None and retried.deferrals == 0
+    assert run(broker.get(job.id)).deferrals == 0
