@@ -267,7 +267,7 @@ def test_an_admin_retry_resets_deferrals(broker: Broker, run: Run[Any]) -> None:
     run(broker.enqueue([job], {}))
     (claimed,) = run(broker.claim("w1", ["default"], 1, LEASE))
     run(broker.settle([Outcome(job.id, "w1", OutcomeKind.RETRY, time.time(),
-                               run_at=time.time(), attempt=1, deferred=True)]))
+                               run_at=time.time(), attempt=claimed.attempts, deferred=True)]))
     time.sleep(0.01)
     (again,) = run(broker.claim("w1", ["default"], 1, LEASE))
     run(broker.settle([Outcome(job.id, "w1", OutcomeKind.DEAD, time.time(),
