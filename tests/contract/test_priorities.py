@@ -244,3 +244,20 @@ def test_another_broker_sees_a_changed_priority(make_broker: MakeBroker,
     run(first.enqueue([a, b], {}))
     run(first.set_priority(b.id, 5))
     assert [j.id for j in one_by_one(second, run, ["default"], 2)] == [b.id, a.id]
+
+
+def test_weights_hold_over_10000_claims(broker: Broker, run: Run[Any]) -> None:
+    now = time.time()
+    for queue, count in (("critical", 7000), ("default", 4000), ("low", 2000)):
+        jobs = [make_job(queue=queue, run_at=now - 1) for _ in range(count)]
+        for start in range(0, count, 1000):
+            run(broker.enqueue(jobs[start:start + 1000], {}))
+    weights = QueueWeights({"critical": 6, "default": 3, "low": 1})
+    counts: collections.Counter[str] = collections.Counter()
+    while sum(counts.values()) < 10_000:
+        taken = run(broker.claim("w1", ["critical", "default", "low"], 10, 30.0,
+                                 weights=weights))
+        assert taken
+        counts.update(j.queue for j in taken)
+    for queue, share in (("critical", 0.6), ("default", 0.3), ("low", 0.1)):
+        assert abs(counts[queue] / 10_000 - share) <= 0.1 * share, counts
