@@ -235,7 +235,7 @@ def tokens_after(tokens: float, since: float, now: float, rate: Rate) -> float:
 
 #: how long a worker whose claim was held back by a concurrency cap waits before it claims
 #: again, at most (a slot freed on another machine wakes no one here)
-CAP_POLL = 0.2
+CAP_POLL = 0.05
 
 
 def throttle_poll(limits: Mapping[str, JobLimits] | None) -> float:

@@ -433,7 +433,9 @@ class Worker:
                 await asyncio.sleep(0)
             elif self.buffered or self.busy >= size:
                 await self._wake.wait()
-            elif throttled:  # held jobs are no work; new ones or a due token/slot are
+            elif throttled and self.busy:  # its own jobs end soon, and wake it
+                await self._wake_or(self.throttle_poll)
+            elif throttled:  # idle: held jobs are no work; new ones or a freed slot are
                 await self._idle(self.throttle_poll, lanes=False)
             else:
                 await self._idle()
@@ -532,6 +534,13 @@ class Worker:
             for task in (waiter, woken):
                 task.cancel()
             await asyncio.gather(waiter, woken, return_exceptions=True)
+
+    async def _wake_or(self, seconds: float) -> None:
+        """Wait for a wake-up (a freed slot, a stop) or ``seconds``, whichever comes first."""
+        assert self._wake is not None
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._wake.wait()
 
     async def _sleep(self, seconds: float) -> None:
         assert self._stopping is not None
