@@ -57,6 +57,16 @@ def finite_number(value: object) -> bool:
         math.isfinite(value)
 
 
+def json_body(raw: bytes, content_type: str | None) -> Any:
+    """A request's body as strict JSON: 415 unless its type is JSON, 400 unless it parses."""
+    if not is_json_type(content_type):
+        raise ApiError(415, "the body must be JSON (Content-Type: application/json)")
+    try:
+        return strict_json(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ApiError(400, f"the body is not valid JSON: {exc}") from None
+
+
 def job_call(raw: bytes, content_type: str | None) -> JobCall:
     """The body of ``POST /jobs/{name}``: a JSON object with the optional fields ``args``
     (array), ``kwargs`` (object), ``delay`` (seconds, 0 or more), ``queue`` (string),
@@ -66,12 +76,7 @@ def job_call(raw: bytes, content_type: str | None) -> JobCall:
     """
     if not raw.strip() and not media_type(content_type):
         return JobCall()
-    if not is_json_type(content_type):
-        raise ApiError(415, "the body must be JSON (Content-Type: application/json)")
-    try:
-        body = strict_json(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ApiError(400, f"the body is not valid JSON: {exc}") from None
+    body = json_body(raw, content_type)
     if not isinstance(body, dict):
         raise ApiError(400, "the body must be a JSON object with "
                        f"{', '.join(CALL_FIELDS)}")
@@ -105,12 +110,7 @@ def job_call(raw: bytes, content_type: str | None) -> JobCall:
 
 def priority_change(raw: bytes, content_type: str | None) -> int:
     """The body of ``POST /jobs/{id}/priority``: ``{"priority": N}``, N from -10 to 10."""
-    if not is_json_type(content_type):
-        raise ApiError(415, "the body must be JSON (Content-Type: application/json)")
-    try:
-        body = strict_json(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ApiError(400, f"the body is not valid JSON: {exc}") from None
+    body = json_body(raw, content_type)
     if not isinstance(body, dict) or set(body) != {"priority"}:
         raise ApiError(400, 'the body must be {"priority": N}')
     try:
