@@ -33,6 +33,17 @@ def db_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'conveyor.db'}"
 
 
+@pytest.fixture(params=["sqlite", "redis"])
+def url(request: pytest.FixtureRequest, db_url: str) -> str:
+    """A store of each kind: the test's own SQLite file, or the shared test Redis (give
+    each app a namespace of its own there)."""
+    if request.param == "redis":
+        from redis_server import shared_redis_url
+
+        return shared_redis_url()
+    return db_url
+
+
 @pytest.fixture
 def app(db_url: str) -> Iterator[Conveyor]:
     """An app on the test's own database with a short lease."""

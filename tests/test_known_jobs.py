@@ -25,7 +25,6 @@ from conveyor.known import KnownJob, KnownParameter, read_known
 from conveyor.worker import maintenance
 from http_server import Server
 from polling import wait_until
-from redis_server import shared_redis_url
 
 
 def register(app: Conveyor) -> Conveyor:
@@ -44,13 +43,6 @@ def register(app: Conveyor) -> Conveyor:
         return 0
 
     return app
-
-
-@pytest.fixture(params=["sqlite", "redis"])
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'conveyor.db'}"
-    return shared_redis_url()
 
 
 @pytest.fixture

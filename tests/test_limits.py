@@ -22,15 +22,6 @@ from conveyor.ids import new_id
 from polling import wait_until
 
 
-@pytest.fixture(params=["sqlite", "redis"])
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "redis":
-        from redis_server import shared_redis_url
-
-        return shared_redis_url()
-    return f"sqlite:///{tmp_path / 'conveyor.db'}"
-
-
 class Workers:
     """``conveyor worker limitjobs:app`` processes on one store and namespace."""
 

@@ -107,14 +107,21 @@ def _check_intact(broker: Any) -> None:
     asyncio.run(read())
 
 
-def test_a_sqlite_store_of_layout_1_is_upgraded_with_every_job_intact(tmp_path: Path) -> None:
-    path = tmp_path / "old.db"
-    _old_sqlite(path)
-    _check_intact(SQLiteBroker(f"sqlite:///{path}", namespace="old"))
+
+def _upgraded(path: Path) -> sqlite3.Connection:
+    """A connection to the file at ``path``, once its namespace ``old`` and the file are
+    found at the newest layout."""
     conn = sqlite3.connect(path)
     assert conn.execute("PRAGMA user_version").fetchone()[0] == LAYOUT
     assert conn.execute("SELECT value FROM old_meta WHERE key='layout'").fetchone() == (
         str(LAYOUT),)
+    return conn
+
+def test_a_sqlite_store_of_layout_1_is_upgraded_with_every_job_intact(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    _old_sqlite(path)
+    _check_intact(SQLiteBroker(f"sqlite:///{path}", namespace="old"))
+    conn = _upgraded(path)
     tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
     assert {"old_queues", "old_unique", "old_schedules", "old_idempotency"} <= tables
     assert "unique_key" in {row[1] for row in conn.execute("PRAGMA table_info(old_jobs)")}
@@ -234,10 +241,7 @@ def test_a_sqlite_store_of_layout_2_gains_priorities_with_every_job_intact(
         await broker.close()
 
     asyncio.run(use())
-    conn = sqlite3.connect(path)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == LAYOUT
-    assert conn.execute("SELECT value FROM old_meta WHERE key='layout'").fetchone() == (
-        str(LAYOUT),)
+    conn = _upgraded(path)
     assert dict(conn.execute("SELECT id, boost FROM old_jobs WHERE id IN ('q1', 's1')")) == {
         "q1": 0.0, "s1": 240.0}
     indexes = {row[0] for row in conn.execute(
@@ -296,10 +300,7 @@ def test_a_sqlite_store_of_layout_3_gains_limits_with_every_job_intact(
         await broker.close()
 
     asyncio.run(use())
-    conn = sqlite3.connect(path)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == LAYOUT
-    assert conn.execute("SELECT value FROM old_meta WHERE key='layout'").fetchone() == (
-        str(LAYOUT),)
+    conn = _upgraded(path)
     indexes = dict(conn.execute(
         "SELECT name, sql FROM sqlite_master WHERE type='index' AND tbl_name='old_jobs'"))
     assert {"old_jobs_queued", "old_jobs_lanes", "old_jobs_running",

@@ -9,7 +9,6 @@ import collections
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -26,15 +25,6 @@ from conveyor.ids import new_id
 from conveyor.priority import parse_queues, weighing
 from conveyor.testing import WorkerThread
 from polling import wait_until
-
-
-@pytest.fixture(params=["sqlite", "redis"])
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "redis":
-        from redis_server import shared_redis_url
-
-        return shared_redis_url()
-    return f"sqlite:///{tmp_path / 'conveyor.db'}"
 
 
 @pytest.fixture

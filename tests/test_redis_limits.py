@@ -9,7 +9,7 @@ import asyncio
 import collections
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 import redis
@@ -20,8 +20,8 @@ from conveyor.ids import new_id
 from conveyor.job import JobRecord, JobState, Outcome, OutcomeKind, WorkerInfo
 from conveyor.limits import JobLimits, Rate
 from redis_server import shared_redis_url
+from store_helpers import on_redis
 
-T = TypeVar("T")
 NAME = "capped"
 
 
@@ -34,19 +34,6 @@ def client() -> Iterator[redis.Redis]:
 
 def _namespace() -> str:
     return f"l{new_id().lower()}"
-
-
-def _run(scenario: Callable[[RedisBroker], Awaitable[T]], ns: str) -> T:
-    """``scenario`` on a broker of namespace ``ns``, closed after it."""
-    async def main() -> T:
-        broker = RedisBroker(shared_redis_url(), namespace=ns)
-        await broker.open()
-        try:
-            return await scenario(broker)
-        finally:
-            await broker.close()
-
-    return asyncio.run(main())
 
 
 def _job(group: str | None = "", name: str = NAME, delay: float = 0.0, back: float = 1.0,
@@ -101,7 +88,7 @@ def test_what_a_laned_job_writes_and_its_end_leaves_nothing(client: redis.Redis)
                                      result_json="null", attempt=1)])
         return claimed
 
-    claimed = _run(scenario, ns)
+    claimed = on_redis(scenario, ns)
     assert [(j.id, j.group) for j in claimed] == [(job.id, "acme")]
     assert _lane_keys(client, ns) == []
 
@@ -147,7 +134,7 @@ def test_every_path_keeps_the_lanes_right(client: redis.Redis) -> None:
                                          run_at=time.time(), attempt=record.attempts)])
         assert _lane_keys(client, ns) == []  # ended cancelled: nothing left
 
-    _run(scenario, ns)
+    on_redis(scenario, ns)
 
 
 def test_a_priority_change_reorders_a_group(client: redis.Redis) -> None:
@@ -159,7 +146,7 @@ def test_a_priority_change_reorders_a_group(client: redis.Redis) -> None:
         await broker.set_priority(newer.id, 10)
         return [j.id for j in await broker.claim("w1", ["default"], 1, 30.0)]
 
-    assert _run(scenario, ns) == [newer.id]
+    assert on_redis(scenario, ns) == [newer.id]
 
 
 def test_colons_in_names_and_groups_keep_their_lanes_apart(client: redis.Redis) -> None:
@@ -172,10 +159,10 @@ def test_colons_in_names_and_groups_keep_their_lanes_apart(client: redis.Redis) 
         limits = {n: JobLimits(n, concurrency=1) for n in ("x", "x:1", "x:1:")}
         return await broker.claim("w1", ["default"], 10, 30.0, limits=limits)
 
-    got = _run(scenario, ns)
+    got = on_redis(scenario, ns)
     assert sorted((j.name, j.group) for j in got) == [("x", "1:a"), ("x:1", "a"),
                                                       ("x:1:", "")]
-    assert _run(lambda b: b.get(jobs[0].id), ns).group == "a:1"  # type: ignore[union-attr]
+    assert on_redis(lambda b: b.get(jobs[0].id), ns).group == "a:1"  # type: ignore[union-attr]
 
 
 def test_round_robin_over_more_groups_than_a_claim_reads_at_once(
@@ -195,7 +182,7 @@ def test_round_robin_over_more_groups_than_a_claim_reads_at_once(
                       await broker.claim("w1", ["default"], 10, 30.0, limits=limits)]
         return order
 
-    order = _run(scenario, ns)
+    order = on_redis(scenario, ns)
     assert sorted(order[:150]) == groups and sorted(order[150:]) == groups
     assert order[:150] == groups  # in the order of their names
 
@@ -213,7 +200,7 @@ def test_throttles_are_noted_only_when_a_limit_held_a_job_back(client: redis.Red
             noted.append(broker.take_throttled())
         return noted
 
-    first, second, third = _run(scenario, ns)
+    first, second, third = on_redis(scenario, ns)
     assert not first  # the claim wanted 2 and the cap let it take them
     assert second == {(NAME, "concurrency"): 1}  # took 3, the cap held the rest
     assert third == {(NAME, "concurrency"): 1}  # the cap was full from the start
@@ -235,7 +222,7 @@ def test_full_buckets_are_dropped(client: redis.Redis) -> None:
         await broker.purge_expired()
         assert client.hkeys(f"{p}:buckets") == [part(NAME) + part("a")]
 
-    _run(scenario, ns)
+    on_redis(scenario, ns)
 
 
 def test_a_heartbeat_extends_the_slot_and_a_deferral_frees_it(client: redis.Redis) -> None:
@@ -262,7 +249,7 @@ def test_a_heartbeat_extends_the_slot_and_a_deferral_frees_it(client: redis.Redi
         assert (again.attempts, again.deferrals, again.group) == (1, 1, "a")
         return await broker.get(job.id)
 
-    record = _run(scenario, ns)
+    record = on_redis(scenario, ns)
     assert record is not None and record.deferrals == 1
 
 
@@ -278,7 +265,7 @@ def test_a_claim_sent_again_gives_the_group_and_deferrals(client: redis.Redis) -
         return (await broker._script("claim", keys, args),
                 await broker._script("claim", keys, args))
 
-    first, again = _run(scenario, ns)
+    first, again = on_redis(scenario, ns)
     assert [(j.id, j.group) for j in codec.claimed_jobs(first, "w1")] == [(job.id, "acme")]
     assert [(j.id, j.group, j.deferrals) for j in codec.claimed_jobs(again, "w1")] == [
         (job.id, "acme", 0)]
@@ -292,7 +279,7 @@ def test_usage_counts_due_scheduled_laned_jobs(client: redis.Redis) -> None:
         await asyncio.sleep(0.2)  # due, not moved by any claim yet
         return await broker.limit_usage([NAME])
 
-    usage = _run(scenario, ns)
+    usage = on_redis(scenario, ns)
     assert [(u.group, u.running, u.ready) for u in usage] == [
         (None, 0, 2), ("a", 0, 1), ("b", 0, 1)]
 
@@ -306,7 +293,7 @@ def test_a_queue_without_lanes_writes_no_key_of_limits(client: redis.Redis) -> N
         return len(await broker.claim("w1", ["default"], 10, 30.0,
                                       limits=_limits(concurrency=1, rate=Rate(1, 60.0))))
 
-    assert _run(scenario, ns) == 3
+    assert on_redis(scenario, ns) == 3
     assert _lane_keys(client, ns) == []
     assert not client.exists(f"{p}:buckets", f"{p}:cursors", f"{p}:f:lane")
 
@@ -333,7 +320,7 @@ def test_a_claim_among_many_held_groups_stops_and_the_next_goes_on(
         assert broker.take_throttled()[(NAME, "group_rate")] == len(taken)
         return taken
 
-    taken = _run(scenario, ns)
+    taken = on_redis(scenario, ns)
     # each claim goes on where the last one stopped: the late group comes within a few
     assert len(taken) > 1 and taken[-1] == ["g300x"] and not any(taken[:-1])
 
@@ -385,7 +372,7 @@ def test_waiting_without_lanes_sees_held_laned_jobs_as_no_work(client: redis.Red
         finally:
             await producer.close()
 
-    _run(scenario, ns)
+    on_redis(scenario, ns)
 
 
 def test_an_admin_retry_resets_the_deferrals(client: redis.Redis) -> None:
@@ -414,7 +401,7 @@ def test_an_admin_retry_resets_the_deferrals(client: redis.Redis) -> None:
         found = [await broker.get(j.id) for j in jobs]
         return [(r.attempts, r.deferrals) for r in found if r is not None]
 
-    assert _run(scenario, ns) == [(0, 0), (0, 0)]
+    assert on_redis(scenario, ns) == [(0, 0), (0, 0)]
 
 
 def test_scheduled_laned_jobs_are_indexed_by_name_on_every_path(client: redis.Redis) -> None:
@@ -452,7 +439,7 @@ def test_scheduled_laned_jobs_are_indexed_by_name_on_every_path(client: redis.Re
         await broker.cancel(alone.id)
         assert indexed() == set()
 
-    _run(scenario, ns)
+    on_redis(scenario, ns)
     assert not client.exists(delayed)
 
 
@@ -469,6 +456,6 @@ def test_usage_reads_no_other_scheduled_jobs(client: redis.Redis) -> None:
         await asyncio.sleep(0.6)  # all due, and no claim or promotion moved them
         return await broker.limit_usage([NAME])
 
-    usage = _run(scenario, ns)
+    usage = on_redis(scenario, ns)
     assert [(u.group, u.running, u.ready) for u in usage] == [
         (None, 0, 2), ("a", 0, 1), ("b", 0, 1)]

@@ -8,8 +8,8 @@ import asyncio
 import collections
 import json
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from typing import Any, TypeVar
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import redis
@@ -20,8 +20,7 @@ from conveyor.ids import new_id
 from conveyor.job import JobRecord, JobState
 from conveyor.priority import QueueWeights
 from redis_server import shared_redis_url
-
-T = TypeVar("T")
+from store_helpers import on_redis
 
 
 @pytest.fixture
@@ -33,19 +32,6 @@ def client() -> Iterator[redis.Redis]:
 
 def _namespace() -> str:
     return f"p{new_id().lower()}"
-
-
-def _run(scenario: Callable[[RedisBroker], Awaitable[T]], ns: str) -> T:
-    """``scenario`` on a broker of namespace ``ns``, closed after it."""
-    async def main() -> T:
-        broker = RedisBroker(shared_redis_url(), namespace=ns)
-        await broker.open()
-        try:
-            return await scenario(broker)
-        finally:
-            await broker.close()
-
-    return asyncio.run(main())
 
 
 def _job(queue: str = "default", priority: int = 0, delay: float = 0.0,
@@ -66,7 +52,7 @@ def test_a_default_job_writes_no_priority_and_a_scheduled_one_is_not_ready(
         await broker.enqueue([plain], {})  # the one-job script
         await broker.enqueue([urgent, later], {})  # the bulk script
 
-    _run(scenario, ns)
+    on_redis(scenario, ns)
     p = f"{{{ns}}}"
     assert client.hgetall(f"{p}:f:priority") == {
         urgent.id: codec.priority_field(3, 180.0), later.id: codec.priority_field(-2, -120.0)}
@@ -85,7 +71,7 @@ def test_set_priority_back_to_0_drops_the_field(client: redis.Redis) -> None:
         await broker.enqueue([job], {})
         return await broker.set_priority(job.id, 0)
 
-    changed = _run(scenario, ns)
+    changed = on_redis(scenario, ns)
     assert changed is not None and changed.priority == 0
     assert client.hlen(f"{{{ns}}}:f:priority") == 0
 
@@ -107,7 +93,7 @@ def test_a_backlog_of_due_scheduled_jobs_is_claimed_whole() -> None:
             claims += 1
         return ready, taken, claims
 
-    ready, taken, claims = _run(scenario, ns)
+    ready, taken, claims = on_redis(scenario, ns)
     assert (ready, taken, claims) == (700, 700, 7)
 
 
@@ -120,7 +106,7 @@ def test_an_idle_worker_wakes_when_a_delayed_job_falls_due() -> None:
         await broker.wait_for_work(["default"], 5.0)
         return time.monotonic() - began
 
-    assert _run(scenario, ns) < 4.0  # woken by the job falling due, not the timeout
+    assert on_redis(scenario, ns) < 4.0  # woken by the job falling due, not the timeout
 
 
 def test_a_weighted_claim_sent_again_leaves_the_credits_alone() -> None:
@@ -135,7 +121,7 @@ def test_a_weighted_claim_sent_again_leaves_the_credits_alone() -> None:
         return (await broker._script("claim", keys, args),
                 await broker._script("claim", keys, args))
 
-    first, again = _run(scenario, ns)
+    first, again = on_redis(scenario, ns)
     model = QueueWeights({"a": 2, "b": 1})
     picks, credits = model.pick({"a": 2, "b": 2}, 2)
     assert codec.claimed_credits(first) == [credits["a"], credits["b"]]
@@ -176,7 +162,7 @@ def test_a_layout_2_namespace_is_upgraded_to_the_current_layout(client: redis.Re
         before = [r for r in await broker.list_jobs(limit=10) if r is not None]
         return before, await broker.claim("w1", ["default"], 10, 30.0)
 
-    before, claimed = _run(scenario, ns)
+    before, claimed = on_redis(scenario, ns)
     assert client.get(f"{p}:layout") == str(redis_layout.LAYOUT) == "4"
     assert {r.id: (r.state, r.priority) for r in before} == {
         "q-old": (JobState.QUEUED, 0), "q-new": (JobState.QUEUED, 0),

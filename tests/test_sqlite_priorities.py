@@ -21,6 +21,7 @@ from conveyor.backends.sqlite import SQLiteBroker
 from conveyor.backends.sqlite.broker import RANK
 from conveyor.job import JobState, Outcome, OutcomeKind
 from conveyor.priority import QueueWeights
+from store_helpers import plan, sqlite_brokers, statements
 
 NS = "p"
 
@@ -33,46 +34,11 @@ def url(tmp_path: Path) -> str:
 @pytest.fixture
 def brokers(url: str) -> Iterator[Callable[[], SQLiteBroker]]:
     """``make()`` opens another broker on the test's store; all are closed at the end."""
-    opened: list[SQLiteBroker] = []
-
-    def make() -> SQLiteBroker:
-        broker = SQLiteBroker(url, namespace=NS)
-        asyncio.run(broker.open())
-        opened.append(broker)
-        return broker
-
-    yield make
-    for broker in opened:
-        broker.close_blocking()
+    yield from sqlite_brokers(url, NS)
 
 
 def run(coro: Any) -> Any:
     return asyncio.run(coro)
-
-
-def statements(url: str, fn: Callable[[sqlite3.Connection], Any]) -> list[str]:
-    """The statements ``fn`` runs on a connection of the store (values bound in), inside
-    a transaction that is rolled back."""
-    seen: list[str] = []
-    conn = sqlite3.connect(url.removeprefix("sqlite:///"), isolation_level=None)
-    conn.execute("BEGIN IMMEDIATE")
-    conn.set_trace_callback(seen.append)
-    try:
-        fn(conn)
-    finally:
-        conn.set_trace_callback(None)
-        conn.execute("ROLLBACK")
-        conn.close()
-    return [s for s in seen if not s.startswith(("BEGIN", "ROLLBACK"))]
-
-
-def plan(url: str, statement: str) -> list[str]:
-    """What SQLite does for ``statement``: the details of EXPLAIN QUERY PLAN."""
-    conn = sqlite3.connect(url.removeprefix("sqlite:///"))
-    try:
-        return [row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {statement}")]
-    finally:
-        conn.close()
 
 
 def assert_indexed(url: str, statement: str, index: str) -> None:

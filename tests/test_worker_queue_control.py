@@ -7,7 +7,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -15,15 +14,6 @@ from conveyor import Conveyor, JobState
 from conveyor.ids import new_id
 from conveyor.testing import WorkerThread
 from polling import wait_until
-
-
-@pytest.fixture(params=["sqlite", "redis"])
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "redis":
-        from redis_server import shared_redis_url
-
-        return shared_redis_url()
-    return f"sqlite:///{tmp_path / 'conveyor.db'}"
 
 
 @pytest.fixture

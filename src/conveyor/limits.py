@@ -34,8 +34,8 @@ MAX_GROUP = 200
 #: per-unit seconds of a rate
 UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
 _RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(\d*)\s*([smh])\s*$")
-#: a job raising RateLimited is put back uncharged at most this many times in a row; after
-#: that each one counts as a failed attempt
+#: a job raising RateLimited is put back uncharged at most this many times in all (an admin
+#: retry starts them again); after that each one counts as a failed attempt
 MAX_DEFERRALS = 20
 
 

@@ -175,11 +175,22 @@ local function run_at_of(id)
   return tonumber(string.match(spec, '"run_at":([^,}]+)}$'))
 end
 
--- A job's boost in seconds (its priority field is "PRIORITY BOOST"; absent: 0).
+-- The boost in seconds of a priority field "PRIORITY BOOST" (false or nil: 0).
+local function boost_in(mark)
+  if not mark then return 0 end
+  return tonumber(string.match(mark, ' (%S+)$')) or 0
+end
+
+-- The rank of a job due at `run_at` (seconds) with priority field `mark`: run_at less its
+-- boost, as a stamp; `stamp` (run_at's own) for a job of priority 0.
+local function rank_of(run_at, stamp, mark)
+  if not mark then return stamp end
+  return fmt(run_at - boost_in(mark))
+end
+
+-- A job's boost in seconds (from its priority field; absent: 0).
 local function boost_of(id)
-  local value = redis.call('HGET', F.priority, id)
-  if not value then return 0 end
-  return tonumber(string.match(value, ' (%S+)$')) or 0
+  return boost_in(redis.call('HGET', F.priority, id))
 end
 
 -- Make a job wait as scheduled (delayed, or waiting to retry) until `run_at`.
@@ -217,10 +228,7 @@ local function promote_due(base, now, most)
   for n, id in ipairs(ids) do
     delayed_remove(lanes[n], id)
     if states[n] == 'scheduled' then
-      local at = due[2 * n]
-      if marks[n] then
-        at = fmt(tonumber(at) - (tonumber(string.match(marks[n], ' (%S+)$')) or 0))
-      end
+      local at = rank_of(tonumber(due[2 * n]), due[2 * n], marks[n])
       if lanes[n] then
         lane_add(base, lanes[n], id, at)
       else

@@ -149,7 +149,7 @@ local function store(plan, ids, offsets, texts, held, keyed, priorities, laned)
           delayed_add(lane, id, at)
         else
           -- ranked by run_at less the boost; a laned job in its lane
-          local rank = mark and fmt(run_at - tonumber(string.match(mark, ' (%S+)$'))) or at
+          local rank = rank_of(run_at, at, mark)
           if lane then
             lane_add(base, lane, id, rank)
           else

@@ -62,7 +62,7 @@ if state == 'scheduled' then
   if lane ~= '' then delayed_add(lane, id, at) end
 else
   -- ranked by run_at less the boost; a laned job in its lane
-  local rank = mark and fmt(run_at - tonumber(string.match(mark, ' (%S+)$'))) or at
+  local rank = rank_of(run_at, at, mark)
   if lane ~= '' then lane_add(4, lane, id, rank) else redis.call('ZADD', KEYS[4], rank, id) end
   redis.call('ZADD', KEYS[4 + INDEX_OFFSET.queued], 0, id)
   wake(4)
