@@ -22,6 +22,11 @@ from conveyor.ids import is_valid_id
 
 CONTAINER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 MAX_PATH = 4096
+#: most components a destination may have (``/a/b/c`` has 3): a push makes the missing
+#: directories on the way, so an unbounded path could make thousands of nested ones
+MAX_PATH_DEPTH = 32
+#: longest component of a destination, in UTF-8 bytes (the usual file-system limit)
+MAX_NAME_BYTES = 255
 
 
 class UploadError(ConveyorError, ValueError):
@@ -54,8 +59,10 @@ def check_container_name(name: str | None) -> str:
 def normalize_destination(path: str | None) -> str:
     """An absolute file path inside a container, normalised (``/a/./b//c`` -> ``/a/b/c``).
 
-    Relative paths, NUL bytes, over-long paths and paths that name the root are refused;
-    ``..`` cannot climb above the root once the path is absolute and normalised.
+    Relative paths, NUL bytes, over-long paths, paths of more than :data:`MAX_PATH_DEPTH`
+    components or with a component over :data:`MAX_NAME_BYTES` bytes and paths that name the
+    root are refused; ``..`` cannot climb above the root once the path is absolute and
+    normalised.
     """
     if not path:
         raise UploadError("X-File-Path is required: the absolute destination path")
@@ -68,6 +75,15 @@ def normalize_destination(path: str | None) -> str:
         normal = "/" + normal.lstrip("/")
     if normal == "/" or path.endswith("/"):
         raise UploadError("X-File-Path must name a file, not a directory")
+    parts = normal[1:].split("/")
+    if len(parts) > MAX_PATH_DEPTH:
+        raise UploadError(f"X-File-Path has {len(parts)} components, more than the limit of "
+                          f"{MAX_PATH_DEPTH}")
+    for part in parts:
+        size = len(part.encode("utf-8", "surrogatepass"))
+        if size > MAX_NAME_BYTES:
+            raise UploadError(f"X-File-Path has a component of {size} bytes, more than the "
+                              f"limit of {MAX_NAME_BYTES}: {part[:40]!r}...")
     return normal
 
 

@@ -1,11 +1,14 @@
 """``dir:PATH``: containers are the directories ``PATH/NAME`` of this machine.
 
 A file pushed to ``/etc/app.conf`` in container ``web`` lands at ``PATH/web/etc/app.conf``
-and never outside ``PATH/web``: the destination is normalised, every existing parent is
-resolved (symlinks followed) and checked to stay inside, missing parents are created, and
-the file is written through a descriptor of the directory that was checked. It is copied
-to a temporary file next to the destination, fsynced and renamed over it, so a reader sees
-the old file or the new one, never a part.
+and never outside ``PATH/web``: the destination is normalised (at most
+:data:`~conveyor.uploads.MAX_PATH_DEPTH` components), then walked one component at a time,
+each directory opened relative to the descriptor of the one before and made there if missing,
+never through a symbolic link: a symbolic link on the way is refused (permanently), whether it
+points inside the container or out, so a directory swapped for one mid-push cannot lead the
+push elsewhere. The file is written through the descriptor of its directory: copied to a
+temporary file there, fsynced and renamed over the destination, so a reader sees the old file
+or the new one, never a part.
 
 The temporary file is named after the job, ``.conveyor-<job id>.tmp``, and locked (``flock``)
 while it is written. A push killed mid-copy (even by SIGKILL) leaves it behind; the job's
@@ -40,6 +43,11 @@ TEMPORARY_PREFIX, TEMPORARY_SUFFIX = ".conveyor-", ".tmp"
 #: seconds since its last write after which an unlocked ``.conveyor-*.tmp`` file is swept: a
 #: live copy writes every few milliseconds and holds its lock, so an hour is far on the safe side
 STALE_TEMPORARY_AGE = 3600.0
+#: a directory on the way is opened without following a symbolic link
+DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+#: tries to open a directory on the way that keeps being swapped or removed, before giving up
+#: for this attempt (a transient failure: the job is retried)
+ENTER_ATTEMPTS = 8
 
 
 class DirectoryTarget:
@@ -76,10 +84,11 @@ class DirectoryTarget:
         if any(part in ("", ".", "..") for part in parts):  # normpath leaves none; be sure
             raise UnsafeDestination(f"{destination!r} is not a normal path")
         try:
-            directory = base
-            for part in parts[:-1]:
-                directory = _enter(base, directory, part, normal)
-            _replace(base, directory, parts[-1], source, normal, temporary)
+            dir_fd = _open_parent(base, parts, normal)
+            try:
+                _replace(dir_fd, parts[-1], source, normal, temporary)
+            finally:
+                os.close(dir_fd)
         except PermanentError:
             raise
         except OSError as exc:
@@ -123,24 +132,49 @@ class DirectoryTarget:
         return base
 
 
-def _enter(base: Path, directory: Path, part: str, destination: str) -> Path:
-    """The real directory ``directory/part``, made if missing, checked to be inside ``base``."""
-    candidate = directory / part
+def _open_parent(base: Path, parts: list[str], destination: str) -> int:
+    """A descriptor of the directory of the destination's last part: each directory on the way
+    opened (made if missing) relative to the one before, never through a symbolic link."""
+    fd = os.open(base, DIRECTORY_FLAGS)
     try:
-        candidate.mkdir(mode=0o755)
-        return candidate
-    except FileExistsError:
-        pass
-    real = candidate.resolve()
-    if not real.is_relative_to(base):
-        raise UnsafeDestination(
-            f"{destination}: {candidate.relative_to(base)} leads outside the container"
-        )
-    if not real.is_dir():
-        raise UnsafeDestination(
-            f"{destination}: {candidate.relative_to(base)} exists and is not a directory"
-        )
-    return real
+        for depth, part in enumerate(parts[:-1], start=1):
+            child = _enter(fd, part, "/" + "/".join(parts[:depth]), destination)
+            os.close(fd)
+            fd = child
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _enter(parent: int, part: str, shown: str, destination: str) -> int:
+    """The directory ``part`` of ``parent``, opened (made first if missing); ``shown`` is its
+    path in the container, for errors. :class:`UnsafeDestination` if it is a symbolic link
+    or not a directory; :class:`PushFailed` if it keeps changing under the push."""
+    for _ in range(ENTER_ATTEMPTS):
+        try:
+            return os.open(part, DIRECTORY_FLAGS, dir_fd=parent)
+        except FileNotFoundError:
+            # mkdirat makes the name in ``parent`` itself, never through a link; a name
+            # that appeared meanwhile (a directory, a link) is looked at by the next open
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(part, 0o755, dir_fd=parent)
+        except OSError as exc:
+            if not isinstance(exc, NotADirectoryError) and exc.errno != errno.ELOOP:
+                raise
+            try:
+                found = os.stat(part, dir_fd=parent, follow_symlinks=False).st_mode
+            except FileNotFoundError:
+                continue  # gone meanwhile: made by the next round
+            if stat.S_ISLNK(found):
+                raise UnsafeDestination(
+                    f"{destination}: {shown} is a symbolic link, which a dir: push never "
+                    "follows (it could lead outside the container)") from None
+            if not stat.S_ISDIR(found):
+                raise UnsafeDestination(
+                    f"{destination}: {shown} exists and is not a directory") from None
+            # a directory again: it was swapped while being opened; open it anew
+    raise PushFailed(f"{destination}: {shown} kept changing while being opened")
 
 
 def temporary_name(job_id: str) -> str:
@@ -222,50 +256,33 @@ def _is_named(dir_fd: int, name: str, fd: int) -> bool:
     return (named.st_dev, named.st_ino) == (opened.st_dev, opened.st_ino)
 
 
-def _replace(base: Path, directory: Path, name: str, source: Path, destination: str,
-             temporary: str) -> None:
-    """Write ``source`` to ``directory/name`` atomically, through a checked descriptor and
-    the temporary file ``temporary``; sweep stale temporary files there first."""
+def _replace(dir_fd: int, name: str, source: Path, destination: str, temporary: str) -> None:
+    """Write ``source`` to ``name`` in the directory ``dir_fd`` atomically, through the
+    temporary file ``temporary``; sweep stale temporary files there first."""
     try:
         src = source.open("rb")
     except FileNotFoundError:
         raise PermanentError(f"the file to push is missing: {source}") from None
     with src:
-        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            # The directory opened may not be the one checked (it could have been swapped
-            # for a symlink since); what the descriptor points at is what counts.
-            if not _real_path(dir_fd, directory).is_relative_to(base):
-                raise UnsafeDestination(f"{destination}: its directory left the container")
+            if stat.S_ISDIR(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode):
+                raise UnsafeDestination(f"{destination} is a directory")
+        except FileNotFoundError:
+            pass
+        with contextlib.suppress(OSError):  # housekeeping: never fails the push
+            sweep_temporaries(dir_fd, keep=temporary)
+        fd = _claim(dir_fd, temporary, destination)
+        # Renamed or removed while still locked (closing the file releases the lock), so
+        # another attempt of the job never truncates a file this one is moving.
+        with os.fdopen(fd, "wb") as out:
             try:
-                if stat.S_ISDIR(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode):
-                    raise UnsafeDestination(f"{destination} is a directory")
-            except FileNotFoundError:
-                pass
-            with contextlib.suppress(OSError):  # housekeeping: never fails the push
-                sweep_temporaries(dir_fd, keep=temporary)
-            fd = _claim(dir_fd, temporary, destination)
-            # Renamed or removed while still locked (closing the file releases the lock), so
-            # another attempt of the job never truncates a file this one is moving.
-            with os.fdopen(fd, "wb") as out:
-                try:
-                    shutil.copyfileobj(src, out, CHUNK)
-                    out.flush()
-                    os.fsync(out.fileno())
-                    # A symlink at the destination is replaced, not followed.
-                    os.rename(temporary, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-                except BaseException:
-                    with contextlib.suppress(OSError):
-                        os.unlink(temporary, dir_fd=dir_fd)
-                    raise
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-
-
-def _real_path(fd: int, fallback: Path) -> Path:
-    """Where an open directory really is (``/proc`` on Linux, else resolving its path)."""
-    try:
-        return Path(os.readlink(f"/proc/self/fd/{fd}"))
-    except OSError:
-        return fallback.resolve()
+                shutil.copyfileobj(src, out, CHUNK)
+                out.flush()
+                os.fsync(out.fileno())
+                # A symlink at the destination is replaced, not followed.
+                os.rename(temporary, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(temporary, dir_fd=dir_fd)
+                raise
+        os.fsync(dir_fd)
