@@ -63,7 +63,7 @@ class DashboardAuth:
             raise ValueError("a dashboard with a token needs a place to keep its logouts")
         self.token = token
         self.origins = origins or Origins()
-        self.throttle = throttle or Throttle()
+        self.throttle = throttle if throttle is not None else Throttle()
         self.revocations = revocations
         # with a token, every process of a deployment derives the same key; without one, a
         # secret of this process's own (its pages are only ever served by it)

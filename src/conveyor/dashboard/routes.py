@@ -108,8 +108,11 @@ class Dashboard:
         try:
             if not self.auth.required or await self.auth.logged_in(request):
                 return RedirectResponse(f"{prefix(request)}/", status_code=303)
+            refused = self.auth.refusal(request)
         except ApiError as exc:
-            return _refused_login(request, exc)
+            refused = exc
+        if refused is not None:  # a penalized address: the form says how long to wait
+            return _refused_login(request, refused)
         return pages.login(prefix(request))
 
     async def login(self, request: Request) -> Response:

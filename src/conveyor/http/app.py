@@ -74,7 +74,7 @@ class BearerAuth:
         self.token = token.encode()
         #: paths that check access themselves (the dashboard's, with its login)
         self.exempt = exempt
-        self.throttle = throttle or Throttle()
+        self.throttle = throttle if throttle is not None else Throttle()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = route_path(scope)
