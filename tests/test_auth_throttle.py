@@ -93,10 +93,16 @@ def test_the_table_of_addresses_is_bounded(clock: Clock) -> None:
 
 
 def test_bad_settings_are_refused() -> None:
-    for settings in ({"limit": 0}, {"window": 0}, {"penalty": 10, "max_penalty": 5},
+    for settings in ({"limit": -1}, {"window": 0}, {"penalty": 10, "max_penalty": 5},
                      {"max_addresses": 0}):
         with pytest.raises(ValueError, match="the throttle needs"):
             Throttle(**settings)  # type: ignore[arg-type]
+
+
+def test_a_limit_of_0_throttles_nothing(clock: Clock) -> None:
+    throttle = Throttle(limit=0, clock=clock)
+    assert fail(throttle, "10.0.0.1", 1000) == [0.0] * 1000
+    assert throttle.retry_after("10.0.0.1") == 0.0 and len(throttle) == 0
 
 
 def test_the_address_of_a_request() -> None:
@@ -129,9 +135,13 @@ def server(tmp_path: Path) -> Iterator[Server]:
     assert srv.stop() == 0, srv.output()
 
 
-def bearer(server: Server, token: str, path: str = "/jobs") -> httpx.Response:
-    return httpx.get(f"{server.url}{path}", headers={"Authorization": f"Bearer {token}"},
-                     timeout=20)
+def bearer(server: Server, token: str, path: str = "/jobs",
+           source: str | None = None) -> httpx.Response:
+    """GET ``path`` with ``token``, from the loopback address ``source`` if given (the
+    whole of 127.0.0.0/8 is this machine: another client address for the server)."""
+    transport = httpx.HTTPTransport(local_address=source) if source else None
+    with httpx.Client(transport=transport, timeout=20) as client:
+        return client.get(f"{server.url}{path}", headers={"Authorization": f"Bearer {token}"})
 
 
 def test_wrong_bearer_tokens_are_answered_429_past_the_limit(server: Server) -> None:
@@ -153,6 +163,10 @@ def test_wrong_bearer_tokens_are_answered_429_past_the_limit(server: Server) -> 
         assert httpx.get(f"{server.url}/healthz", timeout=20).status_code == 200
         # a session from before is no guess: the dashboard stays usable with it
         assert browser.get("/ui/api/overview").status_code == 200
+        # another address is not held back
+        assert bearer(server, TOKEN, source="127.0.0.2").status_code == 200
+        assert bearer(server, "guess-other", source="127.0.0.2").status_code == 401
+        assert bearer(server, TOKEN).status_code == 429
     log = server.output()
     warnings = [line for line in log.splitlines() if "wrong bearer tokens from" in line]
     assert len(warnings) == 1, log
@@ -192,3 +206,28 @@ def test_wrong_bearer_tokens_on_dashboard_routes_count_too(server: Server) -> No
     assert page.status_code == 429 and "Too many wrong tokens" in page.text
     assert int(page.headers["retry-after"]) >= 1
     assert bearer(server, "guess-api").status_code == 429
+
+
+def test_throttling_can_be_turned_off(tmp_path: Path) -> None:
+    server = Server(tmp_path, "--max-wrong-tokens", "0").start()
+    try:
+        statuses = {bearer(server, f"guess-{n}").status_code for n in range(3 * LIMIT)}
+        assert statuses == {401}
+        assert bearer(server, TOKEN).status_code == 200
+    finally:
+        assert server.stop() == 0, server.output()
+    assert "wrong bearer tokens from" not in server.output()
+
+
+def test_a_negative_limit_is_refused(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from http_server import server_env
+
+    done = subprocess.run([sys.executable, "-m", "conveyor", "serve", "--max-wrong-tokens", "-1",
+                           "--url", f"sqlite:///{tmp_path / 'c.db'}", "--token", TOKEN],
+                          capture_output=True, text=True, env=server_env(), timeout=60,
+                          cwd=tmp_path)
+    assert done.returncode != 0
+    assert "--max-wrong-tokens must be 0 or more" in done.stderr

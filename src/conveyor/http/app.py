@@ -208,6 +208,7 @@ def create_app(
     dashboard: bool = True,
     origins: Sequence[str] = (),
     hosts: Sequence[str] = (),
+    throttle: Throttle | None = None,
 ) -> Starlette:
     """The HTTP API of ``conveyor_app`` as an ASGI app (see the README's "HTTP API").
 
@@ -229,6 +230,10 @@ def create_app(
     whose browser requests may change things, for a proxy that rewrites ``Host``. Without a
     token the app answers only to loopback host names and those of ``origins`` and ``hosts``
     (``["*"]``: any), and refuses changes sent from other sites (:mod:`conveyor.http.origin`).
+
+    ``throttle`` counts wrong tokens (bearer headers, the dashboard's login) per client
+    address and answers 429 past its limit (default: a :class:`Throttle` with its defaults;
+    ``Throttle(limit=0)``: none; see :mod:`conveyor.http.throttle`).
     """
     if target is not None:
         from conveyor import builtin
@@ -245,7 +250,8 @@ def create_app(
     table = build_routes(routes.operations())
     allowed = Origins(origins, hosts)
     exempt = None
-    throttle = Throttle()  # wrong tokens per address, for the API and the dashboard alike
+    if throttle is None:  # wrong tokens per address, for the API and the dashboard alike
+        throttle = Throttle()
     if dashboard:
         from conveyor.dashboard import Dashboard, is_dashboard_path
 

@@ -13,7 +13,8 @@ starts over.
 The address is the peer of the connection (``scope["client"]``): behind a proxy it is the
 proxy's, which is then penalized for all its clients. ``X-Forwarded-For`` is not trusted.
 IPv6 addresses count per ``/64`` (one host usually holds a whole one). The table of
-addresses is bounded (:data:`MAX_ADDRESSES`, least recently failed dropped first).
+addresses is bounded (:data:`MAX_ADDRESSES`, least recently failed dropped first). A limit
+of 0 turns throttling off (for a proxy in front that throttles, say).
 """
 
 from __future__ import annotations
@@ -74,7 +75,8 @@ class _Record:
 
 
 class Throttle:
-    """Wrong tokens per address, and the penalties they earn (see the module docstring).
+    """Wrong tokens per address, and the penalties they earn (see the module docstring);
+    ``limit=0``: none are counted.
 
     ``clock`` (default ``time.monotonic``) is the time source, replaceable for tests. Safe
     to share between threads and between the API and the dashboard of one app."""
@@ -82,9 +84,9 @@ class Throttle:
     def __init__(self, limit: int = LIMIT, window: float = WINDOW, penalty: float = PENALTY,
                  max_penalty: float = MAX_PENALTY, max_addresses: int = MAX_ADDRESSES,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        if limit < 1 or window <= 0 or penalty <= 0 or max_penalty < penalty \
+        if limit < 0 or window <= 0 or penalty <= 0 or max_penalty < penalty \
                 or max_addresses < 1:
-            raise ValueError("the throttle needs limit >= 1, window > 0, "
+            raise ValueError("the throttle needs limit >= 0, window > 0, "
                              "0 < penalty <= max_penalty and max_addresses >= 1")
         self.limit = limit
         self.window = window
@@ -109,6 +111,8 @@ class Throttle:
     def failed(self, address: str, what: str = "token") -> float:
         """Note a wrong ``what`` (a bearer token, a login) from ``address``; return the
         seconds of the penalty this starts, else 0.0."""
+        if not self.limit:
+            return 0.0
         now = self.clock()
         with self._lock:
             record = self._records.pop(address, None)
