@@ -35,8 +35,9 @@ WAIT = 20_000
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    # every log_in() tries a wrong token first: more than the default limit of the module
     srv = Server(tmp_path_factory.mktemp("dashboard-browser"), "--max-workers", "4",
-                 "--queues", "default,naps,shown")
+                 "--queues", "default,naps,shown", "--max-wrong-tokens", "100")
     srv.start()
     yield srv
     assert srv.stop() == 0, srv.output()

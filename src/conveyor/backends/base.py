@@ -393,3 +393,13 @@ class Broker(abc.ABC):
     @abc.abstractmethod
     async def delete_schedule(self, name: str) -> bool:
         """Forget schedule ``name`` and its state; return whether it was stored."""
+
+    # -- dashboard sessions -------------------------------------------------------------------
+    @abc.abstractmethod
+    async def revoke_session(self, nonce: str, until: float) -> None:
+        """Record that the session ``nonce`` was logged out; the record may be dropped
+        after ``until`` (a time since the epoch: when the session expires anyway)."""
+
+    @abc.abstractmethod
+    async def session_revoked(self, nonce: str) -> bool:
+        """True when the session ``nonce`` was logged out (see :meth:`revoke_session`)."""

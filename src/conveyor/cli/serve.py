@@ -65,6 +65,10 @@ def add_serve_parser(sub: Any) -> None:
                    help="largest request body accepted (default 1 GiB)")
     p.add_argument("--token", help="bearer token required by every route but /healthz "
                    "(default: $CONVEYOR_TOKEN)")
+    p.add_argument("--max-wrong-tokens", type=int, default=10, metavar="N",
+                   help="wrong tokens (bearer or login) from one client address within a "
+                   "minute before its tokens get 429 for a growing time (default 10; 0: no "
+                   "throttling, for a proxy in front that does it)")
     p.add_argument("--insecure", action="store_true",
                    help="allow a non-loopback address without a token")
     p.add_argument("--allow-origin", action="append", metavar="ORIGIN",
@@ -122,6 +126,7 @@ def _prepare(args: argparse.Namespace) -> tuple[Conveyor, Starlette, str | None]
     """The app with the built-in jobs installed, and its HTTP API."""
     from conveyor.containers import DEFAULT_TARGET, DirectoryTarget, IncusTarget, open_target
     from conveyor.http import create_app
+    from conveyor.http.throttle import Throttle
 
     token = args.token or os.environ.get("CONVEYOR_TOKEN") or None
     if token is None and not is_loopback(args.host) and not args.insecure:
@@ -130,6 +135,8 @@ def _prepare(args: argparse.Namespace) -> tuple[Conveyor, Starlette, str | None]
                        "--insecure if that is really meant")
     if args.min_workers > args.max_workers:
         raise CLIError("--min-workers must not exceed --max-workers")
+    if args.max_wrong_tokens < 0:
+        raise CLIError("--max-wrong-tokens must be 0 or more")
     app = resolve_app(args.app_spec, args.url, args.namespace)
     app.broker  # noqa: B018 -- made now: a store that cannot be (no such directory) stops here
     if args.staging:
@@ -151,7 +158,8 @@ def _prepare(args: argparse.Namespace) -> tuple[Conveyor, Starlette, str | None]
                     "it answers", target.socket_path)
     hosts = args.allow_host or (["*"] if not is_loopback(args.host) else [])
     api = create_app(app, token=token, max_upload_bytes=args.max_upload_bytes,
-                     target=target, origins=args.allow_origin or (), hosts=hosts)
+                     target=target, origins=args.allow_origin or (), hosts=hosts,
+                     throttle=Throttle(limit=args.max_wrong_tokens))
     return app, api, token
 
 

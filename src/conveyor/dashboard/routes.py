@@ -20,11 +20,13 @@ from starlette.routing import Route
 from conveyor.dashboard import data, pages
 from conveyor.dashboard.auth import SESSION_AGE, SESSION_COOKIE, DashboardAuth
 from conveyor.dashboard.schedules import schedule_routes
+from conveyor.dashboard.sessions import Revocations
 from conveyor.errors import InvalidArguments
 from conveyor.http.errors import ApiError
 from conveyor.http.origin import Origins
 from conveyor.http.routes import limited_body, prefix
 from conveyor.http.services import Services
+from conveyor.http.throttle import Throttle
 from conveyor.ids import is_acceptable_id, is_valid_id
 from conveyor.priority import parse_priority
 
@@ -50,28 +52,41 @@ def _json(content: Any, status: int = 200) -> JSONResponse:
     return JSONResponse(content, status_code=status, headers=pages.SECURITY_HEADERS)
 
 
+def _refused_login(request: Request, refused: ApiError) -> Response:
+    """The login form telling a penalized address to wait (429 with ``Retry-After``)."""
+    wait = refused.headers.get("Retry-After", "60")
+    response = pages.login(prefix(request), f"Too many wrong tokens from this address; "
+                           f"try again in {wait} s.", status=refused.status)
+    response.headers.update(refused.headers)
+    return response
+
+
 class Dashboard:
     """The handlers of one dashboard over one :class:`Services`."""
 
     def __init__(self, services: Services, token: str | None,
-                 origins: Origins | None = None) -> None:
+                 origins: Origins | None = None, throttle: Throttle | None = None) -> None:
         self.services = services
-        self.auth = DashboardAuth(token, origins)
+        self.auth = DashboardAuth(token, origins, throttle, Revocations(self._broker))
 
     # -- guards -------------------------------------------------------------------------------
     def _page(self, name: str) -> Handler:
         async def handler(request: Request) -> Response:
-            if not self.auth.logged_in(request):
+            try:
+                allowed = await self.auth.logged_in(request)
+            except ApiError as exc:  # a penalized address: the login form says so
+                return _refused_login(request, exc)
+            if not allowed:
                 return RedirectResponse(f"{prefix(request)}/ui/login", status_code=303)
             job = request.path_params.get("job", "")
-            return pages.shell(prefix(request), name, self.auth.csrf_token(request), job=job,
-                               secured=self.auth.required)
+            return pages.shell(prefix(request), name, await self.auth.csrf_token(request),
+                               job=job, secured=self.auth.required)
 
         return handler
 
     def _data(self, read: Handler) -> Handler:
         async def handler(request: Request) -> Response:
-            if not self.auth.logged_in(request):
+            if not await self.auth.logged_in(request):
                 raise ApiError(401, "log in to the dashboard first")
             return await read(request)
 
@@ -79,9 +94,9 @@ class Dashboard:
 
     def _action(self, act: Handler) -> Handler:
         async def handler(request: Request) -> Response:
-            if not self.auth.logged_in(request):
+            if not await self.auth.logged_in(request):
                 raise ApiError(401, "log in to the dashboard first")
-            if not self.auth.csrf_ok(request):
+            if not await self.auth.csrf_ok(request):
                 raise ApiError(403, "missing or wrong CSRF token; reload the page")
             return await act(request)
 
@@ -90,8 +105,14 @@ class Dashboard:
     # -- login ------------------------------------------------------------------------------
     async def login_form(self, request: Request) -> Response:
         """GET /ui/login."""
-        if not self.auth.required or self.auth.logged_in(request):
-            return RedirectResponse(f"{prefix(request)}/", status_code=303)
+        try:
+            if not self.auth.required or await self.auth.logged_in(request):
+                return RedirectResponse(f"{prefix(request)}/", status_code=303)
+            refused = self.auth.refusal(request)
+        except ApiError as exc:
+            refused = exc
+        if refused is not None:  # a penalized address: the form says how long to wait
+            return _refused_login(request, refused)
         return pages.login(prefix(request))
 
     async def login(self, request: Request) -> Response:
@@ -101,7 +122,11 @@ class Dashboard:
         body = await limited_body(request, MAX_LOGIN_BODY)
         fields = parse_qs(body.decode("utf-8", "replace"))
         given = (fields.get("token") or [""])[0]
-        if not self.auth.check_token(given):
+        if self.auth.required:
+            refused = self.auth.refusal(request)
+            if refused is not None:  # the token is not even looked at
+                return _refused_login(request, refused)
+        if not self.auth.check_token(request, given):
             return pages.login(prefix(request), "Wrong token.", status=401)
         response = RedirectResponse(f"{prefix(request)}/", status_code=303)
         if self.auth.required:
@@ -112,8 +137,8 @@ class Dashboard:
         return response
 
     async def logout(self, request: Request) -> Response:
-        """POST /ui/logout: revoke the session and forget its cookie."""
-        self.auth.revoke(request)
+        """POST /ui/logout: revoke the session (in the store) and forget its cookie."""
+        await self.auth.revoke(request)
         response = _json({"logged_out": True})
         response.delete_cookie(SESSION_COOKIE, path=f"{prefix(request)}/", httponly=True,
                                samesite="strict")

@@ -28,6 +28,7 @@ from conveyor.http.openapi import Operation
 from conveyor.http.origin import Origins, SameSiteOnly
 from conveyor.http.routes import Routes
 from conveyor.http.services import DEFAULT_MAX_UPLOAD, Services, store_unavailable
+from conveyor.http.throttle import Throttle, client_address
 
 if TYPE_CHECKING:
     from conveyor.app import Conveyor
@@ -62,14 +63,18 @@ def bearer_verdict(scope: Scope, token: bytes) -> bool | None:
 
 class BearerAuth:
     """ASGI middleware: a request needs ``Authorization: Bearer TOKEN`` (compared in
-    constant time), except for the public paths; otherwise 401 with ``WWW-Authenticate``."""
+    constant time), except for the public paths; otherwise 401 with ``WWW-Authenticate``.
+    Wrong tokens are counted per client address by ``throttle``: a penalized address gets
+    429 with ``Retry-After`` for any token it sends (see :mod:`conveyor.http.throttle`)."""
 
     def __init__(self, app: ASGIApp, token: str,
-                 exempt: Callable[[str], bool] | None = None) -> None:
+                 exempt: Callable[[str], bool] | None = None,
+                 throttle: Throttle | None = None) -> None:
         self.app = app
         self.token = token.encode()
         #: paths that check access themselves (the dashboard's, with its login)
         self.exempt = exempt
+        self.throttle = throttle if throttle is not None else Throttle()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = route_path(scope)
@@ -78,9 +83,17 @@ class BearerAuth:
             await self.app(scope, receive, send)
             return
         verdict = bearer_verdict(scope, self.token)
-        if verdict:
-            await self.app(scope, receive, send)
-            return
+        if verdict is not None:
+            address = client_address(scope)
+            refusal = self.throttle.refusal(address)
+            if refusal is not None:  # whatever the token: no verdict while penalized
+                response = error_response(429, *refusal)
+                await response(scope, receive, send)
+                return
+            if verdict:
+                await self.app(scope, receive, send)
+                return
+            self.throttle.failed(address, "bearer token")
         challenge = 'Bearer realm="conveyor"'
         if verdict is False:
             challenge += ', error="invalid_token"'
@@ -195,6 +208,7 @@ def create_app(
     dashboard: bool = True,
     origins: Sequence[str] = (),
     hosts: Sequence[str] = (),
+    throttle: Throttle | None = None,
 ) -> Starlette:
     """The HTTP API of ``conveyor_app`` as an ASGI app (see the README's "HTTP API").
 
@@ -216,6 +230,10 @@ def create_app(
     whose browser requests may change things, for a proxy that rewrites ``Host``. Without a
     token the app answers only to loopback host names and those of ``origins`` and ``hosts``
     (``["*"]``: any), and refuses changes sent from other sites (:mod:`conveyor.http.origin`).
+
+    ``throttle`` counts wrong tokens (bearer headers, the dashboard's login) per client
+    address and answers 429 past its limit (default: a :class:`Throttle` with its defaults;
+    ``Throttle(limit=0)``: none; see :mod:`conveyor.http.throttle`).
     """
     if target is not None:
         from conveyor import builtin
@@ -232,14 +250,17 @@ def create_app(
     table = build_routes(routes.operations())
     allowed = Origins(origins, hosts)
     exempt = None
+    if throttle is None:  # wrong tokens per address, for the API and the dashboard alike
+        throttle = Throttle()
     if dashboard:
         from conveyor.dashboard import Dashboard, is_dashboard_path
 
-        table += Dashboard(routes.services, token or None, allowed).routes()
+        table += Dashboard(routes.services, token or None, allowed, throttle).routes()
         exempt = is_dashboard_path
     middleware = [Middleware(RequestMetrics, metrics=metrics, routes=table)]
     if token:
-        middleware.append(Middleware(BearerAuth, token=token, exempt=exempt))
+        middleware.append(Middleware(BearerAuth, token=token, exempt=exempt,
+                                     throttle=throttle))
     else:
         middleware.append(Middleware(SameSiteOnly, origins=allowed))
     # after the access checks: 503 while the store is down (/healthz says why)

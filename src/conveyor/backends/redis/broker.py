@@ -1132,6 +1132,15 @@ class RedisBroker(Broker):
 
         return bool((await self._retrying(call))[0])
 
+    # -- dashboard sessions -------------------------------------------------------------------
+    async def revoke_session(self, nonce: str, until: float) -> None:
+        left = until - time.time()
+        if left > 0:  # one key per session, gone when the session would expire anyway
+            await self._cmd("set", self.keys.revoked(nonce), "1", px=max(1, int(left * 1000)))
+
+    async def session_revoked(self, nonce: str) -> bool:
+        return bool(await self._cmd("exists", self.keys.revoked(nonce)))
+
 
 def _hold(job: JobRecord) -> str:
     """Seconds job's unique key is held at most, as the enqueue scripts take it ('': until

@@ -98,6 +98,8 @@ Layout (``ns`` is the namespace, ``q`` a queue):
 ``{ns}:idem:KEY``               string   idempotency key KEY of an HTTP enqueue -> JSON
                                          ``[request digest, job id]``; expires 24 h after
                                          the first request
+``{ns}:revoked:NONCE``          string   "1": the dashboard session NONCE was logged out;
+                                         expires when the session would have
 ``{ns}:layout``                 string   the storage layout of the namespace (see
                                          ``layout.py``)
 ``{ns}:sched:def``              hash     schedule name -> its definition as JSON (see
@@ -231,6 +233,10 @@ class Keys:
     def idempotency(self, key: str) -> str:
         """The record of one idempotency key of an HTTP enqueue."""
         return f"{self.prefix}:idem:{key}"
+
+    def revoked(self, nonce: str) -> str:
+        """The mark of one logged-out dashboard session."""
+        return f"{self.prefix}:revoked:{nonce}"
 
     def stats_minute(self, minute: int) -> str:
         """The statistics hash of the minute starting at ``minute``."""

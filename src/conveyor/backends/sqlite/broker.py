@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 from conveyor.backends.base import Beat, Broker, Recovery
 from conveyor.backends.sqlite import schedules as sqlite_schedules
+from conveyor.backends.sqlite import sessions as sqlite_sessions
 from conveyor.backends.sqlite.clock import boot_id, lease_now
 from conveyor.backends.sqlite.lanes import Head, Lane, Limiter, Taken, cursors, laned_names, usage
 from conveyor.backends.sqlite.migrations import upgrade
@@ -1084,3 +1085,12 @@ class SQLiteBroker(Broker):
     async def delete_schedule(self, name: str) -> bool:
         sql = f"DELETE FROM {self.ns}_schedules WHERE name=?"
         return bool(await self._write(lambda conn: conn.execute(sql, (name,)).rowcount))
+
+    # -- dashboard sessions -------------------------------------------------------------------
+    async def revoke_session(self, nonce: str, until: float) -> None:
+        await self._write(lambda conn: sqlite_sessions.revoke(conn, self.ns, nonce, until,
+                                                              time.time()))
+
+    async def session_revoked(self, nonce: str) -> bool:
+        return await self._read(lambda conn: sqlite_sessions.is_revoked(conn, self.ns, nonce,
+                                                                        time.time()))
