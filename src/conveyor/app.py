@@ -29,6 +29,7 @@ from conveyor.schedules import Overlap, Schedule, check_name
 from conveyor.stats import MinuteStats, minute_of
 from conveyor.unique import derived_key
 from conveyor.uploads import StagingArea
+from conveyor.urls import redact_url
 
 if TYPE_CHECKING:
     from conveyor.metrics import Metrics
@@ -133,7 +134,8 @@ class Conveyor:
         self._eager_runner: object = None
 
     def __repr__(self) -> str:
-        return f"<Conveyor {self.url} namespace={self.namespace} jobs={len(self.registry)}>"
+        return (f"<Conveyor {redact_url(self.url)} namespace={self.namespace} "
+                f"jobs={len(self.registry)}>")
 
     # -- configuration --------------------------------------------------------------------------
     @property

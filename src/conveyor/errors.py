@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from conveyor.urls import redact_url as redact_url  # one redaction of URLs for all
+
 
 class ConveyorError(Exception):
     """Base class of every error Conveyor raises."""
@@ -78,22 +80,6 @@ class StoreUnavailable(ConveyorError):
         self.url = redact_url(url)
         self.reason = reason
         super().__init__(f"store unavailable ({self.url}): {reason}")
-
-
-def redact_url(url: str) -> str:
-    """``url`` with any password (and user name) left out, for messages and logs."""
-    import re
-    from urllib.parse import urlsplit, urlunsplit
-
-    try:
-        parts = urlsplit(url)
-    except ValueError:  # not a URL we can take apart: show none of it
-        return "<store URL>"
-    query = re.sub(r"(?i)((?:^|&)password=)[^&]*", r"\1***", parts.query)
-    if "@" not in parts.netloc and query == parts.query:
-        return url  # nothing to hide (and sqlite:////path would not survive a round trip)
-    netloc = "***@" + parts.netloc.rpartition("@")[2] if "@" in parts.netloc else parts.netloc
-    return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
 class PermanentError(Exception):

@@ -10,6 +10,7 @@ import sys
 from conveyor.app import DEFAULT_URL, Conveyor
 from conveyor.errors import ConfigurationError, InvalidArguments
 from conveyor.priority import QueueWeights, parse_priority, parse_queues, weighing
+from conveyor.urls import redact_url
 
 
 def positive_int(text: str) -> int:
@@ -98,7 +99,7 @@ def resolve_app(spec: str | None, url: str | None, namespace: str | None) -> Con
         app = Conveyor(namespace=namespace or "conveyor")
         app.use_url(chosen or DEFAULT_URL)  # --url beats CONVEYOR_URL, which Conveyor() reads
     if app.url.lower().startswith("memory:"):
-        raise CLIError(f"{app.url} is a store inside one process (for tests): a command "
-                       "cannot share it with workers or other commands; use sqlite:///PATH "
-                       "or redis://HOST")
+        raise CLIError(f"{redact_url(app.url)} is a store inside one process (for tests): a "
+                       "command cannot share it with workers or other commands; use "
+                       "sqlite:///PATH or redis://HOST")
     return app

@@ -237,17 +237,10 @@ def _store_url(args: argparse.Namespace) -> str:
 
 def _error_line(message: str, args: argparse.Namespace) -> str:
     """``error: MESSAGE`` on one line, without the store's password."""
-    from urllib.parse import unquote, urlsplit
+    from conveyor.urls import redact
 
     line = "error: " + " ".join(part.strip() for part in message.splitlines() if part.strip())
-    try:
-        password = urlsplit(_store_url(args)).password
-    except ValueError:
-        password = None
-    for secret in {password, unquote(password or "")} - {None, ""}:
-        assert secret is not None
-        line = line.replace(secret, "***")
-    return line
+    return redact(line, _store_url(args))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -28,8 +28,8 @@ from conveyor.app import Conveyor
 from conveyor.backends import require_existing
 from conveyor.cli.loading import resolve_app
 from conveyor.cli.output import printable
-from conveyor.errors import redact_url
 from conveyor.job import ALL_STATES, FINAL_STATES, JobRecord, JobState, WorkerInfo
+from conveyor.urls import redact_url
 
 #: samples kept for the sparklines
 HISTORY = 60

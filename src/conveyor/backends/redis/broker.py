@@ -150,10 +150,24 @@ class _Connection:
         self.enqueues = _Coalescer(store)
 
 
+def _check_url(url: str) -> None:
+    """Raise :class:`ConfigurationError` (without the password) for a URL redis-py cannot
+    take apart: a bad port, an unclosed ``[``."""
+    from redis.asyncio.connection import parse_url
+
+    try:
+        parse_url(url)
+    except ValueError:  # its message may quote a piece of the password: not shown
+        raise ConfigurationError(
+            f"malformed Redis URL {redact_url(url)}: check the host and port; a password "
+            "with / ? # or @ in it must be percent-encoded") from None
+
+
 class RedisBroker(Broker):
     """Jobs of one namespace in Redis, under the hash tag ``{namespace}``."""
 
     def __init__(self, url: str, namespace: str = "conveyor", retention: float = 7 * 86400):
+        _check_url(url)
         self.url = url
         self.retention = retention
         self.namespace = namespace

@@ -31,6 +31,7 @@ from conveyor.backends.outage import outage_of, sqlite_key
 from conveyor.backends.sqlite.broker import SQLiteBroker
 from conveyor.errors import ConfigurationError
 from conveyor.ids import new_id
+from conveyor.urls import redact_url
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _lock = threading.Lock()
@@ -62,7 +63,7 @@ def parse_name(url: str) -> str | None:
     """The store name of ``memory://NAME`` (None for the private ``memory://``)."""
     scheme, _, rest = url.partition("://")
     if scheme.lower() != "memory" or not _:
-        raise ConfigurationError(f"expected memory:// or memory://NAME, got {url!r}")
+        raise ConfigurationError(f"expected memory:// or memory://NAME, got {redact_url(url)!r}")
     name = rest.rstrip("/")
     if not name:
         return None

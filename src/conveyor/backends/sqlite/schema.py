@@ -17,6 +17,7 @@ from conveyor.errors import ConfigurationError
 from conveyor.job import JobRecord, JobState, WorkerInfo
 from conveyor.serialization import loads
 from conveyor.stats import SUMS
+from conveyor.urls import redact_url
 
 _NAMESPACE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 
@@ -46,7 +47,7 @@ class Settings:
         """Parse a ``sqlite:///relative.db`` or ``sqlite:////absolute.db`` URL."""
         parts = urlsplit(url)
         if parts.scheme != "sqlite" or parts.netloc:
-            raise ConfigurationError(f"expected sqlite:///PATH, got {url!r}")
+            raise ConfigurationError(f"expected sqlite:///PATH, got {redact_url(url)!r}")
         raw = unquote(parts.path)
         if raw.startswith("/"):
             raw = raw[1:]
