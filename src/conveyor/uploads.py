@@ -104,8 +104,9 @@ class StagingArea:
         self.incoming = self.root / "incoming"
 
     def ensure(self) -> None:
-        """Create the directories (idempotent)."""
-        self.incoming.mkdir(parents=True, exist_ok=True)
+        """Create the directories (idempotent); new ones are the owner's only (0700)."""
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.incoming.mkdir(mode=0o700, exist_ok=True)
 
     def path_of(self, job_id: str) -> Path:
         """Where the file of ``job_id`` is staged (whether or not it exists)."""

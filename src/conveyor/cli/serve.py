@@ -63,8 +63,12 @@ def add_serve_parser(sub: Any) -> None:
     p.add_argument("--staging", help="directory uploads wait in (default: the app's)")
     p.add_argument("--max-upload-bytes", type=positive_int, default=1 << 30,
                    help="largest request body accepted (default 1 GiB)")
-    p.add_argument("--token", help="bearer token required by every route but /healthz "
-                   "(default: $CONVEYOR_TOKEN)")
+    tokens = p.add_mutually_exclusive_group()
+    tokens.add_argument("--token-file", metavar="PATH",
+                        help="read the bearer token required by every route but /healthz "
+                        "from PATH (one line); or set $CONVEYOR_TOKEN")
+    tokens.add_argument("--token", help="the bearer token itself: every local user can read "
+                        "it in the process list, so prefer --token-file or $CONVEYOR_TOKEN")
     p.add_argument("--max-wrong-tokens", type=int, default=10, metavar="N",
                    help="wrong tokens (bearer or login) from one client address within a "
                    "minute before its tokens get 429 for a growing time (default 10; 0: no "
@@ -122,16 +126,43 @@ def listen(host: str, port: int) -> socket.socket:
     return sock
 
 
+def read_token(path: str) -> str:
+    """The token in the file at ``path``: its one line, stripped; a :class:`CLIError` for a
+    file that cannot be read, is empty or holds more than one line."""
+    try:
+        with open(path, encoding="utf-8") as file:
+            token = file.read(65536).strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise CLIError(f"--token-file {path}: cannot read it: {reason}") from None
+    if not token:
+        raise CLIError(f"--token-file {path}: the file is empty")
+    if any(c.isspace() for c in token):
+        raise CLIError(f"--token-file {path}: a token is one line without spaces")
+    return token
+
+
+def _token(args: argparse.Namespace) -> str | None:
+    """The bearer token: ``--token-file``, ``--token`` (with a warning), $CONVEYOR_TOKEN."""
+    if args.token_file is not None:
+        return read_token(args.token_file)
+    if args.token:
+        log.warning("--token is visible to every local user in the process list; use "
+                    "--token-file PATH or CONVEYOR_TOKEN instead")
+        return str(args.token)
+    return os.environ.get("CONVEYOR_TOKEN") or None
+
+
 def _prepare(args: argparse.Namespace) -> tuple[Conveyor, Starlette, str | None]:
     """The app with the built-in jobs installed, and its HTTP API."""
     from conveyor.containers import DEFAULT_TARGET, DirectoryTarget, IncusTarget, open_target
     from conveyor.http import create_app
     from conveyor.http.throttle import Throttle
 
-    token = args.token or os.environ.get("CONVEYOR_TOKEN") or None
+    token = _token(args)
     if token is None and not is_loopback(args.host) and not args.insecure:
         raise CLIError(f"refusing to listen on {args.host} without a token: anyone who can "
-                       "reach it could run jobs. Set --token (or CONVEYOR_TOKEN), or pass "
+                       "reach it could run jobs. Set --token-file (or CONVEYOR_TOKEN), or pass "
                        "--insecure if that is really meant")
     if args.min_workers > args.max_workers:
         raise CLIError("--min-workers must not exceed --max-workers")

@@ -1,19 +1,45 @@
 """Interactive documentation: Swagger UI served from the ``swagger-ui-bundle`` package.
 
 No CDN: the page's script, style sheet and icons are files of the installed package, served
-under ``/docs/static/``; the page reads ``/openapi.json`` of the same server.
+under ``/docs/static/``; the page reads ``/openapi.json`` of the same server. The page sends
+the dashboard's security headers (a policy that allows only this server's own scripts, styles
+and requests, no framing) and has no inline script: its settings are a file of its own. A
+token given to "Authorize" lives in the page only, never in the browser's storage.
 """
 
 from __future__ import annotations
 
 import html
-import json
 from functools import cache
 from pathlib import Path
 
 from starlette.responses import FileResponse, HTMLResponse, Response
 
 from conveyor.http.errors import ApiError
+
+#: headers of the page and its files: nothing but this server's own files and requests (and
+#: the style sheet's data: images), no inline script, no framing, no sniffing
+SECURITY_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"),
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "same-origin",
+}
+
+#: the page's own script, served as /docs/static/init.js: Swagger UI with the spec named by
+#: the page, no authorization kept in localStorage and no calls to the online validator
+INIT = """"use strict";
+window.ui = SwaggerUIBundle({
+  url: document.getElementById("swagger-ui").dataset.spec,
+  dom_id: "#swagger-ui",
+  deepLinking: true,
+  persistAuthorization: false,
+  validatorUrl: null,
+  presets: [SwaggerUIBundle.presets.apis],
+});
+"""
 
 #: the only files of the bundle that are served, and their media types
 FILES = {
@@ -32,17 +58,9 @@ PAGE = """<!DOCTYPE html>
   <link rel="icon" type="image/png" href="{static}/favicon-32x32.png" sizes="32x32">
 </head>
 <body>
-  <div id="swagger-ui"></div>
+  <div id="swagger-ui" data-spec="{spec}"></div>
   <script src="{static}/swagger-ui-bundle.js"></script>
-  <script>
-    window.ui = SwaggerUIBundle({{
-      url: {spec},
-      dom_id: "#swagger-ui",
-      deepLinking: true,
-      persistAuthorization: true,
-      presets: [SwaggerUIBundle.presets.apis],
-    }});
-  </script>
+  <script src="{static}/init.js"></script>
 </body>
 </html>
 """
@@ -58,18 +76,21 @@ def bundle_dir() -> Path:
 
 def page(prefix: str) -> Response:
     """The documentation page for an API mounted under ``prefix``."""
-    spec = json.dumps(f"{prefix}/openapi.json").replace("<", "\\u003c")
+    spec = html.escape(f"{prefix}/openapi.json", quote=True)
     static = html.escape(f"{prefix}/docs/static", quote=True)
-    return HTMLResponse(PAGE.format(static=static, spec=spec))
+    return HTMLResponse(PAGE.format(static=static, spec=spec),
+                        headers={**SECURITY_HEADERS, "Cache-Control": "no-store"})
 
 
 def static(name: str) -> Response:
-    """One file of the bundle; 404 for any other name."""
+    """One file of the bundle, or the page's script; 404 for any other name."""
+    cached = {**SECURITY_HEADERS, "Cache-Control": "public, max-age=86400"}
+    if name == "init.js":
+        return Response(INIT, media_type="text/javascript", headers=cached)
     media_type = FILES.get(name)
     if media_type is None:
         raise ApiError(404, f"no such file: {name}")
     path = bundle_dir() / name
     if not path.is_file():
         raise ApiError(404, f"swagger-ui-bundle has no {name}")
-    return FileResponse(path, media_type=media_type,
-                        headers={"Cache-Control": "public, max-age=86400"})
+    return FileResponse(path, media_type=media_type, headers=cached)

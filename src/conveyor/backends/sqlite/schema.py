@@ -87,6 +87,8 @@ def connect(settings: Settings, create: bool = True) -> sqlite3.Connection:
     the broker reports as unavailable, or SQLite's error when nothing better is known.
     """
     where = settings.path.absolute()
+    if create:
+        _create_private(where)
     target = f"file:{quote(str(where))}?mode={'rwc' if create else 'rw'}"
     try:
         conn = sqlite3.connect(
@@ -118,6 +120,16 @@ def connect(settings: Settings, create: bool = True) -> sqlite3.Connection:
         conn.close()
         raise
     return conn
+
+
+def _create_private(where: Path) -> None:
+    """Create the database file empty and readable by its owner only (0600), unless it
+    exists; SQLite gives its -wal and -shm files the mode of the database file."""
+    try:
+        fd = os.open(where, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except OSError:  # there already, or it cannot be: SQLite's own open says why
+        return
+    os.close(fd)
 
 
 def _switch_to_wal(conn: sqlite3.Connection, patience: float) -> str:
