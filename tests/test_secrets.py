@@ -180,6 +180,21 @@ def test_token_file_is_read_and_no_warning(tmp_path: Path) -> None:
     assert "WARNING" not in srv.output() and "process list" not in srv.output()
 
 
+def test_a_token_file_others_may_read_is_warned_about(tmp_path: Path) -> None:
+    secret = tmp_path / "token"
+    secret.write_text("shared-token-5d1e\n")
+    secret.chmod(0o644)
+    srv = Server(tmp_path, "--token-file", str(secret), "--no-worker", token=None).start()
+    try:
+        srv.client.headers["Authorization"] = "Bearer shared-token-5d1e"
+        assert srv.client.get("/jobs").status_code == 200
+    finally:
+        assert srv.stop() == 0
+    lines = [line for line in srv.output().splitlines() if "other users" in line]
+    assert len(lines) == 1 and "WARNING" in lines[0] and "chmod 600" in lines[0], lines
+    assert "shared-token-5d1e" not in srv.output()
+
+
 def test_token_on_the_command_line_is_warned_about(tmp_path: Path) -> None:
     srv = Server(tmp_path, "--no-worker").start()  # --token s3cret-token
     try:

@@ -128,10 +128,12 @@ def listen(host: str, port: int) -> socket.socket:
 
 def read_token(path: str) -> str:
     """The token in the file at ``path``: its one line, stripped; a :class:`CLIError` for a
-    file that cannot be read, is empty or holds more than one line."""
+    file that cannot be read, is empty or holds more than one line. A file that other users
+    may read is used with a warning."""
     try:
         with open(path, encoding="utf-8") as file:
             token = file.read(65536).strip()
+            shared = os.fstat(file.fileno()).st_mode & 0o077
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise CLIError(f"--token-file {path}: cannot read it: {reason}") from None
@@ -139,6 +141,8 @@ def read_token(path: str) -> str:
         raise CLIError(f"--token-file {path}: the file is empty")
     if any(c.isspace() for c in token):
         raise CLIError(f"--token-file {path}: a token is one line without spaces")
+    if shared:
+        log.warning("--token-file %s can be read by other users: chmod 600 it", path)
     return token
 
 
