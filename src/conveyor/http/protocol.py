@@ -11,7 +11,8 @@ reaches the app; uvicorn answers it with a plain-text 400. This protocol answers
   first byte of the next request on a kept-alive connection) get 408;
 - a body that sends no byte for ``body_timeout`` gets 408, and the app sees the client
   disconnect (an upload removes its partial file);
-- a kept-alive connection idle for ``keepalive_timeout`` is closed;
+- a kept-alive connection idle for ``keepalive_timeout`` is closed, and a request answered
+  before its body ended (401, 413) ends its connection: the rest of the body is not awaited;
 - past ``max_connections`` open connections, a new one gets 503 at once;
 - at most :data:`MAX_PIPELINED` requests may wait behind the one being answered.
 
@@ -181,19 +182,16 @@ class JsonHttpToolsProtocol(HttpToolsProtocol):
             self._body_timer.cancel()
             self._body_timer = None
         super().on_message_complete()
-        if self._idle() and self.timeout_keep_alive_task is None \
-                and not self.transport.is_closing():  # answered before its body ended
-            self.timeout_keep_alive_task = self.loop.call_later(
-                self.timeout_keep_alive, self.timeout_keep_alive_handler)
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
         if self.transport.is_closing() or not self._idle():
             return
         if self._deferred is not None:  # an error found while earlier requests were answered
-            self._unset_keepalive_if_required()
             status, message = self._deferred
             self._answer(status, message)
+        elif self._state == BODY:  # answered before its body ended (401, 413): no keep-alive
+            self._end()
         elif self._state == HEADERS and self._header_timer is None:
             self._arm_header_timer()  # the next request began while this one was answered
 
