@@ -8,6 +8,7 @@ descriptors, resident memory) are read from the server process in /proc.
 
 from __future__ import annotations
 
+import contextlib
 import select
 import socket
 import subprocess
@@ -209,10 +210,8 @@ def test_memory_held_for_unfinished_headers_is_bounded(tmp_path: Path) -> None:
         line = b"GET /healthz HTTP/1.1\r\nHost: t\r\nX-Long: " + b"a" * (1 << 20)
         answers = []
         for sock in socks:
-            try:
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
                 sock.sendall(line)  # read and dropped past the limit, until the server closes
-            except (BrokenPipeError, ConnectionResetError):
-                pass
         refused = process_figures(pid)
         for sock in socks:
             answers.append(read_response(sock).status_code)
@@ -360,3 +359,51 @@ def test_limits_module_refuses_bad_values() -> None:
         with pytest.raises(ValueError, match=next(iter(bad))):
             ServerLimits(**bad)  # type: ignore[arg-type]
     assert ServerLimits(max_header_bytes=100).max_unfinished == 4196
+
+
+# -- create_app under another server ----------------------------------------------------------
+def test_create_app_body_timeout_under_another_server(tmp_path: Path) -> None:
+    """``create_app(body_timeout=...)`` for servers without a body timeout of their own:
+    here uvicorn's h11 protocol, which would wait for the body for ever."""
+    import asyncio
+    import threading
+
+    import uvicorn
+
+    from conveyor import Conveyor
+    from conveyor.containers import open_target
+    from conveyor.http import create_app
+    from http_server import free_port
+
+    app = Conveyor(url=f"sqlite:///{tmp_path / 'db'}", staging_dir=str(tmp_path / "staging"))
+    (tmp_path / "containers" / "web").mkdir(parents=True)
+    api = create_app(app, token="tok", target=open_target(f"dir:{tmp_path / 'containers'}"),
+                     body_timeout=1)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(api, host="127.0.0.1", port=port, http="h11",
+                                           lifespan="off", log_config=None))
+
+    async def serve() -> None:
+        try:
+            await server.serve()
+        finally:
+            await app.broker.close()
+
+    thread = threading.Thread(target=asyncio.run, args=(serve(),))
+    thread.start()
+    partials = lambda: list((tmp_path / "staging").rglob("*.part"))  # noqa: E731
+    try:
+        wait_until(lambda: server.started, timeout=20, what="uvicorn to start")
+        with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
+            sock.sendall(b"POST /uploads HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                         b"Authorization: Bearer tok\r\nX-Container-Name: web\r\n"
+                         b"X-File-Path: /a\r\nContent-Length: 1000\r\n\r\n" + b"x" * 100)
+            wait_until(partials, timeout=10, what="a part file")
+            check_error(read_response(sock), 408, "body", "1 seconds")
+            assert closed(sock)
+        assert partials() == []
+        with pytest.raises(ValueError, match="body_timeout"):
+            create_app(app, body_timeout=0)
+    finally:
+        server.should_exit = True
+        thread.join(30)

@@ -20,6 +20,7 @@ import socket
 from collections.abc import Generator
 from typing import TYPE_CHECKING, Any
 
+from conveyor import serverlimits
 from conveyor.cli.loading import (
     CLIError,
     positive_int,
@@ -28,9 +29,8 @@ from conveyor.cli.loading import (
     worker_queues,
 )
 from conveyor.errors import ConfigurationError
-from conveyor import serverlimits
-from conveyor.serverlimits import ServerLimits
 from conveyor.logs import duration, plural
+from conveyor.serverlimits import ServerLimits
 from conveyor.uploads import StagingArea
 
 if TYPE_CHECKING:

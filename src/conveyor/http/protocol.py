@@ -11,8 +11,9 @@ reaches the app; uvicorn answers it with a plain-text 400. This protocol answers
   first byte of the next request on a kept-alive connection) get 408;
 - a body that sends no byte for ``body_timeout`` gets 408, and the app sees the client
   disconnect (an upload removes its partial file);
-- a kept-alive connection idle for ``keepalive_timeout`` is closed, and a request answered
-  before its body ended (401, 413) ends its connection: the rest of the body is not awaited;
+- a kept-alive connection idle for ``keepalive_timeout`` is closed, and so is one whose
+  request was answered (401, 413) while the rest of its body takes more than
+  :data:`LINGER_SECONDS` to come;
 - past ``max_connections`` open connections, a new one gets 503 at once;
 - at most :data:`MAX_PIPELINED` requests may wait behind the one being answered.
 
@@ -182,6 +183,10 @@ class JsonHttpToolsProtocol(HttpToolsProtocol):
             self._body_timer.cancel()
             self._body_timer = None
         super().on_message_complete()
+        if self._idle() and self.timeout_keep_alive_task is None \
+                and not self.transport.is_closing():  # its body ended after its answer
+            self.timeout_keep_alive_task = self.loop.call_later(
+                self.timeout_keep_alive, self.timeout_keep_alive_handler)
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
@@ -190,8 +195,10 @@ class JsonHttpToolsProtocol(HttpToolsProtocol):
         if self._deferred is not None:  # an error found while earlier requests were answered
             status, message = self._deferred
             self._answer(status, message)
-        elif self._state == BODY:  # answered before its body ended (401, 413): no keep-alive
-            self._end()
+        elif self._state == BODY:  # answered before its body ended (401, 413)
+            if self._body_timer is not None:
+                self._body_timer.cancel()
+            self._body_timer = self.loop.call_later(LINGER_SECONDS, self._body_overdue)
         elif self._state == HEADERS and self._header_timer is None:
             self._arm_header_timer()  # the next request began while this one was answered
 
@@ -232,6 +239,12 @@ class JsonHttpToolsProtocol(HttpToolsProtocol):
             return
         self._refuse(408, f"no byte of the request body arrived for "
                      f"{self.limits.body_timeout:g} seconds")
+
+    def _body_overdue(self) -> None:
+        """The rest of the body of an answered request is not awaited for long."""
+        self._body_timer = None
+        if self._state == BODY and not self.transport.is_closing():
+            self._end()
 
     # -- refusals -----------------------------------------------------------------------------
     def _too_large_message(self) -> str:
