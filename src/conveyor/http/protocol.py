@@ -125,7 +125,14 @@ class JsonHttpToolsProtocol(HttpToolsProtocol):
         self._began_here = False
         self._chunk_done = self._chunk_this = 0
         super().data_received(data)
-        if self._discarding or self.transport.is_closing() or self._state != HEADERS:
+        if self._discarding or self.transport.is_closing():
+            return
+        if self._state == BODY:
+            if self._body_timer is None:  # armed here: most requests end in their first read
+                self._body_timer = self.loop.call_later(self.limits.body_timeout,
+                                                        self._body_check)
+            return
+        if self._state != HEADERS:
             return
         # a header line that never ends is buffered by the parser: bound it too
         fresh = len(data) - self._chunk_done if self._began_here else len(data)
@@ -167,8 +174,6 @@ class JsonHttpToolsProtocol(HttpToolsProtocol):
         self._cancel_header_timer()
         super().on_headers_complete()
         self._body_seen = self.loop.time()
-        if self._body_timer is None:
-            self._body_timer = self.loop.call_later(self.limits.body_timeout, self._body_check)
 
     def on_body(self, body: bytes) -> None:
         self._chunk_this += len(body) + BODY_FRAMING
