@@ -407,3 +407,17 @@ def test_create_app_body_timeout_under_another_server(tmp_path: Path) -> None:
     finally:
         server.should_exit = True
         thread.join(30)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX open-file limit")
+def test_max_connections_past_the_open_file_limit_is_warned_about(tmp_path: Path) -> None:
+    import resource
+
+    def low_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (300, 300))
+
+    server = Server(tmp_path, "--max-connections", "500", preexec=low_limit).start()
+    try:
+        assert "--max-connections 500: the open-file limit is 300" in server.output()
+    finally:
+        assert server.stop() == 0, server.output()
