@@ -421,3 +421,25 @@ def test_max_connections_past_the_open_file_limit_is_warned_about(tmp_path: Path
         assert "--max-connections 500: the open-file limit is 300" in server.output()
     finally:
         assert server.stop() == 0, server.output()
+
+
+def test_upgrade_requests_are_plain_http_and_keep_no_slot(tmp_path: Path) -> None:
+    server = Server(tmp_path, "--max-connections", "3", token=None).start()
+    try:
+        for _ in range(10):
+            with server.connect() as sock:
+                sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                             b"Connection: Upgrade\r\nUpgrade: websocket\r\n"
+                             b"Sec-WebSocket-Version: 13\r\n"
+                             b"Sec-WebSocket-Key: AAAAAAAAAAAAAAAAAAAAAA==\r\n\r\n")
+                assert read_response(sock).status_code in (200, 503)
+
+        def answered() -> bool:
+            with server.connect() as sock:
+                sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+                return read_response(sock).status_code == 200
+
+        wait_until(answered, timeout=20, what="a connection to be served")
+        assert "Unsupported upgrade" not in server.output()
+    finally:
+        assert server.stop() == 0, server.output()

@@ -214,7 +214,9 @@ class _Server:
                 yield
 
         protocol = protocol_class(limits or ServerLimits())
-        config = uvicorn.Config(api, http=protocol, lifespan="off", log_config=None,
+        # no WebSocket routes: an Upgrade request is answered as plain HTTP (an upgraded
+        # connection would leave the protocol that counts connections)
+        config = uvicorn.Config(api, http=protocol, ws="none", lifespan="off", log_config=None,
                                 timeout_graceful_shutdown=max(1, int(grace)),
                                 server_header=False, access_log=access_log)
         self.server = Server(config)

@@ -114,6 +114,9 @@ class JsonHttpToolsProtocol(HttpToolsProtocol):
         self._cancel_timers()
         super().connection_lost(exc)
 
+    def _unsupported_upgrade_warning(self) -> None:
+        """An Upgrade request is answered as plain HTTP; no warning per request."""
+
     def _idle(self) -> bool:
         """No request of this connection is being answered or waiting to be."""
         return (self.cycle is None or self.cycle.response_complete) and not self.pipeline
