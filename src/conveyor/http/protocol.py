@@ -239,8 +239,8 @@ class JsonHttpToolsProtocol(HttpToolsProtocol):
         if self._discarding or self.transport.is_closing() or self._state != BODY:
             return
         now = self.loop.time()
-        if self.pipeline or self.flow.read_paused:  # waiting on this side, not the client
-            self._body_seen = now
+        if self.pipeline or self.flow.read_paused or self.cycle.waiting_for_100_continue:
+            self._body_seen = now  # waiting on this side, not the client
         left = self._body_seen + self.limits.body_timeout - now
         if left > 0:
             self._body_timer = self.loop.call_later(left, self._body_check)
