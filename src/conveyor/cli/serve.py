@@ -14,11 +14,13 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import math
 import os
 import socket
 from collections.abc import Generator
 from typing import TYPE_CHECKING, Any
 
+from conveyor import serverlimits
 from conveyor.cli.loading import (
     CLIError,
     positive_int,
@@ -28,6 +30,7 @@ from conveyor.cli.loading import (
 )
 from conveyor.errors import ConfigurationError
 from conveyor.logs import duration, plural
+from conveyor.serverlimits import ServerLimits
 from conveyor.uploads import StagingArea
 
 if TYPE_CHECKING:
@@ -44,6 +47,16 @@ def _port(text: str) -> int:
     if not text.isdigit() or not 0 <= int(text) <= 65535:
         raise argparse.ArgumentTypeError(f"not a port number: {text!r}")
     return int(text)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {text}")
+    return value
 
 
 def add_serve_parser(sub: Any) -> None:
@@ -96,6 +109,28 @@ def add_serve_parser(sub: Any) -> None:
                    help="log every request (off by default: it costs throughput)")
     p.add_argument("--grace", type=float, default=30.0,
                    help="seconds running jobs get to finish on shutdown (default 30)")
+    limits = p.add_argument_group("limits on clients")
+    limits.add_argument("--header-timeout", type=_seconds, metavar="SECONDS",
+                        default=serverlimits.HEADER_TIMEOUT,
+                        help="seconds a client has to send a request's headers, from the "
+                        "connection's opening or the first byte of the next request; then "
+                        f"408 (default {serverlimits.HEADER_TIMEOUT:g})")
+    limits.add_argument("--max-header-bytes", type=positive_int, metavar="BYTES",
+                        default=serverlimits.MAX_HEADER_BYTES,
+                        help="largest request line and headers; larger get 431 (default "
+                        f"{serverlimits.MAX_HEADER_BYTES})")
+    limits.add_argument("--body-timeout", type=_seconds, metavar="SECONDS",
+                        default=serverlimits.BODY_TIMEOUT,
+                        help="seconds a request body may send nothing before the request "
+                        f"is aborted with 408 (default {serverlimits.BODY_TIMEOUT:g})")
+    limits.add_argument("--keepalive-timeout", type=_seconds, metavar="SECONDS",
+                        default=serverlimits.KEEPALIVE_TIMEOUT,
+                        help="seconds an idle kept-alive connection is kept open (default "
+                        f"{serverlimits.KEEPALIVE_TIMEOUT:g})")
+    limits.add_argument("--max-connections", type=positive_int, metavar="N",
+                        help="most open connections; past it a new one gets 503 at once "
+                        f"(default {serverlimits.MAX_CONNECTIONS}, or the open-file limit "
+                        f"minus {serverlimits.FD_RESERVE} if lower)")
 
 
 def is_loopback(host: str) -> bool:
@@ -202,17 +237,21 @@ class _Server:
     """uvicorn's server (httptools, JSON errors for malformed requests) without its own
     signal handling (``serve`` handles signals)."""
 
-    def __init__(self, api: Starlette, grace: float, access_log: bool = False) -> None:
+    def __init__(self, api: Starlette, grace: float, access_log: bool = False,
+                 limits: ServerLimits | None = None) -> None:
         import uvicorn
 
-        from conveyor.http.protocol import JsonHttpToolsProtocol
+        from conveyor.http.protocol import protocol_class
 
         class Server(uvicorn.Server):
             @contextlib.contextmanager
             def capture_signals(self) -> Generator[None, None, None]:
                 yield
 
-        config = uvicorn.Config(api, http=JsonHttpToolsProtocol, lifespan="off", log_config=None,
+        protocol = protocol_class(limits or ServerLimits())
+        # no WebSocket routes: an Upgrade request is answered as plain HTTP (an upgraded
+        # connection would leave the protocol that counts connections)
+        config = uvicorn.Config(api, http=protocol, ws="none", lifespan="off", log_config=None,
                                 timeout_graceful_shutdown=max(1, int(grace)),
                                 server_header=False, access_log=access_log)
         self.server = Server(config)
@@ -224,6 +263,23 @@ class _Server:
     async def run(self, sock: socket.socket) -> None:
         """Serve on ``sock`` until :meth:`stop`."""
         await self.server.serve(sockets=[sock])
+
+
+def server_limits(args: argparse.Namespace) -> ServerLimits:
+    """The limits on clients set by ``args``; a warning when the open-file limit leaves less
+    room than ``--max-connections`` asks for."""
+    room = serverlimits.default_max_connections()
+    wanted = args.max_connections or room
+    soft = serverlimits.open_file_limit()
+    if soft is not None and wanted > soft - serverlimits.FD_RESERVE:
+        log.warning("--max-connections %d: the open-file limit is %d, so connections past "
+                    "about %d fail to be accepted; raise it (ulimit -n)", wanted, soft,
+                    max(0, soft - serverlimits.FD_RESERVE))
+    return ServerLimits(header_timeout=args.header_timeout,
+                        max_header_bytes=args.max_header_bytes,
+                        body_timeout=args.body_timeout,
+                        keepalive_timeout=args.keepalive_timeout,
+                        max_connections=wanted)
 
 
 #: seconds between sweeps of the staging area while serving, and the least age of a staged
@@ -341,7 +397,7 @@ def run_serve(args: argparse.Namespace) -> int:
             {fn.options.queue for fn in app.registry.values()} | {UPLOAD_QUEUE})
         worker = Worker(app, queues, weights=weights, min_workers=args.min_workers,
                         max_workers=args.max_workers, grace=args.grace, metrics=app.metrics)
-    server = _Server(api, args.grace, args.access_log)
+    server = _Server(api, args.grace, args.access_log, server_limits(args))
     loop_factory = None if uvloop is None else uvloop.new_event_loop
     with sock, asyncio.Runner(loop_factory=loop_factory) as runner:
         return runner.run(_serve(app, server, worker, sock))

@@ -7,6 +7,7 @@ Routes come from the table in :mod:`conveyor.http.routes`; every error becomes a
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import time
@@ -102,6 +103,41 @@ class BearerAuth:
         await response(scope, receive, send)
 
 
+class BodyStalled(Exception):
+    """The request body sent nothing for the app's ``body_timeout``: answered 408. Not an
+    :class:`ApiError`, so what was begun for the request is undone as for a disconnect."""
+
+
+class BodyTimeout:
+    """ASGI middleware: a request body that sends nothing for ``seconds`` ends its request
+    with 408 and ``Connection: close`` (an upload being staged removes its partial file)."""
+
+    def __init__(self, app: ASGIApp, seconds: float) -> None:
+        self.app = app
+        self.seconds = seconds
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        more_body = True
+
+        async def receiving() -> Message:
+            nonlocal more_body
+            if not more_body:  # the body is complete: waiting for a disconnect is not a stall
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), self.seconds)
+            except TimeoutError:
+                raise BodyStalled("no byte of the request body arrived for "
+                                  f"{self.seconds:g} seconds") from None
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                more_body = False
+            return message
+
+        await self.app(scope, receiving, send)
+
+
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
@@ -194,6 +230,11 @@ async def _disconnected(request: Request, exc: Exception) -> Response:
     return error_response(400, "the client disconnected before the body was complete")
 
 
+async def _body_stalled(request: Request, exc: Exception) -> Response:
+    log.info("%s %s: %s", request.method, route_path(request.scope), exc)
+    return error_response(408, str(exc), {"Connection": "close"})
+
+
 async def _internal(request: Request, exc: Exception) -> Response:
     return error_response(500, "internal server error")
 
@@ -209,6 +250,7 @@ def create_app(
     origins: Sequence[str] = (),
     hosts: Sequence[str] = (),
     throttle: Throttle | None = None,
+    body_timeout: float | None = None,
 ) -> Starlette:
     """The HTTP API of ``conveyor_app`` as an ASGI app (see the README's "HTTP API").
 
@@ -234,7 +276,13 @@ def create_app(
     ``throttle`` counts wrong tokens (bearer headers, the dashboard's login) per client
     address and answers 429 past its limit (default: a :class:`Throttle` with its defaults;
     ``Throttle(limit=0)``: none; see :mod:`conveyor.http.throttle`).
+
+    ``body_timeout`` (seconds) ends a request whose body sends nothing for that long with
+    408, for a server without such a limit of its own; ``conveyor serve`` has one (see
+    :mod:`conveyor.serverlimits`) and leaves this None.
     """
+    if body_timeout is not None and not body_timeout > 0:
+        raise ValueError(f"body_timeout must be a positive number of seconds, not {body_timeout}")
     if target is not None:
         from conveyor import builtin
 
@@ -258,6 +306,8 @@ def create_app(
         table += Dashboard(routes.services, token or None, allowed, throttle).routes()
         exempt = is_dashboard_path
     middleware = [Middleware(RequestMetrics, metrics=metrics, routes=table)]
+    if body_timeout is not None:
+        middleware.append(Middleware(BodyTimeout, seconds=body_timeout))
     if token:
         middleware.append(Middleware(BearerAuth, token=token, exempt=exempt,
                                      throttle=throttle))
@@ -273,6 +323,7 @@ def create_app(
             StoreUnavailable: _store_unavailable,
             HTTPException: _http_error,
             ClientDisconnect: _disconnected,
+            BodyStalled: _body_stalled,
             Exception: _internal,
         },
     )
