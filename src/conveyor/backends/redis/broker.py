@@ -86,6 +86,8 @@ OK = ["ok"]
 PRUNE_STEP = 500
 #: steps through the unique keys at most per purge (a purge runs about once a minute)
 PRUNE_STEPS = 200
+#: seconds between two sweeps of the known queues made by refused enqueues, at least
+SWEEP_EVERY = 10.0
 
 
 Segment = tuple[Sequence[JobRecord], Mapping[str, int]]
@@ -174,6 +176,8 @@ class RedisBroker(Broker):
         self._bucket_cursor = "0"
         #: where the next step through the known queues starts (an SSCAN cursor)
         self._queue_cursor = "0"
+        #: time.monotonic() of the last sweep of the queues an enqueue made (see _may_sweep)
+        self._swept_at = -SWEEP_EVERY
         #: the limits of the last claim and their text for claim.lua
         self._limits_cache: tuple[dict[str, JobLimits], str] | None = None
 
@@ -502,6 +506,9 @@ class RedisBroker(Broker):
         if not jobs:
             return []
         result = await self._conn().enqueues.submit((jobs, limits))
+        if isinstance(result, TooManyQueues) and self._may_sweep() and \
+                await self._prune_queues():
+            result = await self._conn().enqueues.submit((jobs, limits))
         if isinstance(result, Exception):
             raise result
         return result
@@ -524,6 +531,11 @@ class RedisBroker(Broker):
         reply, attempts = self._blocking_call(script, keys, argv)
         result = self._segment_result(reply if isinstance(reply, str) else reply[0],
                                       attempts, jobs, orders[0])
+        if isinstance(result, TooManyQueues) and self._may_sweep() and \
+                self._prune_queues_blocking():
+            reply, more = self._blocking_call(script, keys, argv)
+            result = self._segment_result(reply if isinstance(reply, str) else reply[0],
+                                          more, jobs, orders[0])
         if isinstance(result, Exception):
             raise result
         return result
@@ -572,15 +584,41 @@ class RedisBroker(Broker):
             if self._bucket_cursor == "0":
                 return
 
-    async def _prune_queues(self) -> None:
+    async def _prune_queues(self) -> int:
         """Steps through the known queues, forgetting those without jobs or settings (as
-        :meth:`_prune_keys` steps through the unique keys)."""
+        :meth:`_prune_keys` steps through the unique keys); how many it forgot."""
+        forgotten = 0
         for _ in range(PRUNE_STEPS):
-            self._queue_cursor = str(await self._script(
+            cursor, count = await self._script(
                 "prune_queues", [self.keys.jobs, self.keys.queues],
-                [self._queue_cursor, PRUNE_STEP]))
+                [self._queue_cursor, PRUNE_STEP])
+            self._queue_cursor, forgotten = str(cursor), forgotten + int(count)
             if self._queue_cursor == "0":
-                return
+                break
+        return forgotten
+
+    def _prune_queues_blocking(self) -> int:
+        """:meth:`_prune_queues` on the blocking client."""
+        forgotten = 0
+        for _ in range(PRUNE_STEPS):
+            (cursor, count), _ = self._blocking_call(
+                "prune_queues", [self.keys.jobs, self.keys.queues],
+                [self._queue_cursor, PRUNE_STEP])
+            cursor = cursor.decode() if isinstance(cursor, bytes) else str(cursor)
+            self._queue_cursor, forgotten = cursor, forgotten + int(count)
+            if self._queue_cursor == "0":
+                break
+        return forgotten
+
+    def _may_sweep(self) -> bool:
+        """True when an enqueue refused for the cap on queues may sweep the known queues
+        before it tries once more (names kept by a store from before queues were forgotten
+        wait for no purge); at most once per :data:`SWEEP_EVERY` seconds."""
+        now = time.monotonic()
+        if now - self._swept_at < SWEEP_EVERY:
+            return False
+        self._swept_at = now
+        return True
 
     def _blocking_call(self, script: str, keys: Sequence[str],
                        argv: Sequence[Any]) -> tuple[Any, int]:
