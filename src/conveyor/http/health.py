@@ -122,7 +122,8 @@ def _retrieve(task: asyncio.Task[None]) -> None:
 class StoreGate:
     """ASGI middleware: ``GET /healthz`` answers 503 with the reason while the store cannot
     be used; the routes of :data:`STORE_PATHS` answer 503 at once while it is known to be
-    down (after one bounded probe). Other routes pass as they are."""
+    down (after one bounded probe); their reads are bounded in time (see the module
+    docstring). Other routes pass as they are."""
 
     def __init__(self, app: ASGIApp, health: StoreHealth) -> None:
         self.app = app
