@@ -20,6 +20,7 @@ from conveyor.errors import (
     RateLimited,
     Retry,
     StoreUnavailable,
+    TooManyQueues,
     UnknownJob,
 )
 from conveyor.functions import JobFunction
@@ -56,6 +57,7 @@ __all__ = [
     "Retry",
     "Schedule",
     "StoreUnavailable",
+    "TooManyQueues",
     "UnknownJob",
     "Upload",
 ]

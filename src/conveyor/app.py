@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar, Unpack, cast, overload
 
 from conveyor.backends import Broker, open_broker
+from conveyor.backends.base import DEFAULT_MAX_QUEUES
 from conveyor.backends.outage import outage_for
 from conveyor.context import JobContext
 from conveyor.cron import GRACE, Timing
@@ -68,7 +69,9 @@ class Conveyor:
     one store; ``lease`` is how long a claimed job stays owned without a heartbeat;
     ``aging`` is how many seconds of waiting raise a job's effective priority by one;
     ``max_queued`` is this app's own caps (queue -> jobs waiting at most), checked beside
-    the caps kept in the store (:meth:`set_max_queued`): the smaller wins.
+    the caps kept in the store (:meth:`set_max_queued`): the smaller wins; ``max_queues``
+    caps the distinct queues of the namespace (an enqueue that would make one more raises
+    :class:`~conveyor.errors.TooManyQueues`; ``None``: no cap).
     """
 
     def __init__(
@@ -82,6 +85,7 @@ class Conveyor:
         max_queued: Mapping[str, int] | None = None,
         staging_dir: str | None = None,
         store_timeout: float = 5.0,
+        max_queues: int | None = DEFAULT_MAX_QUEUES,
         aging: float = DEFAULT_AGING,
         eager: bool = False,
     ) -> None:
@@ -94,6 +98,11 @@ class Conveyor:
         #: seconds a call keeps retrying a store that cannot be used (Redis unreachable)
         #: before it raises :class:`~conveyor.errors.StoreUnavailable`; workers wait longer
         self.store_timeout = float(store_timeout)
+        if max_queues is not None and (isinstance(max_queues, bool) or
+                                       not isinstance(max_queues, int) or max_queues < 1):
+            raise ConfigurationError("max_queues must be a whole number of at least 1 (or None)")
+        #: distinct queues the namespace may know at most (see Broker.max_queues)
+        self.max_queues = max_queues
         if url is not None and url.lower().startswith("memory:"):  # a test's own store
             self.url = url
         else:
@@ -144,6 +153,7 @@ class Conveyor:
         if self._broker is None:
             self._broker = open_broker(self.url, self.namespace, self.retention)
             self._broker.retry_for = self.store_timeout
+            self._broker.max_queues = self.max_queues
             self._broker.aging = self.aging
         return self._broker
 

@@ -34,6 +34,19 @@ class QueueFull(ConveyorError):
         self.limit = limit
 
 
+class TooManyQueues(ConveyorError):
+    """The namespace knows ``limit`` queues already (those holding jobs, and those with
+    stored settings): a job for a new queue was refused and nothing of the call was stored.
+    Jobs of known queues are still accepted; a queue is forgotten once it holds no job and
+    has no settings."""
+
+    def __init__(self, queue: str, limit: int) -> None:
+        super().__init__(f"cannot create queue {queue!r}: the namespace has {limit} queues "
+                         f"already, its cap (max_queues)")
+        self.queue = queue
+        self.limit = limit
+
+
 class DuplicateJob(ConveyorError):
     """A job with this id exists already (or, for a unique job asked to raise, one holding
     its unique key is under way); nothing was stored. ``job_id`` is the existing job's id."""

@@ -24,6 +24,9 @@ if TYPE_CHECKING:
     from conveyor.backends.outage import Outage
     from conveyor.schedules import Schedule, ScheduleState
 
+#: the default cap on the distinct queues of a namespace (see :attr:`Broker.max_queues`)
+DEFAULT_MAX_QUEUES = 1000
+
 #: what a lease recovery did to a job: requeued and charged a recovery (its worker died while
 #: it ran); requeued uncharged (held unstarted, or its worker still lived); sent to the dead
 #: set (lost too many times); ended cancelled (its cancellation had been asked for)
@@ -80,6 +83,10 @@ class Broker(abc.ABC):
 
     #: seconds an operation keeps retrying through connection trouble (backends that retry)
     retry_for: float = 30.0
+    #: distinct queues the namespace may know at most (those holding jobs, and those with
+    #: stored settings); an enqueue that would make one more raises
+    #: :class:`~conveyor.errors.TooManyQueues`. ``None``: no cap
+    max_queues: int | None = DEFAULT_MAX_QUEUES
     #: seconds of waiting that raise a job's effective priority by one (the app's
     #: ``aging``): a job's boost is ``priority * aging``, fixed at enqueue or when its
     #: priority is changed

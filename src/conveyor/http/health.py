@@ -5,6 +5,12 @@ be down, instead of each waiting for it.
 One bounded probe (a ``PING`` on Redis; on SQLite a read, or while the store is known to be
 down a write, since a locked or full database still reads) is shared by the requests
 that come while it runs; a request waits :data:`PROBE_WAIT` seconds for it at most.
+
+A read of the store (``GET`` or ``HEAD`` on those routes) that has not answered after the
+app's ``store_timeout`` probes the store: when it cannot be used, the read answers 503 at
+once (the store's client may take longer to give up: a host that does not answer, a name
+that does not resolve); when it can, the read goes on. A read that fails with an error of
+the store's connection answers 503 too, not 500.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from starlette.responses import JSONResponse
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from conveyor.backends.outage import outage_for
 from conveyor.errors import StoreUnavailable
@@ -30,6 +36,8 @@ PROBE_WAIT = 1.0
 RETRY_AFTER = 5
 #: paths of routes that need the store (below the point the API is mounted at)
 STORE_PATHS = ("/jobs", "/uploads", "/queues", "/ui/api/")
+#: the methods that only read (their routes are bounded in time, see StoreGate)
+READS = ("GET", "HEAD")
 #: the worker id and queue the probe uses (no worker or queue has them: nothing changes)
 PROBE_ID = "conveyor-health-probe"
 
@@ -40,6 +48,11 @@ class StoreHealth:
     def __init__(self, app: Conveyor) -> None:
         self.app = app
         self._probe: asyncio.Task[None] | None = None
+
+    def read_wait(self) -> float:
+        """Seconds a read of the store runs before the store is probed: the app's
+        ``store_timeout`` (what one store call retries for)."""
+        return self.app.store_timeout
 
     def known_down(self) -> bool:
         """True while this process knows the store to be down (no round trip)."""
@@ -109,7 +122,8 @@ def _retrieve(task: asyncio.Task[None]) -> None:
 class StoreGate:
     """ASGI middleware: ``GET /healthz`` answers 503 with the reason while the store cannot
     be used; the routes of :data:`STORE_PATHS` answer 503 at once while it is known to be
-    down (after one bounded probe). Other routes pass as they are."""
+    down (after one bounded probe); their reads are bounded in time (see the module
+    docstring). Other routes pass as they are."""
 
     def __init__(self, app: ASGIApp, health: StoreHealth) -> None:
         self.app = app
@@ -124,11 +138,67 @@ class StoreGate:
                 path.startswith(STORE_PATHS) and self.health.known_down())
             reason = await self.health.trouble() if check else None
             if reason is not None:
-                message = f"store unavailable: {reason}"
-                body = {"status": "unavailable", "error": message} if path == "/healthz" \
-                    else {"error": message}
-                response = JSONResponse(body, status_code=503,
-                                        headers={"Retry-After": str(RETRY_AFTER)})
-                await response(scope, receive, send)
+                await _unavailable(scope, receive, send, reason, path == "/healthz")
+                return
+            if path.startswith(STORE_PATHS) and scope.get("method") in READS:
+                await self._bounded_read(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+    async def _bounded_read(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Run a read; answer 503 when it has not started its answer after
+        :meth:`StoreHealth.read_wait` and the store cannot be used, or when it fails with
+        trouble of the store (the read is cancelled; nothing it sends later goes out)."""
+        started = answered = False
+
+        async def guarded(message: Message) -> None:
+            nonlocal started
+            if answered:
+                return
+            started = True
+            await send(message)
+
+        task = asyncio.ensure_future(self.app(scope, receive, guarded))
+        try:
+            while True:
+                done, _ = await asyncio.wait({task}, timeout=self.health.read_wait())
+                if done:
+                    break
+                if started:
+                    continue  # answering: let it finish
+                reason = await self.health.trouble()
+                if reason is not None and not started:
+                    answered = True
+                    task.cancel()
+                    task.add_done_callback(_retrieve)
+                    log.warning("%s %s: store unavailable: %s", scope.get("method"),
+                                scope.get("path"), reason)
+                    await _unavailable(scope, receive, send, reason)
+                    return
+        except asyncio.CancelledError:  # the server gave up on this request
+            task.cancel()
+            task.add_done_callback(_retrieve)
+            raise
+        error = None if task.cancelled() else task.exception()
+        if error is None:
+            task.result()  # re-raises a cancellation of the task itself
+            return
+        broker = self.health.app.broker
+        if started or not (isinstance(error, StoreUnavailable) or broker.is_transient(error)):
+            raise error
+        # a StoreUnavailable's reason names no host; a driver's error may: not shown
+        reason = error.reason if isinstance(error, StoreUnavailable) else \
+            outage_for(broker).reason or "the store cannot be used now"
+        log.warning("%s %s: store unavailable: %s (%s)", scope.get("method"),
+                    scope.get("path"), reason, error)
+        answered = True
+        await _unavailable(scope, receive, send, reason)
+
+
+async def _unavailable(scope: Scope, receive: Receive, send: Send, reason: str,
+                       health: bool = False) -> None:
+    """Answer 503 with ``Retry-After`` and the reason (``/healthz`` adds its status)."""
+    message = f"store unavailable: {reason}"
+    body = {"status": "unavailable", "error": message} if health else {"error": message}
+    response = JSONResponse(body, status_code=503, headers={"Retry-After": str(RETRY_AFTER)})
+    await response(scope, receive, send)

@@ -24,6 +24,7 @@ from conveyor.errors import (
     JobNotWaiting,
     QueueFull,
     StoreUnavailable,
+    TooManyQueues,
     UnknownJob,
 )
 from conveyor.http import decoding, idempotency
@@ -138,6 +139,9 @@ class Services:
         except QueueFull as exc:
             self._discard(job_id)
             raise ApiError(503, str(exc), {"Retry-After": str(RETRY_AFTER)}) from None
+        except TooManyQueues as exc:
+            self._discard(job_id)
+            raise ApiError(409, str(exc)) from None
         except (InvalidArguments, UploadError) as exc:
             self._discard(job_id)
             raise ApiError(400, str(exc)) from None

@@ -29,6 +29,7 @@ from conveyor.errors import (
     DuplicateJob,
     QueueFull,
     StoreUnavailable,
+    TooManyQueues,
     redact_url,
 )
 from conveyor.ids import new_id
@@ -85,6 +86,8 @@ OK = ["ok"]
 PRUNE_STEP = 500
 #: steps through the unique keys at most per purge (a purge runs about once a minute)
 PRUNE_STEPS = 200
+#: seconds between two sweeps of the known queues made by refused enqueues, at least
+SWEEP_EVERY = 10.0
 
 
 Segment = tuple[Sequence[JobRecord], Mapping[str, int]]
@@ -185,6 +188,10 @@ class RedisBroker(Broker):
         self._prune_cursor = "0"
         #: where the next pruning step of the token buckets starts
         self._bucket_cursor = "0"
+        #: where the next step through the known queues starts (an SSCAN cursor)
+        self._queue_cursor = "0"
+        #: time.monotonic() of the last sweep of the queues an enqueue made (see _may_sweep)
+        self._swept_at = -SWEEP_EVERY
         #: the limits of the last claim and their text for claim.lua
         self._limits_cache: tuple[dict[str, JobLimits], str] | None = None
 
@@ -395,12 +402,13 @@ class RedisBroker(Broker):
             keys = [k.jobs, k.field("state"), k.queues, *k.queue_group(job.queue),
                     k.caps, k.unique, k.unique_until, k.field("priority"), k.field("lane")]
             value = self._value(job)
-            argv: list[Any] = [job.queue, limits.get(job.queue, -1), value, _lane(job)]
+            argv: list[Any] = [job.queue, limits.get(job.queue, -1), value, _lane(job),
+                               self._most_queues()]
             if job.unique_key is not None:
                 argv += [job.unique_key, _hold(job)]
             return "enqueue_one", keys, argv, [[0]]
         numbers: dict[str, int] = {}
-        argv = [len(segments)]
+        argv = [self._most_queues(), len(segments)]
         orders: list[list[int]] = []
         for jobs, limits in segments:
             if len(jobs) == 1:  # the commonest segment: one call of one job
@@ -442,6 +450,10 @@ class RedisBroker(Broker):
                 *self._group_keys(list(numbers)), k.caps, k.field("priority"), k.field("lane")]
         return "enqueue", keys, argv, orders
 
+    def _most_queues(self) -> int:
+        """:attr:`max_queues` as the enqueue scripts take it (-1: no cap)."""
+        return -1 if self.max_queues is None else self.max_queues
+
     def _value(self, job: JobRecord) -> str:
         """One job as the enqueue scripts take it: its run_at offset from now, for a job of
         another priority than 0 a space and its priority field, then its JSON."""
@@ -476,6 +488,9 @@ class RedisBroker(Broker):
         if kind == "full":
             queue, _, limit = detail.rpartition(" ")
             return QueueFull(queue, int(limit))
+        if kind == "queues":
+            most, _, queue = detail.partition(" ")
+            return TooManyQueues(queue, int(most))
         if kind == "exists" or (kind == "same" and attempts == 1):
             return DuplicateJob(detail)
         # 'same' on a later attempt: the earlier attempt stored this very job, and only its
@@ -505,6 +520,9 @@ class RedisBroker(Broker):
         if not jobs:
             return []
         result = await self._conn().enqueues.submit((jobs, limits))
+        if isinstance(result, TooManyQueues) and self._may_sweep() and \
+                await self._prune_queues():
+            result = await self._conn().enqueues.submit((jobs, limits))
         if isinstance(result, Exception):
             raise result
         return result
@@ -527,6 +545,11 @@ class RedisBroker(Broker):
         reply, attempts = self._blocking_call(script, keys, argv)
         result = self._segment_result(reply if isinstance(reply, str) else reply[0],
                                       attempts, jobs, orders[0])
+        if isinstance(result, TooManyQueues) and self._may_sweep() and \
+                self._prune_queues_blocking():
+            reply, more = self._blocking_call(script, keys, argv)
+            result = self._segment_result(reply if isinstance(reply, str) else reply[0],
+                                          more, jobs, orders[0])
         if isinstance(result, Exception):
             raise result
         return result
@@ -574,6 +597,42 @@ class RedisBroker(Broker):
                 "prune_buckets", [self.keys.buckets], [self._bucket_cursor, PRUNE_STEP]))
             if self._bucket_cursor == "0":
                 return
+
+    async def _prune_queues(self) -> int:
+        """Steps through the known queues, forgetting those without jobs or settings (as
+        :meth:`_prune_keys` steps through the unique keys); how many it forgot."""
+        forgotten = 0
+        for _ in range(PRUNE_STEPS):
+            cursor, count = await self._script(
+                "prune_queues", [self.keys.jobs, self.keys.queues],
+                [self._queue_cursor, PRUNE_STEP])
+            self._queue_cursor, forgotten = str(cursor), forgotten + int(count)
+            if self._queue_cursor == "0":
+                break
+        return forgotten
+
+    def _prune_queues_blocking(self) -> int:
+        """:meth:`_prune_queues` on the blocking client."""
+        forgotten = 0
+        for _ in range(PRUNE_STEPS):
+            (cursor, count), _ = self._blocking_call(
+                "prune_queues", [self.keys.jobs, self.keys.queues],
+                [self._queue_cursor, PRUNE_STEP])
+            cursor = cursor.decode() if isinstance(cursor, bytes) else str(cursor)
+            self._queue_cursor, forgotten = cursor, forgotten + int(count)
+            if self._queue_cursor == "0":
+                break
+        return forgotten
+
+    def _may_sweep(self) -> bool:
+        """True when an enqueue refused for the cap on queues may sweep the known queues
+        before it tries once more (names kept by a store from before queues were forgotten
+        wait for no purge); at most once per :data:`SWEEP_EVERY` seconds."""
+        now = time.monotonic()
+        if now - self._swept_at < SWEEP_EVERY:
+            return False
+        self._swept_at = now
+        return True
 
     def _blocking_call(self, script: str, keys: Sequence[str],
                        argv: Sequence[Any]) -> tuple[Any, int]:
@@ -864,6 +923,7 @@ class RedisBroker(Broker):
             if len(ids) < BATCH or not deleted:
                 await self._prune_keys()
                 await self._prune_buckets()
+                await self._prune_queues()
                 return total
 
     # -- inspection and admin -----------------------------------------------------------------
@@ -934,7 +994,10 @@ class RedisBroker(Broker):
                 return list(await pipe.execute())
 
         values = iter(await self._retrying(call))
-        return {q: {str(s): int(next(values)) for s in ALL_STATES} for q in queues}
+        found = {q: {str(s): int(next(values)) for s in ALL_STATES} for q in queues}
+        # as SQLite counts them: queues that hold jobs (one kept for its settings only is
+        # listed with those, see conveyor.queues.with_settings)
+        return {q: row for q, row in found.items() if any(row.values())}
 
     async def _by_id(self, script: str, job_id: str, extra: Sequence[Any]) -> Any:
         """Run a single-job script with the keys of the job's queue; ``None`` if no job."""
@@ -987,6 +1050,7 @@ class RedisBroker(Broker):
             async with conn.client.pipeline(transaction=True) as pipe:
                 if paused:
                     pipe.sadd(k.paused, queue)
+                    pipe.sadd(k.queues, queue)  # a queue with settings is known
                 else:
                     pipe.srem(k.paused, queue)
                     # wake the queue's idle workers, as an enqueue does (one token at most)
@@ -995,12 +1059,27 @@ class RedisBroker(Broker):
                 await pipe.execute()
 
         await self._retrying(call)
+        if not paused:
+            await self._forget_queue(queue)
 
     async def set_max_queued(self, queue: str, limit: int | None) -> None:
+        k = self.keys
         if limit is None:
-            await self._cmd("hdel", self.keys.caps, queue)
-        else:
-            await self._cmd("hset", self.keys.caps, queue, str(limit))
+            await self._cmd("hdel", k.caps, queue)
+            await self._forget_queue(queue)
+            return
+
+        async def call(conn: _Connection) -> None:
+            async with conn.client.pipeline(transaction=True) as pipe:
+                pipe.hset(k.caps, queue, str(limit))
+                pipe.sadd(k.queues, queue)  # a queue with settings is known
+                await pipe.execute()
+
+        await self._retrying(call)
+
+    async def _forget_queue(self, queue: str) -> None:
+        """Forget ``queue`` if it holds no job and has no settings left."""
+        await self._script("forget_queue", [self.keys.jobs, *self.keys.queue_group(queue)], [])
 
     async def queue_settings(self) -> dict[str, QueueSettings]:
         async def call(conn: _Connection) -> tuple[set[str], dict[str, str]]:

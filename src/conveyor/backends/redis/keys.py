@@ -45,7 +45,9 @@ Layout (``ns`` is the namespace, ``q`` a queue):
                                          absent: the job is not laned (group None)
 ``{ns}:expiry``                 zset     finished job id -> expires_at (when it is purged)
 ``{ns}:cancel``                 set      jobs whose cancellation was asked while they ran
-``{ns}:queues``                 set      queue names ever used
+``{ns}:queues``                 set      queues that hold jobs or have stored settings; a
+                                         queue with neither is forgotten (delete.lua,
+                                         purge.lua, prune_queues.lua)
 ``{ns}:paused``                 set      paused queue names: claims skip them (claim.lua)
 ``{ns}:caps``                   hash     queue -> max_queued, the store's cap, enforced by
                                          enqueue.lua and enqueue_one.lua for every producer

@@ -33,7 +33,7 @@ from conveyor.backends.sqlite.schema import (
 )
 from conveyor.backends.sqlite.trouble import unavailable_reason
 from conveyor.backends.sqlite.writer import Writer
-from conveyor.errors import DuplicateJob, QueueFull, StoreUnavailable
+from conveyor.errors import DuplicateJob, QueueFull, StoreUnavailable, TooManyQueues
 from conveyor.job import JobRecord, JobState, Outcome, OutcomeKind, WorkerInfo
 from conveyor.known import KnownJob, read_known
 from conveyor.limits import JobLimits, LimitUsage
@@ -123,6 +123,17 @@ class SQLiteBroker(Broker):
         #: the due scheduled jobs of some queues become queued: (*queues, now)
         self._sql_promote = (f"UPDATE {t}_jobs SET state='queued' WHERE state='scheduled' "
                              f"AND queue IN ({{marks}}) AND run_at <= ?")
+        states = ", ".join(f"'{state}'" for state in JobState)
+        #: a row when the queue is known (it holds a job, or has settings): (queue, queue)
+        self._sql_queue_known = (
+            f"SELECT 1 FROM {t}_jobs WHERE state IN ({states}) AND queue=? UNION ALL "
+            f"SELECT 1 FROM {t}_queues WHERE name=? LIMIT 1")
+        #: the distinct queues of the jobs in one state, by index skips: (state, state, limit)
+        self._sql_state_queues = (
+            f"WITH RECURSIVE q(name) AS (SELECT min(queue) FROM {t}_jobs WHERE state=? "
+            f"UNION ALL SELECT (SELECT min(queue) FROM {t}_jobs WHERE state=? AND "
+            f"queue > q.name) FROM q WHERE q.name IS NOT NULL) "
+            f"SELECT name FROM q WHERE name IS NOT NULL LIMIT ?")
         self._sql_insert = (
             f"INSERT INTO {t}_jobs (id, name, queue, state, args, kwargs, created_at, run_at, "
             f"unique_key) VALUES (?,?,?,?,?,?,?,?,?)"
@@ -275,6 +286,7 @@ class SQLiteBroker(Broker):
         caps_sql = (f"SELECT name, max_queued FROM {self.ns}_queues "
                     f"WHERE typeof(max_queued)='integer' AND max_queued >= 1")
         count_sql = f"SELECT count(*) FROM {self.ns}_jobs WHERE {WAITING} AND queue=?"
+        most = self.max_queues
 
         def fn(conn: sqlite3.Connection) -> list[str | None]:
             held, rows, queues, stored = none_held, all_rows, all_queues, jobs
@@ -284,6 +296,7 @@ class SQLiteBroker(Broker):
                 rows = [row for row, holder in zip(all_rows, held, strict=True)
                         if holder is None]
                 queues = {j.queue for j in stored}
+            fresh = self._new_queues(conn, queues) if most is not None else []
             before = conn.total_changes
             try:  # first, so that an id that exists is reported before a full queue
                 if len(rows) == 1:
@@ -310,11 +323,41 @@ class SQLiteBroker(Broker):
                 (waiting,) = conn.execute(count_sql, (queue,)).fetchone()
                 if waiting > limit:
                     raise QueueFull(queue, limit)
+            if fresh and most is not None and self._queues_past(conn, most):
+                raise TooManyQueues(fresh[0], most)
             if keyed:
                 self._hold_keys(conn, stored)
+            self._writer.group_cache.setdefault("known", set()).update(queues)
             return held
 
         return fn
+
+    def _new_queues(self, conn: sqlite3.Connection, queues: Iterable[str]) -> list[str]:
+        """Those of ``queues`` the namespace does not know (no job, no settings), sorted. The
+        queues found known are remembered for the rest of the writer's transaction (a queue
+        forgotten meanwhile and made again counts as before)."""
+        known: set[str] = self._writer.group_cache.setdefault("known", set())
+        fresh = []
+        for queue in sorted(queues):
+            if queue in known:
+                continue
+            if conn.execute(self._sql_queue_known, (queue, queue)).fetchone() is None:
+                fresh.append(queue)
+            else:
+                known.add(queue)
+        return fresh
+
+    def _queues_past(self, conn: sqlite3.Connection, most: int) -> bool:
+        """True when the namespace knows more than ``most`` queues: those with jobs (found
+        by skipping through the index of states, one step per queue) and those with
+        settings; it stops counting past ``most``."""
+        names = {name for (name,) in conn.execute(f"SELECT name FROM {self.ns}_queues")}
+        for state in JobState:
+            if len(names) > most:
+                break
+            names.update(name for (name,) in conn.execute(
+                self._sql_state_queues, (str(state), str(state), most + 1)))
+        return len(names) > most
 
     def _held_keys(self, conn: sqlite3.Connection, jobs: Sequence[JobRecord]) -> list[str | None]:
         """Per job, the id of the job holding its unique key (None: not held); a key met

@@ -85,6 +85,27 @@ end
 -- every script that queues jobs.
 local PREFIX = string.sub(KEYS[1], 1, -6)
 
+-- The set of known queues ('{ns}:queues') holds every queue that has jobs or stored
+-- settings (paused, a cap); a queue is forgotten once it has neither. True when `queue` has
+-- stored settings.
+local function has_settings(queue)
+  return redis.call('SISMEMBER', PREFIX .. ':paused', queue) == 1
+    or redis.call('HEXISTS', PREFIX .. ':caps', queue) == 1
+end
+
+-- Forget the queue whose group starts at KEYS[base] when it holds no job and has no stored
+-- settings (its wake-up token goes too). Its name is in its waiting key, as for lane_groups.
+local function forget_idle_queue(base)
+  if redis.call('EXISTS', KEYS[base], KEYS[base + 1],
+                unpack(KEYS, base + LEASES, base + INDEX_OFFSET.cancelled)) > 0 then
+    return
+  end
+  local queue = string.sub(KEYS[base], #PREFIX + 4, -9)
+  if has_settings(queue) then return end
+  redis.call('SREM', PREFIX .. ':queues', queue)
+  redis.call('DEL', KEYS[base + 2])
+end
+
 -- A queue, job name or group as a part of a key: its byte length, ':' and itself.
 local function enc(text)
   return #text .. ':' .. text

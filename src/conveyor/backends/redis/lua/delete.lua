@@ -1,9 +1,11 @@
 -- Delete one job that is not running.
 -- KEYS: 1..18 the job block (see _lib.lua), 19.. the queue group.
 -- ARGV: 1 job id.
--- Returns: 1 if it was deleted, 0 if it does not exist or is running.
+-- Returns: 1 if it was deleted, 0 if it does not exist or is running. A queue left without
+--       jobs (and without settings) is forgotten.
 local id = ARGV[1]
 local state = redis.call('HGET', F.state, id)
 if not state or state == 'running' then return 0 end
 forget(BLOCK + 1, id, state)
+forget_idle_queue(BLOCK + 1)
 return 1

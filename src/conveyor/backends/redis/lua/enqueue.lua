@@ -4,7 +4,8 @@
 -- KEYS: 1 jobs hash, 2 state hash, 3 queues set, 4 unique keys hash, 5 their holds hash,
 --       then one queue group (10 keys, see _lib.lua) per queue, then the caps hash (queue ->
 --       the store's max_queued), then the priority hash, then the lane hash (see keys.py).
--- ARGV: 1 number of segments S; then per segment: the number of its queues G, then per
+-- ARGV: 1 the most queues the namespace may know (-1: no cap; a queue with stored settings
+--       is known already), 2 number of segments S; then per segment: the number of its queues G, then per
 --       queue: its group number (1-based, in KEYS order), its name, the producer's
 --       max_queued (-1: no limit; the store's cap holds as well, the smaller wins), job
 --       count; then the number U of its jobs with a unique key, then per such
@@ -16,7 +17,8 @@
 --       its boost in seconds, directly followed by the job's JSON, which starts with its id and lacks
 --       created_at, run_at and its last '}' (this script adds them). One value per job
 --       keeps bulk calls cheap.
--- Returns: one reply per segment: its status ('ok', 'full <queue> <limit>', 'exists <id>'
+-- Returns: one reply per segment: its status ('ok', 'full <queue> <limit>', 'queues
+--       <most> <queue>' (a new queue past the cap), 'exists <id>'
 --       or 'same <id>', an id that holds this very job already; a segment that is not 'ok'
 --       stored nothing), then, per job of it
 --       whose key was held, its number and the id of the key's holder. Of two jobs of a
@@ -25,7 +27,8 @@ local now = server_now()
 local stamp = fmt(now)
 local created = ',"created_at":' .. stamp .. ',"run_at":'
 local replies = {}
-local a = 2
+local a = 3
+local MOST = tonumber(ARGV[1])
 local CAPS = KEYS[#KEYS - 2]
 local PRIORITY = KEYS[#KEYS - 1]
 local LANE = KEYS[#KEYS]
@@ -88,6 +91,21 @@ local function check(plan, ids, held, texts)
       local text = texts_of[j]
       if stored and string.sub(stored, 1, #text) == text then return 'same ' .. fresh[j] end
       return 'exists ' .. fresh[j]
+    end
+  end
+  -- the new queues this segment would make known, past the cap (earlier segments of this
+  -- call are in the set already: store() adds them at once)
+  if MOST >= 0 then
+    local fresh, first = 0, nil
+    for _, entry in ipairs(plan) do
+      if entry.adding > 0 and redis.call('SISMEMBER', KEYS[3], entry.queue) == 0
+          and not has_settings(entry.queue) then
+        fresh = fresh + 1
+        first = first or entry.queue
+      end
+    end
+    if fresh > 0 and redis.call('SCARD', KEYS[3]) + fresh > MOST then
+      return 'queues ' .. MOST .. ' ' .. first
     end
   end
   for _, entry in ipairs(plan) do
@@ -179,7 +197,7 @@ local function store(plan, ids, offsets, texts, held, keyed, priorities, laned)
   if #lanes > 0 then many('HSET', LANE, lanes, 2) end
 end
 
-for s = 1, tonumber(ARGV[1]) do
+for s = 1, tonumber(ARGV[2]) do
   local groups = tonumber(ARGV[a])
   a = a + 1
   local plan, total = {}, 0

@@ -6,10 +6,12 @@
 -- ARGV: 1 queue name, 2 the producer's max_queued (-1: no limit; the store's cap holds as
 --       well, the smaller wins), 3 the job as enqueue.lua takes it: its
 --       run_at offset in seconds from now (and its priority and boost) directly followed
---       by its JSON; 4 its lane field ('': not laned); with a unique key only: 5 the key,
---       6 its hold in seconds ('': until the job is final).
--- Returns: 'ok', 'full <queue> <limit>', 'exists <id>', 'same <id>' (the id holds this
---       very job: see enqueue.lua) or 'held <id of its holder>' (then nothing was stored).
+--       by its JSON; 4 its lane field ('': not laned); 5 the most queues the namespace may
+--       know (-1: no cap); with a unique key only: 6 the key, 7 its hold in seconds ('':
+--       until the job is final).
+-- Returns: 'ok', 'full <queue> <limit>', 'queues <most> <queue>' (a new queue past the
+--       cap), 'exists <id>', 'same <id>' (the id holds this very job: see enqueue.lua) or
+--       'held <id of its holder>' (then nothing was stored).
 local value, lane = ARGV[3], ARGV[4]
 local brace = string.find(value, '{', 1, true)
 local id = string.match(value, '^{"id":"([^"]+)"', brace)
@@ -38,7 +40,7 @@ if redis.call('HSETNX', KEYS[2], id, state) == 0 then
   return 'exists ' .. id
 end
 -- then a held key (after the id: a retry finds its own job even if the key moved on since)
-local key = ARGV[5]
+local key = ARGV[6]
 if key then
   local holder = key_holder(KEYS[15], KEYS[16], KEYS[2], key, now)
   if holder then
@@ -54,8 +56,16 @@ if limit >= 0 and redis.call('ZCARD', KEYS[4 + INDEX_OFFSET.queued])
   redis.call('HDEL', KEYS[2], id)
   return 'full ' .. ARGV[1] .. ' ' .. limit
 end
--- a read first: writes cost more, and the queue is almost always known
-if redis.call('SISMEMBER', KEYS[3], ARGV[1]) == 0 then redis.call('SADD', KEYS[3], ARGV[1]) end
+-- a read first: writes cost more, and the queue is almost always known; a new one counts
+-- against the cap (one with stored settings is known already)
+if redis.call('SISMEMBER', KEYS[3], ARGV[1]) == 0 then
+  local most = tonumber(ARGV[5])
+  if most >= 0 and redis.call('SCARD', KEYS[3]) >= most and not has_settings(ARGV[1]) then
+    redis.call('HDEL', KEYS[2], id)
+    return 'queues ' .. most .. ' ' .. ARGV[1]
+  end
+  redis.call('SADD', KEYS[3], ARGV[1])
+end
 if state == 'scheduled' then
   redis.call('ZADD', KEYS[5], at, id)
   redis.call('ZADD', KEYS[4 + INDEX_OFFSET.scheduled], 0, id)
@@ -69,7 +79,7 @@ else
 end
 if mark then redis.call('HSET', KEYS[17], id, mark) end
 if lane ~= '' then redis.call('HSET', KEYS[18], id, lane) end
-if key then hold_key(KEYS[15], KEYS[16], key, id, ARGV[6], now) end
+if key then hold_key(KEYS[15], KEYS[16], key, id, ARGV[7], now) end
 redis.call('HSET', KEYS[1], id,
            string.sub(value, brace) .. ',"created_at":' .. stamp .. ',"run_at":' .. at .. '}')
 return 'ok'

@@ -1,7 +1,8 @@
 -- Delete finished jobs of one queue whose retention ran out.
 -- KEYS: 1..18 the job block (see _lib.lua), 19.. the queue group.
 -- ARGV: candidate job ids (checked again here).
--- Returns: how many were deleted.
+-- Returns: how many were deleted. A queue left without jobs (and without settings) is
+--       forgotten.
 local now = server_now()
 local deleted = 0
 for i = 1, #ARGV do
@@ -16,4 +17,5 @@ for i = 1, #ARGV do
     deleted = deleted + 1
   end
 end
+if deleted > 0 then forget_idle_queue(BLOCK + 1) end
 return deleted
