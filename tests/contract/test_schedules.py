@@ -399,3 +399,20 @@ def test_tick_jobs_count_as_enqueued(broker: Broker, run: Run[Any]) -> None:
     run(scheduler.run_once(T0 + 2.5))
     assert 'conveyor_jobs_enqueued_total{name="tasks.work",queue="default"} 2.0' in \
         app.metrics.render().decode()
+
+
+def test_a_tick_for_a_queue_past_the_namespaces_cap_is_skipped_and_warned_about(
+        broker: Broker, run: Run[Any], caplog: pytest.LogCaptureFixture) -> None:
+    app = make_app(every("beat", 1, queue="fresh"))
+    run(broker.enqueue([app.build("tasks.work", [], {}, _opts("j1", "taken"))], {}))
+    broker.max_queues = 1  # "taken" holds the namespace's one queue: "fresh" would be new
+    metrics = Metrics()
+    scheduler = Scheduler(app, broker, metrics=metrics)
+    with caplog.at_level(logging.WARNING, logger="conveyor.worker"):
+        assert run(scheduler.run_once(T0)) == []
+        assert run(scheduler.run_once(T0 + 1.5)) == []
+    assert ids(broker, run) == ["j1"]
+    assert "max_queues" in caplog.text and "tick" in caplog.text
+    assert 'outcome="skipped"' in metrics.render().decode()
+    broker.max_queues = 2  # room again: the next tick is stored
+    assert run(scheduler.run_once(T0 + 2.5)) == ["cron:beat:1800000002"]

@@ -28,7 +28,7 @@ import time
 from typing import TYPE_CHECKING
 
 from conveyor.cron import due_ticks, tick_job_id
-from conveyor.errors import ConfigurationError, DuplicateJob, QueueFull
+from conveyor.errors import ConfigurationError, DuplicateJob, QueueFull, TooManyQueues
 from conveyor.options import EnqueueOptions
 from conveyor.serialization import dumps, loads
 
@@ -144,7 +144,7 @@ class Scheduler:
                 held = (await self.broker.enqueue([record], self.app.max_queued))[0]
             except DuplicateJob:
                 pass  # another worker stored it first
-            except QueueFull as exc:
+            except (QueueFull, TooManyQueues) as exc:
                 if await self.broker.get(job_id) is None:
                     log.warning("schedule %s: tick %d skipped: %s", schedule.name, tick, exc)
                     skipped += 1
