@@ -54,13 +54,13 @@ def stored(app: Conveyor) -> int:
 @pytest.mark.parametrize("delay", BAD_DELAYS)
 def test_a_delay_past_the_horizon_or_not_finite_is_refused(plain: Conveyor, delay: Any) -> None:
     take = plain.get_job("take")
-    with pytest.raises(InvalidArguments, match="delay must be"):
+    with pytest.raises(InvalidArguments, match="delay must"):
         take.enqueue_with((), delay=delay)
-    with pytest.raises(InvalidArguments, match="delay must be"):
+    with pytest.raises(InvalidArguments, match="delay must"):
         plain.run_sync(take.enqueue_with_async((), delay=delay))
-    with pytest.raises(InvalidArguments, match="delay must be"):
+    with pytest.raises(InvalidArguments, match="delay must"):
         take.enqueue_many([(1,), (2,)], delay=delay)
-    with pytest.raises(InvalidArguments, match="delay must be"):
+    with pytest.raises(InvalidArguments, match="delay must"):
         plain.enqueue("take", 1, delay=delay)
     assert stored(plain) == 0
 
@@ -310,7 +310,7 @@ def published_cli(db_url: str, tmp_path: Path) -> CLI:
 @pytest.mark.parametrize("delay", ["nan", "inf", "-1", "31536001", "2.6e11", "1e300"])
 def test_cli_refuses_delays_past_the_horizon(published_cli: CLI, delay: str) -> None:
     err = published_cli.fail("enqueue", "add", "--args", "[1, 2]", f"--delay={delay}", code=2)
-    assert "delay must be" in err and len(err.strip().splitlines()) == 1
+    assert "delay must" in err and len(err.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize(("argv", "words"), [

@@ -67,8 +67,10 @@ class EnqueueOptions:
         """These options, or :class:`InvalidArguments` naming the first that is wrong."""
         if self.delay is not None and self.at is not None:
             raise InvalidArguments("give delay or at, not both")
-        if self.delay is not None and (not finite_seconds(self.delay) or self.delay < 0):
+        if self.delay is not None and not finite_seconds(self.delay):
             raise InvalidArguments("delay must be a finite number of seconds, 0 or more")
+        if self.delay is not None and self.delay < 0:
+            raise InvalidArguments("delay must not be negative")
         if self.at is not None and (not isinstance(self.at, datetime)
                                     or self.at.tzinfo is None):
             raise InvalidArguments("at must be a timezone-aware datetime")
