@@ -32,13 +32,15 @@ DEFAULT_MAX_DELAY = 365 * 86400.0
 MAX_HORIZON = 100 * DEFAULT_MAX_DELAY
 #: characters no queue name holds, beside those no name holds
 QUEUE_SEPARATORS = ",/"
+_CONTAINERS = (list, tuple, dict)
 _BAD_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp", "Zs"})
 
 
 def deeper_than(value: Any, limit: int) -> bool:
     """True when ``value`` nests lists, tuples and dicts more than ``limit`` levels (a
-    scalar is level 0, ``[]`` level 1). Iterative: any depth is safe to ask about."""
-    if not isinstance(value, list | tuple | dict):
+    scalar is level 0, ``[]`` level 1). Iterative, level by level: any depth is safe to ask
+    about."""
+    if not isinstance(value, _CONTAINERS):
         return False
     level: list[Any] = [value]
     depth = 0
@@ -46,11 +48,9 @@ def deeper_than(value: Any, limit: int) -> bool:
         depth += 1
         if depth > limit:
             return True
-        inner: list[Any] = []
-        for item in level:
-            children = item.values() if isinstance(item, dict) else item
-            inner.extend(c for c in children if isinstance(c, list | tuple | dict))
-        level = inner
+        level = [child for item in level
+                 for child in (item.values() if isinstance(item, dict) else item)
+                 if isinstance(child, _CONTAINERS)]
     return False
 
 
