@@ -81,7 +81,7 @@ def test_the_horizon_itself_is_accepted_and_at_has_the_same_bound(plain: Conveyo
 def test_max_delay_sets_the_horizon(db_url: str) -> None:
     app = Conveyor(url=db_url, max_delay=60)
     try:
-        with pytest.raises(InvalidArguments, match=r"at most 60 seconds \(1 minutes\)"):
+        with pytest.raises(InvalidArguments, match=r"at most 60 seconds \(1 minute\)"):
             app.enqueue("anything", delay=61)
         assert app.enqueue_call("anything", (), {}, delay=60, force=True).info().state == \
             JobState.SCHEDULED

@@ -126,8 +126,9 @@ def _span(seconds: float) -> str:
     """``365 days``, ``2.5 hours``: a horizon in words."""
     for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
         if seconds >= size:
-            return f"{seconds / size:g} {unit}s"
-    return f"{seconds:g} seconds"
+            value = seconds / size
+            return f"{value:g} {unit}{'' if value == 1 else 's'}"
+    return f"{seconds:g} second{'' if seconds == 1 else 's'}"
 
 
 #: the options of a plain enqueue
