@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar, Unpack, 
 from conveyor.backends import Broker, open_broker
 from conveyor.backends.base import DEFAULT_MAX_QUEUES
 from conveyor.backends.outage import outage_for
+from conveyor.bounds import DEFAULT_MAX_DELAY, check_max_delay, name_problem
 from conveyor.context import JobContext
 from conveyor.cron import GRACE, Timing
 from conveyor.errors import ConfigurationError, DuplicateJob, InvalidArguments, UnknownJob
@@ -25,7 +26,7 @@ from conveyor.limits import JobLimits, usage_rows
 from conveyor.options import DEFAULT, EnqueueKwargs, EnqueueOptions, OnConflict, options_of
 from conveyor.portal import Portal
 from conveyor.priority import DEFAULT_AGING, check_aging, check_priority
-from conveyor.queues import QueueSettings, check_limit, check_queue_name
+from conveyor.queues import QueueSettings, check_limit, check_queue_name, existing_queue_name
 from conveyor.schedules import Overlap, Schedule, check_name
 from conveyor.stats import MinuteStats, minute_of
 from conveyor.unique import derived_key
@@ -71,7 +72,10 @@ class Conveyor:
     ``max_queued`` is this app's own caps (queue -> jobs waiting at most), checked beside
     the caps kept in the store (:meth:`set_max_queued`): the smaller wins; ``max_queues``
     caps the distinct queues of the namespace (an enqueue that would make one more raises
-    :class:`~conveyor.errors.TooManyQueues`; ``None``: no cap).
+    :class:`~conveyor.errors.TooManyQueues`; ``None``: no cap); ``max_delay``
+    is the horizon of ``delay`` and ``at``, in seconds (default one year, at most a hundred
+    years): an enqueue further ahead raises :class:`~conveyor.errors.InvalidArguments`, and
+    a ``Retry(delay)`` or ``RateLimited(retry_after)`` further ahead waits that long.
     """
 
     def __init__(
@@ -88,6 +92,7 @@ class Conveyor:
         max_queues: int | None = DEFAULT_MAX_QUEUES,
         aging: float = DEFAULT_AGING,
         eager: bool = False,
+        max_delay: float = DEFAULT_MAX_DELAY,
     ) -> None:
         if lease <= 0:
             raise ConfigurationError("lease must be a positive number of seconds")
@@ -95,6 +100,11 @@ class Conveyor:
             raise ConfigurationError("max_recoveries must be at least 1")
         if store_timeout <= 0:
             raise ConfigurationError("store_timeout must be a positive number of seconds")
+        try:
+            #: seconds ahead a job may be scheduled at most (``delay``, ``at``, retries)
+            self.max_delay = check_max_delay(max_delay)
+        except ValueError as exc:
+            raise ConfigurationError(str(exc)) from None
         #: seconds a call keeps retrying a store that cannot be used (Redis unreachable)
         #: before it raises :class:`~conveyor.errors.StoreUnavailable`; workers wait longer
         self.store_timeout = float(store_timeout)
@@ -169,7 +179,7 @@ class Conveyor:
         ``limit`` jobs waiting in it is refused with :class:`~conveyor.errors.QueueFull`
         (``None`` removes the cap). The app's own caps (``max_queued=``) hold beside it:
         the smaller wins."""
-        queue, limit = check_queue_name(queue), check_limit(limit)
+        queue, limit = existing_queue_name(queue), check_limit(limit)
         await self.broker.open()
         await self.broker.set_max_queued(queue, limit)
 
@@ -181,7 +191,7 @@ class Conveyor:
         """Pause ``queue``: workers claim nothing more from it (running jobs finish);
         enqueues are still accepted."""
         await self.broker.open()
-        await self.broker.set_paused(check_queue_name(queue), True)
+        await self.broker.set_paused(existing_queue_name(queue), True)
 
     def pause(self, queue: str) -> None:
         """Blocking :meth:`pause_async`."""
@@ -190,7 +200,7 @@ class Conveyor:
     async def resume_async(self, queue: str) -> None:
         """Resume a paused ``queue`` (its idle workers are woken)."""
         await self.broker.open()
-        await self.broker.set_paused(check_queue_name(queue), False)
+        await self.broker.set_paused(existing_queue_name(queue), False)
 
     def resume(self, queue: str) -> None:
         """Blocking :meth:`resume_async`."""
@@ -298,11 +308,15 @@ class Conveyor:
             check_priority(priority)
         except InvalidArguments as exc:
             raise ConfigurationError(str(exc)) from None
+        check_queue_name(queue)
 
         def register(func: Callable[..., Any]) -> JobFunction[..., Any]:
             import inspect
 
             job_name = name or func.__name__
+            problem = name_problem(job_name, "job")
+            if problem is not None:
+                raise ConfigurationError(problem)
             if job_name in self.registry:
                 raise ConfigurationError(f"a job named {job_name!r} is registered already")
             chosen = executor or ("async" if inspect.iscoroutinefunction(func) else "thread")
@@ -368,6 +382,8 @@ class Conveyor:
         ``grace`` is how old the latest missed tick may be and still fire (see
         :func:`conveyor.cron.due_ticks`). Every worker of the app fires the schedule."""
         check_name(name)
+        if queue is not None:
+            check_queue_name(queue)
         if name in self.schedules:
             raise ConfigurationError(f"a schedule named {name!r} is registered already")
         timing = Timing.parse(cron=cron, every=every, tz=tz)
@@ -418,9 +434,12 @@ class Conveyor:
         if job_fn is not None:
             payload = job_fn.check(args, kwargs)
         else:
+            problem = name_problem(name, "job")
+            if problem is not None:
+                raise InvalidArguments(problem)
             payload = JobFunction.check_json(name, args, kwargs)
         created = time.time() if now is None else now
-        run_at = options.run_at(created)
+        run_at = options.run_at(created, self.max_delay)
         unique_key = options.unique_key
         if unique_key is None and job_fn is not None and job_fn.options.unique:
             unique_key = derived_key(name, args, kwargs, job_fn.signature)

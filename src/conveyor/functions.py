@@ -18,12 +18,13 @@ from typing import (
     overload,
 )
 
+from conveyor.bounds import encode_value
 from conveyor.context import JobContext
 from conveyor.errors import ConfigurationError, InvalidArguments
 from conveyor.job import Backoff, BackoffPolicy, JobRecord
 from conveyor.limits import JobLimits
 from conveyor.options import EnqueueKwargs, EnqueueOptions
-from conveyor.serialization import NotSerializable, dumps
+from conveyor.serialization import NotSerializable
 from conveyor.signatures import misfit
 from conveyor.uploads import Upload
 
@@ -232,7 +233,8 @@ class JobFunction(Generic[P, R]):
         if not isinstance(kwargs, Mapping) or not all(isinstance(k, str) for k in kwargs):
             raise InvalidArguments(f"job {name!r}: keyword arguments need string names")
         try:
-            return dumps(list(args)), dumps(dict(kwargs))
+            return (encode_value(list(args), "an argument", wrapped=True),
+                    encode_value(dict(kwargs), "an argument", wrapped=True))
         except NotSerializable as exc:
             raise InvalidArguments(
                 f"job {name!r}: arguments must be JSON-serializable ({exc})"

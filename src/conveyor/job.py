@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -9,6 +10,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
+from conveyor.bounds import readable
 from conveyor.serialization import dumps
 
 
@@ -28,11 +30,35 @@ FINAL_STATES = (JobState.SUCCEEDED, JobState.DEAD, JobState.CANCELLED)
 ALL_STATES = tuple(JobState)
 
 
+#: what :func:`iso` shows for a time past the last (or before the first) a datetime holds
+LATEST = "9999-12-31T23:59:59Z"
+EARLIEST = "0001-01-01T00:00:00Z"
+
+
 def iso(ts: float | None) -> str | None:
-    """Seconds since the epoch as an ISO 8601 UTC string (``None`` stays ``None``)."""
+    """Seconds since the epoch as an ISO 8601 UTC string (``None`` stays ``None``).
+
+    Never raises: a time out of a datetime's range (a record written by an older version
+    or straight into the store) shows as :data:`LATEST` or :data:`EARLIEST`, NaN or a
+    value that is not a number as ``None``."""
     if ts is None:
         return None
-    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
+    try:
+        return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
+    except (ValueError, OverflowError, OSError, TypeError):
+        if not isinstance(ts, int | float) or math.isnan(ts):
+            return None
+        return LATEST if ts > 0 else EARLIEST
+
+
+def finite(value: float | None) -> float | None:
+    """``value`` when it is a finite number, else ``None`` (strict JSON has no NaN)."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        try:
+            return value if math.isfinite(value) else None
+        except OverflowError:
+            return None
+    return None
 
 
 @dataclass(slots=True)
@@ -100,12 +126,12 @@ class JobRecord:
             "attempts": self.attempts,
             "deferrals": self.deferrals,
             "recoveries": self.recoveries,
-            "args": self.args,
-            "kwargs": self.kwargs,
-            "result": self.result,
+            "args": readable(self.args),
+            "kwargs": readable(self.kwargs),
+            "result": readable(self.result),
             "error": self.error,
             "traceback": self.traceback,
-            "progress": self.progress,
+            "progress": finite(self.progress),
             "progress_message": self.progress_message,
             "worker_id": self.worker_id,
             "cancel_requested": self.cancel_requested,

@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Literal, TypedDict
 
+from conveyor.bounds import DEFAULT_MAX_DELAY, finite_seconds
 from conveyor.errors import ConfigurationError, InvalidArguments
 from conveyor.ids import is_acceptable_id
 from conveyor.priority import check_priority
@@ -66,9 +67,12 @@ class EnqueueOptions:
         """These options, or :class:`InvalidArguments` naming the first that is wrong."""
         if self.delay is not None and self.at is not None:
             raise InvalidArguments("give delay or at, not both")
-        if self.delay is not None and (isinstance(self.delay, bool) or self.delay < 0):
+        if self.delay is not None and not finite_seconds(self.delay):
+            raise InvalidArguments("delay must be a finite number of seconds, 0 or more")
+        if self.delay is not None and self.delay < 0:
             raise InvalidArguments("delay must not be negative")
-        if self.at is not None and self.at.tzinfo is None:
+        if self.at is not None and (not isinstance(self.at, datetime)
+                                    or self.at.tzinfo is None):
             raise InvalidArguments("at must be a timezone-aware datetime")
         if self.queue is not None:
             try:
@@ -83,8 +87,9 @@ class EnqueueOptions:
                 isinstance(self.unique_key, str) and 0 < len(self.unique_key) <= MAX_UNIQUE_KEY):
             raise InvalidArguments(
                 f"unique_key must be a non-empty string of at most {MAX_UNIQUE_KEY} characters")
-        if self.unique_for is not None and not self.unique_for > 0:
-            raise InvalidArguments("unique_for must be a positive number of seconds")
+        if self.unique_for is not None and not (finite_seconds(self.unique_for)
+                                                and self.unique_for > 0):
+            raise InvalidArguments("unique_for must be a positive, finite number of seconds")
         if self.priority is not None:
             check_priority(self.priority)
         if self.on_conflict not in ON_CONFLICT:
@@ -92,17 +97,38 @@ class EnqueueOptions:
                                    f"not {self.on_conflict!r}")
         return self
 
-    def run_at(self, created: float) -> float:
-        """When the job may first run, for a job created at ``created``."""
+    def run_at(self, created: float, max_delay: float = DEFAULT_MAX_DELAY) -> float:
+        """When the job may first run, for a job created at ``created``; raise
+        :class:`InvalidArguments` when that is more than ``max_delay`` seconds ahead (the
+        app's horizon, ``Conveyor(max_delay=...)``)."""
         if self.delay is not None:
+            if self.delay > max_delay:
+                raise InvalidArguments(
+                    f"delay must be at most {max_delay:.0f} seconds ({_span(max_delay)}), the "
+                    f"horizon of this app (Conveyor(max_delay=...)); got {self.delay:g}")
             return created + self.delay
         if self.at is not None:
-            return max(created, self.at.timestamp())
+            when = self.at.timestamp()
+            if when - created > max_delay:
+                raise InvalidArguments(
+                    f"at must be at most {max_delay:.0f} seconds ({_span(max_delay)}) ahead, "
+                    f"the horizon of this app (Conveyor(max_delay=...)); got "
+                    f"{self.at.isoformat()}")
+            return max(created, when)
         return created
 
     def with_id(self, job_id: str | None) -> EnqueueOptions:
         """These options for one item of a bulk enqueue, named ``job_id``."""
         return self if job_id is None else replace(self, job_id=job_id)
+
+
+def _span(seconds: float) -> str:
+    """``365 days``, ``2.5 hours``: a horizon in words."""
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds >= size:
+            value = seconds / size
+            return f"{value:g} {unit}{'' if value == 1 else 's'}"
+    return f"{seconds:g} second{'' if seconds == 1 else 's'}"
 
 
 #: the options of a plain enqueue

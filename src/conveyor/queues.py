@@ -11,10 +11,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from conveyor.bounds import MAX_NAME, QUEUE_SEPARATORS, name_problem
 from conveyor.errors import ConfigurationError
 
 #: the longest queue name accepted by the commands and the HTTP API
-MAX_QUEUE_NAME = 200
+MAX_QUEUE_NAME = MAX_NAME
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,8 +33,19 @@ class QueueSettings:
 
 
 def check_queue_name(name: object) -> str:
-    """``name`` if it is a non-empty string of at most :data:`MAX_QUEUE_NAME` characters;
-    else raise :class:`ConfigurationError`."""
+    """``name`` if a job may be put in a queue of that name: 1 to :data:`MAX_QUEUE_NAME`
+    characters, no whitespace, control characters, ``,`` or ``/`` (see
+    :func:`conveyor.bounds.name_problem`); else raise :class:`ConfigurationError`."""
+    problem = name_problem(name, "queue", QUEUE_SEPARATORS)
+    if problem is not None or not isinstance(name, str):
+        raise ConfigurationError(problem)
+    return name
+
+
+def existing_queue_name(name: object) -> str:
+    """``name`` for pausing, resuming or capping a queue: a non-empty string of at most
+    :data:`MAX_QUEUE_NAME` characters (a queue stored before names were checked further
+    can still be controlled); else raise :class:`ConfigurationError`."""
     if not isinstance(name, str) or not name or len(name) > MAX_QUEUE_NAME:
         raise ConfigurationError(f"a queue name is a non-empty string of at most "
                                  f"{MAX_QUEUE_NAME} characters")

@@ -41,6 +41,8 @@ def _json_arg(text: str, expected: type, option: str) -> Any:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
         raise CLIError(f"{option} is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise CLIError(f"{option} nests arrays and objects too deep") from None
     if not isinstance(value, expected):
         kind = "an array" if expected is list else "an object"
         raise CLIError(f"{option} must be {kind}, got {type(value).__name__}")

@@ -22,7 +22,8 @@ from rich.console import Console
 from rich.table import Column, Table
 from rich.text import Text
 
-from conveyor.job import ALL_STATES, JobRecord, WorkerInfo, iso
+from conveyor.bounds import readable
+from conveyor.job import ALL_STATES, JobRecord, WorkerInfo, finite, iso
 
 # No markup, no emoji codes: job names, queues, errors and messages are user data ("[/x]" and
 # ":x:" must print as is).
@@ -63,8 +64,9 @@ Cell = str | int | Stamp
 
 def _age(ts: float | None) -> str:
     """``ts`` as a short age: ``5s ago``, ``3m ago``, ``2h ago``, ``4d ago``, ``in 5m``."""
-    if ts is None:
+    if finite(ts) is None:
         return "-"
+    assert ts is not None
     delta = time.time() - ts
     d = abs(delta)
     if d < 100:
@@ -202,14 +204,15 @@ def job_summary(record: JobRecord) -> None:
         ("id", record.id), ("name", record.name), ("queue", record.queue),
         ("state", str(record.state)), ("priority", str(record.priority)),
         ("attempts", str(record.attempts)),
-        ("args", json.dumps(record.args)), ("kwargs", json.dumps(record.kwargs)),
+        ("args", _json(record.args)), ("kwargs", _json(record.kwargs)),
         ("created", _when(record.created_at)), ("run at", _when(record.run_at)),
         ("started", _when(record.started_at)), ("finished", _when(record.finished_at)),
     ]
-    if record.progress is not None:
-        rows.append(("progress", f"{record.progress:.0%} {record.progress_message or ''}"))
+    progress = finite(record.progress)
+    if progress is not None:
+        rows.append(("progress", f"{progress:.0%} {record.progress_message or ''}"))
     if record.result is not None:
-        rows.append(("result", json.dumps(record.result)))
+        rows.append(("result", _json(record.result)))
     if record.error:
         rows.append(("error", record.error))
     for key, value in rows:
@@ -221,15 +224,26 @@ def job_summary(record: JobRecord) -> None:
         print(record.traceback.rstrip("\n"), flush=True)
 
 
+def _json(value: Any) -> str:
+    """A value of the summary as JSON (one nested too deep to show is said so)."""
+    return json.dumps(readable(value))
+
+
 def _when(ts: float | None) -> str:
-    """A time for the summary: its age when recent, else the local date and time."""
-    if ts is None:
-        return "-"
+    """A time for the summary: its age when recent, else the local date and time (a time
+    no clock shows, as stored by an older version, in ISO 8601 as :func:`iso` gives it)."""
+    if finite(ts) is None:
+        return "-" if ts is None else str(iso(ts) or ts)
+    assert ts is not None
     delta = time.time() - ts
     if delta < 0:
         return f"in {-delta:.1f}s"
-    return f"{delta:.1f}s ago" if delta < 120 else time.strftime("%Y-%m-%d %H:%M:%S",
-                                                                 time.localtime(ts))
+    if delta < 120:
+        return f"{delta:.1f}s ago"
+    try:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+    except (ValueError, OverflowError, OSError):
+        return iso(ts) or "-"
 
 
 # -- the tables of the admin commands -----------------------------------------------------------

@@ -8,7 +8,7 @@ from conveyor.app import Conveyor
 from conveyor.cli.loading import CLIError
 from conveyor.cli.output import print_json
 from conveyor.errors import ConfigurationError
-from conveyor.queues import QueueSettings, check_queue_name, parse_limit
+from conveyor.queues import QueueSettings, existing_queue_name, parse_limit
 
 #: the commands of this module (they write the store, creating it if it is missing)
 NAMES = ("pause", "resume", "cap")
@@ -38,7 +38,7 @@ def add_queue_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 def _queue(args: argparse.Namespace) -> str:
     try:
-        return check_queue_name(args.queue)
+        return existing_queue_name(args.queue)
     except ConfigurationError as exc:
         raise CLIError(str(exc)) from None
 

@@ -7,15 +7,16 @@ is wrong (400 for a malformed value, 415 for a body that is not JSON).
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from conveyor.bounds import MAX_DEPTH, encode_value, finite_seconds
 from conveyor.errors import InvalidArguments
 from conveyor.http.errors import ApiError
 from conveyor.options import DEFAULT, EnqueueOptions
 from conveyor.priority import check_priority
+from conveyor.serialization import NotSerializable
 
 #: the fields of a JSON job call
 CALL_FIELDS = ("args", "kwargs", "delay", "queue", "id", "priority")
@@ -35,8 +36,13 @@ def _no_constants(name: str) -> Any:
 
 
 def strict_json(raw: bytes | str) -> Any:
-    """Parse strict JSON (no NaN or Infinity); ``ValueError`` otherwise."""
-    return json.loads(raw, parse_constant=_no_constants)
+    """Parse strict JSON (no NaN or Infinity); ``ValueError`` otherwise (also for a text
+    nested too deep for the parser)."""
+    try:
+        return json.loads(raw, parse_constant=_no_constants)
+    except RecursionError:
+        raise ValueError(f"arrays and objects nest too deep (at most {MAX_DEPTH} levels "
+                         "in an argument)") from None
 
 
 def media_type(content_type: str | None) -> str:
@@ -52,9 +58,9 @@ def is_json_type(content_type: str | None) -> bool:
 
 
 def finite_number(value: object) -> bool:
-    """True for an int or float that is not a bool, NaN or infinite."""
-    return isinstance(value, int | float) and not isinstance(value, bool) and \
-        math.isfinite(value)
+    """True for an int or float that is not a bool, NaN or infinite (nor an int too large
+    for a float)."""
+    return finite_seconds(value)
 
 
 def json_body(raw: bytes, content_type: str | None) -> Any:
@@ -92,8 +98,13 @@ def job_call(raw: bytes, content_type: str | None) -> JobCall:
         raise ApiError(400, "args must be a JSON array")
     if not isinstance(kwargs, dict):
         raise ApiError(400, "kwargs must be a JSON object")
+    try:  # before anything hashes or stores them (see conveyor.bounds)
+        encode_value(args, "an argument", wrapped=True)
+        encode_value(kwargs, "an argument", wrapped=True)
+    except NotSerializable as exc:
+        raise ApiError(400, f"arguments must be JSON-serializable ({exc})") from None
     if delay is not None and (not finite_number(delay) or delay < 0):
-        raise ApiError(400, "delay must be a number of seconds, 0 or more")
+        raise ApiError(400, "delay must be a finite number of seconds, 0 or more")
     if queue is not None and not isinstance(queue, str):
         raise ApiError(400, "queue must be a string")
     job_id = body.get("id")

@@ -8,11 +8,12 @@ import traceback
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from conveyor.bounds import encode_value
 from conveyor.errors import PermanentError, RateLimited, Retry
 from conveyor.job import JobRecord, Outcome, OutcomeKind
 from conveyor.limits import MAX_DEFERRALS
 from conveyor.logs import duration, iso_time, json_lines, one_line, plural
-from conveyor.serialization import NotSerializable, dumps
+from conveyor.serialization import NotSerializable
 
 if TYPE_CHECKING:
     from conveyor.functions import JobFunction
@@ -31,9 +32,10 @@ def _outcome(record: JobRecord, worker_id: str, kind: OutcomeKind, **fields: Any
 
 
 def succeeded(record: JobRecord, worker_id: str, result: Any) -> Outcome:
-    """A finished attempt; a result that is not JSON sends the job to the dead set."""
+    """A finished attempt; a result that is not JSON (or nests too deep, or holds a lone
+    surrogate: see :mod:`conveyor.bounds`) sends the job to the dead set."""
     try:
-        result_json = dumps(result)
+        result_json = encode_value(result, "the result")
     except NotSerializable as exc:
         return _outcome(record, worker_id, OutcomeKind.DEAD,
                         error=f"{NOT_JSON}: {exc}")
@@ -97,10 +99,11 @@ def failed(
         rate_limited = isinstance(exc, RateLimited)
         if isinstance(exc, RateLimited):
             retry_delay = exc.retry_after
+    horizon = job_fn.app.max_delay
     if rate_limited and not permanent and record.deferrals < MAX_DEFERRALS:
         now = time.time()
         return _outcome(record, worker_id, OutcomeKind.RETRY, at=now, error=error,
-                        traceback=tb, run_at=now + max(0.0, retry_delay or 0.0),
+                        traceback=tb, run_at=now + _wait(retry_delay or 0.0, horizon),
                         deferred=True)
     if permanent:
         return dead(record, worker_id, error, tb)
@@ -110,7 +113,17 @@ def failed(
     now = time.time()
     delay = retry_delay if retry_delay is not None else job_fn.options.backoff(failures)
     return _outcome(record, worker_id, OutcomeKind.RETRY, at=now, error=error, traceback=tb,
-                    run_at=now + max(0.0, delay))
+                    run_at=now + _wait(delay, horizon))
+
+
+def _wait(delay: float, horizon: float) -> float:
+    """A retry's delay within ``[0, horizon]`` (NaN: 0; past the app's ``max_delay``, or
+    infinite: the horizon)."""
+    try:
+        seconds = float(delay)
+    except (TypeError, ValueError, OverflowError):
+        return horizon if isinstance(delay, int) and delay > 0 else 0.0
+    return min(max(0.0, seconds), horizon) if seconds == seconds else 0.0
 
 
 # -- log lines ----------------------------------------------------------------------------------

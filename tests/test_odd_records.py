@@ -1,0 +1,185 @@
+"""Every read path tolerates what any write path accepts: the oddest values the bounds allow
+(the horizon's delay, the deepest nesting, the longest names of odd characters, big numbers,
+unicode, empty containers), written through every way in on both stores, then read through
+every way out; and records written straight into the store, past the bounds, read too."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+
+from clijobs import CLI
+from conveyor import Conveyor
+from conveyor.bounds import DEFAULT_MAX_DELAY, TOO_DEEP
+from conveyor.dashboard.data import job_summary
+from conveyor.ids import new_id
+from conveyor.job import LATEST, JobRecord, JobState
+from conveyor.testing import WorkerThread
+from http_server import Server
+from oddjobs import ODD_ARGS, ODD_KWARGS, ODD_NAME, ODD_QUEUE, ODD_VALUE, nested, register
+from polling import wait_until
+
+
+@pytest.fixture
+def store(url: str) -> tuple[str, str]:
+    """The store's URL and a namespace of this test's own (Redis is shared)."""
+    return url, f"t{new_id().lower()}"
+
+
+@pytest.fixture
+def odd_app(store: tuple[str, str]) -> Iterator[Conveyor]:
+    app = register(Conveyor(url=store[0], namespace=store[1], lease=5.0))
+    yield app
+    app.close()
+
+
+@pytest.fixture
+def served(store: tuple[str, str], tmp_path: Path) -> Iterator[Server]:
+    url, namespace = store
+    server = Server(tmp_path / "serve", "--no-worker", "--url", url, "--namespace", namespace,
+                    app="oddjobs:app")
+    server.root.mkdir()
+    server.start()
+    yield server
+    assert server.stop() == 0, server.output()
+
+
+def cli_of(store: tuple[str, str], tmp_path: Path) -> tuple[CLI, tuple[str, ...]]:
+    """The CLI on the test's store, and the ``--namespace`` options to give it."""
+    return CLI(store[0], tmp_path), ("--namespace", store[1])
+
+
+def enqueue_everywhere(app: Conveyor, server: Server, cli: CLI,
+                       ns: tuple[str, ...]) -> dict[str, str]:
+    """The odd call stored through every enqueue path, at the horizon; ids by path."""
+    keep = app.get_job(ODD_NAME)
+    horizon = DEFAULT_MAX_DELAY
+    ids = {
+        "sync": keep.enqueue_with(ODD_ARGS, ODD_KWARGS, delay=horizon).id,
+        "async": app.run_sync(keep.enqueue_with_async(ODD_ARGS, ODD_KWARGS,
+                                                      delay=horizon)).id,
+        "by name": app.enqueue_call(ODD_NAME, ODD_ARGS, ODD_KWARGS, queue=ODD_QUEUE,
+                                    at=datetime.fromtimestamp(time.time() + horizon - 5,
+                                                              UTC)).id,
+    }
+    bulk = keep.enqueue_many([ODD_ARGS, ODD_KWARGS], delay=horizon)
+    ids["bulk positional"], ids["bulk keywords"] = bulk[0].id, bulk[1].id
+    bulk = app.run_sync(keep.enqueue_many_async([ODD_ARGS], delay=horizon))
+    ids["bulk async"] = bulk[0].id
+    response = server.client.post(f"/jobs/{quote(ODD_NAME, safe='')}", json={
+        "args": ODD_ARGS, "kwargs": ODD_KWARGS, "delay": horizon, "queue": ODD_QUEUE})
+    assert response.status_code == 202, response.text
+    ids["http"] = response.json()["id"]
+    ids["cli"] = cli.ok("enqueue", ODD_NAME, "--args", json.dumps(ODD_ARGS), "--kwargs",
+                        json.dumps(ODD_KWARGS), "--delay", str(horizon), "--queue",
+                        ODD_QUEUE, "--app", "oddjobs:app", *ns).strip()
+    # a schedule's tick, run by a worker: its job succeeds with the oddest result
+    app.schedule("odd", keep, every=1, args=ODD_ARGS, kwargs=ODD_KWARGS, queue=ODD_QUEUE)
+    worker = WorkerThread(app, queues=[ODD_QUEUE], max_workers=2).start()
+    try:
+        def ran() -> str | None:
+            done = app.run_sync(app.broker.list_jobs(state=JobState.SUCCEEDED, limit=1))
+            return done[0].id if done else None
+
+        ids["schedule"] = wait_until(ran, timeout=30, what="a tick of the schedule to run")
+    finally:
+        worker.stop()
+    return ids
+
+
+def read_everywhere(app: Conveyor, server: Server, cli: CLI, ns: tuple[str, ...],
+                    ids: dict[str, str], shown_by_cli: list[str]) -> dict[str, dict[str, Any]]:
+    """Every read path over the jobs: each answer whole, none an error; the jobs by id as
+    ``GET /jobs/ID`` shows them. ``conveyor status`` is asked about ``shown_by_cli`` (a
+    process per job is slow; the listings hold every job)."""
+    shown: dict[str, dict[str, Any]] = {}
+    for path in ("/jobs", f"/jobs?queue={quote(ODD_QUEUE, safe='')}&limit=1000",
+                 f"/jobs?name={quote(ODD_NAME, safe='')}", "/jobs?state=scheduled",
+                 "/queues", "/ui/api/jobs", "/ui/api/overview", "/ui/api/counts",
+                 "/ui/jobs", "/", f"/ui/jobs?queue={quote(ODD_QUEUE, safe='')}"):
+        response = server.client.get(path)
+        assert response.status_code == 200, (path, response.text[:500])
+    listed = {job["id"] for job in server.client.get("/jobs?limit=1000").json()["jobs"]}
+    assert set(ids.values()) <= listed
+    for job_id in ids.values():
+        for path in (f"/jobs/{job_id}", f"/ui/api/jobs/{job_id}", f"/ui/jobs/{job_id}"):
+            response = server.client.get(path)
+            assert response.status_code == 200, (path, response.text[:500])
+        shown[job_id] = server.client.get(f"/jobs/{job_id}").json()
+    # the CLI: tables (piped), JSON, one job's summary and JSON
+    table = cli.ok("jobs", "--limit", "1000", *ns)
+    assert all(job_id in table for job_id in ids.values())
+    assert {job["id"] for job in json.loads(cli.ok("jobs", "--limit", "1000", "--json",
+                                                   *ns))} >= set(ids.values())
+    cli.ok("stats", *ns)
+    for job_id in shown_by_cli:
+        summary = cli.ok("status", job_id, *ns)
+        assert job_id in summary
+        assert json.loads(cli.ok("status", job_id, "--json", *ns))["id"] == job_id
+    # Python: handles, the store's listing, the dashboard's rows
+    for job_id in ids.values():
+        record = app.handle(job_id).info()
+        json.dumps(record.to_dict(), allow_nan=False)
+        json.dumps(job_summary(record), allow_nan=False)
+    records = app.run_sync(app.broker.list_jobs(limit=1000))
+    assert {r.id for r in records} >= set(ids.values())
+    return shown
+
+
+def test_the_oddest_allowed_values_through_every_path_read_back_whole(
+        odd_app: Conveyor, served: Server, store: tuple[str, str], tmp_path: Path) -> None:
+    cli, ns = cli_of(store, tmp_path)
+    ids = enqueue_everywhere(odd_app, served, cli, ns)
+    shown = read_everywhere(odd_app, served, cli, ns, ids,
+                            [ids["http"], ids["cli"], ids["schedule"], ids["by name"]])
+    for path, job_id in ids.items():
+        job = shown[job_id]
+        assert job["name"] == ODD_NAME and job["queue"] == ODD_QUEUE, path
+        if path == "bulk keywords":
+            assert (job["args"], job["kwargs"]) == ([], ODD_KWARGS)
+        elif path in ("bulk positional", "bulk async"):
+            assert (job["args"], job["kwargs"]) == (ODD_ARGS, {})
+        else:
+            assert (job["args"], job["kwargs"]) == (ODD_ARGS, ODD_KWARGS), path
+    assert shown[ids["schedule"]]["result"] == ODD_VALUE
+    assert shown[ids["schedule"]]["state"] == "succeeded"
+    a_year = datetime.fromisoformat(shown[ids["http"]]["run_at"]).timestamp() - time.time()
+    assert DEFAULT_MAX_DELAY - 120 < a_year <= DEFAULT_MAX_DELAY
+    # cancelling a job at the horizon answers its record, then every read still works
+    for job_id in (ids["http"], ids["cli"]):
+        response = served.client.delete(f"/jobs/{job_id}")
+        assert response.status_code == 200, response.text
+        assert response.json()["state"] == "cancelled"
+    read_everywhere(odd_app, served, cli, ns, ids, [ids["http"]])
+
+
+def test_records_stored_past_the_bounds_do_not_break_any_read(
+        odd_app: Conveyor, served: Server, store: tuple[str, str], tmp_path: Path) -> None:
+    """As an older version (or a hand in the store) may have written them: a run time no
+    datetime holds, arguments nested far past the bound, a NaN progress."""
+    cli, ns = cli_of(store, tmp_path)
+    now = time.time()
+    far = JobRecord(new_id(), "legacy", "legacy", JobState.SCHEDULED, [1], {}, now, 1e300)
+    deep = JobRecord(new_id(), "legacy", "legacy", JobState.SCHEDULED, [], {}, now, 2.6e11)
+    deep_args = [nested(400, 1)]
+    deep.payload = (json.dumps(deep_args), "{}")
+    odd_app.run_sync(odd_app.broker.enqueue([far, deep], {}))
+    ids = {"far": far.id, "deep": deep.id}
+    shown = read_everywhere(odd_app, served, cli, ns, ids, list(ids.values()))
+    assert shown[far.id]["run_at"] == LATEST
+    assert shown[deep.id]["run_at"] == LATEST
+    assert shown[deep.id]["args"] == TOO_DEEP
+    summary = cli.ok("status", far.id, *ns)
+    assert "run at" in summary
+    for job_id in ids.values():
+        response = served.client.delete(f"/jobs/{job_id}")
+        assert response.status_code == 200, response.text
+        assert response.json()["run_at"] == LATEST
+    read_everywhere(odd_app, served, cli, ns, ids, [far.id])
