@@ -17,6 +17,8 @@ from conveyor.serialization import dumps, loads
 
 #: characters of a long field a summary keeps
 PREVIEW_CHARS = 200
+#: the most jobs one page of a listing holds (HTTP, dashboard, ``conveyor jobs``)
+MAX_PAGE = 200
 #: fields kept as JSON text: once cut, the text is no JSON any more, so the summary keeps
 #: it as a preview string and the record's value is left empty ([], {} or None)
 JSON_FIELDS = ("args", "kwargs", "result")
