@@ -28,6 +28,8 @@ ODD_CALLS: list[tuple[list[Any], dict[str, Any]]] = [
     (["日本" * 300, "\U0001f600" * 30], {}),
     ([], {"k": "\U0001f600" * PREVIEW}),
     ([',"created_at":1', {"z": ',"created_at":2,"run_at":3}'}], {"e": ',"args":[]'}),
+    ([{"a": 1, "created_at": 2, "unique_key": "u"}],
+     {"a": 1, "created_at": 2, "run_at": 3, "unique_key": "v", "args": [1]}),
 ]
 
 

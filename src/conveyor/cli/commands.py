@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import sys
 import time
@@ -34,7 +35,7 @@ from conveyor.errors import (
 from conveyor.job import ALL_STATES, FINAL_STATES, JobRecord, JobState
 from conveyor.options import EnqueueOptions
 from conveyor.queues import with_settings
-from conveyor.summary import MAX_PAGE
+from conveyor.summary import MAX_PAGE, JobSummary
 
 
 def _json_arg(text: str, expected: type, option: str) -> Any:
@@ -162,8 +163,16 @@ async def jobs(app: Conveyor, args: argparse.Namespace) -> int:
     if args.json:
         print_json([s.to_dict() for s in summaries])
     else:
-        print_jobs(s.record for s in summaries)
+        print_jobs(_marked(s) for s in summaries)
     return 0
+
+
+def _marked(summary: JobSummary) -> JobRecord:
+    """A summary's record for a table: a cut error ends with an ellipsis."""
+    record = summary.record
+    if "error" in summary.truncated and record.error is not None:
+        return dataclasses.replace(record, error=record.error + "…")
+    return record
 
 
 async def retry(app: Conveyor, args: argparse.Namespace) -> int:
