@@ -386,15 +386,16 @@ class Services:
         broker = self.app.broker
         staged = {name for name, fn in self.app.registry.items() if fn.uses_staging}
         for name in sorted(staged):
-            if await broker.list_jobs(state=JobState.DEAD, queue=queue, name=name, limit=1):
+            if await broker.list_summaries(state=JobState.DEAD, queue=queue, name=name, limit=1):
                 break
         else:  # no dead job has a staged file to check: one bulk write
             return await broker.retry_dead(queue), 0
         retried = skipped = 0
         cursor = None
         while True:
-            page = await broker.list_jobs(state=JobState.DEAD, queue=queue,
-                                          limit=RETRY_PAGE, cursor=cursor)
+            # summaries: the name and id say all, whatever the jobs hold
+            page = [s.record for s in await broker.list_summaries(
+                state=JobState.DEAD, queue=queue, limit=RETRY_PAGE, cursor=cursor)]
             for record in page:
                 if self._upload_gone(record):
                     skipped += 1
