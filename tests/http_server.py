@@ -105,9 +105,17 @@ class Server:
 
     # -- what is left behind ------------------------------------------------------------------
     def job_ids(self) -> list[str]:
-        response = self.client.get("/jobs", params={"limit": 1000})
-        assert response.status_code == 200, response.text
-        return [job["id"] for job in response.json()["jobs"]]
+        """Every job's id, page after page."""
+        found: list[str] = []
+        params: dict[str, Any] = {"limit": 200}
+        while True:
+            response = self.client.get("/jobs", params=params)
+            assert response.status_code == 200, response.text
+            page = response.json()
+            found += [job["id"] for job in page["jobs"]]
+            if page["next_cursor"] is None:
+                return found
+            params["cursor"] = page["next_cursor"]
 
     def staged(self) -> list[str]:
         """Every file under the staging directory (partial ones included)."""

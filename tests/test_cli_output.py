@@ -27,6 +27,7 @@ import pytest
 from clijobs import CLI, publish, register
 from conftest import WorkerThread, cli_env
 from conveyor import Conveyor
+from conveyor.summary import PREVIEW_CHARS
 from polling import wait_until
 from redis_server import RedisServer
 
@@ -126,15 +127,17 @@ def test_jobs_piped_is_tab_separated_and_whole(store: Store) -> None:
     assert all(len(cells) == 7 for cells in rows.values())
     dead = rows[store.dead]
     assert dead[1:5] == ["fail", "default", "dead", "1"]
-    # the whole error, its tab and line break as spaces
+    # the error's first characters (a listing cuts long fields), its tab and line break as
+    # spaces, an ellipsis where it was cut
     flat = LONG_ERROR.replace("\t", " ").replace("\n", " ")
-    assert dead[6] == f"PermanentError: {flat}"
+    assert dead[6] == f"PermanentError: {flat}"[:PREVIEW_CHARS] + "…"
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z", dead[5])
     assert rows[store.long][1:4] == [LONG_NAME, LONG_QUEUE, "queued"]
     assert rows[store.done][6] == ""
-    # --json keeps the text as stored
+    # --json keeps the text as stored, cut
     listed = {j["id"]: j for j in store.cli.json("jobs")}
-    assert listed[store.dead]["error"] == f"PermanentError: {LONG_ERROR}"
+    assert listed[store.dead]["error"] == f"PermanentError: {LONG_ERROR}"[:PREVIEW_CHARS]
+    assert listed[store.dead]["truncated"] == ["args", "error", "traceback"]
 
 
 def test_stats_piped_is_two_tab_separated_tables(store: Store) -> None:

@@ -68,11 +68,18 @@ def test_pause_stops_the_ticks_and_resume_starts_them_again(server: Server) -> N
 
 def tick_jobs(server: Server, schedule: str) -> list[int]:
     """The ticks of the stored tick jobs of ``schedule``."""
-    response = server.client.get("/jobs", params={"name": "noop", "limit": 1000})
-    assert response.status_code == 200, response.text
     prefix = f"cron:{schedule}:"
-    return sorted(int(j["id"].removeprefix(prefix)) for j in response.json()["jobs"]
-                  if j["id"].startswith(prefix))
+    ticks: list[int] = []
+    params = {"name": "noop", "limit": "200"}
+    while True:  # page after page
+        response = server.client.get("/jobs", params=params)
+        assert response.status_code == 200, response.text
+        page = response.json()
+        ticks += [int(j["id"].removeprefix(prefix)) for j in page["jobs"]
+                  if j["id"].startswith(prefix)]
+        if page["next_cursor"] is None:
+            return sorted(ticks)
+        params["cursor"] = page["next_cursor"]
 
 
 def test_run_now_enqueues_under_a_new_id(server: Server) -> None:

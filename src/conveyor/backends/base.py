@@ -19,6 +19,7 @@ from conveyor.limits import JobLimits, LimitUsage
 from conveyor.priority import DEFAULT_AGING, QueueWeights
 from conveyor.queues import QueueSettings
 from conveyor.stats import MinuteStats
+from conveyor.summary import PREVIEW_CHARS, JobSummary, summarize
 
 if TYPE_CHECKING:
     from conveyor.backends.outage import Outage
@@ -291,6 +292,22 @@ class Broker(abc.ABC):
         name: str | None = None,
     ) -> list[JobRecord]:
         """Jobs newest first; ``cursor`` is the last id of the previous page."""
+
+    async def list_summaries(
+        self,
+        state: JobState | None = None,
+        queue: str | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+        name: str | None = None,
+        preview: int = PREVIEW_CHARS,
+    ) -> list[JobSummary]:
+        """The jobs :meth:`list_jobs` lists, with their long fields (arguments, result,
+        error, traceback, progress message) cut after ``preview`` characters. A store cuts
+        them as it reads, so a page never holds a whole big job; this default reads whole
+        records and cuts them."""
+        records = await self.list_jobs(state, queue, limit, cursor, name)
+        return [summarize(r, preview) for r in records]
 
     @abc.abstractmethod
     async def counts(self) -> dict[str, dict[str, int]]:

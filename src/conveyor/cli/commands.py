@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import sys
 import time
@@ -34,6 +35,7 @@ from conveyor.errors import (
 from conveyor.job import ALL_STATES, FINAL_STATES, JobRecord, JobState
 from conveyor.options import EnqueueOptions
 from conveyor.queues import with_settings
+from conveyor.summary import MAX_PAGE, JobSummary
 
 
 def _json_arg(text: str, expected: type, option: str) -> Any:
@@ -152,16 +154,27 @@ async def status(app: Conveyor, args: argparse.Namespace) -> int:
 
 
 async def jobs(app: Conveyor, args: argparse.Namespace) -> int:
-    """``conveyor jobs [--state S] [--queue Q] [--name N] [--limit N] [--json]``."""
+    """``conveyor jobs [--state S] [--queue Q] [--name N] [--limit N] [--json]``: summaries,
+    their long fields cut (``conveyor status ID`` shows a whole job)."""
+    if args.limit > MAX_PAGE:
+        raise CLIError(f"--limit must be at most {MAX_PAGE} (page on with --cursor)")
     await app.broker.open()
     state = JobState(args.state) if args.state else None
-    records = await app.broker.list_jobs(state=state, queue=args.queue, name=args.name,
-                                         limit=args.limit, cursor=args.cursor)
+    summaries = await app.broker.list_summaries(state=state, queue=args.queue, name=args.name,
+                                                limit=args.limit, cursor=args.cursor)
     if args.json:
-        print_json([r.to_dict() for r in records])
+        print_json([s.to_dict() for s in summaries])
     else:
-        print_jobs(records)
+        print_jobs(_marked(s) for s in summaries)
     return 0
+
+
+def _marked(summary: JobSummary) -> JobRecord:
+    """A summary's record for a table: a cut error ends with an ellipsis."""
+    record = summary.record
+    if "error" in summary.truncated and record.error is not None:
+        return dataclasses.replace(record, error=record.error + "…")
+    return record
 
 
 async def retry(app: Conveyor, args: argparse.Namespace) -> int:

@@ -11,9 +11,10 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from conveyor.backends.base import Broker
-from conveyor.job import ALL_STATES, JobRecord
+from conveyor.job import ALL_STATES
 from conveyor.queues import QueueSettings
 from conveyor.stats import MinuteStats, minute_of
+from conveyor.summary import JobSummary
 
 if TYPE_CHECKING:
     from conveyor.app import Conveyor
@@ -110,12 +111,9 @@ async def known_jobs(app: Conveyor) -> dict[str, Any]:
         for job in await app.known_jobs_async()]}
 
 
-def job_summary(record: JobRecord) -> dict[str, Any]:
-    """One row of a job list."""
-    data = record.to_dict()
+def job_summary(summary: JobSummary) -> dict[str, Any]:
+    """One row of a job list (the store cut the error to a preview already)."""
+    data = summary.record.to_dict()
     keep = ("id", "name", "queue", "state", "attempts", "created_at", "started_at",
             "finished_at", "progress", "error")
-    summary = {key: data.get(key) for key in keep}
-    if isinstance(summary["error"], str):
-        summary["error"] = summary["error"][:200]
-    return summary
+    return {key: data.get(key) for key in keep}

@@ -29,6 +29,7 @@ from conveyor.http.services import Services
 from conveyor.http.throttle import Throttle
 from conveyor.ids import is_acceptable_id, is_valid_id
 from conveyor.priority import parse_priority
+from conveyor.summary import summarize
 
 Handler = Callable[[Request], Awaitable[Response]]
 #: the static files of the dashboard and their media types
@@ -180,7 +181,8 @@ class Dashboard:
                     record = await self.services.get(job_id)
                 except ApiError:
                     continue
-                return _json({"jobs": [data.job_summary(record)], "next_cursor": None})
+                return _json({"jobs": [data.job_summary(summarize(record))],
+                              "next_cursor": None})
         if search and is_valid_id(search.upper()):  # a generated id that is not there
             return _json({"jobs": [], "next_cursor": None})
         if search:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from conveyor.job import ALL_STATES
+from conveyor.summary import JSON_FIELDS, PREVIEW_CHARS, TEXT_FIELDS
 
 OPENAPI_VERSION = "3.0.3"
 Schema = dict[str, Any]
@@ -65,6 +66,33 @@ JOB_ID = Param("id", "path", "the job id (26 characters of Crockford base32)")
 
 JSON_ANY: Schema = {"description": "any JSON value"}
 
+#: the fields of a job (GET /jobs/{id})
+JOB_PROPERTIES: dict[str, Schema] = {
+    "id": {"type": "string"},
+    "name": {"type": "string"},
+    "queue": {"type": "string"},
+    "state": {"type": "string", "enum": [str(s) for s in ALL_STATES]},
+    "priority": {"type": "integer", "minimum": -10, "maximum": 10},
+    "group": {"type": "string", "nullable": True,
+              "description": "the group of a job with limits"},
+    "attempts": {"type": "integer"},
+    "deferrals": {"type": "integer",
+                  "description": "times put back uncharged after RateLimited"},
+    "recoveries": {"type": "integer"},
+    "args": {"type": "array", "items": JSON_ANY},
+    "kwargs": {"type": "object", "additionalProperties": JSON_ANY},
+    "result": JSON_ANY,
+    "error": {"type": "string", "nullable": True},
+    "traceback": {"type": "string", "nullable": True},
+    "progress": {"type": "number", "nullable": True},
+    "progress_message": {"type": "string", "nullable": True},
+    "worker_id": {"type": "string", "nullable": True},
+    "cancel_requested": {"type": "boolean"},
+    "unique_key": {"type": "string", "nullable": True},
+    **{name: {"type": "string", "format": "date-time", "nullable": True}
+       for name in ("created_at", "run_at", "started_at", "finished_at", "expires_at")},
+}
+
 COMPONENTS: dict[str, Schema] = {
     "Error": {
         "type": "object", "required": ["error"],
@@ -100,36 +128,35 @@ COMPONENTS: dict[str, Schema] = {
     "Job": {
         "type": "object",
         "required": ["id", "name", "queue", "state", "attempts", "created_at"],
+        "properties": JOB_PROPERTIES,
+    },
+    "JobSummary": {
+        "type": "object",
+        "required": ["id", "name", "queue", "state", "attempts", "created_at", "truncated",
+                     "previews"],
+        "description": f"a job as a list shows it: long fields cut to {PREVIEW_CHARS} "
+        "characters (GET /jobs/{id} gives the whole job)",
         "properties": {
-            "id": {"type": "string"},
-            "name": {"type": "string"},
-            "queue": {"type": "string"},
-            "state": {"type": "string", "enum": [str(s) for s in ALL_STATES]},
-            "priority": {"type": "integer", "minimum": -10, "maximum": 10},
-            "group": {"type": "string", "nullable": True,
-                      "description": "the group of a job with limits"},
-            "attempts": {"type": "integer"},
-            "deferrals": {"type": "integer",
-                          "description": "times put back uncharged after RateLimited"},
-            "recoveries": {"type": "integer"},
-            "args": {"type": "array", "items": JSON_ANY},
-            "kwargs": {"type": "object", "additionalProperties": JSON_ANY},
-            "result": JSON_ANY,
-            "error": {"type": "string", "nullable": True},
-            "traceback": {"type": "string", "nullable": True},
-            "progress": {"type": "number", "nullable": True},
-            "progress_message": {"type": "string", "nullable": True},
-            "worker_id": {"type": "string", "nullable": True},
-            "cancel_requested": {"type": "boolean"},
-            "unique_key": {"type": "string", "nullable": True},
-            **{name: {"type": "string", "format": "date-time", "nullable": True}
-               for name in ("created_at", "run_at", "started_at", "finished_at", "expires_at")},
+            **JOB_PROPERTIES,
+            "args": {"type": "array", "items": JSON_ANY, "nullable": True,
+                     "description": "null when cut (see previews)"},
+            "kwargs": {"type": "object", "additionalProperties": JSON_ANY, "nullable": True,
+                       "description": "null when cut (see previews)"},
+            "result": {**JSON_ANY, "description": "any JSON value; null when cut (see "
+                       "previews)"},
+            "truncated": {"type": "array", "items": {
+                "type": "string", "enum": [*JSON_FIELDS, *TEXT_FIELDS]},
+                "description": "the fields cut to their first characters"},
+            "previews": {
+                "type": "object", "additionalProperties": {"type": "string"},
+                "description": "cut field (args, kwargs or result) -> the first characters "
+                "of its JSON text (no JSON on its own)"},
         },
     },
     "JobPage": {
         "type": "object", "required": ["jobs", "next_cursor"],
         "properties": {
-            "jobs": {"type": "array", "items": ref("Job")},
+            "jobs": {"type": "array", "items": ref("JobSummary")},
             "next_cursor": {"type": "string", "nullable": True,
                             "description": "pass as cursor for the next page; null at the end"},
         },

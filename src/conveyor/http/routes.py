@@ -19,7 +19,15 @@ from conveyor.http.idempotency import HEADER as IDEMPOTENCY_HEADER
 from conveyor.http.idempotency import check_key
 from conveyor.http.openapi import IDEMPOTENCY_KEY, JOB_ID, Operation, Param, error, ref
 from conveyor.http.schedules import ScheduleRoutes
-from conveyor.http.services import MAX_JSON_BYTES, BodyInfo, Services
+from conveyor.http.services import (
+    DEFAULT_PAGE,
+    MAX_JSON_BYTES,
+    MAX_PAGE,
+    PAGE_BUDGET,
+    BodyInfo,
+    Services,
+)
+from conveyor.summary import PREVIEW_CHARS
 
 if TYPE_CHECKING:
     from conveyor.metrics import Metrics
@@ -227,16 +235,25 @@ class Routes:
                 "new job id, then the push job is enqueued; the answer comes once both are "
                 "durable.", tag="uploads"),
             Operation("GET", "/jobs", self.list_jobs, "List jobs, newest first",
-                      dict([(200, ("a page of jobs", ref("JobPage"))), error(400)]),
+                      dict([(200, ("a page of job summaries", ref("JobPage"))), error(400)]),
                       params=(
                           Param("state", "query", "only jobs in this state",
                                 {"type": "string", "enum": ["queued", "scheduled", "running",
                                                             "succeeded", "dead", "cancelled"]}),
                           Param("queue", "query", "only jobs of this queue"),
                           Param("name", "query", "only jobs of this name"),
-                          Param("limit", "query", "page size (1-1000, default 50)",
-                                {"type": "integer", "minimum": 1, "maximum": 1000}),
-                          Param("cursor", "query", "next_cursor of the previous page"))),
+                          Param("limit", "query",
+                                f"most jobs in the page (1-{MAX_PAGE}, default "
+                                f"{DEFAULT_PAGE}; more is a 400)",
+                                {"type": "integer", "minimum": 1, "maximum": MAX_PAGE}),
+                          Param("cursor", "query", "next_cursor of the previous page")),
+                      description=f"Each job is a summary: its arguments, keyword arguments "
+                      f"and result when their JSON text is at most {PREVIEW_CHARS} characters, "
+                      f"else null and the text's first {PREVIEW_CHARS} characters under "
+                      f"previews; error, traceback and progress_message cut to "
+                      f"{PREVIEW_CHARS} characters; truncated names the cut fields. "
+                      f"GET /jobs/{{id}} gives the whole job. A page stops before its jobs "
+                      f"pass {PAGE_BUDGET} bytes (next_cursor then continues it)."),
             Operation(
                 "POST", JOB_PATH, self.submit, "Enqueue a job by name",
                 dict([created, error(400), error(404, "no job of that name is registered or "

@@ -9,6 +9,7 @@ and are streamed to the staging area, never held in memory.
 from __future__ import annotations
 
 import errno
+import json
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import astuple, dataclass, replace
@@ -33,6 +34,8 @@ from conveyor.ids import is_acceptable_id
 from conveyor.job import ALL_STATES, JobRecord, JobState
 from conveyor.options import DEFAULT, EnqueueOptions
 from conveyor.queues import QueueSettings, parse_limit, with_settings
+from conveyor.summary import MAX_PAGE as SUMMARY_MAX_PAGE
+from conveyor.summary import JobSummary
 from conveyor.uploads import (
     StagedFile,
     Upload,
@@ -55,7 +58,10 @@ DEFAULT_MAX_UPLOAD = 1 << 30
 MAX_JSON_BYTES = 1 << 20
 #: seconds a client is told to wait when a queue is full
 RETRY_AFTER = 5
-MAX_PAGE = 1000
+#: the most jobs one page of ``GET /jobs`` lists (a larger ``limit`` is a 400)
+MAX_PAGE = SUMMARY_MAX_PAGE
+#: the most bytes of jobs one page of ``GET /jobs`` holds (its first job always goes in)
+PAGE_BUDGET = 1 << 20
 #: dead jobs read at a time when they are put back one by one
 RETRY_PAGE = 500
 DEFAULT_PAGE = 50
@@ -68,6 +74,28 @@ class BodyInfo:
     content_length: int | None = None
     content_type: str | None = None
     host_path: str | None = None
+
+
+def budgeted_page(summaries: Sequence[JobSummary], limit: int,
+                  shape: Callable[[JobSummary], dict[str, Any]],
+                  budget: int = PAGE_BUDGET) -> dict[str, Any]:
+    """``{"jobs": [...], "next_cursor": ...}`` from up to ``limit + 1`` summaries: at most
+    ``limit`` jobs and, past the first, no more than ``budget`` bytes of their JSON; the
+    cursor is the last listed id when more follow, else None."""
+    jobs: list[dict[str, Any]] = []
+    used = 0
+    for summary in summaries[:limit]:
+        item = shape(summary)
+        size = len(_compact(item).encode("utf-8", "surrogatepass")) + 1
+        if jobs and used + size > budget:
+            break
+        jobs.append(item)
+        used += size
+    more = len(summaries) > len(jobs)
+    return {"jobs": jobs, "next_cursor": jobs[-1]["id"] if more and jobs else None}
+
+
+_compact = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
 def _not_found(job_id: str) -> ApiError:
@@ -275,10 +303,11 @@ class Services:
 
     async def list_jobs(
         self, params: Mapping[str, str],
-        shape: Callable[[JobRecord], dict[str, Any]] = JobRecord.to_dict,
+        shape: Callable[[JobSummary], dict[str, Any]] = JobSummary.to_dict,
     ) -> dict[str, Any]:
-        """``GET /jobs``: a page of jobs, newest first, each as ``shape`` makes it, and the
-        cursor of the next page."""
+        """``GET /jobs``: a page of job summaries (long fields cut, see
+        :mod:`conveyor.summary`), newest first, each as ``shape`` makes it, and the cursor
+        of the next page. A page ends early rather than pass :data:`PAGE_BUDGET` bytes."""
         unknown = sorted(set(params) - {"state", "queue", "name", "limit", "cursor"})
         if unknown:
             raise ApiError(400, f"unknown query parameter {unknown[0]!r}")
@@ -290,13 +319,11 @@ class Services:
         if cursor is not None and not is_acceptable_id(cursor):
             raise ApiError(400, "cursor must be a job id (the next_cursor of a page)")
         await self.broker_ready()
-        records = await self.app.broker.list_jobs(
+        summaries = await self.app.broker.list_summaries(
             state=JobState(state) if state else None, queue=params.get("queue") or None,
             name=params.get("name") or None, limit=limit + 1, cursor=cursor,
         )
-        page = records[:limit]
-        more = len(records) > limit
-        return {"jobs": [shape(r) for r in page], "next_cursor": page[-1].id if more else None}
+        return budgeted_page(summaries, limit, shape)
 
     async def cancel(self, job_id: str) -> JobRecord:
         """``DELETE /jobs/{id}``: cancel (a job final afterwards loses its staged file)."""
@@ -359,15 +386,16 @@ class Services:
         broker = self.app.broker
         staged = {name for name, fn in self.app.registry.items() if fn.uses_staging}
         for name in sorted(staged):
-            if await broker.list_jobs(state=JobState.DEAD, queue=queue, name=name, limit=1):
+            if await broker.list_summaries(state=JobState.DEAD, queue=queue, name=name, limit=1):
                 break
         else:  # no dead job has a staged file to check: one bulk write
             return await broker.retry_dead(queue), 0
         retried = skipped = 0
         cursor = None
         while True:
-            page = await broker.list_jobs(state=JobState.DEAD, queue=queue,
-                                          limit=RETRY_PAGE, cursor=cursor)
+            # summaries: the name and id say all, whatever the jobs hold
+            page = [s.record for s in await broker.list_summaries(
+                state=JobState.DEAD, queue=queue, limit=RETRY_PAGE, cursor=cursor)]
             for record in page:
                 if self._upload_gone(record):
                     skipped += 1

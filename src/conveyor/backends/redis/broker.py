@@ -41,6 +41,7 @@ from conveyor.queues import QueueSettings, stored_limit
 from conveyor.schedules import Schedule, ScheduleState, read_state
 from conveyor.serialization import dumps, loads, storable
 from conveyor.stats import STATS_KEEP, MinuteStats
+from conveyor.summary import PREVIEW_CHARS, JobSummary
 
 try:
     import redis.asyncio as aioredis
@@ -57,6 +58,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     ) from exc
 
 T = TypeVar("T")
+L = TypeVar("L")
 log = logging.getLogger("conveyor.redis")
 
 #: connection errors worth retrying: Redis restarting, a dropped connection
@@ -79,6 +81,8 @@ _settings_checked: set[str] = set()
 RETRY_FOR = 30.0
 #: ids handed to one script call at most
 BATCH = 1000
+#: jobs one listing script cuts at a time (it copies each whole job inside Redis)
+SUMMARY_BATCH = 50
 #: the order of a segment of one job, and the reply that stored a segment with nothing held
 ONLY = [0]
 OK = ["ok"]
@@ -946,8 +950,43 @@ class RedisBroker(Broker):
         cursor: str | None = None,
         name: str | None = None,
     ) -> list[JobRecord]:
+        return await self._listing(state, queue, limit, cursor, name, self._records,
+                                   lambda record: record)
+
+    async def list_summaries(
+        self,
+        state: JobState | None = None,
+        queue: str | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+        name: str | None = None,
+        preview: int = PREVIEW_CHARS,
+    ) -> list[JobSummary]:
+        async def load(ids: Sequence[str]) -> list[JobSummary | None]:
+            found: list[JobSummary | None] = []
+            for start in range(0, len(ids), SUMMARY_BATCH):
+                found += await self._summaries(ids[start:start + SUMMARY_BATCH], preview)
+            return found
+
+        return await self._listing(state, queue, limit, cursor, name, load,
+                                   lambda summary: summary.record)
+
+    async def _summaries(self, ids: Sequence[str], preview: int) -> list[JobSummary | None]:
+        """The summaries of ``ids`` (None where there is none), cut by the script."""
+        # UTF-8 takes at most 4 bytes a character: enough bytes for preview + 1 whole ones
+        keep = 4 * (preview + 1) + 3
+        rows = await self._script("list_preview", self.keys.job_block, [keep, *ids])
+        return [None if row is None else codec.summary_from_preview(row, preview)
+                for row in rows]
+
+    async def _listing(
+        self, state: JobState | None, queue: str | None, limit: int, cursor: str | None,
+        name: str | None, load: Callable[[Sequence[str]], Awaitable[Sequence[L | None]]],
+        record_of: Callable[[L], JobRecord],
+    ) -> list[L]:
+        """Jobs newest first, as ``load`` reads them from their ids."""
         index = await self._index_keys(state, queue)
-        found: list[JobRecord] = []
+        found: list[L] = []
         page = max(limit, 50)
         while len(found) < limit:
             upper = f"({cursor}" if cursor else "+"
@@ -969,13 +1008,16 @@ class RedisBroker(Broker):
             ids = await self._retrying(fetch)
             if not ids:
                 break
-            for record in await self._records(ids):
+            for item in await load(ids):
+                if item is None:
+                    continue
+                record = record_of(item)
                 # read after the index: a job that moved on in between is left out
-                if record is None or (state is not None and record.state is not state) or \
+                if (state is not None and record.state is not state) or \
                         (queue is not None and record.queue != queue):
                     continue
                 if name is None or record.name == name:
-                    found.append(record)
+                    found.append(item)
                     if len(found) == limit:
                         break
             cursor = ids[-1]

@@ -12,13 +12,16 @@ from collections.abc import Sequence
 from json.encoder import encode_basestring as _quote
 from typing import Any
 
-from conveyor.backends.redis.keys import group_of_lane
+from conveyor.backends.redis.keys import FIELDS, group_of_lane
 from conveyor.job import JobRecord, JobState, WorkerInfo
 from conveyor.stats import SUMS, MinuteStats
+from conveyor.summary import JobSummary, summarize, summary_of
 
 _loads = json.JSONDecoder().decode
 _RUNNING = JobState.RUNNING
 _STATES = {str(s): s for s in JobState}
+#: where the result is among a job's fields (see keys.FIELDS)
+_RESULT = FIELDS.index("result")
 
 
 def job_spec(job: JobRecord) -> str:
@@ -130,6 +133,25 @@ def job_from_fields(
         group=group_of_lane(lane),
         deferrals=int(deferrals or 0),
     )
+
+
+def summary_from_preview(row: Sequence[Any], preview: int) -> JobSummary:
+    """A job's summary from a ``list_preview`` script's reply for it: its JSON without the
+    arguments (or whole, with None for both texts, when not of the usual shape), the texts
+    of its arguments and keyword arguments, its fields (long ones cut), its expiry, and
+    whether its cancellation was asked for."""
+    spec, args, kwargs, *fields, expiry, cancel = row
+    if args is None or kwargs is None:
+        whole = job_from_fields([spec, *fields], _number(expiry), bool(cancel), None)
+        return summarize(whole, preview)
+    spec = '{"args":[],"kwargs":{},' + spec[1:]
+    result = fields[_RESULT]
+    values = list(fields)
+    values[_RESULT] = None
+    record = job_from_fields([spec, *values], _number(expiry), bool(cancel), None)
+    texts = {"args": args, "kwargs": kwargs, "result": result, "error": record.error,
+             "traceback": record.traceback, "progress_message": record.progress_message}
+    return summary_of(record, texts, preview)
 
 
 def _text(value: Any) -> str | None:

@@ -42,6 +42,7 @@ from conveyor.queues import QueueSettings, stored_limit
 from conveyor.schedules import Schedule, ScheduleState
 from conveyor.serialization import dumps, storable
 from conveyor.stats import STATS_KEEP, SUMS, MinuteStats
+from conveyor.summary import JSON_FIELDS, PREVIEW_CHARS, TEXT_FIELDS, JobSummary, summary_of
 
 T = TypeVar("T")
 
@@ -52,6 +53,8 @@ RANK = "run_at - boost"
 NOT_PAUSED = "queue NOT IN (SELECT name FROM {ns}_queues WHERE paused=1)"
 #: SQLite's default limit on bound parameters is 32766; stay far below it
 CHUNK = 500
+#: the columns a listing of summaries cuts (named as the fields they hold)
+_LONG_COLUMNS = (*JSON_FIELDS, *TEXT_FIELDS)
 #: how often an idle worker looks for new commits by other connections (cheap, no I/O)
 POLL_INTERVAL = 0.002
 # values of the jobs' ``unstarted`` column: 0 started (or not running)
@@ -955,6 +958,37 @@ class SQLiteBroker(Broker):
         cursor: str | None = None,
         name: str | None = None,
     ) -> list[JobRecord]:
+        return [job_from_row(r) for r in
+                await self._list_rows(JOB_COLUMNS, state, queue, limit, cursor, name)]
+
+    async def list_summaries(
+        self,
+        state: JobState | None = None,
+        queue: str | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+        name: str | None = None,
+        preview: int = PREVIEW_CHARS,
+    ) -> list[JobSummary]:
+        # the long columns are cut in the SELECT: one character more than the preview tells
+        # a cut value from a whole one
+        columns = [c.strip() for c in JOB_COLUMNS.split(",")]
+        keep = int(preview) + 1
+        cut = ", ".join(f"substr({c}, 1, {keep})" if c in _LONG_COLUMNS else c
+                        for c in columns)
+        rows = await self._list_rows(cut, state, queue, limit, cursor, name)
+        summaries = []
+        for row in rows:
+            texts = {c: row[columns.index(c)] for c in _LONG_COLUMNS}
+            whole = list(row)
+            for c, placeholder in (("args", "[]"), ("kwargs", "{}"), ("result", None)):
+                whole[columns.index(c)] = placeholder
+            summaries.append(summary_of(job_from_row(tuple(whole)), texts, preview))
+        return summaries
+
+    async def _list_rows(self, columns: str, state: JobState | None, queue: str | None,
+                         limit: int, cursor: str | None, name: str | None) -> list[Any]:
+        """The rows of a listing, newest first: ``columns`` of the jobs that match."""
         where, params = [], []
         for column, value in (("state", state), ("queue", queue), ("name", name)):
             if value is not None:
@@ -964,9 +998,8 @@ class SQLiteBroker(Broker):
             where.append("id < ?")
             params.append(cursor)
         clause = f"WHERE {' AND '.join(where)}" if where else ""
-        sql = f"SELECT {JOB_COLUMNS} FROM {self.ns}_jobs {clause} ORDER BY id DESC LIMIT ?"
-        rows = await self._read(lambda conn: conn.execute(sql, (*params, limit)).fetchall())
-        return [job_from_row(r) for r in rows]
+        sql = f"SELECT {columns} FROM {self.ns}_jobs {clause} ORDER BY id DESC LIMIT ?"
+        return await self._read(lambda conn: conn.execute(sql, (*params, limit)).fetchall())
 
     async def counts(self) -> dict[str, dict[str, int]]:
         sql = f"SELECT queue, state, count(*) FROM {self.ns}_jobs GROUP BY queue, state"
