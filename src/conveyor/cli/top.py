@@ -120,7 +120,9 @@ async def take_snapshot(app: Conveyor) -> Snapshot:
     counts = await broker.counts()
     workers = await broker.workers()
     # listed newest-created first; a page of them re-sorted by when they died
-    dead = await broker.list_jobs(state=JobState.DEAD, limit=RECENT_FAILURES * 20)
+    # summaries: a dead job's arguments or traceback may be large, and only its error shows
+    dead = [summary.record for summary in await broker.list_summaries(
+        state=JobState.DEAD, limit=RECENT_FAILURES * 20)]
     dead.sort(key=lambda r: r.finished_at or 0.0, reverse=True)
     failures = dead[:RECENT_FAILURES]
     return Snapshot(time.monotonic(), counts, workers, failures)

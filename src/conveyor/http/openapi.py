@@ -112,7 +112,9 @@ COMPONENTS: dict[str, Schema] = {
             "args": {"type": "array", "items": JSON_ANY, "description": "positional arguments"},
             "kwargs": {"type": "object", "additionalProperties": JSON_ANY,
                        "description": "keyword arguments"},
-            "delay": {"type": "number", "minimum": 0, "description": "seconds to wait"},
+            "delay": {"type": "number", "minimum": 0,
+                      "description": "seconds to wait: at most the app's max_delay (one year "
+                                     "unless set); further is a 400"},
             "queue": {"type": "string", "description": "another queue than the job's own"},
             "priority": {"type": "integer", "minimum": -10, "maximum": 10,
                          "description": "higher runs sooner (default: the job's own)"},

@@ -228,7 +228,8 @@ class Routes:
                           {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"},
                           required=True),
                     Param("X-File-Path", "header", "absolute destination path inside the "
-                          "container", required=True),
+                          "container: at most 32 components of at most 255 bytes each",
+                          required=True),
                     HOST_PATH, IDEMPOTENCY_KEY),
                 body={"application/octet-stream": BINARY},
                 description="The body is the raw file. It is staged on disk (fsynced) under a "
