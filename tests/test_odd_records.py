@@ -100,13 +100,13 @@ def read_everywhere(app: Conveyor, server: Server, cli: CLI, ns: tuple[str, ...]
     ``GET /jobs/ID`` shows them. ``conveyor status`` is asked about ``shown_by_cli`` (a
     process per job is slow; the listings hold every job)."""
     shown: dict[str, dict[str, Any]] = {}
-    for path in ("/jobs", f"/jobs?queue={quote(ODD_QUEUE, safe='')}&limit=1000",
+    for path in ("/jobs", f"/jobs?queue={quote(ODD_QUEUE, safe='')}&limit=200",
                  f"/jobs?name={quote(ODD_NAME, safe='')}", "/jobs?state=scheduled",
                  "/queues", "/ui/api/jobs", "/ui/api/overview", "/ui/api/counts",
                  "/ui/jobs", "/", f"/ui/jobs?queue={quote(ODD_QUEUE, safe='')}"):
         response = server.client.get(path)
         assert response.status_code == 200, (path, response.text[:500])
-    listed = {job["id"] for job in server.client.get("/jobs?limit=1000").json()["jobs"]}
+    listed = {job["id"] for job in server.client.get("/jobs?limit=200").json()["jobs"]}
     assert set(ids.values()) <= listed
     for job_id in ids.values():
         for path in (f"/jobs/{job_id}", f"/ui/api/jobs/{job_id}", f"/ui/jobs/{job_id}"):
@@ -114,9 +114,9 @@ def read_everywhere(app: Conveyor, server: Server, cli: CLI, ns: tuple[str, ...]
             assert response.status_code == 200, (path, response.text[:500])
         shown[job_id] = server.client.get(f"/jobs/{job_id}").json()
     # the CLI: tables (piped), JSON, one job's summary and JSON
-    table = cli.ok("jobs", "--limit", "1000", *ns)
+    table = cli.ok("jobs", "--limit", "200", *ns)
     assert all(job_id in table for job_id in ids.values())
-    assert {job["id"] for job in json.loads(cli.ok("jobs", "--limit", "1000", "--json",
+    assert {job["id"] for job in json.loads(cli.ok("jobs", "--limit", "200", "--json",
                                                    *ns))} >= set(ids.values())
     cli.ok("stats", *ns)
     for job_id in shown_by_cli:
@@ -127,9 +127,12 @@ def read_everywhere(app: Conveyor, server: Server, cli: CLI, ns: tuple[str, ...]
     for job_id in ids.values():
         record = app.handle(job_id).info()
         json.dumps(record.to_dict(), allow_nan=False)
-        json.dumps(job_summary(record), allow_nan=False)
     records = app.run_sync(app.broker.list_jobs(limit=1000))
     assert {r.id for r in records} >= set(ids.values())
+    summaries = app.run_sync(app.broker.list_summaries(limit=200))
+    assert {s.record.id for s in summaries} >= set(ids.values())
+    for summary in summaries:
+        json.dumps(job_summary(summary), allow_nan=False)
     return shown
 
 

@@ -168,7 +168,7 @@ def store_app(request: pytest.FixtureRequest, db_url: str) -> Iterator[Conveyor]
     application.close()
 
 
-ODD_QUEUE = "odd queue: ü/{x}"
+ODD_QUEUE = "odd-queue:ü{x}&<b>"
 
 
 def test_worker_records_what_it_runs(
