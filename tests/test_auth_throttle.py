@@ -92,6 +92,15 @@ def test_the_table_of_addresses_is_bounded(clock: Clock) -> None:
     assert throttle.retry_after("192.0.2.1") == 60.0
 
 
+def test_failing_from_many_other_addresses_does_not_clear_a_penalty(clock: Clock) -> None:
+    throttle = Throttle(limit=2, max_addresses=100, clock=clock)
+    fail(throttle, "192.0.2.1", 2)
+    for n in range(5000):  # a holder of many addresses fails from each of the others
+        throttle.failed(f"10.{n // 65536}.{n // 256 % 256}.{n % 256}")
+    assert len(throttle) == 100
+    assert throttle.retry_after("192.0.2.1") == 60.0
+
+
 def test_bad_settings_are_refused() -> None:
     for settings in ({"limit": -1}, {"window": 0}, {"penalty": 10, "max_penalty": 5},
                      {"max_addresses": 0}):
@@ -176,6 +185,9 @@ def test_wrong_bearer_tokens_are_answered_429_past_the_limit(server: Server) -> 
 
 def test_the_login_form_is_throttled_and_says_so(server: Server) -> None:
     with httpx.Client(base_url=server.url, timeout=20) as browser:
+        for _ in range(LIMIT + 5):  # an empty form guesses nothing: not counted
+            empty = browser.post("/ui/login", data={"token": ""})
+            assert empty.status_code == 401, empty.text
         for n in range(LIMIT):
             wrong = browser.post("/ui/login", data={"token": f"guess-{n}"})
             assert wrong.status_code == 401 and "Wrong token." in wrong.text

@@ -13,7 +13,8 @@ starts over.
 The address is the peer of the connection (``scope["client"]``): behind a proxy it is the
 proxy's, which is then penalized for all its clients. ``X-Forwarded-For`` is not trusted.
 IPv6 addresses count per ``/64`` (one host usually holds a whole one). The table of
-addresses is bounded (:data:`MAX_ADDRESSES`, least recently failed dropped first). A limit
+addresses is bounded (:data:`MAX_ADDRESSES`, least recently failed dropped first, sparing
+penalized ones). A limit
 of 0 turns throttling off (for a proxy in front that throttles, say).
 """
 
@@ -42,6 +43,8 @@ PENALTY = 60.0
 MAX_PENALTY = 3600.0
 #: addresses remembered at most
 MAX_ADDRESSES = 10_000
+#: records looked at for one that is not penalized when the table is full
+EVICTION_SCAN = 64
 
 
 def client_address(scope: Scope) -> str:
@@ -119,8 +122,7 @@ class Throttle:
             if record is None or self._forgotten(record, now):
                 record = _Record()
             self._records[address] = record  # the most recent last
-            while len(self._records) > self.max_addresses:
-                self._records.popitem(last=False)
+            self._shrink(now)
             failures = record.failures
             failures.append(now)
             while failures and failures[0] <= now - self.window:
@@ -134,6 +136,19 @@ class Throttle:
         log.warning("%d wrong %ss from %s within %g s: its tokens are refused for %g s",
                     self.limit, what, address, self.window, penalty)
         return penalty
+
+    def _shrink(self, now: float) -> None:
+        """Drop records past :attr:`max_addresses`, the least recently failed first but
+        sparing a penalized address (looking at :data:`EVICTION_SCAN` at most), so that
+        failing from many other addresses does not clear a penalty."""
+        records = self._records
+        while len(records) > self.max_addresses:
+            for _ in range(min(EVICTION_SCAN, len(records) - 1)):
+                address, oldest = next(iter(records.items()))
+                if oldest.blocked_until <= now:
+                    break
+                records.move_to_end(address)  # penalized: spared, looked at again later
+            records.popitem(last=False)
 
     def _forgotten(self, record: _Record, now: float) -> bool:
         """True when a record's past no longer counts: its last penalty ended and its last
