@@ -3,8 +3,9 @@ forgotten once they hold no job.
 
 A queue is known while it holds a job (in any state) or has stored settings (paused, a
 cap). An enqueue, a pause or a cap that would make one queue more than
-``Broker.max_queues`` raises :class:`TooManyQueues` and stores nothing of its call; a queue is forgotten once its last
-job is deleted or purged and it has no settings, which frees its place under the cap.
+``Broker.max_queues`` raises :class:`TooManyQueues` and stores nothing of its call (resuming
+and uncapping never do); a queue is forgotten once its last job is deleted or purged and it
+has no settings, which frees its place under the cap.
 """
 
 from __future__ import annotations
