@@ -87,3 +87,36 @@ def test_an_enqueue_refused_for_stale_names_sweeps_them_once_in_a_while(
             await broker.close()
 
     asyncio.run(main())
+
+
+def test_pausing_or_capping_a_new_queue_counts_against_the_cap_and_sweeps_stale_names(
+        server: RedisServer) -> None:
+    async def main() -> None:
+        broker = RedisBroker(server.url, namespace=f"set{new_id().lower()}")
+        broker.max_queues = 10
+        await broker.open()
+        client = broker._conn().client
+        k = broker.keys
+        try:
+            await client.sadd(k.queues, *(f"old-{n}" for n in range(50)))
+            await broker.set_paused("fresh", True)  # refused, swept, stored
+            assert await client.smembers(k.queues) == {"fresh"}
+            for n in range(9):
+                await broker.set_max_queued(f"c{n}", 3)
+            for n in range(20):  # no second sweep this soon: refused, nothing stored
+                with pytest.raises(TooManyQueues):
+                    await broker.set_paused(f"p{n}", True)
+                with pytest.raises(TooManyQueues):
+                    await broker.set_max_queued(f"p{n}", 3)
+            assert await client.scard(k.queues) == 10
+            assert await client.smembers(k.paused) == {"fresh"}
+            assert await client.hlen(k.caps) == 9
+            with pytest.raises(TooManyQueues):  # no enqueue makes a new queue either
+                await broker.enqueue([job("uploads")], {})
+            await broker.set_paused("fresh", False)
+            await broker.enqueue([job("uploads")], {})  # the place freed by resuming
+            assert await client.scard(k.queues) == 10
+        finally:
+            await broker.close()
+
+    asyncio.run(main())

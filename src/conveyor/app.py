@@ -178,7 +178,8 @@ class Conveyor:
         """Cap ``queue`` in the store: every producer's enqueue that would leave more than
         ``limit`` jobs waiting in it is refused with :class:`~conveyor.errors.QueueFull`
         (``None`` removes the cap). The app's own caps (``max_queued=``) hold beside it:
-        the smaller wins."""
+        the smaller wins. Capping a queue the store does not know yet (no job, no
+        settings) past ``max_queues`` raises :class:`~conveyor.errors.TooManyQueues`."""
         queue, limit = existing_queue_name(queue), check_limit(limit)
         await self.broker.open()
         await self.broker.set_max_queued(queue, limit)
@@ -189,7 +190,8 @@ class Conveyor:
 
     async def pause_async(self, queue: str) -> None:
         """Pause ``queue``: workers claim nothing more from it (running jobs finish);
-        enqueues are still accepted."""
+        enqueues are still accepted. Pausing a queue the store does not know yet (no job,
+        no settings) past ``max_queues`` raises :class:`~conveyor.errors.TooManyQueues`."""
         await self.broker.open()
         await self.broker.set_paused(existing_queue_name(queue), True)
 

@@ -36,9 +36,9 @@ class QueueFull(ConveyorError):
 
 class TooManyQueues(ConveyorError):
     """The namespace knows ``limit`` queues already (those holding jobs, and those with
-    stored settings): a job for a new queue was refused and nothing of the call was stored.
-    Jobs of known queues are still accepted; a queue is forgotten once it holds no job and
-    has no settings."""
+    stored settings): a job for a new queue, or pausing or capping a new queue, was refused
+    and nothing of the call was stored. Known queues still accept jobs and settings; a queue
+    is forgotten once it holds no job and has no settings."""
 
     def __init__(self, queue: str, limit: int) -> None:
         super().__init__(f"cannot create queue {queue!r}: the namespace has {limit} queues "

@@ -2,9 +2,10 @@
 forgotten once they hold no job.
 
 A queue is known while it holds a job (in any state) or has stored settings (paused, a
-cap). An enqueue that would make one queue more than ``Broker.max_queues`` raises
-:class:`TooManyQueues` and stores nothing of its call; a queue is forgotten once its last
-job is deleted or purged and it has no settings, which frees its place under the cap.
+cap). An enqueue, a pause or a cap that would make one queue more than
+``Broker.max_queues`` raises :class:`TooManyQueues` and stores nothing of its call (resuming
+and uncapping never do); a queue is forgotten once its last job is deleted or purged and it
+has no settings, which frees its place under the cap.
 """
 
 from __future__ import annotations
@@ -96,9 +97,9 @@ def test_a_queue_with_settings_counts_as_known(run: Run[Any], broker: Broker) ->
     assert refused(run, broker, ["b"]).limit == 2
     enqueue(run, broker, "held")  # known by its settings: accepted
     assert run(broker.counts())["held"][JobState.QUEUED] == 1
-    run(broker.set_max_queued("capped", 5))  # settings are not refused; they make it known
-    enqueue(run, broker, "capped")
-    assert known(run, broker) == {"a", "held", "capped"}
+    with pytest.raises(TooManyQueues):  # a cap on a new queue counts as a new queue
+        run(broker.set_max_queued("capped", 5))
+    assert known(run, broker) == {"a", "held"}
 
 
 def test_a_queue_is_forgotten_when_its_last_job_is_deleted(
@@ -170,3 +171,58 @@ def test_many_queues_come_and_go(run: Run[Any], broker: Broker) -> None:
         for job in jobs:
             assert run(broker.delete(job.id))
         assert known(run, broker) == set()
+
+
+def test_pausing_or_capping_new_queues_past_the_cap_is_refused(
+        run: Run[Any], broker: Broker) -> None:
+    broker.max_queues = 4
+    run(broker.set_paused("p1", True))
+    run(broker.set_max_queued("c1", 3))
+    enqueue(run, broker, "a")
+    run(broker.set_paused("p2", True))  # the fourth queue: at the cap, not past it
+    for n in range(10):
+        with pytest.raises(TooManyQueues) as caught:
+            run(broker.set_paused(f"new-p{n}", True))
+        assert (caught.value.queue, caught.value.limit) == (f"new-p{n}", 4)
+        with pytest.raises(TooManyQueues) as caught:
+            run(broker.set_max_queued(f"new-c{n}", 5))
+        assert (caught.value.queue, caught.value.limit) == (f"new-c{n}", 4)
+    assert known(run, broker) == {"p1", "c1", "a", "p2"}
+    assert set(run(broker.queue_settings())) == {"p1", "c1", "p2"}
+    # nothing of the refusals was stored: no new queue can come in either
+    assert refused(run, broker, ["new-p0"]).queue == "new-p0"
+
+
+def test_known_queues_can_always_be_paused_and_capped(run: Run[Any], broker: Broker) -> None:
+    broker.max_queues = 2
+    enqueue(run, broker, "a")
+    run(broker.set_max_queued("b", 2))
+    with pytest.raises(TooManyQueues):
+        run(broker.set_paused("c", True))
+    run(broker.set_paused("a", True))  # known by its job
+    run(broker.set_max_queued("a", 7))
+    run(broker.set_paused("b", True))  # known by its settings
+    run(broker.set_max_queued("b", 9))
+    settings = run(broker.queue_settings())
+    assert (settings["a"].paused, settings["a"].max_queued) == (True, 7)
+    assert (settings["b"].paused, settings["b"].max_queued) == (True, 9)
+    assert known(run, broker) == {"a", "b"}
+
+
+def test_resuming_and_uncapping_never_fail(run: Run[Any], broker: Broker) -> None:
+    broker.max_queues = 1
+    first = enqueue(run, broker, "a")
+    run(broker.set_paused("unknown", False))
+    run(broker.set_max_queued("unknown", None))
+    run(broker.set_paused("a", False))
+    run(broker.set_max_queued("a", None))
+    assert known(run, broker) == {"a"}
+    assert run(broker.queue_settings()) == {}
+    # a paused queue without jobs keeps its place until it is resumed
+    run(broker.set_paused("a", True))
+    assert run(broker.delete(first[0].id))
+    with pytest.raises(TooManyQueues):
+        run(broker.set_paused("b", True))
+    run(broker.set_paused("a", False))
+    run(broker.set_paused("b", True))
+    assert known(run, broker) == {"b"}

@@ -341,13 +341,16 @@ class Broker(abc.ABC):
     async def set_paused(self, queue: str, paused: bool) -> None:
         """Pause or resume ``queue``. Claims skip a paused queue (and :meth:`ready_count`
         and :meth:`wait_for_work` do not count its jobs); enqueues and the jobs running
-        already go on. Resuming wakes the queue's idle workers."""
+        already go on. Resuming wakes the queue's idle workers. Pausing a queue the
+        namespace does not know yet makes it known: past :attr:`max_queues` it raises
+        :class:`~conveyor.errors.TooManyQueues` and stores nothing; resuming never does."""
 
     @abc.abstractmethod
     async def set_max_queued(self, queue: str, limit: int | None) -> None:
         """Store the cap of ``queue`` (``None`` removes it): :meth:`enqueue` refuses jobs
         that would leave more than ``limit`` waiting in it, whatever ``limits`` it is given
-        (the smaller of the two caps holds)."""
+        (the smaller of the two caps holds). Capping a queue not known yet counts against
+        :attr:`max_queues` as pausing does (see :meth:`set_paused`)."""
 
     @abc.abstractmethod
     async def queue_settings(self) -> dict[str, QueueSettings]:

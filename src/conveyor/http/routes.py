@@ -298,10 +298,14 @@ class Routes:
                       "that are only paused or capped."),
             Operation("POST", "/queues/{queue}/pause", self.pause_queue, "Pause a queue",
                       dict([(200, ("the queue's settings", ref("QueueSettings"))),
-                            error(400), error(503)]),
+                            error(400),
+                            error(409, "a new queue past the namespace's cap on queues"),
+                            error(503)]),
                       params=(QUEUE,), tag="admin",
                       description="Workers claim nothing more from the queue (within a "
-                      "second); enqueues are still accepted and running jobs finish."),
+                      "second); enqueues are still accepted and running jobs finish. A "
+                      "queue the namespace does not know yet counts against its cap on "
+                      "queues (409 past it)."),
             Operation("POST", "/queues/{queue}/resume", self.resume_queue, "Resume a queue",
                       dict([(200, ("the queue's settings", ref("QueueSettings"))),
                             error(400), error(503)]),

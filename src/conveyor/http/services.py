@@ -425,16 +425,20 @@ class Services:
         return {"queue": queue, **settings.to_dict()}
 
     async def set_paused(self, queue: str, paused: bool) -> dict[str, Any]:
-        """Pause or resume ``queue``; its settings afterwards (400 for a bad name)."""
+        """Pause or resume ``queue``; its settings afterwards (400 for a bad name, 409 for
+        a new queue past the namespace's cap on queues)."""
         try:
             await (self.app.pause_async(queue) if paused else self.app.resume_async(queue))
         except ConfigurationError as exc:
             raise ApiError(400, str(exc)) from None
+        except TooManyQueues as exc:
+            raise ApiError(409, str(exc)) from None
         return await self.queue_settings(queue)
 
     async def set_max_queued(self, queue: str, limit: str | None) -> dict[str, Any]:
         """Cap ``queue`` in the store (``limit`` as typed: a whole number or ``none``);
-        its settings afterwards (400 for a bad name or limit)."""
+        its settings afterwards (400 for a bad name or limit, 409 for a new queue past the
+        namespace's cap on queues)."""
         try:
             if limit is None:
                 raise ConfigurationError("give max_queued: a whole number of at least 1, "
@@ -442,5 +446,7 @@ class Services:
             await self.app.set_max_queued_async(queue, parse_limit(limit))
         except ConfigurationError as exc:
             raise ApiError(400, str(exc)) from None
+        except TooManyQueues as exc:
+            raise ApiError(409, str(exc)) from None
         return await self.queue_settings(queue)
 

@@ -1086,38 +1086,40 @@ class RedisBroker(Broker):
 
     # -- queue settings -----------------------------------------------------------------------
     async def set_paused(self, queue: str, paused: bool) -> None:
+        if paused:
+            await self._add_setting(queue, "")
+            return
         k = self.keys
 
         async def call(conn: _Connection) -> None:
             async with conn.client.pipeline(transaction=True) as pipe:
-                if paused:
-                    pipe.sadd(k.paused, queue)
-                    pipe.sadd(k.queues, queue)  # a queue with settings is known
-                else:
-                    pipe.srem(k.paused, queue)
-                    # wake the queue's idle workers, as an enqueue does (one token at most)
-                    pipe.rpush(k.wake(queue), "1")
-                    pipe.ltrim(k.wake(queue), 0, 0)
+                pipe.srem(k.paused, queue)
+                # wake the queue's idle workers, as an enqueue does (one token at most)
+                pipe.rpush(k.wake(queue), "1")
+                pipe.ltrim(k.wake(queue), 0, 0)
                 await pipe.execute()
 
         await self._retrying(call)
-        if not paused:
-            await self._forget_queue(queue)
+        await self._forget_queue(queue)
 
     async def set_max_queued(self, queue: str, limit: int | None) -> None:
-        k = self.keys
-        if limit is None:
-            await self._cmd("hdel", k.caps, queue)
-            await self._forget_queue(queue)
+        if limit is not None:
+            await self._add_setting(queue, str(limit))
             return
+        await self._cmd("hdel", self.keys.caps, queue)
+        await self._forget_queue(queue)
 
-        async def call(conn: _Connection) -> None:
-            async with conn.client.pipeline(transaction=True) as pipe:
-                pipe.hset(k.caps, queue, str(limit))
-                pipe.sadd(k.queues, queue)  # a queue with settings is known
-                await pipe.execute()
-
-        await self._retrying(call)
+    async def _add_setting(self, queue: str, cap: str) -> None:
+        """Pause ``queue`` (``cap`` empty) or store its cap, in one script call that makes
+        a queue not known yet known, or refuses it past :attr:`max_queues` (after a sweep
+        of stale names, as :meth:`enqueue` does)."""
+        k = self.keys
+        keys, argv = [k.jobs, k.queues, k.paused, k.caps], [queue, self._most_queues(), cap]
+        reply = await self._script("queue_setting", keys, argv)
+        if reply != "ok" and self._may_sweep() and await self._prune_queues():
+            reply = await self._script("queue_setting", keys, argv)
+        if reply != "ok":  # 'queues <most> <queue>'
+            raise TooManyQueues(queue, int(str(reply).split(" ", 2)[1]))
 
     async def _forget_queue(self, queue: str) -> None:
         """Forget ``queue`` if it holds no job and has no settings left."""

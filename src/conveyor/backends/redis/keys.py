@@ -47,7 +47,9 @@ Layout (``ns`` is the namespace, ``q`` a queue):
 ``{ns}:cancel``                 set      jobs whose cancellation was asked while they ran
 ``{ns}:queues``                 set      queues that hold jobs or have stored settings; a
                                          queue with neither is forgotten (delete.lua,
-                                         purge.lua, prune_queues.lua)
+                                         purge.lua, prune_queues.lua); new names come in
+                                         under max_queues (enqueue.lua, enqueue_one.lua,
+                                         queue_setting.lua)
 ``{ns}:paused``                 set      paused queue names: claims skip them (claim.lua)
 ``{ns}:caps``                   hash     queue -> max_queued, the store's cap, enforced by
                                          enqueue.lua and enqueue_one.lua for every producer

@@ -1072,12 +1072,18 @@ class SQLiteBroker(Broker):
 
     def _set_queue(self, conn: sqlite3.Connection, queue: str, column: str,
                    value: int | None) -> None:
-        """Set one setting of ``queue``; a queue left with none loses its row."""
-        t = self.ns
+        """Set one setting of ``queue``; a queue left with none loses its row. Pausing or
+        capping a queue the namespace does not know yet makes it known: past
+        :attr:`max_queues`, :class:`TooManyQueues` (and the writer rolls the row back)."""
+        t, most = self.ns, self.max_queues
+        fresh = (most is not None and value is not None and value != 0
+                 and bool(self._new_queues(conn, [queue])))
         self._writer.group_cache.pop("caps", None)  # later writes of the group read them anew
         conn.execute(f"INSERT INTO {t}_queues (name, {column}) VALUES (?, ?) "
                      f"ON CONFLICT (name) DO UPDATE SET {column}=excluded.{column}",
                      (queue, value))
+        if fresh and most is not None and self._queues_past(conn, most):
+            raise TooManyQueues(queue, most)
         conn.execute(f"DELETE FROM {t}_queues WHERE name=? AND paused=0 AND max_queued IS NULL",
                      (queue,))
 
