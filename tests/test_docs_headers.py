@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from conveyor.dashboard.pages import SECURITY_HEADERS as DASHBOARD_HEADERS
+from conveyor.http.headers import SECURITY_HEADERS as DASHBOARD_HEADERS
 from http_server import Server
 
 CHROMIUM = os.environ.get("CONVEYOR_CHROMIUM", "/usr/bin/chromium")

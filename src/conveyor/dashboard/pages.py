@@ -10,16 +10,7 @@ import html
 
 from starlette.responses import HTMLResponse
 
-#: headers of every dashboard answer: no inline script, nothing from other sites, no framing
-SECURITY_HEADERS = {
-    "Content-Security-Policy": (
-        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-        "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"),
-    "X-Content-Type-Options": "nosniff",
-    "X-Frame-Options": "DENY",
-    "Referrer-Policy": "same-origin",
-    "Cache-Control": "no-store",
-}
+from conveyor.http.headers import SECURITY_HEADERS
 
 NAV = (("overview", "/", "Overview"), ("workers", "/ui/workers", "Workers"),
        ("jobs", "/ui/jobs", "Jobs"), ("schedules", "/ui/schedules", "Schedules"))

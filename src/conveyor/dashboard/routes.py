@@ -23,6 +23,7 @@ from conveyor.dashboard.schedules import schedule_routes
 from conveyor.dashboard.sessions import Revocations
 from conveyor.errors import InvalidArguments
 from conveyor.http.errors import ApiError
+from conveyor.http.headers import SECURITY_HEADERS
 from conveyor.http.origin import Origins
 from conveyor.http.routes import limited_body, prefix
 from conveyor.http.services import Services
@@ -50,7 +51,7 @@ def static_file(name: str) -> bytes:
 
 
 def _json(content: Any, status: int = 200) -> JSONResponse:
-    return JSONResponse(content, status_code=status, headers=pages.SECURITY_HEADERS)
+    return JSONResponse(content, status_code=status, headers=SECURITY_HEADERS)
 
 
 def _refused_login(request: Request, refused: ApiError) -> Response:
@@ -248,7 +249,7 @@ class Dashboard:
         media_type = STATIC.get(name)
         if media_type is None:
             raise ApiError(404, f"no such file: {quote(name)}")
-        headers = {**pages.SECURITY_HEADERS, "Cache-Control": "no-cache"}
+        headers = {**SECURITY_HEADERS, "Cache-Control": "no-cache"}
         return Response(static_file(name), media_type=media_type, headers=headers)
 
     def routes(self) -> list[Route]:

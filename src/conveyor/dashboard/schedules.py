@@ -12,8 +12,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from conveyor import schedule_admin
-from conveyor.dashboard import pages
 from conveyor.http.errors import ApiError
+from conveyor.http.headers import SECURITY_HEADERS
 
 if TYPE_CHECKING:
     from conveyor.dashboard.routes import Dashboard
@@ -22,7 +22,7 @@ Handler = Callable[[Request], Awaitable[Response]]
 
 
 def _json(content: object) -> JSONResponse:
-    return JSONResponse(content, headers=pages.SECURITY_HEADERS)
+    return JSONResponse(content, headers=SECURITY_HEADERS)
 
 
 def schedule_routes(dashboard: Dashboard) -> list[Route]:

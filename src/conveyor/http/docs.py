@@ -16,17 +16,7 @@ from pathlib import Path
 from starlette.responses import FileResponse, HTMLResponse, Response
 
 from conveyor.http.errors import ApiError
-
-#: headers of the page and its files: nothing but this server's own files and requests (and
-#: the style sheet's data: images), no inline script, no framing, no sniffing
-SECURITY_HEADERS = {
-    "Content-Security-Policy": (
-        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-        "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"),
-    "X-Content-Type-Options": "nosniff",
-    "X-Frame-Options": "DENY",
-    "Referrer-Policy": "same-origin",
-}
+from conveyor.http.headers import SECURITY_HEADERS
 
 #: the page's own script, served as /docs/static/init.js: Swagger UI with the spec named by
 #: the page, no authorization kept in localStorage and no calls to the online validator
@@ -79,7 +69,7 @@ def page(prefix: str) -> Response:
     spec = html.escape(f"{prefix}/openapi.json", quote=True)
     static = html.escape(f"{prefix}/docs/static", quote=True)
     return HTMLResponse(PAGE.format(static=static, spec=spec),
-                        headers={**SECURITY_HEADERS, "Cache-Control": "no-store"})
+                        headers=SECURITY_HEADERS)
 
 
 def static(name: str) -> Response:
