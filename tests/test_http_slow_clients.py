@@ -13,6 +13,7 @@ import select
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -147,6 +148,31 @@ def test_answer_before_the_body_ends_the_connection(server: Server) -> None:
         assert sent < 999
 
 
+
+@pytest.mark.parametrize("blank", [b"\r\n", b"\n"])
+def test_blank_line_after_an_answer_does_not_hold_the_connection(server: Server,
+                                                                  blank: bytes) -> None:
+    """The parser skips blank lines between requests without starting one; such a line
+    still counts as the start of the next request, whose headers have their timeout."""
+    with server.connect() as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert read_response(sock).status_code == 200
+        sock.sendall(blank)
+        check_error(read_response(sock), 408, "headers")
+        assert closed(sock)
+
+
+def test_trickled_blank_lines_are_cut_at_the_header_timeout(server: Server) -> None:
+    """Blank lines every 0.3 s, each well within the keep-alive timeout, do not keep a
+    connection open past the header timeout."""
+    with server.connect() as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert read_response(sock).status_code == 200
+        sent, answer = trickle(sock, b"\r\n" * 50, 0.3)  # 30 s unless cut
+        assert answer is not None and sent < 100, sent
+        check_error(answer, 408, "headers")
+
+
 # -- body timeout -----------------------------------------------------------------------------
 @pytest.mark.parametrize("path", ["/uploads", "/jobs/analyze"])
 def test_stalled_upload_is_aborted_and_its_part_file_removed(server: Server, path: str) -> None:
@@ -175,6 +201,24 @@ def test_slow_body_under_the_timeout_is_accepted(server: Server) -> None:
     job = server.wait_job(response.json()["id"])
     assert job["state"] == "succeeded", job
     assert (server.containers / "web" / "data" / "file.bin").read_bytes() == body
+
+
+
+def test_login_body_must_arrive_whole_in_time(server: Server) -> None:
+    """The login form is read before any check: a byte every 0.4 s (each gap below the body
+    timeout) is cut at the login body's own deadline, and the connection is closed."""
+    from conveyor.dashboard.routes import LOGIN_BODY_TIMEOUT
+
+    head = (b"POST /ui/login HTTP/1.1\r\nHost: t\r\n"
+            b"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 4000\r\n\r\n")
+    count = int((LOGIN_BODY_TIMEOUT + 10) / 0.4)
+    with server.connect() as sock:
+        sock.sendall(head)
+        sent, answer = trickle(sock, b"t" * count, 0.4)
+        assert answer is not None and sent < count, sent
+        assert answer.status_code == 408, answer.content
+        assert "login form" in answer.json()["error"]
+        assert closed(sock)
 
 
 # -- header size and memory -------------------------------------------------------------------
@@ -233,6 +277,59 @@ def test_memory_held_for_unfinished_headers_is_bounded(tmp_path: Path) -> None:
               f"{holding}, end {end}")
         assert refused[1] - start[1] < 64 * 1024, (start, refused)
         assert holding[1] - start[1] < 64 * 1024, (start, holding)
+        assert server.client.get("/healthz").status_code == 200
+    finally:
+        assert server.stop() == 0, server.output()
+
+
+
+def chunked_login(trailer: bytes) -> bytes:
+    return (b"POST /ui/login HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n"
+            b"Content-Type: application/x-www-form-urlencoded\r\n\r\n"
+            b"7\r\ntoken=x\r\n0\r\n" + trailer)
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs /proc")
+def test_memory_held_for_unfinished_trailers_is_bounded(tmp_path: Path) -> None:
+    """After a chunked body's last chunk, a trailer line that never ends is bounded like a
+    header line: 8 connections each pushing 16 MiB of it get 431, and the server's memory
+    stays far below what they sent. Complete trailers are accepted."""
+    server = Server(tmp_path, "--body-timeout", "60", token=None).start()
+    try:
+        assert server.proc is not None
+        pid = server.proc.pid
+        with server.connect() as sock:
+            sock.sendall(chunked_login(b"X-Trailer: 1\r\n\r\n"))
+            assert read_response(sock).status_code == 303
+        start = process_figures(pid)[1]
+        peak = [start]
+        done = threading.Event()
+
+        def sample() -> None:
+            while not done.is_set():
+                peak[0] = max(peak[0], process_figures(pid)[1])
+                time.sleep(0.05)
+
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        socks = [server.connect() for _ in range(8)]
+        try:
+            for sock in socks:
+                sock.sendall(chunked_login(b"X-T: "))
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                    for _ in range(256):
+                        sock.sendall(b"a" * 65536)  # read and dropped once refused
+            time.sleep(0.5)  # let it read what was sent
+            done.set()
+            sampler.join()
+            print(f"\nRSS KiB: start {start}, peak {peak[0]} with 8 x 16 MiB of trailer sent")
+            assert peak[0] - start < 48 * 1024, (start, peak)
+            for sock in socks:
+                check_error(read_response(sock), 431, "trailer")
+        finally:
+            done.set()
+            for sock in socks:
+                sock.close()
         assert server.client.get("/healthz").status_code == 200
     finally:
         assert server.stop() == 0, server.output()

@@ -69,5 +69,6 @@ class ServerLimits:
 
     @property
     def max_unfinished(self) -> int:
-        """The most bytes held for one request whose headers are incomplete."""
+        """The most bytes held for one request whose headers, or whose chunked body's
+        trailers, are incomplete."""
         return self.max_header_bytes + HEADER_MARGIN

@@ -7,6 +7,7 @@ without one redirects to the login form, a data or action request gets 401.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from functools import cache
 from importlib import resources
@@ -37,6 +38,8 @@ Handler = Callable[[Request], Awaitable[Response]]
 STATIC = {"app.js": "text/javascript", "app.css": "text/css", "favicon.svg": "image/svg+xml"}
 #: the largest login form read
 MAX_LOGIN_BODY = 4096
+#: seconds the login form has to arrive whole
+LOGIN_BODY_TIMEOUT = 10.0
 
 
 def is_dashboard_path(path: str) -> bool:
@@ -121,7 +124,12 @@ class Dashboard:
         """POST /ui/login: check the token, set the session cookie, go to the overview."""
         if not self.auth.origins.same_site(request.scope):
             raise ApiError(403, "the login form was sent from another site")
-        body = await limited_body(request, MAX_LOGIN_BODY)
+        try:  # read before any check: its time is bounded as a whole, not byte by byte
+            async with asyncio.timeout(LOGIN_BODY_TIMEOUT):
+                body = await limited_body(request, MAX_LOGIN_BODY)
+        except TimeoutError:
+            raise ApiError(408, "the login form did not arrive within "
+                           f"{LOGIN_BODY_TIMEOUT:g} seconds") from None
         fields = parse_qs(body.decode("utf-8", "replace"))
         given = (fields.get("token") or [""])[0]
         if self.auth.required:

@@ -8,7 +8,9 @@ reaches the app; uvicorn answers it with a plain-text 400. This protocol answers
 - headers larger than ``max_header_bytes`` get 431, and no more than ``max_unfinished``
   bytes are held for a request whose headers are incomplete;
 - headers not complete within ``header_timeout`` (from the connection's opening, or from the
-  first byte of the next request on a kept-alive connection) get 408;
+  first byte of the next request on a kept-alive connection, a blank line included) get 408;
+- no more than ``max_unfinished`` bytes that are not body data are held while a body is
+  read (a chunked body's trailer line that never ends gets 431);
 - a body that sends no byte for ``body_timeout`` gets 408, and the app sees the client
   disconnect (an upload removes its partial file);
 - a kept-alive connection idle for ``keepalive_timeout`` is closed, and so is one whose
@@ -79,6 +81,8 @@ class JsonHttpToolsProtocol(HttpToolsProtocol):
         self._began_here = False  # this request began in the chunk being parsed
         self._chunk_done = 0  # bytes of that chunk taken by requests complete in it
         self._chunk_this = 0  # bytes of that chunk the parser reported for this request
+        self._body_here = False  # body data came in the chunk being parsed
+        self._loose = 0  # bytes since the last body data that are neither body nor headers
         self._too_large = False
         self._too_deep = False
         self._discarding = False
@@ -125,17 +129,23 @@ class JsonHttpToolsProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if self._discarding:  # answered already: what the client still sends is dropped
             return
-        self._began_here = False
+        self._began_here = self._body_here = False
         self._chunk_done = self._chunk_this = 0
         super().data_received(data)
         if self._discarding or self.transport.is_closing():
             return
         if self._state == BODY:
-            if self._body_timer is None:  # armed here: most requests end in their first read
+            self._bound_loose(len(data))
+            # the body timer is armed here: most requests end in their first read
+            if self._body_timer is None and not self._discarding:
                 self._body_timer = self.loop.call_later(self.limits.body_timeout,
                                                         self._body_check)
             return
-        if self._state != HEADERS:
+        if self._state == IDLE:
+            # the parser skips blank lines between requests without beginning one, and the
+            # keep-alive timer is off once bytes come: the header timer bounds them instead
+            if self._header_timer is None and self._idle():
+                self._arm_header_timer()
             return
         # a header line that never ends is buffered by the parser: bound it too
         fresh = len(data) - self._chunk_done if self._began_here else len(data)
@@ -146,12 +156,26 @@ class JsonHttpToolsProtocol(HttpToolsProtocol):
         elif self._header_timer is None and self._idle():
             self._arm_header_timer()  # the first byte of a request on a kept-alive connection
 
+    def _bound_loose(self, size: int) -> None:
+        """Bound what the parser may hold while a body is read: the bytes of ``size`` just
+        fed that it did not report (a chunked body's trailer line that never ends is
+        buffered, like a header line), counted from the last body data."""
+        loose = size - self._chunk_done - self._chunk_this
+        if self._began_here:
+            loose -= MESSAGE_FRAMING
+        loose = max(0, loose)
+        self._loose = loose if self._body_here else self._loose + loose
+        if self._loose > self.limits.max_unfinished:
+            self._refuse(431, "the trailer fields or chunk framing of the request body "
+                         f"exceed {self.limits.max_unfinished} bytes")
+
     def on_message_begin(self) -> None:
         self._state = HEADERS
         self._header_bytes = 0
         self._unfinished = 0
         self._began_here = True
         self._chunk_this = 0
+        self._loose = 0
         super().on_message_begin()
 
     def _count(self, size: int) -> None:
@@ -180,6 +204,7 @@ class JsonHttpToolsProtocol(HttpToolsProtocol):
 
     def on_body(self, body: bytes) -> None:
         self._chunk_this += len(body) + BODY_FRAMING
+        self._body_here = True
         self._body_seen = self.loop.time()
         super().on_body(body)
 
