@@ -59,7 +59,7 @@ def test_the_smaller_cap_wins_with_an_app_of_its_own(cli: CLI) -> None:
 @pytest.mark.parametrize(("argv", "message"), [
     (("pause", ""), "a queue name is a non-empty string of at most 200 characters"),
     (("resume", "q" * 201), "a queue name is a non-empty string of at most 200 characters"),
-    (("cap", "q", "0"), "max_queued must be a whole number of at least 1"),
+    (("cap", "q", "0"), "max_queued must be a whole number from 1 to 1000000000000000"),
     (("cap", "q", "many"), "max_queued must be a whole number of at least 1 or 'none'"),
 ])
 def test_bad_names_and_limits_are_one_line_errors(cli: CLI, argv: tuple[str, ...],

@@ -6,6 +6,7 @@ line with exit 2 from the CLI, storing nothing."""
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -351,3 +352,67 @@ def test_jobs_of_the_context_still_work_at_the_bound(db_url: str) -> None:
         assert echo.enqueue(nested(MAX_DEPTH)).info().args == [nested(MAX_DEPTH)]
     finally:
         app.close()
+
+
+@pytest.mark.parametrize("argv", [
+    ("status", "x\udcff"), ("cancel", "x\udcff"), ("pause", "q\udcff"),
+    ("jobs", "--cursor", "x\udcff"), ("enqueue", "add", "--unique-key", "\udcff"),
+])
+def test_cli_refuses_arguments_that_are_not_utf8(published_cli: CLI,
+                                                  argv: tuple[str, ...]) -> None:
+    # the child gets the raw byte 0xff in its argv, which the locale cannot decode
+    err = published_cli.fail(*argv, code=2)
+    assert "is not valid UTF-8" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_cli_refuses_a_cap_past_the_largest(published_cli: CLI) -> None:
+    err = published_cli.fail("cap", "q", str(10**26), code=2)
+    assert "max_queued must be a whole number from 1 to" in err, err
+    published_cli.ok("cap", "q", str(10**15))
+
+
+# -- more bounds ----------------------------------------------------------------------------------
+def test_a_unique_key_must_be_utf8(plain: Conveyor) -> None:
+    with pytest.raises(InvalidArguments, match="unique_key"):
+        plain.get_job("take").enqueue_with((), {}, unique_key="\ud800")
+    assert stored(plain) == 0
+
+
+def test_a_cap_past_the_largest_is_refused(plain: Conveyor) -> None:
+    with pytest.raises(ConfigurationError, match="from 1 to"):
+        plain.set_max_queued("q", 10**26)
+    plain.set_max_queued("q", 10**15)
+
+
+def test_progress_messages_are_text_and_one_odd_report_loses_no_other(url: str) -> None:
+    app = Conveyor(url=url, namespace=f"t{new_id().lower()}")
+    go = threading.Event()
+
+    @app.job(retries=0)
+    def report(ctx: JobContext, message: str) -> None:
+        odd = {"long": "x" * 5000, "odd": "\ud800 odd"}  # a job's own text may hold anything
+        ctx.progress(0.5, odd.get(message, message))
+        go.wait(10)
+
+    @app.job(retries=0)
+    def raw(ctx: JobContext) -> None:
+        ctx.progress(0.5, b"raw \xff")  # type: ignore[arg-type]
+
+    ids = {m: report.enqueue(m).id for m in ("fine", "odd", "long")}
+    raw_id = raw.enqueue().id
+    worker = WorkerThread(app, max_workers=4).start()
+    try:
+        shown = {m: wait_until(lambda i=i: (r := app.handle(i).info()).progress_message
+                               and r, timeout=30, what=f"progress of {m!r}")
+                 for m, i in ids.items()}
+        dead = wait_until(lambda: (r := app.handle(raw_id).info()).is_final and r, timeout=30,
+                          what="the raw job")
+        go.set()
+    finally:
+        go.set()
+        worker.stop()
+        app.close()
+    assert shown["fine"].progress_message == "fine"
+    assert shown["odd"].progress_message == "\\ud800 odd"  # escaped, not lost
+    assert shown["long"].progress_message == "x" * 1000
+    assert dead.state is JobState.DEAD and "progress message is a str" in (dead.error or "")

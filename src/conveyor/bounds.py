@@ -68,12 +68,9 @@ def encode_value(value: Any, what: str = "the value", max_depth: int = MAX_DEPTH
     # a text with fewer brackets than the bound cannot nest past it: the common case
     if text.count("[") + text.count("{") > limit and deeper_than(value, limit):
         raise NotSerializable(too_deep)
-    if not text.isascii():
-        try:
-            text.encode()
-        except UnicodeEncodeError:
-            raise NotSerializable(f"{what} holds a lone surrogate (such as \\ud800), which "
-                                  "UTF-8 cannot encode") from None
+    if not is_utf8(text):
+        raise NotSerializable(f"{what} holds a lone surrogate (such as \\ud800), which "
+                              "UTF-8 cannot encode")
     return text
 
 
@@ -97,6 +94,17 @@ def name_problem(name: object, kind: str, forbidden: str = "") -> str | None:
                 unicodedata.category(char) in _BAD_CATEGORIES:
             return f"{rule} (got {char!a} at position {name.index(char)})"
     return None
+
+
+def is_utf8(text: str) -> bool:
+    """True when ``text`` can be written as UTF-8 (it holds no lone surrogate)."""
+    if text.isascii():
+        return True
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def check_max_delay(value: object) -> float:

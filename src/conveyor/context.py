@@ -6,6 +6,10 @@ from collections.abc import Callable
 from typing import Any
 
 from conveyor.job import JobRecord
+from conveyor.serialization import storable
+
+#: the longest progress message kept (a longer one is cut)
+MAX_PROGRESS_MESSAGE = 1000
 
 ProgressSink = Callable[[str, float, "str | None"], None]
 
@@ -61,13 +65,19 @@ class JobContext:
         return self._cancelled
 
     def progress(self, value: float, message: str | None = None) -> None:
-        """Report progress, ``value`` from 0.0 to 1.0, with an optional short message.
+        """Report progress, ``value`` from 0.0 to 1.0, with an optional short message (a
+        ``str``, cut after :data:`MAX_PROGRESS_MESSAGE` characters).
 
         Safe to call from any thread and as often as you like: the worker stores the
         latest report a few times per second.
         """
         if not 0.0 <= value <= 1.0:
             raise ValueError(f"progress must be between 0.0 and 1.0, got {value!r}")
+        if message is not None:
+            if not isinstance(message, str):
+                raise TypeError(f"a progress message is a str, got {type(message).__name__}")
+            # short, and text every store takes (a lone surrogate becomes an escape)
+            message = storable(message[:MAX_PROGRESS_MESSAGE])
         self.record.progress = value
         self.record.progress_message = message
         if self._sink is not None:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Literal, TypedDict
 
-from conveyor.bounds import DEFAULT_MAX_DELAY, finite_seconds
+from conveyor.bounds import DEFAULT_MAX_DELAY, finite_seconds, is_utf8
 from conveyor.errors import ConfigurationError, InvalidArguments
 from conveyor.ids import is_acceptable_id
 from conveyor.priority import check_priority
@@ -84,9 +84,11 @@ class EnqueueOptions:
                 f"job_id {self.job_id!r} is not a valid id: use 1 to 128 letters, digits, "
                 "'_', '.', ':' or '-', starting with a letter or digit")
         if self.unique_key is not None and not (
-                isinstance(self.unique_key, str) and 0 < len(self.unique_key) <= MAX_UNIQUE_KEY):
+                isinstance(self.unique_key, str) and 0 < len(self.unique_key) <= MAX_UNIQUE_KEY
+                and is_utf8(self.unique_key)):
             raise InvalidArguments(
-                f"unique_key must be a non-empty string of at most {MAX_UNIQUE_KEY} characters")
+                f"unique_key must be a non-empty string of at most {MAX_UNIQUE_KEY} characters "
+                "of valid UTF-8 (no lone surrogate)")
         if self.unique_for is not None and not (finite_seconds(self.unique_for)
                                                 and self.unique_for > 0):
             raise InvalidArguments("unique_for must be a positive, finite number of seconds")

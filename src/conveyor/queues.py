@@ -16,6 +16,8 @@ from conveyor.errors import ConfigurationError
 
 #: the longest queue name accepted by the commands and the HTTP API
 MAX_QUEUE_NAME = MAX_NAME
+#: the largest cap a queue takes (a store keeps it as a 64-bit integer)
+MAX_QUEUED_LIMIT = 10**15
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,11 +55,14 @@ def existing_queue_name(name: object) -> str:
 
 
 def check_limit(limit: object) -> int | None:
-    """``limit`` if it is ``None`` (no cap) or a whole number of at least 1."""
+    """``limit`` if it is ``None`` (no cap) or a whole number from 1 to
+    :data:`MAX_QUEUED_LIMIT`."""
     if limit is None:
         return None
-    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-        raise ConfigurationError("max_queued must be a whole number of at least 1 (or none)")
+    if isinstance(limit, bool) or not isinstance(limit, int) or \
+            not 1 <= limit <= MAX_QUEUED_LIMIT:
+        raise ConfigurationError(f"max_queued must be a whole number from 1 to "
+                                 f"{MAX_QUEUED_LIMIT} (or none)")
     return limit
 
 

@@ -9,6 +9,7 @@ import sys
 from collections.abc import Awaitable, Callable, Sequence
 
 from conveyor.app import Conveyor
+from conveyor.bounds import is_utf8
 from conveyor.cli import commands, known, queues
 from conveyor.cli import schedules as cli_schedules
 from conveyor.cli.loading import (
@@ -246,6 +247,11 @@ def _error_line(message: str, args: argparse.Namespace) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``conveyor`` command; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    for position, arg in enumerate(argv, 1):
+        if not is_utf8(arg):  # bytes the locale could not decode: no name or id holds them
+            shown = arg.encode("utf-8", "backslashreplace").decode()
+            print(f"error: argument {position} is not valid UTF-8: {shown}", file=sys.stderr)
+            return 2
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level, args.log_format)
     try:
