@@ -186,3 +186,31 @@ def test_records_stored_past_the_bounds_do_not_break_any_read(
         assert response.status_code == 200, response.text
         assert response.json()["run_at"] == LATEST
     read_everywhere(odd_app, served, cli, ns, ids, [far.id])
+
+
+def test_text_that_is_not_utf8_in_the_store_does_not_break_any_read(
+        odd_app: Conveyor, served: Server, store: tuple[str, str], tmp_path: Path) -> None:
+    """Bytes no writer of Conveyor stores (each checks its text) but a hand in the store
+    might: every read shows them escaped."""
+    cli, ns = cli_of(store, tmp_path)
+    url, namespace = store
+    record = JobRecord(new_id(), "legacy", "legacy", JobState.SCHEDULED, [1], {}, time.time(),
+                       time.time() + 3600)
+    odd_app.run_sync(odd_app.broker.enqueue([record], {}))
+    if url.startswith("redis"):
+        import redis
+
+        with redis.Redis.from_url(url) as raw:
+            raw.hset(f"{{{namespace}}}:f:progress", record.id, b"0.5 raw \xff bytes")
+            raw.hset(f"{{{namespace}}}:f:error", record.id, b"err \xfe")
+    else:
+        import sqlite3
+
+        with sqlite3.connect(url.removeprefix("sqlite:///")) as raw:
+            raw.execute(f"UPDATE {namespace}_jobs SET progress = 0.5, progress_message = ?, "
+                        "error = ? WHERE id = ?", (b"raw \xff bytes", b"err \xfe", record.id))
+    shown = read_everywhere(odd_app, served, cli, ns, {"raw": record.id}, [record.id])
+    assert shown[record.id]["progress_message"] == "raw \\xff bytes"
+    assert shown[record.id]["error"] == "err \\xfe"
+    response = served.client.delete(f"/jobs/{record.id}")
+    assert response.status_code == 200, response.text

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 from conveyor.backends.base import Beat, Broker, Recovery
 from conveyor.backends.outage import Outage, outage
 from conveyor.backends.redis import codec, layout
-from conveyor.backends.redis.client import BlockingScripts, pack_with_hiredis
+from conveyor.backends.redis.client import TEXT_ERRORS, BlockingScripts, pack_with_hiredis
 from conveyor.backends.redis.keys import Keys, lane_field
 from conveyor.backends.redis.layout import LAYOUT
 from conveyor.backends.redis.scripts import register_all
@@ -150,7 +150,8 @@ class _Connection:
         # cancellation only lets the call in flight finish. Python 3.12's wait_for does
         # not swallow cancellations.
         self.client = aioredis.Redis.from_url(
-            url, decode_responses=True, health_check_interval=10, socket_keepalive=True
+            url, decode_responses=True, encoding_errors=TEXT_ERRORS, health_check_interval=10,
+            socket_keepalive=True,
         )
         pack_with_hiredis(self.client)
         self.scripts = register_all(self.client)

@@ -81,6 +81,9 @@ IDLE_CHECK = 1.0
 LOST = (RedisConnectionError, RedisTimeoutError, OSError)
 #: idle connections kept (one per thread that enqueues at the same time, up to this)
 MAX_IDLE = 64
+#: how text Redis holds that is not UTF-8 is read (and a str UTF-8 cannot encode is
+#: written): as backslash escapes, so that no stored value, however odd, breaks a read
+TEXT_ERRORS = "backslashreplace"
 
 
 class BlockingScripts:
@@ -97,7 +100,8 @@ class BlockingScripts:
 
     def __init__(self, url: str) -> None:
         pool = syncredis.ConnectionPool.from_url(
-            url, decode_responses=True, health_check_interval=10, socket_keepalive=True
+            url, decode_responses=True, encoding_errors=TEXT_ERRORS, health_check_interval=10,
+            socket_keepalive=True,
         )
         self._connection_class = pool.connection_class
         self._connection_kwargs = pool.connection_kwargs

@@ -24,6 +24,7 @@ from conveyor.backends.sqlite.schema import (
     STATS_COLUMNS,
     WORKER_COLUMNS,
     Settings,
+    as_text,
     check_boot,
     check_directory,
     check_namespace,
@@ -979,7 +980,7 @@ class SQLiteBroker(Broker):
         rows = await self._list_rows(cut, state, queue, limit, cursor, name)
         summaries = []
         for row in rows:
-            texts = {c: row[columns.index(c)] for c in _LONG_COLUMNS}
+            texts = {c: as_text(row[columns.index(c)]) for c in _LONG_COLUMNS}
             whole = list(row)
             for c, placeholder in (("args", "[]"), ("kwargs", "{}"), ("result", None)):
                 whole[columns.index(c)] = placeholder

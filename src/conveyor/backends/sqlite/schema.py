@@ -299,19 +299,26 @@ def job_from_row(row: tuple[Any, ...]) -> JobRecord:
         started_at=row[10],
         finished_at=row[11],
         result=loads(row[12]),
-        error=row[13],
-        traceback=row[14],
+        error=as_text(row[13]),
+        traceback=as_text(row[14]),
         progress=row[15],
-        progress_message=row[16],
+        progress_message=as_text(row[16]),
         worker_id=row[17],
         lease_expires_at=None if row[18] is None else wall_time(row[18]),
         cancel_requested=bool(row[19]),
         expires_at=row[20],
-        unique_key=row[21],
+        unique_key=as_text(row[21]),
         priority=row[22],
         group=row[23],
         deferrals=row[24],
     )
+
+
+def as_text(value: Any) -> Any:
+    """A text column as text even when a hand stored bytes in it (escaped, never raised)."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "backslashreplace")
+    return value
 
 
 def wall_time(lease_clock: float) -> float:
