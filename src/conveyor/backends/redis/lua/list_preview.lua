@@ -74,7 +74,8 @@ end
 
 -- A job's JSON is {"id":..,"name":..,"queue":..,"args":ARGS,"kwargs":KWARGS
 -- [,"unique_key":".."],"created_at":..,"run_at":..}: the first ',"args":' is the key (the
--- strings before it escape their quotes), ARGS ends where its brackets close, and KWARGS
+-- strings before it escape their quotes), ARGS ends where its brackets close (before the
+-- ',"kwargs":' that shows up once, unless ARGS or KWARGS hold that text too), and KWARGS
 -- ends before the last ',"created_at":' (or the last ',"unique_key":"'). Returns where
 -- ARGS's key and KWARGS's key start, the last byte of KWARGS (nil when the JSON is not of
 -- this shape), and the finds that took.
@@ -84,6 +85,10 @@ local function split(spec)
   if not c then return nil, nil, nil, 0 end
   local e = c - 1
   if string.sub(spec, e, e) == '"' then e = last_at(spec, ',"unique_key":"', a) - 1 end
+  local k = string.find(spec, ',"kwargs":', a + 8, true)
+  if k and k < e and not string.find(spec, ',"kwargs":', k + 1, true) then
+    return a, k, e, 2  -- the only one is the key
+  end
   local close, steps = value_end(spec, a + 8)
   if not close or close + 10 > e or string.sub(spec, close + 1, close + 10) ~= ',"kwargs":'
   then
