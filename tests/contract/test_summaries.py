@@ -18,6 +18,13 @@ from .conftest import Run, make_job
 
 PREVIEW = 20
 
+
+def _nested(value: Any, depth: int) -> Any:
+    """``value`` wrapped ``depth`` times in ``{"b": 0, "kwargs": ...}``."""
+    for _ in range(depth):
+        value = {"b": 0, "kwargs": value}
+    return value
+
 #: arguments whose text holds the keys the stores look for, nested, in strings, and
 #: characters of 1 to 4 bytes in UTF-8
 ODD_CALLS: list[tuple[list[Any], dict[str, Any]]] = [
@@ -30,6 +37,9 @@ ODD_CALLS: list[tuple[list[Any], dict[str, Any]]] = [
     ([',"created_at":1', {"z": ',"created_at":2,"run_at":3}'}], {"e": ',"args":[]'}),
     ([{"a": 1, "created_at": 2, "unique_key": "u"}],
      {"a": 1, "created_at": 2, "run_at": 3, "unique_key": "v", "args": [1]}),
+    (["\\", '\\"]', '"}{[', {"k": ['\\\\"', ',"kwargs":{}']}], {"kwargs": {"kwargs": "]"}}),
+    # the key the stores look for at every level of a big argument
+    ([_nested("x" * 1_000_000, 62)], {"kwargs": _nested(1, 3)}),
 ]
 
 

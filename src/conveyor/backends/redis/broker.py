@@ -81,7 +81,8 @@ _settings_checked: set[str] = set()
 RETRY_FOR = 30.0
 #: ids handed to one script call at most
 BATCH = 1000
-#: jobs one listing script cuts at a time (it copies each whole job inside Redis)
+#: jobs one listing script cuts at a time at most (it copies each whole job inside Redis,
+#: and stops early past a budget of work: see lua/list_preview.lua)
 SUMMARY_BATCH = 50
 #: the order of a segment of one job, and the reply that stored a segment with nothing held
 ONLY = [0]
@@ -976,7 +977,10 @@ class RedisBroker(Broker):
         """The summaries of ``ids`` (None where there is none), cut by the script."""
         # UTF-8 takes at most 4 bytes a character: enough bytes for preview + 1 whole ones
         keep = 4 * (preview + 1) + 3
-        rows = await self._script("list_preview", self.keys.job_block, [keep, *ids])
+        rows: list[Any] = []
+        while len(rows) < len(ids):  # the script answers as many as its budget allows
+            rows += await self._script("list_preview", self.keys.job_block,
+                                       [keep, *ids[len(rows):]])
         return [None if row is None else codec.summary_from_preview(row, preview)
                 for row in rows]
 
