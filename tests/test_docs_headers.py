@@ -4,22 +4,16 @@ and a token given to Swagger UI's "Authorize" kept out of the browser's storage.
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from conveyor.http.headers import SECURITY_HEADERS as DASHBOARD_HEADERS
 from http_server import Server
+from test_dashboard_browser import browser  # noqa: F401 (fixture)
 
-CHROMIUM = os.environ.get("CONVEYOR_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--disable-dev-shm-usage"]
 SECRET = "docs-token-that-must-not-stay"
 
 
@@ -72,22 +66,8 @@ def test_a_missing_file_is_still_404(server: Server) -> None:
     assert server.client.get("/docs/static/init.css").status_code == 404
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    if not (Path(CHROMIUM).exists() or shutil.which(CHROMIUM)):
-        pytest.fail(f"no chromium at {CHROMIUM}: install Debian's chromium package "
-                    "or point CONVEYOR_CHROMIUM at one")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        launched = pw.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                      args=CHROMIUM_ARGS)
-        yield launched
-        launched.close()
-
-
 def test_in_a_browser_the_page_works_and_forgets_the_token(
-        browser: Any, server: Server) -> None:
+        browser: Any, server: Server) -> None:  # noqa: F811
     """The page and its files are fetched with the token (as a proxy in front might); the
     token the user types into "Authorize" is what "Try it out" sends, and it is gone from
     the browser after a reload."""

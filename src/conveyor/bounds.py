@@ -16,7 +16,7 @@ import math
 import unicodedata
 from typing import Any
 
-from conveyor.serialization import NotSerializable, dumps
+from conveyor.serialization import NotSerializable, dumps, is_utf8
 
 #: the deepest nesting of arrays and objects in an argument or a result
 MAX_DEPTH = 64
@@ -94,17 +94,6 @@ def name_problem(name: object, kind: str, forbidden: str = "") -> str | None:
                 unicodedata.category(char) in _BAD_CATEGORIES:
             return f"{rule} (got {char!a} at position {name.index(char)})"
     return None
-
-
-def is_utf8(text: str) -> bool:
-    """True when ``text`` can be written as UTF-8 (it holds no lone surrogate)."""
-    if text.isascii():
-        return True
-    try:
-        text.encode()
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def check_max_delay(value: object) -> float:

@@ -13,11 +13,12 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Literal, TypedDict
 
-from conveyor.bounds import DEFAULT_MAX_DELAY, finite_seconds, is_utf8
+from conveyor.bounds import DEFAULT_MAX_DELAY, finite_seconds
 from conveyor.errors import ConfigurationError, InvalidArguments
 from conveyor.ids import is_acceptable_id
 from conveyor.priority import check_priority
 from conveyor.queues import check_queue_name
+from conveyor.serialization import is_utf8
 
 OnConflict = Literal["return", "raise"]
 ON_CONFLICT = ("return", "raise")

@@ -35,13 +35,20 @@ def loads(text: str | bytes | None) -> Any:
     return _decoder.decode(text)
 
 
-def storable(text: str | None) -> str | None:
-    """Text as a store takes it: characters UTF-8 cannot encode (lone surrogates, as from
-    undecodable file names in an error message) become backslash escapes."""
-    if not text:
-        return text
+def is_utf8(text: str) -> bool:
+    """True when ``text`` can be written as UTF-8 (it holds no lone surrogate)."""
+    if text.isascii():
+        return True
     try:
         text.encode()
     except UnicodeEncodeError:
-        return text.encode("utf-8", "backslashreplace").decode()
-    return text
+        return False
+    return True
+
+
+def storable(text: str | None) -> str | None:
+    """Text as a store takes it: characters UTF-8 cannot encode (lone surrogates, as from
+    undecodable file names in an error message) become backslash escapes."""
+    if not text or is_utf8(text):
+        return text
+    return text.encode("utf-8", "backslashreplace").decode()

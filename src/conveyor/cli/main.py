@@ -9,7 +9,6 @@ import sys
 from collections.abc import Awaitable, Callable, Sequence
 
 from conveyor.app import Conveyor
-from conveyor.bounds import is_utf8
 from conveyor.cli import commands, known, queues
 from conveyor.cli import schedules as cli_schedules
 from conveyor.cli.loading import (
@@ -24,6 +23,7 @@ from conveyor.cli.output import errors
 from conveyor.errors import ConveyorError
 from conveyor.job import ALL_STATES
 from conveyor.logs import FORMATS, LEVELS, log_level, setup_logging
+from conveyor.serialization import is_utf8
 
 Command = Callable[[Conveyor, argparse.Namespace], Awaitable[int]]
 
