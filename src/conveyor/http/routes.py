@@ -22,12 +22,11 @@ from conveyor.http.schedules import ScheduleRoutes
 from conveyor.http.services import (
     DEFAULT_PAGE,
     MAX_JSON_BYTES,
-    MAX_PAGE,
     PAGE_BUDGET,
     BodyInfo,
     Services,
 )
-from conveyor.summary import PREVIEW_CHARS
+from conveyor.summary import MAX_PAGE, PREVIEW_CHARS
 
 if TYPE_CHECKING:
     from conveyor.metrics import Metrics

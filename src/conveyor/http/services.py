@@ -34,8 +34,7 @@ from conveyor.ids import is_acceptable_id
 from conveyor.job import ALL_STATES, JobRecord, JobState
 from conveyor.options import DEFAULT, EnqueueOptions
 from conveyor.queues import QueueSettings, parse_limit, with_settings
-from conveyor.summary import MAX_PAGE as SUMMARY_MAX_PAGE
-from conveyor.summary import JobSummary
+from conveyor.summary import MAX_PAGE, JobSummary
 from conveyor.uploads import (
     StagedFile,
     Upload,
@@ -58,8 +57,6 @@ DEFAULT_MAX_UPLOAD = 1 << 30
 MAX_JSON_BYTES = 1 << 20
 #: seconds a client is told to wait when a queue is full
 RETRY_AFTER = 5
-#: the most jobs one page of ``GET /jobs`` lists (a larger ``limit`` is a 400)
-MAX_PAGE = SUMMARY_MAX_PAGE
 #: the most bytes of jobs one page of ``GET /jobs`` holds (its first job always goes in)
 PAGE_BUDGET = 1 << 20
 #: dead jobs read at a time when they are put back one by one
