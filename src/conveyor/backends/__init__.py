@@ -1,9 +1,14 @@
-"""Storage backends, chosen by URL: ``sqlite:///path.db`` (default) or ``redis://host:port/db``."""
+"""Storage backends, chosen by URL: ``sqlite:///path.db`` (default), ``redis://host:port/db``,
+``redis+cluster://host:port`` or ``redis+sentinel://host:port/service``."""
 
 from __future__ import annotations
 
 from conveyor.backends.base import Broker
 from conveyor.errors import ConfigurationError, redact_url
+
+#: the URL schemes of the Redis backend (see conveyor.backends.redis.deploy)
+REDIS_SCHEMES = ("redis", "rediss", "redis+cluster", "rediss+cluster", "redis+sentinel",
+                 "rediss+sentinel")
 
 
 def open_broker(url: str, namespace: str, retention: float) -> Broker:
@@ -13,7 +18,7 @@ def open_broker(url: str, namespace: str, retention: float) -> Broker:
         from conveyor.backends.sqlite import SQLiteBroker
 
         return SQLiteBroker(url, namespace, retention)
-    if scheme in ("redis", "rediss"):
+    if scheme in REDIS_SCHEMES:
         try:
             from conveyor.backends.redis import RedisBroker
         except ImportError as exc:  # the plain install has no redis-py

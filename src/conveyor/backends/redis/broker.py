@@ -19,8 +19,7 @@ from typing import Any, TypeVar
 
 from conveyor.backends.base import Beat, Broker, Recovery
 from conveyor.backends.outage import Outage, outage
-from conveyor.backends.redis import codec, layout
-from conveyor.backends.redis.client import TEXT_ERRORS, BlockingScripts, pack_with_hiredis
+from conveyor.backends.redis import codec, deploy, layout
 from conveyor.backends.redis.keys import Keys, lane_field
 from conveyor.backends.redis.layout import LAYOUT
 from conveyor.backends.redis.scripts import register_all
@@ -44,7 +43,7 @@ from conveyor.stats import STATS_KEEP, MinuteStats
 from conveyor.summary import PREVIEW_CHARS, JobSummary
 
 try:
-    import redis.asyncio as aioredis
+    import redis.asyncio  # noqa: F401  (the error below when redis-py is missing)
     from redis.exceptions import (
         AuthenticationError,
         AuthenticationWrongNumberOfArgsError,
@@ -150,33 +149,16 @@ class _Connection:
         # of a stopping worker is bounded (conveyor.worker.shutdown), so a swallowed
         # cancellation only lets the call in flight finish. Python 3.12's wait_for does
         # not swallow cancellations.
-        self.client = aioredis.Redis.from_url(
-            url, decode_responses=True, encoding_errors=TEXT_ERRORS, health_check_interval=10,
-            socket_keepalive=True,
-        )
-        pack_with_hiredis(self.client)
+        self.client = deploy.async_client(url)
         self.scripts = register_all(self.client)
         self.enqueues = _Coalescer(store)
-
-
-def _check_url(url: str) -> None:
-    """Raise :class:`ConfigurationError` (without the password) for a URL redis-py cannot
-    take apart: a bad port, an unclosed ``[``."""
-    from redis.asyncio.connection import parse_url
-
-    try:
-        parse_url(url)
-    except ValueError:  # its message may quote a piece of the password: not shown
-        raise ConfigurationError(
-            f"malformed Redis URL {redact_url(url)}: check the host and port; a password "
-            "with / ? # or @ in it must be percent-encoded") from None
 
 
 class RedisBroker(Broker):
     """Jobs of one namespace in Redis, under the hash tag ``{namespace}``."""
 
     def __init__(self, url: str, namespace: str = "conveyor", retention: float = 7 * 86400):
-        _check_url(url)
+        deploy.check_url(url)
         self.url = url
         self.retention = retention
         self.namespace = namespace
@@ -188,7 +170,7 @@ class RedisBroker(Broker):
         self.outage: Outage = outage(url)
         #: how long an operation keeps retrying through connection trouble
         self.retry_for = RETRY_FOR
-        self._blocking: BlockingScripts | None = None
+        self._blocking: deploy.Scripts | None = None
         self._blocking_lock = threading.Lock()
         #: where the next pruning step of the unique keys starts (an HSCAN cursor)
         self._prune_cursor = "0"
@@ -662,10 +644,10 @@ class RedisBroker(Broker):
         self.outage.recovered()
         return reply, attempts
 
-    def _blocking_scripts(self) -> BlockingScripts:
+    def _blocking_scripts(self) -> deploy.Scripts:
         with self._blocking_lock:
             if self._blocking is None:
-                self._blocking = BlockingScripts(self.url)
+                self._blocking = deploy.blocking_scripts(self.url)
             return self._blocking
 
     # -- workers ------------------------------------------------------------------------------
@@ -1155,7 +1137,7 @@ class RedisBroker(Broker):
     async def known_jobs(self) -> list[KnownJob]:
         # raw bytes: a record that is not UTF-8 is skipped, not a decoding error of the read
         stored: dict[bytes, bytes] = await self._retrying(
-            lambda c: c.client.execute_command(  # type: ignore[no-untyped-call]
+            lambda c: c.client.execute_command(
                 "HGETALL", self.keys.known, NEVER_DECODE=[]))
         found = [read_known(raw) for _, raw in sorted(stored.items())]
         return sorted((job for job in found if job is not None), key=lambda job: job.name)
