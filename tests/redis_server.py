@@ -14,6 +14,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -28,7 +29,8 @@ def free_port() -> int:
 class RedisServer:
     """One ``redis-server`` on 127.0.0.1, its data in a directory of its own."""
 
-    def __init__(self, directory: Path | None = None, port: int | None = None) -> None:
+    def __init__(self, directory: Path | None = None, port: int | None = None,
+                 extra: Sequence[str] = ()) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             pytest.skip("redis-server is not installed")
@@ -37,6 +39,8 @@ class RedisServer:
         self.directory = directory or Path(tempfile.mkdtemp(prefix="conveyor-redis-"))
         self.port = port or free_port()
         self.process: subprocess.Popen[bytes] | None = None
+        #: more ``redis-server`` arguments (``--cluster-enabled yes``, ``--replicaof ...``)
+        self.extra = list(extra)
 
     @property
     def url(self) -> str:
@@ -47,7 +51,7 @@ class RedisServer:
             self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir",
             str(self.directory), "--appendonly", "yes", "--appendfsync", "always",
             "--save", "", "--maxmemory-policy", "noeviction", "--protected-mode", "no",
-            "--daemonize", "no", "--logfile", str(self.directory / "redis.log"),
+            "--daemonize", "no", "--logfile", str(self.directory / "redis.log"), *self.extra,
         ]
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
