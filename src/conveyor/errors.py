@@ -86,12 +86,14 @@ class StoreUnavailable(ConveyorError):
     unreachable. Trouble that may pass: try again later. The driver's error is the cause.
 
     ``url`` is the store's URL without credentials; ``reason`` says what is wrong in a few
-    words (no URL, no exception names), for messages shown to clients.
+    words (no URL, no exception names), for messages shown to clients; ``sent``, when
+    known, the ``time.monotonic()`` at which the last try of the failed call began.
     """
 
-    def __init__(self, url: str, reason: str) -> None:
+    def __init__(self, url: str, reason: str, sent: float | None = None) -> None:
         self.url = redact_url(url)
         self.reason = reason
+        self.sent = sent
         super().__init__(f"store unavailable ({self.url}): {reason}")
 
 

@@ -32,16 +32,22 @@ class Outage:
         self._since: float | None = None
         #: why the store is unavailable, in a few words (None while it is available)
         self.reason: str | None = None
+        #: time.monotonic() when the store last answered after an outage
+        self._back_at = float("-inf")
 
     @property
     def down(self) -> bool:
         """True from the first trouble until the next success."""
         return self._since is not None
 
-    def trouble(self, reason: str, detail: str = "") -> None:
+    def trouble(self, reason: str, detail: str = "", sent: float | None = None) -> None:
         """Note that the store could not be used (``reason`` in a few words, ``detail`` the
-        driver's message); log it if it starts an outage."""
+        driver's message); log it if it starts an outage. ``sent`` (``time.monotonic()``)
+        is when the failed call began: one that began before the store answered again (a
+        connection left hanging by the outage, timing out after it) is not a new outage."""
         with self._lock:
+            if self._since is None and sent is not None and sent < self._back_at:
+                return
             self.reason = reason
             if self._since is not None:
                 return
@@ -50,8 +56,10 @@ class Outage:
                     f" ({detail})" if detail and detail != reason else "")
 
     def note(self, error: BaseException) -> None:
-        """:meth:`trouble` for an error the store raised (its ``reason``, when it has one)."""
-        self.trouble(getattr(error, "reason", "") or str(error), str(error))
+        """:meth:`trouble` for an error the store raised (its ``reason`` and ``sent``, when
+        it has them)."""
+        self.trouble(getattr(error, "reason", "") or str(error), str(error),
+                     getattr(error, "sent", None))
 
     def recovered(self) -> None:
         """Note that the store answered; log the end of an outage, if one was under way."""
@@ -59,6 +67,8 @@ class Outage:
             return
         with self._lock:
             since, self._since, self.reason = self._since, None, None
+            if since is not None:
+                self._back_at = time.monotonic()
         if since is not None:
             log.info("store %s is reachable again (unavailable for %.1fs)", self.name,
                      time.monotonic() - since)

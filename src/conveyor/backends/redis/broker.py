@@ -199,27 +199,28 @@ class RedisBroker(Broker):
         deadline = time.monotonic() + self.retry_for
         pause = 0.05
         while True:
+            sent = time.monotonic()
             try:
                 result = await operation(self._conn())
             except REFUSED as exc:
                 raise self._refused(exc) from exc
             except (*TRANSIENT, ResponseError) as exc:
-                if not self._trouble(exc) or time.monotonic() + pause > deadline:
-                    raise self._unavailable(exc) from exc
+                if not self._trouble(exc, sent) or time.monotonic() + pause > deadline:
+                    raise self._unavailable(exc, sent) from exc
                 await asyncio.sleep(pause * (0.5 + random.random() / 2))
                 pause = min(pause * 2, 2.0)
             else:
                 self.outage.recovered()
                 return result
 
-    def _trouble(self, error: BaseException) -> bool:
-        """Note trouble that may pass (and return True); False for an error reply that is
-        not such trouble, which is raised as it is."""
+    def _trouble(self, error: BaseException, sent: float | None = None) -> bool:
+        """Note trouble that may pass (and return True) of a call begun at ``sent``; False
+        for an error reply that is not such trouble, which is raised as it is."""
         reason = _reason(error)
         if reason is None:
             raise error
         self.last_trouble = time.monotonic()
-        self.outage.trouble(reason, str(error))
+        self.outage.trouble(reason, str(error), sent)
         return True
 
     def _refused(self, error: BaseException) -> ConfigurationError:
@@ -227,9 +228,10 @@ class RedisBroker(Broker):
         return ConfigurationError(f"Redis refused the credentials of {redact_url(self.url)}: "
                                   f"{error}")
 
-    def _unavailable(self, error: BaseException) -> StoreUnavailable:
-        """What callers see once retrying through ``error`` is given up."""
-        return StoreUnavailable(self.url, _reason(error) or "Redis is unreachable")
+    def _unavailable(self, error: BaseException, sent: float | None = None) -> StoreUnavailable:
+        """What callers see once retrying through ``error`` (of a try begun at ``sent``) is
+        given up."""
+        return StoreUnavailable(self.url, _reason(error) or "Redis is unreachable", sent)
 
     def is_transient(self, error: BaseException) -> bool:
         if isinstance(error, REFUSED):
@@ -631,14 +633,15 @@ class RedisBroker(Broker):
         pause, attempts = 0.05, 0
         while True:
             attempts += 1
+            sent = time.monotonic()
             try:
                 reply = scripts.call(script, keys, argv)
                 break
             except REFUSED as exc:
                 raise self._refused(exc) from exc
             except (*TRANSIENT, ResponseError) as exc:
-                if not self._trouble(exc) or time.monotonic() + pause > deadline:
-                    raise self._unavailable(exc) from exc
+                if not self._trouble(exc, sent) or time.monotonic() + pause > deadline:
+                    raise self._unavailable(exc, sent) from exc
                 time.sleep(pause * (0.5 + random.random() / 2))
                 pause = min(pause * 2, 2.0)
         self.outage.recovered()
@@ -850,8 +853,16 @@ class RedisBroker(Broker):
 
     async def recover_expired(self, max_recoveries: int) -> Recovery:
         k = self.keys
+        began = time.monotonic()
         queues = await self._queues()
         now = await self._server_time()
+
+        def calm() -> bool:
+            """No trouble since this pass began. The caller decided to recover on a full
+            lease without trouble; a call that waited through an outage must not then
+            take the leases that lapsed in it (those of workers cut off alike, whose
+            heartbeats land first): the next pass decides again."""
+            return self.last_trouble < began
 
         async def expired(conn: _Connection) -> list[list[str]]:
             async with conn.client.pipeline(transaction=False) as pipe:
@@ -865,18 +876,28 @@ class RedisBroker(Broker):
             if not ids:
                 continue
             keys = [*k.job_block, *k.queue_group(queue), k.workers]
+
+            async def recover(conn: _Connection, keys: list[str] = keys,
+                              ids: list[str] = ids) -> Any:
+                if not calm():  # checked at every try: a retry may come after an outage
+                    return None
+                return await conn.scripts["recover"](
+                    keys=keys, args=[max_recoveries, self.retention, *ids])
+
             # the script checks each candidate again: of two workers that recover the same
             # job at once, only the one whose call moved it counts it
-            requeued, dead, at, *moved = await self._script(
-                "recover", keys, [max_recoveries, self.retention, *ids]
-            )
+            reply = await self._retrying(recover)
+            if reply is None:
+                return recovery
+            requeued, dead, at, *moved = reply
             recovery.jobs.extend((str(job_id), queue, str(fate))
                                  for job_id, fate in zip(moved[::2], moved[1::2], strict=True))
             recovery.requeued += int(requeued)
             if int(dead):
                 recovery.dead[queue] = recovery.dead.get(queue, 0) + int(dead)
                 recovery.died_at = float(at)
-        await self._script("expire_workers", [k.workers, k.winfo, k.claims], [])
+        if calm():
+            await self._script("expire_workers", [k.workers, k.winfo, k.claims], [])
         return recovery
 
     async def promote_scheduled(self) -> int:
