@@ -27,10 +27,15 @@ def free_port() -> int:
 
 
 class RedisServer:
-    """One ``redis-server`` on 127.0.0.1, its data in a directory of its own."""
+    """One ``redis-server`` on 127.0.0.1 (or ``host``), its data in a directory of its own.
+
+    ``wrap`` is put before the command, e.g. ``["ip", "netns", "exec", NS]`` to run the
+    server in a network namespace (it must exec the server: the process is the server's).
+    """
 
     def __init__(self, directory: Path | None = None, port: int | None = None,
-                 extra: Sequence[str] = ()) -> None:
+                 extra: Sequence[str] = (), host: str = "127.0.0.1",
+                 wrap: Sequence[str] = ()) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             pytest.skip("redis-server is not installed")
@@ -41,14 +46,16 @@ class RedisServer:
         self.process: subprocess.Popen[bytes] | None = None
         #: more ``redis-server`` arguments (``--cluster-enabled yes``, ``--replicaof ...``)
         self.extra = list(extra)
+        self.host = host
+        self.wrap = list(wrap)
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"redis://{self.host}:{self.port}/0"
 
     def start(self) -> RedisServer:
         command = [
-            self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir",
+            *self.wrap, self.binary, "--port", str(self.port), "--bind", self.host, "--dir",
             str(self.directory), "--appendonly", "yes", "--appendfsync", "always",
             "--save", "", "--maxmemory-policy", "noeviction", "--protected-mode", "no",
             "--daemonize", "no", "--logfile", str(self.directory / "redis.log"), *self.extra,
@@ -57,7 +64,7 @@ class RedisServer:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as sock:
+                with socket.create_connection((self.host, self.port), timeout=0.2) as sock:
                     sock.sendall(b"PING\r\n")
                     if sock.recv(64).startswith(b"+PONG"):
                         return self
