@@ -6,15 +6,35 @@ tests can kill and restart nodes.
 from __future__ import annotations
 
 import atexit
+import secrets
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 
 import pytest
+from redis.crc import key_slot
 
-from redis_server import RedisServer
+from redis_server import RedisServer, free_port
+
+#: a node's cluster bus listens on its port + 10000, so its port is at most this
+MAX_PORT = 55535
+
+
+def cluster_port() -> int:
+    """A free port for a cluster node whose bus port (+10000) is free too."""
+    while True:
+        port = free_port()
+        if port > MAX_PORT:
+            continue
+        try:
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.1", port + 10000))
+        except OSError:
+            continue
+        return port
 
 
 class RedisCluster:
@@ -26,7 +46,7 @@ class RedisCluster:
         self.directory = Path(tempfile.mkdtemp(prefix="conveyor-cluster-"))
         self.replicas = replicas
         self.nodes = [
-            RedisServer(self.directory / f"node{index}", extra=[
+            RedisServer(self.directory / f"node{index}", port=cluster_port(), extra=[
                 "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
                 "--cluster-node-timeout", "2000"])
             for index in range(masters * (1 + replicas))
@@ -47,12 +67,16 @@ class RedisCluster:
         return done.stdout
 
     def start(self) -> RedisCluster:
-        for node in self.nodes:
-            node.start()
-        addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
-        self.cli("--cluster", "create", *addresses, "--cluster-replicas", str(self.replicas),
-                 "--cluster-yes")
-        self.wait_ok()
+        try:
+            for node in self.nodes:
+                node.start()
+            addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
+            self.cli("--cluster", "create", *addresses, "--cluster-replicas",
+                     str(self.replicas), "--cluster-yes")
+            self.wait_ok()
+        except BaseException:
+            self.remove()  # no node left running
+            raise
         return self
 
     def wait_ok(self, timeout: float = 30) -> None:
@@ -83,6 +107,41 @@ class RedisCluster:
                 if int(low) <= slot <= int(high or low):
                     return next(node for node in self.nodes if node.port == port)
         raise LookupError(f"no master serves slot {slot}")
+
+    def slot_map(self, port: int | None = None) -> dict[int, RedisServer]:
+        """Slot -> the master serving it, as the node at ``port`` (else the first) sees it."""
+        owners: dict[int, RedisServer] = {}
+        for line in self.cli("cluster", "nodes", port=port).splitlines():
+            fields = line.split()
+            if "master" not in fields[2]:
+                continue
+            node_port = int(fields[1].split("@")[0].rsplit(":", 1)[1])
+            node = next(node for node in self.nodes if node.port == node_port)
+            for span in fields[8:]:
+                if span.startswith("["):
+                    continue
+                low, _, high = span.partition("-")
+                for slot in range(int(low), int(high or low) + 1):
+                    owners[slot] = node
+        return owners
+
+    def masters(self) -> list[RedisServer]:
+        """The nodes that serve slots, by port."""
+        return sorted(set(self.slot_map().values()), key=lambda node: node.port)
+
+    def namespace_on(self, node: RedisServer, prefix: str = "t") -> str:
+        """A fresh random namespace (``prefix`` + hex) whose ``{namespace}`` slot ``node``
+        serves."""
+        owners = self.slot_map()
+        while True:
+            namespace = f"{prefix}{secrets.token_hex(6)}"
+            if owners.get(key_slot(f"{{{namespace}}}".encode())) is node:
+                return namespace
+
+    @staticmethod
+    def slot_of(namespace: str) -> int:
+        """The slot of ``namespace``'s keys (their hash tag ``{namespace}``)."""
+        return int(key_slot(f"{{{namespace}}}".encode()))
 
     def remove(self) -> None:
         for node in self.nodes:
