@@ -12,6 +12,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -38,9 +39,10 @@ def cluster_port() -> int:
 
 
 class RedisCluster:
-    """``masters`` masters with ``replicas`` replicas each, on 127.0.0.1."""
+    """``masters`` masters with ``replicas`` replicas each, on 127.0.0.1; ``extra``: more
+    ``redis-server`` arguments for every node (``--appendonly no`` for a benchmark)."""
 
-    def __init__(self, masters: int = 3, replicas: int = 0) -> None:
+    def __init__(self, masters: int = 3, replicas: int = 0, extra: Sequence[str] = ()) -> None:
         if shutil.which("redis-cli") is None:
             pytest.skip("redis-cli is not installed")
         self.directory = Path(tempfile.mkdtemp(prefix="conveyor-cluster-"))
@@ -48,7 +50,7 @@ class RedisCluster:
         self.nodes = [
             RedisServer(self.directory / f"node{index}", port=cluster_port(), extra=[
                 "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-                "--cluster-node-timeout", "2000"])
+                "--cluster-node-timeout", "2000", *extra])
             for index in range(masters * (1 + replicas))
         ]
         for node in self.nodes:

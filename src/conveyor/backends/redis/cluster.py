@@ -17,13 +17,31 @@ from collections.abc import Sequence
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
+import redis as syncredis
 from redis.asyncio.cluster import ClusterNode as AsyncClusterNode
 from redis.asyncio.cluster import ClusterPipeline, PipelineCommand, TransactionStrategy
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
-from redis.cluster import ClusterNode, RedisCluster
-from redis.exceptions import NoScriptError, RedisClusterException, RedisError
+from redis.crc import key_slot
+from redis.exceptions import (
+    AskError,
+    ClusterDownError,
+    ClusterError,
+    MovedError,
+    NoScriptError,
+    RedisClusterException,
+    RedisError,
+    SlotNotCoveredError,
+)
+from redis.exceptions import ConnectionError as RedisConnectionError
 
-from conveyor.backends.redis.client import TEXT_ERRORS, _hiredis_packing, _pack, _sha
+from conveyor.backends.redis.client import (
+    LOST,
+    TEXT_ERRORS,
+    BlockingScripts,
+    _hiredis_packing,
+    _pack,
+    _sha,
+)
 from conveyor.backends.redis.scripts import NAMES, source
 from conveyor.errors import ConfigurationError, redact_url
 
@@ -31,13 +49,9 @@ if TYPE_CHECKING:
     from conveyor.backends.redis.deploy import Scripts
 
 
-def _options(url: str) -> tuple[dict[str, Any], list[tuple[str, int]]]:
-    """The connection options of ``url`` (as redis-py reads a ``redis://`` URL) and its
-    seed nodes; :class:`ConfigurationError` when it cannot be taken apart."""
-    from redis.connection import parse_url as parse_redis_url
-
-    parse_url: Any = parse_redis_url
-
+def _parts(url: str) -> tuple[str, str, list[str], str]:
+    """``url`` taken apart: ``redis`` or ``rediss``, the user-info with its ``@`` (or
+    nothing), the seeds (``HOST:PORT``) and what follows them (``/0``, ``?options``)."""
     from conveyor.backends.redis.deploy import malformed
 
     scheme, sep, rest = url.partition("://")
@@ -48,11 +62,23 @@ def _options(url: str) -> tuple[dict[str, Any], list[tuple[str, int]]]:
               default=len(rest))
     netloc, tail = rest[:cut], rest[cut:]
     userinfo, at, hosts = netloc.rpartition("@")
+    return base, userinfo + at, hosts.split(","), tail
+
+
+def _options(url: str) -> tuple[dict[str, Any], list[tuple[str, int]]]:
+    """The connection options of ``url`` (as redis-py reads a ``redis://`` URL) and its
+    seed nodes; :class:`ConfigurationError` when it cannot be taken apart."""
+    from redis.connection import parse_url as parse_redis_url
+
+    from conveyor.backends.redis.deploy import malformed
+
+    parse_url: Any = parse_redis_url
+    base, userinfo, hosts, tail = _parts(url)
     options: dict[str, Any] = {}
     seeds: list[tuple[str, int]] = []
-    for seed in hosts.split(","):
+    for seed in hosts:
         try:
-            parsed = parse_url(f"{base}://{userinfo}{at}{seed}{tail}")
+            parsed = parse_url(f"{base}://{userinfo}{seed}{tail}")
         except ValueError:  # its message may quote a piece of the password: not shown
             raise malformed(url) from None
         if not parsed.get("host") or "path" in parsed:
@@ -96,6 +122,8 @@ def blocking_scripts(url: str) -> Scripts:
     return ClusterScripts(url)
 
 
+#: redirections one blocking call follows before it gives up (the broker then retries)
+REDIRECTIONS = 5
 #: marks a queued command without a key that runs where the pipeline's keys are
 _HOME = "conveyor_home"
 
@@ -207,46 +235,94 @@ def _cause(error: RedisClusterException) -> Exception:
 
 
 class ClusterScripts:
-    """Runs scripts on redis-py's blocking cluster client, which routes EVALSHA by its
-    first key, follows MOVED and ASK, and reloads a script on NOSCRIPT; safe to use from
-    several threads at once."""
+    """Runs scripts on the master that owns their first key's slot, each master through a
+    :class:`~conveyor.backends.redis.client.BlockingScripts` of its own (redis-py's
+    blocking cluster client costs several times more per call); safe to use from several
+    threads at once.
+
+    The slot map is read (CLUSTER SLOTS) from a seed or a known node on first use. A MOVED
+    reply re-aims its slot and the call goes on; an ASK reply sends that one call, after
+    ASKING, to the node importing the slot. Connection trouble and CLUSTERDOWN drop the
+    map (read again by the next call) and raise, for the broker to retry, as TRYAGAIN
+    does.
+    """
 
     def __init__(self, url: str) -> None:
-        self._url = url
-        self._client: Any = None
-        self._scripts: dict[str, Any] = {}
+        base, userinfo, _, tail = _parts(url)
+        self._node_url = f"{base}://{userinfo}{{host}}:{{port}}{tail}".format
+        _, self._seeds = _options(url)
+        self._slots: dict[int, tuple[str, int]] | None = None
+        self._nodes: dict[tuple[str, int], BlockingScripts] = {}
         self._lock = threading.Lock()
 
-    def _ready(self) -> tuple[Any, dict[str, Any]]:
+    def _node(self, address: tuple[str, int]) -> BlockingScripts:
         with self._lock:
-            if self._client is None:
-                options, seeds = _options(self._url)
-                try:
-                    node: Any = ClusterNode
-                    self._client = RedisCluster(
-                        startup_nodes=[node(host, port) for host, port in seeds],
-                        decode_responses=True, encoding_errors=TEXT_ERRORS,
-                        health_check_interval=10, socket_keepalive=True, **options,
-                    )
-                except RedisClusterException as exc:
-                    raise _cause(exc) from exc
-                self._scripts = {name: self._client.register_script(source(name))
-                                 for name in NAMES}
-            return self._client, self._scripts
+            node = self._nodes.get(address)
+            if node is None:
+                host, port = address
+                node = self._nodes[address] = BlockingScripts(
+                    self._node_url(host=f"[{host}]" if ":" in host else host, port=port))
+            return node
+
+    def _owner(self, slot: int) -> tuple[str, int]:
+        slots = self._slots
+        if slots is None:
+            slots = self._slots = self._read_slots()
+        try:
+            return slots[slot]
+        except KeyError:
+            self._slots = None
+            raise SlotNotCoveredError(f"slot {slot} is not served by the cluster") from None
+
+    def _read_slots(self) -> dict[int, tuple[str, int]]:
+        """Slot -> its master, from the first node (known, then seed) that answers."""
+        with self._lock:
+            known = list(self._nodes)
+        error: Exception | None = None
+        for host, port in dict.fromkeys([*known, *self._seeds]):
+            client: Any = syncredis.Redis.from_url(
+                self._node_url(host=f"[{host}]" if ":" in host else host, port=port),
+                decode_responses=True, socket_timeout=5, socket_connect_timeout=5)
+            try:
+                spans = client.execute_command("CLUSTER", "SLOTS")
+            except RedisError as exc:
+                error = exc
+                continue
+            finally:
+                client.close()
+            slots: dict[int, tuple[str, int]] = {}
+            for low, high, master, *_ in spans:
+                address = (str(master[0]) or host, int(master[1]))
+                slots.update(dict.fromkeys(range(int(low), int(high) + 1), address))
+            return slots
+        raise error or RedisConnectionError("no node of the Redis Cluster answers")
 
     def call(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         """Run script ``name`` and return its reply (errors raise as redis-py raises them)."""
         if not keys:
             raise ValueError(f"script {name} needs a key to be routed on a Redis Cluster")
-        _, scripts = self._ready()
-        return scripts[name](keys=keys, args=args)
+        slot = key_slot(keys[0].encode())
+        address, asking = self._owner(slot), False
+        for _ in range(REDIRECTIONS):
+            try:
+                return self._node(address).call(name, keys, args, asking=asking)
+            except MovedError as exc:  # the slot moved for good: so does the map
+                address, asking = exc.node_addr, False
+                if self._slots is not None:
+                    self._slots[exc.slot_id] = address
+            except AskError as exc:  # the slot is moving: this call only
+                address, asking = exc.node_addr, True
+            except (*LOST, ClusterDownError):
+                self._slots = None  # a failover, most likely: read the map again
+                raise
+        raise ClusterError(f"script {name}: more than {REDIRECTIONS} redirections")
 
     def close(self) -> None:
-        """Close the connections (the object stays usable)."""
+        """Close the idle connections (the object stays usable)."""
         with self._lock:
-            client, self._client = self._client, None
-        if client is not None:
-            client.close()
+            nodes = list(self._nodes.values())
+        for node in nodes:
+            node.close()
 
 
 __all__ = ["ClusterScripts", "async_client", "blocking_scripts", "check_url"]
