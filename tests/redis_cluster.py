@@ -88,11 +88,28 @@ class RedisCluster:
             infos = [self.cli("cluster", "info", port=node.port) for node in self.nodes
                      if node.process is not None and node.process.poll() is None]
             if all("cluster_state:ok" in info and "cluster_slots_ok:16384" in info
-                   for info in infos):
+                   for info in infos) and self._replicas_synced():
                 return
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the cluster did not settle: {infos}")
             time.sleep(0.1)
+
+    def _replicas_synced(self) -> bool:
+        """Every replica the cluster was made with follows its master, link up (one that
+        has not synced yet could not take over in a failover)."""
+        if not self.replicas:
+            return True
+        roles = [line.split()[2] for line in self.cli("cluster", "nodes").splitlines()]
+        if sum("slave" in role for role in roles) < len(self.nodes) - len(self.nodes) // (
+                1 + self.replicas):
+            return False
+        for node in self.nodes:
+            if node.process is None or node.process.poll() is not None:
+                continue
+            info = self.cli("info", "replication", port=node.port)
+            if "role:slave" in info and "master_link_status:up" not in info:
+                return False
+        return True
 
     def slot_owner(self, key: str) -> RedisServer:
         """The node (a master) that serves ``key``'s slot."""
