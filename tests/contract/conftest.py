@@ -12,6 +12,7 @@ closed on that same loop, so backends whose clients are bound to a loop work too
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -59,11 +60,30 @@ def _redis_factory(tmp_path: Path) -> Factory:
     return make
 
 
+#: turns of the masters of the shared cluster, so the tests' namespaces land on each
+_cluster_turns = itertools.count()
+
+
+def _cluster_factory(tmp_path: Path) -> Factory:
+    from conveyor.backends.redis import RedisBroker
+    from redis_cluster import shared_cluster
+
+    cluster = shared_cluster()
+    masters = cluster.masters()
+    namespace = cluster.namespace_on(masters[next(_cluster_turns) % len(masters)])
+
+    def make(retention: float = RETENTION) -> Broker:
+        return RedisBroker(cluster.url, namespace=namespace, retention=retention)
+
+    return make
+
+
 #: backend name -> function of the test's ``tmp_path`` returning a broker factory.
 #: Every broker a factory makes for one test must share that test's storage (and namespace).
 FACTORIES: dict[str, Callable[[Path], Factory]] = {
     "sqlite": _sqlite_factory,
     "redis": _redis_factory,
+    "cluster": _cluster_factory,
 }
 
 
@@ -155,6 +175,16 @@ def make_job(
         priority=priority,
         group=group,
     )
+
+
+def raw_redis(url: str) -> Any:
+    """A blocking redis-py client (replies as bytes) for the Redis ``url`` of a broker, to
+    write behind its back; a cluster-aware one for ``redis+cluster://``."""
+    import redis
+
+    if "+cluster://" in url.split("//", 1)[0] + "//":
+        return redis.RedisCluster.from_url(url.replace("+cluster", "", 1))
+    return redis.Redis.from_url(url)
 
 
 def make_jobs(count: int, **options: Any) -> list[JobRecord]:

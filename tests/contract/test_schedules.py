@@ -13,7 +13,6 @@ import time
 from typing import Any
 
 import pytest
-import redis
 
 from conveyor import Conveyor
 from conveyor.backends.base import Broker
@@ -25,7 +24,7 @@ from conveyor.metrics import Metrics
 from conveyor.schedules import ORPHAN_AFTER, Schedule, ScheduleState
 from conveyor.worker.scheduler import Scheduler
 
-from .conftest import MakeBroker, Run
+from .conftest import MakeBroker, Run, raw_redis
 
 SLACK = 2.0
 #: a round instant (a multiple of 3600) so that every=N ticks are easy to name
@@ -269,7 +268,7 @@ def plant(broker: Broker, name: str, values: dict[str, Any]) -> None:
     assert isinstance(broker, RedisBroker)
     parts = dict(zip(("record", "paused", "last_tick", "next_tick", "last_job", "seen_at"),
                      broker.keys.schedule_block, strict=True))
-    client = redis.Redis.from_url(broker.url)
+    client = raw_redis(broker.url)
     for column, value in values.items():
         client.hset(parts[column], name, value)
     client.close()

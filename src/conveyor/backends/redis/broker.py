@@ -45,9 +45,14 @@ from conveyor.summary import PREVIEW_CHARS, JobSummary
 try:
     import redis.asyncio  # noqa: F401  (the error below when redis-py is missing)
     from redis.exceptions import (
+        AskError,
         AuthenticationError,
         AuthenticationWrongNumberOfArgsError,
+        ClusterDownError,
+        ClusterError,
         ResponseError,
+        SlotNotCoveredError,
+        TryAgainError,
     )
     from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -74,6 +79,18 @@ BUSY_REPLIES = {
     "MASTERDOWN": "Redis has lost its primary",
     "TRYAGAIN": "Redis asks to try again",
 }
+#: Redis Cluster trouble that passes once a failover or a slot's move is over (redis-py
+#: follows a few redirections itself), by class; MovedError is an AskError
+CLUSTER_TROUBLE: dict[type[Exception], str] = {
+    AskError: "the Redis Cluster is moving a slot",
+    TryAgainError: "the Redis Cluster is moving a slot",
+    ClusterDownError: "the Redis Cluster is down",
+    SlotNotCoveredError: "the Redis Cluster does not serve a slot",
+    ClusterError: "the Redis Cluster keeps redirecting",
+}
+CLUSTER_ERRORS = tuple(CLUSTER_TROUBLE)
+#: what a retrying call catches (and judges with ``_reason``)
+RETRIED: tuple[type[Exception], ...] = (*TRANSIENT, *CLUSTER_ERRORS, ResponseError)
 #: stores (by URL, without credentials) whose settings this process checked already
 _settings_checked: set[str] = set()
 #: how long one operation keeps retrying through connection trouble before it gives up
@@ -204,7 +221,7 @@ class RedisBroker(Broker):
                 result = await operation(self._conn())
             except REFUSED as exc:
                 raise self._refused(exc) from exc
-            except (*TRANSIENT, ResponseError) as exc:
+            except RETRIED as exc:
                 if not self._trouble(exc, sent) or time.monotonic() + pause > deadline:
                     raise self._unavailable(exc, sent) from exc
                 await asyncio.sleep(pause * (0.5 + random.random() / 2))
@@ -237,7 +254,7 @@ class RedisBroker(Broker):
         if isinstance(error, REFUSED):
             return False
         return isinstance(error, (*TRANSIENT, StoreUnavailable)) or (
-            isinstance(error, ResponseError) and _reason(error) is not None)
+            isinstance(error, (ResponseError, *CLUSTER_ERRORS)) and _reason(error) is not None)
 
     async def _cmd(self, command: str, *args: Any, **kwargs: Any) -> Any:
         """One Redis command, retried through connection trouble."""
@@ -639,7 +656,7 @@ class RedisBroker(Broker):
                 break
             except REFUSED as exc:
                 raise self._refused(exc) from exc
-            except (*TRANSIENT, ResponseError) as exc:
+            except RETRIED as exc:
                 if not self._trouble(exc, sent) or time.monotonic() + pause > deadline:
                     raise self._unavailable(exc, sent) from exc
                 time.sleep(pause * (0.5 + random.random() / 2))
@@ -848,7 +865,7 @@ class RedisBroker(Broker):
 
     # -- maintenance --------------------------------------------------------------------------
     async def _server_time(self) -> float:
-        seconds, micros = await self._cmd("time")
+        seconds, micros = await self._script("clock", [self.keys.jobs], [])
         return float(seconds) + float(micros) / 1e6
 
     async def recover_expired(self, max_recoveries: int) -> Recovery:
@@ -1315,6 +1332,9 @@ def _reason(error: BaseException) -> str | None:
     """What ``error`` says about Redis in a few words, if it is trouble that may pass: the
     connection failing, or a reply refusing the work for now (out of memory, cannot
     persist, ...); None for any other error."""
+    for kind, reason in CLUSTER_TROUBLE.items():
+        if isinstance(error, kind):
+            return reason
     if isinstance(error, ResponseError):
         return BUSY_REPLIES.get(str(error).split(" ", 1)[0].upper())
     if isinstance(error, (RedisTimeoutError, TimeoutError)):

@@ -128,18 +128,27 @@ class BlockingScripts:
         for conn, _ in idle:
             conn.disconnect()
 
-    def call(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        """Run script ``name`` and return its reply (errors raise as redis-py raises them)."""
+    def call(self, name: str, keys: Sequence[str], args: Sequence[Any],
+             asking: bool = False) -> Any:
+        """Run script ``name`` and return its reply (errors raise as redis-py raises them);
+        ``asking``: after ASKING (a Redis Cluster node importing the keys' slot)."""
         text = source(name)
         sha = _sha(text)
         conn = self._take()
         try:
+            if asking:
+                _send(conn, ("ASKING",))
             _send(conn, ("EVALSHA", sha, len(keys), *keys, *args))
+            if asking:
+                conn.read_response()
             try:
                 reply = conn.read_response()
             except NoScriptError:  # Redis restarted or its scripts were flushed
                 conn.send_command("SCRIPT", "LOAD", text)
                 conn.read_response()
+                if asking:
+                    conn.send_command("ASKING")
+                    conn.read_response()
                 conn.send_command("EVALSHA", sha, len(keys), *keys, *args)
                 reply = conn.read_response()
         except BaseException as exc:

@@ -24,7 +24,7 @@ NAMES = (
     "promote", "purge", "cancel", "retry", "delete", "progress", "stats", "known", "layout",
     "schedules_publish", "schedule_advance", "schedule_rewind", "schedule_pause",
     "prune_unique", "forget_idempotency", "set_priority", "limit_usage",
-    "prune_buckets", "forget_queue", "prune_queues", "list_preview", "queue_setting",
+    "prune_buckets", "forget_queue", "prune_queues", "list_preview", "queue_setting", "clock",
 )
 
 
