@@ -157,10 +157,11 @@ MAX_CACHED_GROUPS = 1024
 
 
 class Keys:
-    """Key names of one namespace."""
+    """Key names of one namespace (or, with ``tag``, of one shard of a namespace sharded
+    by queue: its keys carry the hash tag ``{tag}`` instead, see ``sharded.py``)."""
 
-    def __init__(self, namespace: str) -> None:
-        self.prefix = f"{{{namespace}}}"
+    def __init__(self, namespace: str, tag: str | None = None) -> None:
+        self.prefix = f"{{{namespace if tag is None else tag}}}"
         p = self.prefix
         self.jobs = f"{p}:jobs"
         self.queues = f"{p}:queues"
