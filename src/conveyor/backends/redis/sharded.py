@@ -143,7 +143,7 @@ class ShardedRedisBroker(Broker):
 
     # -- settings handed to every part --------------------------------------------------------
     @property
-    def retry_for(self) -> float:  # type: ignore[override]
+    def retry_for(self) -> float:
         return self.home.retry_for
 
     @retry_for.setter
@@ -152,7 +152,7 @@ class ShardedRedisBroker(Broker):
             part.retry_for = value
 
     @property
-    def aging(self) -> float:  # type: ignore[override]
+    def aging(self) -> float:
         return self._aging
 
     @aging.setter
@@ -162,7 +162,7 @@ class ShardedRedisBroker(Broker):
             part.aging = value
 
     @property
-    def last_trouble(self) -> float:  # type: ignore[override]
+    def last_trouble(self) -> float:
         return max([self.home.last_trouble, *(s.last_trouble for s in self._shards.values())])
 
     @last_trouble.setter
