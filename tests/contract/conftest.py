@@ -79,12 +79,6 @@ NOT_SHARDED = {
         "sharded, a claim goes queue by queue: rank order holds within a queue only",
     "test_priorities_order_across_queues_without_weights":
         "sharded, a claim goes queue by queue: rank order holds within a queue only",
-    "test_weights_share_single_claims_exactly":
-        "sharded, weights share each claim's slots by planned shares, not the exact picks",
-    "test_weights_follow_the_pick_rule":
-        "sharded, weights share each claim's slots by planned shares, not the exact picks",
-    "test_weights_hold_over_10000_claims":
-        "sharded, weights share each claim's slots by planned shares, not the exact picks",
     "test_a_cap_set_between_two_enqueues_of_one_commit_holds_for_the_second":
         "sharded, an enqueue into a new queue registers it first: concurrent calls on one "
         "loop reach the queue's store in another order",

@@ -376,34 +376,55 @@ class ShardedRedisBroker(Broker):
         await self.home.replace_idempotency(key, job_id, new_id)
 
     # -- workers ------------------------------------------------------------------------------
-    def _plan(self, queues: Sequence[str], limit: int,
-              weights: QueueWeights | None) -> list[tuple[str, int]]:
-        """The queues a claim visits, in order, each with the slots it first offers it."""
+    async def _plan(self, queues: Sequence[str], limit: int,
+                    weights: QueueWeights | None) -> tuple[list[tuple[str, int]],
+                                                           dict[str, int] | None]:
+        """The queues a claim visits, in order, each with the slots it first offers it; with
+        weights, also the credits after the planned picks."""
         if weights is None:
             turn = self._turn % max(1, len(queues))
             self._turn += 1
-            order = [*queues[turn:], *queues[:turn]]
-            return [(q, limit) for q in order]
+            return [(q, limit) for q in [*queues[turn:], *queues[:turn]]], None
         if weights.strict:
-            return [(q, limit) for q in weights.queues]
-        picks, _ = weights.pick({q: limit for q in weights.queues}, limit)
+            return [(q, limit) for q in weights.queues], None
+        picks, credits = weights.pick(await self._ready_each(weights.queues, limit), limit)
         share = Counter(picks)
-        first = [(q, share[q]) for q in dict.fromkeys(picks)]
-        return first + [(q, limit) for q in weights.queues]  # then fill what is left
+        planned = [(q, share[q]) for q in weights.queues if share[q]]
+        return planned + [(q, limit) for q in weights.queues], credits  # then fill the rest
+
+    async def _ready_each(self, queues: Sequence[str], limit: int) -> dict[str, int]:
+        """Per queue, its ready jobs (up to ``limit``; none when paused): one pipeline."""
+        now = await self.home._server_time()
+        parts = [self.shard(q) for q in queues]
+
+        async def call(conn: _Connection) -> list[Any]:
+            async with conn.client.pipeline(transaction=False) as pipe:
+                for part in parts:
+                    pipe.sismember(part.keys.paused, part.queue)
+                    pipe.zcard(part.keys.state(part.queue, JobState.QUEUED))
+                    pipe.zcount(part.keys.sched(part.queue), "-inf", now)
+                return list(await pipe.execute())
+
+        values = await self.home._retrying(call)
+        return {part.queue: 0 if values[3 * n] else
+                min(limit, int(values[3 * n + 1]) + int(values[3 * n + 2]))
+                for n, part in enumerate(parts)}
 
     async def claim(
         self, worker_id: str, queues: Sequence[str], limit: int, lease: float,
         start: int | None = None, weights: QueueWeights | None = None,
         limits: Mapping[str, JobLimits] | None = None,
     ) -> list[JobRecord]:
-        """One claim call per queue visited, until ``limit`` jobs are claimed."""
+        """One claim call per queue visited, until ``limit`` jobs are claimed (with weights,
+        a pipelined count of each queue's ready jobs first)."""
         if weights is not None:
             queues = weights.queues
+        plan, credits = await self._plan(queues, limit, weights)
         got: list[JobRecord] = []
         emptied: set[str] = set()
-        for queue, offer in self._plan(queues, limit, weights):
+        for queue, offer in plan:
             want = min(offer, limit - len(got))
-            if len(got) >= limit or queue in emptied or want <= 0:
+            if queue in emptied or want <= 0:
                 continue
             part = self.shard(queue)
             taken = await part.claim(
@@ -413,9 +434,13 @@ class ShardedRedisBroker(Broker):
             if len(taken) < want:
                 emptied.add(queue)
             got += taken
-        if weights is not None and not weights.strict:
-            # the credits as if the store had picked these jobs in one claim
-            _, weights.credits = weights.pick(Counter(job.queue for job in got), len(got))
+        if weights is not None and credits is not None:
+            taken_by = Counter(job.queue for job in got)
+            planned = Counter({q: n for q, n in plan[:len(plan) - len(queues)]})
+            # the planned picks' credits, or (a queue gave fewer: a race, a limit) those of
+            # the picks made, as if the store had picked them in one claim
+            weights.credits = credits if taken_by == planned else \
+                weights.pick(taken_by, len(got))[1]
         self._remember(got)
         return got
 
