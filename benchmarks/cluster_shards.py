@@ -119,8 +119,13 @@ def main() -> None:
     if url is None:
         sys.path.insert(0, str(ROOT / "tests"))
         from redis_cluster import RedisCluster
+        from redis_server import free_port
 
-        cluster = RedisCluster(masters=3).start()
+        cluster = RedisCluster(masters=3)
+        for node in cluster.nodes:  # a node's bus port is its port + 10000
+            while node.port > 55535:
+                node.port = free_port()
+        cluster.start()
         url = cluster.url
     queues = [f"q{n}" for n in range(args.queues)]
     try:

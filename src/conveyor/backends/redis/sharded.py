@@ -43,7 +43,6 @@ from conveyor.backends.base import DEFAULT_MAX_QUEUES, Beat, Broker, Recovery
 from conveyor.backends.redis import deploy
 from conveyor.backends.redis.broker import RedisBroker, _Coalescer, _Connection
 from conveyor.backends.redis.layout import LAYOUT
-from conveyor.backends.redis.scripts import source
 from conveyor.errors import ConfigurationError, NewerStore, TooManyQueues, redact_url
 from conveyor.job import JobRecord, JobState, Outcome, WorkerInfo
 from conveyor.known import KnownJob
@@ -60,18 +59,6 @@ REGISTER_EVERY = 10.0
 #: jobs whose queue a broker remembers from its claims (the oldest are forgotten first)
 MAX_WHERE = 100_000
 
-#: KEYS: 1 layout key, 2 jobs hash, 3 queues set (home). ARGV: 1 layout. Marks a namespace
-#: that holds nothing as sharded; answers what the layout key holds ('plain': not sharded)
-_MARK = """
-local raw = redis.call('GET', KEYS[1])
-if raw then return raw end
-if redis.call('EXISTS', KEYS[2]) == 1 or redis.call('EXISTS', KEYS[3]) == 1 then
-  return 'plain'
-end
-raw = 'sharded ' .. ARGV[1]
-redis.call('SET', KEYS[1], raw)
-return raw
-"""
 def shard_tag(namespace: str, queue: str) -> str:
     """The hash tag of ``queue``'s shard (without braces)."""
     escaped = queue.replace("%", "%25").replace("{", "%7B").replace("}", "%7D")
@@ -228,8 +215,8 @@ class ShardedRedisBroker(Broker):
 
     async def _add(self, queues: Sequence[str]) -> str:
         """Add ``queues`` to the set, all or none; '' or the first queue refused."""
-        return str(await self.home._cmd("eval", source("shard_register"), 1, self._set,
-                                        self._most(), *queues))
+        return str(await self.home._script("shard_register", [self._set],
+                                           [self._most(), *queues]))
 
     def _may_sweep(self) -> bool:
         now = time.monotonic()
@@ -296,7 +283,7 @@ class ShardedRedisBroker(Broker):
             await self.home.open()  # a ping on a new loop, else nothing
             return
         k = self.home.keys
-        raw = str(await self.home._cmd("eval", _MARK, 3, k.layout, k.jobs, k.queues, LAYOUT))
+        raw = str(await self.home._script("shard_mark", [k.layout, k.jobs, k.queues], [LAYOUT]))
         where = f"Redis namespace {self.namespace!r} at {redact_url(self.home.url)}"
         kind, _, number = raw.partition(" ")
         if kind != "sharded" or not number.isdigit():
@@ -548,8 +535,10 @@ class ShardedRedisBroker(Broker):
                 if not task.done():
                     task.cancel()
                     task.add_done_callback(_quiet)
-        for task in done:
-            task.result()
+        errors = [task.exception() for task in done if not task.cancelled()]
+        for error in errors:
+            if error is not None:
+                raise error
 
     async def unregister_worker(self, worker_id: str) -> None:
         await self.home.unregister_worker(worker_id)
