@@ -11,24 +11,31 @@ schedules, dashboard sessions, idempotency records, and the set of the namespace
 broker opened without the option refuses the namespace, and this one refuses a namespace
 that is not sharded.
 
-What changes (the cost of sharding):
+What it costs (a plain namespace makes one call of each):
 
-* A worker serving several queues makes one claim call per queue it visits (it stops once
-  its free slots are filled), one wake-up wait per queue (a BLPOP each, at once: BLPOP cannot
-  span slots), and a heartbeat per queue it holds jobs of, where a plain namespace makes one
-  call of each.
-* Across queues, claims go queue by queue: without weights from a queue that turns with each
-  claim; strict weights in their order; with weights each queue gets its share of the free
-  slots by the weights' round robin, and what a queue cannot fill goes to the others. Within
-  a queue, ranks hold as before.
-* An enqueue of jobs of several queues is stored all or none per queue, not as a whole.
+* A worker serving several queues makes a claim call per queue it visits (it stops once its
+  free slots are filled; with weights a pipelined count of the queues' ready jobs comes
+  first), a wake-up wait per queue (a BLPOP each, at once: BLPOP cannot span slots), and a
+  heartbeat call per queue it serves, besides the home's.
+* Across queues, claims go queue by queue: without weights from a queue that turns with
+  each claim, so the rank order holds within a queue but not across queues; strict weights
+  in their order; with weights by the weights' round robin over the counted ready jobs, as
+  one claim would pick (a queue that gives fewer than counted leaves its slots to the
+  others). Within a queue, ranks hold as before.
+* An enqueue of jobs of several queues is stored queue by queue; when a queue refuses its
+  jobs, those stored in the queues before are deleted again (one claimed in between runs).
 * Unique keys, job limits (concurrency, rate) and the claims' round robin over groups hold
   per queue: two queues never deduplicate against each other, and a job name run in two
   queues has a cap (and a bucket) in each.
-* An operation by job id without the queue (get, cancel, retry, delete, set_priority, a
-  settle or progress the worker did not claim) first looks for the job in every queue: one
-  pipelined HEXISTS-like read per queue. Listings, counts, recovery, promotion and purges
-  visit every queue.
+* An operation by job id (get, cancel, retry, delete, set_priority, and a settle or
+  progress of a job this broker did not claim) first finds the job's queue: one pipelined
+  HMGET of every queue's jobs hash. Listings, counts, recovery, promotion and purges visit
+  every queue.
+* A queue is in the home's set from its first write; it leaves the set when its last job
+  and settings go (delete, resume, uncap, purge). A process trusts for
+  :data:`REGISTER_EVERY` seconds that a queue it wrote to is in the set, so a queue
+  dropped meanwhile by another process may hold jobs that other processes' recoveries and
+  listings miss for up to that long.
 """
 
 from __future__ import annotations
@@ -58,6 +65,7 @@ from conveyor.summary import PREVIEW_CHARS, JobSummary
 REGISTER_EVERY = 10.0
 #: jobs whose queue a broker remembers from its claims (the oldest are forgotten first)
 MAX_WHERE = 100_000
+
 
 def shard_tag(namespace: str, queue: str) -> str:
     """The hash tag of ``queue``'s shard (without braces)."""
@@ -160,12 +168,15 @@ class ShardedRedisBroker(Broker):
         return self.home.is_transient(error)
 
     # -- parts --------------------------------------------------------------------------------
-    def shard(self, queue: str) -> _Shard:
-        """The store of ``queue`` (made on first use; it connects lazily)."""
+    def shard(self, queue: str, keep: bool = True) -> _Shard:
+        """The store of ``queue`` (made on first use; it connects lazily). One made with
+        ``keep`` False is not kept (a read of a queue that may not exist)."""
         part = self._shards.get(queue)
         if part is None:
-            part = self._shards[queue] = _Shard(self.home, queue)
+            part = _Shard(self.home, queue)
             part.retry_for, part.aging = self.home.retry_for, self._aging
+            if keep:
+                self._shards[queue] = part
         return part
 
     @property
@@ -233,7 +244,7 @@ class ShardedRedisBroker(Broker):
     async def _forget_if_empty(self, queue: str) -> None:
         """Drop ``queue`` from the set if its shard forgot it, checking again after: a queue
         written to in between is added back."""
-        part = self.shard(queue)
+        part = self.shard(queue, keep=False)
         if await part._cmd("exists", part.keys.queues):
             return
         await self.home._cmd("srem", self._set, queue)
@@ -573,7 +584,8 @@ class ShardedRedisBroker(Broker):
         return None if part is None else await part.get(job_id)
 
     async def _parts(self, queue: str | None) -> list[_Shard]:
-        return [self.shard(queue)] if queue is not None else \
+        """The store of ``queue``, or of every queue."""
+        return [self.shard(queue, keep=False)] if queue is not None else \
             [self.shard(q) for q in await self._known()]
 
     async def list_jobs(
