@@ -539,13 +539,13 @@ class ShardedRedisBroker(Broker):
             return
         tasks = [asyncio.ensure_future(self.shard(q).wait_for_work([q], timeout, lanes))
                  for q in names]
+        for task in tasks:  # whatever ends a wait is retrieved, even if nobody awaits it
+            task.add_done_callback(_quiet)
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
             for task in tasks:
-                if not task.done():
-                    task.cancel()
-                    task.add_done_callback(_quiet)
+                task.cancel()
         errors = [task.exception() for task in done if not task.cancelled()]
         for error in errors:
             if error is not None:
