@@ -1,5 +1,6 @@
 """Storage backends, chosen by URL: ``sqlite:///path.db`` (default), ``redis://host:port/db``,
-``redis+cluster://host:port`` or ``redis+sentinel://host:port/service``."""
+``redis+cluster://host:port`` or ``redis+sentinel://host:port/service``; a Redis URL with
+``?shard=queue`` spreads the namespace by queue (see ``backends/redis/sharded.py``)."""
 
 from __future__ import annotations
 
