@@ -1,14 +1,15 @@
 """Every Redis key of a namespace, built in this one place.
 
 All keys carry the hash tag ``{namespace}``, so on Redis Cluster a namespace lives in one
-slot and every script can touch all the keys it is given. (A namespace sharded by queue,
-``?shard=queue``, is one such set of keys per queue, under the tag ``{namespace|queue}``,
-and one under ``{namespace}`` for what is namespace-wide: see ``sharded.py``.)
-
-Scripts receive every key they touch in KEYS, but for the keys of limits (``lane``,
-``delayed``, ``cursors``, ``run``, ``buckets``): those are per job name and group, not known before the script reads a job,
+slot and every script can touch all the keys it is given. Scripts receive every key they
+touch in KEYS, but for the keys of limits (``lane``, ``delayed``, ``cursors``, ``run``,
+``buckets``): those are per job name and group, not known before the script reads a job,
 so scripts name them from the namespace's prefix (``{ns}``, taken from the jobs hash's
 name in KEYS[1]); carrying the hash tag, they live in the same slot.
+
+A namespace sharded by queue (``?shard=queue``, see ``sharded.py``) is one such set of keys
+per queue, under the tag ``{namespace|queue}``, and one under ``{namespace}`` for what is
+namespace-wide.
 
 In the keys of limits, Q, N and G (a queue, a job name, a group) are each written as their
 byte length, ':' and themselves, one after the other (``{ns}:lane:Q:N`` in the table is
