@@ -558,8 +558,13 @@ class ShardedRedisBroker(Broker):
 
     # -- maintenance --------------------------------------------------------------------------
     async def recover_expired(self, max_recoveries: int) -> Recovery:
+        """Queue by queue; a pass that met trouble (any part's) stops: the leases that
+        lapsed in an outage are the next pass's to judge, once heartbeats got through."""
+        began = time.monotonic()
         total = await self.home.recover_expired(max_recoveries)  # lapsed workers
         for queue in await self._known():
+            if self.last_trouble >= began:
+                break
             found = await self.shard(queue).recover_expired(max_recoveries)
             total.requeued += found.requeued
             for name, count in found.dead.items():
