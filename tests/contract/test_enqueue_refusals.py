@@ -63,7 +63,10 @@ def _store_cap(broker: Broker, run: Run[Any], queue: str, raw: str) -> None:
         conn.close()
     else:
         from conveyor.backends.redis import RedisBroker
+        from conveyor.backends.redis.sharded import ShardedRedisBroker
 
+        if isinstance(broker, ShardedRedisBroker):  # the queue's own store holds its cap
+            broker = broker.shard(queue)
         assert isinstance(broker, RedisBroker)
 
         async def write() -> None:

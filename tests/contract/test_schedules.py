@@ -265,6 +265,7 @@ def plant(broker: Broker, name: str, values: dict[str, Any]) -> None:
                              (value, name))
         conn.close()
         return
+    broker = getattr(broker, "home", broker)  # sharded by queue: schedules are the home's
     assert isinstance(broker, RedisBroker)
     parts = dict(zip(("record", "paused", "last_tick", "next_tick", "last_job", "seen_at"),
                      broker.keys.schedule_block, strict=True))

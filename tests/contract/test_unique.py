@@ -162,7 +162,11 @@ def _key_records(run: Run[Any], broker: Broker) -> int:
         finally:
             conn.close()
     from conveyor.backends.redis import RedisBroker
+    from conveyor.backends.redis.sharded import ShardedRedisBroker
 
+    if isinstance(broker, ShardedRedisBroker):  # each queue keeps its own keys
+        sharded = broker
+        return sum(_key_records(run, sharded.shard(q)) for q in run(sharded._known()))
     assert isinstance(broker, RedisBroker)
 
     async def count() -> int:

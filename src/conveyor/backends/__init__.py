@@ -1,5 +1,6 @@
 """Storage backends, chosen by URL: ``sqlite:///path.db`` (default), ``redis://host:port/db``,
-``redis+cluster://host:port`` or ``redis+sentinel://host:port/service``."""
+``redis+cluster://host:port`` or ``redis+sentinel://host:port/service``; a Redis URL with
+``?shard=queue`` spreads the namespace by queue (see ``backends/redis/sharded.py``)."""
 
 from __future__ import annotations
 
@@ -26,6 +27,12 @@ def open_broker(url: str, namespace: str, retention: float) -> Broker:
                 f"{scheme}:// needs the Redis extra: pip install 'conveyor[redis]' "
                 f"({exc})") from None
 
+        from conveyor.backends.redis.deploy import shard_option
+
+        if shard_option(url)[1] is not None:  # ?shard=queue: see redis/sharded.py
+            from conveyor.backends.redis.sharded import ShardedRedisBroker
+
+            return ShardedRedisBroker(url, namespace, retention)
         return RedisBroker(url, namespace, retention)
     if scheme == "memory":  # tests in one process: see conveyor.backends.sqlite.memory
         from conveyor.backends.sqlite.memory import MemoryBroker

@@ -174,12 +174,15 @@ class _Connection:
 class RedisBroker(Broker):
     """Jobs of one namespace in Redis, under the hash tag ``{namespace}``."""
 
-    def __init__(self, url: str, namespace: str = "conveyor", retention: float = 7 * 86400):
+    def __init__(self, url: str, namespace: str = "conveyor", retention: float = 7 * 86400,
+                 tag: str | None = None):
         deploy.check_url(url)
         self.url = url
         self.retention = retention
         self.namespace = namespace
-        self.keys = Keys(namespace)
+        #: the keys, under the hash tag ``{namespace}`` (or ``{tag}``: one shard of a
+        #: namespace sharded by queue, see :mod:`.sharded`)
+        self.keys = Keys(namespace, tag)
         #: the namespace's layout was checked (and raised to this version's) by this broker
         self._layout_checked = False
         self._connections: dict[asyncio.AbstractEventLoop, _Connection] = {}

@@ -7,6 +7,10 @@
   master of SERVICE, found through Sentinel and followed through a failover: see
   :mod:`.sentinel`.
 
+Conveyor's own URL parameter ``shard=queue`` (see :mod:`.sharded`) spreads a namespace over
+the slots of a cluster, one hash tag per queue; :func:`shard_option` takes it out of the URL
+before redis-py sees it.
+
 The broker asks this module for two things: an asyncio client (:func:`async_client`, one
 per event loop) and a runner of scripts on blocking connections (:func:`blocking_scripts`,
 for ``enqueue`` called outside an event loop).
@@ -49,9 +53,39 @@ def kind(url: str) -> str:
             f"unsupported Redis URL scheme {scheme!r} in {redact_url(url)!r}") from None
 
 
+#: Conveyor's URL parameter that shards a namespace, and the values it takes
+SHARD_PARAM = "shard"
+SHARD_MODES = ("queue",)
+
+
+def shard_option(url: str) -> tuple[str, str | None]:
+    """``url`` without its ``shard`` parameter, and that parameter's value (None: not given);
+    a value other than those of :data:`SHARD_MODES` raises :class:`ConfigurationError`."""
+    base, sep, query = url.partition("?")
+    if not sep:
+        return url, None
+    kept, mode = [], None
+    for item in query.split("&"):
+        name, _, value = item.partition("=")
+        if name == SHARD_PARAM:
+            if value not in SHARD_MODES:
+                raise ConfigurationError(
+                    f"{redact_url(base)}: the URL parameter shard= takes "
+                    + " or ".join(SHARD_MODES) + f", not {value!r}")
+            mode = value
+        else:
+            kept.append(item)
+    return (base + "?" + "&".join(kept) if kept else base), mode
+
+
 def check_url(url: str) -> None:
     """Raise :class:`ConfigurationError` (without the password) for a URL that cannot be
-    taken apart: a bad port, an unclosed ``[``, a Sentinel URL without a service."""
+    taken apart: a bad port, an unclosed ``[``, a Sentinel URL without a service, or one
+    that names ``shard=`` (read by :func:`conveyor.backends.open_broker`, not by a plain
+    broker)."""
+    if shard_option(url)[1] is not None:
+        raise ConfigurationError(f"{redact_url(url)}: ?shard= is for open_broker (or "
+                                 "ShardedRedisBroker), not a plain RedisBroker")
     deployment = kind(url)
     if deployment == CLUSTER:
         from conveyor.backends.redis import cluster
@@ -116,5 +150,6 @@ def blocking_scripts(url: str) -> Scripts:
     return BlockingScripts(url)
 
 
-__all__ = ["CLUSTER", "SCHEMES", "SENTINEL", "SINGLE", "Scripts", "async_client",
-           "blocking_scripts", "check_url", "kind", "malformed"]
+__all__ = ["CLUSTER", "SCHEMES", "SENTINEL", "SHARD_MODES", "SHARD_PARAM", "SINGLE", "Scripts",
+           "async_client", "blocking_scripts", "check_url", "kind", "malformed",
+           "shard_option"]

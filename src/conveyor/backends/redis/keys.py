@@ -7,6 +7,10 @@ touch in KEYS, but for the keys of limits (``lane``, ``delayed``, ``cursors``, `
 so scripts name them from the namespace's prefix (``{ns}``, taken from the jobs hash's
 name in KEYS[1]); carrying the hash tag, they live in the same slot.
 
+A namespace sharded by queue (``?shard=queue``, see ``sharded.py``) is one such set of keys
+per queue, under the tag ``{namespace|queue}``, and one under ``{namespace}`` for what is
+namespace-wide.
+
 In the keys of limits, Q, N and G (a queue, a job name, a group) are each written as their
 byte length, ':' and themselves, one after the other (``{ns}:lane:Q:N`` in the table is
 ``{ns}:lane:7:default6:report``), so a ':' inside one cannot make two keys the same.
@@ -157,10 +161,11 @@ MAX_CACHED_GROUPS = 1024
 
 
 class Keys:
-    """Key names of one namespace."""
+    """Key names of one namespace (or, with ``tag``, of one shard of a namespace sharded
+    by queue: its keys carry the hash tag ``{tag}`` instead, see ``sharded.py``)."""
 
-    def __init__(self, namespace: str) -> None:
-        self.prefix = f"{{{namespace}}}"
+    def __init__(self, namespace: str, tag: str | None = None) -> None:
+        self.prefix = f"{{{namespace if tag is None else tag}}}"
         p = self.prefix
         self.jobs = f"{p}:jobs"
         self.queues = f"{p}:queues"

@@ -24,12 +24,19 @@ from conveyor.errors import ConfigurationError, NewerStore, redact_url
 
 #: the layout this version writes
 LAYOUT = 4
+#: what the layout script answers for a namespace sharded by queue: its layout key holds
+#: ``sharded N`` (N its layout), refused by a broker opened without ``?shard=queue``
+SHARDED = -2
 
 
 def check(found: int, namespace: str, url: str) -> None:
     """Raise :class:`NewerStore` when the layout ``found`` is newer than :data:`LAYOUT`, and
-    :class:`ConfigurationError` when the layout key holds no number (``found`` -1)."""
+    :class:`ConfigurationError` when the layout key holds no number (``found`` -1) or marks
+    a namespace sharded by queue (``found`` -2, see :mod:`.sharded`)."""
     where = f"Redis namespace {namespace!r} at {redact_url(url)}"
+    if found == SHARDED:
+        raise ConfigurationError(f"{where} is sharded by queue: open it with ?shard=queue in "
+                                 "the URL")
     if found < 0:
         raise ConfigurationError(f"{where}: its layout key holds no layout number; it was "
                                  "not written by Conveyor")

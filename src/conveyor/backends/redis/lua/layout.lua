@@ -5,14 +5,19 @@
 -- ARGV: 1 the layout the caller writes, then the queue names the caller read from the
 --       queues set.
 -- Returns: the layout found (0: a new namespace; 1: one made before layouts were
---       numbered, which has jobs but no layout key; -1: the key holds no number). When it
+--       numbered, which has jobs but no layout key; -1: the key holds no number; -2: the
+--       namespace is sharded by queue). When it
 --       is older than ARGV[1] its data is moved and the key set to ARGV[1]; a newer one is
 --       left as it is (the caller refuses the store). When a step needs the queues' keys
 --       and the queues given are not those of the set, nothing changes and the reply is
 --       {the queue names}: the caller calls again with their keys.
 local raw = redis.call('GET', KEYS[1])
 local found = tonumber(raw)
-if raw and not found then return -1 end  -- not a layout this or any version writes
+if raw and not found then
+  -- 'sharded N': the home keys of a namespace sharded by queue (see sharded.py)
+  if string.sub(raw, 1, 8) == 'sharded ' then return -2 end
+  return -1  -- not a layout this or any version writes
+end
 if not found then
   found = redis.call('EXISTS', KEYS[2]) == 1 and 1 or 0
 end

@@ -1,0 +1,13 @@
+-- Mark a namespace sharded by queue (see sharded.py) if it holds nothing yet.
+-- KEYS: 1 the layout key, 2 the jobs hash, 3 the queues set (the home's).
+-- ARGV: 1 the layout the caller writes.
+-- Returns: what the layout key holds ('sharded N' for a sharded namespace, a number for a
+--       plain one), or 'plain' for a plain namespace made before layouts were numbered.
+local raw = redis.call('GET', KEYS[1])
+if raw then return raw end
+if redis.call('EXISTS', KEYS[2]) == 1 or redis.call('EXISTS', KEYS[3]) == 1 then
+  return 'plain'
+end
+raw = 'sharded ' .. ARGV[1]
+redis.call('SET', KEYS[1], raw)
+return raw

@@ -1,0 +1,302 @@
+"""A Redis namespace sharded by queue (``?shard=queue``) on one real ``redis-server``: its keys
+carry one hash tag per queue, every call's keys share one slot, the choice is recorded and
+enforced, and a real worker drains a sharded namespace. (The contract suite runs on it too:
+the ``sharded`` backend of ``tests/contract``.)"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from redis.crc import key_slot
+
+from conftest import TESTS, cli_env
+from conveyor import Conveyor, JobState
+from conveyor.backends import open_broker
+from conveyor.backends.redis import RedisBroker
+from conveyor.backends.redis.deploy import shard_option
+from conveyor.backends.redis.keys import Keys
+from conveyor.backends.redis.sharded import ShardedRedisBroker, shard_tag
+from conveyor.errors import ConfigurationError
+from conveyor.ids import new_id
+from conveyor.job import JobRecord, Outcome, OutcomeKind, WorkerInfo
+from polling import wait_until
+from redis_server import RedisServer
+
+
+def _run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+def _namespace() -> str:
+    return f"t{new_id().lower()}"
+
+
+def _job(queue: str) -> JobRecord:
+    now = time.time()
+    return JobRecord(id=new_id(now), name="tasks.work", queue=queue, state=JobState.QUEUED,
+                     args=[], kwargs={}, created_at=now, run_at=now)
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server.url
+    server.stop()
+
+
+# -- the option -------------------------------------------------------------------------------
+
+
+def test_the_option_is_taken_out_of_the_url_and_checked() -> None:
+    assert shard_option("redis://h:1/0") == ("redis://h:1/0", None)
+    assert shard_option("redis://h:1/0?shard=queue") == ("redis://h:1/0", "queue")
+    assert shard_option("redis://:pw@h:1/0?socket_timeout=3&shard=queue&x=1") == (
+        "redis://:pw@h:1/0?socket_timeout=3&x=1", "queue")
+    with pytest.raises(ConfigurationError, match="shard= takes queue") as raised:
+        shard_option("redis://:secret@h:1?shard=job")
+    assert "secret" not in str(raised.value)
+    with pytest.raises(ConfigurationError, match="open_broker"):
+        RedisBroker("redis://h:1/0?shard=queue")
+    assert isinstance(open_broker("redis://h:1/0?shard=queue", "ns", 60), ShardedRedisBroker)
+    assert type(open_broker("redis://h:1/0", "ns", 60)) is RedisBroker
+
+
+def test_keys_of_a_plain_namespace_are_unchanged_and_shards_carry_their_tag() -> None:
+    assert Keys("ns").prefix == "{ns}" and Keys("ns").jobs == "{ns}:jobs"
+    assert Keys("ns", shard_tag("ns", "mail")).waiting("mail") == "{ns|mail}:q:mail:waiting"
+    # braces and % of a queue name are escaped: the tag stays whole, names stay apart
+    assert shard_tag("ns", "a}b{%") == "ns|a%7Db%7B%25"
+    assert shard_tag("ns", "a%7D") != shard_tag("ns", "a}")
+
+
+# -- the choice is recorded -----------------------------------------------------------------
+
+
+def test_a_sharded_namespace_refuses_a_plain_broker_and_the_reverse(redis_url: str) -> None:
+    sharded_ns, plain_ns = _namespace(), _namespace()
+
+    async def scenario() -> None:
+        sharded = ShardedRedisBroker(redis_url + "?shard=queue", sharded_ns)
+        await sharded.open()
+        await sharded.close()
+        plain = RedisBroker(redis_url, sharded_ns)
+        with pytest.raises(ConfigurationError, match=r"sharded by queue: open it with "
+                                                     r"\?shard=queue"):
+            await plain.open()
+        await plain.close()
+        other = RedisBroker(redis_url, plain_ns)
+        await other.open()
+        await other.close()
+        wrong = ShardedRedisBroker(redis_url + "?shard=queue", plain_ns)
+        with pytest.raises(ConfigurationError, match="is not sharded"):
+            await wrong.open()
+        await wrong.close()
+
+    _run(scenario())
+
+
+def test_a_blocking_enqueue_is_refused_by_a_sharded_namespace_too(redis_url: str) -> None:
+    namespace = _namespace()
+    _run(_open_close(ShardedRedisBroker(redis_url + "?shard=queue", namespace)))
+    app = Conveyor(url=redis_url, namespace=namespace)
+    try:
+        with pytest.raises(ConfigurationError, match="sharded by queue"):
+            app.enqueue("anything")
+    finally:
+        app.close()
+
+
+async def _open_close(broker: ShardedRedisBroker) -> None:
+    await broker.open()
+    await broker.close()
+
+
+# -- where the keys go ----------------------------------------------------------------------
+
+
+class Monitor:
+    """The commands a Redis server runs while it is on (MONITOR on a socket of its own,
+    read by a thread), each as its list of arguments."""
+
+    def __init__(self, url: str) -> None:
+        host, port = url.split("//", 1)[1].split("/")[0].split(":")
+        self.sock = socket.create_connection((host, int(port)))
+        self.sock.sendall(b"MONITOR\r\n")
+        self.commands: list[list[str]] = []
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+        self.url = url
+
+    def _read(self) -> None:
+        buffer = b""
+        while True:
+            try:
+                chunk = self.sock.recv(65536)
+            except OSError:
+                return
+            if not chunk:
+                return
+            buffer += chunk
+            *lines, buffer = buffer.split(b"\r\n")
+            for line in lines:
+                if line.startswith(b"+") and b"] " in line:
+                    args = line.split(b"] ", 1)[1].decode("utf-8", "replace")
+                    self.commands.append([_unquote(a) for a in _ARG.findall(args)])
+
+    def stop(self) -> None:
+        client = redis.Redis.from_url(self.url)
+        client.execute_command("ECHO", "monitor-end")
+        client.close()
+        wait_until(lambda: any(c[:2] == ["ECHO", "monitor-end"] for c in self.commands),
+                   what="the monitor to catch up")
+        self.sock.close()
+        self._thread.join(10)
+
+
+_ARG = re.compile(r'"((?:[^"\\]|\\.)*)"')
+
+
+def _unquote(text: str) -> str:
+    return re.sub(r"\\(.)", r"\1", text)
+
+
+def _keys_of(command: list[str]) -> list[str]:
+    """The keys a script call or a blocking pop names."""
+    name = command[0].upper()
+    if name in ("EVALSHA", "EVAL"):
+        return command[3:3 + int(command[2])]
+    if name == "BLPOP":
+        return command[1:-1]
+    return []
+
+
+def test_every_script_call_names_the_keys_of_one_slot(redis_url: str) -> None:
+    namespace = _namespace()
+    queues = ["mail", "report", "odd}name"]
+
+    async def work() -> None:
+        broker = ShardedRedisBroker(redis_url + "?shard=queue", namespace, retention=60)
+        await broker.open()
+        jobs = [_job(q) for q in queues for _ in range(3)]
+        await broker.enqueue(jobs, {})
+        worker_info = _worker(queues)
+        await broker.heartbeat(worker_info, {}, 30)
+        claimed = await broker.claim(worker_info.id, queues, 9, 30)
+        assert {j.queue for j in claimed} == set(queues)
+        beat = await broker.heartbeat(worker_info, {j.id: j.attempts for j in claimed}, 30)
+        assert not beat.lost
+        await broker.settle([Outcome(j.id, worker_info.id, OutcomeKind.SUCCEEDED, 0.0,
+                                     result_json="1", attempt=j.attempts)  # queue unknown
+                             for j in claimed])
+        await broker.wait_for_work(queues, 0.05)
+        await broker.recover_expired(3)
+        await broker.promote_scheduled()
+        await broker.purge_expired()
+        assert {q: c["succeeded"] for q, c in (await broker.counts()).items()} == \
+            dict.fromkeys(queues, 3)
+        await broker.close()
+
+    monitor = Monitor(redis_url)
+    try:
+        _run(work())
+    finally:
+        monitor.stop()
+    calls = [c for c in monitor.commands if any(namespace in k for k in _keys_of(c))]
+    assert sum(c[0].upper() in ("EVALSHA", "EVAL") for c in calls) >= 10
+    assert any(c[0].upper() == "BLPOP" for c in calls)
+    tags = set()
+    for command in calls:
+        keys = _keys_of(command)
+        assert len({key_slot(k.encode()) for k in keys}) == 1, command
+        tags.add(keys[0][1:keys[0].index("}")])
+    assert tags == {namespace, *(shard_tag(namespace, q).split("}")[0] for q in queues)}
+    # a queue's keys live in its own slot (one in three for these names, at random)
+    every_key = redis.Redis.from_url(redis_url).keys(f"*{namespace}*")
+    assert {k.decode().split("}")[0] + "}" for k in every_key} >= \
+        {"{" + shard_tag(namespace, "mail") + "}", "{" + shard_tag(namespace, "report") + "}"}
+
+
+def _worker(queues: list[str]) -> WorkerInfo:
+    return WorkerInfo(id=f"w-{new_id()}", host="h", pid=1, queues=queues, concurrency=4,
+                      min_concurrency=1, max_concurrency=4, busy=0, processed=0, failed=0,
+                      started_at=time.time())
+
+
+def test_by_id_operations_find_a_job_in_its_queue(redis_url: str) -> None:
+    namespace = _namespace()
+
+    async def work() -> None:
+        broker = ShardedRedisBroker(redis_url + "?shard=queue", namespace)
+        await broker.open()
+        first, second = _job("a"), _job("b")
+        await broker.enqueue([first, second], {})
+        other = ShardedRedisBroker(redis_url + "?shard=queue", namespace)  # knows no queue
+        await other.open()
+        found = await other.get(second.id)
+        assert found is not None and found.queue == "b"
+        cancelled = await other.cancel(first.id)
+        assert cancelled is not None and cancelled.state is JobState.CANCELLED
+        assert await other.get("no-such-job") is None
+        assert await other.delete(first.id)
+        assert set(await other.counts()) == {"b"}
+        listed = await other.list_jobs(limit=1)
+        assert [j.id for j in listed] == [second.id]
+        assert await other.list_jobs(limit=1, cursor=second.id) == []
+        await other.close()
+        await broker.close()
+
+    _run(work())
+
+
+# -- a real worker --------------------------------------------------------------------------
+
+
+def test_a_worker_drains_a_sharded_namespace(redis_url: str, tmp_path: Path) -> None:
+    import rjobs
+
+    url = redis_url + "?shard=queue"
+    rjobs.app.use_url(url)
+    rjobs.app.namespace = _namespace()
+    queues = ["alpha", "beta", "gamma"]
+    proc: subprocess.Popen[bytes] | None = None
+    try:
+        handles = [h for n, q in enumerate(queues)
+                   for h in rjobs.app.enqueue_many(
+                       "pause", [(100 * n + i, 0.0) for i in range(20)], queue=q)]
+        assert isinstance(rjobs.app.broker, ShardedRedisBroker)
+        log = (tmp_path / "worker.log").open("wb")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "conveyor", "worker", "rjobs:app", "--url", url,
+             "--namespace", rjobs.app.namespace, "--queues", ",".join(queues),
+             "--processes", "2", "--max-workers", "4"],
+            cwd=TESTS, env=cli_env(), stdout=log, stderr=subprocess.STDOUT)
+
+        def done() -> bool:
+            counts = rjobs.app.run_sync(rjobs.app.broker.counts())
+            return all(counts.get(q, {}).get("succeeded") == 20 for q in queues)
+
+        wait_until(done, timeout=120, what="the worker to drain three queues")
+        assert sorted(h.result() for h in handles) == sorted(
+            100 * n + i for n in range(len(queues)) for i in range(20))
+        workers = rjobs.app.run_sync(rjobs.app.broker.workers())
+        assert workers and all(set(w.queues) == set(queues) for w in workers)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0, (tmp_path / "worker.log").read_text()
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        rjobs.app.close()
+        rjobs.app._broker = None
