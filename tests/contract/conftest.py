@@ -59,11 +59,25 @@ def _redis_factory(tmp_path: Path) -> Factory:
     return make
 
 
+def _sentinel_factory(tmp_path: Path) -> Factory:
+    from conveyor.backends.redis import RedisBroker
+    from redis_sentinel import shared_sentinel_url
+
+    url = shared_sentinel_url()
+    namespace = f"t{new_id().lower()}"
+
+    def make(retention: float = RETENTION) -> Broker:
+        return RedisBroker(url, namespace=namespace, retention=retention)
+
+    return make
+
+
 #: backend name -> function of the test's ``tmp_path`` returning a broker factory.
 #: Every broker a factory makes for one test must share that test's storage (and namespace).
 FACTORIES: dict[str, Callable[[Path], Factory]] = {
     "sqlite": _sqlite_factory,
     "redis": _redis_factory,
+    "sentinel": _sentinel_factory,
 }
 
 

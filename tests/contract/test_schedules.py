@@ -269,7 +269,12 @@ def plant(broker: Broker, name: str, values: dict[str, Any]) -> None:
     assert isinstance(broker, RedisBroker)
     parts = dict(zip(("record", "paused", "last_tick", "next_tick", "last_job", "seen_at"),
                      broker.keys.schedule_block, strict=True))
-    client = redis.Redis.from_url(broker.url)
+    if broker.url.split(":", 1)[0].endswith("+sentinel"):
+        from conveyor.backends.redis.sentinel import blocking_client
+
+        client = blocking_client(broker.url)
+    else:
+        client = redis.Redis.from_url(broker.url)
     for column, value in values.items():
         client.hset(parts[column], name, value)
     client.close()

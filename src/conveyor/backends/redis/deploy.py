@@ -51,8 +51,12 @@ def kind(url: str) -> str:
 
 def check_url(url: str) -> None:
     """Raise :class:`ConfigurationError` (without the password) for a URL that cannot be
-    taken apart: a bad port, an unclosed ``[``, a Sentinel URL without a service."""
+    taken apart: a bad port, an unclosed ``[``, a Sentinel URL without a service, bad
+    ``replicas``/``replicas_timeout`` parameters (see :mod:`.replicas`)."""
     deployment = kind(url)
+    from conveyor.backends.redis import replicas
+
+    url = replicas.split(url)[0] if deployment != SENTINEL else url
     if deployment == CLUSTER:
         from conveyor.backends.redis import cluster
 
@@ -90,11 +94,12 @@ def async_client(url: str) -> Any:
         return sentinel.async_client(url)
     import redis.asyncio as aioredis
 
+    from conveyor.backends.redis import replicas
     from conveyor.backends.redis.client import TEXT_ERRORS, pack_with_hiredis
 
     client = aioredis.Redis.from_url(
-        url, decode_responses=True, encoding_errors=TEXT_ERRORS, health_check_interval=10,
-        socket_keepalive=True,
+        replicas.split(url)[0], decode_responses=True, encoding_errors=TEXT_ERRORS,
+        health_check_interval=10, socket_keepalive=True,
     )
     pack_with_hiredis(client)
     return client
@@ -111,9 +116,11 @@ def blocking_scripts(url: str) -> Scripts:
         from conveyor.backends.redis import sentinel
 
         return sentinel.blocking_scripts(url)
+    from conveyor.backends.redis import replicas
     from conveyor.backends.redis.client import BlockingScripts
 
-    return BlockingScripts(url)
+    base, wait = replicas.split(url)
+    return BlockingScripts(base, wait=wait)
 
 
 __all__ = ["CLUSTER", "SCHEMES", "SENTINEL", "SINGLE", "Scripts", "async_client",
