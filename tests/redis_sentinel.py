@@ -11,10 +11,12 @@ the sentinels see it, a replica of the new one.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -67,13 +69,60 @@ class SentinelServer(RedisServer):
         raise RuntimeError(f"redis-sentinel did not start; see {self.directory}")
 
 
+class Relay:
+    """A TCP relay on a free port of 127.0.0.1 to ``target_port``: the replication link of
+    a replica. :meth:`cut` drops from then on what crosses it either way, as a network
+    partition between the master and that replica would (the connection stays open)."""
+
+    def __init__(self, target_port: int) -> None:
+        self.port = free_port()
+        self.target_port = target_port
+        self._cut = threading.Event()
+        self._sockets: list[socket.socket] = []
+        self._server = socket.create_server(("127.0.0.1", self.port))
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def cut(self) -> None:
+        self._cut.set()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                near, _ = self._server.accept()
+                far = socket.create_connection(("127.0.0.1", self.target_port))
+            except OSError:
+                return
+            self._sockets += [near, far]
+            for src, dst in ((near, far), (far, near)):
+                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                if not self._cut.is_set():
+                    dst.sendall(data)
+        except OSError:
+            pass
+        for sock in (src, dst):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self._server.close()
+        for sock in self._sockets:
+            sock.close()
+
+
 class SentinelGroup:
     """A master, ``replicas`` replicas and ``sentinels`` sentinels (quorum 2)."""
 
     def __init__(self, replicas: int = 1, sentinels: int = 3, server_extra: Sequence[str] = (),
                  down_after_ms: int = 1000, failover_timeout_ms: int = 3000,
                  sentinel_password: str | None = None,
-                 password: str | None = None) -> None:
+                 password: str | None = None, relayed: bool = False) -> None:
+        """``relayed``: the replicas replicate through a :class:`Relay` each (see
+        :attr:`relays`), which the sentinels would set right after ``failover_timeout_ms``
+        (they point replicas that name another master at the real one)."""
         self.directory = Path(tempfile.mkdtemp(prefix="conveyor-sentinel-"))
         self.service = SERVICE
         self.sentinel_password = sentinel_password
@@ -82,10 +131,12 @@ class SentinelGroup:
         server_extra = ["--repl-diskless-sync-delay", "0", *server_extra]
         self.password = password
         self.servers = [RedisServer(self._dir("server-0"), port, extra=server_extra)]
+        self.relays = [Relay(port) for _ in range(replicas)] if relayed else []
         for n in range(1, replicas + 1):
+            upstream = self.relays[n - 1].port if relayed else port
             self.servers.append(RedisServer(
                 self._dir(f"server-{n}"), free_port(),
-                extra=[*server_extra, "--replicaof", "127.0.0.1", str(port)]))
+                extra=[*server_extra, "--replicaof", "127.0.0.1", str(upstream)]))
         self.sentinels = [
             SentinelServer(self._dir(f"sentinel-{n}"), port, self.service, down_after_ms,
                            failover_timeout_ms, sentinel_password, password)
@@ -219,6 +270,8 @@ class SentinelGroup:
     def remove(self) -> None:
         for node in [*self.sentinels, *self.servers]:
             node.stop()
+        for relay in self.relays:
+            relay.close()
         shutil.rmtree(self.directory, ignore_errors=True)
 
 

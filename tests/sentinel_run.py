@@ -9,9 +9,14 @@ once the sentinels promote the replica, the old master is started again on its d
 replica of the new one (what it held that the new master lacks is dropped in the sync). The
 producers go on a while, stop, and the run waits for the workers to finish what is stored.
 
-Settings (:data:`SETTINGS`): ``async`` (plain asynchronous replication), ``min-replicas``
-(``min-replicas-to-write 1``, ``min-replicas-max-lag 10`` on every server) and ``wait``
-(``?replicas=1&replicas_timeout=1`` on the URL: each write waits for the replica).
+Settings (:data:`SETTINGS`): ``async`` (plain asynchronous replication),
+``min-replicas-lag10`` and ``min-replicas-lag1`` (``min-replicas-to-write 1`` and
+``min-replicas-max-lag`` 10 or 1 on every server) and ``wait`` (``?replicas=1&
+replicas_timeout=1`` on the URL: each write waits for the replica).
+
+With ``partition`` seconds, the replica's link to the master is cut that long before the
+kill (:class:`~redis_sentinel.Relay`): the replica falls behind, as it would behind a
+slow or broken network, while the sentinels still see both.
 """
 
 from __future__ import annotations
@@ -36,7 +41,9 @@ TESTS = Path(__file__).parent
 #: setting -> (extra redis-server arguments, URL query)
 SETTINGS: dict[str, tuple[list[str], str]] = {
     "async": ([], ""),
-    "min-replicas": (["--min-replicas-to-write", "1", "--min-replicas-max-lag", "10"], ""),
+    "min-replicas-lag10": (["--min-replicas-to-write", "1", "--min-replicas-max-lag", "10"],
+                           ""),
+    "min-replicas-lag1": (["--min-replicas-to-write", "1", "--min-replicas-max-lag", "1"], ""),
     "wait": ([], "replicas=1&replicas_timeout=1"),
 }
 
@@ -46,6 +53,8 @@ class Figures:
     """What one run measured."""
 
     setting: str
+    #: seconds the replica was cut off before the kill
+    partition: float = 0.0
     #: enqueues acknowledged to a producer
     acked: int = 0
     #: acknowledged jobs the store no longer has after the failover
@@ -83,8 +92,9 @@ class _Producer:
         self.errors: list[str] = []
         self.thread = threading.Thread(target=self._main, daemon=True)
 
-    def _note(self, fd: int, job_id: str) -> None:
-        os.write(fd, f"ack {job_id} {time.time():.6f}\n".encode())
+    def _note(self, fd: int, job_id: str, started: float) -> None:
+        """Note an acknowledged id: when its last attempt started, and when it returned."""
+        os.write(fd, f"ack {job_id} {started:.6f} {time.time():.6f}\n".encode())
         os.fsync(fd)
 
     def _failed(self, exc: Exception) -> None:
@@ -110,6 +120,7 @@ class _Producer:
         while not self.stop.is_set():
             job_id, n = new_id(), n + 1
             while not self.stop.is_set():
+                started = time.time()
                 try:
                     self.app.enqueue_call("record", [n], {}, job_id=job_id)
                 except DuplicateJob:  # an earlier attempt stored it; only its reply was lost
@@ -118,7 +129,7 @@ class _Producer:
                     self._failed(exc)
                     time.sleep(0.05)
                     continue
-                self._note(fd, job_id)
+                self._note(fd, job_id, started)
                 break
 
     async def _async(self, fd: int) -> None:
@@ -126,6 +137,7 @@ class _Producer:
         while not self.stop.is_set():
             job_id, n = new_id(), n + 1
             while not self.stop.is_set():
+                started = time.time()
                 try:
                     await self.app.enqueue_call_async("record", [n], {}, job_id=job_id)
                 except DuplicateJob:
@@ -134,29 +146,31 @@ class _Producer:
                     self._failed(exc)
                     await asyncio.sleep(0.05)
                     continue
-                self._note(fd, job_id)
+                self._note(fd, job_id, started)
                 break
         await self.app.broker.close()
 
 
-def _lines(path: Path) -> list[tuple[str, str, float]]:
+def _lines(path: Path) -> list[tuple[str, str, float, float]]:
+    """A ledger's lines: kind, job id, and one or two times (the first repeated)."""
     if not path.exists():
         return []
     rows = []
     for line in path.read_text().splitlines():
-        kind, job_id, at = line.split()
-        rows.append((kind, job_id, float(at)))
+        kind, job_id, *times = line.split()
+        rows.append((kind, job_id, float(times[0]), float(times[-1])))
     return rows
 
 
 def failover_run(setting: str, directory: Path, before: float = 1.5, after: float = 2.0,
-                 drain: float = 30.0) -> Figures:
+                 drain: float = 30.0, partition: float = 0.0) -> Figures:
     """Run once with ``setting`` (a key of :data:`SETTINGS`); files go in ``directory``."""
     import sentineljobs
 
     extra, query = SETTINGS[setting]
-    figures = Figures(setting)
-    group = SentinelGroup(replicas=1, server_extra=extra).start()
+    figures = Figures(setting, partition)
+    group = SentinelGroup(replicas=1, server_extra=extra, relayed=partition > 0,
+                          failover_timeout_ms=60000 if partition > 0 else 3000).start()
     ledger = directory / "jobs.ledger"
     acks = {blocking: directory / f"acks-{'blocking' if blocking else 'async'}.ledger"
             for blocking in (True, False)}
@@ -181,6 +195,9 @@ def failover_run(setting: str, directory: Path, before: float = 1.5, after: floa
         for producer in producers:
             producer.thread.start()
         time.sleep(before)
+        if partition > 0:
+            group.relays[0].cut()
+            time.sleep(partition)
         old = group.kill_master()
         killed_at, killed_mono = time.time(), time.monotonic()
         new = group.wait_failover(old.port)
@@ -222,20 +239,22 @@ def _wait_drained(app: Conveyor, timeout: float) -> None:
         time.sleep(0.2)
 
 
-def _measure(app: Conveyor, figures: Figures, acks: list[list[tuple[str, str, float]]],
-             runs: list[tuple[str, str, float]], killed_at: float) -> None:
+def _measure(app: Conveyor, figures: Figures,
+             acks: list[list[tuple[str, str, float, float]]],
+             runs: list[tuple[str, str, float, float]], killed_at: float) -> None:
     """Fill ``figures`` from the producers' ledgers, the jobs' ledger and the store."""
-    acked = {job_id for ledger in acks for _, job_id, _ in ledger}
+    acked = {job_id for ledger in acks for _, job_id, _, _ in ledger}
     figures.acked = len(acked)
 
     async def read() -> dict[str, JobState | None]:
-        ids = sorted(acked)
-        found = await asyncio.gather(*(app.broker.get(i) for i in ids))
+        ids, found = sorted(acked), []
+        for start in range(0, len(ids), 50):  # fewer at once than the client's connections
+            found += await asyncio.gather(*(app.broker.get(i) for i in ids[start:start + 50]))
         return {i: (r.state if r is not None else None) for i, r in zip(ids, found, strict=True)}
 
     states = app.run_sync(read())
-    starts = Counter(job_id for kind, job_id, _ in runs if kind == "start")
-    ended = {job_id for kind, job_id, _ in runs if kind == "end"}
+    starts = Counter(job_id for kind, job_id, _, _ in runs if kind == "start")
+    ended = {job_id for kind, job_id, _, _ in runs if kind == "end"}
     lost = {i for i, state in states.items() if state is None}
     figures.lost = len(lost)
     figures.lost_ran = len(lost & set(starts))
@@ -245,11 +264,12 @@ def _measure(app: Conveyor, figures: Figures, acks: list[list[tuple[str, str, fl
                              if s is not None and s is not JobState.SUCCEEDED)
     figures.duplicates = sum(1 for count in starts.values() if count > 1)
     figures.most_runs = max(starts.values(), default=0)
-    firsts = [min((at for _, _, at in ledger if at > killed_at), default=None)
+    firsts = [min((done for _, _, _, done in ledger if done > killed_at), default=None)
               for ledger in acks]
     if all(first is not None for first in firsts):
         figures.producers_resumed = max(f for f in firsts if f is not None) - killed_at
-    # a job finished that was enqueued after the kill: claimed from the new master
-    enqueued_after = {job_id for ledger in acks for _, job_id, at in ledger if at > killed_at}
-    done = [at for kind, job_id, at in runs if kind == "end" and job_id in enqueued_after]
+    # a job finished whose enqueue started after the kill: stored on the new master
+    enqueued_after = {job_id for ledger in acks for _, job_id, started, _ in ledger
+                      if started > killed_at}
+    done = [at for kind, job_id, at, _ in runs if kind == "end" and job_id in enqueued_after]
     figures.workers_resumed = (min(done) - killed_at) if done else None

@@ -62,7 +62,8 @@ class ReplicasUnconfirmed(StoreUnavailable):
 
 @dataclass(frozen=True)
 class Wait:
-    """``WAIT replicas timeout`` after each waited write to the store at ``url``."""
+    """``WAIT replicas timeout`` after each waited write to the store at ``url`` (kept
+    without credentials)."""
 
     url: str
     replicas: int
@@ -119,7 +120,7 @@ def _wait(url: str, given: dict[str, str]) -> Wait | None:
             f"seconds > 0 and <= {MOST_TIMEOUT:g}")
     if TIMEOUT in given and REPLICAS not in given:
         raise ConfigurationError(f"{redact_url(url)}: {TIMEOUT} needs {REPLICAS}=N")
-    return Wait(url, replicas, timeout) if replicas else None
+    return Wait(redact_url(url), replicas, timeout) if replicas else None
 
 
 class WaitingScript:

@@ -40,9 +40,9 @@ class Target:
     db: int = 0
     tls: bool = False
     username: str | None = None
-    password: str | None = None
-    #: connection arguments for the sentinels themselves
-    sentinel_kwargs: dict[str, Any] = field(default_factory=dict)
+    password: str | None = field(default=None, repr=False)
+    #: connection arguments for the sentinels themselves (their password among them)
+    sentinel_kwargs: dict[str, Any] = field(default_factory=dict, repr=False)
 
 
 def _malformed(url: str, why: str) -> ConfigurationError:
