@@ -269,7 +269,7 @@ class SentinelGroup:
 
     def remove(self) -> None:
         for node in [*self.sentinels, *self.servers]:
-            node.stop()
+            node.kill()  # a replica writing its first AOF ignores SIGTERM for a while
         for relay in self.relays:
             relay.close()
         shutil.rmtree(self.directory, ignore_errors=True)

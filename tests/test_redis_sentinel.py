@@ -185,7 +185,7 @@ def test_an_unconfirmed_write_raises_and_a_retry_with_its_id_is_deduplicated(
                 assert client.hexists(keys.jobs, job_id)
     finally:
         app.close()
-        replica.stop()
+        replica.kill()  # a replica writing its first AOF ignores SIGTERM for a while
 
 
 def test_an_acknowledged_write_is_on_the_replica(tmp_path: Path) -> None:
@@ -214,7 +214,7 @@ def test_an_acknowledged_write_is_on_the_replica(tmp_path: Path) -> None:
                     assert client.hexists(keys.jobs, handle.id)
     finally:
         app.close()
-        replica.stop()
+        replica.kill()  # a replica writing its first AOF ignores SIGTERM for a while
         master.stop()
 
 
