@@ -49,6 +49,7 @@ BAD_URLS = [
     ("redis://:pw-3%2Fx%40y@127.0.0.1:1/0?replicas=1&replicas_timeout=0", "replicas must be"),
     ("redis://:pw-3%2Fx%40y@127.0.0.1:1/0?replicas=1&replicas_timeout=9", "replicas must be"),
     ("redis://:pw-3%2Fx%40y@127.0.0.1:1/0?replicas_timeout=1", "needs replicas=N"),
+    ("redis+cluster://:pw-3%2Fx%40y@127.0.0.1:1?replicas=1", "not supported with Redis Cluster"),
 ]
 
 

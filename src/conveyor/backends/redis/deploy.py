@@ -7,6 +7,9 @@
   master of SERVICE, found through Sentinel and followed through a failover: see
   :mod:`.sentinel`.
 
+Any of them takes ``?replicas=N&replicas_timeout=SECONDS`` (writes wait for N replicas: see
+:mod:`.replicas`), except Redis Cluster.
+
 The broker asks this module for two things: an asyncio client (:func:`async_client`, one
 per event loop) and a runner of scripts on blocking connections (:func:`blocking_scripts`,
 for ``enqueue`` called outside an event loop).
@@ -56,6 +59,9 @@ def check_url(url: str) -> None:
     deployment = kind(url)
     from conveyor.backends.redis import replicas
 
+    if deployment == CLUSTER and replicas.split(url)[1] is not None:
+        raise ConfigurationError(f"{redact_url(url)}: {replicas.REPLICAS}= is not supported "
+                                 "with Redis Cluster")
     url = replicas.split(url)[0] if deployment != SENTINEL else url
     if deployment == CLUSTER:
         from conveyor.backends.redis import cluster
