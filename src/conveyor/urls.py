@@ -11,6 +11,7 @@ is still cut at its last ``@``, so a typo never shows a password.
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 from urllib.parse import unquote
 
 MASK = "***"
@@ -71,4 +72,23 @@ def redact(text: str, url: str) -> str:
     return text
 
 
-__all__ = ["MASK", "redact", "redact_url", "secrets_of"]
+def take_parameters(url: str, names: Collection[str]) -> tuple[str, dict[str, str]]:
+    """``url`` without its query parameters named in ``names`` (Conveyor's own, which a
+    driver must not see), and their values, percent-decoded; the other parameters are kept
+    as written."""
+    base, sep, rest = url.partition("?")
+    if not sep:
+        return url, {}
+    query, hash_, fragment = rest.partition("#")
+    kept: list[str] = []
+    taken: dict[str, str] = {}
+    for item in query.split("&"):
+        name, _, value = item.partition("=")
+        if unquote(name) in names:
+            taken[unquote(name)] = unquote(value)
+        elif item:
+            kept.append(item)
+    return base + ("?" + "&".join(kept) if kept else "") + hash_ + fragment, taken
+
+
+__all__ = ["MASK", "redact", "redact_url", "secrets_of", "take_parameters"]

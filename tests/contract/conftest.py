@@ -103,6 +103,19 @@ def _sharded(url: str) -> Factory:
     return make
 
 
+def _sentinel_factory(tmp_path: Path) -> Factory:
+    from conveyor.backends.redis import RedisBroker
+    from redis_sentinel import shared_sentinel_url
+
+    url = shared_sentinel_url()
+    namespace = f"t{new_id().lower()}"
+
+    def make(retention: float = RETENTION) -> Broker:
+        return RedisBroker(url, namespace=namespace, retention=retention)
+
+    return make
+
+
 #: tests whose semantics change on a namespace sharded by queue (see
 #: conveyor.backends.redis.sharded), skipped for the "sharded" backend, with the reason
 NOT_SHARDED = {
@@ -124,6 +137,7 @@ FACTORIES: dict[str, Callable[[Path], Factory]] = {
     "cluster": _cluster_factory,
     "sharded": _sharded_factory,
     "sharded-cluster": _sharded_cluster_factory,
+    "sentinel": _sentinel_factory,
 }
 
 
@@ -222,11 +236,17 @@ def make_job(
 
 def raw_redis(url: str) -> Any:
     """A blocking redis-py client (replies as bytes) for the Redis ``url`` of a broker, to
-    write behind its back; a cluster-aware one for ``redis+cluster://``."""
+    write behind its back; a cluster-aware one for ``redis+cluster://``, the master's for
+    ``redis+sentinel://`` (its replies as text)."""
     import redis
 
-    if "+cluster://" in url.split("//", 1)[0] + "//":
+    scheme = url.split("://", 1)[0]
+    if scheme.endswith("+cluster"):
         return redis.RedisCluster.from_url(url.replace("+cluster", "", 1))
+    if scheme.endswith("+sentinel"):
+        from conveyor.backends.redis.sentinel import blocking_client
+
+        return blocking_client(url)
     return redis.Redis.from_url(url)
 
 

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 from conveyor.backends.base import Beat, Broker, Recovery
 from conveyor.backends.outage import Outage, outage
-from conveyor.backends.redis import codec, deploy, layout
+from conveyor.backends.redis import codec, deploy, layout, replicas
 from conveyor.backends.redis.keys import Keys, lane_field
 from conveyor.backends.redis.layout import LAYOUT
 from conveyor.backends.redis.scripts import register_all
@@ -77,6 +77,7 @@ BUSY_REPLIES = {
     "LOADING": "Redis is loading its data",
     "BUSY": "Redis is busy running a script",
     "MASTERDOWN": "Redis has lost its primary",
+    "NOREPLICAS": "Redis has too few replicas in sync to write",
     "TRYAGAIN": "Redis asks to try again",
 }
 #: Redis Cluster trouble that passes once a failover or a slot's move is over (redis-py
@@ -167,7 +168,8 @@ class _Connection:
         # cancellation only lets the call in flight finish. Python 3.12's wait_for does
         # not swallow cancellations.
         self.client = deploy.async_client(url)
-        self.scripts = register_all(self.client)
+        self.scripts = replicas.waiting_scripts(self.client, register_all(self.client),
+                                                replicas.split(url)[1])
         self.enqueues = _Coalescer(store)
 
 
@@ -178,6 +180,8 @@ class RedisBroker(Broker):
                  tag: str | None = None):
         deploy.check_url(url)
         self.url = url
+        #: the replicas each write waits for (``?replicas=N``), if any
+        self.wait = replicas.split(url)[1]
         self.retention = retention
         self.namespace = namespace
         #: the keys, under the hash tag ``{namespace}`` (or ``{tag}``: one shard of a
@@ -261,6 +265,10 @@ class RedisBroker(Broker):
 
     async def _cmd(self, command: str, *args: Any, **kwargs: Any) -> Any:
         """One Redis command, retried through connection trouble."""
+        wait = self.wait
+        if wait is not None and command in replicas.WAITED_COMMANDS:
+            return await self._retrying(
+                lambda c: replicas.command(c.client, wait, command, *args, **kwargs))
         return await self._retrying(lambda c: getattr(c.client, command)(*args, **kwargs))
 
     async def _script(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
@@ -772,7 +780,11 @@ class RedisBroker(Broker):
             async with conn.client.pipeline(transaction=False) as pipe:
                 for keys, args in calls:
                     await conn.scripts["settle"](keys=keys, args=args, client=pipe)
-                await pipe.execute()
+                if self.wait is not None:  # one WAIT after them all
+                    self.wait.queue(pipe)
+                replies = await pipe.execute()
+            if self.wait is not None:
+                self.wait.check(replies[-1])
 
         await self._retrying(call)
 

@@ -18,14 +18,17 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from functools import cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis as syncredis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from conveyor.backends.redis.scripts import source
+
+if TYPE_CHECKING:
+    from conveyor.backends.redis.replicas import Wait
 
 _pack: Callable[[tuple[Any, ...]], bytes] | None
 try:
@@ -96,13 +99,20 @@ class BlockingScripts:
     may have closed it: a restart, its ``timeout``); when a call fails on a connection, the
     other idle ones are dropped too (after a restart they are all dead), so a retry opens a
     fresh one. At most :data:`MAX_IDLE` connections are kept.
+
+    ``pool``, when given, supplies the connection class and arguments instead of ``url``
+    (a Sentinel pool, whose connections find the current master); with ``wait``, the
+    scripts it covers are followed by WAIT in the same round trip (see :mod:`.replicas`).
     """
 
-    def __init__(self, url: str) -> None:
-        pool = syncredis.ConnectionPool.from_url(
-            url, decode_responses=True, encoding_errors=TEXT_ERRORS, health_check_interval=10,
-            socket_keepalive=True,
-        )
+    def __init__(self, url: str, pool: Any = None, wait: Wait | None = None) -> None:
+        if pool is None:
+            pool = syncredis.ConnectionPool.from_url(
+                url, decode_responses=True, encoding_errors=TEXT_ERRORS,
+                health_check_interval=10, socket_keepalive=True,
+            )
+        self._pool = pool  # a Sentinel pool's connections hold only a weak reference to it
+        self._wait = wait
         self._connection_class = pool.connection_class
         self._connection_kwargs = pool.connection_kwargs
         self._idle: list[tuple[Any, float]] = []  # (connection, idle since)
@@ -120,7 +130,11 @@ class BlockingScripts:
             if time.monotonic() - since < IDLE_CHECK or _quiet(conn):
                 return conn
             conn.disconnect()
-        return self._connection_class(**self._connection_kwargs)
+        conn = self._connection_class(**self._connection_kwargs)
+        # connected here, by the class's own connect(): a Sentinel connection finds the
+        # master there (sending on an unconnected one would skip that step)
+        conn.connect()
+        return conn
 
     def _drop_idle(self) -> None:
         with self._lock:
@@ -133,34 +147,30 @@ class BlockingScripts:
         """Run script ``name`` and return its reply (errors raise as redis-py raises them);
         ``asking``: after ASKING (a Redis Cluster node importing the keys' slot)."""
         text = source(name)
-        sha = _sha(text)
+        evalsha = ("EVALSHA", _sha(text), len(keys), *keys, *args)
+        wait = self._wait if self._wait is not None and self._wait.covers(name) else None
         conn = self._take()
         try:
-            if asking:
-                _send(conn, ("ASKING",))
-            _send(conn, ("EVALSHA", sha, len(keys), *keys, *args))
-            if asking:
-                conn.read_response()
-            try:
-                reply = conn.read_response()
-            except NoScriptError:  # Redis restarted or its scripts were flushed
+            reply, confirmed = _run(conn, evalsha, wait, asking)
+            if isinstance(reply, NoScriptError):  # Redis restarted or its scripts were flushed
                 conn.send_command("SCRIPT", "LOAD", text)
                 conn.read_response()
-                if asking:
-                    conn.send_command("ASKING")
-                    conn.read_response()
-                conn.send_command("EVALSHA", sha, len(keys), *keys, *args)
-                reply = conn.read_response()
+                reply, confirmed = _run(conn, evalsha, wait, asking)
         except BaseException as exc:
             conn.disconnect()
             if isinstance(exc, LOST):
                 self._drop_idle()
             raise
         with self._lock:
-            if self._pid == os.getpid() and len(self._idle) < MAX_IDLE:
+            kept = self._pid == os.getpid() and len(self._idle) < MAX_IDLE
+            if kept:
                 self._idle.append((conn, time.monotonic()))
-                return reply
-        conn.disconnect()
+        if not kept:
+            conn.disconnect()
+        if isinstance(reply, Exception):
+            raise reply
+        if wait is not None:
+            wait.check(confirmed)
         return reply
 
     def close(self) -> None:
@@ -176,6 +186,39 @@ def _send(conn: Any, command: tuple[Any, ...]) -> None:
         conn.send_command(*command)
     else:
         conn.send_packed_command(packed)
+
+
+def _run(conn: Any, evalsha: tuple[Any, ...], wait: Wait | None,
+         asking: bool = False) -> tuple[Any, Any]:
+    """Send EVALSHA (after ASKING when ``asking``; then the wait's commands), all in one
+    write, and read the replies: the script's reply or error reply, and how many replicas
+    confirmed (None without ``wait``)."""
+    commands = [*([("ASKING",)] if asking else []), evalsha, *(wait.commands if wait else [])]
+    if len(commands) == 1:
+        _send(conn, evalsha)
+    else:
+        packed = [_packed(command) for command in commands]
+        if any(p is None for p in packed):
+            conn.send_packed_command(conn.pack_commands(commands))
+        else:
+            conn.send_packed_command([b"".join(p[0] for p in packed if p is not None)])
+    if asking:
+        conn.read_response()
+    reply = _reply(conn)
+    if wait is None:
+        return reply, None
+    for _ in wait.commands[:-1]:
+        conn.read_response()
+    return reply, conn.read_response()
+
+
+def _reply(conn: Any) -> Any:
+    """The next reply, an error reply returned rather than raised (the connection stays
+    usable; a connection error still raises)."""
+    try:
+        return conn.read_response()
+    except ResponseError as exc:
+        return exc
 
 
 def _quiet(conn: Any) -> bool:

@@ -7,9 +7,10 @@
   master of SERVICE, found through Sentinel and followed through a failover: see
   :mod:`.sentinel`.
 
-Conveyor's own URL parameter ``shard=queue`` (see :mod:`.sharded`) spreads a namespace over
-the slots of a cluster, one hash tag per queue; :func:`shard_option` takes it out of the URL
-before redis-py sees it.
+Conveyor's own URL parameters are taken out of the URL before redis-py sees it:
+``shard=queue`` (see :mod:`.sharded`) spreads a namespace over the slots of a cluster, one
+hash tag per queue; ``replicas=N&replicas_timeout=SECONDS`` (see :mod:`.replicas`) makes
+writes wait for N replicas, on any deployment but a cluster.
 
 The broker asks this module for two things: an asyncio client (:func:`async_client`, one
 per event loop) and a runner of scripts on blocking connections (:func:`blocking_scripts`,
@@ -22,6 +23,7 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 from conveyor.errors import ConfigurationError, redact_url
+from conveyor.urls import take_parameters
 
 SINGLE = "single"
 CLUSTER = "cluster"
@@ -61,32 +63,30 @@ SHARD_MODES = ("queue",)
 def shard_option(url: str) -> tuple[str, str | None]:
     """``url`` without its ``shard`` parameter, and that parameter's value (None: not given);
     a value other than those of :data:`SHARD_MODES` raises :class:`ConfigurationError`."""
-    base, sep, query = url.partition("?")
-    if not sep:
-        return url, None
-    kept, mode = [], None
-    for item in query.split("&"):
-        name, _, value = item.partition("=")
-        if name == SHARD_PARAM:
-            if value not in SHARD_MODES:
-                raise ConfigurationError(
-                    f"{redact_url(base)}: the URL parameter shard= takes "
-                    + " or ".join(SHARD_MODES) + f", not {value!r}")
-            mode = value
-        else:
-            kept.append(item)
-    return (base + "?" + "&".join(kept) if kept else base), mode
+    base, taken = take_parameters(url, (SHARD_PARAM,))
+    mode = taken.get(SHARD_PARAM)
+    if mode is not None and mode not in SHARD_MODES:
+        raise ConfigurationError(
+            f"{redact_url(base)}: the URL parameter shard= takes "
+            + " or ".join(SHARD_MODES) + f", not {mode!r}")
+    return base, mode
 
 
 def check_url(url: str) -> None:
     """Raise :class:`ConfigurationError` (without the password) for a URL that cannot be
-    taken apart: a bad port, an unclosed ``[``, a Sentinel URL without a service, or one
-    that names ``shard=`` (read by :func:`conveyor.backends.open_broker`, not by a plain
-    broker)."""
+    taken apart: a bad port, an unclosed ``[``, a Sentinel URL without a service, bad
+    ``replicas``/``replicas_timeout`` parameters (see :mod:`.replicas`), or one that names
+    ``shard=`` (read by :func:`conveyor.backends.open_broker`, not by a plain broker)."""
     if shard_option(url)[1] is not None:
         raise ConfigurationError(f"{redact_url(url)}: ?shard= is for open_broker (or "
                                  "ShardedRedisBroker), not a plain RedisBroker")
     deployment = kind(url)
+    from conveyor.backends.redis import replicas
+
+    if deployment == CLUSTER and replicas.split(url)[1] is not None:
+        raise ConfigurationError(f"{redact_url(url)}: {replicas.REPLICAS}= is not supported "
+                                 "with Redis Cluster")
+    url = replicas.split(url)[0] if deployment != SENTINEL else url
     if deployment == CLUSTER:
         from conveyor.backends.redis import cluster
 
@@ -124,11 +124,12 @@ def async_client(url: str) -> Any:
         return sentinel.async_client(url)
     import redis.asyncio as aioredis
 
+    from conveyor.backends.redis import replicas
     from conveyor.backends.redis.client import TEXT_ERRORS, pack_with_hiredis
 
     client = aioredis.Redis.from_url(
-        url, decode_responses=True, encoding_errors=TEXT_ERRORS, health_check_interval=10,
-        socket_keepalive=True,
+        replicas.split(url)[0], decode_responses=True, encoding_errors=TEXT_ERRORS,
+        health_check_interval=10, socket_keepalive=True,
     )
     pack_with_hiredis(client)
     return client
@@ -145,9 +146,11 @@ def blocking_scripts(url: str) -> Scripts:
         from conveyor.backends.redis import sentinel
 
         return sentinel.blocking_scripts(url)
+    from conveyor.backends.redis import replicas
     from conveyor.backends.redis.client import BlockingScripts
 
-    return BlockingScripts(url)
+    base, wait = replicas.split(url)
+    return BlockingScripts(base, wait=wait)
 
 
 __all__ = ["CLUSTER", "SCHEMES", "SENTINEL", "SHARD_MODES", "SHARD_PARAM", "SINGLE", "Scripts",
