@@ -10,18 +10,25 @@ Repeated failover measurements, in each replication setting, are in
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
 
+from conftest import cli_env
 from conveyor import Conveyor
 from conveyor.backends.redis import RedisBroker
 from conveyor.backends.redis.replicas import ReplicasUnconfirmed
 from conveyor.backends.redis.sentinel import parse
 from conveyor.errors import ConfigurationError, DuplicateJob
 from conveyor.ids import new_id
+from polling import exit_after_sigterm, wait_until
 from redis_sentinel import SentinelGroup
 from redis_server import RedisServer
 from sentinel_run import failover_run
@@ -217,6 +224,70 @@ def test_an_acknowledged_write_is_on_the_replica(tmp_path: Path) -> None:
         app.close()
         replica.kill()  # a replica writing its first AOF ignores SIGTERM for a while
         master.stop()
+
+
+def test_a_stalled_replica_is_logged_once_and_not_as_an_outage(tmp_path: Path) -> None:
+    """A worker whose settles wait for a replica that stops (SIGSTOP) and comes back
+    (SIGCONT): its claims and heartbeats, which do not wait, still succeed in between. The
+    log says once that writes are not confirmed and once that they are again, and never
+    that the store cannot be reached."""
+    master = RedisServer(tmp_path / "master", extra=["--repl-diskless-sync-delay", "0"])
+    master.directory.mkdir()
+    master.start()
+    replica = RedisServer(tmp_path / "replica",
+                          extra=["--replicaof", "127.0.0.1", str(master.port)])
+    replica.directory.mkdir()
+    replica.start()
+    waiting = f"redis://127.0.0.1:{master.port}/0?replicas=1&replicas_timeout=0.2"
+    app = Conveyor()
+    app.use_url(f"redis://127.0.0.1:{master.port}/0")  # the test's enqueues do not wait
+    log = tmp_path / "worker.log"
+    worker: subprocess.Popen[bytes] | None = None
+
+    def text() -> str:
+        return log.read_text(errors="replace")
+
+    def seen(needle: str) -> bool:
+        assert worker is not None and worker.poll() is None, text()
+        return needle in text()
+
+    try:
+        with redis.Redis(port=master.port) as client:
+            wait_until(lambda: int(client.wait(1, 100)) >= 1, timeout=30,
+                       what="the replica in sync")
+        with log.open("wb") as out:
+            worker = subprocess.Popen(
+                [sys.executable, "-m", "conveyor", "worker", "rjobs:app", "--url", waiting],
+                stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path, env=cli_env())
+        first = app.enqueue_call("pause", [0, 0.0], {}, force=True)
+        wait_until(lambda: str(first.info().state) == "succeeded", timeout=30,
+                   what="a job done with the replica up")
+        os.kill(replica.process.pid, signal.SIGSTOP)  # type: ignore[union-attr]
+        handles = [app.enqueue_call("pause", [n, 0.0], {}, force=True) for n in range(1, 6)]
+        wait_until(lambda: seen("are not confirmed by 1 replica"), timeout=30,
+                   what="the unconfirmed settles logged")
+        time.sleep(3.0)  # settles retried, claims and heartbeats succeeding in between
+        os.kill(replica.process.pid, signal.SIGCONT)  # type: ignore[union-attr]
+        wait_until(lambda: all(str(h.info().state) == "succeeded" for h in handles),
+                   timeout=30, what="the jobs settled once the replica is back")
+        wait_until(lambda: seen("confirmed by its replicas again"), timeout=30,
+                   what="the end logged")
+        assert exit_after_sigterm(worker, 15.0, text) == 0, text()
+    finally:
+        if worker is not None and worker.poll() is None:
+            worker.kill()
+            worker.wait()
+        app.close()
+        if replica.process is not None and replica.process.poll() is None:
+            os.kill(replica.process.pid, signal.SIGCONT)
+        replica.kill()
+        master.stop()
+    output = text()
+    assert output.count("are not confirmed by 1 replica: 0 of 1 replicas confirmed") == 1, \
+        output
+    assert output.count("confirmed by its replicas again") == 1, output
+    assert "cannot reach" not in output and "reachable again" not in output, output
+    assert "Traceback" not in output, output
 
 
 def test_a_failover_loses_no_acknowledged_enqueue_when_writes_wait_for_replicas(

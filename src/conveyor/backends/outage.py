@@ -4,6 +4,11 @@ Every part of a process that uses a store (its broker's retries, a worker waitin
 health check) reports trouble and success to the store's :class:`Outage`: the first trouble
 logs a WARNING naming the store and the cause; the first success after it logs an INFO
 saying how long the store was unavailable. What comes in between is not logged.
+
+A store that answers but whose replicas do not confirm writes (``?replicas=N`` on a Redis
+URL) is trouble of its own, not an outage: a WARNING when a write first goes unconfirmed,
+an INFO when a write that waited is confirmed again; reads, claims and heartbeats, which
+do not wait, neither start nor end it.
 """
 
 from __future__ import annotations
@@ -13,12 +18,21 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
-from conveyor.errors import ConfigurationError, redact_url
+from conveyor.errors import ConfigurationError, StoreUnavailable, redact_url
 
 if TYPE_CHECKING:
     from conveyor.backends.base import Broker
 
 log = logging.getLogger("conveyor.store")
+
+
+class WritesUnconfirmed(StoreUnavailable):
+    """A write reached the store, which answers, but was not confirmed as kept as asked
+    (by ``wanted`` replicas): logged as trouble of its own, not as an outage."""
+
+    def __init__(self, url: str, reason: str, wanted: int, sent: float | None = None) -> None:
+        self.wanted = wanted
+        super().__init__(url, reason, sent)
 
 
 class Outage:
@@ -34,6 +48,10 @@ class Outage:
         self.reason: str | None = None
         #: time.monotonic() when the store last answered after an outage
         self._back_at = float("-inf")
+        #: since when writes are not confirmed by the replicas they wait for (or None)
+        self._unconfirmed_since: float | None = None
+        #: why they are not, in a few words (None while they are)
+        self.unconfirmed_reason: str | None = None
 
     @property
     def down(self) -> bool:
@@ -57,7 +75,10 @@ class Outage:
 
     def note(self, error: BaseException) -> None:
         """:meth:`trouble` for an error the store raised (its ``reason`` and ``sent``, when
-        it has them)."""
+        it has them); :meth:`unconfirmed` for a write its replicas did not confirm."""
+        if isinstance(error, WritesUnconfirmed):
+            self.unconfirmed(error.reason, error.wanted)
+            return
         self.trouble(getattr(error, "reason", "") or str(error), str(error),
                      getattr(error, "sent", None))
 
@@ -72,6 +93,34 @@ class Outage:
         if since is not None:
             log.info("store %s is reachable again (unavailable for %.1fs)", self.name,
                      time.monotonic() - since)
+
+    @property
+    def unconfirming(self) -> bool:
+        """True from a write its replicas did not confirm until one they confirmed."""
+        return self._unconfirmed_since is not None
+
+    def unconfirmed(self, reason: str, wanted: int) -> None:
+        """Note that a write was not confirmed by the ``wanted`` replicas it waited for;
+        log it if it is the first since writes were last confirmed."""
+        with self._lock:
+            self.unconfirmed_reason = reason
+            if self._unconfirmed_since is not None:
+                return
+            self._unconfirmed_since = time.monotonic()
+        log.warning("writes to the store %s are not confirmed by %d %s: %s", self.name,
+                    wanted, "replica" if wanted == 1 else "replicas", reason)
+
+    def confirmed(self) -> None:
+        """Note that a write was confirmed by the replicas it waited for; log the end of
+        a spell of unconfirmed writes, if one was under way."""
+        if self._unconfirmed_since is None:  # the common case: no lock
+            return
+        with self._lock:
+            since, self._unconfirmed_since = self._unconfirmed_since, None
+            self.unconfirmed_reason = None
+        if since is not None:
+            log.info("writes to the store %s are confirmed by its replicas again "
+                     "(unconfirmed for %.1fs)", self.name, time.monotonic() - since)
 
 
 _outages: dict[str, Outage] = {}

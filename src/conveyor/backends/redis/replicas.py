@@ -17,6 +17,10 @@ is safe: an enqueue retried with the same ``job_id`` raises
 answers with the same job. Claims, heartbeats, progress and housekeeping do not wait:
 losing one only makes a job run again, as a worker crash would.
 
+Unconfirmed writes are logged once, as trouble of their own (the store answers: it is no
+outage), and their end once, by the next write whose wait is confirmed (see
+:class:`~conveyor.backends.outage.Outage`).
+
 The two parameters are Conveyor's own: they are taken out of the URL before redis-py sees
 it, and are valid on ``redis://`` and ``redis+sentinel://`` alike.
 """
@@ -24,10 +28,11 @@ it, and are valid on ``redis://`` and ``redis+sentinel://`` alike.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from conveyor.errors import ConfigurationError, StoreUnavailable, redact_url
+from conveyor.backends.outage import Outage, WritesUnconfirmed, outage
+from conveyor.errors import ConfigurationError, redact_url
 from conveyor.urls import take_parameters
 
 #: the URL query parameters read here
@@ -48,16 +53,16 @@ WAITED = frozenset({
 WAITED_COMMANDS = frozenset({"set", "hdel"})
 
 
-class ReplicasUnconfirmed(StoreUnavailable):
+class ReplicasUnconfirmed(WritesUnconfirmed):
     """A write reached the Redis master, but fewer replicas than asked confirmed it in
     time: it may be lost in a failover. Retrying an enqueue with the same job id (or
     idempotency key) is safe: it is deduplicated."""
 
     def __init__(self, url: str, confirmed: int, wanted: int, timeout: float) -> None:
         self.confirmed = confirmed
-        self.wanted = wanted
         super().__init__(url, f"{confirmed} of {wanted} replicas confirmed the write within "
-                              f"{timeout:g} s; it is on the master and may be stored")
+                              f"{timeout:g} s; it is on the master and may be stored",
+                         wanted)
 
 
 @dataclass(frozen=True)
@@ -68,6 +73,8 @@ class Wait:
     url: str
     replicas: int
     timeout: float
+    #: the store's :class:`Outage`, told of every unconfirmed and confirmed wait
+    outage: Outage = field(compare=False, repr=False)
 
     @property
     def commands(self) -> list[tuple[Any, ...]]:
@@ -86,9 +93,13 @@ class Wait:
         return script in WAITED
 
     def check(self, confirmed: Any) -> None:
-        """Raise :class:`ReplicasUnconfirmed` when WAIT answered fewer than asked."""
+        """Raise :class:`ReplicasUnconfirmed` when WAIT answered fewer than asked (logged
+        once until a wait is confirmed again)."""
         if int(confirmed) < self.replicas:
-            raise ReplicasUnconfirmed(self.url, int(confirmed), self.replicas, self.timeout)
+            error = ReplicasUnconfirmed(self.url, int(confirmed), self.replicas, self.timeout)
+            self.outage.note(error)
+            raise error
+        self.outage.confirmed()
 
 
 def split(url: str) -> tuple[str, Wait | None]:
@@ -113,7 +124,7 @@ def _wait(url: str, given: dict[str, str]) -> Wait | None:
             f"seconds > 0 and <= {MOST_TIMEOUT:g}")
     if TIMEOUT in given and REPLICAS not in given:
         raise ConfigurationError(f"{redact_url(url)}: {TIMEOUT} needs {REPLICAS}=N")
-    return Wait(redact_url(url), replicas, timeout) if replicas else None
+    return Wait(redact_url(url), replicas, timeout, outage(url)) if replicas else None
 
 
 class WaitingScript:
