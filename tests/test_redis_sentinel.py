@@ -26,7 +26,7 @@ from conveyor import Conveyor
 from conveyor.backends.redis import RedisBroker
 from conveyor.backends.redis.replicas import ReplicasUnconfirmed
 from conveyor.backends.redis.sentinel import parse
-from conveyor.errors import ConfigurationError, DuplicateJob
+from conveyor.errors import ConfigurationError, DuplicateJob, StoreUnavailable
 from conveyor.ids import new_id
 from polling import exit_after_sigterm, wait_until
 from redis_sentinel import SentinelGroup
@@ -46,6 +46,10 @@ BAD_URLS = [
     ("redis+sentinel://:pw-3%2Fx%40y@127.0.0.1:70000/svc", "bad port"),
     ("redis+sentinel://:pw-3%2Fx%40y@[::1/svc", "bad sentinel address"),
     ("redis+sentinel://:pw-3%2Fx%40y@127.0.0.1:1,/svc", "host is missing"),
+    # a password not percent-encoded: the hint says so
+    ("redis+sentinel://:pw-3/x@y@127.0.0.1:26379/svc", "must be percent-encoded"),
+    ("redis+sentinel://:pw-3?x@y@127.0.0.1:26379/svc", "must be percent-encoded"),
+    ("redis+sentinel://:pw-3#x@y@127.0.0.1:26379/svc", "must be percent-encoded"),
     ("redis+sentinel://:pw-3%2Fx%40y@127.0.0.1:1/svc/zero", "/SERVICE/DB"),
     ("redis+sentinel://:pw-3%2Fx%40y@127.0.0.1:1/svc/0/more", "/SERVICE/DB"),
     ("redis+sentinel://127.0.0.1:1/svc?sentinel_password=sentinel-secret-7&db=2",
@@ -129,6 +133,25 @@ def test_a_wrong_master_password_is_refused_without_showing_it(
     assert "refused the credentials" in str(info.value)
     for secret in (*SECRETS, "wrong-pw-1"):
         assert secret not in str(info.value)
+
+
+def test_a_service_the_sentinels_do_not_know_is_named_in_the_reason(
+        guarded: SentinelGroup) -> None:
+    app = Conveyor(store_timeout=0.5)
+    app.use_url(guarded.url(f"sentinel_password={SENTINEL_PASSWORD}").replace(
+        f"/{guarded.service}?", "/nosuch?"))
+    says = "Sentinel knows no master named 'nosuch'"
+    try:
+        with pytest.raises(StoreUnavailable) as blocking:  # the blocking client
+            app.enqueue_call("noop", [1], {}, force=True)
+        with pytest.raises(StoreUnavailable) as awaited:  # the asyncio client
+            app.run_sync(app.enqueue_call_async("noop", [1], {}, force=True))
+    finally:
+        app.close()
+    for info in (blocking, awaited):
+        assert info.value.reason == says
+        for secret in SECRETS:
+            assert secret not in str(info.value)
 
 
 @pytest.fixture

@@ -240,7 +240,7 @@ class RedisBroker(Broker):
     def _trouble(self, error: BaseException, sent: float | None = None) -> bool:
         """Note trouble that may pass (and return True) of a call begun at ``sent``; False
         for an error reply that is not such trouble, which is raised as it is."""
-        reason = _reason(error)
+        reason = getattr(error, "store_reason", None) or _reason(error)
         if reason is None:
             raise error
         self.last_trouble = time.monotonic()
@@ -255,7 +255,8 @@ class RedisBroker(Broker):
     def _unavailable(self, error: BaseException, sent: float | None = None) -> StoreUnavailable:
         """What callers see once retrying through ``error`` (of a try begun at ``sent``) is
         given up."""
-        return StoreUnavailable(self.url, _reason(error) or "Redis is unreachable", sent)
+        reason = getattr(error, "store_reason", None) or _reason(error)
+        return StoreUnavailable(self.url, reason or "Redis is unreachable", sent)
 
     def is_transient(self, error: BaseException) -> bool:
         if isinstance(error, REFUSED):

@@ -10,7 +10,9 @@ never shown), and Conveyor's ``replicas``/``replicas_timeout`` (see :mod:`.repli
 Every new connection asks the sentinels where the master is. After a failover, the old
 master's connections fail (closed, or ``READONLY`` once it comes back as a replica, which
 redis-py turns into a connection error); the broker retries them within its retry window
-and the new connections reach the new master.
+and the new connections reach the new master. When no master is found, the reason says
+why (see :mod:`.sentinel_master`): no sentinel answers, the sentinels know no such service,
+or its master is down.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ if TYPE_CHECKING:
 DEFAULT_PORT = 26379
 #: query parameters of a Sentinel URL (besides Conveyor's replica parameters)
 PARAMETERS = ("sentinel_username", "sentinel_password")
+#: the hint of an address that cannot be read: often a password that was not encoded
+ENCODE = "a password with / ? # or @ in it must be percent-encoded"
 
 
 @dataclass(frozen=True)
@@ -92,18 +96,18 @@ def _address(url: str, text: str) -> tuple[str, int]:
     if text.startswith("["):
         host, bracket, port_text = text[1:].partition("]")
         if not bracket or (port_text and not port_text.startswith(":")):
-            raise _malformed(url, f"bad sentinel address {text!r}")
+            raise _malformed(url, f"bad sentinel address; {ENCODE}")
         port_text = port_text[1:]
     else:
         host, _, port_text = text.partition(":")
     if not host:
-        raise _malformed(url, "a sentinel host is missing")
+        raise _malformed(url, f"a sentinel host is missing; {ENCODE}")
     try:
         port = int(port_text) if port_text else DEFAULT_PORT
     except ValueError:
         port = -1
     if not 0 < port < 65536:
-        raise _malformed(url, "bad port; a sentinel is HOST:PORT")
+        raise _malformed(url, f"bad port; a sentinel is HOST:PORT; {ENCODE}")
     return host, port
 
 
@@ -133,12 +137,13 @@ def async_client(url: str) -> Any:
     """A redis-py asyncio client of the master (decoding replies as text); closing it
     closes its connections to the sentinels too."""
     from redis.asyncio import Redis
-    from redis.asyncio.sentinel import Sentinel
 
     from conveyor.backends.redis.client import pack_with_hiredis
+    from conveyor.backends.redis.sentinel_master import AsyncFindingSentinel
 
     target = parse(replicas.split(url)[0])
-    manager = cast(Any, Sentinel)(target.sentinels, sentinel_kwargs=target.sentinel_kwargs)
+    manager = cast(Any, AsyncFindingSentinel)(target.sentinels,
+                                              sentinel_kwargs=target.sentinel_kwargs)
 
     class SentinelRedis(Redis):
         async def aclose(self, close_connection_pool: bool | None = None) -> None:
@@ -158,14 +163,13 @@ class _SentinelScripts:
     the master through the sentinels; closing it closes those to the sentinels too."""
 
     def __init__(self, url: str) -> None:
-        from redis.sentinel import Sentinel
-
         from conveyor.backends.redis.client import BlockingScripts
+        from conveyor.backends.redis.sentinel_master import FindingSentinel
 
         base, wait = replicas.split(url)
         target = parse(base)
-        self._manager = cast(Any, Sentinel)(target.sentinels,
-                                            sentinel_kwargs=target.sentinel_kwargs)
+        self._manager = cast(Any, FindingSentinel)(target.sentinels,
+                                                   sentinel_kwargs=target.sentinel_kwargs)
         self._master = self._manager.master_for(target.service, **_master_kwargs(target))
         self._scripts = BlockingScripts(url, pool=self._master.connection_pool, wait=wait)
 
@@ -180,10 +184,11 @@ class _SentinelScripts:
 
 def blocking_client(url: str) -> Any:
     """A plain blocking redis-py client of the master (decoding replies as text)."""
-    from redis.sentinel import Sentinel
+    from conveyor.backends.redis.sentinel_master import FindingSentinel
 
     target = parse(replicas.split(url)[0])
-    manager = cast(Any, Sentinel)(target.sentinels, sentinel_kwargs=target.sentinel_kwargs)
+    manager = cast(Any, FindingSentinel)(target.sentinels,
+                                         sentinel_kwargs=target.sentinel_kwargs)
     return manager.master_for(target.service, **_master_kwargs(target))
 
 
