@@ -28,7 +28,7 @@ class NoMaster(MasterNotFoundError):
         elif not known:
             self.store_reason = f"Sentinel knows no master named {service!r}"
         else:
-            self.store_reason = f"Sentinel reports no master of {service!r} up (a failover?)"
+            self.store_reason = f"Sentinel reports the master of {service!r} down"
         details = f": {', '.join(errors)}" if errors else ""
         super().__init__(f"No master found for {service!r} ({self.store_reason}){details}")
 
