@@ -189,7 +189,7 @@ def test_an_unconfirmed_write_raises_and_a_retry_with_its_id_is_deduplicated(
             with pytest.raises(ReplicasUnconfirmed) as info:
                 enqueue(job_id)
             assert (info.value.confirmed, info.value.wanted) == (0, 1)
-            assert "may be stored" in str(info.value)
+            assert "may be lost in a failover" in str(info.value)
             assert app.handle(job_id).info() is not None  # on the master all the same
             with pytest.raises(ReplicasUnconfirmed):  # still no replica: still unconfirmed
                 enqueue(job_id)

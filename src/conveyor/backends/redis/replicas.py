@@ -61,7 +61,7 @@ class ReplicasUnconfirmed(WritesUnconfirmed):
     def __init__(self, url: str, confirmed: int, wanted: int, timeout: float) -> None:
         self.confirmed = confirmed
         super().__init__(url, f"{confirmed} of {wanted} replicas confirmed the write within "
-                              f"{timeout:g} s; it is on the master and may be stored",
+                              f"{timeout:g} s; it is on the master but may be lost in a failover",
                          wanted)
 
 
