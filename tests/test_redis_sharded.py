@@ -380,9 +380,12 @@ def test_a_queue_is_forgotten_once_no_other_registration_holds_it(redis_url: str
         await admin.purge_expired()
         assert await admin._known() == []
         assert "mail" not in admin._shards
-        # the producer still trusts its registration: its next job puts the queue back
-        # only if it registers again; it does once its trust runs out, or when the set
-        # misses a queue it writes to for longer than a registration holds
+        # the emptied queue is forgotten where the same broker registered it and deleted
+        # its last job: its own registration does not hold it
+        job = _job("solo")
+        await admin.enqueue([job], {})
+        assert await admin.delete(job.id)
+        assert await admin._known() == []
         for broker in (producer, admin):
             await broker.close()
 

@@ -31,11 +31,23 @@ What it costs (a plain namespace makes one call of each):
   progress of a job this broker did not claim) first finds the job's queue: one pipelined
   HMGET of every queue's jobs hash. Listings, counts, recovery, promotion and purges visit
   every queue.
-* A queue is in the home's set from its first write; it leaves the set when its last job
-  and settings go (delete, resume, uncap, purge). A process trusts for
-  :data:`REGISTER_EVERY` seconds that a queue it wrote to is in the set, so a queue
-  dropped meanwhile by another process may hold jobs that other processes' recoveries and
-  listings miss for up to that long.
+* Job ids are unique in the namespace as in a plain one, at two round trips more for an
+  id the caller chose (``job_id``): before storing, it is looked for in every queue (the
+  home's set, then the HMGET above); found in another queue it raises
+  :class:`DuplicateJob`. An id made for its job
+  (:func:`~conveyor.ids.new_id`) is not looked for. The look and the store are two steps:
+  two enqueues racing with one chosen id into two queues may both be stored; an operation
+  by that id then raises :class:`DuplicateJob` naming both queues rather than pick one.
+* A queue is in the home's set (``{ns}:shards``) from its first write. A process
+  registers a queue there before it writes to it, and trusts that registration for
+  :data:`REGISTER_EVERY` seconds; each registration is noted with the home's clock
+  (``{ns}:shards:by:QUEUE``, a sorted set) and holds the queue in the set for
+  :data:`HOLD` seconds. A queue leaves the set when its store holds no job and no
+  setting (after a delete, resume, uncap, purge) and no other process's registration
+  holds it; a process that drops a queue from the set first waits for its own writes to
+  it. A write that took longer than :data:`REGISTER_EVERY` registers its queue again
+  after. So a queue with jobs stays in the set; an emptied queue other processes wrote to
+  lately keeps its place under :attr:`max_queues` for up to :data:`HOLD` seconds.
 """
 
 from __future__ import annotations
