@@ -435,6 +435,8 @@ def test_an_id_in_two_queues_is_an_error_not_a_guess(redis_url: str) -> None:
             await other.get(one.id)
         with pytest.raises(DuplicateJob):
             await other.cancel(one.id)
+        # a worker's calls go on (one queue taken, the trouble logged)
+        await other.heartbeat(_worker(["a"]), {one.id: 0}, 30)
         for b in (broker, other):
             await b.close()
 

@@ -341,10 +341,13 @@ class ShardedRedisBroker(Broker):
         else:
             self._shards.pop(queue, None)
 
-    async def _locate(self, ids: Sequence[str], claimed: bool = True) -> dict[str, str]:
+    async def _locate(self, ids: Sequence[str], claimed: bool = True,
+                      strict: bool = True) -> dict[str, str]:
         """job id -> its queue, for the ids that exist: from this broker's claims (unless
         ``claimed`` is False), else read from every queue's jobs hash in one pipeline. An id
-        found in two queues raises :class:`DuplicateJob` (which one is meant is unknown)."""
+        found in two queues raises :class:`DuplicateJob` (which one is meant is unknown),
+        or without ``strict`` (a worker's calls, which must go on) is logged and the first
+        queue taken."""
         found = {i: self._where[i] for i in ids if claimed and i in self._where}
         missing = [i for i in dict.fromkeys(ids) if i not in found]
         if not missing:
@@ -365,10 +368,14 @@ class ShardedRedisBroker(Broker):
                 if value is None:
                     continue
                 if job_id in found:
-                    raise DuplicateJob(job_id, f"job id {job_id} is in two queues "
-                                               f"({found[job_id]!r} and {queue!r}) of a "
-                                               "namespace sharded by queue: which is meant "
-                                               "is unknown")
+                    problem = DuplicateJob(job_id, f"job id {job_id} is in two queues "
+                                                   f"({found[job_id]!r} and {queue!r}) of a "
+                                                   "namespace sharded by queue: which is "
+                                                   "meant is unknown")
+                    if strict:
+                        raise problem
+                    log.warning("%s; taking %r", problem, found[job_id])
+                    continue
                 found[job_id] = queue
         return found
 
@@ -613,7 +620,7 @@ class ShardedRedisBroker(Broker):
     async def settle(self, outcomes: Sequence[Outcome]) -> None:
         """One settle call per queue."""
         unknown = [o.job_id for o in outcomes if o.queue is None]
-        located = await self._locate(unknown) if unknown else {}
+        located = await self._locate(unknown, strict=False) if unknown else {}
         groups: dict[str, list[Outcome]] = defaultdict(list)
         for o in outcomes:
             queue = o.queue or located.get(o.job_id)
@@ -634,7 +641,7 @@ class ShardedRedisBroker(Broker):
         """The home registers the worker; each queue it serves or holds jobs of registers it
         too (for that queue's lease recovery) and extends the leases of its jobs there."""
         await self.home.heartbeat(worker, {}, lease)
-        where = await self._locate(list(held))
+        where = await self._locate(list(held), strict=False)
         groups: dict[str, dict[str, int]] = defaultdict(dict)
         for job_id, attempt in held.items():
             if job_id in where:
@@ -654,7 +661,7 @@ class ShardedRedisBroker(Broker):
     async def set_progress(
         self, worker_id: str, updates: Sequence[tuple[str, int, float, str | None]]
     ) -> None:
-        where = await self._locate([u[0] for u in updates])
+        where = await self._locate([u[0] for u in updates], strict=False)
         groups: dict[str, list[tuple[str, int, float, str | None]]] = defaultdict(list)
         for update in updates:
             if update[0] in where:
