@@ -300,3 +300,186 @@ def test_a_worker_drains_a_sharded_namespace(redis_url: str, tmp_path: Path) -> 
             proc.wait()
         rjobs.app.close()
         rjobs.app._broker = None
+
+
+# -- the set of queues holds every queue with jobs ------------------------------------------
+
+
+def _sharded(url: str, namespace: str) -> ShardedRedisBroker:
+    return ShardedRedisBroker(url + "?shard=queue", namespace, retention=60)
+
+
+def test_a_queue_emptied_by_another_process_stays_while_a_writer_trusts_it(
+        redis_url: str) -> None:
+    """A producer trusts its registration of a queue; an admin deletes the queue's last job
+    in between: the producer's next job is still seen by every other process."""
+    namespace = _namespace()
+
+    async def work() -> None:
+        producer, admin = _sharded(redis_url, namespace), _sharded(redis_url, namespace)
+        await producer.open()
+        await admin.open()
+        first = _job("mail")
+        await producer.enqueue([first], {})
+        assert await admin.delete(first.id)
+        second = _job("mail")
+        await producer.enqueue([second], {})  # the producer registers nothing this time
+        fresh = _sharded(redis_url, namespace)
+        await fresh.open()
+        assert "mail" in await fresh._known()
+        found = await fresh.get(second.id)
+        assert found is not None and found.queue == "mail"
+        assert [j.id for j in await fresh.list_jobs()] == [second.id]
+        assert (await fresh.counts())["mail"]["queued"] == 1
+        cancelled = await fresh.cancel(second.id)
+        assert cancelled is not None and cancelled.state is JobState.CANCELLED
+        for broker in (producer, admin, fresh):
+            await broker.close()
+
+    _run(work())
+
+
+def test_a_queue_resumed_between_a_writers_registration_and_its_write_stays(
+        redis_url: str) -> None:
+    namespace = _namespace()
+
+    async def work() -> None:
+        producer, admin = _sharded(redis_url, namespace), _sharded(redis_url, namespace)
+        await producer.open()
+        await admin.open()
+        await admin.set_paused("mail", True)
+        job = _job("mail")
+        # the producer's enqueue step by step, the admin's resume in between
+        await producer._register(["mail"])
+        await admin.set_paused("mail", False)
+        await producer.shard("mail").enqueue([job], {})
+        fresh = _sharded(redis_url, namespace)
+        await fresh.open()
+        found = await fresh.get(job.id)
+        assert found is not None and found.queue == "mail"
+        for broker in (producer, admin, fresh):
+            await broker.close()
+
+    _run(work())
+
+
+def test_a_queue_is_forgotten_once_no_other_registration_holds_it(redis_url: str) -> None:
+    """The registrations of other processes hold a queue; once they lapse (here: dropped
+    as if their time ran out), an empty queue leaves the set, and its shard is dropped."""
+    namespace = _namespace()
+
+    async def work() -> None:
+        producer, admin = _sharded(redis_url, namespace), _sharded(redis_url, namespace)
+        await producer.open()
+        await admin.open()
+        job = _job("mail")
+        await producer.enqueue([job], {})
+        assert await admin.delete(job.id)
+        assert await admin._known() == ["mail"]
+        await admin.home._cmd("delete", admin._registrations("mail"))  # lapsed
+        await admin.purge_expired()
+        assert await admin._known() == []
+        assert "mail" not in admin._shards
+        # the emptied queue is forgotten where the same broker registered it and deleted
+        # its last job: its own registration does not hold it
+        job = _job("solo")
+        await admin.enqueue([job], {})
+        assert await admin.delete(job.id)
+        assert await admin._known() == []
+        for broker in (producer, admin):
+            await broker.close()
+
+    _run(work())
+
+
+# -- job ids are unique in the namespace ---------------------------------------------------
+
+
+def test_an_id_a_caller_chose_is_refused_in_another_queue(redis_url: str) -> None:
+    from conveyor.errors import DuplicateJob
+
+    namespace = _namespace()
+    app = Conveyor(url=redis_url + "?shard=queue", namespace=namespace)
+    try:
+        app.job(name="work")(lambda x: x)
+        first = app.enqueue_call("work", [1], {}, job_id="order-1", queue="a")
+        with pytest.raises(DuplicateJob) as raised:
+            app.enqueue_call("work", [2], {}, job_id="order-1", queue="b")
+        assert raised.value.job_id == "order-1" and "'a'" in str(raised.value)
+        with pytest.raises(DuplicateJob):  # the same queue's store refuses it too
+            app.enqueue_call("work", [3], {}, job_id="order-1", queue="a")
+        jobs = app.run_sync(app.broker.list_jobs())
+        assert [(j.id, j.queue, j.args) for j in jobs] == [(first.id, "a", [1])]
+    finally:
+        app.close()
+
+
+def test_an_id_in_two_queues_is_an_error_not_a_guess(redis_url: str) -> None:
+    """Two jobs of one id in two queues (written behind the broker's back): operations by
+    id raise rather than pick one."""
+    from conveyor.errors import DuplicateJob
+
+    namespace = _namespace()
+
+    async def work() -> None:
+        broker = _sharded(redis_url, namespace)
+        await broker.open()
+        one, two = _job("a"), _job("b")
+        two.id = one.id
+        await broker.enqueue([one], {})
+        await broker._register(["b"])
+        await broker.shard("b").enqueue([two], {})  # past the check enqueue makes
+        other = _sharded(redis_url, namespace)
+        await other.open()
+        with pytest.raises(DuplicateJob, match="'a' and 'b'"):
+            await other.get(one.id)
+        with pytest.raises(DuplicateJob):
+            await other.cancel(one.id)
+        # a worker's calls go on (one queue taken, the trouble logged)
+        await other.heartbeat(_worker(["a"]), {one.id: 0}, 30)
+        for b in (broker, other):
+            await b.close()
+
+    _run(work())
+
+
+# -- what cannot be done is logged ------------------------------------------------------------
+
+
+def test_a_settle_of_a_job_in_no_queue_is_logged(redis_url: str,
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    namespace = _namespace()
+
+    async def work() -> None:
+        broker = _sharded(redis_url, namespace)
+        await broker.open()
+        await broker.enqueue([_job("a")], {})
+        await broker.settle([Outcome("no-such-job", "w-1", OutcomeKind.SUCCEEDED, 0.0,
+                                     result_json="1", attempt=1)])
+        await broker.close()
+
+    with caplog.at_level("WARNING", logger="conveyor.redis"):
+        _run(work())
+    assert any("no-such-job" in r.getMessage() and r.levelname == "WARNING"
+               for r in caplog.records)
+
+
+def test_a_multi_queue_enqueue_refused_by_a_later_queue_takes_back_the_others(
+        redis_url: str) -> None:
+    from conveyor.errors import QueueFull
+
+    namespace = _namespace()
+
+    async def work() -> None:
+        broker = _sharded(redis_url, namespace)
+        await broker.open()
+        await broker.set_max_queued("full", 1)
+        await broker.enqueue([_job("full")], {})
+        stored, refused = _job("first"), _job("full")
+        with pytest.raises(QueueFull):
+            await broker.enqueue([stored, refused], {})
+        assert await broker.get(stored.id) is None
+        assert "first" not in await broker.home._cmd("smembers", broker._set)
+        await broker.close()
+
+    _run(work())

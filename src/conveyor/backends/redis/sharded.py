@@ -31,26 +31,50 @@ What it costs (a plain namespace makes one call of each):
   progress of a job this broker did not claim) first finds the job's queue: one pipelined
   HMGET of every queue's jobs hash. Listings, counts, recovery, promotion and purges visit
   every queue.
-* A queue is in the home's set from its first write; it leaves the set when its last job
-  and settings go (delete, resume, uncap, purge). A process trusts for
-  :data:`REGISTER_EVERY` seconds that a queue it wrote to is in the set, so a queue
-  dropped meanwhile by another process may hold jobs that other processes' recoveries and
-  listings miss for up to that long.
+* Job ids are unique in the namespace as in a plain one, at two round trips more for an
+  id the caller chose (``job_id``): before storing, it is looked for in every queue (the
+  home's set, then the HMGET above); found in another queue it raises
+  :class:`DuplicateJob`. An id made for its job
+  (:func:`~conveyor.ids.new_id`) is not looked for. The look and the store are two steps:
+  two enqueues racing with one chosen id into two queues may both be stored; an operation
+  by that id then raises :class:`DuplicateJob` naming both queues rather than pick one.
+* A queue is in the home's set (``{ns}:shards``) from its first write. A process
+  registers a queue there before it writes to it, and trusts that registration for
+  :data:`REGISTER_EVERY` seconds; each registration is noted with the home's clock
+  (``{ns}:shards:by:QUEUE``, a sorted set) and holds the queue in the set for
+  :data:`HOLD` seconds. A queue leaves the set when its store holds no job and no
+  setting (after a delete, resume, uncap, purge) and no other process's registration
+  holds it; a process that drops a queue from the set first waits for its own writes to
+  it. A write that took longer than :data:`REGISTER_EVERY` registers its queue again
+  after. So a queue with jobs stays in the set; an emptied queue other processes wrote to
+  lately keeps its place under :attr:`max_queues` for up to :data:`HOLD` seconds.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+import math
+import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from conveyor.backends.base import DEFAULT_MAX_QUEUES, Beat, Broker, Recovery
 from conveyor.backends.redis import deploy
 from conveyor.backends.redis.broker import RedisBroker, _Coalescer, _Connection
+from conveyor.backends.redis.keys import Keys
 from conveyor.backends.redis.layout import LAYOUT
-from conveyor.errors import ConfigurationError, NewerStore, TooManyQueues, redact_url
+from conveyor.errors import (
+    ConfigurationError,
+    DuplicateJob,
+    NewerStore,
+    TooManyQueues,
+    redact_url,
+)
+from conveyor.ids import id_time, is_valid_id, new_id
 from conveyor.job import JobRecord, JobState, Outcome, WorkerInfo
 from conveyor.known import KnownJob
 from conveyor.limits import JobLimits, LimitUsage
@@ -60,11 +84,19 @@ from conveyor.schedules import Schedule, ScheduleState
 from conveyor.stats import MinuteStats
 from conveyor.summary import PREVIEW_CHARS, JobSummary
 
-#: seconds a process trusts that a queue it wrote to is in the set of queues (it adds it
-#: again after that, so a queue dropped from the set by a purge in between comes back)
+#: seconds a process trusts that a queue it registered is in the set of queues (it
+#: registers it again before its next write after that)
 REGISTER_EVERY = 10.0
+#: seconds a registration holds a queue in the set against other processes: a queue they
+#: see empty stays while one holds it (twice :data:`REGISTER_EVERY`, so that a write that
+#: trusted a registration lands before it lapses; a slower write registers again after)
+HOLD = 2 * REGISTER_EVERY
 #: jobs whose queue a broker remembers from its claims (the oldest are forgotten first)
 MAX_WHERE = 100_000
+
+log = logging.getLogger("conveyor.redis")
+#: the registration of a queue this process did not register: (when, token)
+_NEVER = (-math.inf, "")
 
 
 def shard_tag(namespace: str, queue: str) -> str:
@@ -125,8 +157,12 @@ class ShardedRedisBroker(Broker):
         self.max_queues: int | None = DEFAULT_MAX_QUEUES
         self._aging = DEFAULT_AGING
         self._shards: dict[str, _Shard] = {}
-        #: queue -> time.monotonic() when this process last made sure it is in the set
-        self._registered: dict[str, float] = {}
+        #: queue -> (time.monotonic() before this process last registered it, the token of
+        #: that registration)
+        self._registered: dict[str, tuple[float, str]] = {}
+        #: queue -> writes of this process under way to it (see :meth:`_writing`)
+        self._writes: Counter[str] = Counter()
+        self._lock = threading.Lock()
         #: job id -> queue, for the jobs this broker claimed (settles, heartbeats)
         self._where: dict[str, str] = {}
         #: queues whose shard this broker's heartbeats wrote the worker into
@@ -185,9 +221,22 @@ class ShardedRedisBroker(Broker):
         return f"{self.home.keys.prefix}:shards"
 
     async def _known(self) -> list[str]:
-        """Every queue of the namespace: the home's set, and those this broker wrote to."""
-        members: set[str] = await self.home._cmd("smembers", self._set)
-        return sorted(members | set(self._shards))
+        """Every queue of the namespace: the home's set, and those this process registered
+        lately. The shards kept for queues in neither (nor served) are dropped."""
+        members: set[str] = set(await self.home._cmd("smembers", self._set))
+        now = time.monotonic()
+        with self._lock:
+            for queue in [q for q, (at, _) in self._registered.items()
+                          if now - at >= HOLD and not self._writes[q]]:
+                del self._registered[queue]
+            members |= set(self._registered)
+        for queue in [q for q in self._shards if q not in members and q not in self._beaten]:
+            del self._shards[queue]
+        return sorted(members)
+
+    def _registrations(self, queue: str) -> str:
+        """The home's sorted set of the registrations of ``queue`` still holding."""
+        return f"{self._set}:by:{queue}"
 
     async def _register(self, queues: Sequence[str]) -> None:
         """Make sure ``queues`` are in the set of queues, all or none: past
@@ -196,38 +245,68 @@ class ShardedRedisBroker(Broker):
         todo = self._unregistered(queues)
         if not todo:
             return
-        refused = await self._add(todo)
+        sent, token = time.monotonic(), new_id()
+        refused = await self._add(todo, token, self._most())
         if refused and self._may_sweep():
             await self._prune()
-            refused = await self._add(todo)
+            sent = time.monotonic()
+            refused = await self._add(todo, token, self._most())
         if refused:
             raise TooManyQueues(refused, self._most())
-        self._registered.update(dict.fromkeys(todo, time.monotonic()))
+        self._registered.update(dict.fromkeys(todo, (sent, token)))
 
     def _register_blocking(self, queues: Sequence[str]) -> None:
         """:meth:`_register` without a loop; a refusal sweeps nothing."""
         todo = self._unregistered(queues)
         if not todo:
             return
-        refused, _ = self.home._blocking_call("shard_register", [self._set],
-                                              [self._most(), *todo])
+        sent, token = time.monotonic(), new_id()
+        refused, _ = self.home._blocking_call(
+            "shard_register", [self._set, *map(self._registrations, todo)],
+            [self._most(), token, int(HOLD * 1000), *todo])
         if refused:
             raise TooManyQueues(str(refused), self._most())
-        self._registered.update(dict.fromkeys(todo, time.monotonic()))
+        self._registered.update(dict.fromkeys(todo, (sent, token)))
 
     def _unregistered(self, queues: Sequence[str]) -> list[str]:
-        """Those of ``queues`` this process did not make sure of lately."""
+        """Those of ``queues`` this process did not register lately."""
         now = time.monotonic()
         return [q for q in queues
-                if now - self._registered.get(q, -REGISTER_EVERY) >= REGISTER_EVERY]
+                if now - self._registered.get(q, _NEVER)[0] >= REGISTER_EVERY]
 
     def _most(self) -> int:
         return -1 if self.max_queues is None else self.max_queues
 
-    async def _add(self, queues: Sequence[str]) -> str:
-        """Add ``queues`` to the set, all or none; '' or the first queue refused."""
-        return str(await self.home._script("shard_register", [self._set],
-                                           [self._most(), *queues]))
+    async def _add(self, queues: Sequence[str], token: str, most: int) -> str:
+        """Add ``queues`` to the set, all or none, registered under ``token``; '' or the
+        first queue refused."""
+        return str(await self.home._script(
+            "shard_register", [self._set, *map(self._registrations, queues)],
+            [most, token, int(HOLD * 1000), *queues]))
+
+    @contextlib.contextmanager
+    def _writing(self, queues: Sequence[str]) -> Iterator[None]:
+        """Count the writes under way to ``queues`` (a forget by this process waits for
+        them: they may trust a registration it is about to drop)."""
+        with self._lock:
+            self._writes.update(queues)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._writes.subtract(queues)
+                self._writes = +self._writes
+
+    async def _confirm(self, queues: Sequence[str]) -> None:
+        """After a write: a write that took so long that the registration it trusted may
+        have lapsed before it landed registers its queues again (past any cap: the jobs
+        are stored)."""
+        now = time.monotonic()
+        late = [q for q in queues if now - self._registered.get(q, _NEVER)[0] >= REGISTER_EVERY]
+        if late:
+            sent, token = now, new_id()
+            await self._add(late, token, -1)
+            self._registered.update(dict.fromkeys(late, (sent, token)))
 
     def _may_sweep(self) -> bool:
         now = time.monotonic()
@@ -237,34 +316,46 @@ class ShardedRedisBroker(Broker):
         return True
 
     async def _prune(self) -> None:
-        """Drop from the set the queues whose shard forgot its queue (no jobs, no settings)."""
+        """Drop from the set the queues whose shard forgot its queue (no jobs, no settings)
+        and that no other registration holds."""
         for queue in await self._known():
             await self._forget_if_empty(queue)
 
     async def _forget_if_empty(self, queue: str) -> None:
-        """Drop ``queue`` from the set if its shard forgot it, checking again after: a queue
-        written to in between is added back."""
+        """Drop ``queue`` from the set if its shard forgot it and no registration but this
+        process's holds it (another process may be writing to it, trusting its own), then
+        look again: a queue written to in between is added back."""
         part = self.shard(queue, keep=False)
         if await part._cmd("exists", part.keys.queues):
             return
-        await self.home._cmd("srem", self._set, queue)
-        self._registered.pop(queue, None)
+        with self._lock:
+            _, token = self._registered.pop(queue, _NEVER)
+            if self._writes[queue]:
+                return  # a write of this process may trust the registration
+        gone = await self.home._script("shard_forget", [self._set, self._registrations(queue)],
+                                       [queue, int(HOLD * 1000), token])
+        if not gone:
+            return
         if await part._cmd("exists", part.keys.queues):
-            await self.home._cmd("sadd", self._set, queue)
+            await self._add([queue], new_id(), -1)  # written to in between: back it goes
         else:
             self._shards.pop(queue, None)
 
-    async def _locate(self, ids: Sequence[str]) -> dict[str, str]:
-        """job id -> its queue, for the ids that exist: from this broker's claims, else read
-        from every queue's jobs hash in one pipeline."""
-        found = {i: self._where[i] for i in ids if i in self._where}
+    async def _locate(self, ids: Sequence[str], claimed: bool = True,
+                      strict: bool = True) -> dict[str, str]:
+        """job id -> its queue, for the ids that exist: from this broker's claims (unless
+        ``claimed`` is False), else read from every queue's jobs hash in one pipeline. An id
+        found in two queues raises :class:`DuplicateJob` (which one is meant is unknown),
+        or without ``strict`` (a worker's calls, which must go on) is logged and the first
+        queue taken."""
+        found = {i: self._where[i] for i in ids if claimed and i in self._where}
         missing = [i for i in dict.fromkeys(ids) if i not in found]
         if not missing:
             return found
         queues = await self._known()
         if not queues:
             return found
-        keys = [self.shard(q).keys.jobs for q in queues]
+        keys = [Keys(self.namespace, shard_tag(self.namespace, q)).jobs for q in queues]
 
         async def call(conn: _Connection) -> list[list[Any]]:
             async with conn.client.pipeline(transaction=False) as pipe:
@@ -274,8 +365,18 @@ class ShardedRedisBroker(Broker):
 
         for queue, values in zip(queues, await self.home._retrying(call), strict=True):
             for job_id, value in zip(missing, values, strict=True):
-                if value is not None:
-                    found[job_id] = queue
+                if value is None:
+                    continue
+                if job_id in found:
+                    problem = DuplicateJob(job_id, f"job id {job_id} is in two queues "
+                                                   f"({found[job_id]!r} and {queue!r}) of a "
+                                                   "namespace sharded by queue: which is "
+                                                   "meant is unknown")
+                    if strict:
+                        raise problem
+                    log.warning("%s; taking %r", problem, found[job_id])
+                    continue
+                found[job_id] = queue
         return found
 
     async def _owner(self, job_id: str) -> _Shard | None:
@@ -324,43 +425,90 @@ class ShardedRedisBroker(Broker):
         self, jobs: Sequence[JobRecord], limits: Mapping[str, int]
     ) -> list[str | None]:
         """One enqueue per queue. When a queue refuses its jobs, those stored in the queues
-        before it are deleted again (one a worker claimed in between runs on)."""
+        before it are deleted again (one a worker claimed in between runs on). Ids a caller
+        chose are looked for in every queue first."""
         groups = self._by_queue(jobs)
-        await self._register(list(groups))
+        queues = list(groups)
+        await self._refuse_taken(jobs)
         result: list[str | None] = [None] * len(jobs)
         done: list[str] = []
-        for queue, members in groups.items():
-            try:
-                stored = await self.shard(queue).enqueue([jobs[n] for n in members], limits)
-            except Exception:
-                await self._take_back(jobs, groups, done, result)
-                raise
-            for n, holder in zip(members, stored, strict=True):
-                result[n] = holder
-            done.append(queue)
+        failed: Exception | None = None
+        with self._writing(queues):
+            await self._register(queues)
+            for queue, members in groups.items():
+                try:
+                    stored = await self.shard(queue).enqueue([jobs[n] for n in members],
+                                                             limits)
+                except Exception as exc:
+                    failed = exc
+                    break
+                for n, holder in zip(members, stored, strict=True):
+                    result[n] = holder
+                done.append(queue)
+        if failed is not None:
+            await self._take_back(jobs, groups, done, result)
+            raise failed
+        await self._confirm(queues)
         return result
+
+    async def _refuse_taken(self, jobs: Sequence[JobRecord]) -> None:
+        """Raise :class:`DuplicateJob` when an id a caller chose (not one made for its job,
+        see :func:`_chosen`) is a job's of another queue, or named twice (a queue's own
+        store refuses an id it holds)."""
+        chosen = [job for job in jobs if _chosen(job)]
+        if not chosen:
+            return
+        seen: dict[str, str] = {}
+        for job in jobs:
+            if seen.setdefault(job.id, job.queue) != job.queue:
+                raise DuplicateJob(job.id, f"job id {job.id} is named twice; nothing was "
+                                           "stored")
+        where = await self._locate([job.id for job in chosen], claimed=False)
+        for job in chosen:
+            other = where.get(job.id, job.queue)
+            if other != job.queue:
+                raise DuplicateJob(job.id, f"a job with id {job.id} exists already (in "
+                                           f"queue {other!r}); nothing was stored")
 
     async def _take_back(self, jobs: Sequence[JobRecord], groups: Mapping[str, list[int]],
                          queues: Sequence[str], result: Sequence[str | None]) -> None:
-        """Delete the jobs of ``queues`` an enqueue stored (not those deduplicated)."""
+        """Delete the jobs of ``queues`` an enqueue stored (not those deduplicated); those
+        that cannot be are logged (they stay, and run)."""
         for queue in queues:
             part = self.shard(queue)
+            kept: list[str] = []
+            trouble: Exception | None = None
             for n in groups[queue]:
                 if result[n] is None:
-                    await part.delete(jobs[n].id)
-            await self._forget_if_empty(queue)
+                    try:
+                        if not await part.delete(jobs[n].id):
+                            kept.append(jobs[n].id)
+                    except Exception as exc:
+                        kept.append(jobs[n].id)
+                        trouble = exc
+            if kept:
+                log.warning("an enqueue refused by a later queue could not take back %d "
+                            "job(s) stored in queue %r: they stay and run: %s%s", len(kept),
+                            queue, ", ".join(kept), f" ({trouble})" if trouble else "")
+                continue
+            try:
+                await self._forget_if_empty(queue)
+            except Exception as exc:  # the queue stays in the set: a later sweep drops it
+                log.warning("queue %r, emptied again, stays registered: %s", queue, exc)
 
     def enqueue_blocking(
         self, jobs: Sequence[JobRecord], limits: Mapping[str, int]
     ) -> list[str | None]:
-        """Without a loop when the jobs are of one queue (else the caller goes through a
-        loop: storing several queues may have to take jobs back)."""
+        """Without a loop when the jobs are of one queue and their ids were made for them
+        (else the caller goes through a loop: storing several queues may have to take jobs
+        back, a chosen id is looked for in every queue)."""
         groups = self._by_queue(jobs)
-        if not self._checked or len(groups) != 1:
+        if not self._checked or len(groups) != 1 or any(_chosen(job) for job in jobs):
             raise NotImplementedError
         (queue,) = groups
-        self._register_blocking([queue])
-        return self.shard(queue).enqueue_blocking(jobs, limits)
+        with self._writing([queue]):
+            self._register_blocking([queue])
+            return self.shard(queue).enqueue_blocking(jobs, limits)
 
     async def remember_idempotency(
         self, key: str, digest: str, job_id: str, ttl: float
@@ -472,12 +620,15 @@ class ShardedRedisBroker(Broker):
     async def settle(self, outcomes: Sequence[Outcome]) -> None:
         """One settle call per queue."""
         unknown = [o.job_id for o in outcomes if o.queue is None]
-        located = await self._locate(unknown) if unknown else {}
+        located = await self._locate(unknown, strict=False) if unknown else {}
         groups: dict[str, list[Outcome]] = defaultdict(list)
         for o in outcomes:
             queue = o.queue or located.get(o.job_id)
             if queue is not None:
                 groups[queue].append(o)
+            else:
+                log.warning("the outcome of job %s (attempt %s) is dropped: the job is in "
+                            "no queue of namespace %r", o.job_id, o.attempt, self.namespace)
         for queue, some in groups.items():
             await self.shard(queue).settle(some)
         for o in outcomes:
@@ -490,7 +641,7 @@ class ShardedRedisBroker(Broker):
         """The home registers the worker; each queue it serves or holds jobs of registers it
         too (for that queue's lease recovery) and extends the leases of its jobs there."""
         await self.home.heartbeat(worker, {}, lease)
-        where = await self._locate(list(held))
+        where = await self._locate(list(held), strict=False)
         groups: dict[str, dict[str, int]] = defaultdict(dict)
         for job_id, attempt in held.items():
             if job_id in where:
@@ -510,7 +661,7 @@ class ShardedRedisBroker(Broker):
     async def set_progress(
         self, worker_id: str, updates: Sequence[tuple[str, int, float, str | None]]
     ) -> None:
-        where = await self._locate([u[0] for u in updates])
+        where = await self._locate([u[0] for u in updates], strict=False)
         groups: dict[str, list[tuple[str, int, float, str | None]]] = defaultdict(list)
         for update in updates:
             if update[0] in where:
@@ -546,6 +697,10 @@ class ShardedRedisBroker(Broker):
         finally:
             for task in tasks:
                 task.cancel()
+        # A wait cancelled as its BLPOP's reply arrives loses the wake-up it popped: that
+        # costs latency only. Wake-ups are hints (a job is found by a claim, not by its
+        # wake-up): this worker claims from every queue now, and another worker whose
+        # wake-up went waits out its timeout before it claims.
         errors = [task.exception() for task in done if not task.cancelled()]
         for error in errors:
             if error is not None:
@@ -650,16 +805,22 @@ class ShardedRedisBroker(Broker):
     # -- queue settings -----------------------------------------------------------------------
     async def set_paused(self, queue: str, paused: bool) -> None:
         if paused:
-            await self._register([queue])
-        await self.shard(queue).set_paused(queue, paused)
-        if not paused:
+            with self._writing([queue]):
+                await self._register([queue])
+                await self.shard(queue).set_paused(queue, paused)
+            await self._confirm([queue])
+        else:
+            await self.shard(queue).set_paused(queue, paused)
             await self._forget_if_empty(queue)
 
     async def set_max_queued(self, queue: str, limit: int | None) -> None:
         if limit is not None:
-            await self._register([queue])
-        await self.shard(queue).set_max_queued(queue, limit)
-        if limit is None:
+            with self._writing([queue]):
+                await self._register([queue])
+                await self.shard(queue).set_max_queued(queue, limit)
+            await self._confirm([queue])
+        else:
+            await self.shard(queue).set_max_queued(queue, limit)
             await self._forget_if_empty(queue)
 
     async def queue_settings(self) -> dict[str, QueueSettings]:
@@ -713,6 +874,15 @@ class ShardedRedisBroker(Broker):
     async def ping(self) -> None:
         """One round trip to Redis: a health check."""
         await self.home.ping()
+
+
+def _chosen(job: JobRecord) -> bool:
+    """True unless the job's id is one :func:`~conveyor.ids.new_id` made at the job's
+    creation (its time within a second after ``created_at``): a caller chose it."""
+    if not is_valid_id(job.id):
+        return True
+    lag = round(id_time(job.id) * 1000) - int(job.created_at * 1000)
+    return not 0 <= lag <= 1000
 
 
 def _quiet(task: asyncio.Future[Any]) -> None:
