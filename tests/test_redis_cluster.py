@@ -5,6 +5,7 @@ moved to another master while producers and workers run."""
 from __future__ import annotations
 
 import asyncio
+import random
 import subprocess
 import sys
 import threading
@@ -386,15 +387,15 @@ def test_a_lost_reply_does_not_make_an_enqueue_a_duplicate(cluster: RedisCluster
             while not stop.is_set():
                 for client in clients:
                     client.client_kill_filter(_type="normal", skipme=True)
-                time.sleep(0.01)
+                time.sleep(random.uniform(0.005, 0.05))
         finally:
             for client in clients:
                 client.close()
 
     async def produce() -> tuple[int, list[BaseException]]:
         stored, failures = 0, []
-        deadline = time.monotonic() + 6
-        while time.monotonic() < deadline:
+        deadline = time.monotonic() + 90  # a bound for a slow machine; 400 calls take ~6 s
+        while stored + len(failures) < 400 and time.monotonic() < deadline:
             try:
                 await app.enqueue_async("square", 1)
                 stored += 1
@@ -410,8 +411,8 @@ def test_a_lost_reply_does_not_make_an_enqueue_a_duplicate(cluster: RedisCluster
         stop.set()
         thread.join()
         app.close()
-    assert stored > 50, stored
     assert failures == []
+    assert stored >= 50, stored  # 400 unless the machine is very slow
 
 
 def test_a_hung_master_fails_calls_within_the_store_timeout(own_cluster: RedisCluster) -> None:
