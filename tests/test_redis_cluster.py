@@ -5,6 +5,7 @@ moved to another master while producers and workers run."""
 from __future__ import annotations
 
 import asyncio
+import random
 import subprocess
 import sys
 import threading
@@ -168,6 +169,7 @@ def test_every_seed_and_ping_time_and_settings(cluster: RedisCluster) -> None:
     ("redis+cluster://al:s3cr3t@", "malformed Redis URL"),
     ("redis+cluster://al:s3cr3t@127.0.0.1:7000,[::1:7001", "malformed Redis URL"),
     ("rediss+cluster://al:s3cr3t@127.0.0.1:7000/3", "only database 0"),
+    ("redis+cluster://al:s3cr3t@127.0.0.1:7000/abc", "only database 0; drop /abc"),
 ])
 def test_a_bad_cluster_url_is_a_clear_error_without_the_password(
         url: str, expected: str) -> None:
@@ -362,3 +364,169 @@ def test_jobs_flow_through_the_failover_of_their_master(
         assert len(ran) - len(set(ran)) <= 10, "jobs ran twice (claims lost in the failover)"
     finally:
         cluster.remove()
+
+
+# -- calls are retried by the broker only -----------------------------------------------------
+
+
+def test_a_lost_reply_does_not_make_an_enqueue_a_duplicate(cluster: RedisCluster) -> None:
+    """Client connections killed over and over while jobs are enqueued: a call whose reply
+    was lost is retried by the broker (which sends the enqueue's token again), not by
+    redis-py, so no enqueue ends in DuplicateJob for a job it stored itself."""
+    import redis
+
+    from conveyor.errors import DuplicateJob, StoreUnavailable
+
+    namespace = elsewhere(cluster, "lost")
+    app = make_app(cluster.url, namespace, store_timeout=30.0)
+    stop = threading.Event()
+
+    def killer() -> None:
+        clients = [redis.Redis(port=node.port) for node in cluster.masters()]
+        try:
+            while not stop.is_set():
+                for client in clients:
+                    client.client_kill_filter(_type="normal", skipme=True)
+                time.sleep(random.uniform(0.005, 0.05))
+        finally:
+            for client in clients:
+                client.close()
+
+    async def produce() -> tuple[int, list[BaseException]]:
+        stored, failures = 0, []
+        deadline = time.monotonic() + 90  # a bound for a slow machine; 400 calls take ~6 s
+        while stored + len(failures) < 400 and time.monotonic() < deadline:
+            try:
+                await app.enqueue_async("square", 1)
+                stored += 1
+            except (DuplicateJob, StoreUnavailable) as exc:
+                failures.append(exc)
+        return stored, failures
+
+    thread = threading.Thread(target=killer)
+    thread.start()
+    try:
+        stored, failures = asyncio.run(produce())
+    finally:
+        stop.set()
+        thread.join()
+        app.close()
+    assert failures == []
+    assert stored >= 50, stored  # 400 unless the machine is very slow
+
+
+def test_a_hung_master_fails_calls_within_the_store_timeout(own_cluster: RedisCluster) -> None:
+    """The namespace's master stopped (SIGSTOP): an enqueue gives up with StoreUnavailable
+    about when its store_timeout says (redis-py's own retries stretched it to about a
+    minute), and a health check (ping) fails, as it goes to that master."""
+    import os
+    import signal
+
+    from conveyor.errors import StoreUnavailable
+
+    master = own_cluster.masters()[-1]
+    assert master is not own_cluster.nodes[0]
+    namespace = own_cluster.namespace_on(master, "hung")
+    app = make_app(own_cluster.url, namespace, store_timeout=3.0)
+    broker = RedisBroker(own_cluster.url, namespace=namespace)
+    broker.retry_for = 3.0
+
+    async def main() -> tuple[float, BaseException | None]:
+        await app.enqueue_async("square", 1)  # connections open, layout checked
+        await broker.open()
+        await broker.ping()
+        assert master.process is not None
+        os.kill(master.process.pid, signal.SIGSTOP)
+        try:
+            began = time.monotonic()
+            with pytest.raises(StoreUnavailable):
+                await app.enqueue_async("square", 2)
+            took = time.monotonic() - began
+            try:
+                await broker.ping()
+            except StoreUnavailable as exc:
+                return took, exc
+            return took, None
+        finally:
+            os.kill(master.process.pid, signal.SIGCONT)
+            await broker.close()
+
+    try:
+        took, refused = asyncio.run(main())
+    finally:
+        app.close()
+    assert took < 20, took  # a bound (store_timeout 3 s plus one socket timeout), not a speed
+    assert refused is not None, "ping answered while the namespace's master was stopped"
+
+
+def test_settings_are_checked_on_every_master(
+        cluster: RedisCluster, caplog: pytest.LogCaptureFixture) -> None:
+    """A bad setting on any one master is warned about, whichever node the URL names."""
+    import redis
+
+    from conveyor.backends.redis import broker as broker_module
+
+    for master in cluster.masters():
+        client = redis.Redis(port=master.port, decode_responses=True)
+        saved = client.config_get("maxmemory-policy")["maxmemory-policy"]
+        client.config_set("maxmemory-policy", "allkeys-lru")
+        broker = RedisBroker(cluster.url, namespace=cluster.namespace_on(master, "cfg"))
+        broker_module._settings_checked.discard(cluster.url)
+        caplog.clear()
+
+        async def main(broker: RedisBroker = broker) -> None:
+            await broker.check_settings()
+            await broker.close()
+
+        try:
+            with caplog.at_level("WARNING", logger="conveyor.redis"):
+                asyncio.run(main())
+        finally:
+            client.config_set("maxmemory-policy", saved)
+            client.close()
+        assert "'allkeys-lru'" in caplog.text, master.port
+    broker_module._settings_checked.discard(cluster.url)
+
+
+# -- the wrong kind of URL --------------------------------------------------------------------
+
+
+def test_a_cluster_url_naming_a_plain_redis_is_a_clear_error() -> None:
+    from redis_server import shared_redis_url
+
+    address = shared_redis_url().split("://", 1)[1].split("/", 1)[0]
+    url = f"redis+cluster://{address}"
+    expected = f"{address} is not a Redis Cluster node: use redis://"
+    broker = RedisBroker(url, namespace="plain")
+    with pytest.raises(ConfigurationError, match=expected):
+        asyncio.run(broker.open())
+    app = make_app(url, "plain")
+    try:
+        with pytest.raises(ConfigurationError, match=expected):
+            app.enqueue("square", 1)  # the blocking client
+    finally:
+        app.close()
+    done = subprocess.run(
+        [sys.executable, "-m", "conveyor", "stats", "--url", url],
+        env=cli_env(), capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0
+    assert expected in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+def test_a_plain_url_naming_a_cluster_node_is_a_clear_error(cluster: RedisCluster) -> None:
+    """redis:// at a node that does not serve the namespace's slot: its MOVED reply is a
+    ConfigurationError at once, not trouble retried until the store_timeout."""
+    namespace = elsewhere(cluster, "plain")
+    url = f"redis://127.0.0.1:{cluster.nodes[0].port}"
+    expected = "is a Redis Cluster node .*use redis\\+cluster://"
+    broker = RedisBroker(url, namespace=namespace)
+    broker.retry_for = 5.0
+    with pytest.raises(ConfigurationError, match=expected):
+        asyncio.run(broker.open())
+    app = make_app(url, namespace, store_timeout=5.0)
+    try:
+        with pytest.raises(ConfigurationError, match=expected):
+            app.enqueue("square", 1)  # the blocking client
+    finally:
+        app.close()

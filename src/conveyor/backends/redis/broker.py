@@ -50,6 +50,7 @@ try:
         AuthenticationWrongNumberOfArgsError,
         ClusterDownError,
         ClusterError,
+        MovedError,
         ResponseError,
         SlotNotCoveredError,
         TryAgainError,
@@ -240,12 +241,21 @@ class RedisBroker(Broker):
     def _trouble(self, error: BaseException, sent: float | None = None) -> bool:
         """Note trouble that may pass (and return True) of a call begun at ``sent``; False
         for an error reply that is not such trouble, which is raised as it is."""
+        self._check_moved(error)
         reason = getattr(error, "store_reason", None) or _reason(error)
         if reason is None:
             raise error
         self.last_trouble = time.monotonic()
         self.outage.trouble(reason, str(error), sent)
         return True
+
+    def _check_moved(self, error: BaseException) -> None:
+        """A MOVED reply to a client that is not a cluster client: the URL names a node of
+        a Redis Cluster, whose redirections only a cluster client follows."""
+        if isinstance(error, MovedError) and deploy.kind(self.url) != deploy.CLUSTER:
+            raise ConfigurationError(
+                f"{redact_url(self.url)}: this Redis is a Redis Cluster node (it answers "
+                f"MOVED): use redis+cluster://") from error
 
     def _refused(self, error: BaseException) -> ConfigurationError:
         """What callers see when Redis refuses the URL's credentials."""
@@ -259,7 +269,8 @@ class RedisBroker(Broker):
         return StoreUnavailable(self.url, reason or "Redis is unreachable", sent)
 
     def is_transient(self, error: BaseException) -> bool:
-        if isinstance(error, REFUSED):
+        if isinstance(error, REFUSED) or (
+                isinstance(error, MovedError) and deploy.kind(self.url) != deploy.CLUSTER):
             return False
         return isinstance(error, (*TRANSIENT, StoreUnavailable)) or (
             isinstance(error, (ResponseError, *CLUSTER_ERRORS)) and _reason(error) is not None)
@@ -305,8 +316,12 @@ class RedisBroker(Broker):
         self._layout_checked = True
 
     async def ping(self) -> None:
-        """One round trip to Redis (retried as any command is): a health check."""
-        await self._cmd("ping")
+        """One round trip to Redis (retried as any command is): a health check. On a
+        cluster it goes to the master of the namespace's slot (a script on its keys)."""
+        if deploy.kind(self.url) == deploy.CLUSTER:
+            await self._script("clock", [self.keys.jobs], [])
+        else:
+            await self._cmd("ping")
 
     async def check_settings(self) -> None:
         """Warn about Redis settings that lose jobs (eviction, no persistence), once per
@@ -316,21 +331,39 @@ class RedisBroker(Broker):
         if key in _settings_checked:
             return
         try:
-            policy = (await self._cmd("config_get", "maxmemory-policy")).get(
-                "maxmemory-policy")
-            aof = (await self._cmd("config_get", "appendonly")).get("appendonly")
-            save = (await self._cmd("config_get", "save")).get("save")
+            nodes = await self._settings(("maxmemory-policy", "appendonly", "save"))
         except ResponseError:  # CONFIG is often disabled on managed Redis: nothing to check
             return
         if key in _settings_checked:  # another loop of this process checked meanwhile
             return
         _settings_checked.add(key)
-        if policy and policy != "noeviction":
+        policies = [node.get("maxmemory-policy") for node in nodes]
+        bad = [policy for policy in policies if policy and policy != "noeviction"]
+        if bad:
             log.warning("Redis maxmemory-policy is %r: under memory pressure Redis may evict "
-                        "jobs. Set it to noeviction.", policy)
-        if aof != "yes" and not save:
+                        "jobs. Set it to noeviction.", bad[0])
+        if any(node.get("appendonly") != "yes" and not node.get("save") for node in nodes):
             log.warning("Redis persistence is off (no AOF, no RDB): a Redis restart loses "
                         "every job. Use appendonly yes with appendfsync always (or everysec).")
+
+    async def _settings(self, names: Sequence[str]) -> list[dict[str, str]]:
+        """CONFIG GET of ``names``: one ``{name: value}`` per server, from every master of
+        a cluster (any of them may serve the namespace, now or after a slot moves)."""
+        if deploy.kind(self.url) != deploy.CLUSTER:
+            return [{name: (await self._cmd("config_get", name)).get(name) for name in names}]
+        found: dict[str, dict[str, str]] = {}
+        for name in names:
+
+            async def get(conn: _Connection, name: str = name) -> dict[str, Any]:
+                return await conn.client.execute_command(  # type: ignore[no-any-return]
+                    "CONFIG GET", name, target_nodes=conn.client.PRIMARIES)
+
+            replies = await self._retrying(get)
+            if not all(isinstance(reply, dict) for reply in replies.values()):
+                replies = {"": replies}  # one master: its reply as it is
+            for node, reply in replies.items():
+                found.setdefault(node, {}).update(reply)
+        return list(found.values())
 
     async def close(self) -> None:
         try:

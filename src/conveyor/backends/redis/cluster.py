@@ -6,8 +6,9 @@ The nodes given are seeds: the client reads the slot map from the first that ans
 finds the rest. Every key of a namespace carries the hash tag ``{namespace}``, so a
 namespace lives in one slot: each script and pipeline runs whole on the master that owns
 it. redis-py's cluster clients follow MOVED and ASK replies, retry TRYAGAIN, and read the
-slot map again after a failover or a slot moves; what still fails in the meantime is
-retried by the broker (see ``broker._reason``).
+slot map again after a failover or a slot moves. They do not retry a call whose connection
+failed or timed out: the broker does (see ``broker._reason``), within the operation's
+deadline, and knows which calls are safe to send again (an enqueue carries its token).
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import redis as syncredis
 from redis.asyncio.cluster import ClusterNode as AsyncClusterNode
 from redis.asyncio.cluster import ClusterPipeline, PipelineCommand, TransactionStrategy
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.crc import key_slot
 from redis.exceptions import (
     AskError,
@@ -30,6 +33,7 @@ from redis.exceptions import (
     NoScriptError,
     RedisClusterException,
     RedisError,
+    ResponseError,
     SlotNotCoveredError,
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -85,10 +89,12 @@ def _options(url: str) -> tuple[dict[str, Any], list[tuple[str, int]]]:
             raise malformed(url)
         seeds.append((str(parsed.pop("host")), int(parsed.pop("port", 6379))))
         options = parsed
+    path = tail.split("?", 1)[0].split("#", 1)[0].strip("/")
     db = options.pop("db", 0)
-    if db not in (0, None):
+    if db not in (0, None) or path not in ("", "0"):
         raise ConfigurationError(
-            f"{redact_url(url)}: a Redis Cluster has only database 0; drop /{db} from the URL")
+            f"{redact_url(url)}: a Redis Cluster has only database 0; drop /{path or db} "
+            "from the URL")
     if options.pop("connection_class", None) is not None:  # rediss: SSLConnection
         options["ssl"] = True
     return options, seeds
@@ -102,13 +108,19 @@ def check_url(url: str) -> None:
 
 def async_client(url: str) -> Any:
     """A redis-py asyncio cluster client for ``url`` (decoding replies as text); its
-    pipelines load a script a node does not know and run that command again."""
+    pipelines load a script a node does not know and run that command again.
+
+    redis-py would send a call again after a connection error or a timeout (3 times by
+    default, each waiting out ``socket_timeout``): that re-sends an enqueue whose reply was
+    lost, and stretches one call on a hung master far past the broker's deadline. No call
+    is retried here; the broker retries, within its deadline."""
     options, seeds = _options(url)
     client = _AsyncCluster(
         startup_nodes=[AsyncClusterNode(host, port) for host, port in seeds],
         decode_responses=True, encoding_errors=TEXT_ERRORS, health_check_interval=10,
-        socket_keepalive=True, **options,
+        socket_keepalive=True, retry=Retry(NoBackoff(), 0), **options,
     )
+    client.seeds = ",".join(_parts(url)[2])
     if _pack is not None:  # the nodes of the slot map are made from connection_kwargs
         packing = _hiredis_packing(client.connection_kwargs["connection_class"])
         client.connection_kwargs["connection_class"] = packing
@@ -211,13 +223,23 @@ class _Pipeline(ClusterPipeline):
                 cmd.kwargs["target_nodes"] = node
 
 
+def not_a_cluster(seeds: str) -> ConfigurationError:
+    """What callers see when the node(s) ``seeds`` of a cluster URL are not in a cluster."""
+    return ConfigurationError(f"{seeds} is not a Redis Cluster node: use redis://")
+
+
 class _AsyncCluster(AsyncRedisCluster):
     """redis-py's asyncio cluster client, its pipelines made by :class:`_Pipeline`."""
+
+    #: the seeds of the URL, as ``HOST:PORT[,HOST:PORT...]`` (for error messages)
+    seeds = ""
 
     async def initialize(self, *args: Any, **kwargs: Any) -> Any:
         try:
             return await super().initialize(*args, **kwargs)
         except RedisClusterException as exc:
+            if "Cluster mode is not enabled" in str(exc):
+                raise not_a_cluster(self.seeds) from exc
             raise _cause(exc) from exc
 
     def pipeline(self, transaction: Any | None = None, shard_hint: Any | None = None) -> Any:
@@ -285,6 +307,11 @@ class ClusterScripts:
                 decode_responses=True, socket_timeout=5, socket_connect_timeout=5)
             try:
                 spans = client.execute_command("CLUSTER", "SLOTS")
+            except ResponseError as exc:
+                if "cluster support disabled" in str(exc):
+                    raise not_a_cluster(f"{host}:{port}") from exc
+                error = exc
+                continue
             except RedisError as exc:
                 error = exc
                 continue
@@ -308,8 +335,9 @@ class ClusterScripts:
                 return self._node(address).call(name, keys, args, asking=asking)
             except MovedError as exc:  # the slot moved for good: so does the map
                 address, asking = exc.node_addr, False
-                if self._slots is not None:
-                    self._slots[exc.slot_id] = address
+                slots = self._slots  # another thread may drop the map meanwhile
+                if slots is not None:
+                    slots[exc.slot_id] = address
             except AskError as exc:  # the slot is moving: this call only
                 address, asking = exc.node_addr, True
             except (*LOST, ClusterDownError):
