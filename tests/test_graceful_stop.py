@@ -49,6 +49,12 @@ class Store:
     def worker_pids(self) -> set[int]:
         return {info.pid for info in self.app.run_sync(self.app.broker.workers())}
 
+    def published_by(self, pid: int) -> bool:
+        """Whether the worker process ``pid`` published its jobs (after it registered):
+        only then may this app, which registers none, enqueue them by name."""
+        return any(job.worker_id is not None and f"-{pid}-" in job.worker_id
+                   for job in self.app.known_jobs())
+
 
 class WorkerProcess:
     """One ``conveyor worker stopjobs:app`` process, its log in a file."""
@@ -95,8 +101,11 @@ class Processes:
     def start(self, store: Store, *options: str) -> WorkerProcess:
         worker = WorkerProcess(store, self.logs / f"worker-{len(self.started)}.log", *options)
         self.started.append(worker)
-        wait_until(lambda: worker.proc.pid in store.worker_pids() or worker.proc.poll(),
-                   timeout=20, what=f"the worker to register\n{worker.output()}")
+        pid = worker.proc.pid
+        wait_until(lambda: (pid in store.worker_pids() and store.published_by(pid))
+                   or worker.proc.poll() is not None,
+                   timeout=30, what=f"the worker to register and publish its jobs\n"
+                   f"{worker.output()}")
         assert worker.proc.poll() is None, worker.output()
         return worker
 

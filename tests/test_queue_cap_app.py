@@ -27,7 +27,7 @@ def test_a_bad_cap_is_refused(value: Any) -> None:
 
 
 def test_the_cap_reaches_the_store_and_refuses_a_new_queue(url: str) -> None:
-    app = Conveyor(url=url, namespace="capped", max_queues=2)
+    app = Conveyor(url=url, namespace=f"capped{new_id().lower()}", max_queues=2)
     try:
         job = app.job(lambda n: n, name="echo")
         assert app.broker.max_queues == 2

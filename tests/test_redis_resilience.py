@@ -103,7 +103,10 @@ def test_worker_killed_mid_job_the_job_completes_elsewhere(
     marker = tmp_path / "marker"
     handle = app.enqueue("marked_nap", str(marker), 30.0)
     victim = workers.start()
-    wait_until(marker.exists, what="the job to start")
+    # the pid is written, not only the file made: a kill between the two would leave
+    # an empty marker, and the next run would count itself the first
+    wait_until(lambda: marker.exists() and marker.read_text().endswith("\n"),
+               what="the job to start")
     victim.send_signal(signal.SIGKILL)
     victim.wait()
     workers.start()

@@ -155,6 +155,9 @@ def test_serve_its_logs_the_api_and_the_dashboard_hide_the_password(
             f"/jobs/{job}", "/openapi.json", "/docs")]
         assert all(answer.status_code == 200 for answer in seen), \
             [(answer.url, answer.status_code) for answer in seen]
+        # its worker logs its start line once it registered, which may come after all that
+        wait_until(lambda: " conveyor.worker: worker " in srv.output(), timeout=30,
+                   what=f"the worker's start line\n{srv.output()}")
     finally:
         assert srv.stop() == 0, srv.output()
     for answer in seen:

@@ -10,6 +10,7 @@ SQLite is a real file locked by another connection holding ``BEGIN EXCLUSIVE``.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sqlite3
 import subprocess
@@ -189,6 +190,22 @@ def test_commands_print_one_error_line_when_redis_is_unreachable(tmp_path: Path)
     assert time.monotonic() - began < 5.0 + MARGIN  # the commands' bound, run side by side
 
 
+def has_open(pid: int, path: Path) -> bool:
+    """Whether process ``pid`` has ``path`` open (Linux: ``/proc/PID/fd``)."""
+    try:
+        fds = list(Path(f"/proc/{pid}/fd").iterdir())
+    except OSError:
+        return False
+    for fd in fds:
+        try:
+            if os.readlink(fd) == str(path.resolve()):
+                return True
+        except OSError:  # closed meanwhile
+            continue
+    return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").exists(), reason="needs /proc")
 def test_a_command_stops_on_ctrl_c_while_waiting(tmp_path: Path) -> None:
     """``conveyor status --wait`` on a job that never ends: SIGINT ends it (exit 130)."""
     url = f"sqlite:///{tmp_path / 'c.db'}"
@@ -196,13 +213,20 @@ def test_a_command_stops_on_ctrl_c_while_waiting(tmp_path: Path) -> None:
                            "[1, 2]", "--force", "--url", url], capture_output=True, text=True,
                           cwd=tmp_path, env=cli_env(), timeout=60, check=True)
     job_id = done.stdout.strip()
+    # SIGINT at its default in the child, as in a terminal, even if this run inherited it
+    # ignored (a background job of a shell without job control): Python then leaves it so
     proc = subprocess.Popen([sys.executable, "-m", "conveyor", "status", job_id, "--wait",
                              "--url", url], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, cwd=tmp_path, env=cli_env())
-    time.sleep(1.5)
+                            text=True, cwd=tmp_path, env=cli_env(),
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    # not a fixed sleep: under load the imports alone may take longer, and a SIGINT then
+    # ends the process as any Python program ends, with a traceback
+    wait_until(lambda: proc.poll() is not None or has_open(proc.pid, tmp_path / "c.db"),
+               timeout=60, what="the command to open the store")
     assert proc.poll() is None, proc.communicate()
+    time.sleep(0.5)  # into its wait (any moment from here on must do)
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=10)
+    out, err = proc.communicate(timeout=30)
     assert proc.returncode == 130, (out, err)
     assert "Traceback" not in err
 

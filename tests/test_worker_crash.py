@@ -103,7 +103,10 @@ def test_running_job_survives_kill_9_of_its_worker(
     marker = tmp_path / "marker.txt"
     handle = capp.enqueue("marked_nap", str(marker), 30.0)
     first = workers.start("--max-workers", "2")
-    wait_until(marker.exists, what=f"the job to start\n{workers.log(first)}")
+    # the pid is written, not only the file made: a kill between the two would leave
+    # an empty marker, and the next run would count itself the first
+    wait_until(lambda: marker.exists() and marker.read_text().endswith("\n"),
+               what=f"the job to start\n{workers.log(first)}")
     running = handle.info()
     assert running.state is JobState.RUNNING
     assert running.worker_id is not None and f"-{first.pid}-" in running.worker_id

@@ -180,7 +180,7 @@ def test_cancel_running_thread_job_sets_ctx_cancelled(
     handle.cancel()
     with pytest.raises(JobCancelled):
         handle.result(timeout=10)
-    assert noticed.wait(5)
+    assert noticed.wait(20)  # the job looks for 30 s
     assert handle.info().result is None
 
 
