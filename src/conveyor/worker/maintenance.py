@@ -153,17 +153,21 @@ class Maintenance:
         worker.info.busy = len(worker.running)
         worker.release_stale()
         begun, worker.begun = worker.begun, []
+        held = worker.held()
+        holding = {job_id: worker.holding(job_id) for job_id in held}
         try:
-            beat = await worker.broker.heartbeat(
-                worker.info, worker.held(), worker.app.lease, begun
-            )
+            beat = await worker.broker.heartbeat(worker.info, held, worker.app.lease, begun)
         except BaseException as exc:
             worker.begun[:0] = begun  # told at the next heartbeat
             if not isinstance(exc, asyncio.CancelledError):  # leases may lapse: see recovery
                 worker.broker.last_trouble = time.monotonic()
             raise
         for job_id in beat.lost:
-            worker.lose(job_id)
+            # the verdict is on what was held when the heartbeat was sent: not on a claim of
+            # the same job made since (an uncharged put-back keeps its attempt number)
+            now, then = worker.holding(job_id), holding.get(job_id)
+            if now is then or (isinstance(now, int) and now == then):
+                worker.lose(job_id)
         for job_id in beat.cancel:
             worker.cancel_job(job_id, "cancel")
 

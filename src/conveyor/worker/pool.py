@@ -208,6 +208,20 @@ class Worker:
         held.update((record.id, record.attempts) for record in self.buffered)
         return held
 
+    def holding(self, job_id: str) -> object | None:
+        """What this worker holds of the job now: its running or buffered record (one
+        object per claim), the attempt number of an ended attempt whose outcome is not
+        stored yet, or None. A heartbeat's verdict on a job applies only while this is the
+        same as when the heartbeat was sent: an attempt put back uncharged (RateLimited)
+        keeps its attempt number, and may be claimed again by this worker meanwhile."""
+        entry = self.running.get(job_id)
+        if entry is not None:
+            return entry.ctx.record
+        record = self._buffered(job_id)
+        if record is not None:
+            return record
+        return self._settling.get(job_id)
+
     def lose(self, job_id: str) -> None:
         """The store no longer counts this worker as the job's owner (its lease was
         recovered while this worker was cut off, or the job was deleted): stop the attempt at
