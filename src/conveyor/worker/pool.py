@@ -484,7 +484,8 @@ class Worker:
         """Before a suspect starts alone, hand the other buffered jobs back to the store
         and mark the suspect started there (waiting until the store has both): if it kills
         the process, it is charged and no other job is."""
-        if not (self.buffered and self.buffered[0].suspect and not self.running):
+        if not (self.buffered and self.buffered[0].suspect and not self.running
+                and not self._settling):
             return
         suspect = self.buffered[0]
         others = list(self.buffered)[1:]
@@ -515,17 +516,20 @@ class Worker:
     def _isolating(self) -> bool:
         """True while a suspect job runs alone or waits for the others to end."""
         return self._alone is not None or bool(
-            self.buffered and self.buffered[0].suspect and self.running)
+            self.buffered and self.buffered[0].suspect and (self.running or self._settling))
 
     def _fill_slots(self) -> None:
         """Start buffered jobs while slots are free. A suspect job (its worker was lost
-        while it ran) starts only once nothing else runs, and nothing starts beside it: if
+        while it ran) starts only once nothing else runs or waits for its outcome to be
+        stored, and nothing starts beside it: if
         it kills its process again, no other job pays for it."""
         while self.buffered and self.busy < self.scaler.size and not self.stopping:
             if self._alone is not None:
                 return
             if self.buffered[0].suspect:
-                if (self.running or len(self.buffered) > 1
+                # the others ended and their outcomes stored: if the suspect kills the
+                # process, no finished job runs again
+                if (self.running or self._settling or len(self.buffered) > 1
                         or self.buffered[0].id in self._unstarted):  # see _isolate
                     return
                 self._alone = self.buffered[0].id
