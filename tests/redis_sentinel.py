@@ -14,7 +14,6 @@ import atexit
 import contextlib
 import shutil
 import socket
-import subprocess
 import tempfile
 import threading
 import time
@@ -52,21 +51,9 @@ class SentinelServer(RedisServer):
         self.config.write_text("\n".join(lines) + "\n")
 
     def start(self) -> SentinelServer:
-        self.process = subprocess.Popen([self.binary, str(self.config), "--sentinel"],
-                                        stdout=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as sock:
-                    sock.sendall(b"PING\r\n")
-                    if sock.recv(64).startswith((b"+PONG", b"-NOAUTH")):
-                        return self
-            except OSError:
-                pass
-            if self.process.poll() is not None:
-                break
-            time.sleep(0.02)
-        raise RuntimeError(f"redis-sentinel did not start; see {self.directory}")
+        self.launch([self.binary, str(self.config), "--sentinel"], "redis-sentinel",
+                    self.directory / "sentinel.log")
+        return self
 
 
 class Relay:

@@ -60,20 +60,47 @@ class RedisServer:
             "--save", "", "--maxmemory-policy", "noeviction", "--protected-mode", "no",
             "--daemonize", "no", "--logfile", str(self.directory / "redis.log"), *self.extra,
         ]
-        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+        return self.launch(command, "redis-server", self.directory / "redis.log")
+
+    def launch(self, command: Sequence[str], what: str, log: Path) -> RedisServer:
+        """Start ``command`` and wait until the server on :attr:`port` answers PING (or asks
+        for a password) and is this process: a port another server took meanwhile (two test
+        processes handed the same free port) is an error, not a silent shared server."""
+        self.process = subprocess.Popen(list(command), stdout=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             try:
                 with socket.create_connection((self.host, self.port), timeout=0.2) as sock:
                     sock.sendall(b"PING\r\n")
-                    if sock.recv(64).startswith(b"+PONG"):
+                    reply = sock.recv(64)
+                    if reply.startswith(b"-NOAUTH"):
+                        return self
+                    if reply.startswith(b"+PONG"):
+                        self._check_own(sock, what)
                         return self
             except OSError:
                 pass
             if self.process.poll() is not None:
                 break
             time.sleep(0.02)
-        raise RuntimeError(f"redis-server did not start; see {self.directory / 'redis.log'}")
+        raise RuntimeError(f"{what} did not start; see {log}")
+
+    def _check_own(self, sock: socket.socket, what: str) -> None:
+        """Raise when the server answering on the port is not the process started here."""
+        assert self.process is not None
+        sock.sendall(b"INFO server\r\n")
+        info = b""
+        while b"process_id:" not in info or not info.split(b"process_id:", 1)[1].count(b"\r\n"):
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            info += chunk
+        found = info.split(b"process_id:", 1)[1].split(b"\r\n", 1)[0] if b"process_id:" in info \
+            else b"?"
+        if found != str(self.process.pid).encode():
+            self.kill()
+            raise RuntimeError(f"{what}: port {self.port} is served by another process "
+                               f"(pid {found.decode(errors='replace')}), not ours")
 
     def kill(self) -> None:
         """SIGKILL, as a crash would."""
