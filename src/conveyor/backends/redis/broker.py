@@ -157,8 +157,8 @@ class _Coalescer:
 class _Connection:
     """A client and its scripts, bound to one event loop (redis-py clients are)."""
 
-    def __init__(self, url: str,
-                 store: Callable[[list[Segment]], Awaitable[list[Stored]]]) -> None:
+    def __init__(self, url: str, store: Callable[[list[Segment]], Awaitable[list[Stored]]],
+                 wait: replicas.Wait | None) -> None:
         # redis-py's default socket_timeout (5 s) is kept: it bounds a read from a server
         # that vanished without closing the connection. With it, redis-py sends commands
         # through asyncio.wait_for, which on Python 3.11 swallows a cancellation that lands
@@ -169,8 +169,7 @@ class _Connection:
         # cancellation only lets the call in flight finish. Python 3.12's wait_for does
         # not swallow cancellations.
         self.client = deploy.async_client(url)
-        self.scripts = replicas.waiting_scripts(self.client, register_all(self.client),
-                                                replicas.split(url)[1])
+        self.scripts = replicas.waiting_scripts(self.client, register_all(self.client), wait)
         self.enqueues = _Coalescer(store)
 
 
@@ -215,7 +214,8 @@ class RedisBroker(Broker):
         if conn is None:
             for old in [lp for lp in self._connections if lp.is_closed()]:
                 del self._connections[old]
-            conn = self._connections[loop] = _Connection(self.url, self._store_segments)
+            conn = self._connections[loop] = _Connection(self.url, self._store_segments,
+                                                                self.wait)
         return conn
 
     async def _retrying(self, operation: Callable[[_Connection], Awaitable[T]]) -> T:

@@ -193,21 +193,22 @@ def _run(conn: Any, evalsha: tuple[Any, ...], wait: Wait | None,
     """Send EVALSHA (after ASKING when ``asking``; then the wait's commands), all in one
     write, and read the replies: the script's reply or error reply, and how many replicas
     confirmed (None without ``wait``)."""
-    commands = [*([("ASKING",)] if asking else []), evalsha, *(wait.commands if wait else [])]
-    if len(commands) == 1:
+    if wait is None and not asking:  # the common case: one command
         _send(conn, evalsha)
+        return _reply(conn), None
+    after = wait.commands if wait is not None else []
+    commands = [*([("ASKING",)] if asking else []), evalsha, *after]
+    packed = [_packed(command) for command in commands]
+    if any(p is None for p in packed):
+        conn.send_packed_command(conn.pack_commands(commands))
     else:
-        packed = [_packed(command) for command in commands]
-        if any(p is None for p in packed):
-            conn.send_packed_command(conn.pack_commands(commands))
-        else:
-            conn.send_packed_command([b"".join(p[0] for p in packed if p is not None)])
+        conn.send_packed_command([b"".join(p[0] for p in packed if p is not None)])
     if asking:
         conn.read_response()
     reply = _reply(conn)
     if wait is None:
         return reply, None
-    for _ in wait.commands[:-1]:
+    for _ in after[:-1]:
         conn.read_response()
     return reply, conn.read_response()
 

@@ -80,28 +80,37 @@ def check_url(url: str) -> None:
     if shard_option(url)[1] is not None:
         raise ConfigurationError(f"{redact_url(url)}: ?shard= is for open_broker (or "
                                  "ShardedRedisBroker), not a plain RedisBroker")
-    deployment = kind(url)
     from conveyor.backends.redis import replicas
 
-    if deployment == CLUSTER and replicas.split(url)[1] is not None:
+    special = _special(url)
+    if special is None:
+        from redis.asyncio.connection import parse_url
+
+        plain = replicas.split(url)[0]  # a bad replicas= raises its own error
+        try:
+            parse_url(plain)
+        except ValueError:  # its message may quote a piece of the password: not shown
+            raise malformed(url) from None
+        return
+    if kind(url) == CLUSTER and replicas.split(url)[1] is not None:
         raise ConfigurationError(f"{redact_url(url)}: {replicas.REPLICAS}= is not supported "
                                  "with Redis Cluster")
-    url = replicas.split(url)[0] if deployment != SENTINEL else url
+    special.check_url(url)
+
+
+def _special(url: str) -> Any:
+    """The module that makes the clients of a cluster or Sentinel URL (they hold the
+    deployment-specific parts); None for one server."""
+    deployment = kind(url)
     if deployment == CLUSTER:
         from conveyor.backends.redis import cluster
 
-        cluster.check_url(url)
-    elif deployment == SENTINEL:
+        return cluster
+    if deployment == SENTINEL:
         from conveyor.backends.redis import sentinel
 
-        sentinel.check_url(url)
-    else:
-        from redis.asyncio.connection import parse_url
-
-        try:
-            parse_url(url)
-        except ValueError:  # its message may quote a piece of the password: not shown
-            raise malformed(url) from None
+        return sentinel
+    return None
 
 
 def malformed(url: str) -> ConfigurationError:
@@ -113,15 +122,9 @@ def malformed(url: str) -> ConfigurationError:
 
 def async_client(url: str) -> Any:
     """A redis-py asyncio client for ``url`` (decoding replies as text)."""
-    deployment = kind(url)
-    if deployment == CLUSTER:
-        from conveyor.backends.redis import cluster
-
-        return cluster.async_client(url)
-    if deployment == SENTINEL:
-        from conveyor.backends.redis import sentinel
-
-        return sentinel.async_client(url)
+    special = _special(url)
+    if special is not None:
+        return special.async_client(url)
     import redis.asyncio as aioredis
 
     from conveyor.backends.redis import replicas
@@ -137,15 +140,9 @@ def async_client(url: str) -> Any:
 
 def blocking_scripts(url: str) -> Scripts:
     """A thread-safe runner of scripts on blocking connections to ``url``."""
-    deployment = kind(url)
-    if deployment == CLUSTER:
-        from conveyor.backends.redis import cluster
-
-        return cluster.blocking_scripts(url)
-    if deployment == SENTINEL:
-        from conveyor.backends.redis import sentinel
-
-        return sentinel.blocking_scripts(url)
+    special = _special(url)
+    if special is not None:
+        return special.blocking_scripts(url)  # type: ignore[no-any-return]
     from conveyor.backends.redis import replicas
     from conveyor.backends.redis.client import BlockingScripts
 
