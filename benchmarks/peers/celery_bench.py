@@ -41,7 +41,7 @@ def enqueue(n: int, sleep_ms: float | None) -> None:
 
 def workers(kind: str, p: int, c: int) -> tuple[list[list[str]], str]:
     base = [sys.executable, "-m", "celery", "-A", "celery_bench", "worker", "--loglevel",
-            "WARNING", "--without-gossip", "--without-mingle"]
+            "WARNING"]
     if kind == "noop":  # prefork: Celery's default, "ideal for CPU-bound tasks"
         return [[*base, "--pool", "prefork", "-c", str(p)]], f"1 worker, prefork pool of {p}"
     # gevent: "designed for IO-bound tasks" (Celery's concurrency guide), one worker per core
