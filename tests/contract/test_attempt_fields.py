@@ -1,7 +1,7 @@
 """What one attempt leaves on a job is gone when the next attempt is claimed or ends: its
 error and traceback once a later attempt succeeds, its progress once the job is claimed
-again, its mark of a job claimed ahead of a free slot once it is claimed to start. Stores
-may skip clearing fields no job has; these tests hold them to the same results either way."""
+again, its mark of a job claimed ahead of a free slot once it is claimed to start; and one
+job's end leaves the fields of the others alone."""
 
 from __future__ import annotations
 

@@ -451,12 +451,11 @@ local taken = {}
 if #ids > 0 then
   local specs = hmget(F.jobs, ids)
   local attempts = hmget(F.attempts, ids)
-  -- fields most jobs never have are read only while some job has them
-  local recoveries = redis.call('EXISTS', F.recoveries) == 1 and hmget(F.recoveries, ids) or {}
-  local marks = redis.call('EXISTS', F.unstarted) == 1 and hmget(F.unstarted, ids) or {}
+  local recoveries = hmget(F.recoveries, ids)
+  local marks = hmget(F.unstarted, ids)
   local deferred = redis.call('EXISTS', F.deferrals) == 1 and hmget(F.deferrals, ids) or {}
   local lanes = any_laned and hmget(F.lane, ids) or {}
-  local held, marked = {}, {}
+  local held = {}
   local states, counts, workers, starts = {}, {}, {}, {}
   local per = {}  -- base -> the ids leaving its waiting set, and its new leases
   for i, id in ipairs(ids) do
@@ -479,7 +478,6 @@ if #ids > 0 then
       counts[2 * k - 1], counts[2 * k] = id, tries
       workers[2 * k - 1], workers[2 * k] = id, worker
       starts[2 * k - 1], starts[2 * k] = id, stamp
-      if marks[i] then marked[#marked + 1] = id end
       local suspect = marks[i] == '2' or marks[i] == '3' or (tonumber(recoveries[i]) or 0) > 0
       local r = 8 * k - 3
       reply[r], reply[r + 1], reply[r + 2], reply[r + 3], reply[r + 4], reply[r + 5] =
@@ -506,8 +504,8 @@ if #ids > 0 then
     many('HSET', F.attempts, counts, 2)
     many('HSET', F.worker, workers, 2)
     many('HSET', F.started, starts, 2)
-    if redis.call('EXISTS', F.progress) == 1 then many('HDEL', F.progress, taken, 1) end
-    if #marked > 0 then many('HDEL', F.unstarted, marked, 1) end
+    many('HDEL', F.progress, taken, 1)
+    many('HDEL', F.unstarted, taken, 1)
     if #held > 0 then many('HSET', F.unstarted, held, 2) end
   end
 end

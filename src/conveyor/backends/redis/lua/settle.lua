@@ -55,9 +55,8 @@ if wins > 0 then
     many('HSET', F.state, fields, 2)
     many('HSET', F.finished, finished, 2)
     many('HSET', F.result, results, 2)
-    -- the texts of an earlier failed attempt (none while no job of the namespace has any)
-    if redis.call('EXISTS', F.error) == 1 then many('HDEL', F.error, done, 1) end
-    if redis.call('EXISTS', F.traceback) == 1 then many('HDEL', F.traceback, done, 1) end
+    many('HDEL', F.error, done, 1)
+    many('HDEL', F.traceback, done, 1)
     applied = #done
     if any_lane then
       local lanes = hmget(F.lane, done)
