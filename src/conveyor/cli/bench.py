@@ -99,7 +99,8 @@ class BenchResult:
     bulk_enqueue_per_s: float = 0.0
     drain_per_s: float = 0.0
     #: what a drained job cost (0: not measured): CPU of the worker processes, CPU of the
-    #: Redis server, and the time Redis ran scripts (see :class:`RedisUsage`)
+    #: Redis server, and the time Redis ran scripts (see :class:`RedisUsage`; a wall time,
+    #: which on a busy machine counts the time Redis waited for a CPU mid-script too)
     drain_worker_cpu_us_per_job: float = 0.0
     drain_redis_cpu_us_per_job: float = 0.0
     drain_redis_script_us_per_job: float = 0.0
@@ -269,8 +270,7 @@ class Bench:
                                        code=1)
                 assert first is not None
                 if done > first_done:
-                    ended = time.perf_counter()
-                    self.result.drain_per_s = (done - first_done) / (ended - first)
+                    self.result.drain_per_s = (done - first_done) / (time.perf_counter() - first)
                     await self._costs(done - first_done, costs, usage)
                 else:  # all done by the first look: only the time since the worker's start
                     self.result.drain_per_s = done / (time.perf_counter() - started)
