@@ -275,10 +275,15 @@ class SQLiteBroker(Broker):
 
     async def _write(self, fn: Callable[[sqlite3.Connection], T], keeps: bool = False) -> T:
         """Run ``fn`` in the writer's next transaction (``keeps``: see :class:`Writer`)."""
-        with self._guarded():
+        try:  # as _guarded() does, without a context manager on this busy path
             if not self._opened:
                 await self.open()
             result: T = await self._writer.run(fn, keeps)
+        except (sqlite3.Error, OSError) as exc:
+            trouble = self._trouble(exc)
+            if trouble is None:
+                raise
+            raise trouble from exc
         return result
 
     # -- producers ----------------------------------------------------------------------------

@@ -143,9 +143,10 @@ class Writer:
 
     def _take(self, group: list[_Pending]) -> tuple[list[_Pending], bool]:
         """Add what waits in the queue to ``group``; also say whether a stop came."""
-        while len(group) < MAX_GROUP:
-            try:
-                item = self._queue.get_nowait()
+        waiting = self._queue
+        while len(group) < MAX_GROUP and not waiting.empty():
+            try:  # the thread's own get() may take the item first
+                item = waiting.get_nowait()
             except queue.Empty:
                 break
             if isinstance(item, _Stop):
@@ -258,6 +259,13 @@ class Writer:
 
     @staticmethod
     def _answer(results: list[tuple[_Pending, Any, BaseException | None]]) -> None:
+        if len(results) == 1:  # one caller, the commonest answer
+            pending, value, error = results[0]
+            future, loop = pending.future, pending.loop
+            if loop is not None and isinstance(future, asyncio.Future):
+                with contextlib.suppress(RuntimeError):  # its loop has closed
+                    loop.call_soon_threadsafe(_resolve, [(future, value, error)])
+                return
         by_loop: dict[asyncio.AbstractEventLoop, list[Any]] = defaultdict(list)
         for pending, value, error in results:
             if pending.loop is None:
