@@ -150,6 +150,12 @@ class SQLiteBroker(Broker):
             f"INSERT INTO {t}_jobs (id, name, queue, state, args, kwargs, created_at, run_at, "
             f"unique_key, priority, boost, grp) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
         )
+        #: the stored caps of queued jobs; the table holds only the queues with settings: a
+        #: few rows, read whole
+        self._sql_caps = (f"SELECT name, max_queued FROM {t}_queues "
+                          f"WHERE typeof(max_queued)='integer' AND max_queued >= 1")
+        #: the jobs waiting in a queue: (queue,)
+        self._sql_waiting = f"SELECT count(*) FROM {t}_jobs WHERE {WAITING} AND queue=?"
 
     # -- life cycle ---------------------------------------------------------------------------
     def _connect(self) -> sqlite3.Connection:
@@ -211,11 +217,19 @@ class SQLiteBroker(Broker):
         try:
             yield
         except (sqlite3.Error, OSError) as exc:
-            reason = unavailable_reason(exc, self.settings.path)
-            if reason is None:
+            trouble = self._trouble(exc)
+            if trouble is None:
                 raise
-            self.last_trouble = time.monotonic()
-            raise StoreUnavailable(self.url, reason) from exc
+            raise trouble from exc
+
+    def _trouble(self, error: sqlite3.Error | OSError) -> StoreUnavailable | None:
+        """``error`` as :class:`StoreUnavailable` when it may pass (noted in
+        :attr:`last_trouble`); None when it is no trouble of the store."""
+        reason = unavailable_reason(error, self.settings.path)
+        if reason is None:
+            return None
+        self.last_trouble = time.monotonic()
+        return StoreUnavailable(self.url, reason)
 
     def _reader(self) -> sqlite3.Connection:
         """This thread's read connection, opened on first use and again after a close."""
@@ -259,11 +273,17 @@ class SQLiteBroker(Broker):
                 await self.open()
             return await asyncio.to_thread(self._read_now, fn)
 
-    async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        with self._guarded():
+    async def _write(self, fn: Callable[[sqlite3.Connection], T], keeps: bool = False) -> T:
+        """Run ``fn`` in the writer's next transaction (``keeps``: see :class:`Writer`)."""
+        try:  # as _guarded() does, without a context manager on this busy path
             if not self._opened:
                 await self.open()
-            result: T = await self._writer.run(fn)
+            result: T = await self._writer.run(fn, keeps)
+        except (sqlite3.Error, OSError) as exc:
+            trouble = self._trouble(exc)
+            if trouble is None:
+                raise
+            raise trouble from exc
         return result
 
     # -- producers ----------------------------------------------------------------------------
@@ -286,10 +306,8 @@ class SQLiteBroker(Broker):
                         for row, j in zip(all_rows, jobs, strict=True)]
         none_held: list[str | None] = [None] * len(jobs)
         all_queues = {j.queue for j in jobs}
-        # the table holds only the queues with settings: a few rows, read whole
-        caps_sql = (f"SELECT name, max_queued FROM {self.ns}_queues "
-                    f"WHERE typeof(max_queued)='integer' AND max_queued >= 1")
-        count_sql = f"SELECT count(*) FROM {self.ns}_jobs WHERE {WAITING} AND queue=?"
+        caps_sql, count_sql = self._sql_caps, self._sql_waiting
+        cache = self._writer.cache
         most = self.max_queues
 
         def fn(conn: sqlite3.Connection) -> list[str | None]:
@@ -317,9 +335,9 @@ class SQLiteBroker(Broker):
             # the store's caps (every producer's) and this producer's own: the smaller holds;
             # a full queue raises, and the writer rolls the inserts back
             caps = {queue: limits[queue] for queue in queues if queue in limits}
-            stored_caps = self._writer.group_cache.get("caps")
-            if stored_caps is None:  # read once per transaction: no one else can change them
-                stored_caps = self._writer.group_cache["caps"] = conn.execute(caps_sql).fetchall()
+            stored_caps = cache.get("caps")
+            if stored_caps is None:  # kept while no other write can have changed them
+                stored_caps = cache["caps"] = conn.execute(caps_sql).fetchall()
             for queue, cap in stored_caps:
                 if queue in queues:
                     caps[queue] = min(cap, caps.get(queue, cap))
@@ -331,16 +349,21 @@ class SQLiteBroker(Broker):
                 raise TooManyQueues(fresh[0], most)
             if keyed:
                 self._hold_keys(conn, stored)
-            self._writer.group_cache.setdefault("known", set()).update(queues)
+            known = cache.get("known")
+            if known is None:
+                cache["known"] = set(queues)
+            else:
+                known.update(queues)
             return held
 
         return fn
 
     def _new_queues(self, conn: sqlite3.Connection, queues: Iterable[str]) -> list[str]:
         """Those of ``queues`` the namespace does not know (no job, no settings), sorted. The
-        queues found known are remembered for the rest of the writer's transaction (a queue
-        forgotten meanwhile and made again counts as before)."""
-        known: set[str] = self._writer.group_cache.setdefault("known", set())
+        queues found known are kept in the writer's cache (see :class:`Writer`): only a
+        write that is not an enqueue, or another connection's, can make one unknown again
+        (within one transaction, a queue forgotten and made again counts as before)."""
+        known: set[str] = self._writer.cache.setdefault("known", set())
         fresh = []
         for queue in sorted(queues):
             if queue in known:
@@ -398,15 +421,22 @@ class SQLiteBroker(Broker):
     async def enqueue(
         self, jobs: Sequence[JobRecord], limits: Mapping[str, int]
     ) -> list[str | None]:
-        result: list[str | None] = await self._write(self._enqueue_fn(jobs, limits))
+        result: list[str | None] = await self._write(self._enqueue_fn(jobs, limits), True)
         return result
 
     def enqueue_blocking(
         self, jobs: Sequence[JobRecord], limits: Mapping[str, int]
     ) -> list[str | None]:
-        self.open_blocking()
-        with self._guarded():
-            result: list[str | None] = self._writer.run_blocking(self._enqueue_fn(jobs, limits))
+        if not self._opened:
+            self.open_blocking()
+        fn = self._enqueue_fn(jobs, limits)
+        try:  # as _guarded() does, without a context manager on this busy path
+            result: list[str | None] = self._writer.run_blocking(fn, True)
+        except (sqlite3.Error, OSError) as exc:
+            trouble = self._trouble(exc)
+            if trouble is None:
+                raise
+            raise trouble from exc
         return result
 
     async def remember_idempotency(
@@ -1079,7 +1109,7 @@ class SQLiteBroker(Broker):
         t, most = self.ns, self.max_queues
         fresh = (most is not None and value is not None and value != 0
                  and bool(self._new_queues(conn, [queue])))
-        self._writer.group_cache.pop("caps", None)  # later writes of the group read them anew
+        self._writer.cache.pop("caps", None)  # later writes of the group read them anew
         conn.execute(f"INSERT INTO {t}_queues (name, {column}) VALUES (?, ?) "
                      f"ON CONFLICT (name) DO UPDATE SET {column}=excluded.{column}",
                      (queue, value))

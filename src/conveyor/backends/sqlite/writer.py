@@ -8,6 +8,14 @@ say) rolls back alone without touching its neighbours.
 
 A blocking caller that finds the connection idle commits on its own thread instead (taking
 whatever else waits along): a lone producer then pays no thread hand-offs, only its fsync.
+With nothing else waiting it runs its transaction straight through, without a group or a
+future to answer it.
+
+Facts the writes read under the write lock (the queues' caps, the queues known) may be kept
+in :attr:`Writer.cache` from one transaction to the next, for the writes that say they
+``keep`` it: only another connection's commit (seen in ``PRAGMA data_version``, which only
+the commits of other connections move) or a write of this one that does not keep it can
+change them, and either empties the cache.
 """
 
 from __future__ import annotations
@@ -37,17 +45,19 @@ _STOP = _Stop()
 
 
 class _Pending:
-    __slots__ = ("fn", "future", "loop")
+    __slots__ = ("fn", "future", "keeps", "loop")
 
     def __init__(
         self,
         fn: WriteFn,
         future: asyncio.Future[Any] | concurrent.futures.Future[Any],
         loop: asyncio.AbstractEventLoop | None,
+        keeps: bool,
     ) -> None:
         self.fn = fn
         self.future = future
         self.loop = loop
+        self.keeps = keeps
 
 
 def _resolve(items: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
@@ -71,9 +81,14 @@ class Writer:
         self._conn: sqlite3.Connection | None = None
         #: held by whoever uses the connection: the writer thread or a blocking caller
         self._conn_lock = threading.Lock()
-        #: what the writes of one group (one transaction, holding the write lock) may share:
-        #: emptied when each group begins; a write that changes what is kept drops it
-        self.group_cache: dict[str, Any] = {}
+        #: what writes may share: facts read under the write lock. A group (one transaction)
+        #: of writes that all keep it finds it as the last one left it, unless another
+        #: connection committed since; any other group finds it empty, and leaves it empty,
+        #: as does a transaction that did not commit. A write that changes a kept fact drops
+        #: it (later writes of its transaction read it anew).
+        self.cache: dict[str, Any] = {}
+        #: the ``data_version`` the cache was filled at (None: not read on this connection)
+        self._version: int | None = None
 
     def start(self) -> None:
         """Open the connection and start the thread (idempotent). Raise what opening the
@@ -85,6 +100,8 @@ class Writer:
                     target=self._run, args=(conn,), name="conveyor-sqlite-writer", daemon=True
                 )
                 self._conn = conn
+                self.cache.clear()
+                self._version = None
                 thread.start()
                 self._thread = thread
 
@@ -96,36 +113,40 @@ class Writer:
                 self._queue.put(_STOP)
                 thread.join()
 
-    async def run(self, fn: WriteFn) -> Any:
-        """Run ``fn`` in the next group and await its committed result."""
+    async def run(self, fn: WriteFn, keeps: bool = False) -> Any:
+        """Run ``fn`` in the next group and await its committed result; ``keeps``: ``fn``
+        changes nothing :attr:`cache` holds."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        self._queue.put(_Pending(fn, future, loop))
+        self._queue.put(_Pending(fn, future, loop, keeps))
         return await future
 
-    def run_blocking(self, fn: WriteFn) -> Any:
-        """Run ``fn`` in the next group and block until it is committed."""
-        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
-        pending = _Pending(fn, future, None)
+    def run_blocking(self, fn: WriteFn, keeps: bool = False) -> Any:
+        """Run ``fn`` in the next group and block until it is committed (see :meth:`run`)."""
         if self._conn_lock.acquire(blocking=False):
             try:
                 conn = self._conn
                 if conn is not None and self._thread is not None:
-                    group, stop = self._take([pending])
+                    if self._queue.empty():  # alone: nobody to share the commit with
+                        return self._run_alone(conn, fn, keeps)
+                    future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+                    group, stop = self._take([_Pending(fn, future, None, keeps)])
                     self._commit_group(conn, group)
                     if stop:
                         self._queue.put(_STOP)
                     return future.result()
             finally:
                 self._conn_lock.release()
-        self._queue.put(pending)
+        future = concurrent.futures.Future()
+        self._queue.put(_Pending(fn, future, None, keeps))
         return future.result()
 
     def _take(self, group: list[_Pending]) -> tuple[list[_Pending], bool]:
         """Add what waits in the queue to ``group``; also say whether a stop came."""
-        while len(group) < MAX_GROUP:
-            try:
-                item = self._queue.get_nowait()
+        waiting = self._queue
+        while len(group) < MAX_GROUP and not waiting.empty():
+            try:  # the thread's own get() may take the item first
+                item = waiting.get_nowait()
             except queue.Empty:
                 break
             if isinstance(item, _Stop):
@@ -151,11 +172,40 @@ class Writer:
                     self._conn = None
                 conn.close()
 
+    def _begin(self, conn: sqlite3.Connection, keeps: bool) -> None:
+        """Begin a transaction; empty the cache unless ``keeps`` and it still holds."""
+        conn.execute("BEGIN IMMEDIATE")
+        if not keeps:
+            self.cache.clear()
+            return
+        (version,) = conn.execute("PRAGMA data_version").fetchone()
+        if version != self._version:  # another connection committed: anything may differ
+            self.cache.clear()
+            self._version = version
+
+    def _run_alone(self, conn: sqlite3.Connection, fn: WriteFn, keeps: bool) -> Any:
+        """Run and commit ``fn`` in a transaction of its own (the caller holds the
+        connection): its result, or what it or SQLite raised, after a rollback."""
+        try:
+            self._begin(conn, keeps)
+            value = fn(conn)
+            conn.execute("COMMIT")
+        except BaseException:
+            self.cache.clear()
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):  # SQLite may have rolled back
+                    conn.execute("ROLLBACK")
+            raise
+        if not keeps:
+            self.cache.clear()
+        return value
+
     def _commit_group(self, conn: sqlite3.Connection, group: list[_Pending]) -> None:
         """Run and commit ``group``; every caller gets an answer, whatever fails."""
         try:
             results = self._run_group(conn, group)
         except BaseException as exc:  # e.g. a rollback after SQLite already rolled back
+            self.cache.clear()
             with contextlib.suppress(sqlite3.Error):
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
@@ -166,10 +216,13 @@ class Writer:
         self, conn: sqlite3.Connection, group: list[_Pending]
     ) -> list[tuple[_Pending, Any, BaseException | None]]:
         results: list[tuple[_Pending, Any, BaseException | None]] = []
-        self.group_cache.clear()
+        keeps = all(p.keeps for p in group)
         try:
-            conn.execute("BEGIN IMMEDIATE")
+            self._begin(conn, keeps)
         except sqlite3.Error as exc:
+            self.cache.clear()
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
             return [(p, None, exc) for p in group]
         # A lone write needs no savepoint: if it fails, the whole transaction rolls back.
         isolate = len(group) > 1
@@ -182,6 +235,7 @@ class Writer:
                 if not isolate or not conn.in_transaction:
                     # alone, or SQLite ended the transaction itself (a full disk, an I/O
                     # error): the whole group is undone, and every caller learns why
+                    self.cache.clear()
                     if conn.in_transaction:
                         conn.execute("ROLLBACK")
                     return [(p, None, exc) for p in group]
@@ -195,13 +249,23 @@ class Writer:
         try:
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
+            self.cache.clear()
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             return [(p, None, exc) for p in group]
+        if not keeps:
+            self.cache.clear()
         return results
 
     @staticmethod
     def _answer(results: list[tuple[_Pending, Any, BaseException | None]]) -> None:
+        if len(results) == 1:  # one caller, the commonest answer
+            pending, value, error = results[0]
+            future, loop = pending.future, pending.loop
+            if loop is not None and isinstance(future, asyncio.Future):
+                with contextlib.suppress(RuntimeError):  # its loop has closed
+                    loop.call_soon_threadsafe(_resolve, [(future, value, error)])
+                return
         by_loop: dict[asyncio.AbstractEventLoop, list[Any]] = defaultdict(list)
         for pending, value, error in results:
             if pending.loop is None:
