@@ -441,6 +441,12 @@ class Conveyor:
                 raise InvalidArguments(problem)
             payload = JobFunction.check_json(name, args, kwargs)
         created = time.time() if now is None else now
+        if options is DEFAULT and job_fn is not None:  # the commonest call: a plain one
+            own = job_fn.options
+            if not own.unique and own.limits is None:
+                return JobRecord(new_id(created), name, own.queue, JobState.QUEUED,
+                                 list(args), dict(kwargs), created, created,
+                                 priority=own.priority, payload=payload)
         run_at = options.run_at(created, self.max_delay)
         unique_key = options.unique_key
         if unique_key is None and job_fn is not None and job_fn.options.unique:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import redis as syncredis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import InvalidResponse, NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from conveyor.backends.redis.scripts import source
@@ -31,10 +31,18 @@ if TYPE_CHECKING:
     from conveyor.backends.redis.replicas import Wait
 
 _pack: Callable[[tuple[Any, ...]], bytes] | None
+Reader: Any
 try:
+    from hiredis import Reader
     from hiredis import pack_command as _pack
 except ImportError:  # hiredis>=2.2.1 comes with the redis extra; installed by hand, it may not
-    _pack = None
+    _pack = Reader = None
+try:
+    from redis._parsers.base import BaseParser
+
+    _error_of: Callable[[str], Exception] = BaseParser.parse_error
+except ImportError:  # redis-py's own mapping of error replies to classes moved: keep its base
+    _error_of = ResponseError
 
 log = logging.getLogger("conveyor.redis")
 
@@ -84,9 +92,47 @@ IDLE_CHECK = 1.0
 LOST = (RedisConnectionError, RedisTimeoutError, OSError)
 #: idle connections kept (one per thread that enqueues at the same time, up to this)
 MAX_IDLE = 64
+#: packed script heads kept (one per script and keys: per queue for the enqueue scripts)
+MAX_HEADS = 256
 #: how text Redis holds that is not UTF-8 is read (and a str UTF-8 cannot encode is
 #: written): as backslash escapes, so that no stored value, however odd, breaks a read
 TEXT_ERRORS = "backslashreplace"
+
+
+class _Link:
+    """One connection of :class:`BlockingScripts`: the redis-py connection (it connects,
+    authenticates, finds a Sentinel's master, sends the rarer commands) and, with hiredis,
+    its socket and a reader of its own, on which the common call (one EVALSHA) is sent
+    in one write and its reply read without redis-py's per-command wrappers."""
+
+    __slots__ = ("conn", "reader", "sock")
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+        sock = getattr(conn, "_sock", None)
+        encoder = getattr(conn, "encoder", None)
+        self.sock: Any = None
+        self.reader: Any = None
+        if _pack is not None and sock is not None and encoder is not None:
+            kwargs: dict[str, Any] = {"replyError": _error_of,
+                                      "protocolError": InvalidResponse}
+            if encoder.decode_responses:
+                kwargs.update(encoding=encoder.encoding, errors=encoder.encoding_errors)
+            self.sock, self.reader = sock, Reader(**kwargs)
+
+    def reply(self) -> Any:
+        """The next reply on the socket (an error reply returned, not raised)."""
+        reader, recv = self.reader, self.sock.recv
+        reply = reader.gets()
+        while reply is False:
+            data = recv(65536)
+            if not data:
+                raise RedisConnectionError("Connection closed by server.")
+            reader.feed(data)
+            reply = reader.gets()
+        if isinstance(reply, RedisConnectionError):  # LOADING and the like: as redis-py does
+            raise reply
+        return reply
 
 
 class BlockingScripts:
@@ -103,6 +149,9 @@ class BlockingScripts:
     ``pool``, when given, supplies the connection class and arguments instead of ``url``
     (a Sentinel pool, whose connections find the current master); with ``wait``, the
     scripts it covers are followed by WAIT in the same round trip (see :mod:`.replicas`).
+
+    The common call (no wait, no ASKING) is packed from a head made once per script and
+    keys, and sent and read on the connection's socket directly (see :class:`_Link`).
     """
 
     def __init__(self, url: str, pool: Any = None, wait: Wait | None = None) -> None:
@@ -115,63 +164,116 @@ class BlockingScripts:
         self._wait = wait
         self._connection_class = pool.connection_class
         self._connection_kwargs = pool.connection_kwargs
-        self._idle: list[tuple[Any, float]] = []  # (connection, idle since)
+        self._idle: list[tuple[_Link, float]] = []  # (connection, idle since)
         self._lock = threading.Lock()
         self._pid = os.getpid()
+        #: (script, keys) -> the packed EVALSHA up to its arguments, and how many items
+        #: it holds
+        self._heads: dict[tuple[str, tuple[str, ...]], tuple[bytes, int]] = {}
 
-    def _take(self) -> Any:
+    def _take(self) -> _Link:
         while True:
             with self._lock:
                 if self._pid != os.getpid():  # a forked child must not use the parent's
                     self._idle, self._pid = [], os.getpid()
                 if not self._idle:
                     break
-                conn, since = self._idle.pop()
-            if time.monotonic() - since < IDLE_CHECK or _quiet(conn):
-                return conn
-            conn.disconnect()
+                link, since = self._idle.pop()
+            if time.monotonic() - since < IDLE_CHECK or _quiet(link.conn):
+                return link
+            link.conn.disconnect()
         conn = self._connection_class(**self._connection_kwargs)
         # connected here, by the class's own connect(): a Sentinel connection finds the
         # master there (sending on an unconnected one would skip that step)
         conn.connect()
-        return conn
+        return _Link(conn)
+
+    def _give_back(self, link: _Link) -> None:
+        """Keep ``link`` for the next call, or close it (a forked child's, one too many, or
+        one whose reader holds more than the reply it was read for)."""
+        clean = link.reader is None or not link.reader.has_data()
+        with self._lock:
+            kept = clean and self._pid == os.getpid() and len(self._idle) < MAX_IDLE
+            if kept:
+                self._idle.append((link, time.monotonic()))
+        if not kept:
+            link.conn.disconnect()
 
     def _drop_idle(self) -> None:
         with self._lock:
             idle, self._idle = self._idle, []
-        for conn, _ in idle:
-            conn.disconnect()
+        for link, _ in idle:
+            link.conn.disconnect()
+
+    def _head(self, name: str, keys: Sequence[str]) -> tuple[bytes, int]:
+        """The packed ``EVALSHA sha numkeys keys...`` of a call (made once per script and
+        keys; without its leading item count)."""
+        index = (name, tuple(keys))
+        head = self._heads.get(index)
+        if head is None:
+            assert _pack is not None
+            packed = _pack(("EVALSHA", _sha(source(name)), len(keys), *keys))
+            head = (packed[packed.index(b"\n") + 1:], 3 + len(keys))
+            if len(self._heads) >= MAX_HEADS:
+                self._heads.clear()
+            self._heads[index] = head
+        return head
 
     def call(self, name: str, keys: Sequence[str], args: Sequence[Any],
              asking: bool = False) -> Any:
         """Run script ``name`` and return its reply (errors raise as redis-py raises them);
         ``asking``: after ASKING (a Redis Cluster node importing the keys' slot)."""
-        text = source(name)
-        evalsha = ("EVALSHA", _sha(text), len(keys), *keys, *args)
         wait = self._wait if self._wait is not None and self._wait.covers(name) else None
-        conn = self._take()
+        link = self._take()
         try:
-            reply, confirmed = _run(conn, evalsha, wait, asking)
-            if isinstance(reply, NoScriptError):  # Redis restarted or its scripts were flushed
-                conn.send_command("SCRIPT", "LOAD", text)
-                conn.read_response()
-                reply, confirmed = _run(conn, evalsha, wait, asking)
+            if wait is None and not asking and link.reader is not None:
+                reply, confirmed = self._direct(link, name, keys, args), None
+            else:
+                reply, confirmed = self._general(link.conn, name, keys, args, wait, asking)
         except BaseException as exc:
-            conn.disconnect()
+            link.conn.disconnect()
             if isinstance(exc, LOST):
                 self._drop_idle()
             raise
-        with self._lock:
-            kept = self._pid == os.getpid() and len(self._idle) < MAX_IDLE
-            if kept:
-                self._idle.append((conn, time.monotonic()))
-        if not kept:
-            conn.disconnect()
+        self._give_back(link)
         if isinstance(reply, Exception):
             raise reply
         if wait is not None:
             wait.check(confirmed)
         return reply
+
+    def _direct(self, link: _Link, name: str, keys: Sequence[str],
+                args: Sequence[Any]) -> Any:
+        """EVALSHA in one write on the socket, and its reply (loading the script and
+        trying again on NOSCRIPT)."""
+        head, items = self._head(name, keys)
+        packed = _pack(tuple(args)) if args else b"*0\r\n"  # type: ignore[misc]
+        command = b"".join((b"*%d\r\n" % (items + len(args)), head,
+                            packed[packed.index(b"\n") + 1:]))
+        link.sock.sendall(command)
+        reply = link.reply()
+        if isinstance(reply, NoScriptError):  # Redis restarted or its scripts were flushed
+            link.sock.sendall(_pack(("SCRIPT", "LOAD", source(name))))  # type: ignore[misc]
+            loaded = link.reply()
+            if isinstance(loaded, Exception):
+                return loaded
+            link.sock.sendall(command)
+            reply = link.reply()
+        return reply
+
+    @staticmethod
+    def _general(conn: Any, name: str, keys: Sequence[str], args: Sequence[Any],
+                 wait: Wait | None, asking: bool) -> tuple[Any, Any]:
+        """A call through redis-py's connection: after ASKING, followed by a wait, or
+        without hiredis."""
+        text = source(name)
+        evalsha = ("EVALSHA", _sha(text), len(keys), *keys, *args)
+        reply, confirmed = _run(conn, evalsha, wait, asking)
+        if isinstance(reply, NoScriptError):  # Redis restarted or its scripts were flushed
+            conn.send_command("SCRIPT", "LOAD", text)
+            conn.read_response()
+            reply, confirmed = _run(conn, evalsha, wait, asking)
+        return reply, confirmed
 
     def close(self) -> None:
         """Close the idle connections (the object stays usable)."""
