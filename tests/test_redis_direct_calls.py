@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from typing import Any
 
@@ -139,3 +140,49 @@ def test_arguments_that_are_not_json_are_refused_as_before() -> None:
     app.close()
     with pytest.raises(NotSerializable, match="Circular"):
         dumps(circular)
+
+
+def test_async_enqueues_one_at_a_time_together_and_after_trouble(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """enqueue_async on a single Redis: awaited singly (stored in the caller's task on the
+    link's connection), many at once (coalesced), after a script flush, after the link's
+    connection was killed, and after a call cancelled in flight."""
+    url = shared_redis_url()
+    app = Conveyor(url, namespace=f"t{new_id().lower()}")
+
+    @app.job
+    def one(x: int) -> None:
+        pass
+
+    plain = redis.Redis.from_url(url)
+
+    async def scenario() -> list[JobRecord]:
+        handles = [await one.enqueue_async(n) for n in range(3)]
+        handles += await asyncio.gather(*(one.enqueue_async(n) for n in range(3, 40)))
+        plain.script_flush()
+        handles.append(await app.enqueue_async("one", 40))
+        link = app.broker._conn().link  # type: ignore[attr-defined]
+        assert link is not None
+        host, port = link._conn._writer.get_extra_info("sockname")[:2]
+        plain.execute_command("CLIENT", "KILL", "ADDR", f"{host}:{port}")
+        await asyncio.sleep(0.2)  # the loop sees the connection closed
+        handles.append(await app.enqueue_async("one", 41))
+        # a call cancelled in flight, with others joining it: they are stored all the same
+        first = asyncio.ensure_future(one.enqueue_async(42))
+        await asyncio.sleep(0)
+        joined = [asyncio.ensure_future(one.enqueue_async(n)) for n in range(43, 46)]
+        first.cancel()
+        handles += await asyncio.gather(*joined)
+        handles.append(await one.enqueue_async(46))
+        return [await h.info_async() for h in handles]
+
+    try:
+        with caplog.at_level(logging.WARNING, "conveyor"):
+            records = asyncio.run(scenario())
+        # the killed connection was seen closed before use: no retry
+        assert [r.getMessage() for r in caplog.records if "cannot reach" in r.getMessage()] == []
+        assert sorted(r.args[0] for r in records) == [*range(42), *range(43, 47)]
+        assert all(r.state is JobState.QUEUED for r in records)
+    finally:
+        app.close()
+        plain.close()

@@ -540,6 +540,8 @@ class Conveyor:
     def enqueue(self, name: str, *args: Any, delay: float | None = None,
                 at: datetime | None = None, **kwargs: Any) -> JobHandle[Any]:
         """Store a call of job ``name``; return once it is durable."""
+        if delay is None and at is None:  # a plain call: no options to make and check
+            return self.enqueue_call(name, args, kwargs)
         return self.enqueue_call(name, args, kwargs, delay=delay, at=at)
 
     def enqueue_call(self, name: str, args: Sequence[Any], kwargs: Mapping[str, Any],
@@ -561,6 +563,8 @@ class Conveyor:
     async def enqueue_async(self, name: str, *args: Any, delay: float | None = None,
                             at: datetime | None = None, **kwargs: Any) -> JobHandle[Any]:
         """Awaitable :meth:`enqueue`."""
+        if delay is None and at is None:  # a plain call: no options to make and check
+            return await self.enqueue_call_async(name, args, kwargs)
         return await self.enqueue_call_async(name, args, kwargs, delay=delay, at=at)
 
     async def enqueue_call_async(self, name: str, args: Sequence[Any],

@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 from conveyor.backends.base import Beat, Broker, Recovery
 from conveyor.backends.outage import Outage, outage
 from conveyor.backends.redis import codec, deploy, layout, replicas
+from conveyor.backends.redis.client import AsyncScriptLink
 from conveyor.backends.redis.keys import Keys, lane_field
 from conveyor.backends.redis.layout import LAYOUT
 from conveyor.backends.redis.scripts import register_all
@@ -137,11 +138,27 @@ class _Coalescer:
         self._store = store
         self._waiting: list[tuple[Segment, asyncio.Future[Stored]]] = []
         self._flusher: asyncio.Task[None] | None = None
+        #: a caller is storing its own call (see :meth:`submit`)
+        self._direct = False
 
     async def submit(self, segment: Segment) -> Stored:
+        """Store ``segment``: at once, in the caller's task, when no call is under way (a
+        single awaited enqueue needs no task of its own); else with the next group. A
+        caller cancelled while storing its own call leaves it stored or not, as any
+        cancelled write; the calls that joined meanwhile are stored all the same."""
+        if not self._direct and (self._flusher is None or self._flusher.done()):
+            self._direct = True
+            try:
+                return (await self._store([segment]))[0]
+            except Exception as exc:
+                return exc
+            finally:
+                self._direct = False
+                if self._waiting:
+                    self._flusher = asyncio.create_task(self._flush())
         future: asyncio.Future[Stored] = asyncio.get_running_loop().create_future()
         self._waiting.append((segment, future))
-        if self._flusher is None or self._flusher.done():
+        if not self._direct and (self._flusher is None or self._flusher.done()):
             self._flusher = asyncio.create_task(self._flush())
         return await future
 
@@ -174,6 +191,9 @@ class _Connection:
         self.client = deploy.async_client(url)
         self.scripts = replicas.waiting_scripts(self.client, register_all(self.client), wait)
         self.enqueues = _Coalescer(store)
+        #: the enqueue scripts' own connection on a single Redis (None: through the client)
+        self.link = (AsyncScriptLink(self.client) if wait is None and AsyncScriptLink.usable()
+                     and deploy.kind(url) == deploy.SINGLE else None)
 
 
 class RedisBroker(Broker):
@@ -380,6 +400,8 @@ class RedisBroker(Broker):
         conns, self._connections = self._connections, {}
         for conn_loop, conn in conns.items():
             if conn_loop is loop:
+                if conn.link is not None:
+                    conn.link.close()
                 await conn.client.aclose()
 
     def _group_keys(self, queues: Sequence[str]) -> list[str]:
@@ -578,6 +600,9 @@ class RedisBroker(Broker):
         async def call(conn: _Connection) -> Any:
             nonlocal attempts
             attempts += 1
+            link = conn.link
+            if link is not None and not link.busy:
+                return await link.call(script, keys, argv)
             return await conn.scripts[script](keys=keys, args=argv)
 
         replies = await self._retrying(call)

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import os
@@ -167,9 +168,7 @@ class BlockingScripts:
         self._idle: list[tuple[_Link, float]] = []  # (connection, idle since)
         self._lock = threading.Lock()
         self._pid = os.getpid()
-        #: (script, keys) -> the packed EVALSHA up to its arguments, and how many items
-        #: it holds
-        self._heads: dict[tuple[str, tuple[str, ...]], tuple[bytes, int]] = {}
+        self._heads: Heads = {}  # see _evalsha
 
     def _take(self) -> _Link:
         while True:
@@ -205,20 +204,6 @@ class BlockingScripts:
         for link, _ in idle:
             link.conn.disconnect()
 
-    def _head(self, name: str, keys: Sequence[str]) -> tuple[bytes, int]:
-        """The packed ``EVALSHA sha numkeys keys...`` of a call (made once per script and
-        keys; without its leading item count)."""
-        index = (name, tuple(keys))
-        head = self._heads.get(index)
-        if head is None:
-            assert _pack is not None
-            packed = _pack(("EVALSHA", _sha(source(name)), len(keys), *keys))
-            head = (packed[packed.index(b"\n") + 1:], 3 + len(keys))
-            if len(self._heads) >= MAX_HEADS:
-                self._heads.clear()
-            self._heads[index] = head
-        return head
-
     def call(self, name: str, keys: Sequence[str], args: Sequence[Any],
              asking: bool = False) -> Any:
         """Run script ``name`` and return its reply (errors raise as redis-py raises them);
@@ -246,10 +231,7 @@ class BlockingScripts:
                 args: Sequence[Any]) -> Any:
         """EVALSHA in one write on the socket, and its reply (loading the script and
         trying again on NOSCRIPT)."""
-        head, items = self._head(name, keys)
-        packed = _pack(tuple(args)) if args else b"*0\r\n"  # type: ignore[misc]
-        command = b"".join((b"*%d\r\n" % (items + len(args)), head,
-                            packed[packed.index(b"\n") + 1:]))
+        command = _evalsha(self._heads, name, keys, args)
         link.sock.sendall(command)
         reply = link.reply()
         if isinstance(reply, NoScriptError):  # Redis restarted or its scripts were flushed
@@ -278,6 +260,28 @@ class BlockingScripts:
     def close(self) -> None:
         """Close the idle connections (the object stays usable)."""
         self._drop_idle()
+
+
+#: (script, keys) -> the packed ``EVALSHA sha numkeys keys...`` without its leading item
+#: count, and how many items it holds
+Heads = dict[tuple[str, tuple[str, ...]], tuple[bytes, int]]
+
+
+def _evalsha(heads: Heads, name: str, keys: Sequence[str], args: Sequence[Any]) -> bytes:
+    """EVALSHA of script ``name`` packed (needs hiredis): its head made once per script
+    and keys (kept in ``heads``), the arguments packed by hiredis in one call."""
+    index = (name, tuple(keys))
+    head = heads.get(index)
+    if head is None:
+        assert _pack is not None
+        packed = _pack(("EVALSHA", _sha(source(name)), len(keys), *keys))
+        head = (packed[packed.index(b"\n") + 1:], 3 + len(keys))
+        if len(heads) >= MAX_HEADS:
+            heads.clear()
+        heads[index] = head
+    tail = _pack(tuple(args)) if args else b"*0\r\n"  # type: ignore[misc]
+    return b"".join((b"*%d\r\n" % (head[1] + len(args)), head[0],
+                     tail[tail.index(b"\n") + 1:]))
 
 
 def _send(conn: Any, command: tuple[Any, ...]) -> None:
@@ -335,3 +339,113 @@ def _quiet(conn: Any) -> bool:
 @cache
 def _sha(text: str) -> str:
     return hashlib.sha1(text.encode()).hexdigest()
+
+
+class AsyncScriptLink:
+    """A connection of its own, on one event loop, for calls made one at a time (the
+    broker's enqueue calls on a loop are: see its coalescer): EVALSHA is written on the
+    stream from a head packed once per script and keys, and the reply read by a reader of
+    its own, without redis-py's per-command tasks and wrappers (a single awaited enqueue
+    otherwise pays for them several times over its round trip).
+
+    The connection is made by the client pool's connection class (it authenticates and
+    selects the database); one that failed or was cancelled during a call is closed, and
+    the next call opens another. A call waits at most the connection's socket timeout.
+    """
+
+    def __init__(self, client: Any) -> None:
+        pool = client.connection_pool
+        self._connection_class = pool.connection_class
+        self._connection_kwargs = pool.connection_kwargs
+        self._conn: Any = None
+        self._reader: Any = None
+        self._heads: Heads = {}  # see _evalsha
+        #: a call is under way (the caller then takes redis-py's way)
+        self.busy = False
+
+    @staticmethod
+    def usable() -> bool:
+        """True when hiredis (and so this link) is there."""
+        return _pack is not None
+
+    async def _connected(self) -> Any:
+        """The link's connection, opened again when it is closed or holds anything
+        unread."""
+        conn = self._conn
+        if conn is not None:
+            if not conn._reader.at_eof() and not self._reader.has_data() \
+                    and not conn._writer.transport.is_closing():
+                return conn
+            self._drop()
+        conn = self._connection_class(**self._connection_kwargs)
+        await conn.connect()
+        encoder = conn.encoder
+        kwargs: dict[str, Any] = {"replyError": _error_of, "protocolError": InvalidResponse}
+        if encoder.decode_responses:
+            kwargs.update(encoding=encoder.encoding, errors=encoder.encoding_errors)
+        self._conn, self._reader = conn, Reader(**kwargs)
+        return conn
+
+    def _drop(self) -> None:
+        """Close the connection at once (no reply it may still get is ever read)."""
+        conn, self._conn, self._reader = self._conn, None, None
+        if conn is None:
+            return
+        close = getattr(conn, "_close", None)  # redis-py's close without waiting
+        if close is not None:
+            close()
+        elif conn._writer is not None:
+            conn._writer.close()
+
+    async def call(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """Run script ``name`` and return its reply (errors raise as redis-py raises
+        them); not to be called again before it returns."""
+        self.busy = True
+        try:
+            conn = await self._connected()
+            timeout = conn.socket_timeout
+            if timeout:
+                async with asyncio.timeout(timeout):
+                    reply = await self._run(conn, name, keys, args)
+            else:
+                reply = await self._run(conn, name, keys, args)
+        except BaseException:
+            self._drop()
+            raise
+        finally:
+            self.busy = False
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
+
+    async def _run(self, conn: Any, name: str, keys: Sequence[str],
+                   args: Sequence[Any]) -> Any:
+        command = _evalsha(self._heads, name, keys, args)
+        writer = conn._writer
+        writer.write(command)
+        reply = await self._reply(conn)
+        if isinstance(reply, NoScriptError):  # Redis restarted or its scripts were flushed
+            writer.write(_pack(("SCRIPT", "LOAD", source(name))))  # type: ignore[misc]
+            loaded = await self._reply(conn)
+            if isinstance(loaded, Exception):
+                return loaded
+            writer.write(command)
+            reply = await self._reply(conn)
+        return reply
+
+    async def _reply(self, conn: Any) -> Any:
+        reader, read = self._reader, conn._reader.read
+        reply = reader.gets()
+        while reply is False:
+            data = await read(65536)
+            if not data:
+                raise RedisConnectionError("Connection closed by server.")
+            reader.feed(data)
+            reply = reader.gets()
+        if isinstance(reply, RedisConnectionError):  # LOADING and the like: as redis-py does
+            raise reply
+        return reply
+
+    def close(self) -> None:
+        """Close the connection (the link stays usable)."""
+        self._drop()
