@@ -137,7 +137,7 @@ def test_a_directory_swapped_for_a_symlink_never_leads_a_push_outside(
         while True:
             i += 1
             elapsed = time.monotonic() - started
-            if (i >= PUSHES or elapsed > SECONDS) and (landed and refused or elapsed > LONGEST):
+            if (i >= PUSHES or elapsed > SECONDS) and ((landed and refused) or elapsed > LONGEST):
                 break
             # a new directory under the swapped one (mkdir), a new file in it (rename), and
             # a directory two levels down

@@ -1,24 +1,28 @@
 """What every peer runner shares: the job recorder and the enqueue / drain / kill driver.
 
-A runner ``<peer>_bench.py`` runs with its peer's own virtualenv python. It defines the two
-jobs (no-op and sleep) with the peer's API, calling a :class:`Recorder` at the start and end of
-each, and passes itself to :func:`main`, which
+A runner ``<system>_bench.py`` runs with its system's own virtualenv python. It defines the
+two jobs (no-op and sleep) with the system's API, calling a :class:`Recorder` at the start and
+end of each, and passes itself to :func:`main`, which
 
-1. empties the private Redis database, enqueues N jobs and times it;
-2. starts ONE worker process with the peer's usual command line and concurrency C;
+1. empties the private Redis database, enqueues N jobs ONE CALL AT A TIME from this one
+   producer and times it;
+2. starts the system's worker command line(s) for the workload: P processes in the system's
+   documented mode for it, with concurrency C per process where the mode has one;
 3. waits until the jobs report N finishes and computes the drain rate as
    N / (first job start .. last job end), from the jobs' own timestamps;
-4. kills the worker's process group and prints one JSON object.
+4. kills the workers' process groups and prints one JSON object.
 
-Only the standard library and redis-py (a dependency of every peer) are used here.
+Only the standard library and redis-py (a dependency of every system here) are used.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -44,7 +48,7 @@ def redis_url() -> str:
 
 
 def concurrency() -> int:
-    """C for the worker process, from ``BENCH_CONCURRENCY`` (set by :func:`main`)."""
+    """C per worker process, from ``BENCH_CONCURRENCY`` (set by :func:`main`)."""
     return int(os.environ.get("BENCH_CONCURRENCY", "10"))
 
 
@@ -116,61 +120,76 @@ class Peer(Protocol):
     """What a runner module provides to :func:`main`."""
 
     DIST: str  # distribution name, for its version
-    WORKER: str  # how the worker runs, for the notes
-    ENQUEUE: str  # how the jobs are enqueued, for the notes
+    ENQUEUE: str  # the single call that enqueues one job, for the notes
 
-    def enqueue(self, n: int, sleep_ms: float | None) -> None: ...
+    def enqueue(self, n: int, sleep_ms: float | None) -> None:
+        """Enqueue ``n`` jobs, one call per job (no bulk API, no concurrent calls)."""
 
-    def worker_command(self, c: int) -> list[str]: ...
+    def workers(self, kind: str, p: int, c: int) -> tuple[list[list[str]], str]:
+        """The worker command lines for ``kind`` on P processes, and the mode in words."""
 
 
 def _stop(worker: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the worker's process group, then SIGKILL it if the leader is still there."""
     for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(worker.pid, sig)
-        except ProcessLookupError:
-            return
         try:
             worker.wait(wait)
-            return
+            break
         except subprocess.TimeoutExpired:
             continue
+    with contextlib.suppress(ProcessLookupError):  # children the leader left behind
+        os.killpg(worker.pid, signal.SIGKILL)
 
 
-def _drain(peer: Peer, n: int, c: int, timeout: float, client: redis.Redis) -> dict[str, object]:
-    env = {**os.environ, "BENCH_CONCURRENCY": str(c), "PYTHONPATH": str(HERE)}
+def shown(command: list[str]) -> str:
+    """A command line as the notes show it: the virtualenv's python as ``python``."""
+    return shlex.join(["python" if x == sys.executable else x for x in command])
+
+
+def _drain(commands: list[list[str]], n: int, c: int, timeout: float,
+           client: redis.Redis) -> dict[str, object]:
+    path = os.pathsep.join(x for x in (str(HERE), os.environ.get("PYTHONPATH")) if x)
+    env = {**os.environ, "BENCH_CONCURRENCY": str(c), "PYTHONPATH": path}
     with tempfile.TemporaryFile() as log:
-        worker = subprocess.Popen(peer.worker_command(c), cwd=HERE, env=env, stdout=log,
-                                  stderr=subprocess.STDOUT, start_new_session=True)
+        workers = [subprocess.Popen(command, cwd=HERE, env=env, stdout=log,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
+                   for command in commands]
         deadline = time.monotonic() + timeout
         try:
             done = 0
             while done < n:
                 time.sleep(0.02)
                 done = int(client.get(COUNT) or 0)
-                if worker.poll() is not None or time.monotonic() > deadline:
-                    why = (f"worker exited with {worker.returncode}" if worker.returncode
-                           is not None else f"timed out after {timeout:.0f}s")
+                exited = [w for w in workers if w.poll() is not None]
+                if exited or time.monotonic() > deadline:
+                    why = (f"worker exited with {exited[0].returncode}" if exited
+                           else f"timed out after {timeout:.0f}s")
                     log.seek(0)
                     tail = log.read().decode(errors="replace").strip().splitlines()[-5:]
                     return {"error": f"{why}, {done}/{n} jobs done", "log": tail}
         finally:
-            _stop(worker)
+            for worker in workers:
+                _stop(worker)
     first, last = client.zscore(SPAN, "first"), client.zscore(SPAN, "last")
     assert first is not None and last is not None
     return {"drain_per_s": done / (last - first), "done": done}
 
 
 def main(peer: Peer) -> None:
-    """Command line of a runner: ``--jobs N --kind noop|sleep:MS --concurrency C``."""
+    """Command line of a runner: ``--jobs N --kind noop|sleep:MS --processes P
+    --concurrency C``."""
     parser = argparse.ArgumentParser(description=f"{peer.DIST}: enqueue, then drain")
     parser.add_argument("--jobs", type=int, default=5000)
     parser.add_argument("--kind", default="noop", help="noop or sleep:MS")
-    parser.add_argument("--concurrency", type=int, default=10)
+    parser.add_argument("--processes", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--concurrency", type=int, default=10, help="per process, where used")
     parser.add_argument("--timeout", type=float, default=300, help="seconds for the drain")
     args = parser.parse_args()
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # stop the worker on the way out
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # stop the workers on the way out
     sleep_ms = None if args.kind == "noop" else float(args.kind.removeprefix("sleep:"))
+    commands, mode = peer.workers(args.kind, args.processes, args.concurrency)
     client = redis.Redis.from_url(redis_url())
     client.flushdb()
     started = time.perf_counter()
@@ -178,9 +197,10 @@ def main(peer: Peer) -> None:
     enqueue_per_s = args.jobs / (time.perf_counter() - started)
     result: dict[str, object] = {
         "system": peer.DIST, "version": version(peer.DIST), "kind": args.kind,
-        "jobs": args.jobs, "concurrency": args.concurrency, "enqueue_per_s": enqueue_per_s,
-        "enqueue": peer.ENQUEUE, "worker": peer.WORKER,
+        "jobs": args.jobs, "processes": args.processes, "concurrency": args.concurrency,
+        "enqueue_per_s": enqueue_per_s, "enqueue": peer.ENQUEUE, "mode": mode,
+        "commands": [shown(command) for command in commands],
     }
-    result.update(_drain(peer, args.jobs, args.concurrency, args.timeout, client))
+    result.update(_drain(commands, args.jobs, args.concurrency, args.timeout, client))
     client.flushdb()
     print(json.dumps(result))

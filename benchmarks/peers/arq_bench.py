@@ -1,7 +1,10 @@
-"""arq: one ``arq`` worker process, ``max_jobs=C`` coroutines on its event loop.
+"""arq: P ``arq`` worker processes, ``max_jobs=C`` coroutines each.
 
-arq polls its queue every ``poll_delay`` seconds and starts at most ``max_jobs`` jobs per poll;
-its default of 0.5 s would cap the drain at about 2 * C jobs/s, so it runs with 0.005 s here.
+An arq worker is one process running its jobs as coroutines on one event loop, at most
+``max_jobs`` at once; it has no option to start several processes, so P of them are started
+side by side on the one queue (its design: workers share a Redis queue). arq polls its queue
+every ``poll_delay`` seconds and starts at most ``max_jobs`` jobs per poll; its default of
+0.5 s would cap a drain at about 2 * C jobs/s per process, so it runs with 0.005 s here.
 """
 
 from __future__ import annotations
@@ -17,8 +20,7 @@ from arq.connections import RedisSettings
 
 DIST = "arq"
 POLL_DELAY = float(os.environ.get("BENCH_ARQ_POLL_DELAY", "0.005"))
-WORKER = f"1 process, max_jobs=C, poll_delay={POLL_DELAY:g} s (default 0.5)"
-ENQUEUE = "enqueue_job, 100 concurrent calls"
+ENQUEUE = "await pool.enqueue_job(), one call at a time"
 
 rec = bench.Recorder()
 
@@ -42,8 +44,8 @@ async def _enqueue(n: int, sleep_ms: float | None) -> None:
     pool = await create_pool(WorkerSettings.redis_settings)
     args = () if sleep_ms is None else (sleep_ms,)
     name = "noop" if sleep_ms is None else "sleep"
-    for done in range(0, n, 100):
-        await asyncio.gather(*(pool.enqueue_job(name, *args) for _ in range(min(100, n - done))))
+    for _ in range(n):
+        await pool.enqueue_job(name, *args)
     await pool.aclose()
 
 
@@ -51,8 +53,11 @@ def enqueue(n: int, sleep_ms: float | None) -> None:
     asyncio.run(_enqueue(n, sleep_ms))
 
 
-def worker_command(c: int) -> list[str]:
-    return [sys.executable, "-m", "arq", "arq_bench.WorkerSettings"]
+def workers(kind: str, p: int, c: int) -> tuple[list[list[str]], str]:
+    # coroutines for both workloads (asyncio is arq's only mode); one process per core
+    command = [sys.executable, "-m", "arq", "arq_bench.WorkerSettings"]
+    return ([command] * p,
+            f"{p} processes x max_jobs={c} coroutines, poll_delay={POLL_DELAY:g} s (default 0.5)")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,11 @@
-"""Celery on Redis: one ``celery worker --pool threads -c C`` process; no result backend."""
+"""Celery on Redis, no result backend.
+
+No-op jobs: one ``celery worker --pool prefork -c P`` (P child processes): prefork is
+Celery's default pool, which its concurrency guide calls "ideal for CPU-bound tasks and most
+use cases". Sleep jobs: P ``celery worker --pool gevent -c C`` processes: the same guide
+names eventlet and gevent as "designed for IO-bound tasks", using greenlets for high
+concurrency, and one worker per core keeps P processes like every other system.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +15,7 @@ import _common as bench
 from celery import Celery
 
 DIST = "celery"
-WORKER = "1 process, --pool threads -c C"
-ENQUEUE = "loop of delay()"
+ENQUEUE = "task.delay(), one call at a time"
 
 app = Celery("celery_bench", broker=bench.redis_url())
 rec = bench.Recorder()
@@ -33,9 +39,14 @@ def enqueue(n: int, sleep_ms: float | None) -> None:
             sleep.delay(sleep_ms)
 
 
-def worker_command(c: int) -> list[str]:
-    return [sys.executable, "-m", "celery", "-A", "celery_bench", "worker", "--pool", "threads",
-            "-c", str(c), "--loglevel", "WARNING"]
+def workers(kind: str, p: int, c: int) -> tuple[list[list[str]], str]:
+    base = [sys.executable, "-m", "celery", "-A", "celery_bench", "worker", "--loglevel",
+            "WARNING"]
+    if kind == "noop":  # prefork: Celery's default, "ideal for CPU-bound tasks"
+        return [[*base, "--pool", "prefork", "-c", str(p)]], f"1 worker, prefork pool of {p}"
+    # gevent: "designed for IO-bound tasks" (Celery's concurrency guide), one worker per core
+    return ([[*base, "--pool", "gevent", "-c", str(c), "-n", f"bench{i}@%h"] for i in range(p)],
+            f"{p} workers x gevent pool of {c}")
 
 
 if __name__ == "__main__":

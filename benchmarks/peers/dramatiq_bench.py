@@ -1,4 +1,10 @@
-"""Dramatiq on Redis: ``dramatiq --processes 1 --threads C`` (a parent and one worker process)."""
+"""Dramatiq on Redis: ``dramatiq --processes P`` with its default 8 threads for no-op jobs,
+``--processes P --threads C`` for sleep jobs.
+
+Dramatiq's worker is processes x threads by design (its CLI defaults to one process per CPU
+and 8 threads each); threads are how it overlaps jobs that wait, so the sleep workload raises
+them to C.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +15,7 @@ import dramatiq
 from dramatiq.brokers.redis import RedisBroker
 
 DIST = "dramatiq"
-WORKER = "1 worker process (--processes 1 --threads C)"
-ENQUEUE = "loop of send()"
+ENQUEUE = "actor.send(), one call at a time"
 
 dramatiq.set_broker(RedisBroker(url=bench.redis_url()))
 rec = bench.Recorder()
@@ -34,9 +39,11 @@ def enqueue(n: int, sleep_ms: float | None) -> None:
             sleep.send(sleep_ms)
 
 
-def worker_command(c: int) -> list[str]:
-    return [sys.executable, "-m", "dramatiq", "dramatiq_bench", "--processes", "1",
-            "--threads", str(c)]
+def workers(kind: str, p: int, c: int) -> tuple[list[list[str]], str]:
+    command = [sys.executable, "-m", "dramatiq", "dramatiq_bench", "--processes", str(p)]
+    if kind == "noop":  # its default threads per process (8)
+        return [command], f"{p} processes x 8 threads (default)"
+    return [[*command, "--threads", str(c)]], f"{p} processes x {c} threads"
 
 
 if __name__ == "__main__":

@@ -1,8 +1,11 @@
-"""RQ: one ``rq worker`` process; RQ runs one job at a time per process (C is unused).
+"""RQ: ``rq worker-pool -n P --worker-class rq.worker.SimpleWorker`` for both workloads.
 
-It runs RQ's ``SimpleWorker``, which executes jobs in the worker process like every other
-system here. RQ's default ``Worker`` forks a child per job, which costs about 25 ms a job on a
-2-core machine (about 40 no-op jobs/s): set ``WORKER_CLASS = "rq.worker.Worker"`` to measure
+RQ's docs: "Each worker will process a single job at a time. Within a worker, there is no
+concurrent processing going on. If you want to perform jobs concurrently, simply start more
+workers." So P workers, one job at a time each, whatever the workload: its sleep figure is
+bounded by about P / 10 ms. The pool runs RQ's ``SimpleWorker``, which executes jobs in the
+worker process like every other system here; RQ's default ``Worker`` forks a child per job,
+about 25 ms a job on a 2-core machine: set ``WORKER_CLASS = "rq.worker.Worker"`` to measure
 that instead (the recorder then has to write at every job: ``Recorder(direct=True)``).
 """
 
@@ -16,8 +19,7 @@ from rq import Queue
 
 DIST = "rq"
 WORKER_CLASS = "rq.worker.SimpleWorker"
-WORKER = "1 process, SimpleWorker: 1 job at a time, no fork (C unused)"
-ENQUEUE = "enqueue_many, 1000 per pipeline"
+ENQUEUE = "queue.enqueue(), one call at a time"
 
 rec = bench.Recorder()
 
@@ -32,14 +34,18 @@ def sleep(ms: float) -> None:
 
 def enqueue(n: int, sleep_ms: float | None) -> None:
     queue = Queue(connection=Redis.from_url(bench.redis_url()))
-    func, args = (noop, ()) if sleep_ms is None else (sleep, (sleep_ms,))
-    for done in range(0, n, 1000):
-        queue.enqueue_many([Queue.prepare_data(func, args) for _ in range(min(1000, n - done))])
+    for _ in range(n):
+        if sleep_ms is None:
+            queue.enqueue(noop)
+        else:
+            queue.enqueue(sleep, sleep_ms)
 
 
-def worker_command(c: int) -> list[str]:
-    return [sys.executable, "-m", "rq.cli", "worker", "--url", bench.redis_url(),
-            "--worker-class", WORKER_CLASS, "--quiet"]
+def workers(kind: str, p: int, c: int) -> tuple[list[list[str]], str]:
+    # "If you want to perform jobs concurrently, simply start more workers": P of them
+    command = [sys.executable, "-m", "rq.cli", "worker-pool", "--url", bench.redis_url(),
+               "-n", str(p), "--worker-class", WORKER_CLASS, "--quiet"]
+    return [command], f"pool of {p} SimpleWorker processes, 1 job at a time each"
 
 
 if __name__ == "__main__":

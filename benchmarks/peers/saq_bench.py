@@ -1,4 +1,8 @@
-"""SAQ on Redis: one ``saq --workers 1`` process, ``concurrency=C`` coroutines."""
+"""SAQ on Redis: ``saq --workers P``, ``concurrency=C`` coroutines per process.
+
+SAQ runs jobs as coroutines on an event loop, ``concurrency`` at once (its default 10), and
+its CLI starts ``--workers`` processes ("Number of worker processes"): P of them.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +14,7 @@ import _common as bench
 from saq import Queue
 
 DIST = "saq"
-WORKER = "1 process, concurrency=C"
-ENQUEUE = "enqueue, 100 concurrent calls"
+ENQUEUE = "await queue.enqueue(), one call at a time"
 
 rec = bench.Recorder()
 
@@ -36,8 +39,8 @@ async def _enqueue(n: int, sleep_ms: float | None) -> None:
     await queue.connect()
     kwargs = {} if sleep_ms is None else {"ms": sleep_ms}
     name = "noop" if sleep_ms is None else "sleep"
-    for done in range(0, n, 100):
-        await asyncio.gather(*(queue.enqueue(name, **kwargs) for _ in range(min(100, n - done))))
+    for _ in range(n):
+        await queue.enqueue(name, **kwargs)
     await queue.disconnect()
 
 
@@ -45,8 +48,10 @@ def enqueue(n: int, sleep_ms: float | None) -> None:
     asyncio.run(_enqueue(n, sleep_ms))
 
 
-def worker_command(c: int) -> list[str]:
-    return [sys.executable, "-m", "saq", "saq_bench.settings", "--workers", "1", "--quiet"]
+def workers(kind: str, p: int, c: int) -> tuple[list[list[str]], str]:
+    # coroutines for both workloads (asyncio is SAQ's mode); --workers: one process per core
+    command = [sys.executable, "-m", "saq", "saq_bench.settings", "--workers", str(p), "--quiet"]
+    return [command], f"{p} processes x concurrency={c} coroutines"
 
 
 if __name__ == "__main__":

@@ -1,4 +1,9 @@
-"""taskiq on Redis streams (acked): ``taskiq worker --workers 1 --max-async-tasks C``."""
+"""taskiq on Redis streams (acked): ``taskiq worker --workers P --max-async-tasks C``.
+
+taskiq runs async tasks on each worker process's event loop, at most ``--max-async-tasks``
+at once ("Maximum simultaneous async tasks per worker process", default 100), in
+``--workers`` child processes (default 2): P of them, C tasks each.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +14,7 @@ import _common as bench
 from taskiq_redis import RedisStreamBroker
 
 DIST = "taskiq"
-WORKER = "1 worker process, --max-async-tasks C, RedisStreamBroker"
-ENQUEUE = "kiq(), 100 concurrent calls"
+ENQUEUE = "await task.kiq(), one call at a time"
 
 broker = RedisStreamBroker(bench.redis_url())
 rec = bench.Recorder()
@@ -28,10 +32,8 @@ async def sleep(ms: float) -> None:
 
 async def _enqueue(n: int, sleep_ms: float | None) -> None:
     await broker.startup()  # creates the stream's consumer group before the jobs arrive
-    for done in range(0, n, 100):
-        calls = (noop.kiq() if sleep_ms is None else sleep.kiq(sleep_ms)
-                 for _ in range(min(100, n - done)))
-        await asyncio.gather(*calls)
+    for _ in range(n):
+        await (noop.kiq() if sleep_ms is None else sleep.kiq(sleep_ms))
     await broker.shutdown()
 
 
@@ -39,9 +41,11 @@ def enqueue(n: int, sleep_ms: float | None) -> None:
     asyncio.run(_enqueue(n, sleep_ms))
 
 
-def worker_command(c: int) -> list[str]:
-    return [sys.executable, "-m", "taskiq", "worker", "taskiq_bench:broker", "--workers", "1",
-            "--max-async-tasks", str(c), "--log-level", "WARNING"]
+def workers(kind: str, p: int, c: int) -> tuple[list[list[str]], str]:
+    # coroutines for both workloads (taskiq's mode for async tasks); one process per core
+    command = [sys.executable, "-m", "taskiq", "worker", "taskiq_bench:broker", "--workers",
+               str(p), "--max-async-tasks", str(c), "--log-level", "WARNING"]
+    return [command], f"{p} processes x max-async-tasks={c}, RedisStreamBroker"
 
 
 if __name__ == "__main__":

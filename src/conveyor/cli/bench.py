@@ -3,6 +3,8 @@
 Phases: single-call enqueue (one caller, then many concurrent callers sharing commits),
 bulk enqueue, drain by a worker process started like ``conveyor worker``, and
 enqueue-to-start latency with the worker running and jobs offered at a steady rate.
+The drain also reports what a job cost: CPU of the worker processes and, on a single Redis
+server, Redis's CPU and script time, per job (figures that hold on a busy machine).
 """
 
 from __future__ import annotations
@@ -31,6 +33,56 @@ from conveyor.cli.output import console, errors
 from conveyor.ids import new_id
 from conveyor.job import JobState
 
+#: the commands that run scripts: their time includes the commands the scripts call
+SCRIPT_COMMANDS = ("evalsha", "eval", "evalsha_ro", "eval_ro", "fcall", "fcall_ro")
+
+
+def process_tree_cpu(pid: int) -> float | None:
+    """CPU seconds (user + system) used so far by process ``pid`` and its living children
+    (a supervisor and its worker processes); None where ``/proc`` cannot tell."""
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    total = 0.0
+    todo = [pid]
+    try:
+        while todo:
+            current = todo.pop()
+            with open(f"/proc/{current}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+            with open(f"/proc/{current}/task/{current}/children") as children:
+                todo.extend(int(child) for child in children.read().split())
+    except (OSError, ValueError, IndexError):
+        return None
+    return total
+
+
+class RedisUsage:
+    """Snapshots of a single Redis server's CPU and script time (None when unreadable:
+    not a single server, or INFO refused)."""
+
+    def __init__(self, url: str) -> None:
+        from conveyor.backends.redis import deploy
+
+        self.client: Any = deploy.async_client(url) if deploy.kind(url) == deploy.SINGLE \
+            else None
+
+    async def snapshot(self) -> tuple[float, float] | None:
+        """(CPU seconds of the server, seconds its scripts ran) so far."""
+        if self.client is None:
+            return None
+        try:
+            cpu = await self.client.info("cpu")
+            stats = await self.client.info("commandstats")
+        except Exception:  # a managed Redis may refuse INFO: the figures are left out
+            return None
+        scripts = sum(float(stats.get(f"cmdstat_{name}", {}).get("usec", 0))
+                      for name in SCRIPT_COMMANDS) / 1e6
+        return float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"]), scripts
+
+    async def close(self) -> None:
+        if self.client is not None:
+            await self.client.aclose()
+
 
 @dataclass
 class BenchResult:
@@ -46,6 +98,12 @@ class BenchResult:
     concurrent_callers: int = 0
     bulk_enqueue_per_s: float = 0.0
     drain_per_s: float = 0.0
+    #: what a drained job cost (0: not measured): CPU of the worker processes, CPU of the
+    #: Redis server, and the time Redis ran scripts (see :class:`RedisUsage`; a wall time,
+    #: which on a busy machine counts the time Redis waited for a CPU mid-script too)
+    drain_worker_cpu_us_per_job: float = 0.0
+    drain_redis_cpu_us_per_job: float = 0.0
+    drain_redis_script_us_per_job: float = 0.0
     latency_rate_per_s: float = 0.0
     latency_p50_ms: float = 0.0
     latency_p99_ms: float = 0.0
@@ -187,30 +245,54 @@ class Bench:
     async def drain(self) -> None:
         counts = await self.app.broker.counts()
         total = sum(sum(per.values()) for per in counts.values())
+        usage = RedisUsage(self.url) if self.url.startswith("redis") else None
         started = time.perf_counter()
         self.start_worker()
-        with _progress() as bar:
-            task = bar.add_task("drain", total=total, rate="")
-            first = None
-            done = 0
-            while done < total:
-                await asyncio.sleep(0.02)
-                done = await self._finished()
-                now = time.perf_counter()
-                if first is None and done:
-                    first, first_done = now, done
-                if first is not None and now > first:
-                    rate = (done - first_done) / (now - first)
-                    bar.update(task, completed=done, rate=f"{rate:,.0f}/s")
-                if self.worker is not None and self.worker.poll() is not None:
-                    raise CLIError(f"the worker exited with {self.worker.returncode}", code=1)
-            assert first is not None
-            if done > first_done:
-                self.result.drain_per_s = (done - first_done) / (time.perf_counter() - first)
-            else:  # all done by the first look: only the time since the worker's start is known
-                self.result.drain_per_s = done / (time.perf_counter() - started)
-                self.result.notes.append("the drain ended within one poll, so its rate includes "
-                                         "the worker's start-up; use more --jobs")
+        assert self.worker is not None
+        try:
+            with _progress() as bar:
+                task = bar.add_task("drain", total=total, rate="")
+                first = None
+                done = 0
+                while done < total:
+                    await asyncio.sleep(0.02)
+                    done = await self._finished()
+                    now = time.perf_counter()
+                    if first is None and done:
+                        first, first_done = now, done
+                        costs = (process_tree_cpu(self.worker.pid),
+                                 await usage.snapshot() if usage else None)
+                    if first is not None and now > first:
+                        rate = (done - first_done) / (now - first)
+                        bar.update(task, completed=done, rate=f"{rate:,.0f}/s")
+                    if self.worker.poll() is not None:
+                        raise CLIError(f"the worker exited with {self.worker.returncode}",
+                                       code=1)
+                assert first is not None
+                if done > first_done:
+                    self.result.drain_per_s = (done - first_done) / (time.perf_counter() - first)
+                    await self._costs(done - first_done, costs, usage)
+                else:  # all done by the first look: only the time since the worker's start
+                    self.result.drain_per_s = done / (time.perf_counter() - started)
+                    self.result.notes.append("the drain ended within one poll, so its rate "
+                                             "includes the worker's start-up; use more --jobs")
+        finally:
+            if usage is not None:
+                await usage.close()
+
+    async def _costs(self, jobs: int, before: tuple[float | None, tuple[float, float] | None],
+                     usage: RedisUsage | None) -> None:
+        """Fill in what each of the ``jobs`` drained since ``before`` cost."""
+        assert self.worker is not None
+        cpu, redis_before = before
+        cpu_now = process_tree_cpu(self.worker.pid)
+        if cpu is not None and cpu_now is not None:
+            self.result.drain_worker_cpu_us_per_job = (cpu_now - cpu) / jobs * 1e6
+        redis_now = await usage.snapshot() if usage else None
+        if redis_before and redis_now:
+            self.result.drain_redis_cpu_us_per_job = (redis_now[0] - redis_before[0]) / jobs * 1e6
+            self.result.drain_redis_script_us_per_job = (
+                (redis_now[1] - redis_before[1]) / jobs * 1e6)
 
     async def latency(self) -> None:
         n, rate = self.args.latency_jobs, self.args.rate
@@ -261,6 +343,12 @@ def _table(result: BenchResult) -> Table:
                   f"{result.concurrent_enqueue_per_s:,.0f} jobs/s")
     table.add_row("bulk enqueue", f"{result.bulk_enqueue_per_s:,.0f} jobs/s")
     table.add_row("drain", f"{result.drain_per_s:,.0f} jobs/s")
+    if result.drain_worker_cpu_us_per_job:
+        table.add_row("drain: worker CPU per job", f"{result.drain_worker_cpu_us_per_job:.1f} µs")
+    if result.drain_redis_cpu_us_per_job:
+        table.add_row("drain: Redis CPU per job", f"{result.drain_redis_cpu_us_per_job:.1f} µs")
+        table.add_row("drain: Redis script time per job",
+                      f"{result.drain_redis_script_us_per_job:.1f} µs")
     table.add_row(f"enqueue-to-start p50 at {result.latency_rate_per_s:,.0f}/s",
                   f"{result.latency_p50_ms:.1f} ms")
     table.add_row(f"enqueue-to-start p99 at {result.latency_rate_per_s:,.0f}/s",

@@ -27,7 +27,8 @@ from conveyor.http.errors import ApiError, error_response
 from conveyor.http.health import StoreGate, StoreHealth
 from conveyor.http.openapi import Operation
 from conveyor.http.origin import Origins, SameSiteOnly
-from conveyor.http.routes import Routes
+from conveyor.http.paths import route_path
+from conveyor.http.routes import JOB_PATH, Routes
 from conveyor.http.services import DEFAULT_MAX_UPLOAD, Services, store_unavailable
 from conveyor.http.throttle import Throttle, client_address
 
@@ -39,15 +40,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("conveyor.http")
 PUBLIC_PATHS = frozenset({"/healthz"})
 Endpoint = Callable[[Request], Awaitable[Response]]
-
-
-def route_path(scope: Scope) -> str:
-    """The request's path below the point the API is mounted at."""
-    path = str(scope.get("path", ""))
-    root = str(scope.get("root_path", ""))
-    if root and path.startswith(root):
-        path = path[len(root):]
-    return path or "/"
 
 
 def bearer_verdict(scope: Scope, token: bytes) -> bool | None:
@@ -194,12 +186,14 @@ def _dispatch(handlers: dict[str, Endpoint]) -> Endpoint:
 
 
 def build_routes(operations: list[Operation]) -> list[Route]:
-    """Starlette routes from the table: one per path, dispatching on the method."""
+    """Starlette routes from the table: one per path, dispatching on the method; the path
+    of enqueues and status reads (:data:`JOB_PATH`, which no other path's pattern matches)
+    is tried first."""
     by_path: dict[str, dict[str, Endpoint]] = {}
     for op in operations:
         by_path.setdefault(op.path, {})[op.method] = op.handler
-    return [Route(path, _dispatch(handlers), methods=list(handlers))
-            for path, handlers in by_path.items()]
+    return [Route(path, _dispatch(by_path[path]), methods=list(by_path[path]))
+            for path in sorted(by_path, key=lambda path: path != JOB_PATH)]
 
 
 async def _api_error(request: Request, exc: Exception) -> Response:

@@ -35,11 +35,19 @@ def _no_constants(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+#: one decoder for every request (``json.loads`` with an option makes a new one per call)
+_DECODER = json.JSONDecoder(parse_constant=_no_constants)
+
+
 def strict_json(raw: bytes | str) -> Any:
     """Parse strict JSON (no NaN or Infinity); ``ValueError`` otherwise (also for a text
-    nested too deep for the parser)."""
+    nested too deep for the parser). Bytes are decoded as ``json.loads`` decodes them."""
     try:
-        return json.loads(raw, parse_constant=_no_constants)
+        if isinstance(raw, bytes):
+            raw = raw.decode(json.detect_encoding(raw), "surrogatepass")
+        elif raw.startswith("\ufeff"):
+            raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", raw, 0)
+        return _DECODER.decode(raw)
     except RecursionError:
         raise ValueError(f"arrays and objects nest too deep (at most {MAX_DEPTH} levels "
                          "in an argument)") from None
@@ -73,12 +81,14 @@ def json_body(raw: bytes, content_type: str | None) -> Any:
         raise ApiError(400, f"the body is not valid JSON: {exc}") from None
 
 
-def job_call(raw: bytes, content_type: str | None) -> JobCall:
+def job_call(raw: bytes, content_type: str | None, *, bound: bool = True) -> JobCall:
     """The body of ``POST /jobs/{name}``: a JSON object with the optional fields ``args``
     (array), ``kwargs`` (object), ``delay`` (seconds, 0 or more), ``queue`` (string),
     ``id`` (the job's id, instead of a new one) and ``priority`` (-10 .. 10).
 
-    An empty body without a content type is a call without arguments.
+    An empty body without a content type is a call without arguments. ``bound``: check the
+    arguments against :mod:`conveyor.bounds` here (``False`` for a call nothing hashes
+    before the app builds its record, which checks them the same way).
     """
     if not raw.strip() and not media_type(content_type):
         return JobCall()
@@ -99,8 +109,9 @@ def job_call(raw: bytes, content_type: str | None) -> JobCall:
     if not isinstance(kwargs, dict):
         raise ApiError(400, "kwargs must be a JSON object")
     try:  # before anything hashes or stores them (see conveyor.bounds)
-        encode_value(args, "an argument", wrapped=True)
-        encode_value(kwargs, "an argument", wrapped=True)
+        if bound:
+            encode_value(args, "an argument", wrapped=True)
+            encode_value(kwargs, "an argument", wrapped=True)
     except NotSerializable as exc:
         raise ApiError(400, f"arguments must be JSON-serializable ({exc})") from None
     if delay is not None and (not finite_number(delay) or delay < 0):

@@ -24,6 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from conveyor.backends.outage import outage_for
 from conveyor.errors import StoreUnavailable
+from conveyor.http.paths import route_path
 
 if TYPE_CHECKING:
     from conveyor.app import Conveyor
@@ -131,8 +132,6 @@ class StoreGate:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            from conveyor.http.app import route_path
-
             path = route_path(scope)
             check = path == "/healthz" or (
                 path.startswith(STORE_PATHS) and self.health.known_down())

@@ -19,6 +19,10 @@ reaches the app; uvicorn answers it with a plain-text 400. This protocol answers
 - past ``max_connections`` open connections, a new one gets 503 at once;
 - at most :data:`MAX_PIPELINED` requests may wait behind the one being answered.
 
+A response's head (status line and headers) goes out in one write with the first piece of its
+body (:class:`HeadWithBody`): a small answer is one segment and one wake-up of the client,
+not two.
+
 An error found while earlier requests of the connection are still being answered (garbage
 sent after a complete request, say) is answered after them, so each request gets its own
 answer. After an error the connection is half-closed and drained for a moment, so the client
@@ -31,7 +35,11 @@ import asyncio
 import json
 from typing import Any, ClassVar
 
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import (
+    STATUS_LINE,
+    HttpToolsProtocol,
+    RequestResponseCycle,
+)
 
 from conveyor.serverlimits import ServerLimits
 
@@ -63,6 +71,64 @@ class ConnectionCount:
     def __init__(self) -> None:
         self.open = 0  # accepted, not yet closed
         self.refused = 0  # refused for the cap, still being drained
+
+
+HEAD_UNSEEN, HEAD_HELD, HEAD_SENT = range(3)  # where a response's head is
+#: the interim answer uvicorn writes before reading a body the client holds back
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+class HeadWithBody:
+    """The transport one response is written through: its head is held until the first
+    piece of its body and written with it. A head whose body has not come when the event
+    loop next runs its callbacks (a streamed body that takes its time, an answer to
+    ``HEAD``) is written by itself then, or when the response completes or the connection
+    is closed, whichever comes first."""
+
+    __slots__ = ("_completed", "_head", "_state", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, cycle: RequestResponseCycle) -> None:
+        """Write ``cycle``'s response through this, to ``transport``."""
+        self._transport = transport
+        self._head = b""
+        self._state = HEAD_UNSEEN
+        self._completed = cycle.on_response
+        cycle.transport = self  # type: ignore[assignment]
+        cycle.on_response = self._on_response
+
+    def _on_response(self) -> None:
+        self.flush()  # before the answer of a request pipelined behind this one
+        self._completed()
+
+    def write(self, data: bytes) -> None:
+        state = self._state
+        if state == HEAD_SENT:
+            self._transport.write(data)
+        elif state == HEAD_HELD:
+            self._state = HEAD_SENT
+            self._transport.write(self._head + data)
+            self._head = b""
+        elif data != CONTINUE:  # the head (an interim "100 Continue" may come before it)
+            self._state = HEAD_HELD
+            self._head = data
+            asyncio.get_running_loop().call_soon(self.flush)
+        else:
+            self._transport.write(data)
+
+    def flush(self) -> None:
+        """Write a held head now."""
+        if self._state == HEAD_HELD:
+            self._state = HEAD_SENT
+            if not self._transport.is_closing():
+                self._transport.write(self._head)
+            self._head = b""
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
 
 
 class JsonHttpToolsProtocol(HttpToolsProtocol):
@@ -200,6 +266,9 @@ class JsonHttpToolsProtocol(HttpToolsProtocol):
         self._state = BODY
         self._cancel_header_timer()
         super().on_headers_complete()
+        cycle = self.cycle
+        if cycle is not None and cycle.transport is self.transport:  # a new request's cycle
+            HeadWithBody(self.transport, cycle)
         self._body_seen = self.loop.time()
 
     def on_body(self, body: bytes) -> None:

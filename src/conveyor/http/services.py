@@ -247,8 +247,11 @@ class Services:
         staged = job_fn.options.staged if job_fn else (await self.published(name)).staged
         if staged:
             raise ApiError(400, f"job {name!r} takes its file from POST /uploads")
-        call = decoding.job_call(raw, content_type)
+        # without a key nothing hashes the arguments: the app's record checks their bounds
+        call = decoding.job_call(raw, content_type, bound=idempotency_key is not None)
         asked = call.options
+        if idempotency_key is None:  # the app gives the job a new id unless one was asked
+            return await self._enqueue(name, call.args, call.kwargs, asked)
         digest = idempotency.digest_of("job", name, call.args, call.kwargs, asked.delay,
                                        asked.queue, asked.job_id)
         return await idempotency.once(

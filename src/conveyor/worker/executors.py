@@ -16,7 +16,7 @@ import contextvars
 import functools
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor, Future
 from typing import TYPE_CHECKING, Any
 
@@ -117,14 +117,19 @@ class Executors:
         self._max_processes = max(1, max_processes)
         self._processes: ProcessPool | None = None
 
-    async def run(self, job_fn: JobFunction[..., Any], ctx: JobContext) -> Any:
-        """Run one attempt; raise :class:`JobTimeout` past the job's timeout."""
+    def run(self, job_fn: JobFunction[..., Any], ctx: JobContext) -> Awaitable[Any]:
+        """One attempt, to await; it raises :class:`JobTimeout` past the job's timeout.
+        An async job without a timeout is its own coroutine: no frame in between."""
         executor = job_fn.options.executor
         if executor == "async":
-            return await self._run_async(job_fn, ctx)
+            if job_fn.options.timeout is None:
+                args, kwargs = job_fn.call_arguments(ctx)
+                coroutine: Awaitable[Any] = job_fn.fn(*args, **kwargs)
+                return coroutine
+            return self._run_async(job_fn, ctx)
         if executor == "thread":
-            return await self._run_thread(job_fn, ctx)
-        return await self._run_process(job_fn, ctx)
+            return self._run_thread(job_fn, ctx)
+        return self._run_process(job_fn, ctx)
 
     async def _run_async(self, job_fn: JobFunction[..., Any], ctx: JobContext) -> Any:
         args, kwargs = job_fn.call_arguments(ctx)

@@ -34,6 +34,9 @@ def _outcome(record: JobRecord, worker_id: str, kind: OutcomeKind, **fields: Any
 def succeeded(record: JobRecord, worker_id: str, result: Any) -> Outcome:
     """A finished attempt; a result that is not JSON (or nests too deep, or holds a lone
     surrogate: see :mod:`conveyor.bounds`) sends the job to the dead set."""
+    if result is None:  # most jobs return nothing: no encoding, no checks
+        return Outcome(record.id, worker_id, OutcomeKind.SUCCEEDED, time.time(), "null",
+                       queue=record.queue, attempt=record.attempts)
     try:
         result_json = encode_value(result, "the result")
     except NotSerializable as exc:

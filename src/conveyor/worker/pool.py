@@ -576,7 +576,8 @@ class Worker:
         if self.metrics is not None:
             self.metrics.job_started(record)
         entry.start = self.stats.started(record)
-        entry.task = asyncio.create_task(self._execute(record, entry))
+        assert self._loop is not None
+        entry.task = self._loop.create_task(self._execute(record, entry))
 
     async def _execute(self, record: JobRecord, entry: _Running) -> None:
         metrics = self.metrics
@@ -593,13 +594,19 @@ class Worker:
             raise
         finally:
             self._ends += 1
-            if entry.stop_reason != "lost":  # its slot stays taken until the store has it
+            # its slot stays taken until the store has its outcome: then the settler frees
+            # it and starts the next job; only a lost attempt, or the end of a suspect that
+            # ran alone, may let a buffered job start now
+            freed = entry.stop_reason == "lost"
+            if not freed:
                 self._settling[record.id] = record.attempts
             if self.running.get(record.id) is entry:
                 del self.running[record.id]
             if self._alone == record.id:
                 self._alone = None
-            self._fill_slots()
+                freed = True
+            if freed:
+                self._fill_slots()
             if self._wake is not None:
                 self._wake.set()
         if metrics is not None:
@@ -664,8 +671,8 @@ class Worker:
         executors = self.executors
         if not middlewares:
 
-            async def direct(ctx: JobContext, job_fn: Any) -> Any:
-                return await executors.run(job_fn, ctx)
+            def direct(ctx: JobContext, job_fn: Any) -> Awaitable[Any]:
+                return executors.run(job_fn, ctx)
 
             return direct
 
