@@ -441,6 +441,12 @@ class Conveyor:
                 raise InvalidArguments(problem)
             payload = JobFunction.check_json(name, args, kwargs)
         created = time.time() if now is None else now
+        if options is DEFAULT and job_fn is not None:  # the commonest call: a plain one
+            own = job_fn.options
+            if not own.unique and own.limits is None:
+                return JobRecord(new_id(created), name, own.queue, JobState.QUEUED,
+                                 list(args), dict(kwargs), created, created,
+                                 priority=own.priority, payload=payload)
         run_at = options.run_at(created, self.max_delay)
         unique_key = options.unique_key
         if unique_key is None and job_fn is not None and job_fn.options.unique:
@@ -534,6 +540,8 @@ class Conveyor:
     def enqueue(self, name: str, *args: Any, delay: float | None = None,
                 at: datetime | None = None, **kwargs: Any) -> JobHandle[Any]:
         """Store a call of job ``name``; return once it is durable."""
+        if delay is None and at is None:  # a plain call: no options to make and check
+            return self.enqueue_call(name, args, kwargs)
         return self.enqueue_call(name, args, kwargs, delay=delay, at=at)
 
     def enqueue_call(self, name: str, args: Sequence[Any], kwargs: Mapping[str, Any],
@@ -555,6 +563,8 @@ class Conveyor:
     async def enqueue_async(self, name: str, *args: Any, delay: float | None = None,
                             at: datetime | None = None, **kwargs: Any) -> JobHandle[Any]:
         """Awaitable :meth:`enqueue`."""
+        if delay is None and at is None:  # a plain call: no options to make and check
+            return await self.enqueue_call_async(name, args, kwargs)
         return await self.enqueue_call_async(name, args, kwargs, delay=delay, at=at)
 
     async def enqueue_call_async(self, name: str, args: Sequence[Any],

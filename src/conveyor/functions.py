@@ -18,13 +18,13 @@ from typing import (
     overload,
 )
 
-from conveyor.bounds import encode_value
+from conveyor.bounds import MAX_DEPTH, encode_value
 from conveyor.context import JobContext
 from conveyor.errors import ConfigurationError, InvalidArguments
 from conveyor.job import Backoff, BackoffPolicy, JobRecord
 from conveyor.limits import JobLimits
 from conveyor.options import EnqueueKwargs, EnqueueOptions
-from conveyor.serialization import NotSerializable
+from conveyor.serialization import NotSerializable, dumps, is_utf8
 from conveyor.signatures import misfit
 from conveyor.uploads import Upload
 
@@ -230,10 +230,12 @@ class JobFunction(Generic[P, R]):
     def check_json(name: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -> tuple[str, str]:
         """Raise :class:`InvalidArguments` unless the arguments are strict JSON; return them
         as JSON text."""
+        if not kwargs and isinstance(kwargs, Mapping):  # the commonest call: no keywords
+            return _encoded_arguments(name, args), "{}"
         if not isinstance(kwargs, Mapping) or not all(isinstance(k, str) for k in kwargs):
             raise InvalidArguments(f"job {name!r}: keyword arguments need string names")
         try:
-            return (encode_value(list(args), "an argument", wrapped=True),
+            return (_encoded_arguments(name, args),
                     encode_value(dict(kwargs), "an argument", wrapped=True))
         except NotSerializable as exc:
             raise InvalidArguments(
@@ -279,6 +281,24 @@ class JobFunction(Generic[P, R]):
                                  **given: Unpack[EnqueueKwargs]) -> list[JobHandle[R]]:
         """Awaitable :meth:`enqueue_many`."""
         return await self.app.enqueue_many_async(self.name, items, job_ids=job_ids, **given)
+
+
+def _encoded_arguments(name: str, args: Sequence[Any]) -> str:
+    """The positional arguments of a call as a JSON array (see :func:`encode_value`).
+
+    Arguments with fewer brackets than the depth bound cannot nest past it: their text is
+    used at once; any other is checked by :func:`encode_value`."""
+    try:
+        text = dumps(args if type(args) is list or type(args) is tuple else list(args))
+        if text.count("[") + text.count("{") <= MAX_DEPTH + 1 and is_utf8(text):
+            return text
+        return encode_value(list(args), "an argument", wrapped=True)
+    except (NotSerializable, RecursionError):
+        try:
+            return encode_value(list(args), "an argument", wrapped=True)
+        except NotSerializable as exc:
+            raise InvalidArguments(
+                f"job {name!r}: arguments must be JSON-serializable ({exc})") from None
 
 
 class JobDecorator(Protocol):

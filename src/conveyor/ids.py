@@ -13,12 +13,18 @@ import threading
 import time
 
 _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
-# Two characters per table entry: 13 look-ups encode an id.
+# Two characters per table entry: 13 look-ups encode an id (5 for the time, 8 for the rest).
 _PAIRS = [a + b for a in _ALPHABET for b in _ALPHABET]
 _RANDOM_BITS = 80
+_RANDOM_MASK = (1 << _RANDOM_BITS) - 1
+#: the random bits the last 16 characters hold (the first 10 hold the time and 2 more)
+_LOW_BITS = 78
+_LOW_MASK = (1 << _LOW_BITS) - 1
 _lock = threading.Lock()
 _last_ms = -1
 _last_random = 0
+#: (time and top random bits, their 10 characters) of the last id made
+_last_head: tuple[int, str] = (-1, "")
 
 
 def _encode(value: int) -> str:
@@ -28,19 +34,42 @@ def _encode(value: int) -> str:
     return "".join([pairs[(value >> shift) & 1023] for shift in range(120, -1, -10)])
 
 
+def _encode_head(top: int) -> str:
+    """The first 10 characters of an id: its top 50 bits (the time and 2 random bits)."""
+    pairs = _PAIRS
+    return (pairs[(top >> 40) & 1023] + pairs[(top >> 30) & 1023]
+            + pairs[(top >> 20) & 1023] + pairs[(top >> 10) & 1023] + pairs[top & 1023])
+
+
+def _encode_low(low: int) -> str:
+    """The last 16 characters of an id: its low 78 bits (and the 2 padding bits)."""
+    low <<= 2
+    pairs = _PAIRS
+    return (pairs[low >> 70] + pairs[(low >> 60) & 1023] + pairs[(low >> 50) & 1023]
+            + pairs[(low >> 40) & 1023] + pairs[(low >> 30) & 1023]
+            + pairs[(low >> 20) & 1023] + pairs[(low >> 10) & 1023] + pairs[low & 1023])
+
+
 def new_id(now: float | None = None) -> str:
     """Return a fresh job id for the time ``now`` (seconds since the epoch, default: now)."""
-    global _last_ms, _last_random
+    global _last_ms, _last_random, _last_head
     ms = int((time.time() if now is None else now) * 1000)
     with _lock:
         if ms <= _last_ms:
             ms = _last_ms
-            _last_random = (_last_random + 1) & ((1 << _RANDOM_BITS) - 1)
+            _last_random = (_last_random + 1) & _RANDOM_MASK
         else:
             _last_ms = ms
             _last_random = int.from_bytes(os.urandom(10), "big") >> 1
         rand = _last_random
-    return _encode((ms << _RANDOM_BITS) | rand)
+        # the first 10 characters (the time and the top 2 random bits) change once per
+        # millisecond at most, while ids made within one millisecond share them
+        top = (ms << 2) | (rand >> _LOW_BITS)
+        known, head = _last_head
+        if known != top:
+            head = _encode_head(top)
+            _last_head = (top, head)
+    return head + _encode_low(rand & _LOW_MASK)
 
 
 def id_time(job_id: str) -> float:

@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import json
+from json.encoder import c_encode_basestring, c_make_encoder  # type: ignore[attr-defined]
 from typing import Any
 
 _encoder = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 _decoder = json.JSONDecoder()
+#: the C encoder behind ``_encoder``, made once (``JSONEncoder.encode`` makes one per call,
+#: which costs more than encoding the few arguments of most jobs); it skips the check for
+#: cycles, which end in RecursionError instead: ``_encoder`` then says what is wrong
+_c_encode: Any = None
+if c_make_encoder is not None and c_encode_basestring is not None:
+    _c_encode = c_make_encoder(None, _encoder.default, c_encode_basestring, None, ":", ",",
+                               False, False, False)
 
 
 class NotSerializable(TypeError):
@@ -21,6 +29,11 @@ def dumps(value: Any) -> str:
     if not value and (type(value) is list or type(value) is dict):
         return "[]" if type(value) is list else "{}"
     try:
+        if _c_encode is not None:
+            try:
+                return "".join(_c_encode(value, 0))
+            except RecursionError:  # a cycle, or nesting too deep: told apart below
+                pass
         return _encoder.encode(value)
     except (TypeError, ValueError) as exc:
         raise NotSerializable(str(exc)) from None

@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 from conveyor.backends.base import Beat, Broker, Recovery
 from conveyor.backends.outage import Outage, outage
 from conveyor.backends.redis import codec, deploy, layout, replicas
+from conveyor.backends.redis.client import AsyncScriptLink
 from conveyor.backends.redis.keys import Keys, lane_field
 from conveyor.backends.redis.layout import LAYOUT
 from conveyor.backends.redis.scripts import register_all
@@ -104,7 +105,10 @@ BATCH = 1000
 SUMMARY_BATCH = 50
 #: the order of a segment of one job, and the reply that stored a segment with nothing held
 ONLY = [0]
+ONLY_ORDER = [ONLY]
 OK = ["ok"]
+#: queues whose enqueue_one KEYS a broker keeps made
+MAX_ONE_KEYS = 256
 #: unique keys looked at by one pruning step (see ``RedisBroker._prune_keys``)
 PRUNE_STEP = 500
 #: steps through the unique keys at most per purge (a purge runs about once a minute)
@@ -134,11 +138,27 @@ class _Coalescer:
         self._store = store
         self._waiting: list[tuple[Segment, asyncio.Future[Stored]]] = []
         self._flusher: asyncio.Task[None] | None = None
+        #: a caller is storing its own call (see :meth:`submit`)
+        self._direct = False
 
     async def submit(self, segment: Segment) -> Stored:
+        """Store ``segment``: at once, in the caller's task, when no call is under way (a
+        single awaited enqueue needs no task of its own); else with the next group. A
+        caller cancelled while storing its own call leaves it stored or not, as any
+        cancelled write; the calls that joined meanwhile are stored all the same."""
+        if not self._direct and (self._flusher is None or self._flusher.done()):
+            self._direct = True
+            try:
+                return (await self._store([segment]))[0]
+            except Exception as exc:
+                return exc
+            finally:
+                self._direct = False
+                if self._waiting:
+                    self._flusher = asyncio.create_task(self._flush())
         future: asyncio.Future[Stored] = asyncio.get_running_loop().create_future()
         self._waiting.append((segment, future))
-        if self._flusher is None or self._flusher.done():
+        if not self._direct and (self._flusher is None or self._flusher.done()):
             self._flusher = asyncio.create_task(self._flush())
         return await future
 
@@ -171,6 +191,9 @@ class _Connection:
         self.client = deploy.async_client(url)
         self.scripts = replicas.waiting_scripts(self.client, register_all(self.client), wait)
         self.enqueues = _Coalescer(store)
+        #: the enqueue scripts' own connection on a single Redis (None: through the client)
+        self.link = (AsyncScriptLink(self.client) if wait is None and AsyncScriptLink.usable()
+                     and deploy.kind(url) == deploy.SINGLE else None)
 
 
 class RedisBroker(Broker):
@@ -377,6 +400,8 @@ class RedisBroker(Broker):
         conns, self._connections = self._connections, {}
         for conn_loop, conn in conns.items():
             if conn_loop is loop:
+                if conn.link is not None:
+                    conn.link.close()
                 await conn.client.aclose()
 
     def _group_keys(self, queues: Sequence[str]) -> list[str]:
@@ -444,21 +469,21 @@ class RedisBroker(Broker):
     # -- producers ----------------------------------------------------------------------------
     def _enqueue_call(
         self, segments: Sequence[Segment]
-    ) -> tuple[str, list[str], list[Any], list[list[int]]]:
+    ) -> tuple[str, Sequence[str], list[Any], list[list[int]]]:
         """The script, KEYS and ARGV of one enqueue call storing ``segments`` (each is the
         jobs and queue limits of one enqueue call, stored all or none on its own), and per
         segment the indexes of its jobs in the order the script numbers them."""
         k = self.keys
         if len(segments) == 1 and len(segments[0][0]) == 1:
             (job,), limits = segments[0]
-            keys = [k.jobs, k.field("state"), k.queues, *k.queue_group(job.queue),
-                    k.caps, k.unique, k.unique_until, k.field("priority"), k.field("lane")]
-            value = self._value(job)
-            argv: list[Any] = [job.queue, limits.get(job.queue, -1), value, _lane(job),
-                               self._most_queues()]
+            queue = job.queue
+            argv: list[Any] = [queue, limits.get(queue, -1) if limits else -1,
+                               self._value(job),
+                               "" if job.group is None else lane_field(job.name, job.group),
+                               -1 if self.max_queues is None else self.max_queues]
             if job.unique_key is not None:
                 argv += [job.unique_key, _hold(job)]
-            return "enqueue_one", keys, argv, [[0]]
+            return "enqueue_one", self._one_keys(queue), argv, ONLY_ORDER
         numbers: dict[str, int] = {}
         argv = [self._most_queues(), len(segments)]
         orders: list[list[int]] = []
@@ -501,6 +526,25 @@ class RedisBroker(Broker):
         keys = [k.jobs, k.field("state"), k.queues, k.unique, k.unique_until,
                 *self._group_keys(list(numbers)), k.caps, k.field("priority"), k.field("lane")]
         return "enqueue", keys, argv, orders
+
+    #: the KEYS of enqueue_one by queue (made once per queue, see :meth:`_one_keys`)
+    _one_keys_made: dict[str, tuple[str, ...]] | None = None
+
+    def _one_keys(self, queue: str) -> tuple[str, ...]:
+        """The KEYS of enqueue_one for a job of ``queue`` (made once per queue: every
+        single enqueue sends them)."""
+        made = self._one_keys_made
+        if made is None:
+            made = self._one_keys_made = {}
+        keys = made.get(queue)
+        if keys is None:
+            k = self.keys
+            if len(made) >= MAX_ONE_KEYS:
+                made.clear()
+            keys = made[queue] = (
+                k.jobs, k.field("state"), k.queues, *k.queue_group(queue), k.caps, k.unique,
+                k.unique_until, k.field("priority"), k.field("lane"))
+        return keys
 
     def _most_queues(self) -> int:
         """:attr:`max_queues` as the enqueue scripts take it (-1: no cap)."""
@@ -556,6 +600,9 @@ class RedisBroker(Broker):
         async def call(conn: _Connection) -> Any:
             nonlocal attempts
             attempts += 1
+            link = conn.link
+            if link is not None and not link.busy:
+                return await link.call(script, keys, argv)
             return await conn.scripts[script](keys=keys, args=argv)
 
         replies = await self._retrying(call)
@@ -595,6 +642,8 @@ class RedisBroker(Broker):
             self._layout_found(found)
         script, keys, argv, orders = self._enqueue_call([(jobs, limits)])
         reply, attempts = self._blocking_call(script, keys, argv)
+        if reply == "ok" and script == "enqueue_one":  # stored: the common answer
+            return [None]
         result = self._segment_result(reply if isinstance(reply, str) else reply[0],
                                       attempts, jobs, orders[0])
         if isinstance(result, TooManyQueues) and self._may_sweep() and \
@@ -690,12 +739,12 @@ class RedisBroker(Broker):
                        argv: Sequence[Any]) -> tuple[Any, int]:
         """Run ``script`` on the blocking client, retried through connection trouble as
         :meth:`_retrying` does; return its reply and how many attempts it took."""
-        scripts = self._blocking_scripts()
-        deadline = time.monotonic() + self.retry_for
+        scripts = self._blocking or self._blocking_scripts()
+        sent = time.monotonic()
+        deadline = sent + self.retry_for
         pause, attempts = 0.05, 0
         while True:
             attempts += 1
-            sent = time.monotonic()
             try:
                 reply = scripts.call(script, keys, argv)
                 break
@@ -706,6 +755,7 @@ class RedisBroker(Broker):
                     raise self._unavailable(exc, sent) from exc
                 time.sleep(pause * (0.5 + random.random() / 2))
                 pause = min(pause * 2, 2.0)
+                sent = time.monotonic()
         self.outage.recovered()
         return reply, attempts
 

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import os
@@ -22,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import redis as syncredis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import InvalidResponse, NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from conveyor.backends.redis.scripts import source
@@ -31,10 +32,18 @@ if TYPE_CHECKING:
     from conveyor.backends.redis.replicas import Wait
 
 _pack: Callable[[tuple[Any, ...]], bytes] | None
+Reader: Any
 try:
+    from hiredis import Reader
     from hiredis import pack_command as _pack
 except ImportError:  # hiredis>=2.2.1 comes with the redis extra; installed by hand, it may not
-    _pack = None
+    _pack = Reader = None
+try:
+    from redis._parsers.base import BaseParser
+
+    _error_of: Callable[[str], Exception] = BaseParser.parse_error
+except ImportError:  # redis-py's own mapping of error replies to classes moved: keep its base
+    _error_of = ResponseError
 
 log = logging.getLogger("conveyor.redis")
 
@@ -84,9 +93,47 @@ IDLE_CHECK = 1.0
 LOST = (RedisConnectionError, RedisTimeoutError, OSError)
 #: idle connections kept (one per thread that enqueues at the same time, up to this)
 MAX_IDLE = 64
+#: packed script heads kept (one per script and keys: per queue for the enqueue scripts)
+MAX_HEADS = 256
 #: how text Redis holds that is not UTF-8 is read (and a str UTF-8 cannot encode is
 #: written): as backslash escapes, so that no stored value, however odd, breaks a read
 TEXT_ERRORS = "backslashreplace"
+
+
+class _Link:
+    """One connection of :class:`BlockingScripts`: the redis-py connection (it connects,
+    authenticates, finds a Sentinel's master, sends the rarer commands) and, with hiredis,
+    its socket and a reader of its own, on which the common call (one EVALSHA) is sent
+    in one write and its reply read without redis-py's per-command wrappers."""
+
+    __slots__ = ("conn", "reader", "sock")
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+        sock = getattr(conn, "_sock", None)
+        encoder = getattr(conn, "encoder", None)
+        self.sock: Any = None
+        self.reader: Any = None
+        if _pack is not None and sock is not None and encoder is not None:
+            kwargs: dict[str, Any] = {"replyError": _error_of,
+                                      "protocolError": InvalidResponse}
+            if encoder.decode_responses:
+                kwargs.update(encoding=encoder.encoding, errors=encoder.encoding_errors)
+            self.sock, self.reader = sock, Reader(**kwargs)
+
+    def reply(self) -> Any:
+        """The next reply on the socket (an error reply returned, not raised)."""
+        reader, recv = self.reader, self.sock.recv
+        reply = reader.gets()
+        while reply is False:
+            data = recv(65536)
+            if not data:
+                raise RedisConnectionError("Connection closed by server.")
+            reader.feed(data)
+            reply = reader.gets()
+        if isinstance(reply, RedisConnectionError):  # LOADING and the like: as redis-py does
+            raise reply
+        return reply
 
 
 class BlockingScripts:
@@ -103,6 +150,9 @@ class BlockingScripts:
     ``pool``, when given, supplies the connection class and arguments instead of ``url``
     (a Sentinel pool, whose connections find the current master); with ``wait``, the
     scripts it covers are followed by WAIT in the same round trip (see :mod:`.replicas`).
+
+    The common call (no wait, no ASKING) is packed from a head made once per script and
+    keys, and sent and read on the connection's socket directly (see :class:`_Link`).
     """
 
     def __init__(self, url: str, pool: Any = None, wait: Wait | None = None) -> None:
@@ -115,67 +165,123 @@ class BlockingScripts:
         self._wait = wait
         self._connection_class = pool.connection_class
         self._connection_kwargs = pool.connection_kwargs
-        self._idle: list[tuple[Any, float]] = []  # (connection, idle since)
+        self._idle: list[tuple[_Link, float]] = []  # (connection, idle since)
         self._lock = threading.Lock()
         self._pid = os.getpid()
+        self._heads: Heads = {}  # see _evalsha
 
-    def _take(self) -> Any:
+    def _take(self) -> _Link:
         while True:
             with self._lock:
                 if self._pid != os.getpid():  # a forked child must not use the parent's
                     self._idle, self._pid = [], os.getpid()
                 if not self._idle:
                     break
-                conn, since = self._idle.pop()
-            if time.monotonic() - since < IDLE_CHECK or _quiet(conn):
-                return conn
-            conn.disconnect()
+                link, since = self._idle.pop()
+            if time.monotonic() - since < IDLE_CHECK or _quiet(link.conn):
+                return link
+            link.conn.disconnect()
         conn = self._connection_class(**self._connection_kwargs)
         # connected here, by the class's own connect(): a Sentinel connection finds the
         # master there (sending on an unconnected one would skip that step)
         conn.connect()
-        return conn
+        return _Link(conn)
+
+    def _give_back(self, link: _Link) -> None:
+        """Keep ``link`` for the next call, or close it (a forked child's, one too many, or
+        one whose reader holds more than the reply it was read for)."""
+        clean = link.reader is None or not link.reader.has_data()
+        with self._lock:
+            kept = clean and self._pid == os.getpid() and len(self._idle) < MAX_IDLE
+            if kept:
+                self._idle.append((link, time.monotonic()))
+        if not kept:
+            link.conn.disconnect()
 
     def _drop_idle(self) -> None:
         with self._lock:
             idle, self._idle = self._idle, []
-        for conn, _ in idle:
-            conn.disconnect()
+        for link, _ in idle:
+            link.conn.disconnect()
 
     def call(self, name: str, keys: Sequence[str], args: Sequence[Any],
              asking: bool = False) -> Any:
         """Run script ``name`` and return its reply (errors raise as redis-py raises them);
         ``asking``: after ASKING (a Redis Cluster node importing the keys' slot)."""
-        text = source(name)
-        evalsha = ("EVALSHA", _sha(text), len(keys), *keys, *args)
         wait = self._wait if self._wait is not None and self._wait.covers(name) else None
-        conn = self._take()
+        link = self._take()
         try:
-            reply, confirmed = _run(conn, evalsha, wait, asking)
-            if isinstance(reply, NoScriptError):  # Redis restarted or its scripts were flushed
-                conn.send_command("SCRIPT", "LOAD", text)
-                conn.read_response()
-                reply, confirmed = _run(conn, evalsha, wait, asking)
+            if wait is None and not asking and link.reader is not None:
+                reply, confirmed = self._direct(link, name, keys, args), None
+            else:
+                reply, confirmed = self._general(link.conn, name, keys, args, wait, asking)
         except BaseException as exc:
-            conn.disconnect()
+            link.conn.disconnect()
             if isinstance(exc, LOST):
                 self._drop_idle()
             raise
-        with self._lock:
-            kept = self._pid == os.getpid() and len(self._idle) < MAX_IDLE
-            if kept:
-                self._idle.append((conn, time.monotonic()))
-        if not kept:
-            conn.disconnect()
+        self._give_back(link)
         if isinstance(reply, Exception):
             raise reply
         if wait is not None:
             wait.check(confirmed)
         return reply
 
+    def _direct(self, link: _Link, name: str, keys: Sequence[str],
+                args: Sequence[Any]) -> Any:
+        """EVALSHA in one write on the socket, and its reply (loading the script and
+        trying again on NOSCRIPT)."""
+        command = _evalsha(self._heads, name, keys, args)
+        link.sock.sendall(command)
+        reply = link.reply()
+        if isinstance(reply, NoScriptError):  # Redis restarted or its scripts were flushed
+            link.sock.sendall(_pack(("SCRIPT", "LOAD", source(name))))  # type: ignore[misc]
+            loaded = link.reply()
+            if isinstance(loaded, Exception):
+                return loaded
+            link.sock.sendall(command)
+            reply = link.reply()
+        return reply
+
+    @staticmethod
+    def _general(conn: Any, name: str, keys: Sequence[str], args: Sequence[Any],
+                 wait: Wait | None, asking: bool) -> tuple[Any, Any]:
+        """A call through redis-py's connection: after ASKING, followed by a wait, or
+        without hiredis."""
+        text = source(name)
+        evalsha = ("EVALSHA", _sha(text), len(keys), *keys, *args)
+        reply, confirmed = _run(conn, evalsha, wait, asking)
+        if isinstance(reply, NoScriptError):  # Redis restarted or its scripts were flushed
+            conn.send_command("SCRIPT", "LOAD", text)
+            conn.read_response()
+            reply, confirmed = _run(conn, evalsha, wait, asking)
+        return reply, confirmed
+
     def close(self) -> None:
         """Close the idle connections (the object stays usable)."""
         self._drop_idle()
+
+
+#: (script, keys) -> the packed ``EVALSHA sha numkeys keys...`` without its leading item
+#: count, and how many items it holds
+Heads = dict[tuple[str, tuple[str, ...]], tuple[bytes, int]]
+
+
+def _evalsha(heads: Heads, name: str, keys: Sequence[str], args: Sequence[Any]) -> bytes:
+    """EVALSHA of script ``name`` packed (needs hiredis): its head made once per script
+    and keys (kept in ``heads``), the arguments packed by hiredis in one call."""
+    index = (name, tuple(keys))
+    head = heads.get(index)
+    if head is None:
+        assert _pack is not None
+        packed = _pack(("EVALSHA", _sha(source(name)), len(keys), *keys))
+        head = (packed[packed.index(b"\n") + 1:], 3 + len(keys))
+        if len(heads) >= MAX_HEADS:
+            heads.clear()
+        heads[index] = head
+    tail = _pack(tuple(args)) if args else b"*0\r\n"  # type: ignore[misc]
+    return b"".join((b"*%d\r\n" % (head[1] + len(args)), head[0],
+                     tail[tail.index(b"\n") + 1:]))
 
 
 def _send(conn: Any, command: tuple[Any, ...]) -> None:
@@ -233,3 +339,113 @@ def _quiet(conn: Any) -> bool:
 @cache
 def _sha(text: str) -> str:
     return hashlib.sha1(text.encode()).hexdigest()
+
+
+class AsyncScriptLink:
+    """A connection of its own, on one event loop, for calls made one at a time (the
+    broker's enqueue calls on a loop are: see its coalescer): EVALSHA is written on the
+    stream from a head packed once per script and keys, and the reply read by a reader of
+    its own, without redis-py's per-command tasks and wrappers (a single awaited enqueue
+    otherwise pays for them several times over its round trip).
+
+    The connection is made by the client pool's connection class (it authenticates and
+    selects the database); one that failed or was cancelled during a call is closed, and
+    the next call opens another. A call waits at most the connection's socket timeout.
+    """
+
+    def __init__(self, client: Any) -> None:
+        pool = client.connection_pool
+        self._connection_class = pool.connection_class
+        self._connection_kwargs = pool.connection_kwargs
+        self._conn: Any = None
+        self._reader: Any = None
+        self._heads: Heads = {}  # see _evalsha
+        #: a call is under way (the caller then takes redis-py's way)
+        self.busy = False
+
+    @staticmethod
+    def usable() -> bool:
+        """True when hiredis (and so this link) is there."""
+        return _pack is not None
+
+    async def _connected(self) -> Any:
+        """The link's connection, opened again when it is closed or holds anything
+        unread."""
+        conn = self._conn
+        if conn is not None:
+            if not conn._reader.at_eof() and not self._reader.has_data() \
+                    and not conn._writer.transport.is_closing():
+                return conn
+            self._drop()
+        conn = self._connection_class(**self._connection_kwargs)
+        await conn.connect()
+        encoder = conn.encoder
+        kwargs: dict[str, Any] = {"replyError": _error_of, "protocolError": InvalidResponse}
+        if encoder.decode_responses:
+            kwargs.update(encoding=encoder.encoding, errors=encoder.encoding_errors)
+        self._conn, self._reader = conn, Reader(**kwargs)
+        return conn
+
+    def _drop(self) -> None:
+        """Close the connection at once (no reply it may still get is ever read)."""
+        conn, self._conn, self._reader = self._conn, None, None
+        if conn is None:
+            return
+        close = getattr(conn, "_close", None)  # redis-py's close without waiting
+        if close is not None:
+            close()
+        elif conn._writer is not None:
+            conn._writer.close()
+
+    async def call(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """Run script ``name`` and return its reply (errors raise as redis-py raises
+        them); not to be called again before it returns."""
+        self.busy = True
+        try:
+            conn = await self._connected()
+            timeout = conn.socket_timeout
+            if timeout:
+                async with asyncio.timeout(timeout):
+                    reply = await self._run(conn, name, keys, args)
+            else:
+                reply = await self._run(conn, name, keys, args)
+        except BaseException:
+            self._drop()
+            raise
+        finally:
+            self.busy = False
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
+
+    async def _run(self, conn: Any, name: str, keys: Sequence[str],
+                   args: Sequence[Any]) -> Any:
+        command = _evalsha(self._heads, name, keys, args)
+        writer = conn._writer
+        writer.write(command)
+        reply = await self._reply(conn)
+        if isinstance(reply, NoScriptError):  # Redis restarted or its scripts were flushed
+            writer.write(_pack(("SCRIPT", "LOAD", source(name))))  # type: ignore[misc]
+            loaded = await self._reply(conn)
+            if isinstance(loaded, Exception):
+                return loaded
+            writer.write(command)
+            reply = await self._reply(conn)
+        return reply
+
+    async def _reply(self, conn: Any) -> Any:
+        reader, read = self._reader, conn._reader.read
+        reply = reader.gets()
+        while reply is False:
+            data = await read(65536)
+            if not data:
+                raise RedisConnectionError("Connection closed by server.")
+            reader.feed(data)
+            reply = reader.gets()
+        if isinstance(reply, RedisConnectionError):  # LOADING and the like: as redis-py does
+            raise reply
+        return reply
+
+    def close(self) -> None:
+        """Close the connection (the link stays usable)."""
+        self._drop()
