@@ -123,7 +123,7 @@ class _Shard(RedisBroker):
         if conn is None:
             base = self.home._conn()
             conn = object.__new__(_Connection)
-            conn.client, conn.scripts = base.client, base.scripts
+            conn.client, conn.scripts, conn.link = base.client, base.scripts, base.link
             conn.enqueues = _Coalescer(self._store_segments)
             for old in [lp for lp in self._connections if lp.is_closed()]:
                 del self._connections[old]
