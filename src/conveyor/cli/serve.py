@@ -5,6 +5,12 @@ runs the jobs of the app's queues and ``uploads``. The first SIGTERM or SIGINT s
 accepting connections, lets requests in flight finish, and stops the worker gracefully
 (running jobs get ``--grace`` seconds, then go back to the queue), then exits 0; a second
 signal exits at once with status 1, as ``conveyor worker`` does.
+
+``X-Forwarded-For`` and ``X-Forwarded-Proto`` are believed only from the proxies named with
+``--forwarded-allow-ips`` (or $CONVEYOR_FORWARDED_ALLOW_IPS): from them, the client address
+(counted by the throttle of wrong tokens, logged) and the scheme (https makes the session
+cookie ``Secure``) are the forwarded ones; from any other peer, both are the connection's own,
+and the first request carrying either header is logged once.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import logging
 import math
 import os
 import socket
-from collections.abc import Generator
+from collections.abc import Generator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from conveyor import serverlimits
@@ -41,6 +47,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("conveyor.serve")
 UPLOAD_QUEUE = "uploads"
+#: the environment variable read when ``--forwarded-allow-ips`` is not given
+FORWARDED_ENV = "CONVEYOR_FORWARDED_ALLOW_IPS"
 
 
 def _port(text: str) -> int:
@@ -86,6 +94,11 @@ def add_serve_parser(sub: Any) -> None:
                    help="wrong tokens (bearer or login) from one client address within a "
                    "minute before its tokens get 429 for a growing time (default 10; 0: no "
                    "throttling, for a proxy in front that does it)")
+    p.add_argument("--forwarded-allow-ips", metavar="IPS",
+                   help="comma-separated addresses or networks (10.0.0.0/8) of the proxies "
+                   "whose X-Forwarded-For (client address, for the throttle and the logs) and "
+                   "X-Forwarded-Proto (https: Secure session cookie) are believed; * for "
+                   "every peer (default: $CONVEYOR_FORWARDED_ALLOW_IPS, else none)")
     p.add_argument("--insecure", action="store_true",
                    help="allow a non-loopback address without a token")
     p.add_argument("--allow-origin", action="append", metavar="ORIGIN",
@@ -192,6 +205,44 @@ def _token(args: argparse.Namespace) -> str | None:
     return os.environ.get("CONVEYOR_TOKEN") or None
 
 
+def forwarded_allow_ips(args: argparse.Namespace) -> list[str]:
+    """The proxies whose forwarded headers are believed, as given (``--forwarded-allow-ips``,
+    else $CONVEYOR_FORWARDED_ALLOW_IPS), each address or network in its usual spelling;
+    ``["*"]`` for every peer, ``[]`` for none. A :class:`CLIError` names one that is no IP
+    address or network (a host name would never match a peer)."""
+    source, text = "--forwarded-allow-ips", args.forwarded_allow_ips
+    if text is None:
+        source, text = FORWARDED_ENV, os.environ.get(FORWARDED_ENV, "")
+    proxies: list[str] = []
+    for item in (part.strip() for part in text.split(",")):
+        if item == "*":
+            return ["*"]
+        if not item:
+            continue
+        try:
+            network = ipaddress.ip_network(item.removeprefix("[").replace("]", ""),
+                                           strict=False)
+        except ValueError:
+            raise CLIError(f"{source}: not an IP address or network: {item!r}") from None
+        single = network.prefixlen == network.max_prefixlen
+        proxies.append(str(network.network_address) if single else str(network))
+    return proxies
+
+
+def trusted_peers(proxies: list[str]) -> list[str]:
+    """What uvicorn compares peers with: ``proxies``, and each IPv4 one also as the
+    IPv4-mapped IPv6 address a dual-stack socket reports (``::ffff:127.0.0.1``)."""
+    peers = list(proxies)
+    for proxy in proxies:
+        if proxy == "*":
+            continue
+        network = ipaddress.ip_network(proxy)
+        if isinstance(network, ipaddress.IPv4Network):
+            mapped = ipaddress.IPv6Address(f"::ffff:{network.network_address}")
+            peers.append(str(ipaddress.IPv6Network((mapped, 96 + network.prefixlen))))
+    return peers
+
+
 def _prepare(args: argparse.Namespace) -> tuple[Conveyor, Starlette, str | None]:
     """The app with the built-in jobs installed, and its HTTP API."""
     from conveyor.containers import DEFAULT_TARGET, DirectoryTarget, IncusTarget, open_target
@@ -235,12 +286,15 @@ def _prepare(args: argparse.Namespace) -> tuple[Conveyor, Starlette, str | None]
 
 class _Server:
     """uvicorn's server (httptools, JSON errors for malformed requests) without its own
-    signal handling (``serve`` handles signals)."""
+    signal handling (``serve`` handles signals). Forwarded headers are believed from
+    ``proxies`` only (see :func:`forwarded_allow_ips`); with none, they are ignored and the
+    first request that carries one is logged."""
 
     def __init__(self, api: Starlette, grace: float, access_log: bool = False,
-                 limits: ServerLimits | None = None) -> None:
+                 limits: ServerLimits | None = None, proxies: Sequence[str] = ()) -> None:
         import uvicorn
 
+        from conveyor.http.origin import ForwardingIgnored
         from conveyor.http.protocol import protocol_class
 
         class Server(uvicorn.Server):
@@ -251,9 +305,14 @@ class _Server:
         protocol = protocol_class(limits or ServerLimits())
         # no WebSocket routes: an Upgrade request is answered as plain HTTP (an upgraded
         # connection would leave the protocol that counts connections)
-        config = uvicorn.Config(api, http=protocol, ws="none", lifespan="off", log_config=None,
+        # forwarded_allow_ips is always given: uvicorn's default trusts loopback peers, and
+        # its own $FORWARDED_ALLOW_IPS would be read otherwise
+        app = api if proxies else ForwardingIgnored(api)
+        config = uvicorn.Config(app, http=protocol, ws="none", lifespan="off", log_config=None,
                                 timeout_graceful_shutdown=max(1, int(grace)),
-                                server_header=False, access_log=access_log)
+                                server_header=False, access_log=access_log,
+                                proxy_headers=bool(proxies),
+                                forwarded_allow_ips=trusted_peers(list(proxies)))
         self.server = Server(config)
 
     def stop(self) -> None:
@@ -388,6 +447,7 @@ def run_serve(args: argparse.Namespace) -> int:
 
     from conveyor.worker.pool import Worker
 
+    proxies = forwarded_allow_ips(args)
     app, api, _ = _prepare(args)
     sock = listen(args.host, args.port)
     worker = None
@@ -397,7 +457,9 @@ def run_serve(args: argparse.Namespace) -> int:
             {fn.options.queue for fn in app.registry.values()} | {UPLOAD_QUEUE})
         worker = Worker(app, queues, weights=weights, min_workers=args.min_workers,
                         max_workers=args.max_workers, grace=args.grace, metrics=app.metrics)
-    server = _Server(api, args.grace, args.access_log, server_limits(args))
+    server = _Server(api, args.grace, args.access_log, server_limits(args), proxies)
+    if proxies:
+        log.info("trusting X-Forwarded-For and X-Forwarded-Proto from %s", ", ".join(proxies))
     loop_factory = None if uvloop is None else uvloop.new_event_loop
     with sock, asyncio.Runner(loop_factory=loop_factory) as runner:
         return runner.run(_serve(app, server, worker, sock))

@@ -5,7 +5,9 @@
   derived from the token by scrypt (so neither the cookie nor a page gives a cheap way to
   test guesses of the token). A session lasts :data:`SESSION_AGE`; logging out revokes it in
   the store, for every server process on it and across restarts (see
-  :mod:`conveyor.dashboard.sessions`); changing the token revokes them all. An
+  :mod:`conveyor.dashboard.sessions`); changing the token revokes them all. The cookie is
+  ``Secure`` when the login came over https as the server sees it: behind a proxy that
+  terminates TLS, only a proxy it trusts (``--forwarded-allow-ips``) can say so. An
   ``Authorization: Bearer`` header with the token is accepted too. Without a token (a server
   on loopback) there is no login.
 * **Guesses.** Wrong tokens, on the login form or in a bearer header, are counted per client

@@ -9,10 +9,17 @@ Two checks guard a server (and its dashboard) against other web sites a browser 
 * **Origin.** A ``POST``, ``PUT``, ``PATCH`` or ``DELETE`` whose ``Origin`` (or, lacking one,
   ``Referer``) names another host than the request's ``Host`` or one given in ``origins`` is
   refused: browsers send ``Origin`` on every cross-site request that can change something.
+
+Where a request comes from is the connection's peer, and its scheme the connection's own:
+``X-Forwarded-For`` and ``X-Forwarded-Proto`` are believed only from the proxies a server is
+told to trust (``conveyor serve --forwarded-allow-ips``, applied by uvicorn before the app
+sees the request). A server that trusts none logs the first request carrying them
+(:class:`ForwardingIgnored`), for a proxy in front that was not named.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from urllib.parse import urlsplit
 
@@ -20,8 +27,11 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from conveyor.http.errors import error_response
 
+log = logging.getLogger("conveyor.http")
+
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+FORWARDED_HEADERS = frozenset({b"x-forwarded-for", b"x-forwarded-proto"})
 
 
 def header(scope: Scope, name: bytes) -> str | None:
@@ -91,4 +101,28 @@ class SameSiteOnly:
             if message is not None:
                 await error_response(403, message)(scope, receive, send)
                 return
+        await self.app(scope, receive, send)
+
+
+class ForwardingIgnored:
+    """ASGI middleware for a server that trusts no proxy: the first request that carries
+    ``X-Forwarded-For`` or ``X-Forwarded-Proto`` (ignored, as every such header is) is logged
+    once, as a WARNING naming its peer, since a proxy in front that is not named costs its
+    clients their own throttle count and the session cookie its ``Secure`` flag."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.warned = False
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not self.warned and scope["type"] == "http":
+            for name, _ in scope["headers"]:
+                if name in FORWARDED_HEADERS:
+                    self.warned = True
+                    client = scope.get("client")
+                    log.warning("a request from %s carries X-Forwarded-For or "
+                                "X-Forwarded-Proto, which are ignored: if a proxy in front "
+                                "sends them, name it with --forwarded-allow-ips",
+                                client[0] if client else "an unknown peer")
+                    break
         await self.app(scope, receive, send)

@@ -10,8 +10,10 @@ whose tokens are right fails no more, and its failures age out of the window by 
 An address that has had no failure for :data:`MAX_PENALTY` seconds after its last penalty
 starts over.
 
-The address is the peer of the connection (``scope["client"]``): behind a proxy it is the
-proxy's, which is then penalized for all its clients. ``X-Forwarded-For`` is not trusted.
+The address is the request's client (``scope["client"]``): the connection's peer, unless the
+peer is a proxy the server trusts (``conveyor serve --forwarded-allow-ips``), whose
+``X-Forwarded-For`` then names the client. Behind a proxy that is not trusted, every client
+counts as the proxy, which is penalized for all of them.
 IPv6 addresses count per ``/64`` (one host usually holds a whole one). The table of
 addresses is bounded (:data:`MAX_ADDRESSES`, least recently failed dropped first, sparing
 penalized ones). A limit
@@ -48,8 +50,9 @@ EVICTION_SCAN = 64
 
 
 def client_address(scope: Scope) -> str:
-    """The address a request is counted under: the connection's peer (an IPv4-mapped IPv6
-    address as IPv4, other IPv6 ones as their /64); ``unknown`` when the server gave none."""
+    """The address a request is counted under: its client as the server gave it (the
+    peer, or what a trusted proxy forwarded; an IPv4-mapped IPv6 address as IPv4, other IPv6
+    ones as their /64); ``unknown`` when the server gave none. Headers are not read here."""
     client = scope.get("client")
     if not client:
         return "unknown"
