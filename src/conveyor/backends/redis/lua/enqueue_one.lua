@@ -13,9 +13,8 @@
 --       cap), 'exists <id>', 'same <id>' (the id holds this very job: see enqueue.lua) or
 --       'held <id of its holder>' (then nothing was stored).
 local value, lane = ARGV[3], ARGV[4]
-local brace = string.find(value, '{', 1, true)
-local id = string.match(value, '^{"id":"([^"]+)"', brace)
-local head = string.sub(value, 1, brace - 1)
+local head, id = string.match(value, '^([^{]*){"id":"([^"]+)"')
+local brace = #head + 1
 local space = string.find(head, ' ', 1, true)
 local mark  -- "PRIORITY BOOST" of a job of another priority than 0
 if space then
@@ -23,9 +22,17 @@ if space then
   head = string.sub(head, 1, space - 1)
 end
 local offset = tonumber(head)
-local now = server_now()
-local stamp = fmt(now)
-local run_at, at, state = now, stamp, 'queued'
+local key = ARGV[6]
+-- the server's clock as a stamp, written from TIME's own digits: the text fmt gives for
+-- the same instant, without a float format; as a number only where one is needed (a
+-- delay, a priority, a unique key)
+local clock = redis.call('TIME')
+local stamp = clock[1] .. '.' .. string.sub('00000' .. clock[2], -6)
+local now, run_at, at, state = nil, nil, stamp, 'queued'
+if offset ~= 0 or mark or key then
+  now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
+  run_at = now
+end
 if offset ~= 0 then
   run_at = now + offset
   at = fmt(run_at)
@@ -40,7 +47,6 @@ if redis.call('HSETNX', KEYS[2], id, state) == 0 then
   return 'exists ' .. id
 end
 -- then a held key (after the id: a retry finds its own job even if the key moved on since)
-local key = ARGV[6]
 if key then
   local holder = key_holder(KEYS[15], KEYS[16], KEYS[2], key, now)
   if holder then
