@@ -61,7 +61,7 @@ __all__ = [
     "UnknownJob",
     "Upload",
 ]
-__version__ = "0.1.0"
+__version__ = "0.1.1"
 
 # a library logs only where its user configured logging (the CLI does): no stray lines
 logging.getLogger("conveyor").addHandler(logging.NullHandler())
