@@ -60,18 +60,21 @@ def encode_value(value: Any, what: str = "the value", max_depth: int = MAX_DEPTH
     it is not strict JSON, nests deeper than ``max_depth`` or holds a lone surrogate.
     ``wrapped``: ``value`` is the list or dict of the arguments, one level above them."""
     limit = max_depth + 1 if wrapped else max_depth
-    too_deep = f"{what} nests arrays and objects deeper than {max_depth} levels"
     try:
         text = dumps(value)
     except RecursionError:
-        raise NotSerializable(too_deep) from None
+        raise NotSerializable(_too_deep(what, max_depth)) from None
     # a text with fewer brackets than the bound cannot nest past it: the common case
     if text.count("[") + text.count("{") > limit and deeper_than(value, limit):
-        raise NotSerializable(too_deep)
+        raise NotSerializable(_too_deep(what, max_depth))
     if not is_utf8(text):
         raise NotSerializable(f"{what} holds a lone surrogate (such as \\ud800), which "
                               "UTF-8 cannot encode")
     return text
+
+
+def _too_deep(what: str, max_depth: int) -> str:
+    return f"{what} nests arrays and objects deeper than {max_depth} levels"
 
 
 def readable(value: Any) -> Any:

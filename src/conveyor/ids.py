@@ -3,6 +3,11 @@
 An id is 128 bits: the creation time in milliseconds (48 bits), then 80 random bits.
 Within one millisecond a process increments the random part, so ids made by one process
 also sort in the order they were made.
+
+The random bits come from ``os.urandom``, read a few kilobytes at a time into a pool that
+the ids take from under the module's lock: ``os.urandom`` releases the GIL, and taking it
+back on every id would stall an event loop while other threads run. A forked child starts
+with an empty pool (and a fresh lock and last id), so it never repeats its parent's bits.
 """
 
 from __future__ import annotations
@@ -20,11 +25,40 @@ _RANDOM_MASK = (1 << _RANDOM_BITS) - 1
 #: the random bits the last 16 characters hold (the first 10 hold the time and 2 more)
 _LOW_BITS = 78
 _LOW_MASK = (1 << _LOW_BITS) - 1
+#: bytes read from ``os.urandom`` at a time; each new millisecond takes 10 of them
+_POOL_SIZE = 4096
 _lock = threading.Lock()
+_pool = b""
+_pool_at = 0
 _last_ms = -1
 _last_random = 0
 #: (time and top random bits, their 10 characters) of the last id made
 _last_head: tuple[int, str] = (-1, "")
+
+
+def _random_bits() -> int:
+    """80 random bits from the pool, refilled from ``os.urandom`` when short (call it with
+    the lock held)."""
+    global _pool, _pool_at
+    at = _pool_at
+    end = at + 10
+    if end > len(_pool):
+        _pool = os.urandom(_POOL_SIZE)
+        at, end = 0, 10
+    _pool_at = end
+    return int.from_bytes(_pool[at:end], "big") >> 1
+
+
+def _after_fork_in_child() -> None:
+    """Forget the parent's pool, last id and lock (another thread may have held it)."""
+    global _lock, _pool, _pool_at, _last_ms, _last_random, _last_head
+    _lock = threading.Lock()
+    _pool, _pool_at = b"", 0
+    _last_ms, _last_random, _last_head = -1, 0, (-1, "")
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _encode(value: int) -> str:
@@ -60,7 +94,7 @@ def new_id(now: float | None = None) -> str:
             _last_random = (_last_random + 1) & _RANDOM_MASK
         else:
             _last_ms = ms
-            _last_random = int.from_bytes(os.urandom(10), "big") >> 1
+            _last_random = _random_bits()
         rand = _last_random
         # the first 10 characters (the time and the top 2 random bits) change once per
         # millisecond at most, while ids made within one millisecond share them

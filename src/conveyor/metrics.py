@@ -15,7 +15,7 @@ import collections
 import contextlib
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
@@ -106,6 +106,8 @@ class Metrics:
 
     #: distinct (name, queue) label pairs at most; later ones share the label queue="other"
     MAX_JOB_LABELS = 200
+    #: (route, method, status) triples whose label children are kept bound
+    MAX_HTTP_LABELS = 1024
 
     def __init__(self, *, queue_refresh: float = 5.0) -> None:
         if queue_refresh <= 0:
@@ -158,7 +160,8 @@ class Metrics:
         self._queues = _QueueCollector()
         r.register(self._queues)
         self._jobs: dict[tuple[str, str], _JobChildren] = {}
-        self._http: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        self._http: dict[tuple[str, str, int],
+                         tuple[Callable[[], None], Callable[[float], None]]] = {}
 
     # -- jobs -----------------------------------------------------------------------------------
     def _children(self, name: str, queue: str) -> _JobChildren:
@@ -178,6 +181,15 @@ class Metrics:
         """Count an enqueue of ``records`` (one increment per ``(name, queue)``): with
         ``held`` (the store's answer, see ``Broker.enqueue``), a record whose unique key was
         held counts as deduplicated, not enqueued."""
+        if len(records) == 1:  # the usual enqueue: one look-up, no tally
+            record = records[0]
+            name, queue = record.name, record.queue
+            if held is None or held[0] is None:
+                children = self._jobs.get((name, queue)) or self._children(name, queue)
+                children.enqueued.inc()
+            else:
+                self.deduplicated.labels(name, queue).inc()
+            return
         stored = collections.Counter[tuple[str, str]]()
         deduplicated = collections.Counter[tuple[str, str]]()
         for n, record in enumerate(records):
@@ -263,13 +275,17 @@ class Metrics:
     def http_request(self, route: str, method: str, status: int, seconds: float) -> None:
         """Count one answered request."""
         key = (route, method, status)
-        children = self._http.get(key)
-        if children is None:
-            children = self._http[key] = (
-                self.http_requests.labels(route, method, str(status)),
-                self.http_duration.labels(route, method))
-        children[0].inc()
-        children[1].observe(seconds)
+        count_and_time = self._http.get(key)
+        if count_and_time is None:
+            count_and_time = (self.http_requests.labels(route, method, str(status)).inc,
+                              self.http_duration.labels(route, method).observe)
+            # routes and methods come from a fixed table, but keep the cache bounded
+            # whatever the callers pass: past the bound, label look-ups are not cached
+            if len(self._http) < self.MAX_HTTP_LABELS:
+                self._http[key] = count_and_time
+        count, observe = count_and_time
+        count()
+        observe(seconds)
 
     # -- schedules ------------------------------------------------------------------------------
     def schedule_counted(self, schedule: str, fired: int, skipped: int) -> None:

@@ -8,7 +8,7 @@ Statistics go to and from the fields of the per-minute hashes.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from json.encoder import encode_basestring as _quote
 from typing import Any
 
@@ -18,6 +18,9 @@ from conveyor.stats import SUMS, MinuteStats
 from conveyor.summary import JobSummary, summarize, summary_of
 
 _loads = json.JSONDecoder().decode
+#: decodes one JSON value at an index, without the whitespace checks of ``decode``
+_scan_once: Callable[[str, int], tuple[Any, int]] = \
+    json.JSONDecoder().scan_once  # type: ignore[attr-defined]
 _RUNNING = JobState.RUNNING
 _STATES = {str(s): s for s in JobState}
 #: where the result is among a job's fields (see keys.FIELDS)
@@ -73,21 +76,36 @@ def claimed_jobs(reply: Sequence[Any], worker_id: str) -> list[JobRecord]:
     """The jobs of a claim script's reply: ``[started_at, lease expiry, credits, throttles
     (name, reason, ...), then per job its JSON, run_at ('' for the one it was enqueued
     with), attempts, recoveries, suspect (1 or 0), priority field ('' for none), deferrals,
-    lane field ('' for none)]``."""
+    lane field ('' for none)]``.
+
+    This runs once per claimed job: the JSON (the scripts' own, without whitespace) is
+    scanned without the whitespace checks of ``decode``, and the record is built with
+    positional arguments in :class:`JobRecord`'s field order (a test compares the result
+    with a record built by keyword for every combination of the optional fields)."""
     if len(reply) < 5:
         return []
     started, lease = float(reply[0]), float(reply[1])
+    scan = _scan_once
+    record = JobRecord
+    running = _RUNNING
     jobs = []
     for i in range(4, len(reply), 8):
-        spec = _loads(reply[i])
-        run_at = reply[i + 1]
-        jobs.append(JobRecord(
-            spec["id"], spec["name"], spec["queue"], _RUNNING, spec["args"], spec["kwargs"],
+        try:
+            spec = scan(reply[i], 0)[0]
+        except StopIteration as stop:  # not JSON: the error decode would raise
+            raise json.JSONDecodeError("Expecting value", reply[i], stop.value) from None
+        (run_at, attempts, recoveries, suspect, priority, deferrals,
+         lane) = reply[i + 1:i + 8]
+        jobs.append(record(
+            spec["id"], spec["name"], spec["queue"], running, spec["args"], spec["kwargs"],
             spec["created_at"], float(run_at) if run_at else spec["run_at"],
-            int(reply[i + 2]), int(reply[i + 3]), started,
-            worker_id=worker_id, lease_expires_at=lease, suspect=int(reply[i + 4]) == 1,
-            priority=priority_of(reply[i + 5]), deferrals=int(reply[i + 6] or 0),
-            group=group_of_lane(reply[i + 7] or None),
+            int(attempts), int(recoveries), started,
+            None, None, None, None, None, None,  # finished_at .. progress_message
+            worker_id, lease, False, None,  # worker_id, lease_expires_at, cancel, expires_at
+            int(priority.partition(" ")[0]) if priority else 0,
+            group_of_lane(lane) if lane else None,
+            int(deferrals) if deferrals else 0,
+            int(suspect) == 1,
         ))
     return jobs
 
