@@ -6,7 +6,8 @@ private ``redis-server`` without persistence and, in alternating rounds, times:
 
 - Conveyor's three single-call paths, one call at a time: ``fn.enqueue()``,
   ``app.enqueue(name)`` and ``await app.enqueue_async(name)``;
-- a bare redis-py ``LPUSH`` loop (what a peer such as Huey sends per call);
+- a bare redis-py ``LPUSH`` loop (what a peer such as Huey sends per call), blocking and
+  awaited on redis-py's asyncio client (an asyncio peer's floor);
 - ``redis-benchmark -c 1`` sending the very ``EVALSHA`` a Conveyor enqueue sends (captured
   with ``MONITOR``), each call with a new job id: the physical limit of one round trip of
   the same script from one client.
@@ -32,6 +33,7 @@ import time
 from collections.abc import Callable
 
 import redis
+import redis.asyncio
 
 from conveyor import Conveyor
 
@@ -140,11 +142,21 @@ def main() -> int:
             for _ in range(n):
                 push("peer.queue", "x" * 100)
 
+        def lpush_awaited() -> None:
+            async def calls() -> None:
+                async_client = redis.asyncio.Redis(port=port)
+                push = async_client.lpush
+                for _ in range(n):
+                    await push("peer.queue", "x" * 100)
+                await async_client.aclose()
+            asyncio.run(calls())
+
         noop.enqueue(0)  # scripts loaded, connections open
         words = capture_evalsha(port, lambda: noop.enqueue(1))
         paths: dict[str, Callable[[], None]] = {
             "fn.enqueue()": by_function, "app.enqueue(name)": by_name,
-            "await app.enqueue_async(name)": awaited, "redis-py LPUSH (a peer's call)": lpush}
+            "await app.enqueue_async(name)": awaited, "redis-py LPUSH (a peer's call)": lpush,
+            "await redis.asyncio LPUSH": lpush_awaited}
         rates: dict[str, list[float]] = {k: [] for k in [*paths, "redis-benchmark EVALSHA"]}
         cpu: dict[str, list[float]] = {k: [] for k in paths}
         usec: dict[str, list[float]] = {k: [] for k in rates if "LPUSH" not in k}
