@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import redis as syncredis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import InvalidResponse, NoScriptError, ResponseError
+from redis.exceptions import InvalidResponse, NoScriptError, ReadOnlyError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from conveyor.backends.redis.scripts import source
@@ -133,6 +133,9 @@ class _Link:
             reply = reader.gets()
         if isinstance(reply, RedisConnectionError):  # LOADING and the like: as redis-py does
             raise reply
+        if isinstance(reply, ReadOnlyError):  # a master demoted under this connection: drop
+            # it, as redis-py's Sentinel connections do, so the retry finds the new master
+            raise RedisConnectionError("the master is now a replica") from reply
         return reply
 
 
