@@ -92,3 +92,20 @@ def test_a_type_checker_checks_enqueue_calls_and_results(tmp_path: Path) -> None
         in errors[0]
     assert ':20: error: Argument "url" to "enqueue" of "JobFunction" has incompatible type' \
         in errors[1]
+
+
+def test_a_plain_call_builds_the_record_the_general_way_builds(app: Conveyor) -> None:
+    """``build`` makes a plain call's record on a short path: every field but the id must be
+    what the general path (any options object that is not the shared default) makes."""
+    import dataclasses
+
+    @app.job(queue="mail", priority=3)
+    def send(to: str, n: int = 1) -> None:
+        """Nothing to do."""
+
+    plain = app.build("send", ["a@b"], {"n": 2}, now=1000.0)
+    general = app.build("send", ["a@b"], {"n": 2}, EnqueueOptions(), now=1000.0)
+    assert plain.id != general.id
+    fields = [f.name for f in dataclasses.fields(plain) if f.name != "id"]
+    assert [getattr(plain, f) for f in fields] == [getattr(general, f) for f in fields]
+    assert (plain.queue, plain.priority, plain.state) == ("mail", 3, JobState.QUEUED)

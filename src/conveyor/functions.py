@@ -18,13 +18,13 @@ from typing import (
     overload,
 )
 
-from conveyor.bounds import MAX_DEPTH, encode_value
+from conveyor.bounds import encode_value
 from conveyor.context import JobContext
 from conveyor.errors import ConfigurationError, InvalidArguments
 from conveyor.job import Backoff, BackoffPolicy, JobRecord
 from conveyor.limits import JobLimits
 from conveyor.options import EnqueueKwargs, EnqueueOptions
-from conveyor.serialization import NotSerializable, dumps, is_utf8
+from conveyor.serialization import NotSerializable
 from conveyor.signatures import misfit
 from conveyor.uploads import Upload
 
@@ -284,21 +284,14 @@ class JobFunction(Generic[P, R]):
 
 
 def _encoded_arguments(name: str, args: Sequence[Any]) -> str:
-    """The positional arguments of a call as a JSON array (see :func:`encode_value`).
-
-    Arguments with fewer brackets than the depth bound cannot nest past it: their text is
-    used at once; any other is checked by :func:`encode_value`."""
+    """The positional arguments of a call as a JSON array (a list or tuple as it is, any
+    other sequence copied), checked by :func:`encode_value`."""
     try:
-        text = dumps(args if type(args) is list or type(args) is tuple else list(args))
-        if text.count("[") + text.count("{") <= MAX_DEPTH + 1 and is_utf8(text):
-            return text
-        return encode_value(list(args), "an argument", wrapped=True)
-    except (NotSerializable, RecursionError):
-        try:
-            return encode_value(list(args), "an argument", wrapped=True)
-        except NotSerializable as exc:
-            raise InvalidArguments(
-                f"job {name!r}: arguments must be JSON-serializable ({exc})") from None
+        return encode_value(args if type(args) is list or type(args) is tuple else list(args),
+                            "an argument", wrapped=True)
+    except NotSerializable as exc:
+        raise InvalidArguments(
+            f"job {name!r}: arguments must be JSON-serializable ({exc})") from None
 
 
 class JobDecorator(Protocol):

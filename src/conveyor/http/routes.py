@@ -6,7 +6,6 @@ headers, query strings and bodies, call one service and shape the JSON answer.
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +26,7 @@ from conveyor.http.services import (
     BodyInfo,
     Services,
 )
+from conveyor.serialization import dumps
 from conveyor.summary import MAX_PAGE, PREVIEW_CHARS
 
 if TYPE_CHECKING:
@@ -74,17 +74,13 @@ def prefix(request: Request) -> str:
     return str(request.scope.get("root_path", "")).rstrip("/")
 
 
-#: JSONResponse's encoding, made once (``json.dumps`` with options makes an encoder per call)
-_encode = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
-
-
 def accepted(request: Request, job_id: str, message: str | None = None) -> Response:
     """202 with the job's id, its status URL, and that URL as ``Location``."""
     url = f"{prefix(request)}/jobs/{job_id}"
     content: dict[str, Any] = {"id": job_id, "status_url": url}
     if message:
         content["message"] = message
-    return Response(_encode(content).encode("utf-8"), status_code=202,
+    return Response(dumps(content).encode("utf-8"), status_code=202,
                     headers={"Location": url}, media_type="application/json")
 
 

@@ -478,9 +478,7 @@ class RedisBroker(Broker):
             (job,), limits = segments[0]
             queue = job.queue
             argv: list[Any] = [queue, limits.get(queue, -1) if limits else -1,
-                               self._value(job),
-                               "" if job.group is None else lane_field(job.name, job.group),
-                               -1 if self.max_queues is None else self.max_queues]
+                               self._value(job), _lane(job), self._most_queues()]
             if job.unique_key is not None:
                 argv += [job.unique_key, _hold(job)]
             return "enqueue_one", self._one_keys(queue), argv, ONLY_ORDER
@@ -642,8 +640,6 @@ class RedisBroker(Broker):
             self._layout_found(found)
         script, keys, argv, orders = self._enqueue_call([(jobs, limits)])
         reply, attempts = self._blocking_call(script, keys, argv)
-        if reply == "ok" and script == "enqueue_one":  # stored: the common answer
-            return [None]
         result = self._segment_result(reply if isinstance(reply, str) else reply[0],
                                       attempts, jobs, orders[0])
         if isinstance(result, TooManyQueues) and self._may_sweep() and \
@@ -739,7 +735,7 @@ class RedisBroker(Broker):
                        argv: Sequence[Any]) -> tuple[Any, int]:
         """Run ``script`` on the blocking client, retried through connection trouble as
         :meth:`_retrying` does; return its reply and how many attempts it took."""
-        scripts = self._blocking or self._blocking_scripts()
+        scripts = self._blocking_scripts()
         sent = time.monotonic()
         deadline = sent + self.retry_for
         pause, attempts = 0.05, 0
@@ -760,6 +756,9 @@ class RedisBroker(Broker):
         return reply, attempts
 
     def _blocking_scripts(self) -> deploy.Scripts:
+        made = self._blocking
+        if made is not None:  # made already: no lock to take
+            return made
         with self._blocking_lock:
             if self._blocking is None:
                 self._blocking = deploy.blocking_scripts(self.url)

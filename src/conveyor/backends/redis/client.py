@@ -115,11 +115,7 @@ class _Link:
         self.sock: Any = None
         self.reader: Any = None
         if _pack is not None and sock is not None and encoder is not None:
-            kwargs: dict[str, Any] = {"replyError": _error_of,
-                                      "protocolError": InvalidResponse}
-            if encoder.decode_responses:
-                kwargs.update(encoding=encoder.encoding, errors=encoder.encoding_errors)
-            self.sock, self.reader = sock, Reader(**kwargs)
+            self.sock, self.reader = sock, _reader_for(encoder)
 
     def reply(self) -> Any:
         """The next reply on the socket (an error reply returned, not raised)."""
@@ -131,12 +127,28 @@ class _Link:
                 raise RedisConnectionError("Connection closed by server.")
             reader.feed(data)
             reply = reader.gets()
-        if isinstance(reply, RedisConnectionError):  # LOADING and the like: as redis-py does
-            raise reply
-        if isinstance(reply, ReadOnlyError):  # a master demoted under this connection: drop
-            # it, as redis-py's Sentinel connections do, so the retry finds the new master
-            raise RedisConnectionError("the master is now a replica") from reply
-        return reply
+        return _checked(reply)
+
+
+def _reader_for(encoder: Any) -> Any:
+    """A hiredis reader decoding as the connection's ``encoder`` does, its error replies
+    made into redis-py's classes."""
+    kwargs: dict[str, Any] = {"replyError": _error_of, "protocolError": InvalidResponse}
+    if encoder.decode_responses:
+        kwargs.update(encoding=encoder.encoding, errors=encoder.encoding_errors)
+    return Reader(**kwargs)
+
+
+def _checked(reply: Any) -> Any:
+    """A reply read by one of our own readers, or what redis-py raises for it where its
+    connection would: LOADING and the like; READONLY from a master demoted under the
+    connection (dropped, as redis-py's Sentinel connections do, so the retry finds the new
+    master). Other error replies are returned."""
+    if isinstance(reply, RedisConnectionError):
+        raise reply
+    if isinstance(reply, ReadOnlyError):
+        raise RedisConnectionError(f"the master is now a replica ({reply})") from reply
+    return reply
 
 
 class BlockingScripts:
@@ -382,11 +394,7 @@ class AsyncScriptLink:
             self._drop()
         conn = self._connection_class(**self._connection_kwargs)
         await conn.connect()
-        encoder = conn.encoder
-        kwargs: dict[str, Any] = {"replyError": _error_of, "protocolError": InvalidResponse}
-        if encoder.decode_responses:
-            kwargs.update(encoding=encoder.encoding, errors=encoder.encoding_errors)
-        self._conn, self._reader = conn, Reader(**kwargs)
+        self._conn, self._reader = conn, _reader_for(conn.encoder)
         return conn
 
     def _drop(self) -> None:
@@ -445,9 +453,7 @@ class AsyncScriptLink:
                 raise RedisConnectionError("Connection closed by server.")
             reader.feed(data)
             reply = reader.gets()
-        if isinstance(reply, RedisConnectionError):  # LOADING and the like: as redis-py does
-            raise reply
-        return reply
+        return _checked(reply)
 
     def close(self) -> None:
         """Close the connection (the link stays usable)."""

@@ -11,7 +11,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from conveyor.backends.base import Beat, Broker, Recovery
 from conveyor.backends.sqlite import schedules as sqlite_schedules
@@ -217,19 +217,16 @@ class SQLiteBroker(Broker):
         try:
             yield
         except (sqlite3.Error, OSError) as exc:
-            trouble = self._trouble(exc)
-            if trouble is None:
-                raise
-            raise trouble from exc
+            self._fail(exc)
 
-    def _trouble(self, error: sqlite3.Error | OSError) -> StoreUnavailable | None:
-        """``error`` as :class:`StoreUnavailable` when it may pass (noted in
-        :attr:`last_trouble`); None when it is no trouble of the store."""
+    def _fail(self, error: sqlite3.Error | OSError) -> NoReturn:
+        """Raise ``error``, as :class:`StoreUnavailable` when it may pass (noted in
+        :attr:`last_trouble`)."""
         reason = unavailable_reason(error, self.settings.path)
         if reason is None:
-            return None
+            raise error
         self.last_trouble = time.monotonic()
-        return StoreUnavailable(self.url, reason)
+        raise StoreUnavailable(self.url, reason) from error
 
     def _reader(self) -> sqlite3.Connection:
         """This thread's read connection, opened on first use and again after a close."""
@@ -280,10 +277,7 @@ class SQLiteBroker(Broker):
                 await self.open()
             result: T = await self._writer.run(fn, keeps)
         except (sqlite3.Error, OSError) as exc:
-            trouble = self._trouble(exc)
-            if trouble is None:
-                raise
-            raise trouble from exc
+            self._fail(exc)
         return result
 
     # -- producers ----------------------------------------------------------------------------
@@ -433,10 +427,7 @@ class SQLiteBroker(Broker):
         try:  # as _guarded() does, without a context manager on this busy path
             result: list[str | None] = self._writer.run_blocking(fn, True)
         except (sqlite3.Error, OSError) as exc:
-            trouble = self._trouble(exc)
-            if trouble is None:
-                raise
-            raise trouble from exc
+            self._fail(exc)
         return result
 
     async def remember_idempotency(
