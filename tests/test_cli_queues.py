@@ -4,6 +4,7 @@ file; a worker process stops taking a paused queue's jobs and takes them again o
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 
@@ -94,3 +95,22 @@ def test_stats_columns_of_settings_only_when_a_queue_has_some(cli: CLI) -> None:
     header, *rows = cli.ok("stats").split("\n\n")[0].splitlines()
     assert header.split("\t")[-2:] == ["paused", "max_queued"]
     assert sorted(rows) == ["default\t1\t0\t0\t0\t0\t0\tno\t-", "mail\t0\t0\t0\t0\t0\t0\tno\t3"]
+
+
+def test_queue_and_listing_commands_take_the_store_of_an_app(cli: CLI, tmp_path: Path) -> None:
+    """``--app`` names the store on every store command: pause, resume, cap, schedules and
+    jobs-known read the app's URL, and no ``conveyor.db`` appears in the working directory."""
+    elsewhere = CLI(cli.url, tmp_path / "elsewhere")
+    elsewhere.cwd.mkdir()
+    (elsewhere.cwd / "pausedapp.py").write_text(
+        "from conveyor import Conveyor\n"
+        f"app = Conveyor(url={cli.url!r})\n")
+    spec = ("--app", "pausedapp:app")
+    assert elsewhere.ok("pause", "mail", *spec, url=None).strip() == "mail paused"
+    assert cli.json("stats")["queues"]["mail"]["paused"] is True
+    assert elsewhere.ok("cap", "mail", "4", *spec, url=None).strip() == "mail capped at 4 waiting"
+    assert elsewhere.json("resume", "mail", *spec, url=None) == {
+        "queue": "mail", "paused": False, "max_queued": 4}
+    assert "add" in elsewhere.ok("jobs-known", *spec, url=None)  # published by the fixture
+    elsewhere.ok("schedules", *spec, url=None)
+    assert not list(elsewhere.cwd.glob("*.db*"))  # no store made where the commands ran

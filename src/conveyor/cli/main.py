@@ -29,12 +29,13 @@ Command = Callable[[Conveyor, argparse.Namespace], Awaitable[int]]
 
 
 def _store_options(parser: argparse.ArgumentParser, with_app: bool = True) -> None:
+    """``--url`` and ``--namespace``; ``--app`` too unless the command names its APP itself."""
     parser.add_argument("--url", help="store URL (default: $CONVEYOR_URL, then the APP's URL, "
                         "then sqlite:///conveyor.db)")
     parser.add_argument("--namespace", help="namespace inside the store (default: conveyor)")
     if with_app:
-        parser.add_argument("--app", help="module:attribute of your app, to check arguments "
-                            "and take its URL")
+        parser.add_argument("--app", help="module:attribute of your app: its URL and "
+                            "namespace, its jobs' parameters to check arguments against")
 
 
 def _worker_options(parser: argparse.ArgumentParser) -> None:
@@ -145,10 +146,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     _store_options(p)
 
-    _store_options(known.add_known_parser(sub), with_app=False)
-    _store_options(cli_schedules.add_schedules_parser(sub), with_app=False)
+    _store_options(known.add_known_parser(sub))
+    _store_options(cli_schedules.add_schedules_parser(sub))
     for queue_parser in queues.add_queue_parsers(sub):
-        _store_options(queue_parser, with_app=False)
+        _store_options(queue_parser)
 
     from conveyor.cli.bench import add_bench_parser
     from conveyor.cli.serve import add_serve_parser
