@@ -205,6 +205,27 @@ def test_label_sets_stay_bounded_whatever_queue_names_come_in() -> None:
         Metrics(queue_refresh=0)
 
 
+def test_deduplicated_enqueues_keep_the_label_sets_bounded_too() -> None:
+    """A deduplicated enqueue stores nothing (its queue counts toward no store limit): its
+    queue name, one per call or in bulk, is bounded like the others'."""
+    import time
+
+    from conveyor.job import JobRecord, JobState
+
+    metrics = Metrics()
+    now = time.time()
+    records = [JobRecord(id=f"{i:026d}", name="n", queue=f"q{i}", state=JobState.QUEUED,
+                         args=[], kwargs={}, created_at=now, run_at=now) for i in range(600)]
+    for record in records[:300]:
+        metrics.jobs_enqueued([record], held=["holder"])
+    metrics.jobs_enqueued(records[300:], held=["holder"] * 300)
+    samples = [s for family in metrics.deduplicated.collect() for s in family.samples
+               if s.name.endswith("_total")]
+    assert len(samples) <= Metrics.MAX_JOB_LABELS + 1
+    assert sum(s.value for s in samples) == 600
+    assert {s.labels["queue"] for s in samples} >= {"q0", "other"}
+
+
 def test_a_mounted_api_names_routes_by_its_own_templates(tmp_path: Path) -> None:
     from starlette.applications import Starlette
     from starlette.routing import Mount

@@ -43,8 +43,8 @@ HTTP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.
 class _JobChildren:
     """The label children of one ``(name, queue)`` pair, bound once."""
 
-    __slots__ = ("cancelled", "dead", "duration", "enqueued", "failed", "latency", "retried",
-                 "started", "succeeded")
+    __slots__ = ("cancelled", "dead", "deduplicated", "duration", "enqueued", "failed",
+                 "latency", "retried", "started", "succeeded")
 
     def __init__(self, metrics: Metrics, name: str, queue: str) -> None:
         self.enqueued = metrics.enqueued.labels(name, queue)
@@ -54,6 +54,7 @@ class _JobChildren:
         self.retried = metrics.retried.labels(name, queue)
         self.dead = metrics.dead.labels(name, queue)
         self.cancelled = metrics.cancelled.labels(name, queue)
+        self.deduplicated = metrics.deduplicated.labels(name, queue)
         self.duration = metrics.duration.labels(name, queue)
         self.latency = metrics.start_latency.labels(name, queue)
 
@@ -188,7 +189,7 @@ class Metrics:
                 children = self._jobs.get((name, queue)) or self._children(name, queue)
                 children.enqueued.inc()
             else:
-                self.deduplicated.labels(name, queue).inc()
+                (self._jobs.get((name, queue)) or self._children(name, queue)).deduplicated.inc()
             return
         stored = collections.Counter[tuple[str, str]]()
         deduplicated = collections.Counter[tuple[str, str]]()
@@ -198,7 +199,7 @@ class Metrics:
         for (name, queue), count in stored.items():
             self._children(name, queue).enqueued.inc(count)
         for (name, queue), count in deduplicated.items():
-            self.deduplicated.labels(name, queue).inc(count)
+            self._children(name, queue).deduplicated.inc(count)
 
     def job_started(self, record: JobRecord) -> None:
         """An attempt starts; the first one also measures the wait since the enqueue."""
