@@ -9,12 +9,13 @@ clocks do not steal each other's jobs.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from conveyor.backends.base import Beat, Broker, Recovery
@@ -194,6 +195,33 @@ class _Connection:
         #: the enqueue scripts' own connection on a single Redis (None: through the client)
         self.link = (AsyncScriptLink(self.client) if wait is None and AsyncScriptLink.usable()
                      and deploy.kind(url) == deploy.SINGLE else None)
+        self.closed = False
+        #: closes the connection when its loop shuts down (see :meth:`close_with_loop`)
+        self.closer: AsyncGenerator[None, None] | None = None
+
+    async def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            if self.link is not None:
+                self.link.close()
+            await self.client.aclose()
+
+    def close_with_loop(self, forget: Callable[[], None]) -> None:
+        """Close this connection when its event loop shuts down, while the loop still runs:
+        an async generator the loop tracks (``loop.shutdown_asyncgens()``, which
+        ``asyncio.run`` and the loop runners call before closing the loop) closes it in its
+        ``finally``, then calls ``forget``. Started here up to its ``yield``, in step."""
+
+        async def closer() -> AsyncGenerator[None, None]:
+            try:
+                yield
+            finally:
+                forget()
+                await self.close()
+
+        self.closer = closer()
+        with contextlib.suppress(StopIteration):  # nothing before the yield awaits
+            self.closer.asend(None).send(None)
 
 
 class RedisBroker(Broker):
@@ -239,6 +267,12 @@ class RedisBroker(Broker):
                 del self._connections[old]
             conn = self._connections[loop] = _Connection(self.url, self._store_segments,
                                                                 self.wait)
+
+            def forget() -> None:
+                if self._connections.get(loop) is conn:
+                    del self._connections[loop]
+
+            conn.close_with_loop(forget)
         return conn
 
     async def _retrying(self, operation: Callable[[_Connection], Awaitable[T]]) -> T:
@@ -400,9 +434,8 @@ class RedisBroker(Broker):
         conns, self._connections = self._connections, {}
         for conn_loop, conn in conns.items():
             if conn_loop is loop:
-                if conn.link is not None:
-                    conn.link.close()
-                await conn.client.aclose()
+                await conn.close()
+            # another loop's connection is closed when that loop shuts down
 
     def _group_keys(self, queues: Sequence[str]) -> list[str]:
         keys: list[str] = []
