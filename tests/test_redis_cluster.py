@@ -159,7 +159,7 @@ def test_every_seed_and_ping_time_and_settings(cluster: RedisCluster) -> None:
     scripts = ClusterScripts(url)
     try:
         assert scripts.call("layout", [broker.keys.layout, broker.keys.jobs,
-                                       broker.keys.queues], [0]) is not None
+                                       broker.keys.queues], [0, "0"]) is not None
     finally:
         scripts.close()
 
@@ -530,3 +530,34 @@ def test_a_plain_url_naming_a_cluster_node_is_a_clear_error(cluster: RedisCluste
             app.enqueue("square", 1)  # the blocking client
     finally:
         app.close()
+
+
+@pytest.mark.parametrize("shard", ["", "?shard=queue"])
+def test_a_plain_url_naming_the_node_that_serves_the_slot_is_refused_too(
+        cluster: RedisCluster, shard: str) -> None:
+    """redis:// at the very node that serves the namespace's slot would work until the slot
+    moves (then every call is refused): it is refused when the namespace is first opened, by
+    the async and the blocking client, and by a worker, which exits with one line."""
+    namespace = f"own{shard and 'sharded'}"
+    owner = cluster.slot_owner(f"{{{namespace}}}:jobs")
+    url = f"redis://127.0.0.1:{owner.port}{shard}"
+    expected = "is a Redis Cluster node .*use redis\\+cluster://"
+    app = make_app(url, namespace, store_timeout=5.0)
+    try:
+        with pytest.raises(ConfigurationError, match=expected):
+            app.enqueue("square", 1)  # the blocking client
+    finally:
+        app.close()
+    broker = make_app(url, namespace).broker
+    with pytest.raises(ConfigurationError, match=expected):
+        asyncio.run(broker.open())
+    import redis
+
+    probe = redis.Redis.from_url(owner.url)
+    assert not probe.keys(f"{{{namespace}*"), "nothing is written before refusing"
+    probe.close()
+    done = subprocess.run(
+        [sys.executable, "-m", "conveyor", "worker", "clusterjobs:app", "--url", url,
+         "--namespace", namespace], env=cli_env(), capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1, done.stderr
+    assert "use redis+cluster://" in done.stderr and "Traceback" not in done.stderr

@@ -310,9 +310,7 @@ class RedisBroker(Broker):
         """A MOVED reply to a client that is not a cluster client: the URL names a node of
         a Redis Cluster, whose redirections only a cluster client follows."""
         if isinstance(error, MovedError) and deploy.kind(self.url) != deploy.CLUSTER:
-            raise ConfigurationError(
-                f"{redact_url(self.url)}: this Redis is a Redis Cluster node (it answers "
-                f"MOVED): use redis+cluster://") from error
+            raise layout.cluster_node(self.url) from error
 
     def _refused(self, error: BaseException) -> ConfigurationError:
         """What callers see when Redis refuses the URL's credentials."""
@@ -365,7 +363,7 @@ class RedisBroker(Broker):
         keys = [k.layout, k.jobs, k.queues]
         for queue in queues:
             keys += [k.waiting(queue), k.sched(queue)]
-        return keys, [LAYOUT, *queues]
+        return keys, [LAYOUT, layout.plain_client(self.url), *queues]
 
     def _layout_found(self, found: Any) -> None:
         """Refuse a namespace of a newer layout; else remember that it is checked."""

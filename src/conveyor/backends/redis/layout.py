@@ -27,13 +27,34 @@ LAYOUT = 4
 #: what the layout script answers for a namespace sharded by queue: its layout key holds
 #: ``sharded N`` (N its layout), refused by a broker opened without ``?shard=queue``
 SHARDED = -2
+#: what the layout script answers a client that follows no cluster redirections when the
+#: server is a Redis Cluster node
+CLUSTER_NODE = -3
+
+
+def plain_client(url: str) -> str:
+    """The layout scripts' flag for a client of ``url``: ``1`` when it follows no Redis
+    Cluster redirections (so the scripts refuse a cluster node), else ``0``."""
+    from conveyor.backends.redis import deploy
+
+    return "0" if deploy.kind(url) == deploy.CLUSTER else "1"
+
+
+def cluster_node(url: str) -> ConfigurationError:
+    """The error of a plain client whose server is a Redis Cluster node: it works until the
+    slot it uses moves, so it is refused at once."""
+    return ConfigurationError(f"{redact_url(url)}: this Redis is a Redis Cluster node (it "
+                              "answers MOVED): use redis+cluster://")
 
 
 def check(found: int, namespace: str, url: str) -> None:
     """Raise :class:`NewerStore` when the layout ``found`` is newer than :data:`LAYOUT`, and
-    :class:`ConfigurationError` when the layout key holds no number (``found`` -1) or marks
-    a namespace sharded by queue (``found`` -2, see :mod:`.sharded`)."""
+    :class:`ConfigurationError` when the layout key holds no number (``found`` -1), marks
+    a namespace sharded by queue (``found`` -2, see :mod:`.sharded`) or the server is a
+    cluster node for a plain client (-3)."""
     where = f"Redis namespace {namespace!r} at {redact_url(url)}"
+    if found == CLUSTER_NODE:
+        raise cluster_node(url)
     if found == SHARDED:
         raise ConfigurationError(f"{where} is sharded by queue: open it with ?shard=queue in "
                                  "the URL")

@@ -63,7 +63,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from conveyor.backends.base import DEFAULT_MAX_QUEUES, Beat, Broker, Recovery
-from conveyor.backends.redis import deploy
+from conveyor.backends.redis import deploy, layout
 from conveyor.backends.redis.broker import RedisBroker, _Coalescer, _Connection
 from conveyor.backends.redis.keys import Keys
 from conveyor.backends.redis.layout import LAYOUT
@@ -395,7 +395,10 @@ class ShardedRedisBroker(Broker):
             await self.home.open()  # a ping on a new loop, else nothing
             return
         k = self.home.keys
-        raw = str(await self.home._script("shard_mark", [k.layout, k.jobs, k.queues], [LAYOUT]))
+        raw = str(await self.home._script("shard_mark", [k.layout, k.jobs, k.queues],
+                                          [LAYOUT, layout.plain_client(self.home.url)]))
+        if raw == "cluster":
+            raise layout.cluster_node(self.home.url)
         where = f"Redis namespace {self.namespace!r} at {redact_url(self.home.url)}"
         kind, _, number = raw.partition(" ")
         if kind != "sharded" or not number.isdigit():

@@ -2,15 +2,22 @@
 -- the caller's layout first when it is older.
 -- KEYS: 1 the layout key, 2 the jobs hash, 3 the queues set, then per queue given in ARGV
 --       its waiting and sched zsets.
--- ARGV: 1 the layout the caller writes, then the queue names the caller read from the
---       queues set.
+-- ARGV: 1 the layout the caller writes, 2 '1' when the caller's client follows no Redis
+--       Cluster redirections (a cluster node is then refused: -3, whichever slots it
+--       serves now), then the queue names the caller read from the queues set.
 -- Returns: the layout found (0: a new namespace; 1: one made before layouts were
 --       numbered, which has jobs but no layout key; -1: the key holds no number; -2: the
---       namespace is sharded by queue). When it
+--       namespace is sharded by queue; -3: see ARGV 2). When it
 --       is older than ARGV[1] its data is moved and the key set to ARGV[1]; a newer one is
 --       left as it is (the caller refuses the store). When a step needs the queues' keys
 --       and the queues given are not those of the set, nothing changes and the reply is
 --       {the queue names}: the caller calls again with their keys.
+if ARGV[2] == '1' then
+  local info = redis.pcall('INFO', 'cluster')  -- an ACL may deny INFO: then no check
+  if type(info) == 'string' and string.find(info, 'cluster_enabled:1', 1, true) then
+    return -3
+  end
+end
 local raw = redis.call('GET', KEYS[1])
 local found = tonumber(raw)
 if raw and not found then
@@ -27,8 +34,8 @@ if found < want then
     -- layout 3: waiting holds the queued jobs only (ranked), sched the scheduled ones
     local names = redis.call('SMEMBERS', KEYS[3])
     local given = {}
-    for i = 2, #ARGV do given[ARGV[i]] = true end
-    local same = #names == #ARGV - 1
+    for i = 3, #ARGV do given[ARGV[i]] = true end
+    local same = #names == #ARGV - 2
     for _, name in ipairs(names) do same = same and given[name] == true end
     if not same then return names end
     for k = 4, #KEYS, 2 do

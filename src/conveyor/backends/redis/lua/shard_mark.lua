@@ -1,8 +1,15 @@
 -- Mark a namespace sharded by queue (see sharded.py) if it holds nothing yet.
 -- KEYS: 1 the layout key, 2 the jobs hash, 3 the queues set (the home's).
--- ARGV: 1 the layout the caller writes.
+-- ARGV: 1 the layout the caller writes, 2 '1' when the caller's client follows no Redis
+--       Cluster redirections (a cluster node is then refused: 'cluster').
 -- Returns: what the layout key holds ('sharded N' for a sharded namespace, a number for a
 --       plain one), or 'plain' for a plain namespace made before layouts were numbered.
+if ARGV[2] == '1' then
+  local info = redis.pcall('INFO', 'cluster')  -- an ACL may deny INFO: then no check
+  if type(info) == 'string' and string.find(info, 'cluster_enabled:1', 1, true) then
+    return 'cluster'
+  end
+end
 local raw = redis.call('GET', KEYS[1])
 if raw then return raw end
 if redis.call('EXISTS', KEYS[2]) == 1 or redis.call('EXISTS', KEYS[3]) == 1 then
