@@ -186,3 +186,32 @@ def test_async_enqueues_one_at_a_time_together_and_after_trouble(
     finally:
         app.close()
         plain.close()
+
+
+def test_a_connection_closed_under_a_write_is_a_lost_connection() -> None:
+    """redis-py 8.1 lets the transport's AttributeError through when another task closed the
+    connection between its health check and its write; Conveyor's connections make it a
+    ConnectionError, which the broker retries as connection trouble."""
+    import redis.asyncio
+
+    from conveyor.backends.redis.client import _hiredis_packing
+
+    class ClosedMeanwhile(_hiredis_packing(redis.asyncio.Connection)):  # type: ignore[misc]
+        race = False
+
+        async def check_health(self) -> None:
+            if self.race:  # another task closes it while this one checks it
+                await self.disconnect()
+
+    async def main() -> None:
+        pool = redis.asyncio.ConnectionPool.from_url(shared_redis_url(),
+                                                     connection_class=ClosedMeanwhile)
+        conn = await pool.get_connection()
+        conn.race = True
+        try:
+            with pytest.raises(redis.ConnectionError, match="closed while writing"):
+                await conn.send_packed_command(b"*1\r\n$4\r\nPING\r\n", check_health=True)
+        finally:
+            await pool.disconnect()
+
+    asyncio.run(main())

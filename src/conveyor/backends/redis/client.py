@@ -83,6 +83,15 @@ def _hiredis_packing(base: type) -> type:
         def pack_command(self, *args: Any) -> list[bytes]:
             return _packed(args) or list(super().pack_command(*args))
 
+        async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+            try:
+                await super().send_packed_command(command, check_health)
+            except (AttributeError, TypeError) as exc:
+                # a connection closed under the write: redis-py 8.1 lets the transport's
+                # own error through (redis-py issue 4287) where it means a lost connection
+                raise RedisConnectionError(f"the connection closed while writing ({exc})") \
+                    from exc
+
     HiredisPacking.__name__ = HiredisPacking.__qualname__ = f"HiredisPacking{base.__name__}"
     return HiredisPacking
 
