@@ -74,7 +74,7 @@ def test_retry_all_dead(cli: CLI, jobs_app: Conveyor,
     run_all(jobs_app, start_worker, [*dead, other, good], queues=["default", "other"])
     assert [state(jobs_app, i) for i in [*dead, other, good]] == ["dead"] * 3 + ["succeeded"]
 
-    assert cli.ok("retry", "--all-dead", "--queue", "other").strip() == "re-enqueued 1 dead jobs"
+    assert cli.ok("retry", "--all-dead", "--queue", "other").strip() == "re-enqueued 1 dead job"
     assert state(jobs_app, other) == "queued"
     assert [state(jobs_app, i) for i in dead] == ["dead", "dead"]
 

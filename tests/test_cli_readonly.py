@@ -24,10 +24,11 @@ from conveyor.errors import ConfigurationError
 from redis_server import RedisServer, free_port
 
 ID = "06H0HQQS1DPDNNKJ7KG6WTC19R"
-#: every command that only reads the store (or changes jobs already in it)
+#: every command that only reads the store (or changes what is already in it)
 READ_ONLY = [["status", ID], ["status", ID, "--wait", "--timeout", "1"], ["jobs"], ["stats"],
              ["retry", ID], ["retry", "--all-dead"], ["cancel", ID], ["top", "--once"],
-             ["jobs-known"]]
+             ["jobs-known"], ["priority", ID, "3"], ["pause", "default"], ["resume", "default"],
+             ["cap", "default", "5"]]
 PASSWORD = "hunter2-not-for-screens"
 
 

@@ -654,7 +654,8 @@ class Conveyor:
             return UnknownJob(
                 f"no job named {name!r} is registered here{own}, and no worker has published "
                 f"its jobs to this store yet: start a worker of the app that has the job, "
-                + (remedy or f"pass that app (--app) to check the call here, or {force}"))
+                + (remedy or "register the job in this app (or, on the command line, pass "
+                           f"that app with --app) to check the call here, or {force}"))
         names = sorted({*self._known, *self.registry})
         shown = ", ".join(names[:KNOWN_SHOWN])
         if len(names) > KNOWN_SHOWN:

@@ -33,6 +33,7 @@ from conveyor.errors import (
     redact_url,
 )
 from conveyor.job import ALL_STATES, FINAL_STATES, JobRecord, JobState
+from conveyor.logs import plural
 from conveyor.options import EnqueueOptions
 from conveyor.queues import with_settings
 from conveyor.summary import MAX_PAGE, JobSummary
@@ -57,8 +58,11 @@ def store_name(app: Conveyor) -> str:
 
 
 #: the commands that only read the store or change jobs already in it: they never create it
+#: the commands that never create a store: they read it, or change what is already in it
+#: (jobs, and queues' settings: a pause or a cap given in the wrong directory must not be
+#: applied to a new, empty store while the real one runs on)
 READ_ONLY = frozenset({"status", "jobs", "retry", "cancel", "stats", "jobs-known", "top",
-                       "schedules"})
+                       "schedules", "priority", "pause", "resume", "cap"})
 
 
 def read_only(app: Conveyor) -> Conveyor:
@@ -187,7 +191,7 @@ async def retry(app: Conveyor, args: argparse.Namespace) -> int:
     if args.all_dead:
         with console.status("re-enqueueing dead jobs..."):
             count = await app.broker.retry_dead(args.queue)
-        print(f"re-enqueued {count} dead jobs")
+        print(f"re-enqueued {plural(count, 'dead job')}")
         return 0
     if not args.id:
         raise CLIError("give a job ID or --all-dead")
