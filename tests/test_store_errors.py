@@ -291,6 +291,56 @@ def test_an_unreachable_redis_reaches_the_caller_as_store_unavailable(tmp_path: 
     assert "Traceback" not in done.stderr
 
 
+def test_a_url_at_no_redis_or_past_its_databases_is_a_configuration_error(
+        server: Any, tmp_path: Path) -> None:
+    """Another service on the port (an HTTP server) and a database number past the server's
+    ``databases``: a ConfigurationError at once naming the store, from the blocking and the
+    async enqueue alike, never redis-py's own exception; a worker exits with one line."""
+    pytest.importorskip("redis")
+    http = socket.socket()
+    http.bind(("127.0.0.1", 0))
+    http.listen(16)
+
+    def answer_http() -> None:
+        while True:
+            try:
+                conn, _ = http.accept()
+            except OSError:
+                return
+            with conn:
+                conn.recv(1000)
+                conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+
+    threading.Thread(target=answer_http, daemon=True).start()
+    cases = [(f"redis://:{PASSWORD}@127.0.0.1:{http.getsockname()[1]}/0",
+              "does not answer as a Redis server does"),
+             (server.url.rsplit("/", 1)[0] + "/99", "DB index is out of range")]
+    try:
+        for url, expected in cases:
+            app = Conveyor(url=url, store_timeout=5.0)
+            register(app)
+            try:
+                for blocking in (True, False):
+                    with pytest.raises(ConfigurationError, match=expected) as refused:
+                        if blocking:
+                            app.enqueue("add", 1, 2)
+                        else:
+                            app.run_sync(app.enqueue_async("add", 1, 2))
+                    assert app.broker.last_trouble == 0  # never taken for trouble to retry
+                    assert PASSWORD not in str(refused.value)
+                    assert not app.broker.is_transient(refused.value.__cause__)
+            finally:
+                app.close()
+            done = subprocess.run(
+                [sys.executable, "-m", "conveyor", "worker", "clijobs:app", "--url", url],
+                capture_output=True, text=True, cwd=tmp_path, env=cli_env(), timeout=60,
+                check=False)
+            assert done.returncode == 1, (done.stdout, done.stderr)
+            assert expected in done.stderr and "Traceback" not in done.stderr, done.stderr
+    finally:
+        http.close()
+
+
 # -- close() ----------------------------------------------------------------------------------
 def db_descriptors(db: Path) -> list[str]:
     """This process's open files that are the database, its WAL or its shared memory."""

@@ -52,6 +52,7 @@ try:
         AuthenticationWrongNumberOfArgsError,
         ClusterDownError,
         ClusterError,
+        InvalidResponse,
         MovedError,
         ResponseError,
         SlotNotCoveredError,
@@ -72,6 +73,8 @@ log = logging.getLogger("conveyor.redis")
 TRANSIENT = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
 #: refused credentials: redis-py makes them connection errors, but waiting will not help
 REFUSED = (AuthenticationError, AuthenticationWrongNumberOfArgsError)
+#: a server that does not speak Redis's protocol (another service on that port)
+NOT_REDIS = (InvalidResponse,)
 #: replies of a Redis that answers but cannot do the work now, by their first word
 BUSY_REPLIES = {
     "MISCONF": "Redis cannot persist to disk",
@@ -286,6 +289,8 @@ class RedisBroker(Broker):
                 result = await operation(self._conn())
             except REFUSED as exc:
                 raise self._refused(exc) from exc
+            except NOT_REDIS as exc:
+                raise self._not_redis(exc) from exc
             except RETRIED as exc:
                 if not self._trouble(exc, sent) or time.monotonic() + pause > deadline:
                     raise self._unavailable(exc, sent) from exc
@@ -301,6 +306,9 @@ class RedisBroker(Broker):
         self._check_moved(error)
         reason = getattr(error, "store_reason", None) or _reason(error)
         if reason is None:
+            if isinstance(error, ResponseError) and str(error).startswith("DB index"):
+                # the URL's database number is past the server's `databases`
+                raise ConfigurationError(f"{redact_url(self.url)}: {error}") from error
             raise error
         self.last_trouble = time.monotonic()
         self.outage.trouble(reason, str(error), sent)
@@ -317,6 +325,11 @@ class RedisBroker(Broker):
         return ConfigurationError(f"Redis refused the credentials of {redact_url(self.url)}: "
                                   f"{error}")
 
+    def _not_redis(self, error: BaseException) -> ConfigurationError:
+        """What callers see when the server at the URL does not answer as Redis does."""
+        return ConfigurationError(f"{redact_url(self.url)} does not answer as a Redis server "
+                                  f"does (another service on that port?): {error}")
+
     def _unavailable(self, error: BaseException, sent: float | None = None) -> StoreUnavailable:
         """What callers see once retrying through ``error`` (of a try begun at ``sent``) is
         given up."""
@@ -324,7 +337,7 @@ class RedisBroker(Broker):
         return StoreUnavailable(self.url, reason or "Redis is unreachable", sent)
 
     def is_transient(self, error: BaseException) -> bool:
-        if isinstance(error, REFUSED) or (
+        if isinstance(error, (*REFUSED, *NOT_REDIS)) or (
                 isinstance(error, MovedError) and deploy.kind(self.url) != deploy.CLUSTER):
             return False
         return isinstance(error, (*TRANSIENT, StoreUnavailable)) or (
@@ -777,6 +790,8 @@ class RedisBroker(Broker):
                 break
             except REFUSED as exc:
                 raise self._refused(exc) from exc
+            except NOT_REDIS as exc:
+                raise self._not_redis(exc) from exc
             except RETRIED as exc:
                 if not self._trouble(exc, sent) or time.monotonic() + pause > deadline:
                     raise self._unavailable(exc, sent) from exc
