@@ -11,6 +11,8 @@ second).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import random
 import signal
 import sqlite3
@@ -187,6 +189,41 @@ def test_sigterm_while_sqlite_is_locked(tmp_path: Path, processes: Processes) ->
         info = handle.info()  # the requeue was never written: the lease brings it back
         assert info.state is JobState.RUNNING and info.attempts == 1
         assert "signing off from the store" in worker.output()  # could not sign off either
+    finally:
+        store.app.close()
+
+
+def test_sigterm_to_a_worker_opening_a_locked_database(tmp_path: Path) -> None:
+    """A worker whose first store call waits out a lock another process holds: SIGTERM ends
+    its work at once; the call's thread, which SQLite cannot interrupt, is left to end by
+    itself with one warning line, and no traceback (the loop's own shutdown of its
+    executor used to log two)."""
+    path = tmp_path / "conveyor.db"
+    store = Store(f"sqlite:///{path}", worker_url=f"sqlite:///{path}?busy_timeout=3000")
+    try:
+        store.app.run_sync(store.app.broker.open())  # the tables, then the lock
+        locker = sqlite3.connect(path, isolation_level=None, timeout=10)
+        locker.execute("BEGIN EXCLUSIVE")
+        try:
+            worker = WorkerProcess(store, tmp_path / "worker.log", "--max-workers", "1")
+
+            def holds_the_file() -> bool:
+                fds = Path(f"/proc/{worker.proc.pid}/fd")
+                with contextlib.suppress(OSError):
+                    return any(os.readlink(fd) == str(path) for fd in fds.iterdir())
+                return False
+
+            wait_until(holds_the_file, timeout=30, what=f"the worker to open the database\n"
+                       f"{worker.output()}")
+            time.sleep(0.5)  # its opening write now waits for the lock
+            assert worker.proc.poll() is None, worker.output()
+            worker.stop()  # exit 0, no traceback
+        finally:
+            locker.execute("ROLLBACK")
+            locker.close()
+        log = worker.output()
+        assert "InvalidStateError" not in log and "ERROR" not in log, log
+        assert "a store call in progress has not ended" in log, log
     finally:
         store.app.close()
 

@@ -18,8 +18,10 @@ import select
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Coroutine, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from types import FrameType
 from typing import TYPE_CHECKING, Any
@@ -93,8 +95,11 @@ async def serve_worker(worker: Worker) -> None:
 def _run_bounded(main: Coroutine[Any, Any, None]) -> None:
     """``asyncio.run(main)``, but the tasks left over at the end (a store call that swallowed
     its cancellation, say) get :data:`LEFTOVER_WAIT` seconds, not for ever: the process must
-    exit within the bound a graceful stop promises."""
+    exit within the bound a graceful stop promises. So do the threads of store calls (a
+    SQLite call waiting out a lock cannot be interrupted: the process exits when it ends)."""
     loop = asyncio.new_event_loop()
+    executor = ThreadPoolExecutor(thread_name_prefix="conveyor-io")
+    loop.set_default_executor(executor)
     try:
         loop.run_until_complete(main)
     finally:
@@ -109,12 +114,24 @@ def _run_bounded(main: Coroutine[Any, Any, None]) -> None:
                                 plural(len(stuck), "task"))
             loop.run_until_complete(
                 asyncio.wait_for(loop.shutdown_asyncgens(), LEFTOVER_WAIT))
-            loop.run_until_complete(
-                asyncio.wait_for(loop.shutdown_default_executor(), LEFTOVER_WAIT))
         except Exception:
             log.exception("while closing the event loop")
         finally:
             loop.close()
+            _end_threads(executor)
+
+
+def _end_threads(executor: ThreadPoolExecutor) -> None:
+    """Shut ``executor`` down, waiting :data:`LEFTOVER_WAIT` seconds at most for its calls
+    in progress (the loop's own shutdown of its executor would log a traceback for one that
+    outlasts a timeout); say so when one is left."""
+    closer = threading.Thread(target=executor.shutdown, kwargs={"cancel_futures": True},
+                              name="conveyor-io-shutdown", daemon=True)
+    closer.start()
+    closer.join(LEFTOVER_WAIT)
+    if closer.is_alive():
+        log.warning("a store call in progress has not ended (a locked SQLite database waits "
+                    "out its busy_timeout); the process exits when it does")
 
 
 def run_worker(app: Conveyor, *, metrics_port: int | None = None,
