@@ -13,6 +13,7 @@ import os
 import pty
 import re
 import select
+import shutil
 import struct
 import subprocess
 import sys
@@ -195,6 +196,43 @@ def test_stats_fit_an_80_column_terminal(store: Store) -> None:
     assert any(line.startswith("default ") for line in lines)
     (worker,) = [line for line in lines if f"-{proc.pid}-" in line]  # in the worker's id
     assert "1..10" in worker
+
+
+LONG_HOST = "conveyor-worker-deployment-7d9f8b6c5d-x2kq9.prod.example.com"
+
+
+def test_stats_fit_80_columns_with_a_long_host_and_a_capped_paused_queue(store: Store) -> None:
+    """A worker on a host with a long name (its id holds the name) and a queue both paused
+    and capped: every line still fits, the id is cut, and the cap stays in sight (under a
+    shorter header)."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("a host name of its own needs a UTS namespace: root and unshare (CI runs "
+                    "as root)")
+    store.cli.ok("pause", LONG_QUEUE)
+    store.cli.ok("cap", LONG_QUEUE, "7")
+    proc = subprocess.Popen(
+        ["unshare", "--uts", "sh", "-c",
+         f'hostname {LONG_HOST} && exec "$0" -m conveyor --log-level WARNING worker '
+         f'clijobs:app --url "$1" --queues default,{LONG_QUEUE}', sys.executable,
+         store.cli.url], cwd=store.cli.cwd, env=cli_env(), text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        wait_until(lambda: store.cli.json("stats")["workers"] or proc.poll() is not None,
+                   what="the worker to register")
+        assert proc.poll() is None, proc.communicate()
+        assert store.cli.json("stats")["workers"][0]["host"] == LONG_HOST
+        lines = in_terminal(store.cli, "stats")
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)
+    assert all(len(line) <= 80 for line in lines), "\n".join(lines)
+    header = next((line for line in lines if line.startswith("queue ")), "\n".join(lines))
+    assert header.split()[-2:] == ["paused", "cap"], header
+    (capped,) = [line for line in lines if line.startswith(LONG_QUEUE[:4])
+                 and " yes " in f"{line} "]
+    assert capped.split()[-2:] == ["yes", "7"], capped
+    (worker,) = [line for line in lines if line.startswith(LONG_HOST[:12])]
+    assert "…" in worker and "1..10" in worker, worker
 
 
 def test_top_once_prints_no_key_help(store: Store) -> None:

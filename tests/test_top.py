@@ -212,3 +212,32 @@ def test_recent_failures_take_one_line_each_at_80_columns() -> None:
     # no wrapped continuation of a name or an error under a row
     assert not [line for line in lines if "06H1H4W2" not in line and ("line" in line or "job"
                                                                       in line)]
+
+
+def test_the_frame_fits_80_columns_with_long_names() -> None:
+    """Long queue names, job names and errors are cut with an ellipsis; every state header,
+    every id and every count stays whole; no line runs past the terminal."""
+    from io import StringIO
+
+    from rich.console import Console
+
+    from conveyor.cli.top import failures_table, queues_table
+    from conveyor.job import ALL_STATES, JobRecord, JobState
+
+    records = [JobRecord(id=f"06H1H4W2CWXJGEPY1KVF7V0RG{n}", name="resize_image_of_user",
+                         queue="default", state=JobState.DEAD, args=[], kwargs={},
+                         created_at=0.0, run_at=0.0, error="ValueError: " + "far too long " * 9)
+               for n in range(2)]
+    counts = {"a-rather-long-queue-name-for-reports": {"queued": 3}, "default": {"dead": 12345}}
+    out = StringIO()
+    console = Console(file=out, width=80, force_terminal=False)
+    console.print(queues_table(counts))
+    console.print(failures_table(records))
+    lines = out.getvalue().splitlines()
+    assert all(len(line) <= 80 for line in lines), out.getvalue()
+    header = next(line for line in lines if "queued" in line)
+    assert all(f" {state} " in header for state in map(str, ALL_STATES)), header
+    assert any("a-rather-lo" in line and "…" in line for line in lines), out.getvalue()
+    assert any("12345" in line for line in lines)
+    rows = [line for line in lines if "06H1H4W2" in line]
+    assert len(rows) == 2 and all("resize" in row and "ValueError" in row for row in rows)

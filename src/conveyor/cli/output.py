@@ -57,6 +57,8 @@ class Col:
     #: more than 0: left out on a terminal too narrow for every column (higher ones first)
     drop: int = 0
     right: bool = False
+    #: a shorter header, for a terminal too narrow for the table with the long ones
+    short: str = ""
 
 
 Cell = str | int | Stamp
@@ -134,26 +136,42 @@ def _share(room: int, wants: Sequence[int], floors: Sequence[int]) -> list[int]:
     return widths
 
 
+def fitted(cols: Sequence[Col], cells: Sequence[Sequence[str]], width: int,
+           gap: int = GAP) -> tuple[list[Col], list[int | None]]:
+    """The columns (with their short headers when the long ones leave a cell cut or a
+    column out) and their widths (see :func:`fit_widths`) for a table of ``width`` cells."""
+    widths = fit_widths(cols, cells, width, gap)
+    if any(c.short for c in cols) and widths != _natural(cols, cells):
+        cols = [Col(c.short, c.fit, c.drop, c.right) if c.short else c for c in cols]
+        widths = fit_widths(cols, cells, width, gap)
+    return list(cols), widths
+
+
+def _natural(cols: Sequence[Col], cells: Sequence[Sequence[str]]) -> list[int | None]:
+    """The width each column needs to show its header and every cell whole."""
+    return [max([cell_len(c.header), *(cell_len(row[i]) for row in cells)])
+            for i, c in enumerate(cols)]
+
+
 def fit_widths(cols: Sequence[Col], cells: Sequence[Sequence[str]],
-               width: int) -> list[int | None]:
-    """The width of each column in ``width`` cells (None: left out). Columns that may be
-    cut get at least their ``fit`` width while optional columns can be left out to make
-    room, then as little as 3 cells; the others keep their whole width even when the
-    terminal is too narrow for them."""
-    natural = [max([cell_len(c.header), *(cell_len(row[i]) for row in cells)])
-               for i, c in enumerate(cols)]
+               width: int, gap: int = GAP) -> list[int | None]:
+    """The width of each column in ``width`` cells (None: left out), ``gap`` cells apart.
+    Columns that may be cut get at least their ``fit`` width while optional columns can be
+    left out to make room, then as little as 3 cells; the others keep their whole width
+    even when the terminal is too narrow for them."""
+    natural = [w or 0 for w in _natural(cols, cells)]
     floors = [min(n, max(c.fit, cell_len(c.header))) if c.fit else n
               for n, c in zip(natural, cols, strict=True)]
     keep = list(range(len(cols)))
 
     def need(kept: list[int]) -> int:
-        return sum(floors[i] for i in kept) + GAP * (len(kept) - 1)
+        return sum(floors[i] for i in kept) + gap * (len(kept) - 1)
 
     while need(keep) > width and any(cols[i].drop for i in keep):
         keep.remove(max((i for i in keep if cols[i].drop), key=lambda i: cols[i].drop))
     fixed = sum(natural[i] for i in keep if not cols[i].fit)
     flex = [i for i in keep if cols[i].fit]
-    room = width - fixed - GAP * (len(keep) - 1)
+    room = width - fixed - gap * (len(keep) - 1)
     if sum(floors[i] for i in flex) > room:  # narrower still: cut to a few cells
         floors = [min(n, MIN_CUT) for n in natural]
     shared = _share(room, [natural[i] for i in flex], [floors[i] for i in flex])
@@ -180,7 +198,7 @@ def print_table(cols: Sequence[Col], rows: Iterable[Sequence[Cell]], *, title: s
         out.file.flush()
         return
     cells = [[terminal_cell(v) for v in row] for row in rows]
-    widths = fit_widths(cols, cells, out.width)
+    cols, widths = fitted(cols, cells, out.width)
     shown = [i for i, w in enumerate(widths) if w is not None]
     table = Table(*(Column(cols[i].header, width=widths[i], no_wrap=True, overflow="ellipsis",
                            justify="right" if cols[i].right else "left") for i in shown),
@@ -265,7 +283,7 @@ def print_counts(counts: Mapping[str, Mapping[str, Any]]) -> None:
     settings = any(row.get("paused") or row.get("max_queued") is not None
                    for row in counts.values())
     cols = (Col("queue", fit=8), *(Col(str(s), right=True) for s in ALL_STATES),
-            *((Col("paused"), Col("max_queued", right=True, drop=1)) if settings else ()))
+            *((Col("paused"), Col("max_queued", right=True, short="cap")) if settings else ()))
 
     def row(queue: str) -> list[Any]:
         values: list[Any] = [queue, *(counts[queue].get(str(s), 0) for s in ALL_STATES)]
@@ -279,8 +297,9 @@ def print_counts(counts: Mapping[str, Mapping[str, Any]]) -> None:
                 empty="(no jobs)")
 
 
-# the worker's id holds its host and pid: those go first on a narrow terminal
-WORKER_COLUMNS = (Col("worker"), Col("host", fit=8, drop=3), Col("pid", right=True, drop=2),
+# the worker's id holds its host and pid: those go first on a narrow terminal, and the id
+# itself is cut (a long host name makes it long)
+WORKER_COLUMNS = (Col("worker", fit=16), Col("host", fit=8, drop=3), Col("pid", right=True, drop=2),
                   Col("queues", fit=8), Col("concurrency", right=True), Col("min..max"),
                   Col("busy", right=True), Col("done", right=True), Col("failed", right=True),
                   Col("heartbeat", drop=1))

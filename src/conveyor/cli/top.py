@@ -19,7 +19,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from rich.console import Console, Group, RenderableType
+from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
 from rich.live import Live
 from rich.table import Column, Table
 from rich.text import Text
@@ -27,7 +27,7 @@ from rich.text import Text
 from conveyor.app import Conveyor
 from conveyor.backends import require_existing
 from conveyor.cli.loading import resolve_app
-from conveyor.cli.output import printable
+from conveyor.cli.output import Col, fitted, printable
 from conveyor.job import ALL_STATES, FINAL_STATES, JobRecord, JobState, WorkerInfo
 from conveyor.urls import redact_url
 
@@ -157,17 +157,42 @@ class Rates:
 
 
 # -- the frame --------------------------------------------------------------------------------
-def queues_table(counts: Mapping[str, Mapping[str, int]]) -> Table:
+class Fitted:
+    """A bordered table whose columns fit the width it is drawn in, as the admin commands'
+    tables do (:func:`conveyor.cli.output.fitted`): names, queues and errors are cut with an
+    ellipsis, optional columns left out, ids and numbers kept whole."""
+
+    def __init__(self, cols: Sequence[Col], title: str, empty: str) -> None:
+        self.cols = cols
+        self.title = title
+        self.empty = empty
+        self.rows: list[list[Text]] = []
+
+    def add_row(self, *cells: str | Text) -> None:
+        self.rows.append([c if isinstance(c, Text) else plain(c) for c in cells])
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        # a bordered table takes 3 cells per column and 1 more: widths + 3 * (n - 1) <= W - 4
+        cols, widths = fitted(self.cols, [[t.plain for t in row] for row in self.rows],
+                              options.max_width - 4, gap=3)
+        shown = [i for i, w in enumerate(widths) if w is not None]
+        table = Table(*(Column(cols[i].header, width=widths[i], no_wrap=True,
+                               overflow="ellipsis", justify="right" if cols[i].right else "left")
+                        for i in shown),
+                      title=self.title, title_justify="left",
+                      caption=None if self.rows else self.empty)
+        for row in self.rows:
+            table.add_row(*(row[i] for i in shown))
+        yield table
+
+
+def queues_table(counts: Mapping[str, Mapping[str, int]]) -> Fitted:
     """Jobs per queue and state, with a total row when there are several queues."""
-    table = Table(Column("queue", no_wrap=True), *(Column(str(s), justify="right")
-                                                    for s in ALL_STATES),
-                  title="queues", title_justify="left", expand=False)
+    table = Fitted([Col("queue", fit=8), *(Col(str(s), right=True) for s in ALL_STATES)],
+                   "queues", "(no jobs)")
     for queue in sorted(counts):
-        table.add_row(plain(queue, 40), *(Text(str(counts[queue].get(str(s), 0)))
-                                          for s in ALL_STATES))
-    if not counts:
-        table.caption = "(no jobs)"
-    elif len(counts) > 1:
+        table.add_row(queue, *(str(counts[queue].get(str(s), 0)) for s in ALL_STATES))
+    if len(counts) > 1:
         table.add_row(Text("all", style="bold"),
                       *(Text(str(sum(per.get(str(s), 0) for per in counts.values())),
                              style="bold") for s in ALL_STATES))
@@ -187,34 +212,29 @@ def rates_table(rates: Rates) -> Table:
     return table
 
 
-def workers_table(workers: Sequence[WorkerInfo], now: float) -> Table:
+WORKER_COLUMNS = (Col("host", fit=8), Col("pid", right=True), Col("queues", fit=8),
+                  *(Col(h, right=True) for h in ("cur", "min", "max", "busy", "done", "failed")),
+                  Col("heartbeat", right=True, drop=1))
+
+
+def workers_table(workers: Sequence[WorkerInfo], now: float) -> Fitted:
     """Live worker processes."""
-    table = Table(Column("host", no_wrap=True), Column("pid", justify="right"), "queues",
-                  Column("cur", justify="right"), Column("min", justify="right"),
-                  Column("max", justify="right"), Column("busy", justify="right"),
-                  Column("done", justify="right"), Column("failed", justify="right"),
-                  Column("heartbeat", justify="right"),
-                  title=f"workers ({len(workers)})", title_justify="left")
+    table = Fitted(WORKER_COLUMNS, f"workers ({len(workers)})", "(no live workers)")
     for w in sorted(workers, key=lambda w: (w.host, w.pid)):
-        table.add_row(plain(w.host, 30), str(w.pid), plain(",".join(w.queues), 40),
+        table.add_row(w.host, str(w.pid), ",".join(w.queues),
                       str(w.concurrency), str(w.min_concurrency), str(w.max_concurrency),
                       str(w.busy), str(w.processed), str(w.failed), _age(w.heartbeat_at, now))
-    if not workers:
-        table.caption = "(no live workers)"
     return table
 
 
-def failures_table(failures: Sequence[JobRecord]) -> Table:
-    """The last dead jobs, newest first."""
-    # one line per job at any width: name and error are cut, never wrapped
-    table = Table(Column("id", no_wrap=True, min_width=26),
-                  Column("name", no_wrap=True, overflow="ellipsis", max_width=24),
-                  Column("error", no_wrap=True, overflow="ellipsis", ratio=1),
-                  title="recent failures", title_justify="left")
+FAILURE_COLUMNS = (Col("id"), Col("name", fit=8), Col("error", fit=12))
+
+
+def failures_table(failures: Sequence[JobRecord]) -> Fitted:
+    """The last dead jobs, newest first: one line each at any width."""
+    table = Fitted(FAILURE_COLUMNS, "recent failures", "(none)")
     for r in failures:
-        table.add_row(Text(r.id), plain(r.name, 40), plain(r.error or "", ERROR_WIDTH))
-    if not failures:
-        table.caption = "(none)"
+        table.add_row(r.id, r.name, plain(r.error or "", ERROR_WIDTH))
     return table
 
 
