@@ -25,6 +25,7 @@ from packaging.requirements import Requirement
 from packaging.version import Version
 
 import conveyor
+from conftest import cli_env
 
 ROOT = Path(__file__).resolve().parent.parent
 SRC = ROOT / "src" / "conveyor"
@@ -263,7 +264,25 @@ print("packed:", repr(b"".join(plain(host="x").pack_command("SET", "k", 1))))
                           timeout=60)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
-    warnings = [line for line in lines if line.startswith("conveyor.redis:")]
+    warnings = [line for line in lines if line.startswith("conveyor.redis.packing:")]
     assert len(warnings) == 1, done.stdout
     assert "hiredis>=2.2.1 is not installed" in warnings[0]
     assert "packed: b'*3\\r\\n$3\\r\\nSET\\r\\n" in done.stdout  # redis-py's own packing
+
+
+def test_without_hiredis_a_command_prints_no_advice() -> None:
+    """The advice to install hiredis is for processes that run on (a worker logs it once),
+    not a line before every one-shot command's output."""
+    from redis_server import shared_redis_url
+
+    script = (
+        "import sys\n"
+        "sys.modules['hiredis'] = None  # as if hiredis were not installed\n"
+        "from conveyor.cli.main import main\n"
+        "sys.exit(main(sys.argv[1:]))\n")
+    done = subprocess.run([sys.executable, "-c", script, "stats", "--json", "--url",
+                           shared_redis_url()], capture_output=True, text=True, timeout=60,
+                          env=cli_env())
+    assert done.returncode == 0, done.stderr
+    assert "queues" in done.stdout
+    assert "hiredis" not in done.stderr, done.stderr

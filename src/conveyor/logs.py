@@ -85,6 +85,10 @@ def one_line(text: str) -> str:
     return " ".join(text.split()) if any(c in text for c in "\r\n\t\v\f") else text
 
 
+#: the logger of the advice to install hiredis (the CLI's one-shot commands leave it out)
+PACKING_LOGGER = "conveyor.redis.packing"
+
+
 def plural(count: int, noun: str, nouns: str | None = None) -> str:
     """``1 job``, ``3 jobs``."""
     return f"{count} {noun if count == 1 else nouns or noun + 's'}"

@@ -27,6 +27,7 @@ from redis.exceptions import InvalidResponse, NoScriptError, ReadOnlyError, Resp
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from conveyor.backends.redis.scripts import source
+from conveyor.logs import PACKING_LOGGER
 
 if TYPE_CHECKING:
     from conveyor.backends.redis.replicas import Wait
@@ -60,8 +61,9 @@ def pack_with_hiredis(client: Any) -> None:
 
 @cache
 def _say_packing_is_slow() -> None:
-    log.warning("hiredis>=2.2.1 is not installed: Redis commands are packed in Python, "
-                "which is slower (pip install 'conveyor[redis]')")
+    logging.getLogger(PACKING_LOGGER).warning(
+        "hiredis>=2.2.1 is not installed: Redis commands are packed in Python, which is "
+        "slower (pip install 'conveyor[redis]')")
 
 
 def _packed(args: tuple[Any, ...]) -> list[bytes] | None:
