@@ -188,15 +188,27 @@ def test_async_enqueues_one_at_a_time_together_and_after_trouble(
         plain.close()
 
 
-def test_a_connection_closed_under_a_write_is_a_lost_connection() -> None:
+@pytest.mark.parametrize("hiredis", [True, False], ids=["hiredis", "no-hiredis"])
+def test_a_connection_closed_under_a_write_is_a_lost_connection(
+        hiredis: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     """redis-py 8.1 lets the transport's AttributeError through when another task closed the
     connection between its health check and its write; Conveyor's connections make it a
-    ConnectionError, which the broker retries as connection trouble."""
+    ConnectionError, which the broker retries as connection trouble (with hiredis or not:
+    without it, the class is made as if hiredis were not installed)."""
     import redis.asyncio
 
-    from conveyor.backends.redis.client import _hiredis_packing
+    from conveyor.backends.redis import client
 
-    class ClosedMeanwhile(_hiredis_packing(redis.asyncio.Connection)):  # type: ignore[misc]
+    if not hiredis:
+        monkeypatch.setattr(client, "_pack", None)
+        client.connection_class.cache_clear()
+    try:
+        chosen = client.connection_class(redis.asyncio.Connection)
+    finally:
+        client.connection_class.cache_clear()
+    assert ("pack_command" in vars(chosen)) is hiredis
+
+    class ClosedMeanwhile(chosen):  # type: ignore[misc,valid-type]
         race = False
 
         async def check_health(self) -> None:

@@ -22,7 +22,7 @@ import pytest
 import redis
 
 from conftest import cli_env
-from conveyor import Conveyor
+from conveyor import Conveyor, JobState
 from conveyor.backends.redis import RedisBroker
 from conveyor.backends.redis.replicas import ReplicasUnconfirmed
 from conveyor.backends.redis.sentinel import parse
@@ -152,6 +152,42 @@ def test_a_service_the_sentinels_do_not_know_is_named_in_the_reason(
         assert info.value.reason == says
         for secret in SECRETS:
             assert secret not in str(info.value)
+
+
+def test_a_wrong_address_among_the_sentinels_is_skipped(guarded: SentinelGroup) -> None:
+    """An address where another service answers (an HTTP server) and one where a plain Redis
+    answers (no sentinel), first in the list: each is skipped as an unreachable sentinel is,
+    and the jobs go through the sentinels after them."""
+    import socket
+    import threading
+
+    http = socket.socket()
+    http.bind(("127.0.0.1", 0))
+    http.listen(16)
+
+    def answer_http() -> None:
+        while True:
+            try:
+                conn, _ = http.accept()
+            except OSError:
+                return
+            with conn:
+                conn.recv(1000)
+                conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+
+    threading.Thread(target=answer_http, daemon=True).start()
+    plain = guarded.servers[0].port  # a Redis server: SENTINEL is no command of it
+    url = guarded.url(f"sentinel_password={SENTINEL_PASSWORD}").replace(
+        "@127.0.0.1:", f"@127.0.0.1:{http.getsockname()[1]},127.0.0.1:{plain},127.0.0.1:", 1)
+    app = Conveyor(store_timeout=5.0, namespace=f"t{new_id().lower()}")
+    app.use_url(url)
+    try:
+        handle = app.enqueue_call("noop", [1], {}, force=True)  # the blocking client
+        other = app.run_sync(app.enqueue_call_async("noop", [2], {}, force=True))  # asyncio
+        assert {handle.info().state, other.info().state} == {JobState.QUEUED}
+    finally:
+        app.close()
+        http.close()
 
 
 @pytest.fixture

@@ -241,3 +241,32 @@ def test_the_frame_fits_80_columns_with_long_names() -> None:
     assert any("12345" in line for line in lines)
     rows = [line for line in lines if "06H1H4W2" in line]
     assert len(rows) == 2 and all("resize" in row and "ValueError" in row for row in rows)
+
+
+def test_counts_and_pids_stay_whole_on_a_narrow_terminal() -> None:
+    """Counts are never squeezed: on a terminal too narrow for them the table is drawn wider
+    (the terminal cuts its right edge), as the admin commands' tables are; a worker's host
+    and pid are left out before."""
+    import time
+    from io import StringIO
+
+    from rich.console import Console
+
+    from conveyor.cli.top import queues_table, workers_table
+    from conveyor.job import WorkerInfo
+
+    now = time.time()
+    worker = WorkerInfo(id="h-1234567-x", host="a-rather-long-host-name", pid=1234567,
+                        queues=["default"], concurrency=10, min_concurrency=1,
+                        max_concurrency=10, busy=3, processed=123456789, failed=7654321,
+                        started_at=now, heartbeat_at=now)
+    counts = {"default": {"queued": 1234567, "succeeded": 98765432}}
+    for width in (60, 40):
+        out = StringIO()
+        console = Console(file=out, width=width, force_terminal=False)
+        console.print(queues_table(counts), crop=False)  # as the terminal shows it, uncut
+        console.print(workers_table([worker], now), crop=False)
+        text = out.getvalue()
+        for number in ("1234567", "98765432", "123456789", "7654321"):
+            assert number in text, (width, text)
+        assert "a-rather-long-host-name" not in text  # cut or left out

@@ -89,6 +89,14 @@ def one_line(text: str) -> str:
 PACKING_LOGGER = "conveyor.redis.packing"
 
 
+def quiet_for_commands() -> None:
+    """For the CLI's commands (not worker or serve): a store that cannot be used is the
+    command's one error line, not a warning before it, and the advice to install hiredis is
+    for the processes that run on."""
+    logging.getLogger("conveyor.store").setLevel(logging.ERROR)
+    logging.getLogger(PACKING_LOGGER).setLevel(logging.ERROR)
+
+
 def plural(count: int, noun: str, nouns: str | None = None) -> str:
     """``1 job``, ``3 jobs``."""
     return f"{count} {noun if count == 1 else nouns or noun + 's'}"

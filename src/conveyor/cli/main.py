@@ -22,7 +22,7 @@ from conveyor.cli.loading import (
 from conveyor.cli.output import errors
 from conveyor.errors import ConveyorError
 from conveyor.job import ALL_STATES
-from conveyor.logs import FORMATS, LEVELS, PACKING_LOGGER, log_level, setup_logging
+from conveyor.logs import FORMATS, LEVELS, log_level, quiet_for_commands, setup_logging
 from conveyor.serialization import is_utf8
 
 Command = Callable[[Conveyor, argparse.Namespace], Awaitable[int]]
@@ -201,13 +201,8 @@ ADMIN_RETRY_FOR = 5.0
 
 
 async def _run_command(command: Command, app: Conveyor, args: argparse.Namespace) -> int:
-    import logging
-
     app.broker.retry_for = min(app.store_timeout, ADMIN_RETRY_FOR)
-    # a store that cannot be used is the command's one error line, not a warning before it;
-    # the Redis client's advice (install hiredis) is for the processes that run on
-    logging.getLogger("conveyor.store").setLevel(logging.ERROR)
-    logging.getLogger(PACKING_LOGGER).setLevel(logging.ERROR)
+    quiet_for_commands()
     try:
         return await command(app, args)
     finally:

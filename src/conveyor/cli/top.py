@@ -29,6 +29,7 @@ from conveyor.backends import require_existing
 from conveyor.cli.loading import resolve_app
 from conveyor.cli.output import Col, fitted, printable
 from conveyor.job import ALL_STATES, FINAL_STATES, JobRecord, JobState, WorkerInfo
+from conveyor.logs import quiet_for_commands
 from conveyor.urls import redact_url
 
 #: samples kept for the sparklines
@@ -183,7 +184,9 @@ class Fitted:
                       caption=None if self.rows else self.empty)
         for row in self.rows:
             table.add_row(*(row[i] for i in shown))
-        yield table
+        # wider than the room only when the uncut columns alone are: never squeeze those
+        total = sum(widths[i] or 0 for i in shown) + 3 * len(shown) + 1
+        yield from console.render(table, options.update(width=max(total, options.max_width)))
 
 
 def queues_table(counts: Mapping[str, Mapping[str, int]]) -> Fitted:
@@ -212,7 +215,8 @@ def rates_table(rates: Rates) -> Table:
     return table
 
 
-WORKER_COLUMNS = (Col("host", fit=8), Col("pid", right=True), Col("queues", fit=8),
+WORKER_COLUMNS = (Col("host", fit=8, drop=3), Col("pid", right=True, drop=2),
+                  Col("queues", fit=8),
                   *(Col(h, right=True) for h in ("cur", "min", "max", "busy", "done", "failed")),
                   Col("heartbeat", right=True, drop=1))
 
@@ -323,10 +327,7 @@ def run_top(args: argparse.Namespace) -> int:
     app = resolve_app(args.app, args.url, args.namespace)
     require_existing(app.broker)  # a view: it never creates a store
     app.broker.retry_for = min(app.store_timeout, RETRY_FOR)
-    # a store that cannot be used is the one error line, not a warning before it
-    import logging
-
-    logging.getLogger("conveyor.store").setLevel(logging.ERROR)
+    quiet_for_commands()
     console = Console(highlight=False, markup=False, emoji=False)
     once = args.once or not console.is_terminal
 

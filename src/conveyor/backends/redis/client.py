@@ -50,13 +50,13 @@ log = logging.getLogger("conveyor.redis")
 
 
 def pack_with_hiredis(client: Any) -> None:
-    """Make the connections of ``client`` (a redis-py asyncio client) pack with hiredis;
-    without it, say so once (commands are then packed, more slowly, in Python)."""
+    """Give the connections of ``client`` (a redis-py asyncio client) Conveyor's class (see
+    :func:`connection_class`); without hiredis, say so once (commands are then packed, more
+    slowly, in Python)."""
     if _pack is None:
         _say_packing_is_slow()
-        return
     pool = client.connection_pool
-    pool.connection_class = _hiredis_packing(pool.connection_class)
+    pool.connection_class = connection_class(pool.connection_class)
 
 
 @cache
@@ -80,11 +80,11 @@ def _packed(args: tuple[Any, ...]) -> list[bytes] | None:
 
 
 @cache
-def _hiredis_packing(base: type) -> type:
-    class HiredisPacking(base):  # type: ignore[misc]
-        def pack_command(self, *args: Any) -> list[bytes]:
-            return _packed(args) or list(super().pack_command(*args))
+def connection_class(base: type) -> type:
+    """``base`` (a redis-py asyncio connection class) whose write on a connection closed
+    under it raises ``ConnectionError`` and, with hiredis, whose commands hiredis packs."""
 
+    class Guarded(base):  # type: ignore[misc]
         async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
             try:
                 await super().send_packed_command(command, check_health)
@@ -94,8 +94,15 @@ def _hiredis_packing(base: type) -> type:
                 raise RedisConnectionError(f"the connection closed while writing ({exc})") \
                     from exc
 
-    HiredisPacking.__name__ = HiredisPacking.__qualname__ = f"HiredisPacking{base.__name__}"
-    return HiredisPacking
+    chosen: type = Guarded
+    if _pack is not None:
+        class HiredisPacking(Guarded):
+            def pack_command(self, *args: Any) -> list[bytes]:
+                return _packed(args) or list(super().pack_command(*args))
+
+        chosen = HiredisPacking
+    chosen.__name__ = chosen.__qualname__ = f"{chosen.__name__}{base.__name__}"
+    return chosen
 
 
 #: seconds a connection may sit idle before it is checked on reuse

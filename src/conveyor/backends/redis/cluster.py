@@ -42,9 +42,8 @@ from conveyor.backends.redis.client import (
     LOST,
     TEXT_ERRORS,
     BlockingScripts,
-    _hiredis_packing,
-    _pack,
     _sha,
+    connection_class,
 )
 from conveyor.backends.redis.scripts import NAMES, source
 from conveyor.errors import ConfigurationError, redact_url
@@ -121,11 +120,11 @@ def async_client(url: str) -> Any:
         socket_keepalive=True, retry=Retry(NoBackoff(), 0), **options,
     )
     client.seeds = ",".join(_parts(url)[2])
-    if _pack is not None:  # the nodes of the slot map are made from connection_kwargs
-        packing = _hiredis_packing(client.connection_kwargs["connection_class"])
-        client.connection_kwargs["connection_class"] = packing
-        for node in client.nodes_manager.startup_nodes.values():
-            node.connection_class = packing
+    # the nodes of the slot map are made from connection_kwargs
+    chosen = connection_class(client.connection_kwargs["connection_class"])
+    client.connection_kwargs["connection_class"] = chosen
+    for node in client.nodes_manager.startup_nodes.values():
+        node.connection_class = chosen
     return client
 
 

@@ -43,8 +43,9 @@ def plain_client(url: str) -> str:
 def cluster_node(url: str) -> ConfigurationError:
     """The error of a plain client whose server is a Redis Cluster node: it works until the
     slot it uses moves, so it is refused at once."""
-    return ConfigurationError(f"{redact_url(url)}: this Redis is a Redis Cluster node (it "
-                              "answers MOVED): use redis+cluster://")
+    return ConfigurationError(f"{redact_url(url)}: this Redis is a Redis Cluster node (a "
+                              "plain client fails once a slot it uses moves): use "
+                              "redis+cluster://")
 
 
 def check(found: int, namespace: str, url: str) -> None:

@@ -12,11 +12,14 @@ from typing import Any
 
 from redis.asyncio.sentinel import Sentinel as AsyncSentinel
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import InvalidResponse, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.sentinel import MasterNotFoundError, Sentinel
 
-#: what the sentinels may fail with while they are asked (redis-py skips such a sentinel)
-SKIPPED = (RedisConnectionError, RedisTimeoutError)
+#: what the sentinels may fail with while they are asked: such a sentinel is skipped (redis-py
+#: skips the first two; an address where another service, or a Redis that is no sentinel,
+#: answers is skipped too, so one wrong address in the list does not refuse the store)
+SKIPPED = (RedisConnectionError, RedisTimeoutError, InvalidResponse, ResponseError)
 
 
 class NoMaster(MasterNotFoundError):
