@@ -69,6 +69,31 @@ def test_read_only_commands_work_once_the_store_exists(empty: Path) -> None:
     assert cli.json("stats")["queues"]["default"]["queued"] == 1
 
 
+def test_read_only_commands_read_while_another_process_holds_the_write_lock(
+        empty: Path) -> None:
+    """Opening a store already at this version's layout writes nothing, so the reads of
+    jobs, status, stats and jobs-known go on (WAL readers) while a write transaction of
+    another process is open; a command that writes waits for the lock, as it must."""
+    import sqlite3
+
+    path = empty / "conveyor.db"
+    cli = CLI(f"sqlite:///{path}", empty)
+    job_id = cli.enqueue("add", [1, 2], "--force")
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        assert job_id in cli.ok("jobs")
+        assert "queued" in cli.ok("status", job_id)
+        assert cli.json("stats")["queues"]["default"]["queued"] == 1
+        cli.ok("jobs-known")
+        line = one_error_line(cli("cancel", job_id))  # after the commands' 5 s
+        assert "locked" in line
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert cli.ok("cancel", job_id)
+
+
 # -- directories -----------------------------------------------------------------------------------
 @pytest.mark.parametrize("argv", [["jobs"], ["stats"], ["status", ID],
                                   ["enqueue", "add", "--force"],

@@ -18,7 +18,7 @@ from conveyor.backends.sqlite import schedules as sqlite_schedules
 from conveyor.backends.sqlite import sessions as sqlite_sessions
 from conveyor.backends.sqlite.clock import boot_id, lease_now
 from conveyor.backends.sqlite.lanes import Head, Lane, Limiter, Taken, cursors, laned_names, usage
-from conveyor.backends.sqlite.migrations import upgrade
+from conveyor.backends.sqlite.migrations import is_current, upgrade
 from conveyor.backends.sqlite.schema import (
     JOB_COLUMNS,
     STATS_COLUMNS,
@@ -167,10 +167,13 @@ class SQLiteBroker(Broker):
     def _open_writer(self) -> sqlite3.Connection:
         conn = self._connect()
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            upgrade(conn, self.ns, str(self.settings.path.absolute()))
-            check_boot(conn, self.ns, boot_id(), lease_now())
-            conn.execute("COMMIT")
+            # a store already at this layout and boot needs no write (nor the write lock,
+            # which another process may hold: a read-only command then reads at once)
+            if not is_current(conn, self.ns, boot_id()):
+                conn.execute("BEGIN IMMEDIATE")
+                upgrade(conn, self.ns, str(self.settings.path.absolute()))
+                check_boot(conn, self.ns, boot_id(), lease_now())
+                conn.execute("COMMIT")
         except BaseException:  # a full disk, say: nothing left half-open; a later open retries
             conn.close()
             raise

@@ -144,6 +144,21 @@ def layout_of(conn: sqlite3.Connection, ns: str) -> int:
                                  "number; it was not written by Conveyor") from None
 
 
+def is_current(conn: sqlite3.Connection, ns: str, boot: str) -> bool:
+    """Whether opening namespace ``ns`` would write nothing, read without a write lock: the
+    file and the namespace are at :data:`LAYOUT` and the database last saw boot ``boot``
+    (see :func:`conveyor.backends.sqlite.schema.check_boot`). Anything else (a new file, an
+    older or newer layout, an odd value) is for the write transaction to decide."""
+    try:
+        (file_layout,) = conn.execute("PRAGMA user_version").fetchone()
+        if file_layout != LAYOUT or layout_of(conn, ns) != LAYOUT:
+            return False
+        row = conn.execute(f"SELECT value FROM {ns}_meta WHERE key='boot'").fetchone()
+    except (sqlite3.Error, ConfigurationError):
+        return False
+    return row is not None and row[0] == boot
+
+
 def upgrade(conn: sqlite3.Connection, ns: str, where: str) -> int:
     """Bring namespace ``ns`` up to :data:`LAYOUT` inside the caller's write transaction;
     return the layout it had. Raise :class:`NewerStore` (changing nothing) for a file or a
