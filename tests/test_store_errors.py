@@ -243,6 +243,41 @@ def test_a_locked_database_reaches_the_caller_as_store_unavailable(tmp_path: Pat
     app.close()
 
 
+def test_a_lock_wait_that_fails_after_the_store_answered_again_is_no_new_outage(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A call that waited out a lock and failed carries when it began: noted after another
+    call found the store usable again, it is the old outage's, not a new one (one warning
+    and one recovery line per outage); the warning names the driver's error once."""
+    import logging
+
+    from conveyor.backends.outage import outage_for
+
+    caplog.set_level(logging.INFO, logger="conveyor.store")
+    db = tmp_path / "locked.db"
+    app = register(Conveyor(url=f"sqlite:///{db}?busy_timeout=300"))
+    app.enqueue("add", 1, 1)
+    outage = outage_for(app.broker)
+    holder = sqlite3.connect(db, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(StoreUnavailable) as failed:
+            app.enqueue("add", 1, 2)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert failed.value.sent is not None and failed.value.sent <= time.monotonic()
+    outage.note(failed.value)  # the outage begins: one warning
+    app.enqueue("add", 2, 2)
+    outage.recovered()  # a call went through: one recovery line
+    outage.note(failed.value)  # the same failed call, noted late
+    lines = [r.getMessage() for r in caplog.records if r.name == "conveyor.store"]
+    assert len(lines) == 2, lines
+    assert lines[0].startswith(f"cannot reach the store {outage.name}: "), lines
+    assert lines[1].startswith(f"store {outage.name} is reachable again "), lines
+    assert lines[0].endswith("the database is locked (database is locked)"), lines[0]
+    app.close()
+
+
 def test_configuration_errors_stay_non_transient(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError):
         SQLiteBroker("sqlite:///x.db?busy_timeout=soon")

@@ -79,8 +79,10 @@ class Outage:
         if isinstance(error, WritesUnconfirmed):
             self.unconfirmed(error.reason, error.wanted)
             return
-        self.trouble(getattr(error, "reason", "") or str(error), str(error),
-                     getattr(error, "sent", None))
+        reason = getattr(error, "reason", "")
+        # a StoreUnavailable's own text repeats its reason: the driver's is the detail
+        detail = str(error.__cause__ if reason and error.__cause__ is not None else error)
+        self.trouble(reason or str(error), detail, getattr(error, "sent", None))
 
     def recovered(self) -> None:
         """Note that the store answered; log the end of an outage, if one was under way."""

@@ -217,19 +217,22 @@ class SQLiteBroker(Broker):
     def _guarded(self) -> Iterator[None]:
         """Raise trouble that may pass (a full disk, a lock, an I/O error) as
         :class:`StoreUnavailable`, and note it in :attr:`last_trouble`."""
+        sent = time.monotonic()
         try:
             yield
         except (sqlite3.Error, OSError) as exc:
-            self._fail(exc)
+            self._fail(exc, sent)
 
-    def _fail(self, error: sqlite3.Error | OSError) -> NoReturn:
+    def _fail(self, error: sqlite3.Error | OSError, sent: float) -> NoReturn:
         """Raise ``error``, as :class:`StoreUnavailable` when it may pass (noted in
-        :attr:`last_trouble`)."""
+        :attr:`last_trouble`); ``sent`` (``time.monotonic()``) is when the call began, so
+        that one waiting out a lock that fails just after the store answered again is not
+        taken for a new outage."""
         reason = unavailable_reason(error, self.settings.path)
         if reason is None:
             raise error
         self.last_trouble = time.monotonic()
-        raise StoreUnavailable(self.url, reason) from error
+        raise StoreUnavailable(self.url, reason, sent) from error
 
     def _reader(self) -> sqlite3.Connection:
         """This thread's read connection, opened on first use and again after a close."""
@@ -275,12 +278,13 @@ class SQLiteBroker(Broker):
 
     async def _write(self, fn: Callable[[sqlite3.Connection], T], keeps: bool = False) -> T:
         """Run ``fn`` in the writer's next transaction (``keeps``: see :class:`Writer`)."""
+        sent = time.monotonic()
         try:  # as _guarded() does, without a context manager on this busy path
             if not self._opened:
                 await self.open()
             result: T = await self._writer.run(fn, keeps)
         except (sqlite3.Error, OSError) as exc:
-            self._fail(exc)
+            self._fail(exc, sent)
         return result
 
     # -- producers ----------------------------------------------------------------------------
@@ -427,10 +431,11 @@ class SQLiteBroker(Broker):
         if not self._opened:
             self.open_blocking()
         fn = self._enqueue_fn(jobs, limits)
+        sent = time.monotonic()
         try:  # as _guarded() does, without a context manager on this busy path
             result: list[str | None] = self._writer.run_blocking(fn, True)
         except (sqlite3.Error, OSError) as exc:
-            self._fail(exc)
+            self._fail(exc, sent)
         return result
 
     async def remember_idempotency(
