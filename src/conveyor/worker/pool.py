@@ -155,6 +155,11 @@ class Worker:
         self._closing = False
         self.maintenance = Maintenance(self)
         self._outcomes: list[Outcome] = []
+        #: the batch of outcomes being written now
+        self._writing: list[Outcome] = []
+        #: ids (``id()``) of outcomes not to write again: their job was claimed anew by this
+        #: worker, so the store has them already (or has moved the job on without them)
+        self._superseded: set[int] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping: asyncio.Event | None = None
         self._wake: asyncio.Event | None = None
@@ -469,7 +474,11 @@ class Worker:
         """Buffer claimed jobs; a job this worker already holds (an older attempt the store
         has moved on from) replaces the old attempt, which is stopped."""
         now = time.monotonic()
+        pending = ({o.job_id for o in (*self._outcomes, *self._writing)}
+                   if self._outcomes or self._writing else ())
         for n, record in enumerate(jobs):
+            if record.id in pending:
+                self._supersede(record.id)
             if record.id in self.running:
                 self.lose(record.id)
             if record.id in self._buffered_at:  # rare: most claims are new to this worker
@@ -479,6 +488,17 @@ class Worker:
             self._buffered_at[record.id] = now
             if n >= free or record.suspect:  # as the claim marked them
                 self._unstarted.add(record.id)
+
+    def _supersede(self, job_id: str) -> None:
+        """This worker claimed ``job_id`` anew while an outcome of an earlier attempt of it
+        waits to be written (again, after a reply lost to store trouble): the store has that
+        outcome already, or has moved the job on without it, so it is never written again.
+        Written again, it could end the new attempt (a deferral or a hand-back leaves the
+        attempt number as it was, and the owner is this same worker)."""
+        self._superseded.update(id(o) for o in (*self._outcomes, *self._writing)
+                                if o.job_id == job_id)
+        self._outcomes = [o for o in self._outcomes if o.job_id != job_id]
+        self._settling.pop(job_id, None)
 
     async def _isolate(self) -> None:
         """Before a suspect starts alone, hand the other buffered jobs back to the store
@@ -702,7 +722,13 @@ class Worker:
     async def _flush(self) -> None:
         while self._outcomes:
             batch, self._outcomes = self._outcomes, []
-            written = await self._write(batch)
+            self._writing = batch
+            try:
+                written = await self._write(batch)
+            finally:
+                self._writing = []
+                if self._superseded:
+                    self._superseded.difference_update(id(o) for o in batch)
             if self._settling:
                 self._free_settled(batch)
             for outcome in written:
@@ -754,12 +780,15 @@ class Worker:
         # the store's trouble is logged once per outage (conveyor.backends.outage), not at
         # each retry; the outcomes wait for it
         outage_for(self.broker).note(exc)
-        self._outcomes[:0] = batch
+        self._outcomes[:0] = ([o for o in batch if id(o) not in self._superseded]
+                              if self._superseded else batch)
         return True
 
     async def _write_alone(self, outcome: Outcome) -> list[Outcome]:
         """Settle one outcome, trying it :data:`SETTLE_TRIES` times before giving it up."""
         for tries in range(1, SETTLE_TRIES + 1):
+            if id(outcome) in self._superseded:
+                return []
             try:
                 await self.broker.settle([outcome])
             except Exception as exc:
