@@ -201,7 +201,11 @@ def test_sigterm_to_a_worker_opening_a_locked_database(tmp_path: Path) -> None:
     path = tmp_path / "conveyor.db"
     store = Store(f"sqlite:///{path}", worker_url=f"sqlite:///{path}?busy_timeout=3000")
     try:
-        store.app.run_sync(store.app.broker.open())  # the tables, then the lock
+        # the file exists, the worker's namespace does not: its opening must write (in a
+        # store call of its executor), and waits for the lock
+        other = Conveyor(url=f"sqlite:///{path}", namespace="other")
+        other.run_sync(other.broker.open())
+        other.close()
         locker = sqlite3.connect(path, isolation_level=None, timeout=10)
         locker.execute("BEGIN EXCLUSIVE")
         try:

@@ -157,8 +157,9 @@ class Worker:
         self._outcomes: list[Outcome] = []
         #: the batch of outcomes being written now
         self._writing: list[Outcome] = []
-        #: ids (``id()``) of outcomes not to write again: their job was claimed anew by this
-        #: worker, so the store has them already (or has moved the job on without them)
+        #: ids (``id()``) of outcomes of the batch being written not to write again: their
+        #: job was claimed anew by this worker, so the store has them already (or has moved
+        #: the job on without them); cleared when the batch's write ends
         self._superseded: set[int] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping: asyncio.Event | None = None
@@ -495,8 +496,9 @@ class Worker:
         outcome already, or has moved the job on without it, so it is never written again.
         Written again, it could end the new attempt (a deferral or a hand-back leaves the
         attempt number as it was, and the owner is this same worker)."""
-        self._superseded.update(id(o) for o in (*self._outcomes, *self._writing)
-                                if o.job_id == job_id)
+        # the batch being written is marked (its objects live until the write ends, when the
+        # marks go); the queued ones are simply dropped
+        self._superseded.update(id(o) for o in self._writing if o.job_id == job_id)
         self._outcomes = [o for o in self._outcomes if o.job_id != job_id]
         self._settling.pop(job_id, None)
 
