@@ -13,8 +13,10 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -139,3 +141,28 @@ def shared_redis_url() -> str:
         _shared = RedisServer().start()
         atexit.register(_shared.remove)
     return _shared.url
+
+
+@contextmanager
+def not_redis() -> Iterator[int]:
+    """A port where another service answers (an HTTP server's 400 to anything): what a URL
+    naming the wrong port reaches. Yields the port."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+
+    def answer() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:  # closed: the test is over
+                return
+            with conn:
+                conn.recv(1000)
+                conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+
+    threading.Thread(target=answer, daemon=True).start()
+    try:
+        yield int(listener.getsockname()[1])
+    finally:
+        listener.close()

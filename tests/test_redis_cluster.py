@@ -514,6 +514,17 @@ def test_a_cluster_url_naming_a_plain_redis_is_a_clear_error() -> None:
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
 
 
+def refused_blocking(url: str, namespace: str, expected: str) -> None:
+    """An app on ``url``: its blocking enqueue raises ConfigurationError matching
+    ``expected``."""
+    app = make_app(url, namespace, store_timeout=5.0)
+    try:
+        with pytest.raises(ConfigurationError, match=expected):
+            app.enqueue("square", 1)  # the blocking client
+    finally:
+        app.close()
+
+
 def test_a_plain_url_naming_a_cluster_node_is_a_clear_error(cluster: RedisCluster) -> None:
     """redis:// at a node that does not serve the namespace's slot: its MOVED reply is a
     ConfigurationError at once, not trouble retried until the store_timeout."""
@@ -524,12 +535,7 @@ def test_a_plain_url_naming_a_cluster_node_is_a_clear_error(cluster: RedisCluste
     broker.retry_for = 5.0
     with pytest.raises(ConfigurationError, match=expected):
         asyncio.run(broker.open())
-    app = make_app(url, namespace, store_timeout=5.0)
-    try:
-        with pytest.raises(ConfigurationError, match=expected):
-            app.enqueue("square", 1)  # the blocking client
-    finally:
-        app.close()
+    refused_blocking(url, namespace, expected)
 
 
 @pytest.mark.parametrize("shard", ["", "?shard=queue"])
@@ -542,12 +548,7 @@ def test_a_plain_url_naming_the_node_that_serves_the_slot_is_refused_too(
     owner = cluster.slot_owner(f"{{{namespace}}}:jobs")
     url = f"redis://127.0.0.1:{owner.port}{shard}"
     expected = "is a Redis Cluster node .*use redis\\+cluster://"
-    app = make_app(url, namespace, store_timeout=5.0)
-    try:
-        with pytest.raises(ConfigurationError, match=expected):
-            app.enqueue("square", 1)  # the blocking client
-    finally:
-        app.close()
+    refused_blocking(url, namespace, expected)
     broker = make_app(url, namespace).broker
     with pytest.raises(ConfigurationError, match=expected):
         asyncio.run(broker.open())

@@ -158,36 +158,20 @@ def test_a_wrong_address_among_the_sentinels_is_skipped(guarded: SentinelGroup) 
     """An address where another service answers (an HTTP server) and one where a plain Redis
     answers (no sentinel), first in the list: each is skipped as an unreachable sentinel is,
     and the jobs go through the sentinels after them."""
-    import socket
-    import threading
+    from redis_server import not_redis
 
-    http = socket.socket()
-    http.bind(("127.0.0.1", 0))
-    http.listen(16)
-
-    def answer_http() -> None:
-        while True:
-            try:
-                conn, _ = http.accept()
-            except OSError:
-                return
-            with conn:
-                conn.recv(1000)
-                conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
-
-    threading.Thread(target=answer_http, daemon=True).start()
     plain = guarded.servers[0].port  # a Redis server: SENTINEL is no command of it
-    url = guarded.url(f"sentinel_password={SENTINEL_PASSWORD}").replace(
-        "@127.0.0.1:", f"@127.0.0.1:{http.getsockname()[1]},127.0.0.1:{plain},127.0.0.1:", 1)
-    app = Conveyor(store_timeout=5.0, namespace=f"t{new_id().lower()}")
-    app.use_url(url)
-    try:
-        handle = app.enqueue_call("noop", [1], {}, force=True)  # the blocking client
-        other = app.run_sync(app.enqueue_call_async("noop", [2], {}, force=True))  # asyncio
-        assert {handle.info().state, other.info().state} == {JobState.QUEUED}
-    finally:
-        app.close()
-        http.close()
+    with not_redis() as port:
+        url = guarded.url(f"sentinel_password={SENTINEL_PASSWORD}").replace(
+            "@127.0.0.1:", f"@127.0.0.1:{port},127.0.0.1:{plain},127.0.0.1:", 1)
+        app = Conveyor(store_timeout=5.0, namespace=f"t{new_id().lower()}")
+        app.use_url(url)
+        try:
+            handle = app.enqueue_call("noop", [1], {}, force=True)  # the blocking client
+            other = app.run_sync(app.enqueue_call_async("noop", [2], {}, force=True))
+            assert {handle.info().state, other.info().state} == {JobState.QUEUED}
+        finally:
+            app.close()
 
 
 @pytest.fixture

@@ -332,25 +332,12 @@ def test_a_url_at_no_redis_or_past_its_databases_is_a_configuration_error(
     ``databases``: a ConfigurationError at once naming the store, from the blocking and the
     async enqueue alike, never redis-py's own exception; a worker exits with one line."""
     pytest.importorskip("redis")
-    http = socket.socket()
-    http.bind(("127.0.0.1", 0))
-    http.listen(16)
+    from redis_server import not_redis
 
-    def answer_http() -> None:
-        while True:
-            try:
-                conn, _ = http.accept()
-            except OSError:
-                return
-            with conn:
-                conn.recv(1000)
-                conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
-
-    threading.Thread(target=answer_http, daemon=True).start()
-    cases = [(f"redis://:{PASSWORD}@127.0.0.1:{http.getsockname()[1]}/0",
-              "does not answer as a Redis server does"),
-             (server.url.rsplit("/", 1)[0] + "/99", "DB index is out of range")]
-    try:
+    with not_redis() as port:
+        cases = [(f"redis://:{PASSWORD}@127.0.0.1:{port}/0",
+                  "does not answer as a Redis server does"),
+                 (server.url.rsplit("/", 1)[0] + "/99", "DB index is out of range")]
         for url, expected in cases:
             app = Conveyor(url=url, store_timeout=5.0)
             register(app)
@@ -372,8 +359,6 @@ def test_a_url_at_no_redis_or_past_its_databases_is_a_configuration_error(
                 check=False)
             assert done.returncode == 1, (done.stdout, done.stderr)
             assert expected in done.stderr and "Traceback" not in done.stderr, done.stderr
-    finally:
-        http.close()
 
 
 # -- close() ----------------------------------------------------------------------------------
