@@ -189,7 +189,7 @@ class Metrics:
                 children = self._jobs.get((name, queue)) or self._children(name, queue)
                 children.enqueued.inc()
             else:
-                (self._jobs.get((name, queue)) or self._children(name, queue)).deduplicated.inc()
+                self._children(name, queue).deduplicated.inc()
             return
         stored = collections.Counter[tuple[str, str]]()
         deduplicated = collections.Counter[tuple[str, str]]()

@@ -183,6 +183,21 @@ def fit_widths(cols: Sequence[Col], cells: Sequence[Sequence[str]],
     return widths
 
 
+def fitted_table(cols: Sequence[Col], rows: Sequence[Sequence[Text]], width: int, gap: int,
+                 **style: Any) -> tuple[Table, int]:
+    """A rich table (``style``: its options) of ``rows`` whose columns, ``gap`` cells apart,
+    fit ``width`` cells (see :func:`fitted`), and the cells it takes: more than ``width``
+    only when the columns never cut take more alone (those are never squeezed)."""
+    cols, widths = fitted(cols, [[cell.plain for cell in row] for row in rows], width, gap)
+    shown = [i for i, w in enumerate(widths) if w is not None]
+    table = Table(*(Column(cols[i].header, width=widths[i], no_wrap=True, overflow="ellipsis",
+                           justify="right" if cols[i].right else "left") for i in shown),
+                  **style)
+    for row in rows:
+        table.add_row(*(row[i] for i in shown))
+    return table, sum(widths[i] or 0 for i in shown) + gap * (len(shown) - 1)
+
+
 def print_table(cols: Sequence[Col], rows: Iterable[Sequence[Cell]], *, title: str = "",
                 empty: str = "", out: Console | None = None) -> None:
     """Print a table: fitted to the terminal, or tab-separated lines when piped.
@@ -197,19 +212,12 @@ def print_table(cols: Sequence[Col], rows: Iterable[Sequence[Cell]], *, title: s
         out.file.write("\n".join(lines) + "\n")
         out.file.flush()
         return
-    cells = [[terminal_cell(v) for v in row] for row in rows]
-    cols, widths = fitted(cols, cells, out.width)
-    shown = [i for i, w in enumerate(widths) if w is not None]
-    table = Table(*(Column(cols[i].header, width=widths[i], no_wrap=True, overflow="ellipsis",
-                           justify="right" if cols[i].right else "left") for i in shown),
-                  box=None, pad_edge=False, padding=(0, GAP // 2), show_edge=False,
-                  header_style="bold", expand=False,
-                  title=title or None, title_justify="left", title_style="bold",
-                  caption=empty if not rows and empty else None, caption_justify="left")
-    for row in cells:
-        table.add_row(*(Text(row[i]) for i in shown))
-    # wider than the terminal only when the uncut columns alone are: never cut those
-    total = sum(widths[i] or 0 for i in shown) + GAP * (len(shown) - 1)
+    cells = [[Text(terminal_cell(v)) for v in row] for row in rows]
+    table, total = fitted_table(
+        cols, cells, out.width, GAP, box=None, pad_edge=False, padding=(0, GAP // 2),
+        show_edge=False, header_style="bold", expand=False, title=title or None,
+        title_justify="left", title_style="bold",
+        caption=empty if not rows and empty else None, caption_justify="left")
     if total > out.width:
         out = Console(file=out.file, width=total, force_terminal=True, highlight=False,
                       markup=False, emoji=False, no_color=out.no_color)

@@ -27,7 +27,7 @@ from rich.text import Text
 from conveyor.app import Conveyor
 from conveyor.backends import require_existing
 from conveyor.cli.loading import resolve_app
-from conveyor.cli.output import Col, fitted, printable
+from conveyor.cli.output import Col, fitted_table, printable
 from conveyor.job import ALL_STATES, FINAL_STATES, JobRecord, JobState, WorkerInfo
 from conveyor.logs import quiet_for_commands
 from conveyor.urls import redact_url
@@ -173,20 +173,12 @@ class Fitted:
         self.rows.append([c if isinstance(c, Text) else plain(c) for c in cells])
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
-        # a bordered table takes 3 cells per column and 1 more: widths + 3 * (n - 1) <= W - 4
-        cols, widths = fitted(self.cols, [[t.plain for t in row] for row in self.rows],
-                              options.max_width - 4, gap=3)
-        shown = [i for i, w in enumerate(widths) if w is not None]
-        table = Table(*(Column(cols[i].header, width=widths[i], no_wrap=True,
-                               overflow="ellipsis", justify="right" if cols[i].right else "left")
-                        for i in shown),
-                      title=self.title, title_justify="left",
-                      caption=None if self.rows else self.empty)
-        for row in self.rows:
-            table.add_row(*(row[i] for i in shown))
-        # wider than the room only when the uncut columns alone are: never squeeze those
-        total = sum(widths[i] or 0 for i in shown) + 3 * len(shown) + 1
-        yield from console.render(table, options.update(width=max(total, options.max_width)))
+        # a bordered table takes 3 cells between columns and 4 at its edges
+        table, total = fitted_table(self.cols, self.rows, options.max_width - 4, 3,
+                                    title=self.title, title_justify="left",
+                                    caption=None if self.rows else self.empty)
+        yield from console.render(table, options.update(width=max(total + 4,
+                                                                  options.max_width)))
 
 
 def queues_table(counts: Mapping[str, Mapping[str, int]]) -> Fitted:

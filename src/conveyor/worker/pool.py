@@ -476,7 +476,7 @@ class Worker:
         has moved on from) replaces the old attempt, which is stopped."""
         now = time.monotonic()
         pending = ({o.job_id for o in (*self._outcomes, *self._writing)}
-                   if self._outcomes or self._writing else ())
+                   if jobs and (self._outcomes or self._writing) else ())
         for n, record in enumerate(jobs):
             if record.id in pending:
                 self._supersede(record.id)

@@ -330,3 +330,12 @@ local function set_last_and_next(last_key, next_key, name, last, next_tick)
     redis.call('HSET', next_key, name, next_tick)
   end
 end
+
+-- Whether this server is a Redis Cluster node while the caller's client follows no cluster
+-- redirections (its flag, `plain`, is '1'): such a client works only until a slot it uses
+-- moves. An ACL that denies INFO leaves the check out.
+local function refused_cluster_node(plain)
+  if plain ~= '1' then return false end
+  local info = redis.pcall('INFO', 'cluster')
+  return type(info) == 'string' and string.find(info, 'cluster_enabled:1', 1, true) ~= nil
+end

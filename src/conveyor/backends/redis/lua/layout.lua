@@ -12,12 +12,7 @@
 --       left as it is (the caller refuses the store). When a step needs the queues' keys
 --       and the queues given are not those of the set, nothing changes and the reply is
 --       {the queue names}: the caller calls again with their keys.
-if ARGV[2] == '1' then
-  local info = redis.pcall('INFO', 'cluster')  -- an ACL may deny INFO: then no check
-  if type(info) == 'string' and string.find(info, 'cluster_enabled:1', 1, true) then
-    return -3
-  end
-end
+if refused_cluster_node(ARGV[2]) then return -3 end
 local raw = redis.call('GET', KEYS[1])
 local found = tonumber(raw)
 if raw and not found then

@@ -4,12 +4,7 @@
 --       Cluster redirections (a cluster node is then refused: 'cluster').
 -- Returns: what the layout key holds ('sharded N' for a sharded namespace, a number for a
 --       plain one), or 'plain' for a plain namespace made before layouts were numbered.
-if ARGV[2] == '1' then
-  local info = redis.pcall('INFO', 'cluster')  -- an ACL may deny INFO: then no check
-  if type(info) == 'string' and string.find(info, 'cluster_enabled:1', 1, true) then
-    return 'cluster'
-  end
-end
+if refused_cluster_node(ARGV[2]) then return 'cluster' end
 local raw = redis.call('GET', KEYS[1])
 if raw then return raw end
 if redis.call('EXISTS', KEYS[2]) == 1 or redis.call('EXISTS', KEYS[3]) == 1 then
