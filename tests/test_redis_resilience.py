@@ -85,8 +85,11 @@ def all_succeeded(app: Conveyor, ids: list[str]) -> bool:
 
 
 def test_two_worker_processes_share_one_queue(app: Conveyor, workers: Workers) -> None:
-    handles = app.enqueue_many("pause", [(n, 0.01) for n in range(300)])
     first, second = workers.start("--max-workers", "8"), workers.start("--max-workers", "8")
+    # both sign in before the work arrives: on a loaded machine one worker could otherwise
+    # drain the whole backlog before the other has started
+    wait_until(lambda: len(app.run_sync(app.broker.workers())) == 2, what="both workers to start")
+    handles = app.enqueue_many("pause", [(n, 0.01) for n in range(300)])
     ids = [h.id for h in handles]
     wait_until(lambda: all_succeeded(app, ids), what="all jobs to succeed")
     owners = {h.info().worker_id for h in handles}
