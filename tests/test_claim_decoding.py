@@ -24,7 +24,7 @@ LANES = ["", "0:", "4:acme", "3:héllo"]  # none, the empty group, groups (bytes
 
 
 def expected(run_at: str, attempts: str, recoveries: str, suspect: str, priority: str,
-             deferrals: Any, lane: str) -> JobRecord:
+             deferrals: Any, lane: str, claim: Any) -> JobRecord:
     """The record as a keyword-built JobRecord, from the reply's values."""
     return JobRecord(
         id=SPEC["id"], name=SPEC["name"], queue=SPEC["queue"], state=JobState.RUNNING,
@@ -33,7 +33,8 @@ def expected(run_at: str, attempts: str, recoveries: str, suspect: str, priority
         attempts=int(attempts), recoveries=int(recoveries), started_at=STARTED,
         worker_id="w1", lease_expires_at=LEASE, suspect=suspect == "1",
         priority=int(priority.split(" ")[0]) if priority else 0,
-        deferrals=int(deferrals or 0), group=group_of_lane(lane) if lane else None)
+        deferrals=int(deferrals or 0), group=group_of_lane(lane) if lane else None,
+        claim=int(claim))
 
 
 COMBINATIONS = list(itertools.product(
@@ -43,6 +44,7 @@ COMBINATIONS = list(itertools.product(
     ["", "5 0", "-10 1.5"],  # priority field
     ["", "0", "4", 0, 7],  # deferrals (as text, or a number from the script)
     LANES,
+    [1, 12],  # claim number (a number from the script)
 ))
 
 
@@ -52,7 +54,7 @@ def as_dict(record: JobRecord) -> dict[str, Any]:
 
 @pytest.mark.parametrize("lane", LANES)
 def test_claimed_records_match_keyword_built_ones_field_by_field(lane: str) -> None:
-    rows = [c for c in COMBINATIONS if c[-1] == lane]
+    rows = [c for c in COMBINATIONS if c[-2] == lane]
     reply: list[Any] = [str(STARTED), str(LEASE), "", []]
     for row in rows:
         reply += [json.dumps(SPEC, separators=(",", ":")), *row]
@@ -73,6 +75,7 @@ def test_a_reply_without_jobs_is_empty() -> None:
 
 @pytest.mark.parametrize("text", ["{oops", "oops", ""])
 def test_a_job_that_is_not_json_raises_the_decoders_error(text: str) -> None:
-    reply: list[Any] = [str(STARTED), str(LEASE), "", [], text, "", "1", "0", "0", "", "0", ""]
+    reply: list[Any] = [str(STARTED), str(LEASE), "", [], text, "", "1", "0", "0", "", "0", "",
+                       1]
     with pytest.raises(json.JSONDecodeError):
         codec.claimed_jobs(reply, "w1")

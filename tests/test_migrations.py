@@ -334,6 +334,48 @@ def test_the_sqlite_limits_step_can_run_again(tmp_path: Path) -> None:
     conn.close()
 
 
+def test_a_sqlite_store_of_layout_4_gains_claim_numbers_with_its_running_job_kept(
+        tmp_path: Path) -> None:
+    """Jobs stored before claim numbers start from 0; a job running then (claimed by a
+    worker of the older release) is settled by an outcome that names no claim; the next
+    claims are numbered, the same worker's second claim of a job apart from its first."""
+    from conveyor.backends.sqlite.migrations import STEPS
+    from conveyor.job import Outcome, OutcomeKind
+
+    path = tmp_path / "four.db"
+    _old_sqlite(path)
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.executescript(LAYOUT_2_SQL)
+    conn.executescript(LAYOUT_3_SQL)
+    STEPS[3](conn, "old")  # layout 4 as it was made: its step adds only what is missing
+    conn.execute("UPDATE old_meta SET value='4' WHERE key='layout'")
+    conn.execute("PRAGMA user_version=4")
+    conn.execute("UPDATE old_jobs SET state='running', worker_id='w0', attempts=2, "
+                 "lease_expires_at=? WHERE id='s1'", (time.time() + 60,))
+    conn.close()
+
+    async def use() -> None:
+        broker = SQLiteBroker(f"sqlite:///{path}", namespace="old")
+        await broker.open()
+        await broker.settle([Outcome("s1", "w0", OutcomeKind.SUCCEEDED, time.time(),
+                                     result_json='"kept"')])
+        s1 = await broker.get("s1")
+        assert s1 is not None and (s1.state, s1.result) == (JobState.SUCCEEDED, "kept")
+        (first,) = await broker.claim("w1", ["default"], 1, 30.0)
+        assert (first.id, first.attempts, first.claim) == ("q1", 1, 1)
+        await broker.settle([Outcome("q1", "w1", OutcomeKind.REQUEUE, time.time(),
+                                     claim=first.claim)])
+        (second,) = await broker.claim("w1", ["default"], 1, 30.0)
+        assert (second.id, second.attempts, second.claim) == ("q1", 1, 2)
+        await broker.close()
+
+    asyncio.run(use())
+    conn = _upgraded(path)
+    assert "claim" in {row[1] for row in conn.execute("PRAGMA table_info(old_jobs)")}
+    conn.close()
+    _check_reopened(f"sqlite:///{path}")
+
+
 async def _use_once(url: str) -> None:
     from conveyor.job import JobRecord
 
@@ -427,8 +469,9 @@ def test_a_redis_namespace_of_layout_3_takes_limits_with_its_jobs_unlaned() -> N
         broker = RedisBroker(url, namespace=ns)
         await broker.open()
         records = [await broker.get(i) for i in ("q3", "s3", "r3")]
+        # claimed before the upgrade, it has no claim number: its outcome names none
         await broker.settle([Outcome("r3", "w0", OutcomeKind.SUCCEEDED, time.time(),
-                                     result_json="null", attempt=1)])
+                                     result_json="null")])
         laned = JobRecord(new_id(), "capped", "default", JobState.QUEUED, [], {},
                           time.time(), time.time(), group="a")
         await broker.enqueue([laned], {})

@@ -85,7 +85,7 @@ def test_what_a_laned_job_writes_and_its_end_leaves_nothing(client: redis.Redis)
         assert client.zrange(running + part("acme"), 0, -1) == [job.id]
         assert client.hget(f"{p}:cursors", part("default") + part(NAME)) == "acme"
         await broker.settle([Outcome(job.id, "w1", OutcomeKind.SUCCEEDED, time.time(),
-                                     result_json="null", attempt=1)])
+                                     result_json="null", claim=1)])
         return claimed
 
     claimed = on_redis(scenario, ns)
@@ -120,18 +120,18 @@ def test_every_path_keeps_the_lanes_right(client: redis.Redis) -> None:
         got = await broker.claim("w1", ["default"], 10, 30.0, limits=_limits())
         assert in_lanes() == set()
         await broker.settle([Outcome(j.id, "w1", OutcomeKind.REQUEUE, time.time(),
-                                     attempt=j.attempts) for j in got])
+                                     claim=j.claim) for j in got])
         assert in_lanes() == {j.id for j in got}
         for record in await broker.claim("w1", ["default"], 10, 30.0):
             await broker.settle([Outcome(record.id, "w1", OutcomeKind.DEAD, time.time(),
-                                         error="x", attempt=record.attempts)])
+                                         error="x", claim=record.claim)])
         assert _lane_keys(client, ns) == []
         assert await broker.retry_dead() == 3
         assert in_lanes() == {jobs[0].id, jobs[1].id, jobs[3].id}
         for record in await broker.claim("w1", ["default"], 10, 30.0):
             await broker.cancel(record.id)  # running: asked, still running
             await broker.settle([Outcome(record.id, "w1", OutcomeKind.RETRY, time.time(),
-                                         run_at=time.time(), attempt=record.attempts)])
+                                         run_at=time.time(), claim=record.claim)])
         assert _lane_keys(client, ns) == []  # ended cancelled: nothing left
 
     on_redis(scenario, ns)
@@ -236,11 +236,11 @@ def test_a_heartbeat_extends_the_slot_and_a_deferral_frees_it(client: redis.Redi
         before = client.zscore(f"{p}:run:{part(NAME)}{part('a')}", job.id)
         worker = WorkerInfo("w1", "h", 1, ["default"], 1, 1, 1, 0, 0, 0, time.time(),
                             time.time())
-        await broker.heartbeat(worker, {job.id: held.attempts}, 60.0)
+        await broker.heartbeat(worker, {job.id: held.claim}, 60.0)
         after = client.zscore(f"{p}:run:{part(NAME)}{part('a')}", job.id)
         assert before is not None and after is not None and after > before + 50
         await broker.settle([Outcome(job.id, "w1", OutcomeKind.RETRY, time.time(),
-                                     run_at=time.time(), attempt=1, deferred=True)])
+                                     run_at=time.time(), claim=1, deferred=True)])
         # scheduled: not in its lane until due, among its name's scheduled laned jobs
         assert _lane_keys(client, ns) == [f"{p}:delayed:{part(NAME)}"]
         assert client.zrange(f"{p}:delayed:{part(NAME)}", 0, -1) == [job.id]
@@ -367,7 +367,7 @@ def test_waiting_without_lanes_sees_held_laned_jobs_as_no_work(client: redis.Red
             assert await waited(broker, False, 5.0,
                                 lambda: producer.enqueue([_job("d"), _job("e")], {})) < 2.5
             done = Outcome(running.id, "w1", OutcomeKind.SUCCEEDED, time.time(),
-                           result_json="null", attempt=1)
+                           result_json="null", claim=1)
             assert await waited(broker, False, 5.0, lambda: producer.settle([done])) < 2.5
         finally:
             await producer.close()
@@ -388,13 +388,13 @@ def test_an_admin_retry_resets_the_deferrals(client: redis.Redis) -> None:
             await asyncio.sleep(0.01)
             got = await broker.claim("w1", ["default"], 5, 30.0, limits=_limits())
             await broker.settle([Outcome(j.id, "w1", OutcomeKind.RETRY, time.time(),
-                                         run_at=time.time(), attempt=j.attempts,
+                                         run_at=time.time(), claim=j.claim,
                                          deferred=True) for j in got])
         await asyncio.sleep(0.01)
         got = await broker.claim("w1", ["default"], 5, 30.0, limits=_limits())
         assert sorted(j.deferrals for j in got) == [2, 2]
         await broker.settle([Outcome(j.id, "w1", OutcomeKind.DEAD, time.time(), error="x",
-                                     attempt=j.attempts) for j in got])
+                                     claim=j.claim) for j in got])
         assert await broker.retry(jobs[0].id) is not None
         assert await broker.retry_dead() == 1
         assert not client.exists(f"{p}:f:deferrals")
@@ -431,7 +431,7 @@ def test_scheduled_laned_jobs_are_indexed_by_name_on_every_path(client: redis.Re
         assert indexed() == {alone.id}
         (got,) = await broker.claim("w1", ["default"], 1, 30.0, limits=_limits())
         await broker.settle([Outcome(got.id, "w1", OutcomeKind.RETRY, time.time(),
-                                     run_at=time.time() + 0.2, attempt=1)])
+                                     run_at=time.time() + 0.2, claim=1)])
         assert indexed() == {alone.id, got.id}
         await asyncio.sleep(0.3)
         taken = await broker.claim("w1", ["default"], 5, 30.0, limits=_limits())

@@ -217,22 +217,23 @@ def test_a_claim_retried_with_its_token_gets_the_same_jobs(server: RedisServer) 
         return JobRecord(id=new_id(), name="n", queue="default", state=JobState.QUEUED,
                          args=[], kwargs={}, created_at=now, run_at=now)
 
-    async def scenario() -> tuple[list[str], list[str], list[str]]:
+    async def scenario() -> tuple[list[tuple[str, int]], ...]:
         await broker.enqueue([job() for _ in range(5)], {})
         k = broker.keys
         keys = [*k.job_block, k.claims, k.paused, *k.queue_group("default")]
 
-        async def claim(token: str) -> list[str]:
+        async def claim(token: str) -> list[tuple[str, int]]:
             reply = await broker._script("claim", keys, ["w1", 30, 3, token, "", "", "default"])
-            return sorted(job.id for job in codec.claimed_jobs(reply, "w1"))
+            return sorted((job.id, job.claim) for job in codec.claimed_jobs(reply, "w1"))
 
         first, again, other = await claim("a"), await claim("a"), await claim("b")
         await broker.close()
         return first, again, other
 
     first, again, other = asyncio.run(scenario())
-    assert len(first) == 3 and again == first
-    assert len(other) == 2 and not set(other) & set(first)
+    # the same jobs under the same claim numbers: the first claim's, not new ones
+    assert len(first) == 3 and again == first and {n for _, n in first} == {1}
+    assert len(other) == 2 and not {i for i, _ in other} & {i for i, _ in first}
 
 
 def test_a_claim_retried_with_its_token_keeps_a_suspect_a_suspect(server: RedisServer) -> None:

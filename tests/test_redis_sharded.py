@@ -195,10 +195,10 @@ def test_every_script_call_names_the_keys_of_one_slot(redis_url: str) -> None:
         await broker.heartbeat(worker_info, {}, 30)
         claimed = await broker.claim(worker_info.id, queues, 9, 30)
         assert {j.queue for j in claimed} == set(queues)
-        beat = await broker.heartbeat(worker_info, {j.id: j.attempts for j in claimed}, 30)
+        beat = await broker.heartbeat(worker_info, {j.id: j.claim for j in claimed}, 30)
         assert not beat.lost
         await broker.settle([Outcome(j.id, worker_info.id, OutcomeKind.SUCCEEDED, 0.0,
-                                     result_json="1", attempt=j.attempts)  # queue unknown
+                                     result_json="1", claim=j.claim)  # queue unknown
                              for j in claimed])
         await broker.wait_for_work(queues, 0.05)
         await broker.recover_expired(3)
@@ -455,7 +455,7 @@ def test_a_settle_of_a_job_in_no_queue_is_logged(redis_url: str,
         await broker.open()
         await broker.enqueue([_job("a")], {})
         await broker.settle([Outcome("no-such-job", "w-1", OutcomeKind.SUCCEEDED, 0.0,
-                                     result_json="1", attempt=1)])
+                                     result_json="1", claim=1)])
         await broker.close()
 
     with caplog.at_level("WARNING", logger="conveyor.redis"):

@@ -148,7 +148,7 @@ def test_every_way_in_and_out_of_queued_keeps_the_lanes(
     (first,) = run(broker.claim("w1", ["default"], 5, 30.0, limits=limits))
     assert first.id == kept[0].id
     run(broker.settle([Outcome(first.id, "w1", OutcomeKind.DEAD, time.time(),
-                               error="x", attempt=1)]))
+                               error="x", claim=1)]))
     assert run(broker.get(first.id)).state is JobState.DEAD
     time.sleep(0.35)  # the scheduled one falls due; the cancelled one comes back
     run(broker.retry(cancelled[0].id))
@@ -270,7 +270,7 @@ def test_a_wait_without_lanes_passes_over_held_laned_jobs(
     assert ended_early(lambda: run(other.enqueue(laned(1, "b"), {})))
     assert ended_early(lambda: run(other.settle([Outcome(
         running.id, "w", OutcomeKind.SUCCEEDED, time.time(), result_json="null",
-        attempt=1)])))
+        claim=1)])))
     assert len(run(broker.claim("w", ["default"], 1, 30.0, limits=limits))) == 1
     run(other.enqueue(laned(1, "c", run_at=time.time() + 0.3), {}))
     started = time.monotonic()
@@ -338,7 +338,7 @@ def test_an_admin_retry_starts_the_deferrals_afresh(
             kind, deferred = ((OutcomeKind.RETRY, True) if job.deferrals == 0
                               else (OutcomeKind.DEAD, False))
             run(broker.settle([Outcome(job.id, "w", kind, time.time(), run_at=time.time(),
-                                       attempt=job.attempts, deferred=deferred)]))
+                                       claim=job.claim, deferred=deferred)]))
     assert [run(broker.get(j.id)).deferrals for j in (one, other)] == [1, 1]
     assert run(broker.retry(one.id)).deferrals == 0
     assert run(broker.retry_dead("default")) == 1

@@ -141,9 +141,9 @@ def test_every_way_back_to_queued_keeps_queued_jobs_due(
     later = time.time() + 60
     run(broker.settle([
         Outcome(first.id, "w1", OutcomeKind.RETRY, time.time(), run_at=later,
-                attempt=first.attempts),
-        Outcome(second.id, "w1", OutcomeKind.REQUEUE, time.time(), attempt=second.attempts),
-        Outcome(third.id, "w1", OutcomeKind.DEAD, time.time(), attempt=third.attempts),
+                claim=first.claim),
+        Outcome(second.id, "w1", OutcomeKind.REQUEUE, time.time(), claim=second.claim),
+        Outcome(third.id, "w1", OutcomeKind.DEAD, time.time(), claim=third.claim),
     ]))
     time.sleep(0.1)
     assert run(broker.recover_expired(5)).requeued == 1  # the fourth's lease ran out
@@ -175,7 +175,7 @@ def test_the_boost_is_stored_with_the_job_whatever_broker_moves_it_later(
     (claimed,) = run(other.claim("w1", ["default"], 1, 30.0))
     assert claimed.id == urgent.id and claimed.priority == 3
     run(other.settle([Outcome(urgent.id, "w1", OutcomeKind.RETRY, time.time(),
-                              run_at=time.time(), attempt=claimed.attempts)]))
+                              run_at=time.time(), claim=claimed.claim)]))
     assert _boosts(url)[urgent.id] == (3, 30.0)  # the retry keeps the job's own boost
     run(other.set_priority(plain.id, 2))  # a change takes the changing broker's aging
     assert _boosts(url)[plain.id] == (2, 200.0)

@@ -96,6 +96,11 @@ class JobRecord:
     #: set by a claim: the job ran before in a worker that was lost (``recoveries``), or was
     #: held by one unstarted and may have started just before it died; it runs alone
     suspect: bool = field(default=False, compare=False)
+    #: set by a claim: how many times the job has been claimed, this claim included. It
+    #: never goes back (unlike ``attempts``, which an uncharged attempt gives back), so it
+    #: tells this attempt from any other, even of the same worker: the fencing token that
+    #: the attempt's outcome, heartbeats and progress carry. 0 in records read otherwise.
+    claim: int = field(default=0, compare=False)
     #: while this job is not final (and until ``unique_until``, if set) another enqueue with
     #: the same key stores nothing (see ``EnqueueOptions.unique_key``); set at enqueue only
     unique_key: str | None = field(default=None, compare=False)
@@ -168,9 +173,10 @@ class Outcome:
     run_at: float | None = None
     #: the job's queue, when the worker knows it (saves a backend a look-up)
     queue: str | None = None
-    #: the attempt this ends (the job's ``attempts`` when it was claimed), when known: a
-    #: backend that may apply a settle twice (a retry after a lost reply) checks it
-    attempt: int | None = None
+    #: the claim whose attempt this ends (the job's :attr:`JobRecord.claim`), when known:
+    #: the store applies the outcome only while that claim is the job's latest, so a copy
+    #: written again (after a lost reply) never ends a later attempt
+    claim: int | None = None
     #: with RETRY: the attempt is not charged (``attempts`` back by one) and the job's
     #: ``deferrals`` grow by one (a job that raised RateLimited)
     deferred: bool = False

@@ -26,12 +26,12 @@ def retry_now(run: Run[Any], broker: Broker, job: JobRecord, error: str) -> None
     now = time.time()
     run(broker.settle([Outcome(job.id, "w1", OutcomeKind.RETRY, now, error=error,
                                traceback=f"Traceback: {error}", run_at=now,
-                               queue=job.queue, attempt=job.attempts)]))
+                               queue=job.queue, claim=job.claim)]))
 
 
 def succeed(run: Run[Any], broker: Broker, job: JobRecord) -> None:
     run(broker.settle([Outcome(job.id, "w1", OutcomeKind.SUCCEEDED, time.time(), "null",
-                               queue=job.queue, attempt=job.attempts)]))
+                               queue=job.queue, claim=job.claim)]))
 
 
 def stored(run: Run[Any], broker: Broker, job_id: str) -> JobRecord:
@@ -71,7 +71,7 @@ def test_a_new_claim_clears_the_progress_of_the_last_attempt(
 ) -> None:
     run(broker.enqueue([make_job()], {}))
     first = claim(run, broker)
-    run(broker.set_progress("w1", [(first.id, first.attempts, 0.5, "half")]))
+    run(broker.set_progress("w1", [(first.id, first.claim, 0.5, "half")]))
     assert stored(run, broker, first.id).progress == 0.5
     retry_now(run, broker, first, "RuntimeError")
     again = claim(run, broker)
@@ -87,7 +87,7 @@ def test_a_job_claimed_ahead_then_handed_back_is_no_suspect(
     ahead = claim(run, broker, start=0)  # claimed ahead of a free slot: not started
     assert not ahead.suspect
     run(broker.settle([Outcome(ahead.id, "w1", OutcomeKind.REQUEUE, time.time(),
-                               queue=ahead.queue, attempt=ahead.attempts)]))
+                               queue=ahead.queue, claim=ahead.claim)]))
     again = claim(run, broker)
     assert again.id == ahead.id and not again.suspect and again.recoveries == 0
     succeed(run, broker, again)

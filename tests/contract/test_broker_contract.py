@@ -588,16 +588,16 @@ def test_a_late_copy_of_an_outcome_does_not_touch_the_next_attempt(
     run(broker.enqueue([make_job()], {}))
     first = claim_one(run, broker)
     assert first.attempts == 1
-    retry = outcome(first, OutcomeKind.RETRY, run_at=time.time() - 1, attempt=1,
+    retry = outcome(first, OutcomeKind.RETRY, run_at=time.time() - 1, claim=1,
                     error="first try")
     run(broker.settle([retry]))
     second = claim_one(run, broker)
     assert (second.id, second.attempts) == (first.id, 2)
-    late = outcome(first, kind, attempt=1, result_json='"late"', error="late copy")
+    late = outcome(first, kind, claim=1, result_json='"late"', error="late copy")
     run(broker.settle([retry, late]))
     now = run(broker.get(first.id))
     assert now is not None and (now.state, now.attempts) == (JobState.RUNNING, 2)
-    run(broker.settle([outcome(second, OutcomeKind.SUCCEEDED, attempt=2,
+    run(broker.settle([outcome(second, OutcomeKind.SUCCEEDED, claim=2,
                                result_json='"second"')]))
     done = run(broker.get(first.id))
     assert done is not None and done.state is JobState.SUCCEEDED and done.result == "second"
@@ -667,7 +667,7 @@ def test_heartbeat_extends_leases(run: Run[Any], broker: Broker) -> None:
     job = enqueue_and_claim(run, broker, worker_id="w1", lease=1.0)
     assert job.lease_expires_at is not None
     before = time.time()
-    beat = run(broker.heartbeat(worker, {job.id: job.attempts}, 60.0))
+    beat = run(broker.heartbeat(worker, {job.id: job.claim}, 60.0))
     assert beat == Beat()
     stored = get(run, broker, job.id)
     assert stored.lease_expires_at is not None
@@ -678,7 +678,7 @@ def test_heartbeat_extends_leases(run: Run[Any], broker: Broker) -> None:
 
 def test_heartbeat_keeps_a_short_lease_alive(run: Run[Any], broker: Broker) -> None:
     job = enqueue_and_claim(run, broker, worker_id="w1", lease=SHORT)
-    run(broker.heartbeat(make_worker("w1"), {job.id: job.attempts}, 60.0))
+    run(broker.heartbeat(make_worker("w1"), {job.id: job.claim}, 60.0))
     time.sleep(PAST_SHORT)
     assert run(broker.recover_expired(5)) == Recovery()
     assert get(run, broker, job.id).state is JobState.RUNNING
@@ -687,7 +687,7 @@ def test_heartbeat_keeps_a_short_lease_alive(run: Run[Any], broker: Broker) -> N
 def test_heartbeat_does_not_extend_another_workers_lease(run: Run[Any], broker: Broker) -> None:
     job = enqueue_and_claim(run, broker, worker_id="owner", lease=SHORT)
     run(broker.cancel(job.id))
-    assert run(broker.heartbeat(make_worker("other"), {job.id: job.attempts}, 60.0)).lost == {
+    assert run(broker.heartbeat(make_worker("other"), {job.id: job.claim}, 60.0)).lost == {
         job.id}
     assert get(run, broker, job.id).lease_expires_at == pytest.approx(
         job.lease_expires_at, abs=1e-3
@@ -698,7 +698,7 @@ def test_heartbeat_reports_cancel_requests(run: Run[Any], broker: Broker) -> Non
     worker = make_worker("w1")
     keep = enqueue_and_claim(run, broker, worker_id="w1")
     stop = enqueue_and_claim(run, broker, worker_id="w1")
-    held = {keep.id: keep.attempts, stop.id: stop.attempts}
+    held = {keep.id: keep.claim, stop.id: stop.claim}
     assert run(broker.heartbeat(worker, held, LEASE)) == Beat()
     run(broker.cancel(stop.id))
     assert run(broker.heartbeat(worker, held, LEASE)) == Beat(cancel={stop.id})
@@ -717,7 +717,7 @@ def test_heartbeat_reports_an_attempt_recovered_meanwhile(run: Run[Any], broker:
     run(broker.recover_expired(5))
     new = claim_one(run, broker, "w2", lease=SHORT)
     assert new.id == old.id and new.attempts == old.attempts + 1
-    beat = run(broker.heartbeat(make_worker("cut-off"), {old.id: old.attempts}, 60.0))
+    beat = run(broker.heartbeat(make_worker("cut-off"), {old.id: old.claim}, 60.0))
     assert beat == Beat(lost={old.id})
     assert get(run, broker, old.id).lease_expires_at == pytest.approx(
         new.lease_expires_at, abs=1e-3
@@ -732,17 +732,17 @@ def test_heartbeat_reports_an_older_attempt_of_the_same_worker(
     run(broker.recover_expired(5))
     again = claim_one(run, broker, "w1")
     assert again.attempts == first.attempts + 1
-    assert run(broker.heartbeat(make_worker("w1"), {first.id: first.attempts}, LEASE)) == Beat(
+    assert run(broker.heartbeat(make_worker("w1"), {first.id: first.claim}, LEASE)) == Beat(
         lost={first.id}
     )
-    assert run(broker.heartbeat(make_worker("w1"), {again.id: again.attempts}, LEASE)) == Beat()
+    assert run(broker.heartbeat(make_worker("w1"), {again.id: again.claim}, LEASE)) == Beat()
 
 
 def test_set_progress_ignores_a_stale_attempt(run: Run[Any], broker: Broker) -> None:
     job = enqueue_and_claim(run, broker, worker_id="w1")
-    run(broker.set_progress("w1", [(job.id, job.attempts - 1, 0.5, "an older attempt")]))
+    run(broker.set_progress("w1", [(job.id, job.claim - 1, 0.5, "an older attempt")]))
     assert get(run, broker, job.id).progress is None
-    run(broker.set_progress("w1", [(job.id, job.attempts, 0.5, "this attempt")]))
+    run(broker.set_progress("w1", [(job.id, job.claim, 0.5, "this attempt")]))
     assert get(run, broker, job.id).progress_message == "this attempt"
 
 
@@ -761,10 +761,67 @@ def test_recovery_charges_only_started_jobs(run: Run[Any], broker: Broker) -> No
         assert (stored.state, stored.recoveries, stored.attempts) == (JobState.QUEUED, 0, 0)
 
 
+def _put_back_uncharged(run: Run[Any], broker: Broker, first: JobRecord, how: str) -> None:
+    """End ``first``'s attempt so that its job goes back to waiting with its attempt given
+    back: a deferral (RateLimited), a hand-back (shutdown), or a recovery of the job held
+    unstarted by a worker that was lost."""
+    if how == "deferred":
+        run(broker.settle([outcome(first, OutcomeKind.RETRY, run_at=time.time() - 1,
+                                   claim=first.claim, deferred=True)]))
+    elif how == "handed back":
+        run(broker.settle([outcome(first, OutcomeKind.REQUEUE, claim=first.claim)]))
+    else:
+        time.sleep(PAST_SHORT)
+        run(broker.recover_expired(5))
+
+
+@pytest.mark.parametrize("how", ["deferred", "handed back", "recovered unstarted"])
+def test_the_same_worker_claiming_a_job_again_gets_a_new_claim(
+    run: Run[Any], broker: Broker, how: str
+) -> None:
+    """An attempt given back uncharged keeps the attempt number, and the same worker may
+    claim the job again: writes of the earlier claim (an outcome, a heartbeat or progress
+    sent again after a lost reply) name that claim and touch nothing of the new one."""
+    run(broker.enqueue([make_job()], {}))
+    lease = SHORT if how == "recovered unstarted" else LEASE
+    (first,) = run(broker.claim("w1", ["default"], 1, lease, start=0))
+    _put_back_uncharged(run, broker, first, how)
+    stored = get(run, broker, first.id)
+    assert (stored.state, stored.attempts) in {(JobState.QUEUED, 0), (JobState.SCHEDULED, 0)}
+    second = claim_one(run, broker)
+    assert (second.id, second.attempts, second.worker_id) == (first.id, 1, "w1")
+    assert second.claim == first.claim + 1
+    late = outcome(first, OutcomeKind.SUCCEEDED, claim=first.claim, result_json='"late"')
+    run(broker.settle([late, outcome(first, OutcomeKind.DEAD, claim=first.claim,
+                                     error="late copy")]))
+    beat = run(broker.heartbeat(make_worker("w1"), {first.id: first.claim}, LEASE))
+    assert beat.lost == {first.id}
+    run(broker.set_progress("w1", [(first.id, first.claim, 0.9, "a late copy")]))
+    now = get(run, broker, first.id)
+    assert (now.state, now.attempts, now.result, now.progress) == (
+        JobState.RUNNING, 1, None, None)
+    assert run(broker.heartbeat(make_worker("w1"), {second.id: second.claim}, LEASE)) == Beat()
+    run(broker.settle([outcome(second, OutcomeKind.SUCCEEDED, claim=second.claim,
+                               result_json='"second"')]))
+    done = get(run, broker, first.id)
+    assert (done.state, done.result) == (JobState.SUCCEEDED, "second")
+
+
+def test_a_claim_number_never_goes_back(run: Run[Any], broker: Broker) -> None:
+    """Unlike attempts: a dead job enqueued again (``retry``) starts its attempts over, but
+    its next claim is still a new one."""
+    run(broker.enqueue([make_job()], {}))
+    first = claim_one(run, broker)
+    run(broker.settle([outcome(first, OutcomeKind.DEAD, claim=first.claim, error="x")]))
+    assert run(broker.retry(first.id)) is not None
+    second = claim_one(run, broker)
+    assert (second.attempts, second.claim) == (1, first.claim + 1)
+
+
 def test_a_heartbeat_marks_held_jobs_started(run: Run[Any], broker: Broker) -> None:
     run(broker.enqueue(make_jobs(2), {}))
     first, second = run(broker.claim("lost", ["default"], 2, SHORT, start=0))
-    held = {first.id: first.attempts, second.id: second.attempts}
+    held = {first.id: first.claim, second.id: second.claim}
     run(broker.heartbeat(make_worker("lost"), held, SHORT, [first.id]))
     time.sleep(PAST_SHORT)
     run(broker.recover_expired(5))
@@ -790,7 +847,7 @@ def test_a_job_held_unstarted_by_a_lost_worker_comes_back_suspect(
     assert get(run, broker, job.id).recoveries == 0
     (third,) = run(broker.claim("w3", ["default"], 1, SHORT, start=1))
     assert third.suspect
-    run(broker.heartbeat(make_worker("w3"), {third.id: third.attempts}, SHORT, [third.id]))
+    run(broker.heartbeat(make_worker("w3"), {third.id: third.claim}, SHORT, [third.id]))
     time.sleep(PAST_SHORT)
     run(broker.recover_expired(5))
     assert get(run, broker, job.id).recoveries == 1
@@ -835,7 +892,7 @@ def test_heartbeat_with_many_jobs(run: Run[Any], broker: Broker) -> None:
     assert len(claimed) == 1200
     run(broker.cancel(claimed[-1].id))
     run(broker.cancel(claimed[3].id))
-    beat = run(broker.heartbeat(make_worker("w1"), {j.id: j.attempts for j in claimed}, 60.0))
+    beat = run(broker.heartbeat(make_worker("w1"), {j.id: j.claim for j in claimed}, 60.0))
     assert beat.lost == set()
     assert beat.cancel == {claimed[-1].id, claimed[3].id}
     time.sleep(PAST_SHORT)

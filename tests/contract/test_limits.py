@@ -42,7 +42,7 @@ def take(broker: Broker, run: Run[Any], limits: dict[str, JobLimits] | None, lim
 
 def finish(broker: Broker, run: Run[Any], job: JobRecord, worker: str = "w1") -> None:
     run(broker.settle([Outcome(job.id, worker, OutcomeKind.SUCCEEDED, time.time(),
-                               result_json="null", attempt=job.attempts)]))
+                               result_json="null", claim=job.claim)]))
 
 
 def test_the_group_is_stored_and_read(broker: Broker, run: Run[Any]) -> None:
@@ -90,7 +90,7 @@ def test_a_heartbeat_keeps_the_slot(broker: Broker, run: Run[Any]) -> None:
     limits = capped(concurrency=1)
     (held,) = take(broker, run, limits, worker="busy", lease=0.5)
     worker = make_worker("busy")
-    beat = run(broker.heartbeat(worker, {held.id: held.attempts}, 30.0))
+    beat = run(broker.heartbeat(worker, {held.id: held.claim}, 30.0))
     assert not beat.lost
     time.sleep(0.7)
     assert take(broker, run, limits) == []
@@ -207,7 +207,7 @@ def test_a_laned_job_comes_back_to_its_lane(broker: Broker, run: Run[Any]) -> No
     assert stored.state is JobState.QUEUED and stored.group == "a"
     (again,) = take(broker, run, limits)
     run(broker.settle([Outcome(again.id, "w1", OutcomeKind.RETRY, time.time(),
-                               run_at=time.time(), attempt=again.attempts)]))
+                               run_at=time.time(), claim=again.claim)]))
     time.sleep(0.01)
     assert len(take(broker, run, limits)) == 1
     assert take(broker, run, limits) == []  # the cap of group a is full
@@ -219,7 +219,7 @@ def test_a_deferred_retry_charges_nothing(broker: Broker, run: Run[Any]) -> None
     (claimed,) = run(broker.claim("w1", ["default"], 1, LEASE))
     assert claimed.attempts == 1
     run(broker.settle([Outcome(job.id, "w1", OutcomeKind.RETRY, time.time(),
-                               run_at=time.time() + 60, attempt=1, deferred=True,
+                               run_at=time.time() + 60, claim=1, deferred=True,
                                error="RateLimited: slow down")]))
     stored = run(broker.get(job.id))
     assert (stored.state, stored.attempts, stored.deferrals) == (JobState.SCHEDULED, 0, 1)
@@ -232,7 +232,7 @@ def test_a_deferred_retry_of_a_stale_attempt_is_ignored(broker: Broker, run: Run
     run(broker.enqueue([job], {}))
     run(broker.claim("w1", ["default"], 1, LEASE))
     run(broker.settle([Outcome(job.id, "w1", OutcomeKind.RETRY, time.time(),
-                               run_at=time.time(), attempt=7, deferred=True)]))
+                               run_at=time.time(), claim=7, deferred=True)]))
     stored = run(broker.get(job.id))
     assert (stored.state, stored.attempts, stored.deferrals) == (JobState.RUNNING, 1, 0)
 
@@ -267,11 +267,11 @@ def test_an_admin_retry_resets_deferrals(broker: Broker, run: Run[Any]) -> None:
     run(broker.enqueue([job], {}))
     (claimed,) = run(broker.claim("w1", ["default"], 1, LEASE))
     run(broker.settle([Outcome(job.id, "w1", OutcomeKind.RETRY, time.time(),
-                               run_at=time.time(), attempt=claimed.attempts, deferred=True)]))
+                               run_at=time.time(), claim=claimed.claim, deferred=True)]))
     time.sleep(0.01)
     (again,) = run(broker.claim("w1", ["default"], 1, LEASE))
     run(broker.settle([Outcome(job.id, "w1", OutcomeKind.DEAD, time.time(),
-                               error="gave up", attempt=again.attempts)]))
+                               error="gave up", claim=again.claim)]))
     assert run(broker.get(job.id)).deferrals == 1
     retried = run(broker.retry(job.id))
     assert retried is not None and retried.deferrals == 0

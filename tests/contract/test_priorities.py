@@ -104,7 +104,7 @@ def test_a_retry_keeps_its_priority(broker: Broker, run: Run[Any]) -> None:
     plain = make_job(run_at=time.time() - 10)
     run(broker.enqueue([plain], {}))
     run(broker.settle([Outcome(urgent.id, "w1", OutcomeKind.RETRY, time.time(),
-                               run_at=time.time(), attempt=claimed.attempts)]))
+                               run_at=time.time(), claim=claimed.claim)]))
     time.sleep(0.01)
     assert [j.id for j in one_by_one(broker, run, ["default"], 2)] == [urgent.id, plain.id]
     again = run(broker.get(urgent.id))
@@ -118,7 +118,7 @@ def test_a_requeued_job_keeps_its_priority(broker: Broker, run: Run[Any]) -> Non
     plain = make_job(run_at=time.time() - 10)
     run(broker.enqueue([plain], {}))
     run(broker.settle([Outcome(urgent.id, "w1", OutcomeKind.REQUEUE, time.time(),
-                               attempt=claimed.attempts)]))
+                               claim=claimed.claim)]))
     assert [j.id for j in one_by_one(broker, run, ["default"], 2)] == [urgent.id, plain.id]
 
 

@@ -83,7 +83,7 @@ def test_a_paused_queue_s_running_job_still_settles(broker: Broker, run: Run[Any
     run(broker.set_paused("held", True))
     now = time.time()
     run(broker.settle([Outcome(job.id, "w1", OutcomeKind.SUCCEEDED, now, result_json="1",
-                               attempt=claimed.attempts, queue="held")]))
+                               claim=claimed.claim, queue="held")]))
     stored = run(broker.get(job.id))
     assert stored is not None and str(stored.state) == "succeeded"
 
@@ -95,7 +95,7 @@ def test_a_job_retried_in_a_paused_queue_waits(broker: Broker, run: Run[Any]) ->
     run(broker.set_paused("held", True))
     now = time.time()
     run(broker.settle([Outcome(job.id, "w1", OutcomeKind.REQUEUE, now,
-                               attempt=claimed.attempts, queue="held")]))
+                               claim=claimed.claim, queue="held")]))
     assert claim(broker, run, ["held"]) == []
     run(broker.set_paused("held", False))
     assert claim(broker, run, ["held"]) == [job.id]

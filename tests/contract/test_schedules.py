@@ -206,7 +206,7 @@ def test_overlap_skip_fires_nothing_while_the_last_job_waits_or_runs(
     assert [j.id for j in claimed] == ["cron:beat:1800000001"]
     assert run(scheduler.run_once(T0 + 6)) == []  # running
     run(broker.settle([Outcome("cron:beat:1800000001", "w1", OutcomeKind.SUCCEEDED,
-                               time.time(), queue="default", attempt=claimed[0].attempts)]))
+                               time.time(), queue="default", claim=claimed[0].claim)]))
     assert run(scheduler.run_once(T0 + 7.2)) == ["cron:beat:1800000007"]
     assert ids(broker, run) == ["cron:beat:1800000001", "cron:beat:1800000007"]
 

@@ -80,7 +80,7 @@ def test_results_errors_and_progress_are_cut(broker: Broker, run: Run[Any]) -> N
     _stored(run, broker, [long_job, short_job])
     claimed = run(broker.claim("w1", ["default"], 2, 30.0))
     assert len(claimed) == 2
-    attempt = {job.id: job.attempts for job in claimed}
+    attempt = {job.id: job.claim for job in claimed}
     run(broker.set_progress("w1", [(long_job.id, attempt[long_job.id], 0.5, "ü" * 500)]))
     now = time.time()
     run(broker.settle([

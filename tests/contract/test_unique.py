@@ -40,7 +40,7 @@ def ids(run: Run[Any], broker: Broker, **filters: Any) -> set[str]:
 
 def settle(run: Run[Any], broker: Broker, job: JobRecord, kind: OutcomeKind) -> None:
     run(broker.settle([Outcome(job.id, "w1", kind, time.time(), queue=job.queue,
-                               attempt=job.attempts)]))
+                               claim=job.claim)]))
 
 
 def test_a_held_key_stores_nothing_and_names_its_holder(run: Run[Any], broker: Broker) -> None:
@@ -86,7 +86,7 @@ def test_a_retried_attempt_keeps_the_key(run: Run[Any], broker: Broker) -> None:
     (claimed,) = run(broker.claim("w1", ["default"], 1, LEASE))
     run(broker.settle([Outcome(first.id, "w1", OutcomeKind.RETRY, time.time(),
                                run_at=time.time() + 60, queue="default",
-                               attempt=claimed.attempts)]))
+                               claim=claimed.claim)]))
     assert run(broker.enqueue([keyed("k")], {})) == [first.id]
 
 

@@ -181,10 +181,11 @@ class Broker(abc.ABC):
         name's jobs round robin over its groups (in the order of their names, from the
         group after the one it served last). Each (name, reason) it held jobs back for is
         noted (:meth:`note_throttled`).
-        Each claimed job's ``attempts`` grows by one (the attempt's fencing token) and its
-        lease runs ``lease`` seconds. The first ``start`` jobs (all when ``None``) start at
-        once; the others are held unstarted until a heartbeat names them started, and a
-        recovery of an unstarted job charges it nothing.
+        Each claimed job's ``attempts`` and ``claim`` grow by one (``claim``, which never
+        goes back, is the attempt's fencing token) and its lease runs ``lease`` seconds. The
+        first ``start`` jobs (all when ``None``) start at once; the others are held unstarted
+        until a heartbeat names them started, and a recovery of an unstarted job charges it
+        nothing.
         """
 
     def note_throttled(self, name: str, reason: str) -> None:
@@ -213,7 +214,8 @@ class Broker(abc.ABC):
     @abc.abstractmethod
     async def settle(self, outcomes: Sequence[Outcome]) -> None:
         """Record the ends of attempts. An outcome for a job the worker no longer owns
-        (its lease was taken over) is ignored. Final states expire after ``retention``."""
+        (its lease was taken over), or of an earlier claim than the job's latest (when it
+        names its claim), is ignored. Final states expire after ``retention``."""
 
     @abc.abstractmethod
     async def heartbeat(
@@ -222,8 +224,9 @@ class Broker(abc.ABC):
     ) -> Beat:
         """Record ``worker`` as alive and extend the leases of the attempts it holds.
 
-        ``held`` maps a job id to the attempt the worker runs (or holds unstarted); only a
-        lease whose job is still running under this worker and attempt is extended, the
+        ``held`` maps a job id to the claim (:attr:`JobRecord.claim`) of the attempt the
+        worker runs (or holds unstarted); only a lease whose job is still running under this
+        worker and claim is extended, the
         others come back in :attr:`Beat.lost`. ``started`` names held jobs that started
         since the last heartbeat.
         """
@@ -232,7 +235,7 @@ class Broker(abc.ABC):
     async def set_progress(
         self, worker_id: str, updates: Sequence[tuple[str, int, float, str | None]]
     ) -> None:
-        """Store ``(job_id, attempt, progress, message)`` for attempts running under
+        """Store ``(job_id, claim, progress, message)`` for attempts running under
         ``worker_id`` (a stale attempt must not write over the new one's)."""
 
     @abc.abstractmethod

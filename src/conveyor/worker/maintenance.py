@@ -244,10 +244,10 @@ class Maintenance:
 
     def report_progress(self, job_id: str, value: float, message: str | None) -> None:
         """Progress sink of job contexts: keep the latest report (any thread), with the
-        attempt it belongs to."""
+        claim of the attempt it belongs to."""
         entry = self.worker.running.get(job_id)
         if entry is not None:
-            self._progress[job_id] = (entry.ctx.record.attempts, value, message)
+            self._progress[job_id] = (entry.ctx.record.claim, value, message)
 
     async def flush_progress(self) -> None:
         """Store the latest reports gathered since the last flush."""

@@ -25,10 +25,10 @@ INTERNAL = "internal error in the worker"
 
 
 def _outcome(record: JobRecord, worker_id: str, kind: OutcomeKind, **fields: Any) -> Outcome:
-    """The outcome of ``record``'s current attempt (it names the attempt, so a store can
-    tell a late copy of it from the outcome of a later attempt)."""
+    """The outcome of ``record``'s current attempt (it names the attempt's claim, so a
+    store can tell a late copy of it from the outcome of a later attempt)."""
     return Outcome(record.id, worker_id, kind, fields.pop("at", None) or time.time(),
-                   queue=record.queue, attempt=record.attempts, **fields)
+                   queue=record.queue, claim=record.claim, **fields)
 
 
 def succeeded(record: JobRecord, worker_id: str, result: Any) -> Outcome:
@@ -36,7 +36,7 @@ def succeeded(record: JobRecord, worker_id: str, result: Any) -> Outcome:
     surrogate: see :mod:`conveyor.bounds`) sends the job to the dead set."""
     if result is None:  # most jobs return nothing: no encoding, no checks
         return Outcome(record.id, worker_id, OutcomeKind.SUCCEEDED, time.time(), "null",
-                       queue=record.queue, attempt=record.attempts)
+                       queue=record.queue, claim=record.claim)
     try:
         result_json = encode_value(result, "the result")
     except NotSerializable as exc:

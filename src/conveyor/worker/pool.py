@@ -206,20 +206,20 @@ class Worker:
 
     def held(self) -> dict[str, int]:
         """The attempts this worker holds leases on, running, buffered, and ended with their
-        outcome not stored yet: job id -> attempt (the fencing token every write of the
+        outcome not stored yet: job id -> claim (the fencing token every write of the
         attempt carries)."""
         held = dict(self._settling)  # ended: their leases hold until the outcome is stored
-        held.update((job_id, entry.ctx.record.attempts)
+        held.update((job_id, entry.ctx.record.claim)
                     for job_id, entry in self.running.items())
-        held.update((record.id, record.attempts) for record in self.buffered)
+        held.update((record.id, record.claim) for record in self.buffered)
         return held
 
     def holding(self, job_id: str) -> object | None:
         """What this worker holds of the job now: its running or buffered record (one
-        object per claim), the attempt number of an ended attempt whose outcome is not
+        object per claim), the claim number of an ended attempt whose outcome is not
         stored yet, or None. A heartbeat's verdict on a job applies only while this is the
-        same as when the heartbeat was sent: an attempt put back uncharged (RateLimited)
-        keeps its attempt number, and may be claimed again by this worker meanwhile."""
+        same as when the heartbeat was sent: the job may have been put back (RateLimited,
+        a hand-back) and claimed again by this worker meanwhile."""
         entry = self.running.get(job_id)
         if entry is not None:
             return entry.ctx.record
@@ -494,8 +494,9 @@ class Worker:
         """This worker claimed ``job_id`` anew while an outcome of an earlier attempt of it
         waits to be written (again, after a reply lost to store trouble): the store has that
         outcome already, or has moved the job on without it, so it is never written again.
-        Written again, it could end the new attempt (a deferral or a hand-back leaves the
-        attempt number as it was, and the owner is this same worker)."""
+        The store would refuse it (it names an earlier claim); dropping it here keeps this
+        worker's own books right: the slot it holds, the job's staged upload (which a final
+        outcome would remove from under the new attempt), the counts of processed jobs."""
         # the batch being written is marked (its objects live until the write ends, when the
         # marks go); the queued ones are simply dropped
         self._superseded.update(id(o) for o in self._writing if o.job_id == job_id)
@@ -621,7 +622,7 @@ class Worker:
             # ran alone, may let a buffered job start now
             freed = entry.stop_reason == "lost"
             if not freed:
-                self._settling[record.id] = record.attempts
+                self._settling[record.id] = record.claim
             if self.running.get(record.id) is entry:
                 del self.running[record.id]
             if self._alone == record.id:

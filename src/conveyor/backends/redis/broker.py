@@ -479,7 +479,7 @@ class RedisBroker(Broker):
 
         async def fields(conn: _Connection) -> list[Any]:
             async with conn.client.pipeline(transaction=True) as pipe:
-                for key in k.job_block[:-3]:
+                for key in k.record_hashes:
                     pipe.hmget(key, ids)
                 pipe.zmscore(k.expiry, ids)
                 pipe.smismember(k.cancel, ids)
@@ -884,14 +884,14 @@ class RedisBroker(Broker):
             queue = o.queue or queue_of.get(o.job_id)
             if queue is None:
                 continue
-            attempt = "" if o.attempt is None else o.attempt
+            claim = "" if o.claim is None else o.claim
             if o.kind is OutcomeKind.SUCCEEDED:
-                wins[queue, o.worker_id] += (o.job_id, attempt, o.result_json or "null")
+                wins[queue, o.worker_id] += (o.job_id, claim, o.result_json or "null")
             else:
                 delay = "" if o.run_at is None else max(0.0, o.run_at - o.finished_at)
                 kind = "deferred" if o.deferred and o.kind is OutcomeKind.RETRY \
                     else o.kind.value
-                others[queue, o.worker_id] += (o.job_id, attempt, kind,
+                others[queue, o.worker_id] += (o.job_id, claim, kind,
                                                storable(o.error) or "",
                                                storable(o.traceback) or "", delay)
         k = self.keys
@@ -926,8 +926,8 @@ class RedisBroker(Broker):
         keys = [*k.job_block, k.workers, k.winfo, *(k.leases(q) for q in queues)]
         args: list[Any] = [worker.id, codec.worker_to_json(worker), lease, len(started),
                            *started]
-        for job_id, attempt in held.items():
-            args += (job_id, attempt)
+        for job_id, claim in held.items():
+            args += (job_id, claim)
         cancel, lost = await self._script("heartbeat", keys, args)
         return Beat(cancel=set(cancel), lost=set(lost))
 
@@ -935,8 +935,8 @@ class RedisBroker(Broker):
         self, worker_id: str, updates: Sequence[tuple[str, int, float, str | None]]
     ) -> None:
         args: list[Any] = [worker_id]
-        for job_id, attempt, value, message in updates:
-            args += [job_id, attempt, value, message or ""]
+        for job_id, claim, value, message in updates:
+            args += [job_id, claim, value, message or ""]
         await self._script("progress", self.keys.job_block, args)
 
     async def ready_count(self, queues: Sequence[str], limit: int) -> int:

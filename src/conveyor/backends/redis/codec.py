@@ -76,7 +76,7 @@ def claimed_jobs(reply: Sequence[Any], worker_id: str) -> list[JobRecord]:
     """The jobs of a claim script's reply: ``[started_at, lease expiry, credits, throttles
     (name, reason, ...), then per job its JSON, run_at ('' for the one it was enqueued
     with), attempts, recoveries, suspect (1 or 0), priority field ('' for none), deferrals,
-    lane field ('' for none)]``.
+    lane field ('' for none), claim number]``.
 
     This runs once per claimed job: the JSON (the scripts' own, without whitespace) is
     scanned without the whitespace checks of ``decode``, and the record is built with
@@ -89,13 +89,13 @@ def claimed_jobs(reply: Sequence[Any], worker_id: str) -> list[JobRecord]:
     record = JobRecord
     running = _RUNNING
     jobs = []
-    for i in range(4, len(reply), 8):
+    for i in range(4, len(reply), 9):
         try:
             spec = scan(reply[i], 0)[0]
         except StopIteration as stop:  # not JSON: the error decode would raise
             raise json.JSONDecodeError("Expecting value", reply[i], stop.value) from None
         (run_at, attempts, recoveries, suspect, priority, deferrals,
-         lane) = reply[i + 1:i + 8]
+         lane, claim) = reply[i + 1:i + 9]
         jobs.append(record(
             spec["id"], spec["name"], spec["queue"], running, spec["args"], spec["kwargs"],
             spec["created_at"], float(run_at) if run_at else spec["run_at"],
@@ -106,6 +106,7 @@ def claimed_jobs(reply: Sequence[Any], worker_id: str) -> list[JobRecord]:
             group_of_lane(lane) if lane else None,
             int(deferrals) if deferrals else 0,
             int(suspect) == 1,
+            int(claim),
         ))
     return jobs
 

@@ -630,8 +630,8 @@ class ShardedRedisBroker(Broker):
             if queue is not None:
                 groups[queue].append(o)
             else:
-                log.warning("the outcome of job %s (attempt %s) is dropped: the job is in "
-                            "no queue of namespace %r", o.job_id, o.attempt, self.namespace)
+                log.warning("the outcome of job %s (claim %s) is dropped: the job is in "
+                            "no queue of namespace %r", o.job_id, o.claim, self.namespace)
         for queue, some in groups.items():
             await self.shard(queue).settle(some)
         for o in outcomes:

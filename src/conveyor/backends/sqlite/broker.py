@@ -109,10 +109,11 @@ class SQLiteBroker(Broker):
         # .lanes).
         take = (
             f"UPDATE {t}_jobs SET state='running', worker_id=?, attempts=attempts+1, "
+            f"claim=claim+1, "
             f"started_at=?, lease_expires_at=?, progress=NULL, progress_message=NULL, "
             f"unstarted=CASE WHEN unstarted IN ({MAYBE_STARTED}, {HELD_SUSPECT}) "
             f"THEN {SUSPECT} ELSE 0 END WHERE id IN ({{ids}}) "
-            f"RETURNING {JOB_COLUMNS}, unstarted, boost"
+            f"RETURNING {JOB_COLUMNS}, claim, unstarted, boost"
         )
         #: the jobs of ``ids``: (worker, now, lease until, *ids)
         self._sql_take = take
@@ -520,11 +521,12 @@ class SQLiteBroker(Broker):
         return promoted
 
     def _claimed(self, rows: Iterable[tuple[Any, ...]]) -> list[JobRecord]:
-        """The jobs of claim ``rows`` (:data:`JOB_COLUMNS`, unstarted, boost), in claim
-        order: rank, then run_at, then id."""
+        """The jobs of claim ``rows`` (:data:`JOB_COLUMNS`, claim, unstarted, boost), in
+        claim order: rank, then run_at, then id."""
         ranked = []
         for row in rows:
             job = job_from_row(row)
+            job.claim = row[-3]
             job.suspect = row[-2] == SUSPECT or job.recoveries > 0
             ranked.append((job.run_at - row[-1], job.run_at, job.id, job))
         ranked.sort(key=lambda item: item[:3])
@@ -687,9 +689,9 @@ class SQLiteBroker(Broker):
 
     async def settle(self, outcomes: Sequence[Outcome]) -> None:
         t, keep = self.ns, self.retention
-        # the attempt check (when the outcome names one) ignores a late copy of an outcome
+        # the claim check (when the outcome names one) ignores a late copy of an outcome
         guard = ("WHERE id=? AND worker_id=? AND state='running' "
-                 "AND (? IS NULL OR attempts=?)")
+                 "AND (? IS NULL OR claim=?)")
         final = (
             f"UPDATE {t}_jobs SET state=?, finished_at=?, expires_at=?, result=?, error=?, "
             f"traceback=?, lease_expires_at=NULL {guard}"
@@ -712,18 +714,18 @@ class SQLiteBroker(Broker):
                 state = "queued" if requeue else "scheduled"
                 cancel_rows.append(
                     (o.finished_at, o.finished_at + keep, error, tb, o.job_id, o.worker_id,
-                     o.attempt, o.attempt)
+                     o.claim, o.claim)
                 )
                 # a deferred retry is not charged: its attempt is given back
                 deferred = int(o.deferred and not requeue)
                 back_rows.append(
                     (state, o.run_at, error, tb, int(requeue) + deferred, deferred, o.job_id,
-                     o.worker_id, o.attempt, o.attempt)
+                     o.worker_id, o.claim, o.claim)
                 )
             else:
                 final_rows.append(
                     (str(o.kind), o.finished_at, o.finished_at + keep, o.result_json, error,
-                     tb, o.job_id, o.worker_id, o.attempt, o.attempt)
+                     tb, o.job_id, o.worker_id, o.claim, o.claim)
                 )
 
         def fn(conn: sqlite3.Connection) -> None:
@@ -762,12 +764,12 @@ class SQLiteBroker(Broker):
             for chunk in _chunks(ids):
                 rows = conn.execute(
                     f"UPDATE {t}_jobs SET lease_expires_at=? WHERE id IN ({_marks(len(chunk))}) "
-                    f"AND worker_id=? AND state='running' RETURNING id, attempts, "
+                    f"AND worker_id=? AND state='running' RETURNING id, claim, "
                     f"cancel_requested",
                     (until, *chunk, worker.id),
                 )
-                for job_id, attempt, wanted in rows:
-                    if attempt == held[job_id]:
+                for job_id, claim, wanted in rows:
+                    if claim == held[job_id]:
                         owned.add(job_id)
                         if wanted:
                             beat.cancel.add(job_id)
@@ -781,10 +783,10 @@ class SQLiteBroker(Broker):
     ) -> None:
         sql = (
             f"UPDATE {self.ns}_jobs SET progress=?, progress_message=? "
-            f"WHERE id=? AND state='running' AND worker_id=? AND attempts=?"
+            f"WHERE id=? AND state='running' AND worker_id=? AND claim=?"
         )
-        rows = [(value, message, job_id, worker_id, attempt)
-                for job_id, attempt, value, message in updates]
+        rows = [(value, message, job_id, worker_id, claim)
+                for job_id, claim, value, message in updates]
         await self._write(lambda conn: conn.executemany(sql, rows))
 
     def _ready_count(self, conn: sqlite3.Connection, queues: Sequence[str], limit: int,

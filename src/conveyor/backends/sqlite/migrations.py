@@ -120,8 +120,17 @@ def _layout_4(conn: sqlite3.Connection, ns: str) -> None:
     ) WITHOUT ROWID""")
 
 
+def _layout_5(conn: sqlite3.Connection, ns: str) -> None:
+    """Fencing by claim: each job's ``claim``, how many times it was claimed (never going
+    back, unlike ``attempts``): an attempt's outcome, heartbeats and progress name it, so a
+    late copy never touches a later attempt of the same worker. Jobs stored before start
+    from 0."""
+    if "claim" not in _columns(conn, f"{ns}_jobs"):
+        conn.execute(f"ALTER TABLE {ns}_jobs ADD COLUMN claim INTEGER NOT NULL DEFAULT 0")
+
+
 #: the steps, in order: ``STEPS[n]`` brings a namespace from layout ``n`` to ``n + 1``
-STEPS: tuple[Step, ...] = (_layout_1, _layout_2, _layout_3, _layout_4)
+STEPS: tuple[Step, ...] = (_layout_1, _layout_2, _layout_3, _layout_4, _layout_5)
 #: the layout this version writes
 LAYOUT = len(STEPS)
 

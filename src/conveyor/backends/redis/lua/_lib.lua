@@ -8,7 +8,8 @@
 --   '1': running, claimed ahead of a free slot, not started yet, so a recovery does not
 --   charge it; '3': the same for a suspect, which stays one if handed back; '2': went back
 --   uncharged, held unstarted when its lease ran out, and may have started just before its
---   worker died: the next claim makes it a suspect).
+--   worker died: the next claim makes it a suspect), 19 claim hash (job id -> how many
+--   times it was claimed: never goes back, the fencing token of its latest attempt).
 -- A "queue group" is ten consecutive KEYS of one queue, starting at index `base`:
 --   base+0 waiting zset (queued job id -> rank, run_at - boost; unlaned jobs only), base+1
 --   sched zset (the scheduled job ids -> run_at), base+2 wake list, base+3 leases zset
@@ -28,10 +29,10 @@ local F = {jobs = KEYS[1], state = KEYS[2], run_at = KEYS[3], attempts = KEYS[4]
            recoveries = KEYS[5], worker = KEYS[6], started = KEYS[7], finished = KEYS[8],
            result = KEYS[9], error = KEYS[10], traceback = KEYS[11], progress = KEYS[12],
            priority = KEYS[13], deferrals = KEYS[14], lane = KEYS[15], expiry = KEYS[16],
-           cancel = KEYS[17], unstarted = KEYS[18]}
+           cancel = KEYS[17], unstarted = KEYS[18], claim = KEYS[19]}
 -- the jobs hash and the field hashes: KEYS[1] .. KEYS[HASHES]
 local HASHES = 15
-local BLOCK = 18
+local BLOCK = 19
 
 local GROUP = 10
 local LEASES = 3
@@ -292,6 +293,7 @@ local function forget(base, id, state)
   redis.call('ZREM', F.expiry, id)
   redis.call('SREM', F.cancel, id)
   redis.call('HDEL', F.unstarted, id)
+  redis.call('HDEL', F.claim, id)
   for k = 1, HASHES do redis.call('HDEL', KEYS[k], id) end
 end
 

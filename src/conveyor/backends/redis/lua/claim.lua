@@ -12,8 +12,8 @@
 -- A claim is idempotent per token: the same worker calling again with the same token (its
 -- reply was lost with the connection) gets the same jobs back, not a second batch that
 -- would leave the first one leased to nobody.
--- KEYS: 1..18 the job block (see _lib.lua), 19 last claims hash (worker id -> token, start,
---       lease expiry and job ids), 20 the set of paused queues, then one queue group (10
+-- KEYS: 1..19 the job block (see _lib.lua), 20 last claims hash (worker id -> token, start,
+--       lease expiry and job ids), 21 the set of paused queues, then one queue group (10
 --       keys) per queue.
 -- ARGV: 1 worker id, 2 lease seconds, 3 limit, 4 claim token, 5 how many of the claimed
 --       jobs start at once ('' for all; when given, the others and every suspect are marked
@@ -25,9 +25,10 @@
 --       credit.
 -- Returns: {started_at, lease expiry, the queues' new credits ('' without weights, or for
 --       a claim sent again: unchanged), {name, reason, ...} the throttles (each job name
---       and reason that held a ready job back), then 8 per claimed job: its JSON, run_at
+--       and reason that held a ready job back), then 9 per claimed job: its JSON, run_at
 --       ('' for the one it was enqueued with), attempts, recoveries, suspect (1 or 0), its
---       priority field ('' for none), its deferrals, its lane field ('' for none)}.
+--       priority field ('' for none), its deferrals, its lane field ('' for none), its claim
+--       number (the fencing token of this attempt)}.
 local worker, lease, limit, token = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
 local start = tonumber(ARGV[5])
 local limits_text = ARGV[6]
@@ -58,6 +59,7 @@ if last and string.sub(last, 1, #token + 1) == token .. ' ' then
       again[#again + 1] = redis.call('HGET', F.priority, id) or ''
       again[#again + 1] = redis.call('HGET', F.deferrals, id) or 0
       again[#again + 1] = redis.call('HGET', F.lane, id) or ''
+      again[#again + 1] = redis.call('HGET', F.claim, id)
     end
   end
   return again
@@ -451,12 +453,13 @@ local taken = {}
 if #ids > 0 then
   local specs = hmget(F.jobs, ids)
   local attempts = hmget(F.attempts, ids)
+  local claimed = hmget(F.claim, ids)
   local recoveries = hmget(F.recoveries, ids)
   local marks = hmget(F.unstarted, ids)
   local deferred = redis.call('EXISTS', F.deferrals) == 1 and hmget(F.deferrals, ids) or {}
   local lanes = any_laned and hmget(F.lane, ids) or {}
   local held = {}
-  local states, counts, workers, starts = {}, {}, {}, {}
+  local states, counts, workers, starts, numbers = {}, {}, {}, {}, {}
   local per = {}  -- base -> the ids leaving its waiting set, and its new leases
   for i, id in ipairs(ids) do
     local group = per[bases[i]]
@@ -471,6 +474,7 @@ if #ids > 0 then
       -- positions from the count taken so far: cheaper than #t on every append
       local k = #taken + 1
       local tries = (tonumber(attempts[i]) or 0) + 1
+      local number = (tonumber(claimed[i]) or 0) + 1
       group.leases[#group.leases + 1] = lease_stamp
       group.leases[#group.leases + 1] = id
       taken[k] = id
@@ -478,11 +482,12 @@ if #ids > 0 then
       counts[2 * k - 1], counts[2 * k] = id, tries
       workers[2 * k - 1], workers[2 * k] = id, worker
       starts[2 * k - 1], starts[2 * k] = id, stamp
+      numbers[2 * k - 1], numbers[2 * k] = id, number
       local suspect = marks[i] == '2' or marks[i] == '3' or (tonumber(recoveries[i]) or 0) > 0
-      local r = 8 * k - 3
+      local r = 9 * k - 4
       reply[r], reply[r + 1], reply[r + 2], reply[r + 3], reply[r + 4], reply[r + 5] =
         spec, ats[i], tries, recoveries[i] or 0, suspect and 1 or 0, prios[i] or ''
-      reply[r + 6], reply[r + 7] = deferred[i] or 0, lanes[i] or ''
+      reply[r + 6], reply[r + 7], reply[r + 8] = deferred[i] or 0, lanes[i] or '', number
       if lanes[i] then
         local name, lane_group = split_lane(lanes[i])
         redis.call('ZADD', run_key(name), lease_stamp, id)
@@ -502,6 +507,7 @@ if #ids > 0 then
   if #taken > 0 then
     many('HSET', F.state, states, 2)
     many('HSET', F.attempts, counts, 2)
+    many('HSET', F.claim, numbers, 2)
     many('HSET', F.worker, workers, 2)
     many('HSET', F.started, starts, 2)
     many('HDEL', F.progress, taken, 1)

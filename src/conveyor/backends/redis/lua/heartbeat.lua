@@ -1,12 +1,12 @@
 -- Record a worker as alive and extend the leases of the attempts it holds.
 -- A laned job's slots (the running zsets of its name and group) are kept with its lease.
--- KEYS: 1..18 the job block (see _lib.lua), 19 workers zset, 20 worker info hash, then the
+-- KEYS: 1..19 the job block (see _lib.lua), 20 workers zset, 21 worker info hash, then the
 --       lease zsets of every queue the jobs may come from.
 -- ARGV: 1 worker id, 2 worker JSON, 3 lease seconds, 4 number S of started ids, then the S
 --       ids of held jobs that started since the last heartbeat, then 2 per held attempt:
---       job id, attempt.
+--       job id, its claim number.
 -- Returns: {ids whose cancellation was asked for, ids of the attempts the worker no longer
---       owns (not running, another owner, or another attempt)}.
+--       owns (not running, another owner, or a later claim)}.
 local worker, lease, begun = ARGV[1], tonumber(ARGV[3]), tonumber(ARGV[4])
 local now = server_now()
 local info = cjson.decode(ARGV[2])
@@ -32,12 +32,12 @@ for i = 5 + begun, #ARGV, 2 do
 end
 local states = hmget(F.state, ids)
 local owners = hmget(F.worker, ids)
-local attempts = hmget(F.attempts, ids)
+local claims = hmget(F.claim, ids)
 local lease_stamp = fmt(now + lease)
 local cancel, lost = {}, {}
 local lanes = redis.call('EXISTS', F.lane) == 1 and hmget(F.lane, ids) or {}
 for n, id in ipairs(ids) do
-  if states[n] == 'running' and owners[n] == worker and attempts[n] == held[n] then
+  if states[n] == 'running' and owners[n] == worker and claims[n] == held[n] then
     -- XX: only the lease set that holds the job changes
     for k = BLOCK + 3, #KEYS do
       if redis.call('ZADD', KEYS[k], 'XX', 'CH', lease_stamp, id) == 1 then break end

@@ -1,13 +1,14 @@
 -- Record the ends of attempts of one worker in one queue. An outcome for a job that is no
--- longer running under that worker (its lease was taken over), or whose attempt is not the
--- job's current one (a copy of this call re-sent after a lost reply), is ignored. A retry or
+-- longer running under that worker (its lease was taken over), or whose claim is not the
+-- job's latest (a copy of an outcome re-sent after a lost reply, when the job has been
+-- claimed again since, by this worker or another), is ignored. A retry or
 -- requeue of a job whose cancellation was asked for ends it as cancelled instead.
 -- A laned job's attempt frees its slots (see run_remove); a deferred retry (the job raised
 -- RateLimited) is a retry whose attempt is not charged, counted in its deferrals.
--- KEYS: 1..18 the job block (see _lib.lua), 19.. the queue group.
+-- KEYS: 1..19 the job block (see _lib.lua), 20.. the queue group.
 -- ARGV: 1 retention seconds, 2 worker id, 3 number S of successes, then 3 per success:
---       job id, attempt ('' when unknown), result JSON; then 6 per other outcome: job id,
---       attempt, kind (retry, deferred, dead, cancelled, requeue), error, traceback, retry
+--       job id, claim ('' when unknown), result JSON; then 6 per other outcome: job id,
+--       claim, kind (retry, deferred, dead, cancelled, requeue), error, traceback, retry
 --       delay seconds ('' for none).
 -- Returns: how many outcomes were applied.
 local retention, worker, wins = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
@@ -24,14 +25,14 @@ if wins > 0 then
   for i = 1, wins do ids[i] = ARGV[1 + 3 * i] end
   local states = hmget(F.state, ids)
   local owners = hmget(F.worker, ids)
-  local attempts = hmget(F.attempts, ids)
+  local claims = hmget(F.claim, ids)
   local stamp = fmt(now)
   local expires = fmt(now + retention)
   local done, fields, finished, results, expiry, index = {}, {}, {}, {}, {}, {}
   for i, id in ipairs(ids) do
-    local attempt = ARGV[2 + 3 * i]
+    local claim = ARGV[2 + 3 * i]
     if states[i] == 'running' and owners[i] == worker
-        and (attempt == '' or attempts[i] == attempt) then
+        and (claim == '' or claims[i] == claim) then
       done[#done + 1] = id
       fields[#fields + 1] = id
       fields[#fields + 1] = 'succeeded'
@@ -76,9 +77,9 @@ local function store_text(key, id, value)
 end
 
 for a = 4 + 3 * wins, #ARGV, 6 do
-  local id, attempt, kind = ARGV[a], ARGV[a + 1], ARGV[a + 2]
+  local id, claim, kind = ARGV[a], ARGV[a + 1], ARGV[a + 2]
   if redis.call('HGET', F.state, id) == 'running' and redis.call('HGET', F.worker, id) == worker
-      and (attempt == '' or redis.call('HGET', F.attempts, id) == attempt) then
+      and (claim == '' or redis.call('HGET', F.claim, id) == claim) then
     applied = applied + 1
     store_text(F.error, id, ARGV[a + 3])
     store_text(F.traceback, id, ARGV[a + 4])
