@@ -5,6 +5,10 @@ health check) reports trouble and success to the store's :class:`Outage`: the fi
 logs a WARNING naming the store and the cause; the first success after it logs an INFO
 saying how long the store was unavailable. What comes in between is not logged.
 
+A store that refuses a running process (a :class:`ConfigurationError` after it was open:
+Redis restarted with fewer databases, a node joined to a cluster) is an outage too, logged
+once as an ERROR: an operator may mend it while the process waits (see :func:`waits_out`).
+
 A store that answers but whose replicas do not confirm writes (``?replicas=N`` on a Redis
 URL) is trouble of its own, not an outage: a WARNING when a write first goes unconfirmed,
 an INFO when a write that waited is confirmed again; reads, claims and heartbeats, which
@@ -46,6 +50,8 @@ class Outage:
         self._since: float | None = None
         #: why the store is unavailable, in a few words (None while it is available)
         self.reason: str | None = None
+        #: the store refused this process during the outage under way (logged once)
+        self._refused = False
         #: time.monotonic() when the store last answered after an outage
         self._back_at = float("-inf")
         #: since when writes are not confirmed by the replicas they wait for (or None)
@@ -58,18 +64,29 @@ class Outage:
         """True from the first trouble until the next success."""
         return self._since is not None
 
-    def trouble(self, reason: str, detail: str = "", sent: float | None = None) -> None:
+    def trouble(self, reason: str, detail: str = "", sent: float | None = None,
+                refused: bool = False) -> None:
         """Note that the store could not be used (``reason`` in a few words, ``detail`` the
         driver's message); log it if it starts an outage. ``sent`` (``time.monotonic()``)
         is when the failed call began: one that began before the store answered again (a
-        connection left hanging by the outage, timing out after it) is not a new outage."""
+        connection left hanging by the outage, timing out after it) is not a new outage.
+        ``refused``: the store answered but refuses this process (an ERROR, not a WARNING:
+        it takes an operator to mend), logged once per outage even when the outage began
+        as the store being out of reach (a restart that came back with other settings)."""
         with self._lock:
             if self._since is None and sent is not None and sent < self._back_at:
                 return
             self.reason = reason
-            if self._since is not None:
+            first_refusal = refused and not self._refused
+            self._refused = self._refused or refused
+            if self._since is not None and not first_refusal:
                 return
-            self._since = time.monotonic()
+            if self._since is None:
+                self._since = time.monotonic()
+        if refused:
+            log.error("the store %s refuses this process: %s; trying again until it accepts",
+                      self.name, reason)
+            return
         log.warning("cannot reach the store %s: %s%s", self.name, reason,
                     f" ({detail})" if detail and detail != reason else "")
 
@@ -78,6 +95,12 @@ class Outage:
         it has them); :meth:`unconfirmed` for a write its replicas did not confirm."""
         if isinstance(error, WritesUnconfirmed):
             self.unconfirmed(error.reason, error.wanted)
+            return
+        if isinstance(error, ConfigurationError):
+            # its message names the store already (password redacted)
+            text = str(error)
+            prefix = f"{self.name}: "
+            self.trouble(text[len(prefix):] if text.startswith(prefix) else text, refused=True)
             return
         reason = getattr(error, "reason", "")
         # a StoreUnavailable's own text repeats its reason: the driver's is the detail
@@ -90,6 +113,7 @@ class Outage:
             return
         with self._lock:
             since, self._since, self.reason = self._since, None, None
+            self._refused = False
             if since is not None:
                 self._back_at = time.monotonic()
         if since is not None:
@@ -158,6 +182,17 @@ def outage_of(key: str) -> Outage:
 def outage(url: str) -> Outage:
     """The one :class:`Outage` of the store of ``url`` in this process."""
     return outage_of(store_key(url))
+
+
+def waits_out(broker: Broker, error: BaseException) -> bool:
+    """True when a running process waits ``error`` out rather than failing or logging it
+    at each try: trouble that passes (see :meth:`Broker.is_transient`), or the store
+    refusing it once open (:class:`ConfigurationError`), which an operator may mend. It is
+    noted on the store's :class:`Outage` (logged once)."""
+    if broker.is_transient(error) or isinstance(error, ConfigurationError):
+        outage_for(broker).note(error)
+        return True
+    return False
 
 
 def outage_for(broker: Broker) -> Outage:

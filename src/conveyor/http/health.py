@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from conveyor.backends.outage import outage_for
-from conveyor.errors import StoreUnavailable
+from conveyor.backends.outage import outage_for, waits_out
+from conveyor.errors import ConfigurationError, StoreUnavailable
 from conveyor.http.paths import route_path
 
 if TYPE_CHECKING:
@@ -75,7 +75,7 @@ class StoreHealth:
             return None
         if isinstance(error, StoreUnavailable):
             return error.reason
-        if self.app.broker.is_transient(error):
+        if self.app.broker.is_transient(error) or isinstance(error, ConfigurationError):
             return outage.reason or "the store cannot be used now"
         return "the store failed; see the server's log"
 
@@ -92,9 +92,9 @@ class StoreHealth:
             else:
                 await broker.ready_count([PROBE_ID], 1)
         except Exception as exc:
-            if isinstance(exc, StoreUnavailable) or broker.is_transient(exc):
+            if isinstance(exc, StoreUnavailable):
                 outage.note(exc)
-            else:
+            elif not waits_out(broker, exc):  # noted (logged once per outage) if it does
                 log.error("checking the store failed: %s: %s", type(exc).__name__, exc)
             raise
         outage.recovered()
@@ -183,7 +183,9 @@ class StoreGate:
             task.result()  # re-raises a cancellation of the task itself
             return
         broker = self.health.app.broker
-        if started or not (isinstance(error, StoreUnavailable) or broker.is_transient(error)):
+        # waits_out notes the trouble (a refusal too: a store that refuses this process
+        # once open is unavailable, not the caller's fault)
+        if started or not (isinstance(error, StoreUnavailable) or waits_out(broker, error)):
             raise error
         # a StoreUnavailable's reason names no host; a driver's error may: not shown
         reason = error.reason if isinstance(error, StoreUnavailable) else \

@@ -34,6 +34,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from conveyor import logs
+from conveyor.backends.outage import waits_out
 from conveyor.worker import outcomes, shutdown
 
 if TYPE_CHECKING:
@@ -137,7 +138,7 @@ class Maintenance:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                if self.worker.broker.is_transient(exc):  # the outage is logged once elsewhere
+                if waits_out(self.worker.broker, exc):  # logged once per outage
                     log.debug("%s failed: %s", name, exc)
                 else:
                     log.exception("%s failed; trying again in %s", name,

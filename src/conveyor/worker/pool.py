@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from conveyor import logs
-from conveyor.backends.outage import outage_for
+from conveyor.backends.outage import outage_for, waits_out
 from conveyor.context import JobContext
 from conveyor.errors import ConfigurationError, redact_url
 from conveyor.ids import new_id
@@ -437,9 +437,7 @@ class Worker:
                 jobs = await self.broker.claim(self.id, self.queues, want, lease, start=free,
                                                weights=self.weights, limits=self.limits)
             except Exception as exc:
-                if self.broker.is_transient(exc):  # logged once per outage, by the store
-                    outage_for(self.broker).note(exc)
-                else:
+                if not waits_out(self.broker, exc):  # else logged once per outage
                     log.exception("claim failed; retrying in 1s")
                 await self._sleep(1.0)
                 continue
@@ -777,12 +775,12 @@ class Worker:
         return batch
 
     def _passing(self, exc: Exception, batch: list[Outcome]) -> bool:
-        """True (and ``batch`` back in line) when ``exc`` is trouble that may pass."""
-        if not self.broker.is_transient(exc):
-            return False
+        """True (and ``batch`` back in line) when ``exc`` is trouble that may pass, or the
+        store refusing this worker (which an operator may mend: the outcomes wait)."""
         # the store's trouble is logged once per outage (conveyor.backends.outage), not at
-        # each retry; the outcomes wait for it
-        outage_for(self.broker).note(exc)
+        # each retry
+        if not waits_out(self.broker, exc):
+            return False
         self._outcomes[:0] = ([o for o in batch if id(o) not in self._superseded]
                               if self._superseded else batch)
         return True

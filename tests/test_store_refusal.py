@@ -1,0 +1,62 @@
+"""A store that refuses a running process (Redis restarted with fewer databases than the
+URL's number): the worker and ``serve`` log it once, wait, and go on when it is mended."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from conftest import TESTS, cli_env
+from conveyor import Conveyor
+from http_server import Server
+from polling import wait_until
+from redis_server import RedisServer
+
+REFUSAL = "refuses this process: DB index is out of range"
+
+
+def test_a_refusing_store_is_logged_once_and_waited_out(server: RedisServer,
+                                                        tmp_path: Path) -> None:
+    url = f"redis://127.0.0.1:{server.port}/5"
+    log = tmp_path / "worker.log"
+    with log.open("wb") as out:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "conveyor", "worker", "rjobs:app", "--url", url],
+            cwd=TESTS, env=cli_env(), stdout=out, stderr=subprocess.STDOUT)
+    serve = Server(tmp_path, "--url", url, app="rjobs:app", token=None)
+    try:
+        wait_until(lambda: "queues default" in log.read_text(), what="the worker to start")
+        serve.start()
+        # the AOF names database 5, which a server of 2 databases would not load: none
+        server.extra = ["--databases", "2", "--appendonly", "no"]
+        server.restart()
+        wait_until(lambda: REFUSAL in log.read_text(), what="the worker to log the refusal")
+        health = wait_until(lambda: (r := httpx.get(f"{serve.url}/healthz", timeout=10))
+                            .status_code == 503 and r, what="/healthz to answer 503")
+        assert health.json()["error"] == "store unavailable: DB index is out of range"
+        time.sleep(3)  # claims, heartbeats and recoveries try again every second meanwhile
+        for _ in range(3):
+            assert httpx.get(f"{serve.url}/healthz", timeout=10).status_code == 503
+        text, served = log.read_text(), serve.output()
+        assert text.count("refuses this process") == 1, text
+        assert served.count("refuses this process") == 1, served
+        assert "Traceback" not in text and "Traceback" not in served
+
+        server.extra = []
+        server.restart()
+        app = Conveyor(url=url)
+        try:
+            assert app.enqueue("pause", 7, 0.0).result(timeout=30) == 7
+        finally:
+            app.close()
+        wait_until(lambda: httpx.get(f"{serve.url}/healthz", timeout=10).status_code == 200,
+                   what="/healthz to answer 200 again")
+        assert "is reachable again" in log.read_text()
+    finally:
+        worker.terminate()
+        assert worker.wait(30) == 0, log.read_text()
+        assert serve.stop() == 0
