@@ -60,3 +60,23 @@ def test_a_refusing_store_is_logged_once_and_waited_out(server: RedisServer,
         worker.terminate()
         assert worker.wait(30) == 0, log.read_text()
         assert serve.stop() == 0
+
+
+def test_serve_refused_at_start_says_so_in_one_line(tmp_path: Path) -> None:
+    """At start there is nothing to wait for: the URL is more likely wrong than the store."""
+    (tmp_path / "redis").mkdir()
+    few = RedisServer(tmp_path / "redis", extra=["--databases", "2"]).start()
+    try:
+        url = f"redis://127.0.0.1:{few.port}/5"
+        for command in (["worker", "rjobs:app"],
+                        ["serve", "rjobs:app", "--port", "0", "--containers",
+                         f"dir:{tmp_path}"]):
+            done = subprocess.run([sys.executable, "-m", "conveyor", *command, "--url", url],
+                                  cwd=TESTS, env=cli_env(), capture_output=True, text=True,
+                                  timeout=60)
+            output = done.stdout + done.stderr
+            assert done.returncode == 1, output
+            assert output.count("DB index is out of range") == 1, output
+            assert "Traceback" not in output
+    finally:
+        few.stop()

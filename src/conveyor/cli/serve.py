@@ -34,7 +34,7 @@ from conveyor.cli.loading import (
     resolve_app,
     worker_queues,
 )
-from conveyor.errors import ConfigurationError
+from conveyor.errors import ConfigurationError, ConveyorError
 from conveyor.logs import duration, plural
 from conveyor.serverlimits import ServerLimits
 from conveyor.uploads import StagingArea
@@ -401,10 +401,13 @@ async def _serve(app: Conveyor, server: _Server, worker: Worker | None,
         if worker is not None:
             worker.request_stop()
 
+    reported: set[str] = set()  # errors said already, not to be said again at the end
+
     def started(task: asyncio.Task[None]) -> None:
         error = None if task.cancelled() else task.exception()
         if error is not None:  # the store cannot be used as configured: no point serving
             log.error("cannot use the store: %s; shutting down", error)
+            reported.add(str(error))
             server.stop()
             if worker is not None:
                 worker.request_stop()
@@ -434,7 +437,10 @@ async def _serve(app: Conveyor, server: _Server, worker: Worker | None,
         await app.broker.close()
     failed = [r for r in results if isinstance(r, BaseException)]
     for exc in failed:
-        log.error("serve failed: %r", exc, exc_info=exc)
+        if not isinstance(exc, ConveyorError):  # a fault of Conveyor's own: its traceback
+            log.error("serve failed: %r", exc, exc_info=exc)
+        elif str(exc) not in reported:  # a known error, one line, once
+            log.error("serve failed: %s", exc)
     return 0 if signals.count and not failed else 1
 
 
