@@ -484,7 +484,7 @@ def test_a_redis_namespace_of_layout_3_takes_limits_with_its_jobs_unlaned() -> N
         return records, claimed, states
 
     records, claimed, states = asyncio.run(scenario())
-    assert client.get(f"{{{ns}}}:layout") == str(redis_layout.LAYOUT) == "4"
+    assert client.get(f"{{{ns}}}:layout") == str(redis_layout.LAYOUT) == "5"
     assert [(r.id, str(r.state), r.group, r.deferrals) for r in records] == [
         ("q3", "queued", None, 0), ("s3", "scheduled", None, 0), ("r3", "running", None, 0)]
     assert len(claimed) == 2 and claimed[0] == "q3"  # the old job first: it ranks first

@@ -163,7 +163,7 @@ def test_a_layout_2_namespace_is_upgraded_to_the_current_layout(client: redis.Re
         return before, await broker.claim("w1", ["default"], 10, 30.0)
 
     before, claimed = on_redis(scenario, ns)
-    assert client.get(f"{p}:layout") == str(redis_layout.LAYOUT) == "4"
+    assert client.get(f"{p}:layout") == str(redis_layout.LAYOUT) == "5"
     assert {r.id: (r.state, r.priority) for r in before} == {
         "q-old": (JobState.QUEUED, 0), "q-new": (JobState.QUEUED, 0),
         "s-due": (JobState.SCHEDULED, 0), "s-later": (JobState.SCHEDULED, 0)}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Callable
 
 from conftest import WorkerThread
@@ -76,3 +77,36 @@ def test_a_stop_during_a_claim_is_not_lost(
         info = handle.info()
         assert info.state is JobState.QUEUED and info.attempts == 0  # not left to finish
         assert app.cancel(handle.id).state is JobState.CANCELLED
+
+
+def test_progress_of_an_attempt_that_timed_out_is_not_stored_on_the_next(
+    app: Conveyor, start_worker: Callable[..., WorkerThread]
+) -> None:
+    """A thread job's attempt that timed out runs on (its thread cannot be stopped): what
+    it reports while the next attempt runs must not be stored as the next attempt's."""
+    second_reported, zombie_done, release = (threading.Event() for _ in range(3))
+
+    @app.job(executor="thread", timeout=3.0, retries=1, backoff=0.01)
+    def slow(ctx: JobContext) -> str:
+        if ctx.attempt == 1:
+            second_reported.wait(20)  # timed out meanwhile; the next attempt runs
+            for _ in range(5):
+                ctx.progress(0.1, "from the attempt that timed out")
+            zombie_done.set()
+            return "too late"
+        ctx.progress(0.9, "from the attempt running")
+        second_reported.set()
+        release.wait(20)
+        return "second"
+
+    handle = slow.enqueue()
+    start_worker(app, max_workers=2)
+    try:
+        assert zombie_done.wait(20), "the timed-out attempt did not report"
+        time.sleep(0.75)  # flushes of progress (every 0.25 s), well within the timeout
+        info = handle.info()
+        assert (info.state, info.attempts) == (JobState.RUNNING, 2)
+        assert (info.progress, info.progress_message) == (0.9, "from the attempt running")
+    finally:
+        release.set()
+    assert handle.result(timeout=20) == "second"

@@ -96,10 +96,11 @@ class JobRecord:
     #: set by a claim: the job ran before in a worker that was lost (``recoveries``), or was
     #: held by one unstarted and may have started just before it died; it runs alone
     suspect: bool = field(default=False, compare=False)
-    #: set by a claim: how many times the job has been claimed, this claim included. It
-    #: never goes back (unlike ``attempts``, which an uncharged attempt gives back), so it
-    #: tells this attempt from any other, even of the same worker: the fencing token that
-    #: the attempt's outcome, heartbeats and progress carry. 0 in records read otherwise.
+    #: set by a claim: the number it took from the namespace's claim counter, which only
+    #: grows (unlike ``attempts``, which an uncharged attempt gives back), so it tells this
+    #: attempt from any other of the job, even of the same worker: the fencing token that
+    #: the attempt's outcome, heartbeats, start mark and progress carry. 0 in records read
+    #: otherwise.
     claim: int = field(default=0, compare=False)
     #: while this job is not final (and until ``unique_until``, if set) another enqueue with
     #: the same key stores nothing (see ``EnqueueOptions.unique_key``); set at enqueue only

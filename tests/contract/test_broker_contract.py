@@ -7,6 +7,7 @@ tests run against every backend listed in ``conftest.FACTORIES``.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -588,16 +589,16 @@ def test_a_late_copy_of_an_outcome_does_not_touch_the_next_attempt(
     run(broker.enqueue([make_job()], {}))
     first = claim_one(run, broker)
     assert first.attempts == 1
-    retry = outcome(first, OutcomeKind.RETRY, run_at=time.time() - 1, claim=1,
+    retry = outcome(first, OutcomeKind.RETRY, run_at=time.time() - 1, claim=first.claim,
                     error="first try")
     run(broker.settle([retry]))
     second = claim_one(run, broker)
     assert (second.id, second.attempts) == (first.id, 2)
-    late = outcome(first, kind, claim=1, result_json='"late"', error="late copy")
+    late = outcome(first, kind, claim=first.claim, result_json='"late"', error="late copy")
     run(broker.settle([retry, late]))
     now = run(broker.get(first.id))
     assert now is not None and (now.state, now.attempts) == (JobState.RUNNING, 2)
-    run(broker.settle([outcome(second, OutcomeKind.SUCCEEDED, claim=2,
+    run(broker.settle([outcome(second, OutcomeKind.SUCCEEDED, claim=second.claim,
                                result_json='"second"')]))
     done = run(broker.get(first.id))
     assert done is not None and done.state is JobState.SUCCEEDED and done.result == "second"
@@ -790,7 +791,7 @@ def test_the_same_worker_claiming_a_job_again_gets_a_new_claim(
     assert (stored.state, stored.attempts) in {(JobState.QUEUED, 0), (JobState.SCHEDULED, 0)}
     second = claim_one(run, broker)
     assert (second.id, second.attempts, second.worker_id) == (first.id, 1, "w1")
-    assert second.claim == first.claim + 1
+    assert second.claim > first.claim
     late = outcome(first, OutcomeKind.SUCCEEDED, claim=first.claim, result_json='"late"')
     run(broker.settle([late, outcome(first, OutcomeKind.DEAD, claim=first.claim,
                                      error="late copy")]))
@@ -815,14 +816,55 @@ def test_a_claim_number_never_goes_back(run: Run[Any], broker: Broker) -> None:
     run(broker.settle([outcome(first, OutcomeKind.DEAD, claim=first.claim, error="x")]))
     assert run(broker.retry(first.id)) is not None
     second = claim_one(run, broker)
-    assert (second.attempts, second.claim) == (1, first.claim + 1)
+    assert second.attempts == 1 and second.claim > first.claim
+
+
+def test_a_job_deleted_and_enqueued_again_gets_a_new_claim(run: Run[Any], broker: Broker) -> None:
+    """The same id enqueued again starts its attempts over, not its claims: writes of the
+    deleted job's attempt (sent again after a lost reply) touch nothing of the new one's."""
+    job = make_job()
+    run(broker.enqueue([job], {}))
+    first = claim_one(run, broker)
+    ended = outcome(first, OutcomeKind.DEAD, claim=first.claim, error="old")
+    run(broker.settle([ended]))
+    assert run(broker.delete(job.id))
+    run(broker.enqueue([dataclasses.replace(make_job(), id=job.id)], {}))
+    second = claim_one(run, broker)
+    assert (second.id, second.attempts) == (job.id, 1) and second.claim > first.claim
+    run(broker.settle([ended]))
+    run(broker.set_progress("w1", [(job.id, first.claim, 0.5, "old")]))
+    assert run(broker.heartbeat(make_worker("w1"), {job.id: first.claim}, LEASE)).lost == {
+        job.id}
+    now = get(run, broker, job.id)
+    assert (now.state, now.error, now.progress) == (JobState.RUNNING, None, None)
+
+
+def test_a_stale_heartbeat_neither_renews_nor_marks_a_later_claim(
+    run: Run[Any], broker: Broker
+) -> None:
+    """A heartbeat naming an earlier claim of a job the same worker holds again (held
+    unstarted, with a short lease) neither extends that lease nor marks it started: when
+    the worker is lost, the job comes back uncharged."""
+    run(broker.enqueue([make_job()], {}))
+    (first,) = run(broker.claim("w1", ["default"], 1, LEASE, start=0))
+    run(broker.settle([outcome(first, OutcomeKind.REQUEUE, claim=first.claim)]))
+    (second,) = run(broker.claim("w1", ["default"], 1, SHORT, start=0))
+    assert second.claim > first.claim
+    beat = run(broker.heartbeat(make_worker("w1"), {first.id: first.claim}, LEASE,
+                                [(first.id, first.claim)]))
+    assert beat.lost == {first.id}
+    time.sleep(PAST_SHORT)
+    recovery = run(broker.recover_expired(5))
+    assert recovery.jobs == [(first.id, "default", "uncharged")]
+    stored = get(run, broker, first.id)
+    assert (stored.state, stored.recoveries, stored.attempts) == (JobState.QUEUED, 0, 0)
 
 
 def test_a_heartbeat_marks_held_jobs_started(run: Run[Any], broker: Broker) -> None:
     run(broker.enqueue(make_jobs(2), {}))
     first, second = run(broker.claim("lost", ["default"], 2, SHORT, start=0))
     held = {first.id: first.claim, second.id: second.claim}
-    run(broker.heartbeat(make_worker("lost"), held, SHORT, [first.id]))
+    run(broker.heartbeat(make_worker("lost"), held, SHORT, [(first.id, first.claim)]))
     time.sleep(PAST_SHORT)
     run(broker.recover_expired(5))
     assert get(run, broker, first.id).recoveries == 1
@@ -847,7 +889,8 @@ def test_a_job_held_unstarted_by_a_lost_worker_comes_back_suspect(
     assert get(run, broker, job.id).recoveries == 0
     (third,) = run(broker.claim("w3", ["default"], 1, SHORT, start=1))
     assert third.suspect
-    run(broker.heartbeat(make_worker("w3"), {third.id: third.claim}, SHORT, [third.id]))
+    run(broker.heartbeat(make_worker("w3"), {third.id: third.claim}, SHORT,
+                         [(third.id, third.claim)]))
     time.sleep(PAST_SHORT)
     run(broker.recover_expired(5))
     assert get(run, broker, job.id).recoveries == 1
@@ -865,11 +908,11 @@ def test_a_stale_start_mark_leaves_another_workers_held_job_alone(
     worker's job stays unstarted (uncharged if it is lost with its worker)."""
     job = make_job()
     run(broker.enqueue([job], {}))
-    run(broker.claim("cut-off", ["default"], 1, SHORT, start=0))
+    (old,) = run(broker.claim("cut-off", ["default"], 1, SHORT, start=0))
     time.sleep(PAST_SHORT)
     run(broker.recover_expired(5))
-    (held,) = run(broker.claim("holder", ["default"], 1, SHORT, start=0))
-    run(broker.heartbeat(make_worker("cut-off"), {}, LEASE, [held.id]))
+    run(broker.claim("holder", ["default"], 1, SHORT, start=0))
+    run(broker.heartbeat(make_worker("cut-off"), {}, LEASE, [(old.id, old.claim)]))
     time.sleep(PAST_SHORT)
     run(broker.recover_expired(5))
     assert get(run, broker, job.id).recoveries == 0
@@ -1455,12 +1498,13 @@ def test_wait_for_work_returns_after_the_timeout(run: Run[Any], broker: Broker) 
 def test_set_progress(run: Run[Any], broker: Broker) -> None:
     job = enqueue_and_claim(run, broker)
     other = enqueue_and_claim(run, broker)
-    run(broker.set_progress("w1", [(job.id, 1, 0.25, "a quarter"), (other.id, 1, 0.5, None)]))
+    run(broker.set_progress("w1", [(job.id, job.claim, 0.25, "a quarter"),
+                                   (other.id, other.claim, 0.5, None)]))
     stored = get(run, broker, job.id)
     assert (stored.progress, stored.progress_message) == (0.25, "a quarter")
     assert get(run, broker, other.id).progress == 0.5
     assert get(run, broker, other.id).progress_message is None
-    run(broker.set_progress("w1", [(job.id, 1, 0.75, "three quarters")]))
+    run(broker.set_progress("w1", [(job.id, job.claim, 0.75, "three quarters")]))
     stored = get(run, broker, job.id)
     assert (stored.progress, stored.progress_message) == (0.75, "three quarters")
     assert stored.state is JobState.RUNNING
@@ -1478,10 +1522,10 @@ def test_set_progress_ignores_jobs_that_are_not_running(run: Run[Any], broker: B
 def test_set_progress_ignores_another_workers_job(run: Run[Any], broker: Broker) -> None:
     """A worker whose lease was taken over must not write over the new attempt's progress."""
     job = enqueue_and_claim(run, broker, worker_id="w2")
-    run(broker.set_progress("w1", [(job.id, 1, 0.9, "from a worker that lost the job")]))
+    run(broker.set_progress("w1", [(job.id, job.claim, 0.9, "from a worker that lost the job")]))
     stored = get(run, broker, job.id)
     assert (stored.progress, stored.progress_message) == (None, None)
-    run(broker.set_progress("w2", [(job.id, 1, 0.1, "its own")]))
+    run(broker.set_progress("w2", [(job.id, job.claim, 0.1, "its own")]))
     assert get(run, broker, job.id).progress_message == "its own"
 
 

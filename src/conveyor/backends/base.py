@@ -181,8 +181,9 @@ class Broker(abc.ABC):
         name's jobs round robin over its groups (in the order of their names, from the
         group after the one it served last). Each (name, reason) it held jobs back for is
         noted (:meth:`note_throttled`).
-        Each claimed job's ``attempts`` and ``claim`` grow by one (``claim``, which never
-        goes back, is the attempt's fencing token) and its lease runs ``lease`` seconds. The
+        Each claimed job's ``attempts`` grows by one, its ``claim`` (the attempt's fencing
+        token) is the next number of the namespace's claim counter, which only grows, and
+        its lease runs ``lease`` seconds. The
         first ``start`` jobs (all when ``None``) start at once; the others are held unstarted
         until a heartbeat names them started, and a recovery of an unstarted job charges it
         nothing.
@@ -220,15 +221,15 @@ class Broker(abc.ABC):
     @abc.abstractmethod
     async def heartbeat(
         self, worker: WorkerInfo, held: Mapping[str, int], lease: float,
-        started: Sequence[str] = (),
+        started: Sequence[tuple[str, int]] = (),
     ) -> Beat:
         """Record ``worker`` as alive and extend the leases of the attempts it holds.
 
         ``held`` maps a job id to the claim (:attr:`JobRecord.claim`) of the attempt the
         worker runs (or holds unstarted); only a lease whose job is still running under this
-        worker and claim is extended, the
-        others come back in :attr:`Beat.lost`. ``started`` names held jobs that started
-        since the last heartbeat.
+        worker and claim is extended, the others come back in :attr:`Beat.lost`.
+        ``started`` names ``(job id, claim)`` of held jobs that started since the last
+        heartbeat (a mark of an earlier claim leaves a later one unstarted).
         """
 
     @abc.abstractmethod

@@ -39,6 +39,8 @@ from conveyor.worker import outcomes, shutdown
 
 if TYPE_CHECKING:
     from conveyor.backends.base import Broker
+    from conveyor.context import ProgressSink
+    from conveyor.job import JobRecord
     from conveyor.worker.pool import Worker
     from conveyor.worker.scheduler import Scheduler
 
@@ -243,12 +245,19 @@ class Maintenance:
         """Add the statistics counted since the last flush (kept if the store refuses)."""
         await self.worker.stats.flush(self.worker.broker)
 
-    def report_progress(self, job_id: str, value: float, message: str | None) -> None:
-        """Progress sink of job contexts: keep the latest report (any thread), with the
-        claim of the attempt it belongs to."""
-        entry = self.worker.running.get(job_id)
-        if entry is not None:
-            self._progress[job_id] = (entry.ctx.record.claim, value, message)
+    def progress_sink(self, record: JobRecord) -> ProgressSink:
+        """Where the attempt of ``record`` (this claim of it) reports progress: the latest
+        report is kept (from any thread), with the attempt's claim, only while that attempt
+        is the one running: a thread job that timed out runs on, and must not report over
+        the next attempt of its job."""
+        running = self.worker.running
+
+        def report(job_id: str, value: float, message: str | None) -> None:
+            entry = running.get(job_id)
+            if entry is not None and entry.ctx.record is record:
+                self._progress[job_id] = (record.claim, value, message)
+
+        return report
 
     async def flush_progress(self) -> None:
         """Store the latest reports gathered since the last flush."""
@@ -257,6 +266,6 @@ class Maintenance:
         reports, self._progress = self._progress, {}
         await self.worker.broker.set_progress(
             self.worker.id,
-            [(job_id, attempt, value, message)
-             for job_id, (attempt, value, message) in reports.items()],
+            [(job_id, claim, value, message)
+             for job_id, (claim, value, message) in reports.items()],
         )

@@ -138,7 +138,7 @@ class Worker:
         #: claimed unstarted (the store was told so), and those of them started since the
         #: last heartbeat (it is told at the next one)
         self._unstarted: set[str] = set()
-        self.begun: list[str] = []
+        self.begun: list[tuple[str, int]] = []  # (job id, claim)
         #: a suspect job (one whose worker was lost before) runs alone: its id while it runs
         self._alone: str | None = None
         #: attempts ended, and the rate per second they end at (for the prefetch bound)
@@ -520,7 +520,7 @@ class Worker:
                 for outcome in released:
                     self._record(outcome)
         if suspect.id in self._unstarted:
-            self.begun.append(suspect.id)
+            self.begun.append((suspect.id, suspect.claim))
             try:
                 await self.maintenance.heartbeat_once()
             except Exception:
@@ -558,7 +558,7 @@ class Worker:
             self._buffered_at.pop(record.id, None)
             if record.id in self._unstarted:
                 self._unstarted.discard(record.id)
-                self.begun.append(record.id)
+                self.begun.append((record.id, record.claim))
             self._start(record)
 
     async def _idle(self, timeout: float = 1.0, lanes: bool = True) -> None:
@@ -592,7 +592,7 @@ class Worker:
         job_fn = self.app.registry.get(record.name)
         if job_fn is not None and job_fn.uses_staging:
             self._staged.add(record.id)
-        entry = _Running(JobContext(record, self.maintenance.report_progress), job_fn)
+        entry = _Running(JobContext(record, self.maintenance.progress_sink(record)), job_fn)
         self.running[record.id] = entry
         if self.metrics is not None:
             self.metrics.job_started(record)
@@ -647,7 +647,7 @@ class Worker:
         """Run one claimed attempt here and now, as the claim loop would (middleware,
         executor, timeout, outcome rules), and return its outcome unsettled: for eager mode.
         The job counts as running (heartbeat, cancellation) while it runs."""
-        entry = _Running(JobContext(record, self.maintenance.report_progress), job_fn)
+        entry = _Running(JobContext(record, self.maintenance.progress_sink(record)), job_fn)
         self.running[record.id] = entry
         try:
             return await self._attempt(record, entry)

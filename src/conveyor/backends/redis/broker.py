@@ -919,13 +919,14 @@ class RedisBroker(Broker):
 
     async def heartbeat(
         self, worker: WorkerInfo, held: Mapping[str, int], lease: float,
-        started: Sequence[str] = (),
+        started: Sequence[tuple[str, int]] = (),
     ) -> Beat:
         k = self.keys
         queues = sorted(set(worker.queues) | set(await self._queues())) if held else []
         keys = [*k.job_block, k.workers, k.winfo, *(k.leases(q) for q in queues)]
-        args: list[Any] = [worker.id, codec.worker_to_json(worker), lease, len(started),
-                           *started]
+        args: list[Any] = [worker.id, codec.worker_to_json(worker), lease, len(started)]
+        for job_id, claim in started:
+            args += (job_id, claim)
         for job_id, claim in held.items():
             args += (job_id, claim)
         cancel, lost = await self._script("heartbeat", keys, args)

@@ -47,9 +47,11 @@ Layout (``ns`` is the namespace, ``q`` a queue):
                                          below) directly followed by its group (see
                                          ``conveyor.limits``), written once at enqueue;
                                          absent: the job is not laned (group None)
-``{ns}:f:claim``                hash     job id -> times it was claimed; never goes back
-                                         (unlike attempts): the fencing token of its latest
-                                         attempt, named by settle, heartbeat and progress
+``{ns}:f:claim``                hash     job id -> the number its latest claim took from
+                                         ``{ns}:claim:counter`` (which only grows): the
+                                         fencing token of its latest attempt, named by
+                                         settle, heartbeat and progress
+``{ns}:claim:counter``          string   the namespace's claim counter (INCR per claim)
 ``{ns}:expiry``                 zset     finished job id -> expires_at (when it is purged)
 ``{ns}:cancel``                 set      jobs whose cancellation was asked while they ran
 ``{ns}:queues``                 set      queues that hold jobs or have stored settings; a
@@ -193,13 +195,15 @@ class Keys:
         self._groups: dict[str, list[str]] = {}
         #: the keys that hold a job, in the order most scripts take them first: the jobs
         #: hash, the field hashes (in :data:`FIELDS` order), the expiry zset, the cancel set,
-        #: the set of running jobs claimed ahead and not started yet, the claim numbers
+        #: the set of running jobs claimed ahead and not started yet, the claim numbers, the
+        #: claim counter
         self.unstarted = f"{p}:unstarted"
         self.claim_numbers = f"{p}:f:claim"
+        self.claim_counter = f"{p}:claim:counter"
         #: the jobs hash and the field hashes, read together for a job's record
         self.record_hashes = [self.jobs, *(f"{p}:f:{name}" for name in FIELDS)]
         self.job_block = [*self.record_hashes, self.expiry, self.cancel, self.unstarted,
-                          self.claim_numbers]
+                          self.claim_numbers, self.claim_counter]
 
     def field(self, name: str) -> str:
         """The hash of one job field (one of :data:`FIELDS`)."""

@@ -12,7 +12,10 @@ their rank at boost 0). Layout 4 adds limits: ``{ns}:f:deferrals`` and ``{ns}:f:
 (absent: no deferrals, not laned, as every job stored before), the lanes of laned jobs,
 their running zsets, the claims' cursors and the token buckets, all made as they are first
 written, so no data moves (the queue group grows by its lanes key, which is absent for an
-old queue: a queue without laned jobs). A later layout
+old queue: a queue without laned jobs). Layout 5 adds the fencing of attempts by claim:
+``{ns}:f:claim`` (each job's latest claim number, absent: 0) and ``{ns}:claim:counter``,
+made as they are first written, so no data moves; the number is raised so that processes
+of an older version, whose claims take no number, refuse the namespace. A later layout
 that must move data adds a step here: a script run before the layout key is raised,
 guarded by the layout it starts from so that processes opening the namespace at once apply
 it once. A namespace of a newer layout is refused (:class:`~conveyor.errors.NewerStore`).
@@ -23,7 +26,7 @@ from __future__ import annotations
 from conveyor.errors import ConfigurationError, NewerStore, redact_url
 
 #: the layout this version writes
-LAYOUT = 4
+LAYOUT = 5
 #: what the layout script answers for a namespace sharded by queue: its layout key holds
 #: ``sharded N`` (N its layout), refused by a broker opened without ``?shard=queue``
 SHARDED = -2

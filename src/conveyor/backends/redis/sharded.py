@@ -639,23 +639,22 @@ class ShardedRedisBroker(Broker):
 
     async def heartbeat(
         self, worker: WorkerInfo, held: Mapping[str, int], lease: float,
-        started: Sequence[str] = (),
+        started: Sequence[tuple[str, int]] = (),
     ) -> Beat:
         """The home registers the worker; each queue it serves or holds jobs of registers it
         too (for that queue's lease recovery) and extends the leases of its jobs there."""
         await self.home.heartbeat(worker, {}, lease)
         where = await self._locate(list(held), strict=False)
         groups: dict[str, dict[str, int]] = defaultdict(dict)
-        for job_id, attempt in held.items():
+        for job_id, claim in held.items():
             if job_id in where:
-                groups[where[job_id]][job_id] = attempt
+                groups[where[job_id]][job_id] = claim
         beat = Beat(lost={job_id for job_id in held if job_id not in where})
         for queue in worker.queues:  # registered where its next claims may take jobs
             groups.setdefault(queue, {})
-        begun = set(started)
         for queue, mine in groups.items():
             part = await self.shard(queue).heartbeat(worker, mine, lease,
-                                                     [i for i in mine if i in begun])
+                                                     [s for s in started if s[0] in mine])
             self._beaten.add(queue)
             beat.cancel |= part.cancel
             beat.lost |= part.lost

@@ -108,16 +108,19 @@ class SQLiteBroker(Broker):
         # index). Laned jobs (grp not NULL) wait in the jobs_lanes index instead (see
         # .lanes).
         take = (
-            f"UPDATE {t}_jobs SET state='running', worker_id=?, attempts=attempts+1, "
-            f"claim=claim+1, "
+            f"UPDATE {t}_jobs SET state='running', worker_id=?, claim=?, attempts=attempts+1, "
             f"started_at=?, lease_expires_at=?, progress=NULL, progress_message=NULL, "
             f"unstarted=CASE WHEN unstarted IN ({MAYBE_STARTED}, {HELD_SUSPECT}) "
             f"THEN {SUSPECT} ELSE 0 END WHERE id IN ({{ids}}) "
             f"RETURNING {JOB_COLUMNS}, claim, unstarted, boost"
         )
-        #: the jobs of ``ids``: (worker, now, lease until, *ids)
+        #: the jobs of ``ids``: (worker, claim, now, lease until, *ids)
         self._sql_take = take
-        #: one queue, one statement: (worker, now, lease until, queue, now, limit)
+        #: the namespace's next claim number (see :meth:`_next_claim`)
+        self._sql_next_claim = (
+            f"INSERT INTO {t}_meta (key, value) VALUES ('claim', 1) "
+            f"ON CONFLICT (key) DO UPDATE SET value=value+1 RETURNING value")
+        #: one queue, one statement: (worker, claim, now, lease until, queue, now, limit)
         self._sql_claim_one = take.format(ids=(
             f"SELECT id FROM {t}_jobs WHERE state='queued' AND grp IS NULL AND queue=? "
             f"AND run_at <= ? AND {self._not_paused} ORDER BY {RANK}, run_at, id LIMIT ?"))
@@ -532,13 +535,21 @@ class SQLiteBroker(Broker):
         ranked.sort(key=lambda item: item[:3])
         return [item[3] for item in ranked]
 
+    def _next_claim(self, conn: sqlite3.Connection) -> int:
+        """The next number of the namespace's claim counter, which only grows: a claim gives
+        it to the jobs it takes (their fencing token), so a claim of a job is told from all
+        its others, even across a delete and an enqueue again of the same id."""
+        (value,) = conn.execute(self._sql_next_claim).fetchone()
+        return int(value)
+
     def _take(self, conn: sqlite3.Connection, worker_id: str, ids: Sequence[str],
               now: float, until: float) -> list[JobRecord]:
         """Claim the jobs of ``ids`` (queued, as the caller found them), in claim order."""
         rows: list[tuple[Any, ...]] = []
+        claim = self._next_claim(conn) if ids else 0
         for chunk in _chunks(ids):
             sql = self._sql_take.format(ids=_marks(len(chunk)))
-            rows.extend(conn.execute(sql, (worker_id, now, until, *chunk)))
+            rows.extend(conn.execute(sql, (worker_id, claim, now, until, *chunk)))
         return self._claimed(rows)
 
     def _take_in_order(self, conn: sqlite3.Connection, worker_id: str, ids: Sequence[str],
@@ -560,7 +571,8 @@ class SQLiteBroker(Broker):
         if laned_names(conn, self.ns, queue):
             return self._claim_merged(conn, worker_id, (queue,), limit, now, until, limiter,
                                       promoted=True)
-        rows = conn.execute(self._sql_claim_one, (worker_id, now, until, queue, now, limit))
+        rows = conn.execute(self._sql_claim_one, (worker_id, self._next_claim(conn), now, until,
+                                                  queue, now, limit))
         return self._claimed(rows)
 
     def _ranked(self, conn: sqlite3.Connection, queues: Sequence[str], limit: int,
@@ -739,11 +751,11 @@ class SQLiteBroker(Broker):
 
     async def heartbeat(
         self, worker: WorkerInfo, held: Mapping[str, int], lease: float,
-        started: Sequence[str] = (),
+        started: Sequence[tuple[str, int]] = (),
     ) -> Beat:
         t = self.ns
         ids = list(held)
-        begun = [(job_id, worker.id) for job_id in started]
+        begun = [(job_id, worker.id, claim) for job_id, claim in started]
 
         def fn(conn: sqlite3.Connection) -> Beat:
             now, until = time.time(), lease_now() + lease
@@ -757,22 +769,25 @@ class SQLiteBroker(Broker):
             if begun:
                 conn.executemany(
                     f"UPDATE {t}_jobs SET unstarted=0 WHERE id=? AND worker_id=? "
-                    f"AND state='running'", begun
+                    f"AND state='running' AND claim=?", begun
                 )
             beat = Beat()
             owned: set[str] = set()
             for chunk in _chunks(ids):
+                # the claim named for each id (one CASE over the chunk: the ids still
+                # found through the primary key)
+                cases = " ".join("WHEN ? THEN ?" for _ in chunk)
                 rows = conn.execute(
                     f"UPDATE {t}_jobs SET lease_expires_at=? WHERE id IN ({_marks(len(chunk))}) "
-                    f"AND worker_id=? AND state='running' RETURNING id, claim, "
-                    f"cancel_requested",
-                    (until, *chunk, worker.id),
+                    f"AND worker_id=? AND state='running' AND claim = CASE id {cases} END "
+                    f"RETURNING id, cancel_requested",
+                    (until, *chunk, worker.id,
+                     *(value for job_id in chunk for value in (job_id, held[job_id]))),
                 )
-                for job_id, claim, wanted in rows:
-                    if claim == held[job_id]:
-                        owned.add(job_id)
-                        if wanted:
-                            beat.cancel.add(job_id)
+                for job_id, wanted in rows:
+                    owned.add(job_id)
+                    if wanted:
+                        beat.cancel.add(job_id)
             beat.lost = set(ids) - owned
             return beat
 

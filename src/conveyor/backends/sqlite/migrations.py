@@ -121,12 +121,15 @@ def _layout_4(conn: sqlite3.Connection, ns: str) -> None:
 
 
 def _layout_5(conn: sqlite3.Connection, ns: str) -> None:
-    """Fencing by claim: each job's ``claim``, how many times it was claimed (never going
-    back, unlike ``attempts``): an attempt's outcome, heartbeats and progress name it, so a
-    late copy never touches a later attempt of the same worker. Jobs stored before start
-    from 0."""
+    """Fencing by claim: each job's ``claim``, the number its latest claim took from the
+    namespace's claim counter (``meta`` key ``claim``, which only grows): an attempt's
+    outcome, heartbeats and progress name it, so a late copy never touches a later attempt,
+    even of the same worker after an uncharged put-back (``attempts`` goes back) or of a
+    job deleted and enqueued again under the same id. Jobs stored before have 0."""
     if "claim" not in _columns(conn, f"{ns}_jobs"):
         conn.execute(f"ALTER TABLE {ns}_jobs ADD COLUMN claim INTEGER NOT NULL DEFAULT 0")
+    conn.execute(f"INSERT OR IGNORE INTO {ns}_meta (key, value) "
+                 f"SELECT 'claim', coalesce(max(claim), 0) FROM {ns}_jobs")
 
 
 #: the steps, in order: ``STEPS[n]`` brings a namespace from layout ``n`` to ``n + 1``

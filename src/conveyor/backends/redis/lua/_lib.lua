@@ -8,8 +8,11 @@
 --   '1': running, claimed ahead of a free slot, not started yet, so a recovery does not
 --   charge it; '3': the same for a suspect, which stays one if handed back; '2': went back
 --   uncharged, held unstarted when its lease ran out, and may have started just before its
---   worker died: the next claim makes it a suspect), 19 claim hash (job id -> how many
---   times it was claimed: never goes back, the fencing token of its latest attempt).
+--   worker died: the next claim makes it a suspect), 19 claim hash (job id -> the number
+--   its latest claim took from the counter: the fencing token of its latest attempt), 20
+--   the claim counter (a string, INCR once per claim that takes jobs: it only grows, so a
+--   claim is told from every other claim of the job, even one of a job deleted and
+--   enqueued again under the same id).
 -- A "queue group" is ten consecutive KEYS of one queue, starting at index `base`:
 --   base+0 waiting zset (queued job id -> rank, run_at - boost; unlaned jobs only), base+1
 --   sched zset (the scheduled job ids -> run_at), base+2 wake list, base+3 leases zset
@@ -29,10 +32,10 @@ local F = {jobs = KEYS[1], state = KEYS[2], run_at = KEYS[3], attempts = KEYS[4]
            recoveries = KEYS[5], worker = KEYS[6], started = KEYS[7], finished = KEYS[8],
            result = KEYS[9], error = KEYS[10], traceback = KEYS[11], progress = KEYS[12],
            priority = KEYS[13], deferrals = KEYS[14], lane = KEYS[15], expiry = KEYS[16],
-           cancel = KEYS[17], unstarted = KEYS[18], claim = KEYS[19]}
+           cancel = KEYS[17], unstarted = KEYS[18], claim = KEYS[19], counter = KEYS[20]}
 -- the jobs hash and the field hashes: KEYS[1] .. KEYS[HASHES]
 local HASHES = 15
-local BLOCK = 19
+local BLOCK = 20
 
 local GROUP = 10
 local LEASES = 3

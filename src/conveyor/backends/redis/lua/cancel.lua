@@ -1,6 +1,6 @@
 -- Cancel one job: a waiting one at once, a running one by asking its worker (the cancel
 -- set, read by heartbeats). Finished jobs are left as they are.
--- KEYS: 1..19 the job block (see _lib.lua), 20.. the job's queue group.
+-- KEYS: 1..20 the job block (see _lib.lua), 21.. the job's queue group.
 -- ARGV: 1 job id, 2 retention seconds.
 -- Returns: 1, or 0 if there is no such job.
 local id, retention = ARGV[1], tonumber(ARGV[2])

@@ -12,8 +12,8 @@
 -- A claim is idempotent per token: the same worker calling again with the same token (its
 -- reply was lost with the connection) gets the same jobs back, not a second batch that
 -- would leave the first one leased to nobody.
--- KEYS: 1..19 the job block (see _lib.lua), 20 last claims hash (worker id -> token, start,
---       lease expiry and job ids), 21 the set of paused queues, then one queue group (10
+-- KEYS: 1..20 the job block (see _lib.lua), 21 last claims hash (worker id -> token, start,
+--       lease expiry and job ids), 22 the set of paused queues, then one queue group (10
 --       keys) per queue.
 -- ARGV: 1 worker id, 2 lease seconds, 3 limit, 4 claim token, 5 how many of the claimed
 --       jobs start at once ('' for all; when given, the others and every suspect are marked
@@ -453,7 +453,7 @@ local taken = {}
 if #ids > 0 then
   local specs = hmget(F.jobs, ids)
   local attempts = hmget(F.attempts, ids)
-  local claimed = hmget(F.claim, ids)
+  local number = redis.call('INCR', F.counter)
   local recoveries = hmget(F.recoveries, ids)
   local marks = hmget(F.unstarted, ids)
   local deferred = redis.call('EXISTS', F.deferrals) == 1 and hmget(F.deferrals, ids) or {}
@@ -474,7 +474,6 @@ if #ids > 0 then
       -- positions from the count taken so far: cheaper than #t on every append
       local k = #taken + 1
       local tries = (tonumber(attempts[i]) or 0) + 1
-      local number = (tonumber(claimed[i]) or 0) + 1
       group.leases[#group.leases + 1] = lease_stamp
       group.leases[#group.leases + 1] = id
       taken[k] = id

@@ -1,5 +1,5 @@
 -- Delete one job that is not running.
--- KEYS: 1..19 the job block (see _lib.lua), 20.. the queue group.
+-- KEYS: 1..20 the job block (see _lib.lua), 21.. the queue group.
 -- ARGV: 1 job id.
 -- Returns: 1 if it was deleted, 0 if it does not exist or is running. A queue left without
 --       jobs (and without settings) is forgotten.

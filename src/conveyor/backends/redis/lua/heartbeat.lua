@@ -1,10 +1,10 @@
 -- Record a worker as alive and extend the leases of the attempts it holds.
 -- A laned job's slots (the running zsets of its name and group) are kept with its lease.
--- KEYS: 1..19 the job block (see _lib.lua), 20 workers zset, 21 worker info hash, then the
+-- KEYS: 1..20 the job block (see _lib.lua), 21 workers zset, 22 worker info hash, then the
 --       lease zsets of every queue the jobs may come from.
--- ARGV: 1 worker id, 2 worker JSON, 3 lease seconds, 4 number S of started ids, then the S
---       ids of held jobs that started since the last heartbeat, then 2 per held attempt:
---       job id, its claim number.
+-- ARGV: 1 worker id, 2 worker JSON, 3 lease seconds, 4 number S of started attempts, then 2
+--       per held attempt that started since the last heartbeat: job id, its claim number;
+--       then 2 per held attempt: job id, its claim number.
 -- Returns: {ids whose cancellation was asked for, ids of the attempts the worker no longer
 --       owns (not running, another owner, or a later claim)}.
 local worker, lease, begun = ARGV[1], tonumber(ARGV[3]), tonumber(ARGV[4])
@@ -14,19 +14,26 @@ info.heartbeat_at = now
 redis.call('ZADD', KEYS[BLOCK + 1], now + lease, worker)
 redis.call('HSET', KEYS[BLOCK + 2], worker, cjson.encode(info))
 if begun > 0 then
-  -- only marks of jobs still running under this worker: another may hold one unstarted now
-  local started = {}
-  for i = 5, 4 + begun do started[#started + 1] = ARGV[i] end
+  -- only marks of the attempts named (the same claim) still running under this worker:
+  -- another worker, or a later claim of this one, may hold the job unstarted now
+  local started, of = {}, {}
+  for i = 5, 3 + 2 * begun, 2 do
+    started[#started + 1] = ARGV[i]
+    of[#of + 1] = ARGV[i + 1]
+  end
   local now_states = hmget(F.state, started)
   local now_owners = hmget(F.worker, started)
+  local now_claims = hmget(F.claim, started)
   local mine = {}
   for n, id in ipairs(started) do
-    if now_states[n] == 'running' and now_owners[n] == worker then mine[#mine + 1] = id end
+    if now_states[n] == 'running' and now_owners[n] == worker and now_claims[n] == of[n] then
+      mine[#mine + 1] = id
+    end
   end
   if #mine > 0 then many('HDEL', F.unstarted, mine, 1) end
 end
 local ids, held = {}, {}
-for i = 5 + begun, #ARGV, 2 do
+for i = 5 + 2 * begun, #ARGV, 2 do
   ids[#ids + 1] = ARGV[i]
   held[#held + 1] = ARGV[i + 1]
 end

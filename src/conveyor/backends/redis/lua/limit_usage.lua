@@ -2,7 +2,7 @@
 -- the live leases in the name's running zset, ready the queued jobs in its lanes and the
 -- due scheduled ones (a claim would queue them), in every queue. Reads only, and only the
 -- name's own keys and jobs (no other job's).
--- KEYS: 1..19 the job block (see _lib.lua), then one queue group per queue.
+-- KEYS: 1..20 the job block (see _lib.lua), then one queue group per queue.
 -- ARGV: the job names.
 -- Returns: per name {running, ready, {group, running, ready, ...}} (groups with either).
 local now = server_now()

@@ -1,5 +1,5 @@
 -- Store the latest progress of attempts running under one worker.
--- KEYS: 1..19 the job block (see _lib.lua).
+-- KEYS: 1..20 the job block (see _lib.lua).
 -- ARGV: 1 worker id, then 4 per job: id, claim number, progress (0..1), message ('' for
 --       none).
 -- Returns: how many jobs were updated (not those another worker or claim holds now).

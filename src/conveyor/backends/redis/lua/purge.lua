@@ -1,5 +1,5 @@
 -- Delete finished jobs of one queue whose retention ran out.
--- KEYS: 1..19 the job block (see _lib.lua), 20.. the queue group.
+-- KEYS: 1..20 the job block (see _lib.lua), 21.. the queue group.
 -- ARGV: candidate job ids (checked again here).
 -- Returns: how many were deleted. A queue left without jobs (and without settings) is
 --       forgotten.

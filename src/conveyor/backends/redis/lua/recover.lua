@@ -4,7 +4,7 @@
 -- charged a recovery; the others go back uncharged, their attempt void. Candidates come
 -- from the client; each is checked again here.
 -- A laned job's slots are freed (a lease that ran out holds none already).
--- KEYS: 1..19 the job block (see _lib.lua), 20.. the queue group, then the workers zset.
+-- KEYS: 1..20 the job block (see _lib.lua), 21.. the queue group, then the workers zset.
 -- ARGV: 1 max_recoveries, 2 retention seconds, 3.. candidate job ids.
 -- Returns: {requeued, dead, now, id, fate, id, fate, ...}: how many of the candidates this
 -- call requeued and sent to the dead set, the time it used (the dead jobs' finished_at, as

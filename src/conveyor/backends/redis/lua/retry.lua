@@ -1,6 +1,6 @@
 -- Put dead or cancelled jobs of one queue back in the queue, due now, with a fresh start:
 -- no attempts, recoveries or deferrals.
--- KEYS: 1..19 the job block (see _lib.lua), 20.. the queue group.
+-- KEYS: 1..20 the job block (see _lib.lua), 21.. the queue group.
 -- ARGV: job ids (others are left as they are).
 -- Returns: how many were put back.
 local now = server_now()

@@ -1,6 +1,6 @@
 -- Give a waiting (queued or scheduled) job another priority and boost; a queued one takes
 -- its new rank at once, a scheduled one when it falls due.
--- KEYS: 1..19 the job block (see _lib.lua), 20.. the job's queue group.
+-- KEYS: 1..20 the job block (see _lib.lua), 21.. the job's queue group.
 -- ARGV: 1 job id, 2 priority, 3 boost in seconds.
 -- Returns: 1 when it was changed, 2 when the job is in another state (left as it is), 0 if
 --       there is no such job.

@@ -5,7 +5,7 @@
 -- requeue of a job whose cancellation was asked for ends it as cancelled instead.
 -- A laned job's attempt frees its slots (see run_remove); a deferred retry (the job raised
 -- RateLimited) is a retry whose attempt is not charged, counted in its deferrals.
--- KEYS: 1..19 the job block (see _lib.lua), 20.. the queue group.
+-- KEYS: 1..20 the job block (see _lib.lua), 21.. the queue group.
 -- ARGV: 1 retention seconds, 2 worker id, 3 number S of successes, then 3 per success:
 --       job id, claim ('' when unknown), result JSON; then 6 per other outcome: job id,
 --       claim, kind (retry, deferred, dead, cancelled, requeue), error, traceback, retry
