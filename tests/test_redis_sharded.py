@@ -107,6 +107,35 @@ def test_a_sharded_namespace_refuses_a_plain_broker_and_the_reverse(redis_url: s
     _run(scenario())
 
 
+def test_a_sharded_namespace_of_an_older_layout_is_raised_and_a_newer_one_refused(
+        redis_url: str) -> None:
+    """Its shards move no data between layouts: opening raises the home's mark, so that a
+    process of the older version then refuses the namespace; a newer mark is refused."""
+    from conveyor.backends.redis.layout import LAYOUT
+    from conveyor.errors import NewerStore
+
+    older, newer = _namespace(), _namespace()
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    client.set(Keys(older).layout, f"sharded {LAYOUT - 1}")
+    client.set(Keys(newer).layout, f"sharded {LAYOUT + 1}")
+
+    async def scenario() -> None:
+        broker = ShardedRedisBroker(redis_url + "?shard=queue", older)
+        await broker.open()
+        await broker.close()
+        refused = ShardedRedisBroker(redis_url + "?shard=queue", newer)
+        with pytest.raises(NewerStore):
+            await refused.open()
+        await refused.close()
+
+    try:
+        _run(scenario())
+        assert client.get(Keys(older).layout) == f"sharded {LAYOUT}"
+        assert client.get(Keys(newer).layout) == f"sharded {LAYOUT + 1}"
+    finally:
+        client.close()
+
+
 def test_a_blocking_enqueue_is_refused_by_a_sharded_namespace_too(redis_url: str) -> None:
     namespace = _namespace()
     _run(_open_close(ShardedRedisBroker(redis_url + "?shard=queue", namespace)))
