@@ -839,6 +839,34 @@ def test_a_job_deleted_and_enqueued_again_gets_a_new_claim(run: Run[Any], broker
     assert (now.state, now.error, now.progress) == (JobState.RUNNING, None, None)
 
 
+def test_a_job_enqueued_again_into_another_queue_gets_a_new_claim(
+    run: Run[Any], broker: Broker
+) -> None:
+    """The same id in another queue (with ``?shard=queue``, another store): its claim is
+    still new, so a late start mark, heartbeat, progress or outcome (even one that names no
+    queue) of the first attempt touches nothing of the new one, held unstarted."""
+    job = make_job(queue="first")
+    run(broker.enqueue([job], {}))
+    first = claim_one(run, broker, queue="first")
+    run(broker.settle([outcome(first, OutcomeKind.SUCCEEDED, claim=first.claim,
+                               result_json="1", queue="first")]))
+    assert run(broker.delete(job.id))
+    run(broker.enqueue([dataclasses.replace(make_job(queue="second"), id=job.id)], {}))
+    (second,) = run(broker.claim("w1", ["second"], 1, SHORT, start=0))
+    assert second.claim > first.claim
+    run(broker.set_progress("w1", [(job.id, first.claim, 0.5, "old")]))
+    beat = run(broker.heartbeat(make_worker("w1"), {job.id: first.claim}, LEASE,
+                                [(job.id, first.claim)]))
+    assert beat.lost == {job.id}
+    run(broker.settle([outcome(first, OutcomeKind.DEAD, claim=first.claim, error="old")]))
+    now = get(run, broker, job.id)
+    assert (now.state, now.error, now.progress) == (JobState.RUNNING, None, None)
+    time.sleep(PAST_SHORT)
+    run(broker.recover_expired(5))
+    back = get(run, broker, job.id)
+    assert (back.state, back.recoveries, back.attempts) == (JobState.QUEUED, 0, 0)
+
+
 def test_a_stale_heartbeat_neither_renews_nor_marks_a_later_claim(
     run: Run[Any], broker: Broker
 ) -> None:

@@ -814,15 +814,18 @@ class RedisBroker(Broker):
     async def claim(
         self, worker_id: str, queues: Sequence[str], limit: int, lease: float,
         start: int | None = None, weights: QueueWeights | None = None,
-        limits: Mapping[str, JobLimits] | None = None,
+        limits: Mapping[str, JobLimits] | None = None, number: int | None = None,
     ) -> list[JobRecord]:
+        """See :meth:`Broker.claim`; ``number``: the claim number to give the jobs taken
+        (a namespace sharded by queue takes it from its home), else the store's next."""
         if weights is not None:
             queues = weights.queues
         keys = [*self.keys.job_block, self.keys.claims, self.keys.paused,
                 *self._group_keys(queues)]
         # one token for every retry of this claim: a retry after a lost reply gets the
         # same jobs back instead of leasing a second batch
-        argv: list[Any] = [worker_id, lease, limit, new_id(), "" if start is None else start,
+        token = new_id() if number is None else f"{new_id()}:{number}"
+        argv: list[Any] = [worker_id, lease, limit, token, "" if start is None else start,
                            self._limits_text(limits), *queues]
         if weights is not None:
             argv += ["strict" if weights.strict else "weighted",

@@ -571,14 +571,17 @@ class ShardedRedisBroker(Broker):
         plan, credits = await self._plan(queues, limit, weights)
         got: list[JobRecord] = []
         emptied: set[str] = set()
+        number: int | None = None
         for queue, offer in plan:
             want = min(offer, limit - len(got))
             if queue in emptied or want <= 0:
                 continue
             part = self.shard(queue)
+            if number is None:
+                number = await self._claim_number()
             taken = await part.claim(
                 worker_id, [queue], want, lease,
-                None if start is None else max(0, start - len(got)), None, limits)
+                None if start is None else max(0, start - len(got)), None, limits, number)
             self._throttled.update(part.take_throttled())
             if len(taken) < want:
                 emptied.add(queue)
@@ -592,6 +595,13 @@ class ShardedRedisBroker(Broker):
                 weights.pick(taken_by, len(got))[1]
         self._remember(got)
         return got
+
+    async def _claim_number(self) -> int:
+        """The next number of the namespace's claim counter (on its home): one per claim,
+        given to the jobs it takes in every queue, so that a job deleted and enqueued again
+        under its id in another queue (another shard) never gets a number it had."""
+        home = self.home
+        return int(await home._retrying(lambda c: c.client.incr(home.keys.claim_counter)))
 
     def take_throttled(self) -> Counter[tuple[str, str]]:
         taken, self._throttled = self._throttled, Counter()

@@ -116,10 +116,11 @@ class SQLiteBroker(Broker):
         )
         #: the jobs of ``ids``: (worker, claim, now, lease until, *ids)
         self._sql_take = take
-        #: the namespace's next claim number (see :meth:`_next_claim`)
-        self._sql_next_claim = (
-            f"INSERT INTO {t}_meta (key, value) VALUES ('claim', 1) "
-            f"ON CONFLICT (key) DO UPDATE SET value=value+1 RETURNING value")
+        #: the namespace's last claim number, and its update (see :meth:`_claim_number`)
+        self._sql_last_claim = f"SELECT value FROM {t}_meta WHERE key='claim'"
+        self._sql_spend_claim = (
+            f"INSERT INTO {t}_meta (key, value) VALUES ('claim', ?) "
+            f"ON CONFLICT (key) DO UPDATE SET value=excluded.value")
         #: one queue, one statement: (worker, claim, now, lease until, queue, now, limit)
         self._sql_claim_one = take.format(ids=(
             f"SELECT id FROM {t}_jobs WHERE state='queued' AND grp IS NULL AND queue=? "
@@ -535,22 +536,31 @@ class SQLiteBroker(Broker):
         ranked.sort(key=lambda item: item[:3])
         return [item[3] for item in ranked]
 
-    def _next_claim(self, conn: sqlite3.Connection) -> int:
+    def _claim_number(self, conn: sqlite3.Connection) -> int:
         """The next number of the namespace's claim counter, which only grows: a claim gives
         it to the jobs it takes (their fencing token), so a claim of a job is told from all
-        its others, even across a delete and an enqueue again of the same id."""
-        (value,) = conn.execute(self._sql_next_claim).fetchone()
-        return int(value)
+        its others, even across a delete and an enqueue again of the same id. The claim
+        that takes jobs spends it (:meth:`_spend_claim`, in the same transaction); one that
+        takes none writes nothing."""
+        row = conn.execute(self._sql_last_claim).fetchone()
+        return (int(row[0]) if row is not None else 0) + 1
+
+    def _spend_claim(self, conn: sqlite3.Connection, number: int,
+                     rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+        """Record ``number`` as the last claim number once ``rows`` were taken with it."""
+        if rows:
+            conn.execute(self._sql_spend_claim, (number,))
+        return rows
 
     def _take(self, conn: sqlite3.Connection, worker_id: str, ids: Sequence[str],
               now: float, until: float) -> list[JobRecord]:
         """Claim the jobs of ``ids`` (queued, as the caller found them), in claim order."""
         rows: list[tuple[Any, ...]] = []
-        claim = self._next_claim(conn) if ids else 0
+        claim = self._claim_number(conn) if ids else 0
         for chunk in _chunks(ids):
             sql = self._sql_take.format(ids=_marks(len(chunk)))
             rows.extend(conn.execute(sql, (worker_id, claim, now, until, *chunk)))
-        return self._claimed(rows)
+        return self._claimed(self._spend_claim(conn, claim, rows))
 
     def _take_in_order(self, conn: sqlite3.Connection, worker_id: str, ids: Sequence[str],
                        now: float, until: float) -> list[JobRecord]:
@@ -571,9 +581,10 @@ class SQLiteBroker(Broker):
         if laned_names(conn, self.ns, queue):
             return self._claim_merged(conn, worker_id, (queue,), limit, now, until, limiter,
                                       promoted=True)
-        rows = conn.execute(self._sql_claim_one, (worker_id, self._next_claim(conn), now, until,
-                                                  queue, now, limit))
-        return self._claimed(rows)
+        claim = self._claim_number(conn)
+        rows = conn.execute(self._sql_claim_one,
+                            (worker_id, claim, now, until, queue, now, limit)).fetchall()
+        return self._claimed(self._spend_claim(conn, claim, rows))
 
     def _ranked(self, conn: sqlite3.Connection, queues: Sequence[str], limit: int,
                 now: float, promoted: bool = False) -> dict[str, list[Head]]:

@@ -15,7 +15,9 @@
 -- KEYS: 1..20 the job block (see _lib.lua), 21 last claims hash (worker id -> token, start,
 --       lease expiry and job ids), 22 the set of paused queues, then one queue group (10
 --       keys) per queue.
--- ARGV: 1 worker id, 2 lease seconds, 3 limit, 4 claim token, 5 how many of the claimed
+-- ARGV: 1 worker id, 2 lease seconds, 3 limit, 4 claim token (ending in ':N' when the
+--       caller gives the claim number N: a namespace sharded by queue takes it from its
+--       home's counter, so that numbers are the namespace's, not a queue's), 5 how many of the claimed
 --       jobs start at once ('' for all; when given, the others and every suspect are marked
 --       unstarted: suspects start alone, once a heartbeat marks them started), 6 the
 --       limits as JSON ('' for none): {name: [concurrency, group_concurrency, rate per
@@ -453,7 +455,7 @@ local taken = {}
 if #ids > 0 then
   local specs = hmget(F.jobs, ids)
   local attempts = hmget(F.attempts, ids)
-  local number = redis.call('INCR', F.counter)
+  local number = tonumber(string.match(token, ':(%d+)$')) or redis.call('INCR', F.counter)
   local recoveries = hmget(F.recoveries, ids)
   local marks = hmget(F.unstarted, ids)
   local deferred = redis.call('EXISTS', F.deferrals) == 1 and hmget(F.deferrals, ids) or {}
