@@ -167,7 +167,7 @@ class Maintenance:
             raise
         for job_id in beat.lost:
             # the verdict is on what was held when the heartbeat was sent: not on a claim of
-            # the same job made since (an uncharged put-back keeps its attempt number)
+            # the same job made since (this worker may claim a job it put back uncharged)
             now, then = worker.holding(job_id), holding.get(job_id)
             if now is then or (isinstance(now, int) and now == then):
                 worker.lose(job_id)
