@@ -37,3 +37,21 @@ def test_only_claims_that_take_jobs_spend_a_number(tmp_path: Path) -> None:
         return numbers
 
     assert asyncio.run(scenario()) == [1, 2]
+
+
+def test_a_missing_counter_starts_above_every_jobs_claim(tmp_path: Path) -> None:
+    path = tmp_path / "lost.db"
+
+    async def claim_all() -> list[int]:
+        broker = SQLiteBroker(f"sqlite:///{path}", namespace="c")
+        await broker.open()
+        await broker.enqueue([make_job()], {})
+        claimed = [job.claim for job in await broker.claim("w1", ["default"], 5, 30.0)]
+        await broker.close()
+        return claimed
+
+    assert asyncio.run(claim_all()) == [1]
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE c_jobs SET claim=41")
+        conn.execute("DELETE FROM c_meta WHERE key='claim'")
+    assert asyncio.run(claim_all()) == [42]

@@ -543,7 +543,9 @@ class SQLiteBroker(Broker):
         that takes jobs spends it (:meth:`_spend_claim`, in the same transaction); one that
         takes none writes nothing."""
         row = conn.execute(self._sql_last_claim).fetchone()
-        return (int(row[0]) if row is not None else 0) + 1
+        if row is None:  # no counter (its row was deleted by hand): above every job's claim
+            row = conn.execute(f"SELECT coalesce(max(claim), 0) FROM {self.ns}_jobs").fetchone()
+        return int(row[0]) + 1
 
     def _spend_claim(self, conn: sqlite3.Connection, number: int,
                      rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
