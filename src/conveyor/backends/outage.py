@@ -52,6 +52,9 @@ class Outage:
         self.reason: str | None = None
         #: the store refused this process during the outage under way (logged once)
         self._refused = False
+        #: the store has answered this process once: a refusal since is an outage to wait
+        #: out (see :func:`waits_out`), not an error in its URL
+        self.accepted = False
         #: time.monotonic() when the store last answered after an outage
         self._back_at = float("-inf")
         #: since when writes are not confirmed by the replicas they wait for (or None)
@@ -109,6 +112,7 @@ class Outage:
 
     def recovered(self) -> None:
         """Note that the store answered; log the end of an outage, if one was under way."""
+        self.accepted = True
         if self._since is None:  # the common case: no lock
             return
         with self._lock:
@@ -187,10 +191,13 @@ def outage(url: str) -> Outage:
 def waits_out(broker: Broker, error: BaseException) -> bool:
     """True when a running process waits ``error`` out rather than failing or logging it
     at each try: trouble that passes (see :meth:`Broker.is_transient`), or the store
-    refusing it once open (:class:`ConfigurationError`), which an operator may mend. It is
-    noted on the store's :class:`Outage` (logged once)."""
-    if broker.is_transient(error) or isinstance(error, ConfigurationError):
-        outage_for(broker).note(error)
+    refusing it (:class:`ConfigurationError`) once it has answered this process, which an
+    operator may mend (before, the URL is more likely wrong: an error). It is noted on the
+    store's :class:`Outage` (logged once)."""
+    outage = outage_for(broker)
+    if broker.is_transient(error) or (isinstance(error, ConfigurationError)
+                                      and outage.accepted):
+        outage.note(error)
         return True
     return False
 

@@ -27,6 +27,7 @@ from collections.abc import Generator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from conveyor import serverlimits
+from conveyor.backends.outage import waits_out
 from conveyor.cli.loading import (
     CLIError,
     positive_int,
@@ -376,9 +377,9 @@ async def _start_up(app: Conveyor, check: bool) -> None:
                 await app.broker.check_settings()
             removed = await builtin.sweep(app)
         except Exception as trouble:
-            if not app.broker.is_transient(trouble):
+            if not waits_out(app.broker, trouble):
                 raise
-            await asyncio.sleep(pause)  # logged once per outage, by the store
+            await asyncio.sleep(pause)  # logged once per outage
             pause = min(pause * 2, 5.0)
             continue
         if removed:

@@ -397,10 +397,9 @@ class Worker:
             try:
                 attempt.result()
             except Exception as exc:
-                if not self.broker.is_transient(exc):
-                    raise
                 # logged once per outage, not at each try (see conveyor.backends.outage)
-                outage_for(self.broker).note(exc)
+                if not waits_out(self.broker, exc):
+                    raise
                 await self._sleep(pause)
                 pause = min(pause * 2, 5.0)
             else:
