@@ -52,8 +52,9 @@ class Outage:
         self.reason: str | None = None
         #: the store refused this process during the outage under way (logged once)
         self._refused = False
-        #: the store has answered this process once: a refusal since is an outage to wait
-        #: out (see :func:`waits_out`), not an error in its URL
+        #: the store was opened by this process once (its layout and settings accepted): a
+        #: refusal since is an outage to wait out (see :func:`waits_out`), not an error in
+        #: its URL; set by :func:`opened`
         self.accepted = False
         #: time.monotonic() when the store last answered after an outage
         self._back_at = float("-inf")
@@ -112,7 +113,6 @@ class Outage:
 
     def recovered(self) -> None:
         """Note that the store answered; log the end of an outage, if one was under way."""
-        self.accepted = True
         if self._since is None:  # the common case: no lock
             return
         with self._lock:
@@ -188,12 +188,19 @@ def outage(url: str) -> Outage:
     return outage_of(store_key(url))
 
 
+async def opened(broker: Broker) -> None:
+    """Open ``broker`` (see :meth:`Broker.open`) and note that its store accepted this
+    process: a refusal from now on is waited out (:func:`waits_out`)."""
+    await broker.open()
+    outage_for(broker).accepted = True
+
+
 def waits_out(broker: Broker, error: BaseException) -> bool:
     """True when a running process waits ``error`` out rather than failing or logging it
     at each try: trouble that passes (see :meth:`Broker.is_transient`), or the store
-    refusing it (:class:`ConfigurationError`) once it has answered this process, which an
-    operator may mend (before, the URL is more likely wrong: an error). It is noted on the
-    store's :class:`Outage` (logged once)."""
+    refusing it (:class:`ConfigurationError`) once it was opened by this process (see
+    :func:`opened`), which an operator may mend (before, the URL is more likely wrong: an
+    error). It is noted on the store's :class:`Outage` (logged once)."""
     outage = outage_for(broker)
     if broker.is_transient(error) or (isinstance(error, ConfigurationError)
                                       and outage.accepted):

@@ -27,7 +27,7 @@ from collections.abc import Generator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from conveyor import serverlimits
-from conveyor.backends.outage import waits_out
+from conveyor.backends.outage import opened, waits_out
 from conveyor.cli.loading import (
     CLIError,
     positive_int,
@@ -372,7 +372,7 @@ async def _start_up(app: Conveyor, check: bool) -> None:
     pause = 0.5
     while True:
         try:
-            await app.broker.open()
+            await opened(app.broker)
             if check:
                 await app.broker.check_settings()
             removed = await builtin.sweep(app)

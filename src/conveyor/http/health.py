@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from conveyor.backends.outage import outage_for, waits_out
+from conveyor.backends.outage import opened, outage_for, waits_out
 from conveyor.errors import ConfigurationError, StoreUnavailable
 from conveyor.http.paths import route_path
 
@@ -83,7 +83,7 @@ class StoreHealth:
         broker = self.app.broker
         outage = outage_for(broker)
         try:
-            await broker.open()
+            await opened(broker)
             ping = getattr(broker, "ping", None)
             if ping is not None:
                 await ping()

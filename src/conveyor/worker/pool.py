@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from conveyor import logs
-from conveyor.backends.outage import outage_for, waits_out
+from conveyor.backends.outage import opened, outage_for, waits_out
 from conveyor.context import JobContext
 from conveyor.errors import ConfigurationError, redact_url
 from conveyor.ids import new_id
@@ -409,7 +409,7 @@ class Worker:
 
     async def _register(self) -> None:
         """Open the store and publish this worker (its first heartbeat) and its jobs."""
-        await self.broker.open()
+        await opened(self.broker)
         await self.broker.check_settings()  # once per process: settings that lose jobs
         await self.maintenance.heartbeat_once()
         await self.maintenance.publish_jobs()
