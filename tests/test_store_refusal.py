@@ -80,3 +80,21 @@ def test_serve_refused_at_start_says_so_in_one_line(tmp_path: Path) -> None:
             assert "Traceback" not in output
     finally:
         few.stop()
+
+
+def test_a_refusal_shown_to_clients_does_not_say_where_the_store_is() -> None:
+    """The reason /healthz shows names no host, whatever the URL's options."""
+    from conveyor.backends.outage import Outage
+    from conveyor.errors import ConfigurationError
+
+    url = "redis://10.1.2.3:6390/0"
+    for message, reason in [
+        (f"{url}: DB index is out of range", "DB index is out of range"),
+        (f"Redis refused the credentials of {url}?shard=queue: WRONGPASS no",
+         "Redis refused the credentials of the store: WRONGPASS no"),
+        (f"{url}?replicas=1 does not answer as a Redis server does",
+         "the store does not answer as a Redis server does"),
+    ]:
+        outage = Outage(url)
+        outage.note(ConfigurationError(message))
+        assert outage.reason == reason

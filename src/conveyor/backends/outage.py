@@ -18,6 +18,7 @@ do not wait, neither start nor end it.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from typing import TYPE_CHECKING
@@ -101,15 +102,20 @@ class Outage:
             self.unconfirmed(error.reason, error.wanted)
             return
         if isinstance(error, ConfigurationError):
-            # its message names the store already (password redacted)
-            text = str(error)
-            prefix = f"{self.name}: "
-            self.trouble(text[len(prefix):] if text.startswith(prefix) else text, refused=True)
+            self.trouble(self._without_url(str(error)), refused=True)
             return
         reason = getattr(error, "reason", "")
         # a StoreUnavailable's own text repeats its reason: the driver's is the detail
         detail = str(error.__cause__ if reason and error.__cause__ is not None else error)
         self.trouble(reason or str(error), detail, getattr(error, "sent", None))
+
+    def _without_url(self, text: str) -> str:
+        """``text`` (an error's message) without this store's URL, options and all: the
+        reason of an outage is shown to clients (``/healthz``), which are not told where
+        the store is; a message that begins with the URL loses it, elsewhere it is "the
+        store"."""
+        url = re.escape(self.name) + r"(?:\?[^\s:]*)?"
+        return re.sub(url, "the store", re.sub(f"^{url}: ", "", text))
 
     def recovered(self) -> None:
         """Note that the store answered; log the end of an outage, if one was under way."""

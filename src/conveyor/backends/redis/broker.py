@@ -75,6 +75,8 @@ TRANSIENT = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
 REFUSED = (AuthenticationError, AuthenticationWrongNumberOfArgsError)
 #: a server that does not speak Redis's protocol (another service on that port)
 NOT_REDIS = (InvalidResponse,)
+#: errors of a URL that is wrong, not of a store in trouble: raised as ConfigurationError
+MISCONFIGURED = (*REFUSED, *NOT_REDIS)
 #: replies of a Redis that answers but cannot do the work now, by their first word
 BUSY_REPLIES = {
     "MISCONF": "Redis cannot persist to disk",
@@ -287,10 +289,8 @@ class RedisBroker(Broker):
             sent = time.monotonic()
             try:
                 result = await operation(self._conn())
-            except REFUSED as exc:
-                raise self._refused(exc) from exc
-            except NOT_REDIS as exc:
-                raise self._not_redis(exc) from exc
+            except MISCONFIGURED as exc:
+                raise self._misconfigured(exc) from exc
             except RETRIED as exc:
                 if not self._trouble(exc, sent) or time.monotonic() + pause > deadline:
                     raise self._unavailable(exc, sent) from exc
@@ -320,13 +320,12 @@ class RedisBroker(Broker):
         if isinstance(error, MovedError) and deploy.kind(self.url) != deploy.CLUSTER:
             raise layout.cluster_node(self.url) from error
 
-    def _refused(self, error: BaseException) -> ConfigurationError:
-        """What callers see when Redis refuses the URL's credentials."""
-        return ConfigurationError(f"Redis refused the credentials of {redact_url(self.url)}: "
-                                  f"{error}")
-
-    def _not_redis(self, error: BaseException) -> ConfigurationError:
-        """What callers see when the server at the URL does not answer as Redis does."""
+    def _misconfigured(self, error: BaseException) -> ConfigurationError:
+        """What callers see when Redis refuses the URL's credentials, or the server at the
+        URL does not answer as Redis does (one of :data:`MISCONFIGURED`)."""
+        if isinstance(error, REFUSED):
+            return ConfigurationError(f"Redis refused the credentials of "
+                                      f"{redact_url(self.url)}: {error}")
         return ConfigurationError(f"{redact_url(self.url)} does not answer as a Redis server "
                                   f"does (another service on that port?): {error}")
 
@@ -337,7 +336,7 @@ class RedisBroker(Broker):
         return StoreUnavailable(self.url, reason or "Redis is unreachable", sent)
 
     def is_transient(self, error: BaseException) -> bool:
-        if isinstance(error, (*REFUSED, *NOT_REDIS)) or (
+        if isinstance(error, MISCONFIGURED) or (
                 isinstance(error, MovedError) and deploy.kind(self.url) != deploy.CLUSTER):
             return False
         return isinstance(error, (*TRANSIENT, StoreUnavailable)) or (
@@ -788,10 +787,8 @@ class RedisBroker(Broker):
             try:
                 reply = scripts.call(script, keys, argv)
                 break
-            except REFUSED as exc:
-                raise self._refused(exc) from exc
-            except NOT_REDIS as exc:
-                raise self._not_redis(exc) from exc
+            except MISCONFIGURED as exc:
+                raise self._misconfigured(exc) from exc
             except RETRIED as exc:
                 if not self._trouble(exc, sent) or time.monotonic() + pause > deadline:
                     raise self._unavailable(exc, sent) from exc
