@@ -57,7 +57,6 @@ def store_name(app: Conveyor) -> str:
     return f"{redact_url(app.url)} (namespace {app.namespace})"
 
 
-#: the commands that only read the store or change jobs already in it: they never create it
 #: the commands that never create a store: they read it, or change what is already in it
 #: (jobs, and queues' settings: a pause or a cap given in the wrong directory must not be
 #: applied to a new, empty store while the real one runs on)
