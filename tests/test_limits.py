@@ -217,7 +217,9 @@ def test_wrong_limits_are_refused() -> None:
 def test_stats_show_the_limits(url: str, tmp_path: Path) -> None:
     fleet = Workers(url, tmp_path)
     try:
-        fleet.producer.enqueue_many("per_tenant", [{"tenant": "a", "seconds": 2.0}] * 4)
+        # jobs that outlast the reading, however slowly `conveyor stats` starts on a busy
+        # machine (with 2 s ones the second pair had taken over: ready 0, throttled 0)
+        fleet.producer.enqueue_many("per_tenant", [{"tenant": "a", "seconds": 30.0}] * 4)
         fleet.start("grouped", processes=1, slots=4)
         wait_until(lambda: sum(1 for r in fleet.ledger() if r[0] == "start") >= 2,
                    what="two jobs of tenant a to run")
@@ -233,6 +235,7 @@ def test_stats_show_the_limits(url: str, tmp_path: Path) -> None:
         assert rows[("per_tenant", "a")]["cap"] == 2
         assert rows[("per_tenant", "a")]["throttled"] == 2
         assert rows[("per_tenant", None)]["ready"] == 2
+        assert [r[0] for r in fleet.ledger()] == ["start", "start"]  # the first pair, still
     finally:
         fleet.stop()
 
