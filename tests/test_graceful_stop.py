@@ -279,3 +279,37 @@ def test_stop_returns_in_time_after_a_heartbeat_in_flight_was_cancelled(
     assert hung == 0, f"{hung} of 300 stops hung or left a chore loop running"
     assert max(durations) < bound, (
         f"slowest stop {max(durations):.2f}s ({swallowed} of 300 cancellations swallowed)")
+
+
+# -- (d) a stop that comes while the worker registers ---------------------------------------------
+def test_a_stop_during_registration_still_signs_the_worker_off(tmp_path: Path) -> None:
+    """A stop asked after the worker's first heartbeat is stored but before its jobs are
+    published (the registration under way) lets the registration end and signs the worker
+    off: it is not left listed until its heartbeat expires. The stop is asked from inside the
+    registration (the publishing step), so the moment is the same on every run."""
+    app = Conveyor(url=f"sqlite:///{tmp_path / 'conveyor.db'}")
+
+    @app.job()
+    def noop() -> None:
+        return None
+
+    async def scenario() -> tuple[list[str], list[str]]:
+        worker = Worker(app, grace=0.0)
+        publish = worker.maintenance.publish_jobs
+        listed: list[str] = []
+
+        async def publish_after_a_stop() -> None:
+            listed.extend(info.id for info in await app.broker.workers())
+            worker.request_stop()
+            await publish()
+
+        worker.maintenance.publish_jobs = publish_after_a_stop  # type: ignore[method-assign]
+        await asyncio.wait_for(worker.run(), timeout=30)
+        return listed, [info.id for info in await app.broker.workers()]
+
+    try:
+        listed, left = app.run_sync(scenario())
+    finally:
+        app.close()
+    assert len(listed) == 1  # the heartbeat had registered it when the stop came
+    assert left == []

@@ -388,11 +388,13 @@ class Worker:
     async def _connect(self) -> bool:
         """Reach the store and register, retrying with backoff (a store that is down at
         start must not make workers crash-loop). False if a stop came first (a stop does
-        not wait for a store that does not answer)."""
+        not wait long for a store that does not answer). A registration under way when the
+        stop comes gets :data:`CLAIM_STOP_WAIT` to end: a worker that registered signs off,
+        rather than being left listed until its heartbeat expires."""
         pause = 0.5
         while not self.stopping:
             attempt = asyncio.create_task(self._register(), name="conveyor-connect")
-            if not await self._until_stop(attempt):
+            if not await self._until_stop(attempt, CLAIM_STOP_WAIT):
                 return False
             try:
                 attempt.result()
