@@ -1,0 +1,161 @@
+"""Redis: a single call waits for its reply spinning for a moment before it sleeps for it
+(:class:`conveyor.backends.redis.client.Spin`), on the blocking client and on an event
+loop. A reply later than the spin is still read, in the kernel; spins that run out make
+the connection rest from spinning; a connection closed during a spin is a lost connection
+and the next call goes through; the other tasks of a loop run while a call spins.
+
+A private ``redis-server``: ``CLIENT PAUSE ... WRITE`` holds the scripts' replies back
+(it pauses every client of the server).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+
+from conveyor import Conveyor
+from conveyor.backends.redis import RedisBroker, client
+from conveyor.backends.redis.client import SPIN_MISSES, SPIN_REST, BlockingScripts
+from conveyor.ids import new_id
+from conveyor.job import JobRecord, JobState
+from redis_server import RedisServer
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[RedisServer]:
+    started = RedisServer().start()
+    yield started
+    started.stop()
+    started.remove()
+
+
+def _job() -> JobRecord:
+    now = time.time()
+    return JobRecord(id=new_id(), name="n", queue="default", state=JobState.QUEUED,
+                     args=[], kwargs={}, created_at=now, run_at=now)
+
+
+def _pause(url: str, ms: int) -> None:
+    with redis.Redis.from_url(url) as plain:
+        plain.execute_command("CLIENT", "PAUSE", ms, "WRITE")
+
+
+def _kill_later(url: str, addr: str, after: float) -> threading.Thread:
+    """Close the connection from ``addr`` after ``after`` seconds, then end the pause."""
+    def kill() -> None:
+        time.sleep(after)
+        with redis.Redis.from_url(url) as plain:
+            plain.execute_command("CLIENT", "KILL", "ADDR", addr)
+            plain.execute_command("CLIENT", "UNPAUSE")
+
+    thread = threading.Thread(target=kill)
+    thread.start()
+    return thread
+
+
+def test_blocking_calls_spin_rest_and_read_late_replies(server: RedisServer) -> None:
+    broker = RedisBroker(server.url, namespace=f"t{new_id().lower()}")
+    scripts = BlockingScripts(server.url)
+
+    def enqueue() -> Any:
+        script, keys, argv, _ = broker._enqueue_call([([_job()], {})])
+        return scripts.call(script, keys, argv)
+
+    try:
+        assert enqueue() == "ok"
+        (link, _), = scripts._idle
+        assert link.fd == link.sock.fileno()  # a plain socket with a timeout: it may spin
+        link.spin.misses = 0  # the first call may have run out (the server fsyncs each write)
+        for n in range(1, SPIN_MISSES + 1):
+            _pause(server.url, 100)  # the reply comes long after the spin ran out
+            assert enqueue() == "ok"
+            assert scripts._idle[0][0] is link
+            if n < SPIN_MISSES:
+                assert (link.spin.misses, link.spin.rest) == (n, 0)
+        assert (link.spin.misses, link.spin.rest) == (0, SPIN_REST)  # it rests from spinning
+        assert enqueue() == "ok"
+        assert link.spin.rest == SPIN_REST - 1
+    finally:
+        scripts.close()
+
+
+def test_a_blocking_call_whose_connection_closes_during_its_spin(
+        server: RedisServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(client, "SPIN_FOR", 5.0)  # the whole wait is a spin
+    broker = RedisBroker(server.url, namespace=f"t{new_id().lower()}")
+    scripts = BlockingScripts(server.url)
+    script, keys, argv, _ = broker._enqueue_call([([_job()], {})])
+    try:
+        assert scripts.call(script, keys, argv) == "ok"
+        (link, _), = scripts._idle
+        host, port = link.sock.getsockname()[:2]
+        _pause(server.url, 3000)
+        killer = _kill_later(server.url, f"{host}:{port}", 0.2)
+        script, keys, argv, _ = broker._enqueue_call([([_job()], {})])
+        with pytest.raises((redis.ConnectionError, OSError)):
+            scripts.call(script, keys, argv)
+        killer.join()
+        assert scripts._idle == []
+        assert scripts.call(script, keys, argv) == "ok"  # a new connection
+    finally:
+        scripts.close()
+
+
+def test_an_awaited_call_spins_lets_the_loop_run_and_reads_late_replies(
+        server: RedisServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    app = Conveyor(server.url, namespace=f"t{new_id().lower()}")
+
+    @app.job
+    def one(x: int) -> None:
+        pass
+
+    async def scenario() -> tuple[int, list[JobRecord]]:
+        handles = [await one.enqueue_async(0)]
+        link = app.broker._conn().link  # type: ignore[attr-defined]
+        spin = link._spin
+        spin.misses = 0  # the first call may have run out (the server fsyncs each write)
+        for n in range(1, SPIN_MISSES + 1):
+            _pause(server.url, 100)
+            handles.append(await one.enqueue_async(n))
+            if n < SPIN_MISSES:
+                assert (spin.misses, spin.rest) == (n, 0)
+        assert (spin.misses, spin.rest) == (0, SPIN_REST)
+        # a call that spins through its whole wait: the loop's other tasks run meanwhile
+        monkeypatch.setattr(client, "SPIN_FOR", 5.0)
+        spin.rest = 0
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0.01)
+
+        beside = asyncio.create_task(ticker())
+        _pause(server.url, 300)
+        handles.append(await one.enqueue_async(99))
+        beside.cancel()
+        assert spin.rest == 0 and spin.misses == 0  # the reply came within the spin
+        # a connection closed during a spin: a lost connection, retried on a new one
+        host, port = link._conn._writer.get_extra_info("sockname")[:2]
+        _pause(server.url, 3000)
+        killer = _kill_later(server.url, f"{host}:{port}", 0.2)
+        handles.append(await one.enqueue_async(100))
+        killer.join()
+        return ticks, [await h.info_async() for h in handles]
+
+    try:
+        ticks, records = asyncio.run(scenario())
+    finally:
+        with redis.Redis.from_url(server.url) as plain:
+            plain.execute_command("CLIENT", "UNPAUSE")
+        app.close()
+    assert ticks >= 5  # the ticker ran through a 300 ms spin
+    assert sorted(r.args[0] for r in records) == [*range(SPIN_MISSES + 1), 99, 100]
+    assert all(r.state is JobState.QUEUED for r in records)
