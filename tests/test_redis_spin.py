@@ -11,9 +11,12 @@ A private ``redis-server``: ``CLIENT PAUSE ... WRITE`` holds the scripts' replie
 from __future__ import annotations
 
 import asyncio
+import shutil
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,7 +27,8 @@ from conveyor.backends.redis import RedisBroker, client
 from conveyor.backends.redis.client import SPIN_MISSES, SPIN_REST, BlockingScripts
 from conveyor.ids import new_id
 from conveyor.job import JobRecord, JobState
-from redis_server import RedisServer
+from polling import wait_until
+from redis_server import RedisServer, free_port
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +74,7 @@ def test_blocking_calls_spin_rest_and_read_late_replies(server: RedisServer) -> 
     try:
         assert enqueue() == "ok"
         (link, _), = scripts._idle
-        assert link.fd == link.sock.fileno()  # a plain socket with a timeout: it may spin
+        assert link.spins  # a plain socket with a timeout: it may spin
         link.spin.misses = 0  # the first call may have run out (the server fsyncs each write)
         for n in range(1, SPIN_MISSES + 1):
             _pause(server.url, 100)  # the reply comes long after the spin ran out
@@ -159,3 +163,52 @@ def test_an_awaited_call_spins_lets_the_loop_run_and_reads_late_replies(
     assert ticks >= 5  # the ticker ran through a 300 ms spin
     assert sorted(r.args[0] for r in records) == [*range(SPIN_MISSES + 1), 99, 100]
     assert all(r.state is JobState.QUEUED for r in records)
+
+
+def test_tls_connections_never_spin(tmp_path: Path) -> None:
+    """Over TLS the socket's descriptor carries records, not replies: a call sleeps for its
+    reply in the TLS layer (a real ``redis-server`` with a TLS port, its certificate made
+    here with ``openssl``)."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout",
+                    str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
+    port = free_port()
+    tls = RedisServer(extra=["--port", "0", "--tls-port", str(port), "--tls-cert-file",
+                             str(cert), "--tls-key-file", str(key), "--tls-ca-cert-file",
+                             str(cert), "--tls-auth-clients", "no"])
+    command = [tls.binary, "--bind", "127.0.0.1", "--dir", str(tls.directory), "--save", "",
+               "--logfile", str(tls.directory / "redis.log"), *tls.extra]
+    tls.process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+    url = f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={cert}"
+    app = Conveyor(url, namespace=f"t{new_id().lower()}")
+
+    @app.job
+    def one(x: int) -> None:
+        pass
+
+    try:
+        wait_until(lambda: _answers(url), timeout=20, what="the TLS server")
+        handles = [one.enqueue(n) for n in range(3)]
+        (link, _), = app.broker._blocking_scripts()._idle  # type: ignore[attr-defined]
+        assert not link.spins
+
+        async def awaited() -> list[Any]:
+            return [await one.enqueue_async(n) for n in range(3, 6)]
+
+        handles += asyncio.run(awaited())
+        assert sorted(h.info().args[0] for h in handles) == list(range(6))
+    finally:
+        app.close()
+        tls.stop()
+        tls.remove()
+
+
+def _answers(url: str) -> bool:
+    try:
+        with redis.Redis.from_url(url) as plain:
+            return bool(plain.ping())
+    except redis.ConnectionError:
+        return False

@@ -131,7 +131,7 @@ class _Link:
     its socket and a reader of its own, on which the common call (one EVALSHA) is sent
     in one write and its reply read without redis-py's per-command wrappers."""
 
-    __slots__ = ("conn", "fd", "reader", "sock", "spin")
+    __slots__ = ("conn", "reader", "sock", "spin", "spins")
 
     def __init__(self, conn: Any) -> None:
         self.conn = conn
@@ -139,20 +139,20 @@ class _Link:
         encoder = getattr(conn, "encoder", None)
         self.sock: Any = None
         self.reader: Any = None
-        #: the socket's descriptor when a reply may be read by spinning (a plain socket,
-        #: not TLS, whose descriptor does not block: redis-py's sockets with a timeout)
-        self.fd = -1
+        #: whether a reply may be read by spinning: a plain socket (not TLS) whose descriptor
+        #: does not block (redis-py's sockets with a timeout), on a POSIX system
+        self.spins = False
         self.spin = Spin()
         if _pack is not None and sock is not None and encoder is not None:
             self.sock, self.reader = sock, _reader_for(encoder)
-            if type(sock) is socket.socket and sock.gettimeout() is not None:
-                self.fd = sock.fileno()
+            self.spins = (os.name == "posix" and type(sock) is socket.socket
+                          and sock.gettimeout() is not None)
 
     def reply(self) -> Any:
         """The next reply on the socket (an error reply returned, not raised)."""
         reader, recv = self.reader, self.sock.recv
         reply = reader.gets()
-        if reply is False and self.fd >= 0:
+        if reply is False and self.spins:
             reply = self._spun()
         while reply is False:
             data = recv(65536)
@@ -165,10 +165,10 @@ class _Link:
     def _spun(self) -> Any:
         """The reply, read without sleeping if it comes within :data:`SPIN_FOR` seconds;
         False if it did not (the caller then waits in the kernel): see :class:`Spin`."""
-        spin = self.spin
-        if not spin.wanted():
+        spin, fd = self.spin, self.sock.fileno()  # -1 once closed
+        if fd < 0 or not spin.wanted():
             return False
-        reader, fd, read, clock = self.reader, self.fd, os.read, time.perf_counter
+        reader, read, clock = self.reader, os.read, time.perf_counter
         end = clock() + SPIN_FOR
         while True:
             try:
