@@ -24,7 +24,7 @@ import redis
 
 from conveyor import Conveyor
 from conveyor.backends.redis import RedisBroker, client
-from conveyor.backends.redis.client import SPIN_MISSES, SPIN_REST, BlockingScripts
+from conveyor.backends.redis.client import SPIN_MISSES, SPIN_REST, WAITING, BlockingScripts
 from conveyor.ids import new_id
 from conveyor.job import JobRecord, JobState
 from polling import wait_until
@@ -107,6 +107,41 @@ def test_a_blocking_call_whose_connection_closes_during_its_spin(
         killer.join()
         assert scripts._idle == []
         assert scripts.call(script, keys, argv) == "ok"  # a new connection
+        assert WAITING.count == 0
+    finally:
+        scripts.close()
+
+
+def test_a_call_spins_only_while_no_other_call_of_the_process_waits(
+        server: RedisServer) -> None:
+    """A spinning thread holds the GIL between its reads: a call made while another call
+    waits for its reply sleeps for its own at once (it records no spin)."""
+    broker = RedisBroker(server.url, namespace=f"t{new_id().lower()}")
+    scripts = BlockingScripts(server.url)
+
+    def enqueue() -> Any:
+        script, keys, argv, _ = broker._enqueue_call([([_job()], {})])
+        return scripts.call(script, keys, argv)
+
+    try:
+        assert enqueue() == "ok"
+        assert enqueue() == "ok"  # two connections idle, one per thread below
+        first = scripts._take()
+        scripts._give_back(scripts._take())
+        scripts._give_back(first)
+        links = [link for link, _ in scripts._idle]
+        for link in links:
+            link.spin.misses = link.spin.rest = 0
+        _pause(server.url, 300)
+        replies: list[Any] = []
+        waiting = threading.Thread(target=lambda: replies.append(enqueue()))
+        waiting.start()  # takes the last idle connection, spins, runs out, sleeps
+        wait_until(lambda: WAITING.count == 1, timeout=5, what="the first call to wait")
+        assert enqueue() == "ok"  # the other connection: it waits without spinning
+        waiting.join()
+        assert replies == ["ok"]
+        assert sorted(link.spin.misses for link in links) == [0, 1]
+        assert WAITING.count == 0
     finally:
         scripts.close()
 

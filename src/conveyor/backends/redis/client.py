@@ -152,14 +152,19 @@ class _Link:
         """The next reply on the socket (an error reply returned, not raised)."""
         reader, recv = self.reader, self.sock.recv
         reply = reader.gets()
-        if reply is False and self.spins:
-            reply = self._spun()
-        while reply is False:
-            data = recv(65536)
-            if not data:
-                raise RedisConnectionError("Connection closed by server.")
-            reader.feed(data)
-            reply = reader.gets()
+        if reply is False:
+            alone = WAITING.enter()
+            try:
+                if alone and self.spins:
+                    reply = self._spun()
+                while reply is False:
+                    data = recv(65536)
+                    if not data:
+                        raise RedisConnectionError("Connection closed by server.")
+                    reader.feed(data)
+                    reply = reader.gets()
+            finally:
+                WAITING.leave()
         return _checked(reply)
 
     def _spun(self) -> Any:
@@ -175,7 +180,9 @@ class _Link:
                 data = read(fd, 65536)
             except BlockingIOError:
                 if clock() < end:
-                    continue
+                    if WAITING.count == 1:
+                        continue
+                    return False  # another call waits too: it may need the GIL soon
                 spin.ran_out()
                 return False
             if not data:
@@ -185,6 +192,33 @@ class _Link:
             if reply is not False:
                 spin.misses = 0
                 return reply
+
+
+class Waiting:
+    """How many calls of this process wait for a reply (on :class:`BlockingScripts` and
+    :class:`AsyncScriptLink`): a call spins (see :class:`Spin`) only while it is the only
+    one. A spinning thread holds the GIL between its reads, and a thread whose reply has
+    come would wait for it: with 4 threads enqueuing at once, spinning halved their rate."""
+
+    __slots__ = ("_lock", "count")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.count = 0
+
+    def enter(self) -> bool:
+        """Count one more call waiting; True when it is the only one."""
+        with self._lock:
+            self.count += 1
+            return self.count == 1
+
+    def leave(self) -> None:
+        with self._lock:
+            self.count -= 1
+
+
+#: the calls of this process waiting for a reply
+WAITING = Waiting()
 
 
 class Spin:
@@ -534,14 +568,19 @@ class AsyncScriptLink:
     async def _reply(self, conn: Any) -> Any:
         reader, read = self._reader, conn._reader.read
         reply = reader.gets()
-        if reply is False and self._spin.wanted():
-            await _spin(conn._reader, self._spin)
-        while reply is False:
-            data = await read(65536)
-            if not data:
-                raise RedisConnectionError("Connection closed by server.")
-            reader.feed(data)
-            reply = reader.gets()
+        if reply is False:
+            alone = WAITING.enter()
+            try:
+                if alone and self._spin.wanted():
+                    await _spin(conn._reader, self._spin)
+                while reply is False:
+                    data = await read(65536)
+                    if not data:
+                        raise RedisConnectionError("Connection closed by server.")
+                    reader.feed(data)
+                    reply = reader.gets()
+            finally:
+                WAITING.leave()
         return _checked(reply)
 
     def close(self) -> None:
@@ -561,6 +600,8 @@ async def _spin(stream: asyncio.StreamReader, spin: Spin) -> None:
     while not buffered and not stream.at_eof() and stream.exception() is None:
         if clock() >= end:
             spin.ran_out()
+            return
+        if WAITING.count > 1:  # another call waits too (see Waiting)
             return
         await asyncio.sleep(0)
     spin.misses = 0
