@@ -15,7 +15,7 @@ import shutil
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +63,8 @@ def _kill_later(url: str, addr: str, after: float) -> threading.Thread:
     return thread
 
 
-def test_blocking_calls_spin_rest_and_read_late_replies(server: RedisServer) -> None:
+def _blocking(server: RedisServer) -> tuple[BlockingScripts, Callable[[], Any]]:
+    """A blocking script runner on ``server`` and a call of it enqueueing a new job."""
     broker = RedisBroker(server.url, namespace=f"t{new_id().lower()}")
     scripts = BlockingScripts(server.url)
 
@@ -71,6 +72,11 @@ def test_blocking_calls_spin_rest_and_read_late_replies(server: RedisServer) -> 
         script, keys, argv, _ = broker._enqueue_call([([_job()], {})])
         return scripts.call(script, keys, argv)
 
+    return scripts, enqueue
+
+
+def test_blocking_calls_spin_rest_and_read_late_replies(server: RedisServer) -> None:
+    scripts, enqueue = _blocking(server)
     try:
         assert enqueue() == "ok"
         (link, _), = scripts._idle
@@ -116,13 +122,7 @@ def test_a_call_spins_only_while_no_other_call_of_the_process_waits(
         server: RedisServer) -> None:
     """A spinning thread holds the GIL between its reads: a call made while another call
     waits for its reply sleeps for its own at once (it records no spin)."""
-    broker = RedisBroker(server.url, namespace=f"t{new_id().lower()}")
-    scripts = BlockingScripts(server.url)
-
-    def enqueue() -> Any:
-        script, keys, argv, _ = broker._enqueue_call([([_job()], {})])
-        return scripts.call(script, keys, argv)
-
+    scripts, enqueue = _blocking(server)
     try:
         assert enqueue() == "ok"
         assert enqueue() == "ok"  # two connections idle, one per thread below

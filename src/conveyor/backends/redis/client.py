@@ -153,8 +153,7 @@ class _Link:
         reader, recv = self.reader, self.sock.recv
         reply = reader.gets()
         if reply is False:
-            alone = WAITING.enter()
-            try:
+            with WAITING as alone:
                 if alone and self.spins:
                     reply = self._spun()
                 while reply is False:
@@ -163,8 +162,6 @@ class _Link:
                         raise RedisConnectionError("Connection closed by server.")
                     reader.feed(data)
                     reply = reader.gets()
-            finally:
-                WAITING.leave()
         return _checked(reply)
 
     def _spun(self) -> Any:
@@ -206,13 +203,13 @@ class Waiting:
         self._lock = threading.Lock()
         self.count = 0
 
-    def enter(self) -> bool:
+    def __enter__(self) -> bool:
         """Count one more call waiting; True when it is the only one."""
         with self._lock:
             self.count += 1
             return self.count == 1
 
-    def leave(self) -> None:
+    def __exit__(self, *exc: object) -> None:
         with self._lock:
             self.count -= 1
 
@@ -569,8 +566,7 @@ class AsyncScriptLink:
         reader, read = self._reader, conn._reader.read
         reply = reader.gets()
         if reply is False:
-            alone = WAITING.enter()
-            try:
+            with WAITING as alone:
                 if alone and self._spin.wanted():
                     await _spin(conn._reader, self._spin)
                 while reply is False:
@@ -579,8 +575,6 @@ class AsyncScriptLink:
                         raise RedisConnectionError("Connection closed by server.")
                     reader.feed(data)
                     reply = reader.gets()
-            finally:
-                WAITING.leave()
         return _checked(reply)
 
     def close(self) -> None:
