@@ -11,6 +11,7 @@ A private ``redis-server``: ``CLIENT PAUSE ... WRITE`` holds the scripts' replie
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import subprocess
 import threading
@@ -247,3 +248,31 @@ def _answers(url: str) -> bool:
             return bool(plain.ping())
     except redis.ConnectionError:
         return False
+
+
+def test_a_forked_child_starts_with_no_call_waiting_and_no_lock_held(
+        server: RedisServer) -> None:
+    """Forked while a thread of the parent waits for a reply and the runner's lock is held,
+    a child counts no call waiting (it spins when alone) and takes the runner's lock."""
+    scripts, enqueue = _blocking(server)
+    try:
+        assert enqueue() == "ok"
+        _pause(server.url, 300)
+        waiting = threading.Thread(target=enqueue)
+        waiting.start()
+        wait_until(lambda: WAITING.count == 1, timeout=5, what="the parent's call to wait")
+        with scripts._lock:  # held by the parent at the moment of the fork
+            pid = os.fork()
+            if pid == 0:  # the child: report through its exit status, never raise
+                code = 1
+                try:
+                    fresh = WAITING.count == 0 and scripts._idle == []
+                    code = 0 if fresh and enqueue() == "ok" and WAITING.count == 0 else 2
+                finally:
+                    os._exit(code)
+        waiting.join()
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert WAITING.count == 0
+    finally:
+        scripts.close()

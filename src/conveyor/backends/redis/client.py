@@ -18,6 +18,7 @@ import os
 import socket
 import threading
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from functools import cache
 from typing import TYPE_CHECKING, Any
@@ -203,6 +204,12 @@ class Waiting:
         self._lock = threading.Lock()
         self.count = 0
 
+    def reset(self) -> None:
+        """None waiting: in a child process just forked (the parent's waits are not its
+        own, and a thread of the parent may have held the lock)."""
+        self._lock = threading.Lock()
+        self.count = 0
+
     def __enter__(self) -> bool:
         """Count one more call waiting; True when it is the only one."""
         with self._lock:
@@ -216,6 +223,19 @@ class Waiting:
 
 #: the calls of this process waiting for a reply
 WAITING = Waiting()
+#: the blocking script runners of this process (see :func:`_after_fork_in_child`)
+_RUNNERS: weakref.WeakSet[BlockingScripts] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    """A forked child starts with no call waiting and with no runner's lock held."""
+    WAITING.reset()
+    for runner in list(_RUNNERS):
+        runner.forked()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class Spin:
@@ -300,7 +320,15 @@ class BlockingScripts:
         self._idle: list[tuple[_Link, float]] = []  # (connection, idle since)
         self._lock = threading.Lock()
         self._pid = os.getpid()
+        _RUNNERS.add(self)
         self._heads: Heads = {}  # see _evalsha
+
+    def forked(self) -> None:
+        """In a child process just forked: forget the parent's connections (left open: a
+        close here would shut them down under the parent) and its lock, which a thread of
+        the parent may have held."""
+        self._lock = threading.Lock()
+        self._idle, self._pid = [], os.getpid()
 
     def _take(self) -> _Link:
         while True:
