@@ -48,7 +48,8 @@ class RedisCluster:
         self.directory = Path(tempfile.mkdtemp(prefix="conveyor-cluster-"))
         self.replicas = replicas
         self.nodes = [
-            RedisServer(self.directory / f"node{index}", port=cluster_port(), extra=[
+            RedisServer(self.directory / f"node{index}", port=cluster_port(),
+                        choose_port=cluster_port, extra=[
                 "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
                 "--cluster-node-timeout", "2000", *extra])
             for index in range(masters * (1 + replicas))

@@ -15,11 +15,18 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+
+#: ports a first start tries when the chosen ones turn out taken
+PORT_TRIES = 5
+
+
+class PortTaken(RuntimeError):
+    """The port was taken by another process before the server could bind it."""
 
 
 def free_port() -> int:
@@ -37,7 +44,8 @@ class RedisServer:
 
     def __init__(self, directory: Path | None = None, port: int | None = None,
                  extra: Sequence[str] = (), host: str = "127.0.0.1",
-                 wrap: Sequence[str] = ()) -> None:
+                 wrap: Sequence[str] = (), choose_port: Callable[[], int] | None = None,
+                 ) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             pytest.skip("redis-server is not installed")
@@ -45,6 +53,10 @@ class RedisServer:
         self.own_directory = directory is None
         self.directory = directory or Path(tempfile.mkdtemp(prefix="conveyor-redis-"))
         self.port = port or free_port()
+        #: picks another port when the chosen one was taken before the server bound it (two
+        #: test processes handed the same free port); None: a port the caller gave, kept.
+        #: Only the first start moves: a restart keeps the port its clients know.
+        self.choose_port = choose_port or (free_port if port is None else None)
         self.process: subprocess.Popen[bytes] | None = None
         #: more ``redis-server`` arguments (``--cluster-enabled yes``, ``--replicaof ...``)
         self.extra = list(extra)
@@ -56,18 +68,31 @@ class RedisServer:
         return f"redis://{self.host}:{self.port}/0"
 
     def start(self) -> RedisServer:
+        for _ in range(PORT_TRIES - 1):
+            try:
+                return self._start_once()
+            except PortTaken:
+                if self.choose_port is None:
+                    raise
+                self.port = self.choose_port()
+        return self._start_once()
+
+    def _start_once(self) -> RedisServer:
         command = [
             *self.wrap, self.binary, "--port", str(self.port), "--bind", self.host, "--dir",
             str(self.directory), "--appendonly", "yes", "--appendfsync", "always",
             "--save", "", "--maxmemory-policy", "noeviction", "--protected-mode", "no",
             "--daemonize", "no", "--logfile", str(self.directory / "redis.log"), *self.extra,
         ]
-        return self.launch(command, "redis-server", self.directory / "redis.log")
+        self.launch(command, "redis-server", self.directory / "redis.log")
+        self.choose_port = None  # started: a restart keeps this port
+        return self
 
     def launch(self, command: Sequence[str], what: str, log: Path) -> RedisServer:
         """Start ``command`` and wait until the server on :attr:`port` answers PING (or asks
         for a password) and is this process: a port another server took meanwhile (two test
         processes handed the same free port) is an error, not a silent shared server."""
+        logged = log.stat().st_size if log.exists() else 0  # a log is appended to
         self.process = subprocess.Popen(list(command), stdout=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
@@ -85,6 +110,9 @@ class RedisServer:
             if self.process.poll() is not None:
                 break
             time.sleep(0.02)
+        if self.process.poll() is not None and log.exists() and \
+                "Address already in use" in log.read_bytes()[logged:].decode(errors="replace"):
+            raise PortTaken(f"{what}: port {self.port} was taken before it could bind it")
         raise RuntimeError(f"{what} did not start; see {log}")
 
     def _check_own(self, sock: socket.socket, what: str) -> None:
@@ -101,8 +129,8 @@ class RedisServer:
             else b"?"
         if found != str(self.process.pid).encode():
             self.kill()
-            raise RuntimeError(f"{what}: port {self.port} is served by another process "
-                               f"(pid {found.decode(errors='replace')}), not ours")
+            raise PortTaken(f"{what}: port {self.port} is served by another process "
+                            f"(pid {found.decode(errors='replace')}), not ours")
 
     def kill(self) -> None:
         """SIGKILL, as a crash would."""
