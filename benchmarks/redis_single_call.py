@@ -30,7 +30,8 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import redis
 import redis.asyncio
@@ -58,6 +59,19 @@ def start_redis(directory: str) -> tuple[subprocess.Popen[bytes], int]:
             time.sleep(0.02)
     server.kill()
     raise SystemExit("redis-server did not start")
+
+
+@contextmanager
+def private_redis(prefix: str) -> Iterator[int]:
+    """A private ``redis-server`` without persistence for the block; its port."""
+    directory = tempfile.mkdtemp(prefix=prefix)
+    server, port = start_redis(directory)
+    try:
+        yield port
+    finally:
+        server.terminate()
+        server.wait(10)
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def capture_evalsha(port: int, enqueue: Callable[[], object]) -> list[str]:
@@ -110,9 +124,7 @@ def main() -> int:
     if not shutil.which("redis-benchmark"):
         raise SystemExit("redis-benchmark is not installed (apt-get install redis-tools)")
     n = args.jobs
-    directory = tempfile.mkdtemp(prefix="conveyor-single-")
-    server, port = start_redis(directory)
-    try:
+    with private_redis("conveyor-single-") as port:
         client = redis.Redis(port=port)
         app = Conveyor(f"redis://127.0.0.1:{port}/0", namespace="bench")
 
@@ -186,10 +198,6 @@ def main() -> int:
             script = f"{statistics.median(usec[name]):.1f} µs" if name in usec else ""
             print(f"{name:<32} {rate:>9,.0f} {rate / limit:>8.0%} {own:>11} {script:>11}")
         app.close()
-    finally:
-        server.terminate()
-        server.wait(10)
-        shutil.rmtree(directory, ignore_errors=True)
     return 0
 
 

@@ -14,13 +14,11 @@ Waiting``): with several threads the two settings should measure alike.
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
-import tempfile
 import threading
 import time
 
-from redis_single_call import start_redis
+from redis_single_call import private_redis
 
 from conveyor import Conveyor
 from conveyor.backends.redis import client
@@ -59,10 +57,8 @@ def main() -> int:
     p.add_argument("--calls", type=int, default=3000, help="calls per thread")
     p.add_argument("--rounds", type=int, default=2)
     args = p.parse_args()
-    directory = tempfile.mkdtemp(prefix="conveyor-threads-")
-    server, port = start_redis(directory)
     spin = client.SPIN_FOR
-    try:
+    with private_redis("conveyor-threads-") as port:
         app = Conveyor(f"redis://127.0.0.1:{port}/0", namespace="bench")
 
         @app.job
@@ -80,11 +76,7 @@ def main() -> int:
                     print(f"{threads:>7} {'on' if on else 'off':>5} {rate:>9,.0f} "
                           f"{p50:>8,.0f} {p99:>8,.0f} {cpu:>12.0f}", flush=True)
         app.close()
-    finally:
         client.SPIN_FOR = spin
-        server.terminate()
-        server.wait(10)
-        shutil.rmtree(directory, ignore_errors=True)
     return 0
 
 
