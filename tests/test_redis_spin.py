@@ -99,24 +99,47 @@ def test_blocking_calls_spin_rest_and_read_late_replies(server: RedisServer) -> 
 def test_a_blocking_call_whose_connection_closes_during_its_spin(
         server: RedisServer, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(client, "SPIN_FOR", 5.0)  # the whole wait is a spin
-    broker = RedisBroker(server.url, namespace=f"t{new_id().lower()}")
-    scripts = BlockingScripts(server.url)
-    script, keys, argv, _ = broker._enqueue_call([([_job()], {})])
+    raised = _spied_spins(monkeypatch)
+    scripts, enqueue = _blocking(server)
     try:
-        assert scripts.call(script, keys, argv) == "ok"
+        assert enqueue() == "ok"
         (link, _), = scripts._idle
         host, port = link.sock.getsockname()[:2]
         _pause(server.url, 3000)
         killer = _kill_later(server.url, f"{host}:{port}", 0.2)
-        script, keys, argv, _ = broker._enqueue_call([([_job()], {})])
         with pytest.raises((redis.ConnectionError, OSError)):
-            scripts.call(script, keys, argv)
+            enqueue()
         killer.join()
+        # the spin itself met the closed connection: it neither ran out nor left it unseen
+        assert [type(exc) for exc in raised["_spun"]] == [redis.ConnectionError]
+        assert raised["ran_out"] == []
         assert scripts._idle == []
-        assert scripts.call(script, keys, argv) == "ok"  # a new connection
+        assert enqueue() == "ok"  # a new connection
         assert WAITING.count == 0
     finally:
         scripts.close()
+
+
+def _spied_spins(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[BaseException | None]]:
+    """Record what the blocking spin raised (``_spun``) and each spin that ran out
+    (``ran_out``), the real methods still doing the work."""
+    seen: dict[str, list[BaseException | None]] = {"_spun": [], "ran_out": []}
+    spun, ran_out = client._Link._spun, client.Spin.ran_out
+
+    def spying(link: Any) -> Any:
+        try:
+            return spun(link)
+        except BaseException as exc:
+            seen["_spun"].append(exc)
+            raise
+
+    def counting(spin: client.Spin) -> None:
+        seen["ran_out"].append(None)
+        ran_out(spin)
+
+    monkeypatch.setattr(client._Link, "_spun", spying)
+    monkeypatch.setattr(client.Spin, "ran_out", counting)
+    return seen
 
 
 def test_a_call_spins_only_while_no_other_call_of_the_process_waits(
@@ -179,15 +202,19 @@ def test_an_awaited_call_spins_lets_the_loop_run_and_reads_late_replies(
 
         beside = asyncio.create_task(ticker())
         _pause(server.url, 300)
+        spin.misses = 1  # the reply caught by the spin sets it back to 0
         handles.append(await one.enqueue_async(99))
         beside.cancel()
         assert spin.rest == 0 and spin.misses == 0  # the reply came within the spin
-        # a connection closed during a spin: a lost connection, retried on a new one
+        # a connection closed during a spin: the spin ends at once (it does not run out),
+        # a lost connection, retried on a new one
+        raised = _spied_spins(monkeypatch)
         host, port = link._conn._writer.get_extra_info("sockname")[:2]
         _pause(server.url, 3000)
         killer = _kill_later(server.url, f"{host}:{port}", 0.2)
         handles.append(await one.enqueue_async(100))
         killer.join()
+        assert raised["ran_out"] == []
         return ticks, [await h.info_async() for h in handles]
 
     try:

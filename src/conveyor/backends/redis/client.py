@@ -188,7 +188,7 @@ class _Link:
             reader.feed(data)
             reply = reader.gets()
             if reply is not False:
-                spin.misses = 0
+                spin.caught()
                 return reply
 
 
@@ -256,12 +256,18 @@ class Spin:
         self.rest = 0  # calls left that wait without spinning
 
     def wanted(self) -> bool:
+        """Whether this call spins (False while the connection rests from spinning)."""
         if self.rest:
             self.rest -= 1
             return False
         return True
 
+    def caught(self) -> None:
+        """The reply came while spinning."""
+        self.misses = 0
+
     def ran_out(self) -> None:
+        """The spin ended without the reply."""
         self.misses += 1
         if self.misses >= SPIN_MISSES:
             self.misses, self.rest = 0, SPIN_REST
@@ -626,4 +632,4 @@ async def _spin(stream: asyncio.StreamReader, spin: Spin) -> None:
         if WAITING.count > 1:  # another call waits too (see Waiting)
             return
         await asyncio.sleep(0)
-    spin.misses = 0
+    spin.caught()
