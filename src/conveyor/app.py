@@ -506,11 +506,12 @@ class Conveyor:
             from conveyor.eager import store_and_run
 
             return self._stored(records, store_and_run(self, records), on_conflict)
+        broker = self._broker if self._broker is not None else self.broker
         try:
-            held = self.broker.enqueue_blocking(records, self.max_queued)
+            held = broker.enqueue_blocking(records, self.max_queued)
         except NotImplementedError:
             return self.run_sync(self._store_async(records, on_conflict))
-        outage_for(self.broker).recovered()  # logs the end of an outage, if one was under way
+        outage_for(broker).recovered()  # logs the end of an outage, if one was under way
         return self._stored(records, held, on_conflict)
 
     async def _store_async(self, records: list[JobRecord],
@@ -554,7 +555,7 @@ class Conveyor:
 
         A name not registered here must have been published by a worker (see
         :meth:`known_jobs`), which also checks the arguments; ``force=True`` skips that."""
-        opts = options_of(options, given)
+        opts = options_of(options, given) if options is not None or given else DEFAULT
         record = self.build(name, args, kwargs, opts)
         if name not in self.registry:
             self.run_sync(self._check_known([record], opts))

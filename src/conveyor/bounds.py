@@ -67,7 +67,7 @@ def encode_value(value: Any, what: str = "the value", max_depth: int = MAX_DEPTH
     # a text with fewer brackets than the bound cannot nest past it: the common case
     if text.count("[") + text.count("{") > limit and deeper_than(value, limit):
         raise NotSerializable(_too_deep(what, max_depth))
-    if not is_utf8(text):
+    if not text.isascii() and not is_utf8(text):  # the first test is the common answer
         raise NotSerializable(f"{what} holds a lone surrogate (such as \\ud800), which "
                               "UTF-8 cannot encode")
     return text

@@ -224,13 +224,17 @@ class JobFunction(Generic[P, R]):
                 raise InvalidArguments(f"job {self.name!r}: {why}")
             if len(self._fitting_shapes) < 64:
                 self._fitting_shapes.add(shape)
+        if not kwargs and type(kwargs) is dict:  # no keywords: check_json's first answer
+            return _encoded_arguments(self.name, args), "{}"
         return self.check_json(self.name, args, kwargs)
 
     @staticmethod
     def check_json(name: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -> tuple[str, str]:
         """Raise :class:`InvalidArguments` unless the arguments are strict JSON; return them
         as JSON text."""
-        if not kwargs and isinstance(kwargs, Mapping):  # the commonest call: no keywords
+        # the commonest call: no keywords (a dict is told apart first: isinstance of an
+        # abstract class costs more than encoding a few arguments)
+        if not kwargs and (type(kwargs) is dict or isinstance(kwargs, Mapping)):
             return _encoded_arguments(name, args), "{}"
         if not isinstance(kwargs, Mapping) or not all(isinstance(k, str) for k in kwargs):
             raise InvalidArguments(f"job {name!r}: keyword arguments need string names")

@@ -79,6 +79,19 @@ def _marks(n: int) -> str:
     return ",".join("?" * n)
 
 
+#: the rows that store some jobs, the INSERT they take, their queues, and whether any of
+#: them has a unique key (see :meth:`SQLiteBroker._rows`)
+_Plan = tuple[list[tuple[Any, ...]], str, set[str], bool]
+
+
+def _at_version(insert: str) -> str:
+    """``insert`` (``INSERT INTO t (columns) VALUES (?, ...)``) as an INSERT that stores its
+    row only while the connection's ``data_version`` is the value given after the row's."""
+    head, marks = insert.split(" VALUES (")
+    return (f"{head} SELECT {marks[:-1]} WHERE (SELECT data_version FROM pragma_data_version)"
+            f" = ?{marks.count('?') + 1}")
+
+
 class SQLiteBroker(Broker):
     """Jobs in ``{namespace}_jobs`` of one SQLite file; see :mod:`.writer` for the commits."""
 
@@ -155,6 +168,10 @@ class SQLiteBroker(Broker):
             f"INSERT INTO {t}_jobs (id, name, queue, state, args, kwargs, created_at, run_at, "
             f"unique_key, priority, boost, grp) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
         )
+        #: each INSERT of jobs as one that stores its row only while the connection's
+        #: ``data_version`` is the one given after the row (see :meth:`_insert_at_once`)
+        self._sql_at_once = {sql: _at_version(sql) for sql in (
+            self._sql_insert, self._sql_insert_ranked, self._sql_insert_laned)}
         #: the stored caps of queued jobs; the table holds only the queues with settings: a
         #: few rows, read whole
         self._sql_caps = (f"SELECT name, max_queued FROM {t}_queues "
@@ -293,25 +310,56 @@ class SQLiteBroker(Broker):
         return result
 
     # -- producers ----------------------------------------------------------------------------
+    def _rows(self, jobs: Sequence[JobRecord]) -> _Plan:
+        """The rows that store ``jobs``, the INSERT they take (the columns of priorities and
+        groups only when some job has them), their queues, and whether any has a unique key."""
+        rows: list[tuple[Any, ...]] = []
+        queues: set[str] = set()
+        keyed = laned = ranked = False
+        for j in jobs:  # one pass (most calls store one plain job)
+            args, kwargs = j.payload or j.encoded()
+            rows.append((j.id, j.name, j.queue, j.state._value_, args, kwargs, j.created_at,
+                         j.run_at, j.unique_key))
+            queues.add(j.queue)
+            keyed = keyed or j.unique_key is not None
+            laned = laned or j.group is not None
+            ranked = ranked or j.priority != 0
+        if not (laned or ranked):  # the defaults: priority 0, boost 0
+            return rows, self._sql_insert, queues, keyed
+        aging = self.aging
+        rows = [(*row, j.priority, boost(j.priority, aging)) + ((j.group,) if laned else ())
+                for row, j in zip(rows, jobs, strict=True)]
+        return rows, self._sql_insert_laned if laned else self._sql_insert_ranked, queues, keyed
+
+    def _insert_at_once(self, conn: sqlite3.Connection, row: tuple[Any, ...],
+                        insert: str) -> bool | None:
+        """Store one job (``row``, with the ``insert`` it takes) in one statement, which
+        SQLite commits by itself, when the writer's cache shows that the checks of a full
+        write would pass (its queue known and without a cap in the store) and the statement
+        finds that no other connection has committed since the cache was read (its
+        ``data_version`` unchanged); None when it does not store it (the caller then makes
+        the full write, which also says why an id that exists is refused). The caller
+        checked the rest: one job, no unique key, no cap of this producer's on its queue."""
+        writer = self._writer
+        known, caps = writer.cache.get("known"), writer.cache.get("caps")
+        queue = row[2]
+        if known is None or queue not in known or caps is None or writer.version is None:
+            return None
+        for capped, _ in caps:
+            if capped == queue:
+                return None
+        try:
+            stored = conn.execute(self._sql_at_once[insert], (*row, writer.version)).rowcount
+        except sqlite3.IntegrityError:
+            return None
+        return True if stored == 1 else None
+
     def _enqueue_fn(
-        self, jobs: Sequence[JobRecord], limits: Mapping[str, int]
+        self, jobs: Sequence[JobRecord], limits: Mapping[str, int],
+        plan: _Plan | None = None,
     ) -> Callable[[sqlite3.Connection], list[str | None]]:
-        keyed = any(j.unique_key is not None for j in jobs)
-        all_rows: list[tuple[Any, ...]] = [
-            (j.id, j.name, j.queue, j.state.value, *j.encoded(), j.created_at, j.run_at,
-             j.unique_key)
-            for j in jobs
-        ]
-        insert = self._sql_insert
-        laned = any(j.group is not None for j in jobs)
-        if laned or any(j.priority for j in jobs):  # else the defaults: priority 0, boost 0
-            insert = self._sql_insert_laned if laned else self._sql_insert_ranked
-            aging = self.aging
-            all_rows = [(*row, j.priority, boost(j.priority, aging))
-                        + ((j.group,) if laned else ())
-                        for row, j in zip(all_rows, jobs, strict=True)]
+        all_rows, insert, all_queues, keyed = plan or self._rows(jobs)
         none_held: list[str | None] = [None] * len(jobs)
-        all_queues = {j.queue for j in jobs}
         caps_sql, count_sql = self._sql_caps, self._sql_waiting
         cache = self._writer.cache
         most = self.max_queues
@@ -324,7 +372,9 @@ class SQLiteBroker(Broker):
                 rows = [row for row, holder in zip(all_rows, held, strict=True)
                         if holder is None]
                 queues = {j.queue for j in stored}
-            fresh = self._new_queues(conn, queues) if most is not None else []
+            known = cache.get("known")
+            fresh = [] if most is None or (known is not None and queues <= known) \
+                else self._new_queues(conn, queues)
             before = conn.total_changes
             try:  # first, so that an id that exists is reported before a full queue
                 if len(rows) == 1:
@@ -340,22 +390,23 @@ class SQLiteBroker(Broker):
                 raise DuplicateJob(rows[failed][0]) from exc
             # the store's caps (every producer's) and this producer's own: the smaller holds;
             # a full queue raises, and the writer rolls the inserts back
-            caps = {queue: limits[queue] for queue in queues if queue in limits}
             stored_caps = cache.get("caps")
             if stored_caps is None:  # kept while no other write can have changed them
                 stored_caps = cache["caps"] = conn.execute(caps_sql).fetchall()
-            for queue, cap in stored_caps:
-                if queue in queues:
-                    caps[queue] = min(cap, caps.get(queue, cap))
-            for queue, limit in caps.items():
-                (waiting,) = conn.execute(count_sql, (queue,)).fetchone()
-                if waiting > limit:
-                    raise QueueFull(queue, limit)
+            if stored_caps or limits:
+                caps = {queue: limits[queue] for queue in queues if queue in limits}
+                for queue, cap in stored_caps:
+                    if queue in queues:
+                        caps[queue] = min(cap, caps.get(queue, cap))
+                for queue, limit in caps.items():
+                    (waiting,) = conn.execute(count_sql, (queue,)).fetchone()
+                    if waiting > limit:
+                        raise QueueFull(queue, limit)
             if fresh and most is not None and self._queues_past(conn, most):
                 raise TooManyQueues(fresh[0], most)
             if keyed:
                 self._hold_keys(conn, stored)
-            known = cache.get("known")
+            known = cache.get("known")  # read again: the checks above may have emptied it
             if known is None:
                 cache["known"] = set(queues)
             else:
@@ -435,10 +486,15 @@ class SQLiteBroker(Broker):
     ) -> list[str | None]:
         if not self._opened:
             self.open_blocking()
-        fn = self._enqueue_fn(jobs, limits)
+        plan = self._rows(jobs)
+        rows, insert, _, keyed = plan
         sent = time.monotonic()
         try:  # as _guarded() does, without a context manager on this busy path
-            result: list[str | None] = self._writer.run_blocking(fn, True)
+            if len(rows) == 1 and not keyed and rows[0][2] not in limits \
+                    and self._writer.run_at_once(self._insert_at_once, rows[0], insert):
+                return [None]
+            result: list[str | None] = self._writer.run_blocking(
+                self._enqueue_fn(jobs, limits, plan), True)
         except (sqlite3.Error, OSError) as exc:
             self._fail(exc, sent)
         return result

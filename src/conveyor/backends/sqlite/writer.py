@@ -9,7 +9,8 @@ say) rolls back alone without touching its neighbours.
 A blocking caller that finds the connection idle commits on its own thread instead (taking
 whatever else waits along): a lone producer then pays no thread hand-offs, only its fsync.
 With nothing else waiting it runs its transaction straight through, without a group or a
-future to answer it.
+future to answer it; a write that one statement can make runs as that statement alone
+(:meth:`Writer.run_at_once`), which SQLite commits by itself.
 
 Facts the writes read under the write lock (the queues' caps, the queues known) may be kept
 in :attr:`Writer.cache` from one transaction to the next, for the writes that say they
@@ -87,8 +88,9 @@ class Writer:
         #: as does a transaction that did not commit. A write that changes a kept fact drops
         #: it (later writes of its transaction read it anew).
         self.cache: dict[str, Any] = {}
-        #: the ``data_version`` the cache was filled at (None: not read on this connection)
-        self._version: int | None = None
+        #: the connection's ``data_version`` the cache holds at: no other connection has
+        #: committed since it was read (None: not read on this connection)
+        self.version: int | None = None
 
     def start(self) -> None:
         """Open the connection and start the thread (idempotent). Raise what opening the
@@ -101,7 +103,7 @@ class Writer:
                 )
                 self._conn = conn
                 self.cache.clear()
-                self._version = None
+                self.version = None
                 thread.start()
                 self._thread = thread
 
@@ -141,6 +143,28 @@ class Writer:
         self._queue.put(_Pending(fn, future, None, keeps))
         return future.result()
 
+    def run_at_once(self, attempt: Callable[..., T | None], *args: Any) -> T | None:
+        """``attempt(conn, *args)`` on this thread when the connection is free and no write
+        waits (a lone producer): outside any transaction, so that one statement commits by
+        itself; :attr:`cache` and :attr:`version` hold still meanwhile. None when the
+        connection is busy, or when ``attempt`` gives up (None): the caller then writes
+        with :meth:`run_blocking`."""
+        if not self._conn_lock.acquire(blocking=False):
+            return None
+        try:
+            conn = self._conn
+            if conn is None or self._thread is None or not self._queue.empty():
+                return None
+            try:
+                return attempt(conn, *args)
+            except BaseException:
+                if conn.in_transaction:  # a statement fails alone; nothing is left open
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
+                raise
+        finally:
+            self._conn_lock.release()
+
     def _take(self, group: list[_Pending]) -> tuple[list[_Pending], bool]:
         """Add what waits in the queue to ``group``; also say whether a stop came."""
         waiting = self._queue
@@ -179,9 +203,9 @@ class Writer:
             self.cache.clear()
             return
         (version,) = conn.execute("PRAGMA data_version").fetchone()
-        if version != self._version:  # another connection committed: anything may differ
+        if version != self.version:  # another connection committed: anything may differ
             self.cache.clear()
-            self._version = version
+            self.version = version
 
     def _run_alone(self, conn: sqlite3.Connection, fn: WriteFn, keeps: bool) -> Any:
         """Run and commit ``fn`` in a transaction of its own (the caller holds the
