@@ -37,6 +37,8 @@ if TYPE_CHECKING:
     from conveyor.metrics import Metrics
 
 log = logging.getLogger("conveyor")
+#: an enum member read from its class costs more than a name (the busiest enqueue uses it)
+_QUEUED = JobState.QUEUED
 
 T = TypeVar("T")
 P = ParamSpec("P")
@@ -444,7 +446,7 @@ class Conveyor:
         if options is DEFAULT and job_fn is not None:  # the commonest call: a plain one
             own = job_fn.options
             if not own.unique and own.limits is None:
-                return JobRecord(new_id(created), name, own.queue, JobState.QUEUED,
+                return JobRecord(new_id(created), name, own.queue, _QUEUED,
                                  list(args), dict(kwargs), created, created,
                                  priority=own.priority, payload=payload)
         run_at = options.run_at(created, self.max_delay)

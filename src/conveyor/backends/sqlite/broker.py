@@ -341,15 +341,15 @@ class SQLiteBroker(Broker):
         the full write, which also says why an id that exists is refused). The caller
         checked the rest: one job, no unique key, no cap of this producer's on its queue."""
         writer = self._writer
-        known, caps = writer.cache.get("known"), writer.cache.get("caps")
+        known, caps, version = writer.cache.get("known"), writer.cache.get("caps"), writer.version
         queue = row[2]
-        if known is None or queue not in known or caps is None or writer.version is None:
+        if known is None or queue not in known or caps is None or version is None:
             return None
         for capped, _ in caps:
             if capped == queue:
                 return None
         try:
-            stored = conn.execute(self._sql_at_once[insert], (*row, writer.version)).rowcount
+            stored = conn.execute(self._sql_at_once[insert], (*row, version)).rowcount
         except sqlite3.IntegrityError:
             return None
         return True if stored == 1 else None
