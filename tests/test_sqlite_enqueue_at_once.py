@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from conveyor.backends.sqlite import SQLiteBroker
-from conveyor.errors import DuplicateJob, QueueFull, StoreUnavailable
+from conveyor.errors import DuplicateJob, QueueFull, StoreUnavailable, TooManyQueues
 from conveyor.ids import new_id
 from conveyor.job import JobRecord, JobState
 
@@ -199,3 +199,38 @@ def test_the_writer_runs_nothing_at_once_while_its_connection_is_busy(
         assert writer.run_at_once(attempt, 1) is None
     assert calls == []
     assert writer.run_at_once(attempt, 2) == 2 and calls == [2]
+
+
+def test_a_reopened_store_reads_what_it_keeps_anew(tmp_path: Path) -> None:
+    """A new connection's data_version starts over: what the old one kept (a queue known)
+    must not pass for true on the new one, where another connection forgot that queue."""
+    path = tmp_path / "r.db"
+    producer = SQLiteBroker(f"sqlite:///{path}", namespace="t")
+    producer.max_queues = 1
+    first = job("a")
+    producer.enqueue_blocking([first], {})
+    producer.enqueue_blocking([job("a")], {})  # "a" known, kept at this connection's version
+    producer.close_blocking()
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("DELETE FROM t_jobs")  # "a" is no queue any more
+    other.close()
+    taker = SQLiteBroker(f"sqlite:///{path}", namespace="t")
+    taker.enqueue_blocking([job("b")], {})  # the one queue allowed
+    taker.close_blocking()
+    try:
+        with pytest.raises(TooManyQueues):
+            producer.enqueue_blocking([job("a")], {})
+    finally:
+        producer.close_blocking()
+
+
+def test_nothing_runs_at_once_inside_an_open_transaction(producer: SQLiteBroker) -> None:
+    writer = producer._writer
+    conn = writer._conn
+    assert conn is not None
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        assert writer.run_at_once(lambda c: True) is None
+    finally:
+        conn.execute("ROLLBACK")
+    assert writer.run_at_once(lambda c: True) is True

@@ -153,8 +153,9 @@ class Writer:
             return None
         try:
             conn = self._conn
-            if conn is None or self._thread is None or not self._queue.empty():
-                return None
+            if conn is None or self._thread is None or conn.in_transaction \
+                    or not self._queue.empty():
+                return None  # (a transaction left open would hold the statement uncommitted)
             try:
                 return attempt(conn, *args)
             except BaseException:
