@@ -71,6 +71,13 @@ def _resolve(items: list[tuple[asyncio.Future[Any], Any, BaseException | None]])
             future.set_result(value)
 
 
+def _roll_back(conn: sqlite3.Connection) -> None:
+    """Roll back the transaction open on ``conn``, if any (SQLite may have rolled back)."""
+    if conn.in_transaction:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+
+
 class Writer:
     """The write thread of one database file in this process."""
 
@@ -159,9 +166,7 @@ class Writer:
             try:
                 return attempt(conn, *args)
             except BaseException:
-                if conn.in_transaction:  # a statement fails alone; nothing is left open
-                    with contextlib.suppress(sqlite3.Error):
-                        conn.execute("ROLLBACK")
+                _roll_back(conn)  # a statement fails alone; nothing is left open
                 raise
         finally:
             self._conn_lock.release()
@@ -217,9 +222,7 @@ class Writer:
             conn.execute("COMMIT")
         except BaseException:
             self.cache.clear()
-            if conn.in_transaction:
-                with contextlib.suppress(sqlite3.Error):  # SQLite may have rolled back
-                    conn.execute("ROLLBACK")
+            _roll_back(conn)
             raise
         if not keeps:
             self.cache.clear()
