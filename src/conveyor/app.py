@@ -508,7 +508,7 @@ class Conveyor:
             from conveyor.eager import store_and_run
 
             return self._stored(records, store_and_run(self, records), on_conflict)
-        broker = self._broker if self._broker is not None else self.broker
+        broker = self.broker
         try:
             held = broker.enqueue_blocking(records, self.max_queued)
         except NotImplementedError:
@@ -557,7 +557,7 @@ class Conveyor:
 
         A name not registered here must have been published by a worker (see
         :meth:`known_jobs`), which also checks the arguments; ``force=True`` skips that."""
-        opts = options_of(options, given) if options is not None or given else DEFAULT
+        opts = options_of(options, given)
         record = self.build(name, args, kwargs, opts)
         if name not in self.registry:
             self.run_sync(self._check_known([record], opts))

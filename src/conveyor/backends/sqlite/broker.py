@@ -372,9 +372,7 @@ class SQLiteBroker(Broker):
                 rows = [row for row, holder in zip(all_rows, held, strict=True)
                         if holder is None]
                 queues = {j.queue for j in stored}
-            known = cache.get("known")
-            fresh = [] if most is None or (known is not None and queues <= known) \
-                else self._new_queues(conn, queues)
+            fresh = self._new_queues(conn, queues) if most is not None else []
             before = conn.total_changes
             try:  # first, so that an id that exists is reported before a full queue
                 if len(rows) == 1:
@@ -406,7 +404,7 @@ class SQLiteBroker(Broker):
                 raise TooManyQueues(fresh[0], most)
             if keyed:
                 self._hold_keys(conn, stored)
-            known = cache.get("known")  # read again: the checks above may have emptied it
+            known = cache.get("known")
             if known is None:
                 cache["known"] = set(queues)
             else:
