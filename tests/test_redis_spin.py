@@ -228,6 +228,143 @@ def test_an_awaited_call_spins_lets_the_loop_run_and_reads_late_replies(
     assert all(r.state is JobState.QUEUED for r in records)
 
 
+def test_an_awaited_spin_holds_its_loop_in_slices_with_the_transport_paused(
+        server: RedisServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A call spinning through its whole wait reads the socket itself, a slice at a time:
+    between slices the loop's other tasks run, the transport not reading (the reply stays
+    on the socket for the call); the transport reads again once the call has its reply."""
+    app = Conveyor(server.url, namespace=f"t{new_id().lower()}")
+
+    @app.job
+    def one(x: int) -> None:
+        pass
+
+    async def scenario() -> tuple[int, set[bool], bool, list[JobRecord]]:
+        handles = [await one.enqueue_async(0)]
+        link = app.broker._conn().link  # type: ignore[attr-defined]
+        assert link.fd >= 0
+        transport = link._conn._writer.transport
+        monkeypatch.setattr(client, "SPIN_FOR", 5.0)
+        link._spin.rest = link._spin.misses = 0
+        ticks, reading = 0, set()
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                reading.add(transport.is_reading())
+                await asyncio.sleep(0)
+
+        _pause(server.url, 300)
+        beside = asyncio.create_task(ticker())
+        await asyncio.sleep(0)
+        handles.append(await one.enqueue_async(1))
+        beside.cancel()
+        assert link._spin.misses == 0  # caught by the spin
+        return ticks, reading, transport.is_reading(), [await h.info_async() for h in handles]
+
+    try:
+        ticks, reading, after, records = asyncio.run(scenario())
+    finally:
+        with redis.Redis.from_url(server.url) as plain:
+            plain.execute_command("CLIENT", "UNPAUSE")
+        app.close()
+    assert ticks >= 100  # 300 ms of slices of 100 µs: the ticker ran between them
+    assert False in reading  # the transport was paused while the call spun
+    assert after  # and reads again
+    assert [r.args[0] for r in sorted(records, key=lambda r: r.args[0])] == [0, 1]
+    assert WAITING.count == 0
+
+
+def test_an_awaited_call_whose_link_closes_during_its_spin(
+        server: RedisServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The link closed by another task while a call spins: the spin stops at its next
+    slice with a lost connection (it never reads a descriptor that is no longer its
+    own), and the call goes through on a new connection."""
+    app = Conveyor(server.url, namespace=f"t{new_id().lower()}")
+    seen: list[BaseException] = []
+    spun = client.AsyncScriptLink._spun
+
+    async def spying(link: Any, conn: Any) -> Any:
+        try:
+            return await spun(link, conn)
+        except BaseException as exc:
+            seen.append(exc)
+            raise
+
+    monkeypatch.setattr(client.AsyncScriptLink, "_spun", spying)
+
+    @app.job
+    def one(x: int) -> None:
+        pass
+
+    async def scenario() -> list[JobRecord]:
+        handles = [await one.enqueue_async(0)]
+        link = app.broker._conn().link  # type: ignore[attr-defined]
+        monkeypatch.setattr(client, "SPIN_FOR", 5.0)
+        link._spin.rest = link._spin.misses = 0
+
+        async def close_later() -> None:
+            await asyncio.sleep(0.2)
+            link.close()
+            with redis.Redis.from_url(server.url) as plain:
+                plain.execute_command("CLIENT", "UNPAUSE")
+
+        _pause(server.url, 3000)
+        closer = asyncio.create_task(close_later())
+        handles.append(await one.enqueue_async(1))
+        await closer
+        return [await h.info_async() for h in handles]
+
+    try:
+        records = asyncio.run(scenario())
+    finally:
+        with redis.Redis.from_url(server.url) as plain:
+            plain.execute_command("CLIENT", "UNPAUSE")
+        app.close()
+    assert [type(exc) for exc in seen] == [redis.ConnectionError]
+    assert sorted(r.args[0] for r in records) == [0, 1]
+    assert WAITING.count == 0
+
+
+def test_an_awaited_reply_later_than_the_socket_timeout_after_the_spin(
+        server: RedisServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """After its spin a call waits at most the connection's socket timeout for its reply
+    (no timer is armed while it spins): a reply held back longer times the call out, the
+    broker tries again on a new connection and the job is stored once."""
+    app = Conveyor(f"{server.url}?socket_timeout=0.3", namespace=f"t{new_id().lower()}")
+    timed_out: list[BaseException] = []
+    waited = client.AsyncScriptLink._waited
+
+    async def spying(link: Any, conn: Any) -> Any:
+        try:
+            return await waited(link, conn)
+        except BaseException as exc:
+            timed_out.append(exc)
+            raise
+
+    monkeypatch.setattr(client.AsyncScriptLink, "_waited", spying)
+
+    @app.job
+    def one(x: int) -> None:
+        pass
+
+    async def scenario() -> list[JobRecord]:
+        handles = [await one.enqueue_async(0)]
+        _pause(server.url, 1200)
+        handles.append(await one.enqueue_async(1))
+        return [await h.info_async() for h in handles]
+
+    try:
+        records = asyncio.run(scenario())
+    finally:
+        with redis.Redis.from_url(server.url) as plain:
+            plain.execute_command("CLIENT", "UNPAUSE")
+        app.close()
+    assert timed_out and all(isinstance(exc, TimeoutError) for exc in timed_out)
+    assert sorted(r.args[0] for r in records) == [0, 1]
+
+
 def test_tls_connections_never_spin(tmp_path: Path) -> None:
     """Over TLS the socket's descriptor carries records, not replies: a call sleeps for its
     reply in the TLS layer (a real ``redis-server`` with a TLS port, its certificate made
@@ -259,7 +396,9 @@ def test_tls_connections_never_spin(tmp_path: Path) -> None:
         assert not link.spins
 
         async def awaited() -> list[Any]:
-            return [await one.enqueue_async(n) for n in range(3, 6)]
+            handles = [await one.enqueue_async(n) for n in range(3, 6)]
+            assert app.broker._conn().link.fd == -1  # type: ignore[attr-defined]
+            return handles
 
         handles += asyncio.run(awaited())
         assert sorted(h.info().args[0] for h in handles) == list(range(6))

@@ -116,6 +116,9 @@ MAX_IDLE = 64
 #: seconds a call waits for its reply spinning before it sleeps for it (see :class:`Spin`);
 #: a loopback round trip of an enqueue takes about 60 µs
 SPIN_FOR = 0.0003
+#: seconds an awaited call spinning holds its event loop at most before it lets the loop's
+#: other tasks run (see :meth:`AsyncScriptLink._spun`)
+SPIN_SLICE = 0.0001
 #: spins in a row that run out before a connection stops spinning for :data:`SPIN_REST` calls
 SPIN_MISSES = 4
 SPIN_REST = 256
@@ -243,8 +246,8 @@ class Spin:
 
     A loopback round trip of one script is shorter than the time the kernel takes to wake
     a thread that slept for its reply: a caller that waits spinning (reading the socket
-    without blocking; on an event loop, letting the other tasks run without sleeping)
-    sends its next call sooner, for about the CPU the wake-up would have cost. After
+    without blocking; on an event loop, in short slices between which the loop's other
+    tasks run) sends its next call sooner, for about the CPU the wake-up would have cost. After
     :data:`SPIN_MISSES` spins in a row that ran out (a remote or busy server: spinning
     would only burn CPU), a connection waits in the kernel for its next :data:`SPIN_REST`
     calls, then tries again."""
@@ -516,7 +519,8 @@ class AsyncScriptLink:
 
     The connection is made by the client pool's connection class (it authenticates and
     selects the database); one that failed or was cancelled during a call is closed, and
-    the next call opens another. A call waits at most the connection's socket timeout.
+    the next call opens another. After its spin (see :meth:`_spun`), a call waits at most
+    the connection's socket timeout for a reply.
     """
 
     def __init__(self, client: Any) -> None:
@@ -525,6 +529,8 @@ class AsyncScriptLink:
         self._connection_kwargs = pool.connection_kwargs
         self._conn: Any = None
         self._reader: Any = None
+        #: the socket's descriptor, read while a call spins; -1: calls never spin
+        self.fd = -1
         self._heads: Heads = {}  # see _evalsha
         self._spin = Spin()
         #: a call is under way (the caller then takes redis-py's way)
@@ -547,11 +553,12 @@ class AsyncScriptLink:
         conn = self._connection_class(**self._connection_kwargs)
         await conn.connect()
         self._conn, self._reader = conn, _reader_for(conn.encoder)
+        self.fd = _spin_fd(conn._writer.transport)
         return conn
 
     def _drop(self) -> None:
         """Close the connection at once (no reply it may still get is ever read)."""
-        conn, self._conn, self._reader = self._conn, None, None
+        conn, self._conn, self._reader, self.fd = self._conn, None, None, -1
         if conn is None:
             return
         close = getattr(conn, "_close", None)  # redis-py's close without waiting
@@ -565,13 +572,7 @@ class AsyncScriptLink:
         them); not to be called again before it returns."""
         self.busy = True
         try:
-            conn = await self._connected()
-            timeout = conn.socket_timeout
-            if timeout:
-                async with asyncio.timeout(timeout):
-                    reply = await self._run(conn, name, keys, args)
-            else:
-                reply = await self._run(conn, name, keys, args)
+            reply = await self._run(await self._connected(), name, keys, args)
         except BaseException:
             self._drop()
             raise
@@ -597,39 +598,88 @@ class AsyncScriptLink:
         return reply
 
     async def _reply(self, conn: Any) -> Any:
-        reader, read = self._reader, conn._reader.read
-        reply = reader.gets()
+        reply = self._reader.gets()
         if reply is False:
             with WAITING as alone:
-                if alone and self._spin.wanted():
-                    await _spin(conn._reader, self._spin)
-                while reply is False:
-                    data = await read(65536)
-                    if not data:
-                        raise RedisConnectionError("Connection closed by server.")
-                    reader.feed(data)
-                    reply = reader.gets()
+                if alone and self.fd >= 0 and self._spin.wanted():
+                    reply = await self._spun(conn)
+                if reply is False:
+                    reply = await self._waited(conn)
         return _checked(reply)
+
+    async def _waited(self, conn: Any) -> Any:
+        """The reply, read from the connection's stream (the loop sleeps until data
+        comes), in at most the connection's socket timeout."""
+        reader, read = self._reader, conn._reader.read
+        async with asyncio.timeout(conn.socket_timeout):
+            while True:
+                data = await read(65536)
+                if not data:
+                    raise RedisConnectionError("Connection closed by server.")
+                reader.feed(data)
+                reply = reader.gets()
+                if reply is not False:
+                    return reply
+
+    async def _spun(self, conn: Any) -> Any:
+        """The reply, read from the socket without sleeping if it comes within
+        :data:`SPIN_FOR` seconds; False if it did not (see :class:`Spin`).
+
+        The loop is held at most :data:`SPIN_SLICE` seconds at a time (a loopback reply
+        mostly comes within the first): between slices its other tasks run, and the
+        transport's reading is paused so that the reply stays on the socket for this call
+        (resumed when the spin ends). The spin ends at once when another call of the
+        process waits too, or when the connection was closed meanwhile."""
+        reader, fd, spin = self._reader, self.fd, self._spin
+        read, clock = os.read, time.perf_counter
+        now = clock()
+        end, slice_end = now + SPIN_FOR, now + SPIN_SLICE
+        paused = None
+        try:
+            while True:
+                try:
+                    data = read(fd, 65536)
+                except BlockingIOError:
+                    data = None
+                if data is None:
+                    now = clock()
+                    if now < slice_end:
+                        continue
+                    if now >= end:
+                        spin.ran_out()
+                        return False
+                    if paused is None:
+                        paused = conn._writer.transport
+                        paused.pause_reading()
+                    await asyncio.sleep(0)
+                    if self._conn is not conn:
+                        raise RedisConnectionError("Connection closed during the call.")
+                    if WAITING.count > 1:  # another call waits too (see Waiting)
+                        return False
+                    slice_end = clock() + SPIN_SLICE
+                    continue
+                if not data:
+                    raise RedisConnectionError("Connection closed by server.")
+                reader.feed(data)
+                reply = reader.gets()
+                if reply is not False:
+                    spin.caught()
+                    return reply
+        finally:
+            if paused is not None:
+                paused.resume_reading()
 
     def close(self) -> None:
         """Close the connection (the link stays usable)."""
         self._drop()
 
 
-async def _spin(stream: asyncio.StreamReader, spin: Spin) -> None:
-    """Let the event loop run, without sleeping in the kernel while this task waits,
-    until ``stream`` holds data, ends or fails, or :data:`SPIN_FOR` seconds have passed (see
-    :class:`Spin`); the other tasks of the loop run in between."""
-    buffered = getattr(stream, "_buffer", None)  # asyncio's own: not a public attribute
-    if buffered is None:
-        return
-    clock = time.perf_counter
-    end = clock() + SPIN_FOR
-    while not buffered and not stream.at_eof() and stream.exception() is None:
-        if clock() >= end:
-            spin.ran_out()
-            return
-        if WAITING.count > 1:  # another call waits too (see Waiting)
-            return
-        await asyncio.sleep(0)
-    spin.caught()
+def _spin_fd(transport: Any) -> int:
+    """The descriptor of ``transport``'s socket, which an awaited call reads while it
+    spins; -1 (it never spins) over TLS, where the descriptor carries records, off POSIX,
+    or when the transport does not tell."""
+    if os.name != "posix" or transport.get_extra_info("sslcontext") is not None \
+            or transport.get_extra_info("ssl_object") is not None:
+        return -1
+    sock = transport.get_extra_info("socket")
+    return sock.fileno() if sock is not None else -1
