@@ -12,8 +12,11 @@ private ``redis-server`` without persistence and, in alternating rounds, times:
   with ``MONITOR``), each call with a new job id: the physical limit of one round trip of
   the same script from one client.
 
-It prints the medians, each path's share of the ``redis-benchmark`` rate, the client's CPU
-per call and Redis's own time per call (``INFO commandstats``).
+It prints the medians, each path's share of the ``redis-benchmark`` rate (of the medians,
+and ``paired``: the median over the rounds of each round's share, which a machine whose
+speed drifts between rounds disturbs less), the client's CPU per call and Redis's own time
+per call (``INFO commandstats``). On a noisy machine, more and shorter rounds (``--jobs
+5000 --rounds 11``) give steadier shares.
 """
 
 from __future__ import annotations
@@ -187,16 +190,19 @@ def main() -> int:
             usec["redis-benchmark EVALSHA"].append(script_usec(client))
             print(f"round {round_ + 1}: " + ", ".join(
                 f"{k} {v[-1]:,.0f}/s" for k, v in rates.items()), file=sys.stderr, flush=True)
-        limit = statistics.median(rates["redis-benchmark EVALSHA"])
+        limits = rates["redis-benchmark EVALSHA"]
+        limit = statistics.median(limits)
         print(f"{n:,} single calls per path per round, {args.rounds} alternating rounds, "
               f"medians; one producer; private redis-server without persistence")
-        print(f"{'path':<32} {'calls/s':>9} {'of limit':>9} {'client CPU':>11} "
+        print(f"{'path':<32} {'calls/s':>9} {'of limit':>9} {'paired':>7} {'client CPU':>11} "
               f"{'Redis time':>11}")
         for name, values in rates.items():
             rate = statistics.median(values)
+            paired = statistics.median(v / lim for v, lim in zip(values, limits, strict=True))
             own = f"{statistics.median(cpu[name]):.1f} µs" if name in cpu else ""
             script = f"{statistics.median(usec[name]):.1f} µs" if name in usec else ""
-            print(f"{name:<32} {rate:>9,.0f} {rate / limit:>8.0%} {own:>11} {script:>11}")
+            print(f"{name:<32} {rate:>9,.0f} {rate / limit:>8.0%} {paired:>6.0%} {own:>11} "
+                  f"{script:>11}")
         app.close()
     return 0
 

@@ -416,26 +416,30 @@ def _answers(url: str) -> bool:
         return False
 
 
-def test_a_forked_child_starts_with_no_call_waiting_and_no_lock_held(
+def test_a_forked_child_starts_with_no_call_waiting_and_no_connection_of_its_parent(
         server: RedisServer) -> None:
-    """Forked while a thread of the parent waits for a reply and the runner's lock is held,
-    a child counts no call waiting (it spins when alone) and takes the runner's lock."""
+    """Forked while a thread of the parent waits for a reply and the runner keeps an idle
+    connection, a child counts no call waiting (it spins when alone) and opens its own
+    connection."""
     scripts, enqueue = _blocking(server)
     try:
         assert enqueue() == "ok"
+        first, second = scripts._take(), scripts._take()  # two connections kept idle
+        scripts._give_back(first)
+        scripts._give_back(second)
         _pause(server.url, 300)
         waiting = threading.Thread(target=enqueue)
-        waiting.start()
+        waiting.start()  # takes one of them
         wait_until(lambda: WAITING.count == 1, timeout=5, what="the parent's call to wait")
-        with scripts._lock:  # held by the parent at the moment of the fork
-            pid = os.fork()
-            if pid == 0:  # the child: report through its exit status, never raise
-                code = 1
-                try:
-                    fresh = WAITING.count == 0 and scripts._idle == []
-                    code = 0 if fresh and enqueue() == "ok" and WAITING.count == 0 else 2
-                finally:
-                    os._exit(code)
+        assert len(scripts._idle) == 1  # the parent's, at the moment of the fork
+        pid = os.fork()
+        if pid == 0:  # the child: report through its exit status, never raise
+            code = 1
+            try:
+                fresh = WAITING.count == 0 and scripts._idle == []
+                code = 0 if fresh and enqueue() == "ok" and WAITING.count == 0 else 2
+            finally:
+                os._exit(code)
         waiting.join()
         _, status = os.waitpid(pid, 0)
         assert os.waitstatus_to_exitcode(status) == 0

@@ -522,9 +522,10 @@ class Conveyor:
             from conveyor.eager import store_and_run_async
 
             return self._stored(records, await store_and_run_async(self, records), on_conflict)
-        await self.broker.open()
-        held = await self.broker.enqueue(records, self.max_queued)
-        outage_for(self.broker).recovered()
+        broker = self.broker
+        await broker.open()
+        held = await broker.enqueue(records, self.max_queued)
+        outage_for(broker).recovered()
         return self._stored(records, held, on_conflict)
 
     def _stored(self, records: list[JobRecord], held: list[str | None],

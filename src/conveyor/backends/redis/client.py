@@ -16,7 +16,6 @@ import hashlib
 import logging
 import os
 import socket
-import threading
 import time
 import weakref
 from collections.abc import Callable, Sequence
@@ -199,29 +198,37 @@ class Waiting:
     """How many calls of this process wait for a reply (on :class:`BlockingScripts` and
     :class:`AsyncScriptLink`): a call spins (see :class:`Spin`) only while it is the only
     one. A spinning thread holds the GIL between its reads, and a thread whose reply has
-    come would wait for it: with 4 threads enqueuing at once, spinning halved their rate."""
+    come would wait for it: with 4 threads enqueuing at once, spinning halved their rate.
 
-    __slots__ = ("_lock", "count")
+    The calls are counted in a list that each waiting call appends to and pops from
+    (each step atomic, without a lock): two calls that begin to wait at once may both see
+    the other and sleep, never both spin."""
+
+    __slots__ = ("_calls",)
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.count = 0
+        self._calls: list[None] = []
+
+    @property
+    def count(self) -> int:
+        """How many calls wait."""
+        return len(self._calls)
 
     def reset(self) -> None:
         """None waiting: in a child process just forked (the parent's waits are not its
-        own, and a thread of the parent may have held the lock)."""
-        self._lock = threading.Lock()
-        self.count = 0
+        own)."""
+        self._calls = []
 
     def __enter__(self) -> bool:
         """Count one more call waiting; True when it is the only one."""
-        with self._lock:
-            self.count += 1
-            return self.count == 1
+        calls = self._calls
+        calls.append(None)
+        return len(calls) == 1
 
     def __exit__(self, *exc: object) -> None:
-        with self._lock:
-            self.count -= 1
+        calls = self._calls
+        if calls:  # empty only when the wait began before a fork in this very thread
+            calls.pop()
 
 
 #: the calls of this process waiting for a reply
@@ -326,27 +333,24 @@ class BlockingScripts:
         self._wait = wait
         self._connection_class = pool.connection_class
         self._connection_kwargs = pool.connection_kwargs
-        self._idle: list[tuple[_Link, float]] = []  # (connection, idle since)
-        self._lock = threading.Lock()
-        self._pid = os.getpid()
+        #: (connection, idle since); taken and given back with a list's atomic steps, so
+        #: that the threads of a process share it without a lock
+        self._idle: list[tuple[_Link, float]] = []
         _RUNNERS.add(self)
         self._heads: Heads = {}  # see _evalsha
 
     def forked(self) -> None:
         """In a child process just forked: forget the parent's connections (left open: a
-        close here would shut them down under the parent) and its lock, which a thread of
-        the parent may have held."""
-        self._lock = threading.Lock()
-        self._idle, self._pid = [], os.getpid()
+        close here would shut them down under the parent)."""
+        self._idle = []
 
     def _take(self) -> _Link:
+        idle = self._idle
         while True:
-            with self._lock:
-                if self._pid != os.getpid():  # a forked child must not use the parent's
-                    self._idle, self._pid = [], os.getpid()
-                if not self._idle:
-                    break
-                link, since = self._idle.pop()
+            try:
+                link, since = idle.pop()
+            except IndexError:
+                break
             if time.monotonic() - since < IDLE_CHECK or _quiet(link.conn):
                 return link
             link.conn.disconnect()
@@ -357,20 +361,21 @@ class BlockingScripts:
         return _Link(conn)
 
     def _give_back(self, link: _Link) -> None:
-        """Keep ``link`` for the next call, or close it (a forked child's, one too many, or
-        one whose reader holds more than the reply it was read for)."""
-        clean = link.reader is None or not link.reader.has_data()
-        with self._lock:
-            kept = clean and self._pid == os.getpid() and len(self._idle) < MAX_IDLE
-            if kept:
-                self._idle.append((link, time.monotonic()))
-        if not kept:
+        """Keep ``link`` for the next call, or close it (one too many, or one whose reader
+        holds more than the reply it was read for)."""
+        idle = self._idle
+        if (link.reader is None or not link.reader.has_data()) and len(idle) < MAX_IDLE:
+            idle.append((link, time.monotonic()))
+        else:
             link.conn.disconnect()
 
     def _drop_idle(self) -> None:
-        with self._lock:
-            idle, self._idle = self._idle, []
-        for link, _ in idle:
+        idle = self._idle
+        while True:
+            try:
+                link, _ = idle.pop()
+            except IndexError:
+                return
             link.conn.disconnect()
 
     def call(self, name: str, keys: Sequence[str], args: Sequence[Any],
@@ -529,6 +534,7 @@ class AsyncScriptLink:
         self._connection_kwargs = pool.connection_kwargs
         self._conn: Any = None
         self._reader: Any = None
+        self._transport: Any = None  # the connection's
         #: the socket's descriptor, read while a call spins; -1: calls never spin
         self.fd = -1
         self._heads: Heads = {}  # see _evalsha
@@ -547,18 +553,20 @@ class AsyncScriptLink:
         conn = self._conn
         if conn is not None:
             if not conn._reader.at_eof() and not self._reader.has_data() \
-                    and not conn._writer.transport.is_closing():
+                    and not self._transport.is_closing():
                 return conn
             self._drop()
         conn = self._connection_class(**self._connection_kwargs)
         await conn.connect()
         self._conn, self._reader = conn, _reader_for(conn.encoder)
-        self.fd = _spin_fd(conn._writer.transport)
+        self._transport = transport = conn._writer.transport
+        self.fd = _spin_fd(transport)
         return conn
 
     def _drop(self) -> None:
         """Close the connection at once (no reply it may still get is ever read)."""
         conn, self._conn, self._reader, self.fd = self._conn, None, None, -1
+        self._transport = None
         if conn is None:
             return
         close = getattr(conn, "_close", None)  # redis-py's close without waiting
@@ -585,15 +593,15 @@ class AsyncScriptLink:
     async def _run(self, conn: Any, name: str, keys: Sequence[str],
                    args: Sequence[Any]) -> Any:
         command = _evalsha(self._heads, name, keys, args)
-        writer = conn._writer
-        writer.write(command)
+        write = self._transport.write
+        write(command)
         reply = await self._reply(conn)
         if isinstance(reply, NoScriptError):  # Redis restarted or its scripts were flushed
-            writer.write(_pack(("SCRIPT", "LOAD", source(name))))  # type: ignore[misc]
+            write(_pack(("SCRIPT", "LOAD", source(name))))  # type: ignore[misc]
             loaded = await self._reply(conn)
             if isinstance(loaded, Exception):
                 return loaded
-            writer.write(command)
+            write(command)
             reply = await self._reply(conn)
         return reply
 
@@ -649,7 +657,7 @@ class AsyncScriptLink:
                         spin.ran_out()
                         return False
                     if paused is None:
-                        paused = conn._writer.transport
+                        paused = self._transport
                         paused.pause_reading()
                     await asyncio.sleep(0)
                     if self._conn is not conn:
