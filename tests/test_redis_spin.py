@@ -16,9 +16,9 @@ import shutil
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 import redis
@@ -30,6 +30,8 @@ from conveyor.ids import new_id
 from conveyor.job import JobRecord, JobState
 from polling import wait_until
 from redis_server import RedisServer, free_port
+
+T = TypeVar("T")
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +64,28 @@ def _kill_later(url: str, addr: str, after: float) -> threading.Thread:
     thread = threading.Thread(target=kill)
     thread.start()
     return thread
+
+
+def _app(url: str) -> tuple[Conveyor, Any]:
+    """An app on ``url`` in a namespace of its own, and its job ``one``."""
+    app = Conveyor(url, namespace=f"t{new_id().lower()}")
+
+    @app.job
+    def one(x: int) -> None:
+        pass
+
+    return app, one
+
+
+def _run(app: Conveyor, url: str, scenario: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """``scenario`` run on a new event loop; then the server at ``url`` unpaused and
+    ``app`` closed, whatever happened."""
+    try:
+        return asyncio.run(scenario())
+    finally:
+        with redis.Redis.from_url(url) as plain:
+            plain.execute_command("CLIENT", "UNPAUSE")
+        app.close()
 
 
 def _blocking(server: RedisServer) -> tuple[BlockingScripts, Callable[[], Any]]:
@@ -172,11 +196,7 @@ def test_a_call_spins_only_while_no_other_call_of_the_process_waits(
 
 def test_an_awaited_call_spins_lets_the_loop_run_and_reads_late_replies(
         server: RedisServer, monkeypatch: pytest.MonkeyPatch) -> None:
-    app = Conveyor(server.url, namespace=f"t{new_id().lower()}")
-
-    @app.job
-    def one(x: int) -> None:
-        pass
+    app, one = _app(server.url)
 
     async def scenario() -> tuple[int, list[JobRecord]]:
         handles = [await one.enqueue_async(0)]
@@ -217,12 +237,7 @@ def test_an_awaited_call_spins_lets_the_loop_run_and_reads_late_replies(
         assert raised["ran_out"] == []
         return ticks, [await h.info_async() for h in handles]
 
-    try:
-        ticks, records = asyncio.run(scenario())
-    finally:
-        with redis.Redis.from_url(server.url) as plain:
-            plain.execute_command("CLIENT", "UNPAUSE")
-        app.close()
+    ticks, records = _run(app, server.url, scenario)
     assert ticks >= 5  # the ticker ran through a 300 ms spin
     assert sorted(r.args[0] for r in records) == [*range(SPIN_MISSES + 1), 99, 100]
     assert all(r.state is JobState.QUEUED for r in records)
@@ -233,11 +248,7 @@ def test_an_awaited_spin_holds_its_loop_in_slices_with_the_transport_paused(
     """A call spinning through its whole wait reads the socket itself, a slice at a time:
     between slices the loop's other tasks run, the transport not reading (the reply stays
     on the socket for the call); the transport reads again once the call has its reply."""
-    app = Conveyor(server.url, namespace=f"t{new_id().lower()}")
-
-    @app.job
-    def one(x: int) -> None:
-        pass
+    app, one = _app(server.url)
 
     async def scenario() -> tuple[int, set[bool], bool, list[JobRecord]]:
         handles = [await one.enqueue_async(0)]
@@ -263,12 +274,7 @@ def test_an_awaited_spin_holds_its_loop_in_slices_with_the_transport_paused(
         assert link._spin.misses == 0  # caught by the spin
         return ticks, reading, transport.is_reading(), [await h.info_async() for h in handles]
 
-    try:
-        ticks, reading, after, records = asyncio.run(scenario())
-    finally:
-        with redis.Redis.from_url(server.url) as plain:
-            plain.execute_command("CLIENT", "UNPAUSE")
-        app.close()
+    ticks, reading, after, records = _run(app, server.url, scenario)
     assert ticks >= 100  # 300 ms of slices of 100 µs: the ticker ran between them
     assert False in reading  # the transport was paused while the call spun
     assert after  # and reads again
@@ -276,27 +282,30 @@ def test_an_awaited_spin_holds_its_loop_in_slices_with_the_transport_paused(
     assert WAITING.count == 0
 
 
+def _spied_link(monkeypatch: pytest.MonkeyPatch, method: str) -> list[BaseException]:
+    """What the awaited link's ``method`` (``_spun`` or ``_waited``) raised, the real
+    method still doing the work."""
+    seen: list[BaseException] = []
+    real = getattr(client.AsyncScriptLink, method)
+
+    async def spying(link: Any, conn: Any) -> Any:
+        try:
+            return await real(link, conn)
+        except BaseException as exc:
+            seen.append(exc)
+            raise
+
+    monkeypatch.setattr(client.AsyncScriptLink, method, spying)
+    return seen
+
+
 def test_an_awaited_call_whose_link_closes_during_its_spin(
         server: RedisServer, monkeypatch: pytest.MonkeyPatch) -> None:
     """The link closed by another task while a call spins: the spin stops at its next
     slice with a lost connection (it never reads a descriptor that is no longer its
     own), and the call goes through on a new connection."""
-    app = Conveyor(server.url, namespace=f"t{new_id().lower()}")
-    seen: list[BaseException] = []
-    spun = client.AsyncScriptLink._spun
-
-    async def spying(link: Any, conn: Any) -> Any:
-        try:
-            return await spun(link, conn)
-        except BaseException as exc:
-            seen.append(exc)
-            raise
-
-    monkeypatch.setattr(client.AsyncScriptLink, "_spun", spying)
-
-    @app.job
-    def one(x: int) -> None:
-        pass
+    app, one = _app(server.url)
+    seen = _spied_link(monkeypatch, "_spun")
 
     async def scenario() -> list[JobRecord]:
         handles = [await one.enqueue_async(0)]
@@ -316,12 +325,7 @@ def test_an_awaited_call_whose_link_closes_during_its_spin(
         await closer
         return [await h.info_async() for h in handles]
 
-    try:
-        records = asyncio.run(scenario())
-    finally:
-        with redis.Redis.from_url(server.url) as plain:
-            plain.execute_command("CLIENT", "UNPAUSE")
-        app.close()
+    records = _run(app, server.url, scenario)
     assert [type(exc) for exc in seen] == [redis.ConnectionError]
     assert sorted(r.args[0] for r in records) == [0, 1]
     assert WAITING.count == 0
@@ -332,22 +336,8 @@ def test_an_awaited_reply_later_than_the_socket_timeout_after_the_spin(
     """After its spin a call waits at most the connection's socket timeout for its reply
     (no timer is armed while it spins): a reply held back longer times the call out, the
     broker tries again on a new connection and the job is stored once."""
-    app = Conveyor(f"{server.url}?socket_timeout=0.3", namespace=f"t{new_id().lower()}")
-    timed_out: list[BaseException] = []
-    waited = client.AsyncScriptLink._waited
-
-    async def spying(link: Any, conn: Any) -> Any:
-        try:
-            return await waited(link, conn)
-        except BaseException as exc:
-            timed_out.append(exc)
-            raise
-
-    monkeypatch.setattr(client.AsyncScriptLink, "_waited", spying)
-
-    @app.job
-    def one(x: int) -> None:
-        pass
+    app, one = _app(f"{server.url}?socket_timeout=0.3")
+    timed_out = _spied_link(monkeypatch, "_waited")
 
     async def scenario() -> list[JobRecord]:
         handles = [await one.enqueue_async(0)]
@@ -355,12 +345,7 @@ def test_an_awaited_reply_later_than_the_socket_timeout_after_the_spin(
         handles.append(await one.enqueue_async(1))
         return [await h.info_async() for h in handles]
 
-    try:
-        records = asyncio.run(scenario())
-    finally:
-        with redis.Redis.from_url(server.url) as plain:
-            plain.execute_command("CLIENT", "UNPAUSE")
-        app.close()
+    records = _run(app, server.url, scenario)
     assert timed_out and all(isinstance(exc, TimeoutError) for exc in timed_out)
     assert sorted(r.args[0] for r in records) == [0, 1]
 
@@ -383,11 +368,7 @@ def test_tls_connections_never_spin(tmp_path: Path) -> None:
                "--logfile", str(tls.directory / "redis.log"), *tls.extra]
     tls.process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
     url = f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={cert}"
-    app = Conveyor(url, namespace=f"t{new_id().lower()}")
-
-    @app.job
-    def one(x: int) -> None:
-        pass
+    app, one = _app(url)
 
     try:
         wait_until(lambda: _answers(url), timeout=20, what="the TLS server")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import logging
 import os
 import re
 import signal
@@ -29,6 +30,7 @@ import pytest
 from clijobs import register
 from conftest import cli_env
 from conveyor import Conveyor, ConveyorError, JobState, StoreUnavailable
+from conveyor.backends.outage import Outage, outage_for
 from conveyor.backends.sqlite import SQLiteBroker
 from conveyor.errors import ConfigurationError
 from http_server import Server
@@ -248,10 +250,6 @@ def test_a_lock_wait_that_fails_after_the_store_answered_again_is_no_new_outage(
     """A call that waited out a lock and failed carries when it began: noted after another
     call found the store usable again, it is the old outage's, not a new one (one warning
     and one recovery line per outage); the warning names the driver's error once."""
-    import logging
-
-    from conveyor.backends.outage import outage_for
-
     caplog.set_level(logging.INFO, logger="conveyor.store")
     db = tmp_path / "locked.db"
     app = register(Conveyor(url=f"sqlite:///{db}?busy_timeout=300"))
@@ -458,3 +456,21 @@ def test_closing_the_store_under_a_polling_worker_thread_is_safe(
         assert app.enqueue("add", 2, 3).result(timeout=10) == 5
     finally:
         app.close()
+
+
+def test_an_answer_to_a_call_sent_before_an_outage_does_not_end_it(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A read in flight when a write meets a locked SQLite database still succeeds (its
+    readers are not stopped): its answer does not end the outage the write began; the
+    answer of a call sent after the outage began does."""
+    caplog.set_level(logging.INFO, logger="conveyor.store")
+    outage = Outage("sqlite:///x.db")
+    read_sent = time.monotonic()
+    outage.trouble("the database is locked")
+    outage.recovered(read_sent)  # the read in flight answers
+    assert outage.down and outage.reason == "the database is locked"
+    outage.recovered(time.monotonic())  # a call sent since answers
+    assert not outage.down
+    lines = [r.getMessage() for r in caplog.records if r.name == "conveyor.store"]
+    assert [line.split(" ")[0] for line in lines] == ["cannot", "store"], lines
+    assert "is reachable again" in lines[1]

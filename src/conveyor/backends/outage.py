@@ -117,14 +117,19 @@ class Outage:
         url = re.escape(self.name) + r"(?:\?[^\s:]*)?"
         return re.sub(url, "the store", re.sub(f"^{url}: ", "", text))
 
-    def recovered(self) -> None:
-        """Note that the store answered; log the end of an outage, if one was under way."""
+    def recovered(self, sent: float | None = None) -> None:
+        """Note that the store answered; log the end of an outage, if one was under way.
+        ``sent`` (``time.monotonic()``): when the call that was answered began; an outage
+        that began after it is not ended by its answer (a read in flight as a write met a
+        locked database, say: SQLite's readers are not stopped by a writer's lock)."""
         if self._since is None:  # the common case: no lock
             return
         with self._lock:
-            since, self._since, self.reason = self._since, None, None
-            self._refused = False
+            since: float | None = self._since
+            if since is not None and sent is not None and since > sent:
+                since = None  # the outage began while the call was under way
             if since is not None:
+                self._since, self.reason, self._refused = None, None, False
                 self._back_at = time.monotonic()
         if since is not None:
             log.info("store %s is reachable again (unavailable for %.1fs)", self.name,

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import TYPE_CHECKING
 
 from starlette.responses import JSONResponse
@@ -82,6 +83,7 @@ class StoreHealth:
     async def _run(self) -> None:
         broker = self.app.broker
         outage = outage_for(broker)
+        sent = time.monotonic()
         try:
             await opened(broker)
             ping = getattr(broker, "ping", None)
@@ -97,7 +99,7 @@ class StoreHealth:
             elif not waits_out(broker, exc):  # noted (logged once per outage) if it does
                 log.error("checking the store failed: %s: %s", type(exc).__name__, exc)
             raise
-        outage.recovered()
+        outage.recovered(sent)  # a read that began before an outage does not end it
 
     async def _write_probe(self) -> None:
         """Write a row and take it away again: what a worker's heartbeat does (its lease

@@ -160,11 +160,7 @@ class _Link:
                 if alone and self.spins:
                     reply = self._spun()
                 while reply is False:
-                    data = recv(65536)
-                    if not data:
-                        raise RedisConnectionError("Connection closed by server.")
-                    reader.feed(data)
-                    reply = reader.gets()
+                    reply = _fed(reader, recv(65536))
         return _checked(reply)
 
     def _spun(self) -> Any:
@@ -173,25 +169,40 @@ class _Link:
         spin, fd = self.spin, self.sock.fileno()  # -1 once closed
         if fd < 0 or not spin.wanted():
             return False
-        reader, read, clock = self.reader, os.read, time.perf_counter
-        end = clock() + SPIN_FOR
-        while True:
-            try:
-                data = read(fd, 65536)
-            except BlockingIOError:
-                if clock() < end:
-                    if WAITING.count == 1:
-                        continue
-                    return False  # another call waits too: it may need the GIL soon
-                spin.ran_out()
-                return False
-            if not data:
-                raise RedisConnectionError("Connection closed by server.")
-            reader.feed(data)
-            reply = reader.gets()
-            if reply is not False:
-                spin.caught()
-                return reply
+        end = time.perf_counter() + SPIN_FOR
+        reply = _read_spinning(fd, self.reader, end)
+        if reply is not False:
+            spin.caught()
+        elif time.perf_counter() >= end:
+            spin.ran_out()
+        return reply
+
+
+def _read_spinning(fd: int, reader: Any, until: float) -> Any:
+    """The reply on descriptor ``fd`` (which does not block), fed to ``reader`` and read
+    without sleeping until ``until`` (a :func:`time.perf_counter` reading); False if it
+    has not come by then, or at once when another call of the process waits too (see
+    :class:`Waiting`)."""
+    read, clock = os.read, time.perf_counter
+    while True:
+        try:
+            data = read(fd, 65536)
+        except BlockingIOError:
+            if clock() < until and WAITING.count == 1:
+                continue
+            return False
+        reply = _fed(reader, data)
+        if reply is not False:
+            return reply
+
+
+def _fed(reader: Any, data: bytes) -> Any:
+    """The reply ``reader`` holds once fed ``data`` read from the socket (False while it
+    is incomplete); an empty read is the connection closed by the server."""
+    if not data:
+        raise RedisConnectionError("Connection closed by server.")
+    reader.feed(data)
+    return reader.gets()
 
 
 class Waiting:
@@ -621,11 +632,7 @@ class AsyncScriptLink:
         reader, read = self._reader, conn._reader.read
         async with asyncio.timeout(conn.socket_timeout):
             while True:
-                data = await read(65536)
-                if not data:
-                    raise RedisConnectionError("Connection closed by server.")
-                reader.feed(data)
-                reply = reader.gets()
+                reply = _fed(reader, await read(65536))
                 if reply is not False:
                     return reply
 
@@ -638,41 +645,26 @@ class AsyncScriptLink:
         transport's reading is paused so that the reply stays on the socket for this call
         (resumed when the spin ends). The spin ends at once when another call of the
         process waits too, or when the connection was closed meanwhile."""
-        reader, fd, spin = self._reader, self.fd, self._spin
-        read, clock = os.read, time.perf_counter
-        now = clock()
-        end, slice_end = now + SPIN_FOR, now + SPIN_SLICE
+        reader, fd, spin, clock = self._reader, self.fd, self._spin, time.perf_counter
+        end = clock() + SPIN_FOR
         paused = None
         try:
             while True:
-                try:
-                    data = read(fd, 65536)
-                except BlockingIOError:
-                    data = None
-                if data is None:
-                    now = clock()
-                    if now < slice_end:
-                        continue
-                    if now >= end:
-                        spin.ran_out()
-                        return False
-                    if paused is None:
-                        paused = self._transport
-                        paused.pause_reading()
-                    await asyncio.sleep(0)
-                    if self._conn is not conn:
-                        raise RedisConnectionError("Connection closed during the call.")
-                    if WAITING.count > 1:  # another call waits too (see Waiting)
-                        return False
-                    slice_end = clock() + SPIN_SLICE
-                    continue
-                if not data:
-                    raise RedisConnectionError("Connection closed by server.")
-                reader.feed(data)
-                reply = reader.gets()
+                reply = _read_spinning(fd, reader, min(end, clock() + SPIN_SLICE))
                 if reply is not False:
                     spin.caught()
                     return reply
+                if clock() >= end:
+                    spin.ran_out()
+                    return False
+                if WAITING.count > 1:  # another call waits too (see Waiting)
+                    return False
+                if paused is None:
+                    paused = self._transport
+                    paused.pause_reading()
+                await asyncio.sleep(0)
+                if self._conn is not conn:
+                    raise RedisConnectionError("Connection closed during the call.")
         finally:
             if paused is not None:
                 paused.resume_reading()
