@@ -11,8 +11,10 @@ A private ``redis-server``: ``CLIENT PAUSE ... WRITE`` holds the scripts' replie
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import os
 import shutil
+import signal
 import subprocess
 import threading
 import time
@@ -77,10 +79,19 @@ def _app(url: str) -> tuple[Conveyor, Any]:
     return app, one
 
 
-def _run(app: Conveyor, url: str, scenario: Callable[[], Coroutine[Any, Any, T]]) -> T:
-    """``scenario`` run on a new event loop; then the server at ``url`` unpaused and
-    ``app`` closed, whatever happened."""
+#: the event loops an awaited call is tested on (``conveyor serve`` runs on uvloop)
+LOOPS = pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+
+
+def _run(app: Conveyor, url: str, scenario: Callable[[], Coroutine[Any, Any, T]],
+         loop: str) -> T:
+    """``scenario`` run on a new event loop of kind ``loop``; then the server at ``url``
+    unpaused and ``app`` closed, whatever happened."""
     try:
+        if loop == "uvloop":
+            import uvloop
+
+            return uvloop.run(scenario())
         return asyncio.run(scenario())
     finally:
         with redis.Redis.from_url(url) as plain:
@@ -194,8 +205,10 @@ def test_a_call_spins_only_while_no_other_call_of_the_process_waits(
         scripts.close()
 
 
+@LOOPS
 def test_an_awaited_call_spins_lets_the_loop_run_and_reads_late_replies(
-        server: RedisServer, monkeypatch: pytest.MonkeyPatch) -> None:
+        server: RedisServer, monkeypatch: pytest.MonkeyPatch,
+        loop: str) -> None:
     app, one = _app(server.url)
 
     async def scenario() -> tuple[int, list[JobRecord]]:
@@ -237,14 +250,16 @@ def test_an_awaited_call_spins_lets_the_loop_run_and_reads_late_replies(
         assert raised["ran_out"] == []
         return ticks, [await h.info_async() for h in handles]
 
-    ticks, records = _run(app, server.url, scenario)
+    ticks, records = _run(app, server.url, scenario, loop)
     assert ticks >= 5  # the ticker ran through a 300 ms spin
     assert sorted(r.args[0] for r in records) == [*range(SPIN_MISSES + 1), 99, 100]
     assert all(r.state is JobState.QUEUED for r in records)
 
 
+@LOOPS
 def test_an_awaited_spin_holds_its_loop_in_slices_with_the_transport_paused(
-        server: RedisServer, monkeypatch: pytest.MonkeyPatch) -> None:
+        server: RedisServer, monkeypatch: pytest.MonkeyPatch,
+        loop: str) -> None:
     """A call spinning through its whole wait reads the socket itself, a slice at a time:
     between slices the loop's other tasks run, the transport not reading (the reply stays
     on the socket for the call); the transport reads again once the call has its reply."""
@@ -274,7 +289,7 @@ def test_an_awaited_spin_holds_its_loop_in_slices_with_the_transport_paused(
         assert link._spin.misses == 0  # caught by the spin
         return ticks, reading, transport.is_reading(), [await h.info_async() for h in handles]
 
-    ticks, reading, after, records = _run(app, server.url, scenario)
+    ticks, reading, after, records = _run(app, server.url, scenario, loop)
     assert ticks >= 100  # 300 ms of slices of 100 µs: the ticker ran between them
     assert False in reading  # the transport was paused while the call spun
     assert after  # and reads again
@@ -299,8 +314,10 @@ def _spied_link(monkeypatch: pytest.MonkeyPatch, method: str) -> list[BaseExcept
     return seen
 
 
+@LOOPS
 def test_an_awaited_call_whose_link_closes_during_its_spin(
-        server: RedisServer, monkeypatch: pytest.MonkeyPatch) -> None:
+        server: RedisServer, monkeypatch: pytest.MonkeyPatch,
+        loop: str) -> None:
     """The link closed by another task while a call spins: the spin stops at its next
     slice with a lost connection (it never reads a descriptor that is no longer its
     own), and the call goes through on a new connection."""
@@ -325,14 +342,16 @@ def test_an_awaited_call_whose_link_closes_during_its_spin(
         await closer
         return [await h.info_async() for h in handles]
 
-    records = _run(app, server.url, scenario)
+    records = _run(app, server.url, scenario, loop)
     assert [type(exc) for exc in seen] == [redis.ConnectionError]
     assert sorted(r.args[0] for r in records) == [0, 1]
     assert WAITING.count == 0
 
 
+@LOOPS
 def test_an_awaited_reply_later_than_the_socket_timeout_after_the_spin(
-        server: RedisServer, monkeypatch: pytest.MonkeyPatch) -> None:
+        server: RedisServer, monkeypatch: pytest.MonkeyPatch,
+        loop: str) -> None:
     """After its spin a call waits at most the connection's socket timeout for its reply
     (no timer is armed while it spins): a reply held back longer times the call out, the
     broker tries again on a new connection and the job is stored once."""
@@ -345,7 +364,7 @@ def test_an_awaited_reply_later_than_the_socket_timeout_after_the_spin(
         handles.append(await one.enqueue_async(1))
         return [await h.info_async() for h in handles]
 
-    records = _run(app, server.url, scenario)
+    records = _run(app, server.url, scenario, loop)
     assert timed_out and all(isinstance(exc, TimeoutError) for exc in timed_out)
     assert sorted(r.args[0] for r in records) == [0, 1]
 
@@ -424,6 +443,57 @@ def test_a_forked_child_starts_with_no_call_waiting_and_no_connection_of_its_par
         waiting.join()
         _, status = os.waitpid(pid, 0)
         assert os.waitstatus_to_exitcode(status) == 0
+        assert WAITING.count == 0
+    finally:
+        scripts.close()
+
+
+def test_a_child_forked_without_the_at_fork_hooks_opens_its_own_connection(
+        server: RedisServer) -> None:
+    """A fork made in C (uWSGI's preforking master, by default) runs no hook of
+    ``os.register_at_fork``: the child still never sends on a connection its parent kept
+    (the two would read each other's replies), and does not count its parent's waiting
+    call as its own (it would never spin); the parent's connection stays the parent's."""
+    scripts, enqueue = _blocking(server)
+    try:
+        assert enqueue() == "ok"
+        first, second = scripts._take(), scripts._take()  # two connections kept idle
+        scripts._give_back(first)
+        scripts._give_back(second)
+        _pause(server.url, 300)
+        waiting = threading.Thread(target=enqueue)
+        waiting.start()  # takes one of them
+        wait_until(lambda: WAITING.count == 1, timeout=5, what="the parent's call to wait")
+        (kept, _), = scripts._idle
+        parent_port = kept.sock.getsockname()[1]
+        pid = ctypes.PyDLL(None).fork()  # libc's fork, holding the GIL, running no hook
+        if pid == 0:  # the child: report through its exit status, never raise
+            code = 1
+            try:
+                stored = enqueue() == "ok"
+                (mine, _), = scripts._idle
+                own = mine.sock.getsockname()[1] != parent_port
+                code = 0 if stored and own and WAITING.count == 0 else 2
+            finally:
+                os._exit(code)
+        waiting.join()
+        codes: list[int] = []
+
+        def ended() -> bool:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done == pid:
+                codes.append(os.waitstatus_to_exitcode(status))
+            return bool(codes)
+
+        try:
+            wait_until(ended, timeout=20, what="the child to report")
+        finally:
+            if not codes:  # stuck: it must not outlive the test
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+        assert codes == [0]
+        assert enqueue() == "ok"
+        assert kept in [link for link, _ in scripts._idle]
         assert WAITING.count == 0
     finally:
         scripts.close()

@@ -347,15 +347,18 @@ class BlockingScripts:
         #: (connection, idle since); taken and given back with a list's atomic steps, so
         #: that the threads of a process share it without a lock
         self._idle: list[tuple[_Link, float]] = []
+        self._pid = os.getpid()
         _RUNNERS.add(self)
         self._heads: Heads = {}  # see _evalsha
 
     def forked(self) -> None:
         """In a child process just forked: forget the parent's connections (left open: a
         close here would shut them down under the parent)."""
-        self._idle = []
+        self._idle, self._pid = [], os.getpid()
 
     def _take(self) -> _Link:
+        if self._pid != os.getpid():  # a child forked without the at-fork hooks (uWSGI's
+            _after_fork_in_child()  # preforking master, by default): as if they had run
         idle = self._idle
         while True:
             try:
@@ -663,8 +666,8 @@ class AsyncScriptLink:
                     paused = self._transport
                     paused.pause_reading()
                 await asyncio.sleep(0)
-                if self._conn is not conn:
-                    raise RedisConnectionError("Connection closed during the call.")
+                if self._conn is not conn or paused.is_closing():  # its descriptor may be
+                    raise RedisConnectionError("Connection closed during the call.")  # reused
         finally:
             if paused is not None:
                 paused.resume_reading()
