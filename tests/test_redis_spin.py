@@ -369,6 +369,42 @@ def test_an_awaited_reply_later_than_the_socket_timeout_after_the_spin(
     assert sorted(r.args[0] for r in records) == [0, 1]
 
 
+@LOOPS
+def test_an_awaited_call_stops_spinning_when_another_call_joins_it(
+        server: RedisServer, monkeypatch: pytest.MonkeyPatch, loop: str) -> None:
+    """A call awaited while another is under way waits for the next script call, for a
+    reply too: the call in flight stops spinning at its next slice and sleeps for its
+    reply (under load a loop is not held by a spin), and the next call, made for the
+    group, does not spin either."""
+    app, one = _app(server.url)
+    outcomes: list[Any] = []
+    spun = client.AsyncScriptLink._spun
+
+    async def recording(link: Any, conn: Any) -> Any:
+        outcomes.append(await spun(link, conn))
+        return outcomes[-1]
+
+    monkeypatch.setattr(client.AsyncScriptLink, "_spun", recording)
+
+    async def scenario() -> tuple[int, list[JobRecord]]:
+        handles = [await one.enqueue_async(0)]
+        link = app.broker._conn().link  # type: ignore[attr-defined]
+        monkeypatch.setattr(client, "SPIN_FOR", 5.0)
+        link._spin.rest = link._spin.misses = 0
+        outcomes.clear()
+        _pause(server.url, 300)
+        first = asyncio.create_task(one.enqueue_async(1))
+        await asyncio.sleep(0.05)  # the first call spins, a slice at a time
+        handles += await asyncio.gather(first, one.enqueue_async(2))
+        return link._spin.misses, [await h.info_async() for h in handles]
+
+    misses, records = _run(app, server.url, scenario, loop)
+    assert outcomes == [False]  # the first call's spin ended; the group's never began
+    assert misses == 0  # it did not run out: it gave way
+    assert sorted(r.args[0] for r in records) == [0, 1, 2]
+    assert WAITING.count == 0
+
+
 def test_tls_connections_never_spin(tmp_path: Path) -> None:
     """Over TLS the socket's descriptor carries records, not replies: a call sleeps for its
     reply in the TLS layer (a real ``redis-server`` with a TLS port, its certificate made

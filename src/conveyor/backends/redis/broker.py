@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 from conveyor.backends.base import Beat, Broker, Recovery
 from conveyor.backends.outage import Outage, outage
 from conveyor.backends.redis import codec, deploy, layout, replicas
-from conveyor.backends.redis.client import AsyncScriptLink
+from conveyor.backends.redis.client import WAITING, AsyncScriptLink
 from conveyor.backends.redis.keys import Keys, lane_field
 from conveyor.backends.redis.layout import LAYOUT
 from conveyor.backends.redis.scripts import register_all
@@ -166,7 +166,8 @@ class _Coalescer:
         self._waiting.append((segment, future))
         if not self._direct and (self._flusher is None or self._flusher.done()):
             self._flusher = asyncio.create_task(self._flush())
-        return await future
+        with WAITING:  # it waits for a reply too: the call in flight stops spinning
+            return await future
 
     async def _flush(self) -> None:
         while self._waiting:

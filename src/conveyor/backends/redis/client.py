@@ -207,9 +207,11 @@ def _fed(reader: Any, data: bytes) -> Any:
 
 class Waiting:
     """How many calls of this process wait for a reply (on :class:`BlockingScripts` and
-    :class:`AsyncScriptLink`): a call spins (see :class:`Spin`) only while it is the only
-    one. A spinning thread holds the GIL between its reads, and a thread whose reply has
-    come would wait for it: with 4 threads enqueuing at once, spinning halved their rate.
+    :class:`AsyncScriptLink`, and awaited enqueues gathered for the next script call): a
+    call spins (see :class:`Spin`) only while it is the only one. A spinning thread holds
+    the GIL between its reads, and a thread whose reply has come would wait for it: with
+    4 threads enqueuing at once, spinning halved their rate; a spinning awaited call would
+    hold its loop from the calls gathering for the next script call.
 
     The calls are counted in a list that each waiting call appends to and pops from
     (each step atomic, without a lock): two calls that begin to wait at once may both see
