@@ -452,44 +452,14 @@ def _answers(url: str) -> bool:
         return False
 
 
+@pytest.mark.parametrize("hooks", [True, False], ids=["os.fork", "libc-fork"])
 def test_a_forked_child_starts_with_no_call_waiting_and_no_connection_of_its_parent(
-        server: RedisServer) -> None:
+        server: RedisServer, hooks: bool) -> None:
     """Forked while a thread of the parent waits for a reply and the runner keeps an idle
-    connection, a child counts no call waiting (it spins when alone) and opens its own
-    connection."""
-    scripts, enqueue = _blocking(server)
-    try:
-        assert enqueue() == "ok"
-        first, second = scripts._take(), scripts._take()  # two connections kept idle
-        scripts._give_back(first)
-        scripts._give_back(second)
-        _pause(server.url, 300)
-        waiting = threading.Thread(target=enqueue)
-        waiting.start()  # takes one of them
-        wait_until(lambda: WAITING.count == 1, timeout=5, what="the parent's call to wait")
-        assert len(scripts._idle) == 1  # the parent's, at the moment of the fork
-        pid = os.fork()
-        if pid == 0:  # the child: report through its exit status, never raise
-            code = 1
-            try:
-                fresh = WAITING.count == 0 and scripts._idle == []
-                code = 0 if fresh and enqueue() == "ok" and WAITING.count == 0 else 2
-            finally:
-                os._exit(code)
-        waiting.join()
-        _, status = os.waitpid(pid, 0)
-        assert os.waitstatus_to_exitcode(status) == 0
-        assert WAITING.count == 0
-    finally:
-        scripts.close()
-
-
-def test_a_child_forked_without_the_at_fork_hooks_opens_its_own_connection(
-        server: RedisServer) -> None:
-    """A fork made in C (uWSGI's preforking master, by default) runs no hook of
-    ``os.register_at_fork``: the child still never sends on a connection its parent kept
-    (the two would read each other's replies), and does not count its parent's waiting
-    call as its own (it would never spin); the parent's connection stays the parent's."""
+    connection, a child counts no call waiting (it spins when alone) and never sends on a
+    connection its parent kept (the two would read each other's replies), also when the
+    fork is made in C and runs no hook of ``os.register_at_fork`` (uWSGI's preforking
+    master, by default); the parent's connection stays the parent's."""
     scripts, enqueue = _blocking(server)
     try:
         assert enqueue() == "ok"
@@ -502,7 +472,8 @@ def test_a_child_forked_without_the_at_fork_hooks_opens_its_own_connection(
         wait_until(lambda: WAITING.count == 1, timeout=5, what="the parent's call to wait")
         (kept, _), = scripts._idle
         parent_port = kept.sock.getsockname()[1]
-        pid = ctypes.PyDLL(None).fork()  # libc's fork, holding the GIL, running no hook
+        # libc's fork through PyDLL holds the GIL and runs no hook
+        pid = os.fork() if hooks else ctypes.PyDLL(None).fork()
         if pid == 0:  # the child: report through its exit status, never raise
             code = 1
             try:
