@@ -267,10 +267,10 @@ class Spin:
     A loopback round trip of one script is shorter than the time the kernel takes to wake
     a thread that slept for its reply: a caller that waits spinning (reading the socket
     without blocking; on an event loop, in short slices between which the loop's other
-    tasks run) sends its next call sooner, for about the CPU the wake-up would have cost. After
-    :data:`SPIN_MISSES` spins in a row that ran out (a remote or busy server: spinning
-    would only burn CPU), a connection waits in the kernel for its next :data:`SPIN_REST`
-    calls, then tries again."""
+    tasks run) sends its next call sooner, for about the CPU the wake-up would have cost.
+    After :data:`SPIN_MISSES` spins in a row that ran out (a remote or busy server:
+    spinning would only burn CPU), a connection waits in the kernel for its next
+    :data:`SPIN_REST` calls, then tries again."""
 
     __slots__ = ("misses", "rest")
 
@@ -622,6 +622,8 @@ class AsyncScriptLink:
         return reply
 
     async def _reply(self, conn: Any) -> Any:
+        if self._conn is not conn:  # closed by another task while this call waited
+            raise RedisConnectionError("Connection closed during the call.")
         reply = self._reader.gets()
         if reply is False:
             with WAITING as alone:
@@ -668,8 +670,9 @@ class AsyncScriptLink:
                     paused = self._transport
                     paused.pause_reading()
                 await asyncio.sleep(0)
-                if self._conn is not conn or paused.is_closing():  # its descriptor may be
-                    raise RedisConnectionError("Connection closed during the call.")  # reused
+                # closed meanwhile? then its descriptor may already be another file's
+                if self._conn is not conn or paused.is_closing():
+                    raise RedisConnectionError("Connection closed during the call.")
         finally:
             if paused is not None:
                 paused.resume_reading()
