@@ -635,9 +635,9 @@ class AsyncScriptLink:
 
     async def _waited(self, conn: Any) -> Any:
         """The reply, read from the connection's stream (the loop sleeps until data
-        comes), in at most the connection's socket timeout."""
+        comes), in at most the connection's socket timeout (none when it has none, or 0)."""
         reader, read = self._reader, conn._reader.read
-        async with asyncio.timeout(conn.socket_timeout):
+        async with asyncio.timeout(conn.socket_timeout or None):
             while True:
                 reply = _fed(reader, await read(65536))
                 if reply is not False:

@@ -317,7 +317,7 @@ class SQLiteBroker(Broker):
         queues: set[str] = set()
         keyed = laned = ranked = False
         for j in jobs:  # one pass (most calls store one plain job)
-            args, kwargs = j.payload or j.encoded()
+            args, kwargs = j.encoded()
             rows.append((j.id, j.name, j.queue, j.state._value_, args, kwargs, j.created_at,
                          j.run_at, j.unique_key))
             queues.add(j.queue)
