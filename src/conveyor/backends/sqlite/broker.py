@@ -29,6 +29,7 @@ from conveyor.backends.sqlite.schema import (
     check_directory,
     check_namespace,
     connect,
+    is_locked,
     job_from_row,
     worker_from_row,
 )
@@ -103,7 +104,7 @@ class SQLiteBroker(Broker):
         self.ns = check_namespace(namespace)
         #: False: open only an existing file (see conveyor.backends.require_existing)
         self.create = True
-        self._writer = Writer(self._open_writer)
+        self._writer = Writer(self._open_writer, self._lock_patience)
         self._local = threading.local()
         self._opened = False
         self._open_lock = threading.Lock()
@@ -180,11 +181,20 @@ class SQLiteBroker(Broker):
         self._sql_waiting = f"SELECT count(*) FROM {t}_jobs WHERE {WAITING} AND queue=?"
 
     # -- life cycle ---------------------------------------------------------------------------
+    def _lock_busy_ms(self) -> int:
+        """How long a connection waits for a lock: the URL's ``busy_timeout``, or
+        :attr:`retry_for` when that is shorter (a producer's or a command's
+        ``store_timeout``)."""
+        return min(self.settings.busy_timeout_ms, max(1, int(self.retry_for * 1000)))
+
+    def _lock_patience(self) -> float:
+        """:meth:`_lock_busy_ms` in seconds (the writer's own wait for the write lock)."""
+        return self._lock_busy_ms() / 1000
+
     def _connect(self) -> sqlite3.Connection:
-        """A connection whose lock waits last the URL's ``busy_timeout``, or :attr:`retry_for`
-        when that is shorter (a producer's or a command's ``store_timeout``)."""
-        busy = min(self.settings.busy_timeout_ms, max(1, int(self.retry_for * 1000)))
-        return connect(dataclasses.replace(self.settings, busy_timeout_ms=busy), self.create)
+        """A connection whose lock waits last :meth:`_lock_busy_ms`."""
+        return connect(dataclasses.replace(self.settings, busy_timeout_ms=self._lock_busy_ms()),
+                       self.create)
 
     def _open_writer(self) -> sqlite3.Connection:
         conn = self._connect()
@@ -352,6 +362,10 @@ class SQLiteBroker(Broker):
             stored = conn.execute(self._sql_at_once[insert], (*row, version)).rowcount
         except sqlite3.IntegrityError:
             return None
+        except sqlite3.OperationalError as exc:
+            if is_locked(exc):  # another process writes: the full write waits for the lock
+                return None
+            raise
         return True if stored == 1 else None
 
     def _enqueue_fn(

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import errno
 import os
+import random
 import re
 import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 from conveyor.backends.sqlite.clock import lease_now
@@ -18,6 +20,8 @@ from conveyor.job import JobRecord, JobState, WorkerInfo
 from conveyor.serialization import loads
 from conveyor.stats import SUMS
 from conveyor.urls import redact_url
+
+T = TypeVar("T")
 
 _NAMESPACE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 
@@ -136,17 +140,30 @@ def _switch_to_wal(conn: sqlite3.Connection, patience: float) -> str:
     """Put the database in WAL mode; return the mode it is in. SQLite answers "locked" at
     once, without its busy timeout, while another connection makes a new file WAL: that is
     waited out here, for up to ``patience`` seconds."""
+    return retry_locked(lambda: str(conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]),
+                        patience, 0.001, 0.05)
+
+
+def is_locked(exc: sqlite3.Error) -> bool:
+    """True when ``exc`` is SQLite's "database is locked": another connection holds a lock
+    this one needs."""
+    return (getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF == sqlite3.SQLITE_BUSY
+
+
+def retry_locked(attempt: Callable[[], T], patience: float, pause: float, longest: float) -> T:
+    """``attempt()``, tried again while SQLite answers "locked" for up to ``patience``
+    seconds, then what it raised. The pauses between tries double from ``pause`` up to
+    ``longest``, each cut short at random by up to half, so that processes waiting for one
+    lock do not try in step."""
     deadline = time.monotonic() + patience
-    pause = 0.001
     while True:
         try:
-            return str(conn.execute("PRAGMA journal_mode=WAL").fetchone()[0])
+            return attempt()
         except sqlite3.OperationalError as exc:
-            locked = (getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF == sqlite3.SQLITE_BUSY
-            if not locked or time.monotonic() + pause > deadline:
+            if not is_locked(exc) or time.monotonic() + pause / 2 > deadline:
                 raise
-            time.sleep(pause)
-            pause = min(pause * 2, 0.05)
+            time.sleep(pause * (1 - random.random() / 2))
+            pause = min(pause * 2, longest)
 
 
 def _no_directory(where: Path) -> ConfigurationError:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import queue
 import sqlite3
 import threading
@@ -31,11 +32,15 @@ from collections import defaultdict
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from conveyor.backends.sqlite.schema import is_locked, retry_locked
+
 T = TypeVar("T")
 WriteFn = Callable[[sqlite3.Connection], Any]
 
 #: how many waiting writes one transaction takes at most
 MAX_GROUP = 512
+#: the first and the longest pause between two tries of the write lock (see :class:`Writer`)
+LOCK_PAUSE, LOCK_PAUSE_MAX = 0.0002, 0.005
 
 
 class _Stop:
@@ -79,10 +84,18 @@ def _roll_back(conn: sqlite3.Connection) -> None:
 
 
 class Writer:
-    """The write thread of one database file in this process."""
+    """The write thread of one database file in this process.
 
-    def __init__(self, connect: Callable[[], sqlite3.Connection]) -> None:
+    Its connection waits for the write lock that another process holds by itself (SQLite's
+    busy timeout is 0 on it), for up to ``patience()`` seconds: SQLite's own busy handler
+    sleeps 1, 2, 5 ... up to 100 ms between tries, long after another process's
+    transaction, which holds the lock for well under a millisecond, has let it go; the writer
+    tries again after :data:`LOCK_PAUSE` doubling up to :data:`LOCK_PAUSE_MAX`."""
+
+    def __init__(self, connect: Callable[[], sqlite3.Connection],
+                 patience: Callable[[], float] = lambda: 10.0) -> None:
         self._connect = connect
+        self._patience = patience
         self._queue: queue.SimpleQueue[_Pending | _Stop] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -105,6 +118,11 @@ class Writer:
         with self._lock:
             if self._thread is None:
                 conn = self._connect()
+                try:
+                    conn.execute("PRAGMA busy_timeout=0")  # _begin waits for the lock
+                except BaseException:
+                    conn.close()
+                    raise
                 thread = threading.Thread(
                     target=self._run, args=(conn,), name="conveyor-sqlite-writer", daemon=True
                 )
@@ -204,7 +222,13 @@ class Writer:
 
     def _begin(self, conn: sqlite3.Connection, keeps: bool) -> None:
         """Begin a transaction; empty the cache unless ``keeps`` and it still holds."""
-        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            if not is_locked(exc):
+                raise
+            retry_locked(functools.partial(conn.execute, "BEGIN IMMEDIATE"), self._patience(),
+                         LOCK_PAUSE, LOCK_PAUSE_MAX)
         if not keeps:
             self.cache.clear()
             return

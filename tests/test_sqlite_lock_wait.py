@@ -1,0 +1,129 @@
+"""The SQLite writer waits for a write lock another connection holds by itself, trying
+again after short pauses (SQLite's own busy handler sleeps 1, 2, 5 ... up to 100 ms between
+tries), for as long as the store's busy timeout allows; its reads keep SQLite's wait."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conveyor.backends.sqlite import SQLiteBroker
+from conveyor.backends.sqlite.schema import is_locked, retry_locked
+from conveyor.ids import new_id
+from conveyor.job import JobRecord, JobState
+
+
+def job() -> JobRecord:
+    now = time.time()
+    return JobRecord(id=new_id(), name="noop", queue="default", state=JobState.QUEUED,
+                     args=[1], kwargs={}, created_at=now, run_at=now)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[SQLiteBroker]:
+    broker = SQLiteBroker(f"sqlite:///{tmp_path / 's.db'}", namespace="t")
+    broker.enqueue_blocking([job()], {})  # open, the queue known
+    yield broker
+    broker.close_blocking()
+
+
+class Holder:
+    """Another connection holding the write lock until :meth:`release`."""
+
+    def __init__(self, path: Path) -> None:
+        self.conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self.conn.execute("BEGIN IMMEDIATE")
+        self.conn.execute("CREATE TABLE IF NOT EXISTS elsewhere (v)")
+        self.conn.execute("INSERT INTO elsewhere VALUES (1)")
+        self.released_at = 0.0
+
+    def release(self) -> None:
+        self.conn.execute("COMMIT")
+        self.released_at = time.monotonic()
+        self.conn.close()
+
+
+def stored(path: Path, job_id: str) -> bool:
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute("SELECT 1 FROM t_jobs WHERE id=?", (job_id,)).fetchone() is not None
+    finally:
+        conn.close()
+
+
+def test_the_writer_waits_for_the_lock_itself_and_reads_keep_sqlites_wait(
+        store: SQLiteBroker) -> None:
+    conn = store._writer._conn
+    assert conn is not None
+    assert conn.execute("PRAGMA busy_timeout").fetchone() == (0,)
+    with store._using() as reader:
+        assert reader.execute("PRAGMA busy_timeout").fetchone() == (10_000,)
+
+
+@pytest.mark.parametrize("awaited", [False, True], ids=["blocking", "awaited"])
+def test_an_enqueue_waits_out_another_connection_holding_the_lock(
+        store: SQLiteBroker, tmp_path: Path, awaited: bool) -> None:
+    """The blocking call (first tried as one statement, which finds the lock taken) and the
+    awaited one (a transaction of the writer thread) both wait and store their job."""
+    holder = Holder(tmp_path / "s.db")
+    timer = threading.Timer(0.3, holder.release)
+    record = job()
+    timer.start()
+    try:
+        if awaited:
+            held = asyncio.run(store.enqueue([record], {}))
+        else:
+            held = store.enqueue_blocking([record], {})
+        returned_at = time.monotonic()
+    finally:
+        timer.join()
+    assert held == [None]
+    assert holder.released_at and returned_at >= holder.released_at
+    assert stored(tmp_path / "s.db", record.id)
+
+
+def test_retrying_tries_often_and_gives_up_after_its_patience(tmp_path: Path) -> None:
+    path = tmp_path / "r.db"
+    holder = Holder(path)
+    waiter = sqlite3.connect(path, isolation_level=None, timeout=0)
+    tries: list[float] = []
+
+    def attempt() -> None:
+        tries.append(time.monotonic())
+        waiter.execute("BEGIN IMMEDIATE")
+
+    try:
+        began = time.monotonic()
+        with pytest.raises(sqlite3.OperationalError) as raised:
+            retry_locked(attempt, 0.3, 0.0002, 0.005)
+        assert is_locked(raised.value)
+        # it waited out its patience, and tried again after pauses of at most 5 ms: SQLite's
+        # own handler tries 8 times in 300 ms (after 1, 2, 5, 10, 15, 20, 25, 25 ms)
+        assert tries[-1] - began >= 0.3 - 0.005
+        assert len(tries) >= 20
+    finally:
+        holder.release()
+    retry_locked(attempt, 0.3, 0.0002, 0.005)  # free now: at once
+    assert waiter.in_transaction
+    waiter.execute("ROLLBACK")
+    waiter.close()
+
+
+def test_an_error_other_than_a_lock_is_raised_at_once(tmp_path: Path) -> None:
+    conn = sqlite3.connect(tmp_path / "e.db")
+    tries = []
+
+    def attempt() -> None:
+        tries.append(1)
+        conn.execute("SELECT * FROM nowhere")
+
+    with pytest.raises(sqlite3.OperationalError, match="no such table"):
+        retry_locked(attempt, 5.0, 0.0002, 0.005)
+    assert tries == [1]
+    conn.close()
