@@ -26,7 +26,10 @@ async def boom(message: str = "boom") -> None:
 
 
 @app.job(queue="naps")
-async def nap(seconds: float, ctx: JobContext) -> float:
+async def nap(seconds: float, ctx: JobContext, marker: str | None = None) -> float:
+    """Sleep; first create the file ``marker``, when given, to show the attempt began."""
+    if marker is not None:
+        Path(marker).touch()
     await asyncio.sleep(seconds)
     return seconds
 

@@ -19,6 +19,7 @@ from conveyor import Conveyor
 from conveyor.containers import open_target
 from conveyor.http import create_app
 from http_server import Server, server_env
+from polling import wait_until
 
 
 def serve(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -45,8 +46,11 @@ def test_token_or_insecure_lift_the_refusal(tmp_path: Path) -> None:
 
 def test_sigterm_lets_running_jobs_finish(tmp_path: Path) -> None:
     server = Server(tmp_path).start()
-    job_id = server.client.post("/jobs/nap", json={"args": [1.0]}).json()["id"]
-    server.wait_job(job_id, states=["running"])
+    began = tmp_path / "began"
+    job_id = server.client.post("/jobs/nap", json={"args": [1.0],
+                                                   "kwargs": {"marker": str(began)}}).json()["id"]
+    # begun, not only claimed: a job claimed as the stop comes goes back to its queue
+    wait_until(began.exists, timeout=20, what="the job to begin")
     assert server.stop() == 0, server.output()
     with pytest.raises(httpx.TransportError):
         httpx.get(f"{server.url}/healthz", timeout=1)

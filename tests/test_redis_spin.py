@@ -195,7 +195,10 @@ def test_a_call_spins_only_while_no_other_call_of_the_process_waits(
         replies: list[Any] = []
         waiting = threading.Thread(target=lambda: replies.append(enqueue()))
         waiting.start()  # takes the last idle connection, spins, runs out, sleeps
-        wait_until(lambda: WAITING.count == 1, timeout=5, what="the first call to wait")
+        # its spin ran out and it sleeps (a call made during its spin would end the spin
+        # without a miss)
+        wait_until(lambda: WAITING.count == 1 and any(link.spin.misses for link in links),
+                   timeout=5, what="the first call to wait, its spin run out")
         assert enqueue() == "ok"  # the other connection: it waits without spinning
         waiting.join()
         assert replies == ["ok"]
