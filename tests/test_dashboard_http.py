@@ -429,7 +429,8 @@ def test_jobs_known_lists_what_the_workers_published(server: Server) -> None:
         jobs = {j["name"]: j for j in listed}
         assert {"add", "nap", "count", "conveyor.push"} <= set(jobs)
         assert jobs["nap"]["queue"] == "naps"
-        assert [p["name"] for p in jobs["nap"]["parameters"]] == ["seconds"]  # no JobContext
+        nap = [p["name"] for p in jobs["nap"]["parameters"]]
+        assert nap == ["seconds", "marker"]  # no JobContext
         assert jobs["add"]["signature"] == "add(a, b=…)"
         assert jobs["count"]["parameters"][0] == {"name": "upload", "kind":
                                                   "POSITIONAL_OR_KEYWORD", "default": False,
