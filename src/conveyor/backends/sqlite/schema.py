@@ -150,6 +150,11 @@ def is_locked(exc: sqlite3.Error) -> bool:
     return (getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF == sqlite3.SQLITE_BUSY
 
 
+#: the random cuts of :func:`retry_locked`'s pauses, from the OS: unlike the ``random``
+#: module's, alike in no two processes even when an app seeds that module in each of them
+_JITTER = random.SystemRandom()
+
+
 def retry_locked(attempt: Callable[[], T], patience: float, pause: float, longest: float) -> T:
     """``attempt()``, tried again while SQLite answers "locked" for up to ``patience``
     seconds, then what it raised. The pauses between tries double from ``pause`` up to
@@ -162,7 +167,7 @@ def retry_locked(attempt: Callable[[], T], patience: float, pause: float, longes
         except sqlite3.OperationalError as exc:
             if not is_locked(exc) or time.monotonic() + pause / 2 > deadline:
                 raise
-            time.sleep(pause * (1 - random.random() / 2))
+            time.sleep(pause * (1 - _JITTER.random() / 2))
             pause = min(pause * 2, longest)
 
 
