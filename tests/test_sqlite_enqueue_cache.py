@@ -117,7 +117,7 @@ def test_concurrent_blocking_callers_all_commit(tmp_path: Path) -> None:
         conn.execute("CREATE TABLE IF NOT EXISTS t (v INTEGER)")
         return conn
 
-    writer = Writer(open_conn)
+    writer = Writer(open_conn, lambda: Settings(path).busy_timeout_ms / 1000)
     writer.start()
     answers: dict[int, object] = {}
 

@@ -20,7 +20,7 @@ def make_writer(tmp_path: Path) -> Writer:
         conn.execute("CREATE TABLE IF NOT EXISTS t (v INTEGER)")
         return conn
 
-    writer = Writer(open_conn)
+    writer = Writer(open_conn, lambda: settings.busy_timeout_ms / 1000)
     writer.start()
     return writer
 

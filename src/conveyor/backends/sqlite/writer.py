@@ -86,14 +86,14 @@ def _roll_back(conn: sqlite3.Connection) -> None:
 class Writer:
     """The write thread of one database file in this process.
 
-    Its connection waits for the write lock that another process holds by itself (SQLite's
-    busy timeout is 0 on it), for up to ``patience()`` seconds: SQLite's own busy handler
-    sleeps 1, 2, 5 ... up to 100 ms between tries, long after another process's
+    When another process holds the write lock, the writer waits for it itself (its
+    connection's busy timeout is 0), for up to ``patience()`` seconds: SQLite's own busy
+    handler sleeps 1, 2, 5 ... up to 100 ms between tries, long after another process's
     transaction, which holds the lock for well under a millisecond, has let it go; the writer
     tries again after :data:`LOCK_PAUSE` doubling up to :data:`LOCK_PAUSE_MAX`."""
 
     def __init__(self, connect: Callable[[], sqlite3.Connection],
-                 patience: Callable[[], float] = lambda: 10.0) -> None:
+                 patience: Callable[[], float]) -> None:
         self._connect = connect
         self._patience = patience
         self._queue: queue.SimpleQueue[_Pending | _Stop] = queue.SimpleQueue()
