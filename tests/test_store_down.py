@@ -127,6 +127,45 @@ def test_a_redis_restart_is_one_warning_then_one_info(
     assert not retry_records(caplog)
 
 
+@pytest.mark.parametrize("through", ["blocking", "awaited"])
+def test_a_connection_idle_through_a_restart_logs_no_second_outage(
+        server: RedisServer, caplog: pytest.LogCaptureFixture, through: str) -> None:
+    """A process's blocking and event-loop connections both sit idle while one of them
+    waits through a restart: the other's first call after it meets a connection the old
+    server closed, and is tried again at once on a new one, without a second outage."""
+    caplog.set_level(logging.INFO, logger=STORE_LOG)
+    app = app_with_add(server.url, store_timeout=30.0)
+
+    def blocking() -> None:
+        app.enqueue("add", 1, 1)
+
+    def awaited() -> None:
+        app.run_sync(app.enqueue_async("add", 1, 1))
+        app.run_sync(app.broker.list_jobs())
+
+    waits, later = (blocking, awaited) if through == "blocking" else (awaited, blocking)
+    try:
+        waits()
+        later()  # both kinds of connection are open, and idle from here
+        server.kill()
+        restart = threading.Timer(1.5, server.start)
+        restart.start()
+        try:
+            waits()  # meets the outage and waits it out
+        finally:
+            restart.join()
+        assert len(store_records(caplog, logging.WARNING)) == 1, caplog.text
+        later()  # its idle connection was closed by the old server
+        later()
+    finally:
+        app.close()
+    warnings = store_records(caplog, logging.WARNING)
+    infos = [r for r in store_records(caplog, logging.INFO) if "reachable again" in r.message]
+    assert len(warnings) == 1, caplog.text
+    assert len(infos) == 1, caplog.text
+    assert not retry_records(caplog)
+
+
 def test_a_locked_sqlite_database_raises_once_logged(
         locked_db: tuple[str, sqlite3.Connection], caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger=STORE_LOG)

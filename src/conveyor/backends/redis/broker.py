@@ -285,14 +285,17 @@ class RedisBroker(Broker):
         """Run ``operation``, reconnecting with backoff through connection trouble for up to
         :attr:`retry_for` seconds (logged once per outage, see :attr:`outage`)."""
         deadline = time.monotonic() + self.retry_for
-        pause = 0.05
+        pause, attempts = 0.05, 0
         while True:
             sent = time.monotonic()
+            attempts += 1
             try:
                 result = await operation(self._conn())
             except MISCONFIGURED as exc:
                 raise self._misconfigured(exc) from exc
             except RETRIED as exc:
+                if attempts == 1 and _dropped(exc):
+                    continue  # a connection left from before an outage: once more, on a new one
                 if not self._trouble(exc, sent) or time.monotonic() + pause > deadline:
                     raise self._unavailable(exc, sent) from exc
                 await asyncio.sleep(pause * (0.5 + random.random() / 2))
@@ -791,6 +794,8 @@ class RedisBroker(Broker):
             except MISCONFIGURED as exc:
                 raise self._misconfigured(exc) from exc
             except RETRIED as exc:
+                if attempts == 1 and _dropped(exc):
+                    continue  # a connection left from before an outage: once more, on a new one
                 if not self._trouble(exc, sent) or time.monotonic() + pause > deadline:
                     raise self._unavailable(exc, sent) from exc
                 time.sleep(pause * (0.5 + random.random() / 2))
@@ -1472,6 +1477,15 @@ def _limit_values(limit: JobLimits) -> list[float]:
 
 def _number(value: Any) -> float | None:
     return None if value is None else float(value)
+
+
+def _dropped(error: BaseException) -> bool:
+    """Whether ``error`` is a connection the server closed or reset (not a timeout). A
+    connection that sat idle in a pool through a short outage fails so on its first use:
+    the call is tried again at once on a new connection, and only if that fails too is the
+    store in trouble (else every such connection would log an outage of its own)."""
+    return (isinstance(error, (RedisConnectionError, ConnectionResetError, BrokenPipeError))
+            and not isinstance(error, (RedisTimeoutError, TimeoutError)))
 
 
 def _reason(error: BaseException) -> str | None:
