@@ -187,7 +187,7 @@ def test_wrong_content_types(server: Server, content_type: str | None) -> None:
 
 @pytest.mark.parametrize(("body", "words"), [
     (b'{"args": [1,', ["not valid JSON"]),
-    (b"", ["not valid JSON"]),
+    (b"", ["missing", "'a'"]),  # an empty body is a call without arguments
     (b"NaN", ["not valid JSON"]),
     (b'{"args": [NaN]}', ["not valid JSON"]),
     (b"\xff\xfe", ["not valid JSON"]),
@@ -245,6 +245,19 @@ def test_bad_arguments(server: Server, call: dict[str, Any], words: list[str]) -
 def test_bad_arguments_of_upload_jobs(server: Server, query: str, words: list[str]) -> None:
     response = server.client.post(f"/jobs/count?{query}", content=b"file contents")
     check_error(response, 400, *words)
+
+
+@pytest.mark.parametrize(("query", "body"), [
+    ("a=1&b=2", None),
+    ("a=5", {"args": [2, 3]}),
+    ("debug", {"args": [2, 3]}),
+])
+def test_a_json_job_refuses_a_query_string(server: Server, query: str,
+                                           body: dict[str, Any] | None) -> None:
+    """Only a job with an Upload parameter reads arguments from the query: any other
+    refuses one rather than drop it."""
+    response = server.client.post(f"/jobs/add?{query}", json=body)
+    check_error(response, 400, "query string", "JSON body")
 
 
 def test_push_job_takes_files_from_uploads_only(server: Server) -> None:

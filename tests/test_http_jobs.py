@@ -43,6 +43,12 @@ def test_enqueue_and_read(server: Server) -> None:
 def test_enqueue_without_a_body_and_with_charset(server: Server) -> None:
     response = server.client.post("/jobs/boom")
     assert response.status_code == 202, response.text
+    for content_type in ("application/json", "application/json; charset=utf-8"):
+        # an empty body is a call without arguments, whether or not it says it is JSON
+        response = server.client.post("/jobs/boom", content=b" \r\n",
+                                      headers={"Content-Type": content_type})
+        assert response.status_code == 202, response.text
+        assert server.wait_job(response.json()["id"])["args"] == []
     response = server.client.post("/jobs/add", content=b'{"args": [1, 1]}',
                                   headers={"Content-Type": "application/json; charset=utf-8"})
     assert response.status_code == 202, response.text

@@ -86,11 +86,12 @@ def job_call(raw: bytes, content_type: str | None, *, bound: bool = True) -> Job
     (array), ``kwargs`` (object), ``delay`` (seconds, 0 or more), ``queue`` (string),
     ``id`` (the job's id, instead of a new one) and ``priority`` (-10 .. 10).
 
-    An empty body without a content type is a call without arguments. ``bound``: check the
+    An empty body (without a content type, or with a JSON one) is a call without
+    arguments. ``bound``: check the
     arguments against :mod:`conveyor.bounds` here (``False`` for a call nothing hashes
     before the app builds its record, which checks them the same way).
     """
-    if not raw.strip() and not media_type(content_type):
+    if not raw.strip() and (not media_type(content_type) or is_json_type(content_type)):
         return JobCall()
     body = json_body(raw, content_type)
     if not isinstance(body, dict):

@@ -126,6 +126,10 @@ class Routes:
                 name, self._chunks(request), request.query_params.multi_items(),
                 body_info(request), key)
         else:
+            if request.scope.get("query_string"):
+                raise ApiError(400, f"job {name!r} takes its arguments in a JSON body "
+                               '({"args": [...], "kwargs": {...}}), not in the query string '
+                               "(only a job with an Upload parameter reads the query)")
             limit = min(MAX_JSON_BYTES, self.services.max_upload_bytes)
             self.services.check_length(content_length(request), limit)
             raw = await limited_body(request, limit)
