@@ -209,8 +209,11 @@ def test_status_wait_dead_exits_1(cli: CLI, jobs_app: Conveyor,
     assert done.returncode == 1, done.stderr
     info = json.loads(done.stdout)
     assert info["state"] == "dead" and "disk on fire" in info["error"]
-    # the text form shows the error too
-    assert "disk on fire" in cli("status", job_id, "--wait").stdout
+    # the text form shows the error too, from its first line on (a pipe gets no progress
+    # bar, nor the empty line a finished bar leaves)
+    text = cli("status", job_id, "--wait").stdout
+    assert "disk on fire" in text
+    assert text.startswith(" ") and text.split("\n")[0].split() == ["id", job_id], text
 
 
 def test_status_wait_cancelled_exits_1(cli: CLI) -> None:

@@ -168,3 +168,6 @@ def test_serve_logs_uvicorn_in_json(db_url: str, tmp_path: Path) -> None:
     assert {"conveyor.serve", "uvicorn.error", "uvicorn.access"} <= loggers
     (access,) = [r for r in records if r["logger"] == "uvicorn.access"]
     assert "GET /healthz" in access["message"] and access["level"] == "INFO"
+    # without a worker there are no running jobs to give time to
+    (stopping,) = [r["message"] for r in records if "shutting down" in r["message"]]
+    assert stopping == "SIGTERM: shutting down (again to exit at once)", stopping

@@ -130,7 +130,8 @@ async def _wait(app: Conveyor, job_id: str, timeout: float | None) -> JobRecord:
     record = await _get(app, job_id)
     columns = (SpinnerColumn(), TextColumn("{task.description}", markup=False), BarColumn(),
                TextColumn("{task.percentage:>3.0f}%"), TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=True) as bar:
+    with Progress(*columns, console=console, transient=True,
+                  disable=not console.is_terminal) as bar:  # a pipe gets no empty line
         task = bar.add_task(f"{record.name} {record.state}", total=1.0)
         while record.state not in FINAL_STATES:
             if deadline is not None and time.monotonic() >= deadline:

@@ -396,8 +396,11 @@ async def _serve(app: Conveyor, server: _Server, worker: Worker | None,
     starting = asyncio.create_task(_start_up(app, check=worker is None), name="conveyor-start")
 
     def stop(name: str) -> None:
-        log.info("%s: shutting down (running jobs get up to %s; again to exit at once)",
-                 name, duration(worker.grace if worker else 0))
+        if worker is None:
+            log.info("%s: shutting down (again to exit at once)", name)
+        else:
+            log.info("%s: shutting down (running jobs get up to %s; again to exit at once)",
+                     name, duration(worker.grace))
         server.stop()
         if worker is not None:
             worker.request_stop()

@@ -59,7 +59,8 @@ LOGIN = """<!DOCTYPE html>
 <body class="login">
 <form class="login-box" method="post" action="{prefix}/ui/login">
   <h1>Conveyor</h1>
-  <p>This server needs its token (the one given to <code>conveyor serve --token</code>).</p>
+  <p>This server needs its token (the one <code>conveyor serve</code> was given: its
+  <code>--token-file</code> or <code>CONVEYOR_TOKEN</code>).</p>
   {error}
   <label for="token">Token</label>
   <input id="token" name="token" type="password" autocomplete="current-password" required
