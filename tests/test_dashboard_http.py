@@ -99,6 +99,33 @@ def test_login_sets_an_httponly_session_cookie(server: Server) -> None:
         assert client.get("/jobs").status_code == 401
 
 
+def test_a_session_opens_the_api_documentation_read_only(server: Server) -> None:
+    """A browser cannot send a bearer header to load /docs: a dashboard login opens the
+    page and its spec (Swagger UI then asks for the token to try calls), nothing more."""
+    with visitor(server) as client:
+        for path in ("/docs", "/openapi.json", "/docs/static/init.js"):
+            assert client.get(path).status_code == 401, path
+    with logged_in(server) as client:
+        page = client.get("/docs")
+        assert page.status_code == 200 and "swagger" in page.text.lower()
+        assert client.get("/docs/static/init.js").status_code == 200
+        spec = client.get("/openapi.json")
+        assert spec.status_code == 200 and "/jobs/{job}" in spec.json()["paths"]
+        # the API itself still wants the token, reads and writes alike
+        assert client.get("/jobs").status_code == 401
+        assert client.post("/jobs/add", json={"args": [1, 2]}).status_code == 401
+        assert client.post("/openapi.json").status_code == 401
+        # a wrong bearer token is refused even with the cookie
+        wrong = client.get("/docs", headers={"Authorization": "Bearer nope"})
+        assert wrong.status_code == 401
+        session = client.cookies["conveyor_session"]
+        response = client.post("/ui/logout", headers={"X-CSRF-Token": csrf_of(client)})
+        assert response.status_code == 200
+    with visitor(server) as replay:  # logged out: the cookie opens no documentation
+        replay.cookies.set("conveyor_session", session)
+        assert replay.get("/docs").status_code == 401
+
+
 def test_a_bearer_token_opens_the_dashboard_too(server: Server) -> None:
     assert server.client.get("/ui/api/workers").status_code == 200
     with visitor(server) as client:

@@ -17,6 +17,7 @@ from urllib.parse import parse_qs, quote
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
+from starlette.types import Scope
 
 from conveyor.dashboard import data, pages
 from conveyor.dashboard.auth import SESSION_AGE, SESSION_COOKIE, DashboardAuth
@@ -259,6 +260,10 @@ class Dashboard:
             raise ApiError(404, f"no such file: {quote(name)}")
         headers = {**SECURITY_HEADERS, "Cache-Control": "no-cache"}
         return Response(static_file(name), media_type=media_type, headers=headers)
+
+    async def has_session(self, scope: Scope) -> bool:
+        """Whether the request carries a valid session cookie (logged in, not out)."""
+        return await self.auth.session_nonce(Request(scope)) is not None
 
     def routes(self) -> list[Route]:
         """The dashboard's Starlette routes."""

@@ -23,6 +23,7 @@ from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from conveyor.errors import StoreUnavailable
+from conveyor.http.docs import is_docs_path
 from conveyor.http.errors import ApiError, error_response
 from conveyor.http.health import StoreGate, StoreHealth
 from conveyor.http.openapi import Operation
@@ -62,12 +63,16 @@ class BearerAuth:
 
     def __init__(self, app: ASGIApp, token: str,
                  exempt: Callable[[str], bool] | None = None,
-                 throttle: Throttle | None = None) -> None:
+                 throttle: Throttle | None = None,
+                 session: Callable[[Scope], Awaitable[bool]] | None = None) -> None:
         self.app = app
         self.token = token.encode()
         #: paths that check access themselves (the dashboard's, with its login)
         self.exempt = exempt
         self.throttle = throttle if throttle is not None else Throttle()
+        #: whether a request carries a valid dashboard session, which opens the
+        #: documentation (read only) to a browser that logged in
+        self.session = session
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = route_path(scope)
@@ -76,6 +81,10 @@ class BearerAuth:
             await self.app(scope, receive, send)
             return
         verdict = bearer_verdict(scope, self.token)
+        if verdict is None and self.session is not None and is_docs_path(path) \
+                and scope.get("method") in ("GET", "HEAD") and await self.session(scope):
+            await self.app(scope, receive, send)
+            return
         if verdict is not None:
             address = client_address(scope)
             refusal = self.throttle.refusal(address)
@@ -294,17 +303,19 @@ def create_app(
     exempt = None
     if throttle is None:  # wrong tokens per address, for the API and the dashboard alike
         throttle = Throttle()
+    session = None
     if dashboard:
         from conveyor.dashboard import Dashboard, is_dashboard_path
 
-        table += Dashboard(routes.services, token or None, allowed, throttle).routes()
-        exempt = is_dashboard_path
+        board = Dashboard(routes.services, token or None, allowed, throttle)
+        table += board.routes()
+        exempt, session = is_dashboard_path, board.has_session
     middleware = [Middleware(RequestMetrics, metrics=metrics, routes=table)]
     if body_timeout is not None:
         middleware.append(Middleware(BodyTimeout, seconds=body_timeout))
     if token:
         middleware.append(Middleware(BearerAuth, token=token, exempt=exempt,
-                                     throttle=throttle))
+                                     throttle=throttle, session=session))
     else:
         middleware.append(Middleware(SameSiteOnly, origins=allowed))
     # after the access checks: 503 while the store is down (/healthz says why)
