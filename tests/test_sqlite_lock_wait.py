@@ -135,3 +135,47 @@ def test_an_error_other_than_a_lock_is_raised_at_once(tmp_path: Path) -> None:
         retry_locked(attempt, 5.0, 0.0002, 0.005)
     assert tries == [1]
     conn.close()
+
+
+def test_leases_that_lapse_while_the_lock_is_held_are_not_recovered(
+        store: SQLiteBroker, tmp_path: Path) -> None:
+    """Another connection holds the lock longer than a lease (a backup, a sqlite3 shell):
+    every worker's heartbeats wait as long as the recovery pass does. The pass that waited
+    takes no lease, the wait counts as trouble (so the worker's next passes hold off for a
+    lease, see Maintenance.recover_once), and the live job keeps its attempt."""
+    from conveyor.job import WorkerInfo
+
+    lease = 1.0
+    info = WorkerInfo(id="w1", host="h", pid=1, queues=["default"], concurrency=1,
+                      min_concurrency=1, max_concurrency=1, started_at=time.time())
+
+    async def run() -> None:
+        await store.heartbeat(info, {}, lease)
+        [claimed] = await store.claim("w1", ["default"], 1, lease)
+        await store.heartbeat(info, {claimed.id: claimed.claim}, lease)
+        assert store.last_trouble == 0.0
+        holder = Holder(tmp_path / "s.db")
+        threading.Timer(2.0, holder.release).start()  # past the lease
+        began = time.monotonic()
+        recovery = asyncio.ensure_future(store.recover_expired(3))
+        await asyncio.sleep(0.2)
+        beat = asyncio.ensure_future(store.heartbeat(info, {claimed.id: claimed.claim},
+                                                     lease))
+        recovered, beaten = await recovery, await beat
+        assert holder.released_at > 0
+        assert recovered.jobs == [] and recovered.requeued == 0, recovered
+        assert beaten.lost == set()
+        assert store.last_trouble >= began + 1.5  # noted when the wait ended
+        record = await store.get(claimed.id)
+        assert record is not None and record.state == JobState.RUNNING
+        assert (record.attempts, record.recoveries) == (1, 0)
+
+    asyncio.run(run())
+
+
+def test_a_short_wait_for_the_lock_is_no_trouble(store: SQLiteBroker, tmp_path: Path) -> None:
+    holder = Holder(tmp_path / "s.db")
+    threading.Timer(0.05, holder.release).start()
+    store.enqueue_blocking([job()], {})
+    assert holder.released_at > 0
+    assert store.last_trouble == 0.0

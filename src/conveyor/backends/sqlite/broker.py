@@ -104,7 +104,7 @@ class SQLiteBroker(Broker):
         self.ns = check_namespace(namespace)
         #: False: open only an existing file (see conveyor.backends.require_existing)
         self.create = True
-        self._writer = Writer(self._open_writer, self._lock_patience)
+        self._writer = Writer(self._open_writer, self._lock_patience, self._lock_held)
         self._local = threading.local()
         self._opened = False
         self._open_lock = threading.Lock()
@@ -254,6 +254,11 @@ class SQLiteBroker(Broker):
             yield
         except (sqlite3.Error, OSError) as exc:
             self._fail(exc, sent)
+
+    def _lock_held(self) -> None:
+        """The writer waited long for the write lock (see :class:`Writer`): trouble, so that
+        no recovery takes the leases that lapsed meanwhile (see :meth:`recover_expired`)."""
+        self.last_trouble = time.monotonic()
 
     def _fail(self, error: sqlite3.Error | OSError, sent: float) -> NoReturn:
         """Raise ``error``, as :class:`StoreUnavailable` when it may pass (noted in
@@ -974,8 +979,14 @@ class SQLiteBroker(Broker):
     # -- maintenance --------------------------------------------------------------------------
     async def recover_expired(self, max_recoveries: int) -> Recovery:
         t, keep = self.ns, self.retention
+        began = time.monotonic()
 
         def fn(conn: sqlite3.Connection) -> Recovery:
+            if self.last_trouble >= began:
+                # this write waited out trouble (the lock held long, see _lock_held): the
+                # leases that lapsed meanwhile are those of workers held alike, whose
+                # heartbeats come next; the next pass decides again
+                return Recovery()
             # one write transaction: a job two workers see expire is moved (and counted) once
             now, clock = time.time(), lease_now()
             rows = conn.execute(

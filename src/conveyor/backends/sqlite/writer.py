@@ -28,6 +28,7 @@ import functools
 import queue
 import sqlite3
 import threading
+import time
 from collections import defaultdict
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -41,6 +42,9 @@ WriteFn = Callable[[sqlite3.Connection], Any]
 MAX_GROUP = 512
 #: the first and the longest pause between two tries of the write lock (see :class:`Writer`)
 LOCK_PAUSE, LOCK_PAUSE_MAX = 0.0002, 0.005
+#: seconds of waiting for the write lock past which the wait is trouble (see
+#: :class:`Writer`): every process's writes, heartbeats included, were held that long
+LOCK_TROUBLE = 0.25
 
 
 class _Stop:
@@ -90,12 +94,17 @@ class Writer:
     connection's busy timeout is 0), for up to ``patience()`` seconds: SQLite's own busy
     handler sleeps 1, 2, 5 ... up to 100 ms between tries, long after another process's
     transaction, which holds the lock for well under a millisecond, has let it go; the writer
-    tries again after :data:`LOCK_PAUSE` doubling up to :data:`LOCK_PAUSE_MAX`."""
+    tries again after :data:`LOCK_PAUSE` doubling up to :data:`LOCK_PAUSE_MAX`. A wait
+    longer than :data:`LOCK_TROUBLE` that ends with the lock is reported to ``held()``
+    before the write runs: leases may have lapsed meanwhile, their holders' heartbeats held
+    alike, and a recovery must not take them for those of dead workers."""
 
     def __init__(self, connect: Callable[[], sqlite3.Connection],
-                 patience: Callable[[], float]) -> None:
+                 patience: Callable[[], float],
+                 held: Callable[[], None] = lambda: None) -> None:
         self._connect = connect
         self._patience = patience
+        self._held = held
         self._queue: queue.SimpleQueue[_Pending | _Stop] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -227,8 +236,11 @@ class Writer:
         except sqlite3.OperationalError as exc:
             if not is_locked(exc):
                 raise
+            began = time.monotonic()
             retry_locked(functools.partial(conn.execute, "BEGIN IMMEDIATE"), self._patience(),
                          LOCK_PAUSE, LOCK_PAUSE_MAX)
+            if time.monotonic() - began >= LOCK_TROUBLE:
+                self._held()
         if not keeps:
             self.cache.clear()
             return
