@@ -61,7 +61,7 @@ def _json(content: Any, status: int = 200) -> JSONResponse:
 def _refused_login(request: Request, refused: ApiError) -> Response:
     """The login form telling a penalized address to wait (429 with ``Retry-After``)."""
     wait = refused.headers.get("Retry-After", "60")
-    response = pages.login(prefix(request), f"Too many wrong tokens from this address; "
+    response = pages.login(prefix(request.scope), f"Too many wrong tokens from this address; "
                            f"try again in {wait} s.", status=refused.status)
     response.headers.update(refused.headers)
     return response
@@ -83,9 +83,9 @@ class Dashboard:
             except ApiError as exc:  # a penalized address: the login form says so
                 return _refused_login(request, exc)
             if not allowed:
-                return RedirectResponse(f"{prefix(request)}/ui/login", status_code=303)
+                return RedirectResponse(f"{prefix(request.scope)}/ui/login", status_code=303)
             job = request.path_params.get("job", "")
-            return pages.shell(prefix(request), name, await self.auth.csrf_token(request),
+            return pages.shell(prefix(request.scope), name, await self.auth.csrf_token(request),
                                job=job, secured=self.auth.required)
 
         return handler
@@ -113,13 +113,13 @@ class Dashboard:
         """GET /ui/login."""
         try:
             if not self.auth.required or await self.auth.logged_in(request):
-                return RedirectResponse(f"{prefix(request)}/", status_code=303)
+                return RedirectResponse(f"{prefix(request.scope)}/", status_code=303)
             refused = self.auth.refusal(request)
         except ApiError as exc:
             refused = exc
         if refused is not None:  # a penalized address: the form says how long to wait
             return _refused_login(request, refused)
-        return pages.login(prefix(request))
+        return pages.login(prefix(request.scope))
 
     async def login(self, request: Request) -> Response:
         """POST /ui/login: check the token, set the session cookie, go to the overview."""
@@ -127,7 +127,7 @@ class Dashboard:
             raise ApiError(403, "the login form was sent from another site")
         try:  # read before any check: its time is bounded as a whole, not byte by byte
             async with asyncio.timeout(LOGIN_BODY_TIMEOUT):
-                body = await limited_body(request, MAX_LOGIN_BODY)
+                body = await limited_body(request.receive, MAX_LOGIN_BODY)
         except TimeoutError:
             raise ApiError(408, "the login form did not arrive within "
                            f"{LOGIN_BODY_TIMEOUT:g} seconds") from None
@@ -138,11 +138,11 @@ class Dashboard:
             if refused is not None:  # the token is not even looked at
                 return _refused_login(request, refused)
         if not self.auth.check_token(request, given):
-            return pages.login(prefix(request), "Wrong token.", status=401)
-        response = RedirectResponse(f"{prefix(request)}/", status_code=303)
+            return pages.login(prefix(request.scope), "Wrong token.", status=401)
+        response = RedirectResponse(f"{prefix(request.scope)}/", status_code=303)
         if self.auth.required:
             response.set_cookie(SESSION_COOKIE, self.auth.new_session(),
-                                max_age=SESSION_AGE, path=f"{prefix(request)}/",
+                                max_age=SESSION_AGE, path=f"{prefix(request.scope)}/",
                                 httponly=True, samesite="strict",
                                 secure=request.url.scheme == "https")
         return response
@@ -151,7 +151,7 @@ class Dashboard:
         """POST /ui/logout: revoke the session (in the store) and forget its cookie."""
         await self.auth.revoke(request)
         response = _json({"logged_out": True})
-        response.delete_cookie(SESSION_COOKIE, path=f"{prefix(request)}/", httponly=True,
+        response.delete_cookie(SESSION_COOKIE, path=f"{prefix(request.scope)}/", httponly=True,
                                samesite="strict")
         return response
 

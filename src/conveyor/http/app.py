@@ -19,7 +19,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
-from starlette.routing import Match, Route
+from starlette.routing import Match, Route, request_response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from conveyor.errors import StoreUnavailable
@@ -40,7 +40,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("conveyor.http")
 PUBLIC_PATHS = frozenset({"/healthz"})
-Endpoint = Callable[[Request], Awaitable[Response]]
 
 
 def bearer_verdict(scope: Scope, token: bytes) -> bool | None:
@@ -184,25 +183,29 @@ class RequestMetrics:
                                       status, time.perf_counter() - began)
 
 
-def _dispatch(handlers: dict[str, Endpoint]) -> Endpoint:
-    """One endpoint for the methods of one path (HEAD is answered like GET)."""
+class _Dispatch:
+    """The ASGI app of one path: each method's handler (HEAD is answered like GET), a
+    Request handler wrapped as Starlette wraps an endpoint, an ASGI one as it is."""
 
-    async def endpoint(request: Request) -> Response:
-        method = "GET" if request.method == "HEAD" else request.method
-        return await handlers[method](request)
+    def __init__(self, operations: list[Operation]) -> None:
+        self.apps: dict[str, ASGIApp] = {
+            op.method: op.handler if op.raw else request_response(op.handler)
+            for op in operations}
 
-    return endpoint
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        method = scope["method"]
+        await self.apps["GET" if method == "HEAD" else method](scope, receive, send)
 
 
 def build_routes(operations: list[Operation]) -> list[Route]:
     """Starlette routes from the table: one per path, dispatching on the method; the path
     of enqueues and status reads (:data:`JOB_PATH`, which no other path's pattern matches)
     is tried first."""
-    by_path: dict[str, dict[str, Endpoint]] = {}
+    by_path: dict[str, list[Operation]] = {}
     for op in operations:
-        by_path.setdefault(op.path, {})[op.method] = op.handler
-    return [Route(path, _dispatch(by_path[path]), methods=list(by_path[path]))
-            for path in sorted(by_path, key=lambda path: path != JOB_PATH)]
+        by_path.setdefault(op.path, []).append(op)
+    return [Route(path, _Dispatch(ops), methods=[op.method for op in ops])
+            for path, ops in sorted(by_path.items(), key=lambda item: item[0] != JOB_PATH)]
 
 
 async def _api_error(request: Request, exc: Exception) -> Response:

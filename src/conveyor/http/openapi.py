@@ -60,6 +60,9 @@ class Operation:
     documented: bool = True
     #: the media type of the success responses' bodies
     media: str = "application/json"
+    #: ``handler`` is an ASGI app (scope, receive, send), not a Request handler: for the
+    #: hottest path, which then makes no Request object per call
+    raw: bool = False
 
 
 JOB_ID = Param("id", "path", "the job id (26 characters of Crockford base32)")

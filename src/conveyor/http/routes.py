@@ -9,8 +9,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
-from starlette.requests import Request
+from starlette.datastructures import Headers
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
+from starlette.types import Receive, Scope, Send
 
 from conveyor.http import docs
 from conveyor.http.decoding import priority_change
@@ -41,9 +43,9 @@ HOST_PATH = Param("X-Host-Path", "header", "where the file came from (kept as me
                   "last part is the Upload's filename)")
 
 
-def header(request: Request, name: str) -> str | None:
+def header(headers: Headers, name: str) -> str | None:
     """A header's value as UTF-8 text (clients send file paths in UTF-8); 400 otherwise."""
-    value = request.headers.get(name)
+    value = headers.get(name)
     if value is None:
         return None
     try:
@@ -52,48 +54,64 @@ def header(request: Request, name: str) -> str | None:
         raise ApiError(400, f"{name} is not valid UTF-8") from None
 
 
-def content_length(request: Request) -> int | None:
+def content_length(headers: Headers) -> int | None:
     """The declared body length, if there is one (uvicorn refuses malformed ones)."""
-    length = request.headers.get("content-length")
+    length = headers.get("content-length")
     return int(length) if length is not None and length.isascii() and length.isdigit() else None
 
 
-def body_info(request: Request) -> BodyInfo:
+def body_info(headers: Headers) -> BodyInfo:
     """Content-Length, Content-Type and X-Host-Path of a raw body."""
-    return BodyInfo(content_length(request), request.headers.get("content-type"),
-                    header(request, "X-Host-Path"))
+    return BodyInfo(content_length(headers), headers.get("content-type"),
+                    header(headers, "X-Host-Path"))
 
 
-def idempotency_key(request: Request) -> str | None:
+def idempotency_key(headers: Headers) -> str | None:
     """The ``Idempotency-Key`` header, checked (400 when it is not a valid key)."""
-    return check_key(request.headers.get(IDEMPOTENCY_HEADER))
+    return check_key(headers.get(IDEMPOTENCY_HEADER))
 
 
-def prefix(request: Request) -> str:
+def prefix(scope: Scope) -> str:
     """The path this API is mounted under (``""`` at the root)."""
-    return str(request.scope.get("root_path", "")).rstrip("/")
+    return str(scope.get("root_path", "")).rstrip("/")
 
 
-def accepted(request: Request, job_id: str, message: str | None = None) -> Response:
-    """202 with the job's id, its status URL, and that URL as ``Location``."""
-    url = f"{prefix(request)}/jobs/{job_id}"
-    content: dict[str, Any] = {"id": job_id, "status_url": url}
-    if message:
-        content["message"] = message
-    return Response(dumps(content).encode("utf-8"), status_code=202,
-                    headers={"Location": url}, media_type="application/json")
+class Accepted(Response):
+    """202 with the job's id, its status URL, and that URL as ``Location``: the answer to
+    every enqueue, its headers made directly rather than through Starlette's general
+    header handling."""
+
+    media_type = "application/json"
+
+    def __init__(self, scope: Scope, job_id: str, message: str | None = None) -> None:
+        url = f"{prefix(scope)}/jobs/{job_id}"
+        content: dict[str, Any] = {"id": job_id, "status_url": url}
+        if message:
+            content["message"] = message
+        self.status_code = 202
+        self.background = None
+        self.body = dumps(content).encode("utf-8")
+        self.raw_headers = [(b"content-length", str(len(self.body)).encode("latin-1")),
+                            (b"content-type", b"application/json"),
+                            (b"location", url.encode("latin-1"))]
 
 
-async def limited_body(request: Request, limit: int) -> bytes:
-    """The whole body, or 413 once it grows past ``limit`` bytes."""
+async def limited_body(receive: Receive, limit: int) -> bytes:
+    """The whole body read from ``receive`` (a request's ASGI channel), or 413 once it grows
+    past ``limit`` bytes; :class:`ClientDisconnect` when the client goes away first."""
     parts: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            raise ClientDisconnect()
+        chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
             raise ApiError(413, f"the body is larger than the limit of {limit} bytes")
         parts.append(chunk)
-    return b"".join(parts)
+        if not message.get("more_body", False):
+            return b"".join(parts)
 
 
 class Routes:
@@ -112,30 +130,34 @@ class Routes:
 
     async def upload(self, request: Request) -> Response:
         """POST /uploads."""
+        headers = request.headers
         job_id = await self.services.upload(
-            self._chunks(request), header(request, "X-Container-Name"),
-            header(request, "X-File-Path"), body_info(request), idempotency_key(request))
-        return accepted(request, job_id, "upload stored; the job pushes it to the container")
+            self._chunks(request), header(headers, "X-Container-Name"),
+            header(headers, "X-File-Path"), body_info(headers), idempotency_key(headers))
+        return Accepted(request.scope, job_id,
+                        "upload stored; the job pushes it to the container")
 
-    async def submit(self, request: Request) -> Response:
-        """POST /jobs/{name}: JSON arguments, or the raw file for a job with an Upload."""
-        name = request.path_params["job"]
-        key = idempotency_key(request)
+    async def submit(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """POST /jobs/{name}: JSON arguments, or the raw file for a job with an Upload. An
+        ASGI handler (see :attr:`Operation.raw`): the API's hottest path."""
+        name = scope["path_params"]["job"]
+        headers = Headers(scope=scope)
+        key = idempotency_key(headers)
         if await self.services.upload_parameter(name) is not None:
+            request = Request(scope, receive)
             job_id = await self.services.submit_upload(
                 name, self._chunks(request), request.query_params.multi_items(),
-                body_info(request), key)
+                body_info(headers), key)
         else:
-            if request.scope.get("query_string"):
+            if scope.get("query_string"):
                 raise ApiError(400, f"job {name!r} takes its arguments in a JSON body "
                                '({"args": [...], "kwargs": {...}}), not in the query string '
                                "(only a job with an Upload parameter reads the query)")
             limit = min(MAX_JSON_BYTES, self.services.max_upload_bytes)
-            self.services.check_length(content_length(request), limit)
-            raw = await limited_body(request, limit)
-            job_id = await self.services.submit(name, raw, request.headers.get("content-type"),
-                                                key)
-        return accepted(request, job_id)
+            self.services.check_length(content_length(headers), limit)
+            raw = await limited_body(receive, limit)
+            job_id = await self.services.submit(name, raw, headers.get("content-type"), key)
+        await Accepted(scope, job_id)(scope, receive, send)
 
     async def get_job(self, request: Request) -> Response:
         """GET /jobs/{id}."""
@@ -154,12 +176,12 @@ class Routes:
     async def retry(self, request: Request) -> Response:
         """POST /jobs/{id}/retry."""
         record = await self.services.retry(request.path_params["id"])
-        url = f"{prefix(request)}/jobs/{record.id}"
+        url = f"{prefix(request.scope)}/jobs/{record.id}"
         return JSONResponse(record.to_dict(), status_code=202, headers={"Location": url})
 
     async def set_priority(self, request: Request) -> Response:
         """POST /jobs/{id}/priority."""
-        raw = await limited_body(request, 1024)
+        raw = await limited_body(request.receive, 1024)
         priority = priority_change(raw, request.headers.get("content-type"))
         record = await self.services.set_priority(request.path_params["id"], priority)
         return JSONResponse(record.to_dict())
@@ -208,11 +230,11 @@ class Routes:
         from conveyor.http.openapi import build
 
         return JSONResponse(build(self.operations(), title="Conveyor", version=_version(),
-                                  server_url=prefix(request), secured=self.secured))
+                                  server_url=prefix(request.scope), secured=self.secured))
 
     async def docs_page(self, request: Request) -> Response:
         """GET /docs."""
-        return docs.page(prefix(request))
+        return docs.page(prefix(request.scope))
 
     async def docs_static(self, request: Request) -> Response:
         """GET /docs/static/{file}."""
@@ -269,7 +291,8 @@ class Routes:
                 body={"application/json": ref("JobCall"), "application/octet-stream": BINARY},
                 description="The body is a JSON JobCall. For a job with an Upload parameter "
                 "the body is the raw file instead and the other arguments are query "
-                "parameters (JSON-decoded when they parse as JSON, else strings)."),
+                "parameters (JSON-decoded when they parse as JSON, else strings).",
+                raw=True),
             Operation("GET", JOB_PATH, self.get_job, "Read a job",
                       dict([job, error(404)]), params=(JOB,)),
             Operation("DELETE", JOB_PATH, self.cancel, "Cancel a job",

@@ -86,7 +86,7 @@ class ScheduleRoutes:
 
     async def run_schedule(self, request: Request) -> Response:
         """POST /schedules/{name}/run."""
-        from conveyor.http.routes import accepted
+        from conveyor.http.routes import Accepted
 
         try:
             job_id = await schedule_admin.run_now(self.services.app,
@@ -95,7 +95,7 @@ class ScheduleRoutes:
             raise _not_found(exc) from None
         except schedule_admin.ScheduleConflict as exc:
             raise _conflict(exc) from None
-        return accepted(request, job_id, "the schedule's job is enqueued")
+        return Accepted(request.scope, job_id, "the schedule's job is enqueued")
 
     async def delete_schedule(self, request: Request) -> Response:
         """DELETE /schedules/{name}."""
