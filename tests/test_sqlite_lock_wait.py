@@ -179,3 +179,67 @@ def test_a_short_wait_for_the_lock_is_no_trouble(store: SQLiteBroker, tmp_path: 
     store.enqueue_blocking([job()], {})
     assert holder.released_at > 0
     assert store.last_trouble == 0.0
+
+
+@pytest.mark.parametrize("how", ["blocking", "awaited"])
+def test_a_close_does_not_wait_out_a_lock_held_elsewhere(tmp_path: Path, how: str) -> None:
+    """A write waiting for a lock another connection holds gives up when the store is
+    closed (a stopping worker or server): the close is bounded, not the busy timeout."""
+    path = tmp_path / "s.db"
+    broker = SQLiteBroker(f"sqlite:///{path}?busy_timeout=60000", namespace="t")
+    broker.enqueue_blocking([job()], {})
+    holder = Holder(path)
+    errors: list[BaseException] = []
+
+    def write() -> None:
+        try:
+            if how == "blocking":
+                broker.enqueue_blocking([job()], {})
+            else:
+                asyncio.run(broker.enqueue([job()], {}))
+        except Exception as exc:
+            errors.append(exc)
+
+    writer = threading.Thread(target=write)
+    try:
+        writer.start()
+        time.sleep(0.5)  # the write waits for the lock
+        assert writer.is_alive() and not errors
+        began = time.monotonic()
+        broker.close_blocking()
+        closed_in = time.monotonic() - began
+        writer.join(30)
+        assert not writer.is_alive()
+    finally:
+        holder.release()
+    assert closed_in < 10.0, closed_in  # the write would have waited up to 60 s
+    assert len(errors) == 1 and "locked" in str(errors[0]), errors
+
+
+def test_a_write_queued_behind_a_waiting_one_waits_no_longer_than_its_patience(
+        tmp_path: Path) -> None:
+    """Writes that come while the write thread waits for the lock wait in the next group;
+    their patience counts from when they came, not from when that group begins (else a
+    write could wait nearly twice the store's timeout)."""
+    path = tmp_path / "s.db"
+    broker = SQLiteBroker(f"sqlite:///{path}?busy_timeout=2000", namespace="t")
+    broker.enqueue_blocking([job()], {})
+    holder = Holder(path)
+
+    async def timed(delay: float) -> float:
+        await asyncio.sleep(delay)
+        began = time.monotonic()
+        with pytest.raises(Exception, match="locked"):
+            await broker.enqueue([job()], {})
+        return time.monotonic() - began
+
+    async def both() -> list[float]:
+        return list(await asyncio.gather(timed(0.0), timed(0.1)))
+
+    try:
+        first, second = asyncio.run(both())
+    finally:
+        holder.release()
+        broker.close_blocking()
+    assert 1.5 < first < 3.0, first
+    assert second < 3.0, second  # it came 0.1 s later: 2 s of patience, not 1.9 + 2

@@ -155,17 +155,18 @@ def is_locked(exc: sqlite3.Error) -> bool:
 _JITTER = random.SystemRandom()
 
 
-def retry_locked(attempt: Callable[[], T], patience: float, pause: float, longest: float) -> T:
+def retry_locked(attempt: Callable[[], T], patience: float, pause: float, longest: float,
+                 given_up: Callable[[], bool] = lambda: False) -> T:
     """``attempt()``, tried again while SQLite answers "locked" for up to ``patience``
-    seconds, then what it raised. The pauses between tries double from ``pause`` up to
-    ``longest``, each cut short at random by up to half, so that processes waiting for one
-    lock do not try in step."""
+    seconds (or until ``given_up()``), then what it raised. The pauses between tries double
+    from ``pause`` up to ``longest``, each cut short at random by up to half, so that
+    processes waiting for one lock do not try in step."""
     deadline = time.monotonic() + patience
     while True:
         try:
             return attempt()
         except sqlite3.OperationalError as exc:
-            if not is_locked(exc) or time.monotonic() + pause / 2 > deadline:
+            if not is_locked(exc) or time.monotonic() + pause / 2 > deadline or given_up():
                 raise
             time.sleep(pause * (1 - _JITTER.random() / 2))
             pause = min(pause * 2, longest)

@@ -55,7 +55,7 @@ _STOP = _Stop()
 
 
 class _Pending:
-    __slots__ = ("fn", "future", "keeps", "loop")
+    __slots__ = ("fn", "future", "keeps", "loop", "since")
 
     def __init__(
         self,
@@ -66,6 +66,8 @@ class _Pending:
     ) -> None:
         self.fn = fn
         self.future = future
+        #: when it was submitted: its wait for the lock counts from here (see _begin)
+        self.since = time.monotonic()
         self.loop = loop
         self.keeps = keeps
 
@@ -105,6 +107,8 @@ class Writer:
         self._connect = connect
         self._patience = patience
         self._held = held
+        #: set by :meth:`stop`: writes still waiting for the lock give up (see there)
+        self._stopping = threading.Event()
         self._queue: queue.SimpleQueue[_Pending | _Stop] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -142,12 +146,16 @@ class Writer:
                 self._thread = thread
 
     def stop(self) -> None:
-        """Finish what was submitted, then end the thread and close the connection."""
+        """Finish what was submitted, then end the thread and close the connection. A write
+        that finds the lock held by another connection meanwhile fails at once ("locked")
+        instead of waiting for it: a stop is bounded whatever the store's state."""
         with self._lock:  # held until the thread is gone: a start() waits for the stop
             thread, self._thread = self._thread, None
             if thread is not None:
+                self._stopping.set()
                 self._queue.put(_STOP)
                 thread.join()
+                self._stopping.clear()
 
     async def run(self, fn: WriteFn, keeps: bool = False) -> Any:
         """Run ``fn`` in the next group and await its committed result; ``keeps``: ``fn``
@@ -229,16 +237,20 @@ class Writer:
                     self._conn = None
                 conn.close()
 
-    def _begin(self, conn: sqlite3.Connection, keeps: bool) -> None:
-        """Begin a transaction; empty the cache unless ``keeps`` and it still holds."""
+    def _begin(self, conn: sqlite3.Connection, keeps: bool, since: float | None = None) -> None:
+        """Begin a transaction; empty the cache unless ``keeps`` and it still holds. The
+        wait for the lock ends ``patience()`` seconds after ``since`` (when the group's
+        oldest write was submitted: a write that waited behind a group waiting for the lock
+        does not wait its own patience on top)."""
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as exc:
             if not is_locked(exc):
                 raise
             began = time.monotonic()
-            retry_locked(functools.partial(conn.execute, "BEGIN IMMEDIATE"), self._patience(),
-                         LOCK_PAUSE, LOCK_PAUSE_MAX)
+            patience = self._patience() - (0.0 if since is None else began - since)
+            retry_locked(functools.partial(conn.execute, "BEGIN IMMEDIATE"), patience,
+                         LOCK_PAUSE, LOCK_PAUSE_MAX, self._stopping.is_set)
             if time.monotonic() - began >= LOCK_TROUBLE:
                 self._held()
         if not keeps:
@@ -282,7 +294,8 @@ class Writer:
         results: list[tuple[_Pending, Any, BaseException | None]] = []
         keeps = all(p.keeps for p in group)
         try:
-            self._begin(conn, keeps)
+            # the lock held since the oldest came is held for all: they give up together
+            self._begin(conn, keeps, min(p.since for p in group))
         except sqlite3.Error as exc:
             self.cache.clear()
             if conn.in_transaction:
