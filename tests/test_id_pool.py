@@ -3,6 +3,7 @@ sorted, and never shared with a forked child."""
 
 from __future__ import annotations
 
+import ctypes
 import os
 import threading
 import time
@@ -39,12 +40,15 @@ def test_ids_from_many_threads_are_unique_and_each_threads_sorted() -> None:
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
-def test_a_forked_child_makes_other_ids_than_its_parent() -> None:
+@pytest.mark.parametrize("hooks", [True, False], ids=["os.fork", "libc-fork"])
+def test_a_forked_child_makes_other_ids_than_its_parent(hooks: bool) -> None:
+    """Also when the fork runs no hook of os.register_at_fork (libc's fork, as uWSGI's
+    master forks by default): each id checks the process it is made in."""
     now = time.time()
     new_id(now)  # the parent holds a last id and a partly used pool
     later = now + 0.002  # a new millisecond for both: each takes fresh random bits
     read, write = os.pipe()
-    pid = os.fork()
+    pid = os.fork() if hooks else int(ctypes.PyDLL(None).fork())
     if pid == 0:  # the child: its ids for the same millisecond as the parent's last, and later
         try:
             os.write(write, f"{new_id(now)} {new_id(later)}".encode())

@@ -7,7 +7,9 @@ also sort in the order they were made.
 The random bits come from ``os.urandom``, read a few kilobytes at a time into a pool that
 the ids take from under the module's lock: ``os.urandom`` releases the GIL, and taking it
 back on every id would stall an event loop while other threads run. A forked child starts
-with an empty pool (and a fresh lock and last id), so it never repeats its parent's bits.
+with an empty pool (and a fresh lock and last id), so it never repeats its parent's bits:
+by the fork hook, or, in a child forked without Python's fork hooks (uWSGI's default), by
+the process id each id checks.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ _LOW_MASK = (1 << _LOW_BITS) - 1
 #: bytes read from ``os.urandom`` at a time; each new millisecond takes 10 of them
 _POOL_SIZE = 4096
 _lock = threading.Lock()
+#: the process the pool and the last id belong to
+_pid = os.getpid()
 _pool = b""
 _pool_at = 0
 _last_ms = -1
@@ -51,8 +55,8 @@ def _random_bits() -> int:
 
 def _after_fork_in_child() -> None:
     """Forget the parent's pool, last id and lock (another thread may have held it)."""
-    global _lock, _pool, _pool_at, _last_ms, _last_random, _last_head
-    _lock = threading.Lock()
+    global _lock, _pid, _pool, _pool_at, _last_ms, _last_random, _last_head
+    _lock, _pid = threading.Lock(), os.getpid()
     _pool, _pool_at = b"", 0
     _last_ms, _last_random, _last_head = -1, 0, (-1, "")
 
@@ -87,6 +91,8 @@ def _encode_low(low: int) -> str:
 def new_id(now: float | None = None) -> str:
     """Return a fresh job id for the time ``now`` (seconds since the epoch, default: now)."""
     global _last_ms, _last_random, _last_head
+    if _pid != os.getpid():  # a child forked without the fork hooks
+        _after_fork_in_child()
     ms = int((time.time() if now is None else now) * 1000)
     with _lock:
         if ms <= _last_ms:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
@@ -17,8 +18,14 @@ class Portal:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._pid = os.getpid()
 
     def _ensure(self) -> asyncio.AbstractEventLoop:
+        if self._pid != os.getpid():
+            # a forked child: the parent's loop has no thread here (and its lock may have
+            # been held at the fork); a loop of the child's own starts below
+            self._loop = self._thread = None
+            self._lock, self._pid = threading.Lock(), os.getpid()
         with self._lock:
             if self._loop is None:
                 loop = asyncio.new_event_loop()

@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import heapq
 import itertools
+import os
 import sqlite3
 import threading
 import time
@@ -93,6 +94,11 @@ def _at_version(insert: str) -> str:
             f" = ?{marks.count('?') + 1}")
 
 
+#: the connections and write threads a forked child inherited (see
+#: :meth:`SQLiteBroker._forked`): kept, so that the child never closes them either
+_INHERITED: list[object] = []
+
+
 class SQLiteBroker(Broker):
     """Jobs in ``{namespace}_jobs`` of one SQLite file; see :mod:`.writer` for the commits."""
 
@@ -114,6 +120,8 @@ class SQLiteBroker(Broker):
         self._readers_lock = threading.Lock()
         #: grows on each close(): a thread whose reader is older opens a new one
         self._generation = 0
+        #: the process whose connections these are (see :meth:`_forked`)
+        self._pid = os.getpid()
         t = self.ns
         self._not_paused = NOT_PAUSED.format(ns=t)
         # A claim takes queued jobs only, in the order of the jobs_queued index (rank, then
@@ -211,9 +219,25 @@ class SQLiteBroker(Broker):
             raise
         return conn
 
+    def _forked(self) -> None:
+        """In a child forked from the process that opened this store (a pre-forking web
+        server's workers, hooks or not): SQLite's connections must not cross a fork, so the
+        parent's are set aside, neither used nor closed here, with its write thread (which
+        the child does not have), and the child opens its own on first use."""
+        _INHERITED.append((self._writer, self._readers))
+        self._writer = Writer(self._open_writer, self._lock_patience, self._lock_held)
+        self._local = threading.local()
+        self._readers, self._readers_lock = [], threading.Lock()
+        self._open_lock = threading.Lock()
+        self._generation += 1
+        self._opened = False
+        self._pid = os.getpid()
+
     def open_blocking(self) -> None:
         """Open the database and start the writer thread (idempotent; after a failure, the
         next call tries again)."""
+        if self._pid != os.getpid():
+            self._forked()
         with self._open_lock:
             if not self._opened:
                 with self._guarded():
@@ -221,7 +245,7 @@ class SQLiteBroker(Broker):
                 self._opened = True
 
     async def open(self) -> None:
-        if not self._opened:
+        if not self._opened or self._pid != os.getpid():
             await asyncio.to_thread(self.open_blocking)
 
     async def close(self) -> None:
@@ -230,6 +254,9 @@ class SQLiteBroker(Broker):
     def close_blocking(self) -> None:
         """Stop the writer thread after it committed what it was given, and close every
         reader connection (a later use opens them again)."""
+        if self._pid != os.getpid():
+            self._forked()  # nothing of the parent's is closed here; nothing else is open
+            return
         with self._open_lock:
             if self._opened:
                 self._writer.stop()
@@ -273,6 +300,8 @@ class SQLiteBroker(Broker):
 
     def _reader(self) -> sqlite3.Connection:
         """This thread's read connection, opened on first use and again after a close."""
+        if self._pid != os.getpid():
+            self._forked()
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None or self._local.generation != self._generation:
             conn = self._connect()
@@ -309,7 +338,7 @@ class SQLiteBroker(Broker):
 
     async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         with self._guarded():
-            if not self._opened:
+            if not self._opened or self._pid != os.getpid():
                 await self.open()
             return await asyncio.to_thread(self._read_now, fn)
 
@@ -317,7 +346,7 @@ class SQLiteBroker(Broker):
         """Run ``fn`` in the writer's next transaction (``keeps``: see :class:`Writer`)."""
         sent = time.monotonic()
         try:  # as _guarded() does, without a context manager on this busy path
-            if not self._opened:
+            if not self._opened or self._pid != os.getpid():
                 await self.open()
             result: T = await self._writer.run(fn, keeps)
         except (sqlite3.Error, OSError) as exc:
@@ -501,7 +530,7 @@ class SQLiteBroker(Broker):
     def enqueue_blocking(
         self, jobs: Sequence[JobRecord], limits: Mapping[str, int]
     ) -> list[str | None]:
-        if not self._opened:
+        if not self._opened or self._pid != os.getpid():
             self.open_blocking()
         plan = self._rows(jobs)
         rows, insert, _, keyed = plan
