@@ -9,6 +9,7 @@ SQLite is a real file locked by another connection holding ``BEGIN EXCLUSIVE``.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import signal
@@ -100,6 +101,40 @@ def test_enqueue_to_an_unreachable_redis_raises_once_logged(
     assert "Redis is unreachable" in warnings[0].getMessage()
     assert not retry_records(caplog)
     assert PASSWORD not in caplog.text
+
+
+def test_producers_retry_for_the_whole_store_timeout_and_no_longer(
+        server: RedisServer) -> None:
+    """A call tries until its store_timeout is up (the last try at the deadline, not one
+    pause before it); an awaited call that joins one in flight (they go out as one script
+    call) gives up on its own time, not after the call in flight's wait and then its own."""
+    app = app_with_add(server.url, store_timeout=1.0)
+
+    async def run() -> list[float]:
+        await app.enqueue_async("add", 1, 1)  # this loop's connection is open too
+        server.kill()
+
+        async def timed(delay: float) -> float:
+            await asyncio.sleep(delay)
+            began = time.monotonic()
+            with pytest.raises(StoreUnavailable):
+                await app.enqueue_async("add", 2, 2)
+            return time.monotonic() - began
+
+        return list(await asyncio.gather(timed(0.0), timed(0.1)))
+
+    try:
+        app.enqueue("add", 1, 1)
+        first, second = app.run_sync(run())
+        began = time.monotonic()
+        with pytest.raises(StoreUnavailable):
+            app.enqueue("add", 3, 3)
+        blocking = time.monotonic() - began
+    finally:
+        app.close()
+    for took in (first, second, blocking):
+        assert 0.9 <= took < 1.0 + MARGIN, (first, second, blocking)
+    assert second < 1.7, second  # joined 0.1 s later: not about 0.9 + 1.0
 
 
 def test_a_redis_restart_is_one_warning_then_one_info(

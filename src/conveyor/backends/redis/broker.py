@@ -137,12 +137,14 @@ class _Coalescer:
     """Gathers the enqueue calls made while one script call is under way into the next.
 
     The calls are stored by a task of its own, so a caller that is cancelled while waiting
-    does not strand the calls that joined its group.
+    does not strand the calls that joined its group. ``store(segments, since)`` retries
+    through trouble until the store's timeout counted from ``since``: when the group's
+    oldest call was made (one that waited behind a call in flight gets no more time).
     """
 
-    def __init__(self, store: Callable[[list[Segment]], Awaitable[list[Stored]]]):
+    def __init__(self, store: Callable[[list[Segment], float], Awaitable[list[Stored]]]):
         self._store = store
-        self._waiting: list[tuple[Segment, asyncio.Future[Stored]]] = []
+        self._waiting: list[tuple[Segment, asyncio.Future[Stored], float]] = []
         self._flusher: asyncio.Task[None] | None = None
         #: a caller is storing its own call (see :meth:`submit`)
         self._direct = False
@@ -155,7 +157,7 @@ class _Coalescer:
         if not self._direct and (self._flusher is None or self._flusher.done()):
             self._direct = True
             try:
-                return (await self._store([segment]))[0]
+                return (await self._store([segment], time.monotonic()))[0]
             except Exception as exc:
                 return exc
             finally:
@@ -163,7 +165,7 @@ class _Coalescer:
                 if self._waiting:
                     self._flusher = asyncio.create_task(self._flush())
         future: asyncio.Future[Stored] = asyncio.get_running_loop().create_future()
-        self._waiting.append((segment, future))
+        self._waiting.append((segment, future, time.monotonic()))
         if not self._direct and (self._flusher is None or self._flusher.done()):
             self._flusher = asyncio.create_task(self._flush())
         with WAITING:  # it waits for a reply too: the call in flight stops spinning
@@ -173,10 +175,11 @@ class _Coalescer:
         while self._waiting:
             group, self._waiting = self._waiting, []
             try:
-                results: list[Stored] = await self._store([segment for segment, _ in group])
+                results: list[Stored] = await self._store(
+                    [segment for segment, _, _ in group], min(since for _, _, since in group))
             except Exception as exc:
                 results = [exc] * len(group)
-            for (_, waiter), result in zip(group, results, strict=True):
+            for (_, waiter, _), result in zip(group, results, strict=True):
                 if not waiter.done():
                     waiter.set_result(result)
 
@@ -184,7 +187,8 @@ class _Coalescer:
 class _Connection:
     """A client and its scripts, bound to one event loop (redis-py clients are)."""
 
-    def __init__(self, url: str, store: Callable[[list[Segment]], Awaitable[list[Stored]]],
+    def __init__(self, url: str,
+                 store: Callable[[list[Segment], float], Awaitable[list[Stored]]],
                  wait: replicas.Wait | None) -> None:
         # redis-py's default socket_timeout (5 s) is kept: it bounds a read from a server
         # that vanished without closing the connection. With it, redis-py sends commands
@@ -281,10 +285,12 @@ class RedisBroker(Broker):
             conn.close_with_loop(forget)
         return conn
 
-    async def _retrying(self, operation: Callable[[_Connection], Awaitable[T]]) -> T:
+    async def _retrying(self, operation: Callable[[_Connection], Awaitable[T]],
+                        since: float | None = None) -> T:
         """Run ``operation``, reconnecting with backoff through connection trouble for up to
-        :attr:`retry_for` seconds (logged once per outage, see :attr:`outage`)."""
-        deadline = time.monotonic() + self.retry_for
+        :attr:`retry_for` seconds from ``since`` (default: now), the last try at that
+        deadline (logged once per outage, see :attr:`outage`)."""
+        deadline = (time.monotonic() if since is None else since) + self.retry_for
         pause, attempts = 0.05, 0
         while True:
             sent = time.monotonic()
@@ -296,9 +302,10 @@ class RedisBroker(Broker):
             except RETRIED as exc:
                 if attempts == 1 and _dropped(exc):
                     continue  # a connection left from before an outage: once more, on a new one
-                if not self._trouble(exc, sent) or time.monotonic() + pause > deadline:
+                left = deadline - time.monotonic()
+                if not self._trouble(exc, sent) or left <= 0:
                     raise self._unavailable(exc, sent) from exc
-                await asyncio.sleep(pause * (0.5 + random.random() / 2))
+                await asyncio.sleep(min(pause * (0.5 + random.random() / 2), left))
                 pause = min(pause * 2, 2.0)
             else:
                 self.outage.recovered()
@@ -638,7 +645,8 @@ class RedisBroker(Broker):
         # reply was lost
         return result
 
-    async def _store_segments(self, segments: Sequence[Segment]) -> list[Stored]:
+    async def _store_segments(self, segments: Sequence[Segment],
+                              since: float | None = None) -> list[Stored]:
         script, keys, argv, orders = self._enqueue_call(segments)
         attempts = 0
 
@@ -650,7 +658,7 @@ class RedisBroker(Broker):
                 return await link.call(script, keys, argv)
             return await conn.scripts[script](keys=keys, args=argv)
 
-        replies = await self._retrying(call)
+        replies = await self._retrying(call, since)
         if isinstance(replies, str):  # enqueue_one
             replies = [replies]
         return [self._segment_result(reply, attempts, jobs, order)
@@ -796,9 +804,10 @@ class RedisBroker(Broker):
             except RETRIED as exc:
                 if attempts == 1 and _dropped(exc):
                     continue  # a connection left from before an outage: once more, on a new one
-                if not self._trouble(exc, sent) or time.monotonic() + pause > deadline:
+                left = deadline - time.monotonic()
+                if not self._trouble(exc, sent) or left <= 0:
                     raise self._unavailable(exc, sent) from exc
-                time.sleep(pause * (0.5 + random.random() / 2))
+                time.sleep(min(pause * (0.5 + random.random() / 2), left))
                 pause = min(pause * 2, 2.0)
                 sent = time.monotonic()
         self.outage.recovered()
