@@ -60,6 +60,9 @@ CHUNK = 500
 _LONG_COLUMNS = (*JSON_FIELDS, *TEXT_FIELDS)
 #: how often an idle worker looks for new commits by other connections (cheap, no I/O)
 POLL_INTERVAL = 0.002
+#: ... and once it has found no work for :data:`QUIET_AFTER` seconds (each look costs CPU:
+#: every 2 ms, an idle worker took about a tenth of a core)
+POLL_QUIET, QUIET_AFTER = 0.025, 2.0
 # values of the jobs' ``unstarted`` column: 0 started (or not running)
 #: running, claimed ahead of a free slot or held as a suspect: a recovery does not charge it
 UNSTARTED = 1
@@ -122,6 +125,8 @@ class SQLiteBroker(Broker):
         self._generation = 0
         #: the process whose connections these are (see :meth:`_forked`)
         self._pid = os.getpid()
+        #: when a wait for work last ended with work (see :meth:`wait_for_work`)
+        self._worked_at = time.monotonic()
         t = self.ns
         self._not_paused = NOT_PAUSED.format(ns=t)
         # A claim takes queued jobs only, in the order of the jobs_queued index (rank, then
@@ -608,6 +613,8 @@ class SQLiteBroker(Broker):
             return jobs, credits, limiter.held
 
         jobs, credits, held = await self._write(fn)
+        if jobs:
+            self._worked_at = time.monotonic()  # idle waits look often for a while
         if weights is not None and credits is not None:  # committed: the picks hold
             weights.credits = credits
         for name, reason in sorted(held):
@@ -969,9 +976,11 @@ class SQLiteBroker(Broker):
     async def wait_for_work(self, queues: Sequence[str], timeout: float,
                             lanes: bool = True) -> None:
         """Poll ``PRAGMA data_version`` (in memory, no I/O) until another connection commits
-        work that is ready, the next scheduled job falls due, or ``timeout`` passes.
-        Without ``lanes``, queued laned jobs are no work ready; a commit that enqueues a
-        job or ends a running laned one ends the wait all the same."""
+        work that is ready, the next scheduled job falls due, or ``timeout`` passes: every
+        :data:`POLL_INTERVAL` seconds, or :data:`POLL_QUIET` once no wait of this store has
+        ended with work for :data:`QUIET_AFTER` seconds. Without ``lanes``, queued laned
+        jobs are no work ready; a commit that enqueues a job or ends a running laned one
+        ends the wait all the same."""
         self.open_blocking()
         deadline = time.time() + timeout
         with self._using() as conn:
@@ -981,7 +990,8 @@ class SQLiteBroker(Broker):
         if due is not None:
             deadline = min(deadline, due)
         while time.time() < deadline:
-            await asyncio.sleep(POLL_INTERVAL)
+            quiet = time.monotonic() - self._worked_at >= QUIET_AFTER
+            await asyncio.sleep(POLL_QUIET if quiet else POLL_INTERVAL)
             with self._using() as now:
                 if now is not conn:  # the store was closed and opened again: look anew
                     return
@@ -989,10 +999,12 @@ class SQLiteBroker(Broker):
                 if now_version == version:
                     continue
                 if self._ready_count(conn, queues, 1, lanes):
+                    self._worked_at = time.monotonic()
                     return
                 if marks is not None:
                     newest, running = self._lane_marks(conn)
                     if newest > marks[0] or running < marks[1]:
+                        self._worked_at = time.monotonic()
                         return
                     marks = (newest, running)
                 version = now_version
