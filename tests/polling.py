@@ -45,3 +45,25 @@ def exit_after_sigterm(proc: Any, within: float, log: Callable[[], str]) -> int:
         proc.kill()
         proc.wait()
         raise AssertionError(f"no exit {within}s after SIGTERM:\n{log()}") from None
+
+
+def child_exit_code(pid: int, timeout: float = 20.0, what: str = "the child to report") -> int:
+    """The exit code of forked child ``pid``, which must end within ``timeout`` seconds;
+    a child still running then is killed (it must not outlive the test) and the test fails."""
+    import signal
+
+    codes: list[int] = []
+
+    def ended() -> bool:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done == pid:
+            codes.append(os.waitstatus_to_exitcode(status))
+        return bool(codes)
+
+    try:
+        wait_until(ended, timeout=timeout, what=what)
+    finally:
+        if not codes:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+    return codes[0]

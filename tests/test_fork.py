@@ -8,14 +8,13 @@ from __future__ import annotations
 import ctypes
 import json
 import os
-import signal
 import uuid
 from collections.abc import Callable
 
 import pytest
 
 from conveyor import Conveyor
-from polling import wait_until
+from polling import child_exit_code
 
 HOOKS = pytest.mark.parametrize("hooks", [True, False], ids=["os.fork", "libc-fork"])
 
@@ -39,23 +38,10 @@ def in_child(hooks: bool, work: Callable[[], object]) -> object:
         finally:
             os._exit(code)
     os.close(write)
-    codes: list[int] = []
-
-    def ended() -> bool:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done == pid:
-            codes.append(os.waitstatus_to_exitcode(status))
-        return bool(codes)
-
-    try:
-        wait_until(ended, timeout=30, what="the forked child to end")
-    finally:
-        if not codes:  # stuck: it must not outlive the test
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
+    code = child_exit_code(pid, timeout=30, what="the forked child to end")
     with os.fdopen(read) as pipe:
         reported = pipe.read()
-    assert codes == [0], reported
+    assert code == 0, reported
     return json.loads(reported)
 
 

@@ -14,7 +14,6 @@ import asyncio
 import ctypes
 import os
 import shutil
-import signal
 import subprocess
 import threading
 import time
@@ -30,7 +29,7 @@ from conveyor.backends.redis import RedisBroker, client
 from conveyor.backends.redis.client import SPIN_MISSES, SPIN_REST, WAITING, BlockingScripts
 from conveyor.ids import new_id
 from conveyor.job import JobRecord, JobState
-from polling import wait_until
+from polling import child_exit_code, wait_until
 from redis_server import RedisServer, free_port
 
 T = TypeVar("T")
@@ -487,21 +486,7 @@ def test_a_forked_child_starts_with_no_call_waiting_and_no_connection_of_its_par
             finally:
                 os._exit(code)
         waiting.join()
-        codes: list[int] = []
-
-        def ended() -> bool:
-            done, status = os.waitpid(pid, os.WNOHANG)
-            if done == pid:
-                codes.append(os.waitstatus_to_exitcode(status))
-            return bool(codes)
-
-        try:
-            wait_until(ended, timeout=20, what="the child to report")
-        finally:
-            if not codes:  # stuck: it must not outlive the test
-                os.kill(pid, signal.SIGKILL)
-                os.waitpid(pid, 0)
-        assert codes == [0]
+        assert child_exit_code(pid) == 0
         assert enqueue() == "ok"
         assert kept in [link for link, _ in scripts._idle]
         assert WAITING.count == 0

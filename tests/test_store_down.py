@@ -45,6 +45,16 @@ def retry_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
     return [r for r in caplog.records if "retrying in" in r.getMessage()]
 
 
+def one_outage(caplog: pytest.LogCaptureFixture) -> logging.LogRecord:
+    """The INFO that ended the one outage logged: one WARNING, one INFO, nothing per retry."""
+    warnings = store_records(caplog, logging.WARNING)
+    infos = [r for r in store_records(caplog, logging.INFO) if "reachable again" in r.message]
+    assert len(warnings) == 1, caplog.text
+    assert len(infos) == 1, caplog.text
+    assert not retry_records(caplog)
+    return infos[0]
+
+
 def closed_redis_url() -> str:
     return f"redis://:{PASSWORD}@127.0.0.1:{free_port()}/0"
 
@@ -154,12 +164,7 @@ def test_a_redis_restart_is_one_warning_then_one_info(
         app.enqueue("add", 3, 3)
     finally:
         app.close()
-    warnings = store_records(caplog, logging.WARNING)
-    infos = [r for r in store_records(caplog, logging.INFO) if "reachable again" in r.message]
-    assert len(warnings) == 1, caplog.text
-    assert len(infos) == 1, caplog.text
-    assert "unavailable for" in infos[0].getMessage()
-    assert not retry_records(caplog)
+    assert "unavailable for" in one_outage(caplog).getMessage()
 
 
 @pytest.mark.parametrize("through", ["blocking", "awaited"])
@@ -194,11 +199,7 @@ def test_a_connection_idle_through_a_restart_logs_no_second_outage(
         later()
     finally:
         app.close()
-    warnings = store_records(caplog, logging.WARNING)
-    infos = [r for r in store_records(caplog, logging.INFO) if "reachable again" in r.message]
-    assert len(warnings) == 1, caplog.text
-    assert len(infos) == 1, caplog.text
-    assert not retry_records(caplog)
+    one_outage(caplog)
 
 
 def test_a_locked_sqlite_database_raises_once_logged(
