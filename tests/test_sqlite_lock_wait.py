@@ -243,3 +243,51 @@ def test_a_write_queued_behind_a_waiting_one_waits_no_longer_than_its_patience(
         broker.close_blocking()
     assert 1.5 < first < 3.0, first
     assert second < 3.0, second  # it came 0.1 s later: 2 s of patience, not 1.9 + 2
+
+
+def test_a_short_hold_is_no_trouble_and_the_pass_takes_what_had_lapsed(
+        store: SQLiteBroker, tmp_path: Path) -> None:
+    """A recovery pass that waits a moment for the lock (another process's transaction)
+    still takes the leases that had lapsed when it was asked for (a dead worker's), and
+    the short wait is no trouble that would hold the next passes off."""
+    from conveyor.job import WorkerInfo
+
+    info = WorkerInfo(id="gone", host="h", pid=1, queues=["default"], concurrency=1,
+                      min_concurrency=1, max_concurrency=1, started_at=time.time())
+
+    async def run() -> None:
+        await store.heartbeat(info, {}, 0.2)
+        [claimed] = await store.claim("gone", ["default"], 1, 0.2)
+        await asyncio.sleep(0.5)  # its worker is gone: the lease lapses
+        holder = Holder(tmp_path / "s.db")
+        threading.Timer(0.4, holder.release).start()
+        recovered = await store.recover_expired(3)
+        assert holder.released_at > 0
+        assert [job_id for job_id, _, _ in recovered.jobs] == [claimed.id], recovered
+        assert store.last_trouble == 0.0
+
+    asyncio.run(run())
+
+
+def test_a_write_queued_long_still_waits_out_a_short_hold(tmp_path: Path) -> None:
+    """A write queued behind a group that used up its patience waiting still waits a
+    moment of its own (at least a second, or its whole patience if shorter) rather than
+    failing at the first "locked"."""
+    path = tmp_path / "s.db"
+    broker = SQLiteBroker(f"sqlite:///{path}?busy_timeout=300", namespace="t")
+    broker.enqueue_blocking([job()], {})
+    holder = Holder(path)
+    threading.Timer(0.5, holder.release).start()
+
+    async def both() -> list[object]:
+        first = asyncio.ensure_future(broker.enqueue([job()], {}))
+        await asyncio.sleep(0.05)
+        second = asyncio.ensure_future(broker.enqueue([job()], {}))
+        return list(await asyncio.gather(first, second, return_exceptions=True))
+
+    try:
+        first, second = asyncio.run(both())
+    finally:
+        broker.close_blocking()
+    assert isinstance(first, Exception) and "locked" in str(first), first
+    assert second == [None], second  # stored once the hold ended, 0.45 s after it came

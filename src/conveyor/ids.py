@@ -30,6 +30,9 @@ _LOW_MASK = (1 << _LOW_BITS) - 1
 #: bytes read from ``os.urandom`` at a time; each new millisecond takes 10 of them
 _POOL_SIZE = 4096
 _lock = threading.Lock()
+#: held while a child forked without the fork hooks forgets its parent's pool and lock (by
+#: the first of its threads to make an id; the others wait, then use the new lock)
+_RESET = threading.Lock()
 #: the process the pool and the last id belong to
 _pid = os.getpid()
 _pool = b""
@@ -91,8 +94,10 @@ def _encode_low(low: int) -> str:
 def new_id(now: float | None = None) -> str:
     """Return a fresh job id for the time ``now`` (seconds since the epoch, default: now)."""
     global _last_ms, _last_random, _last_head
-    if _pid != os.getpid():  # a child forked without the fork hooks
-        _after_fork_in_child()
+    if _pid != os.getpid():  # a child forked without the fork hooks: reset once
+        with _RESET:
+            if _pid != os.getpid():
+                _after_fork_in_child()
     ms = int((time.time() if now is None else now) * 1000)
     with _lock:
         if ms <= _last_ms:

@@ -9,6 +9,8 @@ from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+#: held while a portal forgets its parent's loop in a forked child (see Portal._mine)
+_RESET = threading.Lock()
 
 
 class Portal:
@@ -20,12 +22,18 @@ class Portal:
         self._lock = threading.Lock()
         self._pid = os.getpid()
 
-    def _ensure(self) -> asyncio.AbstractEventLoop:
+    def _mine(self) -> None:
+        """In a forked child, forget the parent's loop: it has no thread here (and the lock
+        may have been held at the fork); the child starts a loop of its own when it needs
+        one. The reset is made once, under a lock no fork leaves held for long."""
         if self._pid != os.getpid():
-            # a forked child: the parent's loop has no thread here (and its lock may have
-            # been held at the fork); a loop of the child's own starts below
-            self._loop = self._thread = None
-            self._lock, self._pid = threading.Lock(), os.getpid()
+            with _RESET:
+                if self._pid != os.getpid():
+                    self._loop = self._thread = None
+                    self._lock, self._pid = threading.Lock(), os.getpid()
+
+    def _ensure(self) -> asyncio.AbstractEventLoop:
+        self._mine()
         with self._lock:
             if self._loop is None:
                 loop = asyncio.new_event_loop()
@@ -43,6 +51,7 @@ class Portal:
 
     def close(self) -> None:
         """Stop the loop and its thread."""
+        self._mine()
         with self._lock:
             loop, thread = self._loop, self._thread
             self._loop = self._thread = None

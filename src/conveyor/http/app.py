@@ -81,9 +81,18 @@ class BearerAuth:
             return
         verdict = bearer_verdict(scope, self.token)
         if verdict is None and self.session is not None and is_docs_path(path) \
-                and scope.get("method") in ("GET", "HEAD") and await self.session(scope):
-            await self.app(scope, receive, send)
-            return
+                and scope.get("method") in ("GET", "HEAD"):
+            try:  # a session's logout is kept in the store
+                opened = await self.session(scope)
+            except StoreUnavailable as exc:
+                log.warning("GET %s: %s", path, exc)
+                refused = store_unavailable(exc)
+                await error_response(refused.status, refused.message,
+                                     refused.headers)(scope, receive, send)
+                return
+            if opened:
+                await self.app(scope, receive, send)
+                return
         if verdict is not None:
             address = client_address(scope)
             refusal = self.throttle.refusal(address)

@@ -56,12 +56,12 @@ PAGE = """<!DOCTYPE html>
 """
 
 
-@cache
 def is_docs_path(path: str) -> bool:
     """True for the documentation's paths: the page, its files and the spec it reads."""
     return path in ("/docs", "/openapi.json") or path.startswith("/docs/")
 
 
+@cache
 def bundle_dir() -> Path:
     """The directory of Swagger UI's files inside the installed package."""
     import swagger_ui_bundle

@@ -289,7 +289,8 @@ class SQLiteBroker(Broker):
 
     def _lock_held(self) -> None:
         """The writer waited long for the write lock (see :class:`Writer`): trouble, so that
-        no recovery takes the leases that lapsed meanwhile (see :meth:`recover_expired`)."""
+        this worker's recovery passes hold off until the others' heartbeats, held alike,
+        have renewed their leases (see :meth:`recover_expired` for the pass that waited)."""
         self.last_trouble = time.monotonic()
 
     def _fail(self, error: sqlite3.Error | OSError, sent: float) -> NoReturn:
@@ -1020,14 +1021,12 @@ class SQLiteBroker(Broker):
     # -- maintenance --------------------------------------------------------------------------
     async def recover_expired(self, max_recoveries: int) -> Recovery:
         t, keep = self.ns, self.retention
-        began = time.monotonic()
+        # only the leases that had lapsed when the pass was asked for: one that lapses while
+        # the pass waits for the write lock (another connection holding it) is that of a
+        # worker whose heartbeat waits alike and comes next; the next pass decides on it
+        asked = lease_now()
 
         def fn(conn: sqlite3.Connection) -> Recovery:
-            if self.last_trouble >= began:
-                # this write waited out trouble (the lock held long, see _lock_held): the
-                # leases that lapsed meanwhile are those of workers held alike, whose
-                # heartbeats come next; the next pass decides again
-                return Recovery()
             # one write transaction: a job two workers see expire is moved (and counted) once
             now, clock = time.time(), lease_now()
             rows = conn.execute(
@@ -1035,7 +1034,7 @@ class SQLiteBroker(Broker):
                 f"w.id IS NOT NULL FROM {t}_jobs j LEFT JOIN {t}_workers w "
                 f"ON w.id = j.worker_id AND w.lease_expires_at >= ? "
                 f"WHERE j.state='running' AND j.lease_expires_at < ?",
-                (clock, clock),
+                (clock, asked),
             ).fetchall()
             requeue, dead, cancelled = [], [], []
             dead_by_queue: dict[str, int] = {}
@@ -1080,7 +1079,7 @@ class SQLiteBroker(Broker):
                 f"lease_expires_at=NULL WHERE id=?",
                 cancelled,
             )
-            conn.execute(f"DELETE FROM {t}_workers WHERE lease_expires_at < ?", (clock,))
+            conn.execute(f"DELETE FROM {t}_workers WHERE lease_expires_at < ?", (asked,))
             return Recovery(len(requeue), dead_by_queue, now if dead else 0.0, fates)
 
         return await self._write(fn)

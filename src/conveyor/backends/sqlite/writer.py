@@ -44,7 +44,12 @@ MAX_GROUP = 512
 LOCK_PAUSE, LOCK_PAUSE_MAX = 0.0002, 0.005
 #: seconds of waiting for the write lock past which the wait is trouble (see
 #: :class:`Writer`): every process's writes, heartbeats included, were held that long
-LOCK_TROUBLE = 0.25
+LOCK_TROUBLE = 1.0
+#: seconds a write still waits for the lock once the writer is being stopped (see stop())
+STOP_PATIENCE = 1.0
+#: a write's wait for the lock, however long it was queued, is at least this (or its whole
+#: patience, if shorter): see _begin
+LOCK_FLOOR = 1.0
 
 
 class _Stop:
@@ -107,8 +112,9 @@ class Writer:
         self._connect = connect
         self._patience = patience
         self._held = held
-        #: set by :meth:`stop`: writes still waiting for the lock give up (see there)
-        self._stopping = threading.Event()
+        #: when :meth:`stop` began (None: not stopping): writes waiting for the lock then
+        #: give up after :data:`STOP_PATIENCE` seconds
+        self._stopping_at: float | None = None
         self._queue: queue.SimpleQueue[_Pending | _Stop] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -147,15 +153,21 @@ class Writer:
 
     def stop(self) -> None:
         """Finish what was submitted, then end the thread and close the connection. A write
-        that finds the lock held by another connection meanwhile fails at once ("locked")
-        instead of waiting for it: a stop is bounded whatever the store's state."""
+        that finds the lock held by another connection meanwhile waits for it
+        :data:`STOP_PATIENCE` seconds from the stop at most, then fails ("locked"): a stop
+        is bounded whatever the store's state."""
         with self._lock:  # held until the thread is gone: a start() waits for the stop
             thread, self._thread = self._thread, None
             if thread is not None:
-                self._stopping.set()
+                self._stopping_at = time.monotonic()
                 self._queue.put(_STOP)
                 thread.join()
-                self._stopping.clear()
+                self._stopping_at = None
+
+    def _stop_waited(self) -> bool:
+        """Whether a stop began :data:`STOP_PATIENCE` seconds ago or more."""
+        began = self._stopping_at
+        return began is not None and time.monotonic() - began >= STOP_PATIENCE
 
     async def run(self, fn: WriteFn, keeps: bool = False) -> Any:
         """Run ``fn`` in the next group and await its committed result; ``keeps``: ``fn``
@@ -241,16 +253,20 @@ class Writer:
         """Begin a transaction; empty the cache unless ``keeps`` and it still holds. The
         wait for the lock ends ``patience()`` seconds after ``since`` (when the group's
         oldest write was submitted: a write that waited behind a group waiting for the lock
-        does not wait its own patience on top)."""
+        does not wait its own patience on top), but lasts :data:`LOCK_FLOOR` seconds at
+        least (a write queued long behind this process's own writes still waits out a
+        short hold of the lock by another)."""
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as exc:
             if not is_locked(exc):
                 raise
             began = time.monotonic()
-            patience = self._patience() - (0.0 if since is None else began - since)
+            patience = self._patience()
+            if since is not None:
+                patience = max(patience - (began - since), min(patience, LOCK_FLOOR))
             retry_locked(functools.partial(conn.execute, "BEGIN IMMEDIATE"), patience,
-                         LOCK_PAUSE, LOCK_PAUSE_MAX, self._stopping.is_set)
+                         LOCK_PAUSE, LOCK_PAUSE_MAX, self._stop_waited)
             if time.monotonic() - began >= LOCK_TROUBLE:
                 self._held()
         if not keeps:
