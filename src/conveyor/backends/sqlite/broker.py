@@ -11,6 +11,7 @@ import os
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, NoReturn, TypeVar
 
@@ -36,7 +37,13 @@ from conveyor.backends.sqlite.schema import (
 )
 from conveyor.backends.sqlite.trouble import unavailable_reason
 from conveyor.backends.sqlite.writer import Writer
-from conveyor.errors import DuplicateJob, QueueFull, StoreUnavailable, TooManyQueues
+from conveyor.errors import (
+    ConfigurationError,
+    DuplicateJob,
+    QueueFull,
+    StoreUnavailable,
+    TooManyQueues,
+)
 from conveyor.job import JobRecord, JobState, Outcome, OutcomeKind, WorkerInfo
 from conveyor.known import KnownJob, read_known
 from conveyor.limits import JobLimits, LimitUsage
@@ -97,9 +104,24 @@ def _at_version(insert: str) -> str:
             f" = ?{marks.count('?') + 1}")
 
 
-#: the connections and write threads a forked child inherited (see
-#: :meth:`SQLiteBroker._forked`): kept, so that the child never closes them either
-_INHERITED: list[object] = []
+#: the stores open in this process: closed before it forks (see _close_before_fork)
+_OPEN: weakref.WeakSet[SQLiteBroker] = weakref.WeakSet()
+#: serializes the resets of forked children (see SQLiteBroker._forked)
+_RESET = threading.Lock()
+
+
+def _close_before_fork() -> None:
+    """Close this process's open stores before it forks (os.fork runs this): SQLite's
+    connections and its record of the file's locks must not cross a fork, or a child's
+    commits can go to a write-ahead log its parent deletes. Each store opens again on its
+    next use, in the parent as in the child."""
+    for broker in list(_OPEN):
+        if broker._pid == os.getpid():
+            broker.close_blocking()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(before=_close_before_fork)
 
 
 class SQLiteBroker(Broker):
@@ -225,18 +247,25 @@ class SQLiteBroker(Broker):
         return conn
 
     def _forked(self) -> None:
-        """In a child forked from the process that opened this store (a pre-forking web
-        server's workers, hooks or not): SQLite's connections must not cross a fork, so the
-        parent's are set aside, neither used nor closed here, with its write thread (which
-        the child does not have), and the child opens its own on first use."""
-        _INHERITED.append((self._writer, self._readers))
-        self._writer = Writer(self._open_writer, self._lock_patience, self._lock_held)
-        self._local = threading.local()
-        self._readers, self._readers_lock = [], threading.Lock()
-        self._open_lock = threading.Lock()
-        self._generation += 1
-        self._opened = False
-        self._pid = os.getpid()
+        """In a child forked from the process that made this store: os.fork closed it
+        before the fork (see :func:`_close_before_fork`), and the child opens its own
+        connections on first use. A fork that runs no Python hook (uWSGI's preforking
+        master, by default) leaves the parent's connections and SQLite's record of its
+        locks in the child, which no later connection of the child can trust: refused."""
+        with _RESET:
+            if self._pid == os.getpid():
+                return
+            if self._opened or self._readers:
+                raise ConfigurationError(
+                    f"the SQLite store {self.settings.path} was open when this process was "
+                    "forked without Python's fork hooks (as uWSGI forks its workers unless "
+                    "lazy-apps is on): SQLite's connections do not survive a fork; load the "
+                    "app in each worker (uWSGI: lazy-apps = true) or close it before forking")
+            self._local = threading.local()
+            self._open_lock = threading.Lock()
+            self._readers_lock = threading.Lock()
+            self._generation += 1
+            self._pid = os.getpid()
 
     def open_blocking(self) -> None:
         """Open the database and start the writer thread (idempotent; after a failure, the
@@ -248,6 +277,7 @@ class SQLiteBroker(Broker):
                 with self._guarded():
                     self._writer.start()
                 self._opened = True
+                _OPEN.add(self)
 
     async def open(self) -> None:
         if not self._opened or self._pid != os.getpid():
@@ -259,8 +289,7 @@ class SQLiteBroker(Broker):
     def close_blocking(self) -> None:
         """Stop the writer thread after it committed what it was given, and close every
         reader connection (a later use opens them again)."""
-        if self._pid != os.getpid():
-            self._forked()  # nothing of the parent's is closed here; nothing else is open
+        if self._pid != os.getpid():  # a forked child closes nothing of its parent's
             return
         with self._open_lock:
             if self._opened:
