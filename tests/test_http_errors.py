@@ -263,6 +263,8 @@ def test_a_json_job_refuses_a_query_string(server: Server, query: str,
 def test_push_job_takes_files_from_uploads_only(server: Server) -> None:
     response = server.client.post("/jobs/conveyor.push", json={"args": ["web", "/a", None]})
     check_error(response, 400, "/uploads")
+    response = server.client.post("/jobs/conveyor.push?path=/a", json={"args": ["web"]})
+    check_error(response, 400, "/uploads")  # what to do, rather than "no query string"
 
 
 @pytest.mark.parametrize("query", [

@@ -149,14 +149,11 @@ class Routes:
                 name, self._chunks(request), request.query_params.multi_items(),
                 body_info(headers), key)
         else:
-            if scope.get("query_string"):
-                raise ApiError(400, f"job {name!r} takes its arguments in a JSON body "
-                               '({"args": [...], "kwargs": {...}}), not in the query string '
-                               "(only a job with an Upload parameter reads the query)")
             limit = min(MAX_JSON_BYTES, self.services.max_upload_bytes)
             self.services.check_length(content_length(headers), limit)
             raw = await limited_body(receive, limit)
-            job_id = await self.services.submit(name, raw, headers.get("content-type"), key)
+            job_id = await self.services.submit(name, raw, headers.get("content-type"), key,
+                                                bool(scope.get("query_string")))
         await Accepted(scope, job_id)(scope, receive, send)
 
     async def get_job(self, request: Request) -> Response:

@@ -240,13 +240,18 @@ class Services:
         return job_fn.upload_parameters[0] if job_fn.upload_parameters else None
 
     async def submit(self, name: str, raw: bytes, content_type: str | None,
-                     idempotency_key: str | None = None) -> str:
+                     idempotency_key: str | None = None, query: bool = False) -> str:
         """``POST /jobs/{name}`` with a JSON body ``{"args", "kwargs", "delay", "queue"}``;
-        a name the app does not register must have been published by a worker."""
+        a name the app does not register must have been published by a worker. ``query``:
+        the request had a query string, which only a job with an Upload reads (400)."""
         job_fn = self.app.registry.get(name)
         staged = job_fn.options.staged if job_fn else (await self.published(name)).staged
         if staged:
             raise ApiError(400, f"job {name!r} takes its file from POST /uploads")
+        if query:
+            raise ApiError(400, f"job {name!r} takes its arguments in a JSON body "
+                           '({"args": [...], "kwargs": {...}}), not in the query string '
+                           "(only a job with an Upload parameter reads the query)")
         # without a key nothing hashes the arguments: the app's record checks their bounds
         call = decoding.job_call(raw, content_type, bound=idempotency_key is not None)
         asked = call.options
