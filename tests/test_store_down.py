@@ -147,6 +147,33 @@ def test_producers_retry_for_the_whole_store_timeout_and_no_longer(
     assert second < 1.7, second  # joined 0.1 s later: not about 0.9 + 1.0
 
 
+def test_an_awaited_enqueue_to_a_frozen_redis_gives_up_on_its_own_timeout(
+        server: RedisServer) -> None:
+    """A server that stops answering (SIGSTOP: its connections stay open) would hold a try
+    for the socket timeout (5 s); an awaited enqueue's try ends at the caller's deadline."""
+    app = app_with_add(server.url, store_timeout=1.0)
+    assert server.process is not None
+    pid = server.process.pid
+
+    async def frozen() -> float:
+        await app.enqueue_async("add", 1, 1)  # connected
+        os.kill(pid, signal.SIGSTOP)
+        began = time.monotonic()
+        try:
+            with pytest.raises(StoreUnavailable):
+                await app.enqueue_async("add", 2, 2)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        return time.monotonic() - began
+
+    try:
+        took = app.run_sync(frozen())
+        app.enqueue("add", 3, 3)  # answering again
+    finally:
+        app.close()
+    assert 0.9 <= took < 3.0, took  # not the 5 s socket timeout
+
+
 def test_a_redis_restart_is_one_warning_then_one_info(
         server: RedisServer, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger=STORE_LOG)

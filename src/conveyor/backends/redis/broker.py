@@ -649,13 +649,15 @@ class RedisBroker(Broker):
                               since: float | None = None) -> list[Stored]:
         script, keys, argv, orders = self._enqueue_call(segments)
         attempts = 0
+        since = time.monotonic() if since is None else since
+        until = since + self.retry_for  # as _retrying's: no try waits past it for long
 
         async def call(conn: _Connection) -> Any:
             nonlocal attempts
             attempts += 1
             link = conn.link
             if link is not None and not link.busy:
-                return await link.call(script, keys, argv)
+                return await link.call(script, keys, argv, until)
             return await conn.scripts[script](keys=keys, args=argv)
 
         replies = await self._retrying(call, since)

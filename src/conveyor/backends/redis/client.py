@@ -118,6 +118,9 @@ SPIN_FOR = 0.0003
 #: seconds an awaited call spinning holds its event loop at most before it lets the loop's
 #: other tasks run (see :meth:`AsyncScriptLink._spun`)
 SPIN_SLICE = 0.0001
+#: seconds an awaited call's last try waits for its reply at least, however close its
+#: caller's deadline (see :meth:`AsyncScriptLink.call`)
+LAST_TRY = 0.1
 #: spins in a row that run out before a connection stops spinning for :data:`SPIN_REST` calls
 SPIN_MISSES = 4
 SPIN_REST = 256
@@ -591,12 +594,16 @@ class AsyncScriptLink:
         elif conn._writer is not None:
             conn._writer.close()
 
-    async def call(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+    async def call(self, name: str, keys: Sequence[str], args: Sequence[Any],
+                   until: float | None = None) -> Any:
         """Run script ``name`` and return its reply (errors raise as redis-py raises
-        them); not to be called again before it returns."""
+        them); not to be called again before it returns. ``until`` (``time.monotonic()``):
+        the caller's deadline, which cuts the wait for the reply short of the socket
+        timeout (a server that stopped answering costs the caller no more than its own
+        timeout), though never below :data:`LAST_TRY` seconds."""
         self.busy = True
         try:
-            reply = await self._run(await self._connected(), name, keys, args)
+            reply = await self._run(await self._connected(), name, keys, args, until)
         except BaseException:
             self._drop()
             raise
@@ -607,21 +614,21 @@ class AsyncScriptLink:
         return reply
 
     async def _run(self, conn: Any, name: str, keys: Sequence[str],
-                   args: Sequence[Any]) -> Any:
+                   args: Sequence[Any], until: float | None = None) -> Any:
         command = _evalsha(self._heads, name, keys, args)
         write = self._transport.write
         write(command)
-        reply = await self._reply(conn)
+        reply = await self._reply(conn, until)
         if isinstance(reply, NoScriptError):  # Redis restarted or its scripts were flushed
             write(_pack(("SCRIPT", "LOAD", source(name))))  # type: ignore[misc]
-            loaded = await self._reply(conn)
+            loaded = await self._reply(conn, until)
             if isinstance(loaded, Exception):
                 return loaded
             write(command)
-            reply = await self._reply(conn)
+            reply = await self._reply(conn, until)
         return reply
 
-    async def _reply(self, conn: Any) -> Any:
+    async def _reply(self, conn: Any, until: float | None = None) -> Any:
         if self._conn is not conn:  # closed by another task while this call waited
             raise RedisConnectionError("Connection closed during the call.")
         reply = self._reader.gets()
@@ -630,14 +637,19 @@ class AsyncScriptLink:
                 if alone and self.fd >= 0 and self._spin.wanted():
                     reply = await self._spun(conn)
                 if reply is False:
-                    reply = await self._waited(conn)
+                    reply = await self._waited(conn, until)
         return _checked(reply)
 
-    async def _waited(self, conn: Any) -> Any:
+    async def _waited(self, conn: Any, until: float | None = None) -> Any:
         """The reply, read from the connection's stream (the loop sleeps until data
-        comes), in at most the connection's socket timeout (none when it has none, or 0)."""
+        comes), in at most the connection's socket timeout (none when it has none, or 0),
+        or until ``until`` (see :meth:`call`)."""
         reader, read = self._reader, conn._reader.read
-        async with asyncio.timeout(conn.socket_timeout or None):
+        timeout = conn.socket_timeout or None
+        if until is not None:
+            left = max(until - time.monotonic(), LAST_TRY)
+            timeout = left if timeout is None else min(timeout, left)
+        async with asyncio.timeout(timeout):
             while True:
                 reply = _fed(reader, await read(65536))
                 if reply is not False:
