@@ -261,6 +261,8 @@ class SQLiteBroker(Broker):
                     "forked without Python's fork hooks (as uWSGI forks its workers unless "
                     "lazy-apps is on): SQLite's connections do not survive a fork; load the "
                     "app in each worker (uWSGI: lazy-apps = true) or close it before forking")
+            # fresh locks: another thread of the parent may have held one at the fork
+            self._writer = Writer(self._open_writer, self._lock_patience, self._lock_held)
             self._local = threading.local()
             self._open_lock = threading.Lock()
             self._readers_lock = threading.Lock()
