@@ -305,9 +305,9 @@ def _spied_link(monkeypatch: pytest.MonkeyPatch, method: str) -> list[BaseExcept
     seen: list[BaseException] = []
     real = getattr(client.AsyncScriptLink, method)
 
-    async def spying(link: Any, conn: Any) -> Any:
+    async def spying(link: Any, conn: Any, *more: Any) -> Any:
         try:
-            return await real(link, conn)
+            return await real(link, conn, *more)
         except BaseException as exc:
             seen.append(exc)
             raise
