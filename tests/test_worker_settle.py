@@ -69,6 +69,9 @@ def test_one_refused_outcome_holds_back_no_other(
         assert info.recoveries == 0 and info.attempts == 1
         assert any("its lease will bring it back" in m for m in messages)
         # and every other outcome was written while the refused one waited for its lease
+        # (the worker notes a write once the store has it, a moment after a read sees it)
+        wait_until(lambda: poison.id in broker.written, timeout=10,
+                   what="the worker to note the refused job's outcome written")
         first_poison = broker.written.index(poison.id)
         assert {h.id for h in others} <= set(broker.written[:first_poison])
     assert broker.refusals == 0
