@@ -300,16 +300,28 @@ class RedisBroker(Broker):
             except MISCONFIGURED as exc:
                 raise self._misconfigured(exc) from exc
             except RETRIED as exc:
-                if attempts == 1 and _dropped(exc):
-                    continue  # a connection left from before an outage: once more, on a new one
-                left = deadline - time.monotonic()
-                if not self._trouble(exc, sent) or left <= 0:
-                    raise self._unavailable(exc, sent) from exc
-                await asyncio.sleep(min(pause * (0.5 + random.random() / 2), left))
-                pause = min(pause * 2, 2.0)
+                wait = self._retry_pause(exc, attempts, sent, deadline, pause)
+                if wait:
+                    await asyncio.sleep(wait)
+                    pause = min(pause * 2, 2.0)
             else:
                 self.outage.recovered()
                 return result
+
+    def _retry_pause(self, error: BaseException, attempts: int, sent: float, deadline: float,
+                     pause: float) -> float:
+        """Seconds to wait before trying again a call that raised ``error`` (one of
+        :data:`RETRIED`) on its try number ``attempts``, begun at ``sent``: 0 for a
+        connection left from before an outage (the first try meets it: once more, at once,
+        on a new one), else ``pause`` cut at random by up to half and to ``deadline``.
+        Raise :class:`StoreUnavailable` once the deadline has passed, or ``error`` itself
+        when it is no trouble that passes."""
+        if attempts == 1 and _dropped(error):
+            return 0.0
+        left = deadline - time.monotonic()
+        if not self._trouble(error, sent) or left <= 0:
+            raise self._unavailable(error, sent) from error
+        return min(pause * (0.5 + random.random() / 2), left)
 
     def _trouble(self, error: BaseException, sent: float | None = None) -> bool:
         """Note trouble that may pass (and return True) of a call begun at ``sent``; False
@@ -804,14 +816,11 @@ class RedisBroker(Broker):
             except MISCONFIGURED as exc:
                 raise self._misconfigured(exc) from exc
             except RETRIED as exc:
-                if attempts == 1 and _dropped(exc):
-                    continue  # a connection left from before an outage: once more, on a new one
-                left = deadline - time.monotonic()
-                if not self._trouble(exc, sent) or left <= 0:
-                    raise self._unavailable(exc, sent) from exc
-                time.sleep(min(pause * (0.5 + random.random() / 2), left))
-                pause = min(pause * 2, 2.0)
-                sent = time.monotonic()
+                wait = self._retry_pause(exc, attempts, sent, deadline, pause)
+                if wait:
+                    time.sleep(wait)
+                    pause = min(pause * 2, 2.0)
+                    sent = time.monotonic()
         self.outage.recovered()
         return reply, attempts
 

@@ -269,6 +269,10 @@ class SQLiteBroker(Broker):
             self._generation += 1
             self._pid = os.getpid()
 
+    def _usable(self) -> bool:
+        """Open, and in this process (a forked child opens its own: see :meth:`_forked`)."""
+        return self._opened and self._pid == os.getpid()
+
     def open_blocking(self) -> None:
         """Open the database and start the writer thread (idempotent; after a failure, the
         next call tries again)."""
@@ -282,7 +286,7 @@ class SQLiteBroker(Broker):
                 _OPEN.add(self)
 
     async def open(self) -> None:
-        if not self._opened or self._pid != os.getpid():
+        if not self._usable():
             await asyncio.to_thread(self.open_blocking)
 
     async def close(self) -> None:
@@ -375,7 +379,7 @@ class SQLiteBroker(Broker):
 
     async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         with self._guarded():
-            if not self._opened or self._pid != os.getpid():
+            if not self._usable():
                 await self.open()
             return await asyncio.to_thread(self._read_now, fn)
 
@@ -383,7 +387,7 @@ class SQLiteBroker(Broker):
         """Run ``fn`` in the writer's next transaction (``keeps``: see :class:`Writer`)."""
         sent = time.monotonic()
         try:  # as _guarded() does, without a context manager on this busy path
-            if not self._opened or self._pid != os.getpid():
+            if not self._usable():
                 await self.open()
             result: T = await self._writer.run(fn, keeps)
         except (sqlite3.Error, OSError) as exc:
@@ -567,7 +571,7 @@ class SQLiteBroker(Broker):
     def enqueue_blocking(
         self, jobs: Sequence[JobRecord], limits: Mapping[str, int]
     ) -> list[str | None]:
-        if not self._opened or self._pid != os.getpid():
+        if not self._usable():
             self.open_blocking()
         plan = self._rows(jobs)
         rows, insert, _, keyed = plan

@@ -249,13 +249,15 @@ class Writer:
                     self._conn = None
                 conn.close()
 
-    def _begin(self, conn: sqlite3.Connection, keeps: bool, since: float | None = None) -> None:
+    def _begin(self, conn: sqlite3.Connection, keeps: bool,
+               group: list[_Pending] | None = None) -> None:
         """Begin a transaction; empty the cache unless ``keeps`` and it still holds. The
-        wait for the lock ends ``patience()`` seconds after ``since`` (when the group's
-        oldest write was submitted: a write that waited behind a group waiting for the lock
-        does not wait its own patience on top), but lasts :data:`LOCK_FLOOR` seconds at
-        least (a write queued long behind this process's own writes still waits out a
-        short hold of the lock by another)."""
+        wait for the lock ends ``patience()`` seconds after the oldest write of ``group``
+        was submitted (the lock held since it came is held for all: a write that waited
+        behind a group waiting for the lock does not wait its own patience on top, and the
+        group gives up together), but lasts :data:`LOCK_FLOOR` seconds at least (a write
+        queued long behind this process's own writes still waits out a short hold of the
+        lock by another)."""
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as exc:
@@ -263,8 +265,9 @@ class Writer:
                 raise
             began = time.monotonic()
             patience = self._patience()
-            if since is not None:
-                patience = max(patience - (began - since), min(patience, LOCK_FLOOR))
+            if group:
+                queued = began - min(p.since for p in group)
+                patience = max(patience - queued, min(patience, LOCK_FLOOR))
             retry_locked(functools.partial(conn.execute, "BEGIN IMMEDIATE"), patience,
                          LOCK_PAUSE, LOCK_PAUSE_MAX, self._stop_waited)
             if time.monotonic() - began >= LOCK_TROUBLE:
@@ -310,8 +313,7 @@ class Writer:
         results: list[tuple[_Pending, Any, BaseException | None]] = []
         keeps = all(p.keeps for p in group)
         try:
-            # the lock held since the oldest came is held for all: they give up together
-            self._begin(conn, keeps, min(p.since for p in group))
+            self._begin(conn, keeps, group)
         except sqlite3.Error as exc:
             self.cache.clear()
             if conn.in_transaction:
