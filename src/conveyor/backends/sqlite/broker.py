@@ -562,10 +562,28 @@ class SQLiteBroker(Broker):
               None if j.unique_until is None else now + (j.unique_until - j.created_at))
              for j in stored if j.unique_key is not None])
 
+    def _stored_at_once(self, plan: _Plan, limits: Mapping[str, int],
+                        run: Callable[..., bool | None]) -> bool:
+        """Whether ``run`` (the writer's :meth:`~Writer.run_at_once` or
+        :meth:`~Writer.run_on_loop`) stored the job of ``plan`` in one statement: one job,
+        no unique key, no cap of this producer's on its queue (see :meth:`_insert_at_once`)."""
+        rows, insert, _, keyed = plan
+        return len(rows) == 1 and not keyed and rows[0][2] not in limits \
+            and bool(run(self._insert_at_once, rows[0], insert))
+
     async def enqueue(
         self, jobs: Sequence[JobRecord], limits: Mapping[str, int]
     ) -> list[str | None]:
-        result: list[str | None] = await self._write(self._enqueue_fn(jobs, limits), True)
+        plan = self._rows(jobs)
+        if self._usable():
+            sent = time.monotonic()
+            try:
+                if self._stored_at_once(plan, limits, self._writer.run_on_loop):
+                    return [None]
+            except (sqlite3.Error, OSError) as exc:
+                self._fail(exc, sent)
+        result: list[str | None] = await self._write(
+            self._enqueue_fn(jobs, limits, plan), True)
         return result
 
     def enqueue_blocking(
@@ -574,11 +592,9 @@ class SQLiteBroker(Broker):
         if not self._usable():
             self.open_blocking()
         plan = self._rows(jobs)
-        rows, insert, _, keyed = plan
         sent = time.monotonic()
         try:  # as _guarded() does, without a context manager on this busy path
-            if len(rows) == 1 and not keyed and rows[0][2] not in limits \
-                    and self._writer.run_at_once(self._insert_at_once, rows[0], insert):
+            if self._stored_at_once(plan, limits, self._writer.run_at_once):
                 return [None]
             result: list[str | None] = self._writer.run_blocking(
                 self._enqueue_fn(jobs, limits, plan), True)

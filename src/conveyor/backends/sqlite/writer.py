@@ -10,7 +10,10 @@ A blocking caller that finds the connection idle commits on its own thread inste
 whatever else waits along): a lone producer then pays no thread hand-offs, only its fsync.
 With nothing else waiting it runs its transaction straight through, without a group or a
 future to answer it; a write that one statement can make runs as that statement alone
-(:meth:`Writer.run_at_once`), which SQLite commits by itself.
+(:meth:`Writer.run_at_once`), which SQLite commits by itself. An awaited write of one
+statement does the same on its event loop's thread when nothing else on that loop is ready
+to run and such writes have been quick (:meth:`Writer.run_on_loop`): the loop had nothing
+to do meanwhile, and the two hand-offs would have cost its caller more than the write.
 
 Facts the writes read under the write lock (the queues' caps, the queues known) may be kept
 in :attr:`Writer.cache` from one transaction to the next, for the writes that say they
@@ -50,6 +53,9 @@ STOP_PATIENCE = 1.0
 #: a write's wait for the lock, however long it was queued, is at least this (or its whole
 #: patience, if shorter): see _begin
 LOCK_FLOOR = 1.0
+#: seconds a write run on an event loop's thread (its fsync included) may take; after a
+#: longer one, awaited writes go to the write thread for :data:`LOOP_WRITE_PAUSE` seconds
+LOOP_WRITE_MAX, LOOP_WRITE_PAUSE = 0.002, 1.0
 
 
 class _Stop:
@@ -85,6 +91,14 @@ def _resolve(items: list[tuple[asyncio.Future[Any], Any, BaseException | None]])
             future.set_exception(error)
         else:
             future.set_result(value)
+
+
+def _loop_idle() -> bool:
+    """Whether nothing but the running task is ready to run on the running event loop: its
+    ready queue is empty. False for a loop that does not show that queue (asyncio's own
+    loops do), which then never waits for a write."""
+    ready = getattr(asyncio.get_running_loop(), "_ready", None)
+    return ready is not None and not ready
 
 
 def _roll_back(conn: sqlite3.Connection) -> None:
@@ -130,6 +144,8 @@ class Writer:
         #: the connection's ``data_version`` the cache holds at: no other connection has
         #: committed since it was read (None: not read on this connection)
         self.version: int | None = None
+        #: ``time.monotonic()`` before which :meth:`run_on_loop` leaves writes to the thread
+        self._loop_writes_from = 0.0
 
     def start(self) -> None:
         """Open the connection and start the thread (idempotent). Raise what opening the
@@ -217,6 +233,22 @@ class Writer:
                 raise
         finally:
             self._conn_lock.release()
+
+    def run_on_loop(self, attempt: Callable[..., T | None], *args: Any) -> T | None:
+        """:meth:`run_at_once` on the running event loop's thread, when nothing else on the
+        loop is ready to run (a lone awaited caller, whose loop would only wait for the
+        thread's answer) and no such write took longer than :data:`LOOP_WRITE_MAX` in the
+        last :data:`LOOP_WRITE_PAUSE` seconds: the loop is held for one quick commit at
+        most. None when it does not run (the caller then awaits :meth:`run`)."""
+        began = time.monotonic()
+        if began < self._loop_writes_from or not _loop_idle():
+            return None
+        try:
+            return self.run_at_once(attempt, *args)
+        finally:
+            ended = time.monotonic()
+            if ended - began > LOOP_WRITE_MAX:
+                self._loop_writes_from = ended + LOOP_WRITE_PAUSE
 
     def _take(self, group: list[_Pending]) -> tuple[list[_Pending], bool]:
         """Add what waits in the queue to ``group``; also say whether a stop came."""
