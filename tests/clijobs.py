@@ -9,6 +9,7 @@ in a subprocess (``cli_env()`` puts tests/ on its path). The apps take their URL
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import signal
@@ -40,6 +41,11 @@ def register(app: Conveyor) -> Conveyor:
     async def slow(seconds: float) -> float:
         await asyncio.sleep(seconds)
         return seconds
+
+    @app.job
+    async def frozen_objects() -> int:
+        """How many objects the worker's process moved out of the collector's reach."""
+        return gc.get_freeze_count()
 
     return app
 

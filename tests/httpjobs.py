@@ -7,6 +7,7 @@ The server process gets its store with ``--url`` and its staging directory with
 from __future__ import annotations
 
 import asyncio
+import gc
 from pathlib import Path
 from typing import Any
 
@@ -69,3 +70,9 @@ def fail_first(marker: str) -> str:
         path.write_text("tried")
         raise PermanentError("the first try fails on purpose")
     return "second try worked"
+
+
+@app.job
+async def frozen_objects() -> int:
+    """How many objects the serving process moved out of the collector's reach at start."""
+    return gc.get_freeze_count()

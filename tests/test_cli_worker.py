@@ -92,6 +92,18 @@ def test_worker_runs_jobs_and_exits_0_on_sigterm(cli: CLI, reader: Conveyor,
     assert not decoy.exists()
 
 
+def test_worker_keeps_its_startup_heap_out_of_the_collectors_way(
+        cli: CLI, reader: Conveyor) -> None:
+    job_id = cli.enqueue("frozen_objects", [], "--app", "clijobs:app")
+    proc = cli.start_worker()
+    try:
+        (record,) = wait_until(lambda: all_final(reader, [job_id]), what="the job to run")
+        assert str(record.state) == "succeeded" and record.result > 10_000
+    finally:
+        code, err = stop(proc)
+    assert code == 0, err
+
+
 def test_worker_only_takes_its_queues(cli: CLI, reader: Conveyor) -> None:
     add = cli.enqueue("add", [1, 2], "--app", "clijobs:app")
     greet = cli.enqueue("greet", ["bo"], "--app", "clijobs:app")

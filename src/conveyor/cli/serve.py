@@ -455,6 +455,7 @@ def run_serve(args: argparse.Namespace) -> int:
     except ImportError:  # not installed on Windows: asyncio's own loop
         uvloop = None  # type: ignore[assignment]
 
+    from conveyor.worker.heap import freeze_startup_heap
     from conveyor.worker.pool import Worker
 
     proxies = forwarded_allow_ips(args)
@@ -471,5 +472,6 @@ def run_serve(args: argparse.Namespace) -> int:
     if proxies:
         log.info("trusting X-Forwarded-For and X-Forwarded-Proto from %s", ", ".join(proxies))
     loop_factory = None if uvloop is None else uvloop.new_event_loop
+    freeze_startup_heap()
     with sock, asyncio.Runner(loop_factory=loop_factory) as runner:
         return runner.run(_serve(app, server, worker, sock))
