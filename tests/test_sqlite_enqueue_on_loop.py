@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -129,12 +130,22 @@ def test_after_a_slow_write_on_the_loop_writes_go_to_the_thread(
         await producer.enqueue([job()], {})
         await producer.enqueue([job()], {})
 
+    writer = producer._writer
     asyncio.run(two())
     assert inserts_by_thread(seen, producer._sql_insert) == {"loop": 1, "writer": 1}
+    first_pause = writer._loop_writes_from - time.monotonic()
+    assert 0 < first_pause <= writer_module.LOOP_WRITE_PAUSE
     seen.clear()
-    producer._writer._loop_writes_from = 0.0  # the pause over
+    writer._loop_writes_from = 0.0  # the pause over: the next is slow again, in a row
     asyncio.run(two())
     assert inserts_by_thread(seen, producer._sql_insert) == {"loop": 1, "writer": 1}
+    second_pause = writer._loop_writes_from - time.monotonic()
+    assert second_pause > 1.5 * writer_module.LOOP_WRITE_PAUSE  # doubled
+    # a quick write ends the run of slow ones: the next slow one pauses as the first did
+    monkeypatch.setattr(writer_module, "LOOP_WRITE_MAX", 3600.0)
+    writer._loop_writes_from = 0.0
+    asyncio.run(two())
+    assert writer._slow_loop_writes == 0 and writer._loop_writes_from == 0.0
 
 
 def test_a_loop_without_a_visible_ready_queue_hands_every_write_to_the_thread(

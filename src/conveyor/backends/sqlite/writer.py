@@ -54,8 +54,10 @@ STOP_PATIENCE = 1.0
 #: patience, if shorter): see _begin
 LOCK_FLOOR = 1.0
 #: seconds a write run on an event loop's thread (its fsync included) may take; after a
-#: longer one, awaited writes go to the write thread for :data:`LOOP_WRITE_PAUSE` seconds
-LOOP_WRITE_MAX, LOOP_WRITE_PAUSE = 0.002, 1.0
+#: longer one (a WAL checkpoint, a slow disk), awaited writes go to the write thread for
+#: :data:`LOOP_WRITE_PAUSE` seconds, doubling with each slow one in a row up to
+#: :data:`LOOP_WRITE_PAUSE_MAX` (a disk whose every write is slow holds a loop rarely)
+LOOP_WRITE_MAX, LOOP_WRITE_PAUSE, LOOP_WRITE_PAUSE_MAX = 0.002, 0.1, 10.0
 
 
 class _Stop:
@@ -144,8 +146,10 @@ class Writer:
         #: the connection's ``data_version`` the cache holds at: no other connection has
         #: committed since it was read (None: not read on this connection)
         self.version: int | None = None
-        #: ``time.monotonic()`` before which :meth:`run_on_loop` leaves writes to the thread
+        #: ``time.monotonic()`` before which :meth:`run_on_loop` leaves writes to the thread,
+        #: and how many of its writes in a row were slow
         self._loop_writes_from = 0.0
+        self._slow_loop_writes = 0
 
     def start(self) -> None:
         """Open the connection and start the thread (idempotent). Raise what opening the
@@ -237,9 +241,9 @@ class Writer:
     def run_on_loop(self, attempt: Callable[..., T | None], *args: Any) -> T | None:
         """:meth:`run_at_once` on the running event loop's thread, when nothing else on the
         loop is ready to run (a lone awaited caller, whose loop would only wait for the
-        thread's answer) and no such write took longer than :data:`LOOP_WRITE_MAX` in the
-        last :data:`LOOP_WRITE_PAUSE` seconds: the loop is held for one quick commit at
-        most. None when it does not run (the caller then awaits :meth:`run`)."""
+        thread's answer) and the pause after a write that took longer than
+        :data:`LOOP_WRITE_MAX` is over: the loop is held for quick commits, and rarely for
+        a slow one. None when it does not run (the caller then awaits :meth:`run`)."""
         began = time.monotonic()
         if began < self._loop_writes_from or not _loop_idle():
             return None
@@ -247,8 +251,12 @@ class Writer:
             return self.run_at_once(attempt, *args)
         finally:
             ended = time.monotonic()
-            if ended - began > LOOP_WRITE_MAX:
-                self._loop_writes_from = ended + LOOP_WRITE_PAUSE
+            if ended - began <= LOOP_WRITE_MAX:
+                self._slow_loop_writes = 0
+            else:
+                self._slow_loop_writes += 1
+                pause = LOOP_WRITE_PAUSE * 2.0 ** min(self._slow_loop_writes - 1, 16)
+                self._loop_writes_from = ended + min(pause, LOOP_WRITE_PAUSE_MAX)
 
     def _take(self, group: list[_Pending]) -> tuple[list[_Pending], bool]:
         """Add what waits in the queue to ``group``; also say whether a stop came."""
