@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from conveyor import Conveyor
-from http_server import Server, server_env
+from http_server import TOKEN, Server, server_env
 from polling import exit_after_sigterm, wait_until
 from redis_server import RedisServer, free_port
 
@@ -28,8 +28,9 @@ pytest.importorskip("redis")
 class DownServer(Server):
     """A ``Server`` on a Redis URL, started without waiting for a healthy store."""
 
-    def __init__(self, root: Path, redis_url: str, *options: str) -> None:
-        super().__init__(root, "--url", redis_url, *options, token=None)
+    def __init__(self, root: Path, redis_url: str, *options: str,
+                 token: str | None = None) -> None:
+        super().__init__(root, "--url", redis_url, *options, token=token)
 
     def launch(self) -> DownServer:
         self.containers.mkdir(parents=True, exist_ok=True)
@@ -162,3 +163,31 @@ def test_serve_on_a_locked_sqlite_database_answers_503_until_it_is_free(
     log = server.output()
     assert log.count("cannot reach the store") == 1, log
     assert log.count("reachable again") == 1, log
+
+
+def test_the_documentation_a_session_opens_answers_503_while_redis_is_down(
+        tmp_path: Path, redis_later: RedisServer) -> None:
+    """A dashboard session opens /docs; whether it was logged out is kept in the store, so
+    with the store down the answer is a 503 naming it (not a 500, not the page)."""
+    redis_later.start()
+    server = DownServer(tmp_path, redis_later.url, "--no-worker", token=TOKEN).launch()
+    try:
+        with httpx.Client(base_url=server.url, timeout=20) as browser:
+            assert browser.post("/ui/login", data={"token": TOKEN}).status_code == 303
+            assert browser.get("/docs").status_code == 200
+            redis_later.kill()
+            # the store's "not logged out" is trusted for a moment (FRESH_FOR), then asked
+            wait_until(lambda: browser.get("/docs").status_code != 200, timeout=30,
+                       what="/docs to ask the store again")
+            check_down(browser.get("/docs"))
+            check_down(browser.get("/openapi.json"))
+            assert browser.get("/jobs").status_code == 401  # the API still wants its token
+            redis_later.start()
+            wait_until(lambda: browser.get("/docs").status_code == 200, timeout=30,
+                       what="/docs to open again once Redis is up")
+        assert server.terminate(within=10.0) == 0, server.output()
+    finally:
+        if server.proc is not None and server.proc.poll() is None:
+            server.proc.kill()
+            server.proc.wait()
+    assert "Traceback" not in server.output()
