@@ -22,7 +22,9 @@ from test_sqlite_enqueue_at_once import at_once, head, job, stored_row
 
 
 @pytest.fixture
-def producer(tmp_path: Path) -> Iterator[SQLiteBroker]:
+def producer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[SQLiteBroker]:
+    # a slow fsync on a busy machine must not pause writes on the loop (tested on its own)
+    monkeypatch.setattr(writer_module, "LOOP_WRITE_MAX", 3600.0)
     made = SQLiteBroker(f"sqlite:///{tmp_path / 'p.db'}", namespace="t")
     made.enqueue_blocking([job()], {})  # the queue is known and the caps read: kept
     yield made
@@ -136,14 +138,16 @@ def test_after_a_slow_write_on_the_loop_writes_go_to_the_thread(
     first_pause = writer._loop_writes_from - time.monotonic()
     assert 0 < first_pause <= writer_module.LOOP_WRITE_PAUSE
     seen.clear()
-    writer._loop_writes_from = 0.0  # the pause over: the next is slow again, in a row
+    with writer._conn_lock:  # the write thread answers before it lets the connection go
+        writer._loop_writes_from = 0.0  # the pause over: the next is slow again, in a row
     asyncio.run(two())
     assert inserts_by_thread(seen, producer._sql_insert) == {"loop": 1, "writer": 1}
     second_pause = writer._loop_writes_from - time.monotonic()
     assert second_pause > 1.5 * writer_module.LOOP_WRITE_PAUSE  # doubled
     # a quick write ends the run of slow ones: the next slow one pauses as the first did
     monkeypatch.setattr(writer_module, "LOOP_WRITE_MAX", 3600.0)
-    writer._loop_writes_from = 0.0
+    with writer._conn_lock:
+        writer._loop_writes_from = 0.0
     asyncio.run(two())
     assert writer._slow_loop_writes == 0 and writer._loop_writes_from == 0.0
 
