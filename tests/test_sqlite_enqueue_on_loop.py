@@ -8,6 +8,7 @@ elsewhere or a slow commit never holds the loop; a loop that does not show its r
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import sqlite3
 import threading
 import time
@@ -18,6 +19,7 @@ import pytest
 
 from conveyor.backends.sqlite import SQLiteBroker
 from conveyor.backends.sqlite import writer as writer_module
+from polling import wait_until
 from test_sqlite_enqueue_at_once import at_once, head, job, stored_row
 
 
@@ -163,3 +165,158 @@ def test_a_loop_without_a_visible_ready_queue_hands_every_write_to_the_thread(
 
     uvloop.run(three())
     assert inserts_by_thread(seen, producer._sql_insert) == {"loop": 0, "writer": 3}
+
+
+def test_a_producer_awaiting_enqueue_after_enqueue_lets_the_loop_turn(
+        producer: SQLiteBroker) -> None:
+    """Timers, I/O and other tasks run between two enqueues written on the loop's thread:
+    each lets the loop turn once before it returns."""
+    seen = traced(producer)
+
+    async def main() -> int:
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.001)
+                ticks += 1
+
+        beat = asyncio.create_task(ticker())
+        await asyncio.sleep(0)
+        for _ in range(300):
+            await producer.enqueue([job()], {})
+        beat.cancel()
+        return ticks
+
+    ticks = asyncio.run(main())
+    # most on the loop (a turn that finds the timer due hands the next write to the thread)
+    assert inserts_by_thread(seen, producer._sql_insert)["loop"] >= 150
+    assert ticks >= 10  # (without the turn: none, the timer's task never ran)
+
+
+def test_a_big_write_ahead_log_sends_writes_to_the_thread_until_it_is_cut_back(
+        producer: SQLiteBroker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A long read lets the log grow past its usual size; the commit after it may copy it
+    all into the database, which must not happen on a loop's thread. Once the log starts
+    over it is cut back (journal_size_limit), and writes run on the loop again."""
+    monkeypatch.setattr(writer_module, "LOOP_WAL_CHECK", 0.0)  # its size read every time
+    path = tmp_path / "p.db"
+    reader = sqlite3.connect(path, isolation_level=None)
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM t_jobs").fetchone()  # holds the log from here
+    big = "x" * 200_000
+    for _ in range(60):  # about 12 MB, none of it copied while the read lasts
+        producer.enqueue_blocking([job(args=[big])], {})
+    wal = Path(f"{path}-wal")
+    assert wal.stat().st_size > writer_module.LOOP_WAL_MAX
+    reader.execute("COMMIT")
+    reader.close()
+    seen = traced(producer)
+
+    async def one() -> None:
+        await producer.enqueue([job()], {})
+
+    asyncio.run(one())  # the log is big: the thread writes (and copies the log)
+    assert inserts_by_thread(seen, producer._sql_insert) == {"loop": 0, "writer": 1}
+    for _ in range(3):  # the log starts over, cut back to its limit
+        producer.enqueue_blocking([job()], {})
+    assert wal.stat().st_size <= writer_module.LOOP_WAL_MAX
+    seen.clear()
+    asyncio.run(one())
+    assert inserts_by_thread(seen, producer._sql_insert) == {"loop": 1, "writer": 0}
+
+
+def test_only_writes_that_ran_end_a_run_of_slow_ones(producer: SQLiteBroker) -> None:
+    writer = producer._writer
+    writer._slow_loop_writes = 3
+
+    async def on_loop(value: bool | None) -> bool | None:
+        return writer.run_on_loop(lambda conn: value)
+
+    with writer._conn_lock:  # the write thread busy: nothing is written here
+        assert asyncio.run(on_loop(True)) is None
+    assert writer._slow_loop_writes == 3
+    assert asyncio.run(on_loop(None)) is None  # ran, stored nothing: no write either
+    assert writer._slow_loop_writes == 3
+    assert asyncio.run(on_loop(True)) is True
+    assert writer._slow_loop_writes == 0
+
+
+def test_a_write_queued_as_the_store_closes_is_refused_not_left_waiting(
+        producer: SQLiteBroker) -> None:
+    """A write that reaches the writer as another thread stops it is answered (the store's
+    own calls then open it again and retry), not left for a start that may never come."""
+    writer = producer._writer
+    late: concurrent.futures.Future[object] = concurrent.futures.Future()
+    with writer._conn_lock:  # the write thread stops at the first write it takes
+        blocked = concurrent.futures.Future[object]()
+        writer._queue.put(writer_module._Pending(lambda conn: 1, blocked, None, False))
+        stopping = threading.Thread(target=writer.stop)
+        stopping.start()
+        wait_until(lambda: writer._thread is None, what="the stop to begin")
+        # what came after the stop, before the thread ended: nobody will run it
+        writer._queue.put(writer_module._Pending(lambda conn: 2, late, None, False))
+        with pytest.raises(writer_module.WriterStopped):
+            writer.run_blocking(lambda conn: 3)  # after the stop: refused at once
+    stopping.join(timeout=10)
+    assert not stopping.is_alive()
+    assert blocked.result(timeout=1) == 1  # taken before the stop: run
+    with pytest.raises(writer_module.WriterStopped):
+        late.result(timeout=1)
+
+    async def awaited() -> object:
+        return await writer.run(lambda conn: 4)
+
+    with pytest.raises(writer_module.WriterStopped):
+        asyncio.run(awaited())
+    producer.close_blocking()
+    record = job()  # a closed store opens again on its next use
+    assert asyncio.run(producer.enqueue([record], {})) == [None]
+
+
+def test_enqueues_while_another_thread_keeps_closing_the_store_all_land(
+        producer: SQLiteBroker, tmp_path: Path) -> None:
+    """A close from another thread between a call's check that the store is open and its
+    write: the write is answered, the store opened again and the write made, every time."""
+    stop = threading.Event()
+
+    def closer() -> None:
+        while not stop.is_set():
+            producer.close_blocking()
+            time.sleep(0.0005)
+
+    stored: list[str] = []
+
+    def blocking() -> None:
+        for _ in range(200):
+            record = job()
+            assert producer.enqueue_blocking([record], {}) == [None]
+            stored.append(record.id)
+
+    async def awaited() -> None:
+        for _ in range(200):
+            records = [job() for _ in range(2)]  # two: the full write, on the write thread
+            assert await producer.enqueue(records, {}) == [None, None]
+            stored.extend(r.id for r in records)
+            record = job()
+            assert await producer.enqueue([record], {}) == [None]
+            stored.append(record.id)
+
+    closing = threading.Thread(target=closer)
+    closing.start()
+    try:
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            done = [pool.submit(blocking), pool.submit(asyncio.run, awaited())]
+            for future in done:
+                future.result(timeout=60)  # raises what the producer raised; never hangs
+    finally:
+        stop.set()
+        closing.join()
+    assert len(stored) == 800
+    conn = sqlite3.connect(tmp_path / "p.db")
+    try:
+        ids = {i for (i,) in conn.execute("SELECT id FROM t_jobs")}
+    finally:
+        conn.close()
+    assert set(stored) <= ids

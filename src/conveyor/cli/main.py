@@ -180,6 +180,7 @@ COMMANDS: dict[str, Command] = {
 
 
 def _run_worker(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from conveyor.worker.heap import freeze_startup_heap
     from conveyor.worker.supervisor import Supervisor, run_worker, worker_command
 
     app = resolve_app(args.app_spec, args.url, args.namespace)
@@ -191,6 +192,7 @@ def _run_worker(args: argparse.Namespace, argv: Sequence[str]) -> int:
     if args.processes > 1:
         _ = app.broker  # a bad store URL (a missing directory) fails here, not in each child
         return Supervisor(worker_command(argv), args.processes, args.grace).run()
+    freeze_startup_heap()  # this process only runs the worker from now on
     return run_worker(app, queues=queues, weights=weights, min_workers=args.min_workers,
                       max_workers=args.max_workers, grace=args.grace,
                       metrics_port=args.metrics_port, metrics_host=args.metrics_host)

@@ -27,7 +27,6 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from conveyor.logs import duration, plural
-from conveyor.worker.heap import freeze_startup_heap
 from conveyor.worker.pool import Worker
 
 if TYPE_CHECKING:
@@ -160,7 +159,6 @@ def run_worker(app: Conveyor, *, metrics_port: int | None = None,
     # a worker waits for a store that is down (its calls retry longer than a producer's)
     app.broker.retry_for = max(app.broker.retry_for, WORKER_RETRY_FOR)
     worker = Worker(app, **options)
-    freeze_startup_heap()
     try:
         _run_bounded(serve_worker(worker))
     finally:

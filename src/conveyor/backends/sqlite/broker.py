@@ -36,7 +36,7 @@ from conveyor.backends.sqlite.schema import (
     worker_from_row,
 )
 from conveyor.backends.sqlite.trouble import unavailable_reason
-from conveyor.backends.sqlite.writer import Writer
+from conveyor.backends.sqlite.writer import Writer, WriterStopped
 from conveyor.errors import (
     ConfigurationError,
     DuplicateJob,
@@ -135,7 +135,7 @@ class SQLiteBroker(Broker):
         self.ns = check_namespace(namespace)
         #: False: open only an existing file (see conveyor.backends.require_existing)
         self.create = True
-        self._writer = Writer(self._open_writer, self._lock_patience, self._lock_held)
+        self._writer = self._new_writer()
         self._local = threading.local()
         self._opened = False
         self._open_lock = threading.Lock()
@@ -262,12 +262,16 @@ class SQLiteBroker(Broker):
                     "lazy-apps is on): SQLite's connections do not survive a fork; load the "
                     "app in each worker (uWSGI: lazy-apps = true) or close it before forking")
             # fresh locks: another thread of the parent may have held one at the fork
-            self._writer = Writer(self._open_writer, self._lock_patience, self._lock_held)
+            self._writer = self._new_writer()
             self._local = threading.local()
             self._open_lock = threading.Lock()
             self._readers_lock = threading.Lock()
             self._generation += 1
             self._pid = os.getpid()
+
+    def _new_writer(self) -> Writer:
+        return Writer(self._open_writer, self._lock_patience, self._lock_held,
+                      wal=f"{os.path.realpath(self.settings.path)}-wal")  # as SQLite names it
 
     def _usable(self) -> bool:
         """Open, and in this process (a forked child opens its own: see :meth:`_forked`)."""
@@ -299,8 +303,8 @@ class SQLiteBroker(Broker):
             return
         with self._open_lock:
             if self._opened:
+                self._opened = False  # first: a write meanwhile waits to open it again
                 self._writer.stop()
-                self._opened = False
         with self._readers_lock:
             readers, self._readers = self._readers, []
             self._generation += 1
@@ -387,12 +391,16 @@ class SQLiteBroker(Broker):
         """Run ``fn`` in the writer's next transaction (``keeps``: see :class:`Writer`)."""
         sent = time.monotonic()
         try:  # as _guarded() does, without a context manager on this busy path
-            if not self._usable():
-                await self.open()
-            result: T = await self._writer.run(fn, keeps)
+            while True:
+                if not self._usable():
+                    await self.open()
+                try:
+                    result: T = await self._writer.run(fn, keeps)
+                except WriterStopped:  # closed by another thread meanwhile: open again
+                    continue
+                return result
         except (sqlite3.Error, OSError) as exc:
             self._fail(exc, sent)
-        return result
 
     # -- producers ----------------------------------------------------------------------------
     def _rows(self, jobs: Sequence[JobRecord]) -> _Plan:
@@ -578,10 +586,12 @@ class SQLiteBroker(Broker):
         if self._usable():
             sent = time.monotonic()
             try:
-                if self._stored_at_once(plan, limits, self._writer.run_on_loop):
-                    return [None]
+                stored = self._stored_at_once(plan, limits, self._writer.run_on_loop)
             except (sqlite3.Error, OSError) as exc:
                 self._fail(exc, sent)
+            if stored:  # written on the loop's thread: let the loop turn before going on
+                await asyncio.sleep(0)  # (due timers, I/O, other tasks: a caller's next
+                return [None]  # enqueue, at once, would otherwise hold them for ever)
         result: list[str | None] = await self._write(
             self._enqueue_fn(jobs, limits, plan), True)
         return result
@@ -589,18 +599,22 @@ class SQLiteBroker(Broker):
     def enqueue_blocking(
         self, jobs: Sequence[JobRecord], limits: Mapping[str, int]
     ) -> list[str | None]:
-        if not self._usable():
-            self.open_blocking()
         plan = self._rows(jobs)
         sent = time.monotonic()
         try:  # as _guarded() does, without a context manager on this busy path
-            if self._stored_at_once(plan, limits, self._writer.run_at_once):
-                return [None]
-            result: list[str | None] = self._writer.run_blocking(
-                self._enqueue_fn(jobs, limits, plan), True)
+            while True:
+                if not self._usable():
+                    self.open_blocking()
+                if self._stored_at_once(plan, limits, self._writer.run_at_once):
+                    return [None]
+                try:
+                    result: list[str | None] = self._writer.run_blocking(
+                        self._enqueue_fn(jobs, limits, plan), True)
+                except WriterStopped:  # closed by another thread meanwhile: open again
+                    continue
+                return result
         except (sqlite3.Error, OSError) as exc:
             self._fail(exc, sent)
-        return result
 
     async def remember_idempotency(
         self, key: str, digest: str, job_id: str, ttl: float

@@ -82,6 +82,12 @@ def check_namespace(namespace: str) -> str:
     return namespace
 
 
+#: bytes the write-ahead log file is cut back to once it starts over, after a long read had
+#: let it grow (it is about 4 MB otherwise: SQLite copies it into the database every 1,000
+#: pages)
+WAL_SIZE_LIMIT = 8 * 1024 * 1024
+
+
 def connect(settings: Settings, create: bool = True) -> sqlite3.Connection:
     """Open a connection with WAL, the busy timeout and the chosen durability.
 
@@ -114,6 +120,7 @@ def connect(settings: Settings, create: bool = True) -> sqlite3.Connection:
         if str(mode).lower() != "wal":
             raise ConfigurationError(f"could not switch {settings.path} to WAL (got {mode})")
         conn.execute(f"PRAGMA synchronous={settings.synchronous}")
+        conn.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
     except sqlite3.DatabaseError as exc:
         conn.close()
         better = _open_error(where, create, exc)

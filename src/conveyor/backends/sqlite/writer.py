@@ -11,9 +11,9 @@ whatever else waits along): a lone producer then pays no thread hand-offs, only 
 With nothing else waiting it runs its transaction straight through, without a group or a
 future to answer it; a write that one statement can make runs as that statement alone
 (:meth:`Writer.run_at_once`), which SQLite commits by itself. An awaited write of one
-statement does the same on its event loop's thread when nothing else on that loop is ready
-to run and such writes have been quick (:meth:`Writer.run_on_loop`): the loop had nothing
-to do meanwhile, and the two hand-offs would have cost its caller more than the write.
+statement does the same on its event loop's thread when no other callback of that loop is
+ready to run, the write-ahead log is small and such writes have been quick
+(:meth:`Writer.run_on_loop`): the two hand-offs would cost its caller more than the write.
 
 Facts the writes read under the write lock (the queues' caps, the queues known) may be kept
 in :attr:`Writer.cache` from one transaction to the next, for the writes that say they
@@ -28,6 +28,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import functools
+import os
 import queue
 import sqlite3
 import threading
@@ -36,7 +37,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from conveyor.backends.sqlite.schema import is_locked, retry_locked
+from conveyor.backends.sqlite.schema import WAL_SIZE_LIMIT, is_locked, retry_locked
 
 T = TypeVar("T")
 WriteFn = Callable[[sqlite3.Connection], Any]
@@ -58,6 +59,19 @@ LOCK_FLOOR = 1.0
 #: :data:`LOOP_WRITE_PAUSE` seconds, doubling with each slow one in a row up to
 #: :data:`LOOP_WRITE_PAUSE_MAX` (a disk whose every write is slow holds a loop rarely)
 LOOP_WRITE_MAX, LOOP_WRITE_PAUSE, LOOP_WRITE_PAUSE_MAX = 0.002, 0.1, 10.0
+#: bytes of write-ahead log past which no write runs on an event loop's thread: a commit may
+#: run the checkpoint that copies the log into the database, which takes as long as the log
+#: is big (it grows past its usual 4 MB while a long read holds it, and is cut back to this
+#: once it starts over)
+LOOP_WAL_MAX = WAL_SIZE_LIMIT
+#: seconds between two readings of the log's size (at the pace of one quick write after
+#: another, a few hundred writes: far less than the 1,000 pages between two checkpoints)
+LOOP_WAL_CHECK = 0.05
+
+
+class WriterStopped(Exception):
+    """The writer stopped (its store was closed by another thread) before it took this
+    write: nothing of it ran, and the caller may open the store again and retry it."""
 
 
 class _Stop:
@@ -103,6 +117,19 @@ def _loop_idle() -> bool:
     return ready is not None and not ready
 
 
+def _closed(pending: _Pending) -> None:
+    """Answer ``pending``, queued after its writer stopped: the store was closed."""
+    error = WriterStopped("the store was closed")
+    future, loop = pending.future, pending.loop
+    if loop is not None and isinstance(future, asyncio.Future):
+        answer: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = [
+            (future, None, error)]
+        with contextlib.suppress(RuntimeError):  # its loop has closed
+            loop.call_soon_threadsafe(_resolve, answer)
+    elif not future.done():
+        future.set_exception(error)
+
+
 def _roll_back(conn: sqlite3.Connection) -> None:
     """Roll back the transaction open on ``conn``, if any (SQLite may have rolled back)."""
     if conn.in_transaction:
@@ -124,8 +151,11 @@ class Writer:
 
     def __init__(self, connect: Callable[[], sqlite3.Connection],
                  patience: Callable[[], float],
-                 held: Callable[[], None] = lambda: None) -> None:
+                 held: Callable[[], None] = lambda: None,
+                 wal: str | None = None) -> None:
         self._connect = connect
+        #: the write-ahead log's path (None: unknown, and no write runs on a loop's thread)
+        self._wal = wal
         self._patience = patience
         self._held = held
         #: when :meth:`stop` began (None: not stopping): writes waiting for the lock then
@@ -134,6 +164,9 @@ class Writer:
         self._queue: queue.SimpleQueue[_Pending | _Stop] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        #: held while a write is queued for the thread, and by stop() once the thread is
+        #: gone, to answer what came too late
+        self._submit = threading.Lock()
         self._conn: sqlite3.Connection | None = None
         #: held by whoever uses the connection: the writer thread or a blocking caller
         self._conn_lock = threading.Lock()
@@ -150,6 +183,9 @@ class Writer:
         #: and how many of its writes in a row were slow
         self._loop_writes_from = 0.0
         self._slow_loop_writes = 0
+        #: when the log's size was last read, and whether it was past LOOP_WAL_MAX then
+        self._wal_checked_at = -LOOP_WAL_CHECK
+        self._wal_was_big = True
 
     def start(self) -> None:
         """Open the connection and start the thread (idempotent). Raise what opening the
@@ -183,6 +219,12 @@ class Writer:
                 self._queue.put(_STOP)
                 thread.join()
                 self._stopping_at = None
+            with self._submit:  # queued after the stop: nobody will run them
+                late = self._take([])[0] if thread is not None else []
+                while late and not self._queue.empty():
+                    late += self._take([])[0]
+            for pending in late:
+                _closed(pending)
 
     def _stop_waited(self) -> bool:
         """Whether a stop began :data:`STOP_PATIENCE` seconds ago or more."""
@@ -194,7 +236,7 @@ class Writer:
         changes nothing :attr:`cache` holds."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        self._queue.put(_Pending(fn, future, loop, keeps))
+        self._put(_Pending(fn, future, loop, keeps))
         return await future
 
     def run_blocking(self, fn: WriteFn, keeps: bool = False) -> Any:
@@ -214,8 +256,17 @@ class Writer:
             finally:
                 self._conn_lock.release()
         future = concurrent.futures.Future()
-        self._queue.put(_Pending(fn, future, None, keeps))
+        self._put(_Pending(fn, future, None, keeps))
         return future.result()
+
+    def _put(self, pending: _Pending) -> None:
+        """Queue ``pending`` for the thread; raise :class:`WriterStopped` when the writer is
+        stopped (its store closed by another thread meanwhile), rather than leave it
+        waiting for a start that may never come."""
+        with self._submit:
+            if self._thread is None:
+                raise WriterStopped("the store was closed")
+            self._queue.put(pending)
 
     def run_at_once(self, attempt: Callable[..., T | None], *args: Any) -> T | None:
         """``attempt(conn, *args)`` on this thread when the connection is free and no write
@@ -245,18 +296,35 @@ class Writer:
         :data:`LOOP_WRITE_MAX` is over: the loop is held for quick commits, and rarely for
         a slow one. None when it does not run (the caller then awaits :meth:`run`)."""
         began = time.monotonic()
-        if began < self._loop_writes_from or not _loop_idle():
+        if began < self._loop_writes_from or not _loop_idle() or self._wal_big(began):
             return None
+        result = None
         try:
-            return self.run_at_once(attempt, *args)
+            result = self.run_at_once(attempt, *args)
+            return result
         finally:
             ended = time.monotonic()
-            if ended - began <= LOOP_WRITE_MAX:
-                self._slow_loop_writes = 0
-            else:
+            if ended - began > LOOP_WRITE_MAX:
                 self._slow_loop_writes += 1
                 pause = LOOP_WRITE_PAUSE * 2.0 ** min(self._slow_loop_writes - 1, 16)
                 self._loop_writes_from = ended + min(pause, LOOP_WRITE_PAUSE_MAX)
+            elif result:  # a quick write (not a call that wrote nothing) ends a slow run
+                self._slow_loop_writes = 0
+
+    def _wal_big(self, now: float) -> bool:
+        """Whether the write-ahead log is past :data:`LOOP_WAL_MAX` (or its path unknown),
+        as last seen: its size is read at most every :data:`LOOP_WAL_CHECK` seconds (reading
+        it before every write cost a lone caller a quarter of its rate)."""
+        if now - self._wal_checked_at >= LOOP_WAL_CHECK:
+            self._wal_checked_at = now
+            try:
+                self._wal_was_big = self._wal is None \
+                    or os.stat(self._wal).st_size > LOOP_WAL_MAX
+            except FileNotFoundError:
+                self._wal_was_big = False
+            except OSError:
+                self._wal_was_big = True
+        return self._wal_was_big
 
     def _take(self, group: list[_Pending]) -> tuple[list[_Pending], bool]:
         """Add what waits in the queue to ``group``; also say whether a stop came."""
