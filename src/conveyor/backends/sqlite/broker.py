@@ -589,9 +589,10 @@ class SQLiteBroker(Broker):
                 stored = self._stored_at_once(plan, limits, self._writer.run_on_loop)
             except (sqlite3.Error, OSError) as exc:
                 self._fail(exc, sent)
-            if stored:  # written on the loop's thread: let the loop turn before going on
-                await asyncio.sleep(0)  # (due timers, I/O, other tasks: a caller's next
-                return [None]  # enqueue, at once, would otherwise hold them for ever)
+            if stored:  # written on the loop's thread: the loop turns every millisecond
+                if self._writer.loop_turn_due():  # (a caller's next enqueue, at once,
+                    await asyncio.sleep(0)  # would otherwise hold timers and I/O for ever)
+                return [None]
         result: list[str | None] = await self._write(
             self._enqueue_fn(jobs, limits, plan), True)
         return result
