@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sqlite3
+import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -15,6 +17,7 @@ from conveyor.backends.sqlite.memory import MemoryBroker, parse_name, store_dire
 from conveyor.errors import ConfigurationError, JobNotFound
 from conveyor.ids import new_id
 from conveyor.job import JobState
+from polling import wait_until
 
 
 def _app(url: str) -> Conveyor:
@@ -120,3 +123,32 @@ def test_worker_runs_jobs_from_a_memory_store(
     handles = memory_app.enqueue_many("double", [(i,) for i in range(20)])
     assert [h.result(timeout=30) for h in handles] == [2 * i for i in range(20)]
     assert memory_app.run_sync(memory_app.broker.counts())["default"]["succeeded"] == 20
+
+
+def test_an_enqueue_racing_a_private_stores_close_lands_in_the_store_that_stays() -> None:
+    """A close from one thread while another enqueues: the enqueue waits for the close to
+    end (its files removed) and opens a new store, rather than write into files the close
+    removes just after (acknowledged, then gone)."""
+    app = _app("memory://")
+    try:
+        first = app.enqueue("double", 1)
+        assert first.info().state is JobState.QUEUED  # a reader connection of this thread
+        broker = app.broker
+        assert isinstance(broker, MemoryBroker)
+        (_, _, reader_lock), = broker._readers
+        with reader_lock:  # the close stops at this reader, as under a statement running
+            closing = threading.Thread(target=broker.close_blocking)
+            closing.start()
+            wait_until(lambda: not broker._opened, what="the close to begin")
+            late: list[str] = []
+            racing = threading.Thread(target=lambda: late.append(app.enqueue("double", 2).id))
+            racing.start()
+            time.sleep(0.2)  # the enqueue meanwhile reaches the store, or waits for it
+        closing.join(timeout=10)
+        racing.join(timeout=10)
+        assert not closing.is_alive() and not racing.is_alive() and len(late) == 1
+        assert app.handle(late[0]).info().state is JobState.QUEUED  # not in removed files
+        assert _path(app).exists()
+    finally:
+        app.close()
+    assert not _path(app).exists()

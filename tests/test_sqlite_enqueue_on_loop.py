@@ -320,3 +320,20 @@ def test_enqueues_while_another_thread_keeps_closing_the_store_all_land(
     finally:
         conn.close()
     assert set(stored) <= ids
+
+
+def test_the_log_watched_is_the_one_sqlite_writes_whatever_the_directory_since(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A store named by a relative path, opened after the process changed directory: the
+    size read is that of the log SQLite writes beside the file it opened."""
+    (tmp_path / "here").mkdir()
+    (tmp_path / "other" / "here").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    broker = SQLiteBroker("sqlite:///here/q.db", namespace="t")
+    try:
+        monkeypatch.chdir(tmp_path / "other")  # "here/q.db" now names another file
+        broker.enqueue_blocking([job()], {})
+        wal = broker._writer._wal
+        assert wal == f"{tmp_path / 'other' / 'here' / 'q.db'}-wal" and Path(wal).exists()
+    finally:
+        broker.close_blocking()

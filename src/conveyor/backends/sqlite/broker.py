@@ -270,8 +270,7 @@ class SQLiteBroker(Broker):
             self._pid = os.getpid()
 
     def _new_writer(self) -> Writer:
-        return Writer(self._open_writer, self._lock_patience, self._lock_held,
-                      wal=f"{os.path.realpath(self.settings.path)}-wal")  # as SQLite names it
+        return Writer(self._open_writer, self._lock_patience, self._lock_held)
 
     def _usable(self) -> bool:
         """Open, and in this process (a forked child opens its own: see :meth:`_forked`)."""
@@ -301,16 +300,20 @@ class SQLiteBroker(Broker):
         reader connection (a later use opens them again)."""
         if self._pid != os.getpid():  # a forked child closes nothing of its parent's
             return
-        with self._open_lock:
+        with self._open_lock:  # held to the end: a use meanwhile opens it after the close
             if self._opened:
-                self._opened = False  # first: a write meanwhile waits to open it again
+                self._opened = False
                 self._writer.stop()
-        with self._readers_lock:
-            readers, self._readers = self._readers, []
-            self._generation += 1
-        for _, conn, lock in readers:
-            with lock:  # never under a statement another thread runs on it
-                conn.close()
+            with self._readers_lock:
+                readers, self._readers = self._readers, []
+                self._generation += 1
+            for _, conn, lock in readers:
+                with lock:  # never under a statement another thread runs on it
+                    conn.close()
+            self._closed()
+
+    def _closed(self) -> None:
+        """The end of a close, before any use can open the store again (see memory.py)."""
 
     def is_transient(self, error: BaseException) -> bool:
         return isinstance(error, StoreUnavailable) or \

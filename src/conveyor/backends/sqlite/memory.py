@@ -89,9 +89,9 @@ class MemoryBroker(SQLiteBroker):
         # one outage record with the file's, under which the SQLite code reports trouble
         self.outage = outage_of(sqlite_key(path))
 
-    def close_blocking(self) -> None:
-        """Close as the SQLite backend does; a private store's files go with it."""
-        super().close_blocking()
+    def _closed(self) -> None:
+        """A private store's files go with its close (before any use can open it again:
+        what that use stores goes to a new file, not one about to be removed)."""
         if self.shared_name is None:
             path = self.settings.path
             for suffix in ("", "-wal", "-shm", "-journal"):

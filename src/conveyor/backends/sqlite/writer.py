@@ -154,11 +154,11 @@ class Writer:
 
     def __init__(self, connect: Callable[[], sqlite3.Connection],
                  patience: Callable[[], float],
-                 held: Callable[[], None] = lambda: None,
-                 wal: str | None = None) -> None:
+                 held: Callable[[], None] = lambda: None) -> None:
         self._connect = connect
-        #: the write-ahead log's path (None: unknown, and no write runs on a loop's thread)
-        self._wal = wal
+        #: the write-ahead log's path, as SQLite names it from the connection's file (None:
+        #: unknown, and no write runs on a loop's thread)
+        self._wal: str | None = None
         self._patience = patience
         self._held = held
         #: when :meth:`stop` began (None: not stopping): writes waiting for the lock then
@@ -200,6 +200,7 @@ class Writer:
                 conn = self._connect()
                 try:
                     conn.execute("PRAGMA busy_timeout=0")  # _begin waits for the lock
+                    main = conn.execute("PRAGMA database_list").fetchone()
                 except BaseException:
                     conn.close()
                     raise
@@ -207,6 +208,8 @@ class Writer:
                     target=self._run, args=(conn,), name="conveyor-sqlite-writer", daemon=True
                 )
                 self._conn = conn
+                self._wal = f"{main[2]}-wal" if main and main[2] else None
+                self._wal_checked_at = -LOOP_WAL_CHECK
                 self.cache.clear()
                 self.version = None
                 thread.start()
