@@ -125,33 +125,43 @@ def test_a_lock_held_elsewhere_does_not_hold_the_loop(
     assert result == [None] and stored_row(tmp_path / "p.db", record.id) is not None
 
 
-def test_after_a_slow_write_on_the_loop_writes_go_to_the_thread(
+def test_after_slow_writes_in_a_row_on_the_loop_writes_go_to_the_thread(
         producer: SQLiteBroker, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One slow write alone (mostly a checkpoint of the small log) does not pause; two in a
+    row do, for LOOP_WRITE_PAUSE, doubling with each further one; a quick write ends it."""
     monkeypatch.setattr(writer_module, "LOOP_WRITE_MAX", 0.0)  # every write counts as slow
     seen = traced(producer)
-
-    async def two() -> None:
-        await producer.enqueue([job()], {})
-        await producer.enqueue([job()], {})
-
     writer = producer._writer
-    asyncio.run(two())
-    assert inserts_by_thread(seen, producer._sql_insert) == {"loop": 1, "writer": 1}
+
+    async def three() -> None:
+        for _ in range(3):
+            await producer.enqueue([job()], {})
+
+    asyncio.run(three())  # slow, slow (a pause begins), then on the thread
+    assert inserts_by_thread(seen, producer._sql_insert) == {"loop": 2, "writer": 1}
     first_pause = writer._loop_writes_from - time.monotonic()
     assert 0 < first_pause <= writer_module.LOOP_WRITE_PAUSE
     seen.clear()
     with writer._conn_lock:  # the write thread answers before it lets the connection go
         writer._loop_writes_from = 0.0  # the pause over: the next is slow again, in a row
-    asyncio.run(two())
-    assert inserts_by_thread(seen, producer._sql_insert) == {"loop": 1, "writer": 1}
+    asyncio.run(three())
+    assert inserts_by_thread(seen, producer._sql_insert) == {"loop": 1, "writer": 2}
     second_pause = writer._loop_writes_from - time.monotonic()
     assert second_pause > 1.5 * writer_module.LOOP_WRITE_PAUSE  # doubled
-    # a quick write ends the run of slow ones: the next slow one pauses as the first did
+    # a quick write ends the run of slow ones: the next slow one alone pauses nothing
     monkeypatch.setattr(writer_module, "LOOP_WRITE_MAX", 3600.0)
     with writer._conn_lock:
         writer._loop_writes_from = 0.0
-    asyncio.run(two())
+    asyncio.run(three())
     assert writer._slow_loop_writes == 0 and writer._loop_writes_from == 0.0
+    monkeypatch.setattr(writer_module, "LOOP_WRITE_MAX", 0.0)
+    seen.clear()
+
+    async def one() -> None:
+        await producer.enqueue([job()], {})
+
+    asyncio.run(one())
+    assert writer._slow_loop_writes == 1 and writer._loop_writes_from == 0.0
 
 
 def test_a_loop_without_a_visible_ready_queue_hands_every_write_to_the_thread(

@@ -54,9 +54,10 @@ STOP_PATIENCE = 1.0
 #: a write's wait for the lock, however long it was queued, is at least this (or its whole
 #: patience, if shorter): see _begin
 LOCK_FLOOR = 1.0
-#: seconds a write run on an event loop's thread (its fsync included) may take; after a
-#: longer one (a WAL checkpoint, a slow disk), awaited writes go to the write thread for
-#: :data:`LOOP_WRITE_PAUSE` seconds, doubling with each slow one in a row up to
+#: seconds a write run on an event loop's thread (its fsync included) may take; after two
+#: longer ones in a row (a slow disk; one alone is mostly the periodic checkpoint of a
+#: small log), awaited writes go to the write thread for :data:`LOOP_WRITE_PAUSE`
+#: seconds, doubling with each further slow one in a row up to
 #: :data:`LOOP_WRITE_PAUSE_MAX` (a disk whose every write is slow holds a loop rarely)
 LOOP_WRITE_MAX, LOOP_WRITE_PAUSE, LOOP_WRITE_PAUSE_MAX = 0.002, 0.1, 10.0
 #: bytes of write-ahead log past which no write runs on an event loop's thread: a commit may
@@ -314,8 +315,9 @@ class Writer:
             ended = time.monotonic()
             if ended - began > LOOP_WRITE_MAX:
                 self._slow_loop_writes += 1
-                pause = LOOP_WRITE_PAUSE * 2.0 ** min(self._slow_loop_writes - 1, 16)
-                self._loop_writes_from = ended + min(pause, LOOP_WRITE_PAUSE_MAX)
+                if self._slow_loop_writes > 1:
+                    pause = LOOP_WRITE_PAUSE * 2.0 ** min(self._slow_loop_writes - 2, 16)
+                    self._loop_writes_from = ended + min(pause, LOOP_WRITE_PAUSE_MAX)
             elif result:  # a quick write (not a call that wrote nothing) ends a slow run
                 self._slow_loop_writes = 0
 
