@@ -50,6 +50,11 @@ class DownServer(Server):
             return False
         return True
 
+    def kill_if_running(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
     def terminate(self, within: float) -> int:
         assert self.proc is not None
         return exit_after_sigterm(self.proc, within, self.output)
@@ -103,9 +108,7 @@ def test_serve_listens_while_redis_is_down_and_serves_once_it_is_up(
                    what="/healthz to answer 503 once Redis is gone")
         assert server.terminate(within=10.0) == 0, server.output()
     finally:
-        if server.proc is not None and server.proc.poll() is None:
-            server.proc.kill()
-            server.proc.wait()
+        server.kill_if_running()
     log = server.output()
     assert "retrying in" not in log, log
     assert "Traceback" not in log, log
@@ -121,9 +124,7 @@ def test_serve_stops_at_once_on_sigterm_while_redis_is_down(
         check_down(server.client.get("/healthz"), health=True)
         assert server.terminate(within=5.0) == 0, server.output()
     finally:
-        if server.proc is not None and server.proc.poll() is None:
-            server.proc.kill()
-            server.proc.wait()
+        server.kill_if_running()
     assert "Traceback" not in server.output(), server.output()
 
 
@@ -157,9 +158,7 @@ def test_serve_on_a_locked_sqlite_database_answers_503_until_it_is_free(
         assert server.terminate(within=10.0) == 0, server.output()
     finally:
         holder.close()
-        if server.proc is not None and server.proc.poll() is None:
-            server.proc.kill()
-            server.proc.wait()
+        server.kill_if_running()
     log = server.output()
     assert log.count("cannot reach the store") == 1, log
     assert log.count("reachable again") == 1, log
@@ -187,7 +186,5 @@ def test_the_documentation_a_session_opens_answers_503_while_redis_is_down(
                        what="/docs to open again once Redis is up")
         assert server.terminate(within=10.0) == 0, server.output()
     finally:
-        if server.proc is not None and server.proc.poll() is None:
-            server.proc.kill()
-            server.proc.wait()
+        server.kill_if_running()
     assert "Traceback" not in server.output()

@@ -43,6 +43,29 @@ def traced(broker: SQLiteBroker) -> list[tuple[int, str]]:
     return seen
 
 
+class Ticker:
+    """A task of the running loop counting the ticks of a timer of ``every`` seconds."""
+
+    def __init__(self, every: float) -> None:
+        self.every = every
+        self.ticks = 0
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Ticker:
+        self._task = asyncio.create_task(self._run())
+        await asyncio.sleep(0)  # begun
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.every)
+            self.ticks += 1
+
+
 def inserts_by_thread(seen: list[tuple[int, str]], insert: str) -> dict[str, int]:
     """How many job INSERTs ran on this (the loop's) thread and on others."""
     here = threading.get_ident()
@@ -99,23 +122,13 @@ def test_a_lock_held_elsewhere_does_not_hold_the_loop(
     record = job()
 
     async def main() -> tuple[int, list[str | None]]:
-        ticks = 0
-
-        async def ticker() -> None:
-            nonlocal ticks
-            while True:
-                await asyncio.sleep(0.01)
-                ticks += 1
-
-        beat = asyncio.create_task(ticker())
-        stored = asyncio.create_task(producer.enqueue([record], {}))
-        await asyncio.sleep(0.3)
-        assert not stored.done()  # still waiting for the lock, on the write thread
-        ticked = ticks
-        holder.execute("ROLLBACK")
-        result = await stored
-        beat.cancel()
-        return ticked, result
+        async with Ticker(0.01) as ticker:
+            stored = asyncio.create_task(producer.enqueue([record], {}))
+            await asyncio.sleep(0.3)
+            assert not stored.done()  # still waiting for the lock, on the write thread
+            ticked = ticker.ticks
+            holder.execute("ROLLBACK")
+            return ticked, await stored
 
     try:
         ticked, result = asyncio.run(main())
@@ -179,25 +192,15 @@ def test_a_loop_without_a_visible_ready_queue_hands_every_write_to_the_thread(
 
 def test_a_producer_awaiting_enqueue_after_enqueue_lets_the_loop_turn(
         producer: SQLiteBroker) -> None:
-    """Timers, I/O and other tasks run between two enqueues written on the loop's thread:
-    each lets the loop turn once before it returns."""
+    """Timers, I/O and other tasks run between enqueues written on the loop's thread: a
+    caller making them one after another lets the loop turn every millisecond."""
     seen = traced(producer)
 
     async def main() -> int:
-        ticks = 0
-
-        async def ticker() -> None:
-            nonlocal ticks
-            while True:
-                await asyncio.sleep(0.001)
-                ticks += 1
-
-        beat = asyncio.create_task(ticker())
-        await asyncio.sleep(0)
-        for _ in range(300):
-            await producer.enqueue([job()], {})
-        beat.cancel()
-        return ticks
+        async with Ticker(0.001) as ticker:
+            for _ in range(300):
+                await producer.enqueue([job()], {})
+            return ticker.ticks
 
     ticks = asyncio.run(main())
     # most on the loop (a turn that finds the timer due hands the next write to the thread)
