@@ -73,8 +73,8 @@ def test_at_does_not_start_early(app: Conveyor, start_worker: Callable[..., Work
     assert started[0] >= when.timestamp() - 0.005
 
     past = stamp.enqueue_with(["past"], at=datetime.now(UTC) - timedelta(hours=1))
-    info = past.info()
-    assert info.state is JobState.QUEUED and info.run_at == info.created_at
+    info = past.info()  # ready at once: the running worker may have taken it already
+    assert info.state is not JobState.SCHEDULED and info.run_at == info.created_at
     assert past.result(timeout=10) == "past"
 
 
