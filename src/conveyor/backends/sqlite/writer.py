@@ -121,19 +121,6 @@ def _loop_idle() -> bool:
     return ready is not None and not ready
 
 
-def _closed(pending: _Pending) -> None:
-    """Answer ``pending``, queued after its writer stopped: the store was closed."""
-    error = WriterStopped("the store was closed")
-    future, loop = pending.future, pending.loop
-    if loop is not None and isinstance(future, asyncio.Future):
-        answer: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = [
-            (future, None, error)]
-        with contextlib.suppress(RuntimeError):  # its loop has closed
-            loop.call_soon_threadsafe(_resolve, answer)
-    elif not future.done():
-        future.set_exception(error)
-
-
 def _roll_back(conn: sqlite3.Connection) -> None:
     """Roll back the transaction open on ``conn``, if any (SQLite may have rolled back)."""
     if conn.in_transaction:
@@ -229,11 +216,13 @@ class Writer:
                 thread.join()
                 self._stopping_at = None
             with self._submit:  # queued after the stop: nobody will run them
-                late = self._take([])[0] if thread is not None else []
-                while late and not self._queue.empty():
-                    late += self._take([])[0]
-            for pending in late:
-                _closed(pending)
+                late: list[_Pending] = []
+                with contextlib.suppress(queue.Empty):  # (a blocking caller may take one)
+                    while True:
+                        item = self._queue.get_nowait()
+                        if isinstance(item, _Pending):
+                            late.append(item)
+            self._answer([(p, None, WriterStopped("the store was closed")) for p in late])
 
     def _stop_waited(self) -> bool:
         """Whether a stop began :data:`STOP_PATIENCE` seconds ago or more."""
@@ -301,11 +290,14 @@ class Writer:
     def run_on_loop(self, attempt: Callable[..., T | None], *args: Any) -> T | None:
         """:meth:`run_at_once` on the running event loop's thread, when nothing else on the
         loop is ready to run (a lone awaited caller, whose loop would only wait for the
-        thread's answer) and the pause after a write that took longer than
-        :data:`LOOP_WRITE_MAX` is over: the loop is held for quick commits, and rarely for
-        a slow one. None when it does not run (the caller then awaits :meth:`run`)."""
+        thread's answer), the log is small (:data:`LOOP_WAL_MAX`) and no pause is under way
+        after slow writes in a row (:data:`LOOP_WRITE_MAX`): the loop is held for quick
+        commits, and rarely for a slow one. None when it does not run (the caller then
+        awaits :meth:`run`)."""
+        if not _loop_idle():  # first: a loop with others ready (or uvloop) pays no more
+            return None
         began = time.monotonic()
-        if began < self._loop_writes_from or not _loop_idle() or self._wal_big(began):
+        if began < self._loop_writes_from or self._wal_big(began):
             return None
         result = None
         try:
