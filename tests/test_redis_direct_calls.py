@@ -227,3 +227,38 @@ def test_a_connection_closed_under_a_write_is_a_lost_connection(
             await pool.disconnect()
 
     asyncio.run(main())
+
+
+def test_open_here_holds_on_the_loop_that_opened_only() -> None:
+    # an awaited enqueue skips open() when open_here() says it would do nothing: on Redis
+    # each loop has its own connection, which a new loop's open() makes (and pings)
+    broker = _broker()
+
+    async def on_a_loop() -> tuple[bool, bool, str]:
+        before = broker.open_here()
+        await broker.open()
+        job = _job(new_id())
+        await broker.enqueue([job], {})
+        return before, broker.open_here(), job.id
+
+    try:
+        first = asyncio.run(on_a_loop())
+        second = asyncio.run(on_a_loop())  # a new loop: open again, then open here
+        assert (first[:2], second[:2]) == ((False, True), (False, True))
+        app = Conveyor(shared_redis_url(), namespace=broker.namespace)
+
+        async def n(x: int) -> None:
+            """A job."""
+
+        job_fn = app.job(n)
+
+        async def enqueue_on_new_loop() -> str:
+            return (await job_fn.enqueue_async(1)).id
+
+        try:
+            job_id = asyncio.run(enqueue_on_new_loop())  # opened by the call itself
+            assert asyncio.run(broker.get(job_id)) is not None
+        finally:
+            app.close()
+    finally:
+        asyncio.run(broker.close())

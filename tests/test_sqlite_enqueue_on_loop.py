@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from conveyor import Conveyor
 from conveyor.backends.sqlite import SQLiteBroker
 from conveyor.backends.sqlite import writer as writer_module
 from polling import wait_until
@@ -113,6 +114,47 @@ def test_concurrent_awaited_enqueues_share_the_write_threads_commits(
     finally:
         conn.close()
     assert {r.id for r in records} <= ids
+
+
+def test_each_loop_is_looked_at_on_its_own(producer: SQLiteBroker) -> None:
+    # the ready queue of the last loop that wrote is kept: a later loop, with others ready,
+    # must be looked at anew rather than through the first loop's (empty) queue
+    async def lone() -> None:
+        await producer.enqueue([job()], {})
+
+    async def together() -> None:
+        await asyncio.gather(*(producer.enqueue([job()], {}) for _ in range(20)))
+
+    asyncio.run(lone())
+    seen = traced(producer)
+    asyncio.run(together())
+    counts = inserts_by_thread(seen, producer._sql_insert)
+    assert counts["loop"] <= 1 and counts["loop"] + counts["writer"] == 20
+    seen.clear()
+    asyncio.run(lone())  # and the first kind of loop again: on its thread
+    assert inserts_by_thread(seen, producer._sql_insert) == {"loop": 1, "writer": 0}
+
+
+def test_open_here_says_whether_the_store_is_open_in_this_process(tmp_path: Path) -> None:
+    # an awaited enqueue skips open() when open_here() says it would do nothing
+    broker = SQLiteBroker(f"sqlite:///{tmp_path / 'o.db'}", namespace="t")
+    assert not broker.open_here()
+    broker.open_blocking()
+    assert broker.open_here()
+    broker.close_blocking()
+    assert not broker.open_here()
+    app = Conveyor(f"sqlite:///{tmp_path / 'o.db'}", namespace="t")
+
+    async def noop(n: int) -> None:
+        """A job."""
+
+    job_fn = app.job(noop)
+    try:
+        app.close()  # closed: the awaited enqueue opens it again itself
+        handle = asyncio.run(job_fn.enqueue_async(1))
+        assert handle.info().args == [1]
+    finally:
+        app.close()
 
 
 def test_a_lock_held_elsewhere_does_not_hold_the_loop(

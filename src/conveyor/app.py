@@ -523,7 +523,8 @@ class Conveyor:
 
             return self._stored(records, await store_and_run_async(self, records), on_conflict)
         broker = self.broker
-        await broker.open()
+        if not broker.open_here():
+            await broker.open()
         held = await broker.enqueue(records, self.max_queued)
         outage_for(broker).recovered()
         return self._stored(records, held, on_conflict)

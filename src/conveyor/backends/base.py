@@ -82,6 +82,11 @@ class Broker(abc.ABC):
     async def close(self) -> None:
         """Release connections and threads."""
 
+    def open_here(self) -> bool:
+        """Whether :meth:`open` would do nothing on the running event loop (no I/O), so
+        that an awaited call on the hot path may skip it; False when unsure."""
+        return False
+
     #: seconds an operation keeps retrying through connection trouble (backends that retry)
     retry_for: float = 30.0
     #: distinct queues the namespace may know at most (those holding jobs, and those with

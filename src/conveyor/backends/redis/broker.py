@@ -377,6 +377,9 @@ class RedisBroker(Broker):
         """One Lua script by name, retried through connection trouble."""
         return await self._retrying(lambda c: c.scripts[name](keys=keys, args=args))
 
+    def open_here(self) -> bool:
+        return self._layout_checked and asyncio.get_running_loop() in self._connections
+
     async def open(self) -> None:
         if self._layout_checked:
             if asyncio.get_running_loop() in self._connections:

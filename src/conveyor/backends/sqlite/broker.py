@@ -292,6 +292,9 @@ class SQLiteBroker(Broker):
         if not self._usable():
             await asyncio.to_thread(self.open_blocking)
 
+    def open_here(self) -> bool:
+        return self._usable()
+
     async def close(self) -> None:
         self.close_blocking()
 

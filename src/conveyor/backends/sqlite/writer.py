@@ -34,7 +34,7 @@ import sqlite3
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sized
 from typing import Any, TypeVar
 
 from conveyor.backends.sqlite.schema import WAL_SIZE_LIMIT, is_locked, retry_locked
@@ -113,14 +113,6 @@ def _resolve(items: list[tuple[asyncio.Future[Any], Any, BaseException | None]])
             future.set_result(value)
 
 
-def _loop_idle() -> bool:
-    """Whether nothing but the running task is ready to run on the running event loop: its
-    ready queue is empty. False for a loop that does not show that queue (asyncio's own
-    loops do), which then never waits for a write."""
-    ready = getattr(asyncio.get_running_loop(), "_ready", None)
-    return ready is not None and not ready
-
-
 def _roll_back(conn: sqlite3.Connection) -> None:
     """Roll back the transaction open on ``conn``, if any (SQLite may have rolled back)."""
     if conn.in_transaction:
@@ -174,8 +166,13 @@ class Writer:
         #: and how many of its writes in a row were slow
         self._loop_writes_from = 0.0
         self._slow_loop_writes = 0
-        #: when a loop that wrote on its thread was last told to turn
+        #: when a loop that wrote on its thread was last told to turn, and when the last
+        #: write on a loop's thread ended
         self._loop_turned_at = 0.0
+        self._loop_wrote_at = 0.0
+        #: the last event loop that wrote here and its ready queue, as one tuple (loops of
+        #: other threads may write too; see _loop_idle)
+        self._seen: tuple[object, Sized | None] = (None, None)
         #: when the log's size was last read, and whether it was past LOOP_WAL_MAX then
         self._wal_checked_at = -LOOP_WAL_CHECK
         self._wal_was_big = True
@@ -215,6 +212,7 @@ class Writer:
                 self._queue.put(_STOP)
                 thread.join()
                 self._stopping_at = None
+            self._seen = (None, None)  # (a closed loop is not kept alive)
             with self._submit:  # queued after the stop: nobody will run them
                 late: list[_Pending] = []
                 with contextlib.suppress(queue.Empty):  # (a blocking caller may take one)
@@ -294,17 +292,19 @@ class Writer:
         after slow writes in a row (:data:`LOOP_WRITE_MAX`): the loop is held for quick
         commits, and rarely for a slow one. None when it does not run (the caller then
         awaits :meth:`run`)."""
-        if not _loop_idle():  # first: a loop with others ready (or uvloop) pays no more
+        if not self._loop_idle():  # first: a loop with others ready (or uvloop) pays no more
             return None
         began = time.monotonic()
-        if began < self._loop_writes_from or self._wal_big(began):
+        if began - self._wal_checked_at >= LOOP_WAL_CHECK:
+            self._read_wal_size(began)
+        if began < self._loop_writes_from or self._wal_was_big:
             return None
         result = None
         try:
             result = self.run_at_once(attempt, *args)
             return result
         finally:
-            ended = time.monotonic()
+            self._loop_wrote_at = ended = time.monotonic()
             if ended - began > LOOP_WRITE_MAX:
                 self._slow_loop_writes += 1
                 if self._slow_loop_writes > 1:
@@ -313,31 +313,43 @@ class Writer:
             elif result:  # a quick write (not a call that wrote nothing) ends a slow run
                 self._slow_loop_writes = 0
 
+    def _loop_idle(self) -> bool:
+        """Whether nothing but the running task is ready to run on the running event loop:
+        its ready queue is empty. False for a loop that does not show that queue (asyncio's
+        own loops do), which then never waits for a write. The queue of the last loop seen
+        is kept (looking it up cost a lone caller more than the check)."""
+        loop = asyncio.get_running_loop()
+        seen_loop, ready = self._seen
+        if loop is not seen_loop:
+            ready = getattr(loop, "_ready", None)
+            ready = ready if isinstance(ready, Sized) else None
+            self._seen = (loop, ready)
+        return ready is not None and not ready
+
     def loop_turn_due(self) -> bool:
-        """Whether the caller of a write that ran on its loop's thread should let the loop
-        turn before going on: at least every :data:`LOOP_TURN_EVERY` seconds, so that
-        timers, I/O and other tasks are not held by a caller writing one job after another
-        (a turn after every write cost such a caller a tenth of its rate)."""
-        now = time.monotonic()
+        """Whether the caller of a write that ran on its loop's thread (just now: the time
+        its write ended is taken for now) should let the loop turn before going on: at
+        least every :data:`LOOP_TURN_EVERY` seconds, so that timers, I/O and other tasks
+        are not held by a caller writing one job after another (a turn after every write
+        cost such a caller a tenth of its rate)."""
+        now = self._loop_wrote_at
         if now - self._loop_turned_at < LOOP_TURN_EVERY:
             return False
         self._loop_turned_at = now
         return True
 
-    def _wal_big(self, now: float) -> bool:
-        """Whether the write-ahead log is past :data:`LOOP_WAL_MAX` (or its path unknown),
-        as last seen: its size is read at most every :data:`LOOP_WAL_CHECK` seconds (reading
-        it before every write cost a lone caller a quarter of its rate)."""
-        if now - self._wal_checked_at >= LOOP_WAL_CHECK:
-            self._wal_checked_at = now
-            try:
-                self._wal_was_big = self._wal is None \
-                    or os.stat(self._wal).st_size > LOOP_WAL_MAX
-            except FileNotFoundError:
-                self._wal_was_big = False
-            except OSError:
-                self._wal_was_big = True
-        return self._wal_was_big
+    def _read_wal_size(self, now: float) -> None:
+        """Note whether the write-ahead log is past :data:`LOOP_WAL_MAX` (or its path
+        unknown) in :attr:`_wal_was_big`; :meth:`run_on_loop` reads it at most every
+        :data:`LOOP_WAL_CHECK` seconds (reading it before every write cost a lone caller a
+        quarter of its rate)."""
+        self._wal_checked_at = now
+        try:
+            self._wal_was_big = self._wal is None or os.stat(self._wal).st_size > LOOP_WAL_MAX
+        except FileNotFoundError:
+            self._wal_was_big = False
+        except OSError:
+            self._wal_was_big = True
 
     def _take(self, group: list[_Pending]) -> tuple[list[_Pending], bool]:
         """Add what waits in the queue to ``group``; also say whether a stop came."""
