@@ -7,7 +7,9 @@ would refuse."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +20,27 @@ from conveyor.backends.sqlite import SQLiteBroker
 from conveyor.errors import DuplicateJob, QueueFull, StoreUnavailable, TooManyQueues
 from conveyor.ids import new_id
 from conveyor.job import JobRecord, JobState
+
+
+@contextlib.contextmanager
+def held_elsewhere(lock: contextlib.AbstractContextManager[object]) -> Iterator[None]:
+    """Hold ``lock`` on another thread meanwhile (the writer's connection lock lets the
+    thread that holds it take it again: a write of another thread under way is shown so)."""
+    taken, done = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with lock:
+            taken.set()
+            done.wait()
+
+    holder = threading.Thread(target=hold, daemon=True)
+    holder.start()
+    taken.wait()
+    try:
+        yield
+    finally:
+        done.set()
+        holder.join()
 
 
 def job(queue: str = "default", **fields: object) -> JobRecord:
@@ -196,7 +219,7 @@ def test_the_writer_runs_nothing_at_once_while_its_connection_is_busy(
         calls.append(value)
         return value
 
-    with writer._conn_lock:  # another thread's write under way
+    with held_elsewhere(writer._conn_lock):  # another thread's write under way
         assert writer.run_at_once(attempt, 1) is None
     assert calls == []
     assert writer.run_at_once(attempt, 2) == 2 and calls == [2]

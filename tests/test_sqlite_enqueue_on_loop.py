@@ -21,7 +21,7 @@ from conveyor import Conveyor
 from conveyor.backends.sqlite import SQLiteBroker
 from conveyor.backends.sqlite import writer as writer_module
 from polling import wait_until
-from test_sqlite_enqueue_at_once import at_once, head, job, stored_row
+from test_sqlite_enqueue_at_once import at_once, head, held_elsewhere, job, stored_row
 
 
 @pytest.fixture
@@ -289,7 +289,7 @@ def test_only_writes_that_ran_end_a_run_of_slow_ones(producer: SQLiteBroker) -> 
     async def on_loop(value: bool | None) -> bool | None:
         return writer.run_on_loop(lambda conn: value)
 
-    with writer._conn_lock:  # the write thread busy: nothing is written here
+    with held_elsewhere(writer._conn_lock):  # the write thread busy: nothing written here
         assert asyncio.run(on_loop(True)) is None
     assert writer._slow_loop_writes == 3
     assert asyncio.run(on_loop(None)) is None  # ran, stored nothing: no write either
@@ -304,7 +304,7 @@ def test_a_write_queued_as_the_store_closes_is_refused_not_left_waiting(
     own calls then open it again and retry), not left for a start that may never come."""
     writer = producer._writer
     late: concurrent.futures.Future[object] = concurrent.futures.Future()
-    with writer._conn_lock:  # the write thread stops at the first write it takes
+    with held_elsewhere(writer._conn_lock):  # the write thread stops at the first it takes
         blocked = concurrent.futures.Future[object]()
         writer._queue.put(writer_module._Pending(lambda conn: 1, blocked, None, False))
         stopping = threading.Thread(target=writer.stop)

@@ -97,6 +97,13 @@ class StoreUnavailable(ConveyorError):
         super().__init__(f"store unavailable ({self.url}): {reason}")
 
 
+class ReentrantWrite(ConveyorError):
+    """A write was asked for on a thread inside that thread's own write transaction on the
+    same SQLite store: a signal handler that interrupted the write. It cannot wait for the
+    write it interrupted, which waits for it; nothing of the call was stored. (A handler
+    that interrupted a write between its statements writes at once.)"""
+
+
 class PermanentError(Exception):
     """Raise from a job to send it to the dead set at once, without retrying."""
 

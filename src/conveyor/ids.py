@@ -9,7 +9,8 @@ the ids take from under the module's lock: ``os.urandom`` releases the GIL, and 
 back on every id would stall an event loop while other threads run. A forked child starts
 with an empty pool (and a fresh lock and last id), so it never repeats its parent's bits:
 by the fork hook, or, in a child forked without Python's fork hooks (uWSGI's default), by
-the process id each id checks.
+the process id each id checks. An id asked for by a signal handler that interrupted this
+thread's own making of an id takes fresh random bits instead of waiting for itself.
 """
 
 from __future__ import annotations
@@ -29,7 +30,10 @@ _LOW_BITS = 78
 _LOW_MASK = (1 << _LOW_BITS) - 1
 #: bytes read from ``os.urandom`` at a time; each new millisecond takes 10 of them
 _POOL_SIZE = 4096
-_lock = threading.Lock()
+_lock = threading.RLock()
+#: True while an id is being made under the lock: another id asked for meanwhile can only
+#: come from a signal handler that interrupted it on the same thread (other threads wait)
+_busy = False
 #: held while a child forked without the fork hooks forgets its parent's pool and lock (by
 #: the first of its threads to make an id; the others wait, then use the new lock)
 _RESET = threading.Lock()
@@ -58,8 +62,8 @@ def _random_bits() -> int:
 
 def _after_fork_in_child() -> None:
     """Forget the parent's pool, last id and lock (another thread may have held it)."""
-    global _lock, _pid, _pool, _pool_at, _last_ms, _last_random, _last_head
-    _lock, _pid = threading.Lock(), os.getpid()
+    global _lock, _pid, _pool, _pool_at, _last_ms, _last_random, _last_head, _busy
+    _lock, _pid, _busy = threading.RLock(), os.getpid(), False
     _pool, _pool_at = b"", 0
     _last_ms, _last_random, _last_head = -1, 0, (-1, "")
 
@@ -93,27 +97,33 @@ def _encode_low(low: int) -> str:
 
 def new_id(now: float | None = None) -> str:
     """Return a fresh job id for the time ``now`` (seconds since the epoch, default: now)."""
-    global _last_ms, _last_random, _last_head
+    global _last_ms, _last_random, _last_head, _busy
     if _pid != os.getpid():  # a child forked without the fork hooks: reset once
         with _RESET:
             if _pid != os.getpid():
                 _after_fork_in_child()
     ms = int((time.time() if now is None else now) * 1000)
     with _lock:
-        if ms <= _last_ms:
-            ms = _last_ms
-            _last_random = (_last_random + 1) & _RANDOM_MASK
-        else:
-            _last_ms = ms
-            _last_random = _random_bits()
-        rand = _last_random
-        # the first 10 characters (the time and the top 2 random bits) change once per
-        # millisecond at most, while ids made within one millisecond share them
-        top = (ms << 2) | (rand >> _LOW_BITS)
-        known, head = _last_head
-        if known != top:
-            head = _encode_head(top)
-            _last_head = (top, head)
+        if _busy:  # a signal handler interrupted this thread's own new_id: fresh bits
+            return _encode((ms << _RANDOM_BITS) | int.from_bytes(os.urandom(10), "big") >> 1)
+        _busy = True
+        try:
+            if ms <= _last_ms:
+                ms = _last_ms
+                _last_random = (_last_random + 1) & _RANDOM_MASK
+            else:
+                _last_ms = ms
+                _last_random = _random_bits()
+            rand = _last_random
+            # the first 10 characters (the time and the top 2 random bits) change once per
+            # millisecond at most, while ids made within one millisecond share them
+            top = (ms << 2) | (rand >> _LOW_BITS)
+            known, head = _last_head
+            if known != top:
+                head = _encode_head(top)
+                _last_head = (top, head)
+        finally:
+            _busy = False
     return head + _encode_low(rand & _LOW_MASK)
 
 

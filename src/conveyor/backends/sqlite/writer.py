@@ -38,6 +38,7 @@ from collections.abc import Callable, Sized
 from typing import Any, TypeVar
 
 from conveyor.backends.sqlite.schema import WAL_SIZE_LIMIT, is_locked, retry_locked
+from conveyor.errors import ReentrantWrite
 
 T = TypeVar("T")
 WriteFn = Callable[[sqlite3.Connection], Any]
@@ -113,6 +114,18 @@ def _resolve(items: list[tuple[asyncio.Future[Any], Any, BaseException | None]])
             future.set_result(value)
 
 
+def _check_not_nested(conn: sqlite3.Connection) -> None:
+    """Raise :class:`ReentrantWrite` when ``conn``, just taken by this thread, is inside a
+    transaction: only this thread's own write can have left it open (every other use
+    commits or rolls back before it lets go), interrupted by a signal handler now asking
+    for a write, which would otherwise wait for it for ever."""
+    if conn.in_transaction:
+        raise ReentrantWrite("a write was asked for on a thread whose own write to this "
+                             "SQLite store it interrupted (a signal handler's call?); "
+                             "nothing was stored: write after the handler returns (set a "
+                             "flag in it, or use loop.add_signal_handler)")
+
+
 def _roll_back(conn: sqlite3.Connection) -> None:
     """Roll back the transaction open on ``conn``, if any (SQLite may have rolled back)."""
     if conn.in_transaction:
@@ -151,8 +164,11 @@ class Writer:
         #: gone, to answer what came too late
         self._submit = threading.Lock()
         self._conn: sqlite3.Connection | None = None
-        #: held by whoever uses the connection: the writer thread or a blocking caller
-        self._conn_lock = threading.Lock()
+        #: held by whoever uses the connection: the writer thread or a blocking caller.
+        #: Re-entrant: a signal handler that interrupted its thread's own use of the
+        #: connection between statements writes at once rather than wait for itself (one
+        #: that interrupted a transaction is refused: see _check_not_nested)
+        self._conn_lock = threading.RLock()
         #: what writes may share: facts read under the write lock. A group (one transaction)
         #: of writes that all keep it finds it as the last one left it, unless another
         #: connection committed since; any other group finds it empty, and leaves it empty,
@@ -241,6 +257,7 @@ class Writer:
             try:
                 conn = self._conn
                 if conn is not None and self._thread is not None:
+                    _check_not_nested(conn)
                     if self._queue.empty():  # alone: nobody to share the commit with
                         return self._run_alone(conn, fn, keeps)
                     future: concurrent.futures.Future[Any] = concurrent.futures.Future()

@@ -1,0 +1,175 @@
+"""A signal handler that enqueues, having interrupted an enqueue of its own thread: it writes
+at once when the interrupted write is between statements (the common case: a lone
+producer's enqueue is one statement, and a signal that came during its fsync is handled
+just after it), and raises :class:`ReentrantWrite` when it interrupted a write transaction,
+which it could only wait for for ever. Before, both hung the thread for good (the handler
+waited for the connection its own interrupted frame held); so could a handler that
+interrupted the making of a job id."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import conveyor.ids as ids
+from conveyor import Conveyor, ReentrantWrite
+from conveyor.backends.sqlite import SQLiteBroker
+from conveyor.ids import is_valid_id, new_id
+from test_sqlite_enqueue_at_once import job
+
+#: seconds a call that used to hang is given before the test calls it hung
+HANG = 30.0
+
+
+def finishes(call: Callable[[], Any]) -> Any:
+    """``call()`` on a thread of its own: its result or what it raised; fail the test if it
+    has not returned within :data:`HANG` seconds (the thread is left behind)."""
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = call()
+        except BaseException as exc:  # handed to the test
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(HANG)
+    assert not thread.is_alive(), "the nested call hung"
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Any:
+    made = SQLiteBroker(f"sqlite:///{tmp_path / 'h.db'}", namespace="t")
+    made.enqueue_blocking([job()], {})
+    yield made
+    closing = threading.Thread(target=made.close_blocking, daemon=True)
+    closing.start()  # (a hung test must not hang the suite in its teardown too)
+    closing.join(HANG)
+
+
+def stored(broker: SQLiteBroker, job_id: str) -> bool:
+    return asyncio.run(broker.get(job_id)) is not None
+
+
+def test_a_write_asked_for_between_the_statements_of_its_threads_write_runs_at_once(
+        broker: SQLiteBroker) -> None:
+    outer, inner = job(), job()
+
+    def attempt(conn: object) -> bool:  # runs holding the connection, between statements
+        assert broker.enqueue_blocking([inner], {}) == [None]
+        return broker._insert_at_once(conn, broker._rows([outer])[0][0],  # type: ignore[arg-type]
+                                      broker._sql_insert) is True
+
+    assert finishes(lambda: broker._writer.run_at_once(attempt)) is True
+    for record in (outer, inner):
+        assert stored(broker, record.id)
+
+
+def test_a_write_asked_for_inside_its_threads_transaction_is_refused(
+        broker: SQLiteBroker) -> None:
+    outer, inner = job(), job()
+
+    def write(conn: Any) -> None:  # runs inside the transaction of a full write
+        conn.execute(broker._sql_insert, broker._rows([outer])[0][0])
+        broker.enqueue_blocking([inner], {})
+
+    with pytest.raises(ReentrantWrite, match="nothing was stored"):
+        finishes(lambda: broker._writer.run_blocking(write))
+    # the refusal rolled the interrupted write back whole; the store goes on
+    assert not stored(broker, outer.id) and not stored(broker, inner.id)
+    again = job()
+    assert broker.enqueue_blocking([again], {}) == [None]
+    assert stored(broker, again.id)
+
+
+def test_an_id_asked_for_while_its_thread_makes_one_takes_fresh_bits(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    nested: list[str] = []
+    plain_bits = ids._random_bits
+
+    def interrupted() -> int:  # inside new_id's lock, as a signal handler would run there
+        nested.append(new_id(2_000_000_000.0))
+        return plain_bits()
+
+    monkeypatch.setattr(ids, "_random_bits", interrupted)
+    outer = finishes(lambda: new_id(2_000_000_000.0))  # a new millisecond: takes bits
+    assert len(nested) == 1 and nested[0] != outer
+    assert is_valid_id(nested[0]) and is_valid_id(outer)
+    assert ids.id_time(nested[0]) == ids.id_time(outer) == 2_000_000_000.0
+    monkeypatch.setattr(ids, "_random_bits", plain_bits)
+    after = [new_id(2_000_000_000.0) for _ in range(3)]  # the sequence goes on, sorted
+    assert after == sorted(after) and after[0] > outer and nested[0] not in after
+
+
+PRODUCER = r"""
+import json, signal, sys, time
+from conveyor import Conveyor
+from conveyor import ReentrantWrite
+
+app = Conveyor(sys.argv[1])
+
+async def noop(n: int) -> None: ...
+
+job = app.job(noop)
+unique = sys.argv[2] == "unique"
+handled, refused, made = [], [0], []
+job.enqueue(0)
+inside = [False]
+
+def handler(signum, frame):
+    if inside[0]:  # a handler slower than the timer is not entered again
+        return
+    inside[0] = True
+    try:
+        handled.append(job.enqueue(-1).id)
+    except ReentrantWrite:
+        refused[0] += 1
+    finally:
+        inside[0] = False
+
+signal.signal(signal.SIGALRM, handler)
+signal.setitimer(signal.ITIMER_REAL, 0.0005, 0.0005)
+began = time.monotonic()
+while len(handled) + refused[0] < 200 and time.monotonic() - began < 20:
+    n = len(made) + 1
+    if unique:
+        made.append(job.enqueue_with((n,), unique_key=f"k{n}").id)
+    else:
+        made.append(job.enqueue(n).id)
+signal.setitimer(signal.ITIMER_REAL, 0, 0)
+signal.signal(signal.SIGALRM, signal.SIG_DFL)
+app.close()
+print(json.dumps({"made": made, "handled": handled, "refused": refused[0]}))
+"""
+
+
+@pytest.mark.parametrize("kind", ["plain", "unique"])
+def test_a_signal_handler_enqueues_while_its_thread_enqueues(tmp_path: Path, kind: str) -> None:
+    # real signals, every half millisecond, into a producer enqueueing one job after
+    # another: plain jobs (one statement each) or jobs with unique keys (a transaction)
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    done = subprocess.run([sys.executable, "-c", PRODUCER, url, kind], capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = json.loads(done.stdout)
+    assert len(out["handled"]) + out["refused"] >= 200  # the handler ran, the thread went on
+    if kind == "plain":  # a signal after a one-statement write finds nothing open
+        assert len(out["handled"]) >= 150
+    app = Conveyor(url)
+    try:
+        for job_id in out["made"] + out["handled"]:  # every acknowledged enqueue is stored
+            assert app.handle(job_id).info().id == job_id
+    finally:
+        app.close()
