@@ -262,3 +262,31 @@ def test_open_here_holds_on_the_loop_that_opened_only() -> None:
             app.close()
     finally:
         asyncio.run(broker.close())
+
+
+def test_a_blocking_call_asked_for_while_its_thread_makes_the_connections_is_refused(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # a signal handler's blocking call that interrupted the making of the blocking
+    # connections on its own thread is refused, rather than left waiting for itself
+    from conveyor import ReentrantWrite
+    from conveyor.backends.redis import deploy
+
+    broker = _broker()
+    refusals: list[str] = []
+    plain = deploy.blocking_scripts
+
+    def making(url: str) -> Any:
+        try:
+            broker.enqueue_blocking([_job(new_id())], {})
+        except ReentrantWrite as exc:
+            refusals.append(str(exc))
+        return plain(url)
+
+    monkeypatch.setattr(deploy, "blocking_scripts", making)
+    job = _job(new_id())
+    try:
+        assert broker.enqueue_blocking([job], {}) == [None]
+        assert len(refusals) == 1 and "being made" in refusals[0]
+        assert asyncio.run(broker.get(job.id)) is not None
+    finally:
+        asyncio.run(broker.close())

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -23,7 +24,7 @@ import conveyor.ids as ids
 from conveyor import Conveyor, ReentrantWrite
 from conveyor.backends.sqlite import SQLiteBroker
 from conveyor.ids import is_valid_id, new_id
-from test_sqlite_enqueue_at_once import job
+from test_sqlite_enqueue_at_once import held_elsewhere, job
 
 #: seconds a call that used to hang is given before the test calls it hung
 HANG = 30.0
@@ -94,6 +95,63 @@ def test_a_write_asked_for_inside_its_threads_transaction_is_refused(
     assert stored(broker, again.id)
 
 
+def test_a_transaction_an_interrupted_rollback_left_open_is_rolled_back_by_the_next_write(
+        broker: SQLiteBroker, tmp_path: Path) -> None:
+    # an exception (a KeyboardInterrupt, a handler's) between a failed write and its
+    # rollback leaves the connection in a transaction, holding the write lock: the next
+    # write, by any thread and either way, rolls it back rather than fail on it for good
+    writer = broker._writer
+    for use in ("blocking", "awaited"):
+        conn = writer._conn
+        assert conn is not None
+        with held_elsewhere(writer._conn_lock):
+            pass  # (the write thread is done with the connection)
+        conn.execute("BEGIN IMMEDIATE")
+        record = job()
+        if use == "blocking":
+            assert finishes(lambda r=record: broker.enqueue_blocking([r], {})) == [None]
+        else:
+            assert finishes(lambda r=record: asyncio.run(broker.enqueue([r], {}))) == [None]
+        assert not conn.in_transaction and stored(broker, record.id)
+        other = sqlite3.connect(tmp_path / "h.db", timeout=0.5)
+        try:
+            other.execute("BEGIN IMMEDIATE")  # the lock was let go
+            other.execute("ROLLBACK")
+        finally:
+            other.close()
+
+
+def test_a_write_asked_for_while_its_thread_opens_or_closes_the_store_is_refused(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    made = SQLiteBroker(f"sqlite:///{tmp_path / 'o.db'}", namespace="t")
+    refusals: list[str] = []
+    plain_start, plain_stop = made._writer.start, made._writer.stop
+
+    def nested() -> None:  # as a signal handler's enqueue would run there
+        try:
+            made.enqueue_blocking([job()], {})
+        except ReentrantWrite as exc:
+            refusals.append(str(exc))
+
+    def start() -> None:
+        nested()
+        plain_start()
+
+    def stop() -> None:
+        nested()
+        plain_stop()
+
+    monkeypatch.setattr(made._writer, "start", start)
+    monkeypatch.setattr(made._writer, "stop", stop)
+    finishes(made.open_blocking)
+    finishes(made.close_blocking)
+    assert len(refusals) == 2 and all("opened or closed" in r for r in refusals)
+    monkeypatch.undo()
+    record = job()
+    assert made.enqueue_blocking([record], {}) == [None]  # and the store goes on
+    made.close_blocking()
+
+
 def test_an_id_asked_for_while_its_thread_makes_one_takes_fresh_bits(
         monkeypatch: pytest.MonkeyPatch) -> None:
     nested: list[str] = []
@@ -124,6 +182,7 @@ async def noop(n: int) -> None: ...
 
 job = app.job(noop)
 unique = sys.argv[2] == "unique"
+reopen = sys.argv[2] == "reopen"  # the store closed every 10 enqueues: opened again
 handled, refused, made = [], [0], []
 job.enqueue(0)
 inside = [False]
@@ -148,6 +207,8 @@ while len(handled) + refused[0] < 200 and time.monotonic() - began < 20:
         made.append(job.enqueue_with((n,), unique_key=f"k{n}").id)
     else:
         made.append(job.enqueue(n).id)
+    if reopen and n % 10 == 0:
+        app.close()
 signal.setitimer(signal.ITIMER_REAL, 0, 0)
 signal.signal(signal.SIGALRM, signal.SIG_DFL)
 app.close()
@@ -155,10 +216,11 @@ print(json.dumps({"made": made, "handled": handled, "refused": refused[0]}))
 """
 
 
-@pytest.mark.parametrize("kind", ["plain", "unique"])
+@pytest.mark.parametrize("kind", ["plain", "unique", "reopen"])
 def test_a_signal_handler_enqueues_while_its_thread_enqueues(tmp_path: Path, kind: str) -> None:
     # real signals, every half millisecond, into a producer enqueueing one job after
-    # another: plain jobs (one statement each) or jobs with unique keys (a transaction)
+    # another: plain jobs (one statement each), jobs with unique keys (a transaction), or
+    # plain jobs with the store closed every 10 (a signal during an open or a close)
     url = f"sqlite:///{tmp_path / 's.db'}"
     done = subprocess.run([sys.executable, "-c", PRODUCER, url, kind], capture_output=True,
                           text=True, timeout=120, check=False)

@@ -29,6 +29,7 @@ from conveyor.errors import (
     ConfigurationError,
     DuplicateJob,
     QueueFull,
+    ReentrantWrite,
     StoreUnavailable,
     TooManyQueues,
     redact_url,
@@ -256,7 +257,11 @@ class RedisBroker(Broker):
         #: how long an operation keeps retrying through connection trouble
         self.retry_for = RETRY_FOR
         self._blocking: deploy.Scripts | None = None
-        self._blocking_lock = threading.Lock()
+        #: held while the blocking runner is made; re-entrant, with _making set meanwhile,
+        #: so that a signal handler's call that interrupted the making on its thread is
+        #: refused (ReentrantWrite) rather than left waiting for itself
+        self._blocking_lock = threading.RLock()
+        self._making = False
         #: where the next pruning step of the unique keys starts (an HSCAN cursor)
         self._prune_cursor = "0"
         #: where the next pruning step of the token buckets starts
@@ -833,7 +838,15 @@ class RedisBroker(Broker):
             return made
         with self._blocking_lock:
             if self._blocking is None:
-                self._blocking = deploy.blocking_scripts(self.url)
+                if self._making:
+                    raise ReentrantWrite("the connections to Redis were being made by the code "
+                                         "a signal handler interrupted on its thread; nothing "
+                                         "was stored: write after the handler returns")
+                self._making = True
+                try:
+                    self._blocking = deploy.blocking_scripts(self.url)
+                finally:
+                    self._making = False
             return self._blocking
 
     # -- workers ------------------------------------------------------------------------------

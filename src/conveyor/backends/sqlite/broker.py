@@ -41,6 +41,7 @@ from conveyor.errors import (
     ConfigurationError,
     DuplicateJob,
     QueueFull,
+    ReentrantWrite,
     StoreUnavailable,
     TooManyQueues,
 )
@@ -138,7 +139,11 @@ class SQLiteBroker(Broker):
         self._writer = self._new_writer()
         self._local = threading.local()
         self._opened = False
-        self._open_lock = threading.Lock()
+        #: held while the store opens or closes; re-entrant, with _changing set meanwhile,
+        #: so that a signal handler's call that interrupted it on its thread is refused
+        #: (ReentrantWrite) rather than left waiting for itself
+        self._open_lock = threading.RLock()
+        self._changing = False
         #: every reader connection (one per thread that reads), with its thread and the lock
         #: held while it runs a statement (a close() waits for it: see :meth:`_using`)
         self._readers: list[tuple[threading.Thread, sqlite3.Connection, threading.Lock]] = []
@@ -264,7 +269,8 @@ class SQLiteBroker(Broker):
             # fresh locks: another thread of the parent may have held one at the fork
             self._writer = self._new_writer()
             self._local = threading.local()
-            self._open_lock = threading.Lock()
+            self._open_lock = threading.RLock()
+            self._changing = False
             self._readers_lock = threading.Lock()
             self._generation += 1
             self._pid = os.getpid()
@@ -283,10 +289,23 @@ class SQLiteBroker(Broker):
             self._forked()
         with self._open_lock:
             if not self._opened:
-                with self._guarded():
-                    self._writer.start()
+                self._not_changing()
+                self._changing = True
+                try:
+                    with self._guarded():
+                        self._writer.start()
+                finally:
+                    self._changing = False
                 self._opened = True
                 _OPEN.add(self)
+
+    def _not_changing(self) -> None:
+        """Raise :class:`ReentrantWrite` when this thread, holding the open lock, is inside
+        an open or a close of this store already: a signal handler's call interrupted it."""
+        if self._changing:
+            raise ReentrantWrite("the SQLite store was being opened or closed by the code "
+                                 "a signal handler interrupted on its thread; nothing was "
+                                 "stored: write after the handler returns")
 
     async def open(self) -> None:
         if not self._usable():
@@ -304,16 +323,21 @@ class SQLiteBroker(Broker):
         if self._pid != os.getpid():  # a forked child closes nothing of its parent's
             return
         with self._open_lock:  # held to the end: a use meanwhile opens it after the close
-            if self._opened:
-                self._opened = False
-                self._writer.stop()
-            with self._readers_lock:
-                readers, self._readers = self._readers, []
-                self._generation += 1
-            for _, conn, lock in readers:
-                with lock:  # never under a statement another thread runs on it
-                    conn.close()
-            self._closed()
+            self._not_changing()
+            self._changing = True
+            try:
+                if self._opened:
+                    self._opened = False
+                    self._writer.stop()
+                with self._readers_lock:
+                    readers, self._readers = self._readers, []
+                    self._generation += 1
+                for _, conn, lock in readers:
+                    with lock:  # never under a statement another thread runs on it
+                        conn.close()
+                self._closed()
+            finally:
+                self._changing = False
 
     def _closed(self) -> None:
         """The end of a close, before any use can open the store again (see memory.py)."""

@@ -114,18 +114,6 @@ def _resolve(items: list[tuple[asyncio.Future[Any], Any, BaseException | None]])
             future.set_result(value)
 
 
-def _check_not_nested(conn: sqlite3.Connection) -> None:
-    """Raise :class:`ReentrantWrite` when ``conn``, just taken by this thread, is inside a
-    transaction: only this thread's own write can have left it open (every other use
-    commits or rolls back before it lets go), interrupted by a signal handler now asking
-    for a write, which would otherwise wait for it for ever."""
-    if conn.in_transaction:
-        raise ReentrantWrite("a write was asked for on a thread whose own write to this "
-                             "SQLite store it interrupted (a signal handler's call?); "
-                             "nothing was stored: write after the handler returns (set a "
-                             "flag in it, or use loop.add_signal_handler)")
-
-
 def _roll_back(conn: sqlite3.Connection) -> None:
     """Roll back the transaction open on ``conn``, if any (SQLite may have rolled back)."""
     if conn.in_transaction:
@@ -161,14 +149,18 @@ class Writer:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         #: held while a write is queued for the thread, and by stop() once the thread is
-        #: gone, to answer what came too late
-        self._submit = threading.Lock()
+        #: gone, to answer what came too late (re-entrant: a signal handler's write may
+        #: interrupt its thread's own queuing)
+        self._submit = threading.RLock()
         self._conn: sqlite3.Connection | None = None
         #: held by whoever uses the connection: the writer thread or a blocking caller.
         #: Re-entrant: a signal handler that interrupted its thread's own use of the
         #: connection between statements writes at once rather than wait for itself (one
-        #: that interrupted a transaction is refused: see _check_not_nested)
+        #: that interrupted a transaction is refused: see _taken)
         self._conn_lock = threading.RLock()
+        #: how many holds of the connection lock are under way (more than one: a signal
+        #: handler's write nested in its own thread's)
+        self._conn_depth = 0
         #: what writes may share: facts read under the write lock. A group (one transaction)
         #: of writes that all keep it finds it as the last one left it, unless another
         #: connection committed since; any other group finds it empty, and leaves it empty,
@@ -254,10 +246,11 @@ class Writer:
     def run_blocking(self, fn: WriteFn, keeps: bool = False) -> Any:
         """Run ``fn`` in the next group and block until it is committed (see :meth:`run`)."""
         if self._conn_lock.acquire(blocking=False):
+            self._conn_depth += 1
             try:
                 conn = self._conn
                 if conn is not None and self._thread is not None:
-                    _check_not_nested(conn)
+                    self._taken(conn)
                     if self._queue.empty():  # alone: nobody to share the commit with
                         return self._run_alone(conn, fn, keeps)
                     future: concurrent.futures.Future[Any] = concurrent.futures.Future()
@@ -267,10 +260,27 @@ class Writer:
                         self._queue.put(_STOP)
                     return future.result()
             finally:
+                self._conn_depth -= 1
                 self._conn_lock.release()
         future = concurrent.futures.Future()
         self._put(_Pending(fn, future, None, keeps))
         return future.result()
+
+    def _taken(self, conn: sqlite3.Connection) -> None:
+        """Make ``conn``, whose lock this thread has just taken, ready for a transaction. A
+        transaction open on it is this thread's own write, which a signal handler asking
+        for this one interrupted (the lock held twice): raise :class:`ReentrantWrite`, as
+        waiting for it would be for ever. Held once, it is what an interrupted rollback
+        left (every use ends its transaction before it lets go): rolled back."""
+        if conn.in_transaction:
+            if self._conn_depth > 1:
+                raise ReentrantWrite(
+                    "a write was asked for on a thread whose own write to this SQLite "
+                    "store it interrupted (a signal handler's call?); nothing was stored: "
+                    "write after the handler returns (set a flag in it, or use "
+                    "loop.add_signal_handler)")
+            self.cache.clear()
+            _roll_back(conn)
 
     def _put(self, pending: _Pending) -> None:
         """Queue ``pending`` for the thread; raise :class:`WriterStopped` when the writer is
@@ -289,6 +299,7 @@ class Writer:
         with :meth:`run_blocking`."""
         if not self._conn_lock.acquire(blocking=False):
             return None
+        self._conn_depth += 1
         try:
             conn = self._conn
             if conn is None or self._thread is None or conn.in_transaction \
@@ -300,6 +311,7 @@ class Writer:
                 _roll_back(conn)  # a statement fails alone; nothing is left open
                 raise
         finally:
+            self._conn_depth -= 1
             self._conn_lock.release()
 
     def run_on_loop(self, attempt: Callable[..., T | None], *args: Any) -> T | None:
@@ -389,8 +401,13 @@ class Writer:
                 if isinstance(first, _Stop):
                     return
                 with self._conn_lock:
-                    group, stop = self._take([first])
-                    self._commit_group(conn, group)
+                    self._conn_depth += 1
+                    try:
+                        self._taken(conn)
+                        group, stop = self._take([first])
+                        self._commit_group(conn, group)
+                    finally:
+                        self._conn_depth -= 1
                 if stop:
                     return
         finally:
