@@ -183,6 +183,17 @@ async def noop(n: int) -> None: ...
 job = app.job(noop)
 unique = sys.argv[2] == "unique"
 reopen = sys.argv[2] == "reopen"  # the store closed every 10 enqueues: opened again
+if sys.argv[2] == "threads":  # two more threads enqueue meanwhile: the main thread waits
+    import threading          # for writes the write thread commits with theirs
+
+    def other() -> None:
+        while not stopped:
+            job.enqueue(7)
+
+    stopped = False
+    others = [threading.Thread(target=other, daemon=True) for _ in range(2)]
+    for thread in others:
+        thread.start()
 handled, refused, made = [], [0], []
 job.enqueue(0)
 inside = [False]
@@ -211,16 +222,22 @@ while len(handled) + refused[0] < 200 and time.monotonic() - began < 20:
         app.close()
 signal.setitimer(signal.ITIMER_REAL, 0, 0)
 signal.signal(signal.SIGALRM, signal.SIG_DFL)
+if sys.argv[2] == "threads":
+    stopped = True
+    for thread in others:
+        thread.join()
 app.close()
 print(json.dumps({"made": made, "handled": handled, "refused": refused[0]}))
 """
 
 
-@pytest.mark.parametrize("kind", ["plain", "unique", "reopen"])
+@pytest.mark.parametrize("kind", ["plain", "unique", "reopen", "threads"])
 def test_a_signal_handler_enqueues_while_its_thread_enqueues(tmp_path: Path, kind: str) -> None:
     # real signals, every half millisecond, into a producer enqueueing one job after
     # another: plain jobs (one statement each), jobs with unique keys (a transaction), or
-    # plain jobs with the store closed every 10 (a signal during an open or a close)
+    # plain jobs with the store closed every 10 (a signal during an open or a close), or
+    # plain jobs while two other threads enqueue (a signal while the main thread waits for
+    # the write thread, which must answer it without waiting for that wait's lock)
     url = f"sqlite:///{tmp_path / 's.db'}"
     done = subprocess.run([sys.executable, "-c", PRODUCER, url, kind], capture_output=True,
                           text=True, timeout=120, check=False)

@@ -303,9 +303,9 @@ def test_a_write_queued_as_the_store_closes_is_refused_not_left_waiting(
     """A write that reaches the writer as another thread stops it is answered (the store's
     own calls then open it again and retry), not left for a start that may never come."""
     writer = producer._writer
-    late: concurrent.futures.Future[object] = concurrent.futures.Future()
+    late = writer_module._Reply()
     with held_elsewhere(writer._conn_lock):  # the write thread stops at the first it takes
-        blocked = concurrent.futures.Future[object]()
+        blocked = writer_module._Reply()
         writer._queue.put(writer_module._Pending(lambda conn: 1, blocked, None, False))
         stopping = threading.Thread(target=writer.stop)
         stopping.start()

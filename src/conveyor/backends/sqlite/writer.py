@@ -25,7 +25,6 @@ change them, and either empties the cache.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import functools
 import os
@@ -86,13 +85,40 @@ class _Stop:
 _STOP = _Stop()
 
 
+class _Reply:
+    """The answer to a blocking caller's write. The write thread sets it without ever
+    waiting: the caller's thread may be running a signal handler that interrupted its wait
+    (a ``concurrent.futures.Future`` would make the thread wait for the lock that wait
+    holds, and every write of the process with it)."""
+
+    __slots__ = ("_box", "answered")
+
+    def __init__(self) -> None:
+        self._box: queue.SimpleQueue[tuple[Any, BaseException | None]] = queue.SimpleQueue()
+        self.answered = False
+
+    def set(self, value: Any, error: BaseException | None) -> None:
+        """Answer (the first answer holds)."""
+        if not self.answered:
+            self.answered = True
+            self._box.put((value, error))
+
+    def result(self, timeout: float | None = None) -> Any:
+        """Wait for the answer: the value, or raise the error (``queue.Empty`` after
+        ``timeout`` seconds, if given)."""
+        value, error = self._box.get(timeout=timeout)
+        if error is not None:
+            raise error
+        return value
+
+
 class _Pending:
     __slots__ = ("fn", "future", "keeps", "loop", "since")
 
     def __init__(
         self,
         fn: WriteFn,
-        future: asyncio.Future[Any] | concurrent.futures.Future[Any],
+        future: asyncio.Future[Any] | _Reply,
         loop: asyncio.AbstractEventLoop | None,
         keeps: bool,
     ) -> None:
@@ -253,18 +279,18 @@ class Writer:
                     self._taken(conn)
                     if self._queue.empty():  # alone: nobody to share the commit with
                         return self._run_alone(conn, fn, keeps)
-                    future: concurrent.futures.Future[Any] = concurrent.futures.Future()
-                    group, stop = self._take([_Pending(fn, future, None, keeps)])
+                    reply = _Reply()
+                    group, stop = self._take([_Pending(fn, reply, None, keeps)])
                     self._commit_group(conn, group)
                     if stop:
                         self._queue.put(_STOP)
-                    return future.result()
+                    return reply.result()
             finally:
                 self._conn_depth -= 1
                 self._conn_lock.release()
-        future = concurrent.futures.Future()
-        self._put(_Pending(fn, future, None, keeps))
-        return future.result()
+        reply = _Reply()
+        self._put(_Pending(fn, reply, None, keeps))
+        return reply.result()
 
     def _taken(self, conn: sqlite3.Connection) -> None:
         """Make ``conn``, whose lock this thread has just taken, ready for a transaction. A
@@ -531,14 +557,9 @@ class Writer:
         by_loop: dict[asyncio.AbstractEventLoop, list[Any]] = defaultdict(list)
         for pending, value, error in results:
             if pending.loop is None:
-                fut = pending.future
-                assert isinstance(fut, concurrent.futures.Future)
-                if fut.done():
-                    continue
-                if error is not None:
-                    fut.set_exception(error)
-                else:
-                    fut.set_result(value)
+                reply = pending.future
+                assert isinstance(reply, _Reply)
+                reply.set(value, error)
             else:
                 by_loop[pending.loop].append((pending.future, value, error))
         for loop, items in by_loop.items():
