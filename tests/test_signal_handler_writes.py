@@ -252,3 +252,47 @@ def test_a_signal_handler_enqueues_while_its_thread_enqueues(tmp_path: Path, kin
             assert app.handle(job_id).info().id == job_id
     finally:
         app.close()
+
+
+READER = r"""
+import json, signal, sys, time
+from conveyor import Conveyor
+
+app = Conveyor(sys.argv[1])
+
+async def noop(n: int) -> None: ...
+
+handle = app.job(noop).enqueue(0)
+if sys.argv[2] == "warm":
+    handle.info()  # the app's own loop thread started before the signals
+inside, read = [False], [0]
+
+def handler(signum, frame):
+    if inside[0]:
+        return
+    inside[0] = True
+    try:
+        assert handle.info().id == handle.id
+        read[0] += 1
+    finally:
+        inside[0] = False
+
+signal.signal(signal.SIGALRM, handler)
+signal.setitimer(signal.ITIMER_REAL, 0.0005, 0.0005)
+began = time.monotonic()
+while read[0] < 300 and time.monotonic() - began < 20:
+    handle.info()  # waits for the app's loop thread, which answers without waiting
+signal.setitimer(signal.ITIMER_REAL, 0, 0)
+app.close()
+print(json.dumps({"read": read[0]}))
+"""
+
+
+@pytest.mark.parametrize("portal", ["cold", "warm"])
+def test_a_signal_handler_reads_while_its_thread_reads(tmp_path: Path, portal: str) -> None:
+    # reads go through the app's own event loop thread: its answer must not wait for a
+    # lock the interrupted caller holds, nor its start for a start the handler interrupted
+    done = subprocess.run([sys.executable, "-c", READER, f"sqlite:///{tmp_path / 'r.db'}",
+                           portal], capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout)["read"] >= 300

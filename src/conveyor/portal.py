@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import queue
 import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
@@ -19,7 +20,9 @@ class Portal:
     def __init__(self) -> None:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
+        #: re-entrant: a signal handler's call that interrupted the start of the loop on
+        #: its thread starts one itself (the interrupted start then stops its own)
+        self._lock = threading.RLock()
         self._pid = os.getpid()
 
     def _mine(self) -> None:
@@ -30,24 +33,56 @@ class Portal:
             with _RESET:
                 if self._pid != os.getpid():
                     self._loop = self._thread = None
-                    self._lock, self._pid = threading.Lock(), os.getpid()
+                    self._lock, self._pid = threading.RLock(), os.getpid()
 
     def _ensure(self) -> asyncio.AbstractEventLoop:
         self._mine()
         with self._lock:
-            if self._loop is None:
+            current = self._loop
+            if current is None:
                 loop = asyncio.new_event_loop()
                 thread = threading.Thread(
                     target=loop.run_forever, name="conveyor-portal", daemon=True
                 )
                 thread.start()
-                self._loop, self._thread = loop, thread
-            return self._loop
+                current = self._loop  # (read anew: a nested call may have started one)
+                if current is None:
+                    current = loop
+                    self._loop, self._thread = loop, thread
+                else:  # a nested call (a signal handler's) started one meanwhile: keep it
+                    loop.call_soon_threadsafe(loop.stop)
+                    thread.join()
+                    loop.close()
+            return current
 
     def call(self, coro: Coroutine[Any, Any, T]) -> T:
-        """Run ``coro`` on the portal's loop and return its result."""
+        """Run ``coro`` on the portal's loop and return its result (or raise its error).
+        The answer comes back through a queue whose ``put`` never waits: the loop's thread
+        must not wait for a lock the caller holds (a ``concurrent.futures.Future``'s, which
+        a caller whose wait a signal handler interrupted holds while the handler runs)."""
         loop = self._ensure()
-        return asyncio.run_coroutine_threadsafe(coro, loop).result()
+        reply: queue.SimpleQueue[tuple[bool, Any]] = queue.SimpleQueue()
+
+        def answer(task: asyncio.Task[T]) -> None:
+            if task.cancelled():
+                reply.put((False, asyncio.CancelledError()))
+            elif task.exception() is not None:
+                reply.put((False, task.exception()))
+            else:
+                reply.put((True, task.result()))
+
+        def start() -> None:
+            loop.create_task(coro).add_done_callback(answer)
+
+        try:
+            loop.call_soon_threadsafe(start)
+        except RuntimeError:  # the portal was closed meanwhile
+            coro.close()
+            raise
+        done, value = reply.get()
+        if done:
+            return value  # type: ignore[no-any-return]
+        raise value
 
     def close(self) -> None:
         """Stop the loop and its thread."""
