@@ -171,10 +171,33 @@ def test_an_id_asked_for_while_its_thread_makes_one_takes_fresh_bits(
     assert after == sorted(after) and after[0] > outer and nested[0] not in after
 
 
-PRODUCER = r"""
+#: the start of each script below: ``arm(call)`` has SIGALRM run ``call()`` every half
+#: millisecond (a handler slower than the timer is not entered again); ``disarm()``
+ARM = r"""
 import json, signal, sys, time
-from conveyor import Conveyor
-from conveyor import ReentrantWrite
+
+def arm(call):
+    inside = [False]
+
+    def handler(signum, frame):
+        if inside[0]:
+            return
+        inside[0] = True
+        try:
+            call()
+        finally:
+            inside[0] = False
+
+    signal.signal(signal.SIGALRM, handler)
+    signal.setitimer(signal.ITIMER_REAL, 0.0005, 0.0005)
+
+def disarm():
+    signal.setitimer(signal.ITIMER_REAL, 0, 0)
+    signal.signal(signal.SIGALRM, signal.SIG_DFL)
+"""
+
+PRODUCER = ARM + r"""
+from conveyor import Conveyor, ReentrantWrite
 
 app = Conveyor(sys.argv[1])
 
@@ -196,21 +219,14 @@ if sys.argv[2] == "threads":  # two more threads enqueue meanwhile: the main thr
         thread.start()
 handled, refused, made = [], [0], []
 job.enqueue(0)
-inside = [False]
 
-def handler(signum, frame):
-    if inside[0]:  # a handler slower than the timer is not entered again
-        return
-    inside[0] = True
+def enqueue_once():
     try:
         handled.append(job.enqueue(-1).id)
     except ReentrantWrite:
         refused[0] += 1
-    finally:
-        inside[0] = False
 
-signal.signal(signal.SIGALRM, handler)
-signal.setitimer(signal.ITIMER_REAL, 0.0005, 0.0005)
+arm(enqueue_once)
 began = time.monotonic()
 while len(handled) + refused[0] < 200 and time.monotonic() - began < 20:
     n = len(made) + 1
@@ -220,8 +236,7 @@ while len(handled) + refused[0] < 200 and time.monotonic() - began < 20:
         made.append(job.enqueue(n).id)
     if reopen and n % 10 == 0:
         app.close()
-signal.setitimer(signal.ITIMER_REAL, 0, 0)
-signal.signal(signal.SIGALRM, signal.SIG_DFL)
+disarm()
 if sys.argv[2] == "threads":
     stopped = True
     for thread in others:
@@ -254,8 +269,7 @@ def test_a_signal_handler_enqueues_while_its_thread_enqueues(tmp_path: Path, kin
         app.close()
 
 
-READER = r"""
-import json, signal, sys, time
+READER = ARM + r"""
 from conveyor import Conveyor
 
 app = Conveyor(sys.argv[1])
@@ -265,24 +279,17 @@ async def noop(n: int) -> None: ...
 handle = app.job(noop).enqueue(0)
 if sys.argv[2] == "warm":
     handle.info()  # the app's own loop thread started before the signals
-inside, read = [False], [0]
+read = [0]
 
-def handler(signum, frame):
-    if inside[0]:
-        return
-    inside[0] = True
-    try:
-        assert handle.info().id == handle.id
-        read[0] += 1
-    finally:
-        inside[0] = False
+def read_once():
+    assert handle.info().id == handle.id
+    read[0] += 1
 
-signal.signal(signal.SIGALRM, handler)
-signal.setitimer(signal.ITIMER_REAL, 0.0005, 0.0005)
+arm(read_once)
 began = time.monotonic()
 while read[0] < 300 and time.monotonic() - began < 20:
     handle.info()  # waits for the app's loop thread, which answers without waiting
-signal.setitimer(signal.ITIMER_REAL, 0, 0)
+disarm()
 app.close()
 print(json.dumps({"read": read[0]}))
 """
