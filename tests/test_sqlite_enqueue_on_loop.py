@@ -131,6 +131,8 @@ def test_each_loop_is_looked_at_on_its_own(producer: SQLiteBroker) -> None:
     counts = inserts_by_thread(seen, producer._sql_insert)
     assert counts["loop"] <= 1 and counts["loop"] + counts["writer"] == 20
     seen.clear()
+    with producer._writer._conn_lock:  # the write thread answers before it lets go
+        pass
     asyncio.run(lone())  # and the first kind of loop again: on its thread
     assert inserts_by_thread(seen, producer._sql_insert) == {"loop": 1, "writer": 0}
 
