@@ -20,6 +20,7 @@ import pytest
 from conveyor import Conveyor
 from conveyor.backends.sqlite import SQLiteBroker
 from conveyor.backends.sqlite import writer as writer_module
+from conveyor.handoff import Answer
 from polling import wait_until
 from test_sqlite_enqueue_at_once import at_once, head, held_elsewhere, job, stored_row
 
@@ -137,7 +138,8 @@ def test_each_loop_is_looked_at_on_its_own(producer: SQLiteBroker) -> None:
     assert inserts_by_thread(seen, producer._sql_insert) == {"loop": 1, "writer": 0}
 
 
-def test_open_here_says_whether_the_store_is_open_in_this_process(tmp_path: Path) -> None:
+def test_open_here_says_whether_the_store_is_open_in_this_process(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # an awaited enqueue skips open() when open_here() says it would do nothing
     broker = SQLiteBroker(f"sqlite:///{tmp_path / 'o.db'}", namespace="t")
     assert not broker.open_here()
@@ -155,6 +157,21 @@ def test_open_here_says_whether_the_store_is_open_in_this_process(tmp_path: Path
         app.close()  # closed: the awaited enqueue opens it again itself
         handle = asyncio.run(job_fn.enqueue_async(1))
         assert handle.info().args == [1]
+        opens: list[None] = []
+        plain_open = app.broker.open
+
+        async def counted_open() -> None:
+            opens.append(None)
+            await plain_open()
+
+        monkeypatch.setattr(app.broker, "open", counted_open)
+
+        async def two() -> None:
+            await job_fn.enqueue_async(2)
+            await job_fn.enqueue_async(3)
+
+        asyncio.run(two())  # open here: no call of open() at all
+        assert opens == []
     finally:
         app.close()
 
@@ -305,9 +322,9 @@ def test_a_write_queued_as_the_store_closes_is_refused_not_left_waiting(
     """A write that reaches the writer as another thread stops it is answered (the store's
     own calls then open it again and retry), not left for a start that may never come."""
     writer = producer._writer
-    late = writer_module._Reply()
+    late = Answer()
     with held_elsewhere(writer._conn_lock):  # the write thread stops at the first it takes
-        blocked = writer_module._Reply()
+        blocked = Answer()
         writer._queue.put(writer_module._Pending(lambda conn: 1, blocked, None, False))
         stopping = threading.Thread(target=writer.stop)
         stopping.start()

@@ -98,10 +98,19 @@ class StoreUnavailable(ConveyorError):
 
 
 class ReentrantWrite(ConveyorError):
-    """A write was asked for on a thread inside that thread's own write transaction on the
-    same SQLite store: a signal handler that interrupted the write. It cannot wait for the
-    write it interrupted, which waits for it; nothing of the call was stored. (A handler
-    that interrupted a write between its statements writes at once.)"""
+    """A call was asked for on a thread inside that thread's own use of what it needs: a
+    signal handler that interrupted a write transaction on the same SQLite store, an open
+    or a close of it, or the making of a Redis store's blocking connections. It cannot wait
+    for the code it interrupted, which waits for it; nothing of the call was stored. (A
+    handler that interrupted a write between its statements writes at once.)"""
+
+    @classmethod
+    def during(cls, what: str) -> ReentrantWrite:
+        """The error for a call made on a thread while ``what`` (e.g. "its own write to
+        this SQLite store was under way"), which the call interrupted."""
+        return cls(f"a call was asked for on a thread while {what}, which it interrupted "
+                   f"(a signal handler's call?); nothing was stored: make it after the "
+                   f"handler returns (set a flag in it, or use loop.add_signal_handler)")
 
 
 class PermanentError(Exception):

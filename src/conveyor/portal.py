@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import os
-import queue
 import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
+
+from conveyor.handoff import Answer
 
 T = TypeVar("T")
 #: held while a portal forgets its parent's loop in a forked child (see Portal._mine)
@@ -56,33 +57,29 @@ class Portal:
             return current
 
     def call(self, coro: Coroutine[Any, Any, T]) -> T:
-        """Run ``coro`` on the portal's loop and return its result (or raise its error).
-        The answer comes back through a queue whose ``put`` never waits: the loop's thread
-        must not wait for a lock the caller holds (a ``concurrent.futures.Future``'s, which
-        a caller whose wait a signal handler interrupted holds while the handler runs)."""
+        """Run ``coro`` on the portal's loop and return its result (or raise its error),
+        answered through an :class:`~conveyor.handoff.Answer`: the loop's thread never
+        waits for a lock the caller holds."""
         loop = self._ensure()
-        reply: queue.SimpleQueue[tuple[bool, Any]] = queue.SimpleQueue()
+        answer = Answer()
 
-        def answer(task: asyncio.Task[T]) -> None:
+        def answered(task: asyncio.Task[T]) -> None:
             if task.cancelled():
-                reply.put((False, asyncio.CancelledError()))
-            elif task.exception() is not None:
-                reply.put((False, task.exception()))
+                answer.set(None, asyncio.CancelledError())
             else:
-                reply.put((True, task.result()))
+                error = task.exception()
+                answer.set(None if error is not None else task.result(), error)
 
         def start() -> None:
-            loop.create_task(coro).add_done_callback(answer)
+            loop.create_task(coro).add_done_callback(answered)
 
         try:
             loop.call_soon_threadsafe(start)
         except RuntimeError:  # the portal was closed meanwhile
             coro.close()
             raise
-        done, value = reply.get()
-        if done:
-            return value  # type: ignore[no-any-return]
-        raise value
+        result: T = answer.result()
+        return result
 
     def close(self) -> None:
         """Stop the loop and its thread."""

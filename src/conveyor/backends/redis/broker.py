@@ -839,9 +839,7 @@ class RedisBroker(Broker):
         with self._blocking_lock:
             if self._blocking is None:
                 if self._making:
-                    raise ReentrantWrite("the connections to Redis were being made by the code "
-                                         "a signal handler interrupted on its thread; nothing "
-                                         "was stored: write after the handler returns")
+                    raise ReentrantWrite.during("its connections to Redis were being made")
                 self._making = True
                 try:
                     self._blocking = deploy.blocking_scripts(self.url)

@@ -139,11 +139,11 @@ class SQLiteBroker(Broker):
         self._writer = self._new_writer()
         self._local = threading.local()
         self._opened = False
-        #: held while the store opens or closes; re-entrant, with _changing set meanwhile,
+        #: held while the store opens or closes; re-entrant, with _opening_or_closing set,
         #: so that a signal handler's call that interrupted it on its thread is refused
         #: (ReentrantWrite) rather than left waiting for itself
         self._open_lock = threading.RLock()
-        self._changing = False
+        self._opening_or_closing = False
         #: every reader connection (one per thread that reads), with its thread and the lock
         #: held while it runs a statement (a close() waits for it: see :meth:`_using`)
         self._readers: list[tuple[threading.Thread, sqlite3.Connection, threading.Lock]] = []
@@ -270,7 +270,7 @@ class SQLiteBroker(Broker):
             self._writer = self._new_writer()
             self._local = threading.local()
             self._open_lock = threading.RLock()
-            self._changing = False
+            self._opening_or_closing = False
             self._readers_lock = threading.Lock()
             self._generation += 1
             self._pid = os.getpid()
@@ -289,23 +289,23 @@ class SQLiteBroker(Broker):
             self._forked()
         with self._open_lock:
             if not self._opened:
-                self._not_changing()
-                self._changing = True
-                try:
-                    with self._guarded():
-                        self._writer.start()
-                finally:
-                    self._changing = False
+                with self._changing(), self._guarded():
+                    self._writer.start()
                 self._opened = True
                 _OPEN.add(self)
 
-    def _not_changing(self) -> None:
-        """Raise :class:`ReentrantWrite` when this thread, holding the open lock, is inside
-        an open or a close of this store already: a signal handler's call interrupted it."""
-        if self._changing:
-            raise ReentrantWrite("the SQLite store was being opened or closed by the code "
-                                 "a signal handler interrupted on its thread; nothing was "
-                                 "stored: write after the handler returns")
+    @contextlib.contextmanager
+    def _changing(self) -> Iterator[None]:
+        """Mark an open or a close of this store under way (the caller holds the open lock);
+        raise :class:`ReentrantWrite` when one is already: a signal handler's call
+        interrupted it on this thread."""
+        if self._opening_or_closing:
+            raise ReentrantWrite.during("this SQLite store was being opened or closed")
+        self._opening_or_closing = True
+        try:
+            yield
+        finally:
+            self._opening_or_closing = False
 
     async def open(self) -> None:
         if not self._usable():
@@ -322,22 +322,18 @@ class SQLiteBroker(Broker):
         reader connection (a later use opens them again)."""
         if self._pid != os.getpid():  # a forked child closes nothing of its parent's
             return
-        with self._open_lock:  # held to the end: a use meanwhile opens it after the close
-            self._not_changing()
-            self._changing = True
-            try:
-                if self._opened:
-                    self._opened = False
-                    self._writer.stop()
-                with self._readers_lock:
-                    readers, self._readers = self._readers, []
-                    self._generation += 1
-                for _, conn, lock in readers:
-                    with lock:  # never under a statement another thread runs on it
-                        conn.close()
-                self._closed()
-            finally:
-                self._changing = False
+        # the open lock is held to the end: a use meanwhile opens the store after the close
+        with self._open_lock, self._changing():
+            if self._opened:
+                self._opened = False
+                self._writer.stop()
+            with self._readers_lock:
+                readers, self._readers = self._readers, []
+                self._generation += 1
+            for _, conn, lock in readers:
+                with lock:  # never under a statement another thread runs on it
+                    conn.close()
+            self._closed()
 
     def _closed(self) -> None:
         """The end of a close, before any use can open the store again (see memory.py)."""

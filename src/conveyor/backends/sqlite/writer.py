@@ -38,6 +38,7 @@ from typing import Any, TypeVar
 
 from conveyor.backends.sqlite.schema import WAL_SIZE_LIMIT, is_locked, retry_locked
 from conveyor.errors import ReentrantWrite
+from conveyor.handoff import Answer
 
 T = TypeVar("T")
 WriteFn = Callable[[sqlite3.Connection], Any]
@@ -85,40 +86,13 @@ class _Stop:
 _STOP = _Stop()
 
 
-class _Reply:
-    """The answer to a blocking caller's write. The write thread sets it without ever
-    waiting: the caller's thread may be running a signal handler that interrupted its wait
-    (a ``concurrent.futures.Future`` would make the thread wait for the lock that wait
-    holds, and every write of the process with it)."""
-
-    __slots__ = ("_box", "answered")
-
-    def __init__(self) -> None:
-        self._box: queue.SimpleQueue[tuple[Any, BaseException | None]] = queue.SimpleQueue()
-        self.answered = False
-
-    def set(self, value: Any, error: BaseException | None) -> None:
-        """Answer (the first answer holds)."""
-        if not self.answered:
-            self.answered = True
-            self._box.put((value, error))
-
-    def result(self, timeout: float | None = None) -> Any:
-        """Wait for the answer: the value, or raise the error (``queue.Empty`` after
-        ``timeout`` seconds, if given)."""
-        value, error = self._box.get(timeout=timeout)
-        if error is not None:
-            raise error
-        return value
-
-
 class _Pending:
     __slots__ = ("fn", "future", "keeps", "loop", "since")
 
     def __init__(
         self,
         fn: WriteFn,
-        future: asyncio.Future[Any] | _Reply,
+        future: asyncio.Future[Any] | Answer,
         loop: asyncio.AbstractEventLoop | None,
         keeps: bool,
     ) -> None:
@@ -184,8 +158,9 @@ class Writer:
         #: connection between statements writes at once rather than wait for itself (one
         #: that interrupted a transaction is refused: see _taken)
         self._conn_lock = threading.RLock()
-        #: how many holds of the connection lock are under way (more than one: a signal
-        #: handler's write nested in its own thread's)
+        #: how many holds of the connection lock that may open a transaction are under way
+        #: (run_blocking's, the thread's; more than one: a signal handler's write nested in
+        #: its own thread's)
         self._conn_depth = 0
         #: what writes may share: facts read under the write lock. A group (one transaction)
         #: of writes that all keep it finds it as the last one left it, unless another
@@ -279,7 +254,7 @@ class Writer:
                     self._taken(conn)
                     if self._queue.empty():  # alone: nobody to share the commit with
                         return self._run_alone(conn, fn, keeps)
-                    reply = _Reply()
+                    reply = Answer()
                     group, stop = self._take([_Pending(fn, reply, None, keeps)])
                     self._commit_group(conn, group)
                     if stop:
@@ -288,7 +263,7 @@ class Writer:
             finally:
                 self._conn_depth -= 1
                 self._conn_lock.release()
-        reply = _Reply()
+        reply = Answer()
         self._put(_Pending(fn, reply, None, keeps))
         return reply.result()
 
@@ -300,11 +275,8 @@ class Writer:
         left (every use ends its transaction before it lets go): rolled back."""
         if conn.in_transaction:
             if self._conn_depth > 1:
-                raise ReentrantWrite(
-                    "a write was asked for on a thread whose own write to this SQLite "
-                    "store it interrupted (a signal handler's call?); nothing was stored: "
-                    "write after the handler returns (set a flag in it, or use "
-                    "loop.add_signal_handler)")
+                raise ReentrantWrite.during(
+                    "its own write to this SQLite store was under way")
             self.cache.clear()
             _roll_back(conn)
 
@@ -325,8 +297,7 @@ class Writer:
         with :meth:`run_blocking`."""
         if not self._conn_lock.acquire(blocking=False):
             return None
-        self._conn_depth += 1
-        try:
+        try:  # (its one statement leaves no transaction open: no hold to count, see _taken)
             conn = self._conn
             if conn is None or self._thread is None or conn.in_transaction \
                     or not self._queue.empty():
@@ -337,7 +308,6 @@ class Writer:
                 _roll_back(conn)  # a statement fails alone; nothing is left open
                 raise
         finally:
-            self._conn_depth -= 1
             self._conn_lock.release()
 
     def run_on_loop(self, attempt: Callable[..., T | None], *args: Any) -> T | None:
@@ -558,7 +528,7 @@ class Writer:
         for pending, value, error in results:
             if pending.loop is None:
                 reply = pending.future
-                assert isinstance(reply, _Reply)
+                assert isinstance(reply, Answer)
                 reply.set(value, error)
             else:
                 by_loop[pending.loop].append((pending.future, value, error))
