@@ -257,16 +257,23 @@ def test_a_producer_awaiting_enqueue_after_enqueue_lets_the_loop_turn(
     caller making them one after another lets the loop turn every millisecond."""
     seen = traced(producer)
 
-    async def main() -> int:
+    async def main() -> tuple[int, int]:
+        written = 0
         async with Ticker(0.001) as ticker:
-            for _ in range(300):
+            # (without the turn the timer's task never runs: the cap ends the test)
+            while (written < 300 or ticker.ticks < 20) and written < 100_000:
                 await producer.enqueue([job()], {})
-            return ticker.ticks
+                written += 1
+            return written, ticker.ticks
 
-    ticks = asyncio.run(main())
-    # most on the loop (a turn that finds the timer due hands the next write to the thread)
-    assert inserts_by_thread(seen, producer._sql_insert)["loop"] >= 150
-    assert ticks >= 10  # (without the turn: none, the timer's task never ran)
+    written, ticks = asyncio.run(main())
+    assert ticks >= 20
+    # A turn that finds the timer due hands the next write to the thread, and the write
+    # after that runs on the loop again: on a disk whose commits take longer than the
+    # timer's millisecond about half of the writes run on the loop, on a quicker disk most.
+    counts = inserts_by_thread(seen, producer._sql_insert)
+    assert counts["loop"] + counts["writer"] == written
+    assert counts["loop"] >= written // 4
 
 
 def test_a_big_write_ahead_log_sends_writes_to_the_thread_until_it_is_cut_back(
