@@ -62,8 +62,10 @@ def encode_value(value: Any, what: str = "the value", max_depth: int = MAX_DEPTH
     limit = max_depth + 1 if wrapped else max_depth
     try:
         text = dumps(value)
-    except RecursionError:
-        raise NotSerializable(_too_deep(what, max_depth)) from None
+    except RecursionError:  # nesting too deep, or the caller's own stack nearly spent
+        if deeper_than(value, limit):
+            raise NotSerializable(_too_deep(what, max_depth)) from None
+        raise
     # a text with fewer brackets than the bound cannot nest past it: the common case
     if text.count("[") + text.count("{") > limit and deeper_than(value, limit):
         raise NotSerializable(_too_deep(what, max_depth))
