@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from polling import wait_until
+
 #: ports a first start tries when the chosen ones turn out taken
 PORT_TRIES = 5
 
@@ -169,6 +171,44 @@ def shared_redis_url() -> str:
         _shared = RedisServer().start()
         atexit.register(_shared.remove)
     return _shared.url
+
+
+@contextmanager
+def tls_server(directory: Path) -> Iterator[tuple[RedisServer, Path]]:
+    """A real ``redis-server`` listening on a TLS port only, its certificate (for
+    127.0.0.1) made in ``directory`` with ``openssl``; yields it and the certificate's path
+    once it answers over TLS (``rediss://127.0.0.1:PORT/0?ssl_ca_certs=CERT``)."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    import redis
+
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout",
+                    str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
+    port = free_port()
+    tls = RedisServer(port=port, extra=[
+        "--port", "0", "--tls-port", str(port), "--tls-cert-file", str(cert),
+        "--tls-key-file", str(key), "--tls-ca-cert-file", str(cert),
+        "--tls-auth-clients", "no"])
+    command = [tls.binary, "--bind", "127.0.0.1", "--dir", str(tls.directory), "--save", "",
+               "--logfile", str(tls.directory / "redis.log"), *tls.extra]
+    tls.process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+
+    def answers() -> bool:
+        try:
+            with redis.Redis.from_url(
+                    f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={cert}") as plain:
+                return bool(plain.ping())
+        except redis.ConnectionError:
+            return False
+
+    try:
+        wait_until(answers, timeout=20, what="the TLS server")
+        yield tls, cert
+    finally:
+        tls.stop()
+        tls.remove()
 
 
 @contextmanager

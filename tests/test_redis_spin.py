@@ -13,8 +13,6 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import os
-import shutil
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator
@@ -30,7 +28,7 @@ from conveyor.backends.redis.client import SPIN_MISSES, SPIN_REST, WAITING, Bloc
 from conveyor.ids import new_id
 from conveyor.job import JobRecord, JobState
 from polling import child_exit_code, wait_until
-from redis_server import RedisServer, free_port
+from redis_server import RedisServer, tls_server
 
 T = TypeVar("T")
 
@@ -411,47 +409,22 @@ def test_tls_connections_never_spin(tmp_path: Path) -> None:
     """Over TLS the socket's descriptor carries records, not replies: a call sleeps for its
     reply in the TLS layer (a real ``redis-server`` with a TLS port, its certificate made
     here with ``openssl``)."""
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl is not installed")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout",
-                    str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=127.0.0.1",
-                    "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
-    port = free_port()
-    tls = RedisServer(extra=["--port", "0", "--tls-port", str(port), "--tls-cert-file",
-                             str(cert), "--tls-key-file", str(key), "--tls-ca-cert-file",
-                             str(cert), "--tls-auth-clients", "no"])
-    command = [tls.binary, "--bind", "127.0.0.1", "--dir", str(tls.directory), "--save", "",
-               "--logfile", str(tls.directory / "redis.log"), *tls.extra]
-    tls.process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
-    url = f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={cert}"
-    app, one = _app(url)
+    with tls_server(tmp_path) as (tls, cert):
+        app, one = _app(f"rediss://127.0.0.1:{tls.port}/0?ssl_ca_certs={cert}")
+        try:
+            handles = [one.enqueue(n) for n in range(3)]
+            (link, _), = app.broker._blocking_scripts()._idle  # type: ignore[attr-defined]
+            assert not link.spins
 
-    try:
-        wait_until(lambda: _answers(url), timeout=20, what="the TLS server")
-        handles = [one.enqueue(n) for n in range(3)]
-        (link, _), = app.broker._blocking_scripts()._idle  # type: ignore[attr-defined]
-        assert not link.spins
+            async def awaited() -> list[Any]:
+                handles = [await one.enqueue_async(n) for n in range(3, 6)]
+                assert app.broker._conn().link.fd == -1  # type: ignore[attr-defined]
+                return handles
 
-        async def awaited() -> list[Any]:
-            handles = [await one.enqueue_async(n) for n in range(3, 6)]
-            assert app.broker._conn().link.fd == -1  # type: ignore[attr-defined]
-            return handles
-
-        handles += asyncio.run(awaited())
-        assert sorted(h.info().args[0] for h in handles) == list(range(6))
-    finally:
-        app.close()
-        tls.stop()
-        tls.remove()
-
-
-def _answers(url: str) -> bool:
-    try:
-        with redis.Redis.from_url(url) as plain:
-            return bool(plain.ping())
-    except redis.ConnectionError:
-        return False
+            handles += asyncio.run(awaited())
+            assert sorted(h.info().args[0] for h in handles) == list(range(6))
+        finally:
+            app.close()
 
 
 @pytest.mark.parametrize("hooks", [True, False], ids=["os.fork", "libc-fork"])

@@ -359,6 +359,44 @@ def test_a_url_at_no_redis_or_past_its_databases_is_a_configuration_error(
             assert expected in done.stderr and "Traceback" not in done.stderr, done.stderr
 
 
+def test_a_redis_url_to_a_tls_port_says_so_when_it_gives_up(tmp_path: Path) -> None:
+    """A ``redis://`` URL naming a port that wants TLS (a real ``redis-server`` with a TLS
+    port only): the server takes each connection and closes it unanswered, which is trouble
+    that may pass (a Redis going down closes connections too), so calls retry through it;
+    when they give up, the message says what the closes may mean, from the blocking and the
+    async enqueue and the CLI alike."""
+    pytest.importorskip("redis")
+    from redis_server import tls_server
+
+    hint = "the server closes connections unanswered (a port that wants TLS needs a " \
+           "rediss:// URL)"
+    with tls_server(tmp_path) as (tls, _):
+        url = f"redis://:{PASSWORD}@127.0.0.1:{tls.port}/0"
+        shown = f"redis://***@127.0.0.1:{tls.port}/0"
+        app = register(Conveyor(url=url, store_timeout=0.5))
+        try:
+            for blocking in (True, False):
+                with pytest.raises(StoreUnavailable) as gave_up:
+                    if blocking:
+                        app.enqueue("add", 1, 2)
+                    else:
+                        app.run_sync(app.enqueue_async("add", 1, 2))
+                assert str(gave_up.value) == \
+                    f"store unavailable ({shown}): Redis is unreachable: {hint}"
+                assert app.broker.last_trouble > 0  # retried, as trouble that may pass
+        finally:
+            app.close()
+        done = subprocess.run(
+            [sys.executable, "-m", "conveyor", "enqueue", "add", "--args", "[1, 2]", "--url",
+             url],
+            capture_output=True, text=True, cwd=tmp_path, env=cli_env(), timeout=60,
+            check=False)
+        assert done.returncode == 1, (done.stdout, done.stderr)
+        assert done.stderr.strip().splitlines()[-1] == \
+            f"error: store unavailable ({shown}): Redis is unreachable: {hint}"
+        assert PASSWORD not in done.stderr + done.stdout
+
+
 # -- close() ----------------------------------------------------------------------------------
 def db_descriptors(db: Path) -> list[str]:
     """This process's open files that are the database, its WAL or its shared memory."""

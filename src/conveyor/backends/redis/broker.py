@@ -72,6 +72,12 @@ log = logging.getLogger("conveyor.redis")
 
 #: connection errors worth retrying: Redis restarting, a dropped connection
 TRANSIENT = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
+#: the reason given for connection trouble
+UNREACHABLE = "Redis is unreachable"
+#: the reason given when the last try's connection was closed unanswered (see
+#: :func:`_closed_unanswered`)
+CLOSED_UNANSWERED = ("Redis is unreachable: the server closes connections unanswered "
+                     "(a port that wants TLS needs a rediss:// URL)")
 #: refused credentials: redis-py makes them connection errors, but waiting will not help
 REFUSED = (AuthenticationError, AuthenticationWrongNumberOfArgsError)
 #: a server that does not speak Redis's protocol (another service on that port)
@@ -361,7 +367,9 @@ class RedisBroker(Broker):
         """What callers see once retrying through ``error`` (of a try begun at ``sent``) is
         given up."""
         reason = getattr(error, "store_reason", None) or _reason(error)
-        return StoreUnavailable(self.url, reason or "Redis is unreachable", sent)
+        if reason == UNREACHABLE and _closed_unanswered(error):
+            reason = CLOSED_UNANSWERED
+        return StoreUnavailable(self.url, reason or UNREACHABLE, sent)
 
     def is_transient(self, error: BaseException) -> bool:
         if isinstance(error, MISCONFIGURED) or (
@@ -1534,6 +1542,15 @@ def _reason(error: BaseException) -> str | None:
     if isinstance(error, (RedisTimeoutError, TimeoutError)):
         return "Redis timed out"
     if isinstance(error, TRANSIENT):
-        return "Redis is unreachable"
+        return UNREACHABLE
     return None
+
+
+def _closed_unanswered(error: BaseException) -> bool:
+    """Whether ``error`` is a connection the server took and then closed (or reset) before
+    it answered: a Redis going down meanwhile, but when every try until the deadline ends
+    so, a port that is no Redis's or wants TLS."""
+    text = str(error)
+    return isinstance(error, TRANSIENT) and (
+        "closed by server" in text or "reset by peer" in text)
 
