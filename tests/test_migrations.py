@@ -9,6 +9,7 @@ not with today's code, so the test keeps checking the upgrade path as the code m
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import multiprocessing
 import sqlite3
@@ -372,6 +373,55 @@ def test_a_sqlite_store_of_layout_4_gains_claim_numbers_with_its_running_job_kep
     asyncio.run(use())
     conn = _upgraded(path)
     assert "claim" in {row[1] for row in conn.execute("PRAGMA table_info(old_jobs)")}
+    conn.close()
+    _check_reopened(f"sqlite:///{path}")
+
+
+def test_a_sqlite_store_of_layout_5_gains_the_queues_counter(tmp_path: Path) -> None:
+    """The counter starts at 0 and moves with a queue's settings and a job's deletion (by
+    any connection, a plain one included), not with claims and outcomes; the upgrade keeps
+    every job, and a store opened again finds it done."""
+    from conveyor.backends.sqlite.migrations import STEPS, queues_version
+    from conveyor.job import Outcome, OutcomeKind
+
+    path = tmp_path / "five.db"
+    _old_sqlite(path)
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.executescript(LAYOUT_2_SQL)
+    conn.executescript(LAYOUT_3_SQL)
+    for step in STEPS[3:5]:
+        step(conn, "old")
+    conn.execute("UPDATE old_meta SET value='5' WHERE key='layout'")
+    conn.execute("PRAGMA user_version=5")
+    assert conn.execute(queues_version("old")).fetchone() is None
+    conn.close()
+
+    def counter() -> int:
+        with contextlib.closing(sqlite3.connect(path)) as reader:
+            (value,) = reader.execute(queues_version("old")).fetchone()
+        return int(value)
+
+    async def use() -> list[int]:
+        broker = SQLiteBroker(f"sqlite:///{path}", namespace="old")
+        await broker.open()
+        seen = [counter()]
+        (taken,) = await broker.claim("w1", ["default"], 1, 30.0)
+        await broker.settle([Outcome(taken.id, "w1", OutcomeKind.SUCCEEDED, time.time(),
+                                     "null", claim=taken.claim)])
+        seen.append(counter())
+        await broker.set_max_queued("default", 50)
+        seen.append(counter())
+        assert await broker.delete(taken.id)
+        seen.append(counter())
+        await broker.close()
+        return seen
+
+    assert asyncio.run(use()) == [0, 0, 1, 2]
+    with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as plain:
+        plain.execute("UPDATE old_queues SET max_queued=NULL")
+    assert counter() == 3
+    conn = _upgraded(path)
+    assert conn.execute("SELECT count(*) FROM old_jobs").fetchone() == (len(OLD_JOBS) - 1,)
     conn.close()
     _check_reopened(f"sqlite:///{path}")
 

@@ -19,7 +19,7 @@ import pytest
 from conveyor.backends.sqlite import SQLiteBroker
 from conveyor.errors import DuplicateJob, QueueFull, StoreUnavailable, TooManyQueues
 from conveyor.ids import new_id
-from conveyor.job import JobRecord, JobState
+from conveyor.job import JobRecord, JobState, Outcome, OutcomeKind
 
 
 @contextlib.contextmanager
@@ -73,7 +73,7 @@ def statements(broker: SQLiteBroker) -> list[str]:
 def at_once(seen: list[str]) -> list[str]:
     """The INSERT heads (table and columns) of the statements that store a job at once."""
     return [s.split(" SELECT ")[0] for s in seen
-            if s.startswith("INSERT") and "FROM pragma_data_version) = " in s]
+            if s.startswith("INSERT") and " WHERE key = 'queues') = " in s]
 
 
 def head(insert: str) -> str:
@@ -107,8 +107,7 @@ def test_a_lone_enqueue_is_one_statement(producer: SQLiteBroker, tmp_path: Path)
     assert producer.enqueue_blocking([record], {}) == [None]
     assert not any(s.startswith(("BEGIN", "COMMIT")) for s in seen)
     assert at_once(seen) == [head(producer._sql_insert)]
-    # nothing else runs: at most the pragma the INSERT reads (traced as a statement of its own)
-    assert all(s.startswith("INSERT") or "data_version" in s for s in seen)
+    assert seen == [s for s in seen if s.startswith("INSERT")]  # nothing else runs
     assert stored_row(tmp_path / "p.db", record.id) == (
         record.id, "noop", "default", "queued", '[1,"two"]', '{"k":[3]}', record.created_at,
         record.run_at, None, 0, 0.0, None)
@@ -130,18 +129,52 @@ def test_ranked_and_laned_jobs_keep_their_columns(
     assert row[9:] == (record.priority, record.priority * producer.aging, record.group)
 
 
-def test_another_connections_commit_sends_the_write_the_long_way(
+def test_another_connections_commit_of_other_facts_leaves_the_write_at_once(
         producer: SQLiteBroker, tmp_path: Path) -> None:
+    """A worker's claims and outcomes (and any write that touches no queue's settings and
+    deletes no job) change nothing an enqueue checks: the next enqueue is still one
+    statement, and so is the one after the full write that follows a new queue."""
     other_commit(tmp_path / "p.db")
+    worker = SQLiteBroker(f"sqlite:///{tmp_path / 'p.db'}", namespace="t")
+
+    async def take_and_finish() -> None:
+        (taken,) = await worker.claim("w1", ["default"], 1, 30.0)
+        await worker.settle([Outcome(taken.id, "w1", OutcomeKind.SUCCEEDED, time.time(),
+                                     "null", claim=taken.claim)])
+        finished = await worker.get(taken.id)
+        assert finished is not None and finished.state is JobState.SUCCEEDED
+
+    try:
+        asyncio.run(take_and_finish())
+    finally:
+        worker.close_blocking()
+    seen = statements(producer)
+    record = job()
+    assert producer.enqueue_blocking([record], {}) == [None]
+    assert at_once(seen) == [head(producer._sql_insert)]
+    assert not any(s.startswith("BEGIN") for s in seen)
+    assert stored_row(tmp_path / "p.db", record.id)[:4] == (record.id, "noop", "default",
+                                                            "queued")
+
+
+@pytest.mark.parametrize("change", [
+    "INSERT INTO t_queues (name, paused) VALUES ('default', 1)",  # a queue's settings
+    "DELETE FROM t_jobs WHERE id = (SELECT min(id) FROM t_jobs)",  # a job deleted
+], ids=["settings", "deleted"])
+def test_another_connections_change_to_the_queues_sends_the_write_the_long_way(
+        producer: SQLiteBroker, tmp_path: Path, change: str) -> None:
+    conn = sqlite3.connect(tmp_path / "p.db", isolation_level=None)
+    try:
+        conn.execute(change)
+    finally:
+        conn.close()
     seen = statements(producer)
     record = job()
     producer.enqueue_blocking([record], {})
-    # the statement stored nothing (the connection's data_version moved); the full write did
+    # the statement stored nothing (the queues counter moved); the full write did
     assert at_once(seen[:1]) == [head(producer._sql_insert)]
     assert "BEGIN IMMEDIATE" in seen and seen[-1] == "COMMIT"
-    conn = sqlite3.connect(tmp_path / "p.db")
-    assert conn.execute("SELECT count(*) FROM t_jobs WHERE id=?", (record.id,)).fetchone() == (1,)
-    conn.close()
+    assert stored_row(tmp_path / "p.db", record.id) is not None
     seen.clear()
     producer.enqueue_blocking([job()], {})  # the cache was read again: at once again
     assert not any(s.startswith("BEGIN") for s in seen)
@@ -226,8 +259,9 @@ def test_the_writer_runs_nothing_at_once_while_its_connection_is_busy(
 
 
 def test_a_reopened_store_reads_what_it_keeps_anew(tmp_path: Path) -> None:
-    """A new connection's data_version starts over: what the old one kept (a queue known)
-    must not pass for true on the new one, where another connection forgot that queue."""
+    """A reopened store reads what it keeps anew: what the old connection kept (a queue
+    known) must not pass for true on the new one, where another connection forgot that
+    queue."""
     path = tmp_path / "r.db"
     producer = SQLiteBroker(f"sqlite:///{path}", namespace="t")
     producer.max_queues = 1

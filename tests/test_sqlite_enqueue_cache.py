@@ -117,7 +117,8 @@ def test_concurrent_blocking_callers_all_commit(tmp_path: Path) -> None:
         conn.execute("CREATE TABLE IF NOT EXISTS t (v INTEGER)")
         return conn
 
-    writer = Writer(open_conn, lambda: Settings(path).busy_timeout_ms / 1000)
+    writer = Writer(open_conn, lambda: Settings(path).busy_timeout_ms / 1000, lambda: None,
+                    "PRAGMA data_version")
     writer.start()
     answers: dict[int, object] = {}
 

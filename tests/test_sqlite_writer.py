@@ -20,7 +20,8 @@ def make_writer(tmp_path: Path) -> Writer:
         conn.execute("CREATE TABLE IF NOT EXISTS t (v INTEGER)")
         return conn
 
-    writer = Writer(open_conn, lambda: settings.busy_timeout_ms / 1000)
+    writer = Writer(open_conn, lambda: settings.busy_timeout_ms / 1000, lambda: None,
+                    "PRAGMA data_version")
     writer.start()
     return writer
 

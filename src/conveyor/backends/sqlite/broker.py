@@ -20,7 +20,7 @@ from conveyor.backends.sqlite import schedules as sqlite_schedules
 from conveyor.backends.sqlite import sessions as sqlite_sessions
 from conveyor.backends.sqlite.clock import boot_id, lease_now
 from conveyor.backends.sqlite.lanes import Head, Lane, Limiter, Taken, cursors, laned_names, usage
-from conveyor.backends.sqlite.migrations import is_current, upgrade
+from conveyor.backends.sqlite.migrations import is_current, queues_version, upgrade
 from conveyor.backends.sqlite.schema import (
     JOB_COLUMNS,
     STATS_COLUMNS,
@@ -97,12 +97,11 @@ def _marks(n: int) -> str:
 _Plan = tuple[list[tuple[Any, ...]], str, set[str], bool]
 
 
-def _at_version(insert: str) -> str:
+def _at_version(insert: str, version: str) -> str:
     """``insert`` (``INSERT INTO t (columns) VALUES (?, ...)``) as an INSERT that stores its
-    row only while the connection's ``data_version`` is the value given after the row's."""
+    row only while the ``version`` query's value is the one given after the row's."""
     head, marks = insert.split(" VALUES (")
-    return (f"{head} SELECT {marks[:-1]} WHERE (SELECT data_version FROM pragma_data_version)"
-            f" = ?{marks.count('?') + 1}")
+    return f"{head} SELECT {marks[:-1]} WHERE ({version}) = ?{marks.count('?') + 1}"
 
 
 #: the stores open in this process: closed before it forks (see _close_before_fork)
@@ -209,9 +208,9 @@ class SQLiteBroker(Broker):
             f"INSERT INTO {t}_jobs (id, name, queue, state, args, kwargs, created_at, run_at, "
             f"unique_key, priority, boost, grp) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
         )
-        #: each INSERT of jobs as one that stores its row only while the connection's
-        #: ``data_version`` is the one given after the row (see :meth:`_insert_at_once`)
-        self._sql_at_once = {sql: _at_version(sql) for sql in (
+        #: each INSERT of jobs as one that stores its row only while the namespace's
+        #: ``queues`` counter is the one given after the row (see :meth:`_insert_at_once`)
+        self._sql_at_once = {sql: _at_version(sql, queues_version(t)) for sql in (
             self._sql_insert, self._sql_insert_ranked, self._sql_insert_laned)}
         #: the stored caps of queued jobs; the table holds only the queues with settings: a
         #: few rows, read whole
@@ -276,7 +275,8 @@ class SQLiteBroker(Broker):
             self._pid = os.getpid()
 
     def _new_writer(self) -> Writer:
-        return Writer(self._open_writer, self._lock_patience, self._lock_held)
+        return Writer(self._open_writer, self._lock_patience, self._lock_held,
+                      queues_version(self.ns))
 
     def _usable(self) -> bool:
         """Open, and in this process (a forked child opens its own: see :meth:`_forked`)."""
@@ -455,10 +455,13 @@ class SQLiteBroker(Broker):
         """Store one job (``row``, with the ``insert`` it takes) in one statement, which
         SQLite commits by itself, when the writer's cache shows that the checks of a full
         write would pass (its queue known and without a cap in the store) and the statement
-        finds that no other connection has committed since the cache was read (its
-        ``data_version`` unchanged); None when it does not store it (the caller then makes
-        the full write, which also says why an id that exists is refused). The caller
-        checked the rest: one job, no unique key, no cap of this producer's on its queue."""
+        finds that nothing those checks read has changed since the cache was read (the
+        namespace's ``queues`` counter unchanged: see
+        :func:`~conveyor.backends.sqlite.migrations.queues_moved`; a write of another
+        connection meanwhile fails the statement as locked); None when it does not store it
+        (the caller then makes the full write, which also says why an id that exists is
+        refused). The caller checked the rest: one job, no unique key, no cap of this
+        producer's on its queue."""
         writer = self._writer
         known, caps, version = writer.cache.get("known"), writer.cache.get("caps"), writer.version
         queue = row[2]

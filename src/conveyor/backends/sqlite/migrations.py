@@ -132,8 +132,37 @@ def _layout_5(conn: sqlite3.Connection, ns: str) -> None:
                  f"SELECT 'claim', coalesce(max(claim), 0) FROM {ns}_jobs")
 
 
+def _layout_6(conn: sqlite3.Connection, ns: str) -> None:
+    """The ``queues`` counter (``meta`` key ``queues``): triggers move it, in the
+    transaction of whichever connection writes, whenever what an enqueue checks of its
+    queue may have changed: a queue's settings written or removed (its cap), a job deleted
+    (the last of a queue forgets it) or moved to another queue. A producer keeps what it
+    read of those while the counter stands (see :mod:`conveyor.backends.sqlite.writer`);
+    the commits of workers, which change none of it, leave it standing."""
+    conn.execute(f"INSERT OR IGNORE INTO {ns}_meta (key, value) VALUES ('queues', '0')")
+    for trigger, event in (("queues_added", f"INSERT ON {ns}_queues"),
+                           ("queues_changed", f"UPDATE ON {ns}_queues"),
+                           ("queues_removed", f"DELETE ON {ns}_queues"),
+                           ("jobs_removed", f"DELETE ON {ns}_jobs"),
+                           ("jobs_moved", f"UPDATE OF queue ON {ns}_jobs")):
+        conn.execute(f"CREATE TRIGGER IF NOT EXISTS {ns}_{trigger} AFTER {event} BEGIN "
+                     f"{queues_moved(ns)}; END")
+
+
+def queues_moved(ns: str) -> str:
+    """The statement that moves namespace ``ns``'s ``queues`` counter (see
+    :func:`_layout_6`)."""
+    return f"UPDATE {ns}_meta SET value = value + 1 WHERE key = 'queues'"
+
+
+def queues_version(ns: str) -> str:
+    """The query of namespace ``ns``'s ``queues`` counter (see :func:`_layout_6`): one
+    value, ``None`` before layout 6."""
+    return f"SELECT value FROM {ns}_meta WHERE key = 'queues'"
+
+
 #: the steps, in order: ``STEPS[n]`` brings a namespace from layout ``n`` to ``n + 1``
-STEPS: tuple[Step, ...] = (_layout_1, _layout_2, _layout_3, _layout_4, _layout_5)
+STEPS: tuple[Step, ...] = (_layout_1, _layout_2, _layout_3, _layout_4, _layout_5, _layout_6)
 #: the layout this version writes
 LAYOUT = len(STEPS)
 

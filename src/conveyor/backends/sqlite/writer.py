@@ -17,9 +17,11 @@ ready to run, the write-ahead log is small and such writes have been quick
 
 Facts the writes read under the write lock (the queues' caps, the queues known) may be kept
 in :attr:`Writer.cache` from one transaction to the next, for the writes that say they
-``keep`` it: only another connection's commit (seen in ``PRAGMA data_version``, which only
-the commits of other connections move) or a write of this one that does not keep it can
-change them, and either empties the cache.
+``keep`` it: only a write that moves the store's count of changes to those facts (the
+``version`` query given to the writer: a counter that triggers move, see
+:func:`conveyor.backends.sqlite.migrations.queues_moved`) or a write of this connection
+that does not keep them can change them, and either empties the cache; the commits of
+other connections that change none of them (a worker's claims and outcomes) leave it.
 """
 
 from __future__ import annotations
@@ -135,8 +137,11 @@ class Writer:
 
     def __init__(self, connect: Callable[[], sqlite3.Connection],
                  patience: Callable[[], float],
-                 held: Callable[[], None] = lambda: None) -> None:
+                 held: Callable[[], None], version: str) -> None:
         self._connect = connect
+        #: the query of one value that moves whenever a fact the cache keeps may have
+        #: changed
+        self._version_sql = version
         #: the write-ahead log's path, as SQLite names it from the connection's file (None:
         #: unknown, and no write runs on a loop's thread)
         self._wal: str | None = None
@@ -168,9 +173,9 @@ class Writer:
         #: as does a transaction that did not commit. A write that changes a kept fact drops
         #: it (later writes of its transaction read it anew).
         self.cache: dict[str, Any] = {}
-        #: the connection's ``data_version`` the cache holds at: no other connection has
-        #: committed since it was read (None: not read on this connection)
-        self.version: int | None = None
+        #: the value of the ``version`` query the cache holds at: no write has changed what
+        #: it keeps since it was read (None: not read on this connection)
+        self.version: object = None
         #: ``time.monotonic()`` before which :meth:`run_on_loop` leaves writes to the thread,
         #: and how many of its writes in a row were slow
         self._loop_writes_from = 0.0
@@ -438,8 +443,9 @@ class Writer:
         if not keeps:
             self.cache.clear()
             return
-        (version,) = conn.execute("PRAGMA data_version").fetchone()
-        if version != self.version:  # another connection committed: anything may differ
+        row = conn.execute(self._version_sql).fetchone()
+        version = None if row is None else row[0]
+        if version is None or version != self.version:  # what it keeps may differ
             self.cache.clear()
             self.version = version
 
