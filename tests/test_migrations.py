@@ -378,9 +378,10 @@ def test_a_sqlite_store_of_layout_4_gains_claim_numbers_with_its_running_job_kep
 
 
 def test_a_sqlite_store_of_layout_5_gains_the_queues_counter(tmp_path: Path) -> None:
-    """The counter starts at 0 and moves with a queue's settings and a job's deletion (by
-    any connection, a plain one included), not with claims and outcomes; the upgrade keeps
-    every job, and a store opened again finds it done."""
+    """The counter moves with a queue's settings and a job's deletion (by any connection,
+    a plain one included), not with claims and outcomes; it starts at a random value (not
+    the same in two stores); the upgrade keeps every job, and a store opened again finds it
+    done."""
     from conveyor.backends.sqlite.migrations import STEPS, queues_version
     from conveyor.job import Outcome, OutcomeKind
 
@@ -396,10 +397,15 @@ def test_a_sqlite_store_of_layout_5_gains_the_queues_counter(tmp_path: Path) -> 
     assert conn.execute(queues_version("old")).fetchone() is None
     conn.close()
 
+    start: list[int] = []
+
     def counter() -> int:
+        """How far the counter moved from where the upgrade started it."""
         with contextlib.closing(sqlite3.connect(path)) as reader:
             (value,) = reader.execute(queues_version("old")).fetchone()
-        return int(value)
+        if not start:
+            start.append(int(value))
+        return int(value) - start[0]
 
     async def use() -> list[int]:
         broker = SQLiteBroker(f"sqlite:///{path}", namespace="old")
@@ -424,6 +430,13 @@ def test_a_sqlite_store_of_layout_5_gains_the_queues_counter(tmp_path: Path) -> 
     assert conn.execute("SELECT count(*) FROM old_jobs").fetchone() == (len(OLD_JOBS) - 1,)
     conn.close()
     _check_reopened(f"sqlite:///{path}")
+    starts = set()
+    for n in range(3):
+        with contextlib.closing(sqlite3.connect(tmp_path / f"new{n}.db")) as fresh:
+            for step in STEPS:
+                step(fresh, "old")
+            starts.add(fresh.execute(queues_version("old")).fetchone()[0])
+    assert len(starts) == 3
 
 
 async def _use_once(url: str) -> None:

@@ -9,6 +9,7 @@ any namespace in the file, so a file written by a newer Conveyor is refused at o
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Callable
 
@@ -138,8 +139,12 @@ def _layout_6(conn: sqlite3.Connection, ns: str) -> None:
     queue may have changed: a queue's settings written or removed (its cap), a job deleted
     (the last of a queue forgets it) or moved to another queue. A producer keeps what it
     read of those while the counter stands (see :mod:`conveyor.backends.sqlite.writer`);
-    the commits of workers, which change none of it, leave it standing."""
-    conn.execute(f"INSERT OR IGNORE INTO {ns}_meta (key, value) VALUES ('queues', '0')")
+    the commits of workers, which change none of it, leave it standing. It starts at a
+    random value, so that another store's file copied over this one (a restore) does not
+    pass for this one's by an equal counter."""
+    start = str(int.from_bytes(os.urandom(5), "big"))
+    conn.execute(f"INSERT OR IGNORE INTO {ns}_meta (key, value) VALUES ('queues', ?)",
+                 (start,))
     for trigger, event in (("queues_added", f"INSERT ON {ns}_queues"),
                            ("queues_changed", f"UPDATE ON {ns}_queues"),
                            ("queues_removed", f"DELETE ON {ns}_queues"),
