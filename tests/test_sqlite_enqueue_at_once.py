@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from conveyor.backends.sqlite import SQLiteBroker
+from conveyor.backends.sqlite.migrations import queues_version
 from conveyor.errors import DuplicateJob, QueueFull, StoreUnavailable, TooManyQueues
 from conveyor.ids import new_id
 from conveyor.job import JobRecord, JobState, Outcome, OutcomeKind
@@ -73,7 +74,7 @@ def statements(broker: SQLiteBroker) -> list[str]:
 def at_once(seen: list[str]) -> list[str]:
     """The INSERT heads (table and columns) of the statements that store a job at once."""
     return [s.split(" SELECT ")[0] for s in seen
-            if s.startswith("INSERT") and " WHERE key = 'queues') = " in s]
+            if s.startswith("INSERT") and f" WHERE ({queues_version('t')}) = " in s]
 
 
 def head(insert: str) -> str:

@@ -1547,10 +1547,9 @@ def _reason(error: BaseException) -> str | None:
 
 
 def _closed_unanswered(error: BaseException) -> bool:
-    """Whether ``error`` is a connection the server took and then closed (or reset) before
-    it answered: a Redis going down meanwhile, but when every try until the deadline ends
-    so, a port that is no Redis's or wants TLS."""
+    """Whether ``error`` (connection trouble) is a connection the server took and then
+    closed (or reset) before it answered: a Redis going down meanwhile, but when every try
+    until the deadline ends so, a port that is no Redis's or wants TLS."""
     text = str(error)
-    return isinstance(error, TRANSIENT) and (
-        "closed by server" in text or "reset by peer" in text)
+    return "closed by server" in text or "reset by peer" in text
 

@@ -168,10 +168,10 @@ class Writer:
         #: its own thread's)
         self._conn_depth = 0
         #: what writes may share: facts read under the write lock. A group (one transaction)
-        #: of writes that all keep it finds it as the last one left it, unless another
-        #: connection committed since; any other group finds it empty, and leaves it empty,
-        #: as does a transaction that did not commit. A write that changes a kept fact drops
-        #: it (later writes of its transaction read it anew).
+        #: of writes that all keep it finds it as the last one left it, unless the value of
+        #: the ``version`` query moved since; any other group finds it empty, and leaves it
+        #: empty, as does a transaction that did not commit. A write that changes a kept
+        #: fact drops it (later writes of its transaction read it anew).
         self.cache: dict[str, Any] = {}
         #: the value of the ``version`` query the cache holds at: no write has changed what
         #: it keeps since it was read (None: not read on this connection)
