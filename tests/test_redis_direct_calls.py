@@ -231,7 +231,8 @@ def test_a_connection_closed_under_a_write_is_a_lost_connection(
 
 def test_open_here_holds_on_the_loop_that_opened_only() -> None:
     # an awaited enqueue skips open() when open_here() says it would do nothing: on Redis
-    # each loop has its own connection, which a new loop's open() makes (and pings)
+    # each loop has its own connection, which a new loop's open() makes (and pings); the
+    # store's enqueue opens it itself (the app leaves that to it)
     broker = _broker()
 
     async def on_a_loop() -> tuple[bool, bool, str]:
@@ -245,6 +246,14 @@ def test_open_here_holds_on_the_loop_that_opened_only() -> None:
         first = asyncio.run(on_a_loop())
         second = asyncio.run(on_a_loop())  # a new loop: open again, then open here
         assert (first[:2], second[:2]) == ((False, True), (False, True))
+
+        async def unopened() -> tuple[bool, bool]:
+            before = broker.open_here()
+            job = _job(new_id())
+            await broker.enqueue([job], {})  # no open() first: the enqueue opens
+            return before, broker.open_here() and await broker.get(job.id) is not None
+
+        assert asyncio.run(unopened()) == (False, True)
         app = Conveyor(shared_redis_url(), namespace=broker.namespace)
 
         async def n(x: int) -> None:

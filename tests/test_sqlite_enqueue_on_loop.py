@@ -138,15 +138,9 @@ def test_each_loop_is_looked_at_on_its_own(producer: SQLiteBroker) -> None:
     assert inserts_by_thread(seen, producer._sql_insert) == {"loop": 1, "writer": 0}
 
 
-def test_open_here_says_whether_the_store_is_open_in_this_process(
+def test_an_awaited_enqueue_opens_a_closed_store_itself_and_an_open_one_never(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # an awaited enqueue skips open() when open_here() says it would do nothing
-    broker = SQLiteBroker(f"sqlite:///{tmp_path / 'o.db'}", namespace="t")
-    assert not broker.open_here()
-    broker.open_blocking()
-    assert broker.open_here()
-    broker.close_blocking()
-    assert not broker.open_here()
+    # the app leaves opening to the store's enqueue, which opens only when it must
     app = Conveyor(f"sqlite:///{tmp_path / 'o.db'}", namespace="t")
 
     async def noop(n: int) -> None:

@@ -513,8 +513,7 @@ class Conveyor:
             held = broker.enqueue_blocking(records, self.max_queued)
         except NotImplementedError:
             return self.run_sync(self._store_async(records, on_conflict))
-        outage_for(broker).recovered()  # logs the end of an outage, if one was under way
-        return self._stored(records, held, on_conflict)
+        return self._answered(broker, records, held, on_conflict)
 
     async def _store_async(self, records: list[JobRecord],
                            on_conflict: OnConflict = "return") -> list[JobHandle[Any]]:
@@ -523,10 +522,19 @@ class Conveyor:
 
             return self._stored(records, await store_and_run_async(self, records), on_conflict)
         broker = self.broker
-        if not broker.open_here():
-            await broker.open()
         held = await broker.enqueue(records, self.max_queued)
-        outage_for(broker).recovered()
+        return self._answered(broker, records, held, on_conflict)
+
+    def _answered(self, broker: Broker, records: list[JobRecord], held: list[str | None],
+                  on_conflict: OnConflict) -> list[JobHandle[Any]]:
+        """:meth:`_stored`, once ``broker`` answered: the end of an outage under way is
+        logged. (One call on the path of every enqueue, whose every Python call costs most
+        when it follows an fsync: see the README's benchmarks.)"""
+        outage = broker.outage
+        if outage is None or outage.reason is not None:  # (reason: None while available)
+            outage_for(broker).recovered()
+        if self.metrics is None and len(records) == 1 and held[0] is None:  # the commonest
+            return [JobHandle(self, records[0].id)]
         return self._stored(records, held, on_conflict)
 
     def _stored(self, records: list[JobRecord], held: list[str | None],
@@ -559,7 +567,7 @@ class Conveyor:
 
         A name not registered here must have been published by a worker (see
         :meth:`known_jobs`), which also checks the arguments; ``force=True`` skips that."""
-        opts = options_of(options, given)
+        opts = DEFAULT if options is None and not given else options_of(options, given)
         record = self.build(name, args, kwargs, opts)
         if name not in self.registry:
             self.run_sync(self._check_known([record], opts))
@@ -577,7 +585,7 @@ class Conveyor:
                                  options: EnqueueOptions | None = None,
                                  **given: Unpack[EnqueueKwargs]) -> JobHandle[Any]:
         """Awaitable :meth:`enqueue_call`."""
-        opts = options_of(options, given)
+        opts = DEFAULT if options is None and not given else options_of(options, given)
         record = self.build(name, args, kwargs, opts)
         if name not in self.registry:
             await self._check_known([record], opts)

@@ -82,11 +82,6 @@ class Broker(abc.ABC):
     async def close(self) -> None:
         """Release connections and threads."""
 
-    def open_here(self) -> bool:
-        """Whether :meth:`open` would do nothing on the running event loop (no I/O), so
-        that an awaited call on the hot path may skip it; False when unsure."""
-        return False
-
     #: seconds an operation keeps retrying through connection trouble (backends that retry)
     retry_for: float = 30.0
     #: distinct queues the namespace may know at most (those holding jobs, and those with
@@ -135,6 +130,9 @@ class Broker(abc.ABC):
         ``max_queued``, and when storing them would leave more waiting jobs in such a queue, or
         more than the queue's cap in the store (see :meth:`set_max_queued`; the smaller
         holds), :class:`~conveyor.errors.QueueFull` is raised. Either way nothing is stored.
+
+        It opens the store first when it is not open (see :meth:`open`): callers on the hot
+        path of every enqueue need not.
         """
 
     def enqueue_blocking(

@@ -391,6 +391,8 @@ class RedisBroker(Broker):
         return await self._retrying(lambda c: c.scripts[name](keys=keys, args=args))
 
     def open_here(self) -> bool:
+        """Whether :meth:`open` would do nothing on the running event loop (no I/O), so
+        that an awaited call on the hot path may skip it."""
         return self._layout_checked and asyncio.get_running_loop() in self._connections
 
     async def open(self) -> None:
@@ -701,6 +703,8 @@ class RedisBroker(Broker):
         commits them in groups), each still stored all or none on its own."""
         if not jobs:
             return []
+        if not self.open_here():
+            await self.open()
         result = await self._conn().enqueues.submit((jobs, limits))
         if isinstance(result, TooManyQueues) and self._may_sweep() and \
                 await self._prune_queues():

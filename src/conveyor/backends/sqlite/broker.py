@@ -311,9 +311,6 @@ class SQLiteBroker(Broker):
         if not self._usable():
             await asyncio.to_thread(self.open_blocking)
 
-    def open_here(self) -> bool:
-        return self._usable()
-
     async def close(self) -> None:
         self.close_blocking()
 
@@ -435,8 +432,8 @@ class SQLiteBroker(Broker):
         rows: list[tuple[Any, ...]] = []
         queues: set[str] = set()
         keyed = laned = ranked = False
-        for j in jobs:  # one pass (most calls store one plain job)
-            args, kwargs = j.encoded()
+        for j in jobs:  # one pass
+            args, kwargs = j.payload or j.encoded()
             rows.append((j.id, j.name, j.queue, j.state._value_, args, kwargs, j.created_at,
                          j.run_at, j.unique_key))
             queues.add(j.queue)
@@ -445,10 +442,13 @@ class SQLiteBroker(Broker):
             ranked = ranked or j.priority != 0
         if not (laned or ranked):  # the defaults: priority 0, boost 0
             return rows, self._sql_insert, queues, keyed
-        aging = self.aging
-        rows = [(*row, j.priority, boost(j.priority, aging)) + ((j.group,) if laned else ())
-                for row, j in zip(rows, jobs, strict=True)]
-        return rows, self._sql_insert_laned if laned else self._sql_insert_ranked, queues, keyed
+        return ([self._with_rank(row, j, laned) for row, j in zip(rows, jobs, strict=True)],
+                self._sql_insert_laned if laned else self._sql_insert_ranked, queues, keyed)
+
+    def _with_rank(self, row: tuple[Any, ...], job: JobRecord, laned: bool) -> tuple[Any, ...]:
+        """``row`` of ``job`` with its priority and boost, and its group when ``laned``."""
+        return (*row, job.priority, boost(job.priority, self.aging)) + \
+            ((job.group,) if laned else ())
 
     def _insert_at_once(self, conn: sqlite3.Connection, row: tuple[Any, ...],
                         insert: str) -> bool | None:
@@ -599,44 +599,55 @@ class SQLiteBroker(Broker):
               None if j.unique_until is None else now + (j.unique_until - j.created_at))
              for j in stored if j.unique_key is not None])
 
-    def _stored_at_once(self, plan: _Plan, limits: Mapping[str, int],
+    def _stored_at_once(self, jobs: Sequence[JobRecord], limits: Mapping[str, int],
                         run: Callable[..., bool | None]) -> bool:
         """Whether ``run`` (the writer's :meth:`~Writer.run_at_once` or
-        :meth:`~Writer.run_on_loop`) stored the job of ``plan`` in one statement: one job,
-        no unique key, no cap of this producer's on its queue (see :meth:`_insert_at_once`)."""
-        rows, insert, _, keyed = plan
-        return len(rows) == 1 and not keyed and rows[0][2] not in limits \
-            and bool(run(self._insert_at_once, rows[0], insert))
+        :meth:`~Writer.run_on_loop`) stored ``jobs`` in one statement: one job, no unique
+        key, no cap of this producer's on its queue (see :meth:`_insert_at_once`). Its row
+        is made here, not by :meth:`_rows`: this is the path of most enqueues, where each
+        Python call costs most, following an fsync (see the README's benchmarks)."""
+        if len(jobs) != 1:
+            return False
+        job = jobs[0]
+        if job.unique_key is not None or job.queue in limits:
+            return False
+        args, kwargs = job.payload or job.encoded()
+        row = (job.id, job.name, job.queue, job.state._value_, args, kwargs, job.created_at,
+               job.run_at, None)
+        if job.priority == 0 and job.group is None:  # the defaults: priority 0, boost 0
+            return bool(run(self._insert_at_once, row, self._sql_insert))
+        laned = job.group is not None
+        return bool(run(self._insert_at_once, self._with_rank(row, job, laned),
+                        self._sql_insert_laned if laned else self._sql_insert_ranked))
 
     async def enqueue(
         self, jobs: Sequence[JobRecord], limits: Mapping[str, int]
     ) -> list[str | None]:
-        plan = self._rows(jobs)
-        if self._usable():
+        if self._usable():  # (else the write below opens the store)
             sent = time.monotonic()
             try:
-                stored = self._stored_at_once(plan, limits, self._writer.run_on_loop)
+                stored = self._stored_at_once(jobs, limits, self._writer.run_on_loop)
             except (sqlite3.Error, OSError) as exc:
                 self._fail(exc, sent)
             if stored:  # written on the loop's thread: the loop turns every millisecond
                 if self._writer.loop_turn_due():  # (a caller's next enqueue, at once,
                     await asyncio.sleep(0)  # would otherwise hold timers and I/O for ever)
                 return [None]
-        result: list[str | None] = await self._write(
-            self._enqueue_fn(jobs, limits, plan), True)
+        result: list[str | None] = await self._write(self._enqueue_fn(jobs, limits), True)
         return result
 
     def enqueue_blocking(
         self, jobs: Sequence[JobRecord], limits: Mapping[str, int]
     ) -> list[str | None]:
-        plan = self._rows(jobs)
         sent = time.monotonic()
+        plan = None
         try:  # as _guarded() does, without a context manager on this busy path
             while True:
                 if not self._usable():
                     self.open_blocking()
-                if self._stored_at_once(plan, limits, self._writer.run_at_once):
+                if self._stored_at_once(jobs, limits, self._writer.run_at_once):
                     return [None]
+                plan = plan or self._rows(jobs)
                 try:
                     result: list[str | None] = self._writer.run_blocking(
                         self._enqueue_fn(jobs, limits, plan), True)

@@ -185,7 +185,7 @@ class Writer:
         self._loop_turned_at = 0.0
         self._loop_wrote_at = 0.0
         #: the last event loop that wrote here and its ready queue, as one tuple (loops of
-        #: other threads may write too; see _loop_idle)
+        #: other threads may write too; see _ready_queue)
         self._seen: tuple[object, Sized | None] = (None, None)
         #: when the log's size was last read, and whether it was past LOOP_WAL_MAX then
         self._wal_checked_at = -LOOP_WAL_CHECK
@@ -300,7 +300,7 @@ class Writer:
         itself; :attr:`cache` and :attr:`version` hold still meanwhile. None when the
         connection is busy, or when ``attempt`` gives up (None): the caller then writes
         with :meth:`run_blocking`."""
-        if not self._conn_lock.acquire(blocking=False):
+        if not self._conn_lock.acquire(False):  # (positional: cheaper than blocking=False)
             return None
         try:  # (its one statement leaves no transaction open: no hold to count, see _taken)
             conn = self._conn
@@ -322,7 +322,10 @@ class Writer:
         after slow writes in a row (:data:`LOOP_WRITE_MAX`): the loop is held for quick
         commits, and rarely for a slow one. None when it does not run (the caller then
         awaits :meth:`run`)."""
-        if not self._loop_idle():  # first: a loop with others ready (or uvloop) pays no more
+        loop, ready = self._seen  # first: a loop with others ready (or uvloop) pays no more
+        if loop is not asyncio.get_running_loop():
+            ready = self._ready_queue()
+        if ready is None or ready:
             return None
         began = time.monotonic()
         if began - self._wal_checked_at >= LOOP_WAL_CHECK:
@@ -343,18 +346,16 @@ class Writer:
             elif result:  # a quick write (not a call that wrote nothing) ends a slow run
                 self._slow_loop_writes = 0
 
-    def _loop_idle(self) -> bool:
-        """Whether nothing but the running task is ready to run on the running event loop:
-        its ready queue is empty. False for a loop that does not show that queue (asyncio's
-        own loops do), which then never waits for a write. The queue of the last loop seen
-        is kept (looking it up cost a lone caller more than the check)."""
+    def _ready_queue(self) -> Sized | None:
+        """The queue of callbacks ready to run of the running event loop (None for a loop
+        that does not show it; asyncio's own loops do): :meth:`run_on_loop` writes only
+        when it is empty, nothing but the running task being ready. Kept for the last loop
+        seen (looking it up cost a lone caller more than the check)."""
         loop = asyncio.get_running_loop()
-        seen_loop, ready = self._seen
-        if loop is not seen_loop:
-            ready = getattr(loop, "_ready", None)
-            ready = ready if isinstance(ready, Sized) else None
-            self._seen = (loop, ready)
-        return ready is not None and not ready
+        ready = getattr(loop, "_ready", None)
+        ready = ready if isinstance(ready, Sized) else None
+        self._seen = (loop, ready)
+        return ready
 
     def loop_turn_due(self) -> bool:
         """Whether the caller of a write that ran on its loop's thread (just now: the time
