@@ -430,6 +430,7 @@ class ShardedRedisBroker(Broker):
         """One enqueue per queue. When a queue refuses its jobs, those stored in the queues
         before it are deleted again (one a worker claimed in between runs on). Ids a caller
         chose are looked for in every queue first."""
+        await self.open()  # (first: a namespace this URL may not open is left untouched)
         groups = self._by_queue(jobs)
         queues = list(groups)
         await self._refuse_taken(jobs)
