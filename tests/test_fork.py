@@ -5,6 +5,7 @@ with connections, threads and ids of its own: its enqueues are stored, its block
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import json
 import os
@@ -15,6 +16,7 @@ from collections.abc import Callable
 import pytest
 
 from conveyor import Conveyor
+from conveyor.errors import QueueFull
 from polling import child_exit_code
 
 HOOKS = pytest.mark.parametrize("hooks", [True, False], ids=["os.fork", "libc-fork"])
@@ -123,4 +125,32 @@ def test_sqlite_refuses_a_fork_that_ran_no_hook_while_it_was_open(db_url: str) -
         later = noop.enqueue(2).id
         assert {first, later} <= {j.id for j in app.run_sync(app.broker.list_jobs())}
     finally:
+        app.close()
+
+
+def test_a_forked_childs_first_awaited_enqueue_reads_the_caps_anew(db_url: str) -> None:
+    """The parent's store kept what it read of the queue caps; another producer caps the
+    queue; the child's first awaited enqueue (its store opened afresh in the child) sees
+    the cap and is refused, rather than use the parent's kept facts."""
+    app = Conveyor(url=db_url, namespace="capped")
+    other = Conveyor(url=db_url, namespace="capped")
+
+    @app.job(queue="q")
+    def noop(i: int) -> None: ...
+
+    try:
+        asyncio.run(noop.enqueue_async(0))  # the parent's writer keeps "no caps"
+        other.set_max_queued("q", 1)  # q holds 1 job: full
+
+        def child() -> object:
+            try:
+                asyncio.run(noop.enqueue_async(1))
+            except QueueFull:
+                return {"refused": True}
+            return {"refused": False}
+
+        assert in_child(True, child) == {"refused": True}
+        assert len(app.run_sync(app.broker.list_jobs())) == 1
+    finally:
+        other.close()
         app.close()

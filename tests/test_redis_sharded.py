@@ -197,6 +197,35 @@ class Monitor:
 _ARG = re.compile(r'"((?:[^"\\]|\\.)*)"')
 
 
+def test_an_awaited_enqueue_on_a_new_loop_pings_for_the_home_not_for_each_queue(
+        redis_url: str) -> None:
+    """A new event loop's first call opens the home store's connection (and pings); the
+    queues' stores share that connection and send no PING of their own."""
+    app = Conveyor(redis_url + "?shard=queue", namespace=_namespace())
+
+    @app.job
+    def work() -> None: ...
+
+    probe = redis.Redis.from_url(redis_url)
+
+    def pings() -> int:
+        return int(probe.info("commandstats").get("cmdstat_ping", {}).get("calls", 0))
+
+    async def into_queues(queues: str) -> int:
+        await work.enqueue_with_async(queue="a")  # opens this loop's connection
+        before = pings()
+        for queue in queues:
+            await work.enqueue_with_async(queue=queue)
+        return pings() - before
+
+    try:
+        assert _run(into_queues("bc")) == 0  # the queues made on this loop
+        assert _run(into_queues("bcd")) == 0  # on a new loop, into queues made before
+    finally:
+        probe.close()
+        app.close()
+
+
 def _unquote(text: str) -> str:
     return re.sub(r"\\(.)", r"\1", text)
 

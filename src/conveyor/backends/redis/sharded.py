@@ -130,6 +130,11 @@ class _Shard(RedisBroker):
             self._connections[loop] = conn
         return conn
 
+    def open_here(self) -> bool:
+        """True: the sharded store opens the home before it uses a queue's store, whose
+        connections are the home's (an open() here would only ping again)."""
+        return True
+
     def _blocking_scripts(self) -> deploy.Scripts:
         return self.home._blocking_scripts()
 

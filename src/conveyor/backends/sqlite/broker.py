@@ -487,10 +487,11 @@ class SQLiteBroker(Broker):
         all_rows, insert, all_queues, keyed = plan or self._rows(jobs)
         none_held: list[str | None] = [None] * len(jobs)
         caps_sql, count_sql = self._sql_caps, self._sql_waiting
-        cache = self._writer.cache
         most = self.max_queues
 
         def fn(conn: sqlite3.Connection) -> list[str | None]:
+            # the cache of the writer running this (a forked child's store makes its own)
+            cache = self._writer.cache
             held, rows, queues, stored = none_held, all_rows, all_queues, jobs
             if keyed:  # the jobs whose key is held are not stored
                 held = self._held_keys(conn, jobs)
@@ -623,16 +624,17 @@ class SQLiteBroker(Broker):
     async def enqueue(
         self, jobs: Sequence[JobRecord], limits: Mapping[str, int]
     ) -> list[str | None]:
-        if self._usable():  # (else the write below opens the store)
-            sent = time.monotonic()
-            try:
-                stored = self._stored_at_once(jobs, limits, self._writer.run_on_loop)
-            except (sqlite3.Error, OSError) as exc:
-                self._fail(exc, sent)
-            if stored:  # written on the loop's thread: the loop turns every millisecond
-                if self._writer.loop_turn_due():  # (a caller's next enqueue, at once,
-                    await asyncio.sleep(0)  # would otherwise hold timers and I/O for ever)
-                return [None]
+        if not self._usable():  # (first: a forked child's store makes its own writer)
+            await self.open()
+        sent = time.monotonic()
+        try:
+            stored = self._stored_at_once(jobs, limits, self._writer.run_on_loop)
+        except (sqlite3.Error, OSError) as exc:
+            self._fail(exc, sent)
+        if stored:  # written on the loop's thread: the loop turns every millisecond
+            if self._writer.loop_turn_due():  # (a caller's next enqueue, at once,
+                await asyncio.sleep(0)  # would otherwise hold timers and I/O for ever)
+            return [None]
         result: list[str | None] = await self._write(self._enqueue_fn(jobs, limits), True)
         return result
 
