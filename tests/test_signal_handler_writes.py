@@ -70,8 +70,7 @@ def test_a_write_asked_for_between_the_statements_of_its_threads_write_runs_at_o
 
     def attempt(conn: object) -> bool:  # runs holding the connection, between statements
         assert broker.enqueue_blocking([inner], {}) == [None]
-        return broker._insert_at_once(conn, broker._rows([outer])[0][0],  # type: ignore[arg-type]
-                                      broker._sql_insert) is True
+        return broker._insert_at_once(conn, outer) is True  # type: ignore[arg-type]
 
     assert finishes(lambda: broker._writer.run_at_once(attempt)) is True
     for record in (outer, inner):
@@ -154,6 +153,10 @@ def test_a_write_asked_for_while_its_thread_opens_or_closes_the_store_is_refused
 
 def test_an_id_asked_for_while_its_thread_makes_one_takes_fresh_bits(
         monkeypatch: pytest.MonkeyPatch) -> None:
+    # the generator's last time and bits are put back afterwards: every later id of this
+    # process would otherwise be of the year 2033 (and look chosen by a caller)
+    for kept in ("_last_ms", "_last_random", "_last_head"):
+        monkeypatch.setattr(ids, kept, getattr(ids, kept))
     nested: list[str] = []
     plain_bits = ids._random_bits
 

@@ -450,26 +450,34 @@ class SQLiteBroker(Broker):
         return (*row, job.priority, boost(job.priority, self.aging)) + \
             ((job.group,) if laned else ())
 
-    def _insert_at_once(self, conn: sqlite3.Connection, row: tuple[Any, ...],
-                        insert: str) -> bool | None:
-        """Store one job (``row``, with the ``insert`` it takes) in one statement, which
-        SQLite commits by itself, when the writer's cache shows that the checks of a full
-        write would pass (its queue known and without a cap in the store) and the statement
-        finds that nothing those checks read has changed since the cache was read (the
-        namespace's ``queues`` counter unchanged: see
+    def _insert_at_once(self, conn: sqlite3.Connection, job: JobRecord) -> bool | None:
+        """Store ``job`` in one statement, which SQLite commits by itself, when the writer's
+        cache shows that the checks of a full write would pass (its queue known and without
+        a cap in the store) and the statement finds that nothing those checks read has
+        changed since the cache was read (the namespace's ``queues`` counter unchanged: see
         :func:`~conveyor.backends.sqlite.migrations.queues_moved`; a write of another
         connection meanwhile fails the statement as locked); None when it does not store it
         (the caller then makes the full write, which also says why an id that exists is
         refused). The caller checked the rest: one job, no unique key, no cap of this
-        producer's on its queue."""
+        producer's on its queue. Its row is made here, once the connection is this
+        caller's, rather than by :meth:`_rows`: this is the path of most enqueues, where
+        each Python call costs most, following an fsync (see the README's benchmarks)."""
         writer = self._writer
         known, caps, version = writer.cache.get("known"), writer.cache.get("caps"), writer.version
-        queue = row[2]
+        queue = job.queue
         if known is None or queue not in known or caps is None or version is None:
             return None
         for capped, _ in caps:
             if capped == queue:
                 return None
+        args, kwargs = job.payload or job.encoded()
+        row = (job.id, job.name, queue, job.state._value_, args, kwargs, job.created_at,
+               job.run_at, None)
+        insert = self._sql_insert
+        if job.priority != 0 or job.group is not None:  # (else the defaults: 0, boost 0)
+            laned = job.group is not None
+            row = self._with_rank(row, job, laned)
+            insert = self._sql_insert_laned if laned else self._sql_insert_ranked
         try:
             stored = conn.execute(self._sql_at_once[insert], (*row, version)).rowcount
         except sqlite3.IntegrityError:
@@ -604,22 +612,13 @@ class SQLiteBroker(Broker):
                         run: Callable[..., bool | None]) -> bool:
         """Whether ``run`` (the writer's :meth:`~Writer.run_at_once` or
         :meth:`~Writer.run_on_loop`) stored ``jobs`` in one statement: one job, no unique
-        key, no cap of this producer's on its queue (see :meth:`_insert_at_once`). Its row
-        is made here, not by :meth:`_rows`: this is the path of most enqueues, where each
-        Python call costs most, following an fsync (see the README's benchmarks)."""
+        key, no cap of this producer's on its queue (see :meth:`_insert_at_once`)."""
         if len(jobs) != 1:
             return False
         job = jobs[0]
         if job.unique_key is not None or job.queue in limits:
             return False
-        args, kwargs = job.payload or job.encoded()
-        row = (job.id, job.name, job.queue, job.state._value_, args, kwargs, job.created_at,
-               job.run_at, None)
-        if job.priority == 0 and job.group is None:  # the defaults: priority 0, boost 0
-            return bool(run(self._insert_at_once, row, self._sql_insert))
-        laned = job.group is not None
-        return bool(run(self._insert_at_once, self._with_rank(row, job, laned),
-                        self._sql_insert_laned if laned else self._sql_insert_ranked))
+        return bool(run(self._insert_at_once, job))
 
     async def enqueue(
         self, jobs: Sequence[JobRecord], limits: Mapping[str, int]
