@@ -161,7 +161,8 @@ def test_another_connections_commit_of_other_facts_leaves_the_write_at_once(
 @pytest.mark.parametrize("change", [
     "INSERT INTO t_queues (name, paused) VALUES ('default', 1)",  # a queue's settings
     "DELETE FROM t_jobs WHERE id = (SELECT min(id) FROM t_jobs)",  # a job deleted
-], ids=["settings", "deleted"])
+    "UPDATE t_jobs SET queue = 'other' WHERE id = (SELECT min(id) FROM t_jobs)",  # moved
+], ids=["settings", "deleted", "moved"])
 def test_another_connections_change_to_the_queues_sends_the_write_the_long_way(
         producer: SQLiteBroker, tmp_path: Path, change: str) -> None:
     conn = sqlite3.connect(tmp_path / "p.db", isolation_level=None)

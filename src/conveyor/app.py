@@ -504,44 +504,38 @@ class Conveyor:
 
     def _store(self, records: list[JobRecord],
                on_conflict: OnConflict = "return") -> list[JobHandle[Any]]:
+        broker = self.broker
         if self.eager:
             from conveyor.eager import store_and_run
 
-            return self._stored(records, store_and_run(self, records), on_conflict)
-        broker = self.broker
+            return self._stored(broker, records, store_and_run(self, records), on_conflict)
         try:
             held = broker.enqueue_blocking(records, self.max_queued)
         except NotImplementedError:
             return self.run_sync(self._store_async(records, on_conflict))
-        return self._answered(broker, records, held, on_conflict)
+        return self._stored(broker, records, held, on_conflict)
 
     async def _store_async(self, records: list[JobRecord],
                            on_conflict: OnConflict = "return") -> list[JobHandle[Any]]:
+        broker = self.broker
         if self.eager:
             from conveyor.eager import store_and_run_async
 
-            return self._stored(records, await store_and_run_async(self, records), on_conflict)
-        broker = self.broker
-        held = await broker.enqueue(records, self.max_queued)
-        return self._answered(broker, records, held, on_conflict)
+            held = await store_and_run_async(self, records)
+        else:
+            held = await broker.enqueue(records, self.max_queued)
+        return self._stored(broker, records, held, on_conflict)
 
-    def _answered(self, broker: Broker, records: list[JobRecord], held: list[str | None],
-                  on_conflict: OnConflict) -> list[JobHandle[Any]]:
-        """:meth:`_stored`, once ``broker`` answered: the end of an outage under way is
-        logged. (One call on the path of every enqueue, whose every Python call costs most
-        when it follows an fsync: see the README's benchmarks.)"""
+    def _stored(self, broker: Broker, records: list[JobRecord], held: list[str | None],
+                on_conflict: OnConflict) -> list[JobHandle[Any]]:
+        """The handles of an enqueue that ``broker`` answered ``held`` (per record: None
+        when it was stored, else the id of the job holding its unique key); only stored
+        records count as enqueued. The end of an outage under way is logged. (One call on
+        the path of every enqueue, whose every Python call costs most when it follows an
+        fsync: see the README's benchmarks.)"""
         outage = broker.outage
         if outage is None or outage.reason is not None:  # (reason: None while available)
             outage_for(broker).recovered()
-        if self.metrics is None and len(records) == 1 and held[0] is None:  # the commonest
-            return [JobHandle(self, records[0].id)]
-        return self._stored(records, held, on_conflict)
-
-    def _stored(self, records: list[JobRecord], held: list[str | None],
-                on_conflict: OnConflict) -> list[JobHandle[Any]]:
-        """The handles of an enqueue whose store answered ``held`` (per record: None when
-        it was stored, else the id of the job holding its unique key); only stored records
-        count as enqueued."""
         if self.metrics is not None:
             self.metrics.jobs_enqueued(records, held)
         if len(records) == 1 and held[0] is None:  # the commonest answer

@@ -104,6 +104,14 @@ def _at_version(insert: str, version: str) -> str:
     return f"{head} SELECT {marks[:-1]} WHERE ({version}) = ?{marks.count('?') + 1}"
 
 
+def _row(job: JobRecord) -> tuple[Any, ...]:
+    """The values of ``job`` for the columns of :attr:`SQLiteBroker._sql_insert` (those of
+    its priority and group added by :meth:`SQLiteBroker._with_rank`)."""
+    args, kwargs = job.payload or job.encoded()
+    return (job.id, job.name, job.queue, job.state._value_, args, kwargs, job.created_at,
+            job.run_at, job.unique_key)
+
+
 #: the stores open in this process: closed before it forks (see _close_before_fork)
 _OPEN: weakref.WeakSet[SQLiteBroker] = weakref.WeakSet()
 #: serializes the resets of forked children (see SQLiteBroker._forked)
@@ -433,9 +441,7 @@ class SQLiteBroker(Broker):
         queues: set[str] = set()
         keyed = laned = ranked = False
         for j in jobs:  # one pass
-            args, kwargs = j.payload or j.encoded()
-            rows.append((j.id, j.name, j.queue, j.state._value_, args, kwargs, j.created_at,
-                         j.run_at, j.unique_key))
+            rows.append(_row(j))
             queues.add(j.queue)
             keyed = keyed or j.unique_key is not None
             laned = laned or j.group is not None
@@ -459,9 +465,9 @@ class SQLiteBroker(Broker):
         connection meanwhile fails the statement as locked); None when it does not store it
         (the caller then makes the full write, which also says why an id that exists is
         refused). The caller checked the rest: one job, no unique key, no cap of this
-        producer's on its queue. Its row is made here, once the connection is this
-        caller's, rather than by :meth:`_rows`: this is the path of most enqueues, where
-        each Python call costs most, following an fsync (see the README's benchmarks)."""
+        producer's on its queue. Its row (:func:`_row`) is made once the connection is this
+        caller's: a write that cannot run at once (a busy loop, a busy connection) makes
+        none, and leaves the rows to :meth:`_rows`."""
         writer = self._writer
         known, caps, version = writer.cache.get("known"), writer.cache.get("caps"), writer.version
         queue = job.queue
@@ -470,9 +476,7 @@ class SQLiteBroker(Broker):
         for capped, _ in caps:
             if capped == queue:
                 return None
-        args, kwargs = job.payload or job.encoded()
-        row = (job.id, job.name, queue, job.state._value_, args, kwargs, job.created_at,
-               job.run_at, None)
+        row = _row(job)
         insert = self._sql_insert
         if job.priority != 0 or job.group is not None:  # (else the defaults: 0, boost 0)
             laned = job.group is not None
