@@ -9,7 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import signal
+import socket
 import sqlite3
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 from collections.abc import Iterator
@@ -268,6 +273,183 @@ def test_a_producer_awaiting_enqueue_after_enqueue_lets_the_loop_turn(
     counts = inserts_by_thread(seen, producer._sql_insert)
     assert counts["loop"] + counts["writer"] == written
     assert counts["loop"] >= written // 4
+
+
+class Turns:
+    """Counts the turns of ``loop`` (each polls its selector once)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        selector = loop._selector  # type: ignore[attr-defined]
+        self.count = 0
+        poll = selector.select
+
+        def counted(timeout: float | None = None) -> object:
+            self.count += 1
+            return poll(timeout)
+
+        selector.select = counted
+
+
+def test_a_lone_caller_on_an_idle_loop_writes_on_without_turning_it(
+        producer: SQLiteBroker) -> None:
+    """With no timer due, no file watched and nothing else ready, a turn would run nothing
+    but the caller: the loop is not turned, however long the caller goes on."""
+    seen = traced(producer)
+    loop = asyncio.new_event_loop()
+    turns = Turns(loop)
+
+    async def main() -> tuple[int, int]:
+        began, written = time.monotonic(), 0
+        before = turns.count
+        while written < 100 or time.monotonic() - began < 0.03:  # 30 turns' worth
+            await producer.enqueue([job()], {})
+            written += 1
+        return written, turns.count - before
+
+    try:
+        written, turned = loop.run_until_complete(main())
+    finally:
+        loop.close()
+    assert turned == 0
+    assert inserts_by_thread(seen, producer._sql_insert) == {"loop": written, "writer": 0}
+
+
+def test_a_timer_is_let_fire_when_due_and_not_turned_for_before(
+        producer: SQLiteBroker) -> None:
+    loop = asyncio.new_event_loop()
+    turns = Turns(loop)
+    fired: list[tuple[float, int]] = []
+
+    async def main() -> tuple[float, int]:
+        before = turns.count
+        due = loop.time() + 0.03
+        loop.call_at(due, lambda: fired.append((loop.time(), turns.count - before)))
+        written = 0
+        while not fired and written < 100_000:  # (without a turn it never fires)
+            await producer.enqueue([job()], {})
+            written += 1
+        return due, written
+
+    try:
+        due, written = loop.run_until_complete(main())
+    finally:
+        loop.close()
+    assert fired, f"the timer never fired in {written} writes"
+    at, turned = fired[0]
+    assert at >= due
+    assert turned <= 1  # the turn that ran it: none while it was not due
+
+
+def test_a_loop_watching_a_file_still_turns_every_millisecond(
+        producer: SQLiteBroker) -> None:
+    """A file the loop watches may be ready at any time, and only a turn asks: such a loop
+    is turned as before, the watch added after the loop first wrote included."""
+    loop = asyncio.new_event_loop()
+    ours, theirs = socket.socketpair()
+    heard: list[bytes] = []
+
+    async def main() -> int:
+        await producer.enqueue([job()], {})  # the loop seen first without the watch
+        loop.add_reader(ours, lambda: heard.append(ours.recv(16)))
+        theirs.send(b"x")
+        written = 0
+        while not heard and written < 100_000:
+            await producer.enqueue([job()], {})
+            written += 1
+        loop.remove_reader(ours)
+        return written
+
+    try:
+        written = loop.run_until_complete(main())
+    finally:
+        loop.close()
+        ours.close()
+        theirs.close()
+    assert heard == [b"x"], f"the watched socket was never read in {written} writes"
+
+
+def test_debug_mode_keeps_the_turns(producer: SQLiteBroker) -> None:
+    """In debug mode asyncio times each step of a task: the caller's steps stay short."""
+    loop = asyncio.new_event_loop()
+    loop.set_debug(True)
+    turns = Turns(loop)
+
+    async def main() -> int:
+        began, before = time.monotonic(), turns.count
+        while time.monotonic() - began < 0.03:
+            await producer.enqueue([job()], {})
+        return turns.count - before
+
+    try:
+        turned = loop.run_until_complete(main())
+    finally:
+        loop.close()
+    assert turned >= 3
+
+
+def test_a_cancel_from_another_thread_reaches_a_caller_that_never_turns_the_loop(
+        producer: SQLiteBroker) -> None:
+    """A callback put on the loop by another thread is seen as ready before the next
+    write, which then goes to the write thread: the caller awaits it, and the task's
+    cancel runs."""
+    after_cancel: list[int] = []
+
+    async def main() -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        loop = asyncio.get_running_loop()
+        asked = threading.Event()
+        threading.Timer(0.02, lambda: (loop.call_soon_threadsafe(task.cancel),
+                                       asked.set())).start()
+        written = 0
+        while written < 100_000:
+            await producer.enqueue([job()], {})
+            written += 1
+            if asked.is_set():
+                after_cancel.append(written)
+
+    with pytest.raises(asyncio.CancelledError):
+        asyncio.run(main())
+    assert len(after_cancel) <= 2  # the write under way when it came, and at most one more
+
+
+def test_ctrl_c_stops_a_program_enqueueing_in_a_loop_that_never_turns(
+        tmp_path: Path) -> None:
+    """asyncio.run's Ctrl-C cancels the main task through the ready queue: a real process,
+    a real SIGINT."""
+    program = tmp_path / "producer.py"
+    program.write_text(textwrap.dedent(f"""
+        import asyncio, sys
+        from conveyor import Conveyor
+
+        app = Conveyor("sqlite:///{tmp_path / 'c.db'}", namespace="t")
+
+        @app.job
+        async def noop(n: int) -> None: ...
+
+        async def main() -> None:
+            n = 0
+            while True:
+                await noop.enqueue_async(n)
+                n += 1
+                if n == 200:
+                    print("going", flush=True)
+
+        asyncio.run(main())
+    """))
+    proc = subprocess.Popen([sys.executable, str(program)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == "going\n"
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert "KeyboardInterrupt" in err
+    assert proc.returncode != 0
 
 
 def test_a_big_write_ahead_log_sends_writes_to_the_thread_until_it_is_cut_back(

@@ -31,11 +31,12 @@ import contextlib
 import functools
 import os
 import queue
+import selectors
 import sqlite3
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sized
+from collections.abc import Callable, Mapping, Sized
 from typing import Any, TypeVar
 
 from conveyor.backends.sqlite.schema import WAL_SIZE_LIMIT, is_locked, retry_locked
@@ -74,6 +75,38 @@ LOOP_TURN_EVERY = 0.001
 #: seconds between two readings of the log's size (at the pace of one quick write after
 #: another, a few hundred writes: far less than the 1,000 pages between two checkpoints)
 LOOP_WAL_CHECK = 0.05
+
+
+#: the files an event loop watches, and the one that is its own wake-up socket (-1: none)
+_Watched = tuple[Mapping[Any, selectors.SelectorKey], int]
+
+
+def _watched(loop: asyncio.AbstractEventLoop) -> _Watched | None:
+    """The files ``loop`` watches and its own wake-up socket, for
+    :func:`_nothing_else_can_run`; None for a loop that does not show them (only asyncio's
+    selector loops do)."""
+    selector = getattr(loop, "_selector", None)
+    if not isinstance(selector, selectors.BaseSelector):
+        return None
+    wake = getattr(loop, "_ssock", None)
+    return selector.get_map(), -1 if wake is None else wake.fileno()
+
+
+def _nothing_else_can_run(loop: Any, ready: Sized, watched: _Watched) -> bool:
+    """Whether a turn of ``loop`` (of ready queue ``ready``, watching ``watched``) would run
+    nothing but the task asking: no callback ready, no timer due, no file watched but the
+    loop's own wake-up socket, and no debug mode (which times each step of a task). A
+    callback from another thread or from a signal handler (asyncio.run's Ctrl-C cancels the
+    main task this way) is put on the ready queue, which :meth:`Writer.run_on_loop` finds
+    before the caller's next write."""
+    files, wake = watched
+    scheduled = getattr(loop, "_scheduled", None)  # (not kept: asyncio may replace it)
+    if ready or not isinstance(scheduled, list) or loop.get_debug():
+        return False
+    count = len(files)
+    if count > 1 or (count == 1 and wake not in files):
+        return False
+    return not scheduled or scheduled[0].when() > loop.time()
 
 
 class WriterStopped(Exception):
@@ -184,9 +217,9 @@ class Writer:
         #: write on a loop's thread ended
         self._loop_turned_at = 0.0
         self._loop_wrote_at = 0.0
-        #: the last event loop that wrote here and its ready queue, as one tuple (loops of
-        #: other threads may write too; see _ready_queue)
-        self._seen: tuple[object, Sized | None] = (None, None)
+        #: the last event loop that wrote here, its ready queue and what it watches, as one
+        #: tuple (loops of other threads may write too; see _ready_queue)
+        self._seen: tuple[object, Sized | None, _Watched | None] = (None, None, None)
         #: when the log's size was last read, and whether it was past LOOP_WAL_MAX then
         self._wal_checked_at = -LOOP_WAL_CHECK
         self._wal_was_big = True
@@ -226,7 +259,7 @@ class Writer:
                 self._queue.put(_STOP)
                 thread.join()
                 self._stopping_at = None
-            self._seen = (None, None)  # (a closed loop is not kept alive)
+            self._seen = (None, None, None)  # (a closed loop is not kept alive)
             with self._submit:  # queued after the stop: nobody will run them
                 late: list[_Pending] = []
                 with contextlib.suppress(queue.Empty):  # (a blocking caller may take one)
@@ -322,7 +355,7 @@ class Writer:
         after slow writes in a row (:data:`LOOP_WRITE_MAX`): the loop is held for quick
         commits, and rarely for a slow one. None when it does not run (the caller then
         awaits :meth:`run`)."""
-        loop, ready = self._seen  # first: a loop with others ready (or uvloop) pays no more
+        loop, ready, _ = self._seen  # first: a loop with others ready (uvloop) pays no more
         if loop is not asyncio.get_running_loop():
             ready = self._ready_queue()
         if ready is None or ready:
@@ -350,11 +383,12 @@ class Writer:
         """The queue of callbacks ready to run of the running event loop (None for a loop
         that does not show it; asyncio's own loops do): :meth:`run_on_loop` writes only
         when it is empty, nothing but the running task being ready. Kept for the last loop
-        seen (looking it up cost a lone caller more than the check)."""
+        seen (looking it up cost a lone caller more than the check), with the files it
+        watches (see :func:`_watched`)."""
         loop = asyncio.get_running_loop()
         ready = getattr(loop, "_ready", None)
         ready = ready if isinstance(ready, Sized) else None
-        self._seen = (loop, ready)
+        self._seen = (loop, ready, _watched(loop))
         return ready
 
     def loop_turn_due(self) -> bool:
@@ -362,12 +396,15 @@ class Writer:
         its write ended is taken for now) should let the loop turn before going on: at
         least every :data:`LOOP_TURN_EVERY` seconds, so that timers, I/O and other tasks
         are not held by a caller writing one job after another (a turn after every write
-        cost such a caller a tenth of its rate)."""
+        cost such a caller a tenth of its rate), unless the turn could run nothing else
+        (see :func:`_nothing_else_can_run`: a turn every millisecond cost a lone caller
+        writing on an idle loop a fortieth of its rate)."""
         now = self._loop_wrote_at
         if now - self._loop_turned_at < LOOP_TURN_EVERY:
             return False
         self._loop_turned_at = now
-        return True
+        loop, ready, watched = self._seen
+        return ready is None or watched is None or not _nothing_else_can_run(loop, ready, watched)
 
     def _read_wal_size(self, now: float) -> None:
         """Note whether the write-ahead log is past :data:`LOOP_WAL_MAX` (or its path
