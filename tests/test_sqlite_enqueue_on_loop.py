@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import os
 import signal
 import socket
 import sqlite3
@@ -366,6 +367,33 @@ def test_a_loop_watching_a_file_still_turns_every_millisecond(
         ours.close()
         theirs.close()
     assert heard == [b"x"], f"the watched socket was never read in {written} writes"
+
+
+def test_a_signal_handler_of_the_loop_is_run_while_a_caller_writes_on(
+        producer: SQLiteBroker) -> None:
+    """``loop.add_signal_handler``'s handlers run only when a turn reads the loop's wake-up
+    socket: a loop that has one keeps turning."""
+    loop = asyncio.new_event_loop()
+    caught: list[int] = []
+
+    async def main() -> int:
+        await producer.enqueue([job()], {})  # the loop seen first without the handler
+        loop.add_signal_handler(signal.SIGUSR1, caught.append, 1)
+        try:
+            os.kill(os.getpid(), signal.SIGUSR1)
+            written = 0
+            while not caught and written < 100_000:
+                await producer.enqueue([job()], {})
+                written += 1
+            return written
+        finally:
+            loop.remove_signal_handler(signal.SIGUSR1)
+
+    try:
+        written = loop.run_until_complete(main())
+    finally:
+        loop.close()
+    assert caught == [1], f"the signal's handler never ran in {written} writes"
 
 
 def test_debug_mode_keeps_the_turns(producer: SQLiteBroker) -> None:

@@ -77,31 +77,35 @@ LOOP_TURN_EVERY = 0.001
 LOOP_WAL_CHECK = 0.05
 
 
-#: the files an event loop watches, and the one that is its own wake-up socket (-1: none)
-_Watched = tuple[Mapping[Any, selectors.SelectorKey], int]
+#: the files an event loop watches, the one that is its own wake-up socket (-1: none), and
+#: its signal handlers
+_Watched = tuple[Mapping[Any, selectors.SelectorKey], int, Sized]
 
 
 def _watched(loop: asyncio.AbstractEventLoop) -> _Watched | None:
-    """The files ``loop`` watches and its own wake-up socket, for
+    """The files ``loop`` watches, its own wake-up socket and its signal handlers, for
     :func:`_nothing_else_can_run`; None for a loop that does not show them (only asyncio's
     selector loops do)."""
     selector = getattr(loop, "_selector", None)
     if not isinstance(selector, selectors.BaseSelector):
         return None
     wake = getattr(loop, "_ssock", None)
-    return selector.get_map(), -1 if wake is None else wake.fileno()
+    handlers = getattr(loop, "_signal_handlers", None)
+    return (selector.get_map(), -1 if wake is None else wake.fileno(),
+            handlers if isinstance(handlers, Sized) else ())
 
 
 def _nothing_else_can_run(loop: Any, ready: Sized, watched: _Watched) -> bool:
     """Whether a turn of ``loop`` (of ready queue ``ready``, watching ``watched``) would run
     nothing but the task asking: no callback ready, no timer due, no file watched but the
-    loop's own wake-up socket, and no debug mode (which times each step of a task). A
-    callback from another thread or from a signal handler (asyncio.run's Ctrl-C cancels the
-    main task this way) is put on the ready queue, which :meth:`Writer.run_on_loop` finds
-    before the caller's next write."""
-    files, wake = watched
+    loop's own wake-up socket, no signal handler of the loop (``loop.add_signal_handler``:
+    a signal reaches it through that socket, read only by a turn) and no debug mode (which
+    times each step of a task). A callback from another thread or from a Python signal
+    handler (asyncio.run's Ctrl-C cancels the main task this way) is put on the ready
+    queue, which :meth:`Writer.run_on_loop` finds before the caller's next write."""
+    files, wake, handlers = watched
     scheduled = getattr(loop, "_scheduled", None)  # (not kept: asyncio may replace it)
-    if ready or not isinstance(scheduled, list) or loop.get_debug():
+    if ready or handlers or not isinstance(scheduled, list) or loop.get_debug():
         return False
     count = len(files)
     if count > 1 or (count == 1 and wake not in files):
