@@ -321,7 +321,7 @@ def test_a_timer_is_let_fire_when_due_and_not_turned_for_before(
     turns = Turns(loop)
     fired: list[tuple[float, int]] = []
 
-    async def main() -> tuple[float, int]:
+    async def main() -> tuple[float, int, list[tuple[float, int]]]:
         before = turns.count
         due = loop.time() + 0.03
         loop.call_at(due, lambda: fired.append((loop.time(), turns.count - before)))
@@ -329,14 +329,14 @@ def test_a_timer_is_let_fire_when_due_and_not_turned_for_before(
         while not fired and written < 100_000:  # (without a turn it never fires)
             await producer.enqueue([job()], {})
             written += 1
-        return due, written
+        return due, written, list(fired)  # (the loop's last turns would fire it too)
 
     try:
-        due, written = loop.run_until_complete(main())
+        due, written, fired_in_time = loop.run_until_complete(main())
     finally:
         loop.close()
-    assert fired, f"the timer never fired in {written} writes"
-    at, turned = fired[0]
+    assert fired_in_time, f"the timer never fired in {written} writes"
+    at, turned = fired_in_time[0]
     assert at >= due
     assert turned <= 1  # the turn that ran it: none while it was not due
 
@@ -394,6 +394,79 @@ def test_a_signal_handler_of_the_loop_is_run_while_a_caller_writes_on(
     finally:
         loop.close()
     assert caught == [1], f"the signal's handler never ran in {written} writes"
+
+
+def test_a_cancel_or_a_stop_asked_by_a_python_signal_handler_is_acted_on(
+        producer: SQLiteBroker) -> None:
+    """A Python signal handler (or the task itself) that cancels the task or stops the loop
+    only sets a flag, which a turn acts on: either keeps the loop turning."""
+    loop = asyncio.new_event_loop()
+    written = 0
+
+    async def write_on() -> None:
+        nonlocal written
+        while written < 100_000:
+            await producer.enqueue([job()], {})
+            written += 1
+
+    async def cancelled_by_signal() -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        signal.signal(signal.SIGUSR1, lambda *_: task.cancel())
+        os.kill(os.getpid(), signal.SIGUSR1)
+        await write_on()
+
+    before = signal.getsignal(signal.SIGUSR1)
+    try:
+        with pytest.raises(asyncio.CancelledError):
+            loop.run_until_complete(cancelled_by_signal())
+        assert written < 100
+        written = 0
+        signal.signal(signal.SIGUSR1, lambda *_: loop.stop())
+        task = loop.create_task(write_on())
+        loop.call_soon(os.kill, os.getpid(), signal.SIGUSR1)
+        loop.run_forever()  # until the handler's stop
+        assert not task.done() and written < 100
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            loop.run_until_complete(task)
+    finally:
+        signal.signal(signal.SIGUSR1, before)
+        loop.close()
+
+
+def test_a_loop_whose_turn_does_more_than_asyncios_keeps_turning(
+        producer: SQLiteBroker) -> None:
+    """A loop of a GUI toolkit serves its own events in its turn, where nothing shows
+    them: any loop whose turn is not asyncio's own turns as often as ever."""
+
+    class OwnEvents(asyncio.SelectorEventLoop):
+        def __init__(self) -> None:
+            super().__init__()
+            self.posted: list[int] = []
+            self.served: list[int] = []
+
+        def _run_once(self) -> None:
+            self.served.extend(self.posted)
+            self.posted.clear()
+            super()._run_once()  # type: ignore[misc]
+
+    loop = OwnEvents()
+
+    async def main() -> tuple[int, list[int]]:
+        await producer.enqueue([job()], {})
+        loop.posted.append(1)
+        written = 0
+        while not loop.served and written < 100_000:
+            await producer.enqueue([job()], {})
+            written += 1
+        return written, list(loop.served)  # (the loop's last turns would serve it too)
+
+    try:
+        written, served = loop.run_until_complete(main())
+    finally:
+        loop.close()
+    assert served == [1], f"its own event never served in {written} writes"
 
 
 def test_debug_mode_keeps_the_turns(producer: SQLiteBroker) -> None:

@@ -634,7 +634,7 @@ class SQLiteBroker(Broker):
             stored = self._stored_at_once(jobs, limits, self._writer.run_on_loop)
         except (sqlite3.Error, OSError) as exc:
             self._fail(exc, sent)
-        if stored:  # written on the loop's thread: the loop turns every millisecond
+        if stored:  # written on the loop's thread, which must still turn now and then:
             if self._writer.loop_turn_due():  # (a caller's next enqueue, at once,
                 await asyncio.sleep(0)  # would otherwise hold timers and I/O for ever)
             return [None]

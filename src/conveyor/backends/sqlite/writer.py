@@ -69,43 +69,52 @@ LOOP_WRITE_MAX, LOOP_WRITE_PAUSE, LOOP_WRITE_PAUSE_MAX = 0.002, 0.1, 10.0
 #: is big (it grows past its usual 4 MB while a long read holds it, and is cut back to this
 #: once it starts over)
 LOOP_WAL_MAX = WAL_SIZE_LIMIT
-#: seconds a loop runs writes on its thread, one after another, before it must turn (see
-#: :meth:`Writer.loop_turn_due`)
+#: seconds a loop runs writes on its thread, one after another, before it must turn, unless
+#: a turn would run nothing else (see :meth:`Writer.loop_turn_due`)
 LOOP_TURN_EVERY = 0.001
 #: seconds between two readings of the log's size (at the pace of one quick write after
 #: another, a few hundred writes: far less than the 1,000 pages between two checkpoints)
 LOOP_WAL_CHECK = 0.05
 
 
-#: the files an event loop watches, the one that is its own wake-up socket (-1: none), and
-#: its signal handlers
+#: what a turn of an event loop would look at beside its ready queue and its timers: the
+#: files it watches, the one that is its own wake-up socket (-1: none), its signal handlers
 _Watched = tuple[Mapping[Any, selectors.SelectorKey], int, Sized]
+#: asyncio's own turn of a loop
+_ASYNCIO_TURN = getattr(asyncio.BaseEventLoop, "_run_once", None)
 
 
 def _watched(loop: asyncio.AbstractEventLoop) -> _Watched | None:
     """The files ``loop`` watches, its own wake-up socket and its signal handlers, for
-    :func:`_nothing_else_can_run`; None for a loop that does not show them (only asyncio's
-    selector loops do)."""
+    :func:`_nothing_else_can_run`; None for a loop that does not show them all (only
+    asyncio's selector loops on Unix do) or whose turn is not asyncio's own (a loop of a
+    GUI toolkit serves its own events there): such a loop turns as often as ever."""
     selector = getattr(loop, "_selector", None)
-    if not isinstance(selector, selectors.BaseSelector):
+    handlers = getattr(loop, "_signal_handlers", None)
+    if not isinstance(selector, selectors.BaseSelector) or not isinstance(handlers, Sized) \
+            or _ASYNCIO_TURN is None or getattr(type(loop), "_run_once", None) is not _ASYNCIO_TURN:
         return None
     wake = getattr(loop, "_ssock", None)
-    handlers = getattr(loop, "_signal_handlers", None)
-    return (selector.get_map(), -1 if wake is None else wake.fileno(),
-            handlers if isinstance(handlers, Sized) else ())
+    return selector.get_map(), -1 if wake is None else wake.fileno(), handlers
 
 
 def _nothing_else_can_run(loop: Any, ready: Sized, watched: _Watched) -> bool:
     """Whether a turn of ``loop`` (of ready queue ``ready``, watching ``watched``) would run
     nothing but the task asking: no callback ready, no timer due, no file watched but the
     loop's own wake-up socket, no signal handler of the loop (``loop.add_signal_handler``:
-    a signal reaches it through that socket, read only by a turn) and no debug mode (which
-    times each step of a task). A callback from another thread or from a Python signal
-    handler (asyncio.run's Ctrl-C cancels the main task this way) is put on the ready
-    queue, which :meth:`Writer.run_on_loop` finds before the caller's next write."""
+    a signal reaches it through that socket, read only by a turn), no cancel of the task
+    and no stop of the loop asked for (both flags, which only a turn acts on: a Python
+    signal handler may set them), and no debug mode (which times each step of a task). A
+    callback from another thread or from a signal handler (``asyncio.run``'s Ctrl-C adds
+    one) is put on the ready queue, which :meth:`Writer.run_on_loop` finds before the
+    caller's next write."""
     files, wake, handlers = watched
     scheduled = getattr(loop, "_scheduled", None)  # (not kept: asyncio may replace it)
-    if ready or handlers or not isinstance(scheduled, list) or loop.get_debug():
+    if ready or handlers or not isinstance(scheduled, list) or loop.get_debug() \
+            or getattr(loop, "_stopping", True):
+        return False
+    task = asyncio.current_task(loop)
+    if task is None or task.cancelling():
         return False
     count = len(files)
     if count > 1 or (count == 1 and wake not in files):
@@ -217,8 +226,9 @@ class Writer:
         #: and how many of its writes in a row were slow
         self._loop_writes_from = 0.0
         self._slow_loop_writes = 0
-        #: when a loop that wrote on its thread was last told to turn, and when the last
-        #: write on a loop's thread ended
+        #: when a loop that wrote on its thread was last asked whether it should turn, and
+        #: when the last write on a loop's thread ended (one of each for every thread's
+        #: loops: a write of one thread may put off another's turn by a millisecond)
         self._loop_turned_at = 0.0
         self._loop_wrote_at = 0.0
         #: the last event loop that wrote here, its ready queue and what it watches, as one
@@ -407,8 +417,10 @@ class Writer:
         if now - self._loop_turned_at < LOOP_TURN_EVERY:
             return False
         self._loop_turned_at = now
-        loop, ready, watched = self._seen
-        return ready is None or watched is None or not _nothing_else_can_run(loop, ready, watched)
+        loop, ready, watched = self._seen  # (another thread's loop may have written since)
+        if ready is None or watched is None or loop is not asyncio.get_running_loop():
+            return True
+        return not _nothing_else_can_run(loop, ready, watched)
 
     def _read_wal_size(self, now: float) -> None:
         """Note whether the write-ahead log is past :data:`LOOP_WAL_MAX` (or its path
