@@ -36,15 +36,24 @@ def exit_after_sigterm(proc: Any, within: float, log: Callable[[], str]) -> int:
     """SIGTERM ``proc`` (a ``subprocess.Popen``) and return its exit code, which must come
     within ``within`` seconds; otherwise kill it and fail with ``log()``."""
     import signal
+
+    return exit_after_signal(proc, signal.SIGTERM, within, log)
+
+
+def exit_after_signal(proc: Any, sig: int, within: float, log: Callable[[], str]) -> int:
+    """Send ``proc`` (a ``subprocess.Popen``) signal ``sig`` and return its exit code, which
+    must come within ``within`` seconds; otherwise kill it and fail with ``log()``."""
+    import signal
     import subprocess
 
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     try:
         return int(proc.wait(within))
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
-        raise AssertionError(f"no exit {within}s after SIGTERM:\n{log()}") from None
+        raise AssertionError(
+            f"no exit {within}s after {signal.Signals(sig).name}:\n{log()}") from None
 
 
 def child_exit_code(pid: int, timeout: float = 20.0, what: str = "the child to report") -> int:

@@ -27,7 +27,7 @@ from conveyor import Conveyor
 from conveyor.backends.sqlite import SQLiteBroker
 from conveyor.backends.sqlite import writer as writer_module
 from conveyor.handoff import Answer
-from polling import wait_until
+from polling import exit_after_signal, wait_until
 from test_sqlite_enqueue_at_once import at_once, head, held_elsewhere, job, stored_row
 
 
@@ -540,17 +540,13 @@ def test_ctrl_c_stops_a_program_enqueueing_in_a_loop_that_never_turns(
     """))
     proc = subprocess.Popen([sys.executable, str(program)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout is not None
+    assert proc.stdout is not None and proc.stderr is not None
+    with proc:
         assert proc.stdout.readline() == "going\n"
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=10)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        code = exit_after_signal(proc, signal.SIGINT, 10, proc.stderr.read)
+        err = proc.stderr.read()
     assert "KeyboardInterrupt" in err
-    assert proc.returncode != 0
+    assert code != 0
 
 
 def test_a_big_write_ahead_log_sends_writes_to_the_thread_until_it_is_cut_back(
