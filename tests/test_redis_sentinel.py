@@ -18,7 +18,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 import redis
 
@@ -29,7 +28,6 @@ from conveyor.backends.redis.replicas import ReplicasUnconfirmed
 from conveyor.backends.redis.sentinel import parse
 from conveyor.errors import ConfigurationError, DuplicateJob, StoreUnavailable
 from conveyor.ids import new_id
-from http_server import Server
 from polling import exit_after_sigterm, wait_until
 from redis_sentinel import SentinelGroup
 from redis_server import RedisServer
@@ -239,41 +237,6 @@ def test_an_unconfirmed_write_raises_and_a_retry_with_its_id_is_deduplicated(
     finally:
         app.close()
         replica.kill()  # a replica writing its first AOF ignores SIGTERM for a while
-
-
-def test_healthz_answers_503_while_no_replica_confirms_and_200_once_one_does(
-        lone: RedisServer, tmp_path: Path) -> None:
-    """With ``?replicas=N`` every write a caller is told of is refused while fewer confirm:
-    ``/healthz`` (its ping waits for the replicas as those writes do) says so, and answers
-    200 again, logged once each way, once a replica confirms."""
-    server = Server(tmp_path / "serve", token=None)
-    at = server.command.index("--url")
-    server.command[at + 1] = f"redis://127.0.0.1:{lone.port}/0?replicas=1&replicas_timeout=0.2"
-    replica = RedisServer(tmp_path / "replica", extra=["--replicaof", "127.0.0.1",
-                                                       str(lone.port)])
-    replica.directory.mkdir()
-
-    def health() -> httpx.Response:
-        return httpx.get(f"{server.url}/healthz", timeout=20)
-
-    try:
-        server.start(healthy=False)
-        refused = health()
-        assert refused.status_code == 503, refused.text
-        assert "0 of 1 replicas confirmed" in refused.json()["error"]
-        assert server.client.post("/jobs/add", json={"args": [1, 2]}).status_code == 503
-        replica.start()
-        wait_until(lambda: health().status_code == 200, timeout=30,
-                   what=f"/healthz to answer 200 once the replica is in sync:\n{server.output()}")
-        accepted = server.client.post("/jobs/add", json={"args": [1, 2]})
-        assert accepted.status_code == 202, accepted.text
-        assert server.wait_job(accepted.json()["id"])["result"] == 3
-    finally:
-        server.stop()
-        replica.kill()  # a replica writing its first AOF ignores SIGTERM for a while
-    output = server.output()
-    assert output.count("are not confirmed by 1 replica") == 1, output
-    assert output.count("confirmed by its replicas again") == 1, output
 
 
 def test_an_acknowledged_write_is_on_the_replica(tmp_path: Path) -> None:

@@ -2,8 +2,7 @@
 cannot be used, and the routes that need the store answer 503 at once while it is known to
 be down, instead of each waiting for it.
 
-One bounded probe (a ``PING`` on Redis, which with ``?replicas=N`` waits for the replicas as
-every write a caller is told of does; on SQLite a read, or while the store is known to be
+One bounded probe (a ``PING`` on Redis; on SQLite a read, or while the store is known to be
 down a write, since a locked or full database still reads) is shared by the requests
 that come while it runs; a request waits :data:`PROBE_WAIT` seconds for it at most.
 
@@ -70,8 +69,8 @@ class StoreHealth:
             task.add_done_callback(_retrieve)  # a probe no request waited for to its end
         done, _ = await asyncio.wait({task}, timeout=PROBE_WAIT)
         outage = outage_for(self.app.broker)
-        if not done:  # (a probe that waits for replicas may take their whole timeout)
-            return outage.reason or outage.unconfirmed_reason or "the store does not answer"
+        if not done:
+            return outage.reason or "the store does not answer"
         error = task.exception()
         if error is None:
             return None

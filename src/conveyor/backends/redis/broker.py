@@ -425,15 +425,9 @@ class RedisBroker(Broker):
 
     async def ping(self) -> None:
         """One round trip to Redis (retried as any command is): a health check. On a
-        cluster it goes to the master of the namespace's slot (a script on its keys). With
-        ``?replicas=N`` it waits for the replicas as a write does (a replicated no-op, then
-        ``WAIT``, in the same round trip): :class:`~conveyor.backends.redis.replicas.
-        ReplicasUnconfirmed` while fewer confirm, when every write that waits is refused."""
-        wait = self.wait
+        cluster it goes to the master of the namespace's slot (a script on its keys)."""
         if deploy.kind(self.url) == deploy.CLUSTER:
             await self._script("clock", [self.keys.jobs], [])
-        elif wait is not None:
-            await self._retrying(lambda c: replicas.command(c.client, wait, "ping"))
         else:
             await self._cmd("ping")
 
