@@ -55,6 +55,7 @@ try:
         ClusterError,
         InvalidResponse,
         MovedError,
+        ReadOnlyError,
         ResponseError,
         SlotNotCoveredError,
         TryAgainError,
@@ -1541,6 +1542,8 @@ def _reason(error: BaseException) -> str | None:
     for kind, reason in CLUSTER_TROUBLE.items():
         if isinstance(error, kind):
             return reason
+    if isinstance(error, ReadOnlyError):  # (redis-py takes the word READONLY off its text)
+        return BUSY_REPLIES["READONLY"]
     if isinstance(error, ResponseError):
         return BUSY_REPLIES.get(str(error).split(" ", 1)[0].upper())
     if isinstance(error, (RedisTimeoutError, TimeoutError)):

@@ -94,7 +94,11 @@ class Wait:
 
     def check(self, confirmed: Any) -> None:
         """Raise :class:`ReplicasUnconfirmed` when WAIT answered fewer than asked (logged
-        once until a wait is confirmed again)."""
+        once until a wait is confirmed again), or WAIT's error reply (the caller raises the
+        write's own error first: on a master demoted to a replica, its ``READONLY``, which
+        is waited out, rather than WAIT's refusal on a replica)."""
+        if isinstance(confirmed, BaseException):
+            raise confirmed
         if int(confirmed) < self.replicas:
             error = ReplicasUnconfirmed(self.url, int(confirmed), self.replicas, self.timeout)
             self.outage.note(error)
@@ -159,10 +163,10 @@ class WaitingScript:
         pipe.evalsha(self.script.sha, len(keys), *keys, *args)
         self.wait.queue(pipe)
         reply, *rest = await pipe.execute(raise_on_error=False)
-        for error in rest:
+        for error in rest[:-1]:
             if isinstance(error, BaseException):
                 raise error
-        return reply, rest[-1]
+        return reply, rest[-1]  # (WAIT's error reply is raised by the check, after the script's)
 
 
 def waiting_scripts(client: Any, scripts: dict[str, Any], wait: Wait | None) -> dict[str, Any]:
