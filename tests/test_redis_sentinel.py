@@ -239,44 +239,6 @@ def test_an_unconfirmed_write_raises_and_a_retry_with_its_id_is_deduplicated(
         replica.kill()  # a replica writing its first AOF ignores SIGTERM for a while
 
 
-@pytest.mark.parametrize("waits", [False, True], ids=["plain", "replicas=1"])
-def test_a_master_demoted_to_a_replica_is_waited_out_as_trouble(
-        tmp_path: Path, waits: bool) -> None:
-    """A master that becomes a replica under a plain URL answers writes with READONLY:
-    trouble that may pass (the caller gets ``StoreUnavailable`` after ``store_timeout``),
-    also when writes wait for replicas (WAIT's own refusal on a replica came back first,
-    as an error the caller could not tell from a bug)."""
-    master = RedisServer(tmp_path / "master", extra=["--repl-diskless-sync-delay", "0"])
-    master.directory.mkdir()
-    master.start()
-    other = RedisServer(tmp_path / "other", extra=["--repl-diskless-sync-delay", "0"])
-    other.directory.mkdir()
-    other.start()
-    app = Conveyor(store_timeout=1.0, namespace=f"t{new_id().lower()}")
-    app.use_url(f"redis://127.0.0.1:{master.port}/0" + ("?replicas=1" if waits else ""))
-    try:
-        with redis.Redis(port=other.port) as client:
-            client.replicaof("127.0.0.1", master.port)
-        with redis.Redis(port=master.port) as client:
-            wait_until(lambda: int(client.wait(1, 100)) >= 1, timeout=30,
-                       what="the replica in sync")
-        app.enqueue_call("noop", [0], {}, force=True)
-        with redis.Redis(port=other.port) as client:
-            client.replicaof("no", "one")
-        with redis.Redis(port=master.port) as client:
-            client.replicaof("127.0.0.1", other.port)
-        for enqueue in (lambda: app.enqueue_call("noop", [1], {}, force=True),
-                        lambda: app.run_sync(app.enqueue_call_async("noop", [1], {},
-                                                                    force=True))):
-            with pytest.raises(StoreUnavailable) as info:
-                enqueue()
-            assert type(info.value) is StoreUnavailable, info.value
-    finally:
-        app.close()
-        other.kill()
-        master.kill()
-
-
 def test_an_acknowledged_write_is_on_the_replica(tmp_path: Path) -> None:
     master = RedisServer(tmp_path / "master", extra=["--repl-diskless-sync-delay", "0"])
     master.directory.mkdir()

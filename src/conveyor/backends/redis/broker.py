@@ -55,7 +55,6 @@ try:
         ClusterError,
         InvalidResponse,
         MovedError,
-        ReadOnlyError,
         ResponseError,
         SlotNotCoveredError,
         TryAgainError,
@@ -1542,8 +1541,6 @@ def _reason(error: BaseException) -> str | None:
     for kind, reason in CLUSTER_TROUBLE.items():
         if isinstance(error, kind):
             return reason
-    if isinstance(error, ReadOnlyError):  # (redis-py takes the word READONLY off its text)
-        return BUSY_REPLIES["READONLY"]
     if isinstance(error, ResponseError):
         return BUSY_REPLIES.get(str(error).split(" ", 1)[0].upper())
     if isinstance(error, (RedisTimeoutError, TimeoutError)):

@@ -491,7 +491,7 @@ def _run(conn: Any, evalsha: tuple[Any, ...], wait: Wait | None,
          asking: bool = False) -> tuple[Any, Any]:
     """Send EVALSHA (after ASKING when ``asking``; then the wait's commands), all in one
     write, and read the replies: the script's reply or error reply, and how many replicas
-    confirmed or WAIT's error reply (None without ``wait``)."""
+    confirmed (None without ``wait``)."""
     if wait is None and not asking:  # the common case: one command
         _send(conn, evalsha)
         return _reply(conn), None
@@ -509,7 +509,7 @@ def _run(conn: Any, evalsha: tuple[Any, ...], wait: Wait | None,
         return reply, None
     for _ in after[:-1]:
         conn.read_response()
-    return reply, _reply(conn)
+    return reply, conn.read_response()
 
 
 def _reply(conn: Any) -> Any:

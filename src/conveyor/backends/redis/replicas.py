@@ -94,11 +94,7 @@ class Wait:
 
     def check(self, confirmed: Any) -> None:
         """Raise :class:`ReplicasUnconfirmed` when WAIT answered fewer than asked (logged
-        once until a wait is confirmed again), or WAIT's error reply (the caller raises the
-        write's own error first: on a master demoted to a replica, its ``READONLY``, which
-        is waited out, rather than WAIT's refusal on a replica)."""
-        if isinstance(confirmed, BaseException):
-            raise confirmed
+        once until a wait is confirmed again)."""
         if int(confirmed) < self.replicas:
             error = ReplicasUnconfirmed(self.url, int(confirmed), self.replicas, self.timeout)
             self.outage.note(error)
@@ -163,10 +159,10 @@ class WaitingScript:
         pipe.evalsha(self.script.sha, len(keys), *keys, *args)
         self.wait.queue(pipe)
         reply, *rest = await pipe.execute(raise_on_error=False)
-        for error in rest[:-1]:
+        for error in rest:
             if isinstance(error, BaseException):
                 raise error
-        return reply, rest[-1]  # (WAIT's error reply is raised by the check, after the script's)
+        return reply, rest[-1]
 
 
 def waiting_scripts(client: Any, scripts: dict[str, Any], wait: Wait | None) -> dict[str, Any]:
