@@ -412,7 +412,7 @@ class Writer:
         are not held by a caller writing one job after another (a turn after every write
         cost such a caller a tenth of its rate), unless the turn could run nothing else
         (see :func:`_nothing_else_can_run`: a turn every millisecond cost a lone caller
-        writing on an idle loop a fortieth of its rate)."""
+        writing on an idle loop about a twentieth of its rate)."""
         now = self._loop_wrote_at
         if now - self._loop_turned_at < LOOP_TURN_EVERY:
             return False
