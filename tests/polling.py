@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 
@@ -30,6 +31,18 @@ def pid_alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def pid_running(pid: int) -> bool:
+    """True while process ``pid`` runs: it exists and is not a zombie (an orphan that ended
+    stays one until whatever adopted it reaps it). Without ``/proc``: :func:`pid_alive`."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return pid_alive(pid)
+    return stat.rpartition(")")[2].split()[0] not in ("Z", "X")
 
 
 def exit_after_sigterm(proc: Any, within: float, log: Callable[[], str]) -> int:

@@ -8,16 +8,21 @@ file, or null); a child answers ``["ready"]`` once after booting,
 ``["error", type_name, message, traceback, permanent, retry_delay, retry,
 rate_limited]``. A child that overruns its timeout, or whose caller is cancelled, is
 killed with SIGKILL (which works even inside C code) and replaced lazily on the next run.
+A child ends as soon as its worker process does, however that ends (see
+:func:`_end_with_parent`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
 import dataclasses
 import importlib
 import inspect
 import logging
 import multiprocessing
+import multiprocessing.connection
 import os
 import signal
 import sys
@@ -38,6 +43,8 @@ from conveyor.serialization import NotSerializable, dumps, loads
 log = logging.getLogger(__name__)
 _RECORD_FIELDS = tuple(f.name for f in dataclasses.fields(JobRecord) if f.name != "result")
 _REAP_TIMEOUT = 5.0
+#: Linux's prctl option that has the kernel signal a process when its parent ends
+_PR_SET_PDEATHSIG = 1
 
 
 class RemoteError(Exception):
@@ -117,8 +124,31 @@ def _run_one(conn: Connection[Any, Any], lock: threading.Lock, module: str, qual
                 permanent, delay, retry, isinstance(exc, RateLimited)]
 
 
-def _child_main(conn: Connection[Any, Any], paths: list[str]) -> None:
+def _end_with_parent(parent: int) -> None:
+    """End this child as soon as its worker process (pid ``parent``) ends, however it ends
+    (SIGKILL included): a job left running in an orphan would be a second owner of an
+    attempt that the store gives to another worker once the lease lapses. On Linux the
+    kernel sends SIGKILL (``PR_SET_PDEATHSIG``: even while the job runs C code that holds
+    the GIL); everywhere a thread waits for the parent's end (its sentinel) and exits."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:  # gone before the signal was asked for
+        os._exit(1)
+    parent_process = multiprocessing.parent_process()
+    if parent_process is not None and parent_process.sentinel is not None:
+        threading.Thread(target=_exit_when_ready, args=(parent_process.sentinel,),
+                         name="conveyor-parent-watch", daemon=True).start()
+
+
+def _exit_when_ready(sentinel: int) -> None:
+    multiprocessing.connection.wait([sentinel])
+    os._exit(1)
+
+
+def _child_main(conn: Connection[Any, Any], paths: list[str], parent: int) -> None:
     """Entry point of a child: boot, say ready, then run jobs until the pipe closes."""
+    _end_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when children die
     sys.path[:0] = [p for p in dict.fromkeys(paths) if p not in sys.path]
     lock = threading.Lock()
@@ -253,7 +283,8 @@ class ProcessPool:
     async def _spawn(self) -> _Child:
         parent_conn, child_conn = self._ctx.Pipe()
         process = self._ctx.Process(target=_child_main, name="conveyor-process-job",
-                                    args=(child_conn, [*sys.path, os.getcwd()]), daemon=True)
+                                    args=(child_conn, [*sys.path, os.getcwd()], os.getpid()),
+                                    daemon=True)
         process.start()
         child_conn.close()
         child = _Child(process, parent_conn)
