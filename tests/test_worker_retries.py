@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
-from conftest import WorkerThread
+from conftest import _RUNNING, WorkerThread
 from conveyor import (
     Backoff,
     Conveyor,
@@ -23,6 +23,7 @@ from conveyor import (
     PermanentError,
     Retry,
 )
+from conveyor.ids import new_id
 from conveyor.job import OutcomeKind
 from conveyor.worker import outcomes
 from polling import wait_until
@@ -245,26 +246,70 @@ def test_result_that_is_not_json_sends_the_job_dead(
     assert len(runs) == 1
 
 
-def test_unknown_job_name_goes_dead_with_a_clear_error(
-    app: Conveyor, start_worker: Callable[..., WorkerThread]
-) -> None:
-    @app.job
+@pytest.fixture
+def two_deploys(url: str) -> Iterator[tuple[Conveyor, Conveyor]]:
+    """Two apps on one store and namespace: an old deploy that registers only ``known``,
+    and a new one that also registers ``added``."""
+    namespace = f"t{new_id().lower()}"
+    old, new = (Conveyor(url=url, namespace=namespace, lease=2.0) for _ in range(2))
+
     async def known() -> str:
         return "known"
 
-    # forced past the producer's check (as a producer with stale knowledge might store it)
-    handle = app.enqueue_call("nope", [1], {"a": "b"}, force=True)
-    assert handle.info().state is JobState.QUEUED
-    ok = known.enqueue()
-    worker = start_worker(app)
-    assert ok.result(timeout=10) == "known"
-    info = wait_final(handle)
-    assert info.state is JobState.DEAD
-    assert info.attempts == 1
+    async def added(n: int) -> int:
+        return n + 1
+
+    old.job(known)
+    new.job(known)
+    new.job(added)
+    yield old, new
+    for thread in list(_RUNNING):
+        if thread.app in (old, new) and thread._thread.is_alive():
+            thread.stop()
+    old.close()
+    new.close()
+
+
+def test_a_job_its_worker_does_not_know_is_handed_back_for_one_that_does(
+    two_deploys: tuple[Conveyor, Conveyor], start_worker: Callable[..., WorkerThread],
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:
+    old, new = two_deploys
+    monkeypatch.setattr(outcomes, "UNKNOWN_WAIT", 0.2)
+    handle = new.enqueue("added", 41)
+    worker = start_worker(old)
+    info = wait_until(lambda: (r := handle.info()).deferrals >= 1 and r, 10,
+                      "the old deploy's worker to hand the job back")
+    assert info.state in (JobState.SCHEDULED, JobState.QUEUED, JobState.RUNNING)
     assert info.error is not None
-    assert "no job named 'nope' is registered" in info.error
+    assert "no job named 'added' is registered" in info.error
     assert worker.worker.id in info.error
-    with pytest.raises(JobFailed, match="nope"):
+    assert "is not registered in this worker: handed back" in caplog.text
+    start_worker(new)
+    assert handle.result(timeout=15) == 42
+    done = handle.info()
+    assert done.state is JobState.SUCCEEDED
+    assert done.attempts == 1  # the hand-backs were not charged
+
+
+def test_a_job_no_worker_knows_goes_dead_after_its_deferrals(
+    two_deploys: tuple[Conveyor, Conveyor], start_worker: Callable[..., WorkerThread],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    old, new = two_deploys
+    monkeypatch.setattr(outcomes, "UNKNOWN_WAIT", 0.05)
+    monkeypatch.setattr(outcomes, "MAX_DEFERRALS", 3)
+    handle = new.enqueue("added", 1)
+    ok = old.enqueue("known")
+    worker = start_worker(old)
+    assert ok.result(timeout=10) == "known"
+    info = wait_final(handle, 15)
+    assert info.state is JobState.DEAD
+    assert info.deferrals == 3
+    assert info.error is not None
+    assert "no job named 'added' is registered" in info.error
+    assert worker.worker.id in info.error and "(deferred 3 times)" in info.error
+    with pytest.raises(JobFailed, match="added"):
         handle.result(timeout=1)
 
 

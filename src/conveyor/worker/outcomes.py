@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("conveyor.worker")
 
 NOT_JSON = "result is not JSON-serializable"
+#: seconds a job whose name its worker does not know waits for another worker (see unknown)
+UNKNOWN_WAIT = 30.0
 INTERNAL = "internal error in the worker"
 
 
@@ -48,6 +50,19 @@ def succeeded(record: JobRecord, worker_id: str, result: Any) -> Outcome:
 def dead(record: JobRecord, worker_id: str, error: str, tb: str | None = None) -> Outcome:
     """Give up on the job now."""
     return _outcome(record, worker_id, OutcomeKind.DEAD, error=error, traceback=tb)
+
+
+def unknown(record: JobRecord, worker_id: str) -> Outcome:
+    """A job whose name this worker does not register (a producer deployed before this
+    worker, which still serves the job's queue): handed back, uncharged, to wait
+    :data:`UNKNOWN_WAIT` seconds for a worker that knows it, as a deferral (at most
+    :data:`MAX_DEFERRALS` in all); after that, dead."""
+    error = f"no job named {record.name!r} is registered in worker {worker_id}"
+    if record.deferrals < MAX_DEFERRALS:
+        now = time.time()
+        return _outcome(record, worker_id, OutcomeKind.RETRY, at=now, error=error,
+                        run_at=now + UNKNOWN_WAIT, deferred=True)
+    return dead(record, worker_id, f"{error} (deferred {MAX_DEFERRALS} times)")
 
 
 def cancelled(record: JobRecord, worker_id: str) -> Outcome:
@@ -179,7 +194,12 @@ def log_end(record: JobRecord, outcome: Outcome, job_fn: JobFunction[..., Any] |
             when += f" (at {iso_time(run_at)})"
         fields = _fields(record, worker_id, max_attempts=allowed, error=outcome.error,
                          next_run_at=iso_time(run_at))
-        if outcome.deferred:
+        if outcome.deferred and job_fn is None:
+            log.warning("job %s (%s) is not registered in this worker: handed back for a "
+                        "worker that knows it, %s (not charged; deferred %d of %d times)",
+                        record.id, record.name, when, record.deferrals + 1, MAX_DEFERRALS,
+                        extra=fields)
+        elif outcome.deferred:
             log.info("job %s (%s) was rate limited upstream, %s (not charged; deferred %d "
                      "of %d times): %s", record.id, record.name, when, record.deferrals + 1,
                      MAX_DEFERRALS, one_line(outcome.error or ""), extra=fields)

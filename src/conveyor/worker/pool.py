@@ -658,8 +658,7 @@ class Worker:
     async def _attempt(self, record: JobRecord, entry: _Running) -> Outcome:
         job_fn = entry.job_fn
         if job_fn is None:
-            return outcomes.dead(record, self.id, f"no job named {record.name!r} is registered "
-                                 f"in worker {self.id}")
+            return outcomes.unknown(record, self.id)
         try:
             result = await self._middleware_chain(entry.ctx, job_fn)
         except asyncio.CancelledError:
