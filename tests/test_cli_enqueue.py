@@ -330,6 +330,8 @@ def test_jobs_empty_store(cli: CLI) -> None:
         (["--state", "finished"], "invalid choice: 'finished'"),
         (["--limit", "0"], "must be at least 1"),
         (["--limit", "x"], "argument --limit: not a whole number: 'x'"),
+        (["--url", ""], "argument --url: an empty store URL"),  # not the default, unseen
+        (["--url", " "], "argument --url: an empty store URL"),
     ],
 )
 def test_jobs_bad_options_exit_2(cli: CLI, options: list[str], message: str) -> None:

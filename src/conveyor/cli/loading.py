@@ -13,6 +13,21 @@ from conveyor.priority import QueueWeights, parse_priority, parse_queues, weighi
 from conveyor.urls import redact_url
 
 
+def store_url(text: str) -> str:
+    """argparse type: a store URL, not empty (an empty one would fall back unseen)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty store URL; leave --url out for the default")
+    return text
+
+
+def add_store_location(parser: argparse.ArgumentParser) -> None:
+    """``--url`` and ``--namespace``, as every command that opens a store takes them."""
+    parser.add_argument("--url", type=store_url,
+                        help="store URL (default: $CONVEYOR_URL, then the APP's URL, then "
+                        "sqlite:///conveyor.db)")
+    parser.add_argument("--namespace", help="namespace inside the store (default: conveyor)")
+
+
 def positive_int(text: str) -> int:
     """argparse type: a whole number of at least 1."""
     try:

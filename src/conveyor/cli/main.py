@@ -13,6 +13,7 @@ from conveyor.cli import commands, known, queues
 from conveyor.cli import schedules as cli_schedules
 from conveyor.cli.loading import (
     CLIError,
+    add_store_location,
     positive_int,
     priority_arg,
     queue_spec,
@@ -24,15 +25,14 @@ from conveyor.errors import ConveyorError
 from conveyor.job import ALL_STATES
 from conveyor.logs import FORMATS, LEVELS, log_level, quiet_for_commands, setup_logging
 from conveyor.serialization import is_utf8
+from conveyor.summary import MAX_PAGE
 
 Command = Callable[[Conveyor, argparse.Namespace], Awaitable[int]]
 
 
 def _store_options(parser: argparse.ArgumentParser, with_app: bool = True) -> None:
     """``--url`` and ``--namespace``; ``--app`` too unless the command names its APP itself."""
-    parser.add_argument("--url", help="store URL (default: $CONVEYOR_URL, then the APP's URL, "
-                        "then sqlite:///conveyor.db)")
-    parser.add_argument("--namespace", help="namespace inside the store (default: conveyor)")
+    add_store_location(parser)
     if with_app:
         parser.add_argument("--app", help="module:attribute of your app: its URL and "
                             "namespace, its jobs' parameters to check arguments against")
@@ -92,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="address of the metrics server (default 127.0.0.1)")
 
     p = sub.add_parser("enqueue", help="enqueue a job by name")
-    p.add_argument("name")
+    p.add_argument("name", help="the job's name (see conveyor jobs-known)")
     p.add_argument("--args", default="[]", help="JSON array of positional arguments")
     p.add_argument("--kwargs", default="{}", help="JSON object of keyword arguments")
     p.add_argument("--queue", help="queue (default: the job's own, or 'default')")
@@ -111,39 +111,40 @@ def build_parser() -> argparse.ArgumentParser:
     _store_options(p)
 
     p = sub.add_parser("status", help="show one job")
-    p.add_argument("id")
+    p.add_argument("id", help="the job's id")
     p.add_argument("--json", action="store_true", help="print the job's info as JSON")
     p.add_argument("--wait", action="store_true", help="wait until the job is final")
     p.add_argument("--timeout", type=float, help="with --wait: give up after this many seconds")
     _store_options(p)
 
     p = sub.add_parser("jobs", help="list jobs, newest first")
-    p.add_argument("--state", choices=[str(s) for s in ALL_STATES])
-    p.add_argument("--queue")
-    p.add_argument("--name")
-    p.add_argument("--limit", type=positive_int, default=50)
+    p.add_argument("--state", choices=[str(s) for s in ALL_STATES], help="only jobs in this state")
+    p.add_argument("--queue", help="only jobs of this queue")
+    p.add_argument("--name", help="only jobs of this name")
+    p.add_argument("--limit", type=positive_int, default=50,
+                   help=f"jobs in the page (default 50, at most {MAX_PAGE})")
     p.add_argument("--cursor", help="last id of the previous page")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the page as JSON")
     _store_options(p)
 
     p = sub.add_parser("retry", help="re-enqueue a dead (or cancelled) job, or all dead jobs")
-    p.add_argument("id", nargs="?")
-    p.add_argument("--all-dead", action="store_true")
+    p.add_argument("id", nargs="?", help="the job's id (or --all-dead)")
+    p.add_argument("--all-dead", action="store_true", help="every dead job (of --queue)")
     p.add_argument("--queue", help="with --all-dead: only this queue")
     _store_options(p)
 
     p = sub.add_parser("cancel", help="cancel a job")
-    p.add_argument("id")
+    p.add_argument("id", help="the job's id")
     _store_options(p)
 
     p = sub.add_parser("priority", help="change the priority of a waiting job")
-    p.add_argument("id")
+    p.add_argument("id", help="the job's id")
     p.add_argument("priority", type=priority_arg, metavar="-10..10")
     p.add_argument("--json", action="store_true", help="print the job's info as JSON")
     _store_options(p)  # --app: its aging gives the boost
 
     p = sub.add_parser("stats", help="jobs per queue and state, live workers")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the figures as JSON")
     _store_options(p)
 
     _store_options(known.add_known_parser(sub))

@@ -30,6 +30,7 @@ from conveyor import serverlimits
 from conveyor.backends.outage import opened, waits_out
 from conveyor.cli.loading import (
     CLIError,
+    add_store_location,
     positive_int,
     queue_spec,
     resolve_app,
@@ -73,9 +74,7 @@ def add_serve_parser(sub: Any) -> None:
     p = sub.add_parser("serve", help="run the HTTP API and a worker pool in one process")
     p.add_argument("app_spec", metavar="APP", nargs="?",
                    help="module:attribute of your app (default: only the built-in jobs)")
-    p.add_argument("--url", help="store URL (default: $CONVEYOR_URL, then the APP's URL, "
-                   "then sqlite:///./conveyor.db)")
-    p.add_argument("--namespace", help="namespace inside the store (default: conveyor)")
+    add_store_location(p)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
     p.add_argument("--port", type=_port, default=8000, help="port to listen on (8000)")
     p.add_argument("--containers",

@@ -26,7 +26,7 @@ from rich.text import Text
 
 from conveyor.app import Conveyor
 from conveyor.backends import require_existing
-from conveyor.cli.loading import resolve_app
+from conveyor.cli.loading import add_store_location, resolve_app
 from conveyor.cli.output import Col, fitted_table, printable
 from conveyor.job import ALL_STATES, FINAL_STATES, JobRecord, JobState, WorkerInfo
 from conveyor.logs import quiet_for_commands
@@ -50,9 +50,7 @@ def add_top_parser(sub: Any) -> None:
                    help="seconds between refreshes (default 1)")
     p.add_argument("--once", action="store_true",
                    help="print one frame and exit (implied when stdout is not a terminal)")
-    p.add_argument("--url", help="store URL (default: $CONVEYOR_URL, then the APP's URL, "
-                   "then sqlite:///conveyor.db)")
-    p.add_argument("--namespace", help="namespace inside the store (default: conveyor)")
+    add_store_location(p)
     p.add_argument("--app", help="module:attribute of your app, to take its URL")
 
 
