@@ -3,7 +3,10 @@
 Every part of a process that uses a store (its broker's retries, a worker waiting for it, a
 health check) reports trouble and success to the store's :class:`Outage`: the first trouble
 logs a WARNING naming the store and the cause; the first success after it logs an INFO
-saying how long the store was unavailable. What comes in between is not logged.
+saying how long the store was unavailable. What comes in between is not logged. An
+outage during which reads still work (a Redis master demoted to a read-only replica) is
+ended by a write only, or by its reason changing: a read that succeeds meanwhile says
+nothing of writes.
 
 A store that refuses a running process (a :class:`ConfigurationError` after it was open:
 Redis restarted with fewer databases, a node joined to a cluster) is an outage too, logged
@@ -53,6 +56,8 @@ class Outage:
         self.reason: str | None = None
         #: the store refused this process during the outage under way (logged once)
         self._refused = False
+        #: reads still work during the outage under way: only a write ends it
+        self.reads_work = False
         #: the store was opened by this process once (its layout and settings accepted): a
         #: refusal since is an outage to wait out (see :func:`waits_out`), not an error in
         #: its URL; set by :func:`opened`
@@ -70,17 +75,21 @@ class Outage:
         return self._since is not None
 
     def trouble(self, reason: str, detail: str = "", sent: float | None = None,
-                refused: bool = False) -> None:
+                refused: bool = False, reads_work: bool = False) -> None:
         """Note that the store could not be used (``reason`` in a few words, ``detail`` the
         driver's message); log it if it starts an outage. ``sent`` (``time.monotonic()``)
         is when the failed call began: one that began before the store answered again (a
         connection left hanging by the outage, timing out after it) is not a new outage.
         ``refused``: the store answered but refuses this process (an ERROR, not a WARNING:
         it takes an operator to mend), logged once per outage even when the outage began
-        as the store being out of reach (a restart that came back with other settings)."""
+        as the store being out of reach (a restart that came back with other settings).
+        ``reads_work``: reads still work meanwhile, so only a write ends the outage (see
+        :meth:`recovered`); kept while the reason stays the same."""
         with self._lock:
             if self._since is None and sent is not None and sent < self._back_at:
                 return
+            if reads_work or reason != self.reason:
+                self.reads_work = reads_work
             self.reason = reason
             first_refusal = refused and not self._refused
             self._refused = self._refused or refused
@@ -117,19 +126,22 @@ class Outage:
         url = re.escape(self.name) + r"(?:\?[^\s:]*)?"
         return re.sub(url, "the store", re.sub(f"^{url}: ", "", text))
 
-    def recovered(self, sent: float | None = None) -> None:
+    def recovered(self, sent: float | None = None, wrote: bool = False) -> None:
         """Note that the store answered; log the end of an outage, if one was under way.
         ``sent`` (``time.monotonic()``): when the call that was answered began; an outage
         that began after it is not ended by its answer (a read in flight as a write met a
-        locked database, say: SQLite's readers are not stopped by a writer's lock)."""
+        locked database, say: SQLite's readers are not stopped by a writer's lock).
+        ``wrote``: the call wrote, which also ends an outage during which reads work."""
         if self._since is None:  # the common case: no lock
             return
         with self._lock:
             since: float | None = self._since
-            if since is not None and sent is not None and since > sent:
-                since = None  # the outage began while the call was under way
+            if since is not None and ((sent is not None and since > sent)
+                                      or (self.reads_work and not wrote)):
+                since = None  # began while the call was under way, or reads do not end it
             if since is not None:
                 self._since, self.reason, self._refused = None, None, False
+                self.reads_work = False
                 self._back_at = time.monotonic()
         if since is not None:
             log.info("store %s is reachable again (unavailable for %.1fs)", self.name,

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 from conveyor.backends.base import Beat, Broker, Recovery
 from conveyor.backends.outage import Outage, outage
 from conveyor.backends.redis import codec, deploy, layout, replicas
-from conveyor.backends.redis.client import WAITING, AsyncScriptLink
+from conveyor.backends.redis.client import READ_ONLY, WAITING, AsyncScriptLink
 from conveyor.backends.redis.keys import Keys, lane_field
 from conveyor.backends.redis.layout import LAYOUT
 from conveyor.backends.redis.scripts import register_all
@@ -55,6 +55,7 @@ try:
         ClusterError,
         InvalidResponse,
         MovedError,
+        ReadOnlyError,
         ResponseError,
         SlotNotCoveredError,
         TryAgainError,
@@ -88,13 +89,19 @@ MISCONFIGURED = (*REFUSED, *NOT_REDIS)
 BUSY_REPLIES = {
     "MISCONF": "Redis cannot persist to disk",
     "OOM": "Redis is out of memory",
-    "READONLY": "Redis is a read-only replica",
+    "READONLY": READ_ONLY,
     "LOADING": "Redis is loading its data",
     "BUSY": "Redis is busy running a script",
     "MASTERDOWN": "Redis has lost its primary",
     "NOREPLICAS": "Redis has too few replicas in sync to write",
     "TRYAGAIN": "Redis asks to try again",
 }
+#: replies of a server demoted to a replica other than READONLY, by a part of their text:
+#: WAIT's refusal (``?replicas=N``: it may come before the write's own READONLY, or instead
+#: of it when the script wrote nothing), and the end of a blocking call (a WAIT, a BLPOP)
+#: under way at the demotion
+REPLICA_REPLIES = ("WAIT cannot be used with replica instances",
+                   "instance state changed (master -> replica?)")
 #: Redis Cluster trouble that passes once a failover or a slot's move is over (redis-py
 #: follows a few redirections itself), by class; MovedError is an AskError
 CLUSTER_TROUBLE: dict[type[Exception], str] = {
@@ -316,8 +323,27 @@ class RedisBroker(Broker):
                     await asyncio.sleep(wait)
                     pause = min(pause * 2, 2.0)
             else:
-                self.outage.recovered()
+                await self._answered()
                 return result
+
+    async def _answered(self) -> None:
+        """Note that the store answered; during an outage that reads do not end (a
+        read-only replica), only once a write (the ``writable`` probe) succeeds too."""
+        if not self.outage.reads_work:
+            self.outage.recovered()
+            return
+        with contextlib.suppress(*RETRIED):
+            await self._conn().scripts["writable"](keys=[self.keys.probe], args=[])
+            self.outage.recovered(wrote=True)
+
+    def _answered_blocking(self, scripts: deploy.Scripts) -> None:
+        """:meth:`_answered` on the blocking client."""
+        if not self.outage.reads_work:
+            self.outage.recovered()
+            return
+        with contextlib.suppress(*RETRIED):
+            scripts.call("writable", [self.keys.probe], [])
+            self.outage.recovered(wrote=True)
 
     def _retry_pause(self, error: BaseException, attempts: int, sent: float, deadline: float,
                      pause: float) -> float:
@@ -345,7 +371,7 @@ class RedisBroker(Broker):
                 raise ConfigurationError(f"{redact_url(self.url)}: {error}") from error
             raise error
         self.last_trouble = time.monotonic()
-        self.outage.trouble(reason, str(error), sent)
+        self.outage.trouble(reason, str(error), sent, reads_work=reason == READ_ONLY)
         return True
 
     def _check_moved(self, error: BaseException) -> None:
@@ -841,7 +867,7 @@ class RedisBroker(Broker):
                     time.sleep(wait)
                     pause = min(pause * 2, 2.0)
                     sent = time.monotonic()
-        self.outage.recovered()
+        self._answered_blocking(scripts)
         return reply, attempts
 
     def _blocking_scripts(self) -> deploy.Scripts:
@@ -1542,7 +1568,10 @@ def _reason(error: BaseException) -> str | None:
         if isinstance(error, kind):
             return reason
     if isinstance(error, ResponseError):
-        return BUSY_REPLIES.get(str(error).split(" ", 1)[0].upper())
+        text = str(error)
+        if isinstance(error, ReadOnlyError) or any(r in text for r in REPLICA_REPLIES):
+            return READ_ONLY  # (redis-py takes the word READONLY off its text)
+        return BUSY_REPLIES.get(text.split(" ", 1)[0].upper())
     if isinstance(error, (RedisTimeoutError, TimeoutError)):
         return "Redis timed out"
     if isinstance(error, TRANSIENT):

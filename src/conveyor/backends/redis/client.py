@@ -126,6 +126,9 @@ SPIN_MISSES = 4
 SPIN_REST = 256
 #: packed script heads kept (one per script and keys: per queue for the enqueue scripts)
 MAX_HEADS = 256
+#: the reason given for a server that is a read-only replica (once a master, or a master
+#: demoted under its clients)
+READ_ONLY = "Redis is a read-only replica"
 #: how text Redis holds that is not UTF-8 is read (and a str UTF-8 cannot encode is
 #: written): as backslash escapes, so that no stored value, however odd, breaks a read
 TEXT_ERRORS = "backslashreplace"
@@ -308,15 +311,22 @@ def _reader_for(encoder: Any) -> Any:
     return Reader(**kwargs)
 
 
+class DemotedMaster(RedisConnectionError):
+    """READONLY from a master demoted under the connection: the connection is dropped (as
+    redis-py's Sentinel connections do, so the retry finds the new master); a plain URL's
+    server is waited out as :data:`READ_ONLY`, its ``store_reason``."""
+
+    store_reason = READ_ONLY
+
+
 def _checked(reply: Any) -> Any:
     """A reply read by one of our own readers, or what redis-py raises for it where its
-    connection would: LOADING and the like; READONLY from a master demoted under the
-    connection (dropped, as redis-py's Sentinel connections do, so the retry finds the new
-    master). Other error replies are returned."""
+    connection would: LOADING and the like; READONLY as :class:`DemotedMaster`. Other
+    error replies are returned."""
     if isinstance(reply, RedisConnectionError):
         raise reply
     if isinstance(reply, ReadOnlyError):
-        raise RedisConnectionError(f"the master is now a replica ({reply})") from reply
+        raise DemotedMaster(f"the master is now a replica ({reply})") from reply
     return reply
 
 

@@ -33,14 +33,18 @@ SHARDED = -2
 #: what the layout script answers a client that follows no cluster redirections when the
 #: server is a Redis Cluster node
 CLUSTER_NODE = -3
+#: what it answers a client of the one server its URL names when that server is a replica
+REPLICA = -4
 
 
 def plain_client(url: str) -> str:
-    """The layout scripts' flag for a client of ``url``: ``1`` when it follows no Redis
-    Cluster redirections (so the scripts refuse a cluster node), else ``0``."""
+    """The layout scripts' flag for a client of ``url``: ``0`` for a Redis Cluster client,
+    ``1`` for a Sentinel client (it follows no cluster redirections, so the scripts refuse
+    a cluster node), ``2`` for a client of the one server its URL names (a replica there
+    is refused too: it would refuse every write until an operator promotes it)."""
     from conveyor.backends.redis import deploy
 
-    return "0" if deploy.kind(url) == deploy.CLUSTER else "1"
+    return {deploy.CLUSTER: "0", deploy.SENTINEL: "1"}.get(deploy.kind(url), "2")
 
 
 def cluster_node(url: str) -> ConfigurationError:
@@ -51,14 +55,23 @@ def cluster_node(url: str) -> ConfigurationError:
                               "redis+cluster://")
 
 
+def replica(url: str) -> ConfigurationError:
+    """The error of a URL naming a replica when its store is first opened (a master
+    demoted later is waited out as an outage)."""
+    return ConfigurationError(f"{redact_url(url)}: this Redis is a read-only replica: name "
+                              "its master (or use redis+sentinel://)")
+
+
 def check(found: int, namespace: str, url: str) -> None:
     """Raise :class:`NewerStore` when the layout ``found`` is newer than :data:`LAYOUT`, and
     :class:`ConfigurationError` when the layout key holds no number (``found`` -1), marks
-    a namespace sharded by queue (``found`` -2, see :mod:`.sharded`) or the server is a
-    cluster node for a plain client (-3)."""
+    a namespace sharded by queue (``found`` -2, see :mod:`.sharded`), the server is a
+    cluster node for a plain client (-3) or a replica (-4)."""
     where = f"Redis namespace {namespace!r} at {redact_url(url)}"
     if found == CLUSTER_NODE:
         raise cluster_node(url)
+    if found == REPLICA:
+        raise replica(url)
     if found == SHARDED:
         raise ConfigurationError(f"{where} is sharded by queue: open it with ?shard=queue in "
                                  "the URL")

@@ -25,7 +25,7 @@ NAMES = (
     "schedules_publish", "schedule_advance", "schedule_rewind", "schedule_pause",
     "prune_unique", "forget_idempotency", "set_priority", "limit_usage",
     "prune_buckets", "forget_queue", "prune_queues", "list_preview", "queue_setting", "clock",
-    "shard_mark", "shard_register", "shard_forget",
+    "shard_mark", "shard_register", "shard_forget", "writable",
 )
 
 

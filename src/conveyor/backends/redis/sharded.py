@@ -404,6 +404,8 @@ class ShardedRedisBroker(Broker):
                                           [LAYOUT, layout.plain_client(self.home.url)]))
         if raw == "cluster":
             raise layout.cluster_node(self.home.url)
+        if raw == "replica":
+            raise layout.replica(self.home.url)
         where = f"Redis namespace {self.namespace!r} at {redact_url(self.home.url)}"
         kind, _, number = raw.partition(" ")
         if kind != "sharded" or not number.isdigit():

@@ -340,7 +340,14 @@ end
 -- redirections (its flag, `plain`, is '1'): such a client works only until a slot it uses
 -- moves. An ACL that denies INFO leaves the check out.
 local function refused_cluster_node(plain)
-  if plain ~= '1' then return false end
+  if plain == '0' then return false end
   local info = redis.pcall('INFO', 'cluster')
   return type(info) == 'string' and string.find(info, 'cluster_enabled:1', 1, true) ~= nil
+end
+
+-- Whether a client of the one server its URL names (plain '2') found a replica there.
+local function refused_replica(plain)
+  if plain ~= '2' then return false end
+  local info = redis.pcall('INFO', 'replication')
+  return type(info) == 'string' and string.find(info, 'role:slave', 1, true) ~= nil
 end

@@ -4,15 +4,18 @@
 --       its waiting and sched zsets.
 -- ARGV: 1 the layout the caller writes, 2 '1' when the caller's client follows no Redis
 --       Cluster redirections (a cluster node is then refused: -3, whichever slots it
---       serves now), then the queue names the caller read from the queues set.
+--       serves now), '2' when it is also a client of the one server its URL names (a
+--       replica is then refused: -4), then the queue names the caller read from the
+--       queues set.
 -- Returns: the layout found (0: a new namespace; 1: one made before layouts were
 --       numbered, which has jobs but no layout key; -1: the key holds no number; -2: the
---       namespace is sharded by queue; -3: see ARGV 2). When it
+--       namespace is sharded by queue; -3, -4: see ARGV 2). When it
 --       is older than ARGV[1] its data is moved and the key set to ARGV[1]; a newer one is
 --       left as it is (the caller refuses the store). When a step needs the queues' keys
 --       and the queues given are not those of the set, nothing changes and the reply is
 --       {the queue names}: the caller calls again with their keys.
 if refused_cluster_node(ARGV[2]) then return -3 end
+if refused_replica(ARGV[2]) then return -4 end
 local raw = redis.call('GET', KEYS[1])
 local found = tonumber(raw)
 if raw and not found then

@@ -1,0 +1,5 @@
+-- Whether the server takes writes: a write that changes nothing (nor is replicated), which
+-- a read-only replica refuses with READONLY. Run after a read succeeded during an outage
+-- that reads do not end (a master demoted to a replica), to end it only once writes work.
+-- KEYS: 1 a key that is never set.
+return redis.call('DEL', KEYS[1])
