@@ -323,24 +323,21 @@ class RedisBroker(Broker):
                     await asyncio.sleep(wait)
                     pause = min(pause * 2, 2.0)
             else:
-                await self._answered()
+                if self.outage.reads_work:  # (no coroutine more on the common path)
+                    await self._probe_writes()
+                else:
+                    self.outage.recovered()
                 return result
 
-    async def _answered(self) -> None:
-        """Note that the store answered; during an outage that reads do not end (a
-        read-only replica), only once a write (the ``writable`` probe) succeeds too."""
-        if not self.outage.reads_work:
-            self.outage.recovered()
-            return
+    async def _probe_writes(self) -> None:
+        """The store answered during an outage that reads do not end (a read-only replica):
+        end it only if a write (the ``writable`` probe) succeeds too."""
         with contextlib.suppress(*RETRIED):
             await self._conn().scripts["writable"](keys=[self.keys.probe], args=[])
             self.outage.recovered(wrote=True)
 
-    def _answered_blocking(self, scripts: deploy.Scripts) -> None:
-        """:meth:`_answered` on the blocking client."""
-        if not self.outage.reads_work:
-            self.outage.recovered()
-            return
+    def _probe_writes_blocking(self, scripts: deploy.Scripts) -> None:
+        """:meth:`_probe_writes` on the blocking client."""
         with contextlib.suppress(*RETRIED):
             scripts.call("writable", [self.keys.probe], [])
             self.outage.recovered(wrote=True)
@@ -867,7 +864,10 @@ class RedisBroker(Broker):
                     time.sleep(wait)
                     pause = min(pause * 2, 2.0)
                     sent = time.monotonic()
-        self._answered_blocking(scripts)
+        if self.outage.reads_work:
+            self._probe_writes_blocking(scripts)
+        else:
+            self.outage.recovered()
         return reply, attempts
 
     def _blocking_scripts(self) -> deploy.Scripts:
