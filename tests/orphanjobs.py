@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import time
+from typing import Any
 
 from conveyor import Conveyor, JobContext
 
@@ -28,3 +29,12 @@ def ticker(ledger: str, ctx: JobContext) -> int:
         _write(ledger, f"{os.getpid()} {ctx.attempt} {time.time():.6f}\n")
         time.sleep(0.02)
     return ctx.attempt
+
+
+def child_without_the_kernels_signal(*args: Any) -> None:
+    """A process-pool child that does not ask Linux to kill it with its parent, as on
+    other systems: only its thread watching the parent's sentinel ends it."""
+    from conveyor.worker import process_pool
+
+    process_pool._killed_with_parent = lambda: False
+    process_pool._child_main(*args)

@@ -113,6 +113,19 @@ def test_cancelled_before_start_is_counted_without_a_duration(app: Conveyor) -> 
     assert job(s, "conveyor_job_duration_seconds_count", "idle") == 0
 
 
+def test_a_job_handed_back_unrun_is_counted_apart(app: Conveyor) -> None:
+    from conveyor.worker import outcomes
+
+    metrics = Metrics()
+    record = app.build("elsewhere", (), {})  # registered by no app here
+    metrics.job_ended(record, outcomes.unknown(record, "w1"), None)
+    s = parse(metrics.render().decode())
+    assert value(s, "conveyor_jobs_throttled_total", name="elsewhere",
+                 reason="unregistered") == 1
+    assert not job(s, "conveyor_jobs_failed_total", "elsewhere")
+    assert value(s, "conveyor_jobs_throttled_total", name="elsewhere", reason="upstream") is None
+
+
 def test_serve_exposes_metrics(tmp_path: Path) -> None:
     server = Server(tmp_path).start()
     try:

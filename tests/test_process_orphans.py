@@ -31,14 +31,16 @@ CHILD_ENDS_WITHIN = 5.0
 
 PARENT = textwrap.dedent("""
     import asyncio, sys
-    import wjobs_process
-    from conveyor.worker.process_pool import ProcessPool
+    import orphanjobs, wjobs_process
+    from conveyor.worker import process_pool
 
     async def main() -> None:
+        if sys.argv[3] == "sentinel":  # the child as on other systems than Linux
+            process_pool._child_main = orphanjobs.child_without_the_kernels_signal
         job = getattr(wjobs_process, sys.argv[2])
         record = wjobs_process.app.build(job.name, [sys.argv[1]], {})
-        await ProcessPool(1).run("wjobs_process", sys.argv[2], record, timeout=None,
-                                 on_progress=lambda *_: None)
+        await process_pool.ProcessPool(1).run("wjobs_process", sys.argv[2], record,
+                                              timeout=None, on_progress=lambda *_: None)
 
     if __name__ == "__main__":
         asyncio.run(main())
@@ -51,12 +53,15 @@ def _kill_if_running(pid: int | None) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
-@pytest.mark.parametrize("job", ["sleeper", "spinner", "c_spinner"])
-def test_a_child_ends_when_its_parent_is_killed(tmp_path: Path, job: str) -> None:
+@pytest.mark.parametrize(("job", "watch"), [
+    ("sleeper", "kernel"), ("spinner", "kernel"), ("c_spinner", "kernel"),
+    ("sleeper", "sentinel"), ("spinner", "sentinel"),  # (C code holding the GIL: kernel only)
+])
+def test_a_child_ends_when_its_parent_is_killed(tmp_path: Path, job: str, watch: str) -> None:
     script, pids = tmp_path / "parent.py", tmp_path / "pids"
     script.write_text(PARENT)
-    parent = subprocess.Popen([sys.executable, str(script), str(pids), job], cwd=TESTS,
-                              env=cli_env(), stderr=subprocess.DEVNULL)
+    parent = subprocess.Popen([sys.executable, str(script), str(pids), job, watch],
+                              cwd=TESTS, env=cli_env(), stderr=subprocess.DEVNULL)
     child = None
     try:
         wait_until(lambda: pids.exists() and pids.read_text().strip(), 30, "the job to start")

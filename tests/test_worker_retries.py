@@ -285,6 +285,9 @@ def test_a_job_its_worker_does_not_know_is_handed_back_for_one_that_does(
     assert "no job named 'added' is registered" in info.error
     assert worker.worker.id in info.error
     assert "is not registered in this worker: handed back" in caplog.text
+    rows = [*old.run_sync(old.broker.stats(0)), *worker.worker.stats.pending()]
+    assert sum(r.started + r.failed + r.dead for r in rows) == 0  # it never ran
+    assert worker.worker.info.failed == 0
     start_worker(new)
     assert handle.result(timeout=15) == 42
     done = handle.info()

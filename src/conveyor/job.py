@@ -179,8 +179,12 @@ class Outcome:
     #: written again (after a lost reply) never ends a later attempt
     claim: int | None = None
     #: with RETRY: the attempt is not charged (``attempts`` back by one) and the job's
-    #: ``deferrals`` grow by one (a job that raised RateLimited)
+    #: ``deferrals`` grow by one (a job that raised RateLimited, or one its worker does not
+    #: register)
     deferred: bool = False
+    #: the job did not run: its worker does not register its name and handed it back (no
+    #: attempt started or ended, in the counts of a worker and of the store)
+    unrun: bool = False
 
 
 @dataclass(slots=True, frozen=True)

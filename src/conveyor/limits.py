@@ -34,8 +34,9 @@ MAX_GROUP = 200
 #: per-unit seconds of a rate
 UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
 _RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(\d*)\s*([smh])\s*$")
-#: a job raising RateLimited is put back uncharged at most this many times in all (an admin
-#: retry starts them again); after that each one counts as a failed attempt
+#: a job is put back uncharged (it raised RateLimited, or its worker does not register it)
+#: at most this many times in all (an admin retry starts them again); after that a
+#: RateLimited counts as a failed attempt, and a job no worker that took it knew is dead
 MAX_DEFERRALS = 20
 
 
@@ -182,8 +183,10 @@ def group_text(value: Any) -> str:
 
 
 #: why a claim held ready jobs back (the ``reason`` label of conveyor_jobs_throttled_total;
-#: ``upstream`` is a job that raised RateLimited)
-REASONS = ("concurrency", "group_concurrency", "rate", "group_rate", "upstream")
+#: ``upstream`` is a job that raised RateLimited, ``unregistered`` one its worker does not
+#: register, handed back unrun)
+REASONS = ("concurrency", "group_concurrency", "rate", "group_rate", "upstream",
+           "unregistered")
 
 
 @dataclass(frozen=True, slots=True)

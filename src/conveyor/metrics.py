@@ -218,8 +218,9 @@ class Metrics:
             return
         if kind is OutcomeKind.SUCCEEDED:
             children.succeeded.inc()
-        elif outcome.deferred:  # RateLimited: put back uncharged, not a failure
-            self.throttled.labels(record.name, "upstream").inc()
+        elif outcome.deferred:  # put back uncharged, not a failure
+            self.throttled.labels(record.name, "unregistered" if outcome.unrun
+                                  else "upstream").inc()
         elif kind is OutcomeKind.RETRY:
             children.failed.inc()
             children.retried.inc()

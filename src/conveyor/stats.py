@@ -129,10 +129,10 @@ class StatsRecorder:
         return now, wait
 
     def ended(self, record: JobRecord, outcome: Outcome, start: StartMark | None = None) -> None:
-        """An attempt of ``record`` ended with ``outcome``. A shutdown requeue is no end; with
-        the ``start`` mark of the attempt it takes back the start it counted (the job starts
-        afresh elsewhere)."""
-        slot = _SLOT_OF.get(outcome.kind)
+        """An attempt of ``record`` ended with ``outcome``. A shutdown requeue is no end, nor
+        a job handed back unrun (``unrun``); with the ``start`` mark of the attempt either
+        takes back the start it counted (the job starts afresh elsewhere)."""
+        slot = None if outcome.unrun else _SLOT_OF.get(outcome.kind)
         if slot is not None:
             self._counters(outcome.finished_at, record.queue)[slot] += 1
         elif start is not None:  # counted where it started (in a later flush if need be)

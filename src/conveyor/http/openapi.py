@@ -80,7 +80,8 @@ JOB_PROPERTIES: dict[str, Schema] = {
               "description": "the group of a job with limits"},
     "attempts": {"type": "integer"},
     "deferrals": {"type": "integer",
-                  "description": "times put back uncharged after RateLimited"},
+                  "description": "times put back uncharged: it raised RateLimited, or a "
+                                 "worker that does not register its name took it"},
     "recoveries": {"type": "integer"},
     "args": {"type": "array", "items": JSON_ANY},
     "kwargs": {"type": "object", "additionalProperties": JSON_ANY},

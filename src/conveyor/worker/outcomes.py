@@ -61,7 +61,7 @@ def unknown(record: JobRecord, worker_id: str) -> Outcome:
     if record.deferrals < MAX_DEFERRALS:
         now = time.time()
         return _outcome(record, worker_id, OutcomeKind.RETRY, at=now, error=error,
-                        run_at=now + UNKNOWN_WAIT, deferred=True)
+                        run_at=now + UNKNOWN_WAIT, deferred=True, unrun=True)
     return dead(record, worker_id, f"{error} (deferred {MAX_DEFERRALS} times)")
 
 

@@ -595,8 +595,8 @@ class Worker:
             self._staged.add(record.id)
         entry = _Running(JobContext(record, self.maintenance.progress_sink(record)), job_fn)
         self.running[record.id] = entry
-        if self.metrics is not None:
-            self.metrics.job_started(record)
+        if self.metrics is not None and job_fn is not None:  # (one it does not know: handed
+            self.metrics.job_started(record)  # back unrun, see outcomes.unknown)
         entry.start = self.stats.started(record)
         assert self._loop is not None
         entry.task = self._loop.create_task(self._execute(record, entry))
@@ -739,7 +739,8 @@ class Worker:
                         await self._remove_staged(outcome.job_id)
                 if outcome.kind is OutcomeKind.SUCCEEDED:
                     self.info.processed += 1
-                elif outcome.kind in (OutcomeKind.DEAD, OutcomeKind.RETRY):
+                elif outcome.kind in (OutcomeKind.DEAD, OutcomeKind.RETRY) \
+                        and not outcome.unrun:
                     self.info.failed += 1
 
     def _free_settled(self, batch: list[Outcome]) -> None:

@@ -15,7 +15,6 @@ A child ends as soon as its worker process does, however that ends (see
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ctypes
 import dataclasses
 import importlib
@@ -129,16 +128,26 @@ def _end_with_parent(parent: int) -> None:
     (SIGKILL included): a job left running in an orphan would be a second owner of an
     attempt that the store gives to another worker once the lease lapses. On Linux the
     kernel sends SIGKILL (``PR_SET_PDEATHSIG``: even while the job runs C code that holds
-    the GIL); everywhere a thread waits for the parent's end (its sentinel) and exits."""
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() != parent:  # gone before the signal was asked for
+    the GIL, and whatever copies of the parent a fork made); elsewhere a thread waits for
+    the parent's end (its sentinel: a copy of the parent forked by a job keeps it open)."""
+    killed = _killed_with_parent()
+    if os.getppid() != parent:  # gone already, before the kernel was asked
         os._exit(1)
     parent_process = multiprocessing.parent_process()
-    if parent_process is not None and parent_process.sentinel is not None:
+    if not killed and parent_process is not None and parent_process.sentinel is not None:
         threading.Thread(target=_exit_when_ready, args=(parent_process.sentinel,),
                          name="conveyor-parent-watch", daemon=True).start()
+
+
+def _killed_with_parent() -> bool:
+    """Ask Linux to SIGKILL this process when its parent ends; whether it will."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        asked = ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        return False
+    return bool(asked == 0)
 
 
 def _exit_when_ready(sentinel: int) -> None:
