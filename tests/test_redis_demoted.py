@@ -12,6 +12,7 @@ promote back, the master stops replicating and ``other`` follows it again.
 
 from __future__ import annotations
 
+import json
 import logging
 import subprocess
 import sys
@@ -24,7 +25,7 @@ import redis
 
 from conftest import cli_env
 from conveyor import Conveyor
-from conveyor.backends.outage import outage_for
+from conveyor.backends.outage import Outage, outage_for
 from conveyor.errors import ConfigurationError, StoreUnavailable
 from conveyor.ids import new_id
 from http_server import Server
@@ -206,9 +207,9 @@ def test_a_worker_logs_a_demotion_once_and_resumes_after_it(
 def test_serve_answers_503_while_its_master_is_demoted(
         pair: Pair, waits: bool, tmp_path: Path) -> None:
     """``POST /jobs/NAME`` on ``conveyor serve`` (its worker in process) answers 503 with
-    the reason while the master is demoted, and accepts the job once it is promoted.
-    Reads answer meanwhile (``/healthz`` is liveness) and do not end the outage: the
-    process logs its start once, its end once, after the promotion."""
+    the reason while the master is demoted, and so does ``/healthz`` (the store cannot be
+    written); reads of jobs answer meanwhile and do not end the outage: the process logs
+    its start once, its end once, after the promotion, when it accepts jobs again."""
     server = Server(tmp_path, "--url", pair.url(waits))
     server.start()
     try:
@@ -219,11 +220,17 @@ def test_serve_answers_503_while_its_master_is_demoted(
         refused = server.client.post("/jobs/add", json={"args": [1, 2]})
         assert refused.status_code == 503, refused.text
         assert refused.json()["error"] == f"store unavailable: {READ_ONLY}"
-        assert server.client.get("/healthz").status_code == 200
+        health = server.client.get("/healthz")
+        assert health.status_code == 503, health.text
+        assert health.json()["error"] == f"store unavailable: {READ_ONLY}"
         assert server.client.get(f"/jobs/{first}").json()["state"] == "succeeded"
+        again = server.client.post("/jobs/add", json={"args": [1, 2]})  # known: at once
+        assert again.status_code == 503, again.text
         time.sleep(1.0)  # the worker's heartbeats and claims go on failing
         lines = server.output().splitlines()[before:]
         pair.promote()
+        wait_until(lambda: server.client.get("/healthz").status_code == 200, timeout=30,
+                   what="/healthz once the master is promoted")
         accepted = server.client.post("/jobs/add", json={"args": [1, 2]})
         assert accepted.status_code in (200, 201, 202), accepted.text
         assert server.wait_job(accepted.json()["id"])["state"] == "succeeded"
@@ -239,7 +246,8 @@ def test_serve_answers_503_while_its_master_is_demoted(
 def test_a_url_naming_a_replica_is_refused_at_first_open(pair: Pair, tmp_path: Path) -> None:
     """A replica at the URL when the store is first opened is a wrong URL, not an outage
     to wait out: ``conveyor worker`` exits at once saying so, and an enqueue raises
-    ConfigurationError (the namespace exists on the replica: nothing there is written)."""
+    ConfigurationError (the namespace exists on the replica: nothing there is written);
+    a tool that only reads (``conveyor jobs``) reads the replica as before."""
     namespace = f"t{new_id().lower()}"
     app = Conveyor(namespace=namespace)
     app.use_url(pair.master.url)
@@ -256,6 +264,12 @@ def test_a_url_naming_a_replica_is_refused_at_first_open(pair: Pair, tmp_path: P
         assert ran.returncode == 1, ran.stderr
         assert time.monotonic() - began < 10, ran.stderr
         assert "this Redis is a read-only replica" in ran.stderr, ran.stderr
+        listed = subprocess.run(
+            [sys.executable, "-m", "conveyor", "jobs", "--json", "--url", url,
+             "--namespace", namespace],
+            capture_output=True, text=True, timeout=60, cwd=tmp_path, env=cli_env())
+        assert listed.returncode == 0, listed.stderr  # a tool that reads takes a replica
+        assert [job["name"] for job in json.loads(listed.stdout)] == ["noop"]
         producer = Conveyor(namespace=namespace)
         producer.use_url(url)
         try:
@@ -265,3 +279,54 @@ def test_a_url_naming_a_replica_is_refused_at_first_open(pair: Pair, tmp_path: P
                 producer.run_sync(producer.enqueue_call_async("noop", [1], {}, force=True))
         finally:
             producer.close()
+
+
+def test_a_read_only_outage_ends_only_with_a_write_whatever_comes_meanwhile() -> None:
+    """Once reads are known to work in an outage, only a write ends it, even after other
+    trouble meanwhile (a demoted server loading its new master's data answers as
+    unreachable first)."""
+    outage = Outage("redis://example:6379/0")
+    outage.trouble(READ_ONLY, reads_work=True)
+    outage.trouble("Redis is unreachable")
+    outage.recovered()
+    assert outage.down and outage.reads_work
+    outage.recovered(wrote=True)
+    assert not outage.down and not outage.reads_work
+
+
+def test_a_cluster_clients_unblocked_call_is_no_read_only_outage() -> None:
+    """A blocking call ended by its server becoming a replica is the demotion of a plain
+    URL's master, but a failover a Redis Cluster client follows by itself."""
+    from conveyor.backends.redis.broker import _reason
+
+    error = redis.exceptions.ResponseError(
+        "UNBLOCKED force unblock from blocking operation, instance state changed "
+        "(master -> replica?)")
+    assert _reason(error) == READ_ONLY
+    assert _reason(error, cluster=True) is None
+    wait = redis.exceptions.ResponseError(
+        "WAIT cannot be used with replica instances. Please also note that writes to "
+        "replicas are just local and are not propagated.")
+    assert _reason(wait) == READ_ONLY
+
+
+def test_a_user_denied_the_probe_still_sees_the_outage_end(pair: Pair) -> None:
+    """An ACL user that may not run the write probe's DEL: the outage ends as any other,
+    once the promoted master answers (the probe's refusal is not the store's trouble)."""
+    for server in (pair.master, pair.other):
+        Pair._call(server, "ACL", "SETUSER", "nodel", "on", ">pw", "~*", "&*", "+@all",
+                   "-del")
+    app = Conveyor(store_timeout=1.0, namespace=f"t{new_id().lower()}")
+    app.use_url(pair.master.url.replace("redis://", "redis://nodel:pw@"))
+    try:
+        kept = app.enqueue_call("noop", [0], {}, force=True)
+        outage = outage_for(app.broker)
+        pair.demote()
+        _refused(lambda: app.enqueue_call("noop", [1], {}, force=True))
+        assert outage.down and outage.reads_work
+        pair.promote()
+        app.enqueue_call("noop", [2], {}, force=True)
+        assert not outage.down
+        assert str(kept.info().state) == "queued"
+    finally:
+        app.close()

@@ -56,11 +56,9 @@ class MissingStore(ConfigurationError):
 def require_existing(broker: Broker) -> Broker:
     """Make ``broker`` (before it opens) use only a store that exists already: for read-only
     tools. An SQLite file is then never created; a missing one raises :class:`MissingStore`.
-    Other backends are unchanged (a Redis database always exists)."""
-    from conveyor.backends.sqlite import SQLiteBroker
-
-    if isinstance(broker, SQLiteBroker) and broker.url.lower().startswith("sqlite:"):
-        broker.create = False
+    A Redis database always exists; a replica is then read as it is (see
+    :meth:`Broker.only_existing`)."""
+    broker.only_existing()
     return broker
 
 

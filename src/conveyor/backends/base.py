@@ -105,6 +105,12 @@ class Broker(abc.ABC):
         ``conveyor serve`` call it. Nothing to check by default."""
         return
 
+    def only_existing(self) -> None:
+        """Serve a tool that reads (or changes what exists) from now on, before the store
+        opens: create no store, and take a read-only copy of one (a Redis replica) as it
+        is. Nothing to change by default."""
+        return
+
     def is_transient(self, error: BaseException) -> bool:
         """True when ``error`` may pass by itself (a store restarting, a dropped connection),
         so waiting and trying again makes sense; False for errors of configuration."""

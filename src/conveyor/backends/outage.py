@@ -84,12 +84,14 @@ class Outage:
         it takes an operator to mend), logged once per outage even when the outage began
         as the store being out of reach (a restart that came back with other settings).
         ``reads_work``: reads still work meanwhile, so only a write ends the outage (see
-        :meth:`recovered`); kept while the reason stays the same."""
+        :meth:`recovered`); kept until it ends, whatever other trouble comes meanwhile (a
+        demoted server loading its new master's data answers as unreachable, then reads
+        again while it is still a replica)."""
         with self._lock:
             if self._since is None and sent is not None and sent < self._back_at:
                 return
-            if reads_work or reason != self.reason:
-                self.reads_work = reads_work
+            if reads_work:
+                self.reads_work = True
             self.reason = reason
             first_refusal = refused and not self._refused
             self._refused = self._refused or refused

@@ -60,8 +60,10 @@ class StoreHealth:
         """True while this process knows the store to be down (no round trip)."""
         return outage_for(self.app.broker).down
 
-    async def trouble(self) -> str | None:
-        """Why the store cannot be used now, in a few words; None when it can."""
+    async def trouble(self, writes: bool = True) -> str | None:
+        """Why the store cannot be used now, in a few words; None when it can. ``writes``:
+        for writes too (a store that only reads, such as a Redis master demoted to a
+        replica, cannot be used then; ``False``: for reads)."""
         task = self._probe
         loop = asyncio.get_running_loop()
         if task is None or task.done() or task.get_loop() is not loop:
@@ -73,7 +75,7 @@ class StoreHealth:
             return outage.reason or "the store does not answer"
         error = task.exception()
         if error is None:
-            return None
+            return outage.reason if writes and outage.down and outage.reads_work else None
         if isinstance(error, StoreUnavailable):
             return error.reason
         if self.app.broker.is_transient(error) or isinstance(error, ConfigurationError):
@@ -137,7 +139,8 @@ class StoreGate:
             path = route_path(scope)
             check = path == "/healthz" or (
                 path.startswith(STORE_PATHS) and self.health.known_down())
-            reason = await self.health.trouble() if check else None
+            writes = path == "/healthz" or scope.get("method") not in READS
+            reason = await self.health.trouble(writes) if check else None
             if reason is not None:
                 await _unavailable(scope, receive, send, reason, path == "/healthz")
                 return
@@ -167,7 +170,7 @@ class StoreGate:
                     break
                 if started:
                     continue  # answering: let it finish
-                reason = await self.health.trouble()
+                reason = await self.health.trouble(writes=False)
                 if reason is not None and not started:
                     answered = True
                     task.cancel()

@@ -96,12 +96,13 @@ BUSY_REPLIES = {
     "NOREPLICAS": "Redis has too few replicas in sync to write",
     "TRYAGAIN": "Redis asks to try again",
 }
-#: replies of a server demoted to a replica other than READONLY, by a part of their text:
-#: WAIT's refusal (``?replicas=N``: it may come before the write's own READONLY, or instead
-#: of it when the script wrote nothing), and the end of a blocking call (a WAIT, a BLPOP)
-#: under way at the demotion
-REPLICA_REPLIES = ("WAIT cannot be used with replica instances",
-                   "instance state changed (master -> replica?)")
+#: WAIT's refusal on a replica (``?replicas=N``): it may come before the write's own
+#: READONLY, or instead of it when the script wrote nothing
+WAIT_ON_REPLICA = "WAIT cannot be used with replica instances"
+#: the end of a blocking call (a WAIT, a BLPOP) under way when its server became a replica:
+#: a plain URL's master demoted (the same trouble as READONLY), but for a cluster client a
+#: failover the client follows by itself (not an outage)
+UNBLOCKED_ON_REPLICA = "instance state changed (master -> replica?)"
 #: Redis Cluster trouble that passes once a failover or a slot's move is over (redis-py
 #: follows a few redirections itself), by class; MovedError is an AskError
 CLUSTER_TROUBLE: dict[type[Exception], str] = {
@@ -257,6 +258,10 @@ class RedisBroker(Broker):
         self.url = url
         #: the replicas each write waits for (``?replicas=N``), if any
         self.wait = replicas.split(url)[1]
+        #: a replica at the URL when the store first opens is a wrong URL (see layout.py),
+        #: except for a tool that reads (see only_existing)
+        self.refuse_replica = True
+        self._cluster = deploy.kind(url) == deploy.CLUSTER
         self.retention = retention
         self.namespace = namespace
         #: the keys, under the hash tag ``{namespace}`` (or ``{tag}``: one shard of a
@@ -331,16 +336,30 @@ class RedisBroker(Broker):
 
     async def _probe_writes(self) -> None:
         """The store answered during an outage that reads do not end (a read-only replica):
-        end it only if a write (the ``writable`` probe) succeeds too."""
-        with contextlib.suppress(*RETRIED):
+        end it only if a write (the ``writable`` probe) succeeds too, or fails for another
+        reason than trouble of the store (an ACL that denies it: then the answer ends it, as
+        any answer ends another outage)."""
+        try:
             await self._conn().scripts["writable"](keys=[self.keys.probe], args=[])
-            self.outage.recovered(wrote=True)
+        except RETRIED as exc:
+            if self._probe_says_nothing(exc):
+                return
+        self.outage.recovered(wrote=True)
 
     def _probe_writes_blocking(self, scripts: deploy.Scripts) -> None:
         """:meth:`_probe_writes` on the blocking client."""
-        with contextlib.suppress(*RETRIED):
+        try:
             scripts.call("writable", [self.keys.probe], [])
-            self.outage.recovered(wrote=True)
+        except RETRIED as exc:
+            if self._probe_says_nothing(exc):
+                return
+        self.outage.recovered(wrote=True)
+
+    def _probe_says_nothing(self, error: BaseException) -> bool:
+        """Whether the write probe's ``error`` leaves the outage as it is: writes refused
+        still, or the store's trouble (not an error of the probe itself)."""
+        return (getattr(error, "store_reason", None) or _reason(error, self._cluster)) \
+            is not None
 
     def _retry_pause(self, error: BaseException, attempts: int, sent: float, deadline: float,
                      pause: float) -> float:
@@ -361,7 +380,7 @@ class RedisBroker(Broker):
         """Note trouble that may pass (and return True) of a call begun at ``sent``; False
         for an error reply that is not such trouble, which is raised as it is."""
         self._check_moved(error)
-        reason = getattr(error, "store_reason", None) or _reason(error)
+        reason = getattr(error, "store_reason", None) or _reason(error, self._cluster)
         if reason is None:
             if isinstance(error, ResponseError) and str(error).startswith("DB index"):
                 # the URL's database number is past the server's `databases`
@@ -389,17 +408,21 @@ class RedisBroker(Broker):
     def _unavailable(self, error: BaseException, sent: float | None = None) -> StoreUnavailable:
         """What callers see once retrying through ``error`` (of a try begun at ``sent``) is
         given up."""
-        reason = getattr(error, "store_reason", None) or _reason(error)
+        reason = getattr(error, "store_reason", None) or _reason(error, self._cluster)
         if reason == UNREACHABLE and _closed_unanswered(error):
             reason = CLOSED_UNANSWERED
         return StoreUnavailable(self.url, reason or UNREACHABLE, sent)
+
+    def only_existing(self) -> None:
+        self.refuse_replica = False
 
     def is_transient(self, error: BaseException) -> bool:
         if isinstance(error, MISCONFIGURED) or (
                 isinstance(error, MovedError) and deploy.kind(self.url) != deploy.CLUSTER):
             return False
         return isinstance(error, (*TRANSIENT, StoreUnavailable)) or (
-            isinstance(error, (ResponseError, *CLUSTER_ERRORS)) and _reason(error) is not None)
+            isinstance(error, (ResponseError, *CLUSTER_ERRORS))
+            and _reason(error, self._cluster) is not None)
 
     async def _cmd(self, command: str, *args: Any, **kwargs: Any) -> Any:
         """One Redis command, retried through connection trouble."""
@@ -439,7 +462,7 @@ class RedisBroker(Broker):
         keys = [k.layout, k.jobs, k.queues]
         for queue in queues:
             keys += [k.waiting(queue), k.sched(queue)]
-        return keys, [LAYOUT, layout.plain_client(self.url), *queues]
+        return keys, [LAYOUT, layout.plain_client(self.url, self.refuse_replica), *queues]
 
     def _layout_found(self, found: Any) -> None:
         """Refuse a namespace of a newer layout; else remember that it is checked."""
@@ -1560,16 +1583,18 @@ def _dropped(error: BaseException) -> bool:
             and not isinstance(error, (RedisTimeoutError, TimeoutError)))
 
 
-def _reason(error: BaseException) -> str | None:
+def _reason(error: BaseException, cluster: bool = False) -> str | None:
     """What ``error`` says about Redis in a few words, if it is trouble that may pass: the
     connection failing, or a reply refusing the work for now (out of memory, cannot
-    persist, ...); None for any other error."""
+    persist, ...); None for any other error. ``cluster``: the client is a Redis Cluster
+    client (see :data:`UNBLOCKED_ON_REPLICA`)."""
     for kind, reason in CLUSTER_TROUBLE.items():
         if isinstance(error, kind):
             return reason
     if isinstance(error, ResponseError):
         text = str(error)
-        if isinstance(error, ReadOnlyError) or any(r in text for r in REPLICA_REPLIES):
+        if isinstance(error, ReadOnlyError) or WAIT_ON_REPLICA in text or (
+                not cluster and UNBLOCKED_ON_REPLICA in text):
             return READ_ONLY  # (redis-py takes the word READONLY off its text)
         return BUSY_REPLIES.get(text.split(" ", 1)[0].upper())
     if isinstance(error, (RedisTimeoutError, TimeoutError)):

@@ -37,14 +37,18 @@ CLUSTER_NODE = -3
 REPLICA = -4
 
 
-def plain_client(url: str) -> str:
+def plain_client(url: str, refuse_replica: bool = True) -> str:
     """The layout scripts' flag for a client of ``url``: ``0`` for a Redis Cluster client,
     ``1`` for a Sentinel client (it follows no cluster redirections, so the scripts refuse
     a cluster node), ``2`` for a client of the one server its URL names (a replica there
-    is refused too: it would refuse every write until an operator promotes it)."""
+    is refused too: it would refuse every write until an operator promotes it), unless
+    ``refuse_replica`` is False (a tool that reads: ``1``)."""
     from conveyor.backends.redis import deploy
 
-    return {deploy.CLUSTER: "0", deploy.SENTINEL: "1"}.get(deploy.kind(url), "2")
+    kind = deploy.kind(url)
+    if kind == deploy.CLUSTER:
+        return "0"
+    return "2" if refuse_replica and kind != deploy.SENTINEL else "1"
 
 
 def cluster_node(url: str) -> ConfigurationError:

@@ -205,6 +205,9 @@ class ShardedRedisBroker(Broker):
     def last_trouble(self, value: float) -> None:
         self.home.last_trouble = value
 
+    def only_existing(self) -> None:
+        self.home.only_existing()
+
     def is_transient(self, error: BaseException) -> bool:
         return self.home.is_transient(error)
 
@@ -401,7 +404,8 @@ class ShardedRedisBroker(Broker):
             return
         k = self.home.keys
         raw = str(await self.home._script("shard_mark", [k.layout, k.jobs, k.queues],
-                                          [LAYOUT, layout.plain_client(self.home.url)]))
+                                          [LAYOUT, layout.plain_client(
+                                              self.home.url, self.home.refuse_replica)]))
         if raw == "cluster":
             raise layout.cluster_node(self.home.url)
         if raw == "replica":

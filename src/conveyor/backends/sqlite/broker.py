@@ -141,7 +141,7 @@ class SQLiteBroker(Broker):
         self.settings = Settings.from_url(url)
         check_directory(self.settings.path)
         self.ns = check_namespace(namespace)
-        #: False: open only an existing file (see conveyor.backends.require_existing)
+        #: False: open only an existing file (see only_existing)
         self.create = True
         self._writer = self._new_writer()
         self._local = threading.local()
@@ -342,6 +342,10 @@ class SQLiteBroker(Broker):
 
     def _closed(self) -> None:
         """The end of a close, before any use can open the store again (see memory.py)."""
+
+    def only_existing(self) -> None:
+        if self.url.lower().startswith("sqlite:"):  # (a memory: store is made, not opened)
+            self.create = False
 
     def is_transient(self, error: BaseException) -> bool:
         return isinstance(error, StoreUnavailable) or \
