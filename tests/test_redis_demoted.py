@@ -247,7 +247,8 @@ def test_a_url_naming_a_replica_is_refused_at_first_open(pair: Pair, tmp_path: P
     """A replica at the URL when the store is first opened is a wrong URL, not an outage
     to wait out: ``conveyor worker`` exits at once saying so, and an enqueue raises
     ConfigurationError (the namespace exists on the replica: nothing there is written);
-    a tool that only reads (``conveyor jobs``) reads the replica as before."""
+    a tool that only reads (``conveyor jobs``) reads the replica as before, and one that
+    changes what exists (``conveyor pause``) is refused at once as a worker is."""
     namespace = f"t{new_id().lower()}"
     app = Conveyor(namespace=namespace)
     app.use_url(pair.master.url)
@@ -270,6 +271,12 @@ def test_a_url_naming_a_replica_is_refused_at_first_open(pair: Pair, tmp_path: P
             capture_output=True, text=True, timeout=60, cwd=tmp_path, env=cli_env())
         assert listed.returncode == 0, listed.stderr  # a tool that reads takes a replica
         assert [job["name"] for job in json.loads(listed.stdout)] == ["noop"]
+        paused = subprocess.run(  # one that changes what exists does not
+            [sys.executable, "-m", "conveyor", "pause", "default", "--url", url,
+             "--namespace", namespace],
+            capture_output=True, text=True, timeout=60, cwd=tmp_path, env=cli_env())
+        assert paused.returncode == 1, paused.stderr
+        assert "this Redis is a read-only replica" in paused.stderr, paused.stderr
         producer = Conveyor(namespace=namespace)
         producer.use_url(url)
         try:
@@ -310,9 +317,11 @@ def test_a_cluster_clients_unblocked_call_is_no_read_only_outage() -> None:
     assert _reason(wait) == READ_ONLY
 
 
-def test_a_user_denied_the_probe_still_sees_the_outage_end(pair: Pair) -> None:
-    """An ACL user that may not run the write probe's DEL: the outage ends as any other,
-    once the promoted master answers (the probe's refusal is not the store's trouble)."""
+def test_an_acl_user_without_del_sees_the_outage_only_as_writes_see_it(pair: Pair) -> None:
+    """An ACL user that may not run DEL, which Conveyor does not need: the write probe
+    (an HDEL, which every enqueue runs) works for it, so a read during the demotion does
+    not end the outage (Redis checks a script's ACL before the replica's refusal), and the
+    first write after the promotion does."""
     for server in (pair.master, pair.other):
         Pair._call(server, "ACL", "SETUSER", "nodel", "on", ">pw", "~*", "&*", "+@all",
                    "-del")
@@ -324,6 +333,8 @@ def test_a_user_denied_the_probe_still_sees_the_outage_end(pair: Pair) -> None:
         pair.demote()
         _refused(lambda: app.enqueue_call("noop", [1], {}, force=True))
         assert outage.down and outage.reads_work
+        assert str(kept.info().state) == "queued"  # a read the replica serves
+        assert outage.down and outage.reason == READ_ONLY
         pair.promote()
         app.enqueue_call("noop", [2], {}, force=True)
         assert not outage.down

@@ -53,12 +53,12 @@ class MissingStore(ConfigurationError):
         self.path = path
 
 
-def require_existing(broker: Broker) -> Broker:
+def require_existing(broker: Broker, reads: bool = False) -> Broker:
     """Make ``broker`` (before it opens) use only a store that exists already: for read-only
     tools. An SQLite file is then never created; a missing one raises :class:`MissingStore`.
-    A Redis database always exists; a replica is then read as it is (see
-    :meth:`Broker.only_existing`)."""
-    broker.only_existing()
+    A Redis database always exists; with ``reads`` (a tool that only reads) a replica is
+    read as it is (see :meth:`Broker.only_existing`)."""
+    broker.only_existing(reads)
     return broker
 
 

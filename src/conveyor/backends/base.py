@@ -105,10 +105,10 @@ class Broker(abc.ABC):
         ``conveyor serve`` call it. Nothing to check by default."""
         return
 
-    def only_existing(self) -> None:
+    def only_existing(self, reads: bool = False) -> None:
         """Serve a tool that reads (or changes what exists) from now on, before the store
-        opens: create no store, and take a read-only copy of one (a Redis replica) as it
-        is. Nothing to change by default."""
+        opens: create no store; ``reads``: the tool only reads, so a read-only copy of one
+        (a Redis replica) is taken as it is. Nothing to change by default."""
         return
 
     def is_transient(self, error: BaseException) -> bool:

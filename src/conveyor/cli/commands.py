@@ -64,10 +64,15 @@ READ_ONLY = frozenset({"status", "jobs", "retry", "cancel", "stats", "jobs-known
                        "schedules", "priority", "pause", "resume", "cap"})
 
 
-def read_only(app: Conveyor) -> Conveyor:
-    """For commands that only read (or change existing jobs): never create the store; a
-    missing SQLite file is an error (see :func:`conveyor.backends.require_existing`)."""
-    require_existing(app.broker)
+#: those of them that only read: they read a Redis replica as they read its master
+READS = frozenset({"status", "jobs", "stats", "jobs-known"})
+
+
+def read_only(app: Conveyor, reads: bool = False) -> Conveyor:
+    """For commands that only read (``reads``) or change existing jobs: never create the
+    store; a missing SQLite file is an error (see
+    :func:`conveyor.backends.require_existing`)."""
+    require_existing(app.broker, reads)
     return app
 
 

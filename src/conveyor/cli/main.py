@@ -272,7 +272,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_top(args)
         app = resolve_app(getattr(args, "app", None), args.url, args.namespace)
         if args.command in commands.READ_ONLY:  # they never create a store
-            commands.read_only(app)
+            commands.read_only(app, reads=args.command in commands.READS)
         return asyncio.run(_run_command(COMMANDS[args.command], app, args))
     except CLIError as exc:
         errors.print(_error_line(str(exc), args), soft_wrap=True)

@@ -315,7 +315,7 @@ async def top(app: Conveyor, interval: float, once: bool, console: Console) -> i
 def run_top(args: argparse.Namespace) -> int:
     """``conveyor top``; Ctrl-C quits like ``q``."""
     app = resolve_app(args.app, args.url, args.namespace)
-    require_existing(app.broker)  # a view: it never creates a store
+    require_existing(app.broker, reads=True)  # a view: it never creates a store
     app.broker.retry_for = min(app.store_timeout, RETRY_FOR)
     quiet_for_commands()
     console = Console(highlight=False, markup=False, emoji=False)

@@ -337,8 +337,8 @@ class RedisBroker(Broker):
     async def _probe_writes(self) -> None:
         """The store answered during an outage that reads do not end (a read-only replica):
         end it only if a write (the ``writable`` probe) succeeds too, or fails for another
-        reason than trouble of the store (an ACL that denies it: then the answer ends it, as
-        any answer ends another outage)."""
+        reason than trouble of the store (an ACL that denies its HDEL denies enqueues too:
+        such a user has no writes to wait for, and the answer ends it as any other)."""
         try:
             await self._conn().scripts["writable"](keys=[self.keys.probe], args=[])
         except RETRIED as exc:
@@ -413,8 +413,9 @@ class RedisBroker(Broker):
             reason = CLOSED_UNANSWERED
         return StoreUnavailable(self.url, reason or UNREACHABLE, sent)
 
-    def only_existing(self) -> None:
-        self.refuse_replica = False
+    def only_existing(self, reads: bool = False) -> None:
+        if reads:
+            self.refuse_replica = False
 
     def is_transient(self, error: BaseException) -> bool:
         if isinstance(error, MISCONFIGURED) or (

@@ -115,8 +115,8 @@ Layout (``ns`` is the namespace, ``q`` a queue):
                                          expires when the session would have
 ``{ns}:layout``                 string   the storage layout of the namespace (see
                                          ``layout.py``)
-``{ns}:probe``                  (none)   never set: deleted by the write probe of a
-                                         read-only outage (``writable.lua``)
+``{ns}:probe``                  (none)   never set: the write probe of a read-only
+                                         outage deletes a field of it (``writable.lua``)
 ``{ns}:sched:def``              hash     schedule name -> its definition as JSON (see
                                          ``conveyor.schedules``), as workers publish it
 ``{ns}:sched:paused``           hash     schedule name -> 1 while it is paused

@@ -205,8 +205,8 @@ class ShardedRedisBroker(Broker):
     def last_trouble(self, value: float) -> None:
         self.home.last_trouble = value
 
-    def only_existing(self) -> None:
-        self.home.only_existing()
+    def only_existing(self, reads: bool = False) -> None:
+        self.home.only_existing(reads)
 
     def is_transient(self, error: BaseException) -> bool:
         return self.home.is_transient(error)

@@ -343,7 +343,7 @@ class SQLiteBroker(Broker):
     def _closed(self) -> None:
         """The end of a close, before any use can open the store again (see memory.py)."""
 
-    def only_existing(self) -> None:
+    def only_existing(self, reads: bool = False) -> None:
         if self.url.lower().startswith("sqlite:"):  # (a memory: store is made, not opened)
             self.create = False
 
