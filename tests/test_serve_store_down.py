@@ -89,6 +89,8 @@ def test_serve_listens_while_redis_is_down_and_serves_once_it_is_up(
         check_down(server.client.get("/queues"))
         check_down(server.client.get("/jobs"))
         check_down(server.client.post("/jobs/add", json={"args": [1, 2]}))
+        check_down(server.client.get("/schedules"))
+        check_down(server.client.post("/schedules/tick/pause"))
         assert server.client.get("/openapi.json").status_code == 200  # needs no store
         assert server.proc is not None and server.proc.poll() is None
 

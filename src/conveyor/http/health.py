@@ -37,7 +37,7 @@ PROBE_WAIT = 1.0
 #: seconds a client is told to wait before trying again
 RETRY_AFTER = 5
 #: paths of routes that need the store (below the point the API is mounted at)
-STORE_PATHS = ("/jobs", "/uploads", "/queues", "/ui/api/")
+STORE_PATHS = ("/jobs", "/uploads", "/queues", "/schedules", "/ui/api/")
 #: the methods that only read (their routes are bounded in time, see StoreGate)
 READS = ("GET", "HEAD")
 #: the worker id and queue the probe uses (no worker or queue has them: nothing changes)
