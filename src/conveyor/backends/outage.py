@@ -5,7 +5,7 @@ health check) reports trouble and success to the store's :class:`Outage`: the fi
 logs a WARNING naming the store and the cause; the first success after it logs an INFO
 saying how long the store was unavailable. What comes in between is not logged. An
 outage during which reads still work (a Redis master demoted to a read-only replica) is
-ended by a write only, or by its reason changing: a read that succeeds meanwhile says
+ended by a write only, whatever other trouble comes meanwhile: a read that succeeds says
 nothing of writes.
 
 A store that refuses a running process (a :class:`ConfigurationError` after it was open:

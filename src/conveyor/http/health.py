@@ -139,8 +139,8 @@ class StoreGate:
             path = route_path(scope)
             check = path == "/healthz" or (
                 path.startswith(STORE_PATHS) and self.health.known_down())
-            writes = path == "/healthz" or scope.get("method") not in READS
-            reason = await self.health.trouble(writes) if check else None
+            reason = await self.health.trouble(  # (/healthz: whether writes work too)
+                path == "/healthz" or scope.get("method") not in READS) if check else None
             if reason is not None:
                 await _unavailable(scope, receive, send, reason, path == "/healthz")
                 return

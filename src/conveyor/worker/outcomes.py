@@ -21,9 +21,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("conveyor.worker")
 
 NOT_JSON = "result is not JSON-serializable"
+INTERNAL = "internal error in the worker"
 #: seconds a job whose name its worker does not know waits for another worker (see unknown)
 UNKNOWN_WAIT = 30.0
-INTERNAL = "internal error in the worker"
 
 
 def _outcome(record: JobRecord, worker_id: str, kind: OutcomeKind, **fields: Any) -> Outcome:
@@ -194,7 +194,7 @@ def log_end(record: JobRecord, outcome: Outcome, job_fn: JobFunction[..., Any] |
             when += f" (at {iso_time(run_at)})"
         fields = _fields(record, worker_id, max_attempts=allowed, error=outcome.error,
                          next_run_at=iso_time(run_at))
-        if outcome.deferred and job_fn is None:
+        if outcome.unrun:
             log.warning("job %s (%s) is not registered in this worker: handed back for a "
                         "worker that knows it, %s (not charged; deferred %d of %d times)",
                         record.id, record.name, when, record.deferrals + 1, MAX_DEFERRALS,

@@ -358,8 +358,12 @@ class RedisBroker(Broker):
     def _probe_says_nothing(self, error: BaseException) -> bool:
         """Whether the write probe's ``error`` leaves the outage as it is: writes refused
         still, or the store's trouble (not an error of the probe itself)."""
-        return (getattr(error, "store_reason", None) or _reason(error, self._cluster)) \
-            is not None
+        return self._store_reason(error) is not None
+
+    def _store_reason(self, error: BaseException) -> str | None:
+        """What ``error`` says of the store, in a few words (see :func:`_reason`; an error
+        that names its own trouble, such as :class:`~.client.DemotedMaster`, says it)."""
+        return getattr(error, "store_reason", None) or _reason(error, self._cluster)
 
     def _retry_pause(self, error: BaseException, attempts: int, sent: float, deadline: float,
                      pause: float) -> float:
@@ -380,7 +384,7 @@ class RedisBroker(Broker):
         """Note trouble that may pass (and return True) of a call begun at ``sent``; False
         for an error reply that is not such trouble, which is raised as it is."""
         self._check_moved(error)
-        reason = getattr(error, "store_reason", None) or _reason(error, self._cluster)
+        reason = self._store_reason(error)
         if reason is None:
             if isinstance(error, ResponseError) and str(error).startswith("DB index"):
                 # the URL's database number is past the server's `databases`
@@ -408,7 +412,7 @@ class RedisBroker(Broker):
     def _unavailable(self, error: BaseException, sent: float | None = None) -> StoreUnavailable:
         """What callers see once retrying through ``error`` (of a try begun at ``sent``) is
         given up."""
-        reason = getattr(error, "store_reason", None) or _reason(error, self._cluster)
+        reason = self._store_reason(error)
         if reason == UNREACHABLE and _closed_unanswered(error):
             reason = CLOSED_UNANSWERED
         return StoreUnavailable(self.url, reason or UNREACHABLE, sent)
