@@ -242,7 +242,9 @@ def test_a_write_queued_behind_a_waiting_one_waits_no_longer_than_its_patience(
         holder.release()
         broker.close_blocking()
     assert 1.5 < first < 3.0, first
-    assert second < 3.0, second  # it came 0.1 s later: 2 s of patience, not 1.9 + 2
+    # it came 0.1 s later: 1.9 s behind the first, then the 1 s floor (2.9 s), not its whole
+    # patience on top (1.9 + 2 = 3.9 s); the bound leaves half a second to a loaded machine
+    assert second < 3.4, second
 
 
 def test_a_short_hold_is_no_trouble_and_the_pass_takes_what_had_lapsed(
