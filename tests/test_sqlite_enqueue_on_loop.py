@@ -18,7 +18,7 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -199,10 +199,26 @@ def test_a_lock_held_elsewhere_does_not_hold_the_loop(
     assert result == [None] and stored_row(tmp_path / "p.db", record.id) is not None
 
 
+def run_watching_a_file(main: Callable[[], Awaitable[None]]) -> None:
+    """Run ``main()`` on a new loop that watches a socket meanwhile (a server's loop: a
+    turn may have I/O to serve at any time)."""
+    loop = asyncio.new_event_loop()
+    ours, theirs = socket.socketpair()
+    loop.add_reader(ours, ours.recv, 16)
+    try:
+        loop.run_until_complete(main())
+    finally:
+        loop.remove_reader(ours)
+        loop.close()
+        ours.close()
+        theirs.close()
+
+
 def test_after_slow_writes_in_a_row_on_the_loop_writes_go_to_the_thread(
         producer: SQLiteBroker, monkeypatch: pytest.MonkeyPatch) -> None:
-    """One slow write alone (mostly a checkpoint of the small log) does not pause; two in a
-    row do, for LOOP_WRITE_PAUSE, doubling with each further one; a quick write ends it."""
+    """On a loop that has more to serve (here a watched socket), one slow write alone
+    (mostly a checkpoint of the small log) does not pause; two in a row do, for
+    LOOP_WRITE_PAUSE, doubling with each further one; a quick write ends it."""
     monkeypatch.setattr(writer_module, "LOOP_WRITE_MAX", 0.0)  # every write counts as slow
     seen = traced(producer)
     writer = producer._writer
@@ -211,14 +227,14 @@ def test_after_slow_writes_in_a_row_on_the_loop_writes_go_to_the_thread(
         for _ in range(3):
             await producer.enqueue([job()], {})
 
-    asyncio.run(three())  # slow, slow (a pause begins), then on the thread
+    run_watching_a_file(three)  # slow, slow (a pause begins), then on the thread
     assert inserts_by_thread(seen, producer._sql_insert) == {"loop": 2, "writer": 1}
     first_pause = writer._loop_writes_from - time.monotonic()
     assert 0 < first_pause <= writer_module.LOOP_WRITE_PAUSE
     seen.clear()
     with writer._conn_lock:  # the write thread answers before it lets the connection go
         writer._loop_writes_from = 0.0  # the pause over: the next is slow again, in a row
-    asyncio.run(three())
+    run_watching_a_file(three)
     assert inserts_by_thread(seen, producer._sql_insert) == {"loop": 1, "writer": 2}
     second_pause = writer._loop_writes_from - time.monotonic()
     assert second_pause > 1.5 * writer_module.LOOP_WRITE_PAUSE  # doubled
@@ -236,6 +252,27 @@ def test_after_slow_writes_in_a_row_on_the_loop_writes_go_to_the_thread(
 
     asyncio.run(one())
     assert writer._slow_loop_writes == 1 and writer._loop_writes_from == 0.0
+
+
+def test_a_pause_after_slow_writes_leaves_a_lone_caller_on_an_idle_loop_writing_on_it(
+        producer: SQLiteBroker, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A loop that could run nothing but its caller holds nobody during a slow write: the
+    pause sends none of its writes to the thread (whose hand-offs would cost the caller),
+    while a loop watching a socket has them sent there."""
+    monkeypatch.setattr(writer_module, "LOOP_WRITE_MAX", 0.0)  # every write counts as slow
+    seen = traced(producer)
+    writer = producer._writer
+
+    async def three() -> None:
+        for _ in range(3):
+            await producer.enqueue([job()], {})
+
+    asyncio.run(three())
+    assert inserts_by_thread(seen, producer._sql_insert) == {"loop": 3, "writer": 0}
+    assert writer._loop_writes_from > time.monotonic()  # a pause is under way
+    seen.clear()
+    run_watching_a_file(three)
+    assert inserts_by_thread(seen, producer._sql_insert) == {"loop": 0, "writer": 3}
 
 
 def test_a_loop_without_a_visible_ready_queue_hands_every_write_to_the_thread(

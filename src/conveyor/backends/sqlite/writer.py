@@ -62,7 +62,8 @@ LOCK_FLOOR = 1.0
 #: longer ones in a row (a slow disk; one alone is mostly the periodic checkpoint of a
 #: small log), awaited writes go to the write thread for :data:`LOOP_WRITE_PAUSE`
 #: seconds, doubling with each further slow one in a row up to
-#: :data:`LOOP_WRITE_PAUSE_MAX` (a disk whose every write is slow holds a loop rarely)
+#: :data:`LOOP_WRITE_PAUSE_MAX` (a disk whose every write is slow holds a loop rarely),
+#: unless the loop has nothing else to run then (a lone caller on an idle loop)
 LOOP_WRITE_MAX, LOOP_WRITE_PAUSE, LOOP_WRITE_PAUSE_MAX = 0.002, 0.1, 10.0
 #: bytes of write-ahead log past which no write runs on an event loop's thread: a commit may
 #: run the checkpoint that copies the log into the database, which takes as long as the log
@@ -366,8 +367,9 @@ class Writer:
         """:meth:`run_at_once` on the running event loop's thread, when nothing else on the
         loop is ready to run (a lone awaited caller, whose loop would only wait for the
         thread's answer), the log is small (:data:`LOOP_WAL_MAX`) and no pause is under way
-        after slow writes in a row (:data:`LOOP_WRITE_MAX`): the loop is held for quick
-        commits, and rarely for a slow one. None when it does not run (the caller then
+        after slow writes in a row (:data:`LOOP_WRITE_MAX`), unless the loop could run
+        nothing else (:meth:`_loop_idle`): the loop is held for quick commits, and for a
+        slow one rarely or when it holds nobody. None when it does not run (the caller then
         awaits :meth:`run`)."""
         loop, ready, _ = self._seen  # first: a loop with others ready (uvloop) pays no more
         if loop is not asyncio.get_running_loop():
@@ -377,7 +379,7 @@ class Writer:
         began = time.monotonic()
         if began - self._wal_checked_at >= LOOP_WAL_CHECK:
             self._read_wal_size(began)
-        if began < self._loop_writes_from or self._wal_was_big:
+        if self._wal_was_big or (began < self._loop_writes_from and not self._loop_idle()):
             return None
         result = None
         try:
@@ -392,6 +394,15 @@ class Writer:
                     self._loop_writes_from = ended + min(pause, LOOP_WRITE_PAUSE_MAX)
             elif result:  # a quick write (not a call that wrote nothing) ends a slow run
                 self._slow_loop_writes = 0
+
+    def _loop_idle(self) -> bool:
+        """Whether the running loop (the last seen) could run nothing but its caller's
+        task (see :func:`_nothing_else_can_run`): a slow write held there holds nobody, so
+        a pause after slow writes does not send its writes to the thread (whose two
+        hand-offs cost a lone caller on a slow disk more than a tenth of its rate)."""
+        loop, ready, watched = self._seen
+        return ready is not None and watched is not None \
+            and _nothing_else_can_run(loop, ready, watched)
 
     def _ready_queue(self) -> Sized | None:
         """The queue of callbacks ready to run of the running event loop (None for a loop
