@@ -535,7 +535,7 @@ class Conveyor:
         fsync: see the README's benchmarks.)"""
         outage = broker.outage
         if outage is None or outage.reason is not None:  # (reason: None while available)
-            outage_for(broker).recovered()
+            outage_for(broker).recovered(wrote=True)
         if self.metrics is not None:
             self.metrics.jobs_enqueued(records, held)
         if len(records) == 1 and held[0] is None:  # the commonest answer

@@ -91,9 +91,9 @@ PACKING_LOGGER = "conveyor.redis.packing"
 
 def quiet_for_commands() -> None:
     """For the CLI's commands (not worker or serve): a store that cannot be used is the
-    command's one error line, not a warning before it, and the advice to install hiredis is
-    for the processes that run on."""
-    logging.getLogger("conveyor.store").setLevel(logging.ERROR)
+    command's one error line, not a warning (or, for trouble that takes an operator, an
+    error) before it, and the advice to install hiredis is for the processes that run on."""
+    logging.getLogger("conveyor.store").setLevel(logging.CRITICAL)
     logging.getLogger(PACKING_LOGGER).setLevel(logging.ERROR)
 
 

@@ -81,8 +81,9 @@ class Outage:
         is when the failed call began: one that began before the store answered again (a
         connection left hanging by the outage, timing out after it) is not a new outage.
         ``refused``: the store answered but refuses this process (an ERROR, not a WARNING:
-        it takes an operator to mend), logged once per outage even when the outage began
-        as the store being out of reach (a restart that came back with other settings).
+        it takes an operator to mend: a SQLite file that cannot be written too), logged once
+        per outage even when the outage began as the store being out of reach (a restart
+        that came back with other settings).
         ``reads_work``: reads still work meanwhile, so only a write ends the outage (see
         :meth:`recovered`); kept until it ends, whatever other trouble comes meanwhile (a
         demoted server loading its new master's data answers as unreachable, then reads
@@ -100,8 +101,9 @@ class Outage:
             if self._since is None:
                 self._since = time.monotonic()
         if refused:
-            log.error("the store %s refuses this process: %s; trying again until it accepts",
-                      self.name, reason)
+            log.error("the store %s refuses this process: %s%s; trying again until it "
+                      "accepts", self.name, reason,
+                      f" ({detail})" if detail and detail != reason else "")
             return
         log.warning("cannot reach the store %s: %s%s", self.name, reason,
                     f" ({detail})" if detail and detail != reason else "")

@@ -76,6 +76,8 @@ class StoreHealth:
         error = task.exception()
         if error is None:
             return outage.reason if writes and outage.down and outage.reads_work else None
+        if not writes and outage.reads_work and getattr(self.app.broker, "ping", None) is None:
+            return None  # its probe was a write (SQLite), which says nothing of reads
         if isinstance(error, StoreUnavailable):
             return error.reason
         if self.app.broker.is_transient(error) or isinstance(error, ConfigurationError):
@@ -86,6 +88,7 @@ class StoreHealth:
         broker = self.app.broker
         outage = outage_for(broker)
         sent = time.monotonic()
+        wrote = False
         try:
             await opened(broker)
             ping = getattr(broker, "ping", None)
@@ -93,6 +96,7 @@ class StoreHealth:
                 await ping()
             elif outage.down:  # a write: a database that is locked or full still reads
                 await self._write_probe()
+                wrote = True
             else:
                 await broker.ready_count([PROBE_ID], 1)
         except Exception as exc:
@@ -101,7 +105,7 @@ class StoreHealth:
             elif not waits_out(broker, exc):  # noted (logged once per outage) if it does
                 log.error("checking the store failed: %s: %s", type(exc).__name__, exc)
             raise
-        outage.recovered(sent)  # a read that began before an outage does not end it
+        outage.recovered(sent, wrote)  # a read that began before an outage does not end it
 
     async def _write_probe(self) -> None:
         """Write a row and take it away again: what a worker's heartbeat does (its lease

@@ -405,7 +405,7 @@ class Worker:
                 await self._sleep(pause)
                 pause = min(pause * 2, 5.0)
             else:
-                outage_for(self.broker).recovered()
+                outage_for(self.broker).recovered(wrote=True)  # (its heartbeat wrote)
                 return True
         return False
 
@@ -442,7 +442,7 @@ class Worker:
                     log.exception("claim failed; retrying in 1s")
                 await self._sleep(1.0)
                 continue
-            outage_for(self.broker).recovered()
+            outage_for(self.broker).recovered(wrote=True)  # (a claim writes)
             throttled = self.broker.take_throttled() if self.limits else None
             if throttled and self.metrics is not None:
                 self.metrics.jobs_throttled(throttled)

@@ -35,7 +35,7 @@ from conveyor.backends.sqlite.schema import (
     job_from_row,
     worker_from_row,
 )
-from conveyor.backends.sqlite.trouble import unavailable_reason
+from conveyor.backends.sqlite.trouble import needs_new_connection, unavailable_reason
 from conveyor.backends.sqlite.writer import Writer, WriterStopped
 from conveyor.errors import (
     ConfigurationError,
@@ -151,6 +151,8 @@ class SQLiteBroker(Broker):
         #: (ReentrantWrite) rather than left waiting for itself
         self._open_lock = threading.RLock()
         self._opening_or_closing = False
+        #: a stop of the writer for a new connection is under way (see _renew_writer)
+        self._renewing = False
         #: every reader connection (one per thread that reads), with its thread and the lock
         #: held while it runs a statement (a close() waits for it: see :meth:`_using`)
         self._readers: list[tuple[threading.Thread, sqlite3.Connection, threading.Lock]] = []
@@ -278,6 +280,7 @@ class SQLiteBroker(Broker):
             self._local = threading.local()
             self._open_lock = threading.RLock()
             self._opening_or_closing = False
+            self._renewing = False
             self._readers_lock = threading.Lock()
             self._generation += 1
             self._pid = os.getpid()
@@ -376,7 +379,31 @@ class SQLiteBroker(Broker):
         if reason is None:
             raise error
         self.last_trouble = time.monotonic()
+        if needs_new_connection(error):
+            self._renew_writer()
         raise StoreUnavailable(self.url, reason, sent) from error
+
+    def _renew_writer(self) -> None:
+        """Stop the writer, whose connection can never write again (see
+        :func:`needs_new_connection`), so that the next write opens a new one: a file made
+        writable again by an operator is then written. Stopped on a thread of its own (it
+        finishes what it was given first: a caller on an event loop does not wait), one at
+        a time."""
+        with self._open_lock:
+            if self._renewing:
+                return
+            self._renewing = True
+
+        def stop() -> None:
+            try:
+                with self._open_lock, self._changing():
+                    if self._opened and self._pid == os.getpid():
+                        self._opened = False
+                        self._writer.stop()
+            finally:
+                self._renewing = False
+
+        threading.Thread(target=stop, name="conveyor-sqlite-renew", daemon=True).start()
 
     def _reader(self) -> sqlite3.Connection:
         """This thread's read connection, opened on first use and again after a close."""

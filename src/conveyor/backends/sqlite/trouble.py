@@ -17,13 +17,14 @@ from conveyor.backends.outage import outage_of, sqlite_key
 FULL = "the disk is full"
 LOCKED = "the database is locked"
 IO = "disk I/O error"
+READ_ONLY = "the database is read-only"
 
 #: primary SQLite result codes (the low byte of an extended code) of trouble that may pass
 _CODES = {
     sqlite3.SQLITE_BUSY: LOCKED,
     sqlite3.SQLITE_LOCKED: LOCKED,
     sqlite3.SQLITE_PROTOCOL: LOCKED,
-    sqlite3.SQLITE_READONLY: "the database is read-only",
+    sqlite3.SQLITE_READONLY: READ_ONLY,
     sqlite3.SQLITE_IOERR: IO,
     sqlite3.SQLITE_FULL: FULL,
     sqlite3.SQLITE_CANTOPEN: "cannot open the database file",
@@ -32,7 +33,7 @@ _CODES = {
 _MESSAGES = {
     "database is locked": LOCKED,
     "database table is locked": LOCKED,
-    "readonly database": "the database is read-only",
+    "readonly database": READ_ONLY,
     "disk i/o error": IO,
     "database or disk is full": FULL,
     "unable to open database": "cannot open the database file",
@@ -47,26 +48,53 @@ _ERRNOS = {
     errno.EACCES: "permission denied",
     errno.EPERM: "permission denied",
 }
+#: extended codes of a read-only database that passes by itself (another connection
+#: recovering the log, a lock it cannot take yet, a shared-memory file being set up, a hot
+#: journal): a plain read-only file, one moved away or a directory that refuses the journal
+#: takes an operator
+_PASSING_READ_ONLY = {sqlite3.SQLITE_READONLY_RECOVERY, sqlite3.SQLITE_READONLY_CANTLOCK,
+                      sqlite3.SQLITE_READONLY_ROLLBACK,
+                      sqlite3.SQLITE_READONLY_CANTINIT}
+#: reasons that take an operator (permissions, a read-only mount, a path that is a
+#: directory): logged as an ERROR, not a WARNING, though they are waited out the same way
+_LASTING = {READ_ONLY, "the file system is read-only", "the database path is a directory",
+            "permission denied"}
+#: the lasting reasons during which the file still reads: only a write ends such an outage
+#: (see :class:`~conveyor.backends.outage.Outage`), and reads are served meanwhile
+_READS_WORK = {READ_ONLY, "the file system is read-only"}
 
 
 def unavailable_reason(error: BaseException, path: Path) -> str | None:
     """What makes the store at ``path`` unusable, in a few words, if ``error`` is trouble
     that may pass; None for any other error."""
     reason: str | None = None
+    lasting = False
     if isinstance(error, sqlite3.OperationalError):
         code = getattr(error, "sqlite_errorcode", None)
         if code is not None:
             reason = _CODES.get(code & 0xFF)
+            lasting = reason in _LASTING and code not in _PASSING_READ_ONLY
         else:
             text = str(error).lower()
             reason = next((r for m, r in _MESSAGES.items() if m in text), None)
     elif isinstance(error, OSError) and error.errno is not None:
         reason = _ERRNOS.get(error.errno)
+        lasting = reason in _LASTING
     if reason == IO and _disk_full(path):  # e.g. no room to grow the shared-memory file
         reason = FULL
     if reason is not None:
-        outage_of(sqlite_key(path)).trouble(reason, str(error))
+        outage_of(sqlite_key(path)).trouble(reason, str(error), refused=lasting,
+                                            reads_work=lasting and reason in _READS_WORK)
     return reason
+
+
+def needs_new_connection(error: BaseException) -> bool:
+    """Whether a connection that met ``error`` can never write again, whatever is mended:
+    SQLite opens a file it cannot write then as read-only and keeps it so, and keeps a file
+    moved away or replaced; a new connection writes once the file can be written."""
+    return isinstance(error, sqlite3.OperationalError) and getattr(
+        error, "sqlite_errorcode", None) in (sqlite3.SQLITE_READONLY,
+                                             sqlite3.SQLITE_READONLY_DBMOVED)
 
 
 def _disk_full(path: Path) -> bool:
