@@ -1,6 +1,9 @@
-"""A process-executor job for tests/test_process_orphans.py that keeps a ledger: one fsynced
-line per tick naming its process, its attempt and the time. Its first attempt ticks for
-30 s (so that a copy left running would show), any later one briefly."""
+"""Process-executor jobs that keep a ledger (one fsynced line per tick naming its process,
+its attempt and the time): ``ticker`` for tests/test_process_orphans.py, whose first attempt
+ticks for 30 s (so that a copy left running would show) and any later one briefly;
+``finisher`` and ``waiter`` for tests/test_worker_fencing.py (the first attempt of
+``finisher`` ends after 2 s, ``waiter`` after ``ORPHANJOBS_WAIT`` seconds).
+``ORPHANJOBS_MAX_RECOVERIES`` sets the app's ``max_recoveries``."""
 
 from __future__ import annotations
 
@@ -10,7 +13,8 @@ from typing import Any
 
 from conveyor import Conveyor, JobContext
 
-app = Conveyor(lease=1.0)
+app = Conveyor(lease=1.0,
+               max_recoveries=int(os.environ.get("ORPHANJOBS_MAX_RECOVERIES", "3")))
 
 
 def _write(ledger: str, line: str) -> None:
@@ -28,6 +32,25 @@ def ticker(ledger: str, ctx: JobContext) -> int:
     for _ in range(1500 if ctx.attempt == 1 else 5):
         _write(ledger, f"{os.getpid()} {ctx.attempt} {time.time():.6f}\n")
         time.sleep(0.02)
+    return ctx.attempt
+
+
+@app.job(executor="process", retries=3, backoff=0.05)
+def finisher(ledger: str, ctx: JobContext) -> int:
+    """Tick once, then end: after 2 s in the first attempt, at once in any later one."""
+    _write(ledger, f"{os.getpid()} {ctx.attempt} {time.time():.6f}\n")
+    if ctx.attempt == 1:
+        time.sleep(2.0)
+        _write(ledger, f"{os.getpid()} {ctx.attempt} {time.time():.6f}\n")
+    return ctx.attempt
+
+
+@app.job(executor="process", retries=3, backoff=0.05)
+def waiter(ledger: str, ctx: JobContext) -> int:
+    """Note its start (its job's id, its attempt), then end: after ``ORPHANJOBS_WAIT``
+    seconds (0 if unset)."""
+    _write(ledger, f"{ctx.id} {ctx.attempt}\n")
+    time.sleep(float(os.environ.get("ORPHANJOBS_WAIT", "0")))
     return ctx.attempt
 
 

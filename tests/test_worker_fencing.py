@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -21,6 +23,8 @@ import pytest
 
 from conftest import TESTS, WorkerThread, cli_env
 from conveyor import Conveyor, JobContext, JobState
+from conveyor.ids import new_id
+from conveyor.job import JobRecord
 from polling import wait_until
 
 
@@ -184,3 +188,130 @@ def test_sqlite_leases_ignore_a_worker_clock_ahead(tmp_path: Path, db_url: str) 
         assert all(h.info().state is JobState.SUCCEEDED for h in handles)
     finally:
         app.close()
+
+
+def _orphanjobs_worker(url: str, namespace: str, log: Path, *options: str,
+                       **env: str) -> subprocess.Popen[bytes]:
+    """``conveyor worker orphanjobs:app`` (a 1 s lease) logging to ``log``."""
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "conveyor", "--log-level", "INFO", "worker", "orphanjobs:app",
+             "--url", url, "--namespace", namespace, *options],
+            cwd=TESTS, env=cli_env(**env), stdout=subprocess.DEVNULL, stderr=out)
+
+
+def _stop_holding_no_lock(proc: subprocess.Popen[bytes], url: str) -> None:
+    """SIGSTOP ``proc`` at a moment it holds no SQLite write lock (stopped inside a write,
+    it would hold every other process's writes, the recovery's too, until it resumes)."""
+    for _ in range(50):
+        proc.send_signal(signal.SIGSTOP)
+        if not url.startswith("sqlite"):
+            return
+        conn = sqlite3.connect(url.removeprefix("sqlite:///"), timeout=0.2,
+                               isolation_level=None)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("ROLLBACK")
+            return
+        except sqlite3.OperationalError:
+            proc.send_signal(signal.SIGCONT)
+            time.sleep(0.05)
+        finally:
+            conn.close()
+    raise AssertionError("the worker held the write lock at each of 50 stops")
+
+
+def test_an_attempt_that_ended_while_its_worker_was_stopped_is_logged_lost(
+        url: str, tmp_path: Path) -> None:
+    """A worker stopped (SIGSTOP) past its lease while its process job's child runs on and
+    ends: another worker recovers the job and runs it again; once resumed, the first
+    worker logs the ended attempt as no longer its own and drops its outcome, which the
+    store would ignore without a word (it used to be neither logged nor counted)."""
+    namespace = f"t{new_id().lower()}"
+    app = Conveyor(url=url, namespace=namespace)
+    ledger, first_log, second_log = tmp_path / "ledger", tmp_path / "a.log", tmp_path / "b.log"
+    handle = app.enqueue_call("finisher", [str(ledger)], {}, force=True)
+    first = _orphanjobs_worker(url, namespace, first_log)
+    second = None
+    try:
+        wait_until(lambda: ledger.exists() and ledger.read_text().count("\n") >= 1, 30,
+                   "the first attempt to start")
+        _stop_holding_no_lock(first, url)
+        second = _orphanjobs_worker(url, namespace, second_log)
+        info = wait_until(lambda: (r := handle.info()).is_final and r, 60,
+                          "the job to be recovered and run again")
+        # the first attempt's child ended meanwhile (its worker stopped, not dead)
+        wait_until(lambda: ledger.read_text().count("\n") >= 3, 10,
+                   "the first attempt to end")
+        first.send_signal(signal.SIGCONT)
+        wait_until(lambda: "ended, but is no longer this worker's" in first_log.read_text(),
+                   20, "the first worker to log its ended attempt as lost")
+        assert (info.state, handle.result()) == (JobState.SUCCEEDED, 2), second_log.read_text()
+        for worker in (first, second):
+            worker.send_signal(signal.SIGTERM)
+            assert worker.wait(30) == 0
+    finally:
+        for proc in (first, second):
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGCONT)
+                proc.kill()
+                proc.wait()
+        app.close()
+    log = first_log.read_text()
+    assert log.count("ended, but is no longer this worker's") == 1, log
+    assert "its outcome is dropped" in log, log
+    record = handle.info()  # the second attempt's outcome stands
+    assert (record.state, record.attempts, handle.result()) == (JobState.SUCCEEDED, 2, 2)
+
+
+def test_process_jobs_waiting_for_a_child_are_not_charged_when_their_worker_dies(
+        url: str, tmp_path: Path) -> None:
+    """A worker with more slots than process children: the jobs that wait in a slot for a
+    child never ran, so when the worker is SIGKILLed they come back uncharged (here
+    ``max_recoveries=1``: a charge sends a job to the dead set), while those that ran in a
+    child are charged as the rule says."""
+    children = os.cpu_count() or 1
+    count = children + 3
+    namespace = f"t{new_id().lower()}"
+    app = Conveyor(url=url, namespace=namespace)
+    ledger, first_log, second_log = tmp_path / "ledger", tmp_path / "a.log", tmp_path / "b.log"
+    handles = [app.enqueue_call("waiter", [str(ledger)], {}, force=True) for _ in range(count)]
+    slots = ("--min-workers", str(count), "--max-workers", str(count))
+    first = _orphanjobs_worker(url, namespace, first_log, *slots, ORPHANJOBS_MAX_RECOVERIES="1",
+                               ORPHANJOBS_WAIT="60")
+    second = None
+    try:
+        wait_until(lambda: ledger.exists() and ledger.read_text().count("\n") >= children,
+                   60, "every child to run a job")
+        wait_until(lambda: all(h.info().state is JobState.RUNNING for h in handles), 30,
+                   "every job to take a slot")
+        time.sleep(1.5)  # heartbeats in between: what the store was told of each job holds
+        first.kill()
+        first.wait()
+        ran = {line.split()[0] for line in ledger.read_text().splitlines()}
+        assert len(ran) == children  # one job per child, the others waiting for one
+        first_attempts = ledger.read_text()
+        second = _orphanjobs_worker(url, namespace, second_log, *slots,
+                                    ORPHANJOBS_MAX_RECOVERIES="1")
+
+        def ended() -> list[JobRecord] | None:
+            records = [h.info() for h in handles]
+            return records if all(r.is_final for r in records) else None
+
+        infos = wait_until(ended, 90, "every job to end after the recovery")
+        second.send_signal(signal.SIGTERM)
+        assert second.wait(30) == 0
+    finally:
+        for proc in (first, second):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        app.close()
+    dead = [i for i in infos if i.state is JobState.DEAD]
+    done = [i for i in infos if i.state is JobState.SUCCEEDED]
+    # the jobs that ran in a child were charged (and, at max_recoveries=1, are dead); the
+    # others never ran: back uncharged, then done
+    assert {i.id for i in dead} == ran, ([(i.id, i.state, i.error) for i in infos],
+                                         first_attempts)
+    assert len(done) == count - children, [(i.state, i.error) for i in infos]
+    assert all(i.recoveries == 0 for i in done), [(i.id, i.recoveries) for i in done]

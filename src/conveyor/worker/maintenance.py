@@ -75,6 +75,9 @@ class Maintenance:
         self._progress: dict[str, tuple[int, float, str | None]] = {}
         self._last_purge = 0.0
         self._scheduler: Scheduler | None = None
+        #: ``time.monotonic()`` when the last heartbeat that the store answered was sent:
+        #: the leases it renewed last at least a lease from then
+        self.renewed_at = time.monotonic()
 
     def start(self) -> None:
         """Start every loop on the running event loop."""
@@ -158,6 +161,7 @@ class Maintenance:
         begun, worker.begun = worker.begun, []
         held = worker.held()
         holding = {job_id: worker.holding(job_id) for job_id in held}
+        sent = time.monotonic()
         try:
             beat = await worker.broker.heartbeat(worker.info, held, worker.app.lease, begun)
         except BaseException as exc:
@@ -165,14 +169,30 @@ class Maintenance:
             if not isinstance(exc, asyncio.CancelledError):  # leases may lapse: see recovery
                 worker.broker.last_trouble = time.monotonic()
             raise
+        self.renewed_at = max(self.renewed_at, sent)
         for job_id in beat.lost:
             # the verdict is on what was held when the heartbeat was sent: not on a claim of
-            # the same job made since (this worker may claim a job it put back uncharged)
+            # the same job made since (this worker may claim a job it put back uncharged);
+            # an attempt that has ended since, its outcome not stored yet, is the same one
             now, then = worker.holding(job_id), holding.get(job_id)
-            if now is then or (isinstance(now, int) and now == then):
+            if now is then or (isinstance(now, int) and now == getattr(then, "claim", then)):
                 worker.lose(job_id)
         for job_id in beat.cancel:
             worker.cancel_job(job_id, "cancel")
+
+    async def renew_if_lapsing(self) -> bool:
+        """Send a heartbeat now when the leases were last renewed half a lease ago or more
+        (this worker was cut off from the store, stopped, or its event loop held): the
+        attempts the store gave to others meanwhile are then lost here (see
+        :meth:`Worker.lose`) before their outcomes are written. True when one was sent and
+        answered; trouble is left to the heartbeat loop, which logs it."""
+        if time.monotonic() - self.renewed_at < self.worker.app.lease / 2:
+            return False
+        try:
+            await self.heartbeat_once()
+        except Exception:
+            return False
+        return True
 
     async def autoscale_once(self) -> None:
         """Grow while all slots are busy and jobs wait; shrink after a quiet cooldown."""

@@ -116,7 +116,14 @@ class Worker:
         self.scaler = Autoscaler(min_workers, max_workers, cooldown=cooldown)
         self.grace = grace
         self.id = f"{socket.gethostname()}-{os.getpid()}-{new_id()[-6:].lower()}"
-        self.executors = Executors(max_workers, max_processes or os.cpu_count() or 1)
+        self.executors = Executors(max_workers, max_processes or os.cpu_count() or 1,
+                                   self._child_found)
+        #: the app has process jobs: a claim marks started only those a child can take
+        self._process_jobs = any(fn.options.executor == "process"
+                                 for fn in app.registry.values())
+        #: process jobs claimed unstarted, started in a slot but waiting for a child (job id
+        #: -> claim): marked started once one takes them (see _child_found)
+        self._awaiting_child: dict[str, int] = {}
         self.info = WorkerInfo(
             id=self.id,
             host=socket.gethostname(),
@@ -240,6 +247,15 @@ class Worker:
             self.lost += 1
             return
         entry = self.running.get(job_id)
+        if entry is None and job_id in self._settling:  # ended, its outcome not stored yet
+            log.warning("job %s (claim %d) ended, but is no longer this worker's (its lease "
+                        "was recovered meanwhile: it runs elsewhere); its outcome is dropped",
+                        job_id, self._settling[job_id])
+            self.lost += 1
+            self._supersede(job_id)
+            self._fill_slots()
+            self.wake()
+            return
         if entry is None or entry.task is None or entry.stop_reason is not None:
             return
         log.warning("job %s (attempt %d) is no longer this worker's (its lease was recovered "
@@ -434,6 +450,8 @@ class Worker:
                 await self._wake.wait()
                 continue
             free = max(0, size - busy - len(self.buffered))
+            if self._process_jobs:  # a process job waiting for a child has not started
+                free = min(free, max(0, self.executors.process_room() - len(self.buffered)))
             try:
                 jobs = await self.broker.claim(self.id, self.queues, want, lease, start=free,
                                                weights=self.weights, limits=self.limits)
@@ -559,8 +577,24 @@ class Worker:
             self._buffered_at.pop(record.id, None)
             if record.id in self._unstarted:
                 self._unstarted.discard(record.id)
-                self.begun.append((record.id, record.claim))
+                if self._runs_in_a_child(record):
+                    self._awaiting_child[record.id] = record.claim
+                else:
+                    self.begun.append((record.id, record.claim))
             self._start(record)
+
+    def _runs_in_a_child(self, record: JobRecord) -> bool:
+        """Whether ``record``'s job runs in a process child (it may wait for one)."""
+        job_fn = self.app.registry.get(record.name)
+        return job_fn is not None and job_fn.options.executor == "process"
+
+    def _child_found(self, job_id: str) -> None:
+        """A process job that waited for a child has one: it starts now, and the next
+        heartbeat tells the store (if it was claimed unstarted). A worker lost before then
+        charges it nothing: it never ran (it comes back a suspect, uncharged)."""
+        claim = self._awaiting_child.pop(job_id, None)
+        if claim is not None:
+            self.begun.append((job_id, claim))
 
     async def _idle(self, timeout: float = 1.0, lanes: bool = True) -> None:
         """Wait for new work, a stop request or a wake-up, whichever comes first (see
@@ -616,6 +650,7 @@ class Worker:
             raise
         finally:
             self._ends += 1
+            self._awaiting_child.pop(record.id, None)  # (ended without a child: never ran)
             # its slot stays taken until the store has its outcome: then the settler frees
             # it and starts the next job; only a lost attempt, or the end of a suspect that
             # ran alone, may let a buffered job start now
@@ -762,6 +797,11 @@ class Worker:
         time, so one bad outcome cannot hold back the others; an outcome refused alone
         :data:`SETTLE_TRIES` times is given up, and its job's lease brings it back as if this
         worker had died (at least once, bounded by ``max_recoveries``)."""
+        # leases that may have lapsed (this worker was cut off, stopped or its loop held):
+        # a heartbeat first, so that an outcome of an attempt recovered meanwhile is dropped
+        # and logged as lost (the store would ignore it without a word)
+        if await self.maintenance.renew_if_lapsing() and self._superseded:
+            batch = [o for o in batch if id(o) not in self._superseded]
         try:
             # the last progress reports first, so a finished job shows where it ended
             await self.maintenance.flush_progress()

@@ -205,8 +205,13 @@ def _describe_exit(code: int | None) -> str:
 class ProcessPool:
     """Up to ``max_processes`` reusable child processes that run jobs with hard timeouts."""
 
-    def __init__(self, max_processes: int) -> None:
+    def __init__(self, max_processes: int,
+                 on_child: Callable[[str], None] | None = None) -> None:
         self.max_processes = max(1, max_processes)
+        #: called with a job's id once it has a child to run in (until then it waits)
+        self.on_child = on_child
+        #: the runs under way: running in a child or waiting for one
+        self.runs = 0
         self._ctx = multiprocessing.get_context("spawn")
         self._slots = asyncio.Semaphore(self.max_processes)
         self._idle: list[_Child] = []
@@ -227,8 +232,24 @@ class ProcessPool:
         except NotSerializable as exc:
             raise RemoteError("NotSerializable", f"the job's record is not JSON: {exc}", "",
                               True, None, False) from None
+        self.runs += 1
+        try:
+            reply = await self._run_in_child(payload, record, timeout, on_progress)
+        finally:
+            self.runs -= 1
+        if reply[0] == "ok":
+            return reply[1]
+        _, type_name, message, tb, permanent, retry_delay, retry, limited = reply
+        raise RemoteError(type_name, message, tb, permanent, retry_delay, retry, limited)
+
+    async def _run_in_child(self, payload: bytes, record: JobRecord, timeout: float | None,
+                            on_progress: Callable[[float, str | None], None]) -> list[Any]:
+        """Send ``payload`` to a child once one is free (:attr:`on_child` is told) and
+        return its answer; kill the child past ``timeout`` or when cancelled."""
         child = await self._acquire()
         try:
+            if self.on_child is not None:
+                self.on_child(record.id)
             try:
                 async with asyncio.timeout(timeout):
                     reply = await self._exchange(child, payload, record.id, on_progress)
@@ -244,10 +265,7 @@ class ProcessPool:
             self._idle.append(child)
         finally:
             self._slots.release()
-        if reply[0] == "ok":
-            return reply[1]
-        _, type_name, message, tb, permanent, retry_delay, retry, limited = reply
-        raise RemoteError(type_name, message, tb, permanent, retry_delay, retry, limited)
+        return reply
 
     async def close(self) -> None:
         """Terminate every child (idle or busy) and wait for them to exit."""
