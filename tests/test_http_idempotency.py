@@ -50,11 +50,18 @@ def test_a_different_request_with_the_key_is_422(server: Server) -> None:
     first = post_job(server, "k", args=[1])
     assert first.status_code == 202
     for name, call in (("add", {"args": [2]}), ("add", {"args": [1], "delay": 5}),
-                       ("boom", {"args": [1]})):
+                       ("add", {"args": [1], "priority": 3}), ("boom", {"args": [1]})):
         response = post_job(server, "k", name, **call)
         assert response.status_code == 422, response.text
         assert "Idempotency-Key" in response.json()["error"]
     assert server.job_ids() == [first.json()["id"]]
+    # a priority is part of the request: another one is another request, the same one is not
+    ranked = post_job(server, "k-ranked", args=[1], priority=-5)
+    assert ranked.status_code == 202, ranked.text
+    assert post_job(server, "k-ranked", args=[1], priority=-5).json() == ranked.json()
+    other = post_job(server, "k-ranked", args=[1], priority=10)
+    assert other.status_code == 422, other.text
+    assert server.client.get(f"/jobs/{ranked.json()['id']}").json()["priority"] == -5
 
 
 def test_a_refused_request_frees_its_key(server: Server) -> None:

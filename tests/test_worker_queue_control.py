@@ -10,8 +10,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from conveyor import Conveyor, JobState
+from conveyor import ConfigurationError, Conveyor, JobState
 from conveyor.ids import new_id
+from conveyor.job import JobRecord
 from conveyor.testing import WorkerThread
 from polling import wait_until
 
@@ -64,3 +65,25 @@ def test_pause_stops_claims_and_resume_starts_them(apps: tuple[Conveyor, Conveyo
     finally:
         release.set()
         worker.stop()
+
+
+def test_a_queue_no_job_may_enter_is_not_made_by_its_settings(
+        apps: tuple[Conveyor, Conveyor]) -> None:
+    """Pausing, resuming or capping a queue whose name every enqueue refuses is refused
+    too (it made a queue listed for ever that no job could enter), unless the store knows
+    the queue already: one stored before names were checked further can be controlled."""
+    _, admin = apps
+    for act in (lambda: admin.pause("a b"), lambda: admin.resume("x,y"),
+                lambda: admin.set_max_queued("a/b", 3)):
+        with pytest.raises(ConfigurationError, match="without whitespace"):
+            act()
+    assert admin.queue_settings() == {}
+    now = time.time()
+    old = JobRecord(new_id(), "legacy", "old queue", JobState.QUEUED, [], {}, now, now)
+    admin.run_sync(admin.broker.enqueue([old], {}))  # (the store takes what it is given)
+    admin.pause("old queue")
+    admin.set_max_queued("old queue", 5)
+    settings = admin.queue_settings()["old queue"]
+    assert (settings.paused, settings.max_queued) == (True, 5)
+    admin.resume("old queue")
+    assert admin.queue_settings()["old queue"].paused is False

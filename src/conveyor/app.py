@@ -182,9 +182,9 @@ class Conveyor:
         (``None`` removes the cap). The app's own caps (``max_queued=``) hold beside it:
         the smaller wins. Capping a queue the store does not know yet (no job, no
         settings) past ``max_queues`` raises :class:`~conveyor.errors.TooManyQueues`."""
-        queue, limit = existing_queue_name(queue), check_limit(limit)
+        limit = check_limit(limit)
         await self.broker.open()
-        await self.broker.set_max_queued(queue, limit)
+        await self.broker.set_max_queued(await self._controllable(queue), limit)
 
     def set_max_queued(self, queue: str, limit: int | None) -> None:
         """Blocking :meth:`set_max_queued_async`."""
@@ -195,7 +195,7 @@ class Conveyor:
         enqueues are still accepted. Pausing a queue the store does not know yet (no job,
         no settings) past ``max_queues`` raises :class:`~conveyor.errors.TooManyQueues`."""
         await self.broker.open()
-        await self.broker.set_paused(existing_queue_name(queue), True)
+        await self.broker.set_paused(await self._controllable(queue), True)
 
     def pause(self, queue: str) -> None:
         """Blocking :meth:`pause_async`."""
@@ -204,11 +204,25 @@ class Conveyor:
     async def resume_async(self, queue: str) -> None:
         """Resume a paused ``queue`` (its idle workers are woken)."""
         await self.broker.open()
-        await self.broker.set_paused(existing_queue_name(queue), False)
+        await self.broker.set_paused(await self._controllable(queue), False)
 
     def resume(self, queue: str) -> None:
         """Blocking :meth:`resume_async`."""
         self.run_sync(self.resume_async(queue))
+
+    async def _controllable(self, queue: object) -> str:
+        """``queue`` for pausing, resuming or capping (the store open): a name a job may
+        take (:func:`~conveyor.queues.check_queue_name`), or one the store knows already
+        (it holds jobs or has settings: a queue stored before names were checked further
+        can still be controlled); else raise :class:`ConfigurationError`, so that no
+        setting makes a queue no job can enter."""
+        name = existing_queue_name(queue)
+        try:
+            return check_queue_name(name)
+        except ConfigurationError:
+            if name in await self.broker.queue_settings() or name in await self.broker.counts():
+                return name
+            raise
 
     async def queue_settings_async(self) -> dict[str, QueueSettings]:
         """The queues paused or capped in the store, by name."""

@@ -30,6 +30,10 @@ from cronsim import CronSim, CronSimError
 
 from conveyor.errors import ConfigurationError
 
+#: the longest ``every=`` a schedule takes: a year (a longer one would never be seen to fire,
+#: and its next tick would not fit the stores' integers for long)
+MAX_EVERY = 365 * 86400
+
 #: schedule names: 1 to 64 letters, digits, ``_ . -``, starting with a letter or digit
 SCHEDULE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
@@ -101,9 +105,10 @@ class Timing:
         if every is not None:
             if isinstance(every, bool) or not isinstance(every, int | float):
                 raise ConfigurationError(f"every must be a number of seconds, got {every!r}")
-            if not math.isfinite(every) or every != int(every) or every < 1:
+            if not math.isfinite(every) or every != int(every) or not 1 <= every <= MAX_EVERY:
                 raise ConfigurationError(
-                    f"every must be a whole number of seconds >= 1, got {every!r}"
+                    f"every must be a whole number of seconds from 1 to {MAX_EVERY} (a year), "
+                    f"got {every!r}"
                 )
             seconds = int(every)
         if cron is not None and not isinstance(cron, str):

@@ -257,8 +257,11 @@ class Services:
         asked = call.options
         if idempotency_key is None:  # the app gives the job a new id unless one was asked
             return await self._enqueue(name, call.args, call.kwargs, asked)
+        # (a priority only when given: a request without one keeps the identity it had
+        # before priorities were part of it)
         digest = idempotency.digest_of("job", name, call.args, call.kwargs, asked.delay,
-                                       asked.queue, asked.job_id)
+                                       asked.queue, asked.job_id,
+                                       *(() if asked.priority is None else (asked.priority,)))
         return await idempotency.once(
             self.app, idempotency_key, digest, asked.job_id,
             lambda job_id: self._enqueue(name, call.args, call.kwargs,
