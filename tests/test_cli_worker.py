@@ -223,3 +223,39 @@ def test_help_exits_0(cli: CLI, command: list[str]) -> None:
 def test_no_command_is_a_usage_error(cli: CLI) -> None:
     err = cli.fail(url=None, code=2)
     assert "usage: conveyor" in err and "required: COMMAND" in err
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["enqueue", "add", "--priority", "11"],
+     "conveyor enqueue: error: argument --priority: a priority is a whole number from -10 "
+     "to 10, not '11' (see conveyor enqueue --help)"),
+    (["priority", "06H0HQQS1DPDNNKJ7KG6WTC19R", "-11"],
+     "conveyor priority: error: argument -10..10: a priority is a whole number from -10 to "
+     "10, not '-11' (see conveyor priority --help)"),
+    (["worker", "clijobs:app", "--max-workers", "0"],
+     "conveyor worker: error: argument --max-workers: must be at least 1 "
+     "(see conveyor worker --help)"),
+    (["jobs", "--bogus"],
+     "conveyor: error: unrecognized arguments: --bogus (see conveyor --help)"),
+])
+def test_a_bad_argument_is_one_line(cli: CLI, argv: list[str], message: str) -> None:
+    err = cli.fail(*argv, code=2)
+    assert err.splitlines() == [message], err
+
+
+def test_a_reader_that_stops_reading_ends_a_command_quietly(cli: CLI, db_url: str) -> None:
+    """``conveyor jobs --json | head -c 100``: the reader goes, the command ends with exit 1
+    and nothing on stderr (it printed a traceback)."""
+    app = Conveyor(url=db_url)
+    for n in range(200):
+        app.enqueue_call("add", [n, "x" * 500], {}, force=True)
+    app.close()
+    command = [sys.executable, "-m", "conveyor", "jobs", "--limit", "200", "--json",
+               "--url", db_url]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=cli_env(), cwd=cli.cwd)
+    assert proc.stdout is not None and proc.stderr is not None
+    assert len(proc.stdout.read(100)) == 100
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(60) == 1 and err == "", err

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import select
 import sqlite3
 import sys
 from collections.abc import Awaitable, Callable, Sequence
+from typing import NoReturn
 
 from conveyor.app import Conveyor
 from conveyor.cli import commands, known, queues
@@ -67,11 +70,21 @@ def logging_options(parser: argparse.ArgumentParser, top: bool = False) -> None:
                        "message and job fields (default text)")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser whose errors are one line (the command, the error, where help is)
+    instead of the command's usage first; ``conveyor`` alone still shows its usage."""
+
+    def error(self, message: str) -> NoReturn:
+        if self.prog == "conveyor" and "COMMAND" in message:
+            self.print_usage(sys.stderr)
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The whole command-line grammar."""
     from conveyor import __version__
 
-    parser = argparse.ArgumentParser(
+    parser: argparse.ArgumentParser = _Parser(
         prog="conveyor", description="Durable background jobs: run workers and the HTTP API, "
         "enqueue and inspect jobs, measure.")
     parser.add_argument("--version", action="version", version=f"conveyor {__version__}")
@@ -246,7 +259,32 @@ def _error_line(message: str, args: argparse.Namespace) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``conveyor`` command; returns the exit code."""
+    """Entry point of the ``conveyor`` command; returns the exit code. A reader that stops
+    reading the output (``conveyor stats | head -3``) ends the command quietly, exit 1."""
+    try:
+        code = _main(argv)
+        sys.stdout.flush()  # (what is left in the buffer meets a closed pipe here)
+        return code
+    except BrokenPipeError:
+        if not _output_unread():
+            raise  # another pipe than the output's
+        # say nothing more to it (the flush at exit would fail again)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+
+
+def _output_unread() -> bool:
+    """Whether standard output is a pipe whose reader has gone (poll says POLLERR)."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll here, or no such file
+        return False
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    """:func:`main`, its output's pipe left to it."""
     argv = list(sys.argv[1:] if argv is None else argv)
     for position, arg in enumerate(argv, 1):
         if not is_utf8(arg):  # bytes the locale could not decode: no name or id holds them
