@@ -267,3 +267,19 @@ def test_producers_without_the_code_follow_what_workers_publish(url: str) -> Non
     finally:
         producer.close()
         worker_app.close()
+
+
+def test_a_capped_job_without_groups_shows_one_row(url: str) -> None:
+    """Its jobs are kept in one lane of their own: no group row repeats its total."""
+    app = Conveyor(url=url, namespace=f"t{new_id().lower()}")
+    try:
+        @app.job(concurrency=3)
+        def capped_alone(n: int) -> None: ...
+
+        for n in range(5):
+            capped_alone.enqueue(n)
+        rows = app.run_sync(app.limit_usage_async())
+        assert rows == [{"name": "capped_alone", "group": None, "running": 0, "cap": 3,
+                         "ready": 5, "throttled": 0, "rate": None}]
+    finally:
+        app.close()

@@ -291,3 +291,20 @@ def test_queue_settings_are_gauges(app: Conveyor) -> None:
     app.run_sync(metrics.refresh_queues(app.broker, force=True))
     s = parse(metrics.render().decode())
     assert value(s, "conveyor_queue_paused", queue="held") == 0
+
+
+def test_a_capped_job_without_groups_has_one_running_sample(app: Conveyor) -> None:
+    """Its jobs are kept in one group named "": its row would repeat the total's label set
+    (``group=""``), which an exposition must not hold twice."""
+    @app.job(concurrency=2)
+    def capped_alone(n: int) -> None: ...
+
+    for n in range(3):
+        capped_alone.enqueue(n)
+    metrics = Metrics()
+    metrics.watch_limits(["capped_alone"])
+    app.run_sync(metrics.refresh_queues(app.broker, force=True))
+    text = metrics.render().decode()
+    lines = [line for line in text.splitlines()
+             if line.startswith("conveyor_limit_running{") and "capped_alone" in line]
+    assert lines == ['conveyor_limit_running{group="",name="capped_alone"} 0.0'], text

@@ -260,8 +260,8 @@ def usage_rows(limits: Mapping[str, JobLimits],
     rows = []
     for use in usage:
         limit = limits.get(use.name)
-        if limit is None:
-            continue
+        if limit is None or (use.group is not None and limit.group_by is None):
+            continue  # (a job without groups keeps its jobs in one, the total's)
         total = use.group is None
         cap = limit.concurrency if total else limit.group_concurrency
         rate = limit.rate if total else limit.group_rate

@@ -94,6 +94,8 @@ class _QueueCollector(Collector):
                                     "busiest groups only; refreshed with the queue depths)",
                                     labels=("name", "group"))
         for usage in self.usage:
+            if usage.group == "":  # the total's label set (a job without groups keeps its
+                continue  # jobs in one group, named ""): one sample per label set
             running.add_metric((usage.name, usage.group or ""), usage.running)
         yield running
 
