@@ -193,3 +193,22 @@ def test_odd_stored_values_are_listed_as_unreadable(sapp: Conveyor, db_url: str,
     assert (refused.returncode, refused.stdout) == (1, "")
     assert "its stored definition cannot be read" in refused.stderr
     assert refused.stderr.count("\n") == 1
+
+
+def test_the_next_run_shown_follows_the_clock_when_no_worker_moved_it_on() -> None:
+    """A next tick stored long ago (no worker ran the schedule since: all stopped, or it was
+    paused and resumed meanwhile) is shown as the timing's next tick after now; an
+    orphaned schedule, which never fires, shows none; an odd definition, what is stored."""
+    from conveyor.schedules import ScheduleState
+
+    now = 1_800_000_030.0
+    state = ScheduleState("often", {"job": "noop", "cron": None, "every": 60},
+                          next_tick=1_700_000_040.0, seen_at=now)
+    assert state.next_run(now) == 1_800_000_060.0
+    assert state.to_dict(now)["next_run"] == "2027-01-15T08:01:00Z"
+    ahead = ScheduleState("often", state.definition, next_tick=now + 5, seen_at=now)
+    assert ahead.next_run(now) == now + 5  # stored and still to come: as stored
+    orphan = ScheduleState("often", state.definition, next_tick=now + 5, seen_at=now - 3600)
+    assert orphan.next_run(now) is None
+    odd = ScheduleState("odd", {"job": "noop", "cron": 5}, next_tick=1.0, seen_at=now)
+    assert odd.next_run(now) == 1.0

@@ -51,6 +51,8 @@ def test_pause_stops_the_ticks_and_resume_starts_them_again(server: Server) -> N
     wait_until(lambda: fired(server), 20, "the every-second schedule to fire")
     paused = server.client.post("/schedules/often/pause")
     assert paused.status_code == 200 and paused.json()["paused"] is True
+    # the answer shows the schedule as the listing does (its last job's state too)
+    assert paused.json()["last_job_state"] is not None, paused.json()
     time.sleep(1.5)  # a round that read the schedule before the pause may still fire
     quiet_from = time.time()
     last = schedules(server)["often"]["last_job"]

@@ -39,11 +39,14 @@ async def list_schedules(app: Conveyor) -> list[dict[str, Any]]:
     await broker.open()
     states = await broker.schedules()
     now = await broker.schedule_clock()
-    found = []
-    for state in states:
-        record = await broker.get(state.last_job) if state.last_job else None
-        found.append(state.to_dict(now, None if record is None else str(record.state)))
-    return found
+    return [await _shown(app, state, now) for state in states]
+
+
+async def _shown(app: Conveyor, state: ScheduleState, now: float) -> dict[str, Any]:
+    """``state`` as JSON-ready data, with the state of its last job (None when there is
+    none or it is gone)."""
+    record = await app.broker.get(state.last_job) if state.last_job else None
+    return state.to_dict(now, None if record is None else str(record.state))
 
 
 def unreadable_text(data: dict[str, Any], key: str, text: str) -> str:
@@ -70,7 +73,7 @@ async def set_paused(app: Conveyor, name: str, paused: bool) -> dict[str, Any]:
         if SCHEDULE_NAME.fullmatch(name) else None
     if state is None:
         raise _missing(app, name)
-    return state.to_dict(await app.broker.schedule_clock())
+    return await _shown(app, state, await app.broker.schedule_clock())
 
 
 async def run_now(app: Conveyor, name: str) -> str:

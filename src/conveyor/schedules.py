@@ -109,6 +109,24 @@ class ScheduleState:
         """The name of the job it enqueues."""
         return str(self.definition.get("job", "?"))
 
+    def next_run(self, now: float) -> float | None:
+        """When it fires next as far as one can tell at ``now``: None for an orphaned one
+        (it never fires); the stored next tick, or, when that has passed (no worker has
+        run it since), the first tick of its timing after ``now`` (a worker that comes
+        back fires at most the latest missed tick, within grace, at once)."""
+        if self.orphaned(now):
+            return None
+        stored = self.next_tick
+        if stored is not None and stored > now:
+            return stored
+        d = self.definition
+        try:
+            timing = Timing.parse(cron=d.get("cron"), every=d.get("every"),
+                                  tz=d.get("tz", "UTC"))
+            return float(timing.next_after(now))
+        except (ConfigurationError, TypeError, ValueError, OverflowError):
+            return stored  # (an odd definition: what is stored, never an error)
+
     def to_dict(self, now: float, last_state: str | None = None) -> dict[str, Any]:
         """JSON-ready data for people and programs (times as ISO 8601 text); the fields
         that could not be read are listed in ``unreadable``."""
@@ -119,7 +137,7 @@ class ScheduleState:
             "kwargs": self.definition.get("kwargs", {}),
             "queue": self.definition.get("queue"),
             "overlap": self.definition.get("overlap", "allow"),
-            "paused": self.paused, "next_run": iso(self.next_tick),
+            "paused": self.paused, "next_run": iso(self.next_run(now)),
             "last_run": iso(tick_of(self.last_job)), "last_job": self.last_job,
             "last_tick": iso(self.last_tick),
             "last_job_state": last_state, "seen_at": iso(self.seen_at),
