@@ -92,6 +92,8 @@ def test_serve_listens_while_redis_is_down_and_serves_once_it_is_up(
         check_down(server.client.get("/schedules"))
         check_down(server.client.post("/schedules/tick/pause"))
         assert server.client.get("/openapi.json").status_code == 200  # needs no store
+        # OPTIONS reads nothing of the store: answered as when it is up (no such method)
+        assert server.client.options("/jobs").status_code == 405
         assert server.proc is not None and server.proc.poll() is None
 
         redis_later.start()

@@ -141,8 +141,9 @@ class StoreGate:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             path = route_path(scope)
-            check = path == "/healthz" or (
-                path.startswith(STORE_PATHS) and self.health.known_down())
+            check = path == "/healthz" or (  # (OPTIONS reads nothing of the store)
+                path.startswith(STORE_PATHS) and scope.get("method") != "OPTIONS"
+                and self.health.known_down())
             reason = await self.health.trouble(  # (/healthz: whether writes work too)
                 path == "/healthz" or scope.get("method") not in READS) if check else None
             if reason is not None:
