@@ -21,7 +21,7 @@ from conveyor import Conveyor, JobContext, RateLimited, Retry
 from conveyor.bounds import DEFAULT_MAX_DELAY, MAX_DEPTH, MAX_HORIZON, MAX_NAME
 from conveyor.errors import ConfigurationError, InvalidArguments
 from conveyor.ids import new_id
-from conveyor.job import JobState
+from conveyor.job import JobRecord, JobState
 from conveyor.options import EnqueueOptions
 from conveyor.testing import WorkerThread
 from http_server import Server
@@ -162,8 +162,14 @@ def test_the_longest_and_oddest_allowed_names(plain: Conveyor) -> None:
 
 
 def test_a_queue_stored_before_the_charset_held_can_still_be_paused(plain: Conveyor) -> None:
-    plain.pause("old queue/with, separators")
-    assert plain.queue_settings()["old queue/with, separators"].paused
+    odd = "old queue/with, separators"
+    with pytest.raises(ConfigurationError):  # a name no job may take, unknown to the store
+        plain.pause(odd)
+    now = time.time()
+    stored = JobRecord(new_id(), "take", odd, JobState.QUEUED, [], {}, now, now)
+    plain.run_sync(plain.broker.enqueue([stored], {}))  # (as an older version stored it)
+    plain.pause(odd)
+    assert plain.queue_settings()[odd].paused
 
 
 # -- what a job asks for -----------------------------------------------------------------------

@@ -208,6 +208,8 @@ def test_the_next_run_shown_follows_the_clock_when_no_worker_moved_it_on() -> No
     assert state.to_dict(now)["next_run"] == "2027-01-15T08:01:00Z"
     ahead = ScheduleState("often", state.definition, next_tick=now + 5, seen_at=now)
     assert ahead.next_run(now) == now + 5  # stored and still to come: as stored
+    due = ScheduleState("often", state.definition, next_tick=now - 1, seen_at=now)
+    assert due.next_run(now) == now - 1  # due, about to fire: as stored
     orphan = ScheduleState("often", state.definition, next_tick=now + 5, seen_at=now - 3600)
     assert orphan.next_run(now) is None
     odd = ScheduleState("odd", {"job": "noop", "cron": 5}, next_tick=1.0, seen_at=now)

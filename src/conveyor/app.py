@@ -549,7 +549,8 @@ class Conveyor:
         fsync: see the README's benchmarks.)"""
         outage = broker.outage
         if outage is None or outage.reason is not None:  # (reason: None while available)
-            outage_for(broker).recovered(wrote=True)
+            outage_for(broker).recovered(  # (an enqueue whose keys were all held wrote nothing)
+                wrote=broker.writes_prove_writable and None in held)
         if self.metrics is not None:
             self.metrics.jobs_enqueued(records, held)
         if len(records) == 1 and held[0] is None:  # the commonest answer

@@ -71,6 +71,11 @@ class Schedule:
                 "queue": self.queue, "overlap": self.overlap, "grace": self.grace}
 
 
+#: seconds a stored next tick may be past and still be shown: a live worker fires a due
+#: tick within a round of its scheduler (a second)
+DUE_SLACK = 5.0
+
+
 @dataclass(slots=True)
 class ScheduleState:
     """A schedule as the store keeps it: its definition (as published, see
@@ -117,7 +122,7 @@ class ScheduleState:
         if self.orphaned(now):
             return None
         stored = self.next_tick
-        if stored is not None and stored > now:
+        if stored is not None and stored > now - DUE_SLACK:  # (due, firing this round)
             return stored
         d = self.definition
         try:

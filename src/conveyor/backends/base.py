@@ -96,6 +96,10 @@ class Broker(abc.ABC):
     #: unreachable, locked or full); 0.0 if never. Lease recovery waits one lease after it,
     #: so that workers cut off by the same outage renew their leases first.
     last_trouble: float = 0.0
+    #: a claim that took jobs or an enqueue that stored one proves that the store takes
+    #: writes (as on SQLite): it ends an outage during which reads work; a broker that
+    #: checks writes itself then (Redis: see its write probe) leaves it False
+    writes_prove_writable: bool = False
     #: this store's :class:`~conveyor.backends.outage.Outage` in this process (set on first
     #: use by :func:`~conveyor.backends.outage.outage_for`)
     outage: Outage | None = None

@@ -269,16 +269,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not _output_unread():
             raise  # another pipe than the output's
         # say nothing more to it (the flush at exit would fail again)
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
         return 1
 
 
 def _output_unread() -> bool:
-    """Whether standard output is a pipe whose reader has gone (poll says POLLERR)."""
+    """Whether standard output is a pipe whose reader has gone (poll says POLLERR, or on
+    some systems POLLHUP)."""
     try:
         poller = select.poll()
         poller.register(sys.stdout.fileno(), select.POLLOUT)
-        return any(events & select.POLLERR for _, events in poller.poll(0))
+        gone = select.POLLERR | select.POLLHUP
+        return any(events & gone for _, events in poller.poll(0))
     except (AttributeError, OSError, ValueError):  # no poll here, or no such file
         return False
 

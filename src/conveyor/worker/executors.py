@@ -115,16 +115,11 @@ class Executors:
                  on_child: Callable[[str], None] | None = None) -> None:
         # ``max_threads`` is kept for callers; the worker's slots bound thread jobs.
         self._threads = JobThreads()
-        self._max_processes = max(1, max_processes)
+        #: the most child processes the process jobs run in
+        self.max_processes = max(1, max_processes)
         self._processes: ProcessPool | None = None
         #: told a process job's id once it has a child to run in (see ProcessPool.on_child)
         self._on_child = on_child
-
-    def process_room(self) -> int:
-        """How many more process jobs would find a child at once (not counting children
-        still to be started: each is started for the job that needs it)."""
-        pool = self._processes
-        return self._max_processes - (0 if pool is None else pool.runs)
 
     def run(self, job_fn: JobFunction[..., Any], ctx: JobContext) -> Awaitable[Any]:
         """One attempt, to await; it raises :class:`JobTimeout` past the job's timeout.
@@ -179,7 +174,7 @@ class Executors:
         if self._processes is None:
             from conveyor.worker.process_pool import ProcessPool
 
-            self._processes = ProcessPool(self._max_processes, self._on_child)
+            self._processes = ProcessPool(self.max_processes, self._on_child)
         staged = job_fn.staged_path(ctx.id)
         return await self._processes.run(
             job_fn.fn.__module__,

@@ -34,7 +34,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from conveyor import logs
-from conveyor.backends.outage import waits_out
+from conveyor.backends.outage import outage_for, waits_out
 from conveyor.worker import outcomes, shutdown
 
 if TYPE_CHECKING:
@@ -174,6 +174,7 @@ class Maintenance:
             # the verdict is on what was held when the heartbeat was sent: not on a claim of
             # the same job made since (this worker may claim a job it put back uncharged);
             # an attempt that has ended since, its outcome not stored yet, is the same one
+            # (one whose outcome was sent is left to it: see Worker.lose)
             now, then = worker.holding(job_id), holding.get(job_id)
             if now is then or (isinstance(now, int) and now == getattr(then, "claim", then)):
                 worker.lose(job_id)
@@ -184,9 +185,11 @@ class Maintenance:
         """Send a heartbeat now when the leases were last renewed half a lease ago or more
         (this worker was cut off from the store, stopped, or its event loop held): the
         attempts the store gave to others meanwhile are then lost here (see
-        :meth:`Worker.lose`) before their outcomes are written. True when one was sent and
+        :meth:`Worker.lose`) before their outcomes are written. Not during a known outage
+        of the store (the settle would wait for it twice). True when one was sent and
         answered; trouble is left to the heartbeat loop, which logs it."""
-        if time.monotonic() - self.renewed_at < self.worker.app.lease / 2:
+        if time.monotonic() - self.renewed_at < self.worker.app.lease / 2 \
+                or outage_for(self.worker.broker).down:  # (the heartbeat loop waits it out)
             return False
         try:
             await self.heartbeat_once()

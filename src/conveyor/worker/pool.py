@@ -164,6 +164,10 @@ class Worker:
         self._outcomes: list[Outcome] = []
         #: the batch of outcomes being written now
         self._writing: list[Outcome] = []
+        #: the jobs whose outcomes were sent to the store and are not known to be stored
+        #: yet (on their way, or their reply lost, their wait unconfirmed): the store may
+        #: have them, so a heartbeat that finds such a job gone does not make it lost
+        self.sent: set[str] = set()
         #: ids (``id()``) of outcomes of the batch being written not to write again: their
         #: job was claimed anew by this worker, so the store has them already (or has moved
         #: the job on without them); cleared when the batch's write ends
@@ -247,7 +251,10 @@ class Worker:
             self.lost += 1
             return
         entry = self.running.get(job_id)
-        if entry is None and job_id in self._settling:  # ended, its outcome not stored yet
+        if entry is None and job_id in self._settling and job_id not in self.sent:
+            # ended, its outcome not sent yet (one sent may be stored: a heartbeat that
+            # crossed the settle at the store, or met it after a reply was lost, would call
+            # a stored outcome lost)
             log.warning("job %s (claim %d) ended, but is no longer this worker's (its lease "
                         "was recovered meanwhile: it runs elsewhere); its outcome is dropped",
                         job_id, self._settling[job_id])
@@ -421,7 +428,7 @@ class Worker:
                 await self._sleep(pause)
                 pause = min(pause * 2, 5.0)
             else:
-                outage_for(self.broker).recovered(wrote=True)  # (its heartbeat wrote)
+                outage_for(self.broker).recovered(wrote=self.broker.writes_prove_writable)
                 return True
         return False
 
@@ -451,7 +458,7 @@ class Worker:
                 continue
             free = max(0, size - busy - len(self.buffered))
             if self._process_jobs:  # a process job waiting for a child has not started
-                free = min(free, max(0, self.executors.process_room() - len(self.buffered)))
+                free = min(free, max(0, self._children_free() - len(self.buffered)))
             try:
                 jobs = await self.broker.claim(self.id, self.queues, want, lease, start=free,
                                                weights=self.weights, limits=self.limits)
@@ -460,7 +467,9 @@ class Worker:
                     log.exception("claim failed; retrying in 1s")
                 await self._sleep(1.0)
                 continue
-            outage_for(self.broker).recovered(wrote=True)  # (a claim writes)
+            # (a claim that took nothing wrote nothing)
+            outage_for(self.broker).recovered(
+                wrote=self.broker.writes_prove_writable and bool(jobs))
             throttled = self.broker.take_throttled() if self.limits else None
             if throttled and self.metrics is not None:
                 self.metrics.jobs_throttled(throttled)
@@ -519,6 +528,7 @@ class Worker:
         self._superseded.update(id(o) for o in self._writing if o.job_id == job_id)
         self._outcomes = [o for o in self._outcomes if o.job_id != job_id]
         self._settling.pop(job_id, None)
+        self.sent.discard(job_id)
 
     async def _isolate(self) -> None:
         """Before a suspect starts alone, hand the other buffered jobs back to the store
@@ -582,6 +592,13 @@ class Worker:
                 else:
                     self.begun.append((record.id, record.claim))
             self._start(record)
+
+    def _children_free(self) -> int:
+        """How many more process jobs would find a child at once: the pool's size less
+        the process jobs running (in a child, or in their slot waiting for one)."""
+        taken = sum(1 for entry in self.running.values() if entry.job_fn is not None
+                    and entry.job_fn.options.executor == "process")
+        return self.executors.max_processes - taken
 
     def _runs_in_a_child(self, record: JobRecord) -> bool:
         """Whether ``record``'s job runs in a process child (it may wait for one)."""
@@ -650,7 +667,8 @@ class Worker:
             raise
         finally:
             self._ends += 1
-            self._awaiting_child.pop(record.id, None)  # (ended without a child: never ran)
+            if self._awaiting_child.get(record.id) == record.claim:  # (not a later claim's)
+                del self._awaiting_child[record.id]  # ended without a child: never ran
             # its slot stays taken until the store has its outcome: then the settler frees
             # it and starts the next job; only a lost attempt, or the end of a suspect that
             # ran alone, may let a buffered job start now
@@ -783,6 +801,8 @@ class Worker:
         up (their leases bring the jobs back); those put back to try again keep theirs."""
         waiting = {o.job_id for o in self._outcomes}
         freed = {o.job_id for o in batch} - waiting
+        if self.sent:
+            self.sent.difference_update(freed)
         if not freed.isdisjoint(self._settling):
             for job_id in freed:
                 self._settling.pop(job_id, None)
@@ -805,7 +825,7 @@ class Worker:
         try:
             # the last progress reports first, so a finished job shows where it ended
             await self.maintenance.flush_progress()
-            await self.broker.settle(batch)
+            await self._settle(batch)
         except Exception as exc:
             if self._passing(exc, batch):
                 await asyncio.sleep(0.5)
@@ -814,6 +834,12 @@ class Worker:
                           logs.plural(len(batch), "outcome"))
             return [done for outcome in batch for done in await self._write_alone(outcome)]
         return batch
+
+    async def _settle(self, batch: list[Outcome]) -> None:
+        """Send ``batch`` to the store, its jobs in :attr:`sent` from now until the store
+        is known to have their outcomes (see :meth:`_free_settled`)."""
+        self.sent.update(o.job_id for o in batch)
+        await self.broker.settle(batch)
 
     def _passing(self, exc: Exception, batch: list[Outcome]) -> bool:
         """True (and ``batch`` back in line) when ``exc`` is trouble that may pass, or the
@@ -832,7 +858,7 @@ class Worker:
             if id(outcome) in self._superseded:
                 return []
             try:
-                await self.broker.settle([outcome])
+                await self._settle([outcome])
             except Exception as exc:
                 if self._passing(exc, [outcome]):
                     await asyncio.sleep(0.5)

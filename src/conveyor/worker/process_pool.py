@@ -210,8 +210,6 @@ class ProcessPool:
         self.max_processes = max(1, max_processes)
         #: called with a job's id once it has a child to run in (until then it waits)
         self.on_child = on_child
-        #: the runs under way: running in a child or waiting for one
-        self.runs = 0
         self._ctx = multiprocessing.get_context("spawn")
         self._slots = asyncio.Semaphore(self.max_processes)
         self._idle: list[_Child] = []
@@ -232,11 +230,7 @@ class ProcessPool:
         except NotSerializable as exc:
             raise RemoteError("NotSerializable", f"the job's record is not JSON: {exc}", "",
                               True, None, False) from None
-        self.runs += 1
-        try:
-            reply = await self._run_in_child(payload, record, timeout, on_progress)
-        finally:
-            self.runs -= 1
+        reply = await self._run_in_child(payload, record, timeout, on_progress)
         if reply[0] == "ok":
             return reply[1]
         _, type_name, message, tb, permanent, retry_delay, retry, limited = reply

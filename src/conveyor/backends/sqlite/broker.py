@@ -135,6 +135,8 @@ if hasattr(os, "register_at_fork"):
 class SQLiteBroker(Broker):
     """Jobs in ``{namespace}_jobs`` of one SQLite file; see :mod:`.writer` for the commits."""
 
+    writes_prove_writable = True
+
     def __init__(self, url: str, namespace: str = "conveyor", retention: float = 7 * 86400):
         self.url = url
         self.retention = retention
@@ -151,8 +153,8 @@ class SQLiteBroker(Broker):
         #: (ReentrantWrite) rather than left waiting for itself
         self._open_lock = threading.RLock()
         self._opening_or_closing = False
-        #: a stop of the writer for a new connection is under way (see _renew_writer)
-        self._renewing = False
+        #: held while the writer is renewed for a new connection (see _renew_writer)
+        self._renewing_lock = threading.Lock()
         #: every reader connection (one per thread that reads), with its thread and the lock
         #: held while it runs a statement (a close() waits for it: see :meth:`_using`)
         self._readers: list[tuple[threading.Thread, sqlite3.Connection, threading.Lock]] = []
@@ -280,7 +282,7 @@ class SQLiteBroker(Broker):
             self._local = threading.local()
             self._open_lock = threading.RLock()
             self._opening_or_closing = False
-            self._renewing = False
+            self._renewing_lock = threading.Lock()
             self._readers_lock = threading.Lock()
             self._generation += 1
             self._pid = os.getpid()
@@ -335,12 +337,7 @@ class SQLiteBroker(Broker):
             if self._opened:
                 self._opened = False
                 self._writer.stop()
-            with self._readers_lock:
-                readers, self._readers = self._readers, []
-                self._generation += 1
-            for _, conn, lock in readers:
-                with lock:  # never under a statement another thread runs on it
-                    conn.close()
+            self._let_go_of_readers()
             self._closed()
 
     def _closed(self) -> None:
@@ -385,25 +382,35 @@ class SQLiteBroker(Broker):
 
     def _renew_writer(self) -> None:
         """Stop the writer, whose connection can never write again (see
-        :func:`needs_new_connection`), so that the next write opens a new one: a file made
-        writable again by an operator is then written. Stopped on a thread of its own (it
-        finishes what it was given first: a caller on an event loop does not wait), one at
-        a time."""
-        with self._open_lock:
-            if self._renewing:
-                return
-            self._renewing = True
+        :func:`needs_new_connection`), and let go of the readers (a file moved away or
+        replaced: they would read the old one), so that the next use opens new ones: a
+        file made writable again by an operator is then written. Done on a thread of its
+        own (the writer finishes what it was given first: a caller on an event loop does
+        not wait), one at a time."""
+        if not self._renewing_lock.acquire(False):  # one under way: it serves this one too
+            return
 
-        def stop() -> None:
+        def renew() -> None:
             try:
                 with self._open_lock, self._changing():
                     if self._opened and self._pid == os.getpid():
                         self._opened = False
                         self._writer.stop()
+                    self._let_go_of_readers()
             finally:
-                self._renewing = False
+                self._renewing_lock.release()
 
-        threading.Thread(target=stop, name="conveyor-sqlite-renew", daemon=True).start()
+        threading.Thread(target=renew, name="conveyor-sqlite-renew", daemon=True).start()
+
+    def _let_go_of_readers(self) -> None:
+        """Close every reader connection (each thread opens a new one at its next read),
+        waiting for a statement under way on it."""
+        with self._readers_lock:
+            readers, self._readers = self._readers, []
+            self._generation += 1
+        for _, conn, lock in readers:
+            with lock:  # never under a statement another thread runs on it
+                conn.close()
 
     def _reader(self) -> sqlite3.Connection:
         """This thread's read connection, opened on first use and again after a close."""

@@ -379,7 +379,8 @@ class Writer:
         began = time.monotonic()
         if began - self._wal_checked_at >= LOOP_WAL_CHECK:
             self._read_wal_size(began)
-        if self._wal_was_big or (began < self._loop_writes_from and not self._loop_idle()):
+        if self._wal_was_big or (began < self._loop_writes_from
+                                 and not self._loop_idle(ready)):
             return None
         result = None
         try:
@@ -395,14 +396,14 @@ class Writer:
             elif result:  # a quick write (not a call that wrote nothing) ends a slow run
                 self._slow_loop_writes = 0
 
-    def _loop_idle(self) -> bool:
-        """Whether the running loop (the last seen) could run nothing but its caller's
-        task (see :func:`_nothing_else_can_run`): a slow write held there holds nobody, so
-        a pause after slow writes does not send its writes to the thread (whose two
-        hand-offs cost a lone caller on a slow disk more than a tenth of its rate)."""
-        loop, ready, watched = self._seen
-        return ready is not None and watched is not None \
-            and _nothing_else_can_run(loop, ready, watched)
+    def _loop_idle(self, ready: Sized) -> bool:
+        """Whether the running loop (of ready queue ``ready``) could run nothing but its
+        caller's task (see :func:`_nothing_else_can_run`): a slow write held there holds
+        nobody, so a pause after slow writes does not send its writes to the thread (whose
+        two hand-offs cost a lone caller on a slow disk more than a tenth of its rate)."""
+        seen, _, watched = self._seen  # (another thread's loop may have written since)
+        return seen is asyncio.get_running_loop() and watched is not None \
+            and _nothing_else_can_run(seen, ready, watched)
 
     def _ready_queue(self) -> Sized | None:
         """The queue of callbacks ready to run of the running event loop (None for a loop
