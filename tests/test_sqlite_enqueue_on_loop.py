@@ -199,6 +199,15 @@ def test_a_lock_held_elsewhere_does_not_hold_the_loop(
     assert result == [None] and stored_row(tmp_path / "p.db", record.id) is not None
 
 
+def enqueues(producer: SQLiteBroker, count: int) -> Callable[[], Awaitable[None]]:
+    """A coroutine function that awaits ``count`` enqueues of one job, one after another."""
+    async def run() -> None:
+        for _ in range(count):
+            await producer.enqueue([job()], {})
+
+    return run
+
+
 def run_watching_a_file(main: Callable[[], Awaitable[None]]) -> None:
     """Run ``main()`` on a new loop that watches a socket meanwhile (a server's loop: a
     turn may have I/O to serve at any time)."""
@@ -223,9 +232,7 @@ def test_after_slow_writes_in_a_row_on_the_loop_writes_go_to_the_thread(
     seen = traced(producer)
     writer = producer._writer
 
-    async def three() -> None:
-        for _ in range(3):
-            await producer.enqueue([job()], {})
+    three = enqueues(producer, 3)
 
     run_watching_a_file(three)  # slow, slow (a pause begins), then on the thread
     assert inserts_by_thread(seen, producer._sql_insert) == {"loop": 2, "writer": 1}
@@ -263,9 +270,7 @@ def test_a_pause_after_slow_writes_leaves_a_lone_caller_on_an_idle_loop_writing_
     seen = traced(producer)
     writer = producer._writer
 
-    async def three() -> None:
-        for _ in range(3):
-            await producer.enqueue([job()], {})
+    three = enqueues(producer, 3)
 
     asyncio.run(three())
     assert inserts_by_thread(seen, producer._sql_insert) == {"loop": 3, "writer": 0}
@@ -280,9 +285,7 @@ def test_a_loop_without_a_visible_ready_queue_hands_every_write_to_the_thread(
     uvloop = pytest.importorskip("uvloop", reason="uvloop is not installed here")
     seen = traced(producer)
 
-    async def three() -> None:
-        for _ in range(3):
-            await producer.enqueue([job()], {})
+    three = enqueues(producer, 3)
 
     uvloop.run(three())
     assert inserts_by_thread(seen, producer._sql_insert) == {"loop": 0, "writer": 3}
