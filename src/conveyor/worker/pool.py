@@ -119,8 +119,7 @@ class Worker:
         self.executors = Executors(max_workers, max_processes or os.cpu_count() or 1,
                                    self._child_found)
         #: the app has process jobs: a claim marks started only those a child can take
-        self._process_jobs = any(fn.options.executor == "process"
-                                 for fn in app.registry.values())
+        self._process_jobs = any(map(_in_a_child, app.registry.values()))
         #: process jobs claimed unstarted, started in a slot but waiting for a child (job id
         #: -> claim): marked started once one takes them (see _child_found)
         self._awaiting_child: dict[str, int] = {}
@@ -587,7 +586,7 @@ class Worker:
             self._buffered_at.pop(record.id, None)
             if record.id in self._unstarted:
                 self._unstarted.discard(record.id)
-                if self._runs_in_a_child(record):
+                if _in_a_child(self.app.registry.get(record.name)):
                     self._awaiting_child[record.id] = record.claim
                 else:
                     self.begun.append((record.id, record.claim))
@@ -596,14 +595,8 @@ class Worker:
     def _children_free(self) -> int:
         """How many more process jobs would find a child at once: the pool's size less
         the process jobs running (in a child, or in their slot waiting for one)."""
-        taken = sum(1 for entry in self.running.values() if entry.job_fn is not None
-                    and entry.job_fn.options.executor == "process")
+        taken = sum(1 for entry in self.running.values() if _in_a_child(entry.job_fn))
         return self.executors.max_processes - taken
-
-    def _runs_in_a_child(self, record: JobRecord) -> bool:
-        """Whether ``record``'s job runs in a process child (it may wait for one)."""
-        job_fn = self.app.registry.get(record.name)
-        return job_fn is not None and job_fn.options.executor == "process"
 
     def _child_found(self, job_id: str) -> None:
         """A process job that waited for a child has one: it starts now, and the next
@@ -909,3 +902,8 @@ def _bind(
         return await middleware(ctx, call_next)
 
     return layer
+
+
+def _in_a_child(job_fn: JobFunction[..., Any] | None) -> bool:
+    """Whether the job runs in a process child (where it may wait for one to be free)."""
+    return job_fn is not None and job_fn.options.executor == "process"
