@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 import typing
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from typing import (
     TYPE_CHECKING,
@@ -224,8 +224,11 @@ class JobFunction(Generic[P, R]):
                 raise InvalidArguments(f"job {self.name!r}: {why}")
             if len(self._fitting_shapes) < 64:
                 self._fitting_shapes.add(shape)
-        if not kwargs and type(kwargs) is dict:  # the commonest call, one call shorter
-            return _encoded_arguments(self.name, args), "{}"
+        if not kwargs and type(kwargs) is dict and type(args) is tuple:  # the commonest call
+            try:  # (as _encoded_arguments, one call shorter)
+                return encode_value(args, "an argument", wrapped=True), "{}"
+            except NotSerializable as exc:
+                raise _not_json(self.name, exc) from None
         return self.check_json(self.name, args, kwargs)
 
     @staticmethod
@@ -242,9 +245,7 @@ class JobFunction(Generic[P, R]):
             return (_encoded_arguments(name, args),
                     encode_value(dict(kwargs), "an argument", wrapped=True))
         except NotSerializable as exc:
-            raise InvalidArguments(
-                f"job {name!r}: arguments must be JSON-serializable ({exc})"
-            ) from None
+            raise _not_json(name, exc) from None
 
     # -- enqueueing -----------------------------------------------------------------------------
     def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> JobHandle[R]:
@@ -253,9 +254,11 @@ class JobFunction(Generic[P, R]):
         Every argument goes to the job; per-call options go through :meth:`enqueue_with`."""
         return self.app.enqueue_call(self.name, args, kwargs)
 
-    async def enqueue_async(self, *args: P.args, **kwargs: P.kwargs) -> JobHandle[R]:
-        """Awaitable :meth:`enqueue`."""
-        return await self.app.enqueue_call_async(self.name, args, kwargs)
+    def enqueue_async(self, *args: P.args,
+                      **kwargs: P.kwargs) -> Coroutine[Any, Any, JobHandle[R]]:
+        """Awaitable :meth:`enqueue`: the coroutine of the app's enqueue itself (a layer of
+        coroutine less on the path of every awaited call)."""
+        return self.app.enqueue_call_async(self.name, args, kwargs)
 
     def enqueue_with(self, args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None = None,
                      options: EnqueueOptions | None = None,
@@ -294,8 +297,11 @@ def _encoded_arguments(name: str, args: Sequence[Any]) -> str:
         return encode_value(args if type(args) is list or type(args) is tuple else list(args),
                             "an argument", wrapped=True)
     except NotSerializable as exc:
-        raise InvalidArguments(
-            f"job {name!r}: arguments must be JSON-serializable ({exc})") from None
+        raise _not_json(name, exc) from None
+
+
+def _not_json(name: str, exc: NotSerializable) -> InvalidArguments:
+    return InvalidArguments(f"job {name!r}: arguments must be JSON-serializable ({exc})")
 
 
 class JobDecorator(Protocol):
