@@ -1,8 +1,8 @@
 """Process-executor jobs that keep a ledger (one fsynced line per tick naming its process,
 its attempt and the time): ``ticker`` for tests/test_process_orphans.py, whose first attempt
 ticks for 30 s (so that a copy left running would show) and any later one briefly;
-``finisher`` and ``waiter`` for tests/test_worker_fencing.py (the first attempt of
-``finisher`` ends after 2 s, ``waiter`` after ``ORPHANJOBS_WAIT`` seconds).
+``finisher``, ``waiter`` and ``ticker`` for tests/test_worker_fencing.py (the first attempt
+of ``finisher`` ends when told, ``waiter`` after ``ORPHANJOBS_WAIT`` seconds).
 ``ORPHANJOBS_MAX_RECOVERIES`` sets the app's ``max_recoveries``."""
 
 from __future__ import annotations
@@ -37,10 +37,13 @@ def ticker(ledger: str, ctx: JobContext) -> int:
 
 @app.job(executor="process", retries=3, backoff=0.05)
 def finisher(ledger: str, ctx: JobContext) -> int:
-    """Tick once, then end: after 2 s in the first attempt, at once in any later one."""
+    """Tick once, then end: in the first attempt once the file ``LEDGER.go`` exists (10 s
+    at most) and after another tick, at once in any later one."""
     _write(ledger, f"{os.getpid()} {ctx.attempt} {time.time():.6f}\n")
     if ctx.attempt == 1:
-        time.sleep(2.0)
+        go = time.monotonic() + 10.0
+        while not os.path.exists(f"{ledger}.go") and time.monotonic() < go:
+            time.sleep(0.005)
         _write(ledger, f"{os.getpid()} {ctx.attempt} {time.time():.6f}\n")
     return ctx.attempt
 

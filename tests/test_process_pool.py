@@ -38,9 +38,10 @@ async def call(pool: ProcessPool, name: str, *args: Any, timeout: float | None =
                           on_progress=on_progress)
 
 
-def with_pool(body: Callable[[ProcessPool], Awaitable[Any]], max_processes: int = 1) -> Any:
+def with_pool(body: Callable[[ProcessPool], Awaitable[Any]], max_processes: int = 1,
+              patience: float | None = None) -> Any:
     async def main() -> Any:
-        pool = ProcessPool(max_processes)
+        pool = ProcessPool(max_processes, patience=patience)
         try:
             return await body(pool)
         finally:
@@ -164,6 +165,26 @@ def test_child_death_is_reported_and_the_child_replaced() -> None:
         assert await call(pool, "pid") != before
 
     with_pool(body)
+
+
+def test_a_child_ends_its_job_when_the_pools_loop_is_held_past_its_patience() -> None:
+    """The loop that runs the pool held (a worker's loop blocked: it renews no lease) for
+    longer than the pool's patience: the child ends the job it runs, and says why; a job
+    whose loop stays alive runs on well past the patience."""
+    async def body(pool: ProcessPool) -> None:
+        assert await call(pool, "nap_pid", 1.2) > 0  # 1.2 s > patience, the loop alive
+        before = await call(pool, "pid")
+        task = asyncio.create_task(call(pool, "sleep_forever"))
+        await asyncio.sleep(0.3)
+        time.sleep(1.5)  # the loop held
+        with pytest.raises(RemoteError) as info:
+            await task
+        assert info.value.type_name == "WorkerProcessDied"
+        assert "showed no sign of life for over 0.5s" in info.value.message
+        assert await asyncio.to_thread(wait_dead, before)
+        assert await call(pool, "add", 1, 1) == 2
+
+    with_pool(body, patience=0.5)
 
 
 def test_progress_reaches_the_callback_on_the_loop_thread() -> None:

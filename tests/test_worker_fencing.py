@@ -25,7 +25,7 @@ from conftest import TESTS, WorkerThread, cli_env
 from conveyor import Conveyor, JobContext, JobState
 from conveyor.ids import new_id
 from conveyor.job import JobRecord
-from polling import wait_until
+from polling import pid_running, wait_until
 
 
 def db_path(app: Conveyor) -> str:
@@ -224,9 +224,10 @@ def _stop_holding_no_lock(proc: subprocess.Popen[bytes], url: str) -> None:
 def test_an_attempt_that_ended_while_its_worker_was_stopped_is_logged_lost(
         url: str, tmp_path: Path) -> None:
     """A worker stopped (SIGSTOP) past its lease while its process job's child runs on and
-    ends: another worker recovers the job and runs it again; once resumed, the first
-    worker logs the ended attempt as no longer its own and drops its outcome, which the
-    store would ignore without a word (it used to be neither logged nor counted)."""
+    ends (at once: before the child's watch would end it): another worker recovers the job
+    and runs it again; once resumed, the first worker logs the ended attempt as no longer
+    its own and drops its outcome, which the store would ignore without a word (it used to
+    be neither logged nor counted)."""
     namespace = f"t{new_id().lower()}"
     app = Conveyor(url=url, namespace=namespace)
     ledger, first_log, second_log = tmp_path / "ledger", tmp_path / "a.log", tmp_path / "b.log"
@@ -237,12 +238,11 @@ def test_an_attempt_that_ended_while_its_worker_was_stopped_is_logged_lost(
         wait_until(lambda: ledger.exists() and ledger.read_text().count("\n") >= 1, 30,
                    "the first attempt to start")
         _stop_holding_no_lock(first, url)
+        Path(f"{ledger}.go").touch()  # the child ends its attempt while its worker is stopped
+        wait_until(lambda: ledger.read_text().count("\n") >= 2, 10, "the first attempt to end")
         second = _orphanjobs_worker(url, namespace, second_log)
         info = wait_until(lambda: (r := handle.info()).is_final and r, 60,
                           "the job to be recovered and run again")
-        # the first attempt's child ended meanwhile (its worker stopped, not dead)
-        wait_until(lambda: ledger.read_text().count("\n") >= 3, 10,
-                   "the first attempt to end")
         first.send_signal(signal.SIGCONT)
         wait_until(lambda: "ended, but is no longer this worker's" in first_log.read_text(),
                    20, "the first worker to log its ended attempt as lost")
@@ -262,6 +262,60 @@ def test_an_attempt_that_ended_while_its_worker_was_stopped_is_logged_lost(
     assert "its outcome is dropped" in log, log
     record = handle.info()  # the second attempt's outcome stands
     assert (record.state, record.attempts, handle.result()) == (JobState.SUCCEEDED, 2, 2)
+
+
+def _ticks(ledger: Path) -> list[tuple[int, int, float]]:
+    """The ledger's lines of ``orphanjobs.ticker``: (process, attempt, time) each."""
+    return [(int(pid), int(attempt), float(at)) for pid, attempt, at in
+            (line.split() for line in ledger.read_text().splitlines())]
+
+
+def test_a_process_job_ends_when_its_worker_is_stopped_past_its_lease(
+        url: str, tmp_path: Path) -> None:
+    """A worker stopped (SIGSTOP) while its process job's child runs: the child, which
+    SIGSTOP does not stop, sees its worker silent and ends the job before another worker
+    can recover it (the first attempt ticks for 30 s if let be), so the attempt recovered
+    elsewhere never runs beside it; once resumed, the first worker writes nothing for it.
+    The ledger is the job's own (one fsynced line per tick)."""
+    namespace = f"t{new_id().lower()}"
+    app = Conveyor(url=url, namespace=namespace)
+    ledger, first_log, second_log = tmp_path / "ledger", tmp_path / "a.log", tmp_path / "b.log"
+    handle = app.enqueue_call("ticker", [str(ledger)], {}, force=True)
+    first = _orphanjobs_worker(url, namespace, first_log)
+    second = None
+    try:
+        wait_until(lambda: ledger.exists() and len(_ticks(ledger)) >= 3, 30,
+                   "the first attempt to tick")
+        _stop_holding_no_lock(first, url)
+        stopped_at = time.time()
+        child = _ticks(ledger)[0][0]
+        wait_until(lambda: not pid_running(child), 10, "the first attempt's child to end")
+        second = _orphanjobs_worker(url, namespace, second_log)
+        info = wait_until(lambda: (r := handle.info()).is_final and r, 60,
+                          "the job to be recovered and run again")
+        first.send_signal(signal.SIGCONT)
+        wait_until(lambda: "is no longer this worker's" in first_log.read_text(), 20,
+                   "the first worker to give up its attempt")
+        for worker in (first, second):
+            worker.send_signal(signal.SIGTERM)
+            assert worker.wait(30) == 0
+    finally:
+        for proc in (first, second):
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGCONT)
+                proc.kill()
+                proc.wait()
+        app.close()
+    ticks = _ticks(ledger)
+    firsts = [at for _, attempt, at in ticks if attempt == 1]
+    seconds = [at for _, attempt, at in ticks if attempt == 2]
+    assert len(seconds) == 5 and {a for _, a, _ in ticks} == {1, 2}, ticks
+    assert max(firsts) < min(seconds), "the first attempt ran beside the recovered one"
+    assert max(firsts) < stopped_at + 1.0, "the first attempt ran on past its lease"
+    log = first_log.read_text()
+    assert f"process job {handle.id}: its worker (pid {first.pid}) has shown no sign of " \
+           "life" in log, log
+    assert (info.state, info.attempts, handle.result()) == (JobState.SUCCEEDED, 2, 2)
 
 
 def test_process_jobs_waiting_for_a_child_are_not_charged_when_their_worker_dies(

@@ -112,7 +112,8 @@ class Executors:
     """Runs attempts with the executor and timeout each job asks for."""
 
     def __init__(self, max_threads: int, max_processes: int,
-                 on_child: Callable[[str], None] | None = None) -> None:
+                 on_child: Callable[[str], None] | None = None,
+                 frozen_patience: float | None = None) -> None:
         # ``max_threads`` is kept for callers; the worker's slots bound thread jobs.
         self._threads = JobThreads()
         #: the most child processes the process jobs run in
@@ -120,6 +121,9 @@ class Executors:
         self._processes: ProcessPool | None = None
         #: told a process job's id once it has a child to run in (see ProcessPool.on_child)
         self._on_child = on_child
+        #: how long a process job runs on while its worker shows no sign of life (see
+        #: ProcessPool.patience; None: for ever)
+        self._frozen_patience = frozen_patience
 
     def run(self, job_fn: JobFunction[..., Any], ctx: JobContext) -> Awaitable[Any]:
         """One attempt, to await; it raises :class:`JobTimeout` past the job's timeout.
@@ -174,7 +178,8 @@ class Executors:
         if self._processes is None:
             from conveyor.worker.process_pool import ProcessPool
 
-            self._processes = ProcessPool(self.max_processes, self._on_child)
+            self._processes = ProcessPool(self.max_processes, self._on_child,
+                                          self._frozen_patience)
         staged = job_fn.staged_path(ctx.id)
         return await self._processes.run(
             job_fn.fn.__module__,

@@ -64,12 +64,26 @@ STOP_TIMEOUT = 2.0
 CHORE_STOP_WAIT = 1.0
 
 
+def heartbeat_interval(lease: float) -> float:
+    """Seconds between the heartbeats of a worker whose leases last ``lease`` seconds."""
+    return min(lease / 3, 1.0)
+
+
+def frozen_patience(lease: float) -> float:
+    """How long a process job's child lets its job run while its worker shows no sign of
+    life (see :mod:`conveyor.worker.process_pool`): well within the time the last lease the
+    worker renewed before it froze runs on (a lease, less a heartbeat's interval: that
+    renewal may be that old), so that the child ends its job before another worker could
+    recover it, however late its watch looks (a quarter of this at most)."""
+    return 0.75 * (lease - heartbeat_interval(lease))
+
+
 class Maintenance:
     """Starts and stops the chores of one :class:`Worker`."""
 
     def __init__(self, worker: Worker) -> None:
         self.worker = worker
-        self.heartbeat_interval = min(worker.app.lease / 3, 1.0)
+        self.heartbeat_interval = heartbeat_interval(worker.app.lease)
         self._tasks: list[asyncio.Task[None]] = []
         self._stop_event = asyncio.Event()
         self._progress: dict[str, tuple[int, float, str | None]] = {}

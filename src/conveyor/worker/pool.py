@@ -30,7 +30,7 @@ from conveyor.stats import StartMark, StatsRecorder
 from conveyor.worker import outcomes, shutdown
 from conveyor.worker.autoscale import Autoscaler
 from conveyor.worker.executors import Executors
-from conveyor.worker.maintenance import Maintenance
+from conveyor.worker.maintenance import Maintenance, frozen_patience
 
 if TYPE_CHECKING:
     from conveyor.app import Conveyor
@@ -117,7 +117,7 @@ class Worker:
         self.grace = grace
         self.id = f"{socket.gethostname()}-{os.getpid()}-{new_id()[-6:].lower()}"
         self.executors = Executors(max_workers, max_processes or os.cpu_count() or 1,
-                                   self._child_found)
+                                   self._child_found, frozen_patience(app.lease))
         #: the app has process jobs: a claim marks started only those a child can take
         self._process_jobs = any(map(_in_a_child, app.registry.values()))
         #: process jobs claimed unstarted, started in a slot but waiting for a child (job id

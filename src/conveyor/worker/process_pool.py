@@ -9,7 +9,8 @@ file, or null); a child answers ``["ready"]`` once after booting,
 rate_limited]``. A child that overruns its timeout, or whose caller is cancelled, is
 killed with SIGKILL (which works even inside C code) and replaced lazily on the next run.
 A child ends as soon as its worker process does, however that ends (see
-:func:`_end_with_parent`).
+:func:`_end_with_parent`), and ends its job when its worker shows no sign of life for
+longer than its lease allows (stopped, or its event loop held: see :func:`_watch_worker`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import os
 import signal
 import sys
 import threading
+import time
 import traceback
 from collections.abc import Callable
 from multiprocessing.connection import Connection
@@ -44,6 +46,8 @@ _RECORD_FIELDS = tuple(f.name for f in dataclasses.fields(JobRecord) if f.name !
 _REAP_TIMEOUT = 5.0
 #: Linux's prctl option that has the kernel signal a process when its parent ends
 _PR_SET_PDEATHSIG = 1
+#: the exit code of a child that ended its job because its worker showed no sign of life
+FROZEN_EXIT = 75
 
 
 class RemoteError(Exception):
@@ -155,13 +159,42 @@ def _exit_when_ready(sentinel: int) -> None:
     os._exit(1)
 
 
-def _child_main(conn: Connection[Any, Any], paths: list[str], parent: int) -> None:
-    """Entry point of a child: boot, say ready, then run jobs until the pipe closes."""
+def _watch_worker(alive: Any, patience: float, running: list[Any]) -> None:
+    """End this child (exit :data:`FROZEN_EXIT`) once a job runs in it and its worker has
+    shown no sign of life for ``patience`` seconds: ``alive.value`` is the worker's last
+    ``time.monotonic()`` (its event loop stamps it every :meth:`ProcessPool.beat_every`
+    seconds), ``running`` the job under way (its id, and when it was sent, which its worker
+    was alive to do; None: idle). A worker stopped (SIGSTOP) or whose event loop is held
+    renews no lease, so another worker may soon recover the job: the copy here must not run
+    beside it. An outage of the store is not such a silence (the loop runs on)."""
+    every = min(patience / 4, 0.5)
+    while True:
+        time.sleep(every)
+        job = running[0]
+        if job is None:
+            continue
+        silent = time.monotonic() - max(alive.value, job[1])
+        if silent > patience and running[0] is job:
+            os.write(2, (f"conveyor: process job {job[0]}: its worker (pid {os.getppid()}) "
+                         f"has shown no sign of life for {silent:.1f}s (stopped, or its "
+                         "event loop held), and its lease may be recovered elsewhere: the "
+                         f"job is ended (process {os.getpid()} exits)\n").encode())
+            os._exit(FROZEN_EXIT)
+
+
+def _child_main(conn: Connection[Any, Any], paths: list[str], parent: int,
+                alive: Any = None, patience: float | None = None) -> None:
+    """Entry point of a child: boot, say ready, then run jobs until the pipe closes;
+    ``alive`` and ``patience``: see :func:`_watch_worker` (None: no watch)."""
     _end_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when children die
     sys.path[:0] = [p for p in dict.fromkeys(paths) if p not in sys.path]
     lock = threading.Lock()
     cache: dict[tuple[str, str], Any] = {}
+    running: list[Any] = [None]
+    if alive is not None and patience is not None:
+        threading.Thread(target=_watch_worker, args=(alive, patience, running),
+                         name="conveyor-worker-watch", daemon=True).start()
     with lock:
         conn.send_bytes(_encode(["ready"]))
     while True:
@@ -171,8 +204,10 @@ def _child_main(conn: Connection[Any, Any], paths: list[str], parent: int) -> No
             return
         if message[0] != "run":
             return
+        running[0] = (message[3].get("id"), time.monotonic())
         staged = message[4] if len(message) > 4 else None
         reply = _run_one(conn, lock, message[1], message[2], message[3], staged, cache)
+        running[0] = None
         data = _encode(reply)
         with lock:
             conn.send_bytes(data)
@@ -206,10 +241,17 @@ class ProcessPool:
     """Up to ``max_processes`` reusable child processes that run jobs with hard timeouts."""
 
     def __init__(self, max_processes: int,
-                 on_child: Callable[[str], None] | None = None) -> None:
+                 on_child: Callable[[str], None] | None = None,
+                 patience: float | None = None) -> None:
         self.max_processes = max(1, max_processes)
         #: called with a job's id once it has a child to run in (until then it waits)
         self.on_child = on_child
+        #: how long a child lets its job run while this pool's event loop shows no sign of
+        #: life (see :func:`_watch_worker`; None: for ever)
+        self.patience = patience
+        #: the last ``time.monotonic()`` of this pool's event loop, shared with the children
+        self._alive: Any = None
+        self._beating: asyncio.Task[None] | None = None
         self._ctx = multiprocessing.get_context("spawn")
         self._slots = asyncio.Semaphore(self.max_processes)
         self._idle: list[_Child] = []
@@ -264,6 +306,8 @@ class ProcessPool:
     async def close(self) -> None:
         """Terminate every child (idle or busy) and wait for them to exit."""
         self._closed = True
+        if self._beating is not None:
+            self._beating.cancel()
         children = list(self._children)
         for child in children:
             if child.process.exitcode is None:
@@ -301,10 +345,27 @@ class ProcessPool:
             self._slots.release()
             raise
 
+    @property
+    def beat_every(self) -> float:
+        """How often this pool's event loop stamps its sign of life for the children."""
+        return 1.0 if self.patience is None else min(self.patience / 8, 0.5)
+
+    async def _beat(self) -> None:
+        """Stamp :attr:`_alive` every :attr:`beat_every` seconds, for as long as the loop
+        runs (a loop held, or a process stopped, stamps nothing)."""
+        alive, every = self._alive, self.beat_every
+        while True:
+            alive.value = time.monotonic()
+            await asyncio.sleep(every)
+
     async def _spawn(self) -> _Child:
+        if self.patience is not None and self._alive is None:
+            self._alive = self._ctx.RawValue("d", time.monotonic())
+            self._beating = asyncio.get_running_loop().create_task(self._beat())
         parent_conn, child_conn = self._ctx.Pipe()
         process = self._ctx.Process(target=_child_main, name="conveyor-process-job",
-                                    args=(child_conn, [*sys.path, os.getcwd()], os.getpid()),
+                                    args=(child_conn, [*sys.path, os.getcwd()], os.getpid(),
+                                          self._alive, self.patience),
                                     daemon=True)
         process.start()
         child_conn.close()
@@ -370,6 +431,12 @@ class ProcessPool:
     async def _died(self, child: _Child, when: str) -> RemoteError:
         pid = child.process.pid
         code = await self._kill(child)
+        if code == FROZEN_EXIT:
+            return RemoteError("WorkerProcessDied",
+                               f"worker process {pid} ended the job: this worker showed no "
+                               f"sign of life for over {self.patience}s (stopped, or its "
+                               "event loop held), and its lease may have been recovered "
+                               "elsewhere", "", False, None, False)
         return RemoteError("WorkerProcessDied",
                            f"worker process {pid} died {when} with {_describe_exit(code)}",
                            "", False, None, False)
