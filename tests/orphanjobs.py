@@ -1,9 +1,10 @@
 """Process-executor jobs that keep a ledger (one fsynced line per tick naming its process,
 its attempt and the time): ``ticker`` for tests/test_process_orphans.py, whose first attempt
 ticks for 30 s (so that a copy left running would show) and any later one briefly;
-``finisher``, ``waiter`` and ``ticker`` for tests/test_worker_fencing.py (the first attempt
-of ``finisher`` ends when told, ``waiter`` after ``ORPHANJOBS_WAIT`` seconds).
-``ORPHANJOBS_MAX_RECOVERIES`` sets the app's ``max_recoveries``."""
+``finisher``, ``waiter``, ``ticker`` and ``reticker`` for tests/test_worker_fencing.py (the
+first attempt of ``finisher`` ends when told, ``waiter`` after ``ORPHANJOBS_WAIT`` seconds).
+``holder`` holds the worker's event loop. ``ORPHANJOBS_MAX_RECOVERIES`` and
+``ORPHANJOBS_LEASE`` set the app's ``max_recoveries`` and ``lease``."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from typing import Any
 
 from conveyor import Conveyor, JobContext
 
-app = Conveyor(lease=1.0,
+app = Conveyor(lease=float(os.environ.get("ORPHANJOBS_LEASE", "1.0")),
                max_recoveries=int(os.environ.get("ORPHANJOBS_MAX_RECOVERIES", "3")))
 
 
@@ -30,6 +31,17 @@ def _write(ledger: str, line: str) -> None:
 def ticker(ledger: str, ctx: JobContext) -> int:
     """Tick every 20 ms: 1,500 times in the first attempt, 5 times in any later one."""
     for _ in range(1500 if ctx.attempt == 1 else 5):
+        _write(ledger, f"{os.getpid()} {ctx.attempt} {time.time():.6f}\n")
+        time.sleep(0.02)
+    return ctx.attempt
+
+
+@app.job(executor="process", retries=3, backoff=0.05)
+def reticker(ledger: str, ctx: JobContext) -> int:
+    """As ``ticker``, but by run rather than attempt (an uncharged run keeps its attempt):
+    1,500 ticks when the ledger is empty, 5 otherwise."""
+    first = not os.path.exists(ledger)
+    for _ in range(1500 if first else 5):
         _write(ledger, f"{os.getpid()} {ctx.attempt} {time.time():.6f}\n")
         time.sleep(0.02)
     return ctx.attempt
@@ -55,6 +67,12 @@ def waiter(ledger: str, ctx: JobContext) -> int:
     _write(ledger, f"{ctx.id} {ctx.attempt}\n")
     time.sleep(float(os.environ.get("ORPHANJOBS_WAIT", "0")))
     return ctx.attempt
+
+
+@app.job()
+async def holder(seconds: float) -> None:
+    """Hold the worker's event loop for ``seconds`` (what a job must never do)."""
+    time.sleep(seconds)
 
 
 def child_without_the_kernels_signal(*args: Any) -> None:

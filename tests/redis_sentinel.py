@@ -37,7 +37,7 @@ class SentinelServer(RedisServer):
         super().__init__(directory)
         self.config = directory / "sentinel.conf"
         lines = [
-            f"port {self.port}", "bind 127.0.0.1", f"dir {directory}",
+            "bind 127.0.0.1", f"dir {directory}",
             f"logfile {directory / 'sentinel.log'}", "protected-mode no", "daemonize no",
             f"sentinel monitor {service} 127.0.0.1 {master_port} 2",
             f"sentinel down-after-milliseconds {service} {down_after_ms}",
@@ -48,11 +48,18 @@ class SentinelServer(RedisServer):
             lines.append(f"requirepass {password}")
         if master_password is not None:
             lines.append(f"sentinel auth-pass {service} {master_password}")
-        self.config.write_text("\n".join(lines) + "\n")
+        #: the configuration but for the port, written at the first start (a sentinel
+        #: rewrites its file with what it learns: a restart keeps that)
+        self._lines = lines
 
-    def start(self) -> SentinelServer:
+    def _start_once(self) -> SentinelServer:
+        """Start on :attr:`port` (:meth:`RedisServer.start` tries another free port when a
+        first start finds it taken)."""
+        if self.choose_port is not None:  # not started yet
+            self.config.write_text("\n".join([f"port {self.port}", *self._lines]) + "\n")
         self.launch([self.binary, str(self.config), "--sentinel"], "redis-sentinel",
                     self.directory / "sentinel.log")
+        self.choose_port = None
         return self
 
 

@@ -232,7 +232,8 @@ def test_an_attempt_that_ended_while_its_worker_was_stopped_is_logged_lost(
     app = Conveyor(url=url, namespace=namespace)
     ledger, first_log, second_log = tmp_path / "ledger", tmp_path / "a.log", tmp_path / "b.log"
     handle = app.enqueue_call("finisher", [str(ledger)], {}, force=True)
-    first = _orphanjobs_worker(url, namespace, first_log)
+    # a lease of 3 s: the child's watch would end its job 1 s after the stop
+    first = _orphanjobs_worker(url, namespace, first_log, ORPHANJOBS_LEASE="3")
     second = None
     try:
         wait_until(lambda: ledger.exists() and ledger.read_text().count("\n") >= 1, 30,
@@ -240,7 +241,7 @@ def test_an_attempt_that_ended_while_its_worker_was_stopped_is_logged_lost(
         _stop_holding_no_lock(first, url)
         Path(f"{ledger}.go").touch()  # the child ends its attempt while its worker is stopped
         wait_until(lambda: ledger.read_text().count("\n") >= 2, 10, "the first attempt to end")
-        second = _orphanjobs_worker(url, namespace, second_log)
+        second = _orphanjobs_worker(url, namespace, second_log, ORPHANJOBS_LEASE="3")
         info = wait_until(lambda: (r := handle.info()).is_final and r, 60,
                           "the job to be recovered and run again")
         first.send_signal(signal.SIGCONT)
@@ -286,11 +287,12 @@ def test_a_process_job_ends_when_its_worker_is_stopped_past_its_lease(
     try:
         wait_until(lambda: ledger.exists() and len(_ticks(ledger)) >= 3, 30,
                    "the first attempt to tick")
+        second = _orphanjobs_worker(url, namespace, second_log)  # ready to recover it
+        time.sleep(1.0)
         _stop_holding_no_lock(first, url)
         stopped_at = time.time()
         child = _ticks(ledger)[0][0]
         wait_until(lambda: not pid_running(child), 10, "the first attempt's child to end")
-        second = _orphanjobs_worker(url, namespace, second_log)
         info = wait_until(lambda: (r := handle.info()).is_final and r, 60,
                           "the job to be recovered and run again")
         first.send_signal(signal.SIGCONT)
@@ -316,6 +318,37 @@ def test_a_process_job_ends_when_its_worker_is_stopped_past_its_lease(
     assert f"process job {handle.id}: its worker (pid {first.pid}) has shown no sign of " \
            "life" in log, log
     assert (info.state, info.attempts, handle.result()) == (JobState.SUCCEEDED, 2, 2)
+
+
+def test_a_process_job_ended_for_a_held_loop_is_requeued_uncharged(
+        url: str, tmp_path: Path) -> None:
+    """A worker's event loop held (an async job sleeping on it) past the child's patience
+    but not past the lease: the child ends its job, the worker, once its loop runs again,
+    logs it and puts the job back uncharged (not the job's failure), and it runs again."""
+    namespace = f"t{new_id().lower()}"
+    app = Conveyor(url=url, namespace=namespace)
+    ledger, log_path = tmp_path / "ledger", tmp_path / "worker.log"
+    handle = app.enqueue_call("reticker", [str(ledger)], {}, force=True)
+    # a lease of 4 s: the child waits 1.5 s for a sign of life; the loop is held 3 s
+    worker = _orphanjobs_worker(url, namespace, log_path, ORPHANJOBS_LEASE="4")
+    try:
+        wait_until(lambda: ledger.exists() and len(_ticks(ledger)) >= 3, 30,
+                   "the first run to tick")
+        app.enqueue_call("holder", [3.0], {}, force=True)
+        info = wait_until(lambda: (r := handle.info()).is_final and r, 60, "the job to end")
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(30) == 0
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+        app.close()
+    log = log_path.read_text()
+    assert "has shown no sign of life" in log and "requeued, not charged" in log, log
+    runs = sorted({pid for pid, _, _ in _ticks(ledger)})
+    assert len(runs) == 2, _ticks(ledger)  # the ended run, then the one that finished
+    assert (info.state, info.attempts, info.recoveries) == (JobState.SUCCEEDED, 1, 0), info
+    assert handle.result() == 1
 
 
 def test_process_jobs_waiting_for_a_child_are_not_charged_when_their_worker_dies(

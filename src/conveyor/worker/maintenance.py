@@ -71,11 +71,12 @@ def heartbeat_interval(lease: float) -> float:
 
 def frozen_patience(lease: float) -> float:
     """How long a process job's child lets its job run while its worker shows no sign of
-    life (see :mod:`conveyor.worker.process_pool`): well within the time the last lease the
-    worker renewed before it froze runs on (a lease, less a heartbeat's interval: that
+    life (see :mod:`conveyor.worker.process_pool`): half the time the last lease the worker
+    renewed before it froze runs on at least (a lease, less a heartbeat's interval: that
     renewal may be that old), so that the child ends its job before another worker could
-    recover it, however late its watch looks (a quarter of this at most)."""
-    return 0.75 * (lease - heartbeat_interval(lease))
+    recover it, with the other half left for its watch to look (a quarter of this at most)
+    and for a heartbeat that took long."""
+    return 0.5 * (lease - heartbeat_interval(lease))
 
 
 class Maintenance:

@@ -70,10 +70,11 @@ def cancelled(record: JobRecord, worker_id: str) -> Outcome:
     return _outcome(record, worker_id, OutcomeKind.CANCELLED, error="cancelled while running")
 
 
-def requeued(record: JobRecord, worker_id: str) -> Outcome:
-    """Shutdown interrupted the attempt: back to the queue, the attempt not charged."""
-    return _outcome(record, worker_id, OutcomeKind.REQUEUE,
-                    error="interrupted by worker shutdown; requeued")
+def requeued(record: JobRecord, worker_id: str,
+             error: str = "interrupted by worker shutdown; requeued") -> Outcome:
+    """Shutdown (or what ``error`` says) interrupted the attempt: back to the queue, the
+    attempt not charged."""
+    return _outcome(record, worker_id, OutcomeKind.REQUEUE, error=error)
 
 
 def _gave_up(failures: int) -> str:

@@ -720,8 +720,12 @@ class Worker:
         return outcomes.succeeded(record, self.id, result)
 
     def _failure(self, record: JobRecord, job_fn: Any, exc: Exception) -> Outcome:
-        from conveyor.worker.process_pool import RemoteError
+        from conveyor.worker.process_pool import RemoteError, WorkerFroze
 
+        if isinstance(exc, WorkerFroze):  # not the job's failure: as a lapsed lease
+            log.warning("job %s (%s): %s; requeued, not charged", record.id, record.name,
+                        exc.message)
+            return outcomes.requeued(record, self.id, f"{exc.message}; requeued")
         if isinstance(exc, RemoteError):
             return outcomes.failed(
                 record, self.id, job_fn, exc,

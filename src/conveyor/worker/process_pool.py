@@ -65,6 +65,12 @@ class RemoteError(Exception):
         self.retry = retry
 
 
+class WorkerFroze(RemoteError):
+    """The child ended its job because its worker showed no sign of life for longer than
+    the pool's patience (see :func:`_watch_worker`): the attempt is requeued uncharged, as
+    a lease that lapsed while its worker lived is."""
+
+
 class _ChildDied(Exception):
     """The pipe to the child hit end-of-file or broke."""
 
@@ -175,10 +181,14 @@ def _watch_worker(alive: Any, patience: float, running: list[Any]) -> None:
             continue
         silent = time.monotonic() - max(alive.value, job[1])
         if silent > patience and running[0] is job:
-            os.write(2, (f"conveyor: process job {job[0]}: its worker (pid {os.getppid()}) "
-                         f"has shown no sign of life for {silent:.1f}s (stopped, or its "
-                         "event loop held), and its lease may be recovered elsewhere: the "
-                         f"job is ended (process {os.getpid()} exits)\n").encode())
+            note = (f"conveyor: process job {job[0]}: its worker (pid {os.getppid()}) has "
+                    f"shown no sign of life for {silent:.1f}s (stopped, or its event loop "
+                    "held), and its lease may be recovered elsewhere: the job is ended "
+                    f"(process {os.getpid()} exits)\n").encode()
+            # (in a thread: a stderr pipe whose reader stalled must not hold the exit)
+            writer = threading.Thread(target=os.write, args=(2, note), daemon=True)
+            writer.start()
+            writer.join(0.2)
             os._exit(FROZEN_EXIT)
 
 
@@ -432,7 +442,7 @@ class ProcessPool:
         pid = child.process.pid
         code = await self._kill(child)
         if code == FROZEN_EXIT:
-            return RemoteError("WorkerProcessDied",
+            return WorkerFroze("WorkerProcessDied",
                                f"worker process {pid} ended the job: this worker showed no "
                                f"sign of life for over {self.patience}s (stopped, or its "
                                "event loop held), and its lease may have been recovered "
