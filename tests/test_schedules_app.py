@@ -214,3 +214,7 @@ def test_the_next_run_shown_follows_the_clock_when_no_worker_moved_it_on() -> No
     assert orphan.next_run(now) is None
     odd = ScheduleState("odd", {"job": "noop", "cron": 5}, next_tick=1.0, seen_at=now)
     assert odd.next_run(now) == 1.0
+    paused = ScheduleState("often", state.definition, paused=True, next_tick=now + 5,
+                           seen_at=now)
+    assert paused.next_run(now) is None  # it fires nothing until resumed
+    assert paused.to_dict(now)["next_run"] is None

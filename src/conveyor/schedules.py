@@ -115,11 +115,12 @@ class ScheduleState:
         return str(self.definition.get("job", "?"))
 
     def next_run(self, now: float) -> float | None:
-        """When it fires next as far as one can tell at ``now``: None for an orphaned one
-        (it never fires); the stored next tick, or, when that has passed (no worker has
-        run it since), the first tick of its timing after ``now`` (a worker that comes
-        back fires at most the latest missed tick, within grace, at once)."""
-        if self.orphaned(now):
+        """When it fires next as far as one can tell at ``now``: None for a paused one (it
+        fires nothing until resumed) and an orphaned one (it never fires); the stored next
+        tick, or, when that has passed (no worker has run it since), the first tick of its
+        timing after ``now`` (a worker that comes back fires at most the latest missed
+        tick, within grace, at once)."""
+        if self.paused or self.orphaned(now):
             return None
         stored = self.next_tick
         if stored is not None and stored > now - DUE_SLACK:  # (due, firing this round)
