@@ -1,8 +1,9 @@
 """Process-executor jobs that keep a ledger (one fsynced line per tick naming its process,
 its attempt and the time): ``ticker`` for tests/test_process_orphans.py, whose first attempt
 ticks for 30 s (so that a copy left running would show) and any later one briefly;
-``finisher``, ``waiter``, ``ticker`` and ``reticker`` for tests/test_worker_fencing.py (the
-first attempt of ``finisher`` ends when told, ``waiter`` after ``ORPHANJOBS_WAIT`` seconds).
+``finisher``, ``waiter``, ``ticker``, ``reticker`` and ``steady`` for
+tests/test_worker_fencing.py (the first attempt of ``finisher`` ends when told, ``waiter``
+after ``ORPHANJOBS_WAIT`` seconds).
 ``holder`` holds the worker's event loop. ``ORPHANJOBS_MAX_RECOVERIES`` and
 ``ORPHANJOBS_LEASE`` set the app's ``max_recoveries`` and ``lease``."""
 
@@ -42,6 +43,16 @@ def reticker(ledger: str, ctx: JobContext) -> int:
     1,500 ticks when the ledger is empty, 5 otherwise."""
     first = not os.path.exists(ledger)
     for _ in range(1500 if first else 5):
+        _write(ledger, f"{os.getpid()} {ctx.attempt} {time.time():.6f}\n")
+        time.sleep(0.02)
+    return ctx.attempt
+
+
+@app.job(executor="process", retries=3, backoff=0.05)
+def steady(ledger: str, seconds: float, ctx: JobContext) -> int:
+    """Tick every 20 ms for ``seconds``."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
         _write(ledger, f"{os.getpid()} {ctx.attempt} {time.time():.6f}\n")
         time.sleep(0.02)
     return ctx.attempt

@@ -26,6 +26,7 @@ from conveyor import Conveyor, JobContext, JobState
 from conveyor.ids import new_id
 from conveyor.job import JobRecord
 from polling import pid_running, wait_until
+from redis_server import RedisServer
 
 
 def db_path(app: Conveyor) -> str:
@@ -349,6 +350,50 @@ def test_a_process_job_ended_for_a_held_loop_is_requeued_uncharged(
     assert len(runs) == 2, _ticks(ledger)  # the ended run, then the one that finished
     assert (info.state, info.attempts, info.recoveries) == (JobState.SUCCEEDED, 1, 0), info
     assert handle.result() == 1
+
+
+@pytest.mark.parametrize("store", ["sqlite", "redis"])
+def test_a_store_outage_does_not_end_a_process_job(store: str, tmp_path: Path) -> None:
+    """The store out of reach for 2 s (SQLite: another connection holds the write lock;
+    Redis: its server stopped) while a process job runs, its child's patience 0.33 s (a
+    lease of 1 s): the worker's event loop runs on, so the child keeps its job, which ends
+    once, in its first attempt."""
+    server = RedisServer().start() if store == "redis" else None
+    url = server.url if server is not None else f"sqlite:///{tmp_path / 'store.db'}"
+    namespace = f"t{new_id().lower()}"
+    app = Conveyor(url=url, namespace=namespace)
+    ledger, log_path = tmp_path / "ledger", tmp_path / "worker.log"
+    handle = app.enqueue_call("steady", [str(ledger), 4.0], {}, force=True)
+    worker = _orphanjobs_worker(url, namespace, log_path)
+    try:
+        wait_until(lambda: ledger.exists() and len(_ticks(ledger)) >= 3, 30,
+                   "the job to tick")
+        if server is not None:
+            assert server.process is not None
+            server.process.send_signal(signal.SIGSTOP)
+            time.sleep(2.0)
+            server.process.send_signal(signal.SIGCONT)
+        else:
+            holder = sqlite3.connect(url.removeprefix("sqlite:///"), isolation_level=None)
+            holder.execute("BEGIN IMMEDIATE")
+            time.sleep(2.0)
+            holder.execute("ROLLBACK")
+            holder.close()
+        info = wait_until(lambda: (r := handle.info()).is_final and r, 60, "the job to end")
+        result = handle.result()
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(30) == 0
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+        app.close()
+        if server is not None:
+            server.remove()
+    log = log_path.read_text()
+    assert "no sign of life" not in log, log
+    assert {pid for pid, _, _ in _ticks(ledger)} == {_ticks(ledger)[0][0]}, "it ran again"
+    assert (info.state, info.attempts, result) == (JobState.SUCCEEDED, 1, 1), log
 
 
 def test_process_jobs_waiting_for_a_child_are_not_charged_when_their_worker_dies(
