@@ -179,10 +179,15 @@ def test_a_child_ends_its_job_when_the_pools_loop_is_held_past_its_patience() ->
         time.sleep(1.5)  # the loop held
         with pytest.raises(RemoteError) as info:
             await task
-        assert info.value.type_name == "WorkerProcessDied"
+        assert info.value.type_name == "WorkerFroze"
         assert "showed no sign of life for over 0.5s" in info.value.message
         assert await asyncio.to_thread(wait_dead, before)
         assert await call(pool, "add", 1, 1) == 2
+        # a job that exits with the watch's code while the loop runs is no frozen worker
+        with pytest.raises(RemoteError) as died:
+            await call(pool, "die", 75)
+        assert died.value.type_name == "WorkerProcessDied", died.value.message
+        assert "exit code 75" in died.value.message
 
     with_pool(body, patience=0.5)
 

@@ -289,7 +289,8 @@ def test_a_process_job_ends_when_its_worker_is_stopped_past_its_lease(
         wait_until(lambda: ledger.exists() and len(_ticks(ledger)) >= 3, 30,
                    "the first attempt to tick")
         second = _orphanjobs_worker(url, namespace, second_log)  # ready to recover it
-        time.sleep(1.0)
+        wait_until(lambda: second_log.exists() and " on " in second_log.read_text(), 30,
+                   "the second worker to start")
         _stop_holding_no_lock(first, url)
         stopped_at = time.time()
         child = _ticks(ledger)[0][0]
@@ -325,17 +326,19 @@ def test_a_process_job_ended_for_a_held_loop_is_requeued_uncharged(
         url: str, tmp_path: Path) -> None:
     """A worker's event loop held (an async job sleeping on it) past the child's patience
     but not past the lease: the child ends its job, the worker, once its loop runs again,
-    logs it and puts the job back uncharged (not the job's failure), and it runs again."""
+    logs it and puts the job back uncharged (not the job's failure: a deferral, of a
+    bounded number), and it runs again."""
     namespace = f"t{new_id().lower()}"
     app = Conveyor(url=url, namespace=namespace)
     ledger, log_path = tmp_path / "ledger", tmp_path / "worker.log"
     handle = app.enqueue_call("reticker", [str(ledger)], {}, force=True)
-    # a lease of 4 s: the child waits 1.5 s for a sign of life; the loop is held 3 s
-    worker = _orphanjobs_worker(url, namespace, log_path, ORPHANJOBS_LEASE="4")
+    # a lease of 8 s: the child waits 3.5 s for a sign of life; the loop is held 5 s, well
+    # within the lease (renewed every second)
+    worker = _orphanjobs_worker(url, namespace, log_path, ORPHANJOBS_LEASE="8")
     try:
         wait_until(lambda: ledger.exists() and len(_ticks(ledger)) >= 3, 30,
                    "the first run to tick")
-        app.enqueue_call("holder", [3.0], {}, force=True)
+        app.enqueue_call("holder", [5.0], {}, force=True)
         info = wait_until(lambda: (r := handle.info()).is_final and r, 60, "the job to end")
         worker.send_signal(signal.SIGTERM)
         assert worker.wait(30) == 0
@@ -345,10 +348,13 @@ def test_a_process_job_ended_for_a_held_loop_is_requeued_uncharged(
             worker.wait()
         app.close()
     log = log_path.read_text()
-    assert "has shown no sign of life" in log and "requeued, not charged" in log, log
+    assert "has shown no sign of life" in log, log
+    assert "was ended in its process as its worker froze" in log, log
+    assert "(not charged; deferred 1 of" in log, log
     runs = sorted({pid for pid, _, _ in _ticks(ledger)})
     assert len(runs) == 2, _ticks(ledger)  # the ended run, then the one that finished
-    assert (info.state, info.attempts, info.recoveries) == (JobState.SUCCEEDED, 1, 0), info
+    assert (info.state, info.attempts, info.recoveries, info.deferrals) == \
+        (JobState.SUCCEEDED, 1, 0, 1), info
     assert handle.result() == 1
 
 

@@ -24,6 +24,9 @@ NOT_JSON = "result is not JSON-serializable"
 INTERNAL = "internal error in the worker"
 #: seconds a job whose name its worker does not know waits for another worker (see unknown)
 UNKNOWN_WAIT = 30.0
+#: the type name of the error of a process job its child ended when its worker froze (see
+#: :class:`conveyor.worker.process_pool.WorkerFroze`): the job's error reads ``WorkerFroze: …``
+FROZE = "WorkerFroze"
 
 
 def _outcome(record: JobRecord, worker_id: str, kind: OutcomeKind, **fields: Any) -> Outcome:
@@ -70,11 +73,10 @@ def cancelled(record: JobRecord, worker_id: str) -> Outcome:
     return _outcome(record, worker_id, OutcomeKind.CANCELLED, error="cancelled while running")
 
 
-def requeued(record: JobRecord, worker_id: str,
-             error: str = "interrupted by worker shutdown; requeued") -> Outcome:
-    """Shutdown (or what ``error`` says) interrupted the attempt: back to the queue, the
-    attempt not charged."""
-    return _outcome(record, worker_id, OutcomeKind.REQUEUE, error=error)
+def requeued(record: JobRecord, worker_id: str) -> Outcome:
+    """Shutdown interrupted the attempt: back to the queue, the attempt not charged."""
+    return _outcome(record, worker_id, OutcomeKind.REQUEUE,
+                    error="interrupted by worker shutdown; requeued")
 
 
 def _gave_up(failures: int) -> str:
@@ -102,7 +104,8 @@ def failed(
 
     A job that raised :class:`RateLimited` goes back to wait its ``retry_after`` without
     charging the attempt, at most :data:`MAX_DEFERRALS` times; after that it fails as
-    any other error, retried after ``retry_after``.
+    any other error, retried after ``retry_after``. So does a process job whose child ended
+    it when its worker froze (:data:`FROZE`; ``rate_limited`` given), at once.
 
     ``error``, ``tb``, ``permanent``, ``retry_delay`` and ``rate_limited`` override what is
     read off ``exc`` (the process executor reports them from the child).
@@ -201,9 +204,12 @@ def log_end(record: JobRecord, outcome: Outcome, job_fn: JobFunction[..., Any] |
                         record.id, record.name, when, record.deferrals + 1, MAX_DEFERRALS,
                         extra=fields)
         elif outcome.deferred:
-            log.info("job %s (%s) was rate limited upstream, %s (not charged; deferred %d "
-                     "of %d times): %s", record.id, record.name, when, record.deferrals + 1,
-                     MAX_DEFERRALS, one_line(outcome.error or ""), extra=fields)
+            froze = (outcome.error or "").startswith(f"{FROZE}:")  # (see process_pool)
+            log.log(logging.WARNING if froze else logging.INFO,
+                    "job %s (%s) %s, %s (not charged; deferred %d of %d times): %s",
+                    record.id, record.name, "was ended in its process as its worker froze"
+                    if froze else "was rate limited upstream", when, record.deferrals + 1,
+                    MAX_DEFERRALS, one_line(outcome.error or ""), extra=fields)
         elif (outcome.error or "").startswith(f"{Retry.__name__}:"):  # asked for
             log.info("job %s (%s) asked to run again, %s; %s", record.id, record.name, tally,
                      when, extra=fields)

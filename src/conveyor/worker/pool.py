@@ -722,17 +722,14 @@ class Worker:
     def _failure(self, record: JobRecord, job_fn: Any, exc: Exception) -> Outcome:
         from conveyor.worker.process_pool import RemoteError, WorkerFroze
 
-        if isinstance(exc, WorkerFroze):  # not the job's failure: as a lapsed lease
-            log.warning("job %s (%s): %s; requeued, not charged", record.id, record.name,
-                        exc.message)
-            return outcomes.requeued(record, self.id, f"{exc.message}; requeued")
-        if isinstance(exc, RemoteError):
+        if isinstance(exc, RemoteError):  # (a worker that froze: put back uncharged)
+            froze = isinstance(exc, WorkerFroze)
             return outcomes.failed(
                 record, self.id, job_fn, exc,
                 error=f"{exc.type_name}: {exc.message}" if exc.message else exc.type_name,
                 tb=exc.traceback, permanent=exc.permanent,
-                retry_delay=exc.retry_delay if exc.retry else None,
-                rate_limited=exc.rate_limited,
+                retry_delay=0.0 if froze else exc.retry_delay if exc.retry else None,
+                rate_limited=froze or exc.rate_limited,
             )
         return outcomes.failed(record, self.id, job_fn, exc)
 

@@ -39,7 +39,9 @@ from conveyor.context import JobContext
 from conveyor.errors import JobTimeout, PermanentError, RateLimited, Retry
 from conveyor.functions import CallBinding, JobFunction
 from conveyor.job import JobRecord, JobState
+from conveyor.logs import duration
 from conveyor.serialization import NotSerializable, dumps, loads
+from conveyor.worker.outcomes import FROZE
 
 log = logging.getLogger(__name__)
 _RECORD_FIELDS = tuple(f.name for f in dataclasses.fields(JobRecord) if f.name != "result")
@@ -67,8 +69,9 @@ class RemoteError(Exception):
 
 class WorkerFroze(RemoteError):
     """The child ended its job because its worker showed no sign of life for longer than
-    the pool's patience (see :func:`_watch_worker`): the attempt is requeued uncharged, as
-    a lease that lapsed while its worker lived is."""
+    the pool's patience (see :func:`_watch_worker`), and the pool saw its own loop that
+    silent: not the job's failure (the worker puts it back uncharged, a bounded number of
+    times: see :func:`conveyor.worker.outcomes.failed`)."""
 
 
 class _ChildDied(Exception):
@@ -261,6 +264,8 @@ class ProcessPool:
         self.patience = patience
         #: the last ``time.monotonic()`` of this pool's event loop, shared with the children
         self._alive: Any = None
+        #: when this pool's loop last ran again after a silence longer than the patience
+        self._woke_at = -1.0
         self._beating: asyncio.Task[None] | None = None
         self._ctx = multiprocessing.get_context("spawn")
         self._slots = asyncio.Semaphore(self.max_processes)
@@ -296,6 +301,7 @@ class ProcessPool:
         try:
             if self.on_child is not None:
                 self.on_child(record.id)
+            sent = time.monotonic()
             try:
                 async with asyncio.timeout(timeout):
                     reply = await self._exchange(child, payload, record.id, on_progress)
@@ -304,7 +310,7 @@ class ProcessPool:
                 raise JobTimeout(f"job {record.name!r} timed out after {timeout}s; "
                                  "its process was killed") from None
             except _ChildDied:
-                raise await self._died(child, "while running the job") from None
+                raise await self._died(child, "while running the job", sent) from None
             except BaseException:  # cancelled: kill now, reap in the background
                 self._kill(child)
                 raise
@@ -363,10 +369,20 @@ class ProcessPool:
     async def _beat(self) -> None:
         """Stamp :attr:`_alive` every :attr:`beat_every` seconds, for as long as the loop
         runs (a loop held, or a process stopped, stamps nothing)."""
-        alive, every = self._alive, self.beat_every
+        alive, every, patience = self._alive, self.beat_every, self.patience or 0.0
         while True:
-            alive.value = time.monotonic()
+            now = time.monotonic()
+            if now - alive.value > patience:
+                self._woke_at = now
+            alive.value = now
             await asyncio.sleep(every)
+
+    def _was_silent(self, since: float) -> bool:
+        """Whether this pool's loop was silent for longer than the patience since ``since``
+        (``time.monotonic()``), or is only now running again after such a silence."""
+        if self.patience is None or self._alive is None:
+            return False
+        return self._woke_at >= since or time.monotonic() - self._alive.value > self.patience
 
     async def _spawn(self) -> _Child:
         if self.patience is not None and self._alive is None:
@@ -438,15 +454,18 @@ class ProcessPool:
         future.add_done_callback(self._reaping.discard)
         return future
 
-    async def _died(self, child: _Child, when: str) -> RemoteError:
+    async def _died(self, child: _Child, when: str, sent: float | None = None) -> RemoteError:
+        """The error of a child that died (``sent``: when its job was sent to it): its own
+        end for a silent worker (:data:`FROZEN_EXIT`) only when this pool's loop was indeed
+        that silent (a job may exit with that code too)."""
         pid = child.process.pid
+        silent = sent is not None and self._was_silent(sent)
         code = await self._kill(child)
-        if code == FROZEN_EXIT:
-            return WorkerFroze("WorkerProcessDied",
-                               f"worker process {pid} ended the job: this worker showed no "
-                               f"sign of life for over {self.patience}s (stopped, or its "
-                               "event loop held), and its lease may have been recovered "
-                               "elsewhere", "", False, None, False)
+        if code == FROZEN_EXIT and silent:
+            return WorkerFroze(FROZE, f"worker process {pid} ended the job: this worker "
+                               f"showed no sign of life for over {duration(self.patience or 0)}"
+                               " (stopped, or its event loop held), and its lease may have "
+                               "been recovered elsewhere", "", False, None, False)
         return RemoteError("WorkerProcessDied",
                            f"worker process {pid} died {when} with {_describe_exit(code)}",
                            "", False, None, False)
