@@ -126,6 +126,27 @@ def test_a_job_handed_back_unrun_is_counted_apart(app: Conveyor) -> None:
     assert value(s, "conveyor_jobs_throttled_total", name="elsewhere", reason="upstream") is None
 
 
+def test_a_process_job_ended_as_its_worker_froze_is_counted_apart(app: Conveyor) -> None:
+    from conveyor.worker.pool import Worker
+    from conveyor.worker.process_pool import WorkerFroze
+
+    @app.job(executor="process", retries=0)
+    def crunch() -> None:
+        return None
+
+    metrics = Metrics()
+    record = app.build("crunch", (), {})
+    froze = WorkerFroze("WorkerFroze", "worker process 1 ended the job", "", False, None,
+                        False)
+    outcome = Worker(app, metrics=metrics)._failure(record, crunch, froze)
+    assert (outcome.kind, outcome.deferred) == ("retry", True)  # uncharged, though retries=0
+    metrics.job_ended(record, outcome, 1.0)
+    s = parse(metrics.render().decode())
+    assert value(s, "conveyor_jobs_throttled_total", name="crunch", reason="frozen") == 1
+    assert value(s, "conveyor_jobs_throttled_total", name="crunch", reason="upstream") is None
+    assert not job(s, "conveyor_jobs_failed_total", "crunch")
+
+
 def test_serve_exposes_metrics(tmp_path: Path) -> None:
     server = Server(tmp_path).start()
     try:

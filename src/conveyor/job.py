@@ -150,6 +150,11 @@ class JobRecord:
         }
 
 
+#: the type name of the error of a process job that its child ended when its worker froze
+#: (see :class:`conveyor.worker.process_pool.WorkerFroze`): the error reads ``WorkerFroze: …``
+FROZE = "WorkerFroze"
+
+
 class OutcomeKind(StrEnum):
     """What a worker reports when an attempt ends."""
 

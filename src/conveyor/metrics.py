@@ -22,7 +22,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
-from conveyor.job import JobRecord, Outcome, OutcomeKind
+from conveyor.job import FROZE, JobRecord, Outcome, OutcomeKind
 from conveyor.limits import LimitUsage
 from conveyor.queues import QueueSettings
 
@@ -152,7 +152,8 @@ class Metrics:
         self.throttled = Counter("conveyor_jobs_throttled_total", "Claims that held ready "
                                  "jobs of a name back for a limit (concurrency, "
                                  "group_concurrency, rate, group_rate), and attempts put back "
-                                 "uncharged because the job raised RateLimited (upstream)",
+                                 "uncharged because the job raised RateLimited (upstream), its "
+                                 "worker did not know it (unregistered) or froze (frozen)",
                                  ("name", "reason"), registry=r)
         #: the job names with limits whose running attempts refresh_queues reads
         self.limited_names: list[str] = []
@@ -221,8 +222,7 @@ class Metrics:
         if kind is OutcomeKind.SUCCEEDED:
             children.succeeded.inc()
         elif outcome.deferred:  # put back uncharged, not a failure
-            self.throttled.labels(record.name, "unregistered" if outcome.unrun
-                                  else "upstream").inc()
+            self.throttled.labels(record.name, _deferred_reason(outcome)).inc()
         elif kind is OutcomeKind.RETRY:
             children.failed.inc()
             children.retried.inc()
@@ -322,3 +322,12 @@ def start_server(metrics: Metrics, port: int, host: str = "127.0.0.1") -> Callab
         thread.join(5)
 
     return stop
+
+
+def _deferred_reason(outcome: Outcome) -> str:
+    """Why an attempt was put back uncharged: ``unregistered`` (its worker does not know the
+    name), ``frozen`` (its process was ended as its worker froze), ``upstream``
+    (RateLimited)."""
+    if outcome.unrun:
+        return "unregistered"
+    return "frozen" if (outcome.error or "").startswith(f"{FROZE}:") else "upstream"

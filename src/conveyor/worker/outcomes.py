@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from conveyor.bounds import encode_value
 from conveyor.errors import PermanentError, RateLimited, Retry
-from conveyor.job import JobRecord, Outcome, OutcomeKind
+from conveyor.job import FROZE, JobRecord, Outcome, OutcomeKind
 from conveyor.limits import MAX_DEFERRALS
 from conveyor.logs import duration, iso_time, json_lines, one_line, plural
 from conveyor.serialization import NotSerializable
@@ -24,9 +24,6 @@ NOT_JSON = "result is not JSON-serializable"
 INTERNAL = "internal error in the worker"
 #: seconds a job whose name its worker does not know waits for another worker (see unknown)
 UNKNOWN_WAIT = 30.0
-#: the type name of the error of a process job its child ended when its worker froze (see
-#: :class:`conveyor.worker.process_pool.WorkerFroze`): the job's error reads ``WorkerFroze: …``
-FROZE = "WorkerFroze"
 
 
 def _outcome(record: JobRecord, worker_id: str, kind: OutcomeKind, **fields: Any) -> Outcome:

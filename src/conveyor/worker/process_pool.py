@@ -38,10 +38,9 @@ from typing import Any
 from conveyor.context import JobContext
 from conveyor.errors import JobTimeout, PermanentError, RateLimited, Retry
 from conveyor.functions import CallBinding, JobFunction
-from conveyor.job import JobRecord, JobState
+from conveyor.job import FROZE, JobRecord, JobState
 from conveyor.logs import duration
 from conveyor.serialization import NotSerializable, dumps, loads
-from conveyor.worker.outcomes import FROZE
 
 log = logging.getLogger(__name__)
 _RECORD_FIELDS = tuple(f.name for f in dataclasses.fields(JobRecord) if f.name != "result")
