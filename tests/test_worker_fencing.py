@@ -358,6 +358,60 @@ def test_a_process_job_ended_for_a_held_loop_is_requeued_uncharged(
     assert handle.result() == 1
 
 
+def test_a_job_waiting_for_a_child_does_not_start_after_its_worker_was_stopped(
+        url: str, tmp_path: Path) -> None:
+    """A worker with a process job waiting in a slot for a child is stopped (SIGSTOP); its
+    children end their jobs meanwhile (their answers wait in the pipes), and another worker
+    recovers every job. Once resumed, the first worker must not send the waiting job to a
+    freed child: a heartbeat first tells it the job is no longer its own. The waiting job's
+    ledger shows one process only (the recovering worker's child)."""
+    children = os.cpu_count() or 1
+    namespace = f"t{new_id().lower()}"
+    app = Conveyor(url=url, namespace=namespace)
+    first_log, second_log = tmp_path / "a.log", tmp_path / "b.log"
+    ledgers = [tmp_path / f"finisher-{n}" for n in range(children)]
+    finishers = [app.enqueue_call("finisher", [str(ledger)], {}, force=True)
+                 for ledger in ledgers]
+    waiting_ledger = tmp_path / "waiting"
+    waiting = app.enqueue_call("steady", [str(waiting_ledger), 4.0], {}, force=True)
+    slots = ("--min-workers", str(children + 1), "--max-workers", str(children + 1))
+    lease = {"ORPHANJOBS_LEASE": "3"}  # the child's watch: 1 s (the children end at once)
+    first = _orphanjobs_worker(url, namespace, first_log, *slots, **lease)
+    second = None
+    try:
+        wait_until(lambda: all(ledger.exists() for ledger in ledgers), 30,
+                   "every child to run a finisher")
+        wait_until(lambda: waiting.info().state is JobState.RUNNING, 30,
+                   "the last job to take a slot")
+        assert not waiting_ledger.exists()  # it waits for a child
+        second = _orphanjobs_worker(url, namespace, second_log, **lease)
+        wait_until(lambda: second_log.exists() and " on " in second_log.read_text(), 30,
+                   "the second worker to start")
+        _stop_holding_no_lock(first, url)
+        for ledger in ledgers:  # the children end their attempts, their worker stopped
+            Path(f"{ledger}.go").touch()
+        wait_until(lambda: waiting_ledger.exists() and len(_ticks(waiting_ledger)) >= 3, 60,
+                   "the recovering worker to run the waiting job")
+        first.send_signal(signal.SIGCONT)
+        wait_until(lambda: all(h.info().is_final for h in [*finishers, waiting]), 60,
+                   "every job to end")
+        time.sleep(1.0)  # a stale start would tick by now
+        for worker in (first, second):
+            worker.send_signal(signal.SIGTERM)
+            assert worker.wait(30) == 0
+        info = waiting.info()
+    finally:
+        for proc in (first, second):
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGCONT)
+                proc.kill()
+                proc.wait()
+        app.close()
+    assert len({pid for pid, _, _ in _ticks(waiting_ledger)}) == 1, \
+        (_ticks(waiting_ledger), first_log.read_text())
+    assert info.state is JobState.SUCCEEDED
+
+
 @pytest.mark.parametrize("store", ["sqlite", "redis"])
 def test_a_store_outage_does_not_end_a_process_job(store: str, tmp_path: Path) -> None:
     """The store out of reach for 2 s (SQLite: another connection holds the write lock;

@@ -113,7 +113,8 @@ class Executors:
 
     def __init__(self, max_threads: int, max_processes: int,
                  on_child: Callable[[str], None] | None = None,
-                 frozen_patience: float | None = None) -> None:
+                 frozen_patience: float | None = None,
+                 before_child: Callable[[], Awaitable[None]] | None = None) -> None:
         # ``max_threads`` is kept for callers; the worker's slots bound thread jobs.
         self._threads = JobThreads()
         #: the most child processes the process jobs run in
@@ -124,6 +125,8 @@ class Executors:
         #: how long a process job runs on while its worker shows no sign of life (see
         #: ProcessPool.patience; None: for ever)
         self._frozen_patience = frozen_patience
+        #: awaited before a process job is sent to its child (see ProcessPool.before_run)
+        self._before_child = before_child
 
     def run(self, job_fn: JobFunction[..., Any], ctx: JobContext) -> Awaitable[Any]:
         """One attempt, to await; it raises :class:`JobTimeout` past the job's timeout.
@@ -179,7 +182,7 @@ class Executors:
             from conveyor.worker.process_pool import ProcessPool
 
             self._processes = ProcessPool(self.max_processes, self._on_child,
-                                          self._frozen_patience)
+                                          self._frozen_patience, self._before_child)
         staged = job_fn.staged_path(ctx.id)
         return await self._processes.run(
             job_fn.fn.__module__,

@@ -93,6 +93,9 @@ class Maintenance:
         #: ``time.monotonic()`` when the last heartbeat that the store answered was sent:
         #: the leases it renewed last at least a lease from then
         self.renewed_at = time.monotonic()
+        #: the heartbeat :meth:`renew_if_lapsing` sent, while it is under way (its callers
+        #: share it)
+        self._renewing: asyncio.Task[bool] | None = None
 
     def start(self) -> None:
         """Start every loop on the running event loop."""
@@ -196,16 +199,27 @@ class Maintenance:
         for job_id in beat.cancel:
             worker.cancel_job(job_id, "cancel")
 
+    def lapsing(self) -> bool:
+        """Whether the leases were last renewed half a lease ago or more (this worker was cut
+        off from the store, stopped, or its event loop held), outside a known outage of the
+        store (the heartbeat loop waits that out)."""
+        return time.monotonic() - self.renewed_at >= self.worker.app.lease / 2 \
+            and not outage_for(self.worker.broker).down
+
     async def renew_if_lapsing(self) -> bool:
-        """Send a heartbeat now when the leases were last renewed half a lease ago or more
-        (this worker was cut off from the store, stopped, or its event loop held): the
-        attempts the store gave to others meanwhile are then lost here (see
-        :meth:`Worker.lose`) before their outcomes are written. Not during a known outage
-        of the store (the settle would wait for it twice). True when one was sent and
-        answered; trouble is left to the heartbeat loop, which logs it."""
-        if time.monotonic() - self.renewed_at < self.worker.app.lease / 2 \
-                or outage_for(self.worker.broker).down:  # (the heartbeat loop waits it out)
-            return False
+        """Send a heartbeat now when the leases are :meth:`lapsing`: the attempts the store
+        gave to others meanwhile are then lost here (see :meth:`Worker.lose`) before their
+        outcomes are written or they start. Callers meanwhile share it (a caller cancelled
+        leaves it to the others). True when one was sent and answered; trouble is left to
+        the heartbeat loop, which logs it."""
+        task = self._renewing
+        if task is None or task.done():
+            if not self.lapsing():
+                return False
+            task = self._renewing = asyncio.get_running_loop().create_task(self._renew())
+        return await asyncio.shield(task)
+
+    async def _renew(self) -> bool:
         try:
             await self.heartbeat_once()
         except Exception:

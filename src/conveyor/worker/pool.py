@@ -117,12 +117,15 @@ class Worker:
         self.grace = grace
         self.id = f"{socket.gethostname()}-{os.getpid()}-{new_id()[-6:].lower()}"
         self.executors = Executors(max_workers, max_processes or os.cpu_count() or 1,
-                                   self._child_found, frozen_patience(app.lease))
+                                   self._child_found, frozen_patience(app.lease),
+                                   self._renewed)
         #: the app has process jobs: a claim marks started only those a child can take
         self._process_jobs = any(map(_in_a_child, app.registry.values()))
         #: process jobs claimed unstarted, started in a slot but waiting for a child (job id
         #: -> claim): marked started once one takes them (see _child_found)
         self._awaiting_child: dict[str, int] = {}
+        #: the heartbeat the buffered jobs wait for before they start (see _fill_slots)
+        self._refilling: asyncio.Task[None] | None = None
         self.info = WorkerInfo(
             id=self.id,
             host=socket.gethostname(),
@@ -567,11 +570,17 @@ class Worker:
         return self._alone is not None or bool(
             self.buffered and self.buffered[0].suspect and (self.running or self._settling))
 
-    def _fill_slots(self) -> None:
+    def _fill_slots(self, renewed: bool = False) -> None:
         """Start buffered jobs while slots are free. A suspect job (its worker was lost
         while it ran) starts only once nothing else runs or waits for its outcome to be
         stored, and nothing starts beside it: if
-        it kills its process again, no other job pays for it."""
+        it kills its process again, no other job pays for it. When the leases may have
+        lapsed (see :meth:`Maintenance.lapsing`: this worker was stopped, or its loop held),
+        nothing starts before a heartbeat has told which of the buffered jobs the store
+        gave to others meanwhile (``renewed``: it has been sent)."""
+        if self.buffered and not renewed and self.maintenance.lapsing():
+            self._renew_then_fill()
+            return
         while self.buffered and self.busy < self.scaler.size and not self.stopping:
             if self._alone is not None:
                 return
@@ -591,6 +600,29 @@ class Worker:
                 else:
                     self.begun.append((record.id, record.claim))
             self._start(record)
+
+    async def _renewed(self) -> None:
+        """Before a process job that waited for a child is sent to one: a heartbeat first
+        when the leases may have lapsed meanwhile (as :meth:`_fill_slots` does), so that a
+        job the store gave to another worker is lost here (its attempt cancelled) before it
+        runs a second time."""
+        await self.maintenance.renew_if_lapsing()
+
+    def _renew_then_fill(self) -> None:
+        """:meth:`_fill_slots` once a heartbeat has renewed the leases (whatever it met: a
+        heartbeat that failed leaves the decision to the store's fencing, as before)."""
+        if self._refilling is not None:
+            return
+
+        async def renew_then_fill() -> None:
+            try:
+                await self.maintenance.renew_if_lapsing()
+            finally:
+                self._refilling = None
+                self._fill_slots(renewed=True)
+
+        assert self._loop is not None
+        self._refilling = self._loop.create_task(renew_then_fill())
 
     def _children_free(self) -> int:
         """How many more process jobs would find a child at once: the pool's size less

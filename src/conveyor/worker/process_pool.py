@@ -29,7 +29,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from pathlib import Path
@@ -254,10 +254,15 @@ class ProcessPool:
 
     def __init__(self, max_processes: int,
                  on_child: Callable[[str], None] | None = None,
-                 patience: float | None = None) -> None:
+                 patience: float | None = None,
+                 before_run: Callable[[], Awaitable[None]] | None = None) -> None:
         self.max_processes = max(1, max_processes)
         #: called with a job's id once it has a child to run in (until then it waits)
         self.on_child = on_child
+        #: awaited once a job has a child, before it is sent there (a worker stopped
+        #: meanwhile asks the store whether the job is still its own); cancelled, the job
+        #: is not sent and the child stays ready
+        self.before_run = before_run
         #: how long a child lets its job run while this pool's event loop shows no sign of
         #: life (see :func:`_watch_worker`; None: for ever)
         self.patience = patience
@@ -298,6 +303,12 @@ class ProcessPool:
         return its answer; kill the child past ``timeout`` or when cancelled."""
         child = await self._acquire()
         try:
+            if self.before_run is not None:
+                try:
+                    await self.before_run()
+                except BaseException:
+                    self._idle.append(child)  # (sent nothing: it is ready for another)
+                    raise
             if self.on_child is not None:
                 self.on_child(record.id)
             sent = time.monotonic()
