@@ -276,10 +276,12 @@ def test_a_write_queued_long_still_waits_out_a_short_hold(tmp_path: Path) -> Non
     moment of its own (at least a second, or its whole patience if shorter) rather than
     failing at the first "locked"."""
     path = tmp_path / "s.db"
-    broker = SQLiteBroker(f"sqlite:///{path}?busy_timeout=300", namespace="t")
+    # a patience of 1 s; the hold ends 0.4 s after the first write gives up, 0.6 s before
+    # the second one's own wait does (margins a loaded machine keeps)
+    broker = SQLiteBroker(f"sqlite:///{path}?busy_timeout=1000", namespace="t")
     broker.enqueue_blocking([job()], {})
     holder = Holder(path)
-    threading.Timer(0.5, holder.release).start()
+    threading.Timer(1.4, holder.release).start()
 
     async def both() -> list[object]:
         first = asyncio.ensure_future(broker.enqueue([job()], {}))
@@ -292,4 +294,4 @@ def test_a_write_queued_long_still_waits_out_a_short_hold(tmp_path: Path) -> Non
     finally:
         broker.close_blocking()
     assert isinstance(first, Exception) and "locked" in str(first), first
-    assert second == [None], second  # stored once the hold ended, 0.45 s after it came
+    assert second == [None], second  # stored once the hold ended, 1.35 s after it came
