@@ -201,6 +201,22 @@ def _orphanjobs_worker(url: str, namespace: str, log: Path, *options: str,
             cwd=TESTS, env=cli_env(**env), stdout=subprocess.DEVNULL, stderr=out)
 
 
+def _stop_workers(*workers: subprocess.Popen[bytes]) -> None:
+    """Stop each worker with SIGTERM, as an operator would, and check it stopped cleanly."""
+    for worker in workers:
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(30) == 0
+
+
+def _kill_left(*workers: subprocess.Popen[bytes] | None) -> None:
+    """Kill what a failed test left running (resumed first: it may be stopped)."""
+    for worker in workers:
+        if worker is not None and worker.poll() is None:
+            worker.send_signal(signal.SIGCONT)
+            worker.kill()
+            worker.wait()
+
+
 def _stop_holding_no_lock(proc: subprocess.Popen[bytes], url: str) -> None:
     """SIGSTOP ``proc`` at a moment it holds no SQLite write lock (stopped inside a write,
     it would hold every other process's writes, the recovery's too, until it resumes)."""
@@ -249,15 +265,9 @@ def test_an_attempt_that_ended_while_its_worker_was_stopped_is_logged_lost(
         wait_until(lambda: "ended, but is no longer this worker's" in first_log.read_text(),
                    20, "the first worker to log its ended attempt as lost")
         assert (info.state, handle.result()) == (JobState.SUCCEEDED, 2), second_log.read_text()
-        for worker in (first, second):
-            worker.send_signal(signal.SIGTERM)
-            assert worker.wait(30) == 0
+        _stop_workers(first, second)
     finally:
-        for proc in (first, second):
-            if proc is not None and proc.poll() is None:
-                proc.send_signal(signal.SIGCONT)
-                proc.kill()
-                proc.wait()
+        _kill_left(first, second)
         app.close()
     log = first_log.read_text()
     assert log.count("ended, but is no longer this worker's") == 1, log
@@ -300,15 +310,9 @@ def test_a_process_job_ends_when_its_worker_is_stopped_past_its_lease(
         first.send_signal(signal.SIGCONT)
         wait_until(lambda: "is no longer this worker's" in first_log.read_text(), 20,
                    "the first worker to give up its attempt")
-        for worker in (first, second):
-            worker.send_signal(signal.SIGTERM)
-            assert worker.wait(30) == 0
+        _stop_workers(first, second)
     finally:
-        for proc in (first, second):
-            if proc is not None and proc.poll() is None:
-                proc.send_signal(signal.SIGCONT)
-                proc.kill()
-                proc.wait()
+        _kill_left(first, second)
         app.close()
     ticks = _ticks(ledger)
     firsts = [at for _, attempt, at in ticks if attempt == 1]
@@ -340,12 +344,9 @@ def test_a_process_job_ended_for_a_held_loop_is_requeued_uncharged(
                    "the first run to tick")
         app.enqueue_call("holder", [5.0], {}, force=True)
         info = wait_until(lambda: (r := handle.info()).is_final and r, 60, "the job to end")
-        worker.send_signal(signal.SIGTERM)
-        assert worker.wait(30) == 0
+        _stop_workers(worker)
     finally:
-        if worker.poll() is None:
-            worker.kill()
-            worker.wait()
+        _kill_left(worker)
         app.close()
     log = log_path.read_text()
     assert "has shown no sign of life" in log, log
@@ -396,16 +397,10 @@ def test_a_job_waiting_for_a_child_does_not_start_after_its_worker_was_stopped(
         wait_until(lambda: all(h.info().is_final for h in [*finishers, waiting]), 60,
                    "every job to end")
         time.sleep(1.0)  # a stale start would tick by now
-        for worker in (first, second):
-            worker.send_signal(signal.SIGTERM)
-            assert worker.wait(30) == 0
+        _stop_workers(first, second)
         info = waiting.info()
     finally:
-        for proc in (first, second):
-            if proc is not None and proc.poll() is None:
-                proc.send_signal(signal.SIGCONT)
-                proc.kill()
-                proc.wait()
+        _kill_left(first, second)
         app.close()
     assert len({pid for pid, _, _ in _ticks(waiting_ledger)}) == 1, \
         (_ticks(waiting_ledger), first_log.read_text())
@@ -441,12 +436,9 @@ def test_a_store_outage_does_not_end_a_process_job(store: str, tmp_path: Path) -
             holder.close()
         info = wait_until(lambda: (r := handle.info()).is_final and r, 60, "the job to end")
         result = handle.result()
-        worker.send_signal(signal.SIGTERM)
-        assert worker.wait(30) == 0
+        _stop_workers(worker)
     finally:
-        if worker.poll() is None:
-            worker.kill()
-            worker.wait()
+        _kill_left(worker)
         app.close()
         if server is not None:
             server.remove()
@@ -491,13 +483,9 @@ def test_process_jobs_waiting_for_a_child_are_not_charged_when_their_worker_dies
             return records if all(r.is_final for r in records) else None
 
         infos = wait_until(ended, 90, "every job to end after the recovery")
-        second.send_signal(signal.SIGTERM)
-        assert second.wait(30) == 0
+        _stop_workers(second)
     finally:
-        for proc in (first, second):
-            if proc is not None and proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        _kill_left(first, second)
         app.close()
     dead = [i for i in infos if i.state is JobState.DEAD]
     done = [i for i in infos if i.state is JobState.SUCCEEDED]
