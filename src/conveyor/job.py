@@ -184,12 +184,18 @@ class Outcome:
     #: written again (after a lost reply) never ends a later attempt
     claim: int | None = None
     #: with RETRY: the attempt is not charged (``attempts`` back by one) and the job's
-    #: ``deferrals`` grow by one (a job that raised RateLimited, or one its worker does not
-    #: register)
+    #: ``deferrals`` grow by one (a job that raised RateLimited, one its worker does not
+    #: register, or a process job its child ended when its worker froze: see :attr:`froze`)
     deferred: bool = False
     #: the job did not run: its worker does not register its name and handed it back (no
     #: attempt started or ended, in the counts of a worker and of the store)
     unrun: bool = False
+
+    @property
+    def froze(self) -> bool:
+        """A deferral of a process job that its child ended when its worker froze (its
+        error reads ``WorkerFroze: …``, see :data:`FROZE`)."""
+        return self.deferred and (self.error or "").startswith(f"{FROZE}:")
 
 
 @dataclass(slots=True, frozen=True)

@@ -22,7 +22,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
-from conveyor.job import FROZE, JobRecord, Outcome, OutcomeKind
+from conveyor.job import JobRecord, Outcome, OutcomeKind
 from conveyor.limits import LimitUsage
 from conveyor.queues import QueueSettings
 
@@ -330,4 +330,4 @@ def _deferred_reason(outcome: Outcome) -> str:
     (RateLimited)."""
     if outcome.unrun:
         return "unregistered"
-    return "frozen" if (outcome.error or "").startswith(f"{FROZE}:") else "upstream"
+    return "frozen" if outcome.froze else "upstream"

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from conveyor.bounds import encode_value
 from conveyor.errors import PermanentError, RateLimited, Retry
-from conveyor.job import FROZE, JobRecord, Outcome, OutcomeKind
+from conveyor.job import JobRecord, Outcome, OutcomeKind
 from conveyor.limits import MAX_DEFERRALS
 from conveyor.logs import duration, iso_time, json_lines, one_line, plural
 from conveyor.serialization import NotSerializable
@@ -102,7 +102,7 @@ def failed(
     A job that raised :class:`RateLimited` goes back to wait its ``retry_after`` without
     charging the attempt, at most :data:`MAX_DEFERRALS` times; after that it fails as
     any other error, retried after ``retry_after``. So does a process job whose child ended
-    it when its worker froze (:data:`FROZE`; ``rate_limited`` given), at once.
+    it when its worker froze (:attr:`~conveyor.job.Outcome.froze`; ``rate_limited`` given), at once.
 
     ``error``, ``tb``, ``permanent``, ``retry_delay`` and ``rate_limited`` override what is
     read off ``exc`` (the process executor reports them from the child).
@@ -201,7 +201,7 @@ def log_end(record: JobRecord, outcome: Outcome, job_fn: JobFunction[..., Any] |
                         record.id, record.name, when, record.deferrals + 1, MAX_DEFERRALS,
                         extra=fields)
         elif outcome.deferred:
-            froze = (outcome.error or "").startswith(f"{FROZE}:")  # (see process_pool)
+            froze = outcome.froze
             log.log(logging.WARNING if froze else logging.INFO,
                     "job %s (%s) %s, %s (not charged; deferred %d of %d times): %s",
                     record.id, record.name, "was ended in its process as its worker froze"

@@ -170,7 +170,7 @@ def _exit_when_ready(sentinel: int) -> None:
 def _watch_worker(alive: Any, patience: float, running: list[Any]) -> None:
     """End this child (exit :data:`FROZEN_EXIT`) once a job runs in it and its worker has
     shown no sign of life for ``patience`` seconds: ``alive.value`` is the worker's last
-    ``time.monotonic()`` (its event loop stamps it every :meth:`ProcessPool.beat_every`
+    ``time.monotonic()`` (its event loop stamps it every :attr:`ProcessPool.beat_every`
     seconds), ``running`` the job under way (its id, and when it was sent, which its worker
     was alive to do; None: idle). A worker stopped (SIGSTOP) or whose event loop is held
     renews no lease, so another worker may soon recover the job: the copy here must not run
