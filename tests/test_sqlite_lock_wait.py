@@ -16,7 +16,7 @@ import pytest
 from conveyor.backends.sqlite import SQLiteBroker
 from conveyor.backends.sqlite.schema import is_locked, retry_locked
 from conveyor.ids import new_id
-from conveyor.job import JobRecord, JobState
+from conveyor.job import JobRecord, JobState, WorkerInfo
 
 
 def job() -> JobRecord:
@@ -143,11 +143,7 @@ def test_leases_that_lapse_while_the_lock_is_held_are_not_recovered(
     every worker's heartbeats wait as long as the recovery pass does. The pass that waited
     takes no lease, the wait counts as trouble (so the worker's next passes hold off for a
     lease, see Maintenance.recover_once), and the live job keeps its attempt."""
-    from conveyor.job import WorkerInfo
-
-    lease = 1.0
-    info = WorkerInfo(id="w1", host="h", pid=1, queues=["default"], concurrency=1,
-                      min_concurrency=1, max_concurrency=1, started_at=time.time())
+    lease, info = 1.0, worker_info("w1")
 
     async def run() -> None:
         await store.heartbeat(info, {}, lease)
@@ -252,14 +248,15 @@ def test_a_short_hold_is_no_trouble_and_the_pass_takes_what_had_lapsed(
     """A recovery pass that waits a moment for the lock (another process's transaction)
     still takes the leases that had lapsed when it was asked for (a dead worker's), and
     the short wait is no trouble that would hold the next passes off."""
-    from conveyor.job import WorkerInfo
-
-    info = WorkerInfo(id="gone", host="h", pid=1, queues=["default"], concurrency=1,
-                      min_concurrency=1, max_concurrency=1, started_at=time.time())
+    gone, live = (worker_info(name) for name in ("gone", "live"))
+    # the dead worker was another process, with leases of 0.2 s; this one's last 30 s (a
+    # wait of a second is trouble for it: see lock_trouble)
+    elsewhere = SQLiteBroker(store.url, namespace="t")
 
     async def run() -> None:
-        await store.heartbeat(info, {}, 0.2)
-        [claimed] = await store.claim("gone", ["default"], 1, 0.2)
+        await store.heartbeat(live, {}, 30.0)
+        await elsewhere.heartbeat(gone, {}, 0.2)
+        [claimed] = await elsewhere.claim("gone", ["default"], 1, 0.2)
         await asyncio.sleep(0.5)  # its worker is gone: the lease lapses
         holder = Holder(tmp_path / "s.db")
         threading.Timer(0.4, holder.release).start()
@@ -268,7 +265,68 @@ def test_a_short_hold_is_no_trouble_and_the_pass_takes_what_had_lapsed(
         assert [job_id for job_id, _, _ in recovered.jobs] == [claimed.id], recovered
         assert store.last_trouble == 0.0
 
-    asyncio.run(run())
+    try:
+        asyncio.run(run())
+    finally:
+        elsewhere.close_blocking()
+
+
+def worker_info(worker_id: str) -> WorkerInfo:
+    return WorkerInfo(id=worker_id, host="h", pid=1, queues=["default"], concurrency=1,
+                      min_concurrency=1, max_concurrency=1, started_at=time.time())
+
+
+@pytest.mark.parametrize(("lease", "trouble"), [(1.0, True), (30.0, False)])
+def test_a_hold_is_trouble_past_a_quarter_of_a_short_lease(
+        store: SQLiteBroker, tmp_path: Path, lease: float, trouble: bool) -> None:
+    """A wait of 0.5 s for the lock is trouble for a worker whose leases last 1 s (they
+    lapse once the lock is held 0.67 s: its heartbeats come every third of a lease), and
+    none for one whose leases last 30 s."""
+    asyncio.run(store.heartbeat(worker_info("w"), {}, lease))
+    holder = Holder(tmp_path / "s.db")
+    threading.Timer(0.5, holder.release).start()
+    began = time.monotonic()
+    store.enqueue_blocking([job()], {})
+    assert holder.released_at > 0
+    assert (store.last_trouble >= began + 0.4) is trouble, store.last_trouble - began
+
+
+def test_a_pass_asked_for_during_a_hold_takes_no_lease_that_lapsed_in_it(
+        store: SQLiteBroker, tmp_path: Path) -> None:
+    """Two worker processes, leases of 1 s; another connection holds the lock 0.95 s from
+    just after the first worker's heartbeat, so its lease lapses in the hold. The second
+    worker's heartbeat waits through the hold, and its recovery pass is asked for after the
+    lapse, just before the lock is let go: the pass, which runs once the heartbeat has, must
+    take nothing (the worker that holds the job is alive), and the job keeps its attempt."""
+    lease = 1.0
+    owner = SQLiteBroker(store.url, namespace="t")
+    first, second = worker_info("first"), worker_info("second")
+
+    async def run() -> None:
+        await store.heartbeat(second, {}, lease)
+        await owner.heartbeat(first, {}, lease)
+        [claimed] = await owner.claim("first", ["default"], 1, lease)
+        await owner.heartbeat(first, {claimed.id: claimed.claim}, lease)
+        renewed = time.monotonic()
+        holder = Holder(tmp_path / "s.db")
+        await asyncio.sleep(0.05)
+        beat = asyncio.ensure_future(store.heartbeat(second, {}, lease))  # waits
+        await asyncio.sleep(renewed + lease + 0.1 - time.monotonic())  # the lease lapsed
+        recovery = asyncio.ensure_future(store.recover_expired(3))
+        await asyncio.sleep(0.05)
+        holder.release()
+        recovered, _ = await recovery, await beat
+        assert recovered.jobs == [] and recovered.requeued == 0, recovered
+        renewal = await owner.heartbeat(first, {claimed.id: claimed.claim}, lease)
+        assert renewal.lost == set()
+        record = await owner.get(claimed.id)
+        assert record is not None and record.state == JobState.RUNNING
+        assert (record.attempts, record.recoveries) == (1, 0)
+
+    try:
+        asyncio.run(run())
+    finally:
+        owner.close_blocking()
 
 
 def test_a_write_queued_long_still_waits_out_a_short_hold(tmp_path: Path) -> None:

@@ -35,7 +35,11 @@ from conveyor.backends.sqlite.schema import (
     job_from_row,
     worker_from_row,
 )
-from conveyor.backends.sqlite.trouble import needs_new_connection, unavailable_reason
+from conveyor.backends.sqlite.trouble import (
+    lock_trouble,
+    needs_new_connection,
+    unavailable_reason,
+)
 from conveyor.backends.sqlite.writer import Writer, WriterStopped
 from conveyor.errors import (
     ConfigurationError,
@@ -145,6 +149,8 @@ class SQLiteBroker(Broker):
         self.ns = check_namespace(namespace)
         #: False: open only an existing file (see only_existing)
         self.create = True
+        #: the shortest lease of the workers of this process (see :meth:`_lock_held`)
+        self._lease: float | None = None
         self._writer = self._new_writer()
         self._local = threading.local()
         self._opened = False
@@ -361,11 +367,13 @@ class SQLiteBroker(Broker):
         except (sqlite3.Error, OSError) as exc:
             self._fail(exc, sent)
 
-    def _lock_held(self) -> None:
-        """The writer waited long for the write lock (see :class:`Writer`): trouble, so that
+    def _lock_held(self, waited: float) -> None:
+        """The writer waited ``waited`` seconds for the write lock (see :class:`Writer`):
+        past :func:`lock_trouble` of the lease of this process's worker, trouble, so that
         this worker's recovery passes hold off until the others' heartbeats, held alike,
         have renewed their leases (see :meth:`recover_expired` for the pass that waited)."""
-        self.last_trouble = time.monotonic()
+        if waited >= lock_trouble(self._lease):
+            self.last_trouble = time.monotonic()
 
     def _fail(self, error: sqlite3.Error | OSError, sent: float) -> NoReturn:
         """Raise ``error``, as :class:`StoreUnavailable` when it may pass (noted in
@@ -743,6 +751,8 @@ class SQLiteBroker(Broker):
     ) -> list[JobRecord]:
         hold = f"UPDATE {self.ns}_jobs SET unstarted=? WHERE id=?"
         known = limits or {}
+        if self._lease is None or lease < self._lease:
+            self._lease = lease
 
         def fn(conn: sqlite3.Connection) -> tuple[list[JobRecord], dict[str, int] | None,
                                                   set[tuple[str, str]]]:
@@ -1028,6 +1038,7 @@ class SQLiteBroker(Broker):
         t = self.ns
         ids = list(held)
         begun = [(job_id, worker.id, claim) for job_id, claim in started]
+        self._lease = lease if self._lease is None else min(self._lease, lease)
 
         def fn(conn: sqlite3.Connection) -> Beat:
             now, until = time.time(), lease_now() + lease
@@ -1173,9 +1184,14 @@ class SQLiteBroker(Broker):
         # only the leases that had lapsed when the pass was asked for: one that lapses while
         # the pass waits for the write lock (another connection holding it) is that of a
         # worker whose heartbeat waits alike and comes next; the next pass decides on it
-        asked = lease_now()
+        asked, began = lease_now(), time.monotonic()
 
         def fn(conn: sqlite3.Connection) -> Recovery:
+            # a lock held long (noted when the wait for it ended, before this runs: see
+            # _lock_held) may have held this process's heartbeats and lapsed leases of live
+            # workers, whose own heartbeats wait alike: the next pass decides
+            if self.last_trouble >= began:
+                return Recovery()
             # one write transaction: a job two workers see expire is moved (and counted) once
             now, clock = time.time(), lease_now()
             rows = conn.execute(

@@ -14,6 +14,11 @@ from pathlib import Path
 
 from conveyor.backends.outage import outage_of, sqlite_key
 
+#: seconds of waiting for the write lock past which the wait is trouble, even though it
+#: ended with the lock: every process's writes, heartbeats included, were held that long
+#: (see :func:`lock_trouble`)
+LOCK_TROUBLE = 1.0
+
 FULL = "the disk is full"
 LOCKED = "the database is locked"
 IO = "disk I/O error"
@@ -106,3 +111,13 @@ def _disk_full(path: Path) -> bool:
         except OSError:
             continue
     return False
+
+
+def lock_trouble(lease: float | None) -> float:
+    """Seconds of waiting for the write lock that count as trouble for a worker whose leases
+    last ``lease`` seconds (None: no worker here yet): :data:`LOCK_TROUBLE`, or a quarter of
+    the lease if shorter. A lease lapses once the lock is held a lease less a heartbeat's
+    interval (a third of the lease, at most a second); each process's own heartbeat, sent
+    during such a hold, then waits at least a third of the lease, so it notes the trouble
+    before that process recovers anything."""
+    return LOCK_TROUBLE if lease is None else min(LOCK_TROUBLE, lease / 4)

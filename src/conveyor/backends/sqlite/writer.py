@@ -50,9 +50,6 @@ WriteFn = Callable[[sqlite3.Connection], Any]
 MAX_GROUP = 512
 #: the first and the longest pause between two tries of the write lock (see :class:`Writer`)
 LOCK_PAUSE, LOCK_PAUSE_MAX = 0.0002, 0.005
-#: seconds of waiting for the write lock past which the wait is trouble (see
-#: :class:`Writer`): every process's writes, heartbeats included, were held that long
-LOCK_TROUBLE = 1.0
 #: seconds a write still waits for the lock once the writer is being stopped (see stop())
 STOP_PATIENCE = 1.0
 #: a write's wait for the lock, however long it was queued, is at least this (or its whole
@@ -178,13 +175,13 @@ class Writer:
     handler sleeps 1, 2, 5 ... up to 100 ms between tries, long after another process's
     transaction, which holds the lock for well under a millisecond, has let it go; the writer
     tries again after :data:`LOCK_PAUSE` doubling up to :data:`LOCK_PAUSE_MAX`. A wait
-    longer than :data:`LOCK_TROUBLE` that ends with the lock is reported to ``held()``
-    before the write runs: leases may have lapsed meanwhile, their holders' heartbeats held
-    alike, and a recovery must not take them for those of dead workers."""
+    that ends with the lock is reported to ``held(seconds)`` before the write runs: leases
+    may have lapsed meanwhile, their holders' heartbeats held alike, and a recovery must
+    not take them for those of dead workers."""
 
     def __init__(self, connect: Callable[[], sqlite3.Connection],
                  patience: Callable[[], float],
-                 held: Callable[[], None], version: str) -> None:
+                 held: Callable[[float], None], version: str) -> None:
         self._connect = connect
         #: the query of one value that moves whenever a fact the cache keeps may have
         #: changed
@@ -504,8 +501,7 @@ class Writer:
                 patience = max(patience - queued, min(patience, LOCK_FLOOR))
             retry_locked(functools.partial(conn.execute, "BEGIN IMMEDIATE"), patience,
                          LOCK_PAUSE, LOCK_PAUSE_MAX, self._stop_waited)
-            if time.monotonic() - began >= LOCK_TROUBLE:
-                self._held()
+            self._held(time.monotonic() - began)
         if not keeps:
             self.cache.clear()
             return
