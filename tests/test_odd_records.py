@@ -214,3 +214,112 @@ def test_text_that_is_not_utf8_in_the_store_does_not_break_any_read(
     assert shown[record.id]["error"] == "err \\xfe"
     response = served.client.delete(f"/jobs/{record.id}")
     assert response.status_code == 200, response.text
+
+
+def _hand_records(app: Conveyor, store: tuple[str, str]) -> dict[str, str]:
+    """Jobs whose records a hand then left odd in the store, past anything a writer of
+    Conveyor stores (text where a number or JSON belongs, a state no version knows, NaN,
+    bytes that are not UTF-8), and a worker record alike; ids by what was done."""
+    url, namespace = store
+    now = time.time()
+    ids: dict[str, str] = {}
+    for what in ("args", "result", "state", "numbers", "created", "bytes"):
+        record = JobRecord(new_id(), "legacy", "legacy", JobState.SCHEDULED, [1], {"k": 2},
+                           now, now + 3600)
+        app.run_sync(app.broker.enqueue([record], {}))
+        ids[what] = record.id
+    if url.startswith("redis"):
+        import redis
+
+        with redis.Redis.from_url(url) as raw:
+            p = f"{{{namespace}}}"
+            raw.hset(f"{p}:jobs", ids["args"], "not json")
+            raw.hset(f"{p}:f:result", ids["result"], "NaN")
+            raw.hset(f"{p}:f:state", ids["state"], "bogus")
+            raw.hset(f"{p}:f:attempts", ids["numbers"], "x")
+            raw.hset(f"{p}:f:priority", ids["numbers"], "hi 0")
+            raw.hset(f"{p}:f:progress", ids["numbers"], "abc msg")
+            spec = json.loads(raw.hget(f"{p}:jobs", ids["created"]) or "{}")
+            spec["created_at"] = "abc"
+            raw.hset(f"{p}:jobs", ids["created"], json.dumps(spec))
+            raw.hset(f"{p}:jobs", ids["bytes"], b'{"id":"\xff"}')
+            raw.hset(f"{p}:winfo", "odd-worker", "junk")
+            raw.zadd(f"{p}:workers", {"odd-worker": time.time() + 3600})
+    else:
+        import sqlite3
+
+        with sqlite3.connect(url.removeprefix("sqlite:///")) as raw:
+            t = f"{namespace}_jobs"
+            raw.execute(f"UPDATE {t} SET args='not json', kwargs='{{' WHERE id=?", (ids["args"],))
+            raw.execute(f"UPDATE {t} SET result='NaN' WHERE id=?", (ids["result"],))
+            raw.execute(f"UPDATE {t} SET state='bogus' WHERE id=?", (ids["state"],))
+            raw.execute(f"UPDATE {t} SET attempts='x', priority='hi', progress='abc' "
+                        "WHERE id=?", (ids["numbers"],))
+            raw.execute(f"UPDATE {t} SET created_at='abc' WHERE id=?", (ids["created"],))
+            raw.execute(f"UPDATE {t} SET name=?, args=? WHERE id=?",
+                        (b"a\xff", b"[\xff]", ids["bytes"]))
+            raw.execute(f"INSERT INTO {namespace}_workers VALUES ('odd-worker','h',1,"
+                        "'notjson',1,1,1,0,0,0,1,1,1e18)")
+    return ids
+
+
+def test_records_a_hand_left_odd_do_not_break_any_read(
+        odd_app: Conveyor, served: Server, store: tuple[str, str], tmp_path: Path) -> None:
+    """Every read path over records no writer of Conveyor stores: each field reads as the
+    nearest value of its type, what is not JSON as its text, a state no version knows as
+    its text."""
+    cli, ns = cli_of(store, tmp_path)
+    ids = _hand_records(odd_app, store)
+    shown = read_everywhere(odd_app, served, cli, ns, ids, [ids["args"], ids["state"]])
+    for path in ("/ui/api/workers", "/ui/api/overview"):
+        response = served.client.get(path)
+        assert response.status_code == 200, (path, response.text[:500])
+    cli.ok("top", "--once", *ns)
+    assert shown[ids["state"]]["state"] == "bogus"
+    assert shown[ids["result"]]["result"] == "NaN"
+    assert shown[ids["numbers"]]["attempts"] == 0
+    if store[0].startswith("redis"):
+        assert shown[ids["args"]]["args"] == "not json"
+    else:
+        assert (shown[ids["args"]]["args"], shown[ids["args"]]["kwargs"]) == ("not json", "{")
+        assert shown[ids["bytes"]]["name"] == "a\\xff"
+
+
+def test_a_worker_ends_a_job_whose_stored_arguments_are_not_json_and_runs_the_rest(
+        odd_app: Conveyor, store: tuple[str, str]) -> None:
+    """Queued jobs a hand left odd (arguments that are not JSON; a creation time that is
+    text) and a plain one: the worker runs on, the plain job and the one with an odd time
+    succeed, the one whose arguments cannot be passed ends dead saying why."""
+    url, namespace = store
+    keep = odd_app.get_job(ODD_NAME)
+    plain, odd_time, odd_args, junk = (keep.enqueue_with([1], {}) for _ in range(4))
+    if url.startswith("redis"):
+        import redis
+
+        with redis.Redis.from_url(url) as raw:
+            p = f"{{{namespace}}}"
+            for handle, change in ((odd_time, {"created_at": "abc"}), (odd_args, {"args": {}})):
+                spec = json.loads(raw.hget(f"{p}:jobs", handle.id) or "{}")
+                spec.update(change)
+                raw.hset(f"{p}:jobs", handle.id, json.dumps(spec))
+            raw.hset(f"{p}:jobs", junk.id, "junk")  # not even its name is left
+    else:
+        import sqlite3
+
+        with sqlite3.connect(url.removeprefix("sqlite:///")) as raw:
+            t = f"{namespace}_jobs"
+            raw.execute(f"UPDATE {t} SET created_at='abc' WHERE id=?", (odd_time.id,))
+            raw.execute(f"UPDATE {t} SET args='not json' WHERE id=?", (odd_args.id,))
+            raw.execute(f"UPDATE {t} SET name='', args=?, kwargs='' WHERE id=?",
+                        (b"\xff", junk.id))
+    worker = WorkerThread(odd_app, queues=[keep.options.queue], max_workers=2).start()
+    try:
+        infos = [wait_until(lambda h=h: (r := h.info()).is_final and r, 30, "the job to end")
+                 for h in (plain, odd_time, odd_args, junk)]
+    finally:
+        worker.stop()
+    assert [i.state for i in infos] == [JobState.SUCCEEDED, JobState.SUCCEEDED,
+                                         JobState.DEAD, JobState.DEAD], infos
+    for info in infos[2:]:
+        assert "the stored arguments are not a JSON array and object" in (info.error or "")
+        assert info.attempts == 1

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from conveyor.job import JobRecord
-from conveyor.serialization import dumps, loads
+from conveyor.serialization import dumps
+from conveyor.stored import json_value
 
 #: characters of a long field a summary keeps
 PREVIEW_CHARS = 200
@@ -63,7 +64,7 @@ def summary_of(record: JobRecord, texts: Mapping[str, str | None],
     for name in (*JSON_FIELDS, *TEXT_FIELDS):
         text = texts.get(name)
         if text is None or len(text) <= preview:
-            values[name] = loads(text) if name in _EMPTY else text
+            values[name] = json_value(text) if name in _EMPTY else text
             continue
         truncated.append(name)
         if name in _EMPTY:

@@ -14,6 +14,7 @@ from conveyor.job import JobRecord, Outcome, OutcomeKind
 from conveyor.limits import MAX_DEFERRALS
 from conveyor.logs import duration, iso_time, json_lines, one_line, plural
 from conveyor.serialization import NotSerializable
+from conveyor.stored import UNUSABLE
 
 if TYPE_CHECKING:
     from conveyor.functions import JobFunction
@@ -156,6 +157,8 @@ def _fields(record: JobRecord, worker_id: str, **more: Any) -> dict[str, Any]:
 def _dead_reason(record: JobRecord, error: str,
                  job_fn: JobFunction[..., Any] | None) -> tuple[str, str]:
     """Why the attempt sent the job to the dead set, and its error without the tally."""
+    if error.startswith(UNUSABLE):
+        return "its stored arguments cannot be passed to it", error
     if job_fn is None:
         return "no job of that name is registered in this worker", error
     if error.startswith(NOT_JSON):

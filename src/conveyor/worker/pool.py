@@ -27,6 +27,7 @@ from conveyor.job import JobRecord, Outcome, OutcomeKind, WorkerInfo
 from conveyor.limits import JobLimits, throttle_poll
 from conveyor.priority import QueueWeights
 from conveyor.stats import StartMark, StatsRecorder
+from conveyor.stored import unusable_arguments
 from conveyor.worker import outcomes, shutdown
 from conveyor.worker.autoscale import Autoscaler
 from conveyor.worker.executors import Executors
@@ -734,6 +735,8 @@ class Worker:
             self.running.pop(record.id, None)
 
     async def _attempt(self, record: JobRecord, entry: _Running) -> Outcome:
+        if type(record.args) is not list or type(record.kwargs) is not dict:  # (odd: by hand)
+            return outcomes.dead(record, self.id, unusable_arguments(record.args, record.kwargs))
         job_fn = entry.job_fn
         if job_fn is None:
             return outcomes.unknown(record, self.id)

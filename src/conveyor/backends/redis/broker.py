@@ -597,7 +597,7 @@ class RedisBroker(Broker):
         return [
             None if row[0] is None
             else codec.job_from_fields(row[:-2], _number(row[-2]), bool(row[-1]),
-                                       _number(leases.get(n)))
+                                       _number(leases.get(n)), ids[n])
             for n, row in enumerate(rows)
         ]
 
@@ -1252,8 +1252,8 @@ class RedisBroker(Broker):
         while len(rows) < len(ids):  # the script answers as many as its budget allows
             rows += await self._script("list_preview", self.keys.job_block,
                                        [keep, *ids[len(rows):]])
-        return [None if row is None else codec.summary_from_preview(row, preview)
-                for row in rows]
+        return [None if row is None else codec.summary_from_preview(row, preview, job_id)
+                for row, job_id in zip(rows, ids, strict=True)]
 
     async def _listing(
         self, state: JobState | None, queue: str | None, limit: int, cursor: str | None,

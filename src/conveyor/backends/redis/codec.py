@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from json.encoder import encode_basestring as _quote
-from typing import Any
+from typing import Any, cast
 
+from conveyor import stored
 from conveyor.backends.redis.keys import FIELDS, group_of_lane
 from conveyor.job import JobRecord, JobState, WorkerInfo
 from conveyor.stats import SUMS, MinuteStats
@@ -42,8 +43,12 @@ def job_spec(job: JobRecord) -> str:
 
 
 def queue_of(spec: str) -> str:
-    """The queue named in a job's JSON."""
-    return str(_loads(spec)["queue"])
+    """The queue named in a job's JSON (``""`` in one a hand left odd)."""
+    try:
+        return str(_loads(spec)["queue"])
+    except Exception:
+        read = stored.json_value(spec)
+        return stored.text(read.get("queue")) if type(read) is dict else ""
 
 
 def _number(value: Any) -> float | None:
@@ -90,33 +95,56 @@ def claimed_jobs(reply: Sequence[Any], worker_id: str) -> list[JobRecord]:
     running = _RUNNING
     jobs = []
     for i in range(4, len(reply), 9):
-        try:
-            spec = scan(reply[i], 0)[0]
-        except StopIteration as stop:  # not JSON: the error decode would raise
-            raise json.JSONDecodeError("Expecting value", reply[i], stop.value) from None
         (run_at, attempts, recoveries, suspect, priority, deferrals,
          lane, claim) = reply[i + 1:i + 9]
-        jobs.append(record(
-            spec["id"], spec["name"], spec["queue"], running, spec["args"], spec["kwargs"],
-            spec["created_at"], float(run_at) if run_at else spec["run_at"],
-            int(attempts), int(recoveries), started,
-            None, None, None, None, None, None,  # finished_at .. progress_message
-            worker_id, lease, False, None,  # worker_id, lease_expires_at, cancel, expires_at
-            int(priority.partition(" ")[0]) if priority else 0,
-            group_of_lane(lane) if lane else None,
-            int(deferrals) if deferrals else 0,
-            int(suspect) == 1,
-            int(claim),
-        ))
+        try:
+            spec = scan(reply[i], 0)[0]
+            job = record(
+                spec["id"], spec["name"], spec["queue"], running, spec["args"],
+                spec["kwargs"], spec["created_at"],
+                float(run_at) if run_at else spec["run_at"],
+                int(attempts), int(recoveries), started,
+                None, None, None, None, None, None,  # finished_at .. progress_message
+                worker_id, lease, False, None,  # worker_id, lease_expires_at, cancel, expiry
+                int(priority.partition(" ")[0]) if priority else 0,
+                group_of_lane(lane) if lane else None,
+                int(deferrals) if deferrals else 0,
+                int(suspect) == 1,
+                int(claim),
+            )
+            if not stored.plain(job):
+                raise ValueError("odd")
+        except Exception:  # a record a hand left odd: claimed all the same (see stored)
+            job = _odd_job(reply[i], [None, "running", run_at, attempts, recoveries,
+                                      worker_id, started, None, None, None, None, None,
+                                      priority, deferrals, lane], None, False, lease)
+            job.suspect = stored.integer(suspect) == 1
+            job.claim = stored.integer(claim)
+        jobs.append(job)
     return jobs
 
 
 def job_from_fields(
     values: Sequence[str | None], expires_at: float | None, cancel_requested: bool,
-    lease_expires_at: float | None,
+    lease_expires_at: float | None, job_id: str | None = None,
 ) -> JobRecord:
     """A job from its JSON and its fields, as read from the jobs hash and the field hashes
-    in :data:`~conveyor.backends.redis.keys.FIELDS` order (None where a field is absent)."""
+    in :data:`~conveyor.backends.redis.keys.FIELDS` order (None where a field is absent);
+    ``job_id``, when given, is the id it was read by."""
+    try:
+        record = _job(values, expires_at, cancel_requested, lease_expires_at)
+        if stored.plain(record):
+            return record
+    except Exception:  # (text where a number or JSON belongs, a state no version knows)
+        pass
+    odd = _odd_job(values[0], values, expires_at, cancel_requested, lease_expires_at)
+    if job_id is not None:
+        odd.id = job_id  # (the JSON that names it may be what is odd)
+    return odd
+
+
+def _job(values: Sequence[str | None], expires_at: float | None, cancel_requested: bool,
+         lease_expires_at: float | None) -> JobRecord:
     (spec, state, run_at, attempts, recoveries, worker, started, finished, result, error,
      traceback, progress, priority, deferrals, lane) = values
     assert spec is not None
@@ -138,7 +166,7 @@ def job_from_fields(
         recoveries=int(recoveries or 0),
         started_at=_number(started),
         finished_at=_number(finished),
-        result=None if result is None else _loads(result),
+        result=stored.strict_loads(result),
         error=error,
         traceback=traceback,
         progress=value,
@@ -154,20 +182,70 @@ def job_from_fields(
     )
 
 
-def summary_from_preview(row: Sequence[Any], preview: int) -> JobSummary:
+def _odd_job(spec: object, values: Sequence[Any], expires_at: float | None,
+             cancel_requested: bool, lease_expires_at: float | None) -> JobRecord:
+    """A job whose JSON or fields did not read plainly (a hand left them odd): each as the
+    nearest value of its field's type (see :mod:`conveyor.stored`)."""
+    (_, state, run_at, attempts, recoveries, worker, started, finished, result, error,
+     traceback, progress, priority, deferrals, lane) = values
+    read = stored.json_value(spec)
+    data: dict[str, Any] = read if type(read) is dict else {}
+    created = stored.number(data.get("created_at"))
+    value, message = None, None
+    if progress is not None:
+        number, _, text = stored.text(progress).partition(" ")
+        value, message = stored.optional_number(number), text or None
+    return JobRecord(
+        id=stored.text(data.get("id")),
+        name=stored.text(data.get("name")),
+        queue=stored.text(data.get("queue")),
+        state=JobState.QUEUED if state is None else stored.state(state),
+        args=data.get("args", stored.text(data.get("stored", spec))),
+        kwargs=cast(Any, data.get("kwargs")),  # (not a dict: the worker ends the job dead)
+        created_at=created,
+        run_at=stored.number(run_at if run_at else data.get("run_at"), created),
+        attempts=stored.integer(attempts),
+        recoveries=stored.integer(recoveries),
+        started_at=stored.optional_number(started),
+        finished_at=stored.optional_number(finished),
+        result=stored.json_value(result),
+        error=stored.optional_text(error),
+        traceback=stored.optional_text(traceback),
+        progress=value,
+        progress_message=message,
+        worker_id=stored.optional_text(worker),
+        lease_expires_at=lease_expires_at,
+        cancel_requested=cancel_requested,
+        expires_at=expires_at,
+        unique_key=stored.optional_text(data.get("unique_key")),
+        priority=stored.integer(stored.text(priority).partition(" ")[0]),
+        group=_odd_group(lane),
+        deferrals=stored.integer(deferrals),
+    )
+
+
+def _odd_group(lane: object) -> str | None:
+    try:
+        return group_of_lane(stored.optional_text(lane))
+    except Exception:
+        return stored.optional_text(lane)
+
+
+def summary_from_preview(row: Sequence[Any], preview: int,
+                         job_id: str | None = None) -> JobSummary:
     """A job's summary from a ``list_preview`` script's reply for it: its JSON without the
     arguments (or whole, with None for both texts, when not of the usual shape), the texts
     of its arguments and keyword arguments, its fields (long ones cut), its expiry, and
     whether its cancellation was asked for."""
     spec, args, kwargs, *fields, expiry, cancel = row
     if args is None or kwargs is None:
-        whole = job_from_fields([spec, *fields], _number(expiry), bool(cancel), None)
+        whole = job_from_fields([spec, *fields], _number(expiry), bool(cancel), None, job_id)
         return summarize(whole, preview)
     spec = '{"args":[],"kwargs":{},' + spec[1:]
     result = fields[_RESULT]
     values = list(fields)
     values[_RESULT] = None
-    record = job_from_fields([spec, *values], _number(expiry), bool(cancel), None)
+    record = job_from_fields([spec, *values], _number(expiry), bool(cancel), None, job_id)
     texts = {"args": args, "kwargs": kwargs, "result": result, "error": record.error,
              "traceback": record.traceback, "progress_message": record.progress_message}
     return summary_of(record, texts, preview)
@@ -190,13 +268,21 @@ def worker_to_json(worker: WorkerInfo) -> str:
 
 def worker_from_json(raw: str | bytes) -> WorkerInfo:
     """A worker as its last heartbeat stored it."""
-    data = json.loads(raw)
+    data = stored.json_value(raw)
+    if type(data) is not dict:  # (a hand left it odd: each field as near as it reads)
+        data = {}
+    queues = data.get("queues")
     return WorkerInfo(
-        id=data["id"], host=data["host"], pid=int(data["pid"]), queues=list(data["queues"]),
-        concurrency=int(data["concurrency"]), min_concurrency=int(data["min_concurrency"]),
-        max_concurrency=int(data["max_concurrency"]), busy=int(data["busy"]),
-        processed=int(data["processed"]), failed=int(data["failed"]),
-        started_at=float(data["started_at"]), heartbeat_at=float(data["heartbeat_at"]),
+        id=stored.text(data.get("id")), host=stored.text(data.get("host")),
+        pid=stored.integer(data.get("pid")),
+        queues=[stored.text(q) for q in queues] if type(queues) is list else [],
+        concurrency=stored.integer(data.get("concurrency")),
+        min_concurrency=stored.integer(data.get("min_concurrency")),
+        max_concurrency=stored.integer(data.get("max_concurrency")),
+        busy=stored.integer(data.get("busy")), processed=stored.integer(data.get("processed")),
+        failed=stored.integer(data.get("failed")),
+        started_at=stored.number(data.get("started_at")),
+        heartbeat_at=stored.number(data.get("heartbeat_at")),
     )
 
 
@@ -230,5 +316,6 @@ def stats_rows(minute: int, fields: dict[str, str]) -> list[MinuteStats]:
         row = rows.get(queue)
         if row is None:
             row = rows[queue] = MinuteStats(minute, queue)
-        setattr(row, name, float(value) if name == "wait_total" else int(value))
+        setattr(row, name,  # (a value a hand left odd reads as 0)
+                stored.number(value) if name == "wait_total" else stored.integer(value))
     return [rows[queue] for queue in sorted(rows)]

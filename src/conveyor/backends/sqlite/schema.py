@@ -14,11 +14,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
+from conveyor import stored
 from conveyor.backends.sqlite.clock import lease_now
 from conveyor.errors import ConfigurationError
-from conveyor.job import JobRecord, JobState, WorkerInfo
-from conveyor.serialization import loads
+from conveyor.job import JobRecord, WorkerInfo
 from conveyor.stats import SUMS
+from conveyor.stored import STATES, strict_loads
 from conveyor.urls import redact_url
 
 T = TypeVar("T")
@@ -314,33 +315,72 @@ STATS_COLUMNS = "minute, queue, " + ", ".join(SUMS)
 
 
 def job_from_row(row: tuple[Any, ...]) -> JobRecord:
-    """Build a record from a row selected with :data:`JOB_COLUMNS`."""
+    """Build a record from a row selected with :data:`JOB_COLUMNS`; a row a hand or a bug
+    left odd (see :mod:`conveyor.stored`) reads too."""
+    try:
+        record = JobRecord(
+            id=row[0],
+            name=row[1],
+            queue=row[2],
+            state=STATES[row[3]],
+            args=strict_loads(row[4]),
+            kwargs=strict_loads(row[5]),
+            created_at=row[6],
+            run_at=row[7],
+            attempts=row[8],
+            recoveries=row[9],
+            started_at=row[10],
+            finished_at=row[11],
+            result=strict_loads(row[12]),
+            error=as_text(row[13]),
+            traceback=as_text(row[14]),
+            progress=row[15],
+            progress_message=as_text(row[16]),
+            worker_id=row[17],
+            lease_expires_at=None if row[18] is None else wall_time(row[18]),
+            cancel_requested=bool(row[19]),
+            expires_at=row[20],
+            unique_key=as_text(row[21]),
+            priority=row[22],
+            group=row[23],
+            deferrals=row[24],
+        )
+    except Exception:  # (text where a number or JSON belongs, a state no version knows)
+        return _odd_job(row)
+    return record if stored.plain(record) else _odd_job(row)
+
+
+def _odd_job(row: tuple[Any, ...]) -> JobRecord:
+    """:func:`job_from_row` of a row that did not read plainly: each column as the nearest
+    value of its field's type (see :mod:`conveyor.stored`)."""
+    created = stored.number(row[6])
+    lease = stored.optional_number(row[18])
     return JobRecord(
-        id=row[0],
-        name=row[1],
-        queue=row[2],
-        state=JobState(row[3]),
-        args=loads(row[4]),
-        kwargs=loads(row[5]),
-        created_at=row[6],
-        run_at=row[7],
-        attempts=row[8],
-        recoveries=row[9],
-        started_at=row[10],
-        finished_at=row[11],
-        result=loads(row[12]),
-        error=as_text(row[13]),
-        traceback=as_text(row[14]),
-        progress=row[15],
-        progress_message=as_text(row[16]),
-        worker_id=row[17],
-        lease_expires_at=None if row[18] is None else wall_time(row[18]),
-        cancel_requested=bool(row[19]),
-        expires_at=row[20],
-        unique_key=as_text(row[21]),
-        priority=row[22],
-        group=row[23],
-        deferrals=row[24],
+        id=stored.text(row[0]),
+        name=stored.text(row[1]),
+        queue=stored.text(row[2]),
+        state=stored.state(row[3]),
+        args=stored.json_value(row[4]),
+        kwargs=stored.json_value(row[5]),
+        created_at=created,
+        run_at=stored.number(row[7], created),
+        attempts=stored.integer(row[8]),
+        recoveries=stored.integer(row[9]),
+        started_at=stored.optional_number(row[10]),
+        finished_at=stored.optional_number(row[11]),
+        result=stored.json_value(row[12]),
+        error=stored.optional_text(row[13]),
+        traceback=stored.optional_text(row[14]),
+        progress=stored.optional_number(row[15]),
+        progress_message=stored.optional_text(row[16]),
+        worker_id=stored.optional_text(row[17]),
+        lease_expires_at=None if lease is None else wall_time(lease),
+        cancel_requested=bool(stored.integer(row[19])),
+        expires_at=stored.optional_number(row[20]),
+        unique_key=stored.optional_text(row[21]),
+        priority=stored.integer(row[22]),
+        group=stored.optional_text(row[23]),
+        deferrals=stored.integer(row[24]),
     )
 
 
@@ -357,18 +397,20 @@ def wall_time(lease_clock: float) -> float:
 
 
 def worker_from_row(row: tuple[Any, ...]) -> WorkerInfo:
-    """Build a worker from a row selected with :data:`WORKER_COLUMNS`."""
+    """Build a worker from a row selected with :data:`WORKER_COLUMNS` (each column read as
+    its field's type, however odd: see :mod:`conveyor.stored`)."""
+    queues = stored.json_value(row[3])
     return WorkerInfo(
-        id=row[0],
-        host=row[1],
-        pid=row[2],
-        queues=loads(row[3]),
-        concurrency=row[4],
-        min_concurrency=row[5],
-        max_concurrency=row[6],
-        busy=row[7],
-        processed=row[8],
-        failed=row[9],
-        started_at=row[10],
-        heartbeat_at=row[11],
+        id=stored.text(row[0]),
+        host=stored.text(row[1]),
+        pid=stored.integer(row[2]),
+        queues=[stored.text(q) for q in queues] if type(queues) is list else [],
+        concurrency=stored.integer(row[4]),
+        min_concurrency=stored.integer(row[5]),
+        max_concurrency=stored.integer(row[6]),
+        busy=stored.integer(row[7]),
+        processed=stored.integer(row[8]),
+        failed=stored.integer(row[9]),
+        started_at=stored.number(row[10]),
+        heartbeat_at=stored.number(row[11]),
     )

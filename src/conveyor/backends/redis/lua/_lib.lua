@@ -191,13 +191,27 @@ local function wake(base)
   end
 end
 
+-- A job's JSON as a claim answers it: one a hand left unreadable (not a JSON object) as
+-- a small JSON naming the job, its queue (from the key of its queue's
+-- waiting jobs, KEYS[base]) and holding that text under "stored", so that the worker can
+-- end the job (see conveyor.stored).
+local function claimed_spec(id, spec, waiting)
+  if string.sub(spec, 1, 7) == '{"id":"' then return spec end
+  local ok, read = pcall(cjson.decode, spec)
+  if ok and type(read) == 'table' then return spec end  -- JSON written otherwise
+  local queue = string.match(waiting, ':q:(.*):waiting$') or ''
+  return '{"id":' .. cjson.encode(id) .. ',"queue":' .. cjson.encode(queue)
+    .. ',"stored":' .. cjson.encode(spec) .. '}'
+end
+
 -- A job's run_at: its field once it changed, else the one it was enqueued with (the last
 -- member of its JSON, written by enqueue.lua).
 local function run_at_of(id)
-  local value = redis.call('HGET', F.run_at, id)
-  if value then return tonumber(value) end
+  local value = tonumber(redis.call('HGET', F.run_at, id))
+  if value then return value end
   local spec = redis.call('HGET', F.jobs, id)
-  return tonumber(string.match(spec, '"run_at":([^,}]+)}$'))
+  -- a record a hand left odd (no readable run time) reads as due at once
+  return spec and tonumber(string.match(spec, '"run_at":([^,}]+)}$')) or 0
 end
 
 -- The boost in seconds of a priority field "PRIORITY BOOST" (false or nil: 0).

@@ -50,7 +50,7 @@ if last and string.sub(last, 1, #token + 1) == token .. ' ' then
   for i = 3, #words do
     local id = words[i]
     if redis.call('HGET', F.state, id) == 'running' and redis.call('HGET', F.worker, id) == worker then
-      again[#again + 1] = redis.call('HGET', F.jobs, id)
+      again[#again + 1] = claimed_spec(id, redis.call('HGET', F.jobs, id), '')
       again[#again + 1] = redis.call('HGET', F.run_at, id) or ''
       again[#again + 1] = redis.call('HGET', F.attempts, id)
       local lost = redis.call('HGET', F.recoveries, id) or 0
@@ -487,7 +487,8 @@ if #ids > 0 then
       local suspect = marks[i] == '2' or marks[i] == '3' or (tonumber(recoveries[i]) or 0) > 0
       local r = 9 * k - 4
       reply[r], reply[r + 1], reply[r + 2], reply[r + 3], reply[r + 4], reply[r + 5] =
-        spec, ats[i], tries, recoveries[i] or 0, suspect and 1 or 0, prios[i] or ''
+        claimed_spec(id, spec, KEYS[bases[i]]), ats[i], tries, recoveries[i] or 0,
+        suspect and 1 or 0, prios[i] or ''
       reply[r + 6], reply[r + 7], reply[r + 8] = deferred[i] or 0, lanes[i] or '', number
       if lanes[i] then
         local name, lane_group = split_lane(lanes[i])
