@@ -245,6 +245,10 @@ def _hand_records(app: Conveyor, store: tuple[str, str]) -> dict[str, str]:
             raw.hset(f"{p}:jobs", ids["bytes"], b'{"id":"\xff"}')
             raw.hset(f"{p}:winfo", "odd-worker", "junk")
             raw.zadd(f"{p}:workers", {"odd-worker": time.time() + 3600})
+            minute = int(now // 60 * 60)
+            raw.zadd(f"{p}:stats", {str(minute): minute})
+            raw.hset(f"{p}:stats:{minute}", mapping={"odd\x00succeeded": "x",
+                                                    "odd\x00wait_total": "nan"})
     else:
         import sqlite3
 
@@ -260,6 +264,8 @@ def _hand_records(app: Conveyor, store: tuple[str, str]) -> dict[str, str]:
                         (b"a\xff", b"[\xff]", ids["bytes"]))
             raw.execute(f"INSERT INTO {namespace}_workers VALUES ('odd-worker','h',1,"
                         "'notjson',1,1,1,0,0,0,1,1,1e18)")
+            raw.execute(f"INSERT INTO {namespace}_stats VALUES (?,'odd',-5,'x',0,0,0,'y')",
+                        (int(now // 60 * 60),))
     return ids
 
 

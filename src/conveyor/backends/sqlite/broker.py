@@ -15,6 +15,7 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, NoReturn, TypeVar
 
+from conveyor import stored
 from conveyor.backends.base import Beat, Broker, Recovery
 from conveyor.backends.sqlite import schedules as sqlite_schedules
 from conveyor.backends.sqlite import sessions as sqlite_sessions
@@ -86,6 +87,16 @@ MAYBE_STARTED = 2
 SUSPECT = 3
 #: a suspect held unstarted (like UNSTARTED; and it stays a suspect if handed back)
 HELD_SUSPECT = 4
+
+
+def _odd_minute(row: Sequence[Any]) -> MinuteStats:
+    """A row of statistics a hand left odd: each sum as the nearest number (see
+    :mod:`conveyor.stored`)."""
+    minute, queue, *sums = row
+    odd = MinuteStats(stored.integer(minute), stored.text(queue))
+    for name, value in zip(SUMS, sums, strict=True):
+        setattr(odd, name, stored.number(value) if name == "wait_total" else stored.integer(value))
+    return odd
 
 
 def _chunks(items: Sequence[T], size: int = CHUNK) -> list[Sequence[T]]:
@@ -1482,7 +1493,9 @@ class SQLiteBroker(Broker):
             f"ORDER BY minute, queue"
         )
         rows = await self._read(lambda conn: conn.execute(sql, (since,)).fetchall())
-        return [MinuteStats(*row) for row in rows]
+        return [MinuteStats(*row) if all(type(v) is int for v in row[2:-1])
+                and type(row[1]) is str and type(row[-1]) in (int, float)
+                else _odd_minute(row) for row in rows]
 
     # -- schedules ----------------------------------------------------------------------------
     async def schedule_clock(self) -> float:
