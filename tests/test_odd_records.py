@@ -329,3 +329,33 @@ def test_a_worker_ends_a_job_whose_stored_arguments_are_not_json_and_runs_the_re
     for info in infos[2:]:
         assert "the stored arguments are not a JSON array and object" in (info.error or "")
         assert info.attempts == 1
+
+
+def test_a_lapsed_lease_of_a_job_whose_counts_were_left_odd_is_recovered(
+        odd_app: Conveyor, store: tuple[str, str]) -> None:
+    """A running job whose lease lapsed (its worker gone), its attempts and recoveries left
+    as text by hand: the recovery pass takes it (it failed on every pass), as it takes the
+    plain one beside it."""
+    url, namespace = store
+    broker = odd_app.broker
+    keep = odd_app.get_job(ODD_NAME)
+    handles = [keep.enqueue_with([1], {}) for _ in range(2)]
+    claimed = odd_app.run_sync(broker.claim("gone", [keep.options.queue], 2, 0.2))
+    assert {c.id for c in claimed} == {h.id for h in handles}
+    odd = handles[0].id
+    if url.startswith("redis"):
+        import redis
+
+        with redis.Redis.from_url(url) as raw:
+            raw.hset(f"{{{namespace}}}:f:attempts", odd, "x")
+            raw.hset(f"{{{namespace}}}:f:recoveries", odd, "1.5")
+    else:
+        import sqlite3
+
+        with sqlite3.connect(url.removeprefix("sqlite:///")) as raw:
+            raw.execute(f"UPDATE {namespace}_jobs SET attempts='x', recoveries='y' WHERE id=?",
+                        (odd,))
+    time.sleep(0.4)  # the leases lapse
+    recovery = odd_app.run_sync(broker.recover_expired(3))
+    assert {job_id for job_id, _, _ in recovery.jobs} == {h.id for h in handles}, recovery
+    assert [h.info().state for h in handles] == [JobState.QUEUED, JobState.QUEUED]

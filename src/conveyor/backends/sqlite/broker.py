@@ -1229,8 +1229,8 @@ class SQLiteBroker(Broker):
                                     "requeued unstarted (its worker was lost)" if held
                                     else "lease expired while its worker lived; requeued",
                                     job_id))
-                elif recoveries + 1 >= max_recoveries:
-                    lost = recoveries + 1
+                elif stored.integer(recoveries) + 1 >= max_recoveries:  # (odd: by hand)
+                    lost = stored.integer(recoveries) + 1
                     error = (f"worker lost {lost} time{'' if lost == 1 else 's'} (lease "
                              "expired); giving up")
                     dead.append((error, now, now + keep, job_id))

@@ -204,6 +204,14 @@ local function claimed_spec(id, spec, waiting)
     .. ',"stored":' .. cjson.encode(spec) .. '}'
 end
 
+-- HINCRBY of a job's count that a hand may have left other than a whole number (read as 0
+-- then, as the readers do: see conveyor.stored), which HINCRBY would fail on.
+local function add_to_count(hash, id, by)
+  local value = tonumber(redis.call('HGET', hash, id) or 0)
+  if not value or value ~= math.floor(value) then redis.call('HSET', hash, id, 0) end
+  return redis.call('HINCRBY', hash, id, by)
+end
+
 -- A job's run_at: its field once it changed, else the one it was enqueued with (the last
 -- member of its JSON, written by enqueue.lua).
 local function run_at_of(id)

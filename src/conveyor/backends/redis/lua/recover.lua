@@ -49,13 +49,13 @@ for i = 3, #ARGV do
       -- not this job's doing: the attempt is void. One held unstarted may have started
       -- just before its worker died: it runs alone next time.
       if held then redis.call('HSET', F.unstarted, id, '2') end
-      redis.call('HINCRBY', F.attempts, id, -1)
+      add_to_count(F.attempts, id, -1)
       back(id, held and 'requeued unstarted (its worker was lost)'
                or 'lease expired while its worker lived; requeued')
       moved_as(id, 'uncharged')
     else
       redis.call('HDEL', F.unstarted, id)
-      local lost = redis.call('HINCRBY', F.recoveries, id, 1)
+      local lost = add_to_count(F.recoveries, id, 1)
       if lost >= max_recoveries then
         redis.call('HSET', F.error, id,
                    'worker lost ' .. lost .. (lost == 1 and ' time' or ' times') ..
