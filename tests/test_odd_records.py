@@ -294,11 +294,12 @@ def test_records_a_hand_left_odd_do_not_break_any_read(
 def test_a_worker_ends_a_job_whose_stored_arguments_are_not_json_and_runs_the_rest(
         odd_app: Conveyor, store: tuple[str, str]) -> None:
     """Queued jobs a hand left odd (arguments that are not JSON; a creation time that is
-    text) and a plain one: the worker runs on, the plain job and the one with an odd time
-    succeed, the one whose arguments cannot be passed ends dead saying why."""
+    text; nothing readable; a JSON cut short) and a plain one: the worker runs on, the
+    plain job and the one with an odd time succeed, those whose arguments cannot be passed
+    end dead saying why."""
     url, namespace = store
     keep = odd_app.get_job(ODD_NAME)
-    plain, odd_time, odd_args, junk = (keep.enqueue_with([1], {}) for _ in range(4))
+    plain, odd_time, odd_args, junk, cut = (keep.enqueue_with([1], {}) for _ in range(5))
     if url.startswith("redis"):
         import redis
 
@@ -309,6 +310,8 @@ def test_a_worker_ends_a_job_whose_stored_arguments_are_not_json_and_runs_the_re
                 spec.update(change)
                 raw.hset(f"{p}:jobs", handle.id, json.dumps(spec))
             raw.hset(f"{p}:jobs", junk.id, "junk")  # not even its name is left
+            spec = (raw.hget(f"{p}:jobs", cut.id) or b"").decode()
+            raw.hset(f"{p}:jobs", cut.id, spec[:spec.index('"args"') + 3])  # cut short
     else:
         import sqlite3
 
@@ -318,14 +321,15 @@ def test_a_worker_ends_a_job_whose_stored_arguments_are_not_json_and_runs_the_re
             raw.execute(f"UPDATE {t} SET args='not json' WHERE id=?", (odd_args.id,))
             raw.execute(f"UPDATE {t} SET name='', args=?, kwargs='' WHERE id=?",
                         (b"\xff", junk.id))
+            raw.execute(f"UPDATE {t} SET args='[1' WHERE id=?", (cut.id,))
     worker = WorkerThread(odd_app, queues=[keep.options.queue], max_workers=2).start()
     try:
         infos = [wait_until(lambda h=h: (r := h.info()).is_final and r, 30, "the job to end")
-                 for h in (plain, odd_time, odd_args, junk)]
+                 for h in (plain, odd_time, odd_args, junk, cut)]
     finally:
         worker.stop()
     assert [i.state for i in infos] == [JobState.SUCCEEDED, JobState.SUCCEEDED,
-                                         JobState.DEAD, JobState.DEAD], infos
+                                         JobState.DEAD, JobState.DEAD, JobState.DEAD], infos
     for info in infos[2:]:
         assert "the stored arguments are not a JSON array and object" in (info.error or "")
         assert info.attempts == 1

@@ -34,6 +34,7 @@ from conveyor.ids import is_acceptable_id
 from conveyor.job import ALL_STATES, JobRecord, JobState
 from conveyor.options import DEFAULT, EnqueueOptions
 from conveyor.queues import QueueSettings, parse_limit, with_settings
+from conveyor.stored import state as stored_state
 from conveyor.summary import MAX_PAGE, JobSummary
 from conveyor.uploads import (
     StagedFile,
@@ -352,7 +353,7 @@ class Services:
         except JobNotFound:
             raise _not_found(job_id) from None
         except JobNotWaiting as exc:
-            raise ApiError(409, f"job {job_id} {_state_phrase(JobState(exc.state))}; only a "
+            raise ApiError(409, f"job {job_id} {_state_phrase(stored_state(exc.state))}; only a "
                            "waiting job's priority can change") from None
 
     async def retry(self, job_id: str) -> JobRecord:

@@ -8,6 +8,7 @@ Statistics go to and from the fields of the per-minute hashes.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Sequence
 from json.encoder import encode_basestring as _quote
 from typing import Any, cast
@@ -189,7 +190,7 @@ def _odd_job(spec: object, values: Sequence[Any], expires_at: float | None,
     (_, state, run_at, attempts, recoveries, worker, started, finished, result, error,
      traceback, progress, priority, deferrals, lane) = values
     read = stored.json_value(spec)
-    data: dict[str, Any] = read if type(read) is dict else {}
+    data: dict[str, Any] = read if type(read) is dict else _named(stored.text(spec))
     created = stored.number(data.get("created_at"))
     value, message = None, None
     if progress is not None:
@@ -222,6 +223,24 @@ def _odd_job(spec: object, values: Sequence[Any], expires_at: float | None,
         group=_odd_group(lane),
         deferrals=stored.integer(deferrals),
     )
+
+
+#: the start of a job's JSON as enqueue writes it (see :func:`job_spec`)
+_NAMED = re.compile(r'\{"id":("(?:[^"\\]|\\.)*"),"name":("(?:[^"\\]|\\.)*"),'
+                    r'"queue":("(?:[^"\\]|\\.)*")')
+
+
+def _named(text: str) -> dict[str, Any]:
+    """The id, name and queue at the start of a job's JSON cut short (what is left of it
+    when the rest does not parse); {} when they are not there whole."""
+    found = _NAMED.match(text)
+    if found is None:
+        return {}
+    try:
+        return {key: _loads(value) for key, value in
+                zip(("id", "name", "queue"), found.groups(), strict=True)}
+    except ValueError:
+        return {}
 
 
 def _odd_group(lane: object) -> str | None:

@@ -1241,7 +1241,7 @@ class SQLiteBroker(Broker):
                     fates.append((job_id, queue, "charged"))
             conn.executemany(
                 f"UPDATE {t}_jobs SET state='queued', recoveries=recoveries+?, "
-                f"attempts=attempts-?, worker_id=NULL, lease_expires_at=NULL, unstarted=?, "
+                f"attempts=MAX(attempts-?, 0), worker_id=NULL, lease_expires_at=NULL, unstarted=?, "
                 f"error=? WHERE id=?",
                 requeue,
             )

@@ -208,7 +208,9 @@ end
 -- then, as the readers do: see conveyor.stored), which HINCRBY would fail on.
 local function add_to_count(hash, id, by)
   local value = tonumber(redis.call('HGET', hash, id) or 0)
-  if not value or value ~= math.floor(value) then redis.call('HSET', hash, id, 0) end
+  if not value or value ~= math.floor(value) or value + by < 0 then
+    redis.call('HSET', hash, id, math.max(0, -by))
+  end
   return redis.call('HINCRBY', hash, id, by)
 end
 

@@ -57,7 +57,7 @@ if last and string.sub(last, 1, #token + 1) == token .. ' ' then
       again[#again + 1] = lost
       -- suspect as the first reply said: a held suspect keeps its mark until it starts
       local held_suspect = redis.call('HGET', F.unstarted, id) == '3'
-      again[#again + 1] = (held_suspect or tonumber(lost) > 0) and 1 or 0
+      again[#again + 1] = (held_suspect or (tonumber(lost) or 0) > 0) and 1 or 0
       again[#again + 1] = redis.call('HGET', F.priority, id) or ''
       again[#again + 1] = redis.call('HGET', F.deferrals, id) or 0
       again[#again + 1] = redis.call('HGET', F.lane, id) or ''
