@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from conveyor.job import JobRecord, Outcome, OutcomeKind
+from conveyor.stored import integer, number
 
 if TYPE_CHECKING:
     from conveyor.backends.base import Broker
@@ -56,6 +57,13 @@ class MinuteStats:
 
 #: the summed fields of :class:`MinuteStats`, in declaration order
 SUMS = ("succeeded", "failed", "dead", "cancelled", "started", "wait_total")
+
+
+def read_sum(name: str, value: object) -> int | float:
+    """A stored sum of :data:`SUMS` as its type: the wait total a float, the others whole
+    numbers (a value a hand left odd reads as the nearest, or 0: see
+    :mod:`conveyor.stored`)."""
+    return number(value) if name == "wait_total" else integer(value)
 
 
 # -- recording on a worker --------------------------------------------------------------------

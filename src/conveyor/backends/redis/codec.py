@@ -16,7 +16,7 @@ from typing import Any, cast
 from conveyor import stored
 from conveyor.backends.redis.keys import FIELDS, group_of_lane
 from conveyor.job import JobRecord, JobState, WorkerInfo
-from conveyor.stats import SUMS, MinuteStats
+from conveyor.stats import SUMS, MinuteStats, read_sum
 from conveyor.summary import JobSummary, summarize, summary_of
 
 _loads = json.JSONDecoder().decode
@@ -24,7 +24,6 @@ _loads = json.JSONDecoder().decode
 _scan_once: Callable[[str, int], tuple[Any, int]] = \
     json.JSONDecoder().scan_once  # type: ignore[attr-defined]
 _RUNNING = JobState.RUNNING
-_STATES = {str(s): s for s in JobState}
 #: where the result is among a job's fields (see keys.FIELDS)
 _RESULT = FIELDS.index("result")
 
@@ -158,7 +157,7 @@ def _job(values: Sequence[str | None], expires_at: float | None, cancel_requeste
         id=data["id"],
         name=data["name"],
         queue=data["queue"],
-        state=_STATES[state] if state is not None else JobState.QUEUED,
+        state=stored.STATES[state] if state is not None else JobState.QUEUED,
         args=data["args"],
         kwargs=data["kwargs"],
         created_at=float(data["created_at"]),
@@ -335,6 +334,5 @@ def stats_rows(minute: int, fields: dict[str, str]) -> list[MinuteStats]:
         row = rows.get(queue)
         if row is None:
             row = rows[queue] = MinuteStats(minute, queue)
-        setattr(row, name,  # (a value a hand left odd reads as 0)
-                stored.number(value) if name == "wait_total" else stored.integer(value))
+        setattr(row, name, read_sum(name, value))
     return [rows[queue] for queue in sorted(rows)]

@@ -57,7 +57,7 @@ from conveyor.priority import QueueWeights, boost, check_priority
 from conveyor.queues import QueueSettings, stored_limit
 from conveyor.schedules import Schedule, ScheduleState
 from conveyor.serialization import dumps, storable
-from conveyor.stats import STATS_KEEP, SUMS, MinuteStats
+from conveyor.stats import STATS_KEEP, SUMS, MinuteStats, read_sum
 from conveyor.summary import JSON_FIELDS, PREVIEW_CHARS, TEXT_FIELDS, JobSummary, summary_of
 
 T = TypeVar("T")
@@ -89,14 +89,14 @@ SUSPECT = 3
 HELD_SUSPECT = 4
 
 
-def _odd_minute(row: Sequence[Any]) -> MinuteStats:
-    """A row of statistics a hand left odd: each sum as the nearest number (see
-    :mod:`conveyor.stored`)."""
+def _minute(row: Sequence[Any]) -> MinuteStats:
+    """A row of statistics (:data:`STATS_COLUMNS`), each sum read by :func:`read_sum` (a row
+    a hand left odd reads too)."""
     minute, queue, *sums = row
-    odd = MinuteStats(stored.integer(minute), stored.text(queue))
+    read = MinuteStats(stored.integer(minute), stored.text(queue))
     for name, value in zip(SUMS, sums, strict=True):
-        setattr(odd, name, stored.number(value) if name == "wait_total" else stored.integer(value))
-    return odd
+        setattr(read, name, read_sum(name, value))
+    return read
 
 
 def _chunks(items: Sequence[T], size: int = CHUNK) -> list[Sequence[T]]:
@@ -377,6 +377,11 @@ class SQLiteBroker(Broker):
             yield
         except (sqlite3.Error, OSError) as exc:
             self._fail(exc, sent)
+
+    def _note_lease(self, lease: float) -> None:
+        """Keep the shortest lease a worker of this process claims or renews with."""
+        if self._lease is None or lease < self._lease:
+            self._lease = lease
 
     def _lock_held(self, waited: float) -> None:
         """The writer waited ``waited`` seconds for the write lock (see :class:`Writer`):
@@ -762,8 +767,7 @@ class SQLiteBroker(Broker):
     ) -> list[JobRecord]:
         hold = f"UPDATE {self.ns}_jobs SET unstarted=? WHERE id=?"
         known = limits or {}
-        if self._lease is None or lease < self._lease:
-            self._lease = lease
+        self._note_lease(lease)
 
         def fn(conn: sqlite3.Connection) -> tuple[list[JobRecord], dict[str, int] | None,
                                                   set[tuple[str, str]]]:
@@ -1049,7 +1053,7 @@ class SQLiteBroker(Broker):
         t = self.ns
         ids = list(held)
         begun = [(job_id, worker.id, claim) for job_id, claim in started]
-        self._lease = lease if self._lease is None else min(self._lease, lease)
+        self._note_lease(lease)
 
         def fn(conn: sqlite3.Connection) -> Beat:
             now, until = time.time(), lease_now() + lease
@@ -1493,9 +1497,7 @@ class SQLiteBroker(Broker):
             f"ORDER BY minute, queue"
         )
         rows = await self._read(lambda conn: conn.execute(sql, (since,)).fetchall())
-        return [MinuteStats(*row) if all(type(v) is int for v in row[2:-1])
-                and type(row[1]) is str and type(row[-1]) in (int, float)
-                else _odd_minute(row) for row in rows]
+        return [_minute(row) for row in rows]
 
     # -- schedules ----------------------------------------------------------------------------
     async def schedule_clock(self) -> float:
