@@ -363,3 +363,120 @@ def test_a_lapsed_lease_of_a_job_whose_counts_were_left_odd_is_recovered(
     recovery = odd_app.run_sync(broker.recover_expired(3))
     assert {job_id for job_id, _, _ in recovery.jobs} == {h.id for h in handles}, recovery
     assert [h.info().state for h in handles] == [JobState.QUEUED, JobState.QUEUED]
+
+
+def test_a_queue_name_or_a_run_time_a_hand_left_odd_breaks_no_read_and_the_jobs_run(
+        odd_app: Conveyor, served: Server, store: tuple[str, str], tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """SQLite, where a hand's UPDATE can store any type in any column: a queue name as
+    bytes that are not UTF-8 (the counts of queues read it as escaped text), and run times
+    that are no number (a date as text, bytes) on a queued and on a scheduled job, which
+    sort after every number and were never due: they read as due and run, the scheduled
+    one logged. (Redis keeps run times as sorted-set scores, always numbers.)"""
+    url, namespace = store
+    if url.startswith("redis"):
+        pytest.skip("Redis keeps run times as scores, which are numbers; its queue names "
+                    "are set members, read as text (the other tests cover them)")
+    import sqlite3
+
+    cli, ns = cli_of(store, tmp_path)
+    keep = odd_app.get_job(ODD_NAME)
+    queue = keep.options.queue
+    odd_queue, queued_text, queued_bytes = (keep.enqueue_with([1], {}) for _ in range(3))
+    scheduled = keep.enqueue_with([1], {}, delay=3600)
+    with sqlite3.connect(url.removeprefix("sqlite:///")) as raw:
+        t = f"{namespace}_jobs"
+        raw.execute(f"UPDATE {t} SET queue=? WHERE id=?", (b"q\xff", odd_queue.id))
+        raw.execute(f"UPDATE {t} SET run_at='2026-11-28 10:00' WHERE id=?", (queued_text.id,))
+        raw.execute(f"UPDATE {t} SET run_at=? WHERE id=?", (b"\x01", queued_bytes.id))
+        raw.execute(f"UPDATE {t} SET run_at='tomorrow' WHERE id=?", (scheduled.id,))
+    ids = {"queue": odd_queue.id, "text": queued_text.id, "bytes": queued_bytes.id,
+           "scheduled": scheduled.id}
+    shown = read_everywhere(odd_app, served, cli, ns, ids, [odd_queue.id])
+    assert shown[odd_queue.id]["queue"] == "q\\xff"
+    queues = served.client.get("/queues").json()["queues"]
+    assert "q\\xff" in queues, queues
+    metrics = served.client.get("/metrics")
+    assert metrics.status_code == 200 and 'queue="q\\\\xff"' in metrics.text, metrics.text[:300]
+    assert "q\\xff" in cli.ok("stats", *ns)
+    assert odd_app.run_sync(odd_app.broker.ready_count([queue], 10)) == 2
+    with caplog.at_level("WARNING", logger="conveyor.store"):
+        worker = WorkerThread(odd_app, queues=[queue], max_workers=2).start()
+        try:
+            infos = [wait_until(lambda h=h: (r := h.info()).is_final and r, 30, "the job to end")
+                     for h in (queued_text, queued_bytes, scheduled)]
+        finally:
+            worker.stop()
+    assert [i.state for i in infos] == [JobState.SUCCEEDED] * 3, infos
+    assert any(scheduled.id in r.getMessage() and "no number" in r.getMessage()
+               for r in caplog.records), caplog.text
+
+
+def test_a_redis_key_a_hand_left_of_another_type(
+        odd_app: Conveyor, served: Server, store: tuple[str, str], tmp_path: Path) -> None:
+    """Redis: a job field's hash replaced by a string reads as that field missing, on every
+    read path; the set of queues replaced (the catalogue every listing starts from) gives a
+    clear error, HTTP 500 with a JSON message, one CLI line and a non-zero exit, and
+    nothing is lost: the key put back, every job reads again."""
+    url, namespace = store
+    if not url.startswith("redis"):
+        pytest.skip("keys of a type are Redis's; SQLite's columns are covered above")
+    import redis
+
+    cli, ns = cli_of(store, tmp_path)
+    keep = odd_app.get_job(ODD_NAME)
+    handle = keep.enqueue_with([1], {})
+    p = f"{{{namespace}}}"
+    with redis.Redis.from_url(url) as raw:
+        for field in ("progress", "state", "attempts"):
+            raw.delete(f"{p}:f:{field}")
+            raw.set(f"{p}:f:{field}", "not a hash")
+        raw.delete(f"{p}:expiry")
+        raw.set(f"{p}:expiry", "not a sorted set")
+        shown = read_everywhere(odd_app, served, cli, ns, {"job": handle.id}, [handle.id])
+        assert shown[handle.id]["name"] == ODD_NAME
+        members = raw.smembers(f"{p}:queues")
+        raw.delete(f"{p}:queues")
+        raw.set(f"{p}:queues", "not a set")
+        for path in ("/jobs", "/queues"):
+            response = served.client.get(path)
+            assert response.status_code == 500, (path, response.text)
+            assert "changed outside Conveyor" in response.json()["error"], response.text
+        line = cli.fail("jobs", *ns, code=1)
+        assert "changed outside Conveyor" in line and len(line.strip().splitlines()) == 1, line
+        raw.delete(f"{p}:queues")
+        raw.sadd(f"{p}:queues", *members)
+    listed = {job["id"] for job in served.client.get("/jobs").json()["jobs"]}
+    assert handle.id in listed
+
+
+def test_a_lane_field_a_hand_left_odd_fails_no_script(
+        odd_app: Conveyor, store: tuple[str, str], caplog: pytest.LogCaptureFixture) -> None:
+    """Redis: jobs whose lane field a hand left odd (not "LEN:NAME" then a group) read as
+    unlaned in every script: a worker claims, runs and records them with the plain ones in
+    one batch (the script that records outcomes failed part way on them), and a cancel and
+    a change of priority of a waiting one work."""
+    url, namespace = store
+    if not url.startswith("redis"):
+        pytest.skip("lane fields are Redis's")
+    import redis
+
+    keep = odd_app.get_job(ODD_NAME)
+    handles = [keep.enqueue_with([n], {}) for n in range(4)]
+    waiting = keep.enqueue_with([9], {}, delay=3600)
+    with redis.Redis.from_url(url) as raw:
+        for handle, odd in zip((handles[1], handles[2], waiting), ("junk", "99:x", "7:"),
+                               strict=True):
+            raw.hset(f"{{{namespace}}}:f:lane", handle.id, odd)
+    assert odd_app.run_sync(odd_app.broker.set_priority(waiting.id, 5)) is not None
+    with caplog.at_level("WARNING", logger="conveyor"):
+        worker = WorkerThread(odd_app, queues=[keep.options.queue], max_workers=4).start()
+        try:
+            infos = [wait_until(lambda h=h: (r := h.info()).is_final and r, 30, "the job to end")
+                     for h in handles]
+        finally:
+            worker.stop()
+    assert [i.state for i in infos] == [JobState.SUCCEEDED] * 4, infos
+    assert [i.attempts for i in infos] == [1] * 4, infos
+    assert not [r for r in caplog.records if r.levelname in ("WARNING", "ERROR")], caplog.text
+    assert waiting.cancel().state == JobState.CANCELLED

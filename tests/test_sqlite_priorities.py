@@ -95,10 +95,12 @@ def test_idle_looks_and_promotion_use_the_waiting_indexes(
         steps = plan(url, statement)
         assert not any(step.startswith(f"SCAN {NS}_jobs") for step in steps), steps
     promote = statements(url, lambda conn: broker._promote_all(conn, time.time()))
-    assert len(promote) == 2  # the queues with scheduled jobs, then their due ones
+    # the queues with scheduled jobs, their jobs whose run time is no number, the due ones
+    assert len(promote) == 3
     for statement in promote:
         steps = plan(url, statement)
         assert not any(step.startswith(f"SCAN {NS}_jobs") for step in steps), steps
+    assert_indexed(url, promote[1], "scheduled")
     assert_indexed(url, promote[-1], "scheduled")
 
 

@@ -97,6 +97,14 @@ class StoreUnavailable(ConveyorError):
         super().__init__(f"store unavailable ({self.url}): {reason}")
 
 
+class StoreDamaged(ConveyorError):
+    """The store holds something no version of Conveyor writes where the call looked (on
+    Redis: a key of the namespace holding another type, a ``SET`` where a hash belongs),
+    changed outside Conveyor; trying again will not help. A job's own fields read as
+    missing instead; this is raised where the namespace's catalogue itself (its queues,
+    their indexes, its workers, its statistics) cannot be read."""
+
+
 class ReentrantWrite(ConveyorError):
     """A call was asked for on a thread inside that thread's own use of what it needs: a
     signal handler that interrupted a write transaction on the same SQLite store, an open

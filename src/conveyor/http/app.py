@@ -22,7 +22,7 @@ from starlette.responses import Response
 from starlette.routing import Match, Route, request_response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from conveyor.errors import StoreUnavailable
+from conveyor.errors import StoreDamaged, StoreUnavailable
 from conveyor.http.docs import is_docs_path
 from conveyor.http.errors import ApiError, error_response
 from conveyor.http.health import StoreGate, StoreHealth
@@ -240,6 +240,12 @@ async def _store_unavailable(request: Request, exc: Exception) -> Response:
     return await _api_error(request, store_unavailable(exc))
 
 
+async def _store_damaged(request: Request, exc: Exception) -> Response:
+    log.error("%s %s: %s", request.method, route_path(request.scope), exc)
+    return error_response(500, "the store holds data of a kind Conveyor does not write there "
+                               "(changed outside Conveyor); the server's log says where")
+
+
 async def _disconnected(request: Request, exc: Exception) -> Response:
     log.info("client went away during %s %s", request.method, route_path(request.scope))
     return error_response(400, "the client disconnected before the body was complete")
@@ -338,6 +344,7 @@ def create_app(
         exception_handlers={
             ApiError: _api_error,
             StoreUnavailable: _store_unavailable,
+            StoreDamaged: _store_damaged,
             HTTPException: _http_error,
             ClientDisconnect: _disconnected,
             BodyStalled: _body_stalled,

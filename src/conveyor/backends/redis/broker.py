@@ -30,6 +30,7 @@ from conveyor.errors import (
     DuplicateJob,
     QueueFull,
     ReentrantWrite,
+    StoreDamaged,
     StoreUnavailable,
     TooManyQueues,
     redact_url,
@@ -389,6 +390,11 @@ class RedisBroker(Broker):
             if isinstance(error, ResponseError) and str(error).startswith("DB index"):
                 # the URL's database number is past the server's `databases`
                 raise ConfigurationError(f"{redact_url(self.url)}: {error}") from error
+            if isinstance(error, ResponseError) and "WRONGTYPE" in str(error):
+                raise StoreDamaged(
+                    f"{redact_url(self.url)}: a key of namespace {self.namespace!r} holds another "
+                    f"type than Conveyor writes there (changed outside Conveyor): "
+                    f"{error}") from error
             raise error
         self.last_trouble = time.monotonic()
         self.outage.trouble(reason, str(error), sent, reads_work=reason == READ_ONLY)
@@ -568,13 +574,16 @@ class RedisBroker(Broker):
         k = self.keys
         ids = list(ids)
 
+        read = [*k.record_hashes, k.expiry, k.cancel]
+
         async def fields(conn: _Connection) -> list[Any]:
             async with conn.client.pipeline(transaction=True) as pipe:
                 for key in k.record_hashes:
                     pipe.hmget(key, ids)
                 pipe.zmscore(k.expiry, ids)
                 pipe.smismember(k.cancel, ids)
-                return list(await pipe.execute())
+                return _of_wrong_type_as_empty(await pipe.execute(raise_on_error=False),
+                                               read, len(ids))
 
         *hashes, expiry, cancel = await self._retrying(fields)
         rows = list(zip(*hashes, expiry, cancel, strict=True))
@@ -1573,6 +1582,24 @@ def _limit_values(limit: JobLimits) -> list[float]:
             0 if rate is None else rate.per_second, 1 if rate is None else rate.burst,
             0 if group_rate is None else group_rate.per_second,
             1 if group_rate is None else group_rate.burst]
+
+
+def _of_wrong_type_as_empty(results: Sequence[Any], keys: Sequence[str],
+                            width: int) -> list[Any]:
+    """A pipeline's replies (``raise_on_error=False``), one per key of ``keys`` and each of
+    ``width`` values: a key that holds another type than Conveyor writes there (a hand's
+    ``SET`` where a hash belongs) reads as holding nothing, logged; any other error
+    raises."""
+    read = []
+    for key, result in zip(keys, results, strict=True):
+        if isinstance(result, Exception):
+            if not str(result).startswith("WRONGTYPE"):
+                raise result
+            log.warning("key %s holds another type than Conveyor writes there (changed "
+                        "outside Conveyor); its values read as missing", key)
+            result = [None] * width
+        read.append(result)
+    return read
 
 
 def _number(value: Any) -> float | None:

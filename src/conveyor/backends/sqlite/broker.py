@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import heapq
 import itertools
+import logging
 import os
 import sqlite3
 import threading
@@ -61,10 +62,14 @@ from conveyor.stats import STATS_KEEP, SUMS, MinuteStats, read_sum
 from conveyor.summary import JSON_FIELDS, PREVIEW_CHARS, TEXT_FIELDS, JobSummary, summary_of
 
 T = TypeVar("T")
+log = logging.getLogger("conveyor.store")
 
 WAITING = "state IN ('queued', 'scheduled')"
 #: a job's rank (see conveyor.priority), the very expression of the jobs_queued index
 RANK = "run_at - boost"
+#: a queued job is due: its run time is now or past, or is no number (text or bytes a hand
+#: left there, which sort after every number: read as due, not left waiting for good)
+DUE = "(run_at <= ? OR run_at >= '')"
 #: the queues claims skip (see Broker.set_paused), as a condition on {ns}_jobs rows
 NOT_PAUSED = "queue NOT IN (SELECT name FROM {ns}_queues WHERE paused=1)"
 #: SQLite's default limit on bound parameters is 32766; stay far below it
@@ -206,14 +211,19 @@ class SQLiteBroker(Broker):
         #: one queue, one statement: (worker, claim, now, lease until, queue, now, limit)
         self._sql_claim_one = take.format(ids=(
             f"SELECT id FROM {t}_jobs WHERE state='queued' AND grp IS NULL AND queue=? "
-            f"AND run_at <= ? AND {self._not_paused} ORDER BY {RANK}, run_at, id LIMIT ?"))
+            f"AND {DUE} AND {self._not_paused} ORDER BY {RANK}, run_at, id LIMIT ?"))
         #: a queue's ready jobs in claim order, with their sort key: (queue, now, limit)
         self._sql_ranked = (
             f"SELECT {RANK}, run_at, id FROM {t}_jobs WHERE state='queued' AND grp IS NULL "
-            f"AND queue=? AND run_at <= ? ORDER BY {RANK}, run_at, id LIMIT ?")
+            f"AND queue=? AND {DUE} ORDER BY {RANK}, run_at, id LIMIT ?")
         #: the due scheduled jobs of some queues become queued: (*queues, now)
         self._sql_promote = (f"UPDATE {t}_jobs SET state='queued' WHERE state='scheduled' "
                              f"AND queue IN ({{marks}}) AND run_at <= ?")
+        #: scheduled jobs whose run time is no number (text or bytes a hand left there,
+        #: which sort after every number): queued, as due; one index look a queue: (*queues)
+        self._sql_promote_odd = (f"UPDATE {t}_jobs SET state='queued' WHERE "
+                                 f"state='scheduled' AND queue IN ({{marks}}) AND run_at >= '' "
+                                 f"RETURNING id, queue")
         states = ", ".join(f"'{state}'" for state in JobState)
         #: a row when the queue is known (it holds a job, or has settings): (queue, queue)
         self._sql_queue_known = (
@@ -1111,7 +1121,7 @@ class SQLiteBroker(Broker):
         # queued and due scheduled jobs apart, each from its own index
         (count,) = conn.execute(
             f"SELECT count(*) FROM (SELECT 1 FROM {t}_jobs WHERE {queued} AND "
-            f"queue IN ({marks}) AND {self._not_paused} AND run_at <= ? UNION ALL "
+            f"queue IN ({marks}) AND {self._not_paused} AND {DUE} UNION ALL "
             f"SELECT 1 FROM {t}_jobs WHERE state='scheduled' AND queue IN ({marks}) "
             f"AND {self._not_paused} AND run_at <= ? LIMIT ?)",
             (*queues, now, *queues, now, limit),
@@ -1135,6 +1145,8 @@ class SQLiteBroker(Broker):
         due: float | None = None
         for queue in queues:
             (at,) = conn.execute(sql, (queue,)).fetchone()
+            if at is not None and type(at) is not float:
+                at = stored.number(at, 0.0)  # an int, or no number: due (see DUE)
             if at is not None and (due is None or at < due):
                 due = at
         return due
@@ -1276,6 +1288,11 @@ class SQLiteBroker(Broker):
             f"WHERE state='scheduled' UNION ALL SELECT (SELECT min(queue) FROM {t}_jobs "
             f"WHERE state='scheduled' AND queue > q.name) FROM q WHERE q.name IS NOT NULL) "
             f"SELECT name FROM q WHERE name IS NOT NULL")]
+        for chunk in _chunks(queues):
+            for job_id, queue in conn.execute(
+                    self._sql_promote_odd.format(marks=_marks(len(chunk))), chunk).fetchall():
+                log.warning("job %s of queue %s: its run time is no number (left so by hand); "
+                            "it is queued as due", stored.text(job_id), stored.text(queue))
         return self._promote(conn, queues, now)
 
     async def purge_expired(self) -> int:
@@ -1364,8 +1381,10 @@ class SQLiteBroker(Broker):
         sql = f"SELECT queue, state, count(*) FROM {self.ns}_jobs GROUP BY queue, state"
         rows = await self._read(lambda conn: conn.execute(sql).fetchall())
         result: dict[str, dict[str, int]] = {}
-        for queue, state, count in rows:
-            result.setdefault(queue, {str(s): 0 for s in JobState})[state] = count
+        for queue, state, count in rows:  # (a name a hand left as bytes reads as text)
+            by_state = result.setdefault(stored.text(queue), {str(s): 0 for s in JobState})
+            key = stored.text(state)
+            by_state[key] = by_state.get(key, 0) + stored.integer(count)
         return result
 
     async def cancel(self, job_id: str) -> JobRecord | None:
@@ -1450,7 +1469,8 @@ class SQLiteBroker(Broker):
         sql = (f"SELECT name, paused, max_queued FROM {self.ns}_queues "
                f"WHERE paused=1 OR max_queued IS NOT NULL ORDER BY name")
         rows = await self._read(lambda conn: conn.execute(sql).fetchall())
-        found = {name: QueueSettings(name, paused == 1, stored_limit(max_queued))
+        found = {stored.text(name): QueueSettings(stored.text(name), paused == 1,
+                                                  stored_limit(max_queued))
                  for name, paused, max_queued in rows}
         return {name: s for name, s in found.items() if s.paused or s.max_queued is not None}
 

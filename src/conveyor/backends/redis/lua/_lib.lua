@@ -123,6 +123,27 @@ local function split_lane(lane)
   return string.sub(lane, #digits + 2, #digits + 1 + size), string.sub(lane, #digits + 2 + size)
 end
 
+-- A job's lane field when it reads as one ("LEN:NAME" then the group), else false: none, or
+-- a value a hand left odd there, by which the job reads as unlaned (no script fails on it).
+local function readable_lane(value)
+  if not value then return false end
+  local digits = string.match(value, '^(%d+):')
+  if digits and #digits + 1 + tonumber(digits) <= #value then return value end
+  return false
+end
+
+-- The lane of job `id` (see readable_lane).
+local function lane_of(id)
+  return readable_lane(redis.call('HGET', F.lane, id))
+end
+
+-- The lanes of `ids` (see readable_lane).
+local function lanes_of(ids)
+  local lanes = hmget(F.lane, ids)
+  for n = 1, #ids do lanes[n] = readable_lane(lanes[n]) end
+  return lanes
+end
+
 -- The zset of the groups of job name `name` with queued jobs in the queue at `base` (the
 -- queue's name is in its waiting key, '{ns}:q:' .. queue .. ':waiting').
 local function lane_groups(base, name)
@@ -180,7 +201,7 @@ end
 
 -- Queue a job at `rank`: in its lane when it has one, else in the waiting zset.
 local function queue_at(base, id, rank)
-  local lane = redis.call('HGET', F.lane, id)
+  local lane = lane_of(id)
   if lane then lane_add(base, lane, id, rank) else redis.call('ZADD', KEYS[base], rank, id) end
 end
 
@@ -246,7 +267,7 @@ end
 local function schedule(base, id, old, run_at, now)
   redis.call('HSET', F.run_at, id, fmt(run_at))
   redis.call('ZADD', KEYS[base + 1], run_at, id)
-  delayed_add(redis.call('HGET', F.lane, id), id, run_at)
+  delayed_add(lane_of(id), id, run_at)
   set_state(base, id, old, 'scheduled')
   if run_at <= now then wake(base) end
 end
@@ -272,7 +293,7 @@ local function promote_due(base, now, most)
   local states = hmget(F.state, ids)
   local marks = hmget(F.priority, ids)
   -- laned jobs go to their lanes (no look-up while the namespace has none)
-  local lanes = redis.call('EXISTS', F.lane) == 1 and hmget(F.lane, ids) or {}
+  local lanes = redis.call('EXISTS', F.lane) == 1 and lanes_of(ids) or {}
   local ranked, indexed, fields, moved = {}, {}, {}, {}
   for n, id in ipairs(ids) do
     delayed_remove(lanes[n], id)
@@ -311,7 +332,7 @@ end
 
 -- Remove every trace of a job that is not running.
 local function forget(base, id, state)
-  local lane = redis.call('HGET', F.lane, id)
+  local lane = lane_of(id)
   if lane then lane_remove(base, lane, id) end
   delayed_remove(lane, id)
   redis.call('ZREM', KEYS[base], id)

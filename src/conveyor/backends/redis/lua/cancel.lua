@@ -10,7 +10,7 @@ local base = BLOCK + 1
 if state == 'queued' or state == 'scheduled' then
   redis.call('ZREM', KEYS[base], id)
   redis.call('ZREM', KEYS[base + 1], id)
-  local lane = redis.call('HGET', F.lane, id)
+  local lane = lane_of(id)
   if lane then lane_remove(base, lane, id) end
   delayed_remove(lane, id)
   finish(base, id, state, 'cancelled', server_now(), retention)

@@ -60,7 +60,7 @@ if last and string.sub(last, 1, #token + 1) == token .. ' ' then
       again[#again + 1] = (held_suspect or (tonumber(lost) or 0) > 0) and 1 or 0
       again[#again + 1] = redis.call('HGET', F.priority, id) or ''
       again[#again + 1] = redis.call('HGET', F.deferrals, id) or 0
-      again[#again + 1] = redis.call('HGET', F.lane, id) or ''
+      again[#again + 1] = lane_of(id) or ''
       again[#again + 1] = redis.call('HGET', F.claim, id)
     end
   end
@@ -459,7 +459,7 @@ if #ids > 0 then
   local recoveries = hmget(F.recoveries, ids)
   local marks = hmget(F.unstarted, ids)
   local deferred = redis.call('EXISTS', F.deferrals) == 1 and hmget(F.deferrals, ids) or {}
-  local lanes = any_laned and hmget(F.lane, ids) or {}
+  local lanes = any_laned and lanes_of(ids) or {}
   local held = {}
   local states, counts, workers, starts, numbers = {}, {}, {}, {}, {}
   local per = {}  -- base -> the ids leaving its waiting set, and its new leases

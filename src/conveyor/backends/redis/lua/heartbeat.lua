@@ -42,7 +42,7 @@ local owners = hmget(F.worker, ids)
 local claims = hmget(F.claim, ids)
 local lease_stamp = fmt(now + lease)
 local cancel, lost = {}, {}
-local lanes = redis.call('EXISTS', F.lane) == 1 and hmget(F.lane, ids) or {}
+local lanes = redis.call('EXISTS', F.lane) == 1 and lanes_of(ids) or {}
 for n, id in ipairs(ids) do
   if states[n] == 'running' and owners[n] == worker and claims[n] == held[n] then
     -- XX: only the lease set that holds the job changes

@@ -24,7 +24,7 @@ for i = 1, #ARGV do
     return r
   end
   local ids = redis.call('ZRANGEBYSCORE', run_key(name), after_now, '+inf')
-  local lanes = hmget(F.lane, ids)
+  local lanes = lanes_of(ids)
   for n = 1, #ids do
     if lanes[n] then
       local _, group = split_lane(lanes[n])
@@ -45,7 +45,7 @@ for i = 1, #ARGV do
     end
   end
   local due = redis.call('ZRANGEBYSCORE', delayed_key(name), '-inf', now)
-  lanes = hmget(F.lane, due)
+  lanes = lanes_of(due)
   for n = 1, #due do
     if lanes[n] then
       local _, group = split_lane(lanes[n])

@@ -97,6 +97,14 @@ local function split(spec)
   return a, close + 1, e, steps
 end
 
+-- A read of one of a job's fields; a key that holds another type than Conveyor writes there
+-- (a hand's SET where a hash belongs) reads as holding nothing.
+local function read(command, key, id)
+  local value = redis.pcall(command, key, id)
+  if type(value) == 'table' and value.err then return false end
+  return value
+end
+
 local reply, work = {}, 0
 for n = 2, #ARGV do
   if work >= BUDGET then break end
@@ -115,15 +123,15 @@ for n = 2, #ARGV do
       row = {spec, false, false}
     end
     for i = 2, 15 do
-      local value = redis.call('HGET', KEYS[i], id)
+      local value = read('HGET', KEYS[i], id)
       if value and CUT[i] then
         work = work + #value
         value = cut_text(value, 1, #value, keep + CUT[i])
       end
       row[#row + 1] = value
     end
-    row[#row + 1] = redis.call('ZSCORE', KEYS[16], id)
-    row[#row + 1] = redis.call('SISMEMBER', KEYS[17], id)
+    row[#row + 1] = read('ZSCORE', KEYS[16], id)
+    row[#row + 1] = read('SISMEMBER', KEYS[17], id) or 0
     reply[#reply + 1] = row
   end
 end

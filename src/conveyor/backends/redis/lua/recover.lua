@@ -33,7 +33,7 @@ for i = 3, #ARGV do
   local id = ARGV[i]
   local expires = redis.call('ZSCORE', KEYS[base + LEASES], id)
   if expires and tonumber(expires) < now then
-    local lane = redis.call('HGET', F.lane, id)
+    local lane = lane_of(id)
     if lane then run_remove(lane, id) end
     local mark = redis.call('HGET', F.unstarted, id)
     local held = mark == '1' or mark == '3'

@@ -16,7 +16,7 @@ end
 local base = BLOCK + 1
 if state == 'queued' then
   local rank = fmt(run_at_of(id) - boost)
-  local lane = redis.call('HGET', F.lane, id)
+  local lane = lane_of(id)
   if lane then
     local name, group = split_lane(lane)
     redis.call('ZADD', lane_groups(base, name) .. enc(group), 'XX', rank, id)

@@ -60,7 +60,7 @@ if wins > 0 then
     many('HDEL', F.traceback, done, 1)
     applied = #done
     if any_lane then
-      local lanes = hmget(F.lane, done)
+      local lanes = lanes_of(done)
       for n, id in ipairs(done) do
         if lanes[n] then
           run_remove(lanes[n], id)
@@ -83,7 +83,7 @@ for a = 4 + 3 * wins, #ARGV, 6 do
     applied = applied + 1
     store_text(F.error, id, ARGV[a + 3])
     store_text(F.traceback, id, ARGV[a + 4])
-    local lane = any_lane and redis.call('HGET', F.lane, id)
+    local lane = any_lane and lane_of(id)
     if lane then
       run_remove(lane, id)
       freed = true
