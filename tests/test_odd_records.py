@@ -370,28 +370,37 @@ def test_a_queue_name_or_a_run_time_a_hand_left_odd_breaks_no_read_and_the_jobs_
         caplog: pytest.LogCaptureFixture) -> None:
     """SQLite, where a hand's UPDATE can store any type in any column: a queue name as
     bytes that are not UTF-8 (the counts of queues read it as escaped text), and run times
-    that are no number (a date as text, bytes) on a queued and on a scheduled job, which
-    sort after every number and were never due: they read as due and run, the scheduled
-    one logged. (Redis keeps run times as sorted-set scores, always numbers.)"""
+    that are no number (a date as text, bytes), which sort after every number and were
+    never due: on queued jobs of two queues claimed together, on a laned job, on a
+    scheduled one and on a job of a queue claimed alone, each runs, logged. (Redis keeps
+    run times as sorted-set scores, always numbers.)"""
     url, namespace = store
     if url.startswith("redis"):
         pytest.skip("Redis keeps run times as scores, which are numbers; its queue names "
                     "are set members, read as text (the other tests cover them)")
     import sqlite3
 
+    def tenanted(tenant: str) -> str:
+        return tenant
+
+    laned = odd_app.job(name="tenanted", queue=ODD_QUEUE, group_by="tenant",
+                        group_concurrency=1)(tenanted)
     cli, ns = cli_of(store, tmp_path)
     keep = odd_app.get_job(ODD_NAME)
-    queue = keep.options.queue
-    odd_queue, queued_text, queued_bytes = (keep.enqueue_with([1], {}) for _ in range(3))
+    odd_queue, queued_text, plain = (keep.enqueue_with([1], {}) for _ in range(3))
+    queued_bytes, second_plain = (keep.enqueue_with([1], {}, queue="second") for _ in range(2))
+    alone = keep.enqueue_with([1], {}, queue="alone")
+    laned_text = laned.enqueue("acme")
     scheduled = keep.enqueue_with([1], {}, delay=3600)
     with sqlite3.connect(url.removeprefix("sqlite:///")) as raw:
         t = f"{namespace}_jobs"
         raw.execute(f"UPDATE {t} SET queue=? WHERE id=?", (b"q\xff", odd_queue.id))
-        raw.execute(f"UPDATE {t} SET run_at='2026-11-28 10:00' WHERE id=?", (queued_text.id,))
+        for handle in (queued_text, laned_text, alone):
+            raw.execute(f"UPDATE {t} SET run_at='2026-11-28 10:00' WHERE id=?", (handle.id,))
         raw.execute(f"UPDATE {t} SET run_at=? WHERE id=?", (b"\x01", queued_bytes.id))
         raw.execute(f"UPDATE {t} SET run_at='tomorrow' WHERE id=?", (scheduled.id,))
     ids = {"queue": odd_queue.id, "text": queued_text.id, "bytes": queued_bytes.id,
-           "scheduled": scheduled.id}
+           "scheduled": scheduled.id, "laned": laned_text.id}
     shown = read_everywhere(odd_app, served, cli, ns, ids, [odd_queue.id])
     assert shown[odd_queue.id]["queue"] == "q\\xff"
     queues = served.client.get("/queues").json()["queues"]
@@ -399,17 +408,23 @@ def test_a_queue_name_or_a_run_time_a_hand_left_odd_breaks_no_read_and_the_jobs_
     metrics = served.client.get("/metrics")
     assert metrics.status_code == 200 and 'queue="q\\\\xff"' in metrics.text, metrics.text[:300]
     assert "q\\xff" in cli.ok("stats", *ns)
-    assert odd_app.run_sync(odd_app.broker.ready_count([queue], 10)) == 2
+    assert odd_app.run_sync(odd_app.broker.ready_count([ODD_QUEUE], 10)) == 3
     with caplog.at_level("WARNING", logger="conveyor.store"):
-        worker = WorkerThread(odd_app, queues=[queue], max_workers=2).start()
-        try:
-            infos = [wait_until(lambda h=h: (r := h.info()).is_final and r, 30, "the job to end")
-                     for h in (queued_text, queued_bytes, scheduled)]
-        finally:
-            worker.stop()
-    assert [i.state for i in infos] == [JobState.SUCCEEDED] * 3, infos
-    assert any(scheduled.id in r.getMessage() and "no number" in r.getMessage()
-               for r in caplog.records), caplog.text
+        for queues_of_worker, handles in (
+                ([ODD_QUEUE, "second"], (queued_text, plain, queued_bytes, second_plain,
+                                         laned_text, scheduled)),
+                (["alone"], (alone,))):
+            worker = WorkerThread(odd_app, queues=queues_of_worker, max_workers=2).start()
+            try:
+                infos = [wait_until(lambda h=h: (r := h.info()).is_final and r, 30,
+                                    "the job to end") for h in handles]
+            finally:
+                worker.stop()
+            assert [i.state for i in infos] == [JobState.SUCCEEDED] * len(handles), infos
+    warned = {job_id for job_id in ids.values() if any(
+        job_id in r.getMessage() and "no number" in r.getMessage() for r in caplog.records)}
+    assert warned == {queued_text.id, queued_bytes.id, scheduled.id, laned_text.id}, caplog.text
+    assert any(alone.id in r.getMessage() for r in caplog.records), caplog.text
 
 
 def test_a_redis_key_a_hand_left_of_another_type(
@@ -454,29 +469,40 @@ def test_a_lane_field_a_hand_left_odd_fails_no_script(
         odd_app: Conveyor, store: tuple[str, str], caplog: pytest.LogCaptureFixture) -> None:
     """Redis: jobs whose lane field a hand left odd (not "LEN:NAME" then a group) read as
     unlaned in every script: a worker claims, runs and records them with the plain ones in
-    one batch (the script that records outcomes failed part way on them), and a cancel and
-    a change of priority of a waiting one work."""
+    one batch (the script that records outcomes failed part way on them); a change of
+    priority of a queued one works; a laned job spoilt so and then cancelled is not run
+    (a claim still meets it in its lane)."""
     url, namespace = store
     if not url.startswith("redis"):
         pytest.skip("lane fields are Redis's")
     import redis
 
+    def tenanted(tenant: str) -> str:
+        return tenant
+
+    laned = odd_app.job(name="tenanted", queue=ODD_QUEUE, group_by="tenant",
+                        group_concurrency=1)(tenanted)
     keep = odd_app.get_job(ODD_NAME)
     handles = [keep.enqueue_with([n], {}) for n in range(4)]
     waiting = keep.enqueue_with([9], {}, delay=3600)
+    spoilt, tenant_b = laned.enqueue("acme"), laned.enqueue("bravo")
     with redis.Redis.from_url(url) as raw:
-        for handle, odd in zip((handles[1], handles[2], waiting), ("junk", "99:x", "7:"),
-                               strict=True):
+        for handle, odd in zip((handles[1], handles[2], waiting, handles[3], spoilt),
+                               ("junk", "99:x", "7:", "", "5:ab"), strict=True):
             raw.hset(f"{{{namespace}}}:f:lane", handle.id, odd)
+    assert odd_app.run_sync(odd_app.broker.set_priority(handles[3].id, 5)) is not None
     assert odd_app.run_sync(odd_app.broker.set_priority(waiting.id, 5)) is not None
+    assert spoilt.cancel().state == JobState.CANCELLED
     with caplog.at_level("WARNING", logger="conveyor"):
-        worker = WorkerThread(odd_app, queues=[keep.options.queue], max_workers=4).start()
+        worker = WorkerThread(odd_app, queues=[ODD_QUEUE], max_workers=4).start()
         try:
             infos = [wait_until(lambda h=h: (r := h.info()).is_final and r, 30, "the job to end")
-                     for h in handles]
+                     for h in (*handles, tenant_b)]
         finally:
             worker.stop()
-    assert [i.state for i in infos] == [JobState.SUCCEEDED] * 4, infos
-    assert [i.attempts for i in infos] == [1] * 4, infos
-    assert not [r for r in caplog.records if r.levelname in ("WARNING", "ERROR")], caplog.text
+    assert [i.state for i in infos] == [JobState.SUCCEEDED] * 5, infos
+    assert [i.attempts for i in infos] == [1] * 5, infos
+    assert not [r for r in caplog.records if "could not record" in r.getMessage()], caplog.text
+    done = spoilt.info()
+    assert (done.state, done.attempts) == (JobState.CANCELLED, 0), done
     assert waiting.cancel().state == JobState.CANCELLED

@@ -100,9 +100,10 @@ class StoreUnavailable(ConveyorError):
 class StoreDamaged(ConveyorError):
     """The store holds something no version of Conveyor writes where the call looked (on
     Redis: a key of the namespace holding another type, a ``SET`` where a hash belongs),
-    changed outside Conveyor; trying again will not help. A job's own fields read as
-    missing instead; this is raised where the namespace's catalogue itself (its queues,
-    their indexes, its workers, its statistics) cannot be read."""
+    changed outside Conveyor; trying again will not help until the key is put back. A read
+    of jobs reads a job field's key of another type as missing instead; every other call
+    that meets such a key (a listing's catalogue of queues and their indexes, workers,
+    statistics, and the writes of producers and workers to it) raises this."""
 
 
 class ReentrantWrite(ConveyorError):

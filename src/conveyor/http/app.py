@@ -243,7 +243,7 @@ async def _store_unavailable(request: Request, exc: Exception) -> Response:
 async def _store_damaged(request: Request, exc: Exception) -> Response:
     log.error("%s %s: %s", request.method, route_path(request.scope), exc)
     return error_response(500, "the store holds data of a kind Conveyor does not write there "
-                               "(changed outside Conveyor); the server's log says where")
+                               "(changed outside Conveyor); the server's log has the error")
 
 
 async def _disconnected(request: Request, exc: Exception) -> Response:

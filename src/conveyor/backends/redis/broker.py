@@ -574,7 +574,7 @@ class RedisBroker(Broker):
         k = self.keys
         ids = list(ids)
 
-        read = [*k.record_hashes, k.expiry, k.cancel]
+        read = [*k.record_hashes, k.expiry, k.cancel]  # (the jobs hash first: see below)
 
         async def fields(conn: _Connection) -> list[Any]:
             async with conn.client.pipeline(transaction=True) as pipe:
@@ -583,7 +583,7 @@ class RedisBroker(Broker):
                 pipe.zmscore(k.expiry, ids)
                 pipe.smismember(k.cancel, ids)
                 return _of_wrong_type_as_empty(await pipe.execute(raise_on_error=False),
-                                               read, len(ids))
+                                               read, len(ids), catalogue=k.jobs)
 
         *hashes, expiry, cancel = await self._retrying(fields)
         rows = list(zip(*hashes, expiry, cancel, strict=True))
@@ -1584,16 +1584,17 @@ def _limit_values(limit: JobLimits) -> list[float]:
             1 if group_rate is None else group_rate.burst]
 
 
-def _of_wrong_type_as_empty(results: Sequence[Any], keys: Sequence[str],
-                            width: int) -> list[Any]:
+def _of_wrong_type_as_empty(results: Sequence[Any], keys: Sequence[str], width: int,
+                            catalogue: str) -> list[Any]:
     """A pipeline's replies (``raise_on_error=False``), one per key of ``keys`` and each of
     ``width`` values: a key that holds another type than Conveyor writes there (a hand's
-    ``SET`` where a hash belongs) reads as holding nothing, logged; any other error
-    raises."""
+    ``SET`` where a hash belongs) reads as holding nothing, logged; any other error raises,
+    as does one of ``catalogue`` (the key whose loss would hide every job: the caller's
+    retry turns it into :class:`StoreDamaged`)."""
     read = []
     for key, result in zip(keys, results, strict=True):
         if isinstance(result, Exception):
-            if not str(result).startswith("WRONGTYPE"):
+            if key == catalogue or not str(result).startswith("WRONGTYPE"):
                 raise result
             log.warning("key %s holds another type than Conveyor writes there (changed "
                         "outside Conveyor); its values read as missing", key)

@@ -156,11 +156,15 @@ def lane_field(name: str, group: str) -> str:
 
 
 def group_of_lane(field: str | None) -> str | None:
-    """The group in a lane field (None: the job is not laned)."""
+    """The group in a lane field (None: the job is not laned, or its field, left odd by a
+    hand, does not read as "LEN:NAME" then a group: as the scripts read it)."""
     if field is None:
         return None
     digits, _, rest = field.partition(":")
-    return rest.encode("utf-8", "surrogatepass")[int(digits):].decode("utf-8", "surrogatepass")
+    raw = rest.encode("utf-8", "surrogatepass")
+    if not digits.isdigit() or not digits.isascii() or int(digits) > len(raw):
+        return None
+    return raw[int(digits):].decode("utf-8", "surrogatepass")
 
 
 #: queues whose key groups are kept made (more are made again as needed)

@@ -7,7 +7,6 @@ import contextlib
 import dataclasses
 import heapq
 import itertools
-import logging
 import os
 import sqlite3
 import threading
@@ -33,6 +32,7 @@ from conveyor.backends.sqlite.schema import (
     check_directory,
     check_namespace,
     connect,
+    due_now,
     is_locked,
     job_from_row,
     worker_from_row,
@@ -62,7 +62,6 @@ from conveyor.stats import STATS_KEEP, SUMS, MinuteStats, read_sum
 from conveyor.summary import JSON_FIELDS, PREVIEW_CHARS, TEXT_FIELDS, JobSummary, summary_of
 
 T = TypeVar("T")
-log = logging.getLogger("conveyor.store")
 
 WAITING = "state IN ('queued', 'scheduled')"
 #: a job's rank (see conveyor.priority), the very expression of the jobs_queued index
@@ -220,10 +219,10 @@ class SQLiteBroker(Broker):
         self._sql_promote = (f"UPDATE {t}_jobs SET state='queued' WHERE state='scheduled' "
                              f"AND queue IN ({{marks}}) AND run_at <= ?")
         #: scheduled jobs whose run time is no number (text or bytes a hand left there,
-        #: which sort after every number): queued, as due; one index look a queue: (*queues)
+        #: which sort after every number): queued, as due (the claim that takes one gives it
+        #: a number: see due_now); one index look a queue: (*queues)
         self._sql_promote_odd = (f"UPDATE {t}_jobs SET state='queued' WHERE "
-                                 f"state='scheduled' AND queue IN ({{marks}}) AND run_at >= '' "
-                                 f"RETURNING id, queue")
+                                 f"state='scheduled' AND queue IN ({{marks}}) AND run_at >= ''")
         states = ", ".join(f"'{state}'" for state in JobState)
         #: a row when the queue is known (it holds a job, or has settings): (queue, queue)
         self._sql_queue_known = (
@@ -880,6 +879,9 @@ class SQLiteBroker(Broker):
         claim = self._claim_number(conn)
         rows = conn.execute(self._sql_claim_one,
                             (worker_id, claim, now, until, queue, now, limit)).fetchall()
+        odd = [row[0] for row in rows if type(row[7]) is not float]
+        if odd:  # run times a hand left as no number (see DUE)
+            due_now(conn, self.ns, odd, now)
         return self._claimed(self._spend_claim(conn, claim, rows))
 
     def _ranked(self, conn: sqlite3.Connection, queues: Sequence[str], limit: int,
@@ -891,8 +893,16 @@ class SQLiteBroker(Broker):
             self._promote(conn, queues, now)
         paused = {name for (name,) in conn.execute(
             f"SELECT name FROM {self.ns}_queues WHERE paused=1")}
-        return {queue: conn.execute(self._sql_ranked, (queue, now, limit)).fetchall()
-                for queue in dict.fromkeys(queues) if queue not in paused}
+        found = {}
+        for queue in dict.fromkeys(queues):
+            if queue not in paused:
+                rows = conn.execute(self._sql_ranked, (queue, now, limit)).fetchall()
+                odd = [row[2] for row in rows if type(row[1]) is not float]
+                if odd:  # run times a hand left as no number (see DUE): due now, then anew
+                    due_now(conn, self.ns, odd, now)
+                    rows = conn.execute(self._sql_ranked, (queue, now, limit)).fetchall()
+                found[queue] = rows
+        return found
 
     def _lanes(self, conn: sqlite3.Connection, queue: str, limiter: Limiter,
                want: int) -> list[Lane]:
@@ -1140,7 +1150,7 @@ class SQLiteBroker(Broker):
         queued = "state='queued'" if lanes else "state='queued' AND grp IS NULL"
         sql = (f"SELECT min(at) FROM (SELECT * FROM (SELECT run_at AS at FROM {t}_jobs "
                f"WHERE {queued} AND queue=?1 LIMIT 1) UNION ALL SELECT min(run_at) "
-               f"FROM {t}_jobs WHERE state='scheduled' AND queue=?1) "
+               f"FROM {t}_jobs WHERE state='scheduled' AND queue=?1 AND run_at < '') "
                f"WHERE ?1 NOT IN (SELECT name FROM {t}_queues WHERE paused=1)")
         due: float | None = None
         for queue in queues:
@@ -1289,10 +1299,7 @@ class SQLiteBroker(Broker):
             f"WHERE state='scheduled' AND queue > q.name) FROM q WHERE q.name IS NOT NULL) "
             f"SELECT name FROM q WHERE name IS NOT NULL")]
         for chunk in _chunks(queues):
-            for job_id, queue in conn.execute(
-                    self._sql_promote_odd.format(marks=_marks(len(chunk))), chunk).fetchall():
-                log.warning("job %s of queue %s: its run time is no number (left so by hand); "
-                            "it is queued as due", stored.text(job_id), stored.text(queue))
+            conn.execute(self._sql_promote_odd.format(marks=_marks(len(chunk))), chunk)
         return self._promote(conn, queues, now)
 
     async def purge_expired(self) -> int:

@@ -21,6 +21,7 @@ import sqlite3
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from conveyor.backends.sqlite.schema import due_now
 from conveyor.limits import JobLimits, LimitUsage, Rate, tokens_after
 
 #: a ready job's place in claim order: (rank, run_at, id)
@@ -245,9 +246,14 @@ class Lane:
     def _group_head(self, group: str) -> Head | None:
         conn, key = self.limiter.conn, (self.queue, self.name, group)
         last = self.last.get(group)
-        row = (conn.execute(self._sql_head, key) if last is None
-               else conn.execute(self._sql_head_after, (*key, *last))).fetchone()
-        return None if row is None else (float(row[0]), float(row[1]), str(row[2]))
+        while True:
+            row = (conn.execute(self._sql_head, key) if last is None
+                   else conn.execute(self._sql_head_after, (*key, *last))).fetchone()
+            if row is None:
+                return None
+            if type(row[1]) is float:
+                return (float(row[0]), row[1], str(row[2]))
+            due_now(conn, self.limiter.ns, [row[2]], self.limiter.now)  # (odd: by hand)
 
     def _next_open(self, after: str | None) -> str | None:
         """The group after ``after`` (wrapping around) not closed in this claim; None when

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import random
 import re
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -21,6 +22,8 @@ from conveyor.job import JobRecord, WorkerInfo
 from conveyor.stats import SUMS
 from conveyor.stored import STATES, strict_loads
 from conveyor.urls import redact_url
+
+log = logging.getLogger("conveyor.store")
 
 T = TypeVar("T")
 
@@ -221,6 +224,17 @@ def _open_error(where: Path, create: bool, error: sqlite3.DatabaseError) -> Base
     elif not os.access(where, os.R_OK | os.W_OK) or not os.access(parent, os.W_OK | os.X_OK):
         return PermissionError(errno.EACCES, "permission denied", str(where))
     return error
+
+
+def due_now(conn: sqlite3.Connection, ns: str, job_ids: Sequence[str], now: float) -> None:
+    """Give the waiting jobs of ``job_ids`` whose run time is no number (text or bytes a
+    hand left there, which SQLite sorts after every number) ``now`` as their run time, in
+    the caller's write transaction: a claim that meets one makes it due, as if enqueued
+    now, and reads on with numbers only. Logged."""
+    for job_id in job_ids:
+        conn.execute(f"UPDATE {ns}_jobs SET run_at=? WHERE id=? AND run_at >= ''", (now, job_id))
+        log.warning("job %s: its run time is no number (left so by hand); it is due now",
+                    stored.text(job_id))
 
 
 def ddl(ns: str) -> list[str]:

@@ -460,6 +460,9 @@ if #ids > 0 then
   local marks = hmget(F.unstarted, ids)
   local deferred = redis.call('EXISTS', F.deferrals) == 1 and hmget(F.deferrals, ids) or {}
   local lanes = any_laned and lanes_of(ids) or {}
+  -- a job taken from a lane is claimed only if queued: one whose lane field a hand left
+  -- odd stays in its lane when cancelled or deleted (it reads as unlaned there)
+  local now_states = any_laned and hmget(F.state, ids) or {}
   local held = {}
   local states, counts, workers, starts, numbers = {}, {}, {}, {}, {}
   local per = {}  -- base -> the ids leaving its waiting set, and its new leases
@@ -472,6 +475,7 @@ if #ids > 0 then
     group.ids[#group.ids + 1] = id
     if not chosen[i].stream then group.plain[#group.plain + 1] = id end
     local spec = specs[i]
+    if chosen[i].stream and now_states[i] ~= 'queued' then spec = false end
     if spec then
       -- positions from the count taken so far: cheaper than #t on every append
       local k = #taken + 1
