@@ -52,10 +52,14 @@ try:
         AskError,
         AuthenticationError,
         AuthenticationWrongNumberOfArgsError,
+        BusyLoadingError,
         ClusterDownError,
         ClusterError,
+        ExecAbortError,
         InvalidResponse,
+        MasterDownError,
         MovedError,
+        OutOfMemoryError,
         ReadOnlyError,
         ResponseError,
         SlotNotCoveredError,
@@ -97,6 +101,19 @@ BUSY_REPLIES = {
     "NOREPLICAS": "Redis has too few replicas in sync to write",
     "TRYAGAIN": "Redis asks to try again",
 }
+#: the same replies by the class redis-py raises for them (it takes their first word off
+#: their text); a transaction is discarded when Redis refused a command queued in it, which
+#: Conveyor's transactions meet only for such reasons (out of memory refuses every command
+#: queued in a transaction, reads too)
+BUSY_ERRORS: dict[type[Exception], str] = {
+    OutOfMemoryError: BUSY_REPLIES["OOM"],
+    BusyLoadingError: BUSY_REPLIES["LOADING"],
+    MasterDownError: BUSY_REPLIES["MASTERDOWN"],
+    ExecAbortError: "Redis discarded a transaction",
+}
+#: the reasons of a Redis that still answers reads (outside transactions) but refuses writes:
+#: a read's answer does not end such an outage, a write must (see ``_probe_writes``)
+WRITES_REFUSED = {READ_ONLY, BUSY_REPLIES["OOM"], BUSY_REPLIES["MISCONF"]}
 #: WAIT's refusal on a replica (``?replicas=N``): it may come before the write's own
 #: READONLY, or instead of it when the script wrote nothing
 WAIT_ON_REPLICA = "WAIT cannot be used with replica instances"
@@ -397,7 +414,7 @@ class RedisBroker(Broker):
                     f"{error}") from error
             raise error
         self.last_trouble = time.monotonic()
-        self.outage.trouble(reason, str(error), sent, reads_work=reason == READ_ONLY)
+        self.outage.trouble(reason, str(error), sent, reads_work=reason in WRITES_REFUSED)
         return True
 
     def _check_moved(self, error: BaseException) -> None:
@@ -1621,6 +1638,9 @@ def _reason(error: BaseException, cluster: bool = False) -> str | None:
     connection failing, or a reply refusing the work for now (out of memory, cannot
     persist, ...); None for any other error. ``cluster``: the client is a Redis Cluster
     client (see :data:`UNBLOCKED_ON_REPLICA`)."""
+    for kind, reason in BUSY_ERRORS.items():  # (before the cluster's: MASTERDOWN is one)
+        if isinstance(error, kind):
+            return reason
     for kind, reason in CLUSTER_TROUBLE.items():
         if isinstance(error, kind):
             return reason

@@ -115,8 +115,9 @@ Layout (``ns`` is the namespace, ``q`` a queue):
                                          expires when the session would have
 ``{ns}:layout``                 string   the storage layout of the namespace (see
                                          ``layout.py``)
-``{ns}:probe``                  (none)   never set: the write probe of a read-only
-                                         outage deletes a field of it (``writable.lua``)
+``{ns}:probe``                  (none)   never left set: the write probe of an outage that
+                                         reads do not end sets and deletes a field of it
+                                         (``writable.lua``)
 ``{ns}:sched:def``              hash     schedule name -> its definition as JSON (see
                                          ``conveyor.schedules``), as workers publish it
 ``{ns}:sched:paused``           hash     schedule name -> 1 while it is paused
@@ -190,7 +191,8 @@ class Keys:
         self.stats = f"{p}:stats"
         self.known = f"{p}:known"
         self.layout = f"{p}:layout"
-        #: never set: deleting it is a write that changes nothing (see writable.lua)
+        #: never left set: a field set and deleted is a write that leaves nothing (see
+        #: writable.lua)
         self.probe = f"{p}:probe"
         #: the hashes of schedules, in the order their scripts take them: definitions,
         #: paused, last, next, last job, seen
