@@ -390,6 +390,9 @@ def test_a_queue_name_or_a_run_time_a_hand_left_odd_breaks_no_read_and_the_jobs_
     odd_queue, queued_text, plain = (keep.enqueue_with([1], {}) for _ in range(3))
     queued_bytes, second_plain = (keep.enqueue_with([1], {}, queue="second") for _ in range(2))
     alone = keep.enqueue_with([1], {}, queue="alone")
+    # more than a claim takes, in both queues: text that reads as no number, and bytes
+    many_text = [keep.enqueue_with([1], {}) for _ in range(3)]
+    many_bytes = [keep.enqueue_with([1], {}, queue="second") for _ in range(3)]
     laned_text = laned.enqueue("acme")
     scheduled = keep.enqueue_with([1], {}, delay=3600)
     with sqlite3.connect(url.removeprefix("sqlite:///")) as raw:
@@ -398,6 +401,10 @@ def test_a_queue_name_or_a_run_time_a_hand_left_odd_breaks_no_read_and_the_jobs_
         for handle in (queued_text, laned_text, alone):
             raw.execute(f"UPDATE {t} SET run_at='2026-11-28 10:00' WHERE id=?", (handle.id,))
         raw.execute(f"UPDATE {t} SET run_at=? WHERE id=?", (b"\x01", queued_bytes.id))
+        for handle in many_text:
+            raw.execute(f"UPDATE {t} SET run_at='soon' WHERE id=?", (handle.id,))
+        for handle in many_bytes:
+            raw.execute(f"UPDATE {t} SET run_at=? WHERE id=?", (b"\x02", handle.id))
         raw.execute(f"UPDATE {t} SET run_at='tomorrow' WHERE id=?", (scheduled.id,))
     ids = {"queue": odd_queue.id, "text": queued_text.id, "bytes": queued_bytes.id,
            "scheduled": scheduled.id, "laned": laned_text.id}
@@ -408,11 +415,11 @@ def test_a_queue_name_or_a_run_time_a_hand_left_odd_breaks_no_read_and_the_jobs_
     metrics = served.client.get("/metrics")
     assert metrics.status_code == 200 and 'queue="q\\\\xff"' in metrics.text, metrics.text[:300]
     assert "q\\xff" in cli.ok("stats", *ns)
-    assert odd_app.run_sync(odd_app.broker.ready_count([ODD_QUEUE], 10)) == 3
+    assert odd_app.run_sync(odd_app.broker.ready_count([ODD_QUEUE], 10)) == 6
     with caplog.at_level("WARNING", logger="conveyor.store"):
         for queues_of_worker, handles in (
                 ([ODD_QUEUE, "second"], (queued_text, plain, queued_bytes, second_plain,
-                                         laned_text, scheduled)),
+                                         laned_text, scheduled, *many_text, *many_bytes)),
                 (["alone"], (alone,))):
             worker = WorkerThread(odd_app, queues=queues_of_worker, max_workers=2).start()
             try:
@@ -424,6 +431,8 @@ def test_a_queue_name_or_a_run_time_a_hand_left_odd_breaks_no_read_and_the_jobs_
     warned = {job_id for job_id in ids.values() if any(
         job_id in r.getMessage() and "no number" in r.getMessage() for r in caplog.records)}
     assert warned == {queued_text.id, queued_bytes.id, scheduled.id, laned_text.id}, caplog.text
+    assert all(any(h.id in r.getMessage() for r in caplog.records)
+               for h in (*many_text, *many_bytes)), caplog.text
     assert any(alone.id in r.getMessage() for r in caplog.records), caplog.text
 
 

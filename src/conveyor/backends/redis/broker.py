@@ -55,7 +55,6 @@ try:
         BusyLoadingError,
         ClusterDownError,
         ClusterError,
-        ExecAbortError,
         InvalidResponse,
         MasterDownError,
         MovedError,
@@ -102,14 +101,12 @@ BUSY_REPLIES = {
     "TRYAGAIN": "Redis asks to try again",
 }
 #: the same replies by the class redis-py raises for them (it takes their first word off
-#: their text); a transaction is discarded when Redis refused a command queued in it, which
-#: Conveyor's transactions meet only for such reasons (out of memory refuses every command
-#: queued in a transaction, reads too)
+#: their text; in a transaction it raises the refusal of the first command queued, so out
+#: of memory, which refuses every command queued in a transaction, reads too, comes as such)
 BUSY_ERRORS: dict[type[Exception], str] = {
     OutOfMemoryError: BUSY_REPLIES["OOM"],
     BusyLoadingError: BUSY_REPLIES["LOADING"],
     MasterDownError: BUSY_REPLIES["MASTERDOWN"],
-    ExecAbortError: "Redis discarded a transaction",
 }
 #: the reasons of a Redis that still answers reads (outside transactions) but refuses writes:
 #: a read's answer does not end such an outage, a write must (see ``_probe_writes``)

@@ -161,9 +161,9 @@ def group_of_lane(field: str | None) -> str | None:
     hand, does not read as "LEN:NAME" then a group: as the scripts read it)."""
     if field is None:
         return None
-    digits, _, rest = field.partition(":")
+    digits, colon, rest = field.partition(":")
     raw = rest.encode("utf-8", "surrogatepass")
-    if not digits.isdigit() or not digits.isascii() or int(digits) > len(raw):
+    if not colon or not digits.isdigit() or not digits.isascii() or int(digits) > len(raw):
         return None
     return raw[int(digits):].decode("utf-8", "surrogatepass")
 

@@ -881,7 +881,7 @@ class SQLiteBroker(Broker):
                             (worker_id, claim, now, until, queue, now, limit)).fetchall()
         odd = [row[0] for row in rows if type(row[7]) is not float]
         if odd:  # run times a hand left as no number (see DUE)
-            due_now(conn, self.ns, odd, now)
+            due_now(conn, self.ns, now, job_ids=odd)
         return self._claimed(self._spend_claim(conn, claim, rows))
 
     def _ranked(self, conn: sqlite3.Connection, queues: Sequence[str], limit: int,
@@ -897,9 +897,10 @@ class SQLiteBroker(Broker):
         for queue in dict.fromkeys(queues):
             if queue not in paused:
                 rows = conn.execute(self._sql_ranked, (queue, now, limit)).fetchall()
-                odd = [row[2] for row in rows if type(row[1]) is not float]
-                if odd:  # run times a hand left as no number (see DUE): due now, then anew
-                    due_now(conn, self.ns, odd, now)
+                if any(type(row[1]) is not float for row in rows):
+                    # run times a hand left as no number (see DUE): every such job of the
+                    # queue due now, then the look again, with numbers only
+                    due_now(conn, self.ns, now, queue=queue)
                     rows = conn.execute(self._sql_ranked, (queue, now, limit)).fetchall()
                 found[queue] = rows
         return found

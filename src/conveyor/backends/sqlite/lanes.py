@@ -246,14 +246,14 @@ class Lane:
     def _group_head(self, group: str) -> Head | None:
         conn, key = self.limiter.conn, (self.queue, self.name, group)
         last = self.last.get(group)
-        while True:
+        for _ in range(2):
             row = (conn.execute(self._sql_head, key) if last is None
                    else conn.execute(self._sql_head_after, (*key, *last))).fetchone()
-            if row is None:
-                return None
-            if type(row[1]) is float:
-                return (float(row[0]), row[1], str(row[2]))
-            due_now(conn, self.limiter.ns, [row[2]], self.limiter.now)  # (odd: by hand)
+            if row is None or type(row[1]) is float:
+                break
+            # a run time a hand left as no number: the queue's such jobs due now, then anew
+            due_now(conn, self.limiter.ns, self.limiter.now, queue=self.queue)
+        return None if row is None else (float(row[0]), float(row[1]), str(row[2]))
 
     def _next_open(self, after: str | None) -> str | None:
         """The group after ``after`` (wrapping around) not closed in this claim; None when
