@@ -404,7 +404,7 @@ class RedisBroker(Broker):
             if isinstance(error, ResponseError) and str(error).startswith("DB index"):
                 # the URL's database number is past the server's `databases`
                 raise ConfigurationError(f"{redact_url(self.url)}: {error}") from error
-            if isinstance(error, ResponseError) and "WRONGTYPE" in str(error):
+            if _wrong_type(error):
                 raise StoreDamaged(
                     f"{redact_url(self.url)}: a key of namespace {self.namespace!r} holds another "
                     f"type than Conveyor writes there (changed outside Conveyor): "
@@ -1598,6 +1598,11 @@ def _limit_values(limit: JobLimits) -> list[float]:
             1 if group_rate is None else group_rate.burst]
 
 
+def _wrong_type(error: BaseException) -> bool:
+    """Whether ``error`` is Redis's refusal of a command on a key of another type."""
+    return isinstance(error, ResponseError) and "WRONGTYPE" in str(error)
+
+
 def _of_wrong_type_as_empty(results: Sequence[Any], keys: Sequence[str], width: int,
                             catalogue: str) -> list[Any]:
     """A pipeline's replies (``raise_on_error=False``), one per key of ``keys`` and each of
@@ -1608,7 +1613,7 @@ def _of_wrong_type_as_empty(results: Sequence[Any], keys: Sequence[str], width: 
     read = []
     for key, result in zip(keys, results, strict=True):
         if isinstance(result, Exception):
-            if key == catalogue or not str(result).startswith("WRONGTYPE"):
+            if key == catalogue or not _wrong_type(result):
                 raise result
             log.warning("key %s holds another type than Conveyor writes there (changed "
                         "outside Conveyor); its values read as missing", key)

@@ -879,9 +879,8 @@ class SQLiteBroker(Broker):
         claim = self._claim_number(conn)
         rows = conn.execute(self._sql_claim_one,
                             (worker_id, claim, now, until, queue, now, limit)).fetchall()
-        odd = [row[0] for row in rows if type(row[7]) is not float]
-        if odd:  # run times a hand left as no number (see DUE)
-            due_now(conn, self.ns, now, job_ids=odd)
+        if any(type(row[7]) is not float for row in rows):  # (see DUE)
+            due_now(conn, self.ns, queue, now)
         return self._claimed(self._spend_claim(conn, claim, rows))
 
     def _ranked(self, conn: sqlite3.Connection, queues: Sequence[str], limit: int,
@@ -900,7 +899,7 @@ class SQLiteBroker(Broker):
                 if any(type(row[1]) is not float for row in rows):
                     # run times a hand left as no number (see DUE): every such job of the
                     # queue due now, then the look again, with numbers only
-                    due_now(conn, self.ns, now, queue=queue)
+                    due_now(conn, self.ns, queue, now)
                     rows = conn.execute(self._sql_ranked, (queue, now, limit)).fetchall()
                 found[queue] = rows
         return found

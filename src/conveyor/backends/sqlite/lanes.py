@@ -252,7 +252,7 @@ class Lane:
             if row is None or type(row[1]) is float:
                 break
             # a run time a hand left as no number: the queue's such jobs due now, then anew
-            due_now(conn, self.limiter.ns, self.limiter.now, queue=self.queue)
+            due_now(conn, self.limiter.ns, self.queue, self.limiter.now)
         return None if row is None else (float(row[0]), float(row[1]), str(row[2]))
 
     def _next_open(self, after: str | None) -> str | None:

@@ -9,7 +9,7 @@ import random
 import re
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -226,20 +226,14 @@ def _open_error(where: Path, create: bool, error: sqlite3.DatabaseError) -> Base
     return error
 
 
-def due_now(conn: sqlite3.Connection, ns: str, now: float, *, queue: str | None = None,
-            job_ids: Sequence[str] = ()) -> None:
-    """Give ``now`` as their run time to jobs whose run time is no number (text or bytes a
-    hand left there, which SQLite sorts after every number and reads as 0 in a rank): every
-    queued one of ``queue`` (one look at the queue's queued jobs), or those of ``job_ids``
-    (claimed), in the caller's write transaction. A claim that meets one so makes it due, as
-    if enqueued now, and reads on with numbers only. Each is logged."""
-    if queue is not None:
-        fixed = conn.execute(f"UPDATE {ns}_jobs SET run_at=? WHERE state='queued' AND queue=? "
-                             f"AND run_at >= '' RETURNING id", (now, queue)).fetchall()
-    else:
-        fixed = [(job_id,) for job_id in job_ids if conn.execute(
-            f"UPDATE {ns}_jobs SET run_at=? WHERE id=? AND run_at >= ''",
-            (now, job_id)).rowcount]
+def due_now(conn: sqlite3.Connection, ns: str, queue: str, now: float) -> None:
+    """Give ``now`` as their run time to the queued and running jobs of ``queue`` whose run
+    time is no number (text or bytes a hand left there, which SQLite sorts after every
+    number and reads as 0 in a rank), in the caller's write transaction: a claim that meets
+    one so makes it due, as if enqueued now (and one it took, started now), and reads on
+    with numbers only. Each is logged."""
+    fixed = conn.execute(f"UPDATE {ns}_jobs SET run_at=? WHERE state IN ('queued', 'running') "
+                         f"AND queue=? AND run_at >= '' RETURNING id", (now, queue)).fetchall()
     for (job_id,) in fixed:
         log.warning("job %s: its run time is no number (left so by hand); it is due now",
                     stored.text(job_id))
